@@ -1,0 +1,77 @@
+"""The calibration result every backend reads.
+
+Calibration is backend-agnostic: it records, per tensor, both a symmetric threshold (`amax`,
+TensorRT style) and an asymmetric range (`lo`, `hi`, TFLite style), so the backend chooses the
+scheme without re-running the model. Saved in the bundle as `calibration.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgepipe import quantmath
+
+
+@dataclass
+class TensorCalibration:
+    name: str
+    min: float  # observed minimum over the calibration set
+    max: float  # observed maximum
+    amax: float  # chosen symmetric clipping threshold (> 0)
+    lo: float  # chosen asymmetric range, lo <= 0 <= hi
+    hi: float
+    method: str  # method that chose amax / lo / hi
+    reason: str = ""  # why this method (for method=auto), human readable
+    stability: dict = field(default_factory=dict)  # per-round spread etc.
+
+
+@dataclass
+class CalibrationResult:
+    tensors: dict[str, TensorCalibration] = field(default_factory=dict)
+    method: str = "auto"
+    num_samples: int = 0
+    warnings: list[str] = field(default_factory=list)
+    # per-tensor histogram summaries (edges + counts, coarse) for the report's activation plots
+    histograms: dict[str, dict] = field(default_factory=dict)
+
+    def symmetric_scale(self, name: str, bits: int = 8) -> float:
+        return quantmath.symmetric_scale(self.tensors[name].amax, bits)
+
+    def asymmetric_params(self, name: str, bits: int = 8) -> tuple[float, int]:
+        t = self.tensors[name]
+        return quantmath.asymmetric_params(t.lo, t.hi, bits)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def to_json(self) -> dict:
+        return {
+            "schema": 1,
+            "method": self.method,
+            "num_samples": self.num_samples,
+            "warnings": list(self.warnings),
+            "tensors": {k: asdict(v) for k, v in sorted(self.tensors.items())},
+            "histograms": {k: self.histograms[k] for k in sorted(self.histograms)},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "CalibrationResult":
+        tensors = {k: TensorCalibration(**v) for k, v in data.get("tensors", {}).items()}
+        return cls(
+            tensors=tensors,
+            method=data.get("method", "auto"),
+            num_samples=data.get("num_samples", 0),
+            warnings=list(data.get("warnings", [])),
+            histograms=dict(data.get("histograms", {})),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CalibrationResult":
+        return cls.from_json(json.loads(Path(path).read_text()))

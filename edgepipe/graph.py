@@ -1,0 +1,201 @@
+"""Small ONNX graph helpers shared by every stage and backend.
+
+Loading goes through `load_model` so that a missing, truncated or corrupt file, or a missing
+external-data file, becomes one clear `UserError` instead of a protobuf traceback. The rest are
+index helpers (who produces / consumes a tensor, constant lookup) that graph rewrites need.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from edgepipe.errors import UserError
+
+DEFAULT_OPSET = 17
+
+
+def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.ModelProto:
+    """Load and check an ONNX file; every failure is a one-line UserError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file; pass an existing .onnx file with --model")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; pass an .onnx file with --model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ...
+        raise UserError(
+            f"{path}: not a readable ONNX model ({type(exc).__name__}); the file may be truncated "
+            "or not ONNX - re-export it"
+        ) from exc
+    if not model.graph.node and not model.graph.output:
+        raise UserError(f"{path}: not a readable ONNX model (empty graph); re-export it")
+    if load_external:
+        for tensor in _external_tensors(model):
+            location = dict((e.key, e.value) for e in tensor.external_data).get("location", "")
+            data_file = (path.parent / location).resolve()
+            if not data_file.is_relative_to(path.parent.resolve()):
+                raise UserError(
+                    f"{path}: initializer '{tensor.name}' points outside the model folder "
+                    f"({location}); refusing to read it"
+                )
+            if not data_file.exists():
+                raise UserError(
+                    f"{path}: external data file '{location}' for initializer '{tensor.name}' is "
+                    "missing; copy it next to the model"
+                )
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            raise UserError(f"{path}: cannot read external data ({exc})") from exc
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: invalid ONNX model: {first}") from exc
+    except ValueError:
+        pass  # > 2 GB protos cannot be checked in memory; the runtime checks them later
+    return model
+
+
+def _external_tensors(model: onnx.ModelProto):
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield tensor
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Save a model deterministically (no producer timestamps exist in ONNX protos)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() > 1_900_000_000:
+        onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save(model, str(path))
+    return path
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return DEFAULT_OPSET
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def constant_value(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    """Value of an initializer or Constant-node output, else None."""
+    for t in model.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+    return None
+
+
+def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output if out}
+
+
+def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    result: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            if name:
+                result[name].append(node)
+    return result
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Real inputs: graph inputs that are not initializers (old exporters list weights too)."""
+    init_names = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in init_names]
+
+
+def tensor_shape(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
+    dims = []
+    for d in value_info.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(d.dim_value)
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return dims
+
+
+def tensor_dtype(value_info: onnx.ValueInfoProto) -> np.dtype:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(value_info.type.tensor_type.elem_type))
+
+
+def ensure_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every node a unique name: errors and per-node precision decisions refer to them."""
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        while name in seen:
+            name = f"{name}_{index}"
+        node.name = name
+        seen.add(name)
+    return model
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:
+        return model
+
+
+def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Shape/type info of every tensor that shape inference could resolve."""
+    graph = model.graph
+    result = {v.name: v for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    return result
+
+
+def make_session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0):
+    """An ONNX Runtime CPU session with graph optimizations off, so results mirror the graph."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"ONNX Runtime cannot load the model: {first}") from exc
+
+
+def expose_tensors(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """Copy of `model` whose graph outputs also include the given intermediate tensors."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    infos = value_infos(infer_shapes(exposed))
+    present = {o.name for o in exposed.graph.output}
+    for name in names:
+        if name in present:
+            continue
+        info = infos.get(name)
+        if info is not None and info.type.tensor_type.elem_type:
+            exposed.graph.output.append(info)
+        else:
+            exposed.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        present.add(name)
+    return exposed

@@ -1,0 +1,103 @@
+"""Integer quantization arithmetic shared by calibration and every backend.
+
+Conventions (TensorRT and the TFLite int8 spec agree on these):
+- weights: symmetric int8 in [-127, 127], zero point 0, one scale per output channel;
+- symmetric activations: scale = amax / 127, zero point 0 (TensorRT);
+- asymmetric activations: int8 [-128, 127] with a zero point chosen so that 0.0 is exactly
+  representable (padding and ReLU rely on it) (TFLite);
+- bias: int32 with scale = input_scale * weight_scale[c], zero point 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TINY = 1e-12
+
+
+def qrange(bits: int = 8, signed: bool = True, narrow: bool = False) -> tuple[int, int]:
+    if signed:
+        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        return (low + 1 if narrow else low), high
+    return 0, 2**bits - 1
+
+
+def symmetric_scale(amax: float, bits: int = 8) -> float:
+    """Scale for a symmetric range [-amax, amax] onto [-(2^(b-1)-1), 2^(b-1)-1]."""
+    amax = float(abs(amax))
+    return max(amax, TINY) / float(2 ** (bits - 1) - 1)
+
+
+def asymmetric_params(lo: float, hi: float, bits: int = 8) -> tuple[float, int]:
+    """(scale, zero_point) for [lo, hi] widened to include 0, with 0.0 exactly representable.
+
+    The zero point is the rounded real zero; the range is then nudged (at most half a step) so
+    the grid still covers [lo, hi] as closely as possible.
+    """
+    qmin, qmax = qrange(bits)
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo < TINY:
+        return TINY * 1e6, 0
+    scale = (hi - lo) / float(qmax - qmin)
+    zero_point = int(np.clip(round(qmin - lo / scale), qmin, qmax))
+    return float(scale), zero_point
+
+
+def quantize(x: np.ndarray, scale, zero_point=0, bits: int = 8, narrow: bool = False) -> np.ndarray:
+    """Round-half-to-even like ONNX QuantizeLinear / TFLite; saturates to the integer range."""
+    qmin, qmax = qrange(bits, narrow=narrow)
+    q = np.rint(np.asarray(x, dtype=np.float64) / scale) + zero_point
+    dtype = np.int8 if bits == 8 else (np.int16 if bits == 16 else np.int32)
+    return np.clip(q, qmin, qmax).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale, zero_point=0) -> np.ndarray:
+    return ((q.astype(np.float64) - zero_point) * scale).astype(np.float32)
+
+
+def fake_quantize(x: np.ndarray, scale, zero_point=0, bits: int = 8, narrow: bool = False) -> np.ndarray:
+    return dequantize(quantize(x, scale, zero_point, bits, narrow), scale, zero_point)
+
+
+def per_channel_symmetric(weights: np.ndarray, axis: int = 0, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Quantize weights per channel along `axis`: returns (int8 weights, float32 scales > 0)."""
+    w = np.asarray(weights, dtype=np.float32)
+    reduce_axes = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
+    amax = np.max(np.abs(w), axis=reduce_axes) if reduce_axes else np.abs(w)
+    scales = np.maximum(amax, TINY) / float(2 ** (bits - 1) - 1)
+    shape = [1] * w.ndim
+    shape[axis % w.ndim] = -1
+    q = quantize(w, scales.reshape(shape), 0, bits, narrow=True)
+    return q, scales.astype(np.float32)
+
+
+def per_tensor_symmetric(weights: np.ndarray, bits: int = 8) -> tuple[np.ndarray, float]:
+    w = np.asarray(weights, dtype=np.float32)
+    scale = symmetric_scale(float(np.max(np.abs(w))) if w.size else 0.0, bits)
+    return quantize(w, scale, 0, bits, narrow=True), scale
+
+
+def quantize_bias(bias: np.ndarray, input_scale: float, weight_scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int32 bias with scale input_scale * weight_scale[c] (zero point 0)."""
+    scales = (float(input_scale) * np.asarray(weight_scales, dtype=np.float64)).astype(np.float64)
+    scales = np.maximum(scales, TINY)
+    q = np.clip(np.rint(np.asarray(bias, dtype=np.float64) / scales), -(2**31), 2**31 - 1)
+    return q.astype(np.int32), scales.astype(np.float32)
+
+
+def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB (inf when identical)."""
+    ref = np.asarray(reference, dtype=np.float64).ravel()
+    noise = ref - np.asarray(test, dtype=np.float64).ravel()
+    noise_power = float(np.mean(noise**2)) if noise.size else 0.0
+    signal_power = float(np.mean(ref**2)) if ref.size else 0.0
+    if noise_power == 0.0:
+        return float("inf")
+    return 10.0 * np.log10(max(signal_power, TINY) / noise_power)
+
+
+def cosine(reference: np.ndarray, test: np.ndarray) -> float:
+    a = np.asarray(reference, dtype=np.float64).ravel()
+    b = np.asarray(test, dtype=np.float64).ravel()
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(np.dot(a, b) / denom) if denom > 0 else float(np.array_equal(a, b))
