@@ -1,0 +1,1 @@
+"""Shipped calibration and evaluation data (the demo set lives in demo/)."""
