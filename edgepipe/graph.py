@@ -199,3 +199,78 @@ def expose_tensors(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
             exposed.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
         present.add(name)
     return exposed
+
+
+# --- rewrite helpers (graph surgery shared by the fold passes and backends) -------------------
+
+
+def taken_names(model: onnx.ModelProto) -> set[str]:
+    """Every tensor, initializer and node name in the main graph (new names must avoid them)."""
+    graph = model.graph
+    names = {t.name for t in graph.initializer} | {n.name for n in graph.node}
+    names |= {v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+    return names
+
+
+def fresh_name(model: onnx.ModelProto, base: str) -> str:
+    """`base`, or `base_1`, `base_2`, ... whichever is not yet used anywhere in the graph."""
+    taken = taken_names(model)
+    name, index = base, 1
+    while name in taken:
+        name, index = f"{base}_{index}", index + 1
+    return name
+
+
+def add_initializer(model: onnx.ModelProto, base: str, array: np.ndarray) -> str:
+    """Append a new initializer under a fresh name derived from `base`; returns the name."""
+    name = fresh_name(model, base)
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
+    return name
+
+
+def node_attributes(node: onnx.NodeProto) -> dict:
+    return {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
+
+
+def set_attribute(node: onnx.NodeProto, name: str, value) -> None:
+    """Set (replace or add) one attribute of `node`."""
+    for index, attr in enumerate(node.attribute):
+        if attr.name == name:
+            del node.attribute[index]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _names_used_by(graph: onnx.GraphProto) -> set[str]:
+    used = {o.name for o in graph.output}
+    for node in graph.node:
+        used.update(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                used |= _names_used_by(sub)
+    return used
+
+
+def remove_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop initializers and Constant nodes nothing reads any more (left behind by rewrites)."""
+    graph = model.graph
+    while True:
+        used = _names_used_by(graph)
+        dead_nodes = [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]
+        for node in dead_nodes:
+            graph.node.remove(node)
+        if not dead_nodes:
+            break
+    keep = [t for t in graph.initializer if t.name in used]
+    if len(keep) != len(graph.initializer):
+        kept_names = {t.name for t in keep}
+        dropped = {t.name for t in graph.initializer} - kept_names
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+        stale_inputs = [i for i in graph.input if i.name in dropped]
+        for value in stale_inputs:
+            graph.input.remove(value)
+    return model

@@ -1,0 +1,191 @@
+"""BatchNorm folding is exact: folded and unfolded graphs agree in ONNX Runtime."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from edgepipe.fold.batchnorm import fold_batchnorm
+from edgepipe.graph import make_session
+
+
+def export(module: torch.nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
+    module.eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        module, torch.zeros(shape), buffer, dynamo=False, do_constant_folding=False,
+        input_names=["x"], output_names=["y"], opset_version=17,
+    )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def randomize_batchnorms(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial running stats so an unfolded or wrongly folded BN cannot pass by accident."""
+    generator = torch.Generator().manual_seed(seed)
+    for bn in module.modules():
+        if isinstance(bn, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            n = bn.num_features
+            bn.running_mean.copy_(torch.randn(n, generator=generator) * 2)
+            bn.running_var.copy_(torch.rand(n, generator=generator) * 3 + 0.05)
+            bn.weight.data.copy_(torch.randn(n, generator=generator))
+            bn.bias.data.copy_(torch.randn(n, generator=generator))
+            bn.eps = 1e-3
+    return module
+
+
+def sample_inputs(shape: tuple[int, ...]) -> list[np.ndarray]:
+    """Random and structured inputs: gaussian, a ramp, a constant plane and a checkerboard."""
+    rng = np.random.default_rng(1)
+    size = int(np.prod(shape))
+    ramp = np.linspace(-3, 3, size, dtype=np.float32).reshape(shape)
+    checker = (np.indices(shape).sum(axis=0) % 2 * 2 - 1).astype(np.float32)
+    return [rng.standard_normal(shape).astype(np.float32), ramp, np.full(shape, 0.7, np.float32), checker]
+
+
+def assert_same_outputs(original: onnx.ModelProto, folded: onnx.ModelProto, shape) -> float:
+    ref_session, new_session = make_session(original), make_session(folded)
+    name = original.graph.input[0].name
+    worst = 0.0
+    for x in sample_inputs(shape):
+        ref = ref_session.run(None, {name: x})[0]
+        got = new_session.run(None, {name: x})[0]
+        diff = float(np.max(np.abs(ref - got)))
+        assert diff <= 1e-4 * max(1.0, float(np.max(np.abs(ref)))), diff
+        worst = max(worst, diff)
+    return worst
+
+
+def op_types(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+CONV_CASES = {
+    "bias": dict(in_channels=3, out_channels=8, kernel_size=3, padding=1),
+    "no_bias": dict(in_channels=3, out_channels=8, kernel_size=3, padding=1, bias=False),
+    "grouped": dict(in_channels=8, out_channels=12, kernel_size=3, padding=1, groups=4),
+    "depthwise": dict(in_channels=8, out_channels=8, kernel_size=3, padding=1, groups=8, bias=False),
+    "dilated": dict(in_channels=3, out_channels=6, kernel_size=3, padding=2, dilation=2),
+    "strided": dict(in_channels=3, out_channels=6, kernel_size=3, stride=2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_conv_bn_folds_exactly(case):
+    kwargs = CONV_CASES[case]
+    module = randomize_batchnorms(
+        torch.nn.Sequential(torch.nn.Conv2d(**kwargs), torch.nn.BatchNorm2d(kwargs["out_channels"]), torch.nn.ReLU())
+    )
+    shape = (1, kwargs["in_channels"], 9, 9)
+    original = export(module, shape)
+    assert "BatchNormalization" in op_types(original)
+    folded, report = fold_batchnorm(original)
+    assert "BatchNormalization" not in op_types(folded)
+    assert op_types(folded) == ["Conv", "Relu"]
+    assert [entry["op_type"] for entry in report["folded"]] == ["Conv"]
+    assert_same_outputs(original, folded, shape)
+    # the BN really changes the output: a graph that merely dropped it fails the same check
+    dropped = onnx.ModelProto()
+    dropped.CopyFrom(original)
+    bn = [n for n in dropped.graph.node if n.op_type == "BatchNormalization"][0]
+    dropped.graph.node[0].output[0] = bn.output[0]
+    dropped.graph.node.remove(bn)
+    with pytest.raises(AssertionError):
+        assert_same_outputs(original, dropped, shape)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_transpose_bn_folds_with_groups(groups):
+    module = randomize_batchnorms(
+        torch.nn.Sequential(
+            torch.nn.ConvTranspose2d(4, 6, kernel_size=3, stride=2, padding=1, groups=groups, bias=groups == 1),
+            torch.nn.BatchNorm2d(6),
+        )
+    )
+    shape = (1, 4, 5, 5)
+    original = export(module, shape)
+    folded, report = fold_batchnorm(original)
+    assert op_types(folded) == ["ConvTranspose"]
+    assert report["folded"][0]["op_type"] == "ConvTranspose"
+    assert_same_outputs(original, folded, shape)
+
+
+def test_linear_bn_folds_into_gemm_trans_b():
+    module = randomize_batchnorms(torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.BatchNorm1d(7)))
+    original = export(module, (3, 5))
+    gemm = [n for n in original.graph.node if n.op_type == "Gemm"][0]
+    assert helper.get_attribute_value([a for a in gemm.attribute if a.name == "transB"][0]) == 1
+    folded, report = fold_batchnorm(original)
+    assert op_types(folded) == ["Gemm"]
+    assert_same_outputs(original, folded, (3, 5))
+
+
+def gemm_bn_graph(with_c: bool, beta: float) -> onnx.ModelProto:
+    """Gemm with transB=0 (weights [K, N]) and a non-unit alpha/beta, then BN, built by hand."""
+    rng = np.random.default_rng(3)
+    k, n = 4, 6
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "B"),
+        numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "C"),
+        numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "beta_bn"),
+        numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "mean"),
+        numpy_helper.from_array((rng.random(n) + 0.1).astype(np.float32), "var"),
+    ]
+    gemm_inputs = ["x", "B", "C"] if with_c else ["x", "B"]
+    nodes = [
+        helper.make_node("Gemm", gemm_inputs, ["h"], name="gemm", alpha=0.5, beta=beta, transB=0),
+        helper.make_node("BatchNormalization", ["h", "gamma", "beta_bn", "mean", "var"], ["y"], name="bn", epsilon=1e-4),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, n])], inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("with_c,beta", [(True, 1.0), (True, 2.5), (False, 1.0)])
+def test_gemm_trans_b0_bn_folds(with_c, beta):
+    original = gemm_bn_graph(with_c, beta)
+    folded, _ = fold_batchnorm(original)
+    assert op_types(folded) == ["Gemm"]
+    assert_same_outputs(original, folded, (2, 4))
+
+
+def test_standalone_bn_becomes_mul_add():
+    module = randomize_batchnorms(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.BatchNorm2d(3)))
+    shape = (1, 3, 6, 6)
+    original = export(module, shape)
+    folded, report = fold_batchnorm(original)
+    assert op_types(folded) == ["Relu", "Mul", "Add"]
+    assert report["replaced_by_mul_add"] and not report["folded"]
+    scale = [t for t in folded.graph.initializer if t.name.endswith("_scale")][0]
+    assert list(scale.dims) == [1, 3, 1, 1]
+    assert [o.name for o in folded.graph.output] == ["y"]
+    assert_same_outputs(original, folded, shape)
+
+
+class ConvWithSkip(torch.nn.Module):
+    """The conv output is also read by a skip connection, so the BN must not change the conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.bn(h) + h
+
+
+def test_shared_conv_output_is_not_folded_into():
+    module = randomize_batchnorms(ConvWithSkip())
+    shape = (1, 3, 5, 5)
+    original = export(module, shape)
+    folded, report = fold_batchnorm(original)
+    assert not report["folded"] and report["replaced_by_mul_add"]
+    assert_same_outputs(original, folded, shape)
