@@ -201,6 +201,24 @@ def expose_tensors(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return exposed
 
 
+def describe_io(model: onnx.ModelProto) -> dict:
+    """Inputs/outputs as the manifest records them (name, shape, dtype, layout)."""
+
+    def entry(info: onnx.ValueInfoProto) -> dict:
+        shape = tensor_shape(info)
+        layout = "NCHW" if len(shape) == 4 else None
+        return {
+            "name": info.name,
+            "shape": shape,
+            "dtype": tensor_dtype(info).name,
+            "layout": layout,
+            "onnx_layout": layout,
+            "quantization": None,
+        }
+
+    return {"inputs": [entry(i) for i in graph_inputs(model)], "outputs": [entry(o) for o in model.graph.output]}
+
+
 # --- rewrite helpers (graph surgery shared by the fold passes and backends) -------------------
 
 

@@ -1,0 +1,328 @@
+"""`edgepipe build`: resolve settings, then run export → simplify → fold → calibrate → backend →
+bundle → (host) report. Follow one model from here to the bundle, stage by stage.
+
+Settings come from three layers, later wins: built-in defaults, `edgepipe.yaml` (or --config),
+CLI options. With no model anywhere, the shipped demo (model, calibration and eval sets) is used
+so `edgepipe build --target arm-cpu` works out of the box.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgepipe import __version__, config, graph
+from edgepipe.errors import UnsupportedOpError, UserError
+from edgepipe.pipeline import Pipeline, bytes_hash, model_hash, settings_hash
+
+DEFAULT_CONFIG_NAME = "edgepipe.yaml"
+
+
+@dataclass
+class BuildResult:
+    target: str
+    out: Path
+    stages: list[dict]
+    manifest: dict
+    warnings: list[str] = field(default_factory=list)
+    results: dict | None = None  # host results.json when the target ran on this host
+    report_html: Path | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "ok": True,
+            "target": self.target,
+            "out": str(self.out),
+            "stages": self.stages,
+            "files": [f["path"] for f in self.manifest.get("files", [])],
+            "warnings": self.warnings,
+            "results": self.results,
+            "report_html": str(self.report_html) if self.report_html else None,
+        }
+
+
+# -- settings ------------------------------------------------------------------------------
+def demo_settings() -> dict:
+    from edgepipe import demo
+
+    return {
+        "model": demo.DEMO_FACTORY,
+        "calib": str(demo.demo_calib_dir()),
+        "eval": str(demo.demo_eval_dir()),
+        "input_shapes": {demo.DEMO_INPUT_NAME: [1, 3, *demo.DEMO_PREPROCESS["size"]]},
+        "preprocess": dict(demo.DEMO_PREPROCESS),
+        "fold": {"input_normalization": "mean_std"},
+    }
+
+
+def resolve_settings(cli: dict, config_path: str | None) -> tuple[dict, str]:
+    """Merge defaults, the config file and CLI options; returns (settings, where the model came from)."""
+    settings = config.defaults()
+    file_settings: dict = {}
+    if config_path:
+        file_settings = config.load_config_file(config_path)
+    elif Path(DEFAULT_CONFIG_NAME).exists():
+        file_settings = config.load_config_file(DEFAULT_CONFIG_NAME)
+    origin = "config"
+    if not cli.get("model") and not file_settings.get("model"):
+        settings = config.merge(settings, demo_settings())
+        origin = "demo"
+    settings = config.merge(settings, file_settings)
+    settings = config.merge(settings, cli)
+    if not settings.get("target"):
+        from edgepipe.targets import available_targets
+
+        raise UserError(f"no target given: pass --target NAME (installed: {', '.join(available_targets())})")
+    if not settings.get("calib"):
+        raise UserError("no calibration data: pass --calib PATH (an image folder, .npz or .npy) or set 'calib' in edgepipe.yaml")
+    settings["out"] = settings.get("out") or str(Path("build") / settings["target"])
+    return settings, origin
+
+
+def data_fingerprint(path: str | None) -> str:
+    """Content hash of a data file or folder (for the calibration cache key)."""
+    if not path:
+        return ""
+    root = Path(path)
+    digest = hashlib.sha256()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for item in files:
+        digest.update(str(item.relative_to(root) if item != root else item.name).encode())
+        digest.update(hashlib.sha256(item.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def folded_normalization(settings: dict) -> bool:
+    return settings["fold"].get("input_normalization", "none") != "none"
+
+
+def data_preprocess(settings: dict) -> dict:
+    """Preprocessing for data fed to the deployed model: raw domain when normalization is folded."""
+    pre = dict(settings.get("preprocess") or {})
+    if folded_normalization(settings):
+        pre.pop("mean", None)
+        pre.pop("std", None)
+    return pre
+
+
+def initial_input_shapes(settings: dict) -> dict[str, list[int]]:
+    """Static shapes from --input-shape, else from the calibration data (batch 1)."""
+    shapes = {k: list(v) for k, v in (settings.get("input_shapes") or {}).items()}
+    if shapes:
+        return shapes
+    from edgepipe.data import infer_static_shape
+
+    model = settings["model"]
+    names: list[str] = []
+    if str(model).endswith(".onnx") and Path(model).is_file():
+        onnx_model = graph.load_model(model, load_external=False)
+        dynamic = [i for i in graph.graph_inputs(onnx_model) if not all(isinstance(d, int) for d in graph.tensor_shape(i))]
+        names = [i.name for i in dynamic]
+        if not names:
+            return {}
+    calib = settings["calib"]
+    if not names:
+        names = [_first_input_name(calib)]
+    return {name: list(infer_static_shape(calib, name, settings.get("preprocess"))) for name in names}
+
+
+def _first_input_name(calib: str) -> str:
+    if calib.endswith(".npz"):
+        with np.load(calib, allow_pickle=False) as data:
+            keys = [k for k in data.files if k != "labels"]
+        if keys:
+            return keys[0]
+    return "input"
+
+
+# -- the build -----------------------------------------------------------------------------
+def run_build(settings: dict, origin: str = "config", log=None, progress_factory=None) -> BuildResult:
+    from edgepipe.bundle import write_bundle
+    from edgepipe.data import load_dataset
+    from edgepipe.stages.calibrate import run_calibration
+    from edgepipe.stages.export import run_export, source_fingerprint
+    from edgepipe.stages.fold import run_fold
+    from edgepipe.stages.simplify import run_simplify
+    from edgepipe.targets import load_target
+
+    log = log or (lambda message: None)
+    backend_settings = {k: v for k, v in (settings.get("backend") or {}).items() if v is not None}
+    target = load_target(settings["target"], {k: v for k, v in backend_settings.items() if k == "threads"})
+    pipeline = Pipeline(settings.get("cache_dir"), log)
+    warnings: list[str] = []
+
+    # 1. export
+    shapes = initial_input_shapes(settings)
+    source_hash = source_fingerprint(settings["model"], settings.get("weights"))
+    export_key = settings_hash(stage="export", source=source_hash, shapes=shapes, opset=settings["opset"])
+    model, _ = pipeline.model_stage(
+        "export", export_key,
+        lambda: (run_export(settings["model"], settings.get("weights"), shapes, settings["opset"]), {}),
+    )
+
+    # 2. simplify
+    model, simplify_report = pipeline.model_stage(
+        "simplify", settings_hash(stage="simplify", model=model_hash(model)), lambda: run_simplify(model)
+    )
+    if simplify_report.get("status") == "failed":
+        warnings.append(f"simplify: {simplify_report.get('note')}")
+
+    # data for the deployed (folded) model
+    specs = {i.name: (tuple(graph.tensor_shape(i)), graph.tensor_dtype(i)) for i in graph.graph_inputs(model)}
+    preprocess = data_preprocess(settings)
+    calib_limit = settings["calibration"].get("max_samples")
+    calib_ds = load_dataset(settings["calib"], specs, preprocess, limit=calib_limit)
+    eval_ds = load_dataset(settings["eval"], specs, preprocess, limit=settings["report"].get("eval_limit")) if settings.get("eval") else None
+
+    # 3. fold
+    fold_settings = dict(settings["fold"])
+    pre = settings.get("preprocess") or {}
+    fold_settings.setdefault("mean", None)
+    fold_settings.setdefault("std", None)
+    fold_settings["mean"] = fold_settings["mean"] or pre.get("mean")
+    fold_settings["std"] = fold_settings["std"] or pre.get("std")
+    needs_eval = str(fold_settings.get("temperature", "none")) == "auto"
+    fold_key = settings_hash(
+        stage="fold", model=model_hash(model), settings=fold_settings,
+        calib=data_fingerprint(settings["calib"]) if fold_settings["input_normalization"] in ("zca", "pca") else "",
+        eval=data_fingerprint(settings.get("eval")) if needs_eval else "",
+    )
+    model, fold_report = pipeline.model_stage(
+        "fold", fold_key, lambda: run_fold(model, fold_settings, calib_ds, eval_ds)
+    )
+
+    # unsupported ops: fail before any output file exists
+    unsupported = target.supports(model)
+    if unsupported:
+        node, op_type, reason = unsupported[0]
+        more = f" (and {len(unsupported) - 1} more; run `edgepipe inspect`)" if len(unsupported) > 1 else ""
+        raise UnsupportedOpError(node, op_type, target.name, f"{reason}{more}")
+
+    # 4. calibrate
+    from edgepipe.calibrate.result import CalibrationResult
+
+    calib_settings = dict(settings["calibration"])
+    calib_key = settings_hash(stage="calibrate", model=model_hash(model), data=data_fingerprint(settings["calib"]),
+                              settings=calib_settings, preprocess=preprocess)
+    progress = progress_factory("calibrating", len(calib_ds)) if progress_factory else None
+    calibration = pipeline.cached(
+        "calibrate", calib_key,
+        lambda: run_calibration(model, calib_ds, calib_settings, progress=progress),
+        save=lambda result, d: result.save(d / "calibration.json"),
+        load=lambda d: CalibrationResult.load(d / "calibration.json"),
+        describe=lambda r: (f"calibration.json ({len(r.tensors)} tensors)", len(json.dumps(r.to_json())),
+                            bytes_hash(json.dumps(r.to_json(), sort_keys=True).encode())),
+        note=lambda r: f"{len(r.warnings)} warning(s)" if r.warnings else "",
+    )
+    warnings.extend(f"calibration: {w}" for w in calibration.warnings)
+
+    out = Path(settings["out"])
+    with tempfile.TemporaryDirectory(prefix=".edgepipe-backend-") as backend_tmp:
+        backend_dir = Path(backend_tmp)
+        # 5. backend
+        backend_options = {**backend_settings, "float_nodes": list(settings["precision"].get("float_nodes") or [])}
+        backend = pipeline.run(
+            "backend", lambda: target.build_backend(model, calibration, backend_dir, backend_options),
+            describe=lambda r: (", ".join(r.files), sum((backend_dir / f).stat().st_size for f in r.files),
+                                _files_hash(backend_dir, r.files)),
+        )
+        # 6. bundle
+        eval_data = reference_eval_data(model, eval_ds or calib_ds, with_labels=eval_ds is not None)
+        files = {name: backend_dir / name for name in backend.files}
+        files["reference.onnx"] = model.SerializeToString(deterministic=True)
+        files["calibration.json"] = (json.dumps(calibration.to_json(), indent=1, sort_keys=True) + "\n").encode()
+        manifest = pipeline.run(
+            "bundle",
+            lambda: write_bundle(
+                out,
+                target=target.describe(),
+                files=files,
+                templates=[],
+                template_context={"runner_template": target.runner_template, **backend.template_context},
+                io=backend.io,
+                stages=[{"name": r.name, "hash": r.hash} for r in pipeline.records],
+                source={"model": str(settings["model"]), "sha256": source_hash, "origin": origin},
+                extra_manifest={**backend.manifest, "fold": _public_fold_report(fold_report),
+                                "simplify": simplify_report, "edgepipe_version": __version__},
+                eval_data=eval_data,
+                hooks=_bundle_hooks(),
+            ),
+            describe=lambda m: (f"{out} ({len(m.get('files', []))} files)",
+                                sum(f.get("size", 0) for f in m.get("files", [])),
+                                bytes_hash(json.dumps(m.get("files", []), sort_keys=True).encode())),
+        )
+
+    result = BuildResult(target.name, out, pipeline.summary(), manifest, warnings)
+    # 7. report on this host (targets whose runtime runs here)
+    if target.host_report and settings["report"].get("host", True):
+        pipeline.run(
+            "report", lambda: run_host_report(out, settings, target, result),
+            describe=lambda r: ("report/report.html", (out / "report" / "report.html").stat().st_size
+                                if (out / "report" / "report.html").exists() else 0, ""),
+        )
+        result.stages = pipeline.summary()
+    return result
+
+
+def _files_hash(root: Path, names: list[str]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(name.encode())
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()
+
+
+def _public_fold_report(report: dict) -> dict:
+    """The fold report as the manifest records it (JSON-safe, sorted)."""
+    return json.loads(json.dumps(report, sort_keys=True, default=str))
+
+
+def _bundle_hooks() -> list:
+    try:
+        from edgepipe.deploy import render_playbook
+    except ImportError:
+        return []
+    return [render_playbook]
+
+
+def reference_eval_data(model, dataset, with_labels: bool) -> dict:
+    """Eval inputs, labels and the FP32 reference outputs of the folded model."""
+    session = graph.make_session(model)
+    output_names = [o.name for o in model.graph.output]
+    inputs = {name: dataset.stack(name) for name in dataset.names}
+    references: dict[str, list[np.ndarray]] = {name: [] for name in output_names}
+    for i in range(len(dataset)):
+        outputs = session.run(output_names, dataset.sample(i))
+        for name, value in zip(output_names, outputs):
+            references[name].append(np.asarray(value))
+    reference = {name: np.concatenate(values, axis=0) for name, values in references.items()}
+    labels = dataset.labels if with_labels and dataset.labels is not None else None
+    return {"inputs": inputs, "labels": labels, "reference": reference}
+
+
+def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> dict:
+    """Run the bundle's own run.py with this Python (marked 'host'), then render the report."""
+    from edgepipe.report import render_report
+
+    threads = settings["backend"].get("threads") or target.options.get("threads") or 2
+    command = [sys.executable, str(out / "run.py"), "--where", "host",
+               "--iterations", str(settings["report"]["iterations"]),
+               "--warmup", str(settings["report"]["warmup"]), "--threads", str(threads)]
+    completed = subprocess.run(command, cwd=str(out), capture_output=True, text=True)
+    if completed.returncode != 0:
+        last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"{out / 'run.py'} failed on this host: {last}")
+    results_path = out / "report" / "results.json"
+    results = json.loads(results_path.read_text())
+    html = render_report(results_path, out_dir=out / "report", bundle_dir=out)
+    result.results = results
+    result.report_html = Path(html) if html else None
+    return results
+

@@ -1,0 +1,244 @@
+"""The `edgepipe` command line. Thin: parse options, call the library, print.
+
+Error contract (release checks rely on it): a `UserError` prints one line `error: ...` on
+stderr and exits 2 with no traceback (unless --debug); a broken budget exits 1; anything else is
+a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+
+import click
+
+from edgepipe import __version__
+from edgepipe.errors import BudgetError, UserError
+
+DEBUG_ENV = "EDGEPIPE_DEBUG"
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get(DEBUG_ENV) == "1"
+
+
+class TtyProgress:
+    """A one-line progress bar on a TTY; silent otherwise (logs and CI stay clean)."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total = label, max(int(total), 1)
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if not self.enabled:
+            return
+        total = total or self.total
+        width = 30
+        filled = int(width * min(done, total) / max(total, 1))
+        sys.stderr.write(f"\r{self.label:<12} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _log(quiet: bool):
+    def log(message: str) -> None:
+        if not quiet:
+            click.echo(message, err=True)
+
+    return log
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="edgepipe")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """edgepipe: PyTorch/ONNX model -> calibrated INT8 bundle for Jetson, desktop GPUs and ARM CPUs."""
+
+
+@cli.command()
+@click.option("--model", help="An .onnx file, a TorchScript/torch.export file, or pkg.module:factory. Default: the shipped demo.")
+@click.option("--weights", help="state_dict checkpoint for a module:factory model (loaded with weights_only=True).")
+@click.option("--target", help="Target plugin or profile (see `edgepipe targets`).")
+@click.option("--calib", help="Calibration data: image folder, .npz (keys = input names) or .npy.")
+@click.option("--eval", "eval_", help="Evaluation data (labels optional): image folder, .npz or .npy.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224", help="Fix an input's static shape (repeatable).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="edgepipe.yaml (default: ./edgepipe.yaml if present).")
+@click.option("--out", help="Bundle directory (default build/<target>).")
+@click.option("--calib-method", type=click.Choice(["auto", "entropy", "percentile", "mse", "minmax"]), help="Calibration method for all tensors.")
+@click.option("--int8-io", is_flag=True, default=None, help="TFLite: int8 model inputs/outputs.")
+@click.option("--keep-layout", is_flag=True, default=None, help="TFLite: keep NCHW inputs (default converts images to NHWC).")
+@click.option("--no-host-report", is_flag=True, default=False, help="Do not run the bundle on this host after the build.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of the table.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def build(model, weights, target, calib, eval_, input_shapes, config_path, out, calib_method, int8_io, keep_layout,
+          no_host_report, as_json, debug):
+    """Build a deployment bundle: export, simplify, fold, calibrate, lower, bundle, report."""
+    from edgepipe import config as cfg
+    from edgepipe.build import resolve_settings, run_build
+
+    overrides: dict = {"model": model, "weights": weights, "target": target, "calib": calib, "eval": eval_, "out": out}
+    if input_shapes:
+        overrides["input_shapes"] = dict(cfg.parse_input_shape(text) for text in input_shapes)
+    if calib_method:
+        overrides["calibration"] = {"method": calib_method}
+    backend = {"int8_io": int8_io, "keep_layout": keep_layout}
+    overrides["backend"] = {k: v for k, v in backend.items() if v is not None}
+    if no_host_report:
+        overrides["report"] = {"host": False}
+    settings, origin = resolve_settings(overrides, config_path)
+    if origin == "demo" and not as_json:
+        click.echo("No --model given and no edgepipe.yaml here: building the shipped demo model.", err=True)
+    result = run_build(settings, origin, log=_log(as_json), progress_factory=TtyProgress)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True, default=str))
+        return
+    _print_summary(result)
+
+
+def _print_summary(result) -> None:
+    rows = [("stage", "time", "artifact", "size", "")]
+    for stage in result.stages:
+        note = "cached" if stage["cached"] else ""
+        if stage.get("note"):
+            note = f"{note} {stage['note']}".strip()
+        rows.append((stage["name"], f"{stage['seconds']:.2f}s", stage["artifact"], _human(stage["size"]), note))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
+    for row in rows:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if result.results:
+        acc = result.results.get("accuracy", {})
+        lat = result.results.get("latency_ms", {})
+        parts = [f"{k} {acc[k]:.4f}" for k in ("top1", "fp32_top1", "argmax_agreement") if isinstance(acc.get(k), (int, float))]
+        if lat:
+            parts.append(f"p50 {lat.get('p50', 0):.3f} ms (host, not device)")
+        click.echo("host report: " + ", ".join(parts))
+    if result.report_html:
+        click.echo(f"report: {result.report_html}")
+    click.echo(f"bundle: {result.out}")
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(size)
+
+
+@cli.command("targets")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable list.")
+def targets_command(as_json: bool):
+    """List installed target plugins and profiles."""
+    from edgepipe.targets import available_targets, load_target
+
+    described = [load_target(name).describe() for name in available_targets()]
+    if as_json:
+        click.echo(json.dumps(described, indent=2, sort_keys=True))
+        return
+    for t in described:
+        origin = f" (profile {t['profile']})" if t.get("profile") else ""
+        click.echo(f"{t['name']:<14} {t['backend']:<9} {t['description']}{origin}")
+        click.echo(f"{'':<14} precision: {t['precision']}; layout {t['layout']}; options {t['options']}")
+        click.echo(f"{'':<14} verified here: {t['verified_here']}")
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL")
+@click.option("--target", "target_names", multiple=True, help="Only these targets (default: all installed).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(model_path: str, target_names: tuple[str, ...], as_json: bool):
+    """Inputs, outputs, op histogram and unsupported ops per target of an ONNX model."""
+    from edgepipe import graph
+    from edgepipe.targets import available_targets, load_target
+
+    model = graph.ensure_node_names(graph.infer_shapes(graph.load_model(model_path)))
+    io = graph.describe_io(model)
+    histogram = dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+    unsupported = {}
+    for name in target_names or available_targets():
+        target = load_target(name)
+        unsupported[target.name] = [{"node": n, "op_type": o, "reason": r} for n, o, r in target.supports(model)]
+    info = {"model": model_path, "opset": graph.opset_version(model), "nodes": len(model.graph.node),
+            "inputs": io["inputs"], "outputs": io["outputs"], "op_histogram": histogram, "unsupported": unsupported}
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True, default=str))
+        return
+    click.echo(f"{model_path}: opset {info['opset']}, {info['nodes']} nodes")
+    for kind in ("inputs", "outputs"):
+        for item in info[kind]:
+            click.echo(f"  {kind[:-1]:<6} {item['name']}  {item['dtype']}  {item['shape']}")
+    click.echo("  ops: " + ", ".join(f"{op} x{count}" for op, count in histogram.items()))
+    for target, nodes in unsupported.items():
+        if not nodes:
+            click.echo(f"  {target}: all ops supported")
+            continue
+        click.echo(f"  {target}: {len(nodes)} unsupported node(s)")
+        for item in nodes[:20]:
+            click.echo(f"    {item['node']} ({item['op_type']}): {item['reason']}")
+
+
+def _register_plugins() -> None:
+    """Commands that live in their own modules (bundle tools, deploy, accuracy recovery)."""
+    import importlib
+
+    for module_name in ("edgepipe.cli_release", "edgepipe.cli_deploy", "edgepipe.cli_accuracy"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        module.register(cli)
+
+
+_register_plugins()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(argv)
+    try:
+        cli.main(args=argv, prog_name="edgepipe", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(UserError.exit_code)
+    except BudgetError as exc:
+        if debug:
+            raise
+        if str(exc):
+            click.echo(f"FAILED: {exc}", err=True)
+        sys.exit(BudgetError.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except MemoryError:
+        if debug:
+            raise
+        click.echo("error: out of memory; try fewer calibration samples (calibration.max_samples)", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        if debug:
+            raise
+        # disk full, permission denied, ...: the user's environment, not our bug
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(2)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

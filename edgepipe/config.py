@@ -1,0 +1,190 @@
+"""The `edgepipe.yaml` schema: every CLI option can live in the file, validated up front.
+
+The schema is data (a nested dict of `Field`s), so the README's config reference, the error
+messages ("unknown key 'calibraton'; allowed: ...") and the defaults all come from one place.
+Files are read with `yaml.safe_load` only.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgepipe.errors import UserError
+
+CALIBRATION_METHODS = ("auto", "entropy", "percentile", "mse", "minmax")
+NORMALIZATION_MODES = ("none", "mean_std", "zca", "pca")
+
+
+@dataclass(frozen=True)
+class Field:
+    types: tuple  # accepted Python types (after YAML parsing)
+    default: Any = None
+    help: str = ""
+    choices: tuple | None = None
+
+
+def _section(**fields: Field) -> dict[str, Field]:
+    return fields
+
+
+SCHEMA: dict[str, Any] = {
+    "model": Field((str,), None, "an .onnx file, a TorchScript / torch.export file, or pkg.module:factory"),
+    "weights": Field((str,), None, "checkpoint for module:factory models (state_dict, loaded with weights_only=True)"),
+    "target": Field((str,), None, "target plugin name (see `edgepipe targets`)"),
+    "calib": Field((str,), None, "calibration data: image folder, .npz or .npy"),
+    "eval": Field((str,), None, "evaluation data (labels optional): image folder, .npz or .npy"),
+    "input_shapes": Field((dict,), {}, "static input shapes, {name: [1, 3, 224, 224]}"),
+    "out": Field((str,), None, "bundle directory (default build/<target>)"),
+    "cache_dir": Field((str,), "build/.cache", "stage cache (export/simplify/fold/calibrate outputs)"),
+    "opset": Field((int,), 17, "ONNX opset for PyTorch export"),
+    "preprocess": _section(
+        size=Field((list,), None, "[H, W]: resize the shorter side and center-crop to this size"),
+        scale=Field((int, float), 1 / 255, "pixel multiplier before mean/std"),
+        mean=Field((list,), None, "per-channel mean (after scale)"),
+        std=Field((list,), None, "per-channel std (after scale)"),
+        channel_order=Field((str,), "RGB", "", ("RGB", "BGR")),
+        layout=Field((str,), "NCHW", "", ("NCHW", "NHWC")),
+        grayscale=Field((bool,), False, "convert images to one channel"),
+    ),
+    "fold": _section(
+        batchnorm=Field((bool,), True, "fold BatchNormalization into the preceding Conv/Gemm"),
+        input_normalization=Field((str,), "none", "fold mean/std or a ZCA/PCA whitening of the input into the first conv", NORMALIZATION_MODES),
+        mean=Field((list,), None, "input mean for mean_std (default: preprocess.mean)"),
+        std=Field((list,), None, "input std for mean_std (default: preprocess.std)"),
+        temperature=Field((str, int, float), "none", "none | auto (fit on the eval set) | a float"),
+        eps=Field((int, float), 1e-5, "eigenvalue floor for whitening"),
+    ),
+    "calibration": _section(
+        method=Field((str,), "auto", "range selection", CALIBRATION_METHODS),
+        percentile=Field((int, float), 99.99, "percentile for method=percentile"),
+        num_bins=Field((int,), 2048, "histogram bins per tensor"),
+        overrides=Field((dict,), {}, "{tensor name or op type: method}"),
+        rounds=Field((int,), 4, "rounds for the stability check"),
+        max_samples=Field((int,), None, "use at most this many calibration samples"),
+        batch_size=Field((int,), 1, "calibration batch size (models with a static batch of 1 use 1)"),
+    ),
+    "backend": _section(
+        int8_io=Field((bool,), False, "TFLite: int8 model inputs/outputs instead of float32"),
+        keep_layout=Field((bool,), False, "TFLite: keep NCHW inputs instead of converting to NHWC"),
+        threads=Field((int,), None, "runtime threads on the device (default: the target's)"),
+        build_engine=Field((bool,), True, "TensorRT: build the engine at build time when tensorrt imports on the host"),
+        workspace_mb=Field((int,), None, "TensorRT builder workspace limit"),
+        dla_core=Field((int,), None, "Jetson: run on this DLA core (GPU fallback on)"),
+        per_channel=Field((bool,), True, "per-channel weight scales"),
+    ),
+    "precision": _section(
+        budget=Field((int, float), None, "max accuracy drop vs FP32 (enables automatic mixed precision)"),
+        float_nodes=Field((list,), [], "ONNX node names kept in float (FP16 on GPUs)"),
+    ),
+    "report": _section(
+        host=Field((bool,), True, "arm-cpu: run the bundle on this host after the build and render the report"),
+        iterations=Field((int,), 200, "timed iterations"),
+        warmup=Field((int,), 20, "warm-up iterations"),
+        eval_limit=Field((int,), None, "use at most this many eval samples in the bundle"),
+    ),
+    "regress": _section(
+        max_drop=Field((int, float), 0.01, "max absolute accuracy drop vs the baseline"),
+        max_latency_increase=Field((str, int, float), "10%", "max latency increase (percent string or ratio)"),
+        metrics=Field((list,), None, "accuracy metrics to compare (default: all present)"),
+    ),
+}
+
+
+def defaults() -> dict:
+    def build(schema: dict) -> dict:
+        return {k: (build(v) if isinstance(v, dict) else copy.deepcopy(v.default)) for k, v in schema.items()}
+
+    return build(SCHEMA)
+
+
+def load_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"{path}: not valid YAML{where}: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of options, got {type(data).__name__}")
+    validate(data, source=str(path))
+    return data
+
+
+def validate(data: dict, source: str = "config", schema: dict | None = None, prefix: str = "") -> None:
+    """Raise UserError on unknown keys, wrong types or values outside the choices."""
+    schema = SCHEMA if schema is None else schema
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            allowed = ", ".join(sorted(schema))
+            raise UserError(f"{source}: unknown key '{dotted}'; allowed keys here: {allowed}")
+        spec = schema[key]
+        if isinstance(spec, dict):
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: '{dotted}' must be a mapping with keys {', '.join(sorted(spec))}")
+            validate(value, source, spec, dotted + ".")
+            continue
+        if value is None:
+            continue
+        if isinstance(value, bool) and bool not in spec.types:
+            ok = False
+        else:
+            ok = isinstance(value, spec.types)
+        if not ok:
+            names = " or ".join(t.__name__ for t in spec.types)
+            raise UserError(f"{source}: '{dotted}' must be {names}, got {type(value).__name__} ({value!r})")
+        if spec.choices and value not in spec.choices:
+            raise UserError(f"{source}: '{dotted}' must be one of {', '.join(spec.choices)}, got {value!r}")
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge `override` into a copy of `base`; None values in override do not clobber."""
+    result = copy.deepcopy(base)
+    for key, value in override.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(result.get(key), dict) and key in SCHEMA and isinstance(SCHEMA[key], dict):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def parse_input_shape(text: str) -> tuple[str, list[int]]:
+    """'image:1x3x224x224' -> ('image', [1, 3, 224, 224])."""
+    name, sep, dims = text.rpartition(":")
+    if not sep or not name or not dims:
+        raise UserError(f"--input-shape '{text}': expected NAME:1x3x224x224")
+    try:
+        shape = [int(d) for d in dims.lower().split("x")]
+    except ValueError:
+        raise UserError(f"--input-shape '{text}': dimensions must be integers like 1x3x224x224") from None
+    if any(d <= 0 for d in shape):
+        raise UserError(f"--input-shape '{text}': dimensions must be positive")
+    return name, shape
+
+
+def reference_rows(schema: dict | None = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) rows for the README's config reference."""
+    schema = SCHEMA if schema is None else schema
+    rows = []
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            rows.extend(reference_rows(spec, f"{prefix}{key}."))
+            continue
+        kind = " | ".join(spec.choices) if spec.choices else "/".join(t.__name__ for t in spec.types)
+        rows.append((prefix + key, kind, repr(spec.default), spec.help))
+    return rows

@@ -1,0 +1,208 @@
+"""Stage 1, export: any supported model source -> one ONNX model with static input shapes.
+
+Sources: an `.onnx` file (checked, shape-inferred), a PyTorch `pkg.module:factory` (+ a
+state_dict checkpoint loaded with `weights_only=True`), or a TorchScript / `torch.export` file.
+Dynamic dimensions are fixed from `--input-shape`, else from the calibration data's first
+sample (batch 1): every later stage and backend needs static shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import io
+import sys
+from pathlib import Path
+
+import onnx
+
+from edgepipe import graph
+from edgepipe.errors import UserError
+
+TORCH_FILE_SUFFIXES = (".pt", ".pth", ".pt2", ".ts", ".torchscript")
+
+
+def is_factory_spec(spec: str) -> bool:
+    """'pkg.module:factory' (not a Windows drive letter, not an existing file)."""
+    module, sep, attr = spec.partition(":")
+    return bool(sep and module and attr and not Path(spec).exists() and "/" not in module)
+
+
+def source_fingerprint(spec: str, weights: str | None) -> str:
+    """Content hash of the model source, for the stage cache and the manifest."""
+    digest = hashlib.sha256()
+    if is_factory_spec(spec):
+        digest.update(spec.encode())
+        module_name = spec.partition(":")[0]
+        try:
+            module = importlib.import_module(module_name)
+            source_file = inspect.getsourcefile(module)
+            if source_file:
+                digest.update(Path(source_file).read_bytes())
+        except Exception:
+            pass  # the export stage reports import problems with a clear message
+    else:
+        digest.update(file_sha256(spec).encode())
+    if weights:
+        digest.update(file_sha256(weights).encode())
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_factory(spec: str, weights: str | None):
+    """Import `pkg.module:factory`, call it, load a state_dict checkpoint safely."""
+    module_name, _, attr = spec.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # user modules next to edgepipe.yaml
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise UserError(f"--model {spec}: cannot import module '{module_name}' ({type(exc).__name__}: {exc})") from exc
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise UserError(f"--model {spec}: module '{module_name}' has no callable '{attr}'")
+    try:
+        model = factory()
+    except Exception as exc:
+        raise UserError(f"--model {spec}: the factory raised {type(exc).__name__}: {exc}") from exc
+    if weights:
+        load_weights(model, weights)
+    return model.eval()
+
+
+def load_weights(model, weights: str) -> None:
+    import torch
+
+    path = Path(weights)
+    if not path.is_file():
+        raise UserError(f"--weights {weights}: no such file")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"--weights {weights}: refused or unreadable under torch.load(weights_only=True) ({first}); "
+            "save a plain state_dict with torch.save(model.state_dict(), path)"
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"--weights {weights}: expected a state_dict, got {type(state).__name__}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"--weights {weights}: does not match the model: {first}") from exc
+
+
+def load_torch_file(path: Path):
+    import torch
+
+    if path.suffix == ".pt2":
+        try:
+            return torch.export.load(str(path)).module()
+        except Exception as exc:
+            raise UserError(f"{path}: not a readable torch.export program ({exc})") from exc
+    try:
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as exc:
+        raise UserError(
+            f"{path}: not a TorchScript file; for a state_dict checkpoint use --model pkg.module:factory --weights {path}"
+        ) from exc
+
+
+def export_torch(module, input_shapes: dict[str, list[int]], output_names: list[str] | None, opset: int) -> onnx.ModelProto:
+    """torch -> ONNX with the TorchScript-based exporter (no onnxscript dependency), static shapes."""
+    import torch
+
+    if not input_shapes:
+        raise UserError("a PyTorch model needs its input shape: pass --input-shape NAME:1x3x224x224 or --calib data")
+    names = list(input_shapes)
+    args = tuple(torch.zeros(input_shapes[n], dtype=torch.float32) for n in names)
+    buffer = io.BytesIO()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                module, args, buffer, opset_version=opset, input_names=names, output_names=output_names,
+                do_constant_folding=False, dynamo=False,
+            )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"PyTorch export to ONNX failed: {first}") from exc
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def fix_static_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], source: str) -> onnx.ModelProto:
+    """Pin every graph input to a static shape; error naming the input when one stays dynamic."""
+    inputs = {i.name: i for i in graph.graph_inputs(model)}
+    for name in shapes:
+        if name not in inputs:
+            raise UserError(f"--input-shape names '{name}', but {source} has inputs: {', '.join(inputs)}")
+    for name, info in inputs.items():
+        dims = info.type.tensor_type.shape.dim
+        current = graph.tensor_shape(info)
+        wanted = shapes.get(name)
+        if wanted is not None:
+            if len(wanted) != len(current) and current:
+                raise UserError(f"--input-shape {name}: {len(wanted)} dims given, {source} declares {len(current)} ({current})")
+            for dim, (have, want) in zip(dims, zip(current, wanted)):
+                if isinstance(have, int) and have != want:
+                    raise UserError(f"--input-shape {name}: dim {have} of {source} is static and differs from {want}")
+            del dims[:]
+            for value in wanted:
+                dims.add().dim_value = int(value)
+        elif any(not isinstance(d, int) for d in current):
+            raise UserError(
+                f"input '{name}' of {source} has dynamic dims {current}; pass --input-shape {name}:1x... "
+                "or calibration data to fix them"
+            )
+    # Intermediate shapes recorded for the old dynamic dims are stale now.
+    del model.graph.value_info[:]
+    for out in model.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    return graph.infer_shapes(model)
+
+
+def restore_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """After shape inference, copy the inferred output shapes onto the graph outputs."""
+    infos = {v.name: v for v in model.graph.value_info}
+    for out in model.graph.output:
+        if not out.type.tensor_type.HasField("shape") and out.name in infos:
+            out.type.CopyFrom(infos[out.name].type)
+    return model
+
+
+def run_export(spec: str, weights: str | None, input_shapes: dict[str, list[int]], opset: int = 17,
+               output_names: list[str] | None = None) -> onnx.ModelProto:
+    """Return a static-shape ONNX model for any supported source."""
+    if spec.endswith(".onnx"):
+        model = graph.load_model(spec)
+        source = spec
+    elif is_factory_spec(spec):
+        model = export_torch(load_factory(spec, weights), input_shapes, output_names, opset)
+        source = spec
+    elif Path(spec).suffix in TORCH_FILE_SUFFIXES or Path(spec).is_file():
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"{spec}: no such file")
+        if path.suffix not in TORCH_FILE_SUFFIXES:
+            model = graph.load_model(path)  # an ONNX file without the suffix still gets checked
+        else:
+            model = export_torch(load_torch_file(path), input_shapes, output_names, opset)
+        source = spec
+    else:
+        raise UserError(f"--model {spec}: not a file and not a pkg.module:factory spec")
+    model = fix_static_shapes(model, input_shapes, source)
+    model = restore_output_shapes(model)
+    return graph.ensure_node_names(model)

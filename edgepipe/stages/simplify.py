@@ -1,0 +1,63 @@
+"""Stage 2, simplify: onnxsim constant folding and shape simplification, never fatal.
+
+onnxsim fails on some real models (custom domains, huge constants, ops its shape inference does
+not know). A failed simplification is not a failed build: we keep the exported graph, warn, and
+say so in the summary. The simplified graph is checked against the original in ONNX Runtime so a
+simplifier bug cannot silently change the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from edgepipe import graph
+
+
+def run_simplify(model: onnx.ModelProto, check: bool = True) -> tuple[onnx.ModelProto, dict]:
+    """Return (model, report); report['status'] is 'simplified', 'skipped' or 'failed: ...'."""
+    try:
+        import onnxsim
+    except ImportError:
+        return model, {"status": "skipped", "note": "onnxsim is not installed"}
+    before = len(model.graph.node)
+    try:
+        # BatchNorm folding is our own fold stage (readable, tested), not onnxsim's.
+        simplified, ok = onnxsim.simplify(model, check_n=0, skip_fuse_bn=True)
+    except Exception as exc:  # onnxsim raises RuntimeError, onnx errors, even SystemError
+        message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return model, {"status": "failed", "note": f"onnxsim failed ({message}); kept the exported graph"}
+    if not ok:
+        return model, {"status": "failed", "note": "onnxsim could not validate its result; kept the exported graph"}
+    if check:
+        problem = _compare(model, simplified)
+        if problem:
+            return model, {"status": "failed", "note": f"simplified graph differs from the original ({problem}); kept the exported graph"}
+    simplified = graph.ensure_node_names(simplified)
+    return simplified, {"status": "simplified", "nodes_before": before, "nodes_after": len(simplified.graph.node)}
+
+
+def _compare(original: onnx.ModelProto, simplified: onnx.ModelProto) -> str:
+    """'' when both graphs agree on a random input, else a short description."""
+    try:
+        feeds = {}
+        rng = np.random.default_rng(0)
+        for info in graph.graph_inputs(original):
+            shape = [d if isinstance(d, int) else 1 for d in graph.tensor_shape(info)]
+            dtype = graph.tensor_dtype(info)
+            if np.issubdtype(dtype, np.floating):
+                feeds[info.name] = rng.standard_normal(shape).astype(dtype)
+            else:
+                feeds[info.name] = np.zeros(shape, dtype=dtype)
+        a = graph.make_session(original).run(None, feeds)
+        b = graph.make_session(simplified).run(None, feeds)
+    except Exception:
+        return ""  # cannot run either; later stages report runtime problems with context
+    for x, y in zip(a, b):
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        if x.shape != y.shape:
+            return f"output shape {x.shape} vs {y.shape}"
+        scale = max(float(np.max(np.abs(x))) if x.size else 0.0, 1e-6)
+        if x.size and float(np.max(np.abs(x - y))) > 1e-3 * scale:
+            return f"max abs diff {float(np.max(np.abs(x - y))):.3g}"
+    return ""

@@ -1,0 +1,146 @@
+"""Target plugins: what a device needs, found through the `edgepipe.targets` entry-point group.
+
+A target says which backend lowers the model (tensorrt | tflite), how activations are quantized
+(symmetric for TensorRT, asymmetric for TFLite), which bundle files to render and whether the
+bundle can be run on this host after the build. The built-ins are registered exactly like a
+third-party package would register its own, and YAML profiles (`targets/profiles/*.yaml`, or a
+`--target path/to/profile.yaml`) derive from a plugin without any Python:
+
+    name: rpi5
+    base: arm-cpu
+    description: Raspberry Pi 5 (Cortex-A76, 4 cores)
+    options: {threads: 4}
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgepipe.errors import UserError
+
+ENTRY_POINT_GROUP = "edgepipe.targets"
+
+
+@dataclass
+class BackendResult:
+    """What a backend wrote into the staging dir, and what the manifest should say about it."""
+
+    files: list[str]  # paths relative to the bundle root
+    io: dict  # {"inputs": [...], "outputs": [...]} with layout and quantization
+    manifest: dict = field(default_factory=dict)  # extra manifest entries (precision, reports)
+    template_context: dict = field(default_factory=dict)
+
+
+class Target:
+    """Base class of target plugins; subclasses set the class attributes and `build_backend`."""
+
+    name: str = ""
+    backend: str = ""  # "tensorrt" | "tflite"
+    description: str = ""
+    precision: str = ""  # human readable default precision policy
+    input_layout: str = "NCHW"
+    activation_symmetric: bool = True
+    runtime_requirements: list[str] = []
+    verified_here: str = ""  # what this machine verifies for this target
+    runner_template: str = ""
+    host_report: bool = False  # can run.py run on the build host (arm-cpu: the TFLite interpreter)
+    device_readme: str = ""  # extra markdown for the bundle README
+    default_options: dict[str, Any] = {}
+
+    def __init__(self, options: dict | None = None, profile: str | None = None):
+        self.options = {**copy.deepcopy(self.default_options), **(options or {})}
+        self.profile = profile
+
+    def supports(self, model) -> list[tuple[str, str, str]]:
+        """Nodes this target cannot run: [(node name, op type, reason)]."""
+        return []
+
+    def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "description": self.description,
+            "precision": self.precision,
+            "layout": self.input_layout,
+            "runtime_requirements": list(self.runtime_requirements),
+            "verified_here": self.verified_here,
+            "options": dict(sorted(self.options.items())),
+            "profile": self.profile,
+            "device_readme": self.device_readme,
+        }
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _profiles() -> dict[str, Path]:
+    root = resources.files("edgepipe_targets") / "profiles"
+    found = {}
+    if root.is_dir():
+        for item in root.iterdir():
+            if item.name.endswith((".yaml", ".yml")):
+                found[item.name.rsplit(".", 1)[0]] = Path(str(item))
+    return found
+
+
+def available_targets() -> list[str]:
+    return sorted(set(_entry_points()) | set(_profiles()))
+
+
+def _load_plugin(name: str) -> type[Target]:
+    eps = _entry_points()
+    if name not in eps:
+        raise UserError(f"unknown target '{name}'; installed targets: {', '.join(available_targets())}")
+    try:
+        plugin = eps[name].load()
+    except Exception as exc:
+        raise UserError(f"target plugin '{name}' ({eps[name].value}) failed to import: {exc}") from exc
+    if not (isinstance(plugin, type) and issubclass(plugin, Target)):
+        raise UserError(f"target plugin '{name}' ({eps[name].value}) is not an edgepipe.targets.Target subclass")
+    return plugin
+
+
+def _read_profile(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{path}: cannot read target profile ({exc})") from exc
+    if not isinstance(data, dict) or "base" not in data:
+        raise UserError(f"{path}: a target profile needs at least 'base: <target>' (e.g. base: arm-cpu)")
+    unknown = set(data) - {"name", "base", "description", "options"}
+    if unknown:
+        raise UserError(f"{path}: unknown key '{sorted(unknown)[0]}' in target profile; allowed: base, description, name, options")
+    if not isinstance(data.get("options", {}) or {}, dict):
+        raise UserError(f"{path}: 'options' must be a mapping")
+    return data
+
+
+def load_target(name: str, options: dict | None = None, _depth: int = 0) -> Target:
+    """Instantiate a target by plugin name, profile name, or path to a profile YAML."""
+    if _depth > 5:
+        raise UserError(f"target profile '{name}': 'base' chain is too deep (a cycle?)")
+    path = Path(name)
+    profiles = _profiles()
+    if name.endswith((".yaml", ".yml")) or (name in profiles and name not in _entry_points()):
+        profile_path = path if name.endswith((".yaml", ".yml")) else profiles[name]
+        if not profile_path.exists():
+            raise UserError(f"{profile_path}: target profile not found")
+        data = _read_profile(profile_path)
+        merged = {**(data.get("options") or {}), **(options or {})}
+        target = load_target(str(data["base"]), merged, _depth + 1)
+        target.name = str(data.get("name") or profile_path.stem)
+        target.profile = str(profile_path.name)
+        if data.get("description"):
+            target.description = str(data["description"])
+        return target
+    return _load_plugin(name)(options)

@@ -1,0 +1,49 @@
+"""ARM CPU boards (Raspberry Pi / Cortex-A): full-integer int8 TFLite run by LiteRT + XNNPACK."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgepipe.targets import BackendResult, Target
+
+
+class ArmCpuTarget(Target):
+    name = "arm-cpu"
+    backend = "tflite"
+    description = "ARM Cortex-A boards (Raspberry Pi class), LiteRT / tflite-runtime with XNNPACK"
+    precision = "int8 full-integer (float32 I/O by default)"
+    input_layout = "NHWC"
+    activation_symmetric = False
+    runner_template = "runner_tflite.py.j2"
+    runtime_requirements = ["ai-edge-litert>=1.0 (or tflite-runtime>=2.14 with numpy<2)", "numpy"]
+    verified_here = (
+        "int8 and fp32 .tflite run in the real LiteRT interpreter (x86 XNNPACK and reference kernels); "
+        "run.py report on this host; arm64 outputs under qemu-aarch64 (tests marked arm)"
+    )
+    host_report = True
+    default_options = {"threads": 2}
+    device_readme = (
+        "Install the runtime on the board: `pip3 install ai-edge-litert numpy` (64-bit OS, glibc >= 2.34), "
+        "or `pip3 install tflite-runtime 'numpy<2'`."
+    )
+
+    def supports(self, model):
+        from edgepipe.backends.tflite import unsupported_nodes
+
+        return unsupported_nodes(model)
+
+    def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
+        from edgepipe.backends.tflite import build_tflite
+
+        options = {**self.options, **{k: v for k, v in settings.items() if v is not None}}
+        options["float_nodes"] = set(options.get("float_nodes") or [])
+        result = build_tflite(model, calibration, out_dir, options)
+        manifest = {
+            "precision": {
+                "policy": self.precision,
+                "float_nodes": sorted(result.get("float_nodes") or []),
+                "int8_io": bool(options.get("int8_io")),
+            },
+            "op_histogram": result.get("op_histogram", {}),
+        }
+        return BackendResult(files=list(result["files"]), io=result["io"], manifest=manifest)

@@ -1,0 +1,45 @@
+"""Shared behaviour of the NVIDIA targets: explicit-quantization TensorRT (Q/DQ ONNX + engine kit).
+
+TensorRT engines are specific to one GPU and one TensorRT version, so the bundle carries the
+Q/DQ ONNX and a build kit; the engine is built on the device (or on this host when `tensorrt`
+imports and the target is a desktop GPU).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgepipe.graph import describe_io
+from edgepipe.targets import BackendResult, Target
+
+VERIFIED_HERE = (
+    "Q/DQ ONNX run in ONNX Runtime (int8 arithmetic), calibration cache format, engine kit "
+    "compiles and uses only TensorRT 10 API names; engine build and run.py need TensorRT + GPU"
+)
+
+
+class TensorRTTarget(Target):
+    backend = "tensorrt"
+    input_layout = "NCHW"
+    activation_symmetric = True
+    runner_template = "tensorrt/runner_tensorrt.py.j2"
+    runtime_requirements = ["tensorrt>=8.6", "pycuda", "numpy"]
+    verified_here = VERIFIED_HERE
+    host_report = False
+    build_engine_on_host = False
+
+    def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
+        from edgepipe.backends.tensorrt import build_tensorrt
+
+        options = {**self.options, **{k: v for k, v in settings.items() if v is not None}}
+        options["build_engine"] = bool(options.get("build_engine", True)) and self.build_engine_on_host
+        result = build_tensorrt(model, calibration, out_dir, options)
+        manifest = {
+            "precision": {
+                "policy": self.precision,
+                "float_nodes": sorted(options.get("float_nodes") or []),
+                "qdq": result.get("qdq_report", {}),
+            },
+            "engine": {"built_on_host": bool(result.get("engine_built")), "note": result.get("engine_note", "")},
+        }
+        return BackendResult(files=list(result["files"]), io=describe_io(model), manifest=manifest)
