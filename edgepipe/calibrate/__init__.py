@@ -1,1 +1,87 @@
+"""Calibration engine: stream activation histograms, then choose per-tensor int8 ranges.
 
+Two phases, as ONNX Runtime's calibrators (`collect_data` then `compute_data`) but streaming:
+`collector.collect` folds every batch into fixed-size histograms (memory independent of the
+number of samples), then `policy.choose` picks `amax` and `(lo, hi)` per tensor with the
+requested method (auto, entropy, percentile, mse, minmax; overrides per tensor name or producer
+op type), and `stability` measures how much the thresholds move across rounds of the set.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import onnx
+
+from edgepipe import graph
+from edgepipe.calibrate import collector, policy, stability
+from edgepipe.calibrate.result import CalibrationResult, TensorCalibration
+from edgepipe.errors import UserError
+
+DEFAULT_SETTINGS = {
+    "method": "auto",
+    "percentile": 99.99,
+    "num_bins": 2048,
+    "overrides": {},
+    "rounds": 4,
+    "max_samples": None,
+    "batch_size": 1,
+    "max_exposed_mb": 1024,
+}
+
+__all__ = ["calibrate", "CalibrationResult", "TensorCalibration", "DEFAULT_SETTINGS", "METHODS"]
+METHODS = policy.METHODS
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    dataset,
+    settings: dict | None = None,
+    tensors: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CalibrationResult:
+    """Calibrate every float activation of `model` (or only `tensors`) on `dataset`."""
+    settings = {**DEFAULT_SETTINGS, **(settings or {})}
+    contexts = collector.calibratable_tensors(model)
+    if tensors is not None:
+        unknown = [t for t in tensors if t not in contexts]
+        if unknown:
+            raise UserError(
+                f"tensor '{unknown[0]}' is not a float activation of the model; pass names of node "
+                "outputs or graph inputs"
+            )
+        contexts = {t: contexts[t] for t in tensors}
+    _check_dataset_inputs(model, dataset)
+    hists, num_samples = collector.collect(model, dataset, contexts, settings, progress)
+    result = CalibrationResult(method=settings["method"], num_samples=num_samples)
+    percentile = float(settings["percentile"])
+    stabilities = {}
+    for name, hist in hists.items():
+        choice = policy.choose(name, hist, contexts[name], settings)
+        stabilities[name] = stability.round_stability(hist, choice.method, percentile)
+        result.tensors[name] = TensorCalibration(
+            name=name,
+            min=float(hist.min),
+            max=float(hist.max),
+            amax=choice.amax,
+            lo=choice.lo,
+            hi=choice.hi,
+            method=choice.method,
+            reason=choice.reason,
+            stability=stabilities[name],
+        )
+        result.histograms[name] = hist.summary(amax=choice.amax, lo=choice.lo, hi=choice.hi)
+    result.warnings.extend(stability.stability_warnings(stabilities, num_samples))
+    return result
+
+
+def _check_dataset_inputs(model: onnx.ModelProto, dataset) -> None:
+    if len(dataset) == 0:
+        raise UserError("calibration set is empty; pass a dataset with at least one sample")
+    provided = set(dataset.sample(0))
+    for value in graph.graph_inputs(model):
+        if value.name not in provided:
+            raise UserError(
+                f"calibration data has no input '{value.name}' (has: {', '.join(sorted(provided))}); "
+                "provide one array per model input"
+            )

@@ -1,0 +1,200 @@
+"""Stream activation statistics of an FP32 ONNX model over a calibration set (collect phase).
+
+Why streaming: ONNX Runtime's `collect_data` keeps every exposed activation of every sample and
+histograms at the end (tens of GB on detectors). Here each batch's activations are folded into
+fixed-size histograms (histogram.py) and dropped, so peak memory is one batch's activations plus
+`tensors x rounds x 2 x num_bins` counters, whatever the number of samples.
+
+Which tensors: graph inputs and float outputs of every node that a backend may quantize; integer
+and shape tensors and anything computed only from constants (Constant nodes, shape arithmetic on
+initializers) are skipped.
+
+Memory vs passes: exposing every tensor makes ONNX Runtime return all of one batch's activations
+at once. When their estimated size exceeds `max_exposed_mb`, tensors are split into chunks and
+the model runs once per chunk (time x chunks, memory / chunks). Tensors whose size shape
+inference cannot tell count as the largest known one.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+import onnx
+
+from edgepipe import graph
+from edgepipe.calibrate.histogram import TensorHistogram
+from edgepipe.calibrate.policy import TensorContext
+from edgepipe.errors import UserError
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def calibratable_tensors(model: onnx.ModelProto) -> dict[str, TensorContext]:
+    """Float activation tensors (graph inputs first, then node outputs in graph order) with context."""
+    infos = graph.value_infos(graph.infer_shapes(model))
+    constant = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:  # graph order is topological in valid ONNX
+        if node.op_type == "Constant" or (node.input and all(not i or i in constant for i in node.input)):
+            constant.update(o for o in node.output if o)
+    consumer_ops = {name: tuple(n.op_type for n in nodes) for name, nodes in graph.consumers(model).items()}
+    outputs = {o.name for o in model.graph.output}
+
+    def is_float(name: str) -> bool:
+        info = infos.get(name)
+        elem = info.type.tensor_type.elem_type if info is not None else 0
+        return elem == 0 or elem in FLOAT_TYPES  # unknown type: decided on the first batch
+
+    result: dict[str, TensorContext] = {}
+    for value in graph.graph_inputs(model):
+        if is_float(value.name):
+            result[value.name] = TensorContext(None, consumer_ops.get(value.name, ()), value.name in outputs)
+    for node in model.graph.node:
+        for name in node.output:
+            if name and name not in constant and name not in result and is_float(name):
+                result[name] = TensorContext(node.op_type, consumer_ops.get(name, ()), name in outputs)
+    return result
+
+
+def sample_indices(dataset_size: int, max_samples: int | None) -> list[int]:
+    """All samples, or `max_samples` spread evenly over the set (image folders are class-sorted)."""
+    if not max_samples or max_samples >= dataset_size:
+        return list(range(dataset_size))
+    return sorted({int(i) for i in np.linspace(0, dataset_size - 1, max_samples).round()})
+
+
+def round_of(position: int, total: int, rounds: int) -> int:
+    """Contiguous split of positions 0..total-1 into `rounds` chunks."""
+    return min(position * rounds // max(total, 1), rounds - 1)
+
+
+def static_batch_size(model: onnx.ModelProto, requested: int) -> int:
+    """1 when an input has a fixed batch dimension of 1 (exported with static shapes)."""
+    for value in graph.graph_inputs(model):
+        dims = graph.tensor_shape(value)
+        if dims and dims[0] == 1:
+            return 1
+    return max(int(requested), 1)
+
+
+def batches(dataset, indices: list[int], rounds: int, batch_size: int) -> Iterator[tuple[int, list[int], dict]]:
+    """(round, sample indices, feed) batches that never cross a round boundary."""
+    current: list[int] = []
+    current_round = 0
+    for position, index in enumerate(indices):
+        r = round_of(position, len(indices), rounds)
+        if current and (r != current_round or len(current) == batch_size):
+            yield current_round, current, _stack(dataset, current)
+            current = []
+        current_round = r
+        current.append(index)
+    if current:
+        yield current_round, current, _stack(dataset, current)
+
+
+def _stack(dataset, indices: list[int]) -> dict:
+    samples = [dataset.sample(i) for i in indices]
+    if len(samples) == 1:
+        return dict(samples[0])
+    return {name: np.concatenate([s[name] for s in samples], axis=0) for name in samples[0]}
+
+
+def tensor_chunks(model: onnx.ModelProto, names: list[str], batch_size: int, max_exposed_mb: float) -> list[list[str]]:
+    """Split `names` so each chunk's estimated activations per batch stay under the budget."""
+    infos = graph.value_infos(graph.infer_shapes(model))
+    sizes = {}
+    for name in names:
+        dims = graph.tensor_shape(infos[name]) if name in infos else []
+        if dims and all(isinstance(d, int) for d in dims[1:]):
+            sizes[name] = int(np.prod([d for d in dims[1:]], dtype=np.int64)) * 4 * batch_size
+    fallback = max(sizes.values(), default=0)
+    budget = max_exposed_mb * 2**20
+    chunks: list[list[str]] = [[]]
+    used = 0.0
+    for name in names:
+        size = sizes.get(name, fallback)
+        if chunks[-1] and used + size > budget:
+            chunks.append([])
+            used = 0.0
+        chunks[-1].append(name)
+        used += size
+    return chunks
+
+
+def _first_bad(arrays: dict, names) -> str | None:
+    for name in names:
+        value = arrays[name]
+        if value.size and not np.isfinite(value.min() + value.max()):  # min/max are NaN/Inf if any is
+            return name
+    return None
+
+
+def _sample_with_bad_activation(session, names, dataset, indices, tensor) -> int:
+    """Which sample of a failing batch produced the non-finite value (re-runs it one by one)."""
+    for index in indices:
+        value = session.run([tensor], dict(dataset.sample(index)))[0]
+        if value.size and not np.all(np.isfinite(value)):
+            return index
+    return indices[0]
+
+
+def collect(
+    model: onnx.ModelProto,
+    dataset,
+    contexts: dict[str, TensorContext],
+    settings: dict,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, TensorHistogram], int]:
+    """Histograms of every tensor in `contexts`; returns (histograms, number of samples used)."""
+    indices = sample_indices(len(dataset), settings.get("max_samples"))
+    if not indices:
+        raise UserError("calibration set is empty; pass a dataset with at least one sample")
+    rounds = max(1, min(int(settings.get("rounds", 4)), len(indices)))
+    batch_size = static_batch_size(model, settings.get("batch_size", 1))
+    names = list(contexts)
+    input_names = {v.name for v in graph.graph_inputs(model)}
+    chunks = tensor_chunks(model, names, batch_size, float(settings.get("max_exposed_mb", 1024)))
+    num_bins = int(settings.get("num_bins", 2048))
+    hists = {name: TensorHistogram(name, num_bins, rounds) for name in names}
+    skipped: set[str] = set()
+    total, done = len(indices) * len(chunks), 0
+    for chunk in chunks:
+        session = graph.make_session(graph.expose_tensors(model, [n for n in chunk if n not in input_names]))
+        fetch = [n for n in chunk if n not in input_names]
+        for round_index, batch_indices, feed in batches(dataset, indices, rounds, batch_size):
+            _check_inputs(feed, batch_indices)
+            arrays = dict(zip(fetch, session.run(fetch, feed))) if fetch else {}
+            arrays.update({n: np.asarray(feed[n]) for n in chunk if n in input_names and n in feed})
+            bad = _first_bad({n: a for n, a in arrays.items() if np.issubdtype(a.dtype, np.floating)}, chunk)
+            if bad is not None:
+                index = _sample_with_bad_activation(session, chunk, dataset, batch_indices, bad)
+                raise UserError(
+                    f"calibration sample {index}: tensor '{bad}' contains NaN or Inf; check that sample's "
+                    "preprocessing or drop it from the calibration set"
+                )
+            for name in chunk:
+                value = arrays.get(name)
+                if value is None or not np.issubdtype(value.dtype, np.floating):
+                    skipped.add(name)
+                    continue
+                hists[name].update(value, round_index)
+            done += len(batch_indices)
+            if progress is not None:
+                progress(done, total)
+    for name in skipped:
+        hists.pop(name, None)
+    return hists, len(indices)
+
+
+def _check_inputs(feed: dict, batch_indices: list[int]) -> None:
+    for name, value in feed.items():
+        value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.floating) or np.all(np.isfinite(value)):
+            continue
+        per_sample = value.reshape(value.shape[0], -1) if value.ndim and value.shape[0] == len(batch_indices) else None
+        where = batch_indices[0]
+        if per_sample is not None:
+            where = batch_indices[int(np.flatnonzero(~np.all(np.isfinite(per_sample), axis=1))[0])]
+        raise UserError(
+            f"calibration sample {where}: input '{name}' contains NaN or Inf; fix or drop that sample"
+        )

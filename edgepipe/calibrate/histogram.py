@@ -1,0 +1,126 @@
+"""Fixed-size streaming histograms of one activation tensor.
+
+Why this shape: ONNX Runtime's calibrators keep every activation of every sample before they
+histogram, so memory grows with the calibration set. Here each tensor owns a fixed number of
+counters whatever the number of samples.
+
+Layout. The range is `[0, R)` with `R` always a power of two strictly above the largest |x| seen
+so far. Two count arrays of `num_bins` bins each cover it: `pos` counts x >= 0 by x, `neg` counts
+x < 0 by -x. The |x| histogram (symmetric calibration) is `pos + neg`; the signed histogram
+(asymmetric calibration) is `reversed(neg) ++ pos` over `[-R, R)`.
+
+Re-binning. When a batch exceeds `R`, `R` doubles (as often as needed) and adjacent bin pairs are
+merged, so counts are preserved exactly. Because `R` is a power of two, `x / R` is exact in
+floating point and the bin index of a value at the final range equals the merged index at any
+smaller range: the histogram does not depend on how the data was split into batches or in which
+order it came. The cost: the data fills between half and all of the bins (resolution >= R/2 /
+num_bins), which is still 1024+ bins at the default 2048.
+
+Rounds. Counters are kept per round (contiguous chunks of the calibration set) so stability can
+be measured from the same single pass; the totals are the sums over rounds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SMALLEST_RANGE = 2.0**-24  # ranges below this are treated as all-zero tensors
+
+
+def power_of_two_above(value: float) -> float:
+    """Smallest power of two strictly greater than `value` (and >= SMALLEST_RANGE)."""
+    if not value > 0.0:
+        return SMALLEST_RANGE
+    exponent = math.frexp(float(value))[1]  # value = m * 2**e with 0.5 <= m < 1, so value < 2**e
+    return max(math.ldexp(1.0, exponent), SMALLEST_RANGE)
+
+
+class TensorHistogram:
+    """Running min/max plus per-round |x| histograms (split by sign) of one tensor."""
+
+    def __init__(self, name: str, num_bins: int = 2048, rounds: int = 1):
+        if num_bins < 2 or num_bins % 2:
+            raise ValueError(f"num_bins must be an even number >= 2, got {num_bins}")
+        self.name = name
+        self.num_bins = int(num_bins)
+        self.range = SMALLEST_RANGE
+        self.min = math.inf
+        self.max = -math.inf
+        self.count = 0
+        # counts[round, 0] = x >= 0 by x ; counts[round, 1] = x < 0 by -x
+        self.counts = np.zeros((max(int(rounds), 1), 2, self.num_bins), dtype=np.int64)
+        self.round_min = np.full(self.counts.shape[0], math.inf)
+        self.round_max = np.full(self.counts.shape[0], -math.inf)
+
+    @property
+    def rounds(self) -> int:
+        return self.counts.shape[0]
+
+    @property
+    def bin_width(self) -> float:
+        return self.range / self.num_bins
+
+    def update(self, values: np.ndarray, round_index: int = 0) -> None:
+        """Add a batch of values. Non-finite values must be rejected by the caller first."""
+        x = np.asarray(values).ravel()
+        if x.size == 0:
+            return
+        low, high = float(x.min()), float(x.max())
+        self.min, self.max = min(self.min, low), max(self.max, high)
+        self.round_min[round_index] = min(self.round_min[round_index], low)
+        self.round_max[round_index] = max(self.round_max[round_index], high)
+        self.count += x.size
+        self.grow_to(max(abs(low), abs(high)))
+        magnitude = np.abs(x.astype(np.float64, copy=False))
+        index = (magnitude * (self.num_bins / self.range)).astype(np.int64)
+        np.minimum(index, self.num_bins - 1, out=index)
+        index[x < 0] += self.num_bins
+        self.counts[round_index].reshape(-1)[:] += np.bincount(index, minlength=2 * self.num_bins)
+
+    def grow_to(self, absmax: float) -> None:
+        """Double the range until it is strictly above `absmax`, merging bin pairs each time."""
+        target = power_of_two_above(absmax)
+        while self.range < target:
+            merged = self.counts.reshape(self.rounds, 2, self.num_bins // 2, 2).sum(axis=-1)
+            self.counts[:] = 0
+            self.counts[..., : self.num_bins // 2] = merged
+            self.range *= 2.0
+
+    # --- views -------------------------------------------------------------------------------
+
+    def abs_counts(self, round_index: int | None = None) -> np.ndarray:
+        """|x| histogram over [0, range): all rounds summed, or one round."""
+        counts = self.counts.sum(axis=0) if round_index is None else self.counts[round_index]
+        return counts[0] + counts[1]
+
+    def signed_counts(self) -> np.ndarray:
+        """Signed histogram over [-range, range) with 2 * num_bins bins."""
+        counts = self.counts.sum(axis=0)
+        return np.concatenate([counts[1][::-1], counts[0]])
+
+    def abs_centers(self) -> np.ndarray:
+        return (np.arange(self.num_bins) + 0.5) * self.bin_width
+
+    def signed_centers(self) -> np.ndarray:
+        return (np.arange(-self.num_bins, self.num_bins) + 0.5) * self.bin_width
+
+    def observed_absmax(self) -> float:
+        return max(abs(self.min), abs(self.max)) if self.count else 0.0
+
+    def summary(self, bins: int = 64, **thresholds: float) -> dict:
+        """Coarse signed histogram over [min, max] for the report, plus the chosen thresholds."""
+        signed, centers = self.signed_counts(), self.signed_centers()
+        low = self.min if self.count else 0.0
+        high = self.max if self.count else 0.0
+        if high <= low:
+            high = low + max(self.bin_width, 1e-12)
+        edges = np.linspace(low, high, bins + 1)
+        keep = signed > 0
+        coarse, _ = np.histogram(np.clip(centers[keep], low, high), bins=edges, weights=signed[keep])
+        return {
+            "edges": [float(e) for e in edges],
+            "counts": [int(c) for c in np.rint(coarse)],
+            **{key: float(value) for key, value in thresholds.items()},
+        }
