@@ -1,0 +1,71 @@
+"""Streaming histogram: exact re-binning, split independence, range bookkeeping."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgepipe.calibrate.histogram import TensorHistogram, power_of_two_above
+
+
+def _direct(values: np.ndarray, num_bins: int, value_range: float) -> np.ndarray:
+    """Reference |x| histogram, split by sign, computed in one shot with np.histogram."""
+    edges = np.linspace(0.0, value_range, num_bins + 1)
+    pos, _ = np.histogram(values[values >= 0], bins=edges)
+    neg, _ = np.histogram(-values[values < 0], bins=edges)
+    return np.stack([pos, neg])
+
+
+finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(finite, min_size=1, max_size=40), min_size=1, max_size=6))
+def test_rebinning_preserves_counts_and_extremes(batches):
+    hist = TensorHistogram("t", num_bins=64, rounds=1)
+    for batch in batches:
+        hist.update(np.array(batch, dtype=np.float32))
+    everything = np.concatenate([np.array(b, dtype=np.float32) for b in batches])
+    assert hist.counts.sum() == everything.size
+    assert hist.min == float(everything.min()) and hist.max == float(everything.max())
+    assert hist.range > np.abs(everything).max()
+    assert hist.range == power_of_two_above(float(np.abs(everything).max()))
+    # values sit in the bin np.histogram puts them in at the final range (bin edges are exact)
+    np.testing.assert_array_equal(hist.counts[0], _direct(everything.astype(np.float64), 64, hist.range))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 7))
+def test_histogram_does_not_depend_on_batch_split_or_order(seed, pieces):
+    rng = np.random.default_rng(seed)
+    data = (rng.standard_t(3, size=500) * rng.uniform(0.01, 100)).astype(np.float32)
+    one_shot = TensorHistogram("t", 256)
+    one_shot.update(data)
+    split = TensorHistogram("t", 256)
+    cuts = np.sort(rng.integers(0, data.size, size=pieces))
+    for part in reversed(np.split(data, cuts)):
+        split.update(part)
+    np.testing.assert_array_equal(one_shot.counts, split.counts)
+    assert (one_shot.range, one_shot.min, one_shot.max) == (split.range, split.min, split.max)
+
+
+def test_rounds_sum_to_total_and_keep_own_extremes():
+    hist = TensorHistogram("t", 128, rounds=3)
+    hist.update(np.array([0.5, -0.25]), 0)
+    hist.update(np.array([3.0]), 2)
+    hist.update(np.array([-7.0, 1.0]), 1)
+    assert hist.abs_counts().sum() == 5
+    assert [hist.abs_counts(r).sum() for r in range(3)] == [2, 2, 1]
+    assert list(hist.round_max) == [0.5, 1.0, 3.0] and list(hist.round_min) == [-0.25, -7.0, 3.0]
+    signed = hist.signed_counts()
+    assert signed[: hist.num_bins].sum() == 2 and signed[hist.num_bins :].sum() == 3
+
+
+def test_summary_counts_every_value():
+    hist = TensorHistogram("t", 256)
+    values = np.random.default_rng(1).normal(size=1000)
+    hist.update(values)
+    summary = hist.summary(bins=64, amax=1.5)
+    assert len(summary["edges"]) == 65 and len(summary["counts"]) == 64
+    assert sum(summary["counts"]) == 1000
+    assert summary["edges"][0] == values.min() and summary["edges"][-1] == values.max()
+    assert summary["amax"] == 1.5

@@ -1,0 +1,91 @@
+import pytest
+
+from edgepipe import config
+from edgepipe.errors import UserError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "edgepipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_cover_every_schema_key():
+    values = config.defaults()
+    assert values["calibration"]["method"] == "auto"
+    assert values["fold"]["batchnorm"] is True
+    assert set(values) == set(config.SCHEMA)
+
+
+def test_valid_file_loads(tmp_path):
+    data = config.load_config_file(write(tmp_path, "target: arm-cpu\ncalibration:\n  method: entropy\n  percentile: 99.9\n"))
+    assert data["calibration"]["method"] == "entropy"
+
+
+def test_unknown_top_level_key_names_key_and_allowed(tmp_path):
+    with pytest.raises(UserError) as info:
+        config.load_config_file(write(tmp_path, "calibraton: {}\n"))
+    message = str(info.value)
+    assert "unknown key 'calibraton'" in message and "calibration" in message
+
+
+def test_unknown_nested_key_uses_dotted_name(tmp_path):
+    with pytest.raises(UserError, match=r"unknown key 'fold\.whiten'"):
+        config.load_config_file(write(tmp_path, "fold:\n  whiten: zca\n"))
+
+
+def test_wrong_type_names_key_and_type(tmp_path):
+    with pytest.raises(UserError, match=r"'calibration\.num_bins' must be int, got str"):
+        config.load_config_file(write(tmp_path, "calibration:\n  num_bins: many\n"))
+
+
+def test_bool_is_not_accepted_as_int(tmp_path):
+    with pytest.raises(UserError, match="num_bins"):
+        config.load_config_file(write(tmp_path, "calibration:\n  num_bins: true\n"))
+
+
+def test_choice_violation_lists_choices(tmp_path):
+    with pytest.raises(UserError, match="must be one of auto, entropy"):
+        config.load_config_file(write(tmp_path, "calibration:\n  method: kl\n"))
+
+
+def test_bad_yaml_reports_line(tmp_path):
+    with pytest.raises(UserError, match="not valid YAML at line 2"):
+        config.load_config_file(write(tmp_path, "target: arm-cpu\n  bad: [\n"))
+
+
+def test_non_mapping_top_level(tmp_path):
+    with pytest.raises(UserError, match="must be a mapping"):
+        config.load_config_file(write(tmp_path, "- a\n- b\n"))
+
+
+def test_yaml_tags_are_not_executed(tmp_path):
+    # safe_load refuses python object tags instead of constructing them
+    with pytest.raises(UserError, match="not valid YAML"):
+        config.load_config_file(write(tmp_path, "target: !!python/object/apply:os.system ['true']\n"))
+
+
+def test_merge_is_deep_and_ignores_none():
+    base = config.defaults()
+    merged = config.merge(base, {"calibration": {"method": "mse"}, "target": None})
+    assert merged["calibration"]["method"] == "mse"
+    assert merged["calibration"]["num_bins"] == 2048
+    assert merged["target"] is None and base["calibration"]["method"] == "auto"
+
+
+@pytest.mark.parametrize("text,expected", [("x:1x3x8x8", ("x", [1, 3, 8, 8])), ("a:b:2X4", ("a:b", [2, 4]))])
+def test_parse_input_shape(text, expected):
+    assert config.parse_input_shape(text) == expected
+
+
+@pytest.mark.parametrize("text", ["x", "x:", "x:1xax3", "x:0x3"])
+def test_parse_input_shape_rejects(text):
+    with pytest.raises(UserError, match="--input-shape"):
+        config.parse_input_shape(text)
+
+
+def test_reference_rows_document_every_leaf():
+    rows = config.reference_rows()
+    keys = {row[0] for row in rows}
+    assert "calibration.method" in keys and "fold.input_normalization" in keys and "model" in keys
+    assert all(row[3] or row[0] for row in rows)

@@ -1,0 +1,143 @@
+import pickle
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgepipe import graph
+from edgepipe.errors import UserError
+from edgepipe.stages.export import fix_static_shapes, is_factory_spec, run_export, source_fingerprint
+from edgepipe.stages.simplify import run_simplify
+from tests.helpers import tiny_conv_model
+
+
+@pytest.fixture
+def factory_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+
+
+def test_factory_spec_detection(tmp_path):
+    assert is_factory_spec("pkg.mod:build")
+    assert not is_factory_spec("model.onnx")
+    assert not is_factory_spec("C:/models/x.onnx")
+
+
+def test_torch_factory_export_matches_torch(factory_path, tmp_path):
+    import fixture_models
+
+    model = run_export("fixture_models:build_small_cnn", None, {"image": [1, 3, 16, 16]})
+    assert [i.name for i in graph.graph_inputs(model)] == ["image"]
+    assert graph.tensor_shape(graph.graph_inputs(model)[0]) == [1, 3, 16, 16]
+    assert "BatchNormalization" in {n.op_type for n in model.graph.node}  # left for our fold stage
+    assert all(n.name for n in model.graph.node)
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    (onnx_out,) = graph.make_session(model).run(None, {"image": x})
+    with torch.no_grad():
+        torch_out = fixture_models.build_small_cnn()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(onnx_out, torch_out, rtol=1e-4, atol=1e-5)
+
+
+def test_weights_are_loaded_with_weights_only(factory_path, tmp_path):
+    import fixture_models
+
+    net = fixture_models.build_small_cnn()
+    with torch.no_grad():
+        net.fc.bias.fill_(7.0)
+    ckpt = tmp_path / "w.pt"
+    torch.save(net.state_dict(), ckpt)
+    model = run_export("fixture_models:build_small_cnn", str(ckpt), {"x": [1, 3, 8, 8]})
+    (out,) = graph.make_session(model).run(None, {"x": np.zeros((1, 3, 8, 8), np.float32)})
+    assert out.shape == (1, 4)
+    with torch.no_grad():
+        expected = net(torch.zeros(1, 3, 8, 8)).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_needing_unsafe_unpickling_is_refused(factory_path, tmp_path):
+    ckpt = tmp_path / "evil.pt"
+    with ckpt.open("wb") as handle:
+        pickle.dump({"x": Evil()}, handle)
+    with pytest.raises(UserError, match="weights_only=True"):
+        run_export("fixture_models:build_small_cnn", str(ckpt), {"x": [1, 3, 8, 8]})
+
+
+def test_state_dict_mismatch_is_a_user_error(factory_path, tmp_path):
+    ckpt = tmp_path / "other.pt"
+    torch.save({"unrelated.weight": torch.zeros(2)}, ckpt)
+    with pytest.raises(UserError, match="does not match the model"):
+        run_export("fixture_models:build_small_cnn", str(ckpt), {"x": [1, 3, 8, 8]})
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("no_such_module_xyz:build", "cannot import module"),
+    ("fixture_models:missing", "no callable 'missing'"),
+    ("fixture_models:NOT_CALLABLE", "no callable"),
+    ("fixture_models:raising_factory", "factory raised RuntimeError"),
+])
+def test_bad_factory_specs(factory_path, spec, match):
+    with pytest.raises(UserError, match=match):
+        run_export(spec, None, {"x": [1, 3, 8, 8]})
+
+
+def test_torch_model_without_shape_is_a_user_error(factory_path):
+    with pytest.raises(UserError, match="--input-shape"):
+        run_export("fixture_models:build_small_cnn", None, {})
+
+
+def test_onnx_dynamic_batch_is_fixed_from_shapes(tmp_path):
+    path = tmp_path / "dyn.onnx"
+    onnx.save(tiny_conv_model(dynamic_batch=True), str(path))
+    model = run_export(str(path), None, {"x": [1, 3, 8, 8]})
+    assert graph.tensor_shape(graph.graph_inputs(model)[0]) == [1, 3, 8, 8]
+    assert graph.tensor_shape(model.graph.output[0]) == [1, 5]
+
+
+def test_onnx_dynamic_dim_without_shape_names_input(tmp_path):
+    path = tmp_path / "dyn.onnx"
+    onnx.save(tiny_conv_model(dynamic_batch=True), str(path))
+    with pytest.raises(UserError, match="input 'x' .* dynamic dims"):
+        run_export(str(path), None, {})
+
+
+def test_shape_for_unknown_input_is_named():
+    with pytest.raises(UserError, match="names 'nope'"):
+        fix_static_shapes(tiny_conv_model(), {"nope": [1, 3, 8, 8]}, "m.onnx")
+
+
+def test_conflicting_static_dim_is_refused():
+    with pytest.raises(UserError, match="is static and differs"):
+        fix_static_shapes(tiny_conv_model(), {"x": [1, 3, 9, 9]}, "m.onnx")
+
+
+def test_fingerprint_changes_with_weights(factory_path, tmp_path):
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save({"v": torch.zeros(1)}, a)
+    torch.save({"v": torch.ones(1)}, b)
+    assert source_fingerprint("fixture_models:build_small_cnn", str(a)) != source_fingerprint("fixture_models:build_small_cnn", str(b))
+
+
+def test_simplify_keeps_batchnorm_and_outputs(factory_path):
+    model = run_export("fixture_models:build_small_cnn", None, {"x": [1, 3, 8, 8]})
+    simplified, report = run_simplify(model)
+    assert report["status"] == "simplified"
+    assert "BatchNormalization" in {n.op_type for n in simplified.graph.node}
+    assert [o.name for o in simplified.graph.output] == [o.name for o in model.graph.output]
+
+
+def test_simplify_failure_is_not_fatal(monkeypatch):
+    import onnxsim
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape inference exploded")
+
+    monkeypatch.setattr(onnxsim, "simplify", broken)
+    model = tiny_conv_model()
+    result, report = run_simplify(model)
+    assert report["status"] == "failed" and "shape inference exploded" in report["note"]
+    assert result is model
