@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import inspect
 import io
+import re
 import sys
 from pathlib import Path
 
@@ -26,7 +27,8 @@ TORCH_FILE_SUFFIXES = (".pt", ".pth", ".pt2", ".ts", ".torchscript")
 def is_factory_spec(spec: str) -> bool:
     """'pkg.module:factory' (not a Windows drive letter, not an existing file)."""
     module, sep, attr = spec.partition(":")
-    return bool(sep and module and attr and not Path(spec).exists() and "/" not in module)
+    identifier = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+    return bool(sep and identifier.match(module) and identifier.match(attr) and not Path(spec).exists())
 
 
 def source_fingerprint(spec: str, weights: str | None) -> str:
