@@ -174,6 +174,13 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     if simplify_report.get("status") == "failed":
         warnings.append(f"simplify: {simplify_report.get('note')}")
 
+    # unsupported ops: fail before any output file exists (and before fold runs the graph)
+    unsupported = target.supports(model)
+    if unsupported:
+        node, op_type, reason = unsupported[0]
+        more = f" (and {len(unsupported) - 1} more; run `edgepipe inspect`)" if len(unsupported) > 1 else ""
+        raise UnsupportedOpError(node, op_type, target.name, f"{reason}{more}")
+
     # data for the deployed (folded) model
     specs = {i.name: (tuple(graph.tensor_shape(i)), graph.tensor_dtype(i)) for i in graph.graph_inputs(model)}
     preprocess = data_preprocess(settings)
@@ -197,13 +204,6 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     model, fold_report = pipeline.model_stage(
         "fold", fold_key, lambda: run_fold(model, fold_settings, calib_ds, eval_ds)
     )
-
-    # unsupported ops: fail before any output file exists
-    unsupported = target.supports(model)
-    if unsupported:
-        node, op_type, reason = unsupported[0]
-        more = f" (and {len(unsupported) - 1} more; run `edgepipe inspect`)" if len(unsupported) > 1 else ""
-        raise UnsupportedOpError(node, op_type, target.name, f"{reason}{more}")
 
     # 4. calibrate
     from edgepipe.calibrate.result import CalibrationResult
