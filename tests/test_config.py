@@ -89,3 +89,11 @@ def test_reference_rows_document_every_leaf():
     keys = {row[0] for row in rows}
     assert "calibration.method" in keys and "fold.input_normalization" in keys and "model" in keys
     assert all(row[3] or row[0] for row in rows)
+
+
+def test_readme_documents_every_config_key():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [row[0] for row in config.reference_rows() if f"`{row[0]}`" not in readme]
+    assert not missing, f"README config reference lacks {missing}"
