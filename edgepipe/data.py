@@ -1,0 +1,399 @@
+"""Calibration and evaluation data: one `Dataset` over image folders, .npz and .npy files.
+
+Calibration, evaluation and the bundle's eval set all read user data through `load_dataset`, so
+every mistake a user can make with their data (wrong shape, missing key, corrupt image, NaN) is
+caught here once, as a one-line `UserError` naming the file and what to do, before hours of
+calibration run on garbage. Images are decoded lazily (`sample(i)` reads one file) so memory
+does not grow with the number of calibration images; .npy files are memory-mapped.
+
+Sources
+- folder of images (.png .jpg .jpeg .bmp .gif .tif .tiff .webp .ppm .pgm), single-input models:
+  flat folder -> no labels; ImageFolder layout (one subfolder per class, images anywhere below
+  it) -> label = index of the class folder in the sorted list of subfolder names. Hidden files
+  and non-image files are ignored. Order: sorted paths.
+- .npz: one array [N, ...] per model input, keyed by input name; optional `labels` [N];
+  other keys are ignored.
+- .npy: one array [N, ...], single-input models only.
+
+Image preprocessing (`preprocess` dict; unknown keys are ignored, they belong to other stages)
+- `size` [H, W]: resize so the image covers H x W keeping its aspect ratio (bilinear), then
+  center-crop; `resize: stretch` resizes to exactly H x W instead. Default: the model input's
+  static H, W, else the images' own size (which must then all agree).
+- `scale` (default 1/255 for float inputs, 1 for integer inputs), then `mean`, `std` per channel
+  in the model's channel order: x = (pixel * scale - mean) / std. No mean/std: no normalization.
+- `channel_order` RGB (default) | BGR; `grayscale` (default: true when the input has 1 channel).
+- `layout` NCHW | NHWC (default: NHWC when the input's last dim is 1 or 3 and dim 1 is not).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from edgepipe.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+LABELS_KEY = "labels"
+InputSpecs = dict[str, tuple[tuple, np.dtype]]
+_FINITE_CHECK_CHUNK = 256
+
+
+class Dataset:
+    """Samples of a model's inputs, each with batch dim 1 and the input's dtype; optional labels."""
+
+    def __init__(self, source: Path, kind: str, specs: InputSpecs, count: int,
+                 read: Callable[[int], dict[str, np.ndarray]], labels: np.ndarray | None = None,
+                 class_names: list[str] | None = None, limit: int | None = None):
+        self.source, self.kind = Path(source), kind
+        self.names = list(specs)
+        self._dtypes = {name: np.dtype(dtype) for name, (_, dtype) in specs.items()}
+        self._read = read
+        self._indices = _evenly_spaced(count, limit)
+        self.labels = None if labels is None else np.asarray(labels, np.int64)[self._indices]
+        self.class_names = class_names
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def sample(self, i: int) -> dict[str, np.ndarray]:
+        """Feed dict of sample i: {input name: array [1, ...] in the input's dtype}."""
+        raw = self._read(int(self._indices[i]))
+        return {name: _cast(raw[name], self._dtypes[name])[None] for name in self.names}
+
+    def batches(self, batch_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
+        """Feed dicts of up to batch_size samples each (the last one may be smaller)."""
+        for start in range(0, len(self), max(1, int(batch_size))):
+            samples = [self.sample(i) for i in range(start, min(start + batch_size, len(self)))]
+            yield {name: np.concatenate([s[name] for s in samples]) for name in self.names}
+
+    def stack(self, name: str) -> np.ndarray:
+        """Every sample of one input, [N, ...]; loads all of them (meant for small eval sets)."""
+        if name not in self.names:
+            raise KeyError(f"{name!r} is not an input of this dataset ({self.names})")
+        return np.concatenate([self.sample(i)[name] for i in range(len(self))])
+
+    def describe(self) -> str:
+        """One line for logs and reports."""
+        if self.class_names is not None:
+            labels = f"{len(self.class_names)} classes"
+        else:
+            labels = "labels" if self.labels is not None else "no labels"
+        return f"{self.kind} {self.source}: {len(self)} samples, {labels}, inputs {self.names}"
+
+    def __repr__(self) -> str:
+        return f"<Dataset {self.describe()}>"
+
+
+def load_dataset(path: str | os.PathLike, input_specs: InputSpecs, preprocess: dict | None = None,
+                 limit: int | None = None) -> Dataset:
+    """Open calibration/eval data for a model whose inputs are described by `input_specs`.
+
+    `input_specs` maps input names to (shape including batch dim 1, dtype); dims that are None or
+    a string are dynamic and accept any size. `limit` keeps that many samples spread evenly over
+    the whole set (so a class-sorted folder still gives every class), in order.
+    """
+    path = Path(path)
+    if not input_specs:
+        raise ValueError("input_specs is empty: the model has no inputs")
+    if limit is not None and limit < 1:
+        raise UserError(f"{path}: sample limit must be a positive number, got {limit}")
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder; pass a folder of images, an .npz or an .npy file")
+    if path.is_dir():
+        return _image_dataset(path, input_specs, preprocess or {}, limit)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        arrays, labels = _read_npz(path, input_specs)
+        kind = "npz"
+    elif suffix == ".npy":
+        arrays, labels = {_only_input(path, input_specs): _read_npy(path)}, None
+        kind = "npy"
+    else:
+        raise UserError(f"{path}: unsupported data file type '{path.suffix}'; "
+                        "use a folder of images, an .npz or an .npy file")
+    count = _check_arrays(path, arrays, input_specs)
+    if labels is not None:
+        _check_labels(path, labels, count)
+    return Dataset(path, kind, input_specs, count, lambda i: {n: a[i] for n, a in arrays.items()},
+                   labels=labels, limit=limit)
+
+
+def infer_static_shape(path: str | os.PathLike, input_name: str, preprocess: dict | None = None) -> tuple:
+    """Shape of the first sample of `input_name` with batch dim 1, e.g. (1, 3, 224, 224).
+
+    Used to fix a model's dynamic dims from its calibration data; reads headers, not whole files.
+    """
+    path = Path(path)
+    if path.is_dir():
+        unknown_spec = {input_name: ((None, None, None, None), np.float32)}
+        return tuple(_image_dataset(path, unknown_spec, preprocess or {}, 1).sample(0)[input_name].shape)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder; pass a folder of images, an .npz or an .npy file")
+    if path.suffix.lower() == ".npy":
+        return (1, *_read_npy(path).shape[1:])
+    if path.suffix.lower() != ".npz":
+        raise UserError(f"{path}: unsupported data file type '{path.suffix}'; use images, .npz or .npy")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            keys = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+            if input_name not in keys:
+                raise UserError(f"{path}: no array named '{input_name}' (keys present: {keys}); "
+                                "save each model input under its input name")
+            with archive.open(f"{input_name}.npy") as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, _ = read_header(member)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable .npz file ({exc}); re-save it with numpy.savez") from exc
+    return (1, *shape[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays (.npz / .npy)
+
+
+def _only_input(path: Path, specs: InputSpecs) -> str:
+    if len(specs) != 1:
+        raise UserError(f"{path}: a .npy file holds one array but the model has {len(specs)} inputs "
+                        f"{list(specs)}; use an .npz with one array per input name")
+    return next(iter(specs))
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{path}: not a readable numeric .npy file ({_first_line(exc)}); "
+                        "save a numeric array with numpy.save") from exc
+
+
+def _read_npz(path: Path, specs: InputSpecs) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [name for name in specs if name not in archive.files]
+            if missing:
+                raise UserError(f"{path}: no array for input '{missing[0]}' (keys present: "
+                                f"{sorted(archive.files)}); save each model input under its input name")
+            arrays = {name: archive[name] for name in specs}
+            labels = archive[LABELS_KEY] if LABELS_KEY in archive.files and LABELS_KEY not in specs else None
+    except UserError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: not a readable numeric .npz file ({_first_line(exc)}); "
+                        "save numeric arrays with numpy.savez") from exc
+    return arrays, labels
+
+
+def _check_arrays(path: Path, arrays: dict[str, np.ndarray], specs: InputSpecs) -> int:
+    """Validate dtype, per-sample shape, sample count and finiteness; return the sample count."""
+    count = None
+    for name, array in arrays.items():
+        if array.dtype.kind not in "biuf":
+            raise UserError(f"{path}: input '{name}' has non-numeric dtype {array.dtype}; "
+                            "store numbers (e.g. float32)")
+        expected = tuple(specs[name][0])[1:]
+        got = array.shape[1:]
+        if array.ndim == 0 or not _shape_matches(got, expected):
+            hint = " (drop the extra batch dim)" if got[1:] == expected and got[:1] == (1,) else ""
+            raise UserError(f"{path}: input '{name}' samples have shape {got} but the model expects "
+                            f"{_format_shape(expected)}; store it as [N, {_format_shape(expected)[1:-1]}]{hint}")
+        if count is None:
+            count, first = len(array), name
+        elif len(array) != count:
+            raise UserError(f"{path}: input '{name}' has {len(array)} samples but '{first}' has "
+                            f"{count}; every input needs the same number of samples")
+        if array.dtype.kind == "f":
+            _check_finite(path, name, array)
+    if not count:
+        raise UserError(f"{path}: holds 0 samples; add at least one")
+    return count
+
+
+def _check_finite(path: Path, name: str, array: np.ndarray) -> None:
+    for start in range(0, len(array), _FINITE_CHECK_CHUNK):
+        chunk = np.asarray(array[start:start + _FINITE_CHECK_CHUNK])
+        finite = np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
+        if not finite.all():
+            index = start + int(np.argmin(finite))
+            raise UserError(f"{path}: input '{name}' has NaN/Inf values in sample {index}; "
+                            "clean or drop that sample")
+
+
+def _check_labels(path: Path, labels: np.ndarray, count: int) -> None:
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise UserError(f"{path}: '{LABELS_KEY}' must be a 1-D integer array of class indices, got "
+                        f"{labels.dtype} {labels.shape}")
+    if len(labels) != count:
+        raise UserError(f"{path}: '{LABELS_KEY}' has {len(labels)} entries but the inputs have "
+                        f"{count} samples; give one label per sample")
+
+
+def _shape_matches(got: tuple, expected: tuple) -> bool:
+    return len(got) == len(expected) and all(
+        not isinstance(e, int) or e < 0 or g == e for g, e in zip(got, expected))
+
+
+def _format_shape(shape: tuple) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) and d >= 0 else "?" for d in shape) + "]"
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype.kind in "iu" and np.asarray(array).dtype.kind == "f":
+        info = np.iinfo(dtype)
+        array = np.clip(np.round(array), info.min, info.max)
+    return np.asarray(array).astype(dtype, copy=False)
+
+
+def _evenly_spaced(count: int, limit: int | None) -> np.ndarray:
+    if limit is None or limit >= count:
+        return np.arange(count)
+    return (np.arange(limit) * count) // limit
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+
+
+def _image_dataset(folder: Path, specs: InputSpecs, preprocess: dict, limit: int | None) -> Dataset:
+    if len(specs) != 1:
+        raise UserError(f"{folder}: an image folder can feed a single-input model only, this one has "
+                        f"inputs {list(specs)}; use an .npz with one array per input name")
+    name, (shape, dtype) = next(iter(specs.items()))
+    paths, labels, class_names = _scan_image_folder(folder)
+    transform = ImageTransform.from_preprocess(folder, preprocess, tuple(shape), np.dtype(dtype))
+    first = transform(paths[0])
+    expected = tuple(shape)[1:]
+    if not _shape_matches(first.shape, expected):
+        raise UserError(f"{paths[0]}: preprocesses to shape {list(first.shape)} but input '{name}' "
+                        f"expects {_format_shape(expected)}; set preprocess size/layout/grayscale")
+    return Dataset(folder, "image folder", specs, len(paths), lambda i: {name: transform(paths[i])},
+                   labels=labels, class_names=class_names, limit=limit)
+
+
+def _scan_image_folder(folder: Path) -> tuple[list[Path], np.ndarray | None, list[str] | None]:
+    """Sorted image paths, plus labels and class names for the ImageFolder layout."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith((".", "__")))
+    flat = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    class_dirs = [p for p in entries if p.is_dir()]
+    per_class = [sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                        and not p.name.startswith(".")) for d in class_dirs]
+    if flat and any(per_class):
+        raise UserError(f"{folder}: mixes images and class subfolders; put all images directly in "
+                        "the folder (unlabeled) or all in one subfolder per class (labeled)")
+    if flat:
+        return flat, None, None
+    if not any(per_class):
+        raise UserError(f"{folder}: no images found ({', '.join(IMAGE_SUFFIXES)}); put images in the "
+                        "folder (calibration) or in one subfolder per class (evaluation)")
+    paths = [p for images in per_class for p in images]
+    labels = np.concatenate([np.full(len(images), index, np.int64) for index, images in enumerate(per_class)])
+    return paths, labels, [d.name for d in class_dirs]
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """Decode one image file and turn it into one model input sample (no batch dim)."""
+
+    size: tuple[int, int] | None
+    stretch: bool
+    scale: float
+    mean: np.ndarray | None
+    std: np.ndarray | None
+    bgr: bool
+    grayscale: bool
+    channels_first: bool
+    dtype: np.dtype
+
+    @classmethod
+    def from_preprocess(cls, source: Path, preprocess: dict, shape: tuple, dtype: np.dtype) -> "ImageTransform":
+        """Validate the preprocess dict against the model input (shape incl. batch, dtype)."""
+        layout = str(preprocess.get("layout", _guess_layout(shape))).upper()
+        if layout not in ("NCHW", "NHWC"):
+            raise UserError(f"{source}: preprocess layout '{layout}' is not NCHW or NHWC")
+        static = lambda d: d if isinstance(d, int) and d > 0 else None  # noqa: E731
+        dims = [static(d) for d in shape] + [None] * (4 - len(shape))
+        channels, height, width = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
+        grayscale = bool(preprocess.get("grayscale", channels == 1))
+        if channels is not None and channels != (1 if grayscale else 3):
+            raise UserError(f"{source}: the model input has {channels} channels but preprocessing gives "
+                            f"{1 if grayscale else 3}; set preprocess grayscale/layout to match")
+        size = preprocess.get("size") or ([height, width] if height and width else None)
+        if size is not None:
+            if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+                raise UserError(f"{source}: preprocess size must be [height, width], got {size}")
+            size = (int(size[0]), int(size[1]))
+        order = str(preprocess.get("channel_order", "RGB")).upper()
+        if order not in ("RGB", "BGR"):
+            raise UserError(f"{source}: preprocess channel_order '{order}' is not RGB or BGR")
+        resize = str(preprocess.get("resize", "crop")).lower()
+        if resize not in ("crop", "stretch"):
+            raise UserError(f"{source}: preprocess resize '{resize}' is not crop or stretch")
+        default_scale = 1.0 if dtype.kind in "iu" else 1 / 255
+        mean, std = (_channel_values(source, preprocess, key, 1 if grayscale else 3) for key in ("mean", "std"))
+        if std is not None and not np.all(std != 0):
+            raise UserError(f"{source}: preprocess std contains 0; use the per-channel standard deviations")
+        return cls(size, resize == "stretch", float(preprocess.get("scale", default_scale)), mean, std,
+                   order == "BGR", grayscale, layout == "NCHW", dtype)
+
+    def __call__(self, path: Path) -> np.ndarray:
+        pixels = self._resized(_open_image(path, self.grayscale))
+        x = np.asarray(pixels, dtype=np.float32)
+        x = x[..., None] if x.ndim == 2 else x[..., ::-1] if self.bgr else x
+        x = x * np.float32(self.scale)
+        if self.mean is not None:
+            x = x - self.mean
+        if self.std is not None:
+            x = x / self.std
+        return _cast(np.ascontiguousarray(x.transpose(2, 0, 1) if self.channels_first else x), self.dtype)
+
+    def _resized(self, image):
+        from PIL import Image
+
+        if self.size is None or image.size == (self.size[1], self.size[0]):
+            return image
+        height, width = self.size
+        if self.stretch:
+            return image.resize((width, height), Image.Resampling.BILINEAR)
+        factor = max(height / image.height, width / image.width)
+        new_w, new_h = max(width, round(image.width * factor)), max(height, round(image.height * factor))
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        left, top = (new_w - width) // 2, (new_h - height) // 2
+        return image.crop((left, top, left + width, top + height))
+
+
+def _guess_layout(shape: tuple) -> str:
+    last, second = (shape[-1], shape[1]) if len(shape) == 4 else (None, None)
+    return "NHWC" if last in (1, 3) and second not in (1, 3) else "NCHW"
+
+
+def _channel_values(source: Path, preprocess: dict, key: str, channels: int) -> np.ndarray | None:
+    values = preprocess.get(key)
+    if values is None:
+        return None
+    values = [values] if isinstance(values, (int, float)) else list(values)
+    if len(values) not in (1, channels) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        raise UserError(f"{source}: preprocess {key} must be 1 or {channels} numbers (one per channel), got {values}")
+    return np.asarray(values, dtype=np.float32)
+
+
+def _open_image(path: Path, grayscale: bool):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("L" if grayscale else "RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{path}: cannot read image ({_first_line(exc)}); replace or delete the file") from exc
