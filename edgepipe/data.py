@@ -237,11 +237,11 @@ def _check_labels(path: Path, labels: np.ndarray, count: int) -> None:
 
 def _shape_matches(got: tuple, expected: tuple) -> bool:
     return len(got) == len(expected) and all(
-        not isinstance(e, int) or e < 0 or g == e for g, e in zip(got, expected))
+        not isinstance(e, int) or e <= 0 or g == e for g, e in zip(got, expected))
 
 
 def _format_shape(shape: tuple) -> str:
-    return "[" + ", ".join(str(d) if isinstance(d, int) and d >= 0 else "?" for d in shape) + "]"
+    return "[" + ", ".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in shape) + "]"
 
 
 def _first_line(exc: Exception) -> str:
