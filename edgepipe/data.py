@@ -278,8 +278,16 @@ def _image_dataset(folder: Path, specs: InputSpecs, preprocess: dict, limit: int
     if not _shape_matches(first.shape, expected):
         raise UserError(f"{paths[0]}: preprocesses to shape {list(first.shape)} but input '{name}' "
                         f"expects {_format_shape(expected)}; set preprocess size/layout/grayscale")
-    return Dataset(folder, "image folder", specs, len(paths), lambda i: {name: transform(paths[i])},
-                   labels=labels, class_names=class_names, limit=limit)
+
+    def read(i: int) -> dict[str, np.ndarray]:
+        sample = transform(paths[i])
+        if sample.shape != first.shape:  # only possible without a fixed size
+            raise UserError(f"{paths[i]}: preprocesses to shape {list(sample.shape)} but {paths[0].name} "
+                            f"gave {list(first.shape)}; set preprocess size: [H, W] to give all images one size")
+        return {name: sample}
+
+    return Dataset(folder, "image folder", specs, len(paths), read, labels=labels,
+                   class_names=class_names, limit=limit)
 
 
 def _scan_image_folder(folder: Path) -> tuple[list[Path], np.ndarray | None, list[str] | None]:

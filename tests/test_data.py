@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from edgepipe import data
@@ -265,3 +267,31 @@ def test_other_user_errors(tmp_path):
     with pytest.raises(UserError) as err:
         load_dataset(tmp_path / "imgs" / "cls", NCHW, {"mean": [0.5, 0.5]})
     _one_line_error(err, "mean")
+
+
+def test_differently_sized_images_without_a_fixed_size(tmp_path):
+    _png(tmp_path / "a.png", np.zeros((6, 9, 3)))
+    _png(tmp_path / "b.png", np.zeros((7, 9, 3)))
+    ds = load_dataset(tmp_path, {"x": ((1, 3, None, None), np.float32)})
+    with pytest.raises(UserError) as err:
+        ds.sample(1)
+    _one_line_error(err, "b.png", "size")
+    resized = load_dataset(tmp_path, {"x": ((1, 3, None, None), np.float32)}, {"size": [5, 5]})
+    assert resized.stack("x").shape == (2, 3, 5, 5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(count=st.integers(1, 40), limit=st.integers(1, 50), batch_size=st.integers(1, 12))
+def test_limit_and_batches_properties(tmp_path_factory, count, limit, batch_size):
+    values = np.arange(count, dtype=np.float32)[:, None] * np.ones(2, np.float32)
+    path = tmp_path_factory.mktemp("npz") / "d.npz"
+    np.savez(path, x=values, labels=np.arange(count))
+    ds = load_dataset(path, {"x": ((1, 2), np.float32)}, limit=limit)
+    chosen = ds.labels
+    assert len(ds) == min(count, limit) == len(chosen)
+    assert np.all(np.diff(chosen) > 0) and chosen[0] == 0 and chosen[-1] < count
+    if limit < count:  # spread over the whole set, not just its head
+        assert chosen[-1] >= count - count // limit - 1
+    batches = list(ds.batches(batch_size))
+    assert all(len(b["x"]) == batch_size for b in batches[:-1]) and 1 <= len(batches[-1]["x"]) <= batch_size
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches])[:, 0], chosen.astype(np.float32))
