@@ -124,7 +124,7 @@ def tensor_chunks(model: onnx.ModelProto, names: list[str], batch_size: int, max
 def _first_bad(arrays: dict, names) -> str | None:
     for name in names:
         value = arrays[name]
-        if value.size and not np.isfinite(value.min() + value.max()):  # min/max are NaN/Inf if any is
+        if value.size and not (np.isfinite(value.min()) and np.isfinite(value.max())):  # NaN propagates
             return name
     return None
 

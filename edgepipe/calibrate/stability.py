@@ -10,7 +10,13 @@ calibrated on its own with the tensor's method and compared to the whole set:
   different the value distributions are, whatever the method);
 - `round_amax`: the per-round thresholds.
 
-Warnings: a small set (< 32 samples), and tensors whose spread exceeds 10%. Rounds are contiguous
+- `kl_noise`: max over rounds of KL / (expected KL from sampling alone). An empirical histogram
+  of n values over k bins is KL ~ (k - 1) / (2n) away from its source even when nothing shifted;
+  twice that, (k - 1) / n, is the noise floor. Ratio > 1: the rounds really differ.
+
+Warnings: a small set (< 32 samples), and tensors that are unstable: spread > 10% AND
+kl_noise > 1. The KL condition keeps small tensors (logits: a few hundred values per round) from
+warning on an i.i.d. set just because their thresholds are noisy estimates. Rounds are contiguous
 on purpose: a set sorted by class or by capture time shows up as unstable, which is what a user
 needs to know (shuffle it or add samples).
 """
@@ -41,7 +47,7 @@ def round_stability(hist: TensorHistogram, method: str, percentile: float) -> di
     nonzero = np.flatnonzero(hist.abs_counts())
     stop = max(int(nonzero[-1]) + 1 if nonzero.size else 1, KL_BINS)
     total_coarse = coarse(hist.abs_counts(), stop)
-    round_amax, spread, kl_max = [], 0.0, 0.0
+    round_amax, spread, kl_max, kl_noise = [], 0.0, 0.0, 0.0
     for r in range(hist.rounds):
         counts = hist.abs_counts(r)
         if not counts.any():
@@ -52,26 +58,30 @@ def round_stability(hist: TensorHistogram, method: str, percentile: float) -> di
         spread = max(spread, abs(amax - overall) / max(overall, 1e-12))
         p, q = smooth(coarse(counts, stop)), smooth(total_coarse)
         if p is not None and q is not None:
-            kl_max = max(kl_max, kl_divergence(p, q))
+            kl = kl_divergence(p, q)
+            kl_max = max(kl_max, kl)
+            kl_noise = max(kl_noise, kl * float(counts.sum()) / (KL_BINS - 1))
     return {
         "rounds": len(round_amax),
         "method": method,
         "round_amax": round_amax,
         "spread": float(spread),
         "kl_max": float(kl_max),
+        "kl_noise": float(kl_noise),
+        "unstable": bool(spread > SPREAD_LIMIT and kl_noise > 1.0),
     }
 
 
-def stability_warnings(stability: dict[str, dict], num_samples: int, limit: float = SPREAD_LIMIT) -> list[str]:
+def stability_warnings(stability: dict[str, dict], num_samples: int) -> list[str]:
     warnings = []
     if num_samples < SMALL_SET:
         warnings.append(
             f"calibration set has {num_samples} samples; 100-500 representative samples are recommended"
         )
-    unstable = [name for name, s in stability.items() if s.get("spread", 0.0) > limit]
+    unstable = [name for name, s in stability.items() if s.get("unstable")]
     if unstable:
         warnings.append(
-            f"thresholds vary > {limit:.0%} across rounds for {len(unstable)} tensors "
+            f"thresholds vary > {SPREAD_LIMIT:.0%} across rounds for {len(unstable)} tensors "
             f"(first: '{unstable[0]}'); add more or more varied samples"
         )
     return warnings

@@ -1,0 +1,208 @@
+"""calibrate(): streaming over a real ONNX model, memory, stability warnings, errors, settings."""
+
+import tracemalloc
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgepipe.calibrate import calibrate
+from edgepipe.errors import UserError
+from edgepipe.stages.calibrate import run_calibration, validate_settings
+
+
+def tiny_model() -> onnx.ModelProto:
+    """x[N,3,8,8] -> Conv -> Relu -> Conv -> GlobalAveragePool -> Flatten -> Gemm -> Softmax, plus Shape."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.4, (6, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 6, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (5, 8)).astype(np.float32), "wfc"),
+        numpy_helper.from_array(np.zeros(5, np.float32), "bfc"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["conv1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["conv1"], ["relu1"], name="relu1"),
+        helper.make_node("Conv", ["relu1", "w2"], ["conv2"], name="conv2"),
+        helper.make_node("GlobalAveragePool", ["conv2"], ["pool"], name="pool"),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="flat"),
+        helper.make_node("Gemm", ["flat", "wfc", "bfc"], ["logits"], transB=1, name="fc"),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1, name="softmax"),
+        helper.make_node("Shape", ["x"], ["x_shape"], name="shape"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 5]),
+            helper.make_tensor_value_info("x_shape", TensorProto.INT64, [4]),
+        ],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+class ArrayDataset:
+    """Stand-in for edgepipe.data.Dataset: len, sample(i) with batch dim 1."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = x.astype(np.float32)
+        self.names = ["x"]
+
+    def __len__(self):
+        return len(self.x)
+
+    def sample(self, i):
+        return {"x": self.x[i : i + 1]}
+
+
+def iid(n, seed=0):
+    return ArrayDataset(np.random.default_rng(seed).normal(size=(n, 3, 8, 8)))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def result_auto(model):
+    return calibrate(model, iid(48))
+
+
+def test_calibrates_float_activations_only_and_fills_the_contract(result_auto):
+    assert set(result_auto.tensors) == {"x", "conv1", "relu1", "conv2", "pool", "flat", "logits", "probs"}
+    assert result_auto.num_samples == 48
+    for name, t in result_auto.tensors.items():
+        assert t.min <= t.max and 0 < t.amax <= max(abs(t.min), abs(t.max)) + 1e-12
+        assert t.lo <= 0.0 <= t.hi and t.method in {"entropy", "percentile", "mse", "minmax"}
+        assert t.reason, name
+        assert t.stability["rounds"] == 4 and len(t.stability["round_amax"]) == 4
+        summary = result_auto.histograms[name]
+        assert len(summary["counts"]) == 64 and summary["amax"] == t.amax
+    assert result_auto.tensors["relu1"].min == 0.0 and result_auto.tensors["relu1"].lo == 0.0
+
+
+def test_auto_applies_output_and_softmax_rules(result_auto):
+    probs, logits = result_auto.tensors["probs"], result_auto.tensors["logits"]
+    assert probs.method == "minmax" and probs.amax == max(abs(probs.min), abs(probs.max))
+    assert "graph output" in probs.reason
+    assert "Softmax" in logits.reason and logits.method in {"mse", "percentile"}
+    assert "lowest estimated MSE" in result_auto.tensors["conv2"].reason
+
+
+def test_result_round_trips_through_json(result_auto):
+    from edgepipe.calibrate.result import CalibrationResult
+
+    again = CalibrationResult.from_json(result_auto.to_json())
+    assert again.to_json() == result_auto.to_json()
+    assert result_auto.symmetric_scale("conv1") == pytest.approx(result_auto.tensors["conv1"].amax / 127)
+
+
+@pytest.mark.parametrize("method, tensors", [("minmax", None), ("percentile", None), ("mse", None), ("entropy", ["relu1", "conv2"])])
+def test_statistics_do_not_depend_on_batch_size(model, method, tensors):
+    data = iid(20, seed=3)
+    one = calibrate(model, data, {"method": method, "batch_size": 1}, tensors=tensors)
+    many = calibrate(model, data, {"method": method, "batch_size": 3}, tensors=tensors)
+    for name, t in one.tensors.items():
+        assert (t.min, t.max, t.amax, t.lo, t.hi) == pytest.approx(
+            (many.tensors[name].min, many.tensors[name].max, many.tensors[name].amax,
+             many.tensors[name].lo, many.tensors[name].hi), rel=1e-6)
+        assert one.histograms[name]["counts"] == many.histograms[name]["counts"]
+
+
+def test_minmax_equals_one_shot_numpy(model):
+    data = iid(10, seed=5)
+    result = calibrate(model, data, {"method": "minmax"}, tensors=["x", "relu1"])
+    assert set(result.tensors) == {"x", "relu1"}
+    assert result.tensors["x"].min == data.x.min() and result.tensors["x"].max == data.x.max()
+    assert result.tensors["x"].amax == np.abs(data.x).max()
+
+
+def test_peak_memory_does_not_grow_with_samples(model):
+    def peak(n):
+        data = iid(n, seed=1)
+        calibrate(model, data, {"method": "minmax", "rounds": 4})  # warm imports/caches
+        tracemalloc.start()
+        calibrate(model, data, {"method": "minmax", "rounds": 4})
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    small, large = peak(50), peak(400)
+    assert large < small * 1.5 + 256 * 1024, (small, large)
+
+
+def test_stability_warns_on_shifted_set_not_on_iid(model):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(256, 3, 8, 8))
+    steady = calibrate(model, ArrayDataset(x), {"method": "mse"})
+    assert not any("vary" in w for w in steady.warnings), steady.warnings
+    shifted = x * np.repeat([0.3, 1.0, 1.0, 3.0], 64)[:, None, None, None]
+    drifting = calibrate(model, ArrayDataset(shifted), {"method": "mse"})
+    warning = [w for w in drifting.warnings if "vary > 10% across rounds" in w]
+    assert warning and "(first: 'x')" in warning[0]
+    assert drifting.tensors["x"].stability["spread"] > 0.5 > steady.tensors["x"].stability["spread"]
+    assert drifting.tensors["x"].stability["kl_noise"] > 1.0 > steady.tensors["x"].stability["kl_noise"]
+
+
+def test_small_set_warning(model):
+    result = calibrate(model, iid(12), {"method": "minmax"})
+    assert "calibration set has 12 samples; 100-500 representative samples are recommended" in result.warnings
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_nan_input_names_the_sample(model, batch_size):
+    data = iid(10)
+    data.x[6, 1, 2, 3] = np.nan
+    with pytest.raises(UserError, match=r"calibration sample 6: input 'x' contains NaN"):
+        calibrate(model, data, {"batch_size": batch_size})
+
+
+def test_inf_activation_names_sample_and_tensor(model):
+    data = iid(8)
+    data.x[5] = 3e38  # finite input, overflows to inf in conv1
+    with pytest.raises(UserError, match=r"calibration sample 5: tensor 'conv1' contains NaN or Inf"):
+        calibrate(model, data, {"batch_size": 4})
+
+
+def test_overrides_by_name_and_op_type(model):
+    result = calibrate(model, iid(16), {"method": "mse", "overrides": {"relu1": "minmax", "Conv": "percentile"}})
+    assert result.tensors["relu1"].method == "minmax"
+    assert result.tensors["conv1"].method == "percentile" and result.tensors["conv2"].method == "percentile"
+    assert result.tensors["pool"].method == "mse"
+
+
+def test_settings_errors_are_one_line_and_name_the_choice(model):
+    with pytest.raises(UserError, match="use one of: auto, entropy, percentile, mse, minmax"):
+        validate_settings({"method": "kl"})
+    with pytest.raises(UserError, match="override for 'conv1'"):
+        validate_settings({"overrides": {"conv1": "max"}})
+    with pytest.raises(UserError, match="'rounds' must be a positive integer"):
+        validate_settings({"rounds": 0})
+    with pytest.raises(UserError, match="setting 'bins' is unknown"):
+        validate_settings({"bins": 10})
+    with pytest.raises(UserError, match="tensor 'nope'"):
+        calibrate(model, iid(4), tensors=["nope"])
+    with pytest.raises(UserError, match="no input 'x'"):
+        calibrate(model, type("D", (), {"__len__": lambda s: 1, "sample": lambda s, i: {"y": 0}})())
+
+
+def test_stage_runs_and_reports_progress(model):
+    calls = []
+    result = run_calibration(model, iid(8), {"max_samples": 6, "batch_size": 2}, progress=lambda d, t: calls.append((d, t)))
+    assert result.num_samples == 6
+    assert calls[-1] == (6, 6) and all(d <= t for d, t in calls)
+
+
+def test_tensor_chunks_cover_every_tensor_in_order(model):
+    from edgepipe.calibrate import collector
+
+    names = list(collector.calibratable_tensors(model))
+    chunks = collector.tensor_chunks(model, names, batch_size=1, max_exposed_mb=384 * 4 / 2**20)
+    assert len(chunks) > 1 and [n for c in chunks for n in c] == names
+    small_budget = calibrate(model, iid(8), {"method": "minmax", "max_exposed_mb": 384 * 4 / 2**20})
+    one_pass = calibrate(model, iid(8), {"method": "minmax"})
+    assert small_budget.to_json()["tensors"] == one_pass.to_json()["tensors"]
