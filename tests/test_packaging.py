@@ -5,6 +5,7 @@ runs the CLI from an unrelated directory.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -28,11 +29,26 @@ def test_every_package_folder_is_listed_in_pyproject():
     assert found == listed, f"pyproject packages differ: missing {found - listed}, stale {listed - found}"
 
 
+def tracked_tree_copy(dest: Path) -> Path:
+    """Copy what git tracks (plus untracked, unignored files), so stale build/ output never leaks in."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def installed_wheel(tmp_path_factory):
     dist = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)],
-                   check=True, capture_output=True, text=True, timeout=300)
+    source = tracked_tree_copy(tmp_path_factory.mktemp("source"))
+    built = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check",
+                            "--outdir", str(dist), str(source)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
     wheel = next(dist.glob("edgepipe-*.whl"))
     site = tmp_path_factory.mktemp("site")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", str(site), str(wheel)],
