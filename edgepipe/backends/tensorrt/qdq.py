@@ -1,0 +1,298 @@
+"""Explicit quantization for TensorRT: insert QuantizeLinear/DequantizeLinear pairs into FP32 ONNX.
+
+TensorRT (8.0+, and the only INT8 path in 11.x) reads INT8 intent from Q/DQ nodes: it runs a layer
+in INT8 when its inputs arrive through DequantizeLinear, fuses the Q/DQ scales into the kernel and
+runs everything else in FP16/FP32. Where the pairs go therefore decides speed *and* accuracy, so
+placement follows NVIDIA's recommendations (TensorRT developer guide, "Working with Quantized
+Types" -> "Q/DQ Layer-Placement Recommendations"; pytorch-quantization / Model Optimizer):
+
+- weighted ops (Conv, ConvTranspose, Gemm, MatMul): quantize every *input* - the activation
+  per-tensor, the weight per output channel (Conv axis 0, ConvTranspose axis 1, Gemm/MatMul the
+  output-feature axis); the bias stays float (TensorRT quantizes it itself); outputs are NOT
+  quantized (the next consumer decides);
+- residual Add fed by a weighted op: quantize only the *other* (skip) input, which lets TensorRT
+  fuse the add (and a following ReLU) into the convolution's epilogue;
+- pooling (MaxPool, AveragePool, GlobalAveragePool): quantize the input so pooling runs in INT8;
+- anything else (activations, Concat, Resize, Softmax, ...) gets no Q/DQ of its own: TensorRT
+  propagates Q/DQ across commuting layers and runs the rest in FP16.
+
+Every decision is per node, and `keep_float` names nodes that stay un-quantized (mixed precision:
+TensorRT runs them in FP16). One Q/DQ pair per tensor is shared by all quantized consumers.
+
+Weight storage (the `int8_weights` switch): by default weights stay float *rounded onto the int8
+grid* followed by Q -> DQ (the form pytorch-quantization exports). Every TensorRT from 8.0 to 11
+parses it, which matters for JetPack boards that lag desktop releases (TensorRT 8.x rejects INT8
+initializers: "invalid weights type of Int8"). `int8_weights=True` stores int8 initializers + DQ
+only (4x smaller, the Model Optimizer "dq_only" form), for TensorRT >= 10.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgepipe import graph, quantmath
+from edgepipe.calibrate.result import CalibrationResult
+from edgepipe.errors import UserError
+
+MIN_OPSET = 13  # QuantizeLinear/DequantizeLinear with `axis` (per-channel)
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
+RESIDUAL_OPS = ("Add",)
+
+
+@dataclass
+class QdqReport:
+    """Which nodes got Q/DQ and why; serialized into the manifest's precision section."""
+
+    quantized: dict[str, dict] = field(default_factory=dict)  # node -> {op, inputs, reason}
+    float_nodes: dict[str, str] = field(default_factory=dict)  # node -> why it stays float
+    activation_pairs: int = 0
+    weight_pairs: int = 0  # Q/DQ (float storage) or DQ-only (int8 storage) on weights
+    weight_storage: str = "float-qdq"
+    per_channel: bool = True
+
+    def to_dict(self) -> dict:
+        return {
+            "qdq_pairs": self.activation_pairs + self.weight_pairs,
+            "activation_pairs": self.activation_pairs,
+            "weight_pairs": self.weight_pairs,
+            "weight_storage": self.weight_storage,
+            "per_channel": self.per_channel,
+            "quantized_nodes": {k: self.quantized[k] for k in sorted(self.quantized)},
+            "float_nodes": {k: self.float_nodes[k] for k in sorted(self.float_nodes)},
+        }
+
+
+def weight_channel_axis(node: onnx.NodeProto, weight_rank: int) -> int:
+    """Axis of a weight tensor that indexes the node's output channels/features."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        return 0 if graph.node_attributes(node).get("transB", 0) else 1
+    return weight_rank - 1  # MatMul: B is [..., K, N]
+
+
+class _Inserter:
+    """Adds Q/DQ nodes to one model; remembers what it already quantized so pairs are shared."""
+
+    def __init__(self, model: onnx.ModelProto, calibration: CalibrationResult, per_channel: bool,
+                 int8_weights: bool):
+        self.model, self.calibration = model, calibration
+        self.per_channel, self.int8_weights = per_channel, int8_weights
+        self.taken = graph.taken_names(model)
+        self.dequantized: dict[str, str] = {}  # float tensor -> its DQ output
+        self.new_nodes: list[tuple[int, onnx.NodeProto]] = []  # (insert before index, node)
+        self.report = QdqReport(weight_storage="int8-dq" if int8_weights else "float-qdq",
+                                per_channel=per_channel)
+
+    def name(self, base: str) -> str:
+        candidate, index = base, 1
+        while candidate in self.taken:
+            candidate, index = f"{base}_{index}", index + 1
+        self.taken.add(candidate)
+        return candidate
+
+    def constant(self, base: str, array: np.ndarray) -> str:
+        name = self.name(base)
+        self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def activation(self, tensor: str, position: int) -> str:
+        """DQ output for an activation (created once, placed before its first quantized reader)."""
+        if tensor in self.dequantized:
+            return self.dequantized[tensor]
+        scale = self.constant(f"{tensor}_scale", np.array(self.calibration.symmetric_scale(tensor), np.float32))
+        zero = self.constant(f"{tensor}_zero_point", np.array(0, np.int8))
+        quantized, dequantized = self.name(f"{tensor}_quantized"), self.name(f"{tensor}_dequantized")
+        self.new_nodes.append((position, helper.make_node(
+            "QuantizeLinear", [tensor, scale, zero], [quantized], name=self.name(f"{tensor}_QuantizeLinear"))))
+        self.new_nodes.append((position, helper.make_node(
+            "DequantizeLinear", [quantized, scale, zero], [dequantized],
+            name=self.name(f"{tensor}_DequantizeLinear"))))
+        self.dequantized[tensor] = dequantized
+        self.report.activation_pairs += 1
+        return dequantized
+
+    def weight(self, node: onnx.NodeProto, tensor: str, value: np.ndarray, position: int) -> str:
+        """DQ output for a constant weight: per-channel (or per-tensor) symmetric int8, zero point 0."""
+        key = f"{tensor}@{node.op_type}"
+        if key in self.dequantized:
+            return self.dequantized[key]
+        axis = weight_channel_axis(node, value.ndim)
+        if self.per_channel and value.ndim >= 2:
+            q, scales = quantmath.per_channel_symmetric(value, axis=axis)
+            attrs = {"axis": axis}
+            zeros = np.zeros(scales.shape, np.int8)
+            shape = [1] * value.ndim
+            shape[axis] = -1
+            grid = quantmath.dequantize(q, scales.reshape(shape))
+        else:
+            q, scalar = quantmath.per_tensor_symmetric(value)
+            scales, zeros, attrs = np.array(scalar, np.float32), np.array(0, np.int8), {}
+            grid = quantmath.dequantize(q, scalar)
+        scale = self.constant(f"{tensor}_scale", scales.astype(np.float32))
+        zero = self.constant(f"{tensor}_zero_point", zeros)
+        dequantized = self.name(f"{tensor}_dequantized")
+        if self.int8_weights:
+            stored = self.constant(f"{tensor}_int8", q)
+        else:
+            stored = self.name(f"{tensor}_quantized")
+            self.new_nodes.append((position, helper.make_node(
+                "QuantizeLinear", [self.constant(f"{tensor}_on_grid", grid), scale, zero], [stored],
+                name=self.name(f"{tensor}_QuantizeLinear"), **attrs)))
+        self.new_nodes.append((position, helper.make_node(
+            "DequantizeLinear", [stored, scale, zero], [dequantized],
+            name=self.name(f"{tensor}_DequantizeLinear"), **attrs)))
+        self.dequantized[key] = dequantized
+        self.report.weight_pairs += 1
+        return dequantized
+
+
+def write_qdq_model(
+    model: onnx.ModelProto,
+    calibration: CalibrationResult,
+    keep_float: set[str] | frozenset[str] = frozenset(),
+    per_channel: bool = True,
+    int8_weights: bool = False,
+) -> tuple[onnx.ModelProto, dict]:
+    """Copy of `model` with explicit Q/DQ where TensorRT can use INT8; returns (model, report dict).
+
+    Graph input and output names are unchanged; activation scales are
+    `calibration.symmetric_scale(name)` with int8 zero point 0.
+    """
+    qdq = onnx.ModelProto()
+    qdq.CopyFrom(model)
+    graph.ensure_node_names(qdq)
+    unknown = sorted(set(keep_float) - {n.name for n in qdq.graph.node})
+    if unknown:
+        raise UserError(f"float node '{unknown[0]}' is not a node of the model; check the node names "
+                        "in float_nodes (see calibration.json or Netron)")
+    qdq = _ensure_opset(qdq)
+    inserter = _Inserter(qdq, calibration, per_channel, int8_weights)
+    producers = graph.producers(qdq)
+    consumers = graph.consumers(qdq)
+    for position, node in enumerate(qdq.graph.node):
+        if node.name in keep_float:
+            if node.op_type in WEIGHTED_OPS + POOLING_OPS + RESIDUAL_OPS:
+                inserter.report.float_nodes[node.name] = "kept float on request (TensorRT runs it in FP16)"
+            continue
+        if node.op_type in WEIGHTED_OPS:
+            _quantize_weighted(inserter, node, position)
+        elif node.op_type in POOLING_OPS:
+            _quantize_inputs(inserter, node, position, [0], "pooling input: runs in INT8")
+        elif node.op_type in RESIDUAL_OPS:
+            _quantize_residual(inserter, node, position, producers, consumers, keep_float)
+    _insert_nodes(qdq, inserter.new_nodes)
+    graph.remove_unused_initializers(qdq)
+    try:
+        onnx.checker.check_model(qdq)
+    except onnx.checker.ValidationError as exc:  # a bug here, not a user problem: keep the trace
+        raise RuntimeError(f"Q/DQ model failed the ONNX checker: {exc}") from exc
+    return qdq, inserter.report.to_dict()
+
+
+def _ensure_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    if graph.opset_version(model) >= MIN_OPSET:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:
+        raise UserError(f"model opset {graph.opset_version(model)} cannot be converted to opset {MIN_OPSET} "
+                        f"for Q/DQ ({type(exc).__name__}); re-export the model with opset >= 13") from exc
+
+
+def _activation_inputs(model: onnx.ModelProto, node: onnx.NodeProto, indices: list[int]) -> list[int]:
+    return [i for i in indices if i < len(node.input) and node.input[i]
+            and graph.constant_value(model, node.input[i]) is None]
+
+
+def _quantize_inputs(inserter: _Inserter, node: onnx.NodeProto, position: int, indices: list[int],
+                     reason: str) -> None:
+    """Q/DQ on the given activation inputs; records a float decision when calibration lacks one."""
+    done = []
+    for index in _activation_inputs(inserter.model, node, indices):
+        tensor = node.input[index]
+        if tensor not in inserter.calibration:
+            inserter.report.float_nodes[node.name] = f"input '{tensor}' has no calibration range"
+            return
+        node.input[index] = inserter.activation(tensor, position)
+        done.append(tensor)
+    if done:
+        inserter.report.quantized[node.name] = {"op": node.op_type, "inputs": done, "reason": reason}
+
+
+def _quantize_weighted(inserter: _Inserter, node: onnx.NodeProto, position: int) -> None:
+    model = inserter.model
+    activations = _activation_inputs(model, node, [0, 1])
+    missing = [node.input[i] for i in activations if node.input[i] not in inserter.calibration]
+    if missing:
+        inserter.report.float_nodes[node.name] = f"input '{missing[0]}' has no calibration range"
+        return
+    weight_index = 1
+    weight = graph.constant_value(model, node.input[weight_index]) if len(node.input) > 1 else None
+    quantized = []
+    for index in activations:
+        quantized.append(node.input[index])
+        node.input[index] = inserter.activation(node.input[index], position)
+    if weight is not None and weight.dtype.kind == "f" and weight.ndim >= 1:
+        quantized.append(node.input[weight_index])
+        node.input[weight_index] = inserter.weight(node, node.input[weight_index], weight, position)
+    kind = "per-channel" if inserter.per_channel else "per-tensor"
+    reason = (f"weighted op: activation per-tensor, weight {kind} (axis "
+              f"{weight_channel_axis(node, weight.ndim) if weight is not None else '-'})")
+    inserter.report.quantized[node.name] = {"op": node.op_type, "inputs": quantized, "reason": reason}
+
+
+def _quantize_residual(inserter, node, position, producers, consumers, keep_float) -> None:
+    """Residual Add: quantize the skip input so TensorRT fuses the add into the weighted op."""
+    inputs = _activation_inputs(inserter.model, node, [0, 1])
+    if len(inputs) != 2:
+        return
+
+    def fusable(index: int) -> bool:
+        producer = producers.get(node.input[index])
+        return (producer is not None and producer.op_type in WEIGHTED_OPS and producer.name not in keep_float
+                and len(consumers.get(node.input[index], [])) == 1)
+
+    fused = [i for i in inputs if fusable(i)]
+    if not fused:
+        inserter.report.float_nodes[node.name] = "Add without a weighted-op input: not a fusable residual"
+        return
+    branch = fused[-1]  # the later weighted op absorbs the add
+    skip = [i for i in inputs if i != branch]
+    producer = producers[node.input[branch]].name
+    _quantize_inputs(inserter, node, position, skip,
+                     f"residual add: skip input quantized so TensorRT fuses the add into '{producer}'")
+
+
+def _insert_nodes(model: onnx.ModelProto, new_nodes: list[tuple[int, onnx.NodeProto]]) -> None:
+    """Place each new node before the original node at its index (keeps a topological order)."""
+    by_position: dict[int, list[onnx.NodeProto]] = {}
+    for position, node in new_nodes:
+        by_position.setdefault(position, []).append(node)
+    ordered = []
+    for position, node in enumerate(model.graph.node):
+        ordered.extend(by_position.get(position, []))
+        ordered.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+
+
+def qdq_summary(model: onnx.ModelProto) -> dict[str, int]:
+    """Counts of Q and DQ nodes in a model (for reports and tests)."""
+    counts = {"QuantizeLinear": 0, "DequantizeLinear": 0}
+    for node in model.graph.node:
+        if node.op_type in counts:
+            counts[node.op_type] += 1
+    return counts
+
+
+__all__ = ["write_qdq_model", "weight_channel_axis", "qdq_summary", "QdqReport"]
