@@ -112,6 +112,33 @@ def data_preprocess(settings: dict) -> dict:
     return pre
 
 
+def to_model_domain(dataset, settings: dict):
+    """Tensor files (.npz/.npy) hold inputs already normalized for the source model; when mean/std
+    is folded into the model, the deployed model takes the raw input, so undo the normalization."""
+    fold = settings["fold"]
+    if dataset.kind == "image folder" or fold.get("input_normalization") != "mean_std":
+        return dataset
+    pre = settings.get("preprocess") or {}
+    mean, std = fold.get("mean") or pre.get("mean"), fold.get("std") or pre.get("std")
+    if mean is None or std is None:
+        return dataset
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+    def denormalize(sample: dict) -> dict:
+        result = {}
+        for name, x in sample.items():
+            if x.ndim >= 1 and x.shape[0] == mean.size:
+                shape = (-1,) + (1,) * (x.ndim - 1)
+            elif x.ndim >= 1 and x.shape[-1] == mean.size:
+                shape = (1,) * (x.ndim - 1) + (-1,)
+            else:
+                raise UserError(f"{dataset.source}: input '{name}' has no axis of {mean.size} channels to undo mean/std on")
+            result[name] = x * std.reshape(shape) + mean.reshape(shape)
+        return result
+
+    return dataset.mapped(denormalize)
+
+
 def initial_input_shapes(settings: dict) -> dict[str, list[int]]:
     """Static shapes from --input-shape, else from the calibration data (batch 1)."""
     shapes = {k: list(v) for k, v in (settings.get("input_shapes") or {}).items()}
@@ -185,8 +212,11 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     specs = {i.name: (tuple(graph.tensor_shape(i)), graph.tensor_dtype(i)) for i in graph.graph_inputs(model)}
     preprocess = data_preprocess(settings)
     calib_limit = settings["calibration"].get("max_samples")
-    calib_ds = load_dataset(settings["calib"], specs, preprocess, limit=calib_limit)
-    eval_ds = load_dataset(settings["eval"], specs, preprocess, limit=settings["report"].get("eval_limit")) if settings.get("eval") else None
+    calib_ds = to_model_domain(load_dataset(settings["calib"], specs, preprocess, limit=calib_limit), settings)
+    eval_ds = None
+    if settings.get("eval"):
+        eval_ds = to_model_domain(
+            load_dataset(settings["eval"], specs, preprocess, limit=settings["report"].get("eval_limit")), settings)
 
     # 3. fold
     fold_settings = dict(settings["fold"])

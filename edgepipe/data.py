@@ -27,6 +27,7 @@ Image preprocessing (`preprocess` dict; unknown keys are ignored, they belong to
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import zipfile
@@ -77,6 +78,13 @@ class Dataset:
         if name not in self.names:
             raise KeyError(f"{name!r} is not an input of this dataset ({self.names})")
         return np.concatenate([self.sample(i)[name] for i in range(len(self))])
+
+    def mapped(self, transform: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> "Dataset":
+        """A view whose samples (without batch dim) pass through `transform`; labels unchanged."""
+        view = copy.copy(self)
+        read = self._read
+        view._read = lambda index: transform(read(index))
+        return view
 
     def describe(self) -> str:
         """One line for logs and reports."""
