@@ -1,0 +1,232 @@
+"""The bad-input table: each row is a case a user can hit, the command, and what they must see.
+
+This list is the single source of the README's "Bad input and faults" table
+(`python -m tests.bad_input_cases` prints it) and of tests/test_bad_inputs.py, which runs every
+row through the real CLI entry point and checks: the exit code, one line on stderr naming the
+file/node/tensor, no traceback, and nothing half-written in --out.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from tests.helpers import tiny_conv_model
+
+
+@dataclass
+class Case:
+    id: str
+    what: str  # the user's mistake, for the README table
+    setup: Callable[[Path], list[str]]  # builds files under tmp, returns CLI args
+    expect: tuple[str, ...]  # fragments of the one-line message
+    exit_code: int = 2
+
+
+def _model(tmp: Path, model: onnx.ModelProto | None = None, name: str = "model.onnx") -> Path:
+    path = tmp / name
+    onnx.save(model or tiny_conv_model(), str(path))
+    return path
+
+
+def _calib(tmp: Path, array=None, name: str = "calib.npz", key: str = "x", **extra) -> Path:
+    path = tmp / name
+    data = array if array is not None else np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    np.savez(path, **{key: data}, **extra)
+    return path
+
+
+def _build(tmp: Path, model: Path, calib: Path, target: str = "jetson", *extra: str) -> list[str]:
+    return ["build", "--model", str(model), "--target", target, "--calib", str(calib), "--out", str(tmp / "out"), *extra]
+
+
+def truncated_onnx(tmp):
+    path = tmp / "model.onnx"
+    path.write_bytes(tiny_conv_model().SerializeToString()[:41])
+    return _build(tmp, path, _calib(tmp))
+
+
+def garbage_onnx(tmp):
+    path = tmp / "model.onnx"
+    path.write_bytes(b"PK\x03\x04 this is a zip, not a model" * 3)
+    return _build(tmp, path, _calib(tmp))
+
+
+def external_data_missing(tmp):
+    path = tmp / "model.onnx"
+    onnx.save(tiny_conv_model(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    (tmp / "weights.bin").unlink()
+    return _build(tmp, path, _calib(tmp))
+
+
+def unsupported_op(tmp):
+    model = tiny_conv_model()
+    model.graph.node.append(onnx.helper.make_node("FancyOp", ["y"], ["z"], name="fancy_node", domain="com.example"))
+    model.graph.output[0].name = "z"
+    model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    return _build(tmp, _model(tmp, model), _calib(tmp))
+
+
+def dynamic_dim_no_shape(tmp):
+    return _build(tmp, _model(tmp, tiny_conv_model(dynamic_batch=True)), _calib(tmp, key="other"))
+
+
+def empty_folder(tmp):
+    (tmp / "calib").mkdir()
+    return _build(tmp, _model(tmp), tmp / "calib")
+
+
+def unreadable_image(tmp):
+    folder = tmp / "calib"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return _build(tmp, _model(tmp), folder)
+
+
+def wrong_shape(tmp):
+    return _build(tmp, _model(tmp), _calib(tmp, np.zeros((8, 3, 9, 9), np.float32)))
+
+
+def wrong_dtype(tmp):
+    return _build(tmp, _model(tmp), _calib(tmp, np.array([["a"] * 3] * 8)))
+
+
+def nan_values(tmp):
+    data = np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    data[5, 0, 0, 0] = np.nan
+    return _build(tmp, _model(tmp), _calib(tmp, data))
+
+
+def mismatched_names(tmp):
+    return _build(tmp, _model(tmp), _calib(tmp, key="image"))
+
+
+def labels_wrong_length(tmp):
+    calib = _calib(tmp)
+    eval_path = _calib(tmp, name="eval.npz", labels=np.arange(3))
+    return _build(tmp, _model(tmp), calib, "jetson", "--eval", str(eval_path))
+
+
+def unknown_config_key(tmp):
+    (tmp / "edgepipe.yaml").write_text("target: jetson\ncalibration:\n  methd: entropy\n")
+    return ["build", "--model", str(_model(tmp)), "--calib", str(_calib(tmp)), "--out", str(tmp / "out")]
+
+
+def wrong_config_type(tmp):
+    (tmp / "edgepipe.yaml").write_text("target: jetson\ncalibration:\n  rounds: four\n")
+    return ["build", "--model", str(_model(tmp)), "--calib", str(_calib(tmp)), "--out", str(tmp / "out")]
+
+
+def unknown_target(tmp):
+    return _build(tmp, _model(tmp), _calib(tmp), "pdp-11")
+
+
+def bad_factory(tmp):
+    return ["build", "--model", "no_such_pkg_xyz.models:build", "--target", "jetson", "--calib", str(_calib(tmp)),
+            "--input-shape", "x:1x3x8x8", "--out", str(tmp / "out")]
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def unsafe_checkpoint(tmp):
+    ckpt = tmp / "evil.pt"
+    ckpt.write_bytes(pickle.dumps({"weight": _Exploit()}))
+    return ["build", "--model", "edgepipe.demo.model:build_demo", "--weights", str(ckpt), "--target", "jetson",
+            "--calib", str(_calib(tmp, np.zeros((4, 3, 32, 32), np.float32), key="image")), "--out", str(tmp / "out")]
+
+
+def bad_yaml(tmp):
+    (tmp / "edgepipe.yaml").write_text("target: jetson\n  calib: [\n")
+    return ["build"]
+
+
+def tampered_bundle(tmp):
+    bundle = tmp / "bundle"
+    bundle.mkdir()
+    (bundle / "model.bin").write_bytes(b"weights")
+    import hashlib
+
+    digest = hashlib.sha256(b"original weights").hexdigest()
+    manifest = {"schema": 1, "files": [{"path": "model.bin", "size": 16, "sha256": digest}]}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return ["verify", str(bundle)]
+
+
+def traversal_archive(tmp):
+    archive = tmp / "evil.tar.gz"
+    payload = tmp / "payload.txt"
+    payload.write_text("x")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(payload, arcname="../../escaped.txt")
+    return ["verify", str(archive)]
+
+
+def missing_baseline(tmp):
+    candidate = tmp / "candidate.json"
+    candidate.write_text(json.dumps({"schema": 1, "accuracy": {"top1": 0.9}, "latency_ms": {"p50": 1.0}}))
+    return ["regress", "--baseline", str(tmp / "release-1.2.json"), "--candidate", str(candidate)]
+
+
+def unreachable_host(tmp):
+    bundle = tmp / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"schema": 1, "files": []}))
+    (bundle / "SHA256SUMS").write_text("")
+    return ["deploy", str(bundle), "--host", "edge@127.0.0.1", "--port", "9", "--timeout", "3"]
+
+
+def dash_host(tmp):
+    bundle = tmp / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"schema": 1, "files": []}))
+    return ["deploy", str(bundle), "--host", "-oProxyCommand=touch /tmp/pwned"]
+
+
+CASES = [
+    Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
+    Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
+    Case("external-data-missing", "ONNX whose external-data file is missing", external_data_missing, ("weights.bin", "missing")),
+    Case("unsupported-op", "an op the target cannot run", unsupported_op, ("fancy_node", "FancyOp", "jetson")),
+    Case("dynamic-dim", "a dynamic dim with no shape given (and data lacking that input)", dynamic_dim_no_shape, ("'x'",)),
+    Case("empty-folder", "calibration folder with no images", empty_folder, ("calib",)),
+    Case("unreadable-image", "an image that cannot be decoded", unreadable_image, ("broken.png",)),
+    Case("wrong-shape", "calibration tensors of the wrong shape", wrong_shape, ("'x'", "9")),
+    Case("wrong-dtype", "calibration tensors that are not numbers", wrong_dtype, ("'x'",)),
+    Case("nan-values", "NaN in the calibration data", nan_values, ("'x'", "5")),
+    Case("mismatched-names", ".npz keys that are not the model's input names", mismatched_names, ("'x'", "image")),
+    Case("labels-length", "labels of the wrong length", labels_wrong_length, ("labels", "3")),
+    Case("unknown-config-key", "a misspelled key in edgepipe.yaml", unknown_config_key, ("calibration.methd",)),
+    Case("wrong-config-type", "a value of the wrong type in edgepipe.yaml", wrong_config_type, ("calibration.rounds", "int")),
+    Case("unknown-target", "an unknown target name", unknown_target, ("pdp-11", "arm-cpu")),
+    Case("bad-factory", "a module:factory that does not import", bad_factory, ("no_such_pkg_xyz",)),
+    Case("unsafe-checkpoint", "a checkpoint that needs unsafe unpickling", unsafe_checkpoint, ("evil.pt", "weights_only=True")),
+    Case("bad-yaml", "edgepipe.yaml that is not valid YAML", bad_yaml, ("edgepipe.yaml", "line 2")),
+    Case("tampered-bundle", "a bundle file changed after the build", tampered_bundle, ("model.bin",), exit_code=1),
+    Case("traversal-archive", "a bundle archive with ../ paths", traversal_archive, ("../../escaped.txt",)),
+    Case("missing-baseline", "regress with a missing baseline report", missing_baseline, ("release-1.2.json",)),
+    Case("unreachable-host", "deploy to a host that does not answer", unreachable_host, ("127.0.0.1",)),
+    Case("dash-host", "a host name that would be read as an ssh option", dash_host, ("-oProxyCommand",)),
+]
+
+
+def markdown_table(messages: dict[str, str] | None = None) -> str:
+    rows = ["| case | command | exit | message (one line) |", "|---|---|---|---|"]
+    for case in CASES:
+        message = (messages or {}).get(case.id, " … ".join(case.expect))
+        rows.append(f"| {case.what} | `{case.id}` | {case.exit_code} | {message} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
