@@ -1,0 +1,303 @@
+"""Q/DQ placement for TensorRT explicit quantization, and the Q/DQ model's numerics in ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+from onnx import TensorProto, helper, numpy_helper
+
+from edgepipe import graph, quantmath
+from edgepipe.backends.tensorrt.qdq import write_qdq_model
+from edgepipe.calibrate import calibrate
+from edgepipe.data import load_dataset
+from edgepipe.errors import UserError
+
+
+def make_model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+                          [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def calibrate_random(model, tmp_path, samples=8, seed=0):
+    """Real calibration (min/max) on random inputs, through the project's dataset loader."""
+    specs = {v.name: (tuple(graph.tensor_shape(v)), np.float32) for v in graph.graph_inputs(model)}
+    rng = np.random.default_rng(seed)
+    arrays = {name: rng.standard_normal((samples, *shape[1:])).astype(np.float32) for name, (shape, _) in specs.items()}
+    path = tmp_path / f"calib_{seed}.npz"
+    np.savez(path, **arrays)
+    return calibrate(model, load_dataset(path, specs, {}), {"method": "minmax", "rounds": 1})
+
+
+def rng_weights(*shape, seed=1):
+    return np.random.default_rng(seed + len(shape)).standard_normal(shape).astype(np.float32) * 0.3
+
+
+def node_by_name(model, name):
+    return next(n for n in model.graph.node if n.name == name)
+
+
+def producer_op(model, tensor):
+    producer = graph.producers(model).get(tensor)
+    return producer.op_type if producer is not None else None
+
+
+def dq_source(model, tensor):
+    """For a DQ output, the float tensor its Q node reads (or the int8 initializer)."""
+    producers = graph.producers(model)
+    dq = producers[tensor]
+    assert dq.op_type == "DequantizeLinear"
+    q = producers.get(dq.input[0])
+    return q.input[0] if q is not None else dq.input[0]
+
+
+def attr(node, name, default=None):
+    return graph.node_attributes(node).get(name, default)
+
+
+# --- placement rules ------------------------------------------------------------------------------
+
+
+def conv_relu_conv():
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2"),
+    ]
+    inits = {"w1": rng_weights(6, 3, 3, 3), "b1": rng_weights(6), "w2": rng_weights(4, 6, 1, 1)}
+    return make_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 4, 8, 8])], inits)
+
+
+def test_weighted_op_inputs_quantized_outputs_not(tmp_path):
+    model = conv_relu_conv()
+    qdq, report = write_qdq_model(model, calibrate_random(model, tmp_path))
+    conv1, conv2, relu = (node_by_name(qdq, n) for n in ("conv1", "conv2", "relu1"))
+    assert producer_op(qdq, conv1.input[0]) == producer_op(qdq, conv2.input[0]) == "DequantizeLinear"
+    assert dq_source(qdq, conv1.input[0]) == "x" and dq_source(qdq, conv2.input[0]) == "r1"
+    assert producer_op(qdq, conv1.input[1]) == "DequantizeLinear" and conv1.input[1] != "w1"
+    assert relu.input[0] == "c1", "conv output must not get its own Q/DQ (ReLU fuses into the conv)"
+    assert conv1.input[2] == "b1", "bias stays float"
+    assert report["activation_pairs"] == 2 and report["weight_pairs"] == 2 and report["qdq_pairs"] == 4
+    assert set(report["quantized_nodes"]) == {"conv1", "conv2"}
+    counts = {op: sum(n.op_type == op for n in qdq.graph.node) for op in ("QuantizeLinear", "DequantizeLinear")}
+    assert counts == {"QuantizeLinear": 4, "DequantizeLinear": 4}
+
+
+def test_weight_dequantize_is_per_channel_axis0_with_positive_scales(tmp_path):
+    model = conv_relu_conv()
+    qdq, _ = write_qdq_model(model, calibrate_random(model, tmp_path))
+    dq = graph.producers(qdq)[node_by_name(qdq, "conv1").input[1]]
+    assert attr(dq, "axis") == 0
+    scales = graph.constant_value(qdq, dq.input[1])
+    zero_points = graph.constant_value(qdq, dq.input[2])
+    assert scales.shape == (6,) and np.all(scales > 0)
+    assert zero_points.dtype == np.int8 and not zero_points.any()
+    # the dequantized weight is within half a step of the float weight, channel by channel
+    w = graph.constant_value(model, "w1")
+    q = graph.producers(qdq)[dq.input[0]]
+    on_grid = graph.constant_value(qdq, q.input[0])
+    assert np.all(np.abs(on_grid - w) <= scales.reshape(-1, 1, 1, 1) / 2 + 1e-7)
+
+
+def test_activation_scale_is_calibrated_amax_over_127_zero_point_int8(tmp_path):
+    model = conv_relu_conv()
+    calibration = calibrate_random(model, tmp_path)
+    qdq, _ = write_qdq_model(model, calibration)
+    dq = graph.producers(qdq)[node_by_name(qdq, "conv2").input[0]]
+    scale = graph.constant_value(qdq, dq.input[1])
+    zero = graph.constant_value(qdq, dq.input[2])
+    assert scale.shape == () and np.isclose(float(scale), calibration.tensors["r1"].amax / 127, rtol=1e-6)
+    assert zero.dtype == np.int8 and int(zero) == 0
+
+
+def residual_model(skip_from_conv=False):
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r1"], ["s"], name="residual"),
+        helper.make_node("Relu", ["s"], ["y"], name="relu_out"),
+    ]
+    inits = {"w1": rng_weights(4, 4, 3, 3), "w2": rng_weights(4, 4, 3, 3, seed=5)}
+    return make_model(nodes, [("x", [1, 4, 6, 6])], [("y", [1, 4, 6, 6])], inits)
+
+
+def test_residual_add_quantizes_only_the_skip_input(tmp_path):
+    model = residual_model()
+    qdq, report = write_qdq_model(model, calibrate_random(model, tmp_path))
+    add = node_by_name(qdq, "residual")
+    assert add.input[0] == "c2", "the conv branch feeds the add directly (TensorRT fuses add into conv2)"
+    assert producer_op(qdq, add.input[1]) == "DequantizeLinear" and dq_source(qdq, add.input[1]) == "r1"
+    assert add.input[1] == node_by_name(qdq, "conv2").input[0], "one shared Q/DQ pair for r1"
+    assert "conv2" in report["quantized_nodes"]["residual"]["reason"]
+    assert report["activation_pairs"] == 2  # x and r1, nothing on c2 / s / y
+
+
+def test_add_without_weighted_input_stays_float(tmp_path):
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="relu_a"),
+        helper.make_node("Sigmoid", ["x"], ["b"], name="sig_b"),
+        helper.make_node("Add", ["a", "b"], ["y"], name="plain_add"),
+    ]
+    model = make_model(nodes, [("x", [1, 4])], [("y", [1, 4])], {})
+    qdq, report = write_qdq_model(model, calibrate_random(model, tmp_path))
+    assert not any(n.op_type == "QuantizeLinear" for n in qdq.graph.node)
+    assert "plain_add" in report["float_nodes"] and report["qdq_pairs"] == 0
+
+
+def test_maxpool_input_quantized(tmp_path):
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("MaxPool", ["r"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+    ]
+    model = make_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 4, 3, 3])], {"w": rng_weights(4, 3, 3, 3)})
+    qdq, report = write_qdq_model(model, calibrate_random(model, tmp_path))
+    pool = node_by_name(qdq, "pool")
+    assert dq_source(qdq, pool.input[0]) == "r"
+    assert report["quantized_nodes"]["pool"]["op"] == "MaxPool"
+
+
+@pytest.mark.parametrize("trans_b, axis", [(0, 1), (1, 0)])
+def test_gemm_weight_axis_is_output_features(tmp_path, trans_b, axis):
+    w = rng_weights(5, 3) if trans_b else rng_weights(3, 5)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=trans_b)]
+    model = make_model(nodes, [("x", [1, 3])], [("y", [1, 5])], {"w": w, "b": rng_weights(5)})
+    qdq, _ = write_qdq_model(model, calibrate_random(model, tmp_path))
+    dq = graph.producers(qdq)[node_by_name(qdq, "fc").input[1]]
+    assert attr(dq, "axis") == axis and graph.constant_value(qdq, dq.input[1]).shape == (5,)
+
+
+def test_matmul_constant_and_activation_operands(tmp_path):
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="mm_weight"),
+        helper.make_node("MatMul", ["h", "x2"], ["y"], name="mm_acts"),
+    ]
+    model = make_model(nodes, [("x", [1, 2, 3]), ("x2", [1, 5, 4])], [("y", [1, 2, 4])], {"w": rng_weights(3, 5)})
+    qdq, report = write_qdq_model(model, calibrate_random(model, tmp_path))
+    weight_dq = graph.producers(qdq)[node_by_name(qdq, "mm_weight").input[1]]
+    assert attr(weight_dq, "axis") == 1 and graph.constant_value(qdq, weight_dq.input[1]).shape == (5,)
+    acts = node_by_name(qdq, "mm_acts")
+    assert [dq_source(qdq, t) for t in acts.input] == ["h", "x2"]
+    assert report["quantized_nodes"]["mm_acts"]["inputs"] == ["h", "x2"]
+
+
+def test_conv_transpose_weight_axis_1(tmp_path):
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="deconv", strides=[2, 2])]
+    model = make_model(nodes, [("x", [1, 4, 5, 5])], [("y", [1, 7, 10, 10])], {"w": rng_weights(4, 7, 2, 2)})
+    qdq, report = write_qdq_model(model, calibrate_random(model, tmp_path))
+    dq = graph.producers(qdq)[node_by_name(qdq, "deconv").input[1]]
+    assert attr(dq, "axis") == 1 and graph.constant_value(qdq, dq.input[1]).shape == (7,)
+    ref = graph.make_session(model).run(None, {"x": np.ones((1, 4, 5, 5), np.float32)})[0]
+    out = graph.make_session(qdq).run(None, {"x": np.ones((1, 4, 5, 5), np.float32)})[0]
+    assert quantmath.sqnr_db(ref, out) > 25
+
+
+def test_keep_float_is_a_per_node_decision(tmp_path):
+    model = conv_relu_conv()
+    calibration = calibrate_random(model, tmp_path)
+    qdq, report = write_qdq_model(model, calibration, keep_float={"conv2"})
+    conv2 = node_by_name(qdq, "conv2")
+    assert conv2.input[0] == "r1" and conv2.input[1] == "w2", "conv2 reads float activation and float weight"
+    assert producer_op(qdq, node_by_name(qdq, "conv1").input[0]) == "DequantizeLinear"
+    assert "conv2" in report["float_nodes"] and "conv2" not in report["quantized_nodes"]
+    assert report["qdq_pairs"] == 2
+    with pytest.raises(UserError, match="no_such_node"):
+        write_qdq_model(model, calibration, keep_float={"no_such_node"})
+
+
+def test_graph_io_names_unchanged_and_int8_weight_storage(tmp_path):
+    model = residual_model()
+    calibration = calibrate_random(model, tmp_path)
+    for int8_weights in (False, True):
+        qdq, report = write_qdq_model(model, calibration, int8_weights=int8_weights)
+        assert [i.name for i in graph.graph_inputs(qdq)] == ["x"] and [o.name for o in qdq.graph.output] == ["y"]
+        weight_inputs = [graph.producers(qdq)[node_by_name(qdq, n).input[1]] for n in ("conv1", "conv2")]
+        stored = [graph.constant_value(qdq, dq.input[0]) for dq in weight_inputs]
+        if int8_weights:
+            assert all(s is not None and s.dtype == np.int8 for s in stored) and report["weight_storage"] == "int8-dq"
+        else:
+            assert all(s is None for s in stored)  # DQ reads a Q output, Q reads float-on-grid weights
+        assert graph.constant_value(qdq, "w1") is None, "the original float weight is gone"
+
+
+def test_per_tensor_weights_when_per_channel_off(tmp_path):
+    model = conv_relu_conv()
+    qdq, report = write_qdq_model(model, calibrate_random(model, tmp_path), per_channel=False)
+    dq = graph.producers(qdq)[node_by_name(qdq, "conv1").input[1]]
+    assert attr(dq, "axis") is None and graph.constant_value(qdq, dq.input[1]).shape == ()
+    assert report["per_channel"] is False
+
+
+# --- numerics -------------------------------------------------------------------------------------
+
+
+def conv2d_int(x_q, w_q, pads):
+    """Integer convolution (stride 1): int8 x int8 products accumulated in int64."""
+    x = np.pad(x_q.astype(np.int64), ((0, 0), (0, 0), (pads, pads), (pads, pads)))
+    kh, kw = w_q.shape[2:]
+    windows = sliding_window_view(x, (kh, kw), axis=(2, 3))  # N, C, H, W, kh, kw
+    return np.einsum("nchwij,ocij->nohw", windows, w_q.astype(np.int64))
+
+
+def test_qdq_model_matches_numpy_int8_simulation(tmp_path):
+    """ORT's Q/DQ graph computes exactly what TensorRT's int8 kernels compute: int8 x int8 -> int32."""
+    model = conv_relu_conv()
+    calibration = calibrate_random(model, tmp_path, samples=16)
+    qdq, _ = write_qdq_model(model, calibration)
+    x = np.random.default_rng(7).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    ort_y = graph.make_session(qdq).run(None, {"x": x})[0]
+
+    w1_q, w1_s = quantmath.per_channel_symmetric(graph.constant_value(model, "w1"), axis=0)
+    w2_q, w2_s = quantmath.per_channel_symmetric(graph.constant_value(model, "w2"), axis=0)
+    sx, sr = calibration.symmetric_scale("x"), calibration.symmetric_scale("r1")
+    acc1 = conv2d_int(quantmath.quantize(x, sx), w1_q, pads=1)
+    r1 = np.maximum(acc1 * (sx * w1_s.astype(np.float64)).reshape(1, -1, 1, 1)
+                    + graph.constant_value(model, "b1").reshape(1, -1, 1, 1), 0)
+    acc2 = conv2d_int(quantmath.quantize(r1, sr), w2_q, pads=0)
+    sim_y = acc2 * (sr * w2_s.astype(np.float64)).reshape(1, -1, 1, 1)
+
+    step = sr * float(np.max(np.abs(w2_q))) * float(np.max(w2_s))  # one int8 step of r1, through conv2
+    diff = np.abs(sim_y - ort_y)
+    assert np.mean(diff < 1e-4 * np.max(np.abs(sim_y))) > 0.97, "float32 rounding may flip a rare tie only"
+    assert diff.max() <= 6 * step
+
+
+@pytest.fixture(scope="module")
+def demo_models(tmp_path_factory):
+    """The demo CNN (BN folded), calibrated on its 200 calibration PNGs, and its Q/DQ form."""
+    from edgepipe.demo import DEMO_PREPROCESS, demo_calib_dir, demo_data_dir
+    from edgepipe.fold.batchnorm import fold_batchnorm
+    from edgepipe.stages.export import run_export
+
+    model = run_export("edgepipe.demo.model:build_demo", None, {"image": [1, 3, 32, 32]}, output_names=["logits"])
+    model, _ = fold_batchnorm(model)
+    specs = {"image": ((1, 3, 32, 32), np.float32)}
+    calibration = calibrate(model, load_dataset(demo_calib_dir(), specs, DEMO_PREPROCESS), {"rounds": 1})
+    qdq, report = write_qdq_model(model, calibration)
+    data = np.load(demo_data_dir() / "eval.npz")
+    return model, qdq, report, data["image"].astype(np.float32), data["labels"]
+
+
+def test_demo_cnn_qdq_matches_fp32_in_onnx_runtime(demo_models):
+    model, qdq, report, images, labels = demo_models
+    fp32, int8 = graph.make_session(model), graph.make_session(qdq)
+    ref = np.concatenate([fp32.run(None, {"image": im[None]})[0] for im in images])
+    out = np.concatenate([int8.run(None, {"image": im[None]})[0] for im in images])
+    sqnr = quantmath.sqnr_db(ref, out)
+    agreement = float(np.mean(ref.argmax(1) == out.argmax(1)))
+    assert sqnr >= 25, sqnr
+    assert agreement >= 0.97, agreement
+    assert float(np.mean(out.argmax(1) == labels)) >= float(np.mean(ref.argmax(1) == labels)) - 0.02
+    # the demo's residual block: skip input quantized, the pointwise-conv branch feeds the add directly
+    add = next(n for n in qdq.graph.node if n.op_type == "Add")
+    kinds = sorted(producer_op(qdq, t) for t in add.input)
+    assert kinds == ["Conv", "DequantizeLinear"]
+    assert report["qdq_pairs"] == sum(n.op_type == "DequantizeLinear" for n in qdq.graph.node)
