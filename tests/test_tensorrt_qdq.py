@@ -283,11 +283,11 @@ def demo_models(tmp_path_factory):
     calibration = calibrate(model, load_dataset(demo_calib_dir(), specs, DEMO_PREPROCESS), {"rounds": 1})
     qdq, report = write_qdq_model(model, calibration)
     data = np.load(demo_data_dir() / "eval.npz")
-    return model, qdq, report, data["image"].astype(np.float32), data["labels"]
+    return model, qdq, report, data["image"].astype(np.float32), data["labels"], calibration
 
 
 def test_demo_cnn_qdq_matches_fp32_in_onnx_runtime(demo_models):
-    model, qdq, report, images, labels = demo_models
+    model, qdq, report, images, labels, _ = demo_models
     fp32, int8 = graph.make_session(model), graph.make_session(qdq)
     ref = np.concatenate([fp32.run(None, {"image": im[None]})[0] for im in images])
     out = np.concatenate([int8.run(None, {"image": im[None]})[0] for im in images])
@@ -301,3 +301,15 @@ def test_demo_cnn_qdq_matches_fp32_in_onnx_runtime(demo_models):
     kinds = sorted(producer_op(qdq, t) for t in add.input)
     assert kinds == ["Conv", "DequantizeLinear"]
     assert report["qdq_pairs"] == sum(n.op_type == "DequantizeLinear" for n in qdq.graph.node)
+
+
+def test_int8_weight_storage_computes_the_same_and_is_smaller(demo_models):
+    model, qdq, _, images, _, calibration = demo_models
+    compact, report = write_qdq_model(model, calibration, int8_weights=True)
+    assert report["weight_storage"] == "int8-dq"
+    assert len(compact.SerializeToString()) < 0.5 * len(qdq.SerializeToString())
+    float_storage, int8_storage = graph.make_session(qdq), graph.make_session(compact)
+    for image in images[:20]:
+        a = float_storage.run(None, {"image": image[None]})[0]
+        b = int8_storage.run(None, {"image": image[None]})[0]
+        np.testing.assert_array_equal(a, b)

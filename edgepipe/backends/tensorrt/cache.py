@@ -107,6 +107,3 @@ def read_calibration_cache(path: str | os.PathLike) -> dict[str, float]:
                             "'<tensor name>: <8 hex digits>'") from exc
     return scales
 
-
-def cache_header(path: str | os.PathLike) -> str:
-    return Path(path).read_text().splitlines()[0]

@@ -286,13 +286,4 @@ def _insert_nodes(model: onnx.ModelProto, new_nodes: list[tuple[int, onnx.NodePr
     model.graph.node.extend(ordered)
 
 
-def qdq_summary(model: onnx.ModelProto) -> dict[str, int]:
-    """Counts of Q and DQ nodes in a model (for reports and tests)."""
-    counts = {"QuantizeLinear": 0, "DequantizeLinear": 0}
-    for node in model.graph.node:
-        if node.op_type in counts:
-            counts[node.op_type] += 1
-    return counts
-
-
-__all__ = ["write_qdq_model", "weight_channel_axis", "qdq_summary", "QdqReport"]
+__all__ = ["write_qdq_model", "weight_channel_axis", "QdqReport"]
