@@ -47,7 +47,10 @@ WHEEL_PLATFORMS = ("manylinux_2_36_aarch64", "manylinux_2_34_aarch64", "manylinu
 QEMU = "qemu-aarch64-static"
 QEMU_CPU = "neoverse-n1"
 CPU_COUNT = 4  # cores claimed by the planted cpuinfo (fixed, so the cached rootfs is portable)
-LAYOUT = 1  # bump when the build steps change
+LAYOUT = 2  # bump when the build steps change
+PRUNE = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/lib/apt/lists",
+         "var/cache/apt", "debootstrap")  # not needed to run python3 (~100 MB)
+STALE_PARTIAL_S = 3600  # a partial build this old was interrupted; remove it
 MARKER = ".edgepipe-rootfs"
 SITE_PACKAGES = "usr/local/lib/python3.11/dist-packages"
 
@@ -121,6 +124,9 @@ def ensure_rootfs(log=print) -> Path:
         return found
     final = rootfs_path()
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.partial-*"):
+        if time.time() - stale.stat().st_mtime > STALE_PARTIAL_S:
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     try:
         started = time.monotonic()
@@ -205,7 +211,8 @@ def _build(root: Path, log) -> None:
     if dev.is_dir() and not dev.is_symlink():
         shutil.rmtree(dev)
         dev.mkdir()
-    shutil.rmtree(root / "debootstrap", ignore_errors=True)
+    for path in PRUNE:
+        shutil.rmtree(root / path, ignore_errors=True)
 
 
 def arm64_env(extra: dict[str, str] | None = None) -> dict[str, str]:

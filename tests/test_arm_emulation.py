@@ -23,7 +23,6 @@ import tflite
 
 from edgepipe import emulation, quantmath
 
-pytestmark = [pytest.mark.arm, pytest.mark.slow]
 
 N_INPUTS = 16
 INPUT_SHAPE = (1, 16, 16, 3)
@@ -346,6 +345,8 @@ def int8_agreement(ref, test, steps):
     return argmax_same, float(np.mean(flat <= 1.0 + 1e-3)), float(flat.max()), float(np.mean(flat < 1e-3))
 
 
+@pytest.mark.arm
+@pytest.mark.slow
 def test_runs_on_emulated_aarch64_with_xnnpack(runs):
     (x86_meta, _), (arm_meta, _) = runs["x86"], runs["arm"]
     assert x86_meta["machine"] == "x86_64"
@@ -357,6 +358,8 @@ def test_runs_on_emulated_aarch64_with_xnnpack(runs):
     assert "CONV_2D" in arm_meta["runs"]["int8-builtin"]["ops"]
 
 
+@pytest.mark.arm
+@pytest.mark.slow
 def test_int8_model_is_a_meaningful_quantization_of_fp32(runs):
     _, out = runs["x86"]
     fp32, int8 = out["fp32-builtin"], out["int8-builtin"]
@@ -366,6 +369,8 @@ def test_int8_model_is_a_meaningful_quantization_of_fp32(runs):
     assert np.mean(fp32[1].argmax(axis=1) == int8[1].argmax(axis=1)) >= 0.8
 
 
+@pytest.mark.arm
+@pytest.mark.slow
 @pytest.mark.parametrize("run, x86_run", [("int8-xnnpack", "int8-xnnpack"), ("int8-builtin", "int8-builtin"),
                                           ("int8-tflite-runtime", "int8-builtin")])
 def test_int8_arm_matches_x86(runs, run, x86_run):
@@ -377,7 +382,40 @@ def test_int8_arm_matches_x86(runs, run, x86_run):
     assert within_one >= 0.99
 
 
+@pytest.mark.arm
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["fp32-xnnpack", "fp32-builtin"])
 def test_fp32_arm_matches_x86(runs, run):
     for ref, test in zip(runs["x86"][1][run], runs["arm"][1][run]):
         np.testing.assert_allclose(test, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+
+
+# --- the rootfs cache itself (no qemu needed) -----------------------------------------------
+
+def test_available_names_the_missing_tool(monkeypatch):
+    monkeypatch.setattr(emulation.shutil, "which", lambda tool: None)
+    assert "qemu-aarch64-static" in emulation.available()
+    monkeypatch.setattr(emulation.shutil, "which", lambda tool: None if tool == "debootstrap" else f"/usr/bin/{tool}")
+    monkeypatch.setenv("EDGEPIPE_CACHE", "/nonexistent/edgepipe-cache")
+    assert "debootstrap" in emulation.available()
+
+
+def test_interrupted_build_is_never_reused(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEPIPE_CACHE", str(tmp_path))
+
+    def failing_build(root, log):
+        (root / "half-written").write_text("x")
+        raise RuntimeError("network went away")
+
+    monkeypatch.setattr(emulation, "_build", failing_build)
+    with pytest.raises(RuntimeError, match="network went away"):
+        emulation.ensure_rootfs(log=lambda msg: None)
+    assert emulation.cached_rootfs() is None
+    assert list(tmp_path.iterdir()) == []  # the partial directory is gone, nothing at the final path
+
+    built = []
+    monkeypatch.setattr(emulation, "_build", lambda root, log: built.append(root))
+    rootfs = emulation.ensure_rootfs(log=lambda msg: None)
+    assert rootfs == emulation.rootfs_path() and (rootfs / emulation.MARKER).is_file()
+    assert built[0] != rootfs  # built elsewhere, then renamed into place
+    assert emulation.ensure_rootfs(log=lambda msg: None) == rootfs and len(built) == 1  # reused
