@@ -1,0 +1,317 @@
+"""Layer sensitivity: which quantized nodes cost the accuracy, measured in ONNX Runtime.
+
+Why: when INT8 loses too much, the fix is almost always a handful of layers (an activation with
+outliers, a layer whose weights span orders of magnitude). Finding them by hand means rebuilding
+the model once per guess; here every quantizable node group is scored twice against cached FP32
+outputs on a held-out slice:
+
+- *only this*: the group quantized, everything else float - how much damage it does alone;
+- *all but this*: everything quantized except the group - how much keeping it float recovers.
+
+A variant is the Q/DQ model that the TensorRT backend writes (`write_qdq_model` with `keep_float`)
+so placement matches deployment; with `symmetric=False` the activation Q/DQ pairs are rewritten
+to the asymmetric (TFLite-style) ranges of the same calibration. One ORT session per variant:
+2 x groups + 2 builds in all, and the FP32 outputs are computed once.
+
+Groups: a quantized node (Conv, ConvTranspose, Gemm, MatMul, pooling, fusable residual Add: the
+nodes `write_qdq_model` actually quantizes) plus the activation it feeds when that activation is
+its only consumer (backends fuse the pair, so they go float together).
+
+Ranking: by `recovery_db` = SQNR(all but this) - SQNR(all quantized), ties broken by the lower
+SQNR(only this). SQNR is continuous, so it ranks well even on slices too small for top-1 to move.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from edgepipe import graph, quantmath
+from edgepipe.calibrate.collector import sample_indices
+from edgepipe.calibrate.result import CalibrationResult
+from edgepipe.errors import UserError
+
+FUSED_ACTIVATIONS = ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "Elu",
+                     "Selu", "Gelu", "Softplus", "Mish", "PRelu")
+METRICS = ("auto", "top1", "agreement", "sqnr")
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """One quantized node (the group's name) and the activation fused with it."""
+
+    name: str
+    op_type: str
+    nodes: tuple[str, ...]
+    activations: tuple[str, ...]  # quantized activation inputs (calibrated tensors)
+
+
+@dataclass
+class Metrics:
+    """How one variant compares with FP32 on the evaluated samples."""
+
+    sqnr_db: float  # worst output
+    cosine: float  # worst output
+    argmax_agreement: float  # first output, vs FP32 argmax
+    top1: float | None = None  # first output, vs labels
+    fp32_top1: float | None = None
+
+    def value(self, metric: str) -> float:
+        """The metric as 'higher is better' (sqnr in dB, the others as fractions)."""
+        return {"top1": self.top1, "agreement": self.argmax_agreement, "sqnr": self.sqnr_db}[metric]
+
+    def drop(self, metric: str) -> float:
+        """Accuracy lost vs FP32: top-1 points, or the fraction of changed argmax (not for sqnr)."""
+        if metric == "top1":
+            return float(self.fp32_top1 - self.top1)
+        if metric == "agreement":
+            return 1.0 - self.argmax_agreement
+        raise ValueError("sqnr has no drop; compare sqnr_db with a minimum")
+
+    def to_dict(self) -> dict:
+        """results.json-compatible keys (accuracy section)."""
+        return {"sqnr_db": _finite(self.sqnr_db), "cosine": self.cosine, "argmax_agreement": self.argmax_agreement,
+                "top1": self.top1, "fp32_top1": self.fp32_top1}
+
+
+def resolve_metric(metric: str, has_labels: bool) -> str:
+    if metric not in METRICS:
+        raise UserError(f"metric '{metric}' is unknown; use one of: {', '.join(METRICS)}")
+    if metric == "auto":
+        return "top1" if has_labels else "agreement"
+    if metric == "top1" and not has_labels:
+        raise UserError("metric 'top1' needs labels: pass an eval set with labels (ImageFolder or .npz 'labels')")
+    return metric
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: identical outputs (SQNR = inf) are written as null."""
+    return None if value is None or math.isinf(value) or math.isnan(value) else float(value)
+
+
+def asymmetric_activations(qdq: onnx.ModelProto, calibration: CalibrationResult) -> onnx.ModelProto:
+    """Rewrite per-tensor activation Q/DQ of a symmetric Q/DQ model to the asymmetric (lo, hi) ranges."""
+    inits = {t.name: t for t in qdq.graph.initializer}
+    done: set[str] = set()
+    for node in qdq.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in calibration or node.input[1] in done:
+            continue
+        scale, zero_point = calibration.asymmetric_params(node.input[0])
+        inits[node.input[1]].CopyFrom(onnx.numpy_helper.from_array(np.array(scale, np.float32), node.input[1]))
+        inits[node.input[2]].CopyFrom(onnx.numpy_helper.from_array(np.array(zero_point, np.int8), node.input[2]))
+        done.add(node.input[1])
+    return qdq
+
+
+class VariantEvaluator:
+    """Runs the FP32 model once on a slice, then scores Q/DQ variants (which nodes stay float)."""
+
+    def __init__(self, model: onnx.ModelProto, calibration: CalibrationResult, dataset, *,
+                 max_samples: int | None = 64, symmetric: bool = True, per_channel: bool = True):
+        from edgepipe.backends.tensorrt.qdq import write_qdq_model
+
+        self._write_qdq = write_qdq_model
+        self.model = graph.ensure_node_names(_copy(model))
+        self.calibration, self.symmetric, self.per_channel = calibration, symmetric, per_channel
+        if len(dataset) == 0:
+            raise UserError(f"{getattr(dataset, 'source', 'eval set')}: no samples to measure sensitivity on")
+        self.indices = sample_indices(len(dataset), max_samples)
+        self.feeds = [dataset.sample(i) for i in self.indices]
+        labels = getattr(dataset, "labels", None)
+        self.labels = None if labels is None else np.asarray(labels)[self.indices]
+        self.output_names = [o.name for o in self.model.graph.output]
+        self.reference = self._run(self.model)
+        self.fp32_top1 = (float(np.mean(_argmax(self.reference[0]) == self.labels))
+                          if self.labels is not None else None)
+        self.sessions_built = 1
+        self._cache: dict[frozenset, Metrics] = {}
+        self.qdq_report = self._write_qdq(self.model, calibration, per_channel=per_channel)[1]
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def groups(self) -> list[NodeGroup]:
+        """Quantized node groups in graph order (what the backend quantizes when nothing is float)."""
+        quantized = self.qdq_report["quantized_nodes"]
+        consumers = graph.consumers(self.model)
+        result = []
+        for node in self.model.graph.node:
+            if node.name not in quantized:
+                continue
+            members = [node.name]
+            readers = consumers.get(node.output[0], []) if node.output else []
+            if len(readers) == 1 and readers[0].op_type in FUSED_ACTIVATIONS:
+                members.append(readers[0].name)
+            activations = tuple(t for t in quantized[node.name]["inputs"] if t in self.calibration)
+            result.append(NodeGroup(node.name, node.op_type, tuple(members), activations))
+        return result
+
+    def reference_metrics(self) -> Metrics:
+        return self._score(self.reference)
+
+    def evaluate(self, float_nodes) -> Metrics:
+        """Metrics of the variant with `float_nodes` kept float (cached per float set)."""
+        key = frozenset(float_nodes)
+        if key not in self._cache:
+            qdq, _ = self._write_qdq(self.model, self.calibration, keep_float=key, per_channel=self.per_channel)
+            if not self.symmetric:
+                qdq = asymmetric_activations(qdq, self.calibration)
+            self.sessions_built += 1
+            self._cache[key] = self._score(self._run(qdq))
+        return self._cache[key]
+
+    def _run(self, model: onnx.ModelProto) -> list[np.ndarray]:
+        session = graph.make_session(model)
+        per_output: list[list[np.ndarray]] = [[] for _ in self.output_names]
+        for feed in self.feeds:
+            for store, value in zip(per_output, session.run(self.output_names, feed)):
+                store.append(np.asarray(value, np.float32))
+        return [np.concatenate(values, axis=0) for values in per_output]
+
+    def _score(self, outputs: list[np.ndarray]) -> Metrics:
+        sqnr = min(quantmath.sqnr_db(ref, out) for ref, out in zip(self.reference, outputs))
+        cos = min(quantmath.cosine(ref, out) for ref, out in zip(self.reference, outputs))
+        predicted = _argmax(outputs[0])
+        agreement = float(np.mean(predicted == _argmax(self.reference[0])))
+        top1 = float(np.mean(predicted == self.labels)) if self.labels is not None else None
+        return Metrics(sqnr, cos, agreement, top1, self.fp32_top1)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _argmax(output: np.ndarray) -> np.ndarray:
+    """Class per sample: argmax over the last axis, flattened to one prediction per batch row."""
+    flat = output.reshape(output.shape[0], -1)
+    return np.argmax(flat, axis=-1)
+
+
+@dataclass
+class NodeSensitivity:
+    group: NodeGroup
+    only: Metrics  # only this group quantized
+    all_but: Metrics  # every group quantized except this one
+    recovery_db: float  # SQNR(all but this) - SQNR(all quantized)
+    activation: dict = field(default_factory=dict)  # calibration of its first quantized activation
+
+
+@dataclass
+class SensitivityReport:
+    """Ranked per-group sensitivity; `to_json()` is the bundle's sensitivity.json."""
+
+    metric: str
+    samples: int
+    fp32: Metrics
+    int8: Metrics  # everything quantized
+    nodes: list[NodeSensitivity]  # most sensitive first
+    symmetric: bool = True
+
+    def ranked_groups(self) -> list[NodeGroup]:
+        return [n.group for n in self.nodes]
+
+    def _drop(self, metrics: Metrics) -> float | None:
+        return None if self.metric == "sqnr" else metrics.drop(self.metric)
+
+    def to_json(self) -> dict:
+        nodes = []
+        for rank, n in enumerate(self.nodes, 1):
+            nodes.append({
+                "rank": rank, "name": n.group.name, "op_type": n.group.op_type, "nodes": list(n.group.nodes),
+                "sqnr_only_db": _finite(n.only.sqnr_db), "sqnr_all_but_db": _finite(n.all_but.sqnr_db),
+                "recovery_db": _finite(n.recovery_db),
+                "metric_drop": self._drop(n.only), "metric_drop_all_but": self._drop(n.all_but),
+                "agreement_only": n.only.argmax_agreement, "agreement_all_but": n.all_but.argmax_agreement,
+                "activation": n.activation,
+            })
+        return {"schema": 1, "metric": self.metric, "samples": self.samples,
+                "scheme": "symmetric" if self.symmetric else "asymmetric",
+                "fp32": self.fp32.to_dict(), "int8": {**self.int8.to_dict(), "metric_drop": self._drop(self.int8)},
+                "nodes": nodes,
+                "notes": "sqnr_*_db null = identical to FP32; metric_drop = FP32 metric - metric with only "
+                         "this node quantized; metric_drop_all_but = with everything but this node quantized"}
+
+    def text_table(self, top: int | None = 20) -> str:
+        drop_label = {"top1": "top1 drop", "agreement": "argmax chg", "sqnr": "-"}[self.metric]
+        header = ("#", "node", "op", "SQNR only", "SQNR all-but", "gain dB", drop_label, "act range", "method")
+        rows = [header]
+        for rank, n in enumerate(self.nodes[:top] if top else self.nodes, 1):
+            act = n.activation
+            act_range = f"[{act['min']:.3g}, {act['max']:.3g}]" if act else "-"
+            drop = self._drop(n.only)
+            rows.append((str(rank), n.group.name, n.group.op_type, _db(n.only.sqnr_db), _db(n.all_but.sqnr_db),
+                         _db(n.recovery_db), "-" if drop is None else f"{drop:+.4f}", act_range,
+                         act.get("method", "-") if act else "-"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        summary = f"all quantized: SQNR {_db(self.int8.sqnr_db)} dB, argmax agreement {self.int8.argmax_agreement:.4f}"
+        if self.int8.top1 is not None:
+            summary += f", top1 {self.int8.top1:.4f} (FP32 {self.fp32_top1_text()})"
+        return "\n".join(lines + [f"{summary}; {self.samples} samples"])
+
+    def fp32_top1_text(self) -> str:
+        return f"{self.int8.fp32_top1:.4f}" if self.int8.fp32_top1 is not None else "-"
+
+
+def _db(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.1f}"
+
+
+def analyze_sensitivity(model: onnx.ModelProto, calibration: CalibrationResult, dataset, *,
+                        groups: list[list[str]] | None = None, max_samples: int | None = 64,
+                        metric: str = "auto", symmetric: bool = True,
+                        evaluator: VariantEvaluator | None = None) -> SensitivityReport:
+    """Score every quantized node group (or the given `groups` of node names) and rank them.
+
+    `evaluator` lets a caller (the mixed-precision planner) share cached FP32 outputs and variants.
+    """
+    evaluator = evaluator or VariantEvaluator(model, calibration, dataset, max_samples=max_samples,
+                                              symmetric=symmetric)
+    metric = resolve_metric(metric, evaluator.labels is not None)
+    node_groups = _explicit_groups(evaluator, groups) if groups is not None else evaluator.groups()
+    if not node_groups:
+        raise UserError("no quantizable nodes (Conv, Gemm, MatMul, pooling, residual Add) with calibration "
+                        "ranges in the model; nothing to analyze")
+    all_names = {name for g in node_groups for name in g.nodes}
+    fp32 = evaluator.reference_metrics()
+    int8 = evaluator.evaluate(set())
+    results = []
+    for group in node_groups:
+        only = evaluator.evaluate((all_names - set(group.nodes)) | _ungrouped_quantized(evaluator, all_names))
+        all_but = evaluator.evaluate(set(group.nodes))
+        activation = {}
+        if group.activations:
+            t = calibration.tensors[group.activations[0]]
+            activation = {"tensor": t.name, "min": t.min, "max": t.max, "amax": t.amax, "lo": t.lo, "hi": t.hi,
+                          "method": t.method}
+        results.append(NodeSensitivity(group, only, all_but, all_but.sqnr_db - int8.sqnr_db, activation))
+    results.sort(key=lambda n: (-n.recovery_db, n.only.sqnr_db))
+    return SensitivityReport(metric, len(evaluator), fp32, int8, results, symmetric)
+
+
+def _ungrouped_quantized(evaluator: VariantEvaluator, grouped: set[str]) -> set[str]:
+    """Quantized nodes outside explicit groups stay float in 'only this' runs."""
+    return set(evaluator.qdq_report["quantized_nodes"]) - grouped
+
+
+def _explicit_groups(evaluator: VariantEvaluator, groups: list[list[str]]) -> list[NodeGroup]:
+    nodes = {n.name: n for n in evaluator.model.graph.node}
+    quantized = evaluator.qdq_report["quantized_nodes"]
+    result = []
+    for members in groups:
+        unknown = [m for m in members if m not in nodes]
+        if unknown or not members:
+            raise UserError(f"sensitivity group {list(members)}: node '{(unknown or ['(empty)'])[0]}' is not in "
+                            "the model; use ONNX node names (see `edgepipe inspect`)")
+        inputs = [t for m in members if m in quantized for t in quantized[m]["inputs"] if t in evaluator.calibration]
+        result.append(NodeGroup(members[0], nodes[members[0]].op_type, tuple(members), tuple(inputs)))
+    return result
+
+
+__all__ = ["analyze_sensitivity", "SensitivityReport", "NodeSensitivity", "NodeGroup", "Metrics",
+           "VariantEvaluator", "asymmetric_activations", "resolve_metric"]
