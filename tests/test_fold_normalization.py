@@ -26,9 +26,9 @@ def raw_samples(count: int, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-def conv_model(skip: bool = False, **conv_attrs) -> onnx.ModelProto:
+def conv_model(skip: bool = False, kernel: int = 3, **conv_attrs) -> onnx.ModelProto:
     rng = np.random.default_rng(7)
-    weight = rng.standard_normal((4 if not skip else C, C, 3, 3)).astype(np.float32)
+    weight = rng.standard_normal((4 if not skip else C, C, kernel, kernel)).astype(np.float32)
     bias = rng.standard_normal(weight.shape[0]).astype(np.float32)
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], name="conv0", **conv_attrs)]
     if skip:
@@ -80,8 +80,9 @@ def naive_fold(model: onnx.ModelProto, report: dict) -> onnx.ModelProto:
 CONV_CASES = {
     "pad1": dict(pads=[1, 1, 1, 1]),
     "pad2_stride2": dict(pads=[2, 2, 2, 2], strides=[2, 2]),
-    "same_upper": dict(auto_pad="SAME_UPPER", strides=[2, 2]),
-    "same_lower": dict(auto_pad="SAME_LOWER", strides=[2, 2]),
+    # an even kernel makes the total SAME padding odd (3), so UPPER and LOWER differ
+    "same_upper": dict(auto_pad="SAME_UPPER", kernel=4),
+    "same_lower": dict(auto_pad="SAME_LOWER", kernel=4, strides=[2, 2]),
 }
 
 
