@@ -189,3 +189,92 @@ def test_shared_conv_output_is_not_folded_into():
     folded, report = fold_batchnorm(original)
     assert not report["folded"] and report["replaced_by_mul_add"]
     assert_same_outputs(original, folded, shape)
+
+
+# --- the fold stage end to end (run_fold chains BN -> whitening -> temperature) ---------------
+
+
+class StandInDataset:
+    """The Dataset contract of docs/ARCHITECTURE.md, reduced to what run_fold reads."""
+
+    def __init__(self, inputs: np.ndarray, labels: np.ndarray | None):
+        self.inputs, self.labels, self.names = inputs, labels, ["x"]
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def sample(self, i):
+        return {"x": self.inputs[i : i + 1]}
+
+
+def small_classifier() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return randomize_batchnorms(
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 4), torch.nn.Softmax(dim=1),
+        )
+    )
+
+
+def raw_dataset(count: int, seed: int, labelled: bool = True) -> StandInDataset:
+    rng = np.random.default_rng(seed)
+    inputs = (rng.standard_normal((count, 3, 8, 8)) * [[[40.0]], [[20.0]], [[10.0]]] + [[[120.0]], [[80.0]], [[40.0]]])
+    labels = rng.integers(0, 4, count) if labelled else None
+    return StandInDataset(inputs.astype(np.float32), labels)
+
+
+def test_run_fold_chains_all_folds_on_raw_input():
+    from edgepipe.fold.temperature import softmax
+    from edgepipe.stages.fold import run_fold
+
+    original = export(small_classifier(), (1, 3, 8, 8))
+    settings = {"input_normalization": "zca", "temperature": "auto"}
+    folded, report = run_fold(original, settings, raw_dataset(12, 1), raw_dataset(40, 2))
+    assert [entry["op_type"] for entry in report["batchnorm"]["folded"]] == ["Conv"]
+    assert report["input_normalization"]["folded_into"] and report["input_normalization"]["condition_number"] > 1
+    temperature = report["temperature"]["temperature"]
+    assert 0.05 <= temperature <= 20 and report["temperature"]["method"] == "weights"
+    # T minimizes the NLL over a range that includes T = 1; ECE need not drop on 40 random labels
+    assert report["temperature"]["nll_after"] <= report["temperature"]["nll_before"]
+    assert 0 <= report["temperature"]["ece_after"] <= 1
+    for key in ("batchnorm", "input_normalization", "temperature"):
+        assert report[key]["max_rel_diff"] <= 1e-4
+    # independent check: folded(raw) == softmax(logits(original(M (raw - mu))) / T)
+    matrix, mu = np.array(report["input_normalization"]["M"]), np.array(report["input_normalization"]["mu"])
+    raw = raw_dataset(3, 9).inputs
+    normalized = np.einsum("jc,nc...->nj...", matrix, raw - mu.reshape(1, 3, 1, 1)).astype(np.float32)
+    logits_name = [n for n in original.graph.node if n.op_type == "Softmax"][0].input[0]
+    with_logits = onnx.ModelProto()
+    with_logits.CopyFrom(original)
+    with_logits.graph.output.append(helper.make_tensor_value_info(logits_name, TensorProto.FLOAT, None))
+    session, folded_session = make_session(with_logits), make_session(folded)
+    for i in range(3):
+        logits = session.run(None, {"x": normalized[i : i + 1]})[1]
+        got = folded_session.run(None, {"x": raw[i : i + 1]})[0]
+        np.testing.assert_allclose(got, softmax(logits / temperature), atol=1e-5)
+
+
+def test_run_fold_user_errors_and_self_check(monkeypatch):
+    from edgepipe.errors import UserError
+    from edgepipe.stages import fold as fold_stage
+
+    original = export(small_classifier(), (1, 3, 8, 8))
+    with pytest.raises(UserError, match="labels"):
+        fold_stage.run_fold(original, {"temperature": "auto"}, eval_dataset=raw_dataset(4, 1, labelled=False))
+    with pytest.raises(UserError, match="calibration dataset"):
+        fold_stage.run_fold(original, {"input_normalization": "pca"})
+    with pytest.raises(UserError, match="unknown key"):
+        fold_stage.run_fold(original, {"batchnrom": True})
+
+    def drop_batchnorm(model):  # a broken fold: the self-check must catch it
+        broken = onnx.ModelProto()
+        broken.CopyFrom(model)
+        bn = [n for n in broken.graph.node if n.op_type == "BatchNormalization"][0]
+        [n for n in broken.graph.node if bn.input[0] in n.output][0].output[0] = bn.output[0]
+        broken.graph.node.remove(bn)
+        return broken, {}
+
+    monkeypatch.setattr(fold_stage, "fold_batchnorm", drop_batchnorm)
+    with pytest.raises(fold_stage.FoldCheckError, match="batchnorm"):
+        fold_stage.run_fold(original, {})

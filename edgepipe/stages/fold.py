@@ -1,0 +1,167 @@
+"""Fold stage: BatchNorm, input normalization / whitening and temperature, each self-checked.
+
+Why a stage of our own (not onnxsim): these rewrites change what the model consumes (raw input)
+and what it outputs (calibrated logits), so each is reported for the build summary and verified
+by running the folded and unfolded graphs side by side in ONNX Runtime on a few inputs. A fold
+that disagrees beyond tolerance is a bug in the fold, raised as `FoldCheckError`, never shipped.
+
+Datasets passed here hold RAW-domain inputs, i.e. what the folded model consumes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from edgepipe.errors import UserError
+from edgepipe.fold import (
+    expected_calibration_error,
+    find_logits,
+    fit_temperature,
+    fold_batchnorm,
+    fold_input_normalization,
+    fold_temperature,
+    softmax,
+)
+from edgepipe.fold.temperature import negative_log_likelihood
+from edgepipe.graph import expose_tensors, graph_inputs, make_session, tensor_dtype, tensor_shape
+
+DEFAULT_SETTINGS = {
+    "batchnorm": True,
+    "input_normalization": "none",
+    "mean": None,
+    "std": None,
+    "temperature": "none",
+    "eps": 1e-5,
+    "input": None,
+    "check_tolerance": 1e-3,
+    "check_samples": 2,
+}
+
+
+class FoldCheckError(RuntimeError):
+    """A folded graph disagrees with the unfolded one: a bug in a fold, not a user mistake."""
+
+
+def run_fold(model: onnx.ModelProto, settings: dict, calib_dataset=None, eval_dataset=None):
+    """Apply the enabled folds in order BN -> input normalization -> temperature; (model, report)."""
+    unknown = set(settings) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise UserError(f"fold settings: unknown key(s) {sorted(unknown)}; known are {sorted(DEFAULT_SETTINGS)}")
+    options = {**DEFAULT_SETTINGS, **settings}
+    feeds = _check_feeds(model, [calib_dataset, eval_dataset], int(options["check_samples"]))
+    report: dict = {}
+    if options["batchnorm"]:
+        folded, report["batchnorm"] = fold_batchnorm(model)
+        report["batchnorm"]["max_rel_diff"] = _verify("batchnorm", model, folded, feeds, options)
+        model = folded
+    mode = str(options["input_normalization"] or "none")
+    if mode != "none":
+        model, report["input_normalization"] = _fold_normalization(model, mode, options, feeds, calib_dataset)
+    temperature = options["temperature"]
+    if temperature not in (None, "none", "None"):
+        model, report["temperature"] = _fold_temperature(model, temperature, options, feeds, eval_dataset)
+    return model, report
+
+
+def _fold_normalization(model, mode, options, feeds, calib_dataset):
+    input_name = options["input"] or graph_inputs(model)[0].name
+    explicit = mode == "mean_std" and options["mean"] is not None and options["std"] is not None
+    if not explicit and calib_dataset is None:
+        raise UserError(f"fold.input_normalization '{mode}' needs a calibration dataset (or, for mean_std, fold.mean and fold.std)")
+    samples = None if explicit else (calib_dataset.sample(i)[input_name] for i in range(len(calib_dataset)))
+    folded, report = fold_input_normalization(
+        model, input_name, mode, mean=options["mean"], std=options["std"], samples=samples, eps=float(options["eps"])
+    )
+    matrix, mu = np.array(report["M"]), np.array(report["mu"])
+    raw_feeds = [dict(feed) for feed in feeds]
+    x = raw_feeds[0][input_name]  # the gaussian feed, moved to the raw mean and spread
+    channel = (1, -1) + (1,) * (x.ndim - 2)
+    raw_std = np.sqrt(np.maximum(np.diag(np.linalg.pinv(matrix.T @ matrix)), 1e-12))
+    raw_feeds[0][input_name] = (x * raw_std.reshape(channel) + mu.reshape(channel)).astype(x.dtype)
+    normalized_feeds = []
+    for feed in raw_feeds:
+        x = feed[input_name].astype(np.float64) - mu.reshape(1, -1, *([1] * (feed[input_name].ndim - 2)))
+        normalized = np.einsum("jc,nc...->nj...", matrix, x).astype(feed[input_name].dtype)
+        normalized_feeds.append({**feed, input_name: normalized})
+    report["max_rel_diff"] = _verify("input_normalization", model, folded, raw_feeds, options, normalized_feeds)
+    return folded, report
+
+
+def _fold_temperature(model, temperature, options, feeds, eval_dataset):
+    logits_name = find_logits(model)
+    labels = getattr(eval_dataset, "labels", None) if eval_dataset is not None else None
+    logits = None
+    if labels is not None:
+        logits = _collect(model, [eval_dataset.sample(i) for i in range(len(eval_dataset))], logits_name)
+        logits = logits.reshape(len(labels), -1)
+    if str(temperature) == "auto":
+        if logits is None:
+            raise UserError("fold.temperature 'auto' needs an eval dataset with labels; give --eval data with labels or a number")
+        value = fit_temperature(logits, labels)
+    else:
+        try:
+            value = float(temperature)
+        except (TypeError, ValueError):
+            raise UserError(f"fold.temperature '{temperature}': use 'none', 'auto' or a positive number") from None
+    folded, report = fold_temperature(model, value)
+    if logits is not None:
+        labels = np.asarray(labels)
+        report.update(
+            fitted_on="eval" if str(temperature) == "auto" else None,
+            ece_before=expected_calibration_error(softmax(logits), labels),
+            ece_after=expected_calibration_error(softmax(logits / value), labels),
+            nll_before=negative_log_likelihood(logits, labels, 1.0),
+            nll_after=negative_log_likelihood(logits, labels, value),
+        )
+    reference = [[_collect(model, [feed], logits_name) / value] for feed in feeds]
+    candidate = [[_collect(folded, [feed], logits_name)] for feed in feeds]
+    report["max_rel_diff"] = _check("temperature", reference, candidate, options)
+    return folded, report
+
+
+def _check_feeds(model, datasets, count: int) -> list[dict]:
+    """A gaussian and a ramp feed (dynamic dims set to 1), plus up to `count` dataset samples."""
+    random_feed, ramp_feed = {}, {}
+    rng = np.random.default_rng(0)
+    for value in graph_inputs(model):
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in tensor_shape(value)]
+        dtype = tensor_dtype(value)
+        if dtype.kind != "f":
+            random_feed[value.name] = ramp_feed[value.name] = np.zeros(shape, dtype)
+            continue
+        random_feed[value.name] = rng.standard_normal(shape).astype(dtype)
+        ramp_feed[value.name] = np.linspace(-2, 2, int(np.prod(shape))).reshape(shape).astype(dtype)
+    feeds = [random_feed, ramp_feed]
+    for dataset in datasets:
+        if dataset is not None:
+            feeds += [dataset.sample(i) for i in range(min(count, len(dataset)))]
+    return feeds
+
+
+def _collect(model, feeds: list[dict], name: str) -> np.ndarray:
+    session = make_session(expose_tensors(model, [name]))
+    index = [o.name for o in session.get_outputs()].index(name)
+    return np.concatenate([np.asarray(session.run(None, feed)[index]) for feed in feeds])
+
+
+def _verify(fold: str, reference, candidate, feeds, options, reference_feeds=None) -> float:
+    ref_session, new_session = make_session(reference), make_session(candidate)
+    reference_feeds = reference_feeds or feeds
+    expected = [ref_session.run(None, feed) for feed in reference_feeds]
+    got = [new_session.run(None, feed) for feed in feeds]
+    return _check(fold, expected, got, options)
+
+
+def _check(fold: str, expected: list[list], got: list[list], options) -> float:
+    """Largest |difference| / output scale over feeds and outputs; FoldCheckError above tolerance."""
+    worst = 0.0
+    for expected_outputs, got_outputs in zip(expected, got):
+        for want, have in zip(expected_outputs, got_outputs):
+            want, have = np.asarray(want, np.float64), np.asarray(have, np.float64)
+            if want.size:
+                scale = max(1.0, float(np.max(np.abs(want))))
+                worst = max(worst, float(np.max(np.abs(want - have))) / scale)
+    if not worst <= float(options["check_tolerance"]):
+        raise FoldCheckError(f"{fold} fold changed the model output by {worst:.3g} (relative), above {options['check_tolerance']}")
+    return worst
