@@ -1,0 +1,82 @@
+"""Mixed-precision planner: meets the budget with the fewest float groups (checked by brute force)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from edgepipe.errors import BudgetError, UserError
+from edgepipe.precision import Budget, plan_mixed_precision
+from edgepipe.sensitivity import VariantEvaluator
+from tests.test_sensitivity import calibrated, npz_dataset, outlier_mlp
+
+BUDGET = 0.02  # at most 2% of argmax decisions may change vs FP32
+
+
+@pytest.fixture(scope="module")
+def two_outlier_case(tmp_path_factory):
+    """Outliers feed fc2 and fc3: INT8 changes >2% of decisions unless both stay float."""
+    tmp = tmp_path_factory.mktemp("precision")
+    model = outlier_mlp({1: 30.0, 2: 30.0})
+    return model, calibrated(model, tmp), npz_dataset(tmp, "eval", 160, seed=2)
+
+
+def smallest_passing_size(model, calibration, dataset, groups) -> int:
+    """Brute force: the size of the smallest set of groups whose float variant meets the budget."""
+    evaluator = VariantEvaluator(model, calibration, dataset, max_samples=None)
+    for size in range(len(groups) + 1):
+        for subset in itertools.combinations(groups, size):
+            metrics = evaluator.evaluate({n for g in subset for n in g.nodes})
+            if 1.0 - metrics.argmax_agreement <= BUDGET:
+                return size
+    raise AssertionError("even all-float misses the budget")
+
+
+def test_plan_meets_budget_with_fewest_float_groups(two_outlier_case):
+    model, calibration, dataset = two_outlier_case
+    plan = plan_mixed_precision(model, calibration, dataset, BUDGET, max_samples=64)
+    int8_drop = plan.steps[0].measured
+    assert plan.steps[0].action == "int8" and int8_drop > BUDGET  # plain INT8 really breaks the budget
+    assert plan.met, plan.reason
+    assert plan.steps[-1].evaluator == "full" and plan.steps[-1].holds  # confirmed on all 160 samples
+    assert 1.0 - plan.final["argmax_agreement"] <= BUDGET
+    minimum = smallest_passing_size(model, calibration, dataset, plan.sensitivity.ranked_groups())
+    assert len(plan.float_groups) == minimum
+    assert set(plan.float_groups) == {"fc2", "fc3"}
+    assert plan.float_nodes == {"fc2", "relu2", "fc3", "relu3"}  # fused activations go float too
+    json.dumps(plan.to_json(), allow_nan=False)
+
+
+def test_budget_that_cannot_be_met(two_outlier_case):
+    model, calibration, dataset = two_outlier_case
+    limited = plan_mixed_precision(model, calibration, dataset, BUDGET, max_float=1, max_samples=32)
+    assert not limited.met and "max_float=1" in limited.reason
+    assert len(limited.float_groups) == 1
+    with pytest.raises(BudgetError, match="not met"):
+        limited.require()
+
+    # a backend that itself disagrees with FP32 on 10% of inputs whatever stays float
+    lossy_backend = lambda float_nodes: {"argmax_agreement": 0.9}  # noqa: E731
+    plan = plan_mixed_precision(model, calibration, dataset, BUDGET, evaluate=lossy_backend, max_samples=32)
+    assert not plan.met and "even with all 4" in plan.reason
+    assert plan.steps[-1].evaluator == "backend" and len(plan.float_groups) == 4
+
+
+def test_sqnr_budget_and_easy_model(tmp_path):
+    model = outlier_mlp({})
+    calibration = calibrated(model, tmp_path)
+    dataset = npz_dataset(tmp_path, "eval", 32, seed=5)
+    easy = plan_mixed_precision(model, calibration, dataset, {"min_sqnr_db": 20})
+    assert easy.met and easy.float_nodes == set() and easy.final["sqnr_db"] >= 20
+    target = easy.steps[0].measured + 3.0  # 3 dB above all-INT8: some layers must go float
+    strict = plan_mixed_precision(model, calibration, dataset, {"min_sqnr_db": target})
+    assert strict.met and strict.float_groups and strict.final["sqnr_db"] >= target
+    assert strict.steps[0].measured < target
+
+
+@pytest.mark.parametrize("budget", [-0.1, "1%", {"max_dop": 0.1}, True])
+def test_bad_budgets(budget):
+    with pytest.raises(UserError, match="precision budget"):
+        Budget.parse(budget, "auto", has_labels=False)
