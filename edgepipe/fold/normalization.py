@@ -14,7 +14,6 @@ channel-mixing nodes are inserted in front instead (still exact; the report says
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -110,7 +109,8 @@ def estimate_whitening(samples: Iterable[np.ndarray], mode: str, eps: float = 1e
         "pixels": int(moments.count),
         "covariance": covariance.tolist(),
         "eigenvalues": eigenvalues.tolist(),
-        "condition_number": float(eigenvalues[0] / smallest) if smallest > 0 else math.inf,
+        # None (JSON null) for a singular covariance, e.g. a constant channel: only eps saves M
+        "condition_number": float(eigenvalues[0] / smallest) if smallest > 0 else None,
     }
     return matrix, moments.mean, info
 
