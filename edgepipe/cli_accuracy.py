@@ -1,0 +1,190 @@
+"""`edgepipe sensitivity` and `edgepipe finetune`: accuracy recovery from the command line.
+
+Thin like cli.py: settings resolve exactly as for `build` (defaults, edgepipe.yaml, options; the
+shipped demo when no model is given), the model goes through the same export -> simplify -> fold
+stages, then edgepipe.sensitivity / edgepipe.precision / edgepipe.qat do the work.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgepipe.errors import UserError
+
+DEFAULT_TARGET = "desktop-gpu"  # only decides the activation scheme (symmetric) when none is given
+
+
+def _settings(model, weights, target, calib, eval_, input_shapes, config_path) -> tuple[dict, str]:
+    from edgepipe import build, config
+
+    overrides = {"model": model, "weights": weights, "target": target, "calib": calib, "eval": eval_}
+    if input_shapes:
+        overrides["input_shapes"] = dict(config.parse_input_shape(text) for text in input_shapes)
+    path = config_path or (build.DEFAULT_CONFIG_NAME if Path(build.DEFAULT_CONFIG_NAME).exists() else None)
+    if not target and not (path and config.load_config_file(path).get("target")):
+        overrides["target"] = DEFAULT_TARGET
+    return build.resolve_settings(overrides, config_path)
+
+
+def deployed_model(settings: dict):
+    """(folded ONNX model, calib dataset, eval dataset or None) as `build` prepares them."""
+    from edgepipe import build, graph
+    from edgepipe.data import load_dataset
+    from edgepipe.stages.export import run_export
+    from edgepipe.stages.fold import run_fold
+    from edgepipe.stages.simplify import run_simplify
+
+    model = run_export(settings["model"], settings.get("weights"), build.initial_input_shapes(settings),
+                       settings["opset"])
+    model, _ = run_simplify(model)
+    specs = {i.name: (tuple(graph.tensor_shape(i)), graph.tensor_dtype(i)) for i in graph.graph_inputs(model)}
+    preprocess = build.data_preprocess(settings)
+    calib_ds = build.to_model_domain(load_dataset(settings["calib"], specs, preprocess,
+                                                  limit=settings["calibration"].get("max_samples")), settings)
+    eval_ds = None
+    if settings.get("eval"):
+        eval_ds = build.to_model_domain(load_dataset(settings["eval"], specs, preprocess,
+                                                     limit=settings["report"].get("eval_limit")), settings)
+    pre = settings.get("preprocess") or {}
+    fold_settings = {**settings["fold"]}
+    fold_settings["mean"] = fold_settings.get("mean") or pre.get("mean")
+    fold_settings["std"] = fold_settings.get("std") or pre.get("std")
+    model, _ = run_fold(model, fold_settings, calib_ds, eval_ds)
+    return model, calib_ds, eval_ds
+
+
+def _calibrate(model, calib_ds, settings: dict):
+    from edgepipe.stages.calibrate import run_calibration
+
+    return run_calibration(model, calib_ds, settings["calibration"])
+
+
+def _symmetric(settings: dict) -> bool:
+    from edgepipe.targets import load_target
+
+    return bool(load_target(settings["target"]).activation_symmetric)
+
+
+_model_options = [
+    click.option("--weights", help="state_dict checkpoint for a pkg.module:factory model (weights_only=True)."),
+    click.option("--target", help="Decides the activation scheme: TensorRT targets symmetric, TFLite asymmetric."),
+    click.option("--calib", help="Calibration data: image folder, .npz or .npy."),
+    click.option("--eval", "eval_", help="Held-out evaluation data (labels give top-1; else argmax agreement)."),
+    click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224"),
+    click.option("--config", "config_path", type=click.Path(dir_okay=False), help="edgepipe.yaml."),
+]
+
+
+def _with_model_options(func):
+    for option in reversed(_model_options):
+        func = option(func)
+    return func
+
+
+@click.command("sensitivity")
+@click.argument("model", required=False)
+@_with_model_options
+@click.option("--max-samples", type=int, default=64, show_default=True, help="Held-out samples per variant.")
+@click.option("--metric", type=click.Choice(["auto", "top1", "agreement", "sqnr"]), default="auto", show_default=True)
+@click.option("--top", type=int, default=20, show_default=True, help="Rows in the table (0 = all).")
+@click.option("--budget", type=float, help="Also plan mixed precision: max accuracy drop vs FP32.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write sensitivity.json here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+def sensitivity_command(model, weights, target, calib, eval_, input_shapes, config_path, max_samples, metric, top,
+                        budget, out_path, as_json):
+    """Rank quantized layers by how much INT8 costs (only-this / all-but-this vs FP32)."""
+    from edgepipe.precision import plan_mixed_precision
+    from edgepipe.sensitivity import analyze_sensitivity
+
+    settings, _ = _settings(model, weights, target, calib, eval_, input_shapes, config_path)
+    onnx_model, calib_ds, eval_ds = deployed_model(settings)
+    calibration = _calibrate(onnx_model, calib_ds, settings)
+    symmetric = _symmetric(settings)
+    dataset = eval_ds or calib_ds
+    report = analyze_sensitivity(onnx_model, calibration, dataset, max_samples=max_samples, metric=metric,
+                                 symmetric=symmetric)
+    data = report.to_json()
+    plan = None
+    if budget is not None:
+        plan = plan_mixed_precision(onnx_model, calibration, dataset, budget, symmetric=symmetric, metric=metric,
+                                    max_samples=max_samples, sensitivity=report)
+        data["plan"] = plan.to_json()
+    if out_path:
+        Path(out_path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    click.echo(f"scheme: {'symmetric (TensorRT)' if symmetric else 'asymmetric (TFLite)'}; "
+               f"data: {'eval' if eval_ds is not None else 'calibration (no --eval)'} set")
+    click.echo(report.text_table(top or None))
+    if plan is not None:
+        click.echo(f"mixed precision: {plan.reason}")
+        if plan.float_nodes:
+            click.echo("edgepipe.yaml:\n  precision:\n    float_nodes: " + json.dumps(sorted(plan.float_nodes)))
+
+
+@click.command("finetune")
+@click.option("--model", "model", help="pkg.module:factory (or a TorchScript file) of the PyTorch model.")
+@_with_model_options
+@click.option("--train", "train", required=True, help="Training data in the PyTorch model's input domain.")
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the hard-label loss.")
+@click.option("--temperature", type=float, default=4.0, show_default=True, help="Distillation temperature T.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Fine-tuned state_dict (.pt).")
+def finetune_command(model, weights, target, calib, eval_, input_shapes, config_path, train, epochs, lr, alpha,
+                     temperature, batch_size, out_path):
+    """Quantization-aware fine-tuning with distillation from the FP32 model; writes weights + ranges."""
+    import torch
+
+    from edgepipe import graph
+    from edgepipe.data import load_dataset
+    from edgepipe.qat import finetune, float_copy, learned_calibration, prepare_qat, strip_qat
+    from edgepipe.sensitivity import VariantEvaluator
+    from edgepipe.stages.export import is_factory_spec, load_factory
+
+    settings, _ = _settings(model, weights, target, calib, eval_, input_shapes, config_path)
+    spec = str(settings["model"])
+    if not is_factory_spec(spec):
+        raise UserError(f"--model {spec}: finetune needs a PyTorch pkg.module:factory model (ONNX has no training)")
+    if epochs < 1 or lr <= 0 or not 0.0 <= alpha <= 1.0 or temperature <= 0:
+        raise UserError("finetune: need --epochs >= 1, --lr > 0, 0 <= --alpha <= 1 and --temperature > 0")
+    onnx_model, calib_ds, eval_ds = deployed_model(settings)
+    calibration = _calibrate(onnx_model, calib_ds, settings)
+    symmetric = _symmetric(settings)
+    module = load_factory(spec, settings.get("weights"))
+    teacher = float_copy(module)
+    specs = {i.name: (tuple(graph.tensor_shape(i)), graph.tensor_dtype(i)) for i in graph.graph_inputs(onnx_model)}
+    train_ds = load_dataset(train, specs, settings.get("preprocess"))  # source domain: with mean/std
+    prepare_qat(module, calibration, onnx_model=onnx_model)
+    module, history = finetune(module, train_ds, epochs=epochs, lr=lr, alpha=alpha, T=temperature, teacher=teacher,
+                               batch_size=batch_size, log=lambda m: click.echo(m, err=True))
+
+    # back through the same pipeline: export the fine-tuned float weights, recalibrate, apply learned ranges
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(float_copy(module).state_dict(), out)
+    tuned = {**settings, "weights": str(out)}
+    tuned_model, _, _ = deployed_model(tuned)
+    tuned_calibration = learned_calibration(module, tuned_model, base=_calibrate(tuned_model, calib_ds, settings))
+    strip_qat(module)
+    ranges_path = out.with_suffix(".ranges.json")
+    tuned_calibration.save(ranges_path)
+    dataset = eval_ds or calib_ds
+    before = VariantEvaluator(onnx_model, calibration, dataset, max_samples=None, symmetric=symmetric).evaluate(set())
+    after = VariantEvaluator(tuned_model, tuned_calibration, dataset, max_samples=None,
+                             symmetric=symmetric).evaluate(set())
+    metric = "top1" if before.top1 is not None else "argmax_agreement"
+    click.echo(f"INT8 {metric}: PTQ {getattr(before, metric):.4f} -> QAT {getattr(after, metric):.4f} "
+               f"(FP32 {before.fp32_top1 if before.fp32_top1 is not None else 1.0:.4f}); "
+               f"SQNR {before.sqnr_db:.1f} -> {after.sqnr_db:.1f} dB; final loss {history[-1]['loss']:.4f}")
+    click.echo(f"weights: {out}\nranges: {ranges_path}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(sensitivity_command)
+    group.add_command(finetune_command)
