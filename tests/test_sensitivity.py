@@ -108,3 +108,21 @@ def test_asymmetric_scheme_and_bad_group(tmp_path):
     assert int(constant_value(rewritten, quantize.input[2])) == zero_point == -128
     with pytest.raises(UserError, match="'nope' is not in the model"):
         analyze_sensitivity(model, calibration, dataset, groups=[["nope"]])
+
+
+def test_cli_sensitivity_json_and_plan(tmp_path):
+    from click.testing import CliRunner
+
+    from edgepipe.cli import cli
+
+    model = outlier_mlp({2: 300.0})
+    onnx.save(model, tmp_path / "mlp.onnx")
+    npz_dataset(tmp_path, "calib", 32, seed=1)
+    npz_dataset(tmp_path, "eval", 32, seed=2)
+    result = CliRunner().invoke(cli, ["sensitivity", str(tmp_path / "mlp.onnx"), "--calib", str(tmp_path / "calib.npz"),
+                                      "--eval", str(tmp_path / "eval.npz"), "--budget", "0.05", "--json",
+                                      "--out", str(tmp_path / "sensitivity.json")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "sensitivity.json").read_text())
+    assert data["nodes"][0]["name"] == "fc3" and data["scheme"] == "symmetric"
+    assert data["plan"]["met"] and "fc3" in data["plan"]["float_nodes"]
