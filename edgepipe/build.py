@@ -115,11 +115,10 @@ def data_preprocess(settings: dict) -> dict:
 def to_model_domain(dataset, settings: dict):
     """Tensor files (.npz/.npy) hold inputs already normalized for the source model; when mean/std
     is folded into the model, the deployed model takes the raw input, so undo the normalization."""
-    fold = settings["fold"]
+    fold = fold_settings_of(settings)
     if dataset.kind == "image folder" or fold.get("input_normalization") != "mean_std":
         return dataset
-    pre = settings.get("preprocess") or {}
-    mean, std = fold.get("mean") or pre.get("mean"), fold.get("std") or pre.get("std")
+    mean, std = fold["mean"], fold["std"]
     if mean is None or std is None:
         return dataset
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
@@ -170,21 +169,39 @@ def _first_input_name(calib: str) -> str:
 
 
 # -- the build -----------------------------------------------------------------------------
-def run_build(settings: dict, origin: str = "config", log=None, progress_factory=None) -> BuildResult:
-    from edgepipe.bundle import write_bundle
+@dataclass
+class PreparedModel:
+    """The folded FP32 model the backends lower, and the data in its input domain."""
+
+    model: object
+    calib: object
+    eval: object | None
+    source_hash: str
+    simplify_report: dict
+    fold_report: dict
+    warnings: list[str]
+
+
+def fold_settings_of(settings: dict) -> dict:
+    fold = dict(settings["fold"])
+    pre = settings.get("preprocess") or {}
+    fold["mean"] = fold.get("mean") or pre.get("mean")
+    fold["std"] = fold.get("std") or pre.get("std")
+    return fold
+
+
+def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedModel:
+    """Stages 1-3: export, simplify, fold (each cached), plus the calibration and eval datasets.
+
+    When a target is given, its unsupported ops are reported right after simplify: before fold
+    runs the graph and before any output file exists.
+    """
     from edgepipe.data import load_dataset
-    from edgepipe.stages.calibrate import run_calibration
     from edgepipe.stages.export import run_export, source_fingerprint
     from edgepipe.stages.fold import run_fold
     from edgepipe.stages.simplify import run_simplify
-    from edgepipe.targets import load_target
 
-    log = log or (lambda message: None)
-    backend_settings = {k: v for k, v in (settings.get("backend") or {}).items() if v is not None}
-    target = load_target(settings["target"], {k: v for k, v in backend_settings.items() if k == "threads"})
-    pipeline = Pipeline(settings.get("cache_dir"), log)
     warnings: list[str] = []
-
     # 1. export
     shapes = initial_input_shapes(settings)
     source_hash = source_fingerprint(settings["model"], settings.get("weights"))
@@ -201,30 +218,25 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     if simplify_report.get("status") == "failed":
         warnings.append(f"simplify: {simplify_report.get('note')}")
 
-    # unsupported ops: fail before any output file exists (and before fold runs the graph)
-    unsupported = target.supports(model)
-    if unsupported:
-        node, op_type, reason = unsupported[0]
-        more = f" (and {len(unsupported) - 1} more; run `edgepipe inspect`)" if len(unsupported) > 1 else ""
-        raise UnsupportedOpError(node, op_type, target.name, f"{reason}{more}")
+    if target is not None:
+        unsupported = target.supports(model)
+        if unsupported:
+            node, op_type, reason = unsupported[0]
+            more = f" (and {len(unsupported) - 1} more; run `edgepipe inspect`)" if len(unsupported) > 1 else ""
+            raise UnsupportedOpError(node, op_type, target.name, f"{reason}{more}")
 
     # data for the deployed (folded) model
     specs = {i.name: (tuple(graph.tensor_shape(i)), graph.tensor_dtype(i)) for i in graph.graph_inputs(model)}
     preprocess = data_preprocess(settings)
-    calib_limit = settings["calibration"].get("max_samples")
-    calib_ds = to_model_domain(load_dataset(settings["calib"], specs, preprocess, limit=calib_limit), settings)
+    calib_ds = to_model_domain(
+        load_dataset(settings["calib"], specs, preprocess, limit=settings["calibration"].get("max_samples")), settings)
     eval_ds = None
     if settings.get("eval"):
         eval_ds = to_model_domain(
             load_dataset(settings["eval"], specs, preprocess, limit=settings["report"].get("eval_limit")), settings)
 
     # 3. fold
-    fold_settings = dict(settings["fold"])
-    pre = settings.get("preprocess") or {}
-    fold_settings.setdefault("mean", None)
-    fold_settings.setdefault("std", None)
-    fold_settings["mean"] = fold_settings["mean"] or pre.get("mean")
-    fold_settings["std"] = fold_settings["std"] or pre.get("std")
+    fold_settings = fold_settings_of(settings)
     needs_eval = str(fold_settings.get("temperature", "none")) == "auto"
     fold_key = settings_hash(
         stage="fold", model=model_hash(model), settings=fold_settings,
@@ -234,13 +246,27 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     model, fold_report = pipeline.model_stage(
         "fold", fold_key, lambda: run_fold(model, fold_settings, calib_ds, eval_ds)
     )
+    return PreparedModel(model, calib_ds, eval_ds, source_hash, simplify_report, fold_report, warnings)
+
+
+def run_build(settings: dict, origin: str = "config", log=None, progress_factory=None) -> BuildResult:
+    from edgepipe.bundle import write_bundle
+    from edgepipe.calibrate.result import CalibrationResult
+    from edgepipe.stages.calibrate import run_calibration
+    from edgepipe.targets import load_target
+
+    log = log or (lambda message: None)
+    backend_settings = {k: v for k, v in (settings.get("backend") or {}).items() if v is not None}
+    target = load_target(settings["target"], {k: v for k, v in backend_settings.items() if k == "threads"})
+    pipeline = Pipeline(settings.get("cache_dir"), log)
+    prepared = prepare_model(settings, pipeline, target)
+    model, calib_ds, eval_ds = prepared.model, prepared.calib, prepared.eval
+    warnings = list(prepared.warnings)
 
     # 4. calibrate
-    from edgepipe.calibrate.result import CalibrationResult
-
     calib_settings = dict(settings["calibration"])
     calib_key = settings_hash(stage="calibrate", model=model_hash(model), data=data_fingerprint(settings["calib"]),
-                              settings=calib_settings, preprocess=preprocess)
+                              settings=calib_settings, preprocess=data_preprocess(settings))
     progress = progress_factory("calibrating", len(calib_ds)) if progress_factory else None
     calibration = pipeline.cached(
         "calibrate", calib_key,
@@ -253,11 +279,27 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     )
     warnings.extend(f"calibration: {w}" for w in calibration.warnings)
 
+    # 4b. automatic mixed precision to an accuracy budget (sensitivity-ranked float islands)
+    float_nodes = set(settings["precision"].get("float_nodes") or [])
+    extra_files: dict[str, bytes] = {}
+    if settings["precision"].get("budget") is not None:
+        plan = pipeline.run(
+            "precision", lambda: plan_precision(model, calibration, eval_ds or calib_ds, settings, target),
+            describe=lambda p: (f"precision.json ({len(p.float_nodes)} float nodes)", 0, ""),
+            note=lambda p: "budget met" if p.met else "budget NOT met",
+        )
+        float_nodes |= set(plan.float_nodes)
+        if not plan.met:
+            warnings.append(f"precision: {plan.reason}")
+        extra_files["precision.json"] = _json_bytes(plan.to_json())
+        if plan.sensitivity is not None:
+            extra_files["sensitivity.json"] = _json_bytes(plan.sensitivity.to_json())
+
     out = Path(settings["out"])
     with tempfile.TemporaryDirectory(prefix=".edgepipe-backend-") as backend_tmp:
         backend_dir = Path(backend_tmp)
         # 5. backend
-        backend_options = {**backend_settings, "float_nodes": list(settings["precision"].get("float_nodes") or [])}
+        backend_options = {**backend_settings, "float_nodes": sorted(float_nodes)}
         backend = pipeline.run(
             "backend", lambda: target.build_backend(model, calibration, backend_dir, backend_options),
             describe=lambda r: (", ".join(r.files), sum((backend_dir / f).stat().st_size for f in r.files),
@@ -267,7 +309,8 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         eval_data = reference_eval_data(model, eval_ds or calib_ds, with_labels=eval_ds is not None)
         files = {name: backend_dir / name for name in backend.files}
         files["reference.onnx"] = model.SerializeToString(deterministic=True)
-        files["calibration.json"] = (json.dumps(calibration.to_json(), indent=1, sort_keys=True) + "\n").encode()
+        files["calibration.json"] = _json_bytes(calibration.to_json())
+        files.update(extra_files)
         manifest = pipeline.run(
             "bundle",
             lambda: write_bundle(
@@ -278,9 +321,9 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
                 template_context={"runner_template": target.runner_template, **backend.template_context},
                 io=backend.io,
                 stages=[{"name": r.name, "hash": r.hash} for r in pipeline.records],
-                source={"model": str(settings["model"]), "sha256": source_hash, "origin": origin},
-                extra_manifest={**backend.manifest, "fold": _public_fold_report(fold_report),
-                                "simplify": simplify_report, "edgepipe_version": __version__},
+                source={"model": str(settings["model"]), "sha256": prepared.source_hash, "origin": origin},
+                extra_manifest={**backend.manifest, "fold": _public_fold_report(prepared.fold_report),
+                                "simplify": prepared.simplify_report, "edgepipe_version": __version__},
                 eval_data=eval_data,
                 hooks=_bundle_hooks(),
             ),
@@ -299,6 +342,18 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         )
         result.stages = pipeline.summary()
     return result
+
+
+def plan_precision(model, calibration, dataset, settings: dict, target):
+    """Greedy mixed precision to `precision.budget` (see edgepipe/precision.py)."""
+    from edgepipe.precision import plan_mixed_precision
+
+    return plan_mixed_precision(model, calibration, dataset, settings["precision"]["budget"],
+                                symmetric=target.activation_symmetric)
+
+
+def _json_bytes(data: dict) -> bytes:
+    return (json.dumps(data, indent=1, sort_keys=True, default=str) + "\n").encode()
 
 
 def _files_hash(root: Path, names: list[str]) -> str:

@@ -30,30 +30,12 @@ def _settings(model, weights, target, calib, eval_, input_shapes, config_path) -
 
 
 def deployed_model(settings: dict):
-    """(folded ONNX model, calib dataset, eval dataset or None) as `build` prepares them."""
-    from edgepipe import build, graph
-    from edgepipe.data import load_dataset
-    from edgepipe.stages.export import run_export
-    from edgepipe.stages.fold import run_fold
-    from edgepipe.stages.simplify import run_simplify
+    """(folded ONNX model, calib dataset, eval dataset or None) exactly as `build` prepares them."""
+    from edgepipe.build import prepare_model
+    from edgepipe.pipeline import Pipeline
 
-    model = run_export(settings["model"], settings.get("weights"), build.initial_input_shapes(settings),
-                       settings["opset"])
-    model, _ = run_simplify(model)
-    specs = {i.name: (tuple(graph.tensor_shape(i)), graph.tensor_dtype(i)) for i in graph.graph_inputs(model)}
-    preprocess = build.data_preprocess(settings)
-    calib_ds = build.to_model_domain(load_dataset(settings["calib"], specs, preprocess,
-                                                  limit=settings["calibration"].get("max_samples")), settings)
-    eval_ds = None
-    if settings.get("eval"):
-        eval_ds = build.to_model_domain(load_dataset(settings["eval"], specs, preprocess,
-                                                     limit=settings["report"].get("eval_limit")), settings)
-    pre = settings.get("preprocess") or {}
-    fold_settings = {**settings["fold"]}
-    fold_settings["mean"] = fold_settings.get("mean") or pre.get("mean")
-    fold_settings["std"] = fold_settings.get("std") or pre.get("std")
-    model, _ = run_fold(model, fold_settings, calib_ds, eval_ds)
-    return model, calib_ds, eval_ds
+    prepared = prepare_model(settings, Pipeline(settings.get("cache_dir")))
+    return prepared.model, prepared.calib, prepared.eval
 
 
 def _calibrate(model, calib_ds, settings: dict):
