@@ -14,6 +14,7 @@ import inspect
 import io
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import onnx
@@ -134,7 +135,10 @@ def export_torch(module, input_shapes: dict[str, list[int]], output_names: list[
     args = tuple(torch.zeros(input_shapes[n], dtype=torch.float32) for n in names)
     buffer = io.BytesIO()
     try:
-        with torch.no_grad():
+        # the TorchScript exporter is deliberate (no onnxscript dependency); its deprecation
+        # notice is noise for our users
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
                 module, args, buffer, opset_version=opset, input_names=names, output_names=output_names,
                 do_constant_folding=False, dynamo=False,
