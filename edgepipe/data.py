@@ -31,6 +31,7 @@ import copy
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -158,7 +159,7 @@ def infer_static_shape(path: str | os.PathLike, input_name: str, preprocess: dic
                 read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                                else np.lib.format.read_array_header_2_0)
                 shape, _, _ = read_header(member)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError, zlib.error) as exc:
         raise UserError(f"{path}: not a readable .npz file ({exc}); re-save it with numpy.savez") from exc
     return (1, *shape[1:])
 
@@ -177,7 +178,7 @@ def _only_input(path: Path, specs: InputSpecs) -> str:
 def _read_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, TypeError) as exc:
         raise UserError(f"{path}: not a readable numeric .npy file ({_first_line(exc)}); "
                         "save a numeric array with numpy.save") from exc
 
@@ -193,7 +194,8 @@ def _read_npz(path: Path, specs: InputSpecs) -> tuple[dict[str, np.ndarray], np.
             labels = archive[LABELS_KEY] if LABELS_KEY in archive.files and LABELS_KEY not in specs else None
     except UserError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError,
+            zlib.error, KeyError) as exc:  # zipfile raises all of these on damaged archives
         raise UserError(f"{path}: not a readable numeric .npz file ({_first_line(exc)}); "
                         "save numeric arrays with numpy.savez") from exc
     return arrays, labels
