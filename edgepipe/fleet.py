@@ -154,7 +154,7 @@ class HostOutcome:
 DeployOne = Callable[[InventoryHost], DeployResult]
 
 
-def _deploy_with_retry(host: InventoryHost, deploy_one: DeployOne, retries: int) -> HostOutcome:
+def deploy_with_retry(host: InventoryHost, deploy_one: DeployOne, retries: int) -> HostOutcome:
     error = None
     for attempt in range(1, retries + 2):
         try:
@@ -181,7 +181,7 @@ def deploy_fleet(bundle: str | Path, hosts: list[InventoryHost], parallel: int =
                              run=run, iterations=iterations, warmup=warmup, out_dir=out_dir, transfer=transfer)
 
     with ThreadPoolExecutor(max_workers=min(parallel, len(hosts)) or 1) as pool:
-        return list(pool.map(lambda host: _deploy_with_retry(host, deploy_one, retries), hosts))
+        return list(pool.map(lambda host: deploy_with_retry(host, deploy_one, retries), hosts))
 
 
 def format_table(outcomes: list[HostOutcome]) -> str:
