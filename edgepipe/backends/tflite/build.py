@@ -1,0 +1,103 @@
+"""`build_tflite`: ONNX model + calibration -> model.tflite (int8) and model.fp32.tflite.
+
+Both files come from the same lowering (`lower.Lowering`), once in float32 and once quantized,
+so they share layout and tensor names. Each is validated (`validator.validate`) before anything
+is written; an unsupported node raises `UnsupportedOpError` before the first file exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from edgepipe.backends.tflite import validator, writer
+from edgepipe.backends.tflite.lower import NHWC, TARGET, Lowering, prepare_model
+from edgepipe.errors import UnsupportedOpError, UserError
+
+INT8_FILE = "model.tflite"
+FP32_FILE = "model.fp32.tflite"
+
+
+def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
+    """(node name, op type, reason) for every node the arm-cpu target cannot lower."""
+    ctx = Lowering(prepare_model(model))
+    problems = []
+    for node in ctx.model.graph.node:
+        if node.op_type == "Constant":
+            continue
+        entry = ctx.registry.get(node.op_type)
+        if entry is None:
+            problems.append((node.name, node.op_type, "no TFLite lowering for this op type"))
+            continue
+        try:
+            reason = entry.unsupported_reason(ctx, node)
+        except UserError as exc:
+            reason = str(exc)
+        if reason:
+            problems.append((node.name, node.op_type, reason))
+    return problems
+
+
+def check_supported(model: onnx.ModelProto) -> None:
+    """Raise UnsupportedOpError for the first node that cannot be lowered."""
+    problems = unsupported_nodes(model)
+    if problems:
+        name, op_type, reason = problems[0]
+        raise UnsupportedOpError(name, op_type, TARGET, reason)
+
+
+def lower_model(model: onnx.ModelProto, calibration, options: dict, quantized: bool) -> Lowering:
+    """Run the lowering and the validator; returns the context (spec, float nodes, io)."""
+    bits = int(options.get("activation_bits", 8))
+    if quantized and bits != 8:
+        raise UserError(f"activation_bits={bits} is not supported by the arm-cpu backend yet; use 8")
+    ctx = Lowering(prepare_model(model), calibration, options, quantized)
+    ctx.run()
+    validator.validate(ctx.spec)
+    return ctx
+
+
+def build_tflite(model: onnx.ModelProto, calibration, out_dir: Path, options: dict | None = None) -> dict:
+    """Write model.tflite (int8; only with a calibration) and model.fp32.tflite into out_dir."""
+    options = dict(options or {})
+    check_supported(model)
+    fp32 = lower_model(model, None, options, quantized=False)
+    int8 = lower_model(model, calibration, options, quantized=True) if calibration is not None else None
+    fp32_bytes = writer.serialize(fp32.spec)
+    int8_bytes = writer.serialize(int8.spec) if int8 is not None else None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    if int8_bytes is not None:
+        (out_dir / INT8_FILE).write_bytes(int8_bytes)
+        files.append(INT8_FILE)
+    (out_dir / FP32_FILE).write_bytes(fp32_bytes)
+    files.append(FP32_FILE)
+    main = int8 if int8 is not None else fp32
+    return {
+        "files": files,
+        "io": describe_io(main),
+        "float_nodes": list(int8.float_lowered) if int8 is not None else [],
+        "op_histogram": main.spec.op_histogram(),
+    }
+
+
+def describe_io(ctx: Lowering) -> dict:
+    def entry(index: int) -> dict:
+        tensor = ctx.tensor(index)
+        rank = len(tensor.shape)
+        perm = ctx.io_perm(tensor.name)
+        quant = tensor.quantization
+        return {
+            "name": tensor.name,
+            "shape": list(tensor.shape),
+            "dtype": tensor.dtype,
+            "layout": ("NHWC" if perm == NHWC else "NCHW") if rank == 4 else None,
+            "onnx_layout": "NCHW" if rank == 4 else None,
+            "onnx_shape": list(ctx.shape(tensor.name)),
+            "quantization": {"scale": float(quant.scale[0]), "zero_point": int(quant.zero_point[0])}
+            if quant is not None else None,
+        }
+
+    return {"inputs": [entry(i) for i in ctx.spec.inputs], "outputs": [entry(i) for i in ctx.spec.outputs]}

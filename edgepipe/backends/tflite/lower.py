@@ -1,0 +1,367 @@
+"""The lowering: walks the ONNX graph once and fills a `ModelSpec`, one op-family module per node.
+
+`Lowering` is the context every op lowering (edgepipe/backends/tflite/ops/*.py) receives. It owns
+the three things no single op can decide alone:
+
+- **Tensor registry.** An ONNX tensor may exist in TFLite in several *representations* (`Value`):
+  int8 or float32, NHWC or ONNX order. `get(name, dtype, perm)` returns the wanted one and inserts
+  the one QUANTIZE / DEQUANTIZE / TRANSPOSE needed to make it, once, on first use. Float islands
+  (`options["float_nodes"]`, or an op without an int8 kernel) therefore need no special case:
+  the node simply asks for float inputs and registers float outputs.
+- **Layout propagation.** `Value.perm` says how the TFLite tensor is ordered relative to ONNX:
+  TFLite dim i is ONNX dim perm[i] (NHWC = (0, 2, 3, 1)). Image ops produce NHWC, elementwise ops
+  keep whatever layout their input has, constants are transposed at convert time. A runtime
+  TRANSPOSE appears only where a layout-sensitive op (Reshape, Flatten, ...) needs ONNX order.
+- **Quantization parameters.** Activations take the asymmetric int8 range from calibration
+  (`quant(name)`); ops whose kernels require fixed or pass-through parameters pass them to
+  `new_value`. Relu / Relu6 / Clip(-1, 1) are fused into their producer (`fuse_activation`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgepipe import graph, quantmath
+from edgepipe.backends.tflite.writer import ModelSpec, Quantization
+from edgepipe.errors import UnsupportedOpError, UserError
+
+TARGET = "arm-cpu"
+NHWC = (0, 2, 3, 1)
+ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
+
+
+def identity(rank: int) -> tuple[int, ...]:
+    return tuple(range(rank))
+
+
+def inverse(perm) -> tuple[int, ...]:
+    result = [0] * len(perm)
+    for i, p in enumerate(perm):
+        result[p] = i
+    return tuple(result)
+
+
+def permute(shape, perm) -> list[int]:
+    return [int(shape[p]) for p in perm]
+
+
+@dataclass(frozen=True)
+class Value:
+    """One TFLite tensor holding an ONNX tensor in a given dtype and layout."""
+
+    index: int
+    dtype: str  # "float32" or "int8"
+    perm: tuple[int, ...]  # TFLite dim i is ONNX dim perm[i]
+
+
+def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with unique node names and inferred shapes (lowerings read shapes of every tensor)."""
+    prepared = onnx.ModelProto()
+    prepared.CopyFrom(model)
+    graph.ensure_node_names(prepared)
+    return graph.infer_shapes(prepared)
+
+
+def node_attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+class Lowering:
+    """Context of one conversion: the ONNX model, the TFLite model being built, and the registry."""
+
+    def __init__(self, model: onnx.ModelProto, calibration=None, options: dict | None = None,
+                 quantized: bool = False):
+        from edgepipe.backends.tflite import ops
+
+        self.model = model
+        self.calibration = calibration
+        self.options = dict(options or {})
+        self.quantized = quantized
+        self.keep_layout = bool(self.options.get("keep_layout", False))
+        self.int8_io = bool(self.options.get("int8_io", False))
+        self.requested_float = set(self.options.get("float_nodes") or ())
+        self.registry = ops.registry()
+        self.spec = ModelSpec()
+        self.values: dict[str, list[Value]] = {}
+        self.consumed: set[str] = set()  # nodes already lowered as part of another (fused activations)
+        self.float_lowered: list[str] = []
+        self._constant_cache: dict[tuple, int] = {}
+        self.constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "Constant" and node.output:
+                value = graph.constant_value(model, node.output[0])
+                if value is not None:
+                    self.constants[node.output[0]] = value
+        self.infos = graph.value_infos(model)
+        self.consumers = graph.consumers(model)
+        self.graph_outputs = [o.name for o in model.graph.output]
+
+    # ----- ONNX side ---------------------------------------------------------------------------
+    def shape(self, name: str) -> list[int]:
+        if name in self.constants:
+            return list(self.constants[name].shape)
+        info = self.infos.get(name)
+        dims = graph.tensor_shape(info) if info is not None else None
+        if dims is None or any(not isinstance(d, int) or d <= 0 for d in dims):
+            raise UserError(f"tensor '{name}' has no static shape ({dims}); export the model with fixed "
+                            "input shapes")
+        return dims
+
+    def rank(self, name: str) -> int:
+        return len(self.shape(name))
+
+    def constant(self, name: str) -> np.ndarray | None:
+        return self.constants.get(name) if name else None
+
+    def node_dtype(self, node: onnx.NodeProto) -> str:
+        """float32 for the fp32 model, requested float nodes and ops without an int8 kernel."""
+        if not self.quantized or node.name in self.requested_float:
+            return "float32"
+        entry = self.registry.get(node.op_type)
+        if entry is not None and not entry.supports_int8(self, node):
+            return "float32"
+        return "int8"
+
+    def quant(self, name: str) -> Quantization:
+        """Asymmetric int8 parameters of an activation, from the calibration ranges."""
+        if self.calibration is None or name not in self.calibration:
+            raise UserError(f"tensor '{name}' has no calibration range; re-run calibration on this model")
+        scale, zero_point = self.calibration.asymmetric_params(name)
+        return Quantization.per_tensor(scale, zero_point)
+
+    # ----- TFLite side -------------------------------------------------------------------------
+    def emit(self, opcode: str, inputs, outputs, node: onnx.NodeProto | None = None,
+             options_type: str | None = None, **options):
+        return self.spec.add_operator(opcode, inputs, outputs, options_type, options,
+                                      node.name if node is not None else "")
+
+    def tensor(self, index: int):
+        return self.spec.tensors[index]
+
+    def new_value(self, name: str, dtype: str, perm=None, quant: Quantization | None = None,
+                  shape=None) -> int:
+        """Create and register the TFLite tensor an op writes for ONNX tensor `name`."""
+        perm = tuple(perm) if perm is not None else identity(len(self.shape(name)))
+        if dtype == "int8" and quant is None:
+            quant = self.quant(name)
+        shape = shape if shape is not None else permute(self.shape(name), perm)
+        tensor_name = name if name not in self.values else f"{name};{dtype};{''.join(map(str, perm))}"
+        index = self.spec.add_tensor(tensor_name, shape, dtype, quant if dtype == "int8" else None)
+        self.values.setdefault(name, []).append(Value(index, dtype, perm))
+        return index
+
+    def alias(self, name: str, index: int, perm) -> None:
+        """Register an existing tensor as a representation of `name` (Identity, no-op transposes)."""
+        self.values.setdefault(name, []).append(Value(index, self.tensor(index).dtype, tuple(perm)))
+
+    def temp(self, name: str, shape, dtype: str, quant: Quantization | None = None) -> int:
+        return self.spec.add_tensor(name, shape, dtype, quant if dtype == "int8" else None)
+
+    def layout(self, name: str) -> tuple[int, ...]:
+        """The layout `name` already has (the first representation made), identity for constants."""
+        reps = self.values.get(name)
+        return reps[0].perm if reps else identity(self.rank(name))
+
+    def get(self, name: str, dtype: str, perm=None) -> int:
+        """Index of `name` as `dtype` in layout `perm` (default: its current layout)."""
+        if name in self.constants:
+            return self.constant_input(name, dtype, perm)
+        reps = self.values.get(name)
+        if not reps:
+            raise KeyError(f"tensor '{name}' used before it was lowered")
+        perm = tuple(perm) if perm is not None else reps[0].perm
+        for value in reps:
+            if value.dtype == dtype and value.perm == perm:
+                return value.index
+        source = next((v for v in reps if v.perm == perm), None)
+        if source is None:
+            base = next((v for v in reps if v.dtype == dtype), reps[0])
+            source = self._transposed(name, base, perm)
+            if source.dtype == dtype:
+                return source.index
+        return self._converted(name, source, dtype)
+
+    def _transposed(self, name: str, base: Value, perm) -> Value:
+        base_inverse = inverse(base.perm)
+        order = np.array([base_inverse[p] for p in perm], np.int32)
+        perm_index = self.spec.add_constant(f"{name}/perm", order)
+        out = self.new_value(name, base.dtype, perm, quant=self.tensor(base.index).quantization)
+        self.emit("TRANSPOSE", [base.index, perm_index], [out])
+        return self.values[name][-1]
+
+    def _converted(self, name: str, source: Value, dtype: str) -> int:
+        out = self.new_value(name, dtype, source.perm)
+        self.emit("QUANTIZE" if dtype == "int8" else "DEQUANTIZE", [source.index], [out])
+        return out
+
+    def constant_input(self, name: str, dtype: str, perm=None, rank: int | None = None) -> int:
+        """A constant as a TFLite tensor: broadcast to `rank`, laid out by `perm`, int8 if asked."""
+        key = (name, dtype, tuple(perm) if perm is not None else None, rank)
+        if key in self._constant_cache:
+            return self._constant_cache[key]
+        value = np.asarray(self.constants[name], np.float32)
+        if rank is not None and value.ndim < rank:
+            value = value.reshape((1,) * (rank - value.ndim) + value.shape)
+        if perm is not None and value.ndim == len(perm):
+            value = value.transpose(perm)
+        index = self.add_weight_constant(f"{name};{dtype}", value, dtype)
+        self._constant_cache[key] = index
+        return index
+
+    def add_weight_constant(self, name: str, value: np.ndarray, dtype: str) -> int:
+        """float32 constant, or int8 with per-tensor asymmetric params from its own range."""
+        value = np.asarray(value, np.float32)
+        if dtype == "float32":
+            return self.spec.add_constant(name, value)
+        scale, zero_point = quantmath.asymmetric_params(float(value.min(initial=0.0)), float(value.max(initial=0.0)))
+        quantized = quantmath.quantize(value, scale, zero_point)
+        return self.spec.add_constant(name, quantized, Quantization.per_tensor(scale, zero_point))
+
+    def filter_and_bias(self, name: str, weights: np.ndarray, axis: int, bias: np.ndarray, input_index: int,
+                        dtype: str) -> tuple[int, int]:
+        """Filter and bias constants: per-channel symmetric int8 filter along `axis` (the output
+        channel) and int32 bias with scale input_scale x weight_scale[c]; float32 otherwise."""
+        weights = np.asarray(weights, np.float32)
+        bias = np.asarray(bias, np.float32)
+        if dtype == "float32":
+            return (self.spec.add_constant(f"{name};filter", weights),
+                    self.spec.add_constant(f"{name};bias", bias))
+        q_weights, weight_scales = quantmath.per_channel_symmetric(weights, axis)
+        filter_index = self.spec.add_constant(f"{name};filter", q_weights,
+                                              Quantization.per_channel(weight_scales, axis))
+        input_scale = float(self.tensor(input_index).quantization.scale[0])
+        q_bias, bias_scales = quantmath.quantize_bias(bias, input_scale, weight_scales)
+        bias_index = self.spec.add_constant(f"{name};bias", q_bias, Quantization.per_channel(bias_scales, 0))
+        return filter_index, bias_index
+
+    def quantized_constant(self, name: str, value, quant: Quantization | None, dtype: str) -> int:
+        """A float constant expressed in the given int8 parameters (kernels needing shared params)."""
+        value = np.asarray(value, np.float32)
+        if dtype == "float32":
+            return self.spec.add_constant(name, value)
+        scale, zero_point = quant.as_pair()
+        return self.spec.add_constant(name, quantmath.quantize(value, scale, zero_point), quant)
+
+    def broadcast_input(self, name: str, dtype: str, perm, rank: int) -> int:
+        """Input of a broadcasting op whose output has `rank` dims in layout `perm`."""
+        if name in self.constants:
+            return self.constant_input(name, dtype, perm, rank)
+        if self.rank(name) == rank:
+            return self.get(name, dtype, perm)
+        source = self.get(name, dtype, identity(self.rank(name)))
+        tensor = self.tensor(source)
+        padded = [1] * (rank - len(tensor.shape)) + list(tensor.shape)
+        reshaped = self.temp(f"{name};rank{rank}", padded, dtype, tensor.quantization)
+        self.emit("RESHAPE", [source, self.int32_constant(f"{name};rank{rank}/shape", padded)], [reshaped])
+        if tuple(perm) == identity(rank):
+            return reshaped
+        transposed = self.temp(f"{name};rank{rank};t", permute(padded, perm), dtype, tensor.quantization)
+        self.emit("TRANSPOSE", [reshaped, self.int32_constant(f"{name};rank{rank}/perm", perm)], [transposed])
+        return transposed
+
+    def int32_constant(self, name: str, values) -> int:
+        return self.spec.add_constant(name, np.asarray(values, np.int32))
+
+    def requantized(self, index: int, quant: Quantization, name: str) -> int:
+        """`index` re-expressed with `quant` (int8 -> int8 QUANTIZE) if its parameters differ."""
+        tensor = self.tensor(index)
+        if tensor.dtype != "int8" or quant.same_as(tensor.quantization):
+            return index
+        out = self.temp(f"{name};requant", tensor.shape, "int8", quant)
+        self.emit("QUANTIZE", [index], [out])
+        return out
+
+    # ----- fusion ------------------------------------------------------------------------------
+    def fuse_activation(self, node: onnx.NodeProto, out_name: str | None = None) -> tuple[int, str]:
+        """(fused activation code, tensor name to write) for `node`'s output.
+
+        When the only consumer is Relu / Relu6-like Clip / Clip(-1, 1) lowered in the same dtype,
+        that consumer is folded in and marked consumed; the producer then writes the activation's
+        output tensor, quantized with the activation's output range.
+        """
+        out_name = out_name or node.output[0]
+        users = self.consumers.get(out_name, [])
+        if out_name in self.graph_outputs or len(users) != 1:
+            return ACTIVATIONS["NONE"], out_name
+        user = users[0]
+        kind = fusable_activation(self, user)
+        if kind is None or self.node_dtype(user) != self.node_dtype(node) or user.name in self.consumed:
+            return ACTIVATIONS["NONE"], out_name
+        self.consumed.add(user.name)
+        return ACTIVATIONS[kind], user.output[0]
+
+    # ----- driver ------------------------------------------------------------------------------
+    def run(self) -> ModelSpec:
+        self._add_inputs()
+        for node in self.model.graph.node:
+            if node.op_type == "Constant" or node.name in self.consumed:
+                continue
+            entry = self.registry.get(node.op_type)
+            if entry is None:
+                raise UnsupportedOpError(node.name, node.op_type, TARGET, "no TFLite lowering for this op type")
+            reason = entry.unsupported_reason(self, node)
+            if reason:
+                raise UnsupportedOpError(node.name, node.op_type, TARGET, reason)
+            if self.quantized and self.node_dtype(node) == "float32":
+                self.float_lowered.append(node.name)
+            entry.lower(self, node)
+        self._add_outputs()
+        return self.spec
+
+    def io_perm(self, name: str) -> tuple[int, ...]:
+        rank = self.rank(name)
+        return NHWC if rank == 4 and not self.keep_layout else identity(rank)
+
+    def io_dtype(self) -> str:
+        return "int8" if self.quantized and self.int8_io else "float32"
+
+    def _add_inputs(self) -> None:
+        for info in graph.graph_inputs(self.model):
+            if graph.tensor_dtype(info) != np.float32:
+                raise UserError(f"input '{info.name}' is {graph.tensor_dtype(info)}; the arm-cpu target "
+                                "needs float32 model inputs")
+            index = self.new_value(info.name, self.io_dtype(), self.io_perm(info.name))
+            self.spec.inputs.append(index)
+
+    def _add_outputs(self) -> None:
+        for name in self.graph_outputs:
+            index = self.get(name, self.io_dtype(), self.io_perm(name))
+            if index in self.spec.inputs or index in self.spec.outputs:
+                tensor = self.tensor(index)  # an output that is also an input: give it its own tensor
+                copy = self.temp(name, tensor.shape, tensor.dtype, tensor.quantization)
+                self.emit("RESHAPE", [index, self.int32_constant(f"{name}/shape", tensor.shape)], [copy])
+                index = copy
+            for other in self.spec.tensors:
+                if other.name == name:
+                    other.name = f"{name};internal"
+            self.tensor(index).name = name
+            self.spec.outputs.append(index)
+
+
+def clip_bounds(ctx: Lowering, node: onnx.NodeProto) -> tuple[float, float] | None:
+    """(min, max) of a Clip node when constant (attributes before opset 11, inputs after)."""
+    attrs = node_attrs(node)
+    low, high = attrs.get("min", -np.inf), attrs.get("max", np.inf)
+    for position in (1, 2):
+        if len(node.input) > position and node.input[position]:
+            value = ctx.constant(node.input[position])
+            if value is None:
+                return None
+            if position == 1:
+                low = float(value)
+            else:
+                high = float(value)
+    return float(low), float(high)
+
+
+def fusable_activation(ctx: Lowering, node: onnx.NodeProto) -> str | None:
+    if node.op_type == "Relu":
+        return "RELU"
+    if node.op_type == "Clip":
+        bounds = clip_bounds(ctx, node)
+        return {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1", (0.0, np.inf): "RELU"}.get(bounds)
+    return None

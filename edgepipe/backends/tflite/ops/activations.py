@@ -1,0 +1,127 @@
+"""Activations: Relu, Clip, Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu, PRelu, Gelu, Elu.
+
+Relu / Relu6 / Clip(-1, 1) usually disappear into their producer (`Lowering.fuse_activation`);
+what reaches this module is the standalone case. LOGISTIC and TANH get the fixed int8 output
+scales their kernels assume (1/256 zp -128, 1/128 zp 0). SiLU (x * sigmoid(x)) needs no pattern:
+LOGISTIC then MUL both have int8 kernels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgepipe import quantmath
+from edgepipe.backends.tflite.lower import Lowering, clip_bounds, fusable_activation, node_attrs
+from edgepipe.backends.tflite.ops import register
+from edgepipe.backends.tflite.writer import Quantization
+
+FIXED_OUTPUT = {"Sigmoid": ("LOGISTIC", 1.0 / 256, -128), "Tanh": ("TANH", 1.0 / 128, 0)}
+SIMPLE = {"HardSwish": "HARD_SWISH", "Relu": "RELU"}
+
+
+def _unary(ctx: Lowering, node, opcode: str, quant: Quantization | None = None, options_type=None,
+           **options) -> None:
+    dtype = ctx.node_dtype(node)
+    perm = ctx.layout(node.input[0])
+    x = ctx.get(node.input[0], dtype, perm)
+    out = ctx.new_value(node.output[0], dtype, perm, quant)
+    ctx.emit(opcode, [x], [out], node, options_type, **options)
+
+
+@register("Relu", "HardSwish")
+def lower_simple(ctx: Lowering, node) -> None:
+    _unary(ctx, node, SIMPLE[node.op_type])
+
+
+@register("Sigmoid", "Tanh")
+def lower_fixed_output(ctx: Lowering, node) -> None:
+    opcode, scale, zero_point = FIXED_OUTPUT[node.op_type]
+    _unary(ctx, node, opcode, Quantization.per_tensor(scale, zero_point))
+
+
+def check_clip(ctx: Lowering, node) -> str | None:
+    return None if clip_bounds(ctx, node) is not None else "min/max must be constants"
+
+
+@register("Clip", check=check_clip)
+def lower_clip(ctx: Lowering, node) -> None:
+    kind = fusable_activation(ctx, node)
+    if kind is not None:
+        _unary(ctx, node, kind)
+        return
+    dtype = ctx.node_dtype(node)
+    perm = ctx.layout(node.input[0])
+    low, high = clip_bounds(ctx, node)
+    x = ctx.get(node.input[0], dtype, perm)
+    out = ctx.new_value(node.output[0], dtype, perm)
+    quant = ctx.tensor(out).quantization
+    current = ctx.requantized(x, quant, node.input[0]) if dtype == "int8" else x
+    steps = [(opcode, bound) for opcode, bound in (("MAXIMUM", low), ("MINIMUM", high)) if np.isfinite(bound)]
+    for position, (opcode, bound) in enumerate(steps):
+        bound_index = ctx.quantized_constant(f"{node.name};{opcode.lower()}", np.float32(bound), quant, dtype)
+        target = out if position == len(steps) - 1 else ctx.temp(f"{node.name};{opcode.lower()}",
+                                                                 ctx.tensor(out).shape, dtype, quant)
+        ctx.emit(opcode, [current, bound_index], [target], node)
+        current = target
+    if not steps:
+        ctx.emit("RESHAPE", [current, ctx.int32_constant(f"{node.name};shape", ctx.tensor(out).shape)], [out], node)
+
+
+@register("HardSigmoid")
+def lower_hard_sigmoid(ctx: Lowering, node) -> None:
+    """clip(alpha * x + beta, 0, 1) as MUL, ADD with fused RELU, MINIMUM(1)."""
+    attrs = node_attrs(node)
+    alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+    dtype = ctx.node_dtype(node)
+    perm = ctx.layout(node.input[0])
+    x = ctx.get(node.input[0], dtype, perm)
+    out = ctx.new_value(node.output[0], dtype, perm)
+    shape, quant = ctx.tensor(out).shape, ctx.tensor(out).quantization
+    scaled_quant = None
+    if dtype == "int8":
+        in_scale, in_zero = ctx.tensor(x).quantization.as_pair()
+        ends = sorted([alpha * in_scale * (-128 - in_zero), alpha * in_scale * (127 - in_zero)])
+        scaled_quant = Quantization.per_tensor(*quantmath.asymmetric_params(ends[0], ends[1]))
+    scaled = ctx.temp(f"{node.name};scaled", shape, dtype, scaled_quant)
+    ctx.emit("MUL", [x, ctx.add_weight_constant(f"{node.name};alpha", np.float32(alpha), dtype)], [scaled], node,
+             "MulOptions", FusedActivationFunction=0)
+    shifted = ctx.temp(f"{node.name};shifted", shape, dtype, quant)
+    ctx.emit("ADD", [scaled, ctx.add_weight_constant(f"{node.name};beta", np.float32(beta), dtype)], [shifted], node,
+             "AddOptions", FusedActivationFunction=1)
+    ctx.emit("MINIMUM", [shifted, ctx.quantized_constant(f"{node.name};one", np.float32(1.0), quant, dtype)],
+             [out], node)
+
+
+@register("LeakyRelu")
+def lower_leaky_relu(ctx: Lowering, node) -> None:
+    _unary(ctx, node, "LEAKY_RELU", None, "LeakyReluOptions", Alpha=float(node_attrs(node).get("alpha", 0.01)))
+
+
+def check_prelu(ctx: Lowering, node) -> str | None:
+    return None if ctx.constant(node.input[1]) is not None else "the slope must be a constant"
+
+
+@register("PRelu", check=check_prelu)
+def lower_prelu(ctx: Lowering, node) -> None:
+    dtype = ctx.node_dtype(node)
+    perm = ctx.layout(node.input[0])
+    x = ctx.get(node.input[0], dtype, perm)
+    slope = ctx.constant_input(node.input[1], dtype, perm, ctx.rank(node.input[0]))
+    ctx.emit("PRELU", [x, slope], [ctx.new_value(node.output[0], dtype, perm)], node)
+
+
+@register("Gelu")
+def lower_gelu(ctx: Lowering, node) -> None:
+    approximate = node_attrs(node).get("approximate", b"none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+    _unary(ctx, node, "GELU", None, "GeluOptions", Approximate=approximate == "tanh")
+
+
+def check_elu(ctx: Lowering, node) -> str | None:
+    alpha = float(node_attrs(node).get("alpha", 1.0))
+    return None if alpha == 1.0 else f"alpha={alpha}; TFLite ELU supports alpha=1.0 only"
+
+
+@register("Elu", check=check_elu)
+def lower_elu(ctx: Lowering, node) -> None:
+    _unary(ctx, node, "ELU")

@@ -1,0 +1,133 @@
+"""Conv (plain, depthwise, grouped) and ConvTranspose -> CONV_2D / DEPTHWISE_CONV_2D / TRANSPOSE_CONV.
+
+Filters are transposed to TFLite's layout once at convert time ([O, H, W, I] for CONV_2D,
+[1, H, W, C*mult] for DEPTHWISE_CONV_2D) and quantized per output channel. Grouped convolutions
+that are not depthwise are split: SPLIT -> one CONV_2D per group -> CONCATENATION, all groups
+sharing the output's quantization (CONCATENATION requires it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgepipe.backends.tflite.lower import NHWC, Lowering, node_attrs
+from edgepipe.backends.tflite.ops import register
+from edgepipe.backends.tflite.ops.spatial import SAME, VALID, choose_padding, pad_nhwc, spatial_attrs
+
+
+def check_conv(ctx: Lowering, node) -> str | None:
+    if ctx.constant(node.input[1]) is None:
+        return "the weights must be a constant initializer (fold or export them as constants)"
+    if len(node.input) > 2 and node.input[2] and ctx.constant(node.input[2]) is None:
+        return "the bias must be a constant initializer"
+    if ctx.rank(node.input[0]) != 4:
+        return "only 2-D convolutions (4-D NCHW input) are supported; reshape 1-D/3-D convs to 2-D"
+    weights = ctx.constant(node.input[1])
+    groups = node_attrs(node).get("group", 1)
+    if groups > 1 and weights.shape[0] % groups:
+        return f"{weights.shape[0]} output channels are not divisible by group={groups}"
+    return None
+
+
+def _weights_and_bias(ctx: Lowering, node, out_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    weights = np.asarray(ctx.constant(node.input[1]), np.float32)
+    bias = ctx.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    bias = np.zeros(out_channels, np.float32) if bias is None else np.asarray(bias, np.float32)
+    return weights, bias
+
+
+@register("Conv", check=check_conv)
+def lower_conv(ctx: Lowering, node) -> None:
+    dtype = ctx.node_dtype(node)
+    groups = node_attrs(node).get("group", 1)
+    in_channels = ctx.shape(node.input[0])[1]
+    weights, bias = _weights_and_bias(ctx, node, ctx.constant(node.input[1]).shape[0])
+    in_hw, kernel, strides, dilations = spatial_attrs(ctx, node, weights.shape[2:])
+    padding, pads = choose_padding(node, in_hw, kernel, strides, dilations)
+    x = ctx.get(node.input[0], dtype, NHWC)
+    if pads:
+        x = pad_nhwc(ctx, node, x, pads)
+    activation, out_name = ctx.fuse_activation(node)
+    out = ctx.new_value(out_name, dtype, NHWC)
+    options = dict(Padding=padding, StrideH=strides[0], StrideW=strides[1], DilationHFactor=dilations[0],
+                   DilationWFactor=dilations[1], FusedActivationFunction=activation)
+    if groups == 1:
+        _conv2d(ctx, node, x, weights, bias, out, options, dtype)
+    elif groups == in_channels:
+        filter_index, bias_index = ctx.filter_and_bias(node.name, weights.transpose(1, 2, 3, 0), 3, bias, x, dtype)
+        ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [out], node, "DepthwiseConv2DOptions",
+                 DepthMultiplier=weights.shape[0] // in_channels, **options)
+    else:
+        _grouped_conv(ctx, node, x, weights, bias, out, groups, options, dtype)
+
+
+def _conv2d(ctx: Lowering, node, x: int, weights, bias, out: int, options: dict, dtype: str, name=None) -> None:
+    filter_index, bias_index = ctx.filter_and_bias(name or node.name, weights.transpose(0, 2, 3, 1), 0, bias, x,
+                                                   dtype)
+    ctx.emit("CONV_2D", [x, filter_index, bias_index], [out], node, "Conv2DOptions", **options)
+
+
+def _grouped_conv(ctx: Lowering, node, x: int, weights, bias, out: int, groups: int, options: dict,
+                  dtype: str) -> None:
+    source, target = ctx.tensor(x), ctx.tensor(out)
+    in_per_group, out_per_group = source.shape[3] // groups, weights.shape[0] // groups
+    parts = [ctx.temp(f"{node.name};group{g}", source.shape[:3] + [in_per_group], dtype, source.quantization)
+             for g in range(groups)]
+    ctx.emit("SPLIT", [ctx.int32_constant(f"{node.name};axis", 3), x], parts, node, "SplitOptions",
+             NumSplits=groups)
+    results = []
+    for g, part in enumerate(parts):
+        result = ctx.temp(f"{node.name};group{g}_out", target.shape[:3] + [out_per_group], dtype,
+                          target.quantization)
+        span = slice(g * out_per_group, (g + 1) * out_per_group)
+        _conv2d(ctx, node, part, weights[span], bias[span], result, options, dtype, f"{node.name};group{g}")
+        results.append(result)
+    ctx.emit("CONCATENATION", results, [out], node, "ConcatenationOptions", Axis=3, FusedActivationFunction=0)
+
+
+def check_conv_transpose(ctx: Lowering, node) -> str | None:
+    reason = check_conv(ctx, node)
+    if reason:
+        return reason
+    attrs = node_attrs(node)
+    if attrs.get("group", 1) != 1:
+        return "grouped ConvTranspose is not supported; use group=1"
+    if any(d != 1 for d in attrs.get("dilations", [1, 1])):
+        return "dilated ConvTranspose is not supported"
+    if _transpose_padding(ctx, node) is None:
+        return "pads/output_padding do not match TFLite SAME or VALID; use padding=k//2 or 0"
+    return None
+
+
+def _transpose_padding(ctx: Lowering, node) -> int | None:
+    """SAME or VALID when the ONNX output size and pads match one of them, else None."""
+    attrs = node_attrs(node)
+    weights = ctx.constant(node.input[1])
+    in_hw, out_hw = ctx.shape(node.input[0])[2:], ctx.shape(node.output[0])[2:]
+    strides = list(attrs.get("strides", [1, 1]))
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    kernel = weights.shape[2:]
+    if not any(pads) and all(out_hw[i] == (in_hw[i] - 1) * strides[i] + kernel[i] for i in range(2)):
+        return VALID
+    if all(out_hw[i] == in_hw[i] * strides[i] for i in range(2)):
+        totals = [max((in_hw[i] - 1) * strides[i] + kernel[i] - out_hw[i], 0) for i in range(2)]
+        expected = [totals[0] // 2, totals[1] // 2, totals[0] - totals[0] // 2, totals[1] - totals[1] // 2]
+        if pads == expected or attrs.get("auto_pad", b"") in (b"SAME_UPPER", "SAME_UPPER"):
+            return SAME
+    return None
+
+
+@register("ConvTranspose", check=check_conv_transpose)
+def lower_conv_transpose(ctx: Lowering, node) -> None:
+    dtype = ctx.node_dtype(node)
+    weights = np.asarray(ctx.constant(node.input[1]), np.float32)  # [I, O, kh, kw]
+    weights, bias = weights.transpose(1, 0, 2, 3), _weights_and_bias(ctx, node, weights.shape[1])[1]
+    strides = list(node_attrs(node).get("strides", [1, 1]))
+    x = ctx.get(node.input[0], dtype, NHWC)
+    activation, out_name = ctx.fuse_activation(node)
+    out = ctx.new_value(out_name, dtype, NHWC)
+    filter_index, bias_index = ctx.filter_and_bias(node.name, weights.transpose(0, 2, 3, 1), 0, bias, x, dtype)
+    shape_index = ctx.int32_constant(f"{node.name};output_shape", ctx.tensor(out).shape)
+    ctx.emit("TRANSPOSE_CONV", [shape_index, filter_index, x, bias_index], [out], node, "TransposeConvOptions",
+             Padding=_transpose_padding(ctx, node), StrideH=strides[0], StrideW=strides[1],
+             FusedActivationFunction=activation)

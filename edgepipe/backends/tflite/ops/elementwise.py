@@ -1,0 +1,110 @@
+"""Binary elementwise ops with ONNX broadcasting: Add, Sub, Mul, Div, Max, Min, Pow, Sqrt.
+
+The output keeps the layout of the first full-rank dynamic input; constants are broadcast and
+transposed to it at convert time. int8 ADD/SUB/MUL requantize internally; MAXIMUM/MINIMUM only
+compare integers, so their inputs are requantized to the output's parameters first. Division by
+a constant becomes a multiplication; other divisions, Sqrt and general Pow have no int8 kernel
+and are lowered as float islands.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgepipe.backends.tflite.lower import Lowering, identity
+from edgepipe.backends.tflite.ops import register
+
+FUSABLE = {"Add": ("ADD", "AddOptions"), "Sub": ("SUB", "SubOptions"), "Mul": ("MUL", "MulOptions"),
+           "Div": ("DIV", "DivOptions")}
+SAME_QUANT = {"Max": "MAXIMUM", "Min": "MINIMUM"}
+
+
+def output_layout(ctx: Lowering, node) -> tuple[int, ...]:
+    rank = ctx.rank(node.output[0])
+    for name in node.input:
+        if name and ctx.constant(name) is None and ctx.rank(name) == rank:
+            return ctx.layout(name)
+    return identity(rank)
+
+
+def broadcast_inputs(ctx: Lowering, node, dtype: str, names=None) -> tuple[list[int], tuple[int, ...]]:
+    perm = output_layout(ctx, node)
+    rank = ctx.rank(node.output[0])
+    return [ctx.broadcast_input(name, dtype, perm, rank) for name in (names or node.input)], perm
+
+
+def check_binary(ctx: Lowering, node) -> str | None:
+    if len(node.input) != 2:
+        return f"{len(node.input)} inputs; only two-input {node.op_type} is supported"
+    if ctx.rank(node.output[0]) > 6:
+        return "more than 6 dimensions"
+    return None
+
+
+def _divides_by_constant(ctx: Lowering, node) -> bool:
+    divisor = ctx.constant(node.input[1])
+    return divisor is not None and bool(np.all(divisor != 0))
+
+
+@register("Add", "Sub", "Mul", "Div", check=check_binary,
+          int8=lambda ctx, node: node.op_type != "Div" or _divides_by_constant(ctx, node))
+def lower_arithmetic(ctx: Lowering, node) -> None:
+    dtype = ctx.node_dtype(node)
+    opcode, options_type = FUSABLE[node.op_type]
+    names = list(node.input)
+    if node.op_type == "Div" and _divides_by_constant(ctx, node):
+        reciprocal = f"{node.input[1]};reciprocal"
+        ctx.constants[reciprocal] = (1.0 / ctx.constant(node.input[1]).astype(np.float64)).astype(np.float32)
+        names[1], (opcode, options_type) = reciprocal, FUSABLE["Mul"]
+    inputs, perm = broadcast_inputs(ctx, node, dtype, names)
+    activation, out_name = ctx.fuse_activation(node)
+    out = ctx.new_value(out_name, dtype, perm)
+    ctx.emit(opcode, inputs, [out], node, options_type, FusedActivationFunction=activation)
+
+
+@register("Max", "Min", check=check_binary)
+def lower_max_min(ctx: Lowering, node) -> None:
+    dtype = ctx.node_dtype(node)
+    perm = output_layout(ctx, node)
+    out = ctx.new_value(node.output[0], dtype, perm)
+    quant = ctx.tensor(out).quantization
+    rank = ctx.rank(node.output[0])
+    inputs = []
+    for name in node.input:
+        if ctx.constant(name) is not None:
+            value = np.asarray(ctx.constant(name), np.float32)
+            value = value.reshape((1,) * (rank - value.ndim) + value.shape).transpose(perm)
+            inputs.append(ctx.quantized_constant(f"{name};{node.name}", value, quant, dtype))
+        else:
+            index = ctx.broadcast_input(name, dtype, perm, rank)
+            inputs.append(ctx.requantized(index, quant, name) if dtype == "int8" else index)
+    ctx.emit(SAME_QUANT[node.op_type], inputs, [out], node)
+
+
+def _square(ctx: Lowering, node) -> bool:
+    exponent = ctx.constant(node.input[1])
+    return exponent is not None and exponent.size == 1 and float(exponent) == 2.0
+
+
+@register("Pow", check=check_binary, int8=_square)
+def lower_pow(ctx: Lowering, node) -> None:
+    dtype = ctx.node_dtype(node)
+    exponent = ctx.constant(node.input[1])
+    perm = output_layout(ctx, node)
+    if _square(ctx, node):
+        x = ctx.get(node.input[0], dtype, perm)
+        ctx.emit("MUL", [x, x], [ctx.new_value(node.output[0], dtype, perm)], node, "MulOptions",
+                 FusedActivationFunction=0)
+    elif exponent is not None and exponent.size == 1 and float(exponent) == 0.5:
+        x = ctx.get(node.input[0], dtype, perm)
+        ctx.emit("SQRT", [x], [ctx.new_value(node.output[0], dtype, perm)], node)
+    else:
+        inputs, perm = broadcast_inputs(ctx, node, dtype)
+        ctx.emit("POW", inputs, [ctx.new_value(node.output[0], dtype, perm)], node)
+
+
+@register("Sqrt", int8=False)
+def lower_sqrt(ctx: Lowering, node) -> None:
+    perm = ctx.layout(node.input[0])
+    x = ctx.get(node.input[0], "float32", perm)
+    ctx.emit("SQRT", [x], [ctx.new_value(node.output[0], "float32", perm)], node)

@@ -1,0 +1,204 @@
+"""Conformance harness for the TFLite backend's op lowerings (shared by every tests/test_tflite_ops_*.py).
+
+One call, `check_conformance(model, tmp_path)`, does what every op test needs: calibrate the
+model on structured inputs (min/max measured with ONNX Runtime), convert it to fp32 and int8
+.tflite with `build_tflite`, run both in the real LiteRT interpreter under every resolver
+(XNNPACK default, builtin kernels without delegates, reference kernels for int8) and compare
+with ONNX Runtime: fp32 within `fp32_rtol` of the largest reference magnitude, int8 within
+`int8_steps` output quantization steps of ONNX Runtime fed with the int8-rounded inputs.
+
+Build small graphs with `make_model(nodes, inputs, outputs, initializers)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgepipe import graph, quantmath
+from edgepipe.backends.tflite import build_tflite
+from edgepipe.calibrate.result import CalibrationResult, TensorCalibration
+
+RESOLVERS = {
+    "xnnpack": "AUTO",
+    "no_delegates": "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
+    "reference": "BUILTIN_REF",
+}
+
+
+def make_model(nodes, inputs: dict, outputs: list[str], initializers: dict | None = None,
+               opset: int = 17) -> onnx.ModelProto:
+    """A float32 ONNX model from nodes, {input: shape}, output names and {name: array} constants."""
+    graph_proto = helper.make_graph(
+        nodes, "conformance",
+        [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(shape)) for name, shape in inputs.items()],
+        [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in outputs],
+        [numpy_helper.from_array(np.asarray(value), name) for name, value in (initializers or {}).items()],
+    )
+    model = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    model = graph.infer_shapes(model)
+    onnx.checker.check_model(model)
+    return model
+
+
+def structured_inputs(model: onnx.ModelProto, count: int = 8, seed: int = 0) -> list[dict]:
+    """Image-like inputs: smooth low-frequency patterns plus noise (not pure white noise)."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for info in graph.graph_inputs(model):
+            shape = [int(d) for d in graph.tensor_shape(info)]
+            base = rng.normal(size=shape).astype(np.float32)
+            if len(shape) == 4 and shape[2] > 2 and shape[3] > 2:
+                yy, xx = np.meshgrid(np.linspace(0, np.pi, shape[2]), np.linspace(0, np.pi, shape[3]), indexing="ij")
+                phase = rng.uniform(0, np.pi, size=(shape[0], shape[1], 1, 1))
+                base = np.sin(yy * rng.uniform(1, 3) + phase) * np.cos(xx * rng.uniform(1, 3)) + 0.3 * base
+            feed[info.name] = base.astype(np.float32)
+        feeds.append(feed)
+    return feeds
+
+
+def minmax_calibration(model: onnx.ModelProto, feeds: list[dict]) -> CalibrationResult:
+    """Calibration ranges = observed min/max of every tensor over `feeds` (ONNX Runtime)."""
+    names = [i.name for i in graph.graph_inputs(model)] + [o for n in model.graph.node for o in n.output if o]
+    session = graph.make_session(graph.expose_tensors(model, names))
+    output_names = [o.name for o in session.get_outputs()]
+    low = {name: np.inf for name in output_names}
+    high = {name: -np.inf for name in output_names}
+    for feed in feeds:
+        for name, value in zip(output_names, session.run(None, feed)):
+            if np.issubdtype(np.asarray(value).dtype, np.floating):
+                low[name], high[name] = min(low[name], float(value.min())), max(high[name], float(value.max()))
+    for name in graph.graph_inputs(model):
+        low[name.name] = min(low.get(name.name, np.inf), min(float(f[name.name].min()) for f in feeds))
+        high[name.name] = max(high.get(name.name, -np.inf), max(float(f[name.name].max()) for f in feeds))
+    tensors = {}
+    for name in low:
+        if np.isfinite(low[name]):
+            lo, hi = min(low[name], 0.0), max(high[name], 0.0)
+            tensors[name] = TensorCalibration(name, low[name], high[name], max(abs(lo), abs(hi), 1e-8), lo, hi,
+                                              "minmax")
+    return CalibrationResult(tensors=tensors, method="minmax", num_samples=len(feeds))
+
+
+def run_onnx(model: onnx.ModelProto, feed: dict) -> dict:
+    session = graph.make_session(model)
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+
+
+def make_interpreter(path: Path, resolver: str = "xnnpack", threads: int = 1):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_path=str(path), num_threads=threads,
+                              experimental_op_resolver_type=getattr(OpResolverType, RESOLVERS[resolver]))
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def run_tflite(path: Path, io: dict, feed: dict, resolver: str = "xnnpack", threads: int = 1,
+               interpreter=None) -> dict:
+    """Run a .tflite on an ONNX-layout float feed; outputs come back float, in ONNX layout."""
+    interpreter = interpreter or make_interpreter(path, resolver, threads)
+    details = {d["name"]: d for d in interpreter.get_input_details()}
+    for spec in io["inputs"]:
+        value = np.asarray(feed[spec["name"]], np.float32)
+        if spec["layout"] == "NHWC":
+            value = value.transpose(0, 2, 3, 1)
+        if spec["quantization"] and spec["dtype"] == "int8":
+            value = quantmath.quantize(value, spec["quantization"]["scale"], spec["quantization"]["zero_point"])
+        interpreter.set_tensor(details[spec["name"]]["index"], np.ascontiguousarray(value))
+    interpreter.invoke()
+    out_details = {d["name"]: d for d in interpreter.get_output_details()}
+    results = {}
+    for spec in io["outputs"]:
+        value = interpreter.get_tensor(out_details[spec["name"]]["index"])
+        if spec["dtype"] == "int8":
+            value = quantmath.dequantize(value, spec["quantization"]["scale"], spec["quantization"]["zero_point"])
+        if spec["layout"] == "NHWC":
+            value = value.transpose(0, 3, 1, 2)
+        results[spec["name"]] = value
+    return results
+
+
+def op_names(path: Path, resolver: str = "xnnpack") -> list[str]:
+    """Operator names as the interpreter sees them ("DELEGATE" for nodes XNNPACK took)."""
+    return [op["op_name"] for op in make_interpreter(path, resolver)._get_ops_details()]
+
+
+def fake_quantized_feed(feed: dict, calibration: CalibrationResult) -> dict:
+    """The float inputs the int8 model effectively sees (rounded to the input's int8 grid)."""
+    return {name: quantmath.fake_quantize(value, *calibration.asymmetric_params(name)) for name, value in feed.items()}
+
+
+@dataclass
+class Conformance:
+    """What `check_conformance` measured (tests may assert more on it)."""
+
+    result: dict
+    calibration: CalibrationResult
+    fp32_error: dict = field(default_factory=dict)  # resolver -> max |err| / max |ref|
+    int8_steps: dict = field(default_factory=dict)  # resolver -> max |err| in output steps
+    out_dir: Path | None = None
+
+
+def convert(model: onnx.ModelProto, out_dir: Path, feeds: list[dict] | None = None, **options):
+    feeds = feeds if feeds is not None else structured_inputs(model)
+    calibration = minmax_calibration(model, feeds)
+    return build_tflite(model, calibration, out_dir, options), calibration
+
+
+def check_conformance(model: onnx.ModelProto, tmp_path: Path, feeds: list[dict] | None = None,
+                      fp32_rtol: float = 1e-5, int8_steps: float = 2.0, samples: int = 3,
+                      **options) -> Conformance:
+    """Convert, run in LiteRT under each resolver, compare with ONNX Runtime; assert tolerances."""
+    feeds = feeds if feeds is not None else structured_inputs(model)
+    out_dir = Path(tmp_path) / "tflite"
+    result, calibration = convert(model, out_dir, feeds, **options)
+    report = Conformance(result, calibration, out_dir=out_dir)
+    fp32_io = _fp32_io(result["io"])
+    for resolver in ("xnnpack", "no_delegates"):
+        interpreter = make_interpreter(out_dir / "model.fp32.tflite", resolver)
+        worst = 0.0
+        for feed in feeds[:samples]:
+            expected = run_onnx(model, feed)
+            got = run_tflite(out_dir / "model.fp32.tflite", fp32_io, feed, interpreter=interpreter)
+            for name, value in expected.items():
+                scale = max(float(np.max(np.abs(value))), 1e-6)
+                worst = max(worst, float(np.max(np.abs(got[name] - value))) / scale)
+        report.fp32_error[resolver] = worst
+        assert worst <= fp32_rtol, f"fp32 {resolver}: relative error {worst:.2e} > {fp32_rtol:.0e}"
+    for resolver in ("xnnpack", "no_delegates", "reference"):
+        interpreter = make_interpreter(out_dir / "model.tflite", resolver)
+        worst = 0.0
+        for feed in feeds[:samples]:
+            expected = run_onnx(model, fake_quantized_feed(feed, calibration))
+            got = run_tflite(out_dir / "model.tflite", result["io"], feed, interpreter=interpreter)
+            for spec in result["io"]["outputs"]:
+                step = _output_step(spec, calibration, interpreter)
+                error = np.abs(got[spec["name"]] - expected[spec["name"]])
+                worst = max(worst, float(np.max(error)) / step)
+        report.int8_steps[resolver] = worst
+        assert worst <= int8_steps, f"int8 {resolver}: error {worst:.2f} output steps > {int8_steps}"
+    return report
+
+
+def _fp32_io(io: dict) -> dict:
+    """The fp32 file has float I/O with the same names and layouts as the int8 file."""
+    strip = lambda specs: [dict(s, dtype="float32", quantization=None) for s in specs]  # noqa: E731
+    return {"inputs": strip(io["inputs"]), "outputs": strip(io["outputs"])}
+
+
+def _output_step(spec: dict, calibration: CalibrationResult, interpreter) -> float:
+    """Scale of the int8 tensor behind an output (fixed-scale ops differ from the calibration)."""
+    if spec["quantization"]:
+        return spec["quantization"]["scale"]
+    for detail in interpreter.get_tensor_details():
+        if detail["name"].startswith(spec["name"] + ";") and detail["dtype"] == np.int8:
+            return float(detail["quantization"][0])
+    return calibration.asymmetric_params(spec["name"])[0]
