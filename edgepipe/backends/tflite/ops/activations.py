@@ -124,4 +124,30 @@ def check_elu(ctx: Lowering, node) -> str | None:
 
 @register("Elu", check=check_elu)
 def lower_elu(ctx: Lowering, node) -> None:
-    _unary(ctx, node, "ELU")
+    """relu(x) + (exp(min(x, 0)) - 1): LiteRT 2.3 registers no ELU kernel (any resolver)."""
+    dtype = ctx.node_dtype(node)
+    perm = ctx.layout(node.input[0])
+    x = ctx.get(node.input[0], dtype, perm)
+    out = ctx.new_value(node.output[0], dtype, perm)
+    source = ctx.tensor(x)
+    low, high = _range(source.quantization) if dtype == "int8" else (0.0, 0.0)
+
+    def step(opcode, inputs, tag, lo, hi, options_type=None, **options):
+        quant = Quantization.per_tensor(*quantmath.asymmetric_params(lo, hi)) if dtype == "int8" else None
+        target = ctx.temp(f"{node.name};{tag}", source.shape, dtype, quant)
+        ctx.emit(opcode, inputs, [target], node, options_type, **options)
+        return target
+
+    negative = step("MINIMUM", [x, ctx.quantized_constant(f"{node.name};zero", np.float32(0), source.quantization,
+                                                          dtype)], "negative", low, high)
+    ctx.tensor(negative).quantization = source.quantization  # MINIMUM keeps its input's parameters
+    exponential = step("EXP", [negative], "exp", 0.0, 1.0)
+    shifted = step("ADD", [exponential, ctx.add_weight_constant(f"{node.name};minus_one", np.float32(-1), dtype)],
+                   "shifted", -1.0, 0.0, "AddOptions", FusedActivationFunction=0)
+    positive = step("RELU", [x], "positive", 0.0, max(high, 1e-6))
+    ctx.emit("ADD", [positive, shifted], [out], node, "AddOptions", FusedActivationFunction=0)
+
+
+def _range(quant: Quantization) -> tuple[float, float]:
+    scale, zero_point = quant.as_pair()
+    return scale * (-128 - zero_point), scale * (127 - zero_point)

@@ -1,0 +1,56 @@
+"""Conformance of activation lowerings, standalone and fused into their producer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from tests.tflite_harness import check_conformance, make_model, structured_inputs
+
+RNG = np.random.default_rng(3)
+CONV_W = RNG.normal(size=(6, 3, 3, 3)).astype(np.float32) * 0.5
+
+ACTIVATIONS = {
+    "Relu": ({}, {}),
+    "Sigmoid": ({}, {}),
+    "Tanh": ({}, {}),
+    "HardSigmoid": ({"alpha": 0.2, "beta": 0.4}, {}),
+    "HardSwish": ({}, {}),
+    "LeakyRelu": ({"alpha": 0.1}, {}),
+    "PRelu": ({}, {"slope": RNG.uniform(0.05, 0.5, size=(6, 1, 1)).astype(np.float32)}),
+    "Elu": ({}, {}),
+    "Clip": ({}, {"lo": np.array(-0.5, np.float32), "hi": np.array(1.5, np.float32)}),
+}
+
+
+@pytest.mark.parametrize("op_type", sorted(ACTIVATIONS))
+def test_standalone_activation(op_type, tmp_path):
+    """On a 4-D graph input (NHWC inside TFLite), so the op's input grid is exactly the
+    reference's: a one-step difference upstream would be amplified by steep activations."""
+    attrs, constants = ACTIVATIONS[op_type]
+    nodes = [helper.make_node(op_type, ["x", *constants], ["y"], name="act", **attrs)]
+    feeds = [{"x": 2.5 * feed["x"]} for feed in structured_inputs(make_model(nodes, {"x": [1, 6, 7, 8]}, ["y"],
+                                                                             constants))]
+    model = make_model(nodes, {"x": [1, 6, 7, 8]}, ["y"], constants)
+    report = check_conformance(model, tmp_path, feeds)
+    assert not report.result["float_nodes"]
+
+
+@pytest.mark.parametrize("bounds,fused", [((0.0, 6.0), "RELU6"), ((-1.0, 1.0), "RELU_N1_TO_1"), (None, "RELU")])
+def test_activation_fused_into_conv(bounds, fused, tmp_path):
+    constants = {"lo": np.array(bounds[0], np.float32), "hi": np.array(bounds[1], np.float32)} if bounds else {}
+    act = helper.make_node("Clip" if bounds else "Relu", ["c", *constants], ["y"], name="act")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]), act]
+    model = make_model(nodes, {"x": [1, 3, 7, 8]}, ["y"], {"w": CONV_W, **constants})
+    report = check_conformance(model, tmp_path)
+    assert set(report.result["op_histogram"]) == {"CONV_2D", "QUANTIZE", "DEQUANTIZE"}
+
+
+def test_silu_pattern_and_gelu(tmp_path):
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"], name="sig"),
+             helper.make_node("Mul", ["x", "s"], ["silu"], name="silu"),
+             helper.make_node("Gelu", ["silu"], ["y"], name="gelu")]
+    model = make_model(nodes, {"x": [1, 16, 4, 4]}, ["y"], opset=20)
+    report = check_conformance(model, tmp_path, int8_steps=3.0)
+    assert report.result["op_histogram"]["GELU"] == 1 and report.result["op_histogram"]["LOGISTIC"] == 1

@@ -1,0 +1,73 @@
+"""Conformance of Conv / depthwise / grouped Conv / ConvTranspose lowerings against ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from tests.tflite_harness import check_conformance, make_model
+
+# (in_ch, out_ch, kernel, stride, dilation, group, padding, size)
+CONV_CASES = [
+    (3, 8, 3, 1, 1, 1, "same", 9),
+    (4, 6, 3, 2, 1, 1, "valid", 11),
+    (4, 6, 5, 2, 2, 1, "explicit", 13),
+    (8, 8, 3, 1, 1, 8, "same", 10),  # depthwise
+    (8, 16, 3, 2, 1, 8, "same_lower", 10),  # depthwise, multiplier 2, extra pad at the start
+    (6, 9, 3, 1, 1, 3, "same", 8),  # grouped: split into 3 convs
+    (5, 7, 1, 1, 1, 1, "valid", 7),  # pointwise
+    (3, 4, (3, 1), (1, 2), 1, 1, "explicit", 9),  # non-square kernel and stride
+]
+
+
+def _pads(padding, kernel, dilation):
+    if padding == "same":
+        return {"auto_pad": "SAME_UPPER"}
+    if padding == "same_lower":
+        return {"auto_pad": "SAME_LOWER"}
+    if padding == "valid":
+        return {}
+    kh, kw = kernel
+    return {"pads": [kh // 2, 0, (kh - 1) * dilation // 2 + 1, kw // 2]}
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])
+def test_conv_matches_onnxruntime(case, tmp_path):
+    in_ch, out_ch, kernel, stride, dilation, group, padding, size = case
+    kernel = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    stride = stride if isinstance(stride, tuple) else (stride, stride)
+    rng = np.random.default_rng(sum(map(hash, map(str, case))) % 1000)
+    weights = rng.normal(size=(out_ch, in_ch // group, *kernel)).astype(np.float32) * 0.3
+    bias = rng.normal(size=out_ch).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", group=group, strides=list(stride),
+                            dilations=[dilation, dilation], kernel_shape=list(kernel),
+                            **_pads(padding, kernel, dilation))
+    model = make_model([node], {"x": [1, in_ch, size, size + 1]}, ["y"], {"w": weights, "b": bias})
+    report = check_conformance(model, tmp_path)
+    expected_op = "DEPTHWISE_CONV_2D" if group == in_ch and group > 1 else "CONV_2D"
+    assert report.result["op_histogram"].get(expected_op) == (group if expected_op == "CONV_2D" else 1)
+
+
+def test_conv_without_bias_gets_int32_zero_bias_and_fused_relu6(tmp_path):
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="relu6")]
+    model = make_model(nodes, {"x": [1, 3, 8, 8]}, ["y"],
+                       {"w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+                        "lo": np.array(0, np.float32), "hi": np.array(6, np.float32)})
+    report = check_conformance(model, tmp_path)
+    histogram = report.result["op_histogram"]
+    assert histogram["CONV_2D"] == 1 and "RELU6" not in histogram and "MINIMUM" not in histogram
+
+
+@pytest.mark.parametrize("stride,pads,kernel", [(2, [0, 0, 0, 0], 2), (2, [1, 1, 1, 1], 4), (1, [0, 0, 0, 0], 3)])
+def test_conv_transpose_matches_onnxruntime(stride, pads, kernel, tmp_path):
+    rng = np.random.default_rng(stride + kernel)
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="deconv", strides=[stride, stride],
+                            pads=pads, kernel_shape=[kernel, kernel])
+    model = make_model([node], {"x": [1, 4, 5, 6]}, ["y"],
+                       {"w": rng.normal(size=(4, 3, kernel, kernel)).astype(np.float32) * 0.3,
+                        "b": rng.normal(size=3).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    assert report.result["op_histogram"]["TRANSPOSE_CONV"] == 1
