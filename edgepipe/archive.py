@@ -1,0 +1,130 @@
+"""Bundle archives: a reproducible .tar.gz to ship, and an extraction that cannot escape.
+
+`pack_bundle` writes the same bytes every time for the same bundle (sorted entries, mtime 0,
+owner 0/0 with empty names, normalized modes, gzip header without name or time), so a release
+archive's sha256 is stable and can be published. `safe_extract` treats every archive as hostile:
+absolute paths, `..`, links pointing outside, and device files are refused by name before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from edgepipe.bundle import MANIFEST, SHA256SUMS, load_manifest, verify_bundle, VerificationError
+from edgepipe.errors import UserError
+
+_FILE_MODE, _EXEC_MODE, _DIR_MODE = 0o644, 0o755, 0o755
+
+
+def _tar_info(name: str, *, directory: bool = False, size: int = 0, executable: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mode = _DIR_MODE if directory else (_EXEC_MODE if executable else _FILE_MODE)
+    info.size = size
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def packed_paths(bundle: Path) -> list[str]:
+    """What goes into the archive: the manifest's files plus manifest.json and SHA256SUMS."""
+    manifest = load_manifest(bundle)
+    return sorted({entry["path"] for entry in manifest["files"]} | {MANIFEST, SHA256SUMS})
+
+
+def pack_bundle(bundle: Path, out_path: Path) -> Path:
+    """Verify `bundle`, then write it as a deterministic .tar.gz under a top folder of its name."""
+    bundle, out_path = Path(bundle), Path(out_path)
+    problems = verify_bundle(bundle)
+    if problems:
+        raise VerificationError(f"{bundle}: refusing to pack a bundle that fails verification: {problems[0]}")
+    top = bundle.resolve().name
+    paths = packed_paths(bundle)
+    directories = sorted({str(p) for path in paths for p in PurePosixPath(path).parents if str(p) != "."})
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw, \
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as zipped, \
+                tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            tar.addfile(_tar_info(top, directory=True))
+            for name in sorted([(d, True) for d in directories] + [(p, False) for p in paths]):
+                rel, is_dir = name
+                if is_dir:
+                    tar.addfile(_tar_info(f"{top}/{rel}", directory=True))
+                    continue
+                source = bundle / rel
+                info = _tar_info(f"{top}/{rel}", size=source.stat().st_size,
+                                 executable=bool(source.stat().st_mode & 0o111))
+                with open(source, "rb") as handle:
+                    tar.addfile(info, handle)
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, out_path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return out_path
+
+
+def _member_problem(member: tarfile.TarInfo) -> str:
+    name = member.name
+    path = PurePosixPath(name)
+    if name.startswith(("/", "\\")) or path.is_absolute() or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if ".." in path.parts or "\\" in name:
+        return "path escapes the destination ('..')"
+    if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
+        return "device file or fifo"
+    if member.issym() or member.islnk():
+        link = PurePosixPath(member.linkname)
+        base = path.parent if member.issym() else PurePosixPath()
+        if link.is_absolute() or member.linkname.startswith("/"):
+            return f"link to an absolute path ({member.linkname})"
+        depth = len(base.parts)
+        for part in link.parts:
+            depth = depth - 1 if part == ".." else depth + (part != ".")
+            if depth < 0:
+                return f"link pointing outside the destination ({member.linkname})"
+    elif not (member.isfile() or member.isdir()):
+        return "unsupported member type"
+    return ""
+
+
+def safe_extract(tar_path: Path, dest: Path) -> Path:
+    """Extract `tar_path` into `dest` after checking every member; UserError names a bad one."""
+    tar_path, dest = Path(tar_path), Path(dest)
+    try:
+        tar = tarfile.open(tar_path, mode="r:*")
+    except (OSError, tarfile.TarError) as exc:
+        raise UserError(f"{tar_path}: not a readable tar archive ({exc})") from None
+    with tar:
+        try:
+            members = tar.getmembers()
+        except (OSError, tarfile.TarError, EOFError) as exc:
+            raise UserError(f"{tar_path}: damaged archive ({exc})") from None
+        for member in members:
+            problem = _member_problem(member)
+            if problem:
+                raise UserError(f"{tar_path}: refusing member '{member.name}': {problem}")
+        dest.mkdir(parents=True, exist_ok=True)
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, members=members, filter="data")  # second line of defence
+        else:  # pragma: no cover - Python < 3.11.4
+            tar.extractall(dest, members=members)
+    return dest
+
+
+def bundle_root(extracted: Path) -> Path:
+    """The folder holding manifest.json in an extracted archive (top level or one folder down)."""
+    if (extracted / MANIFEST).is_file():
+        return extracted
+    candidates = [p for p in sorted(extracted.iterdir()) if p.is_dir() and (p / MANIFEST).is_file()]
+    if len(candidates) != 1:
+        raise UserError(f"{extracted}: the archive holds no single bundle folder with {MANIFEST}")
+    return candidates[0]

@@ -1,0 +1,175 @@
+"""The release regression gate: a candidate results.json against the last release's.
+
+Why a separate module: CI calls it on every change, so its verdict must be explicit and
+machine-readable. Each comparison is one `Check` (accuracy metrics may drop at most `max_drop`,
+SQNR at most `max_sqnr_drop_db`, latency percentiles may grow at most `max_latency_increase`);
+the result renders as a text table and as JUnit XML (one testcase per check).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgepipe.errors import UserError
+
+DEFAULT_METRICS = ("top1", "top5", "argmax_agreement", "sqnr_db")
+LATENCY_PERCENTILES = ("p50", "p90", "p99")
+DEFAULT_BUDGETS = {"max_drop": 0.01, "max_latency_increase": "10%", "max_sqnr_drop_db": 1.0, "metrics": None}
+
+
+@dataclass
+class Check:
+    name: str  # e.g. "accuracy.top1", "accuracy.sqnr_db[logits]", "latency.p50"
+    kind: str  # "accuracy" | "latency"
+    baseline: float | None
+    candidate: float | None
+    limit: str  # the budget in words, e.g. "drop <= 0.01"
+    passed: bool
+    message: str = ""
+
+
+@dataclass
+class RegressionResult:
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def table(self) -> str:
+        rows = [("check", "baseline", "candidate", "change", "budget", "result")]
+        for c in self.checks:
+            rows.append((c.name, _fmt(c.baseline), _fmt(c.candidate), _change(c), c.limit,
+                         "ok" if c.passed else "FAIL"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+    def to_junit(self) -> str:
+        suite = ET.Element("testsuite", name="edgepipe.regress", tests=str(len(self.checks)),
+                           failures=str(len(self.failures)), errors="0", skipped="0")
+        for c in self.checks:
+            case = ET.SubElement(suite, "testcase", classname=f"edgepipe.regress.{c.kind}", name=c.name)
+            if not c.passed:
+                failure = ET.SubElement(case, "failure", message=c.message, type="BudgetExceeded")
+                failure.text = f"baseline {_fmt(c.baseline)}, candidate {_fmt(c.candidate)}, budget {c.limit}"
+        if self.notes:
+            ET.SubElement(suite, "system-out").text = "\n".join(self.notes)
+        suites = ET.Element("testsuites", tests=str(len(self.checks)), failures=str(len(self.failures)))
+        suites.append(suite)
+        ET.indent(suites)
+        return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _change(c: Check) -> str:
+    if c.baseline is None or c.candidate is None:
+        return "-"
+    if c.kind == "latency" and c.baseline > 0:
+        return f"{(c.candidate / c.baseline - 1) * 100:+.1f}%"
+    return f"{c.candidate - c.baseline:+.4g}"
+
+
+def parse_increase(value) -> float:
+    """'10%' -> 0.10; 0.1 -> 0.10 (a ratio). Negative or unparsable values are a UserError."""
+    text = str(value).strip()
+    try:
+        ratio = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+    except ValueError:
+        raise UserError(f"max_latency_increase '{value}' is not a percentage like 10% or a ratio like 0.1") from None
+    if ratio < 0 or not math.isfinite(ratio):
+        raise UserError(f"max_latency_increase '{value}' must be a non-negative percentage")
+    return ratio
+
+
+def load_results(path: str | Path, role: str) -> dict:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: {role} results not found; pass the results.json of a run.py run") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: {role} results are not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("latency_ms"), dict):
+        raise UserError(f"{path}: {role} is not an edgepipe results.json (no latency_ms); use run.py's report/results.json")
+    return data
+
+
+def accuracy_values(results: dict, metrics) -> dict[str, float]:
+    """{check name: value} for the requested accuracy metrics that the results contain."""
+    accuracy = results.get("accuracy") or {}
+    values = {}
+    for metric in metrics:
+        if metric in ("sqnr_db", "cosine"):
+            for output, entry in sorted((accuracy.get("outputs") or {}).items()):
+                if isinstance(entry, dict) and entry.get(metric) is not None:
+                    values[f"accuracy.{metric}[{output}]"] = float(entry[metric])
+        elif accuracy.get(metric) is not None:
+            values[f"accuracy.{metric}"] = float(accuracy[metric])
+    return values
+
+
+def run_regression(baseline: dict, candidate: dict, budgets: dict | None = None) -> RegressionResult:
+    """Compare two results.json dicts under `budgets` (the config's `regress:` section)."""
+    budgets = {**DEFAULT_BUDGETS, **{k: v for k, v in (budgets or {}).items() if v is not None}}
+    max_drop = float(budgets["max_drop"])
+    max_sqnr_drop = float(budgets["max_sqnr_drop_db"])
+    max_increase = parse_increase(budgets["max_latency_increase"])
+    metrics = list(budgets["metrics"] or DEFAULT_METRICS)
+    result = RegressionResult()
+
+    base_acc, cand_acc = accuracy_values(baseline, metrics), accuracy_values(candidate, metrics)
+    if budgets["metrics"]:
+        for metric in metrics:
+            if not any(k == f"accuracy.{metric}" or k.startswith(f"accuracy.{metric}[") for k in base_acc):
+                raise UserError(f"regress metric '{metric}' is not in the baseline results; "
+                                f"choose from top1, top5, argmax_agreement, ece, sqnr_db, cosine")
+    for name, base in base_acc.items():
+        cand = cand_acc.get(name)
+        lower_is_better = name == "accuracy.ece"
+        budget = max_sqnr_drop if "sqnr_db" in name else max_drop
+        if cand is None:
+            result.checks.append(Check(name, "accuracy", base, None, f"drop <= {budget:g}", False,
+                                       f"{name} is missing from the candidate"))
+            continue
+        drop = (cand - base) if lower_is_better else (base - cand)
+        passed = drop <= budget + 1e-12
+        word = "increase" if lower_is_better else "drop"
+        result.checks.append(Check(name, "accuracy", base, cand, f"{word} <= {budget:g}", passed,
+                                   "" if passed else f"{name} {word} {drop:.4g} exceeds {budget:g}"))
+
+    base_lat, cand_lat = baseline.get("latency_ms") or {}, candidate.get("latency_ms") or {}
+    for pct in LATENCY_PERCENTILES:
+        if base_lat.get(pct) is None:
+            continue
+        name, base, cand = f"latency.{pct}", float(base_lat[pct]), cand_lat.get(pct)
+        limit = f"increase <= {max_increase * 100:g}%"
+        if cand is None:
+            result.checks.append(Check(name, "latency", base, None, limit, False, f"{name} is missing from the candidate"))
+            continue
+        cand = float(cand)
+        passed = cand <= base * (1.0 + max_increase) + 1e-12
+        message = "" if passed else f"{name} {cand:.4g} ms is {(cand / base - 1) * 100 if base else math.inf:.1f}% above {base:.4g} ms"
+        result.checks.append(Check(name, "latency", base, cand, limit, passed, message))
+
+    base_dev, cand_dev = baseline.get("device") or {}, candidate.get("device") or {}
+    for key in ("cpu", "gpu", "runtime", "threads"):
+        if base_dev.get(key) != cand_dev.get(key):
+            result.notes.append(f"device {key} differs ({base_dev.get(key)} vs {cand_dev.get(key)}): "
+                                f"latency comparison may not be like for like")
+    if not result.checks:
+        result.notes.append("no metric is present in both results: nothing was compared")
+    return result

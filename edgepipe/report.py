@@ -1,0 +1,200 @@
+"""results.json -> report.html (self-contained, inline SVG) + report.md (for PRs and CI logs).
+
+One context is computed here and rendered by two templates, so the HTML and the Markdown never
+disagree. Optional build artefacts enrich the report when they are found next to the results or
+in the bundle: `calibration.json` (activation histograms with the chosen thresholds) and
+`sensitivity.json` (per-layer quantization sensitivity). A baseline results.json adds deltas.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgepipe import charts
+from edgepipe.errors import UserError
+from edgepipe.regress import load_results
+from edgepipe.templating import render
+
+MAX_ACTIVATION_PLOTS = 24
+MAX_SENSITIVITY_ROWS = 20
+SUMMARY_METRICS = (  # (label, path in results.json, higher is better, unit)
+    ("top-1", ("accuracy", "top1"), True, ""),
+    ("top-1 FP32", ("accuracy", "fp32_top1"), True, ""),
+    ("top-5", ("accuracy", "top5"), True, ""),
+    ("argmax agreement vs FP32", ("accuracy", "argmax_agreement"), True, ""),
+    ("ECE", ("accuracy", "ece"), False, ""),
+    ("latency p50", ("latency_ms", "p50"), False, "ms"),
+    ("latency p90", ("latency_ms", "p90"), False, "ms"),
+    ("latency p99", ("latency_ms", "p99"), False, "ms"),
+    ("latency mean", ("latency_ms", "mean"), False, "ms"),
+    ("model size", ("size_bytes",), False, "bytes"),
+    ("peak RSS", ("peak_rss_mb",), False, "MB"),
+)
+
+
+def _get(data: dict, path: tuple):
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data if isinstance(data, (int, float)) and not isinstance(data, bool) else None
+
+
+def _fmt(value, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if unit == "bytes":
+        return f"{value:,.0f} B"
+    text = f"{value:.4g}"
+    return f"{text} {unit}".strip()
+
+
+def _delta(value, base, higher_is_better: bool, unit: str) -> tuple[str, str]:
+    """(text, css class) for candidate minus baseline; class says better/worse."""
+    if value is None or base is None:
+        return "", ""
+    diff = value - base
+    if unit in ("ms", "MB", "bytes") and base:
+        text = f"{diff / base * 100:+.1f}%"
+    else:
+        text = f"{diff:+.4g}"
+    if abs(diff) < 1e-12:
+        return text, "same"
+    return text, "better" if (diff > 0) == higher_is_better else "worse"
+
+
+def summary_rows(results: dict, baseline: dict | None) -> list[dict]:
+    rows = []
+    for label, path, higher, unit in SUMMARY_METRICS:
+        value = _get(results, path)
+        base = _get(baseline, path) if baseline else None
+        if value is None and base is None:
+            continue
+        delta, css = _delta(value, base, higher, unit)
+        rows.append({"label": label, "value": _fmt(value, unit), "baseline": _fmt(base, unit) if baseline else "",
+                     "delta": delta, "css": css})
+    return rows
+
+
+def output_rows(results: dict, baseline: dict | None) -> list[dict]:
+    outputs = ((results.get("accuracy") or {}).get("outputs") or {})
+    base_outputs = (((baseline or {}).get("accuracy") or {}).get("outputs") or {})
+    rows = []
+    for name in sorted(outputs):
+        entry = outputs[name] if isinstance(outputs[name], dict) else {}
+        base = base_outputs.get(name) or {}
+        sqnr = entry.get("sqnr_db")
+        rows.append({
+            "name": name,
+            "sqnr_db": "identical (inf)" if sqnr is None and "cosine" in entry else _fmt(sqnr, "dB"),
+            "cosine": _fmt(entry.get("cosine")),
+            "argmax_agreement": _fmt(entry.get("argmax_agreement")),
+            "baseline_sqnr_db": _fmt(base.get("sqnr_db"), "dB") if baseline else "",
+        })
+    return rows
+
+
+def find_artifact(name: str, places: list[Path]) -> dict | None:
+    for folder in places:
+        path = folder / name
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise UserError(f"{path}: not valid JSON ({exc}); rebuild the bundle or remove the file") from None
+            return data if isinstance(data, dict) else None
+    return None
+
+
+def sensitivity_section(sensitivity: dict | None) -> dict | None:
+    nodes = (sensitivity or {}).get("nodes") or []
+    if not nodes:
+        return None
+    rows = [n for n in nodes if isinstance(n, dict)][:MAX_SENSITIVITY_ROWS]
+    scores = [(-(n.get("sqnr_only_db")) if n.get("sqnr_only_db") is not None else 0.0) for n in rows]
+    drop_key = "metric_drop" if any(n.get("metric_drop") is not None for n in rows) else None
+    values = [float(n[drop_key] or 0.0) for n in rows] if drop_key else [max(60.0 + s, 0.0) for s in scores]
+    chart = charts.horizontal_bars(
+        f"Per-layer sensitivity (top {len(rows)})", [str(n.get("name")) for n in rows], values,
+        f"{sensitivity.get('metric', 'metric')} drop with only this layer quantized" if drop_key
+        else "60 dB - SQNR with only this layer quantized (longer = more sensitive)")
+    table = [{"rank": n.get("rank", i + 1), "name": n.get("name"), "op_type": n.get("op_type", ""),
+              "sqnr_only_db": _fmt(n.get("sqnr_only_db"), "dB"), "metric_drop": _fmt(n.get("metric_drop")),
+              "recovery_db": _fmt(n.get("recovery_db"), "dB")} for i, n in enumerate(rows)]
+    return {"chart": chart, "rows": table, "metric": sensitivity.get("metric", ""), "total": len(nodes)}
+
+
+def activation_section(calibration: dict | None) -> dict | None:
+    histograms = (calibration or {}).get("histograms") or {}
+    tensors = (calibration or {}).get("tensors") or {}
+    plots = []
+    for name in sorted(histograms)[:MAX_ACTIVATION_PLOTS]:
+        hist = histograms[name]
+        if not isinstance(hist, dict) or len(hist.get("edges") or []) < 2:
+            continue
+        chosen = {**(tensors.get(name) or {}), **hist}
+        markers = []
+        if chosen.get("amax") is not None:
+            markers += [(-float(chosen["amax"]), "-amax"), (float(chosen["amax"]), "amax")]
+        for key in ("lo", "hi"):
+            if chosen.get(key) is not None and not any(abs(m - float(chosen[key])) < 1e-9 for m, _ in markers):
+                markers.append((float(chosen[key]), key))
+        method = (tensors.get(name) or {}).get("method", "")
+        plots.append({"name": name, "method": method,
+                      "chart": charts.histogram(hist["edges"], hist["counts"], f"{name} ({method})" if method else name,
+                                                "activation value", markers)})
+    if not plots:
+        return None
+    return {"plots": plots, "total": len(histograms), "method": calibration.get("method", "")}
+
+
+def report_context(results: dict, baseline: dict | None = None, calibration: dict | None = None,
+                   sensitivity: dict | None = None) -> dict:
+    accuracy = results.get("accuracy") or {}
+    latency = results.get("latency_ms") or {}
+    context = {
+        "results": results,
+        "baseline": baseline,
+        "title": f"edgepipe report: {results.get('target', '?')} ({results.get('where', '?')})",
+        "summary": summary_rows(results, baseline),
+        "outputs": output_rows(results, baseline),
+        "device": results.get("device") or {},
+        "baseline_device": (baseline or {}).get("device") or {},
+        "charts": {},
+        "sensitivity": sensitivity_section(sensitivity),
+        "activations": activation_section(calibration),
+        "calibration_warnings": list((calibration or {}).get("warnings") or []),
+    }
+    if latency.get("samples"):
+        context["charts"]["latency"] = charts.latency_histogram(latency["samples"], latency)
+    categories = [label for label, key in (("top-1", "top1"), ("top-5", "top5"), ("argmax agreement", "argmax_agreement"))
+                  if accuracy.get(key) is not None]
+    if categories:
+        keys = {"top-1": ("top1", "fp32_top1"), "top-5": ("top5", "fp32_top5"), "argmax agreement": ("argmax_agreement", None)}
+        series = [("deployed", [accuracy.get(keys[c][0]) for c in categories]),
+                  ("FP32 reference", [accuracy.get(keys[c][1]) if keys[c][1] else 1.0 for c in categories])]
+        if baseline:
+            base_acc = baseline.get("accuracy") or {}
+            series.append(("baseline", [base_acc.get(keys[c][0]) for c in categories]))
+        context["charts"]["accuracy"] = charts.bar_chart("Accuracy vs FP32", categories, series, y_max=1.0)
+    if accuracy.get("ece_bins"):
+        context["charts"]["reliability"] = charts.reliability_diagram(accuracy["ece_bins"])
+    return context
+
+
+def render_report(results_path: str | Path, out_dir: str | Path | None = None, bundle_dir: str | Path | None = None,
+                  baseline: str | Path | None = None) -> Path:
+    """Write report.html and report.md into `out_dir` (default: next to results.json)."""
+    results_path = Path(results_path)
+    results = load_results(results_path, "results")
+    baseline_data = load_results(Path(baseline), "baseline") if baseline else None
+    out = Path(out_dir) if out_dir else results_path.parent
+    places = [results_path.parent, results_path.parent.parent] + ([Path(bundle_dir)] if bundle_dir else [])
+    context = report_context(results, baseline_data, find_artifact("calibration.json", places),
+                             find_artifact("sensitivity.json", places))
+    out.mkdir(parents=True, exist_ok=True)
+    html_path = out / "report.html"
+    html_path.write_text(render("report.html.j2", **context))
+    (out / "report.md").write_text(render("report.md.j2", **context))
+    return html_path
