@@ -17,6 +17,7 @@ from edgepipe.backends.tflite.writer import Quantization
 
 FIXED_OUTPUT = {"Sigmoid": ("LOGISTIC", 1.0 / 256, -128), "Tanh": ("TANH", 1.0 / 128, 0)}
 SIMPLE = {"HardSwish": "HARD_SWISH", "Relu": "RELU"}
+SIXTH = np.float32(1.0 / 6.0)
 
 
 def _unary(ctx: Lowering, node, opcode: str, quant: Quantization | None = None, options_type=None,
@@ -30,7 +31,26 @@ def _unary(ctx: Lowering, node, opcode: str, quant: Quantization | None = None, 
 
 @register("Relu", "HardSwish")
 def lower_simple(ctx: Lowering, node) -> None:
-    _unary(ctx, node, SIMPLE[node.op_type])
+    if node.op_type == "HardSwish" and ctx.node_dtype(node) == "int8":
+        _int8_hard_swish(ctx, node)
+    else:
+        _unary(ctx, node, SIMPLE[node.op_type])
+
+
+def _int8_hard_swish(ctx: Lowering, node) -> None:
+    """x * relu6(x + 3) / 6 as ADD(RELU6), MUL, MUL: XNNPACK delegates HARD_SWISH only in float,
+    and one undelegated node splits the int8 graph into several partitions."""
+    perm = ctx.layout(node.input[0])
+    x = ctx.get(node.input[0], "int8", perm)
+    out = ctx.new_value(node.output[0], "int8", perm)
+    shape = ctx.tensor(out).shape
+    gate = ctx.temp(f"{node.name};relu6", shape, "int8", Quantization.per_tensor(*quantmath.asymmetric_params(0, 6)))
+    ctx.emit("ADD", [x, ctx.add_weight_constant(f"{node.name};three", np.float32(3), "int8")], [gate], node,
+             "AddOptions", FusedActivationFunction=3)
+    unit = ctx.temp(f"{node.name};gate", shape, "int8", Quantization.per_tensor(*quantmath.asymmetric_params(0, 1)))
+    ctx.emit("MUL", [gate, ctx.add_weight_constant(f"{node.name};sixth", SIXTH, "int8")], [unit], node,
+             "MulOptions", FusedActivationFunction=0)
+    ctx.emit("MUL", [x, unit], [out], node, "MulOptions", FusedActivationFunction=0)
 
 
 @register("Sigmoid", "Tanh")

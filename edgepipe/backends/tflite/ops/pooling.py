@@ -1,7 +1,8 @@
 """Pooling: MaxPool, AveragePool -> MAX_POOL_2D / AVERAGE_POOL_2D; GlobalAveragePool -> MEAN.
 
 int8 pooling kernels move integers without requantizing, so their output keeps the input's
-quantization. GlobalAveragePool uses MEAN over H, W instead, which requantizes to the calibrated
+quantization. An int8 VALID AveragePool becomes a depthwise conv with 1/(kh*kw) weights, which
+XNNPACK delegates (it does not delegate int8 AVERAGE_POOL_2D). GlobalAveragePool uses MEAN over H, W instead, which requantizes to the calibrated
 output range (finer steps for the usually narrower averaged values).
 """
 
@@ -58,9 +59,24 @@ def lower_pool(ctx: Lowering, node) -> None:
     x = ctx.get(node.input[0], dtype, NHWC)
     if pads:
         x = pad_nhwc(ctx, node, x, pads, fill=-np.inf if node.op_type == "MaxPool" else None)
+    if node.op_type == "AveragePool" and dtype == "int8" and padding == VALID:
+        _average_as_depthwise(ctx, node, x, kernel, strides)
+        return
     out = ctx.new_value(node.output[0], dtype, NHWC, ctx.tensor(x).quantization)
     ctx.emit(POOLS[node.op_type], [x], [out], node, "Pool2DOptions", Padding=padding, StrideW=strides[1],
              StrideH=strides[0], FilterWidth=kernel[1], FilterHeight=kernel[0], FusedActivationFunction=0)
+
+
+def _average_as_depthwise(ctx: Lowering, node, x: int, kernel, strides) -> None:
+    """int8 VALID average pooling as a depthwise conv with weights 1/(kh*kw): XNNPACK delegates
+    int8 DEPTHWISE_CONV_2D but not int8 AVERAGE_POOL_2D, and the weight is exact in int8."""
+    channels = ctx.tensor(x).shape[3]
+    weights = np.full((1, kernel[0], kernel[1], channels), 1.0 / (kernel[0] * kernel[1]), np.float32)
+    out = ctx.new_value(node.output[0], "int8", NHWC)
+    filter_index, bias_index = ctx.filter_and_bias(node.name, weights, 3, np.zeros(channels, np.float32), x, "int8")
+    ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [out], node, "DepthwiseConv2DOptions",
+             Padding=VALID, StrideH=strides[0], StrideW=strides[1], DilationHFactor=1, DilationWFactor=1,
+             DepthMultiplier=1, FusedActivationFunction=0)
 
 
 def check_global(ctx: Lowering, node) -> str | None:
