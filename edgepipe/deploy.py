@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgepipe.errors import UserError
+from edgepipe.templating import render
 
 SAFE_HOST = re.compile(r"^[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]*$")
 SAFE_USER = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*$")
@@ -321,20 +322,18 @@ def run_remote(shell: RemoteShell, remote_dir: str, iterations: int | None, warm
     return results
 
 
-def render_report_if_available(results_path: Path) -> str:
-    """Render via edgepipe.report when that module exists; a note otherwise (it is optional here)."""
+def render_report_if_available(results_path: Path, bundle: Path) -> str:
+    """Render via edgepipe.report when present. The results are already saved, so a rendering
+    problem becomes a note, never a failed deploy."""
     try:
-        from edgepipe import report
+        from edgepipe.report import render_report
     except ImportError:
         return "report not rendered: edgepipe.report is not available"
-    renderer = getattr(report, "render_report", None)
-    if renderer is None:
-        return "report not rendered: edgepipe.report has no render_report()"
     try:
-        renderer(results_path, results_path.parent)
-    except TypeError:
-        renderer(results_path)
-    return f"report rendered in {results_path.parent}"
+        html_path = render_report(results_path, results_path.parent, bundle_dir=bundle)
+    except Exception as error:  # noqa: BLE001 - optional step; the deploy itself succeeded
+        return f"report not rendered: {type(error).__name__}: {' '.join(str(error).split())}"
+    return f"report: {html_path}"
 
 
 def deploy_bundle(bundle: str | Path, target: SshTarget, remote_dir: str | None = None, run: bool = False,
@@ -373,5 +372,18 @@ def deploy_bundle(bundle: str | Path, target: SshTarget, remote_dir: str | None 
         host_dir.mkdir(parents=True, exist_ok=True)
         result.results_path = host_dir / "results.json"
         result.results_path.write_text(json.dumps(result.results, indent=2, sort_keys=True) + "\n")
-        result.notes.append(render_report_if_available(result.results_path))
+        result.notes.append(render_report_if_available(result.results_path, bundle))
     return result
+
+
+def render_playbook(staging_dir: str | Path) -> list[Path]:
+    """Bundle hook: write deploy/playbook.yml and deploy/inventory.example.ini into the bundle."""
+    deploy_dir = Path(staging_dir) / "deploy"
+    deploy_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for template, name in (("ansible/playbook.yml.j2", "playbook.yml"),
+                           ("ansible/inventory.example.ini.j2", "inventory.example.ini")):
+        path = deploy_dir / name
+        path.write_text(render(template))
+        written.append(path)
+    return written

@@ -21,7 +21,6 @@ import yaml
 
 from edgepipe.deploy import DeployResult, SshTarget, check_host_name, deploy_bundle
 from edgepipe.errors import BudgetError, UserError
-from edgepipe.templating import render
 
 HOST_VARIABLES = {"ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
                   "edgepipe_remote_dir"}
@@ -247,16 +246,3 @@ def raise_if_failed(outcomes: list[HostOutcome]) -> None:
     failed = [outcome.name for outcome in outcomes if not outcome.ok]
     if failed:
         raise FleetFailure(f"{len(failed)} of {len(outcomes)} hosts failed: {', '.join(failed)}")
-
-
-def render_playbook(staging_dir: str | Path) -> list[Path]:
-    """Bundle hook: write deploy/playbook.yml and deploy/inventory.example.ini into the bundle."""
-    deploy_dir = Path(staging_dir) / "deploy"
-    deploy_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for template, name in (("ansible/playbook.yml.j2", "playbook.yml"),
-                           ("ansible/inventory.example.ini.j2", "inventory.example.ini")):
-        path = deploy_dir / name
-        path.write_text(render(template))
-        written.append(path)
-    return written

@@ -179,22 +179,20 @@ with open(os.path.join("report", "results.json"), "w") as handle:
 
 
 def write_checksums(bundle: Path) -> None:
-    """manifest.json + SHA256SUMS over every file except manifest.json and report/ (the contract)."""
+    """The bundle contract as edgepipe.bundle writes it: manifest.json lists every file except
+    itself, SHA256SUMS and report/; SHA256SUMS covers those files plus manifest.json."""
     files = []
     for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
         relative = path.relative_to(bundle).as_posix()
-        if relative == "manifest.json" or relative.startswith("report/"):
+        if relative in ("manifest.json", "SHA256SUMS") or relative.startswith("report/"):
             continue
         files.append({"path": relative, "size": path.stat().st_size,
                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-    sums = [f"{entry['sha256']}  {entry['path']}" for entry in files if entry["path"] != "SHA256SUMS"]
+    manifest = json.dumps({"schema": 1, "target": {"name": "test"}, "files": files}, indent=2) + "\n"
+    (bundle / "manifest.json").write_text(manifest)
+    sums = [f"{entry['sha256']}  {entry['path']}" for entry in files]
+    sums.append(f"{hashlib.sha256(manifest.encode()).hexdigest()}  manifest.json")
     (bundle / "SHA256SUMS").write_text("\n".join(sums) + "\n")
-    files = [entry for entry in files if entry["path"] != "SHA256SUMS"]
-    sums_path = bundle / "SHA256SUMS"
-    files.append({"path": "SHA256SUMS", "size": sums_path.stat().st_size,
-                  "sha256": hashlib.sha256(sums_path.read_bytes()).hexdigest()})
-    manifest = {"edgepipe": "test", "target": "test", "files": sorted(files, key=lambda e: e["path"])}
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def make_bundle(bundle: Path, payload: bytes = b"edgepipe test payload\n") -> Path:

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgepipe.fleet import load_inventory, render_playbook
+from edgepipe.bundle import verify_bundle
+from edgepipe.deploy import render_playbook
+from edgepipe.fleet import load_inventory
 from tests.ssh_server import make_bundle, write_checksums
 
 ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook")
@@ -73,14 +75,15 @@ def test_playbook_round_trip_fetches_results(ssh_server, tmp_path):
 
     completed = run_playbook(bundle, inventory, tmp_path, "-e", "edgepipe_iterations=4")
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-2000:]
-    results = json.loads((bundle / "results" / "loopback-1" / "results.json").read_text())
+    results = json.loads((bundle / "report" / "loopback-1" / "results.json").read_text())
     assert results["where"] == "device" and results["cwd"] == str(remote)
     assert results["latency_ms"]["iterations"] == 4
     assert (remote / "payload.bin").read_bytes() == (bundle / "payload.bin").read_bytes()
     assert "Install the runtime requirements" in completed.stdout and "skipping: [loopback-1]" in completed.stdout
+    assert verify_bundle(bundle) == []  # fetched results live in report/, outside the manifest
 
     (bundle / "payload.bin").write_bytes(b"tampered\n")
     tampered = run_playbook(bundle, inventory, tmp_path)
     assert tampered.returncode != 0
     assert "payload.bin: FAILED" in tampered.stdout
-    assert not (remote / "results").exists()  # fetched results are not shipped back to devices
+    assert not (remote / "report" / "loopback-1").exists()  # fetched results are not shipped back
