@@ -161,7 +161,7 @@ def report_context(results: dict, baseline: dict | None = None, calibration: dic
         "outputs": output_rows(results, baseline),
         "device": results.get("device") or {},
         "baseline_device": (baseline or {}).get("device") or {},
-        "charts": {},
+        "charts": {"accuracy": None, "latency": None, "reliability": None},
         "sensitivity": sensitivity_section(sensitivity),
         "activations": activation_section(calibration),
         "calibration_warnings": list((calibration or {}).get("warnings") or []),
