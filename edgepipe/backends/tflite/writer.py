@@ -42,7 +42,7 @@ OP_VERSIONS = {
     "HARD_SWISH": 1, "LEAKY_RELU": 2, "PRELU": 1, "GELU": 1, "ELU": 2, "EXP": 2, "ABS": 2,
     "NEG": 2, "CONCATENATION": 2, "RESHAPE": 1, "TRANSPOSE": 2, "SQUEEZE": 1, "EXPAND_DIMS": 1,
     "PAD": 2, "PADV2": 2, "SPLIT": 2, "SPLIT_V": 2, "SLICE": 2, "STRIDED_SLICE": 2,
-    "GATHER": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2, "CAST": 1,
+    "GATHER": 2, "MIRROR_PAD": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2, "CAST": 1,
 }
 
 # Ops whose options table is required by the kernel (Prepare dereferences it).

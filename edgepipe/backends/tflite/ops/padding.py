@@ -1,0 +1,120 @@
+"""Pad -> PAD (zero fill), PAD + ADD (constant fill), MIRROR_PAD (reflect; edge when every pad is <= 1).
+
+Kernel rules that shape this module:
+- int8 PAD / MIRROR_PAD copy integers: the output quantization is the input's, and PAD
+  fills with the output zero point, so 0.0 is exact (asymmetric ranges always contain 0).
+- XNNPACK delegates PAD (int8 and float) but not PADV2 (measured, LiteRT 2.3), and one
+  undelegated node splits the graph. A non-zero fill c therefore becomes PAD(0) + ADD(constant
+  that is c on the border, 0 inside), the same form the fold stage writes for per-channel
+  borders; int8 ADD requantizes to the calibrated output range, so c need not fit the input's.
+- MIRROR_PAD knows REFLECT (ONNX "reflect") and SYMMETRIC (mirror including the edge). ONNX
+  "edge" repeats the border value, which equals SYMMETRIC only for pads of at most 1; larger edge
+  pads and "wrap" have no TFLite kernel and are reported.
+- XNNPACK does not delegate MIRROR_PAD.
+Pads are given per ONNX axis; TFLite dim i gets the pads of ONNX axis perm[i], so a 4-D image
+input stays NHWC (the fold stage's Pad(0) + Add(border) in front of the first conv stays delegated).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgepipe.backends.tflite.lower import Lowering, node_attrs
+from edgepipe.backends.tflite.ops import register
+
+MIRROR_MODES = {"reflect": 0, "edge": 1}  # tflite.MirrorPadMode REFLECT / SYMMETRIC
+MAX_RANK = 4
+
+
+def _mode(node) -> str:
+    mode = node_attrs(node).get("mode", b"constant")
+    return mode.decode() if isinstance(mode, bytes) else mode
+
+
+def _optional_input(ctx: Lowering, node, position: int):
+    """(present, constant value or None) of an optional input."""
+    if len(node.input) > position and node.input[position]:
+        return True, ctx.constant(node.input[position])
+    return False, None
+
+
+def pad_plan(ctx: Lowering, node) -> tuple[np.ndarray | None, float | None]:
+    """(pads as [rank, 2] per ONNX axis, fill value); None where not a constant."""
+    rank = ctx.rank(node.input[0])
+    attrs = node_attrs(node)
+    if "pads" in attrs:  # opset < 11
+        flat, value = np.asarray(attrs["pads"], np.int64), float(attrs.get("value", 0.0))
+    else:
+        flat = ctx.constant(node.input[1])
+        present, constant = _optional_input(ctx, node, 2)
+        value = (float(constant) if constant is not None and constant.size == 1 else None) if present else 0.0
+    if flat is None:
+        return None, value
+    present, axes = _optional_input(ctx, node, 3)
+    if present and axes is None:
+        return None, value
+    axes = [int(a) % rank for a in axes] if present else list(range(rank))
+    flat = np.asarray(flat, np.int64).ravel()
+    pads = np.zeros((rank, 2), np.int64)
+    for position, axis in enumerate(axes):
+        pads[axis] = flat[position], flat[position + len(axes)]
+    return pads, value
+
+
+def check_pad(ctx: Lowering, node) -> str | None:
+    if ctx.constant(node.input[0]) is not None:
+        return "the padded tensor is a constant; constant-fold the model (onnxsim) first"
+    rank = ctx.rank(node.input[0])
+    if rank > MAX_RANK:
+        return f"{rank}-D input; TFLite PAD supports at most {MAX_RANK} dimensions"
+    pads, value = pad_plan(ctx, node)
+    if pads is None:
+        return "pads (and axes) must be constants"
+    if value is None:
+        return "constant_value must be a constant scalar"
+    if np.any(pads < 0):
+        return "negative pads (cropping) are not supported; use Slice"
+    mode = _mode(node)
+    if mode not in ("constant", *MIRROR_MODES):
+        return f"mode '{mode}' has no TFLite kernel; use constant, reflect or edge"
+    if mode == "edge" and np.any(pads > 1):
+        return "edge pads larger than 1 have no TFLite kernel (MIRROR_PAD SYMMETRIC equals edge only for 1)"
+    shape = np.asarray(ctx.shape(node.input[0]))
+    if mode == "reflect" and np.any(pads > (shape - 1)[:, None]):
+        return "reflect pads must be smaller than the padded dimension"
+    return None
+
+
+def border(pads: np.ndarray, out_shape, value: float) -> np.ndarray:
+    """`value` where a pad adds elements, 0 inside; size 1 along axes without pads (broadcast)."""
+    padded = pads.sum(axis=1) > 0
+    result = np.full([d if p else 1 for d, p in zip(out_shape, padded)], value, np.float32)
+    result[tuple(slice(b, d - e) if p else slice(None)
+                 for (b, e), d, p in zip(pads, result.shape, padded))] = 0.0
+    return result
+
+
+@register("Pad", check=check_pad)
+def lower_pad(ctx: Lowering, node) -> None:
+    dtype = ctx.node_dtype(node)
+    name = node.input[0]
+    perm = ctx.layout(name)
+    pads, value = pad_plan(ctx, node)
+    mode = _mode(node)
+    x = ctx.get(name, dtype, perm)
+    source = ctx.tensor(x)
+    paddings = ctx.int32_constant(f"{node.name};paddings", pads[list(perm)])
+    if mode in MIRROR_MODES:
+        out = ctx.new_value(node.output[0], dtype, perm, source.quantization)
+        ctx.emit("MIRROR_PAD", [x, paddings], [out], node, "MirrorPadOptions", Mode=MIRROR_MODES[mode])
+        return
+    if value == 0.0:
+        ctx.emit("PAD", [x, paddings], [ctx.new_value(node.output[0], dtype, perm, source.quantization)], node)
+        return
+    # PADV2 is not delegated by XNNPACK: zero PAD, then ADD a constant that is `value` on the border
+    out = ctx.new_value(node.output[0], dtype, perm)
+    zero_padded = ctx.temp(f"{node.name};zero_padded", ctx.tensor(out).shape, dtype, source.quantization)
+    ctx.emit("PAD", [x, paddings], [zero_padded], node)
+    fill = border(pads, ctx.shape(node.output[0]), value).transpose(perm)
+    ctx.emit("ADD", [zero_padded, ctx.add_weight_constant(f"{node.name};border", fill, dtype)], [out], node,
+             "AddOptions", FusedActivationFunction=0)
