@@ -57,6 +57,7 @@ def demo_settings() -> dict:
         "calib": str(demo.demo_calib_dir()),
         "eval": str(demo.demo_eval_dir()),
         "input_shapes": {demo.DEMO_INPUT_NAME: [1, 3, *demo.DEMO_PREPROCESS["size"]]},
+        "output_names": [demo.DEMO_OUTPUT_NAME],
         "preprocess": dict(demo.DEMO_PREPROCESS),
         "fold": {"input_normalization": "mean_std"},
     }
@@ -205,10 +206,12 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     # 1. export
     shapes = initial_input_shapes(settings)
     source_hash = source_fingerprint(settings["model"], settings.get("weights"))
-    export_key = settings_hash(stage="export", source=source_hash, shapes=shapes, opset=settings["opset"])
+    output_names = settings.get("output_names")
+    export_key = settings_hash(stage="export", source=source_hash, shapes=shapes, opset=settings["opset"],
+                               outputs=output_names)
     model, _ = pipeline.model_stage(
         "export", export_key,
-        lambda: (run_export(settings["model"], settings.get("weights"), shapes, settings["opset"]), {}),
+        lambda: (run_export(settings["model"], settings.get("weights"), shapes, settings["opset"], output_names), {}),
     )
 
     # 2. simplify
@@ -218,12 +221,9 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     if simplify_report.get("status") == "failed":
         warnings.append(f"simplify: {simplify_report.get('note')}")
 
-    if target is not None:
-        unsupported = target.supports(model)
-        if unsupported:
-            node, op_type, reason = unsupported[0]
-            more = f" (and {len(unsupported) - 1} more; run `edgepipe inspect`)" if len(unsupported) > 1 else ""
-            raise UnsupportedOpError(node, op_type, target.name, f"{reason}{more}")
+    fold_settings = fold_settings_of(settings)
+    if target is not None:  # ops the fold stage rewrites are checked after it
+        check_target_support(model, target, ignore={"BatchNormalization"} if fold_settings.get("batchnorm", True) else set())
 
     # data for the deployed (folded) model
     specs = {i.name: (tuple(graph.tensor_shape(i)), graph.tensor_dtype(i)) for i in graph.graph_inputs(model)}
@@ -236,7 +236,6 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
             load_dataset(settings["eval"], specs, preprocess, limit=settings["report"].get("eval_limit")), settings)
 
     # 3. fold
-    fold_settings = fold_settings_of(settings)
     needs_eval = str(fold_settings.get("temperature", "none")) == "auto"
     fold_key = settings_hash(
         stage="fold", model=model_hash(model), settings=fold_settings,
@@ -246,7 +245,18 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     model, fold_report = pipeline.model_stage(
         "fold", fold_key, lambda: run_fold(model, fold_settings, calib_ds, eval_ds)
     )
+    if target is not None:
+        check_target_support(model, target)
     return PreparedModel(model, calib_ds, eval_ds, source_hash, simplify_report, fold_report, warnings)
+
+
+def check_target_support(model, target, ignore: set[str] = frozenset()) -> None:
+    """UnsupportedOpError naming the first node the target cannot run (before any file is written)."""
+    unsupported = [entry for entry in target.supports(model) if entry[1] not in ignore]
+    if unsupported:
+        node, op_type, reason = unsupported[0]
+        more = f" (and {len(unsupported) - 1} more; run `edgepipe inspect`)" if len(unsupported) > 1 else ""
+        raise UnsupportedOpError(node, op_type, target.name, f"{reason}{more}")
 
 
 def run_build(settings: dict, origin: str = "config", log=None, progress_factory=None) -> BuildResult:
@@ -397,6 +407,7 @@ def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> d
     from edgepipe.report import render_report
 
     threads = settings["backend"].get("threads") or target.options.get("threads") or 2
+    out = out.resolve()
     command = [sys.executable, str(out / "run.py"), "--where", "host",
                "--iterations", str(settings["report"]["iterations"]),
                "--warmup", str(settings["report"]["warmup"]), "--threads", str(threads)]

@@ -39,6 +39,7 @@ SCHEMA: dict[str, Any] = {
     "calib": Field((str,), None, "calibration data: image folder, .npz or .npy"),
     "eval": Field((str,), None, "evaluation data (labels optional): image folder, .npz or .npy"),
     "input_shapes": Field((dict,), {}, "static input shapes, {name: [1, 3, 224, 224]}"),
+    "output_names": Field((list,), None, "names for a PyTorch model's outputs (default: output, output_1, ...)"),
     "out": Field((str,), None, "bundle directory (default build/<target>)"),
     "cache_dir": Field((str,), "build/.cache", "stage cache (export/simplify/fold/calibrate outputs)"),
     "opset": Field((int,), 17, "ONNX opset for PyTorch export"),
@@ -91,6 +92,7 @@ SCHEMA: dict[str, Any] = {
         max_drop=Field((int, float), 0.01, "max absolute accuracy drop vs the baseline"),
         max_latency_increase=Field((str, int, float), "10%", "max latency increase (percent string or ratio)"),
         metrics=Field((list,), None, "accuracy metrics to compare (default: all present)"),
+        max_sqnr_drop_db=Field((int, float), 1.0, "max drop of per-output SQNR vs the baseline, in dB"),
     ),
 }
 

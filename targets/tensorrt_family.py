@@ -44,6 +44,8 @@ class TensorRTTarget(Target):
                 "qdq": result.get("qdq_report", {}),
             },
             "engine": {"built_on_host": bool(result.get("engine_built")), "note": result.get("engine_note", "")},
+            # written on the device by build_engine.py: not part of the verified bundle
+            "device_generated": ["model.plan", "timing.cache"],
         }
         return BackendResult(files=list(result["files"]), io=describe_io(model), manifest=manifest)
 

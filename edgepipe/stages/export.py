@@ -146,7 +146,23 @@ def export_torch(module, input_shapes: dict[str, list[int]], output_names: list[
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise UserError(f"PyTorch export to ONNX failed: {first}") from exc
-    return onnx.load_from_string(buffer.getvalue())
+    model = onnx.load_from_string(buffer.getvalue())
+    return model if output_names else name_numbered_outputs(model)
+
+
+def name_numbered_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The TorchScript exporter names unnamed outputs '53', '61', ...: call them output / output_i."""
+    outputs = list(model.graph.output)
+    renames = {}
+    for index, out in enumerate(outputs):
+        if out.name.isdigit():
+            renames[out.name] = "output" if len(outputs) == 1 else f"output_{index}"
+    for node in model.graph.node:
+        node.output[:] = [renames.get(name, name) for name in node.output]
+        node.input[:] = [renames.get(name, name) for name in node.input]
+    for out in outputs:
+        out.name = renames.get(out.name, out.name)
+    return model
 
 
 def fix_static_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], source: str) -> onnx.ModelProto:
