@@ -21,7 +21,8 @@ WEIGHT_OPS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANS
 WEIGHT_SLOTS = {"CONV_2D": (1, 2, 0), "DEPTHWISE_CONV_2D": (1, 2, 0), "FULLY_CONNECTED": (1, 2, 0),
                 "TRANSPOSE_CONV": (1, 3, 2)}
 BIAS_REQUIRED = {"CONV_2D", "DEPTHWISE_CONV_2D"}
-FIXED_OUTPUT = {"LOGISTIC": (1.0 / 256, -128), "SOFTMAX": (1.0 / 256, -128), "TANH": (1.0 / 128, 0)}
+FIXED_OUTPUT = {"LOGISTIC": (1.0 / 256, -128), "SOFTMAX": (1.0 / 256, -128), "TANH": (1.0 / 128, 0),
+                "LOG_SOFTMAX": (16.0 / 256, 127)}
 # int8 kernels that move values without requantizing: output quantization must equal the input's
 SAME_QUANT = {"RESHAPE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS",
               "PAD", "PADV2", "SPLIT", "SPLIT_V", "SLICE", "STRIDED_SLICE", "GATHER", "CONCATENATION",
