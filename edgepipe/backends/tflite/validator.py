@@ -26,7 +26,8 @@ FIXED_OUTPUT = {"LOGISTIC": (1.0 / 256, -128), "SOFTMAX": (1.0 / 256, -128), "TA
 # int8 kernels that move values without requantizing: output quantization must equal the input's
 SAME_QUANT = {"RESHAPE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS",
               "PAD", "PADV2", "SPLIT", "SPLIT_V", "SLICE", "STRIDED_SLICE", "GATHER", "CONCATENATION",
-              "MAXIMUM", "MINIMUM", "RESIZE_NEAREST_NEIGHBOR", "MIRROR_PAD"}
+              "MAXIMUM", "MINIMUM", "RESIZE_NEAREST_NEIGHBOR", "MIRROR_PAD",
+              "RESIZE_BILINEAR"}
 # inputs of these ops that are moved data (others are shapes, axes, indices)
 DATA_INPUTS = {"GATHER": (0,), "SPLIT": (1,), "CONCATENATION": None, "MAXIMUM": (0, 1), "MINIMUM": (0, 1)}
 OPTIONS_REQUIRED = {"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "SOFTMAX",

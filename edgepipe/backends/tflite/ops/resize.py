@@ -1,0 +1,130 @@
+"""Resize / Upsample (2-D, NCHW) -> RESIZE_NEAREST_NEIGHBOR or RESIZE_BILINEAR on NHWC.
+
+TFLite resize kernels know two flags, `align_corners` and `half_pixel_centers`, where ONNX has a
+coordinate_transformation_mode and (for nearest) a nearest_mode. Instead of a table of which
+combinations agree (they do for some scale factors only: asymmetric + round_prefer_floor equals
+TFLite's floor for 2x but not for 4x), the lowering computes, at convert time, the source
+coordinate of every output row and column both ways in float64 and picks the first TFLite flag
+pair that gives the same sampling; no match is reported as unsupported. Kernel rules:
+- int8 resize kernels interpolate raw integers: the output quantization is the input's.
+- The size input is an int32 [new_height, new_width] constant; the output size comes from ONNX
+  shape inference, so scales and sizes inputs (or Upsample's attribute) need no decoding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgepipe.backends.tflite.lower import NHWC, Lowering, node_attrs
+from edgepipe.backends.tflite.ops import register
+
+OPCODES = {"nearest": "RESIZE_NEAREST_NEIGHBOR", "linear": "RESIZE_BILINEAR"}
+OPTIONS = {"nearest": "ResizeNearestNeighborOptions", "linear": "ResizeBilinearOptions"}
+FLAGS = [(False, False), (False, True), (True, False)]  # (align_corners, half_pixel_centers)
+NEAREST = {
+    "round_prefer_floor": lambda x: np.ceil(x - 0.5),
+    "round_prefer_ceil": lambda x: np.floor(x + 0.5),
+    "floor": np.floor,
+    "ceil": np.ceil,
+}
+
+
+def _text(value, default: str) -> str:
+    value = default if value is None else value
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _scales(ctx: Lowering, node) -> list[float] | None:
+    """ONNX per-axis scales (N, C, H, W) when given as a constant, else None (sizes given)."""
+    attrs = node_attrs(node)
+    if "scales" in attrs:  # Upsample-7
+        return list(attrs["scales"])
+    position = 1 if node.op_type == "Upsample" or len(node.input) == 2 else 2
+    if len(node.input) > position and node.input[position]:
+        value = ctx.constant(node.input[position])
+        if value is not None and value.size == ctx.rank(node.input[0]):
+            return [float(v) for v in value.ravel()]
+    return None
+
+
+def _onnx_sampling(kind: str, mode: str, rounding, out_size: int, in_size: int, scale: float) -> np.ndarray:
+    """What ONNX samples for each output index: a source index (nearest) or coordinate (linear)."""
+    out = np.arange(out_size, dtype=np.float32)
+    scale = np.float32(scale)
+    if mode == "asymmetric":
+        x = out / scale
+    elif mode == "align_corners":
+        x = out * np.float32((in_size - 1) / max(out_size - 1, 1))
+    elif mode == "pytorch_half_pixel" and out_size == 1:
+        x = out * 0
+    elif mode == "tf_half_pixel_for_nn":
+        x = (out + np.float32(0.5)) / scale
+    else:  # half_pixel, pytorch_half_pixel
+        x = (out + np.float32(0.5)) / scale - np.float32(0.5)
+    return np.clip(x if kind == "linear" else rounding(x), 0, in_size - 1)
+
+
+def _tflite_sampling(kind: str, align_corners: bool, half_pixel: bool, out_size: int, in_size: int) -> np.ndarray:
+    """The same for TFLite's kernels (float32 arithmetic, as in reference_ops)."""
+    out = np.arange(out_size, dtype=np.float32)
+    scale = np.float32((in_size - 1) / (out_size - 1) if align_corners and out_size > 1 else in_size / out_size)
+    half = np.float32(0.5 if half_pixel else 0.0)
+    if kind == "linear":
+        return np.clip((out + half) * scale - half, 0, in_size - 1)
+    x = (out + half) * scale
+    index = np.sign(x) * np.floor(np.abs(x) + np.float32(0.5)) if align_corners else np.floor(x)  # std::round
+    return np.clip(index, 0, in_size - 1)
+
+
+def resize_plan(ctx: Lowering, node) -> tuple[str, tuple[bool, bool] | None]:
+    """(mode, TFLite (align_corners, half_pixel_centers) sampling exactly as ONNX, or None)."""
+    attrs = node_attrs(node)
+    kind = _text(attrs.get("mode"), "nearest")
+    legacy = node.op_type == "Upsample" or len(node.input) == 2
+    transform = _text(attrs.get("coordinate_transformation_mode"), "asymmetric" if legacy else "half_pixel")
+    rounding = NEAREST.get(_text(attrs.get("nearest_mode"), "floor" if legacy else "round_prefer_floor"))
+    in_hw, out_hw = ctx.shape(node.input[0])[2:], ctx.shape(node.output[0])[2:]
+    scales = _scales(ctx, node)
+    scales = scales[2:] if scales else [o / i for o, i in zip(out_hw, in_hw)]
+    if kind not in OPCODES or rounding is None:
+        return kind, None
+    for flags in FLAGS:
+        if all(np.allclose(_onnx_sampling(kind, transform, rounding, o, i, s), _tflite_sampling(kind, *flags, o, i),
+                           rtol=0, atol=1e-5) for i, o, s in zip(in_hw, out_hw, scales)):
+            return kind, flags
+    return kind, None
+
+
+def check_resize(ctx: Lowering, node) -> str | None:
+    attrs = node_attrs(node)
+    if ctx.rank(node.input[0]) != 4:
+        return "only 2-D resizing of 4-D NCHW tensors is supported"
+    if ctx.shape(node.input[0])[:2] != ctx.shape(node.output[0])[:2]:
+        return "resizing the batch or channel axis is not supported"
+    if attrs.get("antialias", 0):
+        return "antialias=1 has no TFLite kernel"
+    for position in range(1, len(node.input)):
+        if node.input[position] and ctx.constant(node.input[position]) is None:
+            return "roi, scales and sizes must be constants"
+    transform = _text(attrs.get("coordinate_transformation_mode"), "half_pixel")
+    if transform == "tf_crop_and_resize":
+        return "tf_crop_and_resize has no TFLite kernel"
+    kind, flags = resize_plan(ctx, node)
+    if kind not in OPCODES:
+        return f"mode '{kind}' has no TFLite kernel; use nearest or linear"
+    if flags is None:
+        return (f"{transform} sampling (nearest_mode {_text(attrs.get('nearest_mode'), 'round_prefer_floor')}) "
+                "at this scale matches no TFLite align_corners/half_pixel_centers setting")
+    return None
+
+
+@register("Resize", "Upsample", check=check_resize)
+def lower_resize(ctx: Lowering, node) -> None:
+    dtype = ctx.node_dtype(node)
+    kind, (align_corners, half_pixel) = resize_plan(ctx, node)
+    x = ctx.get(node.input[0], dtype, NHWC)
+    out = ctx.new_value(node.output[0], dtype, NHWC, ctx.tensor(x).quantization)
+    size = ctx.int32_constant(f"{node.name};size", ctx.shape(node.output[0])[2:])
+    ctx.emit(OPCODES[kind], [x, size], [out], node, OPTIONS[kind], AlignCorners=align_corners,
+             HalfPixelCenters=half_pixel)
+
