@@ -157,7 +157,14 @@ def initial_input_shapes(settings: dict) -> dict[str, list[int]]:
     calib = settings["calib"]
     if not names:
         names = [_first_input_name(calib)]
-    return {name: list(infer_static_shape(calib, name, settings.get("preprocess"))) for name in names}
+    shapes = {}
+    for name in names:
+        try:
+            shapes[name] = list(infer_static_shape(calib, name, settings.get("preprocess")))
+        except UserError as exc:
+            raise UserError(f"input '{name}' of {model} has dynamic dims and no --input-shape {name}:1x...; "
+                            f"reading its shape from the calibration data failed: {exc}") from exc
+    return shapes
 
 
 def _first_input_name(calib: str) -> str:

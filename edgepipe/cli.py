@@ -44,8 +44,11 @@ class TtyProgress:
 
 
 def _log(quiet: bool):
+    """Stage progress on a terminal only: piped stderr carries nothing but warnings and errors."""
+    show = not quiet and sys.stderr.isatty()
+
     def log(message: str) -> None:
-        if not quiet:
+        if show:
             click.echo(message, err=True)
 
     return log

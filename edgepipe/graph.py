@@ -36,24 +36,26 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
         ) from exc
     if not model.graph.node and not model.graph.output:
         raise UserError(f"{path}: not a readable ONNX model (empty graph); re-export it")
-    if load_external:
-        for tensor in _external_tensors(model):
-            location = dict((e.key, e.value) for e in tensor.external_data).get("location", "")
-            data_file = (path.parent / location).resolve()
-            if not data_file.is_relative_to(path.parent.resolve()):
-                raise UserError(
-                    f"{path}: initializer '{tensor.name}' points outside the model folder "
-                    f"({location}); refusing to read it"
-                )
-            if not data_file.exists():
-                raise UserError(
-                    f"{path}: external data file '{location}' for initializer '{tensor.name}' is "
-                    "missing; copy it next to the model"
-                )
+    for tensor in _external_tensors(model):
+        location = dict((e.key, e.value) for e in tensor.external_data).get("location", "")
+        data_file = (path.parent / location).resolve()
+        if not data_file.is_relative_to(path.parent.resolve()):
+            raise UserError(
+                f"{path}: initializer '{tensor.name}' points outside the model folder "
+                f"({location}); refusing to read it"
+            )
+        if not data_file.is_file():
+            raise UserError(
+                f"{path}: external data file '{location}' for initializer '{tensor.name}' is "
+                "missing; copy it next to the model"
+            )
+    if not load_external:
+        return model
+    if any(True for _ in _external_tensors(model)):
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
-            raise UserError(f"{path}: cannot read external data ({exc})") from exc
+            raise UserError(f"{path}: cannot read external data ({type(exc).__name__}); re-save the model") from exc
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:

@@ -181,8 +181,12 @@ def missing_baseline(tmp):
 def unreachable_host(tmp):
     bundle = tmp / "bundle"
     bundle.mkdir()
-    (bundle / "manifest.json").write_text(json.dumps({"schema": 1, "files": []}))
-    (bundle / "SHA256SUMS").write_text("")
+    (bundle / "run.py").write_text("print('hello')\n")
+    import hashlib
+
+    digest = hashlib.sha256((bundle / "run.py").read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps({"schema": 1, "files": [{"path": "run.py", "size": 15, "sha256": digest}]}))
+    (bundle / "SHA256SUMS").write_text(f"{digest}  run.py\n")
     return ["deploy", str(bundle), "--host", "edge@127.0.0.1", "--port", "9", "--timeout", "3"]
 
 
@@ -198,7 +202,8 @@ CASES = [
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("external-data-missing", "ONNX whose external-data file is missing", external_data_missing, ("weights.bin", "missing")),
     Case("unsupported-op", "an op the target cannot run", unsupported_op, ("fancy_node", "FancyOp", "jetson")),
-    Case("dynamic-dim", "a dynamic dim with no shape given (and data lacking that input)", dynamic_dim_no_shape, ("'x'",)),
+    Case("dynamic-dim", "a dynamic dim with no shape given (and data lacking that input)", dynamic_dim_no_shape,
+         ("'x'", "--input-shape")),
     Case("empty-folder", "calibration folder with no images", empty_folder, ("calib",)),
     Case("unreadable-image", "an image that cannot be decoded", unreadable_image, ("broken.png",)),
     Case("wrong-shape", "calibration tensors of the wrong shape", wrong_shape, ("'x'", "9")),
@@ -228,5 +233,33 @@ def markdown_table(messages: dict[str, str] | None = None) -> str:
     return "\n".join(rows)
 
 
+def observed_messages() -> dict[str, str]:
+    """Run every case through the CLI entry point and collect the message a user sees."""
+    import contextlib
+    import io
+    import os
+    import tempfile
+
+    from edgepipe.cli import main
+
+    messages = {}
+    for case in CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            args = case.setup(tmp)
+            stderr = io.StringIO()
+            old = os.getcwd()
+            os.chdir(tmp)
+            try:
+                with contextlib.redirect_stderr(stderr), contextlib.suppress(SystemExit):
+                    main(args)
+            finally:
+                os.chdir(old)
+            lines = [line for line in stderr.getvalue().strip().splitlines() if line.strip()]
+            text = " / ".join(lines) if case.exit_code == 1 else (lines[-1] if lines else "")
+            messages[case.id] = text.replace(str(tmp) + "/", "").replace(str(tmp), ".").replace("|", "\\|")
+    return messages
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    print(markdown_table(observed_messages()))

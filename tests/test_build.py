@@ -86,7 +86,8 @@ def test_failed_build_leaves_old_bundle_intact(jetson_build, workdir, tmp_path):
     result = run_cli("build", "--target", "jetson", "--calib", str(calib), "--out", str(bundle), cwd=workdir)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert (bundle / "manifest.json").read_bytes() == before
-    assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".")], "temp dirs left behind"
+    leftovers = [p for p in bundle.parent.iterdir() if p.name.startswith(".") and p.name != ".cache"]
+    assert not leftovers, f"temp dirs left behind: {leftovers}"
 
 
 def test_unsupported_op_fails_before_writing(tmp_path):

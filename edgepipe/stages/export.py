@@ -93,9 +93,10 @@ def load_weights(model, weights: str) -> None:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        unsafe = "weights only load failed" in str(exc).lower() or isinstance(exc, __import__("pickle").UnpicklingError)
+        why = "it needs unsafe unpickling (Python objects, not only tensors)" if unsafe else type(exc).__name__
         raise UserError(
-            f"--weights {weights}: refused or unreadable under torch.load(weights_only=True) ({first}); "
+            f"--weights {weights}: refused by torch.load(weights_only=True): {why}; "
             "save a plain state_dict with torch.save(model.state_dict(), path)"
         ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
