@@ -1,0 +1,84 @@
+"""ReduceMean / ReduceMax / ReduceMin / ReduceSum -> MEAN / REDUCE_MAX / REDUCE_MIN / SUM.
+
+Axes come from the attribute (before opset 18; ReduceSum before 13) or a constant input, and map
+to TFLite dims through the input's layout (`perm.index(axis)`), so a channel mean on an NHWC tensor
+needs no transpose. With keepdims=0 the output keeps the surviving dims in their TFLite order and
+its layout is renumbered to the ONNX output's axes. Kernel rules:
+- int8 MEAN requantizes to the output's calibrated range; int8 REDUCE_MAX / REDUCE_MIN only
+  compare integers, so their output keeps the input's quantization. int8 SUM's reference and
+  optimized kernels disagree, so an int8 ReduceSum is MEAN then MUL by the element count.
+- The reducer options table (keep_dims) is required by the kernels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgepipe.backends.tflite.lower import Lowering, node_attrs
+from edgepipe.backends.tflite.ops import register
+from edgepipe.backends.tflite.writer import Quantization
+
+OPCODES = {"ReduceMean": "MEAN", "ReduceMax": "REDUCE_MAX", "ReduceMin": "REDUCE_MIN", "ReduceSum": "SUM"}
+KEEPS_QUANT = {"ReduceMax", "ReduceMin"}
+
+
+def reduce_axes(ctx: Lowering, node) -> list[int] | None:
+    """Sorted ONNX axes reduced by `node` (all for none given), [] for a no-op, None if not constant."""
+    rank = ctx.rank(node.input[0])
+    attrs = node_attrs(node)
+    if "axes" in attrs:
+        axes = attrs["axes"]
+    elif len(node.input) > 1 and node.input[1]:
+        axes = ctx.constant(node.input[1])
+        if axes is None:
+            return None
+        axes = np.asarray(axes).ravel().tolist()
+    else:
+        axes = []
+    if not axes:
+        return [] if attrs.get("noop_with_empty_axes", 0) else list(range(rank))
+    return sorted({int(a) % rank for a in axes})
+
+
+def check_reduce(ctx: Lowering, node) -> str | None:
+    if reduce_axes(ctx, node) is None:
+        return "axes must be a constant"
+    if ctx.rank(node.input[0]) > 4:
+        return "more than 4 dimensions"
+    return None
+
+
+@register(*OPCODES, check=check_reduce)
+def lower_reduce(ctx: Lowering, node) -> None:
+    dtype = ctx.node_dtype(node)
+    name = node.input[0]
+    perm = ctx.layout(name)
+    x = ctx.get(name, dtype, perm)
+    axes = reduce_axes(ctx, node)
+    quant = ctx.tensor(x).quantization if node.op_type in KEEPS_QUANT else None
+    if not axes:  # noop_with_empty_axes: the input unchanged
+        out = ctx.new_value(node.output[0], dtype, perm, ctx.tensor(x).quantization)
+        ctx.emit("RESHAPE", [x, ctx.int32_constant(f"{node.name};shape", ctx.tensor(x).shape)], [out], node)
+        return
+    keepdims = bool(node_attrs(node).get("keepdims", 1))
+    kept = [a for a in range(len(perm)) if a not in axes]
+    out_perm = perm if keepdims else tuple(kept.index(p) for p in perm if p not in axes)
+    out = ctx.new_value(node.output[0], dtype, out_perm, quant)
+    tflite_axes = ctx.int32_constant(f"{node.name};axes", sorted(perm.index(a) for a in axes))
+    if node.op_type == "ReduceSum" and dtype == "int8":
+        _int8_sum(ctx, node, x, tflite_axes, out, keepdims, axes)
+        return
+    ctx.emit(OPCODES[node.op_type], [x, tflite_axes], [out], node, "ReducerOptions", KeepDims=keepdims)
+
+
+def _int8_sum(ctx: Lowering, node, x: int, tflite_axes: int, out: int, keepdims: bool, axes) -> None:
+    """sum = MEAN * count: the int8 SUM kernels disagree (BUILTIN_REF off by >100 steps against
+    the optimized kernel, measured), MEAN does not. The mean is kept on the output's grid / count,
+    and the count is exact in int8 (the top of its own [0, count] range)."""
+    count = int(np.prod([ctx.shape(node.input[0])[a] for a in axes]))
+    scale, zero_point = ctx.tensor(out).quantization.as_pair()
+    mean = ctx.temp(f"{node.name};mean", ctx.tensor(out).shape, "int8",
+                    Quantization.per_tensor(scale / count, zero_point))
+    ctx.emit("MEAN", [x, tflite_axes], [mean], node, "ReducerOptions", KeepDims=keepdims)
+    ctx.emit("MUL", [mean, ctx.add_weight_constant(f"{node.name};count", np.float32(count), "int8")], [out], node,
+             "MulOptions", FusedActivationFunction=0)

@@ -1,0 +1,62 @@
+"""Conformance of ReduceMean/Max/Min/Sum: axes as attribute or input, keepdims, NHWC axis mapping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from tests.tflite_harness import check_conformance, make_model
+
+RNG = np.random.default_rng(19)
+CONV_W = RNG.normal(size=(5, 3, 1, 1)).astype(np.float32) * 0.5
+OPS = ["ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"]
+OPCODES = {"ReduceMean": "MEAN", "ReduceMax": "REDUCE_MAX", "ReduceMin": "REDUCE_MIN", "ReduceSum": "SUM"}
+
+
+def _reduce_node(op_type, source, axes, keepdims, opset):
+    """Axes as an attribute before opset 18 (13 for ReduceSum), else as an input."""
+    as_input = opset >= (13 if op_type == "ReduceSum" else 18)
+    inputs = [source, "axes"] if as_input and axes is not None else [source]
+    attrs = {"keepdims": keepdims}
+    if axes is not None and not as_input:
+        attrs["axes"] = axes
+    inits = {"axes": np.asarray(axes, np.int64)} if as_input and axes is not None else {}
+    return helper.make_node(op_type, inputs, ["y"], name="reduce", **attrs), inits
+
+
+@pytest.mark.parametrize("op_type", OPS)
+@pytest.mark.parametrize("axes,keepdims,opset", [([1], 1, 17), ([2, 3], 0, 18), ([-1], 0, 13), (None, 1, 18)])
+def test_reduce_on_nhwc_feature_map(op_type, axes, keepdims, opset, tmp_path):
+    node, inits = _reduce_node(op_type, "c", axes, keepdims, opset)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), node]
+    model = make_model(nodes, {"x": [1, 3, 4, 6]}, ["y"], {"w": CONV_W, **inits}, opset=opset)
+    report = check_conformance(model, tmp_path, int8_steps=2.0)
+    histogram = report.result["op_histogram"]
+    assert histogram["MEAN" if op_type == "ReduceSum" else OPCODES[op_type]] == 1 and not report.result["float_nodes"]
+    # NHWC axes are mapped, not transposed in; only a rank-4 result with a non-NHWC layout is moved out
+    assert histogram.get("TRANSPOSE", 0) <= 1
+
+
+@pytest.mark.parametrize("op_type", OPS)
+@pytest.mark.parametrize("shape,axes,keepdims", [([3, 8], [1], 0), ([2, 5, 6], [0, 2], 1), ([2, 5, 6], [1], 0)])
+def test_reduce_plain_tensors(op_type, shape, axes, keepdims, tmp_path):
+    node, inits = _reduce_node(op_type, "x", axes, keepdims, 18)
+    report = check_conformance(make_model([node], {"x": shape}, ["y"], inits, opset=18), tmp_path)
+    expected = [1 if a in axes else d for a, d in enumerate(shape)] if keepdims else \
+        [d for a, d in enumerate(shape) if a not in axes]
+    assert report.result["io"]["outputs"][0]["shape"] == expected
+
+
+def test_noop_with_empty_axes(tmp_path):
+    node = helper.make_node("ReduceMean", ["x", "axes"], ["y"], name="noop", noop_with_empty_axes=1)
+    model = make_model([node], {"x": [2, 3]}, ["y"], {"axes": np.zeros(0, np.int64)}, opset=18)
+    report = check_conformance(model, tmp_path)
+    assert "MEAN" not in report.result["op_histogram"]
+
+
+def test_int8_sum_is_mean_times_count(tmp_path):
+    node, inits = _reduce_node("ReduceSum", "x", [1, 2], 1, 18)
+    report = check_conformance(make_model([node], {"x": [2, 5, 6]}, ["y"], inits, opset=18), tmp_path)
+    assert report.result["op_histogram"]["MEAN"] == 1 and report.result["op_histogram"]["MUL"] == 1
+    assert "SUM" not in report.result["op_histogram"] and not report.result["float_nodes"]
