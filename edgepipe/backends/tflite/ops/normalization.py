@@ -1,0 +1,67 @@
+"""LayerNormalization, decomposed: MEAN, SUB, MUL (square), MEAN, ADD eps, RSQRT, MUL, MUL gamma, ADD beta.
+
+TFLite has no layer-norm kernel. The decomposition runs as a float island inside int8 models
+(the registry adds DEQUANTIZE before and QUANTIZE after): in int8 every step would be requantized
+to its own calibrated range, and the variance -> RSQRT step is where that breaks down. The
+squared deviations span several orders of magnitude per row, so a per-tensor int8 grid either
+clips the large ones or rounds the small ones to zero, and RSQRT amplifies the error of small
+variances (1/sqrt near 0). Mean and centering are accurate in int8, but splitting the island
+would add a QUANTIZE/DEQUANTIZE pair for a saving of one elementwise pass. The normalized axes
+[axis, rank) map to TFLite dims through the input's layout; gamma and beta are broadcast to it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgepipe.backends.tflite.lower import Lowering, node_attrs
+from edgepipe.backends.tflite.ops import register
+
+
+def check_layer_norm(ctx: Lowering, node) -> str | None:
+    if any(name for name in node.output[1:]):
+        return "the Mean / InvStdDev outputs are not supported (training-only)"
+    for name in node.input[1:]:
+        if name and ctx.constant(name) is None:
+            return "scale and bias must be constants"
+    if ctx.rank(node.input[0]) > 4:
+        return "more than 4 dimensions"
+    return None
+
+
+@register("LayerNormalization", check=check_layer_norm, int8=False)
+def lower_layer_norm(ctx: Lowering, node) -> None:
+    attrs = node_attrs(node)
+    rank = ctx.rank(node.input[0])
+    axis = int(attrs.get("axis", -1)) % rank
+    epsilon = float(attrs.get("epsilon", 1e-5))
+    perm = ctx.layout(node.input[0])
+    x = ctx.get(node.input[0], "float32", perm)
+    shape = ctx.tensor(x).shape
+    reduced_shape = [1 if perm[i] >= axis else d for i, d in enumerate(shape)]
+    axes = ctx.int32_constant(f"{node.name};axes", sorted(perm.index(a) for a in range(axis, rank)))
+
+    def step(opcode, inputs, tag, step_shape, options_type=None, **options):
+        target = ctx.temp(f"{node.name};{tag}", step_shape, "float32")
+        ctx.emit(opcode, inputs, [target], node, options_type, **options)
+        return target
+
+    def constant(tag, value):
+        return ctx.spec.add_constant(f"{node.name};{tag}", np.float32(value))
+
+    mean = step("MEAN", [x, axes], "mean", reduced_shape, "ReducerOptions", KeepDims=True)
+    centered = step("SUB", [x, mean], "centered", shape, "SubOptions", FusedActivationFunction=0)
+    squared = step("MUL", [centered, centered], "squared", shape, "MulOptions", FusedActivationFunction=0)
+    variance = step("MEAN", [squared, axes], "variance", reduced_shape, "ReducerOptions", KeepDims=True)
+    shifted = step("ADD", [variance, constant("epsilon", epsilon)], "variance_eps", reduced_shape, "AddOptions",
+                   FusedActivationFunction=0)
+    inverse_std = step("RSQRT", [shifted], "inverse_std", reduced_shape)
+    normalized = step("MUL", [centered, inverse_std], "normalized", shape, "MulOptions", FusedActivationFunction=0)
+    gamma = ctx.constant_input(node.input[1], "float32", perm, rank)
+    out = ctx.new_value(node.output[0], "float32", perm)
+    if len(node.input) < 3 or not node.input[2]:
+        ctx.emit("MUL", [normalized, gamma], [out], node, "MulOptions", FusedActivationFunction=0)
+        return
+    scaled = step("MUL", [normalized, gamma], "scaled", shape, "MulOptions", FusedActivationFunction=0)
+    beta = ctx.constant_input(node.input[2], "float32", perm, rank)
+    ctx.emit("ADD", [scaled, beta], [out], node, "AddOptions", FusedActivationFunction=0)

@@ -1,0 +1,40 @@
+"""Conformance of LayerNormalization (decomposed float island): last axis, multi-axis, NHWC input, no bias."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from tests.tflite_harness import check_conformance, make_model
+
+RNG = np.random.default_rng(23)
+
+
+@pytest.mark.parametrize("shape,axis,bias", [([2, 5, 16], -1, True), ([3, 12], 1, False), ([1, 4, 3, 5], 1, True),
+                                             ([1, 6, 4, 4], -1, True)])
+def test_layer_norm(shape, axis, bias, tmp_path):
+    normalized = shape[axis % len(shape):]
+    inits = {"g": RNG.uniform(0.5, 1.5, size=normalized).astype(np.float32)}
+    if bias:
+        inits["b"] = RNG.normal(size=normalized).astype(np.float32) * 0.3
+    node = helper.make_node("LayerNormalization", ["x", "g", *(["b"] if bias else [])], ["y"], name="ln",
+                            axis=axis, epsilon=1e-5)
+    model = make_model([node], {"x": shape}, ["y"], inits)
+    report = check_conformance(model, tmp_path, fp32_rtol=1e-5)
+    histogram = report.result["op_histogram"]
+    assert report.result["float_nodes"] == ["ln"]
+    assert histogram["MEAN"] == 2 and histogram["RSQRT"] == 1 and "TRANSPOSE" not in histogram, histogram
+    assert histogram.get("ADD", 0) == 1 + bias
+
+
+def test_layer_norm_between_int8_ops(tmp_path):
+    """Gemm -> LayerNorm -> Gemm: only the norm is float; its input/output are (de)quantized once."""
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1", transB=1),
+             helper.make_node("LayerNormalization", ["h", "g", "b"], ["n"], name="ln"),
+             helper.make_node("Gemm", ["n", "w2"], ["y"], name="fc2", transB=1)]
+    inits = {"w1": RNG.normal(size=(16, 8)).astype(np.float32), "w2": RNG.normal(size=(4, 16)).astype(np.float32),
+             "g": np.ones(16, np.float32), "b": np.zeros(16, np.float32)}
+    report = check_conformance(make_model(nodes, {"x": [3, 8]}, ["y"], inits), tmp_path)
+    assert report.result["float_nodes"] == ["ln"]
+    assert report.result["op_histogram"]["FULLY_CONNECTED"] == 2
