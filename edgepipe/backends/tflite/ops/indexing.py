@@ -1,0 +1,117 @@
+"""Gather (constant indices) -> GATHER, Slice -> SLICE / STRIDED_SLICE, Split -> SPLIT / SPLIT_V.
+
+All three move int8 values without requantizing, so every output keeps the input's quantization.
+Axes map to TFLite dims through the input's layout (`perm.index(axis)`), so slicing or splitting
+channels of an NHWC tensor needs no transpose. Slice bounds are resolved at convert time with
+Python's slice semantics (negative and out-of-range starts/ends clamp as in ONNX); unit steps use
+SLICE, which XNNPACK delegates, other steps STRIDED_SLICE (with end_mask for a negative step that
+runs past index 0). Split sizes are read from the inferred output shapes (attribute, input or
+num_outputs all agree there); equal parts use SPLIT, unequal ones SPLIT_V.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgepipe.backends.tflite.lower import Lowering, identity, node_attrs
+from edgepipe.backends.tflite.ops import register
+
+
+def check_gather(ctx: Lowering, node) -> str | None:
+    if ctx.constant(node.input[1]) is None:
+        return "only constant indices are supported"
+    if ctx.constant(node.input[0]) is not None:
+        return "gathering from a constant with constant indices: constant-fold the model (onnxsim) first"
+    return None
+
+
+@register("Gather", check=check_gather)
+def lower_gather(ctx: Lowering, node) -> None:
+    dtype = ctx.node_dtype(node)
+    name = node.input[0]
+    rank = ctx.rank(name)
+    axis = int(node_attrs(node).get("axis", 0)) % rank
+    indices = np.asarray(ctx.constant(node.input[1]), np.int64)
+    indices = np.where(indices < 0, indices + ctx.shape(name)[axis], indices).astype(np.int32)
+    perm = ctx.layout(name) if indices.ndim <= 1 else identity(rank)
+    x = ctx.get(name, dtype, perm)
+    out_perm = perm if indices.ndim <= 1 else identity(ctx.rank(node.output[0]))
+    if indices.ndim == 0:  # the axis disappears: renumber the remaining dims
+        out_perm = tuple(p - (p > axis) for p in perm if p != axis)
+    out = ctx.new_value(node.output[0], dtype, out_perm, ctx.tensor(x).quantization)
+    gathered_shape = [1 if p == axis else d for p, d in zip(perm, ctx.tensor(x).shape)]
+    target = out if indices.ndim else ctx.temp(f"{node.name};kept_axis", gathered_shape, dtype,
+                                               ctx.tensor(x).quantization)
+    ctx.emit("GATHER", [x, ctx.int32_constant(f"{node.name};indices", indices.reshape(-1) if not indices.ndim
+                                              else indices)], [target], node, "GatherOptions",
+             Axis=perm.index(axis), BatchDims=0)
+    if target != out:  # scalar index: gather one slice, then drop the size-1 axis (XNNPACK fails on rank drop)
+        ctx.emit("RESHAPE", [target, ctx.int32_constant(f"{node.name};shape", ctx.tensor(out).shape)], [out], node)
+
+
+def slice_bounds(ctx: Lowering, node) -> list[tuple[int, int, int]] | None:
+    """(start, stop, step) per ONNX axis, clamped like Python slices; None if not constant."""
+    shape = ctx.shape(node.input[0])
+    attrs = node_attrs(node)
+    if "starts" in attrs:  # opset < 10
+        starts, ends, axes, steps = attrs["starts"], attrs["ends"], attrs.get("axes"), None
+    else:
+        values = [ctx.constant(n) if n else None for n in list(node.input[1:]) + [""] * (5 - len(node.input))]
+        if any(v is None for v, n in zip(values, list(node.input[1:])) if n):
+            return None
+        starts, ends, axes, steps = values
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    bounds = [(0, d, 1) for d in shape]
+    for start, end, axis, step in zip(np.ravel(starts), np.ravel(ends), np.ravel(axes), np.ravel(steps)):
+        axis = int(axis) % len(shape)
+        clamp = lambda v: int(max(min(int(v), 2**62), -2**62))  # noqa: E731  (INT64_MAX means "to the end")
+        bounds[axis] = slice(clamp(start), clamp(end), int(step)).indices(shape[axis])
+    return bounds
+
+
+def check_slice(ctx: Lowering, node) -> str | None:
+    bounds = slice_bounds(ctx, node)
+    if bounds is None:
+        return "starts, ends, axes and steps must be constants"
+    if any(step == 0 for _, _, step in bounds):
+        return "a step of 0 is invalid"
+    return None
+
+
+@register("Slice", check=check_slice)
+def lower_slice(ctx: Lowering, node) -> None:
+    dtype = ctx.node_dtype(node)
+    perm = ctx.layout(node.input[0])
+    x = ctx.get(node.input[0], dtype, perm)
+    bounds = [slice_bounds(ctx, node)[p] for p in perm]
+    out = ctx.new_value(node.output[0], dtype, perm, ctx.tensor(x).quantization)
+    begin = [start for start, _, _ in bounds]
+    if all(step == 1 for _, _, step in bounds):
+        size = [max(stop - start, 0) for start, stop, _ in bounds]
+        ctx.emit("SLICE", [x, ctx.int32_constant(f"{node.name};begin", begin),
+                           ctx.int32_constant(f"{node.name};size", size)], [out], node, "SliceOptions")
+        return
+    end_mask = sum(1 << i for i, (_, stop, _) in enumerate(bounds) if stop < 0)
+    ctx.emit("STRIDED_SLICE", [x, ctx.int32_constant(f"{node.name};begin", begin),
+                               ctx.int32_constant(f"{node.name};end", [max(stop, 0) for _, stop, _ in bounds]),
+                               ctx.int32_constant(f"{node.name};strides", [s for _, _, s in bounds])],
+             [out], node, "StridedSliceOptions", BeginMask=0, EndMask=end_mask, EllipsisMask=0, NewAxisMask=0,
+             ShrinkAxisMask=0)
+
+
+@register("Split")
+def lower_split(ctx: Lowering, node) -> None:
+    dtype = ctx.node_dtype(node)
+    name = node.input[0]
+    perm = ctx.layout(name)
+    axis = int(node_attrs(node).get("axis", 0)) % ctx.rank(name)
+    x = ctx.get(name, dtype, perm)
+    outputs = [ctx.new_value(o, dtype, perm, ctx.tensor(x).quantization) for o in node.output]
+    sizes = [ctx.shape(o)[axis] for o in node.output]
+    tflite_axis = ctx.int32_constant(f"{node.name};axis", perm.index(axis))
+    if len(set(sizes)) == 1:
+        ctx.emit("SPLIT", [tflite_axis, x], outputs, node, "SplitOptions", NumSplits=len(sizes))
+    else:
+        ctx.emit("SPLIT_V", [x, ctx.int32_constant(f"{node.name};sizes", sizes), tflite_axis], outputs, node,
+                 "SplitVOptions", NumSplits=len(sizes))
