@@ -285,9 +285,17 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     calib_key = settings_hash(stage="calibrate", model=model_hash(model), data=data_fingerprint(settings["calib"]),
                               settings=calib_settings, preprocess=data_preprocess(settings))
     progress = progress_factory("calibrating", len(calib_ds)) if progress_factory else None
-    calibration = pipeline.cached(
+    if calib_settings.get("ranges"):
+        calibration = pipeline.run(
+            "calibrate", lambda: load_ranges(calib_settings["ranges"], model),
+            describe=lambda r: (f"{calib_settings['ranges']} ({len(r.tensors)} tensors, given)", 0, ""),
+        )
+    else:
+        calibration = None
+    calibration = calibration or pipeline.cached(
         "calibrate", calib_key,
-        lambda: run_calibration(model, calib_ds, calib_settings, progress=progress),
+        lambda: run_calibration(model, calib_ds, {k: v for k, v in calib_settings.items() if k != "ranges"},
+                                progress=progress),
         save=lambda result, d: result.save(d / "calibration.json"),
         load=lambda d: CalibrationResult.load(d / "calibration.json"),
         describe=lambda r: (f"calibration.json ({len(r.tensors)} tensors)", len(json.dumps(r.to_json())),
@@ -359,6 +367,24 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         )
         result.stages = pipeline.summary()
     return result
+
+
+def load_ranges(path: str, model):
+    """Ranges given by the user (QAT's learned ranges): every tensor a backend quantizes must be there."""
+    from edgepipe.calibrate.result import CalibrationResult
+
+    try:
+        calibration = CalibrationResult.load(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: calibration ranges file not found (calibration.ranges)") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"{path}: not a calibration.json / .ranges.json file ({type(exc).__name__}: {exc})") from exc
+    expected = {i.name for i in graph.graph_inputs(model)} | {o for n in model.graph.node for o in n.output if o}
+    missing = sorted(expected - set(calibration.tensors) - {init.name for init in model.graph.initializer})
+    float_missing = [name for name in missing if name in {i.name for i in graph.graph_inputs(model)}]
+    if float_missing:
+        raise UserError(f"{path}: no range for model input '{float_missing[0]}'; the ranges were made for another model")
+    return calibration
 
 
 def plan_precision(model, calibration, dataset, settings: dict, target):

@@ -68,6 +68,7 @@ SCHEMA: dict[str, Any] = {
         rounds=Field((int,), 4, "rounds for the stability check"),
         max_samples=Field((int,), None, "use at most this many calibration samples"),
         batch_size=Field((int,), 1, "calibration batch size (models with a static batch of 1 use 1)"),
+        ranges=Field((str,), None, "use these ranges instead of calibrating (e.g. `edgepipe finetune`'s .ranges.json)"),
     ),
     "backend": _section(
         int8_io=Field((bool,), False, "TFLite: int8 model inputs/outputs instead of float32"),

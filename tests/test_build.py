@@ -106,3 +106,16 @@ def test_unsupported_op_fails_before_writing(tmp_path):
     assert result.returncode == 2
     assert "fancy_node" in result.stderr and "FancyOp" in result.stderr
     assert not out.exists()
+
+
+def test_given_ranges_replace_calibration(jetson_build, workdir, tmp_path):
+    """calibration.ranges (e.g. QAT's learned ranges) is used as is: same ranges, same Q/DQ model."""
+    ranges = workdir / "build" / "jetson" / "calibration.json"
+    out = tmp_path / "from-ranges"
+    config = tmp_path / "edgepipe.yaml"
+    config.write_text(f"target: jetson\ncalibration:\n  ranges: {ranges}\nout: {out}\n")
+    result = run_cli("build", "--config", str(config), "--json", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    stages = {s["name"]: s for s in json.loads(result.stdout)["stages"]}
+    assert "given" in stages["calibrate"]["artifact"]
+    assert (out / "model.qdq.onnx").read_bytes() == (workdir / "build" / "jetson" / "model.qdq.onnx").read_bytes()
