@@ -1,0 +1,116 @@
+"""Print the README's benchmark tables from benchmarks/results/*.json.
+
+Why: the README must show the latest measured numbers, with the machine they ran on, not numbers
+typed by hand. Run the benchmarks, then `python benchmarks/summarize.py` and paste its output.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def calibration_vs_peers(data: dict) -> list[str]:
+    lines = [f"Model: {data['model']}; {data['calib_samples']} calibration samples "
+             f"({data['calib_large_samples']} for the growth rows); host {data['host'].get('machine', '')}.", "",
+             "| calibrator | samples | wall s | RSS growth MB | top-1 agreement | top-1 | SQNR dB |",
+             "|---|---|---|---|---|---|---|"]
+    for run in data["runs"]:
+        samples = data["calib_large_samples"] if "large" in run.get("calib", "") else data["calib_samples"]
+        lines.append(f"| {run['method']} | {samples} | {fmt(run.get('wall_s'), 2)} | {fmt(run.get('rss_growth_mb'), 0)} | "
+                     f"{fmt(run.get('top1_agreement'))} | {fmt(run.get('top1'))} | {fmt(run.get('sqnr_db'), 1)} |")
+    return lines
+
+
+def calibration_scaling(data: dict) -> list[str]:
+    lines = [f"Model: {data['model']}; host {data['machine'].get('cpu', '')}, {data['machine'].get('cores')} cores.", "",
+             "| calibrator | samples | wall s | RSS growth MB |", "|---|---|---|---|"]
+    for row in data["rows"]:
+        if "error" in row:
+            continue
+        lines.append(f"| {row['kind']} | {row['samples']} | {fmt(row['wall_s'], 2)} | {fmt(row['rss_growth_mb'], 0)} |")
+    return lines
+
+
+def tflite_latency(data: dict) -> list[str]:
+    lines = [f"{data.get('note', '')}; host {data['host'].get('processor') or data['host'].get('machine', '')}.", "",
+             "| model | params | int8/fp32 size | XNNPACK 1 thread int8 / fp32 ms (ratio) | no delegates 1 thread (ratio) |",
+             "|---|---|---|---|---|"]
+    for row in data["latency"]:
+        x = row["latency_ms"].get("xnnpack/t1", {})
+        n = row["latency_ms"].get("no_delegates/t1", {})
+        lines.append(f"| {row['model']} | {row['params']:,} | {fmt(row['size_ratio'])} | "
+                     f"{fmt(x.get('int8'))} / {fmt(x.get('fp32'))} ({fmt(x.get('int8_over_fp32'), 2)}x) | "
+                     f"{fmt(n.get('int8'))} / {fmt(n.get('fp32'))} ({fmt(n.get('int8_over_fp32'), 2)}x) |")
+    conversion = data.get("conversion")
+    if conversion:
+        lines += ["", f"Conversion of a {conversion['params']:,}-parameter CNN: build_tflite "
+                      f"{fmt(conversion['build_tflite_s'], 1)} s (goal < {conversion.get('goal_s', 30)} s)."]
+    return lines
+
+
+def accuracy_recovery(data: dict) -> list[str]:
+    lines = [f"Budget: top-1 drop <= {data['settings']['budget']}; ONNX Runtime Q/DQ int8.", "",
+             "| model | variant | top-1 | argmax agreement | SQNR dB | weight bytes | float groups |",
+             "|---|---|---|---|---|---|---|"]
+    for case in data["cases"]:
+        for variant, row in case["rows"].items():
+            lines.append(f"| {case['model']} | {variant} | {fmt(row.get('top1'))} | {fmt(row.get('argmax_agreement'))} | "
+                         f"{fmt(row.get('sqnr_db'), 1)} | {row.get('weight_bytes')} | {fmt(row.get('float_groups'))} |")
+    return lines
+
+
+def build_stages(data: dict) -> list[str]:
+    stages = ["export", "simplify", "fold", "calibrate", "backend", "bundle", "report"]
+    lines = [f"Host {data['machine'].get('cpu', '')}, {data['machine'].get('cores')} cores; seconds, c = reused from the stage cache.", "",
+             "| model | target | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
+    for run in data["runs"]:
+        if "error" in run:
+            continue
+        cells = []
+        for stage in stages:
+            entry = run["stages"].get(stage)
+            cells.append("-" if entry is None else f"{entry['seconds']:.2f}{' c' if entry['cached'] else ''}")
+        lines.append(f"| {run['model']} | {run['target']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+SECTIONS = [
+    ("Calibration vs ONNX Runtime quantize_static (`benchmarks/calibration_vs_peers.py`)", "calibration_vs_peers", calibration_vs_peers),
+    ("Calibration memory vs number of samples (`benchmarks/calibration_scaling.py`)", "calibration_scaling", calibration_scaling),
+    ("TFLite int8 vs fp32 on this host (`benchmarks/tflite_latency.py`)", "tflite_latency", tflite_latency),
+    ("Accuracy recovery: PTQ vs mixed precision vs QAT+KD (`benchmarks/accuracy_recovery.py`)", "accuracy_recovery", accuracy_recovery),
+    ("Build time per stage (`benchmarks/build_stages.py`)", "build_stages", build_stages),
+]
+
+
+def main() -> None:
+    for title, name, render in SECTIONS:
+        data = load(name)
+        if data is None:
+            continue
+        print(f"### {title}\n")
+        try:
+            print("\n".join(render(data)))
+        except (KeyError, TypeError) as exc:
+            print(f"(results file has an unexpected layout: {exc})")
+        print()
+
+
+if __name__ == "__main__":
+    main()
