@@ -27,6 +27,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from edgepipe import __version__
+from edgepipe.jsonfile import read_json
 from edgepipe.errors import BudgetError, UserError
 from edgepipe.templating import render
 
@@ -292,12 +293,7 @@ def _build_in(staging, target, files, templates, template_context, io, stages, s
 
 def load_manifest(bundle: Path) -> dict:
     path = Path(bundle) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found; is '{bundle}' an edgepipe bundle?") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); rebuild the bundle") from None
+    manifest = read_json(path, "manifest", f"is '{bundle}' an edgepipe bundle?")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
         raise UserError(f"{path}: has no 'files' list; rebuild the bundle with edgepipe build")
     return manifest

@@ -8,12 +8,12 @@ the result renders as a text table and as JUnit XML (one testcase per check).
 
 from __future__ import annotations
 
-import json
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgepipe.jsonfile import read_json
 from edgepipe.errors import UserError
 
 DEFAULT_METRICS = ("top1", "top5", "argmax_agreement", "sqnr_db")
@@ -97,12 +97,7 @@ def parse_increase(value) -> float:
 
 def load_results(path: str | Path, role: str) -> dict:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: {role} results not found; pass the results.json of a run.py run") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: {role} results are not valid JSON ({exc})") from None
+    data = read_json(path, f"{role} results", "pass the results.json of a run.py run")
     if not isinstance(data, dict) or not isinstance(data.get("latency_ms"), dict):
         raise UserError(f"{path}: {role} is not an edgepipe results.json (no latency_ms); use run.py's report/results.json")
     return data
