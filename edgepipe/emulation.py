@@ -7,7 +7,7 @@ runs a script in it with `qemu-aarch64-static -L ROOTFS`, so a test can compare 
 x86 outputs on the same inputs. No binfmt_misc, no chroot, no mounts: `-L` makes the emulated
 program see ROOTFS first and the host for anything ROOTFS lacks (/dev, /sys, /tmp files).
 
-What to expect (docs: /work/shared/notes/arm64-emulation.md):
+What to expect (measured on an x86 build host with qemu 7.2):
 - x86 and ARM int8 kernels may legitimately round a few values differently: compare argmax and
   "within one quantization step", never bit equality. Float models with XNNPACK agree to ~1e-6.
 - The emulated CPU is pinned (`QEMU_CPU=neoverse-n1`) and a matching arm64 `/proc/cpuinfo` is

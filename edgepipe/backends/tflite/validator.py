@@ -2,7 +2,7 @@
 
 The runtime verifies little: a wrong zero-point type, a missing bias scale, an output scale a
 kernel ignores or a buffer-0 constant give silently wrong numbers, a node XNNPACK quietly skips,
-or a segfault. Every such rule we know of (see shared/notes/tflite-int8-facts.md and the kernels'
+or a segfault. Every such rule we know of (measured with LiteRT 2.3, and the kernels'
 Prepare() functions) is encoded here, and `build_tflite` calls `validate` before any file is
 written. Each problem carries a rule id so tests can show each rule rejects its violation.
 """
