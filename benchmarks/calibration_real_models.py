@@ -56,6 +56,11 @@ def rss_mb() -> float:
 def prepare(work: Path, name: str) -> dict:
     path = real_models.static_model_path(name)
     model = onnx.load(path)
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:  # per-channel Q/DQ needs opset 13; upgrade once so every calibrator gets it
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, 13)
     onnx.save(model, work / f"{name}.onnx")
     calib = real_models.make_inputs(name, CALIB_SAMPLES, CALIB_SEED)
     evaluation = real_models.make_inputs(name, EVAL_SAMPLES, EVAL_SEED)
@@ -230,7 +235,12 @@ def main() -> None:
                 print(name, method, "ERROR", lines[-1][:300], flush=True)
                 continue
             row = json.loads(proc.stdout.strip().splitlines()[-1])
-            row.update(metrics(name, ref, run_all(row.pop("qdq"), eval_data["x"]), eval_data))
+            try:
+                row.update(metrics(name, ref, run_all(row.pop("qdq"), eval_data["x"]), eval_data))
+            except Exception as exc:  # a peer's model that ONNX Runtime cannot load is a result too
+                entry["runs"].append({**row, "error": f"evaluation failed: {str(exc)[:300]}"})
+                print(name, method, "EVAL ERROR", str(exc)[:200], flush=True)
+                continue
             entry["runs"].append(row)
             print(f"{name:9s} {method:16s} wall {row['wall_s']:7.1f}s rss {row['peak_rss_mb']:6.0f}MB "
                   f"sqnr {row['sqnr_db']:6.2f} {headline(name, row)}", flush=True)

@@ -89,9 +89,86 @@ def entropy_amax(abs_hist: np.ndarray, bin_width: float, levels: int = QUANTIZED
     stop = int(nonzero[-1]) + 1
     if stop <= levels:
         return stop * bin_width
-    best_i, best_kl = stop, float("inf")
-    for i in range(levels, stop + 1):
-        kl = candidate_divergence(hist, i, levels)
-        if kl <= best_kl:  # "<=" keeps the largest i among ties
-            best_i, best_kl = i, kl
-    return best_i * bin_width
+    candidates = np.arange(levels, stop + 1)
+    kls = candidate_divergences(hist[:stop], candidates, levels)
+    if kls is None:  # counts the closed form does not cover (fractional): one candidate at a time
+        kls = np.array([candidate_divergence(hist, i, levels) for i in candidates])
+    best = np.flatnonzero(kls == kls.min())[-1] if np.isfinite(kls).any() else kls.size - 1
+    return int(candidates[best]) * bin_width  # ties (and all-inf) keep the largest i
+
+
+SERIES_TERMS = 24  # terms of the expansion of (h - t) log(h - t) around t = 0 (t / h <= 0.25)
+
+
+def candidate_divergences(hist: np.ndarray, candidates: np.ndarray, levels: int = QUANTIZED_LEVELS,
+                          eps: float = SMOOTHING_EPS) -> np.ndarray | None:
+    """`candidate_divergence` for every candidate at once in O(levels) each, from prefix sums.
+
+    Why: the per-candidate loop costs ~0.15 s per tensor at 2048 bins (O(bins^2) in all), which
+    made entropy (and `auto`, which scores it) dominate calibration time on real models. Writing
+    ps, qs for the smoothed P, Q and SP, SQ for their sums, KL(P||Q) =
+    (sum ps log ps - sum ps log qs) / SP + log(SQ / SP), and:
+    - sum ps log qs: Q is constant over the non-empty bins of a level, so it is one term per level
+      from prefix sums of the counts and of the non-empty-bin indicator;
+    - sum ps log ps = sum (h - t) log(h - t) over non-empty bins, with t = eps * empty / non-empty
+      the smoothing shift. Expanded around t = 0 it is sum h log h - t sum (log h + 1) +
+      sum_m t^m / (m (m - 1)) sum h^(1 - m): prefix sums again. Needs t / h small, so integer
+      counts (h >= 1, t <= eps * bins = 0.2); returns None otherwise (caller loops instead).
+    - empty bins get eps in both P and Q: their terms cancel; the last bin (which also receives
+      the outliers) is computed directly.
+    """
+    n = hist.size
+    positive = hist[hist > 0]
+    if positive.size == 0 or positive.min() < 1.0 or eps * n >= 0.25:
+        return None
+    i = candidates.astype(np.int64)
+    occupied = (hist != 0).astype(np.int64)
+    prefix = np.concatenate([[0.0], np.cumsum(hist)])
+    occupied_prefix = np.concatenate([[0], np.cumsum(occupied)])
+    safe = np.where(hist > 0, hist, 1.0)
+    h_log_h = np.concatenate([[0.0], np.cumsum(np.where(hist > 0, hist * np.log(safe), 0.0))])
+    log_h = np.concatenate([[0.0], np.cumsum(np.where(hist > 0, np.log(safe), 0.0))])
+    inverse_powers = [np.concatenate([[0.0], np.cumsum(np.where(hist > 0, safe ** (1 - m), 0.0))])
+                      for m in range(2, SERIES_TERMS + 1)]
+    total = prefix[n]
+    last = i - 1
+    p_last = hist[last] + (total - prefix[i])  # last bin of P takes every count beyond it
+    last_nonzero = (p_last != 0).astype(np.int64)
+    nonempty = occupied_prefix[last] + last_nonzero  # non-empty bins of P
+    empty = i - nonempty
+    tp = eps * empty / np.maximum(nonempty, 1)
+    # sum over non-empty bins k < i - 1 of (h - tp) log(h - tp), then the last bin directly
+    before = occupied_prefix[last]
+    p_log_p = h_log_h[last] - tp * (log_h[last] + before)
+    power = tp.copy()
+    for m, sums in zip(range(2, SERIES_TERMS + 1), inverse_powers):
+        power = power * tp
+        p_log_p = p_log_p + power / (m * (m - 1)) * sums[last]
+    shifted_last = np.where(last_nonzero > 0, p_last - tp, 1.0)
+    p_log_p = p_log_p + np.where(last_nonzero > 0, shifted_last * np.log(shifted_last), 0.0)
+    # levels: [candidates, levels]
+    group = (i // levels)[:, None]
+    j = np.arange(levels)[None, :]
+    start = j * group
+    end = np.where(j == levels - 1, i[:, None], start + group)
+    level_sum = prefix[end] - prefix[start]
+    is_last = j == levels - 1
+    level_nonzero = occupied_prefix[end] - occupied_prefix[start] + np.where(
+        is_last, (last_nonzero - occupied[last])[:, None], 0)
+    q_level = np.divide(level_sum, level_nonzero, out=np.zeros(level_sum.shape), where=level_nonzero > 0)
+    q_nonzero_bins = np.where(q_level > 0, level_nonzero, 0).sum(axis=1)
+    q_empty = i - q_nonzero_bins
+    tq = eps * q_empty / np.maximum(q_nonzero_bins, 1)
+    qs_level = q_level - tq[:, None]
+    used = (level_nonzero > 0) & (q_level > 0)
+    p_level = level_sum + np.where(is_last, (total - prefix[i])[:, None], 0.0) - level_nonzero * tp[:, None]
+    p_log_q = np.where(used, p_level * np.log(np.where(used & (qs_level > 0), qs_level, 1.0)), 0.0).sum(axis=1)
+    # a non-empty last bin of P in an all-empty last level of Q: Q smoothed to eps there
+    orphan = (last_nonzero > 0) & (q_level[:, -1] == 0)
+    p_log_q = p_log_q + np.where(orphan, shifted_last * np.log(eps), 0.0)
+    p_sum = total
+    q_sum = prefix[i]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = (p_log_p - p_log_q) / p_sum + np.log(q_sum / p_sum)
+    bad = (nonempty == 0) | (q_nonzero_bins == 0) | np.any(used & (qs_level <= 0), axis=1)
+    return np.where(bad, np.inf, kl)
