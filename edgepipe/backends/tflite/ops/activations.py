@@ -38,19 +38,48 @@ def lower_simple(ctx: Lowering, node) -> None:
 
 
 def _int8_hard_swish(ctx: Lowering, node) -> None:
-    """x * relu6(x + 3) / 6 as ADD(RELU6), MUL, MUL: XNNPACK delegates HARD_SWISH only in float,
-    and one undelegated node splits the int8 graph into several partitions."""
+    """x * clip(x / 6 + 1/2, 0, 1) in int8 ops XNNPACK delegates (it takes HARD_SWISH only in float;
+    one undelegated node splits the int8 graph into several partitions).
+
+    4-D tensors: the gate is a 1x1 DEPTHWISE_CONV_2D (weight 1/6, bias 1/2) whose output grid
+    [0, 1] clips by saturation, then MUL: two passes. Otherwise ADD(3, fused RELU6), MUL(1/6), MUL.
+    The ADD form is not used for 4-D because XNNPACK rejects an int8 ADD whose input/output scale
+    ratio is below 2**-10, which happens for small-range inputs (gate range is fixed at [0, 6]).
+    """
     perm = ctx.layout(node.input[0])
     x = ctx.get(node.input[0], "int8", perm)
     out = ctx.new_value(node.output[0], "int8", perm)
     shape = ctx.tensor(out).shape
-    gate = ctx.temp(f"{node.name};relu6", shape, "int8", Quantization.per_tensor(*quantmath.asymmetric_params(0, 6)))
-    ctx.emit("ADD", [x, ctx.add_weight_constant(f"{node.name};three", np.float32(3), "int8")], [gate], node,
-             "AddOptions", FusedActivationFunction=3)
-    unit = ctx.temp(f"{node.name};gate", shape, "int8", Quantization.per_tensor(*quantmath.asymmetric_params(0, 1)))
-    ctx.emit("MUL", [gate, ctx.add_weight_constant(f"{node.name};sixth", SIXTH, "int8")], [unit], node,
-             "MulOptions", FusedActivationFunction=0)
+    unit_quant = Quantization.per_tensor(*quantmath.asymmetric_params(0, 1))
+    unit = ctx.temp(f"{node.name};gate", shape, "int8", unit_quant)
+    if len(shape) == 4:
+        _hard_swish_gate_depthwise(ctx, node, x, unit, shape[3])
+    else:
+        gate = ctx.temp(f"{node.name};relu6", shape, "int8",
+                        Quantization.per_tensor(*quantmath.asymmetric_params(0, 6)))
+        ctx.emit("ADD", [x, ctx.add_weight_constant(f"{node.name};three", np.float32(3), "int8")], [gate], node,
+                 "AddOptions", FusedActivationFunction=3)
+        ctx.emit("MUL", [gate, ctx.add_weight_constant(f"{node.name};sixth", SIXTH, "int8")], [unit], node,
+                 "MulOptions", FusedActivationFunction=0)
     ctx.emit("MUL", [x, unit], [out], node, "MulOptions", FusedActivationFunction=0)
+
+
+def _hard_swish_gate_depthwise(ctx: Lowering, node, x: int, unit: int, channels: int) -> None:
+    """unit = clip(x / 6 + 1/2, 0, 1) as a 1x1 depthwise conv. The weight scale is raised above
+    (1/6)/127 only where the int32 bias 1/2 would overflow (input scale < ~2e-7): such inputs are
+    far below the gate's resolution anyway."""
+    input_scale = float(ctx.tensor(x).quantization.scale[0])
+    weight_scale = max(float(SIXTH) / 127, 0.5 / (input_scale * 2.0**30))
+    weights = np.full((1, 1, 1, channels), np.clip(np.rint(float(SIXTH) / weight_scale), -127, 127), np.int8)
+    bias_scale = input_scale * weight_scale
+    bias = np.full(channels, np.rint(0.5 / bias_scale), np.int32)
+    filter_index = ctx.spec.add_constant(f"{node.name};sixth", weights,
+                                         Quantization.per_channel(np.full(channels, weight_scale), 3))
+    bias_index = ctx.spec.add_constant(f"{node.name};half", bias,
+                                       Quantization.per_channel(np.full(channels, bias_scale), 0))
+    ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [unit], node, "DepthwiseConv2DOptions",
+             Padding=1, StrideH=1, StrideW=1, DilationHFactor=1, DilationWFactor=1, DepthMultiplier=1,
+             FusedActivationFunction=0)
 
 
 @register("Sigmoid", "Tanh")

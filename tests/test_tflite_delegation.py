@@ -1,0 +1,113 @@
+"""Full XNNPACK delegation of int8 graphs: one DELEGATE node covering the whole model.
+
+An int8 node XNNPACK rejects falls back to a builtin kernel and splits the graph into several
+delegate partitions (a correctness property of the arm-cpu bundle, not a speed number). Speed
+is measured in benchmarks/tflite_latency.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import helper
+from torch import nn
+
+from edgepipe.backends.tflite import build_tflite
+from edgepipe.fold.batchnorm import fold_batchnorm
+from edgepipe.stages.export import export_torch
+from edgepipe.stages.simplify import run_simplify
+from tests.tflite_harness import (check_conformance, make_interpreter, make_model, minmax_calibration,
+                                  structured_inputs)
+
+
+def delegate_partitions(path) -> list[dict]:
+    """DELEGATE nodes of the XNNPACK execution plan; asserts they cover input to output."""
+    interpreter = make_interpreter(path, "xnnpack")
+    interpreter.allocate_tensors()
+    delegates = [op for op in interpreter._get_ops_details() if op["op_name"] == "DELEGATE"]
+    if len(delegates) == 1:
+        inputs = {d["index"] for d in interpreter.get_input_details()}
+        outputs = {d["index"] for d in interpreter.get_output_details()}
+        assert inputs <= set(delegates[0]["inputs"].tolist())
+        assert outputs == set(delegates[0]["outputs"].tolist())
+    return delegates
+
+
+@pytest.mark.parametrize("magnitude", [1e-5, 1e-7])
+def test_int8_hard_swish_of_small_range_input_is_delegated(magnitude, tmp_path):
+    """Deep layers of a network can have tiny ranges; ADD(x, 3) -> [0, 6] then has an input/output
+    scale ratio XNNPACK rejects (< 2**-10), and at < ~2e-7 the gate's int32 bias 1/2 overflows."""
+    nodes = [helper.make_node("HardSwish", ["x"], ["y"], name="act")]
+    model = make_model(nodes, {"x": [1, 6, 7, 8]}, ["y"])
+    feeds = [{"x": magnitude * 2.5 * feed["x"]} for feed in structured_inputs(model)]
+    report = check_conformance(model, tmp_path, feeds)
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+
+def test_int8_hard_swish_uses_two_delegated_ops(tmp_path):
+    nodes = [helper.make_node("HardSwish", ["x"], ["y"], name="act")]
+    model = make_model(nodes, {"x": [1, 6, 7, 8]}, ["y"])
+    feeds = [{"x": 4.0 * feed["x"]} for feed in structured_inputs(model)]  # beyond +-3: both clip ends
+    report = check_conformance(model, tmp_path, feeds)
+    assert report.result["op_histogram"] == {"QUANTIZE": 1, "DEPTHWISE_CONV_2D": 1, "MUL": 1, "DEQUANTIZE": 1}
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+
+def _mobilenet_like(settle_batchnorm: bool) -> nn.Module:
+    """Stride-2 convs (PyTorch symmetric pads: explicit PAD in TFLite), depthwise + pointwise,
+    hardswish, a residual add, global pool and a linear head. With default BatchNorm statistics
+    activations shrink layer after layer (tiny ranges deep in the net); settled statistics keep
+    them near unit scale as in a trained model."""
+    torch.manual_seed(0)
+
+    class Residual(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1, groups=channels, bias=False),
+                                      nn.BatchNorm2d(channels), nn.ReLU6(), nn.Conv2d(channels, channels, 1),
+                                      nn.BatchNorm2d(channels))
+
+        def forward(self, x):
+            return x + self.body(x)
+
+    def block(cin, cout, stride):
+        return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU6(),
+                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.Hardswish()]
+
+    layers = [nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish()]
+    layers += block(16, 24, 2) + [Residual(24)] + block(24, 32, 2) + block(32, 48, 1) + block(48, 64, 2)
+    module = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    if settle_batchnorm:
+        module.train()
+        with torch.no_grad():
+            for _ in range(3):
+                module(torch.randn(8, 3, 64, 64))
+    return module.eval()
+
+
+def _build(module: nn.Module, shape, out_dir):
+    exported = export_torch(module, {"image": shape}, ["logits"], 17)
+    model = fold_batchnorm(run_simplify(exported, check=False)[0])[0]
+    calibration = minmax_calibration(model, structured_inputs(model, 4))
+    return build_tflite(model, calibration, out_dir, {})
+
+
+@pytest.mark.parametrize("settle", [False, True], ids=["default-bn", "settled-bn"])
+def test_mobilenet_like_int8_is_one_partition(settle, tmp_path):
+    result = _build(_mobilenet_like(settle), [1, 3, 64, 64], tmp_path)
+    histogram = result["op_histogram"]
+    assert histogram.get("PAD", 0) >= 1 and histogram["DEPTHWISE_CONV_2D"] >= 4 and not result["float_nodes"]
+    assert len(delegate_partitions(tmp_path / "model.tflite")) == 1
+    assert len(delegate_partitions(tmp_path / "model.fp32.tflite")) == 1
+
+
+def test_demo_int8_is_one_partition(tmp_path):
+    from edgepipe.demo.model import build_demo
+
+    _build(build_demo(), [1, 3, 32, 32], tmp_path)
+    assert len(delegate_partitions(tmp_path / "model.tflite")) == 1
+    interpreter = make_interpreter(tmp_path / "model.tflite", "xnnpack")
+    detail = interpreter.get_input_details()[0]
+    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], np.float32))
+    interpreter.invoke()
