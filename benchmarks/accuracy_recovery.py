@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgepipe import build, config, graph
+from edgepipe import config, graph, settings
 from edgepipe.cli_accuracy import deployed_model
 from edgepipe.data import load_dataset
 from edgepipe.demo import DEMO_PREPROCESS
@@ -48,9 +48,9 @@ WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def demo_settings(weights: Path | None) -> dict:
-    settings = config.merge(config.defaults(), build.demo_settings())
-    settings.update(target="desktop-gpu", weights=str(weights) if weights else None)
-    return settings
+    merged = config.merge(config.defaults(), settings.demo_settings())
+    merged.update(target="desktop-gpu", weights=str(weights) if weights else None)
+    return merged
 
 
 def make_outlier_heavy(model) -> None:

@@ -80,7 +80,8 @@ def build(model, weights, target, calib, eval_, input_shapes, config_path, out, 
           no_host_report, as_json, debug):
     """Build a deployment bundle: export, simplify, fold, calibrate, lower, bundle, report."""
     from edgepipe import config as cfg
-    from edgepipe.build import resolve_settings, run_build
+    from edgepipe.build import run_build
+    from edgepipe.settings import resolve_settings
 
     overrides: dict = {"model": model, "weights": weights, "target": target, "calib": calib, "eval": eval_, "out": out}
     if input_shapes:

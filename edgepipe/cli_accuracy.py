@@ -18,15 +18,15 @@ DEFAULT_TARGET = "desktop-gpu"  # only decides the activation scheme (symmetric)
 
 
 def _settings(model, weights, target, calib, eval_, input_shapes, config_path) -> tuple[dict, str]:
-    from edgepipe import build, config
+    from edgepipe import config, settings
 
     overrides = {"model": model, "weights": weights, "target": target, "calib": calib, "eval": eval_}
     if input_shapes:
         overrides["input_shapes"] = dict(config.parse_input_shape(text) for text in input_shapes)
-    path = config_path or (build.DEFAULT_CONFIG_NAME if Path(build.DEFAULT_CONFIG_NAME).exists() else None)
+    path = config_path or (settings.DEFAULT_CONFIG_NAME if Path(settings.DEFAULT_CONFIG_NAME).exists() else None)
     if not target and not (path and config.load_config_file(path).get("target")):
         overrides["target"] = DEFAULT_TARGET
-    return build.resolve_settings(overrides, config_path)
+    return settings.resolve_settings(overrides, config_path)
 
 
 def deployed_model(settings: dict):

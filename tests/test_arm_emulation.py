@@ -66,7 +66,8 @@ def demo_models(work):
     (export, fold with mean/std folded into the first conv, calibrate, lower), plus 16 eval inputs."""
     from edgepipe import config
     from edgepipe.backends.tflite import build_tflite
-    from edgepipe.build import demo_settings, prepare_model
+    from edgepipe.build import prepare_model
+    from edgepipe.settings import demo_settings
     from edgepipe.calibrate import calibrate
     from edgepipe.pipeline import Pipeline
 

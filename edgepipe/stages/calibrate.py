@@ -14,11 +14,13 @@ from edgepipe.calibrate import DEFAULT_SETTINGS, METHODS, CalibrationResult, cal
 from edgepipe.errors import UserError
 
 _POSITIVE_INTS = ("num_bins", "rounds", "batch_size")
+# keys of edgepipe.yaml's calibration section that the build handles itself
+_BUILD_KEYS = ("ranges",)
 
 
 def validate_settings(settings: dict | None) -> dict:
     """Settings merged over the defaults; every problem is a UserError naming the key."""
-    settings = dict(settings or {})
+    settings = {k: v for k, v in (settings or {}).items() if k not in _BUILD_KEYS}
     unknown = sorted(set(settings) - set(DEFAULT_SETTINGS))
     if unknown:
         raise UserError(

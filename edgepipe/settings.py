@@ -1,0 +1,154 @@
+"""Build settings: defaults, `edgepipe.yaml`, CLI options, the shipped demo, and the data domain.
+
+Three layers, later wins: built-in defaults, `edgepipe.yaml` (or --config), CLI options. With no
+model anywhere, the shipped demo (model, calibration and eval sets) is used so `edgepipe build
+--target arm-cpu` works out of the box. The data helpers decide which domain the data is in: the
+deployed (folded) model takes raw inputs when input normalization is folded into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from edgepipe import config, graph
+from edgepipe.errors import UserError
+
+DEFAULT_CONFIG_NAME = "edgepipe.yaml"
+
+
+def demo_settings() -> dict:
+    from edgepipe import demo
+
+    return {
+        "model": demo.DEMO_FACTORY,
+        "calib": str(demo.demo_calib_dir()),
+        "eval": str(demo.demo_eval_dir()),
+        "input_shapes": {demo.DEMO_INPUT_NAME: [1, 3, *demo.DEMO_PREPROCESS["size"]]},
+        "output_names": [demo.DEMO_OUTPUT_NAME],
+        "preprocess": dict(demo.DEMO_PREPROCESS),
+        "fold": {"input_normalization": "mean_std"},
+    }
+
+
+def resolve_settings(cli: dict, config_path: str | None) -> tuple[dict, str]:
+    """Merge defaults, the config file and CLI options; returns (settings, where the model came from)."""
+    settings = config.defaults()
+    file_settings: dict = {}
+    if config_path:
+        file_settings = config.load_config_file(config_path)
+    elif Path(DEFAULT_CONFIG_NAME).exists():
+        file_settings = config.load_config_file(DEFAULT_CONFIG_NAME)
+    origin = "config"
+    if not cli.get("model") and not file_settings.get("model"):
+        settings = config.merge(settings, demo_settings())
+        origin = "demo"
+    settings = config.merge(settings, file_settings)
+    settings = config.merge(settings, cli)
+    if not settings.get("target"):
+        from edgepipe.targets import available_targets
+
+        raise UserError(f"no target given: pass --target NAME (installed: {', '.join(available_targets())})")
+    if not settings.get("calib"):
+        raise UserError("no calibration data: pass --calib PATH (an image folder, .npz or .npy) or set 'calib' in edgepipe.yaml")
+    settings["out"] = settings.get("out") or str(Path("build") / settings["target"])
+    return settings, origin
+
+
+def data_fingerprint(path: str | None) -> str:
+    """Content hash of a data file or folder (for the calibration cache key)."""
+    if not path:
+        return ""
+    root = Path(path)
+    digest = hashlib.sha256()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for item in files:
+        digest.update(str(item.relative_to(root) if item != root else item.name).encode())
+        digest.update(hashlib.sha256(item.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def folded_normalization(settings: dict) -> bool:
+    return settings["fold"].get("input_normalization", "none") != "none"
+
+
+def data_preprocess(settings: dict) -> dict:
+    """Preprocessing for data fed to the deployed model: raw domain when normalization is folded."""
+    pre = dict(settings.get("preprocess") or {})
+    if folded_normalization(settings):
+        pre.pop("mean", None)
+        pre.pop("std", None)
+    return pre
+
+
+def to_model_domain(dataset, settings: dict):
+    """Tensor files (.npz/.npy) hold inputs already normalized for the source model; when mean/std
+    is folded into the model, the deployed model takes the raw input, so undo the normalization."""
+    fold = fold_settings_of(settings)
+    if dataset.kind == "image folder" or fold.get("input_normalization") != "mean_std":
+        return dataset
+    mean, std = fold["mean"], fold["std"]
+    if mean is None or std is None:
+        return dataset
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+    def denormalize(sample: dict) -> dict:
+        result = {}
+        for name, x in sample.items():
+            if x.ndim >= 1 and x.shape[0] == mean.size:
+                shape = (-1,) + (1,) * (x.ndim - 1)
+            elif x.ndim >= 1 and x.shape[-1] == mean.size:
+                shape = (1,) * (x.ndim - 1) + (-1,)
+            else:
+                raise UserError(f"{dataset.source}: input '{name}' has no axis of {mean.size} channels to undo mean/std on")
+            result[name] = x * std.reshape(shape) + mean.reshape(shape)
+        return result
+
+    return dataset.mapped(denormalize)
+
+
+def initial_input_shapes(settings: dict) -> dict[str, list[int]]:
+    """Static shapes from --input-shape, else from the calibration data (batch 1)."""
+    shapes = {k: list(v) for k, v in (settings.get("input_shapes") or {}).items()}
+    if shapes:
+        return shapes
+    from edgepipe.data import infer_static_shape
+
+    model = settings["model"]
+    names: list[str] = []
+    if str(model).endswith(".onnx") and Path(model).is_file():
+        onnx_model = graph.load_model(model, load_external=False)
+        dynamic = [i for i in graph.graph_inputs(onnx_model) if not all(isinstance(d, int) for d in graph.tensor_shape(i))]
+        names = [i.name for i in dynamic]
+        if not names:
+            return {}
+    calib = settings["calib"]
+    if not names:
+        names = [_first_input_name(calib)]
+    shapes = {}
+    for name in names:
+        try:
+            shapes[name] = list(infer_static_shape(calib, name, settings.get("preprocess")))
+        except UserError as exc:
+            raise UserError(f"input '{name}' of {model} has dynamic dims and no --input-shape {name}:1x...; "
+                            f"reading its shape from the calibration data failed: {exc}") from exc
+    return shapes
+
+
+def _first_input_name(calib: str) -> str:
+    if calib.endswith(".npz"):
+        with np.load(calib, allow_pickle=False) as data:
+            keys = [k for k in data.files if k != "labels"]
+        if keys:
+            return keys[0]
+    return "input"
+
+
+def fold_settings_of(settings: dict) -> dict:
+    fold = dict(settings["fold"])
+    pre = settings.get("preprocess") or {}
+    fold["mean"] = fold.get("mean") or pre.get("mean")
+    fold["std"] = fold.get("std") or pre.get("std")
+    return fold
