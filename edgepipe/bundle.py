@@ -131,12 +131,19 @@ def _render_templates(staging: Path, templates: Iterable, context: dict) -> None
 
 
 def _requirements(target: dict) -> str:
-    lines = ["numpy>=1.19"] + [str(r) for r in target.get("runtime_requirements") or []]
-    seen = []
-    for line in lines:
-        if line not in seen:
-            seen.append(line)
-    return "\n".join(seen) + "\n"
+    """requirements.txt for `pip install -r` on the device: one requirement per project name."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    lines, names = [], set()
+    for text in ["numpy>=1.19", *[str(r) for r in target.get("runtime_requirements") or []]]:
+        try:
+            name = Requirement(text).name.lower()
+        except InvalidRequirement as exc:
+            raise ValueError(f"target '{target.get('name')}': runtime requirement {text!r} is not a pip requirement") from exc
+        if name not in names:
+            names.add(name)
+            lines.append(text)
+    return "\n".join(lines) + "\n"
 
 
 def _is_excluded(rel: str, patterns: Iterable[str]) -> bool:

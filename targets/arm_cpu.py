@@ -15,7 +15,7 @@ class ArmCpuTarget(Target):
     input_layout = "NHWC"
     activation_symmetric = False
     runner_template = "runner_tflite.py.j2"
-    runtime_requirements = ["ai-edge-litert>=1.0 (or tflite-runtime>=2.14 with numpy<2)", "numpy"]
+    runtime_requirements = ["ai-edge-litert>=1.0"]  # tflite-runtime (numpy<2) also works: see device_readme
     verified_here = (
         "int8 and fp32 .tflite run in the real LiteRT interpreter (x86 XNNPACK and reference kernels); "
         "run.py report on this host; arm64 outputs under qemu-aarch64 (tests marked arm)"

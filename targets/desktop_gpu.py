@@ -9,4 +9,5 @@ class DesktopGpuTarget(TensorRTTarget):
     precision = "INT8 (explicit Q/DQ) + FP16"
     default_options = {"threads": 1, "workspace_mb": 4096}
     build_engine_on_host = True
+    runtime_requirements = ["tensorrt>=10", "pycuda"]
     device_readme = "Install TensorRT and pycuda: `pip install tensorrt pycuda` (CUDA driver required)."

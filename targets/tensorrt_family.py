@@ -23,7 +23,7 @@ class TensorRTTarget(Target):
     input_layout = "NCHW"
     activation_symmetric = True
     runner_template = "tensorrt/runner_tensorrt.py.j2"
-    runtime_requirements = ["tensorrt>=8.6", "pycuda", "numpy"]
+    runtime_requirements = ["pycuda"]  # TensorRT itself comes with JetPack / NVIDIA's packages
     verified_here = VERIFIED_HERE
     host_report = False
     build_engine_on_host = False

@@ -119,3 +119,12 @@ def test_given_ranges_replace_calibration(jetson_build, workdir, tmp_path):
     stages = {s["name"]: s for s in json.loads(result.stdout)["stages"]}
     assert "given" in stages["calibrate"]["artifact"]
     assert (out / "model.qdq.onnx").read_bytes() == (workdir / "build" / "jetson" / "model.qdq.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("target", ["arm-cpu", "jetson"])
+def test_requirements_txt_is_installable_syntax(jetson_build, workdir, target):
+    from packaging.requirements import Requirement
+
+    lines = (workdir / "build" / target / "requirements.txt").read_text().split()
+    names = [Requirement(line).name for line in lines]  # raises on anything pip would reject
+    assert "numpy" in names and len(names) == len(set(names))
