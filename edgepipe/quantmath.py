@@ -59,12 +59,24 @@ def fake_quantize(x: np.ndarray, scale, zero_point=0, bits: int = 8, narrow: boo
     return dequantize(quantize(x, scale, zero_point, bits, narrow), scale, zero_point)
 
 
-def per_channel_symmetric(weights: np.ndarray, axis: int = 0, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Quantize weights per channel along `axis`: returns (int8 weights, float32 scales > 0)."""
+def per_channel_symmetric(weights: np.ndarray, axis: int = 0, bits: int = 8,
+                          min_ratio: float = 0.0, min_scales=None) -> tuple[np.ndarray, np.ndarray]:
+    """Quantize weights per channel along `axis`: returns (int8 weights, float32 scales > 0).
+
+    `min_ratio` > 0 floors every channel's range at `min_ratio` x the largest channel's range.
+    Trained-then-pruned models have dead channels (|w| ~ 1e-34 after BN folding); their own
+    scale would make bias scale = input_scale x weight_scale underflow (denormal or below what
+    int32 bias and the kernels' requantization multipliers can express). A floored channel
+    quantizes to zeros, which is what its weights are next to the other channels. `min_scales`
+    (per channel) is a further floor, e.g. so that an int32 bias stays representable."""
     w = np.asarray(weights, dtype=np.float32)
     reduce_axes = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
     amax = np.max(np.abs(w), axis=reduce_axes) if reduce_axes else np.abs(w)
+    if min_ratio > 0 and amax.size:
+        amax = np.maximum(amax, float(np.max(amax)) * min_ratio)
     scales = np.maximum(amax, TINY) / float(2 ** (bits - 1) - 1)
+    if min_scales is not None:
+        scales = np.maximum(scales, np.asarray(min_scales, np.float64))
     shape = [1] * w.ndim
     shape[axis % w.ndim] = -1
     q = quantize(w, scales.reshape(shape), 0, bits, narrow=True)

@@ -230,10 +230,13 @@ class Lowering:
         if dtype == "float32":
             return (self.spec.add_constant(f"{name};filter", weights),
                     self.spec.add_constant(f"{name};bias", bias))
-        q_weights, weight_scales = quantmath.per_channel_symmetric(weights, axis)
+        input_scale = float(self.tensor(input_index).quantization.scale[0])
+        # Dead channels (|w| ~ 1e-34 in real models after BN folding): floor their scale so the
+        # bias scale input_scale x weight_scale neither underflows nor makes the int32 bias overflow.
+        q_weights, weight_scales = quantmath.per_channel_symmetric(
+            weights, axis, min_ratio=2.0**-20, min_scales=np.abs(bias) / (input_scale * 2.0**30))
         filter_index = self.spec.add_constant(f"{name};filter", q_weights,
                                               Quantization.per_channel(weight_scales, axis))
-        input_scale = float(self.tensor(input_index).quantization.scale[0])
         q_bias, bias_scales = quantmath.quantize_bias(bias, input_scale, weight_scales)
         bias_index = self.spec.add_constant(f"{name};bias", q_bias, Quantization.per_channel(bias_scales, 0))
         return filter_index, bias_index
