@@ -53,13 +53,26 @@ def _torch_cnn(kind: str):
         layers = block(3, 32, 2) + block(32, 64, 1, True) + block(64, 128, 2, True) + block(128, 128, 1, True) \
             + block(128, 256, 2, True) + block(256, 256, 1, True) + block(256, 512, 2, True)
         head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000)]
-        return nn.Sequential(*layers, *head).eval(), [1, 3, 160, 160]
+        return _settle_batchnorm(nn.Sequential(*layers, *head), [1, 3, 160, 160]), [1, 3, 160, 160]
     # vgg-like, ~25 M parameters
     layers = block(3, 64, 1) + block(64, 128, 2) + block(128, 256, 2) + block(256, 512, 2)
     for _ in range(8):
         layers += block(512, 512, 1)
     head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 4096), nn.ReLU(), nn.Linear(4096, 1000)]
-    return nn.Sequential(*layers, *head).eval(), [1, 3, 64, 64]
+    return _settle_batchnorm(nn.Sequential(*layers, *head), [1, 3, 64, 64]), [1, 3, 64, 64]
+
+
+def _settle_batchnorm(module, shape):
+    """BatchNorm running statistics from a few random batches, so activations keep roughly unit
+    scale through the net as in a trained model (with the default statistics of an untrained net
+    they shrink layer after layer and deep int8 ranges become degenerate)."""
+    import torch
+
+    module.train()
+    with torch.no_grad():
+        for _ in range(3):
+            module(torch.randn(8, *shape[1:]))
+    return module.eval()
 
 
 def onnx_cnn(kind: str):
