@@ -149,3 +149,16 @@ def test_asymmetric_params_zero_exact_and_round_trip_within_half_step(lo, hi, wh
     error = np.abs(quantmath.fake_quantize(x, scale, zero_point).astype(np.float64) - x)
     # float32 dequantize adds relative rounding on top of the half step
     assert np.all(error <= scale / 2 + 1e-6 * max(abs(lo), abs(hi)) + 1e-9)
+
+
+def test_vectorized_asymmetric_grids_match_quantmath_exactly():
+    from edgepipe import quantmath
+    from edgepipe.calibrate.methods import asymmetric_grids
+
+    rng = np.random.default_rng(3)
+    lo = np.concatenate([-rng.uniform(0, 5, 500), [0.0, -0.0, 1.0, -1e-13, -2.5, -127.5 / 255]])
+    hi = np.concatenate([rng.uniform(0, 5, 500), [0.0, 0.0, 2.0, 0.0, 0.0, 127.5 / 255]])
+    lo[::7] *= 1e-3  # zero points near the clip limits and half-way roundings
+    scales, zero_points = asymmetric_grids(lo, hi)
+    for l, h, s, z in zip(lo, hi, scales, zero_points):
+        assert (s, z) == quantmath.asymmetric_params(l, h)

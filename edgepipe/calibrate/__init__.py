@@ -58,7 +58,7 @@ def calibrate(
     stabilities = {}
     for name, hist in hists.items():
         choice = policy.choose(name, hist, contexts[name], settings)
-        stabilities[name] = stability.round_stability(hist, choice.method, percentile)
+        stabilities[name] = stability.round_stability(hist, choice.method, percentile, choice.method_amax)
         result.tensors[name] = TensorCalibration(
             name=name,
             min=float(hist.min),

@@ -121,12 +121,22 @@ def tensor_chunks(model: onnx.ModelProto, names: list[str], batch_size: int, max
     return chunks
 
 
-def _first_bad(arrays: dict, names) -> str | None:
+def _extremes(arrays: dict, names) -> tuple[dict[str, tuple[float, float]], str | None]:
+    """(min, max) of every float array in `names` order, and the first with a NaN or Inf (or None).
+
+    One reduction pair per tensor serves both the NaN/Inf check (NaN propagates through min/max)
+    and the histogram update, which would otherwise reduce the same data again.
+    """
+    extremes = {}
     for name in names:
-        value = arrays[name]
-        if value.size and not (np.isfinite(value.min()) and np.isfinite(value.max())):  # NaN propagates
-            return name
-    return None
+        value = arrays.get(name)
+        if value is None or not np.issubdtype(value.dtype, np.floating) or not value.size:
+            continue
+        low, high = float(value.min()), float(value.max())
+        if not (np.isfinite(low) and np.isfinite(high)):
+            return extremes, name
+        extremes[name] = (low, high)
+    return extremes, None
 
 
 def _sample_with_bad_activation(session, names, dataset, indices, tensor) -> int:
@@ -165,7 +175,7 @@ def collect(
             _check_inputs(feed, batch_indices)
             arrays = dict(zip(fetch, session.run(fetch, feed))) if fetch else {}
             arrays.update({n: np.asarray(feed[n]) for n in chunk if n in input_names and n in feed})
-            bad = _first_bad({n: a for n, a in arrays.items() if np.issubdtype(a.dtype, np.floating)}, chunk)
+            extremes, bad = _extremes(arrays, chunk)
             if bad is not None:
                 index = _sample_with_bad_activation(session, chunk, dataset, batch_indices, bad)
                 raise UserError(
@@ -177,7 +187,7 @@ def collect(
                 if value is None or not np.issubdtype(value.dtype, np.floating):
                     skipped.add(name)
                     continue
-                hists[name].update(value, round_index)
+                hists[name].update(value, round_index, extremes.get(name))
             done += len(batch_indices)
             if progress is not None:
                 progress(done, total)

@@ -62,30 +62,74 @@ class TensorHistogram:
     def bin_width(self) -> float:
         return self.range / self.num_bins
 
-    def update(self, values: np.ndarray, round_index: int = 0) -> None:
-        """Add a batch of values. Non-finite values must be rejected by the caller first."""
+    def update(self, values: np.ndarray, round_index: int = 0, extremes: tuple[float, float] | None = None) -> None:
+        """Add a batch of values. Non-finite values must be rejected by the caller first.
+
+        `extremes`: (min, max) of `values` when the caller already computed them (the collector
+        does, for its NaN/Inf check), to save two passes over the data.
+        """
         x = np.asarray(values).ravel()
         if x.size == 0:
             return
-        low, high = float(x.min()), float(x.max())
+        low, high = (float(x.min()), float(x.max())) if extremes is None else (float(extremes[0]), float(extremes[1]))
         self.min, self.max = min(self.min, low), max(self.max, high)
         self.round_min[round_index] = min(self.round_min[round_index], low)
         self.round_max[round_index] = max(self.round_max[round_index], high)
         self.count += x.size
         self.grow_to(max(abs(low), abs(high)))
-        # bins/range is a power of two when num_bins is, so float32 scaling is exact (same bins as
-        # float64, at half the memory traffic); other bin counts scale in float64
-        exact32 = x.dtype == np.float32 and self.num_bins & (self.num_bins - 1) == 0
-        magnitude = np.abs(x) if exact32 else np.abs(x.astype(np.float64, copy=False))
-        magnitude *= magnitude.dtype.type(self.num_bins / self.range)
-        index = magnitude.astype(np.int32)
+        counts = self.counts[round_index]
+        if self.num_bins & (self.num_bins - 1) or x.dtype not in (np.float32, np.float64):
+            counts.reshape(-1)[:] += self._signed_bincount_general(x)
+            return
+        # bins/range is a power of two, so x * bins/range is exact in x's own float type (no
+        # float64 copy for float32 data) and |x| < range keeps it strictly inside (-bins, bins):
+        # truncation toward zero gives floor(|x| * bins/range) with x's sign, i.e. the bin.
+        # int64 indices because np.bincount casts anything else to intp first (a full copy).
+        scaled = x * x.dtype.type(self.num_bins / self.range)
+        index = scaled.astype(np.int64)
+        del scaled
+        if low >= 0.0:  # no negative values (ReLU outputs): the |x| bins directly
+            counts[0] += np.bincount(index, minlength=self.num_bins)
+            return
+        index += self.num_bins
+        signed = np.bincount(index, minlength=2 * self.num_bins)  # bin num_bins + trunc(x * bins/range)
+        # (-bin_width, 0) truncates to 0 as [0, bin_width) does: the negative zero bin is the number
+        # of negatives minus those in the other negative bins
+        negatives = int(np.count_nonzero(x < 0)) if high >= 0.0 else x.size
+        zero_negatives = negatives - int(signed[: self.num_bins].sum())
+        counts[0] += signed[self.num_bins :]
+        counts[0, 0] -= zero_negatives
+        counts[1, 0] += zero_negatives
+        counts[1, 1:] += signed[self.num_bins - 1 : 0 : -1]
+
+    def _signed_bincount_general(self, x: np.ndarray) -> np.ndarray:
+        """Signed bins in float64 (bin counts that are not powers of two round when scaling: clipped)."""
+        magnitude = np.abs(x.astype(np.float64, copy=False))
+        magnitude *= self.num_bins / self.range
+        index = magnitude.astype(np.int64)
         np.minimum(index, self.num_bins - 1, out=index)
-        index += (x < 0).astype(np.int32) * self.num_bins
-        self.counts[round_index].reshape(-1)[:] += np.bincount(index, minlength=2 * self.num_bins)
+        index += (x < 0).astype(np.int64) * self.num_bins
+        return np.bincount(index, minlength=2 * self.num_bins)
 
     def grow_to(self, absmax: float) -> None:
-        """Double the range until it is strictly above `absmax`, merging bin pairs each time."""
+        """Double the range until it is strictly above `absmax`, merging bin pairs each time.
+
+        With a power-of-two bin count, k doublings merge groups of 2^k adjacent bins in one step
+        (the same integer sums as k pair merges); an empty histogram just takes the new range.
+        """
         target = power_of_two_above(absmax)
+        if self.range >= target:
+            return
+        if not self.counts.any():
+            self.range = target
+            return
+        if self.num_bins & (self.num_bins - 1) == 0:
+            group = min(int(target / self.range), self.num_bins)  # 2^k, exact for powers of two
+            merged = self.counts.reshape(self.rounds, 2, self.num_bins // group, group).sum(axis=-1)
+            self.counts[:] = 0
+            self.counts[..., : self.num_bins // group] = merged
+            self.range = target
+            return
         while self.range < target:
             merged = self.counts.reshape(self.rounds, 2, self.num_bins // 2, 2).sum(axis=-1)
             self.counts[:] = 0

@@ -67,6 +67,7 @@ class Choice:
     hi: float
     method: str  # the method that produced the numbers (never "auto")
     reason: str = ""
+    method_amax: float | None = None  # the method's own threshold, before clamping (stability reuses it)
 
 
 def requested_method(name: str, context: TensorContext, settings: dict) -> str:
@@ -96,6 +97,7 @@ def fixed_choice(method: str, hist: TensorHistogram, percentile: float, amax: fl
     """Symmetric and asymmetric numbers of one fixed method."""
     if amax is None:
         amax = symmetric_amax(method, hist.abs_counts(), hist.bin_width, percentile, hist.observed_absmax())
+    method_amax = float(amax)
     amax = min(max(amax, 1e-12), methods.minmax_amax(hist))  # never beyond what was observed
     if method == "minmax":
         lo, hi = methods.minmax_range(hist)
@@ -105,7 +107,7 @@ def fixed_choice(method: str, hist: TensorHistogram, percentile: float, amax: fl
         lo, hi = methods.mse_range(hist)
     else:
         lo, hi = methods.clip_range_to_amax(hist, amax)
-    return Choice(float(amax), float(lo), float(hi), method)
+    return Choice(float(amax), float(lo), float(hi), method, method_amax=method_amax)
 
 
 def choose(name: str, hist: TensorHistogram, context: TensorContext, settings: dict) -> Choice:

@@ -40,10 +40,15 @@ def coarse(counts: np.ndarray, stop: int, bins: int = KL_BINS) -> np.ndarray:
     return np.add.reduceat(counts[:stop].astype(np.float64), edges[:-1]) * (np.diff(edges) > 0)
 
 
-def round_stability(hist: TensorHistogram, method: str, percentile: float) -> dict:
-    """Per-round thresholds and distribution shift of one tensor (see module docstring)."""
+def round_stability(hist: TensorHistogram, method: str, percentile: float, overall: float | None = None) -> dict:
+    """Per-round thresholds and distribution shift of one tensor (see module docstring).
+
+    `overall`: the method's threshold on the whole set when the caller has it (policy.Choice's
+    `method_amax`), so it is not searched for twice.
+    """
     width = hist.bin_width
-    overall = symmetric_amax(method, hist.abs_counts(), width, percentile, hist.observed_absmax())
+    if overall is None:
+        overall = symmetric_amax(method, hist.abs_counts(), width, percentile, hist.observed_absmax())
     nonzero = np.flatnonzero(hist.abs_counts())
     stop = max(int(nonzero[-1]) + 1 if nonzero.size else 1, KL_BINS)
     total_coarse = coarse(hist.abs_counts(), stop)
