@@ -253,8 +253,10 @@ def plan_precision(model, calibration, dataset, settings: dict, target):
     """Greedy mixed precision to `precision.budget` (see edgepipe/precision.py)."""
     from edgepipe.precision import plan_mixed_precision
 
+    backend = {k: v for k, v in (settings.get("backend") or {}).items() if v is not None}
     return plan_mixed_precision(model, calibration, dataset, settings["precision"]["budget"],
-                                symmetric=target.activation_symmetric)
+                                symmetric=target.activation_symmetric,
+                                evaluate=target.evaluator(model, calibration, dataset, backend))
 
 
 def _json_bytes(data: dict) -> bytes:

@@ -153,10 +153,10 @@ class _Planner:
                 return chosen, True
         return chosen, False
 
-    def prune(self, chosen: list[str]) -> list[str]:
+    def prune(self, chosen: list[str], confirming: bool = False) -> list[str]:
         for name in reversed(list(chosen)):
             trial = [g for g in chosen if g != name]
-            if self.check(trial, "remove", name):
+            if self.check(trial, "remove", name, confirming):
                 chosen = trial
             else:
                 self.steps[-1].action = "keep"
@@ -193,7 +193,12 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
         chosen = planner.prune(chosen)
     met = planner.check(chosen, "confirm", None, confirming=True)
     if not met:
+        # the confirming evaluator (the real backend) disagrees with the slice: grow on it, then
+        # prune on it again so the float set stays the smallest that holds there
         chosen, met = planner.grow(chosen, confirming=True)
+        if met:
+            chosen = planner.prune(chosen, confirming=True)
+            met = planner.check(chosen, "confirm", None, confirming=True)
     final = planner.steps[-1].metrics
     reason = _reason(spec, met, chosen, planner, final)
     return PrecisionPlan(planner.nodes(chosen), chosen, planner.steps, final, met, reason, spec, report,

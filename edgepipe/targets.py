@@ -64,6 +64,11 @@ class Target:
     def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
         raise NotImplementedError
 
+    def evaluator(self, model, calibration, dataset, settings: dict):
+        """callable(float_nodes) -> accuracy metrics on this target's real kernels, or None when
+        they cannot run on the build host (the planner then trusts ONNX Runtime Q/DQ)."""
+        return None
+
     def describe(self) -> dict:
         return {
             "name": self.name,

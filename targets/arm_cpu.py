@@ -41,9 +41,16 @@ class ArmCpuTarget(Target):
         manifest = {
             "precision": {
                 "policy": self.precision,
-                "float_nodes": sorted(result.get("float_nodes") or []),
+                "float_nodes": sorted(result.get("float_nodes") or []),  # lowered in float (activations fused)
+                "requested_float_nodes": sorted(options["float_nodes"]),
                 "int8_io": bool(options.get("int8_io")),
             },
             "op_histogram": result.get("op_histogram", {}),
         }
         return BackendResult(files=list(result["files"]), io=result["io"], manifest=manifest)
+
+    def evaluator(self, model, calibration, dataset, settings: dict):
+        from edgepipe.backends.tflite.evaluate import tflite_evaluator
+
+        options = {k: v for k, v in settings.items() if k in ("int8_io", "keep_layout") and v is not None}
+        return tflite_evaluator(model, calibration, dataset, options)

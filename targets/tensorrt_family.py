@@ -41,6 +41,7 @@ class TensorRTTarget(Target):
             "precision": {
                 "policy": self.precision,
                 "float_nodes": sorted(options.get("float_nodes") or []),
+                "requested_float_nodes": sorted(options.get("float_nodes") or []),
                 "qdq": result.get("qdq_report", {}),
             },
             "engine": {"built_on_host": bool(result.get("engine_built")), "note": result.get("engine_note", "")},

@@ -1,0 +1,55 @@
+"""Running our .tflite files on the build host with the real LiteRT interpreter.
+
+Used wherever the build itself needs the interpreter's answer (the mixed-precision planner
+confirms float islands on the real int8 kernels, the conformance harness compares with ONNX
+Runtime): feeds and results are in ONNX layout and float32, converted with the io description
+`build_tflite` returns (NHWC layout, int8 I/O quantization).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgepipe import quantmath
+
+RESOLVERS = {
+    "xnnpack": "AUTO",
+    "no_delegates": "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
+    "reference": "BUILTIN_REF",
+}
+
+
+def make_interpreter(path: Path, resolver: str = "xnnpack", threads: int = 1):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_path=str(path), num_threads=threads,
+                              experimental_op_resolver_type=getattr(OpResolverType, RESOLVERS[resolver]))
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def run_tflite(path: Path, io: dict, feed: dict, resolver: str = "xnnpack", threads: int = 1,
+               interpreter=None) -> dict:
+    """Run a .tflite on an ONNX-layout float feed; outputs come back float, in ONNX layout."""
+    interpreter = interpreter or make_interpreter(path, resolver, threads)
+    details = {d["name"]: d for d in interpreter.get_input_details()}
+    for spec in io["inputs"]:
+        value = np.asarray(feed[spec["name"]], np.float32)
+        if spec["layout"] == "NHWC":
+            value = value.transpose(0, 2, 3, 1)
+        if spec["quantization"] and spec["dtype"] == "int8":
+            value = quantmath.quantize(value, spec["quantization"]["scale"], spec["quantization"]["zero_point"])
+        interpreter.set_tensor(details[spec["name"]]["index"], np.ascontiguousarray(value))
+    interpreter.invoke()
+    out_details = {d["name"]: d for d in interpreter.get_output_details()}
+    results = {}
+    for spec in io["outputs"]:
+        value = interpreter.get_tensor(out_details[spec["name"]]["index"])
+        if spec["dtype"] == "int8":
+            value = quantmath.dequantize(value, spec["quantization"]["scale"], spec["quantization"]["zero_point"])
+        if spec["layout"] == "NHWC":
+            value = value.transpose(0, 3, 1, 2)
+        results[spec["name"]] = value
+    return results

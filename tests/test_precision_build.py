@@ -1,0 +1,79 @@
+"""`edgepipe build --target arm-cpu` with `precision.budget` on a model where plain int8 breaks
+the budget: the planner confirms float islands on the real LiteRT kernels, and the bundle's own
+host report (run.py, independent of the planner) shows the budget met."""
+
+import json
+
+import pytest
+import torch
+
+from edgepipe.demo import DEMO_PREPROCESS, demo_calib_dir, demo_eval_dir
+from edgepipe.demo.model import build_demo
+from tests.helpers import run_cli
+
+OUTLIER = 100.0
+
+
+def outlier_heavy_weights(path):
+    """Same FP32 function as the demo, but two post-ReLU channels scaled x100 (undone downstream)."""
+    model = build_demo()
+    with torch.no_grad():
+        for bn, consumer in ((model.block.depthwise[1], model.block.pointwise[0]),
+                             (model.head_conv[1], model.classifier)):
+            bn.weight[0] *= OUTLIER
+            bn.bias[0] *= OUTLIER
+            consumer.weight[:, 0] /= OUTLIER
+    torch.save(model.state_dict(), path)
+
+
+def config(tmp_path, budget):
+    lines = [
+        "model: edgepipe.demo.model:build_demo",
+        f"weights: {tmp_path / 'outlier.pt'}",
+        "target: arm-cpu",
+        f"calib: {demo_calib_dir()}",
+        f"eval: {demo_eval_dir()}",
+        "input_shapes: {image: [1, 3, 32, 32]}",
+        "output_names: [logits]",
+        f"preprocess: {json.dumps(DEMO_PREPROCESS)}",
+        "fold: {input_normalization: mean_std}",
+        "report: {iterations: 100, warmup: 5}",
+    ]
+    if budget is not None:
+        lines.append(f"precision: {{budget: {budget}}}")
+    path = tmp_path / f"edgepipe-{budget}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("amp")
+    outlier_heavy_weights(tmp / "outlier.pt")
+    results = {}
+    for name, budget in (("plain", None), ("budget", 0.01)):
+        out = tmp / name
+        result = run_cli("build", "--config", str(config(tmp, budget)), "--out", str(out), "--json", cwd=tmp)
+        assert result.returncode == 0, result.stderr
+        results[name] = (json.loads(result.stdout), out)
+    return results
+
+
+def test_plain_int8_breaks_the_budget(builds):
+    accuracy = builds["plain"][0]["results"]["accuracy"]
+    assert accuracy["fp32_top1"] - accuracy["top1"] > 0.01
+
+
+def test_budget_is_met_on_the_device_runner_with_few_float_nodes(builds):
+    summary, out = builds["budget"]
+    accuracy = summary["results"]["accuracy"]
+    assert accuracy["fp32_top1"] - accuracy["top1"] <= 0.01 + 1e-9
+    plan = json.loads((out / "precision.json").read_text())
+    assert plan["met"] and 1 <= len(plan["float_groups"]) <= 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"]["requested_float_nodes"] == sorted(plan["float_nodes"])
+    assert set(manifest["precision"]["float_nodes"]) <= set(plan["float_nodes"])  # fused activations drop out
+    # the report explains which layers and why
+    assert (out / "sensitivity.json").exists()
+    html = (out / "report" / "report.html").read_text()
+    assert plan["float_groups"][0] in html
