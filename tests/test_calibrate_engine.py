@@ -206,3 +206,18 @@ def test_tensor_chunks_cover_every_tensor_in_order(model):
     small_budget = calibrate(model, iid(8), {"method": "minmax", "max_exposed_mb": 384 * 4 / 2**20})
     one_pass = calibrate(model, iid(8), {"method": "minmax"})
     assert small_budget.to_json()["tensors"] == one_pass.to_json()["tensors"]
+
+
+def test_buffered_binning_equals_one_update_per_batch(model, monkeypatch):
+    """Small activations are held back and binned per flush (collector._Pending): same counts,
+    extremes and thresholds as binning every batch on its own, whatever the flush points."""
+    from edgepipe.calibrate import collector
+
+    data = iid(30, seed=7)
+    buffered = calibrate(model, data, {"method": "mse"})
+    monkeypatch.setattr(collector, "PENDING_BATCHES", 1)  # flush after every batch
+    direct = calibrate(model, data, {"method": "mse"})
+    monkeypatch.setattr(collector, "PENDING_BATCHES", 7)  # flush points inside rounds
+    monkeypatch.setattr(collector, "DIRECT_BYTES", 600)  # mixed: larger tensors skip the buffer
+    mixed = calibrate(model, data, {"method": "mse"})
+    assert buffered.to_json() == direct.to_json() == mixed.to_json()

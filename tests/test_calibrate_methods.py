@@ -162,3 +162,21 @@ def test_vectorized_asymmetric_grids_match_quantmath_exactly():
     scales, zero_points = asymmetric_grids(lo, hi)
     for l, h, s, z in zip(lo, hi, scales, zero_points):
         assert (s, z) == quantmath.asymmetric_params(l, h)
+
+
+def test_candidate_error_does_not_depend_on_its_batch_of_candidates():
+    """expected_error works in blocks of candidates with plain row sums: a candidate's error is
+    the same bit for bit alone, in a small call or in a large one."""
+    rng = np.random.default_rng(11)
+    centers = np.sort(rng.uniform(-3.0, 5.0, 3000))
+    counts = rng.integers(1, 1000, centers.size).astype(np.float64)
+    scales = rng.uniform(0.001, 0.05, 130)
+    zero_points = np.rint(rng.uniform(-128, 127, 130))
+    together = methods.expected_error(centers, counts, scales, zero_points, -128, 127)
+    for k in (0, 7, 129):
+        alone = methods.expected_error(centers, counts, scales[k : k + 1], zero_points[k : k + 1], -128, 127)
+        assert alone[0] == together[k]
+    # reference: the direct matrix formula
+    levels = np.clip(np.rint(centers[None, :] / scales[:, None]) + zero_points[:, None], -128, 127)
+    direct = ((centers[None, :] - (levels - zero_points[:, None]) * scales[:, None]) ** 2 * counts).sum(1) / counts.sum()
+    np.testing.assert_allclose(together, direct, rtol=1e-12)

@@ -3,11 +3,15 @@
 Why streaming: ONNX Runtime's `collect_data` keeps every exposed activation of every sample and
 histograms at the end (tens of GB on detectors). Here each batch's activations are folded into
 fixed-size histograms (histogram.py) and dropped, so peak memory is one batch's activations plus
-`tensors x rounds x 2 x num_bins` counters, whatever the number of samples.
+at most PENDING_BYTES of buffered small activations plus `tensors x rounds x 2 x num_bins`
+counters, whatever the number of samples.
 
 Which tensors: graph inputs and float outputs of every node that a backend may quantize; integer
 and shape tensors and anything computed only from constants (Constant nodes, shape arithmetic on
 initializers) are skipped.
+
+Small activations are buffered across batches (`_Pending`, at most PENDING_BYTES) and binned
+together, which is exact and removes most per-update overhead.
 
 Memory vs passes: exposing every tensor makes ONNX Runtime return all of one batch's activations
 at once. When their estimated size exceeds `max_exposed_mb`, tensors are split into chunks and
@@ -171,6 +175,7 @@ def collect(
     for chunk in chunks:
         session = graph.make_session(graph.expose_tensors(model, [n for n in chunk if n not in input_names]))
         fetch = [n for n in chunk if n not in input_names]
+        pending = _Pending()
         for round_index, batch_indices, feed in batches(dataset, indices, rounds, batch_size):
             _check_inputs(feed, batch_indices)
             arrays = dict(zip(fetch, session.run(fetch, feed))) if fetch else {}
@@ -182,18 +187,72 @@ def collect(
                     f"calibration sample {index}: tensor '{bad}' contains NaN or Inf; check that sample's "
                     "preprocessing or drop it from the calibration set"
                 )
+            if round_index != pending.round_index:
+                pending.flush(hists)
+                pending.round_index = round_index
             for name in chunk:
                 value = arrays.get(name)
                 if value is None or not np.issubdtype(value.dtype, np.floating):
                     skipped.add(name)
                     continue
-                hists[name].update(value, round_index, extremes.get(name))
+                pending.add(hists, name, value, extremes.get(name))
+            del arrays
+            pending.batches += 1
+            if pending.nbytes >= PENDING_BYTES or pending.batches >= PENDING_BATCHES:
+                pending.flush(hists)
             done += len(batch_indices)
             if progress is not None:
                 progress(done, total)
+        pending.flush(hists)
     for name in skipped:
         hists.pop(name, None)
     return hists, len(indices)
+
+
+PENDING_BYTES = 32 * 2**20  # small activations held back per flush (all tensors together)
+PENDING_BATCHES = 16  # ... and at most this many batches of them
+DIRECT_BYTES = 2 * 2**20  # an activation this large is binned at once (nothing to amortize)
+
+
+class _Pending:
+    """Small activations of consecutive batches of one round, binned together on flush.
+
+    Why: most activations of edge models are small (median ~14k values on PP-OCR), where the
+    ~10 numpy calls of one histogram update cost more than the data. Concatenating several
+    batches per tensor first gives one update per tensor per flush. Memory stays bounded whatever
+    the number of samples: a flush happens whenever PENDING_BYTES are held, every PENDING_BATCHES
+    batches, at every round boundary (counts are per round) and at the end; activations of
+    DIRECT_BYTES or more skip the buffer. Binning is exact and order-independent (histogram.py),
+    so the counts are the same as with one update per batch.
+    """
+
+    def __init__(self):
+        self.items: dict[str, list[tuple[np.ndarray, tuple[float, float] | None]]] = {}
+        self.nbytes = 0
+        self.batches = 0
+        self.round_index = 0
+
+    def add(self, hists: dict, name: str, value: np.ndarray, extremes: tuple[float, float] | None) -> None:
+        if not value.size:
+            return
+        if value.nbytes >= DIRECT_BYTES:
+            hists[name].update(value, self.round_index, extremes)
+            return
+        self.items.setdefault(name, []).append((value, extremes))
+        self.nbytes += value.nbytes
+
+    def flush(self, hists: dict) -> None:
+        for name, items in self.items.items():
+            if len(items) == 1:
+                hists[name].update(items[0][0], self.round_index, items[0][1])
+                continue
+            values = np.concatenate([value.ravel() for value, _ in items])
+            known = [e for _, e in items if e is not None]
+            extremes = (min(e[0] for e in known), max(e[1] for e in known)) if len(known) == len(items) else None
+            hists[name].update(values, self.round_index, extremes)
+        self.items.clear()
+        self.nbytes = 0
+        self.batches = 0
 
 
 def _check_inputs(feed: dict, batch_indices: list[int]) -> None:

@@ -97,6 +97,7 @@ def entropy_amax(abs_hist: np.ndarray, bin_width: float, levels: int = QUANTIZED
     return int(candidates[best]) * bin_width  # ties (and all-inf) keep the largest i
 
 
+LEVEL_BLOCK = 8192  # candidates x levels per block of the per-level terms (64 KiB of float64)
 SERIES_TERMS = 24  # terms of the expansion of (h - t) log(h - t) around t = 0 (t / h <= 0.25)
 
 
@@ -146,29 +147,40 @@ def candidate_divergences(hist: np.ndarray, candidates: np.ndarray, levels: int 
         p_log_p = p_log_p + power / (m * (m - 1)) * sums[last]
     shifted_last = np.where(last_nonzero > 0, p_last - tp, 1.0)
     p_log_p = p_log_p + np.where(last_nonzero > 0, shifted_last * np.log(shifted_last), 0.0)
-    # levels: [candidates, levels]
-    group = (i // levels)[:, None]
+    # levels: [candidates, levels], in blocks of candidates that stay in cache (every term is per
+    # candidate, so blocking changes no value)
+    p_log_q = np.empty(i.size)
+    q_nonzero_bins = np.empty(i.size, dtype=np.int64)
+    level_bad = np.empty(i.size, dtype=bool)
+    last_q_empty = np.empty(i.size, dtype=bool)
     j = np.arange(levels)[None, :]
-    start = j * group
-    end = np.where(j == levels - 1, i[:, None], start + group)
-    level_sum = prefix[end] - prefix[start]
     is_last = j == levels - 1
-    level_nonzero = occupied_prefix[end] - occupied_prefix[start] + np.where(
-        is_last, (last_nonzero - occupied[last])[:, None], 0)
-    q_level = np.divide(level_sum, level_nonzero, out=np.zeros(level_sum.shape), where=level_nonzero > 0)
-    q_nonzero_bins = np.where(q_level > 0, level_nonzero, 0).sum(axis=1)
-    q_empty = i - q_nonzero_bins
-    tq = eps * q_empty / np.maximum(q_nonzero_bins, 1)
-    qs_level = q_level - tq[:, None]
-    used = (level_nonzero > 0) & (q_level > 0)
-    p_level = level_sum + np.where(is_last, (total - prefix[i])[:, None], 0.0) - level_nonzero * tp[:, None]
-    p_log_q = np.where(used, p_level * np.log(np.where(used & (qs_level > 0), qs_level, 1.0)), 0.0).sum(axis=1)
+    rows = max(1, LEVEL_BLOCK // levels)
+    for a in range(0, i.size, rows):
+        b = slice(a, min(a + rows, i.size))
+        ib = i[b]
+        group = (ib // levels)[:, None]
+        start = j * group
+        end = np.where(is_last, ib[:, None], start + group)
+        level_sum = prefix[end] - prefix[start]
+        level_nonzero = occupied_prefix[end] - occupied_prefix[start] + np.where(
+            is_last, (last_nonzero[b] - occupied[last[b]])[:, None], 0)
+        q_level = np.divide(level_sum, level_nonzero, out=np.zeros(level_sum.shape), where=level_nonzero > 0)
+        q_nonzero_bins[b] = np.where(q_level > 0, level_nonzero, 0).sum(axis=1)
+        q_empty = ib - q_nonzero_bins[b]
+        tq = eps * q_empty / np.maximum(q_nonzero_bins[b], 1)
+        qs_level = q_level - tq[:, None]
+        used = (level_nonzero > 0) & (q_level > 0)
+        p_level = level_sum + np.where(is_last, (total - prefix[ib])[:, None], 0.0) - level_nonzero * tp[b, None]
+        p_log_q[b] = np.where(used, p_level * np.log(np.where(used & (qs_level > 0), qs_level, 1.0)), 0.0).sum(axis=1)
+        level_bad[b] = np.any(used & (qs_level <= 0), axis=1)
+        last_q_empty[b] = q_level[:, -1] == 0
     # a non-empty last bin of P in an all-empty last level of Q: Q smoothed to eps there
-    orphan = (last_nonzero > 0) & (q_level[:, -1] == 0)
+    orphan = (last_nonzero > 0) & last_q_empty
     p_log_q = p_log_q + np.where(orphan, shifted_last * np.log(eps), 0.0)
     p_sum = total
     q_sum = prefix[i]
     with np.errstate(divide="ignore", invalid="ignore"):
         kl = (p_log_p - p_log_q) / p_sum + np.log(q_sum / p_sum)
-    bad = (nonempty == 0) | (q_nonzero_bins == 0) | np.any(used & (qs_level <= 0), axis=1)
+    bad = (nonempty == 0) | (q_nonzero_bins == 0) | level_bad
     return np.where(bad, np.inf, kl)

@@ -85,9 +85,8 @@ class TensorHistogram:
         # float64 copy for float32 data) and |x| < range keeps it strictly inside (-bins, bins):
         # truncation toward zero gives floor(|x| * bins/range) with x's sign, i.e. the bin.
         # int64 indices because np.bincount casts anything else to intp first (a full copy).
-        scaled = x * x.dtype.type(self.num_bins / self.range)
-        index = scaled.astype(np.int64)
-        del scaled
+        index = np.empty(x.size, dtype=np.int64)
+        np.multiply(x, x.dtype.type(self.num_bins / self.range), out=index, casting="unsafe")
         if low >= 0.0:  # no negative values (ReLU outputs): the |x| bins directly
             counts[0] += np.bincount(index, minlength=self.num_bins)
             return
