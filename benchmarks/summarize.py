@@ -64,6 +64,19 @@ def tflite_latency(data: dict) -> list[str]:
     return lines
 
 
+def tflite_vs_ai_edge_quantizer(data: dict) -> list[str]:
+    versions = ", ".join(f"{k} {v}" for k, v in data.get("versions", {}).items())
+    lines = [f"{data.get('note', '')} ({versions}).", "",
+             "| model | engine | top-1 | argmax agreement | SQNR dB | size bytes | XNNPACK partitions | latency / fp32 | convert s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for case in data["cases"]:
+        for engine, row in case["results"].items():
+            lines.append(f"| {case['model']} | {engine} | {fmt(row.get('top1'))} | {fmt(row.get('argmax_agreement'))} | "
+                         f"{fmt(row.get('sqnr_db'), 1)} | {row.get('size_bytes')} | {row.get('delegate_partitions')} | "
+                         f"{fmt(row.get('latency_over_fp32'), 2)}x | {fmt(row.get('convert_s'), 2)} |")
+    return lines
+
+
 def accuracy_recovery(data: dict) -> list[str]:
     lines = [f"Budget: top-1 drop <= {data['settings']['budget']}; ONNX Runtime Q/DQ int8.", "",
              "| model | variant | top-1 | argmax agreement | SQNR dB | weight bytes | float groups |",
@@ -94,6 +107,8 @@ SECTIONS = [
     ("Calibration vs ONNX Runtime quantize_static (`benchmarks/calibration_vs_peers.py`)", "calibration_vs_peers", calibration_vs_peers),
     ("Calibration memory vs number of samples (`benchmarks/calibration_scaling.py`)", "calibration_scaling", calibration_scaling),
     ("TFLite int8 vs fp32 on this host (`benchmarks/tflite_latency.py`)", "tflite_latency", tflite_latency),
+    ("Our int8 lowering vs ai-edge-quantizer on the same fp32 .tflite (`benchmarks/tflite_vs_ai_edge_quantizer.py`)",
+     "tflite_vs_ai_edge_quantizer", tflite_vs_ai_edge_quantizer),
     ("Accuracy recovery: PTQ vs mixed precision vs QAT+KD (`benchmarks/accuracy_recovery.py`)", "accuracy_recovery", accuracy_recovery),
     ("Build time per stage (`benchmarks/build_stages.py`)", "build_stages", build_stages),
 ]
