@@ -35,8 +35,9 @@ def tflite_evaluator(model, calibration, dataset, options: dict | None = None, m
             interpreter = make_interpreter(Path(tmp) / INT8_FILE)
             outputs = [run_tflite(Path(tmp) / INT8_FILE, result["io"], feed, interpreter=interpreter)
                        for feed in feeds]
-        got = np.concatenate([o[first].reshape(1, -1) for o in outputs])
-        want = np.concatenate([r[first].reshape(1, -1) for r in references])
+        # argmax over the last axis: one decision per sample (classifier) or per position (sequence)
+        got = np.concatenate([o[first].reshape(-1, o[first].shape[-1]) for o in outputs])
+        want = np.concatenate([r[first].reshape(-1, r[first].shape[-1]) for r in references])
         metrics = {
             "sqnr_db": min(quantmath.sqnr_db(np.concatenate([r[n].ravel() for r in references]),
                                              np.concatenate([o[n].ravel() for o in outputs])) for n in output_names),
@@ -46,7 +47,7 @@ def tflite_evaluator(model, calibration, dataset, options: dict | None = None, m
             "top1": None,
             "fp32_top1": None,
         }
-        if labels is not None:
+        if labels is not None and len(got) == len(labels):  # one decision per sample: a classifier
             metrics["top1"] = float(np.mean(got.argmax(axis=1) == labels))
             metrics["fp32_top1"] = float(np.mean(want.argmax(axis=1) == labels))
         if not np.isfinite(metrics["sqnr_db"]):
