@@ -148,24 +148,32 @@ def candidate_divergences(hist: np.ndarray, candidates: np.ndarray, levels: int 
     shifted_last = np.where(last_nonzero > 0, p_last - tp, 1.0)
     p_log_p = p_log_p + np.where(last_nonzero > 0, shifted_last * np.log(shifted_last), 0.0)
     # levels: [candidates, levels], in blocks of candidates that stay in cache (every term is per
-    # candidate, so blocking changes no value)
+    # candidate, so blocking changes no value; the same operations on the same operands as before)
     p_log_q = np.empty(i.size)
     q_nonzero_bins = np.empty(i.size, dtype=np.int64)
     level_bad = np.empty(i.size, dtype=bool)
     last_q_empty = np.empty(i.size, dtype=bool)
     j = np.arange(levels)[None, :]
     is_last = j == levels - 1
+    # every level but the last depends only on the group size i // levels: one table row per size
+    groups = np.arange(int(i.min()) // levels, int(i.max()) // levels + 1)[:, None]
+    start, end = j * groups, (j + 1) * groups
+    table_sum = prefix[end] - prefix[start]
+    table_nonzero = occupied_prefix[end] - occupied_prefix[start]
+    table_q = np.divide(table_sum, table_nonzero, out=np.zeros(table_sum.shape), where=table_nonzero > 0)
     rows = max(1, LEVEL_BLOCK // levels)
     for a in range(0, i.size, rows):
         b = slice(a, min(a + rows, i.size))
         ib = i[b]
-        group = (ib // levels)[:, None]
-        start = j * group
-        end = np.where(is_last, ib[:, None], start + group)
-        level_sum = prefix[end] - prefix[start]
-        level_nonzero = occupied_prefix[end] - occupied_prefix[start] + np.where(
-            is_last, (last_nonzero[b] - occupied[last[b]])[:, None], 0)
-        q_level = np.divide(level_sum, level_nonzero, out=np.zeros(level_sum.shape), where=level_nonzero > 0)
+        row = ib // levels - groups[0, 0]
+        last_start = (levels - 1) * (ib // levels)
+        level_sum = table_sum[row]
+        level_sum[:, -1] = prefix[ib] - prefix[last_start]
+        level_nonzero = table_nonzero[row]
+        level_nonzero[:, -1] = occupied_prefix[ib] - occupied_prefix[last_start] + (last_nonzero[b] - occupied[last[b]])
+        q_level = table_q[row]
+        last_sum, last_count = level_sum[:, -1], level_nonzero[:, -1]
+        q_level[:, -1] = np.divide(last_sum, last_count, out=np.zeros(last_sum.shape), where=last_count > 0)
         q_nonzero_bins[b] = np.where(q_level > 0, level_nonzero, 0).sum(axis=1)
         q_empty = ib - q_nonzero_bins[b]
         tq = eps * q_empty / np.maximum(q_nonzero_bins[b], 1)
