@@ -97,7 +97,7 @@ def entropy_amax(abs_hist: np.ndarray, bin_width: float, levels: int = QUANTIZED
     return int(candidates[best]) * bin_width  # ties (and all-inf) keep the largest i
 
 
-LEVEL_BLOCK = 8192  # candidates x levels per block of the per-level terms (64 KiB of float64)
+LEVEL_BLOCK = 32768  # candidates x levels per block of the per-level terms (256 KiB of float64)
 SERIES_TERMS = 24  # terms of the expansion of (h - t) log(h - t) around t = 0 (t / h <= 0.25)
 
 
