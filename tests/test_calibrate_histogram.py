@@ -97,3 +97,16 @@ def test_fast_binning_matches_reference_bins(seed, dtype, num_bins, kind):
     per_round = [np.concatenate(parts[r::2]).astype(np.float64) for r in range(2)]
     for r in range(2):
         np.testing.assert_array_equal(hist.counts[r], _direct(per_round[r], num_bins, hist.range))
+
+
+def test_update_parts_equals_one_update_per_part():
+    rng = np.random.default_rng(5)
+    parts = [(rng.standard_normal(n) * 10.0 ** rng.uniform(-3, 3)).astype(np.float32) for n in (5, 300, 1, 40)]
+    parts.append(np.maximum(parts[1], 0))
+    one_by_one, together = TensorHistogram("t", 256, rounds=2), TensorHistogram("t", 256, rounds=2)
+    for part in parts:
+        one_by_one.update(part, 1)
+    together.update_parts(parts + [np.zeros(0, np.float32)], 1)
+    np.testing.assert_array_equal(one_by_one.counts, together.counts)
+    assert (one_by_one.range, one_by_one.min, one_by_one.max, one_by_one.count) == (
+        together.range, together.min, together.max, together.count)

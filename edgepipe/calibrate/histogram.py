@@ -68,25 +68,43 @@ class TensorHistogram:
         `extremes`: (min, max) of `values` when the caller already computed them (the collector
         does, for its NaN/Inf check), to save two passes over the data.
         """
-        x = np.asarray(values).ravel()
-        if x.size == 0:
+        self.update_parts([values], round_index, extremes)
+
+    def update_parts(self, parts: list, round_index: int = 0, extremes: tuple[float, float] | None = None) -> None:
+        """Add several arrays of one round at once (one bincount): the same counts as one update each.
+
+        `extremes`: (min, max) over all parts, if known.
+        """
+        parts = [x for x in (np.asarray(p).ravel() for p in parts) if x.size]
+        if not parts:
             return
-        low, high = (float(x.min()), float(x.max())) if extremes is None else (float(extremes[0]), float(extremes[1]))
+        if extremes is None:
+            low, high = min(float(x.min()) for x in parts), max(float(x.max()) for x in parts)
+        else:
+            low, high = float(extremes[0]), float(extremes[1])
         self.min, self.max = min(self.min, low), max(self.max, high)
         self.round_min[round_index] = min(self.round_min[round_index], low)
         self.round_max[round_index] = max(self.round_max[round_index], high)
-        self.count += x.size
+        size = sum(x.size for x in parts)
+        self.count += size
         self.grow_to(max(abs(low), abs(high)))
         counts = self.counts[round_index]
-        if self.num_bins & (self.num_bins - 1) or x.dtype not in (np.float32, np.float64):
-            counts.reshape(-1)[:] += self._signed_bincount_general(x)
+        dtype = parts[0].dtype
+        if self.num_bins & (self.num_bins - 1) or dtype not in (np.float32, np.float64) or any(
+                x.dtype != dtype for x in parts):
+            counts.reshape(-1)[:] += self._signed_bincount_general(np.concatenate(parts))
             return
         # bins/range is a power of two, so x * bins/range is exact in x's own float type (no
         # float64 copy for float32 data) and |x| < range keeps it strictly inside (-bins, bins):
         # truncation toward zero gives floor(|x| * bins/range) with x's sign, i.e. the bin.
-        # int64 indices because np.bincount casts anything else to intp first (a full copy).
-        index = np.empty(x.size, dtype=np.int64)
-        np.multiply(x, x.dtype.type(self.num_bins / self.range), out=index, casting="unsafe")
+        # int64 indices because np.bincount casts anything else to intp first (a full copy); each
+        # part is scaled straight into its slice of one index array (no concatenated copy).
+        scale = dtype.type(self.num_bins / self.range)
+        index = np.empty(size, dtype=np.int64)
+        offset = 0
+        for x in parts:
+            np.multiply(x, scale, out=index[offset : offset + x.size], casting="unsafe")
+            offset += x.size
         if low >= 0.0:  # no negative values (ReLU outputs): the |x| bins directly
             counts[0] += np.bincount(index, minlength=self.num_bins)
             return
@@ -94,7 +112,7 @@ class TensorHistogram:
         signed = np.bincount(index, minlength=2 * self.num_bins)  # bin num_bins + trunc(x * bins/range)
         # (-bin_width, 0) truncates to 0 as [0, bin_width) does: the negative zero bin is the number
         # of negatives minus those in the other negative bins
-        negatives = int(np.count_nonzero(x < 0)) if high >= 0.0 else x.size
+        negatives = sum(int(np.count_nonzero(x < 0)) for x in parts) if high >= 0.0 else size
         zero_negatives = negatives - int(signed[: self.num_bins].sum())
         counts[0] += signed[self.num_bins :]
         counts[0, 0] -= zero_negatives
