@@ -114,23 +114,9 @@ def worker(method: str, work: Path, name: str) -> None:
                                     for m in ("entropy", "percentile", "mse", "minmax")}}
         (work / f"{name}_{kind}_{option}.calibration.json").write_text(json.dumps(result.to_json()))
     elif kind == "ort":
-        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                              quantize_static)
+        from ort_peer import ort_quantize_static
 
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.i = 0
-
-            def get_next(self):
-                if self.i >= len(images):
-                    return None
-                self.i += 1
-                return {input_name: images[self.i - 1 : self.i]}
-
-        quantize_static(str(model_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, option),
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        ort_quantize_static(model_path, out, len(images), lambda i: {input_name: images[i : i + 1]}, option)
     wall = time.perf_counter() - start
     print(json.dumps({"method": method, "wall_s": wall, "peak_rss_mb": rss_mb(), "rss_growth_mb": rss_mb() - base,
                       "qdq": str(out), **extra}))

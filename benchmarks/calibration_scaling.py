@@ -80,23 +80,12 @@ def child(kind: str, model_path: str, samples: int) -> dict:
         wall = time.perf_counter() - start
         tensors = len(result.tensors)
     else:
-        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
-
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.i = 0
-
-            def get_next(self):
-                if self.i >= samples:
-                    return None
-                self.i += 1
-                return sample(self.i - 1)
+        from ort_peer import ort_quantize_static
 
         before = rss_mb()
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            quantize_static(model_path, str(Path(tmp) / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                            per_channel=True, calibrate_method=CalibrationMethod.Percentile)
+            ort_quantize_static(model_path, Path(tmp) / "q.onnx", samples, sample, "Percentile")
         wall = time.perf_counter() - start
         tensors = None
     del rng

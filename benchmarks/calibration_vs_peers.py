@@ -89,23 +89,9 @@ def worker(method: str, work: Path, calib_file: str) -> None:
                  "methods_chosen": {m: sum(t.method == m for t in result.tensors.values())
                                     for m in ("entropy", "percentile", "mse", "minmax")}}
     else:
-        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                              QuantType, quantize_static)
+        from ort_peer import ort_quantize_static
 
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.i = 0
-
-            def get_next(self):
-                if self.i >= len(images):
-                    return None
-                self.i += 1
-                return {"image": images[self.i - 1 : self.i]}
-
-        quantize_static(str(work / "model.onnx"), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, name),
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        ort_quantize_static(work / "model.onnx", out, len(images), lambda i: {"image": images[i : i + 1]}, name)
         extra = {}
     wall = time.perf_counter() - start
     print(json.dumps({"method": method, "calib": calib_file, "wall_s": wall, "peak_rss_mb": rss_mb(),
