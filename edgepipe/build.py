@@ -130,7 +130,6 @@ def check_target_support(model, target, ignore: set[str] = frozenset()) -> None:
 
 
 def run_build(settings: dict, origin: str = "config", log=None, progress_factory=None) -> BuildResult:
-    from edgepipe.bundle import write_bundle
     from edgepipe.calibrate.result import CalibrationResult
     from edgepipe.stages.calibrate import run_calibration
     from edgepipe.targets import load_target
@@ -183,6 +182,31 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
             extra_files["sensitivity.json"] = _json_bytes(plan.sensitivity.to_json())
 
     out = Path(settings["out"])
+    try:
+        manifest = write_outputs(out, settings, target, pipeline, prepared, calibration, float_nodes, extra_files,
+                                 backend_settings, origin)
+    except OSError as exc:  # disk full, permission denied, file size limit: the user's machine
+        raise UserError(f"{out}: cannot write the bundle ({exc.strerror or exc}); the previous bundle is "
+                        "unchanged - free disk space or fix permissions and rebuild") from exc
+
+    result = BuildResult(target.name, out, pipeline.summary(), manifest, warnings)
+    # 7. report on this host (targets whose runtime runs here)
+    if target.host_report and settings["report"].get("host", True):
+        pipeline.run(
+            "report", lambda: run_host_report(out, settings, target, result),
+            describe=lambda r: ("report/report.html", (out / "report" / "report.html").stat().st_size
+                                if (out / "report" / "report.html").exists() else 0, ""),
+        )
+        result.stages = pipeline.summary()
+    return result
+
+
+def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepared: PreparedModel, calibration,
+                  float_nodes: set, extra_files: dict, backend_settings: dict, origin: str) -> dict:
+    """Stages 5-6: lower with the target's backend into a temp dir, then write the bundle atomically."""
+    from edgepipe.bundle import write_bundle
+
+    model, calib_ds, eval_ds = prepared.model, prepared.calib, prepared.eval
     with tempfile.TemporaryDirectory(prefix=".edgepipe-backend-") as backend_tmp:
         backend_dir = Path(backend_tmp)
         # 5. backend
@@ -218,17 +242,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
                                 sum(f.get("size", 0) for f in m.get("files", [])),
                                 bytes_hash(json.dumps(m.get("files", []), sort_keys=True).encode())),
         )
-
-    result = BuildResult(target.name, out, pipeline.summary(), manifest, warnings)
-    # 7. report on this host (targets whose runtime runs here)
-    if target.host_report and settings["report"].get("host", True):
-        pipeline.run(
-            "report", lambda: run_host_report(out, settings, target, result),
-            describe=lambda r: ("report/report.html", (out / "report" / "report.html").stat().st_size
-                                if (out / "report" / "report.html").exists() else 0, ""),
-        )
-        result.stages = pipeline.summary()
-    return result
+    return manifest
 
 
 def load_ranges(path: str, model):

@@ -93,9 +93,10 @@ def build(model, weights, target, calib, eval_, input_shapes, config_path, out, 
     if no_host_report:
         overrides["report"] = {"host": False}
     settings, origin = resolve_settings(overrides, config_path)
-    if origin == "demo" and not as_json:
-        click.echo("No --model given and no edgepipe.yaml here: building the shipped demo model.", err=True)
-    result = run_build(settings, origin, log=_log(as_json), progress_factory=TtyProgress)
+    log = _log(as_json)
+    if origin == "demo":
+        log("No --model given and no edgepipe.yaml here: building the shipped demo model.")
+    result = run_build(settings, origin, log=log, progress_factory=TtyProgress)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True, default=str))
         return

@@ -128,3 +128,28 @@ def test_requirements_txt_is_installable_syntax(jetson_build, workdir, target):
     lines = (workdir / "build" / target / "requirements.txt").read_text().split()
     names = [Requirement(line).name for line in lines]  # raises on anything pip would reject
     assert "numpy" in names and len(names) == len(set(names))
+
+
+def test_disk_full_while_writing_leaves_old_bundle_intact(jetson_build, workdir):
+    """A write that fails mid-bundle (here: RLIMIT_FSIZE, i.e. 'File too large', as on a full
+    disk) is one clean error; the previous bundle is untouched and no temp dir is left."""
+    import resource
+    import subprocess
+    import sys
+
+    bundle = workdir / "build" / "jetson"
+    before = {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    result = subprocess.run([sys.executable, "-m", "edgepipe", "build", "--target", "jetson", "--out", str(bundle)],
+                            cwd=workdir, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert str(bundle) in lines[0] and "previous bundle is unchanged" in lines[0]
+    after = {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    assert after == before
+    leftovers = [p for p in bundle.parent.iterdir() if p.name.startswith(".") and p.name != ".cache"]
+    assert not leftovers, leftovers
