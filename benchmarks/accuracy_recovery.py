@@ -36,7 +36,7 @@ from edgepipe import config, graph, settings
 from edgepipe.cli_accuracy import deployed_model
 from edgepipe.data import load_dataset
 from edgepipe.demo import DEMO_PREPROCESS
-from edgepipe.demo.model import build_demo
+from edgepipe.demo.model import build_demo, make_outlier_heavy
 from edgepipe.demo.train import SEED, load_digits_split, preprocess, render
 from edgepipe.precision import plan_mixed_precision
 from edgepipe.qat import finetune, float_copy, learned_calibration, prepare_qat, strip_qat
@@ -51,16 +51,6 @@ def demo_settings(weights: Path | None) -> dict:
     merged = config.merge(config.defaults(), settings.demo_settings())
     merged.update(target="desktop-gpu", weights=str(weights) if weights else None)
     return merged
-
-
-def make_outlier_heavy(model) -> None:
-    """Scale one post-ReLU channel by OUTLIER_FACTOR and undo it in the consumer (same FP32 function)."""
-    with torch.no_grad():
-        for bn, consumer in ((model.block.depthwise[1], model.block.pointwise[0]),
-                             (model.head_conv[1], model.classifier)):
-            bn.weight[0] *= OUTLIER_FACTOR
-            bn.bias[0] *= OUTLIER_FACTOR
-            consumer.weight[:, 0] /= OUTLIER_FACTOR
 
 
 def weight_bytes(model, float_nodes: set[str]) -> int:
@@ -88,7 +78,7 @@ def run_case(name: str, outlier: bool, budget: float, epochs: int, lr: float, wo
     torch.manual_seed(0)
     module = build_demo()
     if outlier:
-        make_outlier_heavy(module)
+        make_outlier_heavy(module, OUTLIER_FACTOR)
     source = work / f"{name}.pt"
     torch.save(module.state_dict(), source)
     settings = demo_settings(source)

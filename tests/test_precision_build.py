@@ -8,22 +8,14 @@ import pytest
 import torch
 
 from edgepipe.demo import DEMO_PREPROCESS, demo_calib_dir, demo_eval_dir
-from edgepipe.demo.model import build_demo
+from edgepipe.demo.model import build_demo, make_outlier_heavy
 from tests.helpers import run_cli
 
 OUTLIER = 100.0
 
 
 def outlier_heavy_weights(path):
-    """Same FP32 function as the demo, but two post-ReLU channels scaled x100 (undone downstream)."""
-    model = build_demo()
-    with torch.no_grad():
-        for bn, consumer in ((model.block.depthwise[1], model.block.pointwise[0]),
-                             (model.head_conv[1], model.classifier)):
-            bn.weight[0] *= OUTLIER
-            bn.bias[0] *= OUTLIER
-            consumer.weight[:, 0] /= OUTLIER
-    torch.save(model.state_dict(), path)
+    torch.save(make_outlier_heavy(build_demo(), OUTLIER).state_dict(), path)
 
 
 def config(tmp_path, budget):

@@ -63,3 +63,20 @@ def build_demo() -> DemoNet:
         state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()
+
+
+def make_outlier_heavy(model: DemoNet, factor: float = 100.0) -> DemoNet:
+    """Same FP32 function, but two post-ReLU channels scaled by `factor` (undone by the consumer).
+
+    Plain per-tensor int8 then loses most of the accuracy: an honest test case for sensitivity
+    analysis and mixed precision (used by benchmarks/accuracy_recovery.py and the tests).
+    """
+    import torch
+
+    with torch.no_grad():
+        for bn, consumer in ((model.block.depthwise[1], model.block.pointwise[0]),
+                             (model.head_conv[1], model.classifier)):
+            bn.weight[0] *= factor
+            bn.bias[0] *= factor
+            consumer.weight[:, 0] /= factor
+    return model
