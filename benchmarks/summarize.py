@@ -59,8 +59,12 @@ def tflite_latency(data: dict) -> list[str]:
                      f"{fmt(n.get('int8'))} / {fmt(n.get('fp32'))} ({fmt(n.get('int8_over_fp32'), 2)}x) |")
     conversion = data.get("conversion")
     if conversion:
-        lines += ["", f"Conversion of a {conversion['params']:,}-parameter CNN: build_tflite "
-                      f"{fmt(conversion['build_tflite_s'], 1)} s (goal < {conversion.get('goal_s', 30)} s)."]
+        files = conversion.get("files", {})
+        ratio = (files["model.tflite"] / files["model.fp32.tflite"]) if "model.fp32.tflite" in files else None
+        lines += ["", f"Conversion of a {conversion['params']:,}-parameter CNN ({conversion['model']}): build_tflite "
+                      f"{fmt(conversion['build_tflite_s'], 1)} s (goal < {conversion.get('goal_s', 30)} s); "
+                      f"int8/fp32 size {fmt(ratio)} (small models pay more for per-channel scales, zero points "
+                      f"and int32 biases)."]
     return lines
 
 
