@@ -18,7 +18,7 @@ import numpy as np
 
 from edgepipe import __version__, graph
 from edgepipe.errors import UnsupportedOpError, UserError
-from edgepipe.pipeline import Pipeline, bytes_hash, model_hash, settings_hash
+from edgepipe.pipeline import Pipeline, bytes_hash, settings_hash
 from edgepipe.settings import (data_fingerprint, data_preprocess, fold_settings_of, initial_input_shapes,
                                to_model_domain)
 
@@ -86,7 +86,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
 
     # 2. simplify
     model, simplify_report = pipeline.model_stage(
-        "simplify", settings_hash(stage="simplify", model=model_hash(model)), lambda: run_simplify(model)
+        "simplify", settings_hash(stage="simplify", model=pipeline.last_hash), lambda: run_simplify(model)
     )
     if simplify_report.get("status") == "failed":
         warnings.append(f"simplify: {simplify_report.get('note')}")
@@ -108,7 +108,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     # 3. fold
     needs_eval = str(fold_settings.get("temperature", "none")) == "auto"
     fold_key = settings_hash(
-        stage="fold", model=model_hash(model), settings=fold_settings,
+        stage="fold", model=pipeline.last_hash, settings=fold_settings,
         calib=data_fingerprint(settings["calib"]) if fold_settings["input_normalization"] in ("zca", "pca") else "",
         eval=data_fingerprint(settings.get("eval")) if needs_eval else "",
     )
@@ -144,8 +144,9 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
 
     # 4. calibrate
     calib_settings = dict(settings["calibration"])
-    calib_key = settings_hash(stage="calibrate", model=model_hash(model), data=data_fingerprint(settings["calib"]),
-                              settings=calib_settings, preprocess=data_preprocess(settings))
+    calib_key = settings_hash(stage="calibrate", model=pipeline.last_hash,  # the fold stage's artifact
+                              data=data_fingerprint(settings["calib"]), settings=calib_settings,
+                              preprocess=data_preprocess(settings))
     progress = progress_factory("calibrating", len(calib_ds)) if progress_factory else None
     if calib_settings.get("ranges"):
         calibration = pipeline.run(
@@ -246,7 +247,10 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
 
 
 def load_ranges(path: str, model):
-    """Ranges given by the user (QAT's learned ranges): every tensor a backend quantizes must be there."""
+    """Ranges given by the user (QAT's learned ranges) instead of calibrating.
+
+    Checks the model inputs here (ranges made for another model fail fast); a backend that needs
+    the range of a tensor the file lacks reports that tensor itself."""
     from edgepipe.calibrate.result import CalibrationResult
 
     try:
@@ -255,11 +259,9 @@ def load_ranges(path: str, model):
         raise UserError(f"{path}: calibration ranges file not found (calibration.ranges)") from None
     except (ValueError, TypeError, KeyError) as exc:
         raise UserError(f"{path}: not a calibration.json / .ranges.json file ({type(exc).__name__}: {exc})") from exc
-    expected = {i.name for i in graph.graph_inputs(model)} | {o for n in model.graph.node for o in n.output if o}
-    missing = sorted(expected - set(calibration.tensors) - {init.name for init in model.graph.initializer})
-    float_missing = [name for name in missing if name in {i.name for i in graph.graph_inputs(model)}]
-    if float_missing:
-        raise UserError(f"{path}: no range for model input '{float_missing[0]}'; the ranges were made for another model")
+    missing = [i.name for i in graph.graph_inputs(model) if i.name not in calibration.tensors]
+    if missing:
+        raise UserError(f"{path}: no range for model input '{missing[0]}'; the ranges were made for another model")
     return calibration
 
 

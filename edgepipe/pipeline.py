@@ -42,10 +42,6 @@ def bytes_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def model_hash(model: onnx.ModelProto) -> str:
-    return bytes_hash(model.SerializeToString(deterministic=True))
-
-
 def settings_hash(**parts) -> str:
     payload = json.dumps({"edgepipe": __version__, **parts}, sort_keys=True, default=str)
     return bytes_hash(payload.encode())
@@ -129,6 +125,11 @@ class Pipeline:
             return str(result[1].get("note", "")) if isinstance(result[1], dict) else ""
 
         return self.cached(name, key, compute, save, load, describe, note)
+
+    @property
+    def last_hash(self) -> str:
+        """Content hash of the last stage's artifact (the next stage's cache key builds on it)."""
+        return self.records[-1].hash
 
     def summary(self) -> list[dict]:
         return [r.to_json() for r in self.records]
