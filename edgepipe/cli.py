@@ -115,6 +115,8 @@ def _print_summary(result) -> None:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
+    if result.eval_note:
+        click.echo(f"evaluation data: {result.eval_note}")
     if result.results:
         acc = result.results.get("accuracy", {})
         lat = result.results.get("latency_ms", {})

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe import config, graph
+from edgepipe.bundle import sha256_file
 from edgepipe.errors import UserError
 
 DEFAULT_CONFIG_NAME = "edgepipe.yaml"
@@ -66,7 +67,7 @@ def data_fingerprint(path: str | None) -> str:
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     for item in files:
         digest.update(str(item.relative_to(root) if item != root else item.name).encode())
-        digest.update(hashlib.sha256(item.read_bytes()).digest())
+        digest.update(bytes.fromhex(sha256_file(item)))  # in chunks: data files can be larger than memory
     return digest.hexdigest()
 
 
