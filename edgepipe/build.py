@@ -363,12 +363,17 @@ def reference_eval_data(model, dataset, report: dict, source: str):
         return None
     kept = dataset.subset(evenly_spaced(len(dataset), keep))
 
+    def one_row(value) -> np.ndarray:  # a value with a batch axis is one row, others get one
+        value = np.asarray(value)
+        return value if value.ndim and value.shape[0] == 1 else value[None]
+
     def rows():
         for i in range(len(kept)):
             feed = kept.sample(i)
             outputs = session.run(output_names, feed)
             label = None if kept.labels is None else int(kept.labels[i])
-            yield feed, {name: np.asarray(value) for name, value in zip(output_names, outputs)}, label
+            yield ({name: one_row(value) for name, value in feed.items()},
+                   {name: one_row(value) for name, value in zip(output_names, outputs)}, label)
 
     return EvalSamples(keep, rows, kept.labels is not None, info)
 

@@ -87,8 +87,8 @@ SCHEMA: dict[str, Any] = {
         host=Field((bool,), True, "arm-cpu: run the bundle on this host after the build and render the report"),
         iterations=Field((int,), 200, "timed iterations"),
         warmup=Field((int,), 20, "warm-up iterations"),
-        eval_limit=Field((int,), 200, "use at most this many eval samples (build-time evaluation and the bundle)"),
-        eval_max_mb=Field((int, float), 32, "the bundle's eval data (inputs + FP32 reference outputs, uncompressed) stays under this many MB"),
+        eval_limit=Field((int,), 500, "use at most this many eval samples (build-time evaluation and the bundle)"),
+        eval_max_mb=Field((int, float), 16, "the bundle's eval data (inputs + FP32 reference outputs, uncompressed) stays under this many MB"),
         holdout=Field((int, float), 0.1, "without --eval: fraction of the calibration samples held out for evaluation and not calibrated on; 0 = no accuracy report"),
     ),
     "regress": _section(

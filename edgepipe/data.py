@@ -44,7 +44,7 @@ from edgepipe.npyfile import ArrayFile, read_header
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 LABELS_KEY = "labels"
 InputSpecs = dict[str, tuple[tuple, np.dtype]]
-_CHECK_CHUNK_BYTES = 16 << 20  # finiteness is checked this many bytes at a time
+_CHECK_CHUNK_BYTES = 4 << 20  # finiteness is checked this many bytes at a time
 
 
 class Dataset:

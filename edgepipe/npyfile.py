@@ -7,6 +7,7 @@ header itself and reads only the samples asked for.
 
 from __future__ import annotations
 
+import copy
 import zipfile
 import zlib
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe.errors import UserError
+
+_PIECE = 1 << 20
 
 
 def first_line(exc: Exception) -> str:
@@ -45,6 +48,7 @@ class ArrayFile:
         self.ndim = len(self.shape)
         self._offset, self._member, self._whole = offset, member, whole
         self._stream = None  # (ZipFile, member stream) of a deflated member
+        self._last = None  # (position, bytes) of the last small read of a deflated member
         self._sample_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
 
     @classmethod
@@ -76,9 +80,12 @@ class ArrayFile:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, key) -> np.ndarray:
+    def __getitem__(self, key):
         if self._whole is not None:
             return self._whole[key]
+        if isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None) and key[1] == 0 \
+                and self.ndim > 1 and self.shape[1] == 1:
+            return self.without_axis1()
         if isinstance(key, slice):
             start, stop, step = key.indices(len(self))
             if step != 1:
@@ -88,6 +95,14 @@ class ArrayFile:
         if not 0 <= index < len(self):
             raise IndexError(f"sample {key} out of range for {len(self)} samples")
         return self._read(index, 1)[0]
+
+    def without_axis1(self) -> "ArrayFile":
+        """`array[:, 0]` of an [N, 1, ...] array (samples stored with a batch dim), still lazy."""
+        view = copy.copy(self)
+        view.shape = (self.shape[0], *self.shape[2:])
+        view.ndim = len(view.shape)
+        view._stream, view._last = None, None
+        return view
 
     def _read(self, start: int, count: int) -> np.ndarray:
         size = count * self._sample_bytes
@@ -109,13 +124,28 @@ class ArrayFile:
         return data if got == size else data[:got]
 
     def _read_member(self, position: int, size: int) -> bytearray:
+        if self._last is not None and self._last[0] == position and len(self._last[1]) == size:
+            return bytearray(self._last[1])  # the same samples again (a caller peeking at sample 0)
         if self._stream is None or self._stream[1].tell() > position:
             self.close()
             archive = zipfile.ZipFile(self.path)
             self._stream = (archive, archive.open(self._member))
         stream = self._stream[1]
-        stream.seek(position)  # forward: decompresses and drops what lies between, in bounded chunks
-        return bytearray(stream.read(size))
+        skip = position - stream.tell()
+        while skip > 0:  # forward: decompress and drop what lies between, a piece at a time
+            piece = stream.read(min(_PIECE, skip))
+            if not piece:
+                break
+            skip -= len(piece)
+        data, filled = bytearray(size), 0
+        while filled < size:  # small reads: zipfile reads as much compressed data as it is asked for
+            piece = stream.read(min(_PIECE, size - filled))
+            if not piece:
+                return data[:filled]
+            data[filled:filled + len(piece)] = piece
+            filled += len(piece)
+        self._last = (position, bytes(data)) if size <= _PIECE else None
+        return data
 
     def close(self) -> None:
         if self._stream is not None:
@@ -124,4 +154,4 @@ class ArrayFile:
             self._stream = None
 
     def __getstate__(self):
-        return {**self.__dict__, "_stream": None}
+        return {**self.__dict__, "_stream": None, "_last": None}
