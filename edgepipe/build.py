@@ -73,14 +73,13 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     from edgepipe.stages.simplify import run_simplify
 
     warnings: list[str] = []
-    # 1. export
+    # 1. export: never cached. What a factory exports depends on every module it imports, so only
+    # the exported graph itself is a trustworthy key; the later stages are keyed by its bytes.
     shapes = initial_input_shapes(settings)
     source_hash = source_fingerprint(settings["model"], settings.get("weights"))
     output_names = settings.get("output_names")
-    export_key = settings_hash(stage="export", source=source_hash, shapes=shapes, opset=settings["opset"],
-                               outputs=output_names)
     model, _ = pipeline.model_stage(
-        "export", export_key,
+        "export", None,
         lambda: (run_export(settings["model"], settings.get("weights"), shapes, settings["opset"], output_names), {}),
     )
 

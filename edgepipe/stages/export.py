@@ -2,8 +2,9 @@
 
 Sources: an `.onnx` file (checked, shape-inferred), a PyTorch `pkg.module:factory` (+ a
 state_dict checkpoint loaded with `weights_only=True`), or a TorchScript / `torch.export` file.
-Dynamic dimensions are fixed from `--input-shape`, else from the calibration data's first
-sample (batch 1): every later stage and backend needs static shapes.
+Dynamic dimensions (symbolic, unknown, -1, 0) are fixed from `--input-shape`, else from the
+calibration data's first sample, and every tensor shape is derived again from the static inputs:
+every later stage and backend needs a fully static graph.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def is_factory_spec(spec: str) -> bool:
 
 
 def source_fingerprint(spec: str, weights: str | None) -> str:
-    """Content hash of the model source, for the stage cache and the manifest."""
+    """Content hash of the model source, recorded in the manifest. Not a cache key: a factory's
+    export also depends on every module it imports, so the cache keys on the exported graph."""
     digest = hashlib.sha256()
     if is_factory_spec(spec):
         digest.update(spec.encode())
