@@ -77,16 +77,19 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     from edgepipe.stages.simplify import run_simplify
 
     warnings: list[str] = []
-    # 1. export
+    # 1. export: never cached. What a factory exports depends on every module it imports, so only
+    # the exported graph itself is a trustworthy key; the later stages are keyed by its bytes.
     shapes = initial_input_shapes(settings)
     source_hash = source_fingerprint(settings["model"], settings.get("weights"))
     output_names = settings.get("output_names")
-    export_key = settings_hash(stage="export", source=source_hash, shapes=shapes, opset=settings["opset"],
-                               outputs=output_names)
     model, _ = pipeline.model_stage(
-        "export", export_key,
+        "export", None,
         lambda: (run_export(settings["model"], settings.get("weights"), shapes, settings["opset"], output_names), {}),
     )
+
+    if not graph.graph_inputs(model):
+        raise UserError(f"{settings['model']}: the model has no inputs, so there is nothing to calibrate or "
+                        "deploy; export it with its real inputs")
 
     # 2. simplify
     model, simplify_report = pipeline.model_stage(
@@ -345,7 +348,7 @@ def reference_eval_data(model, dataset, report: dict, source: str):
     samples are streamed into the bundle one at a time; None when there is nothing to keep.
     """
     from edgepipe.bundle import EvalSamples
-    from edgepipe.data import evenly_spaced
+    from edgepipe.data import evenly_spaced, has_batch_axis
 
     if dataset is None or len(dataset) == 0:
         return None
@@ -363,9 +366,9 @@ def reference_eval_data(model, dataset, report: dict, source: str):
         return None
     kept = dataset.subset(evenly_spaced(len(dataset), keep))
 
-    def one_row(value) -> np.ndarray:  # a value with a batch axis is one row, others get one
+    def one_row(value) -> np.ndarray:  # one row per sample: a batch axis is the row, others get one
         value = np.asarray(value)
-        return value if value.ndim and value.shape[0] == 1 else value[None]
+        return value if has_batch_axis(value.shape) else value[None]
 
     def rows():
         for i in range(len(kept)):
