@@ -107,6 +107,34 @@ def build_stages(data: dict) -> list[str]:
     return lines
 
 
+def bounded_cost(data: dict) -> list[str]:
+    method = data["rss_method"]
+    lines = [f"`edgepipe build --target {data['target']}` on the model as shipped, no --eval, one fresh child "
+             f"process per build (peak RSS of that process tree only: a child allocating 100 MB / 1 GB reads "
+             f"{method['child_100mb_peak_mb']:.0f} / {method['child_1000mb_peak_mb']:.0f} MB while the parent "
+             f"holds 1 GB); host {data['host'].get('machine', '')}, {data['host'].get('cpus')} cores.", ""]
+    for skipped in data.get("skipped_models") or []:
+        lines += [f"{skipped['model']} did not build ({skipped['error']}); measured the next model.", ""]
+    lines += ["| model | calibration samples | data MB | eval kept of held out | peak RSS MB | bundle MB | "
+              "eval.npz MB | build s | calibrate s |", "|---|---|---|---|---|---|---|---|---|"]
+    for run in data["runs"]:
+        if run["rc"] != 0:
+            lines.append(f"| {run['model']} | {run['samples']} | {fmt(run['data_mb'], 1)} | failed: {run.get('error')} "
+                         "| | | | | |")
+            continue
+        kept = f"{run['eval']['samples']} of {run['eval']['available']}" if run.get("eval") else "-"
+        lines.append(f"| {run['model']} | {run['samples']} | {fmt(run['data_mb'], 1)} | {kept} | "
+                     f"{fmt(run['peak_rss_mb'], 0)} | {fmt(run['bundle_mb'], 1)} | {fmt(run['eval_npz_mb'], 1)} | "
+                     f"{fmt(run['seconds'], 1)} | {fmt(run['stage_seconds'].get('calibrate'), 1)} |")
+    goals = data["goals"]
+    lines.append("")
+    for name, ratio in data["ratios"].items():
+        lines.append(f"- {name} samples: peak RSS x{ratio['peak_rss']} (goal <= {goals['peak_rss_ratio']}), "
+                     f"bundle x{ratio['bundle']} (goal <= {goals['bundle_ratio']}), "
+                     f"time x{ratio['time']} (goal <= {goals['time_ratio']} from 100 to 1,000)")
+    return lines
+
+
 SECTIONS = [
     ("Calibration vs ONNX Runtime quantize_static (`benchmarks/calibration_vs_peers.py`)", "calibration_vs_peers", calibration_vs_peers),
     ("Calibration memory vs number of samples (`benchmarks/calibration_scaling.py`)", "calibration_scaling", calibration_scaling),
@@ -115,6 +143,7 @@ SECTIONS = [
      "tflite_vs_ai_edge_quantizer", tflite_vs_ai_edge_quantizer),
     ("Accuracy recovery: PTQ vs mixed precision vs QAT+KD (`benchmarks/accuracy_recovery.py`)", "accuracy_recovery", accuracy_recovery),
     ("Build time per stage (`benchmarks/build_stages.py`)", "build_stages", build_stages),
+    ("Build cost vs number of calibration samples (`benchmarks/bounded_cost.py`)", "bounded_cost", bounded_cost),
 ]
 
 

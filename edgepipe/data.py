@@ -3,8 +3,10 @@
 Calibration, evaluation and the bundle's eval set all read user data through `load_dataset`, so
 every mistake a user can make with their data (wrong shape, missing key, corrupt image, NaN) is
 caught here once, as a one-line `UserError` naming the file and what to do, before hours of
-calibration run on garbage. Images are decoded lazily (`sample(i)` reads one file) so memory
-does not grow with the number of calibration images; .npy files are memory-mapped.
+calibration run on garbage. Nothing is loaded whole, so memory does not grow with the number of
+samples: images are decoded one file per `sample(i)`, .npy files and .npz members are read a few
+samples at a time (edgepipe/npyfile.py). `holdout_split` picks the eval samples held out of the
+calibration set when no eval set is given.
 
 Sources
 - folder of images (.png .jpg .jpeg .bmp .gif .tif .tiff .webp .ppm .pgm), single-input models:
