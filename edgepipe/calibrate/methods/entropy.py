@@ -25,6 +25,8 @@ Threshold convention: `amax` is the upper edge of the last bin kept in P (as MXN
 and pytorch-quantization do), not TensorRT's slide's `(i + 0.5) * bin_width`; the two differ by
 half a bin (at 2048 bins, <= 0.05% of the range).
 
+Asymmetric range: the observed range clipped at +-amax.
+
 Known weakness (why it is not the default): KL weighs values by how often they occur, so rare
 large values carry almost no weight and are clipped. For ReLU conv features this is a good
 trade; for logits feeding Softmax/Sigmoid, detector box/score heads and LayerNorm outputs with
@@ -34,6 +36,8 @@ outlier channels, the rare large values are exactly the ones that decide the out
 from __future__ import annotations
 
 import numpy as np
+
+from edgepipe.calibrate.methods import RangeMethod, register
 
 QUANTIZED_LEVELS = 128
 SMOOTHING_EPS = 1e-4
@@ -192,3 +196,14 @@ def candidate_divergences(hist: np.ndarray, candidates: np.ndarray, levels: int 
         kl = (p_log_p - p_log_q) / p_sum + np.log(q_sum / p_sum)
     bad = (nonempty == 0) | (q_nonzero_bins == 0) | level_bad
     return np.where(bad, np.inf, kl)
+
+
+@register
+class Entropy(RangeMethod):
+    name = "entropy"
+    summary = "TensorRT's KL-divergence threshold (IInt8EntropyCalibrator2)"
+    auto_candidate = True
+    order = 10
+
+    def amax(self, abs_counts, bin_width, absmax, settings):
+        return entropy_amax(abs_counts, bin_width)
