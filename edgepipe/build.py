@@ -229,7 +229,6 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
                 out,
                 target=target.describe(),
                 files=files,
-                templates=[],
                 template_context={"runner_template": target.runner_template, **backend.template_context},
                 io=backend.io,
                 stages=[{"name": r.name, "hash": r.hash} for r in pipeline.records],
@@ -238,6 +237,7 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
                                 "simplify": prepared.simplify_report, "edgepipe_version": __version__},
                 eval_data=eval_data,
                 hooks=_bundle_hooks(),
+                template_packages=target.template_packages(),
             ),
             describe=lambda m: (f"{out} ({len(m.get('files', []))} files)",
                                 sum(f.get("size", 0) for f in m.get("files", [])),
@@ -271,7 +271,7 @@ def plan_precision(model, calibration, dataset, settings: dict, target):
 
     backend = {k: v for k, v in (settings.get("backend") or {}).items() if v is not None}
     return plan_mixed_precision(model, calibration, dataset, settings["precision"]["budget"],
-                                symmetric=target.activation_symmetric,
+                                target=target,
                                 evaluate=target.evaluator(model, calibration, dataset, backend))
 
 

@@ -37,6 +37,7 @@ class ArmCpuTarget(Target):
 
         options = {**self.options, **{k: v for k, v in settings.items() if v is not None}}
         options["float_nodes"] = set(options.get("float_nodes") or [])
+        options["target"] = self.name  # errors name the target (or profile) the user chose
         result = build_tflite(model, calibration, out_dir, options)
         manifest = {
             "precision": {
@@ -53,4 +54,5 @@ class ArmCpuTarget(Target):
         from edgepipe.backends.tflite.evaluate import tflite_evaluator
 
         options = {k: v for k, v in settings.items() if k in ("int8_io", "keep_layout") and v is not None}
+        options["target"] = self.name
         return tflite_evaluator(model, calibration, dataset, options)

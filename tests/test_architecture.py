@@ -1,0 +1,54 @@
+"""Module boundaries that keep targets pluggable, checked on the import statements (AST)."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TENSORRT_BACKEND = "edgepipe.backends.tensorrt"
+# the TensorRT targets (their plugin modules) and the backend itself may import it
+TENSORRT_CODE = ("edgepipe/backends/tensorrt/", "targets/tensorrt_family.py", "targets/jetson.py",
+                 "targets/desktop_gpu.py")
+ACCURACY_TOOLS = ("edgepipe/sensitivity.py", "edgepipe/precision.py", "edgepipe/qat.py", "edgepipe/cli_accuracy.py")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module an import statement in `path` names (also imports inside functions)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def python_files() -> list[Path]:
+    return sorted(p for folder in ("edgepipe", "targets") for p in (ROOT / folder).rglob("*.py"))
+
+
+def test_only_tensorrt_code_imports_the_tensorrt_backend():
+    offenders = []
+    for path in python_files():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith(TENSORRT_CODE):
+            continue
+        if any(m == TENSORRT_BACKEND or m.startswith(TENSORRT_BACKEND + ".") for m in imported_modules(path)):
+            offenders.append(rel)
+    assert offenders == []
+    assert TENSORRT_BACKEND in imported_modules(ROOT / "targets/tensorrt_family.py")  # the check sees real imports
+
+
+def test_accuracy_tools_quantize_through_the_target_not_a_backend():
+    for rel in ACCURACY_TOOLS:
+        backends = sorted(m for m in imported_modules(ROOT / rel) if m.startswith("edgepipe.backends"))
+        assert backends == [], rel
+
+
+def test_no_backend_hard_codes_a_target_name():
+    """The TFLite backend serves every TFLite target (profiles too): the caller names the target."""
+    for path in (ROOT / "edgepipe/backends").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in ("arm-cpu", "jetson", "desktop-gpu"):
+                raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} names target {node.value!r}")
