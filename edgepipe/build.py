@@ -137,6 +137,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     log = log or (lambda message: None)
     backend_settings = {k: v for k, v in (settings.get("backend") or {}).items() if v is not None}
     target = load_target(settings["target"], {k: v for k, v in backend_settings.items() if k == "threads"})
+    target.check_backend_settings(backend_settings)
     pipeline = Pipeline(settings.get("cache_dir"), log)
     prepared = prepare_model(settings, pipeline, target)
     model, calib_ds, eval_ds = prepared.model, prepared.calib, prepared.eval

@@ -54,10 +54,24 @@ class Target:
     host_report: bool = False  # can run.py run on the build host (arm-cpu: the TFLite interpreter)
     device_readme: str = ""  # extra markdown for the bundle README
     default_options: dict[str, Any] = {}
+    backend_options: tuple[str, ...] = ("threads",)  # the edgepipe.yaml `backend.*` keys this target reads
 
     def __init__(self, options: dict | None = None, profile: str | None = None):
         self.options = {**copy.deepcopy(self.default_options), **(options or {})}
         self.profile = profile
+
+    def check_backend_settings(self, backend: dict) -> None:
+        """Refuse a `backend.*` option this target would silently ignore (set away from its default):
+        e.g. `per_channel: false` on arm-cpu, whose TFLite weights are always per channel."""
+        from edgepipe.config import SCHEMA
+
+        for key, value in sorted(backend.items()):
+            spec = SCHEMA["backend"].get(key)
+            if value is None or key in self.backend_options or spec is None or value == spec.default:
+                continue
+            raise UserError(f"backend.{key}: {value!r} has no effect on target '{self.name}' (it reads "
+                            f"backend.{', backend.'.join(self.backend_options)}); remove it or choose a "
+                            "target that uses it")
 
     def template_packages(self) -> tuple[str, ...]:
         """Packages whose templates/ folder is searched before edgepipe's: the plugin's own package,

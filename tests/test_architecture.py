@@ -52,3 +52,23 @@ def test_no_backend_hard_codes_a_target_name():
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and node.value in ("arm-cpu", "jetson", "desktop-gpu"):
                 raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} names target {node.value!r}")
+
+
+def test_options_a_target_ignores_are_refused(tmp_path):
+    """`backend.per_channel: false` on arm-cpu used to be ignored silently (TFLite weights are per channel)."""
+    import yaml
+
+    from tests.helpers import run_cli
+
+    config = tmp_path / "edgepipe.yaml"
+    config.write_text(yaml.safe_dump({"backend": {"per_channel": False}}))
+    refused = run_cli("build", "--target", "arm-cpu", "--config", str(config), "--out", str(tmp_path / "b"),
+                      cwd=tmp_path)
+    assert refused.returncode == 2 and not (tmp_path / "b").exists()
+    assert refused.stderr.strip().splitlines() == [
+        "error: backend.per_channel: False has no effect on target 'arm-cpu' (it reads backend.threads, "
+        "backend.int8_io, backend.keep_layout); remove it or choose a target that uses it"]
+    from edgepipe.targets import load_target
+
+    load_target("jetson").check_backend_settings({"per_channel": False, "dla_core": 0})  # read by TensorRT
+    load_target("arm-cpu").check_backend_settings({"per_channel": True, "int8_io": True})  # defaults pass

@@ -31,7 +31,7 @@ def expected_error(centers: np.ndarray, counts: np.ndarray, scales, zero_points,
     """Mean squared quantization error per candidate grid (scales/zero_points: 1-D, same length).
 
     Computed in blocks of candidates with in-place operations (the full candidates x bins matrix
-    and its temporaries were tens of MB per call on 4096 signed bins, 4-6x slower), and each
+    and its temporaries do not stay in cache and were several times slower), and each
     candidate's sum is a plain row sum, so a candidate's error does not depend on which other
     candidates share its call (a BLAS matrix-vector product may sum rows differently by shape).
     Zero points that are all 0 (symmetric grids) skip the two no-op additions, and on |x| bins
