@@ -72,3 +72,47 @@ def test_options_a_target_ignores_are_refused(tmp_path):
 
     load_target("jetson").check_backend_settings({"per_channel": False, "dla_core": 0})  # read by TensorRT
     load_target("arm-cpu").check_backend_settings({"per_channel": True, "int8_io": True})  # defaults pass
+
+
+MODULE_PREFIXES = ("edgepipe.", "edgepipe.calibrate.", "edgepipe.backends.", "edgepipe.backends.tflite.",
+                   "edgepipe.stages.")
+
+
+def _resolve(dotted: str):
+    """The object `dotted` names under one of edgepipe's packages, or None when its first part is no
+    module there (then it names a variable, e.g. `ds.sample`)."""
+    import importlib
+
+    parts = dotted.split(".")
+    for prefix in MODULE_PREFIXES:
+        try:
+            obj = importlib.import_module(prefix + parts[0])
+        except ModuleNotFoundError:
+            continue
+        for depth in range(1, len(parts)):
+            try:
+                obj = importlib.import_module(prefix + ".".join(parts[:depth + 1]))
+                continue
+            except ModuleNotFoundError:
+                pass
+            if not hasattr(obj, parts[depth]):
+                raise AssertionError(f"docs/ARCHITECTURE.md names `{dotted}`, which does not exist")
+            obj = getattr(obj, parts[depth])
+        return obj
+    return None
+
+
+def test_architecture_doc_names_functions_that_exist():
+    import re
+
+    from edgepipe.targets import Target
+
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    files = ("py", "json", "yaml", "yml", "j2", "md", "npz", "onnx", "tflite", "html", "txt", "cache", "plan")
+    names = {n for n in re.findall(r"`([a-z_]+(?:\.[A-Za-z_]+)+)(?:\(|`)", prose) if n.rsplit(".", 1)[1] not in files}
+    resolved = {n for n in names if _resolve(n) is not None}
+    assert {"cli.build", "build.run_build", "settings.resolve_settings", "policy.choose"} <= resolved
+    targets = prose.split("### Targets", 1)[1].split("###", 1)[0]
+    for method in re.findall(r"^- `([a-z_]+)\(", targets, flags=re.M):
+        assert callable(getattr(Target, method, None)), f"Target.{method} is in the doc but not in the code"

@@ -1,12 +1,14 @@
 """Calibration methods come from one registry; the demo's ranges match independent numpy references."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from edgepipe import config, graph
 from edgepipe.calibrate import calibrate, methods
-from edgepipe.calibrate.methods import RangeMethod
 
+ROOT = Path(__file__).resolve().parents[1]
 BUILT_IN = ("auto", "entropy", "percentile", "mse", "minmax")
 
 
@@ -23,25 +25,19 @@ def test_cli_schema_and_validation_list_the_registry():
         validate_settings({"method": "kl"})
 
 
-class HalfMax(RangeMethod):
-    """The recipe of docs/ARCHITECTURE.md ("a new calibration method"), registered by a test."""
-
-    name = "halfmax"
-    summary = "half the observed |x| maximum"
-    auto_candidate = False
-    order = 50
-
-    def amax(self, abs_counts, bin_width, absmax, settings):
-        return 0.5 * absmax
+def calibration_recipe() -> str:
+    """The code of docs/ARCHITECTURE.md's recipe "A new calibration method", as written there."""
+    section = (ROOT / "docs" / "ARCHITECTURE.md").read_text().split("### A new calibration method", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 @pytest.fixture
 def halfmax():
     methods.registry()
-    methods.register(HalfMax)
-    yield methods.get("halfmax")
+    namespace: dict = {}
+    exec(compile(calibration_recipe(), "edgepipe/calibrate/methods/halfmax.py", "exec"), namespace)  # registers
+    yield namespace["HalfMax"]
     del methods._REGISTRY["halfmax"]
-    HalfMax.auto_candidate = False
 
 
 def _small_model_and_data(tmp_path):
@@ -69,7 +65,7 @@ def test_a_registered_method_is_usable_and_auto_only_scores_declared_candidates(
         assert t.lo == pytest.approx(max(min(t.min, 0.0), -t.amax)) and t.hi == pytest.approx(min(max(t.max, 0.0), t.amax))
     auto = calibrate(model, dataset, {"method": "auto", "num_bins": 256})
     assert all("halfmax" not in t.reason and t.method != "halfmax" for t in auto.tensors.values())
-    HalfMax.auto_candidate = True
+    halfmax.auto_candidate = True
     scored = calibrate(model, dataset, {"method": "auto", "num_bins": 256})
     assert any("halfmax" in t.reason for t in scored.tensors.values())
 
