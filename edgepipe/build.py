@@ -268,12 +268,9 @@ def load_ranges(path: str, model):
 
 def plan_precision(model, calibration, dataset, settings: dict, target):
     """Greedy mixed precision to `precision.budget` (see edgepipe/precision.py)."""
-    from edgepipe.precision import plan_mixed_precision
+    from edgepipe.precision import plan_on_target
 
-    backend = {k: v for k, v in (settings.get("backend") or {}).items() if v is not None}
-    return plan_mixed_precision(model, calibration, dataset, settings["precision"]["budget"],
-                                target=target,
-                                evaluate=target.evaluator(model, calibration, dataset, backend))
+    return plan_on_target(model, calibration, dataset, settings["precision"]["budget"], target, settings.get("backend"))
 
 
 def _json_bytes(data: dict) -> bytes:

@@ -79,7 +79,7 @@ def _with_model_options(func):
 def sensitivity_command(model, weights, target, calib, eval_, input_shapes, config_path, max_samples, metric, top,
                         budget, out_path, as_json):
     """Rank quantized layers by how much INT8 costs (only-this / all-but-this vs FP32)."""
-    from edgepipe.precision import plan_mixed_precision
+    from edgepipe.precision import plan_on_target
     from edgepipe.sensitivity import analyze_sensitivity
 
     settings, _ = _settings(model, weights, target, calib, eval_, input_shapes, config_path)
@@ -92,8 +92,8 @@ def sensitivity_command(model, weights, target, calib, eval_, input_shapes, conf
     data = report.to_json()
     plan = None
     if budget is not None:
-        plan = plan_mixed_precision(onnx_model, calibration, dataset, budget, target=target_plugin, metric=metric,
-                                    max_samples=max_samples, sensitivity=report)
+        plan = plan_on_target(onnx_model, calibration, dataset, budget, target_plugin, settings.get("backend"),
+                              metric=metric, max_samples=max_samples, sensitivity=report)
         data["plan"] = plan.to_json()
     if out_path:
         Path(out_path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

@@ -206,6 +206,15 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
                          len(groups), {"sessions_built": search_ev.sessions_built})
 
 
+def plan_on_target(model: onnx.ModelProto, calibration: CalibrationResult, dataset, budget, target,
+                   backend_settings: dict | None, **options) -> PrecisionPlan:
+    """`plan_mixed_precision` confirmed by the target's own evaluator (its real kernels where they
+    run on this host, e.g. LiteRT for arm-cpu), as `build` and `sensitivity --budget` both plan."""
+    backend = {k: v for k, v in (backend_settings or {}).items() if v is not None}
+    return plan_mixed_precision(model, calibration, dataset, budget, target=target,
+                                evaluate=target.evaluator(model, calibration, dataset, backend), **options)
+
+
 def _reason(budget: Budget, met: bool, chosen: list[str], planner: _Planner, final: dict) -> str:
     measured = budget.measure(final)
     unit = " dB" if budget.metric == "sqnr" else ""
@@ -222,4 +231,4 @@ def _reason(budget: Budget, met: bool, chosen: list[str], planner: _Planner, fin
             f"backend/eval data")
 
 
-__all__ = ["plan_mixed_precision", "PrecisionPlan", "PlanStep", "Budget"]
+__all__ = ["plan_mixed_precision", "plan_on_target", "PrecisionPlan", "PlanStep", "Budget"]

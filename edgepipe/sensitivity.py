@@ -252,6 +252,8 @@ def analyze_sensitivity(model: onnx.ModelProto, calibration: CalibrationResult, 
     `target` quantizes the variants (see VariantEvaluator); `evaluator` lets a caller (the
     mixed-precision planner) share cached FP32 outputs and variants instead.
     """
+    if evaluator is None and target is None:
+        raise TypeError("analyze_sensitivity needs the target whose int8 it simulates (target=) or an evaluator")
     evaluator = evaluator or VariantEvaluator(model, calibration, dataset, target=target, max_samples=max_samples)
     metric = resolve_metric(metric, evaluator.labels is not None)
     node_groups = _explicit_groups(evaluator, groups) if groups is not None else evaluator.groups()
