@@ -116,3 +116,15 @@ def test_architecture_doc_names_functions_that_exist():
     targets = prose.split("### Targets", 1)[1].split("###", 1)[0]
     for method in re.findall(r"^- `([a-z_]+)\(", targets, flags=re.M):
         assert callable(getattr(Target, method, None)), f"Target.{method} is in the doc but not in the code"
+
+
+def test_bundle_writer_has_no_default_runner(tmp_path):
+    """The runner is the target's choice; a missing one is a programming error, not TFLite by default."""
+    import pytest
+
+    from edgepipe.bundle import write_bundle
+
+    with pytest.raises(ValueError, match="runner_template"):
+        write_bundle(tmp_path / "b", target={"name": "t"}, files={}, template_context={"model_file": "m"},
+                     io={"inputs": [], "outputs": []}, stages=[], source={}, extra_manifest={}, eval_data=None)
+    assert not (tmp_path / "b").exists()
