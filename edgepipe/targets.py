@@ -3,9 +3,10 @@
 A target says which backend lowers the model (tensorrt | tflite | its own), how activations are
 quantized (symmetric for TensorRT, asymmetric for TFLite), which runner run.py includes and
 whether the bundle can be run on this host after the build. A plugin package may carry its own
-`templates/` folder (its runner, files it renders): it is searched before edgepipe's templates. The built-ins are registered exactly like a
-third-party package would register its own, and YAML profiles (`targets/profiles/*.yaml`, or a
-`--target path/to/profile.yaml`) derive from a plugin without any Python:
+`templates/` folder (its runner, files it renders), searched before edgepipe's templates. The
+built-ins are registered exactly like a third-party package would register its own, and YAML
+profiles (`targets/profiles/*.yaml`, or a `--target path/to/profile.yaml`) derive from a plugin
+without any Python:
 
     name: rpi5
     base: arm-cpu
@@ -60,6 +61,23 @@ class Target:
         self.options = {**copy.deepcopy(self.default_options), **(options or {})}
         self.profile = profile
 
+    def supports(self, model) -> list[tuple[str, str, str]]:
+        """Nodes this target cannot run: [(node name, op type, reason)]."""
+        return []
+
+    def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
+        raise NotImplementedError
+
+    def qdq_model(self, model, calibration, keep_float=frozenset()) -> tuple[Any, dict]:
+        """(Q/DQ ONNX model, report) simulating this target's int8 in ONNX Runtime, with `keep_float`
+        nodes left float: how the accuracy tools (sensitivity, mixed precision, finetune) quantize.
+        The report's `quantized_nodes` names what is quantized. Default: TensorRT's Q/DQ placement
+        with this target's activation scheme and `per_channel` option."""
+        from edgepipe.backends.qdq import simulated_int8_model
+
+        return simulated_int8_model(model, calibration, symmetric=self.activation_symmetric, keep_float=keep_float,
+                                    per_channel=bool(self.options.get("per_channel", True)))
+
     def check_backend_settings(self, backend: dict) -> None:
         """Refuse a `backend.*` option this target would silently ignore (set away from its default):
         e.g. `per_channel: false` on arm-cpu, whose TFLite weights are always per channel."""
@@ -87,23 +105,6 @@ class Target:
             if package not in found and has_templates(package):
                 found.append(package)
         return tuple(found)
-
-    def supports(self, model) -> list[tuple[str, str, str]]:
-        """Nodes this target cannot run: [(node name, op type, reason)]."""
-        return []
-
-    def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
-        raise NotImplementedError
-
-    def qdq_model(self, model, calibration, keep_float=frozenset()) -> tuple[Any, dict]:
-        """(Q/DQ ONNX model, report) simulating this target's int8 in ONNX Runtime, with `keep_float`
-        nodes left float: how the accuracy tools (sensitivity, mixed precision, finetune) quantize.
-        The report's `quantized_nodes` names what is quantized. Default: TensorRT's Q/DQ placement
-        with this target's activation scheme and `per_channel` option."""
-        from edgepipe.backends.qdq import simulated_int8_model
-
-        return simulated_int8_model(model, calibration, symmetric=self.activation_symmetric, keep_float=keep_float,
-                                    per_channel=bool(self.options.get("per_channel", True)))
 
     def evaluator(self, model, calibration, dataset, settings: dict):
         """callable(float_nodes) -> accuracy metrics on this target's real kernels, or None when
