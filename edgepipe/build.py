@@ -273,7 +273,8 @@ def plan_precision(model, calibration, dataset, settings: dict, target):
     """Greedy mixed precision to `precision.budget` (see edgepipe/precision.py)."""
     from edgepipe.precision import plan_on_target
 
-    return plan_on_target(model, calibration, dataset, settings["precision"]["budget"], target, settings.get("backend"))
+    return plan_on_target(model, calibration, dataset, settings["precision"]["budget"], target,
+                          settings.get("backend"))
 
 
 def _json_bytes(data: dict) -> bytes:
