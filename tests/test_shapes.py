@@ -13,6 +13,7 @@ import pytest
 from edgepipe import graph
 from edgepipe.stages.export import fix_static_shapes
 from tests import shape_models as sm
+from tests.helpers import run_cli
 from tests.test_cli_errors import assert_clean_error
 
 TARGETS = ["arm-cpu", "jetson"]
@@ -100,3 +101,24 @@ def test_wrong_rank_and_conflicting_dims_name_the_input():
         fix_static_shapes(sm.ocr_like(), {"x": [1, 3, 8]}, "ocr.onnx")
     with pytest.raises(Exception, match="dim 1 of ocr.onnx is static and differs from 4"):
         fix_static_shapes(sm.ocr_like(), {"x": [1, 4, 8, 16]}, "ocr.onnx")
+
+
+def test_host_report_runs_a_bundle_whose_input_has_no_batch_axis(tmp_path):
+    data = RNG.standard_normal((5, 3, 4, 5)).astype(np.float32)
+    model_path, calib = tmp_path / "lead.onnx", tmp_path / "lead.npz"
+    onnx.save(sm.static_leading(), str(model_path))
+    np.savez(calib, x=data)
+    result = run_cli("build", "--model", str(model_path), "--calib", str(calib), "--target", "arm-cpu",
+                        "--out", str(tmp_path / "out"), "--json", cwd=tmp_path)
+    outputs = _built(result)["results"]["accuracy"]["outputs"]
+    assert outputs["y"]["shape"] == [3, 4, 5] and outputs["y"]["sqnr_db"] > 30
+
+
+def test_inspect_checks_the_static_graph_a_build_lowers(tmp_path):
+    onnx.save(sm.ocr_like(), str(tmp_path / "ocr.onnx"))
+    result = run_cli("inspect", str(tmp_path / "ocr.onnx"), "--input-shape", "x:1x3x8x16",
+                        "--target", "arm-cpu", "--target", "jetson", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["inputs"][0]["shape"] == [1, 3, 8, 16] and info["outputs"][0]["shape"] == [1, 16, 4]
+    assert info["unsupported"] == {"arm-cpu": [], "jetson": []}
