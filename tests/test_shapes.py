@@ -49,13 +49,14 @@ def test_minus_one_and_zero_batch_are_dynamic(tmp_path, target, batch, data):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_static_leading_dim_is_part_of_each_sample(tmp_path, target):
-    data = RNG.standard_normal((5, 3, 4, 5)).astype(np.float32)
-    result, out = sm.build(tmp_path, sm.static_leading(), {"x": data}, target)
+@pytest.mark.parametrize("shape", [(3, 4, 5), (6,)], ids=["3d", "1d"])
+def test_static_leading_dim_is_part_of_each_sample(tmp_path, target, shape):
+    data = RNG.standard_normal((5, *shape)).astype(np.float32)
+    result, out = sm.build(tmp_path, sm.static_leading(shape), {"x": data}, target)
     _built(result)
     with np.load(out / "eval" / "eval.npz") as bundled:
-        assert bundled["input:x"].shape == (5, 3, 4, 5) and bundled["reference:y"].shape == (5, 3, 4, 5)
-    sm.check_bundle(out, target, sm.static_leading(), {"x": data[3]})
+        assert bundled["input:x"].shape == (5, *shape) and bundled["reference:y"].shape == (5, *shape)
+    sm.check_bundle(out, target, sm.static_leading(shape), {"x": data[3]})
 
 
 @pytest.mark.parametrize("target", TARGETS)
