@@ -123,3 +123,20 @@ def test_inspect_checks_the_static_graph_a_build_lowers(tmp_path):
     info = json.loads(result.stdout)
     assert info["inputs"][0]["shape"] == [1, 3, 8, 16] and info["outputs"][0]["shape"] == [1, 16, 4]
     assert info["unsupported"] == {"arm-cpu": [], "jetson": []}
+
+
+def test_refresh_measures_what_inference_cannot_but_never_data_dependent_shapes():
+    """Shape inference cannot follow a custom-domain op; one ONNX Runtime run can. A NonZero output
+    depends on the input values, so a zero-input run must not fix its shape."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])
+    nodes = [helper.make_node("NonZero", ["x"], ["nz"]), helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Gelu", ["r"], ["g"], domain="com.microsoft")]
+    outputs = [helper.make_tensor_value_info(n, t, None) for n, t in (("nz", TensorProto.INT64), ("g", TensorProto.FLOAT))]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outputs),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    refreshed = graph.refresh_shapes(model)
+    shapes = {v.name: graph.declared_shape(v) for v in list(refreshed.graph.value_info) + list(refreshed.graph.output)}
+    assert shapes["r"] == (1, 6) and shapes["g"] == (1, 6)
+    assert not graph.is_static(shapes["nz"])
