@@ -344,12 +344,12 @@ def holdout_split(dataset: Dataset, fraction: float, max_count: int | None = Non
 
     Without an eval set the accuracy must be measured on samples the calibration never saw. With
     labels the split is stratified (each class gives its share, spread evenly over the class);
-    `max_count` caps the held-out samples (the bundle keeps no more anyway). Fewer than 2 samples
-    or fraction 0: nothing is held out.
+    `max_count` caps the held-out samples (the bundle keeps no more anyway); at least one is held
+    out. Fewer than 2 samples or fraction 0: nothing is held out.
     """
     count = len(dataset)
-    wanted = min(int(round(count * float(fraction))), count - 1, max_count if max_count else count)
-    if count < 2 or wanted < 1:
+    wanted = min(max(1, int(round(count * float(fraction)))), count - 1, max_count if max_count else count)
+    if count < 2 or fraction <= 0 or wanted < 1:
         return np.arange(count), np.zeros(0, dtype=np.int64)
     if dataset.labels is None:
         held = evenly_spaced(count, wanted)

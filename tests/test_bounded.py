@@ -212,6 +212,7 @@ def test_holdout_is_deterministic_disjoint_and_stratified(tmp_path):
     assert np.bincount(labels[held]).tolist() == [5, 3, 2]  # each class gives its share
     assert len(holdout_split(ds, 0.1, max_count=4)[1]) == 4
     assert len(holdout_split(ds, 0.0)[1]) == 0
+    assert len(holdout_split(ds, 0.001)[1]) == 1  # at least one sample
 
 
 def test_hold_out_calibrates_on_other_samples_than_it_evaluates(tmp_path):
