@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe import config, graph
-from edgepipe.bundle import sha256_file
 from edgepipe.errors import UserError
 
 DEFAULT_CONFIG_NAME = "edgepipe.yaml"
@@ -67,7 +66,11 @@ def data_fingerprint(path: str | None) -> str:
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     for item in files:
         digest.update(str(item.relative_to(root) if item != root else item.name).encode())
-        digest.update(bytes.fromhex(sha256_file(item)))  # in chunks: data files can be larger than memory
+        file_digest = hashlib.sha256()
+        with open(item, "rb") as handle:  # in chunks: a data file can be larger than memory
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                file_digest.update(chunk)
+        digest.update(file_digest.digest())
     return digest.hexdigest()
 
 
