@@ -160,11 +160,12 @@ def targets_command(as_json: bool):
 def inspect(model_path: str, target_names: tuple[str, ...], as_json: bool):
     """Inputs, outputs, op histogram and unsupported ops per target of an ONNX model."""
     from edgepipe import graph
+    from edgepipe.backends.support import qualified, walk_nodes
     from edgepipe.targets import available_targets, load_target
 
     model = graph.ensure_node_names(graph.infer_shapes(graph.load_model(model_path)))
     io = graph.describe_io(model)
-    histogram = dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+    histogram = dict(sorted(Counter(qualified(n.domain, n.op_type) for _, n, _ in walk_nodes(model)).items()))
     unsupported = {}
     for name in target_names or available_targets():
         target = load_target(name)

@@ -28,8 +28,10 @@ class TensorRTTarget(Target):
     host_report = False
     build_engine_on_host = False
 
-    def supports(self, model):
-        return custom_domain_nodes(model)
+    def operators(self):
+        from edgepipe.backends.tensorrt.operators import tensorrt_operators
+
+        return tensorrt_operators()
 
     def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
         from edgepipe.backends.tensorrt import build_tensorrt
@@ -49,11 +51,4 @@ class TensorRTTarget(Target):
             "device_generated": ["model.plan", "timing.cache"],
         }
         return BackendResult(files=list(result["files"]), io=describe_io(model), manifest=manifest)
-
-
-def custom_domain_nodes(model) -> list[tuple[str, str, str]]:
-    """Nodes outside the standard ONNX domains: TensorRT's ONNX parser needs a plugin for them."""
-    standard = {"", "ai.onnx"}
-    return [(n.name, n.op_type, f"custom domain '{n.domain}' needs a TensorRT plugin")
-            for n in model.graph.node if n.domain not in standard]
 

@@ -1,4 +1,4 @@
-"""Op registry: one module per ONNX op family, found by ONNX op type.
+"""Op registry: one module per ONNX op family, found by (domain, op type, opset).
 
 Adding an op family means adding ONE file here (e.g. `ops/softmax.py`) and its conformance test
 (`tests/test_tflite_ops_softmax.py`); nothing else changes. Every module in this package is
@@ -18,6 +18,12 @@ imported by `registry()`, and its decorated functions register themselves:
         quant = Quantization.per_tensor(1 / 256, -128) if dtype == "int8" else None   # kernel rule
         out = ctx.new_value(node.output[0], dtype, perm, quant)   # quant None -> from calibration
         ctx.emit("SOFTMAX", [x], [out], node, "SoftmaxOptions", Beta=1.0)
+
+Registration keys follow ONNX (edgepipe/backends/support.py): `register("Gelu", since=20)`
+covers Gelu of the ONNX domain from opset 20 on; `until=12` ends a range, so a family can
+register a second function where an opset changed the operator's meaning; `domain=` names a
+non-ONNX domain. Nodes of domains nothing registers, control flow and opsets outside every range
+are refused by name before any lowering runs.
 
 Contract of a lowering:
 - Read ONNX facts from the context: `ctx.shape(name)`, `ctx.constant(name)`, `node_attrs(node)`.
@@ -47,16 +53,22 @@ from typing import Callable
 
 import onnx
 
-_REGISTRY: dict[str, "OpLowering"] = {}
+from edgepipe.backends.support import LATEST, ONNX_DOMAIN, OpKey, OpTable
+
+_TABLE: OpTable["OpLowering"] = OpTable("TFLite lowering")
 _LOADED = False
 
 
 @dataclass
 class OpLowering:
-    op_type: str
+    key: OpKey
     lower: Callable
     check: Callable | None = None  # (ctx, node) -> reason it cannot be lowered, or None
     int8: bool | Callable = True  # False / predicate(ctx, node) -> False: lowered as a float island
+
+    @property
+    def op_type(self) -> str:
+        return self.key.op_type
 
     def unsupported_reason(self, ctx, node: onnx.NodeProto) -> str | None:
         return self.check(ctx, node) if self.check is not None else None
@@ -65,24 +77,24 @@ class OpLowering:
         return bool(self.int8(ctx, node)) if callable(self.int8) else bool(self.int8)
 
 
-def register(*op_types: str, check: Callable | None = None, int8: bool | Callable = True):
-    """Decorator: register a lowering function for one or more ONNX op types."""
+def register(*op_types: str, check: Callable | None = None, int8: bool | Callable = True,
+             domain: str = ONNX_DOMAIN, since: int = 1, until: int = LATEST):
+    """Decorator: register a lowering function for ONNX op types of `domain`, opsets [since, until]."""
 
     def decorate(function: Callable) -> Callable:
         for op_type in op_types:
-            if op_type in _REGISTRY:
-                raise ValueError(f"ONNX op {op_type} registered twice ({_REGISTRY[op_type].lower.__module__})")
-            _REGISTRY[op_type] = OpLowering(op_type, function, check, int8)
+            key = OpKey(domain, op_type, since, until)
+            _TABLE.add(key, OpLowering(key, function, check, int8))
         return function
 
     return decorate
 
 
-def registry() -> dict[str, OpLowering]:
-    """All registered lowerings by ONNX op type (imports every family module once)."""
+def registry() -> OpTable[OpLowering]:
+    """All registered lowerings (imports every family module once)."""
     global _LOADED
     if not _LOADED:
         for module in pkgutil.iter_modules(__path__):
             importlib.import_module(f"{__name__}.{module.name}")
         _LOADED = True
-    return _REGISTRY
+    return _TABLE
