@@ -68,11 +68,17 @@ class Value:
 
 
 def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with unique node names and inferred shapes (lowerings read shapes of every tensor)."""
+    """A copy with unique node names and inferred shapes (lowerings read shapes of every tensor),
+    and the op families' pattern rewrites applied (edgepipe/backends/tflite/ops: register_rewrite)."""
+    from edgepipe.backends.tflite import ops
+
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
     graph.ensure_node_names(prepared)
-    return graph.infer_shapes(prepared)
+    prepared = graph.infer_shapes(prepared)
+    for rewrite in ops.rewrites():
+        rewrite(prepared)
+    return prepared
 
 
 def node_attrs(node: onnx.NodeProto) -> dict:

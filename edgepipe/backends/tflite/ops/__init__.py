@@ -23,7 +23,9 @@ Registration keys follow ONNX (edgepipe/backends/support.py): `register("Gelu", 
 covers Gelu of the ONNX domain from opset 20 on; `until=12` ends a range, so a family can
 register a second function where an opset changed the operator's meaning; `domain=` names a
 non-ONNX domain. Nodes of domains nothing registers, control flow and opsets outside every range
-are refused by name before any lowering runs.
+are refused by name before any lowering runs. A pattern that one TFLite kernel computes (x *
+0.5 * (1 + Erf(x / sqrt 2)) is GELU) is found by a `@register_rewrite` function in its family
+module, which replaces the pattern by one node of FUSED_DOMAIN registered in the same module.
 
 Contract of a lowering:
 - Read ONNX facts from the context: `ctx.shape(name)`, `ctx.constant(name)`, `node_attrs(node)`.
@@ -55,7 +57,10 @@ import onnx
 
 from edgepipe.backends.support import LATEST, ONNX_DOMAIN, OpKey, OpTable
 
+FUSED_DOMAIN = "edgepipe.fused"  # nodes our own graph rewrites create (e.g. Erf-based GELU -> one Gelu)
+
 _TABLE: OpTable["OpLowering"] = OpTable("TFLite lowering")
+_REWRITES: list[Callable] = []
 _LOADED = False
 
 
@@ -88,6 +93,18 @@ def register(*op_types: str, check: Callable | None = None, int8: bool | Callabl
         return function
 
     return decorate
+
+
+def register_rewrite(function: Callable) -> Callable:
+    """Decorator: a graph rewrite `(model) -> None` run on the prepared model before lowering,
+    for patterns that map to one TFLite kernel (their nodes become one FUSED_DOMAIN node)."""
+    _REWRITES.append(function)
+    return function
+
+
+def rewrites() -> list[Callable]:
+    registry()
+    return list(_REWRITES)
 
 
 def registry() -> OpTable[OpLowering]:

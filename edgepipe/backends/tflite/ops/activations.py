@@ -162,7 +162,7 @@ def lower_prelu(ctx: Lowering, node) -> None:
     ctx.emit("PRELU", [x, slope], [ctx.new_value(node.output[0], dtype, perm)], node)
 
 
-@register("Gelu")
+@register("Gelu", since=20)
 def lower_gelu(ctx: Lowering, node) -> None:
     approximate = node_attrs(node).get("approximate", b"none")
     approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
