@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
+from edgepipe.backends.tflite import unsupported_nodes
 from tests.tflite_harness import check_conformance, make_model
 
 RNG = np.random.default_rng(23)
@@ -38,3 +39,19 @@ def test_layer_norm_between_int8_ops(tmp_path):
     report = check_conformance(make_model(nodes, {"x": [3, 8]}, ["y"], inits), tmp_path)
     assert report.result["float_nodes"] == ["ln"]
     assert report.result["op_histogram"]["FULLY_CONNECTED"] == 2
+
+
+def test_unused_mean_and_inv_std_dev_outputs_are_dropped(tmp_path):
+    """Exporters name LayerNormalization's training outputs even when nothing reads them."""
+    inits = {"g": RNG.uniform(0.5, 1.5, size=16).astype(np.float32), "b": np.zeros(16, np.float32)}
+    node = helper.make_node("LayerNormalization", ["x", "g", "b"], ["y", "mean", "inv_std"], name="ln")
+    report = check_conformance(make_model([node], {"x": [2, 5, 16]}, ["y"], inits), tmp_path)
+    assert report.result["float_nodes"] == ["ln"]
+
+
+def test_used_mean_output_is_refused_by_name():
+    inits = {"g": np.ones(16, np.float32)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "g"], ["y", "mean"], name="ln"),
+             helper.make_node("Add", ["y", "mean"], ["z"], name="use_mean")]
+    ((name, _, reason),) = unsupported_nodes(make_model(nodes, {"x": [2, 16]}, ["z"], inits))
+    assert name == "ln" and "'mean'" in reason

@@ -8,6 +8,8 @@ clips the large ones or rounds the small ones to zero, and RSQRT amplifies the e
 variances (1/sqrt near 0). Mean and centering are accurate in int8, but splitting the island
 would add a QUANTIZE/DEQUANTIZE pair for a saving of one elementwise pass. The normalized axes
 [axis, rank) map to TFLite dims through the input's layout; gamma and beta are broadcast to it.
+The optional Mean / InvStdDev outputs (exporters name them even when nothing reads them) are
+simply not written when unused.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from edgepipe.backends.tflite.ops import register
 
 
 def check_layer_norm(ctx: Lowering, node) -> str | None:
-    if any(name for name in node.output[1:]):
-        return "the Mean / InvStdDev outputs are not supported (training-only)"
+    used = [name for name in node.output[1:] if name and (ctx.consumers.get(name) or name in ctx.graph_outputs)]
+    if used:
+        return f"output '{used[0]}' (Mean / InvStdDev, training-only) is used; only the normalized output is supported"
     for name in node.input[1:]:
         if name and ctx.constant(name) is None:
             return "scale and bias must be constants"
