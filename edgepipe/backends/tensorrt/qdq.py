@@ -42,6 +42,9 @@ MIN_OPSET = 13  # QuantizeLinear/DequantizeLinear with `axis` (per-channel)
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 RESIDUAL_OPS = ("Add",)
+# Trailing outputs that are optional in ONNX and that exporters name even when nothing reads them
+# (training statistics, dropout masks, pooling indices); TensorRT's parser implements only the first.
+OPTIONAL_OUTPUTS = ("LayerNormalization", "BatchNormalization", "Dropout", "MaxPool")
 
 
 @dataclass
@@ -174,6 +177,7 @@ def write_qdq_model(
         raise UserError(f"float node '{unknown[0]}' is not a node of the model; check the node names "
                         "in float_nodes (see calibration.json or Netron)")
     qdq = _ensure_opset(qdq)
+    _drop_unused_optional_outputs(qdq)
     inserter = _Inserter(qdq, calibration, per_channel, int8_weights)
     producers = graph.producers(qdq)
     consumers = graph.consumers(qdq)
@@ -195,6 +199,17 @@ def write_qdq_model(
     except onnx.checker.ValidationError as exc:  # a bug here, not a user problem: keep the trace
         raise RuntimeError(f"Q/DQ model failed the ONNX checker: {exc}") from exc
     return qdq, inserter.report.to_dict()
+
+
+def _drop_unused_optional_outputs(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        if node.op_type in OPTIONAL_OUTPUTS and node.domain in ("", "ai.onnx"):
+            outputs = [node.output[0]] + [name if name in used else "" for name in node.output[1:]]
+            while len(outputs) > 1 and not outputs[-1]:
+                outputs.pop()
+            del node.output[:]
+            node.output.extend(outputs)
 
 
 def _ensure_opset(model: onnx.ModelProto) -> onnx.ModelProto:
