@@ -165,6 +165,15 @@ def test_maxpool_input_quantized(tmp_path):
     assert report["quantized_nodes"]["pool"]["op"] == "MaxPool"
 
 
+def test_global_max_pool_input_quantized(tmp_path):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("GlobalMaxPool", ["c"], ["y"], name="gmp")]
+    model = make_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 4, 1, 1])], {"w": rng_weights(4, 3, 3, 3)})
+    qdq, report = write_qdq_model(model, calibrate_random(model, tmp_path))
+    assert dq_source(qdq, node_by_name(qdq, "gmp").input[0]) == "c"
+    assert report["quantized_nodes"]["gmp"]["op"] == "GlobalMaxPool"
+
+
 @pytest.mark.parametrize("trans_b, axis", [(0, 1), (1, 0)])
 def test_gemm_weight_axis_is_output_features(tmp_path, trans_b, axis):
     w = rng_weights(5, 3) if trans_b else rng_weights(3, 5)

@@ -40,7 +40,7 @@ from edgepipe.errors import UserError
 
 MIN_OPSET = 13  # QuantizeLinear/DequantizeLinear with `axis` (per-channel)
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
+POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
 RESIDUAL_OPS = ("Add",)
 # Trailing outputs that are optional in ONNX and that exporters name even when nothing reads them
 # (training statistics, dropout masks, pooling indices); TensorRT's parser implements only the first.

@@ -40,9 +40,10 @@ OP_VERSIONS = {
     "AVERAGE_POOL_2D": 2, "MAX_POOL_2D": 2, "SOFTMAX": 2, "LOG_SOFTMAX": 2,
     "LOGISTIC": 2, "TANH": 2, "RELU": 2, "RELU6": 2, "RELU_N1_TO_1": 2, "RELU_0_TO_1": 1,
     "HARD_SWISH": 1, "LEAKY_RELU": 2, "PRELU": 1, "GELU": 1, "ELU": 2, "EXP": 2, "ABS": 2,
-    "NEG": 2, "CONCATENATION": 2, "RESHAPE": 1, "TRANSPOSE": 2, "SQUEEZE": 1, "EXPAND_DIMS": 1,
+    "NEG": 1, "CONCATENATION": 2, "RESHAPE": 1, "TRANSPOSE": 2, "SQUEEZE": 1, "EXPAND_DIMS": 1,
     "PAD": 2, "PADV2": 2, "SPLIT": 2, "SPLIT_V": 2, "SLICE": 2, "STRIDED_SLICE": 2,
     "GATHER": 2, "MIRROR_PAD": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2, "CAST": 1,
+    "LOG": 1, "DEPTH_TO_SPACE": 1, "SPACE_TO_DEPTH": 2,
 }
 
 # Ops whose options table is required by the kernel (Prepare dereferences it).

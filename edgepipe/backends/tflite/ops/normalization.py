@@ -1,4 +1,5 @@
-"""LayerNormalization, decomposed: MEAN, SUB, MUL (square), MEAN, ADD eps, RSQRT, MUL, MUL gamma, ADD beta.
+"""LayerNormalization, decomposed: MEAN, SUB, MUL (square), MEAN, ADD eps, RSQRT, MUL, MUL gamma, ADD beta;
+BatchNormalization left unfolded: a 1x1 DEPTHWISE_CONV_2D.
 
 TFLite has no layer-norm kernel. The decomposition runs as a float island inside int8 models
 (the registry adds DEQUANTIZE before and QUANTIZE after): in int8 every step would be requantized
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepipe.backends.tflite.lower import Lowering, node_attrs
+from edgepipe.backends.tflite.lower import NHWC, Lowering, node_attrs
 from edgepipe.backends.tflite.ops import register
 
 
@@ -68,3 +69,35 @@ def lower_layer_norm(ctx: Lowering, node) -> None:
     scaled = step("MUL", [normalized, gamma], "scaled", shape, "MulOptions", FusedActivationFunction=0)
     beta = ctx.constant_input(node.input[2], "float32", perm, rank)
     ctx.emit("ADD", [scaled, beta], [out], node, "AddOptions", FusedActivationFunction=0)
+
+
+def check_batch_norm(ctx: Lowering, node) -> str | None:
+    if node_attrs(node).get("training_mode", 0):
+        return "training_mode=1 (batch statistics) has no inference kernel"
+    used = [name for name in node.output[1:] if name and (ctx.consumers.get(name) or name in ctx.graph_outputs)]
+    if used:
+        return f"output '{used[0]}' (running statistics, training-only) is used"
+    if any(ctx.constant(name) is None for name in node.input[1:5]):
+        return "scale, bias, mean and variance must be constants"
+    if ctx.rank(node.input[0]) != 4:
+        return "only 4-D NCHW input is supported (a BatchNormalization after a Conv is folded into it)"
+    return None
+
+
+@register("BatchNormalization", check=check_batch_norm)
+def lower_batch_norm(ctx: Lowering, node) -> None:
+    """A BatchNormalization the fold stage could not merge (after a Concat, on the input): a 1x1
+    depthwise conv, so int8 gets per-channel weights and an int32 bias like any conv."""
+    dtype = ctx.node_dtype(node)
+    gamma, beta, mean, variance = (np.asarray(ctx.constant(name), np.float64) for name in node.input[1:5])
+    epsilon = float(node_attrs(node).get("epsilon", 1e-5))
+    scale = gamma / np.sqrt(variance + epsilon)
+    shift = beta - mean * scale
+    x = ctx.get(node.input[0], dtype, NHWC)
+    activation, out_name = ctx.fuse_activation(node)
+    out = ctx.new_value(out_name, dtype, NHWC)
+    weights = scale.astype(np.float32).reshape(1, 1, 1, -1)
+    filter_index, bias_index = ctx.filter_and_bias(node.name, weights, 3, shift.astype(np.float32), x, dtype)
+    ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [out], node, "DepthwiseConv2DOptions",
+             Padding=1, StrideH=1, StrideW=1, DilationHFactor=1, DilationWFactor=1, DepthMultiplier=1,
+             FusedActivationFunction=activation)

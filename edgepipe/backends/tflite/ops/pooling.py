@@ -1,4 +1,5 @@
-"""Pooling: MaxPool, AveragePool -> MAX_POOL_2D / AVERAGE_POOL_2D; GlobalAveragePool -> MEAN.
+"""Pooling: MaxPool, AveragePool -> MAX_POOL_2D / AVERAGE_POOL_2D; GlobalAveragePool -> MEAN;
+GlobalMaxPool -> REDUCE_MAX.
 
 int8 pooling kernels move integers without requantizing, so their output keeps the input's
 quantization. An int8 VALID AveragePool becomes a depthwise conv with 1/(kh*kw) weights, which
@@ -155,6 +156,16 @@ def _average_as_depthwise(ctx: Lowering, node, x: int, out: int, kernel, strides
 
 def check_global(ctx: Lowering, node) -> str | None:
     return None if ctx.rank(node.input[0]) == 4 else "only 4-D NCHW input is supported"
+
+
+@register("GlobalMaxPool", check=check_global)
+def lower_global_max(ctx: Lowering, node) -> None:
+    """REDUCE_MAX over H, W: it compares integers, so the output keeps the input's quantization."""
+    dtype = ctx.node_dtype(node)
+    x = ctx.get(node.input[0], dtype, NHWC)
+    out = ctx.new_value(node.output[0], dtype, NHWC, ctx.tensor(x).quantization)
+    axes = ctx.int32_constant(f"{node.name};axes", [1, 2])
+    ctx.emit("REDUCE_MAX", [x, axes], [out], node, "ReducerOptions", KeepDims=True)
 
 
 @register("GlobalAveragePool", check=check_global)
