@@ -121,6 +121,19 @@ def op_names(path: Path, resolver: str = "xnnpack") -> list[str]:
     return [op["op_name"] for op in make_interpreter(path, resolver)._get_ops_details()]
 
 
+def delegate_partitions(path) -> list[dict]:
+    """DELEGATE nodes of the XNNPACK execution plan; asserts they cover input to output."""
+    interpreter = make_interpreter(path, "xnnpack")
+    interpreter.allocate_tensors()
+    delegates = [op for op in interpreter._get_ops_details() if op["op_name"] == "DELEGATE"]
+    if len(delegates) == 1:
+        inputs = {d["index"] for d in interpreter.get_input_details()}
+        outputs = {d["index"] for d in interpreter.get_output_details()}
+        assert inputs <= set(delegates[0]["inputs"].tolist())
+        assert outputs == set(delegates[0]["outputs"].tolist())
+    return delegates
+
+
 WEIGHT_AXES = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1}
 
 

@@ -15,7 +15,7 @@ imported by `registry()`, and its decorated functions register themselves:
         dtype = ctx.node_dtype(node)                  # "int8", or "float32" (fp32 model, float island)
         x = ctx.get(node.input[0], dtype)             # input in its current layout; QUANTIZE/DEQUANTIZE/
         perm = ctx.layout(node.input[0])              #   TRANSPOSE inserted by the registry if needed
-        quant = Quantization.per_tensor(1 / 256, -128) if dtype == "int8" else None   # kernel rule
+        quant = Quantization.per_tensor(*fixed_output("SOFTMAX")) if dtype == "int8" else None  # builtins.py
         out = ctx.new_value(node.output[0], dtype, perm, quant)   # quant None -> from calibration
         ctx.emit("SOFTMAX", [x], [out], node, "SoftmaxOptions", Beta=1.0)
 
@@ -33,8 +33,10 @@ Contract of a lowering:
   the input's layout (elementwise ops), `identity(rank)` for layout-sensitive ops (Reshape...).
   Map ONNX axes to TFLite axes with `perm.index(axis)`.
 - Register every ONNX output with `ctx.new_value(name, dtype, perm, quant)`; pass `quant` only
-  when the kernel fixes it (LOGISTIC 1/256, TANH 1/128) or passes it through (RESHAPE,
+  when the kernel fixes it (`builtins.fixed_output(opcode)`) or passes it through (RESHAPE,
   MAX_POOL_2D, CONCATENATION: use the input's `ctx.tensor(x).quantization`).
+- A TFLite builtin the project has never emitted needs its row in builtins.py (version, options,
+  int8 rules); the validator refuses any opcode without one.
 - `ctx.fuse_activation(node)` folds a following Relu/Relu6/Clip(-1,1) into ops with a
   `FusedActivationFunction` field.
 - `int8=False` (or a predicate `(ctx, node) -> bool`) lowers the node in float32 inside the int8
