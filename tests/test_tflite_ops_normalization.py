@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from edgepipe.backends.tflite import unsupported_nodes
-from tests.tflite_harness import check_conformance, make_model
+from edgepipe.backends.tflite import build_tflite
+from edgepipe.backends.tflite.runtime import run_tflite
+from tests.tflite_harness import check_conformance, make_model, onnx_node_case
 
 RNG = np.random.default_rng(23)
 
@@ -49,9 +50,21 @@ def test_unused_mean_and_inv_std_dev_outputs_are_dropped(tmp_path):
     assert report.result["float_nodes"] == ["ln"]
 
 
-def test_used_mean_output_is_refused_by_name():
-    inits = {"g": np.ones(16, np.float32)}
-    nodes = [helper.make_node("LayerNormalization", ["x", "g"], ["y", "mean"], name="ln"),
-             helper.make_node("Add", ["y", "mean"], ["z"], name="use_mean")]
-    ((name, _, reason),) = unsupported_nodes(make_model(nodes, {"x": [2, 16]}, ["z"], inits))
-    assert name == "ln" and "'mean'" in reason
+def test_used_mean_and_inv_std_dev_outputs(tmp_path):
+    """Both statistics read by later nodes and as a graph output (ONNX's own cases keep them)."""
+    inits = {"g": RNG.uniform(0.5, 1.5, size=16).astype(np.float32)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "g"], ["n", "mean", "inv_std"], name="ln", axis=-1),
+             helper.make_node("Add", ["n", "mean"], ["y"], name="use_mean")]
+    model = make_model(nodes, {"x": [2, 5, 16]}, ["y", "inv_std"], inits)
+    report = check_conformance(model, tmp_path)
+    assert report.result["float_nodes"] == ["ln"]
+
+
+@pytest.mark.parametrize("name", ["test_layer_normalization_4d_axis1", "test_layer_normalization_3d_axis_negative_2_epsilon",
+                                  "test_layer_normalization_default_axis"])
+def test_onnx_cases_match_expected_outputs(name, tmp_path):
+    model, feed, expected = onnx_node_case(name)
+    result = build_tflite(model, None, tmp_path)
+    got = run_tflite(tmp_path / "model.fp32.tflite", result["io"], feed)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5)

@@ -10,7 +10,7 @@ variances (1/sqrt near 0). Mean and centering are accurate in int8, but splittin
 would add a QUANTIZE/DEQUANTIZE pair for a saving of one elementwise pass. The normalized axes
 [axis, rank) map to TFLite dims through the input's layout; gamma and beta are broadcast to it.
 The optional Mean / InvStdDev outputs (exporters name them even when nothing reads them) are
-simply not written when unused.
+the decomposition's own MEAN and RSQRT results: registered when read, not written otherwise.
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ from edgepipe.backends.tflite.lower import NHWC, Lowering, node_attrs
 from edgepipe.backends.tflite.ops import register
 
 
+def _used(ctx: Lowering, node, position: int) -> str | None:
+    """Name of optional output `position` when something reads it (a node or the graph), else None."""
+    name = node.output[position] if len(node.output) > position else ""
+    return name if name and (ctx.consumers.get(name) or name in ctx.graph_outputs) else None
+
+
 def check_layer_norm(ctx: Lowering, node) -> str | None:
-    used = [name for name in node.output[1:] if name and (ctx.consumers.get(name) or name in ctx.graph_outputs)]
-    if used:
-        return f"output '{used[0]}' (Mean / InvStdDev, training-only) is used; only the normalized output is supported"
     for name in node.input[1:]:
         if name and ctx.constant(name) is None:
             return "scale and bias must be constants"
@@ -45,21 +48,23 @@ def lower_layer_norm(ctx: Lowering, node) -> None:
     reduced_shape = [1 if perm[i] >= axis else d for i, d in enumerate(shape)]
     axes = ctx.int32_constant(f"{node.name};axes", sorted(perm.index(a) for a in range(axis, rank)))
 
-    def step(opcode, inputs, tag, step_shape, options_type=None, **options):
-        target = ctx.temp(f"{node.name};{tag}", step_shape, "float32")
+    def step(opcode, inputs, tag, step_shape, options_type=None, output=None, **options):
+        """One float op; `output` names the optional ONNX output it also is (Mean, InvStdDev)."""
+        target = ctx.new_value(output, "float32", perm) if output else ctx.temp(f"{node.name};{tag}", step_shape,
+                                                                                 "float32")
         ctx.emit(opcode, inputs, [target], node, options_type, **options)
         return target
 
     def constant(tag, value):
         return ctx.spec.add_constant(f"{node.name};{tag}", np.float32(value))
 
-    mean = step("MEAN", [x, axes], "mean", reduced_shape, "ReducerOptions", KeepDims=True)
+    mean = step("MEAN", [x, axes], "mean", reduced_shape, "ReducerOptions", output=_used(ctx, node, 1), KeepDims=True)
     centered = step("SUB", [x, mean], "centered", shape, "SubOptions", FusedActivationFunction=0)
     squared = step("MUL", [centered, centered], "squared", shape, "MulOptions", FusedActivationFunction=0)
     variance = step("MEAN", [squared, axes], "variance", reduced_shape, "ReducerOptions", KeepDims=True)
     shifted = step("ADD", [variance, constant("epsilon", epsilon)], "variance_eps", reduced_shape, "AddOptions",
                    FusedActivationFunction=0)
-    inverse_std = step("RSQRT", [shifted], "inverse_std", reduced_shape)
+    inverse_std = step("RSQRT", [shifted], "inverse_std", reduced_shape, output=_used(ctx, node, 2))
     normalized = step("MUL", [centered, inverse_std], "normalized", shape, "MulOptions", FusedActivationFunction=0)
     gamma = ctx.constant_input(node.input[1], "float32", perm, rank)
     out = ctx.new_value(node.output[0], "float32", perm)
