@@ -43,6 +43,7 @@ class ArmCpuTarget(Target):
 
         options = {**self.options, **{k: v for k, v in settings.items() if v is not None}}
         options["float_nodes"] = set(options.get("float_nodes") or [])
+        options["target_name"] = self.name
         result = build_tflite(model, calibration, out_dir, options)
         manifest = {
             "precision": {

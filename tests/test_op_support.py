@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepipe.backends.support import OpKey, OpTable, walk_nodes
-from edgepipe.backends.tflite import unsupported_nodes
+from edgepipe.backends.tflite import build_tflite, unsupported_nodes
+from edgepipe.errors import UnsupportedOpError
 from edgepipe.targets import load_target
 from tests.helpers import run_cli
 from tests.tflite_harness import make_model
@@ -116,3 +117,12 @@ def test_unsupported_model_is_refused_before_any_data_is_read(target, tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert "my_relu" in result.stderr and "com.example::Relu" in result.stderr, result.stderr
         assert not (tmp_path / "out").exists()
+
+
+def test_a_profile_is_named_in_its_own_refusals(tmp_path):
+    """rpi5 derives from arm-cpu: the refusal names the target the user asked for."""
+    ((_, _, reason),) = load_target("rpi5").supports(custom_relu_model())
+    assert "on rpi5" in reason
+    model = make_model([helper.make_node("Acosh", ["x"], ["y"], name="acosh")], {"x": [1, 4]}, ["y"])
+    with pytest.raises(UnsupportedOpError, match="target 'rpi5'"):
+        build_tflite(model, None, tmp_path, {"target_name": "rpi5"})

@@ -30,7 +30,7 @@ from edgepipe.backends import support
 from edgepipe.backends.tflite.writer import ModelSpec, Quantization
 from edgepipe.errors import UnsupportedOpError, UserError
 
-TARGET = "arm-cpu"
+DEFAULT_TARGET = "arm-cpu"  # the built-in TFLite target; a profile or plugin passes its own name
 NHWC = (0, 2, 3, 1)
 # An activation whose calibrated range is narrower than this is constantly zero in practice (a
 # conv after a zero-initialised BatchNorm gamma, a Relu that never fires): it gets the neutral
@@ -99,6 +99,7 @@ class Lowering:
         self.keep_layout = bool(self.options.get("keep_layout", False))
         self.int8_io = bool(self.options.get("int8_io", False))
         self.requested_float = set(self.options.get("float_nodes") or ())
+        self.target = str(self.options.get("target_name") or DEFAULT_TARGET)  # named in refusals
         self.registry = ops.registry()
         self.opsets = support.opsets(model)
         self.spec = ModelSpec()
@@ -161,7 +162,7 @@ class Lowering:
         """Why `node` cannot be lowered: its operator (domain, opset, control flow) or its check."""
         entry = self.lowering_for(node)
         if entry is None:
-            return support.operator_problem(node, self.opsets, self.registry, TARGET)
+            return support.operator_problem(node, self.opsets, self.registry, self.target)
         return entry.unsupported_reason(self, node)
 
     # ----- TFLite side -------------------------------------------------------------------------
@@ -338,7 +339,7 @@ class Lowering:
                 continue
             reason = self.unsupported_reason(node)
             if reason:
-                raise UnsupportedOpError(node.name, support.qualified(node.domain, node.op_type), TARGET, reason)
+                raise UnsupportedOpError(node.name, support.qualified(node.domain, node.op_type), self.target, reason)
             entry = self.lowering_for(node)
             if self.quantized and self.node_dtype(node) == "float32":
                 self.float_lowered.append(node.name)
