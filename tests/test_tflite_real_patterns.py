@@ -109,3 +109,18 @@ def test_zero_gamma_batchnorm_block_builds_through_the_cli(tmp_path):
                      str(tmp_path / "calib.npz"), "--out", str(tmp_path / "out"), "--no-host-report", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "model.tflite").stat().st_size > 0
+
+
+def test_one_element_constants_where_onnx_expects_scalars(tmp_path):
+    """Exporters write Clip bounds, Pow exponents, Pad values and GELU's constants as shape-[1]
+    tensors; numpy 2 refuses float() on them (a TypeError traceback before)."""
+    one = lambda value: np.array([value], np.float32)  # noqa: E731
+    nodes = [helper.make_node("Clip", ["x", "lo", "hi"], ["c"], name="clip"),
+             helper.make_node("Pow", ["c", "two"], ["p"], name="square"),
+             helper.make_node("Mul", ["x", "inv_sqrt2"], ["d"], name="scale"),
+             helper.make_node("Erf", ["d"], ["e"], name="erf"),
+             helper.make_node("Pad", ["e", "pads", "fill"], ["f"], name="pad"),
+             helper.make_node("Add", ["f", "p"], ["y"], name="add")]
+    inits = {"lo": one(-0.5), "hi": one(0.7), "two": one(2.0), "inv_sqrt2": one(0.70710677),
+             "pads": np.zeros(8, np.int64), "fill": one(0.0)}
+    check_conformance(make_model(nodes, {"x": [1, 3, 6, 6]}, ["y"], inits), tmp_path)

@@ -387,9 +387,9 @@ def clip_bounds(ctx: Lowering, node: onnx.NodeProto) -> tuple[float, float] | No
             if value is None:
                 return None
             if position == 1:
-                low = float(value)
+                low = float(np.asarray(value).reshape(-1)[0])
             else:
-                high = float(value)
+                high = float(np.asarray(value).reshape(-1)[0])
     return float(low), float(high)
 
 

@@ -66,7 +66,7 @@ def lower_erf(ctx: Lowering, node) -> None:
 # ----- the exact-GELU pattern ----------------------------------------------------------------------
 def _scalar(model, name: str) -> float | None:
     value = graph.constant_value(model, name)
-    return float(value) if value is not None and value.size == 1 else None
+    return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
 
 def _near(value: float | None, target: float, rtol: float = 1e-4) -> bool:
