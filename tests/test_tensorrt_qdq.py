@@ -364,3 +364,27 @@ def test_new_tflite_ops_get_qdq_only_where_tensorrt_runs_int8(tmp_path):
     ref = np.concatenate([fp32.run(None, {"x": x})[0] for x in feeds])
     out = np.concatenate([int8.run(None, {"x": x})[0] for x in feeds])
     assert quantmath.sqnr_db(ref, out) >= 20
+
+
+@pytest.mark.parametrize("case", ["all-zero-conv-residual", "dead-relu-then-conv"])
+def test_degenerate_numerics_get_representable_scales(case, tmp_path):
+    """A zero-initialised BatchNorm gamma folded into a conv, a Relu that never fires: no scale of
+    ~1e-14 (below FP16, TensorRT's fallback precision), and the Q/DQ model still computes FP32's result."""
+    weights = rng_weights(4, 4, 3, 3)
+    if case == "all-zero-conv-residual":
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                 helper.make_node("Add", ["c", "x"], ["y"], name="add")]
+        inits = {"w": np.zeros_like(weights)}
+    else:
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", ["c"], ["r"], name="relu"),
+                 helper.make_node("Conv", ["r", "w"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+        inits = {"w": weights, "b": np.full(4, -100.0)}
+    model = make_model(nodes, [("x", [1, 4, 6, 6])], [("y", [1, 4, 6, 6])], inits)
+    qdq, _ = write_qdq_model(model, calibrate_random(model, tmp_path))
+    scales = [numpy_helper.to_array(t) for t in qdq.graph.initializer if t.name.endswith("_scale")]
+    assert scales and min(float(s.min()) for s in scales) > 1e-7
+    x = np.random.default_rng(3).standard_normal((1, 4, 6, 6)).astype(np.float32)
+    reference = graph.make_session(model).run(None, {"x": x})[0]
+    got = graph.make_session(qdq).run(None, {"x": x})[0]
+    assert np.all(np.isfinite(got)) and quantmath.sqnr_db(reference, got) >= 30
