@@ -125,4 +125,4 @@ def test_a_profile_is_named_in_its_own_refusals(tmp_path):
     assert "on rpi5" in reason
     model = make_model([helper.make_node("Acosh", ["x"], ["y"], name="acosh")], {"x": [1, 4]}, ["y"])
     with pytest.raises(UnsupportedOpError, match="target 'rpi5'"):
-        build_tflite(model, None, tmp_path, {"target_name": "rpi5"})
+        build_tflite(model, None, tmp_path, {"target": "rpi5"})

@@ -14,14 +14,14 @@ import onnx
 from edgepipe import graph
 from edgepipe.backends import support
 from edgepipe.backends.tflite import ops, validator, writer
-from edgepipe.backends.tflite.lower import DEFAULT_TARGET, NHWC, Lowering, prepare_model
+from edgepipe.backends.tflite.lower import BACKEND, NHWC, Lowering, prepare_model
 from edgepipe.errors import UnsupportedOpError, UserError
 
 INT8_FILE = "model.tflite"
 FP32_FILE = "model.fp32.tflite"
 
 
-def unsupported_nodes(model: onnx.ModelProto, target: str = DEFAULT_TARGET) -> list[tuple[str, str, str]]:
+def unsupported_nodes(model: onnx.ModelProto, target: str = BACKEND) -> list[tuple[str, str, str]]:
     """(node name, op type, reason) for every node the TFLite backend cannot lower.
 
     Operators come first (custom domains, control flow, opsets; subgraphs included) and need no
@@ -31,7 +31,7 @@ def unsupported_nodes(model: onnx.ModelProto, target: str = DEFAULT_TARGET) -> l
     graph.ensure_node_names(named)
     problems = support.unsupported_operators(named, ops.registry(), target)
     listed = {name for name, _, _ in problems}
-    ctx = Lowering(prepare_model(named), options={"target_name": target})
+    ctx = Lowering(prepare_model(named), options={"target": target})
     for node in ctx.model.graph.node:
         if node.op_type == "Constant" or node.name in listed:
             continue
@@ -44,8 +44,8 @@ def unsupported_nodes(model: onnx.ModelProto, target: str = DEFAULT_TARGET) -> l
     return problems
 
 
-def check_supported(model: onnx.ModelProto, target: str = DEFAULT_TARGET) -> None:
-    """Raise UnsupportedOpError for the first node that cannot be lowered."""
+def check_supported(model: onnx.ModelProto, target: str = BACKEND) -> None:
+    """Raise UnsupportedOpError (naming `target`) for the first node that cannot be lowered."""
     problems = unsupported_nodes(model, target)
     if problems:
         name, op_type, reason = problems[0]
@@ -54,9 +54,6 @@ def check_supported(model: onnx.ModelProto, target: str = DEFAULT_TARGET) -> Non
 
 def lower_model(model: onnx.ModelProto, calibration, options: dict, quantized: bool) -> Lowering:
     """Run the lowering and the validator; returns the context (spec, float nodes, io)."""
-    bits = int(options.get("activation_bits", 8))
-    if quantized and bits != 8:
-        raise UserError(f"activation_bits={bits} is not supported by the TFLite backend yet; use 8")
     ctx = Lowering(prepare_model(model), calibration, options, quantized)
     ctx.run()
     validator.validate(ctx.spec)
@@ -66,7 +63,7 @@ def lower_model(model: onnx.ModelProto, calibration, options: dict, quantized: b
 def build_tflite(model: onnx.ModelProto, calibration, out_dir: Path, options: dict | None = None) -> dict:
     """Write model.tflite (int8; only with a calibration) and model.fp32.tflite into out_dir."""
     options = dict(options or {})
-    check_supported(model, str(options.get("target_name") or DEFAULT_TARGET))
+    check_supported(model, str(options.get("target") or BACKEND))
     fp32 = lower_model(model, None, options, quantized=False)
     int8 = lower_model(model, calibration, options, quantized=True) if calibration is not None else None
     fp32_bytes = writer.serialize(fp32.spec)

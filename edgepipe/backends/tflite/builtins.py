@@ -92,7 +92,6 @@ BUILTINS = _table(
     Builtin("LEAKY_RELU", 2, True, xnnpack_int8=True),
     Builtin("PRELU", 1, xnnpack_int8=False),
     Builtin("GELU", 1, True, xnnpack_int8=False),
-    Builtin("ELU", 2),
     # data movement
     Builtin("CONCATENATION", 2, True, same_quant=True, data_inputs=None, xnnpack_int8=True),
     Builtin("RESHAPE", 1, same_quant=True, xnnpack_int8=True),

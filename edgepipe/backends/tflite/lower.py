@@ -30,7 +30,7 @@ from edgepipe.backends import support
 from edgepipe.backends.tflite.writer import ModelSpec, Quantization
 from edgepipe.errors import UnsupportedOpError, UserError
 
-DEFAULT_TARGET = "arm-cpu"  # the built-in TFLite target; a profile or plugin passes its own name
+BACKEND = "tflite"  # names the target in errors when the caller did not say which (options["target"])
 NHWC = (0, 2, 3, 1)
 # An activation whose calibrated range is narrower than this is constantly zero in practice (a
 # conv after a zero-initialised BatchNorm gamma, a Relu that never fires): it gets the neutral
@@ -95,11 +95,11 @@ class Lowering:
         self.model = model
         self.calibration = calibration
         self.options = dict(options or {})
+        self.target = str(self.options.get("target") or BACKEND)
         self.quantized = quantized
         self.keep_layout = bool(self.options.get("keep_layout", False))
         self.int8_io = bool(self.options.get("int8_io", False))
         self.requested_float = set(self.options.get("float_nodes") or ())
-        self.target = str(self.options.get("target_name") or DEFAULT_TARGET)  # named in refusals
         self.registry = ops.registry()
         self.opsets = support.opsets(model)
         self.spec = ModelSpec()
@@ -357,7 +357,7 @@ class Lowering:
     def _add_inputs(self) -> None:
         for info in graph.graph_inputs(self.model):
             if graph.tensor_dtype(info) != np.float32:
-                raise UserError(f"input '{info.name}' is {graph.tensor_dtype(info)}; the arm-cpu target "
+                raise UserError(f"input '{info.name}' is {graph.tensor_dtype(info)}; target '{self.target}' "
                                 "needs float32 model inputs")
             index = self.new_value(info.name, self.io_dtype(), self.io_perm(info.name))
             self.spec.inputs.append(index)
