@@ -126,3 +126,16 @@ def test_a_profile_is_named_in_its_own_refusals(tmp_path):
     model = make_model([helper.make_node("Acosh", ["x"], ["y"], name="acosh")], {"x": [1, 4]}, ["y"])
     with pytest.raises(UnsupportedOpError, match="target 'rpi5'"):
         build_tflite(model, None, tmp_path, {"target": "rpi5"})
+
+
+def test_a_plugin_without_its_own_table_accepts_standard_onnx_only():
+    """A third-party target that declares no operators still refuses what no runtime can take."""
+    from edgepipe.targets import Target
+
+    class BareTarget(Target):
+        name = "bare-npu"
+
+    target = BareTarget()
+    assert not target.supports(make_model([helper.make_node("Erf", ["x"], ["y"], name="erf")], {"x": [1, 4]}, ["y"]))
+    assert target.supports(custom_relu_model())[0][1] == "com.example::Relu"
+    assert "control flow (If)" in dict((n, r) for n, _, r in target.supports(lstm_inside_if_model()))["branch"]
