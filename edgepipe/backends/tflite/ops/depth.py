@@ -23,6 +23,8 @@ def _mode(node) -> str:
 def check_depth(ctx: Lowering, node) -> str | None:
     if ctx.rank(node.input[0]) != 4:
         return "only 4-D NCHW input is supported"
+    if int(node_attrs(node).get("blocksize", 0)) < 1:
+        return "blocksize must be a positive integer"
     if _mode(node) not in ("DCR", "CRD"):
         return f"mode '{_mode(node)}' is not DCR or CRD"
     return None

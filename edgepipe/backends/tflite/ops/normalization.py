@@ -82,7 +82,7 @@ def check_batch_norm(ctx: Lowering, node) -> str | None:
     used = [name for name in node.output[1:] if name and (ctx.consumers.get(name) or name in ctx.graph_outputs)]
     if used:
         return f"output '{used[0]}' (running statistics, training-only) is used"
-    if any(ctx.constant(name) is None for name in node.input[1:5]):
+    if len(node.input) < 5 or any(ctx.constant(name) is None for name in node.input[1:5]):
         return "scale, bias, mean and variance must be constants"
     if ctx.rank(node.input[0]) != 4:
         return "only 4-D NCHW input is supported (a BatchNormalization after a Conv is folded into it)"
