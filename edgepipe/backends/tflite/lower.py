@@ -144,7 +144,10 @@ class Lowering:
         return "int8"
 
     def quant(self, name: str) -> Quantization:
-        """Asymmetric int8 parameters of an activation, from the calibration ranges."""
+        """Asymmetric int8 parameters of an activation, from the calibration ranges (a `;2d` view a
+        rewrite added shares the range of the tensor it names: ops/one_d.py)."""
+        if self.calibration is not None and name not in self.calibration and name.endswith(";2d"):
+            name = name[:-len(";2d")]
         if self.calibration is None or name not in self.calibration:
             raise UserError(f"tensor '{name}' has no calibration range; re-run calibration on this model")
         tensor = self.calibration.tensors[name]

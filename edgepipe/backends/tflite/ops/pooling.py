@@ -81,7 +81,7 @@ def onnx_runtime_size(size: int, kernel: int, stride: int, before: int, after: i
 
 def check_pool(ctx: Lowering, node) -> str | None:
     if ctx.rank(node.input[0]) != 4:
-        return "only 2-D pooling (4-D NCHW input) is supported"
+        return "only 1-D and 2-D pooling (3-D or 4-D NCHW input) is supported"
     if len(node.output) > 1 and node.output[1]:
         return "MaxPool indices output is not supported"
     in_hw, kernel, strides, dilations = spatial_attrs(ctx, node)
