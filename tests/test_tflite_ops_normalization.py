@@ -68,3 +68,23 @@ def test_onnx_cases_match_expected_outputs(name, tmp_path):
     got = run_tflite(tmp_path / "model.fp32.tflite", result["io"], feed)
     for key, value in expected.items():
         np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [[1, 5, 6, 7], [2, 4, 9]])
+def test_instance_norm(shape, tmp_path):
+    channels = shape[1]
+    inits = {"s": RNG.uniform(0.5, 1.5, size=channels).astype(np.float32),
+             "b": RNG.normal(size=channels).astype(np.float32) * 0.3}
+    node = helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"], name="inorm", epsilon=1e-4)
+    report = check_conformance(make_model([node], {"x": shape}, ["y"], inits), tmp_path)
+    assert report.result["float_nodes"] == ["inorm"]
+    assert report.result["op_histogram"]["MEAN"] == 2
+
+
+@pytest.mark.parametrize("name", ["test_instancenorm_example", "test_instancenorm_epsilon"])
+def test_onnx_instance_norm_cases(name, tmp_path):
+    model, feed, expected = onnx_node_case(name)
+    result = build_tflite(model, None, tmp_path)
+    got = run_tflite(tmp_path / "model.fp32.tflite", result["io"], feed)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5)

@@ -1,5 +1,6 @@
 """LayerNormalization, decomposed: MEAN, SUB, MUL (square), MEAN, ADD eps, RSQRT, MUL, MUL gamma, ADD beta;
-BatchNormalization left unfolded: a 1x1 DEPTHWISE_CONV_2D.
+InstanceNormalization the same over the spatial axes; BatchNormalization left unfolded: a 1x1
+DEPTHWISE_CONV_2D.
 
 TFLite has no layer-norm kernel. The decomposition runs as a float island inside int8 models
 (the registry adds DEQUANTIZE before and QUANTIZE after): in int8 every step would be requantized
@@ -41,12 +42,43 @@ def lower_layer_norm(ctx: Lowering, node) -> None:
     attrs = node_attrs(node)
     rank = ctx.rank(node.input[0])
     axis = int(attrs.get("axis", -1)) % rank
-    epsilon = float(attrs.get("epsilon", 1e-5))
+    beta = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    _normalize(ctx, node, list(range(axis, rank)), node.input[1], beta, float(attrs.get("epsilon", 1e-5)),
+               statistics=(_used(ctx, node, 1), _used(ctx, node, 2)))
+
+
+def check_instance_norm(ctx: Lowering, node) -> str | None:
+    if len(node.input) < 3 or any(ctx.constant(name) is None for name in node.input[1:3]):
+        return "scale and bias must be constants"
+    if not 3 <= ctx.rank(node.input[0]) <= 4:
+        return "only 3-D or 4-D NCHW input is supported"
+    return None
+
+
+@register("InstanceNormalization", check=check_instance_norm, int8=False)
+def lower_instance_norm(ctx: Lowering, node) -> None:
+    """Per (sample, channel) statistics over the spatial axes, then a per-channel scale and bias:
+    the layer-norm decomposition over axes [2, rank) with [C, 1, ...] constants."""
+    rank = ctx.rank(node.input[0])
+    channel_shaped = []
+    for position in (1, 2):
+        name = f"{node.input[position]};{node.name};per_channel"
+        ctx.constants[name] = np.asarray(ctx.constant(node.input[position]), np.float32).reshape(-1, *[1] * (rank - 2))
+        channel_shaped.append(name)
+    _normalize(ctx, node, list(range(2, rank)), channel_shaped[0], channel_shaped[1],
+               float(node_attrs(node).get("epsilon", 1e-5)))
+
+
+def _normalize(ctx: Lowering, node, axes_onnx: list[int], gamma_name: str, beta_name: str | None, epsilon: float,
+               statistics=(None, None)) -> None:
+    """(x - mean) * rsqrt(var + eps) * gamma + beta over ONNX axes `axes_onnx`, in float32, in the
+    input's layout. `statistics` names ONNX outputs that the mean / inverse std also are."""
+    rank = ctx.rank(node.input[0])
     perm = ctx.layout(node.input[0])
     x = ctx.get(node.input[0], "float32", perm)
     shape = ctx.tensor(x).shape
-    reduced_shape = [1 if perm[i] >= axis else d for i, d in enumerate(shape)]
-    axes = ctx.int32_constant(f"{node.name};axes", sorted(perm.index(a) for a in range(axis, rank)))
+    reduced_shape = [1 if perm[i] in axes_onnx else d for i, d in enumerate(shape)]
+    axes = ctx.int32_constant(f"{node.name};axes", sorted(perm.index(a) for a in axes_onnx))
 
     def step(opcode, inputs, tag, step_shape, options_type=None, output=None, **options):
         """One float op; `output` names the optional ONNX output it also is (Mean, InvStdDev)."""
@@ -55,24 +87,22 @@ def lower_layer_norm(ctx: Lowering, node) -> None:
         ctx.emit(opcode, inputs, [target], node, options_type, **options)
         return target
 
-    def constant(tag, value):
-        return ctx.spec.add_constant(f"{node.name};{tag}", np.float32(value))
-
-    mean = step("MEAN", [x, axes], "mean", reduced_shape, "ReducerOptions", output=_used(ctx, node, 1), KeepDims=True)
+    mean = step("MEAN", [x, axes], "mean", reduced_shape, "ReducerOptions", output=statistics[0], KeepDims=True)
     centered = step("SUB", [x, mean], "centered", shape, "SubOptions", FusedActivationFunction=0)
     squared = step("MUL", [centered, centered], "squared", shape, "MulOptions", FusedActivationFunction=0)
     variance = step("MEAN", [squared, axes], "variance", reduced_shape, "ReducerOptions", KeepDims=True)
-    shifted = step("ADD", [variance, constant("epsilon", epsilon)], "variance_eps", reduced_shape, "AddOptions",
+    epsilon_index = ctx.spec.add_constant(f"{node.name};epsilon", np.float32(epsilon))
+    shifted = step("ADD", [variance, epsilon_index], "variance_eps", reduced_shape, "AddOptions",
                    FusedActivationFunction=0)
-    inverse_std = step("RSQRT", [shifted], "inverse_std", reduced_shape, output=_used(ctx, node, 2))
+    inverse_std = step("RSQRT", [shifted], "inverse_std", reduced_shape, output=statistics[1])
     normalized = step("MUL", [centered, inverse_std], "normalized", shape, "MulOptions", FusedActivationFunction=0)
-    gamma = ctx.constant_input(node.input[1], "float32", perm, rank)
+    gamma = ctx.constant_input(gamma_name, "float32", perm, rank)
     out = ctx.new_value(node.output[0], "float32", perm)
-    if len(node.input) < 3 or not node.input[2]:
+    if beta_name is None:
         ctx.emit("MUL", [normalized, gamma], [out], node, "MulOptions", FusedActivationFunction=0)
         return
     scaled = step("MUL", [normalized, gamma], "scaled", shape, "MulOptions", FusedActivationFunction=0)
-    beta = ctx.constant_input(node.input[2], "float32", perm, rank)
+    beta = ctx.constant_input(beta_name, "float32", perm, rank)
     ctx.emit("ADD", [scaled, beta], [out], node, "AddOptions", FusedActivationFunction=0)
 
 
