@@ -88,3 +88,20 @@ def test_onnx_instance_norm_cases(name, tmp_path):
     got = run_tflite(tmp_path / "model.fp32.tflite", result["io"], feed)
     for key, value in expected.items():
         np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_group_norm_as_torch_exports_it(tmp_path):
+    """torch.nn.GroupNorm before opset 18: Reshape [N, G, -1] -> InstanceNormalization -> Reshape
+    -> per-channel Mul / Add (FCOS heads, diffusion UNets)."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["c", "grouped"], ["r"], name="to_groups"),
+             helper.make_node("InstanceNormalization", ["r", "ones", "zeros"], ["n"], name="group_stats"),
+             helper.make_node("Reshape", ["n", "image"], ["back"], name="to_image"),
+             helper.make_node("Mul", ["back", "gamma"], ["scaled"], name="gamma_mul"),
+             helper.make_node("Add", ["scaled", "beta"], ["y"], name="beta_add")]
+    inits = {"w": RNG.normal(size=(8, 3, 3, 3)).astype(np.float32), "grouped": np.array([1, 4, -1], np.int64),
+             "ones": np.ones(4, np.float32), "zeros": np.zeros(4, np.float32),
+             "image": np.array([1, 8, 5, 5], np.int64), "gamma": RNG.uniform(0.5, 1.5, (8, 1, 1)).astype(np.float32),
+             "beta": RNG.normal(size=(8, 1, 1)).astype(np.float32)}
+    report = check_conformance(make_model(nodes, {"x": [1, 3, 5, 5]}, ["y"], inits), tmp_path)
+    assert report.result["float_nodes"] == ["group_stats"]
