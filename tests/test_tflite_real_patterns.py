@@ -124,3 +124,27 @@ def test_one_element_constants_where_onnx_expects_scalars(tmp_path):
     inits = {"lo": one(-0.5), "hi": one(0.7), "two": one(2.0), "inv_sqrt2": one(0.70710677),
              "pads": np.zeros(8, np.int64), "fill": one(0.0)}
     check_conformance(make_model(nodes, {"x": [1, 3, 6, 6]}, ["y"], inits), tmp_path)
+
+
+@pytest.mark.parametrize("target", ["arm-cpu", "jetson"])
+def test_ceil_pool_erf_gelu_layer_norm_build_through_the_cli(target, tmp_path):
+    """The ops real models needed (MTCNN's ceil-mode pooling, ConvNeXt/ViT's Erf GELU, LayerNorm
+    with its unused training outputs named) through `edgepipe build`, as an exporter writes them."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["c"], ["p"], name="pool", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+             helper.make_node("Div", ["p", "sqrt2"], ["d"], name="gelu_div"),
+             helper.make_node("Erf", ["d"], ["e"], name="gelu_erf"),
+             helper.make_node("Add", ["e", "one"], ["a"], name="gelu_add"),
+             helper.make_node("Mul", ["p", "a"], ["m"], name="gelu_mul"),
+             helper.make_node("Mul", ["m", "half"], ["g"], name="gelu_half"),
+             helper.make_node("LayerNormalization", ["g", "gamma", "beta"], ["y", "mean", "inv_std"], name="ln")]
+    inits = {"w": rng.normal(size=(6, 3, 3, 3)).astype(np.float32) * 0.4, "sqrt2": np.array(np.sqrt(2), np.float32),
+             "one": np.array(1, np.float32), "half": np.array(0.5, np.float32),
+             "gamma": np.ones(4, np.float32), "beta": np.zeros(4, np.float32)}
+    onnx.save(make_model(nodes, {"x": [1, 3, 8, 8]}, ["y"], inits), str(tmp_path / "model.onnx"))  # pool: 8 -> 4, ceil
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(8, 3, 8, 8)).astype(np.float32))
+    result = run_cli("build", "--model", str(tmp_path / "model.onnx"), "--target", target, "--calib",
+                     str(tmp_path / "calib.npz"), "--out", str(tmp_path / "out"), "--no-host-report", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / ("model.tflite" if target == "arm-cpu" else "model.qdq.onnx")).stat().st_size > 0
