@@ -96,7 +96,8 @@ def _match(model, erf, producers, consumers, outputs) -> tuple[str, str, list] |
     if scale.op_type == "Div" and not _near(_scalar(model, scale.input[1]), np.sqrt(2.0)):
         return None
     if scale.op_type == "Mul":
-        x = next((n for n in scale.input if _near(_scalar(model, _other_input(scale, n) or ""), 1 / np.sqrt(2.0))), None)
+        x = next((name for name in scale.input
+                  if _near(_scalar(model, _other_input(scale, name) or ""), 1 / np.sqrt(2.0))), None)
         if x is None:
             return None
     plus_one = only_user(erf.output[0], "Add")

@@ -58,7 +58,9 @@ def pool_plan(ctx: Lowering, node) -> PoolPlan:
     if node.op_type == "MaxPool" or not any(full):
         if not any(full):
             return PoolPlan(kernel, strides, VALID, None, None)
-        return PoolPlan(kernel, strides, SAME, None, None) if is_tf_same else PoolPlan(kernel, strides, VALID, full, None)
+        if is_tf_same:
+            return PoolPlan(kernel, strides, SAME, None, None)
+        return PoolPlan(kernel, strides, VALID, full, None)
     include_pad = bool(node_attrs(node).get("count_include_pad", 0))
     if is_tf_same and not include_pad:
         return PoolPlan(kernel, strides, SAME, None, None)
