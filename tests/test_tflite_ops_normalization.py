@@ -1,11 +1,14 @@
-"""Conformance of LayerNormalization (decomposed float island): last axis, multi-axis, NHWC input, no bias."""
+"""Conformance of the normalizations: LayerNormalization (decomposed float island: last axis,
+multi-axis, NHWC input, no bias, its statistics outputs), InstanceNormalization, GroupNormalization
+(native and as torch exports it) and an unfolded BatchNormalization's neighbours."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 
+from edgepipe import graph
 from edgepipe.backends.tflite import build_tflite
 from edgepipe.backends.tflite.runtime import run_tflite
 from tests.tflite_harness import check_conformance, make_model, onnx_node_case
@@ -105,3 +108,29 @@ def test_group_norm_as_torch_exports_it(tmp_path):
              "beta": RNG.normal(size=(8, 1, 1)).astype(np.float32)}
     report = check_conformance(make_model(nodes, {"x": [1, 3, 5, 5]}, ["y"], inits), tmp_path)
     assert report.result["float_nodes"] == ["group_stats"]
+
+
+@pytest.mark.parametrize("opset", [18, 21])  # scale/bias per group (18) or per channel (21)
+def test_group_normalization(opset, tmp_path):
+    channels, groups = 6, 3
+    size = groups if opset == 18 else channels
+    inits = {"s": RNG.uniform(0.5, 1.5, size=size).astype(np.float32), "b": RNG.normal(size=size).astype(np.float32)}
+    nodes = [helper.make_node("GroupNormalization", ["x", "s", "b"], ["n"], name="gn", num_groups=groups, epsilon=1e-4),
+             helper.make_node("Relu", ["n"], ["y"], name="relu")]
+    shape = [1, channels, 5, 4]
+    graph_proto = helper.make_graph(nodes, "gn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+                                    [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    # ONNX shape inference leaves GroupNormalization's output unknown; the build's refresh_shapes fills it
+    model = graph.refresh_shapes(helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", opset)]))
+    report = check_conformance(model, tmp_path)
+    assert report.result["float_nodes"] == ["gn"]
+
+
+@pytest.mark.parametrize("name", ["test_group_normalization_example", "test_group_normalization_epsilon"])
+def test_onnx_group_norm_cases(name, tmp_path):
+    model, feed, expected = onnx_node_case(name)
+    result = build_tflite(model, None, tmp_path)
+    got = run_tflite(tmp_path / "model.fp32.tflite", result["io"], feed)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5)
