@@ -1,6 +1,6 @@
 """Conformance of the normalizations: LayerNormalization (decomposed float island: last axis,
-multi-axis, NHWC input, no bias, its statistics outputs), InstanceNormalization, GroupNormalization
-(native and as torch exports it) and an unfolded BatchNormalization's neighbours."""
+multi-axis, NHWC input, no bias, its statistics outputs), InstanceNormalization and GroupNormalization
+(native and as torch exports it). Unfolded BatchNormalization: test_tflite_ops_unary.py."""
 
 from __future__ import annotations
 
