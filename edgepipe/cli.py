@@ -16,6 +16,7 @@ from collections import Counter
 import click
 
 from edgepipe import __version__
+from edgepipe.calibrate import methods as calibration_methods
 from edgepipe.errors import BudgetError, UserError
 
 DEBUG_ENV = "EDGEPIPE_DEBUG"
@@ -72,7 +73,7 @@ def cli(debug: bool) -> None:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224", help="Fix an input's static shape (repeatable).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="edgepipe.yaml (default: ./edgepipe.yaml if present).")
 @click.option("--out", help="Bundle directory (default build/<target>).")
-@click.option("--calib-method", type=click.Choice(["auto", "entropy", "percentile", "mse", "minmax"]), help="Calibration method for all tensors.")
+@click.option("--calib-method", type=click.Choice(calibration_methods.names()), help="Calibration method for all tensors.")
 @click.option("--int8-io", is_flag=True, default=None, help="TFLite: int8 model inputs/outputs.")
 @click.option("--keep-layout", is_flag=True, default=None, help="TFLite: keep NCHW inputs (default converts images to NHWC).")
 @click.option("--no-host-report", is_flag=True, default=False, help="Do not run the bundle on this host after the build.")
