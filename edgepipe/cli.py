@@ -195,6 +195,10 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
         for item in info[kind]:
             click.echo(f"  {kind[:-1]:<6} {item['name']}  {item['dtype']}  {item['shape']}")
     click.echo("  ops: " + ", ".join(f"{op} x{count}" for op, count in histogram.items()))
+    dynamic = [i["name"] for i in info["inputs"] if not graph.is_static(i["shape"])]
+    if dynamic:
+        click.echo(f"  note: input(s) {', '.join(dynamic)} have dynamic dims; pass --input-shape "
+                   f"{dynamic[0]}:1x... to check the static graph a build lowers")
     for target, nodes in unsupported.items():
         if not nodes:
             click.echo(f"  {target}: all ops supported")
