@@ -47,6 +47,12 @@ def _build(tmp: Path, model: Path, calib: Path, target: str = "jetson", *extra: 
     return ["build", "--model", str(model), "--target", target, "--calib", str(calib), "--out", str(tmp / "out"), *extra]
 
 
+def no_inputs(tmp):
+    from tests.shape_models import no_inputs as model_without_inputs
+
+    return _build(tmp, _model(tmp, model_without_inputs()), _calib(tmp))
+
+
 def truncated_onnx(tmp):
     path = tmp / "model.onnx"
     path.write_bytes(tiny_conv_model().SerializeToString()[:41])
@@ -202,6 +208,7 @@ CASES = [
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("external-data-missing", "ONNX whose external-data file is missing", external_data_missing, ("weights.bin", "missing")),
     Case("unsupported-op", "an op the target cannot run", unsupported_op, ("fancy_node", "FancyOp", "jetson")),
+    Case("no-inputs", "a model with no inputs (only constants)", no_inputs, ("model.onnx", "no inputs")),
     Case("dynamic-dim", "a dynamic dim with no shape given (and data lacking that input)", dynamic_dim_no_shape,
          ("'x'", "--input-shape")),
     Case("empty-folder", "calibration folder with no images", empty_folder, ("calib",)),
