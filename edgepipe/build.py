@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe import __version__, graph
+from edgepipe.bundle import BACKEND_TMP_PREFIX, check_out_dir
+from edgepipe.safeio import ensure_regular_or_dir
 from edgepipe.errors import UnsupportedOpError, UserError
 from edgepipe.pipeline import Pipeline, bytes_hash, settings_hash
 from edgepipe.settings import (data_fingerprint, data_preprocess, fold_settings_of, initial_input_shapes,
@@ -137,6 +140,10 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     log = log or (lambda message: None)
     backend_settings = {k: v for k, v in (settings.get("backend") or {}).items() if v is not None}
     target = load_target(settings["target"], {k: v for k, v in backend_settings.items() if k == "threads"})
+    check_out_dir(Path(settings["out"]))  # before any work: a wrong --out costs nothing and loses nothing
+    for key in ("model", "weights", "calib", "eval"):  # a FIFO or device would block a reader forever
+        if settings.get(key):
+            ensure_regular_or_dir(settings[key], f"--{key}")
     pipeline = Pipeline(settings.get("cache_dir"), log)
     prepared = prepare_model(settings, pipeline, target)
     model, calib_ds, eval_ds = prepared.model, prepared.calib, prepared.eval
@@ -208,7 +215,7 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
     from edgepipe.bundle import write_bundle
 
     model, calib_ds, eval_ds = prepared.model, prepared.calib, prepared.eval
-    with tempfile.TemporaryDirectory(prefix=".edgepipe-backend-") as backend_tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{BACKEND_TMP_PREFIX}{os.getpid()}-") as backend_tmp:
         backend_dir = Path(backend_tmp)
         # 5. backend
         backend_options = {**backend_settings, "float_nodes": sorted(float_nodes)}
@@ -317,11 +324,12 @@ def reference_eval_data(model, dataset, with_labels: bool) -> dict:
 
 def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> dict:
     """Run the bundle's own run.py with this Python (marked 'host'), then render the report."""
+    from edgepipe.regress import load_results
     from edgepipe.report import render_report
 
     threads = settings["backend"].get("threads") or target.options.get("threads") or 2
     out = out.resolve()
-    command = [sys.executable, str(out / "run.py"), "--where", "host",
+    command = [sys.executable, "-I", str(out / "run.py"), "--where", "host",
                "--iterations", str(settings["report"]["iterations"]),
                "--warmup", str(settings["report"]["warmup"]), "--threads", str(threads)]
     completed = subprocess.run(command, cwd=str(out), capture_output=True, text=True)
@@ -329,7 +337,7 @@ def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> d
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"{out / 'run.py'} failed on this host: {last}")
     results_path = out / "report" / "results.json"
-    results = json.loads(results_path.read_text())
+    results = load_results(results_path, "host")
     html = render_report(results_path, out_dir=out / "report", bundle_dir=out)
     result.results = results
     result.report_html = Path(html) if html else None

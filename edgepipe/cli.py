@@ -14,7 +14,7 @@ from collections import Counter
 
 import click
 
-from edgepipe import __version__
+from edgepipe import __version__, isolation
 from edgepipe.errors import BudgetError, UserError
 
 DEBUG_ENV = "EDGEPIPE_DEBUG"
@@ -208,6 +208,8 @@ _register_plugins()
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
+    isolation.strip_cwd_from_sys_path()  # a torch.py or onnxsim.py in the current folder is never imported
+    isolation.clean_up_on_sigterm()
     try:
         cli.main(args=argv, prog_name="edgepipe", standalone_mode=False)
     except click.exceptions.Abort:
