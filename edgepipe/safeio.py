@@ -37,7 +37,7 @@ def ensure_regular_file(path: str | Path, max_bytes: int | None = None, what: st
     if stat.S_ISDIR(info.st_mode):
         raise UserError(f"{path}: is a directory, expected a {what} file")
     if not stat.S_ISREG(info.st_mode):
-        raise UserError(f"{path}: is not a regular file (a FIFO, device or socket); pass a regular {what} file")
+        raise UserError(f"{path}: is not a regular file (a FIFO, device or socket); pass the {what} as a regular file")
     if max_bytes is not None and info.st_size > max_bytes:
         raise UserError(f"{path}: {what} is {info.st_size} bytes, more than the {max_bytes} byte limit; "
                         f"is this the right file?")
