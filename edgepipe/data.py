@@ -406,12 +406,25 @@ def _channel_values(source: Path, preprocess: dict, key: str, channels: int) -> 
     return np.asarray(values, dtype=np.float32)
 
 
+def _eight_bit(image):
+    """16-bit and 32-bit grayscale (PNG 'I;16', 'I') and float ('F') images scaled to 8 bits:
+    Pillow's convert('RGB') would clip every value above 255 to white."""
+    from PIL import Image
+
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
+        values = values / 257.0  # 0..65535 -> 0..255
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+
+
 def _open_image(path: Path, grayscale: bool):
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("L" if grayscale else "RGB")
+            return _eight_bit(image).convert("L" if grayscale else "RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UserError(f"{path}: cannot read image ({_first_line(exc)}); replace or delete the file") from exc

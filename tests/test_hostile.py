@@ -329,3 +329,42 @@ def test_write_bundle_refuses_a_folder_that_is_not_a_bundle(tmp_path):
         write_bundle(folder, target={"name": "t"}, files={}, templates=[], template_context={}, io={}, stages=[],
                      source={}, extra_manifest={}, eval_data=None)
     assert sorted(p.name for p in folder.iterdir()) == ["index.html", "manifest.json"]
+
+
+def test_16_bit_png_is_scaled_not_saturated(tmp_path):
+    from PIL import Image
+
+    from edgepipe.data import load_dataset
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    gradient = np.linspace(0, 65535, 64, dtype=np.float64).round().astype(np.uint16).reshape(8, 8)
+    Image.fromarray(gradient).save(folder / "deep.png")  # a 16-bit grayscale PNG
+    with Image.open(folder / "deep.png") as check:
+        assert check.mode.startswith("I")
+    dataset = load_dataset(folder, {"x": ((1, 3, 8, 8), np.dtype(np.float32))}, {"scale": 1.0})
+    x = dataset.sample(0)["x"][0]
+    expected = np.rint(gradient / 257.0)
+    assert np.array_equal(x[0], expected) and np.array_equal(x[2], expected)
+    assert 100 < float(x.mean()) < 155  # saturating would give ~255 almost everywhere
+
+
+def test_constant_and_all_zero_calibration_data_are_warned_by_name(tmp_path):
+    from edgepipe.calibrate import calibrate
+    from edgepipe.data import load_dataset
+
+    np.savez(tmp_path / "zeros.npz", x=np.zeros((4, 3, 8, 8), dtype=np.float32))
+    dataset = load_dataset(tmp_path / "zeros.npz", {"x": ((1, 3, 8, 8), np.dtype(np.float32))})
+    result = calibrate(tiny_conv_model(), dataset, {"method": "minmax"})
+    assert any("input 'x' is all zeros" in w for w in result.warnings), result.warnings
+    from types import SimpleNamespace
+
+    from edgepipe.calibrate import constant_warnings
+
+    hists = {"conv_out": SimpleNamespace(min=2.5, max=2.5), "x": SimpleNamespace(min=-1.0, max=1.0)}
+    assert constant_warnings(hists, ["x"]) == [
+        "1 tensor(s) are constant over the calibration set (first: 'conv_out' = 2.5); their INT8 range is a guess, "
+        "check the calibration data"]
+    np.savez(tmp_path / "real.npz", x=np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32))
+    dataset = load_dataset(tmp_path / "real.npz", {"x": ((1, 3, 8, 8), np.dtype(np.float32))})
+    assert not any("constant" in w or "zeros" in w for w in calibrate(tiny_conv_model(), dataset, {}).warnings)
