@@ -39,6 +39,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from edgepipe.errors import UserError
+from edgepipe.safeio import IMAGE_MAX_BYTES, check_npz_members, ensure_regular_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 LABELS_KEY = "labels"
@@ -184,6 +185,7 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _read_npz(path: Path, specs: InputSpecs) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    check_npz_members(path, list(specs) + [LABELS_KEY], "input")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [name for name in specs if name not in archive.files]
@@ -422,6 +424,7 @@ def _eight_bit(image):
 def _open_image(path: Path, grayscale: bool):
     from PIL import Image
 
+    ensure_regular_file(path, IMAGE_MAX_BYTES, "image")
     try:
         with Image.open(path) as image:
             image.load()

@@ -21,6 +21,7 @@ MiB = 1 << 20
 CONFIG_MAX_BYTES = 1 * MiB  # edgepipe.yaml, target profiles, inventories
 JSON_MAX_BYTES = 64 * MiB  # manifests, results.json, calibration.json
 MAX_NESTING = 64  # deeper documents are refused: nothing we read nests more than a few levels
+IMAGE_MAX_BYTES = 256 * MiB  # one calibration image file; pixel count is bounded by Pillow's own limit
 
 
 def ensure_regular_file(path: str | Path, max_bytes: int | None = None, what: str = "file") -> Path:
@@ -142,3 +143,30 @@ def parse_yaml(text: str, where: str):
 
 def read_yaml_file(path: str | Path, what: str, max_bytes: int = CONFIG_MAX_BYTES):
     return parse_yaml(read_text_bounded(path, max_bytes, what), str(path))
+
+
+def available_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_npz_members(path: str | Path, names, what: str = "array") -> None:
+    """Refuse .npz members whose unpacked size exceeds this machine's free memory, from the zip
+    directory alone (a few MB of zeros can claim many GB and would be inflated whole)."""
+    import zipfile
+
+    limit = available_memory_bytes()
+    if limit is None:
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            sizes = {info.filename: info.file_size for info in archive.infolist()}
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # np.load reports damaged archives with its own message
+    for name in names:
+        size = sizes.get(f"{name}.npy", 0)
+        if size > limit:
+            raise UserError(f"{path}: {what} '{name}' unpacks to {size} bytes, more than the {limit} bytes of "
+                            f"free memory here; pass fewer samples (split the file or set calibration.max_samples)")

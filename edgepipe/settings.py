@@ -57,6 +57,12 @@ def resolve_settings(cli: dict, config_path: str | None) -> tuple[dict, str]:
     return settings, origin
 
 
+def file_sha256(path: Path) -> str:
+    from edgepipe.bundle import sha256_file
+
+    return sha256_file(path)
+
+
 def data_fingerprint(path: str | None) -> str:
     """Content hash of a data file or folder (for the calibration cache key)."""
     if not path:
@@ -66,7 +72,7 @@ def data_fingerprint(path: str | None) -> str:
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     for item in files:
         digest.update(str(item.relative_to(root) if item != root else item.name).encode())
-        digest.update(hashlib.sha256(item.read_bytes()).digest())
+        digest.update(bytes.fromhex(file_sha256(item)))  # streamed: a huge stray file is not read whole
     return digest.hexdigest()
 
 

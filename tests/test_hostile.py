@@ -368,3 +368,13 @@ def test_constant_and_all_zero_calibration_data_are_warned_by_name(tmp_path):
     np.savez(tmp_path / "real.npz", x=np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32))
     dataset = load_dataset(tmp_path / "real.npz", {"x": ((1, 3, 8, 8), np.dtype(np.float32))})
     assert not any("constant" in w or "zeros" in w for w in calibrate(tiny_conv_model(), dataset, {}).warnings)
+
+
+def test_npz_member_larger_than_free_memory_is_refused_before_inflating(tmp_path, monkeypatch):
+    from edgepipe import safeio
+    from edgepipe.data import load_dataset
+
+    np.savez_compressed(tmp_path / "bomb.npz", x=np.zeros((64, 3, 8, 8), dtype=np.float32))  # 49 KB of zeros
+    monkeypatch.setattr(safeio, "available_memory_bytes", lambda: 10_000)
+    with pytest.raises(UserError, match="bomb.npz: input 'x' unpacks to .* free memory"):
+        load_dataset(tmp_path / "bomb.npz", {"x": ((1, 3, 8, 8), np.dtype(np.float32))})
