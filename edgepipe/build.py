@@ -21,6 +21,7 @@ from edgepipe import __version__, graph
 from edgepipe.bundle import BACKEND_TMP_PREFIX, check_out_dir
 from edgepipe.safeio import ensure_regular_or_dir
 from edgepipe.errors import UnsupportedOpError, UserError
+from edgepipe.modelcheck import check_model
 from edgepipe.pipeline import Pipeline, bytes_hash, settings_hash
 from edgepipe.settings import (data_fingerprint, data_preprocess, fold_settings_of, initial_input_shapes,
                                to_model_domain)
@@ -86,6 +87,8 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
         "export", export_key,
         lambda: (run_export(settings["model"], settings.get("weights"), shapes, settings["opset"], output_names), {}),
     )
+
+    check_model(model, str(settings["model"]))  # no inputs, pass-through outputs, allocation bombs
 
     # 2. simplify
     model, simplify_report = pipeline.model_stage(

@@ -145,8 +145,11 @@ def initial_input_shapes(settings: dict) -> dict[str, list[int]]:
 
 def _first_input_name(calib: str) -> str:
     if calib.endswith(".npz"):
-        with np.load(calib, allow_pickle=False) as data:
-            keys = [k for k in data.files if k != "labels"]
+        try:
+            with np.load(calib, allow_pickle=False) as data:
+                keys = [k for k in data.files if k != "labels"]
+        except (OSError, ValueError, EOFError) as exc:
+            raise UserError(f"{calib}: not a readable numeric .npz file ({exc}); save arrays with numpy.savez") from None
         if keys:
             return keys[0]
     return "input"

@@ -360,6 +360,44 @@ def archive_hard_link(tmp):
     return ["verify", str(archive)]
 
 
+def _tiny_graph(tmp: Path, nodes, inputs, outputs, initializers=()) -> Path:
+    graph = onnx.helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    path = tmp / "model.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _vector(name: str) -> onnx.ValueInfoProto:
+    return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, 4])
+
+
+def zero_input_model(tmp):
+    constant = onnx.helper.make_node("Constant", [], ["y"], value=onnx.numpy_helper.from_array(np.ones(4, np.float32)))
+    model = _tiny_graph(tmp, [constant], [], [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])])
+    return _build(tmp, model, _calib(tmp, np.ones((4, 4), np.float32)))
+
+
+def input_is_output(tmp):
+    model = _tiny_graph(tmp, [onnx.helper.make_node("Relu", ["x"], ["y"])], [_vector("x")], [_vector("y"), _vector("x")])
+    return _build(tmp, model, _calib(tmp, np.ones((4, 4), np.float32)))
+
+
+def allocation_bomb(tmp):
+    shape = onnx.numpy_helper.from_array(np.array([1, 100000, 100000, 1000], np.int64), "shape")
+    nodes = [onnx.helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                                   value=onnx.numpy_helper.from_array(np.ones(1, np.float32))),
+             onnx.helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+             onnx.helper.make_node("Add", ["x", "total"], ["y"])]
+    model = _tiny_graph(tmp, nodes, [_vector("x")], [_vector("y")], [shape])
+    return _build(tmp, model, _calib(tmp, np.ones((4, 4), np.float32)))
+
+
+def torch_model_corrupt_npz(tmp):
+    (tmp / "model.pt").write_bytes(b"not a checkpoint")
+    (tmp / "calib.npz").write_bytes(b"garbage, not a zip")
+    return _build(tmp, tmp / "model.pt", tmp / "calib.npz")
+
+
 CASES = [
     Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
@@ -416,6 +454,12 @@ CASES = [
          ("hosts.yml", "aliases")),
     Case("pack-into-bundle", "`pack B -o B/manifest.json` (writing inside the bundle)", pack_into_bundle,
          ("manifest.json", "inside the bundle")),
+    Case("zero-input-model", "a model with no inputs", zero_input_model, ("model.onnx", "no inputs")),
+    Case("input-is-output", "a model input that is also an output", input_is_output, ("'x'", "also a model input")),
+    Case("allocation-bomb", "a ConstantOfShape that would allocate terabytes", allocation_bomb,
+         ("'big'", "ConstantOfShape", "elements")),
+    Case("corrupt-npz-non-onnx", "a non-.onnx model with a corrupt .npz", torch_model_corrupt_npz,
+         ("calib.npz", "not a readable numeric .npz")),
     Case("archive-hard-link", "a bundle archive with a hard link to a missing member", archive_hard_link,
          ("bundle/model.bin", "link")),
 ]
