@@ -19,7 +19,7 @@ import numpy as np
 
 from edgepipe import __version__, graph
 from edgepipe.bundle import BACKEND_TMP_PREFIX, check_out_dir
-from edgepipe.safeio import ensure_regular_or_dir
+from edgepipe.safeio import JSON_MAX_BYTES, ensure_regular_file, ensure_regular_or_dir
 from edgepipe.errors import UnsupportedOpError, UserError
 from edgepipe.modelcheck import check_model
 from edgepipe.pipeline import Pipeline, bytes_hash, settings_hash
@@ -264,6 +264,7 @@ def load_ranges(path: str, model):
     from edgepipe.calibrate.result import CalibrationResult
 
     try:
+        ensure_regular_file(path, JSON_MAX_BYTES, "calibration ranges file (calibration.ranges)")
         calibration = CalibrationResult.load(path)
     except FileNotFoundError:
         raise UserError(f"{path}: calibration ranges file not found (calibration.ranges)") from None

@@ -211,7 +211,13 @@ def _check_overrides(value: dict, where: str) -> None:
                             f"got {_short(name)}: {_short(method)}")
 
 
+def _check_percentile(value, where: str) -> None:
+    if not 0 < value <= 100:
+        raise UserError(f"{where} must be in (0, 100], got {value!r}")
+
+
 _VALUE_CHECKS = {
+    "calibration.percentile": _check_percentile,
     "input_shapes": _check_input_shapes,
     "output_names": _check_strings,
     "preprocess.size": lambda v, w: _numbers(v, w, count=2, positive=True, integer=True),

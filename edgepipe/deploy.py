@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgepipe.errors import UserError
+from edgepipe.safeio import JSON_MAX_BYTES, parse_json
 from edgepipe.templating import render
 
 SAFE_HOST = re.compile(r"^[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]*$")
@@ -342,14 +343,19 @@ def run_remote(shell: RemoteShell, remote_dir: str, iterations: int | None, warm
     if fetched.returncode != 0:
         raise UserError(f"{shell.target.name}: run.py finished but {remote_dir}/report/results.json "
                         f"is missing; check the runner's output")
+    where = f"{shell.target.name}: {remote_dir}/report/results.json"
+    if len(fetched.stdout) > JSON_MAX_BYTES:
+        raise UserError(f"{where} is larger than {JSON_MAX_BYTES} bytes; not a results.json run.py wrote")
     try:
-        results = json.loads(fetched.stdout)
+        results = parse_json(fetched.stdout, where)
     except ValueError:
-        raise UserError(f"{shell.target.name}: {remote_dir}/report/results.json is not valid JSON") from None
+        raise UserError(f"{where} is not valid JSON") from None
     if not isinstance(results, dict) or "latency_ms" not in results:
         raise UserError(f"{shell.target.name}: results.json from the device lacks latency_ms; "
                         f"the bundle's run.py is too old, rebuild it")
-    return results
+    from edgepipe.regress import check_results
+
+    return check_results(results, Path(where), "device")  # a device is as untrusted as any file
 
 
 def render_report_if_available(results_path: Path, bundle: Path) -> str:

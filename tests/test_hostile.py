@@ -378,3 +378,28 @@ def test_npz_member_larger_than_free_memory_is_refused_before_inflating(tmp_path
     monkeypatch.setattr(safeio, "available_memory_bytes", lambda: 10_000)
     with pytest.raises(UserError, match="bomb.npz: input 'x' unpacks to .* free memory"):
         load_dataset(tmp_path / "bomb.npz", {"x": ((1, 3, 8, 8), np.dtype(np.float32))})
+
+
+def test_swap_without_atomic_exchange_still_replaces_and_keeps_results(tmp_path, monkeypatch):
+    from edgepipe import bundle as bundle_module
+
+    monkeypatch.setattr(bundle_module, "_exchange", lambda a, b: False)  # a filesystem without renameat2
+    out = tmp_path / "out"
+    write_small_bundle(out)
+    (out / "report" / "pi").mkdir(parents=True)
+    (out / "report" / "pi" / "results.json").write_text("{}")
+    write_small_bundle(out, target_name="second")
+    assert json.loads((out / "manifest.json").read_text())["target"]["name"] == "second"
+    assert (out / "report" / "pi" / "results.json").is_file() and verify_bundle(out) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no backup or staging left
+
+
+def test_fifo_as_onnx_model_ssh_key_or_ranges_file_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "model.onnx")
+    completed = run_cli("inspect", str(tmp_path / "model.onnx"), timeout=60)
+    assert completed.returncode == 2 and "not a regular file" in completed.stderr
+    write_small_bundle(tmp_path / "bundle")
+    os.mkfifo(tmp_path / "key")
+    completed = run_cli("deploy", str(tmp_path / "bundle"), "--host", "edge@127.0.0.1", "--identity",
+                        str(tmp_path / "key"), timeout=60)
+    assert completed.returncode == 2 and "key: is not a regular file" in completed.stderr
