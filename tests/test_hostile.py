@@ -403,3 +403,46 @@ def test_fifo_as_onnx_model_ssh_key_or_ranges_file_is_refused_without_blocking(t
     completed = run_cli("deploy", str(tmp_path / "bundle"), "--host", "edge@127.0.0.1", "--identity",
                         str(tmp_path / "key"), timeout=60)
     assert completed.returncode == 2 and "key: is not a regular file" in completed.stderr
+
+
+CODE_TEMPLATE_SUFFIXES = (".py.j2", ".sh.j2", ".yml.j2", ".yaml.j2", ".ini.j2")
+# values that reach code templates already as a literal of that language, made in Python:
+PRE_QUOTED = {
+    "config_literal": "pprint.pformat of plain data: a Python literal (edgepipe/backends/tensorrt/kit.py)",
+    "shapes": "shlex.quote (kit.py)",
+    "workspace_mb": "int() (kit.py)",
+    "dla_core": "'' or str(int) (kit.py)",
+}
+
+
+def test_code_templates_insert_values_only_as_literals():
+    """Every `{{ ... }}` in a Python/shell/YAML template (outside {% raw %}) is `| tojson`, a
+    shlex-quoted `sh.*` value, or a value listed above as quoted before rendering."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "templates"
+    offenders = []
+    for path in sorted(root.rglob("*.j2")):
+        if not path.name.endswith(CODE_TEMPLATE_SUFFIXES):
+            continue
+        text = re.sub(r"{%-?\s*raw\s*-?%}.*?{%-?\s*endraw\s*-?%}", "", path.read_text(), flags=re.S)
+        for expression in re.findall(r"{{-?(.*?)-?}}", text, flags=re.S):
+            expression = expression.strip()
+            if expression.endswith("| tojson") or expression.startswith("sh.") or expression in PRE_QUOTED:
+                continue
+            offenders.append(f"{path.relative_to(root)}: {{{{ {expression} }}}}")
+    assert offenders == []
+
+
+def test_engine_kit_scripts_parse_with_hostile_names(tmp_path):
+    from edgepipe.backends.tensorrt.kit import render_engine_kit
+
+    canary = tmp_path / "CANARY"
+    text = hostile(canary)
+    python_script, shell_script = render_engine_kit(
+        tmp_path, model_file="model" + text + ".onnx", inputs=[{"name": "in" + text, "shape": [1, 3, 8, 8]}],
+        options={"timing_cache": "cache" + text})
+    tree = ast.parse(python_script.read_text())
+    assert tree.body
+    subprocess.run(["sh", "-n", str(shell_script)], check=True)
+    assert not canary.exists()
