@@ -77,14 +77,13 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     from edgepipe.stages.simplify import run_simplify
 
     warnings: list[str] = []
-    # 1. export
+    # 1. export: never cached. What a factory exports depends on every module it imports, so only
+    # the exported graph itself is a trustworthy key; the later stages are keyed by its bytes.
     shapes = initial_input_shapes(settings)
     source_hash = source_fingerprint(settings["model"], settings.get("weights"))
     output_names = settings.get("output_names")
-    export_key = settings_hash(stage="export", source=source_hash, shapes=shapes, opset=settings["opset"],
-                               outputs=output_names)
     model, _ = pipeline.model_stage(
-        "export", export_key,
+        "export", None,
         lambda: (run_export(settings["model"], settings.get("weights"), shapes, settings["opset"], output_names), {}),
     )
 
@@ -313,6 +312,8 @@ def _bundle_hooks() -> list:
 
 def reference_eval_data(model, dataset, with_labels: bool) -> dict:
     """Eval inputs, labels and the FP32 reference outputs of the folded model."""
+    from edgepipe.data import has_batch_axis
+
     session = graph.make_session(model)
     output_names = [o.name for o in model.graph.output]
     inputs = {name: dataset.stack(name) for name in dataset.names}
@@ -321,7 +322,9 @@ def reference_eval_data(model, dataset, with_labels: bool) -> dict:
         outputs = session.run(output_names, dataset.sample(i))
         for name, value in zip(output_names, outputs):
             references[name].append(np.asarray(value))
-    reference = {name: np.concatenate(values, axis=0) for name, values in references.items()}
+    # one row per sample: outputs with a batch axis are joined on it, others stacked
+    reference = {name: (np.concatenate if has_batch_axis(values[0].shape) else np.stack)(values)
+                 for name, values in references.items()}
     labels = dataset.labels if with_labels and dataset.labels is not None else None
     return {"inputs": inputs, "labels": labels, "reference": reference}
 

@@ -2,7 +2,8 @@
 
 Error contract (release checks rely on it): a `UserError` prints one line `error: ...` on
 stderr and exits 2 with no traceback (unless --debug); a broken budget exits 1; anything else is
-a bug and keeps its traceback.
+a bug in edgepipe: one line `error: internal error in <stage>: <type>: <message> (rerun with
+--debug)`, exit 3, and the traceback only with --debug or EDGEPIPE_DEBUG=1.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from edgepipe import __version__, isolation
 from edgepipe.errors import BudgetError, UserError
 
 DEBUG_ENV = "EDGEPIPE_DEBUG"
+INTERNAL_ERROR_EXIT = 3
 
 
 def _debug_requested(argv: list[str]) -> bool:
@@ -244,7 +246,28 @@ def main(argv: list[str] | None = None) -> None:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         click.echo(f"error: {exc.strerror or exc}{where}", err=True)
         sys.exit(2)
+    except Exception as exc:  # a bug in edgepipe: one line, the traceback only on request
+        if debug:
+            raise
+        click.echo(internal_error_line(exc, _command_name(argv)), err=True)
+        sys.exit(INTERNAL_ERROR_EXIT)
     sys.exit(0)
+
+
+def internal_error_line(exc: BaseException, command: str) -> str:
+    """`error: internal error in <stage>: <type>: <message> (rerun with --debug)`, one line.
+
+    The stage is the pipeline stage that raised (`Pipeline` tags the exception), else the command."""
+    from edgepipe.pipeline import stage_of
+
+    lines = str(exc).strip().splitlines()
+    message = f": {' '.join(lines[0].split())[:300]}" if lines else ""
+    return (f"error: internal error in {stage_of(exc) or command}: {type(exc).__name__}{message} "
+            "(rerun with --debug)")
+
+
+def _command_name(argv: list[str]) -> str:
+    return next((arg for arg in argv if not arg.startswith("-")), "edgepipe")
 
 
 if __name__ == "__main__":
