@@ -267,7 +267,7 @@ def load_ranges(path: str, model):
         calibration = CalibrationResult.load(path)
     except FileNotFoundError:
         raise UserError(f"{path}: calibration ranges file not found (calibration.ranges)") from None
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         raise UserError(f"{path}: not a calibration.json / .ranges.json file ({type(exc).__name__}: {exc})") from exc
     missing = [i.name for i in graph.graph_inputs(model) if i.name not in calibration.tensors]
     if missing:

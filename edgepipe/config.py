@@ -44,7 +44,7 @@ SCHEMA: dict[str, Any] = {
     "input_shapes": Field((dict,), {}, "static input shapes, {name: [1, 3, 224, 224]}"),
     "output_names": Field((list,), None, "names for a PyTorch model's outputs (default: output, output_1, ...)"),
     "out": Field((str,), None, "bundle directory (default build/<target>)"),
-    "cache_dir": Field((str,), "build/.cache", "stage cache (export/simplify/fold/calibrate outputs)"),
+    "cache_dir": Field((str,), "build/.cache", "stage cache (simplify/fold/calibrate outputs, keyed by the exported graph)"),
     "opset": Field((int,), 17, "ONNX opset for PyTorch export", minimum=7),
     "preprocess": _section(
         size=Field((list,), None, "[H, W]: resize the shorter side and center-crop to this size"),
@@ -275,6 +275,8 @@ def reference_rows(schema: dict | None = None, prefix: str = "") -> list[tuple[s
         if isinstance(spec, dict):
             rows.extend(reference_rows(spec, f"{prefix}{key}."))
             continue
-        kind = " | ".join(spec.choices) if spec.choices else "/".join(t.__name__ for t in spec.types)
+        kind = " / ".join(spec.choices) if spec.choices else "/".join(t.__name__ for t in spec.types)
+        if spec.minimum is not None:
+            kind += f" >= {spec.minimum:g}"
         rows.append((prefix + key, kind, repr(spec.default), spec.help))
     return rows

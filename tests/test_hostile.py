@@ -118,7 +118,7 @@ def test_planted_module_beside_run_py_is_refused_not_imported(arm_build, tmp_pat
     bundle = tmp_path / "bundle"
     shutil.copytree(tmp / "out", bundle)
     canary = tmp_path / "PLANTED"
-    for name in ("numpy.py", "sitecustomize.py"):
+    for name in ("numpy.py", "sitecustomize.py", "json.py", "hashlib.py", "argparse.py"):
         (bundle / name).write_text(f"open({str(canary)!r}, 'w').close()\n")
     # started the way a user might (no -I), from inside the bundle folder
     ran = subprocess.run([sys.executable, "run.py", "--iterations", "2", "--warmup", "0"], cwd=bundle,
