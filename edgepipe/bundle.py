@@ -326,9 +326,15 @@ def carry_deploy_results(old_bundle: Path, staging: Path) -> None:
         dest = staging / REPORT_DIR / entry.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         if entry.is_dir():
-            shutil.copytree(entry, dest, symlinks=True)
+            shutil.copytree(entry, dest, symlinks=True, ignore=_links_and_special_files)
         elif entry.is_file():
             shutil.copy2(entry, dest)
+
+
+def _links_and_special_files(folder: str, names: list[str]) -> list[str]:
+    """copytree filter: results are regular files and folders; links and FIFOs stay behind."""
+    return [n for n in names if os.path.islink(os.path.join(folder, n))
+            or not (os.path.isfile(os.path.join(folder, n)) or os.path.isdir(os.path.join(folder, n)))]
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:

@@ -190,15 +190,16 @@ def test_cli_never_imports_modules_from_the_current_folder(tmp_path):
     canary = tmp_path / "CANARY"
     work = tmp_path / "work"
     work.mkdir()
-    for name in ("onnxsim", "torch", "numpy", "onnx", "click", "yaml"):
+    for name in ("onnxsim", "torch", "numpy", "onnx", "click", "yaml", "jinja2", "json"):
         (work / f"{name}.py").write_text(f"open({str(canary)!r}, 'w').close()\n")
     onnx.save(tiny_conv_model(), str(work / "model.onnx"))
     np.savez(work / "calib.npz", x=np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32))
-    completed = subprocess.run([str(EDGEPIPE), "build", "--model", "model.onnx", "--calib", "calib.npz",
-                                "--target", "jetson", "--out", "out"], cwd=work, capture_output=True, text=True,
-                               timeout=300)
-    assert completed.returncode == 0, completed.stderr
-    assert not canary.exists()
+    for launcher in ([str(EDGEPIPE)], [sys.executable, "-m", "edgepipe"]):  # console script and python -m
+        completed = subprocess.run([*launcher, "build", "--model", "model.onnx", "--calib", "calib.npz",
+                                    "--target", "jetson", "--out", "out"], cwd=work, capture_output=True, text=True,
+                                   timeout=300)
+        assert completed.returncode == 0, completed.stderr
+        assert not canary.exists()
 
 
 def test_factory_import_takes_only_the_users_package_from_the_current_folder(tmp_path, monkeypatch):
