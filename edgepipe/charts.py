@@ -172,7 +172,8 @@ def reliability_diagram(bins: Sequence[dict]) -> Markup:
     canvas.axes(1.0, "accuracy")
     canvas.line(canvas.x(0), canvas.y(0), canvas.x(1), canvas.y(1), "#999", dashed=True)
     for entry in bins:
-        if not isinstance(entry, dict) or not entry.get("count") or entry.get("accuracy") is None:
+        if not isinstance(entry, dict) or not entry.get("count") or any(
+                not isinstance(entry.get(k), (int, float)) or not math.isfinite(entry[k]) for k in ("lo", "hi", "accuracy")):
             continue
         x0, x1 = canvas.x(float(entry["lo"])), canvas.x(float(entry["hi"]))
         y = canvas.y(float(entry["accuracy"]))

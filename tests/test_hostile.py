@@ -447,3 +447,105 @@ def test_engine_kit_scripts_parse_with_hostile_names(tmp_path):
     assert tree.body
     subprocess.run(["sh", "-n", str(shell_script)], check=True)
     assert not canary.exists()
+
+
+def _leaves(data, path=()):
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _leaves(value, path + (key,))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from _leaves(value, path + (index,))
+    yield path
+
+
+def _replaced(data, path, value):
+    data = json.loads(json.dumps(data))
+    if not path:
+        return value
+    where = data
+    for key in path[:-1]:
+        where = where[key]
+    where[path[-1]] = value
+    return data
+
+
+def test_every_results_field_of_every_type_gives_an_answer_or_one_error_line(tmp_path, capsys):
+    """Each field of a real results.json replaced by each JSON type: report and regress either
+    work or print one `error:` line with exit 2 (never an internal error or a traceback)."""
+    from edgepipe.cli import main
+
+    results = json.loads(json.dumps({
+        "schema": 1, "target": "t", "where": "device", "model": "m.tflite", "samples": 2,
+        "device": {"cpu": "c", "threads": 1},
+        "accuracy": {"top1": 0.5, "outputs": {"y": {"sqnr_db": 20.0, "cosine": 0.9}},
+                     "ece_bins": [{"lo": 0.0, "hi": 1.0, "count": 2, "confidence": 0.5, "accuracy": 0.5}]},
+        "latency_ms": {"p50": 1.0, "p90": 1.1, "p99": 1.2, "samples": [1.0, 1.2]}, "size_bytes": 5}))
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(results))
+    odd_values = [None, "<svg onload=alert(1)>", [], {}, -1, 1e308, True, [[1]], {"a": {"b": 1}}]
+    seen = 0
+    for path in set(_leaves(results)):
+        for value in odd_values:
+            candidate = tmp_path / "candidate.json"
+            candidate.write_text(json.dumps(_replaced(results, path, value)))
+            for args in (["report", str(candidate), "-o", str(tmp_path / "r")],
+                         ["regress", "--baseline", str(baseline), "--candidate", str(candidate)],
+                         ["regress", "--baseline", str(candidate), "--candidate", str(baseline)]):
+                with pytest.raises(SystemExit) as exit_info:
+                    main(args)
+                err = capsys.readouterr().err
+                lines = [line for line in err.splitlines() if line.strip()]
+                assert exit_info.value.code in (0, 1, 2), (path, value, args[0], err)
+                assert "internal error" not in err and "Traceback" not in err, (path, value, err)
+                if exit_info.value.code == 2:
+                    assert len(lines) == 1 and lines[0].startswith("error: "), err
+                seen += 1
+    assert seen > 300
+
+
+def test_every_manifest_field_of_every_type_gives_an_answer_or_one_error_line(tmp_path, capsys):
+    """The same for verify and pack: a hand-edited manifest (SHA256SUMS updated to match it)."""
+    import hashlib
+
+    from edgepipe.cli import main
+
+    bundle = tmp_path / "bundle"
+    manifest = write_small_bundle(bundle, device_generated=["model.plan"])
+    sums = (bundle / "SHA256SUMS").read_text().splitlines()
+    odd_values = [None, "../../etc/passwd", "*", [], {}, -1, True, [[1]], {"a": 1}]
+    seen = 0
+    for path in set(_leaves(manifest)):
+        for value in odd_values:
+            edited = json.dumps(_replaced(manifest, path, value)).encode()
+            (bundle / "manifest.json").write_bytes(edited)
+            digest = hashlib.sha256(edited).hexdigest()
+            (bundle / "SHA256SUMS").write_text("".join(
+                (f"{digest}  manifest.json" if line.endswith("  manifest.json") else line) + "\n" for line in sums))
+            for args in (["verify", str(bundle)], ["pack", str(bundle), "-o", str(tmp_path / "b.tar.gz")]):
+                with pytest.raises(SystemExit) as exit_info:
+                    main(args)
+                err = capsys.readouterr().err
+                assert exit_info.value.code in (0, 1, 2), (path, value, args[0], err)
+                assert "internal error" not in err and "Traceback" not in err, (path, value, err)
+                seen += 1
+    assert seen > 100
+
+
+def test_every_inventory_field_of_every_type_loads_or_raises_one_user_error(tmp_path):
+    from edgepipe.fleet import load_inventory
+
+    inventory = {"all": {"vars": {"ansible_user": "edge"}, "hosts": {"pi1": {"ansible_host": "10.0.0.1", "ansible_port": 22}},
+                         "children": {"lab": {"hosts": {"pi2": None}}}}}
+    odd_values = [None, "x", [], {}, -1, True, [[1]], {"a": {"b": 1}}, "-oProxyCommand=touch x"]
+    outcomes = {"loaded": 0, "refused": 0}
+    for path in set(_leaves(inventory)):
+        for value in odd_values:
+            (tmp_path / "hosts.yml").write_text(yaml.safe_dump(_replaced(inventory, path, value)))
+            try:  # anything but a UserError fails the test
+                for host in load_inventory(tmp_path / "hosts.yml"):
+                    host.target()
+                outcomes["loaded"] += 1
+            except UserError:
+                outcomes["refused"] += 1
+    assert outcomes["loaded"] > 10 and outcomes["refused"] > 10, outcomes
