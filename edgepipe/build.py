@@ -142,6 +142,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     log = log or (lambda message: None)
     backend_settings = {k: v for k, v in (settings.get("backend") or {}).items() if v is not None}
     target = load_target(settings["target"], {k: v for k, v in backend_settings.items() if k == "threads"})
+    target.check_backend_settings(backend_settings)
     check_out_dir(Path(settings["out"]))  # before any work: a wrong --out costs nothing and loses nothing
     for key in ("model", "weights", "calib", "eval"):  # a FIFO or device would block a reader forever
         if settings.get(key):
@@ -238,7 +239,6 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
                 out,
                 target=target.describe(),
                 files=files,
-                templates=[],
                 template_context={"runner_template": target.runner_template, **backend.template_context},
                 io=backend.io,
                 stages=[{"name": r.name, "hash": r.hash} for r in pipeline.records],
@@ -247,6 +247,7 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
                                 "simplify": prepared.simplify_report, "edgepipe_version": __version__},
                 eval_data=eval_data,
                 hooks=_bundle_hooks(),
+                template_packages=target.template_packages(),
             ),
             describe=lambda m: (f"{out} ({len(m.get('files', []))} files)",
                                 sum(f.get("size", 0) for f in m.get("files", [])),
@@ -277,12 +278,10 @@ def load_ranges(path: str, model):
 
 def plan_precision(model, calibration, dataset, settings: dict, target):
     """Greedy mixed precision to `precision.budget` (see edgepipe/precision.py)."""
-    from edgepipe.precision import plan_mixed_precision
+    from edgepipe.precision import plan_on_target
 
-    backend = {k: v for k, v in (settings.get("backend") or {}).items() if v is not None}
-    return plan_mixed_precision(model, calibration, dataset, settings["precision"]["budget"],
-                                symmetric=target.activation_symmetric,
-                                evaluate=target.evaluator(model, calibration, dataset, backend))
+    return plan_on_target(model, calibration, dataset, settings["precision"]["budget"], target,
+                          settings.get("backend"))
 
 
 def _json_bytes(data: dict) -> bytes:

@@ -16,6 +16,7 @@ from collections import Counter
 import click
 
 from edgepipe import __version__, isolation
+from edgepipe.calibrate import methods as calibration_methods
 from edgepipe.errors import BudgetError, UserError
 
 DEBUG_ENV = "EDGEPIPE_DEBUG"
@@ -72,7 +73,7 @@ def cli(debug: bool) -> None:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224", help="Fix an input's static shape (repeatable).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="edgepipe.yaml (default: ./edgepipe.yaml if present).")
 @click.option("--out", help="Bundle directory (default build/<target>).")
-@click.option("--calib-method", type=click.Choice(["auto", "entropy", "percentile", "mse", "minmax"]), help="Calibration method for all tensors.")
+@click.option("--calib-method", type=click.Choice(calibration_methods.names()), help="Calibration method for all tensors.")
 @click.option("--int8-io", is_flag=True, default=None, help="TFLite: int8 model inputs/outputs.")
 @click.option("--keep-layout", is_flag=True, default=None, help="TFLite: keep NCHW inputs (default converts images to NHWC).")
 @click.option("--no-host-report", is_flag=True, default=False, help="Do not run the bundle on this host after the build.")
@@ -158,13 +159,26 @@ def targets_command(as_json: bool):
 @cli.command()
 @click.argument("model_path", metavar="MODEL")
 @click.option("--target", "target_names", multiple=True, help="Only these targets (default: all installed).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224",
+              help="Fix a dynamic input's shape first, as build does (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect(model_path: str, target_names: tuple[str, ...], as_json: bool):
+def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[str, ...], as_json: bool):
     """Inputs, outputs, op histogram and unsupported ops per target of an ONNX model."""
+    from edgepipe import config as cfg
     from edgepipe import graph
+    from edgepipe.stages.export import fix_static_shapes
     from edgepipe.targets import available_targets, load_target
 
-    model = graph.ensure_node_names(graph.infer_shapes(graph.load_model(model_path)))
+    model = graph.load_model(model_path)
+    if input_shapes:
+        model = fix_static_shapes(model, dict(cfg.parse_input_shape(t) for t in input_shapes), model_path)
+    if graph.graph_inputs(model) and all(graph.is_static(graph.declared_shape(i)) for i in graph.graph_inputs(model)):
+        from edgepipe.stages.fold import run_fold
+        from edgepipe.stages.simplify import run_simplify
+
+        # the graph a build lowers: static, simplified, BatchNorm folded (no data needed for that)
+        model, _ = run_fold(run_simplify(graph.refresh_shapes(model))[0], {})
+    model = graph.ensure_node_names(graph.infer_shapes(model))
     io = graph.describe_io(model)
     histogram = dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
     unsupported = {}

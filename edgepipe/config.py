@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgepipe.calibrate import methods as calibration_methods
 from edgepipe.errors import UserError
 from edgepipe.safeio import CONFIG_MAX_BYTES, read_yaml_file
 
-CALIBRATION_METHODS = ("auto", "entropy", "percentile", "mse", "minmax")
+CALIBRATION_METHODS = calibration_methods.names()  # the registry in edgepipe/calibrate/methods/
 NORMALIZATION_MODES = ("none", "mean_std", "zca", "pca")
 
 

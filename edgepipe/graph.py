@@ -199,14 +199,28 @@ def refresh_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         if not out.type.tensor_type.HasField("shape") and out.name in inferred:
             out.type.CopyFrom(inferred[out.name].type)
     known = value_infos(model)
+    data_dependent = _downstream_of_data_dependent_shapes(model)
     unresolved = [name for node in model.graph.node for name in node.output
-                  if name and not is_static(declared_shape(known[name]) if name in known else None)]
+                  if name and name not in data_dependent
+                  and not is_static(declared_shape(known[name]) if name in known else None)]
     if unresolved:
         _measure_shapes(model, unresolved)
     for out in model.graph.output:
         if not out.type.tensor_type.HasField("shape"):
             out.type.CopyFrom(original_outputs[out.name])  # the checker needs a shape field
     return model
+
+
+# ops whose output shape depends on input VALUES: a zero-input run would record a wrong shape
+DATA_DEPENDENT_SHAPE_OPS = {"NonZero", "NonMaxSuppression", "Unique", "Compress", "If", "Loop", "Scan"}
+
+
+def _downstream_of_data_dependent_shapes(model: onnx.ModelProto) -> set[str]:
+    tainted: set[str] = set()
+    for node in model.graph.node:  # ONNX graphs are topologically sorted
+        if node.op_type in DATA_DEPENDENT_SHAPE_OPS or any(name in tainted for name in node.input):
+            tainted.update(name for name in node.output if name)
+    return tainted
 
 
 def _measure_shapes(model: onnx.ModelProto, names: list[str]) -> None:

@@ -13,6 +13,7 @@ import pytest
 from edgepipe import graph
 from edgepipe.stages.export import fix_static_shapes
 from tests import shape_models as sm
+from tests.helpers import run_cli
 from tests.test_cli_errors import assert_clean_error
 
 TARGETS = ["arm-cpu", "jetson"]
@@ -48,13 +49,14 @@ def test_minus_one_and_zero_batch_are_dynamic(tmp_path, target, batch, data):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_static_leading_dim_is_part_of_each_sample(tmp_path, target):
-    data = RNG.standard_normal((5, 3, 4, 5)).astype(np.float32)
-    result, out = sm.build(tmp_path, sm.static_leading(), {"x": data}, target)
+@pytest.mark.parametrize("shape", [(3, 4, 5), (6,)], ids=["3d", "1d"])
+def test_static_leading_dim_is_part_of_each_sample(tmp_path, target, shape):
+    data = RNG.standard_normal((5, *shape)).astype(np.float32)
+    result, out = sm.build(tmp_path, sm.static_leading(shape), {"x": data}, target)
     _built(result)
     with np.load(out / "eval" / "eval.npz") as bundled:
-        assert bundled["input:x"].shape == (5, 3, 4, 5) and bundled["reference:y"].shape == (5, 3, 4, 5)
-    sm.check_bundle(out, target, sm.static_leading(), {"x": data[3]})
+        assert bundled["input:x"].shape == (5, *shape) and bundled["reference:y"].shape == (5, *shape)
+    sm.check_bundle(out, target, sm.static_leading(shape), {"x": data[3]})
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -100,3 +102,41 @@ def test_wrong_rank_and_conflicting_dims_name_the_input():
         fix_static_shapes(sm.ocr_like(), {"x": [1, 3, 8]}, "ocr.onnx")
     with pytest.raises(Exception, match="dim 1 of ocr.onnx is static and differs from 4"):
         fix_static_shapes(sm.ocr_like(), {"x": [1, 4, 8, 16]}, "ocr.onnx")
+
+
+def test_host_report_runs_a_bundle_whose_input_has_no_batch_axis(tmp_path):
+    data = RNG.standard_normal((5, 3, 4, 5)).astype(np.float32)
+    model_path, calib = tmp_path / "lead.onnx", tmp_path / "lead.npz"
+    onnx.save(sm.static_leading(), str(model_path))
+    np.savez(calib, x=data)
+    result = run_cli("build", "--model", str(model_path), "--calib", str(calib), "--target", "arm-cpu",
+                        "--out", str(tmp_path / "out"), "--json", cwd=tmp_path)
+    outputs = _built(result)["results"]["accuracy"]["outputs"]
+    assert outputs["y"]["shape"] == [3, 4, 5] and outputs["y"]["sqnr_db"] > 30
+
+
+def test_inspect_checks_the_static_graph_a_build_lowers(tmp_path):
+    onnx.save(sm.ocr_like(), str(tmp_path / "ocr.onnx"))
+    result = run_cli("inspect", str(tmp_path / "ocr.onnx"), "--input-shape", "x:1x3x8x16",
+                        "--target", "arm-cpu", "--target", "jetson", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["inputs"][0]["shape"] == [1, 3, 8, 16] and info["outputs"][0]["shape"] == [1, 16, 4]
+    assert info["unsupported"] == {"arm-cpu": [], "jetson": []}
+
+
+def test_refresh_measures_what_inference_cannot_but_never_data_dependent_shapes():
+    """Shape inference cannot follow a custom-domain op; one ONNX Runtime run can. A NonZero output
+    depends on the input values, so a zero-input run must not fix its shape."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])
+    nodes = [helper.make_node("NonZero", ["x"], ["nz"]), helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Gelu", ["r"], ["g"], domain="com.microsoft")]
+    outputs = [helper.make_tensor_value_info(n, t, None) for n, t in (("nz", TensorProto.INT64), ("g", TensorProto.FLOAT))]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outputs),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    refreshed = graph.refresh_shapes(model)
+    shapes = {v.name: graph.declared_shape(v) for v in list(refreshed.graph.value_info) + list(refreshed.graph.output)}
+    assert shapes["r"] == (1, 6) and shapes["g"] == (1, 6)
+    assert not graph.is_static(shapes["nz"])
