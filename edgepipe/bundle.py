@@ -19,15 +19,12 @@ refuses every other unlisted file, links and special files.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import hashlib
 import io as iolib
 import json
 import os
 import shutil
 import stat
-import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
@@ -36,18 +33,17 @@ import numpy as np
 
 from edgepipe import __version__
 from edgepipe.jsonfile import read_json
+from edgepipe.outdir import (BACKEND_TMP_PREFIX, REPORT_DIR, STAGING_TAG, recover_interrupted_swap,  # noqa: F401
+                             swap_into_place, temp_dir)
 from edgepipe.safeio import JSON_MAX_BYTES, read_text_bounded
 from edgepipe.errors import BudgetError, UserError
 from edgepipe.templating import render
 
 MANIFEST = "manifest.json"
 SHA256SUMS = "SHA256SUMS"
-REPORT_DIR = "report"
 EVAL_FILE = "eval/eval.npz"
 RESERVED_KEYS = ("schema", "target", "source", "files", "io", "stages", "eval")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-STAGING_TAG, BACKUP_TAG = "tmp", "old"  # .<out>.tmp-<pid>-xxxx and .<out>.old-<pid>-xxxx next to --out
-BACKEND_TMP_PREFIX = ".edgepipe-backend-"  # + <pid>-xxxx in the system temp folder
 _CHUNK = 1 << 20
 
 
@@ -240,7 +236,7 @@ def check_out_dir(out_dir: Path) -> None:
     """--out must be missing, empty, or a bundle edgepipe wrote holding nothing else; checked
     before any work, so a wrong --out (`.`, a model folder, a web app) costs nothing."""
     out_dir = Path(out_dir).absolute()
-    recover_interrupted_swap(out_dir)
+    recover_interrupted_swap(out_dir, is_edgepipe_bundle)
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         raise UserError(f"{out_dir}: exists and is not a bundle folder; choose another --out")
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
@@ -253,109 +249,6 @@ def check_out_dir(out_dir: Path) -> None:
         more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
         raise UserError(f"{out_dir}: holds '{extra[0]}'{more}, which edgepipe did not write; a rebuild would "
                         f"delete it: move it out of the bundle or choose another --out")
-
-
-def _temp_owner_alive(name: str, prefix: str) -> bool:
-    """Temp names carry their creator's pid: `<prefix><pid>-xxxx`."""
-    pid_text = name[len(prefix):].split("-", 1)[0]
-    if not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stale(folder: Path, prefix: str) -> list[Path]:
-    try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return []
-    return sorted(p for p in entries if p.name.startswith(prefix) and not p.is_symlink() and p.is_dir()
-                  and not _temp_owner_alive(p.name, prefix))
-
-
-def recover_interrupted_swap(out_dir: Path) -> None:
-    """A run killed between the two renames of a swap left the previous bundle in .<out>.old-*:
-    put it back (when --out is missing), then remove what dead runs left behind."""
-    parent, name = out_dir.parent, out_dir.name
-    backups = [p for p in _stale(parent, f".{name}.{BACKUP_TAG}-") if is_edgepipe_bundle(p)]
-    if backups and not out_dir.exists() and not out_dir.is_symlink():
-        os.rename(backups[-1], out_dir)
-    for path in _stale(parent, f".{name}.{STAGING_TAG}-") + _stale(parent, f".{name}.{BACKUP_TAG}-"):
-        shutil.rmtree(path, ignore_errors=True)
-    for path in _stale(Path(tempfile.gettempdir()), BACKEND_TMP_PREFIX):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def temp_dir(parent: Path, prefix: str) -> Path:
-    """A new folder named <prefix><pid>-xxxx, so a later run can tell whether its owner died."""
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def carry_deploy_results(old_bundle: Path, staging: Path) -> None:
-    """Keep what `deploy --run` fetched (report/<host>/, report/fleet.json) across a rebuild; the
-    host report files (report/results.json, report.html, report.md) belong to the old build."""
-    old_report = old_bundle / REPORT_DIR
-    if not old_report.is_dir() or old_report.is_symlink():
-        return
-    host_files = {"results.json", "report.html", "report.md"}
-    for entry in sorted(old_report.iterdir()):
-        if entry.name in host_files or entry.is_symlink():
-            continue
-        dest = staging / REPORT_DIR / entry.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if entry.is_dir():
-            shutil.copytree(entry, dest, symlinks=True, ignore=_links_and_special_files)
-        elif entry.is_file():
-            shutil.copy2(entry, dest)
-
-
-def _links_and_special_files(folder: str, names: list[str]) -> list[str]:
-    """copytree filter: results are regular files and folders; links and FIFOs stay behind."""
-    return [n for n in names if os.path.islink(os.path.join(folder, n))
-            or not (os.path.isfile(os.path.join(folder, n)) or os.path.isdir(os.path.join(folder, n)))]
-
-
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Replace `out_dir` by `staging`. With an atomic exchange there is never a moment without a
-    bundle at `out_dir`; otherwise the old bundle waits in .<out>.old-<pid>-* until the second
-    rename, and `recover_interrupted_swap` restores it if this process dies in between."""
-    if not out_dir.exists():
-        os.rename(staging, out_dir)
-        return
-    carry_deploy_results(out_dir, staging)
-    if _exchange(staging, out_dir):
-        shutil.rmtree(staging, ignore_errors=True)  # now holds the previous bundle
-        return
-    backup = temp_dir(out_dir.parent, f".{out_dir.name}.{BACKUP_TAG}-")
-    os.rmdir(backup)
-    os.rename(out_dir, backup)
-    try:
-        os.rename(staging, out_dir)
-    except BaseException:
-        os.rename(backup, out_dir)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- write
@@ -394,7 +287,7 @@ def write_bundle(
     try:
         manifest = _build_in(staging, target, files, template_context, io, stages,
                              source, extra_manifest or {}, eval_data, hooks, tuple(template_packages))
-        _swap_into_place(staging, out_dir)
+        swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

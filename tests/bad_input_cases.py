@@ -340,7 +340,7 @@ def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
 
     target = {"name": target_name, "backend": "tflite", "description": "", "precision": "int8", "layout": "NHWC",
               "runtime_requirements": [], "device_readme": ""}
-    return write_bundle(bundle, target=target, files={"model.bin": b"w"}, templates=[],
+    return write_bundle(bundle, target=target, files={"model.bin": b"w"},
                         template_context={"runner_template": "runner_tflite.py.j2", "model_file": "model.bin"},
                         io={}, stages=[], source={}, extra_manifest=extra, eval_data=None)
 

@@ -327,8 +327,8 @@ def test_write_bundle_refuses_a_folder_that_is_not_a_bundle(tmp_path):
     (folder / "manifest.json").write_text(json.dumps({"files": []}))
     (folder / "index.html").write_text("mine")
     with pytest.raises(UserError, match="not an edgepipe bundle"):
-        write_bundle(folder, target={"name": "t"}, files={}, templates=[], template_context={}, io={}, stages=[],
-                     source={}, extra_manifest={}, eval_data=None)
+        write_bundle(folder, target={"name": "t"}, files={}, template_context={"runner_template": "runner_tflite.py.j2"},
+                     io={}, stages=[], source={}, extra_manifest={}, eval_data=None)
     assert sorted(p.name for p in folder.iterdir()) == ["index.html", "manifest.json"]
 
 
@@ -382,9 +382,9 @@ def test_npz_member_larger_than_free_memory_is_refused_before_inflating(tmp_path
 
 
 def test_swap_without_atomic_exchange_still_replaces_and_keeps_results(tmp_path, monkeypatch):
-    from edgepipe import bundle as bundle_module
+    from edgepipe import outdir
 
-    monkeypatch.setattr(bundle_module, "_exchange", lambda a, b: False)  # a filesystem without renameat2
+    monkeypatch.setattr(outdir, "_exchange", lambda a, b: False)  # a filesystem without renameat2
     out = tmp_path / "out"
     write_small_bundle(out)
     (out / "report" / "pi").mkdir(parents=True)
