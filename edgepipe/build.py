@@ -335,7 +335,7 @@ def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> d
 
     threads = settings["backend"].get("threads") or target.options.get("threads") or 2
     out = out.resolve()
-    command = [sys.executable, "-I", str(out / "run.py"), "--where", "host",
+    command = [sys.executable, str(out / "run.py"), "--where", "host",
                "--iterations", str(settings["report"]["iterations"]),
                "--warmup", str(settings["report"]["warmup"]), "--threads", str(threads)]
     completed = subprocess.run(command, cwd=str(out), capture_output=True, text=True)

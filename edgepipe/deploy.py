@@ -330,7 +330,7 @@ def install(shell: RemoteShell, staging: str, remote_dir: str) -> None:
 
 def run_remote(shell: RemoteShell, remote_dir: str, iterations: int | None, warmup: int | None) -> dict:
     """Run the device runner and read back report/results.json."""
-    argv = ["python3", "-I", "run.py", "--where", "device"]  # -I: nothing imported from the bundle folder
+    argv = ["python3", "run.py", "--where", "device"]  # run.py isolates itself (no -I: user-site numpy stays usable)
     if iterations is not None:
         argv += ["--iterations", str(int(iterations))]
     if warmup is not None:
