@@ -1,8 +1,8 @@
-"""Model shapes no stage can work with, refused in one line right after export.
+"""Models no stage can work with, refused in one line right after export.
 
-Why here and not in each stage: these models crash deep inside onnxruntime or the ONNX checker
-(no inputs to calibrate, an input passed straight through as an output, a constant that would
-allocate terabytes), far from anything that names the user's mistake.
+Why here and not in each stage: these models crash deep inside onnxruntime (no inputs to
+calibrate, a constant that would allocate terabytes), far from anything that names the user's
+mistake.
 """
 
 from __future__ import annotations
@@ -18,16 +18,11 @@ MAX_TENSOR_ELEMENTS = 1 << 31  # 8 GB of float32: far beyond any edge model's ac
 
 
 def check_model(model: onnx.ModelProto, source: str) -> None:
-    """UserError naming the first input, output or tensor that makes `model` unusable."""
+    """UserError naming what makes `model` unusable: no inputs, or a tensor too large to allocate."""
     inputs = graph.graph_inputs(model)
     if not inputs:
         raise UserError(f"{source}: the model has no inputs; there is nothing to calibrate or run, "
                         f"export it with its input tensors")
-    input_names = {value.name for value in inputs}
-    for output in model.graph.output:
-        if output.name in input_names:
-            raise UserError(f"{source}: output '{output.name}' is also a model input (passed through unchanged); "
-                            f"remove it from the model outputs")
     _check_tensor_sizes(model, source)
 
 

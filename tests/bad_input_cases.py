@@ -377,11 +377,6 @@ def zero_input_model(tmp):
     return _build(tmp, model, _calib(tmp, np.ones((4, 4), np.float32)))
 
 
-def input_is_output(tmp):
-    model = _tiny_graph(tmp, [onnx.helper.make_node("Relu", ["x"], ["y"])], [_vector("x")], [_vector("y"), _vector("x")])
-    return _build(tmp, model, _calib(tmp, np.ones((4, 4), np.float32)))
-
-
 def allocation_bomb(tmp):
     shape = onnx.numpy_helper.from_array(np.array([1, 100000, 100000, 1000], np.int64), "shape")
     nodes = [onnx.helper.make_node("ConstantOfShape", ["shape"], ["big"],
@@ -455,7 +450,6 @@ CASES = [
     Case("pack-into-bundle", "`pack B -o B/manifest.json` (writing inside the bundle)", pack_into_bundle,
          ("manifest.json", "inside the bundle")),
     Case("zero-input-model", "a model with no inputs", zero_input_model, ("model.onnx", "no inputs")),
-    Case("input-is-output", "a model input that is also an output", input_is_output, ("'x'", "also a model input")),
     Case("allocation-bomb", "a ConstantOfShape that would allocate terabytes", allocation_bomb,
          ("'big'", "ConstantOfShape", "elements")),
     Case("corrupt-npz-non-onnx", "a non-.onnx model with a corrupt .npz", torch_model_corrupt_npz,
