@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe import __version__, graph
-from edgepipe.bundle import BACKEND_TMP_PREFIX, check_out_dir
+from edgepipe.bundle import check_out_dir
+from edgepipe.outdir import BACKEND_TMP_PREFIX
 from edgepipe.safeio import JSON_MAX_BYTES, ensure_regular_file, ensure_regular_or_dir
 from edgepipe.errors import UnsupportedOpError, UserError
 from edgepipe.modelcheck import check_model

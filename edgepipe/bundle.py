@@ -33,10 +33,9 @@ import numpy as np
 
 from edgepipe import __version__
 from edgepipe.jsonfile import read_json
-from edgepipe.outdir import (BACKEND_TMP_PREFIX, REPORT_DIR, STAGING_TAG, recover_interrupted_swap,  # noqa: F401
-                             swap_into_place, temp_dir)
-from edgepipe.safeio import JSON_MAX_BYTES, read_text_bounded
 from edgepipe.errors import BudgetError, UserError
+from edgepipe.outdir import REPORT_DIR, STAGING_TAG, recover_interrupted_swap, swap_into_place, temp_dir
+from edgepipe.safeio import JSON_MAX_BYTES, read_text_bounded
 from edgepipe.templating import render
 
 MANIFEST = "manifest.json"
@@ -215,7 +214,7 @@ def is_edgepipe_bundle(folder: Path) -> bool:
                 return False
         sums = read_sha256sums(sums_path)
         manifest = json.loads(manifest_path.read_bytes())
-    except (OSError, ValueError, RecursionError):
+    except (OSError, ValueError, RecursionError, UserError):
         return False
     return (sums.get(MANIFEST) == sha256_file(manifest_path) and isinstance(manifest, dict)
             and "edgepipe_version" in manifest and isinstance(manifest.get("files"), list))
