@@ -152,21 +152,29 @@ def available_memory_bytes() -> int | None:
         return None
 
 
+BOMB_RATIO, BOMB_MIN_BYTES = 200, 64 * MiB  # real tensors compress far less than 200:1
+
+
 def check_npz_members(path: str | Path, names, what: str = "array") -> None:
-    """Refuse .npz members whose unpacked size exceeds this machine's free memory, from the zip
-    directory alone (a few MB of zeros can claim many GB and would be inflated whole)."""
+    """Refuse .npz members that would be inflated whole into more than this machine's free
+    memory, or that unpack to over 64 MB at more than 200:1 (a zip bomb; data that uniform
+    calibrates nothing). Read from the zip directory alone, before anything is inflated."""
     import zipfile
 
-    limit = available_memory_bytes()
-    if limit is None:
-        return
     try:
         with zipfile.ZipFile(path) as archive:
-            sizes = {info.filename: info.file_size for info in archive.infolist()}
+            infos = {info.filename: info for info in archive.infolist()}
     except (OSError, zipfile.BadZipFile, ValueError):
         return  # np.load reports damaged archives with its own message
+    limit = available_memory_bytes()
     for name in names:
-        size = sizes.get(f"{name}.npy", 0)
-        if size > limit:
+        info = infos.get(f"{name}.npy")
+        if info is None:
+            continue
+        size = info.file_size
+        if limit is not None and size > limit:
             raise UserError(f"{path}: {what} '{name}' unpacks to {size} bytes, more than the {limit} bytes of "
                             f"free memory here; pass fewer samples (split the file or set calibration.max_samples)")
+        if size > BOMB_MIN_BYTES and size > BOMB_RATIO * max(info.compress_size, 1):
+            raise UserError(f"{path}: {what} '{name}' unpacks from {info.compress_size} to {size} bytes "
+                            f"(over {BOMB_RATIO}:1): a zip bomb or constant data; save real samples")

@@ -549,3 +549,16 @@ def test_every_inventory_field_of_every_type_loads_or_raises_one_user_error(tmp_
             except UserError:
                 outcomes["refused"] += 1
     assert outcomes["loaded"] > 10 and outcomes["refused"] > 10, outcomes
+
+
+def test_npz_zip_bomb_is_refused_from_the_zip_directory(tmp_path, monkeypatch):
+    from edgepipe import safeio
+    from edgepipe.data import load_dataset
+
+    np.savez_compressed(tmp_path / "bomb.npz", x=np.zeros((256, 3, 8, 8), dtype=np.float32))  # 196 KB -> ~300 B
+    monkeypatch.setattr(safeio, "BOMB_MIN_BYTES", 1000)  # the same check, at test scale
+    with pytest.raises(UserError, match="bomb.npz: input 'x' unpacks from .* a zip bomb"):
+        load_dataset(tmp_path / "bomb.npz", {"x": ((1, 3, 8, 8), np.dtype(np.float32))})
+    np.savez_compressed(tmp_path / "real.npz",
+                        x=np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32))
+    assert len(load_dataset(tmp_path / "real.npz", {"x": ((1, 3, 8, 8), np.dtype(np.float32))})) == 4
