@@ -30,6 +30,7 @@ from edgepipe.archive import safe_extract
 from edgepipe.bundle import check_out_dir, verify_bundle, write_bundle
 from edgepipe.errors import UserError
 from tests.bad_input_cases import write_small_bundle
+from tests.ci import missing_tool
 from tests.helpers import run_cli, tiny_conv_model
 
 EDGEPIPE = Path(sys.executable).parent / "edgepipe"  # the console script users run
@@ -53,7 +54,7 @@ class _Elements(HTMLParser):
 
 
 REPORT_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "code", "table", "tr", "th", "td",
-               "div", "ul", "li", "svg", "line", "rect", "text"}
+               "div", "ul", "li", "svg", "line", "rect", "text", "tbody"}  # tbody: added by the browser
 
 
 def assert_no_injected_markup(html: str) -> None:
@@ -184,6 +185,16 @@ def test_report_escapes_every_string_field(tmp_path):
     assert_no_injected_markup(html)
     assert html.count("&lt;svg onload") >= 10  # present, as text
     assert not canary.exists()
+    # the DOM a real browser builds from it (scripts enabled) has no injected element either
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        missing_tool("chromium is not installed (apt-get install -y chromium)")
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                          (tmp_path / "report" / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "<svg" in dom
+    assert_no_injected_markup(dom)
 
 
 def test_cli_never_imports_modules_from_the_current_folder(tmp_path):
@@ -284,6 +295,7 @@ from pathlib import Path
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from edgepipe.isolation import clean_up_on_sigterm
 from tests.bad_input_cases import write_small_bundle
+from tests.ci import missing_tool
 import edgepipe.bundle as bundle
 
 clean_up_on_sigterm()
