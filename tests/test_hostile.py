@@ -271,10 +271,17 @@ def test_rebuild_keeps_deploy_results_and_refuses_foreign_files(tmp_path):
     assert (bundle / "notes.txt").read_text() == "mine"
 
 
-def test_interrupted_swap_is_recovered_and_stale_temp_folders_removed(tmp_path):
+def test_interrupted_swap_is_recovered_and_stale_temp_folders_removed(tmp_path, monkeypatch):
+    import tempfile
+
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
     out = tmp_path / "out"
     write_small_bundle(out)
     dead = 2 ** 22 + 12345  # above Linux's pid_max: no such process
+    (system_tmp / f".edgepipe-backend-{dead}-abc").mkdir()  # a killed build's backend folder
+    (system_tmp / f".edgepipe-backend-{os.getpid()}-abc").mkdir()  # a running one's
     backup = tmp_path / f".out.old-{dead}-abc"
     os.rename(out, backup)  # killed between the two renames: no bundle at --out
     stale = tmp_path / f".out.tmp-{dead}-xyz"
@@ -285,6 +292,7 @@ def test_interrupted_swap_is_recovered_and_stale_temp_folders_removed(tmp_path):
     check_out_dir(out)
     assert (out / "manifest.json").is_file() and verify_bundle(out) == []
     assert not backup.exists() and not stale.exists() and live.exists()
+    assert sorted(p.name for p in system_tmp.iterdir()) == [f".edgepipe-backend-{os.getpid()}-abc"]
 
 
 def test_sigterm_during_build_leaves_no_temp_folder(tmp_path):
