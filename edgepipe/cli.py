@@ -121,10 +121,14 @@ def _print_summary(result) -> None:
     if result.results:
         acc = result.results.get("accuracy", {})
         lat = result.results.get("latency_ms", {})
+        acc = acc or {}
         parts = [f"{k} {acc[k]:.4f}" for k in ("top1", "fp32_top1", "argmax_agreement") if isinstance(acc.get(k), (int, float))]
+        sqnr = [e.get("sqnr_db") for e in (acc.get("outputs") or {}).values() if isinstance(e, dict)]
+        if any(isinstance(v, (int, float)) for v in sqnr):
+            parts.append(f"output SQNR {min(v for v in sqnr if isinstance(v, (int, float))):.1f} dB")
         if lat:
             parts.append(f"p50 {lat.get('p50', 0):.3f} ms (host, not device)")
-        click.echo("host report: " + ", ".join(parts))
+        click.echo(f"host report ({result.results.get('where', 'host')}): " + ", ".join(parts))
     if result.report_html:
         click.echo(f"report: {result.report_html}")
     click.echo(f"bundle: {result.out}")

@@ -326,5 +326,26 @@ def host_accuracy(bundle: str | Path, probe) -> dict:
     return accuracy
 
 
-__all__ = ["compare_bundle", "CompareReport", "TensorComparison", "OnnxTensorProbe", "BundleEval", "host_accuracy",
+def accuracy_warning(accuracy: dict | None, thresholds: dict, bundle: Path, where: str) -> str | None:
+    """One line when int8 agrees poorly with FP32: an output SQNR below `min_sqnr_db` or an argmax
+    agreement below `min_agreement` (edgepipe.yaml `report:`), pointing to the tools that fix it."""
+    accuracy = accuracy or {}
+    min_sqnr = float(thresholds.get("min_sqnr_db", 20.0))
+    min_agreement = float(thresholds.get("min_agreement", 0.97))
+    problems = []
+    for name, entry in sorted((accuracy.get("outputs") or {}).items()):
+        sqnr = entry.get("sqnr_db") if isinstance(entry, dict) else None
+        if isinstance(sqnr, (int, float)) and sqnr < min_sqnr:
+            problems.append(f"output '{name}' SQNR {sqnr:.1f} dB < {min_sqnr:g} dB")
+    agreement = accuracy.get("argmax_agreement")
+    if isinstance(agreement, (int, float)) and agreement < min_agreement:
+        problems.append(f"argmax agreement {agreement:.3f} < {min_agreement:g}")
+    if not problems:
+        return None
+    return (f"accuracy: int8 vs FP32 ({where}): {'; '.join(problems)}; run `edgepipe compare {bundle}` to see "
+            "which tensors lose it, and set precision.budget in edgepipe.yaml to keep them in float "
+            "(thresholds: report.min_sqnr_db, report.min_agreement)")
+
+
+__all__ = ["accuracy_warning", "compare_bundle", "CompareReport", "TensorComparison", "OnnxTensorProbe", "BundleEval", "host_accuracy",
            "COMPARE_FILE"]

@@ -58,7 +58,7 @@ class ArmCpuTarget(Target):
         options["target"] = self.name
         return tflite_evaluator(model, calibration, dataset, options)
 
-    def deployed_probe(self, bundle: Path, manifest: dict):
+    def deployed_probe(self, bundle: Path, manifest: dict, tensors: list[str] | None = None):
         from edgepipe.backends.tflite.probe import TfliteTensorProbe
 
         return TfliteTensorProbe(bundle, manifest)

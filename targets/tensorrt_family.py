@@ -54,7 +54,7 @@ class TensorRTTarget(Target):
         }
         return BackendResult(files=list(result["files"]), io=describe_io(model), manifest=manifest)
 
-    def deployed_probe(self, bundle: Path, manifest: dict):
+    def deployed_probe(self, bundle: Path, manifest: dict, tensors: list[str] | None = None):
         """The bundle's Q/DQ ONNX in ONNX Runtime: TensorRT's int8 arithmetic emulated on this host
         (the engine itself fuses layers and picks kernels on the device)."""
         from edgepipe import graph
@@ -62,7 +62,7 @@ class TensorRTTarget(Target):
         from edgepipe.compare import OnnxTensorProbe
 
         model = graph.load_model(Path(bundle) / QDQ_MODEL_FILE)
-        return OnnxTensorProbe(model, f"{QDQ_MODEL_FILE} in ONNX Runtime", HOST_EMULATION)
+        return OnnxTensorProbe(model, f"{QDQ_MODEL_FILE} in ONNX Runtime", HOST_EMULATION, tensors)
 
 
 def custom_domain_nodes(model) -> list[tuple[str, str, str]]:
