@@ -183,7 +183,7 @@ class CompareReport:
                  f"({self.scheme}, {self.alone_samples} samples)" if self.alone_samples else
                  "alone dB: not measured (--no-alone)"]
         if self.skipped:
-            notes.append(f"{len(self.skipped)} FP32 tensors have no counterpart in the deployed model "
+            notes.append(f"not compared: {len(self.skipped)} FP32 tensors have no counterpart in the deployed model "
                          "(fused or folded away)")
         return "\n".join([head] + lines + notes)
 

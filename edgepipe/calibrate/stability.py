@@ -24,7 +24,8 @@ that moves 10% on a tensor the output barely depends on changes nothing a user c
 real models most builds have such tensors. `output_effect` therefore quantizes the model (the
 target's int8 simulation) once with the chosen thresholds and once per round with that round's
 thresholds on every unstable tensor, and measures the model output SQNR vs FP32 on a few samples;
-the build warns only when some round's thresholds lower it by more than OUTPUT_DROP_DB.
+the build warns only when some round's thresholds lower it by more than OUTPUT_DROP_DB (3 dB:
+the quantization noise at the output doubles).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from edgepipe.calibrate.policy import symmetric_amax
 SMALL_SET = 32
 SPREAD_LIMIT = 0.10
 KL_BINS = 64
-OUTPUT_DROP_DB = 1.0  # warn when one round's thresholds lower the output SQNR vs FP32 by more than this
-EFFECT_SAMPLES = 8  # samples the output effect is measured on
+OUTPUT_DROP_DB = 3.0  # warn when one round's thresholds lower the output SQNR vs FP32 by more than this: 3 dB = the
+# output's quantization noise power doubles; smaller moves are within what re-drawing the set does anyway
+EFFECT_SAMPLES = 16  # samples the output effect is measured on
 
 
 def coarse(counts: np.ndarray, stop: int, bins: int = KL_BINS) -> np.ndarray:
