@@ -76,7 +76,7 @@ def cli(debug: bool) -> None:
 @click.option("--calib-method", type=click.Choice(calibration_methods.names()), help="Calibration method for all tensors.")
 @click.option("--int8-io", is_flag=True, default=None, help="TFLite: int8 model inputs/outputs.")
 @click.option("--keep-layout", is_flag=True, default=None, help="TFLite: keep NCHW inputs (default converts images to NHWC).")
-@click.option("--no-host-report", is_flag=True, default=False, help="Do not run the bundle on this host after the build.")
+@click.option("--no-host-report", is_flag=True, default=False, help="Do not measure int8 vs FP32 on this host after the build.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of the table.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def build(model, weights, target, calib, eval_, input_shapes, config_path, out, calib_method, int8_io, keep_layout,
