@@ -364,7 +364,7 @@ def run_host_emulation(out: Path, settings: dict, target, result: BuildResult) -
     accuracy = host_accuracy(out, probe)
     import onnxruntime
 
-    results = {"schema": 1, "target": target.name, "where": where, "model": model_file, "verified": None,
+    results = {"schema": 1, "target": target.name, "where": where, "model": model_file,
                "device": {"runtime": f"onnxruntime {onnxruntime.__version__}", "machine": platform.machine(),
                           "python": platform.python_version()},
                "accuracy": accuracy, "latency_ms": {},

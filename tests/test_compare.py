@@ -154,3 +154,20 @@ def test_unstable_calibration_that_moves_the_output_warns(workdir, arm_bundle, t
     assert built.returncode == 0, built.stderr
     warnings = [w for w in json.loads(built.stdout)["warnings"] if "across calibration rounds" in w]
     assert len(warnings) == 1 and "change the output" in warnings[0]
+
+
+def test_per_layer_section_escapes_tensor_names():
+    from edgepipe.report import report_context
+    from edgepipe.templating import render
+
+    evil = "<script>alert(1)</script>"
+    compare = {"deployed": evil, "where": "host", "samples": 2, "tensors": [
+        {"name": evil, "producer": "Conv", "position": 1, "sqnr_db": 12.5, "cosine": 0.99, "alone_sqnr_db": None},
+        {"name": "b", "producer": "Relu", "position": 2, "sqnr_db": None, "cosine": 1.0, "alone_sqnr_db": 40.0}]}
+    results = {"target": "arm-cpu", "where": "host", "model": "model.tflite", "samples": 2, "verified": True,
+               "latency_ms": {}, "accuracy": {},
+               "accuracy_warnings": [f"accuracy: {evil}"]}
+    context = report_context(results, compare=compare)
+    assert [row["name"] for row in context["layers"]["rows"]] == [evil]  # identical tensors are not charted
+    html = render("report.html.j2", **context)
+    assert "<script>" not in html and "&lt;script&gt;" in html
