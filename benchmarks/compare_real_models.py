@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--models", default="ocr_cls,ocr_det")
     parser.add_argument("--targets", default="arm-cpu,jetson")
     parser.add_argument("--compare-samples", type=int, default=16)
-    parser.add_argument("--alone-samples", type=int, default=4)
+    parser.add_argument("--alone-samples", type=int, default=4, help="0: skip the per-tensor 'alone' variants")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/compare_real_models.json"))
     args = parser.parse_args()
     out_path = Path(args.out)
@@ -89,8 +89,9 @@ def main() -> None:
                 build = cli("build", "--model", str(raw), "--target", target, "--calib", str(work / f"{name}_calib.npz"),
                             "--eval", str(work / f"{name}_eval.npz"), "--config", str(config), "--out", str(bundle),
                             "--json")
-                compare = cli("compare", str(bundle), "--max-samples", str(args.compare_samples), "--alone-samples",
-                              str(args.alone_samples), "--json", "--out", str(work / f"{name}-{target}.json"))
+                alone = (["--alone-samples", str(args.alone_samples)] if args.alone_samples > 0 else ["--no-alone"])
+                compare = cli("compare", str(bundle), "--max-samples", str(args.compare_samples), *alone, "--json",
+                              "--out", str(work / f"{name}-{target}.json"))
             except RuntimeError as exc:
                 entry["targets"][target] = {"error": str(exc)[:300]}
                 print(name, target, "ERROR", str(exc)[:200], flush=True)

@@ -25,7 +25,8 @@ real models most builds have such tensors. `output_effect` therefore quantizes t
 target's int8 simulation) once with the chosen thresholds and once per round with that round's
 thresholds on every unstable tensor, and measures the model output SQNR vs FP32 on a few samples;
 the build warns only when some round's thresholds lower it by more than OUTPUT_DROP_DB (3 dB:
-the quantization noise at the output doubles).
+the quantization noise at the output doubles) to below QUALITY_FLOOR_DB (30 dB; a drop from 53 to
+47 dB leaves the output noise under 0.1% of the signal, which no decision downstream can see).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ SPREAD_LIMIT = 0.10
 KL_BINS = 64
 OUTPUT_DROP_DB = 3.0  # warn when one round's thresholds lower the output SQNR vs FP32 by more than this: 3 dB = the
 # output's quantization noise power doubles; smaller moves are within what re-drawing the set does anyway
+QUALITY_FLOOR_DB = 30.0  # ... to below this: above it the output noise is < 0.1% of the signal, no visible change
 EFFECT_SAMPLES = 16  # samples the output effect is measured on
 
 
@@ -122,7 +124,8 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
 
     `quantize(model, calibration) -> Q/DQ ONNX model` is the target's int8 simulation
     (`Target.qdq_model`); None when no tensor is unstable. `drop_db` = output SQNR vs FP32 with
-    the chosen thresholds minus the worst round's; `warn` when it exceeds OUTPUT_DROP_DB."""
+    the chosen thresholds minus the worst round's; `warn` when it exceeds OUTPUT_DROP_DB and the
+    worst round's SQNR is below QUALITY_FLOOR_DB."""
     from edgepipe import graph, quantmath
     from edgepipe.calibrate.collector import sample_indices
 
@@ -147,7 +150,8 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     drop = max((chosen - s for s in per_round if np.isfinite(s)), default=0.0) if np.isfinite(chosen) else 0.0
     return {"tensors": names, "sqnr_chosen_db": float(chosen), "sqnr_rounds_db": [float(s) for s in per_round],
             "drop_db": float(max(drop, 0.0)), "samples": len(feeds), "limit_db": OUTPUT_DROP_DB,
-            "warn": bool(drop > OUTPUT_DROP_DB)}
+            "floor_db": QUALITY_FLOOR_DB,
+            "warn": bool(drop > OUTPUT_DROP_DB and min(per_round, default=np.inf) < QUALITY_FLOOR_DB)}
 
 
 def effect_warning(effect: dict | None) -> str | None:
