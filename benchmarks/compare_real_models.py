@@ -72,7 +72,8 @@ def main() -> None:
     report.setdefault("models", {})
     work = Path(tempfile.mkdtemp(prefix="compare_real_"))
     config = work / "edgepipe.yaml"
-    config.write_text(yaml.safe_dump({"report": {"iterations": 5, "warmup": 1}}))  # accuracy, not latency
+    config.write_text(yaml.safe_dump({"report": {"iterations": 5, "warmup": 1},  # accuracy, not latency
+                                      "cache_dir": str(work / ".cache")}))
     for name in args.models.split(","):
         raw = real_models.raw_model_path(name)
         input_name = onnx.load(raw, load_external_data=False).graph.input[0].name
