@@ -379,7 +379,8 @@ def run_host_emulation(out: Path, settings: dict, target, result: BuildResult) -
                "device": {"runtime": f"onnxruntime {onnxruntime.__version__}", "machine": platform.machine(),
                           "python": platform.python_version()},
                "accuracy": accuracy, "latency_ms": {},
-               "samples": min((manifest.get("eval") or {}).get("samples") or 0, settings["report"].get("eval_limit") or 10**9),
+               "samples": min((manifest.get("eval") or {}).get("samples") or 0,
+                              settings["report"].get("eval_limit") or 10**9),
                "source_sha256": (manifest.get("source") or {}).get("sha256")}
     return finish_host_report(out, settings, results, result)
 

@@ -347,5 +347,5 @@ def accuracy_warning(accuracy: dict | None, thresholds: dict, bundle: Path, wher
             "(thresholds: report.min_sqnr_db, report.min_agreement)")
 
 
-__all__ = ["accuracy_warning", "compare_bundle", "CompareReport", "TensorComparison", "OnnxTensorProbe", "BundleEval", "host_accuracy",
-           "COMPARE_FILE"]
+__all__ = ["accuracy_warning", "compare_bundle", "CompareReport", "TensorComparison", "OnnxTensorProbe", "BundleEval",
+           "host_accuracy", "COMPARE_FILE"]
