@@ -100,6 +100,8 @@ def main() -> None:
             accuracy = (build.get("results") or {}).get("accuracy") or {}
             entry["targets"][target] = {
                 "build_warnings": build["warnings"],
+                "calibration_stability": {k: v for k, v in (build.get("calibration_stability") or {}).items()
+                                          if k != "tensors"},
                 "host": {"where": (build.get("results") or {}).get("where"),
                          "outputs": {k: {m: v.get(m) for m in ("sqnr_db", "cosine", "argmax_agreement")}
                                      for k, v in (accuracy.get("outputs") or {}).items()}},

@@ -39,6 +39,7 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)
     results: dict | None = None  # host results.json when the target ran on this host
     report_html: Path | None = None
+    calibration_stability: dict | None = None  # output effect of the unstable thresholds (None: none unstable)
 
     def to_json(self) -> dict:
         return {
@@ -50,6 +51,7 @@ class BuildResult:
             "warnings": self.warnings,
             "results": self.results,
             "report_html": str(self.report_html) if self.report_html else None,
+            "calibration_stability": self.calibration_stability,
         }
 
 
@@ -178,7 +180,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         note=lambda r: f"{len(r.warnings)} warning(s)" if r.warnings else "",
     )
     warnings.extend(f"calibration: {w}" for w in calibration.warnings)
-    stability_warning = calibration_stability_warning(model, calibration, calib_ds, target)
+    stability_effect, stability_warning = calibration_stability(model, calibration, calib_ds, target)
     if stability_warning:
         warnings.append(f"calibration: {stability_warning}")
 
@@ -206,7 +208,8 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         raise UserError(f"{out}: cannot write the bundle ({exc.strerror or exc}); the previous bundle is "
                         "unchanged - free disk space or fix permissions and rebuild") from exc
 
-    result = BuildResult(target.name, out, pipeline.summary(), manifest, warnings)
+    result = BuildResult(target.name, out, pipeline.summary(), manifest, warnings,
+                         calibration_stability=stability_effect)
     # 7. int8 vs FP32 on this host: the target's runtime (arm-cpu: run.py), else its emulation
     if settings["report"].get("host", True):
         measure = run_host_report if target.host_report else run_host_emulation
@@ -283,13 +286,13 @@ def load_ranges(path: str, model):
     return calibration
 
 
-def calibration_stability_warning(model, calibration, dataset, target) -> str | None:
-    """Unstable thresholds are reported only when they change the target's int8 output measurably
-    (edgepipe/calibrate/stability.py: output_effect)."""
+def calibration_stability(model, calibration, dataset, target) -> tuple[dict | None, str | None]:
+    """(output effect, warning): unstable thresholds are reported only when they change the
+    target's int8 output measurably (edgepipe/calibrate/stability.py: output_effect)."""
     from edgepipe.calibrate import stability
 
     effect = stability.output_effect(model, calibration, dataset, lambda m, c: target.qdq_model(m, c)[0])
-    return stability.effect_warning(effect)
+    return effect, stability.effect_warning(effect)
 
 
 def plan_precision(model, calibration, dataset, settings: dict, target):

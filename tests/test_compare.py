@@ -47,6 +47,8 @@ def test_demo_builds_are_quiet(arm_bundle, jetson_bundle):
     """No stability warning (the thresholds that vary do not move the output) and no accuracy warning."""
     for _, summary in (arm_bundle, jetson_bundle):
         assert summary["warnings"] == [], summary["warnings"]
+        effect = summary["calibration_stability"]  # the demo has unstable tensors; they do not matter
+        assert effect["tensors"] and not effect["warn"]
         assert summary["results"]["accuracy_warnings"] == []
 
 
@@ -152,8 +154,12 @@ def test_unstable_calibration_that_moves_the_output_warns(workdir, arm_bundle, t
     built = run_cli("build", "--target", "jetson", "--calib", str(tmp_path / "drift.npz"), "--no-host-report",
                     "--out", str(tmp_path / "b"), "--json", cwd=workdir)
     assert built.returncode == 0, built.stderr
-    warnings = [w for w in json.loads(built.stdout)["warnings"] if "across calibration rounds" in w]
+    summary = json.loads(built.stdout)
+    warnings = [w for w in summary["warnings"] if "across calibration rounds" in w]
     assert len(warnings) == 1 and "change the output" in warnings[0]
+    effect = summary["calibration_stability"]
+    assert effect["warn"] and min(effect["sqnr_rounds_db"]) < effect["floor_db"]
+    assert effect["drop_db"] == pytest.approx(effect["sqnr_chosen_db"] - min(effect["sqnr_rounds_db"]))
 
 
 def test_per_layer_section_escapes_tensor_names():
