@@ -27,23 +27,30 @@ def fmt(value, digits: int = 3) -> str:
 
 def calibration_vs_peers(data: dict) -> list[str]:
     lines = [f"Model: {data['model']}; {data['calib_samples']} calibration samples "
-             f"({data['calib_large_samples']} for the growth rows); host {data['host'].get('machine', '')}.", "",
-             "| calibrator | samples | wall s | RSS growth MB | top-1 agreement | top-1 | SQNR dB |",
-             "|---|---|---|---|---|---|---|"]
+             f"({data['calib_large_samples']} for the growth rows); host {data['host'].get('machine', '')}; "
+             f"median of {data.get('runs_per_row', 1)} fresh processes per row; peak = the worker's own VmHWM.", "",
+             "| calibrator | samples | wall s | own peak MB | growth MB | top-1 agreement | top-1 | SQNR dB, own placement "
+             "| SQNR dB, our placement |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for run in data["runs"]:
         samples = data["calib_large_samples"] if "large" in run.get("calib", "") else data["calib_samples"]
-        lines.append(f"| {run['method']} | {samples} | {fmt(run.get('wall_s'), 2)} | {fmt(run.get('rss_growth_mb'), 0)} | "
-                     f"{fmt(run.get('top1_agreement'))} | {fmt(run.get('top1'))} | {fmt(run.get('sqnr_db'), 1)} |")
+        same = run.get("same_placement") or {}
+        ours = run["method"].startswith("ours:")
+        lines.append(f"| {run['method']} | {samples} | {fmt(run.get('wall_s'), 2)} | {fmt(run.get('peak_mb'), 0)} | "
+                     f"{fmt(run.get('growth_mb'), 0)} | {fmt(run.get('top1_agreement'))} | {fmt(run.get('top1'))} | "
+                     f"{fmt(run.get('sqnr_db'), 1)} | {fmt(run.get('sqnr_db') if ours else same.get('sqnr_db'), 1)} |")
     return lines
 
 
 def calibration_scaling(data: dict) -> list[str]:
-    lines = [f"Model: {data['model']}; host {data['machine'].get('cpu', '')}, {data['machine'].get('cores')} cores.", "",
-             "| calibrator | samples | wall s | RSS growth MB |", "|---|---|---|---|"]
+    lines = [f"Model: {data['model']}; host {data['machine'].get('cpu', '')}, {data['machine'].get('cores')} cores; "
+             f"median of {data.get('runs_per_row', 1)} fresh processes per row; peak = the child's own VmHWM.", "",
+             "| calibrator | samples | wall s | own peak MB | growth MB |", "|---|---|---|---|---|"]
     for row in data["rows"]:
         if "error" in row:
             continue
-        lines.append(f"| {row['kind']} | {row['samples']} | {fmt(row['wall_s'], 2)} | {fmt(row['rss_growth_mb'], 0)} |")
+        lines.append(f"| {row['kind']} | {row['samples']} | {fmt(row['wall_s'], 2)} | {fmt(row.get('peak_mb'), 0)} | "
+                     f"{fmt(row.get('growth_mb'), 0)} |")
     return lines
 
 

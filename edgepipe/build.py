@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ class BuildResult:
     results: dict | None = None  # host results.json when the target ran on this host
     report_html: Path | None = None
     eval_note: str = ""  # which samples evaluate the bundle, and how many it keeps
+    calibration_stability: dict | None = None  # output effect of the unstable thresholds (None: none unstable)
 
     def to_json(self) -> dict:
         return {
@@ -51,6 +53,7 @@ class BuildResult:
             "results": self.results,
             "report_html": str(self.report_html) if self.report_html else None,
             "eval": self.eval_note,
+            "calibration_stability": self.calibration_stability,
         }
 
 
@@ -216,6 +219,9 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         note=lambda r: f"{len(r.warnings)} warning(s)" if r.warnings else "",
     )
     warnings.extend(f"calibration: {w}" for w in calibration.warnings)
+    stability_effect, stability_warning = calibration_stability(model, calibration, calib_ds, target)
+    if stability_warning:
+        warnings.append(f"calibration: {stability_warning}")
 
     # 4b. automatic mixed precision to an accuracy budget (sensitivity-ranked float islands)
     float_nodes = set(settings["precision"].get("float_nodes") or [])
@@ -241,11 +247,13 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         raise UserError(f"{out}: cannot write the bundle ({exc.strerror or exc}); the previous bundle is "
                         "unchanged - free disk space or fix permissions and rebuild") from exc
 
-    result = BuildResult(target.name, out, pipeline.summary(), manifest, warnings, eval_note=eval_summary(prepared, manifest))
-    # 7. report on this host (targets whose runtime runs here)
-    if target.host_report and settings["report"].get("host", True):
+    result = BuildResult(target.name, out, pipeline.summary(), manifest, warnings,
+                         eval_note=eval_summary(prepared, manifest), calibration_stability=stability_effect)
+    # 7. int8 vs FP32 on this host: the target's runtime (arm-cpu: run.py), else its emulation
+    if settings["report"].get("host", True):
+        measure = run_host_report if target.host_report else run_host_emulation
         pipeline.run(
-            "report", lambda: run_host_report(out, settings, target, result),
+            "report", lambda: measure(out, settings, target, result),
             describe=lambda r: ("report/report.html", (out / "report" / "report.html").stat().st_size
                                 if (out / "report" / "report.html").exists() else 0, ""),
         )
@@ -316,6 +324,15 @@ def load_ranges(path: str, model):
     if missing:
         raise UserError(f"{path}: no range for model input '{missing[0]}'; the ranges were made for another model")
     return calibration
+
+
+def calibration_stability(model, calibration, dataset, target) -> tuple[dict | None, str | None]:
+    """(output effect, warning): unstable thresholds are reported only when they change the
+    target's int8 output measurably (edgepipe/calibrate/stability.py: output_effect)."""
+    from edgepipe.calibrate import stability
+
+    effect = stability.output_effect(model, calibration, dataset, lambda m, c: target.qdq_model(m, c)[0])
+    return effect, stability.effect_warning(effect)
 
 
 def plan_precision(model, calibration, dataset, settings: dict, target):
@@ -407,9 +424,6 @@ def eval_summary(prepared: PreparedModel, manifest: dict) -> str:
 
 def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> dict:
     """Run the bundle's own run.py with this Python (marked 'host'), then render the report."""
-    from edgepipe.regress import load_results
-    from edgepipe.report import render_report
-
     threads = settings["backend"].get("threads") or target.options.get("threads") or 2
     out = out.resolve()
     command = [sys.executable, str(out / "run.py"), "--where", "host",
@@ -419,10 +433,50 @@ def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> d
     if completed.returncode != 0:
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"{out / 'run.py'} failed on this host: {last}")
+    from edgepipe.regress import load_results
+
+    results = load_results(out / "report" / "results.json", "host")
+    return finish_host_report(out, settings, results, result)
+
+
+def run_host_emulation(out: Path, settings: dict, target, result: BuildResult) -> dict | None:
+    """Targets whose runtime is not here (TensorRT): their deployed model emulated on this host
+    (`Target.deployed_probe`: the Q/DQ ONNX in ONNX Runtime), marked so in results.json."""
+    from edgepipe.compare import host_accuracy
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    outputs = [entry["name"] for entry in graph.describe_io(graph.load_model(out / "reference.onnx"))["outputs"]]
+    probe = target.deployed_probe(out, manifest, outputs)
+    if probe is None:
+        return None
+    where, model_file = probe.where, probe.description
+    accuracy = host_accuracy(out, probe)
+    import onnxruntime
+
+    results = {"schema": 1, "target": target.name, "where": where, "model": model_file,
+               "device": {"runtime": f"onnxruntime {onnxruntime.__version__}", "machine": platform.machine(),
+                          "python": platform.python_version()},
+               "accuracy": accuracy, "latency_ms": {},
+               "samples": min((manifest.get("eval") or {}).get("samples") or 0,
+                              settings["report"].get("eval_limit") or 10**9),
+               "source_sha256": (manifest.get("source") or {}).get("sha256")}
+    return finish_host_report(out, settings, results, result)
+
+
+def finish_host_report(out: Path, settings: dict, results: dict, result: BuildResult) -> dict:
+    """One warning when int8 agrees poorly with FP32 (report.min_sqnr_db / min_agreement), written
+    into results.json and the report; then report.html."""
+    from edgepipe.compare import accuracy_warning
+    from edgepipe.report import render_report
+
+    warning = accuracy_warning(results.get("accuracy"), settings["report"], out, str(results.get("where")))
+    results["accuracy_warnings"] = [warning] if warning else []
+    if warning:
+        result.warnings.append(warning)
     results_path = out / "report" / "results.json"
-    results = load_results(results_path, "host")
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     html = render_report(results_path, out_dir=out / "report", bundle_dir=out)
     result.results = results
     result.report_html = Path(html) if html else None
     return results
-
