@@ -282,6 +282,10 @@ def test_interrupted_swap_is_recovered_and_stale_temp_folders_removed(tmp_path, 
     dead = 2 ** 22 + 12345  # above Linux's pid_max: no such process
     (system_tmp / f".edgepipe-backend-{dead}-abc").mkdir()  # a killed build's backend folder
     (system_tmp / f".edgepipe-backend-{os.getpid()}-abc").mkdir()  # a running one's
+    (system_tmp / ".edgepipe-backend-abc").mkdir()  # no pid (another version, maybe running): kept
+    old_anonymous = system_tmp / ".edgepipe-backend-old"  # no pid and two days old: removed
+    old_anonymous.mkdir()
+    os.utime(old_anonymous, (time.time() - 2 * 86400,) * 2)
     backup = tmp_path / f".out.old-{dead}-abc"
     os.rename(out, backup)  # killed between the two renames: no bundle at --out
     stale = tmp_path / f".out.tmp-{dead}-xyz"
@@ -292,7 +296,8 @@ def test_interrupted_swap_is_recovered_and_stale_temp_folders_removed(tmp_path, 
     check_out_dir(out)
     assert (out / "manifest.json").is_file() and verify_bundle(out) == []
     assert not backup.exists() and not stale.exists() and live.exists()
-    assert sorted(p.name for p in system_tmp.iterdir()) == [f".edgepipe-backend-{os.getpid()}-abc"]
+    assert sorted(p.name for p in system_tmp.iterdir()) == sorted(
+        [f".edgepipe-backend-{os.getpid()}-abc", ".edgepipe-backend-abc"])
 
 
 def test_sigterm_during_build_leaves_no_temp_folder(tmp_path):
