@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe import __version__, graph
-from edgepipe.bundle import check_out_dir
-from edgepipe.outdir import BACKEND_TMP_PREFIX
+from edgepipe.delivery.bundle import check_out_dir
+from edgepipe.delivery.outdir import BACKEND_TMP_PREFIX
 from edgepipe.safeio import JSON_MAX_BYTES, ensure_regular_file, ensure_regular_or_dir
 from edgepipe.errors import UnsupportedOpError, UserError
 from edgepipe.modelcheck import check_model
@@ -264,7 +264,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
 def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepared: PreparedModel, calibration,
                   float_nodes: set, extra_files: dict, backend_settings: dict, origin: str) -> dict:
     """Stages 5-6: lower with the target's backend into a temp dir, then write the bundle atomically."""
-    from edgepipe.bundle import write_bundle
+    from edgepipe.delivery.bundle import write_bundle
 
     model, calib_ds, eval_ds = prepared.model, prepared.calib, prepared.eval
     with tempfile.TemporaryDirectory(prefix=f"{BACKEND_TMP_PREFIX}{os.getpid()}-") as backend_tmp:
@@ -336,8 +336,8 @@ def calibration_stability(model, calibration, dataset, target) -> tuple[dict | N
 
 
 def plan_precision(model, calibration, dataset, settings: dict, target):
-    """Greedy mixed precision to `precision.budget` (see edgepipe/precision.py)."""
-    from edgepipe.precision import plan_on_target
+    """Greedy mixed precision to `precision.budget` (see edgepipe/accuracy/precision.py)."""
+    from edgepipe.accuracy.precision import plan_on_target
 
     return plan_on_target(model, calibration, dataset, settings["precision"]["budget"], target,
                           settings.get("backend"))
@@ -362,7 +362,7 @@ def _public_fold_report(report: dict) -> dict:
 
 def _bundle_hooks() -> list:
     try:
-        from edgepipe.deploy import render_playbook
+        from edgepipe.delivery.deploy import render_playbook
     except ImportError:
         return []
     return [render_playbook]
@@ -375,7 +375,7 @@ def reference_eval_data(model, dataset, report: dict, source: str):
     `report.eval_max_mb` of raw inputs + outputs (what run.py holds and the device stores). The
     samples are streamed into the bundle one at a time; None when there is nothing to keep.
     """
-    from edgepipe.bundle import EvalSamples
+    from edgepipe.delivery.bundle import EvalSamples
     from edgepipe.data import evenly_spaced, has_batch_axis
 
     if dataset is None or len(dataset) == 0:
@@ -433,7 +433,7 @@ def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> d
     if completed.returncode != 0:
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"{out / 'run.py'} failed on this host: {last}")
-    from edgepipe.regress import load_results
+    from edgepipe.delivery.regress import load_results
 
     results = load_results(out / "report" / "results.json", "host")
     return finish_host_report(out, settings, results, result)
@@ -442,7 +442,7 @@ def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> d
 def run_host_emulation(out: Path, settings: dict, target, result: BuildResult) -> dict | None:
     """Targets whose runtime is not here (TensorRT): their deployed model emulated on this host
     (`Target.deployed_probe`: the Q/DQ ONNX in ONNX Runtime), marked so in results.json."""
-    from edgepipe.compare import host_accuracy
+    from edgepipe.accuracy.compare import host_accuracy
 
     manifest = json.loads((out / "manifest.json").read_text())
     outputs = [entry["name"] for entry in graph.describe_io(graph.load_model(out / "reference.onnx"))["outputs"]]
@@ -466,8 +466,8 @@ def run_host_emulation(out: Path, settings: dict, target, result: BuildResult) -
 def finish_host_report(out: Path, settings: dict, results: dict, result: BuildResult) -> dict:
     """One warning when int8 agrees poorly with FP32 (report.min_sqnr_db / min_agreement), written
     into results.json and the report; then report.html."""
-    from edgepipe.compare import accuracy_warning
-    from edgepipe.report import render_report
+    from edgepipe.accuracy.compare import accuracy_warning
+    from edgepipe.delivery.report import render_report
 
     warning = accuracy_warning(results.get("accuracy"), settings["report"], out, str(results.get("where")))
     results["accuracy_warnings"] = [warning] if warning else []

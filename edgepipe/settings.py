@@ -64,7 +64,7 @@ def require_calib(settings: dict) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    from edgepipe.bundle import sha256_file
+    from edgepipe.delivery.bundle import sha256_file
 
     return sha256_file(path)
 

@@ -16,7 +16,7 @@ import pytest
 
 from edgepipe import graph
 from edgepipe.build import hold_out, reference_eval_data
-from edgepipe.bundle import EvalSamples, write_eval_npz
+from edgepipe.delivery.bundle import EvalSamples, write_eval_npz
 from edgepipe.data import holdout_split, load_dataset
 from tests.helpers import run_cli, tiny_conv_model
 from tests.test_runner_harness import make_bundle, run_py
@@ -86,7 +86,7 @@ PEAK_CHILD = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     import numpy as np
-    from edgepipe.bundle import EvalSamples, write_eval_npz
+    from edgepipe.delivery.bundle import EvalSamples, write_eval_npz
     from edgepipe.data import load_dataset
 
     def hwm_mb():  # this process's own peak (VmHWM is per address space, not inherited)

@@ -10,9 +10,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from edgepipe.cli_release import register
+from edgepipe.cli.release import register
 from edgepipe.errors import BudgetError, UserError
-from edgepipe.regress import parse_increase, run_regression
+from edgepipe.delivery.regress import parse_increase, run_regression
 
 BASE = {
     "schema": 1, "target": "arm-cpu", "where": "device",

@@ -219,7 +219,7 @@ def _register_plugins() -> None:
     """Commands that live in their own modules (bundle tools, deploy, accuracy recovery)."""
     import importlib
 
-    for module_name in ("edgepipe.cli_release", "edgepipe.cli_deploy", "edgepipe.cli_accuracy"):
+    for module_name in ("edgepipe.cli.release", "edgepipe.cli.deploy", "edgepipe.cli.accuracy"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:

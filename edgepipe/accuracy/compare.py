@@ -261,7 +261,7 @@ def _graph_order(model: onnx.ModelProto) -> dict[str, int]:
 
 def _measure_alone(report: CompareReport, model, calibration, data: BundleEval, target, samples: int):
     """Fill `alone_sqnr_db`: one Q/DQ variant per quantized activation, only its readers quantized."""
-    from edgepipe.sensitivity import VariantEvaluator
+    from edgepipe.accuracy.sensitivity import VariantEvaluator
 
     evaluator = VariantEvaluator(model, calibration, data, target=target, max_samples=samples)
     quantized = evaluator.qdq_report["quantized_nodes"]

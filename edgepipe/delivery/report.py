@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgepipe import charts
+from edgepipe.delivery import charts
 from edgepipe.errors import UserError
-from edgepipe.regress import load_results
+from edgepipe.delivery.regress import load_results
 from edgepipe.safeio import read_json_file
 from edgepipe.templating import render
 

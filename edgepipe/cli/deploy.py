@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from edgepipe.deploy import SshTarget, deploy_bundle
+from edgepipe.delivery.deploy import SshTarget, deploy_bundle
 from edgepipe.errors import UserError
 from edgepipe.safeio import CONFIG_MAX_BYTES, ensure_regular_file
-from edgepipe.fleet import deploy_fleet, format_table, load_inventory, raise_if_failed, write_fleet_json
+from edgepipe.delivery.fleet import deploy_fleet, format_table, load_inventory, raise_if_failed, write_fleet_json
 
 
 @click.command("deploy")
