@@ -1,6 +1,6 @@
 """`edgepipe sensitivity`, `compare` and `finetune`: accuracy diagnosis and recovery from the command line.
 
-Thin like cli.py: settings resolve exactly as for `build` (defaults, edgepipe.yaml, options; the
+Thin like cli/main.py: settings resolve exactly as for `build` (defaults, edgepipe.yaml, options; the
 shipped demo when no model is given), the model goes through the same export -> simplify -> fold
 stages, then edgepipe.accuracy.sensitivity / edgepipe.accuracy.precision / edgepipe.accuracy.qat do the work.
 """

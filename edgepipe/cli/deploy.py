@@ -1,6 +1,6 @@
 """`edgepipe deploy`: one device (--host) or a fleet (--inventory). Thin: parse, call, print.
 
-Kept out of cli.py so the SSH options stay next to each other; cli.py calls `register()` and
+Kept out of cli/main.py so the SSH options stay next to each other; main.py calls `register()` and
 maps UserError -> exit 2 (bad host, untrusted key, corrupt upload) and BudgetError -> exit 1
 (a fleet deploy where some hosts failed after their retry).
 """
