@@ -44,3 +44,38 @@ def test_gemm_relu_is_fused(tmp_path):
     model = make_model(nodes, {"x": [1, 9]}, ["y"], {"w": RNG.normal(size=(7, 9)).astype(np.float32)})
     report = check_conformance(model, tmp_path)
     assert "RELU" not in report.result["op_histogram"]
+
+
+@pytest.mark.parametrize("c_shape", [[5], [1, 5], [3, 5], [3, 1], []], ids=["N", "1xN", "MxN", "Mx1", "scalar"])
+def test_gemm_computed_c_is_fully_connected_plus_add(c_shape, tmp_path):
+    """C computed by another branch (what onnxsim writes when it fuses MatMul + Add): FULLY_CONNECTED
+    without bias, then ADD; a float island in the int8 model (the product has no calibrated range)."""
+    branch = (helper.make_node("Relu", ["z"], ["c"], name="c_branch") if c_shape else
+              helper.make_node("ReduceMax", ["z"], ["c"], name="c_branch", keepdims=0))
+    nodes = [branch, helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="fc", alpha=0.5, transB=1)]
+    model = make_model(nodes, {"x": [3, 12], "z": c_shape or [4]}, ["y"],
+                       {"w": RNG.normal(size=(5, 12)).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    assert report.result["op_histogram"]["FULLY_CONNECTED"] == 1 and report.result["op_histogram"]["ADD"] == 1
+    assert report.result["float_nodes"] == ["fc"]
+
+
+@pytest.mark.parametrize("c_shape", [[3, 5], [3, 1]], ids=["MxN", "Mx1"])
+def test_gemm_constant_c_that_is_not_a_bias(c_shape, tmp_path):
+    node = helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="fc", beta=-1.5)
+    inits = {"w": RNG.normal(size=(12, 5)).astype(np.float32), "c": RNG.normal(size=c_shape).astype(np.float32)}
+    report = check_conformance(make_model([node], {"x": [3, 12]}, ["y"], inits), tmp_path)
+    assert report.result["op_histogram"]["ADD"] == 1
+
+
+@pytest.mark.parametrize("attrs,reason", [({"transA": 1}, "transA=1"), ({"beta": 2.0}, "beta=2.0 with a computed C")])
+def test_gemm_refusals_are_one_line(attrs, reason):
+    from edgepipe.backends.tflite import unsupported_nodes
+
+    nodes = [helper.make_node("Relu", ["z"], ["c"], name="c_branch"),
+             helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="fc", **attrs)]
+    x_shape = [12, 3] if attrs.get("transA") else [3, 12]
+    model = make_model(nodes, {"x": x_shape, "z": [5]}, ["y"], {"w": RNG.normal(size=(12, 5)).astype(np.float32)})
+    problems = unsupported_nodes(model, "arm-cpu")
+    assert [(name, op) for name, op, _ in problems] == [("fc", "Gemm")]
+    assert reason in problems[0][2] and "\n" not in problems[0][2]
