@@ -392,15 +392,21 @@ class Lowering:
             self.spec.inputs.append(index)
 
     def _add_outputs(self) -> None:
+        """Every graph output under its ONNX name (run.py and the report match outputs by name).
+
+        An output that is also a graph input (a pass-through) or already an output gets its own
+        tensor, a RESHAPE copy; the input keeps its name too (inputs and outputs are looked up
+        separately). Other tensors that carry the name (another layout or dtype) are renamed."""
+        inputs = set(self.spec.inputs)
         for name in self.graph_outputs:
             index = self.get(name, self.io_dtype(), self.io_perm(name))
-            if index in self.spec.inputs or index in self.spec.outputs:
-                tensor = self.tensor(index)  # an output that is also an input: give it its own tensor
-                copy = self.temp(name, tensor.shape, tensor.dtype, tensor.quantization)
+            if index in inputs or index in self.spec.outputs:
+                tensor = self.tensor(index)
+                copy = self.temp(f"{name};copy", tensor.shape, tensor.dtype, tensor.quantization)
                 self.emit("RESHAPE", [index, self.int32_constant(f"{name}/shape", tensor.shape)], [copy])
                 index = copy
-            for other in self.spec.tensors:
-                if other.name == name:
+            for position, other in enumerate(self.spec.tensors):
+                if other.name == name and position not in inputs:
                     other.name = f"{name};internal"
             self.tensor(index).name = name
             self.spec.outputs.append(index)
