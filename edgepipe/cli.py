@@ -15,7 +15,7 @@ from collections import Counter
 
 import click
 
-from edgepipe import __version__
+from edgepipe import __version__, isolation
 from edgepipe.calibrate import methods as calibration_methods
 from edgepipe.errors import BudgetError, UserError
 
@@ -229,6 +229,8 @@ _register_plugins()
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
+    isolation.strip_cwd_from_sys_path()  # a torch.py or onnxsim.py in the current folder is never imported
+    isolation.clean_up_on_sigterm()
     try:
         cli.main(args=argv, prog_name="edgepipe", standalone_mode=False)
     except click.exceptions.Abort:
