@@ -11,12 +11,13 @@ from tests.tflite_harness import check_conformance, make_model
 RNG = np.random.default_rng(11)
 
 
-@pytest.mark.parametrize("trans_b,alpha,beta,bias_shape", [(1, 1.0, 1.0, [5]), (0, 0.5, 2.0, [1, 5]), (1, 1.0, 1.0, None)])
+@pytest.mark.parametrize("trans_b,alpha,beta,bias_shape", [(1, 1.0, 1.0, [5]), (0, 0.5, 2.0, [1, 5]), (1, 1.0, 1.0, None),
+                                                       (1, 2.0, -0.5, [])])
 def test_gemm_matches_onnxruntime(trans_b, alpha, beta, bias_shape, tmp_path):
     weights = RNG.normal(size=(5, 12) if trans_b else (12, 5)).astype(np.float32)
     inits = {"w": weights}
     inputs = ["x", "w"]
-    if bias_shape:
+    if bias_shape is not None:
         inits["b"] = RNG.normal(size=bias_shape).astype(np.float32)
         inputs.append("b")
     node = helper.make_node("Gemm", inputs, ["y"], name="fc", transB=trans_b, alpha=alpha, beta=beta)
