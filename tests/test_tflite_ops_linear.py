@@ -11,8 +11,8 @@ from tests.tflite_harness import check_conformance, make_model
 RNG = np.random.default_rng(11)
 
 
-@pytest.mark.parametrize("trans_b,alpha,beta,bias_shape", [(1, 1.0, 1.0, [5]), (0, 0.5, 2.0, [1, 5]), (1, 1.0, 1.0, None),
-                                                       (1, 2.0, -0.5, [])])
+@pytest.mark.parametrize("trans_b,alpha,beta,bias_shape",
+                         [(1, 1.0, 1.0, [5]), (0, 0.5, 2.0, [1, 5]), (1, 1.0, 1.0, None), (1, 2.0, -0.5, [])])
 def test_gemm_matches_onnxruntime(trans_b, alpha, beta, bias_shape, tmp_path):
     weights = RNG.normal(size=(5, 12) if trans_b else (12, 5)).astype(np.float32)
     inits = {"w": weights}
