@@ -69,14 +69,33 @@ def test_gemm_constant_c_that_is_not_a_bias(c_shape, tmp_path):
     assert report.result["op_histogram"]["ADD"] == 1
 
 
-@pytest.mark.parametrize("attrs,reason", [({"transA": 1}, "transA=1"), ({"beta": 2.0}, "beta=2.0 with a computed C")])
-def test_gemm_refusals_are_one_line(attrs, reason):
+def test_gemm_beta_on_computed_c_is_refused_in_one_line():
     from edgepipe.backends.tflite import unsupported_nodes
 
     nodes = [helper.make_node("Relu", ["z"], ["c"], name="c_branch"),
-             helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="fc", **attrs)]
-    x_shape = [12, 3] if attrs.get("transA") else [3, 12]
-    model = make_model(nodes, {"x": x_shape, "z": [5]}, ["y"], {"w": RNG.normal(size=(12, 5)).astype(np.float32)})
+             helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="fc", beta=2.0)]
+    model = make_model(nodes, {"x": [3, 12], "z": [5]}, ["y"], {"w": RNG.normal(size=(12, 5)).astype(np.float32)})
     problems = unsupported_nodes(model, "arm-cpu")
     assert [(name, op) for name, op, _ in problems] == [("fc", "Gemm")]
-    assert reason in problems[0][2] and "\n" not in problems[0][2]
+    assert "beta=2.0 with a computed C" in problems[0][2] and "\n" not in problems[0][2]
+
+
+@pytest.mark.parametrize("computed_c", [False, True], ids=["bias", "computed-c"])
+def test_gemm_trans_a_is_a_transpose(computed_c, tmp_path):
+    inits = {"w": RNG.normal(size=(12, 5)).astype(np.float32)}
+    nodes, inputs = [], {"x": [12, 3]}
+    if computed_c:
+        nodes.append(helper.make_node("Relu", ["z"], ["c"], name="c_branch"))
+        inputs["z"] = [3, 5]
+    else:
+        inits["c"] = RNG.normal(size=[5]).astype(np.float32)
+    nodes.append(helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="fc", transA=1, alpha=0.75))
+    report = check_conformance(make_model(nodes, inputs, ["y"], inits), tmp_path)
+    assert report.result["op_histogram"]["TRANSPOSE"] == 1
+
+
+def test_matmul_constant_with_batch_dims_is_batch_matmul(tmp_path):
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="batched")
+    model = make_model([node], {"x": [1, 3, 4, 6]}, ["y"], {"w": RNG.normal(size=(3, 6, 2)).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    assert report.result["op_histogram"]["BATCH_MATMUL"] == 1 and report.result["float_nodes"] == ["batched"]

@@ -7,6 +7,7 @@ A Gemm whose C is not a per-column constant bias (C computed by another branch, 
 makes when it fuses MatMul + Add, or a constant [M, N] / [M, 1] table) is FULLY_CONNECTED
 without bias, then ADD of beta * C. The product A * B is no ONNX tensor, so calibration has no
 range for it: that Gemm is lowered as a float island (its inputs and output stay int8).
+transA=1 is a TRANSPOSE of A before FULLY_CONNECTED.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ def _bias_vector(ctx: Lowering, node) -> np.ndarray | None:
 
 def check_gemm(ctx: Lowering, node) -> str | None:
     attrs = node_attrs(node)
-    if attrs.get("transA", 0):
-        return "transA=1 is not supported; transpose A before the Gemm"
     if ctx.constant(node.input[1]) is None:
         return "B must be a constant initializer"
     name = _c_input(node)
@@ -54,17 +53,29 @@ def lower_gemm(ctx: Lowering, node) -> None:
     attrs = node_attrs(node)
     weights = np.asarray(ctx.constant(node.input[1]), np.float32) * float(attrs.get("alpha", 1.0))
     weights = weights if attrs.get("transB", 0) else weights.T
+    x = _gemm_a(ctx, node)
     bias = _bias_vector(ctx, node)
     if bias is not None:
-        _fully_connected(ctx, node, weights, bias)
+        _fully_connected(ctx, node, weights, bias, x)
         return
-    _fully_connected_plus(ctx, node, weights, _c_input(node), float(attrs.get("beta", 1.0)))
+    _fully_connected_plus(ctx, node, weights, _c_input(node), float(attrs.get("beta", 1.0)), x)
 
 
-def _fully_connected_plus(ctx: Lowering, node, weights: np.ndarray, c_name: str, beta: float) -> None:
-    """FULLY_CONNECTED (no bias) into a temporary, then ADD of beta * C with ONNX broadcasting."""
+def _gemm_a(ctx: Lowering, node) -> int:
+    """A as [M, K]: transA=1 is a TRANSPOSE (it keeps the int8 parameters)."""
     dtype = ctx.node_dtype(node)
     x = ctx.get(node.input[0], dtype, identity(2))
+    if not node_attrs(node).get("transA", 0):
+        return x
+    source = ctx.tensor(x)
+    transposed = ctx.temp(f"{node.name};a_t", list(source.shape)[::-1], dtype, source.quantization)
+    ctx.emit("TRANSPOSE", [x, ctx.int32_constant(f"{node.name};a_perm", [1, 0])], [transposed], node)
+    return transposed
+
+
+def _fully_connected_plus(ctx: Lowering, node, weights: np.ndarray, c_name: str, beta: float, x: int) -> None:
+    """FULLY_CONNECTED (no bias) into a temporary, then ADD of beta * C with ONNX broadcasting."""
+    dtype = ctx.node_dtype(node)
     shape = ctx.shape(node.output[0])
     product = ctx.temp(f"{node.name};product", shape, dtype)
     filter_index, bias_index = ctx.filter_and_bias(node.name, weights, 0, np.zeros(weights.shape[0], np.float32),
@@ -85,10 +96,10 @@ def _padded(value, rank: int) -> np.ndarray:
     return value.reshape((1,) * (rank - value.ndim) + value.shape)
 
 
-def _fully_connected(ctx: Lowering, node, weights: np.ndarray, bias: np.ndarray) -> None:
+def _fully_connected(ctx: Lowering, node, weights: np.ndarray, bias: np.ndarray, x: int | None = None) -> None:
     dtype = ctx.node_dtype(node)
     rank = ctx.rank(node.input[0])
-    x = ctx.get(node.input[0], dtype, identity(rank))
+    x = ctx.get(node.input[0], dtype, identity(rank)) if x is None else x
     activation, out_name = ctx.fuse_activation(node)
     out = ctx.new_value(out_name, dtype, identity(ctx.rank(node.output[0])))
     filter_index, bias_index = ctx.filter_and_bias(node.name, weights, 0, bias, x, dtype)
@@ -97,18 +108,26 @@ def _fully_connected(ctx: Lowering, node, weights: np.ndarray, bias: np.ndarray)
 
 
 def check_matmul(ctx: Lowering, node) -> str | None:
-    weights = ctx.constant(node.input[1])
-    if weights is not None and weights.ndim != 2:
-        return "a constant B must be 2-D"
     if ctx.rank(node.input[0]) < 2 or ctx.rank(node.input[1]) < 2:
         return "1-D MatMul operands are not supported; reshape to 2-D"
     return None
 
 
-@register("MatMul", check=check_matmul)
+def _constant_2d_weights(ctx: Lowering, node) -> bool:
+    weights = ctx.constant(node.input[1])
+    return weights is not None and weights.ndim == 2
+
+
+def _matmul_int8(ctx: Lowering, node) -> bool:
+    """A constant B with batch dims is BATCH_MATMUL with a constant operand: float (int8
+    BATCH_MATMUL would need one activation-style scale for all its weights)."""
+    return ctx.constant(node.input[1]) is None or _constant_2d_weights(ctx, node)
+
+
+@register("MatMul", check=check_matmul, int8=_matmul_int8)
 def lower_matmul(ctx: Lowering, node) -> None:
     weights = ctx.constant(node.input[1])
-    if weights is not None:
+    if _constant_2d_weights(ctx, node):
         weights = np.asarray(weights, np.float32).T
         _fully_connected(ctx, node, weights, np.zeros(weights.shape[0], np.float32))
         return
