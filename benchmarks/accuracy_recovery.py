@@ -53,7 +53,7 @@ WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 def demo_settings(weights: Path | None) -> dict:
     merged = config.merge(config.defaults(), settings.demo_settings())
     merged.update(target="desktop-gpu", weights=str(weights) if weights else None)
-    return merged
+    return settings.typed_sections(merged)
 
 
 def weight_bytes(model, float_nodes: set[str]) -> int:

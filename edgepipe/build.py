@@ -25,8 +25,8 @@ from edgepipe.safeio import JSON_MAX_BYTES, ensure_regular_file, ensure_regular_
 from edgepipe.errors import UnsupportedOpError, UserError
 from edgepipe.modelcheck import check_model
 from edgepipe.pipeline import Pipeline, bytes_hash, settings_hash
-from edgepipe.settings import (data_fingerprint, data_preprocess, fold_settings_of, initial_input_shapes,
-                               require_calib, to_model_domain)
+from edgepipe.settings import (ReportSettings, data_fingerprint, data_preprocess, fold_settings_of,
+                               initial_input_shapes, require_calib, to_model_domain)
 
 
 
@@ -117,7 +117,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     eval_ds, eval_source = None, "eval"
     if settings.get("eval"):
         eval_ds = to_model_domain(
-            load_dataset(settings["eval"], specs, preprocess, limit=settings["report"].get("eval_limit")), settings)
+            load_dataset(settings["eval"], specs, preprocess, limit=settings["report"].eval_limit), settings)
         eval_note = f"{len(eval_ds)} samples of {settings['eval']}"
     else:
         calib_ds, eval_ds, eval_source, eval_note = hold_out(calib_ds, settings["report"])
@@ -139,18 +139,18 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
                          eval_source, eval_note)
 
 
-def hold_out(calib_ds, report: dict):
+def hold_out(calib_ds, report: ReportSettings):
     """Without --eval: (calibration part, held-out eval part or None, source, note for the user).
 
     Evaluating on the samples the ranges were fitted to flatters the accuracy, so a deterministic
     share (`report.holdout`, stratified by label) is held out and never calibrated on."""
     from edgepipe.data import holdout_split
 
-    fraction = float(report.get("holdout") or 0)
+    fraction = float(report.holdout or 0)
     if fraction >= 1:
         raise UserError(f"report.holdout is {fraction:g}: it is the fraction of the calibration samples held out "
                         "for evaluation, set it below 1 (default 0.1) or pass --eval")
-    keep, held = holdout_split(calib_ds, fraction, report.get("eval_limit"))
+    keep, held = holdout_split(calib_ds, fraction, report.eval_limit)
     if len(held) == 0:
         return calib_ds, None, "none", ("no --eval and no calibration samples held out (report.holdout "
                                         f"{fraction:g}, {len(calib_ds)} samples): no accuracy is reported")
@@ -165,7 +165,7 @@ def calib_split_key(settings: dict) -> str:
     if settings.get("eval"):
         return ""
     report = settings["report"]
-    return f"|holdout={float(report.get('holdout') or 0)!r}|cap={report.get('eval_limit')}"
+    return f"|holdout={float(report.holdout or 0)!r}|cap={report.eval_limit}"
 
 
 def check_target_support(model, target, ignore: set[str] = frozenset()) -> None:
@@ -250,7 +250,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     result = BuildResult(target.name, out, pipeline.summary(), manifest, warnings,
                          eval_note=eval_summary(prepared, manifest), calibration_stability=stability_effect)
     # 7. int8 vs FP32 on this host: the target's runtime (arm-cpu: run.py), else its emulation
-    if settings["report"].get("host", True):
+    if settings["report"].host:
         measure = run_host_report if target.host_report else run_host_emulation
         pipeline.run(
             "report", lambda: measure(out, settings, target, result),
@@ -368,7 +368,7 @@ def _bundle_hooks() -> list:
     return [render_playbook]
 
 
-def reference_eval_data(model, dataset, report: dict, source: str):
+def reference_eval_data(model, dataset, report: ReportSettings, source: str):
     """The bundle's eval samples: inputs, labels and FP32 reference outputs of the folded model.
 
     Bounded whatever the data size: evenly spaced samples, at most `report.eval_limit` of them and
@@ -385,11 +385,11 @@ def reference_eval_data(model, dataset, report: dict, source: str):
     first = dataset.sample(0)
     sample_bytes = sum(v.nbytes for v in first.values()) + sum(
         np.asarray(v).nbytes for v in session.run(output_names, first)) + (8 if dataset.labels is not None else 0)
-    max_bytes = report.get("eval_max_mb")
-    keep = min(len(dataset), report.get("eval_limit") or len(dataset),
+    max_bytes = report.eval_max_mb
+    keep = min(len(dataset), report.eval_limit or len(dataset),
                len(dataset) if max_bytes is None else int(float(max_bytes) * 2**20 // sample_bytes))
     info = {"source": source, "available": len(dataset), "bytes_per_sample": int(sample_bytes),
-            "max_samples": report.get("eval_limit"), "max_mb": max_bytes}
+            "max_samples": report.eval_limit, "max_mb": max_bytes}
     if keep < 1:
         return None
     kept = dataset.subset(evenly_spaced(len(dataset), keep))
@@ -427,8 +427,8 @@ def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> d
     threads = settings["backend"].get("threads") or target.options.get("threads") or 2
     out = out.resolve()
     command = [sys.executable, str(out / "run.py"), "--where", "host",
-               "--iterations", str(settings["report"]["iterations"]),
-               "--warmup", str(settings["report"]["warmup"]), "--threads", str(threads)]
+               "--iterations", str(settings["report"].iterations),
+               "--warmup", str(settings["report"].warmup), "--threads", str(threads)]
     completed = subprocess.run(command, cwd=str(out), capture_output=True, text=True)
     if completed.returncode != 0:
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
@@ -458,7 +458,7 @@ def run_host_emulation(out: Path, settings: dict, target, result: BuildResult) -
                           "python": platform.python_version()},
                "accuracy": accuracy, "latency_ms": {},
                "samples": min((manifest.get("eval") or {}).get("samples") or 0,
-                              settings["report"].get("eval_limit") or 10**9),
+                              settings["report"].eval_limit or 10**9),
                "source_sha256": (manifest.get("source") or {}).get("sha256")}
     return finish_host_report(out, settings, results, result)
 

@@ -97,3 +97,30 @@ def test_readme_documents_every_config_key():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [row[0] for row in config.reference_rows() if f"`{row[0]}`" not in readme]
     assert not missing, f"README config reference lacks {missing}"
+
+
+def test_typed_sections_match_the_schema_field_for_field():
+    """Each typed section has one field per schema key with the schema's default, so neither can drift."""
+    import dataclasses
+
+    from edgepipe.settings import SECTION_TYPES
+
+    assert "report" in SECTION_TYPES
+    for section, cls in SECTION_TYPES.items():
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        assert fields == {key: spec.default for key, spec in config.SCHEMA[section].items()}, section
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(cls(), next(iter(fields)), None)
+
+
+def test_resolve_settings_passes_the_report_section_typed(tmp_path, monkeypatch):
+    from edgepipe.settings import ReportSettings, resolve_settings
+
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, "model: m.onnx\nreport:\n  eval_limit: 7\n  min_agreement: 0.5\n")
+    settings, origin = resolve_settings({"target": "arm-cpu", "report": {"host": False}}, str(path))
+    assert origin == "config"
+    assert settings["report"] == ReportSettings(host=False, eval_limit=7, min_agreement=0.5)
+    assert settings["report"].iterations == config.SCHEMA["report"]["iterations"].default
+    with pytest.raises(UserError, match="report.eval_limit"):
+        resolve_settings({"target": "arm-cpu"}, str(write(tmp_path, "report:\n  eval_limit: 0\n")))
