@@ -224,9 +224,9 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         warnings.append(f"calibration: {stability_warning}")
 
     # 4b. automatic mixed precision to an accuracy budget (sensitivity-ranked float islands)
-    float_nodes = set(settings["precision"].get("float_nodes") or [])
+    float_nodes = set(settings["precision"].float_nodes)
     extra_files: dict[str, bytes] = {}
-    if settings["precision"].get("budget") is not None:
+    if settings["precision"].budget is not None:
         plan = pipeline.run(
             "precision", lambda: plan_precision(model, calibration, eval_ds or calib_ds, settings, target),
             describe=lambda p: (f"precision.json ({len(p.float_nodes)} float nodes)", 0, ""),
@@ -339,7 +339,7 @@ def plan_precision(model, calibration, dataset, settings: dict, target):
     """Greedy mixed precision to `precision.budget` (see edgepipe/accuracy/precision.py)."""
     from edgepipe.accuracy.precision import plan_on_target
 
-    return plan_on_target(model, calibration, dataset, settings["precision"]["budget"], target,
+    return plan_on_target(model, calibration, dataset, settings["precision"].budget, target,
                           settings.get("backend"))
 
 

@@ -9,7 +9,7 @@ deployed (folded) model takes raw inputs when input normalization is folded into
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +39,19 @@ class ReportSettings:
     holdout: float = _schema_default("report", "holdout")
 
 
+@dataclass(frozen=True)
+class PrecisionSettings:
+    """edgepipe.yaml `precision:`, typed; `float_nodes` is held as a tuple so the settings stay immutable."""
+
+    budget: float | None = _schema_default("precision", "budget")
+    float_nodes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        object.__setattr__(self, "float_nodes", tuple(self.float_nodes or ()))
+
+
 # edgepipe.yaml sections passed down typed (the others are still plain dicts)
-SECTION_TYPES = {"report": ReportSettings}
+SECTION_TYPES = {"report": ReportSettings, "precision": PrecisionSettings}
 
 
 def typed_sections(settings: dict) -> dict:
