@@ -50,8 +50,22 @@ class PrecisionSettings:
         object.__setattr__(self, "float_nodes", tuple(self.float_nodes or ()))
 
 
+@dataclass(frozen=True)
+class RegressSettings:
+    """edgepipe.yaml `regress:` (the budgets of `edgepipe regress`), typed; `metrics` None = all present."""
+
+    max_drop: float = _schema_default("regress", "max_drop")
+    max_latency_increase: str | float = _schema_default("regress", "max_latency_increase")
+    metrics: tuple[str, ...] | None = _schema_default("regress", "metrics")
+    max_sqnr_drop_db: float = _schema_default("regress", "max_sqnr_drop_db")
+
+    def __post_init__(self):
+        if self.metrics is not None:
+            object.__setattr__(self, "metrics", tuple(self.metrics))
+
+
 # edgepipe.yaml sections passed down typed (the others are still plain dicts)
-SECTION_TYPES = {"report": ReportSettings, "precision": PrecisionSettings}
+SECTION_TYPES = {"report": ReportSettings, "precision": PrecisionSettings, "regress": RegressSettings}
 
 
 def typed_sections(settings: dict) -> dict:

@@ -105,13 +105,13 @@ def test_typed_sections_match_the_schema_field_for_field():
 
     from edgepipe.settings import SECTION_TYPES
 
-    assert {"report", "precision"} <= set(SECTION_TYPES)
+    assert {"report", "precision", "regress"} <= set(SECTION_TYPES)
     for section, cls in SECTION_TYPES.items():
         schema = config.SCHEMA[section]
         assert [f.name for f in dataclasses.fields(cls)] == list(schema), section
         built = cls()
         for key, spec in schema.items():
-            default = tuple(spec.default) if isinstance(spec.default, list) else spec.default
+            default = tuple(spec.default) if isinstance(spec.default, list) else spec.default  # lists held as tuples
             assert getattr(built, key) == default, f"{section}.{key}"
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(built, next(iter(schema)), None)

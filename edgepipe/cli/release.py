@@ -70,6 +70,7 @@ def report_command(results: Path, baseline: Path | None, out_dir: Path | None, b
 
 
 def _config_budgets(config: Path | None) -> dict:
+    """The `regress:` section of --config (validated against the schema), empty without one."""
     if config is None:
         return {}
     from edgepipe.config import load_config_file
@@ -89,11 +90,11 @@ def _config_budgets(config: Path | None) -> dict:
 def regress_command(baseline, candidate, max_drop, max_latency_increase, max_sqnr_drop, metrics, junit, config) -> None:
     """Compare CANDIDATE with BASELINE; exit 1 when an accuracy or latency budget is broken."""
     from edgepipe.delivery.regress import load_results, run_regression
+    from edgepipe.settings import RegressSettings
 
-    budgets = _config_budgets(config)
     overrides = {"max_drop": max_drop, "max_latency_increase": max_latency_increase,
                  "max_sqnr_drop_db": max_sqnr_drop, "metrics": list(metrics) or None}
-    budgets.update({k: v for k, v in overrides.items() if v is not None})
+    budgets = RegressSettings(**{**_config_budgets(config), **{k: v for k, v in overrides.items() if v is not None}})
     result = run_regression(load_results(baseline, "baseline"), load_results(candidate, "candidate"), budgets,
                             baseline_name=str(baseline))
     click.echo(result.table())

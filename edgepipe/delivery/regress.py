@@ -15,10 +15,10 @@ from pathlib import Path
 
 from edgepipe.jsonfile import read_json
 from edgepipe.errors import UserError
+from edgepipe.settings import RegressSettings
 
 DEFAULT_METRICS = ("top1", "top5", "argmax_agreement", "sqnr_db")
 LATENCY_PERCENTILES = ("p50", "p90", "p99")
-DEFAULT_BUDGETS = {"max_drop": 0.01, "max_latency_increase": "10%", "max_sqnr_drop_db": 1.0, "metrics": None}
 
 
 @dataclass
@@ -176,8 +176,8 @@ def accuracy_values(results: dict, metrics) -> dict[str, float]:
     return values
 
 
-def _budget(budgets: dict, key: str) -> float:
-    value = budgets[key]
+def _budget(budgets: RegressSettings, key: str) -> float:
+    value = getattr(budgets, key)
     if not _is_number(value) or not math.isfinite(value) or value < 0:
         raise UserError(f"regress budget {key} must be a finite number >= 0, got {value!r}")
     return float(value)
@@ -192,13 +192,13 @@ def _require_finite_baseline(values: dict[str, float], where: str) -> None:
                             f"regenerate it with run.py")
 
 
-def run_regression(baseline: dict, candidate: dict, budgets: dict | None = None,
+def run_regression(baseline: dict, candidate: dict, budgets: RegressSettings | None = None,
                    baseline_name: str = "baseline") -> RegressionResult:
     """Compare two results.json dicts under `budgets` (the config's `regress:` section)."""
-    budgets = {**DEFAULT_BUDGETS, **{k: v for k, v in (budgets or {}).items() if v is not None}}
+    budgets = budgets or RegressSettings()
     max_drop, max_sqnr_drop = _budget(budgets, "max_drop"), _budget(budgets, "max_sqnr_drop_db")
-    max_increase = parse_increase(budgets["max_latency_increase"])
-    metrics = list(budgets["metrics"] or DEFAULT_METRICS)
+    max_increase = parse_increase(budgets.max_latency_increase)
+    metrics = list(budgets.metrics or DEFAULT_METRICS)
     result = RegressionResult()
 
     base_acc, cand_acc = accuracy_values(baseline, metrics), accuracy_values(candidate, metrics)
@@ -208,7 +208,7 @@ def run_regression(baseline: dict, candidate: dict, budgets: dict | None = None,
     if not base_acc and not base_lat:
         raise UserError(f"{baseline_name}: the baseline holds no accuracy metric and no latency percentile; "
                         f"nothing to compare, pass the results.json of a complete run.py run")
-    if budgets["metrics"]:
+    if budgets.metrics:
         for metric in metrics:
             if not any(k == f"accuracy.{metric}" or k.startswith(f"accuracy.{metric}[") for k in base_acc):
                 raise UserError(f"regress metric '{metric}' is not in the baseline results; "
