@@ -72,7 +72,7 @@ def main() -> None:
         "targets": {},
     }
     for target in args.targets.split(","):
-        claimed = [case for case in cases if onnx_node_cases.is_claimed(case, target)]
+        claimed = [case for case in cases if onnx_node_cases.claimed(case, target)]
         report["targets"][target] = run_target(target, claimed)
     RESULTS.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     for target, result in report["targets"].items():

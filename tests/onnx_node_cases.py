@@ -38,7 +38,6 @@ FOLDERS = ("pytorch-converted", "pytorch-operator", "simple")
 FP32_RTOL, FP32_ATOL = 1e-4, 1e-5
 REFERENCE_RTOL, REFERENCE_ATOL = 1e-5, 1e-6
 INT8_STEPS = 3.0
-STANDARD_DOMAINS = ("", "ai.onnx")
 
 
 @dataclass
@@ -123,25 +122,21 @@ def collect_cases() -> list[NodeCase]:
     return cases
 
 
-def claimed_op_types(target_name: str) -> set[tuple[str, str]] | None:
-    """(domain, op type) pairs the target says it lowers; None = every standard-domain op."""
-    if target_name == "arm-cpu":
-        from edgepipe.backends.tflite.ops import registry
+def claimed(case: NodeCase, target_name: str) -> bool:
+    """Every node of the case (subgraph nodes included) is an operator the target's op table
+    covers at the model's opset: what `edgepipe inspect` and the build's support check claim,
+    before any attribute- or shape-specific check of a lowering."""
+    from edgepipe.backends import support
+    from edgepipe.targets import load_target
 
-        claimed = set()
-        for key in registry():
-            domain, op_type = (key[0], key[1]) if isinstance(key, tuple) else ("", key)
-            claimed |= {(domain, op_type), ("ai.onnx" if domain == "" else domain, op_type)}
-        return claimed | {("", "Constant"), ("ai.onnx", "Constant")}
-    return None
-
-
-def is_claimed(case: NodeCase, target_name: str) -> bool:
-    """Every node of the case (subgraphs included) has a (domain, op type) the target claims."""
-    claimed = claimed_op_types(target_name)
-    if claimed is None:
-        return all(domain in STANDARD_DOMAINS for domain, _ in case.op_types)
-    return case.op_types <= claimed
+    table = load_target(target_name).operators()
+    versions = support.opsets(case.model)
+    for _, node, _ in support.walk_nodes(case.model):
+        if node.op_type == "Constant" and support.canonical_domain(node.domain) == support.ONNX_DOMAIN:
+            continue
+        if support.operator_problem(node, versions, table, target_name) is not None:
+            return False
+    return True
 
 
 def write_inputs(case: NodeCase, directory: Path) -> tuple[Path, Path]:
