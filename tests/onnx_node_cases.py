@@ -232,7 +232,7 @@ def input_rounding_error(case: NodeCase, params: dict[str, tuple[float, int]]) -
         if name in params and np.issubdtype(value.dtype, np.floating):
             scale, zero_point = params[name]
             value = quantmath.dequantize(quantmath.quantize(value, scale, zero_point), scale, zero_point)
-            value = value.astype(case.inputs[name].dtype)
+            value = np.asarray(value, case.inputs[name].dtype).reshape(case.inputs[name].shape)  # 0-d stays 0-d
         rounded[name] = value
     names = [o.name for o in session.get_outputs()]
     exact = dict(zip(names, session.run(None, case.inputs)))
