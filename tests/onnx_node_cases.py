@@ -17,8 +17,9 @@ then judged against the case's own expected outputs:
   amplifies input rounding by itself.
 - jetson reference.onnx (the folded fp32 model): within rtol 1e-5 / atol 1e-6 in ONNX Runtime.
 
-A build that exits 2 must do so in one line naming the op type (or the model input it cannot
-take), with nothing written to `--out`, and is counted as *refused*.
+A build that exits 2 must do so in one `error:` line with nothing written to `--out`, and is
+counted as *refused*; an unsupported-op refusal must name one of the case's op types and come
+before any data is read (rerun with a calibration file that does not exist: same line).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ FOLDERS = ("pytorch-converted", "pytorch-operator", "simple")
 FP32_RTOL, FP32_ATOL = 1e-4, 1e-5
 REFERENCE_RTOL, REFERENCE_ATOL = 1e-5, 1e-6
 INT8_STEPS = 3.0
+UNSUPPORTED_MARK = "is not supported by target"
 
 
 @dataclass
@@ -170,7 +172,7 @@ class BuildOutcome:
         return [line for line in self.output.splitlines() if line.strip()]
 
 
-def build(case: NodeCase, target: str, work: Path) -> BuildOutcome:
+def build(case: NodeCase, target: str, work: Path, calib_override: Path | None = None) -> BuildOutcome:
     """`edgepipe build` in-process through the CLI entry point (`edgepipe.cli.main`)."""
     import contextlib
     import io
@@ -179,7 +181,7 @@ def build(case: NodeCase, target: str, work: Path) -> BuildOutcome:
 
     model_file, data_file = write_inputs(case, work / "case")
     out = work / "bundle"
-    args = ["build", "--model", str(model_file), "--target", target, "--calib", str(data_file),
+    args = ["build", "--model", str(model_file), "--target", target, "--calib", str(calib_override or data_file),
             "--eval", str(data_file), "--out", str(out), "--calib-method", "minmax", "--no-host-report"]
     cwd, captured, exit_code, exception = os.getcwd(), io.StringIO(), 0, None
     os.chdir(work)  # the stage cache goes to ./build/.cache of this case only
@@ -338,14 +340,7 @@ def run_case(case: NodeCase, target: str, work: Path) -> Verdict:
     """Build through the CLI and judge; never raises for a tool failure (it becomes the verdict)."""
     outcome = build(case, target, work)
     if outcome.exit_code == 2:
-        lines = outcome.error_lines
-        one_line = len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in outcome.output
-        names_op = any(op_type in outcome.output for _, op_type in case.op_types)
-        names_input = any(f"'{name}'" in outcome.output for name in case.inputs)
-        if one_line and (names_op or names_input) and not outcome.bundle.exists():
-            return Verdict("refused", lines[0])
-        return Verdict("crashed", f"exit 2 but not a one-line refusal naming the op or input (or --out "
-                       f"was written): {outcome.output.strip()[:300]}")
+        return _judge_refusal(case, target, work, outcome)
     if outcome.exit_code != 0:
         exc = outcome.exception
         return Verdict("crashed", f"exit {outcome.exit_code}: {type(exc).__name__}: {str(exc)[:300]}"
@@ -354,3 +349,21 @@ def run_case(case: NodeCase, target: str, work: Path) -> Verdict:
         return JUDGES[target](case, outcome.bundle)
     except Exception as exc:  # the built file could not even be run: that is the tool's failure
         return Verdict("crashed", f"running the built bundle: {type(exc).__name__}: {str(exc)[:300]}")
+
+
+def _judge_refusal(case: NodeCase, target: str, work: Path, outcome: BuildOutcome) -> Verdict:
+    """A refusal is one `error:` line, no traceback, nothing at --out. An unsupported-op refusal
+    must name one of the case's op types and come before any data is read: the same build with a
+    calibration file that does not exist gives the same line."""
+    lines = outcome.error_lines
+    if len(lines) != 1 or not lines[0].startswith("error: ") or "Traceback" in outcome.output:
+        return Verdict("crashed", f"exit 2 without a one-line error: {outcome.output.strip()[:300]}")
+    if outcome.bundle.exists():
+        return Verdict("crashed", f"refused but wrote {outcome.bundle}: {lines[0]}")
+    if UNSUPPORTED_MARK in lines[0]:
+        if not any(f"({op_type})" in lines[0] or f"::{op_type})" in lines[0] for _, op_type in case.op_types):
+            return Verdict("crashed", f"unsupported-op refusal names no op of the case: {lines[0]}")
+        again = build(case, target, work / "no-data", calib_override=work / "missing.npz")
+        if again.error_lines != lines:
+            return Verdict("crashed", f"op refusal came after reading the data: {again.output.strip()[:300]}")
+    return Verdict("refused", lines[0])
