@@ -96,7 +96,7 @@ def worker(method: str, work: Path, name: str) -> None:
         base = rss_mb()
         start = time.perf_counter()
     if kind == "ours":
-        from edgepipe.backends.tensorrt.qdq import write_qdq_model
+        from edgepipe.backends.qdq import write_qdq_model
         from edgepipe.calibrate import calibrate
 
         class Data:
