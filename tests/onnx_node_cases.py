@@ -3,17 +3,19 @@
 Cases come from the onnx wheel as shipped: `onnx.backend.test.case.node.collect_testcases()`
 (the node tests, with their inputs and numpy-reference outputs) and the model folders
 `pytorch-converted`, `pytorch-operator` and `simple` (`model.onnx` + `test_data_set_*/*.pb`).
-A case is *claimed* by a target when every node's (domain, op type) is one the target says it
-lowers; each claimed case is built with `edgepipe build` exactly as shipped (the case's model
-file, its input tensors as the calibration and eval `.npz`, one sample each: `[1, *shape]`),
-then judged against the case's own expected outputs:
+A case is *claimed* by a target when the target's op table covers every node's operator
+(domain, op type, opset; subgraphs included); each claimed case is built with `edgepipe build`
+exactly as shipped (the case's model file, its input tensors as the calibration and eval `.npz`,
+one sample each, see `sample_form`), then judged against the case's own expected outputs:
 
 - arm-cpu fp32 .tflite: |got - expected| <= atol + rtol * |expected| (rtol 1e-4, atol 1e-5).
-- arm-cpu int8 .tflite and jetson Q/DQ ONNX: |got - expected| within `INT8_STEPS` output
-  quantization steps, the step derived from the calibration range of the output in the bundle's
-  calibration.json (asymmetric for TFLite, symmetric amax/127 for TensorRT), never read from the
-  artifact under test, plus the error the int8 *input* grid alone causes (the case's expected op
-  evaluated in ONNX Runtime on inputs rounded to their calibration grid), because a Div or Pow
+- arm-cpu int8 .tflite: within `INT8_STEPS` output quantization steps of the Q/DQ simulation of
+  the bundle's reference.onnx in ONNX Runtime (tests/tflite_harness.py), where every int8 grid and
+  the output step are derived from the bundle's calibration.json (TFLite's asymmetric grid of the
+  calibrated range, and TFLite's fixed-output kernel rules), never read from the .tflite.
+- jetson Q/DQ ONNX: within `INT8_STEPS` steps (symmetric amax/127 of the output's calibrated
+  range) of the expected outputs, plus the error the int8 *input* grid alone causes (the case's
+  op evaluated in ONNX Runtime on inputs rounded to their calibration grid), because a Div or Pow
   amplifies input rounding by itself.
 - jetson reference.onnx (the folded fp32 model): within rtol 1e-5 / atol 1e-6 in ONNX Runtime.
 
@@ -280,8 +282,10 @@ def judge_int8(case: NodeCase, got: dict, params: dict[str, tuple[float, int]]) 
 
 
 def judge_arm_cpu(case: NodeCase, bundle: Path) -> Verdict:
-    from edgepipe.backends.tflite.runtime import run_tflite
-    from tests.tflite_harness import expected_int8_params
+    """fp32 .tflite against the case's expected outputs; int8 .tflite against the Q/DQ simulation
+    of reference.onnx in ONNX Runtime whose every int8 grid comes from calibration.json."""
+    from edgepipe.backends.tflite.runtime import make_interpreter, run_tflite
+    from tests import tflite_harness
 
     io = json.loads((bundle / "manifest.json").read_text())["io"]
     fp32_io = {key: [dict(s, dtype="float32", quantization=None) for s in specs] for key, specs in io.items()}
@@ -290,9 +294,20 @@ def judge_arm_cpu(case: NodeCase, bundle: Path) -> Verdict:
     errors = {}
     for name, value in run_tflite(bundle / "model.fp32.tflite", fp32_io, feed).items():
         errors[f"fp32:{rename[name]}"] = _relative_excess(value, case.outputs[rename[name]], FP32_RTOL, FP32_ATOL)
-    int8 = {rename[k]: v for k, v in run_tflite(bundle / "model.tflite", io, feed).items()}
-    params = expected_int8_params(onnx.load(bundle / "reference.onnx"), _calibration(bundle))
-    errors.update({f"int8:{name}": value for name, value in judge_int8(case, int8, params).items()})
+    got = {rename[k]: v for k, v in run_tflite(bundle / "model.tflite", io, feed).items()}
+    reference = onnx.load(bundle / "reference.onnx")
+    params = tflite_harness.expected_int8_params(reference, _calibration(bundle))
+    held = tflite_harness.int8_tensor_names(make_interpreter(bundle / "model.tflite", "reference"))
+    simulated = tflite_harness.qdq_reference(reference, {n: p for n, p in params.items() if n in held})
+    renamed = {i.name for i in simulated.graph.input}
+    expected = tflite_harness.run_onnx(simulated, {f"{k}__float" if f"{k}__float" in renamed else k: v
+                                                   for k, v in case.inputs.items()})
+    for name, want in case.outputs.items():
+        value, simulation = np.asarray(got[name]), np.asarray(expected[name])
+        if not np.issubdtype(want.dtype, np.floating):
+            errors[f"int8:{name}:elements differing"] = float(np.sum(value != simulation))
+        else:
+            errors[f"int8:{name}"] = steps_error(value, simulation, params[name][0], 0.0)
     return _verdict(errors)
 
 
