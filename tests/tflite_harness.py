@@ -168,6 +168,11 @@ def int8_tensor_names(interpreter) -> set[str]:
     return names
 
 
+# ONNX Runtime's own QuantizeLinear/DequantizeLinear: the same per-tensor arithmetic at any opset of
+# the model (ONNX's are missing below opset 10 and, in this ONNX Runtime, at the newest opsets)
+QDQ_DOMAIN = "com.microsoft"
+
+
 def qdq_reference(model: onnx.ModelProto, params: dict[str, tuple[float, int]]) -> onnx.ModelProto:
     """Copy of `model` where every tensor in `params` is rounded to that int8 grid with
     QuantizeLinear/DequantizeLinear: the Q/DQ simulation of the int8 model."""
@@ -179,8 +184,10 @@ def qdq_reference(model: onnx.ModelProto, params: dict[str, tuple[float, int]]) 
         scale, zero_point = params[target]
         extra.append(numpy_helper.from_array(np.array(scale, np.float32), f"{target}__scale"))
         extra.append(numpy_helper.from_array(np.array(zero_point, np.int8), f"{target}__zp"))
-        return [helper.make_node("QuantizeLinear", [source, f"{target}__scale", f"{target}__zp"], [f"{target}__q"]),
-                helper.make_node("DequantizeLinear", [f"{target}__q", f"{target}__scale", f"{target}__zp"], [target])]
+        return [helper.make_node("QuantizeLinear", [source, f"{target}__scale", f"{target}__zp"], [f"{target}__q"],
+                                 domain=QDQ_DOMAIN),
+                helper.make_node("DequantizeLinear", [f"{target}__q", f"{target}__scale", f"{target}__zp"], [target],
+                                 domain=QDQ_DOMAIN)]
 
     renamed_inputs = {name: f"{name}__float" for name in input_names if name in params}
     for name, float_name in renamed_inputs.items():
@@ -200,6 +207,8 @@ def qdq_reference(model: onnx.ModelProto, params: dict[str, tuple[float, int]]) 
     for info in simulated.graph.input:
         if info.name in renamed_inputs:
             info.name = renamed_inputs[info.name]
+    simulated.opset_import.append(helper.make_opsetid(QDQ_DOMAIN, 1))
+    simulated.ir_version = max(simulated.ir_version, 4)  # IR 3 wants every initializer as a graph input
     return simulated
 
 
