@@ -334,9 +334,13 @@ def judge_jetson(case: NodeCase, bundle: Path) -> Verdict:
     reference = graph.make_session(onnx.load(bundle / "reference.onnx"))
     for spec, value in zip(reference.get_outputs(), reference.run(None, case.inputs)):
         errors[f"fp32:{spec.name}"] = _relative_excess(value, oracle[spec.name], REFERENCE_RTOL, REFERENCE_ATOL)
-    qdq = graph.make_session(onnx.load(bundle / "model.qdq.onnx"))
+    qdq_model = onnx.load(bundle / "model.qdq.onnx")
+    qdq = graph.make_session(qdq_model)
     got = dict(zip([o.name for o in qdq.get_outputs()], qdq.run(None, case.inputs)))
-    errors.update({f"int8:{k}": v for k, v in judge_int8(judged, got, tensorrt_params(_calibration(bundle))).items()})
+    # only inputs the Q/DQ model quantizes move to a grid (a Resize `scales` input stays float)
+    quantized = {n.input[0] for n in qdq_model.graph.node if n.op_type == "QuantizeLinear"}
+    params = {k: v for k, v in tensorrt_params(_calibration(bundle)).items() if k in quantized or k in case.outputs}
+    errors.update({f"int8:{k}": v for k, v in judge_int8(judged, got, params).items()})
     verdict = _verdict(errors)
     verdict.detail = "; ".join(filter(None, [verdict.detail, note]))
     return verdict
