@@ -132,10 +132,14 @@ def claimed(case: NodeCase, target_name: str) -> bool:
     """Every node of the case (subgraph nodes included) is an operator the target's op table
     covers at the model's opset: what `edgepipe inspect` and the build's support check claim,
     before any attribute- or shape-specific check of a lowering."""
-    from edgepipe.backends import support
     from edgepipe.targets import load_target
 
-    table = load_target(target_name).operators()
+    target = load_target(target_name)
+    if not hasattr(target, "operators"):  # before op tables: arm-cpu claims its registry's op types
+        return _claimed_by_op_type(case, target_name)
+    from edgepipe.backends import support
+
+    table = target.operators()
     versions = support.opsets(case.model)
     for _, node, _ in support.walk_nodes(case.model):
         if node.op_type == "Constant" and support.canonical_domain(node.domain) == support.ONNX_DOMAIN:
@@ -143,6 +147,14 @@ def claimed(case: NodeCase, target_name: str) -> bool:
         if support.operator_problem(node, versions, table, target_name) is not None:
             return False
     return True
+
+
+def _claimed_by_op_type(case: NodeCase, target_name: str) -> bool:
+    if target_name != "arm-cpu":
+        return all(domain in ("", "ai.onnx") for domain, _ in case.op_types)
+    from edgepipe.backends.tflite.ops import registry
+
+    return all(domain in ("", "ai.onnx") and (op in registry() or op == "Constant") for domain, op in case.op_types)
 
 
 def write_inputs(case: NodeCase, directory: Path) -> tuple[Path, Path]:
