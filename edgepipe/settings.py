@@ -51,10 +51,22 @@ def resolve_settings(cli: dict, config_path: str | None) -> tuple[dict, str]:
         from edgepipe.targets import available_targets
 
         raise UserError(f"no target given: pass --target NAME (installed: {', '.join(available_targets())})")
-    if not settings.get("calib"):
-        raise UserError("no calibration data: pass --calib PATH (an image folder, .npz or .npy) or set 'calib' in edgepipe.yaml")
     settings["out"] = settings.get("out") or str(Path("build") / settings["target"])
     return settings, origin
+
+
+def require_calib(settings: dict) -> str:
+    """The calibration data path; asked for only once the model is known to be convertible."""
+    if not settings.get("calib"):
+        raise UserError("no calibration data: pass --calib PATH (an image folder, .npz or .npy) or set 'calib' "
+                        "in edgepipe.yaml")
+    return settings["calib"]
+
+
+def file_sha256(path: Path) -> str:
+    from edgepipe.bundle import sha256_file
+
+    return sha256_file(path)
 
 
 def data_fingerprint(path: str | None) -> str:
@@ -66,7 +78,7 @@ def data_fingerprint(path: str | None) -> str:
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     for item in files:
         digest.update(str(item.relative_to(root) if item != root else item.name).encode())
-        digest.update(hashlib.sha256(item.read_bytes()).digest())
+        digest.update(bytes.fromhex(file_sha256(item)))  # streamed: a huge stray file is not read whole
     return digest.hexdigest()
 
 
@@ -129,7 +141,7 @@ def initial_input_shapes(settings: dict) -> dict[str, list[int]]:
             return shapes
     elif shapes:
         return shapes
-    calib = settings["calib"]
+    calib = require_calib(settings)
     if not declared:
         declared = {_first_input_name(calib): None}
     for name, shape in declared.items():
@@ -143,8 +155,11 @@ def initial_input_shapes(settings: dict) -> dict[str, list[int]]:
 
 def _first_input_name(calib: str) -> str:
     if calib.endswith(".npz"):
-        with np.load(calib, allow_pickle=False) as data:
-            keys = [k for k in data.files if k != "labels"]
+        try:
+            with np.load(calib, allow_pickle=False) as data:
+                keys = [k for k in data.files if k != "labels"]
+        except (OSError, ValueError, EOFError) as exc:
+            raise UserError(f"{calib}: not a readable numeric .npz file ({exc}); save arrays with numpy.savez") from None
         if keys:
             return keys[0]
     return "input"

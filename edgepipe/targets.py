@@ -23,8 +23,6 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from edgepipe.errors import UserError
 
 ENTRY_POINT_GROUP = "edgepipe.targets"
@@ -61,9 +59,20 @@ class Target:
         self.options = {**copy.deepcopy(self.default_options), **(options or {})}
         self.profile = profile
 
+    def operators(self):
+        """The `OpTable` of (domain, op type, opset) this target runs (edgepipe/backends/support.py).
+
+        The default is every standard ONNX operator; backends narrow it."""
+        return standard_onnx_operators()
+
     def supports(self, model) -> list[tuple[str, str, str]]:
-        """Nodes this target cannot run: [(node name, op type, reason)]."""
-        return []
+        """Nodes this target cannot run: [(node name, op type, reason)], subgraphs included.
+
+        Custom domains and control flow are refused by name on every target; a plugin whose
+        backend has further per-node rules (shapes, attributes) extends this list."""
+        from edgepipe.backends.support import unsupported_operators
+
+        return unsupported_operators(model, self.operators(), self.name)
 
     def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
         raise NotImplementedError
@@ -126,6 +135,22 @@ class Target:
         }
 
 
+def standard_onnx_operators():
+    """Every operator of the ONNX domain, from the opset that introduced it (onnx.defs)."""
+    from onnx import defs
+
+    from edgepipe.backends.support import OpKey, OpTable
+
+    first: dict[str, int] = {}
+    for schema in defs.get_all_schemas_with_history():
+        if schema.domain == "" and not schema.deprecated:
+            first[schema.name] = min(first.get(schema.name, schema.since_version), schema.since_version)
+    table = OpTable("standard ONNX operator")
+    for op_type, since in first.items():
+        table.add(OpKey("", op_type, since), op_type)
+    return table
+
+
 def _entry_points() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
@@ -158,10 +183,10 @@ def _load_plugin(name: str) -> type[Target]:
 
 
 def _read_profile(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: cannot read target profile ({exc})") from exc
+    from edgepipe.config import validate_target_options
+    from edgepipe.safeio import read_yaml_file
+
+    data = read_yaml_file(path, "target profile")
     if not isinstance(data, dict) or "base" not in data:
         raise UserError(f"{path}: a target profile needs at least 'base: <target>' (e.g. base: arm-cpu)")
     unknown = set(data) - {"name", "base", "description", "options"}
@@ -169,6 +194,10 @@ def _read_profile(path: Path) -> dict:
         raise UserError(f"{path}: unknown key '{sorted(unknown)[0]}' in target profile; allowed: base, description, name, options")
     if not isinstance(data.get("options", {}) or {}, dict):
         raise UserError(f"{path}: 'options' must be a mapping")
+    for key in ("name", "base", "description"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise UserError(f"{path}: '{key}' must be a string, got {type(data[key]).__name__}")
+    validate_target_options(data.get("options") or {}, str(path))
     return data
 
 
