@@ -7,7 +7,7 @@ and inputs and judged as in tests/onnx_node_cases.py (fp32 rtol 1e-4; int8 withi
 steps derived from calibration.json). Each case ends matched, refused (one line, exit 2,
 naming the op or input), mismatch (wrong numbers: a bug) or crashed (a bug).
 
-Run:  python benchmarks/onnx_node_conformance.py [--targets arm-cpu,jetson]
+Run:  python benchmarks/onnx_node_conformance.py [--suites arm-cpu,jetson,jetson-all]
 Writes benchmarks/results/onnx_node_conformance.json (the README's node-suite counts).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -50,9 +51,24 @@ def run_target(target: str, cases: list) -> dict:
     }
 
 
+SUITES = {
+    # name: (target, which cases)
+    "arm-cpu": ("arm-cpu", "every case whose ops arm-cpu claims (the test suite's arm-cpu cases)"),
+    "jetson": ("jetson", "the arm-cpu cases that jetson claims too (the test suite's jetson cases)"),
+    "jetson-all": ("jetson", "every case jetson claims (its TensorRT ONNX-parser table)"),
+}
+
+
+def select(cases: list, suite: str) -> list:
+    if suite == "jetson-all":
+        return [case for case in cases if onnx_node_cases.claimed(case, "jetson")]
+    return [case for case in cases if onnx_node_cases.claimed(case, "arm-cpu")
+            and (suite == "arm-cpu" or onnx_node_cases.claimed(case, "jetson"))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", default="arm-cpu,jetson")
+    parser.add_argument("--suites", default=",".join(SUITES))
     args = parser.parse_args()
     import ai_edge_litert
     import onnx
@@ -61,22 +77,25 @@ def main() -> None:
     cases = onnx_node_cases.collect_cases()
     report = {
         "what": "onnx backend tests (node + pytorch-converted + pytorch-operator + simple) whose ops the target "
-                "claims, built through `edgepipe build`, judged against the tests' expected outputs",
+                "claims, built through `edgepipe build`, judged against the tests' expected outputs "
+                "(tests/onnx_node_cases.py)",
         "tolerances": {"fp32_rtol": onnx_node_cases.FP32_RTOL, "fp32_atol": onnx_node_cases.FP32_ATOL,
                        "reference_rtol": onnx_node_cases.REFERENCE_RTOL,
                        "reference_atol": onnx_node_cases.REFERENCE_ATOL,
                        "int8_output_steps": onnx_node_cases.INT8_STEPS},
         "versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                      "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?"), "python": platform.python_version()},
+        "host": {"machine": platform.machine(), "cores": os.cpu_count()},
         "all_cases": len(cases),
-        "targets": {},
+        "suites": {},
     }
-    for target in args.targets.split(","):
-        claimed = [case for case in cases if onnx_node_cases.claimed(case, target)]
-        report["targets"][target] = run_target(target, claimed)
+    for suite in args.suites.split(","):
+        target, description = SUITES[suite]
+        result = run_target(target, select(cases, suite))
+        report["suites"][suite] = {"target": target, "cases_selected": description, **result}
     RESULTS.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    for target, result in report["targets"].items():
-        print(f"{target}: {result['claimed_cases']} claimed, {result['built']} built, {result['matched']} matched, "
+    for suite, result in report["suites"].items():
+        print(f"{suite}: {result['claimed_cases']} claimed, {result['built']} built, {result['matched']} matched, "
               f"{result['refused']} refused, {result['mismatch']} mismatch, {result['crashed']} crashed "
               f"({result['seconds']} s)")
     print(f"wrote {RESULTS}")

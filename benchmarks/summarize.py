@@ -107,6 +107,18 @@ def build_stages(data: dict) -> list[str]:
     return lines
 
 
+def onnx_node_conformance(data: dict) -> list[str]:
+    versions = data["versions"]
+    lines = [f"onnx {versions['onnx']} backend tests ({data['all_cases']} cases with tensor data), through "
+             f"`edgepipe build`; onnxruntime {versions['onnxruntime']}, ai-edge-litert {versions['ai_edge_litert']}.", "",
+             "| suite | cases selected | claimed | built | matched | refused (one line) | wrong numbers | crashed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, suite in data["suites"].items():
+        lines.append(f"| {name} | {suite['cases_selected']} | {suite['claimed_cases']} | {suite['built']} | "
+                     f"{suite['matched']} | {suite['refused']} | {suite['mismatch']} | {suite['crashed']} |")
+    return lines
+
+
 SECTIONS = [
     ("Calibration vs ONNX Runtime quantize_static (`benchmarks/calibration_vs_peers.py`)", "calibration_vs_peers", calibration_vs_peers),
     ("Calibration memory vs number of samples (`benchmarks/calibration_scaling.py`)", "calibration_scaling", calibration_scaling),
@@ -115,6 +127,8 @@ SECTIONS = [
      "tflite_vs_ai_edge_quantizer", tflite_vs_ai_edge_quantizer),
     ("Accuracy recovery: PTQ vs mixed precision vs QAT+KD (`benchmarks/accuracy_recovery.py`)", "accuracy_recovery", accuracy_recovery),
     ("Build time per stage (`benchmarks/build_stages.py`)", "build_stages", build_stages),
+    ("ONNX backend node tests through the CLI (`benchmarks/onnx_node_conformance.py`)", "onnx_node_conformance",
+     onnx_node_conformance),
 ]
 
 
