@@ -273,18 +273,13 @@ def steps_error(got: np.ndarray, expected: np.ndarray, step: float, allowance: n
     return float(np.max(excess, initial=0.0)) / step
 
 
-def tflite_params(calibration) -> dict[str, tuple[float, int]]:
-    """TFLite per-tensor int8 (scale, zero point) of every calibrated tensor, from its range."""
-    return {name: calibration.asymmetric_params(name) for name in calibration.tensors}
-
-
 def tensorrt_params(calibration) -> dict[str, tuple[float, int]]:
     """TensorRT symmetric int8 (amax / 127, 0) of every calibrated tensor."""
     return {name: (calibration.symmetric_scale(name), 0) for name in calibration.tensors}
 
 
 def judge_int8(case: NodeCase, got: dict, params: dict[str, tuple[float, int]]) -> dict[str, float]:
-    """Error per output in output steps (the step from `params`, i.e. the calibration); integer
+    """jetson: error per output in output steps (the step from `params`, i.e. the calibration); integer
     outputs (ArgMax...) count elements equal to neither the exact nor the input-rounded answer."""
     allowance, rounded = input_rounding_error(case, params)
     errors = {}
