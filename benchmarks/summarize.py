@@ -114,6 +114,18 @@ def build_stages(data: dict) -> list[str]:
     return lines
 
 
+def onnx_node_conformance(data: dict) -> list[str]:
+    versions = data["versions"]
+    lines = [f"onnx {versions['onnx']} backend tests ({data['all_cases']} cases with tensor data), through "
+             f"`edgepipe build`; onnxruntime {versions['onnxruntime']}, ai-edge-litert {versions['ai_edge_litert']}.", "",
+             "| suite | cases selected | claimed | built | matched | refused (one line) | wrong numbers | crashed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, suite in data["suites"].items():
+        lines.append(f"| {name} | {suite['cases_selected']} | {suite['claimed_cases']} | {suite['built']} | "
+                     f"{suite['matched']} | {suite['refused']} | {suite['mismatch']} | {suite['crashed']} |")
+    return lines
+
+
 def bounded_cost(data: dict) -> list[str]:
     method = data["rss_method"]
     lines = [f"`edgepipe build --target {data['target']}` on the model as shipped, no --eval, one fresh child "
@@ -157,6 +169,8 @@ SECTIONS = [
      "tflite_vs_ai_edge_quantizer", tflite_vs_ai_edge_quantizer),
     ("Accuracy recovery: PTQ vs mixed precision vs QAT+KD (`benchmarks/accuracy_recovery.py`)", "accuracy_recovery", accuracy_recovery),
     ("Build time per stage (`benchmarks/build_stages.py`)", "build_stages", build_stages),
+    ("ONNX backend node tests through the CLI (`benchmarks/onnx_node_conformance.py`)", "onnx_node_conformance",
+     onnx_node_conformance),
     ("Build cost vs number of calibration samples (`benchmarks/bounded_cost.py`)", "bounded_cost", bounded_cost),
 ]
 
