@@ -36,7 +36,7 @@ ONE_OP_MODELS = {
     "LOGISTIC": (("Sigmoid", ["x"], {}), IMAGE, {}),
     "TANH": (("Tanh", ["x"], {}), IMAGE, {}),
     "LEAKY_RELU": (("LeakyRelu", ["x"], {"alpha": 0.1}), IMAGE, {}),
-    "PRELU": (("PRelu", ["x", "slope"], {}), IMAGE, {"slope": np.full((4, 1, 1), 0.1, np.float32)}),
+    "PRELU": (("PRelu", ["x", "slope"], {}), IMAGE, {"slope": np.full((4, 1, 1), 1.5, np.float32)}),  # s < 1: DW convs
     "GELU": (("Gelu", ["x"], {}), IMAGE, {}),
     "CONCATENATION": (("Concat", ["x", "x2"], {"axis": 1}), PAIR, {}),
     "RESHAPE": (("Reshape", ["x", "shape"], {}), {"x": [1, 4, 6]}, {"shape": np.array([1, 24], np.int64)}),
