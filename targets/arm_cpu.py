@@ -67,7 +67,7 @@ class ArmCpuTarget(Target):
         if int8_built:
             manifest["compare_model"] = FP32_FILE  # run.py times it next to the int8 model
             manifest["delegation"] = {"measured_here": measured,
-                                      **delegation.predicted_outside(result.get("op_histogram", {}))}
+                                      **delegation.predicted_outside(result["kernels"])}
         note = delegation.summary_line(measured) if int8_built else ""
         return BackendResult(files=list(result["files"]), io=result["io"], manifest=manifest, note=note)
 

@@ -32,7 +32,7 @@ def test_measured_outside_ops_match_the_prediction_and_the_interpreter(tmp_path)
     measured = delegation.measure(tmp_path / "model.tflite")
     assert measured["partitions"] == len(delegate_partitions(tmp_path / "model.tflite")) == 2
     assert measured["outside"] == {"EXP": 1}
-    assert delegation.predicted_outside(result["op_histogram"])["outside"] == {"EXP": 1}
+    assert delegation.predicted_outside(result["kernels"])["outside"] == {"EXP": 1}
     assert delegation.predict(model)["outside"] == {"EXP": 1}  # placeholder ranges, same ops
     line = delegation.summary_line(measured)
     assert "2 partitions" in line and "EXP x1" in line

@@ -18,22 +18,34 @@ import onnx
 from edgepipe.backends.tflite.builtins import builtin
 from edgepipe.calibrate.result import CalibrationResult, TensorCalibration
 
-BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")  # float I/O conversions; XNNPACK takes them when they are inside
+BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")  # conversions XNNPACK takes (float I/O, float islands)
 
 
-def predicted_outside(op_histogram: dict[str, int]) -> dict:
-    """{"outside": {op: count}, "unmeasured": [op]} for an int8 op histogram: `outside` holds the
-    ops whose row in builtins.py says XNNPACK rejects the int8 kernel, `unmeasured` those with no
-    measurement (TRANSPOSE, RELU, ... : usually taken, not promised)."""
-    outside, unmeasured = {}, []
-    for opcode, count in sorted(op_histogram.items()):
-        row = builtin(opcode)
-        known = row.xnnpack_int8 if row is not None else None
-        if known is False:
-            outside[opcode] = count
-        elif known is None and opcode not in BOUNDARY_OPS:
-            unmeasured.append(opcode)
-    return {"outside": outside, "unmeasured": unmeasured}
+def kernel_histogram(spec) -> dict[str, dict[str, int]]:
+    """{"int8": {op: count}, "float32": {op: count}}: which kernel each operator of `spec` runs
+    (int8 when any tensor it touches is int8; QUANTIZE / DEQUANTIZE count as int8)."""
+    counts: dict[str, Counter] = {"int8": Counter(), "float32": Counter()}
+    for op in spec.operators:
+        dtypes = {spec.tensors[i].dtype for i in [*op.inputs, *op.outputs] if i >= 0}
+        counts["int8" if "int8" in dtypes else "float32"][op.opcode] += 1
+    return {kind: dict(sorted(counter.items())) for kind, counter in counts.items()}
+
+
+def predicted_outside(kernels: dict[str, dict[str, int]]) -> dict:
+    """{"outside": {op: count}, "unmeasured": [op]} for a kernel histogram: `outside` holds the ops
+    whose row in builtins.py says XNNPACK rejects that kernel (int8 or float32), `unmeasured`
+    those with no measurement (TRANSPOSE, RELU, ...: usually taken, not promised)."""
+    outside: Counter = Counter()
+    unmeasured = set()
+    for kind, histogram in kernels.items():
+        for opcode, count in histogram.items():
+            row = builtin(opcode)
+            known = None if row is None else row.xnnpack_int8 if kind == "int8" else row.xnnpack_fp32
+            if known is False:
+                outside[opcode] += count
+            elif known is None and opcode not in BOUNDARY_OPS:
+                unmeasured.add(opcode if kind == "int8" else f"{opcode} (float)")
+    return {"outside": dict(sorted(outside.items())), "unmeasured": sorted(unmeasured)}
 
 
 def placeholder_calibration(model: onnx.ModelProto) -> CalibrationResult:
@@ -48,8 +60,8 @@ def predict(model: onnx.ModelProto, options: dict | None = None) -> dict:
     from edgepipe.backends.tflite.build import lower_model
 
     ctx = lower_model(model, placeholder_calibration(model), dict(options or {}), quantized=True)
-    return {"op_histogram": ctx.spec.op_histogram(), "float_nodes": list(ctx.float_lowered),
-            **predicted_outside(ctx.spec.op_histogram())}
+    kernels = kernel_histogram(ctx.spec)
+    return {"kernels": kernels, "float_nodes": list(ctx.float_lowered), **predicted_outside(kernels)}
 
 
 def measure(path: Path, threads: int = 1) -> dict | None:
