@@ -205,8 +205,10 @@ def _channel_slopes(ctx: Lowering, node, perm) -> np.ndarray | None:
     return np.broadcast_to(slope.reshape(-1), (channels,)).copy()
 
 
-@register("Gelu", since=20)
+@register("Gelu", since=20, int8=False)
 def lower_gelu(ctx: Lowering, node) -> None:
+    """GELU in float also in int8 models: XNNPACK takes the float kernel (and the DEQUANTIZE /
+    QUANTIZE around it) into the int8 partition, while an int8 GELU would split the graph."""
     approximate = node_attrs(node).get("approximate", b"none")
     approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
     _unary(ctx, node, "GELU", None, "GeluOptions", Approximate=approximate == "tanh")
