@@ -43,7 +43,9 @@ ONE_OP_MODELS = {
     "RESHAPE": (("Reshape", ["x", "shape"], {}), {"x": [1, 4, 6]}, {"shape": np.array([1, 24], np.int64)}),
     "PAD": (("Pad", ["x", "pads"], {}), IMAGE, {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}),
     "RESIZE_BILINEAR": (("Resize", ["x", "", "s"], {"mode": "linear"}), IMAGE, SCALE2),
-    "RESIZE_NEAREST_NEIGHBOR": (("Resize", ["x", "", "s"], {"mode": "nearest"}), IMAGE, SCALE2),
+    # a non-integer factor: integer nearest upscaling is CONCATENATION + RESHAPE (ops/resize.py)
+    "RESIZE_NEAREST_NEIGHBOR": (("Resize", ["x", "", "s"], {"mode": "nearest"}), IMAGE,
+                                {"s": np.array([1, 1, 1.5, 1.5], np.float32)}),
 }
 
 
