@@ -76,6 +76,18 @@ def test_int8_prelu_is_delegated_for_channel_slopes_below_one(slope, delegated, 
     assert (len(delegate_partitions(report.out_dir / "model.tflite")) == 1) == delegated
 
 
+@pytest.mark.parametrize("op_type", ["Add", "Sub"])
+def test_int8_add_of_a_tiny_constant_stays_delegated(op_type, tmp_path):
+    """A learned bias of ~1e-7 (PP-OCR's hardswish-like x * w + b) has its own int8 grid 1e5 times
+    finer than the activations': XNNPACK refuses such an ADD unless the constant is re-gridded."""
+    nodes = [helper.make_node("Mul", ["x", "w"], ["m"], name="scale"),
+             helper.make_node(op_type, ["m", "b"], ["y"], name="shift")]
+    model = make_model(nodes, {"x": [1, 6, 7, 8]}, ["y"], {"w": np.array([0.8], np.float32),
+                                                          "b": np.array([3e-7], np.float32)})
+    report = check_conformance(model, tmp_path)
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+
 def _mobilenet_like(settle_batchnorm: bool) -> nn.Module:
     """Stride-2 convs (PyTorch symmetric pads: explicit PAD in TFLite), depthwise + pointwise,
     hardswish, a residual add, global pool and a linear head. With default BatchNorm statistics
