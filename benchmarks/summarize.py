@@ -107,6 +107,28 @@ def build_stages(data: dict) -> list[str]:
     return lines
 
 
+def arm_speed(data: dict) -> list[str]:
+    host = data["host"]
+    features = ", ".join(flag for flag, present in host["flags"].items() if present) or "none of the listed"
+    lines = [f"Host {host['machine']} ({host['cpu']}), {host['cores']} cores shared; CPU features: {features}; "
+             f"int8 dot-product instructions: {'yes' if host['int8_dot_product'] else 'no'}. LiteRT "
+             f"{data['litert']}, XNNPACK; latency = median of {data['rounds']} alternating rounds of "
+             f"{data['iterations']} invocations.", "",
+             "| model | XNNPACK partitions (int8) | ops outside | TRANSPOSE / ONNX Transpose | int8 ms (1 thr) | "
+             "fp32 ms (1 thr) | int8/fp32 1 thr | int8/fp32 4 thr |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in data["models"].items():
+        if "error" in row:
+            lines.append(f"| {name} | build failed: {row['error']} | | | | | | |")
+            continue
+        outside = ", ".join(f"{op} x{n}" for op, n in row["int8"]["outside"].items()) or "-"
+        one, four = row["latency_ms"]["1"], row["latency_ms"]["4"]
+        lines.append(f"| {name} | {row['int8']['partitions']} | {outside} | {row['tflite_transposes']} / "
+                     f"{row['onnx_transposes']} | {fmt(one['int8'])} | {fmt(one['fp32'])} | "
+                     f"{fmt(one['int8_over_fp32'], 2)} | {fmt(four['int8_over_fp32'], 2)} |")
+    return lines
+
+
 SECTIONS = [
     ("Calibration vs ONNX Runtime quantize_static (`benchmarks/calibration_vs_peers.py`)", "calibration_vs_peers", calibration_vs_peers),
     ("Calibration memory vs number of samples (`benchmarks/calibration_scaling.py`)", "calibration_scaling", calibration_scaling),
@@ -115,6 +137,7 @@ SECTIONS = [
      "tflite_vs_ai_edge_quantizer", tflite_vs_ai_edge_quantizer),
     ("Accuracy recovery: PTQ vs mixed precision vs QAT+KD (`benchmarks/accuracy_recovery.py`)", "accuracy_recovery", accuracy_recovery),
     ("Build time per stage (`benchmarks/build_stages.py`)", "build_stages", build_stages),
+    ("ARM CPU speed: delegation, transposes, int8/fp32 (`benchmarks/arm_speed.py`)", "arm_speed", arm_speed),
 ]
 
 

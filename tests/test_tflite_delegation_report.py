@@ -55,3 +55,31 @@ def test_build_line_report_and_inspect_name_the_ops_outside_xnnpack(tmp_path):
     assert results["delegation"] == {"partitions": 2, "outside": {"EXP": 1}}
     assert results["compare"]["delegation"]["partitions"] == len(delegate_partitions(out / "model.fp32.tflite"))
     assert "EXP x1" in (out / "report" / "report.md").read_text()
+
+
+def _results(**extra) -> dict:
+    return {"target": "arm-cpu", "where": "host", "model": "model.tflite", "samples": 0,
+            "latency_ms": {"p50": 2.0, "p90": 2.5, "p99": 3.0, "mean": 2.1}, **extra}
+
+
+def test_report_shows_both_latencies_speedup_and_escaped_ops(tmp_path):
+    from edgepipe.report import render_report
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(_results(
+        compare={"model": "model.fp32.tflite", "latency_ms": {"p50": 5.0}}, speedup=2.5,
+        delegation={"partitions": 3, "outside": {"<script>alert(1)</script>": 2, "SOFTMAX": 1}})))
+    html = render_report(path, out_dir=tmp_path / "out").read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; x2" in html
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| latency p50, compared model (same run) | 5 ms |" in md
+    assert "| speed-up vs compared model (p50) | 2.5 x |" in md and "| XNNPACK partitions | 3 |" in md
+    assert "`model.fp32.tflite`" in md and "SOFTMAX x1" in md
+
+
+def test_wrongly_typed_speed_fields_are_refused_in_one_line(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(_results(delegation={"partitions": "many", "outside": {}})))
+    result = run_cli("report", str(path), "-o", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2 and "'delegation.partitions' must be a number or null" in result.stderr
+    assert "Traceback" not in result.stderr
