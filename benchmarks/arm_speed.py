@@ -126,8 +126,9 @@ def cpu_features() -> dict:
         if key.strip() in ("model name", "Model name") and not model:
             model = value.strip()
     dot_product = bool({"avx512_vnni", "avx_vnni", "asimddp"} & flags)
+    cores = sum(line.startswith("processor") for line in text.splitlines())
     return {"machine": platform.machine(), "cpu": model, "flags": {f: f in flags for f in CPU_FLAGS},
-            "int8_dot_product": dot_product, "cores": len([ln for ln in text.splitlines() if ln.startswith("processor")])}
+            "int8_dot_product": dot_product, "cores": cores}
 
 
 def onnx_transposes(path: Path) -> int:

@@ -76,6 +76,17 @@ def test_int8_prelu_is_delegated_for_channel_slopes_below_one(slope, delegated, 
     assert (len(delegate_partitions(report.out_dir / "model.tflite")) == 1) == delegated
 
 
+def test_same_average_pool_stays_in_the_partition(tmp_path):
+    """TFLite SAME average pooling (pads excluded, as ONNX count_include_pad=0): float inside the
+    int8 partition, since XNNPACK has no int8 AVERAGE_POOL_2D."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("AveragePool", ["c"], ["y"], name="pool", kernel_shape=[3, 3], auto_pad="SAME_UPPER")]
+    model = make_model(nodes, {"x": [1, 3, 7, 8]}, ["y"], {"w": RNG_SLOPES.normal(size=(4, 3, 3, 3)).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    assert report.result["float_nodes"] == ["pool"] and report.result["op_histogram"]["AVERAGE_POOL_2D"] == 1
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+
 @pytest.mark.parametrize("op_type", ["Add", "Sub"])
 def test_int8_add_of_a_tiny_constant_stays_delegated(op_type, tmp_path):
     """A learned bias of ~1e-7 (PP-OCR's hardswish-like x * w + b) has its own int8 grid 1e5 times

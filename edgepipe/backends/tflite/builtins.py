@@ -83,7 +83,8 @@ BUILTINS = _table(
     Builtin("SUM", 1, True),
     Builtin("REDUCE_MAX", 2, True, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True),
     Builtin("REDUCE_MIN", 2, True, same_quant=True),
-    Builtin("AVERAGE_POOL_2D", 2, True, same_quant=True, xnnpack_fp32=True, xnnpack_int8=False),
+    # int8 AVERAGE_POOL_2D is not delegated (LiteRT 2.3): VALID is a depthwise conv, SAME a float island
+    Builtin("AVERAGE_POOL_2D", 2, True, same_quant=True, xnnpack_fp32=True),
     Builtin("MAX_POOL_2D", 2, True, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True),
     # activations
     # int8 SOFTMAX is not delegated (LiteRT 2.3): int8 models compute Softmax in float inside the delegate
