@@ -6,9 +6,9 @@ come from PyPI wheels (benchmarks/real_models.py, cached; no model hub), inputs 
 (text lines, documents, scenes): 64 calibration samples and 64 held-out evaluation samples from
 different seeds.
 
-Each calibrator runs in its own subprocess (peak RSS = ru_maxrss of that process, growth = minus
-the RSS right before calibration starts) and writes a Q/DQ ONNX model; the parent runs it in ONNX
-Runtime on the eval set next to the FP32 model:
+Each calibrator runs --runs times, each in a fresh subprocess (child_process.py: median wall time,
+the child's own peak memory VmHWM, growth = minus its peak right before calibration starts) and
+writes a Q/DQ ONNX model; the parent runs it in ONNX Runtime on the eval set next to the FP32 model:
 - ocr_rec: per-time-step argmax agreement, CTC-decoded string agreement with FP32 and exact
   match with the rendered text, SQNR of the softmax output;
 - ocr_det: SQNR of the probability map, IoU of the maps thresholded at 0.3 (rapidocr's `thresh`);
@@ -18,9 +18,11 @@ Runtime on the eval set next to the FP32 model:
 Ours: `calibrate` + `write_qdq_model` (per-channel weights). ORT: `quantize_static` (QDQ,
 per-channel int8 weights, symmetric int8 activations) with MinMax, Entropy, Percentile. NNCF
 (`nncf.quantize`, ONNX backend, defaults) when importable from --nncf-python (a throwaway venv).
+Placement differs between tools, so each ORT row also has `same_placement`: ORT's ranges put into
+our Q/DQ placement (ort_peer.ort_ranges_in_our_placement), where only calibration differs.
 
 Run by hand:  python benchmarks/calibration_real_models.py [--models ocr_rec,ocr_det] [--methods ...]
-              [--nncf-python /tmp/bench-venv/bin/python]
+              [--nncf-python /tmp/bench-venv/bin/python] [--runs 3]
 Writes benchmarks/results/calibration_real_models.json.
 """
 
@@ -29,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,15 +42,13 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_models  # noqa: E402
+from child_process import own_peak_mb, run_child  # noqa: E402
+from ort_peer import ort_ranges_in_our_placement  # noqa: E402
 
 OURS = ["ours:auto", "ours:entropy", "ours:percentile", "ours:mse", "ours:minmax"]
 PEERS = ["ort:MinMax", "ort:Entropy", "ort:Percentile"]
 CALIB_SAMPLES, EVAL_SAMPLES = 64, 64
 CALIB_SEED, EVAL_SEED = 1, 2
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def prepare(work: Path, name: str) -> dict:
@@ -84,7 +82,7 @@ def worker(method: str, work: Path, name: str) -> None:
         import nncf
         import onnxruntime  # noqa: F401  (baseline includes the runtime, as for the others)
 
-        base = rss_mb()
+        base = own_peak_mb()
         start = time.perf_counter()
         dataset = nncf.Dataset(list(range(len(images))), lambda i: {input_name: images[i : i + 1]})
         quantized = nncf.quantize(model, dataset, subset_size=len(images))
@@ -93,7 +91,7 @@ def worker(method: str, work: Path, name: str) -> None:
         from edgepipe import graph
 
         graph.make_session(model)  # load ORT before measuring the baseline
-        base = rss_mb()
+        base = own_peak_mb()
         start = time.perf_counter()
     if kind == "ours":
         from edgepipe.backends.qdq import write_qdq_model
@@ -118,7 +116,8 @@ def worker(method: str, work: Path, name: str) -> None:
 
         ort_quantize_static(model_path, out, len(images), lambda i: {input_name: images[i : i + 1]}, option)
     wall = time.perf_counter() - start
-    print(json.dumps({"method": method, "wall_s": wall, "peak_rss_mb": rss_mb(), "rss_growth_mb": rss_mb() - base,
+    peak = own_peak_mb()
+    print(json.dumps({"method": method, "wall_s": wall, "peak_mb": peak, "growth_mb": peak - base,
                       "qdq": str(out), **extra}))
 
 
@@ -191,6 +190,7 @@ def main() -> None:
     parser.add_argument("--nncf-python", default="/tmp/bench-venv/bin/python",
                         help="python of a throwaway venv with nncf (skipped when missing)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/calibration_real_models.json"))
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes per calibrator (median reported)")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker[0], Path(args.worker[1]), args.worker[2])
@@ -213,22 +213,26 @@ def main() -> None:
                     entry["runs"].append({"method": method, "error": f"no nncf venv at {args.nncf_python}"})
                     continue
                 python = args.nncf_python
-            proc = subprocess.run([python, __file__, "--worker", method, str(work), name],
-                                  capture_output=True, text=True)
-            if proc.returncode:
-                lines = proc.stderr.strip().splitlines() or ["failed"]
-                entry["runs"].append({"method": method, "error": lines[-1][:300]})
-                print(name, method, "ERROR", lines[-1][:300], flush=True)
+            row = run_child([__file__, "--worker", method, str(work), name], repeats=args.runs, python=python)
+            if "error" in row:
+                entry["runs"].append({"method": method, "error": row["error"]})
+                print(name, method, "ERROR", row["error"], flush=True)
                 continue
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
             try:
-                row.update(metrics(name, ref, run_all(row.pop("qdq"), eval_data["x"]), eval_data))
+                row["qdq_path"] = row.pop("qdq")
+                row.update(metrics(name, ref, run_all(row["qdq_path"], eval_data["x"]), eval_data))
             except Exception as exc:  # a peer's model that ONNX Runtime cannot load is a result too
                 entry["runs"].append({**row, "error": f"evaluation failed: {str(exc)[:300]}"})
                 print(name, method, "EVAL ERROR", str(exc)[:200], flush=True)
                 continue
+            base = work / f"{name}_ours_minmax.calibration.json"
+            if method.startswith("ort:") and base.exists():  # ORT's ranges in our placement
+                qdq, info = ort_ranges_in_our_placement(onnx.load(work / f"{name}.onnx"), row["qdq_path"], base)
+                onnx.save(qdq, work / f"{name}_ort_ranges_our_placement.onnx")
+                row["same_placement"] = {**metrics(name, ref, run_all(work / f"{name}_ort_ranges_our_placement.onnx",
+                                                                      eval_data["x"]), eval_data), **info}
             entry["runs"].append(row)
-            print(f"{name:9s} {method:16s} wall {row['wall_s']:7.1f}s rss {row['peak_rss_mb']:6.0f}MB "
+            print(f"{name:9s} {method:16s} wall {row['wall_s']:7.1f}s peak {row['peak_mb']:6.0f}MB "
                   f"sqnr {row['sqnr_db']:6.2f} {headline(name, row)}", flush=True)
         by = {r["method"]: r for r in entry["runs"] if "error" not in r}
         peer = by.get("ort:Entropy")
