@@ -66,14 +66,15 @@ def predict(model: onnx.ModelProto, options: dict | None = None) -> dict:
 
 def measure(path: Path, threads: int = 1) -> dict | None:
     """{"partitions": DELEGATE nodes, "outside": {op: count}} of a .tflite in the host's LiteRT
-    (XNNPACK by default), or None when the interpreter is not installed here."""
+    (XNNPACK by default), or None when the interpreter is not installed here or cannot load it
+    (the host report then names the problem; the build itself does not depend on this)."""
     try:
         from edgepipe.backends.tflite.runtime import make_interpreter
 
         interpreter = make_interpreter(Path(path), "xnnpack", threads)
-    except ImportError:
+        return partitions(interpreter._get_ops_details())
+    except (ImportError, RuntimeError, ValueError, AttributeError):  # no LiteRT here, or it refused
         return None
-    return partitions(interpreter._get_ops_details())
 
 
 def partitions(ops: list[dict]) -> dict:
