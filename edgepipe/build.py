@@ -283,6 +283,7 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
             "backend", lambda: target.build_backend(model, calibration, backend_dir, backend_options),
             describe=lambda r: (", ".join(r.files), sum((backend_dir / f).stat().st_size for f in r.files),
                                 _files_hash(backend_dir, r.files)),
+            note=lambda r: r.note,
         )
         # 6. bundle
         eval_data = reference_eval_data(model, eval_ds, settings["report"], prepared.eval_source)
