@@ -63,7 +63,7 @@ def _results(**extra) -> dict:
 
 
 def test_report_shows_both_latencies_speedup_and_escaped_ops(tmp_path):
-    from edgepipe.report import render_report
+    from edgepipe.delivery.report import render_report
 
     path = tmp_path / "results.json"
     path.write_text(json.dumps(_results(
