@@ -42,6 +42,9 @@ from edgepipe.precision import plan_mixed_precision
 from edgepipe.qat import finetune, float_copy, learned_calibration, prepare_qat, strip_qat
 from edgepipe.sensitivity import VariantEvaluator
 from edgepipe.stages.calibrate import run_calibration
+from edgepipe.targets import load_target
+
+TARGET = load_target("desktop-gpu")  # symmetric TensorRT-style Q/DQ simulation, as before
 
 OUTLIER_FACTOR = 100.0
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -84,13 +87,13 @@ def run_case(name: str, outlier: bool, budget: float, epochs: int, lr: float, wo
     settings = demo_settings(source)
     model, calib_ds, eval_ds = deployed_model(settings)
     calibration = run_calibration(model, calib_ds, settings["calibration"])
-    evaluator = VariantEvaluator(model, calibration, eval_ds, max_samples=None)
+    evaluator = VariantEvaluator(model, calibration, eval_ds, target=TARGET, max_samples=None)
     fp32, ptq = evaluator.reference_metrics(), evaluator.evaluate(set())
     rows = {"fp32": _row(fp32, weight_bytes(model, {n.name for n in model.graph.node}), None, 0.0)}
     rows["ptq"] = _row(ptq, weight_bytes(model, set()), 0, 0.0)
 
     started = time.perf_counter()
-    plan = plan_mixed_precision(model, calibration, eval_ds, budget, max_samples=64)
+    plan = plan_mixed_precision(model, calibration, eval_ds, budget, target=TARGET, max_samples=64)
     mixed = evaluator.evaluate(plan.float_nodes)
     rows["mixed"] = _row(mixed, weight_bytes(model, plan.float_nodes), len(plan.float_groups),
                          time.perf_counter() - started)
@@ -106,7 +109,7 @@ def run_case(name: str, outlier: bool, budget: float, epochs: int, lr: float, wo
     tuned_calibration = learned_calibration(module, tuned_model,
                                             base=run_calibration(tuned_model, calib_ds, settings["calibration"]))
     strip_qat(module)
-    qat = VariantEvaluator(tuned_model, tuned_calibration, eval_ds, max_samples=None).evaluate(set())
+    qat = VariantEvaluator(tuned_model, tuned_calibration, eval_ds, target=TARGET, max_samples=None).evaluate(set())
     rows["qat_kd"] = _row(qat, weight_bytes(tuned_model, set()), 0, time.perf_counter() - started)
     rows["qat_kd"].update(fp32_top1_after=qat.fp32_top1, history=history)
     return {"model": name, "budget_top1_drop": budget, "eval_samples": len(eval_ds), "rows": rows}

@@ -4,7 +4,7 @@ Why: our claims (streaming memory, robust `auto`) are only worth what a side-by-
 Each calibrator runs in its own subprocess (peak RSS = ru_maxrss of that process, also reported
 minus the RSS right before calibration starts); each writes a Q/DQ ONNX model that the parent
 evaluates against the FP32 model on the demo eval set (top-1 agreement, accuracy, SQNR of the
-logits). Our Q/DQ model comes from edgepipe.backends.tensorrt.qdq.write_qdq_model; ORT's from
+logits). Our Q/DQ model comes from edgepipe.backends.qdq.write_qdq_model; ORT's from
 quantize_static(QuantFormat.QDQ, per-channel weights, int8 activations, symmetric activations).
 Run by hand:  python benchmarks/calibration_vs_peers.py [--repeat 4]
 Writes benchmarks/results/calibration_vs_peers.json.
@@ -72,7 +72,7 @@ def worker(method: str, work: Path, calib_file: str) -> None:
     kind, name = method.split(":")
     out = work / f"{kind}_{name}_{calib_file.split('.')[0]}.onnx"
     if kind == "ours":
-        from edgepipe.backends.tensorrt.qdq import write_qdq_model
+        from edgepipe.backends.qdq import write_qdq_model
         from edgepipe.calibrate import calibrate
 
         class Data:

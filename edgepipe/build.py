@@ -73,16 +73,19 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     from edgepipe.stages.simplify import run_simplify
 
     warnings: list[str] = []
-    # 1. export
+    # 1. export: never cached. What a factory exports depends on every module it imports, so only
+    # the exported graph itself is a trustworthy key; the later stages are keyed by its bytes.
     shapes = initial_input_shapes(settings)
     source_hash = source_fingerprint(settings["model"], settings.get("weights"))
     output_names = settings.get("output_names")
-    export_key = settings_hash(stage="export", source=source_hash, shapes=shapes, opset=settings["opset"],
-                               outputs=output_names)
     model, _ = pipeline.model_stage(
-        "export", export_key,
+        "export", None,
         lambda: (run_export(settings["model"], settings.get("weights"), shapes, settings["opset"], output_names), {}),
     )
+
+    if not graph.graph_inputs(model):
+        raise UserError(f"{settings['model']}: the model has no inputs, so there is nothing to calibrate or "
+                        "deploy; export it with its real inputs")
 
     # 2. simplify
     model, simplify_report = pipeline.model_stage(
@@ -137,6 +140,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     log = log or (lambda message: None)
     backend_settings = {k: v for k, v in (settings.get("backend") or {}).items() if v is not None}
     target = load_target(settings["target"], {k: v for k, v in backend_settings.items() if k == "threads"})
+    target.check_backend_settings(backend_settings)
     pipeline = Pipeline(settings.get("cache_dir"), log)
     prepared = prepare_model(settings, pipeline, target)
     model, calib_ds, eval_ds = prepared.model, prepared.calib, prepared.eval
@@ -229,7 +233,6 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
                 out,
                 target=target.describe(),
                 files=files,
-                templates=[],
                 template_context={"runner_template": target.runner_template, **backend.template_context},
                 io=backend.io,
                 stages=[{"name": r.name, "hash": r.hash} for r in pipeline.records],
@@ -238,6 +241,7 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
                                 "simplify": prepared.simplify_report, "edgepipe_version": __version__},
                 eval_data=eval_data,
                 hooks=_bundle_hooks(),
+                template_packages=target.template_packages(),
             ),
             describe=lambda m: (f"{out} ({len(m.get('files', []))} files)",
                                 sum(f.get("size", 0) for f in m.get("files", [])),
@@ -267,12 +271,10 @@ def load_ranges(path: str, model):
 
 def plan_precision(model, calibration, dataset, settings: dict, target):
     """Greedy mixed precision to `precision.budget` (see edgepipe/precision.py)."""
-    from edgepipe.precision import plan_mixed_precision
+    from edgepipe.precision import plan_on_target
 
-    backend = {k: v for k, v in (settings.get("backend") or {}).items() if v is not None}
-    return plan_mixed_precision(model, calibration, dataset, settings["precision"]["budget"],
-                                symmetric=target.activation_symmetric,
-                                evaluate=target.evaluator(model, calibration, dataset, backend))
+    return plan_on_target(model, calibration, dataset, settings["precision"]["budget"], target,
+                          settings.get("backend"))
 
 
 def _json_bytes(data: dict) -> bytes:
@@ -302,6 +304,8 @@ def _bundle_hooks() -> list:
 
 def reference_eval_data(model, dataset, with_labels: bool) -> dict:
     """Eval inputs, labels and the FP32 reference outputs of the folded model."""
+    from edgepipe.data import has_batch_axis
+
     session = graph.make_session(model)
     output_names = [o.name for o in model.graph.output]
     inputs = {name: dataset.stack(name) for name in dataset.names}
@@ -310,7 +314,9 @@ def reference_eval_data(model, dataset, with_labels: bool) -> dict:
         outputs = session.run(output_names, dataset.sample(i))
         for name, value in zip(output_names, outputs):
             references[name].append(np.asarray(value))
-    reference = {name: np.concatenate(values, axis=0) for name, values in references.items()}
+    # one row per sample: outputs with a batch axis are joined on it, others stacked
+    reference = {name: (np.concatenate if has_batch_axis(values[0].shape) else np.stack)(values)
+                 for name, values in references.items()}
     labels = dataset.labels if with_labels and dataset.labels is not None else None
     return {"inputs": inputs, "labels": labels, "reference": reference}
 

@@ -35,7 +35,6 @@ MANIFEST = "manifest.json"
 SHA256SUMS = "SHA256SUMS"
 REPORT_DIR = "report"
 EVAL_FILE = "eval/eval.npz"
-DEFAULT_RUNNER_TEMPLATE = "runner_tflite.py.j2"
 RESERVED_KEYS = ("schema", "target", "source", "files", "io", "stages", "eval")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 1 << 20
@@ -123,11 +122,11 @@ def _place_files(staging: Path, files: dict) -> None:
             shutil.copyfile(Path(source), dest)
 
 
-def _render_templates(staging: Path, templates: Iterable, context: dict) -> None:
+def _render_templates(staging: Path, templates: Iterable, context: dict, packages: tuple[str, ...]) -> None:
     for template_name, rel, extra in templates:
         dest = staging / safe_relative(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(render(template_name, **{**context, **(extra or {})}))
+        dest.write_text(render(template_name, packages, **{**context, **(extra or {})}))
 
 
 def _requirements(target: dict) -> str:
@@ -211,7 +210,6 @@ def write_bundle(
     *,
     target: dict,
     files: dict,
-    templates: list,
     template_context: dict,
     io: dict,
     stages: list,
@@ -219,24 +217,27 @@ def write_bundle(
     extra_manifest: dict,
     eval_data: dict | None,
     hooks: Iterable[Callable[[Path], None]] = (),
+    template_packages: tuple[str, ...] = (),
 ) -> dict:
     """Write the bundle into `out_dir` atomically; returns the manifest (also in manifest.json).
 
-    `files`: {relative path: Path | bytes | str}; `templates`: [(template, relative output,
-    extra context)] rendered besides run.py/README.md; `hooks(staging_dir)` add files before the
-    manifest is computed. `template_context["runner_template"]` picks the backend Runner that
-    run.py includes (default runner_tflite.py.j2); `template_context["model_file"]` names the model.
+    `files`: {relative path: Path | bytes | str}; `hooks(staging_dir)` add files before the
+    manifest is computed. `template_context["runner_template"]` (required: the target's) names the
+    Runner that run.py includes; `template_context["model_file"]` names the model.
+    `template_packages`: the target plugin's packages whose templates/ are searched first.
     """
     out_dir = Path(out_dir).absolute()
     _check_replaceable(out_dir)
+    if not template_context.get("runner_template"):
+        raise ValueError("template_context needs the target's 'runner_template'")
     clash = sorted(set(extra_manifest or {}) & set(RESERVED_KEYS))
     if clash:
         raise ValueError(f"extra_manifest may not override {clash}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        manifest = _build_in(staging, target, files, templates, template_context, io, stages,
-                             source, extra_manifest or {}, eval_data, hooks)
+        manifest = _build_in(staging, target, files, template_context, io, stages,
+                             source, extra_manifest or {}, eval_data, hooks, tuple(template_packages))
         _swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -244,14 +245,13 @@ def write_bundle(
     return manifest
 
 
-def _build_in(staging, target, files, templates, template_context, io, stages, source,
-              extra_manifest, eval_data, hooks) -> dict:
+def _build_in(staging, target, files, template_context, io, stages, source,
+              extra_manifest, eval_data, hooks, template_packages) -> dict:
     _place_files(staging, files)
     eval_entry = write_eval_npz(staging / EVAL_FILE, eval_data) if eval_data else None
     target_info = {k: v for k, v in sorted(target.items()) if k != "device_readme"}
     model_file = extra_manifest.get("model") or template_context.get("model_file")
     context = {
-        "runner_template": DEFAULT_RUNNER_TEMPLATE,
         "model_file": model_file,
         **template_context,
         "target": target,
@@ -259,10 +259,9 @@ def _build_in(staging, target, files, templates, template_context, io, stages, s
         "eval": eval_entry,
         "edgepipe_version": __version__,
         "files": sorted(files),
-        "extra_files": sorted({rel for _, rel, _ in templates}),
     }
     builtin = [("run.py.j2", "run.py", {}), ("bundle_README.md.j2", "README.md", {})]
-    _render_templates(staging, builtin + list(templates), context)
+    _render_templates(staging, builtin, context, template_packages)
     (staging / "requirements.txt").write_text(_requirements(target))
     for hook in hooks:
         hook(staging)

@@ -2,7 +2,8 @@
 
 Error contract (release checks rely on it): a `UserError` prints one line `error: ...` on
 stderr and exits 2 with no traceback (unless --debug); a broken budget exits 1; anything else is
-a bug and keeps its traceback.
+a bug in edgepipe: one line `error: internal error in <stage>: <type>: <message> (rerun with
+--debug)`, exit 3, and the traceback only with --debug or EDGEPIPE_DEBUG=1.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from collections import Counter
 import click
 
 from edgepipe import __version__
+from edgepipe.calibrate import methods as calibration_methods
 from edgepipe.errors import BudgetError, UserError
 
 DEBUG_ENV = "EDGEPIPE_DEBUG"
+INTERNAL_ERROR_EXIT = 3
 
 
 def _debug_requested(argv: list[str]) -> bool:
@@ -70,7 +73,7 @@ def cli(debug: bool) -> None:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224", help="Fix an input's static shape (repeatable).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="edgepipe.yaml (default: ./edgepipe.yaml if present).")
 @click.option("--out", help="Bundle directory (default build/<target>).")
-@click.option("--calib-method", type=click.Choice(["auto", "entropy", "percentile", "mse", "minmax"]), help="Calibration method for all tensors.")
+@click.option("--calib-method", type=click.Choice(calibration_methods.names()), help="Calibration method for all tensors.")
 @click.option("--int8-io", is_flag=True, default=None, help="TFLite: int8 model inputs/outputs.")
 @click.option("--keep-layout", is_flag=True, default=None, help="TFLite: keep NCHW inputs (default converts images to NHWC).")
 @click.option("--no-host-report", is_flag=True, default=False, help="Do not run the bundle on this host after the build.")
@@ -156,13 +159,26 @@ def targets_command(as_json: bool):
 @cli.command()
 @click.argument("model_path", metavar="MODEL")
 @click.option("--target", "target_names", multiple=True, help="Only these targets (default: all installed).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224",
+              help="Fix a dynamic input's shape first, as build does (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect(model_path: str, target_names: tuple[str, ...], as_json: bool):
+def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[str, ...], as_json: bool):
     """Inputs, outputs, op histogram and unsupported ops per target of an ONNX model."""
+    from edgepipe import config as cfg
     from edgepipe import graph
+    from edgepipe.stages.export import fix_static_shapes
     from edgepipe.targets import available_targets, load_target
 
-    model = graph.ensure_node_names(graph.infer_shapes(graph.load_model(model_path)))
+    model = graph.load_model(model_path)
+    if input_shapes:
+        model = fix_static_shapes(model, dict(cfg.parse_input_shape(t) for t in input_shapes), model_path)
+    if graph.graph_inputs(model) and all(graph.is_static(graph.declared_shape(i)) for i in graph.graph_inputs(model)):
+        from edgepipe.stages.fold import run_fold
+        from edgepipe.stages.simplify import run_simplify
+
+        # the graph a build lowers: static, simplified, BatchNorm folded (no data needed for that)
+        model, _ = run_fold(run_simplify(graph.refresh_shapes(model))[0], {})
+    model = graph.ensure_node_names(graph.infer_shapes(model))
     io = graph.describe_io(model)
     histogram = dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
     unsupported = {}
@@ -242,7 +258,28 @@ def main(argv: list[str] | None = None) -> None:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         click.echo(f"error: {exc.strerror or exc}{where}", err=True)
         sys.exit(2)
+    except Exception as exc:  # a bug in edgepipe: one line, the traceback only on request
+        if debug:
+            raise
+        click.echo(internal_error_line(exc, _command_name(argv)), err=True)
+        sys.exit(INTERNAL_ERROR_EXIT)
     sys.exit(0)
+
+
+def internal_error_line(exc: BaseException, command: str) -> str:
+    """`error: internal error in <stage>: <type>: <message> (rerun with --debug)`, one line.
+
+    The stage is the pipeline stage that raised (`Pipeline` tags the exception), else the command."""
+    from edgepipe.pipeline import stage_of
+
+    lines = str(exc).strip().splitlines()
+    message = f": {' '.join(lines[0].split())[:300]}" if lines else ""
+    return (f"error: internal error in {stage_of(exc) or command}: {type(exc).__name__}{message} "
+            "(rerun with --debug)")
+
+
+def _command_name(argv: list[str]) -> str:
+    return next((arg for arg in argv if not arg.startswith("-")), "edgepipe")
 
 
 if __name__ == "__main__":

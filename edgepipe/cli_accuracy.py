@@ -14,7 +14,7 @@ import click
 
 from edgepipe.errors import UserError
 
-DEFAULT_TARGET = "desktop-gpu"  # only decides the activation scheme (symmetric) when none is given
+DEFAULT_TARGET = "desktop-gpu"  # quantizes the variants (its Q/DQ simulation) when no target is given
 
 
 def _settings(model, weights, target, calib, eval_, input_shapes, config_path) -> tuple[dict, str]:
@@ -44,15 +44,16 @@ def _calibrate(model, calib_ds, settings: dict):
     return run_calibration(model, calib_ds, settings["calibration"])
 
 
-def _symmetric(settings: dict) -> bool:
+def _target(settings: dict):
+    """The target whose int8 simulation (`Target.qdq_model`) the accuracy tools measure."""
     from edgepipe.targets import load_target
 
-    return bool(load_target(settings["target"]).activation_symmetric)
+    return load_target(settings["target"])
 
 
 _model_options = [
     click.option("--weights", help="state_dict checkpoint for a pkg.module:factory model (weights_only=True)."),
-    click.option("--target", help="Decides the activation scheme: TensorRT targets symmetric, TFLite asymmetric."),
+    click.option("--target", help="Target whose int8 is simulated (TensorRT: symmetric, TFLite: asymmetric ranges)."),
     click.option("--calib", help="Calibration data: image folder, .npz or .npy."),
     click.option("--eval", "eval_", help="Held-out evaluation data (labels give top-1; else argmax agreement)."),
     click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224"),
@@ -78,28 +79,28 @@ def _with_model_options(func):
 def sensitivity_command(model, weights, target, calib, eval_, input_shapes, config_path, max_samples, metric, top,
                         budget, out_path, as_json):
     """Rank quantized layers by how much INT8 costs (only-this / all-but-this vs FP32)."""
-    from edgepipe.precision import plan_mixed_precision
+    from edgepipe.precision import plan_on_target
     from edgepipe.sensitivity import analyze_sensitivity
 
     settings, _ = _settings(model, weights, target, calib, eval_, input_shapes, config_path)
     onnx_model, calib_ds, eval_ds = deployed_model(settings)
     calibration = _calibrate(onnx_model, calib_ds, settings)
-    symmetric = _symmetric(settings)
+    target_plugin = _target(settings)
     dataset = eval_ds or calib_ds
-    report = analyze_sensitivity(onnx_model, calibration, dataset, max_samples=max_samples, metric=metric,
-                                 symmetric=symmetric)
+    report = analyze_sensitivity(onnx_model, calibration, dataset, target=target_plugin, max_samples=max_samples,
+                                 metric=metric)
     data = report.to_json()
     plan = None
     if budget is not None:
-        plan = plan_mixed_precision(onnx_model, calibration, dataset, budget, symmetric=symmetric, metric=metric,
-                                    max_samples=max_samples, sensitivity=report)
+        plan = plan_on_target(onnx_model, calibration, dataset, budget, target_plugin, settings.get("backend"),
+                              metric=metric, max_samples=max_samples, sensitivity=report)
         data["plan"] = plan.to_json()
     if out_path:
         Path(out_path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
-    click.echo(f"scheme: {'symmetric (TensorRT)' if symmetric else 'asymmetric (TFLite)'}; "
+    click.echo(f"scheme: {'symmetric' if report.symmetric else 'asymmetric'} ({target_plugin.name}); "
                f"data: {'eval' if eval_ds is not None else 'calibration (no --eval)'} set")
     click.echo(report.text_table(top or None))
     if plan is not None:
@@ -137,7 +138,7 @@ def finetune_command(model, weights, target, calib, eval_, input_shapes, config_
         raise UserError("finetune: need --epochs >= 1, --lr > 0, 0 <= --alpha <= 1 and --temperature > 0")
     onnx_model, calib_ds, eval_ds = deployed_model(settings)
     calibration = _calibrate(onnx_model, calib_ds, settings)
-    symmetric = _symmetric(settings)
+    target_plugin = _target(settings)
     module = load_factory(spec, settings.get("weights"))
     teacher = float_copy(module)
     specs = {i.name: (tuple(graph.tensor_shape(i)), graph.tensor_dtype(i)) for i in graph.graph_inputs(onnx_model)}
@@ -157,9 +158,9 @@ def finetune_command(model, weights, target, calib, eval_, input_shapes, config_
     ranges_path = out.with_suffix(".ranges.json")
     tuned_calibration.save(ranges_path)
     dataset = eval_ds or calib_ds
-    before = VariantEvaluator(onnx_model, calibration, dataset, max_samples=None, symmetric=symmetric).evaluate(set())
-    after = VariantEvaluator(tuned_model, tuned_calibration, dataset, max_samples=None,
-                             symmetric=symmetric).evaluate(set())
+    before = VariantEvaluator(onnx_model, calibration, dataset, target=target_plugin, max_samples=None).evaluate(set())
+    after = VariantEvaluator(tuned_model, tuned_calibration, dataset, target=target_plugin,
+                             max_samples=None).evaluate(set())
     metric = "top1" if before.top1 is not None else "argmax_agreement"
     click.echo(f"INT8 {metric}: PTQ {getattr(before, metric):.4f} -> QAT {getattr(after, metric):.4f} "
                f"(FP32 {before.fp32_top1 if before.fp32_top1 is not None else 1.0:.4f}); "

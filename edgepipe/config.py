@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
+from edgepipe.calibrate import methods as calibration_methods
 from edgepipe.errors import UserError
 
-CALIBRATION_METHODS = ("auto", "entropy", "percentile", "mse", "minmax")
+CALIBRATION_METHODS = calibration_methods.names()  # the registry in edgepipe/calibrate/methods/
 NORMALIZATION_MODES = ("none", "mean_std", "zca", "pca")
 
 

@@ -55,6 +55,7 @@ class Dataset:
         self.source, self.kind = Path(source), kind
         self.names = list(specs)
         self._dtypes = {name: np.dtype(dtype) for name, (_, dtype) in specs.items()}
+        self._batched = {name: has_batch_axis(shape) for name, (shape, _) in specs.items()}
         self._read = read
         self._indices = _evenly_spaced(count, limit)
         self.labels = None if labels is None else np.asarray(labels, np.int64)[self._indices]
@@ -64,9 +65,11 @@ class Dataset:
         return len(self._indices)
 
     def sample(self, i: int) -> dict[str, np.ndarray]:
-        """Feed dict of sample i: {input name: array [1, ...] in the input's dtype}."""
+        """Feed dict of sample i: {input name: array in the input's shape and dtype}; the batch dim
+        is 1 where the input has one (see `has_batch_axis`)."""
         raw = self._read(int(self._indices[i]))
-        return {name: _cast(raw[name], self._dtypes[name])[None] for name in self.names}
+        return {name: _cast(raw[name], self._dtypes[name])[None] if self._batched[name]
+                else _cast(raw[name], self._dtypes[name]) for name in self.names}
 
     def batches(self, batch_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
         """Feed dicts of up to batch_size samples each (the last one may be smaller)."""
@@ -78,7 +81,8 @@ class Dataset:
         """Every sample of one input, [N, ...]; loads all of them (meant for small eval sets)."""
         if name not in self.names:
             raise KeyError(f"{name!r} is not an input of this dataset ({self.names})")
-        return np.concatenate([self.sample(i)[name] for i in range(len(self))])
+        join = np.concatenate if self._batched[name] else np.stack
+        return join([self.sample(i)[name] for i in range(len(self))])
 
     def mapped(self, transform: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> "Dataset":
         """A view whose samples (without batch dim) pass through `transform`; labels unchanged."""
@@ -133,19 +137,32 @@ def load_dataset(path: str | os.PathLike, input_specs: InputSpecs, preprocess: d
                    labels=labels, limit=limit)
 
 
-def infer_static_shape(path: str | os.PathLike, input_name: str, preprocess: dict | None = None) -> tuple:
-    """Shape of the first sample of `input_name` with batch dim 1, e.g. (1, 3, 224, 224).
+def infer_static_shape(path: str | os.PathLike, input_name: str, preprocess: dict | None = None,
+                       declared: tuple | None = None) -> tuple:
+    """The input shape one sample of `input_name` gives, e.g. (1, 3, 224, 224).
 
     Used to fix a model's dynamic dims from its calibration data; reads headers, not whole files.
+    `declared` is the model's (partly dynamic) input shape: a sample of the same rank is the whole
+    input ([N, 2, 1, 128] fixes an RNN state [2, B, 128]); one dim fewer gets a batch dim of 1.
     """
     path = Path(path)
+    per_sample = _first_sample_shape(path, input_name, preprocess)
+    if declared is None or len(per_sample) + 1 == len(declared):
+        return (1, *per_sample)
+    if len(per_sample) == len(declared):
+        return tuple(per_sample)
+    raise UserError(f"{path}: input '{input_name}' samples have shape {tuple(per_sample)} but the model "
+                    f"input is {_format_shape(tuple(declared))}; {_accepted_forms(tuple(declared))}")
+
+
+def _first_sample_shape(path: Path, input_name: str, preprocess: dict | None) -> tuple:
     if path.is_dir():
         unknown_spec = {input_name: ((None, None, None, None), np.float32)}
-        return tuple(_image_dataset(path, unknown_spec, preprocess or {}, 1).sample(0)[input_name].shape)
+        return tuple(_image_dataset(path, unknown_spec, preprocess or {}, 1).sample(0)[input_name].shape)[1:]
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; pass a folder of images, an .npz or an .npy file")
     if path.suffix.lower() == ".npy":
-        return (1, *_read_npy(path).shape[1:])
+        return tuple(_read_npy(path).shape[1:])
     if path.suffix.lower() != ".npz":
         raise UserError(f"{path}: unsupported data file type '{path.suffix}'; use images, .npz or .npy")
     try:
@@ -161,7 +178,7 @@ def infer_static_shape(path: str | os.PathLike, input_name: str, preprocess: dic
                 shape, _, _ = read_header(member)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError, zlib.error) as exc:
         raise UserError(f"{path}: not a readable .npz file ({exc}); re-save it with numpy.savez") from exc
-    return (1, *shape[1:])
+    return tuple(shape[1:])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,18 +219,27 @@ def _read_npz(path: Path, specs: InputSpecs) -> tuple[dict[str, np.ndarray], np.
 
 
 def _check_arrays(path: Path, arrays: dict[str, np.ndarray], specs: InputSpecs) -> int:
-    """Validate dtype, per-sample shape, sample count and finiteness; return the sample count."""
+    """Validate dtype, per-sample shape, sample count and finiteness; return the sample count.
+
+    Samples of an input with a batch axis may come as [N, *shape[1:]] or [N, *shape]; the second
+    form is replaced in `arrays` by a view without the batch dim, so every array holds [N, sample].
+    An input without a batch axis ([3, 4, 5]) takes [N, *shape] only.
+    """
     count = None
-    for name, array in arrays.items():
+    for name, array in list(arrays.items()):
         if array.dtype.kind not in "biuf":
             raise UserError(f"{path}: input '{name}' has non-numeric dtype {array.dtype}; "
                             "store numbers (e.g. float32)")
-        expected = tuple(specs[name][0])[1:]
-        got = array.shape[1:]
-        if array.ndim == 0 or not _shape_matches(got, expected):
-            hint = " (drop the extra batch dim)" if got[1:] == expected and got[:1] == (1,) else ""
-            raise UserError(f"{path}: input '{name}' samples have shape {got} but the model expects "
-                            f"{_format_shape(expected)}; store it as [N, {_format_shape(expected)[1:-1]}]{hint}")
+        shape, got = tuple(specs[name][0]), array.shape[1:]
+        batched = has_batch_axis(shape)
+        if array.ndim and batched and _shape_matches(got, shape[1:]):
+            pass
+        elif array.ndim and _shape_matches(got, shape) and (not batched or got[0] == 1):
+            if batched:
+                arrays[name] = array[:, 0]
+        else:
+            raise UserError(f"{path}: input '{name}' samples have shape {got} but the model input is "
+                            f"{_format_shape(shape)}; {_accepted_forms(shape)}")
         if count is None:
             count, first = len(array), name
         elif len(array) != count:
@@ -243,6 +269,22 @@ def _check_labels(path: Path, labels: np.ndarray, count: int) -> None:
     if len(labels) != count:
         raise UserError(f"{path}: '{LABELS_KEY}' has {len(labels)} entries but the inputs have "
                         f"{count} samples; give one label per sample")
+
+
+def has_batch_axis(shape) -> bool:
+    """Axis 0 of an input is a batch axis when it is dynamic or 1. Any other static leading dim is
+    part of every sample ([N, 3, 4, 5] feeds a [3, 4, 5] input), never taken for a batch."""
+    shape = tuple(shape)
+    return bool(shape) and (not isinstance(shape[0], (int, np.integer)) or shape[0] <= 1)
+
+
+def _accepted_forms(shape: tuple) -> str:
+    inner = _format_shape(shape)[1:-1]
+    full = f"[N, {inner}]" if inner else "[N]"
+    if not has_batch_axis(shape):
+        return f"store it as {full}"
+    rest = _format_shape(shape[1:])[1:-1]
+    return f"store it as [N, {rest}] or {full}" if rest else f"store it as [N] or {full}"
 
 
 def _shape_matches(got: tuple, expected: tuple) -> bool:

@@ -13,10 +13,10 @@ What to expect (measured on an x86 build host with qemu 7.2):
 - The emulated CPU is pinned (`QEMU_CPU=neoverse-n1`) and a matching arm64 `/proc/cpuinfo` is
   planted in ROOTFS: LiteRT 2.3 parses cpuinfo (the host's x86 one makes it segfault), and qemu
   7.2's default `max` CPU gave wrong int8 results.
-- Emulated latency is meaningless (kernels run ~470x slower, each Python start costs ~4 s):
+- Emulated latency is meaningless (kernels run orders of magnitude slower, each Python start takes seconds):
   never report it. Run all checks in one emulated process.
 
-The rootfs is built once per machine (~60 s, needs root, debootstrap and network access to the
+The rootfs is built once per machine (it takes a minute or so, needs root, debootstrap and network access to the
 Debian mirror and PyPI) and cached as a directory under `$EDGEPIPE_CACHE` (default
 `~/.cache/edgepipe`) named by a key of everything that goes into it. It is built in a temporary
 sibling directory and renamed into place only when complete, so an interrupted build is never

@@ -2,7 +2,8 @@
 
 Anything the user can fix (a bad file, a bad option, unsupported op) is raised as `UserError`
 with one line that names the file/node/tensor and says what to do. The CLI prints it without a
-traceback and exits with code 2; every other exception is a bug and keeps its traceback.
+traceback and exits with code 2; every other exception is a bug in edgepipe: one line naming the
+stage, exit code 3, the traceback only with --debug.
 """
 
 

@@ -138,6 +138,22 @@ def tensor_shape(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
     return dims
 
 
+def declared_shape(value_info: onnx.ValueInfoProto) -> tuple | None:
+    """The declared shape; None when even the rank is unknown (no shape field)."""
+    if not value_info.type.tensor_type.HasField("shape"):
+        return None
+    return tuple(tensor_shape(value_info))
+
+
+def is_static_dim(dim) -> bool:
+    """Symbolic ('?', 'p2o.DynamicDimension.0'), unknown (None), -1 and 0 dims are all dynamic."""
+    return isinstance(dim, (int, np.integer)) and not isinstance(dim, bool) and dim > 0
+
+
+def is_static(shape) -> bool:
+    return shape is not None and all(is_static_dim(d) for d in shape)
+
+
 def tensor_dtype(value_info: onnx.ValueInfoProto) -> np.dtype:
     return np.dtype(helper.tensor_dtype_to_np_dtype(value_info.type.tensor_type.elem_type))
 
@@ -159,6 +175,86 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return shape_inference.infer_shapes(model, data_prop=True)
     except Exception:
         return model
+
+
+def refresh_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Re-derive every tensor shape from the (now static) graph inputs.
+
+    Shapes recorded for the old dynamic dims are stale once the inputs are fixed: they are dropped
+    and inferred again. Whatever ONNX shape inference cannot resolve statically (ops it does not
+    know, data-dependent shape arithmetic) is measured with one ONNX Runtime run on zero inputs, so
+    later stages and target checks see a fully static graph and every graph output keeps the
+    `shape` field the ONNX checker requires.
+    """
+    original_outputs = {o.name: onnx.TypeProto() for o in model.graph.output}
+    for out in model.graph.output:
+        original_outputs[out.name].CopyFrom(out.type)
+        out.type.tensor_type.ClearField("shape")
+    del model.graph.value_info[:]
+    model = infer_shapes(model)
+    inferred = {v.name: v for v in model.graph.value_info}
+    for out in model.graph.output:
+        if not out.type.tensor_type.HasField("shape") and out.name in inferred:
+            out.type.CopyFrom(inferred[out.name].type)
+    known = value_infos(model)
+    data_dependent = _downstream_of_data_dependent_shapes(model)
+    unresolved = [name for node in model.graph.node for name in node.output
+                  if name and name not in data_dependent
+                  and not is_static(declared_shape(known[name]) if name in known else None)]
+    if unresolved:
+        _measure_shapes(model, unresolved)
+    for out in model.graph.output:
+        if not out.type.tensor_type.HasField("shape"):
+            out.type.CopyFrom(original_outputs[out.name])  # the checker needs a shape field
+    return model
+
+
+# ops whose output shape depends on input VALUES: a zero-input run would record a wrong shape
+DATA_DEPENDENT_SHAPE_OPS = {"NonZero", "NonMaxSuppression", "Unique", "Compress", "If", "Loop", "Scan"}
+
+
+def _downstream_of_data_dependent_shapes(model: onnx.ModelProto) -> set[str]:
+    tainted: set[str] = set()
+    for node in model.graph.node:  # ONNX graphs are topologically sorted
+        if node.op_type in DATA_DEPENDENT_SHAPE_OPS or any(name in tainted for name in node.input):
+            tainted.update(name for name in node.output if name)
+    return tainted
+
+
+def _measure_shapes(model: onnx.ModelProto, names: list[str]) -> None:
+    """Record the shapes of `names` as one ONNX Runtime run on zero inputs gives them (best effort)."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = [o.name for o in probe.graph.output]
+    for name in names:
+        if name not in outputs:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    feeds = {}
+    for value in graph_inputs(model):
+        shape = declared_shape(value)
+        if not is_static(shape):
+            return
+        feeds[value.name] = np.zeros(shape, tensor_dtype(value))
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        fetched = [o.name for o in session.get_outputs()]
+        results = dict(zip(fetched, session.run(None, feeds)))
+    except Exception:
+        return  # not runnable here: later stages report runtime problems with context
+    by_output = {o.name: o for o in model.graph.output}
+    for name in names:
+        value = results.get(name)
+        if value is None or not isinstance(value, np.ndarray):
+            continue
+        info = helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape))
+        if name in by_output:
+            by_output[name].type.CopyFrom(info.type)
+        else:
+            model.graph.value_info.append(info)
 
 
 def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:

@@ -1,15 +1,19 @@
 """The stage runner: times every stage, hashes its artifact, and caches what is expensive.
 
-A stage's cache key is the hash of its input artifact plus the settings it reads, so a re-run
-after changing only the target reuses export / simplify / fold / calibrate from the cache
-(calibration records both symmetric and asymmetric ranges, so it is target independent).
-Cache entries are written to a temp dir and renamed, so an interrupted build never leaves a
-half-written entry behind.
+A stage's cache key is the hash of its input artifact plus the settings it reads plus the
+versions of every library that computes it (and a digest of edgepipe's own source), so a re-run
+after changing only the target reuses simplify / fold / calibrate from the cache (calibration
+records both symmetric and asymmetric ranges, so it is target independent) and a cache hit is
+byte-identical to a fresh run. Export is never cached: it is the first artifact, and the key of
+everything after it. Cache entries are written to a temp dir and renamed, so an interrupted build
+never leaves a half-written entry behind.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -42,9 +46,44 @@ def bytes_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+CACHE_LIBRARIES = ("numpy", "onnx", "onnxruntime", "onnxsim", "ai-edge-litert")
+
+
+@functools.lru_cache(maxsize=1)
+def code_versions() -> dict:
+    """Versions of the libraries a cached stage runs, plus a digest of edgepipe's own source (an
+    editable install keeps its version number across code changes)."""
+    versions = {"edgepipe": __version__}
+    for name in CACHE_LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    versions["edgepipe_source"] = digest.hexdigest()
+    return versions
+
+
 def settings_hash(**parts) -> str:
-    payload = json.dumps({"edgepipe": __version__, **parts}, sort_keys=True, default=str)
+    payload = json.dumps({"code": code_versions(), **parts}, sort_keys=True, default=str)
     return bytes_hash(payload.encode())
+
+
+def tag_stage(exc: BaseException, name: str) -> None:
+    """Remember the innermost stage an unexpected exception came from (for the CLI's one line)."""
+    if getattr(exc, "edgepipe_stage", None) is None:
+        try:
+            exc.edgepipe_stage = name
+        except AttributeError:
+            pass  # an exception type without __dict__: the CLI names the command instead
+
+
+def stage_of(exc: BaseException) -> str | None:
+    return getattr(exc, "edgepipe_stage", None)
 
 
 class Pipeline:
@@ -61,7 +100,7 @@ class Pipeline:
         """Run an uncached stage; `describe(result)` gives (artifact, size, hash)."""
         self.log(f"{name} ...")
         start = time.perf_counter()
-        result = compute()
+        result = self._compute(name, compute)
         seconds = time.perf_counter() - start
         artifact, size, digest = describe(result)
         self.records.append(StageRecord(name, seconds, artifact, size, digest, False, note(result) if note else ""))
@@ -70,8 +109,10 @@ class Pipeline:
     def cached(self, name: str, key: str, compute: Callable[[], object], save: Callable[[object, Path], None],
                load: Callable[[Path], object], describe: Callable[[object], tuple[str, int, str]],
                note: Callable[[object], str] | None = None):
-        """Run a stage through the cache: `save(result, dir)` / `load(dir)` (de)serialize it."""
-        entry = self.cache_dir / f"{name}-{key[:24]}" if self.cache_dir else None
+        """Run a stage through the cache: `save(result, dir)` / `load(dir)` (de)serialize it.
+
+        `key` None runs the stage uncached (recorded like any other)."""
+        entry = self.cache_dir / f"{name}-{key[:24]}" if self.cache_dir and key else None
         start = time.perf_counter()
         result, was_cached = None, False
         if entry is not None and (entry / "COMPLETE").exists():
@@ -82,13 +123,21 @@ class Pipeline:
                 result = None  # a corrupt cache entry is recomputed, never trusted
         if result is None:
             self.log(f"{name} ...")
-            result = compute()
+            result = self._compute(name, compute)
             if entry is not None:
                 self._store(entry, result, save)
         seconds = time.perf_counter() - start
         artifact, size, digest = describe(result)
         self.records.append(StageRecord(name, seconds, artifact, size, digest, was_cached, note(result) if note else ""))
         return result
+
+    @staticmethod
+    def _compute(name: str, compute: Callable[[], object]):
+        try:
+            return compute()
+        except Exception as exc:
+            tag_stage(exc, name)
+            raise
 
     def _store(self, entry: Path, result, save) -> None:
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +153,7 @@ class Pipeline:
             self.log(f"warning: could not write the stage cache {entry} ({exc}); continuing without it")
 
     # -- ONNX model stages -----------------------------------------------------------------
-    def model_stage(self, name: str, key: str, compute: Callable[[], tuple[onnx.ModelProto, dict]]):
+    def model_stage(self, name: str, key: str | None, compute: Callable[[], tuple[onnx.ModelProto, dict]]):
         """A stage producing (ModelProto, report dict); cached as model.onnx + report.json."""
 
         def save(result, directory: Path):

@@ -164,15 +164,16 @@ class _Planner:
 
 
 def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult, dataset, budget, *,
-                         symmetric: bool = True, metric: str = "auto", max_float: int | None = None,
+                         target, metric: str = "auto", max_float: int | None = None,
                          evaluate: Evaluate | None = None, max_samples: int | None = 64,
                          sensitivity: SensitivityReport | None = None) -> PrecisionPlan:
     """Fewest float node groups such that the budget holds (see module docstring).
 
     `evaluate(float_nodes) -> metrics dict` (keys as results.json 'accuracy': top1, fp32_top1,
-    argmax_agreement, sqnr_db) confirms with the real backend; default: ORT Q/DQ on all of `dataset`.
+    argmax_agreement, sqnr_db) confirms with the real backend; default: the target's ORT Q/DQ
+    simulation (`target.qdq_model`) on all of `dataset`.
     """
-    search_ev = VariantEvaluator(model, calibration, dataset, max_samples=max_samples, symmetric=symmetric)
+    search_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=max_samples)
     spec = Budget.parse(budget, metric, search_ev.labels is not None)
     report = sensitivity or analyze_sensitivity(model, calibration, dataset, evaluator=search_ev,
                                                 metric=spec.metric)
@@ -181,7 +182,7 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
     elif len(search_ev) == len(dataset):
         confirm, confirm_name = (lambda nodes: search_ev.evaluate(nodes).to_dict()), "full"
     else:
-        full_ev = VariantEvaluator(model, calibration, dataset, max_samples=None, symmetric=symmetric)
+        full_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=None)
         confirm, confirm_name = (lambda nodes: full_ev.evaluate(nodes).to_dict()), "full"
     groups = report.ranked_groups()
     planner = _Planner(groups, spec, lambda nodes: search_ev.evaluate(nodes).to_dict(), confirm, confirm_name,
@@ -205,6 +206,15 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
                          len(groups), {"sessions_built": search_ev.sessions_built})
 
 
+def plan_on_target(model: onnx.ModelProto, calibration: CalibrationResult, dataset, budget, target,
+                   backend_settings: dict | None, **options) -> PrecisionPlan:
+    """`plan_mixed_precision` confirmed by the target's own evaluator (its real kernels where they
+    run on this host, e.g. LiteRT for arm-cpu), as `build` and `sensitivity --budget` both plan."""
+    backend = {k: v for k, v in (backend_settings or {}).items() if v is not None}
+    return plan_mixed_precision(model, calibration, dataset, budget, target=target,
+                                evaluate=target.evaluator(model, calibration, dataset, backend), **options)
+
+
 def _reason(budget: Budget, met: bool, chosen: list[str], planner: _Planner, final: dict) -> str:
     measured = budget.measure(final)
     unit = " dB" if budget.metric == "sqnr" else ""
@@ -221,4 +231,4 @@ def _reason(budget: Budget, met: bool, chosen: list[str], planner: _Planner, fin
             f"backend/eval data")
 
 
-__all__ = ["plan_mixed_precision", "PrecisionPlan", "PlanStep", "Budget"]
+__all__ = ["plan_mixed_precision", "plan_on_target", "PrecisionPlan", "PlanStep", "Budget"]

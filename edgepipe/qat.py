@@ -4,7 +4,7 @@ Why: when mixed precision would keep too many layers float, the weights can inst
 live on the INT8 grid. The student sees the deployed arithmetic (fake quantization) in its
 forward pass; the FP32 model is its teacher, so few labels (or none) are needed.
 
-What is simulated - the same places the Q/DQ backend quantizes weighted ops:
+What is simulated - the same places the Q/DQ model (edgepipe/backends/qdq.py) quantizes weighted ops:
 - weights of Conv2d/Linear: per-output-channel symmetric int8 in [-127, 127], scale recomputed
   from the current weights each step (exactly `quantmath.per_channel_symmetric`); rounding uses
   the straight-through estimator (STE). Per-channel scales commute with a later BatchNorm fold

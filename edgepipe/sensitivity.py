@@ -8,13 +8,13 @@ outputs on a held-out slice:
 - *only this*: the group quantized, everything else float - how much damage it does alone;
 - *all but this*: everything quantized except the group - how much keeping it float recovers.
 
-A variant is the Q/DQ model that the TensorRT backend writes (`write_qdq_model` with `keep_float`)
-so placement matches deployment; with `symmetric=False` the activation Q/DQ pairs are rewritten
-to the asymmetric (TFLite-style) ranges of the same calibration. One ORT session per variant:
-2 x groups + 2 builds in all, and the FP32 outputs are computed once.
+A variant is the Q/DQ model the target simulates its int8 with (`Target.qdq_model` with
+`keep_float`: TensorRT's placement, asymmetric activation ranges on TFLite targets); this module
+never picks a backend itself. One ORT session per variant: 2 x groups + 2 builds in all, and the
+FP32 outputs are computed once.
 
 Groups: a quantized node (Conv, ConvTranspose, Gemm, MatMul, pooling, fusable residual Add: the
-nodes `write_qdq_model` actually quantizes) plus the activation it feeds when that activation is
+nodes the target's Q/DQ model actually quantizes) plus the activation it feeds when that activation is
 its only consumer (backends fuse the pair, so they go float together).
 
 Ranking: by `recovery_db` = SQNR(all but this) - SQNR(all quantized), ties broken by the lower
@@ -92,30 +92,14 @@ def _finite(value: float) -> float | None:
     return None if value is None or math.isinf(value) or math.isnan(value) else float(value)
 
 
-def asymmetric_activations(qdq: onnx.ModelProto, calibration: CalibrationResult) -> onnx.ModelProto:
-    """Rewrite per-tensor activation Q/DQ of a symmetric Q/DQ model to the asymmetric (lo, hi) ranges."""
-    inits = {t.name: t for t in qdq.graph.initializer}
-    done: set[str] = set()
-    for node in qdq.graph.node:
-        if node.op_type != "QuantizeLinear" or node.input[0] not in calibration or node.input[1] in done:
-            continue
-        scale, zero_point = calibration.asymmetric_params(node.input[0])
-        inits[node.input[1]].CopyFrom(onnx.numpy_helper.from_array(np.array(scale, np.float32), node.input[1]))
-        inits[node.input[2]].CopyFrom(onnx.numpy_helper.from_array(np.array(zero_point, np.int8), node.input[2]))
-        done.add(node.input[1])
-    return qdq
-
-
 class VariantEvaluator:
     """Runs the FP32 model once on a slice, then scores Q/DQ variants (which nodes stay float)."""
 
-    def __init__(self, model: onnx.ModelProto, calibration: CalibrationResult, dataset, *,
-                 max_samples: int | None = 64, symmetric: bool = True, per_channel: bool = True):
-        from edgepipe.backends.tensorrt.qdq import write_qdq_model
-
-        self._write_qdq = write_qdq_model
+    def __init__(self, model: onnx.ModelProto, calibration: CalibrationResult, dataset, *, target,
+                 max_samples: int | None = 64):
+        self.target = target  # an edgepipe.targets.Target: its qdq_model() quantizes each variant
         self.model = graph.ensure_node_names(_copy(model))
-        self.calibration, self.symmetric, self.per_channel = calibration, symmetric, per_channel
+        self.calibration, self.symmetric = calibration, bool(target.activation_symmetric)
         if len(dataset) == 0:
             raise UserError(f"{getattr(dataset, 'source', 'eval set')}: no samples to measure sensitivity on")
         self.indices = sample_indices(len(dataset), max_samples)
@@ -128,7 +112,7 @@ class VariantEvaluator:
                           if self.labels is not None else None)
         self.sessions_built = 1
         self._cache: dict[frozenset, Metrics] = {}
-        self.qdq_report = self._write_qdq(self.model, calibration, per_channel=per_channel)[1]
+        self.qdq_report = target.qdq_model(self.model, calibration)[1]
 
     def __len__(self) -> int:
         return len(self.feeds)
@@ -156,9 +140,7 @@ class VariantEvaluator:
         """Metrics of the variant with `float_nodes` kept float (cached per float set)."""
         key = frozenset(float_nodes)
         if key not in self._cache:
-            qdq, _ = self._write_qdq(self.model, self.calibration, keep_float=key, per_channel=self.per_channel)
-            if not self.symmetric:
-                qdq = asymmetric_activations(qdq, self.calibration)
+            qdq, _ = self.target.qdq_model(self.model, self.calibration, keep_float=key)
             self.sessions_built += 1
             self._cache[key] = self._score(self._run(qdq))
         return self._cache[key]
@@ -262,16 +244,17 @@ def _db(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:.1f}"
 
 
-def analyze_sensitivity(model: onnx.ModelProto, calibration: CalibrationResult, dataset, *,
+def analyze_sensitivity(model: onnx.ModelProto, calibration: CalibrationResult, dataset, *, target=None,
                         groups: list[list[str]] | None = None, max_samples: int | None = 64,
-                        metric: str = "auto", symmetric: bool = True,
-                        evaluator: VariantEvaluator | None = None) -> SensitivityReport:
+                        metric: str = "auto", evaluator: VariantEvaluator | None = None) -> SensitivityReport:
     """Score every quantized node group (or the given `groups` of node names) and rank them.
 
-    `evaluator` lets a caller (the mixed-precision planner) share cached FP32 outputs and variants.
+    `target` quantizes the variants (see VariantEvaluator); `evaluator` lets a caller (the
+    mixed-precision planner) share cached FP32 outputs and variants instead.
     """
-    evaluator = evaluator or VariantEvaluator(model, calibration, dataset, max_samples=max_samples,
-                                              symmetric=symmetric)
+    if evaluator is None and target is None:
+        raise TypeError("analyze_sensitivity needs the target whose int8 it simulates (target=) or an evaluator")
+    evaluator = evaluator or VariantEvaluator(model, calibration, dataset, target=target, max_samples=max_samples)
     metric = resolve_metric(metric, evaluator.labels is not None)
     node_groups = _explicit_groups(evaluator, groups) if groups is not None else evaluator.groups()
     if not node_groups:
@@ -291,7 +274,7 @@ def analyze_sensitivity(model: onnx.ModelProto, calibration: CalibrationResult, 
                           "method": t.method}
         results.append(NodeSensitivity(group, only, all_but, all_but.sqnr_db - int8.sqnr_db, activation))
     results.sort(key=lambda n: (-n.recovery_db, n.only.sqnr_db))
-    return SensitivityReport(metric, len(evaluator), fp32, int8, results, symmetric)
+    return SensitivityReport(metric, len(evaluator), fp32, int8, results, evaluator.symmetric)
 
 
 def _ungrouped_quantized(evaluator: VariantEvaluator, grouped: set[str]) -> set[str]:
@@ -314,4 +297,4 @@ def _explicit_groups(evaluator: VariantEvaluator, groups: list[list[str]]) -> li
 
 
 __all__ = ["analyze_sensitivity", "SensitivityReport", "NodeSensitivity", "NodeGroup", "Metrics",
-           "VariantEvaluator", "asymmetric_activations", "resolve_metric"]
+           "VariantEvaluator", "resolve_metric"]

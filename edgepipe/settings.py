@@ -110,27 +110,31 @@ def to_model_domain(dataset, settings: dict):
 
 
 def initial_input_shapes(settings: dict) -> dict[str, list[int]]:
-    """Static shapes from --input-shape, else from the calibration data (batch 1)."""
+    """Static shapes from --input-shape, else from the calibration data.
+
+    Every dynamic dim (symbolic, unknown, -1, 0) of an ONNX input not named by --input-shape is
+    read from the first calibration sample of that input; a PyTorch source without --input-shape
+    takes the first input of the calibration data.
+    """
     shapes = {k: list(v) for k, v in (settings.get("input_shapes") or {}).items()}
-    if shapes:
-        return shapes
     from edgepipe.data import infer_static_shape
 
     model = settings["model"]
-    names: list[str] = []
+    declared: dict[str, tuple | None] = {}
     if str(model).endswith(".onnx") and Path(model).is_file():
         onnx_model = graph.load_model(model, load_external=False)
-        dynamic = [i for i in graph.graph_inputs(onnx_model) if not all(isinstance(d, int) for d in graph.tensor_shape(i))]
-        names = [i.name for i in dynamic]
-        if not names:
-            return {}
+        declared = {i.name: graph.declared_shape(i) for i in graph.graph_inputs(onnx_model)
+                    if i.name not in shapes and not graph.is_static(graph.declared_shape(i))}
+        if not declared:
+            return shapes
+    elif shapes:
+        return shapes
     calib = settings["calib"]
-    if not names:
-        names = [_first_input_name(calib)]
-    shapes = {}
-    for name in names:
+    if not declared:
+        declared = {_first_input_name(calib): None}
+    for name, shape in declared.items():
         try:
-            shapes[name] = list(infer_static_shape(calib, name, settings.get("preprocess")))
+            shapes[name] = list(infer_static_shape(calib, name, settings.get("preprocess"), shape))
         except UserError as exc:
             raise UserError(f"input '{name}' of {model} has dynamic dims and no --input-shape {name}:1x...; "
                             f"reading its shape from the calibration data failed: {exc}") from exc

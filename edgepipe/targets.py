@@ -1,10 +1,12 @@
 """Target plugins: what a device needs, found through the `edgepipe.targets` entry-point group.
 
-A target says which backend lowers the model (tensorrt | tflite), how activations are quantized
-(symmetric for TensorRT, asymmetric for TFLite), which bundle files to render and whether the
-bundle can be run on this host after the build. The built-ins are registered exactly like a
-third-party package would register its own, and YAML profiles (`targets/profiles/*.yaml`, or a
-`--target path/to/profile.yaml`) derive from a plugin without any Python:
+A target says which backend lowers the model (tensorrt | tflite | its own), how activations are
+quantized (symmetric for TensorRT, asymmetric for TFLite), which runner run.py includes and
+whether the bundle can be run on this host after the build. A plugin package may carry its own
+`templates/` folder (its runner, files it renders), searched before edgepipe's templates. The
+built-ins are registered exactly like a third-party package would register its own, and YAML
+profiles (`targets/profiles/*.yaml`, or a `--target path/to/profile.yaml`) derive from a plugin
+without any Python:
 
     name: rpi5
     base: arm-cpu
@@ -15,6 +17,7 @@ third-party package would register its own, and YAML profiles (`targets/profiles
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass, field
 from importlib import metadata, resources
 from pathlib import Path
@@ -48,10 +51,11 @@ class Target:
     activation_symmetric: bool = True
     runtime_requirements: list[str] = []
     verified_here: str = ""  # what this machine verifies for this target
-    runner_template: str = ""
+    runner_template: str = ""  # Runner included into run.py (see docs/ARCHITECTURE.md, runner contract)
     host_report: bool = False  # can run.py run on the build host (arm-cpu: the TFLite interpreter)
     device_readme: str = ""  # extra markdown for the bundle README
     default_options: dict[str, Any] = {}
+    backend_options: tuple[str, ...] = ("threads",)  # the edgepipe.yaml `backend.*` keys this target reads
 
     def __init__(self, options: dict | None = None, profile: str | None = None):
         self.options = {**copy.deepcopy(self.default_options), **(options or {})}
@@ -63,6 +67,44 @@ class Target:
 
     def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
         raise NotImplementedError
+
+    def qdq_model(self, model, calibration, keep_float=frozenset()) -> tuple[Any, dict]:
+        """(Q/DQ ONNX model, report) simulating this target's int8 in ONNX Runtime, with `keep_float`
+        nodes left float: how the accuracy tools (sensitivity, mixed precision, finetune) quantize.
+        The report's `quantized_nodes` names what is quantized. Default: TensorRT's Q/DQ placement
+        with this target's activation scheme and `per_channel` option."""
+        from edgepipe.backends.qdq import simulated_int8_model
+
+        return simulated_int8_model(model, calibration, symmetric=self.activation_symmetric, keep_float=keep_float,
+                                    per_channel=bool(self.options.get("per_channel", True)))
+
+    def check_backend_settings(self, backend: dict) -> None:
+        """Refuse a `backend.*` option this target would silently ignore (set away from its default):
+        e.g. `per_channel: false` on arm-cpu, whose TFLite weights are always per channel."""
+        from edgepipe.config import SCHEMA
+
+        for key, value in sorted(backend.items()):
+            spec = SCHEMA["backend"].get(key)
+            if value is None or key in self.backend_options or spec is None or value == spec.default:
+                continue
+            raise UserError(f"backend.{key}: {value!r} has no effect on target '{self.name}' (it reads "
+                            f"backend.{', backend.'.join(self.backend_options)}); remove it or choose a "
+                            "target that uses it")
+
+    def template_packages(self) -> tuple[str, ...]:
+        """Packages whose templates/ folder is searched before edgepipe's: the plugin's own package,
+        then those of the plugin classes it derives from (so a subclass can override a runner)."""
+        from edgepipe.templating import has_templates
+
+        found: list[str] = []
+        for cls in type(self).__mro__:
+            if not (isinstance(cls, type) and issubclass(cls, Target)) or cls is Target:
+                continue
+            module = sys.modules.get(cls.__module__)
+            package = getattr(module, "__package__", None) or cls.__module__
+            if package not in found and has_templates(package):
+                found.append(package)
+        return tuple(found)
 
     def evaluator(self, model, calibration, dataset, settings: dict):
         """callable(float_nodes) -> accuracy metrics on this target's real kernels, or None when

@@ -1,8 +1,12 @@
 """Rendering of the jinja2 templates shipped in `templates/` (installed as `edgepipe_templates`).
 
-One environment for every bundle file: strict undefined variables (a typo fails the build, not
-the device), autoescape for HTML/XML only (runners and shell scripts must stay verbatim), and no
-timestamps or other run-dependent values, so bundles stay byte-for-byte deterministic.
+One environment per template search path: strict undefined variables (a typo fails the build,
+not the device), autoescape for HTML/XML only (runners and shell scripts must stay verbatim), and
+no timestamps or other run-dependent values, so bundles stay byte-for-byte deterministic.
+
+Search path: a target plugin's own `templates/` folders first (`Target.template_packages()`, e.g.
+the runner of a runtime edgepipe does not know), then ours; a plugin may also override one of
+ours by giving its file the same name.
 """
 
 from __future__ import annotations
@@ -12,12 +16,16 @@ from importlib import resources
 
 import jinja2
 
+PLUGIN_TEMPLATE_FOLDER = "templates"  # inside a target plugin's package
 
-@lru_cache(maxsize=1)
-def environment() -> jinja2.Environment:
-    root = resources.files("edgepipe_templates")
+
+@lru_cache(maxsize=None)
+def environment(packages: tuple[str, ...] = ()) -> jinja2.Environment:
+    """The environment that searches `packages`' template folders, then edgepipe's own."""
+    loaders = [jinja2.PackageLoader(package, PLUGIN_TEMPLATE_FOLDER) for package in packages]
+    loaders.append(jinja2.FileSystemLoader(str(resources.files("edgepipe_templates"))))
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(root)),
+        loader=jinja2.ChoiceLoader(loaders),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "htm", "xml", "html.j2", "xml.j2"),
                                             default_for_string=False, default=False),
         undefined=jinja2.StrictUndefined,
@@ -27,6 +35,14 @@ def environment() -> jinja2.Environment:
     )
 
 
-def render(template_name: str, **context) -> str:
-    """Render `templates/<template_name>` with the given variables."""
-    return environment().get_template(template_name).render(**context)
+def has_templates(package: str) -> bool:
+    """Does `package` ship a templates/ folder (a plugin that carries its own runner)?"""
+    try:
+        return resources.files(package).joinpath(PLUGIN_TEMPLATE_FOLDER).is_dir()
+    except (ModuleNotFoundError, TypeError):
+        return False
+
+
+def render(template_name: str, packages: tuple[str, ...] = (), /, **context) -> str:
+    """Render `template_name`, searched in `packages`' templates/ first, then in `templates/`."""
+    return environment(tuple(packages)).get_template(template_name).render(**context)

@@ -22,6 +22,7 @@ class ArmCpuTarget(Target):
     )
     host_report = True
     default_options = {"threads": 2}
+    backend_options = ("threads", "int8_io", "keep_layout")  # weights are always per channel
     device_readme = (
         "Install the runtime on the board: `pip3 install ai-edge-litert numpy` (64-bit OS, glibc >= 2.34), "
         "or `pip3 install tflite-runtime 'numpy<2'`."
@@ -37,6 +38,7 @@ class ArmCpuTarget(Target):
 
         options = {**self.options, **{k: v for k, v in settings.items() if v is not None}}
         options["float_nodes"] = set(options.get("float_nodes") or [])
+        options["target"] = self.name  # errors name the target (or profile) the user chose
         result = build_tflite(model, calibration, out_dir, options)
         manifest = {
             "precision": {
@@ -53,4 +55,5 @@ class ArmCpuTarget(Target):
         from edgepipe.backends.tflite.evaluate import tflite_evaluator
 
         options = {k: v for k, v in settings.items() if k in ("int8_io", "keep_layout") and v is not None}
+        options["target"] = self.name
         return tflite_evaluator(model, calibration, dataset, options)

@@ -27,6 +27,7 @@ class TensorRTTarget(Target):
     verified_here = VERIFIED_HERE
     host_report = False
     build_engine_on_host = False
+    backend_options = ("threads", "build_engine", "workspace_mb", "dla_core", "per_channel")
 
     def supports(self, model):
         return custom_domain_nodes(model)

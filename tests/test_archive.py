@@ -17,9 +17,9 @@ from edgepipe.errors import UserError
 def make_bundle(out: Path) -> Path:
     write_bundle(out, target={"name": "t", "backend": "tflite", "description": "", "precision": "int8",
                               "layout": "NHWC", "runtime_requirements": [], "device_readme": ""},
-                 files={"model.tflite": b"m" * 100, "sub/dir/data.bin": b"\x00\x01"}, templates=[],
-                 template_context={"model_file": "model.tflite"}, io={"inputs": [], "outputs": []}, stages=[],
-                 source={}, extra_manifest={}, eval_data=None)
+                 files={"model.tflite": b"m" * 100, "sub/dir/data.bin": b"\x00\x01"},
+                 template_context={"runner_template": "runner_tflite.py.j2", "model_file": "model.tflite"},
+                 io={"inputs": [], "outputs": []}, stages=[], source={}, extra_manifest={}, eval_data=None)
     return out
 
 

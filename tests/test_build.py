@@ -57,7 +57,8 @@ def test_arm_cpu_host_report_accuracy(arm_build, workdir):
 
 def test_second_target_reuses_cached_stages(jetson_build):
     cached = {s["name"]: s["cached"] for s in jetson_build["stages"]}
-    assert cached["export"] and cached["simplify"] and cached["fold"] and cached["calibrate"]
+    # export always runs (its graph keys the later stages); everything after it is reused
+    assert not cached["export"] and cached["simplify"] and cached["fold"] and cached["calibrate"]
 
 
 def test_jetson_bundle_has_tensorrt_kit(jetson_build, workdir):

@@ -32,8 +32,7 @@ def build(out: Path, source_file: Path | None = None, **overrides) -> dict:
     files = {"model.tflite": b"model-bytes", "calibration.json": b"{}\n", "nested/extra.bin": bytes(range(256))}
     if source_file is not None:
         files["reference.onnx"] = source_file
-    kwargs = dict(target=TARGET, files=files, templates=[("bundle_README.md.j2", "docs/README.copy.md", {})],
-                  template_context={"runner_template": "runner_tflite.py.j2", "model_file": "model.tflite"},
+    kwargs = dict(target=TARGET, files=files, template_context={"runner_template": "runner_tflite.py.j2", "model_file": "model.tflite"},
                   io=IO, stages=[{"name": "export", "hash": "abc"}], source={"model": "m.onnx", "sha256": "f" * 64},
                   extra_manifest={"precision_report": {"float_nodes": []}}, eval_data=eval_data())
     kwargs.update(overrides)
@@ -51,7 +50,7 @@ def test_layout_manifest_and_sha256sums(tmp_path):
     manifest = build(tmp_path / "b", onnx_file)
     bundle = tmp_path / "b"
     for name in ("run.py", "README.md", "requirements.txt", MANIFEST, SHA256SUMS, "eval/eval.npz",
-                 "reference.onnx", "docs/README.copy.md"):
+                 "reference.onnx"):
         assert (bundle / name).is_file(), name
     listed = {e["path"]: e for e in manifest["files"]}
     assert [e["path"] for e in manifest["files"]] == sorted(listed)

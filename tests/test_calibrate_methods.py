@@ -8,8 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgepipe import quantmath
-from edgepipe.calibrate import methods
-from edgepipe.calibrate.entropy import entropy_amax
+from edgepipe.calibrate import error_model, methods
+from edgepipe.calibrate.methods.entropy import entropy_amax
+from edgepipe.calibrate.methods.minmax import minmax_range
+from edgepipe.calibrate.methods.mse import mse_amax, mse_range
+from edgepipe.calibrate.methods.percentile import percentile_amax, percentile_range
 from edgepipe.calibrate.histogram import TensorHistogram
 
 
@@ -82,9 +85,9 @@ def _hist(values, num_bins=2048):
 def test_percentile_matches_numpy_within_one_bin(percentile):
     values = np.random.default_rng(3).standard_t(4, size=200_000)
     hist = _hist(values)
-    amax = methods.percentile_amax(hist.abs_counts(), hist.bin_width, percentile)
+    amax = percentile_amax(hist.abs_counts(), hist.bin_width, percentile)
     assert abs(amax - np.percentile(np.abs(values), percentile)) <= hist.bin_width
-    lo, hi = methods.percentile_range(hist, percentile)
+    lo, hi = percentile_range(hist, percentile)
     assert abs(hi - np.percentile(values, percentile)) <= hist.bin_width
     assert abs(lo - np.percentile(values, 100 - percentile)) <= hist.bin_width
 
@@ -103,7 +106,7 @@ def test_mse_threshold_is_near_the_brute_force_optimum_on_raw_samples(kind):
         "relu_t": np.maximum(rng.standard_t(3, size=100_000), 0.0),
     }[kind]
     hist = _hist(values)
-    amax = methods.mse_amax(hist.abs_counts(), hist.bin_width)
+    amax = mse_amax(hist.abs_counts(), hist.bin_width)
     grid = np.linspace(hist.observed_absmax() / 200, hist.observed_absmax(), 400)
     brute = np.array([_actual_symmetric_mse(values, a) for a in grid])
     best = grid[int(np.argmin(brute))]
@@ -115,7 +118,7 @@ def test_mse_range_beats_minmax_on_skewed_data_and_keeps_zero():
     rng = np.random.default_rng(11)
     values = np.concatenate([rng.exponential(1.0, 50_000), -rng.exponential(0.1, 50_000)])
     hist = _hist(values)
-    lo, hi = methods.mse_range(hist)
+    lo, hi = mse_range(hist)
     assert hist.min <= lo <= 0.0 <= hi <= hist.max
 
     def actual(lo_, hi_):
@@ -130,10 +133,10 @@ def test_mse_range_beats_minmax_on_skewed_data_and_keeps_zero():
 def test_minmax_is_exact():
     values = np.array([-3.25, 0.5, 7.125, -0.0])
     hist = _hist(values, 256)
-    assert methods.minmax_amax(hist) == 7.125
-    assert methods.minmax_range(hist) == (-3.25, 7.125)
+    assert methods.fixed_choice(methods.get("minmax"), hist, {}).amax == 7.125
+    assert minmax_range(hist) == (-3.25, 7.125)
     positive = _hist(np.array([0.5, 2.0]), 256)
-    assert methods.minmax_range(positive) == (0.0, 2.0)
+    assert minmax_range(positive) == (0.0, 2.0)
 
 
 @settings(max_examples=200, deadline=None)
@@ -153,7 +156,7 @@ def test_asymmetric_params_zero_exact_and_round_trip_within_half_step(lo, hi, wh
 
 def test_vectorized_asymmetric_grids_match_quantmath_exactly():
     from edgepipe import quantmath
-    from edgepipe.calibrate.methods import asymmetric_grids
+    from edgepipe.calibrate.error_model import asymmetric_grids
 
     rng = np.random.default_rng(3)
     lo = np.concatenate([-rng.uniform(0, 5, 500), [0.0, -0.0, 1.0, -1e-13, -2.5, -127.5 / 255]])
@@ -172,9 +175,9 @@ def test_candidate_error_does_not_depend_on_its_batch_of_candidates():
     counts = rng.integers(1, 1000, centers.size).astype(np.float64)
     scales = rng.uniform(0.001, 0.05, 130)
     zero_points = np.rint(rng.uniform(-128, 127, 130))
-    together = methods.expected_error(centers, counts, scales, zero_points, -128, 127)
+    together = error_model.expected_error(centers, counts, scales, zero_points, -128, 127)
     for k in (0, 7, 129):
-        alone = methods.expected_error(centers, counts, scales[k : k + 1], zero_points[k : k + 1], -128, 127)
+        alone = error_model.expected_error(centers, counts, scales[k : k + 1], zero_points[k : k + 1], -128, 127)
         assert alone[0] == together[k]
     # reference: the direct matrix formula
     levels = np.clip(np.rint(centers[None, :] / scales[:, None]) + zero_points[:, None], -128, 127)

@@ -14,9 +14,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepipe import graph
-from edgepipe.backends.tensorrt.qdq import write_qdq_model
+from edgepipe.backends.qdq import write_qdq_model
 from edgepipe.calibrate import calibrate
-from edgepipe.calibrate.entropy import candidate_divergence, candidate_divergences, entropy_amax
+from edgepipe.calibrate.methods.entropy import candidate_divergence, candidate_divergences, entropy_amax
 
 CHANNELS, CLASSES = 64, 9
 

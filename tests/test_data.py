@@ -191,11 +191,40 @@ def test_wrong_per_sample_shape(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((2, 3, 8, 9)))
     with pytest.raises(UserError) as err:
         load_dataset(tmp_path / "d.npz", NCHW)
-    _one_line_error(err, "'x'", "(3, 8, 9)", "[3, 8, 8]")
-    np.savez(tmp_path / "e.npz", x=np.zeros((2, 1, 3, 8, 8)))
+    _one_line_error(err, "'x'", "(3, 8, 9)", "[N, 3, 8, 8] or [N, 1, 3, 8, 8]")
+    np.savez(tmp_path / "e.npz", x=np.zeros((2, 2, 3, 8, 8)))
     with pytest.raises(UserError) as err:
         load_dataset(tmp_path / "e.npz", NCHW)
-    _one_line_error(err, "batch dim")
+    _one_line_error(err, "(2, 3, 8, 8)", "[N, 3, 8, 8] or [N, 1, 3, 8, 8]")
+
+
+def test_batch_axis_forms_and_static_leading_dims(tmp_path):
+    """[N, *shape[1:]] and [N, *shape] both feed a batch-1 input; a static leading dim other than 1
+    belongs to every sample; each sample is fed in the input's exact shape."""
+    values = np.random.default_rng(3).standard_normal((5, 3, 4, 5)).astype(np.float32)
+    np.save(tmp_path / "plain.npy", values)
+    np.save(tmp_path / "full.npy", values[:, None])
+    for name in ("plain.npy", "full.npy"):
+        ds = load_dataset(tmp_path / name, {"x": ((1, 3, 4, 5), np.float32)})
+        assert len(ds) == 5 and ds.sample(2)["x"].shape == (1, 3, 4, 5)
+        np.testing.assert_array_equal(ds.stack("x"), values)
+    unbatched = load_dataset(tmp_path / "plain.npy", {"x": ((3, 4, 5), np.float32)})
+    assert len(unbatched) == 5 and unbatched.sample(4)["x"].shape == (3, 4, 5)
+    np.testing.assert_array_equal(unbatched.sample(4)["x"], values[4])
+    np.testing.assert_array_equal(unbatched.stack("x"), values)
+    with pytest.raises(UserError) as err:
+        load_dataset(tmp_path / "plain.npy", {"x": ((2, 3, 4, 5), np.float32)})
+    _one_line_error(err, "(3, 4, 5)", "store it as [N, 2, 3, 4, 5]")
+    state = np.zeros((6, 2, 1, 128), np.float32)  # an RNN state [2, B, 128] fixed to B = 1
+    np.savez(tmp_path / "rnn.npz", h=state, x=np.zeros((6, 7), np.float32))
+    ds = load_dataset(tmp_path / "rnn.npz", {"h": ((2, 1, 128), np.float32), "x": ((1, 7), np.float32)})
+    assert ds.sample(0)["h"].shape == (2, 1, 128) and ds.sample(0)["x"].shape == (1, 7)
+    assert infer_static_shape(tmp_path / "rnn.npz", "h", declared=(2, "B", 128)) == (2, 1, 128)
+    assert infer_static_shape(tmp_path / "rnn.npz", "x", declared=(-1, 7)) == (1, 7)
+    assert infer_static_shape(tmp_path / "full.npy", "x", declared=(0, 3, 4, 5)) == (1, 3, 4, 5)
+    with pytest.raises(UserError) as err:
+        infer_static_shape(tmp_path / "rnn.npz", "x", declared=("a", "b", "c", 7))
+    _one_line_error(err, "'x'", "[N, ?, ?, 7] or [N, ?, ?, ?, 7]")
 
 
 def test_image_shape_not_matching_the_model(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from edgepipe.errors import BudgetError, UserError
 from edgepipe.precision import Budget, plan_mixed_precision
 from edgepipe.sensitivity import VariantEvaluator
-from tests.test_sensitivity import calibrated, npz_dataset, outlier_mlp
+from tests.test_sensitivity import GPU, calibrated, npz_dataset, outlier_mlp
 
 BUDGET = 0.02  # at most 2% of argmax decisions may change vs FP32
 
@@ -25,7 +25,7 @@ def two_outlier_case(tmp_path_factory):
 
 def smallest_passing_size(model, calibration, dataset, groups) -> int:
     """Brute force: the size of the smallest set of groups whose float variant meets the budget."""
-    evaluator = VariantEvaluator(model, calibration, dataset, max_samples=None)
+    evaluator = VariantEvaluator(model, calibration, dataset, target=GPU, max_samples=None)
     for size in range(len(groups) + 1):
         for subset in itertools.combinations(groups, size):
             metrics = evaluator.evaluate({n for g in subset for n in g.nodes})
@@ -36,7 +36,7 @@ def smallest_passing_size(model, calibration, dataset, groups) -> int:
 
 def test_plan_meets_budget_with_fewest_float_groups(two_outlier_case):
     model, calibration, dataset = two_outlier_case
-    plan = plan_mixed_precision(model, calibration, dataset, BUDGET, max_samples=64)
+    plan = plan_mixed_precision(model, calibration, dataset, BUDGET, target=GPU, max_samples=64)
     int8_drop = plan.steps[0].measured
     assert plan.steps[0].action == "int8" and int8_drop > BUDGET  # plain INT8 really breaks the budget
     assert plan.met, plan.reason
@@ -51,7 +51,7 @@ def test_plan_meets_budget_with_fewest_float_groups(two_outlier_case):
 
 def test_budget_that_cannot_be_met(two_outlier_case):
     model, calibration, dataset = two_outlier_case
-    limited = plan_mixed_precision(model, calibration, dataset, BUDGET, max_float=1, max_samples=32)
+    limited = plan_mixed_precision(model, calibration, dataset, BUDGET, target=GPU, max_float=1, max_samples=32)
     assert not limited.met and "max_float=1" in limited.reason
     assert len(limited.float_groups) == 1
     with pytest.raises(BudgetError, match="not met"):
@@ -59,7 +59,8 @@ def test_budget_that_cannot_be_met(two_outlier_case):
 
     # a backend that itself disagrees with FP32 on 10% of inputs whatever stays float
     lossy_backend = lambda float_nodes: {"argmax_agreement": 0.9}  # noqa: E731
-    plan = plan_mixed_precision(model, calibration, dataset, BUDGET, evaluate=lossy_backend, max_samples=32)
+    plan = plan_mixed_precision(model, calibration, dataset, BUDGET, target=GPU, evaluate=lossy_backend,
+                                max_samples=32)
     assert not plan.met and "even with all 4" in plan.reason
     assert plan.steps[-1].evaluator == "backend" and len(plan.float_groups) == 4
 
@@ -68,10 +69,10 @@ def test_sqnr_budget_and_easy_model(tmp_path):
     model = outlier_mlp({})
     calibration = calibrated(model, tmp_path)
     dataset = npz_dataset(tmp_path, "eval", 32, seed=5)
-    easy = plan_mixed_precision(model, calibration, dataset, {"min_sqnr_db": 20})
+    easy = plan_mixed_precision(model, calibration, dataset, {"min_sqnr_db": 20}, target=GPU)
     assert easy.met and easy.float_nodes == set() and easy.final["sqnr_db"] >= 20
     target = easy.steps[0].measured + 3.0  # 3 dB above all-INT8: some layers must go float
-    strict = plan_mixed_precision(model, calibration, dataset, {"min_sqnr_db": target})
+    strict = plan_mixed_precision(model, calibration, dataset, {"min_sqnr_db": target}, target=GPU)
     assert strict.met and strict.float_groups and strict.final["sqnr_db"] >= target
     assert strict.steps[0].measured < target
 

@@ -14,6 +14,7 @@ from edgepipe.errors import UserError
 from edgepipe.qat import (LearnedActivationQuant, PerChannelWeightQuant, distillation_loss, fake_quantize, finetune,
                           learned_calibration, map_to_onnx, prepare_qat, strip_qat)
 from edgepipe.sensitivity import VariantEvaluator
+from edgepipe.targets import load_target
 from edgepipe.stages.export import export_torch
 
 
@@ -88,7 +89,8 @@ def test_qat_finetune_is_not_worse_than_ptq(tmp_path):
 
     onnx_model = graph.ensure_node_names(export_torch(model, {"x": [1, 16]}, ["logits"], 17))
     calibration = calibrate(onnx_model, calib, {"rounds": 2})
-    ptq = VariantEvaluator(onnx_model, calibration, evaluation, max_samples=None).evaluate(set())
+    ptq = VariantEvaluator(onnx_model, calibration, evaluation, target=load_target("desktop-gpu"),
+                           max_samples=None).evaluate(set())
 
     prepare_qat(model, calibration, onnx_model=onnx_model)
     assert model.fc2.input_quantizer.amax == pytest.approx(calibration.tensors[map_to_onnx(model, onnx_model)[1][2]].amax)
@@ -101,7 +103,8 @@ def test_qat_finetune_is_not_worse_than_ptq(tmp_path):
     mapped = [tensor for _, _, tensor in map_to_onnx(model, exported)]
     assert all(qat_calibration.tensors[t].method == "qat-lsq" for t in mapped[1:])
     assert qat_calibration.tensors[mapped[0]].method != "qat-lsq"  # graph input keeps its calibration
-    qat = VariantEvaluator(exported, qat_calibration, evaluation, max_samples=None).evaluate(set())
+    qat = VariantEvaluator(exported, qat_calibration, evaluation, target=load_target("desktop-gpu"),
+                           max_samples=None).evaluate(set())
     assert ptq.top1 < ptq.fp32_top1  # the outlier really costs PTQ accuracy
     assert qat.top1 >= ptq.top1
 

@@ -38,7 +38,7 @@ def make_bundle(root: Path, **options) -> tuple[Path, dict]:
     labels[::4] = (labels[::4] + 1) % reference.shape[1]  # some wrong labels: top1 < 1
     eval_data = {"inputs": {"x": inputs}, "labels": labels, "reference": {"y": reference}}
     bundle = root / "bundle"
-    write_bundle(bundle, target=TARGET, files={f: backend_dir / f for f in built["files"]}, templates=[],
+    write_bundle(bundle, target=TARGET, files={f: backend_dir / f for f in built["files"]},
                  template_context={"runner_template": "runner_tflite.py.j2", "model_file": "model.tflite"},
                  io=built["io"], stages=[], source={"sha256": "0" * 64}, extra_manifest={}, eval_data=eval_data)
     return bundle, {"io": built["io"], **eval_data}

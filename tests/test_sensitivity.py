@@ -9,12 +9,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgepipe.backends.tensorrt.qdq import write_qdq_model
+from edgepipe.backends.qdq import asymmetric_activations, write_qdq_model
 from edgepipe.calibrate import calibrate
 from edgepipe.data import load_dataset
 from edgepipe.errors import UserError
 from edgepipe.graph import constant_value
-from edgepipe.sensitivity import analyze_sensitivity, asymmetric_activations
+from edgepipe.sensitivity import analyze_sensitivity
+from edgepipe.targets import load_target
+
+GPU = load_target("desktop-gpu")  # symmetric activations (TensorRT)
+ARM = load_target("arm-cpu")  # asymmetric activations (TFLite)
 
 WIDTH, CLASSES, FEATURES = 32, 10, 16
 
@@ -66,7 +70,8 @@ def calibrated(model, tmp_path, count: int = 64):
 
 def test_outlier_consumer_ranks_first(tmp_path):
     model = outlier_mlp({2: 300.0})
-    report = analyze_sensitivity(model, calibrated(model, tmp_path), npz_dataset(tmp_path, "eval", 48, seed=2))
+    report = analyze_sensitivity(model, calibrated(model, tmp_path), npz_dataset(tmp_path, "eval", 48, seed=2),
+                                 target=GPU)
     names = [n.group.name for n in report.nodes]
     assert names[0] == "fc3", report.text_table()
     top = report.nodes[0]
@@ -80,7 +85,8 @@ def test_report_json_and_table(tmp_path):
     model = outlier_mlp({1: 50.0})
     labels = lambda x: (x[:, 0] > 0).astype(np.int64)  # noqa: E731 - any labels make top1 available
     report = analyze_sensitivity(model, calibrated(model, tmp_path),
-                                 npz_dataset(tmp_path, "eval", 32, seed=3, labels=labels), max_samples=16)
+                                 npz_dataset(tmp_path, "eval", 32, seed=3, labels=labels), target=GPU,
+                                 max_samples=16)
     data = json.loads(json.dumps(report.to_json(), allow_nan=False))  # strict JSON: no inf/nan
     assert data["metric"] == "top1" and data["samples"] == 16
     assert {n["name"] for n in data["nodes"]} == {"fc1", "fc2", "fc3", "fc4"}
@@ -95,8 +101,8 @@ def test_asymmetric_scheme_and_bad_group(tmp_path):
     model = outlier_mlp({})
     calibration = calibrated(model, tmp_path)
     dataset = npz_dataset(tmp_path, "eval", 24, seed=4)
-    sym = analyze_sensitivity(model, calibration, dataset, groups=[["fc3"], ["fc4"]])
-    asym = analyze_sensitivity(model, calibration, dataset, groups=[["fc3"], ["fc4"]], symmetric=False)
+    sym = analyze_sensitivity(model, calibration, dataset, target=GPU, groups=[["fc3"], ["fc4"]])
+    asym = analyze_sensitivity(model, calibration, dataset, target=ARM, groups=[["fc3"], ["fc4"]])
     # post-ReLU inputs: the asymmetric grid spends all 256 levels on [0, hi] instead of 128 (weight
     # noise, the same in both, dominates, so only the direction is asserted)
     assert asym.int8.sqnr_db > sym.int8.sqnr_db
@@ -107,7 +113,7 @@ def test_asymmetric_scheme_and_bad_group(tmp_path):
     assert float(constant_value(rewritten, quantize.input[1])) == pytest.approx(scale)
     assert int(constant_value(rewritten, quantize.input[2])) == zero_point == -128
     with pytest.raises(UserError, match="'nope' is not in the model"):
-        analyze_sensitivity(model, calibration, dataset, groups=[["nope"]])
+        analyze_sensitivity(model, calibration, dataset, target=GPU, groups=[["nope"]])
 
 
 def test_cli_sensitivity_json_and_plan(tmp_path):

@@ -9,7 +9,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepipe import graph, quantmath
-from edgepipe.backends.tensorrt.qdq import write_qdq_model
+from edgepipe.backends.qdq import write_qdq_model
 from edgepipe.calibrate import calibrate
 from edgepipe.data import load_dataset
 from edgepipe.errors import UserError

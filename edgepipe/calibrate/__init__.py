@@ -3,8 +3,8 @@
 Two phases, as ONNX Runtime's calibrators (`collect_data` then `compute_data`) but streaming:
 `collector.collect` folds every batch into fixed-size histograms (memory independent of the
 number of samples), then `policy.choose` picks `amax` and `(lo, hi)` per tensor with the
-requested method (auto, entropy, percentile, mse, minmax; overrides per tensor name or producer
-op type), and `stability` measures how much the thresholds move across rounds of the set.
+requested method (the registry in `methods/`, one module per method; overrides per tensor name
+or producer op type), and `stability` measures how much the thresholds move across rounds.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Callable
 import onnx
 
 from edgepipe import graph
-from edgepipe.calibrate import collector, policy, stability
+from edgepipe.calibrate import collector, methods, policy, stability
 from edgepipe.calibrate.result import CalibrationResult, TensorCalibration
 from edgepipe.errors import UserError
 
@@ -29,8 +29,7 @@ DEFAULT_SETTINGS = {
     "max_exposed_mb": 1024,
 }
 
-__all__ = ["calibrate", "CalibrationResult", "TensorCalibration", "DEFAULT_SETTINGS", "METHODS"]
-METHODS = policy.METHODS
+__all__ = ["calibrate", "CalibrationResult", "TensorCalibration", "DEFAULT_SETTINGS", "methods"]
 
 
 def calibrate(
@@ -54,11 +53,10 @@ def calibrate(
     _check_dataset_inputs(model, dataset)
     hists, num_samples = collector.collect(model, dataset, contexts, settings, progress)
     result = CalibrationResult(method=settings["method"], num_samples=num_samples)
-    percentile = float(settings["percentile"])
     stabilities = {}
     for name, hist in hists.items():
         choice = policy.choose(name, hist, contexts[name], settings)
-        stabilities[name] = stability.round_stability(hist, choice.method, percentile, choice.method_amax)
+        stabilities[name] = stability.round_stability(hist, choice.method, settings, choice.method_amax)
         result.tensors[name] = TensorCalibration(
             name=name,
             min=float(hist.min),

@@ -73,10 +73,10 @@ def round_of(position: int, total: int, rounds: int) -> int:
 
 
 def static_batch_size(model: onnx.ModelProto, requested: int) -> int:
-    """1 when an input has a fixed batch dimension of 1 (exported with static shapes)."""
+    """1 when an input has a static shape: a fixed batch of 1, or a leading dim that is part of
+    every sample ([3, 4, 5]); neither takes several samples at once."""
     for value in graph.graph_inputs(model):
-        dims = graph.tensor_shape(value)
-        if dims and dims[0] == 1:
+        if graph.is_static(graph.declared_shape(value)):
             return 1
     return max(int(requested), 1)
 

@@ -23,9 +23,11 @@ needs to know (shuffle it or add samples).
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 
-from edgepipe.calibrate.entropy import kl_divergence, smooth
+from edgepipe.calibrate.methods.entropy import kl_divergence, smooth
 from edgepipe.calibrate.histogram import TensorHistogram
 from edgepipe.calibrate.policy import symmetric_amax
 
@@ -40,7 +42,7 @@ def coarse(counts: np.ndarray, stop: int, bins: int = KL_BINS) -> np.ndarray:
     return np.add.reduceat(counts[:stop].astype(np.float64), edges[:-1]) * (np.diff(edges) > 0)
 
 
-def round_stability(hist: TensorHistogram, method: str, percentile: float, overall: float | None = None) -> dict:
+def round_stability(hist: TensorHistogram, method: str, settings: Mapping, overall: float | None = None) -> dict:
     """Per-round thresholds and distribution shift of one tensor (see module docstring).
 
     `overall`: the method's threshold on the whole set when the caller has it (policy.Choice's
@@ -48,7 +50,7 @@ def round_stability(hist: TensorHistogram, method: str, percentile: float, overa
     """
     width = hist.bin_width
     if overall is None:
-        overall = symmetric_amax(method, hist.abs_counts(), width, percentile, hist.observed_absmax())
+        overall = symmetric_amax(method, hist.abs_counts(), width, hist.observed_absmax(), settings)
     nonzero = np.flatnonzero(hist.abs_counts())
     stop = max(int(nonzero[-1]) + 1 if nonzero.size else 1, KL_BINS)
     total_coarse = coarse(hist.abs_counts(), stop)
@@ -58,7 +60,7 @@ def round_stability(hist: TensorHistogram, method: str, percentile: float, overa
         if not counts.any():
             continue
         absmax = max(abs(hist.round_min[r]), abs(hist.round_max[r]))
-        amax = symmetric_amax(method, counts, width, percentile, absmax)
+        amax = symmetric_amax(method, counts, width, absmax, settings)
         round_amax.append(float(amax))
         spread = max(spread, abs(amax - overall) / max(overall, 1e-12))
         p, q = smooth(coarse(counts, stop)), smooth(total_coarse)

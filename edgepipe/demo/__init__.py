@@ -14,7 +14,6 @@ from pathlib import Path
 DEMO_INPUT_NAME = "image"
 DEMO_OUTPUT_NAME = "logits"
 DEMO_FACTORY = "edgepipe.demo.model:build_demo"
-DEMO_CLASSES = [str(digit) for digit in range(10)]
 
 # The model was trained on exactly this preprocessing (pixel * scale, then (x - mean) / std per
 # channel, in RGB order). mean/std are the training-set channel statistics that

@@ -10,7 +10,7 @@ from typing import Callable
 
 import onnx
 
-from edgepipe.calibrate import DEFAULT_SETTINGS, METHODS, CalibrationResult, calibrate
+from edgepipe.calibrate import DEFAULT_SETTINGS, CalibrationResult, calibrate, methods
 from edgepipe.errors import UserError
 
 _POSITIVE_INTS = ("num_bins", "rounds", "batch_size")
@@ -28,11 +28,12 @@ def validate_settings(settings: dict | None) -> dict:
         )
     merged = {**DEFAULT_SETTINGS, **settings}
     merged["overrides"] = dict(merged.get("overrides") or {})
-    allowed = ", ".join(METHODS)
-    if merged["method"] not in METHODS:
+    known = methods.names()
+    allowed = ", ".join(known)
+    if merged["method"] not in known:
         raise UserError(f"calibration method '{merged['method']}' is unknown; use one of: {allowed}")
     for target, method in merged["overrides"].items():
-        if method not in METHODS:
+        if method not in known:
             raise UserError(
                 f"calibration override for '{target}' has unknown method '{method}'; use one of: {allowed}"
             )

@@ -2,8 +2,9 @@
 
 Sources: an `.onnx` file (checked, shape-inferred), a PyTorch `pkg.module:factory` (+ a
 state_dict checkpoint loaded with `weights_only=True`), or a TorchScript / `torch.export` file.
-Dynamic dimensions are fixed from `--input-shape`, else from the calibration data's first
-sample (batch 1): every later stage and backend needs static shapes.
+Dynamic dimensions (symbolic, unknown, -1, 0) are fixed from `--input-shape`, else from the
+calibration data's first sample, and every tensor shape is derived again from the static inputs:
+every later stage and backend needs a fully static graph.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def is_factory_spec(spec: str) -> bool:
 
 
 def source_fingerprint(spec: str, weights: str | None) -> str:
-    """Content hash of the model source, for the stage cache and the manifest."""
+    """Content hash of the model source, recorded in the manifest. Not a cache key: a factory's
+    export also depends on every module it imports, so the cache keys on the exported graph."""
     digest = hashlib.sha256()
     if is_factory_spec(spec):
         digest.update(spec.encode())
@@ -167,43 +169,45 @@ def name_numbered_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def fix_static_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], source: str) -> onnx.ModelProto:
-    """Pin every graph input to a static shape; error naming the input when one stays dynamic."""
+    """Pin every graph input to a static shape; error naming the input when one stays dynamic.
+
+    `shapes` come from --input-shape, else from the calibration data. Every tensor shape is then
+    derived again from the static inputs (`graph.refresh_shapes`).
+    """
     inputs = {i.name: i for i in graph.graph_inputs(model)}
     for name in shapes:
         if name not in inputs:
-            raise UserError(f"--input-shape names '{name}', but {source} has inputs: {', '.join(inputs)}")
+            raise UserError(f"--input-shape names '{name}', but {source} has inputs: {', '.join(inputs) or 'none'}")
     for name, info in inputs.items():
-        dims = info.type.tensor_type.shape.dim
-        current = graph.tensor_shape(info)
+        current = graph.declared_shape(info)
         wanted = shapes.get(name)
         if wanted is not None:
-            if len(wanted) != len(current) and current:
-                raise UserError(f"--input-shape {name}: {len(wanted)} dims given, {source} declares {len(current)} ({current})")
-            for dim, (have, want) in zip(dims, zip(current, wanted)):
-                if isinstance(have, int) and have != want:
-                    raise UserError(f"--input-shape {name}: dim {have} of {source} is static and differs from {want}")
+            if current is not None and len(wanted) != len(current):
+                raise UserError(f"input '{name}': shape {list(wanted)} (from --input-shape or the calibration data) has "
+                                f"{len(wanted)} dims, {source} declares {len(current)} ({_shown(current)})")
+            for index, (have, want) in enumerate(zip(current or (), wanted)):
+                if graph.is_static_dim(have) and have != want:
+                    raise UserError(
+                        f"input '{name}': dim {index} of {source} is static and differs from {want} (declared {have}; "
+                        f"shape {list(wanted)} from --input-shape or the calibration data)")
+            if not all(graph.is_static_dim(d) for d in wanted):
+                raise UserError(f"input '{name}': shape {list(wanted)} has a dim below 1; give every dim a size")
+            dims = info.type.tensor_type.shape.dim
             del dims[:]
             for value in wanted:
                 dims.add().dim_value = int(value)
-        elif any(not isinstance(d, int) for d in current):
+        elif not graph.is_static(current):
             raise UserError(
-                f"input '{name}' of {source} has dynamic dims {current}; pass --input-shape {name}:1x... "
+                f"input '{name}' of {source} has dynamic dims {_shown(current)}; pass --input-shape {name}:1x... "
                 "or calibration data to fix them"
             )
-    # Intermediate shapes recorded for the old dynamic dims are stale now.
-    del model.graph.value_info[:]
-    for out in model.graph.output:
-        out.type.tensor_type.ClearField("shape")
-    return graph.infer_shapes(model)
+    return graph.refresh_shapes(model)
 
 
-def restore_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """After shape inference, copy the inferred output shapes onto the graph outputs."""
-    infos = {v.name: v for v in model.graph.value_info}
-    for out in model.graph.output:
-        if not out.type.tensor_type.HasField("shape") and out.name in infos:
-            out.type.CopyFrom(infos[out.name].type)
-    return model
+def _shown(shape) -> str:
+    if shape is None:
+        return "[unknown rank]"
+    return "[" + ", ".join(str(d) if graph.is_static_dim(d) else (str(d) if isinstance(d, str) else "?") for d in shape) + "]"
 
 
 def run_export(spec: str, weights: str | None, input_shapes: dict[str, list[int]], opset: int = 17,
@@ -227,5 +231,4 @@ def run_export(spec: str, weights: str | None, input_shapes: dict[str, list[int]
     else:
         raise UserError(f"--model {spec}: not a file and not a pkg.module:factory spec")
     model = fix_static_shapes(model, input_shapes, source)
-    model = restore_output_shapes(model)
     return graph.ensure_node_names(model)

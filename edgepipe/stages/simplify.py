@@ -33,7 +33,7 @@ def run_simplify(model: onnx.ModelProto, check: bool = True) -> tuple[onnx.Model
         problem = _compare(model, simplified)
         if problem:
             return model, {"status": "failed", "note": f"simplified graph differs from the original ({problem}); kept the exported graph"}
-    simplified = graph.ensure_node_names(simplified)
+    simplified = graph.ensure_node_names(graph.refresh_shapes(simplified))
     return simplified, {"status": "simplified", "nodes_before": before, "nodes_after": len(simplified.graph.node)}
 
 

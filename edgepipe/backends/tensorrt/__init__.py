@@ -19,7 +19,7 @@ import onnx
 from edgepipe import graph
 from edgepipe.backends.tensorrt.cache import DEFAULT_TRT_VERSION, write_calibration_cache
 from edgepipe.backends.tensorrt.kit import input_specs, render_engine_kit
-from edgepipe.backends.tensorrt.qdq import write_qdq_model
+from edgepipe.backends.qdq import write_qdq_model
 from edgepipe.calibrate.result import CalibrationResult
 
 QDQ_MODEL_FILE = "model.qdq.onnx"

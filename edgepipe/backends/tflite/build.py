@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 
 from edgepipe.backends.tflite import validator, writer
-from edgepipe.backends.tflite.lower import NHWC, TARGET, Lowering, prepare_model
+from edgepipe.backends.tflite.lower import BACKEND, NHWC, Lowering, prepare_model
 from edgepipe.errors import UnsupportedOpError, UserError
 
 INT8_FILE = "model.tflite"
@@ -20,7 +20,7 @@ FP32_FILE = "model.fp32.tflite"
 
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
-    """(node name, op type, reason) for every node the arm-cpu target cannot lower."""
+    """(node name, op type, reason) for every node the TFLite backend cannot lower."""
     ctx = Lowering(prepare_model(model))
     problems = []
     for node in ctx.model.graph.node:
@@ -39,19 +39,16 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
     return problems
 
 
-def check_supported(model: onnx.ModelProto) -> None:
-    """Raise UnsupportedOpError for the first node that cannot be lowered."""
+def check_supported(model: onnx.ModelProto, target: str = BACKEND) -> None:
+    """Raise UnsupportedOpError (naming `target`) for the first node that cannot be lowered."""
     problems = unsupported_nodes(model)
     if problems:
         name, op_type, reason = problems[0]
-        raise UnsupportedOpError(name, op_type, TARGET, reason)
+        raise UnsupportedOpError(name, op_type, target, reason)
 
 
 def lower_model(model: onnx.ModelProto, calibration, options: dict, quantized: bool) -> Lowering:
     """Run the lowering and the validator; returns the context (spec, float nodes, io)."""
-    bits = int(options.get("activation_bits", 8))
-    if quantized and bits != 8:
-        raise UserError(f"activation_bits={bits} is not supported by the arm-cpu backend yet; use 8")
     ctx = Lowering(prepare_model(model), calibration, options, quantized)
     ctx.run()
     validator.validate(ctx.spec)
@@ -61,7 +58,7 @@ def lower_model(model: onnx.ModelProto, calibration, options: dict, quantized: b
 def build_tflite(model: onnx.ModelProto, calibration, out_dir: Path, options: dict | None = None) -> dict:
     """Write model.tflite (int8; only with a calibration) and model.fp32.tflite into out_dir."""
     options = dict(options or {})
-    check_supported(model)
+    check_supported(model, str(options.get("target") or BACKEND))
     fp32 = lower_model(model, None, options, quantized=False)
     int8 = lower_model(model, calibration, options, quantized=True) if calibration is not None else None
     fp32_bytes = writer.serialize(fp32.spec)

@@ -29,7 +29,7 @@ from edgepipe import graph, quantmath
 from edgepipe.backends.tflite.writer import ModelSpec, Quantization
 from edgepipe.errors import UnsupportedOpError, UserError
 
-TARGET = "arm-cpu"
+BACKEND = "tflite"  # names the target in errors when the caller did not say which (options["target"])
 NHWC = (0, 2, 3, 1)
 ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 
@@ -80,6 +80,7 @@ class Lowering:
         self.model = model
         self.calibration = calibration
         self.options = dict(options or {})
+        self.target = str(self.options.get("target") or BACKEND)
         self.quantized = quantized
         self.keep_layout = bool(self.options.get("keep_layout", False))
         self.int8_io = bool(self.options.get("int8_io", False))
@@ -305,10 +306,10 @@ class Lowering:
                 continue
             entry = self.registry.get(node.op_type)
             if entry is None:
-                raise UnsupportedOpError(node.name, node.op_type, TARGET, "no TFLite lowering for this op type")
+                raise UnsupportedOpError(node.name, node.op_type, self.target, "no TFLite lowering for this op type")
             reason = entry.unsupported_reason(self, node)
             if reason:
-                raise UnsupportedOpError(node.name, node.op_type, TARGET, reason)
+                raise UnsupportedOpError(node.name, node.op_type, self.target, reason)
             if self.quantized and self.node_dtype(node) == "float32":
                 self.float_lowered.append(node.name)
             entry.lower(self, node)
@@ -325,7 +326,7 @@ class Lowering:
     def _add_inputs(self) -> None:
         for info in graph.graph_inputs(self.model):
             if graph.tensor_dtype(info) != np.float32:
-                raise UserError(f"input '{info.name}' is {graph.tensor_dtype(info)}; the arm-cpu target "
+                raise UserError(f"input '{info.name}' is {graph.tensor_dtype(info)}; target '{self.target}' "
                                 "needs float32 model inputs")
             index = self.new_value(info.name, self.io_dtype(), self.io_perm(info.name))
             self.spec.inputs.append(index)

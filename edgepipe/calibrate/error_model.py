@@ -1,8 +1,7 @@
-"""Range choosers that work on a histogram: minmax, percentile, mse (entropy lives in entropy.py).
+"""Histogram-estimated int8 quantization error: what `mse` minimizes and what `auto` compares.
 
 Why on a histogram: the statistics are streamed into fixed-size histograms (histogram.py), so
-every method sees bin counts, never raw samples. All of them return a symmetric threshold `amax`
-(TensorRT) and an asymmetric range `(lo, hi)` with lo <= 0 <= hi (TFLite).
+every method sees bin counts, never raw samples.
 
 The MSE model. A value x quantized with step s and integer limits [qmin, qmax] becomes
 `s * clip(rint(x / s), qmin, qmax)`; the expected squared error over the tensor is estimated by
@@ -17,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 
 from edgepipe import quantmath
-from edgepipe.calibrate.histogram import TensorHistogram
 
 SYMMETRIC_LEVELS = 127  # int8 narrow range: [-127, 127]
 COARSE_CANDIDATES = 128  # first pass of the threshold search; refined bin by bin afterwards
@@ -33,7 +31,7 @@ def expected_error(centers: np.ndarray, counts: np.ndarray, scales, zero_points,
     """Mean squared quantization error per candidate grid (scales/zero_points: 1-D, same length).
 
     Computed in blocks of candidates with in-place operations (the full candidates x bins matrix
-    and its temporaries were tens of MB per call on 4096 signed bins, 4-6x slower), and each
+    and its temporaries do not stay in cache and were several times slower), and each
     candidate's sum is a plain row sum, so a candidate's error does not depend on which other
     candidates share its call (a BLAS matrix-vector product may sum rows differently by shape).
     Zero points that are all 0 (symmetric grids) skip the two no-op additions, and on |x| bins
@@ -115,7 +113,7 @@ def search_threshold(error_of, last_bin: int, bin_width: float) -> float:
     return float(fine[int(np.argmin(error_of(fine * bin_width)))] * bin_width)
 
 
-def _nonzero(centers: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nonzero_bins(centers: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keep = counts > 0
     return centers[keep], counts[keep].astype(np.float64)
 
@@ -124,87 +122,3 @@ def last_nonzero_bin(counts: np.ndarray) -> int:
     """Number of bins up to and including the last non-empty one (0 if all empty)."""
     nonzero = np.flatnonzero(counts)
     return int(nonzero[-1]) + 1 if nonzero.size else 0
-
-
-# --- symmetric thresholds ------------------------------------------------------------------
-
-
-def minmax_amax(hist: TensorHistogram) -> float:
-    return max(hist.observed_absmax(), quantmath.TINY)
-
-
-def percentile_amax(abs_counts: np.ndarray, bin_width: float, percentile: float) -> float:
-    """|x| value below which `percentile` % of the values lie, interpolated inside its bin."""
-    return _percentile_value(abs_counts, 0.0, bin_width, percentile)
-
-
-def mse_amax(abs_counts: np.ndarray, bin_width: float) -> float:
-    """Threshold minimizing the histogram-estimated symmetric quantization MSE."""
-    centers, counts = _nonzero((np.arange(abs_counts.size) + 0.5) * bin_width, abs_counts)
-    return search_threshold(
-        lambda amaxes: symmetric_error(centers, counts, amaxes), last_nonzero_bin(abs_counts), bin_width
-    )
-
-
-def _percentile_value(counts: np.ndarray, first_edge: float, bin_width: float, percentile: float) -> float:
-    total = float(counts.sum())
-    if total == 0:
-        return first_edge
-    cumulative = np.cumsum(counts, dtype=np.float64) / total
-    target = min(max(percentile / 100.0, 0.0), 1.0)
-    k = int(np.searchsorted(cumulative, target, side="left"))
-    k = min(k, counts.size - 1)
-    before = cumulative[k - 1] if k > 0 else 0.0
-    inside = cumulative[k] - before
-    fraction = (target - before) / inside if inside > 0 else 1.0
-    return first_edge + (k + min(max(fraction, 0.0), 1.0)) * bin_width
-
-
-# --- asymmetric ranges ---------------------------------------------------------------------
-
-
-def minmax_range(hist: TensorHistogram) -> tuple[float, float]:
-    return min(hist.min, 0.0), max(hist.max, 0.0)
-
-
-def percentile_range(hist: TensorHistogram, percentile: float) -> tuple[float, float]:
-    """(lo, hi): the (100 - p) and p percentiles of the signed histogram, widened to include 0."""
-    signed = hist.signed_counts()
-    first_edge = -hist.range
-    lo = _percentile_value(signed, first_edge, hist.bin_width, 100.0 - percentile)
-    hi = _percentile_value(signed, first_edge, hist.bin_width, percentile)
-    lo, hi = max(lo, hist.min), min(hi, hist.max)  # never outside what was observed
-    return min(lo, 0.0), max(hi, 0.0)
-
-
-def mse_range(hist: TensorHistogram, sweeps: int = 3) -> tuple[float, float]:
-    """(lo, hi) minimizing histogram-estimated asymmetric MSE: alternate 1-D searches on each side.
-
-    Each side is searched with the other fixed (coordinate descent from (min, max)); a side with no
-    values (e.g. lo for a ReLU output) stays at 0.
-    """
-    centers, counts = _nonzero(hist.signed_centers(), hist.signed_counts())
-    width = hist.bin_width
-    lo, hi = minmax_range(hist)
-    pos_bins = last_nonzero_bin(hist.counts.sum(axis=0)[0]) if hi > 0 else 0
-    neg_bins = last_nonzero_bin(hist.counts.sum(axis=0)[1]) if lo < 0 else 0
-    for _ in range(sweeps):
-        previous = (lo, hi)
-        if pos_bins:
-            hi = search_threshold(
-                lambda his: asymmetric_error(centers, counts, np.stack([np.full_like(his, lo), his], axis=1)),
-                pos_bins, width,
-            )
-        if neg_bins:
-            lo = -search_threshold(
-                lambda los: asymmetric_error(centers, counts, np.stack([-los, np.full_like(los, hi)], axis=1)),
-                neg_bins, width,
-            )
-        if (lo, hi) == previous:
-            break
-    return min(lo, 0.0), max(hi, 0.0)
-
-
-def clip_range_to_amax(hist: TensorHistogram, amax: float) -> tuple[float, float]:
-    """Asymmetric range for methods that only define a symmetric threshold (entropy)."""
-    return max(min(hist.min, 0.0), -amax), min(max(hist.max, 0.0), amax)

@@ -1,6 +1,11 @@
-"""Explicit quantization for TensorRT: insert QuantizeLinear/DequantizeLinear pairs into FP32 ONNX.
+"""Q/DQ ONNX: insert QuantizeLinear/DequantizeLinear pairs into FP32 ONNX.
 
-TensorRT (8.0+, and the only INT8 path in 11.x) reads INT8 intent from Q/DQ nodes: it runs a layer
+Shared by backends, so it lives beside them rather than in one: the TensorRT backend deploys this
+model (explicit quantization), and every target's `Target.qdq_model` uses it to simulate its int8
+arithmetic in ONNX Runtime for the accuracy tools (sensitivity, mixed precision, finetune), with
+asymmetric activation ranges for targets that quantize activations asymmetrically (TFLite).
+
+Placement follows TensorRT, the model's deployed consumer. TensorRT (8.0+, and the only INT8 path in 11.x) reads INT8 intent from Q/DQ nodes: it runs a layer
 in INT8 when its inputs arrive through DequantizeLinear, fuses the Q/DQ scales into the kernel and
 runs everything else in FP16/FP32. Where the pairs go therefore decides speed *and* accuracy, so
 placement follows NVIDIA's recommendations (TensorRT developer guide, "Working with Quantized
@@ -65,6 +70,28 @@ class QdqReport:
             "quantized_nodes": {k: self.quantized[k] for k in sorted(self.quantized)},
             "float_nodes": {k: self.float_nodes[k] for k in sorted(self.float_nodes)},
         }
+
+
+def simulated_int8_model(model: onnx.ModelProto, calibration: CalibrationResult, *, symmetric: bool,
+                         keep_float=frozenset(), per_channel: bool = True) -> tuple[onnx.ModelProto, dict]:
+    """The Q/DQ model (and its report) that simulates int8 inference in ONNX Runtime; `symmetric`
+    False rewrites the activation pairs to the calibration's asymmetric (lo, hi) ranges."""
+    qdq, report = write_qdq_model(model, calibration, keep_float=keep_float, per_channel=per_channel)
+    return (qdq if symmetric else asymmetric_activations(qdq, calibration)), report
+
+
+def asymmetric_activations(qdq: onnx.ModelProto, calibration: CalibrationResult) -> onnx.ModelProto:
+    """Rewrite per-tensor activation Q/DQ of a symmetric Q/DQ model to the asymmetric (lo, hi) ranges."""
+    inits = {t.name: t for t in qdq.graph.initializer}
+    done: set[str] = set()
+    for node in qdq.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in calibration or node.input[1] in done:
+            continue
+        scale, zero_point = calibration.asymmetric_params(node.input[0])
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(np.array(scale, np.float32), node.input[1]))
+        inits[node.input[2]].CopyFrom(numpy_helper.from_array(np.array(zero_point, np.int8), node.input[2]))
+        done.add(node.input[1])
+    return qdq
 
 
 def weight_channel_axis(node: onnx.NodeProto, weight_rank: int) -> int:
