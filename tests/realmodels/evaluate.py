@@ -24,7 +24,7 @@ from tests.realmodels import corpus
 from tests.realmodels.inputs import make_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
-CALIB_SAMPLES, EVAL_SAMPLES = 16, 8
+CALIB_SAMPLES = 16
 CALIB_SEED, EVAL_SEED = 1, 2
 
 
@@ -55,11 +55,11 @@ class Data:
     eval_file: Path
 
 
-def write_data(name: str, work: Path, calib_samples: int = CALIB_SAMPLES, eval_samples: int = EVAL_SAMPLES) -> Data:
+def write_data(name: str, work: Path, calib_samples: int = CALIB_SAMPLES) -> Data:
     """Calibration and held-out eval sets as .npz keyed by the input name, [N, C, H, W]."""
     spec = corpus.MODELS[name]
     calib = make_inputs(name, calib_samples, CALIB_SEED)["x"]
-    evaluation = make_inputs(name, eval_samples, EVAL_SEED)["x"]
+    evaluation = make_inputs(name, spec.eval_samples, EVAL_SEED)["x"]
     work.mkdir(parents=True, exist_ok=True)
     np.savez(work / f"{name}_calib.npz", **{spec.input_name: calib})
     np.savez(work / f"{name}_eval.npz", **{spec.input_name: evaluation})
