@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,6 +97,8 @@ def main() -> None:
     args = parser.parse_args()
     out_path = Path(args.out)
     report = json.loads(out_path.read_text()) if out_path.exists() else {}
+    head = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H %s"], capture_output=True, text=True)
+    report["code"] = head.stdout.strip()
     report["host"] = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count(),
                       "cpu": cpu_flags(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     report["method"] = {"calib_samples": evaluate.CALIB_SAMPLES, "eval_samples": "24 (layout: 8)",
