@@ -68,6 +68,7 @@ def measure(name: str, work: Path) -> dict:
     row.update({"input": list(spec.shape), "calib_samples": len(data.calib), "eval_samples": len(data.eval),
                 "input_shape_flag": spec.input_shape_flag})
     reference = evaluate.fp32_reference(name, data.eval)
+    row["ort_float_noise"] = evaluate.reference_float_noise(name, data.eval)
     try:
         peer = evaluate.ort_peer(name, data, work)
         row["ort_minmax_sqnr_db"] = [evaluate.sqnr_db(r, p) for r, p in zip(reference, peer)]

@@ -156,6 +156,8 @@ def real_model_corpus(data: dict) -> list[str]:
             continue
         arm, jetson = row.get("arm-cpu", {}), row.get("jetson", {})
         fp32 = "-" if arm.get("exit_code") or arm.get("fp32_max_rel_error") is None else f"{arm['fp32_max_rel_error']:.1e}"
+        if fp32 != "-" and arm["fp32_max_rel_error"] > 1e-4 and row.get("ort_float_noise") is not None:
+            fp32 += f" (ORT vs ORT unoptimized: {row['ort_float_noise']:.1e})"
         peer = fmt(min(row["ort_minmax_sqnr_db"]), 1) if row.get("ort_minmax_sqnr_db") else "fails"
         lines.append(f"| {name} | {row['family']} | {'x'.join(map(str, row.get('input', [])))} | {fp32} | {int8(arm)} | "
                      f"{int8(jetson)} | {peer} | {verdict(row)} | {fmt(arm.get('wall_s'), 0)} / {fmt(jetson.get('wall_s'), 0)} |")
