@@ -20,7 +20,7 @@ from edgepipe import __version__, graph
 from edgepipe.errors import UnsupportedOpError, UserError
 from edgepipe.pipeline import Pipeline, bytes_hash, settings_hash
 from edgepipe.settings import (data_fingerprint, data_preprocess, fold_settings_of, initial_input_shapes,
-                               to_model_domain)
+                               require_calib, to_model_domain)
 
 
 
@@ -102,7 +102,8 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     specs = {i.name: (tuple(graph.tensor_shape(i)), graph.tensor_dtype(i)) for i in graph.graph_inputs(model)}
     preprocess = data_preprocess(settings)
     calib_ds = to_model_domain(
-        load_dataset(settings["calib"], specs, preprocess, limit=settings["calibration"].get("max_samples")), settings)
+        load_dataset(require_calib(settings), specs, preprocess, limit=settings["calibration"].get("max_samples")),
+        settings)
     eval_ds = None
     if settings.get("eval"):
         eval_ds = to_model_domain(

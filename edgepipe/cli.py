@@ -166,6 +166,7 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     """Inputs, outputs, op histogram and unsupported ops per target of an ONNX model."""
     from edgepipe import config as cfg
     from edgepipe import graph
+    from edgepipe.backends.support import qualified, walk_nodes
     from edgepipe.stages.export import fix_static_shapes
     from edgepipe.targets import available_targets, load_target
 
@@ -180,7 +181,7 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
         model, _ = run_fold(run_simplify(graph.refresh_shapes(model))[0], {})
     model = graph.ensure_node_names(graph.infer_shapes(model))
     io = graph.describe_io(model)
-    histogram = dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+    histogram = dict(sorted(Counter(qualified(n.domain, n.op_type) for _, n, _ in walk_nodes(model)).items()))
     unsupported = {}
     for name in target_names or available_targets():
         target = load_target(name)

@@ -51,10 +51,16 @@ def resolve_settings(cli: dict, config_path: str | None) -> tuple[dict, str]:
         from edgepipe.targets import available_targets
 
         raise UserError(f"no target given: pass --target NAME (installed: {', '.join(available_targets())})")
-    if not settings.get("calib"):
-        raise UserError("no calibration data: pass --calib PATH (an image folder, .npz or .npy) or set 'calib' in edgepipe.yaml")
     settings["out"] = settings.get("out") or str(Path("build") / settings["target"])
     return settings, origin
+
+
+def require_calib(settings: dict) -> str:
+    """The calibration data path; asked for only once the model is known to be convertible."""
+    if not settings.get("calib"):
+        raise UserError("no calibration data: pass --calib PATH (an image folder, .npz or .npy) or set 'calib' "
+                        "in edgepipe.yaml")
+    return settings["calib"]
 
 
 def data_fingerprint(path: str | None) -> str:
@@ -129,7 +135,7 @@ def initial_input_shapes(settings: dict) -> dict[str, list[int]]:
             return shapes
     elif shapes:
         return shapes
-    calib = settings["calib"]
+    calib = require_calib(settings)
     if not declared:
         declared = {_first_input_name(calib): None}
     for name, shape in declared.items():

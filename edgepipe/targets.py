@@ -61,9 +61,20 @@ class Target:
         self.options = {**copy.deepcopy(self.default_options), **(options or {})}
         self.profile = profile
 
+    def operators(self):
+        """The `OpTable` of (domain, op type, opset) this target runs (edgepipe/backends/support.py).
+
+        The default is every standard ONNX operator; backends narrow it."""
+        return standard_onnx_operators()
+
     def supports(self, model) -> list[tuple[str, str, str]]:
-        """Nodes this target cannot run: [(node name, op type, reason)]."""
-        return []
+        """Nodes this target cannot run: [(node name, op type, reason)], subgraphs included.
+
+        Custom domains and control flow are refused by name on every target; a plugin whose
+        backend has further per-node rules (shapes, attributes) extends this list."""
+        from edgepipe.backends.support import unsupported_operators
+
+        return unsupported_operators(model, self.operators(), self.name)
 
     def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
         raise NotImplementedError
@@ -124,6 +135,22 @@ class Target:
             "profile": self.profile,
             "device_readme": self.device_readme,
         }
+
+
+def standard_onnx_operators():
+    """Every operator of the ONNX domain, from the opset that introduced it (onnx.defs)."""
+    from onnx import defs
+
+    from edgepipe.backends.support import OpKey, OpTable
+
+    first: dict[str, int] = {}
+    for schema in defs.get_all_schemas_with_history():
+        if schema.domain == "" and not schema.deprecated:
+            first[schema.name] = min(first.get(schema.name, schema.since_version), schema.since_version)
+    table = OpTable("standard ONNX operator")
+    for op_type, since in first.items():
+        table.add(OpKey("", op_type, since), op_type)
+    return table
 
 
 def _entry_points() -> dict[str, metadata.EntryPoint]:

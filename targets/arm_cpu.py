@@ -28,10 +28,16 @@ class ArmCpuTarget(Target):
         "or `pip3 install tflite-runtime 'numpy<2'`."
     )
 
+    def operators(self):
+        from edgepipe.backends.tflite.ops import registry
+
+        return registry()
+
     def supports(self, model):
+        """Operators (the lowering registry) and each lowering's own checks (shapes, attributes)."""
         from edgepipe.backends.tflite import unsupported_nodes
 
-        return unsupported_nodes(model)
+        return unsupported_nodes(model, self.name)
 
     def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
         from edgepipe.backends.tflite import build_tflite

@@ -29,8 +29,10 @@ class TensorRTTarget(Target):
     build_engine_on_host = False
     backend_options = ("threads", "build_engine", "workspace_mb", "dla_core", "per_channel")
 
-    def supports(self, model):
-        return custom_domain_nodes(model)
+    def operators(self):
+        from edgepipe.backends.tensorrt.operators import tensorrt_operators
+
+        return tensorrt_operators()
 
     def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
         from edgepipe.backends.tensorrt import build_tensorrt
@@ -50,11 +52,4 @@ class TensorRTTarget(Target):
             "device_generated": ["model.plan", "timing.cache"],
         }
         return BackendResult(files=list(result["files"]), io=describe_io(model), manifest=manifest)
-
-
-def custom_domain_nodes(model) -> list[tuple[str, str, str]]:
-    """Nodes outside the standard ONNX domains: TensorRT's ONNX parser needs a plugin for them."""
-    standard = {"", "ai.onnx"}
-    return [(n.name, n.op_type, f"custom domain '{n.domain}' needs a TensorRT plugin")
-            for n in model.graph.node if n.domain not in standard]
 

@@ -165,6 +165,15 @@ def test_maxpool_input_quantized(tmp_path):
     assert report["quantized_nodes"]["pool"]["op"] == "MaxPool"
 
 
+def test_global_max_pool_input_quantized(tmp_path):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("GlobalMaxPool", ["c"], ["y"], name="gmp")]
+    model = make_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 4, 1, 1])], {"w": rng_weights(4, 3, 3, 3)})
+    qdq, report = write_qdq_model(model, calibrate_random(model, tmp_path))
+    assert dq_source(qdq, node_by_name(qdq, "gmp").input[0]) == "c"
+    assert report["quantized_nodes"]["gmp"]["op"] == "GlobalMaxPool"
+
+
 @pytest.mark.parametrize("trans_b, axis", [(0, 1), (1, 0)])
 def test_gemm_weight_axis_is_output_features(tmp_path, trans_b, axis):
     w = rng_weights(5, 3) if trans_b else rng_weights(3, 5)
@@ -313,3 +322,69 @@ def test_int8_weight_storage_computes_the_same_and_is_smaller(demo_models):
         a = float_storage.run(None, {"image": image[None]})[0]
         b = int8_storage.run(None, {"image": image[None]})[0]
         np.testing.assert_array_equal(a, b)
+
+
+def test_new_tflite_ops_get_qdq_only_where_tensorrt_runs_int8(tmp_path):
+    """ceil-mode pooling, Erf GELU, LayerNormalization with unused training outputs, HardSigmoid,
+    PRelu: pooling inputs quantized, the rest FP16 (no Q/DQ of their own); the Q/DQ model passes
+    the ONNX checker (inside write_qdq_model), runs in ONNX Runtime and tracks FP32."""
+    sqrt2, half, one = np.array(np.sqrt(2.0)), np.array(0.5), np.array(1.0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["c1"], ["p1"], name="max_ceil", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+        helper.make_node("AveragePool", ["p1"], ["p2"], name="avg_ceil", kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1),
+        helper.make_node("Conv", ["p2", "w2"], ["c2"], name="conv2"),
+        helper.make_node("Div", ["c2", "sqrt2"], ["d"], name="gelu_div"),
+        helper.make_node("Erf", ["d"], ["e"], name="gelu_erf"),
+        helper.make_node("Add", ["e", "one"], ["a"], name="gelu_add"),
+        helper.make_node("Mul", ["c2", "a"], ["m"], name="gelu_mul"),
+        helper.make_node("Mul", ["m", "half"], ["g"], name="gelu_half"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("LayerNormalization", ["f", "gamma", "beta"], ["n", "mean", "inv_std"], name="ln"),
+        helper.make_node("Gemm", ["n", "w3"], ["h"], name="fc", transB=1),
+        helper.make_node("HardSigmoid", ["h"], ["hs"], name="hard_sigmoid"),
+        helper.make_node("PRelu", ["hs", "slope"], ["y"], name="prelu"),
+    ]
+    inits = {"w1": rng_weights(6, 3, 3, 3), "w2": rng_weights(8, 6, 1, 1), "w3": rng_weights(5, 72),
+             "sqrt2": sqrt2, "half": half, "one": one, "gamma": np.ones(72), "beta": np.zeros(72),
+             "slope": np.full(5, 0.1)}
+    model = make_model(nodes, [("x", [1, 3, 9, 9])], [("y", [1, 5])], inits)
+    calibration = calibrate_random(model, tmp_path)
+    qdq, report = write_qdq_model(model, calibration)
+    for pool in ("max_ceil", "avg_ceil"):
+        assert producer_op(qdq, node_by_name(qdq, pool).input[0]) == "DequantizeLinear"
+        assert report["quantized_nodes"][pool]["reason"].startswith("pooling input")
+    for name in ("gelu_erf", "gelu_mul", "ln", "hard_sigmoid", "prelu"):
+        assert all(producer_op(qdq, t) != "DequantizeLinear" for t in node_by_name(qdq, name).input), name
+    assert list(node_by_name(qdq, "ln").output) == ["n"]  # TensorRT implements the first output only
+    rng = np.random.default_rng(7)
+    feeds = [rng.standard_normal((1, 3, 9, 9)).astype(np.float32) for _ in range(16)]
+    fp32, int8 = graph.make_session(model), graph.make_session(qdq)
+    ref = np.concatenate([fp32.run(None, {"x": x})[0] for x in feeds])
+    out = np.concatenate([int8.run(None, {"x": x})[0] for x in feeds])
+    assert quantmath.sqnr_db(ref, out) >= 20
+
+
+@pytest.mark.parametrize("case", ["all-zero-conv-residual", "dead-relu-then-conv"])
+def test_degenerate_numerics_get_representable_scales(case, tmp_path):
+    """A zero-initialised BatchNorm gamma folded into a conv, a Relu that never fires: no scale of
+    ~1e-14 (below FP16, TensorRT's fallback precision), and the Q/DQ model still computes FP32's result."""
+    weights = rng_weights(4, 4, 3, 3)
+    if case == "all-zero-conv-residual":
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                 helper.make_node("Add", ["c", "x"], ["y"], name="add")]
+        inits = {"w": np.zeros_like(weights)}
+    else:
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", ["c"], ["r"], name="relu"),
+                 helper.make_node("Conv", ["r", "w"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+        inits = {"w": weights, "b": np.full(4, -100.0)}
+    model = make_model(nodes, [("x", [1, 4, 6, 6])], [("y", [1, 4, 6, 6])], inits)
+    qdq, _ = write_qdq_model(model, calibrate_random(model, tmp_path))
+    scales = [numpy_helper.to_array(t) for t in qdq.graph.initializer if t.name.endswith("_scale")]
+    assert scales and min(float(s.min()) for s in scales) > 1e-7
+    x = np.random.default_rng(3).standard_normal((1, 4, 6, 6)).astype(np.float32)
+    reference = graph.make_session(model).run(None, {"x": x})[0]
+    got = graph.make_session(qdq).run(None, {"x": x})[0]
+    assert np.all(np.isfinite(got)) and quantmath.sqnr_db(reference, got) >= 30

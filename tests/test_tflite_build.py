@@ -79,19 +79,19 @@ def test_demo_cnn_fp32_matches_onnxruntime_with_signature(demo_onnx, demo_images
 
 def _with_unsupported_op() -> onnx.ModelProto:
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
-             helper.make_node("Erf", ["r"], ["e"], name="mystery_erf"),
+             helper.make_node("Acosh", ["r"], ["e"], name="mystery_acosh"),
              helper.make_node("Relu", ["e"], ["y"], name="relu2")]
     return make_model(nodes, {"x": [1, 4]}, ["y"])
 
 
 def test_unsupported_op_raises_before_any_file(tmp_path):
     model = _with_unsupported_op()
-    with pytest.raises(UnsupportedOpError, match="mystery_erf") as caught:
+    with pytest.raises(UnsupportedOpError, match="mystery_acosh") as caught:
         build_tflite(model, minmax_calibration(model, structured_inputs(model, 2)), tmp_path / "out",
                      {"target": "rpi5"})
-    assert caught.value.op_type == "Erf" and caught.value.target == "rpi5"  # the caller's target, not a constant
+    assert caught.value.op_type == "Acosh" and caught.value.target == "rpi5"  # the caller's target, not a constant
     assert not (tmp_path / "out").exists()
-    assert unsupported_nodes(model) == [("mystery_erf", "Erf", "no TFLite lowering for this op type")]
+    assert unsupported_nodes(model) == [("mystery_acosh", "Acosh", "no TFLite lowering for this op type")]
 
 
 def test_missing_calibration_range_is_a_user_error(tmp_path):

@@ -17,21 +17,8 @@ from edgepipe.backends.tflite import build_tflite
 from edgepipe.fold.batchnorm import fold_batchnorm
 from edgepipe.stages.export import export_torch
 from edgepipe.stages.simplify import run_simplify
-from tests.tflite_harness import (check_conformance, make_interpreter, make_model, minmax_calibration,
-                                  structured_inputs)
-
-
-def delegate_partitions(path) -> list[dict]:
-    """DELEGATE nodes of the XNNPACK execution plan; asserts they cover input to output."""
-    interpreter = make_interpreter(path, "xnnpack")
-    interpreter.allocate_tensors()
-    delegates = [op for op in interpreter._get_ops_details() if op["op_name"] == "DELEGATE"]
-    if len(delegates) == 1:
-        inputs = {d["index"] for d in interpreter.get_input_details()}
-        outputs = {d["index"] for d in interpreter.get_output_details()}
-        assert inputs <= set(delegates[0]["inputs"].tolist())
-        assert outputs == set(delegates[0]["outputs"].tolist())
-    return delegates
+from tests.tflite_harness import (check_conformance, delegate_partitions, make_interpreter, make_model,
+                                  minmax_calibration, structured_inputs)
 
 
 @pytest.mark.parametrize("magnitude", [1e-5, 1e-7])

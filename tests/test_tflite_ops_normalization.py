@@ -1,12 +1,17 @@
-"""Conformance of LayerNormalization (decomposed float island): last axis, multi-axis, NHWC input, no bias."""
+"""Conformance of the normalizations: LayerNormalization (decomposed float island: last axis,
+multi-axis, NHWC input, no bias, its statistics outputs), InstanceNormalization and GroupNormalization
+(native and as torch exports it). Unfolded BatchNormalization: test_tflite_ops_unary.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 
-from tests.tflite_harness import check_conformance, make_model
+from edgepipe import graph
+from edgepipe.backends.tflite import build_tflite
+from edgepipe.backends.tflite.runtime import run_tflite
+from tests.tflite_harness import check_conformance, make_model, onnx_node_case
 
 RNG = np.random.default_rng(23)
 
@@ -38,3 +43,94 @@ def test_layer_norm_between_int8_ops(tmp_path):
     report = check_conformance(make_model(nodes, {"x": [3, 8]}, ["y"], inits), tmp_path)
     assert report.result["float_nodes"] == ["ln"]
     assert report.result["op_histogram"]["FULLY_CONNECTED"] == 2
+
+
+def test_unused_mean_and_inv_std_dev_outputs_are_dropped(tmp_path):
+    """Exporters name LayerNormalization's training outputs even when nothing reads them."""
+    inits = {"g": RNG.uniform(0.5, 1.5, size=16).astype(np.float32), "b": np.zeros(16, np.float32)}
+    node = helper.make_node("LayerNormalization", ["x", "g", "b"], ["y", "mean", "inv_std"], name="ln")
+    report = check_conformance(make_model([node], {"x": [2, 5, 16]}, ["y"], inits), tmp_path)
+    assert report.result["float_nodes"] == ["ln"]
+
+
+def test_used_mean_and_inv_std_dev_outputs(tmp_path):
+    """Both statistics read by later nodes and as a graph output (ONNX's own cases keep them)."""
+    inits = {"g": RNG.uniform(0.5, 1.5, size=16).astype(np.float32)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "g"], ["n", "mean", "inv_std"], name="ln", axis=-1),
+             helper.make_node("Add", ["n", "mean"], ["y"], name="use_mean")]
+    model = make_model(nodes, {"x": [2, 5, 16]}, ["y", "inv_std"], inits)
+    report = check_conformance(model, tmp_path)
+    assert report.result["float_nodes"] == ["ln"]
+
+
+@pytest.mark.parametrize("name", ["test_layer_normalization_4d_axis1", "test_layer_normalization_3d_axis_negative_2_epsilon",
+                                  "test_layer_normalization_default_axis"])
+def test_onnx_cases_match_expected_outputs(name, tmp_path):
+    model, feed, expected = onnx_node_case(name)
+    result = build_tflite(model, None, tmp_path)
+    got = run_tflite(tmp_path / "model.fp32.tflite", result["io"], feed)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [[1, 5, 6, 7], [2, 4, 9]])
+def test_instance_norm(shape, tmp_path):
+    channels = shape[1]
+    inits = {"s": RNG.uniform(0.5, 1.5, size=channels).astype(np.float32),
+             "b": RNG.normal(size=channels).astype(np.float32) * 0.3}
+    node = helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"], name="inorm", epsilon=1e-4)
+    report = check_conformance(make_model([node], {"x": shape}, ["y"], inits), tmp_path)
+    assert report.result["float_nodes"] == ["inorm"]
+    assert report.result["op_histogram"]["MEAN"] == 2
+
+
+@pytest.mark.parametrize("name", ["test_instancenorm_example", "test_instancenorm_epsilon"])
+def test_onnx_instance_norm_cases(name, tmp_path):
+    model, feed, expected = onnx_node_case(name)
+    result = build_tflite(model, None, tmp_path)
+    got = run_tflite(tmp_path / "model.fp32.tflite", result["io"], feed)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_group_norm_as_torch_exports_it(tmp_path):
+    """torch.nn.GroupNorm before opset 18: Reshape [N, G, -1] -> InstanceNormalization -> Reshape
+    -> per-channel Mul / Add (FCOS heads, diffusion UNets)."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["c", "grouped"], ["r"], name="to_groups"),
+             helper.make_node("InstanceNormalization", ["r", "ones", "zeros"], ["n"], name="group_stats"),
+             helper.make_node("Reshape", ["n", "image"], ["back"], name="to_image"),
+             helper.make_node("Mul", ["back", "gamma"], ["scaled"], name="gamma_mul"),
+             helper.make_node("Add", ["scaled", "beta"], ["y"], name="beta_add")]
+    inits = {"w": RNG.normal(size=(8, 3, 3, 3)).astype(np.float32), "grouped": np.array([1, 4, -1], np.int64),
+             "ones": np.ones(4, np.float32), "zeros": np.zeros(4, np.float32),
+             "image": np.array([1, 8, 5, 5], np.int64), "gamma": RNG.uniform(0.5, 1.5, (8, 1, 1)).astype(np.float32),
+             "beta": RNG.normal(size=(8, 1, 1)).astype(np.float32)}
+    report = check_conformance(make_model(nodes, {"x": [1, 3, 5, 5]}, ["y"], inits), tmp_path)
+    assert report.result["float_nodes"] == ["group_stats"]
+
+
+@pytest.mark.parametrize("opset", [18, 21])  # scale/bias per group (18) or per channel (21)
+def test_group_normalization(opset, tmp_path):
+    channels, groups = 6, 3
+    size = groups if opset == 18 else channels
+    inits = {"s": RNG.uniform(0.5, 1.5, size=size).astype(np.float32), "b": RNG.normal(size=size).astype(np.float32)}
+    nodes = [helper.make_node("GroupNormalization", ["x", "s", "b"], ["n"], name="gn", num_groups=groups, epsilon=1e-4),
+             helper.make_node("Relu", ["n"], ["y"], name="relu")]
+    shape = [1, channels, 5, 4]
+    graph_proto = helper.make_graph(nodes, "gn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+                                    [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    # ONNX shape inference leaves GroupNormalization's output unknown; the build's refresh_shapes fills it
+    model = graph.refresh_shapes(helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", opset)]))
+    report = check_conformance(model, tmp_path)
+    assert report.result["float_nodes"] == ["gn"]
+
+
+@pytest.mark.parametrize("name", ["test_group_normalization_example", "test_group_normalization_epsilon"])
+def test_onnx_group_norm_cases(name, tmp_path):
+    model, feed, expected = onnx_node_case(name)
+    result = build_tflite(model, None, tmp_path)
+    got = run_tflite(tmp_path / "model.fp32.tflite", result["io"], feed)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5)

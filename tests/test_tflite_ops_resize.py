@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from edgepipe.backends.tflite import unsupported_nodes
-from tests.tflite_harness import check_conformance, convert, make_model, run_onnx, run_tflite, structured_inputs
+from edgepipe.backends.tflite import build_tflite, unsupported_nodes
+from tests.tflite_harness import (check_conformance, convert, make_model, onnx_node_case, run_onnx, run_tflite,
+                                  structured_inputs)
 
 RNG = np.random.default_rng(17)
 CONV_W = RNG.normal(size=(4, 3, 1, 1)).astype(np.float32) * 0.5
@@ -113,3 +114,19 @@ def test_unsupported_resizes_are_reported():
     assert set(problems) == {"cubic", "floor_half", "channels", "round_4x"}
     assert "cubic" in problems["cubic"] and "half_pixel" in problems["floor_half"]
     assert "channel" in problems["channels"]
+
+
+def test_align_corners_with_fractional_scale_is_refused():
+    """ONNX's own case: 4 x 0.6 = 2.4; the spec samples with (4 - 1) / (2.4 - 1), ONNX Runtime and
+    TFLite with (4 - 1) / (2 - 1). Refused in one line instead of silently matching one of them."""
+    model, _, _ = onnx_node_case("test_resize_downsample_scales_linear_align_corners")
+    ((name, op_type, reason),) = unsupported_nodes(model)
+    assert op_type == "Resize" and "align_corners with scale 0.6" in reason and "sizes" in reason
+
+
+def test_align_corners_with_integer_product_matches_expected(tmp_path):
+    model, feed, expected = onnx_node_case("test_resize_upsample_scales_linear_align_corners")
+    result = build_tflite(model, None, tmp_path)
+    got = run_tflite(tmp_path / "model.fp32.tflite", result["io"], feed)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6)

@@ -14,6 +14,7 @@ Build small graphs with `make_model(nodes, inputs, outputs, initializers)`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,32 @@ def make_model(nodes, inputs: dict, outputs: list[str], initializers: dict | Non
     model = graph.infer_shapes(model)
     onnx.checker.check_model(model)
     return model
+
+
+@functools.lru_cache(maxsize=1)
+def _onnx_node_cases() -> dict:
+    import warnings
+
+    from onnx.backend.test.case import node as node_cases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the case generators overflow casts on purpose
+        return {case.name: case for case in node_cases.collect_testcases(None)}
+
+
+def onnx_node_case(name: str) -> tuple[onnx.ModelProto, dict, dict]:
+    """(model, feed, expected outputs) of one of the ONNX package's backend node tests; inputs
+    after the first (scales, sizes, weights) become initializers, as an exporter writes them."""
+    case = _onnx_node_cases()[name]
+    inputs, outputs = case.data_sets[0]
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    for info, value in list(zip(model.graph.input, inputs))[1:]:
+        model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), info.name))
+    del model.graph.input[1:]
+    feed = {model.graph.input[0].name: np.asarray(inputs[0])}
+    expected = {info.name: np.asarray(value) for info, value in zip(model.graph.output, outputs)}
+    return graph.infer_shapes(model), feed, expected
 
 
 def structured_inputs(model: onnx.ModelProto, count: int = 8, seed: int = 0) -> list[dict]:
@@ -92,6 +119,19 @@ def run_onnx(model: onnx.ModelProto, feed: dict) -> dict:
 def op_names(path: Path, resolver: str = "xnnpack") -> list[str]:
     """Operator names as the interpreter sees them ("DELEGATE" for nodes XNNPACK took)."""
     return [op["op_name"] for op in make_interpreter(path, resolver)._get_ops_details()]
+
+
+def delegate_partitions(path) -> list[dict]:
+    """DELEGATE nodes of the XNNPACK execution plan; asserts they cover input to output."""
+    interpreter = make_interpreter(path, "xnnpack")
+    interpreter.allocate_tensors()
+    delegates = [op for op in interpreter._get_ops_details() if op["op_name"] == "DELEGATE"]
+    if len(delegates) == 1:
+        inputs = {d["index"] for d in interpreter.get_input_details()}
+        outputs = {d["index"] for d in interpreter.get_output_details()}
+        assert inputs <= set(delegates[0]["inputs"].tolist())
+        assert outputs == set(delegates[0]["outputs"].tolist())
+    return delegates
 
 
 WEIGHT_AXES = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1}

@@ -45,8 +45,16 @@ from edgepipe.errors import UserError
 
 MIN_OPSET = 13  # QuantizeLinear/DequantizeLinear with `axis` (per-channel)
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
+POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
 RESIDUAL_OPS = ("Add",)
+# Trailing outputs that are optional in ONNX and that exporters name even when nothing reads them
+# (training statistics, dropout masks, pooling indices); TensorRT's parser implements only the first.
+# A tensor whose calibrated |max| is below this is constantly zero (a conv after a zero-initialised
+# BatchNorm gamma, a Relu that never fires): it gets the scale of [-1, 1] instead of ~1e-14, which
+# is below what FP16 (TensorRT's fallback precision) can even represent. Any scale holds 0 exactly.
+DEGENERATE_AMAX = 1e-10
+DEAD_CHANNEL_RATIO = 2.0**-20  # dead weight channels' scale floor, relative to the largest channel
+OPTIONAL_OUTPUTS = ("LayerNormalization", "BatchNormalization", "Dropout", "MaxPool")
 
 
 @dataclass
@@ -134,7 +142,9 @@ class _Inserter:
         """DQ output for an activation (created once, placed before its first quantized reader)."""
         if tensor in self.dequantized:
             return self.dequantized[tensor]
-        scale = self.constant(f"{tensor}_scale", np.array(self.calibration.symmetric_scale(tensor), np.float32))
+        amax = self.calibration.tensors[tensor].amax
+        value = quantmath.symmetric_scale(amax if abs(amax) >= DEGENERATE_AMAX else 1.0)
+        scale = self.constant(f"{tensor}_scale", np.array(value, np.float32))
         zero = self.constant(f"{tensor}_zero_point", np.array(0, np.int8))
         quantized, dequantized = self.name(f"{tensor}_quantized"), self.name(f"{tensor}_dequantized")
         self.new_nodes.append((position, helper.make_node(
@@ -153,14 +163,18 @@ class _Inserter:
             return self.dequantized[key]
         axis = weight_channel_axis(node, value.ndim)
         if self.per_channel and value.ndim >= 2:
-            q, scales = quantmath.per_channel_symmetric(value, axis=axis)
+            all_zero = not np.any(np.abs(value) >= DEGENERATE_AMAX)
+            q, scales = quantmath.per_channel_symmetric(value, axis=axis, min_ratio=DEAD_CHANNEL_RATIO,
+                                                        min_scales=quantmath.symmetric_scale(1.0) if all_zero else None)
             attrs = {"axis": axis}
             zeros = np.zeros(scales.shape, np.int8)
             shape = [1] * value.ndim
             shape[axis] = -1
             grid = quantmath.dequantize(q, scales.reshape(shape))
         else:
-            q, scalar = quantmath.per_tensor_symmetric(value)
+            amax = float(np.max(np.abs(value))) if value.size else 0.0
+            scalar = quantmath.symmetric_scale(amax if amax >= DEGENERATE_AMAX else 1.0)
+            q = quantmath.quantize(value, scalar, 0, narrow=True)
             scales, zeros, attrs = np.array(scalar, np.float32), np.array(0, np.int8), {}
             grid = quantmath.dequantize(q, scalar)
         scale = self.constant(f"{tensor}_scale", scales.astype(np.float32))
@@ -201,6 +215,7 @@ def write_qdq_model(
         raise UserError(f"float node '{unknown[0]}' is not a node of the model; check the node names "
                         "in float_nodes (see calibration.json or Netron)")
     qdq = _ensure_opset(qdq)
+    _drop_unused_optional_outputs(qdq)
     inserter = _Inserter(qdq, calibration, per_channel, int8_weights)
     producers = graph.producers(qdq)
     consumers = graph.consumers(qdq)
@@ -222,6 +237,17 @@ def write_qdq_model(
     except onnx.checker.ValidationError as exc:  # a bug here, not a user problem: keep the trace
         raise RuntimeError(f"Q/DQ model failed the ONNX checker: {exc}") from exc
     return qdq, inserter.report.to_dict()
+
+
+def _drop_unused_optional_outputs(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        if node.op_type in OPTIONAL_OUTPUTS and node.domain in ("", "ai.onnx"):
+            outputs = [node.output[0]] + [name if name in used else "" for name in node.output[1:]]
+            while len(outputs) > 1 and not outputs[-1]:
+                outputs.pop()
+            del node.output[:]
+            node.output.extend(outputs)
 
 
 def _ensure_opset(model: onnx.ModelProto) -> onnx.ModelProto:

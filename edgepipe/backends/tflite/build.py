@@ -11,7 +11,9 @@ from pathlib import Path
 
 import onnx
 
-from edgepipe.backends.tflite import validator, writer
+from edgepipe import graph
+from edgepipe.backends import support
+from edgepipe.backends.tflite import ops, validator, writer
 from edgepipe.backends.tflite.lower import BACKEND, NHWC, Lowering, prepare_model
 from edgepipe.errors import UnsupportedOpError, UserError
 
@@ -19,19 +21,22 @@ INT8_FILE = "model.tflite"
 FP32_FILE = "model.fp32.tflite"
 
 
-def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
-    """(node name, op type, reason) for every node the TFLite backend cannot lower."""
-    ctx = Lowering(prepare_model(model))
-    problems = []
+def unsupported_nodes(model: onnx.ModelProto, target: str = BACKEND) -> list[tuple[str, str, str]]:
+    """(node name, op type, reason) for every node the TFLite backend cannot lower.
+
+    Operators come first (custom domains, control flow, opsets; subgraphs included) and need no
+    shapes; the per-node checks of registered lowerings then run on the top-level graph."""
+    named = onnx.ModelProto()
+    named.CopyFrom(model)
+    graph.ensure_node_names(named)
+    problems = support.unsupported_operators(named, ops.registry(), target)
+    listed = {name for name, _, _ in problems}
+    ctx = Lowering(prepare_model(named), options={"target": target})
     for node in ctx.model.graph.node:
-        if node.op_type == "Constant":
-            continue
-        entry = ctx.registry.get(node.op_type)
-        if entry is None:
-            problems.append((node.name, node.op_type, "no TFLite lowering for this op type"))
+        if node.op_type == "Constant" or node.name in listed:
             continue
         try:
-            reason = entry.unsupported_reason(ctx, node)
+            reason = ctx.unsupported_reason(node)
         except UserError as exc:
             reason = str(exc)
         if reason:
@@ -41,7 +46,7 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
 
 def check_supported(model: onnx.ModelProto, target: str = BACKEND) -> None:
     """Raise UnsupportedOpError (naming `target`) for the first node that cannot be lowered."""
-    problems = unsupported_nodes(model)
+    problems = unsupported_nodes(model, target)
     if problems:
         name, op_type, reason = problems[0]
         raise UnsupportedOpError(name, op_type, target, reason)

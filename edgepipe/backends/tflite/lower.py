@@ -26,11 +26,20 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
+from edgepipe.backends import support
 from edgepipe.backends.tflite.writer import ModelSpec, Quantization
 from edgepipe.errors import UnsupportedOpError, UserError
 
 BACKEND = "tflite"  # names the target in errors when the caller did not say which (options["target"])
 NHWC = (0, 2, 3, 1)
+# An activation whose calibrated range is narrower than this is constantly zero in practice (a
+# conv after a zero-initialised BatchNorm gamma, a Relu that never fires): it gets the neutral
+# grid of [0, 1] instead of a ~1e-6 scale that breaks the requantization limits of its neighbours.
+DEGENERATE_RANGE = 1e-10
+NEUTRAL_RANGE = (0.0, 1.0)
+# Smallest bias scale (input_scale x weight_scale) written: well above the 1e-12 floor of
+# quantmath.quantize_bias, so the kernels' rule bias_scale = input_scale x weight_scale holds exactly.
+MIN_BIAS_SCALE = 1e-10
 ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 
 
@@ -59,11 +68,17 @@ class Value:
 
 
 def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with unique node names and inferred shapes (lowerings read shapes of every tensor)."""
+    """A copy with unique node names and inferred shapes (lowerings read shapes of every tensor),
+    and the op families' pattern rewrites applied (edgepipe/backends/tflite/ops: register_rewrite)."""
+    from edgepipe.backends.tflite import ops
+
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
     graph.ensure_node_names(prepared)
-    return graph.infer_shapes(prepared)
+    prepared = graph.infer_shapes(prepared)
+    for rewrite in ops.rewrites():
+        rewrite(prepared)
+    return prepared
 
 
 def node_attrs(node: onnx.NodeProto) -> dict:
@@ -86,6 +101,7 @@ class Lowering:
         self.int8_io = bool(self.options.get("int8_io", False))
         self.requested_float = set(self.options.get("float_nodes") or ())
         self.registry = ops.registry()
+        self.opsets = support.opsets(model)
         self.spec = ModelSpec()
         self.values: dict[str, list[Value]] = {}
         self.consumed: set[str] = set()  # nodes already lowered as part of another (fused activations)
@@ -122,17 +138,35 @@ class Lowering:
         """float32 for the fp32 model, requested float nodes and ops without an int8 kernel."""
         if not self.quantized or node.name in self.requested_float:
             return "float32"
-        entry = self.registry.get(node.op_type)
+        entry = self.lowering_for(node)
         if entry is not None and not entry.supports_int8(self, node):
             return "float32"
         return "int8"
 
     def quant(self, name: str) -> Quantization:
-        """Asymmetric int8 parameters of an activation, from the calibration ranges."""
+        """Asymmetric int8 parameters of an activation, from the calibration ranges (a `;2d` view a
+        rewrite added shares the range of the tensor it names: ops/one_d.py)."""
+        if self.calibration is not None and name not in self.calibration and name.endswith(";2d"):
+            name = name[:-len(";2d")]
         if self.calibration is None or name not in self.calibration:
             raise UserError(f"tensor '{name}' has no calibration range; re-run calibration on this model")
+        tensor = self.calibration.tensors[name]
+        if max(tensor.hi, 0.0) - min(tensor.lo, 0.0) < DEGENERATE_RANGE:
+            return Quantization.per_tensor(*quantmath.asymmetric_params(*NEUTRAL_RANGE))
         scale, zero_point = self.calibration.asymmetric_params(name)
         return Quantization.per_tensor(scale, zero_point)
+
+    def lowering_for(self, node: onnx.NodeProto):
+        """The registered lowering of this node's (domain, op type, opset), or None."""
+        domain = support.canonical_domain(node.domain)
+        return self.registry.find(domain, node.op_type, self.opsets.get(domain, 0))
+
+    def unsupported_reason(self, node: onnx.NodeProto) -> str | None:
+        """Why `node` cannot be lowered: its operator (domain, opset, control flow) or its check."""
+        entry = self.lowering_for(node)
+        if entry is None:
+            return support.operator_problem(node, self.opsets, self.registry, self.target)
+        return entry.unsupported_reason(self, node)
 
     # ----- TFLite side -------------------------------------------------------------------------
     def emit(self, opcode: str, inputs, outputs, node: onnx.NodeProto | None = None,
@@ -232,10 +266,12 @@ class Lowering:
             return (self.spec.add_constant(f"{name};filter", weights),
                     self.spec.add_constant(f"{name};bias", bias))
         input_scale = float(self.tensor(input_index).quantization.scale[0])
-        # Dead channels (|w| ~ 1e-34 in real models after BN folding): floor their scale so the
-        # bias scale input_scale x weight_scale neither underflows nor makes the int32 bias overflow.
-        q_weights, weight_scales = quantmath.per_channel_symmetric(
-            weights, axis, min_ratio=2.0**-20, min_scales=np.abs(bias) / (input_scale * 2.0**30))
+        # Dead channels (|w| ~ 1e-34 in real models after BN folding, all zero after a zero-init BN
+        # gamma): floor their scale so the bias scale input_scale x weight_scale neither underflows
+        # nor makes the int32 bias overflow. Their weights quantize to zeros either way.
+        min_scales = np.maximum(np.abs(bias) / (input_scale * 2.0**30), MIN_BIAS_SCALE / input_scale)
+        q_weights, weight_scales = quantmath.per_channel_symmetric(weights, axis, min_ratio=2.0**-20,
+                                                                   min_scales=min_scales)
         filter_index = self.spec.add_constant(f"{name};filter", q_weights,
                                               Quantization.per_channel(weight_scales, axis))
         q_bias, bias_scales = quantmath.quantize_bias(bias, input_scale, weight_scales)
@@ -304,12 +340,10 @@ class Lowering:
         for node in self.model.graph.node:
             if node.op_type == "Constant" or node.name in self.consumed:
                 continue
-            entry = self.registry.get(node.op_type)
-            if entry is None:
-                raise UnsupportedOpError(node.name, node.op_type, self.target, "no TFLite lowering for this op type")
-            reason = entry.unsupported_reason(self, node)
+            reason = self.unsupported_reason(node)
             if reason:
-                raise UnsupportedOpError(node.name, node.op_type, self.target, reason)
+                raise UnsupportedOpError(node.name, support.qualified(node.domain, node.op_type), self.target, reason)
+            entry = self.lowering_for(node)
             if self.quantized and self.node_dtype(node) == "float32":
                 self.float_lowered.append(node.name)
             entry.lower(self, node)
@@ -356,9 +390,9 @@ def clip_bounds(ctx: Lowering, node: onnx.NodeProto) -> tuple[float, float] | No
             if value is None:
                 return None
             if position == 1:
-                low = float(value)
+                low = float(np.asarray(value).reshape(-1)[0])
             else:
-                high = float(value)
+                high = float(np.asarray(value).reshape(-1)[0])
     return float(low), float(high)
 
 

@@ -13,26 +13,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgepipe.backends.tflite.writer import OP_VERSIONS, TENSOR_TYPES, ModelSpec, Tensor
+from edgepipe.backends.tflite.builtins import BUILTINS
+from edgepipe.backends.tflite.writer import TENSOR_TYPES, ModelSpec, Tensor
 
 INT8_RANGE = (-128, 127)
-WEIGHT_OPS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
+# every kernel rule below comes from the one table of builtins (builtins.py)
+WEIGHT_OPS = {name: b.weights.channel_axis for name, b in BUILTINS.items() if b.weights}
 # (op, filter input index, bias input index, data input index)
-WEIGHT_SLOTS = {"CONV_2D": (1, 2, 0), "DEPTHWISE_CONV_2D": (1, 2, 0), "FULLY_CONNECTED": (1, 2, 0),
-                "TRANSPOSE_CONV": (1, 3, 2)}
-BIAS_REQUIRED = {"CONV_2D", "DEPTHWISE_CONV_2D"}
-FIXED_OUTPUT = {"LOGISTIC": (1.0 / 256, -128), "SOFTMAX": (1.0 / 256, -128), "TANH": (1.0 / 128, 0),
-                "LOG_SOFTMAX": (16.0 / 256, 127)}
+WEIGHT_SLOTS = {name: (b.weights.filter, b.weights.bias, b.weights.data) for name, b in BUILTINS.items() if b.weights}
+BIAS_REQUIRED = {name for name, b in BUILTINS.items() if b.weights and b.weights.bias_required}
+FIXED_OUTPUT = {name: b.fixed_output for name, b in BUILTINS.items() if b.fixed_output}
 # int8 kernels that move values without requantizing: output quantization must equal the input's
-SAME_QUANT = {"RESHAPE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS",
-              "PAD", "PADV2", "SPLIT", "SPLIT_V", "SLICE", "STRIDED_SLICE", "GATHER", "CONCATENATION",
-              "MAXIMUM", "MINIMUM", "RESIZE_NEAREST_NEIGHBOR", "MIRROR_PAD",
-              "RESIZE_BILINEAR", "REDUCE_MAX", "REDUCE_MIN"}
+SAME_QUANT = {name for name, b in BUILTINS.items() if b.same_quant}
 # inputs of these ops that are moved data (others are shapes, axes, indices)
-DATA_INPUTS = {"GATHER": (0,), "SPLIT": (1,), "CONCATENATION": None, "MAXIMUM": (0, 1), "MINIMUM": (0, 1)}
-OPTIONS_REQUIRED = {"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "SOFTMAX",
-                    "CONCATENATION", "AVERAGE_POOL_2D", "MAX_POOL_2D", "SPLIT", "LEAKY_RELU", "GELU",
-                    "MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN"}
+DATA_INPUTS = {name: b.data_inputs for name, b in BUILTINS.items() if b.same_quant}
+OPTIONS_REQUIRED = {name for name, b in BUILTINS.items() if b.options_required}
 CONVERSION_OPS = {"QUANTIZE", "DEQUANTIZE", "CAST"}
 QUANTIZED_TYPES = {"int8", "int16"}
 
@@ -175,8 +170,8 @@ def _check_graph(spec: ModelSpec) -> list[Problem]:
 
 
 def _check_opcode(spec: ModelSpec, op):
-    if op.opcode not in OP_VERSIONS or OP_VERSIONS[op.opcode] < 1:
-        yield "opcode", "operator has no registered version (version 0 fails to register)"
+    if op.opcode not in BUILTINS or BUILTINS[op.opcode].version < 1:
+        yield "opcode", "operator has no row in builtins.BUILTINS (version 0 fails to register)"
 
 
 def _check_dtypes(spec: ModelSpec, op):

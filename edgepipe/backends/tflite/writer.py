@@ -16,6 +16,8 @@ import flatbuffers
 import numpy as np
 import tflite
 
+from edgepipe.backends.tflite.builtins import BUILTINS
+
 SCHEMA_VERSION = 3
 FILE_IDENTIFIER = b"TFL3"
 
@@ -28,21 +30,6 @@ TENSOR_TYPES = {
     "int64": tflite.TensorType.INT64,
     "uint8": tflite.TensorType.UINT8,
     "bool": tflite.TensorType.BOOL,
-}
-
-# Versions the TFLite converter writes for the kernels we emit (float32 and int8 variants;
-# version 0 does not register). Ops not listed here are rejected by the validator.
-OP_VERSIONS = {
-    "QUANTIZE": 1, "DEQUANTIZE": 2, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "TRANSPOSE_CONV": 3,
-    "FULLY_CONNECTED": 4, "BATCH_MATMUL": 4, "ADD": 2, "SUB": 2, "MUL": 2, "DIV": 1,
-    "MAXIMUM": 2, "MINIMUM": 2, "POW": 1, "SQRT": 1, "RSQRT": 2, "SQUARED_DIFFERENCE": 2,
-    "MEAN": 2, "SUM": 1, "REDUCE_MAX": 2, "REDUCE_MIN": 2,
-    "AVERAGE_POOL_2D": 2, "MAX_POOL_2D": 2, "SOFTMAX": 2, "LOG_SOFTMAX": 2,
-    "LOGISTIC": 2, "TANH": 2, "RELU": 2, "RELU6": 2, "RELU_N1_TO_1": 2, "RELU_0_TO_1": 1,
-    "HARD_SWISH": 1, "LEAKY_RELU": 2, "PRELU": 1, "GELU": 1, "EXP": 2, "ABS": 2,
-    "NEG": 2, "CONCATENATION": 2, "RESHAPE": 1, "TRANSPOSE": 2, "SQUEEZE": 1, "EXPAND_DIMS": 1,
-    "PAD": 2, "PADV2": 2, "SPLIT": 2, "SPLIT_V": 2, "SLICE": 2, "STRIDED_SLICE": 2,
-    "GATHER": 2, "MIRROR_PAD": 2, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2, "CAST": 1,
 }
 
 # Ops whose options table is required by the kernel (Prepare dereferences it).
@@ -274,7 +261,7 @@ def _opcode(builder, opcode: str) -> int:
     tflite.OperatorCodeStart(builder)
     tflite.OperatorCodeAddDeprecatedBuiltinCode(builder, min(code, 127))
     tflite.OperatorCodeAddBuiltinCode(builder, code)
-    tflite.OperatorCodeAddVersion(builder, OP_VERSIONS[opcode])
+    tflite.OperatorCodeAddVersion(builder, BUILTINS[opcode].version)
     return tflite.OperatorCodeEnd(builder)
 
 

@@ -1,4 +1,4 @@
-"""Op registry: one module per ONNX op family, found by ONNX op type.
+"""Op registry: one module per ONNX op family, found by (domain, op type, opset).
 
 Adding an op family means adding ONE file here (e.g. `ops/softmax.py`) and its conformance test
 (`tests/test_tflite_ops_softmax.py`); nothing else changes. Every module in this package is
@@ -15,9 +15,17 @@ imported by `registry()`, and its decorated functions register themselves:
         dtype = ctx.node_dtype(node)                  # "int8", or "float32" (fp32 model, float island)
         x = ctx.get(node.input[0], dtype)             # input in its current layout; QUANTIZE/DEQUANTIZE/
         perm = ctx.layout(node.input[0])              #   TRANSPOSE inserted by the registry if needed
-        quant = Quantization.per_tensor(1 / 256, -128) if dtype == "int8" else None   # kernel rule
+        quant = Quantization.per_tensor(*fixed_output("SOFTMAX")) if dtype == "int8" else None  # builtins.py
         out = ctx.new_value(node.output[0], dtype, perm, quant)   # quant None -> from calibration
         ctx.emit("SOFTMAX", [x], [out], node, "SoftmaxOptions", Beta=1.0)
+
+Registration keys follow ONNX (edgepipe/backends/support.py): `register("Gelu", since=20)`
+covers Gelu of the ONNX domain from opset 20 on; `until=12` ends a range, so a family can
+register a second function where an opset changed the operator's meaning; `domain=` names a
+non-ONNX domain. Nodes of domains nothing registers, control flow and opsets outside every range
+are refused by name before any lowering runs. A pattern that one TFLite kernel computes (x *
+0.5 * (1 + Erf(x / sqrt 2)) is GELU) is found by a `@register_rewrite` function in its family
+module, which replaces the pattern by one node of FUSED_DOMAIN registered in the same module.
 
 Contract of a lowering:
 - Read ONNX facts from the context: `ctx.shape(name)`, `ctx.constant(name)`, `node_attrs(node)`.
@@ -25,8 +33,10 @@ Contract of a lowering:
   the input's layout (elementwise ops), `identity(rank)` for layout-sensitive ops (Reshape...).
   Map ONNX axes to TFLite axes with `perm.index(axis)`.
 - Register every ONNX output with `ctx.new_value(name, dtype, perm, quant)`; pass `quant` only
-  when the kernel fixes it (LOGISTIC 1/256, TANH 1/128) or passes it through (RESHAPE,
+  when the kernel fixes it (`builtins.fixed_output(opcode)`) or passes it through (RESHAPE,
   MAX_POOL_2D, CONCATENATION: use the input's `ctx.tensor(x).quantization`).
+- A TFLite builtin the project has never emitted needs its row in builtins.py (version, options,
+  int8 rules); the validator refuses any opcode without one.
 - `ctx.fuse_activation(node)` folds a following Relu/Relu6/Clip(-1,1) into ops with a
   `FusedActivationFunction` field.
 - `int8=False` (or a predicate `(ctx, node) -> bool`) lowers the node in float32 inside the int8
@@ -47,16 +57,25 @@ from typing import Callable
 
 import onnx
 
-_REGISTRY: dict[str, "OpLowering"] = {}
+from edgepipe.backends.support import LATEST, ONNX_DOMAIN, OpKey, OpTable
+
+FUSED_DOMAIN = "edgepipe.fused"  # nodes our own graph rewrites create (e.g. Erf-based GELU -> one Gelu)
+
+_TABLE: OpTable["OpLowering"] = OpTable("TFLite lowering")
+_REWRITES: list[Callable] = []
 _LOADED = False
 
 
 @dataclass
 class OpLowering:
-    op_type: str
+    key: OpKey
     lower: Callable
     check: Callable | None = None  # (ctx, node) -> reason it cannot be lowered, or None
     int8: bool | Callable = True  # False / predicate(ctx, node) -> False: lowered as a float island
+
+    @property
+    def op_type(self) -> str:
+        return self.key.op_type
 
     def unsupported_reason(self, ctx, node: onnx.NodeProto) -> str | None:
         return self.check(ctx, node) if self.check is not None else None
@@ -65,24 +84,36 @@ class OpLowering:
         return bool(self.int8(ctx, node)) if callable(self.int8) else bool(self.int8)
 
 
-def register(*op_types: str, check: Callable | None = None, int8: bool | Callable = True):
-    """Decorator: register a lowering function for one or more ONNX op types."""
+def register(*op_types: str, check: Callable | None = None, int8: bool | Callable = True,
+             domain: str = ONNX_DOMAIN, since: int = 1, until: int = LATEST):
+    """Decorator: register a lowering function for ONNX op types of `domain`, opsets [since, until]."""
 
     def decorate(function: Callable) -> Callable:
         for op_type in op_types:
-            if op_type in _REGISTRY:
-                raise ValueError(f"ONNX op {op_type} registered twice ({_REGISTRY[op_type].lower.__module__})")
-            _REGISTRY[op_type] = OpLowering(op_type, function, check, int8)
+            key = OpKey(domain, op_type, since, until)
+            _TABLE.add(key, OpLowering(key, function, check, int8))
         return function
 
     return decorate
 
 
-def registry() -> dict[str, OpLowering]:
-    """All registered lowerings by ONNX op type (imports every family module once)."""
+def register_rewrite(function: Callable) -> Callable:
+    """Decorator: a graph rewrite `(model) -> None` run on the prepared model before lowering,
+    for patterns that map to one TFLite kernel (their nodes become one FUSED_DOMAIN node)."""
+    _REWRITES.append(function)
+    return function
+
+
+def rewrites() -> list[Callable]:
+    registry()
+    return list(_REWRITES)
+
+
+def registry() -> OpTable[OpLowering]:
+    """All registered lowerings (imports every family module once)."""
     global _LOADED
     if not _LOADED:
         for module in pkgutil.iter_modules(__path__):
             importlib.import_module(f"{__name__}.{module.name}")
         _LOADED = True
-    return _REGISTRY
+    return _TABLE

@@ -2,7 +2,7 @@
 
 Relu / Relu6 / Clip(-1, 1) usually disappear into their producer (`Lowering.fuse_activation`);
 what reaches this module is the standalone case. LOGISTIC and TANH get the fixed int8 output
-scales their kernels assume (1/256 zp -128, 1/128 zp 0). SiLU (x * sigmoid(x)) needs no pattern:
+parameters their kernels assume (builtins.fixed_output). SiLU (x * sigmoid(x)) needs no pattern:
 LOGISTIC then MUL both have int8 kernels.
 """
 
@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from edgepipe import quantmath
+from edgepipe.backends.tflite.builtins import fixed_output
 from edgepipe.backends.tflite.lower import Lowering, clip_bounds, fusable_activation, node_attrs
 from edgepipe.backends.tflite.ops import register
 from edgepipe.backends.tflite.writer import Quantization
 
-FIXED_OUTPUT = {"Sigmoid": ("LOGISTIC", 1.0 / 256, -128), "Tanh": ("TANH", 1.0 / 128, 0)}
+FIXED_OUTPUT = {"Sigmoid": "LOGISTIC", "Tanh": "TANH"}
 SIMPLE = {"HardSwish": "HARD_SWISH", "Relu": "RELU"}
 SIXTH = np.float32(1.0 / 6.0)
 ADD_MIN_SCALE_RATIO = 2.0**-10 * 1.5  # XNNPACK's int8 ADD limit (input scale / output scale), with margin
@@ -87,8 +88,8 @@ def _hard_swish_gate_depthwise(ctx: Lowering, node, x: int, unit: int, channels:
 
 @register("Sigmoid", "Tanh")
 def lower_fixed_output(ctx: Lowering, node) -> None:
-    opcode, scale, zero_point = FIXED_OUTPUT[node.op_type]
-    _unary(ctx, node, opcode, Quantization.per_tensor(scale, zero_point))
+    opcode = FIXED_OUTPUT[node.op_type]
+    _unary(ctx, node, opcode, Quantization.per_tensor(*fixed_output(opcode)))
 
 
 def check_clip(ctx: Lowering, node) -> str | None:
@@ -162,7 +163,7 @@ def lower_prelu(ctx: Lowering, node) -> None:
     ctx.emit("PRELU", [x, slope], [ctx.new_value(node.output[0], dtype, perm)], node)
 
 
-@register("Gelu")
+@register("Gelu", since=20)
 def lower_gelu(ctx: Lowering, node) -> None:
     approximate = node_attrs(node).get("approximate", b"none")
     approximate = approximate.decode() if isinstance(approximate, bytes) else approximate

@@ -21,7 +21,7 @@ def check_conv(ctx: Lowering, node) -> str | None:
     if len(node.input) > 2 and node.input[2] and ctx.constant(node.input[2]) is None:
         return "the bias must be a constant initializer"
     if ctx.rank(node.input[0]) != 4:
-        return "only 2-D convolutions (4-D NCHW input) are supported; reshape 1-D/3-D convs to 2-D"
+        return "only 1-D and 2-D convolutions (3-D or 4-D NCHW input) are supported"
     weights = ctx.constant(node.input[1])
     groups = node_attrs(node).get("group", 1)
     if groups > 1 and weights.shape[0] % groups:

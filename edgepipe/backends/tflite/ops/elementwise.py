@@ -83,7 +83,7 @@ def lower_max_min(ctx: Lowering, node) -> None:
 
 def _square(ctx: Lowering, node) -> bool:
     exponent = ctx.constant(node.input[1])
-    return exponent is not None and exponent.size == 1 and float(exponent) == 2.0
+    return exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2.0
 
 
 @register("Pow", check=check_binary, int8=_square)
@@ -95,7 +95,7 @@ def lower_pow(ctx: Lowering, node) -> None:
         x = ctx.get(node.input[0], dtype, perm)
         ctx.emit("MUL", [x, x], [ctx.new_value(node.output[0], dtype, perm)], node, "MulOptions",
                  FusedActivationFunction=0)
-    elif exponent is not None and exponent.size == 1 and float(exponent) == 0.5:
+    elif exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 0.5:
         x = ctx.get(node.input[0], dtype, perm)
         ctx.emit("SQRT", [x], [ctx.new_value(node.output[0], dtype, perm)], node)
     else:

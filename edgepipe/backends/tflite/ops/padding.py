@@ -47,7 +47,8 @@ def pad_plan(ctx: Lowering, node) -> tuple[np.ndarray | None, float | None]:
     else:
         flat = ctx.constant(node.input[1])
         present, constant = _optional_input(ctx, node, 2)
-        value = (float(constant) if constant is not None and constant.size == 1 else None) if present else 0.0
+        scalar = float(constant.reshape(-1)[0]) if constant is not None and constant.size == 1 else None
+        value = scalar if present else 0.0
     if flat is None:
         return None, value
     present, axes = _optional_input(ctx, node, 3)

@@ -7,6 +7,8 @@ TFLite's floor for 2x but not for 4x), the lowering computes, at convert time, t
 coordinate of every output row and column both ways in float64 and picks the first TFLite flag
 pair that gives the same sampling; no match is reported as unsupported. Kernel rules:
 - int8 resize kernels interpolate raw integers: the output quantization is the input's.
+- align_corners with a scale whose product with the input size is not an integer is refused:
+  the ONNX spec divides by the unrounded output length there, ONNX Runtime by the rounded one.
 - The size input is an int32 [new_height, new_width] constant; the output size comes from ONNX
   shape inference, so scales and sizes inputs (or Upsample's attribute) need no decoding.
 """
@@ -109,6 +111,13 @@ def check_resize(ctx: Lowering, node) -> str | None:
     transform = _text(attrs.get("coordinate_transformation_mode"), "half_pixel")
     if transform == "tf_crop_and_resize":
         return "tf_crop_and_resize has no TFLite kernel"
+    in_hw, out_hw, scales = ctx.shape(node.input[0])[2:], ctx.shape(node.output[0])[2:], _scales(ctx, node)
+    if transform == "align_corners" and scales:
+        for size, scale, out in zip(in_hw, scales[2:], out_hw):
+            if abs(size * scale - out) > 1e-6 * max(out, 1):
+                return (f"align_corners with scale {scale:g}: {size} x {scale:g} = {size * scale:g} is not an integer, "
+                        "and ONNX samples with that unrounded length where ONNX Runtime uses the rounded "
+                        f"{out}; give sizes instead of scales")
     kind, flags = resize_plan(ctx, node)
     if kind not in OPCODES:
         return f"mode '{kind}' has no TFLite kernel; use nearest or linear"

@@ -8,7 +8,7 @@ Kernel rules that shape this module:
   RESHAPE to 2-D, the kernel, RESHAPE back.
 - SOFTMAX reads `beta` from its options and an unset beta is 0 (uniform output): always 1.0.
 - int8 outputs have fixed parameters (the kernels' Prepare checks or assumes them):
-  SOFTMAX 1/256 zero point -128, LOG_SOFTMAX 16/256 zero point 127 (range [-15.94, 0]).
+  builtins.fixed_output (LOG_SOFTMAX's covers [-15.94, 0]).
 - XNNPACK (LiteRT 2.3) delegates float SOFTMAX only: int8 SOFTMAX / LOG_SOFTMAX and float
   LOG_SOFTMAX run on the builtin kernels, outside the delegated partition. At a classifier's end
   that costs little; a softmax inside a graph (attention) can be listed in `float_nodes`.
@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgepipe.backends.tflite.builtins import fixed_output
 from edgepipe.backends.tflite.lower import Lowering, identity, node_attrs
 from edgepipe.backends.tflite.ops import register
 from edgepipe.backends.tflite.writer import Quantization
 
 KERNELS = {
-    "Softmax": ("SOFTMAX", "SoftmaxOptions", {"Beta": 1.0}, (1.0 / 256, -128)),
-    "LogSoftmax": ("LOG_SOFTMAX", "LogSoftmaxOptions", {}, (16.0 / 256, 127)),
+    "Softmax": ("SOFTMAX", "SoftmaxOptions", {"Beta": 1.0}),
+    "LogSoftmax": ("LOG_SOFTMAX", "LogSoftmaxOptions", {}),
 }
 
 
@@ -54,9 +55,9 @@ def check_softmax(ctx: Lowering, node) -> str | None:
 
 @register("Softmax", "LogSoftmax", check=check_softmax)
 def lower_softmax(ctx: Lowering, node) -> None:
-    opcode, options_type, options, fixed = KERNELS[node.op_type]
+    opcode, options_type, options = KERNELS[node.op_type]
     dtype = ctx.node_dtype(node)
-    quant = Quantization.per_tensor(*fixed) if dtype == "int8" else None
+    quant = Quantization.per_tensor(*fixed_output(opcode)) if dtype == "int8" else None
     axis, flattens = softmax_axis(ctx, node)
     name = node.input[0]
     if not flattens:

@@ -1,0 +1,125 @@
+"""What the project knows about each TFLite builtin it emits, in one table.
+
+The writer takes the version from here, the validator its int8 rules, the op lowerings the fixed
+output parameters of LOGISTIC / TANH / SOFTMAX / LOG_SOFTMAX, and delegation checks whether
+XNNPACK takes the int8 kernel. Emitting a new builtin therefore means one new row here (the
+validator rejects any opcode without one) next to the op module that emits it.
+
+Facts measured with LiteRT 2.3 (ai-edge-litert) and read from the kernels' Prepare() functions:
+- `version`: the version the TFLite converter writes for the float32 and int8 kernels (version 0
+  does not register; a version LiteRT does not register fails at load time).
+- `fixed_output`: (scale, zero point) the int8 kernel assumes for its output whatever the file
+  says (LOGISTIC 1/256 -128, TANH 1/128 0, SOFTMAX 1/256 -128, LOG_SOFTMAX 16/256 127).
+- `same_quant`: the int8 kernel moves or compares integers without requantizing, so the output
+  and the data inputs (`data_inputs`, None = all) must share scale and zero point.
+- `weights`: (filter, bias, data) input slots and the filter's per-channel quantized dimension.
+- `xnnpack_int8`: True when LiteRT's default XNNPACK delegate takes the int8 kernel as our
+  lowerings emit it, False when it falls back to a builtin kernel (correct, slower, splits the
+  delegated graph), None when not measured. tests/test_tflite_builtins.py measures every
+  True/False row on a one-op model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Weights:
+    filter: int
+    bias: int
+    data: int
+    channel_axis: int  # quantized_dimension of a per-channel filter
+    bias_required: bool = False  # int8 kernel dereferences the bias
+
+
+@dataclass(frozen=True)
+class Builtin:
+    name: str
+    version: int
+    options_required: bool = False  # Prepare() dereferences the options table
+    fixed_output: tuple[float, int] | None = None
+    same_quant: bool = False
+    data_inputs: tuple[int, ...] | None = (0,)
+    weights: Weights | None = None
+    xnnpack_int8: bool | None = None
+
+
+def _table(*rows: Builtin) -> dict[str, Builtin]:
+    return {row.name: row for row in rows}
+
+
+BUILTINS = _table(
+    # conversions
+    Builtin("QUANTIZE", 1),
+    Builtin("DEQUANTIZE", 2),
+    Builtin("CAST", 1),
+    # weighted ops
+    Builtin("CONV_2D", 3, True, weights=Weights(1, 2, 0, 0, bias_required=True), xnnpack_int8=True),
+    Builtin("DEPTHWISE_CONV_2D", 3, True, weights=Weights(1, 2, 0, 3, bias_required=True), xnnpack_int8=True),
+    Builtin("TRANSPOSE_CONV", 3, True, weights=Weights(1, 3, 2, 0)),
+    Builtin("FULLY_CONNECTED", 4, True, weights=Weights(1, 2, 0, 0), xnnpack_int8=True),
+    Builtin("BATCH_MATMUL", 4, xnnpack_int8=True),
+    # elementwise
+    Builtin("ADD", 2, xnnpack_int8=True),  # not when an input/output scale ratio is < 2**-10
+    Builtin("SUB", 2),
+    Builtin("MUL", 2, xnnpack_int8=True),
+    Builtin("DIV", 1),
+    Builtin("MAXIMUM", 2, same_quant=True, data_inputs=(0, 1)),
+    Builtin("MINIMUM", 2, same_quant=True, data_inputs=(0, 1), xnnpack_int8=False),
+    Builtin("POW", 1),
+    Builtin("SQRT", 1),
+    Builtin("RSQRT", 2),
+    Builtin("SQUARED_DIFFERENCE", 2),
+    Builtin("EXP", 2, xnnpack_int8=False),
+    Builtin("LOG", 1),
+    Builtin("ABS", 2),
+    Builtin("NEG", 1),
+    # reductions and pooling
+    Builtin("MEAN", 2, True, xnnpack_int8=True),
+    Builtin("SUM", 1, True),
+    Builtin("REDUCE_MAX", 2, True, same_quant=True, xnnpack_int8=True),
+    Builtin("REDUCE_MIN", 2, True, same_quant=True),
+    Builtin("AVERAGE_POOL_2D", 2, True, same_quant=True, xnnpack_int8=False),
+    Builtin("MAX_POOL_2D", 2, True, same_quant=True, xnnpack_int8=True),
+    # activations
+    Builtin("SOFTMAX", 2, True, fixed_output=(1.0 / 256, -128), xnnpack_int8=False),
+    Builtin("LOG_SOFTMAX", 2, fixed_output=(16.0 / 256, 127)),
+    Builtin("LOGISTIC", 2, fixed_output=(1.0 / 256, -128), xnnpack_int8=True),
+    Builtin("TANH", 2, fixed_output=(1.0 / 128, 0), xnnpack_int8=True),
+    Builtin("RELU", 2), Builtin("RELU6", 2), Builtin("RELU_N1_TO_1", 2), Builtin("RELU_0_TO_1", 1),
+    Builtin("HARD_SWISH", 1),
+    Builtin("LEAKY_RELU", 2, True, xnnpack_int8=True),
+    Builtin("PRELU", 1, xnnpack_int8=False),
+    Builtin("GELU", 1, True, xnnpack_int8=False),
+    # data movement
+    Builtin("CONCATENATION", 2, True, same_quant=True, data_inputs=None, xnnpack_int8=True),
+    Builtin("RESHAPE", 1, same_quant=True, xnnpack_int8=True),
+    Builtin("TRANSPOSE", 2, same_quant=True),
+    Builtin("SQUEEZE", 1, same_quant=True),
+    Builtin("EXPAND_DIMS", 1, same_quant=True),
+    Builtin("PAD", 2, same_quant=True, xnnpack_int8=True),
+    Builtin("PADV2", 2, same_quant=True),
+    Builtin("MIRROR_PAD", 2, same_quant=True),
+    Builtin("SPLIT", 2, True, same_quant=True, data_inputs=(1,)),
+    Builtin("SPLIT_V", 2, same_quant=True),
+    Builtin("SLICE", 2, same_quant=True),
+    Builtin("STRIDED_SLICE", 2, same_quant=True),
+    Builtin("GATHER", 2, same_quant=True),
+    Builtin("DEPTH_TO_SPACE", 1, same_quant=True),
+    Builtin("SPACE_TO_DEPTH", 2, same_quant=True),
+    Builtin("RESIZE_BILINEAR", 2, same_quant=True, xnnpack_int8=True),
+    Builtin("RESIZE_NEAREST_NEIGHBOR", 2, same_quant=True, xnnpack_int8=False),
+)
+
+
+def builtin(opcode: str) -> Builtin | None:
+    return BUILTINS.get(opcode)
+
+
+def fixed_output(opcode: str) -> tuple[float, int]:
+    """(scale, zero point) the int8 kernel of `opcode` assumes for its output."""
+    params = BUILTINS[opcode].fixed_output
+    if params is None:
+        raise KeyError(f"{opcode} has no fixed int8 output parameters")
+    return params

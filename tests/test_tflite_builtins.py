@@ -1,0 +1,70 @@
+"""The table of TFLite builtins (edgepipe/backends/tflite/builtins.py) against the real interpreter:
+every version registers in LiteRT, and every xnnpack_int8 True/False row holds on a one-op model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from edgepipe.backends.tflite.builtins import BUILTINS, fixed_output
+from edgepipe.backends.tflite.validator import FIXED_OUTPUT
+from tests.tflite_harness import convert, delegate_partitions, make_model
+
+RNG = np.random.default_rng(31)
+CONV_W = RNG.normal(size=(4, 4, 3, 3)).astype(np.float32) * 0.4
+IMAGE = {"x": [1, 4, 6, 6]}
+PAIR = {"x": [1, 4, 6, 6], "x2": [1, 4, 6, 6]}
+SCALE2 = {"s": np.array([1, 1, 2, 2], np.float32)}
+
+# builtin -> (one ONNX node that lowers to it in int8, inputs, initializers)
+ONE_OP_MODELS = {
+    "CONV_2D": (("Conv", ["x", "w"], {"pads": [1, 1, 1, 1]}), IMAGE, {"w": CONV_W}),
+    "DEPTHWISE_CONV_2D": (("Conv", ["x", "w"], {"group": 4, "pads": [1, 1, 1, 1]}), IMAGE, {"w": CONV_W[:, :1]}),
+    "FULLY_CONNECTED": (("Gemm", ["x", "w"], {"transB": 1}), {"x": [2, 8]},
+                        {"w": RNG.normal(size=(3, 8)).astype(np.float32)}),
+    "BATCH_MATMUL": (("MatMul", ["x", "x2"], {}), {"x": [1, 3, 4], "x2": [1, 4, 5]}, {}),
+    "ADD": (("Add", ["x", "x2"], {}), PAIR, {}),
+    "MUL": (("Mul", ["x", "x2"], {}), PAIR, {}),
+    "MINIMUM": (("Min", ["x", "x2"], {}), PAIR, {}),
+    "EXP": (("Exp", ["x"], {}), IMAGE, {}),
+    "MEAN": (("GlobalAveragePool", ["x"], {}), IMAGE, {}),
+    "REDUCE_MAX": (("GlobalMaxPool", ["x"], {}), IMAGE, {}),
+    "AVERAGE_POOL_2D": (("AveragePool", ["x"], {"kernel_shape": [3, 3], "auto_pad": "SAME_UPPER"}), IMAGE, {}),
+    "MAX_POOL_2D": (("MaxPool", ["x"], {"kernel_shape": [2, 2], "strides": [2, 2]}), IMAGE, {}),
+    "SOFTMAX": (("Softmax", ["x"], {}), {"x": [2, 10]}, {}),
+    "LOGISTIC": (("Sigmoid", ["x"], {}), IMAGE, {}),
+    "TANH": (("Tanh", ["x"], {}), IMAGE, {}),
+    "LEAKY_RELU": (("LeakyRelu", ["x"], {"alpha": 0.1}), IMAGE, {}),
+    "PRELU": (("PRelu", ["x", "slope"], {}), IMAGE, {"slope": np.full((4, 1, 1), 0.1, np.float32)}),
+    "GELU": (("Gelu", ["x"], {}), IMAGE, {}),
+    "CONCATENATION": (("Concat", ["x", "x2"], {"axis": 1}), PAIR, {}),
+    "RESHAPE": (("Reshape", ["x", "shape"], {}), {"x": [1, 4, 6]}, {"shape": np.array([1, 24], np.int64)}),
+    "PAD": (("Pad", ["x", "pads"], {}), IMAGE, {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}),
+    "RESIZE_BILINEAR": (("Resize", ["x", "", "s"], {"mode": "linear"}), IMAGE, SCALE2),
+    "RESIZE_NEAREST_NEIGHBOR": (("Resize", ["x", "", "s"], {"mode": "nearest"}), IMAGE, SCALE2),
+}
+
+
+def test_every_measured_row_has_a_model():
+    measured = {name for name, row in BUILTINS.items() if row.xnnpack_int8 is not None}
+    assert measured == set(ONE_OP_MODELS)
+
+
+@pytest.mark.parametrize("opcode", sorted(ONE_OP_MODELS))
+def test_xnnpack_int8_delegation_matches_the_table(opcode, tmp_path):
+    (op_type, inputs, attrs), shapes, initializers = ONE_OP_MODELS[opcode]
+    model = make_model([helper.make_node(op_type, inputs, ["y"], name="op", **attrs)], shapes, ["y"], initializers,
+                       opset=20)
+    result, _ = convert(model, tmp_path)
+    assert result["op_histogram"].get(opcode) == 1 and not result["float_nodes"]
+    delegated = len(delegate_partitions(tmp_path / "model.tflite")) == 1  # else the op splits Q and DQ apart
+    assert delegated == BUILTINS[opcode].xnnpack_int8
+
+
+def test_fixed_output_parameters_live_in_one_place():
+    assert fixed_output("LOGISTIC") == (1.0 / 256, -128) and fixed_output("TANH") == (1.0 / 128, 0)
+    assert fixed_output("SOFTMAX") == (1.0 / 256, -128) and fixed_output("LOG_SOFTMAX") == (16.0 / 256, 127)
+    assert FIXED_OUTPUT == {name: row.fixed_output for name, row in BUILTINS.items() if row.fixed_output}
+    with pytest.raises(KeyError):
+        fixed_output("ADD")

@@ -1,0 +1,81 @@
+"""Conformance of elementwise math (Neg, Abs, Exp, Log, Reciprocal, Softplus, Mish), GlobalMaxPool,
+DepthToSpace / SpaceToDepth and unfolded BatchNormalization."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from edgepipe.backends.tflite import build_tflite, unsupported_nodes
+from edgepipe.backends.tflite.runtime import run_tflite
+from tests.tflite_harness import check_conformance, make_model, onnx_node_case, run_onnx, structured_inputs
+
+RNG = np.random.default_rng(29)
+
+UNARY = {  # op: (opset, input transform: keeps Log / Reciprocal away from 0, spreads the rest)
+    "Neg": (17, lambda x: 3 * x), "Abs": (17, lambda x: 3 * x), "Exp": (17, lambda x: 2 * x),
+    "Log": (17, lambda x: np.abs(x) + 0.2), "Reciprocal": (17, lambda x: np.abs(x) + 0.2),
+    "Softplus": (17, lambda x: 40 * x), "Mish": (18, lambda x: 10 * x),
+}
+
+
+@pytest.mark.parametrize("op_type", sorted(UNARY))
+def test_unary(op_type, tmp_path):
+    opset, transform = UNARY[op_type]
+    model = make_model([helper.make_node(op_type, ["x"], ["y"], name="op")], {"x": [1, 3, 5, 6]}, ["y"], opset=opset)
+    feeds = [{"x": transform(feed["x"]).astype(np.float32)} for feed in structured_inputs(model)]
+    report = check_conformance(model, tmp_path, feeds)
+    assert report.result["float_nodes"] == ([] if op_type == "Exp" else ["op"])
+
+
+def test_global_max_pool(tmp_path):
+    model = make_model([helper.make_node("GlobalMaxPool", ["x"], ["y"], name="gmp")], {"x": [1, 6, 5, 7]}, ["y"])
+    report = check_conformance(model, tmp_path)
+    assert report.result["op_histogram"]["REDUCE_MAX"] == 1
+
+
+@pytest.mark.parametrize("op_type,mode", [("DepthToSpace", "DCR"), ("DepthToSpace", "CRD"), ("SpaceToDepth", None)])
+def test_depth_and_space(op_type, mode, tmp_path):
+    """After a conv, as in super-resolution heads (PixelShuffle exports DepthToSpace CRD).
+    SpaceToDepth's CRD mode (opset 28) is checked in fp32 by the ONNX case below: ONNX Runtime
+    has no QuantizeLinear-28 for the int8 reference."""
+    weights = RNG.normal(size=(8, 3, 3, 3)).astype(np.float32) * 0.4
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node(op_type, ["c"], ["y"], name="move", blocksize=2, **({"mode": mode} if mode else {}))]
+    report = check_conformance(make_model(nodes, {"x": [1, 3, 6, 8]}, ["y"], {"w": weights}), tmp_path)
+    assert report.result["op_histogram"].get("GATHER", 0) == (mode == "CRD")
+
+
+def test_unfolded_batch_norm_with_relu(tmp_path):
+    """A BatchNormalization no conv precedes (here on the input): a 1x1 depthwise conv + fused Relu."""
+    channels = 5
+    inits = {"g": RNG.uniform(0.5, 2, channels), "b": RNG.normal(size=channels), "m": RNG.normal(size=channels),
+             "v": RNG.uniform(0.5, 2, channels)}
+    nodes = [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["n"], name="bn", epsilon=1e-3),
+             helper.make_node("Relu", ["n"], ["y"], name="relu")]
+    model = make_model(nodes, {"x": [1, channels, 6, 7]}, ["y"], {k: v.astype(np.float32) for k, v in inits.items()})
+    report = check_conformance(model, tmp_path)
+    assert report.result["op_histogram"]["DEPTHWISE_CONV_2D"] == 1 and "RELU" not in report.result["op_histogram"]
+
+
+def test_training_mode_batch_norm_is_refused():
+    model, _, _ = onnx_node_case("test_batchnorm_example_training_mode")
+    problems = {op: reason for _, op, reason in unsupported_nodes(model)}
+    assert "training_mode=1" in problems["BatchNormalization"]
+
+
+@pytest.mark.parametrize("name", [
+    "test_neg", "test_abs", "test_exp", "test_log", "test_reciprocal", "test_softplus", "test_mish",
+    "test_globalmaxpool", "test_depthtospace_example", "test_depthtospace_crd_mode_example", "test_spacetodepth",
+    "test_spacetodepth_example", "test_spacetodepth_crd_mode_example", "test_batchnorm_example",
+    "test_batchnorm_epsilon"])
+def test_onnx_cases_match_expected_outputs(name, tmp_path):
+    model, feed, expected = onnx_node_case(name)
+    assert not unsupported_nodes(model)
+    result = build_tflite(model, None, tmp_path)
+    got = run_tflite(tmp_path / "model.fp32.tflite", result["io"], feed)
+    reference = run_onnx(model, feed)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got[key], reference[key], rtol=1e-5, atol=1e-5)
