@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_models  # noqa: E402
 from calibration_real_models import ctc_decode, metrics  # noqa: E402
 from real_model_corpus import cpu_flags  # noqa: E402
-from tests.realmodels import evaluate  # noqa: E402
+from tests.realmodels import evaluate as corpus_eval  # noqa: E402
 
 MODELS = ["ocr_det", "ocr_rec", "ocr_cls"]
 CALIB_SAMPLES, EVAL_SAMPLES = 32, 32
@@ -61,12 +61,12 @@ def cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
 
 
 def interpreter(path: Path, resolver: str = "AUTO"):
-    return evaluate.interpreter(path, resolver, threads=2)
+    return corpus_eval.interpreter(path, resolver, threads=2)
 
 
 def run_tflite(interp, io: dict, images: np.ndarray) -> np.ndarray:
     """The first output for every image (NCHW float in, ONNX-layout float out; io = manifest io)."""
-    return evaluate.invoke(interp, io, images)[0]
+    return corpus_eval.invoke(interp, io, images)[0]
 
 
 def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
