@@ -3,14 +3,16 @@
 `pack_bundle` writes the same bytes every time for the same bundle (sorted entries, mtime 0,
 owner 0/0 with empty names, normalized modes, gzip header without name or time), so a release
 archive's sha256 is stable and can be published. `safe_extract` treats every archive as hostile:
-absolute paths, `..`, links pointing outside, and device files are refused by name before
-anything is written.
+absolute paths, `..`, links of any kind, device files and members whose unpacked size
+exceeds the limit or the free disk space are refused by name before anything is written.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import shutil
+import stat
 import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -19,6 +21,8 @@ from edgepipe.bundle import MANIFEST, SHA256SUMS, load_manifest, verify_bundle, 
 from edgepipe.errors import UserError
 
 _FILE_MODE, _EXEC_MODE, _DIR_MODE = 0o644, 0o755, 0o755
+MAX_ARCHIVE_BYTES = 16 << 30  # unpacked; checked from the headers before anything is extracted
+MAX_ARCHIVE_MEMBERS = 100_000
 
 
 def _tar_info(name: str, *, directory: bool = False, size: int = 0, executable: bool = False) -> tarfile.TarInfo:
@@ -41,6 +45,9 @@ def packed_paths(bundle: Path) -> list[str]:
 def pack_bundle(bundle: Path, out_path: Path) -> Path:
     """Verify `bundle`, then write it as a deterministic .tar.gz under a top folder of its name."""
     bundle, out_path = Path(bundle), Path(out_path)
+    resolved_out, resolved_bundle = out_path.absolute().resolve(), bundle.absolute().resolve()
+    if resolved_out == resolved_bundle or resolved_bundle in resolved_out.parents:
+        raise UserError(f"{out_path}: is inside the bundle {bundle}; write the archive outside it")
     problems = verify_bundle(bundle)
     if problems:
         raise VerificationError(f"{bundle}: refusing to pack a bundle that fails verification: {problems[0]}")
@@ -60,9 +67,11 @@ def pack_bundle(bundle: Path, out_path: Path) -> Path:
                     tar.addfile(_tar_info(f"{top}/{rel}", directory=True))
                     continue
                 source = bundle / rel
-                info = _tar_info(f"{top}/{rel}", size=source.stat().st_size,
-                                 executable=bool(source.stat().st_mode & 0o111))
-                with open(source, "rb") as handle:
+                with open(source, "rb", opener=_no_follow) as handle:  # a link swapped in after verify
+                    status = os.fstat(handle.fileno())
+                    if not stat.S_ISREG(status.st_mode):
+                        raise UserError(f"{source}: not a regular file; refusing to pack it")
+                    info = _tar_info(f"{top}/{rel}", size=status.st_size, executable=bool(status.st_mode & 0o111))
                     tar.addfile(info, handle)
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, out_path)
@@ -70,6 +79,10 @@ def pack_bundle(bundle: Path, out_path: Path) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return out_path
+
+
+def _no_follow(path, flags):
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
 
 
 def _member_problem(member: tarfile.TarInfo) -> str:
@@ -82,17 +95,11 @@ def _member_problem(member: tarfile.TarInfo) -> str:
     if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
         return "device file or fifo"
     if member.issym() or member.islnk():
-        link = PurePosixPath(member.linkname)
-        base = path.parent if member.issym() else PurePosixPath()
-        if link.is_absolute() or member.linkname.startswith("/"):
-            return f"link to an absolute path ({member.linkname})"
-        depth = len(base.parts)
-        for part in link.parts:
-            depth = depth - 1 if part == ".." else depth + (part != ".")
-            if depth < 0:
-                return f"link pointing outside the destination ({member.linkname})"
-    elif not (member.isfile() or member.isdir()):
+        return f"a link ({member.linkname}); bundle archives hold regular files and folders only"
+    if not (member.isfile() or member.isdir()):
         return "unsupported member type"
+    if member.size > MAX_ARCHIVE_BYTES:
+        return f"{member.size} bytes, more than the {MAX_ARCHIVE_BYTES} byte limit"
     return ""
 
 
@@ -108,11 +115,18 @@ def safe_extract(tar_path: Path, dest: Path) -> Path:
             members = tar.getmembers()
         except (OSError, tarfile.TarError, EOFError) as exc:
             raise UserError(f"{tar_path}: damaged archive ({exc})") from None
+        if len(members) > MAX_ARCHIVE_MEMBERS:
+            raise UserError(f"{tar_path}: {len(members)} members, more than the {MAX_ARCHIVE_MEMBERS} a bundle has")
         for member in members:
             problem = _member_problem(member)
             if problem:
                 raise UserError(f"{tar_path}: refusing member '{member.name}': {problem}")
+        total = sum(m.size for m in members)
         dest.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(dest).free
+        if total > MAX_ARCHIVE_BYTES or total > free:
+            raise UserError(f"{tar_path}: members add up to {total} bytes unpacked, more than "
+                            f"{min(MAX_ARCHIVE_BYTES, free)} bytes allowed here (limit or free disk space)")
         if hasattr(tarfile, "data_filter"):
             tar.extractall(dest, members=members, filter="data")  # second line of defence
         else:  # pragma: no cover - Python < 3.11.4

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe import __version__, graph
+from edgepipe.bundle import check_out_dir
+from edgepipe.outdir import BACKEND_TMP_PREFIX
+from edgepipe.safeio import JSON_MAX_BYTES, ensure_regular_file, ensure_regular_or_dir
 from edgepipe.errors import UnsupportedOpError, UserError
+from edgepipe.modelcheck import check_model
 from edgepipe.pipeline import Pipeline, bytes_hash, settings_hash
 from edgepipe.settings import (data_fingerprint, data_preprocess, fold_settings_of, initial_input_shapes,
                                require_calib, to_model_domain)
@@ -85,9 +90,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
         lambda: (run_export(settings["model"], settings.get("weights"), shapes, settings["opset"], output_names), {}),
     )
 
-    if not graph.graph_inputs(model):
-        raise UserError(f"{settings['model']}: the model has no inputs, so there is nothing to calibrate or "
-                        "deploy; export it with its real inputs")
+    check_model(model, str(settings["model"]))  # no inputs, allocation bombs
 
     # 2. simplify
     model, simplify_report = pipeline.model_stage(
@@ -161,6 +164,10 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     backend_settings = {k: v for k, v in (settings.get("backend") or {}).items() if v is not None}
     target = load_target(settings["target"], {k: v for k, v in backend_settings.items() if k == "threads"})
     target.check_backend_settings(backend_settings)
+    check_out_dir(Path(settings["out"]))  # before any work: a wrong --out costs nothing and loses nothing
+    for key in ("model", "weights", "calib", "eval"):  # a FIFO or device would block a reader forever
+        if settings.get(key):
+            ensure_regular_or_dir(settings[key], f"--{key}")
     pipeline = Pipeline(settings.get("cache_dir"), log)
     prepared = prepare_model(settings, pipeline, target)
     model, calib_ds, eval_ds = prepared.model, prepared.calib, prepared.eval
@@ -232,7 +239,7 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
     from edgepipe.bundle import write_bundle
 
     model, calib_ds, eval_ds = prepared.model, prepared.calib, prepared.eval
-    with tempfile.TemporaryDirectory(prefix=".edgepipe-backend-") as backend_tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{BACKEND_TMP_PREFIX}{os.getpid()}-") as backend_tmp:
         backend_dir = Path(backend_tmp)
         # 5. backend
         backend_options = {**backend_settings, "float_nodes": sorted(float_nodes)}
@@ -278,10 +285,11 @@ def load_ranges(path: str, model):
     from edgepipe.calibrate.result import CalibrationResult
 
     try:
+        ensure_regular_file(path, JSON_MAX_BYTES, "calibration ranges file (calibration.ranges)")
         calibration = CalibrationResult.load(path)
     except FileNotFoundError:
         raise UserError(f"{path}: calibration ranges file not found (calibration.ranges)") from None
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         raise UserError(f"{path}: not a calibration.json / .ranges.json file ({type(exc).__name__}: {exc})") from exc
     missing = [i.name for i in graph.graph_inputs(model) if i.name not in calibration.tensors]
     if missing:
@@ -343,6 +351,7 @@ def reference_eval_data(model, dataset, with_labels: bool) -> dict:
 
 def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> dict:
     """Run the bundle's own run.py with this Python (marked 'host'), then render the report."""
+    from edgepipe.regress import load_results
     from edgepipe.report import render_report
 
     threads = settings["backend"].get("threads") or target.options.get("threads") or 2
@@ -355,7 +364,7 @@ def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> d
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"{out / 'run.py'} failed on this host: {last}")
     results_path = out / "report" / "results.json"
-    results = json.loads(results_path.read_text())
+    results = load_results(results_path, "host")
     html = render_report(results_path, out_dir=out / "report", bundle_dir=out)
     result.results = results
     result.report_html = Path(html) if html else None

@@ -7,19 +7,24 @@ Why it is shaped this way:
   end, so a failed build never leaves a half-written bundle and the previous one survives;
 - verifiable: `manifest.json` lists every file's size and sha256, and `SHA256SUMS` (coreutils
   format, includes manifest.json) lets a device check the bundle with `sha256sum -c` alone.
-`report/` (results written by run.py) and the manifest's `device_generated` patterns (an engine
-built on the device) are outside the manifest and ignored by `verify_bundle`.
+- never destructive: `--out` must be missing, empty, or a bundle edgepipe wrote (its SHA256SUMS
+  holds the manifest's sha256); files a user added are refused by name, not deleted. Deploy
+  results (`report/<host>/`, `report/fleet.json`) are carried into the new bundle; the swap is
+  one atomic exchange where the OS has it, and an interrupted two-rename swap is undone by the
+  next build, which also removes temp folders that killed runs left behind.
+`report/` (results written by run.py) and the manifest's `device_generated` files (an engine
+built on the device; exact names, never patterns) are outside the manifest; `verify_bundle`
+refuses every other unlisted file, links and special files.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import io as iolib
 import json
 import os
 import shutil
-import tempfile
+import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
@@ -29,11 +34,12 @@ import numpy as np
 from edgepipe import __version__
 from edgepipe.jsonfile import read_json
 from edgepipe.errors import BudgetError, UserError
+from edgepipe.outdir import REPORT_DIR, STAGING_TAG, recover_interrupted_swap, swap_into_place, temp_dir
+from edgepipe.safeio import JSON_MAX_BYTES, read_text_bounded
 from edgepipe.templating import render
 
 MANIFEST = "manifest.json"
 SHA256SUMS = "SHA256SUMS"
-REPORT_DIR = "report"
 EVAL_FILE = "eval/eval.npz"
 RESERVED_KEYS = ("schema", "target", "source", "files", "io", "stages", "eval")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -145,22 +151,40 @@ def _requirements(target: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _is_excluded(rel: str, patterns: Iterable[str]) -> bool:
-    if rel in (MANIFEST, SHA256SUMS) or rel == REPORT_DIR or rel.startswith(REPORT_DIR + "/"):
-        return True
-    return any(fnmatch.fnmatch(rel, p) for p in patterns)
+def device_generated_names(manifest: dict) -> set[str]:
+    """The manifest's `device_generated` entries: exact bundle-relative file names, never globs."""
+    names = manifest.get("device_generated") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError("manifest.json: 'device_generated' must be a list of file names")
+    for name in names:
+        safe_relative(name)
+        if any(ch in name for ch in "*?[]"):
+            raise UserError(f"manifest.json: device_generated entry '{name}' is a pattern; name exact files")
+    return set(names)
 
 
-def bundle_files(root: Path, generated_patterns: Iterable[str] = ()) -> list[str]:
-    """Every regular file and symlink under `root` that belongs in the manifest, sorted."""
+def walk_entries(root: Path) -> list[tuple[str, str]]:
+    """(relative path, kind) of every non-directory entry under `root`, without following links,
+    report/ left out; kind is "file", "link" or "special". Links to folders are entries too."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
-            rel = (Path(dirpath) / name).relative_to(root).as_posix()
-            if not _is_excluded(rel, generated_patterns):
-                found.append(rel)
+        here = Path(dirpath)
+        for name in list(dirnames):
+            if (here / name).is_symlink():
+                found.append(((here / name).relative_to(root).as_posix(), "link"))
+        dirnames[:] = sorted(d for d in dirnames if not (here / d).is_symlink() and not (here == root and d == REPORT_DIR))
+        for name in filenames:
+            mode = os.lstat(here / name).st_mode
+            kind = "file" if stat.S_ISREG(mode) else "link" if stat.S_ISLNK(mode) else "special"
+            found.append(((here / name).relative_to(root).as_posix(), kind))
     return sorted(found)
+
+
+def bundle_files(root: Path, generated: Iterable[str] = ()) -> list[str]:
+    """Every entry under `root` that belongs in the manifest (all but manifest, sums, report/
+    and the device-generated files), sorted."""
+    skip = {MANIFEST, SHA256SUMS, *generated}
+    return [rel for rel, _ in walk_entries(root) if rel not in skip]
 
 
 def _normalize_modes(staging: Path) -> None:
@@ -179,27 +203,51 @@ def sha256sums_text(entries: list[dict]) -> str:
     return "".join(f"{e['sha256']}  {e['path']}\n" for e in sorted(entries, key=lambda e: e["path"]))
 
 
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Replace `out_dir` by `staging`; the old bundle stays intact until the final rename."""
-    if not out_dir.exists():
-        os.rename(staging, out_dir)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.rmdir(backup)
-    os.rename(out_dir, backup)
+def is_edgepipe_bundle(folder: Path) -> bool:
+    """True when `folder` holds a bundle edgepipe wrote: SHA256SUMS names manifest.json with its
+    real sha256 and the manifest says which edgepipe wrote it. A web app's manifest.json is not."""
+    manifest_path, sums_path = folder / MANIFEST, folder / SHA256SUMS
     try:
-        os.rename(staging, out_dir)
-    except BaseException:
-        os.rename(backup, out_dir)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
+        for path in (manifest_path, sums_path):
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > JSON_MAX_BYTES:
+                return False
+        sums = read_sha256sums(sums_path)
+        manifest = json.loads(manifest_path.read_bytes())
+    except (OSError, ValueError, RecursionError, UserError):
+        return False
+    return (sums.get(MANIFEST) == sha256_file(manifest_path) and isinstance(manifest, dict)
+            and "edgepipe_version" in manifest and isinstance(manifest.get("files"), list))
 
 
-def _check_replaceable(out_dir: Path) -> None:
+def foreign_files(out_dir: Path) -> list[str]:
+    """Files in an existing bundle that edgepipe did not write (a rebuild would delete them)."""
+    manifest = json.loads((out_dir / MANIFEST).read_bytes())
+    try:
+        generated = device_generated_names(manifest)
+    except UserError:
+        generated = set()
+    listed = {e.get("path") for e in manifest["files"] if isinstance(e, dict)} | generated
+    return [rel for rel in bundle_files(out_dir) if rel not in listed]
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """--out must be missing, empty, or a bundle edgepipe wrote holding nothing else; checked
+    before any work, so a wrong --out (`.`, a model folder, a web app) costs nothing."""
+    out_dir = Path(out_dir).absolute()
+    recover_interrupted_swap(out_dir, is_edgepipe_bundle)
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
-        raise UserError(f"{out_dir}: exists and is not a bundle directory; choose another --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
-        raise UserError(f"{out_dir}: is a non-empty folder without {MANIFEST}; refusing to replace it, choose another --out")
+        raise UserError(f"{out_dir}: exists and is not a bundle folder; choose another --out")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not is_edgepipe_bundle(out_dir):
+        raise UserError(f"{out_dir}: is a non-empty folder that is not an edgepipe bundle; refusing to replace "
+                        f"it, choose another --out (a new or empty folder)")
+    extra = foreign_files(out_dir)
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        raise UserError(f"{out_dir}: holds '{extra[0]}'{more}, which edgepipe did not write; a rebuild would "
+                        f"delete it: move it out of the bundle or choose another --out")
 
 
 # ----------------------------------------------------------------------------- write
@@ -227,18 +275,18 @@ def write_bundle(
     `template_packages`: the target plugin's packages whose templates/ are searched first.
     """
     out_dir = Path(out_dir).absolute()
-    _check_replaceable(out_dir)
+    check_out_dir(out_dir)
     if not template_context.get("runner_template"):
         raise ValueError("template_context needs the target's 'runner_template'")
     clash = sorted(set(extra_manifest or {}) & set(RESERVED_KEYS))
     if clash:
         raise ValueError(f"extra_manifest may not override {clash}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    staging = temp_dir(out_dir.parent, f".{out_dir.name}.{STAGING_TAG}-")
     try:
         manifest = _build_in(staging, target, files, template_context, io, stages,
                              source, extra_manifest or {}, eval_data, hooks, tuple(template_packages))
-        _swap_into_place(staging, out_dir)
+        swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -266,12 +314,12 @@ def _build_in(staging, target, files, template_context, io, stages, source,
     for hook in hooks:
         hook(staging)
     _normalize_modes(staging)
-    generated = list(extra_manifest.get("device_generated") or [])
+    generated = device_generated_names(extra_manifest)
     entries = []
     for rel in bundle_files(staging, generated):
         path = staging / rel
-        if path.is_symlink():
-            raise UserError(f"bundle file '{rel}' is a symlink; bundles hold regular files only")
+        if path.is_symlink() or not path.is_file():
+            raise UserError(f"bundle file '{rel}' is a link or special file; bundles hold regular files only")
         entries.append({"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)})
     manifest = {
         **extra_manifest,
@@ -307,7 +355,7 @@ def load_manifest(bundle: Path) -> dict:
 
 def read_sha256sums(path: Path) -> dict[str, str]:
     sums = {}
-    for line in path.read_text().splitlines():
+    for line in read_text_bounded(path, JSON_MAX_BYTES, SHA256SUMS).splitlines():
         if line.strip():
             digest, _, name = line.partition("  ")
             sums[name.lstrip("*")] = digest.strip()
@@ -330,7 +378,7 @@ def verify_bundle(path: Path) -> list[str]:
         listed[rel] = entry
         problems += _check_file(root, rel, entry)
     sums_path = root / SHA256SUMS
-    if not sums_path.is_file():
+    if sums_path.is_symlink() or not sums_path.is_file():
         problems.append(f"{SHA256SUMS}: missing")
     else:
         sums = read_sha256sums(sums_path)
@@ -344,9 +392,20 @@ def verify_bundle(path: Path) -> list[str]:
         for rel in sorted(set(listed) & set(sums)):
             if sums[rel] != listed[rel].get("sha256"):
                 problems.append(f"{rel}: {SHA256SUMS} and manifest disagree on its sha256")
-    for rel in bundle_files(root, manifest.get("device_generated") or []):
-        if rel not in listed:
+    try:
+        generated = device_generated_names(manifest)
+    except UserError as exc:
+        problems.append(str(exc))
+        generated = set()
+    for rel, kind in walk_entries(root):
+        if rel in (MANIFEST, SHA256SUMS) or rel in listed:
+            continue
+        if kind != "file":
+            problems.append(f"{rel}: a link or special file; bundles hold regular files only")
+        elif rel not in generated:
             problems.append(f"{rel}: extra file not listed in the manifest")
+    if (root / REPORT_DIR).is_symlink():
+        problems.append(f"{REPORT_DIR}: a link; results must stay inside the bundle")
     return problems
 
 
@@ -354,8 +413,10 @@ def _check_file(root: Path, rel: str, entry: dict) -> list[str]:
     path = root / rel
     if path.is_symlink():
         return [f"{rel}: is a symlink"]
-    if not path.is_file():
+    if not path.exists():
         return [f"{rel}: missing"]
+    if not path.is_file():
+        return [f"{rel}: not a regular file"]
     size = path.stat().st_size
     if size != entry.get("size"):
         return [f"{rel}: size {size} bytes, manifest says {entry.get('size')} (modified)"]

@@ -15,7 +15,7 @@ from collections import Counter
 
 import click
 
-from edgepipe import __version__
+from edgepipe import __version__, isolation
 from edgepipe.calibrate import methods as calibration_methods
 from edgepipe.errors import BudgetError, UserError
 
@@ -196,6 +196,10 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
         for item in info[kind]:
             click.echo(f"  {kind[:-1]:<6} {item['name']}  {item['dtype']}  {item['shape']}")
     click.echo("  ops: " + ", ".join(f"{op} x{count}" for op, count in histogram.items()))
+    dynamic = [i["name"] for i in info["inputs"] if not graph.is_static(i["shape"])]
+    if dynamic:
+        click.echo(f"  note: input(s) {', '.join(dynamic)} have dynamic dims; pass --input-shape "
+                   f"{dynamic[0]}:1x... to check the static graph a build lowers")
     for target, nodes in unsupported.items():
         if not nodes:
             click.echo(f"  {target}: all ops supported")
@@ -225,6 +229,8 @@ _register_plugins()
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
+    isolation.strip_cwd_from_sys_path()  # a torch.py or onnxsim.py in the current folder is never imported
+    isolation.clean_up_on_sigterm()
     try:
         cli.main(args=argv, prog_name="edgepipe", standalone_mode=False)
     except click.exceptions.Abort:

@@ -13,6 +13,7 @@ import click
 
 from edgepipe.deploy import SshTarget, deploy_bundle
 from edgepipe.errors import UserError
+from edgepipe.safeio import CONFIG_MAX_BYTES, ensure_regular_file
 from edgepipe.fleet import deploy_fleet, format_table, load_inventory, raise_if_failed, write_fleet_json
 
 
@@ -43,6 +44,10 @@ def deploy_command(bundle, destination, inventory, port, identity, remote_dir, r
     """Copy BUNDLE to a device over SSH, verify its sha256 there, and optionally run it."""
     if bool(destination) == bool(inventory):
         raise UserError("pass exactly one of --host USER@HOST or --inventory FILE")
+    if identity is not None:
+        ensure_regular_file(identity, CONFIG_MAX_BYTES, "SSH private key (--identity)")
+    if known_hosts is not None and (known_hosts.exists() or known_hosts.is_symlink()):
+        ensure_regular_file(known_hosts, what="known_hosts file")  # ssh would block on a FIFO
     ssh_options = dict(known_hosts=str(known_hosts) if known_hosts else None,
                        accept_new_host_key=accept_new_host_key, timeout=timeout)
     run_options = dict(run=run_bundle, iterations=iterations, warmup=warmup, out_dir=out, transfer=transfer)

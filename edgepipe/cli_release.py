@@ -94,7 +94,8 @@ def regress_command(baseline, candidate, max_drop, max_latency_increase, max_sqn
     overrides = {"max_drop": max_drop, "max_latency_increase": max_latency_increase,
                  "max_sqnr_drop_db": max_sqnr_drop, "metrics": list(metrics) or None}
     budgets.update({k: v for k, v in overrides.items() if v is not None})
-    result = run_regression(load_results(baseline, "baseline"), load_results(candidate, "candidate"), budgets)
+    result = run_regression(load_results(baseline, "baseline"), load_results(candidate, "candidate"), budgets,
+                            baseline_name=str(baseline))
     click.echo(result.table())
     if junit:
         junit.parent.mkdir(parents=True, exist_ok=True)

@@ -2,20 +2,22 @@
 
 The schema is data (a nested dict of `Field`s), so the README's config reference, the error
 messages ("unknown key 'calibraton'; allowed: ...") and the defaults all come from one place.
-Files are read with `yaml.safe_load` only.
+Files are read with a SafeLoader that refuses aliases, size and nesting bounded (edgepipe/safeio.py).
+Numbers carry their allowed range, so `report.iterations: 0` or `backend.workspace_mb: -1` fail
+before any work starts, not after the previous bundle was replaced.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from edgepipe.calibrate import methods as calibration_methods
 from edgepipe.errors import UserError
+from edgepipe.safeio import CONFIG_MAX_BYTES, read_yaml_file
 
 CALIBRATION_METHODS = calibration_methods.names()  # the registry in edgepipe/calibrate/methods/
 NORMALIZATION_MODES = ("none", "mean_std", "zca", "pca")
@@ -27,6 +29,7 @@ class Field:
     default: Any = None
     help: str = ""
     choices: tuple | None = None
+    minimum: float | None = None  # numbers below are refused (bounds are inclusive)
 
 
 def _section(**fields: Field) -> dict[str, Field]:
@@ -42,11 +45,11 @@ SCHEMA: dict[str, Any] = {
     "input_shapes": Field((dict,), {}, "static input shapes, {name: [1, 3, 224, 224]}"),
     "output_names": Field((list,), None, "names for a PyTorch model's outputs (default: output, output_1, ...)"),
     "out": Field((str,), None, "bundle directory (default build/<target>)"),
-    "cache_dir": Field((str,), "build/.cache", "stage cache (export/simplify/fold/calibrate outputs)"),
-    "opset": Field((int,), 17, "ONNX opset for PyTorch export"),
+    "cache_dir": Field((str,), "build/.cache", "stage cache (simplify/fold/calibrate outputs, keyed by the exported graph)"),
+    "opset": Field((int,), 17, "ONNX opset for PyTorch export", minimum=7),
     "preprocess": _section(
         size=Field((list,), None, "[H, W]: resize the shorter side and center-crop to this size"),
-        scale=Field((int, float), 1 / 255, "pixel multiplier before mean/std"),
+        scale=Field((int, float), 1 / 255, "pixel multiplier before mean/std", minimum=0),
         mean=Field((list,), None, "per-channel mean (after scale)"),
         std=Field((list,), None, "per-channel std (after scale)"),
         channel_order=Field((str,), "RGB", "", ("RGB", "BGR")),
@@ -59,42 +62,42 @@ SCHEMA: dict[str, Any] = {
         mean=Field((list,), None, "input mean for mean_std (default: preprocess.mean)"),
         std=Field((list,), None, "input std for mean_std (default: preprocess.std)"),
         temperature=Field((str, int, float), "none", "none | auto (fit on the eval set) | a float"),
-        eps=Field((int, float), 1e-5, "eigenvalue floor for whitening"),
+        eps=Field((int, float), 1e-5, "eigenvalue floor for whitening", minimum=0),
     ),
     "calibration": _section(
         method=Field((str,), "auto", "range selection", CALIBRATION_METHODS),
-        percentile=Field((int, float), 99.99, "percentile for method=percentile"),
-        num_bins=Field((int,), 2048, "histogram bins per tensor"),
+        percentile=Field((int, float), 99.99, "percentile for method=percentile", minimum=0),
+        num_bins=Field((int,), 2048, "histogram bins per tensor", minimum=8),
         overrides=Field((dict,), {}, "{tensor name or op type: method}"),
-        rounds=Field((int,), 4, "rounds for the stability check"),
-        max_samples=Field((int,), None, "use at most this many calibration samples"),
-        batch_size=Field((int,), 1, "calibration batch size (models with a static batch of 1 use 1)"),
+        rounds=Field((int,), 4, "rounds for the stability check", minimum=1),
+        max_samples=Field((int,), None, "use at most this many calibration samples", minimum=1),
+        batch_size=Field((int,), 1, "calibration batch size (models with a static batch of 1 use 1)", minimum=1),
         ranges=Field((str,), None, "use these ranges instead of calibrating (e.g. `edgepipe finetune`'s .ranges.json)"),
     ),
     "backend": _section(
         int8_io=Field((bool,), False, "TFLite: int8 model inputs/outputs instead of float32"),
         keep_layout=Field((bool,), False, "TFLite: keep NCHW inputs instead of converting to NHWC"),
-        threads=Field((int,), None, "runtime threads on the device (default: the target's)"),
+        threads=Field((int,), None, "runtime threads on the device (default: the target's)", minimum=1),
         build_engine=Field((bool,), True, "TensorRT: build the engine at build time when tensorrt imports on the host"),
-        workspace_mb=Field((int,), None, "TensorRT builder workspace limit"),
-        dla_core=Field((int,), None, "Jetson: run on this DLA core (GPU fallback on)"),
+        workspace_mb=Field((int,), None, "TensorRT builder workspace limit", minimum=1),
+        dla_core=Field((int,), None, "Jetson: run on this DLA core (GPU fallback on)", minimum=0),
         per_channel=Field((bool,), True, "per-channel weight scales"),
     ),
     "precision": _section(
-        budget=Field((int, float), None, "max accuracy drop vs FP32 (enables automatic mixed precision)"),
+        budget=Field((int, float), None, "max accuracy drop vs FP32 (enables automatic mixed precision)", minimum=0),
         float_nodes=Field((list,), [], "ONNX node names kept in float (FP16 on GPUs)"),
     ),
     "report": _section(
         host=Field((bool,), True, "arm-cpu: run the bundle on this host after the build and render the report"),
-        iterations=Field((int,), 200, "timed iterations"),
-        warmup=Field((int,), 20, "warm-up iterations"),
-        eval_limit=Field((int,), None, "use at most this many eval samples in the bundle"),
+        iterations=Field((int,), 200, "timed iterations", minimum=1),
+        warmup=Field((int,), 20, "warm-up iterations", minimum=0),
+        eval_limit=Field((int,), None, "use at most this many eval samples in the bundle", minimum=1),
     ),
     "regress": _section(
-        max_drop=Field((int, float), 0.01, "max absolute accuracy drop vs the baseline"),
+        max_drop=Field((int, float), 0.01, "max absolute accuracy drop vs the baseline", minimum=0),
         max_latency_increase=Field((str, int, float), "10%", "max latency increase (percent string or ratio)"),
         metrics=Field((list,), None, "accuracy metrics to compare (default: all present)"),
-        max_sqnr_drop_db=Field((int, float), 1.0, "max drop of per-output SQNR vs the baseline, in dB"),
+        max_sqnr_drop_db=Field((int, float), 1.0, "max drop of per-output SQNR vs the baseline, in dB", minimum=0),
     ),
 }
 
@@ -108,19 +111,9 @@ def defaults() -> dict:
 
 def load_config_file(path: str | Path) -> dict:
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise UserError(f"{path}: config file not found")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8 YAML") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(f"{path}: not valid YAML{where}: {problem}") from exc
+    data = read_yaml_file(path, "config file", CONFIG_MAX_BYTES)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -129,8 +122,16 @@ def load_config_file(path: str | Path) -> dict:
     return data
 
 
+def _number_problem(value, spec: Field) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a finite number"
+    if spec.minimum is not None and value < spec.minimum:
+        return f">= {spec.minimum:g}"
+    return ""
+
+
 def validate(data: dict, source: str = "config", schema: dict | None = None, prefix: str = "") -> None:
-    """Raise UserError on unknown keys, wrong types or values outside the choices."""
+    """Raise UserError on unknown keys, wrong types, values outside the choices or ranges."""
     schema = SCHEMA if schema is None else schema
     for key, value in data.items():
         dotted = f"{prefix}{key}"
@@ -153,9 +154,91 @@ def validate(data: dict, source: str = "config", schema: dict | None = None, pre
             ok = isinstance(value, spec.types)
         if not ok:
             names = " or ".join(t.__name__ for t in spec.types)
-            raise UserError(f"{source}: '{dotted}' must be {names}, got {type(value).__name__} ({value!r})")
+            raise UserError(f"{source}: '{dotted}' must be {names}, got {type(value).__name__} ({_short(value)})")
         if spec.choices and value not in spec.choices:
-            raise UserError(f"{source}: '{dotted}' must be one of {', '.join(spec.choices)}, got {value!r}")
+            raise UserError(f"{source}: '{dotted}' must be one of {', '.join(spec.choices)}, got {_short(value)}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            problem = _number_problem(value, spec)
+            if problem:
+                raise UserError(f"{source}: '{dotted}' must be {problem}, got {value!r}")
+        checker = _VALUE_CHECKS.get(dotted)
+        if checker:
+            checker(value, f"{source}: '{dotted}'")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _numbers(value, where: str, count: int | None = None, positive: bool = False, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, kinds) for v in value):
+        raise UserError(f"{where} must be a list of {'integers' if integer else 'numbers'}, got {_short(value)}")
+    if count is not None and len(value) != count:
+        raise UserError(f"{where} must have {count} entries, got {len(value)}")
+    if any(isinstance(v, float) and not math.isfinite(v) for v in value):
+        raise UserError(f"{where} must hold finite numbers, got {_short(value)}")
+    if positive and any(v <= 0 for v in value):
+        raise UserError(f"{where} must hold positive numbers, got {_short(value)}")
+
+
+def _check_input_shapes(value: dict, where: str) -> None:
+    for name, shape in value.items():
+        if not isinstance(name, str) or not name:
+            raise UserError(f"{where} keys must be input names (strings), got {_short(name)}")
+        _numbers(shape, f"{where[:-1]}.{name}'", positive=True, integer=True)
+        if not shape:
+            raise UserError(f"{where[:-1]}.{name}' must list at least one dimension, like [1, 3, 224, 224]")
+
+
+def _check_temperature(value, where: str) -> None:
+    if isinstance(value, str):
+        if value not in ("none", "auto"):
+            raise UserError(f"{where} must be none, auto or a positive number, got {_short(value)}")
+    elif isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{where} must be none, auto or a positive number, got {value!r}")
+
+
+def _check_strings(value, where: str) -> None:
+    if any(not isinstance(v, str) for v in value):
+        raise UserError(f"{where} must be a list of strings, got {_short(value)}")
+
+
+def _check_overrides(value: dict, where: str) -> None:
+    for name, method in value.items():
+        if not isinstance(name, str) or method not in CALIBRATION_METHODS:
+            raise UserError(f"{where} maps a tensor name or op type to one of {', '.join(CALIBRATION_METHODS)}, "
+                            f"got {_short(name)}: {_short(method)}")
+
+
+def _check_percentile(value, where: str) -> None:
+    if not 0 < value <= 100:
+        raise UserError(f"{where} must be in (0, 100], got {value!r}")
+
+
+_VALUE_CHECKS = {
+    "calibration.percentile": _check_percentile,
+    "input_shapes": _check_input_shapes,
+    "output_names": _check_strings,
+    "preprocess.size": lambda v, w: _numbers(v, w, count=2, positive=True, integer=True),
+    "preprocess.mean": lambda v, w: _numbers(v, w),
+    "preprocess.std": lambda v, w: _numbers(v, w, positive=True),
+    "fold.mean": lambda v, w: _numbers(v, w),
+    "fold.std": lambda v, w: _numbers(v, w, positive=True),
+    "fold.temperature": _check_temperature,
+    "calibration.overrides": _check_overrides,
+    "precision.float_nodes": _check_strings,
+    "regress.metrics": _check_strings,
+}
+
+
+def validate_target_options(options: dict, source: str) -> None:
+    """A target profile's `options:` use the `backend:` section's names, types and ranges."""
+    backend = SCHEMA["backend"]
+    for key, value in options.items():
+        if key in backend:
+            validate({key: value}, source, backend, "options.")
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -193,6 +276,8 @@ def reference_rows(schema: dict | None = None, prefix: str = "") -> list[tuple[s
         if isinstance(spec, dict):
             rows.extend(reference_rows(spec, f"{prefix}{key}."))
             continue
-        kind = " | ".join(spec.choices) if spec.choices else "/".join(t.__name__ for t in spec.types)
+        kind = " / ".join(spec.choices) if spec.choices else "/".join(t.__name__ for t in spec.types)
+        if spec.minimum is not None:
+            kind += f" >= {spec.minimum:g}"
         rows.append((prefix + key, kind, repr(spec.default), spec.help))
     return rows

@@ -39,6 +39,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from edgepipe.errors import UserError
+from edgepipe.safeio import IMAGE_MAX_BYTES, check_npz_members, ensure_regular_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 LABELS_KEY = "labels"
@@ -201,6 +202,7 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _read_npz(path: Path, specs: InputSpecs) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    check_npz_members(path, list(specs) + [LABELS_KEY], "input")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [name for name in specs if name not in archive.files]
@@ -448,12 +450,26 @@ def _channel_values(source: Path, preprocess: dict, key: str, channels: int) -> 
     return np.asarray(values, dtype=np.float32)
 
 
+def _eight_bit(image):
+    """16-bit and 32-bit grayscale (PNG 'I;16', 'I') and float ('F') images scaled to 8 bits:
+    Pillow's convert('RGB') would clip every value above 255 to white."""
+    from PIL import Image
+
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
+        values = values / 257.0  # 0..65535 -> 0..255
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+
+
 def _open_image(path: Path, grayscale: bool):
     from PIL import Image
 
+    ensure_regular_file(path, IMAGE_MAX_BYTES, "image")
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("L" if grayscale else "RGB")
+            return _eight_bit(image).convert("L" if grayscale else "RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UserError(f"{path}: cannot read image ({_first_line(exc)}); replace or delete the file") from exc

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgepipe.errors import UserError
+from edgepipe.safeio import JSON_MAX_BYTES, parse_json
 from edgepipe.templating import render
 
 SAFE_HOST = re.compile(r"^[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]*$")
@@ -225,7 +226,21 @@ def check_local_bundle(bundle: Path) -> Path:
     for required in ("manifest.json", "SHA256SUMS", "run.py"):
         if not (bundle / required).is_file():
             raise UserError(f"{bundle}: missing {required}; rebuild the bundle with `edgepipe build`")
+    from edgepipe.bundle import verify_bundle
+
+    problems = verify_bundle(bundle)  # nothing unlisted (a planted numpy.py) is ever uploaded
+    if problems:
+        raise UserError(f"{bundle}: refusing to deploy a bundle that fails `edgepipe verify`: {problems[0]}")
     return bundle.resolve()
+
+
+def expected_upload(bundle: Path) -> set[str]:
+    """Every file an upload may hold: the manifest's files, manifest.json and SHA256SUMS."""
+    from edgepipe.bundle import MANIFEST, SHA256SUMS, device_generated_names, load_manifest
+
+    manifest = load_manifest(bundle)
+    return ({entry["path"] for entry in manifest["files"]} | device_generated_names(manifest)
+            | {MANIFEST, SHA256SUMS})
 
 
 def upload(target: SshTarget, bundle: Path, staging: str, method: str) -> None:
@@ -266,10 +281,13 @@ def discard(shell: RemoteShell, staging: str) -> None:
         pass
 
 
-def verify_remote(shell: RemoteShell, staging: str) -> None:
-    """`sha256sum -c` on the device; names every file that is missing or differs."""
+def verify_remote(shell: RemoteShell, staging: str, expected: set[str] | None = None) -> None:
+    """`sha256sum -c` on the device, then the upload's file list against `expected` (what the
+    manifest lists): a file that is missing, differs, or was not listed is named."""
     completed = shell.run(f"cd -- {shlex.quote(staging)} && LC_ALL=C sha256sum -c SHA256SUMS", check=False)
     if completed.returncode == 0:
+        if expected is not None:
+            _refuse_remote_extras(shell, staging, expected)
         return
     bad = [line.rsplit(":", 1)[0] for line in completed.stdout.decode(errors="replace").splitlines()
            if ": FAILED" in line]
@@ -277,6 +295,19 @@ def verify_remote(shell: RemoteShell, staging: str) -> None:
     detail = ", ".join(bad) if bad else last_line(completed.stderr)
     raise UserError(f"{shell.target.name}: sha256 verification failed on the device for {detail}; "
                     f"the bundle is corrupt or was modified, rebuild it")
+
+
+def _refuse_remote_extras(shell: RemoteShell, staging: str, expected: set[str]) -> None:
+    listed = shell.run(f"cd -- {shlex.quote(staging)} && find . ! -type d -print0", check=False)
+    if listed.returncode != 0:
+        discard(shell, staging)
+        raise UserError(f"{shell.target.name}: cannot list the uploaded bundle: {last_line(listed.stderr)}")
+    found = {name.decode(errors="replace")[2:] for name in listed.stdout.split(b"\0") if name}
+    extra = sorted(found - expected)
+    if extra:
+        discard(shell, staging)
+        raise UserError(f"{shell.target.name}: the upload holds '{extra[0]}', which the manifest does not list; "
+                        f"the bundle was modified, rebuild it")
 
 
 def install(shell: RemoteShell, staging: str, remote_dir: str) -> None:
@@ -299,7 +330,7 @@ def install(shell: RemoteShell, staging: str, remote_dir: str) -> None:
 
 def run_remote(shell: RemoteShell, remote_dir: str, iterations: int | None, warmup: int | None) -> dict:
     """Run the device runner and read back report/results.json."""
-    argv = ["python3", "run.py", "--where", "device"]
+    argv = ["python3", "run.py", "--where", "device"]  # run.py isolates itself (no -I: user-site numpy stays usable)
     if iterations is not None:
         argv += ["--iterations", str(int(iterations))]
     if warmup is not None:
@@ -312,14 +343,19 @@ def run_remote(shell: RemoteShell, remote_dir: str, iterations: int | None, warm
     if fetched.returncode != 0:
         raise UserError(f"{shell.target.name}: run.py finished but {remote_dir}/report/results.json "
                         f"is missing; check the runner's output")
+    where = f"{shell.target.name}: {remote_dir}/report/results.json"
+    if len(fetched.stdout) > JSON_MAX_BYTES:
+        raise UserError(f"{where} is larger than {JSON_MAX_BYTES} bytes; not a results.json run.py wrote")
     try:
-        results = json.loads(fetched.stdout)
+        results = parse_json(fetched.stdout, where)
     except ValueError:
-        raise UserError(f"{shell.target.name}: {remote_dir}/report/results.json is not valid JSON") from None
+        raise UserError(f"{where} is not valid JSON") from None
     if not isinstance(results, dict) or "latency_ms" not in results:
         raise UserError(f"{shell.target.name}: results.json from the device lacks latency_ms; "
                         f"the bundle's run.py is too old, rebuild it")
-    return results
+    from edgepipe.regress import check_results
+
+    return check_results(results, Path(where), "device")  # a device is as untrusted as any file
 
 
 def render_report_if_available(results_path: Path, bundle: Path) -> str:
@@ -360,7 +396,7 @@ def deploy_bundle(bundle: str | Path, target: SshTarget, remote_dir: str | None 
         raise UserError(f"{target.name}: mktemp on the device returned {staging!r}; need GNU/busybox mktemp")
     try:
         upload(target, bundle, staging, method)
-        verify_remote(shell, staging)
+        verify_remote(shell, staging, expected_upload(bundle))
         install(shell, staging, final_dir)
     except BaseException:
         discard(shell, staging)

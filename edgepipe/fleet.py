@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import yaml
 
 from edgepipe.deploy import DeployResult, SshTarget, check_host_name, deploy_bundle
+from edgepipe.safeio import CONFIG_MAX_BYTES, parse_yaml, read_text_bounded
 from edgepipe.errors import BudgetError, UserError
 
 HOST_VARIABLES = {"ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
@@ -95,35 +95,36 @@ def _parse_ini(text: str, path: Path) -> dict[str, dict]:
 
 
 def _parse_yaml(text: str, path: Path) -> dict[str, dict]:
-    try:
-        document = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        raise UserError(f"{path}: invalid YAML inventory ({str(error).splitlines()[0]})") from None
+    document = parse_yaml(text, f"{path} (YAML inventory)") or {}
     hosts: dict[str, dict] = {}
 
-    def walk(group: dict, inherited: dict) -> None:
-        if not isinstance(group, dict):
-            raise UserError(f"{path}: each group must be a mapping with hosts/vars/children")
-        variables = {**inherited, **(group.get("vars") or {})}
-        for name, host_vars in (group.get("hosts") or {}).items():
-            hosts[str(name)] = {**variables, **hosts.get(str(name), {}), **(host_vars or {})}
-        for child in (group.get("children") or {}).values():
-            walk(child or {}, variables)
+    def mapping(value, what: str) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise UserError(f"{path}: {what} must be a mapping, got {type(value).__name__}")
+        return value
+
+    def walk(group, inherited: dict, where: str) -> None:
+        group = mapping(group, f"group '{where}' (hosts/vars/children)")
+        variables = {**inherited, **mapping(group.get("vars"), f"'{where}.vars'")}
+        for name, host_vars in mapping(group.get("hosts"), f"'{where}.hosts'").items():
+            host_vars = mapping(host_vars, f"the variables of host '{name}'")
+            hosts[str(name)] = {**variables, **hosts.get(str(name), {}), **host_vars}
+        for child_name, child in mapping(group.get("children"), f"'{where}.children'").items():
+            walk(child, variables, f"{where}.children.{child_name}")
 
     if not isinstance(document, dict):
         raise UserError(f"{path}: a YAML inventory must be a mapping of groups (e.g. all: hosts: ...)")
-    for group in document.values():
-        walk(group or {}, {})
+    for name, group in document.items():
+        walk(group, {}, str(name))
     return hosts
 
 
 def load_inventory(path: str | Path) -> list[InventoryHost]:
     """Read an Ansible INI (groups, host vars, [group:vars]) or YAML inventory."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise UserError(f"{path}: cannot read inventory ({error.strerror})") from None
+    text = read_text_bounded(path, CONFIG_MAX_BYTES, "inventory")
     parser = _parse_yaml if path.suffix in (".yml", ".yaml") else _parse_ini
     hosts = parser(text, path)
     if not hosts:
@@ -131,6 +132,9 @@ def load_inventory(path: str | Path) -> list[InventoryHost]:
     inventory = []
     for name, variables in hosts.items():
         check_host_name(name, "host alias")
+        for key, value in variables.items():
+            if key in HOST_VARIABLES and (isinstance(value, (dict, list, bool)) or value is None):
+                raise UserError(f"{path}: host {name}: {key} must be a single value, got {type(value).__name__}")
         variables = {key: str(value) for key, value in variables.items() if key in HOST_VARIABLES}
         inventory.append(InventoryHost(name=name, variables=variables))
     return inventory

@@ -16,6 +16,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from edgepipe.errors import UserError
+from edgepipe.safeio import ensure_regular_file
 
 DEFAULT_OPSET = 17
 
@@ -27,6 +28,7 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
         raise UserError(f"{path}: no such file; pass an existing .onnx file with --model")
     if path.is_dir():
         raise UserError(f"{path}: is a directory; pass an .onnx file with --model")
+    ensure_regular_file(path, what="ONNX model")  # a FIFO would block the reader forever
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ...

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from edgepipe.errors import UserError
+from edgepipe.safeio import JSON_MAX_BYTES, read_json_file
 
 
-def read_json(path: str | Path, what: str, missing_hint: str):
-    """Parsed JSON of `path`; a missing or malformed file is a UserError naming it."""
+def read_json(path: str | Path, what: str, missing_hint: str, max_bytes: int = JSON_MAX_BYTES):
+    """Parsed JSON of `path` (a regular file, size and nesting bounded); problems are a UserError."""
     path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: {what} not found; {missing_hint}") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: {what} is not valid JSON ({exc})") from None
+    if not path.exists() and not path.is_symlink():
+        raise UserError(f"{path}: {what} not found; {missing_hint}")
+    return read_json_file(path, what, max_bytes)

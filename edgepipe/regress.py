@@ -95,12 +95,71 @@ def parse_increase(value) -> float:
     return ratio
 
 
+_ACCURACY_FIGURES = ("top1", "top5", "fp32_top1", "fp32_top5", "argmax_agreement", "ece", "fp32_ece")
+_OUTPUT_FIGURES = ("sqnr_db", "cosine", "argmax_agreement", "max_abs_error")
+_BIN_FIGURES = ("lo", "hi", "count", "confidence", "accuracy")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _expect(condition: bool, path: Path, field_name: str, wanted: str, value) -> None:
+    if not condition:
+        text = repr(value)
+        text = text if len(text) <= 40 else text[:37] + "..."
+        raise UserError(f"{path}: '{field_name}' must be {wanted}, got {text}; "
+                        f"use the results.json that run.py wrote")
+
+
+def check_results(data, path: Path, role: str) -> dict:
+    """Every figure `report` and `regress` read has the type run.py writes (number or null, a
+    mapping where a mapping belongs), so a hand-edited or hostile file fails in one line."""
+    _expect(isinstance(data, dict), path, "(top level)", "a mapping", type(data).__name__)
+    latency = data.get("latency_ms")
+    if not isinstance(latency, dict):
+        raise UserError(f"{path}: {role} is not an edgepipe results.json (no latency_ms); use run.py's report/results.json")
+    for key, value in latency.items():
+        if key == "samples":
+            _expect(isinstance(value, list) and all(_is_number(v) for v in value), path, "latency_ms.samples",
+                    "a list of numbers", value)
+        else:
+            _expect(value is None or _is_number(value), path, f"latency_ms.{key}", "a number or null", value)
+    for key in ("size_bytes", "peak_rss_mb", "samples"):
+        _expect(data.get(key) is None or _is_number(data[key]), path, key, "a number or null", data.get(key))
+    for key in ("target", "where", "model"):
+        _expect(data.get(key) is None or isinstance(data[key], str), path, key, "a string", data.get(key))
+    device = data.get("device")
+    _expect(device is None or isinstance(device, dict), path, "device", "a mapping", device)
+    for key, value in (device or {}).items():
+        _expect(value is None or isinstance(value, (str, int, float)), path, f"device.{key}", "a single value", value)
+    accuracy = data.get("accuracy")
+    _expect(accuracy is None or isinstance(accuracy, dict), path, "accuracy", "a mapping or null", accuracy)
+    accuracy = accuracy or {}
+    for key in _ACCURACY_FIGURES:
+        _expect(accuracy.get(key) is None or _is_number(accuracy[key]), path, f"accuracy.{key}",
+                "a number or null", accuracy.get(key))
+    outputs = accuracy.get("outputs")
+    _expect(outputs is None or isinstance(outputs, dict), path, "accuracy.outputs", "a mapping", outputs)
+    for name, entry in (outputs or {}).items():
+        _expect(isinstance(entry, dict), path, f"accuracy.outputs.{name}", "a mapping", entry)
+        for key in _OUTPUT_FIGURES:
+            _expect(entry.get(key) is None or _is_number(entry[key]), path, f"accuracy.outputs.{name}.{key}",
+                    "a number or null", entry.get(key))
+    bins = accuracy.get("ece_bins")
+    _expect(bins is None or isinstance(bins, list), path, "accuracy.ece_bins", "a list", bins)
+    for index, entry in enumerate(bins or []):
+        _expect(isinstance(entry, dict), path, f"accuracy.ece_bins[{index}]", "a mapping", entry)
+        for key in _BIN_FIGURES:
+            _expect(entry.get(key) is None or _is_number(entry[key]), path, f"accuracy.ece_bins[{index}].{key}",
+                    "a number or null", entry.get(key))
+    return data
+
+
 def load_results(path: str | Path, role: str) -> dict:
     path = Path(path)
     data = read_json(path, f"{role} results", "pass the results.json of a run.py run")
-    if not isinstance(data, dict) or not isinstance(data.get("latency_ms"), dict):
-        raise UserError(f"{path}: {role} is not an edgepipe results.json (no latency_ms); use run.py's report/results.json")
-    return data
+    return check_results(data, path, role)
 
 
 def accuracy_values(results: dict, metrics) -> dict[str, float]:
@@ -110,23 +169,45 @@ def accuracy_values(results: dict, metrics) -> dict[str, float]:
     for metric in metrics:
         if metric in ("sqnr_db", "cosine"):
             for output, entry in sorted((accuracy.get("outputs") or {}).items()):
-                if isinstance(entry, dict) and entry.get(metric) is not None:
+                if isinstance(entry, dict) and _is_number(entry.get(metric)):
                     values[f"accuracy.{metric}[{output}]"] = float(entry[metric])
-        elif accuracy.get(metric) is not None:
+        elif _is_number(accuracy.get(metric)):
             values[f"accuracy.{metric}"] = float(accuracy[metric])
     return values
 
 
-def run_regression(baseline: dict, candidate: dict, budgets: dict | None = None) -> RegressionResult:
+def _budget(budgets: dict, key: str) -> float:
+    value = budgets[key]
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
+        raise UserError(f"regress budget {key} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _require_finite_baseline(values: dict[str, float], where: str) -> None:
+    """Fail closed: a NaN or infinite baseline figure would make every comparison pass or fail
+    meaninglessly (an Infinity latency lets any candidate through)."""
+    for name, value in values.items():
+        if not math.isfinite(value) or (name.startswith("latency.") and value < 0):
+            raise UserError(f"{where}: baseline {name} is {value}; a baseline must hold finite numbers, "
+                            f"regenerate it with run.py")
+
+
+def run_regression(baseline: dict, candidate: dict, budgets: dict | None = None,
+                   baseline_name: str = "baseline") -> RegressionResult:
     """Compare two results.json dicts under `budgets` (the config's `regress:` section)."""
     budgets = {**DEFAULT_BUDGETS, **{k: v for k, v in (budgets or {}).items() if v is not None}}
-    max_drop = float(budgets["max_drop"])
-    max_sqnr_drop = float(budgets["max_sqnr_drop_db"])
+    max_drop, max_sqnr_drop = _budget(budgets, "max_drop"), _budget(budgets, "max_sqnr_drop_db")
     max_increase = parse_increase(budgets["max_latency_increase"])
     metrics = list(budgets["metrics"] or DEFAULT_METRICS)
     result = RegressionResult()
 
     base_acc, cand_acc = accuracy_values(baseline, metrics), accuracy_values(candidate, metrics)
+    base_lat = {f"latency.{pct}": float(v) for pct, v in (baseline.get("latency_ms") or {}).items()
+                if pct in LATENCY_PERCENTILES and _is_number(v)}
+    _require_finite_baseline({**base_acc, **base_lat}, baseline_name)
+    if not base_acc and not base_lat:
+        raise UserError(f"{baseline_name}: the baseline holds no accuracy metric and no latency percentile; "
+                        f"nothing to compare, pass the results.json of a complete run.py run")
     if budgets["metrics"]:
         for metric in metrics:
             if not any(k == f"accuracy.{metric}" or k.startswith(f"accuracy.{metric}[") for k in base_acc):
@@ -146,16 +227,17 @@ def run_regression(baseline: dict, candidate: dict, budgets: dict | None = None)
         result.checks.append(Check(name, "accuracy", base, cand, f"{word} <= {budget:g}", passed,
                                    "" if passed else f"{name} {word} {drop:.4g} exceeds {budget:g}"))
 
-    base_lat, cand_lat = baseline.get("latency_ms") or {}, candidate.get("latency_ms") or {}
+    cand_lat = candidate.get("latency_ms") or {}
     for pct in LATENCY_PERCENTILES:
-        if base_lat.get(pct) is None:
+        name = f"latency.{pct}"
+        if name not in base_lat:
             continue
-        name, base, cand = f"latency.{pct}", float(base_lat[pct]), cand_lat.get(pct)
+        base, cand = base_lat[name], cand_lat.get(pct)
         limit = f"increase <= {max_increase * 100:g}%"
         if cand is None:
             result.checks.append(Check(name, "latency", base, None, limit, False, f"{name} is missing from the candidate"))
             continue
-        cand = float(cand)
+        cand = float(cand) if _is_number(cand) else math.nan
         passed = cand <= base * (1.0 + max_increase) + 1e-12
         message = "" if passed else f"{name} {cand:.4g} ms is {(cand / base - 1) * 100 if base else math.inf:.1f}% above {base:.4g} ms"
         result.checks.append(Check(name, "latency", base, cand, limit, passed, message))

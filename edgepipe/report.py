@@ -8,12 +8,12 @@ in the bundle: `calibration.json` (activation histograms with the chosen thresho
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from edgepipe import charts
 from edgepipe.errors import UserError
 from edgepipe.regress import load_results
+from edgepipe.safeio import read_json_file
 from edgepipe.templating import render
 
 MAX_ACTIVATION_PLOTS = 24
@@ -95,16 +95,25 @@ def output_rows(results: dict, baseline: dict | None) -> list[dict]:
     return rows
 
 
-def find_artifact(name: str, places: list[Path]) -> dict | None:
+def find_artifact(name: str, places: list[Path]) -> tuple[Path | None, dict | None]:
+    """(path, parsed JSON) of the first `name` found in `places` (bounded, regular files only)."""
     for folder in places:
         path = folder / name
         if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise UserError(f"{path}: not valid JSON ({exc}); rebuild the bundle or remove the file") from None
-            return data if isinstance(data, dict) else None
-    return None
+            data = read_json_file(path, name)
+            return path, (data if isinstance(data, dict) else None)
+    return None, None
+
+
+def _section(builder, path: Path | None, data: dict | None):
+    """A report section from an artefact; content of the wrong shape is a one-line error naming it."""
+    if data is None:
+        return None
+    try:
+        return builder(data)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise UserError(f"{path}: unexpected content ({type(exc).__name__}: {exc}); rebuild the bundle "
+                        f"or remove the file") from None
 
 
 def sensitivity_section(sensitivity: dict | None) -> dict | None:
@@ -191,8 +200,12 @@ def render_report(results_path: str | Path, out_dir: str | Path | None = None, b
     baseline_data = load_results(Path(baseline), "baseline") if baseline else None
     out = Path(out_dir) if out_dir else results_path.parent
     places = [results_path.parent, results_path.parent.parent] + ([Path(bundle_dir)] if bundle_dir else [])
-    context = report_context(results, baseline_data, find_artifact("calibration.json", places),
-                             find_artifact("sensitivity.json", places))
+    calibration = find_artifact("calibration.json", places)
+    sensitivity = find_artifact("sensitivity.json", places)
+    context = report_context(results, baseline_data)
+    context["activations"] = _section(activation_section, *calibration)
+    context["calibration_warnings"] = _section(lambda c: [str(w) for w in c.get("warnings") or []], *calibration) or []
+    context["sensitivity"] = _section(sensitivity_section, *sensitivity)
     out.mkdir(parents=True, exist_ok=True)
     html_path = out / "report.html"
     html_path.write_text(render("report.html.j2", **context))

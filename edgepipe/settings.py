@@ -63,6 +63,12 @@ def require_calib(settings: dict) -> str:
     return settings["calib"]
 
 
+def file_sha256(path: Path) -> str:
+    from edgepipe.bundle import sha256_file
+
+    return sha256_file(path)
+
+
 def data_fingerprint(path: str | None) -> str:
     """Content hash of a data file or folder (for the calibration cache key)."""
     if not path:
@@ -72,7 +78,7 @@ def data_fingerprint(path: str | None) -> str:
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     for item in files:
         digest.update(str(item.relative_to(root) if item != root else item.name).encode())
-        digest.update(hashlib.sha256(item.read_bytes()).digest())
+        digest.update(bytes.fromhex(file_sha256(item)))  # streamed: a huge stray file is not read whole
     return digest.hexdigest()
 
 
@@ -149,8 +155,11 @@ def initial_input_shapes(settings: dict) -> dict[str, list[int]]:
 
 def _first_input_name(calib: str) -> str:
     if calib.endswith(".npz"):
-        with np.load(calib, allow_pickle=False) as data:
-            keys = [k for k in data.files if k != "labels"]
+        try:
+            with np.load(calib, allow_pickle=False) as data:
+                keys = [k for k in data.files if k != "labels"]
+        except (OSError, ValueError, EOFError) as exc:
+            raise UserError(f"{calib}: not a readable numeric .npz file ({exc}); save arrays with numpy.savez") from None
         if keys:
             return keys[0]
     return "input"

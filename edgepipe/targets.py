@@ -23,8 +23,6 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from edgepipe.errors import UserError
 
 ENTRY_POINT_GROUP = "edgepipe.targets"
@@ -185,10 +183,10 @@ def _load_plugin(name: str) -> type[Target]:
 
 
 def _read_profile(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: cannot read target profile ({exc})") from exc
+    from edgepipe.config import validate_target_options
+    from edgepipe.safeio import read_yaml_file
+
+    data = read_yaml_file(path, "target profile")
     if not isinstance(data, dict) or "base" not in data:
         raise UserError(f"{path}: a target profile needs at least 'base: <target>' (e.g. base: arm-cpu)")
     unknown = set(data) - {"name", "base", "description", "options"}
@@ -196,6 +194,10 @@ def _read_profile(path: Path) -> dict:
         raise UserError(f"{path}: unknown key '{sorted(unknown)[0]}' in target profile; allowed: base, description, name, options")
     if not isinstance(data.get("options", {}) or {}, dict):
         raise UserError(f"{path}: 'options' must be a mapping")
+    for key in ("name", "base", "description"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise UserError(f"{path}: '{key}' must be a string, got {type(data[key]).__name__}")
+    validate_target_options(data.get("options") or {}, str(path))
     return data
 
 

@@ -9,6 +9,7 @@ file/node/tensor, no traceback, and nothing half-written in --out.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -45,6 +46,12 @@ def _calib(tmp: Path, array=None, name: str = "calib.npz", key: str = "x", **ext
 
 def _build(tmp: Path, model: Path, calib: Path, target: str = "jetson", *extra: str) -> list[str]:
     return ["build", "--model", str(model), "--target", target, "--calib", str(calib), "--out", str(tmp / "out"), *extra]
+
+
+def no_inputs(tmp):
+    from tests.shape_models import no_inputs as model_without_inputs
+
+    return _build(tmp, _model(tmp, model_without_inputs()), _calib(tmp))
 
 
 def truncated_onnx(tmp):
@@ -186,7 +193,8 @@ def unreachable_host(tmp):
 
     digest = hashlib.sha256((bundle / "run.py").read_bytes()).hexdigest()
     (bundle / "manifest.json").write_text(json.dumps({"schema": 1, "files": [{"path": "run.py", "size": 15, "sha256": digest}]}))
-    (bundle / "SHA256SUMS").write_text(f"{digest}  run.py\n")
+    manifest_digest = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
+    (bundle / "SHA256SUMS").write_text(f"{manifest_digest}  manifest.json\n{digest}  run.py\n")
     return ["deploy", str(bundle), "--host", "edge@127.0.0.1", "--port", "9", "--timeout", "3"]
 
 
@@ -197,11 +205,206 @@ def dash_host(tmp):
     return ["deploy", str(bundle), "--host", "-oProxyCommand=touch /tmp/pwned"]
 
 
+# -- hostile input and faults (issue 12): each refused in one line before any work ----------
+_RESULTS = {"schema": 1, "target": "arm-cpu", "where": "device", "accuracy": {"top1": 0.9},
+            "latency_ms": {"p50": 1.0, "p90": 1.2, "p99": 1.5}}
+
+
+def _results(tmp: Path, name: str, **changes) -> Path:
+    path = tmp / name
+    data = json.loads(json.dumps(_RESULTS))
+    for dotted, value in changes.items():
+        where = data
+        *parents, last = dotted.split("__")
+        for key in parents:
+            where = where.setdefault(key, {})
+        where[last] = value
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _regress(tmp: Path, baseline: Path) -> list[str]:
+    return ["regress", "--baseline", str(baseline), "--candidate", str(_results(tmp, "candidate.json"))]
+
+
+def out_is_user_folder(tmp):
+    (tmp / "webapp").mkdir()
+    (tmp / "webapp" / "manifest.json").write_text('{"name": "my web app", "files": []}')
+    (tmp / "webapp" / "index.html").write_text("<h1>mine</h1>")
+    return [*_build(tmp, _model(tmp), _calib(tmp))[:-2], "--out", str(tmp / "webapp")]
+
+
+def fifo_config(tmp):
+    os.mkfifo(tmp / "edgepipe.yaml")
+    return ["build", "--config", str(tmp / "edgepipe.yaml")]
+
+
+def device_file_config(tmp):
+    return ["build", "--config", "/dev/zero"]
+
+
+def fifo_calib(tmp):
+    os.mkfifo(tmp / "calib.npz")
+    return _build(tmp, _model(tmp), tmp / "calib.npz")
+
+
+def yaml_alias_bomb(tmp):
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]"
+              for i in range(1, 10)]
+    (tmp / "edgepipe.yaml").write_text("\n".join(lines) + "\n")
+    return ["build"]
+
+
+def deeply_nested_yaml(tmp):
+    (tmp / "edgepipe.yaml").write_text("input_shapes: " + "[" * 5000 + "]" * 5000 + "\n")
+    return ["build"]
+
+
+def input_shape_not_list(tmp):
+    (tmp / "edgepipe.yaml").write_text(f"model: {_model(tmp)}\ncalib: {_calib(tmp)}\ntarget: jetson\n"
+                                       f"out: {tmp / 'out'}\ninput_shapes: {{x: 5}}\n")
+    return ["build"]
+
+
+def negative_zca_eps(tmp):
+    (tmp / "edgepipe.yaml").write_text(f"model: {_model(tmp)}\ncalib: {_calib(tmp)}\ntarget: jetson\n"
+                                       f"out: {tmp / 'out'}\nfold: {{input_normalization: zca, eps: -1}}\n")
+    return ["build"]
+
+
+def zero_iterations(tmp):
+    (tmp / "edgepipe.yaml").write_text(f"model: {_model(tmp)}\ncalib: {_calib(tmp)}\ntarget: arm-cpu\n"
+                                       f"out: {tmp / 'out'}\nreport: {{iterations: 0}}\nbackend: {{threads: -2}}\n")
+    return ["build"]
+
+
+def profile_workspace_not_int(tmp):
+    (tmp / "orin.yaml").write_text("name: orin\nbase: jetson\noptions: {workspace_mb: lots}\n")
+    return _build(tmp, _model(tmp), _calib(tmp), str(tmp / "orin.yaml"))
+
+
+def profile_negative_workspace(tmp):
+    (tmp / "orin.yaml").write_text("name: orin\nbase: jetson\noptions: {workspace_mb: -1, dla_core: 0}\n")
+    return _build(tmp, _model(tmp), _calib(tmp), str(tmp / "orin.yaml"))
+
+
+def empty_baseline(tmp):
+    (tmp / "baseline.json").write_text('{"latency_ms": {}}')
+    return _regress(tmp, tmp / "baseline.json")
+
+
+def infinite_baseline(tmp):
+    (tmp / "baseline.json").write_text('{"accuracy": {"top1": 0.9}, "latency_ms": {"p50": Infinity}}')
+    return _regress(tmp, tmp / "baseline.json")
+
+
+def nan_baseline(tmp):
+    (tmp / "baseline.json").write_text('{"accuracy": {"top1": NaN}, "latency_ms": {"p50": 1.0}}')
+    return _regress(tmp, tmp / "baseline.json")
+
+
+def results_wrong_types(tmp):
+    return _regress(tmp, _results(tmp, "baseline.json", latency_ms__p50="fast"))
+
+
+def results_hostile_bin(tmp):
+    path = _results(tmp, "results.json", accuracy__ece_bins=[
+        {"lo": 0, "hi": 1, "count": "<svg onload=alert(1)>", "confidence": 0.5, "accuracy": 0.5}])
+    return ["report", str(path), "-o", str(tmp / "report")]
+
+
+def deeply_nested_results(tmp):
+    (tmp / "results.json").write_text('{"latency_ms": {}, "x": ' + "[" * 100000 + "]" * 100000 + "}")
+    return ["report", str(tmp / "results.json"), "-o", str(tmp / "report")]
+
+
+def fifo_results(tmp):
+    os.mkfifo(tmp / "results.json")
+    return ["report", str(tmp / "results.json"), "-o", str(tmp / "report")]
+
+
+def inventory_list_for_map(tmp):
+    (tmp / "hosts.yml").write_text("all:\n  hosts:\n    - pi1\n    - pi2\n")
+    return _deploy_inventory(tmp)
+
+
+def inventory_recursive_alias(tmp):
+    (tmp / "hosts.yml").write_text("all: &loop\n  children:\n    again: *loop\n")
+    return _deploy_inventory(tmp)
+
+
+def _deploy_inventory(tmp: Path) -> list[str]:
+    bundle = tmp / "bundle"
+    bundle.mkdir()
+    return ["deploy", str(bundle), "--inventory", str(tmp / "hosts.yml")]
+
+
+def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
+    """A real (tiny) bundle written by edgepipe's own bundle writer."""
+    from edgepipe.bundle import write_bundle
+
+    target = {"name": target_name, "backend": "tflite", "description": "", "precision": "int8", "layout": "NHWC",
+              "runtime_requirements": [], "device_readme": ""}
+    return write_bundle(bundle, target=target, files={"model.bin": b"w"},
+                        template_context={"runner_template": "runner_tflite.py.j2", "model_file": "model.bin"},
+                        io={}, stages=[], source={}, extra_manifest=extra, eval_data=None)
+
+
+def pack_into_bundle(tmp):
+    bundle = tmp / "bundle"
+    write_small_bundle(bundle)
+    return ["pack", str(bundle), "-o", str(bundle / "manifest.json")]
+
+
+def archive_hard_link(tmp):
+    archive = tmp / "links.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("bundle/model.bin")
+        info.type, info.linkname = tarfile.LNKTYPE, "bundle/missing.bin"
+        tar.addfile(info)
+    return ["verify", str(archive)]
+
+
+def _tiny_graph(tmp: Path, nodes, inputs, outputs, initializers=()) -> Path:
+    graph = onnx.helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    path = tmp / "model.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _vector(name: str) -> onnx.ValueInfoProto:
+    return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, 4])
+
+
+def zero_input_model(tmp):
+    constant = onnx.helper.make_node("Constant", [], ["y"], value=onnx.numpy_helper.from_array(np.ones(4, np.float32)))
+    model = _tiny_graph(tmp, [constant], [], [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])])
+    return _build(tmp, model, _calib(tmp, np.ones((4, 4), np.float32)))
+
+
+def allocation_bomb(tmp):
+    shape = onnx.numpy_helper.from_array(np.array([1, 100000, 100000, 1000], np.int64), "shape")
+    nodes = [onnx.helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                                   value=onnx.numpy_helper.from_array(np.ones(1, np.float32))),
+             onnx.helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+             onnx.helper.make_node("Add", ["x", "total"], ["y"])]
+    model = _tiny_graph(tmp, nodes, [_vector("x")], [_vector("y")], [shape])
+    return _build(tmp, model, _calib(tmp, np.ones((4, 4), np.float32)))
+
+
+def torch_model_corrupt_npz(tmp):
+    (tmp / "model.pt").write_bytes(b"not a checkpoint")
+    (tmp / "calib.npz").write_bytes(b"garbage, not a zip")
+    return _build(tmp, tmp / "model.pt", tmp / "calib.npz")
+
+
 CASES = [
     Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("external-data-missing", "ONNX whose external-data file is missing", external_data_missing, ("weights.bin", "missing")),
     Case("unsupported-op", "an op the target cannot run", unsupported_op, ("fancy_node", "FancyOp", "jetson")),
+    Case("no-inputs", "a model with no inputs (only constants)", no_inputs, ("model.onnx", "no inputs")),
     Case("dynamic-dim", "a dynamic dim with no shape given (and data lacking that input)", dynamic_dim_no_shape,
          ("'x'", "--input-shape")),
     Case("empty-folder", "calibration folder with no images", empty_folder, ("calib",)),
@@ -222,6 +425,44 @@ CASES = [
     Case("missing-baseline", "regress with a missing baseline report", missing_baseline, ("release-1.2.json",)),
     Case("unreachable-host", "deploy to a host that does not answer", unreachable_host, ("127.0.0.1",)),
     Case("dash-host", "a host name that would be read as an ssh option", dash_host, ("-oProxyCommand",)),
+    Case("out-not-a-bundle", "--out naming a folder edgepipe did not write (`.`, a web app)", out_is_user_folder,
+         ("webapp", "not an edgepipe bundle")),
+    Case("fifo-config", "a FIFO as the config file (would block)", fifo_config, ("edgepipe.yaml", "not a regular file")),
+    Case("device-config", "/dev/zero as the config file", device_file_config, ("/dev/zero", "not a regular file")),
+    Case("fifo-calib", "a FIFO as calibration data", fifo_calib, ("calib.npz", "not a regular file")),
+    Case("yaml-alias-bomb", "YAML alias expansion (billion laughs) in edgepipe.yaml", yaml_alias_bomb,
+         ("edgepipe.yaml", "aliases")),
+    Case("nested-yaml", "edgepipe.yaml nested thousands of levels deep", deeply_nested_yaml, ("edgepipe.yaml", "nested")),
+    Case("input-shape-type", "`input_shapes: {x: 5}` (not a list)", input_shape_not_list, ("input_shapes.x", "list")),
+    Case("zca-negative-eps", "ZCA whitening with eps < 0", negative_zca_eps, ("fold.eps", ">= 0")),
+    Case("zero-iterations", "`report.iterations: 0` (checked before the old bundle is touched)", zero_iterations,
+         ("report.iterations", ">= 1")),
+    Case("profile-option-type", "a target profile with `workspace_mb: lots`", profile_workspace_not_int,
+         ("orin.yaml", "workspace_mb", "int")),
+    Case("profile-option-range", "a target profile with `workspace_mb: -1`", profile_negative_workspace,
+         ("orin.yaml", "workspace_mb", ">= 1")),
+    Case("empty-baseline", "regress against a baseline with no figures", empty_baseline, ("baseline.json", "nothing to compare")),
+    Case("infinite-baseline", "a baseline latency of Infinity", infinite_baseline, ("baseline.json", "latency.p50", "inf")),
+    Case("nan-baseline", "a NaN baseline metric", nan_baseline, ("baseline.json", "accuracy.top1", "nan")),
+    Case("results-wrong-type", "a results.json figure of the wrong type", results_wrong_types,
+         ("baseline.json", "latency_ms.p50", "number")),
+    Case("results-markup", "markup in a results.json number field (report)", results_hostile_bin,
+         ("results.json", "ece_bins[0].count")),
+    Case("nested-json", "a results.json nested 100000 levels deep", deeply_nested_results, ("results.json", "nested")),
+    Case("fifo-results", "a FIFO as results.json", fifo_results, ("results.json", "not a regular file")),
+    Case("inventory-list", "an inventory with a list where a mapping belongs", inventory_list_for_map,
+         ("hosts.yml", "'all.hosts' must be a mapping")),
+    Case("inventory-alias-loop", "an inventory with a recursive YAML alias", inventory_recursive_alias,
+         ("hosts.yml", "aliases")),
+    Case("pack-into-bundle", "`pack B -o B/manifest.json` (writing inside the bundle)", pack_into_bundle,
+         ("manifest.json", "inside the bundle")),
+    Case("zero-input-model", "a model with no inputs", zero_input_model, ("model.onnx", "no inputs")),
+    Case("allocation-bomb", "a ConstantOfShape that would allocate terabytes", allocation_bomb,
+         ("'big'", "ConstantOfShape", "elements")),
+    Case("corrupt-npz-non-onnx", "a non-.onnx model with a corrupt .npz", torch_model_corrupt_npz,
+         ("calib.npz", "not a readable numeric .npz")),
+    Case("archive-hard-link", "a bundle archive with a hard link to a missing member", archive_hard_link,
+         ("bundle/model.bin", "link")),
 ]
 
 

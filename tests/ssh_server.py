@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ci import missing_tool
+
 SSHD = Path("/usr/sbin/sshd")
 SSHD_MISSING_REASON = "OpenSSH server not installed (/usr/sbin/sshd absent); apt-get install openssh-server"
 
@@ -104,7 +106,7 @@ def wait_for_banner(port: int, process: subprocess.Popen, deadline_s: float = 10
 def start_sshd(root: Path) -> SshServer:
     """Start sshd under `root` (a temp dir) and return once it greets with an SSH banner."""
     if not SSHD.exists():
-        pytest.skip(SSHD_MISSING_REASON)
+        missing_tool(SSHD_MISSING_REASON)
     root.mkdir(parents=True, exist_ok=True)
     host_key, client_key = root / "host_ed25519", root / "client_ed25519"
     keygen(host_key)

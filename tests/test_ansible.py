@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.ci import missing_tool
 import yaml
 
 from edgepipe.bundle import verify_bundle
@@ -66,8 +68,9 @@ def run_playbook(bundle: Path, inventory: Path, workdir: Path, *extra: str) -> s
 
 
 @pytest.mark.ssh
-@pytest.mark.skipif(ANSIBLE_PLAYBOOK is None, reason="ansible-playbook not installed (pip install ansible-core)")
 def test_playbook_round_trip_fetches_results(ssh_server, tmp_path):
+    if ANSIBLE_PLAYBOOK is None:
+        missing_tool("ansible-playbook not installed (pip install ansible-core)")
     bundle = bundle_with_playbook(tmp_path / "bundle")
     remote = tmp_path / "device" / "bundle"
     inventory = tmp_path / "hosts.ini"

@@ -93,10 +93,14 @@ def test_safe_extract_refuses_escaping_members(tmp_path, member):
     assert not (tmp_path / "escaped.txt").exists()
 
 
-def test_safe_extract_allows_links_that_stay_inside(tmp_path):
-    archive = evil_archive(tmp_path / "ok.tar.gz", _member("bundle/alias.txt", tarfile.SYMTYPE, "ok.txt"))
-    dest = safe_extract(archive, tmp_path / "dest")
-    assert (dest / "bundle" / "alias.txt").read_text() == "ok"
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+def test_safe_extract_refuses_links_even_inside(tmp_path, kind):
+    """pack never writes links; a hard link to a missing member or a symlink to a folder outside
+    could read or overwrite files, so every link is refused before anything is extracted."""
+    archive = evil_archive(tmp_path / "links.tar.gz", _member("bundle/alias.txt", kind, "missing.txt"))
+    with pytest.raises(UserError, match="alias.txt.*link"):
+        safe_extract(archive, tmp_path / "dest")
+    assert not (tmp_path / "dest" / "bundle").exists()
 
 
 def test_damaged_archive_is_a_user_error(tmp_path):

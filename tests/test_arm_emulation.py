@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from edgepipe import emulation, quantmath
+from tests.ci import missing_tool
 
 
 N_INPUTS = 16
@@ -114,7 +115,7 @@ def load_results(dirpath):
 def runs(tmp_path_factory):
     reason = emulation.available()
     if reason is not None:
-        pytest.skip(f"arm64 emulation unavailable: {reason}")
+        missing_tool(f"arm64 emulation unavailable: {reason}")
     rootfs = emulation.ensure_rootfs(log=print)
     work = tmp_path_factory.mktemp("arm")
     models, inputs, logits_step = demo_models(work)

@@ -115,6 +115,10 @@ def test_tampered_missing_extra_and_edited_manifest_are_named(tmp_path):
     assert "calibration.json: missing" in problems
     assert any(p.startswith("stray.txt:") and "extra" in p for p in problems)
 
+    with pytest.raises(UserError, match="stray.txt"):  # a rebuild never deletes a file it did not write
+        build(bundle)
+    assert (bundle / "stray.txt").read_text() == "x"
+    (bundle / "stray.txt").unlink()
     build(bundle)
     manifest = json.loads((bundle / MANIFEST).read_text())
     manifest["target"]["name"] = "evil"
@@ -124,9 +128,13 @@ def test_tampered_missing_extra_and_edited_manifest_are_named(tmp_path):
 
 def test_device_generated_files_are_not_extra(tmp_path):
     bundle = tmp_path / "b"
-    build(bundle, extra_manifest={"device_generated": ["*.engine"]})
+    build(bundle, extra_manifest={"device_generated": ["model.engine"]})
     (bundle / "model.engine").write_bytes(b"engine built on the device")
     assert verify_bundle(bundle) == []
+    (bundle / "other.engine").write_bytes(b"planted")
+    assert any(p.startswith("other.engine:") for p in verify_bundle(bundle))
+    with pytest.raises(UserError, match="pattern"):
+        build(tmp_path / "c", extra_manifest={"device_generated": ["*.engine"]})
 
 
 def test_unsafe_manifest_paths_are_not_read(tmp_path):

@@ -56,10 +56,31 @@ def test_tampered_file_is_named_and_nothing_installed(ssh_server, tmp_path):
     bundle = make_bundle(tmp_path / "bundle")
     (bundle / "eval" / "notes.txt").write_text("changed after SHA256SUMS was written\n")
     remote = tmp_path / "device" / "bundle"
-    with pytest.raises(UserError, match=r"sha256 verification failed .* eval/notes\.txt"):
+    with pytest.raises(UserError, match=r"fails `edgepipe verify`: eval/notes\.txt: .*modified"):
         deploy_bundle(bundle, target_for(ssh_server), remote_dir=str(remote))
     assert not remote.exists()
     assert leftovers(remote.parent) == []
+
+
+def test_device_side_check_names_modified_and_unlisted_files(ssh_server, tmp_path):
+    """What arrives on the device is checked again there: sha256sum -c, then no unlisted file."""
+    import shutil
+
+    from edgepipe.deploy import RemoteShell, expected_upload, verify_remote
+
+    bundle = make_bundle(tmp_path / "bundle")
+    shell = RemoteShell(target_for(ssh_server))
+    staged = tmp_path / "device" / ".edgepipe-upload.extra"
+    shutil.copytree(bundle, staged)
+    (staged / "numpy.py").write_text("open('/tmp/canary', 'w')\n")
+    with pytest.raises(UserError, match="'numpy.py', which the manifest does not list"):
+        verify_remote(shell, str(staged), expected_upload(bundle))
+    assert not staged.exists()  # the bad upload is discarded
+    staged = tmp_path / "device" / ".edgepipe-upload.modified"
+    shutil.copytree(bundle, staged)
+    (staged / "eval" / "notes.txt").write_text("changed in transit\n")
+    with pytest.raises(UserError, match=r"sha256 verification failed .* eval/notes\.txt"):
+        verify_remote(shell, str(staged), expected_upload(bundle))
 
 
 def test_unknown_host_key_is_refused_under_strict_checking(ssh_server, tmp_path):

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from edgepipe.errors import UserError
 from edgepipe.report import render_report
+from tests.ci import missing_tool
 
 EVIL = "<script>alert(1)</script>"
 
@@ -105,9 +106,11 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install -y chromium)")
 def test_report_renders_in_headless_chromium(tmp_path):
     from PIL import Image
+
+    if _chromium() is None:
+        missing_tool("chromium is not installed (apt-get install -y chromium)")
 
     html_path = render_report(write_case(tmp_path), baseline=tmp_path / "base.json")
     base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

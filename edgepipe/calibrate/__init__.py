@@ -70,7 +70,24 @@ def calibrate(
         )
         result.histograms[name] = hist.summary(amax=choice.amax, lo=choice.lo, hi=choice.hi)
     result.warnings.extend(stability.stability_warnings(stabilities, num_samples))
+    result.warnings.extend(constant_warnings(hists, [v.name for v in graph.graph_inputs(model)]))
     return result
+
+
+def constant_warnings(hists: dict, input_names: list[str]) -> list[str]:
+    """Fail loud on data that calibrates nothing: an all-zero input (a blank image folder, a
+    zero-filled .npz) or tensors that never change give ranges that are guesses."""
+    warnings = []
+    zero = [n for n in input_names if n in hists and float(hists[n].min) == 0.0 == float(hists[n].max)]
+    if zero:
+        warnings.append(f"calibration data for input '{zero[0]}' is all zeros; every range derived from it "
+                        f"is a guess, pass real samples")
+    constant = [n for n, h in sorted(hists.items()) if float(h.max) <= float(h.min) and n not in zero]
+    if constant:
+        value = float(hists[constant[0]].min)
+        warnings.append(f"{len(constant)} tensor(s) are constant over the calibration set (first: '{constant[0]}' "
+                        f"= {value:g}); their INT8 range is a guess, check the calibration data")
+    return warnings
 
 
 def _check_dataset_inputs(model: onnx.ModelProto, dataset) -> None:

@@ -10,11 +10,9 @@ every later stage and backend needs a fully static graph.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import io
 import re
-import sys
 import warnings
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import onnx
 
 from edgepipe import graph
 from edgepipe.errors import UserError
+from edgepipe.isolation import import_user_module
 
 TORCH_FILE_SUFFIXES = (".pt", ".pth", ".pt2", ".ts", ".torchscript")
 
@@ -41,7 +40,7 @@ def source_fingerprint(spec: str, weights: str | None) -> str:
         digest.update(spec.encode())
         module_name = spec.partition(":")[0]
         try:
-            module = importlib.import_module(module_name)
+            module = import_user_module(module_name)
             source_file = inspect.getsourcefile(module)
             if source_file:
                 digest.update(Path(source_file).read_bytes())
@@ -68,10 +67,8 @@ def file_sha256(path: str | Path) -> str:
 def load_factory(spec: str, weights: str | None):
     """Import `pkg.module:factory`, call it, load a state_dict checkpoint safely."""
     module_name, _, attr = spec.partition(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # user modules next to edgepipe.yaml
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)  # user modules next to edgepipe.yaml, nothing else
     except Exception as exc:
         raise UserError(f"--model {spec}: cannot import module '{module_name}' ({type(exc).__name__}: {exc})") from exc
     factory = getattr(module, attr, None)

@@ -31,7 +31,7 @@ def input_specs(model: onnx.ModelProto) -> list[dict]:
     specs = []
     for value in graph.graph_inputs(model):
         shape = graph.tensor_shape(value)
-        if not shape or any(not isinstance(d, int) or d <= 0 for d in shape):
+        if not graph.is_static(graph.declared_shape(value)):  # a scalar [] is static
             raise UserError(f"input '{value.name}' has dynamic shape {shape}; TensorRT engines are built for "
                             "fixed shapes here - pass --input-shape")
         specs.append({"name": value.name, "shape": [int(d) for d in shape],

@@ -1,0 +1,180 @@
+"""Reading files users hand us as hostile: regular files only, bounded size, bounded structure.
+
+Every reader here refuses in one line (a UserError naming the file) instead of blocking on a
+FIFO, reading `/dev/zero` whole, expanding YAML aliases (billion laughs) or recursing through a
+document nested thousands of levels deep. Other modules call these small checks at their own
+entry points (data loaders, archive extraction) so the limits live in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import yaml
+
+from edgepipe.errors import UserError
+
+MiB = 1 << 20
+CONFIG_MAX_BYTES = 1 * MiB  # edgepipe.yaml, target profiles, inventories
+JSON_MAX_BYTES = 64 * MiB  # manifests, results.json, calibration.json
+MAX_NESTING = 64  # deeper documents are refused: nothing we read nests more than a few levels
+IMAGE_MAX_BYTES = 256 * MiB  # one calibration image file; pixel count is bounded by Pillow's own limit
+
+
+def ensure_regular_file(path: str | Path, max_bytes: int | None = None, what: str = "file") -> Path:
+    """`path` if it is a regular file (not a FIFO, device, socket or directory) within `max_bytes`.
+
+    Uses stat only, so a FIFO is refused without ever being opened (opening it would block)."""
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{path}: is a directory, expected a {what} file")
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{path}: is not a regular file (a FIFO, device or socket); pass the {what} as a regular file")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise UserError(f"{path}: {what} is {info.st_size} bytes, more than the {max_bytes} byte limit; "
+                        f"is this the right file?")
+    return path
+
+
+def ensure_regular_or_dir(path: str | Path, what: str) -> None:
+    """Refuse special files (FIFOs, devices) given where a file or a folder is expected."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return  # missing paths are reported by the reader with its own hint
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        raise UserError(f"{path}: is not a regular file or folder (a FIFO, device or socket); pass a real {what}")
+
+
+def read_bytes_bounded(path: str | Path, max_bytes: int, what: str) -> bytes:
+    """The file's bytes; refuses special files and files over `max_bytes` (also if it grows)."""
+    path = ensure_regular_file(path, max_bytes, what)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:
+        raise UserError(f"{path}: {what} is larger than the {max_bytes} byte limit")
+    return data
+
+
+def read_text_bounded(path: str | Path, max_bytes: int, what: str) -> str:
+    data = read_bytes_bounded(path, max_bytes, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
+
+
+def check_depth(data, where: str, limit: int = MAX_NESTING) -> None:
+    """UserError when lists/dicts nest deeper than `limit` (checked without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                raise UserError(f"{where}: nested more than {limit} levels deep; this is not a file edgepipe wrote")
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+
+
+def parse_json(text: str | bytes, where: str):
+    """json.loads with the nesting bound; NaN/Infinity are read (callers decide if they are allowed)."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise UserError(f"{where}: nested too deeply to be an edgepipe file") from None
+    check_depth(data, where)
+    return data
+
+
+def read_json_file(path: str | Path, what: str, max_bytes: int = JSON_MAX_BYTES):
+    """Parsed JSON of a regular file of at most `max_bytes`, nesting bounded."""
+    text = read_text_bounded(path, max_bytes, what)
+    try:
+        return parse_json(text, str(path))
+    except ValueError as exc:
+        raise UserError(f"{path}: {what} is not valid JSON ({exc})") from None
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors/aliases (alias expansion bombs, recursive aliases) and
+    nesting deeper than MAX_NESTING while composing, before any big object exists."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not supported; "
+                                              "write the values out", event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_NESTING} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def parse_yaml(text: str, where: str):
+    """yaml.safe_load without aliases and with bounded nesting; errors name line and column."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise UserError(f"{where}: nested too deeply") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"{where}: not valid YAML{at}: {problem}") from None
+
+
+def read_yaml_file(path: str | Path, what: str, max_bytes: int = CONFIG_MAX_BYTES):
+    return parse_yaml(read_text_bounded(path, max_bytes, what), str(path))
+
+
+def available_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+BOMB_RATIO, BOMB_MIN_BYTES = 200, 64 * MiB  # real tensors compress far less than 200:1
+
+
+def check_npz_members(path: str | Path, names, what: str = "array") -> None:
+    """Refuse .npz members that would be inflated whole into more than this machine's free
+    memory, or that unpack to over 64 MB at more than 200:1 (a zip bomb; data that uniform
+    calibrates nothing). Read from the zip directory alone, before anything is inflated."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = {info.filename: info for info in archive.infolist()}
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # np.load reports damaged archives with its own message
+    limit = available_memory_bytes()
+    for name in names:
+        info = infos.get(f"{name}.npy")
+        if info is None:
+            continue
+        size = info.file_size
+        if limit is not None and size > limit:
+            raise UserError(f"{path}: {what} '{name}' unpacks to {size} bytes, more than the {limit} bytes of "
+                            f"free memory here; pass fewer samples (split the file or set calibration.max_samples)")
+        if size > BOMB_MIN_BYTES and size > BOMB_RATIO * max(info.compress_size, 1):
+            raise UserError(f"{path}: {what} '{name}' unpacks from {info.compress_size} to {size} bytes "
+                            f"(over {BOMB_RATIO}:1): a zip bomb or constant data; save real samples")
