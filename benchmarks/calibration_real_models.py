@@ -7,8 +7,9 @@ model hub) and every calibrator gets the .onnx file exactly as shipped (nothing 
 or upgraded outside the tools). Inputs are rendered (text lines, documents, scenes): 64
 calibration samples and 64 held-out evaluation samples from different seeds.
 
-Each calibrator runs in its own process and writes a Q/DQ ONNX model; the parent runs it in ONNX
-Runtime on the eval set next to the FP32 model as shipped:
+Each calibrator runs --runs times, each in a fresh process (child_process.py: median wall time,
+peak memory), and writes a Q/DQ ONNX model; the parent runs it in ONNX Runtime on the eval set
+next to the FP32 model as shipped:
 - ocr_rec: per-time-step argmax agreement, CTC-decoded string agreement with FP32 and exact
   match with the rendered text, SQNR of the softmax output;
 - ocr_det: SQNR of the probability map, IoU of the maps thresholded at 0.3 (rapidocr's `thresh`);
@@ -19,8 +20,10 @@ Ours: the CLI, as a user runs it: `edgepipe build --model FILE --target jetson -
 --calib-method M [--input-shape ...] --no-host-report --json` in a fresh project folder (no stage
 cache); its `model.qdq.onnx` is evaluated; time = the calibrate + backend stages (what
 quantize_static does), the CLI's whole wall time is kept too; memory = peak RSS of the edgepipe
-process. ORT: `quantize_static` (QDQ, per-channel int8 weights, symmetric int8 activations) with
-MinMax, Entropy, Percentile, in a worker process (peak RSS of that process). NNCF
+process (ru_maxrss of the worker's child). The ORT-ranges-in-our-placement rows of the earlier
+library-based version are not produced: the CLI's placement model is the bundle's, not a file
+this script writes. ORT: `quantize_static` (QDQ, per-channel int8 weights, symmetric int8 activations) with
+MinMax, Entropy, Percentile, in a worker process (its own peak, VmHWM, and growth). NNCF
 (`nncf.quantize`, ONNX backend, defaults) when importable from --nncf-python (a throwaway venv).
 
 Run by hand:  python benchmarks/calibration_real_models.py [--models ocr_rec,ocr_det] [--methods ...]
@@ -47,15 +50,12 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_models  # noqa: E402
+from child_process import own_peak_mb, run_child  # noqa: E402
 
 OURS = ["ours:auto", "ours:entropy", "ours:percentile", "ours:mse", "ours:minmax"]
 PEERS = ["ort:MinMax", "ort:Entropy", "ort:Percentile"]
 CALIB_SAMPLES, EVAL_SAMPLES = 64, 64
 CALIB_SEED, EVAL_SEED = 1, 2
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def rss_children_mb() -> float:
@@ -93,7 +93,7 @@ def run_ours(option: str, work: Path, name: str) -> dict:
     tensors = calibration.get("tensors", {})
     methods = [t.get("method") for t in (tensors.values() if isinstance(tensors, dict) else tensors)]
     return {"wall_s": stages.get("calibrate", 0.0) + stages.get("backend", 0.0), "cli_wall_s": cli_wall,
-            "stages_s": stages, "peak_rss_mb": rss_children_mb(), "qdq": str(project / "bundle" / "model.qdq.onnx"),
+            "stages_s": stages, "peak_mb": rss_children_mb(), "qdq": str(project / "bundle" / "model.qdq.onnx"),
             "warnings": [line for line in proc.stderr.splitlines() if line.startswith("warning:")],
             "methods_chosen": {m: methods.count(m) for m in sorted({m for m in methods if m})}}
 
@@ -110,6 +110,7 @@ def worker(method: str, work: Path, name: str) -> None:
     out = work / f"{name}_{kind}_{option}.onnx"
     import onnxruntime  # noqa: F401  (every peer's baseline includes the runtime)
 
+    base = own_peak_mb()
     start = time.perf_counter()
     if kind == "nncf":
         import nncf
@@ -121,7 +122,8 @@ def worker(method: str, work: Path, name: str) -> None:
 
         ort_quantize_static(model_path, out, len(images), lambda i: {input_name: images[i : i + 1]}, option)
     wall = time.perf_counter() - start
-    print(json.dumps({"method": method, "wall_s": wall, "peak_rss_mb": rss_mb(), "qdq": str(out)}))
+    peak = own_peak_mb()
+    print(json.dumps({"method": method, "wall_s": wall, "peak_mb": peak, "growth_mb": peak - base, "qdq": str(out)}))
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -193,6 +195,7 @@ def main() -> None:
     parser.add_argument("--nncf-python", default="/tmp/bench-venv/bin/python",
                         help="python of a throwaway venv with nncf (skipped when missing)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/calibration_real_models.json"))
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes per calibrator (median reported)")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker[0], Path(args.worker[1]), args.worker[2])
@@ -219,14 +222,11 @@ def main() -> None:
                     entry["runs"].append({"method": method, "error": f"no nncf venv at {args.nncf_python}"})
                     continue
                 python = args.nncf_python
-            proc = subprocess.run([python, __file__, "--worker", method, str(work), name],
-                                  capture_output=True, text=True)
-            if proc.returncode:
-                lines = proc.stderr.strip().splitlines() or ["failed"]
-                entry["runs"].append({"method": method, "error": lines[-1][:300]})
-                print(name, method, "ERROR", lines[-1][:300], flush=True)
+            row = run_child([__file__, "--worker", method, str(work), name], repeats=args.runs, python=python)
+            if "error" in row:
+                entry["runs"].append({"method": method, "error": row["error"]})
+                print(name, method, "ERROR", row["error"], flush=True)
                 continue
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
             try:
                 row.update(metrics(name, ref, run_all(row.pop("qdq"), eval_data["x"]), eval_data))
             except Exception as exc:  # a peer's model that ONNX Runtime cannot load is a result too
@@ -234,7 +234,7 @@ def main() -> None:
                 print(name, method, "EVAL ERROR", str(exc)[:200], flush=True)
                 continue
             entry["runs"].append(row)
-            print(f"{name:9s} {method:16s} wall {row['wall_s']:7.1f}s peak rss {row['peak_rss_mb']:6.0f}MB "
+            print(f"{name:9s} {method:16s} wall {row['wall_s']:7.1f}s peak {row['peak_mb']:6.0f}MB "
                   f"sqnr {row['sqnr_db']:6.2f} {headline(name, row)}", flush=True)
         by = {r["method"]: r for r in entry["runs"] if "error" not in r}
         peer = by.get("ort:Entropy")

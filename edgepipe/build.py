@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,8 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)
     results: dict | None = None  # host results.json when the target ran on this host
     report_html: Path | None = None
+    eval_note: str = ""  # which samples evaluate the bundle, and how many it keeps
+    calibration_stability: dict | None = None  # output effect of the unstable thresholds (None: none unstable)
 
     def to_json(self) -> dict:
         return {
@@ -49,6 +52,8 @@ class BuildResult:
             "warnings": self.warnings,
             "results": self.results,
             "report_html": str(self.report_html) if self.report_html else None,
+            "eval": self.eval_note,
+            "calibration_stability": self.calibration_stability,
         }
 
 
@@ -64,6 +69,8 @@ class PreparedModel:
     simplify_report: dict
     fold_report: dict
     warnings: list[str]
+    eval_source: str = "eval"  # eval (--eval) | holdout (held out of the calibration set) | none
+    eval_note: str = ""
 
 
 def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedModel:
@@ -109,24 +116,58 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     calib_ds = to_model_domain(
         load_dataset(require_calib(settings), specs, preprocess, limit=settings["calibration"].get("max_samples")),
         settings)
-    eval_ds = None
+    eval_ds, eval_source = None, "eval"
     if settings.get("eval"):
         eval_ds = to_model_domain(
             load_dataset(settings["eval"], specs, preprocess, limit=settings["report"].get("eval_limit")), settings)
+        eval_note = f"{len(eval_ds)} samples of {settings['eval']}"
+    else:
+        calib_ds, eval_ds, eval_source, eval_note = hold_out(calib_ds, settings["report"])
 
     # 3. fold
     needs_eval = str(fold_settings.get("temperature", "none")) == "auto"
     fold_key = settings_hash(
         stage="fold", model=pipeline.last_hash, settings=fold_settings,
-        calib=data_fingerprint(settings["calib"]) if fold_settings["input_normalization"] in ("zca", "pca") else "",
-        eval=data_fingerprint(settings.get("eval")) if needs_eval else "",
+        calib=data_fingerprint(settings["calib"]) + calib_split_key(settings)
+        if fold_settings["input_normalization"] in ("zca", "pca") else "",
+        eval=(data_fingerprint(settings.get("eval") or settings["calib"]) + calib_split_key(settings)) if needs_eval else "",
     )
     model, fold_report = pipeline.model_stage(
         "fold", fold_key, lambda: run_fold(model, fold_settings, calib_ds, eval_ds)
     )
     if target is not None:
         check_target_support(model, target)
-    return PreparedModel(model, calib_ds, eval_ds, source_hash, simplify_report, fold_report, warnings)
+    return PreparedModel(model, calib_ds, eval_ds, source_hash, simplify_report, fold_report, warnings,
+                         eval_source, eval_note)
+
+
+def hold_out(calib_ds, report: dict):
+    """Without --eval: (calibration part, held-out eval part or None, source, note for the user).
+
+    Evaluating on the samples the ranges were fitted to flatters the accuracy, so a deterministic
+    share (`report.holdout`, stratified by label) is held out and never calibrated on."""
+    from edgepipe.data import holdout_split
+
+    fraction = float(report.get("holdout") or 0)
+    if fraction >= 1:
+        raise UserError(f"report.holdout is {fraction:g}: it is the fraction of the calibration samples held out "
+                        "for evaluation, set it below 1 (default 0.1) or pass --eval")
+    keep, held = holdout_split(calib_ds, fraction, report.get("eval_limit"))
+    if len(held) == 0:
+        return calib_ds, None, "none", ("no --eval and no calibration samples held out (report.holdout "
+                                        f"{fraction:g}, {len(calib_ds)} samples): no accuracy is reported")
+    stratified = ", stratified by label" if calib_ds.labels is not None else ""
+    note = (f"no --eval: {len(held)} of {len(calib_ds)} calibration samples held out for evaluation{stratified}, "
+            f"calibrating on the other {len(keep)}")
+    return calib_ds.subset(keep), calib_ds.subset(held), "holdout", note
+
+
+def calib_split_key(settings: dict) -> str:
+    """Cache-key part for which calibration samples are calibrated on (the holdout takes some)."""
+    if settings.get("eval"):
+        return ""
+    report = settings["report"]
+    return f"|holdout={float(report.get('holdout') or 0)!r}|cap={report.get('eval_limit')}"
 
 
 def check_structure(source: str, target) -> None:
@@ -172,11 +213,12 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     prepared = prepare_model(settings, pipeline, target)
     model, calib_ds, eval_ds = prepared.model, prepared.calib, prepared.eval
     warnings = list(prepared.warnings)
+    log(f"evaluation data: {prepared.eval_note}")
 
     # 4. calibrate
     calib_settings = dict(settings["calibration"])
     calib_key = settings_hash(stage="calibrate", model=pipeline.last_hash,  # the fold stage's artifact
-                              data=data_fingerprint(settings["calib"]), settings=calib_settings,
+                              data=data_fingerprint(settings["calib"]) + calib_split_key(settings), settings=calib_settings,
                               preprocess=data_preprocess(settings))
     progress = progress_factory("calibrating", len(calib_ds)) if progress_factory else None
     if calib_settings.get("ranges"):
@@ -196,6 +238,9 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         note=lambda r: f"{len(r.warnings)} warning(s)" if r.warnings else "",
     )
     warnings.extend(f"calibration: {w}" for w in calibration.warnings)
+    stability_effect, stability_warning = calibration_stability(model, calibration, calib_ds, target)
+    if stability_warning:
+        warnings.append(f"calibration: {stability_warning}")
 
     # 4b. automatic mixed precision to an accuracy budget (sensitivity-ranked float islands)
     float_nodes = set(settings["precision"].get("float_nodes") or [])
@@ -221,11 +266,13 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         raise UserError(f"{out}: cannot write the bundle ({exc.strerror or exc}); the previous bundle is "
                         "unchanged - free disk space or fix permissions and rebuild") from exc
 
-    result = BuildResult(target.name, out, pipeline.summary(), manifest, warnings)
-    # 7. report on this host (targets whose runtime runs here)
-    if target.host_report and settings["report"].get("host", True):
+    result = BuildResult(target.name, out, pipeline.summary(), manifest, warnings,
+                         eval_note=eval_summary(prepared, manifest), calibration_stability=stability_effect)
+    # 7. int8 vs FP32 on this host: the target's runtime (arm-cpu: run.py), else its emulation
+    if settings["report"].get("host", True):
+        measure = run_host_report if target.host_report else run_host_emulation
         pipeline.run(
-            "report", lambda: run_host_report(out, settings, target, result),
+            "report", lambda: measure(out, settings, target, result),
             describe=lambda r: ("report/report.html", (out / "report" / "report.html").stat().st_size
                                 if (out / "report" / "report.html").exists() else 0, ""),
         )
@@ -249,7 +296,7 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
                                 _files_hash(backend_dir, r.files)),
         )
         # 6. bundle
-        eval_data = reference_eval_data(model, eval_ds or calib_ds, with_labels=eval_ds is not None)
+        eval_data = reference_eval_data(model, eval_ds, settings["report"], prepared.eval_source)
         files = {name: backend_dir / name for name in backend.files}
         files["reference.onnx"] = model.SerializeToString(deterministic=True)
         files["calibration.json"] = _json_bytes(calibration.to_json())
@@ -273,6 +320,7 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
             describe=lambda m: (f"{out} ({len(m.get('files', []))} files)",
                                 sum(f.get("size", 0) for f in m.get("files", [])),
                                 bytes_hash(json.dumps(m.get("files", []), sort_keys=True).encode())),
+            note=lambda m: f"eval {m['eval']['samples']} of {m['eval']['available']} samples" if m.get("eval") else "no eval data",
         )
     return manifest
 
@@ -295,6 +343,15 @@ def load_ranges(path: str, model):
     if missing:
         raise UserError(f"{path}: no range for model input '{missing[0]}'; the ranges were made for another model")
     return calibration
+
+
+def calibration_stability(model, calibration, dataset, target) -> tuple[dict | None, str | None]:
+    """(output effect, warning): unstable thresholds are reported only when they change the
+    target's int8 output measurably (edgepipe/calibrate/stability.py: output_effect)."""
+    from edgepipe.calibrate import stability
+
+    effect = stability.output_effect(model, calibration, dataset, lambda m, c: target.qdq_model(m, c)[0])
+    return effect, stability.effect_warning(effect)
 
 
 def plan_precision(model, calibration, dataset, settings: dict, target):
@@ -330,30 +387,62 @@ def _bundle_hooks() -> list:
     return [render_playbook]
 
 
-def reference_eval_data(model, dataset, with_labels: bool) -> dict:
-    """Eval inputs, labels and the FP32 reference outputs of the folded model."""
-    from edgepipe.data import has_batch_axis
+def reference_eval_data(model, dataset, report: dict, source: str):
+    """The bundle's eval samples: inputs, labels and FP32 reference outputs of the folded model.
 
+    Bounded whatever the data size: evenly spaced samples, at most `report.eval_limit` of them and
+    `report.eval_max_mb` of raw inputs + outputs (what run.py holds and the device stores). The
+    samples are streamed into the bundle one at a time; None when there is nothing to keep.
+    """
+    from edgepipe.bundle import EvalSamples
+    from edgepipe.data import evenly_spaced, has_batch_axis
+
+    if dataset is None or len(dataset) == 0:
+        return None
     session = graph.make_session(model)
     output_names = [o.name for o in model.graph.output]
-    inputs = {name: dataset.stack(name) for name in dataset.names}
-    references: dict[str, list[np.ndarray]] = {name: [] for name in output_names}
-    for i in range(len(dataset)):
-        outputs = session.run(output_names, dataset.sample(i))
-        for name, value in zip(output_names, outputs):
-            references[name].append(np.asarray(value))
-    # one row per sample: outputs with a batch axis are joined on it, others stacked
-    reference = {name: (np.concatenate if has_batch_axis(values[0].shape) else np.stack)(values)
-                 for name, values in references.items()}
-    labels = dataset.labels if with_labels and dataset.labels is not None else None
-    return {"inputs": inputs, "labels": labels, "reference": reference}
+    first = dataset.sample(0)
+    sample_bytes = sum(v.nbytes for v in first.values()) + sum(
+        np.asarray(v).nbytes for v in session.run(output_names, first)) + (8 if dataset.labels is not None else 0)
+    max_bytes = report.get("eval_max_mb")
+    keep = min(len(dataset), report.get("eval_limit") or len(dataset),
+               len(dataset) if max_bytes is None else int(float(max_bytes) * 2**20 // sample_bytes))
+    info = {"source": source, "available": len(dataset), "bytes_per_sample": int(sample_bytes),
+            "max_samples": report.get("eval_limit"), "max_mb": max_bytes}
+    if keep < 1:
+        return None
+    kept = dataset.subset(evenly_spaced(len(dataset), keep))
+
+    def one_row(value) -> np.ndarray:  # one row per sample: a batch axis is the row, others get one
+        value = np.asarray(value)
+        return value if has_batch_axis(value.shape) else value[None]
+
+    def rows():
+        for i in range(len(kept)):
+            feed = kept.sample(i)
+            outputs = session.run(output_names, feed)
+            label = None if kept.labels is None else int(kept.labels[i])
+            yield ({name: one_row(value) for name, value in feed.items()},
+                   {name: one_row(value) for name, value in zip(output_names, outputs)}, label)
+
+    return EvalSamples(keep, rows, kept.labels is not None, info)
+
+
+def eval_summary(prepared: PreparedModel, manifest: dict) -> str:
+    """One line for the build output: which samples evaluate the bundle and how many it keeps."""
+    entry = manifest.get("eval")
+    if not entry:
+        if prepared.eval is None:
+            return prepared.eval_note
+        return (f"{prepared.eval_note}; none kept in the bundle: one sample exceeds report.eval_max_mb "
+                "(raise it to keep eval data)")
+    return (f"{prepared.eval_note}; the bundle keeps {entry['samples']} of {entry['available']} "
+            f"({entry['bytes_per_sample'] / 2**20:.2f} MB each; limits report.eval_limit {entry['max_samples']}, "
+            f"report.eval_max_mb {entry['max_mb']})")
 
 
 def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> dict:
     """Run the bundle's own run.py with this Python (marked 'host'), then render the report."""
-    from edgepipe.regress import load_results
-    from edgepipe.report import render_report
-
     threads = settings["backend"].get("threads") or target.options.get("threads") or 2
     out = out.resolve()
     command = [sys.executable, str(out / "run.py"), "--where", "host",
@@ -363,10 +452,50 @@ def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> d
     if completed.returncode != 0:
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"{out / 'run.py'} failed on this host: {last}")
+    from edgepipe.regress import load_results
+
+    results = load_results(out / "report" / "results.json", "host")
+    return finish_host_report(out, settings, results, result)
+
+
+def run_host_emulation(out: Path, settings: dict, target, result: BuildResult) -> dict | None:
+    """Targets whose runtime is not here (TensorRT): their deployed model emulated on this host
+    (`Target.deployed_probe`: the Q/DQ ONNX in ONNX Runtime), marked so in results.json."""
+    from edgepipe.compare import host_accuracy
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    outputs = [entry["name"] for entry in graph.describe_io(graph.load_model(out / "reference.onnx"))["outputs"]]
+    probe = target.deployed_probe(out, manifest, outputs)
+    if probe is None:
+        return None
+    where, model_file = probe.where, probe.description
+    accuracy = host_accuracy(out, probe)
+    import onnxruntime
+
+    results = {"schema": 1, "target": target.name, "where": where, "model": model_file,
+               "device": {"runtime": f"onnxruntime {onnxruntime.__version__}", "machine": platform.machine(),
+                          "python": platform.python_version()},
+               "accuracy": accuracy, "latency_ms": {},
+               "samples": min((manifest.get("eval") or {}).get("samples") or 0,
+                              settings["report"].get("eval_limit") or 10**9),
+               "source_sha256": (manifest.get("source") or {}).get("sha256")}
+    return finish_host_report(out, settings, results, result)
+
+
+def finish_host_report(out: Path, settings: dict, results: dict, result: BuildResult) -> dict:
+    """One warning when int8 agrees poorly with FP32 (report.min_sqnr_db / min_agreement), written
+    into results.json and the report; then report.html."""
+    from edgepipe.compare import accuracy_warning
+    from edgepipe.report import render_report
+
+    warning = accuracy_warning(results.get("accuracy"), settings["report"], out, str(results.get("where")))
+    results["accuracy_warnings"] = [warning] if warning else []
+    if warning:
+        result.warnings.append(warning)
     results_path = out / "report" / "results.json"
-    results = load_results(results_path, "host")
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     html = render_report(results_path, out_dir=out / "report", bundle_dir=out)
     result.results = results
     result.report_html = Path(html) if html else None
     return results
-

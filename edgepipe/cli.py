@@ -76,7 +76,7 @@ def cli(debug: bool) -> None:
 @click.option("--calib-method", type=click.Choice(calibration_methods.names()), help="Calibration method for all tensors.")
 @click.option("--int8-io", is_flag=True, default=None, help="TFLite: int8 model inputs/outputs.")
 @click.option("--keep-layout", is_flag=True, default=None, help="TFLite: keep NCHW inputs (default converts images to NHWC).")
-@click.option("--no-host-report", is_flag=True, default=False, help="Do not run the bundle on this host after the build.")
+@click.option("--no-host-report", is_flag=True, default=False, help="Do not measure int8 vs FP32 on this host after the build.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of the table.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def build(model, weights, target, calib, eval_, input_shapes, config_path, out, calib_method, int8_io, keep_layout,
@@ -118,13 +118,19 @@ def _print_summary(result) -> None:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
+    if result.eval_note:
+        click.echo(f"evaluation data: {result.eval_note}")
     if result.results:
         acc = result.results.get("accuracy", {})
         lat = result.results.get("latency_ms", {})
+        acc = acc or {}
         parts = [f"{k} {acc[k]:.4f}" for k in ("top1", "fp32_top1", "argmax_agreement") if isinstance(acc.get(k), (int, float))]
+        sqnr = [e.get("sqnr_db") for e in (acc.get("outputs") or {}).values() if isinstance(e, dict)]
+        if any(isinstance(v, (int, float)) for v in sqnr):
+            parts.append(f"output SQNR {min(v for v in sqnr if isinstance(v, (int, float))):.1f} dB")
         if lat:
             parts.append(f"p50 {lat.get('p50', 0):.3f} ms (host, not device)")
-        click.echo("host report: " + ", ".join(parts))
+        click.echo(f"host report ({result.results.get('where', 'host')}): " + ", ".join(parts))
     if result.report_html:
         click.echo(f"report: {result.report_html}")
     click.echo(f"bundle: {result.out}")

@@ -1,4 +1,4 @@
-"""`edgepipe sensitivity` and `edgepipe finetune`: accuracy recovery from the command line.
+"""`edgepipe sensitivity`, `compare` and `finetune`: accuracy diagnosis and recovery from the command line.
 
 Thin like cli.py: settings resolve exactly as for `build` (defaults, edgepipe.yaml, options; the
 shipped demo when no model is given), the model goes through the same export -> simplify -> fold
@@ -109,6 +109,41 @@ def sensitivity_command(model, weights, target, calib, eval_, input_shapes, conf
             click.echo("edgepipe.yaml:\n  precision:\n    float_nodes: " + json.dumps(sorted(plan.float_nodes)))
 
 
+@click.command("compare")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--max-samples", type=int, default=64, show_default=True, help="Eval samples compared tensor by tensor.")
+@click.option("--alone/--no-alone", default=True, show_default=True,
+              help="Also measure each quantized activation alone (one int8 simulation per tensor).")
+@click.option("--alone-samples", type=int, default=32, show_default=True, help="Samples per 'alone' variant.")
+@click.option("--top", type=int, default=25, show_default=True, help="Rows in the table (0 = all).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False),
+              help="Write compare.json here (default: BUNDLE/report/compare.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+def compare_command(bundle, max_samples, alone, alone_samples, top, out_path, as_json):
+    """Deployed int8 model vs FP32, tensor by tensor along the graph (worst first).
+
+    Runs the bundle's deployed model (int8 .tflite in LiteRT; Q/DQ ONNX in ONNX Runtime for TensorRT
+    targets: host emulation) and reference.onnx on the bundle's eval data. When the bundle has a
+    report (report/results.json), report.html is rendered again with a per-layer chart."""
+    from edgepipe.compare import COMPARE_FILE, compare_bundle
+    from edgepipe.report import render_report
+
+    if max_samples < 1 or alone_samples < 1:
+        raise UserError("compare: --max-samples and --alone-samples must be >= 1")
+    report = compare_bundle(bundle, max_samples=max_samples, alone=alone, alone_samples=alone_samples)
+    data = report.to_json()
+    out = Path(out_path) if out_path else Path(bundle) / "report" / COMPARE_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    results = Path(bundle) / "report" / "results.json"
+    html = render_report(results, bundle_dir=bundle) if results.is_file() and not out_path else None
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    click.echo(report.text_table(top or None))
+    click.echo(f"compare.json: {out}" + (f"; report: {html}" if html else ""))
+
+
 @click.command("finetune")
 @click.option("--model", "model", help="pkg.module:factory (or a TorchScript file) of the PyTorch model.")
 @_with_model_options
@@ -170,4 +205,5 @@ def finetune_command(model, weights, target, calib, eval_, input_shapes, config_
 
 def register(group: click.Group) -> None:
     group.add_command(sensitivity_command)
+    group.add_command(compare_command)
     group.add_command(finetune_command)

@@ -88,10 +88,16 @@ SCHEMA: dict[str, Any] = {
         float_nodes=Field((list,), [], "ONNX node names kept in float (FP16 on GPUs)"),
     ),
     "report": _section(
-        host=Field((bool,), True, "arm-cpu: run the bundle on this host after the build and render the report"),
+        host=Field((bool,), True, "measure int8 vs FP32 on this host after the build and render the report (arm-cpu: "
+                   "run.py; TensorRT targets: the Q/DQ ONNX in ONNX Runtime, host emulation)"),
+        min_sqnr_db=Field((int, float), 20.0, "warn when an output's SQNR vs FP32 on the host is below this (dB)"),
+        min_agreement=Field((int, float), 0.97, "warn when the argmax agreement with FP32 on the host is below this",
+                            minimum=0),
         iterations=Field((int,), 200, "timed iterations", minimum=1),
         warmup=Field((int,), 20, "warm-up iterations", minimum=0),
-        eval_limit=Field((int,), None, "use at most this many eval samples in the bundle", minimum=1),
+        eval_limit=Field((int,), 500, "use at most this many eval samples (build-time evaluation and the bundle)", minimum=1),
+        eval_max_mb=Field((int, float), 16, "the bundle's eval data (inputs + FP32 reference outputs, uncompressed) stays under this many MB", minimum=0),
+        holdout=Field((int, float), 0.1, "without --eval: fraction (below 1) of the calibration samples held out for evaluation and not calibrated on; 0 = no accuracy report", minimum=0),
     ),
     "regress": _section(
         max_drop=Field((int, float), 0.01, "max absolute accuracy drop vs the baseline", minimum=0),

@@ -3,8 +3,10 @@
 Calibration, evaluation and the bundle's eval set all read user data through `load_dataset`, so
 every mistake a user can make with their data (wrong shape, missing key, corrupt image, NaN) is
 caught here once, as a one-line `UserError` naming the file and what to do, before hours of
-calibration run on garbage. Images are decoded lazily (`sample(i)` reads one file) so memory
-does not grow with the number of calibration images; .npy files are memory-mapped.
+calibration run on garbage. Nothing is loaded whole, so memory does not grow with the number of
+samples: images are decoded one file per `sample(i)`, .npy files and .npz members are read a few
+samples at a time (edgepipe/npyfile.py). `holdout_split` picks the eval samples held out of the
+calibration set when no eval set is given.
 
 Sources
 - folder of images (.png .jpg .jpeg .bmp .gif .tif .tiff .webp .ppm .pgm), single-input models:
@@ -39,12 +41,13 @@ from typing import Callable, Iterator
 import numpy as np
 
 from edgepipe.errors import UserError
+from edgepipe.npyfile import ArrayFile, read_header
 from edgepipe.safeio import IMAGE_MAX_BYTES, check_npz_members, ensure_regular_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 LABELS_KEY = "labels"
 InputSpecs = dict[str, tuple[tuple, np.dtype]]
-_FINITE_CHECK_CHUNK = 256
+_CHECK_CHUNK_BYTES = 4 << 20  # finiteness is checked this many bytes at a time
 
 
 class Dataset:
@@ -84,6 +87,14 @@ class Dataset:
             raise KeyError(f"{name!r} is not an input of this dataset ({self.names})")
         join = np.concatenate if self._batched[name] else np.stack
         return join([self.sample(i)[name] for i in range(len(self))])
+
+    def subset(self, positions) -> "Dataset":
+        """A view of the samples at these positions of this dataset, in that order; labels follow."""
+        view = copy.copy(self)
+        positions = np.asarray(positions, dtype=np.int64)
+        view._indices = self._indices[positions]
+        view.labels = None if self.labels is None else self.labels[positions]
+        return view
 
     def mapped(self, transform: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> "Dataset":
         """A view whose samples (without batch dim) pass through `transform`; labels unchanged."""
@@ -173,9 +184,6 @@ def _first_sample_shape(path: Path, input_name: str, preprocess: dict | None) ->
                 raise UserError(f"{path}: no array named '{input_name}' (keys present: {keys}); "
                                 "save each model input under its input name")
             with archive.open(f"{input_name}.npy") as member:
-                version = np.lib.format.read_magic(member)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
                 shape, _, _ = read_header(member)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError, zlib.error) as exc:
         raise UserError(f"{path}: not a readable .npz file ({exc}); re-save it with numpy.savez") from exc
@@ -193,24 +201,32 @@ def _only_input(path: Path, specs: InputSpecs) -> str:
     return next(iter(specs))
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def _read_npy(path: Path) -> ArrayFile:
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        return ArrayFile.open_npy(path)
+    except UserError:
+        raise
     except (OSError, ValueError, EOFError, TypeError) as exc:
         raise UserError(f"{path}: not a readable numeric .npy file ({_first_line(exc)}); "
                         "save a numeric array with numpy.save") from exc
 
 
-def _read_npz(path: Path, specs: InputSpecs) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    check_npz_members(path, list(specs) + [LABELS_KEY], "input")
+def _read_npz(path: Path, specs: InputSpecs) -> tuple[dict[str, ArrayFile], np.ndarray | None]:
+    """Lazy readers for the input members (nothing but headers is read here) and the labels."""
+    check_npz_members(path, list(specs), "input", read_whole=False)  # inputs are read lazily
+    check_npz_members(path, [LABELS_KEY], "labels")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [name for name in specs if name not in archive.files]
+        with zipfile.ZipFile(path) as archive:
+            keys = {n[:-4] for n in archive.namelist() if n.endswith(".npy")}
+            missing = [name for name in specs if name not in keys]
             if missing:
                 raise UserError(f"{path}: no array for input '{missing[0]}' (keys present: "
-                                f"{sorted(archive.files)}); save each model input under its input name")
-            arrays = {name: archive[name] for name in specs}
-            labels = archive[LABELS_KEY] if LABELS_KEY in archive.files and LABELS_KEY not in specs else None
+                                f"{sorted(keys)}); save each model input under its input name")
+            arrays = {name: ArrayFile.open_member(path, archive, f"{name}.npy") for name in specs}
+            labels = None
+            if LABELS_KEY in keys and LABELS_KEY not in specs:
+                with archive.open(f"{LABELS_KEY}.npy") as member:
+                    labels = np.lib.format.read_array(member, allow_pickle=False)
     except UserError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError,
@@ -255,8 +271,10 @@ def _check_arrays(path: Path, arrays: dict[str, np.ndarray], specs: InputSpecs) 
 
 
 def _check_finite(path: Path, name: str, array: np.ndarray) -> None:
-    for start in range(0, len(array), _FINITE_CHECK_CHUNK):
-        chunk = np.asarray(array[start:start + _FINITE_CHECK_CHUNK])
+    sample_bytes = max(1, array.dtype.itemsize * int(np.prod(array.shape[1:], dtype=np.int64)))
+    step = max(1, _CHECK_CHUNK_BYTES // sample_bytes)
+    for start in range(0, len(array), step):
+        chunk = np.asarray(array[start:start + step])
         finite = np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
         if not finite.all():
             index = start + int(np.argmin(finite))
@@ -314,6 +332,41 @@ def _evenly_spaced(count: int, limit: int | None) -> np.ndarray:
     if limit is None or limit >= count:
         return np.arange(count)
     return (np.arange(limit) * count) // limit
+
+
+def evenly_spaced(count: int, keep: int) -> np.ndarray:
+    """`keep` positions of 0..count-1 spread evenly over the range (centred), sorted."""
+    keep = max(0, min(int(keep), count))
+    if keep == 0:
+        return np.zeros(0, dtype=np.int64)
+    return (np.arange(keep) * count) // keep + (count // keep) // 2
+
+
+def holdout_split(dataset: Dataset, fraction: float, max_count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration positions, held-out positions) of `dataset`: disjoint, sorted, deterministic.
+
+    Without an eval set the accuracy must be measured on samples the calibration never saw. With
+    labels the split is stratified (each class gives its share, spread evenly over the class);
+    `max_count` caps the held-out samples (the bundle keeps no more anyway); at least one is held
+    out. Fewer than 2 samples or fraction 0: nothing is held out.
+    """
+    count = len(dataset)
+    wanted = min(max(1, int(round(count * float(fraction)))), count - 1, max_count if max_count else count)
+    if count < 2 or fraction <= 0 or wanted < 1:
+        return np.arange(count), np.zeros(0, dtype=np.int64)
+    if dataset.labels is None:
+        held = evenly_spaced(count, wanted)
+    else:
+        classes, sizes = np.unique(dataset.labels, return_counts=True)
+        shares = sizes * (wanted / count)
+        per_class = np.floor(shares).astype(np.int64)
+        # the remaining samples go to the classes with the largest remainders (largest-remainder rounding)
+        extra = np.argsort(-(shares - per_class), kind="stable")[:wanted - int(per_class.sum())]
+        per_class[extra] += 1
+        held = np.concatenate([np.flatnonzero(dataset.labels == c)[evenly_spaced(int(n), int(k))]
+                               for c, n, k in zip(classes, sizes, per_class)])
+    held = np.sort(held)
+    return np.setdiff1d(np.arange(count), held), held
 
 
 # ---------------------------------------------------------------------------------------------

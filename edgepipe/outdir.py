@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -22,11 +23,18 @@ STAGING_TAG, BACKUP_TAG = "tmp", "old"  # .<out>.tmp-<pid>-xxxx and .<out>.old-<
 BACKEND_TMP_PREFIX = ".edgepipe-backend-"  # + <pid>-xxxx in the system temp folder
 
 
-def _temp_owner_alive(name: str, prefix: str) -> bool:
-    """Temp names carry their creator's pid: `<prefix><pid>-xxxx`."""
-    pid_text = name[len(prefix):].split("-", 1)[0]
+ANONYMOUS_TEMP_MAX_AGE_S = 24 * 3600  # a temp folder without a pid (another edgepipe version) is stale after this
+
+
+def _temp_owner_alive(path: Path, prefix: str) -> bool:
+    """Temp names carry their creator's pid: `<prefix><pid>-xxxx`. A name without one (written by
+    another edgepipe version, maybe running right now) counts as alive until it is a day old."""
+    pid_text = path.name[len(prefix):].split("-", 1)[0]
     if not pid_text.isdigit():
-        return False
+        try:
+            return time.time() - path.stat().st_mtime < ANONYMOUS_TEMP_MAX_AGE_S
+        except OSError:
+            return False
     try:
         os.kill(int(pid_text), 0)
     except ProcessLookupError:
@@ -42,7 +50,7 @@ def _stale(folder: Path, prefix: str) -> list[Path]:
     except OSError:
         return []
     return sorted(p for p in entries if p.name.startswith(prefix) and not p.is_symlink() and p.is_dir()
-                  and not _temp_owner_alive(p.name, prefix))
+                  and not _temp_owner_alive(p, prefix))
 
 
 def recover_interrupted_swap(out_dir: Path, is_bundle: Callable[[Path], bool]) -> None:

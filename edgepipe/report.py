@@ -18,6 +18,8 @@ from edgepipe.templating import render
 
 MAX_ACTIVATION_PLOTS = 24
 MAX_SENSITIVITY_ROWS = 20
+MAX_LAYER_BARS = 40  # per-layer chart of `edgepipe compare`: the worst tensors, shown in graph order
+MAX_LAYER_ROWS = 20
 SUMMARY_METRICS = (  # (label, path in results.json, higher is better, unit)
     ("top-1", ("accuracy", "top1"), True, ""),
     ("top-1 FP32", ("accuracy", "fp32_top1"), True, ""),
@@ -134,6 +136,25 @@ def sensitivity_section(sensitivity: dict | None) -> dict | None:
     return {"chart": chart, "rows": table, "metric": sensitivity.get("metric", ""), "total": len(nodes)}
 
 
+def layer_section(compare: dict | None) -> dict | None:
+    """`edgepipe compare`'s per-tensor SQNR along the graph (chart) and the worst tensors (table)."""
+    tensors = [t for t in ((compare or {}).get("tensors") or []) if isinstance(t, dict)]
+    measured = [t for t in tensors if isinstance(t.get("sqnr_db"), (int, float))]
+    if not measured:
+        return None
+    worst = sorted(measured, key=lambda t: t["sqnr_db"])[:MAX_LAYER_BARS]
+    along = sorted(worst, key=lambda t: t.get("position") or 0)
+    chart = charts.horizontal_bars(
+        f"SQNR vs FP32 along the graph ({len(along)} of {len(tensors)} tensors)",
+        [str(t.get("name")) for t in along], [float(t["sqnr_db"]) for t in along],
+        "dB, deployed vs FP32 at each tensor (shorter = more error)")
+    rows = [{"rank": i, "name": t.get("name"), "producer": t.get("producer", ""),
+             "sqnr_db": _fmt(t.get("sqnr_db"), "dB"), "cosine": _fmt(t.get("cosine")),
+             "alone_sqnr_db": _fmt(t.get("alone_sqnr_db"), "dB")} for i, t in enumerate(worst[:MAX_LAYER_ROWS], 1)]
+    return {"chart": chart, "rows": rows, "total": len(tensors), "deployed": str(compare.get("deployed", "")),
+            "where": str(compare.get("where", "")), "samples": compare.get("samples")}
+
+
 def activation_section(calibration: dict | None) -> dict | None:
     histograms = (calibration or {}).get("histograms") or {}
     tensors = (calibration or {}).get("tensors") or {}
@@ -159,7 +180,7 @@ def activation_section(calibration: dict | None) -> dict | None:
 
 
 def report_context(results: dict, baseline: dict | None = None, calibration: dict | None = None,
-                   sensitivity: dict | None = None) -> dict:
+                   sensitivity: dict | None = None, compare: dict | None = None) -> dict:
     accuracy = results.get("accuracy") or {}
     latency = results.get("latency_ms") or {}
     context = {
@@ -172,6 +193,8 @@ def report_context(results: dict, baseline: dict | None = None, calibration: dic
         "baseline_device": (baseline or {}).get("device") or {},
         "charts": {"accuracy": None, "latency": None, "reliability": None},
         "sensitivity": sensitivity_section(sensitivity),
+        "layers": layer_section(compare),
+        "accuracy_warnings": [str(w) for w in (results.get("accuracy_warnings") or [])],
         "activations": activation_section(calibration),
         "calibration_warnings": list((calibration or {}).get("warnings") or []),
     }
@@ -206,6 +229,7 @@ def render_report(results_path: str | Path, out_dir: str | Path | None = None, b
     context["activations"] = _section(activation_section, *calibration)
     context["calibration_warnings"] = _section(lambda c: [str(w) for w in c.get("warnings") or []], *calibration) or []
     context["sensitivity"] = _section(sensitivity_section, *sensitivity)
+    context["layers"] = _section(layer_section, *find_artifact("compare.json", places))
     out.mkdir(parents=True, exist_ok=True)
     html_path = out / "report.html"
     html_path.write_text(render("report.html.j2", **context))

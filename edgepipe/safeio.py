@@ -155,10 +155,11 @@ def available_memory_bytes() -> int | None:
 BOMB_RATIO, BOMB_MIN_BYTES = 200, 64 * MiB  # real tensors compress far less than 200:1
 
 
-def check_npz_members(path: str | Path, names, what: str = "array") -> None:
+def check_npz_members(path: str | Path, names, what: str = "array", read_whole: bool = True) -> None:
     """Refuse .npz members that would be inflated whole into more than this machine's free
-    memory, or that unpack to over 64 MB at more than 200:1 (a zip bomb; data that uniform
-    calibrates nothing). Read from the zip directory alone, before anything is inflated."""
+    memory (`read_whole`: members read a few samples at a time need no such limit), or that
+    unpack to over 64 MB at more than 200:1 (a zip bomb; data that uniform calibrates nothing).
+    Read from the zip directory alone, before anything is inflated."""
     import zipfile
 
     try:
@@ -172,7 +173,7 @@ def check_npz_members(path: str | Path, names, what: str = "array") -> None:
         if info is None:
             continue
         size = info.file_size
-        if limit is not None and size > limit:
+        if read_whole and limit is not None and size > limit:
             raise UserError(f"{path}: {what} '{name}' unpacks to {size} bytes, more than the {limit} bytes of "
                             f"free memory here; pass fewer samples (split the file or set calibration.max_samples)")
         if size > BOMB_MIN_BYTES and size > BOMB_RATIO * max(info.compress_size, 1):

@@ -120,6 +120,14 @@ class Target:
         they cannot run on the build host (the planner then trusts ONNX Runtime Q/DQ)."""
         return None
 
+    def deployed_probe(self, bundle: Path, manifest: dict, tensors: list[str] | None = None):
+        """The bundle's deployed model running on this host with its intermediate tensors readable
+        (only `tensors` are needed when given, e.g. the outputs):
+        an object with `description`, `where` ("host", or "host emulation" when it is not the
+        device's runtime), `run(feed, fp32_tensors) -> {ONNX tensor name: float32 array in ONNX
+        layout}` and `close()`; None when it cannot run here (`edgepipe compare` then says so)."""
+        return None
+
     def describe(self) -> dict:
         return {
             "name": self.name,

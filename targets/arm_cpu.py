@@ -63,3 +63,8 @@ class ArmCpuTarget(Target):
         options = {k: v for k, v in settings.items() if k in ("int8_io", "keep_layout") and v is not None}
         options["target"] = self.name
         return tflite_evaluator(model, calibration, dataset, options)
+
+    def deployed_probe(self, bundle: Path, manifest: dict, tensors: list[str] | None = None):
+        from edgepipe.backends.tflite.probe import TfliteTensorProbe
+
+        return TfliteTensorProbe(bundle, manifest)

@@ -18,6 +18,9 @@ VERIFIED_HERE = (
 )
 
 
+HOST_EMULATION = "host emulation, not device"
+
+
 class TensorRTTarget(Target):
     backend = "tensorrt"
     input_layout = "NCHW"
@@ -52,4 +55,14 @@ class TensorRTTarget(Target):
             "device_generated": ["model.plan", "timing.cache"],
         }
         return BackendResult(files=list(result["files"]), io=describe_io(model), manifest=manifest)
+
+    def deployed_probe(self, bundle: Path, manifest: dict, tensors: list[str] | None = None):
+        """The bundle's Q/DQ ONNX in ONNX Runtime: TensorRT's int8 arithmetic emulated on this host
+        (the engine itself fuses layers and picks kernels on the device)."""
+        from edgepipe import graph
+        from edgepipe.backends.tensorrt import QDQ_MODEL_FILE
+        from edgepipe.compare import OnnxTensorProbe
+
+        model = graph.load_model(Path(bundle) / QDQ_MODEL_FILE)
+        return OnnxTensorProbe(model, f"{QDQ_MODEL_FILE} in ONNX Runtime", HOST_EMULATION, tensors)
 

@@ -8,7 +8,8 @@ TENSORRT_BACKEND = "edgepipe.backends.tensorrt"
 # the TensorRT targets (their plugin modules) and the backend itself may import it
 TENSORRT_CODE = ("edgepipe/backends/tensorrt/", "targets/tensorrt_family.py", "targets/jetson.py",
                  "targets/desktop_gpu.py")
-ACCURACY_TOOLS = ("edgepipe/sensitivity.py", "edgepipe/precision.py", "edgepipe/qat.py", "edgepipe/cli_accuracy.py")
+ACCURACY_TOOLS = ("edgepipe/sensitivity.py", "edgepipe/precision.py", "edgepipe/qat.py", "edgepipe/cli_accuracy.py",
+                  "edgepipe/compare.py")
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -136,16 +136,30 @@ def test_peak_memory_does_not_grow_with_samples(model):
 
 
 def test_stability_warns_on_shifted_set_not_on_iid(model):
+    """Unstable thresholds are measured here; the warning needs them to move the int8 output."""
+    from edgepipe.calibrate import stability
+    from edgepipe.targets import load_target
+
+    def quantize(m, c):
+        return load_target("jetson").qdq_model(m, c)[0]
+
     rng = np.random.default_rng(2)
     x = rng.normal(size=(256, 3, 8, 8))
     steady = calibrate(model, ArrayDataset(x), {"method": "mse"})
-    assert not any("vary" in w for w in steady.warnings), steady.warnings
+    assert stability.unstable_tensors(steady) == []
+    assert stability.output_effect(model, steady, ArrayDataset(x), quantize) is None
     shifted = x * np.repeat([0.3, 1.0, 1.0, 3.0], 64)[:, None, None, None]
     drifting = calibrate(model, ArrayDataset(shifted), {"method": "mse"})
-    warning = [w for w in drifting.warnings if "vary > 10% across rounds" in w]
-    assert warning and "(first: 'x')" in warning[0]
+    assert not any("vary" in w for w in drifting.warnings)  # calibration alone cannot tell whether it matters
+    assert "x" in stability.unstable_tensors(drifting)
     assert drifting.tensors["x"].stability["spread"] > 0.5 > steady.tensors["x"].stability["spread"]
     assert drifting.tensors["x"].stability["kl_noise"] > 1.0 > steady.tensors["x"].stability["kl_noise"]
+    effect = stability.output_effect(model, drifting, ArrayDataset(shifted), quantize)
+    assert effect["warn"] and effect["drop_db"] > stability.OUTPUT_DROP_DB and len(effect["sqnr_rounds_db"]) == 4
+    # the drop is measured: round 0's thresholds (0.3x data) clip the rest, so that round is the worst
+    assert min(effect["sqnr_rounds_db"]) == effect["sqnr_rounds_db"][0] < effect["sqnr_chosen_db"]
+    warning = stability.effect_warning(effect)
+    assert "(first: '" in warning and "change the output" in warning
 
 
 def test_small_set_warning(model):

@@ -282,6 +282,10 @@ def test_interrupted_swap_is_recovered_and_stale_temp_folders_removed(tmp_path, 
     dead = 2 ** 22 + 12345  # above Linux's pid_max: no such process
     (system_tmp / f".edgepipe-backend-{dead}-abc").mkdir()  # a killed build's backend folder
     (system_tmp / f".edgepipe-backend-{os.getpid()}-abc").mkdir()  # a running one's
+    (system_tmp / ".edgepipe-backend-abc").mkdir()  # no pid (another version, maybe running): kept
+    old_anonymous = system_tmp / ".edgepipe-backend-old"  # no pid and two days old: removed
+    old_anonymous.mkdir()
+    os.utime(old_anonymous, (time.time() - 2 * 86400,) * 2)
     backup = tmp_path / f".out.old-{dead}-abc"
     os.rename(out, backup)  # killed between the two renames: no bundle at --out
     stale = tmp_path / f".out.tmp-{dead}-xyz"
@@ -292,7 +296,8 @@ def test_interrupted_swap_is_recovered_and_stale_temp_folders_removed(tmp_path, 
     check_out_dir(out)
     assert (out / "manifest.json").is_file() and verify_bundle(out) == []
     assert not backup.exists() and not stale.exists() and live.exists()
-    assert sorted(p.name for p in system_tmp.iterdir()) == [f".edgepipe-backend-{os.getpid()}-abc"]
+    assert sorted(p.name for p in system_tmp.iterdir()) == sorted(
+        [f".edgepipe-backend-{os.getpid()}-abc", ".edgepipe-backend-abc"])
 
 
 def test_sigterm_during_build_leaves_no_temp_folder(tmp_path):
@@ -392,13 +397,19 @@ def test_constant_and_all_zero_calibration_data_are_warned_by_name(tmp_path):
 
 
 def test_npz_member_larger_than_free_memory_is_refused_before_inflating(tmp_path, monkeypatch):
+    """Labels are inflated whole, so they are checked against free memory; inputs are read a few
+    samples at a time (edgepipe/npyfile.py), so an input larger than free memory still loads."""
     from edgepipe import safeio
     from edgepipe.data import load_dataset
 
-    np.savez_compressed(tmp_path / "bomb.npz", x=np.zeros((64, 3, 8, 8), dtype=np.float32))  # 49 KB of zeros
+    x = np.random.default_rng(0).standard_normal((64, 3, 8, 8)).astype(np.float32)  # 49 KB
+    np.savez_compressed(tmp_path / "big.npz", x=x, labels=np.zeros(2000, dtype=np.int64))  # labels: 16 KB
     monkeypatch.setattr(safeio, "available_memory_bytes", lambda: 10_000)
-    with pytest.raises(UserError, match="bomb.npz: input 'x' unpacks to .* free memory"):
-        load_dataset(tmp_path / "bomb.npz", {"x": ((1, 3, 8, 8), np.dtype(np.float32))})
+    with pytest.raises(UserError, match="big.npz: labels 'labels' unpacks to .* free memory"):
+        load_dataset(tmp_path / "big.npz", {"x": ((1, 3, 8, 8), np.dtype(np.float32))})
+    np.savez_compressed(tmp_path / "inputs.npz", x=x)
+    dataset = load_dataset(tmp_path / "inputs.npz", {"x": ((1, 3, 8, 8), np.dtype(np.float32))})
+    np.testing.assert_array_equal(dataset.sample(63)["x"][0], x[63])
 
 
 def test_swap_without_atomic_exchange_still_replaces_and_keeps_results(tmp_path, monkeypatch):

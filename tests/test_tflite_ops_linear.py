@@ -11,12 +11,13 @@ from tests.tflite_harness import check_conformance, make_model
 RNG = np.random.default_rng(11)
 
 
-@pytest.mark.parametrize("trans_b,alpha,beta,bias_shape", [(1, 1.0, 1.0, [5]), (0, 0.5, 2.0, [1, 5]), (1, 1.0, 1.0, None)])
+@pytest.mark.parametrize("trans_b,alpha,beta,bias_shape",
+                         [(1, 1.0, 1.0, [5]), (0, 0.5, 2.0, [1, 5]), (1, 1.0, 1.0, None), (1, 2.0, -0.5, [])])
 def test_gemm_matches_onnxruntime(trans_b, alpha, beta, bias_shape, tmp_path):
     weights = RNG.normal(size=(5, 12) if trans_b else (12, 5)).astype(np.float32)
     inits = {"w": weights}
     inputs = ["x", "w"]
-    if bias_shape:
+    if bias_shape is not None:
         inits["b"] = RNG.normal(size=bias_shape).astype(np.float32)
         inputs.append("b")
     node = helper.make_node("Gemm", inputs, ["y"], name="fc", transB=trans_b, alpha=alpha, beta=beta)
@@ -44,3 +45,57 @@ def test_gemm_relu_is_fused(tmp_path):
     model = make_model(nodes, {"x": [1, 9]}, ["y"], {"w": RNG.normal(size=(7, 9)).astype(np.float32)})
     report = check_conformance(model, tmp_path)
     assert "RELU" not in report.result["op_histogram"]
+
+
+@pytest.mark.parametrize("c_shape", [[5], [1, 5], [3, 5], [3, 1], []], ids=["N", "1xN", "MxN", "Mx1", "scalar"])
+def test_gemm_computed_c_is_fully_connected_plus_add(c_shape, tmp_path):
+    """C computed by another branch (what onnxsim writes when it fuses MatMul + Add): FULLY_CONNECTED
+    without bias, then ADD; a float island in the int8 model (the product has no calibrated range)."""
+    branch = (helper.make_node("Relu", ["z"], ["c"], name="c_branch") if c_shape else
+              helper.make_node("ReduceMax", ["z"], ["c"], name="c_branch", keepdims=0))
+    nodes = [branch, helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="fc", alpha=0.5, transB=1)]
+    model = make_model(nodes, {"x": [3, 12], "z": c_shape or [4]}, ["y"],
+                       {"w": RNG.normal(size=(5, 12)).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    assert report.result["op_histogram"]["FULLY_CONNECTED"] == 1 and report.result["op_histogram"]["ADD"] == 1
+    assert report.result["float_nodes"] == ["fc"]
+
+
+@pytest.mark.parametrize("c_shape", [[3, 5], [3, 1]], ids=["MxN", "Mx1"])
+def test_gemm_constant_c_that_is_not_a_bias(c_shape, tmp_path):
+    node = helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="fc", beta=-1.5)
+    inits = {"w": RNG.normal(size=(12, 5)).astype(np.float32), "c": RNG.normal(size=c_shape).astype(np.float32)}
+    report = check_conformance(make_model([node], {"x": [3, 12]}, ["y"], inits), tmp_path)
+    assert report.result["op_histogram"]["ADD"] == 1
+
+
+def test_gemm_beta_on_computed_c_is_refused_in_one_line():
+    from edgepipe.backends.tflite import unsupported_nodes
+
+    nodes = [helper.make_node("Relu", ["z"], ["c"], name="c_branch"),
+             helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="fc", beta=2.0)]
+    model = make_model(nodes, {"x": [3, 12], "z": [5]}, ["y"], {"w": RNG.normal(size=(12, 5)).astype(np.float32)})
+    problems = unsupported_nodes(model, "arm-cpu")
+    assert [(name, op) for name, op, _ in problems] == [("fc", "Gemm")]
+    assert "beta=2.0 with a computed C" in problems[0][2] and "\n" not in problems[0][2]
+
+
+@pytest.mark.parametrize("computed_c", [False, True], ids=["bias", "computed-c"])
+def test_gemm_trans_a_is_a_transpose(computed_c, tmp_path):
+    inits = {"w": RNG.normal(size=(12, 5)).astype(np.float32)}
+    nodes, inputs = [], {"x": [12, 3]}
+    if computed_c:
+        nodes.append(helper.make_node("Relu", ["z"], ["c"], name="c_branch"))
+        inputs["z"] = [3, 5]
+    else:
+        inits["c"] = RNG.normal(size=[5]).astype(np.float32)
+    nodes.append(helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="fc", transA=1, alpha=0.75))
+    report = check_conformance(make_model(nodes, inputs, ["y"], inits), tmp_path)
+    assert report.result["op_histogram"]["TRANSPOSE"] == 1
+
+
+def test_matmul_constant_with_batch_dims_is_batch_matmul(tmp_path):
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="batched")
+    model = make_model([node], {"x": [1, 3, 4, 6]}, ["y"], {"w": RNG.normal(size=(3, 6, 2)).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    assert report.result["op_histogram"]["BATCH_MATMUL"] == 1 and report.result["float_nodes"] == ["batched"]

@@ -14,7 +14,7 @@ import onnx
 from edgepipe import graph
 from edgepipe.backends import support
 from edgepipe.backends.tflite import ops, validator, writer
-from edgepipe.backends.tflite.lower import BACKEND, NHWC, Lowering, prepare_model
+from edgepipe.backends.tflite.lower import BACKEND, NHWC, Lowering, ShapeUnknownError, prepare_model
 from edgepipe.errors import UnsupportedOpError, UserError
 
 INT8_FILE = "model.tflite"
@@ -25,18 +25,24 @@ def unsupported_nodes(model: onnx.ModelProto, target: str = BACKEND) -> list[tup
     """(node name, op type, reason) for every node the TFLite backend cannot lower.
 
     Operators come first (custom domains, control flow, opsets; subgraphs included) and need no
-    shapes; the per-node checks of registered lowerings then run on the top-level graph."""
+    shapes; the per-node checks of registered lowerings then run on the top-level graph. A check
+    that needs a shape a dynamic input leaves unknown says so ("needs static shapes") instead of
+    guessing: the build fixes the shapes first and checks again."""
     named = onnx.ModelProto()
     named.CopyFrom(model)
     graph.ensure_node_names(named)
     problems = support.unsupported_operators(named, ops.registry(), target)
     listed = {name for name, _, _ in problems}
     ctx = Lowering(prepare_model(named), options={"target": target})
+    dynamic = [i.name for i in graph.graph_inputs(named) if not graph.is_static(graph.declared_shape(i))]
     for node in ctx.model.graph.node:
         if node.op_type == "Constant" or node.name in listed:
             continue
         try:
             reason = ctx.unsupported_reason(node)
+        except ShapeUnknownError as exc:
+            reason = (f"needs static shapes: pass --input-shape {dynamic[0]}:1x... (tensor '{exc.tensor}' is "
+                      "dynamic)" if dynamic else str(exc))
         except UserError as exc:
             reason = str(exc)
         if reason:

@@ -43,6 +43,17 @@ MIN_BIAS_SCALE = 1e-10
 ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 
 
+class ShapeUnknownError(UserError):
+    """A lowering or check needed a static shape that shape inference did not give: the graph still
+    has dynamic dims (fix them with --input-shape) or a shape computed from data at run time."""
+
+    def __init__(self, name: str, dims):
+        self.tensor = name
+        shown = "unknown rank" if dims is None else str(list(dims))
+        super().__init__(f"tensor '{name}' has no static shape ({shown}); pass --input-shape NAME:1x... for every "
+                         "dynamic input, or export the model with fixed shapes")
+
+
 def identity(rank: int) -> tuple[int, ...]:
     return tuple(range(rank))
 
@@ -118,18 +129,33 @@ class Lowering:
         self.graph_outputs = [o.name for o in model.graph.output]
 
     # ----- ONNX side ---------------------------------------------------------------------------
-    def shape(self, name: str) -> list[int]:
+    def declared_dims(self, name: str) -> list | None:
+        """The tensor's dims as inferred (symbolic ones included); None when even the rank is unknown."""
         if name in self.constants:
             return list(self.constants[name].shape)
         info = self.infos.get(name)
-        dims = graph.tensor_shape(info) if info is not None else None
-        if dims is None or any(not isinstance(d, int) or d <= 0 for d in dims):
-            raise UserError(f"tensor '{name}' has no static shape ({dims}); export the model with fixed "
-                            "input shapes")
-        return dims
+        dims = graph.declared_shape(info) if info is not None else None
+        return list(dims) if dims is not None else None
+
+    def shape(self, name: str) -> list[int]:
+        dims = self.declared_dims(name)
+        if not graph.is_static(dims):
+            raise ShapeUnknownError(name, dims)
+        return [int(d) for d in dims]
+
+    def dim(self, name: str, axis: int) -> int:
+        """One static dim (a channel count of a tensor whose batch is still symbolic), or ShapeUnknownError."""
+        dims = self.declared_dims(name)
+        if dims is None or not -len(dims) <= axis < len(dims) or not graph.is_static_dim(dims[axis]):
+            raise ShapeUnknownError(name, dims)
+        return int(dims[axis])
 
     def rank(self, name: str) -> int:
-        return len(self.shape(name))
+        """Known for dynamic dims too (checks that only need the rank decide on a dynamic graph)."""
+        dims = self.declared_dims(name)
+        if dims is None:
+            raise ShapeUnknownError(name, dims)
+        return len(dims)
 
     def constant(self, name: str) -> np.ndarray | None:
         return self.constants.get(name) if name else None
@@ -366,15 +392,21 @@ class Lowering:
             self.spec.inputs.append(index)
 
     def _add_outputs(self) -> None:
+        """Every graph output under its ONNX name (run.py and the report match outputs by name).
+
+        An output that is also a graph input (a pass-through) or already an output gets its own
+        tensor, a RESHAPE copy; the input keeps its name too (inputs and outputs are looked up
+        separately). Other tensors that carry the name (another layout or dtype) are renamed."""
+        inputs = set(self.spec.inputs)
         for name in self.graph_outputs:
             index = self.get(name, self.io_dtype(), self.io_perm(name))
-            if index in self.spec.inputs or index in self.spec.outputs:
-                tensor = self.tensor(index)  # an output that is also an input: give it its own tensor
-                copy = self.temp(name, tensor.shape, tensor.dtype, tensor.quantization)
+            if index in inputs or index in self.spec.outputs:
+                tensor = self.tensor(index)
+                copy = self.temp(f"{name};copy", tensor.shape, tensor.dtype, tensor.quantization)
                 self.emit("RESHAPE", [index, self.int32_constant(f"{name}/shape", tensor.shape)], [copy])
                 index = copy
-            for other in self.spec.tensors:
-                if other.name == name:
+            for position, other in enumerate(self.spec.tensors):
+                if other.name == name and position not in inputs:
                     other.name = f"{name};internal"
             self.tensor(index).name = name
             self.spec.outputs.append(index)

@@ -143,9 +143,13 @@ def _check_graph(spec: ModelSpec) -> list[Problem]:
         if not 0 <= index < count:
             problems.append(Problem("io", f"graph input/output {index} is not a tensor"))
             return problems
-    io_names = [spec.tensors[i].name for i in spec.inputs + spec.outputs]
-    if len(set(io_names)) != len(io_names):
-        problems.append(Problem("io", f"input/output tensor names are not unique: {io_names}"))
+    for index in set(spec.inputs) & set(spec.outputs):  # a pass-through output needs its own tensor (a copy)
+        problems.append(Problem("io", f"tensor '{spec.tensors[index].name}' is both a graph input and output"))
+    for kind, indices in (("input", spec.inputs), ("output", spec.outputs)):
+        # the signature maps inputs and outputs separately: a pass-through has one name in each
+        io_names = [spec.tensors[i].name for i in indices]
+        if len(set(io_names)) != len(io_names):
+            problems.append(Problem("io", f"{kind} tensor names are not unique: {io_names}"))
     available = set(spec.inputs) | {i for i, t in enumerate(spec.tensors) if t.buffer > 0}
     produced: set[int] = set()
     for position, op in enumerate(spec.operators):

@@ -12,7 +12,7 @@ import numpy as np
 
 from edgepipe.backends.tflite.lower import NHWC, Lowering, node_attrs
 from edgepipe.backends.tflite.ops import register
-from edgepipe.backends.tflite.ops.spatial import SAME, VALID, choose_padding, pad_nhwc, spatial_attrs
+from edgepipe.backends.tflite.ops.spatial import SAME, VALID, choose_padding, pad_nhwc, spatial_attrs, window_problem
 
 
 def check_conv(ctx: Lowering, node) -> str | None:
@@ -22,6 +22,8 @@ def check_conv(ctx: Lowering, node) -> str | None:
         return "the bias must be a constant initializer"
     if ctx.rank(node.input[0]) != 4:
         return "only 1-D and 2-D convolutions (3-D or 4-D NCHW input) are supported"
+    if window_problem(node):
+        return window_problem(node)
     weights = ctx.constant(node.input[1])
     groups = node_attrs(node).get("group", 1)
     if groups > 1 and weights.shape[0] % groups:

@@ -2,6 +2,12 @@
 
 FULLY_CONNECTED wants weights [out, in]; alpha/beta and transB are folded into the constants at
 convert time. Weights are quantized per output channel, the bias to int32.
+
+A Gemm whose C is not a per-column constant bias (C computed by another branch, which onnxsim
+makes when it fuses MatMul + Add, or a constant [M, N] / [M, 1] table) is FULLY_CONNECTED
+without bias, then ADD of beta * C. The product A * B is no ONNX tensor, so calibration has no
+range for it: that Gemm is lowered as a float island (its inputs and output stay int8).
+transA=1 is a TRANSPOSE of A before FULLY_CONNECTED.
 """
 
 from __future__ import annotations
@@ -12,38 +18,88 @@ from edgepipe.backends.tflite.lower import Lowering, identity, node_attrs
 from edgepipe.backends.tflite.ops import register
 
 
+def _c_input(node) -> str | None:
+    return node.input[2] if len(node.input) > 2 and node.input[2] else None
+
+
+def _bias_vector(ctx: Lowering, node) -> np.ndarray | None:
+    """beta * C as FULLY_CONNECTED's per-column bias, or None when C is not constant per column."""
+    name = _c_input(node)
+    columns = ctx.dim(node.output[0], 1)
+    if name is None:
+        return np.zeros(columns, np.float32)
+    bias = ctx.constant(name)
+    if bias is None or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1) or bias.size not in (1, columns):
+        return None
+    return np.broadcast_to(np.asarray(bias, np.float32).ravel(), (columns,)) * float(node_attrs(node).get("beta", 1.0))
+
+
 def check_gemm(ctx: Lowering, node) -> str | None:
     attrs = node_attrs(node)
-    if attrs.get("transA", 0):
-        return "transA=1 is not supported; transpose A before the Gemm"
     if ctx.constant(node.input[1]) is None:
         return "B must be a constant initializer"
-    if len(node.input) > 2 and node.input[2]:
-        bias = ctx.constant(node.input[2])
-        if bias is None:
-            return "C must be a constant initializer"
-        if bias.size not in (1, ctx.shape(node.output[0])[1]):
-            return f"C of shape {list(bias.shape)} is not a per-output-column bias"
+    name = _c_input(node)
+    if name is not None and ctx.constant(name) is None and float(attrs.get("beta", 1.0)) != 1.0:
+        return f"beta={attrs['beta']} with a computed C is not supported; scale C before the Gemm"
     return None
 
 
-@register("Gemm", check=check_gemm)
+def _gemm_int8(ctx: Lowering, node) -> bool:
+    return _bias_vector(ctx, node) is not None
+
+
+@register("Gemm", check=check_gemm, int8=_gemm_int8)
 def lower_gemm(ctx: Lowering, node) -> None:
     attrs = node_attrs(node)
     weights = np.asarray(ctx.constant(node.input[1]), np.float32) * float(attrs.get("alpha", 1.0))
     weights = weights if attrs.get("transB", 0) else weights.T
-    columns = weights.shape[0]
-    bias = np.zeros(columns, np.float32)
-    if len(node.input) > 2 and node.input[2]:
-        bias = np.broadcast_to(np.asarray(ctx.constant(node.input[2]), np.float32).ravel(), (columns,)) \
-            * float(attrs.get("beta", 1.0))
-    _fully_connected(ctx, node, weights, bias)
+    x = _gemm_a(ctx, node)
+    bias = _bias_vector(ctx, node)
+    if bias is not None:
+        _fully_connected(ctx, node, weights, bias, x)
+        return
+    _fully_connected_plus(ctx, node, weights, _c_input(node), float(attrs.get("beta", 1.0)), x)
 
 
-def _fully_connected(ctx: Lowering, node, weights: np.ndarray, bias: np.ndarray) -> None:
+def _gemm_a(ctx: Lowering, node) -> int:
+    """A as [M, K]: transA=1 is a TRANSPOSE (it keeps the int8 parameters)."""
+    dtype = ctx.node_dtype(node)
+    x = ctx.get(node.input[0], dtype, identity(2))
+    if not node_attrs(node).get("transA", 0):
+        return x
+    source = ctx.tensor(x)
+    transposed = ctx.temp(f"{node.name};a_t", list(source.shape)[::-1], dtype, source.quantization)
+    ctx.emit("TRANSPOSE", [x, ctx.int32_constant(f"{node.name};a_perm", [1, 0])], [transposed], node)
+    return transposed
+
+
+def _fully_connected_plus(ctx: Lowering, node, weights: np.ndarray, c_name: str, beta: float, x: int) -> None:
+    """FULLY_CONNECTED (no bias) into a temporary, then ADD of beta * C with ONNX broadcasting."""
+    dtype = ctx.node_dtype(node)
+    shape = ctx.shape(node.output[0])
+    product = ctx.temp(f"{node.name};product", shape, dtype)
+    filter_index, bias_index = ctx.filter_and_bias(node.name, weights, 0, np.zeros(weights.shape[0], np.float32),
+                                                   x, dtype)
+    ctx.emit("FULLY_CONNECTED", [x, filter_index, bias_index], [product], node, "FullyConnectedOptions",
+             FusedActivationFunction=0, KeepNumDims=False)
+    if ctx.constant(c_name) is not None:
+        addend = ctx.add_weight_constant(f"{node.name};c", _padded(ctx.constant(c_name), 2) * beta, dtype)
+    else:
+        addend = ctx.broadcast_input(c_name, dtype, identity(2), 2)
+    activation, out_name = ctx.fuse_activation(node)
+    out = ctx.new_value(out_name, dtype, identity(2))
+    ctx.emit("ADD", [product, addend], [out], node, "AddOptions", FusedActivationFunction=activation)
+
+
+def _padded(value, rank: int) -> np.ndarray:
+    value = np.asarray(value, np.float32)
+    return value.reshape((1,) * (rank - value.ndim) + value.shape)
+
+
+def _fully_connected(ctx: Lowering, node, weights: np.ndarray, bias: np.ndarray, x: int | None = None) -> None:
     dtype = ctx.node_dtype(node)
     rank = ctx.rank(node.input[0])
-    x = ctx.get(node.input[0], dtype, identity(rank))
+    x = ctx.get(node.input[0], dtype, identity(rank)) if x is None else x
     activation, out_name = ctx.fuse_activation(node)
     out = ctx.new_value(out_name, dtype, identity(ctx.rank(node.output[0])))
     filter_index, bias_index = ctx.filter_and_bias(node.name, weights, 0, bias, x, dtype)
@@ -52,18 +108,26 @@ def _fully_connected(ctx: Lowering, node, weights: np.ndarray, bias: np.ndarray)
 
 
 def check_matmul(ctx: Lowering, node) -> str | None:
-    weights = ctx.constant(node.input[1])
-    if weights is not None and weights.ndim != 2:
-        return "a constant B must be 2-D"
     if ctx.rank(node.input[0]) < 2 or ctx.rank(node.input[1]) < 2:
         return "1-D MatMul operands are not supported; reshape to 2-D"
     return None
 
 
-@register("MatMul", check=check_matmul)
+def _constant_2d_weights(ctx: Lowering, node) -> bool:
+    weights = ctx.constant(node.input[1])
+    return weights is not None and weights.ndim == 2
+
+
+def _matmul_int8(ctx: Lowering, node) -> bool:
+    """A constant B with batch dims is BATCH_MATMUL with a constant operand: float (int8
+    BATCH_MATMUL would need one activation-style scale for all its weights)."""
+    return ctx.constant(node.input[1]) is None or _constant_2d_weights(ctx, node)
+
+
+@register("MatMul", check=check_matmul, int8=_matmul_int8)
 def lower_matmul(ctx: Lowering, node) -> None:
     weights = ctx.constant(node.input[1])
-    if weights is not None:
+    if _constant_2d_weights(ctx, node):
         weights = np.asarray(weights, np.float32).T
         _fully_connected(ctx, node, weights, np.zeros(weights.shape[0], np.float32))
         return

@@ -120,7 +120,8 @@ def _affine(ctx: Lowering, node, normalized: int, gamma: int, beta: int | None, 
 def check_group_norm(ctx: Lowering, node) -> str | None:
     if len(node.input) < 3 or any(ctx.constant(name) is None for name in node.input[1:3]):
         return "scale and bias must be constants"
-    channels, groups = ctx.shape(node.input[0])[1], int(node_attrs(node).get("num_groups", 0))
+    groups = int(node_attrs(node).get("num_groups", 0))
+    channels = ctx.dim(node.input[0], 1) if ctx.rank(node.input[0]) >= 3 else 0
     if ctx.rank(node.input[0]) < 3 or groups < 1 or channels % groups:
         return f"num_groups={groups} must divide the {channels} channels of a >= 3-D NCHW input"
     if node_attrs(node).get("stash_type", 1) != 1:

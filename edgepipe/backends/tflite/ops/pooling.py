@@ -23,7 +23,8 @@ import numpy as np
 
 from edgepipe.backends.tflite.lower import NHWC, Lowering, node_attrs
 from edgepipe.backends.tflite.ops import register
-from edgepipe.backends.tflite.ops.spatial import SAME, VALID, onnx_pads, output_size, pad_nhwc, same_pads, spatial_attrs
+from edgepipe.backends.tflite.ops.spatial import (SAME, VALID, onnx_pads, output_size, pad_nhwc, same_pads,
+                                                spatial_attrs, window_problem)
 
 POOLS = {"MaxPool": "MAX_POOL_2D", "AveragePool": "AVERAGE_POOL_2D"}
 
@@ -86,6 +87,8 @@ def check_pool(ctx: Lowering, node) -> str | None:
         return "only 1-D and 2-D pooling (3-D or 4-D NCHW input) is supported"
     if len(node.output) > 1 and node.output[1]:
         return "MaxPool indices output is not supported"
+    if window_problem(node):
+        return window_problem(node)
     in_hw, kernel, strides, dilations = spatial_attrs(ctx, node)
     if any(d != 1 for d in dilations):
         return "dilated pooling is not supported"

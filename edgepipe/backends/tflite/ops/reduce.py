@@ -35,8 +35,8 @@ def reduce_axes(ctx: Lowering, node) -> list[int] | None:
         axes = np.asarray(axes).ravel().tolist()
     else:
         axes = []
-    if not axes:
-        return [] if attrs.get("noop_with_empty_axes", 0) else list(range(rank))
+    if not axes or rank == 0:  # a scalar has nothing to reduce
+        return [] if attrs.get("noop_with_empty_axes", 0) or rank == 0 else list(range(rank))
     return sorted({int(a) % rank for a in axes})
 
 

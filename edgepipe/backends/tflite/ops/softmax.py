@@ -48,6 +48,8 @@ def axis_last(perm, axis: int) -> tuple[int, ...]:
 
 
 def check_softmax(ctx: Lowering, node) -> str | None:
+    if ctx.rank(node.input[0]) == 0:
+        return "a scalar input has no axis to normalize over"
     if ctx.rank(node.input[0]) > 5:
         return "more than 5 dimensions"
     return None

@@ -67,6 +67,16 @@ def spatial_attrs(ctx: Lowering, node, kernel=None):
     return in_hw, kernel, strides, dilations
 
 
+def window_problem(node) -> str | None:
+    """Kernel, strides and dilations below 1 (a hand-edited or hostile file): refused before any
+    size arithmetic divides by them."""
+    attrs = node_attrs(node)
+    for name in ("kernel_shape", "strides", "dilations"):
+        if any(int(v) < 1 for v in attrs.get(name, [])):
+            return f"{name}={list(attrs[name])} must be positive"
+    return None
+
+
 def pad_nhwc(ctx: Lowering, node, x: int, pads: list[int], fill: float | None = None) -> int:
     """Pad an NHWC tensor spatially; zero fill (PAD) or a given fill value (PADV2)."""
     source = ctx.tensor(x)
