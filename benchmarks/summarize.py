@@ -168,6 +168,40 @@ def real_model_corpus(data: dict) -> list[str]:
         peer = fmt(min(row["ort_minmax_sqnr_db"]), 1) if row.get("ort_minmax_sqnr_db") else "fails"
         lines.append(f"| {name} | {row['family']} | {'x'.join(map(str, row.get('input', [])))} | {fp32} | {int8(arm)} | "
                      f"{int8(jetson)} | {peer} | {verdict(row)} | {fmt(arm.get('wall_s'), 0)} / {fmt(jetson.get('wall_s'), 0)} |")
+def onnx_node_conformance(data: dict) -> list[str]:
+    versions = data["versions"]
+    lines = [f"onnx {versions['onnx']} backend tests ({data['all_cases']} cases with tensor data), through "
+             f"`edgepipe build`; onnxruntime {versions['onnxruntime']}, ai-edge-litert {versions['ai_edge_litert']}.", "",
+             "| suite | cases selected | claimed | built | matched | refused (one line) | wrong numbers | crashed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, suite in data["suites"].items():
+        lines.append(f"| {name} | {suite['cases_selected']} | {suite['claimed_cases']} | {suite['built']} | "
+                     f"{suite['matched']} | {suite['refused']} | {suite['mismatch']} | {suite['crashed']} |")
+    return lines
+
+
+def arm_speed(data: dict) -> list[str]:
+    host = data["host"]
+    features = ", ".join(flag for flag, present in host["flags"].items() if present) or "none of the listed"
+    lines = [f"Host {host['machine']} ({host['cpu']}), {host['cores']} cores shared; CPU features: {features}; "
+             f"int8 dot-product instructions: {'yes' if host['int8_dot_product'] else 'no'}. LiteRT "
+             f"{data['litert']}, XNNPACK; latency = median of {data['rounds']} alternating rounds of "
+             f"{data['iterations']} invocations.", "",
+             "| model | XNNPACK partitions (int8) | ops outside | TRANSPOSE / ONNX Transpose | int8 ms (1 thr) | "
+             "fp32 ms (1 thr) | int8/fp32 1 thr | int8/fp32 4 thr |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in data["models"].items():
+        if "error" in row:
+            lines.append(f"| {name} | build failed: {row['error']} | | | | | | |")
+            continue
+        outside = ", ".join(f"{op} x{n}" for op, n in row["int8"]["outside"].items()) or "-"
+        one, four = row["latency_ms"]["1"], row["latency_ms"]["4"]
+        lines.append(f"| {name} | {row['int8']['partitions']} | {outside} | {row['tflite_transposes']} / "
+                     f"{row['onnx_transposes']} | {fmt(one['int8'])} | {fmt(one['fp32'])} | "
+                     f"{fmt(one['int8_over_fp32'], 2)} | {fmt(four['int8_over_fp32'], 2)} |")
+    return lines
+
+
 def bounded_cost(data: dict) -> list[str]:
     method = data["rss_method"]
     lines = [f"`edgepipe build --target {data['target']}` on the model as shipped, no --eval, one fresh child "
@@ -212,6 +246,9 @@ SECTIONS = [
      "tflite_vs_ai_edge_quantizer", tflite_vs_ai_edge_quantizer),
     ("Accuracy recovery: PTQ vs mixed precision vs QAT+KD (`benchmarks/accuracy_recovery.py`)", "accuracy_recovery", accuracy_recovery),
     ("Build time per stage (`benchmarks/build_stages.py`)", "build_stages", build_stages),
+    ("ONNX backend node tests through the CLI (`benchmarks/onnx_node_conformance.py`)", "onnx_node_conformance",
+     onnx_node_conformance),
+    ("ARM CPU speed: delegation, transposes, int8/fp32 (`benchmarks/arm_speed.py`)", "arm_speed", arm_speed),
     ("Build cost vs number of calibration samples (`benchmarks/bounded_cost.py`)", "bounded_cost", bounded_cost),
 ]
 

@@ -108,7 +108,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
 
     fold_settings = fold_settings_of(settings)
     if target is not None:  # ops the fold stage rewrites are checked after it
-        check_target_support(model, target, ignore={"BatchNormalization"} if fold_settings.get("batchnorm", True) else set())
+        check_target_support(model, target, ignore=foldable_batchnorms(model) if fold_settings.get("batchnorm", True) else set())
 
     # data for the deployed (folded) model
     specs = {i.name: (tuple(graph.tensor_shape(i)), graph.tensor_dtype(i)) for i in graph.graph_inputs(model)}
@@ -187,9 +187,17 @@ def check_structure(source: str, target) -> None:
             raise UnsupportedOpError(name, qualified(node.domain, node.op_type), target.name, reason)
 
 
+def foldable_batchnorms(model) -> set[str]:
+    """BatchNormalization nodes with constant parameters: the fold stage may rewrite them, so the
+    check before it skips them (one with a parameter fed at run time is checked, and refused, then)."""
+    return {node.name or node.op_type for node in model.graph.node if node.op_type == "BatchNormalization"
+            and all(graph.constant_value(model, name) is not None for name in node.input[1:5])}
+
+
 def check_target_support(model, target, ignore: set[str] = frozenset()) -> None:
-    """UnsupportedOpError naming the first node the target cannot run (before any file is written)."""
-    unsupported = [entry for entry in target.supports(model) if entry[1] not in ignore]
+    """UnsupportedOpError naming the first node the target cannot run (before any file is written);
+    nodes named in `ignore` are left to the check after the fold."""
+    unsupported = [entry for entry in target.supports(model) if entry[0] not in ignore]
     if unsupported:
         node, op_type, reason = unsupported[0]
         more = f" (and {len(unsupported) - 1} more; run `edgepipe inspect`)" if len(unsupported) > 1 else ""
@@ -294,6 +302,7 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
             "backend", lambda: target.build_backend(model, calibration, backend_dir, backend_options),
             describe=lambda r: (", ".join(r.files), sum((backend_dir / f).stat().st_size for f in r.files),
                                 _files_hash(backend_dir, r.files)),
+            note=lambda r: r.note,
         )
         # 6. bundle
         eval_data = reference_eval_data(model, eval_ds, settings["report"], prepared.eval_source)

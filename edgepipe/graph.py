@@ -65,7 +65,24 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
         raise UserError(f"{path}: invalid ONNX model: {first}") from exc
     except ValueError:
         pass  # > 2 GB protos cannot be checked in memory; the runtime checks them later
+    _check_window_attributes(model.graph, path)
     return model
+
+
+WINDOW_ATTRIBUTES = ("kernel_shape", "strides", "dilations")
+
+
+def _check_window_attributes(graph_proto: onnx.GraphProto, path: Path) -> None:
+    """Non-positive kernel sizes, strides or dilations: ONNX's own C++ shape inference divides by
+    them and kills the process (SIGFPE) before any Python error can name the node."""
+    for node in graph_proto.node:
+        for attribute in node.attribute:
+            if attribute.name in WINDOW_ATTRIBUTES and any(v <= 0 for v in attribute.ints):
+                raise UserError(f"{path}: node '{node.name or node.op_type}' ({node.op_type}) has "
+                                f"{attribute.name}={list(attribute.ints)}; every value must be positive - "
+                                "fix the model's attributes and re-export it")
+            for subgraph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                _check_window_attributes(subgraph, path)
 
 
 def _external_tensors(model: onnx.ModelProto):

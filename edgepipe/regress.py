@@ -153,7 +153,32 @@ def check_results(data, path: Path, role: str) -> dict:
         for key in _BIN_FIGURES:
             _expect(entry.get(key) is None or _is_number(entry[key]), path, f"accuracy.ece_bins[{index}].{key}",
                     "a number or null", entry.get(key))
+    _check_speed(data, path)
     return data
+
+
+def _check_speed(data: dict, path: Path) -> None:
+    """The int8-vs-compared-model timing and XNNPACK delegation the arm-cpu runner records."""
+    _expect(data.get("speedup") is None or _is_number(data["speedup"]), path, "speedup", "a number or null",
+            data.get("speedup"))
+    compare = data.get("compare")
+    _expect(compare is None or isinstance(compare, dict), path, "compare", "a mapping or null", compare)
+    compare = compare or {}
+    _expect(compare.get("model") is None or isinstance(compare["model"], str), path, "compare.model", "a string",
+            compare.get("model"))
+    latency = compare.get("latency_ms")
+    _expect(latency is None or isinstance(latency, dict), path, "compare.latency_ms", "a mapping", latency)
+    for key, value in (latency or {}).items():
+        _expect(value is None or _is_number(value), path, f"compare.latency_ms.{key}", "a number or null", value)
+    for where, delegation in (("delegation", data.get("delegation")), ("compare.delegation", compare.get("delegation"))):
+        _expect(delegation is None or isinstance(delegation, dict), path, where, "a mapping or null", delegation)
+        delegation = delegation or {}
+        _expect(delegation.get("partitions") is None or _is_number(delegation["partitions"]), path,
+                f"{where}.partitions", "a number or null", delegation.get("partitions"))
+        outside = delegation.get("outside")
+        _expect(outside is None or isinstance(outside, dict), path, f"{where}.outside", "a mapping", outside)
+        for op, count in (outside or {}).items():
+            _expect(_is_number(count), path, f"{where}.outside (op counts)", "numbers", count)
 
 
 def load_results(path: str | Path, role: str) -> dict:

@@ -54,6 +54,15 @@ def no_inputs(tmp):
     return _build(tmp, _model(tmp, model_without_inputs()), _calib(tmp))
 
 
+def zero_stride(tmp):
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, None, None])
+    pool = onnx.helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[0, 1], name="pool")
+    model = onnx.helper.make_model(onnx.helper.make_graph([pool], "g", [x], [y]),
+                                   opset_imports=[onnx.helper.make_opsetid("", 17)])
+    return _build(tmp, _model(tmp, model), _calib(tmp, np.zeros((2, 3, 8, 8), np.float32)))
+
+
 def truncated_onnx(tmp):
     path = tmp / "model.onnx"
     path.write_bytes(tiny_conv_model().SerializeToString()[:41])
@@ -405,6 +414,8 @@ CASES = [
     Case("external-data-missing", "ONNX whose external-data file is missing", external_data_missing, ("weights.bin", "missing")),
     Case("unsupported-op", "an op the target cannot run", unsupported_op, ("fancy_node", "FancyOp", "jetson")),
     Case("no-inputs", "a model with no inputs (only constants)", no_inputs, ("model.onnx", "no inputs")),
+    Case("zero-stride", "a pooling node with stride 0 (ONNX's shape inference would crash the process)",
+         zero_stride, ("'pool'", "strides")),
     Case("dynamic-dim", "a dynamic dim with no shape given (and data lacking that input)", dynamic_dim_no_shape,
          ("'x'", "--input-shape")),
     Case("empty-folder", "calibration folder with no images", empty_folder, ("calib",)),

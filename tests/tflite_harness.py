@@ -6,8 +6,9 @@ model on structured inputs (min/max measured with ONNX Runtime), convert it to f
 (XNNPACK default, builtin kernels without delegates, reference kernels for int8) and compare
 with ONNX Runtime: fp32 within `fp32_rtol` of the largest reference magnitude, int8 within
 `int8_steps` output quantization steps of a Q/DQ simulation of the int8 model in ONNX Runtime
-(per-channel int8-rounded weights; every tensor the .tflite holds in int8 rounded to the same
-int8 grid, found by name).
+(per-channel int8-rounded weights; every activation the .tflite holds in int8 rounded to the grid
+it should have: derived from the calibration ranges and TFLite's kernel rules, never read back
+from the file under test, so a wrong scale in the file is a wrong number here).
 
 Build small graphs with `make_model(nodes, inputs, outputs, initializers)`.
 """
@@ -161,20 +162,60 @@ def fake_quantized_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return simulated
 
 
-def int8_tensor_params(interpreter) -> dict[str, tuple[float, int]]:
-    """(scale, zero point) of every per-tensor int8 tensor of a loaded .tflite, by name."""
-    params = {}
-    for detail in interpreter.get_tensor_details():
-        scales = detail["quantization_parameters"]["scales"]
-        name, *tags = detail["name"].split(";")  # "x;int8;0231": the int8 copy of ONNX tensor x
-        if detail["dtype"] == np.int8 and scales.size == 1 and (not tags or tags[0] in ("int8", "internal")):
-            params[name] = (float(scales[0]), int(detail["quantization_parameters"]["zero_points"][0]))
+# TFLite int8 kernel rules that fix an output's (scale, zero point) whatever the calibration says
+# (/work/shared/notes/tflite-int8-facts.md): the expected grid of these outputs is the rule's.
+FIXED_OUTPUT_PARAMS = {"Sigmoid": (1.0 / 256, -128), "Tanh": (1.0 / 128, 0), "Softmax": (1.0 / 256, -128),
+                       "LogSoftmax": (16.0 / 256, 127)}
+# Ops whose int8 output must share its input's grid (data movement, max/min selection).
+SHARES_INPUT_GRID = {"MaxPool", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Slice",
+                     "Gather", "Split", "Resize", "Upsample", "ReduceMax", "ReduceMin"}
+
+
+def expected_int8_params(model: onnx.ModelProto, calibration: CalibrationResult) -> dict[str, tuple[float, int]]:
+    """(scale, zero point) every int8 activation SHOULD have, derived from the calibration ranges
+    (TFLite's asymmetric int8 grid of [lo, hi]) and the kernel rules above; never read from the
+    .tflite under test, so a wrong scale in the file shows up as a wrong number."""
+    params = {name: calibration.asymmetric_params(name) for name in calibration.tensors}
+    for node in model.graph.node:  # topological order: a shared grid is already known
+        if node.op_type in FIXED_OUTPUT_PARAMS:
+            params.update({out: FIXED_OUTPUT_PARAMS[node.op_type] for out in node.output if out})
+        elif (node.op_type in SHARES_INPUT_GRID or _pads_with_zero(model, node)) and node.input[0] in params:
+            params.update({out: params[node.input[0]] for out in node.output if out})
     return params
 
 
+def _pads_with_zero(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
+    """A Pad whose border is 0 (or mirrored) keeps its input's grid; a non-zero constant does not."""
+    if node.op_type != "Pad":
+        return False
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("mode", b"constant") not in (b"constant", "constant"):
+        return True
+    value = attrs.get("value", 0.0)
+    if len(node.input) > 2 and node.input[2]:
+        constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        value = float(np.asarray(constants.get(node.input[2], np.nan)).reshape(-1)[0])
+    return value == 0.0
+
+
+def int8_tensor_names(interpreter) -> set[str]:
+    """ONNX names of the activations the .tflite holds in int8 (which tensors, not their grids)."""
+    names = set()
+    for detail in interpreter.get_tensor_details():
+        name, *tags = detail["name"].split(";")  # "x;int8;0231": the int8 copy of ONNX tensor x
+        if detail["dtype"] == np.int8 and (not tags or tags[0] in ("int8", "internal")):
+            names.add(name)
+    return names
+
+
+# ONNX Runtime's own QuantizeLinear/DequantizeLinear: the same per-tensor arithmetic at any opset of
+# the model (ONNX's are missing below opset 10 and, in this ONNX Runtime, at the newest opsets)
+QDQ_DOMAIN = "com.microsoft"
+
+
 def qdq_reference(model: onnx.ModelProto, params: dict[str, tuple[float, int]]) -> onnx.ModelProto:
-    """Copy of `model` where every tensor the int8 .tflite holds in int8 (same name) is rounded
-    to its int8 grid with QuantizeLinear/DequantizeLinear: the Q/DQ simulation of the int8 model."""
+    """Copy of `model` where every tensor in `params` is rounded to that int8 grid with
+    QuantizeLinear/DequantizeLinear: the Q/DQ simulation of the int8 model."""
     simulated = fake_quantized_weights(model)
     input_names = {i.name for i in graph.graph_inputs(simulated)}
     nodes, extra = [], []
@@ -183,8 +224,10 @@ def qdq_reference(model: onnx.ModelProto, params: dict[str, tuple[float, int]]) 
         scale, zero_point = params[target]
         extra.append(numpy_helper.from_array(np.array(scale, np.float32), f"{target}__scale"))
         extra.append(numpy_helper.from_array(np.array(zero_point, np.int8), f"{target}__zp"))
-        return [helper.make_node("QuantizeLinear", [source, f"{target}__scale", f"{target}__zp"], [f"{target}__q"]),
-                helper.make_node("DequantizeLinear", [f"{target}__q", f"{target}__scale", f"{target}__zp"], [target])]
+        return [helper.make_node("QuantizeLinear", [source, f"{target}__scale", f"{target}__zp"], [f"{target}__q"],
+                                 domain=QDQ_DOMAIN),
+                helper.make_node("DequantizeLinear", [f"{target}__q", f"{target}__scale", f"{target}__zp"], [target],
+                                 domain=QDQ_DOMAIN)]
 
     renamed_inputs = {name: f"{name}__float" for name in input_names if name in params}
     for name, float_name in renamed_inputs.items():
@@ -204,6 +247,8 @@ def qdq_reference(model: onnx.ModelProto, params: dict[str, tuple[float, int]]) 
     for info in simulated.graph.input:
         if info.name in renamed_inputs:
             info.name = renamed_inputs[info.name]
+    simulated.opset_import.append(helper.make_opsetid(QDQ_DOMAIN, 1))
+    simulated.ir_version = max(simulated.ir_version, 4)  # IR 3 wants every initializer as a graph input
     return simulated
 
 
@@ -244,22 +289,31 @@ def check_conformance(model: onnx.ModelProto, tmp_path: Path, feeds: list[dict] 
                 worst = max(worst, float(np.max(np.abs(got[name] - value))) / scale)
         report.fp32_error[resolver] = worst
         assert worst <= fp32_rtol, f"fp32 {resolver}: relative error {worst:.2e} > {fp32_rtol:.0e}"
-    simulated = None
     for resolver in ("xnnpack", "no_delegates", "reference"):
-        interpreter = make_interpreter(out_dir / "model.tflite", resolver)
-        simulated = simulated or qdq_reference(model, int8_tensor_params(interpreter))
-        worst = 0.0
-        for feed in feeds[:samples]:
-            expected = run_onnx(simulated, {f"{k}__float" if f"{k}__float" in _input_names(simulated) else k: v
-                                            for k, v in feed.items()})
-            got = run_tflite(out_dir / "model.tflite", result["io"], feed, interpreter=interpreter)
-            for spec in result["io"]["outputs"]:
-                step = _output_step(spec, calibration, interpreter)
-                error = np.abs(got[spec["name"]] - expected[spec["name"]])
-                worst = max(worst, float(np.max(error)) / step)
+        worst = int8_error_steps(model, out_dir, result["io"], calibration, feeds[:samples], resolver)
         report.int8_steps[resolver] = worst
         assert worst <= int8_steps + 1e-3, f"int8 {resolver}: error {worst:.2f} output steps > {int8_steps}"
     return report
+
+
+def int8_error_steps(model: onnx.ModelProto, out_dir: Path, io: dict, calibration: CalibrationResult,
+                     feeds: list[dict], resolver: str = "reference") -> float:
+    """Largest |int8 .tflite - Q/DQ simulation| over `feeds` and outputs, in output steps; the
+    simulation's grids and the steps both come from `expected_int8_params`, not from the file."""
+    path = Path(out_dir) / "model.tflite"
+    interpreter = make_interpreter(path, resolver)
+    expected_params = expected_int8_params(model, calibration)
+    held = int8_tensor_names(interpreter)
+    simulated = qdq_reference(model, {name: p for name, p in expected_params.items() if name in held})
+    inputs = _input_names(simulated)
+    worst = 0.0
+    for feed in feeds:
+        expected = run_onnx(simulated, {f"{k}__float" if f"{k}__float" in inputs else k: v for k, v in feed.items()})
+        got = run_tflite(path, io, feed, interpreter=interpreter)
+        for spec in io["outputs"]:
+            step = expected_params[spec["name"]][0]
+            worst = max(worst, float(np.max(np.abs(got[spec["name"]] - expected[spec["name"]]))) / step)
+    return worst
 
 
 def _input_names(model: onnx.ModelProto) -> set[str]:
@@ -270,13 +324,3 @@ def _fp32_io(io: dict) -> dict:
     """The fp32 file has float I/O with the same names and layouts as the int8 file."""
     strip = lambda specs: [dict(s, dtype="float32", quantization=None) for s in specs]  # noqa: E731
     return {"inputs": strip(io["inputs"]), "outputs": strip(io["outputs"])}
-
-
-def _output_step(spec: dict, calibration: CalibrationResult, interpreter) -> float:
-    """Scale of the int8 tensor behind an output (fixed-scale ops differ from the calibration)."""
-    if spec["quantization"]:
-        return spec["quantization"]["scale"]
-    for detail in interpreter.get_tensor_details():
-        if detail["name"].startswith(spec["name"] + ";") and detail["dtype"] == np.int8:
-            return float(detail["quantization"][0])
-    return calibration.asymmetric_params(spec["name"])[0]

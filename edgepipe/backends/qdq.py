@@ -44,6 +44,7 @@ from edgepipe.calibrate.result import CalibrationResult
 from edgepipe.errors import UserError
 
 MIN_OPSET = 13  # QuantizeLinear/DequantizeLinear with `axis` (per-channel)
+MIN_IR_VERSION = 7  # the IR version that opset 13 came with
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
 RESIDUAL_OPS = ("Add",)
@@ -256,10 +257,13 @@ def _ensure_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnx import version_converter
 
     try:
-        return version_converter.convert_version(model, MIN_OPSET)
+        converted = version_converter.convert_version(model, MIN_OPSET)
     except Exception as exc:
         raise UserError(f"model opset {graph.opset_version(model)} cannot be converted to opset {MIN_OPSET} "
                         f"for Q/DQ ({type(exc).__name__}); re-export the model with opset >= 13") from exc
+    # the converter keeps the IR version; IR < 4 requires every initializer (our scales) to be a graph input
+    converted.ir_version = max(converted.ir_version, MIN_IR_VERSION)
+    return converted
 
 
 def _activation_inputs(model: onnx.ModelProto, node: onnx.NodeProto, indices: list[int]) -> list[int]:

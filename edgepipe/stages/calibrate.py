@@ -10,6 +10,7 @@ from typing import Callable
 
 import onnx
 
+from edgepipe import graph
 from edgepipe.calibrate import DEFAULT_SETTINGS, CalibrationResult, calibrate, methods
 from edgepipe.errors import UserError
 
@@ -61,4 +62,9 @@ def run_calibration(
     settings: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CalibrationResult:
-    return calibrate(model, dataset, validate_settings(settings), progress=progress)
+    result = calibrate(model, dataset, validate_settings(settings), progress=progress)
+    if not result.tensors:  # an integer-only graph: nothing an INT8 build could quantize
+        inputs = ", ".join(f"'{i.name}' ({graph.tensor_dtype(i)})" for i in graph.graph_inputs(model))
+        raise UserError(f"the model has no float tensor to calibrate (inputs: {inputs}); an INT8 build needs a "
+                        "float32 model")
+    return result

@@ -41,7 +41,7 @@ def run_tflite(path: Path, io: dict, feed: dict, resolver: str = "xnnpack", thre
             value = value.transpose(0, 2, 3, 1)
         if spec["quantization"] and spec["dtype"] == "int8":
             value = quantmath.quantize(value, spec["quantization"]["scale"], spec["quantization"]["zero_point"])
-        interpreter.set_tensor(details[spec["name"]]["index"], np.ascontiguousarray(value))
+        interpreter.set_tensor(details[spec["name"]]["index"], np.require(value, requirements="C"))  # keeps 0-d inputs 0-d
     interpreter.invoke()
     out_details = {d["name"]: d for d in interpreter.get_output_details()}
     results = {}
