@@ -39,7 +39,6 @@ SOFTMAX_STEP = ("saturated 2-class softmax: ORT's int8 output rounds 0.9999 to e
 KNOWN_FAILURES = {
     ("fp32", "ocr_rec", "arm-cpu"): "CTC softmax over 6625 classes: 4.1e-4, while ONNX Runtime with and without "
                                     "graph optimizations disagrees by 2.1e-4 (the model's float noise)",
-    ("int8", "ocr_cls", "arm-cpu"): SOFTMAX_STEP,
     ("int8", "ocr_cls", "jetson"): SOFTMAX_STEP,
     ("int8", "mtcnn_onet", "arm-cpu"): SOFTMAX_STEP,
     ("int8", "mtcnn_onet", "jetson"): SOFTMAX_STEP,
