@@ -109,6 +109,7 @@ def main() -> None:
     for name in args.models.split(","):
         start = time.perf_counter()
         report["models"][name] = row = measure(name, work / name)
+        row["code"] = report["code"]
         print(f"{name:18s} {time.perf_counter() - start:6.1f}s  " + json.dumps(
             {k: row.get(k) for k in ("ort_minmax_sqnr_db", "ort_minmax_error", "arm-cpu", "jetson")}, default=str)[:600],
               flush=True)
