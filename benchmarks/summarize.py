@@ -168,6 +168,9 @@ def real_model_corpus(data: dict) -> list[str]:
         peer = fmt(min(row["ort_minmax_sqnr_db"]), 1) if row.get("ort_minmax_sqnr_db") else "fails"
         lines.append(f"| {name} | {row['family']} | {'x'.join(map(str, row.get('input', [])))} | {fp32} | {int8(arm)} | "
                      f"{int8(jetson)} | {peer} | {verdict(row)} | {fmt(arm.get('wall_s'), 0)} / {fmt(jetson.get('wall_s'), 0)} |")
+    return lines
+
+
 def onnx_node_conformance(data: dict) -> list[str]:
     versions = data["versions"]
     lines = [f"onnx {versions['onnx']} backend tests ({data['all_cases']} cases with tensor data), through "
