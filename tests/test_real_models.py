@@ -42,8 +42,10 @@ KNOWN_FAILURES = {
     ("int8", "ocr_cls", "jetson"): SOFTMAX_STEP,
     ("int8", "mtcnn_onet", "arm-cpu"): SOFTMAX_STEP,
     ("int8", "mtcnn_onet", "jetson"): SOFTMAX_STEP,
-    ("int8", "timm_convnext", "arm-cpu"): "TFLite int8 lowering of LayerNorm / exact GELU blocks: 3.9 dB under "
-                                          "ORT MinMax (the jetson Q/DQ is 5.7 dB above it)",
+    ("int8", "timm_convnext", "arm-cpu"): "int8 FULLY_CONNECTED head writes the float graph output on the calibrated "
+                                          "grid [-0.393, 0.250] (16 samples); eval logits reach 0.333, clipping alone "
+                                          "caps SQNR at 24.0 dB (ORT's symmetric range: 30.1); the head Gemm kept "
+                                          "float measures 32.7 dB",
 }
 
 
