@@ -34,14 +34,15 @@ TARGETS = ["arm-cpu", "jetson"]
 
 # Measured failures of the assertions below, left to the maintainers' judgement (README, "Real-model
 # corpus"). strict: the day one passes, the run fails until its entry is removed.
-SOFTMAX_STEP = ("saturated 2-class softmax: ORT's int8 output rounds 0.9999 to exactly 1 (step 1/127); "
-                "TFLite's int8 SOFTMAX has output scale 1/256 and the jetson Q/DQ a float softmax after int8 logits")
+SOFTMAX_SATURATION = ("2-class softmax: probability SQNR hangs on the least saturated samples, not the output grid "
+                "(ORT's float softmax of its own int8 logits measures the same); ocr_cls jetson logits are 9.4 dB "
+                "above ORT's, mtcnn_onet has one sample with 89% of the arm-cpu noise (README)")
 KNOWN_FAILURES = {
     ("fp32", "ocr_rec", "arm-cpu"): "CTC softmax over 6625 classes: 4.1e-4, while ONNX Runtime with and without "
                                     "graph optimizations disagrees by 2.1e-4 (the model's float noise)",
-    ("int8", "ocr_cls", "jetson"): SOFTMAX_STEP,
-    ("int8", "mtcnn_onet", "arm-cpu"): SOFTMAX_STEP,
-    ("int8", "mtcnn_onet", "jetson"): SOFTMAX_STEP,
+    ("int8", "ocr_cls", "jetson"): SOFTMAX_SATURATION,
+    ("int8", "mtcnn_onet", "arm-cpu"): SOFTMAX_SATURATION,
+    ("int8", "mtcnn_onet", "jetson"): SOFTMAX_SATURATION,
     ("int8", "timm_convnext", "arm-cpu"): "int8 FULLY_CONNECTED head writes the float graph output on the calibrated "
                                           "grid [-0.393, 0.250] (16 samples); eval logits reach 0.333, clipping alone "
                                           "caps SQNR at 24.0 dB (ORT's symmetric range: 30.1); the head Gemm kept "
