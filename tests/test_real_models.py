@@ -34,19 +34,15 @@ TARGETS = ["arm-cpu", "jetson"]
 
 # Measured failures of the assertions below, left to the maintainers' judgement (README, "Real-model
 # corpus"). strict: the day one passes, the run fails until its entry is removed.
-SOFTMAX_SATURATION = ("2-class softmax: probability SQNR hangs on the least saturated samples, not the output grid "
-                "(ORT's float softmax of its own int8 logits measures the same); ocr_cls jetson logits are 9.4 dB "
-                "above ORT's, mtcnn_onet has one sample with 89% of the arm-cpu noise (README)")
+SOFTMAX_SATURATION = ("2-class softmax: probability SQNR hangs on the least saturated samples, not the output "
+                      "grid (ORT's float softmax of its own int8 logits measures the same); ocr_cls jetson logits "
+                      "are 9.4 dB above ORT's, mtcnn_onet has one sample with 89% of the arm-cpu noise (README)")
 KNOWN_FAILURES = {
     ("fp32", "ocr_rec", "arm-cpu"): "CTC softmax over 6625 classes: 4.1e-4, while ONNX Runtime with and without "
                                     "graph optimizations disagrees by 2.1e-4 (the model's float noise)",
     ("int8", "ocr_cls", "jetson"): SOFTMAX_SATURATION,
     ("int8", "mtcnn_onet", "arm-cpu"): SOFTMAX_SATURATION,
     ("int8", "mtcnn_onet", "jetson"): SOFTMAX_SATURATION,
-    ("int8", "timm_convnext", "arm-cpu"): "int8 FULLY_CONNECTED head writes the float graph output on the calibrated "
-                                          "grid [-0.393, 0.250] (16 samples); eval logits reach 0.333, clipping alone "
-                                          "caps SQNR at 24.0 dB (ORT's symmetric range: 30.1); the head Gemm kept "
-                                          "float measures 32.7 dB",
 }
 
 

@@ -21,16 +21,26 @@ def test_gemm_matches_onnxruntime(trans_b, alpha, beta, bias_shape, tmp_path):
         inits["b"] = RNG.normal(size=bias_shape).astype(np.float32)
         inputs.append("b")
     node = helper.make_node("Gemm", inputs, ["y"], name="fc", transB=trans_b, alpha=alpha, beta=beta)
-    report = check_conformance(make_model([node], {"x": [2, 12]}, ["y"], inits), tmp_path)
-    assert report.result["op_histogram"]["FULLY_CONNECTED"] == 1
+    report = check_conformance(make_model([node], {"x": [2, 12]}, ["y"], inits), tmp_path, int8_io=True)
+    assert report.result["op_histogram"]["FULLY_CONNECTED"] == 1 and report.result["float_nodes"] == []
 
 
 def test_matmul_constant_3d_keeps_dims(tmp_path):
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")
     model = make_model([node], {"x": [1, 6, 10]}, ["y"], {"w": RNG.normal(size=(10, 4)).astype(np.float32)})
-    report = check_conformance(model, tmp_path)
-    assert report.result["op_histogram"]["FULLY_CONNECTED"] == 1
+    report = check_conformance(model, tmp_path, int8_io=True)
+    assert report.result["op_histogram"]["FULLY_CONNECTED"] == 1 and report.result["float_nodes"] == []
     assert report.result["io"]["outputs"][0]["shape"] == [1, 6, 4]
+
+
+@pytest.mark.parametrize("op", ["Gemm", "MatMul"])
+def test_fully_connected_writing_a_float_graph_output_stays_float(op, tmp_path):
+    """An int8 FULLY_CONNECTED could only write the calibrated grid: logits beyond the calibration
+    range would be clipped. With float model outputs the head is float; with --int8-io it is int8."""
+    node = helper.make_node(op, ["x", "w"], ["y"], name="head")
+    model = make_model([node], {"x": [1, 12]}, ["y"], {"w": RNG.normal(size=(12, 4)).astype(np.float32)})
+    assert check_conformance(model, tmp_path / "float_io").result["float_nodes"] == ["head"]
+    assert check_conformance(model, tmp_path / "int8_io", int8_io=True).result["float_nodes"] == []
 
 
 def test_matmul_of_two_activations_is_batch_matmul(tmp_path):

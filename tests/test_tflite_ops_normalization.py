@@ -40,7 +40,7 @@ def test_layer_norm_between_int8_ops(tmp_path):
              helper.make_node("Gemm", ["n", "w2"], ["y"], name="fc2", transB=1)]
     inits = {"w1": RNG.normal(size=(16, 8)).astype(np.float32), "w2": RNG.normal(size=(4, 16)).astype(np.float32),
              "g": np.ones(16, np.float32), "b": np.zeros(16, np.float32)}
-    report = check_conformance(make_model(nodes, {"x": [3, 8]}, ["y"], inits), tmp_path)
+    report = check_conformance(make_model(nodes, {"x": [3, 8]}, ["y"], inits), tmp_path, int8_io=True)
     assert report.result["float_nodes"] == ["ln"]
     assert report.result["op_histogram"]["FULLY_CONNECTED"] == 2
 

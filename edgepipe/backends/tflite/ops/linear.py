@@ -47,8 +47,15 @@ def check_gemm(ctx: Lowering, node) -> str | None:
     return None
 
 
+def _float_output_head(ctx: Lowering, node) -> bool:
+    """A FULLY_CONNECTED that writes a float graph output (no --int8-io) stays float: the int8
+    kernel can only write the calibrated int8 grid, which clips every logit beyond the range the
+    calibration set reached, and a head of in x out weights is cheap in float."""
+    return node.output[0] in ctx.graph_outputs and not ctx.int8_io
+
+
 def _gemm_int8(ctx: Lowering, node) -> bool:
-    return _bias_vector(ctx, node) is not None
+    return _bias_vector(ctx, node) is not None and not _float_output_head(ctx, node)
 
 
 @register("Gemm", check=check_gemm, int8=_gemm_int8)
@@ -124,7 +131,9 @@ def _constant_2d_weights(ctx: Lowering, node) -> bool:
 def _matmul_int8(ctx: Lowering, node) -> bool:
     """A constant B with batch dims is BATCH_MATMUL with a constant operand: float (int8
     BATCH_MATMUL would need one activation-style scale for all its weights)."""
-    return ctx.constant(node.input[1]) is None or _constant_2d_weights(ctx, node)
+    if ctx.constant(node.input[1]) is None:
+        return True
+    return _constant_2d_weights(ctx, node) and not _float_output_head(ctx, node)
 
 
 @register("MatMul", check=check_matmul, int8=_matmul_int8)
