@@ -64,7 +64,8 @@ def test_budget_is_met_on_the_device_runner_with_few_float_nodes(builds):
     assert plan["met"] and 1 <= len(plan["float_groups"]) <= 3
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precision"]["requested_float_nodes"] == sorted(plan["float_nodes"])
-    assert set(manifest["precision"]["float_nodes"]) <= set(plan["float_nodes"])  # fused activations drop out
+    # fused activations drop out; the head writing the float model output is float anyway (ops/linear.py)
+    assert set(manifest["precision"]["float_nodes"]) <= set(plan["float_nodes"]) | {"/classifier/Gemm"}
     # the report explains which layers and why
     assert (out / "sensitivity.json").exists()
     html = (out / "report" / "report.html").read_text()
