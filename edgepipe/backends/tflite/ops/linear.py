@@ -9,7 +9,9 @@ A Gemm whose C is not a per-column constant bias (C computed by another branch, 
 makes when it fuses MatMul + Add, or a constant [M, N] / [M, 1] table) is FULLY_CONNECTED
 without bias, then ADD of beta * C. The product A * B is no ONNX tensor, so calibration has no
 range for it: that Gemm is lowered as a float island (its inputs and output stay int8).
-transA=1 is a TRANSPOSE of A before FULLY_CONNECTED.
+transA=1 is a TRANSPOSE of A before FULLY_CONNECTED. A FULLY_CONNECTED that writes a float model
+output (a classifier head; not with --int8-io) stays float: the int8 kernel could only write the
+output's calibrated grid and would clip logits the calibration set never reached.
 """
 
 from __future__ import annotations
