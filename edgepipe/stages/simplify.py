@@ -14,8 +14,12 @@ import onnx
 from edgepipe import graph
 
 
-def run_simplify(model: onnx.ModelProto, check: bool = True) -> tuple[onnx.ModelProto, dict]:
-    """Return (model, report); report['status'] is 'simplified', 'skipped' or 'failed: ...'."""
+def run_simplify(model: onnx.ModelProto, check: bool = True, acceptable=None) -> tuple[onnx.ModelProto, dict]:
+    """Return (model, report); report['status'] is 'simplified', 'skipped' or 'failed: ...'.
+
+    `acceptable(original, simplified)` -> '' or why the result cannot be used: onnxsim fuses
+    subgraphs into ops (an expanded RMSNormalization back into one node) that the target may not
+    run, and a refusal must name a node of the user's graph, so such a result is not kept."""
     try:
         import onnxsim
     except ImportError:
@@ -33,6 +37,9 @@ def run_simplify(model: onnx.ModelProto, check: bool = True) -> tuple[onnx.Model
         problem = _compare(model, simplified)
         if problem:
             return model, {"status": "failed", "note": f"simplified graph differs from the original ({problem}); kept the exported graph"}
+    problem = acceptable(model, simplified) if acceptable is not None else ""
+    if problem:
+        return graph.ensure_node_names(model), {"status": "failed", "note": f"{problem}; kept the exported graph"}
     simplified = graph.ensure_node_names(graph.refresh_shapes(simplified))
     return simplified, {"status": "simplified", "nodes_before": before, "nodes_after": len(simplified.graph.node)}
 
