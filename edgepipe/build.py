@@ -416,8 +416,8 @@ def reference_eval_data(model, dataset, report: dict, source: str):
     kept = dataset.subset(evenly_spaced(len(dataset), keep))
 
     def one_row(value) -> np.ndarray:  # one row per sample: a batch axis is the row, others get one
-        value = np.asarray(value)
-        return value if has_batch_axis(value.shape) else value[None]
+        value = np.asarray(value)  # a zero-size leading dim (an empty Shape slice) is no batch of 0 samples
+        return value if has_batch_axis(value.shape) and value.shape[0] != 0 else value[None]
 
     def rows():
         for i in range(len(kept)):
