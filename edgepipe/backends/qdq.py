@@ -122,6 +122,7 @@ class _Inserter:
         self.model, self.calibration = model, calibration
         self.per_channel, self.int8_weights = per_channel, int8_weights
         self.taken = graph.taken_names(model)
+        self.not_float32 = _non_float32_tensors(model)  # float16/float64 tensors: Q/DQ's scales are float32
         self.dequantized: dict[str, str] = {}  # float tensor -> its DQ output
         self.new_nodes: list[tuple[int, onnx.NodeProto]] = []  # (insert before index, node)
         self.report = QdqReport(weight_storage="int8-dq" if int8_weights else "float-qdq",
@@ -266,6 +267,17 @@ def _ensure_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted
 
 
+def _non_float32_tensors(model: onnx.ModelProto) -> dict[str, str]:
+    """{tensor: dtype name} of the float tensors that are not float32 (they stay float: a float32
+    scale on a float16 tensor is a model ONNX Runtime and TensorRT refuse to load)."""
+    others = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.DOUBLE: "float64",
+              onnx.TensorProto.BFLOAT16: "bfloat16"}
+    infos = graph.value_infos(graph.infer_shapes(model))
+    types = {name: info.type.tensor_type.elem_type for name, info in infos.items()}
+    types.update({tensor.name: tensor.data_type for tensor in model.graph.initializer})
+    return {name: others[kind] for name, kind in types.items() if kind in others}
+
+
 def _activation_inputs(model: onnx.ModelProto, node: onnx.NodeProto, indices: list[int]) -> list[int]:
     return [i for i in indices if i < len(node.input) and node.input[i]
             and graph.constant_value(model, node.input[i]) is None]
@@ -277,6 +289,9 @@ def _quantize_inputs(inserter: _Inserter, node: onnx.NodeProto, position: int, i
     done = []
     for index in _activation_inputs(inserter.model, node, indices):
         tensor = node.input[index]
+        if tensor in inserter.not_float32:
+            inserter.report.float_nodes[node.name] = f"input '{tensor}' is {inserter.not_float32[tensor]}, not float32"
+            return
         if tensor not in inserter.calibration:
             inserter.report.float_nodes[node.name] = f"input '{tensor}' has no calibration range"
             return
@@ -289,6 +304,10 @@ def _quantize_inputs(inserter: _Inserter, node: onnx.NodeProto, position: int, i
 def _quantize_weighted(inserter: _Inserter, node: onnx.NodeProto, position: int) -> None:
     model = inserter.model
     activations = _activation_inputs(model, node, [0, 1])
+    odd = [node.input[i] for i in range(len(node.input)) if node.input[i] in inserter.not_float32]
+    if odd:
+        inserter.report.float_nodes[node.name] = f"input '{odd[0]}' is {inserter.not_float32[odd[0]]}, not float32"
+        return
     missing = [node.input[i] for i in activations if node.input[i] not in inserter.calibration]
     if missing:
         inserter.report.float_nodes[node.name] = f"input '{missing[0]}' has no calibration range"

@@ -65,12 +65,15 @@ def _compare(original: onnx.ModelProto, simplified: onnx.ModelProto) -> str:
     except Exception:
         return ""  # cannot run either; later stages report runtime problems with context
     for x, y in zip(a, b):
+        reduced = np.asarray(x).dtype in (np.float16,)  # one rounding there is already ~1e-3
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         if x.shape != y.shape:
             return f"output shape {x.shape} vs {y.shape}"
         scale = max(float(np.max(np.abs(x))) if x.size else 0.0, 1e-6)
         with np.errstate(invalid="ignore"):  # inf - inf in both outputs: equal, not a warning to print
             difference = float(np.max(np.abs(x - y))) if x.size else 0.0
-        if difference > 1e-3 * scale:
+        # float16: onnxsim drops the Casts that run a Softmax in float32, which changes the result
+        # by a float16 step; only an exact float16 graph is kept
+        if difference > (0.0 if reduced else 1e-3 * scale):
             return f"max abs diff {difference:.3g}"
     return ""
