@@ -114,6 +114,13 @@ def weight_channel_axis(node: onnx.NodeProto, weight_rank: int) -> int:
     return weight_rank - 1  # MatMul: B is [..., K, N]
 
 
+def per_channel_weight(node: onnx.NodeProto, weight_rank: int, per_channel: bool) -> bool:
+    """Per-channel scales for this weight? A MatMul B above 2-D (a batched [..., K, N] constant)
+    stays per-tensor: ONNX Runtime's fused integer MatMul and TensorRT take per-column scales
+    on a 2-D B only ("b zero point is not valid")."""
+    return per_channel and weight_rank >= 2 and not (node.op_type == "MatMul" and weight_rank > 2)
+
+
 class _Inserter:
     """Adds Q/DQ nodes to one model; remembers what it already quantized so pairs are shared."""
 
@@ -164,7 +171,7 @@ class _Inserter:
         if key in self.dequantized:
             return self.dequantized[key]
         axis = weight_channel_axis(node, value.ndim)
-        if self.per_channel and value.ndim >= 2:
+        if per_channel_weight(node, value.ndim, self.per_channel):
             all_zero = not np.any(np.abs(value) >= DEGENERATE_AMAX)
             q, scales = quantmath.per_channel_symmetric(value, axis=axis, min_ratio=DEAD_CHANNEL_RATIO,
                                                         min_scales=quantmath.symmetric_scale(1.0) if all_zero else None)
@@ -321,9 +328,11 @@ def _quantize_weighted(inserter: _Inserter, node: onnx.NodeProto, position: int)
     if weight is not None and weight.dtype.kind == "f" and weight.ndim >= 1:
         quantized.append(node.input[weight_index])
         node.input[weight_index] = inserter.weight(node, node.input[weight_index], weight, position)
-    kind = "per-channel" if inserter.per_channel else "per-tensor"
-    reason = (f"weighted op: activation per-tensor, weight {kind} (axis "
-              f"{weight_channel_axis(node, weight.ndim) if weight is not None else '-'})")
+    if weight is not None and per_channel_weight(node, weight.ndim, inserter.per_channel):
+        kind = f"per-channel (axis {weight_channel_axis(node, weight.ndim)})"
+    else:
+        kind = "per-tensor"
+    reason = f"weighted op: activation per-tensor, weight {kind}"
     inserter.report.quantized[node.name] = {"op": node.op_type, "inputs": quantized, "reason": reason}
 
 
