@@ -198,6 +198,33 @@ def test_matmul_constant_and_activation_operands(tmp_path):
     assert report["quantized_nodes"]["mm_acts"]["inputs"] == ["h", "x2"]
 
 
+@pytest.mark.parametrize("weight_shape", [(2, 4, 5), (3, 1, 4, 5)])
+def test_batched_matmul_weight_is_per_tensor_and_loads_in_optimized_onnx_runtime(weight_shape, tmp_path):
+    """ONNX Runtime fuses DQ -> MatMul into an integer MatMul that takes per-column scales on a
+    2-D B only ("b zero point is not valid"); a batched constant B is quantized per tensor."""
+    import onnxruntime as ort
+
+    x_shape, y_shape = [1, 2, 3, 4], [weight_shape[0], 2, 3, 5] if len(weight_shape) == 4 else [1, 2, 3, 5]
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [("x", x_shape)],
+                       [("y", y_shape)], {"w": rng_weights(*weight_shape)})
+    calibration = calibrate_random(model, tmp_path)
+    qdq, report = write_qdq_model(model, calibration)
+    weight_dq = graph.producers(qdq)[node_by_name(qdq, "mm").input[1]]
+    assert attr(weight_dq, "axis") is None and graph.constant_value(qdq, weight_dq.input[1]).shape == ()
+    assert "per-tensor" in report["quantized_nodes"]["mm"]["reason"]
+    amax = calibration.tensors["x"].amax  # inside the calibrated range: rounding only, no clipping
+    x = np.clip(np.random.default_rng(3).standard_normal(x_shape), -amax, amax).astype(np.float32)
+    got = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    exact = x @ model_weight(model, "w")
+    w_step = float(np.max(np.abs(model_weight(model, "w")))) / 127
+    bound = calibration.symmetric_scale("x") * np.abs(model_weight(model, "w")).sum(-2).max() + w_step * np.abs(x).sum(-1).max()
+    assert np.max(np.abs(got - exact)) <= bound
+
+
+def model_weight(model, name):
+    return graph.constant_value(model, name)
+
+
 def test_conv_transpose_weight_axis_1(tmp_path):
     nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="deconv", strides=[2, 2])]
     model = make_model(nodes, [("x", [1, 4, 5, 5])], [("y", [1, 7, 10, 10])], {"w": rng_weights(4, 7, 2, 2)})
