@@ -1,7 +1,7 @@
 """Accuracy recovery on the demo CNN: PTQ vs automatic mixed precision vs QAT + distillation.
 
 Two models, both through the same export -> simplify -> fold -> calibrate path as `build`
-(edgepipe.cli_accuracy.deployed_model), INT8 evaluated as the TensorRT-style Q/DQ model in ONNX
+(edgepipe.cli.accuracy.deployed_model), INT8 evaluated as the TensorRT-style Q/DQ model in ONNX
 Runtime on the 300 labelled demo eval images:
 
 - demo: the shipped DemoNet;
@@ -33,14 +33,14 @@ import numpy as np
 import torch
 
 from edgepipe import config, graph, settings
-from edgepipe.cli_accuracy import deployed_model
+from edgepipe.cli.accuracy import deployed_model
 from edgepipe.data import load_dataset
 from edgepipe.demo import DEMO_PREPROCESS
 from edgepipe.demo.model import build_demo, make_outlier_heavy
 from edgepipe.demo.train import SEED, load_digits_split, preprocess, render
-from edgepipe.precision import plan_mixed_precision
-from edgepipe.qat import finetune, float_copy, learned_calibration, prepare_qat, strip_qat
-from edgepipe.sensitivity import VariantEvaluator
+from edgepipe.accuracy.precision import plan_mixed_precision
+from edgepipe.accuracy.qat import finetune, float_copy, learned_calibration, prepare_qat, strip_qat
+from edgepipe.accuracy.sensitivity import VariantEvaluator
 from edgepipe.stages.calibrate import run_calibration
 from edgepipe.targets import load_target
 
@@ -53,7 +53,7 @@ WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 def demo_settings(weights: Path | None) -> dict:
     merged = config.merge(config.defaults(), settings.demo_settings())
     merged.update(target="desktop-gpu", weights=str(weights) if weights else None)
-    return merged
+    return settings.typed_sections(merged)
 
 
 def weight_bytes(model, float_nodes: set[str]) -> int:

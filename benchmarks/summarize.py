@@ -126,6 +126,28 @@ def onnx_node_conformance(data: dict) -> list[str]:
     return lines
 
 
+def arm_speed(data: dict) -> list[str]:
+    host = data["host"]
+    features = ", ".join(flag for flag, present in host["flags"].items() if present) or "none of the listed"
+    lines = [f"Host {host['machine']} ({host['cpu']}), {host['cores']} cores shared; CPU features: {features}; "
+             f"int8 dot-product instructions: {'yes' if host['int8_dot_product'] else 'no'}. LiteRT "
+             f"{data['litert']}, XNNPACK; latency = median of {data['rounds']} alternating rounds of "
+             f"{data['iterations']} invocations.", "",
+             "| model | XNNPACK partitions (int8) | ops outside | TRANSPOSE / ONNX Transpose | int8 ms (1 thr) | "
+             "fp32 ms (1 thr) | int8/fp32 1 thr | int8/fp32 4 thr |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in data["models"].items():
+        if "error" in row:
+            lines.append(f"| {name} | build failed: {row['error']} | | | | | | |")
+            continue
+        outside = ", ".join(f"{op} x{n}" for op, n in row["int8"]["outside"].items()) or "-"
+        one, four = row["latency_ms"]["1"], row["latency_ms"]["4"]
+        lines.append(f"| {name} | {row['int8']['partitions']} | {outside} | {row['tflite_transposes']} / "
+                     f"{row['onnx_transposes']} | {fmt(one['int8'])} | {fmt(one['fp32'])} | "
+                     f"{fmt(one['int8_over_fp32'], 2)} | {fmt(four['int8_over_fp32'], 2)} |")
+    return lines
+
+
 def bounded_cost(data: dict) -> list[str]:
     method = data["rss_method"]
     lines = [f"`edgepipe build --target {data['target']}` on the model as shipped, no --eval, one fresh child "
@@ -171,6 +193,7 @@ SECTIONS = [
     ("Build time per stage (`benchmarks/build_stages.py`)", "build_stages", build_stages),
     ("ONNX backend node tests through the CLI (`benchmarks/onnx_node_conformance.py`)", "onnx_node_conformance",
      onnx_node_conformance),
+    ("ARM CPU speed: delegation, transposes, int8/fp32 (`benchmarks/arm_speed.py`)", "arm_speed", arm_speed),
     ("Build cost vs number of calibration samples (`benchmarks/bounded_cost.py`)", "bounded_cost", bounded_cost),
 ]
 

@@ -51,7 +51,7 @@ CALIB_SEED, EVAL_SEED = 1, 2
 
 def cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "edgepipe.cli", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "edgepipe.cli.main", *args], capture_output=True, text=True)
     return proc, time.perf_counter() - start
 
 

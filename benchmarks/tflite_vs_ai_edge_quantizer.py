@@ -167,7 +167,7 @@ def demo_case(work: Path) -> dict:
     from edgepipe.settings import data_preprocess, resolve_settings, to_model_domain
 
     bundle = work / "bundle"
-    subprocess.run([sys.executable, "-m", "edgepipe.cli", "build", "--target", "arm-cpu", "--out", str(bundle),
+    subprocess.run([sys.executable, "-m", "edgepipe.cli.main", "build", "--target", "arm-cpu", "--out", str(bundle),
                     "--no-host-report"], check=True, cwd=work, capture_output=True)
     settings, _ = resolve_settings({"target": "arm-cpu"}, None)
     model = graph.load_model(bundle / "reference.onnx")

@@ -5,6 +5,6 @@ from edgepipe.isolation import strip_cwd_from_sys_path
 
 strip_cwd_from_sys_path()
 
-from edgepipe.cli import main  # noqa: E402
+from edgepipe.cli.main import main  # noqa: E402
 
 main()

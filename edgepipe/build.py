@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe import __version__, graph
-from edgepipe.bundle import check_out_dir
-from edgepipe.outdir import BACKEND_TMP_PREFIX
+from edgepipe.delivery.bundle import check_out_dir
+from edgepipe.delivery.outdir import BACKEND_TMP_PREFIX
 from edgepipe.safeio import JSON_MAX_BYTES, ensure_regular_file, ensure_regular_or_dir
 from edgepipe.errors import UnsupportedOpError, UserError
 from edgepipe.modelcheck import check_model
 from edgepipe.pipeline import Pipeline, bytes_hash, settings_hash
-from edgepipe.settings import (data_fingerprint, data_preprocess, fold_settings_of, initial_input_shapes,
-                               require_calib, to_model_domain)
+from edgepipe.settings import (ReportSettings, data_fingerprint, data_preprocess, fold_settings_of,
+                               initial_input_shapes, require_calib, to_model_domain)
 
 
 
@@ -118,7 +118,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     eval_ds, eval_source = None, "eval"
     if settings.get("eval"):
         eval_ds = to_model_domain(
-            load_dataset(settings["eval"], specs, preprocess, limit=settings["report"].get("eval_limit")), settings)
+            load_dataset(settings["eval"], specs, preprocess, limit=settings["report"].eval_limit), settings)
         eval_note = f"{len(eval_ds)} samples of {settings['eval']}"
     else:
         calib_ds, eval_ds, eval_source, eval_note = hold_out(calib_ds, settings["report"])
@@ -140,18 +140,18 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
                          eval_source, eval_note)
 
 
-def hold_out(calib_ds, report: dict):
+def hold_out(calib_ds, report: ReportSettings):
     """Without --eval: (calibration part, held-out eval part or None, source, note for the user).
 
     Evaluating on the samples the ranges were fitted to flatters the accuracy, so a deterministic
     share (`report.holdout`, stratified by label) is held out and never calibrated on."""
     from edgepipe.data import holdout_split
 
-    fraction = float(report.get("holdout") or 0)
+    fraction = float(report.holdout or 0)
     if fraction >= 1:
         raise UserError(f"report.holdout is {fraction:g}: it is the fraction of the calibration samples held out "
                         "for evaluation, set it below 1 (default 0.1) or pass --eval")
-    keep, held = holdout_split(calib_ds, fraction, report.get("eval_limit"))
+    keep, held = holdout_split(calib_ds, fraction, report.eval_limit)
     if len(held) == 0:
         return calib_ds, None, "none", ("no --eval and no calibration samples held out (report.holdout "
                                         f"{fraction:g}, {len(calib_ds)} samples): no accuracy is reported")
@@ -166,7 +166,7 @@ def calib_split_key(settings: dict) -> str:
     if settings.get("eval"):
         return ""
     report = settings["report"]
-    return f"|holdout={float(report.get('holdout') or 0)!r}|cap={report.get('eval_limit')}"
+    return f"|holdout={float(report.holdout or 0)!r}|cap={report.eval_limit}"
 
 
 def foldable_batchnorms(model) -> set[str]:
@@ -245,9 +245,9 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         warnings.append(f"calibration: {stability_warning}")
 
     # 4b. automatic mixed precision to an accuracy budget (sensitivity-ranked float islands)
-    float_nodes = set(settings["precision"].get("float_nodes") or [])
+    float_nodes = set(settings["precision"].float_nodes)
     extra_files: dict[str, bytes] = {}
-    if settings["precision"].get("budget") is not None:
+    if settings["precision"].budget is not None:
         plan = pipeline.run(
             "precision", lambda: plan_precision(model, calibration, eval_ds or calib_ds, settings, target),
             describe=lambda p: (f"precision.json ({len(p.float_nodes)} float nodes)", 0, ""),
@@ -271,7 +271,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     result = BuildResult(target.name, out, pipeline.summary(), manifest, warnings,
                          eval_note=eval_summary(prepared, manifest), calibration_stability=stability_effect)
     # 7. int8 vs FP32 on this host: the target's runtime (arm-cpu: run.py), else its emulation
-    if settings["report"].get("host", True):
+    if settings["report"].host:
         measure = run_host_report if target.host_report else run_host_emulation
         pipeline.run(
             "report", lambda: measure(out, settings, target, result),
@@ -285,7 +285,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
 def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepared: PreparedModel, calibration,
                   float_nodes: set, extra_files: dict, backend_settings: dict, origin: str) -> dict:
     """Stages 5-6: lower with the target's backend into a temp dir, then write the bundle atomically."""
-    from edgepipe.bundle import write_bundle
+    from edgepipe.delivery.bundle import write_bundle
 
     model, calib_ds, eval_ds = prepared.model, prepared.calib, prepared.eval
     with tempfile.TemporaryDirectory(prefix=f"{BACKEND_TMP_PREFIX}{os.getpid()}-") as backend_tmp:
@@ -296,6 +296,7 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
             "backend", lambda: target.build_backend(model, calibration, backend_dir, backend_options),
             describe=lambda r: (", ".join(r.files), sum((backend_dir / f).stat().st_size for f in r.files),
                                 _files_hash(backend_dir, r.files)),
+            note=lambda r: r.note,
         )
         # 6. bundle
         eval_data = reference_eval_data(model, eval_ds, settings["report"], prepared.eval_source)
@@ -357,10 +358,10 @@ def calibration_stability(model, calibration, dataset, target) -> tuple[dict | N
 
 
 def plan_precision(model, calibration, dataset, settings: dict, target):
-    """Greedy mixed precision to `precision.budget` (see edgepipe/precision.py)."""
-    from edgepipe.precision import plan_on_target
+    """Greedy mixed precision to `precision.budget` (see edgepipe/accuracy/precision.py)."""
+    from edgepipe.accuracy.precision import plan_on_target
 
-    return plan_on_target(model, calibration, dataset, settings["precision"]["budget"], target,
+    return plan_on_target(model, calibration, dataset, settings["precision"].budget, target,
                           settings.get("backend"))
 
 
@@ -383,20 +384,20 @@ def _public_fold_report(report: dict) -> dict:
 
 def _bundle_hooks() -> list:
     try:
-        from edgepipe.deploy import render_playbook
+        from edgepipe.delivery.deploy import render_playbook
     except ImportError:
         return []
     return [render_playbook]
 
 
-def reference_eval_data(model, dataset, report: dict, source: str):
+def reference_eval_data(model, dataset, report: ReportSettings, source: str):
     """The bundle's eval samples: inputs, labels and FP32 reference outputs of the folded model.
 
     Bounded whatever the data size: evenly spaced samples, at most `report.eval_limit` of them and
     `report.eval_max_mb` of raw inputs + outputs (what run.py holds and the device stores). The
     samples are streamed into the bundle one at a time; None when there is nothing to keep.
     """
-    from edgepipe.bundle import EvalSamples
+    from edgepipe.delivery.bundle import EvalSamples
     from edgepipe.data import evenly_spaced, has_batch_axis
 
     if dataset is None or len(dataset) == 0:
@@ -406,11 +407,11 @@ def reference_eval_data(model, dataset, report: dict, source: str):
     first = dataset.sample(0)
     sample_bytes = sum(v.nbytes for v in first.values()) + sum(
         np.asarray(v).nbytes for v in session.run(output_names, first)) + (8 if dataset.labels is not None else 0)
-    max_bytes = report.get("eval_max_mb")
-    keep = min(len(dataset), report.get("eval_limit") or len(dataset),
+    max_bytes = report.eval_max_mb
+    keep = min(len(dataset), report.eval_limit or len(dataset),
                len(dataset) if max_bytes is None else int(float(max_bytes) * 2**20 // sample_bytes))
     info = {"source": source, "available": len(dataset), "bytes_per_sample": int(sample_bytes),
-            "max_samples": report.get("eval_limit"), "max_mb": max_bytes}
+            "max_samples": report.eval_limit, "max_mb": max_bytes}
     if keep < 1:
         return None
     kept = dataset.subset(evenly_spaced(len(dataset), keep))
@@ -448,13 +449,13 @@ def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> d
     threads = settings["backend"].get("threads") or target.options.get("threads") or 2
     out = out.resolve()
     command = [sys.executable, str(out / "run.py"), "--where", "host",
-               "--iterations", str(settings["report"]["iterations"]),
-               "--warmup", str(settings["report"]["warmup"]), "--threads", str(threads)]
+               "--iterations", str(settings["report"].iterations),
+               "--warmup", str(settings["report"].warmup), "--threads", str(threads)]
     completed = subprocess.run(command, cwd=str(out), capture_output=True, text=True)
     if completed.returncode != 0:
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"{out / 'run.py'} failed on this host: {last}")
-    from edgepipe.regress import load_results
+    from edgepipe.delivery.regress import load_results
 
     results = load_results(out / "report" / "results.json", "host")
     return finish_host_report(out, settings, results, result)
@@ -463,7 +464,7 @@ def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> d
 def run_host_emulation(out: Path, settings: dict, target, result: BuildResult) -> dict | None:
     """Targets whose runtime is not here (TensorRT): their deployed model emulated on this host
     (`Target.deployed_probe`: the Q/DQ ONNX in ONNX Runtime), marked so in results.json."""
-    from edgepipe.compare import host_accuracy
+    from edgepipe.accuracy.compare import host_accuracy
 
     manifest = json.loads((out / "manifest.json").read_text())
     outputs = [entry["name"] for entry in graph.describe_io(graph.load_model(out / "reference.onnx"))["outputs"]]
@@ -479,7 +480,7 @@ def run_host_emulation(out: Path, settings: dict, target, result: BuildResult) -
                           "python": platform.python_version()},
                "accuracy": accuracy, "latency_ms": {},
                "samples": min((manifest.get("eval") or {}).get("samples") or 0,
-                              settings["report"].get("eval_limit") or 10**9),
+                              settings["report"].eval_limit or 10**9),
                "source_sha256": (manifest.get("source") or {}).get("sha256")}
     return finish_host_report(out, settings, results, result)
 
@@ -487,8 +488,8 @@ def run_host_emulation(out: Path, settings: dict, target, result: BuildResult) -
 def finish_host_report(out: Path, settings: dict, results: dict, result: BuildResult) -> dict:
     """One warning when int8 agrees poorly with FP32 (report.min_sqnr_db / min_agreement), written
     into results.json and the report; then report.html."""
-    from edgepipe.compare import accuracy_warning
-    from edgepipe.report import render_report
+    from edgepipe.accuracy.compare import accuracy_warning
+    from edgepipe.delivery.report import render_report
 
     warning = accuracy_warning(results.get("accuracy"), settings["report"], out, str(results.get("where")))
     results["accuracy_warnings"] = [warning] if warning else []

@@ -9,6 +9,7 @@ deployed (folded) model takes raw inputs when input normalization is folded into
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,65 @@ from edgepipe import config, graph
 from edgepipe.errors import UserError
 
 DEFAULT_CONFIG_NAME = "edgepipe.yaml"
+
+
+def _schema_default(section: str, key: str):
+    return config.SCHEMA[section][key].default
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """edgepipe.yaml `report:`, typed. Defaults come from config.SCHEMA (the one place the README
+    and the error messages read too); values are validated there before this is built."""
+
+    host: bool = _schema_default("report", "host")
+    min_sqnr_db: float = _schema_default("report", "min_sqnr_db")
+    min_agreement: float = _schema_default("report", "min_agreement")
+    iterations: int = _schema_default("report", "iterations")
+    warmup: int = _schema_default("report", "warmup")
+    eval_limit: int = _schema_default("report", "eval_limit")
+    eval_max_mb: float = _schema_default("report", "eval_max_mb")
+    holdout: float = _schema_default("report", "holdout")
+
+
+@dataclass(frozen=True)
+class PrecisionSettings:
+    """edgepipe.yaml `precision:`, typed; `float_nodes` is held as a tuple so the settings stay immutable."""
+
+    budget: float | None = _schema_default("precision", "budget")
+    float_nodes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        object.__setattr__(self, "float_nodes", tuple(self.float_nodes or ()))
+
+
+@dataclass(frozen=True)
+class RegressSettings:
+    """edgepipe.yaml `regress:` (the budgets of `edgepipe regress`), typed; `metrics` None = all present."""
+
+    max_drop: float = _schema_default("regress", "max_drop")
+    max_latency_increase: str | float = _schema_default("regress", "max_latency_increase")
+    metrics: tuple[str, ...] | None = _schema_default("regress", "metrics")
+    max_sqnr_drop_db: float = _schema_default("regress", "max_sqnr_drop_db")
+
+    def __post_init__(self):
+        if self.metrics is not None:
+            object.__setattr__(self, "metrics", tuple(self.metrics))
+
+
+# edgepipe.yaml sections passed down typed (the others are still plain dicts)
+SECTION_TYPES = {"report": ReportSettings, "precision": PrecisionSettings, "regress": RegressSettings}
+
+
+def typed_sections(settings: dict) -> dict:
+    """`settings` with each section of SECTION_TYPES (a validated, defaults-filled dict) as its frozen
+    dataclass; a schema key without a field, or the reverse, fails here (TypeError), not deep in a stage."""
+    typed, defaults = dict(settings), config.defaults()
+    for section, cls in SECTION_TYPES.items():
+        values = typed.get(section)
+        if not isinstance(values, cls):
+            typed[section] = cls(**{**defaults[section], **(values or {})})
+    return typed
 
 
 def demo_settings() -> dict:
@@ -52,7 +112,7 @@ def resolve_settings(cli: dict, config_path: str | None) -> tuple[dict, str]:
 
         raise UserError(f"no target given: pass --target NAME (installed: {', '.join(available_targets())})")
     settings["out"] = settings.get("out") or str(Path("build") / settings["target"])
-    return settings, origin
+    return typed_sections(settings), origin
 
 
 def require_calib(settings: dict) -> str:
@@ -64,7 +124,7 @@ def require_calib(settings: dict) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    from edgepipe.bundle import sha256_file
+    from edgepipe.delivery.bundle import sha256_file
 
     return sha256_file(path)
 

@@ -36,6 +36,7 @@ class BackendResult:
     io: dict  # {"inputs": [...], "outputs": [...]} with layout and quantization
     manifest: dict = field(default_factory=dict)  # extra manifest entries (precision, reports)
     template_context: dict = field(default_factory=dict)
+    note: str = ""  # one line shown next to the backend stage in the build output
 
 
 class Target:
@@ -76,6 +77,11 @@ class Target:
 
     def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
         raise NotImplementedError
+
+    def predict_delegation(self, model) -> dict | None:
+        """For `inspect`: which ops the built model would leave outside the runtime's accelerated
+        path (e.g. XNNPACK), predicted without calibration; None when the target does not know."""
+        return None
 
     def qdq_model(self, model, calibration, keep_float=frozenset()) -> tuple[Any, dict]:
         """(Q/DQ ONNX model, report) simulating this target's int8 in ONNX Runtime, with `keep_float`

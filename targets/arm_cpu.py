@@ -39,13 +39,26 @@ class ArmCpuTarget(Target):
 
         return unsupported_nodes(model, self.name)
 
+    def predict_delegation(self, model):
+        """int8 ops predicted outside XNNPACK (builtins.py's measured table, placeholder ranges)."""
+        from edgepipe.backends.tflite import delegation
+        from edgepipe.backends.tflite.validator import ValidationError
+
+        try:
+            return delegation.predict(model, {"target": self.name})
+        except ValidationError:  # a kernel rule the placeholder ranges break: no prediction
+            return None
+
     def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
-        from edgepipe.backends.tflite import build_tflite
+        from edgepipe.backends.tflite import build_tflite, delegation
+        from edgepipe.backends.tflite.build import FP32_FILE, INT8_FILE
 
         options = {**self.options, **{k: v for k, v in settings.items() if v is not None}}
         options["float_nodes"] = set(options.get("float_nodes") or [])
         options["target"] = self.name  # errors name the target (or profile) the user chose
         result = build_tflite(model, calibration, out_dir, options)
+        int8_built = INT8_FILE in result["files"]
+        measured = delegation.measure(out_dir / INT8_FILE, int(options.get("threads") or 1)) if int8_built else None
         manifest = {
             "precision": {
                 "policy": self.precision,
@@ -55,7 +68,12 @@ class ArmCpuTarget(Target):
             },
             "op_histogram": result.get("op_histogram", {}),
         }
-        return BackendResult(files=list(result["files"]), io=result["io"], manifest=manifest)
+        if int8_built:
+            manifest["compare_model"] = FP32_FILE  # run.py times it next to the int8 model
+            manifest["delegation"] = {"measured_here": measured,
+                                      **delegation.predicted_outside(result["kernels"])}
+        note = delegation.summary_line(measured) if int8_built else ""
+        return BackendResult(files=list(result["files"]), io=result["io"], manifest=manifest, note=note)
 
     def evaluator(self, model, calibration, dataset, settings: dict):
         from edgepipe.backends.tflite.evaluate import tflite_evaluator

@@ -61,7 +61,7 @@ class TensorRTTarget(Target):
         (the engine itself fuses layers and picks kernels on the device)."""
         from edgepipe import graph
         from edgepipe.backends.tensorrt import QDQ_MODEL_FILE
-        from edgepipe.compare import OnnxTensorProbe
+        from edgepipe.accuracy.compare import OnnxTensorProbe
 
         model = graph.load_model(Path(bundle) / QDQ_MODEL_FILE)
         return OnnxTensorProbe(model, f"{QDQ_MODEL_FILE} in ONNX Runtime", HOST_EMULATION, tensors)

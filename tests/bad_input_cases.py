@@ -351,7 +351,7 @@ def _deploy_inventory(tmp: Path) -> list[str]:
 
 def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
     """A real (tiny) bundle written by edgepipe's own bundle writer."""
-    from edgepipe.bundle import write_bundle
+    from edgepipe.delivery.bundle import write_bundle
 
     target = {"name": target_name, "backend": "tflite", "description": "", "precision": "int8", "layout": "NHWC",
               "runtime_requirements": [], "device_readme": ""}
@@ -492,7 +492,7 @@ def observed_messages() -> dict[str, str]:
     import os
     import tempfile
 
-    from edgepipe.cli import main
+    from edgepipe.cli.main import main
 
     messages = {}
     for case in CASES:

@@ -197,7 +197,7 @@ def build(case: NodeCase, target: str, work: Path, calib_override: Path | None =
     import contextlib
     import io
 
-    from edgepipe.cli import main
+    from edgepipe.cli.main import main
 
     model_file, data_file = write_inputs(case, work / "case")
     out = work / "bundle"

@@ -181,7 +181,7 @@ with open(os.path.join("report", "results.json"), "w") as handle:
 
 
 def write_checksums(bundle: Path) -> None:
-    """The bundle contract as edgepipe.bundle writes it: manifest.json lists every file except
+    """The bundle contract as edgepipe.delivery.bundle writes it: manifest.json lists every file except
     itself, SHA256SUMS and report/; SHA256SUMS covers those files plus manifest.json."""
     files = []
     for path in sorted(p for p in bundle.rglob("*") if p.is_file()):

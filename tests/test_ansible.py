@@ -14,9 +14,9 @@ import pytest
 from tests.ci import missing_tool
 import yaml
 
-from edgepipe.bundle import verify_bundle
-from edgepipe.deploy import render_playbook
-from edgepipe.fleet import load_inventory
+from edgepipe.delivery.bundle import verify_bundle
+from edgepipe.delivery.deploy import render_playbook
+from edgepipe.delivery.fleet import load_inventory
 from tests.ssh_server import make_bundle, write_checksums
 
 ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook")

@@ -8,8 +8,8 @@ TENSORRT_BACKEND = "edgepipe.backends.tensorrt"
 # the TensorRT targets (their plugin modules) and the backend itself may import it
 TENSORRT_CODE = ("edgepipe/backends/tensorrt/", "targets/tensorrt_family.py", "targets/jetson.py",
                  "targets/desktop_gpu.py")
-ACCURACY_TOOLS = ("edgepipe/sensitivity.py", "edgepipe/precision.py", "edgepipe/qat.py", "edgepipe/cli_accuracy.py",
-                  "edgepipe/compare.py")
+# every module of the accuracy package, and the commands that drive it
+ACCURACY_TOOLS = ("edgepipe/accuracy/", "edgepipe/cli/accuracy.py")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -41,9 +41,11 @@ def test_only_tensorrt_code_imports_the_tensorrt_backend():
 
 
 def test_accuracy_tools_quantize_through_the_target_not_a_backend():
-    for rel in ACCURACY_TOOLS:
-        backends = sorted(m for m in imported_modules(ROOT / rel) if m.startswith("edgepipe.backends"))
-        assert backends == [], rel
+    paths = [p for p in python_files() if p.relative_to(ROOT).as_posix().startswith(ACCURACY_TOOLS)]
+    assert {p.name for p in paths} >= {"sensitivity.py", "precision.py", "qat.py", "compare.py", "accuracy.py"}
+    for path in paths:
+        backends = sorted(m for m in imported_modules(path) if m.startswith("edgepipe.backends"))
+        assert backends == [], path
 
 
 def test_no_backend_hard_codes_a_target_name():
@@ -76,15 +78,20 @@ def test_options_a_target_ignores_are_refused(tmp_path):
 
 
 MODULE_PREFIXES = ("edgepipe.", "edgepipe.calibrate.", "edgepipe.backends.", "edgepipe.backends.tflite.",
-                   "edgepipe.stages.")
+                   "edgepipe.stages.", "edgepipe.delivery.", "edgepipe.accuracy.", "edgepipe.cli.")
 
 
 def _resolve(dotted: str):
-    """The object `dotted` names under one of edgepipe's packages, or None when its first part is no
-    module there (then it names a variable, e.g. `ds.sample`)."""
+    """The object `dotted` names under one of edgepipe's packages (or the edgepipe.yaml key it names),
+    or None when its first part is no module there (then it names a variable, e.g. `ds.sample`)."""
     import importlib
 
+    from edgepipe.config import SCHEMA
+
     parts = dotted.split(".")
+    section = SCHEMA.get(parts[0])
+    if len(parts) == 2 and isinstance(section, dict) and parts[1] in section:  # a key, e.g. report.eval_limit
+        return section[parts[1]]
     for prefix in MODULE_PREFIXES:
         try:
             obj = importlib.import_module(prefix + parts[0])
@@ -113,7 +120,7 @@ def test_architecture_doc_names_functions_that_exist():
     files = ("py", "json", "yaml", "yml", "j2", "md", "npz", "onnx", "tflite", "html", "txt", "cache", "plan")
     names = {n for n in re.findall(r"`([a-z_]+(?:\.[A-Za-z_]+)+)(?:\(|`)", prose) if n.rsplit(".", 1)[1] not in files}
     resolved = {n for n in names if _resolve(n) is not None}
-    assert {"cli.build", "build.run_build", "settings.resolve_settings", "policy.choose"} <= resolved
+    assert {"cli.main.build", "bundle.EvalSamples", "build.run_build", "settings.resolve_settings", "policy.choose"} <= resolved
     targets = prose.split("### Targets", 1)[1].split("###", 1)[0]
     for method in re.findall(r"^- `([a-z_]+)\(", targets, flags=re.M):
         assert callable(getattr(Target, method, None)), f"Target.{method} is in the doc but not in the code"
@@ -123,7 +130,7 @@ def test_bundle_writer_has_no_default_runner(tmp_path):
     """The runner is the target's choice; a missing one is a programming error, not TFLite by default."""
     import pytest
 
-    from edgepipe.bundle import write_bundle
+    from edgepipe.delivery.bundle import write_bundle
 
     with pytest.raises(ValueError, match="runner_template"):
         write_bundle(tmp_path / "b", target={"name": "t"}, files={}, template_context={"model_file": "m"},

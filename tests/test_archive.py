@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edgepipe.archive import bundle_root, pack_bundle, safe_extract
-from edgepipe.bundle import VerificationError, verify_bundle, write_bundle
+from edgepipe.delivery.archive import bundle_root, pack_bundle, safe_extract
+from edgepipe.delivery.bundle import VerificationError, verify_bundle, write_bundle
 from edgepipe.errors import UserError
 
 

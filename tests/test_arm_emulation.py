@@ -68,13 +68,14 @@ def demo_models(work):
     from edgepipe import config
     from edgepipe.backends.tflite import build_tflite
     from edgepipe.build import prepare_model
-    from edgepipe.settings import demo_settings
+    from edgepipe.settings import demo_settings, typed_sections
     from edgepipe.calibrate import calibrate
     from edgepipe.pipeline import Pipeline
 
     settings = config.merge(config.defaults(), demo_settings())
     settings["calibration"]["max_samples"] = 64
     settings["report"]["eval_limit"] = N_INPUTS
+    settings = typed_sections(settings)
     prepared = prepare_model(settings, Pipeline(None))
     calibration = calibrate(prepared.model, prepared.calib, {"method": "auto"})
     result = build_tflite(prepared.model, calibration, work, {})

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from edgepipe.cli import main
+from edgepipe.cli.main import main
 from tests.bad_input_cases import CASES
 
 

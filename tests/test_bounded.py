@@ -16,8 +16,9 @@ import pytest
 
 from edgepipe import graph
 from edgepipe.build import hold_out, reference_eval_data
-from edgepipe.bundle import EvalSamples, write_eval_npz
+from edgepipe.delivery.bundle import EvalSamples, write_eval_npz
 from edgepipe.data import holdout_split, load_dataset
+from edgepipe.settings import ReportSettings
 from tests.helpers import run_cli, tiny_conv_model
 from tests.test_runner_harness import make_bundle, run_py
 
@@ -86,7 +87,7 @@ PEAK_CHILD = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     import numpy as np
-    from edgepipe.bundle import EvalSamples, write_eval_npz
+    from edgepipe.delivery.bundle import EvalSamples, write_eval_npz
     from edgepipe.data import load_dataset
 
     def hwm_mb():  # this process's own peak (VmHWM is per address space, not inherited)
@@ -141,7 +142,7 @@ def test_eval_budget_keeps_evenly_spaced_samples_within_count_and_bytes(tmp_path
     model, ds, x = _dataset(tmp_path, 40)
     per_sample = x[0].nbytes + 4 * int(np.prod(graph.make_session(model).run(None, ds.sample(0))[0].shape))
     budget_mb = 7.5 * per_sample / 2**20  # room for 7 samples
-    data = reference_eval_data(model, ds, {"eval_limit": 30, "eval_max_mb": budget_mb}, "eval")
+    data = reference_eval_data(model, ds, ReportSettings(eval_limit=30, eval_max_mb=budget_mb), "eval")
     assert data.count == 7 and data.info["available"] == 40 and data.info["bytes_per_sample"] == per_sample
     entry = write_eval_npz(tmp_path / "eval.npz", data)
     assert entry["samples"] == 7 and entry["available"] == 40 and entry["source"] == "eval"
@@ -153,9 +154,9 @@ def test_eval_budget_keeps_evenly_spaced_samples_within_count_and_bytes(tmp_path
         np.testing.assert_allclose(written["reference:y"],
                                    np.concatenate([graph.make_session(model).run(None, {"x": r[None]})[0]
                                                    for r in kept]), rtol=1e-6)
-    by_count = reference_eval_data(model, ds, {"eval_limit": 3, "eval_max_mb": 100}, "eval")
+    by_count = reference_eval_data(model, ds, ReportSettings(eval_limit=3, eval_max_mb=100), "eval")
     assert by_count.count == 3
-    assert reference_eval_data(model, ds, {"eval_limit": 30, "eval_max_mb": 1e-6}, "eval") is None
+    assert reference_eval_data(model, ds, ReportSettings(eval_limit=30, eval_max_mb=1e-6), "eval") is None
 
 
 def test_run_py_streams_eval_data_and_reports_the_sample_count(tmp_path):
@@ -217,13 +218,13 @@ def test_holdout_is_deterministic_disjoint_and_stratified(tmp_path):
 
 def test_hold_out_calibrates_on_other_samples_than_it_evaluates(tmp_path):
     _, ds, x = _dataset(tmp_path, 30)
-    calib, evaluation, source, note = hold_out(ds, {"holdout": 0.2, "eval_limit": 500})
+    calib, evaluation, source, note = hold_out(ds, ReportSettings(holdout=0.2, eval_limit=500))
     assert source == "holdout" and len(calib) == 24 and len(evaluation) == 6
     calib_rows = {_eager(calib)[i].tobytes() for i in range(len(calib))}
     eval_rows = {_eager(evaluation)[i].tobytes() for i in range(len(evaluation))}
     assert not calib_rows & eval_rows and len(calib_rows | eval_rows) == 30
     assert "6 of 30 calibration samples held out" in note
-    unlabeled = hold_out(ds, {"holdout": 0, "eval_limit": 500})
+    unlabeled = hold_out(ds, ReportSettings(holdout=0, eval_limit=500))
     assert unlabeled[1] is None and unlabeled[2] == "none" and "no accuracy" in unlabeled[3]
 
 

@@ -55,6 +55,22 @@ def test_arm_cpu_host_report_accuracy(arm_build, workdir):
     assert (workdir / "build" / "arm-cpu" / "report" / "report.html").exists()
 
 
+def test_arm_cpu_host_report_times_int8_and_fp32_in_one_run(arm_build, workdir):
+    from tests.tflite_harness import delegate_partitions
+
+    bundle = workdir / "build" / "arm-cpu"
+    results = arm_build["results"]
+    fp32 = results["compare"]
+    assert fp32["model"] == "model.fp32.tflite" and fp32["latency_ms"]["p50"] > 0
+    assert abs(results["speedup"] - fp32["latency_ms"]["p50"] / results["latency_ms"]["p50"]) < 1e-9
+    partitions = len(delegate_partitions(bundle / "model.tflite"))
+    assert results["delegation"] == {"partitions": partitions, "outside": {}}
+    backend = next(s for s in arm_build["stages"] if s["name"] == "backend")
+    assert f"XNNPACK int8: {partitions} partition" in backend["note"]
+    report = (bundle / "report" / "report.md").read_text()
+    assert "| XNNPACK partitions | 1 |" in report and "speed-up vs compared model" in report
+
+
 def test_second_target_reuses_cached_stages(jetson_build):
     cached = {s["name"]: s["cached"] for s in jetson_build["stages"]}
     # export always runs (its graph keys the later stages); everything after it is reused

@@ -13,7 +13,7 @@ BUILT_IN = ("auto", "entropy", "percentile", "mse", "minmax")
 
 
 def test_cli_schema_and_validation_list_the_registry():
-    from edgepipe.cli import build
+    from edgepipe.cli.main import build
     from edgepipe.stages.calibrate import validate_settings
 
     assert methods.names() == BUILT_IN

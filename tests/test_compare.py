@@ -163,7 +163,7 @@ def test_unstable_calibration_that_moves_the_output_warns(workdir, arm_bundle, t
 
 
 def test_per_layer_section_escapes_tensor_names():
-    from edgepipe.report import report_context
+    from edgepipe.delivery.report import report_context
     from edgepipe.templating import render
 
     evil = "<script>alert(1)</script>"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgepipe.deploy import SshTarget, deploy_bundle
+from edgepipe.delivery.deploy import SshTarget, deploy_bundle
 from edgepipe.errors import UserError
 from tests.helpers import run_cli
 from tests.ssh_server import closed_port, keygen, make_bundle, write_checksums
@@ -66,7 +66,7 @@ def test_device_side_check_names_modified_and_unlisted_files(ssh_server, tmp_pat
     """What arrives on the device is checked again there: sha256sum -c, then no unlisted file."""
     import shutil
 
-    from edgepipe.deploy import RemoteShell, expected_upload, verify_remote
+    from edgepipe.delivery.deploy import RemoteShell, expected_upload, verify_remote
 
     bundle = make_bundle(tmp_path / "bundle")
     shell = RemoteShell(target_for(ssh_server))

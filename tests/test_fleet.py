@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from edgepipe.deploy import DeployResult
+from edgepipe.delivery.deploy import DeployResult
 from edgepipe.errors import UserError
-from edgepipe.fleet import InventoryHost, deploy_with_retry, load_inventory, merge_results
+from edgepipe.delivery.fleet import InventoryHost, deploy_with_retry, load_inventory, merge_results
 from tests.helpers import run_cli
 from tests.ssh_server import closed_port, make_bundle
 

@@ -26,8 +26,8 @@ import onnx
 import pytest
 import yaml
 
-from edgepipe.archive import safe_extract
-from edgepipe.bundle import check_out_dir, verify_bundle, write_bundle
+from edgepipe.delivery.archive import safe_extract
+from edgepipe.delivery.bundle import check_out_dir, verify_bundle, write_bundle
 from edgepipe.errors import UserError
 from tests.bad_input_cases import write_small_bundle
 from tests.ci import missing_tool
@@ -309,7 +309,7 @@ sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from edgepipe.isolation import clean_up_on_sigterm
 from tests.bad_input_cases import write_small_bundle
 from tests.ci import missing_tool
-import edgepipe.bundle as bundle
+import edgepipe.delivery.bundle as bundle
 
 clean_up_on_sigterm()
 def slow(staging):
@@ -333,7 +333,7 @@ write_small_bundle(Path({str(tmp_path / 'out')!r}))
 def test_archive_member_sizes_are_checked_before_extraction(tmp_path, monkeypatch):
     import tarfile
 
-    from edgepipe import archive
+    from edgepipe.delivery import archive
 
     member = tmp_path / "zeros.bin"
     member.write_bytes(b"\0" * 100_000)  # compresses to almost nothing
@@ -413,7 +413,7 @@ def test_npz_member_larger_than_free_memory_is_refused_before_inflating(tmp_path
 
 
 def test_swap_without_atomic_exchange_still_replaces_and_keeps_results(tmp_path, monkeypatch):
-    from edgepipe import outdir
+    from edgepipe.delivery import outdir
 
     monkeypatch.setattr(outdir, "_exchange", lambda a, b: False)  # a filesystem without renameat2
     out = tmp_path / "out"
@@ -504,7 +504,7 @@ def _replaced(data, path, value):
 def test_every_results_field_of_every_type_gives_an_answer_or_one_error_line(tmp_path, capsys):
     """Each field of a real results.json replaced by each JSON type: report and regress either
     work or print one `error:` line with exit 2 (never an internal error or a traceback)."""
-    from edgepipe.cli import main
+    from edgepipe.cli.main import main
 
     results = json.loads(json.dumps({
         "schema": 1, "target": "t", "where": "device", "model": "m.tflite", "samples": 2,
@@ -539,7 +539,7 @@ def test_every_manifest_field_of_every_type_gives_an_answer_or_one_error_line(tm
     """The same for verify and pack: a hand-edited manifest (SHA256SUMS updated to match it)."""
     import hashlib
 
-    from edgepipe.cli import main
+    from edgepipe.cli.main import main
 
     bundle = tmp_path / "bundle"
     manifest = write_small_bundle(bundle, device_generated=["model.plan"])
@@ -564,7 +564,7 @@ def test_every_manifest_field_of_every_type_gives_an_answer_or_one_error_line(tm
 
 
 def test_every_inventory_field_of_every_type_loads_or_raises_one_user_error(tmp_path):
-    from edgepipe.fleet import load_inventory
+    from edgepipe.delivery.fleet import load_inventory
 
     inventory = {"all": {"vars": {"ansible_user": "edge"}, "hosts": {"pi1": {"ansible_host": "10.0.0.1", "ansible_port": 22}},
                          "children": {"lab": {"hosts": {"pi2": None}}}}}

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgepipe.cli import INTERNAL_ERROR_EXIT, main
+from edgepipe.cli.main import INTERNAL_ERROR_EXIT, main
 from tests.helpers import tiny_conv_model
 
 # Runs the real entry point after replacing one stage function with one that fails like a bug would.
@@ -23,7 +23,7 @@ def broken(model, check=True):
     raise RuntimeError("tensor 'conv_out' has no producer\\nsecond line")
 
 simplify.run_simplify = broken
-from edgepipe.cli import main
+from edgepipe.cli.main import main
 main(sys.argv[1:])
 """
 

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from edgepipe.errors import BudgetError, UserError
-from edgepipe.precision import Budget, plan_mixed_precision
-from edgepipe.sensitivity import VariantEvaluator
+from edgepipe.accuracy.precision import Budget, plan_mixed_precision
+from edgepipe.accuracy.sensitivity import VariantEvaluator
 from tests.test_sensitivity import GPU, calibrated, npz_dataset, outlier_mlp
 
 BUDGET = 0.02  # at most 2% of argmax decisions may change vs FP32

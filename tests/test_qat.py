@@ -11,9 +11,9 @@ from edgepipe import graph, quantmath
 from edgepipe.calibrate import calibrate
 from edgepipe.data import load_dataset
 from edgepipe.errors import UserError
-from edgepipe.qat import (LearnedActivationQuant, PerChannelWeightQuant, distillation_loss, fake_quantize, finetune,
+from edgepipe.accuracy.qat import (LearnedActivationQuant, PerChannelWeightQuant, distillation_loss, fake_quantize, finetune,
                           learned_calibration, map_to_onnx, prepare_qat, strip_qat)
-from edgepipe.sensitivity import VariantEvaluator
+from edgepipe.accuracy.sensitivity import VariantEvaluator
 from edgepipe.targets import load_target
 from edgepipe.stages.export import export_torch
 

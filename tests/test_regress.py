@@ -10,9 +10,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from edgepipe.cli_release import register
+from edgepipe.cli.release import register
 from edgepipe.errors import BudgetError, UserError
-from edgepipe.regress import parse_increase, run_regression
+from edgepipe.delivery.regress import parse_increase, run_regression
+from edgepipe.settings import RegressSettings
 
 BASE = {
     "schema": 1, "target": "arm-cpu", "where": "device",
@@ -54,7 +55,7 @@ def invoke(tmp_path, baseline, candidate, *extra):
 
 
 def test_identical_results_pass_every_check():
-    result = run_regression(BASE, copy.deepcopy(BASE), {})
+    result = run_regression(BASE, copy.deepcopy(BASE), RegressSettings())
     names = {c.name for c in result.checks}
     assert result.passed
     assert {"accuracy.top1", "accuracy.top5", "accuracy.argmax_agreement", "accuracy.sqnr_db[logits]",
@@ -62,34 +63,35 @@ def test_identical_results_pass_every_check():
 
 
 def test_accuracy_drop_beyond_budget_fails_only_that_check():
-    result = run_regression(BASE, variant(accuracy__top1=0.885), {"max_drop": 0.01})
+    result = run_regression(BASE, variant(accuracy__top1=0.885), RegressSettings(max_drop=0.01))
     assert [c.name for c in result.failures] == ["accuracy.top1"]
-    assert run_regression(BASE, variant(accuracy__top1=0.895), {"max_drop": 0.01}).passed
-    assert run_regression(BASE, variant(accuracy__top1=0.885), {"max_drop": 0.02}).passed
+    assert run_regression(BASE, variant(accuracy__top1=0.895), RegressSettings(max_drop=0.01)).passed
+    assert run_regression(BASE, variant(accuracy__top1=0.885), RegressSettings(max_drop=0.02)).passed
 
 
 def test_sqnr_and_latency_budgets():
     worse_sqnr = variant(accuracy__outputs={"logits": {"sqnr_db": 27.0, "cosine": 0.99}})
-    assert [c.name for c in run_regression(BASE, worse_sqnr, {}).failures] == ["accuracy.sqnr_db[logits]"]
-    assert run_regression(BASE, worse_sqnr, {"max_sqnr_drop_db": 5}).passed
+    assert [c.name for c in run_regression(BASE, worse_sqnr, RegressSettings()).failures] == ["accuracy.sqnr_db[logits]"]
+    assert run_regression(BASE, worse_sqnr, RegressSettings(max_sqnr_drop_db=5)).passed
     slower = variant(latency_ms__p99=2.5 * 1.15)
-    assert [c.name for c in run_regression(BASE, slower, {"max_latency_increase": "10%"}).failures] == ["latency.p99"]
-    assert run_regression(BASE, slower, {"max_latency_increase": "20%"}).passed
-    assert run_regression(BASE, slower, {"max_latency_increase": 0.2}).passed
+    failures = run_regression(BASE, slower, RegressSettings(max_latency_increase="10%")).failures
+    assert [c.name for c in failures] == ["latency.p99"]
+    assert run_regression(BASE, slower, RegressSettings(max_latency_increase="20%")).passed
+    assert run_regression(BASE, slower, RegressSettings(max_latency_increase=0.2)).passed
 
 
 def test_configured_metrics_and_missing_candidate_metric():
-    result = run_regression(BASE, variant(accuracy__top5=0.5), {"metrics": ["top1"]})
+    result = run_regression(BASE, variant(accuracy__top5=0.5), RegressSettings(metrics=["top1"]))
     assert result.passed and not any(c.name == "accuracy.top5" for c in result.checks)
     missing = copy.deepcopy(BASE)
     del missing["accuracy"]["top1"]
-    assert "accuracy.top1" in [c.name for c in run_regression(BASE, missing, {}).failures]
+    assert "accuracy.top1" in [c.name for c in run_regression(BASE, missing, RegressSettings()).failures]
     with pytest.raises(UserError, match="'top9'"):
-        run_regression(BASE, BASE, {"metrics": ["top9"]})
+        run_regression(BASE, BASE, RegressSettings(metrics=["top9"]))
 
 
 def test_ece_is_lower_is_better():
-    budgets = {"metrics": ["ece"], "max_drop": 0.01}
+    budgets = RegressSettings(metrics=["ece"], max_drop=0.01)
     assert run_regression(BASE, variant(accuracy__ece=0.01), budgets).passed
     assert not run_regression(BASE, variant(accuracy__ece=0.08), budgets).passed
 
@@ -144,6 +146,6 @@ def test_cli_missing_or_invalid_baseline_is_a_user_error(tmp_path):
 def test_junit_escapes_metric_names():
     odd = variant(accuracy__outputs={'<out&"put>': {"sqnr_db": 1.0}})
     base = variant(accuracy__outputs={'<out&"put>': {"sqnr_db": 40.0}})
-    xml = run_regression(base, odd, {}).to_junit()
+    xml = run_regression(base, odd, RegressSettings()).to_junit()
     names = [case.get("name") for case in ET.fromstring(xml).iter("testcase")]
     assert 'accuracy.sqnr_db[<out&"put>]' in names

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgepipe.errors import UserError
-from edgepipe.report import render_report
+from edgepipe.delivery.report import render_report
 from tests.ci import missing_tool
 
 EVIL = "<script>alert(1)</script>"
@@ -89,7 +89,7 @@ def test_bad_results_file_is_a_user_error(tmp_path):
 def test_cli_report_command(tmp_path):
     import click
 
-    from edgepipe.cli_release import register
+    from edgepipe.cli.release import register
 
     @click.group()
     def group():

@@ -17,7 +17,7 @@ import pytest
 
 from edgepipe import graph, quantmath
 from edgepipe.backends.tflite.build import build_tflite
-from edgepipe.bundle import write_bundle
+from edgepipe.delivery.bundle import write_bundle
 from tests.helpers import tiny_conv_model
 from tests.tflite_harness import minmax_calibration, structured_inputs
 

@@ -14,7 +14,7 @@ from edgepipe.calibrate import calibrate
 from edgepipe.data import load_dataset
 from edgepipe.errors import UserError
 from edgepipe.graph import constant_value
-from edgepipe.sensitivity import analyze_sensitivity
+from edgepipe.accuracy.sensitivity import analyze_sensitivity
 from edgepipe.targets import load_target
 
 GPU = load_target("desktop-gpu")  # symmetric activations (TensorRT)
@@ -119,7 +119,7 @@ def test_asymmetric_scheme_and_bad_group(tmp_path):
 def test_cli_sensitivity_json_and_plan(tmp_path):
     from click.testing import CliRunner
 
-    from edgepipe.cli import cli
+    from edgepipe.cli.main import cli
 
     model = outlier_mlp({2: 300.0})
     onnx.save(model, tmp_path / "mlp.onnx")

@@ -1,5 +1,6 @@
 """The table of TFLite builtins (edgepipe/backends/tflite/builtins.py) against the real interpreter:
-every version registers in LiteRT, and every xnnpack_int8 True/False row holds on a one-op model."""
+every version registers in LiteRT, and every xnnpack_int8 / xnnpack_fp32 True/False value holds on a
+one-op model."""
 
 from __future__ import annotations
 
@@ -36,30 +37,45 @@ ONE_OP_MODELS = {
     "LOGISTIC": (("Sigmoid", ["x"], {}), IMAGE, {}),
     "TANH": (("Tanh", ["x"], {}), IMAGE, {}),
     "LEAKY_RELU": (("LeakyRelu", ["x"], {"alpha": 0.1}), IMAGE, {}),
-    "PRELU": (("PRelu", ["x", "slope"], {}), IMAGE, {"slope": np.full((4, 1, 1), 0.1, np.float32)}),
+    "PRELU": (("PRelu", ["x", "slope"], {}), IMAGE, {"slope": np.full((4, 1, 1), 1.5, np.float32)}),  # s < 1: DW convs
     "GELU": (("Gelu", ["x"], {}), IMAGE, {}),
     "CONCATENATION": (("Concat", ["x", "x2"], {"axis": 1}), PAIR, {}),
     "RESHAPE": (("Reshape", ["x", "shape"], {}), {"x": [1, 4, 6]}, {"shape": np.array([1, 24], np.int64)}),
     "PAD": (("Pad", ["x", "pads"], {}), IMAGE, {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}),
     "RESIZE_BILINEAR": (("Resize", ["x", "", "s"], {"mode": "linear"}), IMAGE, SCALE2),
-    "RESIZE_NEAREST_NEIGHBOR": (("Resize", ["x", "", "s"], {"mode": "nearest"}), IMAGE, SCALE2),
+    # a non-integer factor: integer nearest upscaling is CONCATENATION + RESHAPE (ops/resize.py)
+    "RESIZE_NEAREST_NEIGHBOR": (("Resize", ["x", "", "s"], {"mode": "nearest"}), IMAGE,
+                                {"s": np.array([1, 1, 1.5, 1.5], np.float32)}),
 }
 
 
 def test_every_measured_row_has_a_model():
-    measured = {name for name, row in BUILTINS.items() if row.xnnpack_int8 is not None}
+    measured = {name for name, row in BUILTINS.items() if row.xnnpack_int8 is not None or row.xnnpack_fp32 is not None}
     assert measured == set(ONE_OP_MODELS)
 
 
-@pytest.mark.parametrize("opcode", sorted(ONE_OP_MODELS))
-def test_xnnpack_int8_delegation_matches_the_table(opcode, tmp_path):
+def _one_op(opcode, tmp_path):
     (op_type, inputs, attrs), shapes, initializers = ONE_OP_MODELS[opcode]
     model = make_model([helper.make_node(op_type, inputs, ["y"], name="op", **attrs)], shapes, ["y"], initializers,
                        opset=20)
     result, _ = convert(model, tmp_path)
-    assert result["op_histogram"].get(opcode) == 1 and not result["float_nodes"]
+    assert result["op_histogram"].get(opcode) == 1
+    return result
+
+
+@pytest.mark.parametrize("opcode", sorted(k for k in ONE_OP_MODELS if BUILTINS[k].xnnpack_int8 is not None))
+def test_xnnpack_int8_delegation_matches_the_table(opcode, tmp_path):
+    result = _one_op(opcode, tmp_path)
+    assert not result["float_nodes"]
     delegated = len(delegate_partitions(tmp_path / "model.tflite")) == 1  # else the op splits Q and DQ apart
     assert delegated == BUILTINS[opcode].xnnpack_int8
+
+
+@pytest.mark.parametrize("opcode", sorted(k for k in ONE_OP_MODELS if BUILTINS[k].xnnpack_fp32 is not None))
+def test_xnnpack_fp32_delegation_matches_the_table(opcode, tmp_path):
+    _one_op(opcode, tmp_path)
+    delegated = len(delegate_partitions(tmp_path / "model.fp32.tflite")) == 1
+    assert delegated == BUILTINS[opcode].xnnpack_fp32
 
 
 def test_fixed_output_parameters_live_in_one_place():

@@ -20,6 +20,8 @@ from edgepipe.stages.simplify import run_simplify
 from tests.tflite_harness import (check_conformance, delegate_partitions, make_interpreter, make_model,
                                   minmax_calibration, structured_inputs)
 
+RNG_SLOPES = np.random.default_rng(17)
+
 
 @pytest.mark.parametrize("magnitude", [1e-5, 1e-7])
 def test_int8_hard_swish_of_small_range_input_is_delegated(magnitude, tmp_path):
@@ -41,6 +43,59 @@ def test_int8_hard_swish_form_depends_on_input_range(magnitude, ops, tmp_path):
     feeds = [{"x": magnitude * feed["x"]} for feed in structured_inputs(model)]
     report = check_conformance(model, tmp_path, feeds)
     assert report.result["op_histogram"] == {"QUANTIZE": 1, **ops, "DEQUANTIZE": 1}
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+
+@pytest.mark.parametrize("shape,ops", [([1, 6, 7, 8], {"DEPTHWISE_CONV_2D": 1}), ([2, 5, 9], {"MUL": 1, "ADD": 1})])
+def test_int8_hard_sigmoid_is_delegated_without_minimum(shape, ops, tmp_path):
+    """XNNPACK has no int8 MINIMUM: the clip to [0, 1] is the saturation of an output grid that
+    spans [0, <= 1]. Magnitude 4 drives alpha * x + beta past both ends."""
+    nodes = [helper.make_node("HardSigmoid", ["x"], ["y"], name="act", alpha=0.25, beta=0.4)]
+    model = make_model(nodes, {"x": shape}, ["y"])
+    feeds = [{"x": 4.0 * feed["x"]} for feed in structured_inputs(model)]
+    report = check_conformance(model, tmp_path, feeds)
+    assert report.result["op_histogram"] == {"QUANTIZE": 1, **ops, "DEQUANTIZE": 1}
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+
+@pytest.mark.parametrize("slope,delegated", [(RNG_SLOPES.uniform(-0.3, 0.6, size=(6, 1, 1)), True),
+                                             (np.float32(0.25), True),
+                                             (RNG_SLOPES.uniform(0.5, 1.5, size=(6, 1, 1)), False),
+                                             (RNG_SLOPES.uniform(0.1, 0.3, size=(6, 7, 1)), False)],
+                         ids=["per-channel", "scalar", "slope-above-1", "spatial"])
+def test_int8_prelu_is_delegated_for_channel_slopes_below_one(slope, delegated, tmp_path):
+    """prelu(x) = s * x + relu((1 - s) * x) (two 1x1 depthwise convs and an ADD) where every
+    s < 1 and the slope varies by channel only; otherwise PRELU on the builtin kernel."""
+    conv_w = RNG_SLOPES.normal(size=(6, 3, 3, 3)).astype(np.float32) * 0.5
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("PRelu", ["c", "slope"], ["y"], name="prelu")]
+    model = make_model(nodes, {"x": [1, 3, 7, 8]}, ["y"], {"w": conv_w, "slope": np.asarray(slope, np.float32)})
+    report = check_conformance(model, tmp_path)
+    histogram = report.result["op_histogram"]
+    assert ("PRELU" in histogram) != delegated
+    assert (len(delegate_partitions(report.out_dir / "model.tflite")) == 1) == delegated
+
+
+def test_same_average_pool_stays_in_the_partition(tmp_path):
+    """TFLite SAME average pooling (pads excluded, as ONNX count_include_pad=0): float inside the
+    int8 partition, since XNNPACK has no int8 AVERAGE_POOL_2D."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("AveragePool", ["c"], ["y"], name="pool", kernel_shape=[3, 3], auto_pad="SAME_UPPER")]
+    model = make_model(nodes, {"x": [1, 3, 7, 8]}, ["y"], {"w": RNG_SLOPES.normal(size=(4, 3, 3, 3)).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    assert report.result["float_nodes"] == ["pool"] and report.result["op_histogram"]["AVERAGE_POOL_2D"] == 1
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+
+@pytest.mark.parametrize("op_type", ["Add", "Sub"])
+def test_int8_add_of_a_tiny_constant_stays_delegated(op_type, tmp_path):
+    """A learned bias of ~1e-7 (PP-OCR's hardswish-like x * w + b) has its own int8 grid 1e5 times
+    finer than the activations': XNNPACK refuses such an ADD unless the constant is re-gridded."""
+    nodes = [helper.make_node("Mul", ["x", "w"], ["m"], name="scale"),
+             helper.make_node(op_type, ["m", "b"], ["y"], name="shift")]
+    model = make_model(nodes, {"x": [1, 6, 7, 8]}, ["y"], {"w": np.array([0.8], np.float32),
+                                                          "b": np.array([3e-7], np.float32)})
+    report = check_conformance(model, tmp_path)
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tests.tflite_harness import check_conformance, make_model
+from tests.tflite_harness import check_conformance, delegate_partitions, make_model
 
 # (in_ch, out_ch, kernel, stride, dilation, group, padding, size)
 CONV_CASES = [
@@ -15,7 +15,8 @@ CONV_CASES = [
     (4, 6, 5, 2, 2, 1, "explicit", 13),
     (8, 8, 3, 1, 1, 8, "same", 10),  # depthwise
     (8, 16, 3, 2, 1, 8, "same_lower", 10),  # depthwise, multiplier 2, extra pad at the start
-    (6, 9, 3, 1, 1, 3, "same", 8),  # grouped: split into 3 convs
+    (6, 9, 3, 1, 1, 3, "same", 8),  # grouped: one CONV_2D with a [9, 3, 3, 2] filter
+    (8, 12, 3, 2, 1, 4, "explicit", 9),  # grouped, strided, explicit pads
     (5, 7, 1, 1, 1, 1, "valid", 7),  # pointwise
     (3, 4, (3, 1), (1, 2), 1, 1, "explicit", 9),  # non-square kernel and stride
 ]
@@ -46,7 +47,10 @@ def test_conv_matches_onnxruntime(case, tmp_path):
     model = make_model([node], {"x": [1, in_ch, size, size + 1]}, ["y"], {"w": weights, "b": bias})
     report = check_conformance(model, tmp_path)
     expected_op = "DEPTHWISE_CONV_2D" if group == in_ch and group > 1 else "CONV_2D"
-    assert report.result["op_histogram"].get(expected_op) == (group if expected_op == "CONV_2D" else 1)
+    histogram = report.result["op_histogram"]
+    assert histogram.get(expected_op) == 1 and not {"SPLIT", "CONCATENATION"} & set(histogram), histogram
+    for name in ("model.tflite", "model.fp32.tflite"):
+        assert len(delegate_partitions(report.out_dir / name)) == 1, name
 
 
 def test_conv_without_bias_gets_int32_zero_bias_and_fused_relu6(tmp_path):

@@ -9,7 +9,7 @@ from onnx import helper
 from edgepipe.backends.tflite import build_tflite, unsupported_nodes
 from edgepipe.backends.tflite.lower import prepare_model
 from edgepipe.backends.tflite.runtime import run_tflite
-from tests.tflite_harness import check_conformance, make_model, onnx_node_case, run_onnx
+from tests.tflite_harness import check_conformance, delegate_partitions, make_model, onnx_node_case, run_onnx
 
 SQRT2 = np.float32(np.sqrt(2.0))
 CONSTANTS = {"sqrt2": np.array(SQRT2), "inv_sqrt2": np.array(1 / SQRT2, np.float32),
@@ -39,7 +39,9 @@ def test_erf_gelu_becomes_one_exact_gelu(form, tmp_path):
     report = check_conformance(model, tmp_path, fp32_rtol=1e-6)
     histogram = report.result["op_histogram"]
     assert histogram["GELU"] == 1 and "MUL" not in histogram and "DIV" not in histogram
-    assert not report.result["float_nodes"]  # int8 GELU kernel (lookup table)
+    # float GELU inside the XNNPACK partition (the int8 GELU kernel is not delegated)
+    assert len(report.result["float_nodes"]) == 1
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
     fused = [n for n in prepare_model(model).graph.node if n.op_type == "Gelu"]
     assert len(fused) == 1 and fused[0].input[0] == "t" and fused[0].output[0] == "y"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tests.tflite_harness import check_conformance, make_model
+from tests.tflite_harness import check_conformance, delegate_partitions, make_model, structured_inputs
 
 RNG = np.random.default_rng(11)
 
@@ -34,9 +34,25 @@ def test_matmul_constant_3d_keeps_dims(tmp_path):
 
 
 def test_matmul_of_two_activations_is_batch_matmul(tmp_path):
+    """B gets zero point 0 (requantized if calibration gave another): XNNPACK's condition for int8."""
     node = helper.make_node("MatMul", ["a", "b"], ["y"], name="attention_scores")
-    report = check_conformance(make_model([node], {"a": [2, 5, 8], "b": [2, 8, 3]}, ["y"]), tmp_path)
+    model = make_model([node], {"a": [2, 5, 8], "b": [2, 8, 3]}, ["y"])
+    feeds = [{"a": f["a"], "b": f["b"] + 0.7} for f in structured_inputs(model)]  # asymmetric B range
+    report = check_conformance(model, tmp_path, feeds)
     assert report.result["op_histogram"]["BATCH_MATMUL"] == 1
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+
+def test_transposed_key_uses_adj_y_not_a_transpose(tmp_path):
+    """q @ k^T: the Transpose is a layout (no data moves), which BATCH_MATMUL reads with AdjY."""
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["y"], name="scores")]
+    model = make_model(nodes, {"q": [2, 5, 8], "k": [2, 6, 8]}, ["y"])  # 3-D: no NHWC boundary
+    report = check_conformance(model, tmp_path)
+    histogram = report.result["op_histogram"]
+    assert histogram["BATCH_MATMUL"] == 1 and "TRANSPOSE" not in histogram, histogram
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+    assert len(delegate_partitions(report.out_dir / "model.fp32.tflite")) == 1
 
 
 def test_gemm_relu_is_fused(tmp_path):

@@ -113,3 +113,18 @@ def test_folded_input_normalization_is_fully_delegated(mean, ops, tmp_path):
     assert result["io"]["inputs"][0]["layout"] == "NHWC"
     for name in ("model.tflite", "model.fp32.tflite"):
         assert _delegated_fully(report.out_dir / name), op_names(report.out_dir / name)
+
+
+@pytest.mark.parametrize("pad_value,folded", [(None, True), (0.0, True), (0.5, False)])
+def test_zero_pad_before_conv_becomes_the_convs_padding(pad_value, folded, tmp_path):
+    """Pad(0) of H/W then a VALID conv (what some exporters write) is the conv's SAME padding: no
+    PAD op; a non-zero fill is not padding a conv can do."""
+    extra = {"v": np.array(pad_value, np.float32)} if pad_value is not None else {}
+    nodes = [helper.make_node("Pad", ["x", "pads", *extra], ["p"], name="pad"),
+             helper.make_node("Conv", ["p", "w"], ["y"], name="conv")]
+    model = make_model(nodes, {"x": [1, 3, 7, 8]}, ["y"],
+                       {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), **extra,
+                        "w": np.random.default_rng(2).normal(size=(4, 3, 3, 3)).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    histogram = report.result["op_histogram"]
+    assert ("PAD" not in histogram) == folded and histogram["CONV_2D"] == 1, histogram

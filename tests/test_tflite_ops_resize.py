@@ -7,8 +7,8 @@ import pytest
 from onnx import helper
 
 from edgepipe.backends.tflite import build_tflite, unsupported_nodes
-from tests.tflite_harness import (check_conformance, convert, make_model, onnx_node_case, run_onnx, run_tflite,
-                                  structured_inputs)
+from tests.tflite_harness import (check_conformance, convert, delegate_partitions, make_model, onnx_node_case,
+                                  run_onnx, run_tflite, structured_inputs)
 
 RNG = np.random.default_rng(17)
 CONV_W = RNG.normal(size=(4, 3, 1, 1)).astype(np.float32) * 0.5
@@ -57,7 +57,25 @@ def test_resize_matches_onnxruntime(case, after_conv, tmp_path):
     report = check_conformance(model, tmp_path)
     opcode = "RESIZE_NEAREST_NEIGHBOR" if mode == "nearest" else "RESIZE_BILINEAR"
     histogram = report.result["op_histogram"]
-    assert histogram[opcode] == 1 and "TRANSPOSE" not in histogram and not report.result["float_nodes"]
+    if opcode not in histogram:  # integer nearest upscaling: pixels repeated, fully delegated
+        assert mode == "nearest" and histogram["CONCATENATION"] >= 1
+        for name in ("model.tflite", "model.fp32.tflite"):
+            assert len(delegate_partitions(report.out_dir / name)) == 1
+    else:
+        assert histogram[opcode] == 1
+    assert "TRANSPOSE" not in histogram and not report.result["float_nodes"]
+
+
+@pytest.mark.parametrize("factors", [(2, 2), (4, 4), (3, 2), (1, 6)])
+def test_integer_nearest_upscaling_is_delegated_without_resize(factors, tmp_path):
+    """FPN / DBNet decoders upsample by 2, 4 and 8: no RESIZE_NEAREST_NEIGHBOR (XNNPACK takes
+    none), CONCATENATION + RESHAPE instead, equal to ONNX Runtime's nearest resize."""
+    node = helper.make_node("Resize", ["x", "", "s"], ["y"], name="up", mode="nearest")
+    model = make_model([node], {"x": [1, 5, 4, 3]}, ["y"], {"s": np.array([1, 1, *factors], np.float32)})
+    report = check_conformance(model, tmp_path, int8_steps=0.0)  # pixels are copied, not computed
+    assert "RESIZE_NEAREST_NEIGHBOR" not in report.result["op_histogram"]
+    for name in ("model.tflite", "model.fp32.tflite"):
+        assert len(delegate_partitions(report.out_dir / name)) == 1
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(CASES)])
@@ -79,7 +97,7 @@ def test_upsample_opset9(tmp_path):
     model = make_model([node], {"x": [1, 2, 3, 4]}, ["y"], {"s": np.array([1, 1, 2, 3], np.float32)}, opset=9)
     feeds = structured_inputs(model)
     result, calibration = convert(model, tmp_path, feeds)
-    assert result["op_histogram"]["RESIZE_NEAREST_NEIGHBOR"] == 1
+    assert result["op_histogram"]["CONCATENATION"] == 2  # 2 x 3: pixels repeated (2 prime steps)
     step = calibration.asymmetric_params("x")[0]
     for resolver in ("xnnpack", "no_delegates"):
         for name, io, tolerance in (("model.fp32.tflite", _float_io(result["io"]), 1e-6),

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tests.tflite_harness import check_conformance, make_interpreter, make_model, structured_inputs
+from tests.tflite_harness import (check_conformance, delegate_partitions, make_interpreter, make_model,
+                                  structured_inputs)
 
 RNG = np.random.default_rng(13)
 CONV_W = RNG.normal(size=(6, 3, 1, 1)).astype(np.float32)
@@ -34,9 +35,25 @@ def test_softmax_plain_tensors(op_type, shape, axis, transposes, tmp_path):
     report = check_conformance(model, tmp_path, _logit_feeds(model))
     histogram = report.result["op_histogram"]
     assert histogram[FIXED[op_type][0]] == 1 and histogram.get("TRANSPOSE", 0) == transposes * 2, histogram
-    assert not report.result["float_nodes"]
-    _, scale, zero_point = FIXED[op_type]
-    assert _fixed_output_params(report, op_type) == pytest.approx((scale, zero_point))
+    if op_type == "Softmax":  # int8 SOFTMAX is not delegated: float inside the XNNPACK partition
+        assert report.result["float_nodes"] == ["sm"]
+        assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+    else:
+        assert not report.result["float_nodes"]
+        _, scale, zero_point = FIXED[op_type]
+        assert _fixed_output_params(report, op_type) == pytest.approx((scale, zero_point))
+
+
+def test_attention_softmax_keeps_one_partition(tmp_path):
+    """MatMul -> Softmax -> MatMul, the attention pattern: nothing on the builtin kernels."""
+    nodes = [helper.make_node("MatMul", ["q", "k"], ["a"], name="qk"),
+             helper.make_node("Softmax", ["a"], ["p"], name="sm", axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"], name="pv")]
+    model = make_model(nodes, {"q": [2, 6, 8], "k": [2, 8, 6], "v": [2, 6, 8]}, ["y"])
+    report = check_conformance(model, tmp_path, _logit_feeds(model, gain=0.7), int8_steps=3.0)
+    assert report.result["op_histogram"]["BATCH_MATMUL"] == 2
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+    assert len(delegate_partitions(report.out_dir / "model.fp32.tflite")) == 1
 
 
 @pytest.mark.parametrize("op_type", ["Softmax", "LogSoftmax"])

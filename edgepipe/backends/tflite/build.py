@@ -14,6 +14,7 @@ import onnx
 from edgepipe import graph
 from edgepipe.backends import support
 from edgepipe.backends.tflite import ops, validator, writer
+from edgepipe.backends.tflite.delegation import kernel_histogram
 from edgepipe.backends.tflite.lower import BACKEND, NHWC, Lowering, ShapeUnknownError, prepare_model
 from edgepipe.errors import UnsupportedOpError, UserError
 
@@ -88,6 +89,7 @@ def build_tflite(model: onnx.ModelProto, calibration, out_dir: Path, options: di
         "io": describe_io(main),
         "float_nodes": list(int8.float_lowered) if int8 is not None else [],
         "op_histogram": main.spec.op_histogram(),
+        "kernels": kernel_histogram(main.spec),
     }
 
 

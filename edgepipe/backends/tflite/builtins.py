@@ -15,8 +15,9 @@ Facts measured with LiteRT 2.3 (ai-edge-litert) and read from the kernels' Prepa
 - `weights`: (filter, bias, data) input slots and the filter's per-channel quantized dimension.
 - `xnnpack_int8`: True when LiteRT's default XNNPACK delegate takes the int8 kernel as our
   lowerings emit it, False when it falls back to a builtin kernel (correct, slower, splits the
-  delegated graph), None when not measured. tests/test_tflite_builtins.py measures every
-  True/False row on a one-op model.
+  delegated graph), None when not measured or never emitted in int8. `xnnpack_fp32` the same for
+  the float32 kernel (float models and float islands). tests/test_tflite_builtins.py measures
+  every True/False value on a one-op model.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Builtin:
     same_quant: bool = False
     data_inputs: tuple[int, ...] | None = (0,)
     weights: Weights | None = None
+    xnnpack_fp32: bool | None = None
     xnnpack_int8: bool | None = None
 
 
@@ -55,50 +57,54 @@ BUILTINS = _table(
     Builtin("DEQUANTIZE", 2),
     Builtin("CAST", 1),
     # weighted ops
-    Builtin("CONV_2D", 3, True, weights=Weights(1, 2, 0, 0, bias_required=True), xnnpack_int8=True),
-    Builtin("DEPTHWISE_CONV_2D", 3, True, weights=Weights(1, 2, 0, 3, bias_required=True), xnnpack_int8=True),
+    Builtin("CONV_2D", 3, True, weights=Weights(1, 2, 0, 0, bias_required=True), xnnpack_fp32=True, xnnpack_int8=True),
+    Builtin("DEPTHWISE_CONV_2D", 3, True, weights=Weights(1, 2, 0, 3, bias_required=True), xnnpack_fp32=True,
+            xnnpack_int8=True),
     Builtin("TRANSPOSE_CONV", 3, True, weights=Weights(1, 3, 2, 0)),
-    Builtin("FULLY_CONNECTED", 4, True, weights=Weights(1, 2, 0, 0), xnnpack_int8=True),
-    Builtin("BATCH_MATMUL", 4, xnnpack_int8=True),
+    Builtin("FULLY_CONNECTED", 4, True, weights=Weights(1, 2, 0, 0), xnnpack_fp32=True, xnnpack_int8=True),
+    Builtin("BATCH_MATMUL", 4, xnnpack_fp32=True, xnnpack_int8=True),  # int8: only with a zero point 0 B (ops/linear.py)
     # elementwise
-    Builtin("ADD", 2, xnnpack_int8=True),  # not when an input/output scale ratio is < 2**-10
+    Builtin("ADD", 2, xnnpack_fp32=True, xnnpack_int8=True),  # not when an input/output scale ratio is < 2**-10
     Builtin("SUB", 2),
-    Builtin("MUL", 2, xnnpack_int8=True),
+    Builtin("MUL", 2, xnnpack_fp32=True, xnnpack_int8=True),
     Builtin("DIV", 1),
     Builtin("MAXIMUM", 2, same_quant=True, data_inputs=(0, 1)),
-    Builtin("MINIMUM", 2, same_quant=True, data_inputs=(0, 1), xnnpack_int8=False),
+    Builtin("MINIMUM", 2, same_quant=True, data_inputs=(0, 1), xnnpack_fp32=True, xnnpack_int8=False),
     Builtin("POW", 1),
     Builtin("SQRT", 1),
     Builtin("RSQRT", 2),
     Builtin("SQUARED_DIFFERENCE", 2),
-    Builtin("EXP", 2, xnnpack_int8=False),
+    Builtin("EXP", 2, xnnpack_fp32=True, xnnpack_int8=False),
     Builtin("LOG", 1),
     Builtin("ABS", 2),
     Builtin("NEG", 1),
     # reductions and pooling
-    Builtin("MEAN", 2, True, xnnpack_int8=True),
+    Builtin("MEAN", 2, True, xnnpack_fp32=True, xnnpack_int8=True),
     Builtin("SUM", 1, True),
-    Builtin("REDUCE_MAX", 2, True, same_quant=True, xnnpack_int8=True),
+    Builtin("REDUCE_MAX", 2, True, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True),
     Builtin("REDUCE_MIN", 2, True, same_quant=True),
-    Builtin("AVERAGE_POOL_2D", 2, True, same_quant=True, xnnpack_int8=False),
-    Builtin("MAX_POOL_2D", 2, True, same_quant=True, xnnpack_int8=True),
+    # int8 AVERAGE_POOL_2D is not delegated (LiteRT 2.3): VALID is a depthwise conv, SAME a float island
+    Builtin("AVERAGE_POOL_2D", 2, True, same_quant=True, xnnpack_fp32=True),
+    Builtin("MAX_POOL_2D", 2, True, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True),
     # activations
-    Builtin("SOFTMAX", 2, True, fixed_output=(1.0 / 256, -128), xnnpack_int8=False),
+    # int8 SOFTMAX is not delegated (LiteRT 2.3): int8 models compute Softmax in float inside the delegate
+    Builtin("SOFTMAX", 2, True, fixed_output=(1.0 / 256, -128), xnnpack_fp32=True),
     Builtin("LOG_SOFTMAX", 2, fixed_output=(16.0 / 256, 127)),
-    Builtin("LOGISTIC", 2, fixed_output=(1.0 / 256, -128), xnnpack_int8=True),
-    Builtin("TANH", 2, fixed_output=(1.0 / 128, 0), xnnpack_int8=True),
+    Builtin("LOGISTIC", 2, fixed_output=(1.0 / 256, -128), xnnpack_fp32=True, xnnpack_int8=True),
+    Builtin("TANH", 2, fixed_output=(1.0 / 128, 0), xnnpack_fp32=True, xnnpack_int8=True),
     Builtin("RELU", 2), Builtin("RELU6", 2), Builtin("RELU_N1_TO_1", 2), Builtin("RELU_0_TO_1", 1),
     Builtin("HARD_SWISH", 1),
-    Builtin("LEAKY_RELU", 2, True, xnnpack_int8=True),
-    Builtin("PRELU", 1, xnnpack_int8=False),
-    Builtin("GELU", 1, True, xnnpack_int8=False),
+    Builtin("LEAKY_RELU", 2, True, xnnpack_fp32=True, xnnpack_int8=True),
+    Builtin("PRELU", 1, xnnpack_fp32=True, xnnpack_int8=False),
+    # int8 GELU is not delegated (LiteRT 2.3): int8 models compute Gelu in float inside the delegate
+    Builtin("GELU", 1, True, xnnpack_fp32=True),
     # data movement
-    Builtin("CONCATENATION", 2, True, same_quant=True, data_inputs=None, xnnpack_int8=True),
-    Builtin("RESHAPE", 1, same_quant=True, xnnpack_int8=True),
+    Builtin("CONCATENATION", 2, True, same_quant=True, data_inputs=None, xnnpack_fp32=True, xnnpack_int8=True),
+    Builtin("RESHAPE", 1, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True),
     Builtin("TRANSPOSE", 2, same_quant=True),
     Builtin("SQUEEZE", 1, same_quant=True),
     Builtin("EXPAND_DIMS", 1, same_quant=True),
-    Builtin("PAD", 2, same_quant=True, xnnpack_int8=True),
+    Builtin("PAD", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True),
     Builtin("PADV2", 2, same_quant=True),
     Builtin("MIRROR_PAD", 2, same_quant=True),
     Builtin("SPLIT", 2, True, same_quant=True, data_inputs=(1,)),
@@ -108,8 +114,8 @@ BUILTINS = _table(
     Builtin("GATHER", 2, same_quant=True),
     Builtin("DEPTH_TO_SPACE", 1, same_quant=True),
     Builtin("SPACE_TO_DEPTH", 2, same_quant=True),
-    Builtin("RESIZE_BILINEAR", 2, same_quant=True, xnnpack_int8=True),
-    Builtin("RESIZE_NEAREST_NEIGHBOR", 2, same_quant=True, xnnpack_int8=False),
+    Builtin("RESIZE_BILINEAR", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True),
+    Builtin("RESIZE_NEAREST_NEIGHBOR", 2, same_quant=True, xnnpack_fp32=False, xnnpack_int8=False),
 )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from edgepipe import quantmath
 from edgepipe.backends.tflite.builtins import fixed_output
-from edgepipe.backends.tflite.lower import Lowering, clip_bounds, fusable_activation, node_attrs
+from edgepipe.backends.tflite.lower import ACTIVATIONS, NHWC, Lowering, clip_bounds, fusable_activation, node_attrs
 from edgepipe.backends.tflite.ops import register
 from edgepipe.backends.tflite.writer import Quantization
 
@@ -57,7 +57,7 @@ def _int8_hard_swish(ctx: Lowering, node) -> None:
     unit = ctx.temp(f"{node.name};gate", shape, "int8", unit_quant)
     input_scale = float(ctx.tensor(x).quantization.scale[0])
     if len(shape) == 4 and input_scale < ADD_MIN_SCALE_RATIO * quantmath.asymmetric_params(0, 6)[0]:
-        _hard_swish_gate_depthwise(ctx, node, x, unit, shape[3])
+        channel_affine(ctx, node, x, unit, SIXTH, 0.5, "gate")
     else:
         gate = ctx.temp(f"{node.name};relu6", shape, "int8",
                         Quantization.per_tensor(*quantmath.asymmetric_params(0, 6)))
@@ -68,22 +68,25 @@ def _int8_hard_swish(ctx: Lowering, node) -> None:
     ctx.emit("MUL", [x, unit], [out], node, "MulOptions", FusedActivationFunction=0)
 
 
-def _hard_swish_gate_depthwise(ctx: Lowering, node, x: int, unit: int, channels: int) -> None:
-    """unit = clip(x / 6 + 1/2, 0, 1) as a 1x1 depthwise conv. The weight scale is raised above
-    (1/6)/127 only where the int32 bias 1/2 would overflow (input scale < ~2e-7): such inputs are
-    far below the gate's resolution anyway."""
+def channel_affine(ctx: Lowering, node, x: int, out: int, scale, shift, tag: str, activation: int = 0) -> None:
+    """out = scale[c] * x + shift[c] as a 1x1 DEPTHWISE_CONV_2D on an NHWC int8 tensor: one op
+    XNNPACK delegates, with per-channel weight precision, whose output grid clips by saturation.
+    A channel's weight scale is raised above |scale|/127 only where its int32 bias would overflow
+    (input scale < ~|shift| * 1e-9): such inputs are far below the output's resolution anyway."""
+    channels = ctx.tensor(out).shape[3]
+    scale = np.broadcast_to(np.asarray(scale, np.float64).reshape(-1), (channels,))
+    shift = np.broadcast_to(np.asarray(shift, np.float64).reshape(-1), (channels,))
     input_scale = float(ctx.tensor(x).quantization.scale[0])
-    weight_scale = max(float(SIXTH) / 127, 0.5 / (input_scale * 2.0**30))
-    weights = np.full((1, 1, 1, channels), np.clip(np.rint(float(SIXTH) / weight_scale), -127, 127), np.int8)
+    weight_scale = np.maximum(np.maximum(np.abs(scale) / 127, 1e-8), np.abs(shift) / (input_scale * 2.0**30))
+    weights = np.clip(np.rint(scale / weight_scale), -127, 127).astype(np.int8).reshape(1, 1, 1, channels)
     bias_scale = input_scale * weight_scale
-    bias = np.full(channels, np.rint(0.5 / bias_scale), np.int32)
-    filter_index = ctx.spec.add_constant(f"{node.name};sixth", weights,
-                                         Quantization.per_channel(np.full(channels, weight_scale), 3))
-    bias_index = ctx.spec.add_constant(f"{node.name};half", bias,
-                                       Quantization.per_channel(np.full(channels, bias_scale), 0))
-    ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [unit], node, "DepthwiseConv2DOptions",
+    bias = np.rint(shift / bias_scale).astype(np.int32)
+    filter_index = ctx.spec.add_constant(f"{node.name};{tag};scale", weights,
+                                         Quantization.per_channel(weight_scale, 3))
+    bias_index = ctx.spec.add_constant(f"{node.name};{tag};shift", bias, Quantization.per_channel(bias_scale, 0))
+    ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [out], node, "DepthwiseConv2DOptions",
              Padding=1, StrideH=1, StrideW=1, DilationHFactor=1, DilationWFactor=1, DepthMultiplier=1,
-             FusedActivationFunction=0)
+             FusedActivationFunction=activation)
 
 
 @register("Sigmoid", "Tanh")
@@ -122,27 +125,37 @@ def lower_clip(ctx: Lowering, node) -> None:
 
 @register("HardSigmoid")
 def lower_hard_sigmoid(ctx: Lowering, node) -> None:
-    """clip(alpha * x + beta, 0, 1) as MUL, ADD with fused RELU, MINIMUM(1)."""
+    """clip(alpha * x + beta, 0, 1). int8: alpha * x + beta written into an output grid inside
+    [0, 1] whose lower end is exactly 0, so saturation is the clip: one 1x1 DEPTHWISE_CONV_2D on
+    4-D tensors, MUL then ADD otherwise (XNNPACK has no int8 MINIMUM). float32: MUL, ADD with
+    fused RELU, MINIMUM(1)."""
     attrs = node_attrs(node)
     alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])
     x = ctx.get(node.input[0], dtype, perm)
-    out = ctx.new_value(node.output[0], dtype, perm)
+    if dtype == "int8":
+        low, high = _range(ctx.quant(node.output[0]))
+        unit = None if low == 0.0 and high <= 1.0 else Quantization.per_tensor(*quantmath.asymmetric_params(0, 1))
+        out = ctx.new_value(node.output[0], dtype, perm, unit)
+        if len(ctx.tensor(out).shape) == 4:
+            channel_affine(ctx, node, x, out, alpha, beta, "affine")
+            return
+    else:
+        out = ctx.new_value(node.output[0], dtype, perm)
     shape, quant = ctx.tensor(out).shape, ctx.tensor(out).quantization
     scaled_quant = None
     if dtype == "int8":
-        in_scale, in_zero = ctx.tensor(x).quantization.as_pair()
-        ends = sorted([alpha * in_scale * (-128 - in_zero), alpha * in_scale * (127 - in_zero)])
+        ends = sorted(alpha * v for v in _range(ctx.tensor(x).quantization))
         scaled_quant = Quantization.per_tensor(*quantmath.asymmetric_params(ends[0], ends[1]))
     scaled = ctx.temp(f"{node.name};scaled", shape, dtype, scaled_quant)
     ctx.emit("MUL", [x, ctx.add_weight_constant(f"{node.name};alpha", np.float32(alpha), dtype)], [scaled], node,
              "MulOptions", FusedActivationFunction=0)
-    shifted = ctx.temp(f"{node.name};shifted", shape, dtype, quant)
+    shifted = out if dtype == "int8" else ctx.temp(f"{node.name};shifted", shape, dtype, quant)
     ctx.emit("ADD", [scaled, ctx.add_weight_constant(f"{node.name};beta", np.float32(beta), dtype)], [shifted], node,
-             "AddOptions", FusedActivationFunction=1)
-    ctx.emit("MINIMUM", [shifted, ctx.quantized_constant(f"{node.name};one", np.float32(1.0), quant, dtype)],
-             [out], node)
+             "AddOptions", FusedActivationFunction=0 if dtype == "int8" else 1)
+    if dtype != "int8":
+        ctx.emit("MINIMUM", [shifted, ctx.spec.add_constant(f"{node.name};one", np.float32(1.0))], [out], node)
 
 
 @register("LeakyRelu")
@@ -156,15 +169,46 @@ def check_prelu(ctx: Lowering, node) -> str | None:
 
 @register("PRelu", check=check_prelu)
 def lower_prelu(ctx: Lowering, node) -> None:
+    """int8 on NHWC with per-channel slopes s <= 1: PRELU has no int8 XNNPACK kernel, so
+    prelu(x) = s * x + relu((1 - s) * x) as two 1x1 DEPTHWISE_CONV_2D (the second with fused RELU)
+    and an ADD, all delegated. Other slopes (s > 1, spatial slopes) keep PRELU."""
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])
     x = ctx.get(node.input[0], dtype, perm)
+    out = ctx.new_value(node.output[0], dtype, perm)
+    slopes = _channel_slopes(ctx, node, perm)
+    if dtype == "int8" and slopes is not None and np.all(slopes < 1.0):
+        low, high = _range(ctx.tensor(x).quantization)
+        shape = ctx.tensor(out).shape
+        ends = [float(v) for v in (slopes.min() * low, slopes.max() * low, slopes.min() * high, slopes.max() * high)]
+        linear = ctx.temp(f"{node.name};linear", shape, dtype,
+                          Quantization.per_tensor(*quantmath.asymmetric_params(min(ends), max(ends))))
+        channel_affine(ctx, node, x, linear, slopes, 0.0, "linear")
+        rest = ctx.temp(f"{node.name};rest", shape, dtype,
+                        Quantization.per_tensor(*quantmath.asymmetric_params(0.0, float((1 - slopes).max()) * high)))
+        channel_affine(ctx, node, x, rest, 1.0 - slopes, 0.0, "rest", activation=ACTIVATIONS["RELU"])
+        ctx.emit("ADD", [linear, rest], [out], node, "AddOptions", FusedActivationFunction=0)
+        return
     slope = ctx.constant_input(node.input[1], dtype, perm, ctx.rank(node.input[0]))
-    ctx.emit("PRELU", [x, slope], [ctx.new_value(node.output[0], dtype, perm)], node)
+    ctx.emit("PRELU", [x, slope], [out], node)
 
 
-@register("Gelu", since=20)
+def _channel_slopes(ctx: Lowering, node, perm) -> np.ndarray | None:
+    """The slope as one value per channel of an NHWC 4-D input, or None if it varies otherwise."""
+    if perm != NHWC:
+        return None
+    channels = ctx.shape(node.input[0])[1]
+    slope = np.asarray(ctx.constant(node.input[1]), np.float64)
+    slope = slope.reshape((1,) * (4 - slope.ndim) + slope.shape)
+    if slope.shape[0] != 1 or slope.shape[2:] != (1, 1) or slope.shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(slope.reshape(-1), (channels,)).copy()
+
+
+@register("Gelu", since=20, int8=False)
 def lower_gelu(ctx: Lowering, node) -> None:
+    """GELU in float also in int8 models: XNNPACK takes the float kernel (and the DEQUANTIZE /
+    QUANTIZE around it) into the int8 partition, while an int8 GELU would split the graph."""
     approximate = node_attrs(node).get("approximate", b"none")
     approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
     _unary(ctx, node, "GELU", None, "GeluOptions", Approximate=approximate == "tanh")

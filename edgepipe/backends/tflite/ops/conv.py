@@ -1,9 +1,10 @@
 """Conv (plain, depthwise, grouped) and ConvTranspose -> CONV_2D / DEPTHWISE_CONV_2D / TRANSPOSE_CONV.
 
 Filters are transposed to TFLite's layout once at convert time ([O, H, W, I] for CONV_2D,
-[1, H, W, C*mult] for DEPTHWISE_CONV_2D) and quantized per output channel. Grouped convolutions
-that are not depthwise are split: SPLIT -> one CONV_2D per group -> CONCATENATION, all groups
-sharing the output's quantization (CONCATENATION requires it).
+[1, H, W, C*mult] for DEPTHWISE_CONV_2D) and quantized per output channel. A grouped convolution
+that is not depthwise is one CONV_2D whose filter has C / groups input channels: LiteRT's builtin
+and reference kernels and XNNPACK (int8 and float) read the group count from that ratio, so no
+SPLIT / CONCATENATION splits the delegated graph.
 """
 
 from __future__ import annotations
@@ -60,31 +61,13 @@ def lower_conv(ctx: Lowering, node) -> None:
         ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [out], node, "DepthwiseConv2DOptions",
                  DepthMultiplier=weights.shape[0] // in_channels, **options)
     else:
-        _grouped_conv(ctx, node, x, weights, bias, out, groups, options, dtype)
+        _conv2d(ctx, node, x, weights, bias, out, options, dtype)  # filter [O, kh, kw, C / groups]
 
 
 def _conv2d(ctx: Lowering, node, x: int, weights, bias, out: int, options: dict, dtype: str, name=None) -> None:
     filter_index, bias_index = ctx.filter_and_bias(name or node.name, weights.transpose(0, 2, 3, 1), 0, bias, x,
                                                    dtype)
     ctx.emit("CONV_2D", [x, filter_index, bias_index], [out], node, "Conv2DOptions", **options)
-
-
-def _grouped_conv(ctx: Lowering, node, x: int, weights, bias, out: int, groups: int, options: dict,
-                  dtype: str) -> None:
-    source, target = ctx.tensor(x), ctx.tensor(out)
-    in_per_group, out_per_group = source.shape[3] // groups, weights.shape[0] // groups
-    parts = [ctx.temp(f"{node.name};group{g}", source.shape[:3] + [in_per_group], dtype, source.quantization)
-             for g in range(groups)]
-    ctx.emit("SPLIT", [ctx.int32_constant(f"{node.name};axis", 3), x], parts, node, "SplitOptions",
-             NumSplits=groups)
-    results = []
-    for g, part in enumerate(parts):
-        result = ctx.temp(f"{node.name};group{g}_out", target.shape[:3] + [out_per_group], dtype,
-                          target.quantization)
-        span = slice(g * out_per_group, (g + 1) * out_per_group)
-        _conv2d(ctx, node, part, weights[span], bias[span], result, options, dtype, f"{node.name};group{g}")
-        results.append(result)
-    ctx.emit("CONCATENATION", results, [out], node, "ConcatenationOptions", Axis=3, FusedActivationFunction=0)
 
 
 def check_conv_transpose(ctx: Lowering, node) -> str | None:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgepipe import quantmath
 from edgepipe.backends.tflite.lower import Lowering, identity
 from edgepipe.backends.tflite.ops import register
+from edgepipe.backends.tflite.ops.activations import ADD_MIN_SCALE_RATIO
+from edgepipe.backends.tflite.writer import Quantization
 
 FUSABLE = {"Add": ("ADD", "AddOptions"), "Sub": ("SUB", "SubOptions"), "Mul": ("MUL", "MulOptions"),
            "Div": ("DIV", "DivOptions")}
@@ -59,7 +62,25 @@ def lower_arithmetic(ctx: Lowering, node) -> None:
     inputs, perm = broadcast_inputs(ctx, node, dtype, names)
     activation, out_name = ctx.fuse_activation(node)
     out = ctx.new_value(out_name, dtype, perm)
+    if dtype == "int8" and opcode in ("ADD", "SUB"):
+        inputs = [_coarse_enough(ctx, index, ctx.tensor(out).quantization) if ctx.constant(name) is not None
+                  else index for name, index in zip(names, inputs)]
     ctx.emit(opcode, inputs, [out], node, options_type, FusedActivationFunction=activation)
+
+
+def _coarse_enough(ctx: Lowering, index: int, out_quant: Quantization) -> int:
+    """An int8 constant operand of ADD / SUB whose own grid is far finer than the output's (a
+    learned bias of 1e-5 on activations of range 1) is re-expressed on a grid XNNPACK accepts
+    (input / output scale ratio >= 2**-10; else the ADD leaves the delegated graph). The constant
+    then moves by less than 1/500 of an output step."""
+    tensor = ctx.tensor(index)
+    scale, zero_point = tensor.quantization.as_pair()
+    floor = float(out_quant.scale[0]) * ADD_MIN_SCALE_RATIO * 2
+    if scale >= floor:
+        return index
+    values = quantmath.dequantize(ctx.spec.constant_value(index), scale, zero_point)
+    coarse = Quantization.per_tensor(floor, zero_point)  # same zero point: covers a wider range
+    return ctx.spec.add_constant(f"{tensor.name};coarse", quantmath.quantize(values, floor, zero_point), coarse)
 
 
 @register("Max", "Min", check=check_binary)

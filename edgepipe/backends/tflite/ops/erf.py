@@ -2,9 +2,9 @@
 
 Exporters before opset 20 write exact GELU as five nodes around an Erf. `fuse_erf_gelu` finds
 them (every operand order torch and Hugging Face exports produce) and replaces them by one
-`edgepipe.fused::Gelu` node, lowered to TFLite's GELU kernel with approximate=False: exact in
-float, a lookup table in int8. An Erf outside that pattern has no TFLite kernel: it is lowered
-as a float island, Eigen's rational approximation on [-4, 4] (x * P(x^2) / Q(x^2), within 5e-7
+`edgepipe.fused::Gelu` node, lowered to TFLite's GELU kernel with approximate=False, computed in
+float in int8 models too (inside the XNNPACK partition). An Erf outside that pattern has no
+TFLite kernel: it is lowered as a float island, Eigen's rational approximation on [-4, 4] (x * P(x^2) / Q(x^2), within 5e-7
 of erf in float32; erf is +-1 in float32 beyond 4).
 """
 
@@ -25,7 +25,7 @@ DENOMINATOR = (-1.42647390514189e-02, -7.37332916720468e-03, -1.68282697438203e-
                -1.45660718464996e-05)  # x^0, x^2, ..., x^8
 CLAMP = 4.0
 
-register("Gelu", domain=FUSED_DOMAIN)(lower_gelu)
+register("Gelu", domain=FUSED_DOMAIN, int8=False)(lower_gelu)
 
 
 @register("Erf", int8=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepipe.backends.tflite.lower import Lowering, identity, node_attrs
+from edgepipe.backends.tflite.lower import NHWC, Lowering, identity, node_attrs
 from edgepipe.backends.tflite.ops import register
 
 
@@ -105,6 +105,8 @@ def lower_split(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     name = node.input[0]
     perm = ctx.layout(name)
+    if perm not in (identity(len(perm)), NHWC):
+        perm = identity(len(perm))  # one TRANSPOSE here, not one per output (q, k, v of attention)
     axis = int(node_attrs(node).get("axis", 0)) % ctx.rank(name)
     x = ctx.get(name, dtype, perm)
     outputs = [ctx.new_value(o, dtype, perm, ctx.tensor(x).quantization) for o in node.output]

@@ -1,7 +1,9 @@
 """Gemm and MatMul -> FULLY_CONNECTED (constant weights) or BATCH_MATMUL (two activations).
 
 FULLY_CONNECTED wants weights [out, in]; alpha/beta and transB are folded into the constants at
-convert time. Weights are quantized per output channel, the bias to int32.
+convert time. Weights are quantized per output channel, the bias to int32. BATCH_MATMUL reads a
+B whose last two dims are swapped in memory with AdjY (XNNPACK takes AdjY, not AdjX), and gets a
+symmetric int8 B (XNNPACK's condition for delegating it).
 
 A Gemm whose C is not a per-column constant bias (C computed by another branch, which onnxsim
 makes when it fuses MatMul + Add, or a constant [M, N] / [M, 1] table) is FULLY_CONNECTED
@@ -16,6 +18,7 @@ import numpy as np
 
 from edgepipe.backends.tflite.lower import Lowering, identity, node_attrs
 from edgepipe.backends.tflite.ops import register
+from edgepipe.backends.tflite.writer import Quantization
 
 
 def _c_input(node) -> str | None:
@@ -133,6 +136,21 @@ def lower_matmul(ctx: Lowering, node) -> None:
         return
     dtype = ctx.node_dtype(node)
     rank = ctx.rank(node.output[0])
-    inputs = [ctx.get(name, dtype, identity(ctx.rank(name))) for name in node.input]
+    a = ctx.get(node.input[0], dtype, identity(ctx.rank(node.input[0])))
+    b_rank = ctx.rank(node.input[1])
+    swapped = identity(b_rank)[:-2] + (b_rank - 1, b_rank - 2)
+    adj_y = ctx.layout(node.input[1]) == swapped  # B^T already in memory (k of attention): no TRANSPOSE
+    b = ctx.get(node.input[1], dtype, swapped if adj_y else identity(b_rank))
+    if dtype == "int8":
+        b = ctx.requantized(b, symmetric(ctx.tensor(b).quantization), node.input[1])
     out = ctx.new_value(node.output[0], dtype, identity(rank))
-    ctx.emit("BATCH_MATMUL", inputs, [out], node, "BatchMatMulOptions", AdjX=False, AdjY=False)
+    ctx.emit("BATCH_MATMUL", [a, b], [out], node, "BatchMatMulOptions", AdjX=False, AdjY=adj_y)
+
+
+def symmetric(quant: Quantization) -> Quantization:
+    """Zero point 0 over the same range: XNNPACK takes an int8 BATCH_MATMUL only when its second
+    input is symmetric (else the builtin kernel runs it, splitting the delegated graph)."""
+    scale, zero_point = quant.as_pair()
+    if zero_point == 0:
+        return quant
+    return Quantization.per_tensor(scale * max(128 + zero_point, 127 - zero_point) / 127, 0)

@@ -13,14 +13,20 @@ Kernel rules that shape this module:
 - XNNPACK does not delegate MIRROR_PAD.
 Pads are given per ONNX axis; TFLite dim i gets the pads of ONNX axis perm[i], so a 4-D image
 input stays NHWC (the fold stage's Pad(0) + Add(border) in front of the first conv stays delegated).
+An explicit zero Pad of H and W whose only reader is a Conv becomes that Conv's own pads
+(`fold_zero_pad_into_conv`): the conv then often needs no PAD at all (TFLite SAME padding).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+import onnx
+from onnx import helper
+
+from edgepipe import graph
 from edgepipe.backends.tflite.lower import Lowering, node_attrs
-from edgepipe.backends.tflite.ops import register
+from edgepipe.backends.tflite.ops import register, register_rewrite
 
 MIRROR_MODES = {"reflect": 0, "edge": 1}  # tflite.MirrorPadMode REFLECT / SYMMETRIC
 MAX_RANK = 4
@@ -119,3 +125,59 @@ def lower_pad(ctx: Lowering, node) -> None:
     fill = border(pads, ctx.shape(node.output[0]), value).transpose(perm)
     ctx.emit("ADD", [zero_padded, ctx.add_weight_constant(f"{node.name};border", fill, dtype)], [out], node,
              "AddOptions", FusedActivationFunction=0)
+
+
+def _zero_spatial_pads(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int] | None:
+    """[top, left, bottom, right] of a constant-mode Pad of a 4-D tensor that fills with 0 and pads
+    only H and W, else None."""
+    attrs = node_attrs(node)
+    if _mode(node) != "constant" or len(node.input) > 3 and node.input[3]:
+        return None
+    if "pads" in attrs:
+        flat, value = attrs["pads"], float(attrs.get("value", 0.0))
+    else:
+        flat = graph.constant_value(model, node.input[1]) if len(node.input) > 1 else None
+        fill = graph.constant_value(model, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if len(node.input) > 2 and node.input[2] and fill is None:
+            return None
+        value = float(np.asarray(fill).reshape(-1)[0]) if fill is not None and np.asarray(fill).size == 1 else \
+            (0.0 if fill is None else None)
+    if flat is None or value != 0.0:
+        return None
+    flat = [int(v) for v in np.asarray(flat).ravel()]
+    if len(flat) != 8 or any(flat[i] for i in (0, 1, 4, 5)) or any(v < 0 for v in flat):
+        return None
+    return [flat[2], flat[3], flat[6], flat[7]]
+
+
+@register_rewrite
+def fold_zero_pad_into_conv(model: onnx.ModelProto) -> None:
+    """Pad(0, H/W only) -> Conv becomes Conv with the pads added (the Pad node goes)."""
+    outputs = {o.name for o in model.graph.output}
+    consumers = graph.consumers(model)
+    removed = set()
+    for node in model.graph.node:
+        if node.op_type != "Pad" or node.domain not in ("", "ai.onnx") or node.output[0] in outputs:
+            continue
+        users = consumers.get(node.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Conv" or users[0].input[0] != node.output[0]:
+            continue
+        conv = users[0]
+        attrs = node_attrs(conv)
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        pads = _zero_spatial_pads(model, node)
+        if pads is None or (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) != "NOTSET":
+            continue
+        if len(attrs.get("kernel_shape", [0, 0])) != 2:
+            continue
+        current = list(attrs.get("pads", [0, 0, 0, 0]))
+        merged = [a + b for a, b in zip(current, pads)]
+        kept = [a for a in conv.attribute if a.name != "pads"]
+        del conv.attribute[:]
+        conv.attribute.extend(kept + [helper.make_attribute("pads", merged)])
+        conv.input[0] = node.input[0]
+        removed.add(node.name)
+    if removed:
+        nodes = [n for n in model.graph.node if n.name not in removed]
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)

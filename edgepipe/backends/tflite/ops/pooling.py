@@ -3,7 +3,7 @@ GlobalMaxPool -> REDUCE_MAX.
 
 int8 pooling kernels move integers without requantizing, so their output keeps the input's
 quantization. An int8 VALID AveragePool becomes a depthwise conv with 1/(kh*kw) weights, which
-XNNPACK delegates (it does not delegate int8 AVERAGE_POOL_2D). GlobalAveragePool uses MEAN over
+XNNPACK delegates (it does not delegate int8 AVERAGE_POOL_2D); a SAME one is averaged in float. GlobalAveragePool uses MEAN over
 H, W instead, which requantizes to the calibrated output range (finer steps for the usually
 narrower averaged values).
 
@@ -110,8 +110,13 @@ def check_pool(ctx: Lowering, node) -> str | None:
 
 def _int8_average(ctx: Lowering, node) -> bool:
     """An average with border divisors is a float island: in int8 the window mean would be
-    rounded before the correction multiplies its error by up to kh*kw."""
-    return node.op_type != "AveragePool" or pool_plan(ctx, node).divisors is None
+    rounded before the correction multiplies its error by up to kh*kw. So is a SAME average:
+    XNNPACK takes no int8 AVERAGE_POOL_2D but the float one (with the DEQUANTIZE / QUANTIZE around
+    it) inside the int8 partition, where the int8 kernel would split the delegated graph."""
+    if node.op_type != "AveragePool":
+        return True
+    plan = pool_plan(ctx, node)
+    return plan.divisors is None and plan.padding == VALID
 
 
 @register("MaxPool", "AveragePool", check=check_pool, int8=_int8_average)

@@ -11,6 +11,8 @@ pair that gives the same sampling; no match is reported as unsupported. Kernel r
   the ONNX spec divides by the unrounded output length there, ONNX Runtime by the rounded one.
 - The size input is an int32 [new_height, new_width] constant; the output size comes from ONNX
   shape inference, so scales and sizes inputs (or Upsample's attribute) need no decoding.
+- XNNPACK (LiteRT 2.3) delegates no RESIZE_NEAREST_NEIGHBOR: integer nearest upscaling (FPN and
+  U-Net decoders) is written as CONCATENATION + RESHAPE instead (`repeat_pixels`).
 """
 
 from __future__ import annotations
@@ -127,12 +129,73 @@ def check_resize(ctx: Lowering, node) -> str | None:
     return None
 
 
+def repeat_factors(ctx: Lowering, node, flags) -> tuple[int, int] | None:
+    """(fh, fw) when this nearest resize samples source index i // f on both axes (integer
+    upscaling), else None."""
+    in_hw, out_hw = ctx.shape(node.input[0])[2:], ctx.shape(node.output[0])[2:]
+    if any(o % i for i, o in zip(in_hw, out_hw)):
+        return None
+    factors = tuple(o // i for i, o in zip(in_hw, out_hw))
+    for i, o, f in zip(in_hw, out_hw, factors):
+        if not np.array_equal(_tflite_sampling("nearest", *flags, o, i), np.arange(o) // f):
+            return None
+    return factors
+
+
+def _prime_factors(value: int) -> list[int]:
+    factors, divisor = [], 2
+    while value > 1:
+        while value % divisor == 0:
+            factors.append(divisor)
+            value //= divisor
+        divisor += 1
+    return factors
+
+
+def repeat_pixels(ctx: Lowering, node, x: int, out: int, factors: tuple[int, int]) -> None:
+    """Integer nearest upscaling as CONCATENATION + RESHAPE (XNNPACK delegates both; it takes no
+    RESIZE_NEAREST_NEIGHBOR, int8 or float): k copies side by side along channels reshape to k
+    repeats of every pixel along the width; the height is repeated the same way one level up.
+    Factors go in prime steps (concatenations of at most a few inputs)."""
+    quant = ctx.tensor(x).quantization
+    dtype = ctx.tensor(x).dtype
+    n, h, w, c = ctx.tensor(x).shape
+    current, step = x, 0
+
+    def emit(opcode, inputs, shape, options_type=None, **options):
+        nonlocal step
+        step += 1
+        target = ctx.temp(f"{node.name};repeat{step}", shape, dtype, quant)
+        ctx.emit(opcode, inputs, [target], node, options_type, **options)
+        return target
+
+    def reshape(index, shape):
+        return emit("RESHAPE", [index, ctx.int32_constant(f"{node.name};repeat{step + 1}/shape", shape)], shape)
+
+    for k in _prime_factors(factors[1]):
+        tiled = emit("CONCATENATION", [current] * k, [n, h, w, k * c], "ConcatenationOptions", Axis=3,
+                     FusedActivationFunction=0)
+        w *= k
+        current = reshape(tiled, [n, h, w, c])
+    for k in _prime_factors(factors[0]):
+        rows = reshape(current, [n, h, 1, w * c])
+        tiled = emit("CONCATENATION", [rows] * k, [n, h, k, w * c], "ConcatenationOptions", Axis=2,
+                     FusedActivationFunction=0)
+        h *= k
+        current = reshape(tiled, [n, h, w, c])
+    ctx.emit("RESHAPE", [current, ctx.int32_constant(f"{node.name};shape", [n, h, w, c])], [out], node)
+
+
 @register("Resize", "Upsample", check=check_resize)
 def lower_resize(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     kind, (align_corners, half_pixel) = resize_plan(ctx, node)
     x = ctx.get(node.input[0], dtype, NHWC)
     out = ctx.new_value(node.output[0], dtype, NHWC, ctx.tensor(x).quantization)
+    factors = repeat_factors(ctx, node, (align_corners, half_pixel)) if kind == "nearest" else None
+    if factors is not None and factors != (1, 1):
+        repeat_pixels(ctx, node, x, out, factors)
+        return
     size = ctx.int32_constant(f"{node.name};size", ctx.shape(node.output[0])[2:])
     ctx.emit(OPCODES[kind], [x, size], [out], node, OPTIONS[kind], AlignCorners=align_corners,
              HalfPixelCenters=half_pixel)

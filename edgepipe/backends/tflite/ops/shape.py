@@ -3,7 +3,8 @@
 Reshape-like ops all become one RESHAPE to the ONNX output shape (read from shape inference,
 so axes/-1/0 never need decoding). They are layout-sensitive: the input is brought to ONNX order
 first, unless the permuted dims are size 1 (e.g. [N,1,1,C] after global pooling) so memory order
-is already the same. Transpose never moves data: its output is the input's tensor with a new
+is already the same, or the dims the reshape merges or splits are consecutive in memory (the
+output then keeps a permuted layout: `layout_preserving_perm`). Transpose never moves data: its output is the input's tensor with a new
 `perm`; a consumer that needs another order gets one TRANSPOSE from the registry.
 """
 
@@ -19,17 +20,64 @@ def same_memory_order(shape, perm) -> bool:
     return non_unit == sorted(non_unit)
 
 
+def reshape_groups(in_shape, out_shape) -> list[tuple[list[int], list[int]]] | None:
+    """Pairs (input dims, output dims) of consecutive dims with equal products: the finest
+    factorization of a reshape (trailing size-1 dims join the last group); None if none exists."""
+    groups, i, j = [], 0, 0
+    while i < len(in_shape) or j < len(out_shape):
+        if i == len(in_shape) or j == len(out_shape):
+            if not groups or any(d != 1 for d in [*in_shape[i:], *out_shape[j:]]):
+                return None
+            groups[-1][0].extend(range(i, len(in_shape)))
+            groups[-1][1].extend(range(j, len(out_shape)))
+            break
+        ins, outs = [i], [j]
+        left, right = in_shape[i], out_shape[j]
+        i, j = i + 1, j + 1
+        while left != right:
+            if left < right and i < len(in_shape):
+                left, i = left * in_shape[i], i + 1
+                ins.append(i - 1)
+            elif right < left and j < len(out_shape):
+                right, j = right * out_shape[j], j + 1
+                outs.append(j - 1)
+            else:
+                return None
+        groups.append((ins, outs))
+    return groups
+
+
+def layout_preserving_perm(in_shape, perm, out_shape) -> tuple[int, ...] | None:
+    """Output layout of a reshape done directly on a tensor laid out by `perm`, or None.
+
+    Possible when every group of ONNX dims the reshape merges or splits sits consecutively and in
+    order in memory: e.g. an NHWC conv output [N, C, H, W] -> [N, C, H*W] is [N, H*W, C] in
+    memory, and the usual Transpose(0, 2, 1) of a patch embedding then costs nothing."""
+    groups = reshape_groups(list(in_shape), list(out_shape))
+    if groups is None:
+        return None
+    placed = []
+    for ins, outs in groups:
+        positions = [perm.index(d) for d in ins]
+        if positions != list(range(positions[0], positions[0] + len(positions))):
+            return None
+        placed.append((positions[0], outs))
+    return tuple(d for _, outs in sorted(placed) for d in outs)
+
+
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def lower_reshape(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     name = node.input[0]
     perm = ctx.layout(name)
-    if not same_memory_order(ctx.shape(name), perm):
-        perm = identity(ctx.rank(name))
-    x = ctx.get(name, dtype, perm)
     out_shape = ctx.shape(node.output[0])
-    out = ctx.new_value(node.output[0], dtype, identity(len(out_shape)), ctx.tensor(x).quantization)
-    ctx.emit("RESHAPE", [x, ctx.int32_constant(f"{node.name};shape", out_shape)], [out], node)
+    out_perm = identity(len(out_shape))
+    if not same_memory_order(ctx.shape(name), perm):
+        out_perm = layout_preserving_perm(ctx.shape(name), perm, out_shape) or out_perm
+        perm = perm if out_perm != identity(len(out_shape)) else identity(ctx.rank(name))
+    x = ctx.get(name, dtype, perm)
+    out = ctx.new_value(node.output[0], dtype, out_perm, ctx.tensor(x).quantization)
+    ctx.emit("RESHAPE", [x, ctx.int32_constant(f"{node.name};shape", ctx.tensor(out).shape)], [out], node)
 
 
 @register("Identity")

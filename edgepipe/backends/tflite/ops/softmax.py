@@ -9,9 +9,10 @@ Kernel rules that shape this module:
 - SOFTMAX reads `beta` from its options and an unset beta is 0 (uniform output): always 1.0.
 - int8 outputs have fixed parameters (the kernels' Prepare checks or assumes them):
   builtins.fixed_output (LOG_SOFTMAX's covers [-15.94, 0]).
-- XNNPACK (LiteRT 2.3) delegates float SOFTMAX only: int8 SOFTMAX / LOG_SOFTMAX and float
-  LOG_SOFTMAX run on the builtin kernels, outside the delegated partition. At a classifier's end
-  that costs little; a softmax inside a graph (attention) can be listed in `float_nodes`.
+- XNNPACK (LiteRT 2.3) delegates float SOFTMAX only: an int8 SOFTMAX would run on the builtin
+  kernel and split the delegated graph (attention blocks: one split per head group). int8 models
+  therefore compute Softmax in float between DEQUANTIZE and QUANTIZE, which XNNPACK takes into the
+  same partition. int8 LOG_SOFTMAX and float LOG_SOFTMAX are not delegated either way.
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ def check_softmax(ctx: Lowering, node) -> str | None:
     return None
 
 
-@register("Softmax", "LogSoftmax", check=check_softmax)
+def int8_kernel_delegated(ctx: Lowering, node) -> bool:
+    return node.op_type != "Softmax"
+
+
+@register("Softmax", "LogSoftmax", check=check_softmax, int8=int8_kernel_delegated)
 def lower_softmax(ctx: Lowering, node) -> None:
     opcode, options_type, options = KERNELS[node.op_type]
     dtype = ctx.node_dtype(node)

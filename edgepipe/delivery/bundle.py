@@ -36,7 +36,7 @@ import numpy as np
 from edgepipe import __version__
 from edgepipe.jsonfile import read_json
 from edgepipe.errors import BudgetError, UserError
-from edgepipe.outdir import REPORT_DIR, STAGING_TAG, recover_interrupted_swap, swap_into_place, temp_dir
+from edgepipe.delivery.outdir import REPORT_DIR, STAGING_TAG, recover_interrupted_swap, swap_into_place, temp_dir
 from edgepipe.safeio import JSON_MAX_BYTES, read_text_bounded
 from edgepipe.templating import render
 

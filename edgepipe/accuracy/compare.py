@@ -29,6 +29,7 @@ import onnx
 
 from edgepipe import graph, quantmath
 from edgepipe.errors import UserError
+from edgepipe.settings import ReportSettings
 
 COMPARE_FILE = "compare.json"
 EVAL_FILE = "eval/eval.npz"
@@ -261,7 +262,7 @@ def _graph_order(model: onnx.ModelProto) -> dict[str, int]:
 
 def _measure_alone(report: CompareReport, model, calibration, data: BundleEval, target, samples: int):
     """Fill `alone_sqnr_db`: one Q/DQ variant per quantized activation, only its readers quantized."""
-    from edgepipe.sensitivity import VariantEvaluator
+    from edgepipe.accuracy.sensitivity import VariantEvaluator
 
     evaluator = VariantEvaluator(model, calibration, data, target=target, max_samples=samples)
     quantized = evaluator.qdq_report["quantized_nodes"]
@@ -326,12 +327,12 @@ def host_accuracy(bundle: str | Path, probe) -> dict:
     return accuracy
 
 
-def accuracy_warning(accuracy: dict | None, thresholds: dict, bundle: Path, where: str) -> str | None:
+def accuracy_warning(accuracy: dict | None, thresholds: ReportSettings, bundle: Path, where: str) -> str | None:
     """One line when int8 agrees poorly with FP32: an output SQNR below `min_sqnr_db` or an argmax
     agreement below `min_agreement` (edgepipe.yaml `report:`), pointing to the tools that fix it."""
     accuracy = accuracy or {}
-    min_sqnr = float(thresholds.get("min_sqnr_db", 20.0))
-    min_agreement = float(thresholds.get("min_agreement", 0.97))
+    min_sqnr = float(thresholds.min_sqnr_db)
+    min_agreement = float(thresholds.min_agreement)
     problems = []
     for name, entry in sorted((accuracy.get("outputs") or {}).items()):
         sqnr = entry.get("sqnr_db") if isinstance(entry, dict) else None

@@ -1,8 +1,8 @@
 """`edgepipe sensitivity`, `compare` and `finetune`: accuracy diagnosis and recovery from the command line.
 
-Thin like cli.py: settings resolve exactly as for `build` (defaults, edgepipe.yaml, options; the
+Thin like cli/main.py: settings resolve exactly as for `build` (defaults, edgepipe.yaml, options; the
 shipped demo when no model is given), the model goes through the same export -> simplify -> fold
-stages, then edgepipe.sensitivity / edgepipe.precision / edgepipe.qat do the work.
+stages, then edgepipe.accuracy.sensitivity / edgepipe.accuracy.precision / edgepipe.accuracy.qat do the work.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def _with_model_options(func):
 def sensitivity_command(model, weights, target, calib, eval_, input_shapes, config_path, max_samples, metric, top,
                         budget, out_path, as_json):
     """Rank quantized layers by how much INT8 costs (only-this / all-but-this vs FP32)."""
-    from edgepipe.precision import plan_on_target
-    from edgepipe.sensitivity import analyze_sensitivity
+    from edgepipe.accuracy.precision import plan_on_target
+    from edgepipe.accuracy.sensitivity import analyze_sensitivity
 
     settings, _ = _settings(model, weights, target, calib, eval_, input_shapes, config_path)
     onnx_model, calib_ds, eval_ds = deployed_model(settings)
@@ -125,8 +125,8 @@ def compare_command(bundle, max_samples, alone, alone_samples, top, out_path, as
     Runs the bundle's deployed model (int8 .tflite in LiteRT; Q/DQ ONNX in ONNX Runtime for TensorRT
     targets: host emulation) and reference.onnx on the bundle's eval data. When the bundle has a
     report (report/results.json), report.html is rendered again with a per-layer chart."""
-    from edgepipe.compare import COMPARE_FILE, compare_bundle
-    from edgepipe.report import render_report
+    from edgepipe.accuracy.compare import COMPARE_FILE, compare_bundle
+    from edgepipe.delivery.report import render_report
 
     if max_samples < 1 or alone_samples < 1:
         raise UserError("compare: --max-samples and --alone-samples must be >= 1")
@@ -161,8 +161,8 @@ def finetune_command(model, weights, target, calib, eval_, input_shapes, config_
 
     from edgepipe import graph
     from edgepipe.data import load_dataset
-    from edgepipe.qat import finetune, float_copy, learned_calibration, prepare_qat, strip_qat
-    from edgepipe.sensitivity import VariantEvaluator
+    from edgepipe.accuracy.qat import finetune, float_copy, learned_calibration, prepare_qat, strip_qat
+    from edgepipe.accuracy.sensitivity import VariantEvaluator
     from edgepipe.stages.export import is_factory_spec, load_factory
 
     settings, _ = _settings(model, weights, target, calib, eval_, input_shapes, config_path)

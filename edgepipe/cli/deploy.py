@@ -1,6 +1,6 @@
 """`edgepipe deploy`: one device (--host) or a fleet (--inventory). Thin: parse, call, print.
 
-Kept out of cli.py so the SSH options stay next to each other; cli.py calls `register()` and
+Kept out of cli/main.py so the SSH options stay next to each other; main.py calls `register()` and
 maps UserError -> exit 2 (bad host, untrusted key, corrupt upload) and BudgetError -> exit 1
 (a fleet deploy where some hosts failed after their retry).
 """
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from edgepipe.deploy import SshTarget, deploy_bundle
+from edgepipe.delivery.deploy import SshTarget, deploy_bundle
 from edgepipe.errors import UserError
 from edgepipe.safeio import CONFIG_MAX_BYTES, ensure_regular_file
-from edgepipe.fleet import deploy_fleet, format_table, load_inventory, raise_if_failed, write_fleet_json
+from edgepipe.delivery.fleet import deploy_fleet, format_table, load_inventory, raise_if_failed, write_fleet_json
 
 
 @click.command("deploy")

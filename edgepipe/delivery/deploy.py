@@ -226,7 +226,7 @@ def check_local_bundle(bundle: Path) -> Path:
     for required in ("manifest.json", "SHA256SUMS", "run.py"):
         if not (bundle / required).is_file():
             raise UserError(f"{bundle}: missing {required}; rebuild the bundle with `edgepipe build`")
-    from edgepipe.bundle import verify_bundle
+    from edgepipe.delivery.bundle import verify_bundle
 
     problems = verify_bundle(bundle)  # nothing unlisted (a planted numpy.py) is ever uploaded
     if problems:
@@ -236,7 +236,7 @@ def check_local_bundle(bundle: Path) -> Path:
 
 def expected_upload(bundle: Path) -> set[str]:
     """Every file an upload may hold: the manifest's files, manifest.json and SHA256SUMS."""
-    from edgepipe.bundle import MANIFEST, SHA256SUMS, device_generated_names, load_manifest
+    from edgepipe.delivery.bundle import MANIFEST, SHA256SUMS, device_generated_names, load_manifest
 
     manifest = load_manifest(bundle)
     return ({entry["path"] for entry in manifest["files"]} | device_generated_names(manifest)
@@ -353,18 +353,18 @@ def run_remote(shell: RemoteShell, remote_dir: str, iterations: int | None, warm
     if not isinstance(results, dict) or "latency_ms" not in results:
         raise UserError(f"{shell.target.name}: results.json from the device lacks latency_ms; "
                         f"the bundle's run.py is too old, rebuild it")
-    from edgepipe.regress import check_results
+    from edgepipe.delivery.regress import check_results
 
     return check_results(results, Path(where), "device")  # a device is as untrusted as any file
 
 
 def render_report_if_available(results_path: Path, bundle: Path) -> str:
-    """Render via edgepipe.report when present. The results are already saved, so a rendering
+    """Render via edgepipe.delivery.report when present. The results are already saved, so a rendering
     problem becomes a note, never a failed deploy."""
     try:
-        from edgepipe.report import render_report
+        from edgepipe.delivery.report import render_report
     except ImportError:
-        return "report not rendered: edgepipe.report is not available"
+        return "report not rendered: edgepipe.delivery.report is not available"
     try:
         html_path = render_report(results_path, results_path.parent, bundle_dir=bundle)
     except Exception as error:  # noqa: BLE001 - optional step; the deploy itself succeeded

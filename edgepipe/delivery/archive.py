@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from edgepipe.bundle import MANIFEST, SHA256SUMS, load_manifest, verify_bundle, VerificationError
+from edgepipe.delivery.bundle import MANIFEST, SHA256SUMS, load_manifest, verify_bundle, VerificationError
 from edgepipe.errors import UserError
 
 _FILE_MODE, _EXEC_MODE, _DIR_MODE = 0o644, 0o755, 0o755

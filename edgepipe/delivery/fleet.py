@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 
-from edgepipe.deploy import DeployResult, SshTarget, check_host_name, deploy_bundle
+from edgepipe.delivery.deploy import DeployResult, SshTarget, check_host_name, deploy_bundle
 from edgepipe.safeio import CONFIG_MAX_BYTES, parse_yaml, read_text_bounded
 from edgepipe.errors import BudgetError, UserError
 

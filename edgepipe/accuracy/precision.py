@@ -3,7 +3,7 @@
 Why: keeping everything float throws away the speed of INT8, keeping everything INT8 sometimes
 loses too much; a few sensitive layers are usually the whole difference. The planner:
 
-1. scores every quantized node group (edgepipe.sensitivity) on a held-out slice;
+1. scores every quantized node group (edgepipe.accuracy.sensitivity) on a held-out slice;
 2. greedy: moves the most sensitive group (largest SQNR recovery) to float, re-evaluates, and
    stops as soon as the budget holds;
 3. prunes: tries to return each float group to INT8 again (least sensitive first) and keeps the
@@ -29,7 +29,7 @@ import onnx
 
 from edgepipe.calibrate.result import CalibrationResult
 from edgepipe.errors import BudgetError, UserError
-from edgepipe.sensitivity import (NodeGroup, SensitivityReport, VariantEvaluator, analyze_sensitivity,
+from edgepipe.accuracy.sensitivity import (NodeGroup, SensitivityReport, VariantEvaluator, analyze_sensitivity,
                                   resolve_metric)
 
 Evaluate = Callable[[set], dict]

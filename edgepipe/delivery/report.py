@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgepipe import charts
+from edgepipe.delivery import charts
 from edgepipe.errors import UserError
-from edgepipe.regress import load_results
+from edgepipe.delivery.regress import load_results
 from edgepipe.safeio import read_json_file
 from edgepipe.templating import render
 
@@ -30,6 +30,9 @@ SUMMARY_METRICS = (  # (label, path in results.json, higher is better, unit)
     ("latency p90", ("latency_ms", "p90"), False, "ms"),
     ("latency p99", ("latency_ms", "p99"), False, "ms"),
     ("latency mean", ("latency_ms", "mean"), False, "ms"),
+    ("latency p50, compared model (same run)", ("compare", "latency_ms", "p50"), False, "ms"),
+    ("speed-up vs compared model (p50)", ("speedup",), True, "x"),
+    ("XNNPACK partitions", ("delegation", "partitions"), False, ""),
     ("model size", ("size_bytes",), False, "bytes"),
     ("peak RSS", ("peak_rss_mb",), False, "MB"),
 )
@@ -179,6 +182,20 @@ def activation_section(calibration: dict | None) -> dict | None:
     return {"plots": plots, "total": len(histograms), "method": calibration.get("method", "")}
 
 
+def speed_section(results: dict) -> dict | None:
+    """What was compared and which ops stayed outside the delegate (strings for both templates)."""
+    compared, delegation = results.get("compare"), results.get("delegation")
+    if not isinstance(compared, dict) and not isinstance(delegation, dict):
+        return None
+    outside = (delegation or {}).get("outside") if isinstance(delegation, dict) else None
+    return {
+        "model": str(results.get("model") or "?"),
+        "compare_model": str(compared.get("model") or "?") if isinstance(compared, dict) else None,
+        "outside": ", ".join(f"{op} x{count}" for op, count in sorted(outside.items())) if outside else "none",
+        "measured": isinstance(delegation, dict),
+    }
+
+
 def report_context(results: dict, baseline: dict | None = None, calibration: dict | None = None,
                    sensitivity: dict | None = None, compare: dict | None = None) -> dict:
     accuracy = results.get("accuracy") or {}
@@ -197,6 +214,7 @@ def report_context(results: dict, baseline: dict | None = None, calibration: dic
         "accuracy_warnings": [str(w) for w in (results.get("accuracy_warnings") or [])],
         "activations": activation_section(calibration),
         "calibration_warnings": list((calibration or {}).get("warnings") or []),
+        "speed": speed_section(results),
     }
     if latency.get("samples"):
         context["charts"]["latency"] = charts.latency_histogram(latency["samples"], latency)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from edgepipe.jsonfile import read_json
 from edgepipe.errors import UserError
+from edgepipe.settings import RegressSettings
 
 DEFAULT_METRICS = ("top1", "top5", "argmax_agreement", "sqnr_db")
 LATENCY_PERCENTILES = ("p50", "p90", "p99")
-DEFAULT_BUDGETS = {"max_drop": 0.01, "max_latency_increase": "10%", "max_sqnr_drop_db": 1.0, "metrics": None}
 
 
 @dataclass
@@ -153,7 +153,32 @@ def check_results(data, path: Path, role: str) -> dict:
         for key in _BIN_FIGURES:
             _expect(entry.get(key) is None or _is_number(entry[key]), path, f"accuracy.ece_bins[{index}].{key}",
                     "a number or null", entry.get(key))
+    _check_speed(data, path)
     return data
+
+
+def _check_speed(data: dict, path: Path) -> None:
+    """The int8-vs-compared-model timing and XNNPACK delegation the arm-cpu runner records."""
+    _expect(data.get("speedup") is None or _is_number(data["speedup"]), path, "speedup", "a number or null",
+            data.get("speedup"))
+    compare = data.get("compare")
+    _expect(compare is None or isinstance(compare, dict), path, "compare", "a mapping or null", compare)
+    compare = compare or {}
+    _expect(compare.get("model") is None or isinstance(compare["model"], str), path, "compare.model", "a string",
+            compare.get("model"))
+    latency = compare.get("latency_ms")
+    _expect(latency is None or isinstance(latency, dict), path, "compare.latency_ms", "a mapping", latency)
+    for key, value in (latency or {}).items():
+        _expect(value is None or _is_number(value), path, f"compare.latency_ms.{key}", "a number or null", value)
+    for where, delegation in (("delegation", data.get("delegation")), ("compare.delegation", compare.get("delegation"))):
+        _expect(delegation is None or isinstance(delegation, dict), path, where, "a mapping or null", delegation)
+        delegation = delegation or {}
+        _expect(delegation.get("partitions") is None or _is_number(delegation["partitions"]), path,
+                f"{where}.partitions", "a number or null", delegation.get("partitions"))
+        outside = delegation.get("outside")
+        _expect(outside is None or isinstance(outside, dict), path, f"{where}.outside", "a mapping", outside)
+        for op, count in (outside or {}).items():
+            _expect(_is_number(count), path, f"{where}.outside (op counts)", "numbers", count)
 
 
 def load_results(path: str | Path, role: str) -> dict:
@@ -176,8 +201,8 @@ def accuracy_values(results: dict, metrics) -> dict[str, float]:
     return values
 
 
-def _budget(budgets: dict, key: str) -> float:
-    value = budgets[key]
+def _budget(budgets: RegressSettings, key: str) -> float:
+    value = getattr(budgets, key)
     if not _is_number(value) or not math.isfinite(value) or value < 0:
         raise UserError(f"regress budget {key} must be a finite number >= 0, got {value!r}")
     return float(value)
@@ -192,13 +217,13 @@ def _require_finite_baseline(values: dict[str, float], where: str) -> None:
                             f"regenerate it with run.py")
 
 
-def run_regression(baseline: dict, candidate: dict, budgets: dict | None = None,
+def run_regression(baseline: dict, candidate: dict, budgets: RegressSettings | None = None,
                    baseline_name: str = "baseline") -> RegressionResult:
     """Compare two results.json dicts under `budgets` (the config's `regress:` section)."""
-    budgets = {**DEFAULT_BUDGETS, **{k: v for k, v in (budgets or {}).items() if v is not None}}
+    budgets = budgets or RegressSettings()
     max_drop, max_sqnr_drop = _budget(budgets, "max_drop"), _budget(budgets, "max_sqnr_drop_db")
-    max_increase = parse_increase(budgets["max_latency_increase"])
-    metrics = list(budgets["metrics"] or DEFAULT_METRICS)
+    max_increase = parse_increase(budgets.max_latency_increase)
+    metrics = list(budgets.metrics or DEFAULT_METRICS)
     result = RegressionResult()
 
     base_acc, cand_acc = accuracy_values(baseline, metrics), accuracy_values(candidate, metrics)
@@ -208,7 +233,7 @@ def run_regression(baseline: dict, candidate: dict, budgets: dict | None = None,
     if not base_acc and not base_lat:
         raise UserError(f"{baseline_name}: the baseline holds no accuracy metric and no latency percentile; "
                         f"nothing to compare, pass the results.json of a complete run.py run")
-    if budgets["metrics"]:
+    if budgets.metrics:
         for metric in metrics:
             if not any(k == f"accuracy.{metric}" or k.startswith(f"accuracy.{metric}[") for k in base_acc):
                 raise UserError(f"regress metric '{metric}' is not in the baseline results; "

@@ -130,6 +130,10 @@ def _print_summary(result) -> None:
             parts.append(f"output SQNR {min(v for v in sqnr if isinstance(v, (int, float))):.1f} dB")
         if lat:
             parts.append(f"p50 {lat.get('p50', 0):.3f} ms (host, not device)")
+        if result.results.get("speedup"):
+            parts.append(f"speed-up vs {result.results['compare']['model']} {result.results['speedup']:.2f}x")
+        if (result.results.get("delegation") or {}).get("partitions") is not None:
+            parts.append(f"XNNPACK partitions {result.results['delegation']['partitions']}")
         click.echo(f"host report ({result.results.get('where', 'host')}): " + ", ".join(parts))
     if result.report_html:
         click.echo(f"report: {result.report_html}")
@@ -179,7 +183,9 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     model = graph.load_model(model_path)
     if input_shapes:
         model = fix_static_shapes(model, dict(cfg.parse_input_shape(t) for t in input_shapes), model_path)
-    if graph.graph_inputs(model) and all(graph.is_static(graph.declared_shape(i)) for i in graph.graph_inputs(model)):
+    static = bool(graph.graph_inputs(model)) and all(graph.is_static(graph.declared_shape(i))
+                                                     for i in graph.graph_inputs(model))
+    if static:
         from edgepipe.stages.fold import run_fold
         from edgepipe.stages.simplify import run_simplify
 
@@ -188,12 +194,20 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     model = graph.ensure_node_names(graph.infer_shapes(model))
     io = graph.describe_io(model)
     histogram = dict(sorted(Counter(qualified(n.domain, n.op_type) for _, n, _ in walk_nodes(model)).items()))
-    unsupported = {}
+    unsupported, delegation = {}, {}
     for name in target_names or available_targets():
         target = load_target(name)
         unsupported[target.name] = [{"node": n, "op_type": o, "reason": r} for n, o, r in target.supports(model)]
+        if not unsupported[target.name] and static:
+            try:
+                predicted = target.predict_delegation(model)
+            except UserError:  # a shape the lowering needs is unknown: no prediction, build says why
+                predicted = None
+            if predicted is not None:
+                delegation[target.name] = predicted
     info = {"model": model_path, "opset": graph.opset_version(model), "nodes": len(model.graph.node),
-            "inputs": io["inputs"], "outputs": io["outputs"], "op_histogram": histogram, "unsupported": unsupported}
+            "inputs": io["inputs"], "outputs": io["outputs"], "op_histogram": histogram, "unsupported": unsupported,
+            "delegation": delegation}
     if as_json:
         click.echo(json.dumps(info, indent=2, sort_keys=True, default=str))
         return
@@ -209,17 +223,28 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     for target, nodes in unsupported.items():
         if not nodes:
             click.echo(f"  {target}: all ops supported")
+            if target in delegation:
+                click.echo(f"  {target}: {_delegation_line(delegation[target])}")
             continue
         click.echo(f"  {target}: {len(nodes)} unsupported node(s)")
         for item in nodes[:20]:
             click.echo(f"    {item['node']} ({item['op_type']}): {item['reason']}")
 
 
+def _delegation_line(predicted: dict) -> str:
+    outside = ", ".join(f"{op} x{count}" for op, count in predicted["outside"].items())
+    line = (f"int8 ops predicted outside XNNPACK: {outside}" if outside
+            else "every int8 op predicted inside XNNPACK (one partition)")
+    if predicted["unmeasured"]:
+        line += f" (not measured: {', '.join(predicted['unmeasured'])})"
+    return line
+
+
 def _register_plugins() -> None:
     """Commands that live in their own modules (bundle tools, deploy, accuracy recovery)."""
     import importlib
 
-    for module_name in ("edgepipe.cli_release", "edgepipe.cli_deploy", "edgepipe.cli_accuracy"):
+    for module_name in ("edgepipe.cli.release", "edgepipe.cli.deploy", "edgepipe.cli.accuracy"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:

@@ -25,8 +25,8 @@ def _is_archive(path: Path) -> bool:
               help="archive path (default: <bundle>.tar.gz next to the bundle)")
 def pack_command(bundle: Path, output: Path | None) -> None:
     """Verify BUNDLE and write it as a reproducible .tar.gz (report/ is left out)."""
-    from edgepipe.archive import pack_bundle
-    from edgepipe.bundle import sha256_file
+    from edgepipe.delivery.archive import pack_bundle
+    from edgepipe.delivery.bundle import sha256_file
 
     if not bundle.is_dir():
         raise UserError(f"{bundle}: not a bundle folder; pass the --out folder of `edgepipe build`")
@@ -39,8 +39,8 @@ def pack_command(bundle: Path, output: Path | None) -> None:
 @click.argument("bundle", type=click.Path(path_type=Path))
 def verify_command(bundle: Path) -> None:
     """Check every file of BUNDLE (a folder or a .tar.gz) against its manifest and SHA256SUMS."""
-    from edgepipe.archive import bundle_root, safe_extract
-    from edgepipe.bundle import VerificationError, verified_file_count, verify_bundle
+    from edgepipe.delivery.archive import bundle_root, safe_extract
+    from edgepipe.delivery.bundle import VerificationError, verified_file_count, verify_bundle
 
     if not bundle.exists():
         raise UserError(f"{bundle}: not found; pass a bundle folder or its .tar.gz")
@@ -63,13 +63,14 @@ def verify_command(bundle: Path) -> None:
               help="bundle folder holding calibration.json / sensitivity.json (default: searched near RESULTS)")
 def report_command(results: Path, baseline: Path | None, out_dir: Path | None, bundle_dir: Path | None) -> None:
     """Render RESULTS (run.py's results.json) as report.html and report.md."""
-    from edgepipe.report import render_report
+    from edgepipe.delivery.report import render_report
 
     html = render_report(results, out_dir=out_dir, bundle_dir=bundle_dir, baseline=baseline)
     click.echo(f"{html}\n{html.with_name('report.md')}")
 
 
 def _config_budgets(config: Path | None) -> dict:
+    """The `regress:` section of --config (validated against the schema), empty without one."""
     if config is None:
         return {}
     from edgepipe.config import load_config_file
@@ -88,12 +89,12 @@ def _config_budgets(config: Path | None) -> dict:
 @click.option("--config", type=click.Path(path_type=Path), default=None, help="edgepipe.yaml with a regress: section")
 def regress_command(baseline, candidate, max_drop, max_latency_increase, max_sqnr_drop, metrics, junit, config) -> None:
     """Compare CANDIDATE with BASELINE; exit 1 when an accuracy or latency budget is broken."""
-    from edgepipe.regress import load_results, run_regression
+    from edgepipe.delivery.regress import load_results, run_regression
+    from edgepipe.settings import RegressSettings
 
-    budgets = _config_budgets(config)
     overrides = {"max_drop": max_drop, "max_latency_increase": max_latency_increase,
                  "max_sqnr_drop_db": max_sqnr_drop, "metrics": list(metrics) or None}
-    budgets.update({k: v for k, v in overrides.items() if v is not None})
+    budgets = RegressSettings(**{**_config_budgets(config), **{k: v for k, v in overrides.items() if v is not None}})
     result = run_regression(load_results(baseline, "baseline"), load_results(candidate, "candidate"), budgets,
                             baseline_name=str(baseline))
     click.echo(result.table())
