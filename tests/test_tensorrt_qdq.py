@@ -221,6 +221,28 @@ def test_batched_matmul_weight_is_per_tensor_and_loads_in_optimized_onnx_runtime
     assert np.max(np.abs(got - exact)) <= bound
 
 
+def test_opset_21_qdq_loads_with_the_documented_onnx_runtime_setting(tmp_path):
+    """At opset 21 the Q/DQ nodes we write carry int8 zero points and no output_dtype; the README's
+    workaround for ONNX Runtime's own passes (which write a QuantizeLinear whose output_dtype and
+    zero point disagree) loads the model with every other optimization on."""
+    import onnxruntime as ort
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("Add", ["c", "x"], ["a"]),
+             helper.make_node("MaxPool", ["a"], ["y"], kernel_shape=[2, 2])]
+    model = make_model(nodes, [("x", [1, 2, 4, 4])], [("y", [1, 2, 3, 3])], {"w": rng_weights(2, 2, 1, 1)})
+    model.opset_import[0].version, model.ir_version = 21, 10
+    qdq, _ = write_qdq_model(model, calibrate_random(model, tmp_path))
+    for node in qdq.graph.node:
+        if node.op_type == "QuantizeLinear":
+            assert attr(node, "output_dtype") is None
+            assert graph.constant_value(qdq, node.input[2]).dtype == np.int8
+    x = {"x": np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32) * 0.5}
+    plain = graph.make_session(qdq).run(None, x)[0]
+    session = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=["QDQS8ToU8Transformer"])
+    np.testing.assert_allclose(session.run(None, x)[0], plain, atol=1e-5)
+
+
 def model_weight(model, name):
     return graph.constant_value(model, name)
 
