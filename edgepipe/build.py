@@ -85,6 +85,8 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     from edgepipe.stages.simplify import run_simplify
 
     warnings: list[str] = []
+    if target is not None and not settings.get("calib"):
+        check_structure(settings["model"], target)  # before "no calibration data" for a model that can never build
     # 1. export: never cached. What a factory exports depends on every module it imports, so only
     # the exported graph itself is a trustworthy key; the later stages are keyed by its bytes.
     shapes = initial_input_shapes(settings)
@@ -167,6 +169,23 @@ def calib_split_key(settings: dict) -> str:
         return ""
     report = settings["report"]
     return f"|holdout={float(report.holdout or 0)!r}|cap={report.eval_limit}"
+
+
+def check_structure(source: str, target) -> None:
+    """UnsupportedOpError for the first node of an .onnx file that no simplification can take out of
+    the target's way, control flow or a custom domain: such a model is refused for what it is,
+    not asked for the calibration data it could never use."""
+    from edgepipe.backends.support import CONTROL_FLOW, canonical_domain, operator_problem, opsets, qualified, walk_nodes
+
+    if not (str(source).endswith(".onnx") and Path(source).is_file()):
+        return
+    model = graph.load_model(source, load_external=False)
+    table, versions = target.operators(), opsets(model)
+    for name, node, _ in walk_nodes(model):
+        domain = canonical_domain(node.domain)
+        if (domain == "" and node.op_type in CONTROL_FLOW) or domain not in table.domains():
+            reason = operator_problem(node, versions, table, target.name)
+            raise UnsupportedOpError(name, qualified(node.domain, node.op_type), target.name, reason)
 
 
 def foldable_batchnorms(model) -> set[str]:

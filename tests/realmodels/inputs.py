@@ -1,0 +1,202 @@
+"""Synthetic but realistic inputs for the corpus, rendered with PIL and preprocessed the way each
+package does it (no data set download).
+
+Text lines on varied backgrounds for the recognizer/classifier, document pages for the detectors
+and the orientation classifier, scenes with skin-coloured shapes for YOLO, drawn faces for MTCNN.
+The same generator with different seeds gives calibration and held-out evaluation sets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.realmodels.corpus import MODELS
+
+WORDS = ("invoice total amount date number order customer address street city phone email price qty "
+         "item description tax subtotal balance due paid account bank reference code shipping "
+         "delivery receipt store cash card change thank you visit again www example com").split()
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
+SKIN = [(224, 172, 105), (198, 134, 66), (141, 85, 36), (255, 219, 172), (241, 194, 125)]
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def random_text(rng: np.random.Generator) -> str:
+    kind = rng.integers(4)
+    if kind == 0:
+        return " ".join(rng.choice(WORDS, rng.integers(1, 4)))
+    if kind == 1:
+        return f"{rng.choice(WORDS).capitalize()}: {rng.integers(1, 99999)}.{rng.integers(0, 99):02d}"
+    if kind == 2:
+        return f"{rng.integers(1, 28):02d}/{rng.integers(1, 12):02d}/{rng.integers(1990, 2030)} {rng.choice(WORDS).upper()}"
+    return "".join(rng.choice(list("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789-"), rng.integers(4, 14)))
+
+
+def _background(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """(H, W, 3) uint8 background (flat, gradient or noisy) and a contrasting ink level."""
+    h, w = size
+    base = rng.uniform(150, 255) if rng.random() < 0.8 else rng.uniform(0, 90)
+    image = np.full((h, w, 3), base, np.float32) + rng.uniform(-20, 20, 3)
+    if rng.random() < 0.5:
+        image += np.linspace(0, rng.uniform(-40, 40), w)[None, :, None]
+    image += rng.normal(0, rng.uniform(0, 10), image.shape)
+    ink = int(rng.uniform(0, 70)) if base > 120 else int(rng.uniform(190, 255))
+    return np.clip(image, 0, 255).astype(np.uint8), ink
+
+
+def _chw(image, scale: str) -> np.ndarray:
+    """PIL RGB image -> CHW float32 with a package's normalisation."""
+    x = np.asarray(image.convert("RGB"), np.float32).transpose(2, 0, 1) / 255.0
+    if scale == "paddle_ocr":
+        return (x - 0.5) / 0.5
+    if scale == "imagenet":
+        return (x - IMAGENET_MEAN) / IMAGENET_STD
+    if scale == "mtcnn":
+        return (x * 255.0 - 127.5) * 0.0078125
+    return x
+
+
+def text_line(rng: np.random.Generator, height: int, width: int, flip: bool = False) -> tuple[np.ndarray, str]:
+    """A text line as rapidocr feeds its recognizer: resized to `height`, left-aligned, zero-padded
+    (after normalisation) to `width`. Returns (CHW float32 in [-1, 1], text)."""
+    from PIL import Image, ImageDraw
+
+    text = random_text(rng)
+    font = _font(int(rng.integers(22, 34)))
+    left, top, right, bottom = font.getbbox(text)
+    pad = int(rng.integers(2, 8))
+    canvas, ink = _background(rng, (bottom - top + 2 * pad, right - left + 2 * pad))
+    image = Image.fromarray(canvas)
+    ImageDraw.Draw(image).text((pad - left, pad - top), text, fill=(ink, ink, ink), font=font)
+    if flip:
+        image = image.rotate(180)
+    resized_w = min(width, int(np.ceil(height * image.width / image.height)))
+    image = image.resize((resized_w, height), Image.BILINEAR)
+    out = np.zeros((3, height, width), np.float32)
+    out[:, :, :resized_w] = _chw(image, "paddle_ocr")
+    return out, text
+
+
+def document_image(rng: np.random.Generator, height: int, width: int):
+    """A synthetic document page (text lines, rules, a table-like box, a dark figure block) as a PIL image."""
+    from PIL import Image, ImageDraw
+
+    canvas, ink = _background(rng, (height, width))
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    y = int(rng.integers(4, 30))
+    while y < height - 20:
+        font_size = int(rng.integers(12, 28))
+        roll = rng.random()
+        if roll < 0.08 and y < height - 80:  # figure
+            h = int(rng.integers(40, min(160, height - y - 10)))
+            x0 = int(rng.integers(10, width // 3))
+            draw.rectangle((x0, y, x0 + int(rng.integers(width // 4, width // 2)), y + h),
+                           fill=tuple(int(c) for c in rng.integers(0, 200, 3)))
+            y += h + 10
+            continue
+        if roll < 0.14 and y < height - 60:  # table
+            h = int(rng.integers(30, min(120, height - y - 10)))
+            draw.rectangle((10, y, width - 10, y + h), outline=(ink, ink, ink), width=1)
+            for x in np.linspace(10, width - 10, int(rng.integers(3, 6)))[1:-1]:
+                draw.line((int(x), y, int(x), y + h), fill=(ink, ink, ink), width=1)
+            y += h + 10
+            continue
+        x = int(rng.integers(4, max(5, width // 3)))
+        draw.text((x, y), random_text(rng), fill=(ink, ink, ink), font=_font(font_size))
+        if rng.random() < 0.15:
+            draw.line((4, y + font_size + 4, width - 4, y + font_size + 4), fill=(ink, ink, ink), width=1)
+        y += font_size + int(rng.integers(6, 30))
+    return image
+
+
+def scene_image(rng: np.random.Generator, height: int, width: int, faces: bool = False):
+    """A synthetic scene (gradient sky, ellipses and boxes of skin-like and other colours)."""
+    from PIL import Image, ImageDraw
+
+    top, bottom = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    t = np.linspace(0, 1, height)[:, None, None]
+    canvas = (top * (1 - t) + bottom * t) * np.ones((1, width, 1))
+    image = Image.fromarray(np.clip(canvas + rng.normal(0, 6, canvas.shape), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(2, 9))):
+        x0, y0 = int(rng.integers(0, width - 20)), int(rng.integers(0, height - 20))
+        x1, y1 = x0 + int(rng.integers(20, max(21, width // 2))), y0 + int(rng.integers(20, max(21, height // 2)))
+        colour = tuple(int(c) for c in (SKIN[rng.integers(len(SKIN))] if rng.random() < 0.6 else rng.integers(0, 255, 3)))
+        (draw.ellipse if rng.random() < 0.6 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
+    if faces:
+        for _ in range(int(rng.integers(1, 4))):
+            size = int(rng.integers(min(height, width) // 4, min(height, width) // 2))
+            x0, y0 = int(rng.integers(0, width - size)), int(rng.integers(0, height - size))
+            draw_face(draw, rng, (x0, y0, x0 + size, y0 + size))
+    return image
+
+
+def draw_face(draw, rng: np.random.Generator, box: tuple[int, int, int, int]) -> None:
+    """A frontal face: skin ellipse, hair, eyes, nose, mouth, placed in `box`."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    skin = SKIN[rng.integers(len(SKIN))]
+    hair = tuple(int(c) for c in rng.integers(0, 90, 3))
+    draw.ellipse((x0, y0, x1, y1 + h // 8), fill=hair)
+    draw.ellipse((x0 + w // 10, y0 + h // 8, x1 - w // 10, y1), fill=skin)
+    eye_y = y0 + int(h * rng.uniform(0.38, 0.46))
+    for ex in (x0 + int(w * 0.33), x0 + int(w * 0.67)):
+        r = max(1, w // 14)
+        draw.ellipse((ex - 2 * r, eye_y - r, ex + 2 * r, eye_y + r), fill=(245, 245, 245))
+        draw.ellipse((ex - r, eye_y - r, ex + r, eye_y + r), fill=(40, 30, 20))
+    nose = (x0 + w // 2, y0 + int(h * 0.6))
+    draw.line((nose[0], eye_y + h // 10, nose[0] - w // 20, nose[1]), fill=tuple(max(0, c - 60) for c in skin), width=2)
+    mouth_y = y0 + int(h * 0.75)
+    draw.arc((x0 + int(w * 0.32), mouth_y - h // 12, x0 + int(w * 0.68), mouth_y + h // 12), 10, 170,
+             fill=(150, 40, 50), width=max(1, h // 30))
+
+
+def face_crop(rng: np.random.Generator, height: int, width: int):
+    """What RNet/ONet see: a square crop around a face proposal (jittered, sometimes a non-face)."""
+    from PIL import Image, ImageDraw
+
+    size = 96
+    image = scene_image(rng, size, size)
+    if rng.random() < 0.75:
+        jitter = rng.integers(-12, 13, 2)
+        margin = int(rng.integers(4, 16))
+        draw_face(ImageDraw.Draw(image), rng, (margin + int(jitter[0]), margin + int(jitter[1]),
+                                               size - margin + int(jitter[0]), size - margin + int(jitter[1])))
+    return image.resize((width, height), Image.BILINEAR)
+
+
+def make_inputs(name: str, count: int, seed: int) -> dict:
+    """{"x": [count, *shape[1:]] float32, plus "texts"/"labels" where the inputs have them}."""
+    spec = MODELS[name]
+    rng = np.random.default_rng(seed)
+    _, _, h, w = spec.shape
+    kind = spec.inputs
+    if kind == "text_line":
+        pairs = [text_line(rng, h, w) for _ in range(count)]
+        return {"x": np.stack([p[0] for p in pairs]), "texts": [p[1] for p in pairs]}
+    if kind == "flipped_text_line":
+        labels = rng.integers(0, 2, count)
+        return {"x": np.stack([text_line(rng, h, w, flip=bool(f))[0] for f in labels]), "labels": labels}
+    if kind == "rotated_document":
+        labels = rng.integers(0, 4, count)
+        images = [document_image(rng, 320, 320).rotate(90 * int(k), expand=True).resize((w, h)) for k in labels]
+        return {"x": np.stack([_chw(i, "imagenet") for i in images]), "labels": labels}
+    if kind == "document":
+        return {"x": np.stack([_chw(document_image(rng, h, w), "paddle_ocr") for _ in range(count)])}
+    if kind == "layout_page":
+        return {"x": np.stack([_chw(document_image(rng, h, w), "imagenet") for _ in range(count)])}
+    if kind == "scene":
+        return {"x": np.stack([_chw(scene_image(rng, h, w), "unit") for _ in range(count)])}
+    if kind == "imagenet_scene":
+        return {"x": np.stack([_chw(scene_image(rng, h, w, faces=True), "imagenet") for _ in range(count)])}
+    if kind == "face_scene":
+        return {"x": np.stack([_chw(scene_image(rng, h, w, faces=True), "mtcnn") for _ in range(count)])}
+    if kind == "face_crop":
+        return {"x": np.stack([_chw(face_crop(rng, h, w), "mtcnn") for _ in range(count)])}
+    raise ValueError(f"{name}: no input generator '{kind}'")
