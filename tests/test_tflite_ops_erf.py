@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from edgepipe.backends.tflite import build_tflite, unsupported_nodes
 from edgepipe.backends.tflite.lower import prepare_model
-from edgepipe.backends.tflite.runtime import run_tflite
-from tests.tflite_harness import check_conformance, delegate_partitions, make_model, onnx_node_case, run_onnx
+from tests.tflite_harness import assert_onnx_case_fp32, check_conformance, delegate_partitions, make_model
 
 SQRT2 = np.float32(np.sqrt(2.0))
 CONSTANTS = {"sqrt2": np.array(SQRT2), "inv_sqrt2": np.array(1 / SQRT2, np.float32),
@@ -64,11 +62,4 @@ def test_standalone_erf(tmp_path):
 
 @pytest.mark.parametrize("name", ["test_erf", "test_gelu_default_1", "test_gelu_default_2"])
 def test_onnx_cases_match_expected_outputs(name, tmp_path):
-    model, feed, expected = onnx_node_case(name)
-    assert not unsupported_nodes(model)
-    result = build_tflite(model, None, tmp_path)
-    got = run_tflite(tmp_path / "model.fp32.tflite", result["io"], feed)
-    reference = run_onnx(model, feed)
-    for key, value in expected.items():
-        np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(got[key], reference[key], rtol=1e-5, atol=1e-6)
+    assert_onnx_case_fp32(name, tmp_path, tolerance=1e-6)

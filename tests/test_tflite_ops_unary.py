@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from edgepipe.backends.tflite import build_tflite, unsupported_nodes
-from edgepipe.backends.tflite.runtime import run_tflite
-from tests.tflite_harness import check_conformance, make_model, onnx_node_case, run_onnx, structured_inputs
+from edgepipe.backends.tflite import unsupported_nodes
+from tests.tflite_harness import assert_onnx_case_fp32, check_conformance, make_model, onnx_node_case, structured_inputs
 
 RNG = np.random.default_rng(29)
 
@@ -71,11 +70,4 @@ def test_training_mode_batch_norm_is_refused():
     "test_spacetodepth_example", "test_spacetodepth_crd_mode_example", "test_batchnorm_example",
     "test_batchnorm_epsilon"])
 def test_onnx_cases_match_expected_outputs(name, tmp_path):
-    model, feed, expected = onnx_node_case(name)
-    assert not unsupported_nodes(model)
-    result = build_tflite(model, None, tmp_path)
-    got = run_tflite(tmp_path / "model.fp32.tflite", result["io"], feed)
-    reference = run_onnx(model, feed)
-    for key, value in expected.items():
-        np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(got[key], reference[key], rtol=1e-5, atol=1e-5)
+    assert_onnx_case_fp32(name, tmp_path, tolerance=1e-5)

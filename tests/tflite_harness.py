@@ -71,6 +71,20 @@ def onnx_node_case(name: str) -> tuple[onnx.ModelProto, dict, dict]:
     return graph.infer_shapes(model), feed, expected
 
 
+def assert_onnx_case_fp32(name: str, folder: Path, tolerance: float) -> None:
+    """The fp32 .tflite of a backend node test matches both its expected outputs and ONNX Runtime."""
+    from edgepipe.backends.tflite import unsupported_nodes
+
+    model, feed, expected = onnx_node_case(name)
+    assert not unsupported_nodes(model)
+    result = build_tflite(model, None, folder)
+    got = run_tflite(folder / "model.fp32.tflite", result["io"], feed)
+    reference = run_onnx(model, feed)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=tolerance)
+        np.testing.assert_allclose(got[key], reference[key], rtol=1e-5, atol=tolerance)
+
+
 def structured_inputs(model: onnx.ModelProto, count: int = 8, seed: int = 0) -> list[dict]:
     """Image-like inputs: smooth low-frequency patterns plus noise (not pure white noise)."""
     rng = np.random.default_rng(seed)
