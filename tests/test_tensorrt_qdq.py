@@ -217,7 +217,8 @@ def test_batched_matmul_weight_is_per_tensor_and_loads_in_optimized_onnx_runtime
     got = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     exact = x @ model_weight(model, "w")
     w_step = float(np.max(np.abs(model_weight(model, "w")))) / 127
-    bound = calibration.symmetric_scale("x") * np.abs(model_weight(model, "w")).sum(-2).max() + w_step * np.abs(x).sum(-1).max()
+    weight = model_weight(model, "w")
+    bound = calibration.symmetric_scale("x") * np.abs(weight).sum(-2).max() + w_step * np.abs(x).sum(-1).max()
     assert np.max(np.abs(got - exact)) <= bound
 
 
