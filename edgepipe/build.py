@@ -101,7 +101,8 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
 
     # 2. simplify
     model, simplify_report = pipeline.model_stage(
-        "simplify", settings_hash(stage="simplify", model=pipeline.last_hash), lambda: run_simplify(model)
+        "simplify", settings_hash(stage="simplify", model=pipeline.last_hash, target=getattr(target, "name", "")),
+        lambda: run_simplify(model, acceptable=None if target is None else introduced_ops_check(target)),
     )
     if simplify_report.get("status") == "failed":
         warnings.append(f"simplify: {simplify_report.get('note')}")
@@ -192,6 +193,18 @@ def foldable_batchnorms(model) -> set[str]:
     check before it skips them (one with a parameter fed at run time is checked, and refused, then)."""
     return {node.name or node.op_type for node in model.graph.node if node.op_type == "BatchNormalization"
             and all(graph.constant_value(model, name) is not None for name in node.input[1:5])}
+
+
+def introduced_ops_check(target):
+    """For run_simplify: refuse a simplified graph in which onnxsim created an op type the exported
+    graph does not have and the target cannot run (the user's own nodes would have built)."""
+    from edgepipe.backends import support
+
+    def problem(original, simplified) -> str:
+        present = {node.op_type for _, node, _ in support.walk_nodes(original)}
+        introduced = sorted({op_type for _, op_type, _ in target.supports(simplified) if op_type not in present})
+        return f"onnxsim fused nodes into {', '.join(introduced)}, which {target.name} cannot run" if introduced else ""
+    return problem
 
 
 def check_target_support(model, target, ignore: set[str] = frozenset()) -> None:
@@ -423,8 +436,8 @@ def reference_eval_data(model, dataset, report: ReportSettings, source: str):
     kept = dataset.subset(evenly_spaced(len(dataset), keep))
 
     def one_row(value) -> np.ndarray:  # one row per sample: a batch axis is the row, others get one
-        value = np.asarray(value)
-        return value if has_batch_axis(value.shape) else value[None]
+        value = np.asarray(value)  # a zero-size leading dim (an empty Shape slice) is no batch of 0 samples
+        return value if has_batch_axis(value.shape) and value.shape[0] != 0 else value[None]
 
     def rows():
         for i in range(len(kept)):

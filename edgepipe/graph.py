@@ -230,13 +230,29 @@ def refresh_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 # ops whose output shape depends on input VALUES: a zero-input run would record a wrong shape
 DATA_DEPENDENT_SHAPE_OPS = {"NonZero", "NonMaxSuppression", "Unique", "Compress", "If", "Loop", "Scan"}
+# inputs (by position) whose values set an op's output shape: fed from a graph input's values
+# (an int64 `shape` input of an expanded CenterCropPad), the zero-input run measures a wrong shape
+SHAPE_OPERANDS = {
+    "Pad": (1, 3), "Slice": (1, 2, 3, 4), "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Resize": (2, 3),
+    "Upsample": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2), "TopK": (1,), "OneHot": (1,),
+    "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,), "CenterCropPad": (1,), "Col2Im": (1, 2),
+    "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
+    "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,),
+}
+# ops whose output depends on the input's shape only, never on its values
+SHAPE_ONLY_OPS = {"Shape", "Size"}
 
 
 def _downstream_of_data_dependent_shapes(model: onnx.ModelProto) -> set[str]:
-    tainted: set[str] = set()
+    tainted: set[str] = set()  # tensors whose shape depends on input values
+    from_inputs = {value.name for value in graph_inputs(model)}  # tensors whose values depend on inputs
     for node in model.graph.node:  # ONNX graphs are topologically sorted
-        if node.op_type in DATA_DEPENDENT_SHAPE_OPS or any(name in tainted for name in node.input):
+        value_set_shape = any(index < len(node.input) and node.input[index] in from_inputs
+                              for index in SHAPE_OPERANDS.get(node.op_type, ()))
+        if node.op_type in DATA_DEPENDENT_SHAPE_OPS or value_set_shape or any(name in tainted for name in node.input):
             tainted.update(name for name in node.output if name)
+        if node.op_type not in SHAPE_ONLY_OPS and any(name in from_inputs for name in node.input):
+            from_inputs.update(name for name in node.output if name)
     return tainted
 
 

@@ -21,6 +21,10 @@ one sample each, see `sample_form`), then judged against the case's own expected
   amplifies input rounding by itself.
 - jetson reference.onnx (the folded fp32 model): within rtol 1e-5 / atol 1e-6 in ONNX Runtime.
 
+Where ONNX Runtime on the shipped model disagrees with a case's expected outputs beyond that
+reference tolerance (an ONNX Runtime bug, or expected values the test stores rounded), both
+targets are judged against ONNX Runtime's answer instead and the verdict says so.
+
 A build that exits 2 must do so in one `error:` line with nothing written to `--out`, and is
 counted as *refused*; an unsupported-op refusal must name one of the case's op types and come
 before any data is read (rerun with a calibration file that does not exist: same line).
@@ -305,8 +309,9 @@ def judge_arm_cpu(case: NodeCase, bundle: Path) -> Verdict:
     feed = {spec["name"]: case.inputs[spec.get("onnx_name", spec["name"])] for spec in io["inputs"]}
     rename = {spec["name"]: spec.get("onnx_name", spec["name"]) for spec in io["outputs"]}
     errors = {}
+    oracle, note = _oracle(case)
     for name, value in run_tflite(bundle / "model.fp32.tflite", fp32_io, feed).items():
-        errors[f"fp32:{rename[name]}"] = _relative_excess(value, case.outputs[rename[name]], FP32_RTOL, FP32_ATOL)
+        errors[f"fp32:{rename[name]}"] = _relative_excess(value, oracle[rename[name]], FP32_RTOL, FP32_ATOL)
     got = {rename[k]: v for k, v in run_tflite(bundle / "model.tflite", io, feed).items()}
     reference = onnx.load(bundle / "reference.onnx")
     params = tflite_harness.expected_int8_params(reference, _calibration(bundle))
@@ -315,14 +320,29 @@ def judge_arm_cpu(case: NodeCase, bundle: Path) -> Verdict:
     renamed = {i.name for i in simulated.graph.input}
     expected = tflite_harness.run_onnx(simulated, {f"{k}__float" if f"{k}__float" in renamed else k: v
                                                    for k, v in case.inputs.items()})
-    for name, want in case.outputs.items():
+    for name, want in oracle.items():
         value, simulation = np.asarray(got[name]), np.asarray(expected[name])
         if not np.issubdtype(want.dtype, np.floating):
             errors[f"int8:{name}:elements differing"] = float(np.sum((value != simulation) & (value != want)))
         else:  # an element is right when the int8 grids explain it, or when it is simply exact
             errors[f"int8:{name}"] = steps_error(value, simulation, params[name][0], 0.0,
                                                  closer_to=np.asarray(want, np.float64))
-    return _verdict(errors)
+    verdict = _verdict(errors)
+    verdict.detail = "; ".join(filter(None, [verdict.detail, note]))
+    return verdict
+
+
+def _oracle(case: NodeCase) -> tuple[dict, str]:
+    """(expected outputs, note): the case's own, or ONNX Runtime's on the shipped model where the
+    two disagree (an ONNX Runtime bug, or expected values the test rounded: the AveragePool
+    ceil-mode case stores 0.1511 for 0.151056), and the note says so."""
+    from edgepipe import graph
+
+    shipped = graph.make_session(case.model)
+    ort_outputs = dict(zip([o.name for o in shipped.get_outputs()], shipped.run(None, case.inputs)))
+    if any(_relative_excess(ort_outputs[k], v, REFERENCE_RTOL, REFERENCE_ATOL) > 1 for k, v in case.outputs.items()):
+        return ort_outputs, "onnxruntime differs from the onnx reference on the shipped model"
+    return case.outputs, ""
 
 
 def judge_jetson(case: NodeCase, bundle: Path) -> Verdict:
@@ -331,11 +351,7 @@ def judge_jetson(case: NodeCase, bundle: Path) -> Verdict:
     must reproduce ONNX Runtime's answer on the shipped model instead, and the verdict says so."""
     from edgepipe import graph
 
-    shipped = graph.make_session(case.model)
-    ort_outputs = dict(zip([o.name for o in shipped.get_outputs()], shipped.run(None, case.inputs)))
-    oracle, note = case.outputs, ""
-    if any(_relative_excess(ort_outputs[k], v, REFERENCE_RTOL, REFERENCE_ATOL) > 1 for k, v in case.outputs.items()):
-        oracle, note = ort_outputs, "onnxruntime differs from the onnx reference on the shipped model"
+    oracle, note = _oracle(case)
     judged = NodeCase(case.name, case.source, case.model, case.inputs, oracle, case.model_file)
     errors = {}
     reference = graph.make_session(onnx.load(bundle / "reference.onnx"))

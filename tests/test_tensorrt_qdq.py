@@ -198,6 +198,56 @@ def test_matmul_constant_and_activation_operands(tmp_path):
     assert report["quantized_nodes"]["mm_acts"]["inputs"] == ["h", "x2"]
 
 
+@pytest.mark.parametrize("weight_shape", [(2, 4, 5), (3, 1, 4, 5)])
+def test_batched_matmul_weight_is_per_tensor_and_loads_in_optimized_onnx_runtime(weight_shape, tmp_path):
+    """ONNX Runtime fuses DQ -> MatMul into an integer MatMul that takes per-column scales on a
+    2-D B only ("b zero point is not valid"); a batched constant B is quantized per tensor."""
+    import onnxruntime as ort
+
+    x_shape, y_shape = [1, 2, 3, 4], [weight_shape[0], 2, 3, 5] if len(weight_shape) == 4 else [1, 2, 3, 5]
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [("x", x_shape)],
+                       [("y", y_shape)], {"w": rng_weights(*weight_shape)})
+    calibration = calibrate_random(model, tmp_path)
+    qdq, report = write_qdq_model(model, calibration)
+    weight_dq = graph.producers(qdq)[node_by_name(qdq, "mm").input[1]]
+    assert attr(weight_dq, "axis") is None and graph.constant_value(qdq, weight_dq.input[1]).shape == ()
+    assert "per-tensor" in report["quantized_nodes"]["mm"]["reason"]
+    amax = calibration.tensors["x"].amax  # inside the calibrated range: rounding only, no clipping
+    x = np.clip(np.random.default_rng(3).standard_normal(x_shape), -amax, amax).astype(np.float32)
+    got = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    exact = x @ model_weight(model, "w")
+    w_step = float(np.max(np.abs(model_weight(model, "w")))) / 127
+    weight = model_weight(model, "w")
+    bound = calibration.symmetric_scale("x") * np.abs(weight).sum(-2).max() + w_step * np.abs(x).sum(-1).max()
+    assert np.max(np.abs(got - exact)) <= bound
+
+
+def test_opset_21_qdq_loads_with_the_documented_onnx_runtime_setting(tmp_path):
+    """At opset 21 the Q/DQ nodes we write carry int8 zero points and no output_dtype; the README's
+    workaround for ONNX Runtime's own passes (which write a QuantizeLinear whose output_dtype and
+    zero point disagree) loads the model with every other optimization on."""
+    import onnxruntime as ort
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("Add", ["c", "x"], ["a"]),
+             helper.make_node("MaxPool", ["a"], ["y"], kernel_shape=[2, 2])]
+    model = make_model(nodes, [("x", [1, 2, 4, 4])], [("y", [1, 2, 3, 3])], {"w": rng_weights(2, 2, 1, 1)})
+    model.opset_import[0].version, model.ir_version = 21, 10
+    qdq, _ = write_qdq_model(model, calibrate_random(model, tmp_path))
+    for node in qdq.graph.node:
+        if node.op_type == "QuantizeLinear":
+            assert attr(node, "output_dtype") is None
+            assert graph.constant_value(qdq, node.input[2]).dtype == np.int8
+    x = {"x": np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32) * 0.5}
+    plain = graph.make_session(qdq).run(None, x)[0]
+    session = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=["QDQS8ToU8Transformer"])
+    np.testing.assert_allclose(session.run(None, x)[0], plain, atol=1e-5)
+
+
+def model_weight(model, name):
+    return graph.constant_value(model, name)
+
+
 def test_conv_transpose_weight_axis_1(tmp_path):
     nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="deconv", strides=[2, 2])]
     model = make_model(nodes, [("x", [1, 4, 5, 5])], [("y", [1, 7, 10, 10])], {"w": rng_weights(4, 7, 2, 2)})

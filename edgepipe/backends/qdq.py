@@ -114,6 +114,13 @@ def weight_channel_axis(node: onnx.NodeProto, weight_rank: int) -> int:
     return weight_rank - 1  # MatMul: B is [..., K, N]
 
 
+def per_channel_weight(node: onnx.NodeProto, weight_rank: int, per_channel: bool) -> bool:
+    """Per-channel scales for this weight? A MatMul B above 2-D (a batched [..., K, N] constant)
+    stays per-tensor: ONNX Runtime's fused integer MatMul and TensorRT take per-column scales
+    on a 2-D B only ("b zero point is not valid")."""
+    return per_channel and weight_rank >= 2 and not (node.op_type == "MatMul" and weight_rank > 2)
+
+
 class _Inserter:
     """Adds Q/DQ nodes to one model; remembers what it already quantized so pairs are shared."""
 
@@ -122,6 +129,7 @@ class _Inserter:
         self.model, self.calibration = model, calibration
         self.per_channel, self.int8_weights = per_channel, int8_weights
         self.taken = graph.taken_names(model)
+        self.not_float32 = _non_float32_tensors(model)  # float16/float64 tensors: Q/DQ's scales are float32
         self.dequantized: dict[str, str] = {}  # float tensor -> its DQ output
         self.new_nodes: list[tuple[int, onnx.NodeProto]] = []  # (insert before index, node)
         self.report = QdqReport(weight_storage="int8-dq" if int8_weights else "float-qdq",
@@ -163,7 +171,7 @@ class _Inserter:
         if key in self.dequantized:
             return self.dequantized[key]
         axis = weight_channel_axis(node, value.ndim)
-        if self.per_channel and value.ndim >= 2:
+        if per_channel_weight(node, value.ndim, self.per_channel):
             all_zero = not np.any(np.abs(value) >= DEGENERATE_AMAX)
             q, scales = quantmath.per_channel_symmetric(value, axis=axis, min_ratio=DEAD_CHANNEL_RATIO,
                                                         min_scales=quantmath.symmetric_scale(1.0) if all_zero else None)
@@ -266,6 +274,17 @@ def _ensure_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted
 
 
+def _non_float32_tensors(model: onnx.ModelProto) -> dict[str, str]:
+    """{tensor: dtype name} of the float tensors that are not float32 (they stay float: a float32
+    scale on a float16 tensor is a model ONNX Runtime and TensorRT refuse to load)."""
+    others = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.DOUBLE: "float64",
+              onnx.TensorProto.BFLOAT16: "bfloat16"}
+    infos = graph.value_infos(graph.infer_shapes(model))
+    types = {name: info.type.tensor_type.elem_type for name, info in infos.items()}
+    types.update({tensor.name: tensor.data_type for tensor in model.graph.initializer})
+    return {name: others[kind] for name, kind in types.items() if kind in others}
+
+
 def _activation_inputs(model: onnx.ModelProto, node: onnx.NodeProto, indices: list[int]) -> list[int]:
     return [i for i in indices if i < len(node.input) and node.input[i]
             and graph.constant_value(model, node.input[i]) is None]
@@ -277,6 +296,9 @@ def _quantize_inputs(inserter: _Inserter, node: onnx.NodeProto, position: int, i
     done = []
     for index in _activation_inputs(inserter.model, node, indices):
         tensor = node.input[index]
+        if tensor in inserter.not_float32:
+            inserter.report.float_nodes[node.name] = f"input '{tensor}' is {inserter.not_float32[tensor]}, not float32"
+            return
         if tensor not in inserter.calibration:
             inserter.report.float_nodes[node.name] = f"input '{tensor}' has no calibration range"
             return
@@ -289,6 +311,10 @@ def _quantize_inputs(inserter: _Inserter, node: onnx.NodeProto, position: int, i
 def _quantize_weighted(inserter: _Inserter, node: onnx.NodeProto, position: int) -> None:
     model = inserter.model
     activations = _activation_inputs(model, node, [0, 1])
+    odd = [node.input[i] for i in range(len(node.input)) if node.input[i] in inserter.not_float32]
+    if odd:
+        inserter.report.float_nodes[node.name] = f"input '{odd[0]}' is {inserter.not_float32[odd[0]]}, not float32"
+        return
     missing = [node.input[i] for i in activations if node.input[i] not in inserter.calibration]
     if missing:
         inserter.report.float_nodes[node.name] = f"input '{missing[0]}' has no calibration range"
@@ -302,9 +328,11 @@ def _quantize_weighted(inserter: _Inserter, node: onnx.NodeProto, position: int)
     if weight is not None and weight.dtype.kind == "f" and weight.ndim >= 1:
         quantized.append(node.input[weight_index])
         node.input[weight_index] = inserter.weight(node, node.input[weight_index], weight, position)
-    kind = "per-channel" if inserter.per_channel else "per-tensor"
-    reason = (f"weighted op: activation per-tensor, weight {kind} (axis "
-              f"{weight_channel_axis(node, weight.ndim) if weight is not None else '-'})")
+    if weight is not None and per_channel_weight(node, weight.ndim, inserter.per_channel):
+        kind = f"per-channel (axis {weight_channel_axis(node, weight.ndim)})"
+    else:
+        kind = "per-tensor"
+    reason = f"weighted op: activation per-tensor, weight {kind}"
     inserter.report.quantized[node.name] = {"op": node.op_type, "inputs": quantized, "reason": reason}
 
 
