@@ -99,11 +99,17 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
 
     check_model(model, str(settings["model"]))  # no inputs, allocation bombs
 
-    # 2. simplify
+    # 2. simplify (target-independent, so a second target reuses it)
+    exported, export_hash = model, pipeline.last_hash
     model, simplify_report = pipeline.model_stage(
-        "simplify", settings_hash(stage="simplify", model=pipeline.last_hash, target=getattr(target, "name", "")),
-        lambda: run_simplify(model, acceptable=None if target is None else introduced_ops_check(target)),
-    )
+        "simplify", settings_hash(stage="simplify", model=export_hash), lambda: run_simplify(exported))
+    simplified = target is not None and simplify_report.get("status") == "simplified"
+    problem = introduced_ops_check(target)(exported, model) if simplified else ""
+    if problem:  # onnxsim fused the user's nodes into an op this target cannot run: keep the export
+        model, simplify_report = pipeline.model_stage(
+            "simplify", settings_hash(stage="simplify-kept-export", model=export_hash),
+            lambda: (graph.ensure_node_names(exported), {"status": "failed", "note": f"{problem}; kept the exported graph"}),
+        )
     if simplify_report.get("status") == "failed":
         warnings.append(f"simplify: {simplify_report.get('note')}")
 
