@@ -9,9 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,6 +294,8 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
                          eval_note=eval_summary(prepared, manifest), calibration_stability=stability_effect)
     # 7. int8 vs FP32 on this host: the target's runtime (arm-cpu: run.py), else its emulation
     if settings["report"].host:
+        from edgepipe.delivery.host_report import run_host_emulation, run_host_report
+
         measure = run_host_report if target.host_report else run_host_emulation
         pipeline.run(
             "report", lambda: measure(out, settings, target, result),
@@ -312,7 +311,7 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
     """Stages 5-6: lower with the target's backend into a temp dir, then write the bundle atomically."""
     from edgepipe.delivery.bundle import write_bundle
 
-    model, calib_ds, eval_ds = prepared.model, prepared.calib, prepared.eval
+    model, eval_ds = prepared.model, prepared.eval
     with tempfile.TemporaryDirectory(prefix=f"{BACKEND_TMP_PREFIX}{os.getpid()}-") as backend_tmp:
         backend_dir = Path(backend_tmp)
         # 5. backend
@@ -467,63 +466,3 @@ def eval_summary(prepared: PreparedModel, manifest: dict) -> str:
     return (f"{prepared.eval_note}; the bundle keeps {entry['samples']} of {entry['available']} "
             f"({entry['bytes_per_sample'] / 2**20:.2f} MB each; limits report.eval_limit {entry['max_samples']}, "
             f"report.eval_max_mb {entry['max_mb']})")
-
-
-def run_host_report(out: Path, settings: dict, target, result: BuildResult) -> dict:
-    """Run the bundle's own run.py with this Python (marked 'host'), then render the report."""
-    threads = settings["backend"].get("threads") or target.options.get("threads") or 2
-    out = out.resolve()
-    command = [sys.executable, str(out / "run.py"), "--where", "host",
-               "--iterations", str(settings["report"].iterations),
-               "--warmup", str(settings["report"].warmup), "--threads", str(threads)]
-    completed = subprocess.run(command, cwd=str(out), capture_output=True, text=True)
-    if completed.returncode != 0:
-        last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"{out / 'run.py'} failed on this host: {last}")
-    from edgepipe.delivery.regress import load_results
-
-    results = load_results(out / "report" / "results.json", "host")
-    return finish_host_report(out, settings, results, result)
-
-
-def run_host_emulation(out: Path, settings: dict, target, result: BuildResult) -> dict | None:
-    """Targets whose runtime is not here (TensorRT): their deployed model emulated on this host
-    (`Target.deployed_probe`: the Q/DQ ONNX in ONNX Runtime), marked so in results.json."""
-    from edgepipe.accuracy.compare import host_accuracy
-
-    manifest = json.loads((out / "manifest.json").read_text())
-    outputs = [entry["name"] for entry in graph.describe_io(graph.load_model(out / "reference.onnx"))["outputs"]]
-    probe = target.deployed_probe(out, manifest, outputs)
-    if probe is None:
-        return None
-    where, model_file = probe.where, probe.description
-    accuracy = host_accuracy(out, probe)
-    import onnxruntime
-
-    results = {"schema": 1, "target": target.name, "where": where, "model": model_file,
-               "device": {"runtime": f"onnxruntime {onnxruntime.__version__}", "machine": platform.machine(),
-                          "python": platform.python_version()},
-               "accuracy": accuracy, "latency_ms": {},
-               "samples": min((manifest.get("eval") or {}).get("samples") or 0,
-                              settings["report"].eval_limit or 10**9),
-               "source_sha256": (manifest.get("source") or {}).get("sha256")}
-    return finish_host_report(out, settings, results, result)
-
-
-def finish_host_report(out: Path, settings: dict, results: dict, result: BuildResult) -> dict:
-    """One warning when int8 agrees poorly with FP32 (report.min_sqnr_db / min_agreement), written
-    into results.json and the report; then report.html."""
-    from edgepipe.accuracy.compare import accuracy_warning
-    from edgepipe.delivery.report import render_report
-
-    warning = accuracy_warning(results.get("accuracy"), settings["report"], out, str(results.get("where")))
-    results["accuracy_warnings"] = [warning] if warning else []
-    if warning:
-        result.warnings.append(warning)
-    results_path = out / "report" / "results.json"
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    html = render_report(results_path, out_dir=out / "report", bundle_dir=out)
-    result.results = results
-    result.report_html = Path(html) if html else None
-    return results
