@@ -150,7 +150,7 @@ def hold_out(calib_ds, report: ReportSettings):
 
     Evaluating on the samples the ranges were fitted to flatters the accuracy, so a deterministic
     share (`report.holdout`, stratified by label) is held out and never calibrated on."""
-    from edgepipe.data import holdout_split
+    from edgepipe.sampling import holdout_split
 
     fraction = float(report.holdout or 0)
     if fraction >= 1:
@@ -422,7 +422,8 @@ def reference_eval_data(model, dataset, report: ReportSettings, source: str):
     samples are streamed into the bundle one at a time; None when there is nothing to keep.
     """
     from edgepipe.delivery.bundle import EvalSamples
-    from edgepipe.data import evenly_spaced, has_batch_axis
+    from edgepipe.data import has_batch_axis
+    from edgepipe.sampling import evenly_spaced
 
     if dataset is None or len(dataset) == 0:
         return None

@@ -5,8 +5,8 @@ every mistake a user can make with their data (wrong shape, missing key, corrupt
 caught here once, as a one-line `UserError` naming the file and what to do, before hours of
 calibration run on garbage. Nothing is loaded whole, so memory does not grow with the number of
 samples: images are decoded one file per `sample(i)`, .npy files and .npz members are read a few
-samples at a time (edgepipe/npyfile.py). `holdout_split` picks the eval samples held out of the
-calibration set when no eval set is given.
+samples at a time (edgepipe/npyfile.py). Which samples are used (a limit, the holdout) is
+edgepipe/sampling.py.
 
 Sources
 - folder of images (.png .jpg .jpeg .bmp .gif .tif .tiff .webp .ppm .pgm), single-input models:
@@ -43,6 +43,7 @@ import numpy as np
 from edgepipe.errors import UserError
 from edgepipe.npyfile import ArrayFile, read_header
 from edgepipe.safeio import IMAGE_MAX_BYTES, check_npz_members, ensure_regular_file
+from edgepipe.sampling import evenly_spaced
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 LABELS_KEY = "labels"
@@ -61,7 +62,7 @@ class Dataset:
         self._dtypes = {name: np.dtype(dtype) for name, (_, dtype) in specs.items()}
         self._batched = {name: has_batch_axis(shape) for name, (shape, _) in specs.items()}
         self._read = read
-        self._indices = _evenly_spaced(count, limit)
+        self._indices = evenly_spaced(count, count if limit is None else limit, centred=False)
         self.labels = None if labels is None else np.asarray(labels, np.int64)[self._indices]
         self.class_names = class_names
 
@@ -326,47 +327,6 @@ def _cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
         info = np.iinfo(dtype)
         array = np.clip(np.round(array), info.min, info.max)
     return np.asarray(array).astype(dtype, copy=False)
-
-
-def _evenly_spaced(count: int, limit: int | None) -> np.ndarray:
-    if limit is None or limit >= count:
-        return np.arange(count)
-    return (np.arange(limit) * count) // limit
-
-
-def evenly_spaced(count: int, keep: int) -> np.ndarray:
-    """`keep` positions of 0..count-1 spread evenly over the range (centred), sorted."""
-    keep = max(0, min(int(keep), count))
-    if keep == 0:
-        return np.zeros(0, dtype=np.int64)
-    return (np.arange(keep) * count) // keep + (count // keep) // 2
-
-
-def holdout_split(dataset: Dataset, fraction: float, max_count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(calibration positions, held-out positions) of `dataset`: disjoint, sorted, deterministic.
-
-    Without an eval set the accuracy must be measured on samples the calibration never saw. With
-    labels the split is stratified (each class gives its share, spread evenly over the class);
-    `max_count` caps the held-out samples (the bundle keeps no more anyway); at least one is held
-    out. Fewer than 2 samples or fraction 0: nothing is held out.
-    """
-    count = len(dataset)
-    wanted = min(max(1, int(round(count * float(fraction)))), count - 1, max_count if max_count else count)
-    if count < 2 or fraction <= 0 or wanted < 1:
-        return np.arange(count), np.zeros(0, dtype=np.int64)
-    if dataset.labels is None:
-        held = evenly_spaced(count, wanted)
-    else:
-        classes, sizes = np.unique(dataset.labels, return_counts=True)
-        shares = sizes * (wanted / count)
-        per_class = np.floor(shares).astype(np.int64)
-        # the remaining samples go to the classes with the largest remainders (largest-remainder rounding)
-        extra = np.argsort(-(shares - per_class), kind="stable")[:wanted - int(per_class.sum())]
-        per_class[extra] += 1
-        held = np.concatenate([np.flatnonzero(dataset.labels == c)[evenly_spaced(int(n), int(k))]
-                               for c, n, k in zip(classes, sizes, per_class)])
-    held = np.sort(held)
-    return np.setdiff1d(np.arange(count), held), held
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import pytest
 from edgepipe import graph
 from edgepipe.build import hold_out, reference_eval_data
 from edgepipe.delivery.bundle import EvalSamples, write_eval_npz
-from edgepipe.data import holdout_split, load_dataset
+from edgepipe.data import load_dataset
+from edgepipe.sampling import holdout_split
 from edgepipe.settings import ReportSettings
 from tests.helpers import run_cli, tiny_conv_model
 from tests.test_runner_harness import make_bundle, run_py
