@@ -93,6 +93,13 @@ class Target:
         return simulated_int8_model(model, calibration, symmetric=self.activation_symmetric, keep_float=keep_float,
                                     per_channel=bool(self.options.get("per_channel", True)))
 
+    def int8_placement(self, model, calibration):
+        """Where this target's int8 puts its grids (`edgepipe.accuracy.placement.Placement`: every
+        quantized tensor with its scale and zero point, the int8 nodes, the quantized weights), so
+        the planner can switch each point on or off in one ONNX Runtime session; None (default):
+        the planner builds `qdq_model` per variant instead."""
+        return None
+
     def check_backend_settings(self, backend: dict) -> None:
         """Refuse a `backend.*` option this target would silently ignore (set away from its default):
         e.g. `per_channel: false` on arm-cpu, whose TFLite weights are always per channel."""

@@ -82,6 +82,13 @@ class ArmCpuTarget(Target):
         options["target"] = self.name
         return tflite_evaluator(model, calibration, dataset, options)
 
+    def int8_placement(self, model, calibration):
+        """The .tflite's own grids: every tensor an int8 kernel reads or writes (elementwise and
+        activation outputs included), from the lowering itself."""
+        from edgepipe.accuracy.placement import tflite_placement
+
+        return tflite_placement(model, calibration, {"target": self.name})
+
     def deployed_probe(self, bundle: Path, manifest: dict, tensors: list[str] | None = None):
         from edgepipe.backends.tflite.probe import TfliteTensorProbe
 

@@ -22,6 +22,7 @@ comes back with `met=False` and a one-line `reason`; `plan.require()` raises `Bu
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -29,8 +30,8 @@ import onnx
 
 from edgepipe.calibrate.result import CalibrationResult
 from edgepipe.errors import BudgetError, UserError
-from edgepipe.accuracy.sensitivity import (NodeGroup, SensitivityReport, VariantEvaluator, analyze_sensitivity,
-                                  resolve_metric)
+from edgepipe.accuracy.sensitivity import (NodeGroup, NodeSensitivity, SensitivityReport, VariantEvaluator,
+                                           resolve_metric)
 
 Evaluate = Callable[[set], dict]
 
@@ -116,10 +117,14 @@ class PrecisionPlan:
                                     "text": self.budget.describe()},
             "met": self.met, "reason": self.reason, "float_nodes": sorted(self.float_nodes),
             "float_groups": list(self.float_groups), "quantized_groups": self.quantized_groups,
-            "final": self.final,
+            "final": self.final, "search": self.extra,
             "steps": [{"action": s.action, "group": s.group, "float_groups": s.float_groups, "metrics": s.metrics,
                        "measured": s.measured, "holds": s.holds, "evaluator": s.evaluator} for s in self.steps],
         }
+
+
+PRUNE_LIMIT = 8  # prune a float set of at most this many groups (one evaluation each)
+RANK_SAMPLES = 4  # samples each group is scored on alone (SQNR ranks well on few)
 
 
 class _Planner:
@@ -141,19 +146,26 @@ class _Planner:
                                    self.confirm_name if confirming else "slice"))
         return holds
 
-    def grow(self, chosen: list[str], confirming: bool) -> tuple[list[str], bool]:
-        """Add groups in sensitivity order until the budget holds or no group/allowance is left."""
-        for name in self.ranked:
-            if name in chosen:
-                continue
-            if len(chosen) >= self.max_float:
-                return chosen, False
-            chosen = chosen + [name]
-            if self.check(chosen, "add", name, confirming):
-                return chosen, True
-        return chosen, False
+    def bisect(self) -> list[str]:
+        """Shortest prefix of the ranked groups that holds on the slice (prefixes only get more
+        accurate as groups are added): ceil(log2(limit)) + 1 evaluations."""
+        limit = min(self.max_float, len(self.ranked))
+        if limit == 0 or not self.check(self.ranked[:limit], "prefix", self.ranked[limit - 1] if limit else None):
+            return self.ranked[:limit]
+        low, high = 0, limit  # prefix `low` fails (all int8 was checked), prefix `high` holds
+        while high - low > 1:
+            middle = (low + high) // 2
+            if self.check(self.ranked[:middle], "prefix", self.ranked[middle - 1]):
+                high = middle
+            else:
+                low = middle
+        return self.ranked[:high]
 
     def prune(self, chosen: list[str], confirming: bool = False) -> list[str]:
+        """Return each float group to int8 when the budget still holds without it (small sets only:
+        one evaluation per group)."""
+        if len(chosen) > PRUNE_LIMIT:
+            return chosen
         for name in reversed(list(chosen)):
             trial = [g for g in chosen if g != name]
             if self.check(trial, "remove", name, confirming):
@@ -162,27 +174,54 @@ class _Planner:
                 self.steps[-1].action = "keep"
         return chosen
 
+    def escalate(self, chosen: list[str]) -> tuple[list[str], bool]:
+        """The confirming backend disagrees with the slice: double the float set (next ranked groups)
+        and confirm again, until it holds or the allowance is spent: at most log2(N) backend runs."""
+        limit = min(self.max_float, len(self.ranked))
+        while len(chosen) < limit:
+            size = min(limit, max(2 * len(chosen), len(chosen) + 1))
+            chosen = chosen + [g for g in self.ranked if g not in chosen][:size - len(chosen)]
+            if self.check(chosen, "grow", chosen[-1], confirming=True):
+                return chosen, True
+        return chosen, False
+
+
+def rank_groups(evaluator: VariantEvaluator, metric: str, samples: int = RANK_SAMPLES) -> SensitivityReport:
+    """Sensitivity order from one pass: each group quantized alone (everything else float), most
+    damaging (lowest output SQNR) first. With a target placement each pass is one run of the
+    switchable session on `samples` samples; otherwise one Q/DQ model per group."""
+    groups = evaluator.groups()
+    if not groups:
+        raise UserError("no quantizable nodes with calibration ranges in the model; nothing to plan")
+    fp32, int8 = evaluator.reference_metrics(), evaluator.evaluate(set())
+    scored = [NodeSensitivity(g, evaluator.evaluate_alone(g, samples), None, 0.0) for g in groups]
+    scored.sort(key=lambda n: (n.only.sqnr_db, n.only.argmax_agreement))
+    return SensitivityReport(metric, len(evaluator), fp32, int8, scored, evaluator.symmetric)
+
 
 def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult, dataset, budget, *,
                          target, metric: str = "auto", max_float: int | None = None,
                          evaluate: Evaluate | None = None, max_samples: int | None = 64,
-                         sensitivity: SensitivityReport | None = None) -> PrecisionPlan:
+                         sensitivity: SensitivityReport | None = None,
+                         rank_samples: int = RANK_SAMPLES) -> PrecisionPlan:
     """Fewest float node groups such that the budget holds (see module docstring).
 
     `evaluate(float_nodes) -> metrics dict` (keys as results.json 'accuracy': top1, fp32_top1,
     argmax_agreement, sqnr_db) confirms with the real backend; default: the target's ORT Q/DQ
-    simulation (`target.qdq_model`) on all of `dataset`.
+    simulation on all of `dataset`.
     """
-    search_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=max_samples)
+    started = time.perf_counter()
+    search_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=max_samples,
+                                 use_placement=True)
     spec = Budget.parse(budget, metric, search_ev.labels is not None)
-    report = sensitivity or analyze_sensitivity(model, calibration, dataset, evaluator=search_ev,
-                                                metric=spec.metric)
+    report = sensitivity or rank_groups(search_ev, spec.metric, rank_samples)
+    ranking_evaluations = search_ev.evaluations
     if evaluate is not None:
         confirm, confirm_name = evaluate, "backend"
     elif len(search_ev) == len(dataset):
         confirm, confirm_name = (lambda nodes: search_ev.evaluate(nodes).to_dict()), "full"
     else:
-        full_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=None)
+        full_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=None, use_placement=True)
         confirm, confirm_name = (lambda nodes: full_ev.evaluate(nodes).to_dict()), "full"
     groups = report.ranked_groups()
     planner = _Planner(groups, spec, lambda nodes: search_ev.evaluate(nodes).to_dict(), confirm, confirm_name,
@@ -190,20 +229,33 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
 
     chosen: list[str] = []
     if not planner.check(chosen, "int8", None):
-        chosen, _ = planner.grow(chosen, confirming=False)
-        chosen = planner.prune(chosen)
+        chosen = planner.prune(planner.bisect())
     met = planner.check(chosen, "confirm", None, confirming=True)
     if not met:
-        # the confirming evaluator (the real backend) disagrees with the slice: grow on it, then
-        # prune on it again so the float set stays the smallest that holds there
-        chosen, met = planner.grow(chosen, confirming=True)
-        if met:
-            chosen = planner.prune(chosen, confirming=True)
-            met = planner.check(chosen, "confirm", None, confirming=True)
+        chosen, met = planner.escalate(chosen)
     final = planner.steps[-1].metrics
     reason = _reason(spec, met, chosen, planner, final)
-    return PrecisionPlan(planner.nodes(chosen), chosen, planner.steps, final, met, reason, spec, report,
-                         len(groups), {"sessions_built": search_ev.sessions_built})
+    float_nodes = planner.nodes(chosen)
+    search = {"seconds": round(time.perf_counter() - started, 2), "groups": len(groups),
+              "ranking_evaluations": ranking_evaluations, "rank_samples": rank_samples,
+              "search_evaluations": sum(1 for s in planner.steps if s.evaluator == "slice"),
+              "confirm_evaluations": sum(1 for s in planner.steps if s.evaluator != "slice"),
+              "samples": len(search_ev), "sessions_built": search_ev.sessions_built,
+              "emulation": (search_ev.placement.description if search_ev.placement is not None
+                            else "Q/DQ model per variant (Target.qdq_model)")}
+    search.update(int8_ops(model, search_ev, float_nodes))
+    return PrecisionPlan(float_nodes, chosen, planner.steps, final, met, reason, spec, report,
+                         len(groups), search)
+
+
+def int8_ops(model: onnx.ModelProto, evaluator: VariantEvaluator, float_nodes: set[str]) -> dict:
+    """How much of the model computes in int8: ONNX nodes (Constant excluded) whose compute the
+    target quantizes, minus the float ones."""
+    compute = [n.name for n in model.graph.node if n.op_type != "Constant"]
+    quantized = set(evaluator.qdq_report["quantized_nodes"]) if evaluator.placement is None \
+        else set(evaluator.placement.int8_nodes)
+    int8 = len((quantized & set(compute)) - set(float_nodes))
+    return {"ops": len(compute), "int8_ops": int8, "int8_fraction": round(int8 / max(len(compute), 1), 4)}
 
 
 def plan_on_target(model: onnx.ModelProto, calibration: CalibrationResult, dataset, budget, target,
