@@ -267,13 +267,15 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         warnings.append(f"calibration: {stability_warning}")
 
     # 4b. automatic mixed precision to an accuracy budget (sensitivity-ranked float islands)
+    from edgepipe.accuracy.precision import summary_line
+
     float_nodes = set(settings["precision"].float_nodes)
     extra_files: dict[str, bytes] = {}
     if settings["precision"].budget is not None:
         plan = pipeline.run(
             "precision", lambda: plan_precision(model, calibration, eval_ds or calib_ds, settings, target),
             describe=lambda p: (f"precision.json ({len(p.float_nodes)} float nodes)", 0, ""),
-            note=lambda p: "budget met" if p.met else "budget NOT met",
+            note=lambda p: summary_line(p.summary()),
         )
         float_nodes |= set(plan.float_nodes)
         if not plan.met:

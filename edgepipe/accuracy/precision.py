@@ -111,6 +111,9 @@ class PrecisionPlan:
             raise BudgetError(self.reason)
         return self
 
+    def summary(self) -> dict:
+        return plan_summary(self.to_json())
+
     def to_json(self) -> dict:
         return {
             "schema": 1, "budget": {"metric": self.budget.metric, "limit": self.budget.limit,
@@ -124,7 +127,7 @@ class PrecisionPlan:
 
 
 PRUNE_LIMIT = 8  # prune a float set of at most this many groups (one evaluation each)
-RANK_SAMPLES = 4  # samples each group is scored on alone (SQNR ranks well on few)
+RANK_SAMPLES = 2  # samples each group is scored on alone (output SQNR ranks well on few)
 
 
 class _Planner:
@@ -258,6 +261,29 @@ def int8_ops(model: onnx.ModelProto, evaluator: VariantEvaluator, float_nodes: s
     return {"ops": len(compute), "int8_ops": int8, "int8_fraction": round(int8 / max(len(compute), 1), 4)}
 
 
+def plan_summary(plan: dict) -> dict:
+    """The results.json `precision` section (and the build's one line) from a precision.json dict:
+    what the budget bought (int8 share of the ops, the float list) and what the search cost."""
+    search = plan.get("search") or {}
+    return {"budget": (plan.get("budget") or {}).get("text"), "met": plan.get("met"), "reason": plan.get("reason"),
+            "ops": search.get("ops"), "int8_ops": search.get("int8_ops"), "int8_fraction": search.get("int8_fraction"),
+            "float_nodes": plan.get("float_nodes", []), "float_groups": len(plan.get("float_groups", [])),
+            "search_seconds": search.get("seconds"),
+            "evaluations": {key: search.get(f"{key}_evaluations") for key in ("ranking", "search", "confirm")},
+            "final": plan.get("final")}
+
+
+def summary_line(summary: dict) -> str:
+    """`budget met: 290/365 ops int8 (79.5%), 75 float nodes; search 212 s, 377+12+1 evaluations`."""
+    state = "budget met" if summary["met"] else "budget NOT met"
+    if summary.get("ops") is None:
+        return state
+    evaluations = "+".join(str(summary["evaluations"][k] or 0) for k in ("ranking", "search", "confirm"))
+    return (f"{state}: {summary['int8_ops']}/{summary['ops']} ops int8 ({100 * summary['int8_fraction']:.1f}%), "
+            f"{len(summary['float_nodes'])} float nodes; search {summary['search_seconds']:.0f} s, "
+            f"{evaluations} evaluations (rank+search+confirm)")
+
+
 def plan_on_target(model: onnx.ModelProto, calibration: CalibrationResult, dataset, budget, target,
                    backend_settings: dict | None, **options) -> PrecisionPlan:
     """`plan_mixed_precision` confirmed by the target's own evaluator (its real kernels where they
@@ -283,4 +309,5 @@ def _reason(budget: Budget, met: bool, chosen: list[str], planner: _Planner, fin
             f"backend/eval data")
 
 
-__all__ = ["plan_mixed_precision", "plan_on_target", "PrecisionPlan", "PlanStep", "Budget"]
+__all__ = ["plan_mixed_precision", "plan_on_target", "plan_summary", "summary_line", "PrecisionPlan", "PlanStep",
+           "Budget"]

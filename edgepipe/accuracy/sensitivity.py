@@ -213,8 +213,12 @@ def placement_groups(model: onnx.ModelProto, switchable) -> list[NodeGroup]:
     placement, index = switchable.placement, switchable.index
     ops = {n.name: n.op_type for n in model.graph.node}
     order = [i.name for i in model.graph.input] + [out for n in model.graph.node for out in n.output]
+    first_input = {n.name: n.input[0] for n in model.graph.node if n.input}
     groups, seen = [], set()
     for tensor in (t for t in order if t in placement.grids):
+        source = first_input.get(index.producer.get(tensor, ""), "")
+        if placement.grids.get(source) == placement.grids[tensor]:
+            continue  # a pass-through (Reshape, Transpose, Slice...) on its input's grid adds no error
         touching = {index.producer.get(tensor)} | set(index.readers.get(tensor, ()))
         nodes = placement.partners(touching & placement.int8_nodes)
         producer = index.producer.get(tensor)
