@@ -274,7 +274,9 @@ class SensitivityReport:
         return [n.group for n in self.nodes]
 
     def _drop(self, metrics: Metrics) -> float | None:
-        return None if self.metric == "sqnr" else metrics.drop(self.metric)
+        if self.metric == "sqnr" or (self.metric == "top1" and metrics.top1 is None):
+            return None  # scored on a few samples (the planner's ranking pass): no top-1 there
+        return metrics.drop(self.metric)
 
     def to_json(self) -> dict:
         nodes = []
