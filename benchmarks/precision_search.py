@@ -99,6 +99,8 @@ def recognizer(work: Path, calib_count: int, eval_count: int, budget: float) -> 
             row["litert_vs_ort_fp32"] = {
                 "step_agreement": float(np.mean(reference.argmax(-1) == int8.argmax(-1))),
                 "string_agreement": float(np.mean([a == b for a, b in zip(ref_text, text)])),
+                "string_agreement_ignoring_spaces": float(np.mean([a.replace(" ", "") == b.replace(" ", "")
+                                                                   for a, b in zip(ref_text, text)])),
                 "sqnr_db": float(quantmath.sqnr_db(reference, int8))}
         rows[label] = row
         print(f"recognizer {label}: {json.dumps({k: v for k, v in row.items() if k != 'stages_s'})[:600]}", flush=True)

@@ -1,23 +1,30 @@
 """Automatic mixed precision: the fewest float nodes that bring INT8 within an accuracy budget.
 
 Why: keeping everything float throws away the speed of INT8, keeping everything INT8 sometimes
-loses too much; a few sensitive layers are usually the whole difference. The planner:
+loses too much; a few sensitive tensors are usually the whole difference. The planner:
 
-1. scores every quantized node group (edgepipe.accuracy.sensitivity) on a held-out slice;
-2. greedy: moves the most sensitive group (largest SQNR recovery) to float, re-evaluates, and
-   stops as soon as the budget holds;
-3. prunes: tries to return each float group to INT8 again (least sensitive first) and keeps the
-   removal when the budget still holds - greedy order alone can leave a redundant early pick;
+1. emulates the target's int8 in ONNX Runtime: with a target placement
+   (`Target.int8_placement`, arm-cpu: the .tflite's own grid on every tensor, elementwise and
+   activation outputs included) as one switchable session (edgepipe.accuracy.placement), else
+   one `Target.qdq_model` per variant;
+2. ranks in one pass: each group quantized alone (everything else float) on a few samples, most
+   damaging first. A group is a weighted node's weights, or one quantized tensor with every node
+   that touches it (so the tensor is never int8: keeping only its producer float would not help,
+   its int8 readers still quantize it);
+3. bisects the ranked list: the shortest prefix that holds on the held-out slice
+   (ceil(log2 N) + 1 evaluations), then prunes a small float set (at most PRUNE_LIMIT groups);
 4. confirms on the full evaluation set, or with `evaluate(float_nodes)` (the real backend, e.g.
-   the .tflite in LiteRT); if confirmation fails, keeps adding groups with the confirming
-   evaluator until it passes.
+   the .tflite in LiteRT); if confirmation fails, doubles the float set (next ranked groups)
+   until it passes: at most log2(N) more backend runs.
 
 Budget: a number = the largest accepted drop vs FP32 (top-1 points with labels, else the
-fraction of changed argmax); `{"max_drop": 0.01}` is the same; `{"min_sqnr_db": 30}` asks for a
+fraction of changed argmax decisions, one per position of the last axis: per time step for a
+[1, T, C] sequence head); `{"max_drop": 0.01}` is the same; `{"min_sqnr_db": 30}` asks for a
 minimum output SQNR instead. A budget that cannot be met (max_float reached, or still broken
 with every group float - e.g. the backend itself differs from FP32) does not raise: the plan
 comes back with `met=False` and a one-line `reason`; `plan.require()` raises `BudgetError`
-(exit 1) for callers that must stop. Per-layer int16 activations are not planned (INT8/float only).
+(exit 1) for callers that must stop. Levels are INT8/float; a third (int16 activations) plugs in
+where a Placement says which grid a tensor gets and a group's switches choose between them.
 """
 
 from __future__ import annotations
@@ -132,10 +139,11 @@ RANK_SAMPLES = 2  # samples each group is scored on alone (output SQNR ranks wel
 
 class _Planner:
     def __init__(self, groups: list[NodeGroup], budget: Budget, search: Evaluate, confirm: Evaluate,
-                 confirm_name: str, max_float: int | None):
+                 confirm_name: str, max_float: int | None, search_name: str = "slice"):
         self.by_name = {g.name: g for g in groups}
         self.ranked = [g.name for g in groups]
         self.budget, self.search, self.confirm, self.confirm_name = budget, search, confirm, confirm_name
+        self.search_name = search_name
         self.max_float = len(groups) if max_float is None else max(0, int(max_float))
         self.steps: list[PlanStep] = []
 
@@ -146,7 +154,7 @@ class _Planner:
         metrics = (self.confirm if confirming else self.search)(self.nodes(chosen))
         holds = self.budget.holds(metrics)
         self.steps.append(PlanStep(action, group, list(chosen), metrics, self.budget.measure(metrics), holds,
-                                   self.confirm_name if confirming else "slice"))
+                                   self.confirm_name if confirming else self.search_name))
         return holds
 
     def bisect(self) -> list[str]:
@@ -189,6 +197,22 @@ class _Planner:
         return chosen, False
 
 
+CONFIRMING = ("confirm", "grow")
+
+
+def _cached(evaluate: Evaluate) -> Evaluate:
+    """The same float set is measured once (bisection's last prefix is the confirmation)."""
+    results: dict[frozenset, dict] = {}
+
+    def cached(nodes) -> dict:
+        key = frozenset(nodes)
+        if key not in results:
+            results[key] = evaluate(set(key))
+        return results[key]
+
+    return cached
+
+
 def rank_groups(evaluator: VariantEvaluator, metric: str, samples: int = RANK_SAMPLES) -> SensitivityReport:
     """Sensitivity order from one pass: each group quantized alone (everything else float), most
     damaging (lowest output SQNR) first. With a target placement each pass is one run of the
@@ -220,15 +244,21 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
     report = sensitivity or rank_groups(search_ev, spec.metric, rank_samples)
     ranking_evaluations = search_ev.evaluations
     if evaluate is not None:
-        confirm, confirm_name = evaluate, "backend"
+        confirm, confirm_name = _cached(evaluate), "backend"
     elif len(search_ev) == len(dataset):
         confirm, confirm_name = (lambda nodes: search_ev.evaluate(nodes).to_dict()), "full"
     else:
         full_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=None, use_placement=True)
         confirm, confirm_name = (lambda nodes: full_ev.evaluate(nodes).to_dict()), "full"
     groups = report.ranked_groups()
-    planner = _Planner(groups, spec, lambda nodes: search_ev.evaluate(nodes).to_dict(), confirm, confirm_name,
-                       max_float)
+    if evaluate is not None and search_ev.placement is not None:
+        # the backend's own kernels on the whole eval set decide the bisection too: an emulated
+        # slice that holds where the backend does not would end in a doubled float set; the
+        # switchable emulation's job is the one-pass ranking, where it is the cheap part
+        search, search_name = confirm, "backend"
+    else:
+        search, search_name = (lambda nodes: search_ev.evaluate(nodes).to_dict()), "slice"
+    planner = _Planner(groups, spec, search, confirm, confirm_name, max_float, search_name)
 
     chosen: list[str] = []
     if not planner.check(chosen, "int8", None):
@@ -241,8 +271,9 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
     float_nodes = planner.nodes(chosen)
     search = {"seconds": round(time.perf_counter() - started, 2), "groups": len(groups),
               "ranking_evaluations": ranking_evaluations, "rank_samples": rank_samples,
-              "search_evaluations": sum(1 for s in planner.steps if s.evaluator == "slice"),
-              "confirm_evaluations": sum(1 for s in planner.steps if s.evaluator != "slice"),
+              "search_evaluations": sum(1 for s in planner.steps if s.action not in CONFIRMING),
+              "confirm_evaluations": sum(1 for s in planner.steps if s.action in CONFIRMING),
+              "search_on": search_name, "confirm_on": confirm_name,
               "samples": len(search_ev), "sessions_built": search_ev.sessions_built,
               "emulation": (search_ev.placement.description if search_ev.placement is not None
                             else "Q/DQ model per variant (Target.qdq_model)")}

@@ -19,6 +19,11 @@ its only consumer (backends fuse the pair, so they go float together).
 
 Ranking: by `recovery_db` = SQNR(all but this) - SQNR(all quantized), ties broken by the lower
 SQNR(only this). SQNR is continuous, so it ranks well even on slices too small for top-1 to move.
+
+The mixed-precision planner passes `use_placement=True`: a target that knows where its int8 grids
+are (`Target.int8_placement`) is then emulated by one switchable session
+(edgepipe.accuracy.placement), whose groups are quantized tensors and weights, elementwise ones
+included. Argmax agreement is one decision per position of the last axis (per CTC time step).
 """
 
 from __future__ import annotations
