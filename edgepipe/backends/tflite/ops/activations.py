@@ -31,7 +31,7 @@ def _unary(ctx: Lowering, node, opcode: str, quant: Quantization | None = None, 
     ctx.emit(opcode, [x], [out], node, options_type, **options)
 
 
-@register("Relu", "HardSwish")
+@register("Relu", "HardSwish", int16=lambda ctx, node: node.op_type == "Relu")
 def lower_simple(ctx: Lowering, node) -> None:
     if node.op_type == "HardSwish" and ctx.node_dtype(node) == "int8":
         _int8_hard_swish(ctx, node)
@@ -89,17 +89,23 @@ def channel_affine(ctx: Lowering, node, x: int, out: int, scale, shift, tag: str
              FusedActivationFunction=activation)
 
 
-@register("Sigmoid", "Tanh")
+@register("Sigmoid", "Tanh", int16=True)
 def lower_fixed_output(ctx: Lowering, node) -> None:
     opcode = FIXED_OUTPUT[node.op_type]
-    _unary(ctx, node, opcode, Quantization.per_tensor(*fixed_output(opcode)))
+    dtype = ctx.node_dtype(node)
+    _unary(ctx, node, opcode, Quantization.per_tensor(*fixed_output(opcode, dtype)) if dtype != "float32" else None)
 
 
 def check_clip(ctx: Lowering, node) -> str | None:
     return None if clip_bounds(ctx, node) is not None else "min/max must be constants"
 
 
-@register("Clip", check=check_clip)
+def _int16_clip(ctx: Lowering, node) -> bool:
+    """RELU / RELU6 and MAXIMUM / MINIMUM have int16 kernels; RELU_N1_TO_1 has none."""
+    return fusable_activation(ctx, node) in (None, "RELU", "RELU6")
+
+
+@register("Clip", check=check_clip, int16=_int16_clip)
 def lower_clip(ctx: Lowering, node) -> None:
     kind = fusable_activation(ctx, node)
     if kind is not None:
@@ -111,7 +117,7 @@ def lower_clip(ctx: Lowering, node) -> None:
     x = ctx.get(node.input[0], dtype, perm)
     out = ctx.new_value(node.output[0], dtype, perm)
     quant = ctx.tensor(out).quantization
-    current = ctx.requantized(x, quant, node.input[0]) if dtype == "int8" else x
+    current = ctx.requantized(x, quant, node.input[0]) if dtype != "float32" else x
     steps = [(opcode, bound) for opcode, bound in (("MAXIMUM", low), ("MINIMUM", high)) if np.isfinite(bound)]
     for position, (opcode, bound) in enumerate(steps):
         bound_index = ctx.quantized_constant(f"{node.name};{opcode.lower()}", np.float32(bound), quant, dtype)
@@ -158,7 +164,7 @@ def lower_hard_sigmoid(ctx: Lowering, node) -> None:
         ctx.emit("MINIMUM", [shifted, ctx.spec.add_constant(f"{node.name};one", np.float32(1.0))], [out], node)
 
 
-@register("LeakyRelu")
+@register("LeakyRelu", int16=True)
 def lower_leaky_relu(ctx: Lowering, node) -> None:
     _unary(ctx, node, "LEAKY_RELU", None, "LeakyReluOptions", Alpha=float(node_attrs(node).get("alpha", 0.01)))
 
