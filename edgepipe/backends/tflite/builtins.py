@@ -132,7 +132,7 @@ BUILTINS = _table(
     Builtin("SQUEEZE", 1, same_quant=True),
     Builtin("EXPAND_DIMS", 1, same_quant=True),
     Builtin("PAD", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=3),
-    Builtin("PADV2", 2, same_quant=True),
+    Builtin("PADV2", 2, same_quant=True, int16=3),
     Builtin("MIRROR_PAD", 2, same_quant=True),
     Builtin("SPLIT", 2, True, same_quant=True, data_inputs=(1,)),
     Builtin("SPLIT_V", 2, same_quant=True),
