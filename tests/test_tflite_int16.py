@@ -72,6 +72,14 @@ CASES = {
     "pad": ([("Pad", ["x", "pads"], {})], IMAGE, {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}, "PAD"),
     "pad_value": ([("Pad", ["x", "pads", "v"], {})], IMAGE,
                   {"pads": np.array([0, 0, 1, 0, 0, 0, 0, 2], np.int64), "v": np.float32(0.5)}, "PAD"),
+    "hard_swish": ([("HardSwish", ["x"], {})], IMAGE, {}, "MUL"),
+    "square": ([("Pow", ["x", "two"], {})], IMAGE, {"two": np.float32(2.0)}, "MUL"),
+    "slice": ([("Slice", ["x", "starts", "ends", "axes"], {})], IMAGE,
+              {"starts": np.array([1], np.int64), "ends": np.array([5], np.int64), "axes": np.array([3], np.int64)},
+              "SLICE"),
+    "strided_slice": ([("Slice", ["x", "starts", "ends", "axes", "steps"], {})], IMAGE,
+                      {"starts": np.array([0], np.int64), "ends": np.array([6], np.int64),
+                       "axes": np.array([2], np.int64), "steps": np.array([2], np.int64)}, "STRIDED_SLICE"),
     "batch_norm": ([("BatchNormalization", ["x", "g", "b", "m", "v"], {})], IMAGE,
                    {"g": np.array([1.0, 0.5, 2.0, 1.5], np.float32), "b": np.array([0.1, -0.2, 0.0, 0.3], np.float32),
                     "m": np.array([0.0, 0.1, -0.1, 0.2], np.float32), "v": np.array([1.0, 0.5, 2.0, 1.0], np.float32)},
@@ -149,8 +157,9 @@ def test_int16_nodes_by_name_convert_at_the_borders(tmp_path):
 
 
 def test_int16_node_without_kernel_stays_int8(tmp_path):
-    """HardSwish has no int16 kernel: asked for 16x8 it is lowered int8 and reported."""
-    model = make_model([helper.make_node("HardSwish", ["x"], ["y"], name="op")], IMAGE, ["y"], opset=17)
+    """PRelu has no int16 lowering: asked for 16x8 it is lowered int8 and reported."""
+    model = make_model([helper.make_node("PRelu", ["x", "s"], ["y"], name="op")], IMAGE, ["y"],
+                       {"s": np.full((4, 1, 1), 0.25, np.float32)}, opset=17)
     calibration = minmax_calibration(model, structured_inputs(model, 4))
     result = build_tflite(model, calibration, tmp_path, {"int16_nodes": {"op"}})
     assert result["int16_fallback"] == ["op"] and result["int16_nodes"] == []

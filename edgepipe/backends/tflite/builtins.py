@@ -136,8 +136,8 @@ BUILTINS = _table(
     Builtin("MIRROR_PAD", 2, same_quant=True),
     Builtin("SPLIT", 2, True, same_quant=True, data_inputs=(1,)),
     Builtin("SPLIT_V", 2, same_quant=True),
-    Builtin("SLICE", 2, same_quant=True),
-    Builtin("STRIDED_SLICE", 2, same_quant=True),
+    Builtin("SLICE", 2, same_quant=True, int16=4),
+    Builtin("STRIDED_SLICE", 2, same_quant=True, int16=2),  # int16 kernel, no version of its own
     Builtin("GATHER", 2, same_quant=True),
     Builtin("DEPTH_TO_SPACE", 1, same_quant=True),
     Builtin("SPACE_TO_DEPTH", 2, same_quant=True),

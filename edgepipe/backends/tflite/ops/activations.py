@@ -31,12 +31,29 @@ def _unary(ctx: Lowering, node, opcode: str, quant: Quantization | None = None, 
     ctx.emit(opcode, [x], [out], node, options_type, **options)
 
 
-@register("Relu", "HardSwish", int16=lambda ctx, node: node.op_type == "Relu")
+@register("Relu", "HardSwish", int16=True)
 def lower_simple(ctx: Lowering, node) -> None:
     if node.op_type == "HardSwish" and ctx.node_dtype(node) == "int8":
         _int8_hard_swish(ctx, node)
+    elif node.op_type == "HardSwish" and ctx.node_dtype(node) == "int16":
+        _int16_hard_swish(ctx, node)
     else:
         _unary(ctx, node, SIMPLE[node.op_type])
+
+
+def _int16_hard_swish(ctx: Lowering, node) -> None:
+    """x * relu6(x + 3) / 6 in int16 ADD / MUL kernels: LiteRT has no int16 HARD_SWISH."""
+    perm = ctx.layout(node.input[0])
+    x = ctx.get(node.input[0], "int16", perm)
+    out = ctx.new_value(node.output[0], "int16", perm)
+    shape = ctx.tensor(out).shape
+    gate = ctx.temp(f"{node.name};relu6", shape, "int16", Quantization.per_tensor(quantmath.symmetric_scale(6, 16), 0))
+    ctx.emit("ADD", [x, ctx.add_weight_constant(f"{node.name};three", np.float32(3), "int16")], [gate], node,
+             "AddOptions", FusedActivationFunction=ACTIVATIONS["RELU6"])
+    unit = ctx.temp(f"{node.name};gate", shape, "int16", Quantization.per_tensor(quantmath.symmetric_scale(1, 16), 0))
+    ctx.emit("MUL", [gate, ctx.add_weight_constant(f"{node.name};sixth", SIXTH, "int16")], [unit], node,
+             "MulOptions", FusedActivationFunction=0)
+    ctx.emit("MUL", [x, unit], [out], node, "MulOptions", FusedActivationFunction=0)
 
 
 def _int8_hard_swish(ctx: Lowering, node) -> None:

@@ -110,7 +110,7 @@ def _square(ctx: Lowering, node) -> bool:
     return exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2.0
 
 
-@register("Pow", check=check_binary, int8=_square)
+@register("Pow", check=check_binary, int8=_square, int16=_square)
 def lower_pow(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     exponent = ctx.constant(node.input[1])
