@@ -72,6 +72,7 @@ CASES = {
     "pad": ([("Pad", ["x", "pads"], {})], IMAGE, {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}, "PAD"),
     "pad_value": ([("Pad", ["x", "pads", "v"], {})], IMAGE,
                   {"pads": np.array([0, 0, 1, 0, 0, 0, 0, 2], np.int64), "v": np.float32(0.5)}, "PAD"),
+    "hard_sigmoid": ([("HardSigmoid", ["x"], {"alpha": 0.2, "beta": 0.5})], IMAGE, {}, "MINIMUM"),
     "hard_swish": ([("HardSwish", ["x"], {})], IMAGE, {}, "MUL"),
     "square": ([("Pow", ["x", "two"], {})], IMAGE, {"two": np.float32(2.0)}, "MUL"),
     "slice": ([("Slice", ["x", "starts", "ends", "axes"], {})], IMAGE,

@@ -146,7 +146,7 @@ def lower_clip(ctx: Lowering, node) -> None:
         ctx.emit("RESHAPE", [current, ctx.int32_constant(f"{node.name};shape", ctx.tensor(out).shape)], [out], node)
 
 
-@register("HardSigmoid")
+@register("HardSigmoid", int16=True)
 def lower_hard_sigmoid(ctx: Lowering, node) -> None:
     """clip(alpha * x + beta, 0, 1). int8: alpha * x + beta written into an output grid inside
     [0, 1] whose lower end is exactly 0, so saturation is the clip: one 1x1 DEPTHWISE_CONV_2D on
@@ -157,6 +157,9 @@ def lower_hard_sigmoid(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])
     x = ctx.get(node.input[0], dtype, perm)
+    if dtype == "int16":
+        _int16_hard_sigmoid(ctx, node, x, perm, alpha, beta)
+        return
     if dtype == "int8":
         low, high = _range(ctx.quant(node.output[0]))
         unit = None if low == 0.0 and high <= 1.0 else Quantization.per_tensor(*quantmath.asymmetric_params(0, 1))
@@ -179,6 +182,22 @@ def lower_hard_sigmoid(ctx: Lowering, node) -> None:
              "AddOptions", FusedActivationFunction=0 if dtype == "int8" else 1)
     if dtype != "int8":
         ctx.emit("MINIMUM", [shifted, ctx.spec.add_constant(f"{node.name};one", np.float32(1.0))], [out], node)
+
+
+def _int16_hard_sigmoid(ctx: Lowering, node, x: int, perm, alpha: float, beta: float) -> None:
+    """MUL(alpha), ADD(beta) with fused RELU, MINIMUM(1) on int16 grids (no int32-bias conv)."""
+    out = ctx.new_value(node.output[0], "int16", perm)
+    shape, quant = ctx.tensor(out).shape, ctx.tensor(out).quantization
+    amax = float(ctx.tensor(x).quantization.scale[0]) * 32767 * abs(alpha)
+    scaled = ctx.temp(f"{node.name};scaled", shape, "int16",
+                      Quantization.per_tensor(quantmath.symmetric_scale(amax, 16), 0))
+    ctx.emit("MUL", [x, ctx.add_weight_constant(f"{node.name};alpha", np.float32(alpha), "int16")], [scaled], node,
+             "MulOptions", FusedActivationFunction=0)
+    shifted = ctx.temp(f"{node.name};shifted", shape, "int16", quant)
+    ctx.emit("ADD", [scaled, ctx.add_weight_constant(f"{node.name};beta", np.float32(beta), "int16")], [shifted],
+             node, "AddOptions", FusedActivationFunction=ACTIVATIONS["RELU"])
+    ctx.emit("MINIMUM", [shifted, ctx.quantized_constant(f"{node.name};one", np.float32(1.0), quant, "int16")], [out],
+             node)
 
 
 @register("LeakyRelu", int16=True)
