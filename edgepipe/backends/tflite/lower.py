@@ -63,6 +63,13 @@ class ShapeUnknownError(UserError):
                          "dynamic input, or export the model with fixed shapes")
 
 
+def int16_threshold(tensor) -> float:
+    """The symmetric int16 threshold of a calibrated tensor: its observed |x| maximum (never below
+    the chosen int8 threshold `amax`; the neutral 1.0 for a tensor that is constantly zero)."""
+    amax = max(abs(float(tensor.min)), abs(float(tensor.max)), float(tensor.amax))
+    return amax if amax >= DEGENERATE_RANGE else NEUTRAL_RANGE[1]
+
+
 def identity(rank: int) -> tuple[int, ...]:
     return tuple(range(rank))
 
@@ -190,8 +197,12 @@ class Lowering:
 
     def quant(self, name: str, dtype: str = "int8") -> Quantization:
         """Parameters of an activation from the calibration ranges: asymmetric int8 of [lo, hi], or
-        symmetric int16 (zero point 0, the kernels' rule) with scale amax / 32767 (a `;2d` view a
-        rewrite added shares the range of the tensor it names: ops/one_d.py)."""
+        symmetric int16 (zero point 0, the kernels' rule) over the observed range, max(|min|, |max|)
+        / 32767 (a `;2d` view a rewrite added shares the range of the tensor it names: ops/one_d.py).
+
+        Why not int8's clipped threshold for int16: clipping outliers pays when 256 steps are
+        scarce; with 65536 the clipping error dominates (benchmarks/results/int16_activations.json
+        measures both)."""
         if self.calibration is not None and name not in self.calibration and name.endswith(";2d"):
             name = name[:-len(";2d")]
         if self.calibration is None or name not in self.calibration:
@@ -199,8 +210,8 @@ class Lowering:
         tensor = self.calibration.tensors[name]
         degenerate = max(tensor.hi, 0.0) - min(tensor.lo, 0.0) < DEGENERATE_RANGE
         if dtype == "int16":
-            amax = NEUTRAL_RANGE[1] if degenerate or tensor.amax < DEGENERATE_RANGE else tensor.amax
-            return Quantization.per_tensor(quantmath.symmetric_scale(amax, 16), 0)
+            amax = int16_threshold(tensor)
+            return Quantization.per_tensor(quantmath.symmetric_scale(NEUTRAL_RANGE[1] if degenerate else amax, 16), 0)
         if degenerate:
             return Quantization.per_tensor(*quantmath.asymmetric_params(*NEUTRAL_RANGE))
         scale, zero_point = self.calibration.asymmetric_params(name)
