@@ -81,7 +81,7 @@ BUILTINS = _table(
             int16=4),
     Builtin("DEPTHWISE_CONV_2D", 3, True, weights=Weights(1, 2, 0, 3, bias_required=True), xnnpack_fp32=True,
             xnnpack_int8=True, int16=5),
-    Builtin("TRANSPOSE_CONV", 3, True, weights=Weights(1, 3, 2, 0)),
+    Builtin("TRANSPOSE_CONV", 3, True, weights=Weights(1, 3, 2, 0), int16=3),
     Builtin("FULLY_CONNECTED", 4, True, weights=Weights(1, 2, 0, 0), xnnpack_fp32=True, xnnpack_int8=True, int16=7),
     # int8: only with a zero point 0 B (ops/linear.py)
     Builtin("BATCH_MATMUL", 4, xnnpack_fp32=True, xnnpack_int8=True, int16=3),
@@ -142,7 +142,7 @@ BUILTINS = _table(
     Builtin("DEPTH_TO_SPACE", 1, same_quant=True),
     Builtin("SPACE_TO_DEPTH", 2, same_quant=True),
     Builtin("RESIZE_BILINEAR", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=4),
-    Builtin("RESIZE_NEAREST_NEIGHBOR", 2, same_quant=True, xnnpack_fp32=False, xnnpack_int8=False),
+    Builtin("RESIZE_NEAREST_NEIGHBOR", 2, same_quant=True, xnnpack_fp32=False, xnnpack_int8=False, int16=4),
 )
 
 

@@ -108,7 +108,7 @@ def _transpose_padding(ctx: Lowering, node) -> int | None:
     return None
 
 
-@register("ConvTranspose", check=check_conv_transpose)
+@register("ConvTranspose", check=check_conv_transpose, int16=True)
 def lower_conv_transpose(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     weights = np.asarray(ctx.constant(node.input[1]), np.float32)  # [I, O, kh, kw]
