@@ -110,7 +110,10 @@ def int8_threshold_variant(bundle: Path, work: Path) -> tuple[Path, dict]:
     return out / "model.tflite", result["io"]
 
 
-def evaluate(bundles: dict, reference_model: Path, feeds: list[dict], timed_runs: int, work: Path) -> dict:
+def evaluate(bundles: dict, reference_model: Path, feeds: list[dict], timed_runs: int, work: Path,
+             decisions: bool) -> dict:
+    """SQNR per output and latency medians; `decisions`: the first output's last axis holds class
+    scores (classifier, CTC recognizer), so its argmax agreement means something (not a map)."""
     import onnx
 
     session = graph.make_session(onnx.load(reference_model))
@@ -130,6 +133,9 @@ def evaluate(bundles: dict, reference_model: Path, feeds: list[dict], timed_runs
             got = np.concatenate([o[name].ravel() for o in outputs])
             per_output[name] = round(float(quantmath.sqnr_db(ref, got)), 2)
         row["sqnr_db"][variant] = per_output
+        if not decisions:
+            row["argmax_agreement"][variant] = None
+            continue
         first = names[0]
         want = np.concatenate([r[first].reshape(-1, r[first].shape[-1]) for r in references]).argmax(1)
         got = np.concatenate([o[first].reshape(-1, o[first].shape[-1]) for o in outputs]).argmax(1)
@@ -152,7 +158,7 @@ def evaluate(bundles: dict, reference_model: Path, feeds: list[dict], timed_runs
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--runs", type=int, default=7, help="timed inferences per file (median)")
+    parser.add_argument("--runs", type=int, default=9, help="timed inferences per file (median)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/int16_activations.json"))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="int16_activations_"))
@@ -172,7 +178,8 @@ def main() -> None:
             bundles[f"{k}_io"] = json.loads((bundles[k] / "manifest.json").read_text())["io"]
         if name == "demo":
             feeds, reference_model = demo_feeds(bundles["int8"]), bundles["int8"] / "reference.onnx"
-        row = evaluate(bundles, reference_model, feeds, args.runs, work)
+        decisions = name == "demo" or real_models.kind(name) in ("cls", "rec")
+        row = evaluate(bundles, reference_model, feeds, args.runs, work, decisions)
         manifest16 = json.loads((bundles["int16"] / "manifest.json").read_text())
         row["int16_nodes"] = len(manifest16["precision"]["int16_nodes"])
         row["int16_fallback"] = manifest16["precision"]["int16_fallback"]
