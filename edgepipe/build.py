@@ -286,8 +286,6 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     # 4b. automatic mixed precision to an accuracy budget (sensitivity-ranked float islands)
     float_nodes = set(settings["precision"].float_nodes)
     int16_nodes = check_int16_nodes(model, settings["precision"]) if settings["precision"].int16_nodes else set()
-    if int16_nodes:
-        backend_settings["int16_nodes"] = sorted(int16_nodes)
     extra_files: dict[str, bytes] = {}
     if settings["precision"].budget is not None:
         plan = pipeline.run(
@@ -296,12 +294,15 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
             note=lambda p: "budget met" if p.met else "budget NOT met",
         )
         float_nodes |= set(plan.float_nodes)
+        int16_nodes |= set(getattr(plan, "int16_nodes", ())) - float_nodes  # a plan's 16x8 nodes (arm-cpu)
         if not plan.met:
             warnings.append(f"precision: {plan.reason}")
         extra_files["precision.json"] = _json_bytes(plan.to_json())
         if plan.sensitivity is not None:
             extra_files["sensitivity.json"] = _json_bytes(plan.sensitivity.to_json())
 
+    if int16_nodes:  # the target's backend option (arm-cpu: lowered 16x8, the rest int8)
+        backend_settings["int16_nodes"] = sorted(int16_nodes)
     out = Path(settings["out"])
     try:
         manifest = write_outputs(out, settings, target, pipeline, prepared, calibration, float_nodes, extra_files,
