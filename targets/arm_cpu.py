@@ -85,7 +85,8 @@ class ArmCpuTarget(Target):
     def evaluator(self, model, calibration, dataset, settings: dict):
         from edgepipe.backends.tflite.evaluate import tflite_evaluator
 
-        options = {k: v for k, v in settings.items() if k in ("int8_io", "keep_layout", "activations") and v is not None}
+        read = ("int8_io", "keep_layout", "activations")
+        options = {k: v for k, v in settings.items() if k in read and v is not None}
         options["target"] = self.name
         return tflite_evaluator(model, calibration, dataset, options)
 

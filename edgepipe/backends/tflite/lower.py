@@ -18,8 +18,8 @@ the three things no single op can decide alone:
 - **16x8 nodes.** `options["activations"] == "int16"` (the whole model) or `options["int16_nodes"]`
   (named nodes; the mixed-precision planner's third choice next to int8 and float) lower a node
   with int16 activations when its family registers an int16 kernel (`register(..., int16=True)`);
-  its tensors get the symmetric grid amax / 32767 of the same calibration threshold, and the
-  registry converts int8 <-> int16 with QUANTIZE at the borders like any other representation.
+  its tensors get the symmetric grid max|x| / 32767 of the same calibration, and the registry
+  converts int8 <-> int16 with QUANTIZE at the borders like any other representation.
   Nodes without an int16 kernel stay int8 (`int16_fallback` lists those that were asked for).
 """
 
@@ -45,7 +45,6 @@ NHWC = (0, 2, 3, 1)
 DEGENERATE_RANGE = 1e-10
 NEUTRAL_RANGE = (0.0, 1.0)
 QUANTIZED = ("int8", "int16")
-ACTIVATION_CHOICES = ("int8", "int16")  # options["activations"]: the whole model's default activation type
 # Smallest bias scale (input_scale x weight_scale) written: well above the 1e-12 floor of
 # quantmath.quantize_bias, so the kernels' rule bias_scale = input_scale x weight_scale holds exactly.
 MIN_BIAS_SCALE = 1e-10
