@@ -209,3 +209,18 @@ def test_validator_rules_for_int16(tmp_path):
     op = next(op for op in ctx.spec.operators if op.opcode == "LOGISTIC")
     ctx.spec.tensors[op.outputs[0]].quantization.scale[:] = 1.0 / 256
     assert "fixed-output" in {p.rule for p in validator.find_problems(ctx.spec)}
+
+
+def test_every_int16_row_of_the_builtin_table_is_run_here():
+    """Each builtin with an `int16` version in builtins.py is emitted as a 16x8 kernel by a case
+    above (so its version registered and its kernel ran in LiteRT), and nothing else is."""
+    from edgepipe.backends.tflite.builtins import BUILTINS
+    from edgepipe.backends.tflite.delegation import kernel_histogram
+
+    emitted = set()
+    for case in CASES:
+        model = _model(case)
+        ctx = lower_model(model, minmax_calibration(model, structured_inputs(model, 2)), {"activations": "int16"},
+                          quantized=True)
+        emitted |= set(kernel_histogram(ctx.spec).get("int16", {}))
+    assert emitted == {name for name, row in BUILTINS.items() if row.int16 is not None}
