@@ -63,7 +63,9 @@ class ArmCpuTarget(Target):
         measured = delegation.measure(out_dir / INT8_FILE, int(options.get("threads") or 1)) if int8_built else None
         manifest = {
             "precision": {
-                "policy": self.precision,
+                "policy": self.precision if not result.get("int16_nodes") else
+                ("16x8 full-integer: int16 activations, int8 weights (float32 I/O by default)"
+                 if options.get("activations") == "int16" else f"{self.precision}; int16_nodes 16x8"),
                 "float_nodes": sorted(result.get("float_nodes") or []),  # lowered in float (activations fused)
                 "requested_float_nodes": sorted(options["float_nodes"]),
                 "int8_io": bool(options.get("int8_io")),
