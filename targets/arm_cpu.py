@@ -95,9 +95,12 @@ class ArmCpuTarget(Target):
     def int8_placement(self, model, calibration):
         """The .tflite's own grids: every tensor an int8 kernel reads or writes (elementwise and
         activation outputs included), from the lowering itself."""
-        from edgepipe.accuracy.placement import tflite_placement
+        from edgepipe.accuracy.placement import Placement
+        from edgepipe.backends.tflite.placement import int8_grids
 
-        return tflite_placement(model, calibration, {"target": self.name})
+        found = int8_grids(model, calibration, {"target": self.name})
+        return Placement(found["grids"], frozenset(found["int8_nodes"]), found["weights"], found["fused"],
+                         "TFLite full-integer placement (every tensor of an int8 op on the .tflite grid)")
 
     def deployed_probe(self, bundle: Path, manifest: dict, tensors: list[str] | None = None):
         from edgepipe.backends.tflite.probe import TfliteTensorProbe

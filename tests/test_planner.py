@@ -14,7 +14,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgepipe.accuracy.placement import tflite_placement
 from edgepipe.accuracy.precision import PRUNE_LIMIT, plan_on_target
 from edgepipe.backends.tflite.evaluate import tflite_evaluator
 from tests.test_sensitivity import ARM, FEATURES, calibrated, npz_dataset
@@ -66,7 +65,7 @@ def case(tmp_path_factory):
 
 def test_placement_follows_the_tflite_grids(case):
     model, calibration, _ = case
-    placement = tflite_placement(model, calibration, {"target": "arm-cpu"})
+    placement = ARM.int8_placement(model, calibration)
     assert {"shifted", "a0", "m0", "x"} <= set(placement.grids)  # elementwise outputs carry a grid
     assert "h" not in placement.grids  # fused into fc1 + relu1: never written in int8
     assert placement.fused["fc1"] == "relu1"

@@ -6,7 +6,7 @@ Q/DQ model and an ONNX Runtime session per variant costs more than running it; h
 built once with a fake-quant switch on every quantized tensor and weight (`Where(switch,
 DequantizeLinear(QuantizeLinear(x)), x)`, the switch a scalar graph input), and a variant is
 only a different feed. Grids come from the target (`Target.int8_placement`): for arm-cpu the
-scale and zero point the .tflite lowering gives every tensor, so elementwise and activation
+scale and zero point the .tflite lowering gives every tensor (edgepipe/backends/tflite/placement.py), so elementwise and activation
 tensors (Add, Mul, HardSwish, Softmax, the decomposed LayerNorm) are quantized where the file
 quantizes them, not only the inputs of weighted ops as in TensorRT's placement.
 
@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgepipe import graph, quantmath
+from edgepipe import graph
 
 SWITCH_SUFFIX = "::int8"
 
@@ -179,52 +179,4 @@ def _switchable_model(model: onnx.ModelProto, placement: Placement) -> onnx.Mode
     return result
 
 
-def tflite_placement(model: onnx.ModelProto, calibration, options: dict | None = None) -> Placement:
-    """arm-cpu: the grids, int8 nodes and weights of the .tflite lowering itself (all int8)."""
-    from edgepipe.backends.tflite.build import lower_model
-    from edgepipe.backends.tflite.lower import fusable_activation
-
-    options = {k: v for k, v in (options or {}).items() if k in ("target", "keep_layout", "int8_io")}
-    ctx = lower_model(model, calibration, {**options, "float_nodes": set()}, quantized=True)
-    known = {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
-    grids = {}
-    for name, values in ctx.values.items():
-        value = next((v for v in values if v.dtype == "int8"), None)
-        quant = ctx.tensor(value.index).quantization if value is not None else None
-        if name in known and quant is not None and quant.scale.size == 1:
-            grids[name] = (float(quant.scale[0]), int(quant.zero_point[0]))
-    nodes = {n.name: n for n in ctx.model.graph.node}
-    int8 = frozenset(n.name for n in model.graph.node if n.op_type != "Constant" and n.name in nodes
-                     and ctx.node_dtype(nodes[n.name]) == "int8")
-    fused = {}
-    for node in model.graph.node:
-        readers = ctx.consumers.get(node.output[0], []) if node.output else []
-        if node.name in ctx.consumed or len(readers) != 1 or readers[0].name not in ctx.consumed:
-            continue
-        if fusable_activation(ctx, readers[0]) is not None:
-            fused[node.name], fused[readers[0].name] = readers[0].name, node.name
-    weights = {name: _int8_weights(model, nodes[name]) for name in int8 if nodes[name].op_type in WEIGHTED}
-    return Placement(grids, int8, {k: v for k, v in weights.items() if v}, fused,
-                     "TFLite full-integer placement (every tensor of an int8 op on the .tflite grid)")
-
-
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-def _int8_weights(model: onnx.ModelProto, node: onnx.NodeProto) -> dict[int, np.ndarray]:
-    """The constant weight of a weighted node on its per-output-channel symmetric int8 grid."""
-    from edgepipe.backends.qdq import weight_channel_axis
-
-    if len(node.input) < 2:
-        return {}
-    value = graph.constant_value(model, node.input[1])
-    if value is None or value.dtype.kind != "f" or value.ndim < 1:
-        return {}
-    axis = weight_channel_axis(node, value.ndim)
-    q, scales = quantmath.per_channel_symmetric(value, axis=axis, min_ratio=2.0**-20)
-    shape = [1] * value.ndim
-    shape[axis] = -1
-    return {1: quantmath.dequantize(q, scales.reshape(shape))}
-
-
-__all__ = ["Placement", "ModelIndex", "SwitchableQdq", "tflite_placement", "tensor_switch", "weight_switch"]
+__all__ = ["Placement", "ModelIndex", "SwitchableQdq", "tensor_switch", "weight_switch"]
