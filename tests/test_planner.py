@@ -73,6 +73,30 @@ def test_placement_follows_the_tflite_grids(case):
     assert scale > 1.0  # the shifted channel owns the grid: one step is worth more than a typical value
 
 
+def test_switchable_emulation_tracks_litert(case):
+    """All switches on: the emulation is the .tflite's int8 (LiteRT's output within a few output
+    steps, far closer than FP32 is); all off: exactly the FP32 model."""
+    from edgepipe import quantmath
+    from edgepipe.accuracy.sensitivity import VariantEvaluator
+    from edgepipe.backends.tflite.build import INT8_FILE, build_tflite
+    from edgepipe.backends.tflite.runtime import run_tflite
+
+    model, calibration, dataset = case
+    evaluator = VariantEvaluator(model, calibration, dataset, target=ARM, max_samples=32, use_placement=True)
+    switchable = evaluator.switchable
+    emulated = switchable.run(evaluator.feeds, switchable.switches)[0]
+    assert np.array_equal(switchable.run(evaluator.feeds, set())[0], evaluator.reference[0])
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        built = build_tflite(model, calibration, Path(tmp), {"target": "arm-cpu"})
+        litert = np.concatenate([run_tflite(Path(tmp) / INT8_FILE, built["io"], feed)["logits"]
+                                 for feed in evaluator.feeds])
+    fp32 = evaluator.reference[0]
+    assert quantmath.sqnr_db(litert, emulated) > quantmath.sqnr_db(fp32, litert) + 15.0
+
+
 def test_weighted_only_float_cannot_fix_an_elementwise_outlier(case):
     model, calibration, dataset = case
     on_litert = tflite_evaluator(model, calibration, dataset, {"target": "arm-cpu"})
