@@ -3,12 +3,14 @@ grid, which weights are quantized, and a session that turns each of them on or o
 
 Why: the planner and sensitivity score hundreds of variants ("these nodes float"). Building a
 Q/DQ model and an ONNX Runtime session per variant costs more than running it; here the model is
-built once with a fake-quant switch on every quantized tensor and weight (`Where(switch,
-DequantizeLinear(QuantizeLinear(x)), x)`, the switch a scalar graph input), and a variant is
-only a different feed. Grids come from the target (`Target.int8_placement`): for arm-cpu the
-scale and zero point the .tflite lowering gives every tensor (edgepipe/backends/tflite/placement.py), so elementwise and activation
-tensors (Add, Mul, HardSwish, Softmax, the decomposed LayerNorm) are quantized where the file
-quantizes them, not only the inputs of weighted ops as in TensorRT's placement.
+built once with a fake-quant switch on every quantized tensor (x + s * (DQ(Q(x)) - x), the switch
+s a scalar graph input of 0 or 1; cheaper in ONNX Runtime than Where) and on every int8 weight (a
+twin of the node on the int8-grid weights, so both keep constant, prepacked weights), and a
+variant is only a different feed. Grids come from the target (`Target.int8_placement`): for
+arm-cpu the scale and zero point the .tflite lowering gives every tensor
+(edgepipe/backends/tflite/placement.py), so elementwise and activation tensors (Add, Mul,
+HardSwish, Softmax, the decomposed LayerNorm) are quantized where the file quantizes them, not
+only the inputs of weighted ops as in TensorRT's placement.
 
 What a float node changes (TFLite's float islands): a tensor stays on its int8 grid when its
 producer or any reader still runs in int8 (the other side dequantizes it); a weighted node's
@@ -55,11 +57,6 @@ class Placement:
                 tensors.add(tensor)
         return tensors, {node for node in self.weights if node in int8}
 
-    def int8_fraction(self, compute_nodes: int, float_nodes) -> tuple[int, float]:
-        """(nodes computing in int8, their fraction of the model's compute nodes)."""
-        count = len(self.int8_nodes - set(float_nodes))
-        return count, count / max(compute_nodes, 1)
-
 
 def tensor_switch(tensor: str) -> str:
     return tensor + SWITCH_SUFFIX
@@ -79,7 +76,6 @@ class ModelIndex:
             for name in node.input:
                 if name:
                     self.readers.setdefault(name, []).append(node.name)
-        self.compute_nodes = [n.name for n in model.graph.node if n.op_type != "Constant"]
 
 
 class SwitchableQdq:
