@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,13 @@ def prepare(work: Path, name: str) -> dict:
             "calib_samples": CALIB_SAMPLES, "eval_samples": EVAL_SAMPLES}
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all its threads (a contended host stretches wall time
+    for every calibrator; CPU time is what each one asked of the machine)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_ours(option: str, work: Path, name: str) -> dict:
     """`edgepipe build --target jetson --calib-method option` in a fresh project folder, run in this
     (fresh) worker process so that its peak is the build's own (VmHWM), not an inherited one."""
@@ -87,6 +95,7 @@ def run_ours(option: str, work: Path, name: str) -> dict:
             *real_models.input_shape_args(name), "--no-host-report", "--json", "--out", str(project / "bundle")]
     stdout, stderr = io.StringIO(), io.StringIO()
     base = own_peak_mb()
+    cpu = cpu_seconds()
     start = time.perf_counter()
     with redirect_stdout(stdout), redirect_stderr(stderr):
         try:
@@ -97,6 +106,7 @@ def run_ours(option: str, work: Path, name: str) -> dict:
         except SystemExit as exc:
             code = exc.code or 0
     build_wall = time.perf_counter() - start
+    build_cpu = cpu_seconds() - cpu
     peak = own_peak_mb()
     if code:
         raise RuntimeError((stderr.getvalue().strip().splitlines() or ["edgepipe build failed"])[-1])
@@ -107,6 +117,7 @@ def run_ours(option: str, work: Path, name: str) -> dict:
     tensors = calibration.get("tensors", {})
     methods = [t.get("method") for t in (tensors.values() if isinstance(tensors, dict) else tensors)]
     return {"wall_s": stages.get("calibrate", 0.0) + stages.get("backend", 0.0), "build_wall_s": build_wall,
+            "build_cpu_s": build_cpu,
             "stages_s": stages, "peak_mb": peak, "growth_mb": peak - base,
             "qdq": str(project / "bundle" / "model.qdq.onnx"),
             "warnings": [line for line in stderr.getvalue().splitlines() if line.startswith("warning:")],
@@ -126,6 +137,7 @@ def worker(method: str, work: Path, name: str) -> None:
     images = np.load(work / f"{name}_calib.npz")[input_name]
     out = work / f"{name}_{kind}_{option}.onnx"
     base = own_peak_mb()
+    cpu = cpu_seconds()
     start = time.perf_counter()
     if kind == "nncf":
         import nncf
@@ -137,8 +149,10 @@ def worker(method: str, work: Path, name: str) -> None:
 
         ort_quantize_static(model_path, out, len(images), lambda i: {input_name: images[i : i + 1]}, option)
     wall = time.perf_counter() - start
+    cpu = cpu_seconds() - cpu
     peak = own_peak_mb()
-    print(json.dumps({"method": method, "wall_s": wall, "peak_mb": peak, "growth_mb": peak - base, "qdq": str(out)}))
+    print(json.dumps({"method": method, "wall_s": wall, "cpu_s": cpu, "peak_mb": peak, "growth_mb": peak - base,
+                      "qdq": str(out)}))
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -240,7 +254,7 @@ def main() -> None:
                     continue
                 python = args.nncf_python
             row = run_child([__file__, "--worker", method, str(work), name], repeats=args.runs, python=python,
-                            keys=("wall_s", "build_wall_s", "peak_mb", "growth_mb"))
+                            keys=("wall_s", "build_wall_s", "cpu_s", "build_cpu_s", "peak_mb", "growth_mb"))
             if "error" in row:
                 entry["runs"].append({"method": method, "error": row["error"]})
                 print(name, method, "ERROR", row["error"], flush=True)
@@ -262,6 +276,8 @@ def main() -> None:
                 row["wall_vs_ort_entropy"] = row["wall_s"] / peer["wall_s"]
                 if "build_wall_s" in row:  # the whole `edgepipe build`, not only its calibrate + backend stages
                     row["build_vs_ort_entropy"] = row["build_wall_s"] / peer["wall_s"]
+                if "build_cpu_s" in row and "cpu_s" in peer:
+                    row["build_cpu_vs_ort_entropy"] = row["build_cpu_s"] / peer["cpu_s"]
         report["models"][name] = entry
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(report, indent=1) + "\n")
