@@ -21,11 +21,12 @@ Ours: the CLI, as a user runs it: `edgepipe build --model FILE --target jetson -
 cache), run inside the fresh worker process; its `model.qdq.onnx` is evaluated; `wall_s` = the
 calibrate + backend stages (what quantize_static does), `build_wall_s` = the whole build from
 importing edgepipe to the written bundle (export, simplify, fold, calibrate, Q/DQ, bundle; what
-`build_vs_ort_entropy` compares); memory = the worker's own peak (VmHWM), whose baseline
-(python, numpy, onnx, onnxruntime imported) is the same as the ORT worker's. The ORT-ranges-in-our-placement rows of the earlier
-library-based version are not produced: the CLI's placement model is the bundle's, not a file
+`build_vs_ort_entropy` compares; `build_cpu_s` its CPU time, all threads); memory = the worker's
+own peak (VmHWM), whose baseline (python, numpy, onnx, onnxruntime imported) is the same as the
+ORT worker's. The ORT-ranges-in-our-placement rows of the earlier library-based version are not
+produced: the CLI's placement model is the bundle's, not a file
 this script writes. ORT: `quantize_static` (QDQ, per-channel int8 weights, symmetric int8 activations) with
-MinMax, Entropy, Percentile, in a worker process (its own peak, VmHWM, and growth). NNCF
+MinMax, Entropy, Percentile, in a worker process (its own peak, VmHWM, and growth; `cpu_s`). NNCF
 (`nncf.quantize`, ONNX backend, defaults) when importable from --nncf-python (a throwaway venv).
 
 Run by hand:  python benchmarks/calibration_real_models.py [--models ocr_rec,ocr_det] [--methods ...]
@@ -36,6 +37,7 @@ Writes benchmarks/results/calibration_real_models.json.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -225,6 +227,7 @@ def main() -> None:
                         help="python of a throwaway venv with nncf (skipped when missing)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/calibration_real_models.json"))
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per calibrator (median reported)")
+    parser.add_argument("--note", default="", help="stored in the results file (e.g. which code ran)")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker[0], Path(args.worker[1]), args.worker[2])
@@ -237,7 +240,10 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     report.update({"host": {"machine": platform.machine(), "python": platform.python_version(),
                             "cpus": os.cpu_count(), "cpu": cpu_flags()},
-                   "commit": commit.stdout.strip() or None, "runs_per_calibrator": args.runs})
+                   "commit": commit.stdout.strip() or None, "runs_per_calibrator": args.runs,
+                   "edgepipe": str(Path(importlib.import_module("edgepipe").__file__).parent)})
+    if args.note:
+        report["note"] = args.note
     report.setdefault("models", {})
     for name in args.models.split(","):
         info = prepare(work, name)
