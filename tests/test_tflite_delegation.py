@@ -60,12 +60,14 @@ def test_int8_hard_sigmoid_is_delegated_without_minimum(shape, ops, tmp_path):
 
 @pytest.mark.parametrize("slope,delegated", [(RNG_SLOPES.uniform(-0.3, 0.6, size=(6, 1, 1)), True),
                                              (np.float32(0.25), True),
-                                             (RNG_SLOPES.uniform(0.5, 1.5, size=(6, 1, 1)), False),
+                                             (RNG_SLOPES.uniform(0.5, 1.5, size=(6, 1, 1)), True),
+                                             (np.float32(1.25), True),
                                              (RNG_SLOPES.uniform(0.1, 0.3, size=(6, 7, 1)), False)],
-                         ids=["per-channel", "scalar", "slope-above-1", "spatial"])
-def test_int8_prelu_is_delegated_for_channel_slopes_below_one(slope, delegated, tmp_path):
-    """prelu(x) = s * x + relu((1 - s) * x) (two 1x1 depthwise convs and an ADD) where every
-    s < 1 and the slope varies by channel only; otherwise PRELU on the builtin kernel."""
+                         ids=["per-channel", "scalar", "slope-above-1", "scalar-above-1", "spatial"])
+def test_int8_prelu_is_delegated_for_channel_slopes(slope, delegated, tmp_path):
+    """prelu(x) = s * x + relu((1 - s) * x) where every s < 1, x + (1 - s) * relu(-x) otherwise
+    (1x1 depthwise convs and an ADD), where the slope varies by channel only; a spatial slope keeps
+    PRELU on the builtin kernel."""
     conv_w = RNG_SLOPES.normal(size=(6, 3, 3, 3)).astype(np.float32) * 0.5
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("PRelu", ["c", "slope"], ["y"], name="prelu")]
@@ -74,6 +76,19 @@ def test_int8_prelu_is_delegated_for_channel_slopes_below_one(slope, delegated, 
     histogram = report.result["op_histogram"]
     assert ("PRELU" in histogram) != delegated
     assert (len(delegate_partitions(report.out_dir / "model.tflite")) == 1) == delegated
+
+
+@pytest.mark.parametrize("slope_high", [0.6, 1.3], ids=["below-1", "above-1"])
+def test_int8_prelu_after_dense_layer_is_delegated(slope_high, tmp_path):
+    """A PReLU on [N, C] (MTCNN's heads after a Linear): reshaped to [1, 1, N, C] for the depthwise form."""
+    weights = RNG_SLOPES.normal(size=(12, 10)).astype(np.float32) * 0.4
+    slope = RNG_SLOPES.uniform(-0.2, slope_high, size=(10,)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="dense"),
+             helper.make_node("PRelu", ["h", "slope"], ["y"], name="prelu")]
+    model = make_model(nodes, {"x": [2, 12]}, ["y"], {"w": weights, "slope": slope})
+    report = check_conformance(model, tmp_path)
+    assert "PRELU" not in report.result["op_histogram"]
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 
 def test_same_average_pool_stays_in_the_partition(tmp_path):
