@@ -172,3 +172,18 @@ def test_demo_int8_is_one_partition(tmp_path):
     detail = interpreter.get_input_details()[0]
     interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], np.float32))
     interpreter.invoke()
+
+
+@pytest.mark.parametrize("gain", [300.0, 3e5], ids=["two-steps", "three-steps"])
+def test_int8_concat_of_sigmoid_and_wide_tensor_stays_in_the_partition(gain, tmp_path):
+    """YOLOv8's output: Concat(box coordinates in pixels, sigmoid scores). The scores' 1/256 grid
+    is requantized to the output's grid, a scale ratio below XNNPACK's 1/256 limit for an int8
+    QUANTIZE: it is done in equal steps inside that limit instead of on the builtin kernel."""
+    nodes = [helper.make_node("Mul", ["x", "gain"], ["boxes"], name="boxes"),
+             helper.make_node("Sigmoid", ["x"], ["scores"], name="scores"),
+             helper.make_node("Concat", ["boxes", "scores"], ["y"], name="concat", axis=1)]
+    model = make_model(nodes, {"x": [1, 4, 50]}, ["y"], {"gain": np.float32(gain)})
+    report = check_conformance(model, tmp_path)
+    steps = {300.0: 2, 3e5: 3}[gain]
+    assert report.result["op_histogram"]["QUANTIZE"] == 1 + steps  # the input's, then the steps
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1

@@ -41,6 +41,8 @@ NEUTRAL_RANGE = (0.0, 1.0)
 # quantmath.quantize_bias, so the kernels' rule bias_scale = input_scale x weight_scale holds exactly.
 MIN_BIAS_SCALE = 1e-10
 ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
+# input / output scale ratios XNNPACK's int8 -> int8 QUANTIZE delegates (LiteRT 2.3), with margin
+REQUANT_RATIO = (1.0 / 256 * 1.01, 128.0 / 1.01)
 
 
 class ShapeUnknownError(UserError):
@@ -333,13 +335,29 @@ class Lowering:
         return self.spec.add_constant(name, np.asarray(values, np.int32))
 
     def requantized(self, index: int, quant: Quantization, name: str) -> int:
-        """`index` re-expressed with `quant` (int8 -> int8 QUANTIZE) if its parameters differ."""
+        """`index` re-expressed with `quant` (int8 -> int8 QUANTIZE) if its parameters differ; in
+        equal geometric steps where the scale ratio is beyond what XNNPACK's int8 QUANTIZE takes
+        (a sigmoid score concatenated with pixel coordinates), so the op stays in the partition."""
         tensor = self.tensor(index)
         if tensor.dtype != "int8" or quant.same_as(tensor.quantization):
             return index
-        out = self.temp(f"{name};requant", tensor.shape, "int8", quant)
-        self.emit("QUANTIZE", [index], [out])
-        return out
+        (in_scale, in_zero), (out_scale, out_zero) = tensor.quantization.as_pair(), quant.as_pair()
+        ratio = in_scale / out_scale
+        steps = 1
+        while not REQUANT_RATIO[0] <= ratio ** (1.0 / steps) <= REQUANT_RATIO[1]:
+            steps += 1
+        # the intermediate grids share their low end with the narrower of the two grids
+        anchor_low = in_scale * (-128 - in_zero) if ratio < 1.0 else out_scale * (-128 - out_zero)
+        for step in range(1, steps + 1):
+            if step == steps:
+                step_quant = quant
+            else:
+                scale = in_scale / ratio ** (step / steps)
+                step_quant = Quantization.per_tensor(scale, int(np.clip(np.rint(-128 - anchor_low / scale), -128, 127)))
+            out = self.temp(f"{name};requant" + (f"{step}" if step < steps else ""), tensor.shape, "int8", step_quant)
+            self.emit("QUANTIZE", [index], [out])
+            index = out
+        return index
 
     # ----- fusion ------------------------------------------------------------------------------
     def fuse_activation(self, node: onnx.NodeProto, out_name: str | None = None) -> tuple[int, str]:
