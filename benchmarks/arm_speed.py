@@ -11,8 +11,8 @@ Per model, the user's path, as tests/test_real_models.py builds it: `edgepipe bu
 as shipped (or the `module:factory` with its shipped weights), `--target arm-cpu`, the corpus's
 calibration inputs (tests/realmodels/inputs.py). Then, in LiteRT (XNNPACK): partitions and ops
 outside them (edgepipe.backends.tflite.delegation, as the build line), the .tflite's TRANSPOSE
-count next to the ONNX graph's Transpose count (the shipped file, or the factory's export in the
-bundle's reference.onnx), and int8 and fp32 latency with 1 and 4 threads, timed in alternating
+count next to the ONNX graph's Transpose count (the shipped file, or the factory's torch export
+as the build makes it), and int8 and fp32 latency with 1 and 4 threads, timed in alternating
 rounds (median over rounds of the round's median), so the int8/fp32 ratio comes from one run.
 The host is shared: `os.getloadavg()` is recorded at the start and end of each model.
 
@@ -34,8 +34,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import onnx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -45,7 +43,6 @@ from tests.realmodels import corpus, evaluate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "arm_speed.json"
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
-ALLOWED_OUTSIDE = delegation.BOUNDARY_OPS  # the input QUANTIZE / output DEQUANTIZE
 # The corpus's architectures (the issue's unit for "fully delegated"): an architecture counts when
 # every model of it does. Models of one network design share a row whatever package ships them.
 ARCHITECTURES = {
@@ -84,19 +81,6 @@ def cpu_features() -> dict:
     cores = sum(line.startswith("processor") for line in text.splitlines())
     return {"machine": platform.machine(), "cpu": model, "flags": {f: f in flags for f in CPU_FLAGS},
             "int8_dot_product": dot_product, "cores": cores}
-
-
-def onnx_transposes(path: Path) -> int:
-    return sum(node.op_type == "Transpose" for node in onnx.load(str(path)).graph.node)
-
-
-def tflite_transposes(path: Path) -> int:
-    return [op["op_name"] for op in make_interpreter(path, "no_delegates")._get_ops_details()].count("TRANSPOSE")
-
-
-def fully_delegated(measured: dict | None) -> bool:
-    """One XNNPACK partition and nothing outside it but the float I/O conversions."""
-    return bool(measured) and measured["partitions"] == 1 and set(measured["outside"]) <= set(ALLOWED_OUTSIDE)
 
 
 def build(name: str, work: Path) -> tuple[Path | None, dict]:
@@ -146,18 +130,14 @@ def timed_pair(paths: list[Path], threads: int, rounds: int, iterations: int) ->
     return [statistics.median(medians) for medians in per_round]
 
 
-def onnx_source(name: str, bundle: Path) -> Path:
-    """The ONNX graph whose Transposes the .tflite is held to: the shipped file, or the factory's
-    export (the bundle's reference.onnx, the graph the build lowered)."""
-    return bundle / "reference.onnx" if corpus.MODELS[name].is_factory else corpus.model_path(name)
-
-
 def measure(name: str, bundle: Path, rounds: int, iterations: int) -> dict:
+    """Delegation, transposes (the ONNX side: the shipped file, or the factory's torch export as
+    the build makes it) and the alternating int8 / fp32 timings."""
     int8, fp32 = bundle / "model.tflite", bundle / "model.fp32.tflite"
     row = {"int8": delegation.measure(int8), "fp32": delegation.measure(fp32),
-           "tflite_transposes": tflite_transposes(int8), "onnx_transposes": onnx_transposes(onnx_source(name, bundle)),
-           "latency_ms": {}}
-    row["fully_delegated"] = fully_delegated(row["int8"])
+           "tflite_transposes": evaluate.tflite_transposes(int8),
+           "onnx_transposes": evaluate.onnx_transposes(evaluate.peer_source(name, bundle.parent)), "latency_ms": {}}
+    row["fully_delegated"] = delegation.fully_delegated(row["int8"])
     row["transposes_ok"] = row["tflite_transposes"] <= row["onnx_transposes"]
     for threads in (1, 4):
         int8_ms, fp32_ms = timed_pair([int8, fp32], threads, rounds, iterations)
@@ -210,7 +190,7 @@ def main() -> None:
 
     rows = {name: rows[name] for name in ARM_MODELS if name in rows}
     result = {"host": cpu_features(), "litert": getattr(ai_edge_litert, "__version__", "?"),
-              "allowed_outside": list(ALLOWED_OUTSIDE), "goals": goals(rows), "models": rows}
+              "goals": goals(rows), "models": rows}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(f"wrote {RESULTS}")
