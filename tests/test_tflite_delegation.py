@@ -187,3 +187,16 @@ def test_int8_concat_of_sigmoid_and_wide_tensor_stays_in_the_partition(gain, tmp
     steps = {300.0: 2, 3e5: 3}[gain]
     assert report.result["op_histogram"]["QUANTIZE"] == 1 + steps  # the input's, then the steps
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+
+def test_int8_standalone_relu_is_a_saturating_quantize(tmp_path):
+    """A Relu its producer cannot fuse (the conv output also feeds an Add): XNNPACK leaves an int8
+    RELU on the builtin kernel, while a QUANTIZE onto the Relu's [0, max] grid gives the same values
+    and stays in the partition."""
+    conv_w = RNG_SLOPES.normal(size=(6, 3, 3, 3)).astype(np.float32) * 0.5
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Add", ["c", "r"], ["y"], name="add")]
+    report = check_conformance(make_model(nodes, {"x": [1, 3, 7, 8]}, ["y"], {"w": conv_w}), tmp_path)
+    assert "RELU" not in report.result["op_histogram"] and report.result["op_histogram"]["QUANTIZE"] == 2
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1

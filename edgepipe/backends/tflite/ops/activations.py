@@ -36,8 +36,20 @@ def _unary(ctx: Lowering, node, opcode: str, quant: Quantization | None = None, 
 def lower_simple(ctx: Lowering, node) -> None:
     if node.op_type == "HardSwish" and ctx.node_dtype(node) == "int8":
         _int8_hard_swish(ctx, node)
-    else:
+    elif not (node.op_type == "Relu" and ctx.node_dtype(node) == "int8" and _int8_relu_by_saturation(ctx, node)):
         _unary(ctx, node, SIMPLE[node.op_type])
+
+
+def _int8_relu_by_saturation(ctx: Lowering, node) -> bool:
+    """A Relu no producer could fuse: XNNPACK does not take a standalone int8 RELU, but an int8 ->
+    int8 QUANTIZE onto the output grid, which starts at 0 (zero point -128), saturates every
+    negative value to 0: the same numbers, inside the partition. False when the grid is otherwise."""
+    quant = ctx.quant(node.output[0])
+    if quant.as_pair()[1] != -128:
+        return False
+    perm = ctx.layout(node.input[0])
+    ctx.alias(node.output[0], ctx.requantized(ctx.get(node.input[0], "int8", perm), quant, node.output[0]), perm)
+    return True
 
 
 def _int8_hard_swish(ctx: Lowering, node) -> None:
