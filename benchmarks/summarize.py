@@ -191,9 +191,9 @@ def arm_speed(data: dict) -> list[str]:
              f"at each model's start and end in the table); CPU features: {features}; int8 dot-product "
              f"instructions: {'yes' if dot else 'no'}. LiteRT {data['litert']}, XNNPACK; latency = median of "
              "alternating int8 / fp32 rounds (each the median of its invocations).", "",
-             "| model | architecture | XNNPACK partitions int8 / fp32 | ops outside (int8) | TRANSPOSE / ONNX Transpose "
-             "| int8 ms 1 thr | fp32 ms 1 thr | int8/fp32 1 thr | int8/fp32 4 thr | rounds x iterations | load 1 min "
-             "start / end |",
+             "| model | architecture | XNNPACK partitions int8 / fp32 | ops outside (int8) | "
+             "TRANSPOSE / ONNX Transpose | int8 ms 1 thr | fp32 ms 1 thr | int8/fp32 1 thr | int8/fp32 4 thr | "
+             "rounds x iterations | load 1 min start / end |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios = []
     for name, row in data["models"].items():

@@ -114,6 +114,7 @@ def test_padded_max_pool_after_relu_pads_with_zeros_in_the_partition(pads, tmp_p
 
 def test_padded_max_pool_of_signed_input_keeps_lowest_fill(tmp_path):
     """Without a Relu in front, the -inf fill stays (PADV2): a zero pad would win over negative maxima."""
-    node = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    node = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
+                            pads=[1, 1, 1, 1])
     report = check_conformance(make_model([node], {"x": [1, 5, 9, 10]}, ["y"]), tmp_path)
     assert report.result["op_histogram"]["PADV2"] == 1
