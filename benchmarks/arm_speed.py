@@ -44,7 +44,7 @@ from tests.realmodels import corpus, evaluate  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "arm_speed.json"
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
 # The corpus's architectures (the unit for "fully delegated"): an architecture counts when
-# every model of it does. Models of one network design share a row whatever package ships them.
+# every model of it does. Models of one network design share one whatever package ships them.
 ARCHITECTURES = {
     "ocr_rec": "SVTR recognizer (PP-OCRv4 rec)",
     "ocr_det": "DBNet detector (PP-OCRv4 det)",

@@ -60,11 +60,12 @@ def int8_kernel_delegated(ctx: Lowering, node) -> bool:
     return node.op_type != "Softmax"
 
 
-@register("Softmax", "LogSoftmax", check=check_softmax, int8=int8_kernel_delegated)
+@register("Softmax", "LogSoftmax", check=check_softmax, int8=int8_kernel_delegated,
+          int16=lambda ctx, node: node.op_type == "Softmax")  # an int16 SOFTMAX kernel, no int16 LOG_SOFTMAX
 def lower_softmax(ctx: Lowering, node) -> None:
     opcode, options_type, options = KERNELS[node.op_type]
     dtype = ctx.node_dtype(node)
-    quant = Quantization.per_tensor(*fixed_output(opcode)) if dtype == "int8" else None
+    quant = Quantization.per_tensor(*fixed_output(opcode, dtype)) if dtype != "float32" else None
     axis, flattens = softmax_axis(ctx, node)
     name = node.input[0]
     if not flattens:
