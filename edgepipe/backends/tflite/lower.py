@@ -387,27 +387,17 @@ class Lowering:
 
     def requantized(self, index: int, quant: Quantization, name: str) -> int:
         """`index` re-expressed with `quant` (int8 -> int8 or int16 -> int16 QUANTIZE) if its
-        parameters differ; int8 in equal geometric steps where the scale ratio is beyond what
-        XNNPACK's int8 QUANTIZE takes (a sigmoid score concatenated with pixel coordinates), so the
-        op stays in the partition (XNNPACK takes no int16 op: one step)."""
+        parameters differ; int8 in steps XNNPACK's QUANTIZE takes (quantmath.stepped_grids)."""
         tensor = self.tensor(index)
         if tensor.dtype not in QUANTIZED or quant.same_as(tensor.quantization):
             return index
-        (in_scale, in_zero), (out_scale, out_zero) = tensor.quantization.as_pair(), quant.as_pair()
-        ratio = in_scale / out_scale
-        steps = 1
-        while tensor.dtype == "int8" and not REQUANT_RATIO[0] <= ratio ** (1.0 / steps) <= REQUANT_RATIO[1]:
-            steps += 1
-        # the intermediate grids share their low end with the narrower of the two grids
-        anchor_low = in_scale * (-128 - in_zero) if ratio < 1.0 else out_scale * (-128 - out_zero)
-        for step in range(1, steps + 1):
-            if step == steps:
-                step_quant = quant
-            else:
-                scale = in_scale / ratio ** (step / steps)
-                step_quant = Quantization.per_tensor(scale, int(np.clip(np.rint(-128 - anchor_low / scale), -128, 127)))
-            out = self.temp(f"{name};requant" + (f"{step}" if step < steps else ""), tensor.shape, tensor.dtype,
-                            step_quant)
+        grids = [quant.as_pair()]
+        if tensor.dtype == "int8":
+            grids = quantmath.stepped_grids(tensor.quantization.as_pair(), quant.as_pair(), REQUANT_RATIO)
+        for step, grid in enumerate(grids, 1):
+            step_quant = quant if step == len(grids) else Quantization.per_tensor(*grid)
+            out = self.temp(f"{name};requant" + (f"{step}" if step < len(grids) else ""), tensor.shape,
+                            tensor.dtype, step_quant)
             self.emit("QUANTIZE", [index], [out])
             index = out
         return index
