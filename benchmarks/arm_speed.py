@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -65,6 +66,7 @@ ARM_MODELS = [name for name, spec in corpus.MODELS.items()
               if not (spec.refused_node and "arm-cpu" in spec.refused_on)]
 # big inputs: fewer invocations per round so a shared 2-core host finishes (rounds stay >= 3)
 ITERATIONS = {"layout": 3, "ocr_det": 5, "yolo_det": 5}
+ROUND_MS, MAX_ITERATIONS = 100.0, 500  # small models: enough invocations for a round of ~100 ms
 
 
 def cpu_features() -> dict:
@@ -111,13 +113,20 @@ def feed_for(interpreter) -> None:
         interpreter.set_tensor(detail["index"], rng.standard_normal(detail["shape"]).astype(detail["dtype"]))
 
 
-def timed_pair(paths: list[Path], threads: int, rounds: int, iterations: int) -> list[float]:
-    """Median over `rounds` of each model's median latency (ms) in that round; models alternate."""
+def timed_pair(paths: list[Path], threads: int, rounds: int, iterations: int) -> tuple[list[float], int]:
+    """(median over `rounds` of each model's median latency (ms) in that round, invocations per
+    round); models alternate. A round has at least `iterations` invocations and lasts about
+    ROUND_MS for the slower model (up to MAX_ITERATIONS), so sub-millisecond models are not timed
+    on a handful of calls."""
     interpreters = [make_interpreter(path, "xnnpack", threads) for path in paths]
+    slowest = 0.0
     for interpreter in interpreters:
         feed_for(interpreter)
         for _ in range(2):
+            start = time.perf_counter()
             interpreter.invoke()
+        slowest = max(slowest, (time.perf_counter() - start) * 1000.0)
+    iterations = max(iterations, min(MAX_ITERATIONS, math.ceil(ROUND_MS / max(slowest, 1e-3))))
     per_round: list[list[float]] = [[] for _ in paths]
     for _ in range(rounds):
         for interpreter, medians in zip(interpreters, per_round):
@@ -127,7 +136,7 @@ def timed_pair(paths: list[Path], threads: int, rounds: int, iterations: int) ->
                 interpreter.invoke()
                 samples.append((time.perf_counter() - start) * 1000.0)
             medians.append(statistics.median(samples))
-    return [statistics.median(medians) for medians in per_round]
+    return [statistics.median(medians) for medians in per_round], iterations
 
 
 def measure(name: str, bundle: Path, rounds: int, iterations: int) -> dict:
@@ -140,9 +149,9 @@ def measure(name: str, bundle: Path, rounds: int, iterations: int) -> dict:
     row["fully_delegated"] = delegation.fully_delegated(row["int8"])
     row["transposes_ok"] = row["tflite_transposes"] <= row["onnx_transposes"]
     for threads in (1, 4):
-        int8_ms, fp32_ms = timed_pair([int8, fp32], threads, rounds, iterations)
+        (int8_ms, fp32_ms), used = timed_pair([int8, fp32], threads, rounds, iterations)
         row["latency_ms"][str(threads)] = {"int8": round(int8_ms, 4), "fp32": round(fp32_ms, 4),
-                                           "int8_over_fp32": round(int8_ms / fp32_ms, 3)}
+                                           "int8_over_fp32": round(int8_ms / fp32_ms, 3), "iterations": used}
     return row
 
 
@@ -162,7 +171,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(ARM_MODELS), help=f"subset of: {','.join(ARM_MODELS)}")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (median reported), >= 3")
-    parser.add_argument("--iterations", type=int, default=10, help="invocations per round (fewer for big inputs)")
+    parser.add_argument("--iterations", type=int, default=10,
+                        help="least invocations per round (fewer for big inputs; more for fast models)")
     args = parser.parse_args()
     names = args.models.split(",")
     unknown = [n for n in names if n not in ARM_MODELS]

@@ -193,7 +193,7 @@ def arm_speed(data: dict) -> list[str]:
              "alternating int8 / fp32 rounds (each the median of its invocations).", "",
              "| model | architecture | XNNPACK partitions int8 / fp32 | ops outside (int8) | "
              "TRANSPOSE / ONNX Transpose | int8 ms 1 thr | fp32 ms 1 thr | int8/fp32 1 thr | int8/fp32 4 thr | "
-             "rounds x iterations | load 1 min start / end |",
+             "rounds x invocations 1 / 4 thr | load 1 min start / end |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios = []
     for name, row in data["models"].items():
@@ -207,7 +207,8 @@ def arm_speed(data: dict) -> list[str]:
         lines.append(f"| {name} | {row['architecture']} | {row['int8']['partitions']} / {row['fp32']['partitions']} | "
                      f"{outside} | {row['tflite_transposes']} / {row['onnx_transposes']} | {fmt(one['int8'])} | "
                      f"{fmt(one['fp32'])} | {fmt(one['int8_over_fp32'], 2)} | {fmt(four['int8_over_fp32'], 2)} | "
-                     f"{row['rounds']} x {row['iterations']} | {fmt(load.get('start', [None])[0], 2)} / "
+                     f"{row['rounds']} x {one.get('iterations', row['iterations'])} / "
+                     f"{four.get('iterations', row['iterations'])} | {fmt(load.get('start', [None])[0], 2)} / "
                      f"{fmt(load.get('end', [None])[0], 2)} |")
     goals = data["goals"]
     limit = 0.5 if dot else 1.0

@@ -200,3 +200,19 @@ def test_int8_standalone_relu_is_a_saturating_quantize(tmp_path):
     report = check_conformance(make_model(nodes, {"x": [1, 3, 7, 8]}, ["y"], {"w": conv_w}), tmp_path)
     assert "RELU" not in report.result["op_histogram"] and report.result["op_histogram"]["QUANTIZE"] == 2
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+
+@pytest.mark.parametrize("source,target", [((1 / 256, -128), (1.26, -128)), ((0.9, 3), (1e-4, -20)),
+                                           ((0.05, 0), (0.06, 10))], ids=["down", "up", "one-step"])
+def test_stepped_grids_stay_within_the_ratio_and_cover_the_narrower_grid(source, target):
+    from edgepipe.backends.tflite.lower import REQUANT_RATIO
+    from edgepipe.quantmath import stepped_grids
+
+    grids = stepped_grids(source, target, REQUANT_RATIO)
+    assert grids[-1] == target
+    scales = [source[0]] + [scale for scale, _ in grids]
+    assert all(REQUANT_RATIO[0] <= a / b <= REQUANT_RATIO[1] for a, b in zip(scales, scales[1:]))
+    narrow = min(source, target, key=lambda grid: grid[0])
+    low, high = narrow[0] * (-128 - narrow[1]), narrow[0] * (127 - narrow[1])
+    for scale, zero in grids[:-1]:  # every intermediate grid holds what the narrower one holds
+        assert scale * (-128 - zero) <= low + scale / 2 and scale * (127 - zero) >= high - scale / 2
