@@ -1,8 +1,9 @@
 """The XNNPACK-friendly lowerings give the same answers on emulated aarch64 as on x86.
 
 A small model with every form `ops/` writes to stay inside the delegate (grouped CONV_2D, PRelu
-as two 1x1 depthwise convs and an ADD, HardSigmoid by saturation, nearest 2x upscaling as
-CONCATENATION + RESHAPE, Softmax in float between DEQUANTIZE / QUANTIZE) runs with the runner
+with slopes below and above 1 as 1x1 depthwise convs and an ADD, a standalone Relu as a
+saturating QUANTIZE, a padded MaxPool after it over a zero PAD, HardSigmoid by saturation, nearest 2x upscaling as CONCATENATION + RESHAPE, an
+unequal Split as SLICEs, Softmax in float between DEQUANTIZE / QUANTIZE) runs with the runner
 of tests/test_arm_emulation.py in LiteRT on x86 and under qemu-aarch64, and in tflite-runtime
 2.14 there (the older runtime boards still carry). Emulated timings are never reported.
 """
@@ -27,15 +28,21 @@ RNG = np.random.default_rng(23)
 def _model():
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("PRelu", ["c1", "slope"], ["p"], name="prelu"),
-             helper.make_node("Conv", ["p", "w2"], ["g"], name="grouped", group=4, pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["p"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["mp"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["mp", "w2"], ["g"], name="grouped", group=4, pads=[1, 1, 1, 1]),
              helper.make_node("HardSigmoid", ["g"], ["h"], name="gate", alpha=0.3, beta=0.5),
              helper.make_node("Mul", ["g", "h"], ["m"], name="gated"),
              helper.make_node("Resize", ["m", "", "s"], ["u"], name="up", mode="nearest"),
              helper.make_node("Conv", ["u", "w3"], ["c3"], name="head", strides=[2, 2]),
-             helper.make_node("Softmax", ["c3"], ["y"], name="softmax", axis=1)]
+             helper.make_node("Split", ["c3", "parts"], ["c3a", "c3b"], name="split", axis=1),
+             helper.make_node("Concat", ["c3b", "c3a"], ["c3r"], name="reorder", axis=1),
+             helper.make_node("Softmax", ["c3r"], ["y"], name="softmax", axis=1)]
     return make_model(nodes, {"x": [1, 4, 8, 8]}, ["y"], {
         "w1": RNG.normal(size=(8, 4, 3, 3)).astype(np.float32) * 0.4,
-        "slope": RNG.uniform(0.05, 0.5, size=(8, 1, 1)).astype(np.float32),
+        "slope": RNG.uniform(0.05, 1.5, size=(8, 1, 1)).astype(np.float32),
+        "parts": np.array([2, 4], np.int64),
         "w2": RNG.normal(size=(8, 2, 3, 3)).astype(np.float32) * 0.4,
         "s": np.array([1, 1, 2, 2], np.float32),
         "w3": RNG.normal(size=(6, 8, 2, 2)).astype(np.float32) * 0.4})
@@ -51,7 +58,8 @@ def test_delegated_lowerings_agree_on_aarch64(tmp_path):
     model = _model()
     feeds = structured_inputs(model, 16, seed=4)
     result, calibration = convert(model, tmp_path, feeds[:8])
-    assert not {"PRELU", "MINIMUM", "RESIZE_NEAREST_NEIGHBOR", "SPLIT"} & set(result["op_histogram"])
+    outside_forms = {"PRELU", "MINIMUM", "RESIZE_NEAREST_NEIGHBOR", "SPLIT", "SPLIT_V", "PADV2", "RELU"}
+    assert not outside_forms & set(result["op_histogram"])
     models = {"fp32": tmp_path / "model.fp32.tflite", "int8": tmp_path / "model.tflite"}
     np.save(tmp_path / "inputs.npy", np.stack([f["x"][0].transpose(1, 2, 0) for f in feeds]).astype(np.float32))
     (tmp_path / "runner.py").write_text(RUNNER)

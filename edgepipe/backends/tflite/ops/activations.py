@@ -12,7 +12,8 @@ import numpy as np
 
 from edgepipe import quantmath
 from edgepipe.backends.tflite.builtins import fixed_output
-from edgepipe.backends.tflite.lower import ACTIVATIONS, NHWC, Lowering, clip_bounds, fusable_activation, node_attrs
+from edgepipe.backends.tflite.lower import (ACTIVATIONS, NEUTRAL_RANGE, NHWC, Lowering, clip_bounds, fusable_activation,
+                                           node_attrs)
 from edgepipe.backends.tflite.ops import register
 from edgepipe.backends.tflite.writer import Quantization
 
@@ -37,8 +38,20 @@ def lower_simple(ctx: Lowering, node) -> None:
         _int8_hard_swish(ctx, node)
     elif node.op_type == "HardSwish" and ctx.node_dtype(node) == "int16":
         _int16_hard_swish(ctx, node)
-    else:
+    elif not (node.op_type == "Relu" and ctx.node_dtype(node) == "int8" and _int8_relu_by_saturation(ctx, node)):
         _unary(ctx, node, SIMPLE[node.op_type])
+
+
+def _int8_relu_by_saturation(ctx: Lowering, node) -> bool:
+    """A Relu no producer could fuse: XNNPACK does not take a standalone int8 RELU, but an int8 ->
+    int8 QUANTIZE onto the output grid, which starts at 0 (zero point -128), saturates every
+    negative value to 0: the same numbers, inside the partition. False when the grid is otherwise."""
+    quant = ctx.quant(node.output[0])
+    if quant.as_pair()[1] != -128:
+        return False
+    perm = ctx.layout(node.input[0])
+    ctx.alias(node.output[0], ctx.requantized(ctx.get(node.input[0], "int8", perm), quant, node.output[0]), perm)
+    return True
 
 
 def _int16_hard_swish(ctx: Lowering, node) -> None:
@@ -211,38 +224,70 @@ def check_prelu(ctx: Lowering, node) -> str | None:
 
 @register("PRelu", check=check_prelu)
 def lower_prelu(ctx: Lowering, node) -> None:
-    """int8 on NHWC with per-channel slopes s <= 1: PRELU has no int8 XNNPACK kernel, so
-    prelu(x) = s * x + relu((1 - s) * x) as two 1x1 DEPTHWISE_CONV_2D (the second with fused RELU)
-    and an ADD, all delegated. Other slopes (s > 1, spatial slopes) keep PRELU."""
+    """int8 with a slope per channel (the channel being the last TFLite dim: NHWC images, dense
+    [N, C]): PRELU has no int8 XNNPACK kernel, so it becomes 1x1 DEPTHWISE_CONV_2Ds and an ADD,
+    all delegated (a tensor that is not NHWC 4-D is reshaped to [1, 1, M, C] around them).
+    Slopes varying along other dims keep PRELU."""
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])
     x = ctx.get(node.input[0], dtype, perm)
     out = ctx.new_value(node.output[0], dtype, perm)
     slopes = _channel_slopes(ctx, node, perm)
-    if dtype == "int8" and slopes is not None and np.all(slopes < 1.0):
-        low, high = _range(ctx.tensor(x).quantization)
+    if dtype == "int8" and slopes is not None:
         shape = ctx.tensor(out).shape
-        ends = [float(v) for v in (slopes.min() * low, slopes.max() * low, slopes.min() * high, slopes.max() * high)]
-        linear = ctx.temp(f"{node.name};linear", shape, dtype,
-                          Quantization.per_tensor(*quantmath.asymmetric_params(min(ends), max(ends))))
-        channel_affine(ctx, node, x, linear, slopes, 0.0, "linear")
-        rest = ctx.temp(f"{node.name};rest", shape, dtype,
-                        Quantization.per_tensor(*quantmath.asymmetric_params(0.0, float((1 - slopes).max()) * high)))
-        channel_affine(ctx, node, x, rest, 1.0 - slopes, 0.0, "rest", activation=ACTIVATIONS["RELU"])
-        ctx.emit("ADD", [linear, rest], [out], node, "AddOptions", FusedActivationFunction=0)
+        flat = None if len(shape) == 4 and perm == NHWC else [1, 1, int(np.prod(shape[:-1])), shape[-1]]
+        if flat is None:
+            _int8_prelu(ctx, node, x, out, slopes)
+            return
+        x4 = ctx.temp(f"{node.name};in4d", flat, dtype, ctx.tensor(x).quantization)
+        ctx.emit("RESHAPE", [x, ctx.int32_constant(f"{node.name};in4d/shape", flat)], [x4], node)
+        out4 = ctx.temp(f"{node.name};out4d", flat, dtype, ctx.tensor(out).quantization)
+        _int8_prelu(ctx, node, x4, out4, slopes)
+        ctx.emit("RESHAPE", [out4, ctx.int32_constant(f"{node.name};out4d/shape", shape)], [out], node)
         return
     slope = ctx.constant_input(node.input[1], dtype, perm, ctx.rank(node.input[0]))
     ctx.emit("PRELU", [x, slope], [out], node)
 
 
+def _int8_prelu(ctx: Lowering, node, x: int, out: int, slopes: np.ndarray) -> None:
+    """Every s < 1: prelu(x) = s * x + relu((1 - s) * x). Otherwise (a slope >= 1 makes the
+    function concave there, which no sum of x and relu(a * x) terms with positive weights is):
+    prelu(x) = x + (1 - s) * relu(-x), whose relu(-x) is one depthwise with a fused RELU."""
+    low, high = _range(ctx.tensor(x).quantization)
+    shape = ctx.tensor(out).shape
+    if np.all(slopes < 1.0):
+        ends = [float(v) for v in (slopes.min() * low, slopes.max() * low, slopes.min() * high, slopes.max() * high)]
+        linear = ctx.temp(f"{node.name};linear", shape, "int8",
+                          Quantization.per_tensor(*quantmath.asymmetric_params(min(ends), max(ends))))
+        channel_affine(ctx, node, x, linear, slopes, 0.0, "linear")
+        rest = ctx.temp(f"{node.name};rest", shape, "int8",
+                        Quantization.per_tensor(*quantmath.asymmetric_params(0.0, float((1 - slopes).max()) * high)))
+        channel_affine(ctx, node, x, rest, 1.0 - slopes, 0.0, "rest", activation=ACTIVATIONS["RELU"])
+        ctx.emit("ADD", [linear, rest], [out], node, "AddOptions", FusedActivationFunction=0)
+        return
+    negative_end = -low if low < 0 else NEUTRAL_RANGE[1]  # x never negative: the term is 0 on any grid
+    negative = ctx.temp(f"{node.name};negative", shape, "int8",
+                        Quantization.per_tensor(*quantmath.asymmetric_params(0.0, negative_end)))
+    channel_affine(ctx, node, x, negative, -1.0, 0.0, "negative", activation=ACTIVATIONS["RELU"])
+    gain = 1.0 - slopes
+    ends = [float(gain.min()) * negative_end, float(gain.max()) * negative_end]
+    correction = ctx.temp(f"{node.name};correction", shape, "int8",
+                          Quantization.per_tensor(*quantmath.asymmetric_params(min(ends), max(ends))))
+    channel_affine(ctx, node, negative, correction, gain, 0.0, "correction")
+    ctx.emit("ADD", [x, correction], [out], node, "AddOptions", FusedActivationFunction=0)
+
+
 def _channel_slopes(ctx: Lowering, node, perm) -> np.ndarray | None:
-    """The slope as one value per channel of an NHWC 4-D input, or None if it varies otherwise."""
-    if perm != NHWC:
-        return None
-    channels = ctx.shape(node.input[0])[1]
+    """The slope as one value per channel, the channel being the ONNX axis laid out last in
+    TFLite (NHWC: C; a dense [N, C]: C), or None if it varies along any other axis."""
+    rank = len(perm)
+    axis = perm[-1]
+    channels = ctx.shape(node.input[0])[axis]
     slope = np.asarray(ctx.constant(node.input[1]), np.float64)
-    slope = slope.reshape((1,) * (4 - slope.ndim) + slope.shape)
-    if slope.shape[0] != 1 or slope.shape[2:] != (1, 1) or slope.shape[1] not in (1, channels):
+    if slope.ndim > rank:
+        return None
+    slope = slope.reshape((1,) * (rank - slope.ndim) + slope.shape)
+    if any(d != 1 for i, d in enumerate(slope.shape) if i != axis) or slope.shape[axis] not in (1, channels):
         return None
     return np.broadcast_to(slope.reshape(-1), (channels,)).copy()
 
