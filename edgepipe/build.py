@@ -409,7 +409,7 @@ def plan_precision(model, calibration, dataset, settings: dict, target):
     from edgepipe.accuracy.precision import plan_on_target
 
     return plan_on_target(model, calibration, dataset, settings["precision"].budget, target,
-                          settings.get("backend"))
+                          settings.get("backend"), levels=settings["precision"].levels)
 
 
 def _json_bytes(data: dict) -> bytes:

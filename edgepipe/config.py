@@ -91,6 +91,8 @@ SCHEMA: dict[str, Any] = {
         float_nodes=Field((list,), [], "ONNX node names kept in float (FP16 on GPUs)"),
         int16_nodes=Field((list,), [], "TFLite: ONNX node names lowered 16x8 (int16 activations, int8 weights); "
                           "the rest stays int8"),
+        levels=Field((list,), None, "what the budget search may give a node group, cheapest first: [int8, int16, "
+                     "float] (default on targets with int16 activations: arm-cpu) or [int8, float]"),
     ),
     "report": _section(
         host=Field((bool,), True, "measure int8 vs FP32 on this host after the build and render the report (arm-cpu: "
@@ -216,6 +218,15 @@ def _check_strings(value, where: str) -> None:
         raise UserError(f"{where} must be a list of strings, got {_short(value)}")
 
 
+PRECISION_LEVELS = ("int8", "int16", "float")
+
+
+def _check_levels(value, where: str) -> None:
+    """int8 first, float last, int16 optional between (the planner moves a group up the list)."""
+    if list(value) not in (["int8", "float"], ["int8", "int16", "float"]):
+        raise UserError(f"{where} must be [int8, int16, float] or [int8, float], got {_short(value)}")
+
+
 def _check_overrides(value: dict, where: str) -> None:
     for name, method in value.items():
         if not isinstance(name, str) or method not in CALIBRATION_METHODS:
@@ -241,6 +252,7 @@ _VALUE_CHECKS = {
     "calibration.overrides": _check_overrides,
     "precision.float_nodes": _check_strings,
     "precision.int16_nodes": _check_strings,
+    "precision.levels": _check_levels,
     "regress.metrics": _check_strings,
 }
 

@@ -46,10 +46,12 @@ class PrecisionSettings:
     budget: float | None = _schema_default("precision", "budget")
     float_nodes: tuple[str, ...] = field(default_factory=tuple)
     int16_nodes: tuple[str, ...] = field(default_factory=tuple)
+    levels: tuple[str, ...] | None = None  # None: the target's (Target.precision_levels)
 
     def __post_init__(self):
         object.__setattr__(self, "float_nodes", tuple(self.float_nodes or ()))
         object.__setattr__(self, "int16_nodes", tuple(self.int16_nodes or ()))
+        object.__setattr__(self, "levels", tuple(self.levels) if self.levels else None)
 
 
 @dataclass(frozen=True)

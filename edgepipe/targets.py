@@ -101,6 +101,15 @@ class Target:
         the planner builds `qdq_model` per variant instead."""
         return None
 
+    def int16_placement(self, model, calibration):
+        """The placement of this target's 16x8 mode (int16 activation grids, int8 weights) for the
+        planner's int16 level; None (default): the target has no int16 level."""
+        return None
+
+    def precision_levels(self) -> tuple[str, ...]:
+        """What the planner may give a node group, cheapest first (`precision.levels` default)."""
+        return ("int8", "int16", "float") if self.int16_activations else ("int8", "float")
+
     def check_backend_settings(self, backend: dict) -> None:
         """Refuse a `backend.*` option this target would silently ignore (set away from its default):
         e.g. `per_channel: false` on arm-cpu, whose TFLite weights are always per channel."""
@@ -119,6 +128,10 @@ class Target:
         if precision.int16_nodes and not self.int16_activations:
             raise UserError(f"precision.int16_nodes: target '{self.name}' has no int16 activations (16x8 is a "
                             "TFLite mode: arm-cpu); remove it or use precision.float_nodes")
+        levels = tuple(getattr(precision, "levels", None) or ())
+        if "int16" in levels and not self.int16_activations:
+            raise UserError(f"precision.levels: target '{self.name}' has no int16 activations (16x8 is a TFLite "
+                            "mode: arm-cpu); use levels: [int8, float]")
 
     def template_packages(self) -> tuple[str, ...]:
         """Packages whose templates/ folder is searched before edgepipe's: the plugin's own package,

@@ -102,6 +102,17 @@ class ArmCpuTarget(Target):
         return Placement(found["grids"], frozenset(found["int8_nodes"]), found["weights"], found["fused"],
                          "TFLite full-integer placement (every tensor of an int8 op on the .tflite grid)")
 
+    def int16_placement(self, model, calibration):
+        """The whole-model 16x8 .tflite's grids (int16 where LiteRT has an int16 kernel, int8 where
+        not), for the planner's middle level."""
+        from edgepipe.accuracy.placement import Placement
+        from edgepipe.backends.tflite.placement import int8_grids
+
+        found = int8_grids(model, calibration, {"target": self.name}, activations="int16")
+        return Placement(found["grids"], frozenset(found["int8_nodes"]), found["weights"], found["fused"],
+                         "TFLite 16x8 placement (int16 activations where an int16 kernel exists, int8 weights)",
+                         frozenset(found["int16"]), frozenset(found["int16_nodes"]))
+
     def deployed_probe(self, bundle: Path, manifest: dict, tensors: list[str] | None = None):
         from edgepipe.backends.tflite.probe import TfliteTensorProbe
 

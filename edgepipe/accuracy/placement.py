@@ -16,6 +16,12 @@ What a float node changes (TFLite's float islands): a tensor stays on its int8 g
 producer or any reader still runs in int8 (the other side dequantizes it); a weighted node's
 weights are int8 unless the node is float. Kernel arithmetic inside an op (look-up tables,
 integer requantization) is not emulated: the planner confirms on the real backend.
+
+The same model emulates 16x8 (`Target.int16_placement`): int16 grids are symmetric, scale =
+observed max |x| / 32767, as the lowering writes them; tensors next to nodes without an int16
+kernel keep their int8 grid there, and weights stay per-channel int8. ONNX QuantizeLinear has
+int16 only from opset 21, so an int16 point is the same arithmetic spelled out
+(round-half-even of x / s, clamped to int16, times s).
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ class Placement:
     weights: dict[str, dict[int, np.ndarray]]  # node -> {input index: the weight on its int8 grid}
     fused: dict[str, str] = field(default_factory=dict)  # node <-> the activation fused with it
     description: str = ""
+    int16: frozenset[str] = frozenset()  # tensors whose grid is int16 (symmetric, zero point 0): 16x8
+    int16_nodes: frozenset[str] = frozenset()  # nodes computing with int16 activations
 
     def partners(self, nodes) -> set[str]:
         """`nodes` plus the activations fused with them (a fused pair is float or int8 together)."""
@@ -132,6 +140,9 @@ def _switchable_model(model: onnx.ModelProto, placement: Placement) -> onnx.Mode
         """`source` (the float value of grid tensor `tensor`) through its switched Q/DQ into `out`."""
         scale, zero_point = placement.grids[tensor]
         s = fresh(f"{tensor}/scale")
+        if tensor in placement.int16:
+            dq = fresh(f"{tensor}/dq")
+            return [*int16_fake_quant(tensor, source, s, scale, dq), *mix(tensor_switch(tensor), dq, source, out)]
         z = fresh(f"{tensor}/zero_point")
         g.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), s),
                               numpy_helper.from_array(np.array(zero_point, np.int8), z)])
@@ -139,6 +150,19 @@ def _switchable_model(model: onnx.ModelProto, placement: Placement) -> onnx.Mode
         return [helper.make_node("QuantizeLinear", [source, s, z], [q], name=fresh(f"{tensor}/Quantize")),
                 helper.make_node("DequantizeLinear", [q, s, z], [dq], name=fresh(f"{tensor}/Dequantize")),
                 *mix(tensor_switch(tensor), dq, source, out)]
+
+    def int16_fake_quant(tensor: str, source: str, s: str, scale: float, dq: str) -> list[onnx.NodeProto]:
+        """`dq` = clamp(round(source / s), -32768, 32767) * s (Round is half-to-even, as Q)."""
+        low, high = fresh(f"{tensor}/int16_min"), fresh(f"{tensor}/int16_max")
+        g.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), s),
+                              numpy_helper.from_array(np.array(-32768.0, np.float32), low),
+                              numpy_helper.from_array(np.array(32767.0, np.float32), high)])
+        steps = [fresh(f"{tensor}/{step}") for step in ("div", "round", "min", "max")]
+        return [helper.make_node("Div", [source, s], [steps[0]], name=fresh(f"{tensor}/Div")),
+                helper.make_node("Round", [steps[0]], [steps[1]], name=fresh(f"{tensor}/Round")),
+                helper.make_node("Min", [steps[1], high], [steps[2]], name=fresh(f"{tensor}/Min")),
+                helper.make_node("Max", [steps[2], low], [steps[3]], name=fresh(f"{tensor}/Max")),
+                helper.make_node("Mul", [steps[3], s], [dq], name=fresh(f"{tensor}/Mul"))]
 
     inputs = {i.name for i in g.input}
     renamed: dict[str, str] = {}  # graph-input grid tensors: readers take the switched copy

@@ -23,8 +23,19 @@ fraction of changed argmax decisions, one per position of the last axis: per tim
 minimum output SQNR instead. A budget that cannot be met (max_float reached, or still broken
 with every group float - e.g. the backend itself differs from FP32) does not raise: the plan
 comes back with `met=False` and a one-line `reason`; `plan.require()` raises `BudgetError`
-(exit 1) for callers that must stop. Levels are INT8/float; a third (int16 activations) plugs in
-where a Placement says which grid a tensor gets and a group's switches choose between them.
+(exit 1) for callers that must stop.
+
+Levels (`precision.levels`, default `Target.precision_levels`): int8 -> float, or on targets with
+16x8 (arm-cpu) int8 -> int16 -> float, so a group the search moves goes to int16 first (still
+fully integer) and only to float where int16 is not enough:
+
+5. all int8 fails: the whole model at int16 is checked; if it fails too, the groups are ranked a
+   second time by their int16-alone damage (`Target.int16_placement`: the 16x8 file's grids,
+   int8 where a node has no int16 kernel) and the shortest prefix of that ranking goes float
+   (bisection, everything else int16);
+6. with that float set fixed, the shortest prefix of the int8 ranking goes int16 (bisection),
+   the rest back to int8. Both bisections run on the backend (int16 is not mixed in the
+   emulation), about 2 log2(N) + 3 backend runs in all.
 """
 
 from __future__ import annotations
@@ -95,6 +106,7 @@ class PlanStep:
     measured: float  # the budgeted quantity after the step
     holds: bool
     evaluator: str  # "slice" | "full" | "backend"
+    int16_groups: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -111,6 +123,9 @@ class PrecisionPlan:
     sensitivity: SensitivityReport | None = None
     quantized_groups: int = 0
     extra: dict = field(default_factory=dict)
+    int16_nodes: set[str] = field(default_factory=set)  # go to the backend as `int16_nodes` (16x8)
+    int16_groups: list[str] = field(default_factory=list)
+    levels: tuple[str, ...] = ("int8", "float")
 
     def require(self) -> "PrecisionPlan":
         """Raise BudgetError (exit 1) when the budget was not met."""
@@ -127,8 +142,11 @@ class PrecisionPlan:
                                     "text": self.budget.describe()},
             "met": self.met, "reason": self.reason, "float_nodes": sorted(self.float_nodes),
             "float_groups": list(self.float_groups), "quantized_groups": self.quantized_groups,
+            "levels": list(self.levels), "int16_nodes": sorted(self.int16_nodes),
+            "int16_groups": list(self.int16_groups),
             "final": self.final, "search": self.extra,
-            "steps": [{"action": s.action, "group": s.group, "float_groups": s.float_groups, "metrics": s.metrics,
+            "steps": [{"action": s.action, "group": s.group, "float_groups": s.float_groups,
+                       "int16_groups": s.int16_groups, "metrics": s.metrics,
                        "measured": s.measured, "holds": s.holds, "evaluator": s.evaluator} for s in self.steps],
         }
 
@@ -150,12 +168,49 @@ class _Planner:
     def nodes(self, chosen: list[str]) -> set[str]:
         return {n for name in chosen for n in self.by_name[name].nodes}
 
-    def check(self, chosen: list[str], action: str, group: str | None, confirming: bool = False) -> bool:
-        metrics = (self.confirm if confirming else self.search)(self.nodes(chosen))
+    def check(self, chosen: list[str], action: str, group: str | None, confirming: bool = False,
+              int16: list[str] | None = None) -> bool:
+        """Does the budget hold with `chosen` float (and, on the int16 level, `int16` 16x8)?"""
+        evaluate = self.confirm if confirming else self.search
+        float_nodes = self.nodes(chosen)
+        metrics = evaluate(float_nodes) if int16 is None else evaluate(float_nodes,
+                                                                      self.nodes(int16) - float_nodes)
         holds = self.budget.holds(metrics)
         self.steps.append(PlanStep(action, group, list(chosen), metrics, self.budget.measure(metrics), holds,
-                                   self.confirm_name if confirming else self.search_name))
+                                   self.confirm_name if confirming else self.search_name, list(int16 or [])))
         return holds
+
+    def shortest_prefix(self, ranked: list[str], holds) -> list[str]:
+        """Bisection for the shortest prefix of `ranked` with `holds(prefix)`, given that the empty
+        prefix fails and the whole list holds: ceil(log2(len)) evaluations."""
+        low, high = 0, len(ranked)
+        while high - low > 1:
+            middle = (low + high) // 2
+            if holds(ranked[:middle]):
+                high = middle
+            else:
+                low = middle
+        return ranked[:high]
+
+    def levels(self, int16_ranking) -> tuple[list[str], list[str], bool]:
+        """(float groups, int16 groups, met) on the int8 -> int16 -> float ladder (module docstring,
+        steps 5-6). `int16_ranking()` ranks the groups by int16-alone damage (only when needed)."""
+        everything, chosen = list(self.ranked), []
+        if self.check([], "int8", None, int16=[]):
+            return [], [], True
+        if not self.check([], "int16", None, int16=everything):
+            order = [g for g in int16_ranking() if g in self.by_name]
+            limit = min(self.max_float, len(order))
+            if limit == 0 or not self.check(order[:limit], "prefix", order[limit - 1] if limit else None,
+                                            int16=everything):
+                return order[:limit], [g for g in everything if g not in order[:limit]], False
+            chosen = self.shortest_prefix(order[:limit], lambda prefix: self.check(
+                prefix, "prefix", prefix[-1], int16=everything))
+        rest = [g for g in everything if g not in chosen]
+        if chosen and self.check(chosen, "int8", None, int16=[]):
+            return chosen, [], True
+        int16 = self.shortest_prefix(rest, lambda prefix: self.check(chosen, "int16", prefix[-1], int16=prefix))
+        return chosen, int16, True
 
     def bisect(self) -> list[str]:
         """Shortest prefix of the ranked groups that holds on the slice (prefixes only get more
@@ -163,14 +218,8 @@ class _Planner:
         limit = min(self.max_float, len(self.ranked))
         if limit == 0 or not self.check(self.ranked[:limit], "prefix", self.ranked[limit - 1] if limit else None):
             return self.ranked[:limit]
-        low, high = 0, limit  # prefix `low` fails (all int8 was checked), prefix `high` holds
-        while high - low > 1:
-            middle = (low + high) // 2
-            if self.check(self.ranked[:middle], "prefix", self.ranked[middle - 1]):
-                high = middle
-            else:
-                low = middle
-        return self.ranked[:high]
+        # the empty prefix (all int8) was checked and fails; the longest holds
+        return self.shortest_prefix(self.ranked[:limit], lambda prefix: self.check(prefix, "prefix", prefix[-1]))
 
     def prune(self, chosen: list[str], confirming: bool = False) -> list[str]:
         """Return each float group to int8 when the budget still holds without it (small sets only:
@@ -201,23 +250,25 @@ CONFIRMING = ("confirm", "grow")
 
 
 def _cached(evaluate: Evaluate) -> Evaluate:
-    """The same float set is measured once (bisection's last prefix is the confirmation)."""
-    results: dict[frozenset, dict] = {}
+    """The same variant is measured once (bisection's last prefix is the confirmation)."""
+    results: dict[tuple, dict] = {}
 
-    def cached(nodes) -> dict:
-        key = frozenset(nodes)
+    def cached(nodes, int16_nodes=None) -> dict:
+        key = (frozenset(nodes), None if not int16_nodes else frozenset(int16_nodes))
         if key not in results:
-            results[key] = evaluate(set(key))
+            results[key] = evaluate(set(key[0])) if key[1] is None else evaluate(set(key[0]), set(key[1]))
         return results[key]
 
     return cached
 
 
-def rank_groups(evaluator: VariantEvaluator, metric: str, samples: int = RANK_SAMPLES) -> SensitivityReport:
+def rank_groups(evaluator: VariantEvaluator, metric: str, samples: int = RANK_SAMPLES,
+                groups: list[NodeGroup] | None = None) -> SensitivityReport:
     """Sensitivity order from one pass: each group quantized alone (everything else float), most
     damaging (lowest output SQNR) first. With a target placement each pass is one run of the
-    switchable session on `samples` samples; otherwise one Q/DQ model per group."""
-    groups = evaluator.groups()
+    switchable session on `samples` samples; otherwise one Q/DQ model per group. `groups` (another
+    evaluator's, e.g. the int8 groups scored on the 16x8 placement) default to the evaluator's."""
+    groups = evaluator.groups() if groups is None else groups
     if not groups:
         raise UserError("no quantizable nodes with calibration ranges in the model; nothing to plan")
     fp32, int8 = evaluator.reference_metrics(), evaluator.evaluate(set())
@@ -230,14 +281,19 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
                          target, metric: str = "auto", max_float: int | None = None,
                          evaluate: Evaluate | None = None, max_samples: int | None = 64,
                          sensitivity: SensitivityReport | None = None,
-                         rank_samples: int = RANK_SAMPLES) -> PrecisionPlan:
+                         rank_samples: int = RANK_SAMPLES, levels=None) -> PrecisionPlan:
     """Fewest float node groups such that the budget holds (see module docstring).
 
-    `evaluate(float_nodes) -> metrics dict` (keys as results.json 'accuracy': top1, fp32_top1,
-    argmax_agreement, sqnr_db) confirms with the real backend; default: the target's ORT Q/DQ
-    simulation on all of `dataset`.
+    `evaluate(float_nodes[, int16_nodes]) -> metrics dict` (keys as results.json 'accuracy': top1,
+    fp32_top1, argmax_agreement, sqnr_db) confirms with the real backend; default: the target's
+    ORT Q/DQ simulation on all of `dataset`. `levels` (default: the target's) with int16 needs
+    that backend and the target's `int16_placement`.
     """
     started = time.perf_counter()
+    levels = tuple(levels or target.precision_levels())
+    if "int16" in levels and not target.int16_activations:
+        raise UserError(f"precision.levels: target '{target.name}' has no int16 activations (16x8 is a TFLite "
+                        "mode: arm-cpu); use levels: [int8, float]")
     search_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=max_samples,
                                  use_placement=True)
     spec = Budget.parse(budget, metric, search_ev.labels is not None)
@@ -258,17 +314,28 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
         search, search_name = confirm, "backend"
     else:
         search, search_name = (lambda nodes: search_ev.evaluate(nodes).to_dict()), "slice"
+    if search_name != "backend":
+        levels = tuple(level for level in levels if level != "int16")  # int16 runs only on the backend
     planner = _Planner(groups, spec, search, confirm, confirm_name, max_float, search_name)
 
     chosen: list[str] = []
-    if not planner.check(chosen, "int8", None):
-        chosen = planner.prune(planner.bisect())
-    met = planner.check(chosen, "confirm", None, confirming=True)
-    if not met:
-        chosen, met = planner.escalate(chosen)
+    int16_groups: list[str] = []
+    int16_capable: frozenset[str] = frozenset()
+    if "int16" in levels:
+        int16_ranking, int16_capable = _int16_ranking(search_ev.model, calibration, dataset, target, spec,
+                                                      rank_samples, groups)
+        chosen, int16_groups, met = planner.levels(int16_ranking)
+        planner.check(chosen, "confirm", None, confirming=True, int16=int16_groups)  # cached: no new run
+    else:
+        if not planner.check(chosen, "int8", None):
+            chosen = planner.prune(planner.bisect())
+        met = planner.check(chosen, "confirm", None, confirming=True)
+        if not met:
+            chosen, met = planner.escalate(chosen)
     final = planner.steps[-1].metrics
-    reason = _reason(spec, met, chosen, planner, final)
+    reason = _reason(spec, met, chosen, planner, final, int16_groups)
     float_nodes = planner.nodes(chosen)
+    int16_nodes = (planner.nodes(int16_groups) & int16_capable) - float_nodes
     search = {"seconds": round(time.perf_counter() - started, 2), "groups": len(groups),
               "ranking_evaluations": ranking_evaluations, "rank_samples": rank_samples,
               "search_evaluations": sum(1 for s in planner.steps if s.action not in CONFIRMING),
@@ -276,20 +343,52 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
               "search_on": search_name, "confirm_on": confirm_name,
               "samples": len(search_ev), "sessions_built": search_ev.sessions_built,
               "emulation": (search_ev.placement.description if search_ev.placement is not None
-                            else "Q/DQ model per variant (Target.qdq_model)")}
-    search.update(int8_ops(model, search_ev, float_nodes))
+                            else "Q/DQ model per variant (Target.qdq_model)"),
+              "levels": list(levels), "int16_ranking_evaluations": getattr(int16_ranking, "evaluations", 0)
+              if "int16" in levels else 0}
+    search.update(int8_ops(model, search_ev, float_nodes, int16_nodes))
     return PrecisionPlan(float_nodes, chosen, planner.steps, final, met, reason, spec, report,
-                         len(groups), search)
+                         len(groups), search, int16_nodes, int16_groups, levels)
 
 
-def int8_ops(model: onnx.ModelProto, evaluator: VariantEvaluator, float_nodes: set[str]) -> dict:
-    """How much of the model computes in int8: ONNX nodes (Constant excluded) whose compute the
-    target quantizes, minus the float ones."""
+def _int16_ranking(model, calibration, dataset, target, budget: Budget, samples: int, groups: list[NodeGroup]):
+    """(a callable ranking `groups` by int16-alone damage on the target's 16x8 placement, built on
+    first call; the nodes with an int16 kernel). Ranking needs only `samples` samples."""
+    placement = target.int16_placement(model, calibration)
+    if placement is None:
+        raise UserError(f"precision.levels: target '{target.name}' has no 16x8 placement; use levels: [int8, float]")
+
+    def ranking() -> list[str]:
+        class Int16Target:  # the target, with its 16x8 grids as "the int8 placement" to emulate
+            activation_symmetric = True
+
+            def int8_placement(self, *_):
+                return placement
+
+        evaluator = VariantEvaluator(model, calibration, dataset, target=Int16Target(), max_samples=samples,
+                                     use_placement=True)
+        report = rank_groups(evaluator, budget.metric, samples, groups)
+        ranking.evaluations = evaluator.evaluations
+        return [node.group.name for node in report.nodes]
+
+    ranking.evaluations = 0
+    return ranking, placement.int16_nodes
+
+
+def int8_ops(model: onnx.ModelProto, evaluator: VariantEvaluator, float_nodes: set[str],
+             int16_nodes: set[str] = frozenset()) -> dict:
+    """How much of the model computes in int8 (and 16x8): ONNX nodes (Constant excluded) whose
+    compute the target quantizes, minus the float ones; the rest of the ops are float."""
     compute = [n.name for n in model.graph.node if n.op_type != "Constant"]
     quantized = set(evaluator.qdq_report["quantized_nodes"]) if evaluator.placement is None \
         else set(evaluator.placement.int8_nodes)
-    int8 = len((quantized & set(compute)) - set(float_nodes))
-    return {"ops": len(compute), "int8_ops": int8, "int8_fraction": round(int8 / max(len(compute), 1), 4)}
+    integer = (quantized & set(compute)) - set(float_nodes)
+    int16 = len(integer & set(int16_nodes))
+    int8 = len(integer) - int16
+    total = max(len(compute), 1)
+    return {"ops": len(compute), "int8_ops": int8, "int8_fraction": round(int8 / total, 4),
+            "int16_ops": int16, "int16_fraction": round(int16 / total, 4),
+            "float_ops": len(compute) - int8 - int16, "float_fraction": round((len(compute) - int8 - int16) / total, 4)}
 
 
 def plan_summary(plan: dict) -> dict:
@@ -298,21 +397,33 @@ def plan_summary(plan: dict) -> dict:
     search = plan.get("search") or {}
     return {"budget": (plan.get("budget") or {}).get("text"), "met": plan.get("met"), "reason": plan.get("reason"),
             "ops": search.get("ops"), "int8_ops": search.get("int8_ops"), "int8_fraction": search.get("int8_fraction"),
+            "int16_ops": search.get("int16_ops", 0), "int16_fraction": search.get("int16_fraction", 0.0),
+            "float_ops": search.get("float_ops"), "float_fraction": search.get("float_fraction"),
+            "levels": plan.get("levels", ["int8", "float"]),
             "float_nodes": plan.get("float_nodes", []), "float_groups": len(plan.get("float_groups", [])),
+            "int16_nodes": plan.get("int16_nodes", []), "int16_groups": len(plan.get("int16_groups", [])),
             "search_seconds": search.get("seconds"),
-            "evaluations": {key: search.get(f"{key}_evaluations") for key in ("ranking", "search", "confirm")},
+            "evaluations": {key: search.get(f"{key}_evaluations")
+                            for key in ("ranking", "int16_ranking", "search", "confirm")},
             "final": plan.get("final")}
 
 
 def summary_line(summary: dict) -> str:
-    """`budget met: 290/365 ops int8 (79.5%), 75 float nodes; search 212 s, 377+12+1 evaluations`."""
+    """`budget met: 290/365 ops int8 (79.5%), 20 int16 (5.5%), 55 float (15.1%); search 212 s,
+    377+0+12+1 evaluations (rank+int16 rank+search+confirm)`."""
     state = "budget met" if summary["met"] else "budget NOT met"
     if summary.get("ops") is None:
         return state
-    evaluations = "+".join(str(summary["evaluations"][k] or 0) for k in ("ranking", "search", "confirm"))
+    evaluations = "+".join(str(summary["evaluations"].get(k) or 0)
+                           for k in ("ranking", "int16_ranking", "search", "confirm"))
+    float_ops = summary.get("float_ops")
+    if float_ops is None:
+        float_ops = summary["ops"] - summary["int8_ops"]
     return (f"{state}: {summary['int8_ops']}/{summary['ops']} ops int8 ({100 * summary['int8_fraction']:.1f}%), "
-            f"{len(summary['float_nodes'])} float nodes; search {summary['search_seconds']:.0f} s, "
-            f"{evaluations} evaluations (rank+search+confirm)")
+            f"{summary.get('int16_ops') or 0} int16 ({100 * (summary.get('int16_fraction') or 0):.1f}%), "
+            f"{float_ops} float ({100 * float_ops / max(summary['ops'], 1):.1f}%); "
+            f"search {summary['search_seconds']:.0f} s, {evaluations} evaluations "
+            f"(rank+int16 rank+search+confirm)")
 
 
 def plan_on_target(model: onnx.ModelProto, calibration: CalibrationResult, dataset, budget, target,
@@ -324,14 +435,17 @@ def plan_on_target(model: onnx.ModelProto, calibration: CalibrationResult, datas
                                 evaluate=target.evaluator(model, calibration, dataset, backend), **options)
 
 
-def _reason(budget: Budget, met: bool, chosen: list[str], planner: _Planner, final: dict) -> str:
+def _reason(budget: Budget, met: bool, chosen: list[str], planner: _Planner, final: dict,
+            int16: list[str] = ()) -> str:
     measured = budget.measure(final)
     unit = " dB" if budget.metric == "sqnr" else ""
     if met:
-        if not chosen:
+        if not chosen and not int16:
             return f"all-INT8 meets the budget ({budget.describe()}: {measured:.4g}{unit})"
-        return (f"{len(chosen)} of {len(planner.ranked)} quantized node groups kept float to meet "
-                f"{budget.describe()} ({measured:.4g}{unit})")
+        moved = f"{len(chosen)} of {len(planner.ranked)} quantized node groups kept float"
+        if int16:
+            moved = f"{len(int16)} of {len(planner.ranked)} quantized node groups int16 (16x8), {len(chosen)} float"
+        return f"{moved} to meet {budget.describe()} ({measured:.4g}{unit})"
     if len(chosen) >= planner.max_float and len(chosen) < len(planner.ranked):
         return (f"budget {budget.describe()} not met with max_float={planner.max_float} float groups "
                 f"({measured:.4g}{unit}); raise max_float or relax the budget")

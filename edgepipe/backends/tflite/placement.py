@@ -17,21 +17,28 @@ from edgepipe.backends.tflite.build import lower_model
 from edgepipe.backends.tflite.lower import fusable_activation
 
 
-def int8_grids(model: onnx.ModelProto, calibration, options: dict | None = None) -> dict:
-    """{"grids": {tensor: (scale, zero point)}, "int8_nodes": set, "weights": {node: {input: grid
-    values}}, "fused": {node: partner}} of the all-int8 lowering of `model`."""
+def int8_grids(model: onnx.ModelProto, calibration, options: dict | None = None,
+               activations: str = "int8") -> dict:
+    """{"grids": {tensor: (scale, zero point)}, "int16": tensors whose grid is int16, "int8_nodes":
+    set (every integer node), "int16_nodes": set, "weights": {node: {input: grid values}}, "fused":
+    {node: partner}} of the all-int8 lowering of `model`, or (`activations="int16"`) of its
+    whole-model 16x8 lowering: int16 grids where LiteRT has an int16 kernel, int8 elsewhere."""
     options = {k: v for k, v in (options or {}).items() if k in ("target", "keep_layout", "int8_io")}
-    ctx = lower_model(model, calibration, {**options, "float_nodes": set()}, quantized=True)
+    ctx = lower_model(model, calibration, {**options, "float_nodes": set(), "activations": activations},
+                      quantized=True)
     known = {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
-    grids = {}
+    grids, int16 = {}, set()
     for name, values in ctx.values.items():
-        value = next((v for v in values if v.dtype == "int8"), None)
+        value = next((v for dtype in ("int16", "int8") for v in values if v.dtype == dtype), None)
         quant = ctx.tensor(value.index).quantization if value is not None else None
         if name in known and quant is not None and quant.scale.size == 1:
             grids[name] = (float(quant.scale[0]), int(quant.zero_point[0]))
+            if value.dtype == "int16":
+                int16.add(name)
     nodes = {n.name: n for n in ctx.model.graph.node}
-    int8 = {n.name for n in model.graph.node if n.op_type != "Constant" and n.name in nodes
-            and ctx.node_dtype(nodes[n.name]) == "int8"}
+    dtypes = {n.name: ctx.node_dtype(nodes[n.name]) for n in model.graph.node
+              if n.op_type != "Constant" and n.name in nodes}
+    int8 = {name for name, dtype in dtypes.items() if dtype in ("int8", "int16")}
     fused = {}
     for node in model.graph.node:
         readers = ctx.consumers.get(node.output[0], []) if node.output else []
@@ -40,7 +47,9 @@ def int8_grids(model: onnx.ModelProto, calibration, options: dict | None = None)
         if fusable_activation(ctx, readers[0]) is not None:
             fused[node.name], fused[readers[0].name] = readers[0].name, node.name
     weights = {name: _int8_weights(model, nodes[name]) for name in int8 if nodes[name].op_type in WEIGHTED_OPS}
-    return {"grids": grids, "int8_nodes": int8, "weights": {k: v for k, v in weights.items() if v}, "fused": fused}
+    return {"grids": grids, "int16": int16, "int8_nodes": int8,
+            "int16_nodes": {name for name, dtype in dtypes.items() if dtype == "int16"},
+            "weights": {k: v for k, v in weights.items() if v}, "fused": fused}
 
 
 def _int8_weights(model: onnx.ModelProto, node: onnx.NodeProto) -> dict[int, np.ndarray]:
