@@ -103,15 +103,18 @@ class ArmCpuTarget(Target):
                          "TFLite full-integer placement (every tensor of an int8 op on the .tflite grid)")
 
     def int16_placement(self, model, calibration):
-        """The whole-model 16x8 .tflite's grids (int16 where LiteRT has an int16 kernel, int8 where
-        not), for the planner's middle level."""
-        from edgepipe.accuracy.placement import Placement
+        """The int8 placement plus the whole-model 16x8 .tflite's int16 grids (where LiteRT has an
+        int16 kernel), so the planner's emulation mixes int8, int16 and float per group."""
+        from dataclasses import replace
+
         from edgepipe.backends.tflite.placement import int8_grids
 
         found = int8_grids(model, calibration, {"target": self.name}, activations="int16")
-        return Placement(found["grids"], frozenset(found["int8_nodes"]), found["weights"], found["fused"],
-                         "TFLite 16x8 placement (int16 activations where an int16 kernel exists, int8 weights)",
-                         frozenset(found["int16"]), frozenset(found["int16_nodes"]))
+        return replace(self.int8_placement(model, calibration),
+                       int16_grids={t: found["grids"][t][0] for t in found["int16"]},
+                       int16_nodes=frozenset(found["int16_nodes"]),
+                       description="TFLite placement, int8 and 16x8 grids (int16 activations where an int16 "
+                                   "kernel exists, int8 weights)")
 
     def deployed_probe(self, bundle: Path, manifest: dict, tensors: list[str] | None = None):
         from edgepipe.backends.tflite.probe import TfliteTensorProbe

@@ -41,6 +41,8 @@ def _build(folder, config: str, target: str = "arm-cpu", *extra: str):
     ("backend:\n  activations: int16\n", "jetson", ("backend.activations", "jetson")),
     ("precision:\n  int16_nodes: [conv]\n", "jetson", ("precision.int16_nodes", "jetson")),
     ("precision:\n  int16_nodes: [no_such_node]\n", "arm-cpu", ("no_such_node", "int16_nodes")),
+    ("precision:\n  levels: [int8, int16, float]\n", "jetson", ("precision.levels", "jetson", "[int8, float]")),
+    ("precision:\n  levels: [float, int8]\n", "arm-cpu", ("precision.levels", "[int8, float]")),
 ])
 def test_int16_options_refused_in_one_line(tiny, config, target, fragments):
     result = _build(tiny, config, target)

@@ -3,7 +3,8 @@
 The model's loss sits in one elementwise tensor: an Add whose constant shifts one channel far
 away from the others, so the .tflite's per-tensor int8 grid of the Add output spends its range on
 that channel. Keeping every weighted op float cannot help (the Add still writes int8); keeping
-the tensor float (the Add and its reader) does. Confirmed on the real LiteRT kernels."""
+the tensor float (the Add and its reader) does. Confirmed on the real LiteRT kernels. With the
+int16 level (arm-cpu's default) the same tensor at 16x8 is enough: no float at all."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def test_weighted_only_float_cannot_fix_an_elementwise_outlier(case):
 
 def test_planner_keeps_the_outlier_tensor_float_and_confirms_on_litert(case):
     model, calibration, dataset = case
-    plan = plan_on_target(model, calibration, dataset, BUDGET, ARM, {})
+    plan = plan_on_target(model, calibration, dataset, BUDGET, ARM, {}, levels=("int8", "float"))
     assert plan.met, plan.reason
     assert plan.steps[-1].evaluator == "backend" and plan.steps[-1].holds
     assert 1.0 - plan.final["argmax_agreement"] <= BUDGET  # measured by LiteRT, not the emulation
@@ -121,17 +122,79 @@ def test_planner_keeps_the_outlier_tensor_float_and_confirms_on_litert(case):
     assert 0 < search["int8_fraction"] < 1
 
 
-@pytest.mark.parametrize("depth", [3, 12])
-def test_search_evaluations_grow_with_log_n(tmp_path, depth):
+def test_planner_uses_int16_where_it_suffices_and_confirms_on_litert(case):
+    """Default levels on arm-cpu (int8 -> int16 -> float): the outlier tensor goes 16x8, nothing
+    float; LiteRT on the plan's own int16/float sets (not the planner's numbers) meets the budget."""
+    model, calibration, dataset = case
+    plan = plan_on_target(model, calibration, dataset, BUDGET, ARM, {})
+    assert plan.met, plan.reason
+    assert plan.levels == ("int8", "int16", "float")
+    assert not plan.float_groups and not plan.float_nodes
+    assert "shifted" in plan.int16_groups and "shift_add" in plan.int16_nodes
+    assert len(plan.int16_groups) <= len(plan.sensitivity.nodes) // 2, plan.int16_groups  # most stay int8
+    litert = tflite_evaluator(model, calibration, dataset, {"target": "arm-cpu"})
+    assert 1.0 - litert(set())["argmax_agreement"] > BUDGET
+    assert 1.0 - litert(plan.float_nodes, plan.int16_nodes)["argmax_agreement"] <= BUDGET
+    search = plan.to_json()["search"]
+    assert search["int16_ops"] == len(plan.int16_nodes) and search["float_ops"] == 1  # fc2 writes the float output
+    assert search["int8_ops"] + search["int16_ops"] + search["float_ops"] == search["ops"]
+    assert plan.steps[-1].evaluator == "backend" and plan.summary()["int16_groups"] == len(plan.int16_groups)
+
+
+def test_emulated_int16_grid_tracks_litert_int16_kernels(case):
+    """The 16x8 placement's switchable session with every switch on is the whole-model 16x8 .tflite
+    within a few int16 steps of the tensor LiteRT writes (the Add before fc2), far closer than the
+    int8 file is."""
+    from edgepipe.accuracy.placement import SwitchableQdq
+    from edgepipe.backends.tflite.build import INT8_FILE, build_tflite
+    import tempfile
+    from pathlib import Path
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    model, calibration, dataset = case
+    placement = ARM.int16_placement(model, calibration)
+    assert "shift_add" in placement.int16_nodes
+    scale = placement.int16_grids["shifted"]  # symmetric over the observed range, not int8's clipped one
+    assert scale == pytest.approx(calibration.tensors["shifted"].max / 32767, rel=1e-3)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(helper.make_tensor_value_info("shifted", TensorProto.FLOAT, [1, WIDTH]))
+    emulation = SwitchableQdq(probe, placement, ["shifted"])
+    feeds = [dataset.sample(i) for i in range(16)]
+    every_node = {n.name for n in model.graph.node}
+    on = emulation.switches_for(set(), every_node)
+    assert "shifted::int16" in on and "shifted::int8" not in on
+    emulated = emulation.run(feeds, on)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tflite(model, calibration, Path(tmp), {"target": "arm-cpu", "activations": "int16"})
+        interpreter = Interpreter(model_path=str(Path(tmp) / INT8_FILE), experimental_preserve_all_tensors=True)
+        interpreter.allocate_tensors()
+        written = []
+        for feed in feeds:
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], feed["x"])
+            interpreter.invoke()
+            detail = next(t for t in interpreter.get_tensor_details() if t["name"] == "shifted")
+            assert detail["dtype"] == np.int16
+            written.append(detail["quantization"][0] * interpreter.get_tensor(detail["index"]).astype(np.float32))
+    litert = np.concatenate(written)
+    assert np.max(np.abs(litert - emulated)) <= 4 * scale
+
+
+@pytest.mark.parametrize(("depth", "levels"), [(3, ("int8", "float")), (12, ("int8", "float")),
+                                               (12, ("int8", "int16", "float"))])
+def test_search_evaluations_grow_with_log_n(tmp_path, depth, levels):
     model = elementwise_outlier_model(depth=depth)
     calibration = calibrated(model, tmp_path)
     dataset = npz_dataset(tmp_path, "eval", 64, seed=2)
-    plan = plan_on_target(model, calibration, dataset, BUDGET, ARM, {})
+    plan = plan_on_target(model, calibration, dataset, BUDGET, ARM, {}, levels=levels)
     search = plan.to_json()["search"]
     groups = search["groups"]
     assert groups >= 2 * depth  # every Mul/Add output is a candidate
     assert search["ranking_evaluations"] == groups + 1  # one pass: all int8, then each group alone
-    # all int8 + the largest prefix + bisection + a bounded prune
-    assert search["search_evaluations"] <= math.ceil(math.log2(groups)) + 2 + PRUNE_LIMIT
-    assert search["confirm_evaluations"] <= 1 + math.ceil(math.log2(groups))
+    if "int16" in levels:  # int8, int16, then at most two bisections (float prefix, int16 prefix)
+        assert search["search_evaluations"] <= 2 * math.ceil(math.log2(groups)) + 4
+    else:  # all int8 + the largest prefix + bisection + a bounded prune
+        assert search["search_evaluations"] <= math.ceil(math.log2(groups)) + 2 + PRUNE_LIMIT
+    assert search["confirm_evaluations"] <= 2 + math.ceil(math.log2(groups))
     assert plan.met, plan.reason

@@ -17,11 +17,13 @@ producer or any reader still runs in int8 (the other side dequantizes it); a wei
 weights are int8 unless the node is float. Kernel arithmetic inside an op (look-up tables,
 integer requantization) is not emulated: the planner confirms on the real backend.
 
-The same model emulates 16x8 (`Target.int16_placement`): int16 grids are symmetric, scale =
-observed max |x| / 32767, as the lowering writes them; tensors next to nodes without an int16
-kernel keep their int8 grid there, and weights stay per-channel int8. ONNX QuantizeLinear has
-int16 only from opset 21, so an int16 point is the same arithmetic spelled out
-(round-half-even of x / s, clamped to int16, times s).
+16x8 (`Target.int16_placement`: the int8 placement plus the int16 grids of the whole-model 16x8
+lowering) gives a tensor a second switch, so one session mixes the levels: int16 grids are
+symmetric, scale = observed max |x| / 32767, as the lowering writes them; a tensor is int8 while
+any int8 node (or one asked for int16 without an int16 kernel) touches it, int16 when only
+int16 nodes do; weights stay per-channel int8. ONNX QuantizeLinear has int16 only from opset
+21, so an int16 point is the same arithmetic spelled out (round-half-even of x / s, clamped to
+int16, times s).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgepipe import graph
 
 SWITCH_SUFFIX = "::int8"
+INT16_SUFFIX = "::int16"
 
 
 @dataclass
@@ -46,8 +49,8 @@ class Placement:
     weights: dict[str, dict[int, np.ndarray]]  # node -> {input index: the weight on its int8 grid}
     fused: dict[str, str] = field(default_factory=dict)  # node <-> the activation fused with it
     description: str = ""
-    int16: frozenset[str] = frozenset()  # tensors whose grid is int16 (symmetric, zero point 0): 16x8
-    int16_nodes: frozenset[str] = frozenset()  # nodes computing with int16 activations
+    int16_grids: dict[str, float] = field(default_factory=dict)  # tensor -> its symmetric int16 scale (16x8)
+    int16_nodes: frozenset[str] = frozenset()  # nodes with an int16 kernel
 
     def partners(self, nodes) -> set[str]:
         """`nodes` plus the activations fused with them (a fused pair is float or int8 together)."""
@@ -55,19 +58,38 @@ class Placement:
         result |= {self.fused[n] for n in nodes if n in self.fused}
         return result
 
-    def quantized(self, model_index: "ModelIndex", float_nodes) -> tuple[set[str], set[str]]:
-        """(tensors on their int8 grid, nodes with int8 weights) when `float_nodes` stay float."""
-        int8 = self.int8_nodes - set(float_nodes)
-        tensors = set()
-        for tensor in self.grids:
-            producer = model_index.producer.get(tensor)
-            if producer in int8 or any(reader in int8 for reader in model_index.readers.get(tensor, ())):
-                tensors.add(tensor)
-        return tensors, {node for node in self.weights if node in int8}
+    def quantized(self, model_index: "ModelIndex", float_nodes, int16_nodes=()) -> tuple[set[str], set[str]]:
+        """(switches on, nodes with int8 weights) when `float_nodes` stay float and `int16_nodes`
+        run 16x8 (those with an int16 kernel; the others stay int8)."""
+        int16 = (set(int16_nodes) & self.int16_nodes) - set(float_nodes)
+        int8 = self.int8_nodes - set(float_nodes) - int16
+        switches = set()
+        for tensor in set(self.grids) | set(self.int16_grids):
+            touching = {model_index.producer.get(tensor), *model_index.readers.get(tensor, ())}
+            if touching & int8 and tensor in self.grids:
+                switches.add(tensor_switch(tensor))
+            elif touching & int16:
+                switches.add(int16_switch(tensor) if tensor in self.int16_grids else tensor_switch(tensor))
+        return switches, {node for node in self.weights if node in int8 | int16}
+
+    def as_int16(self, model_index: "ModelIndex", switches) -> set[str]:
+        """A group's int8 switches at int16 (weights stay int8; a tensor that a node without an
+        int16 kernel touches stays int8)."""
+        result = set()
+        for switch in switches:
+            tensor = switch[:-len(SWITCH_SUFFIX)]
+            touching = {model_index.producer.get(tensor), *model_index.readers.get(tensor, ())} & self.int8_nodes
+            result.add(int16_switch(tensor) if tensor in self.int16_grids and touching <= self.int16_nodes
+                       else switch)
+        return result
 
 
 def tensor_switch(tensor: str) -> str:
     return tensor + SWITCH_SUFFIX
+
+
+def int16_switch(tensor: str) -> str:
+    return tensor + INT16_SUFFIX
 
 
 def weight_switch(node: str) -> str:
@@ -94,12 +116,12 @@ class SwitchableQdq:
         self.switched = _switchable_model(model, placement)
         self.session = graph.make_session(self.switched, threads=1)  # variants run one after another
         self.output_names = output_names
-        self.switches = {i.name for i in self.switched.graph.input if i.name.endswith(SWITCH_SUFFIX)}
+        self.switches = {i.name for i in self.switched.graph.input if i.name.endswith((SWITCH_SUFFIX, INT16_SUFFIX))}
 
-    def switches_for(self, float_nodes) -> set[str]:
-        """The switches that are on when `float_nodes` stay float (every point still quantized)."""
-        tensors, weights = self.placement.quantized(self.index, float_nodes)
-        return {tensor_switch(t) for t in tensors} | {weight_switch(n) for n in weights}
+    def switches_for(self, float_nodes, int16_nodes=()) -> set[str]:
+        """The switches that are on when `float_nodes` stay float and `int16_nodes` run 16x8."""
+        tensors, weights = self.placement.quantized(self.index, float_nodes, int16_nodes)
+        return tensors | {weight_switch(n) for n in weights}
 
     def run(self, samples: list[dict], on: set[str]) -> list[np.ndarray]:
         """Outputs (concatenated over samples) with only the switches `on` quantizing."""
@@ -138,21 +160,27 @@ def _switchable_model(model: onnx.ModelProto, placement: Placement) -> onnx.Mode
 
     def fake_quant(tensor: str, source: str, out: str) -> list[onnx.NodeProto]:
         """`source` (the float value of grid tensor `tensor`) through its switched Q/DQ into `out`."""
+        nodes = []
+        if tensor in placement.int16_grids:  # the int16 point first: its mix feeds the int8 one
+            dq16, mixed = fresh(f"{tensor}/dq16"), fresh(f"{tensor}/int16_mixed")
+            nodes += [*int16_fake_quant(tensor, source, placement.int16_grids[tensor], dq16),
+                      *mix(int16_switch(tensor), dq16, source, mixed if tensor in placement.grids else out)]
+            if tensor not in placement.grids:
+                return nodes
+            source = mixed  # both switches are never on together: the int8 point reads the float value
         scale, zero_point = placement.grids[tensor]
         s = fresh(f"{tensor}/scale")
-        if tensor in placement.int16:
-            dq = fresh(f"{tensor}/dq")
-            return [*int16_fake_quant(tensor, source, s, scale, dq), *mix(tensor_switch(tensor), dq, source, out)]
         z = fresh(f"{tensor}/zero_point")
         g.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), s),
                               numpy_helper.from_array(np.array(zero_point, np.int8), z)])
         q, dq = fresh(f"{tensor}/q"), fresh(f"{tensor}/dq")
-        return [helper.make_node("QuantizeLinear", [source, s, z], [q], name=fresh(f"{tensor}/Quantize")),
+        return nodes + [helper.make_node("QuantizeLinear", [source, s, z], [q], name=fresh(f"{tensor}/Quantize")),
                 helper.make_node("DequantizeLinear", [q, s, z], [dq], name=fresh(f"{tensor}/Dequantize")),
                 *mix(tensor_switch(tensor), dq, source, out)]
 
-    def int16_fake_quant(tensor: str, source: str, s: str, scale: float, dq: str) -> list[onnx.NodeProto]:
+    def int16_fake_quant(tensor: str, source: str, scale: float, dq: str) -> list[onnx.NodeProto]:
         """`dq` = clamp(round(source / s), -32768, 32767) * s (Round is half-to-even, as Q)."""
+        s = fresh(f"{tensor}/int16_scale")
         low, high = fresh(f"{tensor}/int16_min"), fresh(f"{tensor}/int16_max")
         g.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), s),
                               numpy_helper.from_array(np.array(-32768.0, np.float32), low),
@@ -167,7 +195,8 @@ def _switchable_model(model: onnx.ModelProto, placement: Placement) -> onnx.Mode
     inputs = {i.name for i in g.input}
     renamed: dict[str, str] = {}  # graph-input grid tensors: readers take the switched copy
     ordered: list[onnx.NodeProto] = []
-    for name in [i.name for i in g.input if i.name in placement.grids]:
+    points = set(placement.grids) | set(placement.int16_grids)
+    for name in [i.name for i in g.input if i.name in points]:
         renamed[name] = fresh(f"{name}/switched")
         ordered.extend(fake_quant(name, name, renamed[name]))
     for node in list(g.node):
@@ -189,7 +218,7 @@ def _switchable_model(model: onnx.ModelProto, placement: Placement) -> onnx.Mode
             node.output[0] = raw
             ordered.extend([twin, *mix(weight_switch(node.name), twin.output[0], raw, final)])
         for name in outputs:
-            if name in placement.grids and name not in inputs:
+            if name in points and name not in inputs:
                 writer = next(n for n in reversed(ordered) if name in n.output)
                 raw = fresh(f"{name}/float")
                 writer.output[list(writer.output).index(name)] = raw

@@ -246,6 +246,22 @@ class _Planner:
         return chosen, False
 
 
+    def escalate_levels(self, chosen: list[str], int16: list[str], order: list[str]) -> tuple[list[str], list[str], bool]:
+        """The backend disagrees with the emulated plan: every group that is not float goes int16,
+        then the float set doubles along the int16 ranking (the rest int16): at most log2(N) + 1
+        more backend runs."""
+        int16 = [g for g in self.ranked if g not in chosen]
+        if self.check(chosen, "grow", None, confirming=True, int16=int16):
+            return chosen, int16, True
+        limit = min(self.max_float, len(order))
+        while len(chosen) < limit:
+            size = min(limit, max(2 * len(chosen), len(chosen) + 1))
+            chosen = chosen + [g for g in order if g not in chosen][:size - len(chosen)]
+            int16 = [g for g in self.ranked if g not in chosen]
+            if self.check(chosen, "grow", chosen[-1], confirming=True, int16=int16):
+                return chosen, int16, True
+        return chosen, int16, False
+
 CONFIRMING = ("confirm", "grow")
 
 
@@ -287,15 +303,20 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
     `evaluate(float_nodes[, int16_nodes]) -> metrics dict` (keys as results.json 'accuracy': top1,
     fp32_top1, argmax_agreement, sqnr_db) confirms with the real backend; default: the target's
     ORT Q/DQ simulation on all of `dataset`. `levels` (default: the target's) with int16 needs
-    that backend and the target's `int16_placement`.
+    the target's `int16_placement` and that backend.
     """
     started = time.perf_counter()
     levels = tuple(levels or target.precision_levels())
     if "int16" in levels and not target.int16_activations:
         raise UserError(f"precision.levels: target '{target.name}' has no int16 activations (16x8 is a TFLite "
                         "mode: arm-cpu); use levels: [int8, float]")
+    if evaluate is None:
+        levels = tuple(level for level in levels if level != "int16")  # int16 is confirmed on the backend
+    with_int16 = "int16" in levels
     search_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=max_samples,
-                                 use_placement=True)
+                                 use_placement=True, int16=with_int16)
+    if with_int16 and search_ev.placement is None:
+        raise UserError(f"precision.levels: target '{target.name}' has no 16x8 placement; use levels: [int8, float]")
     spec = Budget.parse(budget, metric, search_ev.labels is not None)
     report = sensitivity or rank_groups(search_ev, spec.metric, rank_samples)
     ranking_evaluations = search_ev.evaluations
@@ -307,26 +328,36 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
         full_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=None, use_placement=True)
         confirm, confirm_name = (lambda nodes: full_ev.evaluate(nodes).to_dict()), "full"
     groups = report.ranked_groups()
-    if evaluate is not None and search_ev.placement is not None:
+    if evaluate is not None and search_ev.placement is not None and not with_int16:
         # the backend's own kernels on the whole eval set decide the bisection too: an emulated
         # slice that holds where the backend does not would end in a doubled float set; the
-        # switchable emulation's job is the one-pass ranking, where it is the cheap part
+        # switchable emulation's job is the one-pass ranking, where it is the cheap part. With
+        # int16 the emulation searches (LiteRT's 16x8 kernels are far slower than its XNNPACK int8)
         search, search_name = confirm, "backend"
     else:
-        search, search_name = (lambda nodes: search_ev.evaluate(nodes).to_dict()), "slice"
-    if search_name != "backend":
-        levels = tuple(level for level in levels if level != "int16")  # int16 runs only on the backend
+        search, search_name = (lambda nodes, int16=(): search_ev.evaluate(nodes, int16).to_dict()), "slice"
     planner = _Planner(groups, spec, search, confirm, confirm_name, max_float, search_name)
 
     chosen: list[str] = []
     int16_groups: list[str] = []
-    int16_capable: frozenset[str] = frozenset()
-    if "int16" in levels:
-        int16_ranking, int16_capable = _int16_ranking(search_ev.model, calibration, dataset, target, spec,
-                                                      rank_samples, groups)
+    int16_order: list[str] = []
+
+    def int16_ranking() -> list[str]:
+        """Groups by their int16-alone damage (lowest output SQNR first), on the same session."""
+        if not int16_order:
+            scored = [(search_ev.evaluate_alone(g, rank_samples, int16=True), g.name) for g in groups]
+            int16_order.extend(name for _, name in sorted(scored, key=lambda m: (m[0].sqnr_db,
+                                                                                   m[0].argmax_agreement)))
+        return int16_order
+
+    if with_int16:
         chosen, int16_groups, met = planner.levels(int16_ranking)
-        planner.check(chosen, "confirm", None, confirming=True, int16=int16_groups)  # cached: no new run
+        met = planner.check(chosen, "confirm", None, confirming=True, int16=int16_groups)
+        if not met:
+            chosen, int16_groups, met = planner.escalate_levels(chosen, int16_groups, int16_ranking())
+        int16_ranking_evaluations = len(int16_order)
     else:
+        int16_ranking_evaluations = 0
         if not planner.check(chosen, "int8", None):
             chosen = planner.prune(planner.bisect())
         met = planner.check(chosen, "confirm", None, confirming=True)
@@ -335,44 +366,20 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
     final = planner.steps[-1].metrics
     reason = _reason(spec, met, chosen, planner, final, int16_groups)
     float_nodes = planner.nodes(chosen)
-    int16_nodes = (planner.nodes(int16_groups) & int16_capable) - float_nodes
+    capable = search_ev.placement.int16_nodes if search_ev.placement is not None else frozenset()
+    int16_nodes = (planner.nodes(int16_groups) & capable) - float_nodes
     search = {"seconds": round(time.perf_counter() - started, 2), "groups": len(groups),
               "ranking_evaluations": ranking_evaluations, "rank_samples": rank_samples,
+              "int16_ranking_evaluations": int16_ranking_evaluations,
               "search_evaluations": sum(1 for s in planner.steps if s.action not in CONFIRMING),
               "confirm_evaluations": sum(1 for s in planner.steps if s.action in CONFIRMING),
-              "search_on": search_name, "confirm_on": confirm_name,
+              "search_on": search_name, "confirm_on": confirm_name, "levels": list(levels),
               "samples": len(search_ev), "sessions_built": search_ev.sessions_built,
               "emulation": (search_ev.placement.description if search_ev.placement is not None
-                            else "Q/DQ model per variant (Target.qdq_model)"),
-              "levels": list(levels), "int16_ranking_evaluations": getattr(int16_ranking, "evaluations", 0)
-              if "int16" in levels else 0}
+                            else "Q/DQ model per variant (Target.qdq_model)")}
     search.update(int8_ops(model, search_ev, float_nodes, int16_nodes))
     return PrecisionPlan(float_nodes, chosen, planner.steps, final, met, reason, spec, report,
                          len(groups), search, int16_nodes, int16_groups, levels)
-
-
-def _int16_ranking(model, calibration, dataset, target, budget: Budget, samples: int, groups: list[NodeGroup]):
-    """(a callable ranking `groups` by int16-alone damage on the target's 16x8 placement, built on
-    first call; the nodes with an int16 kernel). Ranking needs only `samples` samples."""
-    placement = target.int16_placement(model, calibration)
-    if placement is None:
-        raise UserError(f"precision.levels: target '{target.name}' has no 16x8 placement; use levels: [int8, float]")
-
-    def ranking() -> list[str]:
-        class Int16Target:  # the target, with its 16x8 grids as "the int8 placement" to emulate
-            activation_symmetric = True
-
-            def int8_placement(self, *_):
-                return placement
-
-        evaluator = VariantEvaluator(model, calibration, dataset, target=Int16Target(), max_samples=samples,
-                                     use_placement=True)
-        report = rank_groups(evaluator, budget.metric, samples, groups)
-        ranking.evaluations = evaluator.evaluations
-        return [node.group.name for node in report.nodes]
-
-    ranking.evaluations = 0
-    return ranking, placement.int16_nodes
 
 
 def int8_ops(model: onnx.ModelProto, evaluator: VariantEvaluator, float_nodes: set[str],

@@ -104,7 +104,7 @@ class VariantEvaluator:
     """Runs the FP32 model once on a slice, then scores Q/DQ variants (which nodes stay float)."""
 
     def __init__(self, model: onnx.ModelProto, calibration: CalibrationResult, dataset, *, target,
-                 max_samples: int | None = 64, use_placement: bool = False):
+                 max_samples: int | None = 64, use_placement: bool = False, int16: bool = False):
         self.target = target  # an edgepipe.targets.Target: its qdq_model() quantizes each variant
         self.model = graph.ensure_node_names(_copy(model))
         self.calibration, self.symmetric = calibration, bool(target.activation_symmetric)
@@ -121,10 +121,12 @@ class VariantEvaluator:
                           if self.labels is not None and len(decisions) == len(self.labels) else None)
         self.sessions_built = 1
         self.evaluations = 0
-        self._cache: dict[frozenset, Metrics] = {}
+        self._cache: dict[tuple, Metrics] = {}
         # a target that says where its int8 grids are (arm-cpu: the .tflite's) is emulated by one
         # switchable session; others build their Q/DQ model per variant (Target.qdq_model)
-        placement = target.int8_placement(self.model, calibration) if use_placement else None
+        placement = None
+        if use_placement:  # with int16: the placement that also carries the 16x8 grids (a second level)
+            placement = (target.int16_placement if int16 else target.int8_placement)(self.model, calibration)
         self.switchable = None
         if placement is not None:
             from edgepipe.accuracy.placement import SwitchableQdq
@@ -164,28 +166,33 @@ class VariantEvaluator:
     def reference_metrics(self) -> Metrics:
         return self._score(self.reference)
 
-    def evaluate(self, float_nodes) -> Metrics:
-        """Metrics of the variant with `float_nodes` kept float (cached per float set)."""
-        key = frozenset(float_nodes)
+    def evaluate(self, float_nodes, int16_nodes=()) -> Metrics:
+        """Metrics of the variant with `float_nodes` kept float and `int16_nodes` 16x8 (needs a
+        placement with int16 grids), cached per variant."""
+        key = (frozenset(float_nodes), frozenset(int16_nodes))
         if key not in self._cache:
             self.evaluations += 1
             if self.switchable is not None:
-                on = self.switchable.switches_for(key)
+                on = self.switchable.switches_for(*key)
                 self._cache[key] = self._score(self.switchable.run(self.feeds, on))
             else:
-                qdq, _ = self.target.qdq_model(self.model, self.calibration, keep_float=key)
+                qdq, _ = self.target.qdq_model(self.model, self.calibration, keep_float=key[0])
                 self.sessions_built += 1
                 self._cache[key] = self._score(self._run(qdq))
         return self._cache[key]
 
-    def evaluate_alone(self, group: NodeGroup, samples: int | None = None) -> Metrics:
-        """Metrics with only `group` quantized (every other node float) on the first `samples`."""
+    def evaluate_alone(self, group: NodeGroup, samples: int | None = None, int16: bool = False) -> Metrics:
+        """Metrics with only `group` quantized (every other node float) on the first `samples`;
+        `int16`: the group's points on their int16 grids where they have one."""
         self.evaluations += 1
         if self.switchable is None or not group.switches:
             everything = set(self.qdq_report["quantized_nodes"]) | {n for g in self.groups() for n in g.nodes}
-            return self.evaluate(everything - set(group.nodes))
+            return self.evaluate(everything - set(group.nodes), set(group.nodes) if int16 else ())
         count = len(self.feeds) if samples is None else min(samples, len(self.feeds))
-        outputs = self.switchable.run(self.feeds[:count], set(group.switches))
+        switches = set(group.switches)
+        if int16:
+            switches = self.switchable.placement.as_int16(self.switchable.index, switches)
+        outputs = self.switchable.run(self.feeds[:count], switches)
         return self._score(outputs, count)
 
     def _run(self, model: onnx.ModelProto) -> list[np.ndarray]:
