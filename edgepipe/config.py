@@ -91,8 +91,8 @@ SCHEMA: dict[str, Any] = {
         float_nodes=Field((list,), [], "ONNX node names kept in float (FP16 on GPUs)"),
         int16_nodes=Field((list,), [], "TFLite: ONNX node names lowered 16x8 (int16 activations, int8 weights); "
                           "the rest stays int8"),
-        levels=Field((list,), None, "what the budget search may give a node group, cheapest first: [int8, int16, "
-                     "float] (default on targets with int16 activations: arm-cpu) or [int8, float]"),
+        levels=Field((list,), None, "what the budget search may give a node group, cheapest first: [int8, float] "
+                     "(default) or [int8, int16, float] (TFLite: int16 = 16x8 before float)"),
     ),
     "report": _section(
         host=Field((bool,), True, "measure int8 vs FP32 on this host after the build and render the report (arm-cpu: "

@@ -106,10 +106,6 @@ class Target:
         planner's int16 level; None (default): the target has no int16 level."""
         return None
 
-    def precision_levels(self) -> tuple[str, ...]:
-        """What the planner may give a node group, cheapest first (`precision.levels` default)."""
-        return ("int8", "int16", "float") if self.int16_activations else ("int8", "float")
-
     def check_backend_settings(self, backend: dict) -> None:
         """Refuse a `backend.*` option this target would silently ignore (set away from its default):
         e.g. `per_channel: false` on arm-cpu, whose TFLite weights are always per channel."""

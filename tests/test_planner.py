@@ -4,7 +4,8 @@ The model's loss sits in one elementwise tensor: an Add whose constant shifts on
 away from the others, so the .tflite's per-tensor int8 grid of the Add output spends its range on
 that channel. Keeping every weighted op float cannot help (the Add still writes int8); keeping
 the tensor float (the Add and its reader) does. Confirmed on the real LiteRT kernels. With the
-int16 level (arm-cpu's default) the same tensor at 16x8 is enough: no float at all."""
+int16 level (`precision.levels: [int8, int16, float]`) the same tensor at 16x8 is enough: no
+float at all."""
 
 from __future__ import annotations
 
@@ -123,10 +124,10 @@ def test_planner_keeps_the_outlier_tensor_float_and_confirms_on_litert(case):
 
 
 def test_planner_uses_int16_where_it_suffices_and_confirms_on_litert(case):
-    """Default levels on arm-cpu (int8 -> int16 -> float): the outlier tensor goes 16x8, nothing
-    float; LiteRT on the plan's own int16/float sets (not the planner's numbers) meets the budget."""
+    """levels int8 -> int16 -> float: the outlier tensor goes 16x8, nothing float; LiteRT on the
+    plan's own int16/float sets (not the planner's numbers) meets the budget."""
     model, calibration, dataset = case
-    plan = plan_on_target(model, calibration, dataset, BUDGET, ARM, {})
+    plan = plan_on_target(model, calibration, dataset, BUDGET, ARM, {}, levels=("int8", "int16", "float"))
     assert plan.met, plan.reason
     assert plan.levels == ("int8", "int16", "float")
     assert not plan.float_groups and not plan.float_nodes
@@ -196,5 +197,6 @@ def test_search_evaluations_grow_with_log_n(tmp_path, depth, levels):
         assert search["search_evaluations"] <= 2 * math.ceil(math.log2(groups)) + 4
     else:  # all int8 + the largest prefix + bisection + a bounded prune
         assert search["search_evaluations"] <= math.ceil(math.log2(groups)) + 2 + PRUNE_LIMIT
-    assert search["confirm_evaluations"] <= 2 + math.ceil(math.log2(groups))
+    # a backend disagreeing with the emulation doubles the float set (int16: first all non-float int16)
+    assert search["confirm_evaluations"] <= 1 + ("int16" in levels) + math.ceil(math.log2(groups))
     assert plan.met, plan.reason

@@ -1,6 +1,7 @@
 """`edgepipe build --target arm-cpu` with `precision.budget` on a model where plain int8 breaks
-the budget: the planner confirms float islands on the real LiteRT kernels, and the bundle's own
-host report (run.py, independent of the planner) shows the budget met."""
+the budget: the planner confirms int16 / float islands on the real LiteRT kernels, and the
+bundle's own host report (run.py, independent of the planner) shows the budget met, with the
+default levels (int8 -> float) and with `levels: [int8, int16, float]`."""
 
 import json
 
@@ -18,7 +19,7 @@ def outlier_heavy_weights(path):
     torch.save(make_outlier_heavy(build_demo(), OUTLIER).state_dict(), path)
 
 
-def config(tmp_path, budget):
+def config(tmp_path, budget, levels=None):
     lines = [
         "model: edgepipe.demo.model:build_demo",
         f"weights: {tmp_path / 'outlier.pt'}",
@@ -32,8 +33,8 @@ def config(tmp_path, budget):
         "report: {iterations: 100, warmup: 5}",
     ]
     if budget is not None:
-        lines.append(f"precision: {{budget: {budget}}}")
-    path = tmp_path / f"edgepipe-{budget}.yaml"
+        lines.append(f"precision: {{budget: {budget}{f', levels: {levels}' if levels else ''}}}")
+    path = tmp_path / f"edgepipe-{budget}-{'-'.join(levels or [])}.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -43,9 +44,11 @@ def builds(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("amp")
     outlier_heavy_weights(tmp / "outlier.pt")
     results = {}
-    for name, budget in (("plain", None), ("budget", 0.01)):
+    for name, budget, levels in (("plain", None, None), ("budget", 0.01, None),
+                                 ("int16", 0.01, ["int8", "int16", "float"])):
         out = tmp / name
-        result = run_cli("build", "--config", str(config(tmp, budget)), "--out", str(out), "--json", cwd=tmp)
+        result = run_cli("build", "--config", str(config(tmp, budget, levels)), "--out", str(out), "--json",
+                         cwd=tmp)
         assert result.returncode == 0, result.stderr
         results[name] = (json.loads(result.stdout), out)
     return results
@@ -56,12 +59,31 @@ def test_plain_int8_breaks_the_budget(builds):
     assert accuracy["fp32_top1"] - accuracy["top1"] > 0.01
 
 
+def test_budget_is_met_with_int16_before_float(builds):
+    """levels [int8, int16, float]: 16x8 rather than float (fully integer); run.py on the bundle
+    agrees with the planner's LiteRT confirmation."""
+    summary, out = builds["int16"]
+    accuracy = summary["results"]["accuracy"]
+    assert accuracy["fp32_top1"] - accuracy["top1"] <= 0.01 + 1e-9
+    plan = json.loads((out / "precision.json").read_text())
+    assert plan["met"] and plan["levels"] == ["int8", "int16", "float"]
+    assert not plan["float_groups"] and plan["int16_groups"] and plan["int16_nodes"]
+    precision = summary["results"]["precision"]
+    assert precision["int16_ops"] >= 1 and precision["float_ops"] <= 1  # at most the float-output head
+    assert precision["int8_ops"] + precision["int16_ops"] + precision["float_ops"] == precision["ops"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"]["requested_int16_nodes"] == plan["int16_nodes"]
+    # lowered 16x8 (fused activations drop out), none without an int16 kernel
+    assert manifest["precision"]["int16_nodes"] and set(manifest["precision"]["int16_nodes"]) <= set(plan["int16_nodes"])
+    assert not manifest["precision"]["int16_fallback"]
+
+
 def test_budget_is_met_on_the_device_runner_with_few_float_nodes(builds):
     summary, out = builds["budget"]
     accuracy = summary["results"]["accuracy"]
     assert accuracy["fp32_top1"] - accuracy["top1"] <= 0.01 + 1e-9
     plan = json.loads((out / "precision.json").read_text())
-    assert plan["met"] and 1 <= len(plan["float_groups"]) <= 3
+    assert plan["met"] and 1 <= len(plan["float_groups"]) <= 3 and not plan["int16_nodes"]
     # results.json says what the budget bought and what the search cost
     precision = summary["results"]["precision"]
     assert precision["met"] and precision["float_nodes"] == plan["float_nodes"]

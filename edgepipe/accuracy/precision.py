@@ -25,17 +25,21 @@ with every group float - e.g. the backend itself differs from FP32) does not rai
 comes back with `met=False` and a one-line `reason`; `plan.require()` raises `BudgetError`
 (exit 1) for callers that must stop.
 
-Levels (`precision.levels`, default `Target.precision_levels`): int8 -> float, or on targets with
-16x8 (arm-cpu) int8 -> int16 -> float, so a group the search moves goes to int16 first (still
-fully integer) and only to float where int16 is not enough:
+Levels (`precision.levels`): int8 -> float (default), or on targets with 16x8 (arm-cpu)
+int8 -> int16 -> float, so a group the search moves goes to int16 first (still fully integer)
+and only to float where int16 is not enough. Not the default: XNNPACK delegates no 16x8 op, so
+an int16-heavy plan runs on LiteRT's builtin kernels, far slower than int8 or float, and its
+LiteRT confirmation is slow too (benchmarks/precision_search.py measures both):
 
 5. all int8 fails: the whole model at int16 is checked; if it fails too, the groups are ranked a
    second time by their int16-alone damage (`Target.int16_placement`: the 16x8 file's grids,
    int8 where a node has no int16 kernel) and the shortest prefix of that ranking goes float
    (bisection, everything else int16);
 6. with that float set fixed, the shortest prefix of the int8 ranking goes int16 (bisection),
-   the rest back to int8. Both bisections run on the backend (int16 is not mixed in the
-   emulation), about 2 log2(N) + 3 backend runs in all.
+   the rest back to int8. Both run on the emulation (the session carries an int16 point next
+   to each int8 one; LiteRT's 16x8 kernels are far slower than its XNNPACK int8), about
+   2 log2(N) + 3 runs; the backend confirms once, and where it disagrees every non-float group
+   goes int16, then the float set doubles along the int16 ranking.
 """
 
 from __future__ import annotations
@@ -151,6 +155,7 @@ class PrecisionPlan:
         }
 
 
+DEFAULT_LEVELS = ("int8", "float")  # int16 is opt-in: LiteRT runs 16x8 on its builtin kernels, not XNNPACK
 PRUNE_LIMIT = 8  # prune a float set of at most this many groups (one evaluation each)
 RANK_SAMPLES = 2  # samples each group is scored on alone (output SQNR ranks well on few)
 
@@ -306,7 +311,7 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
     the target's `int16_placement` and that backend.
     """
     started = time.perf_counter()
-    levels = tuple(levels or target.precision_levels())
+    levels = tuple(levels or DEFAULT_LEVELS)
     if "int16" in levels and not target.int16_activations:
         raise UserError(f"precision.levels: target '{target.name}' has no int16 activations (16x8 is a TFLite "
                         "mode: arm-cpu); use levels: [int8, float]")
