@@ -130,3 +130,35 @@ def test_build_records_corrections_and_touches_only_the_int8_file(tmp_path):
     for same in ("model.fp32.tflite", "reference.onnx"):
         assert (outs[True] / same).read_bytes() == (outs[False] / same).read_bytes()
     assert (outs[True] / "model.tflite").read_bytes() != (outs[False] / "model.tflite").read_bytes()
+
+
+def test_each_layer_is_corrected_for_its_own_error_only():
+    """Two Gemms in a chain: the second layer's correction is its own mean error on the float
+    input (numpy), not the first layer's error carried through it (which the first one fixes)."""
+    rng = np.random.default_rng(4)
+    w1 = rng.normal(0, 1, (6, 6)).astype(np.float32)
+    w1[:, 0] *= 30
+    w2 = rng.normal(0, 1, (4, 6)).astype(np.float32)
+    w2[:, 1] *= 30
+    b1, b2 = np.zeros(6, np.float32), np.zeros(4, np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Gemm", ["h", "w2", "b2"], ["y"], name="fc2", transB=1)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                          [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))])
+    model = onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.uniform(0, 2, (48, 6)).astype(np.float32)
+    h = x @ w1.T
+    ranges = {"x": (0.0, 1.5), "h": (float(h.min()) * 0.8, float(h.max()) * 0.8), "y": (-100.0, 100.0)}
+    calibration = CalibrationResult(tensors={k: range_of(k, *v) for k, v in ranges.items()})
+    corrections = estimate_bias_corrections(model, calibration, Samples("x", x),
+                                            lambda m, c: simulated_int8_model(m, c, symmetric=False), samples=48)
+
+    def own_error(inputs, weight, lo, hi):
+        scale, zero = quantmath.asymmetric_params(lo, hi)
+        q, scales = quantmath.per_channel_symmetric(weight, axis=0)
+        quantized = quantmath.fake_quantize(inputs, scale, zero).astype(np.float64) @ (q * scales[:, None]).T
+        return (inputs.astype(np.float64) @ weight.T.astype(np.float64) - quantized).mean(0)
+
+    np.testing.assert_allclose(corrections["fc1"], own_error(x, w1, *ranges["x"]), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(corrections["fc2"], own_error(h, w2, *ranges["h"]), rtol=1e-3, atol=2e-3)

@@ -5,10 +5,9 @@ Why: rounding weights and clipping activations does not only add noise, it shift
 layer's output per channel (E[W_q x_q] != E[W x]), and a shifted mean is carried by every later
 layer (Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias Correction",
 2019; Finkelstein et al., 2019, empirical variant). On calibration data we run the float model
-and the target's own int8 simulation (`Target.qdq_model`) side by side, take per output channel
-the mean of float minus int8 output of every Conv / Gemm / MatMul(+Add bias), and add it to the
-bias. Several rounds: after upstream layers are corrected, a downstream layer's own error is
-measured again (its input has changed).
+and each layer's int8 version (the target's own Q/DQ simulation, `Target.qdq_model`, of that
+one node) on the same float input, take per output channel the mean of float minus int8 output
+of every Conv / Gemm / MatMul(+Add bias), and add it to the bias.
 
 The corrections live in `CalibrationResult.bias_corrections` (`{node name: [per channel]}`), so
 calibration.json records them and every int8 consumer applies the same ones through
@@ -24,7 +23,6 @@ import onnx
 from edgepipe import graph
 
 CORRECTED_OPS = ("Conv", "Gemm", "MatMul")
-DEFAULT_ROUNDS = 2
 DEFAULT_SAMPLES = 32
 
 
@@ -93,38 +91,78 @@ def _channel_means(values: np.ndarray, axis: int) -> np.ndarray:
     return moved.reshape(-1, moved.shape[-1]).mean(axis=0)
 
 
-def _mean_outputs(model: onnx.ModelProto, feeds: list[dict], sites: dict) -> dict[str, np.ndarray]:
-    tensors = {name: site[0] for name, site in sites.items()}
-    session = graph.make_session(graph.expose_tensors(model, sorted(set(tensors.values()))))
+def _mean_outputs(model: onnx.ModelProto, feeds: list[dict], tensors: dict[str, tuple[str, int]]) -> dict:
+    """{key: per-channel mean over `feeds`} of each (tensor, channel axis) in `tensors`."""
+    session = graph.make_session(graph.expose_tensors(model, sorted({t for t, _ in tensors.values()})))
     names = [o.name for o in session.get_outputs()]
     totals: dict[str, np.ndarray] = {}
     for feed in feeds:
         values = dict(zip(names, session.run(None, feed)))
-        for node, tensor in tensors.items():
-            mean = _channel_means(values[tensor], sites[node][2])
-            totals[node] = totals.get(node, 0.0) + mean
-    return {node: total / len(feeds) for node, total in totals.items()}
+        for key, (tensor, axis) in tensors.items():
+            totals[key] = totals.get(key, 0.0) + _channel_means(values[tensor], axis)
+    return {key: total / len(feeds) for key, total in totals.items()}
+
+
+def local_error_model(model: onnx.ModelProto, simulated: onnx.ModelProto, sites: dict) -> tuple[onnx.ModelProto, dict]:
+    """The float model plus, for every site, its int8 version (the simulation's node reading its
+    Q/DQ inputs) fed from the *float* activations: (model, {site: (int8 output, channel axis)}).
+    The difference of the two outputs is the error the site adds itself; errors coming from
+    upstream are left to the upstream sites' own corrections.
+
+    Built from the simulation (its opset, its Q/DQ nodes): every input the simulation routed
+    through a DequantizeLinear gets its original tensor back, so the graph computes float and the
+    Q/DQ nodes now quantize float activations; each site's simulated node is then appended under
+    a new output name."""
+    combined = onnx.ModelProto()
+    combined.CopyFrom(simulated)
+    original = {n.name: n for n in model.graph.node if n.name}
+    suffix = "@bias_correction"
+    inserted = {n.output[0] for n in simulated.graph.node if n.op_type == "DequantizeLinear" and n.name not in original}
+    clones = []
+    for node in combined.graph.node:
+        if node.name in sites:
+            clone = onnx.NodeProto()
+            clone.CopyFrom(node)
+            clone.name = node.name + suffix
+            clone.output[:] = [node.output[0] + suffix]
+            clones.append(clone)
+        if node.name in original:  # inputs the simulation rerouted through its Q/DQ go back to float
+            for position, tensor in enumerate(node.input):
+                if tensor in inserted and position < len(original[node.name].input):
+                    node.input[position] = original[node.name].input[position]
+    combined.graph.node.extend(clones)
+    have = {t.name for t in combined.graph.initializer} | {i.name for i in combined.graph.input}
+    have |= {o for n in combined.graph.node for o in n.output}
+    for tensor in sorted({t for n in combined.graph.node for t in n.input if t and t not in have}):
+        value = graph.constant_value(model, tensor)  # an original weight the simulation replaced
+        if value is not None:
+            combined.graph.initializer.append(onnx.numpy_helper.from_array(value, tensor))
+    return combined, {clone.name[: -len(suffix)]: (clone.output[0], sites[clone.name[: -len(suffix)]][2])
+                      for clone in clones}
 
 
 def estimate_bias_corrections(model: onnx.ModelProto, calibration, dataset, qdq_model,
-                              rounds: int = DEFAULT_ROUNDS, samples: int = DEFAULT_SAMPLES) -> dict:
-    """Per-channel corrections ({node: [delta]}) that make the int8 simulation's output means match
-    float on `dataset` (up to `samples` evenly spaced samples). `qdq_model(model, calibration)`
-    returns the target's simulation (the Q/DQ model) with the calibration's current corrections
-    applied; the result is also stored in `calibration.bias_corrections`."""
+                              samples: int = DEFAULT_SAMPLES) -> dict:
+    """Per-channel corrections ({node: [delta]}): the mean, over up to `samples` evenly spaced
+    samples of `dataset`, of each site's float output minus its int8 version fed the same float
+    input (the target's simulation, `qdq_model(model, calibration)`, provides the Q/DQ of every
+    site). One pass over the data. Local on purpose: correcting each layer's own error leaves
+    the mean of every later layer right too, while the whole-graph error of a simulation also
+    holds what the simulation does not share with the target's real kernels (requantization at
+    elementwise ops). The result is also stored in `calibration.bias_corrections`."""
     from edgepipe.sampling import evenly_spaced
 
     sites = correction_sites(model)
     if not sites or len(dataset) == 0:
         return {}
     feeds = [dataset.sample(int(i)) for i in evenly_spaced(len(dataset), min(samples, len(dataset)))]
-    reference = _mean_outputs(model, feeds, sites)
-    corrections = {name: np.zeros_like(reference[name]) for name in sites}
-    for _ in range(max(int(rounds), 1)):
-        calibration.bias_corrections = {k: v.tolist() for k, v in corrections.items()}
-        simulated, _ = qdq_model(model, calibration)
-        measured = _mean_outputs(simulated, feeds, sites)
-        for name in sites:
-            corrections[name] = corrections[name] + (reference[name] - measured[name])
-    calibration.bias_corrections = {k: [float(x) for x in v] for k, v in sorted(corrections.items())}
-    return calibration.bias_corrections
+    calibration.bias_corrections = {}
+    simulated, _ = qdq_model(model, calibration)
+    combined, local = local_error_model(model, simulated, sites)
+    wanted = {name: (sim_node_output, axis) for name, (sim_node_output, axis) in local.items()}
+    outputs = {n.name: n.output[0] for n in model.graph.node}
+    wanted.update({f"{name}@float": (outputs[name], sites[name][2]) for name in local})
+    means = _mean_outputs(combined, feeds, wanted)
+    corrections = {name: [float(x) for x in means[f"{name}@float"] - means[name]] for name in sorted(local)}
+    calibration.bias_corrections = corrections
+    return corrections
