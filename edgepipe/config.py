@@ -84,6 +84,8 @@ SCHEMA: dict[str, Any] = {
         workspace_mb=Field((int,), None, "TensorRT builder workspace limit", minimum=1),
         dla_core=Field((int,), None, "Jetson: run on this DLA core (GPU fallback on)", minimum=0),
         per_channel=Field((bool,), True, "per-channel weight scales"),
+        share_concat_scales=Field((bool,), False, "TFLite: a Concat input whose only consumer is the Concat is "
+                                  "written on the Concat's scale (no requantizing QUANTIZE op)"),
     ),
     "precision": _section(
         budget=Field((int, float), None, "max accuracy drop vs FP32 (enables automatic mixed precision)", minimum=0),

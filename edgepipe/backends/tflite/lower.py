@@ -27,6 +27,7 @@ from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
+from edgepipe.backends.tflite import shared_scales
 from edgepipe.backends.tflite.writer import ModelSpec, Quantization
 from edgepipe.errors import UnsupportedOpError, UserError
 
@@ -127,6 +128,9 @@ class Lowering:
         self.infos = graph.value_infos(model)
         self.consumers = graph.consumers(model)
         self.graph_outputs = [o.name for o in model.graph.output]
+        self.shared_ranges: dict[str, str] = {}
+        if self.options.get("share_concat_scales"):
+            self.shared_ranges = shared_scales.shared_concat_ranges(self)
 
     # ----- ONNX side ---------------------------------------------------------------------------
     def declared_dims(self, name: str) -> list | None:
@@ -174,6 +178,8 @@ class Lowering:
         rewrite added shares the range of the tensor it names: ops/one_d.py)."""
         if self.calibration is not None and name not in self.calibration and name.endswith(";2d"):
             name = name[:-len(";2d")]
+        if self.shared_ranges:
+            name = shared_scales.resolve(self.shared_ranges, name)
         if self.calibration is None or name not in self.calibration:
             raise UserError(f"tensor '{name}' has no calibration range; re-run calibration on this model")
         tensor = self.calibration.tensors[name]

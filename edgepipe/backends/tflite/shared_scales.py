@@ -1,0 +1,42 @@
+"""Concat inputs that take the Concat's own quantization, so no QUANTIZE requantizes them.
+
+Why: TFLite's int8 CONCATENATION needs every input on the output's scale and zero point. An
+input calibrated on its own range is written on its own grid and then re-expressed on the
+Concat's with a QUANTIZE op: two roundings and one more op per input (YOLO's C2f blocks and heads
+carry dozens). When the input's only consumer is that Concat, its producer (a Conv, an Add, a
+Mul, ...) can write it on the Concat's grid directly: one rounding, no op. The Concat's range
+covers the input's (the Concat outputs it), so nothing is clipped that the QUANTIZE would not
+clip too. Producers with fixed or pass-through output parameters (LOGISTIC, SOFTMAX, Reshape,
+MaxPool, Split, Resize) pass their own quantization and ignore this; their QUANTIZE stays.
+
+Enabled by the `backend.share_concat_scales` option (arm-cpu).
+"""
+
+from __future__ import annotations
+
+
+def shared_concat_ranges(ctx) -> dict[str, str]:
+    """{tensor: tensor whose calibrated range it uses} for the int8 Concats of the lowering `ctx`."""
+    if not ctx.quantized or ctx.calibration is None:
+        return {}
+    outputs = set(ctx.graph_outputs)
+    shared: dict[str, str] = {}
+    for node in ctx.model.graph.node:
+        if node.op_type != "Concat" or node.output[0] not in ctx.calibration or ctx.node_dtype(node) != "int8":
+            continue
+        for name in set(node.input):
+            users = ctx.consumers.get(name, [])
+            if (name in ctx.constants or name in outputs or name not in ctx.calibration or len(users) != 1
+                    or users[0] is not node and users[0].name != node.name):
+                continue
+            shared[name] = node.output[0]
+    return shared
+
+
+def resolve(shared: dict[str, str], name: str) -> str:
+    """Follow a chain of shared ranges (a Concat feeding only another Concat) to its end."""
+    seen = {name}
+    while name in shared and shared[name] not in seen:
+        name = shared[name]
+        seen.add(name)
+    return name
