@@ -58,6 +58,8 @@ SCHEMA: dict[str, Any] = {
     ),
     "fold": _section(
         batchnorm=Field((bool,), True, "fold BatchNormalization into the preceding Conv/Gemm"),
+        cross_layer_equalization=Field((bool,), False, "rescale the channels between two convolutions (directly or "
+                                       "through a Relu) to equal weight ranges, exact in float"),
         input_normalization=Field((str,), "none", "fold mean/std or a ZCA/PCA whitening of the input into the first conv", NORMALIZATION_MODES),
         mean=Field((list,), None, "input mean for mean_std (default: preprocess.mean)"),
         std=Field((list,), None, "input std for mean_std (default: preprocess.std)"),
