@@ -240,6 +240,51 @@ def bounded_cost(data: dict) -> list[str]:
     return lines
 
 
+GOAL_ROWS = {"rec_arm": "PP-OCRv4 recognizer, arm-cpu int8 .tflite", "rec_jetson": "PP-OCRv4 recognizer, jetson Q/DQ "
+             "in ONNX Runtime (host emulation)", "yolo": "YOLOv8n (NudeNet 320n), arm-cpu int8 .tflite",
+             "det": "PP-OCRv4 DBNet detector, arm-cpu int8 .tflite"}
+SIDE_METRICS = {"fp32_agreement": "fp32_agreement_ignoring_spaces", "char_accuracy": "char_accuracy_ignoring_spaces"}
+
+
+def accuracy_goals(data: dict) -> list[str]:
+    """Issue 14's accuracy goals: default build, each lever, and the ORT peer, per row."""
+    lines = [f"Protocol: {data.get('protocol', '')}; host {data['host'].get('machine', '')}, "
+             f"{data['host'].get('cpus')} cores. Values in brackets ignore spaces.", "",
+             "| " + " | ".join(["model", "metric", "goal", "default"] + [f"`{t}`" for t in _lever_tags(data)] +
+                               ["ORT quantize_static MinMax"]) + " |",
+             "|---|---|---|---|" + "---|" * len(_lever_tags(data)) + "---|"]
+    for row, entry in data["rows"].items():
+        for goal in entry.get("goals", []):
+            metric = goal["metric"]
+            cells = [_goal_cell(entry.get("default", {}), metric)]
+            cells += [_goal_cell(entry.get("levers", {}).get(t, {}), metric) for t in _lever_tags(data)]
+            cells.append(_goal_cell(entry.get("peer", {}), metric))
+            fp32 = entry.get("default", {})
+            label = (f"{metric} (FP32 {fmt(fp32.get('fp32_char_accuracy'))} ({fmt(fp32.get('fp32_char_accuracy_ignoring_spaces'))}))"
+                     if metric == "char_accuracy" else metric)
+            if metric == "transpose_ops":
+                label += f" (ONNX Transpose {entry.get('onnx_transpose_nodes')})"
+            lines.append(f"| {GOAL_ROWS.get(row, row)} | {label} | {goal['goal']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _lever_tags(data: dict) -> list[str]:
+    tags: list[str] = []
+    for entry in data["rows"].values():
+        tags += [t for t in entry.get("levers", {}) if t not in tags]
+    return tags
+
+
+def _goal_cell(result: dict, metric: str) -> str:
+    value = result.get(metric)
+    if value is None:
+        return "-"
+    digits = 1 if metric.endswith("_db") else (0 if metric.endswith("_ops") else 3)
+    text = fmt(value, digits) if isinstance(value, float) else str(value)
+    side = result.get(SIDE_METRICS.get(metric, ""))
+    return text + (f" ({fmt(side)})" if side is not None else "")
+
+
 SECTIONS = [
     ("Real-model corpus through the CLI (`benchmarks/real_model_corpus.py`)", "real_model_corpus", real_model_corpus),
     ("Calibration vs ONNX Runtime quantize_static (`benchmarks/calibration_vs_peers.py`)", "calibration_vs_peers", calibration_vs_peers),
@@ -253,6 +298,8 @@ SECTIONS = [
      onnx_node_conformance),
     ("ARM CPU speed: delegation, transposes, int8/fp32 (`benchmarks/arm_speed.py`)", "arm_speed", arm_speed),
     ("Build cost vs number of calibration samples (`benchmarks/bounded_cost.py`)", "bounded_cost", bounded_cost),
+    ("Accuracy goals of issue 14 on the models as shipped (`benchmarks/accuracy_goals.py`)", "accuracy_goals",
+     accuracy_goals),
 ]
 
 

@@ -88,6 +88,8 @@ SCHEMA: dict[str, Any] = {
         per_channel=Field((bool,), True, "per-channel weight scales"),
         share_concat_scales=Field((bool,), False, "TFLite: a Concat input whose only consumer is the Concat is "
                                   "written on the Concat's scale (no requantizing QUANTIZE op)"),
+        float_output_concats=Field((bool,), False, "TFLite: a Concat writing a model output from inputs whose ranges "
+                                   "differ more than 16x stays float (each input keeps its own int8 grid)"),
     ),
     "precision": _section(
         budget=Field((int, float), None, "max accuracy drop vs FP32 (enables automatic mixed precision)", minimum=0),

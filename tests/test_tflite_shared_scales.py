@@ -63,3 +63,38 @@ def test_shared_inputs_lose_their_quantize_and_match_the_simulation(tmp_path):
         return total
 
     assert error(shared, "shared") <= error(plain, "plain") * 1.05
+
+
+def head_model():
+    """A detector-like head: boxes in pixels (Conv * 320) next to sigmoid scores in one output Concat."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["raw"], name="box_conv"),
+             helper.make_node("Mul", ["raw", "stride"], ["boxes"], name="to_pixels"),
+             helper.make_node("Conv", ["x", "w2", "b2"], ["logits"], name="cls_conv"),
+             helper.make_node("Sigmoid", ["logits"], ["scores"], name="sigmoid"),
+             helper.make_node("Concat", ["boxes", "scores"], ["y"], name="head", axis=1)]
+    weights = {"w1": RNG.normal(0, 0.5, (4, 3, 1, 1)), "b1": RNG.normal(0, 0.1, 4),
+               "w2": RNG.normal(0, 0.5, (3, 3, 1, 1)), "b2": RNG.normal(0, 0.1, 3), "stride": np.array(320.0)}
+    return make_model(nodes, {"x": [1, 3, 6, 6]}, ["y"], {k: np.asarray(v, np.float32) for k, v in weights.items()})
+
+
+def test_output_concat_of_disparate_ranges_stays_float_and_keeps_the_small_input(tmp_path):
+    model = head_model()
+    feeds = structured_inputs(model, count=8)
+    results = {}
+    for flag in (False, True):
+        result, _ = convert(model, tmp_path / str(flag), feeds, float_output_concats=flag)
+        results[flag] = (result, tmp_path / str(flag))
+    assert "head" in results[True][0]["float_nodes"] and "head" not in results[False][0]["float_nodes"]
+
+    def score_error(flag):  # int8 vs ONNX Runtime float on the score channels only
+        result, folder = results[flag]
+        worst = 0.0
+        for feed in feeds:
+            got = run_tflite(folder / "model.tflite", result["io"], feed)["y"][:, 4:]
+            worst = max(worst, float(np.max(np.abs(got - run_onnx(model, feed)["y"][:, 4:]))))
+        return worst
+
+    # one int8 grid over [~-1000, ~1000] has a step of ~8: scores in [0, 1] round to 0; float keeps
+    # the sigmoid's own 1/256 grid (half a step of error at most, plus the logits' rounding)
+    assert score_error(False) > 0.25
+    assert score_error(True) <= 2.0 / 256

@@ -128,6 +128,8 @@ class Lowering:
         self.infos = graph.value_infos(model)
         self.consumers = graph.consumers(model)
         self.graph_outputs = [o.name for o in model.graph.output]
+        if self.options.get("float_output_concats"):
+            self.requested_float |= shared_scales.float_output_concats(self)
         self.shared_ranges: dict[str, str] = {}
         if self.options.get("share_concat_scales"):
             self.shared_ranges = shared_scales.shared_concat_ranges(self)

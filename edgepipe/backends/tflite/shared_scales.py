@@ -9,7 +9,13 @@ covers the input's (the Concat outputs it), so nothing is clipped that the QUANT
 clip too. Producers with fixed or pass-through output parameters (LOGISTIC, SOFTMAX, Reshape,
 MaxPool, Split, Resize) pass their own quantization and ignore this; their QUANTIZE stays.
 
-Enabled by the `backend.share_concat_scales` option (arm-cpu).
+The other half, `float_output_concats`: a Concat that writes a graph output from inputs whose
+ranges differ by more than `MAX_RANGE_RATIO` (a detector head's box coordinates in pixels next
+to its class scores in [0, 1]) cannot hold both on one int8 grid: the small input rounds to a few
+steps or to zero. It is lowered in float instead (each input dequantized on its own grid), which
+costs one DEQUANTIZE per input at the very end of the graph.
+
+Enabled by the `backend.share_concat_scales` and `backend.float_output_concats` options (arm-cpu).
 """
 
 from __future__ import annotations
@@ -31,6 +37,26 @@ def shared_concat_ranges(ctx) -> dict[str, str]:
                 continue
             shared[name] = node.output[0]
     return shared
+
+
+MAX_RANGE_RATIO = 16.0
+
+
+def float_output_concats(ctx) -> set[str]:
+    """Names of the Concats writing a graph output whose inputs' calibrated ranges differ more than
+    MAX_RANGE_RATIO (constants and inputs without a range are ignored)."""
+    if not ctx.quantized or ctx.calibration is None:
+        return set()
+    outputs = set(ctx.graph_outputs)
+    chosen = set()
+    for node in ctx.model.graph.node:
+        if node.op_type != "Concat" or node.output[0] not in outputs:
+            continue
+        widths = [max(t.hi, 0.0) - min(t.lo, 0.0) for t in (ctx.calibration.tensors.get(n) for n in node.input)
+                  if t is not None]
+        if len(widths) > 1 and min(widths) > 0 and max(widths) / min(widths) > MAX_RANGE_RATIO:
+            chosen.add(node.name)
+    return chosen
 
 
 def resolve(shared: dict[str, str], name: str) -> str:
