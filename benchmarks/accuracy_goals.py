@@ -209,7 +209,11 @@ def goal_table(row: str, result: dict) -> list[dict]:
     for metric, op, goal in GOALS[row]:
         value = result.get(metric)
         met = value is not None and (value >= goal if op == ">=" else value <= goal)
-        table.append({"metric": metric, "value": value, "goal": f"{op} {goal}", "met": bool(met)})
+        entry = {"metric": metric, "value": value, "goal": f"{op} {goal}", "met": bool(met)}
+        spaceless = result.get(f"{metric}_ignoring_spaces")
+        if spaceless is not None:  # the same metric with spaces dropped from both strings
+            entry.update({"value_ignoring_spaces": spaceless, "met_ignoring_spaces": bool(spaceless >= goal)})
+        table.append(entry)
     return table
 
 
