@@ -249,7 +249,7 @@ SIDE_METRICS = {"fp32_agreement": "fp32_agreement_ignoring_spaces", "char_accura
 def accuracy_goals(data: dict) -> list[str]:
     """Issue 14's accuracy goals: default build, each lever, and the ORT peer, per row."""
     lines = [f"Protocol: {data.get('protocol', '')}; host {data['host'].get('machine', '')}, "
-             f"{data['host'].get('cpus')} cores. Values in brackets ignore spaces.", "",
+             f"{data['host'].get('cpus')} cores. Values in brackets ignore spaces. {data.get('levers_note', '')}", "",
              "| " + " | ".join(["model", "metric", "goal", "default"] + [f"`{t}`" for t in _lever_tags(data)] +
                                ["ORT quantize_static MinMax"]) + " |",
              "|---|---|---|---|" + "---|" * len(_lever_tags(data)) + "---|"]
@@ -265,7 +265,17 @@ def accuracy_goals(data: dict) -> list[str]:
             if metric == "transpose_ops":
                 label += f" (ONNX Transpose {entry.get('onnx_transpose_nodes')})"
             lines.append(f"| {GOAL_ROWS.get(row, row)} | {label} | {goal['goal']} | " + " | ".join(cells) + " |")
+    for row, metrics in EXTRA_METRICS.items():
+        entry = data["rows"].get(row)
+        if entry:
+            runs = {"default": entry.get("default", {}), **entry.get("levers", {}), "ORT": entry.get("peer", {})}
+            for metric in metrics:
+                values = ", ".join(f"{tag} {_goal_cell(r, metric)}" for tag, r in runs.items() if metric in r)
+                lines.append(f"- {GOAL_ROWS[row]}, {metric}: {values}")
     return lines
+
+
+EXTRA_METRICS = {"yolo": ["score_sqnr_db", "box_sqnr_db", "quantize_ops"], "rec_arm": ["line_agreement"]}
 
 
 def _lever_tags(data: dict) -> list[str]:

@@ -23,7 +23,7 @@ import onnx
 from edgepipe import graph
 
 CORRECTED_OPS = ("Conv", "Gemm", "MatMul")
-DEFAULT_SAMPLES = 16
+DEFAULT_SAMPLES = 32
 
 
 def correction_sites(model: onnx.ModelProto) -> dict[str, tuple[str, str | None, int]]:
