@@ -75,7 +75,7 @@ SCHEMA: dict[str, Any] = {
         max_samples=Field((int,), None, "use at most this many calibration samples", minimum=1),
         batch_size=Field((int,), 1, "calibration batch size (models with a static batch of 1 use 1)", minimum=1),
         ranges=Field((str,), None, "use these ranges instead of calibrating (e.g. `edgepipe finetune`'s .ranges.json)"),
-        bias_correction=Field((bool,), True, "shift each Conv/Gemm/MatMul bias by the per-channel mean error the "
+        bias_correction=Field((bool,), False, "shift each Conv/Gemm/MatMul bias by the per-channel mean error the "
                               "target's int8 adds on calibration data (int8 files only; recorded in calibration.json)"),
     ),
     "backend": _section(
