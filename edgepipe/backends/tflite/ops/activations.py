@@ -19,7 +19,9 @@ from edgepipe.backends.tflite.writer import Quantization
 FIXED_OUTPUT = {"Sigmoid": "LOGISTIC", "Tanh": "TANH"}
 SIMPLE = {"HardSwish": "HARD_SWISH", "Relu": "RELU"}
 SIXTH = np.float32(1.0 / 6.0)
-ADD_MIN_SCALE_RATIO = 2.0**-10 * 1.5  # XNNPACK's int8 ADD limit (input scale / output scale), with margin
+# XNNPACK's int8 ADD limits on input scale / output scale ([2**-10, 2**8)), with margin
+ADD_MIN_SCALE_RATIO = 2.0**-10 * 1.5
+ADD_MAX_SCALE_RATIO = 2.0**8 / 1.5
 
 
 def _unary(ctx: Lowering, node, opcode: str, quant: Quantization | None = None, options_type=None,
@@ -170,27 +172,42 @@ def check_prelu(ctx: Lowering, node) -> str | None:
 @register("PRelu", check=check_prelu)
 def lower_prelu(ctx: Lowering, node) -> None:
     """int8 on NHWC with per-channel slopes s <= 1: PRELU has no int8 XNNPACK kernel, so
-    prelu(x) = s * x + relu((1 - s) * x) as two 1x1 DEPTHWISE_CONV_2D (the second with fused RELU)
-    and an ADD, all delegated. Other slopes (s > 1, spatial slopes) keep PRELU."""
+    prelu(x) = x + relu(-(1 - s) * x): one 1x1 DEPTHWISE_CONV_2D with fused RELU and an ADD, all
+    delegated (the form s * x + relu((1 - s) * x) costs a second depthwise conv, and the ADD
+    limits below are the only reason left for it). Other slopes (s > 1, spatial slopes) keep PRELU."""
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])
     x = ctx.get(node.input[0], dtype, perm)
     out = ctx.new_value(node.output[0], dtype, perm)
     slopes = _channel_slopes(ctx, node, perm)
     if dtype == "int8" and slopes is not None and np.all(slopes < 1.0):
-        low, high = _range(ctx.tensor(x).quantization)
-        shape = ctx.tensor(out).shape
-        ends = [float(v) for v in (slopes.min() * low, slopes.max() * low, slopes.min() * high, slopes.max() * high)]
-        linear = ctx.temp(f"{node.name};linear", shape, dtype,
-                          Quantization.per_tensor(*quantmath.asymmetric_params(min(ends), max(ends))))
-        channel_affine(ctx, node, x, linear, slopes, 0.0, "linear")
-        rest = ctx.temp(f"{node.name};rest", shape, dtype,
-                        Quantization.per_tensor(*quantmath.asymmetric_params(0.0, float((1 - slopes).max()) * high)))
-        channel_affine(ctx, node, x, rest, 1.0 - slopes, 0.0, "rest", activation=ACTIVATIONS["RELU"])
-        ctx.emit("ADD", [linear, rest], [out], node, "AddOptions", FusedActivationFunction=0)
+        _int8_prelu(ctx, node, x, out, slopes)
         return
     slope = ctx.constant_input(node.input[1], dtype, perm, ctx.rank(node.input[0]))
     ctx.emit("PRELU", [x, slope], [out], node)
+
+
+def _int8_prelu(ctx: Lowering, node, x: int, out: int, slopes: np.ndarray) -> None:
+    low, high = _range(ctx.tensor(x).quantization)
+    shape = ctx.tensor(out).shape
+    out_scale = float(ctx.tensor(out).quantization.scale[0])
+    input_scale = float(ctx.tensor(x).quantization.scale[0])
+    # The negative part's grid is widened to XNNPACK's int8 ADD limit when x is almost never negative.
+    negative_end = max(float((1 - slopes).max()) * -low, 255 * ADD_MIN_SCALE_RATIO * out_scale)
+    if input_scale / out_scale < ADD_MAX_SCALE_RATIO:
+        rest = ctx.temp(f"{node.name};negative", shape, "int8",
+                        Quantization.per_tensor(*quantmath.asymmetric_params(0.0, negative_end)))
+        channel_affine(ctx, node, x, rest, slopes - 1.0, 0.0, "negative", activation=ACTIVATIONS["RELU"])
+        ctx.emit("ADD", [x, rest], [out], node, "AddOptions", FusedActivationFunction=0)
+        return
+    ends = [float(v) for v in (slopes.min() * low, slopes.max() * low, slopes.min() * high, slopes.max() * high)]
+    linear = ctx.temp(f"{node.name};linear", shape, "int8",
+                      Quantization.per_tensor(*quantmath.asymmetric_params(min(ends), max(ends))))
+    channel_affine(ctx, node, x, linear, slopes, 0.0, "linear")
+    rest = ctx.temp(f"{node.name};rest", shape, "int8",
+                    Quantization.per_tensor(*quantmath.asymmetric_params(0.0, float((1 - slopes).max()) * high)))
+    channel_affine(ctx, node, x, rest, 1.0 - slopes, 0.0, "rest", activation=ACTIVATIONS["RELU"])
+    ctx.emit("ADD", [linear, rest], [out], node, "AddOptions", FusedActivationFunction=0)
 
 
 def _channel_slopes(ctx: Lowering, node, perm) -> np.ndarray | None:
