@@ -421,7 +421,7 @@ def reference_eval_data(model, dataset, report: ReportSettings, source: str):
     `report.eval_max_mb` of raw inputs + outputs (what run.py holds and the device stores). The
     samples are streamed into the bundle one at a time; None when there is nothing to keep.
     """
-    from edgepipe.delivery.bundle import EvalSamples
+    from edgepipe.delivery.eval_data import EvalSamples
     from edgepipe.data import has_batch_axis
     from edgepipe.sampling import evenly_spaced
 

@@ -120,7 +120,7 @@ def test_architecture_doc_names_functions_that_exist():
     files = ("py", "json", "yaml", "yml", "j2", "md", "npz", "onnx", "tflite", "html", "txt", "cache", "plan")
     names = {n for n in re.findall(r"`([a-z_]+(?:\.[A-Za-z_]+)+)(?:\(|`)", prose) if n.rsplit(".", 1)[1] not in files}
     resolved = {n for n in names if _resolve(n) is not None}
-    assert {"cli.main.build", "bundle.EvalSamples", "build.run_build", "settings.resolve_settings", "policy.choose"} <= resolved
+    assert {"cli.main.build", "eval_data.EvalSamples", "build.run_build", "settings.resolve_settings", "policy.choose"} <= resolved
     targets = prose.split("### Targets", 1)[1].split("###", 1)[0]
     for method in re.findall(r"^- `([a-z_]+)\(", targets, flags=re.M):
         assert callable(getattr(Target, method, None)), f"Target.{method} is in the doc but not in the code"
