@@ -64,7 +64,7 @@ def test_int8_hard_sigmoid_is_delegated_without_minimum(shape, ops, tmp_path):
                                              (RNG_SLOPES.uniform(0.1, 0.3, size=(6, 7, 1)), False)],
                          ids=["per-channel", "scalar", "slope-above-1", "spatial"])
 def test_int8_prelu_is_delegated_for_channel_slopes_below_one(slope, delegated, tmp_path):
-    """prelu(x) = s * x + relu((1 - s) * x) (two 1x1 depthwise convs and an ADD) where every
+    """prelu(x) = x + relu(-(1 - s) * x) (a 1x1 depthwise conv and an ADD) where every
     s < 1 and the slope varies by channel only; otherwise PRELU on the builtin kernel."""
     conv_w = RNG_SLOPES.normal(size=(6, 3, 3, 3)).astype(np.float32) * 0.5
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
@@ -74,6 +74,22 @@ def test_int8_prelu_is_delegated_for_channel_slopes_below_one(slope, delegated, 
     histogram = report.result["op_histogram"]
     assert ("PRELU" in histogram) != delegated
     assert (len(delegate_partitions(report.out_dir / "model.tflite")) == 1) == delegated
+    if delegated:
+        assert histogram["DEPTHWISE_CONV_2D"] == 1 and histogram["ADD"] == 1, histogram
+
+
+@pytest.mark.parametrize("negative_end", [-1e-4, -1e-9], ids=["barely-negative", "never-negative"])
+def test_int8_prelu_of_an_almost_positive_input_stays_delegated(negative_end, tmp_path):
+    """x + relu(-(1 - s) x): when x is hardly ever negative the negative part's grid would be far
+    finer than the output's and XNNPACK would refuse the ADD; it is widened to the ADD's limit."""
+    slope = RNG_SLOPES.uniform(0.1, 0.3, size=(4, 1, 1)).astype(np.float32)
+    model = make_model([helper.make_node("PRelu", ["x", "slope"], ["y"], name="prelu")], {"x": [1, 4, 6, 5]},
+                       ["y"], {"slope": slope})
+    feeds = [{"x": np.maximum(4.0 * np.abs(feed["x"]), 0.0) + negative_end * (feed["x"] < 0)}
+             for feed in structured_inputs(model)]
+    report = check_conformance(model, tmp_path, [{k: v.astype(np.float32) for k, v in f.items()} for f in feeds])
+    assert "PRELU" not in report.result["op_histogram"]
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 
 def test_same_average_pool_stays_in_the_partition(tmp_path):
