@@ -34,10 +34,12 @@ def test_int8_hard_swish_of_small_range_input_is_delegated(magnitude, tmp_path):
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 
-@pytest.mark.parametrize("magnitude,ops", [(4.0, {"ADD": 1, "MUL": 2}), (1e-5, {"DEPTHWISE_CONV_2D": 1, "MUL": 1})])
+@pytest.mark.parametrize("magnitude,ops", [(4.0, {"ADD": 1, "MUL": 2}),
+                                           (1e-5, {"DEPTHWISE_CONV_2D": 1, "MUL": 1, "RESHAPE": 2})])
 def test_int8_hard_swish_form_depends_on_input_range(magnitude, ops, tmp_path):
-    """ADD/MUL/MUL normally (faster); the depthwise gate only where XNNPACK would reject the ADD.
-    Magnitude 4 goes beyond +-3, so both ends of the gate's clip are exercised."""
+    """ADD/MUL/MUL normally (faster); the depthwise gate only where XNNPACK would reject the ADD
+    (6 channels: on rows of W * C channels, RESHAPE on both sides). Magnitude 4 goes beyond +-3,
+    so both ends of the gate's clip are exercised."""
     nodes = [helper.make_node("HardSwish", ["x"], ["y"], name="act")]
     model = make_model(nodes, {"x": [1, 6, 7, 8]}, ["y"])
     feeds = [{"x": magnitude * feed["x"]} for feed in structured_inputs(model)]
@@ -46,10 +48,13 @@ def test_int8_hard_swish_form_depends_on_input_range(magnitude, ops, tmp_path):
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 
-@pytest.mark.parametrize("shape,ops", [([1, 6, 7, 8], {"DEPTHWISE_CONV_2D": 1}), ([2, 5, 9], {"MUL": 1, "ADD": 1})])
+@pytest.mark.parametrize("shape,ops", [([1, 6, 7, 8], {"DEPTHWISE_CONV_2D": 1, "RESHAPE": 2}),
+                                       ([2, 16, 3, 5], {"DEPTHWISE_CONV_2D": 1}), ([2, 5, 9], {"MUL": 1, "ADD": 1})])
 def test_int8_hard_sigmoid_is_delegated_without_minimum(shape, ops, tmp_path):
     """XNNPACK has no int8 MINIMUM: the clip to [0, 1] is the saturation of an output grid that
-    spans [0, <= 1]. Magnitude 4 drives alpha * x + beta past both ends."""
+    spans [0, <= 1]. Magnitude 4 drives alpha * x + beta past both ends. Fewer than 16 channels:
+    the depthwise conv runs on rows of W * C channels (XNNPACK's int8 kernel wastes most of its
+    channel tile on 6 channels), 16 and more as they are; batch 2 keeps images apart."""
     nodes = [helper.make_node("HardSigmoid", ["x"], ["y"], name="act", alpha=0.25, beta=0.4)]
     model = make_model(nodes, {"x": shape}, ["y"])
     feeds = [{"x": 4.0 * feed["x"]} for feed in structured_inputs(model)]

@@ -22,6 +22,9 @@ SIXTH = np.float32(1.0 / 6.0)
 # XNNPACK's int8 ADD limits on input scale / output scale ([2**-10, 2**8)), with margin
 ADD_MIN_SCALE_RATIO = 2.0**-10 * 1.5
 ADD_MAX_SCALE_RATIO = 2.0**8 / 1.5
+# channel_affine views tensors with fewer channels as rows of W * C channels (at most this many)
+FEW_CHANNELS = 16
+MAX_ROW_CHANNELS = 8192
 
 
 def _unary(ctx: Lowering, node, opcode: str, quant: Quantization | None = None, options_type=None,
@@ -74,21 +77,43 @@ def channel_affine(ctx: Lowering, node, x: int, out: int, scale, shift, tag: str
     """out = scale[c] * x + shift[c] as a 1x1 DEPTHWISE_CONV_2D on an NHWC int8 tensor: one op
     XNNPACK delegates, with per-channel weight precision, whose output grid clips by saturation.
     A channel's weight scale is raised above |scale|/127 only where its int32 bias would overflow
-    (input scale < ~|shift| * 1e-9): such inputs are far below the output's resolution anyway."""
-    channels = ctx.tensor(out).shape[3]
+    (input scale < ~|shift| * 1e-9): such inputs are far below the output's resolution anyway.
+
+    With few channels XNNPACK's int8 depthwise kernel spends most of each pixel on its channel
+    tile: the tensor is then viewed as one row per image row ([N, H, 1, W * C], RESHAPE on both
+    sides, the parameters repeated W times), which computes the same integers per element."""
+    shape = ctx.tensor(out).shape
+    channels = shape[3]
     scale = np.broadcast_to(np.asarray(scale, np.float64).reshape(-1), (channels,))
     shift = np.broadcast_to(np.asarray(shift, np.float64).reshape(-1), (channels,))
     input_scale = float(ctx.tensor(x).quantization.scale[0])
     weight_scale = np.maximum(np.maximum(np.abs(scale) / 127, 1e-8), np.abs(shift) / (input_scale * 2.0**30))
-    weights = np.clip(np.rint(scale / weight_scale), -127, 127).astype(np.int8).reshape(1, 1, 1, channels)
-    bias_scale = input_scale * weight_scale
-    bias = np.rint(shift / bias_scale).astype(np.int32)
-    filter_index = ctx.spec.add_constant(f"{node.name};{tag};scale", weights,
+    weights = np.clip(np.rint(scale / weight_scale), -127, 127).astype(np.int8)
+    bias = np.rint(shift / (input_scale * weight_scale)).astype(np.int32)
+    rows = channels < FEW_CHANNELS and shape[2] > 1 and shape[2] * channels <= MAX_ROW_CHANNELS
+    repeat = shape[2] if rows else 1
+    target = out
+    if rows:
+        row_shape = [shape[0], shape[1], 1, shape[2] * channels]
+        x = _reshaped(ctx, x, row_shape, f"{node.name};{tag};rows")
+        target = ctx.temp(f"{node.name};{tag};rows_out", row_shape, "int8", ctx.tensor(out).quantization)
+    weight_scale = np.tile(weight_scale, repeat)
+    filter_index = ctx.spec.add_constant(f"{node.name};{tag};scale", np.tile(weights, repeat).reshape(1, 1, 1, -1),
                                          Quantization.per_channel(weight_scale, 3))
-    bias_index = ctx.spec.add_constant(f"{node.name};{tag};shift", bias, Quantization.per_channel(bias_scale, 0))
-    ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [out], node, "DepthwiseConv2DOptions",
+    bias_index = ctx.spec.add_constant(f"{node.name};{tag};shift", np.tile(bias, repeat),
+                                       Quantization.per_channel(input_scale * weight_scale, 0))
+    ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [target], node, "DepthwiseConv2DOptions",
              Padding=1, StrideH=1, StrideW=1, DilationHFactor=1, DilationWFactor=1, DepthMultiplier=1,
              FusedActivationFunction=activation)
+    if rows:
+        ctx.emit("RESHAPE", [target, ctx.int32_constant(f"{node.name};{tag};shape", shape)], [out], node)
+
+
+def _reshaped(ctx: Lowering, index: int, shape, name: str) -> int:
+    tensor = ctx.tensor(index)
+    out = ctx.temp(name, shape, tensor.dtype, tensor.quantization)
+    ctx.emit("RESHAPE", [index, ctx.int32_constant(f"{name};shape", shape)], [out])
+    return out
 
 
 @register("Sigmoid", "Tanh")
