@@ -7,6 +7,9 @@ depthwise convs, PReLU, HardSwish, the 2-class Softmax of a detector head, ...).
 variants of a case are timed in alternating rounds on one thread (median over rounds of each
 round's median), next to the host's CPU features and load, so a ratio comes from one run.
 Inputs are random: this measures speed only (correctness is in tests/test_tflite_ops_*.py).
+A case's last op writes the graph output; XNNPACK runs consecutive int8 elementwise ops as one
+(two chained int8 scalar ops cost less than one alone), so a lone elementwise op here is an upper
+bound of its cost inside a model: confirm on the model (graph prefixes) before acting on it.
 
     python benchmarks/xnnpack_op_speed.py [--cases a,b] [--rounds 7] [--iterations 50]
 
@@ -156,6 +159,19 @@ def prelu_one_affine(shape):
     return build
 
 
+def prelu_one_affine_rows(shape):
+    """The same on rows of W * C channels ([N, H, 1, W * C], RESHAPE around the depthwise conv)."""
+    def build(dtype):
+        g = Graph(dtype)
+        x = g.input(shape)
+        rows = [shape[0], shape[1], 1, shape[2] * shape[3]]
+        viewed = g.op("RESHAPE", [x, g.spec.add_constant("rows", np.array(rows, np.int32))], rows)
+        rest = g.depthwise(viewed, rows, activation=1)
+        back = g.op("RESHAPE", [rest, g.spec.add_constant("back", np.array(shape, np.int32))], shape)
+        return finish(g, g.op("ADD", [x, back], shape, "AddOptions", FusedActivationFunction=0))
+    return build
+
+
 def hard_swish_op(shape):
     def build(dtype):
         g = Graph(dtype)
@@ -214,6 +230,18 @@ def mul_broadcast(shape):
     return build
 
 
+def elementwise_chain(shape, *steps):
+    """MUL / ADD by scalar constants in sequence (PP-OCR's learnable affine x * w + b)."""
+    def build(dtype):
+        g = Graph(dtype)
+        x = g.input(shape)
+        for step in steps:
+            opcode, value = {"mul": ("MUL", 0.7), "add": ("ADD", 0.2)}[step]
+            x = g.op(opcode, [x, g.scalar(value)], shape, f"{opcode.title()}Options", FusedActivationFunction=0)
+        return finish(g, x)
+    return build
+
+
 CASES = {
     "conv3x3_cin3_s1 (PNet first)": {"op": conv_first([1, 96, 96, 3], 10, 1, padding=VALID)},
     "conv3x3_cin3_s1 padded to Cin 4": {"op": conv_first_padded_channels([1, 96, 96, 3], 10, 1, padding=VALID)},
@@ -224,7 +252,8 @@ CASES = {
     "depthwise3x3 (MobileNet)": {"op": depthwise([1, 32, 32, 32], 3)},
     "prelu [1,94,94,10]": {"PRELU": prelu_reference([1, 94, 94, 10]),
                            "two affines + ADD": prelu_two_affines([1, 94, 94, 10]),
-                           "one affine + ADD": prelu_one_affine([1, 94, 94, 10])},
+                           "one affine + ADD": prelu_one_affine([1, 94, 94, 10]),
+                           "one affine on rows + ADD": prelu_one_affine_rows([1, 94, 94, 10])},
     "hardswish [1,2,96,200]": {"HARD_SWISH": hard_swish_op([1, 2, 96, 200]),
                                "ADD+MUL+MUL": hard_swish_add_mul_mul([1, 2, 96, 200]),
                                "affine+MUL": hard_swish_affine_mul([1, 2, 96, 200])},
@@ -234,6 +263,9 @@ CASES = {
     "softmax 2 channels [1,43,43,2]": {"SOFTMAX": softmax_channels([1, 43, 43, 2]),
                                        "conv + LOGISTIC": softmax_two_as_logistic([1, 43, 43, 2])},
     "mul SE gate [1,2,96,200]": {"op": mul_broadcast([1, 2, 96, 200])},
+    "scalar MUL / ADD [1,128,128,32] (PP-OCR det)": {"MUL": elementwise_chain([1, 128, 128, 32], "mul"),
+                                                     "ADD": elementwise_chain([1, 128, 128, 32], "add"),
+                                                     "MUL then ADD": elementwise_chain([1, 128, 128, 32], "mul", "add")},
 }
 
 
