@@ -37,7 +37,8 @@ ONE_OP_MODELS = {
     "LOGISTIC": (("Sigmoid", ["x"], {}), IMAGE, {}),
     "TANH": (("Tanh", ["x"], {}), IMAGE, {}),
     "LEAKY_RELU": (("LeakyRelu", ["x"], {"alpha": 0.1}), IMAGE, {}),
-    "PRELU": (("PRelu", ["x", "slope"], {}), IMAGE, {"slope": np.full((4, 1, 1), 1.5, np.float32)}),  # s < 1: DW convs
+    # per-channel slopes become depthwise convs + ADD (ops/activations.py): spatial slopes keep PRELU
+    "PRELU": (("PRelu", ["x", "slope"], {}), IMAGE, {"slope": np.linspace(0.1, 1.5, 24, dtype=np.float32).reshape(4, 6, 1)}),
     "GELU": (("Gelu", ["x"], {}), IMAGE, {}),
     "CONCATENATION": (("Concat", ["x", "x2"], {"axis": 1}), PAIR, {}),
     "RESHAPE": (("Reshape", ["x", "shape"], {}), {"x": [1, 4, 6]}, {"shape": np.array([1, 24], np.int64)}),

@@ -63,14 +63,17 @@ def test_int8_hard_sigmoid_is_delegated_without_minimum(shape, ops, tmp_path):
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 
-@pytest.mark.parametrize("slope,delegated", [(RNG_SLOPES.uniform(-0.3, 0.6, size=(6, 1, 1)), True),
-                                             (np.float32(0.25), True),
-                                             (RNG_SLOPES.uniform(0.5, 1.5, size=(6, 1, 1)), False),
-                                             (RNG_SLOPES.uniform(0.1, 0.3, size=(6, 7, 1)), False)],
-                         ids=["per-channel", "scalar", "slope-above-1", "spatial"])
-def test_int8_prelu_is_delegated_for_channel_slopes_below_one(slope, delegated, tmp_path):
-    """prelu(x) = x + relu(-(1 - s) * x) (a 1x1 depthwise conv and an ADD) where every
-    s < 1 and the slope varies by channel only; otherwise PRELU on the builtin kernel."""
+@pytest.mark.parametrize("slope,delegated,depthwise", [
+    (RNG_SLOPES.uniform(-0.3, 0.6, size=(6, 1, 1)), True, 1),
+    (np.float32(0.25), True, 1),
+    (RNG_SLOPES.uniform(0.5, 1.5, size=(6, 1, 1)), True, 2),
+    (np.array([-1.28, -0.5, 0.0, 0.3, 0.9, 1.01]).reshape(6, 1, 1), True, 2),  # like MTCNN PNet's first PReLU
+    (RNG_SLOPES.uniform(0.1, 0.3, size=(6, 7, 1)), False, 0)],
+    ids=["per-channel", "scalar", "slope-above-1", "negative-slopes", "spatial"])
+def test_int8_prelu_is_delegated_for_channel_slopes(slope, delegated, depthwise, tmp_path):
+    """prelu(x) = x + (1 - s) * relu(-x): one 1x1 depthwise conv (relu(-(1 - s) x)) and an ADD
+    where every s < 1, relu(-x) then the signed (1 - s) otherwise; spatial slopes keep PRELU on
+    the builtin kernel."""
     conv_w = RNG_SLOPES.normal(size=(6, 3, 3, 3)).astype(np.float32) * 0.5
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("PRelu", ["c", "slope"], ["y"], name="prelu")]
@@ -80,7 +83,20 @@ def test_int8_prelu_is_delegated_for_channel_slopes_below_one(slope, delegated, 
     assert ("PRELU" in histogram) != delegated
     assert (len(delegate_partitions(report.out_dir / "model.tflite")) == 1) == delegated
     if delegated:
-        assert histogram["DEPTHWISE_CONV_2D"] == 1 and histogram["ADD"] == 1, histogram
+        assert histogram["DEPTHWISE_CONV_2D"] == depthwise and histogram["ADD"] == 1, histogram
+
+
+@pytest.mark.parametrize("low,high", [(0.1, 0.6), (-1.3, 1.5)], ids=["below-1", "mixed"])
+def test_int8_prelu_after_fully_connected_is_delegated(low, high, tmp_path):
+    """The dense layers of MTCNN RNet / ONet: PReLU on [N, C], one slope per C, viewed as
+    [N, 1, 1, C] for the depthwise convs."""
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["f"], name="dense", transB=1),
+             helper.make_node("PRelu", ["f", "slope"], ["y"], name="prelu")]
+    model = make_model(nodes, {"x": [2, 12]}, ["y"], {"w": RNG_SLOPES.normal(size=(10, 12)).astype(np.float32) * 0.4,
+                                                     "slope": RNG_SLOPES.uniform(low, high, size=10).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    assert "PRELU" not in report.result["op_histogram"]
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 
 @pytest.mark.parametrize("negative_end", [-1e-4, -1e-9], ids=["barely-negative", "never-negative"])

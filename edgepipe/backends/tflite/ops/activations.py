@@ -196,53 +196,77 @@ def check_prelu(ctx: Lowering, node) -> str | None:
 
 @register("PRelu", check=check_prelu)
 def lower_prelu(ctx: Lowering, node) -> None:
-    """int8 on NHWC with per-channel slopes s <= 1: PRELU has no int8 XNNPACK kernel, so
-    prelu(x) = x + relu(-(1 - s) * x): one 1x1 DEPTHWISE_CONV_2D with fused RELU and an ADD, all
-    delegated (the form s * x + relu((1 - s) * x) costs a second depthwise conv, and the ADD
-    limits below are the only reason left for it). Other slopes (s > 1, spatial slopes) keep PRELU."""
+    """int8 with one slope per channel (NHWC 4-D, or the last dim of a 2-D input): PRELU has no
+    int8 XNNPACK kernel, and its builtin kernel costs more than the whole rest of a small
+    detector, so prelu(x) = x + (1 - s) * relu(-x) from 1x1 DEPTHWISE_CONV_2Ds and an ADD, all
+    delegated: one depthwise conv relu(-(1 - s) * x) when every s < 1, else relu(-x) then the
+    signed per-channel (1 - s). PRELU stays for spatial slopes and where XNNPACK's int8 ADD
+    would refuse the scales."""
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])
     x = ctx.get(node.input[0], dtype, perm)
     out = ctx.new_value(node.output[0], dtype, perm)
     slopes = _channel_slopes(ctx, node, perm)
-    if dtype == "int8" and slopes is not None and np.all(slopes < 1.0):
-        _int8_prelu(ctx, node, x, out, slopes)
+    if dtype == "int8" and slopes is not None and _int8_prelu(ctx, node, x, out, slopes):
         return
     slope = ctx.constant_input(node.input[1], dtype, perm, ctx.rank(node.input[0]))
     ctx.emit("PRELU", [x, slope], [out], node)
 
 
-def _int8_prelu(ctx: Lowering, node, x: int, out: int, slopes: np.ndarray) -> None:
-    low, high = _range(ctx.tensor(x).quantization)
-    shape = ctx.tensor(out).shape
+def _int8_prelu(ctx: Lowering, node, x: int, out: int, slopes: np.ndarray) -> bool:
+    low, _ = _range(ctx.tensor(x).quantization)
     out_scale = float(ctx.tensor(out).quantization.scale[0])
-    input_scale = float(ctx.tensor(x).quantization.scale[0])
-    # The negative part's grid is widened to XNNPACK's int8 ADD limit when x is almost never negative.
-    negative_end = max(float((1 - slopes).max()) * -low, 255 * ADD_MIN_SCALE_RATIO * out_scale)
-    if input_scale / out_scale < ADD_MAX_SCALE_RATIO:
-        rest = ctx.temp(f"{node.name};negative", shape, "int8",
-                        Quantization.per_tensor(*quantmath.asymmetric_params(0.0, negative_end)))
-        channel_affine(ctx, node, x, rest, slopes - 1.0, 0.0, "negative", activation=ACTIVATIONS["RELU"])
-        ctx.emit("ADD", [x, rest], [out], node, "AddOptions", FusedActivationFunction=0)
-        return
-    ends = [float(v) for v in (slopes.min() * low, slopes.max() * low, slopes.min() * high, slopes.max() * high)]
-    linear = ctx.temp(f"{node.name};linear", shape, "int8",
-                      Quantization.per_tensor(*quantmath.asymmetric_params(min(ends), max(ends))))
-    channel_affine(ctx, node, x, linear, slopes, 0.0, "linear")
-    rest = ctx.temp(f"{node.name};rest", shape, "int8",
-                    Quantization.per_tensor(*quantmath.asymmetric_params(0.0, float((1 - slopes).max()) * high)))
-    channel_affine(ctx, node, x, rest, 1.0 - slopes, 0.0, "rest", activation=ACTIVATIONS["RELU"])
-    ctx.emit("ADD", [linear, rest], [out], node, "AddOptions", FusedActivationFunction=0)
+    if float(ctx.tensor(x).quantization.scale[0]) / out_scale >= ADD_MAX_SCALE_RATIO:
+        return False
+    shape = ctx.tensor(out).shape
+    source = x
+    if len(shape) == 2:  # [N, C] viewed as [N, 1, 1, C]
+        x = _reshaped(ctx, x, [shape[0], 1, 1, shape[1]], f"{node.name};nhwc")
+    view = ctx.tensor(x).shape
+    # An ADD input's grid spans at least this (XNNPACK's int8 ADD limit), also when x is hardly
+    # ever negative.
+    floor = 255 * ADD_MIN_SCALE_RATIO * out_scale
+    gain = 1.0 - slopes
+    if np.all(gain > 0):
+        rest = ctx.temp(f"{node.name};negative", view, "int8", _grid(0.0, float(gain.max()) * -low, floor))
+        channel_affine(ctx, node, x, rest, -gain, 0.0, "negative", activation=ACTIVATIONS["RELU"])
+    else:
+        negative = ctx.temp(f"{node.name};relu_neg", view, "int8", _grid(0.0, -low, floor))
+        channel_affine(ctx, node, x, negative, -1.0, 0.0, "relu_neg", activation=ACTIVATIONS["RELU"])
+        ends = (float(gain.min()) * -low, float(gain.max()) * -low)
+        rest = ctx.temp(f"{node.name};negative", view, "int8", _grid(min(ends), max(ends), floor))
+        channel_affine(ctx, node, negative, rest, gain, 0.0, "negative")
+    if len(shape) == 2:
+        rest = _reshaped(ctx, rest, shape, f"{node.name};negative_2d")
+    ctx.emit("ADD", [source, rest], [out], node, "AddOptions", FusedActivationFunction=0)
+    return True
+
+
+def _grid(low: float, high: float, min_span: float) -> Quantization:
+    """Asymmetric int8 parameters of [low, high] (0 included), widened to span at least `min_span`."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    if high - low < min_span:
+        high = low + min_span
+    return Quantization.per_tensor(*quantmath.asymmetric_params(low, high))
 
 
 def _channel_slopes(ctx: Lowering, node, perm) -> np.ndarray | None:
-    """The slope as one value per channel of an NHWC 4-D input, or None if it varies otherwise."""
-    if perm != NHWC:
-        return None
-    channels = ctx.shape(node.input[0])[1]
+    """The slope as one value per channel (last TFLite dim) of an NHWC 4-D or a 2-D input, or None
+    if it varies otherwise."""
+    rank = ctx.rank(node.input[0])
     slope = np.asarray(ctx.constant(node.input[1]), np.float64)
-    slope = slope.reshape((1,) * (4 - slope.ndim) + slope.shape)
-    if slope.shape[0] != 1 or slope.shape[2:] != (1, 1) or slope.shape[1] not in (1, channels):
+    if slope.ndim > rank:
+        return None
+    slope = slope.reshape((1,) * (rank - slope.ndim) + slope.shape)
+    if rank == 4 and perm == NHWC:
+        channels = ctx.shape(node.input[0])[1]
+        if slope.shape[0] != 1 or slope.shape[2:] != (1, 1) or slope.shape[1] not in (1, channels):
+            return None
+    elif rank == 2 and tuple(perm) == (0, 1):
+        channels = ctx.shape(node.input[0])[1]
+        if slope.shape[0] != 1 or slope.shape[1] not in (1, channels):
+            return None
+    else:
         return None
     return np.broadcast_to(slope.reshape(-1), (channels,)).copy()
 
