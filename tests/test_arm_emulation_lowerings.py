@@ -1,7 +1,7 @@
 """The XNNPACK-friendly lowerings give the same answers on emulated aarch64 as on x86.
 
 A small model with every form `ops/` writes to stay inside the delegate (grouped CONV_2D, PRelu
-as a 1x1 depthwise conv and an ADD, HardSigmoid by saturation, nearest 2x upscaling as
+as 1x1 depthwise convs and an ADD (slopes below 1, and mixed slopes up to 1.3), HardSigmoid by saturation, nearest 2x upscaling as
 CONCATENATION + RESHAPE, Softmax in float between DEQUANTIZE / QUANTIZE, a 2-way Softmax as
 1x1 CONV_2D + LOGISTIC) runs with the runner
 of tests/test_arm_emulation.py in LiteRT on x86 and under qemu-aarch64, and in tflite-runtime
@@ -29,8 +29,9 @@ def _model():
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("PRelu", ["c1", "slope"], ["p"], name="prelu"),
              helper.make_node("Conv", ["p", "w2"], ["g"], name="grouped", group=4, pads=[1, 1, 1, 1]),
-             helper.make_node("HardSigmoid", ["g"], ["h"], name="gate", alpha=0.3, beta=0.5),
-             helper.make_node("Mul", ["g", "h"], ["m"], name="gated"),
+             helper.make_node("PRelu", ["g", "slope2"], ["gp"], name="prelu_mixed"),
+             helper.make_node("HardSigmoid", ["gp"], ["h"], name="gate", alpha=0.3, beta=0.5),
+             helper.make_node("Mul", ["gp", "h"], ["m"], name="gated"),
              helper.make_node("Resize", ["m", "", "s"], ["u"], name="up", mode="nearest"),
              helper.make_node("Conv", ["u", "w3"], ["c3"], name="head", strides=[2, 2]),
              helper.make_node("Softmax", ["c3"], ["y"], name="softmax", axis=1),
@@ -40,6 +41,7 @@ def _model():
         "w1": RNG.normal(size=(8, 4, 3, 3)).astype(np.float32) * 0.4,
         "slope": RNG.uniform(0.05, 0.5, size=(8, 1, 1)).astype(np.float32),
         "w2": RNG.normal(size=(8, 2, 3, 3)).astype(np.float32) * 0.4,
+        "slope2": np.linspace(-1.2, 1.3, 8, dtype=np.float32).reshape(8, 1, 1),
         "s": np.array([1, 1, 2, 2], np.float32),
         "w3": RNG.normal(size=(6, 8, 2, 2)).astype(np.float32) * 0.4,
         "w4": RNG.normal(size=(2, 8, 1, 1)).astype(np.float32) * 0.1})
