@@ -240,6 +240,21 @@ def bounded_cost(data: dict) -> list[str]:
     return lines
 
 
+def int16_activations(data: dict) -> list[str]:
+    lines = [f"{data.get('method', '')}; {data['host'].get('note', '')}.", "",
+             "| model | output SQNR int8 / 16x8 / fp32 dB | 16x8 with int8's clipped ranges | argmax agreement int8 / 16x8 "
+             "| p50 int8 / 16x8 / fp32 ms | int16 nodes (left int8) |",
+             "|---|---|---|---|---|---|"]
+    for name, row in data["models"].items():
+        sqnr = {k: min(v.values()) for k, v in row["sqnr_db"].items()}
+        agree, ms = row["argmax_agreement"], row["latency_ms_p50"]
+        lines.append(f"| {name} | {fmt(sqnr['int8'], 1)} / {fmt(sqnr['int16'], 1)} / {fmt(sqnr['fp32'], 1)} | "
+                     f"{fmt(sqnr.get('int16_int8_threshold'), 1)} | {fmt(agree['int8'])} / {fmt(agree['int16'])} | "
+                     f"{fmt(ms['int8'])} / {fmt(ms['int16'])} / {fmt(ms['fp32'])} | "
+                     f"{row['int16_nodes']} ({len(row['int16_fallback'])}) |")
+    return lines
+
+
 SECTIONS = [
     ("Real-model corpus through the CLI (`benchmarks/real_model_corpus.py`)", "real_model_corpus", real_model_corpus),
     ("Calibration vs ONNX Runtime quantize_static (`benchmarks/calibration_vs_peers.py`)", "calibration_vs_peers", calibration_vs_peers),
@@ -253,6 +268,8 @@ SECTIONS = [
      onnx_node_conformance),
     ("ARM CPU speed: delegation, transposes, int8/fp32 (`benchmarks/arm_speed.py`)", "arm_speed", arm_speed),
     ("Build cost vs number of calibration samples (`benchmarks/bounded_cost.py`)", "bounded_cost", bounded_cost),
+    ("TFLite 16x8 (int16 activations) vs int8 vs fp32 (`benchmarks/int16_activations.py`)", "int16_activations",
+     int16_activations),
 ]
 
 

@@ -55,6 +55,7 @@ class Target:
     device_readme: str = ""  # extra markdown for the bundle README
     default_options: dict[str, Any] = {}
     backend_options: tuple[str, ...] = ("threads",)  # the edgepipe.yaml `backend.*` keys this target reads
+    int16_activations: bool = False  # lowers named nodes 16x8 (`precision.int16_nodes` -> backend "int16_nodes")
 
     def __init__(self, options: dict | None = None, profile: str | None = None):
         self.options = {**copy.deepcopy(self.default_options), **(options or {})}
@@ -105,6 +106,12 @@ class Target:
             raise UserError(f"backend.{key}: {value!r} has no effect on target '{self.name}' (it reads "
                             f"backend.{', backend.'.join(self.backend_options)}); remove it or choose a "
                             "target that uses it")
+
+    def check_precision_settings(self, precision) -> None:
+        """Refuse `precision.int16_nodes` on a target without int16 activations (it would be ignored)."""
+        if precision.int16_nodes and not self.int16_activations:
+            raise UserError(f"precision.int16_nodes: target '{self.name}' has no int16 activations (16x8 is a "
+                            "TFLite mode: arm-cpu); remove it or use precision.float_nodes")
 
     def template_packages(self) -> tuple[str, ...]:
         """Packages whose templates/ folder is searched before edgepipe's: the plugin's own package,

@@ -36,12 +36,29 @@ def _unary(ctx: Lowering, node, opcode: str, quant: Quantization | None = None, 
     ctx.emit(opcode, [x], [out], node, options_type, **options)
 
 
-@register("Relu", "HardSwish")
+@register("Relu", "HardSwish", int16=True)
 def lower_simple(ctx: Lowering, node) -> None:
     if node.op_type == "HardSwish" and ctx.node_dtype(node) == "int8":
         _int8_hard_swish(ctx, node)
+    elif node.op_type == "HardSwish" and ctx.node_dtype(node) == "int16":
+        _int16_hard_swish(ctx, node)
     else:
         _unary(ctx, node, SIMPLE[node.op_type])
+
+
+def _int16_hard_swish(ctx: Lowering, node) -> None:
+    """x * relu6(x + 3) / 6 in int16 ADD / MUL kernels: LiteRT has no int16 HARD_SWISH."""
+    perm = ctx.layout(node.input[0])
+    x = ctx.get(node.input[0], "int16", perm)
+    out = ctx.new_value(node.output[0], "int16", perm)
+    shape = ctx.tensor(out).shape
+    gate = ctx.temp(f"{node.name};relu6", shape, "int16", Quantization.per_tensor(quantmath.symmetric_scale(6, 16), 0))
+    ctx.emit("ADD", [x, ctx.add_weight_constant(f"{node.name};three", np.float32(3), "int16")], [gate], node,
+             "AddOptions", FusedActivationFunction=ACTIVATIONS["RELU6"])
+    unit = ctx.temp(f"{node.name};gate", shape, "int16", Quantization.per_tensor(quantmath.symmetric_scale(1, 16), 0))
+    ctx.emit("MUL", [gate, ctx.add_weight_constant(f"{node.name};sixth", SIXTH, "int16")], [unit], node,
+             "MulOptions", FusedActivationFunction=0)
+    ctx.emit("MUL", [x, unit], [out], node, "MulOptions", FusedActivationFunction=0)
 
 
 def _int8_hard_swish(ctx: Lowering, node) -> None:
@@ -116,17 +133,23 @@ def _reshaped(ctx: Lowering, index: int, shape, name: str) -> int:
     return out
 
 
-@register("Sigmoid", "Tanh")
+@register("Sigmoid", "Tanh", int16=True)
 def lower_fixed_output(ctx: Lowering, node) -> None:
     opcode = FIXED_OUTPUT[node.op_type]
-    _unary(ctx, node, opcode, Quantization.per_tensor(*fixed_output(opcode)))
+    dtype = ctx.node_dtype(node)
+    _unary(ctx, node, opcode, Quantization.per_tensor(*fixed_output(opcode, dtype)) if dtype != "float32" else None)
 
 
 def check_clip(ctx: Lowering, node) -> str | None:
     return None if clip_bounds(ctx, node) is not None else "min/max must be constants"
 
 
-@register("Clip", check=check_clip)
+def _int16_clip(ctx: Lowering, node) -> bool:
+    """RELU / RELU6 and MAXIMUM / MINIMUM have int16 kernels; RELU_N1_TO_1 has none."""
+    return fusable_activation(ctx, node) in (None, "RELU", "RELU6")
+
+
+@register("Clip", check=check_clip, int16=_int16_clip)
 def lower_clip(ctx: Lowering, node) -> None:
     kind = fusable_activation(ctx, node)
     if kind is not None:
@@ -138,7 +161,7 @@ def lower_clip(ctx: Lowering, node) -> None:
     x = ctx.get(node.input[0], dtype, perm)
     out = ctx.new_value(node.output[0], dtype, perm)
     quant = ctx.tensor(out).quantization
-    current = ctx.requantized(x, quant, node.input[0]) if dtype == "int8" else x
+    current = ctx.requantized(x, quant, node.input[0]) if dtype != "float32" else x
     steps = [(opcode, bound) for opcode, bound in (("MAXIMUM", low), ("MINIMUM", high)) if np.isfinite(bound)]
     for position, (opcode, bound) in enumerate(steps):
         bound_index = ctx.quantized_constant(f"{node.name};{opcode.lower()}", np.float32(bound), quant, dtype)
@@ -150,7 +173,7 @@ def lower_clip(ctx: Lowering, node) -> None:
         ctx.emit("RESHAPE", [current, ctx.int32_constant(f"{node.name};shape", ctx.tensor(out).shape)], [out], node)
 
 
-@register("HardSigmoid")
+@register("HardSigmoid", int16=True)
 def lower_hard_sigmoid(ctx: Lowering, node) -> None:
     """clip(alpha * x + beta, 0, 1). int8: alpha * x + beta written into an output grid inside
     [0, 1] whose lower end is exactly 0, so saturation is the clip: one 1x1 DEPTHWISE_CONV_2D on
@@ -161,6 +184,9 @@ def lower_hard_sigmoid(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])
     x = ctx.get(node.input[0], dtype, perm)
+    if dtype == "int16":
+        _int16_hard_sigmoid(ctx, node, x, perm, alpha, beta)
+        return
     if dtype == "int8":
         low, high = _range(ctx.quant(node.output[0]))
         unit = None if low == 0.0 and high <= 1.0 else Quantization.per_tensor(*quantmath.asymmetric_params(0, 1))
@@ -185,7 +211,23 @@ def lower_hard_sigmoid(ctx: Lowering, node) -> None:
         ctx.emit("MINIMUM", [shifted, ctx.spec.add_constant(f"{node.name};one", np.float32(1.0))], [out], node)
 
 
-@register("LeakyRelu")
+def _int16_hard_sigmoid(ctx: Lowering, node, x: int, perm, alpha: float, beta: float) -> None:
+    """MUL(alpha), ADD(beta) with fused RELU, MINIMUM(1) on int16 grids (no int32-bias conv)."""
+    out = ctx.new_value(node.output[0], "int16", perm)
+    shape, quant = ctx.tensor(out).shape, ctx.tensor(out).quantization
+    amax = float(ctx.tensor(x).quantization.scale[0]) * 32767 * abs(alpha)
+    scaled = ctx.temp(f"{node.name};scaled", shape, "int16",
+                      Quantization.per_tensor(quantmath.symmetric_scale(amax, 16), 0))
+    ctx.emit("MUL", [x, ctx.add_weight_constant(f"{node.name};alpha", np.float32(alpha), "int16")], [scaled], node,
+             "MulOptions", FusedActivationFunction=0)
+    shifted = ctx.temp(f"{node.name};shifted", shape, "int16", quant)
+    ctx.emit("ADD", [scaled, ctx.add_weight_constant(f"{node.name};beta", np.float32(beta), "int16")], [shifted],
+             node, "AddOptions", FusedActivationFunction=ACTIVATIONS["RELU"])
+    ctx.emit("MINIMUM", [shifted, ctx.quantized_constant(f"{node.name};one", np.float32(1.0), quant, "int16")], [out],
+             node)
+
+
+@register("LeakyRelu", int16=True)
 def lower_leaky_relu(ctx: Lowering, node) -> None:
     _unary(ctx, node, "LEAKY_RELU", None, "LeakyReluOptions", Alpha=float(node_attrs(node).get("alpha", 0.01)))
 

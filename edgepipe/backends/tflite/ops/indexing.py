@@ -79,7 +79,7 @@ def check_slice(ctx: Lowering, node) -> str | None:
     return None
 
 
-@register("Slice", check=check_slice)
+@register("Slice", check=check_slice, int16=True)
 def lower_slice(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])

@@ -119,7 +119,13 @@ def _int8_average(ctx: Lowering, node) -> bool:
     return plan.divisors is None and plan.padding == VALID
 
 
-@register("MaxPool", "AveragePool", check=check_pool, int8=_int8_average)
+def _int16_pool(ctx: Lowering, node) -> bool:
+    """MAX_POOL_2D and AVERAGE_POOL_2D (SAME too: no XNNPACK partition to keep whole) in int16;
+    an average with border divisors stays as in int8."""
+    return node.op_type == "MaxPool" or pool_plan(ctx, node).divisors is None
+
+
+@register("MaxPool", "AveragePool", check=check_pool, int8=_int8_average, int16=_int16_pool)
 def lower_pool(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     plan = pool_plan(ctx, node)
@@ -168,7 +174,7 @@ def check_global(ctx: Lowering, node) -> str | None:
     return None if ctx.rank(node.input[0]) == 4 else "only 4-D NCHW input is supported"
 
 
-@register("GlobalMaxPool", check=check_global)
+@register("GlobalMaxPool", check=check_global, int16=True)
 def lower_global_max(ctx: Lowering, node) -> None:
     """REDUCE_MAX over H, W: it compares integers, so the output keeps the input's quantization."""
     dtype = ctx.node_dtype(node)
@@ -178,7 +184,7 @@ def lower_global_max(ctx: Lowering, node) -> None:
     ctx.emit("REDUCE_MAX", [x, axes], [out], node, "ReducerOptions", KeepDims=True)
 
 
-@register("GlobalAveragePool", check=check_global)
+@register("GlobalAveragePool", check=check_global, int16=True)
 def lower_global_average(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     x = ctx.get(node.input[0], dtype, NHWC)

@@ -107,14 +107,15 @@ def _int8_two_way_softmax(ctx: Lowering, node, difference: Quantization) -> None
     ctx.emit("LOGISTIC", [delta], [out], node)
 
 
-@register("Softmax", "LogSoftmax", check=check_softmax, int8=int8_kernel_delegated)
+@register("Softmax", "LogSoftmax", check=check_softmax, int8=int8_kernel_delegated,
+          int16=lambda ctx, node: node.op_type == "Softmax")  # an int16 SOFTMAX kernel, no int16 LOG_SOFTMAX
 def lower_softmax(ctx: Lowering, node) -> None:
     opcode, options_type, options = KERNELS[node.op_type]
     dtype = ctx.node_dtype(node)
     if dtype == "int8" and node.op_type == "Softmax":
         _int8_two_way_softmax(ctx, node, difference_quantization(ctx, node))
         return
-    quant = Quantization.per_tensor(*fixed_output(opcode)) if dtype == "int8" else None
+    quant = Quantization.per_tensor(*fixed_output(opcode, dtype)) if dtype != "float32" else None
     axis, flattens = softmax_axis(ctx, node)
     name = node.input[0]
     if not flattens:
