@@ -263,9 +263,9 @@ CASES = {
     "softmax 2 channels [1,43,43,2]": {"SOFTMAX": softmax_channels([1, 43, 43, 2]),
                                        "conv + LOGISTIC": softmax_two_as_logistic([1, 43, 43, 2])},
     "mul SE gate [1,2,96,200]": {"op": mul_broadcast([1, 2, 96, 200])},
-    "scalar MUL / ADD [1,128,128,32] (PP-OCR det)": {"MUL": elementwise_chain([1, 128, 128, 32], "mul"),
-                                                     "ADD": elementwise_chain([1, 128, 128, 32], "add"),
-                                                     "MUL then ADD": elementwise_chain([1, 128, 128, 32], "mul", "add")},
+    "scalar MUL / ADD [1,128,128,32] (PP-OCR det)": {
+        "MUL": elementwise_chain([1, 128, 128, 32], "mul"), "ADD": elementwise_chain([1, 128, 128, 32], "add"),
+        "MUL then ADD": elementwise_chain([1, 128, 128, 32], "mul", "add")},
 }
 
 

@@ -1,9 +1,9 @@
 """The XNNPACK-friendly lowerings give the same answers on emulated aarch64 as on x86.
 
 A small model with every form `ops/` writes to stay inside the delegate (grouped CONV_2D, PRelu
-as 1x1 depthwise convs and an ADD (slopes below 1, and mixed slopes up to 1.3), HardSigmoid by saturation, nearest 2x upscaling as
-CONCATENATION + RESHAPE, Softmax in float between DEQUANTIZE / QUANTIZE, a 2-way Softmax as
-1x1 CONV_2D + LOGISTIC) runs with the runner
+as 1x1 depthwise convs and an ADD (slopes below 1, and mixed slopes up to 1.3), HardSigmoid by
+saturation, nearest 2x upscaling as CONCATENATION + RESHAPE, Softmax in float between DEQUANTIZE /
+QUANTIZE, a 2-way Softmax as 1x1 CONV_2D + LOGISTIC) runs with the runner
 of tests/test_arm_emulation.py in LiteRT on x86 and under qemu-aarch64, and in tflite-runtime
 2.14 there (the older runtime boards still carry). Emulated timings are never reported.
 """
@@ -70,8 +70,8 @@ def test_delegated_lowerings_agree_on_aarch64(tmp_path):
     (x86_meta, x86), (arm_meta, arm) = load_results(tmp_path / "x86"), load_results(tmp_path / "arm")
     assert arm_meta["machine"] == "aarch64"
     assert arm_meta["runs"]["int8-xnnpack"]["ops"].count("DELEGATE") == 1  # one partition on ARM too
-    step = [float(out["quantization"]["scale"]) if out["quantization"] else calibration.asymmetric_params(out["name"])[0]
-            for out in result["io"]["outputs"]]
+    step = [float(out["quantization"]["scale"]) if out["quantization"]
+            else calibration.asymmetric_params(out["name"])[0] for out in result["io"]["outputs"]]
     names = [out["name"] for out in result["io"]["outputs"]]
     for run, x86_run in (("int8-xnnpack", "int8-xnnpack"), ("int8-builtin", "int8-builtin"),
                          ("int8-tflite-runtime", "int8-builtin")):

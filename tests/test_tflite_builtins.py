@@ -38,7 +38,8 @@ ONE_OP_MODELS = {
     "TANH": (("Tanh", ["x"], {}), IMAGE, {}),
     "LEAKY_RELU": (("LeakyRelu", ["x"], {"alpha": 0.1}), IMAGE, {}),
     # per-channel slopes become depthwise convs + ADD (ops/activations.py): spatial slopes keep PRELU
-    "PRELU": (("PRelu", ["x", "slope"], {}), IMAGE, {"slope": np.linspace(0.1, 1.5, 24, dtype=np.float32).reshape(4, 6, 1)}),
+    "PRELU": (("PRelu", ["x", "slope"], {}), IMAGE,
+              {"slope": np.linspace(0.1, 1.5, 24, dtype=np.float32).reshape(4, 6, 1)}),
     "GELU": (("Gelu", ["x"], {}), IMAGE, {}),
     "CONCATENATION": (("Concat", ["x", "x2"], {"axis": 1}), PAIR, {}),
     "RESHAPE": (("Reshape", ["x", "shape"], {}), {"x": [1, 4, 6]}, {"shape": np.array([1, 24], np.int64)}),

@@ -92,8 +92,9 @@ def test_int8_prelu_after_fully_connected_is_delegated(low, high, tmp_path):
     [N, 1, 1, C] for the depthwise convs."""
     nodes = [helper.make_node("Gemm", ["x", "w"], ["f"], name="dense", transB=1),
              helper.make_node("PRelu", ["f", "slope"], ["y"], name="prelu")]
-    model = make_model(nodes, {"x": [2, 12]}, ["y"], {"w": RNG_SLOPES.normal(size=(10, 12)).astype(np.float32) * 0.4,
-                                                     "slope": RNG_SLOPES.uniform(low, high, size=10).astype(np.float32)})
+    constants = {"w": RNG_SLOPES.normal(size=(10, 12)).astype(np.float32) * 0.4,
+                 "slope": RNG_SLOPES.uniform(low, high, size=10).astype(np.float32)}
+    model = make_model(nodes, {"x": [2, 12]}, ["y"], constants)
     report = check_conformance(model, tmp_path)
     assert "PRELU" not in report.result["op_histogram"]
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
