@@ -48,13 +48,13 @@ def test_int8_hard_swish_form_depends_on_input_range(magnitude, ops, tmp_path):
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 
-@pytest.mark.parametrize("shape,ops", [([1, 6, 7, 8], {"DEPTHWISE_CONV_2D": 1, "RESHAPE": 2}),
-                                       ([2, 16, 3, 5], {"DEPTHWISE_CONV_2D": 1}), ([2, 5, 9], {"MUL": 1, "ADD": 1})])
+@pytest.mark.parametrize("shape,ops", [([2, 6, 7, 8], {"DEPTHWISE_CONV_2D": 1, "RESHAPE": 2}),
+                                       ([2, 24, 3, 5], {"DEPTHWISE_CONV_2D": 1}), ([2, 5, 9], {"MUL": 1, "ADD": 1})])
 def test_int8_hard_sigmoid_is_delegated_without_minimum(shape, ops, tmp_path):
     """XNNPACK has no int8 MINIMUM: the clip to [0, 1] is the saturation of an output grid that
-    spans [0, <= 1]. Magnitude 4 drives alpha * x + beta past both ends. Fewer than 16 channels:
+    spans [0, <= 1]. Magnitude 4 drives alpha * x + beta past both ends. At most 16 channels:
     the depthwise conv runs on rows of W * C channels (XNNPACK's int8 kernel wastes most of its
-    channel tile on 6 channels), 16 and more as they are; batch 2 keeps images apart."""
+    channel tile on 6 channels), more as they are; batch 2 keeps images apart."""
     nodes = [helper.make_node("HardSigmoid", ["x"], ["y"], name="act", alpha=0.25, beta=0.4)]
     model = make_model(nodes, {"x": shape}, ["y"])
     feeds = [{"x": 4.0 * feed["x"]} for feed in structured_inputs(model)]

@@ -22,8 +22,8 @@ SIXTH = np.float32(1.0 / 6.0)
 # XNNPACK's int8 ADD limits on input scale / output scale ([2**-10, 2**8)), with margin
 ADD_MIN_SCALE_RATIO = 2.0**-10 * 1.5
 ADD_MAX_SCALE_RATIO = 2.0**8 / 1.5
-# channel_affine views tensors with fewer channels as rows of W * C channels (at most this many)
-FEW_CHANNELS = 16
+# channel_affine views tensors with at most MAX_FEW_CHANNELS channels as rows of W * C channels
+MAX_FEW_CHANNELS = 16
 MAX_ROW_CHANNELS = 8192
 
 
@@ -96,7 +96,7 @@ def channel_affine(ctx: Lowering, node, x: int, out: int, scale, shift, tag: str
     A channel's weight scale is raised above |scale|/127 only where its int32 bias would overflow
     (input scale < ~|shift| * 1e-9): such inputs are far below the output's resolution anyway.
 
-    With few channels XNNPACK's int8 depthwise kernel spends most of each pixel on its channel
+    With few channels (<= 16) XNNPACK's int8 depthwise kernel spends most of each pixel on its channel
     tile: the tensor is then viewed as one row per image row ([N, H, 1, W * C], RESHAPE on both
     sides, the parameters repeated W times), which computes the same integers per element."""
     shape = ctx.tensor(out).shape
@@ -107,11 +107,10 @@ def channel_affine(ctx: Lowering, node, x: int, out: int, scale, shift, tag: str
     weight_scale = np.maximum(np.maximum(np.abs(scale) / 127, 1e-8), np.abs(shift) / (input_scale * 2.0**30))
     weights = np.clip(np.rint(scale / weight_scale), -127, 127).astype(np.int8)
     bias = np.rint(shift / (input_scale * weight_scale)).astype(np.int32)
-    rows = channels < FEW_CHANNELS and shape[2] > 1 and shape[2] * channels <= MAX_ROW_CHANNELS
-    repeat = shape[2] if rows else 1
+    row_shape = row_view(shape)
+    repeat = shape[2] if row_shape else 1
     target = out
-    if rows:
-        row_shape = [shape[0], shape[1], 1, shape[2] * channels]
+    if row_shape:
         x = _reshaped(ctx, x, row_shape, f"{node.name};{tag};rows")
         target = ctx.temp(f"{node.name};{tag};rows_out", row_shape, "int8", ctx.tensor(out).quantization)
     weight_scale = np.tile(weight_scale, repeat)
@@ -122,8 +121,16 @@ def channel_affine(ctx: Lowering, node, x: int, out: int, scale, shift, tag: str
     ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [target], node, "DepthwiseConv2DOptions",
              Padding=1, StrideH=1, StrideW=1, DilationHFactor=1, DilationWFactor=1, DepthMultiplier=1,
              FusedActivationFunction=activation)
-    if rows:
+    if row_shape:
         ctx.emit("RESHAPE", [target, ctx.int32_constant(f"{node.name};{tag};shape", shape)], [out], node)
+
+
+def row_view(shape) -> list[int] | None:
+    """[N, H, 1, W * C] for an NHWC shape with few channels (channel_affine), else None."""
+    channels = shape[3]
+    if channels > MAX_FEW_CHANNELS or shape[2] == 1 or shape[2] * channels > MAX_ROW_CHANNELS:
+        return None
+    return [shape[0], shape[1], 1, shape[2] * channels]
 
 
 def _reshaped(ctx: Lowering, index: int, shape, name: str) -> int:
@@ -262,13 +269,16 @@ def _int8_prelu(ctx: Lowering, node, x: int, out: int, slopes: np.ndarray) -> bo
         return False
     shape = ctx.tensor(out).shape
     source = x
-    if len(shape) == 2:  # [N, C] viewed as [N, 1, 1, C]
-        x = _reshaped(ctx, x, [shape[0], 1, 1, shape[1]], f"{node.name};nhwc")
-    view = ctx.tensor(x).shape
+    view = [shape[0], 1, 1, shape[1]] if len(shape) == 2 else list(shape)  # [N, C] as [N, 1, 1, C]
+    repeat = 1
+    if row_view(view):  # both depthwise convs on the rows view, one RESHAPE each way
+        view, repeat = row_view(view), view[2]
+    if view != list(shape):
+        x = _reshaped(ctx, x, view, f"{node.name};view")
     # An ADD input's grid spans at least this (XNNPACK's int8 ADD limit), also when x is hardly
     # ever negative.
     floor = 255 * ADD_MIN_SCALE_RATIO * out_scale
-    gain = 1.0 - slopes
+    gain = np.tile(1.0 - slopes, repeat)
     if np.all(gain > 0):
         rest = ctx.temp(f"{node.name};negative", view, "int8", _grid(0.0, float(gain.max()) * -low, floor))
         channel_affine(ctx, node, x, rest, -gain, 0.0, "negative", activation=ACTIVATIONS["RELU"])
@@ -278,8 +288,8 @@ def _int8_prelu(ctx: Lowering, node, x: int, out: int, slopes: np.ndarray) -> bo
         ends = (float(gain.min()) * -low, float(gain.max()) * -low)
         rest = ctx.temp(f"{node.name};negative", view, "int8", _grid(min(ends), max(ends), floor))
         channel_affine(ctx, node, negative, rest, gain, 0.0, "negative")
-    if len(shape) == 2:
-        rest = _reshaped(ctx, rest, shape, f"{node.name};negative_2d")
+    if view != list(shape):
+        rest = _reshaped(ctx, rest, shape, f"{node.name};negative_back")
     ctx.emit("ADD", [source, rest], [out], node, "AddOptions", FusedActivationFunction=0)
     return True
 
