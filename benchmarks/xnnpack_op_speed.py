@@ -201,22 +201,24 @@ def hard_swish_affine_mul(shape):
 
 
 def softmax_channels(shape):
+    """A 1x1 conv (the score head, so that int8 starts inside the delegate) then SOFTMAX."""
     def build(dtype):
         g = Graph(dtype)
-        x = g.input(shape)
+        x = g.conv(g.input(shape), shape, 2, 1, padding=VALID)
         if dtype == "int8":  # what the lowering emits: a float island inside the delegate
-            x = g.op("DEQUANTIZE", [x], shape, quant=None)
             g.dtype = "float32"
+            x = g.op("DEQUANTIZE", [x], shape, quant=None)
         return finish(g, g.op("SOFTMAX", [x], shape, "SoftmaxOptions", Beta=1.0))
     return build
 
 
 def softmax_two_as_logistic(shape):
-    """softmax over 2 channels = logistic(W x) with W = [[1, -1], [-1, 1]] (a 1x1 conv)."""
+    """softmax over 2 channels = logistic(W x) with W = [[1, -1], [-1, 1]] (a 1x1 conv; with the
+    score head in front, the same two convs as softmax_channels' one conv and the difference)."""
     def build(dtype):
         g = Graph(dtype)
         x = g.input(shape)
-        difference = g.conv(x, shape, 2, 1, padding=VALID)
+        difference = g.conv(g.conv(x, shape, 2, 1, padding=VALID), shape, 2, 1, padding=VALID)
         fixed = Quantization.per_tensor(1 / 256, -128)
         return finish(g, g.op("LOGISTIC", [difference], shape, quant=fixed))
     return build
@@ -260,8 +262,9 @@ CASES = {
     "hardswish [1,64,64,16]": {"HARD_SWISH": hard_swish_op([1, 64, 64, 16]),
                                "ADD+MUL+MUL": hard_swish_add_mul_mul([1, 64, 64, 16]),
                                "affine+MUL": hard_swish_affine_mul([1, 64, 64, 16])},
-    "softmax 2 channels [1,43,43,2]": {"SOFTMAX": softmax_channels([1, 43, 43, 2]),
-                                       "conv + LOGISTIC": softmax_two_as_logistic([1, 43, 43, 2])},
+    "1x1 conv + softmax over 2 channels [1,43,43,2]": {"SOFTMAX": softmax_channels([1, 43, 43, 2]),
+                                                       "difference conv + LOGISTIC": softmax_two_as_logistic(
+                                                           [1, 43, 43, 2])},
     "mul SE gate [1,2,96,200]": {"op": mul_broadcast([1, 2, 96, 200])},
     "scalar MUL / ADD [1,128,128,32] (PP-OCR det)": {
         "MUL": elementwise_chain([1, 128, 128, 32], "mul"), "ADD": elementwise_chain([1, 128, 128, 32], "add"),
