@@ -27,6 +27,7 @@ from edgepipe.backends.tflite.builtins import fixed_output
 from edgepipe.backends.tflite.lower import Lowering, identity, node_attrs
 from edgepipe.backends.tflite.ops import register
 from edgepipe.backends.tflite.writer import Quantization
+from edgepipe.errors import UserError
 
 KERNELS = {
     "Softmax": ("SOFTMAX", "SoftmaxOptions", {"Beta": 1.0}),
@@ -64,8 +65,8 @@ def check_softmax(ctx: Lowering, node) -> str | None:
 # saturates beyond this loses nothing.
 LOGISTIC_SATURATION = 6.3
 # The symmetric difference grid of [-(hi - lo), hi - lo] rounds d by at most (hi - lo) / 255; with
-# the logistic's slope <= 1/4 that is (hi - lo) / 4 output steps (1/256): at most one up to here.
-MAX_DIFFERENCE_RANGE = 4.0
+# the logistic's slope <= 1/4 that is (hi - lo) / 4 output steps (1/256): at most half a step up to here.
+MAX_DIFFERENCE_RANGE = 2.0
 
 
 def int8_kernel_delegated(ctx: Lowering, node) -> bool:
@@ -80,13 +81,27 @@ def difference_quantization(ctx: Lowering, node) -> Quantization | None:
         return None
     if ctx.shape(node.input[0])[softmax_axis(ctx, node)[0]] != 2:
         return None
-    scale, zero_point = ctx.quant(node.input[0]).as_pair()
+    scale = _input_scale(ctx, node.input[0])
+    if scale is None:
+        return None
     if 127 * scale >= LOGISTIC_SATURATION:
         return Quantization.per_tensor(scale, 0)
     span = 255 * scale
     if span <= MAX_DIFFERENCE_RANGE:
         return Quantization.per_tensor(*quantmath.asymmetric_params(-span, span))
     return None
+
+
+def _input_scale(ctx: Lowering, name: str) -> float | None:
+    """Scale of the int8 tensor the kernel will read: the producer's (a pooling or reshape passes
+    its own input's on), or the calibrated one when it is still to be quantized."""
+    int8 = [value for value in ctx.values.get(name, []) if value.dtype == "int8"]
+    if int8:
+        return float(ctx.tensor(int8[0].index).quantization.scale[0])
+    try:
+        return ctx.quant(name).as_pair()[0]
+    except UserError:  # no range for it: the float island, as before
+        return None
 
 
 def _int8_two_way_softmax(ctx: Lowering, node, difference: Quantization) -> None:
