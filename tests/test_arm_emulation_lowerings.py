@@ -44,7 +44,7 @@ def _model():
         "slope2": np.linspace(-1.2, 1.3, 8, dtype=np.float32).reshape(8, 1, 1),
         "s": np.array([1, 1, 2, 2], np.float32),
         "w3": RNG.normal(size=(6, 8, 2, 2)).astype(np.float32) * 0.4,
-        "w4": RNG.normal(size=(2, 8, 1, 1)).astype(np.float32) * 0.1})
+        "w4": RNG.normal(size=(2, 8, 1, 1)).astype(np.float32) * 0.04})
 
 
 @pytest.mark.arm
@@ -88,7 +88,7 @@ def test_delegated_lowerings_agree_on_aarch64(tmp_path):
             else:
                 # the 2-way head's logistic amplifies the builtin kernels' one-step differences
                 # upstream (its own CONV_2D + LOGISTIC are bit-equal on ARM and x86 when fed the
-                # same integers): measured 74% bit-equal, at most 3.2 steps apart
+                # same integers): measured 84% within one step, at most 2.7 steps apart
                 assert max_steps <= 4.0, (run, within_one, max_steps)
     for run in ("fp32-xnnpack", "fp32-builtin"):
         for ref, test in zip(x86[run], arm[run]):
