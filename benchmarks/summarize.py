@@ -186,22 +186,41 @@ def onnx_node_conformance(data: dict) -> list[str]:
 def arm_speed(data: dict) -> list[str]:
     host = data["host"]
     features = ", ".join(flag for flag, present in host["flags"].items() if present) or "none of the listed"
-    lines = [f"Host {host['machine']} ({host['cpu']}), {host['cores']} cores shared; CPU features: {features}; "
-             f"int8 dot-product instructions: {'yes' if host['int8_dot_product'] else 'no'}. LiteRT "
-             f"{data['litert']}, XNNPACK; latency = median of {data['rounds']} alternating rounds of "
-             f"{data['iterations']} invocations.", "",
-             "| model | XNNPACK partitions (int8) | ops outside | TRANSPOSE / ONNX Transpose | int8 ms (1 thr) | "
-             "fp32 ms (1 thr) | int8/fp32 1 thr | int8/fp32 4 thr |",
-             "|---|---|---|---|---|---|---|---|"]
+    dot = host["int8_dot_product"]
+    lines = [f"Host {host['machine']} ({host['cpu']}), {host['cores']} cores shared with other jobs (load average "
+             f"at each model's start and end in the table); CPU features: {features}; int8 dot-product "
+             f"instructions: {'yes' if dot else 'no'}. LiteRT {data['litert']}, XNNPACK; latency = median of "
+             "alternating int8 / fp32 rounds (each the median of its invocations).", "",
+             "| model | architecture | XNNPACK partitions int8 / fp32 | ops outside (int8) | "
+             "TRANSPOSE / ONNX Transpose | int8 ms 1 thr | fp32 ms 1 thr | int8/fp32 1 thr | int8/fp32 4 thr | "
+             "rounds x invocations 1 / 4 thr | load 1 min start / end |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ratios = []
     for name, row in data["models"].items():
         if "error" in row:
-            lines.append(f"| {name} | build failed: {row['error']} | | | | | | |")
+            lines.append(f"| {name} | {row.get('architecture', '')} | build failed: {row['error']} | | | | | | | | |")
             continue
         outside = ", ".join(f"{op} x{n}" for op, n in row["int8"]["outside"].items()) or "-"
         one, four = row["latency_ms"]["1"], row["latency_ms"]["4"]
-        lines.append(f"| {name} | {row['int8']['partitions']} | {outside} | {row['tflite_transposes']} / "
-                     f"{row['onnx_transposes']} | {fmt(one['int8'])} | {fmt(one['fp32'])} | "
-                     f"{fmt(one['int8_over_fp32'], 2)} | {fmt(four['int8_over_fp32'], 2)} |")
+        ratios.append((one["int8_over_fp32"], four["int8_over_fp32"]))
+        load = row.get("loadavg", {})
+        lines.append(f"| {name} | {row['architecture']} | {row['int8']['partitions']} / {row['fp32']['partitions']} | "
+                     f"{outside} | {row['tflite_transposes']} / {row['onnx_transposes']} | {fmt(one['int8'])} | "
+                     f"{fmt(one['fp32'])} | {fmt(one['int8_over_fp32'], 2)} | {fmt(four['int8_over_fp32'], 2)} | "
+                     f"{row['rounds']} x {one.get('iterations', row['iterations'])} / "
+                     f"{four.get('iterations', row['iterations'])} | {fmt(load.get('start', [None])[0], 2)} / "
+                     f"{fmt(load.get('end', [None])[0], 2)} |")
+    goals = data["goals"]
+    limit = 0.5 if dot else 1.0
+    lines += ["", f"- {len(goals['architectures_fully_delegated'])} of {goals['architectures']} corpus architectures "
+              f"fully delegated (every model one partition, nothing on builtin kernels); "
+              f"{goals['models_fully_delegated']} of {goals['models']} models",
+              f"- TRANSPOSE <= ONNX Transpose on {goals['models'] - len(goals['transposes_over_onnx'])} of "
+              f"{goals['models']} models" + (f" (not: {', '.join(goals['transposes_over_onnx'])})"
+                                             if goals["transposes_over_onnx"] else ""),
+              f"- int8 <= {limit}x fp32 (the goal for a host {'with' if dot else 'without'} int8 dot-product "
+              f"instructions): {sum(r[0] <= limit for r in ratios)} of {len(ratios)} models with 1 thread, "
+              f"{sum(r[1] <= limit for r in ratios)} of {len(ratios)} with 4 threads"]
     return lines
 
 

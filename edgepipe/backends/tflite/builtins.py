@@ -134,11 +134,11 @@ BUILTINS = _table(
     Builtin("PAD", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=3),
     Builtin("PADV2", 2, same_quant=True, int16=3),
     Builtin("MIRROR_PAD", 2, same_quant=True),
-    Builtin("SPLIT", 2, True, same_quant=True, data_inputs=(1,)),
-    Builtin("SPLIT_V", 2, same_quant=True),
-    Builtin("SLICE", 2, same_quant=True, int16=4),
+    Builtin("SPLIT", 2, True, same_quant=True, data_inputs=(1,), xnnpack_fp32=True, xnnpack_int8=True),
+    Builtin("SPLIT_V", 2, same_quant=True),  # not delegated: unequal splits are SLICEs (ops/indexing.py)
+    Builtin("SLICE", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=4),
     Builtin("STRIDED_SLICE", 2, same_quant=True, int16=2),  # int16 kernel, no version of its own
-    Builtin("GATHER", 2, same_quant=True),
+    Builtin("GATHER", 2, same_quant=True, xnnpack_fp32=False, xnnpack_int8=False),
     Builtin("DEPTH_TO_SPACE", 1, same_quant=True),
     Builtin("SPACE_TO_DEPTH", 2, same_quant=True),
     Builtin("RESIZE_BILINEAR", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=4),

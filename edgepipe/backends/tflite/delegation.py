@@ -103,6 +103,12 @@ def partitions(ops: list[dict]) -> dict:
     return {"partitions": len(delegates), "outside": dict(sorted(outside.items()))}
 
 
+def fully_delegated(measured: dict | None) -> bool:
+    """One XNNPACK partition and no op on the builtin kernels: the goal for an int8 arm-cpu model
+    (LiteRT 2.3 takes the float input QUANTIZE and output DEQUANTIZE into the partition too)."""
+    return bool(measured) and measured["partitions"] == 1 and not measured["outside"]
+
+
 def summary_line(measured: dict | None, int16_ops: int = 0) -> str:
     """One line for the build output: partitions and the ops left on the builtin kernels (with
     16x8 ops: all of those, since XNNPACK takes no int16 kernel)."""

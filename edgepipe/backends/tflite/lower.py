@@ -49,6 +49,8 @@ QUANTIZED = ("int8", "int16")
 # quantmath.quantize_bias, so the kernels' rule bias_scale = input_scale x weight_scale holds exactly.
 MIN_BIAS_SCALE = 1e-10
 ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
+# input / output scale ratios XNNPACK's int8 -> int8 QUANTIZE delegates (LiteRT 2.3), with margin
+REQUANT_RATIO = (1.0 / 256 * 1.01, 128.0 / 1.01)
 
 
 class ShapeUnknownError(UserError):
@@ -385,13 +387,20 @@ class Lowering:
 
     def requantized(self, index: int, quant: Quantization, name: str) -> int:
         """`index` re-expressed with `quant` (int8 -> int8 or int16 -> int16 QUANTIZE) if its
-        parameters differ."""
+        parameters differ; int8 in steps XNNPACK's QUANTIZE takes (quantmath.stepped_grids)."""
         tensor = self.tensor(index)
         if tensor.dtype not in QUANTIZED or quant.same_as(tensor.quantization):
             return index
-        out = self.temp(f"{name};requant", tensor.shape, tensor.dtype, quant)
-        self.emit("QUANTIZE", [index], [out])
-        return out
+        grids = [quant.as_pair()]
+        if tensor.dtype == "int8":
+            grids = quantmath.stepped_grids(tensor.quantization.as_pair(), quant.as_pair(), REQUANT_RATIO)
+        for step, grid in enumerate(grids, 1):
+            step_quant = quant if step == len(grids) else Quantization.per_tensor(*grid)
+            out = self.temp(f"{name};requant" + (f"{step}" if step < len(grids) else ""), tensor.shape,
+                            tensor.dtype, step_quant)
+            self.emit("QUANTIZE", [index], [out])
+            index = out
+        return index
 
     # ----- fusion ------------------------------------------------------------------------------
     def fuse_activation(self, node: onnx.NodeProto, out_name: str | None = None) -> tuple[int, str]:

@@ -42,8 +42,20 @@ def lower_simple(ctx: Lowering, node) -> None:
         _int8_hard_swish(ctx, node)
     elif node.op_type == "HardSwish" and ctx.node_dtype(node) == "int16":
         _int16_hard_swish(ctx, node)
-    else:
+    elif not (node.op_type == "Relu" and ctx.node_dtype(node) == "int8" and _int8_relu_by_saturation(ctx, node)):
         _unary(ctx, node, SIMPLE[node.op_type])
+
+
+def _int8_relu_by_saturation(ctx: Lowering, node) -> bool:
+    """A Relu no producer could fuse: XNNPACK does not take a standalone int8 RELU, but an int8 ->
+    int8 QUANTIZE onto the output grid, which starts at 0 (zero point -128), saturates every
+    negative value to 0: the same numbers, inside the partition. False when the grid is otherwise."""
+    quant = ctx.quant(node.output[0])
+    if quant.as_pair()[1] != -128:
+        return False
+    perm = ctx.layout(node.input[0])
+    ctx.alias(node.output[0], ctx.requantized(ctx.get(node.input[0], "int8", perm), quant, node.output[0]), perm)
+    return True
 
 
 def _int16_hard_swish(ctx: Lowering, node) -> None:
@@ -245,35 +257,39 @@ def check_prelu(ctx: Lowering, node) -> str | None:
 
 @register("PRelu", check=check_prelu)
 def lower_prelu(ctx: Lowering, node) -> None:
-    """int8 with one slope per channel (NHWC 4-D, or the last dim of a 2-D input): PRELU has no
-    int8 XNNPACK kernel, and its builtin kernel costs more than the whole rest of a small
-    detector, so prelu(x) = x + (1 - s) * relu(-x) from 1x1 DEPTHWISE_CONV_2Ds and an ADD, all
-    delegated: one depthwise conv relu(-(1 - s) * x) when every s < 1, else relu(-x) then the
-    signed per-channel (1 - s). PRELU stays for spatial slopes and where XNNPACK's int8 ADD
-    would refuse the scales."""
+    """int8 with a slope per channel (the channel being the last TFLite dim: NHWC images, dense
+    [N, C]): PRELU has no int8 XNNPACK kernel, and its builtin kernel costs more than the whole
+    rest of a small detector, so prelu(x) = x + (1 - s) * relu(-x) from 1x1 DEPTHWISE_CONV_2Ds
+    and an ADD, all delegated: one depthwise conv relu(-(1 - s) * x) when every s < 1, else
+    relu(-x) then the signed per-channel (1 - s) (a slope >= 1 makes the function concave there,
+    which no sum of x and relu(a * x) terms with positive weights is). A tensor that is not NHWC
+    4-D is reshaped to [1, 1, M, C] around them. Slopes varying along other dims, and scales
+    XNNPACK's int8 ADD would refuse, keep PRELU."""
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])
     x = ctx.get(node.input[0], dtype, perm)
     out = ctx.new_value(node.output[0], dtype, perm)
     slopes = _channel_slopes(ctx, node, perm)
-    if dtype == "int8" and slopes is not None and _int8_prelu(ctx, node, x, out, slopes):
-        return
+    if dtype == "int8" and slopes is not None:
+        shape = ctx.tensor(out).shape
+        view = list(shape) if len(shape) == 4 and perm == NHWC else [1, 1, int(np.prod(shape[:-1])), shape[-1]]
+        if _int8_prelu(ctx, node, x, out, slopes, view):
+            return
     slope = ctx.constant_input(node.input[1], dtype, perm, ctx.rank(node.input[0]))
     ctx.emit("PRELU", [x, slope], [out], node)
 
 
-def _int8_prelu(ctx: Lowering, node, x: int, out: int, slopes: np.ndarray) -> bool:
+def _int8_prelu(ctx: Lowering, node, x: int, out: int, slopes: np.ndarray, view: list[int]) -> bool:
     low, _ = _range(ctx.tensor(x).quantization)
     out_scale = float(ctx.tensor(out).quantization.scale[0])
     if float(ctx.tensor(x).quantization.scale[0]) / out_scale >= ADD_MAX_SCALE_RATIO:
         return False
-    shape = ctx.tensor(out).shape
+    shape = list(ctx.tensor(out).shape)
     source = x
-    view = [shape[0], 1, 1, shape[1]] if len(shape) == 2 else list(shape)  # [N, C] as [N, 1, 1, C]
     repeat = 1
     if row_view(view):  # both depthwise convs on the rows view, one RESHAPE each way
         view, repeat = row_view(view), view[2]
-    if view != list(shape):
+    if view != shape:
         x = _reshaped(ctx, x, view, f"{node.name};view")
     # An ADD input's grid spans at least this (XNNPACK's int8 ADD limit), also when x is hardly
     # ever negative.
@@ -288,7 +304,7 @@ def _int8_prelu(ctx: Lowering, node, x: int, out: int, slopes: np.ndarray) -> bo
         ends = (float(gain.min()) * -low, float(gain.max()) * -low)
         rest = ctx.temp(f"{node.name};negative", view, "int8", _grid(min(ends), max(ends), floor))
         channel_affine(ctx, node, negative, rest, gain, 0.0, "negative")
-    if view != list(shape):
+    if view != shape:
         rest = _reshaped(ctx, rest, shape, f"{node.name};negative_back")
     ctx.emit("ADD", [source, rest], [out], node, "AddOptions", FusedActivationFunction=0)
     return True
@@ -303,22 +319,16 @@ def _grid(low: float, high: float, min_span: float) -> Quantization:
 
 
 def _channel_slopes(ctx: Lowering, node, perm) -> np.ndarray | None:
-    """The slope as one value per channel (last TFLite dim) of an NHWC 4-D or a 2-D input, or None
-    if it varies otherwise."""
-    rank = ctx.rank(node.input[0])
+    """The slope as one value per channel, the channel being the ONNX axis laid out last in
+    TFLite (NHWC: C; a dense [N, C]: C), or None if it varies along any other axis."""
+    rank = len(perm)
+    axis = perm[-1]
+    channels = ctx.shape(node.input[0])[axis]
     slope = np.asarray(ctx.constant(node.input[1]), np.float64)
     if slope.ndim > rank:
         return None
     slope = slope.reshape((1,) * (rank - slope.ndim) + slope.shape)
-    if rank == 4 and perm == NHWC:
-        channels = ctx.shape(node.input[0])[1]
-        if slope.shape[0] != 1 or slope.shape[2:] != (1, 1) or slope.shape[1] not in (1, channels):
-            return None
-    elif rank == 2 and tuple(perm) == (0, 1):
-        channels = ctx.shape(node.input[0])[1]
-        if slope.shape[0] != 1 or slope.shape[1] not in (1, channels):
-            return None
-    else:
+    if any(d != 1 for i, d in enumerate(slope.shape) if i != axis) or slope.shape[axis] not in (1, channels):
         return None
     return np.broadcast_to(slope.reshape(-1), (channels,)).copy()
 
