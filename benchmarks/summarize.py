@@ -290,9 +290,40 @@ def xnnpack_op_speed(data: dict) -> list[str]:
     return lines
 
 
+def calibration_real_models(data: dict) -> list[str]:
+    """Whole `edgepipe build --target jetson` vs ORT quantize_static, per real model (medians)."""
+    code = f"commit {data['commit']}" if data.get("commit") else data.get("note", "code unknown")
+    lines = [f"Code: {code}; host {data['host'].get('machine', '')}, {data['host'].get('cpus')} "
+             f"cpus; median of {data.get('runs_per_calibrator', 1)} fresh processes per row; peak = the worker's "
+             "own VmHWM; ours: wall/CPU of the whole build (`calibrate + backend` stages in brackets).", "",
+             "| model | calibrator | wall s | CPU s | own peak MB | wall / ORT Entropy | CPU / ORT Entropy "
+             "| string agreement | SQNR dB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, entry in data["models"].items():
+        for run in entry["runs"]:
+            if "error" in run:
+                lines.append(f"| {name} | {run['method']} | error: {run['error'][:80]} | | | | | | |")
+                continue
+            ours = "build_wall_s" in run
+            wall = f"{run['build_wall_s']:.1f} ({run['wall_s']:.1f})" if ours else fmt(run.get("wall_s"), 1)
+            cpu = run.get("build_cpu_s") if ours else run.get("cpu_s")
+            ratio = run.get("build_vs_ort_entropy", run.get("wall_vs_ort_entropy"))
+            cpu_ratio = run.get("build_cpu_vs_ort_entropy", 1.0 if not ours and cpu is not None else None)
+            lines.append(f"| {name} | {run['method']} | {wall} | {fmt(cpu, 1)} | {fmt(run.get('peak_mb'), 0)} | "
+                         f"{fmt(ratio, 2)} | {fmt(cpu_ratio, 2)} | "
+                         f"{fmt(run.get('string_agreement'))} | {fmt(run.get('sqnr_db'), 1)} |")
+    return lines
+
+
 SECTIONS = [
     ("Real-model corpus through the CLI (`benchmarks/real_model_corpus.py`)", "real_model_corpus", real_model_corpus),
     ("Calibration vs ONNX Runtime quantize_static (`benchmarks/calibration_vs_peers.py`)", "calibration_vs_peers", calibration_vs_peers),
+    ("Calibration speed on a real model, whole jetson build vs ORT Entropy, after "
+     "(`benchmarks/calibration_real_models.py --models ocr_rec --methods ours:auto,ort:Entropy`)",
+     "calibration_speed_real_models", calibration_real_models),
+    ("... the same, before this speed-up (edgepipe of commit 1f76f5f)", "calibration_speed_before", calibration_real_models),
+    ("... before, an earlier session of the same (heavier host load, no CPU times)", "calibration_speed_before_first",
+     calibration_real_models),
     ("Calibration memory vs number of samples (`benchmarks/calibration_scaling.py`)", "calibration_scaling", calibration_scaling),
     ("TFLite int8 vs fp32 on this host (`benchmarks/tflite_latency.py`)", "tflite_latency", tflite_latency),
     ("Our int8 lowering vs ai-edge-quantizer on the same fp32 .tflite (`benchmarks/tflite_vs_ai_edge_quantizer.py`)",
