@@ -274,6 +274,22 @@ def int16_activations(data: dict) -> list[str]:
     return lines
 
 
+def xnnpack_op_speed(data: dict) -> list[str]:
+    host = data["host"]
+    lines = [f"{host.get('cpu', '')}, int8 dot product: {host.get('int8_dot_product')}, 1 thread, load average "
+             f"{fmt(data['loadavg_before'][0], 1)}.", "", "| case | variant | int8 ms | fp32 ms | int8 / fp32 |",
+             "|---|---|---|---|---|"]
+    for case, rows in data["cases"].items():
+        variants = dict.fromkeys(key.rsplit(" ", 1)[0] for key in rows)
+        for variant in variants:
+            int8, fp32 = rows.get(f"{variant} int8", {}), rows.get(f"{variant} float32", {})
+            ratio = int8["ms"] / fp32["ms"] if "ms" in int8 and "ms" in fp32 else None
+            delegated = "" if int8.get("delegated", True) else " (not delegated)"
+            lines.append(f"| {case} | {variant} | {fmt(int8.get('ms'), 4)}{delegated} | {fmt(fp32.get('ms'), 4)} | "
+                         f"{fmt(ratio, 2)} |")
+    return lines
+
+
 def calibration_real_models(data: dict) -> list[str]:
     """Whole `edgepipe build --target jetson` vs ORT quantize_static, per real model (medians)."""
     code = f"commit {data['commit']}" if data.get("commit") else data.get("note", "code unknown")
@@ -320,6 +336,7 @@ SECTIONS = [
     ("Build cost vs number of calibration samples (`benchmarks/bounded_cost.py`)", "bounded_cost", bounded_cost),
     ("TFLite 16x8 (int16 activations) vs int8 vs fp32 (`benchmarks/int16_activations.py`)", "int16_activations",
      int16_activations),
+    ("Per-op XNNPACK int8 vs fp32 (`benchmarks/xnnpack_op_speed.py`)", "xnnpack_op_speed", xnnpack_op_speed),
 ]
 
 
