@@ -54,7 +54,11 @@ def _int8_relu_by_saturation(ctx: Lowering, node) -> bool:
     if quant.as_pair()[1] != -128:
         return False
     perm = ctx.layout(node.input[0])
-    ctx.alias(node.output[0], ctx.requantized(ctx.get(node.input[0], "int8", perm), quant, node.output[0]), perm)
+    if any(value.dtype == "int8" for value in ctx.values[node.input[0]]):
+        ctx.alias(node.output[0], ctx.requantized(ctx.get(node.input[0], "int8", perm), quant, node.output[0]), perm)
+    else:  # a float producer (kept float): one QUANTIZE onto the Relu's grid, not two roundings
+        out = ctx.new_value(node.output[0], "int8", perm, quant=quant)
+        ctx.emit("QUANTIZE", [ctx.get(node.input[0], "float32", perm)], [out], node)
     return True
 
 
