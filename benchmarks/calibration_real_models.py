@@ -18,12 +18,15 @@ next to the FP32 model as shipped:
   anchors above 0.25.
 Ours: the CLI, as a user runs it: `edgepipe build --model FILE --target jetson --calib calib.npz
 --calib-method M [--input-shape ...] --no-host-report --json` in a fresh project folder (no stage
-cache); its `model.qdq.onnx` is evaluated; time = the calibrate + backend stages (what
-quantize_static does), the CLI's whole wall time is kept too; memory = peak RSS of the edgepipe
-process (ru_maxrss of the worker's child). The ORT-ranges-in-our-placement rows of the earlier
-library-based version are not produced: the CLI's placement model is the bundle's, not a file
+cache), run inside the fresh worker process; its `model.qdq.onnx` is evaluated; `wall_s` = the
+calibrate + backend stages (what quantize_static does), `build_wall_s` = the whole build from
+importing edgepipe to the written bundle (export, simplify, fold, calibrate, Q/DQ, bundle; what
+`build_vs_ort_entropy` compares; `build_cpu_s` its CPU time, all threads); memory = the worker's
+own peak (VmHWM), whose baseline (python, numpy, onnx, onnxruntime imported) is the same as the
+ORT worker's. The ORT-ranges-in-our-placement rows of the earlier library-based version are not
+produced: the CLI's placement model is the bundle's, not a file
 this script writes. ORT: `quantize_static` (QDQ, per-channel int8 weights, symmetric int8 activations) with
-MinMax, Entropy, Percentile, in a worker process (its own peak, VmHWM, and growth). NNCF
+MinMax, Entropy, Percentile, in a worker process (its own peak, VmHWM, and growth; `cpu_s`). NNCF
 (`nncf.quantize`, ONNX backend, defaults) when importable from --nncf-python (a throwaway venv).
 
 Run by hand:  python benchmarks/calibration_real_models.py [--models ocr_rec,ocr_det] [--methods ...]
@@ -34,6 +37,7 @@ Writes benchmarks/results/calibration_real_models.json.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -58,10 +62,6 @@ CALIB_SAMPLES, EVAL_SAMPLES = 64, 64
 CALIB_SEED, EVAL_SEED = 1, 2
 
 
-def rss_children_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
-
-
 def prepare(work: Path, name: str) -> dict:
     spec = real_models.MODELS[name]
     calib = real_models.make_inputs(name, CALIB_SAMPLES, CALIB_SEED)
@@ -74,33 +74,63 @@ def prepare(work: Path, name: str) -> dict:
             "calib_samples": CALIB_SAMPLES, "eval_samples": EVAL_SAMPLES}
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all its threads (a contended host stretches wall time
+    for every calibrator; CPU time is what each one asked of the machine)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_ours(option: str, work: Path, name: str) -> dict:
-    """`edgepipe build --target jetson --calib-method option` in a fresh project folder."""
+    """`edgepipe build --target jetson --calib-method option` in a fresh project folder, run in this
+    (fresh) worker process so that its peak is the build's own (VmHWM), not an inherited one."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
     project = Path(tempfile.mkdtemp(prefix=f"{name}_{option}_", dir=work))
     (project / "tmp").mkdir()
-    env = dict(os.environ, TMPDIR=str(project / "tmp"))
+    os.environ["TMPDIR"] = str(project / "tmp")
+    tempfile.tempdir = None
+    os.chdir(project)
+    args = ["build", "--model", str(real_models.raw_model_path(name)), "--target", "jetson",
+            "--calib", str(work / f"{name}_calib.npz"), "--calib-method", option,
+            *real_models.input_shape_args(name), "--no-host-report", "--json", "--out", str(project / "bundle")]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    base = own_peak_mb()
+    cpu = cpu_seconds()
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "edgepipe", "build", "--model", str(real_models.raw_model_path(name)),
-                           "--target", "jetson", "--calib", str(work / f"{name}_calib.npz"), "--calib-method", option,
-                           *real_models.input_shape_args(name), "--no-host-report", "--json",
-                           "--out", str(project / "bundle")], cwd=project, env=env, capture_output=True, text=True)
-    cli_wall = time.perf_counter() - start
-    if proc.returncode:
-        raise RuntimeError((proc.stderr.strip().splitlines() or ["edgepipe build failed"])[-1])
-    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        try:
+            from edgepipe.cli.main import main as edgepipe_main  # importing edgepipe is part of the build
+
+            edgepipe_main(args)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+    build_wall = time.perf_counter() - start
+    build_cpu = cpu_seconds() - cpu
+    peak = own_peak_mb()
+    if code:
+        raise RuntimeError((stderr.getvalue().strip().splitlines() or ["edgepipe build failed"])[-1])
+    out = stdout.getvalue()
+    summary = json.loads(out[out.index("{"):])
     stages = {s["name"]: s.get("seconds") or 0.0 for s in summary.get("stages", []) if isinstance(s, dict)}
     calibration = json.loads((project / "bundle" / "calibration.json").read_text())
     tensors = calibration.get("tensors", {})
     methods = [t.get("method") for t in (tensors.values() if isinstance(tensors, dict) else tensors)]
-    return {"wall_s": stages.get("calibrate", 0.0) + stages.get("backend", 0.0), "cli_wall_s": cli_wall,
-            "stages_s": stages, "peak_mb": rss_children_mb(), "qdq": str(project / "bundle" / "model.qdq.onnx"),
-            "warnings": [line for line in proc.stderr.splitlines() if line.startswith("warning:")],
+    return {"wall_s": stages.get("calibrate", 0.0) + stages.get("backend", 0.0), "build_wall_s": build_wall,
+            "build_cpu_s": build_cpu,
+            "stages_s": stages, "peak_mb": peak, "growth_mb": peak - base,
+            "qdq": str(project / "bundle" / "model.qdq.onnx"),
+            "warnings": [line for line in stderr.getvalue().splitlines() if line.startswith("warning:")],
             "methods_chosen": {m: methods.count(m) for m in sorted({m for m in methods if m})}}
 
 
 def worker(method: str, work: Path, name: str) -> None:
     """One calibrator in this process; print one JSON line."""
     kind, option = method.split(":")
+    import onnxruntime  # noqa: F401  (every calibrator's baseline includes the runtime)
+
     if kind == "ours":
         print(json.dumps({"method": method, **run_ours(option, work, name)}))
         return
@@ -108,9 +138,8 @@ def worker(method: str, work: Path, name: str) -> None:
     input_name = real_models.MODELS[name].input_name
     images = np.load(work / f"{name}_calib.npz")[input_name]
     out = work / f"{name}_{kind}_{option}.onnx"
-    import onnxruntime  # noqa: F401  (every peer's baseline includes the runtime)
-
     base = own_peak_mb()
+    cpu = cpu_seconds()
     start = time.perf_counter()
     if kind == "nncf":
         import nncf
@@ -122,8 +151,10 @@ def worker(method: str, work: Path, name: str) -> None:
 
         ort_quantize_static(model_path, out, len(images), lambda i: {input_name: images[i : i + 1]}, option)
     wall = time.perf_counter() - start
+    cpu = cpu_seconds() - cpu
     peak = own_peak_mb()
-    print(json.dumps({"method": method, "wall_s": wall, "peak_mb": peak, "growth_mb": peak - base, "qdq": str(out)}))
+    print(json.dumps({"method": method, "wall_s": wall, "cpu_s": cpu, "peak_mb": peak, "growth_mb": peak - base,
+                      "qdq": str(out)}))
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -196,6 +227,7 @@ def main() -> None:
                         help="python of a throwaway venv with nncf (skipped when missing)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/calibration_real_models.json"))
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per calibrator (median reported)")
+    parser.add_argument("--note", default="", help="stored in the results file (e.g. which code ran)")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker[0], Path(args.worker[1]), args.worker[2])
@@ -205,8 +237,13 @@ def main() -> None:
     report = json.loads(out_path.read_text()) if out_path.exists() else {}
     from real_model_corpus import cpu_flags
 
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     report.update({"host": {"machine": platform.machine(), "python": platform.python_version(),
-                            "cpus": os.cpu_count(), "cpu": cpu_flags()}})
+                            "cpus": os.cpu_count(), "cpu": cpu_flags()},
+                   "commit": commit.stdout.strip() or None, "runs_per_calibrator": args.runs,
+                   "edgepipe": str(Path(importlib.import_module("edgepipe").__file__).parent)})
+    if args.note:
+        report["note"] = args.note
     report.setdefault("models", {})
     for name in args.models.split(","):
         info = prepare(work, name)
@@ -222,7 +259,8 @@ def main() -> None:
                     entry["runs"].append({"method": method, "error": f"no nncf venv at {args.nncf_python}"})
                     continue
                 python = args.nncf_python
-            row = run_child([__file__, "--worker", method, str(work), name], repeats=args.runs, python=python)
+            row = run_child([__file__, "--worker", method, str(work), name], repeats=args.runs, python=python,
+                            keys=("wall_s", "build_wall_s", "cpu_s", "build_cpu_s", "peak_mb", "growth_mb"))
             if "error" in row:
                 entry["runs"].append({"method": method, "error": row["error"]})
                 print(name, method, "ERROR", row["error"], flush=True)
@@ -234,13 +272,18 @@ def main() -> None:
                 print(name, method, "EVAL ERROR", str(exc)[:200], flush=True)
                 continue
             entry["runs"].append(row)
-            print(f"{name:9s} {method:16s} wall {row['wall_s']:7.1f}s peak {row['peak_mb']:6.0f}MB "
+            build = f" build {row['build_wall_s']:6.1f}s" if "build_wall_s" in row else ""
+            print(f"{name:9s} {method:16s} wall {row['wall_s']:7.1f}s{build} peak {row['peak_mb']:6.0f}MB "
                   f"sqnr {row['sqnr_db']:6.2f} {headline(name, row)}", flush=True)
         by = {r["method"]: r for r in entry["runs"] if "error" not in r}
         peer = by.get("ort:Entropy")
         if peer:  # ratios vs a peer measured in this same run
             for row in by.values():
                 row["wall_vs_ort_entropy"] = row["wall_s"] / peer["wall_s"]
+                if "build_wall_s" in row:  # the whole `edgepipe build`, not only its calibrate + backend stages
+                    row["build_vs_ort_entropy"] = row["build_wall_s"] / peer["wall_s"]
+                if "build_cpu_s" in row and "cpu_s" in peer:
+                    row["build_cpu_vs_ort_entropy"] = row["build_cpu_s"] / peer["cpu_s"]
         report["models"][name] = entry
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(report, indent=1) + "\n")

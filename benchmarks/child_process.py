@@ -34,10 +34,11 @@ def current_mb() -> float:
     return _status_mb("VmRSS")
 
 
-def run_child(args: list[str], repeats: int = 3, python: str = sys.executable) -> dict:
+def run_child(args: list[str], repeats: int = 3, python: str = sys.executable,
+              keys: tuple[str, ...] = ("wall_s", "peak_mb", "growth_mb")) -> dict:
     """Run `python args...` `repeats` times (each prints one JSON object as its last line); returns
-    the last run's row with `wall_s`, `peak_mb` and `growth_mb` replaced by their medians and the
-    raw values kept under `repeats`."""
+    the last run's row with each of `keys` replaced by its median and the raw values kept under
+    `repeats`."""
     rows = []
     for _ in range(max(repeats, 1)):
         proc = subprocess.run([python, *args], capture_output=True, text=True)
@@ -46,8 +47,8 @@ def run_child(args: list[str], repeats: int = 3, python: str = sys.executable) -
             return {"error": lines[-1][:300]}
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     result = dict(rows[-1])
-    for key in ("wall_s", "peak_mb", "growth_mb"):
+    for key in keys:
         if all(key in r for r in rows):
             result[key] = statistics.median(r[key] for r in rows)
-    result["repeats"] = [{k: r[k] for k in ("wall_s", "peak_mb", "growth_mb") if k in r} for r in rows]
+    result["repeats"] = [{k: r[k] for k in keys if k in r} for r in rows]
     return result

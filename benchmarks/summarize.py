@@ -186,22 +186,41 @@ def onnx_node_conformance(data: dict) -> list[str]:
 def arm_speed(data: dict) -> list[str]:
     host = data["host"]
     features = ", ".join(flag for flag, present in host["flags"].items() if present) or "none of the listed"
-    lines = [f"Host {host['machine']} ({host['cpu']}), {host['cores']} cores shared; CPU features: {features}; "
-             f"int8 dot-product instructions: {'yes' if host['int8_dot_product'] else 'no'}. LiteRT "
-             f"{data['litert']}, XNNPACK; latency = median of {data['rounds']} alternating rounds of "
-             f"{data['iterations']} invocations.", "",
-             "| model | XNNPACK partitions (int8) | ops outside | TRANSPOSE / ONNX Transpose | int8 ms (1 thr) | "
-             "fp32 ms (1 thr) | int8/fp32 1 thr | int8/fp32 4 thr |",
-             "|---|---|---|---|---|---|---|---|"]
+    dot = host["int8_dot_product"]
+    lines = [f"Host {host['machine']} ({host['cpu']}), {host['cores']} cores shared with other jobs (load average "
+             f"at each model's start and end in the table); CPU features: {features}; int8 dot-product "
+             f"instructions: {'yes' if dot else 'no'}. LiteRT {data['litert']}, XNNPACK; latency = median of "
+             "alternating int8 / fp32 rounds (each the median of its invocations).", "",
+             "| model | architecture | XNNPACK partitions int8 / fp32 | ops outside (int8) | "
+             "TRANSPOSE / ONNX Transpose | int8 ms 1 thr | fp32 ms 1 thr | int8/fp32 1 thr | int8/fp32 4 thr | "
+             "rounds x invocations 1 / 4 thr | load 1 min start / end |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ratios = []
     for name, row in data["models"].items():
         if "error" in row:
-            lines.append(f"| {name} | build failed: {row['error']} | | | | | | |")
+            lines.append(f"| {name} | {row.get('architecture', '')} | build failed: {row['error']} | | | | | | | | |")
             continue
         outside = ", ".join(f"{op} x{n}" for op, n in row["int8"]["outside"].items()) or "-"
         one, four = row["latency_ms"]["1"], row["latency_ms"]["4"]
-        lines.append(f"| {name} | {row['int8']['partitions']} | {outside} | {row['tflite_transposes']} / "
-                     f"{row['onnx_transposes']} | {fmt(one['int8'])} | {fmt(one['fp32'])} | "
-                     f"{fmt(one['int8_over_fp32'], 2)} | {fmt(four['int8_over_fp32'], 2)} |")
+        ratios.append((one["int8_over_fp32"], four["int8_over_fp32"]))
+        load = row.get("loadavg", {})
+        lines.append(f"| {name} | {row['architecture']} | {row['int8']['partitions']} / {row['fp32']['partitions']} | "
+                     f"{outside} | {row['tflite_transposes']} / {row['onnx_transposes']} | {fmt(one['int8'])} | "
+                     f"{fmt(one['fp32'])} | {fmt(one['int8_over_fp32'], 2)} | {fmt(four['int8_over_fp32'], 2)} | "
+                     f"{row['rounds']} x {one.get('iterations', row['iterations'])} / "
+                     f"{four.get('iterations', row['iterations'])} | {fmt(load.get('start', [None])[0], 2)} / "
+                     f"{fmt(load.get('end', [None])[0], 2)} |")
+    goals = data["goals"]
+    limit = 0.5 if dot else 1.0
+    lines += ["", f"- {len(goals['architectures_fully_delegated'])} of {goals['architectures']} corpus architectures "
+              f"fully delegated (every model one partition, nothing on builtin kernels); "
+              f"{goals['models_fully_delegated']} of {goals['models']} models",
+              f"- TRANSPOSE <= ONNX Transpose on {goals['models'] - len(goals['transposes_over_onnx'])} of "
+              f"{goals['models']} models" + (f" (not: {', '.join(goals['transposes_over_onnx'])})"
+                                             if goals["transposes_over_onnx"] else ""),
+              f"- int8 <= {limit}x fp32 (the goal for a host {'with' if dot else 'without'} int8 dot-product "
+              f"instructions): {sum(r[0] <= limit for r in ratios)} of {len(ratios)} models with 1 thread, "
+              f"{sum(r[1] <= limit for r in ratios)} of {len(ratios)} with 4 threads"]
     return lines
 
 
@@ -240,6 +259,60 @@ def bounded_cost(data: dict) -> list[str]:
     return lines
 
 
+def int16_activations(data: dict) -> list[str]:
+    lines = [f"{data.get('method', '')}; {data['host'].get('note', '')}.", "",
+             "| model | output SQNR int8 / 16x8 / fp32 dB | 16x8 with int8's clipped ranges | argmax agreement int8 / 16x8 "
+             "| p50 int8 / 16x8 / fp32 ms | int16 nodes (left int8) |",
+             "|---|---|---|---|---|---|"]
+    for name, row in data["models"].items():
+        sqnr = {k: min(v.values()) for k, v in row["sqnr_db"].items()}
+        agree, ms = row["argmax_agreement"], row["latency_ms_p50"]
+        lines.append(f"| {name} | {fmt(sqnr['int8'], 1)} / {fmt(sqnr['int16'], 1)} / {fmt(sqnr['fp32'], 1)} | "
+                     f"{fmt(sqnr.get('int16_int8_threshold'), 1)} | {fmt(agree['int8'])} / {fmt(agree['int16'])} | "
+                     f"{fmt(ms['int8'])} / {fmt(ms['int16'])} / {fmt(ms['fp32'])} | "
+                     f"{row['int16_nodes']} ({len(row['int16_fallback'])}) |")
+    return lines
+
+
+def xnnpack_op_speed(data: dict) -> list[str]:
+    host = data["host"]
+    lines = [f"{host.get('cpu', '')}, int8 dot product: {host.get('int8_dot_product')}, 1 thread, load average "
+             f"{fmt(data['loadavg_before'][0], 1)}.", "", "| case | variant | int8 ms | fp32 ms | int8 / fp32 |",
+             "|---|---|---|---|---|"]
+    for case, rows in data["cases"].items():
+        variants = dict.fromkeys(key.rsplit(" ", 1)[0] for key in rows)
+        for variant in variants:
+            int8, fp32 = rows.get(f"{variant} int8", {}), rows.get(f"{variant} float32", {})
+            ratio = int8["ms"] / fp32["ms"] if "ms" in int8 and "ms" in fp32 else None
+            delegated = "" if int8.get("delegated", True) else " (not delegated)"
+            lines.append(f"| {case} | {variant} | {fmt(int8.get('ms'), 4)}{delegated} | {fmt(fp32.get('ms'), 4)} | "
+                         f"{fmt(ratio, 2)} |")
+    return lines
+
+
+def calibration_real_models(data: dict) -> list[str]:
+    """Whole `edgepipe build --target jetson` vs ORT quantize_static, per real model (medians)."""
+    code = f"commit {data['commit']}" if data.get("commit") else data.get("note", "code unknown")
+    lines = [f"Code: {code}; host {data['host'].get('machine', '')}, {data['host'].get('cpus')} "
+             f"cpus; median of {data.get('runs_per_calibrator', 1)} fresh processes per row; peak = the worker's "
+             "own VmHWM; ours: wall/CPU of the whole build (`calibrate + backend` stages in brackets).", "",
+             "| model | calibrator | wall s | CPU s | own peak MB | wall / ORT Entropy | CPU / ORT Entropy "
+             "| string agreement | SQNR dB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, entry in data["models"].items():
+        for run in entry["runs"]:
+            if "error" in run:
+                lines.append(f"| {name} | {run['method']} | error: {run['error'][:80]} | | | | | | |")
+                continue
+            ours = "build_wall_s" in run
+            wall = f"{run['build_wall_s']:.1f} ({run['wall_s']:.1f})" if ours else fmt(run.get("wall_s"), 1)
+            cpu = run.get("build_cpu_s") if ours else run.get("cpu_s")
+            ratio = run.get("build_vs_ort_entropy", run.get("wall_vs_ort_entropy"))
+            cpu_ratio = run.get("build_cpu_vs_ort_entropy", 1.0 if not ours and cpu is not None else None)
+            lines.append(f"| {name} | {run['method']} | {wall} | {fmt(cpu, 1)} | {fmt(run.get('peak_mb'), 0)} | "
+                         f"{fmt(ratio, 2)} | {fmt(cpu_ratio, 2)} | "
+                         f"{fmt(run.get('string_agreement'))} | {fmt(run.get('sqnr_db'), 1)} |")
+    return lines
 GOAL_ROWS = {"rec_arm": "PP-OCRv4 recognizer, arm-cpu int8 .tflite", "rec_jetson": "PP-OCRv4 recognizer, jetson Q/DQ "
              "in ONNX Runtime (host emulation)", "yolo": "YOLOv8n (NudeNet 320n), arm-cpu int8 .tflite",
              "det": "PP-OCRv4 DBNet detector, arm-cpu int8 .tflite"}
@@ -298,6 +371,12 @@ def _goal_cell(result: dict, metric: str) -> str:
 SECTIONS = [
     ("Real-model corpus through the CLI (`benchmarks/real_model_corpus.py`)", "real_model_corpus", real_model_corpus),
     ("Calibration vs ONNX Runtime quantize_static (`benchmarks/calibration_vs_peers.py`)", "calibration_vs_peers", calibration_vs_peers),
+    ("Calibration speed on a real model, whole jetson build vs ORT Entropy, after "
+     "(`benchmarks/calibration_real_models.py --models ocr_rec --methods ours:auto,ort:Entropy`)",
+     "calibration_speed_real_models", calibration_real_models),
+    ("... the same, before this speed-up (edgepipe of commit 1f76f5f)", "calibration_speed_before", calibration_real_models),
+    ("... before, an earlier session of the same (heavier host load, no CPU times)", "calibration_speed_before_first",
+     calibration_real_models),
     ("Calibration memory vs number of samples (`benchmarks/calibration_scaling.py`)", "calibration_scaling", calibration_scaling),
     ("TFLite int8 vs fp32 on this host (`benchmarks/tflite_latency.py`)", "tflite_latency", tflite_latency),
     ("Our int8 lowering vs ai-edge-quantizer on the same fp32 .tflite (`benchmarks/tflite_vs_ai_edge_quantizer.py`)",
@@ -308,6 +387,9 @@ SECTIONS = [
      onnx_node_conformance),
     ("ARM CPU speed: delegation, transposes, int8/fp32 (`benchmarks/arm_speed.py`)", "arm_speed", arm_speed),
     ("Build cost vs number of calibration samples (`benchmarks/bounded_cost.py`)", "bounded_cost", bounded_cost),
+    ("TFLite 16x8 (int16 activations) vs int8 vs fp32 (`benchmarks/int16_activations.py`)", "int16_activations",
+     int16_activations),
+    ("Per-op XNNPACK int8 vs fp32 (`benchmarks/xnnpack_op_speed.py`)", "xnnpack_op_speed", xnnpack_op_speed),
     ("Accuracy goals of issue 14 on the models as shipped (`benchmarks/accuracy_goals.py`)", "accuracy_goals",
      accuracy_goals),
 ]

@@ -220,6 +220,22 @@ def check_target_support(model, target, ignore: set[str] = frozenset()) -> None:
         raise UnsupportedOpError(node, op_type, target.name, f"{reason}{more}")
 
 
+def check_int16_nodes(model, precision) -> set[str]:
+    """`precision.int16_nodes` as a set, each naming a node of the model and none kept float."""
+    import onnx
+
+    named = onnx.ModelProto()
+    named.CopyFrom(model)
+    names = {node.name for node in graph.ensure_node_names(named).graph.node}  # the names the lowering sees
+    for name in precision.int16_nodes:
+        if name not in names:
+            raise UserError(f"precision.int16_nodes: no node named '{name}' in the model (after simplify and "
+                            "fold); fix the name or remove it")
+        if name in precision.float_nodes:
+            raise UserError(f"precision.int16_nodes: node '{name}' is also in precision.float_nodes; keep it in one")
+    return set(precision.int16_nodes)
+
+
 def run_build(settings: dict, origin: str = "config", log=None, progress_factory=None) -> BuildResult:
     from edgepipe.calibrate.result import CalibrationResult
     from edgepipe.stages.calibrate import run_calibration
@@ -229,6 +245,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     backend_settings = {k: v for k, v in (settings.get("backend") or {}).items() if v is not None}
     target = load_target(settings["target"], {k: v for k, v in backend_settings.items() if k == "threads"})
     target.check_backend_settings(backend_settings)
+    target.check_precision_settings(settings["precision"])
     check_out_dir(Path(settings["out"]))  # before any work: a wrong --out costs nothing and loses nothing
     for key in ("model", "weights", "calib", "eval"):  # a FIFO or device would block a reader forever
         if settings.get(key):
@@ -273,21 +290,27 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         warnings.append(f"calibration: {stability_warning}")
 
     # 4b. automatic mixed precision to an accuracy budget (sensitivity-ranked float islands)
+    from edgepipe.accuracy.precision import summary_line
+
     float_nodes = set(settings["precision"].float_nodes)
+    int16_nodes = check_int16_nodes(model, settings["precision"]) if settings["precision"].int16_nodes else set()
     extra_files: dict[str, bytes] = {}
     if settings["precision"].budget is not None:
         plan = pipeline.run(
             "precision", lambda: plan_precision(model, calibration, eval_ds or calib_ds, settings, target),
             describe=lambda p: (f"precision.json ({len(p.float_nodes)} float nodes)", 0, ""),
-            note=lambda p: "budget met" if p.met else "budget NOT met",
+            note=lambda p: summary_line(p.summary()),
         )
         float_nodes |= set(plan.float_nodes)
+        int16_nodes |= set(getattr(plan, "int16_nodes", ())) - float_nodes  # a plan's 16x8 nodes (arm-cpu)
         if not plan.met:
             warnings.append(f"precision: {plan.reason}")
         extra_files["precision.json"] = _json_bytes(plan.to_json())
         if plan.sensitivity is not None:
             extra_files["sensitivity.json"] = _json_bytes(plan.sensitivity.to_json())
 
+    if int16_nodes:  # the target's backend option (arm-cpu: lowered 16x8, the rest int8)
+        backend_settings["int16_nodes"] = sorted(int16_nodes)
     out = Path(settings["out"])
     try:
         manifest = write_outputs(out, settings, target, pipeline, prepared, calibration, float_nodes, extra_files,
@@ -427,7 +450,7 @@ def reference_eval_data(model, dataset, report: ReportSettings, source: str):
     `report.eval_max_mb` of raw inputs + outputs (what run.py holds and the device stores). The
     samples are streamed into the bundle one at a time; None when there is nothing to keep.
     """
-    from edgepipe.delivery.bundle import EvalSamples
+    from edgepipe.delivery.eval_data import EvalSamples
     from edgepipe.data import has_batch_axis
     from edgepipe.sampling import evenly_spaced
 

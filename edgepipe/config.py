@@ -86,6 +86,9 @@ SCHEMA: dict[str, Any] = {
         workspace_mb=Field((int,), None, "TensorRT builder workspace limit", minimum=1),
         dla_core=Field((int,), None, "Jetson: run on this DLA core (GPU fallback on)", minimum=0),
         per_channel=Field((bool,), True, "per-channel weight scales"),
+        activations=Field((str,), "int8", "TFLite: int16 = 16x8 for the whole model (int16 activations, int8 weights) "
+                          "wherever LiteRT has an int16 kernel; runs on the builtin kernels, not XNNPACK",
+                          ("int8", "int16")),
         share_concat_scales=Field((bool,), False, "TFLite: a Concat input whose only consumer is the Concat is "
                                   "written on the Concat's scale (no requantizing QUANTIZE op)"),
         float_output_concats=Field((bool,), False, "TFLite: a Concat writing a model output from inputs whose ranges "
@@ -94,6 +97,8 @@ SCHEMA: dict[str, Any] = {
     "precision": _section(
         budget=Field((int, float), None, "max accuracy drop vs FP32 (enables automatic mixed precision)", minimum=0),
         float_nodes=Field((list,), [], "ONNX node names kept in float (FP16 on GPUs)"),
+        int16_nodes=Field((list,), [], "TFLite: ONNX node names lowered 16x8 (int16 activations, int8 weights); "
+                          "the rest stays int8"),
     ),
     "report": _section(
         host=Field((bool,), True, "measure int8 vs FP32 on this host after the build and render the report (arm-cpu: "
@@ -243,6 +248,7 @@ _VALUE_CHECKS = {
     "fold.temperature": _check_temperature,
     "calibration.overrides": _check_overrides,
     "precision.float_nodes": _check_strings,
+    "precision.int16_nodes": _check_strings,
     "regress.metrics": _check_strings,
 }
 

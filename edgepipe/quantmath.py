@@ -113,3 +113,22 @@ def cosine(reference: np.ndarray, test: np.ndarray) -> float:
     b = np.asarray(test, dtype=np.float64).ravel()
     denom = np.linalg.norm(a) * np.linalg.norm(b)
     return float(np.dot(a, b) / denom) if denom > 0 else float(np.array_equal(a, b))
+
+
+def stepped_grids(source: tuple[float, int], target: tuple[float, int],
+                  ratio_range: tuple[float, float]) -> list[tuple[float, int]]:
+    """int8 (scale, zero point) grids from `source` to `target` (the last one) whose consecutive
+    scale ratios all lie in `ratio_range`: equal geometric steps, the intermediate grids sharing
+    their low end with the narrower of the two (so none clips what both can hold). Why: a runtime
+    may take a requantization only within a scale ratio (XNNPACK's int8 QUANTIZE)."""
+    (in_scale, in_zero), (out_scale, out_zero) = source, target
+    ratio = in_scale / out_scale
+    steps = 1
+    while not ratio_range[0] <= ratio ** (1.0 / steps) <= ratio_range[1]:
+        steps += 1
+    low = in_scale * (-128 - in_zero) if ratio < 1.0 else out_scale * (-128 - out_zero)
+    grids = []
+    for step in range(1, steps):
+        scale = in_scale / ratio ** (step / steps)
+        grids.append((scale, int(np.clip(np.rint(-128 - low / scale), -128, 127))))
+    return grids + [(out_scale, out_zero)]

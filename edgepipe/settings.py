@@ -41,13 +41,15 @@ class ReportSettings:
 
 @dataclass(frozen=True)
 class PrecisionSettings:
-    """edgepipe.yaml `precision:`, typed; `float_nodes` is held as a tuple so the settings stay immutable."""
+    """edgepipe.yaml `precision:`, typed; node lists are held as tuples so the settings stay immutable."""
 
     budget: float | None = _schema_default("precision", "budget")
     float_nodes: tuple[str, ...] = field(default_factory=tuple)
+    int16_nodes: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
         object.__setattr__(self, "float_nodes", tuple(self.float_nodes or ()))
+        object.__setattr__(self, "int16_nodes", tuple(self.int16_nodes or ()))
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ class Target:
     device_readme: str = ""  # extra markdown for the bundle README
     default_options: dict[str, Any] = {}
     backend_options: tuple[str, ...] = ("threads",)  # the edgepipe.yaml `backend.*` keys this target reads
+    int16_activations: bool = False  # lowers named nodes 16x8 (`precision.int16_nodes` -> backend "int16_nodes")
 
     def __init__(self, options: dict | None = None, profile: str | None = None):
         self.options = {**copy.deepcopy(self.default_options), **(options or {})}
@@ -93,6 +94,13 @@ class Target:
         return simulated_int8_model(model, calibration, symmetric=self.activation_symmetric, keep_float=keep_float,
                                     per_channel=bool(self.options.get("per_channel", True)))
 
+    def int8_placement(self, model, calibration):
+        """Where this target's int8 puts its grids (`edgepipe.accuracy.placement.Placement`: every
+        quantized tensor with its scale and zero point, the int8 nodes, the quantized weights), so
+        the planner can switch each point on or off in one ONNX Runtime session; None (default):
+        the planner builds `qdq_model` per variant instead."""
+        return None
+
     def check_backend_settings(self, backend: dict) -> None:
         """Refuse a `backend.*` option this target would silently ignore (set away from its default):
         e.g. `per_channel: false` on arm-cpu, whose TFLite weights are always per channel."""
@@ -105,6 +113,12 @@ class Target:
             raise UserError(f"backend.{key}: {value!r} has no effect on target '{self.name}' (it reads "
                             f"backend.{', backend.'.join(self.backend_options)}); remove it or choose a "
                             "target that uses it")
+
+    def check_precision_settings(self, precision) -> None:
+        """Refuse `precision.int16_nodes` on a target without int16 activations (it would be ignored)."""
+        if precision.int16_nodes and not self.int16_activations:
+            raise UserError(f"precision.int16_nodes: target '{self.name}' has no int16 activations (16x8 is a "
+                            "TFLite mode: arm-cpu); remove it or use precision.float_nodes")
 
     def template_packages(self) -> tuple[str, ...]:
         """Packages whose templates/ folder is searched before edgepipe's: the plugin's own package,

@@ -22,8 +22,9 @@ class ArmCpuTarget(Target):
     )
     host_report = True
     default_options = {"threads": 2}
-    backend_options = ("threads", "int8_io", "keep_layout", "share_concat_scales",
+    backend_options = ("threads", "int8_io", "keep_layout", "activations", "share_concat_scales",
                        "float_output_concats")  # weights are always per channel
+    int16_activations = True
     device_readme = (
         "Install the runtime on the board: `pip3 install ai-edge-litert numpy` (64-bit OS, glibc >= 2.34), "
         "or `pip3 install tflite-runtime 'numpy<2'`."
@@ -56,16 +57,23 @@ class ArmCpuTarget(Target):
 
         options = {**self.options, **{k: v for k, v in settings.items() if v is not None}}
         options["float_nodes"] = set(options.get("float_nodes") or [])
+        options["int16_nodes"] = set(options.get("int16_nodes") or [])
         options["target"] = self.name  # errors name the target (or profile) the user chose
         result = build_tflite(model, calibration, out_dir, options)
         int8_built = INT8_FILE in result["files"]
         measured = delegation.measure(out_dir / INT8_FILE, int(options.get("threads") or 1)) if int8_built else None
         manifest = {
             "precision": {
-                "policy": self.precision,
+                "policy": self.precision if not result.get("int16_nodes") else
+                ("16x8 full-integer: int16 activations, int8 weights (float32 I/O by default)"
+                 if options.get("activations") == "int16" else f"{self.precision}; int16_nodes 16x8"),
                 "float_nodes": sorted(result.get("float_nodes") or []),  # lowered in float (activations fused)
                 "requested_float_nodes": sorted(options["float_nodes"]),
                 "int8_io": bool(options.get("int8_io")),
+                "activations": options.get("activations") or "int8",
+                "int16_nodes": sorted(result.get("int16_nodes") or []),  # lowered 16x8
+                "requested_int16_nodes": sorted(options["int16_nodes"]),
+                "int16_fallback": sorted(result.get("int16_fallback") or []),  # asked for, no int16 kernel: int8
             },
             "op_histogram": result.get("op_histogram", {}),
         }
@@ -73,15 +81,27 @@ class ArmCpuTarget(Target):
             manifest["compare_model"] = FP32_FILE  # run.py times it next to the int8 model
             manifest["delegation"] = {"measured_here": measured,
                                       **delegation.predicted_outside(result["kernels"])}
-        note = delegation.summary_line(measured) if int8_built else ""
+        int16_ops = sum(result["kernels"].get("int16", {}).values())
+        note = delegation.summary_line(measured, int16_ops) if int8_built else ""
         return BackendResult(files=list(result["files"]), io=result["io"], manifest=manifest, note=note)
 
     def evaluator(self, model, calibration, dataset, settings: dict):
         from edgepipe.backends.tflite.evaluate import tflite_evaluator
 
-        options = {k: v for k, v in settings.items() if k in ("int8_io", "keep_layout") and v is not None}
+        read = ("int8_io", "keep_layout", "activations")
+        options = {k: v for k, v in settings.items() if k in read and v is not None}
         options["target"] = self.name
         return tflite_evaluator(model, calibration, dataset, options)
+
+    def int8_placement(self, model, calibration):
+        """The .tflite's own grids: every tensor an int8 kernel reads or writes (elementwise and
+        activation outputs included), from the lowering itself."""
+        from edgepipe.accuracy.placement import Placement
+        from edgepipe.backends.tflite.placement import int8_grids
+
+        found = int8_grids(model, calibration, {"target": self.name})
+        return Placement(found["grids"], frozenset(found["int8_nodes"]), found["weights"], found["fused"],
+                         "TFLite full-integer placement (every tensor of an int8 op on the .tflite grid)")
 
     def deployed_probe(self, bundle: Path, manifest: dict, tensors: list[str] | None = None):
         from edgepipe.backends.tflite.probe import TfliteTensorProbe

@@ -70,8 +70,8 @@ def test_options_a_target_ignores_are_refused(tmp_path):
     assert refused.returncode == 2 and not (tmp_path / "b").exists()
     assert refused.stderr.strip().splitlines() == [
         "error: backend.per_channel: False has no effect on target 'arm-cpu' (it reads backend.threads, "
-        "backend.int8_io, backend.keep_layout, backend.share_concat_scales, backend.float_output_concats); remove it "
-        "or choose a target that uses it"]
+        "backend.int8_io, backend.keep_layout, backend.activations, backend.share_concat_scales, "
+        "backend.float_output_concats); remove it or choose a target that uses it"]
     from edgepipe.targets import load_target
 
     load_target("jetson").check_backend_settings({"per_channel": False, "dla_core": 0})  # read by TensorRT
@@ -121,7 +121,7 @@ def test_architecture_doc_names_functions_that_exist():
     files = ("py", "json", "yaml", "yml", "j2", "md", "npz", "onnx", "tflite", "html", "txt", "cache", "plan")
     names = {n for n in re.findall(r"`([a-z_]+(?:\.[A-Za-z_]+)+)(?:\(|`)", prose) if n.rsplit(".", 1)[1] not in files}
     resolved = {n for n in names if _resolve(n) is not None}
-    assert {"cli.main.build", "bundle.EvalSamples", "build.run_build", "settings.resolve_settings", "policy.choose"} <= resolved
+    assert {"cli.main.build", "eval_data.EvalSamples", "build.run_build", "settings.resolve_settings", "policy.choose"} <= resolved
     targets = prose.split("### Targets", 1)[1].split("###", 1)[0]
     for method in re.findall(r"^- `([a-z_]+)\(", targets, flags=re.M):
         assert callable(getattr(Target, method, None)), f"Target.{method} is in the doc but not in the code"

@@ -16,7 +16,7 @@ import pytest
 
 from edgepipe import graph
 from edgepipe.build import hold_out, reference_eval_data
-from edgepipe.delivery.bundle import EvalSamples, write_eval_npz
+from edgepipe.delivery.eval_data import EvalSamples, write_eval_npz
 from edgepipe.data import load_dataset
 from edgepipe.sampling import holdout_split
 from edgepipe.settings import ReportSettings
@@ -88,7 +88,7 @@ PEAK_CHILD = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     import numpy as np
-    from edgepipe.delivery.bundle import EvalSamples, write_eval_npz
+    from edgepipe.delivery.eval_data import EvalSamples, write_eval_npz
     from edgepipe.data import load_dataset
 
     def hwm_mb():  # this process's own peak (VmHWM is per address space, not inherited)

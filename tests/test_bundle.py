@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepipe.delivery.bundle import MANIFEST, SHA256SUMS, read_sha256sums, verify_bundle, write_bundle, write_eval_npz
+from edgepipe.delivery.bundle import MANIFEST, SHA256SUMS, read_sha256sums, verify_bundle, write_bundle
+from edgepipe.delivery.eval_data import write_eval_npz
 from edgepipe.errors import UserError
 
 TARGET = {"name": "arm-cpu", "backend": "tflite", "description": "test target", "precision": "int8",

@@ -235,3 +235,54 @@ def test_buffered_binning_equals_one_update_per_batch(model, monkeypatch):
     monkeypatch.setattr(collector, "DIRECT_BYTES", 600)  # mixed: larger tensors skip the buffer
     mixed = calibrate(model, data, {"method": "mse"})
     assert buffered.to_json() == direct.to_json() == mixed.to_json()
+
+
+def test_round_calibration_changes_only_the_named_tensors_of_a_copy(model):
+    """The per-round copy shares everything it does not change, so the chosen calibration must
+    come out untouched; the named tensors carry the round's threshold, ranges scaled alike."""
+    from edgepipe.calibrate import stability
+
+    chosen = calibrate(model, iid(32, seed=3), {"method": "mse"})
+    before = chosen.to_json()
+    name = "relu1"
+    tensor = chosen.tensors[name]
+    round_amax = tensor.stability["round_amax"][1]
+    copy = stability.round_calibration(chosen, 1, [name])
+    assert chosen.to_json() == before
+    moved = copy.tensors[name]
+    ratio = round_amax / tensor.amax
+    assert (moved.amax, moved.lo, moved.hi) == (round_amax, tensor.lo * ratio, tensor.hi * ratio)
+    assert all(copy.tensors[n] == chosen.tensors[n] for n in chosen.tensors if n != name)
+
+
+def test_sessions_that_do_not_spin_compute_the_same_statistics(model, monkeypatch):
+    """graph.make_session's threads sleep between ops instead of spin-waiting (CPU time on busy
+    hosts); kernels and thread count are unchanged, so every statistic is the same as with
+    ONNX Runtime's spinning default."""
+    from edgepipe import graph
+
+    options = graph.make_session(model).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    data = iid(24, seed=5)
+    quiet = calibrate(model, data, {"method": "entropy"})
+    monkeypatch.setattr(graph, "no_spinning", lambda options: options)
+    spinning = calibrate(model, data, {"method": "entropy"})
+    assert quiet.to_json() == spinning.to_json()
+
+
+@pytest.mark.parametrize("method", ["auto", "entropy", "mse"])
+def test_threaded_binning_and_range_choice_equal_one_thread(model, monkeypatch, method):
+    """Tensors are binned and their ranges chosen on several threads (collector.Workers): every
+    count, extreme, threshold and stability figure equals the one-thread result."""
+    from edgepipe.calibrate import collector
+
+    data = iid(40, seed=11)
+    monkeypatch.setattr(collector, "BINNING_THREADS", 1)
+    inline = calibrate(model, data, {"method": method, "batch_size": 3})
+    monkeypatch.setattr(collector, "BINNING_THREADS", 4)
+    monkeypatch.setattr(collector.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(collector, "DIRECT_BYTES", 600)  # large tensors binned with their batch, on threads
+    with collector.Workers() as workers:
+        assert workers.pool is not None
+    threaded = calibrate(model, data, {"method": method, "batch_size": 3})
+    assert threaded.to_json() == inline.to_json()

@@ -62,6 +62,11 @@ def test_budget_is_met_on_the_device_runner_with_few_float_nodes(builds):
     assert accuracy["fp32_top1"] - accuracy["top1"] <= 0.01 + 1e-9
     plan = json.loads((out / "precision.json").read_text())
     assert plan["met"] and 1 <= len(plan["float_groups"]) <= 3
+    # results.json says what the budget bought and what the search cost
+    precision = summary["results"]["precision"]
+    assert precision["met"] and precision["float_nodes"] == plan["float_nodes"]
+    assert 0.5 < precision["int8_fraction"] < 1.0 and precision["int8_ops"] < precision["ops"]
+    assert precision["search_seconds"] > 0 and precision["evaluations"]["search"] >= 1
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precision"]["requested_float_nodes"] == sorted(plan["float_nodes"])
     # fused activations drop out; the head writing the float model output is float anyway (ops/linear.py)

@@ -37,9 +37,14 @@ ONE_OP_MODELS = {
     "LOGISTIC": (("Sigmoid", ["x"], {}), IMAGE, {}),
     "TANH": (("Tanh", ["x"], {}), IMAGE, {}),
     "LEAKY_RELU": (("LeakyRelu", ["x"], {"alpha": 0.1}), IMAGE, {}),
-    "PRELU": (("PRelu", ["x", "slope"], {}), IMAGE, {"slope": np.full((4, 1, 1), 1.5, np.float32)}),  # s < 1: DW convs
+    # a slope varying along H: per-channel slopes are depthwise convs and an ADD (ops/activations.py)
+    "PRELU": (("PRelu", ["x", "slope"], {}), IMAGE, {"slope": RNG.uniform(0.1, 0.5, (4, 6, 1)).astype(np.float32)}),
     "GELU": (("Gelu", ["x"], {}), IMAGE, {}),
     "CONCATENATION": (("Concat", ["x", "x2"], {"axis": 1}), PAIR, {}),
+    "SPLIT": (("Split", ["x"], {"axis": 1, "num_outputs": 2}), IMAGE, {}),
+    "SLICE": (("Slice", ["x", "starts", "ends", "axes"], {}), IMAGE,
+              {"starts": np.array([1], np.int64), "ends": np.array([3], np.int64), "axes": np.array([1], np.int64)}),
+    "GATHER": (("Gather", ["x", "indices"], {"axis": 1}), IMAGE, {"indices": np.array([2, 0], np.int64)}),
     "RESHAPE": (("Reshape", ["x", "shape"], {}), {"x": [1, 4, 6]}, {"shape": np.array([1, 24], np.int64)}),
     "PAD": (("Pad", ["x", "pads"], {}), IMAGE, {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}),
     "RESIZE_BILINEAR": (("Resize", ["x", "", "s"], {"mode": "linear"}), IMAGE, SCALE2),
@@ -47,6 +52,8 @@ ONE_OP_MODELS = {
     "RESIZE_NEAREST_NEIGHBOR": (("Resize", ["x", "", "s"], {"mode": "nearest"}), IMAGE,
                                 {"s": np.array([1, 1, 1.5, 1.5], np.float32)}),
 }
+
+MULTI_OUTPUT = {"SPLIT": ["y", "y2"]}
 
 
 def test_every_measured_row_has_a_model():
@@ -56,7 +63,8 @@ def test_every_measured_row_has_a_model():
 
 def _one_op(opcode, tmp_path):
     (op_type, inputs, attrs), shapes, initializers = ONE_OP_MODELS[opcode]
-    model = make_model([helper.make_node(op_type, inputs, ["y"], name="op", **attrs)], shapes, ["y"], initializers,
+    outputs = MULTI_OUTPUT.get(opcode, ["y"])
+    model = make_model([helper.make_node(op_type, inputs, outputs, name="op", **attrs)], shapes, outputs, initializers,
                        opset=20)
     # a FULLY_CONNECTED writing a float model output is kept float (ops/linear.py): int8 io keeps it int8
     result, _ = convert(model, tmp_path, int8_io=opcode == "FULLY_CONNECTED")

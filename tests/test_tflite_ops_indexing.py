@@ -1,4 +1,5 @@
-"""Conformance of Gather (constant indices), Slice (clamped/negative bounds, steps), Split (equal/unequal)."""
+"""Conformance of Gather (constant indices), Slice (clamped/negative bounds, steps), Split (equal/unequal),
+and the SLICE forms XNNPACK delegates where GATHER / SPLIT_V would stay outside."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tests.tflite_harness import check_conformance, make_model
+from tests.tflite_harness import check_conformance, delegate_partitions, make_model
 
 RNG = np.random.default_rng(29)
 CONV_W = RNG.normal(size=(6, 3, 1, 1)).astype(np.float32) * 0.5
@@ -22,12 +23,27 @@ def _after(source_shape, node, inits, after_conv, opset=17, outputs=("y",)):
 
 
 @pytest.mark.parametrize("after_conv", [False, True], ids=["input", "after_conv"])
-@pytest.mark.parametrize("axis,indices", [(1, [4, 0, -1]), (2, 1), (3, [[0, 2], [1, 1]]), (-1, [3, 0])])
-def test_gather_on_4d(axis, indices, after_conv, tmp_path):
+@pytest.mark.parametrize("axis,indices,opcode", [(1, [4, 0, -1], "GATHER"), (2, 1, "SLICE"), (1, [2, 3, 4], "SLICE"),
+                                                (3, [[0, 2], [1, 1]], "GATHER"), (-1, [3, 0], "GATHER")])
+def test_gather_on_4d(axis, indices, opcode, after_conv, tmp_path):
+    """A contiguous run of indices (a scalar one included) is a SLICE, which XNNPACK delegates."""
     node = helper.make_node("Gather", ["c" if after_conv else "x", "i"], ["y"], name="gather", axis=axis)
     model = _after([1, 3, 4, 5] if after_conv else [1, 6, 4, 5], node, {"i": np.array(indices, np.int64)}, after_conv)
     report = check_conformance(model, tmp_path)
-    assert report.result["op_histogram"]["GATHER"] == 1 and not report.result["float_nodes"]
+    histogram = report.result["op_histogram"]
+    assert histogram[opcode] == 1 and not report.result["float_nodes"], histogram
+    if opcode == "SLICE":
+        for file in ("model.tflite", "model.fp32.tflite"):
+            assert len(delegate_partitions(report.out_dir / file)) == 1, file
+
+
+def test_class_token_gather_is_one_slice(tmp_path):
+    """ViT's x[:, 0] on [N, tokens, dim]: Gather(axis=1, index 0) drops the axis after a SLICE."""
+    node = helper.make_node("Gather", ["x", "i"], ["y"], name="gather", axis=1)
+    report = check_conformance(make_model([node], {"x": [1, 5, 8]}, ["y"], {"i": np.array(0, np.int64)}), tmp_path)
+    assert report.result["op_histogram"] == {"QUANTIZE": 1, "SLICE": 1, "RESHAPE": 1, "DEQUANTIZE": 1}
+    assert report.result["io"]["outputs"][0]["shape"] == [1, 8]
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 
 def test_gather_plain_2d(tmp_path):
@@ -88,4 +104,7 @@ def test_split(axis, split, opset, after_conv, tmp_path):
     report = check_conformance(model, tmp_path)
     histogram = report.result["op_histogram"]
     unequal = split and len(set(split)) > 1
-    assert histogram.get("SPLIT_V" if unequal else "SPLIT") == 1 and "TRANSPOSE" not in histogram, histogram
+    assert "TRANSPOSE" not in histogram and "SPLIT_V" not in histogram, histogram
+    assert histogram.get("SLICE") == parts if unequal else histogram.get("SPLIT") == 1, histogram
+    for file in ("model.tflite", "model.fp32.tflite"):  # SPLIT_V would stay outside XNNPACK
+        assert len(delegate_partitions(report.out_dir / file)) == 1, file

@@ -8,7 +8,7 @@ from onnx import helper
 
 from edgepipe.backends.tflite import build_tflite, unsupported_nodes
 from edgepipe.backends.tflite.runtime import run_tflite
-from tests.tflite_harness import check_conformance, make_model, onnx_node_case, run_onnx
+from tests.tflite_harness import check_conformance, delegate_partitions, make_model, onnx_node_case, op_names, run_onnx
 
 # (op, kernel, stride, padding attrs)
 POOL_CASES = [
@@ -94,3 +94,27 @@ def test_declared_size_that_onnxruntime_does_not_produce_is_refused():
     model = make_model([node], {"x": [1, 2, 2, 2]}, ["y"], opset=19)
     ((name, _, reason),) = unsupported_nodes(model)
     assert name == "ceil_pool" and "ONNX Runtime computes [1, 1]" in reason and "opset >= 22" in reason
+
+
+@pytest.mark.parametrize("pads", [[1, 1, 1, 1], [0, 1, 2, 0]], ids=["symmetric", "explicit"])
+def test_padded_max_pool_after_relu_pads_with_zeros_in_the_partition(pads, tmp_path):
+    """ResNet's stem (Relu then a padded 3x3 / 2 MaxPool): zero is the lowest value a Relu output
+    holds, so PAD replaces PADV2 (-inf fill, which XNNPACK does not take) in fp32 and int8 alike;
+    ONNX Runtime's -inf padding is the reference."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=pads)]
+    weights = np.random.default_rng(3).normal(size=(6, 3, 3, 3)).astype(np.float32) * 0.5
+    report = check_conformance(make_model(nodes, {"x": [1, 3, 9, 10]}, ["y"], {"w": weights}), tmp_path)
+    assert "PADV2" not in report.result["op_histogram"] and report.result["op_histogram"]["PAD"] == 1
+    for file in ("model.tflite", "model.fp32.tflite"):
+        assert "PADV2" not in op_names(report.out_dir / file, "no_delegates")
+        assert len(delegate_partitions(report.out_dir / file)) == 1, file
+
+
+def test_padded_max_pool_of_signed_input_keeps_lowest_fill(tmp_path):
+    """Without a Relu in front, the -inf fill stays (PADV2): a zero pad would win over negative maxima."""
+    node = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
+                            pads=[1, 1, 1, 1])
+    report = check_conformance(make_model([node], {"x": [1, 5, 9, 10]}, ["y"]), tmp_path)
+    assert report.result["op_histogram"]["PADV2"] == 1

@@ -1,27 +1,35 @@
 """Automatic mixed precision: the fewest float nodes that bring INT8 within an accuracy budget.
 
 Why: keeping everything float throws away the speed of INT8, keeping everything INT8 sometimes
-loses too much; a few sensitive layers are usually the whole difference. The planner:
+loses too much; a few sensitive tensors are usually the whole difference. The planner:
 
-1. scores every quantized node group (edgepipe.accuracy.sensitivity) on a held-out slice;
-2. greedy: moves the most sensitive group (largest SQNR recovery) to float, re-evaluates, and
-   stops as soon as the budget holds;
-3. prunes: tries to return each float group to INT8 again (least sensitive first) and keeps the
-   removal when the budget still holds - greedy order alone can leave a redundant early pick;
+1. emulates the target's int8 in ONNX Runtime: with a target placement
+   (`Target.int8_placement`, arm-cpu: the .tflite's own grid on every tensor, elementwise and
+   activation outputs included) as one switchable session (edgepipe.accuracy.placement), else
+   one `Target.qdq_model` per variant;
+2. ranks in one pass: each group quantized alone (everything else float) on a few samples, most
+   damaging first. A group is a weighted node's weights, or one quantized tensor with every node
+   that touches it (so the tensor is never int8: keeping only its producer float would not help,
+   its int8 readers still quantize it);
+3. bisects the ranked list: the shortest prefix that holds on the held-out slice
+   (ceil(log2 N) + 1 evaluations), then prunes a small float set (at most PRUNE_LIMIT groups);
 4. confirms on the full evaluation set, or with `evaluate(float_nodes)` (the real backend, e.g.
-   the .tflite in LiteRT); if confirmation fails, keeps adding groups with the confirming
-   evaluator until it passes.
+   the .tflite in LiteRT); if confirmation fails, doubles the float set (next ranked groups)
+   until it passes: at most log2(N) more backend runs.
 
 Budget: a number = the largest accepted drop vs FP32 (top-1 points with labels, else the
-fraction of changed argmax); `{"max_drop": 0.01}` is the same; `{"min_sqnr_db": 30}` asks for a
+fraction of changed argmax decisions, one per position of the last axis: per time step for a
+[1, T, C] sequence head); `{"max_drop": 0.01}` is the same; `{"min_sqnr_db": 30}` asks for a
 minimum output SQNR instead. A budget that cannot be met (max_float reached, or still broken
 with every group float - e.g. the backend itself differs from FP32) does not raise: the plan
 comes back with `met=False` and a one-line `reason`; `plan.require()` raises `BudgetError`
-(exit 1) for callers that must stop. Per-layer int16 activations are not planned (INT8/float only).
+(exit 1) for callers that must stop. Levels are INT8/float; a third (int16 activations) plugs in
+where a Placement says which grid a tensor gets and a group's switches choose between them.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -29,8 +37,8 @@ import onnx
 
 from edgepipe.calibrate.result import CalibrationResult
 from edgepipe.errors import BudgetError, UserError
-from edgepipe.accuracy.sensitivity import (NodeGroup, SensitivityReport, VariantEvaluator, analyze_sensitivity,
-                                  resolve_metric)
+from edgepipe.accuracy.sensitivity import (NodeGroup, NodeSensitivity, SensitivityReport, VariantEvaluator,
+                                           resolve_metric)
 
 Evaluate = Callable[[set], dict]
 
@@ -110,24 +118,32 @@ class PrecisionPlan:
             raise BudgetError(self.reason)
         return self
 
+    def summary(self) -> dict:
+        return plan_summary(self.to_json())
+
     def to_json(self) -> dict:
         return {
             "schema": 1, "budget": {"metric": self.budget.metric, "limit": self.budget.limit,
                                     "text": self.budget.describe()},
             "met": self.met, "reason": self.reason, "float_nodes": sorted(self.float_nodes),
             "float_groups": list(self.float_groups), "quantized_groups": self.quantized_groups,
-            "final": self.final,
+            "final": self.final, "search": self.extra,
             "steps": [{"action": s.action, "group": s.group, "float_groups": s.float_groups, "metrics": s.metrics,
                        "measured": s.measured, "holds": s.holds, "evaluator": s.evaluator} for s in self.steps],
         }
 
 
+PRUNE_LIMIT = 8  # prune a float set of at most this many groups (one evaluation each)
+RANK_SAMPLES = 2  # samples each group is scored on alone (output SQNR ranks well on few)
+
+
 class _Planner:
     def __init__(self, groups: list[NodeGroup], budget: Budget, search: Evaluate, confirm: Evaluate,
-                 confirm_name: str, max_float: int | None):
+                 confirm_name: str, max_float: int | None, search_name: str = "slice"):
         self.by_name = {g.name: g for g in groups}
         self.ranked = [g.name for g in groups]
         self.budget, self.search, self.confirm, self.confirm_name = budget, search, confirm, confirm_name
+        self.search_name = search_name
         self.max_float = len(groups) if max_float is None else max(0, int(max_float))
         self.steps: list[PlanStep] = []
 
@@ -138,22 +154,29 @@ class _Planner:
         metrics = (self.confirm if confirming else self.search)(self.nodes(chosen))
         holds = self.budget.holds(metrics)
         self.steps.append(PlanStep(action, group, list(chosen), metrics, self.budget.measure(metrics), holds,
-                                   self.confirm_name if confirming else "slice"))
+                                   self.confirm_name if confirming else self.search_name))
         return holds
 
-    def grow(self, chosen: list[str], confirming: bool) -> tuple[list[str], bool]:
-        """Add groups in sensitivity order until the budget holds or no group/allowance is left."""
-        for name in self.ranked:
-            if name in chosen:
-                continue
-            if len(chosen) >= self.max_float:
-                return chosen, False
-            chosen = chosen + [name]
-            if self.check(chosen, "add", name, confirming):
-                return chosen, True
-        return chosen, False
+    def bisect(self) -> list[str]:
+        """Shortest prefix of the ranked groups that holds on the slice (prefixes only get more
+        accurate as groups are added): ceil(log2(limit)) + 1 evaluations."""
+        limit = min(self.max_float, len(self.ranked))
+        if limit == 0 or not self.check(self.ranked[:limit], "prefix", self.ranked[limit - 1] if limit else None):
+            return self.ranked[:limit]
+        low, high = 0, limit  # prefix `low` fails (all int8 was checked), prefix `high` holds
+        while high - low > 1:
+            middle = (low + high) // 2
+            if self.check(self.ranked[:middle], "prefix", self.ranked[middle - 1]):
+                high = middle
+            else:
+                low = middle
+        return self.ranked[:high]
 
     def prune(self, chosen: list[str], confirming: bool = False) -> list[str]:
+        """Return each float group to int8 when the budget still holds without it (small sets only:
+        one evaluation per group)."""
+        if len(chosen) > PRUNE_LIMIT:
+            return chosen
         for name in reversed(list(chosen)):
             trial = [g for g in chosen if g != name]
             if self.check(trial, "remove", name, confirming):
@@ -162,48 +185,134 @@ class _Planner:
                 self.steps[-1].action = "keep"
         return chosen
 
+    def escalate(self, chosen: list[str]) -> tuple[list[str], bool]:
+        """The confirming backend disagrees with the slice: double the float set (next ranked groups)
+        and confirm again, until it holds or the allowance is spent: at most log2(N) backend runs."""
+        limit = min(self.max_float, len(self.ranked))
+        while len(chosen) < limit:
+            size = min(limit, max(2 * len(chosen), len(chosen) + 1))
+            chosen = chosen + [g for g in self.ranked if g not in chosen][:size - len(chosen)]
+            if self.check(chosen, "grow", chosen[-1], confirming=True):
+                return chosen, True
+        return chosen, False
+
+
+CONFIRMING = ("confirm", "grow")
+
+
+def _cached(evaluate: Evaluate) -> Evaluate:
+    """The same float set is measured once (bisection's last prefix is the confirmation)."""
+    results: dict[frozenset, dict] = {}
+
+    def cached(nodes) -> dict:
+        key = frozenset(nodes)
+        if key not in results:
+            results[key] = evaluate(set(key))
+        return results[key]
+
+    return cached
+
+
+def rank_groups(evaluator: VariantEvaluator, metric: str, samples: int = RANK_SAMPLES) -> SensitivityReport:
+    """Sensitivity order from one pass: each group quantized alone (everything else float), most
+    damaging (lowest output SQNR) first. With a target placement each pass is one run of the
+    switchable session on `samples` samples; otherwise one Q/DQ model per group."""
+    groups = evaluator.groups()
+    if not groups:
+        raise UserError("no quantizable nodes with calibration ranges in the model; nothing to plan")
+    fp32, int8 = evaluator.reference_metrics(), evaluator.evaluate(set())
+    scored = [NodeSensitivity(g, evaluator.evaluate_alone(g, samples), None, 0.0) for g in groups]
+    scored.sort(key=lambda n: (n.only.sqnr_db, n.only.argmax_agreement))
+    return SensitivityReport(metric, len(evaluator), fp32, int8, scored, evaluator.symmetric)
+
 
 def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult, dataset, budget, *,
                          target, metric: str = "auto", max_float: int | None = None,
                          evaluate: Evaluate | None = None, max_samples: int | None = 64,
-                         sensitivity: SensitivityReport | None = None) -> PrecisionPlan:
+                         sensitivity: SensitivityReport | None = None,
+                         rank_samples: int = RANK_SAMPLES) -> PrecisionPlan:
     """Fewest float node groups such that the budget holds (see module docstring).
 
     `evaluate(float_nodes) -> metrics dict` (keys as results.json 'accuracy': top1, fp32_top1,
     argmax_agreement, sqnr_db) confirms with the real backend; default: the target's ORT Q/DQ
-    simulation (`target.qdq_model`) on all of `dataset`.
+    simulation on all of `dataset`.
     """
-    search_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=max_samples)
+    started = time.perf_counter()
+    search_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=max_samples,
+                                 use_placement=True)
     spec = Budget.parse(budget, metric, search_ev.labels is not None)
-    report = sensitivity or analyze_sensitivity(model, calibration, dataset, evaluator=search_ev,
-                                                metric=spec.metric)
+    report = sensitivity or rank_groups(search_ev, spec.metric, rank_samples)
+    ranking_evaluations = search_ev.evaluations
     if evaluate is not None:
-        confirm, confirm_name = evaluate, "backend"
+        confirm, confirm_name = _cached(evaluate), "backend"
     elif len(search_ev) == len(dataset):
         confirm, confirm_name = (lambda nodes: search_ev.evaluate(nodes).to_dict()), "full"
     else:
-        full_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=None)
+        full_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=None, use_placement=True)
         confirm, confirm_name = (lambda nodes: full_ev.evaluate(nodes).to_dict()), "full"
     groups = report.ranked_groups()
-    planner = _Planner(groups, spec, lambda nodes: search_ev.evaluate(nodes).to_dict(), confirm, confirm_name,
-                       max_float)
+    if evaluate is not None and search_ev.placement is not None:
+        # the backend's own kernels on the whole eval set decide the bisection too: an emulated
+        # slice that holds where the backend does not would end in a doubled float set; the
+        # switchable emulation's job is the one-pass ranking, where it is the cheap part
+        search, search_name = confirm, "backend"
+    else:
+        search, search_name = (lambda nodes: search_ev.evaluate(nodes).to_dict()), "slice"
+    planner = _Planner(groups, spec, search, confirm, confirm_name, max_float, search_name)
 
     chosen: list[str] = []
     if not planner.check(chosen, "int8", None):
-        chosen, _ = planner.grow(chosen, confirming=False)
-        chosen = planner.prune(chosen)
+        chosen = planner.prune(planner.bisect())
     met = planner.check(chosen, "confirm", None, confirming=True)
     if not met:
-        # the confirming evaluator (the real backend) disagrees with the slice: grow on it, then
-        # prune on it again so the float set stays the smallest that holds there
-        chosen, met = planner.grow(chosen, confirming=True)
-        if met:
-            chosen = planner.prune(chosen, confirming=True)
-            met = planner.check(chosen, "confirm", None, confirming=True)
+        chosen, met = planner.escalate(chosen)
     final = planner.steps[-1].metrics
     reason = _reason(spec, met, chosen, planner, final)
-    return PrecisionPlan(planner.nodes(chosen), chosen, planner.steps, final, met, reason, spec, report,
-                         len(groups), {"sessions_built": search_ev.sessions_built})
+    float_nodes = planner.nodes(chosen)
+    search = {"seconds": round(time.perf_counter() - started, 2), "groups": len(groups),
+              "ranking_evaluations": ranking_evaluations, "rank_samples": rank_samples,
+              "search_evaluations": sum(1 for s in planner.steps if s.action not in CONFIRMING),
+              "confirm_evaluations": sum(1 for s in planner.steps if s.action in CONFIRMING),
+              "search_on": search_name, "confirm_on": confirm_name,
+              "samples": len(search_ev), "sessions_built": search_ev.sessions_built,
+              "emulation": (search_ev.placement.description if search_ev.placement is not None
+                            else "Q/DQ model per variant (Target.qdq_model)")}
+    search.update(int8_ops(model, search_ev, float_nodes))
+    return PrecisionPlan(float_nodes, chosen, planner.steps, final, met, reason, spec, report,
+                         len(groups), search)
+
+
+def int8_ops(model: onnx.ModelProto, evaluator: VariantEvaluator, float_nodes: set[str]) -> dict:
+    """How much of the model computes in int8: ONNX nodes (Constant excluded) whose compute the
+    target quantizes, minus the float ones."""
+    compute = [n.name for n in model.graph.node if n.op_type != "Constant"]
+    quantized = set(evaluator.qdq_report["quantized_nodes"]) if evaluator.placement is None \
+        else set(evaluator.placement.int8_nodes)
+    int8 = len((quantized & set(compute)) - set(float_nodes))
+    return {"ops": len(compute), "int8_ops": int8, "int8_fraction": round(int8 / max(len(compute), 1), 4)}
+
+
+def plan_summary(plan: dict) -> dict:
+    """The results.json `precision` section (and the build's one line) from a precision.json dict:
+    what the budget bought (int8 share of the ops, the float list) and what the search cost."""
+    search = plan.get("search") or {}
+    return {"budget": (plan.get("budget") or {}).get("text"), "met": plan.get("met"), "reason": plan.get("reason"),
+            "ops": search.get("ops"), "int8_ops": search.get("int8_ops"), "int8_fraction": search.get("int8_fraction"),
+            "float_nodes": plan.get("float_nodes", []), "float_groups": len(plan.get("float_groups", [])),
+            "search_seconds": search.get("seconds"),
+            "evaluations": {key: search.get(f"{key}_evaluations") for key in ("ranking", "search", "confirm")},
+            "final": plan.get("final")}
+
+
+def summary_line(summary: dict) -> str:
+    """`budget met: 290/365 ops int8 (79.5%), 75 float nodes; search 212 s, 377+12+1 evaluations`."""
+    state = "budget met" if summary["met"] else "budget NOT met"
+    if summary.get("ops") is None:
+        return state
+    evaluations = "+".join(str(summary["evaluations"][k] or 0) for k in ("ranking", "search", "confirm"))
+    return (f"{state}: {summary['int8_ops']}/{summary['ops']} ops int8 ({100 * summary['int8_fraction']:.1f}%), "
+            f"{len(summary['float_nodes'])} float nodes; search {summary['search_seconds']:.0f} s, "
+            f"{evaluations} evaluations (rank+search+confirm)")
 
 
 def plan_on_target(model: onnx.ModelProto, calibration: CalibrationResult, dataset, budget, target,
@@ -231,4 +340,5 @@ def _reason(budget: Budget, met: bool, chosen: list[str], planner: _Planner, fin
             f"backend/eval data")
 
 
-__all__ = ["plan_mixed_precision", "plan_on_target", "PrecisionPlan", "PlanStep", "Budget"]
+__all__ = ["plan_mixed_precision", "plan_on_target", "plan_summary", "summary_line", "PrecisionPlan", "PlanStep",
+           "Budget"]

@@ -19,6 +19,11 @@ its only consumer (backends fuse the pair, so they go float together).
 
 Ranking: by `recovery_db` = SQNR(all but this) - SQNR(all quantized), ties broken by the lower
 SQNR(only this). SQNR is continuous, so it ranks well even on slices too small for top-1 to move.
+
+The mixed-precision planner passes `use_placement=True`: a target that knows where its int8 grids
+are (`Target.int8_placement`) is then emulated by one switchable session
+(edgepipe.accuracy.placement), whose groups are quantized tensors and weights, elementwise ones
+included. Argmax agreement is one decision per position of the last axis (per CTC time step).
 """
 
 from __future__ import annotations
@@ -41,12 +46,15 @@ METRICS = ("auto", "top1", "agreement", "sqnr")
 
 @dataclass(frozen=True)
 class NodeGroup:
-    """One quantized node (the group's name) and the activation fused with it."""
+    """What goes float together: a quantized node (the group's name) and the activation fused
+    with it, or - with a target placement - every node touching one quantized tensor, so that
+    the tensor itself stays float (`switches` are the quantization points the group removes)."""
 
     name: str
     op_type: str
     nodes: tuple[str, ...]
     activations: tuple[str, ...]  # quantized activation inputs (calibrated tensors)
+    switches: tuple[str, ...] = ()  # placement switches scored "alone" (edgepipe.accuracy.placement)
 
 
 @dataclass
@@ -96,7 +104,7 @@ class VariantEvaluator:
     """Runs the FP32 model once on a slice, then scores Q/DQ variants (which nodes stay float)."""
 
     def __init__(self, model: onnx.ModelProto, calibration: CalibrationResult, dataset, *, target,
-                 max_samples: int | None = 64):
+                 max_samples: int | None = 64, use_placement: bool = False):
         self.target = target  # an edgepipe.targets.Target: its qdq_model() quantizes each variant
         self.model = graph.ensure_node_names(_copy(model))
         self.calibration, self.symmetric = calibration, bool(target.activation_symmetric)
@@ -108,17 +116,37 @@ class VariantEvaluator:
         self.labels = None if labels is None else np.asarray(labels)[self.indices]
         self.output_names = [o.name for o in self.model.graph.output]
         self.reference = self._run(self.model)
-        self.fp32_top1 = (float(np.mean(_argmax(self.reference[0]) == self.labels))
-                          if self.labels is not None else None)
+        decisions = _argmax(self.reference[0])
+        self.fp32_top1 = (float(np.mean(decisions == self.labels))
+                          if self.labels is not None and len(decisions) == len(self.labels) else None)
         self.sessions_built = 1
+        self.evaluations = 0
         self._cache: dict[frozenset, Metrics] = {}
-        self.qdq_report = target.qdq_model(self.model, calibration)[1]
+        # a target that says where its int8 grids are (arm-cpu: the .tflite's) is emulated by one
+        # switchable session; others build their Q/DQ model per variant (Target.qdq_model)
+        placement = target.int8_placement(self.model, calibration) if use_placement else None
+        self.switchable = None
+        if placement is not None:
+            from edgepipe.accuracy.placement import SwitchableQdq
+
+            self.switchable = SwitchableQdq(self.model, placement, self.output_names)
+            self.sessions_built += 1
+            self.qdq_report = {"quantized_nodes": {n: {"op": "", "inputs": []} for n in placement.int8_nodes},
+                               "placement": placement.description}
+        else:
+            self.qdq_report = target.qdq_model(self.model, calibration)[1]
+
+    @property
+    def placement(self):
+        return self.switchable.placement if self.switchable is not None else None
 
     def __len__(self) -> int:
         return len(self.feeds)
 
     def groups(self) -> list[NodeGroup]:
         """Quantized node groups in graph order (what the backend quantizes when nothing is float)."""
+        if self.switchable is not None:
+            return placement_groups(self.model, self.switchable)
         quantized = self.qdq_report["quantized_nodes"]
         consumers = graph.consumers(self.model)
         result = []
@@ -140,10 +168,25 @@ class VariantEvaluator:
         """Metrics of the variant with `float_nodes` kept float (cached per float set)."""
         key = frozenset(float_nodes)
         if key not in self._cache:
-            qdq, _ = self.target.qdq_model(self.model, self.calibration, keep_float=key)
-            self.sessions_built += 1
-            self._cache[key] = self._score(self._run(qdq))
+            self.evaluations += 1
+            if self.switchable is not None:
+                on = self.switchable.switches_for(key)
+                self._cache[key] = self._score(self.switchable.run(self.feeds, on))
+            else:
+                qdq, _ = self.target.qdq_model(self.model, self.calibration, keep_float=key)
+                self.sessions_built += 1
+                self._cache[key] = self._score(self._run(qdq))
         return self._cache[key]
+
+    def evaluate_alone(self, group: NodeGroup, samples: int | None = None) -> Metrics:
+        """Metrics with only `group` quantized (every other node float) on the first `samples`."""
+        self.evaluations += 1
+        if self.switchable is None or not group.switches:
+            everything = set(self.qdq_report["quantized_nodes"]) | {n for g in self.groups() for n in g.nodes}
+            return self.evaluate(everything - set(group.nodes))
+        count = len(self.feeds) if samples is None else min(samples, len(self.feeds))
+        outputs = self.switchable.run(self.feeds[:count], set(group.switches))
+        return self._score(outputs, count)
 
     def _run(self, model: onnx.ModelProto) -> list[np.ndarray]:
         session = graph.make_session(model)
@@ -153,13 +196,46 @@ class VariantEvaluator:
                 store.append(np.asarray(value, np.float32))
         return [np.concatenate(values, axis=0) for values in per_output]
 
-    def _score(self, outputs: list[np.ndarray]) -> Metrics:
-        sqnr = min(quantmath.sqnr_db(ref, out) for ref, out in zip(self.reference, outputs))
-        cos = min(quantmath.cosine(ref, out) for ref, out in zip(self.reference, outputs))
+    def _score(self, outputs: list[np.ndarray], count: int | None = None) -> Metrics:
+        """Compare with FP32 (on the first `count` samples when the variant ran on fewer)."""
+        reference = self.reference if count is None else [r[:count] for r in self.reference]
+        sqnr = min(quantmath.sqnr_db(ref, out) for ref, out in zip(reference, outputs))
+        cos = min(quantmath.cosine(ref, out) for ref, out in zip(reference, outputs))
         predicted = _argmax(outputs[0])
-        agreement = float(np.mean(predicted == _argmax(self.reference[0])))
-        top1 = float(np.mean(predicted == self.labels)) if self.labels is not None else None
+        agreement = float(np.mean(predicted == _argmax(reference[0])))
+        top1 = None
+        if self.labels is not None and count is None and len(predicted) == len(self.labels):
+            top1 = float(np.mean(predicted == self.labels))
         return Metrics(sqnr, cos, agreement, top1, self.fp32_top1)
+
+
+def placement_groups(model: onnx.ModelProto, switchable) -> list[NodeGroup]:
+    """One group per quantization point of a target placement, in graph order: a tensor (its
+    producer and int8 readers go float, so the tensor is never on its grid) or a weight (the
+    weighted node goes float); fused activations join their producer."""
+    from edgepipe.accuracy.placement import tensor_switch, weight_switch
+
+    placement, index = switchable.placement, switchable.index
+    ops = {n.name: n.op_type for n in model.graph.node}
+    order = [i.name for i in model.graph.input] + [out for n in model.graph.node for out in n.output]
+    first_input = {n.name: n.input[0] for n in model.graph.node if n.input}
+    groups, seen = [], set()
+    for tensor in (t for t in order if t in placement.grids):
+        source = first_input.get(index.producer.get(tensor, ""), "")
+        if placement.grids.get(source) == placement.grids[tensor]:
+            continue  # a pass-through (Reshape, Transpose, Slice...) on its input's grid adds no error
+        touching = {index.producer.get(tensor)} | set(index.readers.get(tensor, ()))
+        nodes = placement.partners(touching & placement.int8_nodes)
+        producer = index.producer.get(tensor)
+        key = frozenset(nodes)
+        if nodes and key not in seen:
+            seen.add(key)
+            groups.append(NodeGroup(tensor, ops.get(producer, "input"), tuple(sorted(nodes)), (tensor,),
+                                    (tensor_switch(tensor),)))
+    for node in (n.name for n in model.graph.node if n.name in placement.weights):
+        groups.append(NodeGroup(f"{node}/weights", ops[node], tuple(sorted(placement.partners({node}))), (),
+                                (weight_switch(node),)))
+    return groups
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -169,17 +245,22 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _argmax(output: np.ndarray) -> np.ndarray:
-    """Class per sample: argmax over the last axis, flattened to one prediction per batch row."""
-    flat = output.reshape(output.shape[0], -1)
-    return np.argmax(flat, axis=-1)
+    """One decision per position: argmax over the last axis (classes), so a [N, C] classifier gives
+    one per sample and a [N, T, C] sequence head (CTC) one per time step; rank 1 is one decision."""
+    shape = list(output.shape)
+    while len(shape) > 2 and shape[-1] == 1:  # [N, C, 1, 1] conv heads: the classes are C
+        shape.pop()
+    if len(shape) < 2:
+        return np.atleast_1d(np.argmax(output))
+    return np.argmax(output.reshape(-1, shape[-1]), axis=-1)
 
 
 @dataclass
 class NodeSensitivity:
     group: NodeGroup
     only: Metrics  # only this group quantized
-    all_but: Metrics  # every group quantized except this one
-    recovery_db: float  # SQNR(all but this) - SQNR(all quantized)
+    all_but: Metrics | None  # every group quantized except this one (None: ranked by `only` alone)
+    recovery_db: float | None  # SQNR(all but this) - SQNR(all quantized)
     activation: dict = field(default_factory=dict)  # calibration of its first quantized activation
 
 
@@ -198,17 +279,20 @@ class SensitivityReport:
         return [n.group for n in self.nodes]
 
     def _drop(self, metrics: Metrics) -> float | None:
-        return None if self.metric == "sqnr" else metrics.drop(self.metric)
+        if self.metric == "sqnr" or (self.metric == "top1" and metrics.top1 is None):
+            return None  # scored on a few samples (the planner's ranking pass): no top-1 there
+        return metrics.drop(self.metric)
 
     def to_json(self) -> dict:
         nodes = []
         for rank, n in enumerate(self.nodes, 1):
+            all_but = n.all_but or Metrics(float("nan"), float("nan"), None)
             nodes.append({
                 "rank": rank, "name": n.group.name, "op_type": n.group.op_type, "nodes": list(n.group.nodes),
-                "sqnr_only_db": _finite(n.only.sqnr_db), "sqnr_all_but_db": _finite(n.all_but.sqnr_db),
+                "sqnr_only_db": _finite(n.only.sqnr_db), "sqnr_all_but_db": _finite(all_but.sqnr_db),
                 "recovery_db": _finite(n.recovery_db),
-                "metric_drop": self._drop(n.only), "metric_drop_all_but": self._drop(n.all_but),
-                "agreement_only": n.only.argmax_agreement, "agreement_all_but": n.all_but.argmax_agreement,
+                "metric_drop": self._drop(n.only), "metric_drop_all_but": self._drop(n.all_but) if n.all_but else None,
+                "agreement_only": n.only.argmax_agreement, "agreement_all_but": all_but.argmax_agreement,
                 "activation": n.activation,
             })
         return {"schema": 1, "metric": self.metric, "samples": self.samples,
@@ -226,8 +310,8 @@ class SensitivityReport:
             act = n.activation
             act_range = f"[{act['min']:.3g}, {act['max']:.3g}]" if act else "-"
             drop = self._drop(n.only)
-            rows.append((str(rank), n.group.name, n.group.op_type, _db(n.only.sqnr_db), _db(n.all_but.sqnr_db),
-                         _db(n.recovery_db), "-" if drop is None else f"{drop:+.4f}", act_range,
+            rows.append((str(rank), n.group.name, n.group.op_type, _db(n.only.sqnr_db),
+                         _db(n.all_but.sqnr_db if n.all_but else None), _db(n.recovery_db), "-" if drop is None else f"{drop:+.4f}", act_range,
                          act.get("method", "-") if act else "-"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
@@ -240,7 +324,9 @@ class SensitivityReport:
         return f"{self.int8.fp32_top1:.4f}" if self.int8.fp32_top1 is not None else "-"
 
 
-def _db(value: float) -> str:
+def _db(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "-"
     return "inf" if math.isinf(value) else f"{value:.1f}"
 
 

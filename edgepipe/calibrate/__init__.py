@@ -53,10 +53,17 @@ def calibrate(
     _check_dataset_inputs(model, dataset)
     hists, num_samples = collector.collect(model, dataset, contexts, settings, progress)
     result = CalibrationResult(method=settings["method"], num_samples=num_samples)
+    methods.registry()  # loaded once here, not raced by the threads below
+
+    def choose(name: str):
+        choice = policy.choose(name, hists[name], contexts[name], settings)
+        return choice, stability.round_stability(hists[name], choice.method, settings, choice.method_amax)
+
+    with collector.Workers() as workers:  # tensors are independent: their range searches run side by side
+        chosen = dict(zip(hists, workers.map(choose, list(hists))))
     stabilities = {}
     for name, hist in hists.items():
-        choice = policy.choose(name, hist, contexts[name], settings)
-        stabilities[name] = stability.round_stability(hist, choice.method, settings, choice.method_amax)
+        choice, stabilities[name] = chosen[name]
         result.tensors[name] = TensorCalibration(
             name=name,
             min=float(hist.min),

@@ -21,6 +21,8 @@ inference cannot tell count as the largest known one.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 import numpy as np
@@ -125,18 +127,21 @@ def tensor_chunks(model: onnx.ModelProto, names: list[str], batch_size: int, max
     return chunks
 
 
-def _extremes(arrays: dict, names) -> tuple[dict[str, tuple[float, float]], str | None]:
+def _extremes(arrays: dict, names, workers: "Workers") -> tuple[dict[str, tuple[float, float]], str | None]:
     """(min, max) of every float array in `names` order, and the first with a NaN or Inf (or None).
 
     One reduction pair per tensor serves both the NaN/Inf check (NaN propagates through min/max)
     and the histogram update, which would otherwise reduce the same data again.
     """
+    floats = [name for name in names if (value := arrays.get(name)) is not None and value.dtype.kind == "f"
+              and value.size]
+
+    def reduce(name: str) -> tuple[float, float]:
+        value = arrays[name]
+        return float(np.minimum.reduce(value, axis=None)), float(np.maximum.reduce(value, axis=None))
+
     extremes = {}
-    for name in names:
-        value = arrays.get(name)
-        if value is None or value.dtype.kind != "f" or not value.size:
-            continue
-        low, high = float(np.minimum.reduce(value, axis=None)), float(np.maximum.reduce(value, axis=None))
+    for name, (low, high) in zip(floats, workers.map(reduce, floats)):
         if not (np.isfinite(low) and np.isfinite(high)):
             return extremes, name
         extremes[name] = (low, high)
@@ -172,46 +177,87 @@ def collect(
     hists = {name: TensorHistogram(name, num_bins, rounds) for name in names}
     skipped: set[str] = set()
     total, done = len(indices) * len(chunks), 0
-    for chunk in chunks:
-        session = graph.make_session(graph.expose_tensors(model, [n for n in chunk if n not in input_names]))
-        fetch = [n for n in chunk if n not in input_names]
-        pending = _Pending()
-        for round_index, batch_indices, feed in batches(dataset, indices, rounds, batch_size):
-            _check_inputs(feed, batch_indices)
-            arrays = dict(zip(fetch, session.run(fetch, feed))) if fetch else {}
-            arrays.update({n: np.asarray(feed[n]) for n in chunk if n in input_names and n in feed})
-            extremes, bad = _extremes(arrays, chunk)
-            if bad is not None:
-                index = _sample_with_bad_activation(session, chunk, dataset, batch_indices, bad)
-                raise UserError(
-                    f"calibration sample {index}: tensor '{bad}' contains NaN or Inf; check that sample's "
-                    "preprocessing or drop it from the calibration set"
-                )
-            if round_index != pending.round_index:
-                pending.flush(hists)
-                pending.round_index = round_index
-            for name in chunk:
-                value = arrays.get(name)
-                if value is None or value.dtype.kind != "f":
-                    skipped.add(name)
-                    continue
-                pending.add(hists, name, value, extremes.get(name))
-            del arrays
-            pending.batches += 1
-            if pending.nbytes >= PENDING_BYTES or pending.batches >= PENDING_BATCHES:
-                pending.flush(hists)
-            done += len(batch_indices)
-            if progress is not None:
-                progress(done, total)
-        pending.flush(hists)
+    with Workers() as workers:
+        for chunk in chunks:
+            session = graph.make_session(graph.expose_tensors(model, [n for n in chunk if n not in input_names]))
+            fetch = [n for n in chunk if n not in input_names]
+            pending = _Pending(workers)
+            for round_index, batch_indices, feed in batches(dataset, indices, rounds, batch_size):
+                _check_inputs(feed, batch_indices)
+                arrays = dict(zip(fetch, session.run(fetch, feed))) if fetch else {}
+                arrays.update({n: np.asarray(feed[n]) for n in chunk if n in input_names and n in feed})
+                bad = _bin_batch(arrays, chunk, round_index, pending, hists, skipped)
+                del arrays  # before the next batch's activations exist (peak: one batch)
+                if bad is not None:
+                    index = _sample_with_bad_activation(session, chunk, dataset, batch_indices, bad)
+                    raise UserError(
+                        f"calibration sample {index}: tensor '{bad}' contains NaN or Inf; check that sample's "
+                        "preprocessing or drop it from the calibration set"
+                    )
+                done += len(batch_indices)
+                if progress is not None:
+                    progress(done, total)
+            pending.flush(hists)
     for name in skipped:
         hists.pop(name, None)
     return hists, len(indices)
 
 
+def _bin_batch(arrays: dict, chunk: list[str], round_index: int, pending: "_Pending", hists: dict,
+               skipped: set) -> str | None:
+    """Fold one batch's activations into the histograms; returns the first tensor holding a NaN or
+    Inf (nothing is binned then), else None. Non-float tensors go to `skipped`."""
+    extremes, bad = _extremes(arrays, chunk, pending.workers)
+    if bad is not None:
+        return bad
+    if round_index != pending.round_index:
+        pending.flush(hists)
+        pending.round_index = round_index
+    for name in chunk:
+        value = arrays.get(name)
+        if value is None or value.dtype.kind != "f":
+            skipped.add(name)
+            continue
+        pending.add(name, value, extremes.get(name))
+    pending.bin_direct(hists)
+    pending.batches += 1
+    if pending.nbytes >= PENDING_BYTES or pending.batches >= PENDING_BATCHES:
+        pending.flush(hists)
+    return None
+
+
 PENDING_BYTES = 32 * 2**20  # small activations held back per flush (all tensors together)
 PENDING_BATCHES = 16  # ... and at most this many batches of them
-DIRECT_BYTES = 2 * 2**20  # an activation this large is binned at once (nothing to amortize)
+DIRECT_BYTES = 2 * 2**20  # an activation this large is binned with its batch (nothing to amortize)
+BINNING_THREADS = 4  # at most this many tensors binned at once (and no more than the host's cores)
+
+
+class Workers:
+    """Runs one task per tensor on a few threads, results in input order.
+
+    Why threads: numpy's reductions, the index computation and (in part) bincount run without the
+    GIL, and every tensor has its own histogram, so tensors of one batch bin side by side with no
+    shared state; counts are integers, hence the same whatever the order. One core: inline.
+    """
+
+    def __init__(self, threads: int | None = None):
+        threads = min(BINNING_THREADS, os.cpu_count() or 1) if threads is None else threads
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="edgepipe-bin") if threads > 1 else None
+
+    def map(self, task: Callable, items: list) -> list:
+        if self.pool is None or len(items) < 2:
+            return [task(item) for item in items]
+        return list(self.pool.map(task, items))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class _Pending:
@@ -222,33 +268,47 @@ class _Pending:
     tensor together (TensorHistogram.update_parts) gives one bincount per tensor per flush.
     Memory stays bounded whatever the number of samples: a flush happens whenever PENDING_BYTES
     are held, every PENDING_BATCHES batches, at every round boundary (counts are per round) and at
-    the end; activations of DIRECT_BYTES or more skip the buffer. Binning is exact and
-    order-independent (histogram.py), so the counts are the same as with one update per batch.
+    the end; activations of DIRECT_BYTES or more are binned with their own batch (`bin_direct`).
+    Binning is exact and order-independent (histogram.py), so the counts are the same as with one
+    update per batch.
     """
 
-    def __init__(self):
+    def __init__(self, workers: Workers | None = None):
         self.items: dict[str, list[tuple[np.ndarray, tuple[float, float] | None]]] = {}
+        self.direct: list[tuple[str, np.ndarray, tuple[float, float] | None]] = []
         self.nbytes = 0
         self.batches = 0
         self.round_index = 0
+        self.workers = workers or Workers(1)
 
-    def add(self, hists: dict, name: str, value: np.ndarray, extremes: tuple[float, float] | None) -> None:
+    def add(self, name: str, value: np.ndarray, extremes: tuple[float, float] | None) -> None:
         if not value.size:
             return
         if value.nbytes >= DIRECT_BYTES:
-            hists[name].update(value, self.round_index, extremes)
+            self.direct.append((name, value, extremes))
             return
         self.items.setdefault(name, []).append((value, extremes))
         self.nbytes += value.nbytes
 
+    def bin_direct(self, hists: dict) -> None:
+        """Bin this batch's large activations now (one task per tensor: a name occurs once per batch)."""
+        round_index = self.round_index
+        self.workers.map(lambda item: hists[item[0]].update(item[1], round_index, item[2]), self.direct)
+        self.direct.clear()
+
     def flush(self, hists: dict) -> None:
-        for name, items in self.items.items():
+        round_index = self.round_index
+
+        def bin_tensor(item) -> None:
+            name, items = item
             if len(items) == 1:
-                hists[name].update(items[0][0], self.round_index, items[0][1])
-                continue
+                hists[name].update(items[0][0], round_index, items[0][1])
+                return
             known = [e for _, e in items if e is not None]
             extremes = (min(e[0] for e in known), max(e[1] for e in known)) if len(known) == len(items) else None
-            hists[name].update_parts([value for value, _ in items], self.round_index, extremes)
+            hists[name].update_parts([value for value, _ in items], round_index, extremes)
+
+        self.workers.map(bin_tensor, list(self.items.items()))
         self.items.clear()
         self.nbytes = 0
         self.batches = 0

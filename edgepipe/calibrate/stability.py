@@ -31,6 +31,7 @@ the quantization noise at the output doubles) to below QUALITY_FLOOR_DB (30 dB; 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Mapping
 
 import numpy as np
@@ -108,14 +109,15 @@ def unstable_tensors(calibration) -> list[str]:
 def round_calibration(calibration, round_index: int, names: list[str]):
     """A copy of `calibration` whose `names` carry round `round_index`'s threshold (asymmetric
     ranges scaled by the same ratio: rounds record the symmetric threshold only)."""
-    copy = type(calibration).from_json(calibration.to_json())
+    copy = dataclasses.replace(calibration, tensors=dict(calibration.tensors))  # shares the rest: read only
     for name in names:
         tensor = copy.tensors[name]
         rounds = tensor.stability.get("round_amax") or []
         if round_index >= len(rounds) or tensor.amax <= 0:
             continue
         ratio = float(rounds[round_index]) / tensor.amax
-        tensor.amax, tensor.lo, tensor.hi = float(rounds[round_index]), tensor.lo * ratio, tensor.hi * ratio
+        copy.tensors[name] = dataclasses.replace(tensor, amax=float(rounds[round_index]), lo=tensor.lo * ratio,
+                                                 hi=tensor.hi * ratio)
     return copy
 
 

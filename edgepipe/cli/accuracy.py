@@ -92,8 +92,9 @@ def sensitivity_command(model, weights, target, calib, eval_, input_shapes, conf
     data = report.to_json()
     plan = None
     if budget is not None:
+        # the planner ranks its own groups (with a target placement: tensors and weights, as `build`)
         plan = plan_on_target(onnx_model, calibration, dataset, budget, target_plugin, settings.get("backend"),
-                              metric=metric, max_samples=max_samples, sensitivity=report)
+                              metric=metric, max_samples=max_samples)
         data["plan"] = plan.to_json()
     if out_path:
         Path(out_path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

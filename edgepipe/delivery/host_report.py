@@ -68,6 +68,10 @@ def finish_host_report(out: Path, settings: dict, results: dict, result) -> dict
     results["accuracy_warnings"] = [warning] if warning else []
     if warning:
         result.warnings.append(warning)
+    if (out / "precision.json").is_file():  # what precision.budget bought and what its search cost
+        from edgepipe.accuracy.precision import plan_summary
+
+        results["precision"] = plan_summary(json.loads((out / "precision.json").read_text()))
     results_path = out / "report" / "results.json"
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")

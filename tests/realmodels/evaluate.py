@@ -254,6 +254,19 @@ def ordered(name: str, outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     return [outputs[o.name] for o in model.graph.output]
 
 
+def onnx_transposes(path: Path) -> int:
+    """Transpose nodes of an ONNX file (the shipped one, or a factory's torch export)."""
+    import onnx
+
+    return sum(node.op_type == "Transpose" for node in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def tflite_transposes(path: Path) -> int:
+    """TRANSPOSE operators of a .tflite as LiteRT lists them (builtin kernels, no delegate)."""
+    return [op["op_name"] for op in interpreter(path, "BUILTIN_WITHOUT_DEFAULT_DELEGATES")._get_ops_details()].count(
+        "TRANSPOSE")
+
+
 # --- metrics ---------------------------------------------------------------------------------
 
 

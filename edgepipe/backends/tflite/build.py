@@ -92,6 +92,8 @@ def build_tflite(model: onnx.ModelProto, calibration, out_dir: Path, options: di
         "files": files,
         "io": describe_io(main),
         "float_nodes": list(int8.float_lowered) if int8 is not None else [],
+        "int16_nodes": list(int8.int16_lowered) if int8 is not None else [],
+        "int16_fallback": list(int8.int16_fallback) if int8 is not None else [],
         "op_histogram": main.spec.op_histogram(),
         "kernels": kernel_histogram(main.spec),
     }

@@ -13,6 +13,14 @@ Facts measured with LiteRT 2.3 (ai-edge-litert) and read from the kernels' Prepa
 - `same_quant`: the int8 kernel moves or compares integers without requantizing, so the output
   and the data inputs (`data_inputs`, None = all) must share scale and zero point.
 - `weights`: (filter, bias, data) input slots and the filter's per-channel quantized dimension.
+- `int16`: the version of the 16x8 kernel (int16 activations, int8 weights; LiteRT's own op
+  versioning, tensorflow/lite/tools/versioning/op_version.cc), None when the project never emits
+  it in int16. int16 activations are symmetric (zero point 0) everywhere; conv / FC biases are
+  int64. XNNPACK takes no int16 kernel: every 16x8 op runs on LiteRT's builtin kernels.
+- `int16_options`: (options table, {field: value}) the int16 kernel needs: ADD / SUB read general
+  (not power-of-two) scales only with `pot_scale_int16` false, and the schema's default is true.
+- `int16_fixed_output`: the int16 counterpart of `fixed_output` (LOGISTIC / TANH / SOFTMAX write
+  1/32768, zero point 0).
 - `xnnpack_int8`: True when LiteRT's default XNNPACK delegate takes the int8 kernel as our
   lowerings emit it, False when it falls back to a builtin kernel (correct, slower, splits the
   delegated graph), None when not measured or never emitted in int8. `xnnpack_fp32` the same for
@@ -45,6 +53,18 @@ class Builtin:
     weights: Weights | None = None
     xnnpack_fp32: bool | None = None
     xnnpack_int8: bool | None = None
+    int16: int | None = None
+    int16_fixed_output: tuple[float, int] | None = None
+    int16_options: tuple[str, dict] | None = None
+
+    def version_for(self, dtype: str) -> int:
+        """The version a kernel with `dtype` activations needs (higher versions keep the lower ones)."""
+        return max(self.version, self.int16) if dtype == "int16" and self.int16 is not None else self.version
+
+
+INT16_UNIT = (1.0 / 32768, 0)  # output grid of the int16 LOGISTIC / TANH / SOFTMAX kernels
+GENERAL_SCALES_ADD = ("AddOptions", {"PotScaleInt16": False})
+GENERAL_SCALES_SUB = ("SubOptions", {"PotScaleInt16": False})
 
 
 def _table(*rows: Builtin) -> dict[str, Builtin]:
@@ -53,23 +73,26 @@ def _table(*rows: Builtin) -> dict[str, Builtin]:
 
 BUILTINS = _table(
     # conversions
-    Builtin("QUANTIZE", 1),
-    Builtin("DEQUANTIZE", 2),
+    Builtin("QUANTIZE", 1, int16=2),
+    Builtin("DEQUANTIZE", 2, int16=3),
     Builtin("CAST", 1),
     # weighted ops
-    Builtin("CONV_2D", 3, True, weights=Weights(1, 2, 0, 0, bias_required=True), xnnpack_fp32=True, xnnpack_int8=True),
+    Builtin("CONV_2D", 3, True, weights=Weights(1, 2, 0, 0, bias_required=True), xnnpack_fp32=True, xnnpack_int8=True,
+            int16=4),
     Builtin("DEPTHWISE_CONV_2D", 3, True, weights=Weights(1, 2, 0, 3, bias_required=True), xnnpack_fp32=True,
-            xnnpack_int8=True),
-    Builtin("TRANSPOSE_CONV", 3, True, weights=Weights(1, 3, 2, 0)),
-    Builtin("FULLY_CONNECTED", 4, True, weights=Weights(1, 2, 0, 0), xnnpack_fp32=True, xnnpack_int8=True),
-    Builtin("BATCH_MATMUL", 4, xnnpack_fp32=True, xnnpack_int8=True),  # int8: only with a zero point 0 B (ops/linear.py)
+            xnnpack_int8=True, int16=5),
+    Builtin("TRANSPOSE_CONV", 3, True, weights=Weights(1, 3, 2, 0), int16=3),
+    Builtin("FULLY_CONNECTED", 4, True, weights=Weights(1, 2, 0, 0), xnnpack_fp32=True, xnnpack_int8=True, int16=7),
+    # int8: only with a zero point 0 B (ops/linear.py)
+    Builtin("BATCH_MATMUL", 4, xnnpack_fp32=True, xnnpack_int8=True, int16=3),
     # elementwise
-    Builtin("ADD", 2, xnnpack_fp32=True, xnnpack_int8=True),  # not when an input/output scale ratio is < 2**-10
-    Builtin("SUB", 2),
-    Builtin("MUL", 2, xnnpack_fp32=True, xnnpack_int8=True),
+    # int8 ADD: XNNPACK refuses it when an input/output scale ratio is < 2**-10
+    Builtin("ADD", 2, xnnpack_fp32=True, xnnpack_int8=True, int16=3, int16_options=GENERAL_SCALES_ADD),
+    Builtin("SUB", 2, int16=5, int16_options=GENERAL_SCALES_SUB),
+    Builtin("MUL", 2, xnnpack_fp32=True, xnnpack_int8=True, int16=4),
     Builtin("DIV", 1),
-    Builtin("MAXIMUM", 2, same_quant=True, data_inputs=(0, 1)),
-    Builtin("MINIMUM", 2, same_quant=True, data_inputs=(0, 1), xnnpack_fp32=True, xnnpack_int8=False),
+    Builtin("MAXIMUM", 2, same_quant=True, data_inputs=(0, 1), int16=4),
+    Builtin("MINIMUM", 2, same_quant=True, data_inputs=(0, 1), xnnpack_fp32=True, xnnpack_int8=False, int16=4),
     Builtin("POW", 1),
     Builtin("SQRT", 1),
     Builtin("RSQRT", 2),
@@ -79,43 +102,47 @@ BUILTINS = _table(
     Builtin("ABS", 2),
     Builtin("NEG", 1),
     # reductions and pooling
-    Builtin("MEAN", 2, True, xnnpack_fp32=True, xnnpack_int8=True),
+    Builtin("MEAN", 2, True, xnnpack_fp32=True, xnnpack_int8=True, int16=3),
     Builtin("SUM", 1, True),
-    Builtin("REDUCE_MAX", 2, True, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True),
+    Builtin("REDUCE_MAX", 2, True, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=3),
     Builtin("REDUCE_MIN", 2, True, same_quant=True),
     # int8 AVERAGE_POOL_2D is not delegated (LiteRT 2.3): VALID is a depthwise conv, SAME a float island
-    Builtin("AVERAGE_POOL_2D", 2, True, same_quant=True, xnnpack_fp32=True),
-    Builtin("MAX_POOL_2D", 2, True, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True),
+    Builtin("AVERAGE_POOL_2D", 2, True, same_quant=True, xnnpack_fp32=True, int16=3),
+    Builtin("MAX_POOL_2D", 2, True, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=3),
     # activations
     # int8 SOFTMAX is not delegated (LiteRT 2.3): int8 models compute Softmax in float inside the delegate
-    Builtin("SOFTMAX", 2, True, fixed_output=(1.0 / 256, -128), xnnpack_fp32=True),
+    Builtin("SOFTMAX", 2, True, fixed_output=(1.0 / 256, -128), xnnpack_fp32=True, int16=3,
+            int16_fixed_output=INT16_UNIT),
     Builtin("LOG_SOFTMAX", 2, fixed_output=(16.0 / 256, 127)),
-    Builtin("LOGISTIC", 2, fixed_output=(1.0 / 256, -128), xnnpack_fp32=True, xnnpack_int8=True),
-    Builtin("TANH", 2, fixed_output=(1.0 / 128, 0), xnnpack_fp32=True, xnnpack_int8=True),
-    Builtin("RELU", 2), Builtin("RELU6", 2), Builtin("RELU_N1_TO_1", 2), Builtin("RELU_0_TO_1", 1),
+    Builtin("LOGISTIC", 2, fixed_output=(1.0 / 256, -128), xnnpack_fp32=True, xnnpack_int8=True, int16=3,
+            int16_fixed_output=INT16_UNIT),
+    Builtin("TANH", 2, fixed_output=(1.0 / 128, 0), xnnpack_fp32=True, xnnpack_int8=True, int16=3,
+            int16_fixed_output=INT16_UNIT),
+    Builtin("RELU", 2, int16=3), Builtin("RELU6", 2, int16=3), Builtin("RELU_N1_TO_1", 2), Builtin("RELU_0_TO_1", 1),
     Builtin("HARD_SWISH", 1),
-    Builtin("LEAKY_RELU", 2, True, xnnpack_fp32=True, xnnpack_int8=True),
+    Builtin("LEAKY_RELU", 2, True, xnnpack_fp32=True, xnnpack_int8=True, int16=2),
     Builtin("PRELU", 1, xnnpack_fp32=True, xnnpack_int8=False),
     # int8 GELU is not delegated (LiteRT 2.3): int8 models compute Gelu in float inside the delegate
     Builtin("GELU", 1, True, xnnpack_fp32=True),
     # data movement
-    Builtin("CONCATENATION", 2, True, same_quant=True, data_inputs=None, xnnpack_fp32=True, xnnpack_int8=True),
-    Builtin("RESHAPE", 1, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True),
-    Builtin("TRANSPOSE", 2, same_quant=True),
+    Builtin("CONCATENATION", 2, True, same_quant=True, data_inputs=None, xnnpack_fp32=True, xnnpack_int8=True,
+            int16=3),
+    Builtin("RESHAPE", 1, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=1),
+    Builtin("TRANSPOSE", 2, same_quant=True, int16=5),
     Builtin("SQUEEZE", 1, same_quant=True),
     Builtin("EXPAND_DIMS", 1, same_quant=True),
-    Builtin("PAD", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True),
-    Builtin("PADV2", 2, same_quant=True),
+    Builtin("PAD", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=3),
+    Builtin("PADV2", 2, same_quant=True, int16=3),
     Builtin("MIRROR_PAD", 2, same_quant=True),
-    Builtin("SPLIT", 2, True, same_quant=True, data_inputs=(1,)),
-    Builtin("SPLIT_V", 2, same_quant=True),
-    Builtin("SLICE", 2, same_quant=True),
-    Builtin("STRIDED_SLICE", 2, same_quant=True),
-    Builtin("GATHER", 2, same_quant=True),
+    Builtin("SPLIT", 2, True, same_quant=True, data_inputs=(1,), xnnpack_fp32=True, xnnpack_int8=True),
+    Builtin("SPLIT_V", 2, same_quant=True),  # not delegated: unequal splits are SLICEs (ops/indexing.py)
+    Builtin("SLICE", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=4),
+    Builtin("STRIDED_SLICE", 2, same_quant=True, int16=2),  # int16 kernel, no version of its own
+    Builtin("GATHER", 2, same_quant=True, xnnpack_fp32=False, xnnpack_int8=False),
     Builtin("DEPTH_TO_SPACE", 1, same_quant=True),
     Builtin("SPACE_TO_DEPTH", 2, same_quant=True),
-    Builtin("RESIZE_BILINEAR", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True),
-    Builtin("RESIZE_NEAREST_NEIGHBOR", 2, same_quant=True, xnnpack_fp32=False, xnnpack_int8=False),
+    Builtin("RESIZE_BILINEAR", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=4),
+    Builtin("RESIZE_NEAREST_NEIGHBOR", 2, same_quant=True, xnnpack_fp32=False, xnnpack_int8=False, int16=4),
 )
 
 
@@ -123,9 +150,10 @@ def builtin(opcode: str) -> Builtin | None:
     return BUILTINS.get(opcode)
 
 
-def fixed_output(opcode: str) -> tuple[float, int]:
-    """(scale, zero point) the int8 kernel of `opcode` assumes for its output."""
-    params = BUILTINS[opcode].fixed_output
+def fixed_output(opcode: str, dtype: str = "int8") -> tuple[float, int]:
+    """(scale, zero point) the int8 (or int16) kernel of `opcode` assumes for its output."""
+    row = BUILTINS[opcode]
+    params = row.int16_fixed_output if dtype == "int16" else row.fixed_output
     if params is None:
-        raise KeyError(f"{opcode} has no fixed int8 output parameters")
+        raise KeyError(f"{opcode} has no fixed {dtype} output parameters")
     return params

@@ -22,13 +22,14 @@ BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")  # conversions XNNPACK takes (float I/
 
 
 def kernel_histogram(spec) -> dict[str, dict[str, int]]:
-    """{"int8": {op: count}, "float32": {op: count}}: which kernel each operator of `spec` runs
-    (int8 when any tensor it touches is int8; QUANTIZE / DEQUANTIZE count as int8)."""
-    counts: dict[str, Counter] = {"int8": Counter(), "float32": Counter()}
+    """{"int8": {op: count}, "float32": {op: count}}, plus "int16" when the model has 16x8 ops:
+    which kernel each operator of `spec` runs (int16 when any tensor it touches is int16, else int8
+    when one is int8; QUANTIZE / DEQUANTIZE count as int8 or int16)."""
+    counts: dict[str, Counter] = {"int8": Counter(), "float32": Counter(), "int16": Counter()}
     for op in spec.operators:
         dtypes = {spec.tensors[i].dtype for i in [*op.inputs, *op.outputs] if i >= 0}
-        counts["int8" if "int8" in dtypes else "float32"][op.opcode] += 1
-    return {kind: dict(sorted(counter.items())) for kind, counter in counts.items()}
+        counts["int16" if "int16" in dtypes else "int8" if "int8" in dtypes else "float32"][op.opcode] += 1
+    return {kind: dict(sorted(counter.items())) for kind, counter in counts.items() if counter or kind != "int16"}
 
 
 def predicted_outside(kernels: dict[str, dict[str, int]]) -> dict:
@@ -41,6 +42,8 @@ def predicted_outside(kernels: dict[str, dict[str, int]]) -> dict:
         for opcode, count in histogram.items():
             row = builtin(opcode)
             known = None if row is None else row.xnnpack_int8 if kind == "int8" else row.xnnpack_fp32
+            if kind == "int16":
+                known = False  # XNNPACK has no 16x8 kernel: every int16 op stays on the builtin kernels
             if known is False:
                 outside[opcode] += count
             elif known is None and opcode not in BOUNDARY_OPS:
@@ -100,10 +103,19 @@ def partitions(ops: list[dict]) -> dict:
     return {"partitions": len(delegates), "outside": dict(sorted(outside.items()))}
 
 
-def summary_line(measured: dict | None) -> str:
-    """One line for the build output: partitions and the ops left on the builtin kernels."""
+def fully_delegated(measured: dict | None) -> bool:
+    """One XNNPACK partition and no op on the builtin kernels: the goal for an int8 arm-cpu model
+    (LiteRT 2.3 takes the float input QUANTIZE and output DEQUANTIZE into the partition too)."""
+    return bool(measured) and measured["partitions"] == 1 and not measured["outside"]
+
+
+def summary_line(measured: dict | None, int16_ops: int = 0) -> str:
+    """One line for the build output: partitions and the ops left on the builtin kernels (with
+    16x8 ops: all of those, since XNNPACK takes no int16 kernel)."""
     if measured is None:
         return "XNNPACK delegation not measured (no LiteRT on this host)"
+    if int16_ops:
+        return f"{summary_line(measured)} ({int16_ops} int16 ops: XNNPACK does not delegate 16x8, expected)"
     partitions = measured["partitions"]
     text = f"XNNPACK int8: {partitions} partition{'s' if partitions != 1 else ''}"
     if measured["outside"]:

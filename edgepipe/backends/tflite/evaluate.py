@@ -20,7 +20,8 @@ from edgepipe.backends.tflite.runtime import make_interpreter, run_tflite
 
 
 def tflite_evaluator(model, calibration, dataset, options: dict | None = None, max_samples: int | None = 300):
-    """A callable(float_nodes) -> metrics dict (results.json accuracy keys) for the planner."""
+    """A callable(float_nodes, int16_nodes=()) -> metrics dict (results.json accuracy keys) for the
+    planner: `float_nodes` lowered in float, `int16_nodes` with int16 activations (16x8), the rest int8."""
     count = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     feeds = [dataset.sample(i) for i in range(count)]
     session = graph.make_session(model)
@@ -29,9 +30,10 @@ def tflite_evaluator(model, calibration, dataset, options: dict | None = None, m
     labels = None if dataset.labels is None else np.asarray(dataset.labels[:count])
     first = output_names[0]
 
-    def evaluate(float_nodes) -> dict:
+    def evaluate(float_nodes, int16_nodes=()) -> dict:
         with tempfile.TemporaryDirectory(prefix="edgepipe-plan-") as tmp:
-            result = build_tflite(model, calibration, Path(tmp), {**(options or {}), "float_nodes": set(float_nodes)})
+            result = build_tflite(model, calibration, Path(tmp), {**(options or {}), "float_nodes": set(float_nodes),
+                                                                  "int16_nodes": set(int16_nodes)})
             interpreter = make_interpreter(Path(tmp) / INT8_FILE)
             outputs = [run_tflite(Path(tmp) / INT8_FILE, result["io"], feed, interpreter=interpreter)
                        for feed in feeds]

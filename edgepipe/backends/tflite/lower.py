@@ -15,6 +15,12 @@ the three things no single op can decide alone:
 - **Quantization parameters.** Activations take the asymmetric int8 range from calibration
   (`quant(name)`); ops whose kernels require fixed or pass-through parameters pass them to
   `new_value`. Relu / Relu6 / Clip(-1, 1) are fused into their producer (`fuse_activation`).
+- **16x8 nodes.** `options["activations"] == "int16"` (the whole model) or `options["int16_nodes"]`
+  (named nodes; the mixed-precision planner's third choice next to int8 and float) lower a node
+  with int16 activations when its family registers an int16 kernel (`register(..., int16=True)`);
+  its tensors get the symmetric grid max|x| / 32767 of the same calibration, and the registry
+  converts int8 <-> int16 with QUANTIZE at the borders like any other representation.
+  Nodes without an int16 kernel stay int8 (`int16_fallback` lists those that were asked for).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
-from edgepipe.backends.tflite import shared_scales
+from edgepipe.backends.tflite import builtins, shared_scales
 from edgepipe.backends.tflite.writer import ModelSpec, Quantization
 from edgepipe.errors import UnsupportedOpError, UserError
 
@@ -38,10 +44,13 @@ NHWC = (0, 2, 3, 1)
 # grid of [0, 1] instead of a ~1e-6 scale that breaks the requantization limits of its neighbours.
 DEGENERATE_RANGE = 1e-10
 NEUTRAL_RANGE = (0.0, 1.0)
+QUANTIZED = ("int8", "int16")
 # Smallest bias scale (input_scale x weight_scale) written: well above the 1e-12 floor of
 # quantmath.quantize_bias, so the kernels' rule bias_scale = input_scale x weight_scale holds exactly.
 MIN_BIAS_SCALE = 1e-10
 ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
+# input / output scale ratios XNNPACK's int8 -> int8 QUANTIZE delegates (LiteRT 2.3), with margin
+REQUANT_RATIO = (1.0 / 256 * 1.01, 128.0 / 1.01)
 
 
 class ShapeUnknownError(UserError):
@@ -53,6 +62,13 @@ class ShapeUnknownError(UserError):
         shown = "unknown rank" if dims is None else str(list(dims))
         super().__init__(f"tensor '{name}' has no static shape ({shown}); pass --input-shape NAME:1x... for every "
                          "dynamic input, or export the model with fixed shapes")
+
+
+def int16_threshold(tensor) -> float:
+    """The symmetric int16 threshold of a calibrated tensor: its observed |x| maximum (never below
+    the chosen int8 threshold `amax`; the neutral 1.0 for a tensor that is constantly zero)."""
+    amax = max(abs(float(tensor.min)), abs(float(tensor.max)), float(tensor.amax))
+    return amax if amax >= DEGENERATE_RANGE else NEUTRAL_RANGE[1]
 
 
 def identity(rank: int) -> tuple[int, ...]:
@@ -75,7 +91,7 @@ class Value:
     """One TFLite tensor holding an ONNX tensor in a given dtype and layout."""
 
     index: int
-    dtype: str  # "float32" or "int8"
+    dtype: str  # "float32", "int8" or "int16"
     perm: tuple[int, ...]  # TFLite dim i is ONNX dim perm[i]
 
 
@@ -112,12 +128,16 @@ class Lowering:
         self.keep_layout = bool(self.options.get("keep_layout", False))
         self.int8_io = bool(self.options.get("int8_io", False))
         self.requested_float = set(self.options.get("float_nodes") or ())
+        self.requested_int16 = set(self.options.get("int16_nodes") or ())
+        self.int16_everywhere = self.options.get("activations") == "int16"
         self.registry = ops.registry()
         self.opsets = support.opsets(model)
         self.spec = ModelSpec()
         self.values: dict[str, list[Value]] = {}
         self.consumed: set[str] = set()  # nodes already lowered as part of another (fused activations)
         self.float_lowered: list[str] = []
+        self.int16_lowered: list[str] = []
+        self.int16_fallback: list[str] = []  # asked for int16, lowered int8 (no int16 kernel for the node)
         self._constant_cache: dict[tuple, int] = {}
         self.constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         for node in model.graph.node:
@@ -167,17 +187,28 @@ class Lowering:
         return self.constants.get(name) if name else None
 
     def node_dtype(self, node: onnx.NodeProto) -> str:
-        """float32 for the fp32 model, requested float nodes and ops without an int8 kernel."""
+        """float32 for the fp32 model, requested float nodes and ops without an int8 kernel; int16
+        for nodes asked to run 16x8 whose family has an int16 kernel; int8 otherwise."""
         if not self.quantized or node.name in self.requested_float:
             return "float32"
         entry = self.lowering_for(node)
+        if self.wants_int16(node) and entry is not None and entry.supports_int16(self, node):
+            return "int16"  # before int8's float islands: some are only there for XNNPACK's sake
         if entry is not None and not entry.supports_int8(self, node):
             return "float32"
         return "int8"
 
-    def quant(self, name: str) -> Quantization:
-        """Asymmetric int8 parameters of an activation, from the calibration ranges (a `;2d` view a
-        rewrite added shares the range of the tensor it names: ops/one_d.py)."""
+    def wants_int16(self, node: onnx.NodeProto) -> bool:
+        return self.quantized and (self.int16_everywhere or node.name in self.requested_int16)
+
+    def quant(self, name: str, dtype: str = "int8") -> Quantization:
+        """Parameters of an activation from the calibration ranges: asymmetric int8 of [lo, hi], or
+        symmetric int16 (zero point 0, the kernels' rule) over the observed range, max(|min|, |max|)
+        / 32767 (a `;2d` view a rewrite added shares the range of the tensor it names: ops/one_d.py).
+
+        Why not int8's clipped threshold for int16: clipping outliers pays when 256 steps are
+        scarce; with 65536 the clipping error dominates (benchmarks/results/int16_activations.json
+        measures both)."""
         if self.calibration is not None and name not in self.calibration and name.endswith(";2d"):
             name = name[:-len(";2d")]
         if self.shared_ranges:
@@ -185,7 +216,11 @@ class Lowering:
         if self.calibration is None or name not in self.calibration:
             raise UserError(f"tensor '{name}' has no calibration range; re-run calibration on this model")
         tensor = self.calibration.tensors[name]
-        if max(tensor.hi, 0.0) - min(tensor.lo, 0.0) < DEGENERATE_RANGE:
+        degenerate = max(tensor.hi, 0.0) - min(tensor.lo, 0.0) < DEGENERATE_RANGE
+        if dtype == "int16":
+            amax = int16_threshold(tensor)
+            return Quantization.per_tensor(quantmath.symmetric_scale(NEUTRAL_RANGE[1] if degenerate else amax, 16), 0)
+        if degenerate:
             return Quantization.per_tensor(*quantmath.asymmetric_params(*NEUTRAL_RANGE))
         scale, zero_point = self.calibration.asymmetric_params(name)
         return Quantization.per_tensor(scale, zero_point)
@@ -205,8 +240,13 @@ class Lowering:
     # ----- TFLite side -------------------------------------------------------------------------
     def emit(self, opcode: str, inputs, outputs, node: onnx.NodeProto | None = None,
              options_type: str | None = None, **options):
-        return self.spec.add_operator(opcode, inputs, outputs, options_type, options,
-                                      node.name if node is not None else "")
+        op = self.spec.add_operator(opcode, inputs, outputs, options_type, options,
+                                    node.name if node is not None else "")
+        required = builtins.builtin(opcode).int16_options if builtins.builtin(opcode) else None
+        if required is not None and self.spec.op_dtype(op) == "int16":  # e.g. ADD's general-scale path
+            op.options_type = required[0]
+            op.options.update(required[1])
+        return op
 
     def tensor(self, index: int):
         return self.spec.tensors[index]
@@ -215,11 +255,11 @@ class Lowering:
                   shape=None) -> int:
         """Create and register the TFLite tensor an op writes for ONNX tensor `name`."""
         perm = tuple(perm) if perm is not None else identity(len(self.shape(name)))
-        if dtype == "int8" and quant is None:
-            quant = self.quant(name)
+        if dtype in QUANTIZED and quant is None:
+            quant = self.quant(name, dtype)
         shape = shape if shape is not None else permute(self.shape(name), perm)
         tensor_name = name if name not in self.values else f"{name};{dtype};{''.join(map(str, perm))}"
-        index = self.spec.add_tensor(tensor_name, shape, dtype, quant if dtype == "int8" else None)
+        index = self.spec.add_tensor(tensor_name, shape, dtype, quant if dtype in QUANTIZED else None)
         self.values.setdefault(name, []).append(Value(index, dtype, perm))
         return index
 
@@ -228,7 +268,7 @@ class Lowering:
         self.values.setdefault(name, []).append(Value(index, self.tensor(index).dtype, tuple(perm)))
 
     def temp(self, name: str, shape, dtype: str, quant: Quantization | None = None) -> int:
-        return self.spec.add_tensor(name, shape, dtype, quant if dtype == "int8" else None)
+        return self.spec.add_tensor(name, shape, dtype, quant if dtype in QUANTIZED else None)
 
     def layout(self, name: str) -> tuple[int, ...]:
         """The layout `name` already has (the first representation made), identity for constants."""
@@ -246,7 +286,9 @@ class Lowering:
         for value in reps:
             if value.dtype == dtype and value.perm == perm:
                 return value.index
-        source = next((v for v in reps if v.perm == perm), None)
+        # int16 from float when both exist (no int8 rounding on the way), else from the first made
+        source = next((v for v in reps if v.perm == perm and dtype == "int16" and v.dtype == "float32"), None) \
+            or next((v for v in reps if v.perm == perm), None)
         if source is None:
             base = next((v for v in reps if v.dtype == dtype), reps[0])
             source = self._transposed(name, base, perm)
@@ -264,7 +306,7 @@ class Lowering:
 
     def _converted(self, name: str, source: Value, dtype: str) -> int:
         out = self.new_value(name, dtype, source.perm)
-        self.emit("QUANTIZE" if dtype == "int8" else "DEQUANTIZE", [source.index], [out])
+        self.emit("QUANTIZE" if dtype in QUANTIZED else "DEQUANTIZE", [source.index], [out])
         return out
 
     def constant_input(self, name: str, dtype: str, perm=None, rank: int | None = None) -> int:
@@ -282,10 +324,15 @@ class Lowering:
         return index
 
     def add_weight_constant(self, name: str, value: np.ndarray, dtype: str) -> int:
-        """float32 constant, or int8 with per-tensor asymmetric params from its own range."""
+        """float32 constant, int8 with per-tensor asymmetric params from its own range, or int16
+        symmetric (zero point 0)."""
         value = np.asarray(value, np.float32)
         if dtype == "float32":
             return self.spec.add_constant(name, value)
+        if dtype == "int16":
+            scale = quantmath.symmetric_scale(max(float(np.abs(value).max(initial=0.0)), DEGENERATE_RANGE), 16)
+            return self.spec.add_constant(name, quantmath.quantize(value, scale, 0, bits=16),
+                                          Quantization.per_tensor(scale, 0))
         scale, zero_point = quantmath.asymmetric_params(float(value.min(initial=0.0)), float(value.max(initial=0.0)))
         quantized = quantmath.quantize(value, scale, zero_point)
         return self.spec.add_constant(name, quantized, Quantization.per_tensor(scale, zero_point))
@@ -293,7 +340,8 @@ class Lowering:
     def filter_and_bias(self, name: str, weights: np.ndarray, axis: int, bias: np.ndarray, input_index: int,
                         dtype: str) -> tuple[int, int]:
         """Filter and bias constants: per-channel symmetric int8 filter along `axis` (the output
-        channel) and int32 bias with scale input_scale x weight_scale[c]; float32 otherwise."""
+        channel) and bias with scale input_scale x weight_scale[c], int32 (int8 data) or int64
+        (int16 data, the 16x8 kernels' bias type); float32 otherwise."""
         weights = np.asarray(weights, np.float32)
         bias = np.asarray(bias, np.float32)
         if dtype == "float32":
@@ -309,16 +357,20 @@ class Lowering:
         filter_index = self.spec.add_constant(f"{name};filter", q_weights,
                                               Quantization.per_channel(weight_scales, axis))
         q_bias, bias_scales = quantmath.quantize_bias(bias, input_scale, weight_scales)
+        if dtype == "int16":  # int64: an int16 input's finer scale would overflow an int32 bias
+            q_bias = np.rint(np.asarray(bias, np.float64) / (input_scale * weight_scales.astype(np.float64)))
+            q_bias = np.clip(q_bias, -(2.0**62), 2.0**62).astype(np.int64)
         bias_index = self.spec.add_constant(f"{name};bias", q_bias, Quantization.per_channel(bias_scales, 0))
         return filter_index, bias_index
 
     def quantized_constant(self, name: str, value, quant: Quantization | None, dtype: str) -> int:
-        """A float constant expressed in the given int8 parameters (kernels needing shared params)."""
+        """A float constant expressed in the given int8 / int16 parameters (kernels needing shared params)."""
         value = np.asarray(value, np.float32)
         if dtype == "float32":
             return self.spec.add_constant(name, value)
         scale, zero_point = quant.as_pair()
-        return self.spec.add_constant(name, quantmath.quantize(value, scale, zero_point), quant)
+        bits = 16 if dtype == "int16" else 8
+        return self.spec.add_constant(name, quantmath.quantize(value, scale, zero_point, bits=bits), quant)
 
     def broadcast_input(self, name: str, dtype: str, perm, rank: int) -> int:
         """Input of a broadcasting op whose output has `rank` dims in layout `perm`."""
@@ -341,13 +393,21 @@ class Lowering:
         return self.spec.add_constant(name, np.asarray(values, np.int32))
 
     def requantized(self, index: int, quant: Quantization, name: str) -> int:
-        """`index` re-expressed with `quant` (int8 -> int8 QUANTIZE) if its parameters differ."""
+        """`index` re-expressed with `quant` (int8 -> int8 or int16 -> int16 QUANTIZE) if its
+        parameters differ; int8 in steps XNNPACK's QUANTIZE takes (quantmath.stepped_grids)."""
         tensor = self.tensor(index)
-        if tensor.dtype != "int8" or quant.same_as(tensor.quantization):
+        if tensor.dtype not in QUANTIZED or quant.same_as(tensor.quantization):
             return index
-        out = self.temp(f"{name};requant", tensor.shape, "int8", quant)
-        self.emit("QUANTIZE", [index], [out])
-        return out
+        grids = [quant.as_pair()]
+        if tensor.dtype == "int8":
+            grids = quantmath.stepped_grids(tensor.quantization.as_pair(), quant.as_pair(), REQUANT_RATIO)
+        for step, grid in enumerate(grids, 1):
+            step_quant = quant if step == len(grids) else Quantization.per_tensor(*grid)
+            out = self.temp(f"{name};requant" + (f"{step}" if step < len(grids) else ""), tensor.shape,
+                            tensor.dtype, step_quant)
+            self.emit("QUANTIZE", [index], [out])
+            index = out
+        return index
 
     # ----- fusion ------------------------------------------------------------------------------
     def fuse_activation(self, node: onnx.NodeProto, out_name: str | None = None) -> tuple[int, str]:
@@ -378,8 +438,13 @@ class Lowering:
             if reason:
                 raise UnsupportedOpError(node.name, support.qualified(node.domain, node.op_type), self.target, reason)
             entry = self.lowering_for(node)
-            if self.quantized and self.node_dtype(node) == "float32":
+            dtype = self.node_dtype(node) if self.quantized else "float32"
+            if self.quantized and dtype == "float32":
                 self.float_lowered.append(node.name)
+            elif dtype == "int16":
+                self.int16_lowered.append(node.name)
+            elif self.wants_int16(node):
+                self.int16_fallback.append(node.name)
             entry.lower(self, node)
         self._add_outputs()
         return self.spec

@@ -23,6 +23,7 @@ WEIGHT_OPS = {name: b.weights.channel_axis for name, b in BUILTINS.items() if b.
 WEIGHT_SLOTS = {name: (b.weights.filter, b.weights.bias, b.weights.data) for name, b in BUILTINS.items() if b.weights}
 BIAS_REQUIRED = {name for name, b in BUILTINS.items() if b.weights and b.weights.bias_required}
 FIXED_OUTPUT = {name: b.fixed_output for name, b in BUILTINS.items() if b.fixed_output}
+FIXED_OUTPUT_INT16 = {name: b.int16_fixed_output for name, b in BUILTINS.items() if b.int16_fixed_output}
 # int8 kernels that move values without requantizing: output quantization must equal the input's
 SAME_QUANT = {name for name, b in BUILTINS.items() if b.same_quant}
 # inputs of these ops that are moved data (others are shapes, axes, indices)
@@ -72,7 +73,7 @@ def find_problems(spec: ModelSpec) -> list[Problem]:
     for position, op in enumerate(spec.operators):
         where = f"op {position} {op.opcode} ({op.onnx_node or 'no node'})"
         for check in (_check_opcode, _check_dtypes, _check_weights, _check_fixed_output, _check_same_quant,
-                      _check_options):
+                      _check_options, _check_int16):
             problems += [Problem(rule, f"{where}: {msg}") for rule, msg in check(spec, op)]
     return problems
 
@@ -181,8 +182,10 @@ def _check_opcode(spec: ModelSpec, op):
 def _check_dtypes(spec: ModelSpec, op):
     if op.opcode in CONVERSION_OPS:
         return
-    kinds = {spec.tensors[i].dtype for i in list(op.inputs) + list(op.outputs)
-             if i >= 0 and spec.tensors[i].dtype in ("float32", "int8", "int16")}
+    weight_slots = set(WEIGHT_SLOTS[op.opcode][:2]) if op.opcode in WEIGHT_SLOTS else set()
+    kinds = {spec.tensors[i].dtype for slot, i in enumerate(op.inputs) if i >= 0 and slot not in weight_slots}
+    kinds |= {spec.tensors[i].dtype for i in op.outputs}
+    kinds &= {"float32", "int8", "int16"}
     if len(kinds) > 1:
         yield "dtype-mix", f"mixes {sorted(kinds)} tensors; insert QUANTIZE/DEQUANTIZE"
 
@@ -226,16 +229,17 @@ def _check_weights(spec: ModelSpec, op):
 
 
 def _check_fixed_output(spec: ModelSpec, op):
-    if op.opcode not in FIXED_OUTPUT:
+    if op.opcode not in FIXED_OUTPUT and op.opcode not in FIXED_OUTPUT_INT16:
         return
     out = spec.tensors[op.outputs[0]]
-    if out.dtype != "int8" or out.quantization is None:
+    table = FIXED_OUTPUT_INT16 if out.dtype == "int16" else FIXED_OUTPUT
+    if out.dtype not in QUANTIZED_TYPES or out.quantization is None or op.opcode not in table:
         return
-    scale, zero_point = FIXED_OUTPUT[op.opcode]
+    scale, zero_point = table[op.opcode]
     got_scale, got_zp = out.quantization.as_pair()
     if abs(got_scale - scale) > 1e-9 or got_zp != zero_point:
-        yield "fixed-output", f"int8 {op.opcode} output must have scale {scale:g} zero point {zero_point}, got " \
-                              f"{got_scale:g}/{got_zp}"
+        yield "fixed-output", f"{out.dtype} {op.opcode} output must have scale {scale:g} zero point {zero_point}, " \
+                              f"got {got_scale:g}/{got_zp}"
 
 
 def _check_same_quant(spec: ModelSpec, op):
@@ -258,3 +262,18 @@ def _check_options(spec: ModelSpec, op):
         yield "options", f"{op.opcode} needs its options table"
     if op.opcode == "SOFTMAX" and not op.options.get("Beta"):
         yield "options", "SOFTMAX needs Beta set (unset = 0 gives a uniform output)"
+
+
+def _check_int16(spec: ModelSpec, op):
+    """A 16x8 operator needs a builtin whose int16 kernel the project measured (builtins.py), and
+    the options that kernel needs (ADD / SUB: the general-scale path; the schema's default assumes
+    power-of-two scales and silently mis-scales others)."""
+    row = BUILTINS.get(op.opcode)
+    if row is None or spec.op_dtype(op) != "int16":
+        return
+    if row.int16 is None:
+        yield "int16-kernel", f"{op.opcode} has no int16 kernel in builtins.BUILTINS; keep the node int8"
+    elif row.int16_options is not None:
+        options_type, fields = row.int16_options
+        if op.options_type != options_type or any(op.options.get(k) != v for k, v in fields.items()):
+            yield "options", f"int16 {op.opcode} needs {options_type} {fields}"

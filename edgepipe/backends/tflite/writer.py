@@ -118,6 +118,11 @@ class ModelSpec:
         data = np.frombuffer(self.buffers[tensor.buffer], dtype=np.dtype(tensor.dtype))
         return data.reshape(tensor.shape)
 
+    def op_dtype(self, op: Operator) -> str:
+        """"int16" when the operator touches an int16 activation (its 16x8 kernel), else "other"."""
+        return "int16" if any(i >= 0 and self.tensors[i].dtype == "int16" for i in [*op.inputs, *op.outputs]) \
+            else "other"
+
     def op_histogram(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for op in self.operators:
@@ -133,12 +138,13 @@ def serialize(spec: ModelSpec) -> bytes:
     """The .tflite bytes of a (validated) model."""
     builder = flatbuffers.Builder(1024 + sum(len(b) for b in spec.buffers))
     opcodes = sorted({op.opcode for op in spec.operators}, key=lambda name: builtin_code(name))
+    versions = opcode_versions(spec)
     opcode_index = {name: i for i, name in enumerate(opcodes)}
 
     buffers = [_buffer(builder, data) for data in spec.buffers]
     tensors = [_tensor(builder, t) for t in spec.tensors]
     operators = [_operator(builder, op, opcode_index[op.opcode]) for op in spec.operators]
-    codes = [_opcode(builder, name) for name in opcodes]
+    codes = [_opcode(builder, name, versions[name]) for name in opcodes]
 
     name = builder.CreateString("main")
     subgraph_tensors = _table_vector(builder, tflite.SubGraphStartTensorsVector, tensors)
@@ -256,12 +262,22 @@ def _operator(builder, op: Operator, opcode_index: int) -> int:
     return tflite.OperatorEnd(builder)
 
 
-def _opcode(builder, opcode: str) -> int:
+def opcode_versions(spec: ModelSpec) -> dict[str, int]:
+    """One version per opcode: the highest its operators need (an int16 kernel's version also
+    registers the int8 and float kernels of that builtin)."""
+    versions: dict[str, int] = {}
+    for op in spec.operators:
+        version = BUILTINS[op.opcode].version_for(spec.op_dtype(op))
+        versions[op.opcode] = max(versions.get(op.opcode, 0), version)
+    return versions
+
+
+def _opcode(builder, opcode: str, version: int) -> int:
     code = builtin_code(opcode)
     tflite.OperatorCodeStart(builder)
     tflite.OperatorCodeAddDeprecatedBuiltinCode(builder, min(code, 127))
     tflite.OperatorCodeAddBuiltinCode(builder, code)
-    tflite.OperatorCodeAddVersion(builder, BUILTINS[opcode].version)
+    tflite.OperatorCodeAddVersion(builder, version)
     return tflite.OperatorCodeEnd(builder)
 
 

@@ -42,6 +42,11 @@ Contract of a lowering:
 - `int8=False` (or a predicate `(ctx, node) -> bool`) lowers the node in float32 inside the int8
   model: DEQUANTIZE -> float op -> QUANTIZE appear automatically and the node is listed in
   `float_nodes`.
+- `int16=True` (or a predicate) says the lowering also emits the 16x8 kernels (int16
+  activations, int8 weights) when `ctx.node_dtype(node)` is "int16": every builtin it emits then
+  needs its `int16` version in builtins.py, fixed outputs come from `fixed_output(opcode, dtype)`,
+  and `ctx.new_value` / `ctx.filter_and_bias` choose the symmetric int16 grid and int64 bias.
+  Families without it stay int8 when int16 activations are asked for.
 - The validator (validator.py) checks every kernel rule afterwards; a lowering that breaks one
   fails the build, never writes a file.
 - Test with tests/tflite_harness.py: `harness.check_conformance(model, tmp_path)` converts fp32
@@ -72,6 +77,7 @@ class OpLowering:
     lower: Callable
     check: Callable | None = None  # (ctx, node) -> reason it cannot be lowered, or None
     int8: bool | Callable = True  # False / predicate(ctx, node) -> False: lowered as a float island
+    int16: bool | Callable = False  # True / predicate(ctx, node) -> True: has a 16x8 lowering
 
     @property
     def op_type(self) -> str:
@@ -83,15 +89,18 @@ class OpLowering:
     def supports_int8(self, ctx, node: onnx.NodeProto) -> bool:
         return bool(self.int8(ctx, node)) if callable(self.int8) else bool(self.int8)
 
+    def supports_int16(self, ctx, node: onnx.NodeProto) -> bool:
+        return bool(self.int16(ctx, node)) if callable(self.int16) else bool(self.int16)
+
 
 def register(*op_types: str, check: Callable | None = None, int8: bool | Callable = True,
-             domain: str = ONNX_DOMAIN, since: int = 1, until: int = LATEST):
+             int16: bool | Callable = False, domain: str = ONNX_DOMAIN, since: int = 1, until: int = LATEST):
     """Decorator: register a lowering function for ONNX op types of `domain`, opsets [since, until]."""
 
     def decorate(function: Callable) -> Callable:
         for op_type in op_types:
             key = OpKey(domain, op_type, since, until)
-            _TABLE.add(key, OpLowering(key, function, check, int8))
+            _TABLE.add(key, OpLowering(key, function, check, int8, int16))
         return function
 
     return decorate

@@ -19,7 +19,12 @@ from edgepipe.backends.tflite.writer import Quantization
 FIXED_OUTPUT = {"Sigmoid": "LOGISTIC", "Tanh": "TANH"}
 SIMPLE = {"HardSwish": "HARD_SWISH", "Relu": "RELU"}
 SIXTH = np.float32(1.0 / 6.0)
-ADD_MIN_SCALE_RATIO = 2.0**-10 * 1.5  # XNNPACK's int8 ADD limit (input scale / output scale), with margin
+# XNNPACK's int8 ADD limits on input scale / output scale ([2**-10, 2**8)), with margin
+ADD_MIN_SCALE_RATIO = 2.0**-10 * 1.5
+ADD_MAX_SCALE_RATIO = 2.0**8 / 1.5
+# channel_affine views tensors with at most MAX_FEW_CHANNELS channels as rows of W * C channels
+MAX_FEW_CHANNELS = 16
+MAX_ROW_CHANNELS = 8192
 
 
 def _unary(ctx: Lowering, node, opcode: str, quant: Quantization | None = None, options_type=None,
@@ -31,12 +36,45 @@ def _unary(ctx: Lowering, node, opcode: str, quant: Quantization | None = None, 
     ctx.emit(opcode, [x], [out], node, options_type, **options)
 
 
-@register("Relu", "HardSwish")
+@register("Relu", "HardSwish", int16=True)
 def lower_simple(ctx: Lowering, node) -> None:
     if node.op_type == "HardSwish" and ctx.node_dtype(node) == "int8":
         _int8_hard_swish(ctx, node)
-    else:
+    elif node.op_type == "HardSwish" and ctx.node_dtype(node) == "int16":
+        _int16_hard_swish(ctx, node)
+    elif not (node.op_type == "Relu" and ctx.node_dtype(node) == "int8" and _int8_relu_by_saturation(ctx, node)):
         _unary(ctx, node, SIMPLE[node.op_type])
+
+
+def _int8_relu_by_saturation(ctx: Lowering, node) -> bool:
+    """A Relu no producer could fuse: XNNPACK does not take a standalone int8 RELU, but an int8 ->
+    int8 QUANTIZE onto the output grid, which starts at 0 (zero point -128), saturates every
+    negative value to 0: the same numbers, inside the partition. False when the grid is otherwise."""
+    quant = ctx.quant(node.output[0])
+    if quant.as_pair()[1] != -128:
+        return False
+    perm = ctx.layout(node.input[0])
+    if any(value.dtype == "int8" for value in ctx.values[node.input[0]]):
+        ctx.alias(node.output[0], ctx.requantized(ctx.get(node.input[0], "int8", perm), quant, node.output[0]), perm)
+    else:  # a float producer (kept float): one QUANTIZE onto the Relu's grid, not two roundings
+        out = ctx.new_value(node.output[0], "int8", perm, quant=quant)
+        ctx.emit("QUANTIZE", [ctx.get(node.input[0], "float32", perm)], [out], node)
+    return True
+
+
+def _int16_hard_swish(ctx: Lowering, node) -> None:
+    """x * relu6(x + 3) / 6 in int16 ADD / MUL kernels: LiteRT has no int16 HARD_SWISH."""
+    perm = ctx.layout(node.input[0])
+    x = ctx.get(node.input[0], "int16", perm)
+    out = ctx.new_value(node.output[0], "int16", perm)
+    shape = ctx.tensor(out).shape
+    gate = ctx.temp(f"{node.name};relu6", shape, "int16", Quantization.per_tensor(quantmath.symmetric_scale(6, 16), 0))
+    ctx.emit("ADD", [x, ctx.add_weight_constant(f"{node.name};three", np.float32(3), "int16")], [gate], node,
+             "AddOptions", FusedActivationFunction=ACTIVATIONS["RELU6"])
+    unit = ctx.temp(f"{node.name};gate", shape, "int16", Quantization.per_tensor(quantmath.symmetric_scale(1, 16), 0))
+    ctx.emit("MUL", [gate, ctx.add_weight_constant(f"{node.name};sixth", SIXTH, "int16")], [unit], node,
+             "MulOptions", FusedActivationFunction=0)
+    ctx.emit("MUL", [x, unit], [out], node, "MulOptions", FusedActivationFunction=0)
 
 
 def _int8_hard_swish(ctx: Lowering, node) -> None:
@@ -72,34 +110,69 @@ def channel_affine(ctx: Lowering, node, x: int, out: int, scale, shift, tag: str
     """out = scale[c] * x + shift[c] as a 1x1 DEPTHWISE_CONV_2D on an NHWC int8 tensor: one op
     XNNPACK delegates, with per-channel weight precision, whose output grid clips by saturation.
     A channel's weight scale is raised above |scale|/127 only where its int32 bias would overflow
-    (input scale < ~|shift| * 1e-9): such inputs are far below the output's resolution anyway."""
-    channels = ctx.tensor(out).shape[3]
+    (input scale < ~|shift| * 1e-9): such inputs are far below the output's resolution anyway.
+
+    With few channels (<= 16) XNNPACK's int8 depthwise kernel spends most of each pixel on its channel
+    tile: the tensor is then viewed as one row per image row ([N, H, 1, W * C], RESHAPE on both
+    sides, the parameters repeated W times), which computes the same integers per element."""
+    shape = ctx.tensor(out).shape
+    channels = shape[3]
     scale = np.broadcast_to(np.asarray(scale, np.float64).reshape(-1), (channels,))
     shift = np.broadcast_to(np.asarray(shift, np.float64).reshape(-1), (channels,))
     input_scale = float(ctx.tensor(x).quantization.scale[0])
     weight_scale = np.maximum(np.maximum(np.abs(scale) / 127, 1e-8), np.abs(shift) / (input_scale * 2.0**30))
-    weights = np.clip(np.rint(scale / weight_scale), -127, 127).astype(np.int8).reshape(1, 1, 1, channels)
-    bias_scale = input_scale * weight_scale
-    bias = np.rint(shift / bias_scale).astype(np.int32)
-    filter_index = ctx.spec.add_constant(f"{node.name};{tag};scale", weights,
+    weights = np.clip(np.rint(scale / weight_scale), -127, 127).astype(np.int8)
+    bias = np.rint(shift / (input_scale * weight_scale)).astype(np.int32)
+    row_shape = row_view(shape)
+    repeat = shape[2] if row_shape else 1
+    target = out
+    if row_shape:
+        x = _reshaped(ctx, x, row_shape, f"{node.name};{tag};rows")
+        target = ctx.temp(f"{node.name};{tag};rows_out", row_shape, "int8", ctx.tensor(out).quantization)
+    weight_scale = np.tile(weight_scale, repeat)
+    filter_index = ctx.spec.add_constant(f"{node.name};{tag};scale", np.tile(weights, repeat).reshape(1, 1, 1, -1),
                                          Quantization.per_channel(weight_scale, 3))
-    bias_index = ctx.spec.add_constant(f"{node.name};{tag};shift", bias, Quantization.per_channel(bias_scale, 0))
-    ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [out], node, "DepthwiseConv2DOptions",
+    bias_index = ctx.spec.add_constant(f"{node.name};{tag};shift", np.tile(bias, repeat),
+                                       Quantization.per_channel(input_scale * weight_scale, 0))
+    ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [target], node, "DepthwiseConv2DOptions",
              Padding=1, StrideH=1, StrideW=1, DilationHFactor=1, DilationWFactor=1, DepthMultiplier=1,
              FusedActivationFunction=activation)
+    if row_shape:
+        ctx.emit("RESHAPE", [target, ctx.int32_constant(f"{node.name};{tag};shape", shape)], [out], node)
 
 
-@register("Sigmoid", "Tanh")
+def row_view(shape) -> list[int] | None:
+    """[N, H, 1, W * C] for an NHWC shape with few channels (channel_affine), else None."""
+    channels = shape[3]
+    if channels > MAX_FEW_CHANNELS or shape[2] == 1 or shape[2] * channels > MAX_ROW_CHANNELS:
+        return None
+    return [shape[0], shape[1], 1, shape[2] * channels]
+
+
+def _reshaped(ctx: Lowering, index: int, shape, name: str) -> int:
+    tensor = ctx.tensor(index)
+    out = ctx.temp(name, shape, tensor.dtype, tensor.quantization)
+    ctx.emit("RESHAPE", [index, ctx.int32_constant(f"{name};shape", shape)], [out])
+    return out
+
+
+@register("Sigmoid", "Tanh", int16=True)
 def lower_fixed_output(ctx: Lowering, node) -> None:
     opcode = FIXED_OUTPUT[node.op_type]
-    _unary(ctx, node, opcode, Quantization.per_tensor(*fixed_output(opcode)))
+    dtype = ctx.node_dtype(node)
+    _unary(ctx, node, opcode, Quantization.per_tensor(*fixed_output(opcode, dtype)) if dtype != "float32" else None)
 
 
 def check_clip(ctx: Lowering, node) -> str | None:
     return None if clip_bounds(ctx, node) is not None else "min/max must be constants"
 
 
-@register("Clip", check=check_clip)
+def _int16_clip(ctx: Lowering, node) -> bool:
+    """RELU / RELU6 and MAXIMUM / MINIMUM have int16 kernels; RELU_N1_TO_1 has none."""
+    return fusable_activation(ctx, node) in (None, "RELU", "RELU6")
+
+
+@register("Clip", check=check_clip, int16=_int16_clip)
 def lower_clip(ctx: Lowering, node) -> None:
     kind = fusable_activation(ctx, node)
     if kind is not None:
@@ -111,7 +184,7 @@ def lower_clip(ctx: Lowering, node) -> None:
     x = ctx.get(node.input[0], dtype, perm)
     out = ctx.new_value(node.output[0], dtype, perm)
     quant = ctx.tensor(out).quantization
-    current = ctx.requantized(x, quant, node.input[0]) if dtype == "int8" else x
+    current = ctx.requantized(x, quant, node.input[0]) if dtype != "float32" else x
     steps = [(opcode, bound) for opcode, bound in (("MAXIMUM", low), ("MINIMUM", high)) if np.isfinite(bound)]
     for position, (opcode, bound) in enumerate(steps):
         bound_index = ctx.quantized_constant(f"{node.name};{opcode.lower()}", np.float32(bound), quant, dtype)
@@ -123,7 +196,7 @@ def lower_clip(ctx: Lowering, node) -> None:
         ctx.emit("RESHAPE", [current, ctx.int32_constant(f"{node.name};shape", ctx.tensor(out).shape)], [out], node)
 
 
-@register("HardSigmoid")
+@register("HardSigmoid", int16=True)
 def lower_hard_sigmoid(ctx: Lowering, node) -> None:
     """clip(alpha * x + beta, 0, 1). int8: alpha * x + beta written into an output grid inside
     [0, 1] whose lower end is exactly 0, so saturation is the clip: one 1x1 DEPTHWISE_CONV_2D on
@@ -134,6 +207,9 @@ def lower_hard_sigmoid(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])
     x = ctx.get(node.input[0], dtype, perm)
+    if dtype == "int16":
+        _int16_hard_sigmoid(ctx, node, x, perm, alpha, beta)
+        return
     if dtype == "int8":
         low, high = _range(ctx.quant(node.output[0]))
         unit = None if low == 0.0 and high <= 1.0 else Quantization.per_tensor(*quantmath.asymmetric_params(0, 1))
@@ -158,7 +234,23 @@ def lower_hard_sigmoid(ctx: Lowering, node) -> None:
         ctx.emit("MINIMUM", [shifted, ctx.spec.add_constant(f"{node.name};one", np.float32(1.0))], [out], node)
 
 
-@register("LeakyRelu")
+def _int16_hard_sigmoid(ctx: Lowering, node, x: int, perm, alpha: float, beta: float) -> None:
+    """MUL(alpha), ADD(beta) with fused RELU, MINIMUM(1) on int16 grids (no int32-bias conv)."""
+    out = ctx.new_value(node.output[0], "int16", perm)
+    shape, quant = ctx.tensor(out).shape, ctx.tensor(out).quantization
+    amax = float(ctx.tensor(x).quantization.scale[0]) * 32767 * abs(alpha)
+    scaled = ctx.temp(f"{node.name};scaled", shape, "int16",
+                      Quantization.per_tensor(quantmath.symmetric_scale(amax, 16), 0))
+    ctx.emit("MUL", [x, ctx.add_weight_constant(f"{node.name};alpha", np.float32(alpha), "int16")], [scaled], node,
+             "MulOptions", FusedActivationFunction=0)
+    shifted = ctx.temp(f"{node.name};shifted", shape, "int16", quant)
+    ctx.emit("ADD", [scaled, ctx.add_weight_constant(f"{node.name};beta", np.float32(beta), "int16")], [shifted],
+             node, "AddOptions", FusedActivationFunction=ACTIVATIONS["RELU"])
+    ctx.emit("MINIMUM", [shifted, ctx.quantized_constant(f"{node.name};one", np.float32(1.0), quant, "int16")], [out],
+             node)
+
+
+@register("LeakyRelu", int16=True)
 def lower_leaky_relu(ctx: Lowering, node) -> None:
     _unary(ctx, node, "LEAKY_RELU", None, "LeakyReluOptions", Alpha=float(node_attrs(node).get("alpha", 0.01)))
 
@@ -169,38 +261,78 @@ def check_prelu(ctx: Lowering, node) -> str | None:
 
 @register("PRelu", check=check_prelu)
 def lower_prelu(ctx: Lowering, node) -> None:
-    """int8 on NHWC with per-channel slopes s <= 1: PRELU has no int8 XNNPACK kernel, so
-    prelu(x) = s * x + relu((1 - s) * x) as two 1x1 DEPTHWISE_CONV_2D (the second with fused RELU)
-    and an ADD, all delegated. Other slopes (s > 1, spatial slopes) keep PRELU."""
+    """int8 with a slope per channel (the channel being the last TFLite dim: NHWC images, dense
+    [N, C]): PRELU has no int8 XNNPACK kernel, and its builtin kernel costs more than the whole
+    rest of a small detector, so prelu(x) = x + (1 - s) * relu(-x) from 1x1 DEPTHWISE_CONV_2Ds
+    and an ADD, all delegated: one depthwise conv relu(-(1 - s) * x) when every s < 1, else
+    relu(-x) then the signed per-channel (1 - s) (a slope >= 1 makes the function concave there,
+    which no sum of x and relu(a * x) terms with positive weights is). A tensor that is not NHWC
+    4-D is reshaped to [1, 1, M, C] around them. Slopes varying along other dims, and scales
+    XNNPACK's int8 ADD would refuse, keep PRELU."""
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])
     x = ctx.get(node.input[0], dtype, perm)
     out = ctx.new_value(node.output[0], dtype, perm)
     slopes = _channel_slopes(ctx, node, perm)
-    if dtype == "int8" and slopes is not None and np.all(slopes < 1.0):
-        low, high = _range(ctx.tensor(x).quantization)
+    if dtype == "int8" and slopes is not None:
         shape = ctx.tensor(out).shape
-        ends = [float(v) for v in (slopes.min() * low, slopes.max() * low, slopes.min() * high, slopes.max() * high)]
-        linear = ctx.temp(f"{node.name};linear", shape, dtype,
-                          Quantization.per_tensor(*quantmath.asymmetric_params(min(ends), max(ends))))
-        channel_affine(ctx, node, x, linear, slopes, 0.0, "linear")
-        rest = ctx.temp(f"{node.name};rest", shape, dtype,
-                        Quantization.per_tensor(*quantmath.asymmetric_params(0.0, float((1 - slopes).max()) * high)))
-        channel_affine(ctx, node, x, rest, 1.0 - slopes, 0.0, "rest", activation=ACTIVATIONS["RELU"])
-        ctx.emit("ADD", [linear, rest], [out], node, "AddOptions", FusedActivationFunction=0)
-        return
+        view = list(shape) if len(shape) == 4 and perm == NHWC else [1, 1, int(np.prod(shape[:-1])), shape[-1]]
+        if _int8_prelu(ctx, node, x, out, slopes, view):
+            return
     slope = ctx.constant_input(node.input[1], dtype, perm, ctx.rank(node.input[0]))
     ctx.emit("PRELU", [x, slope], [out], node)
 
 
+def _int8_prelu(ctx: Lowering, node, x: int, out: int, slopes: np.ndarray, view: list[int]) -> bool:
+    low, _ = _range(ctx.tensor(x).quantization)
+    out_scale = float(ctx.tensor(out).quantization.scale[0])
+    if float(ctx.tensor(x).quantization.scale[0]) / out_scale >= ADD_MAX_SCALE_RATIO:
+        return False
+    shape = list(ctx.tensor(out).shape)
+    source = x
+    repeat = 1
+    if row_view(view):  # both depthwise convs on the rows view, one RESHAPE each way
+        view, repeat = row_view(view), view[2]
+    if view != shape:
+        x = _reshaped(ctx, x, view, f"{node.name};view")
+    # An ADD input's grid spans at least this (XNNPACK's int8 ADD limit), also when x is hardly
+    # ever negative.
+    floor = 255 * ADD_MIN_SCALE_RATIO * out_scale
+    gain = np.tile(1.0 - slopes, repeat)
+    if np.all(gain > 0):
+        rest = ctx.temp(f"{node.name};negative", view, "int8", _grid(0.0, float(gain.max()) * -low, floor))
+        channel_affine(ctx, node, x, rest, -gain, 0.0, "negative", activation=ACTIVATIONS["RELU"])
+    else:
+        negative = ctx.temp(f"{node.name};relu_neg", view, "int8", _grid(0.0, -low, floor))
+        channel_affine(ctx, node, x, negative, -1.0, 0.0, "relu_neg", activation=ACTIVATIONS["RELU"])
+        ends = (float(gain.min()) * -low, float(gain.max()) * -low)
+        rest = ctx.temp(f"{node.name};negative", view, "int8", _grid(min(ends), max(ends), floor))
+        channel_affine(ctx, node, negative, rest, gain, 0.0, "negative")
+    if view != shape:
+        rest = _reshaped(ctx, rest, shape, f"{node.name};negative_back")
+    ctx.emit("ADD", [source, rest], [out], node, "AddOptions", FusedActivationFunction=0)
+    return True
+
+
+def _grid(low: float, high: float, min_span: float) -> Quantization:
+    """Asymmetric int8 parameters of [low, high] (0 included), widened to span at least `min_span`."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    if high - low < min_span:
+        high = low + min_span
+    return Quantization.per_tensor(*quantmath.asymmetric_params(low, high))
+
+
 def _channel_slopes(ctx: Lowering, node, perm) -> np.ndarray | None:
-    """The slope as one value per channel of an NHWC 4-D input, or None if it varies otherwise."""
-    if perm != NHWC:
-        return None
-    channels = ctx.shape(node.input[0])[1]
+    """The slope as one value per channel, the channel being the ONNX axis laid out last in
+    TFLite (NHWC: C; a dense [N, C]: C), or None if it varies along any other axis."""
+    rank = len(perm)
+    axis = perm[-1]
+    channels = ctx.shape(node.input[0])[axis]
     slope = np.asarray(ctx.constant(node.input[1]), np.float64)
-    slope = slope.reshape((1,) * (4 - slope.ndim) + slope.shape)
-    if slope.shape[0] != 1 or slope.shape[2:] != (1, 1) or slope.shape[1] not in (1, channels):
+    if slope.ndim > rank:
+        return None
+    slope = slope.reshape((1,) * (rank - slope.ndim) + slope.shape)
+    if any(d != 1 for i, d in enumerate(slope.shape) if i != axis) or slope.shape[axis] not in (1, channels):
         return None
     return np.broadcast_to(slope.reshape(-1), (channels,)).copy()
 

@@ -39,7 +39,13 @@ def _weights_and_bias(ctx: Lowering, node, out_channels: int) -> tuple[np.ndarra
     return weights, bias
 
 
-@register("Conv", check=check_conv)
+def _int16_conv(ctx: Lowering, node) -> bool:
+    """Plain and depthwise convolutions have 16x8 kernels; a grouped CONV_2D is left int8."""
+    groups = node_attrs(node).get("group", 1)
+    return groups == 1 or groups == ctx.dim(node.input[0], 1)
+
+
+@register("Conv", check=check_conv, int16=_int16_conv)
 def lower_conv(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     groups = node_attrs(node).get("group", 1)
@@ -102,7 +108,7 @@ def _transpose_padding(ctx: Lowering, node) -> int | None:
     return None
 
 
-@register("ConvTranspose", check=check_conv_transpose)
+@register("ConvTranspose", check=check_conv_transpose, int16=True)
 def lower_conv_transpose(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     weights = np.asarray(ctx.constant(node.input[1]), np.float32)  # [I, O, kh, kw]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgepipe import quantmath
-from edgepipe.backends.tflite.lower import Lowering, identity
+from edgepipe.backends.tflite.lower import QUANTIZED, Lowering, identity
 from edgepipe.backends.tflite.ops import register
 from edgepipe.backends.tflite.ops.activations import ADD_MIN_SCALE_RATIO
 from edgepipe.backends.tflite.writer import Quantization
@@ -49,8 +49,11 @@ def _divides_by_constant(ctx: Lowering, node) -> bool:
     return divisor is not None and bool(np.all(divisor != 0))
 
 
-@register("Add", "Sub", "Mul", "Div", check=check_binary,
-          int8=lambda ctx, node: node.op_type != "Div" or _divides_by_constant(ctx, node))
+def _arithmetic_int8(ctx: Lowering, node) -> bool:
+    return node.op_type != "Div" or _divides_by_constant(ctx, node)
+
+
+@register("Add", "Sub", "Mul", "Div", check=check_binary, int8=_arithmetic_int8, int16=_arithmetic_int8)
 def lower_arithmetic(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     opcode, options_type = FUSABLE[node.op_type]
@@ -83,7 +86,7 @@ def _coarse_enough(ctx: Lowering, index: int, out_quant: Quantization) -> int:
     return ctx.spec.add_constant(f"{tensor.name};coarse", quantmath.quantize(values, floor, zero_point), coarse)
 
 
-@register("Max", "Min", check=check_binary)
+@register("Max", "Min", check=check_binary, int16=True)
 def lower_max_min(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     perm = output_layout(ctx, node)
@@ -98,7 +101,7 @@ def lower_max_min(ctx: Lowering, node) -> None:
             inputs.append(ctx.quantized_constant(f"{name};{node.name}", value, quant, dtype))
         else:
             index = ctx.broadcast_input(name, dtype, perm, rank)
-            inputs.append(ctx.requantized(index, quant, name) if dtype == "int8" else index)
+            inputs.append(ctx.requantized(index, quant, name) if dtype in QUANTIZED else index)
     ctx.emit(SAME_QUANT[node.op_type], inputs, [out], node)
 
 
@@ -107,7 +110,7 @@ def _square(ctx: Lowering, node) -> bool:
     return exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2.0
 
 
-@register("Pow", check=check_binary, int8=_square)
+@register("Pow", check=check_binary, int8=_square, int16=_square)
 def lower_pow(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     exponent = ctx.constant(node.input[1])

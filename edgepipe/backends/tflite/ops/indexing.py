@@ -1,4 +1,4 @@
-"""Gather (constant indices) -> GATHER, Slice -> SLICE / STRIDED_SLICE, Split -> SPLIT / SPLIT_V.
+"""Gather (constant indices) -> GATHER or SLICE, Slice -> SLICE / STRIDED_SLICE, Split -> SPLIT / SLICEs.
 
 All three move int8 values without requantizing, so every output keeps the input's quantization.
 Axes map to TFLite dims through the input's layout (`perm.index(axis)`), so slicing or splitting
@@ -6,7 +6,8 @@ channels of an NHWC tensor needs no transpose. Slice bounds are resolved at conv
 Python's slice semantics (negative and out-of-range starts/ends clamp as in ONNX); unit steps use
 SLICE, which XNNPACK delegates, other steps STRIDED_SLICE (with end_mask for a negative step that
 runs past index 0). Split sizes are read from the inferred output shapes (attribute, input or
-num_outputs all agree there); equal parts use SPLIT, unequal ones SPLIT_V.
+num_outputs all agree there); equal parts use SPLIT, unequal ones one SLICE per part (XNNPACK
+delegates SPLIT and SLICE, not SPLIT_V or GATHER; a Gather of a contiguous index run is a SLICE).
 """
 
 from __future__ import annotations
@@ -42,9 +43,16 @@ def lower_gather(ctx: Lowering, node) -> None:
     gathered_shape = [1 if p == axis else d for p, d in zip(perm, ctx.tensor(x).shape)]
     target = out if indices.ndim else ctx.temp(f"{node.name};kept_axis", gathered_shape, dtype,
                                                ctx.tensor(x).quantization)
-    ctx.emit("GATHER", [x, ctx.int32_constant(f"{node.name};indices", indices.reshape(-1) if not indices.ndim
-                                              else indices)], [target], node, "GatherOptions",
-             Axis=perm.index(axis), BatchDims=0)
+    flat = indices.reshape(-1)
+    if indices.ndim <= 1 and flat.size and np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):
+        # a contiguous run (the class token x[:, 0], a channel range): SLICE, which XNNPACK delegates
+        begin = [int(flat[0]) if p == axis else 0 for p in perm]
+        extent = [flat.size if p == axis else d for p, d in zip(perm, ctx.tensor(x).shape)]
+        ctx.emit("SLICE", [x, ctx.int32_constant(f"{node.name};begin", begin),
+                           ctx.int32_constant(f"{node.name};size", extent)], [target], node, "SliceOptions")
+    else:
+        ctx.emit("GATHER", [x, ctx.int32_constant(f"{node.name};indices", flat if not indices.ndim else indices)],
+                 [target], node, "GatherOptions", Axis=perm.index(axis), BatchDims=0)
     if target != out:  # scalar index: gather one slice, then drop the size-1 axis (XNNPACK fails on rank drop)
         ctx.emit("RESHAPE", [target, ctx.int32_constant(f"{node.name};shape", ctx.tensor(out).shape)], [out], node)
 
@@ -79,7 +87,7 @@ def check_slice(ctx: Lowering, node) -> str | None:
     return None
 
 
-@register("Slice", check=check_slice)
+@register("Slice", check=check_slice, int16=True)
 def lower_slice(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])
@@ -114,6 +122,10 @@ def lower_split(ctx: Lowering, node) -> None:
     tflite_axis = ctx.int32_constant(f"{node.name};axis", perm.index(axis))
     if len(set(sizes)) == 1:
         ctx.emit("SPLIT", [tflite_axis, x], outputs, node, "SplitOptions", NumSplits=len(sizes))
-    else:
-        ctx.emit("SPLIT_V", [x, ctx.int32_constant(f"{node.name};sizes", sizes), tflite_axis], outputs, node,
-                 "SplitVOptions", NumSplits=len(sizes))
+        return
+    full = ctx.tensor(x).shape
+    for k, (out, size) in enumerate(zip(outputs, sizes)):  # SPLIT_V is not delegated: one SLICE per part
+        begin = [sum(sizes[:k]) if p == axis else 0 for p in perm]
+        extent = [size if p == axis else d for p, d in zip(perm, full)]
+        ctx.emit("SLICE", [x, ctx.int32_constant(f"{node.name};begin{k}", begin),
+                           ctx.int32_constant(f"{node.name};size{k}", extent)], [out], node, "SliceOptions")

@@ -60,7 +60,7 @@ def _gemm_int8(ctx: Lowering, node) -> bool:
     return _bias_vector(ctx, node) is not None and not _float_output_head(ctx, node)
 
 
-@register("Gemm", check=check_gemm, int8=_gemm_int8)
+@register("Gemm", check=check_gemm, int8=_gemm_int8, int16=_gemm_int8)
 def lower_gemm(ctx: Lowering, node) -> None:
     attrs = node_attrs(node)
     weights = np.asarray(ctx.constant(node.input[1]), np.float32) * float(attrs.get("alpha", 1.0))
@@ -138,7 +138,7 @@ def _matmul_int8(ctx: Lowering, node) -> bool:
     return _constant_2d_weights(ctx, node) and not _float_output_head(ctx, node)
 
 
-@register("MatMul", check=check_matmul, int8=_matmul_int8)
+@register("MatMul", check=check_matmul, int8=_matmul_int8, int16=_matmul_int8)
 def lower_matmul(ctx: Lowering, node) -> None:
     weights = ctx.constant(node.input[1])
     if _constant_2d_weights(ctx, node):

@@ -172,7 +172,7 @@ def check_batch_norm(ctx: Lowering, node) -> str | None:
     return None
 
 
-@register("BatchNormalization", check=check_batch_norm)
+@register("BatchNormalization", check=check_batch_norm, int16=True)
 def lower_batch_norm(ctx: Lowering, node) -> None:
     """A BatchNormalization the fold stage could not merge (after a Concat, on the input): a 1x1
     depthwise conv, so int8 gets per-channel weights and an int32 bias like any conv."""

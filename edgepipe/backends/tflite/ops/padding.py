@@ -101,7 +101,7 @@ def border(pads: np.ndarray, out_shape, value: float) -> np.ndarray:
     return result
 
 
-@register("Pad", check=check_pad)
+@register("Pad", check=check_pad, int16=lambda ctx, node: _mode(node) not in MIRROR_MODES)
 def lower_pad(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     name = node.input[0]

@@ -8,11 +8,12 @@ H, W instead, which requantizes to the calibrated output range (finer steps for 
 narrower averaged values).
 
 ONNX pads and `ceil_mode=1` are both padding: windows that run past the end of the input (ceil
-mode) are windows over extra end padding. MaxPool pads with the lowest value. AveragePool pads
-with zeros and averages over the full window; where ONNX divides by fewer elements (pads excluded
-with count_include_pad=0; with count_include_pad=1 the explicit pads count but the ceil-mode
-overhang does not) a MUL by the constant map kh*kw / divisor corrects it. TFLite's own SAME
-padding is used instead when it is exactly ONNX's (it excludes pads from the average).
+mode) are windows over extra end padding. MaxPool pads with the lowest value (PADV2), or with zeros
+(PAD, which XNNPACK delegates) where zero is already the lowest value its input holds. AveragePool
+pads with zeros and averages over the full window; where ONNX divides by fewer elements (pads
+excluded with count_include_pad=0; with count_include_pad=1 the explicit pads count but the
+ceil-mode overhang does not) a MUL by the constant map kh*kw / divisor corrects it. TFLite's own
+SAME padding is used instead when it is exactly ONNX's (it excludes pads from the average).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgepipe.backends.tflite.lower import NHWC, Lowering, node_attrs
+from edgepipe.backends.tflite.lower import NHWC, Lowering, clip_bounds, node_attrs
 from edgepipe.backends.tflite.ops import register
 from edgepipe.backends.tflite.ops.spatial import (SAME, VALID, onnx_pads, output_size, pad_nhwc, same_pads,
                                                 spatial_attrs, window_problem)
@@ -119,13 +120,20 @@ def _int8_average(ctx: Lowering, node) -> bool:
     return plan.divisors is None and plan.padding == VALID
 
 
-@register("MaxPool", "AveragePool", check=check_pool, int8=_int8_average)
+def _int16_pool(ctx: Lowering, node) -> bool:
+    """MAX_POOL_2D and AVERAGE_POOL_2D (SAME too: no XNNPACK partition to keep whole) in int16;
+    an average with border divisors stays as in int8."""
+    return node.op_type == "MaxPool" or pool_plan(ctx, node).divisors is None
+
+
+@register("MaxPool", "AveragePool", check=check_pool, int8=_int8_average, int16=_int16_pool)
 def lower_pool(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     plan = pool_plan(ctx, node)
     x = ctx.get(node.input[0], dtype, NHWC)
     if plan.pads:
-        x = pad_nhwc(ctx, node, x, plan.pads, fill=-np.inf if node.op_type == "MaxPool" else None)
+        lowest = node.op_type == "MaxPool" and not _zero_is_lowest(ctx, node.input[0], x)
+        x = pad_nhwc(ctx, node, x, plan.pads, fill=-np.inf if lowest else None)
     if plan.divisors is not None:
         _corrected_average(ctx, node, x, plan, dtype)
         return
@@ -135,6 +143,22 @@ def lower_pool(ctx: Lowering, node) -> None:
         return
     out = ctx.new_value(node.output[0], dtype, NHWC, ctx.tensor(x).quantization)
     _emit_pool(ctx, node, POOLS[node.op_type], x, out, plan)
+
+
+def _zero_is_lowest(ctx: Lowering, name: str, x: int) -> bool:
+    """Whether zero padding (PAD, which XNNPACK delegates; PADV2 it does not) is the lowest value
+    `x` holds, so max pooling over it equals ONNX's -inf padding: an int8 grid that starts at 0
+    (zero point -128, e.g. after a Relu), or a float tensor a Relu / Clip(min >= 0) produced."""
+    tensor = ctx.tensor(x)
+    if tensor.dtype == "int8":
+        return int(tensor.quantization.as_pair()[1]) == -128
+    producer = next((n for n in ctx.model.graph.node if name in n.output), None)
+    if producer is None:
+        return False
+    if producer.op_type == "Relu":
+        return True
+    bounds = clip_bounds(ctx, producer) if producer.op_type == "Clip" else None
+    return bounds is not None and bounds[0] >= 0.0
 
 
 def _emit_pool(ctx: Lowering, node, opcode: str, x: int, out: int, plan: PoolPlan) -> None:
@@ -168,7 +192,7 @@ def check_global(ctx: Lowering, node) -> str | None:
     return None if ctx.rank(node.input[0]) == 4 else "only 4-D NCHW input is supported"
 
 
-@register("GlobalMaxPool", check=check_global)
+@register("GlobalMaxPool", check=check_global, int16=True)
 def lower_global_max(ctx: Lowering, node) -> None:
     """REDUCE_MAX over H, W: it compares integers, so the output keeps the input's quantization."""
     dtype = ctx.node_dtype(node)
@@ -178,7 +202,7 @@ def lower_global_max(ctx: Lowering, node) -> None:
     ctx.emit("REDUCE_MAX", [x, axes], [out], node, "ReducerOptions", KeepDims=True)
 
 
-@register("GlobalAveragePool", check=check_global)
+@register("GlobalAveragePool", check=check_global, int16=True)
 def lower_global_average(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     x = ctx.get(node.input[0], dtype, NHWC)

@@ -48,7 +48,7 @@ def check_reduce(ctx: Lowering, node) -> str | None:
     return None
 
 
-@register(*OPCODES, check=check_reduce)
+@register(*OPCODES, check=check_reduce, int16=lambda ctx, node: node.op_type in ("ReduceMean", "ReduceMax"))
 def lower_reduce(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     name = node.input[0]

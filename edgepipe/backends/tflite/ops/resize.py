@@ -186,7 +186,7 @@ def repeat_pixels(ctx: Lowering, node, x: int, out: int, factors: tuple[int, int
     ctx.emit("RESHAPE", [current, ctx.int32_constant(f"{node.name};shape", [n, h, w, c])], [out], node)
 
 
-@register("Resize", "Upsample", check=check_resize)
+@register("Resize", "Upsample", check=check_resize, int16=True)
 def lower_resize(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     kind, (align_corners, half_pixel) = resize_plan(ctx, node)

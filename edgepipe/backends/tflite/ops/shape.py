@@ -65,7 +65,7 @@ def layout_preserving_perm(in_shape, perm, out_shape) -> tuple[int, ...] | None:
     return tuple(d for _, outs in sorted(placed) for d in outs)
 
 
-@register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+@register("Reshape", "Flatten", "Squeeze", "Unsqueeze", int16=True)
 def lower_reshape(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     name = node.input[0]
@@ -80,7 +80,7 @@ def lower_reshape(ctx: Lowering, node) -> None:
     ctx.emit("RESHAPE", [x, ctx.int32_constant(f"{node.name};shape", ctx.tensor(out).shape)], [out], node)
 
 
-@register("Identity")
+@register("Identity", int16=True)
 def lower_identity(ctx: Lowering, node) -> None:
     if ctx.constant(node.input[0]) is not None:
         ctx.constants[node.output[0]] = ctx.constant(node.input[0])
@@ -89,7 +89,7 @@ def lower_identity(ctx: Lowering, node) -> None:
         ctx.alias(node.output[0], value.index, value.perm)
 
 
-@register("Transpose")
+@register("Transpose", int16=True)
 def lower_transpose(ctx: Lowering, node) -> None:
     """out = in.transpose(q): the TFLite tensor is unchanged, its perm becomes q^-1 o in_perm."""
     rank = ctx.rank(node.input[0])
@@ -108,7 +108,7 @@ def check_concat(ctx: Lowering, node) -> str | None:
     return None
 
 
-@register("Concat", check=check_concat)
+@register("Concat", check=check_concat, int16=True)
 def lower_concat(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     rank = ctx.rank(node.output[0])
@@ -123,6 +123,6 @@ def lower_concat(ctx: Lowering, node) -> None:
             inputs.append(ctx.quantized_constant(f"{name};{node.name}", value, quant, dtype))
         else:
             index = ctx.get(name, dtype, perm)
-            inputs.append(ctx.requantized(index, quant, name) if dtype == "int8" else index)
+            inputs.append(ctx.requantized(index, quant, name) if dtype != "float32" else index)
     axis = perm.index(node_attrs(node)["axis"] % rank)
     ctx.emit("CONCATENATION", inputs, [out], node, "ConcatenationOptions", Axis=axis, FusedActivationFunction=0)

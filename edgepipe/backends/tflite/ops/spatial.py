@@ -88,8 +88,8 @@ def pad_nhwc(ctx: Lowering, node, x: int, pads: list[int], fill: float | None = 
     if fill is None:
         ctx.emit("PAD", inputs, [out], node)
         return out
-    if source.dtype == "int8":
-        fill_value = np.array(-128, np.int8)  # lowest representable: "minus infinity" for max pooling
+    if source.dtype in ("int8", "int16"):  # lowest representable: "minus infinity" for max pooling
+        fill_value = np.array(np.iinfo(source.dtype).min, source.dtype)
         inputs.append(ctx.spec.add_constant(f"{node.name};fill", fill_value, source.quantization))
     else:
         inputs.append(ctx.spec.add_constant(f"{node.name};fill", np.array(fill, np.float32)))

@@ -1,0 +1,165 @@
+"""`precision.budget` through the CLI: what the mixed-precision search buys and what it costs.
+
+Why: the planner's promise is "the fewest float ops that meet the budget, found quickly". This
+builds what a user builds, each in a fresh process, and measures the result independently of the
+planner:
+
+- recognizer: the PP-OCRv4 SVTR recognizer exactly as the rapidocr-onnxruntime wheel ships it
+  (tests/realmodels), `edgepipe build --config edgepipe.yaml --target arm-cpu` with 64 rendered
+  calibration text lines, 200 held-out lines and `precision: {budget: 0.002}` (argmax
+  agreement per CTC time step), next to the same build without a budget. The int8 .tflite of each
+  bundle is run in LiteRT on the 200 lines and compared with ONNX Runtime FP32 on the original
+  file: per-step argmax agreement, per-line string agreement (greedy CTC decode), SQNR.
+- demo-outlier: the outlier-heavy demo CNN of accuracy_recovery.py (DemoNet with one channel
+  scaled by 100 after a ReLU, twice), arm-cpu, `precision: {budget: 0.01}` (top-1 drop), top-1
+  as run.py measures it on the bundle (host report).
+
+Recorded per build: the CLI wall time, the precision stage (search) time from precision.json,
+evaluations used, the share of ONNX ops computing in int8 and the float list.
+
+Run: python benchmarks/precision_search.py [--cases recognizer,demo-outlier] [--eval 200]
+Writes benchmarks/results/precision_search.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_models  # noqa: E402
+from calibration_real_models import ctc_decode  # noqa: E402
+from real_model_corpus import cpu_flags  # noqa: E402
+from tflite_real_models import interpreter, run_onnx, run_tflite  # noqa: E402
+
+from edgepipe import quantmath  # noqa: E402
+
+CALIB_SEED, EVAL_SEED = 1, 2
+
+
+def cli_build(config: Path, out: Path) -> dict:
+    """`edgepipe build --config ... --json` in a fresh process; the summary and the wall time."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "edgepipe", "build", "--config", str(config), "--out", str(out),
+                           "--json"], capture_output=True, text=True, cwd=str(config.parent))
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        return {"error": ((proc.stderr or proc.stdout).strip().splitlines() or ["failed"])[-1][:400], "wall_s": wall}
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    stages = {s["name"]: s.get("seconds") for s in summary.get("stages", []) if isinstance(s, dict)}
+    row = {"wall_s": round(wall, 1), "stages_s": stages, "warnings": summary.get("warnings", [])}
+    plan_path = out / "precision.json"
+    if plan_path.exists():
+        from edgepipe.accuracy.precision import plan_summary
+
+        plan = json.loads(plan_path.read_text())
+        row["precision"] = plan_summary(plan)
+        row["precision"]["search"] = plan["search"]
+    row["host_accuracy"] = (summary.get("results") or {}).get("accuracy")
+    return row
+
+
+def write_config(path: Path, lines: list[str], budget: float | None) -> Path:
+    path.write_text("\n".join(lines + ([f"precision: {{budget: {budget}}}"] if budget is not None else [])) + "\n")
+    return path
+
+
+def recognizer(work: Path, calib_count: int, eval_count: int, budget: float) -> dict:
+    name = "ocr_rec"
+    spec = real_models.MODELS[name]
+    model_path = real_models.raw_model_path(name)
+    calib = real_models.make_inputs(name, calib_count, CALIB_SEED)
+    data = real_models.make_inputs(name, eval_count, EVAL_SEED)
+    np.savez(work / "rec_calib.npz", **{spec.input_name: calib["x"]})
+    np.savez(work / "rec_eval.npz", **{spec.input_name: data["x"]})
+    shape = list(spec.shape)
+    lines = [f"model: {model_path}", "target: arm-cpu", f"calib: {work / 'rec_calib.npz'}",
+             f"eval: {work / 'rec_eval.npz'}", f"input_shapes: {{{spec.input_name}: {shape}}}",
+             "report: {host: false}"]
+    reference = run_onnx(model_path, data["x"])
+    chars = real_models.characters(name)
+    ref_text = ctc_decode(reference, chars)
+    rows = {}
+    for label, value in (("int8", None), ("budget", budget)):
+        out = work / f"rec_{label}"
+        row = cli_build(write_config(work / f"rec_{label}.yaml", lines, value), out)
+        if "error" not in row:
+            manifest = json.loads((out / "manifest.json").read_text())
+            int8 = run_tflite(interpreter(out / "model.tflite"), manifest["io"], data["x"])
+            text = ctc_decode(int8, chars)
+            row["litert_vs_ort_fp32"] = {
+                "step_agreement": float(np.mean(reference.argmax(-1) == int8.argmax(-1))),
+                "string_agreement": float(np.mean([a == b for a, b in zip(ref_text, text)])),
+                "string_agreement_ignoring_spaces": float(np.mean([a.replace(" ", "") == b.replace(" ", "")
+                                                                   for a, b in zip(ref_text, text)])),
+                "sqnr_db": float(quantmath.sqnr_db(reference, int8))}
+        rows[label] = row
+        print(f"recognizer {label}: {json.dumps({k: v for k, v in row.items() if k != 'stages_s'})[:600]}", flush=True)
+    return {"model": f"{real_models.package(name)} {spec.source}", "calib_samples": calib_count,
+            "eval_samples": eval_count, "budget": budget, "metric": "argmax agreement per CTC time step",
+            "rows": rows}
+
+
+def demo_outlier(work: Path, budget: float) -> dict:
+    import torch
+
+    from edgepipe.demo import DEMO_PREPROCESS, demo_calib_dir, demo_eval_dir
+    from edgepipe.demo.model import build_demo, make_outlier_heavy
+
+    torch.manual_seed(0)
+    torch.save(make_outlier_heavy(build_demo(), 100.0).state_dict(), work / "outlier.pt")
+    lines = ["model: edgepipe.demo.model:build_demo", f"weights: {work / 'outlier.pt'}", "target: arm-cpu",
+             f"calib: {demo_calib_dir()}", f"eval: {demo_eval_dir()}", "input_shapes: {image: [1, 3, 32, 32]}",
+             "output_names: [logits]", f"preprocess: {json.dumps(DEMO_PREPROCESS)}",
+             "fold: {input_normalization: mean_std}", "report: {iterations: 20, warmup: 2}"]
+    rows = {}
+    for label, value in (("int8", None), ("budget", budget)):
+        rows[label] = cli_build(write_config(work / f"demo_{label}.yaml", lines, value), work / f"demo_{label}")
+        print(f"demo-outlier {label}: {json.dumps(rows[label].get('host_accuracy'))} "
+              f"{json.dumps(rows[label].get('precision', {}).get('search'))}", flush=True)
+    return {"model": "DemoNet, outlier-heavy (factor 100, as benchmarks/accuracy_recovery.py)", "budget": budget,
+            "metric": "top-1 drop (labelled demo eval set), run.py on the bundle", "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="recognizer,demo-outlier")
+    parser.add_argument("--calib", type=int, default=64)
+    parser.add_argument("--eval", type=int, default=200)
+    parser.add_argument("--budget", type=float, default=0.002)
+    parser.add_argument("--demo-budget", type=float, default=0.01)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "precision_search.json")
+    args = parser.parse_args(argv)
+    report = json.loads(args.out.read_text()) if args.out.exists() else {}
+    report.update({"schema": 1, "host": {"machine": platform.machine(), "python": platform.python_version(),
+                                         "cpu": cpu_flags(),
+                                         "note": "2 cores shared with other jobs: times are loose"}})
+    report.setdefault("cases", {})
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    with tempfile.TemporaryDirectory(prefix="precision_search_") as tmp:
+        work = Path(tmp)
+        for case in args.cases.split(","):
+            if case == "recognizer":
+                result = recognizer(work, args.calib, args.eval, args.budget)
+            elif case == "demo-outlier":
+                result = demo_outlier(work, args.demo_budget)
+            else:
+                raise SystemExit(f"unknown case {case}")
+            result["commit"] = commit.stdout.strip()
+            report["cases"][case] = result
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Where the int8 .tflite puts its grids, read from the lowering itself (for the planner).
+
+Why: the mixed-precision planner emulates the target's int8 in ONNX Runtime
+(edgepipe.accuracy.placement); for TFLite that is every tensor an int8 kernel reads or writes,
+with the exact scale and zero point the file gets, plus per-channel int8 weights. Asking the
+lowering (all int8, nothing written) gives those without a second copy of its rules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from edgepipe import graph, quantmath
+from edgepipe.backends.qdq import WEIGHTED_OPS, weight_channel_axis
+from edgepipe.backends.tflite.build import lower_model
+from edgepipe.backends.tflite.lower import fusable_activation
+
+
+def int8_grids(model: onnx.ModelProto, calibration, options: dict | None = None) -> dict:
+    """{"grids": {tensor: (scale, zero point)}, "int8_nodes": set, "weights": {node: {input: grid
+    values}}, "fused": {node: partner}} of the all-int8 lowering of `model`."""
+    options = {k: v for k, v in (options or {}).items() if k in ("target", "keep_layout", "int8_io")}
+    ctx = lower_model(model, calibration, {**options, "float_nodes": set()}, quantized=True)
+    known = {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
+    grids = {}
+    for name, values in ctx.values.items():
+        value = next((v for v in values if v.dtype == "int8"), None)
+        quant = ctx.tensor(value.index).quantization if value is not None else None
+        if name in known and quant is not None and quant.scale.size == 1:
+            grids[name] = (float(quant.scale[0]), int(quant.zero_point[0]))
+    nodes = {n.name: n for n in ctx.model.graph.node}
+    int8 = {n.name for n in model.graph.node if n.op_type != "Constant" and n.name in nodes
+            and ctx.node_dtype(nodes[n.name]) == "int8"}
+    fused = {}
+    for node in model.graph.node:
+        readers = ctx.consumers.get(node.output[0], []) if node.output else []
+        if node.name in ctx.consumed or len(readers) != 1 or readers[0].name not in ctx.consumed:
+            continue
+        if fusable_activation(ctx, readers[0]) is not None:
+            fused[node.name], fused[readers[0].name] = readers[0].name, node.name
+    weights = {name: _int8_weights(model, nodes[name]) for name in int8 if nodes[name].op_type in WEIGHTED_OPS}
+    return {"grids": grids, "int8_nodes": int8, "weights": {k: v for k, v in weights.items() if v}, "fused": fused}
+
+
+def _int8_weights(model: onnx.ModelProto, node: onnx.NodeProto) -> dict[int, np.ndarray]:
+    """The constant weight of a weighted node on its per-output-channel symmetric int8 grid."""
+    if len(node.input) < 2:
+        return {}
+    value = graph.constant_value(model, node.input[1])
+    if value is None or value.dtype.kind != "f" or value.ndim < 1:
+        return {}
+    axis = weight_channel_axis(node, value.ndim)
+    q, scales = quantmath.per_channel_symmetric(value, axis=axis, min_ratio=2.0**-20)
+    shape = [1] * value.ndim
+    shape[axis] = -1
+    return {1: quantmath.dequantize(q, scales.reshape(shape))}
+
+
+__all__ = ["int8_grids"]
