@@ -28,7 +28,7 @@ Metrics (definitions used in the README too):
 Peer: ONNX Runtime `quantize_static` (benchmarks/ort_peer.py, MinMax, same calibration data), run
 in ONNX Runtime on the same eval data.
 
-Run by hand:  python benchmarks/accuracy_goals.py [--rows rec_arm,rec_jetson,yolo,det] [--config rec_arm:cfg.yaml]
+Run by hand:  python benchmarks/accuracy_goals.py [--rows rec_arm,rec_jetson,yolo,det] [--config ROW:TAG:cfg.yaml]
 Writes benchmarks/results/accuracy_goals.json.
 """
 

@@ -16,14 +16,15 @@ RNG = np.random.default_rng(21)
 
 
 def outlier_model():
-    """conv1 -> Relu -> conv2 (pads) -> conv3 -> Clip(0, 6) -> conv4, and conv2's output also
-    feeds the graph output: only (conv1, conv2) commutes with scaling... and (conv3, conv4) does not
-    (Clip is not homogeneous)."""
+    """conv1 -> Relu -> conv2 (pads) -> conv3 -> Clip(0, 6) -> conv4, conv2's output also a graph
+    output. Only (conv1, conv2) may be rescaled: (conv2, conv3) would change a graph output and
+    Clip does not commute with scaling, so (conv3, conv4) stays too."""
     w1 = RNG.normal(0, 0.3, (8, 3, 3, 3))
     w1[2] *= 200  # outlier output channels of conv1
     w1[5] *= 0.02
     inits = {"w1": w1, "b1": RNG.normal(0, 0.5, 8), "w2": RNG.normal(0, 0.3, (6, 8, 3, 3)),
-             "b2": RNG.normal(0, 0.1, 6), "w3": RNG.normal(0, 0.3, (4, 6, 1, 1)), "w4": RNG.normal(0, 0.3, (2, 4, 1, 1)),
+             "b2": RNG.normal(0, 0.1, 6), "w3": RNG.normal(0, 0.3, (4, 6, 1, 1)),
+             "w4": RNG.normal(0, 0.3, (2, 4, 1, 1)),
              "lo": np.array(0.0), "hi": np.array(6.0)}
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),

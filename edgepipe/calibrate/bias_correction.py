@@ -27,10 +27,10 @@ DEFAULT_SAMPLES = 32
 
 
 def correction_sites(model: onnx.ModelProto) -> dict[str, tuple[str, str | None, int]]:
-    """{node name: (output tensor measured, bias initializer or None, channel axis)} for every
+    """{node name: (tensor the bias shifts, bias initializer or None, channel axis)} for every
     weighted node with a constant weight whose bias can be shifted: a Conv (bias added when
     missing), a Gemm with a 1-D or absent C, a MatMul followed by an Add of a constant vector
-    (the measured tensor is then the Add's output and the bias that constant)."""
+    (the shifted tensor is then the Add's output and the bias that constant)."""
     consumers = graph.consumers(model)
     sites = {}
     for node in model.graph.node:
@@ -146,10 +146,11 @@ def estimate_bias_corrections(model: onnx.ModelProto, calibration, dataset, qdq_
     """Per-channel corrections ({node: [delta]}): the mean, over up to `samples` evenly spaced
     samples of `dataset`, of each site's float output minus its int8 version fed the same float
     input (the target's simulation, `qdq_model(model, calibration)`, provides the Q/DQ of every
-    site). One pass over the data. Local on purpose: correcting each layer's own error leaves
-    the mean of every later layer right too, while the whole-graph error of a simulation also
-    holds what the simulation does not share with the target's real kernels (requantization at
-    elementwise ops). The result is also stored in `calibration.bias_corrections`."""
+    site). One pass over the data. Local on purpose: correcting each layer's own error also
+    fixes, to first order, the mean every later layer inherits, while the whole-graph error of a
+    simulation holds what the simulation does not share with the target's real kernels
+    (requantization at elementwise ops) and corrected all at once counts an upstream shift twice.
+    The result is also stored in `calibration.bias_corrections`."""
     from edgepipe.sampling import evenly_spaced
 
     sites = correction_sites(model)
@@ -159,7 +160,7 @@ def estimate_bias_corrections(model: onnx.ModelProto, calibration, dataset, qdq_
     calibration.bias_corrections = {}
     simulated, _ = qdq_model(model, calibration)
     combined, local = local_error_model(model, simulated, sites)
-    wanted = {name: (sim_node_output, axis) for name, (sim_node_output, axis) in local.items()}
+    wanted = dict(local)
     outputs = {n.name: n.output[0] for n in model.graph.node}
     wanted.update({f"{name}@float": (outputs[name], sites[name][2]) for name in local})
     means = _mean_outputs(combined, feeds, wanted)
