@@ -274,6 +274,22 @@ def int16_activations(data: dict) -> list[str]:
     return lines
 
 
+def xnnpack_op_speed(data: dict) -> list[str]:
+    host = data["host"]
+    lines = [f"{host.get('cpu', '')}, int8 dot product: {host.get('int8_dot_product')}, 1 thread, load average "
+             f"{fmt(data['loadavg_before'][0], 1)}.", "", "| case | variant | int8 ms | fp32 ms | int8 / fp32 |",
+             "|---|---|---|---|---|"]
+    for case, rows in data["cases"].items():
+        variants = dict.fromkeys(key.rsplit(" ", 1)[0] for key in rows)
+        for variant in variants:
+            int8, fp32 = rows.get(f"{variant} int8", {}), rows.get(f"{variant} float32", {})
+            ratio = int8["ms"] / fp32["ms"] if "ms" in int8 and "ms" in fp32 else None
+            delegated = "" if int8.get("delegated", True) else " (not delegated)"
+            lines.append(f"| {case} | {variant} | {fmt(int8.get('ms'), 4)}{delegated} | {fmt(fp32.get('ms'), 4)} | "
+                         f"{fmt(ratio, 2)} |")
+    return lines
+
+
 def calibration_real_models(data: dict) -> list[str]:
     """Whole `edgepipe build --target jetson` vs ORT quantize_static, per real model (medians)."""
     code = f"commit {data['commit']}" if data.get("commit") else data.get("note", "code unknown")
@@ -297,6 +313,60 @@ def calibration_real_models(data: dict) -> list[str]:
                          f"{fmt(ratio, 2)} | {fmt(cpu_ratio, 2)} | "
                          f"{fmt(run.get('string_agreement'))} | {fmt(run.get('sqnr_db'), 1)} |")
     return lines
+GOAL_ROWS = {"rec_arm": "PP-OCRv4 recognizer, arm-cpu int8 .tflite", "rec_jetson": "PP-OCRv4 recognizer, jetson Q/DQ "
+             "in ONNX Runtime (host emulation)", "yolo": "YOLOv8n (NudeNet 320n), arm-cpu int8 .tflite",
+             "det": "PP-OCRv4 DBNet detector, arm-cpu int8 .tflite"}
+SIDE_METRICS = {"fp32_agreement": "fp32_agreement_ignoring_spaces", "char_accuracy": "char_accuracy_ignoring_spaces"}
+
+
+def accuracy_goals(data: dict) -> list[str]:
+    """Issue 14's accuracy goals: default build, each lever, and the ORT peer, per row."""
+    lines = [f"Protocol: {data.get('protocol', '')}; host {data['host'].get('machine', '')}, "
+             f"{data['host'].get('cpus')} cores. Values in brackets ignore spaces; a lever column is a build with that "
+             f"edgepipe.yaml (stored with the row), every lever being off by default.", "",
+             "| " + " | ".join(["model", "metric", "goal", "default"] + [f"`{t}`" for t in _lever_tags(data)] +
+                               ["ORT quantize_static MinMax"]) + " |",
+             "|---|---|---|---|" + "---|" * len(_lever_tags(data)) + "---|"]
+    for row, entry in data["rows"].items():
+        for goal in entry.get("goals", []):
+            metric = goal["metric"]
+            cells = [_goal_cell(entry.get("default", {}), metric)]
+            cells += [_goal_cell(entry.get("levers", {}).get(t, {}), metric) for t in _lever_tags(data)]
+            cells.append(_goal_cell(entry.get("peer", {}), metric))
+            fp32 = entry.get("default", {})
+            label = (f"{metric} (FP32 {fmt(fp32.get('fp32_char_accuracy'))} ({fmt(fp32.get('fp32_char_accuracy_ignoring_spaces'))}))"
+                     if metric == "char_accuracy" else metric)
+            if metric == "transpose_ops":
+                label += f" (ONNX Transpose {entry.get('onnx_transpose_nodes')})"
+            lines.append(f"| {GOAL_ROWS.get(row, row)} | {label} | {goal['goal']} | " + " | ".join(cells) + " |")
+    for row, metrics in EXTRA_METRICS.items():
+        entry = data["rows"].get(row)
+        if entry:
+            runs = {"default": entry.get("default", {}), **entry.get("levers", {}), "ORT": entry.get("peer", {})}
+            for metric in metrics:
+                values = ", ".join(f"{tag} {_goal_cell(r, metric)}" for tag, r in runs.items() if metric in r)
+                lines.append(f"- {GOAL_ROWS[row]}, {metric}: {values}")
+    return lines
+
+
+EXTRA_METRICS = {"yolo": ["score_sqnr_db", "box_sqnr_db", "quantize_ops"], "rec_arm": ["line_agreement"]}
+
+
+def _lever_tags(data: dict) -> list[str]:
+    tags: list[str] = []
+    for entry in data["rows"].values():
+        tags += [t for t in entry.get("levers", {}) if t not in tags]
+    return sorted(tags, key=lambda t: t == "all")  # the combination last
+
+
+def _goal_cell(result: dict, metric: str) -> str:
+    value = result.get(metric)
+    if value is None:
+        return "-"
+    digits = 1 if metric.endswith("_db") else (0 if metric.endswith("_ops") else 3)
+    text = fmt(value, digits) if isinstance(value, float) else str(value)
+    side = result.get(SIDE_METRICS.get(metric, ""))
+    return text + (f" ({fmt(side)})" if side is not None else "")
 
 
 SECTIONS = [
@@ -320,6 +390,9 @@ SECTIONS = [
     ("Build cost vs number of calibration samples (`benchmarks/bounded_cost.py`)", "bounded_cost", bounded_cost),
     ("TFLite 16x8 (int16 activations) vs int8 vs fp32 (`benchmarks/int16_activations.py`)", "int16_activations",
      int16_activations),
+    ("Per-op XNNPACK int8 vs fp32 (`benchmarks/xnnpack_op_speed.py`)", "xnnpack_op_speed", xnnpack_op_speed),
+    ("Accuracy goals of issue 14 on the models as shipped (`benchmarks/accuracy_goals.py`)", "accuracy_goals",
+     accuracy_goals),
 ]
 
 

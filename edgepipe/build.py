@@ -258,6 +258,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
 
     # 4. calibrate
     calib_settings = dict(settings["calibration"])
+    bias_correction = bool(calib_settings.pop("bias_correction", False))  # runs after the cached ranges
     calib_key = settings_hash(stage="calibrate", model=pipeline.last_hash,  # the fold stage's artifact
                               data=data_fingerprint(settings["calib"]) + calib_split_key(settings), settings=calib_settings,
                               preprocess=data_preprocess(settings))
@@ -279,6 +280,11 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         note=lambda r: f"{len(r.warnings)} warning(s)" if r.warnings else "",
     )
     warnings.extend(f"calibration: {w}" for w in calibration.warnings)
+    if bias_correction:
+        from edgepipe.calibrate.bias_correction import estimate_bias_corrections
+
+        pipeline.run("bias_correction", lambda: estimate_bias_corrections(model, calibration, calib_ds, target.qdq_model),
+                     describe=lambda c: (f"calibration.json ({len(c)} corrected biases)", 0, ""))
     stability_effect, stability_warning = calibration_stability(model, calibration, calib_ds, target)
     if stability_warning:
         warnings.append(f"calibration: {stability_warning}")

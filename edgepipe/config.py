@@ -58,6 +58,8 @@ SCHEMA: dict[str, Any] = {
     ),
     "fold": _section(
         batchnorm=Field((bool,), True, "fold BatchNormalization into the preceding Conv/Gemm"),
+        cross_layer_equalization=Field((bool,), False, "rescale the channels between two convolutions (directly or "
+                                       "through a Relu) to equal weight ranges, exact in float"),
         input_normalization=Field((str,), "none", "fold mean/std or a ZCA/PCA whitening of the input into the first conv", NORMALIZATION_MODES),
         mean=Field((list,), None, "input mean for mean_std (default: preprocess.mean)"),
         std=Field((list,), None, "input std for mean_std (default: preprocess.std)"),
@@ -73,6 +75,8 @@ SCHEMA: dict[str, Any] = {
         max_samples=Field((int,), None, "use at most this many calibration samples", minimum=1),
         batch_size=Field((int,), 1, "calibration batch size (models with a static batch of 1 use 1)", minimum=1),
         ranges=Field((str,), None, "use these ranges instead of calibrating (e.g. `edgepipe finetune`'s .ranges.json)"),
+        bias_correction=Field((bool,), False, "shift each Conv/Gemm/MatMul bias by the per-channel mean error the "
+                              "target's int8 adds on calibration data (int8 files only; recorded in calibration.json)"),
     ),
     "backend": _section(
         int8_io=Field((bool,), False, "TFLite: int8 model inputs/outputs instead of float32"),
@@ -85,6 +89,10 @@ SCHEMA: dict[str, Any] = {
         activations=Field((str,), "int8", "TFLite: int16 = 16x8 for the whole model (int16 activations, int8 weights) "
                           "wherever LiteRT has an int16 kernel; runs on the builtin kernels, not XNNPACK",
                           ("int8", "int16")),
+        share_concat_scales=Field((bool,), False, "TFLite: a Concat input whose only consumer is the Concat is "
+                                  "written on the Concat's scale (no requantizing QUANTIZE op)"),
+        float_output_concats=Field((bool,), False, "TFLite: a Concat writing a model output from inputs whose ranges "
+                                   "differ more than 16x stays float (each input keeps its own int8 grid)"),
     ),
     "precision": _section(
         budget=Field((int, float), None, "max accuracy drop vs FP32 (enables automatic mixed precision)", minimum=0),

@@ -22,7 +22,8 @@ class ArmCpuTarget(Target):
     )
     host_report = True
     default_options = {"threads": 2}
-    backend_options = ("threads", "int8_io", "keep_layout", "activations")  # weights are always per channel
+    backend_options = ("threads", "int8_io", "keep_layout", "activations", "share_concat_scales",
+                       "float_output_concats")  # weights are always per channel
     int16_activations = True
     device_readme = (
         "Install the runtime on the board: `pip3 install ai-edge-litert numpy` (64-bit OS, glibc >= 2.34), "

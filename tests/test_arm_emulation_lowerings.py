@@ -1,9 +1,10 @@
 """The XNNPACK-friendly lowerings give the same answers on emulated aarch64 as on x86.
 
 A small model with every form `ops/` writes to stay inside the delegate (grouped CONV_2D, PRelu
-with slopes below and above 1 as 1x1 depthwise convs and an ADD, a standalone Relu as a
-saturating QUANTIZE, a padded MaxPool after it over a zero PAD, HardSigmoid by saturation, nearest 2x upscaling as CONCATENATION + RESHAPE, an
-unequal Split as SLICEs, Softmax in float between DEQUANTIZE / QUANTIZE) runs with the runner
+with slopes above 1 (two 1x1 depthwise convs and an ADD) and below 1 (one), a standalone Relu as
+a saturating QUANTIZE, a padded MaxPool after it over a zero PAD, HardSigmoid by saturation,
+nearest 2x upscaling as CONCATENATION + RESHAPE, an unequal Split as SLICEs, Softmax in float
+between DEQUANTIZE / QUANTIZE, a 2-way Softmax as 1x1 CONV_2D + LOGISTIC) runs with the runner
 of tests/test_arm_emulation.py in LiteRT on x86 and under qemu-aarch64, and in tflite-runtime
 2.14 there (the older runtime boards still carry). Emulated timings are never reported.
 """
@@ -32,20 +33,25 @@ def _model():
              helper.make_node("MaxPool", ["r"], ["mp"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
                               pads=[1, 1, 1, 1]),
              helper.make_node("Conv", ["mp", "w2"], ["g"], name="grouped", group=4, pads=[1, 1, 1, 1]),
-             helper.make_node("HardSigmoid", ["g"], ["h"], name="gate", alpha=0.3, beta=0.5),
-             helper.make_node("Mul", ["g", "h"], ["m"], name="gated"),
+             helper.make_node("PRelu", ["g", "slope2"], ["gp"], name="prelu_below_1"),
+             helper.make_node("HardSigmoid", ["gp"], ["h"], name="gate", alpha=0.3, beta=0.5),
+             helper.make_node("Mul", ["gp", "h"], ["m"], name="gated"),
              helper.make_node("Resize", ["m", "", "s"], ["u"], name="up", mode="nearest"),
              helper.make_node("Conv", ["u", "w3"], ["c3"], name="head", strides=[2, 2]),
              helper.make_node("Split", ["c3", "parts"], ["c3a", "c3b"], name="split", axis=1),
              helper.make_node("Concat", ["c3b", "c3a"], ["c3r"], name="reorder", axis=1),
-             helper.make_node("Softmax", ["c3r"], ["y"], name="softmax", axis=1)]
-    return make_model(nodes, {"x": [1, 4, 8, 8]}, ["y"], {
+             helper.make_node("Softmax", ["c3r"], ["y"], name="softmax", axis=1),
+             helper.make_node("Conv", ["m", "w4"], ["score"], name="score"),
+             helper.make_node("Softmax", ["score"], ["y2"], name="two_way", axis=1)]
+    return make_model(nodes, {"x": [1, 4, 8, 8]}, ["y", "y2"], {
         "w1": RNG.normal(size=(8, 4, 3, 3)).astype(np.float32) * 0.4,
         "slope": RNG.uniform(0.05, 1.5, size=(8, 1, 1)).astype(np.float32),
         "parts": np.array([2, 4], np.int64),
         "w2": RNG.normal(size=(8, 2, 3, 3)).astype(np.float32) * 0.4,
+        "slope2": np.linspace(0.05, 0.6, 8, dtype=np.float32).reshape(8, 1, 1),
         "s": np.array([1, 1, 2, 2], np.float32),
-        "w3": RNG.normal(size=(6, 8, 2, 2)).astype(np.float32) * 0.4})
+        "w3": RNG.normal(size=(6, 8, 2, 2)).astype(np.float32) * 0.4,
+        "w4": RNG.normal(size=(2, 8, 1, 1)).astype(np.float32) * 0.04})
 
 
 @pytest.mark.arm
@@ -60,6 +66,7 @@ def test_delegated_lowerings_agree_on_aarch64(tmp_path):
     result, calibration = convert(model, tmp_path, feeds[:8])
     outside_forms = {"PRELU", "MINIMUM", "RESIZE_NEAREST_NEIGHBOR", "SPLIT", "SPLIT_V", "PADV2", "RELU"}
     assert not outside_forms & set(result["op_histogram"])
+    assert result["op_histogram"]["SOFTMAX"] == 1 and result["op_histogram"]["LOGISTIC"] == 1
     models = {"fp32": tmp_path / "model.fp32.tflite", "int8": tmp_path / "model.tflite"}
     np.save(tmp_path / "inputs.npy", np.stack([f["x"][0].transpose(1, 2, 0) for f in feeds]).astype(np.float32))
     (tmp_path / "runner.py").write_text(RUNNER)
@@ -71,17 +78,26 @@ def test_delegated_lowerings_agree_on_aarch64(tmp_path):
     (x86_meta, x86), (arm_meta, arm) = load_results(tmp_path / "x86"), load_results(tmp_path / "arm")
     assert arm_meta["machine"] == "aarch64"
     assert arm_meta["runs"]["int8-xnnpack"]["ops"].count("DELEGATE") == 1  # one partition on ARM too
-    step = [float(result["io"]["outputs"][0]["quantization"]["scale"]) if result["io"]["outputs"][0]["quantization"]
-            else calibration.asymmetric_params("y")[0]]
+    step = [float(out["quantization"]["scale"]) if out["quantization"]
+            else calibration.asymmetric_params(out["name"])[0] for out in result["io"]["outputs"]]
+    names = [out["name"] for out in result["io"]["outputs"]]
     for run, x86_run in (("int8-xnnpack", "int8-xnnpack"), ("int8-builtin", "int8-builtin"),
                          ("int8-tflite-runtime", "int8-builtin")):
-        _, within_one, max_steps, _ = int8_agreement(x86[x86_run], arm[run], step)
-        print(f"{run} (ARM) vs {x86_run} (x86): within 1 step {within_one:.4%}, max {max_steps:.1f} steps")
-        # as for the demo: ARM's builtin kernels round a few values differently (the softmax at the
-        # end amplifies a one-step logit difference); XNNPACK, the default path, agrees closely
-        assert within_one >= 0.99, (run, within_one, max_steps)
-        if run == "int8-xnnpack":
-            assert max_steps <= 2.0, max_steps
+        for position, name in enumerate(names):
+            _, within_one, max_steps, _ = int8_agreement(x86[x86_run][position:position + 1],
+                                                         arm[run][position:position + 1], step[position:position + 1])
+            print(f"{name} {run} (ARM) vs {x86_run} (x86): within 1 step {within_one:.4%}, max {max_steps:.1f} steps")
+            if run == "int8-xnnpack":  # the default path: the same integers on both architectures
+                assert max_steps <= (0.0 if name == "y2" else 2.0), (name, max_steps)
+            elif name == "y":
+                # as for the demo: ARM's builtin kernels round a few values differently (the softmax
+                # at the end amplifies a one-step logit difference)
+                assert within_one >= 0.99, (run, within_one, max_steps)
+            else:
+                # the 2-way head's logistic amplifies the builtin kernels' one-step differences
+                # upstream (its own CONV_2D + LOGISTIC are bit-equal on ARM and x86 when fed the
+                # same integers): measured 83% within one step, at most 1.3 steps apart
+                assert max_steps <= 4.0, (run, within_one, max_steps)
     for run in ("fp32-xnnpack", "fp32-builtin"):
         for ref, test in zip(x86[run], arm[run]):
             np.testing.assert_allclose(test, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))

@@ -34,10 +34,12 @@ def test_int8_hard_swish_of_small_range_input_is_delegated(magnitude, tmp_path):
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 
-@pytest.mark.parametrize("magnitude,ops", [(4.0, {"ADD": 1, "MUL": 2}), (1e-5, {"DEPTHWISE_CONV_2D": 1, "MUL": 1})])
+@pytest.mark.parametrize("magnitude,ops", [(4.0, {"ADD": 1, "MUL": 2}),
+                                           (1e-5, {"DEPTHWISE_CONV_2D": 1, "MUL": 1, "RESHAPE": 2})])
 def test_int8_hard_swish_form_depends_on_input_range(magnitude, ops, tmp_path):
-    """ADD/MUL/MUL normally (faster); the depthwise gate only where XNNPACK would reject the ADD.
-    Magnitude 4 goes beyond +-3, so both ends of the gate's clip are exercised."""
+    """ADD/MUL/MUL normally (faster); the depthwise gate only where XNNPACK would reject the ADD
+    (6 channels: on rows of W * C channels, RESHAPE on both sides). Magnitude 4 goes beyond +-3,
+    so both ends of the gate's clip are exercised."""
     nodes = [helper.make_node("HardSwish", ["x"], ["y"], name="act")]
     model = make_model(nodes, {"x": [1, 6, 7, 8]}, ["y"])
     feeds = [{"x": magnitude * feed["x"]} for feed in structured_inputs(model)]
@@ -46,10 +48,13 @@ def test_int8_hard_swish_form_depends_on_input_range(magnitude, ops, tmp_path):
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 
-@pytest.mark.parametrize("shape,ops", [([1, 6, 7, 8], {"DEPTHWISE_CONV_2D": 1}), ([2, 5, 9], {"MUL": 1, "ADD": 1})])
+@pytest.mark.parametrize("shape,ops", [([2, 6, 7, 8], {"DEPTHWISE_CONV_2D": 1, "RESHAPE": 2}),
+                                       ([2, 24, 3, 5], {"DEPTHWISE_CONV_2D": 1}), ([2, 5, 9], {"MUL": 1, "ADD": 1})])
 def test_int8_hard_sigmoid_is_delegated_without_minimum(shape, ops, tmp_path):
     """XNNPACK has no int8 MINIMUM: the clip to [0, 1] is the saturation of an output grid that
-    spans [0, <= 1]. Magnitude 4 drives alpha * x + beta past both ends."""
+    spans [0, <= 1]. Magnitude 4 drives alpha * x + beta past both ends. At most 16 channels:
+    the depthwise conv runs on rows of W * C channels (XNNPACK's int8 kernel wastes most of its
+    channel tile on 6 channels), more as they are; batch 2 keeps images apart."""
     nodes = [helper.make_node("HardSigmoid", ["x"], ["y"], name="act", alpha=0.25, beta=0.4)]
     model = make_model(nodes, {"x": shape}, ["y"])
     feeds = [{"x": 4.0 * feed["x"]} for feed in structured_inputs(model)]
@@ -58,16 +63,18 @@ def test_int8_hard_sigmoid_is_delegated_without_minimum(shape, ops, tmp_path):
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 
-@pytest.mark.parametrize("slope,delegated", [(RNG_SLOPES.uniform(-0.3, 0.6, size=(6, 1, 1)), True),
-                                             (np.float32(0.25), True),
-                                             (RNG_SLOPES.uniform(0.5, 1.5, size=(6, 1, 1)), True),
-                                             (np.float32(1.25), True),
-                                             (RNG_SLOPES.uniform(0.1, 0.3, size=(6, 7, 1)), False)],
-                         ids=["per-channel", "scalar", "slope-above-1", "scalar-above-1", "spatial"])
-def test_int8_prelu_is_delegated_for_channel_slopes(slope, delegated, tmp_path):
-    """prelu(x) = s * x + relu((1 - s) * x) where every s < 1, x + (1 - s) * relu(-x) otherwise
-    (1x1 depthwise convs and an ADD), where the slope varies by channel only; a spatial slope keeps
-    PRELU on the builtin kernel."""
+@pytest.mark.parametrize("slope,delegated,depthwise", [
+    (RNG_SLOPES.uniform(-0.3, 0.6, size=(6, 1, 1)), True, 1),
+    (np.float32(0.25), True, 1),
+    (RNG_SLOPES.uniform(0.5, 1.5, size=(6, 1, 1)), True, 2),
+    (np.float32(1.25), True, 2),
+    (np.array([-1.28, -0.5, 0.0, 0.3, 0.9, 1.01]).reshape(6, 1, 1), True, 2),  # like MTCNN PNet's first PReLU
+    (RNG_SLOPES.uniform(0.1, 0.3, size=(6, 7, 1)), False, 0)],
+    ids=["per-channel", "scalar", "slope-above-1", "scalar-above-1", "negative-slopes", "spatial"])
+def test_int8_prelu_is_delegated_for_channel_slopes(slope, delegated, depthwise, tmp_path):
+    """prelu(x) = x + (1 - s) * relu(-x): one 1x1 depthwise conv (relu(-(1 - s) x)) and an ADD
+    where every s < 1, relu(-x) then the signed (1 - s) otherwise; a spatial slope keeps PRELU on
+    the builtin kernel."""
     conv_w = RNG_SLOPES.normal(size=(6, 3, 3, 3)).astype(np.float32) * 0.5
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("PRelu", ["c", "slope"], ["y"], name="prelu")]
@@ -76,6 +83,22 @@ def test_int8_prelu_is_delegated_for_channel_slopes(slope, delegated, tmp_path):
     histogram = report.result["op_histogram"]
     assert ("PRELU" in histogram) != delegated
     assert (len(delegate_partitions(report.out_dir / "model.tflite")) == 1) == delegated
+    if delegated:
+        assert histogram["DEPTHWISE_CONV_2D"] == depthwise and histogram["ADD"] == 1, histogram
+
+
+@pytest.mark.parametrize("negative_end", [-1e-4, -1e-9], ids=["barely-negative", "never-negative"])
+def test_int8_prelu_of_an_almost_positive_input_stays_delegated(negative_end, tmp_path):
+    """x + relu(-(1 - s) x): when x is hardly ever negative the negative part's grid would be far
+    finer than the output's and XNNPACK would refuse the ADD; it is widened to the ADD's limit."""
+    slope = RNG_SLOPES.uniform(0.1, 0.3, size=(4, 1, 1)).astype(np.float32)
+    model = make_model([helper.make_node("PRelu", ["x", "slope"], ["y"], name="prelu")], {"x": [1, 4, 6, 5]},
+                       ["y"], {"slope": slope})
+    feeds = [{"x": np.maximum(4.0 * np.abs(feed["x"]), 0.0) + negative_end * (feed["x"] < 0)}
+             for feed in structured_inputs(model)]
+    report = check_conformance(model, tmp_path, [{k: v.astype(np.float32) for k, v in f.items()} for f in feeds])
+    assert "PRELU" not in report.result["op_histogram"]
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 
 @pytest.mark.parametrize("slope_high", [0.6, 1.3], ids=["below-1", "above-1"])

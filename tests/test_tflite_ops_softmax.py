@@ -100,3 +100,37 @@ def test_softmax_has_beta_one_and_large_logits_saturate_cleanly(tmp_path):
     softmax = SoftmaxOptions()
     softmax.Init(options[0].Bytes, options[0].Pos)
     assert softmax.Beta() == 1.0
+
+
+@pytest.mark.parametrize("gain,lowering", [(0.15, "logistic"), (12.0, "logistic"), (0.8, "float")],
+                         ids=["narrow-logits", "wide-logits-exact", "medium-logits"])
+def test_two_way_channel_softmax_is_a_logistic_of_the_difference(gain, lowering, tmp_path):
+    """softmax over 2 channels = logistic(x0 - x1): int8 1x1 CONV_2D [[1, -1], [-1, 1]] + LOGISTIC
+    (delegated, no float island) where the difference grid loses at most half an output step: narrow
+    logits (grid of [-(hi - lo), hi - lo]) and logits wide enough that the input's own grid reaches
+    the logistic's saturation (exact). In between the float island stays."""
+    weights = np.random.default_rng(13).normal(size=(2, 3, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Softmax", ["c"], ["y"], name="sm", axis=1)]
+    model = make_model(nodes, {"x": [1, 3, 6, 7]}, ["y"], {"w": weights})
+    report = check_conformance(model, tmp_path, _logit_feeds(model, gain=gain), int8_steps=1.0)
+    histogram = report.result["op_histogram"]
+    if lowering == "logistic":
+        assert "SOFTMAX" not in histogram and histogram["LOGISTIC"] == 1 and histogram["CONV_2D"] == 2, histogram
+        assert not report.result["float_nodes"]
+    else:
+        assert histogram["SOFTMAX"] == 1 and report.result["float_nodes"] == ["sm"], histogram
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+
+@pytest.mark.parametrize("gain", [0.15, 12.0], ids=["narrow-logits", "wide-logits"])
+def test_two_way_softmax_reads_the_grid_its_producer_writes(gain, tmp_path):
+    """After a MaxPool the int8 input keeps the conv's grid, not the pooled tensor's calibrated
+    one: the difference grid follows the tensor the kernel reads."""
+    weights = np.random.default_rng(13).normal(size=(2, 3, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("MaxPool", ["c"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Softmax", ["p"], ["y"], name="sm", axis=1)]
+    model = make_model(nodes, {"x": [1, 3, 8, 10]}, ["y"], {"w": weights})
+    report = check_conformance(model, tmp_path, _logit_feeds(model, gain=gain), int8_steps=1.0)
+    assert report.result["op_histogram"]["LOGISTIC"] == 1 and not report.result["float_nodes"]

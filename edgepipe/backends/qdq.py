@@ -40,6 +40,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
+from edgepipe.calibrate.bias_correction import apply_bias_corrections
 from edgepipe.calibrate.result import CalibrationResult
 from edgepipe.errors import UserError
 
@@ -217,7 +218,7 @@ def write_qdq_model(
     `calibration.symmetric_scale(name)` with int8 zero point 0.
     """
     qdq = onnx.ModelProto()
-    qdq.CopyFrom(model)
+    qdq.CopyFrom(apply_bias_corrections(model, calibration.bias_corrections))
     graph.ensure_node_names(qdq)
     unknown = sorted(set(keep_float) - {n.name for n in qdq.graph.node})
     if unknown:

@@ -35,6 +35,9 @@ class CalibrationResult:
     warnings: list[str] = field(default_factory=list)
     # per-tensor histogram summaries (edges + counts, coarse) for the report's activation plots
     histograms: dict[str, dict] = field(default_factory=dict)
+    # {weighted node: per-output-channel bias shift} (calibration.bias_correction); every int8
+    # consumer applies them through bias_correction.apply_bias_corrections
+    bias_corrections: dict[str, list[float]] = field(default_factory=dict)
 
     def symmetric_scale(self, name: str, bits: int = 8) -> float:
         return quantmath.symmetric_scale(self.tensors[name].amax, bits)
@@ -54,6 +57,8 @@ class CalibrationResult:
             "warnings": list(self.warnings),
             "tensors": {k: asdict(v) for k, v in sorted(self.tensors.items())},
             "histograms": {k: self.histograms[k] for k in sorted(self.histograms)},
+            **({"bias_corrections": {k: self.bias_corrections[k] for k in sorted(self.bias_corrections)}}
+               if self.bias_corrections else {}),
         }
 
     @classmethod
@@ -65,6 +70,7 @@ class CalibrationResult:
             num_samples=data.get("num_samples", 0),
             warnings=list(data.get("warnings", [])),
             histograms=dict(data.get("histograms", {})),
+            bias_corrections=dict(data.get("bias_corrections", {})),
         )
 
     def save(self, path: str | Path) -> Path:

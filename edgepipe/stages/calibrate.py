@@ -16,7 +16,7 @@ from edgepipe.errors import UserError
 
 _POSITIVE_INTS = ("num_bins", "rounds", "batch_size")
 # keys of edgepipe.yaml's calibration section that the build handles itself
-_BUILD_KEYS = ("ranges",)
+_BUILD_KEYS = ("ranges", "bias_correction")
 
 
 def validate_settings(settings: dict | None) -> dict:

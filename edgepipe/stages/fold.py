@@ -23,11 +23,13 @@ from edgepipe.fold import (
     fold_temperature,
     softmax,
 )
+from edgepipe.fold.equalization import equalize_cross_layer
 from edgepipe.fold.temperature import negative_log_likelihood
 from edgepipe.graph import expose_tensors, graph_inputs, make_session, tensor_dtype, tensor_shape
 
 DEFAULT_SETTINGS = {
     "batchnorm": True,
+    "cross_layer_equalization": False,
     "input_normalization": "none",
     "mean": None,
     "std": None,
@@ -55,6 +57,11 @@ def run_fold(model: onnx.ModelProto, settings: dict, calib_dataset=None, eval_da
         folded, report["batchnorm"] = fold_batchnorm(model)
         report["batchnorm"]["max_rel_diff"] = _verify("batchnorm", model, folded, feeds, options)
         model = folded
+    if options["cross_layer_equalization"]:
+        equalized, report["cross_layer_equalization"] = equalize_cross_layer(model)
+        report["cross_layer_equalization"]["max_rel_diff"] = _verify("cross_layer_equalization", model, equalized,
+                                                                     feeds, options)
+        model = equalized
     mode = str(options["input_normalization"] or "none")
     if mode != "none":
         model, report["input_normalization"] = _fold_normalization(model, mode, options, feeds, calib_dataset)

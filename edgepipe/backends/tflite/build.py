@@ -16,6 +16,7 @@ from edgepipe.backends import support
 from edgepipe.backends.tflite import ops, validator, writer
 from edgepipe.backends.tflite.delegation import kernel_histogram
 from edgepipe.backends.tflite.lower import BACKEND, NHWC, Lowering, ShapeUnknownError, prepare_model
+from edgepipe.calibrate.bias_correction import apply_bias_corrections
 from edgepipe.errors import UnsupportedOpError, UserError
 
 INT8_FILE = "model.tflite"
@@ -60,7 +61,10 @@ def check_supported(model: onnx.ModelProto, target: str = BACKEND) -> None:
 
 
 def lower_model(model: onnx.ModelProto, calibration, options: dict, quantized: bool) -> Lowering:
-    """Run the lowering and the validator; returns the context (spec, float nodes, io)."""
+    """Run the lowering and the validator; returns the context (spec, float nodes, io). The int8
+    lowering applies the calibration's bias corrections; the float one keeps the model's biases."""
+    if quantized and calibration is not None:
+        model = apply_bias_corrections(model, getattr(calibration, "bias_corrections", None))
     ctx = Lowering(prepare_model(model), calibration, options, quantized)
     ctx.run()
     validator.validate(ctx.spec)

@@ -33,7 +33,7 @@ from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
-from edgepipe.backends.tflite import builtins
+from edgepipe.backends.tflite import builtins, shared_scales
 from edgepipe.backends.tflite.writer import ModelSpec, Quantization
 from edgepipe.errors import UnsupportedOpError, UserError
 
@@ -148,6 +148,11 @@ class Lowering:
         self.infos = graph.value_infos(model)
         self.consumers = graph.consumers(model)
         self.graph_outputs = [o.name for o in model.graph.output]
+        if self.options.get("float_output_concats"):
+            self.requested_float |= shared_scales.float_output_concats(self)
+        self.shared_ranges: dict[str, str] = {}
+        if self.options.get("share_concat_scales"):
+            self.shared_ranges = shared_scales.shared_concat_ranges(self)
 
     # ----- ONNX side ---------------------------------------------------------------------------
     def declared_dims(self, name: str) -> list | None:
@@ -206,6 +211,8 @@ class Lowering:
         measures both)."""
         if self.calibration is not None and name not in self.calibration and name.endswith(";2d"):
             name = name[:-len(";2d")]
+        if self.shared_ranges:
+            name = shared_scales.resolve(self.shared_ranges, name)
         if self.calibration is None or name not in self.calibration:
             raise UserError(f"tensor '{name}' has no calibration range; re-run calibration on this model")
         tensor = self.calibration.tensors[name]

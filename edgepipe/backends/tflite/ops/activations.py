@@ -12,15 +12,19 @@ import numpy as np
 
 from edgepipe import quantmath
 from edgepipe.backends.tflite.builtins import fixed_output
-from edgepipe.backends.tflite.lower import (ACTIVATIONS, NEUTRAL_RANGE, NHWC, Lowering, clip_bounds, fusable_activation,
-                                           node_attrs)
+from edgepipe.backends.tflite.lower import ACTIVATIONS, NHWC, Lowering, clip_bounds, fusable_activation, node_attrs
 from edgepipe.backends.tflite.ops import register
 from edgepipe.backends.tflite.writer import Quantization
 
 FIXED_OUTPUT = {"Sigmoid": "LOGISTIC", "Tanh": "TANH"}
 SIMPLE = {"HardSwish": "HARD_SWISH", "Relu": "RELU"}
 SIXTH = np.float32(1.0 / 6.0)
-ADD_MIN_SCALE_RATIO = 2.0**-10 * 1.5  # XNNPACK's int8 ADD limit (input scale / output scale), with margin
+# XNNPACK's int8 ADD limits on input scale / output scale ([2**-10, 2**8)), with margin
+ADD_MIN_SCALE_RATIO = 2.0**-10 * 1.5
+ADD_MAX_SCALE_RATIO = 2.0**8 / 1.5
+# channel_affine views tensors with at most MAX_FEW_CHANNELS channels as rows of W * C channels
+MAX_FEW_CHANNELS = 16
+MAX_ROW_CHANNELS = 8192
 
 
 def _unary(ctx: Lowering, node, opcode: str, quant: Quantization | None = None, options_type=None,
@@ -50,7 +54,11 @@ def _int8_relu_by_saturation(ctx: Lowering, node) -> bool:
     if quant.as_pair()[1] != -128:
         return False
     perm = ctx.layout(node.input[0])
-    ctx.alias(node.output[0], ctx.requantized(ctx.get(node.input[0], "int8", perm), quant, node.output[0]), perm)
+    if any(value.dtype == "int8" for value in ctx.values[node.input[0]]):
+        ctx.alias(node.output[0], ctx.requantized(ctx.get(node.input[0], "int8", perm), quant, node.output[0]), perm)
+    else:  # a float producer (kept float): one QUANTIZE onto the Relu's grid, not two roundings
+        out = ctx.new_value(node.output[0], "int8", perm, quant=quant)
+        ctx.emit("QUANTIZE", [ctx.get(node.input[0], "float32", perm)], [out], node)
     return True
 
 
@@ -102,21 +110,50 @@ def channel_affine(ctx: Lowering, node, x: int, out: int, scale, shift, tag: str
     """out = scale[c] * x + shift[c] as a 1x1 DEPTHWISE_CONV_2D on an NHWC int8 tensor: one op
     XNNPACK delegates, with per-channel weight precision, whose output grid clips by saturation.
     A channel's weight scale is raised above |scale|/127 only where its int32 bias would overflow
-    (input scale < ~|shift| * 1e-9): such inputs are far below the output's resolution anyway."""
-    channels = ctx.tensor(out).shape[3]
+    (input scale < ~|shift| * 1e-9): such inputs are far below the output's resolution anyway.
+
+    With few channels (<= 16) XNNPACK's int8 depthwise kernel spends most of each pixel on its channel
+    tile: the tensor is then viewed as one row per image row ([N, H, 1, W * C], RESHAPE on both
+    sides, the parameters repeated W times), which computes the same integers per element."""
+    shape = ctx.tensor(out).shape
+    channels = shape[3]
     scale = np.broadcast_to(np.asarray(scale, np.float64).reshape(-1), (channels,))
     shift = np.broadcast_to(np.asarray(shift, np.float64).reshape(-1), (channels,))
     input_scale = float(ctx.tensor(x).quantization.scale[0])
     weight_scale = np.maximum(np.maximum(np.abs(scale) / 127, 1e-8), np.abs(shift) / (input_scale * 2.0**30))
-    weights = np.clip(np.rint(scale / weight_scale), -127, 127).astype(np.int8).reshape(1, 1, 1, channels)
-    bias_scale = input_scale * weight_scale
-    bias = np.rint(shift / bias_scale).astype(np.int32)
-    filter_index = ctx.spec.add_constant(f"{node.name};{tag};scale", weights,
+    weights = np.clip(np.rint(scale / weight_scale), -127, 127).astype(np.int8)
+    bias = np.rint(shift / (input_scale * weight_scale)).astype(np.int32)
+    row_shape = row_view(shape)
+    repeat = shape[2] if row_shape else 1
+    target = out
+    if row_shape:
+        x = _reshaped(ctx, x, row_shape, f"{node.name};{tag};rows")
+        target = ctx.temp(f"{node.name};{tag};rows_out", row_shape, "int8", ctx.tensor(out).quantization)
+    weight_scale = np.tile(weight_scale, repeat)
+    filter_index = ctx.spec.add_constant(f"{node.name};{tag};scale", np.tile(weights, repeat).reshape(1, 1, 1, -1),
                                          Quantization.per_channel(weight_scale, 3))
-    bias_index = ctx.spec.add_constant(f"{node.name};{tag};shift", bias, Quantization.per_channel(bias_scale, 0))
-    ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [out], node, "DepthwiseConv2DOptions",
+    bias_index = ctx.spec.add_constant(f"{node.name};{tag};shift", np.tile(bias, repeat),
+                                       Quantization.per_channel(input_scale * weight_scale, 0))
+    ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [target], node, "DepthwiseConv2DOptions",
              Padding=1, StrideH=1, StrideW=1, DilationHFactor=1, DilationWFactor=1, DepthMultiplier=1,
              FusedActivationFunction=activation)
+    if row_shape:
+        ctx.emit("RESHAPE", [target, ctx.int32_constant(f"{node.name};{tag};shape", shape)], [out], node)
+
+
+def row_view(shape) -> list[int] | None:
+    """[N, H, 1, W * C] for an NHWC shape with few channels (channel_affine), else None."""
+    channels = shape[3]
+    if channels > MAX_FEW_CHANNELS or shape[2] == 1 or shape[2] * channels > MAX_ROW_CHANNELS:
+        return None
+    return [shape[0], shape[1], 1, shape[2] * channels]
+
+
+def _reshaped(ctx: Lowering, index: int, shape, name: str) -> int:
+    tensor = ctx.tensor(index)
+    out = ctx.temp(name, shape, tensor.dtype, tensor.quantization)
+    ctx.emit("RESHAPE", [index, ctx.int32_constant(f"{name};shape", shape)], [out])
+    return out
 
 
 @register("Sigmoid", "Tanh", int16=True)
@@ -225,9 +262,13 @@ def check_prelu(ctx: Lowering, node) -> str | None:
 @register("PRelu", check=check_prelu)
 def lower_prelu(ctx: Lowering, node) -> None:
     """int8 with a slope per channel (the channel being the last TFLite dim: NHWC images, dense
-    [N, C]): PRELU has no int8 XNNPACK kernel, so it becomes 1x1 DEPTHWISE_CONV_2Ds and an ADD,
-    all delegated (a tensor that is not NHWC 4-D is reshaped to [1, 1, M, C] around them).
-    Slopes varying along other dims keep PRELU."""
+    [N, C]): PRELU has no int8 XNNPACK kernel, and its builtin kernel costs more than the whole
+    rest of a small detector, so prelu(x) = x + (1 - s) * relu(-x) from 1x1 DEPTHWISE_CONV_2Ds
+    and an ADD, all delegated: one depthwise conv relu(-(1 - s) * x) when every s < 1, else
+    relu(-x) then the signed per-channel (1 - s) (a slope >= 1 makes the function concave there,
+    which no sum of x and relu(a * x) terms with positive weights is). A tensor that is not NHWC
+    4-D is reshaped to [1, 1, M, C] around them. Slopes varying along other dims, and scales
+    XNNPACK's int8 ADD would refuse, keep PRELU."""
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])
     x = ctx.get(node.input[0], dtype, perm)
@@ -235,46 +276,50 @@ def lower_prelu(ctx: Lowering, node) -> None:
     slopes = _channel_slopes(ctx, node, perm)
     if dtype == "int8" and slopes is not None:
         shape = ctx.tensor(out).shape
-        flat = None if len(shape) == 4 and perm == NHWC else [1, 1, int(np.prod(shape[:-1])), shape[-1]]
-        if flat is None:
-            _int8_prelu(ctx, node, x, out, slopes)
+        view = list(shape) if len(shape) == 4 and perm == NHWC else [1, 1, int(np.prod(shape[:-1])), shape[-1]]
+        if _int8_prelu(ctx, node, x, out, slopes, view):
             return
-        x4 = ctx.temp(f"{node.name};in4d", flat, dtype, ctx.tensor(x).quantization)
-        ctx.emit("RESHAPE", [x, ctx.int32_constant(f"{node.name};in4d/shape", flat)], [x4], node)
-        out4 = ctx.temp(f"{node.name};out4d", flat, dtype, ctx.tensor(out).quantization)
-        _int8_prelu(ctx, node, x4, out4, slopes)
-        ctx.emit("RESHAPE", [out4, ctx.int32_constant(f"{node.name};out4d/shape", shape)], [out], node)
-        return
     slope = ctx.constant_input(node.input[1], dtype, perm, ctx.rank(node.input[0]))
     ctx.emit("PRELU", [x, slope], [out], node)
 
 
-def _int8_prelu(ctx: Lowering, node, x: int, out: int, slopes: np.ndarray) -> None:
-    """Every s < 1: prelu(x) = s * x + relu((1 - s) * x). Otherwise (a slope >= 1 makes the
-    function concave there, which no sum of x and relu(a * x) terms with positive weights is):
-    prelu(x) = x + (1 - s) * relu(-x), whose relu(-x) is one depthwise with a fused RELU."""
-    low, high = _range(ctx.tensor(x).quantization)
-    shape = ctx.tensor(out).shape
-    if np.all(slopes < 1.0):
-        ends = [float(v) for v in (slopes.min() * low, slopes.max() * low, slopes.min() * high, slopes.max() * high)]
-        linear = ctx.temp(f"{node.name};linear", shape, "int8",
-                          Quantization.per_tensor(*quantmath.asymmetric_params(min(ends), max(ends))))
-        channel_affine(ctx, node, x, linear, slopes, 0.0, "linear")
-        rest = ctx.temp(f"{node.name};rest", shape, "int8",
-                        Quantization.per_tensor(*quantmath.asymmetric_params(0.0, float((1 - slopes).max()) * high)))
-        channel_affine(ctx, node, x, rest, 1.0 - slopes, 0.0, "rest", activation=ACTIVATIONS["RELU"])
-        ctx.emit("ADD", [linear, rest], [out], node, "AddOptions", FusedActivationFunction=0)
-        return
-    negative_end = -low if low < 0 else NEUTRAL_RANGE[1]  # x never negative: the term is 0 on any grid
-    negative = ctx.temp(f"{node.name};negative", shape, "int8",
-                        Quantization.per_tensor(*quantmath.asymmetric_params(0.0, negative_end)))
-    channel_affine(ctx, node, x, negative, -1.0, 0.0, "negative", activation=ACTIVATIONS["RELU"])
-    gain = 1.0 - slopes
-    ends = [float(gain.min()) * negative_end, float(gain.max()) * negative_end]
-    correction = ctx.temp(f"{node.name};correction", shape, "int8",
-                          Quantization.per_tensor(*quantmath.asymmetric_params(min(ends), max(ends))))
-    channel_affine(ctx, node, negative, correction, gain, 0.0, "correction")
-    ctx.emit("ADD", [x, correction], [out], node, "AddOptions", FusedActivationFunction=0)
+def _int8_prelu(ctx: Lowering, node, x: int, out: int, slopes: np.ndarray, view: list[int]) -> bool:
+    low, _ = _range(ctx.tensor(x).quantization)
+    out_scale = float(ctx.tensor(out).quantization.scale[0])
+    if float(ctx.tensor(x).quantization.scale[0]) / out_scale >= ADD_MAX_SCALE_RATIO:
+        return False
+    shape = list(ctx.tensor(out).shape)
+    source = x
+    repeat = 1
+    if row_view(view):  # both depthwise convs on the rows view, one RESHAPE each way
+        view, repeat = row_view(view), view[2]
+    if view != shape:
+        x = _reshaped(ctx, x, view, f"{node.name};view")
+    # An ADD input's grid spans at least this (XNNPACK's int8 ADD limit), also when x is hardly
+    # ever negative.
+    floor = 255 * ADD_MIN_SCALE_RATIO * out_scale
+    gain = np.tile(1.0 - slopes, repeat)
+    if np.all(gain > 0):
+        rest = ctx.temp(f"{node.name};negative", view, "int8", _grid(0.0, float(gain.max()) * -low, floor))
+        channel_affine(ctx, node, x, rest, -gain, 0.0, "negative", activation=ACTIVATIONS["RELU"])
+    else:
+        negative = ctx.temp(f"{node.name};relu_neg", view, "int8", _grid(0.0, -low, floor))
+        channel_affine(ctx, node, x, negative, -1.0, 0.0, "relu_neg", activation=ACTIVATIONS["RELU"])
+        ends = (float(gain.min()) * -low, float(gain.max()) * -low)
+        rest = ctx.temp(f"{node.name};negative", view, "int8", _grid(min(ends), max(ends), floor))
+        channel_affine(ctx, node, negative, rest, gain, 0.0, "negative")
+    if view != shape:
+        rest = _reshaped(ctx, rest, shape, f"{node.name};negative_back")
+    ctx.emit("ADD", [source, rest], [out], node, "AddOptions", FusedActivationFunction=0)
+    return True
+
+
+def _grid(low: float, high: float, min_span: float) -> Quantization:
+    """Asymmetric int8 parameters of [low, high] (0 included), widened to span at least `min_span`."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    if high - low < min_span:
+        high = low + min_span
+    return Quantization.per_tensor(*quantmath.asymmetric_params(low, high))
 
 
 def _channel_slopes(ctx: Lowering, node, perm) -> np.ndarray | None:

@@ -1,0 +1,68 @@
+"""Concat inputs that take the Concat's own quantization, so no QUANTIZE requantizes them.
+
+Why: TFLite's int8 CONCATENATION needs every input on the output's scale and zero point. An
+input calibrated on its own range is written on its own grid and then re-expressed on the
+Concat's with a QUANTIZE op: two roundings and one more op per input (YOLO's C2f blocks and heads
+carry dozens). When the input's only consumer is that Concat, its producer (a Conv, an Add, a
+Mul, ...) can write it on the Concat's grid directly: one rounding, no op. The Concat's range
+covers the input's (the Concat outputs it), so nothing is clipped that the QUANTIZE would not
+clip too. Producers with fixed or pass-through output parameters (LOGISTIC, SOFTMAX, Reshape,
+MaxPool, Split, Resize) pass their own quantization and ignore this; their QUANTIZE stays.
+
+The other half, `float_output_concats`: a Concat that writes a graph output from inputs whose
+ranges differ by more than `MAX_RANGE_RATIO` (a detector head's box coordinates in pixels next
+to its class scores in [0, 1]) cannot hold both on one int8 grid: the small input rounds to a few
+steps or to zero. It is lowered in float instead (each input dequantized on its own grid), which
+costs one DEQUANTIZE per input at the very end of the graph.
+
+Enabled by the `backend.share_concat_scales` and `backend.float_output_concats` options (arm-cpu).
+"""
+
+from __future__ import annotations
+
+
+def shared_concat_ranges(ctx) -> dict[str, str]:
+    """{tensor: tensor whose calibrated range it uses} for the int8 Concats of the lowering `ctx`."""
+    if not ctx.quantized or ctx.calibration is None:
+        return {}
+    outputs = set(ctx.graph_outputs)
+    shared: dict[str, str] = {}
+    for node in ctx.model.graph.node:
+        if node.op_type != "Concat" or node.output[0] not in ctx.calibration or ctx.node_dtype(node) != "int8":
+            continue
+        for name in set(node.input):
+            users = ctx.consumers.get(name, [])
+            if (name in ctx.constants or name in outputs or name not in ctx.calibration or len(users) != 1
+                    or users[0] is not node and users[0].name != node.name):
+                continue
+            shared[name] = node.output[0]
+    return shared
+
+
+MAX_RANGE_RATIO = 16.0
+
+
+def float_output_concats(ctx) -> set[str]:
+    """Names of the Concats writing a graph output whose inputs' calibrated ranges differ more than
+    MAX_RANGE_RATIO (constants and inputs without a range are ignored)."""
+    if not ctx.quantized or ctx.calibration is None:
+        return set()
+    outputs = set(ctx.graph_outputs)
+    chosen = set()
+    for node in ctx.model.graph.node:
+        if node.op_type != "Concat" or node.output[0] not in outputs:
+            continue
+        widths = [max(t.hi, 0.0) - min(t.lo, 0.0) for t in (ctx.calibration.tensors.get(n) for n in node.input)
+                  if t is not None]
+        if len(widths) > 1 and min(widths) > 0 and max(widths) / min(widths) > MAX_RANGE_RATIO:
+            chosen.add(node.name)
+    return chosen
+
+
+def resolve(shared: dict[str, str], name: str) -> str:
+    """Follow a chain of shared ranges (a Concat feeding only another Concat) to its end."""
+    seen = {name}
+    while name in shared and shared[name] not in seen:
+        name = shared[name]
+        seen.add(name)
+    return name

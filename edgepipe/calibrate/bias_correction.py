@@ -1,0 +1,169 @@
+"""Empirical bias correction: fold the mean error that int8 adds to each weighted layer's output
+back into that layer's bias.
+
+Why: rounding weights and clipping activations does not only add noise, it shifts the mean of a
+layer's output per channel (E[W_q x_q] != E[W x]), and a shifted mean is carried by every later
+layer (Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias Correction",
+2019; Finkelstein et al., 2019, empirical variant). On calibration data we run the float model
+and each layer's int8 version (the target's own Q/DQ simulation, `Target.qdq_model`, of that
+one node) on the same float input, take per output channel the mean of float minus int8 output
+of every Conv / Gemm / MatMul(+Add bias), and add it to the bias.
+
+The corrections live in `CalibrationResult.bias_corrections` (`{node name: [per channel]}`), so
+calibration.json records them and every int8 consumer applies the same ones through
+`apply_bias_corrections` (TFLite int8 lowering, the Q/DQ model): the FP32 reference, the float
+.tflite and reference.onnx keep the original biases.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from edgepipe import graph
+
+CORRECTED_OPS = ("Conv", "Gemm", "MatMul")
+DEFAULT_SAMPLES = 32
+
+
+def correction_sites(model: onnx.ModelProto) -> dict[str, tuple[str, str | None, int]]:
+    """{node name: (tensor the bias shifts, bias initializer or None, channel axis)} for every
+    weighted node with a constant weight whose bias can be shifted: a Conv (bias added when
+    missing), a Gemm with a 1-D or absent C, a MatMul followed by an Add of a constant vector
+    (the shifted tensor is then the Add's output and the bias that constant)."""
+    consumers = graph.consumers(model)
+    sites = {}
+    for node in model.graph.node:
+        if not node.name or node.op_type not in CORRECTED_OPS or len(node.input) < 2:
+            continue
+        weight = graph.constant_value(model, node.input[1])
+        if weight is None:
+            continue
+        if node.op_type == "Conv":
+            sites[node.name] = (node.output[0], node.input[2] if len(node.input) > 2 and node.input[2] else None, 1)
+        elif node.op_type == "Gemm":
+            bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+            if bias is None or np.ndim(graph.constant_value(model, bias)) == 1:
+                sites[node.name] = (node.output[0], bias, -1)
+        else:
+            users = consumers.get(node.output[0], [])
+            if len(users) != 1 or users[0].op_type != "Add":
+                continue
+            add = users[0]
+            other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+            value = graph.constant_value(model, other)
+            if value is not None and value.ndim == 1 and value.shape[0] == weight.shape[-1]:
+                sites[node.name] = (add.output[0], other, -1)
+    return sites
+
+
+def apply_bias_corrections(model: onnx.ModelProto, corrections: dict[str, list[float]] | None) -> onnx.ModelProto:
+    """Copy of `model` with each corrected node's bias shifted (a new initializer, so a bias
+    shared with an uncorrected node is left alone); `model` itself when there is nothing to do."""
+    if not corrections:
+        return model
+    corrected = onnx.ModelProto()
+    corrected.CopyFrom(model)
+    sites = correction_sites(corrected)
+    nodes = {n.name: n for n in corrected.graph.node}
+    consumers = graph.consumers(corrected)
+    for name, delta in corrections.items():
+        if name not in sites:
+            continue
+        _, bias_name, _ = sites[name]
+        node = nodes[name]
+        delta = np.asarray(delta, np.float32)
+        base = graph.constant_value(corrected, bias_name) if bias_name else np.zeros_like(delta)
+        new = graph.add_initializer(corrected, f"{name}_bias_corrected", (base + delta).astype(np.float32))
+        if node.op_type == "MatMul":
+            add = consumers[node.output[0]][0]
+            add.input[list(add.input).index(bias_name)] = new
+        elif len(node.input) > 2:
+            node.input[2] = new
+        else:
+            node.input.append(new)
+    graph.remove_unused_initializers(corrected)
+    return corrected
+
+
+def _channel_means(values: np.ndarray, axis: int) -> np.ndarray:
+    moved = np.moveaxis(np.asarray(values, np.float64), axis, -1)
+    return moved.reshape(-1, moved.shape[-1]).mean(axis=0)
+
+
+def _mean_outputs(model: onnx.ModelProto, feeds: list[dict], tensors: dict[str, tuple[str, int]]) -> dict:
+    """{key: per-channel mean over `feeds`} of each (tensor, channel axis) in `tensors`."""
+    session = graph.make_session(graph.expose_tensors(model, sorted({t for t, _ in tensors.values()})))
+    names = [o.name for o in session.get_outputs()]
+    totals: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        values = dict(zip(names, session.run(None, feed)))
+        for key, (tensor, axis) in tensors.items():
+            totals[key] = totals.get(key, 0.0) + _channel_means(values[tensor], axis)
+    return {key: total / len(feeds) for key, total in totals.items()}
+
+
+def local_error_model(model: onnx.ModelProto, simulated: onnx.ModelProto, sites: dict) -> tuple[onnx.ModelProto, dict]:
+    """The float model plus, for every site, its int8 version (the simulation's node reading its
+    Q/DQ inputs) fed from the *float* activations: (model, {site: (int8 output, channel axis)}).
+    The difference of the two outputs is the error the site adds itself; errors coming from
+    upstream are left to the upstream sites' own corrections.
+
+    Built from the simulation (its opset, its Q/DQ nodes): every input the simulation routed
+    through a DequantizeLinear gets its original tensor back, so the graph computes float and the
+    Q/DQ nodes now quantize float activations; each site's simulated node is then appended under
+    a new output name."""
+    combined = onnx.ModelProto()
+    combined.CopyFrom(simulated)
+    original = {n.name: n for n in model.graph.node if n.name}
+    suffix = "@bias_correction"
+    inserted = {n.output[0] for n in simulated.graph.node if n.op_type == "DequantizeLinear" and n.name not in original}
+    clones = []
+    for node in combined.graph.node:
+        if node.name in sites:
+            clone = onnx.NodeProto()
+            clone.CopyFrom(node)
+            clone.name = node.name + suffix
+            clone.output[:] = [node.output[0] + suffix]
+            clones.append(clone)
+        if node.name in original:  # inputs the simulation rerouted through its Q/DQ go back to float
+            for position, tensor in enumerate(node.input):
+                if tensor in inserted and position < len(original[node.name].input):
+                    node.input[position] = original[node.name].input[position]
+    combined.graph.node.extend(clones)
+    have = {t.name for t in combined.graph.initializer} | {i.name for i in combined.graph.input}
+    have |= {o for n in combined.graph.node for o in n.output}
+    for tensor in sorted({t for n in combined.graph.node for t in n.input if t and t not in have}):
+        value = graph.constant_value(model, tensor)  # an original weight the simulation replaced
+        if value is not None:
+            combined.graph.initializer.append(onnx.numpy_helper.from_array(value, tensor))
+    return combined, {clone.name[: -len(suffix)]: (clone.output[0], sites[clone.name[: -len(suffix)]][2])
+                      for clone in clones}
+
+
+def estimate_bias_corrections(model: onnx.ModelProto, calibration, dataset, qdq_model,
+                              samples: int = DEFAULT_SAMPLES) -> dict:
+    """Per-channel corrections ({node: [delta]}): the mean, over up to `samples` evenly spaced
+    samples of `dataset`, of each site's float output minus its int8 version fed the same float
+    input (the target's simulation, `qdq_model(model, calibration)`, provides the Q/DQ of every
+    site). One pass over the data. Local on purpose: correcting each layer's own error also
+    fixes, to first order, the mean every later layer inherits, while the whole-graph error of a
+    simulation holds what the simulation does not share with the target's real kernels
+    (requantization at elementwise ops) and corrected all at once counts an upstream shift twice.
+    The result is also stored in `calibration.bias_corrections`."""
+    from edgepipe.sampling import evenly_spaced
+
+    sites = correction_sites(model)
+    if not sites or len(dataset) == 0:
+        return {}
+    feeds = [dataset.sample(int(i)) for i in evenly_spaced(len(dataset), min(samples, len(dataset)))]
+    calibration.bias_corrections = {}
+    simulated, _ = qdq_model(model, calibration)
+    combined, local = local_error_model(model, simulated, sites)
+    wanted = dict(local)
+    outputs = {n.name: n.output[0] for n in model.graph.node}
+    wanted.update({f"{name}@float": (outputs[name], sites[name][2]) for name in local})
+    means = _mean_outputs(combined, feeds, wanted)
+    corrections = {name: [float(x) for x in means[f"{name}@float"] - means[name]] for name in sorted(local)}
+    calibration.bias_corrections = corrections
+    return corrections

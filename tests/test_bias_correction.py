@@ -1,0 +1,164 @@
+"""Empirical bias correction (edgepipe/calibrate/bias_correction.py) against numpy and ONNX Runtime.
+
+References: the per-channel mean error of a Gemm is computed in numpy from the int8 grid the
+quantization math defines (asymmetric activations, per-channel symmetric weights); the corrected
+model's outputs are checked in ONNX Runtime against the original model's outputs plus the shift."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgepipe import graph, quantmath
+from edgepipe.backends.qdq import simulated_int8_model
+from edgepipe.calibrate.bias_correction import apply_bias_corrections, correction_sites, estimate_bias_corrections
+from edgepipe.calibrate.result import CalibrationResult, TensorCalibration
+from tests.helpers import run_cli, tiny_conv_model
+
+
+class Samples:
+    def __init__(self, name, array):
+        self.name, self.array = name, array
+
+    def __len__(self):
+        return len(self.array)
+
+    def sample(self, i):
+        return {self.name: self.array[i : i + 1]}
+
+
+def gemm_model(weight, bias):
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, weight.shape[1]])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, weight.shape[0]])],
+                          [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    return onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def range_of(name, lo, hi):
+    return TensorCalibration(name, lo, hi, max(abs(lo), abs(hi)), lo, hi, "test")
+
+
+def test_gemm_correction_matches_the_numpy_mean_error_and_removes_it():
+    rng = np.random.default_rng(0)
+    weight = rng.normal(0, 1, (8, 16)).astype(np.float32)
+    weight[:, 0] *= 20  # one large input column: coarse per-channel grid, rounding error with a mean
+    bias = rng.normal(0, 0.1, 8).astype(np.float32)
+    x = rng.uniform(0, 3, (64, 16)).astype(np.float32)
+    lo, hi = 0.0, 2.0  # clipped range: activation quantization shifts the mean
+    calibration = CalibrationResult(tensors={"x": range_of("x", lo, hi), "y": range_of("y", -50.0, 50.0)})
+    model = gemm_model(weight, bias)
+
+    def qdq_model(m, c):
+        return simulated_int8_model(m, c, symmetric=False)
+
+    corrections = estimate_bias_corrections(model, calibration, Samples("x", x), qdq_model, samples=64)
+
+    scale, zero = quantmath.asymmetric_params(lo, hi)
+    q, scales = quantmath.per_channel_symmetric(weight, axis=0)
+    xq = quantmath.fake_quantize(x, scale, zero).astype(np.float64)
+    expected = (x.astype(np.float64) @ weight.T.astype(np.float64)).mean(0) - (xq @ (q * scales[:, None]).T).mean(0)
+    assert np.abs(expected).max() > 1.0  # the case has a real mean error to fix
+    np.testing.assert_allclose(corrections["fc"], expected, rtol=1e-3, atol=1e-3)
+    assert calibration.bias_corrections == corrections
+
+    corrected_sim, _ = qdq_model(model, calibration)  # the corrections go into the Q/DQ model
+    float_out = x.astype(np.float64) @ weight.T.astype(np.float64) + bias
+    sim = np.concatenate([graph.make_session(corrected_sim).run(None, {"x": x[i : i + 1]})[0] for i in range(64)])
+    assert np.abs((float_out - sim).mean(0)).max() < 1e-3
+
+
+def conv_and_matmul_model():
+    """Conv without bias -> flatten -> MatMul + Add(bias): two correction sites, one bias added."""
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32)
+    m = rng.normal(0, 0.5, (4 * 6 * 6, 5)).astype(np.float32)
+    b = rng.normal(0, 0.5, 5).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Flatten", ["c"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "m"], ["mm"], name="mm"),
+             helper.make_node("Add", ["mm", "b"], ["y"], name="add")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(m, "m"),
+                           numpy_helper.from_array(b, "b")])
+    return onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_apply_shifts_outputs_exactly_and_leaves_the_original_alone():
+    model = conv_and_matmul_model()
+    sites = correction_sites(model)
+    assert sites == {"conv": ("c", None, 1), "mm": ("y", "b", -1)}
+    delta_conv, delta_mm = np.array([0.5, -1.0, 0.25, 2.0]), np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    corrected = apply_bias_corrections(model, {"conv": delta_conv.tolist(), "mm": delta_mm.tolist()})
+    x = np.random.default_rng(2).normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
+    before = graph.make_session(graph.expose_tensors(model, ["c"])).run(None, {"x": x})
+    after = graph.make_session(graph.expose_tensors(corrected, ["c"])).run(None, {"x": x})
+    np.testing.assert_allclose(after[1], before[1] + delta_conv.reshape(1, 4, 1, 1), atol=1e-5)  # conv output
+    # the MatMul's output moves by its own shift plus the conv shift carried through the weights
+    carried = np.broadcast_to(delta_conv.reshape(4, 1, 1), (4, 6, 6)).reshape(-1) @ onnx.numpy_helper.to_array(
+        model.graph.initializer[1])
+    np.testing.assert_allclose(after[0], before[0] + delta_mm + carried, rtol=1e-4, atol=1e-4)
+    assert len(model.graph.node[0].input) == 2  # the input model is not modified
+    assert apply_bias_corrections(model, {}) is model
+
+
+@pytest.mark.slow
+def test_build_records_corrections_and_touches_only_the_int8_file(tmp_path):
+    """arm-cpu build with calibration.bias_correction: calibration.json carries the corrections,
+    model.fp32.tflite and reference.onnx are byte-identical to a build without them, model.tflite
+    differs."""
+    model = tiny_conv_model()
+    onnx.save(model, tmp_path / "m.onnx")
+    data = np.random.default_rng(3).uniform(-1, 1, (24, 1, 3, 8, 8)).astype(np.float32)
+    name = model.graph.input[0].name
+    np.savez(tmp_path / "calib.npz", **{name: data[:, 0]})
+    outs = {}
+    for flag in (False, True):
+        (tmp_path / f"cfg{flag}.yaml").write_text(f"calibration: {{bias_correction: {str(flag).lower()}}}\n")
+        out = tmp_path / f"out{flag}"
+        result = run_cli("build", "--model", str(tmp_path / "m.onnx"), "--target", "arm-cpu", "--calib",
+                         str(tmp_path / "calib.npz"), "--config", str(tmp_path / f"cfg{flag}.yaml"),
+                         "--no-host-report", "--out", str(out), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        outs[flag] = out
+    corrections = json.loads((outs[True] / "calibration.json").read_text()).get("bias_corrections")
+    assert corrections and all(len(v) > 0 for v in corrections.values())
+    assert "bias_corrections" not in json.loads((outs[False] / "calibration.json").read_text())
+    for same in ("model.fp32.tflite", "reference.onnx"):
+        assert (outs[True] / same).read_bytes() == (outs[False] / same).read_bytes()
+    assert (outs[True] / "model.tflite").read_bytes() != (outs[False] / "model.tflite").read_bytes()
+
+
+def test_each_layer_is_corrected_for_its_own_error_only():
+    """Two Gemms in a chain: the second layer's correction is its own mean error on the float
+    input (numpy), not the first layer's error carried through it (which the first one fixes)."""
+    rng = np.random.default_rng(4)
+    w1 = rng.normal(0, 1, (6, 6)).astype(np.float32)
+    w1[:, 0] *= 30
+    w2 = rng.normal(0, 1, (4, 6)).astype(np.float32)
+    w2[:, 1] *= 30
+    b1, b2 = np.zeros(6, np.float32), np.zeros(4, np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Gemm", ["h", "w2", "b2"], ["y"], name="fc2", transB=1)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                          [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))])
+    model = onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.uniform(0, 2, (48, 6)).astype(np.float32)
+    h = x @ w1.T
+    ranges = {"x": (0.0, 1.5), "h": (float(h.min()) * 0.8, float(h.max()) * 0.8), "y": (-100.0, 100.0)}
+    calibration = CalibrationResult(tensors={k: range_of(k, *v) for k, v in ranges.items()})
+    corrections = estimate_bias_corrections(model, calibration, Samples("x", x),
+                                            lambda m, c: simulated_int8_model(m, c, symmetric=False), samples=48)
+
+    def own_error(inputs, weight, lo, hi):
+        scale, zero = quantmath.asymmetric_params(lo, hi)
+        q, scales = quantmath.per_channel_symmetric(weight, axis=0)
+        quantized = quantmath.fake_quantize(inputs, scale, zero).astype(np.float64) @ (q * scales[:, None]).T
+        return (inputs.astype(np.float64) @ weight.T.astype(np.float64) - quantized).mean(0)
+
+    np.testing.assert_allclose(corrections["fc1"], own_error(x, w1, *ranges["x"]), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(corrections["fc2"], own_error(h, w2, *ranges["h"]), rtol=1e-3, atol=2e-3)

@@ -1,0 +1,86 @@
+"""Cross-layer equalization (edgepipe/fold/equalization.py): exact in float (ONNX Runtime on the
+original vs the equalized model), equal ranges afterwards (numpy on the weights), only the pairs
+where scaling commutes, and a better int8 grid on a model with outlier channels."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgepipe import graph, quantmath
+from edgepipe.backends.qdq import simulated_int8_model
+from edgepipe.fold.equalization import equalization_pairs, equalize_cross_layer
+from edgepipe.stages.fold import run_fold
+from tests.tflite_harness import minmax_calibration
+
+RNG = np.random.default_rng(21)
+
+
+def outlier_model():
+    """conv1 -> Relu -> conv2 (pads) -> conv3 -> Clip(0, 6) -> conv4, conv2's output also a graph
+    output. Only (conv1, conv2) may be rescaled: (conv2, conv3) would change a graph output and
+    Clip does not commute with scaling, so (conv3, conv4) stays too."""
+    w1 = RNG.normal(0, 0.3, (8, 3, 3, 3))
+    w1[2] *= 200  # outlier output channels of conv1
+    w1[5] *= 0.02
+    inits = {"w1": w1, "b1": RNG.normal(0, 0.5, 8), "w2": RNG.normal(0, 0.3, (6, 8, 3, 3)),
+             "b2": RNG.normal(0, 0.1, 6), "w3": RNG.normal(0, 0.3, (4, 6, 1, 1)),
+             "w4": RNG.normal(0, 0.3, (2, 4, 1, 1)),
+             "lo": np.array(0.0), "hi": np.array(6.0)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c2", "w3"], ["c3"], name="conv3"),
+             helper.make_node("Clip", ["c3", "lo", "hi"], ["k3"], name="clip3"),
+             helper.make_node("Conv", ["k3", "w4"], ["y"], name="conv4")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("c2", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    model = onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return graph.infer_shapes(model)
+
+
+def feeds(count=8):
+    return [{"x": RNG.normal(0, 1, (1, 3, 12, 12)).astype(np.float32)} for _ in range(count)]
+
+
+def test_only_exact_pairs_are_equalized_and_outputs_are_unchanged():
+    model = outlier_model()
+    assert [(a.name, b.name) for a, b in equalization_pairs(model)] == [("conv1", "conv2")]
+    equalized, report = equalize_cross_layer(model)
+    assert [(p["first"], p["second"]) for p in report["pairs"]] == [("conv1", "conv2")]
+    before, after = graph.make_session(model), graph.make_session(equalized)
+    for feed in feeds():
+        for want, got in zip(before.run(None, feed), after.run(None, feed)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    w1 = graph.constant_value(equalized, equalized.graph.node[0].input[1])
+    w2 = graph.constant_value(equalized, equalized.graph.node[2].input[1])
+    r1 = np.abs(w1).reshape(8, -1).max(1)
+    r2 = np.abs(np.moveaxis(w2, 1, 0)).reshape(8, -1).max(1)
+    np.testing.assert_allclose(r1, r2, rtol=1e-5)
+    assert model.graph.node[0].input[1] == "w1"  # the input model is untouched
+
+
+def test_int8_simulation_of_the_equalized_model_is_closer_to_float():
+    model = outlier_model()
+    equalized, _ = equalize_cross_layer(model)
+    calib, evaluation = feeds(16), feeds(16)
+
+    def sqnr(m):
+        qdq, _ = simulated_int8_model(m, minmax_calibration(m, calib), symmetric=False)
+        ref, sim = graph.make_session(model), graph.make_session(qdq)
+        want = np.concatenate([ref.run(["c2"], f)[0] for f in evaluation])
+        got = np.concatenate([sim.run(["c2"], f)[0] for f in evaluation])
+        return quantmath.sqnr_db(want, got)
+
+    assert sqnr(equalized) > sqnr(model) + 1.0
+
+
+def test_fold_stage_runs_and_checks_it():
+    model = outlier_model()
+    folded, report = run_fold(model, {"cross_layer_equalization": True})
+    assert report["cross_layer_equalization"]["pairs"][0]["first"] == "conv1"
+    assert report["cross_layer_equalization"]["max_rel_diff"] < 1e-4
+    untouched, report = run_fold(model, {})
+    assert "cross_layer_equalization" not in report

@@ -1,0 +1,101 @@
+"""`backend.share_concat_scales` (edgepipe/backends/tflite/shared_scales.py): Concat inputs with
+no other consumer are written on the Concat's grid, so their requantizing QUANTIZE ops go.
+
+Reference: an ONNX Runtime Q/DQ simulation whose grids are derived from the calibration ranges
+(tests/tflite_harness.expected_int8_params), with the shared inputs moved onto the Concat's grid
+by the rule itself, never read from the .tflite under test."""
+
+import numpy as np
+from onnx import helper
+
+from edgepipe.backends.tflite.runtime import make_interpreter, run_tflite
+from tests.tflite_harness import (convert, expected_int8_params, make_model, qdq_reference, run_onnx,
+                                  structured_inputs)
+
+RNG = np.random.default_rng(11)
+
+
+def concat_model():
+    """Three convs of different output ranges into one Concat; the widest (c) also feeds a Relu
+    (another consumer: it keeps its own grid, which is the Concat's anyway)."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="conv_a"),
+             helper.make_node("Conv", ["x", "w2", "b2"], ["b"], name="conv_b"),
+             helper.make_node("Conv", ["x", "w3", "b3"], ["c"], name="conv_c"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Concat", ["a", "b", "c"], ["cat"], name="cat", axis=1),
+             helper.make_node("Conv", ["cat", "w4", "b4"], ["y"], name="conv_y"),
+             helper.make_node("Add", ["r", "r"], ["z"], name="add")]
+    weights = {"w1": RNG.normal(0, 0.2, (4, 3, 3, 3)), "b1": RNG.normal(0, 0.1, 4),
+               "w2": RNG.normal(0, 1.0, (4, 3, 3, 3)), "b2": RNG.normal(0, 0.1, 4),
+               "w3": RNG.normal(0, 3.0, (4, 3, 3, 3)), "b3": RNG.normal(0, 0.1, 4),
+               "w4": RNG.normal(0, 0.3, (5, 12, 1, 1)), "b4": RNG.normal(0, 0.1, 5)}
+    return make_model(nodes, {"x": [1, 3, 10, 10]}, ["y", "z"], {k: v.astype(np.float32) for k, v in weights.items()})
+
+
+def quantize_count(path):
+    return [op["op_name"] for op in make_interpreter(path, "no_delegates")._get_ops_details()].count("QUANTIZE")
+
+
+def test_shared_inputs_lose_their_quantize_and_match_the_simulation(tmp_path):
+    model = concat_model()
+    feeds = structured_inputs(model, count=8)
+    plain, _ = convert(model, tmp_path / "plain", feeds)
+    shared, calibration = convert(model, tmp_path / "shared", feeds, share_concat_scales=True)
+    # a and b (single consumer) are written on the Concat's grid; c also feeds the Relu
+    removed = quantize_count(tmp_path / "plain" / "model.tflite") - quantize_count(tmp_path / "shared" / "model.tflite")
+    assert removed == 2
+
+    params = expected_int8_params(model, calibration)
+    params["a"] = params["b"] = params["cat"]
+    simulated = qdq_reference(model, params)
+    path = tmp_path / "shared" / "model.tflite"
+    interpreter = make_interpreter(path, "reference")
+    for feed in feeds[:3]:
+        expected = run_onnx(simulated, {"x__float": feed["x"]})
+        got = run_tflite(path, shared["io"], feed, interpreter=interpreter)
+        for name in ("y", "z"):
+            assert np.max(np.abs(got[name] - expected[name])) / params[name][0] <= 2.0 + 1e-3
+
+    def error(result, folder):  # int8 vs float ONNX Runtime: sharing must not cost accuracy
+        total = 0.0
+        for feed in feeds:
+            got = run_tflite(tmp_path / folder / "model.tflite", result["io"], feed)
+            total += float(np.mean((got["y"] - run_onnx(model, feed)["y"]) ** 2))
+        return total
+
+    assert error(shared, "shared") <= error(plain, "plain") * 1.05
+
+
+def head_model():
+    """A detector-like head: boxes in pixels (Conv * 320) next to sigmoid scores in one output Concat."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["raw"], name="box_conv"),
+             helper.make_node("Mul", ["raw", "stride"], ["boxes"], name="to_pixels"),
+             helper.make_node("Conv", ["x", "w2", "b2"], ["logits"], name="cls_conv"),
+             helper.make_node("Sigmoid", ["logits"], ["scores"], name="sigmoid"),
+             helper.make_node("Concat", ["boxes", "scores"], ["y"], name="head", axis=1)]
+    weights = {"w1": RNG.normal(0, 0.5, (4, 3, 1, 1)), "b1": RNG.normal(0, 0.1, 4),
+               "w2": RNG.normal(0, 0.5, (3, 3, 1, 1)), "b2": RNG.normal(0, 0.1, 3), "stride": np.array(320.0)}
+    return make_model(nodes, {"x": [1, 3, 6, 6]}, ["y"], {k: np.asarray(v, np.float32) for k, v in weights.items()})
+
+
+def test_output_concat_of_disparate_ranges_stays_float_and_keeps_the_small_input(tmp_path):
+    model = head_model()
+    feeds = structured_inputs(model, count=8)
+    results = {}
+    for flag in (False, True):
+        result, _ = convert(model, tmp_path / str(flag), feeds, float_output_concats=flag)
+        results[flag] = (result, tmp_path / str(flag))
+    assert "head" in results[True][0]["float_nodes"] and "head" not in results[False][0]["float_nodes"]
+
+    def score_error(flag):  # int8 vs ONNX Runtime float on the score channels only
+        result, folder = results[flag]
+        worst = 0.0
+        for feed in feeds:
+            got = run_tflite(folder / "model.tflite", result["io"], feed)["y"][:, 4:]
+            worst = max(worst, float(np.max(np.abs(got - run_onnx(model, feed)["y"][:, 4:]))))
+        return worst
+
+    # one int8 grid over [~-1000, ~1000] has a step of ~8: scores in [0, 1] round to 0; float keeps
+    # the sigmoid's own 1/256 grid (half a step of error at most, plus the logits' rounding)
+    assert score_error(False) > 0.25
+    assert score_error(True) <= 2.0 / 256
