@@ -14,8 +14,10 @@ planner:
   scaled by 100 after a ReLU, twice), arm-cpu, `precision: {budget: 0.01}` (top-1 drop), top-1
   as run.py measures it on the bundle (host report).
 
-Recorded per build: the CLI wall time, the precision stage (search) time from precision.json,
-evaluations used, the share of ONNX ops computing in int8 and the float list.
+Each budget is built twice: default levels (int8 -> float) and `levels: [int8, int16, float]`
+(row `budget_int16`: 16x8 before float). Recorded per build: the CLI wall time, the precision
+stage (search) time from precision.json, evaluations used, the share of ONNX ops computing in
+int8 / int16 / float and the float list.
 
 Run: python benchmarks/precision_search.py [--cases recognizer,demo-outlier] [--eval 200]
 Writes benchmarks/results/precision_search.json.
@@ -68,9 +70,18 @@ def cli_build(config: Path, out: Path) -> dict:
     return row
 
 
-def write_config(path: Path, lines: list[str], budget: float | None) -> Path:
-    path.write_text("\n".join(lines + ([f"precision: {{budget: {budget}}}"] if budget is not None else [])) + "\n")
+INT16_LEVELS = "[int8, int16, float]"
+
+
+def write_config(path: Path, lines: list[str], budget: float | None, levels: str | None = None) -> Path:
+    precision = [] if budget is None else [f"precision: {{budget: {budget}{f', levels: {levels}' if levels else ''}}}"]
+    path.write_text("\n".join(lines + precision) + "\n")
     return path
+
+
+def budget_rows(budget: float) -> tuple:
+    """(row label, budget, precision.levels) of every build of a case."""
+    return (("int8", None, None), ("budget", budget, None), ("budget_int16", budget, INT16_LEVELS))
 
 
 def recognizer(work: Path, calib_count: int, eval_count: int, budget: float) -> dict:
@@ -89,9 +100,9 @@ def recognizer(work: Path, calib_count: int, eval_count: int, budget: float) -> 
     chars = real_models.characters(name)
     ref_text = ctc_decode(reference, chars)
     rows = {}
-    for label, value in (("int8", None), ("budget", budget)):
+    for label, value, levels in budget_rows(budget):
         out = work / f"rec_{label}"
-        row = cli_build(write_config(work / f"rec_{label}.yaml", lines, value), out)
+        row = cli_build(write_config(work / f"rec_{label}.yaml", lines, value, levels), out)
         if "error" not in row:
             manifest = json.loads((out / "manifest.json").read_text())
             int8 = run_tflite(interpreter(out / "model.tflite"), manifest["io"], data["x"])
@@ -122,8 +133,9 @@ def demo_outlier(work: Path, budget: float) -> dict:
              "output_names: [logits]", f"preprocess: {json.dumps(DEMO_PREPROCESS)}",
              "fold: {input_normalization: mean_std}", "report: {iterations: 20, warmup: 2}"]
     rows = {}
-    for label, value in (("int8", None), ("budget", budget)):
-        rows[label] = cli_build(write_config(work / f"demo_{label}.yaml", lines, value), work / f"demo_{label}")
+    for label, value, levels in budget_rows(budget):
+        rows[label] = cli_build(write_config(work / f"demo_{label}.yaml", lines, value, levels),
+                                work / f"demo_{label}")
         print(f"demo-outlier {label}: {json.dumps(rows[label].get('host_accuracy'))} "
               f"{json.dumps(rows[label].get('precision', {}).get('search'))}", flush=True)
     return {"model": "DemoNet, outlier-heavy (factor 100, as benchmarks/accuracy_recovery.py)", "budget": budget,
