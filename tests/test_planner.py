@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgepipe.accuracy.precision import PRUNE_LIMIT, plan_on_target
+from edgepipe.accuracy.precision import PRUNE_LIMIT, plan_on_target, summary_line
 from edgepipe.backends.tflite.evaluate import tflite_evaluator
 from tests.test_sensitivity import ARM, FEATURES, calibrated, npz_dataset
 
@@ -140,6 +140,8 @@ def test_planner_uses_int16_where_it_suffices_and_confirms_on_litert(case):
     assert search["int16_ops"] == len(plan.int16_nodes) and search["float_ops"] == 1  # fc2 writes the float output
     assert search["int8_ops"] + search["int16_ops"] + search["float_ops"] == search["ops"]
     assert plan.steps[-1].evaluator == "backend" and plan.summary()["int16_groups"] == len(plan.int16_groups)
+    line = summary_line(plan.summary())  # the build's line: the three shares and the evaluations
+    assert f"{search['int16_ops']} int16 (" in line and "1 float (" in line and "evaluations" in line
 
 
 def test_emulated_int16_grid_tracks_litert_int16_kernels(case):
