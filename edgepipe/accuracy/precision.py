@@ -251,7 +251,7 @@ class _Planner:
         return chosen, False
 
 
-    def escalate_levels(self, chosen: list[str], int16: list[str], order: list[str]) -> tuple[list[str], list[str], bool]:
+    def escalate_levels(self, chosen: list[str], order: list[str]) -> tuple[list[str], list[str], bool]:
         """The backend disagrees with the emulated plan: every group that is not float goes int16,
         then the float set doubles along the int16 ranking (the rest int16): at most log2(N) + 1
         more backend runs."""
@@ -359,7 +359,7 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
         chosen, int16_groups, met = planner.levels(int16_ranking)
         met = planner.check(chosen, "confirm", None, confirming=True, int16=int16_groups)
         if not met:
-            chosen, int16_groups, met = planner.escalate_levels(chosen, int16_groups, int16_ranking())
+            chosen, int16_groups, met = planner.escalate_levels(chosen, int16_ranking())
         int16_ranking_evaluations = len(int16_order)
     else:
         int16_ranking_evaluations = 0
