@@ -100,6 +100,7 @@ def test_compare_arm_cpu_tensors_match_litert(arm_bundle, workdir):
     # alone: only the readers of one tensor quantized does less damage than quantizing everything
     alone = [t for t in data["tensors"] if t["alone_sqnr_db"] is not None]
     assert alone and all(t["alone_nodes"] for t in alone)
+    assert "arm-cpu's own int8 grids" in data["scheme"]  # the .tflite's placement, not TensorRT's Q/DQ
     assert min(t["alone_sqnr_db"] for t in alone) > rows["logits"]["sqnr_db"] - 3.0
     # the per-layer chart lands in the bundle's report
     html = (bundle / "report" / "report.html").read_text()

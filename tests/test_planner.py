@@ -202,3 +202,17 @@ def test_search_evaluations_grow_with_log_n(tmp_path, depth, levels):
     # a backend disagreeing with the emulation doubles the float set (int16: first all non-float int16)
     assert search["confirm_evaluations"] <= 1 + ("int16" in levels) + math.ceil(math.log2(groups))
     assert plan.met, plan.reason
+
+
+def test_sensitivity_ranks_with_the_targets_own_placement(tmp_path):
+    """`edgepipe sensitivity` on arm-cpu scores the .tflite's own grids: the shifted elementwise
+    tensor, which TensorRT's weighted-op placement has no group for, ranks first."""
+    from edgepipe.accuracy.sensitivity import analyze_sensitivity
+
+    model = elementwise_outlier_model()
+    report = analyze_sensitivity(model, calibrated(model, tmp_path), npz_dataset(tmp_path, "eval", 32, seed=2),
+                                 target=ARM, max_samples=32)
+    assert "TFLite" in report.to_json()["placement"]
+    top = report.nodes[0]
+    assert top.group.activations == ("shifted",), report.text_table()
+    assert top.only.sqnr_db < min(n.only.sqnr_db for n in report.nodes[1:])

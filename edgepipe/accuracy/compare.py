@@ -9,10 +9,11 @@ worst first. The deployed model is what the target ships, run on this host by th
 for TensorRT targets (host emulation, not the device's engine).
 
 Accumulated error does not say which tensor *causes* it, so each quantized activation is also
-measured alone: the model output SQNR with only the layers reading that tensor quantized (their
-input and weights; everything else float), through the target's int8 simulation
-(`Target.qdq_model`, the sensitivity machinery). A tensor with a low "alone" SQNR is a candidate
-for `precision.float_nodes` / `precision.budget`.
+measured alone: the model output SQNR with only that tensor on its int8 grid (everything else
+float), emulated with the target's own placement where it has one (`Target.int8_placement`,
+arm-cpu: the .tflite's grids, elementwise tensors included), else with only the layers reading
+that tensor quantized in the target's Q/DQ simulation (`Target.qdq_model`). A tensor with a low
+"alone" SQNR is a candidate for `precision.float_nodes` / `precision.budget`.
 
 Anchors: Polygraphy `run --validate` / `debug precision` (per-layer comparison of two runners),
 ai-edge-quantizer's per-layer validation (SQNR per tensor of the quantized vs float model).
@@ -165,8 +166,8 @@ class CompareReport:
                 "samples": self.samples, "scheme": self.scheme, "alone_samples": self.alone_samples,
                 "outputs": list(self.outputs), "tensors": rows, "skipped": sorted(self.skipped),
                 "notes": "sqnr_db/cosine: deployed vs FP32 at this tensor (error accumulated up to it), null = "
-                         "identical; alone_sqnr_db: model output SQNR with only the layers reading this tensor "
-                         "quantized (int8 simulation in ONNX Runtime), null = not a quantized activation"}
+                         "identical; alone_sqnr_db: model output SQNR with only this tensor quantized (int8 emulation "
+                         "in ONNX Runtime, see scheme), null = not a quantized activation"}
 
     def text_table(self, top: int | None = 25) -> str:
         header = ("#", "tensor", "producer", "SQNR dB", "cosine", "max |err|", "alone dB")
@@ -180,7 +181,7 @@ class CompareReport:
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         head = (f"{self.target}: {self.deployed} ({self.where}) vs FP32 reference.onnx, {self.samples} samples; "
                 f"{len(self.tensors)} tensors matched by ONNX name, worst first")
-        notes = ["alone dB: model output SQNR with only the layers reading this tensor quantized "
+        notes = ["alone dB: model output SQNR with only this tensor quantized "
                  f"({self.scheme}, {self.alone_samples} samples)" if self.alone_samples else
                  "alone dB: not measured (--no-alone)"]
         if self.skipped:
@@ -261,10 +262,20 @@ def _graph_order(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _measure_alone(report: CompareReport, model, calibration, data: BundleEval, target, samples: int):
-    """Fill `alone_sqnr_db`: one Q/DQ variant per quantized activation, only its readers quantized."""
+    """Fill `alone_sqnr_db`: one variant per quantized activation. With the target's own placement
+    (`Target.int8_placement`, arm-cpu: the .tflite's grids) only that tensor is on its int8 grid;
+    otherwise only its readers are quantized in the target's Q/DQ simulation (`Target.qdq_model`)."""
     from edgepipe.accuracy.sensitivity import VariantEvaluator
 
-    evaluator = VariantEvaluator(model, calibration, data, target=target, max_samples=samples)
+    evaluator = VariantEvaluator(model, calibration, data, target=target, max_samples=samples, use_placement=True)
+    by_name = {t.name: t for t in report.tensors}
+    if evaluator.switchable is not None:
+        for group in evaluator.groups():
+            tensor = group.activations[0] if group.activations else None
+            if tensor in by_name:
+                by_name[tensor].alone_sqnr_db = evaluator.evaluate_alone(group).sqnr_db
+                by_name[tensor].alone_nodes = tuple(group.nodes)
+        return f"{target.name}'s own int8 grids ({evaluator.placement.description})", len(evaluator)
     quantized = evaluator.qdq_report["quantized_nodes"]
     readers: dict[str, list[str]] = {}
     for node, entry in quantized.items():
@@ -272,7 +283,6 @@ def _measure_alone(report: CompareReport, model, calibration, data: BundleEval, 
             if tensor in calibration:
                 readers.setdefault(tensor, []).append(node)
     everything = set(quantized)
-    by_name = {t.name: t for t in report.tensors}
     for tensor, nodes in readers.items():
         if tensor not in by_name:
             continue
@@ -280,7 +290,7 @@ def _measure_alone(report: CompareReport, model, calibration, data: BundleEval, 
         by_name[tensor].alone_sqnr_db = metrics.sqnr_db
         by_name[tensor].alone_nodes = tuple(sorted(nodes))
     scheme = "symmetric" if evaluator.symmetric else "asymmetric"
-    return f"{scheme} Q/DQ simulation of {target.name}", len(evaluator)
+    return f"{scheme} Q/DQ simulation of {target.name}, only the tensor's readers quantized", len(evaluator)
 
 
 # -- whole-model accuracy on the host (TensorRT targets' host emulation) -----------------------

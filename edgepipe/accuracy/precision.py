@@ -52,8 +52,8 @@ import onnx
 
 from edgepipe.calibrate.result import CalibrationResult
 from edgepipe.errors import BudgetError, UserError
-from edgepipe.accuracy.sensitivity import (NodeGroup, NodeSensitivity, SensitivityReport, VariantEvaluator,
-                                           resolve_metric)
+from edgepipe.accuracy.sensitivity import (QDQ_PER_VARIANT, NodeGroup, NodeSensitivity, SensitivityReport,
+                                           VariantEvaluator, resolve_metric)
 
 Evaluate = Callable[[set], dict]
 
@@ -381,7 +381,7 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
               "search_on": search_name, "confirm_on": confirm_name, "levels": list(levels),
               "samples": len(search_ev), "sessions_built": search_ev.sessions_built,
               "emulation": (search_ev.placement.description if search_ev.placement is not None
-                            else "Q/DQ model per variant (Target.qdq_model)")}
+                            else QDQ_PER_VARIANT)}
     search.update(int8_ops(model, search_ev, float_nodes, int16_nodes))
     return PrecisionPlan(float_nodes, chosen, planner.steps, final, met, reason, spec, report,
                          len(groups), search, int16_nodes, int16_groups, levels)

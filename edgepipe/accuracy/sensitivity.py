@@ -8,8 +8,9 @@ outputs on a held-out slice:
 - *only this*: the group quantized, everything else float - how much damage it does alone;
 - *all but this*: everything quantized except the group - how much keeping it float recovers.
 
-A variant is the Q/DQ model the target simulates its int8 with (`Target.qdq_model` with
-`keep_float`: TensorRT's placement, asymmetric activation ranges on TFLite targets); this module
+A variant (targets without their own placement, or explicit `groups`) is the Q/DQ model the
+target simulates its int8 with (`Target.qdq_model` with `keep_float`: TensorRT's placement,
+asymmetric activation ranges on TFLite targets); this module
 never picks a backend itself. One ORT session per variant: 2 x groups + 2 builds in all, and the
 FP32 outputs are computed once.
 
@@ -20,8 +21,8 @@ its only consumer (backends fuse the pair, so they go float together).
 Ranking: by `recovery_db` = SQNR(all but this) - SQNR(all quantized), ties broken by the lower
 SQNR(only this). SQNR is continuous, so it ranks well even on slices too small for top-1 to move.
 
-The mixed-precision planner passes `use_placement=True`: a target that knows where its int8 grids
-are (`Target.int8_placement`) is then emulated by one switchable session
+Whole-model ranking and the mixed-precision planner use the target's own placement: a target that
+knows where its int8 grids are (`Target.int8_placement`) is emulated by one switchable session
 (edgepipe.accuracy.placement), whose groups are quantized tensors and weights, elementwise ones
 included. Argmax agreement is one decision per position of the last axis (per CTC time step).
 """
@@ -271,6 +272,9 @@ class NodeSensitivity:
     activation: dict = field(default_factory=dict)  # calibration of its first quantized activation
 
 
+QDQ_PER_VARIANT = "Q/DQ model per variant (Target.qdq_model)"
+
+
 @dataclass
 class SensitivityReport:
     """Ranked per-group sensitivity; `to_json()` is the bundle's sensitivity.json."""
@@ -281,6 +285,7 @@ class SensitivityReport:
     int8: Metrics  # everything quantized
     nodes: list[NodeSensitivity]  # most sensitive first
     symmetric: bool = True
+    placement: str = QDQ_PER_VARIANT
 
     def ranked_groups(self) -> list[NodeGroup]:
         return [n.group for n in self.nodes]
@@ -303,7 +308,7 @@ class SensitivityReport:
                 "activation": n.activation,
             })
         return {"schema": 1, "metric": self.metric, "samples": self.samples,
-                "scheme": "symmetric" if self.symmetric else "asymmetric",
+                "scheme": "symmetric" if self.symmetric else "asymmetric", "placement": self.placement,
                 "fp32": self.fp32.to_dict(), "int8": {**self.int8.to_dict(), "metric_drop": self._drop(self.int8)},
                 "nodes": nodes,
                 "notes": "sqnr_*_db null = identical to FP32; metric_drop = FP32 metric - metric with only "
@@ -347,7 +352,10 @@ def analyze_sensitivity(model: onnx.ModelProto, calibration: CalibrationResult, 
     """
     if evaluator is None and target is None:
         raise TypeError("analyze_sensitivity needs the target whose int8 it simulates (target=) or an evaluator")
-    evaluator = evaluator or VariantEvaluator(model, calibration, dataset, target=target, max_samples=max_samples)
+    # whole-model ranking on the target's own placement where it has one (arm-cpu: the .tflite's
+    # grids, elementwise tensors included); explicit groups name nodes of the Q/DQ simulation
+    evaluator = evaluator or VariantEvaluator(model, calibration, dataset, target=target, max_samples=max_samples,
+                                              use_placement=groups is None)
     metric = resolve_metric(metric, evaluator.labels is not None)
     node_groups = _explicit_groups(evaluator, groups) if groups is not None else evaluator.groups()
     if not node_groups:
@@ -358,16 +366,20 @@ def analyze_sensitivity(model: onnx.ModelProto, calibration: CalibrationResult, 
     int8 = evaluator.evaluate(set())
     results = []
     for group in node_groups:
-        only = evaluator.evaluate((all_names - set(group.nodes)) | _ungrouped_quantized(evaluator, all_names))
+        if evaluator.switchable is not None and group.switches:  # only this group's points on their grid
+            only = evaluator.evaluate_alone(group)
+        else:
+            only = evaluator.evaluate((all_names - set(group.nodes)) | _ungrouped_quantized(evaluator, all_names))
         all_but = evaluator.evaluate(set(group.nodes))
         activation = {}
-        if group.activations:
+        if group.activations and group.activations[0] in calibration.tensors:
             t = calibration.tensors[group.activations[0]]
             activation = {"tensor": t.name, "min": t.min, "max": t.max, "amax": t.amax, "lo": t.lo, "hi": t.hi,
                           "method": t.method}
         results.append(NodeSensitivity(group, only, all_but, all_but.sqnr_db - int8.sqnr_db, activation))
     results.sort(key=lambda n: (-n.recovery_db, n.only.sqnr_db))
-    return SensitivityReport(metric, len(evaluator), fp32, int8, results, evaluator.symmetric)
+    return SensitivityReport(metric, len(evaluator), fp32, int8, results, evaluator.symmetric,
+                             evaluator.qdq_report.get("placement", QDQ_PER_VARIANT))
 
 
 def _ungrouped_quantized(evaluator: VariantEvaluator, grouped: set[str]) -> set[str]:
