@@ -20,6 +20,7 @@ stage (search) time from precision.json, evaluations used, the share of ONNX ops
 int8 / int16 / float and the float list.
 
 Run: python benchmarks/precision_search.py [--cases recognizer,demo-outlier] [--eval 200]
+     [--budget 0.002] [--rows int8,budget,budget_int16] [--suffix _budget_0.015]
 Writes benchmarks/results/precision_search.json.
 """
 
@@ -79,12 +80,16 @@ def write_config(path: Path, lines: list[str], budget: float | None, levels: str
     return path
 
 
-def budget_rows(budget: float) -> tuple:
-    """(row label, budget, precision.levels) of every build of a case."""
-    return (("int8", None, None), ("budget", budget, None), ("budget_int16", budget, INT16_LEVELS))
+ROWS = ("int8", "budget", "budget_int16")
 
 
-def recognizer(work: Path, calib_count: int, eval_count: int, budget: float) -> dict:
+def budget_rows(budget: float, only: tuple = ROWS) -> tuple:
+    """(row label, budget, precision.levels) of the builds of a case (`only`: those labels)."""
+    rows = (("int8", None, None), ("budget", budget, None), ("budget_int16", budget, INT16_LEVELS))
+    return tuple(row for row in rows if row[0] in only)
+
+
+def recognizer(work: Path, calib_count: int, eval_count: int, budget: float, only: tuple = ROWS) -> dict:
     name = "ocr_rec"
     spec = real_models.MODELS[name]
     model_path = real_models.raw_model_path(name)
@@ -100,7 +105,7 @@ def recognizer(work: Path, calib_count: int, eval_count: int, budget: float) -> 
     chars = real_models.characters(name)
     ref_text = ctc_decode(reference, chars)
     rows = {}
-    for label, value, levels in budget_rows(budget):
+    for label, value, levels in budget_rows(budget, only):
         out = work / f"rec_{label}"
         row = cli_build(write_config(work / f"rec_{label}.yaml", lines, value, levels), out)
         if "error" not in row:
@@ -120,7 +125,7 @@ def recognizer(work: Path, calib_count: int, eval_count: int, budget: float) -> 
             "rows": rows}
 
 
-def demo_outlier(work: Path, budget: float) -> dict:
+def demo_outlier(work: Path, budget: float, only: tuple = ROWS) -> dict:
     import torch
 
     from edgepipe.demo import DEMO_PREPROCESS, demo_calib_dir, demo_eval_dir
@@ -133,7 +138,7 @@ def demo_outlier(work: Path, budget: float) -> dict:
              "output_names: [logits]", f"preprocess: {json.dumps(DEMO_PREPROCESS)}",
              "fold: {input_normalization: mean_std}", "report: {iterations: 20, warmup: 2}"]
     rows = {}
-    for label, value, levels in budget_rows(budget):
+    for label, value, levels in budget_rows(budget, only):
         rows[label] = cli_build(write_config(work / f"demo_{label}.yaml", lines, value, levels),
                                 work / f"demo_{label}")
         print(f"demo-outlier {label}: {json.dumps(rows[label].get('host_accuracy'))} "
@@ -149,8 +154,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval", type=int, default=200)
     parser.add_argument("--budget", type=float, default=0.002)
     parser.add_argument("--demo-budget", type=float, default=0.01)
+    parser.add_argument("--rows", default=",".join(ROWS), help="builds per case (default: all)")
+    parser.add_argument("--suffix", default="", help="store the cases as CASE<suffix> (e.g. another budget)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "precision_search.json")
     args = parser.parse_args(argv)
+    only = tuple(args.rows.split(","))
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
     report.update({"schema": 1, "host": {"machine": platform.machine(), "python": platform.python_version(),
                                          "cpu": cpu_flags(),
@@ -161,13 +169,13 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         for case in args.cases.split(","):
             if case == "recognizer":
-                result = recognizer(work, args.calib, args.eval, args.budget)
+                result = recognizer(work, args.calib, args.eval, args.budget, only)
             elif case == "demo-outlier":
-                result = demo_outlier(work, args.demo_budget)
+                result = demo_outlier(work, args.demo_budget, only)
             else:
                 raise SystemExit(f"unknown case {case}")
             result["commit"] = commit.stdout.strip()
-            report["cases"][case] = result
+            report["cases"][case + args.suffix] = result
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(f"wrote {args.out}")
