@@ -95,7 +95,8 @@ SCHEMA: dict[str, Any] = {
                                    "differ more than 16x stays float (each input keeps its own int8 grid)"),
     ),
     "precision": _section(
-        budget=Field((int, float), None, "max accuracy drop vs FP32 (enables automatic mixed precision)", minimum=0),
+        budget=Field((int, float, dict), None, "max accuracy drop vs FP32 (enables automatic mixed precision); "
+                     "{min_sqnr_db: N} asks for a minimum output SQNR instead (detectors, regressors)", minimum=0),
         float_nodes=Field((list,), [], "ONNX node names kept in float (FP16 on GPUs)"),
         int16_nodes=Field((list,), [], "TFLite: ONNX node names lowered 16x8 (int16 activations, int8 weights); "
                           "the rest stays int8"),
@@ -247,7 +248,20 @@ def _check_percentile(value, where: str) -> None:
         raise UserError(f"{where} must be in (0, 100], got {value!r}")
 
 
+def _check_budget(value, where: str) -> None:
+    """A number (checked by the schema) or one of {max_drop: N >= 0} / {min_sqnr_db: N}."""
+    if not isinstance(value, dict):
+        return
+    number = next(iter(value.values()), None) if len(value) == 1 else None
+    if (set(value) not in ({"max_drop"}, {"min_sqnr_db"}) or isinstance(number, bool)
+            or not isinstance(number, (int, float)) or not math.isfinite(number)
+            or (set(value) == {"max_drop"} and number < 0)):
+        raise UserError(f"{where} must be a number (max accuracy drop), {{max_drop: N >= 0}} or "
+                        f"{{min_sqnr_db: N}}, got {_short(value)}")
+
+
 _VALUE_CHECKS = {
+    "precision.budget": _check_budget,
     "calibration.percentile": _check_percentile,
     "input_shapes": _check_input_shapes,
     "output_names": _check_strings,

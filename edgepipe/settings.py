@@ -43,7 +43,7 @@ class ReportSettings:
 class PrecisionSettings:
     """edgepipe.yaml `precision:`, typed; node lists are held as tuples so the settings stay immutable."""
 
-    budget: float | None = _schema_default("precision", "budget")
+    budget: float | dict | None = _schema_default("precision", "budget")  # a drop, or {min_sqnr_db: N}
     float_nodes: tuple[str, ...] = field(default_factory=tuple)
     int16_nodes: tuple[str, ...] = field(default_factory=tuple)
     levels: tuple[str, ...] | None = None  # None: the target's (Target.precision_levels)

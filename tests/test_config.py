@@ -130,3 +130,16 @@ def test_resolve_settings_passes_the_sections_typed(tmp_path, monkeypatch):
     assert settings["precision"] == PrecisionSettings(budget=None, float_nodes=("conv1",))
     with pytest.raises(UserError, match="report.eval_limit"):
         resolve_settings({"target": "arm-cpu"}, str(write(tmp_path, "report:\n  eval_limit: 0\n")))
+
+
+@pytest.mark.parametrize("budget", [0.01, 0, {"max_drop": 0.02}, {"min_sqnr_db": 30.3}, {"min_sqnr_db": -5}])
+def test_precision_budget_forms_accepted(budget):
+    config.validate({"precision": {"budget": budget}})
+
+
+@pytest.mark.parametrize("budget", [{"min_sqnr": 30}, {"max_drop": -0.1}, {"min_sqnr_db": True}, {"min_sqnr_db": "30"},
+                                    {"min_sqnr_db": 30, "max_drop": 0.1}, {}, {"min_sqnr_db": float("nan")}, -0.5])
+def test_precision_budget_bad_forms_refused_in_one_line(budget):
+    with pytest.raises(UserError) as err:
+        config.validate({"precision": {"budget": budget}})
+    assert "'precision.budget' must be" in str(err.value) and "\n" not in str(err.value)
