@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -178,6 +179,14 @@ def measure(row: str, work: Path, fp32: np.ndarray, data: dict, tag: str, config
     name, target, _, _ = ROWS[row]
     bundle, info = cli_build(name, target, work, tag, config)
     result = {"build": info, **task_metrics(row, fp32, deployed_output(target, bundle, name, data["x"]), data)}
+    if (bundle / "precision.json").exists():  # a precision.budget row: what the search kept float
+        plan = json.loads((bundle / "precision.json").read_text())
+        search = plan.get("search", {})
+        result["precision"] = {"float_nodes": plan.get("float_nodes"), "met": plan.get("met"),
+                               **{k: search.get(k) for k in ("ops", "int8_ops", "int8_fraction", "float_ops",
+                                                             "ranking_evaluations", "search_evaluations",
+                                                             "confirm_evaluations")},
+                               "search_s": info["stages_s"].get("precision")}
     if target == "arm-cpu":
         ops = tflite_op_counts(bundle / "model.tflite")
         result.update({"transpose_ops": ops.get("TRANSPOSE", 0), "quantize_ops": ops.get("QUANTIZE", 0),
@@ -239,7 +248,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/accuracy_goals.json"))
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
-    work = Path(tempfile.mkdtemp(prefix="accuracy_goals_"))
+    work = Path(tempfile.mkdtemp(prefix="accuracy_goals_"))  # builds and data: removed at the end
     out_path = Path(args.out)
     report = json.loads(out_path.read_text()) if out_path.exists() else {}
     report["host"] = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()}
@@ -286,6 +295,7 @@ def main() -> None:
         report["rows"][row] = entry
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(report, indent=1, default=float) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
     print("wrote", out_path)
 
 
