@@ -34,6 +34,7 @@ from onnx import helper, numpy_helper
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
 from edgepipe.backends.tflite import builtins, shared_scales
+from edgepipe.backends.tflite.fusion import fusable_activation
 from edgepipe.backends.tflite.writer import ModelSpec, Quantization
 from edgepipe.errors import UnsupportedOpError, UserError
 
@@ -483,28 +484,3 @@ class Lowering:
                     other.name = f"{name};internal"
             self.tensor(index).name = name
             self.spec.outputs.append(index)
-
-
-def clip_bounds(ctx: Lowering, node: onnx.NodeProto) -> tuple[float, float] | None:
-    """(min, max) of a Clip node when constant (attributes before opset 11, inputs after)."""
-    attrs = node_attrs(node)
-    low, high = attrs.get("min", -np.inf), attrs.get("max", np.inf)
-    for position in (1, 2):
-        if len(node.input) > position and node.input[position]:
-            value = ctx.constant(node.input[position])
-            if value is None:
-                return None
-            if position == 1:
-                low = float(np.asarray(value).reshape(-1)[0])
-            else:
-                high = float(np.asarray(value).reshape(-1)[0])
-    return float(low), float(high)
-
-
-def fusable_activation(ctx: Lowering, node: onnx.NodeProto) -> str | None:
-    if node.op_type == "Relu":
-        return "RELU"
-    if node.op_type == "Clip":
-        bounds = clip_bounds(ctx, node)
-        return {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1", (0.0, np.inf): "RELU"}.get(bounds)
-    return None

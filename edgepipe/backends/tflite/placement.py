@@ -14,7 +14,7 @@ import onnx
 from edgepipe import graph, quantmath
 from edgepipe.backends.qdq import WEIGHTED_OPS, weight_channel_axis
 from edgepipe.backends.tflite.build import lower_model
-from edgepipe.backends.tflite.lower import fusable_activation
+from edgepipe.backends.tflite.fusion import fusable_activation
 
 
 def int8_grids(model: onnx.ModelProto, calibration, options: dict | None = None,

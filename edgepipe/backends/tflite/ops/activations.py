@@ -12,7 +12,8 @@ import numpy as np
 
 from edgepipe import quantmath
 from edgepipe.backends.tflite.builtins import fixed_output
-from edgepipe.backends.tflite.lower import ACTIVATIONS, NHWC, Lowering, clip_bounds, fusable_activation, node_attrs
+from edgepipe.backends.tflite.fusion import clip_bounds, fusable_activation
+from edgepipe.backends.tflite.lower import ACTIVATIONS, NHWC, Lowering, node_attrs
 from edgepipe.backends.tflite.ops import register
 from edgepipe.backends.tflite.writer import Quantization
 

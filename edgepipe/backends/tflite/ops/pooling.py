@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgepipe.backends.tflite.lower import NHWC, Lowering, clip_bounds, node_attrs
+from edgepipe.backends.tflite.fusion import clip_bounds
+from edgepipe.backends.tflite.lower import NHWC, Lowering, node_attrs
 from edgepipe.backends.tflite.ops import register
 from edgepipe.backends.tflite.ops.spatial import (SAME, VALID, onnx_pads, output_size, pad_nhwc, same_pads,
                                                 spatial_attrs, window_problem)
