@@ -51,6 +51,7 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_models  # noqa: E402
+from calibration_real_models import ctc_decode  # noqa: E402
 from tests.realmodels import evaluate as corpus_eval  # noqa: E402
 
 SEEDS = {"calib": 1, "eval": 2}
@@ -85,21 +86,13 @@ def char_accuracy(predictions: list[str], labels: list[str]) -> float:
     return float(np.mean([1.0 - edit_distance(p, t) / max(len(p), len(t), 1) for p, t in zip(predictions, labels)]))
 
 
-def ctc_greedy(probs: np.ndarray, chars: list[str]) -> list[str]:
-    texts = []
-    for best in probs.argmax(-1):
-        keep = [k for j, k in enumerate(best) if k != 0 and (j == 0 or k != best[j - 1])]
-        texts.append("".join(chars[k] for k in keep))
-    return texts
-
-
 def no_spaces(*texts: list[str]) -> list[list[str]]:
     return [[t.replace(" ", "") for t in group] for group in texts]
 
 
 def reading_metrics(fp32: np.ndarray, out: np.ndarray, labels: list[str]) -> dict:
     chars = real_models.characters("ocr_rec")
-    ref_text, out_text = ctc_greedy(fp32, chars), ctc_greedy(out, chars)
+    ref_text, out_text = ctc_decode(fp32, chars), ctc_decode(out, chars)
     return {"fp32_agreement": char_accuracy(out_text, ref_text),
             "line_agreement": float(np.mean([a == b for a, b in zip(out_text, ref_text)])),
             "char_accuracy": char_accuracy(out_text, labels),
