@@ -52,8 +52,8 @@ import onnx
 
 from edgepipe.calibrate.result import CalibrationResult
 from edgepipe.errors import BudgetError, UserError
-from edgepipe.accuracy.sensitivity import (QDQ_PER_VARIANT, NodeGroup, NodeSensitivity, SensitivityReport,
-                                           VariantEvaluator, resolve_metric)
+from edgepipe.accuracy.sensitivity import (NodeGroup, NodeSensitivity, SensitivityReport, VariantEvaluator,
+                                           resolve_metric)
 
 Evaluate = Callable[[set], dict]
 
@@ -284,18 +284,19 @@ def _cached(evaluate: Evaluate) -> Evaluate:
 
 
 def rank_groups(evaluator: VariantEvaluator, metric: str, samples: int = RANK_SAMPLES,
-                groups: list[NodeGroup] | None = None) -> SensitivityReport:
+                groups: list[NodeGroup] | None = None, int16: bool = False) -> SensitivityReport:
     """Sensitivity order from one pass: each group quantized alone (everything else float), most
     damaging (lowest output SQNR) first. With a target placement each pass is one run of the
-    switchable session on `samples` samples; otherwise one Q/DQ model per group. `groups` (another
-    evaluator's, e.g. the int8 groups scored on the 16x8 placement) default to the evaluator's."""
+    switchable session on `samples` samples; otherwise one Q/DQ model per group. `groups` default
+    to the evaluator's; `int16`: each group alone on its 16x8 grids (the planner's int16 level)."""
     groups = evaluator.groups() if groups is None else groups
     if not groups:
         raise UserError("no quantizable nodes with calibration ranges in the model; nothing to plan")
     fp32, int8 = evaluator.reference_metrics(), evaluator.evaluate(set())
-    scored = [NodeSensitivity(g, evaluator.evaluate_alone(g, samples), None, 0.0) for g in groups]
+    scored = [NodeSensitivity(g, evaluator.evaluate_alone(g, samples, int16=int16), None, 0.0) for g in groups]
     scored.sort(key=lambda n: (n.only.sqnr_db, n.only.argmax_agreement))
-    return SensitivityReport(metric, len(evaluator), fp32, int8, scored, evaluator.symmetric)
+    return SensitivityReport(metric, len(evaluator), fp32, int8, scored, evaluator.symmetric,
+                             evaluator.placement_description)
 
 
 def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult, dataset, budget, *,
@@ -350,9 +351,8 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
     def int16_ranking() -> list[str]:
         """Groups by their int16-alone damage (lowest output SQNR first), on the same session."""
         if not int16_order:
-            scored = [(search_ev.evaluate_alone(g, rank_samples, int16=True), g.name) for g in groups]
-            int16_order.extend(name for _, name in sorted(scored, key=lambda m: (m[0].sqnr_db,
-                                                                                   m[0].argmax_agreement)))
+            ranked = rank_groups(search_ev, spec.metric, rank_samples, groups, int16=True)
+            int16_order.extend(n.group.name for n in ranked.nodes)
         return int16_order
 
     if with_int16:
@@ -380,8 +380,7 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
               "confirm_evaluations": sum(1 for s in planner.steps if s.action in CONFIRMING),
               "search_on": search_name, "confirm_on": confirm_name, "levels": list(levels),
               "samples": len(search_ev), "sessions_built": search_ev.sessions_built,
-              "emulation": (search_ev.placement.description if search_ev.placement is not None
-                            else QDQ_PER_VARIANT)}
+              "emulation": search_ev.placement_description}
     search.update(int8_ops(model, search_ev, float_nodes, int16_nodes))
     return PrecisionPlan(float_nodes, chosen, planner.steps, final, met, reason, spec, report,
                          len(groups), search, int16_nodes, int16_groups, levels)

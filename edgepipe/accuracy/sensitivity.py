@@ -134,14 +134,18 @@ class VariantEvaluator:
 
             self.switchable = SwitchableQdq(self.model, placement, self.output_names)
             self.sessions_built += 1
-            self.qdq_report = {"quantized_nodes": {n: {"op": "", "inputs": []} for n in placement.int8_nodes},
-                               "placement": placement.description}
+            self.qdq_report = {"quantized_nodes": {n: {"op": "", "inputs": []} for n in placement.int8_nodes}}
         else:
             self.qdq_report = target.qdq_model(self.model, calibration)[1]
 
     @property
     def placement(self):
         return self.switchable.placement if self.switchable is not None else None
+
+    @property
+    def placement_description(self) -> str:
+        """What the variants are quantized with (reports name it next to the scores)."""
+        return self.placement.description if self.placement is not None else QDQ_PER_VARIANT
 
     def __len__(self) -> int:
         return len(self.feeds)
@@ -379,7 +383,7 @@ def analyze_sensitivity(model: onnx.ModelProto, calibration: CalibrationResult, 
         results.append(NodeSensitivity(group, only, all_but, all_but.sqnr_db - int8.sqnr_db, activation))
     results.sort(key=lambda n: (-n.recovery_db, n.only.sqnr_db))
     return SensitivityReport(metric, len(evaluator), fp32, int8, results, evaluator.symmetric,
-                             evaluator.qdq_report.get("placement", QDQ_PER_VARIANT))
+                             evaluator.placement_description)
 
 
 def _ungrouped_quantized(evaluator: VariantEvaluator, grouped: set[str]) -> set[str]:
