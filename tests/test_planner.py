@@ -216,3 +216,14 @@ def test_sensitivity_ranks_with_the_targets_own_placement(tmp_path):
     top = report.nodes[0]
     assert top.group.activations == ("shifted",), report.text_table()
     assert top.only.sqnr_db < min(n.only.sqnr_db for n in report.nodes[1:])
+
+
+def test_plan_refuses_the_int16_level_on_a_target_without_16x8(tmp_path):
+    from edgepipe.accuracy.precision import plan_mixed_precision
+    from edgepipe.errors import UserError
+    from tests.test_sensitivity import GPU
+
+    model = elementwise_outlier_model()
+    with pytest.raises(UserError, match="precision.levels: target '.*' has no int16 activations"):
+        plan_mixed_precision(model, calibrated(model, tmp_path), npz_dataset(tmp_path, "eval", 8, seed=2), BUDGET,
+                             target=GPU, levels=("int8", "int16", "float"))

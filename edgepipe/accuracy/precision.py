@@ -52,6 +52,7 @@ import onnx
 
 from edgepipe.calibrate.result import CalibrationResult
 from edgepipe.errors import BudgetError, UserError
+from edgepipe.settings import PrecisionSettings
 from edgepipe.accuracy.sensitivity import (NodeGroup, NodeSensitivity, SensitivityReport, VariantEvaluator,
                                            resolve_metric)
 
@@ -313,9 +314,7 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
     """
     started = time.perf_counter()
     levels = tuple(levels or DEFAULT_LEVELS)
-    if "int16" in levels and not target.int16_activations:
-        raise UserError(f"precision.levels: target '{target.name}' has no int16 activations (16x8 is a TFLite "
-                        "mode: arm-cpu); use levels: [int8, float]")
+    target.check_precision_settings(PrecisionSettings(levels=levels))  # int16 only where the target has it
     if evaluate is None:
         levels = tuple(level for level in levels if level != "int16")  # int16 is confirmed on the backend
     with_int16 = "int16" in levels
