@@ -87,6 +87,27 @@ def test_int8_prelu_is_delegated_for_channel_slopes(slope, delegated, depthwise,
         assert histogram["DEPTHWISE_CONV_2D"] == depthwise and histogram["ADD"] == 1, histogram
 
 
+@pytest.mark.parametrize("channels,ops", [(6, {"DEPTHWISE_CONV_2D": 2, "ADD": 1}), (24, {"PRELU": 1})])
+def test_int8_prelu_form_depends_on_channel_count(channels, ops, tmp_path):
+    """Few channels (rows of W * C channels): the int8 depthwise form. More: a float island
+    (DEQUANTIZE, float PRELU, QUANTIZE) inside the one partition, cheaper under XNNPACK than the
+    depthwise conv and ADD there; the node is reported as a float node. Slopes on both sides of 0
+    and 1, like MTCNN's."""
+    conv_w = RNG_SLOPES.normal(size=(channels, 3, 3, 3)).astype(np.float32) * 0.5
+    slope = np.linspace(-0.6, 1.3, channels, dtype=np.float32).reshape(channels, 1, 1)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("PRelu", ["c", "slope"], ["p"], name="prelu"),
+             helper.make_node("Conv", ["p", "w2"], ["y"], name="head")]
+    model = make_model(nodes, {"x": [1, 3, 9, 8]}, ["y"], {
+        "w": conv_w, "slope": slope, "w2": RNG_SLOPES.normal(size=(4, channels, 1, 1)).astype(np.float32) * 0.3})
+    report = check_conformance(model, tmp_path)
+    histogram = report.result["op_histogram"]
+    assert {op: histogram.get(op, 0) for op in ops} == ops, histogram
+    assert report.result["float_nodes"] == ([] if "ADD" in ops else ["prelu"])
+    assert histogram["QUANTIZE"] == (1 if "ADD" in ops else 2)
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+
 @pytest.mark.parametrize("negative_end", [-1e-4, -1e-9], ids=["barely-negative", "never-negative"])
 def test_int8_prelu_of_an_almost_positive_input_stays_delegated(negative_end, tmp_path):
     """x + relu(-(1 - s) x): when x is hardly ever negative the negative part's grid would be far

@@ -13,7 +13,7 @@ import numpy as np
 from edgepipe import quantmath
 from edgepipe.backends.tflite.builtins import fixed_output
 from edgepipe.backends.tflite.fusion import clip_bounds, fusable_activation
-from edgepipe.backends.tflite.lower import ACTIVATIONS, NHWC, Lowering, node_attrs
+from edgepipe.backends.tflite.lower import ACTIVATIONS, NHWC, Lowering, node_attrs, permute
 from edgepipe.backends.tflite.ops import register
 from edgepipe.backends.tflite.writer import Quantization
 
@@ -260,26 +260,39 @@ def check_prelu(ctx: Lowering, node) -> str | None:
     return None if ctx.constant(node.input[1]) is not None else "the slope must be a constant"
 
 
-@register("PRelu", check=check_prelu)
+def _prelu_view(ctx: Lowering, node, perm) -> list[int]:
+    """The NHWC shape the int8 decomposition works on: the tensor itself when it is NHWC 4-D, else
+    [1, 1, M, C] with C its last TFLite dim."""
+    shape = permute(ctx.shape(node.input[0]), perm)
+    return list(shape) if len(shape) == 4 and perm == NHWC else [1, 1, int(np.prod(shape[:-1])), shape[-1]]
+
+
+def int8_prelu_pays(ctx: Lowering, node) -> bool:
+    """Whether the int8 decomposition (below) beats a float island (DEQUANTIZE, PRELU, QUANTIZE,
+    all inside the XNNPACK partition) under XNNPACK: only on the rows view of a tensor with few
+    channels. Otherwise its 1x1 depthwise conv and ADD cost more than the two conversions and the
+    float kernel (benchmarks/xnnpack_op_speed.py, "prelu" cases)."""
+    return row_view(_prelu_view(ctx, node, ctx.layout(node.input[0]))) is not None
+
+
+@register("PRelu", check=check_prelu, int8=int8_prelu_pays)
 def lower_prelu(ctx: Lowering, node) -> None:
     """int8 with a slope per channel (the channel being the last TFLite dim: NHWC images, dense
-    [N, C]): PRELU has no int8 XNNPACK kernel, and its builtin kernel costs more than the whole
-    rest of a small detector, so prelu(x) = x + (1 - s) * relu(-x) from 1x1 DEPTHWISE_CONV_2Ds
-    and an ADD, all delegated: one depthwise conv relu(-(1 - s) * x) when every s < 1, else
-    relu(-x) then the signed per-channel (1 - s) (a slope >= 1 makes the function concave there,
-    which no sum of x and relu(a * x) terms with positive weights is). A tensor that is not NHWC
-    4-D is reshaped to [1, 1, M, C] around them. Slopes varying along other dims, and scales
-    XNNPACK's int8 ADD would refuse, keep PRELU."""
+    [N, C]) and few channels (int8_prelu_pays; a float island otherwise): PRELU has no int8
+    XNNPACK kernel, and its builtin kernel costs more than the whole rest of a small detector, so
+    prelu(x) = x + (1 - s) * relu(-x) from 1x1 DEPTHWISE_CONV_2Ds and an ADD, all delegated: one
+    depthwise conv relu(-(1 - s) * x) when every s < 1, else relu(-x) then the signed per-channel
+    (1 - s) (a slope >= 1 makes the function concave there, which no sum of x and relu(a * x)
+    terms with positive weights is), on the rows view (channel_affine). Slopes varying along
+    other dims, and scales XNNPACK's int8 ADD would refuse, keep PRELU."""
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])
     x = ctx.get(node.input[0], dtype, perm)
     out = ctx.new_value(node.output[0], dtype, perm)
     slopes = _channel_slopes(ctx, node, perm)
-    if dtype == "int8" and slopes is not None:
-        shape = ctx.tensor(out).shape
-        view = list(shape) if len(shape) == 4 and perm == NHWC else [1, 1, int(np.prod(shape[:-1])), shape[-1]]
-        if _int8_prelu(ctx, node, x, out, slopes, view):
-            return
+    if dtype == "int8" and slopes is not None and _int8_prelu(ctx, node, x, out, slopes,
+                                                              _prelu_view(ctx, node, perm)):
+        return
     slope = ctx.constant_input(node.input[1], dtype, perm, ctx.rank(node.input[0]))
     ctx.emit("PRELU", [x, slope], [out], node)
 
