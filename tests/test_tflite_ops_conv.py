@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tests.tflite_harness import check_conformance, delegate_partitions, make_model
+from tests.tflite_harness import check_conformance, delegate_partitions, make_interpreter, make_model
 
 # (in_ch, out_ch, kernel, stride, dilation, group, padding, size)
 CONV_CASES = [
@@ -15,8 +15,9 @@ CONV_CASES = [
     (4, 6, 5, 2, 2, 1, "explicit", 13),
     (8, 8, 3, 1, 1, 8, "same", 10),  # depthwise
     (8, 16, 3, 2, 1, 8, "same_lower", 10),  # depthwise, multiplier 2, extra pad at the start
-    (6, 9, 3, 1, 1, 3, "same", 8),  # grouped: one CONV_2D with a [9, 3, 3, 2] filter
+    (6, 9, 3, 1, 1, 3, "same", 8),  # grouped, 2 channels per group: dense block-diagonal CONV_2D
     (8, 12, 3, 2, 1, 4, "explicit", 9),  # grouped, strided, explicit pads
+    (32, 32, 3, 1, 1, 4, "same", 6),  # grouped, 8 channels per group: one CONV_2D, [32, 3, 3, 8] filter
     (5, 7, 1, 1, 1, 1, "valid", 7),  # pointwise
     (3, 4, (3, 1), (1, 2), 1, 1, "explicit", 9),  # non-square kernel and stride
 ]
@@ -51,6 +52,25 @@ def test_conv_matches_onnxruntime(case, tmp_path):
     assert histogram.get(expected_op) == 1 and not {"SPLIT", "CONCATENATION"} & set(histogram), histogram
     for name in ("model.tflite", "model.fp32.tflite"):
         assert len(delegate_partitions(report.out_dir / name)) == 1, name
+
+
+@pytest.mark.parametrize("in_ch,out_ch,group,filter_in", [(8, 8, 4, 8), (16, 16, 4, 16), (32, 32, 4, 8),
+                                                          (64, 64, 8, 8)])
+def test_grouped_conv_is_dense_only_where_groups_are_narrow(in_ch, out_ch, group, filter_in, tmp_path):
+    """Groups of 2-4 channels (ResNeXt blocks on narrow tensors): a dense CONV_2D with a
+    block-diagonal filter, whose XNNPACK GEMM is not mostly tile padding; 8 channels per group
+    and more stay one grouped CONV_2D (filter input dim C / groups). Same in both models."""
+    rng = np.random.default_rng(in_ch + group)
+    weights = rng.normal(size=(out_ch, in_ch // group, 3, 3)).astype(np.float32) * 0.3
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", group=group, pads=[1, 1, 1, 1])
+    model = make_model([node], {"x": [1, in_ch, 6, 7]}, ["y"],
+                       {"w": weights, "b": rng.normal(size=out_ch).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    for name in ("model.tflite", "model.fp32.tflite"):
+        interpreter = make_interpreter(report.out_dir / name, "reference")
+        shapes = {d["index"]: list(d["shape"]) for d in interpreter.get_tensor_details()}
+        convs = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
+        assert len(convs) == 1 and shapes[convs[0]["inputs"][1]] == [out_ch, 3, 3, filter_in], name
 
 
 def test_conv_without_bias_gets_int32_zero_bias_and_fused_relu6(tmp_path):

@@ -4,7 +4,9 @@ Filters are transposed to TFLite's layout once at convert time ([O, H, W, I] for
 [1, H, W, C*mult] for DEPTHWISE_CONV_2D) and quantized per output channel. A grouped convolution
 that is not depthwise is one CONV_2D whose filter has C / groups input channels: LiteRT's builtin
 and reference kernels and XNNPACK (int8 and float) read the group count from that ratio, so no
-SPLIT / CONCATENATION splits the delegated graph.
+SPLIT / CONCATENATION splits the delegated graph. Where groups have so few channels that
+XNNPACK's kernel tiles are mostly padding, the grouped conv is written as a dense one with a
+block-diagonal filter instead (`dense_pays`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,41 @@ def _int16_conv(ctx: Lowering, node) -> bool:
     return groups == 1 or groups == ctx.dim(node.input[0], 1)
 
 
+# XNNPACK's x86 AVX-512 GEMM tiles: 16 output channels; int8 input channels in steps of 8 per
+# kernel tap (float in steps of 1). A grouped conv runs one GEMM per group, each padded to them.
+OUTPUT_TILE, INT8_INPUT_TILE = 16, 8
+
+
+def _padded(value: int, tile: int) -> int:
+    return -(-value // tile) * tile
+
+
+def dense_pays(in_channels: int, out_channels: int, groups: int) -> bool:
+    """Whether a dense conv with a block-diagonal filter (groups times the multiply-adds) fills
+    fewer padded kernel tiles than the grouped one in int8, and no more in float: the case of
+    groups with a few channels each (ResNeXt-style blocks on narrow tensors), where each group's
+    GEMM is mostly tile padding. Both the int8 and the float model take the same form."""
+    in_group, out_group = in_channels // groups, out_channels // groups
+
+    def tiles(input_tile: int) -> tuple[int, int]:
+        dense = _padded(out_channels, OUTPUT_TILE) * _padded(in_channels, input_tile)
+        return dense, groups * _padded(out_group, OUTPUT_TILE) * _padded(in_group, input_tile)
+
+    (dense_int8, grouped_int8), (dense_float, grouped_float) = tiles(INT8_INPUT_TILE), tiles(1)
+    return dense_int8 < grouped_int8 and dense_float <= grouped_float
+
+
+def block_diagonal(weights: np.ndarray, groups: int) -> np.ndarray:
+    """[O, C / groups, kh, kw] grouped filter -> the [O, C, kh, kw] dense one (zeros off the groups)."""
+    out_channels, in_group = weights.shape[:2]
+    out_group = out_channels // groups
+    dense = np.zeros((out_channels, in_group * groups, *weights.shape[2:]), weights.dtype)
+    for group in range(groups):
+        rows = slice(group * out_group, (group + 1) * out_group)
+        dense[rows, group * in_group:(group + 1) * in_group] = weights[rows]
+    return dense
+
+
 @register("Conv", check=check_conv, int16=_int16_conv)
 def lower_conv(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
@@ -66,6 +103,8 @@ def lower_conv(ctx: Lowering, node) -> None:
         filter_index, bias_index = ctx.filter_and_bias(node.name, weights.transpose(1, 2, 3, 0), 3, bias, x, dtype)
         ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [out], node, "DepthwiseConv2DOptions",
                  DepthMultiplier=weights.shape[0] // in_channels, **options)
+    elif dense_pays(in_channels, weights.shape[0], groups):
+        _conv2d(ctx, node, x, block_diagonal(weights, groups), bias, out, options, dtype)
     else:
         _conv2d(ctx, node, x, weights, bias, out, options, dtype)  # filter [O, kh, kw, C / groups]
 
