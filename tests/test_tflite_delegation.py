@@ -135,6 +135,26 @@ def test_int8_prelu_after_dense_layer_is_delegated(slope_high, tmp_path):
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 
+@pytest.mark.parametrize("gate_first", [False, True], ids=["image-first", "gate-first"])
+def test_squeeze_excite_gate_multiplies_in_float_inside_the_partition(gate_first, tmp_path):
+    """x * hardsigmoid(conv(mean(x))): the Mul of the image by its [N, C, 1, 1] gate is a float
+    island (XNNPACK's int8 broadcast MUL is slower than DEQUANTIZE, MUL, QUANTIZE), reported as a
+    float node, inside the one partition; a Mul of two images stays int8."""
+    channels = 8
+    operands = ["gate", "x"] if gate_first else ["x", "gate"]
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["pooled"], name="squeeze"),
+             helper.make_node("Conv", ["pooled", "w"], ["excite"], name="excite"),
+             helper.make_node("HardSigmoid", ["excite"], ["gate"], name="gate_act", alpha=1 / 6, beta=0.5),
+             helper.make_node("Mul", operands, ["scaled"], name="gate_mul"),
+             helper.make_node("Mul", ["scaled", "x"], ["y"], name="image_mul")]
+    model = make_model(nodes, {"x": [1, channels, 5, 6]}, ["y"],
+                       {"w": RNG_SLOPES.normal(size=(channels, channels, 1, 1)).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    assert report.result["float_nodes"] == ["gate_mul"]
+    assert report.result["op_histogram"]["MUL"] == 2
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+
 def test_same_average_pool_stays_in_the_partition(tmp_path):
     """TFLite SAME average pooling (pads excluded, as ONNX count_include_pad=0): float inside the
     int8 partition, since XNNPACK has no int8 AVERAGE_POOL_2D."""
