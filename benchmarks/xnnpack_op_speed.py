@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.arm_speed import cpu_features  # noqa: E402
+from benchmarks.timing import alternating_rounds, rounds_argument  # noqa: E402
 from edgepipe import quantmath  # noqa: E402
 from edgepipe.backends.tflite import delegation  # noqa: E402
 from edgepipe.backends.tflite.runtime import make_interpreter  # noqa: E402
@@ -297,26 +296,17 @@ def time_case(paths: dict[str, Path], rounds: int, iterations: int) -> dict:
             rows[key] = {"error": str(error).splitlines()[0][:200]}
     for interpreter in interpreters.values():
         feed(interpreter)
-        for _ in range(5):
-            interpreter.invoke()
-    medians = {key: [] for key in interpreters}
-    for _ in range(rounds):
-        for key, interpreter in interpreters.items():
-            samples = []
-            for _ in range(iterations):
-                start = time.perf_counter()
-                interpreter.invoke()
-                samples.append((time.perf_counter() - start) * 1000.0)
-            medians[key].append(statistics.median(samples))
-    for key, interpreter in interpreters.items():
-        rows[key] = {"ms": round(statistics.median(medians[key]), 5), "delegated": delegated(paths[key])}
+    timed = alternating_rounds({key: interpreter.invoke for key, interpreter in interpreters.items()}, rounds,
+                               iterations)
+    for key, row in timed.items():
+        rows[key] = {"ms": row["ms"], "spread": row["spread"], "delegated": delegated(paths[key])}
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=rounds_argument, default=7, help="alternating rounds (median), >= 3")
     parser.add_argument("--iterations", type=int, default=50)
     args = parser.parse_args()
     chosen = [name for name in CASES if args.cases is None or name in args.cases.split(",")]
