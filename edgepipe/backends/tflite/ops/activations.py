@@ -342,8 +342,8 @@ def _channel_slopes(ctx: Lowering, node, perm) -> np.ndarray | None:
 def lower_gelu(ctx: Lowering, node) -> None:
     """GELU in float also in int8 models: XNNPACK takes the float kernel (and the DEQUANTIZE /
     QUANTIZE around it) into the int8 partition, while an int8 GELU would split the graph. The
-    DEQUANTIZE -> GELU -> QUANTIZE chain runs as fast as an int8 LOGISTIC there (the gelu cases of
-    benchmarks/xnnpack_op_speed.py), so an int8 form (x * sigmoid(1.702 x)) would save nothing."""
+    DEQUANTIZE -> GELU -> QUANTIZE chain runs there as fast as the int8 approximation x *
+    sigmoid(1.702 x) (the gelu cases of benchmarks/xnnpack_op_speed.py), which would save nothing."""
     approximate = node_attrs(node).get("approximate", b"none")
     approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
     _unary(ctx, node, "GELU", None, "GeluOptions", Approximate=approximate == "tanh")
