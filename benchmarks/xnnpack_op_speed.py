@@ -285,7 +285,8 @@ def layer_norm(shape, int8_steps: str):
             variance = g.op("MEAN", [squared, axes], rows, "ReducerOptions", KeepDims=True)
             shifted = g.op("ADD", [variance, g.spec.add_constant("eps", np.int16([1]), Quantization.per_tensor(
                 3.0 / 32767, 0))], rows, binary["ADD"], FusedActivationFunction=0, **general)
-            out = g.op("MUL", [centered, g.op("RSQRT", [shifted], rows)], shape, binary["MUL"], FusedActivationFunction=0)
+            inverse_std = g.op("RSQRT", [shifted], rows)
+            out = g.op("MUL", [centered, inverse_std], shape, binary["MUL"], FusedActivationFunction=0)
             for opcode, value in (("MUL", gamma), ("ADD", beta)):
                 constant = g.spec.add_constant(f"c{len(g.spec.tensors)}", np.rint(value * 32767 / 3).astype(np.int16),
                                                Quantization.per_tensor(3.0 / 32767, 0))
@@ -410,7 +411,8 @@ def time_case(paths: dict[str, Path], rounds: int, iterations: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=None, help="comma-separated words: the cases whose name contains one (default: all)")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated words: the cases whose name contains one (default: all)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iterations", type=int, default=50)
     args = parser.parse_args()
