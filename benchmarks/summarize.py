@@ -329,6 +329,26 @@ def xnnpack_op_speed(data: dict) -> list[str]:
     return lines
 
 
+def layernorm_int8(data: dict) -> list[str]:
+    host = data["host"]
+    lines = [f"{host.get('cpu', '')}, int8 dot product: {host.get('int8_dot_product')}, LiteRT {data.get('litert')}, "
+             f"1 thread, median of {data.get('rounds')} alternating rounds; SQNR vs the FP32 reference on the "
+             "held-out samples.", "",
+             "| model | LayerNorm lowering | XNNPACK partitions / outside | int8 ms | fp32 ms | int8 / fp32 | SQNR dB |",
+             "|---|---|---|---|---|---|---|"]
+    for name, row in data["models"].items():
+        order = ["shipped", "int8", "int8 centering", "removed", "shipped, depthwise float"]  # its VARIANTS
+        for variant, result in sorted(row.get("variants", {}).items(),
+                                      key=lambda item: order.index(item[0]) if item[0] in order else len(order)):
+            measured = result.get("delegation") or {}
+            outside = ", ".join(f"{op} x{n}" for op, n in measured.get("outside", {}).items()) or "-"
+            ms = result["latency_ms_1_thread"]
+            lines.append(f"| {name} | {variant} | {measured.get('partitions')} / {outside} | {fmt(ms['int8'], 4)} | "
+                         f"{fmt(ms['fp32'], 4)} | {fmt(ms['int8_over_fp32'], 2)} | "
+                         f"{' / '.join(fmt(v, 1) for v in result['sqnr_db'])} |")
+    return lines
+
+
 def calibration_real_models(data: dict) -> list[str]:
     """Whole `edgepipe build --target jetson` vs ORT quantize_static, per real model (medians)."""
     code = f"commit {data['commit']}" if data.get("commit") else data.get("note", "code unknown")
@@ -430,6 +450,8 @@ SECTIONS = [
     ("TFLite 16x8 (int16 activations) vs int8 vs fp32 (`benchmarks/int16_activations.py`)", "int16_activations",
      int16_activations),
     ("Per-op XNNPACK int8 vs fp32 (`benchmarks/xnnpack_op_speed.py`)", "xnnpack_op_speed", xnnpack_op_speed),
+    ("Integer LayerNorm on the corpus transformers / ConvNeXt (`benchmarks/layernorm_int8.py`)", "layernorm_int8",
+     layernorm_int8),
     ("Accuracy goals of issue 14 on the models as shipped (`benchmarks/accuracy_goals.py`)", "accuracy_goals",
      accuracy_goals),
 ]
