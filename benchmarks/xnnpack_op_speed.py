@@ -3,9 +3,10 @@
 Why: benchmarks/arm_speed.py gives each model's int8 / fp32 ratio; this says where the int8 time
 goes. Each case is one op or one lowering alternative (the ops a lowering emits for one ONNX op)
 at a shape taken from a corpus model that is slow in int8 (first conv with 3 input channels,
-depthwise convs, PReLU, HardSwish, the 2-class Softmax of a detector head, ...). int8 and fp32
-variants of a case are timed in alternating rounds on one thread (median over rounds of each
-round's median), next to the host's CPU features and load, so a ratio comes from one run.
+depthwise convs, PReLU, HardSwish, SE gates, grouped convs, the 2-class Softmax of a detector
+head, ...). int8 and fp32 variants of a case are timed in alternating rounds on one thread
+(median over rounds of each round's median), next to the host's CPU features and load, so a
+ratio comes from one run.
 Inputs are random: this measures speed only (correctness is in tests/test_tflite_ops_*.py).
 A case's last op writes the graph output; XNNPACK runs consecutive int8 elementwise ops as one
 (two chained int8 scalar ops cost less than one alone), so a lone elementwise op here is an upper
@@ -233,6 +234,50 @@ def mul_broadcast(shape):
     return build
 
 
+def in_float(g: Graph, dtype: str, inputs: list[int], shapes: list, make) -> int:
+    """`make(float inputs)` as a float island of an int8 graph (DEQUANTIZE each, QUANTIZE the
+    result); in a float graph just `make(inputs)`."""
+    if dtype == "float32":
+        return make(inputs)
+    g.dtype = "float32"
+    y = make([g.op("DEQUANTIZE", [x], shape) for x, shape in zip(inputs, shapes)])
+    g.dtype = "int8"
+    return g.op("QUANTIZE", [y], g.spec.tensors[y].shape)
+
+
+def prelu_float_island(shape):
+    """DEQUANTIZE, PRELU, QUANTIZE (float PRELU is delegated, int8 PRELU is not)."""
+    def build(dtype):
+        g = Graph(dtype)
+        slope = g.spec.add_constant("slope", np.full((1, 1, 1, shape[3]), 0.25, np.float32))
+        return finish(g, in_float(g, dtype, [g.input(shape)], [shape],
+                                  lambda xs: g.op("PRELU", [xs[0], slope], shape)))
+    return build
+
+
+def mul_broadcast_in_float(shape):
+    """The SE gate MUL as a float island: DEQUANTIZE both sides, MUL, QUANTIZE."""
+    def build(dtype):
+        g = Graph(dtype)
+        gate_shape = [1, 1, 1, shape[3]]
+        return finish(g, in_float(g, dtype, [g.input(shape), g.input(gate_shape)], [shape, gate_shape],
+                                  lambda xs: g.op("MUL", xs, shape, "MulOptions", FusedActivationFunction=0)))
+    return build
+
+
+def grouped_conv(shape, groups: int, dense: bool):
+    """3x3 conv, C -> C in `groups` groups: one CONV_2D with a [C, 3, 3, C / groups] filter, or
+    (`dense`) with the [C, 3, 3, C] block-diagonal one (groups times the multiply-adds)."""
+    def build(dtype):
+        g = Graph(dtype)
+        channels = shape[3]
+        filter_index, bias_index = g.weights((channels, 3, 3, channels if dense else channels // groups), 0)
+        out = g.op("CONV_2D", [g.input(shape), filter_index, bias_index], shape, "Conv2DOptions",
+                   **{**CONV_OPTIONS, "Padding": SAME})
+        return finish(g, out)
+    return build
+
+
 def elementwise_chain(shape, *steps):
     """MUL / ADD by scalar constants in sequence (PP-OCR's learnable affine x * w + b)."""
     def build(dtype):
@@ -353,6 +398,15 @@ CASES = {
                                                        "difference conv + LOGISTIC": softmax_two_as_logistic(
                                                            [1, 43, 43, 2])},
     "mul SE gate [1,2,96,200]": {"op": mul_broadcast([1, 2, 96, 200])},
+    **{f"SE gate {shape}": {"MUL": mul_broadcast(shape), "float island": mul_broadcast_in_float(shape)}
+       for shape in ([1, 2, 96, 200], [1, 28, 28, 64], [1, 14, 14, 256])},  # OCR cls, PP-LCNet
+    **{f"prelu {shape} (MTCNN)": {"one affine + ADD": prelu_one_affine(shape), "two affines + ADD":
+                                  prelu_two_affines(shape), "float island": prelu_float_island(shape)}
+       for shape in ([1, 46, 46, 32], [1, 22, 22, 28], [1, 21, 21, 64])},
+    **{f"grouped conv3x3 {shape} groups {groups}": {"grouped": grouped_conv(shape, groups, False),
+                                                    "dense block-diagonal": grouped_conv(shape, groups, True)}
+       for shape, groups in (([1, 16, 16, 8], 4), ([1, 16, 16, 16], 4), ([1, 28, 28, 64], 8),
+                             ([1, 28, 28, 128], 32))},
     "scalar MUL / ADD [1,128,128,32] (PP-OCR det)": {
         "MUL": elementwise_chain([1, 128, 128, 32], "mul"), "ADD": elementwise_chain([1, 128, 128, 32], "add"),
         "MUL then ADD": elementwise_chain([1, 128, 128, 32], "mul", "add")},
