@@ -278,6 +278,25 @@ def grouped_conv(shape, groups: int, dense: bool):
     return build
 
 
+def padded_max_pool(shape, rows: bool):
+    """ResNet's stem pool: PAD by 1 (4-D, or on the [N, H, W * C] view between RESHAPEs), then a
+    3x3 / 2 VALID MAX_POOL_2D."""
+    def build(dtype):
+        g = Graph(dtype)
+        n, h, w, c = shape
+        x, padded = g.input(shape), [n, h + 2, w + 2, c]
+        if rows:
+            x = g.op("RESHAPE", [x, g.spec.add_constant("rows", np.array([n, h, w * c], np.int32))], [n, h, w * c])
+        pads = [[0, 0], [1, 1], [c, c]] if rows else [[0, 0], [1, 1], [1, 1], [0, 0]]
+        x = g.op("PAD", [x, g.spec.add_constant("pads", np.array(pads, np.int32))],
+                 [n, h + 2, (w + 2) * c] if rows else padded)
+        if rows:
+            x = g.op("RESHAPE", [x, g.spec.add_constant("back", np.array(padded, np.int32))], padded)
+        return finish(g, g.op("MAX_POOL_2D", [x], [n, h // 2, w // 2, c], "Pool2DOptions", Padding=VALID, StrideW=2,
+                              StrideH=2, FilterWidth=3, FilterHeight=3, FusedActivationFunction=0))
+    return build
+
+
 def elementwise_chain(shape, *steps):
     """MUL / ADD by scalar constants in sequence (PP-OCR's learnable affine x * w + b)."""
     def build(dtype):
@@ -407,6 +426,9 @@ CASES = {
                                                     "dense block-diagonal": grouped_conv(shape, groups, True)}
        for shape, groups in (([1, 16, 16, 8], 4), ([1, 16, 16, 16], 4), ([1, 28, 28, 64], 8),
                              ([1, 28, 28, 128], 32))},
+    **{f"padded max pool {shape} (ResNet stem)": {"PAD": padded_max_pool(shape, False),
+                                                  "PAD on rows": padded_max_pool(shape, True)}
+       for shape in ([1, 32, 32, 16], [1, 112, 112, 64])},
     "scalar MUL / ADD [1,128,128,32] (PP-OCR det)": {
         "MUL": elementwise_chain([1, 128, 128, 32], "mul"), "ADD": elementwise_chain([1, 128, 128, 32], "add"),
         "MUL then ADD": elementwise_chain([1, 128, 128, 32], "mul", "add")},
