@@ -245,13 +245,22 @@ def in_float(g: Graph, dtype: str, inputs: list[int], shapes: list, make) -> int
     return g.op("QUANTIZE", [y], g.spec.tensors[y].shape)
 
 
-def prelu_float_island(shape):
-    """DEQUANTIZE, PRELU, QUANTIZE (float PRELU is delegated, int8 PRELU is not)."""
+def prelu_float_island(shape, rows: bool = False):
+    """DEQUANTIZE, PRELU, QUANTIZE (float PRELU is delegated, int8 PRELU is not); `rows`: on the
+    [N, H, W * C] view, the slope repeated W times, a RESHAPE each side."""
     def build(dtype):
         g = Graph(dtype)
-        slope = g.spec.add_constant("slope", np.full((1, 1, 1, shape[3]), 0.25, np.float32))
-        return finish(g, in_float(g, dtype, [g.input(shape)], [shape],
-                                  lambda xs: g.op("PRELU", [xs[0], slope], shape)))
+        n, h, w, c = shape
+        view = [n, h, w * c] if rows else shape
+        slope = g.spec.add_constant("slope", np.tile(np.full(c, 0.25, np.float32), w if rows else 1).reshape(
+            [1] * (len(view) - 1) + [-1]))
+        x = g.input(shape)
+        if rows:
+            x = g.op("RESHAPE", [x, g.spec.add_constant("rows", np.array(view, np.int32))], view)
+        y = in_float(g, dtype, [x], [view], lambda xs: g.op("PRELU", [xs[0], slope], view))
+        if rows:
+            y = g.op("RESHAPE", [y, g.spec.add_constant("back", np.array(shape, np.int32))], shape)
+        return finish(g, y)
     return build
 
 
@@ -419,9 +428,11 @@ CASES = {
     "mul SE gate [1,2,96,200]": {"op": mul_broadcast([1, 2, 96, 200])},
     **{f"SE gate {shape}": {"MUL": mul_broadcast(shape), "float island": mul_broadcast_in_float(shape)}
        for shape in ([1, 2, 96, 200], [1, 28, 28, 64], [1, 14, 14, 256])},  # OCR cls, PP-LCNet
-    **{f"prelu {shape} (MTCNN)": {"one affine + ADD": prelu_one_affine(shape), "two affines + ADD":
-                                  prelu_two_affines(shape), "float island": prelu_float_island(shape)}
-       for shape in ([1, 46, 46, 32], [1, 22, 22, 28], [1, 21, 21, 64])},
+    **{f"prelu {shape} (MTCNN)": {"one affine on rows + ADD": prelu_one_affine_rows(shape),
+                                  "two affines + ADD": prelu_two_affines(shape),
+                                  "float island": prelu_float_island(shape),
+                                  "float island on rows": prelu_float_island(shape, rows=True)}
+       for shape in ([1, 70, 94, 10], [1, 33, 45, 16], [1, 46, 46, 32], [1, 22, 22, 28], [1, 21, 21, 64])},
     **{f"grouped conv3x3 {shape} groups {groups}": {"grouped": grouped_conv(shape, groups, False),
                                                     "dense block-diagonal": grouped_conv(shape, groups, True)}
        for shape, groups in (([1, 16, 16, 8], 4), ([1, 16, 16, 16], 4), ([1, 28, 28, 64], 8),
