@@ -133,6 +133,21 @@ def depthwise(shape, kernel):
     return build
 
 
+def depthwise_per_tensor(shape, kernel):
+    """The depthwise conv with one weight scale for all channels (int8; fp32 as `depthwise`)."""
+    def build(dtype):
+        g = Graph(dtype)
+        if dtype == "float32":
+            return finish(g, g.depthwise(g.input(shape), shape, kernel))
+        values = RNG.integers(-127, 128, (1, kernel, kernel, shape[3])).astype(np.int8)
+        weights = g.spec.add_constant("w", values, Quantization.per_tensor(0.01, 0))
+        bias = g.spec.add_constant("b", np.zeros(shape[3], np.int32),
+                                   Quantization.per_tensor(0.01 * float(UNIT.scale[0]), 0))
+        return finish(g, g.op("DEPTHWISE_CONV_2D", [g.input(shape), weights, bias], shape, "DepthwiseConv2DOptions",
+                              **{**CONV_OPTIONS, "Padding": SAME, "DepthMultiplier": 1}))
+    return build
+
+
 def prelu_reference(shape):
     def build(dtype):
         g = Graph(dtype)
@@ -412,6 +427,8 @@ CASES = {
     "conv3x3_cin16_s1": {"op": conv_first([1, 45, 45, 16], 32, 1, padding=VALID)},
     "depthwise5x5 (OCR cls)": {"op": depthwise([1, 2, 96, 200], 5)},
     "depthwise3x3 (MobileNet)": {"op": depthwise([1, 32, 32, 32], 3)},
+    "depthwise3x3 [1,28,28,128] weight scales": {"per-channel": depthwise([1, 28, 28, 128], 3),
+                                                 "per-tensor": depthwise_per_tensor([1, 28, 28, 128], 3)},
     "prelu [1,94,94,10]": {"PRELU": prelu_reference([1, 94, 94, 10]),
                            "two affines + ADD": prelu_two_affines([1, 94, 94, 10]),
                            "one affine + ADD": prelu_one_affine([1, 94, 94, 10]),
