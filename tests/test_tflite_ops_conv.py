@@ -73,6 +73,31 @@ def test_grouped_conv_is_dense_only_where_groups_are_narrow(in_ch, out_ch, group
         assert len(convs) == 1 and shapes[convs[0]["inputs"][1]] == [out_ch, 3, 3, filter_in], name
 
 
+@pytest.mark.parametrize("kernel,pads,width,in_ch", [(7, [3, 3, 3, 3], 16, 3), (3, [1, 1, 1, 1], 15, 3),
+                                                     (3, [0, 2, 1, 0], 12, 4), (2, [0, 0, 0, 0], 11, 3)],
+                         ids=["resnet-stem", "odd-width", "even-left-pad", "unread-last-column"])
+def test_int8_first_conv_with_stride_2_reads_pairs_of_columns(kernel, pads, width, in_ch, tmp_path):
+    """A stride-2 conv on <= 4 channels in int8: the [N, H, W / 2, 2C] view of the padded input (PAD
+    on rows of W * C, RESHAPE) and a stride-1 filter with half the taps along W; the fp32 model
+    keeps the plain conv. Fused Relu kept; same values as ONNX Runtime."""
+    rng = np.random.default_rng(kernel + width)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="stem", strides=[2, 2], pads=pads),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    model = make_model(nodes, {"x": [1, in_ch, 9, width]}, ["y"], {
+        "w": rng.normal(size=(8, in_ch, kernel, kernel)).astype(np.float32) * 0.3,
+        "b": rng.normal(size=8).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    taps = (kernel + pads[1] % 2 + 1) // 2
+    for name, filter_shape in (("model.tflite", [8, kernel, taps, 2 * in_ch]),
+                               ("model.fp32.tflite", [8, kernel, kernel, in_ch])):
+        interpreter = make_interpreter(report.out_dir / name, "reference")
+        shapes = {d["index"]: list(d["shape"]) for d in interpreter.get_tensor_details()}
+        (conv,) = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
+        assert shapes[conv["inputs"][1]] == filter_shape, name
+        assert len(delegate_partitions(report.out_dir / name)) == 1, name
+    assert "RELU" not in report.result["op_histogram"]
+
+
 def test_conv_without_bias_gets_int32_zero_bias_and_fused_relu6(tmp_path):
     rng = np.random.default_rng(1)
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),

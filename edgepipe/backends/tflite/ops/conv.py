@@ -15,7 +15,8 @@ import numpy as np
 
 from edgepipe.backends.tflite.lower import NHWC, Lowering, node_attrs
 from edgepipe.backends.tflite.ops import register
-from edgepipe.backends.tflite.ops.spatial import SAME, VALID, choose_padding, pad_nhwc, spatial_attrs, window_problem
+from edgepipe.backends.tflite.ops.spatial import (SAME, VALID, choose_padding, onnx_pads, pad_nhwc, spatial_attrs,
+                                                window_problem)
 
 
 def check_conv(ctx: Lowering, node) -> str | None:
@@ -91,6 +92,12 @@ def lower_conv(ctx: Lowering, node) -> None:
     in_hw, kernel, strides, dilations = spatial_attrs(ctx, node, weights.shape[2:])
     padding, pads = choose_padding(node, in_hw, kernel, strides, dilations)
     x = ctx.get(node.input[0], dtype, NHWC)
+    if dtype == "int8" and groups == 1 and pairs_pay(in_channels, strides, dilations):
+        activation, out_name = ctx.fuse_activation(node)
+        out = ctx.new_value(out_name, dtype, NHWC)
+        _paired_columns(ctx, node, x, weights, bias, out, onnx_pads(node, in_hw, kernel, strides, dilations),
+                        strides[0], activation)
+        return
     if pads:
         x = pad_nhwc(ctx, node, x, pads)
     activation, out_name = ctx.fuse_activation(node)
@@ -107,6 +114,56 @@ def lower_conv(ctx: Lowering, node) -> None:
         _conv2d(ctx, node, x, block_diagonal(weights, groups), bias, out, options, dtype)
     else:
         _conv2d(ctx, node, x, weights, bias, out, options, dtype)  # filter [O, kh, kw, C / groups]
+
+
+def pairs_pay(in_channels: int, strides, dilations) -> bool:
+    """A first conv (an image's 3 channels) with stride 2 along W, in int8: XNNPACK's int8 GEMM pads
+    each kernel tap's channels to 8, so 3 channels waste most of the tile. Viewing pairs of
+    adjacent columns as one column of 2 * C channels (a RESHAPE, no data moves) makes it a stride-1
+    conv with half the taps along W, and each tap's 6 channels fill most of the tile: fewer padded
+    multiply-adds (same values). Float pads nothing and would do more work: it keeps the conv."""
+    return 2 * in_channels <= INT8_INPUT_TILE and strides[1] == 2 and list(dilations) == [1, 1]
+
+
+def _paired_columns(ctx: Lowering, node, x: int, weights, bias, out: int, pads, stride_h: int,
+                    activation: int) -> None:
+    """The conv on [N, H', W' / 2, 2C]: pad on the [N, H, W * C] view (XNNPACK runs that fast; a 4-D
+    PAD no conv reads directly runs per pixel), one more zero column in front when the left pad is
+    odd, then a RESHAPE pairing the columns; filter tap t of channel p * C + c is the original tap
+    2t + p - shift of channel c (zero outside the kernel)."""
+    batch, height, width, channels = ctx.tensor(x).shape
+    top, left, bottom, right = pads
+    out_w = ctx.tensor(out).shape[2]
+    kernel_h, kernel_w = weights.shape[2:]
+    shift = left % 2
+    taps = (kernel_w + shift + 1) // 2
+    pairs = out_w - 1 + taps
+    left, right = left + shift, 2 * pairs - width - left - shift
+    padded_h = height + top + bottom
+    view = ctx.temp(f"{node.name};rows", [batch, height, width * channels], "int8", ctx.tensor(x).quantization)
+    ctx.emit("RESHAPE", [x, ctx.int32_constant(f"{node.name};rows_shape", ctx.tensor(view).shape)], [view], node)
+    if right < 0:  # trailing input columns no window reads: crop them first
+        cropped = ctx.temp(f"{node.name};cropped", [batch, height, (width + right) * channels], "int8",
+                           ctx.tensor(x).quantization)
+        ctx.emit("SLICE", [view, ctx.int32_constant(f"{node.name};begin", [0, 0, 0]),
+                           ctx.int32_constant(f"{node.name};size", ctx.tensor(cropped).shape)], [cropped], node)
+        view, width, right = cropped, width + right, 0
+    padded = ctx.temp(f"{node.name};padded_rows", [batch, padded_h, (width + left + right) * channels], "int8",
+                      ctx.tensor(x).quantization)
+    ctx.emit("PAD", [view, ctx.spec.add_constant(f"{node.name};row_paddings", np.array(
+        [[0, 0], [top, bottom], [left * channels, right * channels]], np.int32))], [padded], node)
+    paired = ctx.temp(f"{node.name};paired", [batch, padded_h, pairs, 2 * channels], "int8", ctx.tensor(x).quantization)
+    ctx.emit("RESHAPE", [padded, ctx.int32_constant(f"{node.name};paired_shape", ctx.tensor(paired).shape)], [paired],
+             node)
+    paired_weights = np.zeros((weights.shape[0], 2 * channels, kernel_h, taps), np.float32)
+    for tap in range(taps):
+        for half in range(2):
+            source = 2 * tap + half - shift
+            if 0 <= source < kernel_w:
+                paired_weights[:, half * channels:(half + 1) * channels, :, tap] = weights[:, :, :, source]
+    _conv2d(ctx, node, paired, paired_weights, bias, out, dict(Padding=VALID, StrideH=stride_h, StrideW=1,
+                                                                 DilationHFactor=1, DilationWFactor=1,
+                                                                 FusedActivationFunction=activation), "int8")
 
 
 def _conv2d(ctx: Lowering, node, x: int, weights, bias, out: int, options: dict, dtype: str, name=None) -> None:
