@@ -321,6 +321,34 @@ def padded_max_pool(shape, rows: bool):
     return build
 
 
+def first_conv_pairs(shape, cout, kernel, pad, paired: bool):
+    """Stride-2 conv on 3 channels after a zero pad: a 4-D PAD XNNPACK folds into the conv, or
+    (`paired`) the int8 lowering's PAD on rows, RESHAPE to [N, H', W' / 2, 6] and a stride-1 conv
+    with half the taps along W."""
+    def build(dtype):
+        g = Graph(dtype)
+        n, h, w, c = shape
+        out = [n, (h + 2 * pad - kernel) // 2 + 1, (w + 2 * pad - kernel) // 2 + 1, cout]
+        shift, taps = pad % 2, (kernel + pad % 2 + 1) // 2
+        width = 2 * (out[2] - 1 + taps)
+        x = g.input(shape)
+        if paired:
+            x = g.op("RESHAPE", [x, g.spec.add_constant("rows", np.array([n, h, w * c], np.int32))], [n, h, w * c])
+            lr = [(pad + shift) * c, (width - w - pad - shift) * c]
+            x = g.op("PAD", [x, g.spec.add_constant("pads", np.array([[0, 0], [pad, pad], lr], np.int32))],
+                     [n, h + 2 * pad, width * c])
+            view = [n, h + 2 * pad, width // 2, 2 * c]
+            x = g.op("RESHAPE", [x, g.spec.add_constant("view", np.array(view, np.int32))], view)
+        else:
+            view = [n, h + 2 * pad, w + 2 * pad, c]
+            x = g.op("PAD", [x, g.spec.add_constant("pads", np.array([[0, 0], [pad, pad], [pad, pad], [0, 0]],
+                                                                     np.int32))], view)
+        filter_index, bias_index = g.weights((cout, kernel, taps if paired else kernel, view[3]), 0)
+        return finish(g, g.op("CONV_2D", [x, filter_index, bias_index], out, "Conv2DOptions", **{
+            **CONV_OPTIONS, "StrideH": 2, "StrideW": 1 if paired else 2, "Padding": VALID}))
+    return build
+
+
 def elementwise_chain(shape, *steps):
     """MUL / ADD by scalar constants in sequence (PP-OCR's learnable affine x * w + b)."""
     def build(dtype):
@@ -425,6 +453,9 @@ CASES = {
     "conv3x3_cin3_s2 (MobileNet first)": {"op": conv_first([1, 128, 128, 3], 16, 2)},
     "conv3x3_cin3_s2 padded to Cin 4": {"op": conv_first_padded_channels([1, 128, 128, 3], 16, 2)},
     "conv3x3_cin16_s1": {"op": conv_first([1, 45, 45, 16], 32, 1, padding=VALID)},
+    **{f"first conv {k}x{k} / 2 {shape} -> {cout}": {"conv": first_conv_pairs(shape, cout, k, k // 2, False),
+                                                    "pairs of columns": first_conv_pairs(shape, cout, k, k // 2, True)}
+       for shape, k, cout in (([1, 64, 64, 3], 7, 16), ([1, 224, 224, 3], 7, 64), ([1, 224, 224, 3], 3, 16))},
     "depthwise5x5 (OCR cls)": {"op": depthwise([1, 2, 96, 200], 5)},
     "depthwise3x3 (MobileNet)": {"op": depthwise([1, 32, 32, 32], 3)},
     "depthwise3x3 [1,28,28,128] weight scales": {"per-channel": depthwise([1, 28, 28, 128], 3),
