@@ -142,9 +142,10 @@ def local_error_model(model: onnx.ModelProto, simulated: onnx.ModelProto, sites:
 
 
 def estimate_bias_corrections(model: onnx.ModelProto, calibration, dataset, qdq_model,
-                              samples: int = DEFAULT_SAMPLES) -> dict:
+                              samples: int = DEFAULT_SAMPLES, positions=None) -> dict:
     """Per-channel corrections ({node: [delta]}): the mean, over up to `samples` evenly spaced
-    samples of `dataset`, of each site's float output minus its int8 version fed the same float
+    samples of `dataset` (or over the samples at `positions`), of each site's float output minus its
+    int8 version fed the same float
     input (the target's simulation, `qdq_model(model, calibration)`, provides the Q/DQ of every
     site). One pass over the data. Local on purpose: correcting each layer's own error also
     fixes, to first order, the mean every later layer inherits, while the whole-graph error of a
@@ -156,7 +157,9 @@ def estimate_bias_corrections(model: onnx.ModelProto, calibration, dataset, qdq_
     sites = correction_sites(model)
     if not sites or len(dataset) == 0:
         return {}
-    feeds = [dataset.sample(int(i)) for i in evenly_spaced(len(dataset), min(samples, len(dataset)))]
+    if positions is None:
+        positions = evenly_spaced(len(dataset), min(samples, len(dataset)))
+    feeds = [dataset.sample(int(i)) for i in positions]
     calibration.bias_corrections = {}
     simulated, _ = qdq_model(model, calibration)
     combined, local = local_error_model(model, simulated, sites)
@@ -167,3 +170,94 @@ def estimate_bias_corrections(model: onnx.ModelProto, calibration, dataset, qdq_
     corrections = {name: [float(x) for x in means[f"{name}@float"] - means[name]] for name in sorted(local)}
     calibration.bias_corrections = corrections
     return corrections
+
+
+# --- the held-out check (calibration.bias_correction: auto) ---------------------------------
+
+MIN_SAMPLES_TO_CHECK = 4  # fewer calibration samples: no held-out half worth judging on
+MAX_HELD_OUT = 16
+TOLERANCE_DB = 0.1  # an output may lose this much held-out SQNR (sample noise) and the set still counts
+
+
+def split_for_check(count: int, samples: int = DEFAULT_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    """(positions the corrections are estimated on, held-out positions they are judged on):
+    disjoint, deterministic; every other sample is held out (at most MAX_HELD_OUT, spread evenly),
+    the rest estimate (at most `samples`, spread evenly). Nothing is held out below
+    MIN_SAMPLES_TO_CHECK samples."""
+    from edgepipe.sampling import evenly_spaced
+
+    if count < MIN_SAMPLES_TO_CHECK:
+        return evenly_spaced(count, min(samples, count)), np.zeros(0, dtype=np.int64)
+    odd = np.arange(1, count, 2)
+    held = odd[evenly_spaced(len(odd), min(MAX_HELD_OUT, len(odd)))]
+    rest = np.setdiff1d(np.arange(count), held)
+    return rest[evenly_spaced(len(rest), min(samples, len(rest)))], held
+
+
+def _output_sqnrs(references: list[dict], outputs: list[dict], names: list[str]) -> list[float | None]:
+    from edgepipe import quantmath
+
+    values = []
+    for name in names:
+        sqnr = quantmath.sqnr_db(np.concatenate([np.ravel(r[name]) for r in references]),
+                                 np.concatenate([np.ravel(o[name]) for o in outputs]))
+        values.append(float(sqnr) if np.isfinite(sqnr) else None)
+    return values
+
+
+def judge_corrections(without: list[float | None], corrected: list[float | None]) -> tuple[bool, str]:
+    """(keep, why) from each output's held-out SQNR without and with the corrections: kept when no
+    output loses more than TOLERANCE_DB and the outputs gain on average."""
+    gains = [c - w for w, c in zip(without, corrected) if w is not None and c is not None]
+    if not gains:
+        return False, "no output with a finite held-out SQNR to judge by"
+    worst = int(np.argmin(gains))
+    if gains[worst] < -TOLERANCE_DB:
+        return False, f"an output loses {-gains[worst]:.2f} dB held-out SQNR"
+    if float(np.mean(gains)) <= 0:
+        return False, f"no held-out gain (mean {float(np.mean(gains)):+.2f} dB)"
+    return True, f"held-out SQNR {float(np.mean(gains)):+.2f} dB on average, no output worse"
+
+
+def checked_bias_corrections(model: onnx.ModelProto, calibration, dataset, target, settings: dict) -> dict:
+    """calibration.bias_correction: auto. Estimate the corrections on part of the calibration set,
+    run the target's int8 model (`target.int8_outputs`: the .tflite in LiteRT, the Q/DQ ONNX for
+    TensorRT targets) on the held-out rest with and without them, and keep them only when the
+    outputs get closer to FP32 there (`judge_corrections`). Why: a mean shift that helps the
+    typical sample can move a layer that feeds a saturating output (a detector's sigmoid class
+    map) the wrong way where it matters, and only the outputs say so. Sets
+    `calibration.bias_corrections` ({} when dropped) and `calibration.bias_correction` (the
+    numbers); returns the latter."""
+    from dataclasses import replace
+
+    estimate, held = split_for_check(len(dataset))
+    corrections = estimate_bias_corrections(model, calibration, dataset, target.qdq_model, positions=estimate)
+    report = {"mode": "auto", "corrected_layers": len(corrections), "estimated_on": len(estimate),
+              "held_out": len(held)}
+    if not corrections or len(held) == 0:
+        calibration.bias_corrections = {}
+        report.update(kept=False, reason="no layer to correct" if not corrections else
+                      f"fewer than {MIN_SAMPLES_TO_CHECK} calibration samples: nothing to check on")
+        calibration.bias_correction = report
+        return report
+    feeds = [dataset.sample(int(i)) for i in held]
+    names = [o.name for o in model.graph.output]
+    session = graph.make_session(model)
+    references = [dict(zip(names, session.run(names, feed))) for feed in feeds]
+    outputs, judge = target.int8_outputs(model, calibration, feeds, settings)
+    plain, _ = target.int8_outputs(model, replace(calibration, bias_corrections={}), feeds, settings)
+    with_sqnr, without_sqnr = _output_sqnrs(references, outputs, names), _output_sqnrs(references, plain, names)
+    keep, reason = judge_corrections(without_sqnr, with_sqnr)
+    if not keep:
+        calibration.bias_corrections = {}
+    report.update(kept=keep, reason=reason, judged_by=judge, outputs=names,
+                  held_out_sqnr_db={"without": without_sqnr, "with": with_sqnr})
+    calibration.bias_correction = report
+    return report
+
+
+def summary(report: dict) -> str:
+    """One line for the build's stage table."""
+    if not report.get("kept"):
+        return f"dropped: {report.get('reason', '')}"
+    return f"kept ({report.get('corrected_layers', 0)} layers): {report.get('reason', '')}"
