@@ -95,9 +95,9 @@ SCHEMA: dict[str, Any] = {
         activations=Field((str,), "int8", "TFLite: int16 = 16x8 for the whole model (int16 activations, int8 weights) "
                           "wherever LiteRT has an int16 kernel; runs on the builtin kernels, not XNNPACK",
                           ("int8", "int16")),
-        share_concat_scales=Field((bool,), False, "TFLite: a Concat input whose only consumer is the Concat is "
+        share_concat_scales=Field((bool,), True, "TFLite: a Concat input whose only consumer is the Concat is "
                                   "written on the Concat's scale (no requantizing QUANTIZE op)"),
-        float_output_concats=Field((bool,), False, "TFLite: a Concat writing a model output from inputs whose ranges "
+        float_output_concats=Field((bool,), True, "TFLite: a Concat writing a model output from inputs whose ranges "
                                    "differ more than 16x stays float (each input keeps its own int8 grid)"),
     ),
     "precision": _section(

@@ -1,5 +1,5 @@
-"""`backend.share_concat_scales` (edgepipe/backends/tflite/shared_scales.py): Concat inputs with
-no other consumer are written on the Concat's grid, so their requantizing QUANTIZE ops go.
+"""`backend.share_concat_scales` (edgepipe/backends/tflite/shared_scales.py, on by default): Concat
+inputs with no other consumer are written on the Concat's grid, so their requantizing QUANTIZE ops go.
 
 Reference: an ONNX Runtime Q/DQ simulation whose grids are derived from the calibration ranges
 (tests/tflite_harness.expected_int8_params), with the shared inputs moved onto the Concat's grid
@@ -39,8 +39,8 @@ def quantize_count(path):
 def test_shared_inputs_lose_their_quantize_and_match_the_simulation(tmp_path):
     model = concat_model()
     feeds = structured_inputs(model, count=8)
-    plain, _ = convert(model, tmp_path / "plain", feeds)
-    shared, calibration = convert(model, tmp_path / "shared", feeds, share_concat_scales=True)
+    plain, _ = convert(model, tmp_path / "plain", feeds, share_concat_scales=False)
+    shared, calibration = convert(model, tmp_path / "shared", feeds)  # on by default
     # a and b (single consumer) are written on the Concat's grid; c also feeds the Relu
     removed = quantize_count(tmp_path / "plain" / "model.tflite") - quantize_count(tmp_path / "shared" / "model.tflite")
     assert removed == 2
