@@ -80,8 +80,9 @@ SCHEMA: dict[str, Any] = {
         ranges=Field((str,), None, "use these ranges instead of calibrating (e.g. `edgepipe finetune`'s .ranges.json)"),
         bias_correction=Field((bool, str), "auto", "shift each Conv/Gemm/MatMul bias by the per-channel mean error "
                               "the target's int8 adds on calibration data (int8 files only; recorded in "
-                              "calibration.json). auto: estimated on half the calibration samples and kept only "
-                              "when the target's int8 outputs get closer to FP32 on the other half; true: always",
+                              "calibration.json). auto: estimated on the calibration samples not held out (every "
+                              "other one, at most 32, is) and kept only when the target's int8 outputs (.tflite in "
+                              "LiteRT, Q/DQ ONNX) get closer to FP32 on the held-out ones; true: always kept",
                               ("auto", True, False)),
     ),
     "backend": _section(

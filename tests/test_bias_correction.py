@@ -170,9 +170,11 @@ def test_each_layer_is_corrected_for_its_own_error_only():
 
 def test_check_split_is_disjoint_and_holds_out_nothing_below_four_samples():
     estimate, held = split_for_check(40)
-    assert len(held) == 16 and all(i % 2 == 1 for i in held)
-    assert not set(estimate) & set(held) and len(estimate) == 24
+    assert len(held) == 20 and all(i % 2 == 1 for i in held)
+    assert not set(estimate) & set(held) and len(estimate) == 20
     assert np.array_equal(split_for_check(40)[1], held)  # deterministic
+    estimate, held = split_for_check(200)  # at most 32 held out, at most 32 estimate
+    assert len(held) == 32 and len(estimate) == 32 and not set(estimate) & set(held)
     estimate, held = split_for_check(3)
     assert len(held) == 0 and list(estimate) == [0, 1, 2]
 

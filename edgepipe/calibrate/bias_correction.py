@@ -175,7 +175,7 @@ def estimate_bias_corrections(model: onnx.ModelProto, calibration, dataset, qdq_
 # --- the held-out check (calibration.bias_correction: auto) ---------------------------------
 
 MIN_SAMPLES_TO_CHECK = 4  # fewer calibration samples: no held-out half worth judging on
-MAX_HELD_OUT = 16
+MAX_HELD_OUT = 32
 TOLERANCE_DB = 0.1  # an output may lose this much held-out SQNR (sample noise) and the set still counts
 
 
