@@ -104,6 +104,11 @@ def test_apply_shifts_outputs_exactly_and_leaves_the_original_alone():
     np.testing.assert_allclose(after[0], before[0] + delta_mm + carried, rtol=1e-4, atol=1e-4)
     assert len(model.graph.node[0].input) == 2  # the input model is not modified
     assert apply_bias_corrections(model, {}) is model
+    # a node lowered float (or 16x8) keeps its bias: the shift was measured on its int8 grids
+    skipped = apply_bias_corrections(model, {"conv": delta_conv.tolist(), "mm": delta_mm.tolist()}, skip={"conv"})
+    np.testing.assert_allclose(graph.make_session(graph.expose_tensors(skipped, ["c"])).run(None, {"x": x})[1],
+                               before[1], atol=1e-6)
+    assert apply_bias_corrections(model, {"conv": delta_conv.tolist()}, skip={"conv"}) is model
 
 
 @pytest.mark.slow

@@ -57,9 +57,13 @@ def correction_sites(model: onnx.ModelProto) -> dict[str, tuple[str, str | None,
     return sites
 
 
-def apply_bias_corrections(model: onnx.ModelProto, corrections: dict[str, list[float]] | None) -> onnx.ModelProto:
+def apply_bias_corrections(model: onnx.ModelProto, corrections: dict[str, list[float]] | None,
+                           skip=frozenset()) -> onnx.ModelProto:
     """Copy of `model` with each corrected node's bias shifted (a new initializer, so a bias
-    shared with an uncorrected node is left alone); `model` itself when there is nothing to do."""
+    shared with an uncorrected node is left alone); `model` itself when there is nothing to do.
+    Nodes in `skip` (run float or 16x8, not on the int8 grids the shift was measured for) keep
+    their bias."""
+    corrections = {k: v for k, v in (corrections or {}).items() if k not in skip}
     if not corrections:
         return model
     corrected = onnx.ModelProto()
