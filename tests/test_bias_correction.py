@@ -188,6 +188,7 @@ def test_judge_keeps_a_gain_and_drops_a_loss_on_any_output():
     assert judge_corrections([20.0, 10.0], [21.0, 10.05])[0]
     assert not judge_corrections([20.0, 10.0], [23.0, 9.5])[0]  # one output loses 0.5 dB
     assert not judge_corrections([20.0], [19.99])[0]  # no gain
+    assert not judge_corrections([20.0], [20.05])[0]  # a gain below what the held-out samples resolve
     assert not judge_corrections([None], [None])[0]
 
 
