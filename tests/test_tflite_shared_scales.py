@@ -9,8 +9,8 @@ import numpy as np
 from onnx import helper
 
 from edgepipe.backends.tflite.runtime import make_interpreter, run_tflite
-from tests.tflite_harness import (convert, expected_int8_params, make_model, qdq_reference, run_onnx,
-                                  structured_inputs)
+from tests.tflite_harness import (convert, delegate_partitions, expected_int8_params, make_model, qdq_reference,
+                                  run_onnx, structured_inputs)
 
 RNG = np.random.default_rng(11)
 
@@ -86,6 +86,8 @@ def test_output_concat_of_disparate_ranges_stays_float_and_keeps_the_small_input
         result, _ = convert(model, tmp_path / str(flag), feeds, float_output_concats=flag)
         results[flag] = (result, tmp_path / str(flag))
     assert "head" in results[True][0]["float_nodes"] and "head" not in results[False][0]["float_nodes"]
+    default, _ = convert(model, tmp_path / "default", feeds)  # on by default
+    assert "head" in default["float_nodes"] and len(delegate_partitions(tmp_path / "default" / "model.tflite")) == 1
 
     def score_error(flag):  # int8 vs ONNX Runtime float on the score channels only
         result, folder = results[flag]
