@@ -80,8 +80,8 @@ SCHEMA: dict[str, Any] = {
         ranges=Field((str,), None, "use these ranges instead of calibrating (e.g. `edgepipe finetune`'s .ranges.json)"),
         bias_correction=Field((bool, str), "auto", "shift each Conv/Gemm/MatMul bias by the per-channel mean error "
                               "the target's int8 adds on calibration data (int8 files only; recorded in "
-                              "calibration.json). auto: estimated on the calibration samples not held out (every "
-                              "other one, at most 32, is) and kept only when the target's int8 outputs (.tflite in "
+                              "calibration.json). auto: with 32 or more calibration samples, estimated on those not held "
+                              "out (every other one, at most 32, is) and kept only when the target's int8 outputs (.tflite in "
                               "LiteRT, Q/DQ ONNX) get closer to FP32 on the held-out ones; true: always kept",
                               ("auto", True, False)),
     ),

@@ -173,15 +173,15 @@ def test_each_layer_is_corrected_for_its_own_error_only():
 # --- calibration.bias_correction: auto (the held-out check) ----------------------------------
 
 
-def test_check_split_is_disjoint_and_holds_out_nothing_below_four_samples():
+def test_check_split_is_disjoint_and_holds_out_nothing_below_32_samples():
     estimate, held = split_for_check(40)
     assert len(held) == 20 and all(i % 2 == 1 for i in held)
     assert not set(estimate) & set(held) and len(estimate) == 20
     assert np.array_equal(split_for_check(40)[1], held)  # deterministic
     estimate, held = split_for_check(200)  # at most 32 held out, at most 32 estimate
     assert len(held) == 32 and len(estimate) == 32 and not set(estimate) & set(held)
-    estimate, held = split_for_check(3)
-    assert len(held) == 0 and list(estimate) == [0, 1, 2]
+    estimate, held = split_for_check(31)
+    assert len(held) == 0 and list(estimate) == list(range(31))
 
 
 def test_judge_keeps_a_gain_and_drops_a_loss_on_any_output():
@@ -243,7 +243,7 @@ def test_default_build_records_the_check_and_ships_what_it_judged(tmp_path):
 
     model = tiny_conv_model()
     onnx.save(model, tmp_path / "m.onnx")
-    data = np.random.default_rng(3).uniform(-1, 1, (24, 3, 8, 8)).astype(np.float32)
+    data = np.random.default_rng(3).uniform(-1, 1, (40, 3, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=data)
     np.savez(tmp_path / "eval.npz", x=data[:4])  # an eval set: the calibration set stays whole
     out = tmp_path / "out"
@@ -253,7 +253,7 @@ def test_default_build_records_the_check_and_ships_what_it_judged(tmp_path):
     assert result.returncode == 0, result.stderr
     saved = json.loads((out / "calibration.json").read_text())
     report = saved["bias_correction"]
-    assert report["mode"] == "auto" and report["held_out"] == 12 and "LiteRT" in report["judged_by"]
+    assert report["mode"] == "auto" and report["held_out"] == 20 and "LiteRT" in report["judged_by"]
     assert bool(saved.get("bias_corrections")) is report["kept"]
     _, held = split_for_check(len(data))
     io = json.loads((out / "manifest.json").read_text())["io"]
@@ -262,3 +262,13 @@ def test_default_build_records_the_check_and_ships_what_it_judged(tmp_path):
     got = np.concatenate([run_tflite(out / "model.tflite", io, {"x": data[i : i + 1]})["y"] for i in held])
     chosen = report["held_out_sqnr_db"]["with" if report["kept"] else "without"][0]
     assert quantmath.sqnr_db(want, got) == pytest.approx(chosen, abs=0.01)
+
+
+def test_auto_leaves_corrections_off_below_32_calibration_samples():
+    """Too few samples to hold out and judge on: off, and the report says why."""
+    from edgepipe.targets import load_target
+
+    model, calibration, data = clipped_gemm_case(True)
+    report = checked_bias_corrections(model, calibration, Samples("x", data.array[:31]), load_target("jetson"), {})
+    assert not report["kept"] and report["held_out"] == 0 and "too few" in report["reason"]
+    assert calibration.bias_corrections == {}
