@@ -286,3 +286,27 @@ def test_threaded_binning_and_range_choice_equal_one_thread(model, monkeypatch, 
         assert workers.pool is not None
     threaded = calibrate(model, data, {"method": method, "batch_size": 3})
     assert threaded.to_json() == inline.to_json()
+
+
+@pytest.mark.parametrize("target_name", ["jetson", "arm-cpu"])
+def test_folded_weight_quantization_gives_the_same_outputs(model, result_auto, target_name):
+    """graph.fold_constant_quantize (the output-effect check's Q/DQ models) stores the weights'
+    int8 values instead of quantizing them on every run; every output stays the same."""
+    from edgepipe import graph
+    from edgepipe.targets import load_target
+
+    qdq = load_target(target_name).qdq_model(model, result_auto)[0]
+    folded = graph.fold_constant_quantize(qdq)
+    constants = {t.name for t in folded.graph.initializer}
+    before = sum(n.op_type == "QuantizeLinear" and n.input[0] in {t.name for t in qdq.graph.initializer}
+                 for n in qdq.graph.node)
+    assert before == 3  # conv1, conv2 and fc weights
+    assert not [n for n in folded.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in constants]
+    dequantized = [n for n in folded.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in constants]
+    assert len(dequantized) == 3
+    assert all(numpy_helper.to_array(graph.initializers(folded)[n.input[0]]).dtype == np.int8 for n in dequantized)
+    feeds = iid(4, seed=3)
+    a, b = graph.make_session(qdq), graph.make_session(folded)
+    for i in range(len(feeds)):
+        for x, y in zip(a.run(None, feeds.sample(i)), b.run(None, feeds.sample(i))):
+            np.testing.assert_array_equal(x, y)

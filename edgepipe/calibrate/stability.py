@@ -143,12 +143,17 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
         return [np.concatenate([np.asarray(r[i], np.float64).ravel() for r in per_feed]) for i in range(len(outputs))]
 
     def sqnr(values) -> float:
-        return min(quantmath.sqnr_db(ref, got) for ref, got in zip(reference, values))
+        return min(quantmath.sqnr_db(ref, got, power) for ref, got, power in zip(reference, values, powers))
+
+    def run_quantized(candidate_calibration) -> list[np.ndarray]:
+        # weights quantized once, not on every run: the same int8 values (graph.fold_constant_quantize)
+        return run(graph.fold_constant_quantize(quantize(model, candidate_calibration)))
 
     reference = run(model)
-    chosen = sqnr(run(quantize(model, calibration)))
+    powers = [quantmath.signal_power(ref) for ref in reference]
+    chosen = sqnr(run_quantized(calibration))
     rounds = min(len(calibration.tensors[n].stability.get("round_amax") or []) for n in names)
-    per_round = [sqnr(run(quantize(model, round_calibration(calibration, r, names)))) for r in range(rounds)]
+    per_round = [sqnr(run_quantized(round_calibration(calibration, r, names))) for r in range(rounds)]
     drop = max((chosen - s for s in per_round if np.isfinite(s)), default=0.0) if np.isfinite(chosen) else 0.0
     return {"tensors": names, "sqnr_chosen_db": float(chosen), "sqnr_rounds_db": [float(s) for s in per_round],
             "drop_db": float(max(drop, 0.0)), "samples": len(feeds), "limit_db": OUTPUT_DROP_DB,
