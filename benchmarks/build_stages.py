@@ -3,9 +3,12 @@
 Why: the stage table a user sees after each build is the first place a slow stage shows up; this
 records it per target, cold (empty stage cache) and warm (cache from another target), so a
 regression in one stage is visible. The larger model is a ResNet-style CNN with random weights
-at 1x3x128x128 (about 2.8 M parameters), calibrated on 100 random inputs.
+at 1x3x128x128 (about 2.8 M parameters), calibrated on 100 random inputs. Each build is a fresh
+`python -m edgepipe build` process; the whole sequence (cold first target, warm second) runs
+`--repeats` times (>= 3) in fresh project folders, and every stage time is the median over the
+repeats with its spread (benchmarks/timing.py); CPU features and the load average are stored.
 
-Run by hand:  python benchmarks/build_stages.py [--targets arm-cpu jetson]
+Run by hand:  python benchmarks/build_stages.py [--targets arm-cpu jetson] [--repeats 3]
 Writes benchmarks/results/build_stages.json.
 """
 
@@ -14,16 +17,21 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.timing import host_record, load_average, rounds_argument, summary  # noqa: E402
+
+STAGES = ["export", "simplify", "fold", "calibrate", "backend", "bundle", "report"]
 
 
 def larger_model(path: Path) -> None:
@@ -54,46 +62,71 @@ def larger_model(path: Path) -> None:
 
 def build(workdir: Path, target: str, extra: list[str]) -> dict:
     command = [sys.executable, "-m", "edgepipe", "build", "--target", target, "--json", *extra]
+    start = time.perf_counter()
     completed = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
+    wall_s = time.perf_counter() - start
     if completed.returncode != 0:
-        return {"target": target, "error": completed.stderr.strip().splitlines()[-1:]}
-    summary = json.loads(completed.stdout)
-    return {"target": target, "stages": {s["name"]: {"seconds": round(s["seconds"], 3), "cached": s["cached"]}
-                                          for s in summary["stages"]}}
+        return {"error": completed.stderr.strip().splitlines()[-1:]}
+    summary_json = json.loads(completed.stdout)
+    return {"wall_s": wall_s, "stages": {s["name"]: (s["seconds"], s["cached"]) for s in summary_json["stages"]}}
+
+
+def medians(runs: list[dict]) -> dict:
+    """One (model, target) row from its repeats: each stage's median seconds, runs and spread."""
+    failed = [run["error"] for run in runs if "error" in run]
+    if failed:
+        return {"error": failed[0]}
+    row = {"wall_s": summary([run["wall_s"] for run in runs], 3), "stages": {}}
+    for stage in runs[0]["stages"]:
+        seconds = [run["stages"][stage][0] for run in runs]
+        cached = {run["stages"][stage][1] for run in runs}
+        entry = summary(seconds, 3)
+        row["stages"][stage] = {"seconds": entry.pop("median"), **entry, "cached": cached == {True}}
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", nargs="+", default=["arm-cpu", "jetson"])
+    parser.add_argument("--repeats", type=rounds_argument, default=3,
+                        help="fresh repetitions of every build (median), >= 3")
     args = parser.parse_args()
-    runs = []
+    host = host_record()
+    cases = [("demo", []), ("resnet128", ["--model", "resnet128.onnx", "--calib", "calib.npz"])]
+    builds: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        demo_dir, large_dir = tmp / "demo", tmp / "large"
-        demo_dir.mkdir()
-        large_dir.mkdir()
-        larger_model(large_dir / "resnet128.onnx")
-        np.savez(large_dir / "calib.npz", image=np.random.default_rng(0).standard_normal((100, 3, 128, 128)).astype(np.float32))
-        for name, workdir, extra in (("demo", demo_dir, []),
-                                     ("resnet128", large_dir, ["--model", "resnet128.onnx", "--calib", "calib.npz"])):
-            for target in args.targets:
-                row = build(workdir, target, extra)
-                row["model"] = name
-                runs.append(row)
-    stages = ["export", "simplify", "fold", "calibrate", "backend", "bundle", "report"]
-    print(f"{'model':<10}{'target':<10}" + "".join(f"{s:>11}" for s in stages))
+        inputs = tmp / "inputs"
+        inputs.mkdir()
+        larger_model(inputs / "resnet128.onnx")
+        images = np.random.default_rng(0).standard_normal((100, 3, 128, 128)).astype(np.float32)
+        np.savez(inputs / "calib.npz", image=images)
+        for repeat in range(args.repeats):
+            for name, extra in cases:
+                workdir = tmp / f"{name}-{repeat}"  # a fresh project folder: the first target builds cold
+                if extra:
+                    shutil.copytree(inputs, workdir)
+                else:
+                    workdir.mkdir()
+                for target in args.targets:
+                    builds.setdefault((name, target), []).append(build(workdir, target, extra))
+                shutil.rmtree(workdir)
+    runs = [{"model": name, "target": target, "repeats": len(rows), **medians(rows)}
+            for (name, target), rows in builds.items()]
+    print(f"{'model':<10}{'target':<10}" + "".join(f"{s:>11}" for s in STAGES) + f"{'wall':>8}")
     for row in runs:
         if "error" in row:
             print(f"{row['model']:<10}{row['target']:<10} failed: {row['error']}")
             continue
         cells = []
-        for stage in stages:
+        for stage in STAGES:
             entry = row["stages"].get(stage)
             cells.append("-" if entry is None else f"{entry['seconds']:.2f}{'c' if entry['cached'] else ''}")
-        print(f"{row['model']:<10}{row['target']:<10}" + "".join(f"{c:>11}" for c in cells))
-    print("(seconds; 'c' = reused from the stage cache)")
+        print(f"{row['model']:<10}{row['target']:<10}" + "".join(f"{c:>11}" for c in cells)
+              + f"{row['wall_s']['median']:>8.2f}")
+    print(f"(median of {args.repeats} fresh builds, seconds; 'c' = reused from the stage cache)")
     out = ROOT / "benchmarks" / "results" / "build_stages.json"
-    out.write_text(json.dumps({"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+    out.write_text(json.dumps({"host": host, "loadavg_end": load_average(), "repeats": args.repeats,
                                "runs": runs}, indent=1) + "\n")
     print(f"wrote {out}")
 

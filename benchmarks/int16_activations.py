@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,8 +34,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import real_models  # noqa: E402
 
+from benchmarks.timing import alternating_rounds, host_record, load_average, rounds_argument  # noqa: E402
 from edgepipe import graph, quantmath  # noqa: E402
 from edgepipe.backends.tflite.runtime import make_interpreter, run_tflite  # noqa: E402
 
@@ -140,16 +141,12 @@ def evaluate(bundles: dict, reference_model: Path, feeds: list[dict], timed_runs
         want = np.concatenate([r[first].reshape(-1, r[first].shape[-1]) for r in references]).argmax(1)
         got = np.concatenate([o[first].reshape(-1, o[first].shape[-1]) for o in outputs]).argmax(1)
         row["argmax_agreement"][variant] = round(float(np.mean(want == got)), 4)
-    times: dict[str, list[float]] = {k: [] for k in VARIANTS}
-    for variant in VARIANTS:  # warm-up
-        run_tflite(*files[variant], feeds[0], interpreter=interpreters[variant])
-    for _ in range(timed_runs):  # alternate the three files: same machine state for each
-        for variant in VARIANTS:
-            path, io = files[variant]
-            start = time.perf_counter()
-            run_tflite(path, io, feeds[0], interpreter=interpreters[variant])
-            times[variant].append((time.perf_counter() - start) * 1000)
-    row["latency_ms_p50"] = {k: round(float(np.median(v)), 3) for k, v in times.items()}
+    invokers = {variant: (lambda v=variant: run_tflite(*files[v], feeds[0], interpreter=interpreters[v]))
+                for variant in VARIANTS}
+    # one single-sample run per file per round, files alternating: same machine state for each
+    timed = alternating_rounds(invokers, rounds=timed_runs, iterations=1, warmup=1)
+    row["latency_ms_p50"] = {k: round(v["ms"], 3) for k, v in timed.items()}
+    row["latency_spread"] = {k: v["spread"] for k, v in timed.items()}
     row["latency_runs"] = timed_runs
     row["eval_samples"] = len(feeds)
     return row
@@ -158,19 +155,21 @@ def evaluate(bundles: dict, reference_model: Path, feeds: list[dict], timed_runs
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--runs", type=int, default=9, help="timed inferences per file (median)")
+    parser.add_argument("--runs", type=rounds_argument, default=9,
+                        help="timed single-sample runs per file, files alternating (median), >= 3")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/int16_activations.json"))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="int16_activations_"))
     out_path = Path(args.out)
     report = json.loads(out_path.read_text()) if out_path.exists() else {}
-    report["host"] = {"machine": platform.machine(), "python": platform.python_version(), "threads": THREADS,
+    report["host"] = {**host_record(), "threads": THREADS,
                       "note": "x86 build host, LiteRT (ai-edge-litert) XNNPACK resolver; not a device number"}
     report["method"] = ("edgepipe build --target arm-cpu twice (backend.activations int8 / int16, same cached "
                         "calibration); SQNR of every output vs ONNX Runtime FP32 on the model given to the CLI; "
                         "latency = median of alternating single-sample runs of the three files")
     report.setdefault("models", {})
     for name in args.models.split(","):
+        load_start = load_average()
         model_args, reference_model, feeds = model_inputs(work, name)
         built = {activations: build(work, name, activations, model_args) for activations in ("int8", "int16")}
         bundles = {k: v["bundle"] for k, v in built.items()}
@@ -185,6 +184,7 @@ def main() -> None:
         row["int16_fallback"] = manifest16["precision"]["int16_fallback"]
         row["build_wall_s"] = {k: round(v["wall_s"], 1) for k, v in built.items()}
         row["backend_note_int16"] = built["int16"]["backend_note"]
+        row["loadavg"] = {"start": load_start, "end": load_average()}
         report["models"][name] = row
         print(f"{name:8s} SQNR int8/int16/fp32/int16(int8 threshold) "
               f"{[min(row['sqnr_db'][v].values()) for v in (*VARIANTS, 'int16_int8_threshold')]} dB  "

@@ -54,37 +54,71 @@ def calibration_scaling(data: dict) -> list[str]:
     return lines
 
 
+def host_line(host: dict, load: list | None = None) -> str:
+    """The CPU a timing ran on, its int8-relevant features and the load average (timing.host_record)."""
+    if "flags" not in host:  # results written before the host record existed
+        return f"host {host.get('processor') or host.get('cpu') or host.get('machine', '')}"
+    features = ", ".join(flag for flag, present in host["flags"].items() if present) or "none of the listed"
+    text = (f"host {host['machine']} ({host['cpu']}), {host['cores']} cores shared with other jobs; CPU features: "
+            f"{features}; int8 dot-product instructions: {'yes' if host['int8_dot_product'] else 'no'}")
+    start = host.get("loadavg")
+    if start:
+        text += f"; load average (1 min) {fmt(start[0], 1)}" + (f" -> {fmt(load[0], 1)}" if load else "")
+    return text
+
+
+def _spread(*values) -> str:
+    spreads = [v for v in values if v is not None]
+    return f"{max(spreads) * 100:.0f}%" if spreads else "-"
+
+
 def tflite_latency(data: dict) -> list[str]:
-    lines = [f"{data.get('note', '')}; host {data['host'].get('processor') or data['host'].get('machine', '')}.", "",
-             "| model | params | int8/fp32 size | XNNPACK 1 thread int8 / fp32 ms (ratio) | no delegates 1 thread (ratio) |",
-             "|---|---|---|---|---|"]
+    rounds = {row.get("rounds") for row in data["latency"]}
+    lines = [f"{data.get('note', '')}; {host_line(data['host'], data.get('loadavg_end'))}; "
+             f"LiteRT {data.get('litert', '?')}; {'/'.join(map(str, sorted(r for r in rounds if r)))} rounds. "
+             "spread = (max - min) / median of the round medians, the larger of int8's and fp32's.", "",
+             "| model | params | int8/fp32 size | XNNPACK 1 thread int8 / fp32 ms (ratio) | spread "
+             "| no delegates 1 thread (ratio) | spread |",
+             "|---|---|---|---|---|---|---|"]
     for row in data["latency"]:
         x = row["latency_ms"].get("xnnpack/t1", {})
         n = row["latency_ms"].get("no_delegates/t1", {})
         lines.append(f"| {row['model']} | {row['params']:,} | {fmt(row['size_ratio'])} | "
-                     f"{fmt(x.get('int8'))} / {fmt(x.get('fp32'))} ({fmt(x.get('int8_over_fp32'), 2)}x) | "
-                     f"{fmt(n.get('int8'))} / {fmt(n.get('fp32'))} ({fmt(n.get('int8_over_fp32'), 2)}x) |")
+                     f"{fmt(x.get('int8'), 4)} / {fmt(x.get('fp32'), 4)} ({fmt(x.get('int8_over_fp32'), 2)}x) | "
+                     f"{_spread(x.get('int8_spread'), x.get('fp32_spread'))} | "
+                     f"{fmt(n.get('int8'), 4)} / {fmt(n.get('fp32'), 4)} ({fmt(n.get('int8_over_fp32'), 2)}x) | "
+                     f"{_spread(n.get('int8_spread'), n.get('fp32_spread'))} |")
     conversion = data.get("conversion")
     if conversion:
         files = conversion.get("files", {})
         ratio = (files["model.tflite"] / files["model.fp32.tflite"]) if "model.fp32.tflite" in files else None
+        runs = conversion.get("build_tflite_runs_s")
         lines += ["", f"Conversion of a {conversion['params']:,}-parameter CNN ({conversion['model']}): build_tflite "
-                      f"{fmt(conversion['build_tflite_s'], 1)} s (goal < {conversion.get('goal_s', 30)} s); "
-                      f"int8/fp32 size {fmt(ratio)} (small models pay more for per-channel scales, zero points "
-                      f"and int32 biases)."]
+                      f"{fmt(conversion['build_tflite_s'], 1)} s"
+                      + (f" (median of {len(runs)}: {', '.join(fmt(r, 1) for r in runs)})" if runs else "")
+                      + f" (goal < {conversion.get('goal_s', 30)} s); int8/fp32 size {fmt(ratio)}."]
     return lines
 
 
 def tflite_vs_ai_edge_quantizer(data: dict) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in data.get("versions", {}).items())
-    lines = [f"{data.get('note', '')} ({versions}).", "",
-             "| model | engine | top-1 | argmax agreement | SQNR dB | size bytes | XNNPACK partitions | latency / fp32 | convert s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    rounds = sorted({case["rounds"] for case in data["cases"] if case.get("rounds")})
+    lines = [f"{data.get('note', '')} ({versions}); {host_line(data['host'], data.get('loadavg_end'))}"
+             + (f"; {'/'.join(map(str, rounds))} latency rounds" if rounds else "") + ". spread = (max - min) / median "
+             "of the latency round medians.", "",
+             "| model | engine | top-1 | argmax agreement | SQNR dB | size bytes | XNNPACK partitions | latency / fp32 "
+             "| spread | convert s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for case in data["cases"]:
         for engine, row in case["results"].items():
-            lines.append(f"| {case['model']} | {engine} | {fmt(row.get('top1'))} | {fmt(row.get('argmax_agreement'))} | "
-                         f"{fmt(row.get('sqnr_db'), 1)} | {row.get('size_bytes')} | {row.get('delegate_partitions')} | "
-                         f"{fmt(row.get('latency_over_fp32'), 2)}x | {fmt(row.get('convert_s'), 2)} |")
+            if "error" in row:
+                lines.append(f"| {case['model']} | {engine} | error: {row['error'][:100]} | | | | | | | |")
+                continue
+            lines.append(f"| {case['model']} | {engine} | {fmt(row.get('top1'))} | "
+                         f"{fmt(row.get('argmax_agreement'))} | {fmt(row.get('sqnr_db'), 1)} | {row.get('size_bytes')} | "
+                         f"{row.get('delegate_partitions')} | "
+                         f"{fmt(row.get('latency_over_fp32'), 2)}x | {_spread(row.get('latency_spread'))} | "
+                         f"{fmt(row.get('convert_s'), 2)} |")
     return lines
 
 
@@ -101,8 +135,11 @@ def accuracy_recovery(data: dict) -> list[str]:
 
 def build_stages(data: dict) -> list[str]:
     stages = ["export", "simplify", "fold", "calibrate", "backend", "bundle", "report"]
-    lines = [f"Host {data['machine'].get('cpu', '')}, {data['machine'].get('cores')} cores; seconds, c = reused from the stage cache.", "",
-             "| model | target | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
+    lines = [f"{host_line(data['host'], data.get('loadavg_end'))}; seconds, median of {data.get('repeats', 1)} "
+             "fresh builds (each a new process in a new project folder; the second target reuses the first's "
+             "stage cache), c = reused from the stage cache; wall = the whole CLI process with its spread "
+             "(max - min) / median.", "",
+             "| model | target | " + " | ".join(stages) + " | wall | spread |", "|---|---|" + "---|" * (len(stages) + 2)]
     for run in data["runs"]:
         if "error" in run:
             continue
@@ -110,7 +147,9 @@ def build_stages(data: dict) -> list[str]:
         for stage in stages:
             entry = run["stages"].get(stage)
             cells.append("-" if entry is None else f"{entry['seconds']:.2f}{' c' if entry['cached'] else ''}")
-        lines.append(f"| {run['model']} | {run['target']} | " + " | ".join(cells) + " |")
+        wall = run.get("wall_s") or {}
+        lines.append(f"| {run['model']} | {run['target']} | " + " | ".join(cells)
+                     + f" | {fmt(wall.get('median'), 2)} | {_spread(wall.get('spread'))} |")
     return lines
 
 
@@ -290,6 +329,26 @@ def xnnpack_op_speed(data: dict) -> list[str]:
     return lines
 
 
+def layernorm_int8(data: dict) -> list[str]:
+    host = data["host"]
+    lines = [f"{host.get('cpu', '')}, int8 dot product: {host.get('int8_dot_product')}, LiteRT {data.get('litert')}, "
+             f"1 thread, median of {data.get('rounds')} alternating rounds; SQNR vs the FP32 reference on the "
+             "held-out samples.", "",
+             "| model | LayerNorm lowering | XNNPACK partitions / outside | int8 ms | fp32 ms | int8 / fp32 | SQNR dB |",
+             "|---|---|---|---|---|---|---|"]
+    for name, row in data["models"].items():
+        order = ["shipped", "int8", "int8 centering", "removed", "shipped, depthwise float"]  # its VARIANTS
+        for variant, result in sorted(row.get("variants", {}).items(),
+                                      key=lambda item: order.index(item[0]) if item[0] in order else len(order)):
+            measured = result.get("delegation") or {}
+            outside = ", ".join(f"{op} x{n}" for op, n in measured.get("outside", {}).items()) or "-"
+            ms = result["latency_ms_1_thread"]
+            lines.append(f"| {name} | {variant} | {measured.get('partitions')} / {outside} | {fmt(ms['int8'], 4)} | "
+                         f"{fmt(ms['fp32'], 4)} | {fmt(ms['int8_over_fp32'], 2)} | "
+                         f"{' / '.join(fmt(v, 1) for v in result['sqnr_db'])} |")
+    return lines
+
+
 def calibration_real_models(data: dict) -> list[str]:
     """Whole `edgepipe build --target jetson` vs ORT quantize_static, per real model (medians)."""
     code = f"commit {data['commit']}" if data.get("commit") else data.get("note", "code unknown")
@@ -391,6 +450,8 @@ SECTIONS = [
     ("TFLite 16x8 (int16 activations) vs int8 vs fp32 (`benchmarks/int16_activations.py`)", "int16_activations",
      int16_activations),
     ("Per-op XNNPACK int8 vs fp32 (`benchmarks/xnnpack_op_speed.py`)", "xnnpack_op_speed", xnnpack_op_speed),
+    ("Integer LayerNorm on the corpus transformers / ConvNeXt (`benchmarks/layernorm_int8.py`)", "layernorm_int8",
+     layernorm_int8),
     ("Accuracy goals of issue 14 on the models as shipped (`benchmarks/accuracy_goals.py`)", "accuracy_goals",
      accuracy_goals),
 ]

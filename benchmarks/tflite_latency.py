@@ -1,20 +1,21 @@
 """int8 vs fp32 .tflite latency and size (LiteRT, this host), and conversion time of a large CNN.
 
-Measures, for the demo CNN and a larger MobileNet-like CNN: median latency of model.tflite (int8)
-and model.fp32.tflite under XNNPACK (default resolver) and builtin kernels without delegates, with
-1 and 2 threads, and the int8/fp32 ratios measured in the same run; file size ratio; and the
-time `build_tflite` takes for a ~25 M-parameter VGG-style CNN (goal < 30 s). Host numbers (x86),
-not device numbers. Prints a table, writes benchmarks/results/tflite_latency.json.
+Measures, for the demo CNN and a larger MobileNet-like CNN: latency of model.tflite (int8) and
+model.fp32.tflite under XNNPACK (default resolver) and builtin kernels without delegates, with 1
+and 2 threads, the two files timed in alternating rounds (benchmarks/timing.py: median over at
+least 3 rounds of each round's median, with the spread of the round medians), so the int8/fp32
+ratio comes from one run; file size ratio; `build_tflite` time (median of 3) for both and for a
+~25 M-parameter VGG-style CNN (goal < 30 s). Host numbers, not device numbers: the CPU features
+and the load average before and after each model are stored with them.
+Prints a table, writes benchmarks/results/tflite_latency.json.
 
-    python benchmarks/tflite_latency.py [--quick]
+    python benchmarks/tflite_latency.py [--quick] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -28,6 +29,8 @@ from edgepipe.backends.tflite import build_tflite  # noqa: E402
 from edgepipe.fold.batchnorm import fold_batchnorm  # noqa: E402
 from edgepipe.stages.export import export_torch  # noqa: E402
 from edgepipe.stages.simplify import run_simplify  # noqa: E402
+from benchmarks.timing import (alternating_rounds, host_record, load_average, repeated_seconds,  # noqa: E402
+                               rounds_argument)
 from tests.tflite_harness import make_interpreter, minmax_calibration, structured_inputs  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tflite_latency.json"
@@ -82,38 +85,38 @@ def onnx_cnn(kind: str):
     return model, params
 
 
-def median_ms(path: Path, resolver: str, threads: int, iterations: int) -> float:
+def fed_interpreter(path: Path, resolver: str, threads: int):
     interpreter = make_interpreter(path, resolver, threads)
     detail = interpreter.get_input_details()[0]
     data = np.random.default_rng(0).normal(size=detail["shape"]).astype(np.float32)
     interpreter.set_tensor(detail["index"], data)
-    for _ in range(max(3, iterations // 10)):
-        interpreter.invoke()
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        interpreter.invoke()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return interpreter
 
 
-def bench_latency(kind: str, out_dir: Path, iterations: int) -> dict:
+def bench_latency(kind: str, out_dir: Path, rounds: int, iterations: int) -> dict:
+    load_start = load_average()
     model, params = onnx_cnn(kind)
     calibration = minmax_calibration(model, structured_inputs(model, 8))
-    start = time.perf_counter()
-    build_tflite(model, calibration, out_dir, {})
-    convert_s = time.perf_counter() - start
+    convert = repeated_seconds(lambda: build_tflite(model, calibration, out_dir, {}))
     int8_path, fp32_path = out_dir / "model.tflite", out_dir / "model.fp32.tflite"
-    row = {"model": kind, "params": params, "convert_s": round(convert_s, 3),
-           "size_int8": int8_path.stat().st_size, "size_fp32": fp32_path.stat().st_size}
+    row = {"model": kind, "params": params, "convert_s": convert["median"], "convert_runs_s": convert["runs"],
+           "size_int8": int8_path.stat().st_size, "size_fp32": fp32_path.stat().st_size,
+           "rounds": rounds, "iterations_per_round": iterations}
     row["size_ratio"] = round(row["size_int8"] / row["size_fp32"], 3)
     row["latency_ms"] = {}
     for resolver in ("xnnpack", "no_delegates"):
         for threads in (1, 2):
-            int8_ms = median_ms(int8_path, resolver, threads, iterations)
-            fp32_ms = median_ms(fp32_path, resolver, threads, iterations)
+            pair = {"int8": fed_interpreter(int8_path, resolver, threads).invoke,
+                    "fp32": fed_interpreter(fp32_path, resolver, threads).invoke}
+            timed = alternating_rounds(pair, rounds, iterations)
+            int8, fp32 = timed["int8"], timed["fp32"]
+            round_ratios = [a / b for a, b in zip(int8["round_ms"], fp32["round_ms"])]
             row["latency_ms"][f"{resolver}/t{threads}"] = {
-                "int8": round(int8_ms, 3), "fp32": round(fp32_ms, 3), "int8_over_fp32": round(int8_ms / fp32_ms, 3)}
+                "int8": round(int8["ms"], 4), "fp32": round(fp32["ms"], 4),
+                "int8_over_fp32": round(int8["ms"] / fp32["ms"], 3),
+                "int8_spread": int8["spread"], "fp32_spread": fp32["spread"],
+                "round_ratio_range": [round(min(round_ratios), 3), round(max(round_ratios), 3)]}
+    row["loadavg"] = {"start": load_start, "end": load_average()}
     return row
 
 
@@ -124,26 +127,32 @@ def bench_conversion(out_dir: Path) -> dict:
     start = time.perf_counter()
     calibration = minmax_calibration(model, structured_inputs(model, 4))
     calibrate_s = time.perf_counter() - start
-    start = time.perf_counter()
-    result = build_tflite(model, calibration, out_dir, {})
-    convert_s = time.perf_counter() - start
+    convert = repeated_seconds(lambda: build_tflite(model, calibration, out_dir, {}))
+    files = sorted(path.name for path in out_dir.glob("*.tflite"))
     return {"model": "vgg-like", "params": params, "export_s": round(export_s, 2),
-            "minmax_calibration_s": round(calibrate_s, 2), "build_tflite_s": round(convert_s, 2),
-            "goal_s": 30, "files": {f: (out_dir / f).stat().st_size for f in result["files"]}}
+            "minmax_calibration_s": round(calibrate_s, 2), "build_tflite_s": round(convert["median"], 2),
+            "build_tflite_runs_s": convert["runs"], "build_tflite_spread": convert["spread"],
+            "goal_s": 30, "files": {f: (out_dir / f).stat().st_size for f in files}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument("--quick", action="store_true", help="fewer invocations per round")
+    parser.add_argument("--rounds", type=rounds_argument, default=5,
+                        help="alternating int8/fp32 rounds (median reported), >= 3")
     args = parser.parse_args()
-    iterations = 30 if args.quick else 200
+    iterations = 10 if args.quick else 40  # per round; the MobileNet-like model gets a quarter
+    host = host_record()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        rows = [bench_latency(kind, tmp / kind, iterations if kind == "demo" else iterations // 4)
+        rows = [bench_latency(kind, tmp / kind, args.rounds, iterations if kind == "demo" else max(iterations // 4, 3))
                 for kind in ("demo", "mobilenet-like")]
         conversion = bench_conversion(tmp / "vgg")
-    report = {"host": {"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()},
-              "note": "host (x86) numbers; ratios are int8/fp32 measured in the same run",
+    import ai_edge_litert
+
+    report = {"host": host, "litert": getattr(ai_edge_litert, "__version__", "?"), "loadavg_end": load_average(),
+              "note": "host numbers, not device numbers; latency = median over alternating int8/fp32 rounds of "
+                      "each round's median, ratios from the same rounds",
               "latency": rows, "conversion": conversion}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=1) + "\n")

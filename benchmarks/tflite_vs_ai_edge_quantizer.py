@@ -5,15 +5,21 @@ reference.onnx, calibration.json, model.tflite, model.fp32.tflite, eval/eval.npz
 MobileNet-like CNN (random weights, settled BatchNorm statistics; min/max calibration, 200
 structured calibration inputs, 300 other eval inputs, no labels):
 
-- ours      : `model.tflite` from edgepipe's lowering (int8 written directly)
+- ours      : `model.tflite` from edgepipe's lowering (int8 written directly; float io, and a
+              FULLY_CONNECTED writing the float model output stays float)
+- ours int8-io: the same lowering with int8 model input/output (`int8_io`), so every layer is
+              int8 as in AEQ's static recipe: against aeq+ranges only the lowering differs
 - aeq       : ai-edge-quantizer (AEQ) `static_wi8_ai8` applied to our `model.fp32.tflite`,
               calibrated with AEQ's own calibration API on the same calibration inputs
 - aeq+ranges: the same, with AEQ's per-tensor min/max replaced by our calibration ranges
               (lo, hi) wherever a tensor name matches (bonus: isolates the engine from the ranges)
 
 Metrics: top-1 vs labels, argmax agreement and SQNR (dB) vs the FP32 reference outputs, file
-size, XNNPACK delegate partitions, median latency (XNNPACK, 1 thread, interleaved runs on this
-x86 host), conversion time. AEQ is not an edgepipe dependency: run this with a throwaway venv,
+size, XNNPACK delegate partitions, latency (XNNPACK, 1 thread; all files timed in alternating
+rounds, median over rounds of each round's median, with the spread: benchmarks/timing.py) and
+conversion time (median of 3 conversions), with the host's CPU features and load average.
+AEQ is not an edgepipe dependency (it needs no TensorFlow: ai-edge-litert, absl-py, scipy, ...):
+install it into a throwaway venv,
 
     python -m venv --system-site-packages /tmp/aeq-venv && /tmp/aeq-venv/bin/pip install ai-edge-quantizer
     /tmp/aeq-venv/bin/python benchmarks/tflite_vs_ai_edge_quantizer.py
@@ -23,13 +29,13 @@ Writes benchmarks/results/tflite_vs_ai_edge_quantizer.json.
 
 from __future__ import annotations
 
+import argparse
 import json
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +46,28 @@ sys.path.insert(0, str(ROOT))
 from edgepipe import graph, quantmath  # noqa: E402
 from edgepipe.backends.tflite import build_tflite  # noqa: E402
 from edgepipe.calibrate.result import CalibrationResult  # noqa: E402
+from benchmarks.timing import (alternating_rounds, host_record, load_average, repeated_seconds,  # noqa: E402
+                               rounds_argument, summary)
 from tests.tflite_harness import make_interpreter, minmax_calibration, structured_inputs  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "tflite_vs_ai_edge_quantizer.json"
 NHWC = (0, 2, 3, 1)
+
+
+@dataclass(frozen=True)
+class Timing:
+    rounds: int  # alternating latency rounds
+    repeats: int  # conversions per engine
+
+
+def convert_repeated(convert, repeats: int) -> dict:
+    """`convert()` -> {"calibrate_s", "quantize_s", ...} run `repeats` times: medians, runs and spread."""
+    runs = [convert() for _ in range(repeats)]
+    total = summary([r["calibrate_s"] + r["quantize_s"] for r in runs], 3)
+    row = {key: value for key, value in runs[-1].items() if not key.endswith("_s")}
+    for key in ("calibrate_s", "quantize_s"):
+        row[key] = summary([r[key] for r in runs], 3)["median"]
+    return {**row, "convert_s": total["median"], "convert_runs_s": total["runs"], "convert_spread": total["spread"]}
 
 
 def to_input(detail: dict, nhwc: np.ndarray) -> np.ndarray:
@@ -80,24 +104,15 @@ def partitions(path: Path) -> int:
     return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
 
 
-def latencies(paths: dict[str, Path], iterations: int, rounds: int = 7) -> dict[str, float]:
-    """Median ms per model; models alternate round by round so host noise hits all alike."""
-    interpreters = {}
+def latencies(paths: dict[str, Path], iterations: int, rounds: int) -> dict[str, dict]:
+    """Per model: median ms over alternating rounds (so host noise hits all alike) and its spread."""
+    invokers = {}
     for key, path in paths.items():
         interpreter = make_interpreter(path, "xnnpack", 1)
         detail = interpreter.get_input_details()[0]
         interpreter.set_tensor(detail["index"], to_input(detail, np.random.default_rng(0).normal(size=detail["shape"])))
-        for _ in range(10):
-            interpreter.invoke()
-        interpreters[key] = interpreter
-    times = {key: [] for key in paths}
-    for _ in range(rounds):
-        for key, interpreter in interpreters.items():
-            for _ in range(iterations):
-                start = time.perf_counter()
-                interpreter.invoke()
-                times[key].append((time.perf_counter() - start) * 1e3)
-    return {key: statistics.median(values) for key, values in times.items()}
+        invokers[key] = interpreter.invoke
+    return alternating_rounds(invokers, rounds, iterations, warmup=10)
 
 
 def aeq_quantize(fp32_path: Path, calib_nchw: np.ndarray, out_path: Path, ranges: dict | None = None) -> dict:
@@ -126,22 +141,33 @@ def aeq_quantize(fp32_path: Path, calib_nchw: np.ndarray, out_path: Path, ranges
             "tensors_calibrated": len(qsvs)}
 
 
-def compare(case: str, work: Path, ours: Path, fp32: Path, calibration: CalibrationResult, ours_convert_s: float,
-            calib: np.ndarray, eval_inputs: np.ndarray, reference: np.ndarray, labels, iterations: int) -> dict:
+def lower_ours(model, calibration: CalibrationResult, work: Path, timing: Timing) -> dict[str, tuple[Path, dict]]:
+    """Our lowering, float io and int8 io, each timed over `timing.repeats` conversions."""
+    lowered = {}
+    for key, options in (("ours", {}), ("ours int8-io", {"int8_io": True})):
+        out = work / key.replace(" ", "-")
+        convert = repeated_seconds(lambda: build_tflite(model, calibration, out, dict(options)), timing.repeats)
+        lowered[key] = (out / "model.tflite", convert)
+    return lowered
+
+
+def compare(case: str, work: Path, ours: dict[str, tuple[Path, dict]], fp32: Path, calibration: CalibrationResult,
+            calib: np.ndarray, eval_inputs: np.ndarray, reference: np.ndarray, labels, iterations: int,
+            timing: Timing) -> dict:
     ranges = {name: (t.lo, t.hi) for name, t in calibration.tensors.items()}
-    models = {"ours": ours}
-    info = {"ours": {"convert_s": round(ours_convert_s, 3)}}
+    models = {key: path for key, (path, _) in ours.items()}
+    info = {key: {"convert_s": c["median"], "convert_runs_s": c["runs"], "convert_spread": c["spread"]}
+            for key, (_, c) in ours.items()}
     for key, injected in (("aeq", None), ("aeq+ranges", ranges)):
         path = work / f"{key}.tflite"
         try:
-            info[key] = aeq_quantize(fp32, calib, path, injected)
-            info[key]["convert_s"] = round(info[key]["calibrate_s"] + info[key]["quantize_s"], 3)
+            info[key] = convert_repeated(lambda: aeq_quantize(fp32, calib, path, injected), timing.repeats)
             models[key] = path
         except Exception as exc:  # report exactly why AEQ failed, keep the rest of the table
             info[key] = {"error": f"{type(exc).__name__}: {exc}"}
     models["fp32"] = fp32
     info["fp32"] = {}
-    latency = latencies(models, iterations)
+    latency = latencies(models, iterations, timing.rounds)
     rows = {}
     for key, path in models.items():
         outputs = run_tflite(path, eval_inputs)
@@ -153,16 +179,18 @@ def compare(case: str, work: Path, ours: Path, fp32: Path, calibration: Calibrat
             "size_bytes": path.stat().st_size,
             "io_dtype": str(np.dtype(make_interpreter(path).get_input_details()[0]["dtype"])),
             "delegate_partitions": partitions(path),
-            "latency_ms": round(latency[key], 4),
-            "latency_over_fp32": round(latency[key] / latency["fp32"], 3),
+            "latency_ms": round(latency[key]["ms"], 4),
+            "latency_spread": latency[key]["spread"],
+            "latency_over_fp32": round(latency[key]["ms"] / latency["fp32"]["ms"], 3),
         })
         rows[key] = row
     for key in info:
         rows.setdefault(key, info[key])
-    return {"model": case, "eval_samples": len(eval_inputs), "calib_samples": len(calib), "results": rows}
+    return {"model": case, "eval_samples": len(eval_inputs), "calib_samples": len(calib), "rounds": timing.rounds,
+            "iterations_per_round": iterations, "results": rows}
 
 
-def demo_case(work: Path) -> dict:
+def demo_case(work: Path, timing: Timing) -> dict:
     from edgepipe.data import load_dataset
     from edgepipe.settings import data_preprocess, resolve_settings, to_model_domain
 
@@ -179,15 +207,14 @@ def demo_case(work: Path) -> dict:
     evaluation = np.load(bundle / "eval" / "eval.npz")
     output_name = model.graph.output[0].name
     calibration = CalibrationResult.from_json(json.loads((bundle / "calibration.json").read_text()))
-    start = time.perf_counter()
-    build_tflite(model, calibration, work / "relowered", {})
-    convert_s = time.perf_counter() - start
-    return compare("demo", work, bundle / "model.tflite", bundle / "model.fp32.tflite", calibration, convert_s,
-                   calib, evaluation[f"input:{input_name}"], evaluation[f"reference:{output_name}"],
-                   evaluation["labels"] if "labels" in evaluation else None, 300)
+    ours = lower_ours(model, calibration, work, timing)
+    ours["ours"] = (bundle / "model.tflite", ours["ours"][1])  # the file the CLI wrote, the re-lowering's time
+    return compare("demo", work, ours, bundle / "model.fp32.tflite", calibration, calib,
+                   evaluation[f"input:{input_name}"], evaluation[f"reference:{output_name}"],
+                   evaluation["labels"] if "labels" in evaluation else None, 100, timing)
 
 
-def larger_case(work: Path) -> dict:
+def larger_case(work: Path, timing: Timing) -> dict:
     from benchmarks.tflite_latency import onnx_cnn
 
     model, params = onnx_cnn("mobilenet-like")
@@ -197,30 +224,39 @@ def larger_case(work: Path) -> dict:
     start = time.perf_counter()
     calibration = minmax_calibration(model, [{name: s[None]} for s in calib])
     calibrate_s = time.perf_counter() - start
-    start = time.perf_counter()
-    build_tflite(model, calibration, work, {})
-    convert_s = time.perf_counter() - start
+    ours = lower_ours(model, calibration, work, timing)
     reference = np.concatenate([graph.make_session(model).run(None, {name: s[None]})[0] for s in eval_inputs])
-    row = compare("mobilenet-like", work, work / "model.tflite", work / "model.fp32.tflite", calibration,
-                  convert_s, calib, eval_inputs, reference, None, 30)
+    row = compare("mobilenet-like", work, ours, work / "ours" / "model.fp32.tflite", calibration,
+                  calib, eval_inputs, reference, None, 10, timing)
     row["params"] = params
     row["results"]["ours"]["calibrate_s (ORT min/max, not in convert_s)"] = round(calibrate_s, 2)
     return row
 
 
 def main() -> None:
-    import ai_edge_quantizer  # noqa: F401  (fail early with a clear ImportError)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=rounds_argument, default=5, help="alternating latency rounds (median), >= 3")
+    parser.add_argument("--repeats", type=rounds_argument, default=3, help="conversions per engine (median), >= 3")
+    args = parser.parse_args()
+    try:
+        import ai_edge_quantizer  # noqa: F401
+    except ImportError as error:
+        parser.error(f"{error} (the peer: pip install ai-edge-quantizer, see the docstring)")
+    timing = Timing(args.rounds, args.repeats)
     from importlib.metadata import version
 
+    host = host_record()
     cases = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in (demo_case, larger_case):
             work = Path(tmp) / case.__name__
             work.mkdir()
-            cases.append(case(work))
-    report = {"host": {"machine": platform.machine(), "python": platform.python_version()},
+            cases.append({**case(work, timing), "loadavg_end": load_average()})
+    report = {"host": host, "loadavg_end": load_average(),
               "versions": {p: version(p) for p in ("ai-edge-quantizer", "ai-edge-litert", "numpy")},
-              "note": "host (x86) numbers; latency = median ms, XNNPACK 1 thread, models interleaved in one run",
+              "note": "host numbers, not device numbers; latency = XNNPACK 1 thread, all files of a model timed in "
+                      "alternating rounds (median over rounds of each round's median); convert s = median of "
+                      f"{timing.repeats} conversions",
               "cases": cases}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=1) + "\n")

@@ -26,9 +26,13 @@ ONE_OP_MODELS = {
                         {"w": RNG.normal(size=(3, 8)).astype(np.float32)}),
     "BATCH_MATMUL": (("MatMul", ["x", "x2"], {}), {"x": [1, 3, 4], "x2": [1, 4, 5]}, {}),
     "ADD": (("Add", ["x", "x2"], {}), PAIR, {}),
+    "SUB": (("Sub", ["x", "x2"], {}), PAIR, {}),
     "MUL": (("Mul", ["x", "x2"], {}), PAIR, {}),
     "MINIMUM": (("Min", ["x", "x2"], {}), PAIR, {}),
     "EXP": (("Exp", ["x"], {}), IMAGE, {}),
+    # the float island's one RSQRT (per-row inverse standard deviation)
+    "RSQRT": (("LayerNormalization", ["x", "gamma", "beta"], {"axis": -1}), {"x": [1, 5, 8]},
+              {"gamma": RNG.uniform(0.5, 1.5, 8).astype(np.float32), "beta": RNG.normal(size=8).astype(np.float32)}),
     "MEAN": (("GlobalAveragePool", ["x"], {}), IMAGE, {}),
     "REDUCE_MAX": (("GlobalMaxPool", ["x"], {}), IMAGE, {}),
     "AVERAGE_POOL_2D": (("AveragePool", ["x"], {"kernel_shape": [3, 3], "auto_pad": "SAME_UPPER"}), IMAGE, {}),

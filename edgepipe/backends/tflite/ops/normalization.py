@@ -3,12 +3,14 @@ InstanceNormalization the same over the spatial axes, GroupNormalization over [N
 BatchNormalization left unfolded: a 1x1 DEPTHWISE_CONV_2D.
 
 TFLite has no layer-norm kernel. The decomposition runs as a float island inside int8 models
-(the registry adds DEQUANTIZE before and QUANTIZE after): in int8 every step would be requantized
-to its own calibrated range, and the variance -> RSQRT step is where that breaks down. The
-squared deviations span several orders of magnitude per row, so a per-tensor int8 grid either
-clips the large ones or rounds the small ones to zero, and RSQRT amplifies the error of small
-variances (1/sqrt near 0). Mean and centering are accurate in int8, but splitting the island
-would add a QUANTIZE/DEQUANTIZE pair for a saving of one elementwise pass. The normalized axes
+(the registry adds DEQUANTIZE before and QUANTIZE after; XNNPACK takes it into the int8
+partition). An integer form was measured and rejected (benchmarks/layernorm_int8.py,
+tests/test_tflite_layer_norm_int8.py): XNNPACK takes int8 MEAN, SUB and MUL but no int8 RSQRT,
+SQRT, DIV or SQUARED_DIFFERENCE and no 16x8 kernel, so the per-row statistics go back to float at
+best; and its int8 elementwise passes with two tensor inputs cost more than the float ones, so
+that form is slower than the island, and less accurate: the squared deviations span orders of
+magnitude across rows, so a per-tensor int8 grid rounds the small ones to zero, and each int8
+step adds a rounding of the full tensor. The normalized axes
 [axis, rank) map to TFLite dims through the input's layout; gamma and beta are broadcast to it.
 The optional Mean / InvStdDev outputs (exporters name them even when nothing reads them) are
 the decomposition's own MEAN and RSQRT results: registered when read, not written otherwise.
