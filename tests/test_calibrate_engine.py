@@ -305,6 +305,14 @@ def test_folded_weight_quantization_gives_the_same_outputs(model, result_auto, t
     dequantized = [n for n in folded.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in constants]
     assert len(dequantized) == 3
     assert all(numpy_helper.to_array(graph.initializers(folded)[n.input[0]]).dtype == np.int8 for n in dequantized)
+    cache: dict = {}
+    assert graph.fold_constant_quantize(qdq, cache) == folded  # computed, then reused:
+    assert graph.fold_constant_quantize(qdq, cache) == folded and len(cache) == 3
+    changed = onnx.ModelProto()
+    changed.CopyFrom(qdq)
+    weight = next(t for t in changed.graph.initializer if t.name == cache_key_weight(qdq))
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 2, weight.name))
+    assert graph.fold_constant_quantize(changed, cache) == graph.fold_constant_quantize(changed)  # not stale
     feeds = iid(4, seed=3)
     a, b = graph.make_session(qdq), graph.make_session(folded)
     for i in range(len(feeds)):
@@ -322,3 +330,9 @@ def test_workers_map_keeps_every_result_in_order(count):
         results = workers.map(lambda item: seen.append(item) or item * 2, list(range(count)))
     assert results == [2 * i for i in range(count)]
     assert sorted(seen) == list(range(count))
+
+
+def cache_key_weight(qdq) -> str:
+    """The float weight that the first QuantizeLinear on a constant reads."""
+    constants = {t.name for t in qdq.graph.initializer}
+    return next(n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in constants)

@@ -145,9 +145,11 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     def sqnr(values) -> float:
         return min(quantmath.sqnr_db(ref, got, power) for ref, got, power in zip(reference, values, powers))
 
+    folded: dict = {}  # the weights' int8 values, shared by every candidate (same weights, other ranges)
+
     def run_quantized(candidate_calibration) -> list[np.ndarray]:
         # weights quantized once, not on every run: the same int8 values (graph.fold_constant_quantize)
-        return run(graph.fold_constant_quantize(quantize(model, candidate_calibration)))
+        return run(graph.fold_constant_quantize(quantize(model, candidate_calibration), folded))
 
     reference = run(model)
     powers = [quantmath.signal_power(ref) for ref in reference]
