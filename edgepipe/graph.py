@@ -446,7 +446,8 @@ def fold_constant_quantize(model: onnx.ModelProto, cache: dict | None = None) ->
     every run, per channel, which costs more than the int8-simulated model's own arithmetic.
     The folded values come from the same kernel on the same inputs, so every output is the same.
     `cache` (a dict the caller keeps): results of earlier calls, reused for a node whose inputs
-    are equal (models that differ only in activation ranges share their weights).
+    are equal (models that differ only in activation ranges share their weights). Where ONNX
+    Runtime cannot run the nodes on their own, `model` is returned as it is (same outputs).
     """
     constants = {t.name: t for t in model.graph.initializer}
     folded = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx")
@@ -465,16 +466,20 @@ def fold_constant_quantize(model: onnx.ModelProto, cache: dict | None = None) ->
             missing.append((node, inputs))
     if missing:
         outputs = []
-        for node, _ in missing:  # output type: the zero point's (uint8 without one, as ONNX says)
+        for node, _ in missing:  # output type: the zero point's, else `output_dtype` (opset 21), else uint8
             zero_point = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-            elem_type = zero_point.data_type if zero_point is not None else onnx.TensorProto.UINT8
+            elem_type = zero_point.data_type if zero_point is not None else (
+                node_attributes(node).get("output_dtype") or onnx.TensorProto.UINT8)
             outputs.append(helper.make_tensor_value_info(node.output[0], elem_type, None))
         needed = {name for node, _ in missing for name in node.input if name}
         piece = helper.make_model(
             helper.make_graph([node for node, _ in missing], "constant_quantize", [], outputs,
                               initializer=[constants[name] for name in sorted(needed)]),
             opset_imports=model.opset_import, ir_version=model.ir_version)
-        results = make_session(piece).run([o.name for o in outputs], {})
+        try:
+            results = make_session(piece).run([o.name for o in outputs], {})
+        except Exception:  # a quantization ONNX Runtime cannot run on its own: leave it in the graph
+            return model
         for (node, inputs), value in zip(missing, results):
             values[node.output[0]] = value
             cache[tuple(node.input)] = (inputs, value)
