@@ -336,3 +336,24 @@ def cache_key_weight(qdq) -> str:
     """The float weight that the first QuantizeLinear on a constant reads."""
     constants = {t.name for t in qdq.graph.initializer}
     return next(n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in constants)
+
+
+def test_fold_constant_quantize_takes_the_output_type_from_output_dtype():
+    """Opset 21 QuantizeLinear without a zero point names its type in `output_dtype`: folded to
+    int8 (not the uint8 default), same outputs."""
+    from edgepipe import graph
+
+    weight = numpy_helper.from_array(np.array([[0.5, -1.0], [0.25, 2.0]], np.float32), "w")
+    scale = numpy_helper.from_array(np.array(0.02, np.float32), "s")
+    nodes = [helper.make_node("QuantizeLinear", ["w", "s"], ["wq"], output_dtype=TensorProto.INT8),
+             helper.make_node("DequantizeLinear", ["wq", "s"], ["wd"]),
+             helper.make_node("MatMul", ["x", "wd"], ["y"])]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [weight, scale]),
+        opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    folded = graph.fold_constant_quantize(model)
+    assert [n.op_type for n in folded.graph.node] == ["DequantizeLinear", "MatMul"]
+    assert graph.initializers(folded)["wq"].data_type == TensorProto.INT8
+    feed = {"x": np.array([[1.0, 2.0]], np.float32)}
+    np.testing.assert_array_equal(graph.make_session(model).run(None, feed)[0], graph.make_session(folded).run(None, feed)[0])
