@@ -357,3 +357,30 @@ def test_fold_constant_quantize_takes_the_output_type_from_output_dtype():
     assert graph.initializers(folded)["wq"].data_type == TensorProto.INT8
     feed = {"x": np.array([[1.0, 2.0]], np.float32)}
     np.testing.assert_array_equal(graph.make_session(model).run(None, feed)[0], graph.make_session(folded).run(None, feed)[0])
+
+
+def test_output_effect_reuses_calibrations_fp32_outputs_with_the_same_result(model):
+    """calibrate() keeps the FP32 outputs of the effect check's samples (stability.ReferenceOutputs)
+    from its own runs; the check then gives the same numbers as running the FP32 model again."""
+    from edgepipe.calibrate import stability
+    from edgepipe.calibrate.result import CalibrationResult
+    from edgepipe.targets import load_target
+
+    float_outputs = onnx.ModelProto()
+    float_outputs.CopyFrom(model)
+    del float_outputs.graph.output[1]  # x_shape: an int64 output calibration never fetches
+    del float_outputs.graph.node[-1]
+
+    def quantize(m, c):
+        return load_target("jetson").qdq_model(m, c)[0]
+
+    x = np.random.default_rng(2).normal(size=(256, 3, 8, 8)) * np.repeat([0.3, 1.0, 1.0, 3.0], 64)[:, None, None, None]
+    drifting = calibrate(float_outputs, ArrayDataset(x), {"method": "mse"})
+    assert set(drifting.reference_outputs) == stability.ReferenceOutputs(256).wanted == set(
+        np.linspace(0, 255, 16).round().astype(int))
+    reloaded = CalibrationResult.from_json(drifting.to_json())  # as from the stage cache: nothing kept
+    assert reloaded.reference_outputs == {} and "reference_outputs" not in drifting.to_json()
+    reused = stability.output_effect(float_outputs, drifting, ArrayDataset(x), quantize)
+    rerun = stability.output_effect(float_outputs, reloaded, ArrayDataset(x), quantize)
+    assert reused is not None and reused == rerun
+    assert calibrate(model, ArrayDataset(x[:64]), {"method": "mse"}).reference_outputs == {}  # an output not fetched

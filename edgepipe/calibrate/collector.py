@@ -169,8 +169,13 @@ def collect(
     contexts: dict[str, TensorContext],
     settings: dict,
     progress: Callable[[int, int], None] | None = None,
+    keep_outputs: Callable[[int, list[np.ndarray]], None] | None = None,
 ) -> tuple[dict[str, TensorHistogram], int]:
-    """Histograms of every tensor in `contexts`; returns (histograms, number of samples used)."""
+    """Histograms of every tensor in `contexts`; returns (histograms, number of samples used).
+
+    `keep_outputs(sample index, graph outputs)` is called for each sample run on its own whose
+    graph outputs are all among the fetched tensors (the FP32 outputs, for checks that would
+    otherwise run the model again)."""
     indices = sample_indices(len(dataset), settings.get("max_samples"))
     if not indices:
         raise UserError("calibration set is empty; pass a dataset with at least one sample")
@@ -178,6 +183,7 @@ def collect(
     batch_size = static_batch_size(model, settings.get("batch_size", 1))
     names = list(contexts)
     input_names = {v.name for v in graph.graph_inputs(model)}
+    outputs = [o.name for o in model.graph.output]
     chunks = tensor_chunks(model, names, batch_size, float(settings.get("max_exposed_mb", 1024)))
     num_bins = int(settings.get("num_bins", 2048))
     hists = {name: TensorHistogram(name, num_bins, rounds) for name in names}
@@ -187,10 +193,13 @@ def collect(
         for chunk in chunks:
             session = graph.make_session(graph.expose_tensors(model, [n for n in chunk if n not in input_names]))
             fetch = [n for n in chunk if n not in input_names]
+            keep = keep_outputs if keep_outputs is not None and set(outputs) <= set(fetch) else None
             pending = _Pending(workers)
             for round_index, batch_indices, feed in batches(dataset, indices, rounds, batch_size):
                 _check_inputs(feed, batch_indices)
                 arrays = dict(zip(fetch, session.run(fetch, feed))) if fetch else {}
+                if keep is not None and len(batch_indices) == 1:
+                    keep(batch_indices[0], [arrays[name] for name in outputs])
                 arrays.update({n: np.asarray(feed[n]) for n in chunk if n in input_names and n in feed})
                 bad = _bin_batch(arrays, chunk, round_index, pending, hists, skipped)
                 del arrays  # before the next batch's activations exist (peak: one batch)
