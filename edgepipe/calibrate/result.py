@@ -40,6 +40,9 @@ class CalibrationResult:
     bias_corrections: dict[str, list[float]] = field(default_factory=dict)
     # how the build chose them (calibration.bias_correction: auto): the held-out check's numbers
     bias_correction: dict = field(default_factory=dict)
+    # {sample index: FP32 graph outputs} kept by the collector for the output-effect check
+    # (stability.output_effect); in memory only, never saved (a cached calibration runs the model)
+    reference_outputs: dict[int, list] = field(default_factory=dict, repr=False, compare=False)
 
     def symmetric_scale(self, name: str, bits: int = 8) -> float:
         return quantmath.symmetric_scale(self.tensors[name].amax, bits)
