@@ -149,10 +149,12 @@ class Lowering:
         self.infos = graph.value_infos(model)
         self.consumers = graph.consumers(model)
         self.graph_outputs = [o.name for o in model.graph.output]
-        if self.options.get("float_output_concats"):
+        # on unless asked off (the edgepipe.yaml defaults): every lowering - the build, the planner's
+        # candidates, the placement the accuracy tools emulate - must agree on the grids
+        if self.options.get("float_output_concats", True):
             self.requested_float |= shared_scales.float_output_concats(self)
         self.shared_ranges: dict[str, str] = {}
-        if self.options.get("share_concat_scales"):
+        if self.options.get("share_concat_scales", True):
             self.shared_ranges = shared_scales.shared_concat_ranges(self)
 
     # ----- ONNX side ---------------------------------------------------------------------------
