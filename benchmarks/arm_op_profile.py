@@ -33,7 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.arm_speed import ARM_MODELS, build, cpu_features  # noqa: E402
+from benchmarks.arm_speed import ARM_MODELS, build  # noqa: E402
+from benchmarks.timing import cpu_features  # noqa: E402
 from benchmarks.timing import load_average, rounds_argument  # noqa: E402
 from edgepipe.backends.tflite.runtime import make_interpreter  # noqa: E402
 from tests.realmodels import corpus  # noqa: E402

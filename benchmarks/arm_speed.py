@@ -28,8 +28,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -38,12 +36,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.timing import alternating_rounds, cpu_features  # noqa: E402
 from edgepipe.backends.tflite import delegation  # noqa: E402
 from edgepipe.backends.tflite.runtime import make_interpreter  # noqa: E402
 from tests.realmodels import corpus, evaluate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "arm_speed.json"
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
 # The corpus's architectures (the unit for "fully delegated"): an architecture counts when
 # every model of it does. Models of one network design share one whatever package ships them.
 ARCHITECTURES = {
@@ -67,22 +65,6 @@ ARM_MODELS = [name for name, spec in corpus.MODELS.items()
 # big inputs: fewer invocations per round so a shared 2-core host finishes (rounds stay >= 3)
 ITERATIONS = {"layout": 3, "ocr_det": 5, "yolo_det": 5}
 ROUND_MS, MAX_ITERATIONS = 100.0, 500  # small models: enough invocations for a round of ~100 ms
-
-
-def cpu_features() -> dict:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = set()
-    model = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags |= set(value.split())
-        if key.strip() in ("model name", "Model name") and not model:
-            model = value.strip()
-    dot_product = bool({"avx512_vnni", "avx_vnni", "asimddp"} & flags)
-    cores = sum(line.startswith("processor") for line in text.splitlines())
-    return {"machine": platform.machine(), "cpu": model, "flags": {f: f in flags for f in CPU_FLAGS},
-            "int8_dot_product": dot_product, "cores": cores}
 
 
 def build(name: str, work: Path) -> tuple[Path | None, dict]:
@@ -127,16 +109,9 @@ def timed_pair(paths: list[Path], threads: int, rounds: int, iterations: int) ->
             interpreter.invoke()
         slowest = max(slowest, (time.perf_counter() - start) * 1000.0)
     iterations = max(iterations, min(MAX_ITERATIONS, math.ceil(ROUND_MS / max(slowest, 1e-3))))
-    per_round: list[list[float]] = [[] for _ in paths]
-    for _ in range(rounds):
-        for interpreter, medians in zip(interpreters, per_round):
-            samples = []
-            for _ in range(iterations):
-                start = time.perf_counter()
-                interpreter.invoke()
-                samples.append((time.perf_counter() - start) * 1000.0)
-            medians.append(statistics.median(samples))
-    return [statistics.median(medians) for medians in per_round], iterations
+    timed = alternating_rounds({index: interpreter.invoke for index, interpreter in enumerate(interpreters)},
+                               rounds, iterations, warmup=0)
+    return [timed[index]["ms"] for index in range(len(paths))], iterations
 
 
 def measure(name: str, bundle: Path, rounds: int, iterations: int) -> dict:

@@ -43,7 +43,8 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.arm_speed import build, cpu_features, timed_pair  # noqa: E402
+from benchmarks.arm_speed import build, timed_pair  # noqa: E402
+from benchmarks.timing import cpu_features  # noqa: E402
 from edgepipe import graph, quantmath  # noqa: E402
 from edgepipe.backends.tflite import delegation, ops  # noqa: E402
 from edgepipe.backends.tflite.build import build_tflite  # noqa: E402

@@ -15,9 +15,11 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 MIN_ROUNDS = 3
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
 
 
 def load_average() -> list[float]:
@@ -25,11 +27,25 @@ def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
-def host_record() -> dict:
-    """CPU model, cores and int8-relevant flags (benchmarks/arm_speed.py's reading of
-    /proc/cpuinfo), Python version and the load average now."""
-    from benchmarks.arm_speed import cpu_features
+def cpu_features() -> dict:
+    """CPU model, cores and the int8-relevant flags from /proc/cpuinfo (x86 and arm64 names)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = set()
+    model = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags |= set(value.split())
+        if key.strip() in ("model name", "Model name") and not model:
+            model = value.strip()
+    dot_product = bool({"avx512_vnni", "avx_vnni", "asimddp"} & flags)
+    cores = sum(line.startswith("processor") for line in text.splitlines())
+    return {"machine": platform.machine(), "cpu": model, "flags": {f: f in flags for f in CPU_FLAGS},
+            "int8_dot_product": dot_product, "cores": cores}
 
+
+def host_record() -> dict:
+    """`cpu_features`, Python version and the load average now."""
     return {**cpu_features(), "python": platform.python_version(), "loadavg": load_average()}
 
 

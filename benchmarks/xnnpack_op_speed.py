@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.arm_speed import cpu_features  # noqa: E402
+from benchmarks.timing import cpu_features  # noqa: E402
 from benchmarks.timing import alternating_rounds, rounds_argument  # noqa: E402
 from edgepipe import quantmath  # noqa: E402
 from edgepipe.backends.tflite import delegation  # noqa: E402
