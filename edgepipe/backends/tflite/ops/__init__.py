@@ -67,7 +67,7 @@ from edgepipe.backends.support import LATEST, ONNX_DOMAIN, OpKey, OpTable
 FUSED_DOMAIN = "edgepipe.fused"  # nodes our own graph rewrites create (e.g. Erf-based GELU -> one Gelu)
 
 _TABLE: OpTable["OpLowering"] = OpTable("TFLite lowering")
-_REWRITES: list[Callable] = []
+_REWRITES: list[tuple[bool, Callable]] = []  # (late, rewrite)
 _LOADED = False
 
 
@@ -106,16 +106,22 @@ def register(*op_types: str, check: Callable | None = None, int8: bool | Callabl
     return decorate
 
 
-def register_rewrite(function: Callable) -> Callable:
+def register_rewrite(function: Callable | None = None, *, late: bool = False):
     """Decorator: a graph rewrite `(model) -> None` run on the prepared model before lowering,
-    for patterns that map to one TFLite kernel (their nodes become one FUSED_DOMAIN node)."""
-    _REWRITES.append(function)
-    return function
+    for patterns that map to one TFLite kernel (their nodes become one FUSED_DOMAIN node).
+    `@register_rewrite(late=True)` runs after every other rewrite: for generic rewrites (a chain
+    of constant arithmetic) that would otherwise take nodes a specific pattern (GELU) needs."""
+
+    def decorate(rewrite: Callable) -> Callable:
+        _REWRITES.append((late, rewrite))
+        return rewrite
+
+    return decorate(function) if function is not None else decorate
 
 
 def rewrites() -> list[Callable]:
     registry()
-    return list(_REWRITES)
+    return [rewrite for _, rewrite in sorted(_REWRITES, key=lambda entry: entry[0])]
 
 
 def registry() -> OpTable[OpLowering]:
