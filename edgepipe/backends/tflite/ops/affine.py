@@ -1,12 +1,15 @@
-"""Chains of constant Mul / Add / Sub / Div on a 4-D tensor, lowered as one per-channel affine op.
+"""Chains of constant Mul / Add / Sub / Div on a 4-D tensor: folded into the Conv that feeds them,
+or lowered as one per-channel affine op.
 
 Why: exporters write y = a[c] * x + b[c] as separate elementwise nodes (PaddleOCR's learnable
-affine blocks after every activation: `/ 6`, `* scale`, `+ bias`; input scaling; folded norms).
+affine blocks after convs and activations: `+ bias`, `/ 6`, `* scale`, `+ bias`; input scaling).
 Lowered one by one, every node rounds onto its own int8 grid, and these roundings add up along a
-deep backbone. `fuse_constant_affine` replaces each chain of two or more such nodes by one
-`edgepipe.fused::ChannelAffine` node (x, scale[C], shift[C]) named after the chain's last node:
-int8 lowers it as a single 1x1 DEPTHWISE_CONV_2D (`channel_affine`: per-channel weight, int32
-bias, one rounding, delegated to XNNPACK), float32 and int16 as MUL then ADD.
+deep backbone (measured on the PP-OCRv4 recognizer: they moved its spaces). `fuse_constant_affine`
+folds a chain that follows a Conv into the Conv's weights and bias (exact in float, no rounding
+left), and replaces any other chain of two or more nodes by one `edgepipe.fused::ChannelAffine`
+node (x, scale[C], shift[C]) named after the chain's last node: int8 lowers it as a single 1x1
+DEPTHWISE_CONV_2D (`channel_affine`: per-channel weight, int32 bias, one rounding, delegated to
+XNNPACK), float32 and int16 as MUL then ADD.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def _step(model, node, x: str, channels: int) -> tuple[np.ndarray, np.ndarray] |
 
 
 def _chain(model, start, consumers, outputs, shapes) -> tuple[str, list, np.ndarray, np.ndarray] | None:
-    """(x, member nodes, scale, shift) of the longest affine chain starting at `start`."""
+    """(x, member nodes, scale, shift) of the longest affine chain starting at `start` (>= 1 node)."""
     candidates = [name for name in start.input if name in shapes and graph.constant_value(model, name) is None]
     if len(candidates) != 1:
         return None
@@ -108,18 +111,48 @@ def _chain(model, start, consumers, outputs, shapes) -> tuple[str, list, np.ndar
         current = node.output[0]
         users = consumers.get(current, [])
         node = users[0] if len(users) == 1 and current not in outputs else None
-    return (x, members, scale, shift) if len(members) >= 2 else None
+    return (x, members, scale, shift) if members else None
+
+
+def _foldable_conv(model, producers, consumers, outputs, x: str):
+    """The Conv that writes `x` when the chain may fold into its weights and bias: a constant
+    weight (and bias), `x` read by the chain alone."""
+    conv = producers.get(x)
+    if (conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or x in outputs
+            or len(consumers.get(x, [])) != 1 or graph.constant_value(model, conv.input[1]) is None):
+        return None
+    if len(conv.input) > 2 and conv.input[2] and graph.constant_value(model, conv.input[2]) is None:
+        return None
+    return conv
+
+
+def _fold_into_conv(model, conv, members, scale, shift) -> None:
+    """conv(x) then y = scale[c] * . + shift[c]: the same y from the conv with W[c] * scale[c] and
+    bias * scale[c] + shift[c] (exact in float; per-channel int8 weights absorb any scale)."""
+    weight = graph.constant_value(model, conv.input[1]).astype(np.float64)
+    channels = weight.shape[0]
+    has_bias = len(conv.input) > 2 and bool(conv.input[2])
+    bias = graph.constant_value(model, conv.input[2]).astype(np.float64) if has_bias else np.zeros(channels)
+    scale, shift = np.broadcast_to(scale, (channels,)), np.broadcast_to(shift, (channels,))
+    weight_name = graph.add_initializer(model, f"{conv.name};affine_weight",
+                                        (weight * scale.reshape(-1, 1, 1, 1)).astype(np.float32))
+    bias_name = graph.add_initializer(model, f"{conv.name};affine_bias", (bias * scale + shift).astype(np.float32))
+    inputs = [conv.input[0], weight_name, bias_name]
+    del conv.input[:]
+    conv.input.extend(inputs)
+    conv.output[0] = members[-1].output[0]
 
 
 @register_rewrite(late=True)
 def fuse_constant_affine(model: onnx.ModelProto) -> None:
-    """Replace every chain of >= 2 constant Mul/Add/Sub/Div nodes on a 4-D tensor (intermediate
-    results used by nothing else) by one FUSED_DOMAIN ChannelAffine node."""
+    """Fold every chain of constant Mul/Add/Sub/Div nodes on a 4-D tensor (intermediate results
+    used by nothing else) into the Conv that feeds it, or, if none does and the chain has two or
+    more nodes, replace it by one FUSED_DOMAIN ChannelAffine node."""
     outputs = {o.name for o in model.graph.output}
     shapes = {}
     for info in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
         shapes[info.name] = graph.tensor_shape(info)
-    consumers = graph.consumers(model)
+    producers, consumers = graph.producers(model), graph.consumers(model)
     nodes = list(model.graph.node)
     replaced: dict[int, onnx.NodeProto] = {}
     absorbed: set[int] = set()
@@ -130,6 +163,13 @@ def fuse_constant_affine(model: onnx.ModelProto) -> None:
         if found is None:
             continue
         x, members, scale, shift = found
+        conv = _foldable_conv(model, producers, consumers, outputs, x)
+        if conv is not None:
+            _fold_into_conv(model, conv, members, scale, shift)
+            absorbed.update(id(m) for m in members)
+            continue
+        if len(members) < 2:
+            continue
         channels = max(scale.size, shift.size)
         scale_name = graph.add_initializer(model, f"{members[-1].name};affine_scale",
                                            np.broadcast_to(scale, (channels,)).astype(np.float32))
@@ -139,10 +179,10 @@ def fuse_constant_affine(model: onnx.ModelProto) -> None:
                                  name=members[-1].name, domain=FUSED_DOMAIN)
         replaced[id(members[-1])] = fused
         absorbed.update(id(m) for m in members)
-    if not replaced:
+    if not absorbed:
         return
     kept = [replaced.get(id(n), n) for n in nodes if id(n) not in absorbed or id(n) in replaced]
     del model.graph.node[:]
     model.graph.node.extend(kept)
-    if all(entry.domain != FUSED_DOMAIN for entry in model.opset_import):
+    if replaced and all(entry.domain != FUSED_DOMAIN for entry in model.opset_import):
         model.opset_import.append(helper.make_opsetid(FUSED_DOMAIN, 1))
