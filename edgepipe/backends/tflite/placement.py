@@ -46,7 +46,11 @@ def int8_grids(model: onnx.ModelProto, calibration, options: dict | None = None,
             continue
         if fusable_activation(ctx, readers[0]) is not None:
             fused[node.name], fused[readers[0].name] = readers[0].name, node.name
-    weights = {name: _int8_weights(model, nodes[name]) for name in int8 if nodes[name].op_type in WEIGHTED_OPS}
+    # the original node's weight (a rewrite may have folded constants into a copy: the same grid
+    # up to the per-channel scale) as the emulation runs the original graph
+    originals = {n.name: n for n in model.graph.node}
+    weights = {name: _int8_weights(model, originals.get(name, nodes[name])) for name in int8
+               if originals.get(name, nodes[name]).op_type in WEIGHTED_OPS}
     return {"grids": grids, "int16": int16, "int8_nodes": int8,
             "int16_nodes": {name for name, dtype in dtypes.items() if dtype == "int16"},
             "weights": {k: v for k, v in weights.items() if v}, "fused": fused}
