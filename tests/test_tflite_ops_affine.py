@@ -134,3 +134,22 @@ def test_fused_chain_in_16x8(tmp_path):
         got = run_tflite(tmp_path / "model.tflite", built["io"], feed)["y"]
         want = run_onnx(fake_quantized_weights(model), feed)["y"]
         assert float(np.max(np.abs(got - want))) <= 6 * grid
+
+
+def test_float_request_for_a_folded_node_applies_to_its_owner(tmp_path):
+    """precision.float_nodes (a user's, or the planner's tensor groups, which name the original
+    graph's nodes) naming a node folded into the Conv keeps the Conv float; the planner's
+    placement counts the folded nodes with the Conv."""
+    from edgepipe.backends.tflite.placement import int8_grids
+
+    model = chain_model(CHAINS["learnable_affine"], after="conv")
+    feeds = structured_inputs(model, 4, seed=5)
+    calibration = minmax_calibration(model, feeds)
+    built = build_tflite(model, calibration, tmp_path, {"float_nodes": {"add_y"}})
+    assert built["float_nodes"] == ["conv"]
+    for feed in feeds:  # the float Conv computes the whole chain: FP32 up to the output's int8 grid
+        got = run_tflite(tmp_path / "model.tflite", built["io"], feed)["y"]
+        step = calibration.asymmetric_params("y")[0]
+        assert float(np.max(np.abs(got - run_onnx(model, feed)["y"]))) <= 0.51 * step + 1e-6
+    placement = int8_grids(model, calibration)
+    assert {"conv", "div_d", "mul_m", "add_y"} <= placement["int8_nodes"] and "conv" in placement["weights"]

@@ -149,6 +149,9 @@ class Lowering:
         self.infos = graph.value_infos(model)
         self.consumers = graph.consumers(model)
         self.graph_outputs = [o.name for o in model.graph.output]
+        self.absorbed = ops.absorbed_nodes(model)  # a request naming a node a rewrite folded away
+        self.requested_float |= {self.absorbed[n] for n in self.requested_float if n in self.absorbed}
+        self.requested_int16 |= {self.absorbed[n] for n in self.requested_int16 if n in self.absorbed}
         if self.options.get("float_output_concats"):
             self.requested_float |= shared_scales.float_output_concats(self)
         self.shared_ranges: dict[str, str] = {}

@@ -56,6 +56,7 @@ Contract of a lowering:
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from dataclasses import dataclass
 from typing import Callable
@@ -104,6 +105,25 @@ def register(*op_types: str, check: Callable | None = None, int8: bool | Callabl
         return function
 
     return decorate
+
+
+ABSORBED_KEY = "edgepipe.absorbed"  # prepared model metadata: {node a rewrite removed: node now computing it}
+
+
+def record_absorbed(model: onnx.ModelProto, members, owner: str) -> None:
+    """Note that a rewrite folded `members` into node `owner`: a float / int16 request naming a
+    member then applies to its owner, and the planner counts the member with it."""
+    mapping = absorbed_nodes(model)
+    mapping.update({member: mapping.get(owner, owner) for member in members if member != owner})
+    entries = [p for p in model.metadata_props if p.key != ABSORBED_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(entries)
+    model.metadata_props.add(key=ABSORBED_KEY, value=json.dumps(mapping, sort_keys=True))
+
+
+def absorbed_nodes(model: onnx.ModelProto) -> dict[str, str]:
+    value = next((p.value for p in model.metadata_props if p.key == ABSORBED_KEY), None)
+    return json.loads(value) if value else {}
 
 
 def register_rewrite(function: Callable | None = None, *, late: bool = False):

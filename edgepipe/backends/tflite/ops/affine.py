@@ -20,7 +20,7 @@ from onnx import helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends.tflite.lower import NHWC, Lowering
-from edgepipe.backends.tflite.ops import FUSED_DOMAIN, register, register_rewrite
+from edgepipe.backends.tflite.ops import FUSED_DOMAIN, record_absorbed, register, register_rewrite
 from edgepipe.backends.tflite.ops.activations import channel_affine
 from edgepipe.backends.tflite.writer import Quantization
 
@@ -166,6 +166,7 @@ def fuse_constant_affine(model: onnx.ModelProto) -> None:
         conv = _foldable_conv(model, producers, consumers, outputs, x)
         if conv is not None:
             _fold_into_conv(model, conv, members, scale, shift)
+            record_absorbed(model, [m.name for m in members], conv.name)
             absorbed.update(id(m) for m in members)
             continue
         if len(members) < 2:
@@ -178,6 +179,7 @@ def fuse_constant_affine(model: onnx.ModelProto) -> None:
         fused = helper.make_node("ChannelAffine", [x, scale_name, shift_name], [members[-1].output[0]],
                                  name=members[-1].name, domain=FUSED_DOMAIN)
         replaced[id(members[-1])] = fused
+        record_absorbed(model, [m.name for m in members], fused.name)
         absorbed.update(id(m) for m in members)
     if not absorbed:
         return
