@@ -23,7 +23,7 @@ calibrate + backend stages (what quantize_static does), `build_wall_s` = the who
 importing edgepipe to the written bundle (export, simplify, fold, calibrate, Q/DQ, bundle; what
 `build_vs_ort_entropy` compares; `build_cpu_s` its CPU time, all threads); memory = the worker's
 own peak (VmHWM), whose baseline (python, numpy, onnx, onnxruntime imported) is the same as the
-ORT worker's. The ORT-ranges-in-our-placement rows of the earlier library-based version are not
+ORT worker's; `load_avg`: the host's 1-minute load average as each run starts (median over runs). The ORT-ranges-in-our-placement rows of the earlier library-based version are not
 produced: the CLI's placement model is the bundle's, not a file
 this script writes. ORT: `quantize_static` (QDQ, per-channel int8 weights, symmetric int8 activations) with
 MinMax, Entropy, Percentile, in a worker process (its own peak, VmHWM, and growth; `cpu_s`). NNCF
@@ -131,8 +131,9 @@ def worker(method: str, work: Path, name: str) -> None:
     kind, option = method.split(":")
     import onnxruntime  # noqa: F401  (every calibrator's baseline includes the runtime)
 
+    load = os.getloadavg()[0]  # 1-minute load average as the run starts (the host is shared)
     if kind == "ours":
-        print(json.dumps({"method": method, **run_ours(option, work, name)}))
+        print(json.dumps({"method": method, **run_ours(option, work, name), "load_avg": load}))
         return
     model_path = real_models.raw_model_path(name)
     input_name = real_models.MODELS[name].input_name
@@ -154,7 +155,7 @@ def worker(method: str, work: Path, name: str) -> None:
     cpu = cpu_seconds() - cpu
     peak = own_peak_mb()
     print(json.dumps({"method": method, "wall_s": wall, "cpu_s": cpu, "peak_mb": peak, "growth_mb": peak - base,
-                      "qdq": str(out)}))
+                      "qdq": str(out), "load_avg": load}))
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -241,6 +242,7 @@ def main() -> None:
     report.update({"host": {"machine": platform.machine(), "python": platform.python_version(),
                             "cpus": os.cpu_count(), "cpu": cpu_flags()},
                    "commit": commit.stdout.strip() or None, "runs_per_calibrator": args.runs,
+                   "load_avg_start": list(os.getloadavg()),
                    "edgepipe": str(Path(importlib.import_module("edgepipe").__file__).parent)})
     if args.note:
         report["note"] = args.note
@@ -260,7 +262,8 @@ def main() -> None:
                     continue
                 python = args.nncf_python
             row = run_child([__file__, "--worker", method, str(work), name], repeats=args.runs, python=python,
-                            keys=("wall_s", "build_wall_s", "cpu_s", "build_cpu_s", "peak_mb", "growth_mb"))
+                            keys=("wall_s", "build_wall_s", "cpu_s", "build_cpu_s", "peak_mb", "growth_mb",
+                                  "load_avg"))
             if "error" in row:
                 entry["runs"].append({"method": method, "error": row["error"]})
                 print(name, method, "ERROR", row["error"], flush=True)
@@ -285,6 +288,7 @@ def main() -> None:
                 if "build_cpu_s" in row and "cpu_s" in peer:
                     row["build_cpu_vs_ort_entropy"] = row["build_cpu_s"] / peer["cpu_s"]
         report["models"][name] = entry
+        report["load_avg_end"] = list(os.getloadavg())
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(report, indent=1) + "\n")
     print("wrote", out_path)

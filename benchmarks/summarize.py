@@ -349,12 +349,20 @@ def layernorm_int8(data: dict) -> list[str]:
     return lines
 
 
+def _load_note(data: dict) -> str:
+    """The host's 1-minute load average over the run, where the results file recorded it."""
+    if "load_avg_start" not in data:
+        return ""
+    return f"; host load average (1 min) {data['load_avg_start'][0]:.1f} at start, {data['load_avg_end'][0]:.1f} at end"
+
+
 def calibration_real_models(data: dict) -> list[str]:
     """Whole `edgepipe build --target jetson` vs ORT quantize_static, per real model (medians)."""
     code = f"commit {data['commit']}" if data.get("commit") else data.get("note", "code unknown")
     lines = [f"Code: {code}; host {data['host'].get('machine', '')}, {data['host'].get('cpus')} "
              f"cpus; median of {data.get('runs_per_calibrator', 1)} fresh processes per row; peak = the worker's "
-             "own VmHWM; ours: wall/CPU of the whole build (`calibrate + backend` stages in brackets).", "",
+             "own VmHWM; ours: wall/CPU of the whole build (`calibrate + backend` stages in brackets)"
+             + _load_note(data) + ".", "",
              "| model | calibrator | wall s | CPU s | own peak MB | wall / ORT Entropy | CPU / ORT Entropy "
              "| string agreement | SQNR dB |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -434,7 +442,12 @@ SECTIONS = [
     ("Calibration speed on a real model, whole jetson build vs ORT Entropy, after "
      "(`benchmarks/calibration_real_models.py --models ocr_rec --methods ours:auto,ort:Entropy`)",
      "calibration_speed_real_models", calibration_real_models),
-    ("... the same, before this speed-up (edgepipe of commit 1f76f5f)", "calibration_speed_before", calibration_real_models),
+    ("... the same, before this round's exact speed-ups (edgepipe of commit bae6392, same session)",
+     "calibration_speed_base", calibration_real_models),
+    ("... the same, after the previous round's speed-up (edgepipe of commit a646c60)",
+     "calibration_speed_previous_round", calibration_real_models),
+    ("... the same, before the previous round's speed-up (edgepipe of commit 1f76f5f)", "calibration_speed_before",
+     calibration_real_models),
     ("... before, an earlier session of the same (heavier host load, no CPU times)", "calibration_speed_before_first",
      calibration_real_models),
     ("Calibration memory vs number of samples (`benchmarks/calibration_scaling.py`)", "calibration_scaling", calibration_scaling),

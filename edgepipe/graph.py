@@ -436,3 +436,57 @@ def remove_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
         for value in stale_inputs:
             graph.input.remove(value)
     return model
+
+
+def fold_constant_quantize(model: onnx.ModelProto, cache: dict | None = None) -> onnx.ModelProto:
+    """Copy of `model` whose QuantizeLinear nodes on constants (weights stored float on their int8
+    grid, then Q -> DQ) are replaced by their int8 results, computed by ONNX Runtime itself.
+
+    Why: a session with graph optimizations off (`make_session`) re-quantizes every such weight on
+    every run, per channel, which costs more than the int8-simulated model's own arithmetic.
+    The folded values come from the same kernel on the same inputs, so every output is the same.
+    `cache` (a dict the caller keeps): results of earlier calls, reused for a node whose inputs
+    are equal (models that differ only in activation ranges share their weights). Where ONNX
+    Runtime cannot run the nodes on their own, `model` is returned as it is (same outputs).
+    """
+    constants = {t.name: t for t in model.graph.initializer}
+    folded = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx")
+              and all(not name or name in constants for name in n.input)]
+    if not folded:
+        return model
+    cache = {} if cache is None else cache
+    values: dict[str, np.ndarray] = {}
+    missing = []
+    for node in folded:
+        inputs = [constants[name] if name else None for name in node.input]
+        known = cache.get(tuple(node.input))
+        if known is not None and known[0] == inputs:
+            values[node.output[0]] = known[1]
+        else:
+            missing.append((node, inputs))
+    if missing:
+        outputs = []
+        for node, _ in missing:  # output type: the zero point's, else `output_dtype` (opset 21), else uint8
+            zero_point = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            elem_type = zero_point.data_type if zero_point is not None else (
+                node_attributes(node).get("output_dtype") or onnx.TensorProto.UINT8)
+            outputs.append(helper.make_tensor_value_info(node.output[0], elem_type, None))
+        needed = {name for node, _ in missing for name in node.input if name}
+        piece = helper.make_model(
+            helper.make_graph([node for node, _ in missing], "constant_quantize", [], outputs,
+                              initializer=[constants[name] for name in sorted(needed)]),
+            opset_imports=model.opset_import, ir_version=model.ir_version)
+        try:
+            results = make_session(piece).run([o.name for o in outputs], {})
+        except Exception:  # a quantization ONNX Runtime cannot run on its own: leave it in the graph
+            return model
+        for (node, inputs), value in zip(missing, results):
+            values[node.output[0]] = value
+            cache[tuple(node.input)] = (inputs, value)
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    kept = [n for n in result.graph.node if not (n.op_type == "QuantizeLinear" and n.output[0] in values)]
+    del result.graph.node[:]
+    result.graph.node.extend(kept)
+    result.graph.initializer.extend(numpy_helper.from_array(values[n.output[0]], n.output[0]) for n in folded)
+    return remove_unused_initializers(result)

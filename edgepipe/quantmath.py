@@ -97,15 +97,22 @@ def quantize_bias(bias: np.ndarray, input_scale: float, weight_scales: np.ndarra
     return q.astype(np.int32), scales.astype(np.float32)
 
 
-def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in dB (inf when identical)."""
+def sqnr_db(reference: np.ndarray, test: np.ndarray, reference_power: float | None = None) -> float:
+    """Signal-to-quantization-noise ratio in dB (inf when identical). `reference_power`:
+    `signal_power(reference)`, when the caller compares many tests with one reference."""
     ref = np.asarray(reference, dtype=np.float64).ravel()
     noise = ref - np.asarray(test, dtype=np.float64).ravel()
     noise_power = float(np.mean(noise**2)) if noise.size else 0.0
-    signal_power = float(np.mean(ref**2)) if ref.size else 0.0
+    power = signal_power(ref) if reference_power is None else reference_power
     if noise_power == 0.0:
         return float("inf")
-    return 10.0 * np.log10(max(signal_power, TINY) / noise_power)
+    return 10.0 * np.log10(max(power, TINY) / noise_power)
+
+
+def signal_power(reference: np.ndarray) -> float:
+    """Mean square of `reference` (float64), the numerator of `sqnr_db`."""
+    ref = np.asarray(reference, dtype=np.float64).ravel()
+    return float(np.mean(ref**2)) if ref.size else 0.0
 
 
 def cosine(reference: np.ndarray, test: np.ndarray) -> float:

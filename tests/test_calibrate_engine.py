@@ -286,3 +286,101 @@ def test_threaded_binning_and_range_choice_equal_one_thread(model, monkeypatch, 
         assert workers.pool is not None
     threaded = calibrate(model, data, {"method": method, "batch_size": 3})
     assert threaded.to_json() == inline.to_json()
+
+
+@pytest.mark.parametrize("target_name", ["jetson", "arm-cpu"])
+def test_folded_weight_quantization_gives_the_same_outputs(model, result_auto, target_name):
+    """graph.fold_constant_quantize (the output-effect check's Q/DQ models) stores the weights'
+    int8 values instead of quantizing them on every run; every output stays the same."""
+    from edgepipe import graph
+    from edgepipe.targets import load_target
+
+    qdq = load_target(target_name).qdq_model(model, result_auto)[0]
+    folded = graph.fold_constant_quantize(qdq)
+    constants = {t.name for t in folded.graph.initializer}
+    before = sum(n.op_type == "QuantizeLinear" and n.input[0] in {t.name for t in qdq.graph.initializer}
+                 for n in qdq.graph.node)
+    assert before == 3  # conv1, conv2 and fc weights
+    assert not [n for n in folded.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in constants]
+    dequantized = [n for n in folded.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in constants]
+    assert len(dequantized) == 3
+    assert all(numpy_helper.to_array(graph.initializers(folded)[n.input[0]]).dtype == np.int8 for n in dequantized)
+    cache: dict = {}
+    assert graph.fold_constant_quantize(qdq, cache) == folded  # computed, then reused:
+    assert graph.fold_constant_quantize(qdq, cache) == folded and len(cache) == 3
+    changed = onnx.ModelProto()
+    changed.CopyFrom(qdq)
+    weight = next(t for t in changed.graph.initializer if t.name == cache_key_weight(qdq))
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 2, weight.name))
+    assert graph.fold_constant_quantize(changed, cache) == graph.fold_constant_quantize(changed)  # not stale
+    feeds = iid(4, seed=3)
+    a, b = graph.make_session(qdq), graph.make_session(folded)
+    for i in range(len(feeds)):
+        for x, y in zip(a.run(None, feeds.sample(i)), b.run(None, feeds.sample(i))):
+            np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 7, 50, 403])
+def test_workers_map_keeps_every_result_in_order(count):
+    """Workers.map runs consecutive items per task: every item once, results in input order."""
+    from edgepipe.calibrate.collector import Workers
+
+    seen = []
+    with Workers(3) as workers:
+        results = workers.map(lambda item: seen.append(item) or item * 2, list(range(count)))
+    assert results == [2 * i for i in range(count)]
+    assert sorted(seen) == list(range(count))
+
+
+def cache_key_weight(qdq) -> str:
+    """The float weight that the first QuantizeLinear on a constant reads."""
+    constants = {t.name for t in qdq.graph.initializer}
+    return next(n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in constants)
+
+
+def test_fold_constant_quantize_takes_the_output_type_from_output_dtype():
+    """Opset 21 QuantizeLinear without a zero point names its type in `output_dtype`: folded to
+    int8 (not the uint8 default), same outputs."""
+    from edgepipe import graph
+
+    weight = numpy_helper.from_array(np.array([[0.5, -1.0], [0.25, 2.0]], np.float32), "w")
+    scale = numpy_helper.from_array(np.array(0.02, np.float32), "s")
+    nodes = [helper.make_node("QuantizeLinear", ["w", "s"], ["wq"], output_dtype=TensorProto.INT8),
+             helper.make_node("DequantizeLinear", ["wq", "s"], ["wd"]),
+             helper.make_node("MatMul", ["x", "wd"], ["y"])]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [weight, scale]),
+        opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    folded = graph.fold_constant_quantize(model)
+    assert [n.op_type for n in folded.graph.node] == ["DequantizeLinear", "MatMul"]
+    assert graph.initializers(folded)["wq"].data_type == TensorProto.INT8
+    feed = {"x": np.array([[1.0, 2.0]], np.float32)}
+    np.testing.assert_array_equal(graph.make_session(model).run(None, feed)[0], graph.make_session(folded).run(None, feed)[0])
+
+
+def test_output_effect_reuses_calibrations_fp32_outputs_with_the_same_result(model):
+    """calibrate() keeps the FP32 outputs of the effect check's samples (stability.ReferenceOutputs)
+    from its own runs; the check then gives the same numbers as running the FP32 model again."""
+    from edgepipe.calibrate import stability
+    from edgepipe.calibrate.result import CalibrationResult
+    from edgepipe.targets import load_target
+
+    float_outputs = onnx.ModelProto()
+    float_outputs.CopyFrom(model)
+    del float_outputs.graph.output[1]  # x_shape: an int64 output calibration never fetches
+    del float_outputs.graph.node[-1]
+
+    def quantize(m, c):
+        return load_target("jetson").qdq_model(m, c)[0]
+
+    x = np.random.default_rng(2).normal(size=(256, 3, 8, 8)) * np.repeat([0.3, 1.0, 1.0, 3.0], 64)[:, None, None, None]
+    drifting = calibrate(float_outputs, ArrayDataset(x), {"method": "mse"})
+    assert set(drifting.reference_outputs) == stability.ReferenceOutputs(256).wanted == set(
+        np.linspace(0, 255, 16).round().astype(int))
+    reloaded = CalibrationResult.from_json(drifting.to_json())  # as from the stage cache: nothing kept
+    assert reloaded.reference_outputs == {} and "reference_outputs" not in drifting.to_json()
+    reused = stability.output_effect(float_outputs, drifting, ArrayDataset(x), quantize)
+    rerun = stability.output_effect(float_outputs, reloaded, ArrayDataset(x), quantize)
+    assert reused is not None and reused == rerun
+    assert calibrate(model, ArrayDataset(x[:64]), {"method": "mse"}).reference_outputs == {}  # an output not fetched

@@ -110,3 +110,36 @@ def test_update_parts_equals_one_update_per_part():
     np.testing.assert_array_equal(one_by_one.counts, together.counts)
     assert (one_by_one.range, one_by_one.min, one_by_one.max, one_by_one.count) == (
         together.range, together.min, together.max, together.count)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([np.float32, np.float64]), st.sampled_from([256, 2048, 2**14]),
+       st.sampled_from(["mixed", "relu", "negative", "zeros"]))
+def test_sorted_keys_and_bincount_count_the_same(seed, dtype, num_bins, kind):
+    """Both ways of counting keys (sorted int16 keys or bincount; the host's speed picks one) put
+    every value in the bin np.histogram puts it in, including -0.0 and values just inside a bin."""
+    import edgepipe.calibrate.histogram as histogram
+
+    rng = np.random.default_rng(seed)
+    data = rng.standard_t(3, size=int(rng.integers(1, 3000))) * 10.0 ** rng.uniform(-3, 3)
+    if kind == "relu":
+        data = np.maximum(data, 0.0)
+    elif kind == "negative":
+        data = -np.abs(data) - 1e-3
+    elif kind == "zeros":
+        data = np.where(rng.random(data.size) < 0.5, -0.0, data * 1e-30)
+    step = power_of_two_above(float(np.abs(data).max())) / num_bins
+    data = np.concatenate([data, -step * rng.integers(0, num_bins // 2, size=8)])  # negatives on bin edges
+    parts = np.array_split(data.astype(dtype), 3)
+    counts = []
+    for sort in (True, False):
+        original = histogram.sorting_is_faster
+        histogram.sorting_is_faster = lambda sort=sort: sort
+        try:
+            hist = TensorHistogram("t", num_bins, rounds=1)
+            hist.update_parts(parts)
+        finally:
+            histogram.sorting_is_faster = original
+        counts.append(hist.counts[0])
+    np.testing.assert_array_equal(counts[0], counts[1])
+    np.testing.assert_array_equal(counts[0], _direct(np.concatenate(parts).astype(np.float64), num_bins, hist.range))

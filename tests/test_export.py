@@ -141,3 +141,25 @@ def test_simplify_failure_is_not_fatal(monkeypatch):
     result, report = run_simplify(model)
     assert report["status"] == "failed" and "shape inference exploded" in report["note"]
     assert result is model
+
+
+def test_simplify_of_an_onnx_file_does_not_import_torch(tmp_path):
+    """A build from .onnx never needs torch; onnxsim loads without it (import_onnxsim) and simplifies
+    to the same model as an onnxsim loaded with torch available."""
+    import subprocess
+    import sys
+
+    onnx.save(tiny_conv_model(), tmp_path / "m.onnx")
+    script = (
+        "import sys, onnx\n"
+        "from edgepipe.stages.simplify import run_simplify\n"
+        f"model, report = run_simplify(onnx.load({str(tmp_path / 'm.onnx')!r}))\n"
+        "assert report['status'] == 'simplified', report\n"
+        "print('torch' in sys.modules)\n"
+        "sys.stdout.buffer.write(model.SerializeToString())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
+    loaded, _, simplified = proc.stdout.partition(b"\n")
+    assert loaded == b"False"
+    expected, _ = run_simplify(tiny_conv_model())  # this process has torch loaded: onnxsim as usual
+    assert simplified == expected.SerializeToString()

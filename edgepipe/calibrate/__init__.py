@@ -51,8 +51,10 @@ def calibrate(
             )
         contexts = {t: contexts[t] for t in tensors}
     _check_dataset_inputs(model, dataset)
-    hists, num_samples = collector.collect(model, dataset, contexts, settings, progress)
-    result = CalibrationResult(method=settings["method"], num_samples=num_samples)
+    reference = stability.ReferenceOutputs(len(dataset))
+    hists, num_samples = collector.collect(model, dataset, contexts, settings, progress, keep_outputs=reference.keep)
+    result = CalibrationResult(method=settings["method"], num_samples=num_samples,
+                               reference_outputs=reference.complete())
     methods.registry()  # loaded once here, not raced by the threads below
 
     def choose(name: str):

@@ -127,24 +127,30 @@ def tensor_chunks(model: onnx.ModelProto, names: list[str], batch_size: int, max
     return chunks
 
 
-def _extremes(arrays: dict, names, workers: "Workers") -> tuple[dict[str, tuple[float, float]], str | None]:
-    """(min, max) of every float array in `names` order, and the first with a NaN or Inf (or None).
+def _extremes(arrays: dict, names, workers: "Workers") -> tuple[dict[str, tuple[float, float, int]], str | None]:
+    """(min, max, number of negatives) of every float array in `names` order, and the first with a
+    NaN or Inf (or None).
 
     One reduction pair per tensor serves both the NaN/Inf check (NaN propagates through min/max)
-    and the histogram update, which would otherwise reduce the same data again.
+    and the histogram update, which would otherwise reduce the same data again; the negatives
+    (which the histogram needs for its zero bins) are counted in the same task, while the array
+    is still in cache, not when it is binned batches later.
     """
     floats = [name for name in names if (value := arrays.get(name)) is not None and value.dtype.kind == "f"
               and value.size]
 
-    def reduce(name: str) -> tuple[float, float]:
+    def reduce(name: str) -> tuple[float, float, int]:
         value = arrays[name]
-        return float(np.minimum.reduce(value, axis=None)), float(np.maximum.reduce(value, axis=None))
+        low, high = float(np.minimum.reduce(value, axis=None)), float(np.maximum.reduce(value, axis=None))
+        if low >= 0.0 or not np.isfinite(low + high):
+            return low, high, 0
+        return low, high, value.size if high < 0.0 else int(np.count_nonzero(value < 0))
 
     extremes = {}
-    for name, (low, high) in zip(floats, workers.map(reduce, floats)):
+    for name, (low, high, negatives) in zip(floats, workers.map(reduce, floats)):
         if not (np.isfinite(low) and np.isfinite(high)):
             return extremes, name
-        extremes[name] = (low, high)
+        extremes[name] = (low, high, negatives)
     return extremes, None
 
 
@@ -163,8 +169,13 @@ def collect(
     contexts: dict[str, TensorContext],
     settings: dict,
     progress: Callable[[int, int], None] | None = None,
+    keep_outputs: Callable[[int, list[np.ndarray]], None] | None = None,
 ) -> tuple[dict[str, TensorHistogram], int]:
-    """Histograms of every tensor in `contexts`; returns (histograms, number of samples used)."""
+    """Histograms of every tensor in `contexts`; returns (histograms, number of samples used).
+
+    `keep_outputs(sample index, graph outputs)` is called for each sample run on its own whose
+    graph outputs are all among the fetched tensors (the FP32 outputs, for checks that would
+    otherwise run the model again)."""
     indices = sample_indices(len(dataset), settings.get("max_samples"))
     if not indices:
         raise UserError("calibration set is empty; pass a dataset with at least one sample")
@@ -172,6 +183,7 @@ def collect(
     batch_size = static_batch_size(model, settings.get("batch_size", 1))
     names = list(contexts)
     input_names = {v.name for v in graph.graph_inputs(model)}
+    outputs = [o.name for o in model.graph.output]
     chunks = tensor_chunks(model, names, batch_size, float(settings.get("max_exposed_mb", 1024)))
     num_bins = int(settings.get("num_bins", 2048))
     hists = {name: TensorHistogram(name, num_bins, rounds) for name in names}
@@ -181,10 +193,13 @@ def collect(
         for chunk in chunks:
             session = graph.make_session(graph.expose_tensors(model, [n for n in chunk if n not in input_names]))
             fetch = [n for n in chunk if n not in input_names]
+            keep = keep_outputs if keep_outputs is not None and set(outputs) <= set(fetch) else None
             pending = _Pending(workers)
             for round_index, batch_indices, feed in batches(dataset, indices, rounds, batch_size):
                 _check_inputs(feed, batch_indices)
                 arrays = dict(zip(fetch, session.run(fetch, feed))) if fetch else {}
+                if keep is not None and len(batch_indices) == 1:
+                    keep(batch_indices[0], [arrays[name] for name in outputs])
                 arrays.update({n: np.asarray(feed[n]) for n in chunk if n in input_names and n in feed})
                 bad = _bin_batch(arrays, chunk, round_index, pending, hists, skipped)
                 del arrays  # before the next batch's activations exist (peak: one batch)
@@ -230,6 +245,7 @@ PENDING_BYTES = 32 * 2**20  # small activations held back per flush (all tensors
 PENDING_BATCHES = 16  # ... and at most this many batches of them
 DIRECT_BYTES = 2 * 2**20  # an activation this large is binned with its batch (nothing to amortize)
 BINNING_THREADS = 4  # at most this many tensors binned at once (and no more than the host's cores)
+TASKS_PER_THREAD = 4  # runs of consecutive tensors per thread and map (balance vs per-task overhead)
 
 
 class Workers:
@@ -242,12 +258,17 @@ class Workers:
 
     def __init__(self, threads: int | None = None):
         threads = min(BINNING_THREADS, os.cpu_count() or 1) if threads is None else threads
+        self.threads = threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="edgepipe-bin") if threads > 1 else None
 
     def map(self, task: Callable, items: list) -> list:
+        """[task(item) for item in items], the items split into a few runs of consecutive items
+        per thread (one future per item cost more than binning a small tensor)."""
         if self.pool is None or len(items) < 2:
             return [task(item) for item in items]
-        return list(self.pool.map(task, items))
+        size = -(-len(items) // (self.threads * TASKS_PER_THREAD))
+        runs = [items[start : start + size] for start in range(0, len(items), size)]
+        return [result for run in self.pool.map(lambda run: [task(item) for item in run], runs) for result in run]
 
     def close(self) -> None:
         if self.pool is not None:
@@ -274,14 +295,14 @@ class _Pending:
     """
 
     def __init__(self, workers: Workers | None = None):
-        self.items: dict[str, list[tuple[np.ndarray, tuple[float, float] | None]]] = {}
-        self.direct: list[tuple[str, np.ndarray, tuple[float, float] | None]] = []
+        self.items: dict[str, list[tuple[np.ndarray, tuple[float, float, int] | None]]] = {}
+        self.direct: list[tuple[str, np.ndarray, tuple[float, float, int] | None]] = []
         self.nbytes = 0
         self.batches = 0
         self.round_index = 0
         self.workers = workers or Workers(1)
 
-    def add(self, name: str, value: np.ndarray, extremes: tuple[float, float] | None) -> None:
+    def add(self, name: str, value: np.ndarray, extremes: tuple[float, float, int] | None) -> None:
         if not value.size:
             return
         if value.nbytes >= DIRECT_BYTES:
@@ -305,7 +326,8 @@ class _Pending:
                 hists[name].update(items[0][0], round_index, items[0][1])
                 return
             known = [e for _, e in items if e is not None]
-            extremes = (min(e[0] for e in known), max(e[1] for e in known)) if len(known) == len(items) else None
+            extremes = (min(e[0] for e in known), max(e[1] for e in known), sum(e[2] for e in known)) \
+                if len(known) == len(items) else None
             hists[name].update_parts([value for value, _ in items], round_index, extremes)
 
         self.workers.map(bin_tensor, list(self.items.items()))

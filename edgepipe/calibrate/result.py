@@ -38,6 +38,9 @@ class CalibrationResult:
     # {weighted node: per-output-channel bias shift} (calibration.bias_correction); every int8
     # consumer applies them through bias_correction.apply_bias_corrections
     bias_corrections: dict[str, list[float]] = field(default_factory=dict)
+    # {sample index: FP32 graph outputs} kept by the collector for the output-effect check
+    # (stability.output_effect); in memory only, never saved (a cached calibration runs the model)
+    reference_outputs: dict[int, list] = field(default_factory=dict, repr=False, compare=False)
 
     def symmetric_scale(self, name: str, bits: int = 8) -> float:
         return quantmath.symmetric_scale(self.tensors[name].amax, bits)

@@ -47,6 +47,7 @@ OUTPUT_DROP_DB = 3.0  # warn when one round's thresholds lower the output SQNR v
 # output's quantization noise power doubles; smaller moves are within what re-drawing the set does anyway
 QUALITY_FLOOR_DB = 30.0  # ... to below this: above it the output noise is < 0.1% of the signal, no visible change
 EFFECT_SAMPLES = 16  # samples the output effect is measured on
+REFERENCE_BYTES = 64 * 2**20  # at most this much of calibration's FP32 outputs is kept for the effect check
 
 
 def coarse(counts: np.ndarray, stop: int, bins: int = KL_BINS) -> np.ndarray:
@@ -121,6 +122,30 @@ def round_calibration(calibration, round_index: int, names: list[str]):
     return copy
 
 
+class ReferenceOutputs:
+    """Collects the FP32 graph outputs of the output-effect check's samples while calibration runs
+    them anyway (`collector.collect(keep_outputs=...)`), so the check does not run the FP32 model
+    again: the same session kind, kernels and inputs, hence the same values. At most
+    REFERENCE_BYTES are kept; `complete()` is empty unless every sample came."""
+
+    def __init__(self, dataset_size: int, samples: int = EFFECT_SAMPLES):
+        from edgepipe.calibrate.collector import sample_indices
+
+        self.wanted = set(sample_indices(dataset_size, samples))
+        self.outputs: dict[int, list] = {}
+        self.nbytes = 0
+
+    def keep(self, index: int, outputs: list) -> None:
+        if index not in self.wanted or self.nbytes > REFERENCE_BYTES:
+            return
+        # copies: an array ONNX Runtime returned can pin its allocator's memory block
+        self.outputs[index] = [np.array(o, copy=True) for o in outputs]
+        self.nbytes += sum(o.nbytes for o in self.outputs[index])
+
+    def complete(self) -> dict[int, list]:
+        return self.outputs if set(self.outputs) == self.wanted and self.nbytes <= REFERENCE_BYTES else {}
+
+
 def output_effect(model, calibration, dataset, quantize: Callable, samples: int = EFFECT_SAMPLES) -> dict | None:
     """How much the per-round thresholds of the unstable tensors change the model output.
 
@@ -134,21 +159,33 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     names = unstable_tensors(calibration)
     if not names:
         return None
-    feeds = [dataset.sample(i) for i in sample_indices(len(dataset), samples)]
+    indices = sample_indices(len(dataset), samples)
+    feeds = [dataset.sample(i) for i in indices]
     outputs = [o.name for o in model.graph.output]
+    kept = getattr(calibration, "reference_outputs", None) or {}
 
     def run(candidate) -> list[np.ndarray]:
-        session = graph.make_session(candidate)
-        per_feed = [session.run(outputs, feed) for feed in feeds]
+        if candidate is model and all(i in kept for i in indices):  # calibration's own FP32 runs
+            per_feed = [kept[i] for i in indices]
+        else:
+            session = graph.make_session(candidate)
+            per_feed = [session.run(outputs, feed) for feed in feeds]
         return [np.concatenate([np.asarray(r[i], np.float64).ravel() for r in per_feed]) for i in range(len(outputs))]
 
     def sqnr(values) -> float:
-        return min(quantmath.sqnr_db(ref, got) for ref, got in zip(reference, values))
+        return min(quantmath.sqnr_db(ref, got, power) for ref, got, power in zip(reference, values, powers))
+
+    folded: dict = {}  # the weights' int8 values, shared by every candidate (same weights, other ranges)
+
+    def run_quantized(candidate_calibration) -> list[np.ndarray]:
+        # weights quantized once, not on every run: the same int8 values (graph.fold_constant_quantize)
+        return run(graph.fold_constant_quantize(quantize(model, candidate_calibration), folded))
 
     reference = run(model)
-    chosen = sqnr(run(quantize(model, calibration)))
+    powers = [quantmath.signal_power(ref) for ref in reference]
+    chosen = sqnr(run_quantized(calibration))
     rounds = min(len(calibration.tensors[n].stability.get("round_amax") or []) for n in names)
-    per_round = [sqnr(run(quantize(model, round_calibration(calibration, r, names)))) for r in range(rounds)]
+    per_round = [sqnr(run_quantized(round_calibration(calibration, r, names))) for r in range(rounds)]
     drop = max((chosen - s for s in per_round if np.isfinite(s)), default=0.0) if np.isfinite(chosen) else 0.0
     return {"tensors": names, "sqnr_chosen_db": float(chosen), "sqnr_rounds_db": [float(s) for s in per_round],
             "drop_db": float(max(drop, 0.0)), "samples": len(feeds), "limit_db": OUTPUT_DROP_DB,

@@ -8,6 +8,9 @@ simplifier bug cannot silently change the model.
 
 from __future__ import annotations
 
+import importlib.abc
+import sys
+
 import numpy as np
 import onnx
 
@@ -21,7 +24,7 @@ def run_simplify(model: onnx.ModelProto, check: bool = True, acceptable=None) ->
     subgraphs into ops (an expanded RMSNormalization back into one node) that the target may not
     run, and a refusal must name a node of the user's graph, so such a result is not kept."""
     try:
-        import onnxsim
+        onnxsim = import_onnxsim()
     except ImportError:
         return model, {"status": "skipped", "note": "onnxsim is not installed"}
     before = len(model.graph.node)
@@ -42,6 +45,44 @@ def run_simplify(model: onnx.ModelProto, check: bool = True, acceptable=None) ->
         return graph.ensure_node_names(model), {"status": "failed", "note": f"{problem}; kept the exported graph"}
     simplified = graph.ensure_node_names(graph.refresh_shapes(simplified))
     return simplified, {"status": "simplified", "nodes_before": before, "nodes_after": len(simplified.graph.node)}
+
+
+class _NoTorch(importlib.abc.MetaPathFinder):
+    """Makes `import torch` (and its submodules) fail while it is on sys.meta_path."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"{name} is not imported while onnxsim loads (edgepipe.stages.simplify)")
+        return None
+
+
+def import_onnxsim():
+    """onnxsim, imported without torch where it allows it.
+
+    Why: some onnxsim releases import torch when the package loads, for an optional bridge they
+    guard with try/except (PPQ), and simplify() never uses torch. Importing torch is most of a
+    second of CPU time and a few hundred MB in every build from an .onnx file. While onnxsim
+    loads, `import torch` fails unless torch is already loaded; an onnxsim that cannot load that
+    way is loaded again as usual, so the result never depends on this.
+    """
+    if "onnxsim" in sys.modules or "torch" in sys.modules:
+        import onnxsim
+
+        return onnxsim
+    blocker = _NoTorch()
+    sys.meta_path.insert(0, blocker)
+    try:
+        import onnxsim
+
+        return onnxsim
+    except ImportError:
+        for name in [m for m in sys.modules if m == "onnxsim" or m.startswith("onnxsim.")]:
+            del sys.modules[name]
+    finally:
+        sys.meta_path.remove(blocker)
+    import onnxsim
+
+    return onnxsim
 
 
 def _compare(original: onnx.ModelProto, simplified: onnx.ModelProto) -> str:
