@@ -26,6 +26,9 @@ non-ONNX domain. Nodes of domains nothing registers, control flow and opsets out
 are refused by name before any lowering runs. A pattern that one TFLite kernel computes (x *
 0.5 * (1 + Erf(x / sqrt 2)) is GELU) is found by a `@register_rewrite` function in its family
 module, which replaces the pattern by one node of FUSED_DOMAIN registered in the same module.
+A rewrite that folds nodes into another node names them with `record_absorbed(model, members,
+owner)`, so `float_nodes` / `int16_nodes` naming a member (the planner names the original graph's
+nodes) apply to the owner, and the planner counts the members with it.
 
 Contract of a lowering:
 - Read ONNX facts from the context: `ctx.shape(name)`, `ctx.constant(name)`, `node_attrs(node)`.
