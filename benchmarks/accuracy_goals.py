@@ -180,6 +180,9 @@ def measure(row: str, work: Path, fp32: np.ndarray, data: dict, tag: str, config
                                                              "ranking_evaluations", "search_evaluations",
                                                              "confirm_evaluations")},
                                "search_s": info["stages_s"].get("precision")}
+    check = json.loads((bundle / "calibration.json").read_text()).get("bias_correction")
+    if check:  # calibration.bias_correction: auto, what the held-out check decided
+        result["bias_correction_check"] = {k: check.get(k) for k in ("kept", "reason", "held_out_sqnr_db")}
     if target == "arm-cpu":
         ops = tflite_op_counts(bundle / "model.tflite")
         result.update({"transpose_ops": ops.get("TRANSPOSE", 0), "quantize_ops": ops.get("QUANTIZE", 0),

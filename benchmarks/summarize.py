@@ -390,7 +390,9 @@ def accuracy_goals(data: dict) -> list[str]:
     """Issue 14's accuracy goals: default build, each lever, and the ORT peer, per row."""
     lines = [f"Protocol: {data.get('protocol', '')}; host {data['host'].get('machine', '')}, "
              f"{data['host'].get('cpus')} cores. Values in brackets ignore spaces; a lever column is a build with that "
-             f"edgepipe.yaml (stored with the row), every lever being off by default.", "",
+             f"edgepipe.yaml (stored with the row); `previous_defaults` turns off what is on by default since "
+             f"the defaults change (fold.split_before_concat, calibration.bias_correction: auto, "
+             f"backend.share_concat_scales / float_output_concats on arm-cpu).", "",
              "| " + " | ".join(["model", "metric", "goal", "default"] + [f"`{t}`" for t in _lever_tags(data)] +
                                ["ORT quantize_static MinMax"]) + " |",
              "|---|---|---|---|" + "---|" * len(_lever_tags(data)) + "---|"]

@@ -258,7 +258,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
 
     # 4. calibrate
     calib_settings = dict(settings["calibration"])
-    bias_correction = bool(calib_settings.pop("bias_correction", False))  # runs after the cached ranges
+    bias_correction = calib_settings.pop("bias_correction", "auto")  # runs after the cached ranges
     calib_key = settings_hash(stage="calibrate", model=pipeline.last_hash,  # the fold stage's artifact
                               data=data_fingerprint(settings["calib"]) + calib_split_key(settings), settings=calib_settings,
                               preprocess=data_preprocess(settings))
@@ -280,7 +280,14 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         note=lambda r: f"{len(r.warnings)} warning(s)" if r.warnings else "",
     )
     warnings.extend(f"calibration: {w}" for w in calibration.warnings)
-    if bias_correction:
+    if bias_correction == "auto":  # estimated, then kept only where the held-out outputs improve
+        from edgepipe.calibrate import bias_correction as bias
+
+        pipeline.run("bias_correction",
+                     lambda: bias.checked_bias_corrections(model, calibration, calib_ds, target, backend_settings),
+                     describe=lambda r: (f"calibration.json ({len(calibration.bias_corrections)} corrected biases)", 0, ""),
+                     note=bias.summary)
+    elif bias_correction:
         from edgepipe.calibrate.bias_correction import estimate_bias_corrections
 
         pipeline.run("bias_correction", lambda: estimate_bias_corrections(model, calibration, calib_ds, target.qdq_model),

@@ -60,6 +60,9 @@ SCHEMA: dict[str, Any] = {
         batchnorm=Field((bool,), True, "fold BatchNormalization into the preceding Conv/Gemm"),
         cross_layer_equalization=Field((bool,), False, "rescale the channels between two convolutions (directly or "
                                        "through a Relu) to equal weight ranges, exact in float"),
+        split_before_concat=Field((bool,), True, "move a Split in front of the Concat (and Reshape) that built its "
+                                  "input (a detector head's box/class split): each piece keeps its own int8 grid; "
+                                  "exact in float"),
         input_normalization=Field((str,), "none", "fold mean/std or a ZCA/PCA whitening of the input into the first conv", NORMALIZATION_MODES),
         mean=Field((list,), None, "input mean for mean_std (default: preprocess.mean)"),
         std=Field((list,), None, "input std for mean_std (default: preprocess.std)"),
@@ -75,8 +78,12 @@ SCHEMA: dict[str, Any] = {
         max_samples=Field((int,), None, "use at most this many calibration samples", minimum=1),
         batch_size=Field((int,), 1, "calibration batch size (models with a static batch of 1 use 1)", minimum=1),
         ranges=Field((str,), None, "use these ranges instead of calibrating (e.g. `edgepipe finetune`'s .ranges.json)"),
-        bias_correction=Field((bool,), False, "shift each Conv/Gemm/MatMul bias by the per-channel mean error the "
-                              "target's int8 adds on calibration data (int8 files only; recorded in calibration.json)"),
+        bias_correction=Field((bool, str), "auto", "shift each Conv/Gemm/MatMul bias by the per-channel mean error "
+                              "the target's int8 adds on calibration data (int8 files only; recorded in "
+                              "calibration.json). auto: with 32 or more calibration samples, estimated on those not held "
+                              "out (every other one, at most 32, is) and kept only when the target's int8 outputs (.tflite in "
+                              "LiteRT, Q/DQ ONNX) get closer to FP32 on the held-out ones; true: always kept",
+                              ("auto", True, False)),
     ),
     "backend": _section(
         int8_io=Field((bool,), False, "TFLite: int8 model inputs/outputs instead of float32"),
@@ -89,9 +96,9 @@ SCHEMA: dict[str, Any] = {
         activations=Field((str,), "int8", "TFLite: int16 = 16x8 for the whole model (int16 activations, int8 weights) "
                           "wherever LiteRT has an int16 kernel; runs on the builtin kernels, not XNNPACK",
                           ("int8", "int16")),
-        share_concat_scales=Field((bool,), False, "TFLite: a Concat input whose only consumer is the Concat is "
+        share_concat_scales=Field((bool,), True, "TFLite: a Concat input whose only consumer is the Concat is "
                                   "written on the Concat's scale (no requantizing QUANTIZE op)"),
-        float_output_concats=Field((bool,), False, "TFLite: a Concat writing a model output from inputs whose ranges "
+        float_output_concats=Field((bool,), True, "TFLite: a Concat writing a model output from inputs whose ranges "
                                    "differ more than 16x stays float (each input keeps its own int8 grid)"),
     ),
     "precision": _section(
@@ -180,7 +187,7 @@ def validate(data: dict, source: str = "config", schema: dict | None = None, pre
             names = " or ".join(t.__name__ for t in spec.types)
             raise UserError(f"{source}: '{dotted}' must be {names}, got {type(value).__name__} ({_short(value)})")
         if spec.choices and value not in spec.choices:
-            raise UserError(f"{source}: '{dotted}' must be one of {', '.join(spec.choices)}, got {_short(value)}")
+            raise UserError(f"{source}: '{dotted}' must be one of {_choices(spec)}, got {_short(value)}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             problem = _number_problem(value, spec)
             if problem:
@@ -188,6 +195,11 @@ def validate(data: dict, source: str = "config", schema: dict | None = None, pre
         checker = _VALUE_CHECKS.get(dotted)
         if checker:
             checker(value, f"{source}: '{dotted}'")
+
+
+def _choices(spec: Field, separator: str = ", ") -> str:
+    """The allowed values as a user writes them in YAML (true, not True)."""
+    return separator.join(str(c).lower() if isinstance(c, bool) else str(c) for c in spec.choices)
 
 
 def _short(value) -> str:
@@ -326,7 +338,7 @@ def reference_rows(schema: dict | None = None, prefix: str = "") -> list[tuple[s
         if isinstance(spec, dict):
             rows.extend(reference_rows(spec, f"{prefix}{key}."))
             continue
-        kind = " / ".join(spec.choices) if spec.choices else "/".join(t.__name__ for t in spec.types)
+        kind = _choices(spec, " / ") if spec.choices else "/".join(t.__name__ for t in spec.types)
         if spec.minimum is not None:
             kind += f" >= {spec.minimum:g}"
         rows.append((prefix + key, kind, repr(spec.default), spec.help))

@@ -94,6 +94,16 @@ class Target:
         return simulated_int8_model(model, calibration, symmetric=self.activation_symmetric, keep_float=keep_float,
                                     per_channel=bool(self.options.get("per_channel", True)))
 
+    def int8_outputs(self, model, calibration, feeds: list[dict], settings: dict) -> tuple[list[dict], str]:
+        """(this target's int8 outputs for each feed, {output name: array}; what ran them) on the
+        build host, for checks that must judge the int8 model as deployed (calibration.bias_correction).
+        Default: `qdq_model` in ONNX Runtime (TensorRT targets deploy that Q/DQ graph: host emulation)."""
+        from edgepipe import graph
+
+        session = graph.make_session(self.qdq_model(model, calibration)[0])
+        names = [o.name for o in model.graph.output]
+        return [dict(zip(names, session.run(names, feed))) for feed in feeds], "Q/DQ ONNX in ONNX Runtime"
+
     def int8_placement(self, model, calibration):
         """Where this target's int8 puts its grids (`edgepipe.accuracy.placement.Placement`: every
         quantized tensor with its scale and zero point, the int8 nodes, the quantized weights), so

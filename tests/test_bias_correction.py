@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends.qdq import simulated_int8_model
-from edgepipe.calibrate.bias_correction import apply_bias_corrections, correction_sites, estimate_bias_corrections
+from edgepipe.calibrate.bias_correction import (apply_bias_corrections, checked_bias_corrections, correction_sites,
+                                                estimate_bias_corrections, judge_corrections, split_for_check)
 from edgepipe.calibrate.result import CalibrationResult, TensorCalibration
 from tests.helpers import run_cli, tiny_conv_model
 
@@ -103,6 +104,11 @@ def test_apply_shifts_outputs_exactly_and_leaves_the_original_alone():
     np.testing.assert_allclose(after[0], before[0] + delta_mm + carried, rtol=1e-4, atol=1e-4)
     assert len(model.graph.node[0].input) == 2  # the input model is not modified
     assert apply_bias_corrections(model, {}) is model
+    # a node lowered float (or 16x8) keeps its bias: the shift was measured on its int8 grids
+    skipped = apply_bias_corrections(model, {"conv": delta_conv.tolist(), "mm": delta_mm.tolist()}, skip={"conv"})
+    np.testing.assert_allclose(graph.make_session(graph.expose_tensors(skipped, ["c"])).run(None, {"x": x})[1],
+                               before[1], atol=1e-6)
+    assert apply_bias_corrections(model, {"conv": delta_conv.tolist()}, skip={"conv"}) is model
 
 
 @pytest.mark.slow
@@ -162,3 +168,107 @@ def test_each_layer_is_corrected_for_its_own_error_only():
 
     np.testing.assert_allclose(corrections["fc1"], own_error(x, w1, *ranges["x"]), rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(corrections["fc2"], own_error(h, w2, *ranges["h"]), rtol=1e-3, atol=2e-3)
+
+
+# --- calibration.bias_correction: auto (the held-out check) ----------------------------------
+
+
+def test_check_split_is_disjoint_and_holds_out_nothing_below_32_samples():
+    estimate, held = split_for_check(40)
+    assert len(held) == 20 and all(i % 2 == 1 for i in held)
+    assert not set(estimate) & set(held) and len(estimate) == 20
+    assert np.array_equal(split_for_check(40)[1], held)  # deterministic
+    estimate, held = split_for_check(200)  # at most 32 held out, at most 32 estimate
+    assert len(held) == 32 and len(estimate) == 32 and not set(estimate) & set(held)
+    estimate, held = split_for_check(31)
+    assert len(held) == 0 and list(estimate) == list(range(31))
+
+
+def test_judge_keeps_a_gain_and_drops_a_loss_on_any_output():
+    assert judge_corrections([20.0, 10.0], [21.0, 10.05])[0]
+    assert not judge_corrections([20.0, 10.0], [23.0, 9.5])[0]  # one output loses 0.5 dB
+    assert not judge_corrections([20.0], [19.99])[0]  # no gain
+    assert not judge_corrections([20.0], [20.05])[0]  # a gain below what the held-out samples resolve
+    assert not judge_corrections([None], [None])[0]
+
+
+def clipped_gemm_case(held_out_clips: bool):
+    """A Gemm whose input range is clipped at 2: samples above it shift the output mean, which
+    the correction undoes. Even samples (estimation) reach 3; odd ones (held out) reach 3 too, or
+    stay below 1.9 (never clipped: the correction learned on the even ones only adds a shift)."""
+    rng = np.random.default_rng(7)
+    weight = rng.normal(0, 1, (8, 16)).astype(np.float32)
+    model = gemm_model(weight, np.zeros(8, np.float32))
+    x = rng.uniform(0, 3, (48, 1, 16)).astype(np.float32)
+    if not held_out_clips:
+        x[1::2] = rng.uniform(0, 1.9, x[1::2].shape)
+    calibration = CalibrationResult(tensors={"x": range_of("x", 0.0, 2.0), "y": range_of("y", -60.0, 60.0)})
+    return model, calibration, Samples("x", x[:, 0])
+
+
+@pytest.mark.parametrize("held_out_clips", [True, False])
+def test_auto_keeps_corrections_only_when_the_held_out_outputs_improve(held_out_clips):
+    """jetson's int8 (the Q/DQ ONNX in ONNX Runtime) judges; the held-out SQNRs are recomputed
+    here with numpy's fake quantization of the same grids (symmetric activations, per-channel
+    weights), with and without the shift."""
+    from edgepipe.targets import load_target
+
+    model, calibration, data = clipped_gemm_case(held_out_clips)
+    report = checked_bias_corrections(model, calibration, data, load_target("jetson"), {})
+    assert report["kept"] is held_out_clips
+    assert bool(calibration.bias_corrections) is held_out_clips and calibration.bias_correction == report
+    _, held = split_for_check(len(data))
+    x = data.array[held]
+    weight = numpy_helper.to_array(model.graph.initializer[0])
+    q, scales = quantmath.per_channel_symmetric(weight, axis=0)
+    x_q = quantmath.fake_quantize(x, quantmath.symmetric_scale(2.0), 0)
+    want = x.astype(np.float64) @ weight.T
+    plain = x_q.astype(np.float64) @ (q * scales[:, None]).T
+    estimate, _ = split_for_check(len(data))
+    shift = (data.array[estimate] @ weight.T.astype(np.float64)
+             - quantmath.fake_quantize(data.array[estimate], quantmath.symmetric_scale(2.0), 0) @ (q * scales[:, None]).T).mean(0)
+    expected = {"without": quantmath.sqnr_db(want, plain), "with": quantmath.sqnr_db(want, plain + shift)}
+    for key, value in expected.items():
+        assert report["held_out_sqnr_db"][key][0] == pytest.approx(value, abs=0.05)
+    assert bool(expected["with"] > expected["without"]) is held_out_clips
+
+
+@pytest.mark.slow
+def test_default_build_records_the_check_and_ships_what_it_judged(tmp_path):
+    """arm-cpu build with the defaults (auto): calibration.json records the held-out check, judged
+    by the .tflite in LiteRT; the shipped model.tflite, run here in LiteRT on the held-out
+    calibration samples against ONNX Runtime float, has the SQNR the report gives for the
+    choice it made."""
+    from edgepipe.backends.tflite.runtime import run_tflite
+
+    model = tiny_conv_model()
+    onnx.save(model, tmp_path / "m.onnx")
+    data = np.random.default_rng(3).uniform(-1, 1, (40, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=data)
+    np.savez(tmp_path / "eval.npz", x=data[:4])  # an eval set: the calibration set stays whole
+    out = tmp_path / "out"
+    result = run_cli("build", "--model", str(tmp_path / "m.onnx"), "--target", "arm-cpu", "--calib",
+                     str(tmp_path / "calib.npz"), "--eval", str(tmp_path / "eval.npz"), "--no-host-report",
+                     "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((out / "calibration.json").read_text())
+    report = saved["bias_correction"]
+    assert report["mode"] == "auto" and report["held_out"] == 20 and "LiteRT" in report["judged_by"]
+    assert bool(saved.get("bias_corrections")) is report["kept"]
+    _, held = split_for_check(len(data))
+    io = json.loads((out / "manifest.json").read_text())["io"]
+    session = graph.make_session(model)
+    want = np.concatenate([session.run(None, {"x": data[i : i + 1]})[0] for i in held])
+    got = np.concatenate([run_tflite(out / "model.tflite", io, {"x": data[i : i + 1]})["y"] for i in held])
+    chosen = report["held_out_sqnr_db"]["with" if report["kept"] else "without"][0]
+    assert quantmath.sqnr_db(want, got) == pytest.approx(chosen, abs=0.01)
+
+
+def test_auto_leaves_corrections_off_below_32_calibration_samples():
+    """Too few samples to hold out and judge on: off, and the report says why."""
+    from edgepipe.targets import load_target
+
+    model, calibration, data = clipped_gemm_case(True)
+    report = checked_bias_corrections(model, calibration, Samples("x", data.array[:31]), load_target("jetson"), {})
+    assert not report["kept"] and report["held_out"] == 0 and "too few" in report["reason"]
+    assert calibration.bias_corrections == {}

@@ -1,5 +1,5 @@
-"""`backend.share_concat_scales` (edgepipe/backends/tflite/shared_scales.py): Concat inputs with
-no other consumer are written on the Concat's grid, so their requantizing QUANTIZE ops go.
+"""`backend.share_concat_scales` (edgepipe/backends/tflite/shared_scales.py, on by default): Concat
+inputs with no other consumer are written on the Concat's grid, so their requantizing QUANTIZE ops go.
 
 Reference: an ONNX Runtime Q/DQ simulation whose grids are derived from the calibration ranges
 (tests/tflite_harness.expected_int8_params), with the shared inputs moved onto the Concat's grid
@@ -9,8 +9,8 @@ import numpy as np
 from onnx import helper
 
 from edgepipe.backends.tflite.runtime import make_interpreter, run_tflite
-from tests.tflite_harness import (convert, expected_int8_params, make_model, qdq_reference, run_onnx,
-                                  structured_inputs)
+from tests.tflite_harness import (convert, delegate_partitions, expected_int8_params, make_model, qdq_reference,
+                                  run_onnx, structured_inputs)
 
 RNG = np.random.default_rng(11)
 
@@ -39,8 +39,8 @@ def quantize_count(path):
 def test_shared_inputs_lose_their_quantize_and_match_the_simulation(tmp_path):
     model = concat_model()
     feeds = structured_inputs(model, count=8)
-    plain, _ = convert(model, tmp_path / "plain", feeds)
-    shared, calibration = convert(model, tmp_path / "shared", feeds, share_concat_scales=True)
+    plain, _ = convert(model, tmp_path / "plain", feeds, share_concat_scales=False)
+    shared, calibration = convert(model, tmp_path / "shared", feeds)  # on by default
     # a and b (single consumer) are written on the Concat's grid; c also feeds the Relu
     removed = quantize_count(tmp_path / "plain" / "model.tflite") - quantize_count(tmp_path / "shared" / "model.tflite")
     assert removed == 2
@@ -86,6 +86,8 @@ def test_output_concat_of_disparate_ranges_stays_float_and_keeps_the_small_input
         result, _ = convert(model, tmp_path / str(flag), feeds, float_output_concats=flag)
         results[flag] = (result, tmp_path / str(flag))
     assert "head" in results[True][0]["float_nodes"] and "head" not in results[False][0]["float_nodes"]
+    default, _ = convert(model, tmp_path / "default", feeds)  # on by default
+    assert "head" in default["float_nodes"] and len(delegate_partitions(tmp_path / "default" / "model.tflite")) == 1
 
     def score_error(flag):  # int8 vs ONNX Runtime float on the score channels only
         result, folder = results[flag]
@@ -99,3 +101,34 @@ def test_output_concat_of_disparate_ranges_stays_float_and_keeps_the_small_input
     # the sigmoid's own 1/256 grid (half a step of error at most, plus the logits' rounding)
     assert score_error(False) > 0.25
     assert score_error(True) <= 2.0 / 256
+
+
+def test_reshaped_concat_inputs_share_the_grid_back_to_their_producer(tmp_path):
+    """conv -> Reshape -> Concat (YOLOv8's flattened head levels): the Reshape passes its input's
+    grid on, so the conv writes the Concat's grid and neither needs a QUANTIZE; the int8 output
+    matches the Q/DQ simulation with the conv outputs on the Concat's grid."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="conv_a"),
+             helper.make_node("Conv", ["x", "w2", "b2"], ["b"], name="conv_b"),
+             helper.make_node("Reshape", ["a", "shape"], ["ra"], name="flat_a"),
+             helper.make_node("Reshape", ["b", "shape"], ["rb"], name="flat_b"),
+             helper.make_node("Concat", ["ra", "rb"], ["cat"], name="cat", axis=2),
+             helper.make_node("Mul", ["cat", "gain"], ["y"], name="gain")]
+    weights = {"w1": RNG.normal(0, 0.2, (4, 3, 1, 1)), "b1": RNG.normal(0, 0.1, 4),
+               "w2": RNG.normal(0, 2.0, (4, 3, 1, 1)), "b2": RNG.normal(0, 0.1, 4), "gain": np.array(0.5)}
+    inits = {k: np.asarray(v, np.float32) for k, v in weights.items()} | {"shape": np.array([1, 4, -1], np.int64)}
+    model = make_model(nodes, {"x": [1, 3, 6, 6]}, ["y"], inits)
+    feeds = structured_inputs(model, count=8)
+    convert(model, tmp_path / "plain", feeds, share_concat_scales=False)
+    shared, calibration = convert(model, tmp_path / "shared", feeds)
+    path = tmp_path / "shared" / "model.tflite"
+    # plain: the input's QUANTIZE and one requantizing the narrower conv onto the Concat's grid
+    assert quantize_count(tmp_path / "plain" / "model.tflite") == 2 and quantize_count(path) == 1
+    params = expected_int8_params(model, calibration)
+    for name in ("a", "b", "ra", "rb"):
+        params[name] = params["cat"]
+    simulated = qdq_reference(model, params)
+    interpreter = make_interpreter(path, "reference")
+    for feed in feeds[:3]:
+        expected = run_onnx(simulated, {"x__float": feed["x"]})
+        got = run_tflite(path, shared["io"], feed, interpreter=interpreter)
+        assert np.max(np.abs(got["y"] - expected["y"])) / params["y"][0] <= 2.0 + 1e-3

@@ -218,7 +218,7 @@ def write_qdq_model(
     `calibration.symmetric_scale(name)` with int8 zero point 0.
     """
     qdq = onnx.ModelProto()
-    qdq.CopyFrom(apply_bias_corrections(model, calibration.bias_corrections))
+    qdq.CopyFrom(apply_bias_corrections(model, calibration.bias_corrections, skip=set(keep_float)))
     graph.ensure_node_names(qdq)
     unknown = sorted(set(keep_float) - {n.name for n in qdq.graph.node})
     if unknown:

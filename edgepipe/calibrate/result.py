@@ -38,6 +38,8 @@ class CalibrationResult:
     # {weighted node: per-output-channel bias shift} (calibration.bias_correction); every int8
     # consumer applies them through bias_correction.apply_bias_corrections
     bias_corrections: dict[str, list[float]] = field(default_factory=dict)
+    # how the build chose them (calibration.bias_correction: auto): the held-out check's numbers
+    bias_correction: dict = field(default_factory=dict)
     # {sample index: FP32 graph outputs} kept by the collector for the output-effect check
     # (stability.output_effect); in memory only, never saved (a cached calibration runs the model)
     reference_outputs: dict[int, list] = field(default_factory=dict, repr=False, compare=False)
@@ -62,6 +64,7 @@ class CalibrationResult:
             "histograms": {k: self.histograms[k] for k in sorted(self.histograms)},
             **({"bias_corrections": {k: self.bias_corrections[k] for k in sorted(self.bias_corrections)}}
                if self.bias_corrections else {}),
+            **({"bias_correction": self.bias_correction} if self.bias_correction else {}),
         }
 
     @classmethod
@@ -74,6 +77,7 @@ class CalibrationResult:
             warnings=list(data.get("warnings", [])),
             histograms=dict(data.get("histograms", {})),
             bias_corrections=dict(data.get("bias_corrections", {})),
+            bias_correction=dict(data.get("bias_correction", {})),
         )
 
     def save(self, path: str | Path) -> Path:

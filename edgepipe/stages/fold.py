@@ -24,12 +24,14 @@ from edgepipe.fold import (
     softmax,
 )
 from edgepipe.fold.equalization import equalize_cross_layer
+from edgepipe.fold.split_concat import split_before_concat
 from edgepipe.fold.temperature import negative_log_likelihood
 from edgepipe.graph import expose_tensors, graph_inputs, make_session, tensor_dtype, tensor_shape
 
 DEFAULT_SETTINGS = {
     "batchnorm": True,
     "cross_layer_equalization": False,
+    "split_before_concat": True,
     "input_normalization": "none",
     "mean": None,
     "std": None,
@@ -46,7 +48,8 @@ class FoldCheckError(RuntimeError):
 
 
 def run_fold(model: onnx.ModelProto, settings: dict, calib_dataset=None, eval_dataset=None):
-    """Apply the enabled folds in order BN -> input normalization -> temperature; (model, report)."""
+    """Apply the enabled folds in order BN -> equalization -> Split before Concat -> input
+    normalization -> temperature; (model, report)."""
     unknown = set(settings) - set(DEFAULT_SETTINGS)
     if unknown:
         raise UserError(f"fold settings: unknown key(s) {sorted(unknown)}; known are {sorted(DEFAULT_SETTINGS)}")
@@ -62,6 +65,11 @@ def run_fold(model: onnx.ModelProto, settings: dict, calib_dataset=None, eval_da
         report["cross_layer_equalization"]["max_rel_diff"] = _verify("cross_layer_equalization", model, equalized,
                                                                      feeds, options)
         model = equalized
+    if options["split_before_concat"]:
+        moved, report["split_before_concat"] = split_before_concat(model)
+        if report["split_before_concat"]["moved"]:
+            report["split_before_concat"]["max_rel_diff"] = _verify("split_before_concat", model, moved, feeds, options)
+            model = moved
     mode = str(options["input_normalization"] or "none")
     if mode != "none":
         model, report["input_normalization"] = _fold_normalization(model, mode, options, feeds, calib_dataset)

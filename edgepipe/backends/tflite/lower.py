@@ -152,10 +152,12 @@ class Lowering:
         self.absorbed = ops.absorbed_nodes(model)  # a request naming a node a rewrite folded away
         self.requested_float |= {self.absorbed[n] for n in self.requested_float if n in self.absorbed}
         self.requested_int16 |= {self.absorbed[n] for n in self.requested_int16 if n in self.absorbed}
-        if self.options.get("float_output_concats"):
+        # on unless asked off (the edgepipe.yaml defaults): every lowering - the build, the planner's
+        # candidates, the placement the accuracy tools emulate - must agree on the grids
+        if self.options.get("float_output_concats", True):
             self.requested_float |= shared_scales.float_output_concats(self)
         self.shared_ranges: dict[str, str] = {}
-        if self.options.get("share_concat_scales"):
+        if self.options.get("share_concat_scales", True):
             self.shared_ranges = shared_scales.shared_concat_ranges(self)
 
     # ----- ONNX side ---------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Why: TFLite's int8 CONCATENATION needs every input on the output's scale and zer
 input calibrated on its own range is written on its own grid and then re-expressed on the
 Concat's with a QUANTIZE op: two roundings and one more op per input (YOLO's C2f blocks and heads
 carry dozens). When the input's only consumer is that Concat, its producer (a Conv, an Add, a
-Mul, ...) can write it on the Concat's grid directly: one rounding, no op. The Concat's range
+Mul, ...) can write it on the Concat's grid directly: one rounding, no op (also through a reshape
+that only flattens it for the Concat). The Concat's range
 covers the input's (the Concat outputs it), so nothing is clipped that the QUANTIZE would not
 clip too. Producers with fixed or pass-through output parameters (LOGISTIC, SOFTMAX, Reshape,
 MaxPool, Split, Resize) pass their own quantization and ignore this; their QUANTIZE stays.
@@ -26,6 +27,7 @@ def shared_concat_ranges(ctx) -> dict[str, str]:
     if not ctx.quantized or ctx.calibration is None:
         return {}
     outputs = set(ctx.graph_outputs)
+    producers = {o: n for n in ctx.model.graph.node for o in n.output}
     shared: dict[str, str] = {}
     for node in ctx.model.graph.node:
         if node.op_type != "Concat" or node.output[0] not in ctx.calibration or ctx.node_dtype(node) != "int8":
@@ -36,7 +38,25 @@ def shared_concat_ranges(ctx) -> dict[str, str]:
                     or users[0] is not node and users[0].name != node.name):
                 continue
             shared[name] = node.output[0]
+            _share_through_reshapes(ctx, producers, name, node.output[0], shared, outputs)
     return shared
+
+
+RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")  # int8 kernels that pass their input's grid on
+
+
+def _share_through_reshapes(ctx, producers: dict, name: str, concat_output: str, shared: dict[str, str],
+                            outputs: set[str]) -> None:
+    """A Concat input made by a reshape of a tensor read by nothing else (YOLOv8's per-level head
+    outputs, flattened before the Concat): the reshape passes its input's grid on, so that input's
+    producer writes the Concat's grid instead, and the reshape's requantizing QUANTIZE goes too."""
+    while (producer := producers.get(name)) is not None and producer.op_type in RESHAPES:
+        source = producer.input[0]
+        if (source in ctx.constants or source in outputs or source not in ctx.calibration
+                or len(ctx.consumers.get(source, [])) != 1):
+            return
+        shared[source] = concat_output
+        name = source
 
 
 MAX_RANGE_RATIO = 16.0
