@@ -3,9 +3,10 @@
 Why: benchmarks/arm_speed.py gives each model's int8 / fp32 ratio; this says where the int8 time
 goes. Each case is one op or one lowering alternative (the ops a lowering emits for one ONNX op)
 at a shape taken from a corpus model that is slow in int8 (first conv with 3 input channels,
-depthwise convs, PReLU, HardSwish, the 2-class Softmax of a detector head, ...). int8 and fp32
-variants of a case are timed in alternating rounds on one thread (median over rounds of each
-round's median), next to the host's CPU features and load, so a ratio comes from one run.
+depthwise convs, PReLU, HardSwish, SE gates, grouped convs, the 2-class Softmax of a detector
+head, ...). int8 and fp32 variants of a case are timed in alternating rounds on one thread
+(median over rounds of each round's median), next to the host's CPU features and load, so a
+ratio comes from one run.
 Inputs are random: this measures speed only (correctness is in tests/test_tflite_ops_*.py).
 A case's last op writes the graph output; XNNPACK runs consecutive int8 elementwise ops as one
 (two chained int8 scalar ops cost less than one alone), so a lone elementwise op here is an upper
@@ -35,76 +36,10 @@ from benchmarks.timing import alternating_rounds, rounds_argument  # noqa: E402
 from edgepipe import quantmath  # noqa: E402
 from edgepipe.backends.tflite import delegation  # noqa: E402
 from edgepipe.backends.tflite.runtime import make_interpreter  # noqa: E402
-from edgepipe.backends.tflite.writer import ModelSpec, Quantization, serialize  # noqa: E402
+from benchmarks.tiny_tflite import (CONV_OPTIONS, RNG, SAME, UNIT, VALID, Graph, finish,  # noqa: E402
+                                    Quantization)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "xnnpack_op_speed.json"
-RNG = np.random.default_rng(0)
-UNIT = Quantization.per_tensor(*quantmath.asymmetric_params(-3.0, 3.0))
-SAME, VALID = 0, 1  # tflite.Padding
-CONV_OPTIONS = dict(StrideH=1, StrideW=1, DilationHFactor=1, DilationWFactor=1, FusedActivationFunction=0)
-
-
-class Graph:
-    """A tiny model under construction: tensors by name, int8 with a [-3, 3] grid unless told."""
-
-    def __init__(self, dtype: str):
-        self.dtype, self.spec = dtype, ModelSpec()
-
-    def tensor(self, shape, quant: Quantization | None = UNIT) -> int:
-        if self.dtype == "int16":  # 16x8: symmetric [-3, 3]
-            quant = Quantization.per_tensor(3.0 / 32767, 0)
-        return self.spec.add_tensor(f"t{len(self.spec.tensors)}", shape, self.dtype,
-                                    quant if self.dtype in ("int8", "int16") else None)
-
-    def input(self, shape) -> int:
-        index = self.tensor(shape)
-        self.spec.inputs.append(index)
-        return index
-
-    def op(self, opcode, inputs, shape, options_type=None, quant: Quantization | None = UNIT, **options) -> int:
-        out = self.tensor(shape, quant)
-        self.spec.add_operator(opcode, inputs, [out], options_type, options)
-        return out
-
-    def weights(self, shape, axis: int) -> tuple[int, int]:
-        """A random per-channel filter along `axis` and a zero bias of the matching length."""
-        value = RNG.standard_normal(shape).astype(np.float32) * 0.2
-        channels = shape[axis]
-        if self.dtype == "float32":
-            return (self.spec.add_constant(f"w{len(self.spec.tensors)}", value),
-                    self.spec.add_constant(f"b{len(self.spec.tensors)}", np.zeros(channels, np.float32)))
-        q, scales = quantmath.per_channel_symmetric(value, axis)
-        bias_scales = np.asarray(scales, np.float64) * float(UNIT.scale[0])
-        return (self.spec.add_constant(f"w{len(self.spec.tensors)}", q, Quantization.per_channel(scales, axis)),
-                self.spec.add_constant(f"b{len(self.spec.tensors)}", np.zeros(channels, np.int32),
-                                       Quantization.per_channel(bias_scales, 0)))
-
-    def scalar(self, value: float) -> int:
-        if self.dtype == "float32":
-            return self.spec.add_constant(f"c{len(self.spec.tensors)}", np.float32(value).reshape(1))
-        scale, zero_point = quantmath.asymmetric_params(min(value, 0.0), max(value, 0.0))
-        return self.spec.add_constant(f"c{len(self.spec.tensors)}", quantmath.quantize(np.float32(value).reshape(1),
-                                      scale, zero_point), Quantization.per_tensor(scale, zero_point))
-
-    def conv(self, x, shape_in, cout, kernel, stride=1, padding=SAME, activation=0) -> int:
-        filter_index, bias_index = self.weights((cout, kernel, kernel, shape_in[3]), 0)
-        out_hw = [(d - kernel) // stride + 1 if padding == VALID else -(-d // stride) for d in shape_in[1:3]]
-        return self.op("CONV_2D", [x, filter_index, bias_index], [1, *out_hw, cout], "Conv2DOptions",
-                       **{**CONV_OPTIONS, "StrideH": stride, "StrideW": stride, "Padding": padding,
-                          "FusedActivationFunction": activation})
-
-    def depthwise(self, x, shape, kernel=1, activation=0, weights=None, quant=UNIT) -> int:
-        filter_index, bias_index = self.weights((1, kernel, kernel, shape[3]), 3)
-        return self.op("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], shape, "DepthwiseConv2DOptions",
-                       quant, **{**CONV_OPTIONS, "Padding": SAME, "DepthMultiplier": 1,
-                                 "FusedActivationFunction": activation})
-
-
-def finish(graph: Graph, out: int) -> bytes:
-    graph.spec.outputs.append(out)
-    return serialize(graph.spec)
-
-
 # ----- cases: name -> {variant: builder(dtype) -> bytes} --------------------------------------------
 def conv_first(shape, cout, stride, padding=SAME):
     def build(dtype):
@@ -129,6 +64,21 @@ def depthwise(shape, kernel):
     def build(dtype):
         g = Graph(dtype)
         return finish(g, g.depthwise(g.input(shape), shape, kernel))
+    return build
+
+
+def depthwise_per_tensor(shape, kernel):
+    """The depthwise conv with one weight scale for all channels (int8; fp32 as `depthwise`)."""
+    def build(dtype):
+        g = Graph(dtype)
+        if dtype == "float32":
+            return finish(g, g.depthwise(g.input(shape), shape, kernel))
+        values = RNG.integers(-127, 128, (1, kernel, kernel, shape[3])).astype(np.int8)
+        weights = g.spec.add_constant("w", values, Quantization.per_tensor(0.01, 0))
+        bias = g.spec.add_constant("b", np.zeros(shape[3], np.int32),
+                                   Quantization.per_tensor(0.01 * float(UNIT.scale[0]), 0))
+        return finish(g, g.op("DEPTHWISE_CONV_2D", [g.input(shape), weights, bias], shape, "DepthwiseConv2DOptions",
+                              **{**CONV_OPTIONS, "Padding": SAME, "DepthMultiplier": 1}))
     return build
 
 
@@ -230,6 +180,106 @@ def mul_broadcast(shape):
         g = Graph(dtype)
         x, gate = g.input(shape), g.input([1, 1, 1, shape[3]])
         return finish(g, g.op("MUL", [x, gate], shape, "MulOptions", FusedActivationFunction=0))
+    return build
+
+
+def in_float(g: Graph, dtype: str, inputs: list[int], shapes: list, make) -> int:
+    """`make(float inputs)` as a float island of an int8 graph (DEQUANTIZE each, QUANTIZE the
+    result); in a float graph just `make(inputs)`."""
+    if dtype == "float32":
+        return make(inputs)
+    g.dtype = "float32"
+    y = make([g.op("DEQUANTIZE", [x], shape) for x, shape in zip(inputs, shapes)])
+    g.dtype = "int8"
+    return g.op("QUANTIZE", [y], g.spec.tensors[y].shape)
+
+
+def prelu_float_island(shape, rows: bool = False):
+    """DEQUANTIZE, PRELU, QUANTIZE (float PRELU is delegated, int8 PRELU is not); `rows`: on the
+    [N, H, W * C] view, the slope repeated W times, a RESHAPE each side."""
+    def build(dtype):
+        g = Graph(dtype)
+        n, h, w, c = shape
+        view = [n, h, w * c] if rows else shape
+        slope = g.spec.add_constant("slope", np.tile(np.full(c, 0.25, np.float32), w if rows else 1).reshape(
+            [1] * (len(view) - 1) + [-1]))
+        x = g.input(shape)
+        if rows:
+            x = g.op("RESHAPE", [x, g.spec.add_constant("rows", np.array(view, np.int32))], view)
+        y = in_float(g, dtype, [x], [view], lambda xs: g.op("PRELU", [xs[0], slope], view))
+        if rows:
+            y = g.op("RESHAPE", [y, g.spec.add_constant("back", np.array(shape, np.int32))], shape)
+        return finish(g, y)
+    return build
+
+
+def mul_broadcast_in_float(shape):
+    """The SE gate MUL as a float island: DEQUANTIZE both sides, MUL, QUANTIZE."""
+    def build(dtype):
+        g = Graph(dtype)
+        gate_shape = [1, 1, 1, shape[3]]
+        return finish(g, in_float(g, dtype, [g.input(shape), g.input(gate_shape)], [shape, gate_shape],
+                                  lambda xs: g.op("MUL", xs, shape, "MulOptions", FusedActivationFunction=0)))
+    return build
+
+
+def grouped_conv(shape, groups: int, dense: bool):
+    """3x3 conv, C -> C in `groups` groups: one CONV_2D with a [C, 3, 3, C / groups] filter, or
+    (`dense`) with the [C, 3, 3, C] block-diagonal one (groups times the multiply-adds)."""
+    def build(dtype):
+        g = Graph(dtype)
+        channels = shape[3]
+        filter_index, bias_index = g.weights((channels, 3, 3, channels if dense else channels // groups), 0)
+        out = g.op("CONV_2D", [g.input(shape), filter_index, bias_index], shape, "Conv2DOptions",
+                   **{**CONV_OPTIONS, "Padding": SAME})
+        return finish(g, out)
+    return build
+
+
+def padded_max_pool(shape, rows: bool):
+    """ResNet's stem pool: PAD by 1 (4-D, or on the [N, H, W * C] view between RESHAPEs), then a
+    3x3 / 2 VALID MAX_POOL_2D."""
+    def build(dtype):
+        g = Graph(dtype)
+        n, h, w, c = shape
+        x, padded = g.input(shape), [n, h + 2, w + 2, c]
+        if rows:
+            x = g.op("RESHAPE", [x, g.spec.add_constant("rows", np.array([n, h, w * c], np.int32))], [n, h, w * c])
+        pads = [[0, 0], [1, 1], [c, c]] if rows else [[0, 0], [1, 1], [1, 1], [0, 0]]
+        x = g.op("PAD", [x, g.spec.add_constant("pads", np.array(pads, np.int32))],
+                 [n, h + 2, (w + 2) * c] if rows else padded)
+        if rows:
+            x = g.op("RESHAPE", [x, g.spec.add_constant("back", np.array(padded, np.int32))], padded)
+        return finish(g, g.op("MAX_POOL_2D", [x], [n, h // 2, w // 2, c], "Pool2DOptions", Padding=VALID, StrideW=2,
+                              StrideH=2, FilterWidth=3, FilterHeight=3, FusedActivationFunction=0))
+    return build
+
+
+def first_conv_pairs(shape, cout, kernel, pad, paired: bool):
+    """Stride-2 conv on 3 channels after a zero pad: a 4-D PAD XNNPACK folds into the conv, or
+    (`paired`) the int8 lowering's PAD on rows, RESHAPE to [N, H', W' / 2, 6] and a stride-1 conv
+    with half the taps along W."""
+    def build(dtype):
+        g = Graph(dtype)
+        n, h, w, c = shape
+        out = [n, (h + 2 * pad - kernel) // 2 + 1, (w + 2 * pad - kernel) // 2 + 1, cout]
+        shift, taps = pad % 2, (kernel + pad % 2 + 1) // 2
+        width = 2 * (out[2] - 1 + taps)
+        x = g.input(shape)
+        if paired:
+            x = g.op("RESHAPE", [x, g.spec.add_constant("rows", np.array([n, h, w * c], np.int32))], [n, h, w * c])
+            lr = [(pad + shift) * c, (width - w - pad - shift) * c]
+            x = g.op("PAD", [x, g.spec.add_constant("pads", np.array([[0, 0], [pad, pad], lr], np.int32))],
+                     [n, h + 2 * pad, width * c])
+            view = [n, h + 2 * pad, width // 2, 2 * c]
+            x = g.op("RESHAPE", [x, g.spec.add_constant("view", np.array(view, np.int32))], view)
+        else:
+            view = [n, h + 2 * pad, w + 2 * pad, c]
+            x = g.op("PAD", [x, g.spec.add_constant("pads", np.array([[0, 0], [pad, pad], [pad, pad], [0, 0]],
+                                                                     np.int32))], view)
+        filter_index, bias_index = g.weights((cout, kernel, taps if paired else kernel, view[3]), 0)
+        return finish(g, g.op("CONV_2D", [x, filter_index, bias_index], out, "Conv2DOptions", **{
+            **CONV_OPTIONS, "StrideH": 2, "StrideW": 1 if paired else 2, "Padding": VALID}))
     return build
 
 
@@ -337,8 +387,13 @@ CASES = {
     "conv3x3_cin3_s2 (MobileNet first)": {"op": conv_first([1, 128, 128, 3], 16, 2)},
     "conv3x3_cin3_s2 padded to Cin 4": {"op": conv_first_padded_channels([1, 128, 128, 3], 16, 2)},
     "conv3x3_cin16_s1": {"op": conv_first([1, 45, 45, 16], 32, 1, padding=VALID)},
+    **{f"first conv {k}x{k} / 2 {shape} -> {cout}": {"conv": first_conv_pairs(shape, cout, k, k // 2, False),
+                                                    "pairs of columns": first_conv_pairs(shape, cout, k, k // 2, True)}
+       for shape, k, cout in (([1, 64, 64, 3], 7, 16), ([1, 224, 224, 3], 7, 64), ([1, 224, 224, 3], 3, 16))},
     "depthwise5x5 (OCR cls)": {"op": depthwise([1, 2, 96, 200], 5)},
     "depthwise3x3 (MobileNet)": {"op": depthwise([1, 32, 32, 32], 3)},
+    "depthwise3x3 [1,28,28,128] weight scales": {"per-channel": depthwise([1, 28, 28, 128], 3),
+                                                 "per-tensor": depthwise_per_tensor([1, 28, 28, 128], 3)},
     "prelu [1,94,94,10]": {"PRELU": prelu_reference([1, 94, 94, 10]),
                            "two affines + ADD": prelu_two_affines([1, 94, 94, 10]),
                            "one affine + ADD": prelu_one_affine([1, 94, 94, 10]),
@@ -353,6 +408,20 @@ CASES = {
                                                        "difference conv + LOGISTIC": softmax_two_as_logistic(
                                                            [1, 43, 43, 2])},
     "mul SE gate [1,2,96,200]": {"op": mul_broadcast([1, 2, 96, 200])},
+    **{f"SE gate {shape}": {"MUL": mul_broadcast(shape), "float island": mul_broadcast_in_float(shape)}
+       for shape in ([1, 2, 96, 200], [1, 28, 28, 64], [1, 14, 14, 256])},  # OCR cls, PP-LCNet
+    **{f"prelu {shape} (MTCNN)": {"one affine on rows + ADD": prelu_one_affine_rows(shape),
+                                  "two affines + ADD": prelu_two_affines(shape),
+                                  "float island": prelu_float_island(shape),
+                                  "float island on rows": prelu_float_island(shape, rows=True)}
+       for shape in ([1, 70, 94, 10], [1, 33, 45, 16], [1, 46, 46, 32], [1, 22, 22, 28], [1, 21, 21, 64])},
+    **{f"grouped conv3x3 {shape} groups {groups}": {"grouped": grouped_conv(shape, groups, False),
+                                                    "dense block-diagonal": grouped_conv(shape, groups, True)}
+       for shape, groups in (([1, 16, 16, 8], 4), ([1, 16, 16, 16], 4), ([1, 28, 28, 64], 8),
+                             ([1, 28, 28, 128], 32))},
+    **{f"padded max pool {shape} (ResNet stem)": {"PAD": padded_max_pool(shape, False),
+                                                  "PAD on rows": padded_max_pool(shape, True)}
+       for shape in ([1, 32, 32, 16], [1, 112, 112, 64])},
     "scalar MUL / ADD [1,128,128,32] (PP-OCR det)": {
         "MUL": elementwise_chain([1, 128, 128, 32], "mul"), "ADD": elementwise_chain([1, 128, 128, 32], "add"),
         "MUL then ADD": elementwise_chain([1, 128, 128, 32], "mul", "add")},

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tests.tflite_harness import check_conformance, delegate_partitions, make_model
+from tests.tflite_harness import check_conformance, delegate_partitions, make_interpreter, make_model
 
 # (in_ch, out_ch, kernel, stride, dilation, group, padding, size)
 CONV_CASES = [
@@ -15,8 +15,9 @@ CONV_CASES = [
     (4, 6, 5, 2, 2, 1, "explicit", 13),
     (8, 8, 3, 1, 1, 8, "same", 10),  # depthwise
     (8, 16, 3, 2, 1, 8, "same_lower", 10),  # depthwise, multiplier 2, extra pad at the start
-    (6, 9, 3, 1, 1, 3, "same", 8),  # grouped: one CONV_2D with a [9, 3, 3, 2] filter
+    (6, 9, 3, 1, 1, 3, "same", 8),  # grouped, 2 channels per group: dense block-diagonal CONV_2D
     (8, 12, 3, 2, 1, 4, "explicit", 9),  # grouped, strided, explicit pads
+    (32, 32, 3, 1, 1, 4, "same", 6),  # grouped, 8 channels per group: one CONV_2D, [32, 3, 3, 8] filter
     (5, 7, 1, 1, 1, 1, "valid", 7),  # pointwise
     (3, 4, (3, 1), (1, 2), 1, 1, "explicit", 9),  # non-square kernel and stride
 ]
@@ -51,6 +52,50 @@ def test_conv_matches_onnxruntime(case, tmp_path):
     assert histogram.get(expected_op) == 1 and not {"SPLIT", "CONCATENATION"} & set(histogram), histogram
     for name in ("model.tflite", "model.fp32.tflite"):
         assert len(delegate_partitions(report.out_dir / name)) == 1, name
+
+
+@pytest.mark.parametrize("in_ch,out_ch,group,filter_in", [(8, 8, 4, 8), (16, 16, 4, 16), (32, 32, 4, 8),
+                                                          (64, 64, 8, 8)])
+def test_grouped_conv_is_dense_only_where_groups_are_narrow(in_ch, out_ch, group, filter_in, tmp_path):
+    """Groups of 2-4 channels (ResNeXt blocks on narrow tensors): a dense CONV_2D with a
+    block-diagonal filter, whose XNNPACK GEMM is not mostly tile padding; 8 channels per group
+    and more stay one grouped CONV_2D (filter input dim C / groups). Same in both models."""
+    rng = np.random.default_rng(in_ch + group)
+    weights = rng.normal(size=(out_ch, in_ch // group, 3, 3)).astype(np.float32) * 0.3
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", group=group, pads=[1, 1, 1, 1])
+    model = make_model([node], {"x": [1, in_ch, 6, 7]}, ["y"],
+                       {"w": weights, "b": rng.normal(size=out_ch).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    for name in ("model.tflite", "model.fp32.tflite"):
+        interpreter = make_interpreter(report.out_dir / name, "reference")
+        shapes = {d["index"]: list(d["shape"]) for d in interpreter.get_tensor_details()}
+        convs = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
+        assert len(convs) == 1 and shapes[convs[0]["inputs"][1]] == [out_ch, 3, 3, filter_in], name
+
+
+@pytest.mark.parametrize("kernel,pads,width,in_ch", [(7, [3, 3, 3, 3], 16, 3), (3, [1, 1, 1, 1], 15, 3),
+                                                     (3, [0, 2, 1, 0], 12, 4), (2, [0, 0, 0, 0], 11, 3)],
+                         ids=["resnet-stem", "odd-width", "even-left-pad", "unread-last-column"])
+def test_int8_first_conv_with_stride_2_reads_pairs_of_columns(kernel, pads, width, in_ch, tmp_path):
+    """A stride-2 conv on <= 4 channels in int8: the [N, H, W / 2, 2C] view of the padded input (PAD
+    on rows of W * C, RESHAPE) and a stride-1 filter with half the taps along W; the fp32 model
+    keeps the plain conv. Fused Relu kept; same values as ONNX Runtime."""
+    rng = np.random.default_rng(kernel + width)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="stem", strides=[2, 2], pads=pads),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    model = make_model(nodes, {"x": [1, in_ch, 9, width]}, ["y"], {
+        "w": rng.normal(size=(8, in_ch, kernel, kernel)).astype(np.float32) * 0.3,
+        "b": rng.normal(size=8).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    taps = (kernel + pads[1] % 2 + 1) // 2
+    for name, filter_shape in (("model.tflite", [8, kernel, taps, 2 * in_ch]),
+                               ("model.fp32.tflite", [8, kernel, kernel, in_ch])):
+        interpreter = make_interpreter(report.out_dir / name, "reference")
+        shapes = {d["index"]: list(d["shape"]) for d in interpreter.get_tensor_details()}
+        (conv,) = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
+        assert shapes[conv["inputs"][1]] == filter_shape, name
+        assert len(delegate_partitions(report.out_dir / name)) == 1, name
+    assert "RELU" not in report.result["op_histogram"]
 
 
 def test_conv_without_bias_gets_int32_zero_bias_and_fused_relu6(tmp_path):

@@ -123,7 +123,9 @@ BUILTINS = _table(
     Builtin("RELU", 2, int16=3), Builtin("RELU6", 2, int16=3), Builtin("RELU_N1_TO_1", 2), Builtin("RELU_0_TO_1", 1),
     Builtin("HARD_SWISH", 1),
     Builtin("LEAKY_RELU", 2, True, xnnpack_fp32=True, xnnpack_int8=True, int16=2),
-    Builtin("PRELU", 1, xnnpack_fp32=True, xnnpack_int8=False),
+    # int8 PRELU is not delegated (LiteRT 2.3; benchmarks/xnnpack_op_speed.py's PRELU int8 row): int8
+    # models compute PRelu in float inside the delegate (ops/activations.py)
+    Builtin("PRELU", 1, xnnpack_fp32=True),
     # int8 GELU is not delegated (LiteRT 2.3): int8 models compute Gelu in float inside the delegate
     Builtin("GELU", 1, True, xnnpack_fp32=True),
     # data movement

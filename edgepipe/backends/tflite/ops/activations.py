@@ -20,9 +20,8 @@ from edgepipe.backends.tflite.writer import Quantization
 FIXED_OUTPUT = {"Sigmoid": "LOGISTIC", "Tanh": "TANH"}
 SIMPLE = {"HardSwish": "HARD_SWISH", "Relu": "RELU"}
 SIXTH = np.float32(1.0 / 6.0)
-# XNNPACK's int8 ADD limits on input scale / output scale ([2**-10, 2**8)), with margin
+# XNNPACK's int8 ADD lower limit on input scale / output scale (2**-10), with margin
 ADD_MIN_SCALE_RATIO = 2.0**-10 * 1.5
-ADD_MAX_SCALE_RATIO = 2.0**8 / 1.5
 # channel_affine views tensors with at most MAX_FEW_CHANNELS channels as rows of W * C channels
 MAX_FEW_CHANNELS = 16
 MAX_ROW_CHANNELS = 8192
@@ -260,67 +259,32 @@ def check_prelu(ctx: Lowering, node) -> str | None:
     return None if ctx.constant(node.input[1]) is not None else "the slope must be a constant"
 
 
-@register("PRelu", check=check_prelu)
+@register("PRelu", check=check_prelu, int8=False)
 def lower_prelu(ctx: Lowering, node) -> None:
-    """int8 with a slope per channel (the channel being the last TFLite dim: NHWC images, dense
-    [N, C]): PRELU has no int8 XNNPACK kernel, and its builtin kernel costs more than the whole
-    rest of a small detector, so prelu(x) = x + (1 - s) * relu(-x) from 1x1 DEPTHWISE_CONV_2Ds
-    and an ADD, all delegated: one depthwise conv relu(-(1 - s) * x) when every s < 1, else
-    relu(-x) then the signed per-channel (1 - s) (a slope >= 1 makes the function concave there,
-    which no sum of x and relu(a * x) terms with positive weights is). A tensor that is not NHWC
-    4-D is reshaped to [1, 1, M, C] around them. Slopes varying along other dims, and scales
-    XNNPACK's int8 ADD would refuse, keep PRELU."""
+    """PRELU in float, in int8 models too: a float island (DEQUANTIZE, PRELU, QUANTIZE) inside the
+    XNNPACK partition. XNNPACK has no int8 PRELU, LiteRT's builtin int8 kernel costs more than the
+    rest of a small detector, and the island beat the int8 forms (x + (1 - s) * relu(-x) from 1x1
+    depthwise convs and an ADD) at every MTCNN shape measured. A slope per channel of an NHWC
+    tensor runs on the [N, H, W * C] view (the slope repeated W times, a RESHAPE each side) where
+    XNNPACK computes that faster: always in the island, in fp32 at up to 16 channels
+    (benchmarks/xnnpack_op_speed.py, "prelu" cases)."""
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])
     x = ctx.get(node.input[0], dtype, perm)
     out = ctx.new_value(node.output[0], dtype, perm)
     slopes = _channel_slopes(ctx, node, perm)
-    if dtype == "int8" and slopes is not None:
-        shape = ctx.tensor(out).shape
-        view = list(shape) if len(shape) == 4 and perm == NHWC else [1, 1, int(np.prod(shape[:-1])), shape[-1]]
-        if _int8_prelu(ctx, node, x, out, slopes, view):
-            return
+    shape = list(ctx.tensor(out).shape)
+    if slopes is not None and len(shape) == 4 and perm == NHWC and shape[2] > 1 and \
+            (ctx.quantized or shape[3] <= MAX_FEW_CHANNELS):
+        rows = [shape[0], shape[1], shape[2] * shape[3]]
+        row_slope = np.tile(slopes, shape[2]).astype(np.float32).reshape(1, 1, -1)
+        target = ctx.temp(f"{node.name};rows_out", rows, dtype)
+        ctx.emit("PRELU", [_reshaped(ctx, x, rows, f"{node.name};rows"),
+                           ctx.spec.add_constant(f"{node.name};row_slope", row_slope)], [target], node)
+        ctx.emit("RESHAPE", [target, ctx.int32_constant(f"{node.name};shape", shape)], [out], node)
+        return
     slope = ctx.constant_input(node.input[1], dtype, perm, ctx.rank(node.input[0]))
     ctx.emit("PRELU", [x, slope], [out], node)
-
-
-def _int8_prelu(ctx: Lowering, node, x: int, out: int, slopes: np.ndarray, view: list[int]) -> bool:
-    low, _ = _range(ctx.tensor(x).quantization)
-    out_scale = float(ctx.tensor(out).quantization.scale[0])
-    if float(ctx.tensor(x).quantization.scale[0]) / out_scale >= ADD_MAX_SCALE_RATIO:
-        return False
-    shape = list(ctx.tensor(out).shape)
-    source = x
-    repeat = 1
-    if row_view(view):  # both depthwise convs on the rows view, one RESHAPE each way
-        view, repeat = row_view(view), view[2]
-    if view != shape:
-        x = _reshaped(ctx, x, view, f"{node.name};view")
-    # An ADD input's grid spans at least this (XNNPACK's int8 ADD limit), also when x is hardly
-    # ever negative.
-    floor = 255 * ADD_MIN_SCALE_RATIO * out_scale
-    gain = np.tile(1.0 - slopes, repeat)
-    if np.all(gain > 0):
-        rest = ctx.temp(f"{node.name};negative", view, "int8", _grid(0.0, float(gain.max()) * -low, floor))
-        channel_affine(ctx, node, x, rest, -gain, 0.0, "negative", activation=ACTIVATIONS["RELU"])
-    else:
-        negative = ctx.temp(f"{node.name};relu_neg", view, "int8", _grid(0.0, -low, floor))
-        channel_affine(ctx, node, x, negative, -1.0, 0.0, "relu_neg", activation=ACTIVATIONS["RELU"])
-        ends = (float(gain.min()) * -low, float(gain.max()) * -low)
-        rest = ctx.temp(f"{node.name};negative", view, "int8", _grid(min(ends), max(ends), floor))
-        channel_affine(ctx, node, negative, rest, gain, 0.0, "negative")
-    if view != shape:
-        rest = _reshaped(ctx, rest, shape, f"{node.name};negative_back")
-    ctx.emit("ADD", [source, rest], [out], node, "AddOptions", FusedActivationFunction=0)
-    return True
-
-
-def _grid(low: float, high: float, min_span: float) -> Quantization:
-    """Asymmetric int8 parameters of [low, high] (0 included), widened to span at least `min_span`."""
-    low, high = min(low, 0.0), max(high, 0.0)
-    if high - low < min_span:
-        high = low + min_span
-    return Quantization.per_tensor(*quantmath.asymmetric_params(low, high))
 
 
 def _channel_slopes(ctx: Lowering, node, perm) -> np.ndarray | None:

@@ -4,7 +4,9 @@ Filters are transposed to TFLite's layout once at convert time ([O, H, W, I] for
 [1, H, W, C*mult] for DEPTHWISE_CONV_2D) and quantized per output channel. A grouped convolution
 that is not depthwise is one CONV_2D whose filter has C / groups input channels: LiteRT's builtin
 and reference kernels and XNNPACK (int8 and float) read the group count from that ratio, so no
-SPLIT / CONCATENATION splits the delegated graph.
+SPLIT / CONCATENATION splits the delegated graph. Where groups have so few channels that
+XNNPACK's kernel tiles are mostly padding, the grouped conv is written as a dense one with a
+block-diagonal filter instead (`dense_pays`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import numpy as np
 
 from edgepipe.backends.tflite.lower import NHWC, Lowering, node_attrs
 from edgepipe.backends.tflite.ops import register
-from edgepipe.backends.tflite.ops.spatial import SAME, VALID, choose_padding, pad_nhwc, spatial_attrs, window_problem
+from edgepipe.backends.tflite.ops.spatial import (SAME, VALID, choose_padding, onnx_pads, pad_nhwc, spatial_attrs,
+                                                window_problem)
 
 
 def check_conv(ctx: Lowering, node) -> str | None:
@@ -45,6 +48,41 @@ def _int16_conv(ctx: Lowering, node) -> bool:
     return groups == 1 or groups == ctx.dim(node.input[0], 1)
 
 
+# XNNPACK's x86 AVX-512 GEMM tiles: 16 output channels; int8 input channels in steps of 8 per
+# kernel tap (float in steps of 1). A grouped conv runs one GEMM per group, each padded to them.
+OUTPUT_TILE, INT8_INPUT_TILE = 16, 8
+
+
+def _padded(value: int, tile: int) -> int:
+    return -(-value // tile) * tile
+
+
+def dense_pays(in_channels: int, out_channels: int, groups: int) -> bool:
+    """Whether a dense conv with a block-diagonal filter (groups times the multiply-adds) fills
+    fewer padded kernel tiles than the grouped one in int8, and no more in float: the case of
+    groups with a few channels each (ResNeXt-style blocks on narrow tensors), where each group's
+    GEMM is mostly tile padding. Both the int8 and the float model take the same form."""
+    in_group, out_group = in_channels // groups, out_channels // groups
+
+    def tiles(input_tile: int) -> tuple[int, int]:
+        dense = _padded(out_channels, OUTPUT_TILE) * _padded(in_channels, input_tile)
+        return dense, groups * _padded(out_group, OUTPUT_TILE) * _padded(in_group, input_tile)
+
+    (dense_int8, grouped_int8), (dense_float, grouped_float) = tiles(INT8_INPUT_TILE), tiles(1)
+    return dense_int8 < grouped_int8 and dense_float <= grouped_float
+
+
+def block_diagonal(weights: np.ndarray, groups: int) -> np.ndarray:
+    """[O, C / groups, kh, kw] grouped filter -> the [O, C, kh, kw] dense one (zeros off the groups)."""
+    out_channels, in_group = weights.shape[:2]
+    out_group = out_channels // groups
+    dense = np.zeros((out_channels, in_group * groups, *weights.shape[2:]), weights.dtype)
+    for group in range(groups):
+        rows = slice(group * out_group, (group + 1) * out_group)
+        dense[rows, group * in_group:(group + 1) * in_group] = weights[rows]
+    return dense
+
+
 @register("Conv", check=check_conv, int16=_int16_conv)
 def lower_conv(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
@@ -54,6 +92,12 @@ def lower_conv(ctx: Lowering, node) -> None:
     in_hw, kernel, strides, dilations = spatial_attrs(ctx, node, weights.shape[2:])
     padding, pads = choose_padding(node, in_hw, kernel, strides, dilations)
     x = ctx.get(node.input[0], dtype, NHWC)
+    if dtype == "int8" and groups == 1 and pairs_pay(in_channels, strides, dilations):
+        activation, out_name = ctx.fuse_activation(node)
+        out = ctx.new_value(out_name, dtype, NHWC)
+        _paired_columns(ctx, node, x, weights, bias, out, onnx_pads(node, in_hw, kernel, strides, dilations),
+                        strides[0], activation)
+        return
     if pads:
         x = pad_nhwc(ctx, node, x, pads)
     activation, out_name = ctx.fuse_activation(node)
@@ -66,8 +110,60 @@ def lower_conv(ctx: Lowering, node) -> None:
         filter_index, bias_index = ctx.filter_and_bias(node.name, weights.transpose(1, 2, 3, 0), 3, bias, x, dtype)
         ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [out], node, "DepthwiseConv2DOptions",
                  DepthMultiplier=weights.shape[0] // in_channels, **options)
+    elif dense_pays(in_channels, weights.shape[0], groups):
+        _conv2d(ctx, node, x, block_diagonal(weights, groups), bias, out, options, dtype)
     else:
         _conv2d(ctx, node, x, weights, bias, out, options, dtype)  # filter [O, kh, kw, C / groups]
+
+
+def pairs_pay(in_channels: int, strides, dilations) -> bool:
+    """A first conv (an image's 3 channels) with stride 2 along W, in int8: XNNPACK's int8 GEMM pads
+    each kernel tap's channels to 8, so 3 channels waste most of the tile. Viewing pairs of
+    adjacent columns as one column of 2 * C channels (a RESHAPE, no data moves) makes it a stride-1
+    conv with half the taps along W, and each tap's 6 channels fill most of the tile: fewer padded
+    multiply-adds (same values). Float pads nothing and would do more work: it keeps the conv."""
+    return 2 * in_channels <= INT8_INPUT_TILE and strides[1] == 2 and list(dilations) == [1, 1]
+
+
+def _paired_columns(ctx: Lowering, node, x: int, weights, bias, out: int, pads, stride_h: int,
+                    activation: int) -> None:
+    """The conv on [N, H', W' / 2, 2C]: pad on the [N, H, W * C] view (XNNPACK runs that fast; a 4-D
+    PAD no conv reads directly runs per pixel), one more zero column in front when the left pad is
+    odd, then a RESHAPE pairing the columns; filter tap t of channel p * C + c is the original tap
+    2t + p - shift of channel c (zero outside the kernel)."""
+    batch, height, width, channels = ctx.tensor(x).shape
+    top, left, bottom, right = pads
+    out_w = ctx.tensor(out).shape[2]
+    kernel_h, kernel_w = weights.shape[2:]
+    shift = left % 2
+    taps = (kernel_w + shift + 1) // 2
+    pairs = out_w - 1 + taps
+    left, right = left + shift, 2 * pairs - width - left - shift
+    padded_h = height + top + bottom
+    view = ctx.temp(f"{node.name};rows", [batch, height, width * channels], "int8", ctx.tensor(x).quantization)
+    ctx.emit("RESHAPE", [x, ctx.int32_constant(f"{node.name};rows_shape", ctx.tensor(view).shape)], [view], node)
+    if right < 0:  # trailing input columns no window reads: crop them first
+        cropped = ctx.temp(f"{node.name};cropped", [batch, height, (width + right) * channels], "int8",
+                           ctx.tensor(x).quantization)
+        ctx.emit("SLICE", [view, ctx.int32_constant(f"{node.name};begin", [0, 0, 0]),
+                           ctx.int32_constant(f"{node.name};size", ctx.tensor(cropped).shape)], [cropped], node)
+        view, width, right = cropped, width + right, 0
+    padded = ctx.temp(f"{node.name};padded_rows", [batch, padded_h, (width + left + right) * channels], "int8",
+                      ctx.tensor(x).quantization)
+    ctx.emit("PAD", [view, ctx.spec.add_constant(f"{node.name};row_paddings", np.array(
+        [[0, 0], [top, bottom], [left * channels, right * channels]], np.int32))], [padded], node)
+    paired = ctx.temp(f"{node.name};paired", [batch, padded_h, pairs, 2 * channels], "int8", ctx.tensor(x).quantization)
+    ctx.emit("RESHAPE", [padded, ctx.int32_constant(f"{node.name};paired_shape", ctx.tensor(paired).shape)], [paired],
+             node)
+    paired_weights = np.zeros((weights.shape[0], 2 * channels, kernel_h, taps), np.float32)
+    for tap in range(taps):
+        for half in range(2):
+            source = 2 * tap + half - shift
+            if 0 <= source < kernel_w:
+                paired_weights[:, half * channels:(half + 1) * channels, :, tap] = weights[:, :, :, source]
+    _conv2d(ctx, node, paired, paired_weights, bias, out, dict(Padding=VALID, StrideH=stride_h, StrideW=1,
+                                                                 DilationHFactor=1, DilationWFactor=1,
+                                                                 FusedActivationFunction=activation), "int8")
 
 
 def _conv2d(ctx: Lowering, node, x: int, weights, bias, out: int, options: dict, dtype: str, name=None) -> None:

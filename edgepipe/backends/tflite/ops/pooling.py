@@ -134,7 +134,7 @@ def lower_pool(ctx: Lowering, node) -> None:
     x = ctx.get(node.input[0], dtype, NHWC)
     if plan.pads:
         lowest = node.op_type == "MaxPool" and not _zero_is_lowest(ctx, node.input[0], x)
-        x = pad_nhwc(ctx, node, x, plan.pads, fill=-np.inf if lowest else None)
+        x = pad_nhwc(ctx, node, x, plan.pads, fill=-np.inf if lowest else None, rows=node.op_type == "MaxPool")
     if plan.divisors is not None:
         _corrected_average(ctx, node, x, plan, dtype)
         return

@@ -77,13 +77,28 @@ def window_problem(node) -> str | None:
     return None
 
 
-def pad_nhwc(ctx: Lowering, node, x: int, pads: list[int], fill: float | None = None) -> int:
-    """Pad an NHWC tensor spatially; zero fill (PAD) or a given fill value (PADV2)."""
+def pad_nhwc(ctx: Lowering, node, x: int, pads: list[int], fill: float | None = None, rows: bool = False) -> int:
+    """Pad an NHWC tensor spatially; zero fill (PAD) or a given fill value (PADV2).
+
+    `rows` (zero fill, for a pad no convolution reads): PAD the [N, H, W * C] view instead, W's
+    pads times C, with a RESHAPE on both sides. XNNPACK folds a 4-D PAD into the conv that reads
+    it, but runs one in front of anything else as a copy of C values per pixel, several times
+    slower than the row view's copies (benchmarks/xnnpack_op_speed.py, "padded max pool" cases)."""
     source = ctx.tensor(x)
     top, left, bottom, right = pads
+    batch, height, width, channels = source.shape
     paddings = np.array([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32)
-    shape = [source.shape[0], source.shape[1] + top + bottom, source.shape[2] + left + right, source.shape[3]]
+    shape = [batch, height + top + bottom, width + left + right, channels]
     out = ctx.temp(f"{node.name};padded", shape, source.dtype, source.quantization)
+    if fill is None and rows:
+        view = ctx.temp(f"{node.name};rows", [batch, height, width * channels], source.dtype, source.quantization)
+        ctx.emit("RESHAPE", [x, ctx.int32_constant(f"{node.name};rows_shape", ctx.tensor(view).shape)], [view], node)
+        padded = ctx.temp(f"{node.name};padded_rows", [batch, shape[1], shape[2] * channels], source.dtype,
+                          source.quantization)
+        row_paddings = np.array([[0, 0], [top, bottom], [left * channels, right * channels]], np.int32)
+        ctx.emit("PAD", [view, ctx.spec.add_constant(f"{node.name};row_paddings", row_paddings)], [padded], node)
+        ctx.emit("RESHAPE", [padded, ctx.int32_constant(f"{node.name};padded_shape", shape)], [out], node)
+        return out
     inputs = [x, ctx.spec.add_constant(f"{node.name};paddings", paddings)]
     if fill is None:
         ctx.emit("PAD", inputs, [out], node)
