@@ -20,7 +20,8 @@ stage (search) time from precision.json, evaluations used, the share of ONNX ops
 int8 / int16 / float and the float list.
 
 Run: python benchmarks/precision_search.py [--cases recognizer,demo-outlier] [--eval 200]
-     [--budget 0.002] [--rows int8,budget,budget_int16] [--suffix _budget_0.015]
+     [--budget 0.002] [--budget-form drop|sequence] [--rows int8,budget,budget_int16] [--suffix _budget_0.015]
+(`--budget-form sequence`: `precision: {budget: {max_sequence_drop: N}}`, the CTC readings.)
 Writes benchmarks/results/precision_search.json.
 """
 
@@ -40,6 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_models  # noqa: E402
+from accuracy_goals import char_accuracy  # noqa: E402
 from calibration_real_models import ctc_decode  # noqa: E402
 from real_model_corpus import cpu_flags  # noqa: E402
 from tflite_real_models import interpreter, run_onnx, run_tflite  # noqa: E402
@@ -89,7 +91,12 @@ def budget_rows(budget: float, only: tuple = ROWS) -> tuple:
     return tuple(row for row in rows if row[0] in only)
 
 
-def recognizer(work: Path, calib_count: int, eval_count: int, budget: float, only: tuple = ROWS) -> dict:
+BUDGET_FORMS = {"drop": ("{}", "argmax agreement per CTC time step"),
+                "sequence": ("{{max_sequence_drop: {}}}", "CTC reading agreement (precision.budget max_sequence_drop)")}
+
+
+def recognizer(work: Path, calib_count: int, eval_count: int, budget: float, only: tuple = ROWS,
+               form: str = "drop") -> dict:
     name = "ocr_rec"
     spec = real_models.MODELS[name]
     model_path = real_models.raw_model_path(name)
@@ -106,6 +113,7 @@ def recognizer(work: Path, calib_count: int, eval_count: int, budget: float, onl
     ref_text = ctc_decode(reference, chars)
     rows = {}
     for label, value, levels in budget_rows(budget, only):
+        value = None if value is None else BUDGET_FORMS[form][0].format(value)
         out = work / f"rec_{label}"
         row = cli_build(write_config(work / f"rec_{label}.yaml", lines, value, levels), out)
         if "error" not in row:
@@ -117,11 +125,14 @@ def recognizer(work: Path, calib_count: int, eval_count: int, budget: float, onl
                 "string_agreement": float(np.mean([a == b for a, b in zip(ref_text, text)])),
                 "string_agreement_ignoring_spaces": float(np.mean([a.replace(" ", "") == b.replace(" ", "")
                                                                    for a, b in zip(ref_text, text)])),
-                "sqnr_db": float(quantmath.sqnr_db(reference, int8))}
+                "sqnr_db": float(quantmath.sqnr_db(reference, int8)),
+                # the goal metrics of accuracy_goals.py: character level, spaces kept
+                "fp32_agreement": char_accuracy(text, ref_text),
+                "char_accuracy": char_accuracy(text, [str(t) for t in data["texts"]])}
         rows[label] = row
         print(f"recognizer {label}: {json.dumps({k: v for k, v in row.items() if k != 'stages_s'})[:600]}", flush=True)
     return {"model": f"{real_models.package(name)} {spec.source}", "calib_samples": calib_count,
-            "eval_samples": eval_count, "budget": budget, "metric": "argmax agreement per CTC time step",
+            "eval_samples": eval_count, "budget": budget, "metric": BUDGET_FORMS[form][1],
             "rows": rows}
 
 
@@ -153,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calib", type=int, default=64)
     parser.add_argument("--eval", type=int, default=200)
     parser.add_argument("--budget", type=float, default=0.002)
+    parser.add_argument("--budget-form", choices=sorted(BUDGET_FORMS), default="drop",
+                        help="recognizer: precision.budget as a number (per-step argmax) or {max_sequence_drop: N}")
     parser.add_argument("--demo-budget", type=float, default=0.01)
     parser.add_argument("--rows", default=",".join(ROWS), help="builds per case (default: all)")
     parser.add_argument("--suffix", default="", help="store the cases as CASE<suffix> (e.g. another budget)")
@@ -169,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         for case in args.cases.split(","):
             if case == "recognizer":
-                result = recognizer(work, args.calib, args.eval, args.budget, only)
+                result = recognizer(work, args.calib, args.eval, args.budget, only, args.budget_form)
             elif case == "demo-outlier":
                 result = demo_outlier(work, args.demo_budget, only)
             else:

@@ -103,7 +103,9 @@ SCHEMA: dict[str, Any] = {
     ),
     "precision": _section(
         budget=Field((int, float, dict), None, "max accuracy drop vs FP32 (enables automatic mixed precision); "
-                     "{min_sqnr_db: N} asks for a minimum output SQNR instead (detectors, regressors)", minimum=0),
+                     "{max_sequence_drop: N} budgets a CTC head's greedy readings (1 - edit distance vs FP32's) instead "
+                     "of its per-step argmax; {min_sqnr_db: N} asks for a minimum output SQNR instead (detectors, "
+                     "regressors)", minimum=0),
         float_nodes=Field((list,), [], "ONNX node names kept in float (FP16 on GPUs)"),
         int16_nodes=Field((list,), [], "TFLite: ONNX node names lowered 16x8 (int16 activations, int8 weights); "
                           "the rest stays int8"),
@@ -261,15 +263,17 @@ def _check_percentile(value, where: str) -> None:
 
 
 def _check_budget(value, where: str) -> None:
-    """A number (checked by the schema) or one of {max_drop: N >= 0} / {min_sqnr_db: N}."""
+    """A number (checked by the schema) or one of {max_drop: N >= 0} / {max_sequence_drop: N >= 0} /
+    {min_sqnr_db: N}."""
     if not isinstance(value, dict):
         return
     number = next(iter(value.values()), None) if len(value) == 1 else None
-    if (set(value) not in ({"max_drop"}, {"min_sqnr_db"}) or isinstance(number, bool)
+    drops = ({"max_drop"}, {"max_sequence_drop"})
+    if (set(value) not in (*drops, {"min_sqnr_db"}) or isinstance(number, bool)
             or not isinstance(number, (int, float)) or not math.isfinite(number)
-            or (set(value) == {"max_drop"} and number < 0)):
-        raise UserError(f"{where} must be a number (max accuracy drop), {{max_drop: N >= 0}} or "
-                        f"{{min_sqnr_db: N}}, got {_short(value)}")
+            or (set(value) in drops and number < 0)):
+        raise UserError(f"{where} must be a number (max accuracy drop), {{max_drop: N >= 0}}, "
+                        f"{{max_sequence_drop: N >= 0}} or {{min_sqnr_db: N}}, got {_short(value)}")
 
 
 _VALUE_CHECKS = {

@@ -122,6 +122,37 @@ def cosine(reference: np.ndarray, test: np.ndarray) -> float:
     return float(np.dot(a, b) / denom) if denom > 0 else float(np.array_equal(a, b))
 
 
+def ctc_sequence_agreement(reference: np.ndarray, test: np.ndarray, blank: int = 0) -> float | None:
+    """Mean over samples of 1 - edit distance / longer length between the greedy CTC readings of a
+    [N, T, C] sequence head (argmax per step, repeats merged, `blank` dropped): how much of FP32's
+    own reading the test model reproduces. A step that changes no reading (a blank/character
+    boundary one step early) costs nothing here, unlike per-step argmax agreement. None when the
+    output is not [N, T, C]."""
+    ref, out = np.asarray(reference), np.asarray(test)
+    if ref.ndim != 3 or ref.shape != out.shape:
+        return None
+    scores = []
+    for want, got in zip(_ctc_readings(ref, blank), _ctc_readings(out, blank)):
+        scores.append(1.0 - _edit_distance(want, got) / max(len(want), len(got), 1))
+    return float(np.mean(scores)) if scores else None
+
+
+def _ctc_readings(output: np.ndarray, blank: int) -> list[list[int]]:
+    readings = []
+    for best in output.argmax(axis=-1):
+        readings.append([int(k) for j, k in enumerate(best) if k != blank and (j == 0 or k != best[j - 1])])
+    return readings
+
+
+def _edit_distance(a: list[int], b: list[int]) -> int:
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return row[-1]
+
+
 def stepped_grids(source: tuple[float, int], target: tuple[float, int],
                   ratio_range: tuple[float, float]) -> list[tuple[float, int]]:
     """int8 (scale, zero point) grids from `source` to `target` (the last one) whose consecutive

@@ -132,12 +132,12 @@ def test_resolve_settings_passes_the_sections_typed(tmp_path, monkeypatch):
         resolve_settings({"target": "arm-cpu"}, str(write(tmp_path, "report:\n  eval_limit: 0\n")))
 
 
-@pytest.mark.parametrize("budget", [0.01, 0, {"max_drop": 0.02}, {"min_sqnr_db": 30.3}, {"min_sqnr_db": -5}])
+@pytest.mark.parametrize("budget", [0.01, 0, {"max_drop": 0.02}, {"min_sqnr_db": 30.3}, {"min_sqnr_db": -5}, {"max_sequence_drop": 0.002}])
 def test_precision_budget_forms_accepted(budget):
     config.validate({"precision": {"budget": budget}})
 
 
-@pytest.mark.parametrize("budget", [{"min_sqnr": 30}, {"max_drop": -0.1}, {"min_sqnr_db": True}, {"min_sqnr_db": "30"},
+@pytest.mark.parametrize("budget", [{"min_sqnr": 30}, {"max_drop": -0.1}, {"max_sequence_drop": -0.1}, {"min_sqnr_db": True}, {"min_sqnr_db": "30"},
                                     {"min_sqnr_db": 30, "max_drop": 0.1}, {}, {"min_sqnr_db": float("nan")}, -0.5])
 def test_precision_budget_bad_forms_refused_in_one_line(budget):
     with pytest.raises(UserError) as err:

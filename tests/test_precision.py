@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import json
 
+import numpy as np
 import pytest
 
+from edgepipe import quantmath
 from edgepipe.errors import BudgetError, UserError
 from edgepipe.accuracy.precision import Budget, plan_mixed_precision
 from edgepipe.accuracy.sensitivity import VariantEvaluator
@@ -77,7 +79,35 @@ def test_sqnr_budget_and_easy_model(tmp_path):
     assert strict.steps[0].measured < target
 
 
-@pytest.mark.parametrize("budget", [-0.1, "1%", {"max_dop": 0.1}, True])
+@pytest.mark.parametrize("budget", [-0.1, "1%", {"max_dop": 0.1}, True, {"max_sequence_drop": 0.1, "max_drop": 0.1}])
 def test_bad_budgets(budget):
     with pytest.raises(UserError, match="precision budget"):
         Budget.parse(budget, "auto", has_labels=False)
+
+
+def _one_hot_sequence(steps: list[int], classes: int = 5) -> np.ndarray:
+    out = np.full((len(steps), classes), 0.01, np.float32)
+    out[np.arange(len(steps)), steps] = 0.9
+    return out
+
+
+def test_ctc_sequence_agreement_counts_readings_not_steps():
+    """Readings (argmax, repeats merged, blank 0 dropped), checked by hand: a boundary one step
+    later changes a step but not the reading; a lost character costs 1 / length."""
+    fp32 = np.stack([_one_hot_sequence([0, 1, 1, 0, 2, 0]), _one_hot_sequence([3, 0, 3, 4, 0, 0])])
+    shifted = np.stack([_one_hot_sequence([0, 0, 1, 0, 2, 2]), _one_hot_sequence([3, 0, 3, 4, 0, 0])])
+    assert quantmath.ctc_sequence_agreement(fp32, shifted) == 1.0  # readings "1 2" and "3 3 4" kept
+    lost = np.stack([_one_hot_sequence([0, 1, 1, 0, 0, 0]), _one_hot_sequence([3, 3, 3, 4, 0, 0])])
+    # "1 2" -> "1": 1 - 1/2; "3 3 4" -> "3 4": 1 - 1/3
+    assert quantmath.ctc_sequence_agreement(fp32, lost) == pytest.approx(np.mean([0.5, 2 / 3]))
+    assert quantmath.ctc_sequence_agreement(fp32[:, 0], lost[:, 0]) is None  # not [N, T, C]
+
+
+def test_sequence_budget_parses_and_needs_a_sequence_head(two_outlier_case):
+    budget = Budget.parse({"max_sequence_drop": 0.01}, "auto", has_labels=True)
+    assert (budget.metric, budget.limit) == ("sequence", 0.01)
+    assert budget.holds({"sequence_agreement": 0.995, "argmax_agreement": 0.5})
+    assert not budget.holds({"sequence_agreement": 0.98, "argmax_agreement": 1.0})
+    model, calibration, dataset = two_outlier_case  # a classifier: [N, C], no readings
+    with pytest.raises(UserError, match="max_sequence_drop needs a \\[N, T, C\\] sequence output"):
+        plan_mixed_precision(model, calibration, dataset, {"max_sequence_drop": 0.01}, target=GPU, max_samples=16)

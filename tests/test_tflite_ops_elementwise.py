@@ -13,7 +13,9 @@ CONV_W = RNG.normal(size=(4, 3, 1, 1)).astype(np.float32)
 
 
 def _after_conv(op_type, other, other_value=None, second_input=None):
-    """x -> 1x1 Conv (NHWC inside TFLite) -> op(conv, other): exercises layout + broadcasting."""
+    """x -> 1x1 Conv (NHWC inside TFLite) -> op(conv, other): exercises layout + broadcasting. The
+    Conv's output is a graph output too, so a constant operand is not folded into the Conv
+    (ops/affine.py) and the op itself is lowered."""
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
              helper.make_node(op_type, ["c", other], ["y"], name="op")]
     inputs = {"x": [1, 3, 6, 7]}
@@ -22,7 +24,7 @@ def _after_conv(op_type, other, other_value=None, second_input=None):
     inits = {"w": CONV_W}
     if other_value is not None:
         inits[other] = other_value
-    return make_model(nodes, inputs, ["y"], inits)
+    return make_model(nodes, inputs, ["y", "c"], inits)
 
 
 @pytest.mark.parametrize("op_type", ["Add", "Sub", "Mul", "Max", "Min"])

@@ -19,8 +19,10 @@ loses too much; a few sensitive tensors are usually the whole difference. The pl
 
 Budget: a number = the largest accepted drop vs FP32 (top-1 points with labels, else the
 fraction of changed argmax decisions, one per position of the last axis: per time step for a
-[1, T, C] sequence head); `{"max_drop": 0.01}` is the same; `{"min_sqnr_db": 30}` asks for a
-minimum output SQNR instead. A budget that cannot be met (max_float reached, or still broken
+[1, T, C] sequence head); `{"max_drop": 0.01}` is the same; `{"max_sequence_drop": 0.01}` budgets
+a CTC head by its readings instead (greedy decode, blank = class 0: 1 - edit distance / length vs
+FP32's reading, quantmath.ctc_sequence_agreement), so time steps that change no reading cost
+nothing; `{"min_sqnr_db": 30}` asks for a minimum output SQNR instead. A budget that cannot be met (max_float reached, or still broken
 with every group float - e.g. the backend itself differs from FP32) does not raise: the plan
 comes back with `met=False` and a one-line `reason`; `plan.require()` raises `BudgetError`
 (exit 1) for callers that must stop.
@@ -63,19 +65,21 @@ Evaluate = Callable[[set], dict]
 class Budget:
     """What 'accurate enough' means: a maximum drop of `metric`, or a minimum output SQNR."""
 
-    metric: str  # "top1" | "agreement" | "sqnr"
-    limit: float  # max drop (top1/agreement) or min dB (sqnr)
+    metric: str  # "top1" | "agreement" | "sequence" | "sqnr"
+    limit: float  # max drop (top1/agreement/sequence) or min dB (sqnr)
 
     @classmethod
     def parse(cls, budget, metric: str, has_labels: bool) -> "Budget":
         if isinstance(budget, dict):
             if set(budget) == {"min_sqnr_db"}:
                 return cls("sqnr", float(budget["min_sqnr_db"]))
-            if set(budget) == {"max_drop"}:
+            if set(budget) == {"max_sequence_drop"}:
+                budget, metric = budget["max_sequence_drop"], "sequence"
+            elif set(budget) == {"max_drop"}:
                 budget = budget["max_drop"]
             else:
                 raise UserError(f"precision budget {budget!r}: use a number (max accuracy drop), "
-                                "{'max_drop': 0.01} or {'min_sqnr_db': 30}")
+                                "{'max_drop': 0.01}, {'max_sequence_drop': 0.01} or {'min_sqnr_db': 30}")
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
             raise UserError(f"precision budget {budget!r}: must be a non-negative accuracy drop such as 0.01")
         chosen = resolve_metric(metric, has_labels)
@@ -90,6 +94,11 @@ class Budget:
             return float("inf") if value is None else float(value)
         if self.metric == "top1":
             return float(metrics["fp32_top1"]) - float(metrics["top1"])
+        if self.metric == "sequence":
+            if metrics.get("sequence_agreement") is None:
+                raise UserError("precision budget max_sequence_drop needs a [N, T, C] sequence output (a CTC head); "
+                                "use a number (argmax agreement) for this model")
+            return 1.0 - float(metrics["sequence_agreement"])
         return 1.0 - float(metrics["argmax_agreement"])
 
     def holds(self, metrics: dict) -> bool:
@@ -99,7 +108,8 @@ class Budget:
     def describe(self) -> str:
         if self.metric == "sqnr":
             return f"output SQNR >= {self.limit:g} dB"
-        return f"{'top-1' if self.metric == 'top1' else 'argmax-agreement'} drop <= {self.limit:g}"
+        name = {"top1": "top-1", "sequence": "CTC-reading-agreement"}.get(self.metric, "argmax-agreement")
+        return f"{name} drop <= {self.limit:g}"
 
 
 @dataclass

@@ -42,7 +42,7 @@ from edgepipe.errors import UserError
 
 FUSED_ACTIVATIONS = ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "Elu",
                      "Selu", "Gelu", "Softplus", "Mish", "PRelu")
-METRICS = ("auto", "top1", "agreement", "sqnr")
+METRICS = ("auto", "top1", "agreement", "sequence", "sqnr")
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,12 @@ class Metrics:
     argmax_agreement: float  # first output, vs FP32 argmax
     top1: float | None = None  # first output, vs labels
     fp32_top1: float | None = None
+    sequence_agreement: float | None = None  # first output [N, T, C]: CTC readings vs FP32's
 
     def value(self, metric: str) -> float:
         """The metric as 'higher is better' (sqnr in dB, the others as fractions)."""
-        return {"top1": self.top1, "agreement": self.argmax_agreement, "sqnr": self.sqnr_db}[metric]
+        return {"top1": self.top1, "agreement": self.argmax_agreement, "sequence": self.sequence_agreement,
+                "sqnr": self.sqnr_db}[metric]
 
     def drop(self, metric: str) -> float:
         """Accuracy lost vs FP32: top-1 points, or the fraction of changed argmax (not for sqnr)."""
@@ -78,12 +80,14 @@ class Metrics:
             return float(self.fp32_top1 - self.top1)
         if metric == "agreement":
             return 1.0 - self.argmax_agreement
+        if metric == "sequence" and self.sequence_agreement is not None:
+            return 1.0 - self.sequence_agreement
         raise ValueError("sqnr has no drop; compare sqnr_db with a minimum")
 
     def to_dict(self) -> dict:
         """results.json-compatible keys (accuracy section)."""
         return {"sqnr_db": _finite(self.sqnr_db), "cosine": self.cosine, "argmax_agreement": self.argmax_agreement,
-                "top1": self.top1, "fp32_top1": self.fp32_top1}
+                "top1": self.top1, "fp32_top1": self.fp32_top1, "sequence_agreement": self.sequence_agreement}
 
 
 def resolve_metric(metric: str, has_labels: bool) -> str:
@@ -218,7 +222,8 @@ class VariantEvaluator:
         top1 = None
         if self.labels is not None and count is None and len(predicted) == len(self.labels):
             top1 = float(np.mean(predicted == self.labels))
-        return Metrics(sqnr, cos, agreement, top1, self.fp32_top1)
+        sequence = quantmath.ctc_sequence_agreement(reference[0], outputs[0])
+        return Metrics(sqnr, cos, agreement, top1, self.fp32_top1, sequence)
 
 
 def placement_groups(model: onnx.ModelProto, switchable) -> list[NodeGroup]:
@@ -295,7 +300,8 @@ class SensitivityReport:
         return [n.group for n in self.nodes]
 
     def _drop(self, metrics: Metrics) -> float | None:
-        if self.metric == "sqnr" or (self.metric == "top1" and metrics.top1 is None):
+        if (self.metric == "sqnr" or (self.metric == "top1" and metrics.top1 is None)
+                or (self.metric == "sequence" and metrics.sequence_agreement is None)):
             return None  # scored on a few samples (the planner's ranking pass): no top-1 there
         return metrics.drop(self.metric)
 
@@ -319,7 +325,7 @@ class SensitivityReport:
                          "this node quantized; metric_drop_all_but = with everything but this node quantized"}
 
     def text_table(self, top: int | None = 20) -> str:
-        drop_label = {"top1": "top1 drop", "agreement": "argmax chg", "sqnr": "-"}[self.metric]
+        drop_label = {"top1": "top1 drop", "agreement": "argmax chg", "sequence": "reading chg", "sqnr": "-"}[self.metric]
         header = ("#", "node", "op", "SQNR only", "SQNR all-but", "gain dB", drop_label, "act range", "method")
         rows = [header]
         for rank, n in enumerate(self.nodes[:top] if top else self.nodes, 1):

@@ -48,6 +48,8 @@ def tflite_evaluator(model, calibration, dataset, options: dict | None = None, m
             "argmax_agreement": float(np.mean(got.argmax(axis=1) == want.argmax(axis=1))),
             "top1": None,
             "fp32_top1": None,
+            "sequence_agreement": quantmath.ctc_sequence_agreement(
+                np.concatenate([r[first] for r in references]), np.concatenate([o[first] for o in outputs])),
         }
         if labels is not None and len(got) == len(labels):  # one decision per sample: a classifier
             metrics["top1"] = float(np.mean(got.argmax(axis=1) == labels))

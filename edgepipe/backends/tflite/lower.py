@@ -149,6 +149,9 @@ class Lowering:
         self.infos = graph.value_infos(model)
         self.consumers = graph.consumers(model)
         self.graph_outputs = [o.name for o in model.graph.output]
+        self.absorbed = ops.absorbed_nodes(model)  # a request naming a node a rewrite folded away
+        self.requested_float |= {self.absorbed[n] for n in self.requested_float if n in self.absorbed}
+        self.requested_int16 |= {self.absorbed[n] for n in self.requested_int16 if n in self.absorbed}
         # on unless asked off (the edgepipe.yaml defaults): every lowering - the build, the planner's
         # candidates, the placement the accuracy tools emulate - must agree on the grids
         if self.options.get("float_output_concats", True):

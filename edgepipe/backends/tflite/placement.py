@@ -38,6 +38,8 @@ def int8_grids(model: onnx.ModelProto, calibration, options: dict | None = None,
     nodes = {n.name: n for n in ctx.model.graph.node}
     dtypes = {n.name: ctx.node_dtype(nodes[n.name]) for n in model.graph.node
               if n.op_type != "Constant" and n.name in nodes}
+    # nodes a rewrite folded into another compute in its precision (and go float with it)
+    dtypes.update({member: dtypes[owner] for member, owner in ctx.absorbed.items() if owner in dtypes})
     int8 = {name for name, dtype in dtypes.items() if dtype in ("int8", "int16")}
     fused = {}
     for node in model.graph.node:
@@ -46,7 +48,11 @@ def int8_grids(model: onnx.ModelProto, calibration, options: dict | None = None,
             continue
         if fusable_activation(ctx, readers[0]) is not None:
             fused[node.name], fused[readers[0].name] = readers[0].name, node.name
-    weights = {name: _int8_weights(model, nodes[name]) for name in int8 if nodes[name].op_type in WEIGHTED_OPS}
+    # the original node's weight (a rewrite may have folded constants into a copy: the same grid
+    # up to the per-channel scale) as the emulation runs the original graph
+    sources = {**nodes, **{n.name: n for n in model.graph.node}}
+    weights = {name: _int8_weights(model, sources[name]) for name in int8
+               if name in sources and sources[name].op_type in WEIGHTED_OPS}
     return {"grids": grids, "int16": int16, "int8_nodes": int8,
             "int16_nodes": {name for name, dtype in dtypes.items() if dtype == "int16"},
             "weights": {k: v for k, v in weights.items() if v}, "fused": fused}

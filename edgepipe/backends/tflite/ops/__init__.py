@@ -26,6 +26,9 @@ non-ONNX domain. Nodes of domains nothing registers, control flow and opsets out
 are refused by name before any lowering runs. A pattern that one TFLite kernel computes (x *
 0.5 * (1 + Erf(x / sqrt 2)) is GELU) is found by a `@register_rewrite` function in its family
 module, which replaces the pattern by one node of FUSED_DOMAIN registered in the same module.
+A rewrite that folds nodes into another node names them with `record_absorbed(model, members,
+owner)`, so `float_nodes` / `int16_nodes` naming a member (the planner names the original graph's
+nodes) apply to the owner, and the planner counts the members with it.
 
 Contract of a lowering:
 - Read ONNX facts from the context: `ctx.shape(name)`, `ctx.constant(name)`, `node_attrs(node)`.
@@ -56,6 +59,7 @@ Contract of a lowering:
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from dataclasses import dataclass
 from typing import Callable
@@ -67,7 +71,7 @@ from edgepipe.backends.support import LATEST, ONNX_DOMAIN, OpKey, OpTable
 FUSED_DOMAIN = "edgepipe.fused"  # nodes our own graph rewrites create (e.g. Erf-based GELU -> one Gelu)
 
 _TABLE: OpTable["OpLowering"] = OpTable("TFLite lowering")
-_REWRITES: list[Callable] = []
+_REWRITES: list[tuple[bool, Callable]] = []  # (late, rewrite)
 _LOADED = False
 
 
@@ -106,16 +110,41 @@ def register(*op_types: str, check: Callable | None = None, int8: bool | Callabl
     return decorate
 
 
-def register_rewrite(function: Callable) -> Callable:
+ABSORBED_KEY = "edgepipe.absorbed"  # prepared model metadata: {node a rewrite removed: node now computing it}
+
+
+def record_absorbed(model: onnx.ModelProto, members, owner: str) -> None:
+    """Note that a rewrite folded `members` into node `owner`: a float / int16 request naming a
+    member then applies to its owner, and the planner counts the member with it."""
+    mapping = absorbed_nodes(model)
+    mapping.update({member: mapping.get(owner, owner) for member in members if member != owner})
+    entries = [p for p in model.metadata_props if p.key != ABSORBED_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(entries)
+    model.metadata_props.add(key=ABSORBED_KEY, value=json.dumps(mapping, sort_keys=True))
+
+
+def absorbed_nodes(model: onnx.ModelProto) -> dict[str, str]:
+    value = next((p.value for p in model.metadata_props if p.key == ABSORBED_KEY), None)
+    return json.loads(value) if value else {}
+
+
+def register_rewrite(function: Callable | None = None, *, late: bool = False):
     """Decorator: a graph rewrite `(model) -> None` run on the prepared model before lowering,
-    for patterns that map to one TFLite kernel (their nodes become one FUSED_DOMAIN node)."""
-    _REWRITES.append(function)
-    return function
+    for patterns that map to one TFLite kernel (their nodes become one FUSED_DOMAIN node).
+    `@register_rewrite(late=True)` runs after every other rewrite: for generic rewrites (a chain
+    of constant arithmetic) that would otherwise take nodes a specific pattern (GELU) needs."""
+
+    def decorate(rewrite: Callable) -> Callable:
+        _REWRITES.append((late, rewrite))
+        return rewrite
+
+    return decorate(function) if function is not None else decorate
 
 
 def rewrites() -> list[Callable]:
     registry()
-    return list(_REWRITES)
+    return [rewrite for _, rewrite in sorted(_REWRITES, key=lambda entry: entry[0])]
 
 
 def registry() -> OpTable[OpLowering]:
