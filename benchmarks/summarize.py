@@ -444,7 +444,9 @@ SECTIONS = [
     ("Calibration speed on a real model, whole jetson build vs ORT Entropy, after "
      "(`benchmarks/calibration_real_models.py --models ocr_rec --methods ours:auto,ort:Entropy`)",
      "calibration_speed_real_models", calibration_real_models),
-    ("... the same, before this round's exact speed-ups (edgepipe of commit bae6392, same session)",
+    ("... the same speed-ups (commit 3323b44) on a host loaded by other work (load average 6-7)",
+     "calibration_speed_loaded_host", calibration_real_models),
+    ("... the same, before this round's exact speed-ups (edgepipe of commit bae6392, same session as the loaded run)",
      "calibration_speed_base", calibration_real_models),
     ("... the same, after the previous round's speed-up (edgepipe of commit a646c60)",
      "calibration_speed_previous_round", calibration_real_models),
