@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_models  # noqa: E402
 from calibration_real_models import ctc_decode  # noqa: E402
+from edgepipe.quantmath import edit_distance  # noqa: E402
 from tests.realmodels import evaluate as corpus_eval  # noqa: E402
 
 SEEDS = {"calib": 1, "eval": 2}
@@ -70,15 +71,6 @@ GOALS = {  # (metric, comparison, value) from issue 14
 
 
 # --- metrics -------------------------------------------------------------------------------
-
-
-def edit_distance(a: str, b: str) -> int:
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
 
 
 def char_accuracy(predictions: list[str], labels: list[str]) -> float:

@@ -133,7 +133,7 @@ def ctc_sequence_agreement(reference: np.ndarray, test: np.ndarray, blank: int =
         return None
     scores = []
     for want, got in zip(_ctc_readings(ref, blank), _ctc_readings(out, blank)):
-        scores.append(1.0 - _edit_distance(want, got) / max(len(want), len(got), 1))
+        scores.append(1.0 - edit_distance(want, got) / max(len(want), len(got), 1))
     return float(np.mean(scores)) if scores else None
 
 
@@ -144,7 +144,8 @@ def _ctc_readings(output: np.ndarray, blank: int) -> list[list[int]]:
     return readings
 
 
-def _edit_distance(a: list[int], b: list[int]) -> int:
+def edit_distance(a, b) -> int:
+    """Levenshtein distance between two sequences (class-index readings, or strings)."""
     row = list(range(len(b) + 1))
     for i, x in enumerate(a, 1):
         previous, row[0] = row[0], i

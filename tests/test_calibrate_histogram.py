@@ -71,6 +71,17 @@ def test_summary_counts_every_value():
     assert summary["amax"] == 1.5
 
 
+def _shaped(rng, data: np.ndarray, kind: str) -> np.ndarray:
+    """`data` as a ReLU output, all negative, half signed zeros (-0.0 and tiny values), or as it is."""
+    if kind == "relu":
+        return np.maximum(data, 0.0)
+    if kind == "negative":
+        return -np.abs(data) - 1e-3
+    if kind == "zeros":
+        return np.where(rng.random(data.size) < 0.5, -0.0, data * 1e-30)
+    return data
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.sampled_from([np.float32, np.float64, np.float16]),
        st.sampled_from([64, 96, 2048]), st.sampled_from(["mixed", "relu", "negative", "zeros"]))
@@ -81,13 +92,7 @@ def test_fast_binning_matches_reference_bins(seed, dtype, num_bins, kind):
     rng = np.random.default_rng(seed)
     parts = []
     for scale in rng.uniform(-4, 4, size=3):  # ranges that jump by many powers of two
-        data = rng.standard_t(3, size=int(rng.integers(1, 300))) * 10.0**scale
-        if kind == "relu":
-            data = np.maximum(data, 0.0)
-        elif kind == "negative":
-            data = -np.abs(data) - 1e-3
-        elif kind == "zeros":
-            data = np.where(rng.random(data.size) < 0.5, -0.0, data * 1e-30)
+        data = _shaped(rng, rng.standard_t(3, size=int(rng.integers(1, 300))) * 10.0**scale, kind)
         parts.append(np.clip(data, -6e4, 6e4).astype(dtype))  # finite in float16 too
     hist = TensorHistogram("t", num_bins, rounds=2)
     for i, part in enumerate(parts):
@@ -121,13 +126,7 @@ def test_sorted_keys_and_bincount_count_the_same(seed, dtype, num_bins, kind):
     import edgepipe.calibrate.histogram as histogram
 
     rng = np.random.default_rng(seed)
-    data = rng.standard_t(3, size=int(rng.integers(1, 3000))) * 10.0 ** rng.uniform(-3, 3)
-    if kind == "relu":
-        data = np.maximum(data, 0.0)
-    elif kind == "negative":
-        data = -np.abs(data) - 1e-3
-    elif kind == "zeros":
-        data = np.where(rng.random(data.size) < 0.5, -0.0, data * 1e-30)
+    data = _shaped(rng, rng.standard_t(3, size=int(rng.integers(1, 3000))) * 10.0 ** rng.uniform(-3, 3), kind)
     step = power_of_two_above(float(np.abs(data).max())) / num_bins
     data = np.concatenate([data, -step * rng.integers(0, num_bins // 2, size=8)])  # negatives on bin edges
     parts = np.array_split(data.astype(dtype), 3)
