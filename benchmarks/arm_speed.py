@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.timing import alternating_rounds, cpu_features  # noqa: E402
+from benchmarks.timing import alternating_rounds, cpu_features, rounds_argument  # noqa: E402
 from edgepipe.backends.tflite import delegation  # noqa: E402
 from edgepipe.backends.tflite.runtime import make_interpreter  # noqa: E402
 from tests.realmodels import corpus, evaluate  # noqa: E402
@@ -145,14 +145,15 @@ def goals(rows: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(ARM_MODELS), help=f"subset of: {','.join(ARM_MODELS)}")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (median reported), >= 3")
+    parser.add_argument("--rounds", type=rounds_argument, default=3,
+                        help="alternating timing rounds (median reported), >= 3")
     parser.add_argument("--iterations", type=int, default=10,
                         help="least invocations per round (fewer for big inputs; more for fast models)")
     args = parser.parse_args()
     names = args.models.split(",")
     unknown = [n for n in names if n not in ARM_MODELS]
-    if unknown or args.rounds < 3:
-        parser.error(f"unknown models {unknown} (choose from {ARM_MODELS})" if unknown else "--rounds must be >= 3")
+    if unknown:
+        parser.error(f"unknown models {unknown} (choose from {ARM_MODELS})")
     corpus.fetch_all()
     previous = json.loads(RESULTS.read_text()).get("models", {}) if RESULTS.exists() else {}
     rows = {name: row for name, row in previous.items() if name in ARM_MODELS and name not in names}
