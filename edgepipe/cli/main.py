@@ -112,7 +112,9 @@ def _print_summary(result) -> None:
         note = "cached" if stage["cached"] else ""
         if stage.get("note"):
             note = f"{note} {stage['note']}".strip()
-        rows.append((stage["name"], f"{stage['seconds']:.2f}s", stage["artifact"], _human(stage["size"]), note))
+        # size 0: the stage updates another stage's file (bias corrections, a precision plan), no file of its own
+        size = _human(stage["size"]) if stage["size"] else "-"
+        rows.append((stage["name"], f"{stage['seconds']:.2f}s", stage["artifact"], size, note))
     widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
     for row in rows:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
