@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.arm_speed import ARM_MODELS, build  # noqa: E402
+from benchmarks.arm_speed import ARM_MODELS, build, chosen_models  # noqa: E402
 from benchmarks.timing import cpu_features  # noqa: E402
 from benchmarks.timing import load_average, rounds_argument  # noqa: E402
 from edgepipe.backends.tflite.runtime import make_interpreter  # noqa: E402
@@ -169,10 +169,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"subset of: {','.join(ARM_MODELS)}")
     parser.add_argument("--rounds", type=rounds_argument, default=7, help="alternating rounds (median), >= 3")
     args = parser.parse_args()
-    names = args.models.split(",")
-    unknown = [n for n in names if n not in ARM_MODELS]
-    if unknown:
-        parser.error(f"unknown models {unknown} (choose from {ARM_MODELS})")
+    names = chosen_models(parser, args.models)
     corpus.fetch_all()
     rows = json.loads(RESULTS.read_text()).get("models", {}) if RESULTS.exists() else {}
     with tempfile.TemporaryDirectory(prefix="arm-op-profile-") as tmp:

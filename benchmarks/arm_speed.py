@@ -142,6 +142,15 @@ def goals(rows: dict) -> dict:
             "models": len(rows), "transposes_over_onnx": over}
 
 
+def chosen_models(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """The comma-separated corpus models of a --models option; an unknown name is a usage error."""
+    names = text.split(",")
+    unknown = [n for n in names if n not in ARM_MODELS]
+    if unknown:
+        parser.error(f"unknown models {unknown} (choose from {ARM_MODELS})")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(ARM_MODELS), help=f"subset of: {','.join(ARM_MODELS)}")
@@ -150,10 +159,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10,
                         help="least invocations per round (fewer for big inputs; more for fast models)")
     args = parser.parse_args()
-    names = args.models.split(",")
-    unknown = [n for n in names if n not in ARM_MODELS]
-    if unknown:
-        parser.error(f"unknown models {unknown} (choose from {ARM_MODELS})")
+    names = chosen_models(parser, args.models)
     corpus.fetch_all()
     previous = json.loads(RESULTS.read_text()).get("models", {}) if RESULTS.exists() else {}
     rows = {name: row for name, row in previous.items() if name in ARM_MODELS and name not in names}
