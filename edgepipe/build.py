@@ -280,18 +280,16 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         note=lambda r: f"{len(r.warnings)} warning(s)" if r.warnings else "",
     )
     warnings.extend(f"calibration: {w}" for w in calibration.warnings)
-    if bias_correction == "auto":  # estimated, then kept only where the held-out outputs improve
+    if bias_correction:  # "auto": estimated, then kept only where the held-out outputs improve; true: always
         from edgepipe.calibrate import bias_correction as bias
 
+        checked = bias_correction == "auto"
         pipeline.run("bias_correction",
-                     lambda: bias.checked_bias_corrections(model, calibration, calib_ds, target, backend_settings),
-                     describe=lambda r: (f"calibration.json ({len(calibration.bias_corrections)} corrected biases)", 0, ""),
-                     note=bias.summary)
-    elif bias_correction:
-        from edgepipe.calibrate.bias_correction import estimate_bias_corrections
-
-        pipeline.run("bias_correction", lambda: estimate_bias_corrections(model, calibration, calib_ds, target.qdq_model),
-                     describe=lambda c: (f"calibration.json ({len(c)} corrected biases)", 0, ""))
+                     lambda: (bias.checked_bias_corrections(model, calibration, calib_ds, target, backend_settings)
+                              if checked else bias.estimate_bias_corrections(model, calibration, calib_ds,
+                                                                             target.qdq_model)),
+                     describe=lambda _: (f"calibration.json ({len(calibration.bias_corrections)} corrected biases)", 0, ""),
+                     note=bias.summary if checked else None)
     stability_effect, stability_warning = calibration_stability(model, calibration, calib_ds, target)
     if stability_warning:
         warnings.append(f"calibration: {stability_warning}")
