@@ -418,7 +418,9 @@ def accuracy_goals(data: dict) -> list[str]:
     return lines
 
 
-EXTRA_METRICS = {"yolo": ["score_sqnr_db", "box_sqnr_db", "quantize_ops"], "rec_arm": ["line_agreement"]}
+EXTRA_METRICS = {"yolo": ["score_sqnr_db", "box_sqnr_db", "quantize_ops"],
+                 "rec_arm": ["line_agreement", "step_agreement", "logit_sqnr_db", "sqnr_db"],
+                 "rec_jetson": ["fp32_agreement", "step_agreement", "logit_sqnr_db", "sqnr_db"]}
 
 
 def _lever_tags(data: dict) -> list[str]:

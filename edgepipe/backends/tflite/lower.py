@@ -358,8 +358,9 @@ class Lowering:
         # gamma): floor their scale so the bias scale input_scale x weight_scale neither underflows
         # nor makes the int32 bias overflow. Their weights quantize to zeros either way.
         min_scales = np.maximum(np.abs(bias) / (input_scale * 2.0**30), MIN_BIAS_SCALE / input_scale)
-        q_weights, weight_scales = quantmath.per_channel_symmetric(weights, axis, min_ratio=2.0**-20,
-                                                                   min_scales=min_scales)
+        q_weights, weight_scales = quantmath.per_channel_symmetric(
+            weights, axis, min_ratio=2.0**-20, min_scales=min_scales,
+            ranges=getattr(self.calibration, "weight_ranges", "minmax"))
         filter_index = self.spec.add_constant(f"{name};filter", q_weights,
                                               Quantization.per_channel(weight_scales, axis))
         q_bias, bias_scales = quantmath.quantize_bias(bias, input_scale, weight_scales)
