@@ -440,6 +440,36 @@ def _goal_cell(result: dict, metric: str) -> str:
     return text + (f" ({fmt(side)})" if side is not None else "")
 
 
+def int8_noise_floor(data: dict) -> list[str]:
+    """Spread of the recognizer's reading metrics under threshold jitter and calibration draws."""
+    lines = [f"sigma {data.get('sigma')} (threshold jitter), {data.get('calib_samples')} calibration / "
+             f"{data.get('eval_samples')} eval lines", "",
+             "| target | perturbation | variants | metric | default | min | max | std |", "|---|---|---|---|---|---|---|---|"]
+    for target, entry in data.get("targets", {}).items():
+        for kind in ("threshold_jitter", "calibration_draws"):
+            if kind not in entry:
+                continue
+            for metric, spread in entry[kind]["spread"].items():
+                digits = 2 if metric.endswith("_db") else 4
+                lines.append(f"| {target} | {kind} | {len(entry[kind]['variants'])} | {metric} | "
+                             f"{fmt(entry['default'][metric], digits)} | {fmt(spread['min'], digits)} | "
+                             f"{fmt(spread['max'], digits)} | {fmt(spread['std'], digits)} |")
+    return lines
+
+
+def flip_margins(data: dict) -> list[str]:
+    """FP32 margins and kinds of the time steps int8 flips on the recognizer."""
+    lines = ["| target | flipped steps | lines reading changed | span-edge flips | median margin flipped (all steps) "
+             "| flips below 1 nat | kinds |", "|---|---|---|---|---|---|---|"]
+    for target, r in data.get("targets", {}).items():
+        kinds = ", ".join(f"{k} {v}" for k, v in r.get("flips_by_kind", {}).items())
+        lines.append(f"| {target} | {r['flipped_steps']} of {r['steps']} | {r['lines_reading_changed']} of {r['lines']} "
+                     f"| {r['span_edge_flips']} | {fmt(r['margin_percentiles_flipped'].get('50'), 2)} "
+                     f"({fmt(r['margin_percentiles_all_steps'].get('50'), 2)}) "
+                     f"| {fmt(r['share_of_flips_below_margin'].get('1.0'), 2)} | {kinds} |")
+    return lines
+
+
 SECTIONS = [
     ("Real-model corpus through the CLI (`benchmarks/real_model_corpus.py`)", "real_model_corpus", real_model_corpus),
     ("Calibration vs ONNX Runtime quantize_static (`benchmarks/calibration_vs_peers.py`)", "calibration_vs_peers", calibration_vs_peers),
@@ -473,6 +503,8 @@ SECTIONS = [
      layernorm_int8),
     ("Accuracy goals of issue 14 on the models as shipped (`benchmarks/accuracy_goals.py`)", "accuracy_goals",
      accuracy_goals),
+    ("The recognizer's int8 noise floor (`benchmarks/int8_noise_floor.py`)", "int8_noise_floor", int8_noise_floor),
+    ("Flipped time steps of the recognizer (`benchmarks/flip_margins.py`)", "flip_margins", flip_margins),
 ]
 
 

@@ -63,7 +63,8 @@ SCHEMA: dict[str, Any] = {
                               "that writes their input or (where exact: a shift only without padding) the Conv that "
                               "alone reads their result; exact in float, for every target"),
         cross_layer_equalization=Field((bool,), False, "rescale the channels between two convolutions (directly or "
-                                       "through a Relu) to equal weight ranges, exact in float"),
+                                       "through a Relu; the second group-1 or depthwise) to equal weight ranges, "
+                                       "exact in float"),
         split_before_concat=Field((bool,), True, "move a Split in front of the Concat (and Reshape) that built its "
                                   "input (a detector head's box/class split): each piece keeps its own int8 grid; "
                                   "exact in float"),
@@ -82,7 +83,7 @@ SCHEMA: dict[str, Any] = {
         max_samples=Field((int,), None, "use at most this many calibration samples", minimum=1),
         batch_size=Field((int,), 1, "calibration batch size (models with a static batch of 1 use 1)", minimum=1),
         ranges=Field((str,), None, "use these ranges instead of calibrating (e.g. `edgepipe finetune`'s .ranges.json)"),
-        weight_ranges=Field((str,), "minmax", "per-channel weight thresholds: minmax (each output channel's max |w|) "
+        weight_ranges=Field((str,), "minmax", "per-channel weight thresholds: minmax (each output channel's largest absolute weight) "
                             "or mse (the fraction of it, down to half, with the lowest int8 weight error)",
                             quantmath.WEIGHT_RANGES),
         bias_correction=Field((bool, str), "auto", "shift each Conv/Gemm/MatMul bias by the per-channel mean error "
