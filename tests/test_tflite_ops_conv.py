@@ -74,8 +74,8 @@ def test_grouped_conv_is_dense_only_where_groups_are_narrow(in_ch, out_ch, group
 
 
 @pytest.mark.parametrize("channels,kernel,stride,int8_group,float_group", [
-    (24, 7, 1, 12, 8),  # ConvNeXt: int8 groups of 12, float groups of 8
-    (13, 7, 2, 13, 1),  # 13 channels: int8 one dense group; float keeps the depthwise op (no divisor <= 8)
+    (24, 7, 1, 8, 8),  # ConvNeXt: groups of 8 (int8: 8 channels fill a tap's input step, 12 would pad to 16)
+    (13, 7, 2, 13, 1),  # 13 channels: int8 one dense group; float keeps the depthwise op (13 overflows its tile)
     (16, (3, 9), 1, 16, 8),  # 27 taps
     (16, 5, 1, 1, 1),  # 25 taps: XNNPACK's depthwise kernel holds them, the depthwise op stays
 ])

@@ -75,22 +75,25 @@ def dense_pays(in_channels: int, out_channels: int, groups: int) -> bool:
 
 
 # The most taps of XNNPACK's depthwise (unipass) kernels, int8 and float, x86 and ARM: 3x3 and
-# 5x5 windows run there; a bigger one runs as a grouped GEMM with one group of one channel per
-# channel, each mostly tile padding, with a per-group cost that dwarfs the work.
+# 5x5 windows run there; a bigger one runs as a grouped GEMM with one channel per group, each tap's
+# single input channel padded to the int8 input tile and the single output to the output tile.
 DEPTHWISE_MAX_TAPS = 25
-# Channels per group for such a depthwise conv written as a grouped CONV_2D: the GEMM output tile
-# (int8 with dot products: x86 AVX-512 VNNI 7x16c8, ARM neondot 4x16c4 / i8mm 4x16c8; float: ARM64
-# 6x8, x86 AVX-512 7x32). Up to the tile, wider groups cost no padded multiply-adds and fewer groups.
-GROUP_TILE = {"int8": 16, "float32": 8}
+# (input channels per tap step, output tile) of the GEMMs a grouped conv runs: int8 with dot
+# products (x86 AVX-512 VNNI 7x16c8, ARM neondot 4x16c4 / i8mm 4x16c8); float on ARM64 (6x8; x86
+# AVX-512's 7x32 is wider, so what fills ARM's tile fills it too).
+GROUPED_GEMM_TILES = {"int8": (INT8_INPUT_TILE, OUTPUT_TILE), "float32": (1, 8)}
 
 
 def depthwise_group_channels(in_channels: int, out_channels: int, kernel, dtype: str) -> int:
-    """Channels per group when a depthwise conv (multiplier 1) is better as a grouped CONV_2D:
-    the largest divisor of C up to the dtype's GEMM tile, for kernels beyond DEPTHWISE_MAX_TAPS
-    (1: keep DEPTHWISE_CONV_2D). int16 keeps the depthwise op (no 16x8 grouped kernel)."""
-    if out_channels != in_channels or kernel[0] * kernel[1] <= DEPTHWISE_MAX_TAPS or dtype not in GROUP_TILE:
+    """Channels per group when a depthwise conv (multiplier 1) is better as a grouped CONV_2D: for
+    kernels beyond DEPTHWISE_MAX_TAPS, the divisor of C whose groups fill the GEMM tiles best
+    (padded multiply-adds per channel; fewer groups on a tie). 1: keep DEPTHWISE_CONV_2D (a kernel
+    XNNPACK's depthwise kernels hold, or int16, which has no 16x8 grouped kernel)."""
+    if out_channels != in_channels or kernel[0] * kernel[1] <= DEPTHWISE_MAX_TAPS or dtype not in GROUPED_GEMM_TILES:
         return 1
-    return max(d for d in range(1, min(GROUP_TILE[dtype], in_channels) + 1) if in_channels % d == 0)
+    input_tile, output_tile = GROUPED_GEMM_TILES[dtype]
+    divisors = [d for d in range(1, in_channels + 1) if in_channels % d == 0]
+    return min(divisors, key=lambda d: (_padded(d, input_tile) * _padded(d, output_tile) / d, -d))
 
 
 def depthwise_as_grouped(weights: np.ndarray, per_group: int) -> np.ndarray:
