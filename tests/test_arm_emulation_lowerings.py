@@ -2,9 +2,9 @@
 
 A small model with every form `ops/` writes to stay inside the delegate (a grouped Conv of 2
 channels per group as a dense block-diagonal CONV_2D, PRelu with slopes above and below 1 as a
-float island on the [N, H, W * C] view, a standalone Relu as
-a saturating QUANTIZE, a padded MaxPool after it over a zero PAD, HardSigmoid by saturation,
-nearest 2x upscaling as CONCATENATION + RESHAPE, an unequal Split as SLICEs, Softmax in float
+float island on the [N, H, W * C] view, a standalone Relu as a saturating QUANTIZE, a padded
+MaxPool after it over a zero PAD, HardSigmoid by saturation, a 7x7 depthwise Conv as a grouped
+CONV_2D, nearest 2x upscaling as CONCATENATION + RESHAPE, an unequal Split as SLICEs, Softmax in float
 between DEQUANTIZE / QUANTIZE, a 2-way Softmax as 1x1 CONV_2D + LOGISTIC) runs with the runner
 of tests/test_arm_emulation.py in LiteRT on x86 and under qemu-aarch64, and in tflite-runtime
 2.14 there (the older runtime boards still carry). Emulated timings are never reported.
@@ -43,8 +43,9 @@ def _model():
              helper.make_node("Concat", ["c3b", "c3a"], ["c3r"], name="reorder", axis=1),
              helper.make_node("Softmax", ["c3r"], ["y"], name="softmax", axis=1),
              helper.make_node("Conv", ["m", "w4"], ["score"], name="score"),
-             helper.make_node("Softmax", ["score"], ["y2"], name="two_way", axis=1)]
-    return make_model(nodes, {"x": [1, 4, 8, 8]}, ["y", "y2"], {
+             helper.make_node("Softmax", ["score"], ["y2"], name="two_way", axis=1),
+             helper.make_node("Conv", ["m", "w5", "b5"], ["y3"], name="depthwise_7x7", group=8, pads=[3, 3, 3, 3])]
+    return make_model(nodes, {"x": [1, 4, 8, 8]}, ["y", "y2", "y3"], {
         "w1": RNG.normal(size=(8, 4, 3, 3)).astype(np.float32) * 0.4,
         "slope": RNG.uniform(0.05, 1.5, size=(8, 1, 1)).astype(np.float32),
         "parts": np.array([2, 4], np.int64),
@@ -52,7 +53,9 @@ def _model():
         "slope2": np.linspace(0.05, 0.6, 8, dtype=np.float32).reshape(8, 1, 1),
         "s": np.array([1, 1, 2, 2], np.float32),
         "w3": RNG.normal(size=(6, 8, 2, 2)).astype(np.float32) * 0.4,
-        "w4": RNG.normal(size=(2, 8, 1, 1)).astype(np.float32) * 0.04})
+        "w4": RNG.normal(size=(2, 8, 1, 1)).astype(np.float32) * 0.04,
+        "w5": RNG.normal(size=(8, 1, 7, 7)).astype(np.float32) * 0.2,
+        "b5": RNG.normal(size=8).astype(np.float32) * 0.1})
 
 
 @pytest.mark.arm
