@@ -1,11 +1,13 @@
 """Depthwise-conv cases for benchmarks/xnnpack_op_speed.py: what of a depthwise conv's form changes
-XNNPACK's int8 speed against fp32.
+XNNPACK's int8 speed against fp32 (and the 1x1 depthwise conv against a float chain XNNPACK
+tabulates, for one scale and one shift).
 
 Why its own module: issue 15's int8 <= 0.5x fp32 goal is held back on depthwise-heavy models
 (MobileNetV3 / PP-LCNet / ConvNeXt), and the question is which knobs a lowering controls move the
 int8 kernel: weight scales, fused activation, input zero point, stride, dilation, channel count,
 kernel size, and DEPTHWISE_CONV_2D against the grouped CONV_2D the lowering writes for kernels
-beyond XNNPACK's 25-tap depthwise kernels (edgepipe.backends.tflite.ops.conv). Each builder takes
+beyond XNNPACK's 25-tap depthwise kernels (edgepipe.backends.tflite.ops.conv); for a per-tensor
+affine (ops/affine.py), the 1x1 depthwise conv against DEQUANTIZE, MUL, ADD, QUANTIZE. Each builder takes
 the dtype ("int8" or "float32") and returns the .tflite bytes, as xnnpack_op_speed's cases do.
 """
 
@@ -66,6 +68,35 @@ def grouped(shape, kernel, per_group=None):
     return build
 
 
+def scalar_affine(shape, form):
+    """y = 0.7 x + 0.2 with one scale and shift: fp32 MUL, ADD; int8 `depthwise` (a 1x1
+    DEPTHWISE_CONV_2D, the same weight and bias per channel) or `float chain` (DEQUANTIZE, MUL, ADD,
+    QUANTIZE, which XNNPACK turns into one lookup table)."""
+    def build(dtype):
+        g = Graph(dtype)
+        x = g.input(shape)
+        if dtype == "int8" and form == "depthwise":
+            weight = Quantization.per_channel(np.full(shape[3], 0.7 / 127), 3)
+            filter_index = g.spec.add_constant("w", np.full((1, 1, 1, shape[3]), 127, np.int8), weight)
+            bias_scale = 0.7 / 127 * float(UNIT.scale[0])
+            bias_index = g.spec.add_constant("b", np.full(shape[3], round(0.2 / bias_scale), np.int32),
+                                             Quantization.per_channel(np.full(shape[3], bias_scale), 0))
+            return finish(g, g.op("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], shape, "DepthwiseConv2DOptions",
+                                  **{**CONV_OPTIONS, "Padding": SAME, "DepthMultiplier": 1}))
+        if dtype == "int8":
+            g.dtype = "float32"
+            x = g.op("DEQUANTIZE", [x], shape, quant=None)
+        y = g.op("MUL", [x, g.spec.add_constant("scale", np.float32([0.7]))], shape, "MulOptions", quant=None,
+                 FusedActivationFunction=0)
+        y = g.op("ADD", [y, g.spec.add_constant("shift", np.float32([0.2]))], shape, "AddOptions", quant=None,
+                 FusedActivationFunction=0)
+        if dtype == "int8":
+            g.dtype = "int8"
+            y = g.op("QUANTIZE", [y], shape)
+        return finish(g, y)
+    return build
+
+
 CASES = {
     **{f"depthwise 7x7 {shape} {where}": {"DEPTHWISE_CONV_2D": depthwise(shape, 7),
                                           "grouped CONV_2D (the lowering)": grouped(shape, 7),
@@ -84,4 +115,7 @@ CASES = {
     "depthwise 5x5 [1,2,96,200] (OCR cls) forms": {
         "5x5": depthwise([1, 2, 96, 200], 5), "3x3": depthwise([1, 2, 96, 200], 3),
         "grouped CONV_2D, 8 per group": grouped([1, 2, 96, 200], 5, 8)},
+    **{f"scalar affine {shape} ({where})": {"1x1 DEPTHWISE_CONV_2D": scalar_affine(shape, "depthwise"),
+                                             "float chain (the lowering)": scalar_affine(shape, "float chain")}
+       for shape, where in (([1, 12, 80, 240], "PP-OCRv4 rec"), ([1, 128, 128, 32], "PP-OCRv4 det"))},
 }
