@@ -96,7 +96,8 @@ def test_depthwise_beyond_25_taps_is_a_grouped_conv(channels, kernel, stride, in
         interpreter = make_interpreter(report.out_dir / name, "reference")
         shapes = {d["index"]: list(d["shape"]) for d in interpreter.get_tensor_details()}
         (op,) = [op for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
-        expected = ("CONV_2D", [channels, *kernel, group]) if group > 1 else ("DEPTHWISE_CONV_2D", [1, *kernel, channels])
+        expected = (("CONV_2D", [channels, *kernel, group]) if group > 1
+                    else ("DEPTHWISE_CONV_2D", [1, *kernel, channels]))
         assert (op["op_name"], shapes[op["inputs"][1]]) == expected, name
         assert len(delegate_partitions(report.out_dir / name)) == 1, name
 
