@@ -6,8 +6,9 @@ affine blocks after convs and activations: `+ bias`, `/ 6`, `* scale`, `+ bias`;
 Lowered one by one, every node rounds onto its own int8 grid, and these roundings add up along a
 deep backbone (measured on the PP-OCRv4 recognizer: they moved its spaces). `fuse_constant_affine`
 folds a chain that follows a Conv into the Conv's weights and bias (exact in float, no rounding
-left; edgepipe/fold/affine.py, shared with the fold stage's `fold.constant_affine`), and replaces any other chain of two or more nodes by one `edgepipe.fused::ChannelAffine`
-node (x, scale[C], shift[C]) named after the chain's last node: int8 lowers it as a single 1x1
+left; edgepipe/fold/affine.py, shared with the fold stage's `fold.constant_affine`), and
+replaces any other chain of two or more nodes by one `edgepipe.fused::ChannelAffine` node
+(x, scale[C], shift[C]) named after the chain's last node: int8 lowers it as a single 1x1
 DEPTHWISE_CONV_2D (`channel_affine`: per-channel weight, int32 bias, one rounding, delegated to
 XNNPACK), float32 and int16 as MUL then ADD. One scale and one shift for the whole tensor (the
 learnable affine blocks) are computed in float instead (`_int8_kernel`): XNNPACK turns the
