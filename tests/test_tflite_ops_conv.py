@@ -120,3 +120,17 @@ def test_conv_transpose_matches_onnxruntime(stride, pads, kernel, tmp_path):
                         "b": rng.normal(size=3).astype(np.float32)})
     report = check_conformance(model, tmp_path)
     assert report.result["op_histogram"]["TRANSPOSE_CONV"] == 1
+
+
+def test_layout_change_that_moves_only_unit_dims_is_a_reshape(tmp_path):
+    """A tf2onnx head: a [1, C, 1, 1] result (NHWC inside TFLite) reshaped to NHWC [1, 1, 1, C]
+    (a speech embedding's output). Back to the ONNX layout only dims of 1 move, the same bytes:
+    a RESHAPE, not a TRANSPOSE."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("GlobalMaxPool", ["c"], ["g"], name="pool"),
+             helper.make_node("Reshape", ["g", "nhwc"], ["y"], name="to_nhwc")]
+    constants = {"w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "nhwc": np.array([1, 1, 1, 4], np.int64)}
+    model = make_model(nodes, {"x": [1, 3, 9, 8]}, ["y"], constants)
+    report = check_conformance(model, tmp_path)
+    assert "TRANSPOSE" not in report.result["op_histogram"], report.result["op_histogram"]

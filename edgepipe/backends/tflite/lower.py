@@ -54,6 +54,13 @@ ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 REQUANT_RATIO = (1.0 / 256 * 1.01, 128.0 / 1.01)
 
 
+
+def moves_only_unit_dims(shape, order) -> bool:
+    """True when transposing `shape` by `order` keeps every dim above 1 in its order (NCHW <->
+    NHWC of a one-channel image, [N, 1, 1, C] heads): the same bytes, so a RESHAPE does it."""
+    kept = [axis for axis in order if shape[axis] != 1]
+    return all(isinstance(shape[axis], (int, np.integer)) and shape[axis] > 0 for axis in order) and kept == sorted(kept)
+
 class ShapeUnknownError(UserError):
     """A lowering or check needed a static shape that shape inference did not give: the graph still
     has dynamic dims (fix them with --input-shape) or a shape computed from data at run time."""
@@ -159,6 +166,8 @@ class Lowering:
         self.shared_ranges: dict[str, str] = {}
         if self.options.get("share_concat_scales", True):
             self.shared_ranges = shared_scales.shared_concat_ranges(self)
+        # {clamp output: its tensor input} and their saturating grids (shared_scales.clamps)
+        self.clamp_inputs, self.clamp_grids = shared_scales.clamps(self)
 
     # ----- ONNX side ---------------------------------------------------------------------------
     def declared_dims(self, name: str) -> list | None:
@@ -219,6 +228,8 @@ class Lowering:
             name = name[:-len(";2d")]
         if self.shared_ranges:
             name = shared_scales.resolve(self.shared_ranges, name)
+        if dtype == "int8" and name in self.clamp_grids:
+            return self.clamp_grids[name]
         if self.calibration is None or name not in self.calibration:
             raise UserError(f"tensor '{name}' has no calibration range; re-run calibration on this model")
         tensor = self.calibration.tensors[name]
@@ -305,9 +316,12 @@ class Lowering:
     def _transposed(self, name: str, base: Value, perm) -> Value:
         base_inverse = inverse(base.perm)
         order = np.array([base_inverse[p] for p in perm], np.int32)
-        perm_index = self.spec.add_constant(f"{name}/perm", order)
         out = self.new_value(name, base.dtype, perm, quant=self.tensor(base.index).quantization)
-        self.emit("TRANSPOSE", [base.index, perm_index], [out])
+        shape = list(self.tensor(base.index).shape)
+        if moves_only_unit_dims(shape, order):
+            self.emit("RESHAPE", [base.index, self.int32_constant(f"{name}/shape", [shape[o] for o in order])], [out])
+        else:
+            self.emit("TRANSPOSE", [base.index, self.spec.add_constant(f"{name}/perm", order)], [out])
         return self.values[name][-1]
 
     def _converted(self, name: str, source: Value, dtype: str) -> int:
@@ -392,7 +406,11 @@ class Lowering:
         if tuple(perm) == identity(rank):
             return reshaped
         transposed = self.temp(f"{name};rank{rank};t", permute(padded, perm), dtype, tensor.quantization)
-        self.emit("TRANSPOSE", [reshaped, self.int32_constant(f"{name};rank{rank}/perm", perm)], [transposed])
+        if moves_only_unit_dims(padded, perm):
+            self.emit("RESHAPE", [reshaped, self.int32_constant(f"{name};rank{rank};t/shape", permute(padded, perm))],
+                      [transposed])
+        else:
+            self.emit("TRANSPOSE", [reshaped, self.int32_constant(f"{name};rank{rank}/perm", perm)], [transposed])
         return transposed
 
     def int32_constant(self, name: str, values) -> int:
