@@ -54,6 +54,11 @@ ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 REQUANT_RATIO = (1.0 / 256 * 1.01, 128.0 / 1.01)
 
 
+# graph-input readers for Lowering._only_reshaped: ops that take their input in the ONNX layout,
+# and ops that follow whatever layout their input has
+LAYOUT_READERS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "MatMul", "Gemm"})
+LAYOUT_FREE = frozenset({"Pad", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh",
+                         "Max", "Min", "Abs", "Neg", "Sqrt", "Exp", "Log", "Identity"})
 
 def moves_only_unit_dims(shape, order) -> bool:
     """True when transposing `shape` by `order` keeps every dim above 1 in its order (NCHW <->
@@ -475,7 +480,28 @@ class Lowering:
 
     def io_perm(self, name: str) -> tuple[int, ...]:
         rank = self.rank(name)
-        return NHWC if rank == 4 and not self.keep_layout else identity(rank)
+        if rank != 4 or self.keep_layout or self._only_reshaped(name):
+            return identity(rank)
+        return NHWC
+
+    def _only_reshaped(self, name: str) -> bool:
+        """True for a graph input that reaches no image op, only ops that read it in its ONNX layout
+        (Reshape, Flatten, MatMul...) through elementwise ops and Pad: tf2onnx's NHWC input
+        [1, 76, 32, 1] padded and reshaped to NCHW. NHWC would cost a TRANSPOSE before the Reshape."""
+        if name not in {i.name for i in self.model.graph.input}:
+            return False
+        frontier, seen = [name], set()
+        while frontier:
+            for node in self.consumers.get(frontier.pop(), []):
+                if node.name in seen:
+                    continue
+                seen.add(node.name)
+                if node.op_type in LAYOUT_READERS:
+                    continue
+                if node.op_type not in LAYOUT_FREE:
+                    return False
+                frontier.extend(node.output)
+        return bool(seen)
 
     def io_dtype(self) -> str:
         return "int8" if self.quantized and self.int8_io else "float32"
