@@ -144,14 +144,14 @@ MODELS = {
         RealModel("wake_melspec", "audio features", "openWakeWord log-mel frontend: STFT as Conv1d, power, mel MatMul, "
                   "10*log10, top-dB clip (dims batch_size x samples)", OWW + "melspectrogram.onnx", "openwakeword",
                   input_name="input", shape=(1, 12400), inputs="speech_audio", input_shape_flag=True,
-                  licence="code Apache-2.0, models CC BY-NC-SA 4.0", eval_samples=16),
+                  licence="code Apache-2.0, models CC BY-NC-SA 4.0"),
         RealModel("wake_embedding", "speech embedding", "Google speech_embedding as openWakeWord ships it (tf2onnx, "
                   "NHWC input, 5x MaxPool, LeakyReLU, Max)", OWW + "embedding_model.onnx", "openwakeword",
                   input_name="input_1", shape=(1, 76, 32, 1), inputs="speech_melspec",
                   licence="Apache-2.0 (Google); openWakeWord: models CC BY-NC-SA 4.0"),
         RealModel("wake_timer", "wake-word head", "openWakeWord timer intent head: 3 Gemm + ReLU, 7-way softmax over "
                   "34 speech embeddings", OWW + "timer_v0.1.onnx", "openwakeword", input_name="onnx::Flatten_0",
-                  shape=(1, 34, 96), inputs="speech_embeddings", licence="CC BY-NC-SA 4.0", eval_samples=16),
+                  shape=(1, 34, 96), inputs="speech_embeddings", licence="CC BY-NC-SA 4.0"),
         RealModel("magika", "byte classifier", "Magika v1 file-type classifier: OneHot over 257 byte tokens, dense, "
                   "exact GELU, LayerNorm, softmax over 113 types (tf2onnx)", "magika/models/standard_v1/model.onnx",
                   "magika", input_name="bytes", shape=(1, 1536), inputs="file_bytes", licence="Apache-2.0"),
