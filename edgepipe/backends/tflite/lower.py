@@ -33,7 +33,7 @@ from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
-from edgepipe.backends.tflite import builtins, float_statistics, shared_scales
+from edgepipe.backends.tflite import builtins, float_statistics, layouts, shared_scales
 from edgepipe.backends.tflite.fusion import fusable_activation
 from edgepipe.backends.tflite.writer import ModelSpec, Quantization
 from edgepipe.errors import UnsupportedOpError, UserError
@@ -53,18 +53,6 @@ ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 # input / output scale ratios XNNPACK's int8 -> int8 QUANTIZE delegates (LiteRT 2.3), with margin
 REQUANT_RATIO = (1.0 / 256 * 1.01, 128.0 / 1.01)
 
-
-# graph-input readers for Lowering._only_reshaped: ops that take their input in the ONNX layout,
-# and ops that follow whatever layout their input has
-LAYOUT_READERS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "MatMul", "Gemm"})
-LAYOUT_FREE = frozenset({"Pad", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh",
-                         "Max", "Min", "Abs", "Neg", "Sqrt", "Exp", "Log", "Identity"})
-
-def moves_only_unit_dims(shape, order) -> bool:
-    """True when transposing `shape` by `order` keeps every dim above 1 in its order (NCHW <->
-    NHWC of a one-channel image, [N, 1, 1, C] heads): the same bytes, so a RESHAPE does it."""
-    kept = [axis for axis in order if shape[axis] != 1]
-    return all(isinstance(shape[axis], (int, np.integer)) and shape[axis] > 0 for axis in order) and kept == sorted(kept)
 
 class ShapeUnknownError(UserError):
     """A lowering or check needed a static shape that shape inference did not give: the graph still
@@ -324,7 +312,7 @@ class Lowering:
         order = np.array([base_inverse[p] for p in perm], np.int32)
         out = self.new_value(name, base.dtype, perm, quant=self.tensor(base.index).quantization)
         shape = list(self.tensor(base.index).shape)
-        if moves_only_unit_dims(shape, order):
+        if layouts.moves_only_unit_dims(shape, order):
             self.emit("RESHAPE", [base.index, self.int32_constant(f"{name}/shape", [shape[o] for o in order])], [out])
         else:
             self.emit("TRANSPOSE", [base.index, self.spec.add_constant(f"{name}/perm", order)], [out])
@@ -412,7 +400,7 @@ class Lowering:
         if tuple(perm) == identity(rank):
             return reshaped
         transposed = self.temp(f"{name};rank{rank};t", permute(padded, perm), dtype, tensor.quantization)
-        if moves_only_unit_dims(padded, perm):
+        if layouts.moves_only_unit_dims(padded, perm):
             self.emit("RESHAPE", [reshaped, self.int32_constant(f"{name};rank{rank};t/shape", permute(padded, perm))],
                       [transposed])
         else:
@@ -481,28 +469,9 @@ class Lowering:
 
     def io_perm(self, name: str) -> tuple[int, ...]:
         rank = self.rank(name)
-        if rank != 4 or self.keep_layout or self._only_reshaped(name):
+        if rank != 4 or self.keep_layout or layouts.only_reshaped(self.model, self.consumers, name):
             return identity(rank)
         return NHWC
-
-    def _only_reshaped(self, name: str) -> bool:
-        """True for a graph input that reaches no image op, only ops that read it in its ONNX layout
-        (Reshape, Flatten, MatMul...) through elementwise ops and Pad: tf2onnx's NHWC input
-        [1, 76, 32, 1] padded and reshaped to NCHW. NHWC would cost a TRANSPOSE before the Reshape."""
-        if name not in {i.name for i in self.model.graph.input}:
-            return False
-        frontier, seen = [name], set()
-        while frontier:
-            for node in self.consumers.get(frontier.pop(), []):
-                if node.name in seen:
-                    continue
-                seen.add(node.name)
-                if node.op_type in LAYOUT_READERS:
-                    continue
-                if node.op_type not in LAYOUT_FREE:
-                    return False
-                frontier.extend(node.output)
-        return bool(seen)
 
     def io_dtype(self) -> str:
         return "int8" if self.quantized and self.int8_io else "float32"

@@ -28,7 +28,8 @@ def _cast_target(node) -> int:
 
 def check_cast(ctx: Lowering, node) -> str | None:
     if _cast_target(node) not in INTEGER_TYPES and _cast_target(node) != onnx.TensorProto.FLOAT:
-        return f"cast to {onnx.TensorProto.DataType.Name(_cast_target(node))}: only float32 <-> int32/int64 is supported"
+        target = onnx.TensorProto.DataType.Name(_cast_target(node))
+        return f"cast to {target}: only float32 <-> int32/int64 is supported"
     return None
 
 
@@ -61,7 +62,8 @@ def lower_one_hot(ctx: Lowering, node) -> None:
     out = ctx.new_value(node.output[0], dtype, identity(rank))
     quant = ctx.tensor(out).quantization
     off, on = (np.float32(v) for v in np.asarray(ctx.constant(node.input[2])).reshape(-1))
-    depth = ctx.int32_constant(f"{node.name};depth", np.int32(int(np.asarray(ctx.constant(node.input[1])).reshape(-1)[0])))
+    depth_value = int(np.asarray(ctx.constant(node.input[1])).reshape(-1)[0])
+    depth = ctx.int32_constant(f"{node.name};depth", np.int32(depth_value))
     on_index, off_index = (ctx.quantized_constant(f"{node.name};{tag}", value, quant, dtype)
                            for tag, value in (("on", on), ("off", off)))
     ctx.emit("ONE_HOT", [indices, depth, on_index, off_index], [out], node, "OneHotOptions", Axis=axis)

@@ -291,7 +291,8 @@ def _match_layer_norm(model, reciprocal, producers, consumers, outputs) -> tuple
         return None
     beta = shift.input[0] if constant(shift.input[0]) is not None else None
     out = users(of_x.output[0])
-    if beta is None or len(out) != 1 or out[0].op_type != "Add" or set(out[0].input) != {of_x.output[0], shift.output[0]}:
+    if (beta is None or len(out) != 1 or out[0].op_type != "Add"
+            or set(out[0].input) != {of_x.output[0], shift.output[0]}):
         return None
     members = [mean, centred, squared, variance, shifted, root, reciprocal, scale, of_x, of_mean, shift, out[0]]
     inner = {o for m in members[:-1] for o in m.output}
