@@ -91,3 +91,22 @@ def test_int8_clamp_by_scalar_is_a_saturating_quantize(op_type, bound, tmp_path)
     assert clamped.any() and np.allclose(got[clamped], bound, atol=1e-6)
     measured = delegation.measure(report.out_dir / "model.tflite")
     assert delegation.fully_delegated(measured), delegation.summary_line(measured)
+
+
+def test_int8_clamp_written_by_its_producer_carries_the_clamp_name(tmp_path):
+    """When the clamp is its input's only reader, the LeakyReLU writes the clamp's grid and no op
+    is left for the clamp; that tensor holds the clamped values, so it is named after the clamp's
+    output (what `edgepipe compare` matches by ONNX name), not after the LeakyReLU's."""
+    from tests.realmodels.evaluate import interpreter
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("LeakyRelu", ["c"], ["l"], name="leaky", alpha=0.2),
+             helper.make_node("Max", ["l", "k"], ["m"], name="floor"),
+             helper.make_node("Mul", ["m", "two"], ["y"], name="double")]
+    model = make_model(nodes, {"x": [1, 3, 6, 7]}, ["y"], {"w": CONV_W, "k": np.array(-0.4, np.float32),
+                                                            "two": np.array(2.0, np.float32)})
+    report = check_conformance(model, tmp_path, int8_steps=3.5)
+    histogram = report.result["op_histogram"]
+    assert "MAXIMUM" not in histogram and histogram.get("QUANTIZE", 0) == 1  # the graph input's only
+    names = {d["name"] for d in interpreter(report.out_dir / "model.tflite").get_tensor_details()}
+    assert "m" in names and "l" not in names
