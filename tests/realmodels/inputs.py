@@ -11,6 +11,8 @@ The same generator with different seeds gives calibration and held-out evaluatio
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from tests.realmodels.corpus import MODELS
@@ -201,6 +203,7 @@ def speech_audio(rng: np.random.Generator, samples: int) -> np.ndarray:
     return (audio * rng.uniform(1500, 20000)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=None)
 def _oww_session(member: str):
     import onnxruntime as ort
 
