@@ -9,7 +9,10 @@ folds a chain that follows a Conv into the Conv's weights and bias (exact in flo
 left), and replaces any other chain of two or more nodes by one `edgepipe.fused::ChannelAffine`
 node (x, scale[C], shift[C]) named after the chain's last node: int8 lowers it as a single 1x1
 DEPTHWISE_CONV_2D (`channel_affine`: per-channel weight, int32 bias, one rounding, delegated to
-XNNPACK), float32 and int16 as MUL then ADD.
+XNNPACK), float32 and int16 as MUL then ADD. One scale and one shift for the whole tensor (the
+learnable affine blocks) are computed in float instead (`_int8_kernel`): XNNPACK turns the
+chain DEQUANTIZE, MUL, ADD, QUANTIZE of one int8 tensor into one 256-entry lookup table, which
+is faster than the depthwise conv and rounds once too.
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ from edgepipe.backends.tflite.writer import Quantization
 AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
 
 
-@register("ChannelAffine", domain=FUSED_DOMAIN, int16=True)
+def _int8_kernel(ctx: Lowering, node) -> bool:
+    """Per-channel parameters: the int8 1x1 depthwise conv. One scale and one shift: False, a float
+    island whose elementwise chain XNNPACK evaluates as an int8 lookup table."""
+    return np.size(ctx.constant(node.input[1])) > 1 or np.size(ctx.constant(node.input[2])) > 1
+
+
+@register("ChannelAffine", domain=FUSED_DOMAIN, int8=_int8_kernel, int16=True)
 def lower_channel_affine(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     scale = np.asarray(ctx.constant(node.input[1]), np.float64).reshape(-1)
