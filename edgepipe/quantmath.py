@@ -43,6 +43,20 @@ def asymmetric_params(lo: float, hi: float, bits: int = 8) -> tuple[float, int]:
     return float(scale), zero_point
 
 
+def clamp_params(scale: float, zero_point: int, bound: float, floor: bool) -> tuple[float, int] | None:
+    """int8 (scale, zero point) covering the grid (scale, zero_point) whose low end (`floor`: the
+    output of max(x, bound < 0)) or high end (min(x, bound > 0)) is exactly `bound`, zero on the
+    grid; None when `bound` has the other sign. Writing onto it saturates exactly at `bound`."""
+    sign = 1.0 if floor else -1.0  # mirror min onto max: the clamped end below zero
+    far = sign * scale * ((127 if floor else -128) - zero_point)
+    if sign * bound >= 0 or far <= 0:
+        return None
+    steps = int(np.floor(255 * abs(bound) / (far + abs(bound))))
+    if steps < 1:
+        return None
+    return abs(bound) / steps, (-128 + steps if floor else 127 - steps)
+
+
 def quantize(x: np.ndarray, scale, zero_point=0, bits: int = 8, narrow: bool = False) -> np.ndarray:
     """Round-half-to-even like ONNX QuantizeLinear / TFLite; saturates to the integer range."""
     qmin, qmax = qrange(bits, narrow=narrow)

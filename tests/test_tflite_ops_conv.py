@@ -149,3 +149,33 @@ def test_conv_transpose_matches_onnxruntime(stride, pads, kernel, tmp_path):
                         "b": rng.normal(size=3).astype(np.float32)})
     report = check_conformance(model, tmp_path)
     assert report.result["op_histogram"]["TRANSPOSE_CONV"] == 1
+
+
+def test_layout_change_that_moves_only_unit_dims_is_a_reshape(tmp_path):
+    """A tf2onnx head: a [1, C, 1, 1] result (NHWC inside TFLite) reshaped to NHWC [1, 1, 1, C]
+    (a speech embedding's output). Back to the ONNX layout only dims of 1 move, the same bytes:
+    a RESHAPE, not a TRANSPOSE."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("GlobalMaxPool", ["c"], ["g"], name="pool"),
+             helper.make_node("Reshape", ["g", "nhwc"], ["y"], name="to_nhwc")]
+    constants = {"w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "nhwc": np.array([1, 1, 1, 4], np.int64)}
+    model = make_model(nodes, {"x": [1, 3, 9, 8]}, ["y"], constants)
+    report = check_conformance(model, tmp_path)
+    assert "TRANSPOSE" not in report.result["op_histogram"], report.result["op_histogram"]
+
+
+def test_nhwc_graph_input_reshaped_to_nchw_keeps_its_layout(tmp_path):
+    """tf2onnx's NHWC one-channel input (a speech embedding's [1, 76, 32, 1] log-mel frames): Pad,
+    Reshape to NCHW [1, 1, H, W], Conv. The input reaches the Conv only through a Reshape, so the
+    .tflite takes it in its ONNX layout: no TRANSPOSE before the Reshape."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad"),
+             helper.make_node("Reshape", ["p", "nchw"], ["r"], name="to_nchw"),
+             helper.make_node("Conv", ["r", "w"], ["y"], name="conv")]
+    constants = {"pads": np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64), "nchw": np.array([1, 1, 11, 10], np.int64),
+                 "w": rng.normal(size=(4, 1, 3, 3)).astype(np.float32)}
+    model = make_model(nodes, {"x": [1, 9, 8, 1]}, ["y"], constants)
+    report = check_conformance(model, tmp_path)
+    assert "TRANSPOSE" not in report.result["op_histogram"], report.result["op_histogram"]
+    assert report.result["io"]["inputs"][0]["layout"] != "NHWC"
