@@ -10,8 +10,8 @@ import pytest
 
 from edgepipe import quantmath
 from edgepipe.errors import BudgetError, UserError
-from edgepipe.accuracy.precision import Budget, plan_mixed_precision
-from edgepipe.accuracy.sensitivity import VariantEvaluator
+from edgepipe.accuracy.precision import PRUNE_EVALUATIONS, PRUNE_LIMIT, Budget, _Planner, plan_mixed_precision
+from edgepipe.accuracy.sensitivity import NodeGroup, VariantEvaluator
 from tests.test_sensitivity import GPU, calibrated, npz_dataset, outlier_mlp
 
 BUDGET = 0.02  # at most 2% of argmax decisions may change vs FP32
@@ -111,3 +111,32 @@ def test_sequence_budget_parses_and_needs_a_sequence_head(two_outlier_case):
     model, calibration, dataset = two_outlier_case  # a classifier: [N, C], no readings
     with pytest.raises(UserError, match="max_sequence_drop needs a \\[N, T, C\\] sequence output"):
         plan_mixed_precision(model, calibration, dataset, {"max_sequence_drop": 0.01}, target=GPU, max_samples=16)
+
+
+def test_prune_returns_harmless_groups_of_a_long_prefix_to_int8():
+    """The loss sits in a few groups scattered down a noisy ranking (plus some faint ones): the
+    shortest ranked prefix that holds is long and mostly harmless. Group testing returns the
+    harmless groups to int8 (more than PRUNE_LIMIT: the one-by-one prune would not run) within
+    PRUNE_EVALUATIONS, and the budget still holds on the evaluator."""
+    names = [f"g{i}" for i in range(40)]  # ranked, most damaging first (by the ranking's estimate)
+    damage = {name: 0.0 for name in names}
+    damage.update({n: 0.01 for n in ("g0", "g3", "g9", "g16", "g23")})  # each breaks the budget alone
+    damage.update({n: 0.0015 for n in ("g5", "g11", "g30")})  # faint: two of them fit the budget
+    groups = [NodeGroup(n, "Add", (n, f"{n}_reader"), ()) for n in names]
+
+    def evaluate(float_nodes: set) -> dict:  # the budget's own view: drop = damage of the int8 groups
+        return {"argmax_agreement": 1.0 - sum(d for n, d in damage.items() if n not in float_nodes)}
+
+    budget = Budget("agreement", 0.004)
+    planner = _Planner(groups, budget, evaluate, evaluate, "backend", None)
+    prefix = planner.bisect()
+    assert prefix == names[:24] and len(prefix) > PRUNE_LIMIT  # g23 is the last harmful group
+    before = len(planner.steps)
+    pruned = planner.prune(prefix)
+    assert len(planner.steps) - before <= PRUNE_EVALUATIONS
+    assert budget.holds(evaluate(planner.nodes(pruned)))  # independent of the planner's steps
+    assert {"g0", "g3", "g9", "g16", "g23"} <= set(pruned)
+    harmless_in_prefix = [n for n in prefix if damage[n] == 0.0]
+    returned = [n for n in harmless_in_prefix if n not in pruned]
+    assert len(returned) >= len(harmless_in_prefix) // 2, (pruned, returned)
+    assert len(pruned) < len(prefix) - PRUNE_LIMIT

@@ -12,7 +12,10 @@ loses too much; a few sensitive tensors are usually the whole difference. The pl
    that touches it (so the tensor is never int8: keeping only its producer float would not help,
    its int8 readers still quantize it);
 3. bisects the ranked list: the shortest prefix that holds on the held-out slice
-   (ceil(log2 N) + 1 evaluations), then prunes a small float set (at most PRUNE_LIMIT groups);
+   (ceil(log2 N) + 1 evaluations), then prunes it: a small float set (at most PRUNE_LIMIT
+   groups) one group at a time, a larger one by group testing (batches returned to int8, least
+   damaging first, a failing batch split in two; at most PRUNE_EVALUATIONS evaluations), since
+   a loss spread thinly over many groups leaves harmless groups inside the ranked prefix;
 4. confirms on the full evaluation set, or with `evaluate(float_nodes)` (the real backend, e.g.
    the .tflite in LiteRT); if confirmation fails, doubles the float set (next ranked groups)
    until it passes: at most log2(N) more backend runs.
@@ -167,7 +170,9 @@ class PrecisionPlan:
 
 
 DEFAULT_LEVELS = ("int8", "float")  # int16 is opt-in: LiteRT runs 16x8 on its builtin kernels, not XNNPACK
-PRUNE_LIMIT = 8  # prune a float set of at most this many groups (one evaluation each)
+PRUNE_LIMIT = 8  # prune a float set of at most this many groups one by one (one evaluation each)
+PRUNE_EVALUATIONS = 16  # larger float sets: at most this many batch evaluations (group testing)
+PRUNE_SECONDS = 120.0  # ... and at most this long, so that the whole search stays within minutes
 RANK_SAMPLES = 2  # samples each group is scored on alone (output SQNR ranks well on few)
 
 
@@ -237,17 +242,64 @@ class _Planner:
         # the empty prefix (all int8) was checked and fails; the longest holds
         return self.shortest_prefix(self.ranked[:limit], lambda prefix: self.check(prefix, "prefix", prefix[-1]))
 
+    def plan_int8(self) -> list[str]:
+        """Float groups on the int8 -> float ladder: none if all int8 holds, else the shortest
+        ranked prefix, pruned."""
+        if self.check([], "int8", None):
+            return []
+        return self.prune(self.bisect())
+
+    def known(self, chosen: list[str]) -> bool | None:
+        """What the steps so far already say about `chosen` float: more float never loses accuracy
+        (the bisection's assumption too), so a subset of a failing set fails and a superset of a
+        holding one holds; None when no step decides it."""
+        trial = set(chosen)
+        for step in self.steps:
+            if step.evaluator != self.search_name or step.int16_groups:
+                continue
+            if not step.holds and trial <= set(step.float_groups):
+                return False
+            if step.holds and trial >= set(step.float_groups):
+                return True
+        return None
+
     def prune(self, chosen: list[str], confirming: bool = False) -> list[str]:
-        """Return each float group to int8 when the budget still holds without it (small sets only:
-        one evaluation per group)."""
+        """Return float groups to int8 where the budget still holds without them. A small set
+        (<= PRUNE_LIMIT groups): one evaluation per group. A large one: group testing, because the
+        ranking (output SQNR, each group alone, few samples) puts harmless groups inside the prefix
+        when the loss is spread thinly: try returning batches, least damaging first (halves, then
+        quarters, ... a failing batch splits in two), keep every return that holds, and stop after
+        PRUNE_EVALUATIONS evaluations or PRUNE_SECONDS."""
         if len(chosen) > PRUNE_LIMIT:
-            return chosen
+            return self.prune_batches(chosen, confirming)
         for name in reversed(list(chosen)):
             trial = [g for g in chosen if g != name]
             if self.check(trial, "remove", name, confirming):
                 chosen = trial
             else:
                 self.steps[-1].action = "keep"
+        return chosen
+
+    def prune_batches(self, chosen: list[str], confirming: bool = False) -> list[str]:
+        """Group testing over a large float set (see `prune`), breadth first so that big batches
+        are tried before the evaluations run out; a batch whose answer the earlier steps already
+        imply (`known`: e.g. a tail of the ranked prefix, which the bisection saw fail) costs none."""
+        deadline = time.perf_counter() + PRUNE_SECONDS
+        pending, evaluations = [list(reversed(chosen))], 0  # least damaging first
+        while pending and evaluations < PRUNE_EVALUATIONS and time.perf_counter() < deadline:
+            batch = pending.pop(0)
+            trial = [g for g in chosen if g not in batch]
+            holds = None if confirming else self.known(trial)
+            if holds is None:
+                holds = self.check(trial, "remove", f"{batch[0]} (+{len(batch) - 1})" if len(batch) > 1
+                                   else batch[0], confirming)
+                evaluations += 1
+                if not holds:
+                    self.steps[-1].action = "keep"
+            if holds:
+                chosen = trial
+            elif len(batch) > 1:
+                pending += [batch[:len(batch) // 2], batch[len(batch) // 2:]]
         return chosen
 
     def escalate(self, chosen: list[str]) -> tuple[list[str], bool]:
@@ -372,8 +424,7 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
         int16_ranking_evaluations = len(int16_order)
     else:
         int16_ranking_evaluations = 0
-        if not planner.check(chosen, "int8", None):
-            chosen = planner.prune(planner.bisect())
+        chosen = planner.plan_int8()
         met = planner.check(chosen, "confirm", None, confirming=True)
         if not met:
             chosen, met = planner.escalate(chosen)
