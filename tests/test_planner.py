@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgepipe.accuracy.precision import PRUNE_LIMIT, plan_on_target, summary_line
+from edgepipe.accuracy.precision import PRUNE_EVALUATIONS, PRUNE_LIMIT, plan_on_target, summary_line
 from edgepipe.backends.tflite.evaluate import tflite_evaluator
 from tests.test_sensitivity import ARM, FEATURES, calibrated, npz_dataset
 
@@ -198,7 +198,7 @@ def test_search_evaluations_grow_with_log_n(tmp_path, depth, levels):
     if "int16" in levels:  # int8, int16, then at most two bisections (float prefix, int16 prefix)
         assert search["search_evaluations"] <= 2 * math.ceil(math.log2(groups)) + 4
     else:  # all int8 + the largest prefix + bisection + a bounded prune
-        assert search["search_evaluations"] <= math.ceil(math.log2(groups)) + 2 + PRUNE_LIMIT
+        assert search["search_evaluations"] <= math.ceil(math.log2(groups)) + 2 + max(PRUNE_LIMIT, PRUNE_EVALUATIONS)
     # a backend disagreeing with the emulation doubles the float set (int16: first all non-float int16)
     assert search["confirm_evaluations"] <= 1 + ("int16" in levels) + math.ceil(math.log2(groups))
     assert plan.met, plan.reason

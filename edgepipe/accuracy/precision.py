@@ -171,7 +171,7 @@ class PrecisionPlan:
 
 DEFAULT_LEVELS = ("int8", "float")  # int16 is opt-in: LiteRT runs 16x8 on its builtin kernels, not XNNPACK
 PRUNE_LIMIT = 8  # prune a float set of at most this many groups one by one (one evaluation each)
-PRUNE_EVALUATIONS = 16  # larger float sets: at most this many batch evaluations (group testing)
+PRUNE_EVALUATIONS = 32  # larger float sets: at most this many batch evaluations (group testing)
 PRUNE_SECONDS = 120.0  # ... and at most this long, so that the whole search stays within minutes
 RANK_SAMPLES = 2  # samples each group is scored on alone (output SQNR ranks well on few)
 
@@ -185,6 +185,8 @@ class _Planner:
         self.search_name = search_name
         self.max_float = len(groups) if max_float is None else max(0, int(max_float))
         self.steps: list[PlanStep] = []
+        self.pruned_from: list[str] = []  # the float set before the prune (precision.json reports both)
+        self.prune_seconds = 0.0
 
     def nodes(self, chosen: list[str]) -> set[str]:
         return {n for name in chosen for n in self.by_name[name].nodes}
@@ -247,7 +249,11 @@ class _Planner:
         ranked prefix, pruned."""
         if self.check([], "int8", None):
             return []
-        return self.prune(self.bisect())
+        self.pruned_from = self.bisect()
+        started = time.perf_counter()
+        chosen = self.prune(self.pruned_from)
+        self.prune_seconds = time.perf_counter() - started
+        return chosen
 
     def known(self, chosen: list[str]) -> bool | None:
         """What the steps so far already say about `chosen` float: more float never loses accuracy
@@ -442,6 +448,11 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
               "samples": len(search_ev), "sessions_built": search_ev.sessions_built,
               "emulation": search_ev.placement_description}
     search.update(int8_ops(model, search_ev, float_nodes, int16_nodes))
+    if planner.pruned_from:
+        search["prune"] = {"groups_before": len(planner.pruned_from), "groups_after": len(chosen),
+                           "evaluations": sum(1 for s in planner.steps if s.action in ("remove", "keep")),
+                           "seconds": round(planner.prune_seconds, 2),
+                           "int8_ops_before": int8_ops(model, search_ev, planner.nodes(planner.pruned_from))["int8_ops"]}
     return PrecisionPlan(float_nodes, chosen, planner.steps, final, met, reason, spec, report,
                          len(groups), search, int16_nodes, int16_groups, levels)
 
