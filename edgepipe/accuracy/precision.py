@@ -171,8 +171,8 @@ class PrecisionPlan:
 
 DEFAULT_LEVELS = ("int8", "float")  # int16 is opt-in: LiteRT runs 16x8 on its builtin kernels, not XNNPACK
 PRUNE_LIMIT = 8  # prune a float set of at most this many groups one by one (one evaluation each)
-PRUNE_EVALUATIONS = 32  # larger float sets: at most this many batch evaluations (group testing)
-PRUNE_SECONDS = 120.0  # ... and at most this long, so that the whole search stays within minutes
+PRUNE_EVALUATIONS = 64  # larger float sets: at most this many batch evaluations (group testing)
+PRUNE_SECONDS = 180.0  # ... and at most this long, so that the whole search stays within minutes
 RANK_SAMPLES = 2  # samples each group is scored on alone (output SQNR ranks well on few)
 
 
