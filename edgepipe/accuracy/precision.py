@@ -58,6 +58,7 @@ import onnx
 from edgepipe.calibrate.result import CalibrationResult
 from edgepipe.errors import BudgetError, UserError
 from edgepipe.settings import PrecisionSettings
+from edgepipe.accuracy.plan_report import int8_ops, plan_summary, summary_line
 from edgepipe.accuracy.sensitivity import (NodeGroup, NodeSensitivity, SensitivityReport, VariantEvaluator,
                                            resolve_metric)
 
@@ -455,57 +456,6 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
                            "int8_ops_before": int8_ops(model, search_ev, planner.nodes(planner.pruned_from))["int8_ops"]}
     return PrecisionPlan(float_nodes, chosen, planner.steps, final, met, reason, spec, report,
                          len(groups), search, int16_nodes, int16_groups, levels)
-
-
-def int8_ops(model: onnx.ModelProto, evaluator: VariantEvaluator, float_nodes: set[str],
-             int16_nodes: set[str] = frozenset()) -> dict:
-    """How much of the model computes in int8 (and 16x8): ONNX nodes (Constant excluded) whose
-    compute the target quantizes, minus the float ones; the rest of the ops are float."""
-    compute = [n.name for n in model.graph.node if n.op_type != "Constant"]
-    quantized = set(evaluator.qdq_report["quantized_nodes"]) if evaluator.placement is None \
-        else set(evaluator.placement.int8_nodes)
-    integer = (quantized & set(compute)) - set(float_nodes)
-    int16 = len(integer & set(int16_nodes))
-    int8 = len(integer) - int16
-    total = max(len(compute), 1)
-    return {"ops": len(compute), "int8_ops": int8, "int8_fraction": round(int8 / total, 4),
-            "int16_ops": int16, "int16_fraction": round(int16 / total, 4),
-            "float_ops": len(compute) - int8 - int16, "float_fraction": round((len(compute) - int8 - int16) / total, 4)}
-
-
-def plan_summary(plan: dict) -> dict:
-    """The results.json `precision` section (and the build's one line) from a precision.json dict:
-    what the budget bought (int8 share of the ops, the float list) and what the search cost."""
-    search = plan.get("search") or {}
-    return {"budget": (plan.get("budget") or {}).get("text"), "met": plan.get("met"), "reason": plan.get("reason"),
-            "ops": search.get("ops"), "int8_ops": search.get("int8_ops"), "int8_fraction": search.get("int8_fraction"),
-            "int16_ops": search.get("int16_ops", 0), "int16_fraction": search.get("int16_fraction", 0.0),
-            "float_ops": search.get("float_ops"), "float_fraction": search.get("float_fraction"),
-            "levels": plan.get("levels", ["int8", "float"]),
-            "float_nodes": plan.get("float_nodes", []), "float_groups": len(plan.get("float_groups", [])),
-            "int16_nodes": plan.get("int16_nodes", []), "int16_groups": len(plan.get("int16_groups", [])),
-            "search_seconds": search.get("seconds"),
-            "evaluations": {key: search.get(f"{key}_evaluations")
-                            for key in ("ranking", "int16_ranking", "search", "confirm")},
-            "final": plan.get("final")}
-
-
-def summary_line(summary: dict) -> str:
-    """`budget met: 290/365 ops int8 (79.5%), 20 int16 (5.5%), 55 float (15.1%); search 212 s,
-    377+0+12+1 evaluations (rank+int16 rank+search+confirm)`."""
-    state = "budget met" if summary["met"] else "budget NOT met"
-    if summary.get("ops") is None:
-        return state
-    evaluations = "+".join(str(summary["evaluations"].get(k) or 0)
-                           for k in ("ranking", "int16_ranking", "search", "confirm"))
-    float_ops = summary.get("float_ops")
-    if float_ops is None:
-        float_ops = summary["ops"] - summary["int8_ops"]
-    return (f"{state}: {summary['int8_ops']}/{summary['ops']} ops int8 ({100 * summary['int8_fraction']:.1f}%), "
-            f"{summary.get('int16_ops') or 0} int16 ({100 * (summary.get('int16_fraction') or 0):.1f}%), "
-            f"{float_ops} float ({100 * float_ops / max(summary['ops'], 1):.1f}%); "
-            f"search {summary['search_seconds']:.0f} s, {evaluations} evaluations "
-            f"(rank+int16 rank+search+confirm)")
 
 
 def plan_on_target(model: onnx.ModelProto, calibration: CalibrationResult, dataset, budget, target,
