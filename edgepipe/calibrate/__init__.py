@@ -13,7 +13,7 @@ from typing import Callable
 
 import onnx
 
-from edgepipe import graph
+from edgepipe import graph, recurrent
 from edgepipe.calibrate import collector, methods, policy, stability
 from edgepipe.calibrate.result import CalibrationResult, TensorCalibration
 from edgepipe.errors import UserError
@@ -39,8 +39,10 @@ def calibrate(
     tensors: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CalibrationResult:
-    """Calibrate every float activation of `model` (or only `tensors`) on `dataset`."""
+    """Calibrate every float activation of `model` (or only `tensors`) on `dataset`; recurrent
+    nodes run unrolled, so their per-step tensors get ranges too (edgepipe/recurrent.py)."""
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
+    model = recurrent.unrolled(model)
     contexts = collector.calibratable_tensors(model)
     if tensors is not None:
         unknown = [t for t in tensors if t not in contexts]

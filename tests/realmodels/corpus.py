@@ -121,7 +121,7 @@ MODELS = {
                   "silero_vad/data/silero_vad.onnx", "silero-vad", refused_node="If_0", licence="MIT"),
         RealModel("vad_lstm", "speech VAD (RNN)", "Silero VAD v6 16 kHz sequence model (top-level LSTM)",
                   "silero_vad/data/silero_vad_16k_sequence.onnx", "silero-vad", input_name="input",
-                  shape=(4, 576), refused_node="/recurrent/LSTM", refused_on=("arm-cpu",), licence="MIT"),
+                  shape=(4, 576), inputs="speech_chunks", licence="MIT", eval_samples=16),
         RealModel("timm_resnet", "timm-style CNN", "ResNet basic blocks, zero-init last BN gamma (timm zero_init_last)",
                   "tests.realmodels.timm_style:resnet", shape=(1, 3, 64, 64), inputs="imagenet_scene"),
         RealModel("timm_resnext", "timm-style CNN", "ResNeXt bottlenecks: grouped 3x3 conv, zero-init last BN",

@@ -56,14 +56,23 @@ class Data:
 
 
 def write_data(name: str, work: Path, calib_samples: int = CALIB_SAMPLES) -> Data:
-    """Calibration and held-out eval sets as .npz keyed by the input name, [N, C, H, W]."""
+    """Calibration and held-out eval sets as .npz keyed by the input name, [N, C, H, W] (a model
+    with several inputs: one [N, *sample shape] array per input)."""
     spec = corpus.MODELS[name]
     calib = make_inputs(name, calib_samples, CALIB_SEED)["x"]
     evaluation = make_inputs(name, spec.eval_samples, EVAL_SEED)["x"]
     work.mkdir(parents=True, exist_ok=True)
-    np.savez(work / f"{name}_calib.npz", **{spec.input_name: calib})
-    np.savez(work / f"{name}_eval.npz", **{spec.input_name: evaluation})
+    for part, arrays in (("calib", calib), ("eval", evaluation)):
+        np.savez(work / f"{name}_{part}.npz", **(arrays if isinstance(arrays, dict) else {spec.input_name: arrays}))
     return Data(calib, evaluation, work / f"{name}_calib.npz", work / f"{name}_eval.npz")
+
+
+def feeds(input_name: str, images) -> list[dict[str, np.ndarray]]:
+    """One ONNX Runtime / LiteRT feed per sample: `images[i:i+1]` of a single-input model, or
+    row i of every input's array for a model with several inputs (a dict, rows as the model takes them)."""
+    if isinstance(images, dict):
+        return [{key: value[i] for key, value in images.items()} for i in range(len(next(iter(images.values()))))]
+    return [{input_name: images[i : i + 1]} for i in range(len(images))]
 
 
 def build(name: str, target: str, data: Data, out: Path, extra: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -101,7 +110,7 @@ def run_onnx_file(path: Path, input_name: str, images: np.ndarray, optimize: boo
     """{output name: [N, ...]} one sample at a time (batch 1, as the bundle runs)."""
     session = _onnx_session(path, optimize)
     names = [o.name for o in session.get_outputs()]
-    runs = [session.run(None, {input_name: images[i : i + 1]}) for i in range(len(images))]
+    runs = [session.run(None, feed) for feed in feeds(input_name, images)]
     return {n: np.concatenate([r[k] for r in runs]) for k, n in enumerate(names)}
 
 
@@ -171,8 +180,8 @@ def ort_peer(name: str, data: Data, work: Path) -> list[np.ndarray]:
 
     spec = corpus.MODELS[name]
     out = work / f"{name}_ort_minmax.onnx"
-    ort_quantize_static(peer_source(name, work), out, len(data.calib),
-                        lambda i: {spec.input_name: data.calib[i : i + 1]}, method="MinMax")
+    calib = feeds(spec.input_name, data.calib)
+    ort_quantize_static(peer_source(name, work), out, len(calib), lambda i: calib[i], method="MinMax")
     return list(run_onnx_file(out, spec.input_name, data.eval).values())
 
 
@@ -195,21 +204,21 @@ def run_tflite(path: Path, io: dict, images: np.ndarray) -> list[np.ndarray]:
 
 
 def invoke(interp, io: dict, images: np.ndarray) -> list[np.ndarray]:
-    """Run `images` one at a time (NCHW float in, as the manifest's io says the file wants it)."""
+    """Run `images` one sample at a time (NCHW float in, as the manifest's io says the file wants it)."""
     from edgepipe import quantmath
 
-    spec_in = io["inputs"][0]
-    index_in = {d["name"]: d for d in interp.get_input_details()}[spec_in["name"]]
+    in_details = {d["name"]: d for d in interp.get_input_details()}
     out_details = {d["name"]: d for d in interp.get_output_details()}
     outputs: list[list[np.ndarray]] = [[] for _ in io["outputs"]]
-    for image in images:
-        value = image[None]
-        if spec_in["layout"] == "NHWC":
-            value = value.transpose(0, 2, 3, 1)
-        if index_in["dtype"] == np.int8:
-            scale, zero = index_in["quantization"]
-            value = np.clip(np.round(value / scale) + zero, -128, 127)
-        interp.set_tensor(index_in["index"], np.ascontiguousarray(value, index_in["dtype"]))
+    for feed in feeds(io["inputs"][0]["name"], images):
+        for spec_in in io["inputs"]:
+            index_in, value = in_details[spec_in["name"]], feed[spec_in["name"]]
+            if spec_in["layout"] == "NHWC":
+                value = value.transpose(0, 2, 3, 1)
+            if index_in["dtype"] == np.int8:
+                scale, zero = index_in["quantization"]
+                value = np.clip(np.round(value / scale) + zero, -128, 127)
+            interp.set_tensor(index_in["index"], np.ascontiguousarray(value, index_in["dtype"]))
         interp.invoke()
         for k, spec in enumerate(io["outputs"]):
             detail = out_details[spec["name"]]

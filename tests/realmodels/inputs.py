@@ -171,12 +171,70 @@ def face_crop(rng: np.random.Generator, height: int, width: int):
     return image.resize((width, height), Image.BILINEAR)
 
 
+SAMPLE_RATE = 16000
+
+
+def speech_audio(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """Speech-like 16 kHz audio: syllables of a voiced source (harmonics of a gliding pitch under
+    two formant peaks, ~4 per second) and fricative noise bursts, between pauses of room noise."""
+    n = int(seconds * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    audio = rng.normal(0, rng.uniform(0.001, 0.01), n)  # room noise
+    position = int(rng.uniform(0, 0.3) * SAMPLE_RATE)
+    while position < n:
+        length = int(rng.uniform(0.12, 0.35) * SAMPLE_RATE)
+        end = min(n, position + length)
+        span = t[position:end] - t[position]
+        if rng.random() < 0.8:  # voiced syllable
+            f0 = rng.uniform(90, 240) * (1 + rng.uniform(-0.15, 0.15) * span / max(span[-1], 1e-3))
+            phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+            formants = rng.uniform(300, 900), rng.uniform(900, 2500)
+            wave = sum(np.sin(k * phase) * sum(np.exp(-((k * f0 - f) / 200.0) ** 2) for f in formants) / k**0.5
+                       for k in range(1, 30))
+        else:  # fricative
+            wave = np.diff(rng.normal(0, 1, len(span) + 1))
+        envelope = np.sin(np.pi * np.linspace(0, 1, len(span))) ** 0.5
+        audio[position:end] += rng.uniform(0.05, 0.5) * wave * envelope / max(np.abs(wave).max(), 1e-6)
+        position = end + int(rng.exponential(0.15 if rng.random() < 0.7 else 0.6) * SAMPLE_RATE)
+    return audio.astype(np.float32)
+
+
+def speech_chunks(name: str, rng: np.random.Generator, count: int) -> dict:
+    """Silero VAD streaming inputs: `input` [seq, 576] = seq consecutive 512-sample chunks, each
+    with the previous 64 samples as context, and the LSTM state (h, c) the shipped model (ONNX
+    Runtime) carries into that window after 0-3 earlier windows of the same recording."""
+    import onnxruntime as ort
+
+    from tests.realmodels.corpus import model_path
+
+    seq, width = MODELS[name].shape
+    chunk, context = 512, width - 512
+    session = ort.InferenceSession(str(model_path(name)), providers=["CPUExecutionProvider"])
+    inputs = {"input": [], "h": [], "c": []}
+    for _ in range(count):
+        warmup = int(rng.integers(0, 4))
+        audio = speech_audio(rng, ((warmup + 1) * seq * chunk + context) / SAMPLE_RATE + 0.01)
+        h = c = np.zeros((1, 1, 128), np.float32)
+        for window in range(warmup + 1):
+            start = window * seq * chunk
+            frames = np.stack([audio[start + k * chunk: start + (k + 1) * chunk + context] for k in range(seq)])
+            if window == warmup:
+                break
+            _, h, c = session.run(None, {"input": frames, "h": h, "c": c})
+        for key, value in (("input", frames), ("h", h), ("c", c)):
+            inputs[key].append(value)
+    return {"x": {key: np.stack(values).astype(np.float32) for key, values in inputs.items()}}
+
+
 def make_inputs(name: str, count: int, seed: int) -> dict:
-    """{"x": [count, *shape[1:]] float32, plus "texts"/"labels" where the inputs have them}."""
+    """{"x": [count, *shape[1:]] float32, plus "texts"/"labels" where the inputs have them}; a
+    model with several inputs gets {"x": {input name: [count, *sample shape]}}."""
     spec = MODELS[name]
     rng = np.random.default_rng(seed)
-    _, _, h, w = spec.shape
     kind = spec.inputs
+    if kind == "speech_chunks":
+        return speech_chunks(name, rng, count)
+    _, _, h, w = spec.shape
     if kind == "text_line":
         pairs = [text_line(rng, h, w) for _ in range(count)]
         return {"x": np.stack([p[0] for p in pairs]), "texts": [p[1] for p in pairs]}
