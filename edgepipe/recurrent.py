@@ -17,6 +17,9 @@ activations, sequence_lens shorter than the sequence) is refused by `unroll_prob
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from collections import defaultdict
 from typing import Callable
 
 import numpy as np
@@ -29,6 +32,7 @@ RECURRENT = ("LSTM", "GRU", "RNN")
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 MAX_STEPS = 1024  # per direction: each step is ~10 ops in the deployed graph
+STEP_TENSOR = re.compile(r"^(?P<direction>.+/unrolled/d\d+)t\d+/(?P<role>\w+)$")  # "<Y>/unrolled/d0t3/c"
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -292,3 +296,22 @@ def unrolled(model: onnx.ModelProto) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     return copy if unroll(copy) else model
+
+
+def share_step_ranges(calibration) -> None:
+    """One range per direction and role (gates, c, h, ...): the union over the steps, written to
+    every step's tensor. A state is the same quantity at every step, so it gets one int8 grid (as
+    a fused LSTM kernel has), and the first steps from a zero state, whose own ranges may be tiny,
+    do not get a grid whose ADD / MUL scale ratios the kernels refuse."""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for name in calibration.tensors:
+        match = STEP_TENSOR.match(name)
+        if match:
+            groups[(match["direction"], match["role"])].append(name)
+    for names in groups.values():
+        entries = [calibration.tensors[name] for name in names]
+        union = {"min": min(e.min for e in entries), "max": max(e.max for e in entries),
+                 "amax": max(e.amax for e in entries), "lo": min(e.lo for e in entries),
+                 "hi": max(e.hi for e in entries)}
+        for name in names:
+            calibration.tensors[name] = dataclasses.replace(calibration.tensors[name], **union)

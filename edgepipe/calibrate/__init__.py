@@ -80,6 +80,7 @@ def calibrate(
             stability=stabilities[name],
         )
         result.histograms[name] = hist.summary(amax=choice.amax, lo=choice.lo, hi=choice.hi)
+    recurrent.share_step_ranges(result)
     result.warnings.extend(stability.stability_warnings(stabilities, num_samples))
     result.warnings.extend(constant_warnings(hists, [v.name for v in graph.graph_inputs(model)]))
     return result
