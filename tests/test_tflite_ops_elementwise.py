@@ -59,9 +59,24 @@ def test_div_by_activation_is_a_float_island(tmp_path):
 
 
 def test_pow_two_is_int8_square_and_sqrt_is_float(tmp_path):
+    """sqrt(x^2 + 1): the square and the sum with a constant are int8 (no magnitude of squares)."""
     nodes = [helper.make_node("Pow", ["x", "two"], ["p"], name="square"),
-             helper.make_node("Sqrt", ["p"], ["y"], name="root")]
-    model = make_model(nodes, {"x": [1, 3, 5, 5]}, ["y"], {"two": np.array(2.0, np.float32)})
+             helper.make_node("Add", ["p", "one"], ["q"], name="plus_one"),
+             helper.make_node("Sqrt", ["q"], ["y"], name="root")]
+    model = make_model(nodes, {"x": [1, 3, 5, 5]}, ["y"], {"two": np.array(2.0, np.float32),
+                                                           "one": np.array(1.0, np.float32)})
     report = check_conformance(model, tmp_path, int8_steps=3.0)
     assert report.result["float_nodes"] == ["root"]
     assert report.result["op_histogram"]["MUL"] == 1 and report.result["op_histogram"]["SQRT"] == 1
+
+
+def test_magnitude_of_squares_stays_float(tmp_path):
+    """sqrt(a^2 + b^2) (an STFT magnitude): an int8 square would zero every magnitude below the
+    square root of its output step, so the squares and their sum stay float with the Sqrt."""
+    nodes = [helper.make_node("Pow", ["a", "two"], ["a2"], name="re_squared"),
+             helper.make_node("Mul", ["b", "b"], ["b2"], name="im_squared"),
+             helper.make_node("Add", ["a2", "b2"], ["power"], name="power"),
+             helper.make_node("Sqrt", ["power"], ["y"], name="magnitude")]
+    model = make_model(nodes, {"a": [1, 4, 6], "b": [1, 4, 6]}, ["y"], {"two": np.array(2.0, np.float32)})
+    report = check_conformance(model, tmp_path, fp32_rtol=1e-5, int8_steps=2.0)
+    assert sorted(report.result["float_nodes"]) == ["im_squared", "magnitude", "power", "re_squared"]
