@@ -114,8 +114,12 @@ def operator_problem(node: onnx.NodeProto, versions: dict[str, int], table: OpTa
     registered ranges), or None when an entry covers it."""
     domain = canonical_domain(node.domain)
     if node.op_type in CONTROL_FLOW and domain == ONNX_DOMAIN:
-        return (f"control flow ({node.op_type}) is not supported: export the model with the branch or loop "
-                "resolved (fixed inputs, unrolled loop) or split it into separate models")
+        if node.op_type == "If":
+            return ("control flow (If) is not supported: pin the inputs its condition reads with input_values "
+                    "(--input-value NAME=VALUE, e.g. a sample rate) to deploy one branch, or export the model "
+                    "with the branch resolved")
+        return (f"control flow ({node.op_type}) is not supported: export the model with the loop resolved "
+                "(unrolled) or split it into separate models")
     if domain not in table.domains():
         return (f"custom domain '{domain}' has no implementation on {target}; replace the node with standard "
                 "ONNX ops")

@@ -71,6 +71,8 @@ def cli(debug: bool) -> None:
 @click.option("--calib", help="Calibration data: image folder, .npz (keys = input names) or .npy.")
 @click.option("--eval", "eval_", help="Evaluation data (labels optional): image folder, .npz or .npy.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224", help="Fix an input's static shape (repeatable).")
+@click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
+              help="Pin an input to a constant, e.g. sr=16000: an If it decides keeps one branch (repeatable).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="edgepipe.yaml (default: ./edgepipe.yaml if present).")
 @click.option("--out", help="Bundle directory (default build/<target>).")
 @click.option("--calib-method", type=click.Choice(calibration_methods.names()), help="Calibration method for all tensors.")
@@ -79,8 +81,8 @@ def cli(debug: bool) -> None:
 @click.option("--no-host-report", is_flag=True, default=False, help="Do not measure int8 vs FP32 on this host after the build.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of the table.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def build(model, weights, target, calib, eval_, input_shapes, config_path, out, calib_method, int8_io, keep_layout,
-          no_host_report, as_json, debug):
+def build(model, weights, target, calib, eval_, input_shapes, input_values, config_path, out, calib_method, int8_io,
+          keep_layout, no_host_report, as_json, debug):
     """Build a deployment bundle: export, simplify, fold, calibrate, lower, bundle, report."""
     from edgepipe import config as cfg
     from edgepipe.build import run_build
@@ -89,6 +91,8 @@ def build(model, weights, target, calib, eval_, input_shapes, config_path, out, 
     overrides: dict = {"model": model, "weights": weights, "target": target, "calib": calib, "eval": eval_, "out": out}
     if input_shapes:
         overrides["input_shapes"] = dict(cfg.parse_input_shape(text) for text in input_shapes)
+    if input_values:
+        overrides["input_values"] = dict(cfg.parse_input_value(text) for text in input_values)
     if calib_method:
         overrides["calibration"] = {"method": calib_method}
     backend = {"int8_io": int8_io, "keep_layout": keep_layout}
