@@ -44,15 +44,16 @@ def _typed_value(info: onnx.ValueInfoProto, value, source: str) -> np.ndarray:
     dtype = graph.tensor_dtype(info)
     where = f"input_values.{info.name} for input '{info.name}' of {source}"
     try:
-        array = np.asarray(value)
-    except (ValueError, TypeError):
-        array = np.asarray(None)
-    if array.dtype.kind not in "biuf" or not np.all(np.isfinite(array.astype(np.float64))):
+        numbers = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        numbers = np.asarray(np.nan)
+    if not np.all(np.isfinite(numbers)):
         raise UserError(f"{where}: expected finite numbers, got {str(value)[:60]!r}")
-    if dtype.kind in "iub" and not np.array_equal(array, np.round(array)):
+    if dtype.kind in "iub" and not np.array_equal(numbers, np.round(numbers)):
         raise UserError(f"{where}: the input is {dtype}, got the non-integer {str(value)[:60]}")
-    if dtype.kind in "iu" and (array.min() < np.iinfo(dtype).min or array.max() > np.iinfo(dtype).max):
+    if dtype.kind in "iu" and numbers.size and (numbers.min() < np.iinfo(dtype).min or numbers.max() > np.iinfo(dtype).max):
         raise UserError(f"{where}: {str(value)[:60]} does not fit the input's type {dtype}")
+    array = np.asarray(value).astype(dtype) if dtype.kind in "iu" else numbers.astype(dtype)
     declared = graph.declared_shape(info)
     if declared is not None and (len(declared) != array.ndim or any(
             graph.is_static_dim(d) and d != n for d, n in zip(declared, array.shape))):

@@ -137,7 +137,8 @@ def operator_problem(node: onnx.NodeProto, versions: dict[str, int], table: OpTa
 
 def unsupported_operators(model: onnx.ModelProto, table: OpTable, target: str,
                           skip: tuple[str, ...] = ("Constant",)) -> list[Problem]:
-    """Problems of every node (subgraphs included) whose operator `table` does not cover."""
+    """Problems of every node (subgraphs included) whose operator `table` does not cover; control
+    flow first (the nodes computing an If's condition are refused only because the If is)."""
     versions = opsets(model)
     problems = []
     for name, node, _ in walk_nodes(model):
@@ -146,4 +147,5 @@ def unsupported_operators(model: onnx.ModelProto, table: OpTable, target: str,
         reason = operator_problem(node, versions, table, target)
         if reason:
             problems.append((name, qualified(node.domain, node.op_type), reason))
+    problems.sort(key=lambda problem: problem[1] not in CONTROL_FLOW)
     return problems
