@@ -180,8 +180,8 @@ def _step(b: _Builder, op_type: str, x_part: str, h: str | None, c: str | None, 
     return b.op("Add", [h_tilde, keep], f"{tag}/h")[0], None
 
 
-def _unroll_node(model: onnx.ModelProto, node: onnx.NodeProto, dims, constant) -> tuple[list, list]:
-    """(nodes, initializers) computing `node`'s outputs under their own names."""
+def _unroll_node(model: onnx.ModelProto, node: onnx.NodeProto, dims, constant, used: set[str]) -> tuple[list, list]:
+    """(nodes, initializers) computing `node`'s outputs that something reads under their own names."""
     attrs = _attrs(node)
     base = next(o for o in node.output if o) + "/unrolled"
     b = _Builder(model, node, base)
@@ -217,15 +217,16 @@ def _unroll_node(model: onnx.ModelProto, node: onnx.NodeProto, dims, constant) -
         hs.append(per_step)
         last_h.append(h)
         last_c.append(c)
-    _outputs(b, node, layout, seq, batch, hidden, hs, last_h, last_c)
+    _outputs(b, node, layout, seq, batch, hidden, hs, last_h, last_c, used)
     return b.nodes, b.initializers
 
 
-def _outputs(b: _Builder, node, layout, seq, batch, hidden, hs, last_h, last_c) -> None:
-    """Y [S, D, B, H] (layout 1: [B, S, D, H]), Y_h and Y_c [D, B, H] (layout 1: [B, D, H])."""
+def _outputs(b: _Builder, node, layout, seq, batch, hidden, hs, last_h, last_c, used: set[str]) -> None:
+    """Y [S, D, B, H] (layout 1: [B, S, D, H]), Y_h and Y_c [D, B, H] (layout 1: [B, D, H]); an
+    output nothing reads (exporters name Y even when only Y_h is used) is not built."""
     directions = len(hs)
-    y, y_h = _name_at(node.output, 0), _name_at(node.output, 1)
-    y_c = _name_at(node.output, 2) if node.op_type == "LSTM" else ""
+    y, y_h, y_c = (name if name in used else "" for name in (_name_at(node.output, k) for k in range(3)))
+    y_c = y_c if node.op_type == "LSTM" else ""
     if y:
         per_direction = []
         for d in range(directions):
@@ -271,10 +272,11 @@ def unroll(model: onnx.ModelProto) -> list[str]:
         shape = graph.declared_shape(infos[name]) if name in infos else None
         return [int(d) for d in shape] if graph.is_static(shape) else None
 
+    used = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
     rewritten, replaced, added = [], [], []
     for node in model.graph.node:
         if node.op_type in RECURRENT and node.domain in ("", "ai.onnx") and unroll_problem(node, constant, dims) is None:
-            nodes, tensors = _unroll_node(model, node, dims, constant)
+            nodes, tensors = _unroll_node(model, node, dims, constant, used)
             rewritten.extend(nodes)
             added.extend(tensors)
             replaced.append(node.name or node.op_type)

@@ -62,8 +62,10 @@ def write_data(name: str, work: Path, calib_samples: int = CALIB_SAMPLES) -> Dat
     calib = make_inputs(name, calib_samples, CALIB_SEED)["x"]
     evaluation = make_inputs(name, spec.eval_samples, EVAL_SEED)["x"]
     work.mkdir(parents=True, exist_ok=True)
+    pinned = dict(spec.input_values)  # given to the build as --input-value, not as data
     for part, arrays in (("calib", calib), ("eval", evaluation)):
-        np.savez(work / f"{name}_{part}.npz", **(arrays if isinstance(arrays, dict) else {spec.input_name: arrays}))
+        arrays = arrays if isinstance(arrays, dict) else {spec.input_name: arrays}
+        np.savez(work / f"{name}_{part}.npz", **{k: v for k, v in arrays.items() if k not in pinned})
     return Data(calib, evaluation, work / f"{name}_calib.npz", work / f"{name}_eval.npz")
 
 
@@ -71,7 +73,7 @@ def feeds(input_name: str, images) -> list[dict[str, np.ndarray]]:
     """One ONNX Runtime / LiteRT feed per sample: `images[i:i+1]` of a single-input model, or
     row i of every input's array for a model with several inputs (a dict, rows as the model takes them)."""
     if isinstance(images, dict):
-        return [{key: value[i] for key, value in images.items()} for i in range(len(next(iter(images.values()))))]
+        return [{key: np.asarray(value[i]) for key, value in images.items()} for i in range(len(next(iter(images.values()))))]
     return [{input_name: images[i : i + 1]} for i in range(len(images))]
 
 
@@ -81,6 +83,7 @@ def build(name: str, target: str, data: Data, out: Path, extra: list[str] | None
             "--eval", str(data.eval_file), "--no-host-report", "--out", str(out), *(extra or [])]
     if spec.input_shape_flag:
         args += ["--input-shape", f"{spec.input_name}:" + "x".join(map(str, spec.shape))]
+    args += [f"--input-value={key}={value}" for key, value in spec.input_values]
     return cli(*args, cwd=out.parent)
 
 
@@ -107,10 +110,12 @@ def _onnx_session(path: Path, optimize: bool = True):
 
 
 def run_onnx_file(path: Path, input_name: str, images: np.ndarray, optimize: bool = True) -> dict[str, np.ndarray]:
-    """{output name: [N, ...]} one sample at a time (batch 1, as the bundle runs)."""
+    """{output name: [N, ...]} one sample at a time (batch 1, as the bundle runs); inputs the
+    file does not have (a value the build pinned) are not fed."""
     session = _onnx_session(path, optimize)
     names = [o.name for o in session.get_outputs()]
-    runs = [session.run(None, feed) for feed in feeds(input_name, images)]
+    wanted = {i.name for i in session.get_inputs()}
+    runs = [session.run(None, {k: v for k, v in feed.items() if k in wanted}) for feed in feeds(input_name, images)]
     return {n: np.concatenate([r[k] for r in runs]) for k, n in enumerate(names)}
 
 

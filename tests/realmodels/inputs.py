@@ -201,29 +201,36 @@ def speech_audio(rng: np.random.Generator, seconds: float) -> np.ndarray:
 
 def speech_chunks(name: str, rng: np.random.Generator, count: int) -> dict:
     """Silero VAD streaming inputs: `input` [seq, 576] = seq consecutive 512-sample chunks, each
-    with the previous 64 samples as context, and the LSTM state (h, c) the shipped model (ONNX
-    Runtime) carries into that window after 0-3 earlier windows of the same recording."""
+    with the previous 64 samples as context, and the LSTM state the shipped model (ONNX Runtime)
+    carries into that window after 0-3 earlier windows of the same recording: `h`, `c` of the
+    sequence model, `state` (h and c stacked) and the pinned `sr` of the If model."""
     import onnxruntime as ort
 
     from tests.realmodels.corpus import model_path
 
-    seq, width = MODELS[name].shape
+    spec = MODELS[name]
+    seq, width = spec.shape
     chunk, context = 512, width - 512
+    pinned = {key: np.array(value, np.int64) for key, value in spec.input_values}
     session = ort.InferenceSession(str(model_path(name)), providers=["CPUExecutionProvider"])
-    inputs = {"input": [], "h": [], "c": []}
+    state_names = [i.name for i in session.get_inputs() if i.name != spec.input_name and i.name not in pinned]
+    zero_state = {n: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+                  for n, i in ((i.name, i) for i in session.get_inputs()) if n in state_names}
+    inputs: dict[str, list] = {n: [] for n in [spec.input_name, *state_names, *pinned]}
     for _ in range(count):
         warmup = int(rng.integers(0, 4))
         audio = speech_audio(rng, ((warmup + 1) * seq * chunk + context) / SAMPLE_RATE + 0.01)
-        h = c = np.zeros((1, 1, 128), np.float32)
+        state = dict(zero_state)
         for window in range(warmup + 1):
             start = window * seq * chunk
             frames = np.stack([audio[start + k * chunk: start + (k + 1) * chunk + context] for k in range(seq)])
             if window == warmup:
                 break
-            _, h, c = session.run(None, {"input": frames, "h": h, "c": c})
-        for key, value in (("input", frames), ("h", h), ("c", c)):
+            outputs = session.run(None, {spec.input_name: frames, **state, **pinned})
+            state = dict(zip(state_names, outputs[1:]))  # the outputs after the first carry the state
+        for key, value in {spec.input_name: frames, **state, **pinned}.items():
             inputs[key].append(value)
-    return {"x": {key: np.stack(values).astype(np.float32) for key, values in inputs.items()}}
+    return {"x": {key: np.stack(values) for key, values in inputs.items()}}
 
 
 def make_inputs(name: str, count: int, seed: int) -> dict:

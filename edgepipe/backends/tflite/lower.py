@@ -303,11 +303,17 @@ class Lowering:
         return self._converted(name, source, dtype)
 
     def _transposed(self, name: str, base: Value, perm) -> Value:
+        """`base` in layout `perm`: a TRANSPOSE, or a RESHAPE when only size-1 dims move (the data
+        order is unchanged: [N, 1, 1, L] as NHWC [N, 1, L, 1] of a lifted 1-D conv)."""
         base_inverse = inverse(base.perm)
         order = np.array([base_inverse[p] for p in perm], np.int32)
-        perm_index = self.spec.add_constant(f"{name}/perm", order)
         out = self.new_value(name, base.dtype, perm, quant=self.tensor(base.index).quantization)
-        self.emit("TRANSPOSE", [base.index, perm_index], [out])
+        shape = self.tensor(base.index).shape
+        moved = [axis for axis in order if shape[axis] != 1]
+        if moved == sorted(moved):
+            self.emit("RESHAPE", [base.index, self.int32_constant(f"{name}/shape", self.tensor(out).shape)], [out])
+        else:
+            self.emit("TRANSPOSE", [base.index, self.spec.add_constant(f"{name}/perm", order)], [out])
         return self.values[name][-1]
 
     def _converted(self, name: str, source: Value, dtype: str) -> int:
