@@ -101,3 +101,26 @@ def test_cli_refuses_an_unpinned_if_suggesting_input_values(tmp_path):
 def test_input_value_flag_is_checked(text, fragment, tmp_path):
     proc = run_cli("build", "--model", "m.onnx", "--target", "arm-cpu", "--input-value", text, cwd=tmp_path)
     assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
+
+
+def test_config_file_pins_and_inspect_shows_the_pinned_graph(tmp_path):
+    path = tmp_path / "rate.onnx"
+    onnx.save(sample_rate_model(), str(path))
+    np.savez(tmp_path / "calib.npz", x=RNG.normal(size=(8, 1, 8)).astype(np.float32))
+    (tmp_path / "edgepipe.yaml").write_text(f"model: {path}\ntarget: arm-cpu\ncalib: {tmp_path / 'calib.npz'}\n"
+                                            f"input_values: {{sr: 16000}}\nout: {tmp_path / 'bundle'}\n"
+                                            "report: {host: false}\n")
+    proc = run_cli("build", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert {n.op_type for n in onnx.load(str(tmp_path / "bundle" / "reference.onnx")).graph.node} >= {"Relu"}
+    shown = run_cli("inspect", str(path), "--target", "arm-cpu", "--input-value", "sr=16000", "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert '"If"' not in shown.stdout and "rate_switch" not in shown.stdout
+    unpinned = run_cli("inspect", str(path), "--target", "arm-cpu", "--json", cwd=tmp_path)
+    assert "rate_switch" in unpinned.stdout
+
+
+def test_config_refuses_a_pin_that_is_not_a_number(tmp_path):
+    (tmp_path / "edgepipe.yaml").write_text("model: m.onnx\ntarget: arm-cpu\ninput_values: {sr: fast}\n")
+    proc = run_cli("build", cwd=tmp_path)
+    assert proc.returncode == 2 and "input_values.sr" in proc.stderr and "finite number" in proc.stderr, proc.stderr
