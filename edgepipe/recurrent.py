@@ -253,11 +253,11 @@ def _name_at(names, index: int) -> str:
     return names[index] if len(names) > index else ""
 
 
-def unroll(model: onnx.ModelProto) -> list[str]:
+def unroll(model: onnx.ModelProto) -> dict[str, list[str]]:
     """Replace, in place, every LSTM / GRU / RNN of the main graph that `unroll_problem` accepts
-    by its unrolled nodes (shapes are inferred again); returns the names of the replaced nodes."""
+    by its unrolled nodes (shapes are inferred again); returns {replaced node: its unrolled nodes}."""
     if not any(n.op_type in RECURRENT and n.domain in ("", "ai.onnx") for n in model.graph.node):
-        return []
+        return {}
     inferred = graph.infer_shapes(model)
     infos = graph.value_infos(inferred)
     initializers = graph.initializers(model)
@@ -273,13 +273,13 @@ def unroll(model: onnx.ModelProto) -> list[str]:
         return [int(d) for d in shape] if graph.is_static(shape) else None
 
     used = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
-    rewritten, replaced, added = [], [], []
+    rewritten, replaced, added = [], {}, []
     for node in model.graph.node:
         if node.op_type in RECURRENT and node.domain in ("", "ai.onnx") and unroll_problem(node, constant, dims) is None:
             nodes, tensors = _unroll_node(model, node, dims, constant, used)
             rewritten.extend(nodes)
             added.extend(tensors)
-            replaced.append(node.name or node.op_type)
+            replaced[node.name or node.op_type] = [n.name for n in nodes]
         else:
             rewritten.append(node)
     if replaced:

@@ -169,3 +169,27 @@ def test_lstm_in_a_model_with_opset_below_13_uses_split_attributes(tmp_path):
     onnx.checker.check_model(unrolled, full_check=True)
     assert all(len(n.input) == 1 for n in unrolled.graph.node if n.op_type == "Split")
     check_conformance(model, tmp_path, sequence_feeds(shapes), int8_steps=RECURRENT_INT8_STEPS)
+
+
+@pytest.mark.parametrize("request_key", ["float_nodes", "int16_nodes"])
+def test_precision_requests_naming_the_lstm_reach_its_steps(request_key, tmp_path):
+    """precision.float_nodes / int16_nodes (and the planner) name the LSTM of the folded model;
+    the request applies to every node of its unrolled form, and the output gets closer to ONNX
+    Runtime than the all-int8 build."""
+    from edgepipe.backends.tflite.runtime import make_interpreter, run_tflite as run
+    from tests.tflite_harness import convert, run_onnx
+
+    model, shapes = recurrent_model("LSTM", seq=4)
+    feeds = sequence_feeds(shapes)
+    errors = {}
+    for label, options in (("int8", {}), ("asked", {request_key: {"lstm_node"}})):
+        result, _ = convert(model, tmp_path / label, feeds, **options)
+        interpreter = make_interpreter(tmp_path / label / "model.tflite", "xnnpack")
+        got = [run(tmp_path / label / "model.tflite", result["io"], f, interpreter=interpreter)["Y"] for f in feeds]
+        want = [run_onnx(model, f)["Y"] for f in feeds]
+        errors[label] = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want))
+        if label == "asked":
+            lowered = result["float_nodes" if request_key == "float_nodes" else "int16_nodes"]
+            assert any(name.startswith("Y/unrolled/d0t3/") for name in lowered), lowered
+            assert "FULLY_CONNECTED" in result["op_histogram"]
+    assert errors["asked"] < errors["int8"] * 0.75, errors

@@ -152,6 +152,9 @@ class Lowering:
         self.absorbed = ops.absorbed_nodes(model)  # a request naming a node a rewrite folded away
         self.requested_float |= {self.absorbed[n] for n in self.requested_float if n in self.absorbed}
         self.requested_int16 |= {self.absorbed[n] for n in self.requested_int16 if n in self.absorbed}
+        self.expanded = ops.expanded_nodes(model)  # a request naming a node a rewrite replaced by several
+        self.requested_float |= {m for n in set(self.requested_float) for m in self.expanded.get(n, ())}
+        self.requested_int16 |= {m for n in set(self.requested_int16) for m in self.expanded.get(n, ())}
         # on unless asked off (the edgepipe.yaml defaults): every lowering - the build, the planner's
         # candidates, the placement the accuracy tools emulate - must agree on the grids
         if self.options.get("float_output_concats", True):

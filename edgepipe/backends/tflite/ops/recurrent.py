@@ -6,7 +6,8 @@ node into per-step Gemm/MatMul, Add, Split, Sigmoid, Tanh, Mul, Concat and Resha
 lowering, and those families lower it (FULLY_CONNECTED with per-channel int8 weights; LOGISTIC
 and TANH on their fixed output grids). The calibration ran the same unrolled graph
 (calibrate.calibrate), so every per-step gate, c_t and h_t has its own int8 range under the
-name used here. A node the rewrite cannot unroll stays and is refused by its check.
+name used here. A node the rewrite cannot unroll stays and is refused by its check. A float or
+16x8 request naming the LSTM applies to every node of its unrolled form (`record_expanded`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import onnx
 
 from edgepipe import recurrent
 from edgepipe.backends.tflite.lower import Lowering
-from edgepipe.backends.tflite.ops import register, register_rewrite
+from edgepipe.backends.tflite.ops import record_expanded, register, register_rewrite
 
 
 def check_recurrent(ctx: Lowering, node) -> str | None:
@@ -30,4 +31,6 @@ def lower_recurrent(ctx: Lowering, node) -> None:
 
 @register_rewrite
 def unroll_recurrent(model: onnx.ModelProto) -> None:
-    recurrent.unroll(model)
+    """Unroll; `precision.float_nodes` / `int16_nodes` naming the LSTM then reach its step nodes."""
+    for owner, members in recurrent.unroll(model).items():
+        record_expanded(model, owner, members)
