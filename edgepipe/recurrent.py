@@ -40,8 +40,9 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
-def _input(node: onnx.NodeProto, index: int) -> str:
-    return node.input[index] if len(node.input) > index else ""
+def _at(names, index: int) -> str:
+    """An optional input / output name ("" when absent)."""
+    return names[index] if len(names) > index else ""
 
 
 def _sequence_dims(node: onnx.NodeProto, dims) -> tuple[int, int, int]:
@@ -55,19 +56,18 @@ def unroll_problem(node: onnx.NodeProto, constant: Callable[[str], np.ndarray | 
     """Why `node` (LSTM / GRU / RNN) cannot be unrolled, or None. `constant(name)` gives a
     constant's value, `dims(name)` a static shape (or raises / returns None when unknown)."""
     attrs = _attrs(node)
-    if any(constant(name) is None for name in (_input(node, 1), _input(node, 2))) or (
-            _input(node, 3) and constant(_input(node, 3)) is None):
+    if any(constant(name) is None for name in (_at(node.input, 1), _at(node.input, 2))) or (
+            _at(node.input, 3) and constant(_at(node.input, 3)) is None):
         return "W, R and B must be constant initializers (weights computed at run time cannot be unrolled)"
-    if node.op_type == "LSTM" and _input(node, 7):
+    if node.op_type == "LSTM" and _at(node.input, 7):
         return "peephole weights (input P) are not supported; export the LSTM without peepholes"
     for name, default in (("clip", None), ("input_forget", 0)):
         if attrs.get(name, default) != default:
             return f"attribute {name}={attrs[name]} is not supported; export with the default"
     directions = 2 if attrs.get("direction", "forward") == "bidirectional" else 1
-    activations = attrs.get("activations")
-    if activations is not None and [a.decode() if isinstance(a, bytes) else a for a in activations] \
-            != DEFAULT_ACTIVATIONS[node.op_type] * directions:
-        return (f"activations {activations} are not supported; only the defaults "
+    activations = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations") or []]
+    if activations and activations != DEFAULT_ACTIVATIONS[node.op_type] * directions:
+        return (f"activations {', '.join(activations)} are not supported; only the defaults "
                 f"({', '.join(DEFAULT_ACTIVATIONS[node.op_type])}) unroll")
     if attrs.get("activation_alpha") or attrs.get("activation_beta"):
         return "activation_alpha / activation_beta are not supported"
@@ -75,8 +75,8 @@ def unroll_problem(node: onnx.NodeProto, constant: Callable[[str], np.ndarray | 
     if shape is None or len(shape) != 3:
         return f"input X '{node.input[0]}' needs a static 3-D shape; pass --input-shape for the model inputs"
     seq, batch, _ = _sequence_dims(node, shape)
-    if _input(node, 4):
-        lengths = constant(_input(node, 4))
+    if _at(node.input, 4):
+        lengths = constant(_at(node.input, 4))
         if lengths is None or np.any(np.asarray(lengths) != seq):
             return ("sequence_lens shorter than the sequence (or computed at run time) is not supported; "
                     "feed full-length sequences and drop the sequence_lens input")
@@ -88,9 +88,8 @@ def unroll_problem(node: onnx.NodeProto, constant: Callable[[str], np.ndarray | 
 class _Builder:
     """Nodes and initializers of one unrolled recurrent node, named under `base`."""
 
-    def __init__(self, model: onnx.ModelProto, node: onnx.NodeProto, base: str):
-        self.model, self.node, self.base = model, node, base
-        self.opset = graph.opset_version(model)
+    def __init__(self, opset: int, base: str):
+        self.opset, self.base = opset, base
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
 
@@ -184,20 +183,20 @@ def _unroll_node(model: onnx.ModelProto, node: onnx.NodeProto, dims, constant, u
     """(nodes, initializers) computing `node`'s outputs that something reads under their own names."""
     attrs = _attrs(node)
     base = next(o for o in node.output if o) + "/unrolled"
-    b = _Builder(model, node, base)
+    b = _Builder(graph.opset_version(model), base)
     layout = int(attrs.get("layout", 0))
     seq, batch, size = _sequence_dims(node, dims(node.input[0]))
     w = np.asarray(constant(node.input[1]), np.float32)
     r = np.asarray(constant(node.input[2]), np.float32)
     directions, gates = w.shape[0], GATES[node.op_type]
     hidden = r.shape[2]
-    biases = np.asarray(constant(_input(node, 3)), np.float32) if _input(node, 3) else \
+    biases = np.asarray(constant(_at(node.input, 3)), np.float32) if _at(node.input, 3) else \
         np.zeros((directions, 2 * gates * hidden), np.float32)
     lbr = int(attrs.get("linear_before_reset", 0))
     x = node.input[0] if not layout else b.op("Transpose", [node.input[0]], "x_seq_major", perm=[1, 0, 2])[0]
     x = b.reshape(x, [seq * batch, size], "x_rows")
-    h0 = _state(b, _input(node, 5), layout, directions, batch, hidden, constant, "initial_h")
-    c0 = _state(b, _input(node, 6), layout, directions, batch, hidden, constant, "initial_c")
+    h0 = _state(b, _at(node.input, 5), layout, directions, batch, hidden, constant, "initial_h")
+    c0 = _state(b, _at(node.input, 6), layout, directions, batch, hidden, constant, "initial_c")
     reverse = attrs.get("direction", "forward") == "reverse"
     hs, last_h, last_c = [], [], []
     for d in range(directions):
@@ -225,7 +224,7 @@ def _outputs(b: _Builder, node, layout, seq, batch, hidden, hs, last_h, last_c, 
     """Y [S, D, B, H] (layout 1: [B, S, D, H]), Y_h and Y_c [D, B, H] (layout 1: [B, D, H]); an
     output nothing reads (exporters name Y even when only Y_h is used) is not built."""
     directions = len(hs)
-    y, y_h, y_c = (name if name in used else "" for name in (_name_at(node.output, k) for k in range(3)))
+    y, y_h, y_c = (name if name in used else "" for name in (_at(node.output, k) for k in range(3)))
     y_c = y_c if node.op_type == "LSTM" else ""
     if y:
         per_direction = []
@@ -247,10 +246,6 @@ def _outputs(b: _Builder, node, layout, seq, batch, hidden, hs, last_h, last_c, 
                  for d, s in enumerate(states)]
         if directions > 1:
             b.concat(parts, 1 if layout else 0, tag, output=name)
-
-
-def _name_at(names, index: int) -> str:
-    return names[index] if len(names) > index else ""
 
 
 def unroll(model: onnx.ModelProto) -> dict[str, list[str]]:

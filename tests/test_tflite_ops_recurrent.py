@@ -55,9 +55,12 @@ def recurrent_model(op_type: str, seq=5, batch=1, size=6, hidden=8, direction="f
     shapes = {"x": [seq, batch, size]}
     if states:
         inputs += ["", "h0"] + (["c0"] if op_type == "LSTM" else [])
-        shapes.update({"h0": [directions, batch, hidden]})
-        if op_type == "LSTM":
-            shapes["c0"] = [directions, batch, hidden]
+        state_names = ["h0"] + (["c0"] if op_type == "LSTM" else [])
+        for name in state_names:
+            if states == "constant":  # initial states as initializers (an exporter's learned h0)
+                inits[name] = RNG.normal(0, 0.5, (directions, batch, hidden)).astype(np.float32)
+            else:
+                shapes[name] = [directions, batch, hidden]
     outputs = [o for o in outputs if op_type == "LSTM" or o != "Y_c"]
     node = helper.make_node(op_type, inputs, outputs, name=f"{op_type.lower()}_node", hidden_size=hidden,
                             direction=direction, **attrs)
@@ -67,6 +70,7 @@ def recurrent_model(op_type: str, seq=5, batch=1, size=6, hidden=8, direction="f
 CASES = {
     "lstm_states": dict(op_type="LSTM"),  # Silero VAD's shape: h and c fed by the caller, Y, Y_h, Y_c out
     "lstm_no_bias_batch2": dict(op_type="LSTM", states=False, bias=False, batch=2),
+    "lstm_constant_states": dict(op_type="LSTM", states="constant"),
     "lstm_reverse": dict(op_type="LSTM", direction="reverse", outputs=("Y", "Y_h")),
     "lstm_bidirectional": dict(op_type="LSTM", direction="bidirectional", seq=3),
     "gru_states": dict(op_type="GRU"),
