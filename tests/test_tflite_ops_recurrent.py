@@ -145,17 +145,20 @@ REFUSALS = {
     "activations": (dict(activations=["Sigmoid", "Tanh", "Relu"]), "activations"),
     "computed weights": (dict(inputs=["x", "Wx", "R"]), "W, R and B must be constant"),
     "sequence_lens": (dict(inputs=["x", "W", "R", "", "lens"]), "sequence_lens"),
+    "too many steps": (dict(steps=1025), "above 1024 steps"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 def test_unsupported_recurrent_attributes_are_refused_by_node(case, tmp_path):
     attrs, expected = REFUSALS[case]
+    attrs = dict(attrs)
     inputs = attrs.pop("inputs", ["x", "W", "R"])
+    steps = attrs.pop("steps", 4)
     inits = {"W": np.ones((1, 12, 2), np.float32), "R": np.ones((1, 12, 3), np.float32),
              "P": np.ones((1, 9), np.float32), "lens": np.array([1, 2], np.int32)}
     nodes = [helper.make_node("LSTM", inputs, ["Y"], name="the_lstm", hidden_size=3, **attrs)]
-    shapes = {"x": [4, 2, 2]}
+    shapes = {"x": [steps, 2, 2]}
     if "Wx" in inputs:
         nodes.insert(0, helper.make_node("Identity", ["w_in"], ["Wx"], name="w_copy"))
         shapes["w_in"] = [1, 12, 2]
