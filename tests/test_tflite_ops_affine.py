@@ -27,6 +27,7 @@ CONSTANTS = {
     "gain": RNG.uniform(0.5, 2.0, size=(C, 1, 1)).astype(np.float32),
     "negative_gain": -RNG.uniform(0.5, 2.0, size=(1, C, 1, 1)).astype(np.float32),
     "bias": np.float32(0.3),
+    "scalar_gain": np.float32(1.7),
     "channel_bias": RNG.normal(size=(C, 1, 1)).astype(np.float32),
     "row": RNG.normal(size=(1, 1, 1, 8)).astype(np.float32),  # varies along W: not per channel
 }
@@ -66,6 +67,33 @@ def test_constant_chain_becomes_one_rounding(form, tmp_path):
     assert histogram.get("DEPTHWISE_CONV_2D") == 1 and not {"MUL", "ADD", "SUB", "DIV"} & set(histogram)
     assert report.result["float_nodes"] == []
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+# PP-LCNetV3's learnable affine block after a hard-swish: one scale and one shift for the tensor
+SCALAR_CHAIN = [("Div", ["t", "six"], "d"), ("Mul", ["d", "scalar_gain"], "m"), ("Add", ["m", "bias"], "y")]
+
+
+def test_scalar_chain_is_a_float_chain_in_the_delegate(tmp_path, monkeypatch):
+    """One scale and one shift: DEQUANTIZE, MUL, ADD, QUANTIZE (a float node, inside the one XNNPACK
+    partition, which evaluates such a chain of one int8 tensor as a lookup table) instead of the
+    1x1 depthwise conv; one rounding still, closer to FP32 than the chain lowered node by node."""
+    model = chain_model(SCALAR_CHAIN)
+    report = check_conformance(model, tmp_path / "check", fp32_rtol=1e-5)
+    assert [(n.input[0], n.output[0]) for n in fused_nodes(model)] == [("t", "y")]
+    histogram = report.result["op_histogram"]
+    assert "DEPTHWISE_CONV_2D" not in histogram and histogram["MUL"] == 1 and histogram["ADD"] == 1, histogram
+    assert report.result["float_nodes"] == ["add_y"]
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+    feeds = structured_inputs(model, 8, seed=4)
+    calibration = minmax_calibration(model, feeds)
+
+    def mean_error(folder) -> float:
+        built = build_tflite(model, calibration, folder, {})
+        return float(np.mean([np.abs(run_tflite(folder / "model.tflite", built["io"], feed)["y"]
+                                     - run_onnx(model, feed)["y"]).mean() for feed in feeds]))
+
+    fused = mean_error(tmp_path / "fused")
+    monkeypatch.setattr(ops, "rewrites", lambda: [r for r in REWRITES if r is not affine.fuse_constant_affine])
+    assert fused < 0.95 * mean_error(tmp_path / "per_node")
 
 
 @pytest.mark.parametrize("after", ["conv", "relu"])

@@ -4,8 +4,7 @@ The output keeps the layout of the first full-rank dynamic input; constants are 
 transposed to it at convert time. int8 ADD/SUB/MUL requantize internally; MAXIMUM/MINIMUM only
 compare integers, so their inputs are requantized to the output's parameters first. Division by
 a constant becomes a multiplication; other divisions, Sqrt and general Pow have no int8 kernel
-and are lowered as float islands, and so are the squares summed under a Sqrt (`magnitude_nodes`,
-an STFT magnitude: an int8 square loses the quiet bins). So is a channel gate (`channel_gate`): XNNPACK's int8 MUL
+and are lowered as float islands. So is a channel gate (`channel_gate`): XNNPACK's int8 MUL
 broadcasting a per-channel tensor over an image costs more than converting both sides and
 multiplying in float.
 """
@@ -71,34 +70,7 @@ def channel_gate(ctx: Lowering, node) -> bool:
 
 
 def _arithmetic_int8_kernel(ctx: Lowering, node) -> bool:
-    return _arithmetic_int8(ctx, node) and not channel_gate(ctx, node) and node.name not in magnitude_nodes(ctx)
-
-
-def _is_square(ctx: Lowering, node) -> bool:
-    return (node.op_type == "Pow" and len(node.input) == 2 and _square(ctx, node)) or (
-        node.op_type == "Mul" and len(node.input) == 2 and node.input[0] == node.input[1])
-
-
-def magnitude_nodes(ctx: Lowering) -> set[str]:
-    """The squares and their sum under a Sqrt: sqrt(a^2 + b^2), an STFT magnitude. Sqrt is a float
-    island anyway, and an int8 grid for a square (whose range is the input's squared) zeroes every
-    magnitude below the square root of its step: the quiet part of a spectrum. They stay float."""
-    cached = getattr(ctx, "_magnitude_nodes", None)
-    if cached is not None:
-        return cached
-    found: set[str] = set()
-    producers = {out: n for n in ctx.model.graph.node for out in n.output if out}
-    for sqrt in (n for n in ctx.model.graph.node if n.op_type == "Sqrt"):
-        source = producers.get(sqrt.input[0])
-        if source is None or len(ctx.consumers.get(sqrt.input[0], [])) != 1:
-            continue
-        terms = [producers.get(name) for name in source.input] if source.op_type == "Add" else [source]
-        if all(t is not None and _is_square(ctx, t) and len(ctx.consumers.get(t.output[0], [])) == 1
-               for t in terms):
-            found.update(t.name for t in terms)
-            found.add(source.name)
-    ctx._magnitude_nodes = found
-    return found
+    return _arithmetic_int8(ctx, node) and not channel_gate(ctx, node)
 
 
 @register("Add", "Sub", "Mul", "Div", check=check_binary, int8=_arithmetic_int8_kernel, int16=_arithmetic_int8)
@@ -138,6 +110,16 @@ def _coarse_enough(ctx: Lowering, index: int, out_quant: Quantization) -> int:
 def lower_max_min(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     perm = output_layout(ctx, node)
+    clamped = ctx.clamp_inputs.get(node.output[0])
+    if clamped is not None:  # shared_scales.clamps: a saturating grid, no int8 MAXIMUM / MINIMUM
+        x = ctx.get(clamped, dtype, perm)
+        if ctx.tensor(x).quantization.same_as(ctx.quant(node.output[0])) and node.output[0] not in ctx.graph_outputs:
+            if ctx.tensor(x).name == clamped:  # it holds the clamped values now: named so (edgepipe compare)
+                ctx.tensor(x).name = node.output[0]
+            ctx.alias(node.output[0], x, perm)
+            return
+        ctx.emit("QUANTIZE", [x], [ctx.new_value(node.output[0], dtype, perm)], node)
+        return
     out = ctx.new_value(node.output[0], dtype, perm)
     quant = ctx.tensor(out).quantization
     rank = ctx.rank(node.output[0])
@@ -158,11 +140,7 @@ def _square(ctx: Lowering, node) -> bool:
     return exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2.0
 
 
-def _square_int8(ctx: Lowering, node) -> bool:
-    return _square(ctx, node) and node.name not in magnitude_nodes(ctx)
-
-
-@register("Pow", check=check_binary, int8=_square_int8, int16=_square)
+@register("Pow", check=check_binary, int8=_square, int16=_square)
 def lower_pow(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     exponent = ctx.constant(node.input[1])
