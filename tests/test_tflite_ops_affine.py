@@ -68,6 +68,22 @@ def test_constant_chain_becomes_one_rounding(form, tmp_path):
     assert report.result["float_nodes"] == []
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
+def fused_and_per_node_errors(model, tmp_path, monkeypatch) -> tuple[float, float]:
+    """Mean |int8 .tflite - ONNX Runtime| on 8 structured inputs, with the affine rewrite and then
+    with it switched off (the chain lowered node by node), same calibration."""
+    feeds = structured_inputs(model, 8, seed=4)
+    calibration = minmax_calibration(model, feeds)
+
+    def mean_error(folder) -> float:
+        built = build_tflite(model, calibration, folder, {})
+        return float(np.mean([np.abs(run_tflite(folder / "model.tflite", built["io"], feed)["y"]
+                                     - run_onnx(model, feed)["y"]).mean() for feed in feeds]))
+
+    fused = mean_error(tmp_path / "fused")
+    monkeypatch.setattr(ops, "rewrites", lambda: [r for r in REWRITES if r is not affine.fuse_constant_affine])
+    return fused, mean_error(tmp_path / "per_node")
+
+
 # PP-LCNetV3's learnable affine block after a hard-swish: one scale and one shift for the tensor
 SCALAR_CHAIN = [("Div", ["t", "six"], "d"), ("Mul", ["d", "scalar_gain"], "m"), ("Add", ["m", "bias"], "y")]
 
@@ -83,34 +99,15 @@ def test_scalar_chain_is_a_float_chain_in_the_delegate(tmp_path, monkeypatch):
     assert "DEPTHWISE_CONV_2D" not in histogram and histogram["MUL"] == 1 and histogram["ADD"] == 1, histogram
     assert report.result["float_nodes"] == ["add_y"]
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
-    feeds = structured_inputs(model, 8, seed=4)
-    calibration = minmax_calibration(model, feeds)
-
-    def mean_error(folder) -> float:
-        built = build_tflite(model, calibration, folder, {})
-        return float(np.mean([np.abs(run_tflite(folder / "model.tflite", built["io"], feed)["y"]
-                                     - run_onnx(model, feed)["y"]).mean() for feed in feeds]))
-
-    fused = mean_error(tmp_path / "fused")
-    monkeypatch.setattr(ops, "rewrites", lambda: [r for r in REWRITES if r is not affine.fuse_constant_affine])
-    assert fused < 0.95 * mean_error(tmp_path / "per_node")
+    fused, per_node = fused_and_per_node_errors(model, tmp_path, monkeypatch)
+    assert fused < 0.95 * per_node, (fused, per_node)
 
 
 @pytest.mark.parametrize("after", ["conv", "relu"])
 def test_one_rounding_is_closer_to_fp32_than_one_per_node(after, tmp_path, monkeypatch):
     """The same chain lowered node by node (the rewrite switched off) ends further from FP32."""
     model = chain_model(CHAINS["learnable_affine"], after=after)
-    feeds = structured_inputs(model, 8, seed=4)
-    calibration = minmax_calibration(model, feeds)
-
-    def mean_error(folder) -> float:
-        built = build_tflite(model, calibration, folder, {})
-        return float(np.mean([np.abs(run_tflite(folder / "model.tflite", built["io"], feed)["y"]
-                                     - run_onnx(model, feed)["y"]).mean() for feed in feeds]))
-
-    fused = mean_error(tmp_path / "fused")
-    monkeypatch.setattr(ops, "rewrites", lambda: [r for r in REWRITES if r is not affine.fuse_constant_affine])
-    per_node = mean_error(tmp_path / "per_node")
+    fused, per_node = fused_and_per_node_errors(model, tmp_path, monkeypatch)
     assert fused < {"conv": 0.85, "relu": 0.95}[after] * per_node, (fused, per_node)
 
 
