@@ -363,6 +363,7 @@ def test_output_effect_reuses_calibrations_fp32_outputs_with_the_same_result(mod
     """calibrate() keeps the FP32 outputs of the effect check's samples (stability.ReferenceOutputs)
     from its own runs; the check then gives the same numbers as running the FP32 model again."""
     from edgepipe.calibrate import stability
+    from edgepipe.calibrate.bias_correction import split_for_check
     from edgepipe.calibrate.result import CalibrationResult
     from edgepipe.targets import load_target
 
@@ -376,11 +377,28 @@ def test_output_effect_reuses_calibrations_fp32_outputs_with_the_same_result(mod
 
     x = np.random.default_rng(2).normal(size=(256, 3, 8, 8)) * np.repeat([0.3, 1.0, 1.0, 3.0], 64)[:, None, None, None]
     drifting = calibrate(float_outputs, ArrayDataset(x), {"method": "mse"})
-    assert set(drifting.reference_outputs) == stability.ReferenceOutputs(256).wanted == set(
-        np.linspace(0, 255, 16).round().astype(int))
+    effect_samples = set(np.linspace(0, 255, 16).round().astype(int))
+    held_out = set(int(i) for i in split_for_check(256)[1])  # the bias-correction check's samples
+    assert set(drifting.reference_outputs) == stability.ReferenceOutputs(256).wanted == effect_samples | held_out
     reloaded = CalibrationResult.from_json(drifting.to_json())  # as from the stage cache: nothing kept
     assert reloaded.reference_outputs == {} and "reference_outputs" not in drifting.to_json()
     reused = stability.output_effect(float_outputs, drifting, ArrayDataset(x), quantize)
     rerun = stability.output_effect(float_outputs, reloaded, ArrayDataset(x), quantize)
     assert reused is not None and reused == rerun
     assert calibrate(model, ArrayDataset(x[:64]), {"method": "mse"}).reference_outputs == {}  # an output not fetched
+
+
+def test_reference_outputs_keep_whole_groups_within_the_byte_budget(monkeypatch):
+    """The kept FP32 outputs stay under REFERENCE_BYTES: the output-effect check's samples first,
+    the bias check's held-out samples only when all of them fit too, never a part of a group."""
+    from edgepipe.calibrate import stability
+    from edgepipe.calibrate.bias_correction import split_for_check
+
+    outputs = [np.zeros(250, np.float32)]  # 1000 bytes per sample
+    effect, held = set(np.linspace(0, 63, 16).round().astype(int)), set(int(i) for i in split_for_check(64)[1])
+    for budget, expected in [(10**6, effect | held), (len(effect) * 1000, effect), (len(effect) * 1000 - 1, set())]:
+        monkeypatch.setattr(stability, "REFERENCE_BYTES", budget)
+        reference = stability.ReferenceOutputs(64)
+        for index in range(64):
+            reference.keep(index, outputs)
+        assert set(reference.kept()) == expected and reference.nbytes <= budget

@@ -54,7 +54,7 @@ def calibrate(
     reference = stability.ReferenceOutputs(len(dataset))
     hists, num_samples = collector.collect(model, dataset, contexts, settings, progress, keep_outputs=reference.keep)
     result = CalibrationResult(method=settings["method"], num_samples=num_samples,
-                               reference_outputs=reference.complete())
+                               reference_outputs=reference.kept())
     methods.registry()  # loaded once here, not raced by the threads below
 
     def choose(name: str):
