@@ -56,7 +56,7 @@ class CountingChoice:
     """
 
     WAYS = ("sort", "add_at")
-    TRIALS = 6
+    TRIALS = 16
     MIN_TIMED = 1 << 14
 
     def __init__(self):
