@@ -53,6 +53,22 @@ def run_feeds(session, feeds: list[dict], names: list[str] | None = None,
         return list(pool.map(one, feeds))
 
 
+def built_ahead(build: Callable, items: list):
+    """build(item) for each item, in order, each built on a worker thread while the caller uses
+    the one before (one build ahead, never more): a Python-heavy build (a Q/DQ model and its
+    session) overlaps the runs of the previous one, which release the GIL."""
+    if len(items) < 2 or (os.cpu_count() or 1) < 2:
+        yield from (build(item) for item in items)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="edgepipe-build") as pool:
+        upcoming = pool.submit(build, items[0])
+        for index in range(len(items)):
+            current = upcoming.result()
+            upcoming = pool.submit(build, items[index + 1]) if index + 1 < len(items) else None
+            yield current
+            del current
+
+
 def aligned_empty(shape: tuple, dtype) -> np.ndarray:
     """np.empty(shape, dtype) whose data starts on an ALIGNMENT-byte boundary."""
     dtype = np.dtype(dtype)

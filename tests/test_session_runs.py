@@ -85,3 +85,31 @@ def test_reused_outputs_fall_back_to_plain_runs_when_shapes_change():
         feed = {"x": rng.uniform(-1, 1, (rows, 4)).astype(np.float32)}
         np.testing.assert_array_equal(resized.run(feed)["relu"], np.maximum(feed["x"], 0))
     assert resized.usable and resized.buffers["relu"].shape == (3, 4)
+
+
+def test_built_ahead_yields_each_build_in_order_with_at_most_two_alive():
+    """built_ahead builds the next item on a worker thread while the caller holds the current one:
+    every item built once, in order, and never more than two builds finished and not yet dropped."""
+    import threading
+    import weakref
+
+    from edgepipe.session_runs import built_ahead
+
+    class Built:
+        pass
+
+    alive: list = []
+    lock = threading.Lock()
+
+    def build(item):
+        with lock:
+            alive[:] = [ref for ref in alive if ref() is not None]
+            assert len(alive) <= 2
+            built = Built()
+            built.item = item
+            alive.append(weakref.ref(built))
+            return built
+
+    seen = [b.item for b in built_ahead(build, list(range(7)))]
+    assert seen == list(range(7))
+    assert [b.item for b in built_ahead(build, [3])] == [3] and list(built_ahead(build, [])) == []

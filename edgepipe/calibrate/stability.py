@@ -169,7 +169,7 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     worst round's SQNR is below QUALITY_FLOOR_DB."""
     from edgepipe import graph, quantmath
     from edgepipe.calibrate.collector import sample_indices
-    from edgepipe.session_runs import run_feeds
+    from edgepipe.session_runs import built_ahead, run_feeds
 
     names = unstable_tensors(calibration)
     if not names:
@@ -179,27 +179,27 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     outputs = [o.name for o in model.graph.output]
     kept = getattr(calibration, "reference_outputs", None) or {}
 
-    def run(candidate) -> list[np.ndarray]:
-        if candidate is model and all(i in kept for i in indices):  # calibration's own FP32 runs
-            per_feed = [kept[i] for i in indices]
-        else:
-            per_feed = run_feeds(graph.make_session(candidate), feeds, outputs)
+    def values(per_feed: list) -> list[np.ndarray]:
         return [np.concatenate([np.asarray(r[i], np.float64).ravel() for r in per_feed]) for i in range(len(outputs))]
 
-    def sqnr(values) -> float:
-        return min(quantmath.sqnr_db(ref, got, power) for ref, got, power in zip(reference, values, powers))
+    def sqnr(per_feed: list) -> float:
+        return min(quantmath.sqnr_db(ref, got, power) for ref, got, power in zip(reference, values(per_feed), powers))
 
     folded: dict = {}  # the weights' int8 values, shared by every candidate (same weights, other ranges)
 
-    def run_quantized(candidate_calibration) -> list[np.ndarray]:
+    def session_of(candidate_calibration):
         # weights quantized once, not on every run: the same int8 values (graph.fold_constant_quantize)
-        return run(graph.fold_constant_quantize(quantize(model, candidate_calibration), folded))
+        return graph.make_session(graph.fold_constant_quantize(quantize(model, candidate_calibration), folded))
 
-    reference = run(model)
+    if all(i in kept for i in indices):  # calibration's own FP32 runs
+        reference = values([kept[i] for i in indices])
+    else:
+        reference = values(run_feeds(graph.make_session(model), feeds, outputs))
     powers = [quantmath.signal_power(ref) for ref in reference]
-    chosen = sqnr(run_quantized(calibration))
     rounds = min(len(calibration.tensors[n].stability.get("round_amax") or []) for n in names)
-    per_round = [sqnr(run_quantized(round_calibration(calibration, r, names))) for r in range(rounds)]
+    candidates = [calibration] + [round_calibration(calibration, r, names) for r in range(rounds)]
+    # each candidate's Q/DQ model is built while the one before runs (built_ahead)
+    chosen, *per_round = [sqnr(run_feeds(session, feeds, outputs)) for session in built_ahead(session_of, candidates)]
     drop = max((chosen - s for s in per_round if np.isfinite(s)), default=0.0) if np.isfinite(chosen) else 0.0
     return {"tensors": names, "sqnr_chosen_db": float(chosen), "sqnr_rounds_db": [float(s) for s in per_round],
             "drop_db": float(max(drop, 0.0)), "samples": len(feeds), "limit_db": OUTPUT_DROP_DB,
