@@ -321,13 +321,14 @@ def test_folded_weight_quantization_gives_the_same_outputs(model, result_auto, t
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 7, 50, 403])
-def test_workers_map_keeps_every_result_in_order(count):
+@pytest.mark.parametrize("run", [None, 1, 5])
+def test_workers_map_keeps_every_result_in_order(count, run):
     """Workers.map runs consecutive items per task: every item once, results in input order."""
     from edgepipe.calibrate.collector import Workers
 
     seen = []
     with Workers(3) as workers:
-        results = workers.map(lambda item: seen.append(item) or item * 2, list(range(count)))
+        results = workers.map(lambda item: seen.append(item) or item * 2, list(range(count)), run=run)
     assert results == [2 * i for i in range(count)]
     assert sorted(seen) == list(range(count))
 

@@ -62,7 +62,7 @@ def calibrate(
         return choice, stability.round_stability(hists[name], choice.method, settings, choice.method_amax)
 
     with collector.Workers() as workers:  # tensors are independent: their range searches run side by side
-        chosen = dict(zip(hists, workers.map(choose, list(hists))))
+        chosen = dict(zip(hists, workers.map(choose, list(hists), run=1)))  # milliseconds each: one by one
     stabilities = {}
     for name, hist in hists.items():
         choice, stabilities[name] = chosen[name]
