@@ -403,36 +403,3 @@ def test_reference_outputs_keep_whole_groups_within_the_byte_budget(monkeypatch)
         for index in range(64):
             reference.keep(index, outputs)
         assert set(reference.kept()) == expected and reference.nbytes <= budget
-
-
-def test_running_the_next_batch_while_binning_gives_the_same_statistics(model, monkeypatch):
-    """collector.runs_ahead starts the next batch's run before the current batch is binned: the
-    same activations in the same order (every statistic equal to one run after another), and a
-    batch with a NaN input is still reported only after the batch before it was handed over."""
-    from edgepipe import graph
-    from edgepipe.calibrate import collector
-
-    data = iid(20, seed=9)
-    calls = []
-    original = collector.runs_ahead
-
-    def forced(ahead):
-        def runs(session, fetch, batches, _):
-            calls.append(ahead)
-            return original(session, fetch, batches, ahead)
-        return runs
-
-    monkeypatch.setattr(collector, "runs_ahead", forced(True))
-    ahead = calibrate(model, data, {"method": "entropy", "batch_size": 3})
-    monkeypatch.setattr(collector, "runs_ahead", forced(False))
-    serial = calibrate(model, data, {"method": "entropy", "batch_size": 3})
-    assert calls == [True, False] and ahead.to_json() == serial.to_json()
-    session = graph.make_session(graph.expose_tensors(model, ["relu1"]))
-    bad = iid(4, seed=1)
-    bad.x[2, 0, 0, 0] = np.nan
-    seen = []
-    with pytest.raises(UserError, match="sample 2"):
-        for _, indices, _, arrays in original(session, ["relu1"], collector.batches(bad, [0, 1, 2, 3], 1, 1), True):
-            seen.append(indices)
-            np.testing.assert_array_equal(arrays["relu1"], session.run(["relu1"], bad.sample(indices[0]))[0])
-    assert seen == [[0], [1]]

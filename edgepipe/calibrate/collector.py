@@ -2,9 +2,8 @@
 
 Why streaming: ONNX Runtime's `collect_data` keeps every exposed activation of every sample and
 histograms at the end (tens of GB on detectors). Here each batch's activations are folded into
-fixed-size histograms (histogram.py) and dropped, so peak memory is one batch's activations (two
-while the next batch runs during binning, `runs_ahead`, only where two fit in `max_exposed_mb`)
-plus at most PENDING_BYTES of buffered small activations plus `tensors x rounds x 2 x num_bins`
+fixed-size histograms (histogram.py) and dropped, so peak memory is one batch's activations plus
+at most PENDING_BYTES of buffered small activations plus `tensors x rounds x 2 x num_bins`
 counters, whatever the number of samples.
 
 Which tensors: graph inputs and float outputs of every node that a backend may quantize; integer
@@ -106,9 +105,8 @@ def _stack(dataset, indices: list[int]) -> dict:
     return {name: np.concatenate([s[name] for s in samples], axis=0) for name in samples[0]}
 
 
-def tensor_sizes(model: onnx.ModelProto, names: list[str], batch_size: int) -> dict[str, float]:
-    """Estimated bytes per batch of each tensor (float32); one whose size shape inference cannot
-    tell counts as the largest known one."""
+def tensor_chunks(model: onnx.ModelProto, names: list[str], batch_size: int, max_exposed_mb: float) -> list[list[str]]:
+    """Split `names` so each chunk's estimated activations per batch stay under the budget."""
     infos = graph.value_infos(graph.infer_shapes(model))
     sizes = {}
     for name in names:
@@ -116,57 +114,17 @@ def tensor_sizes(model: onnx.ModelProto, names: list[str], batch_size: int) -> d
         if dims and all(isinstance(d, int) for d in dims[1:]):
             sizes[name] = int(np.prod([d for d in dims[1:]], dtype=np.int64)) * 4 * batch_size
     fallback = max(sizes.values(), default=0)
-    return {name: sizes.get(name, fallback) for name in names}
-
-
-def tensor_chunks(model: onnx.ModelProto, names: list[str], batch_size: int, max_exposed_mb: float,
-                  sizes: dict[str, float] | None = None) -> list[list[str]]:
-    """Split `names` so each chunk's estimated activations per batch stay under the budget."""
-    sizes = tensor_sizes(model, names, batch_size) if sizes is None else sizes
     budget = max_exposed_mb * 2**20
     chunks: list[list[str]] = [[]]
     used = 0.0
     for name in names:
-        size = sizes[name]
+        size = sizes.get(name, fallback)
         if chunks[-1] and used + size > budget:
             chunks.append([])
             used = 0.0
         chunks[-1].append(name)
         used += size
     return chunks
-
-
-def runs_ahead(session, fetch: list[str], batches_of_chunk, ahead: bool):
-    """(round, sample indices, feed, {tensor: activation}) per batch, in order. With `ahead`, the
-    next batch runs (on another thread: ONNX Runtime releases the GIL) while the caller bins
-    this one, so the cores the run leaves idle bin; two batches' activations exist at once then,
-    which the caller allows only when two fit in `max_exposed_mb`. The same runs of the same
-    session on the same feeds, binned in the same order: the same statistics. A batch's inputs
-    are checked (`_check_inputs`) after the batch before it was handed over, as without `ahead`."""
-    def arrays_of(outputs) -> dict:
-        return dict(zip(fetch, outputs)) if fetch else {}
-
-    if not ahead:
-        for round_index, indices, feed in batches_of_chunk:
-            _check_inputs(feed, indices)
-            yield round_index, indices, feed, arrays_of(session.run(fetch, feed) if fetch else [])
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="edgepipe-run") as pool:
-        previous = None
-        for round_index, indices, feed in batches_of_chunk:
-            try:
-                _check_inputs(feed, indices)
-            except UserError:
-                if previous is not None:  # the batch before is binned first, as without `ahead`
-                    yield *previous[0], arrays_of(previous[1].result() if fetch else [])
-                raise
-            running = pool.submit(session.run, fetch, feed) if fetch else None
-            if previous is not None:
-                finished, previous = previous, None
-                yield *finished[0], arrays_of(finished[1].result() if fetch else [])
-            previous = ((round_index, indices, feed), running)
-        if previous is not None:
-            yield *previous[0], arrays_of(previous[1].result() if fetch else [])
 
 
 def _extremes(arrays: dict, names, workers: "Workers") -> tuple[dict[str, tuple[float, float, int]], str | None]:
@@ -226,9 +184,7 @@ def collect(
     names = list(contexts)
     input_names = {v.name for v in graph.graph_inputs(model)}
     outputs = [o.name for o in model.graph.output]
-    budget_mb = float(settings.get("max_exposed_mb", 1024))
-    sizes = tensor_sizes(model, names, batch_size)
-    chunks = tensor_chunks(model, names, batch_size, budget_mb, sizes)
+    chunks = tensor_chunks(model, names, batch_size, float(settings.get("max_exposed_mb", 1024)))
     num_bins = int(settings.get("num_bins", 2048))
     hists = {name: TensorHistogram(name, num_bins, rounds) for name in names}
     skipped: set[str] = set()
@@ -239,14 +195,14 @@ def collect(
             fetch = [n for n in chunk if n not in input_names]
             keep = keep_outputs if keep_outputs is not None and set(outputs) <= set(fetch) else None
             pending = _Pending(workers)
-            ahead = (os.cpu_count() or 1) > 1 and 2 * sum(sizes[n] for n in chunk) <= budget_mb * 2**20
-            for round_index, batch_indices, feed, arrays in runs_ahead(
-                    session, fetch, batches(dataset, indices, rounds, batch_size), ahead):
+            for round_index, batch_indices, feed in batches(dataset, indices, rounds, batch_size):
+                _check_inputs(feed, batch_indices)
+                arrays = dict(zip(fetch, session.run(fetch, feed))) if fetch else {}
                 if keep is not None and len(batch_indices) == 1:
                     keep(batch_indices[0], [arrays[name] for name in outputs])
                 arrays.update({n: np.asarray(feed[n]) for n in chunk if n in input_names and n in feed})
                 bad = _bin_batch(arrays, chunk, round_index, pending, hists, skipped)
-                del arrays  # before the batch after the next exists (peak: one batch, two with `ahead`)
+                del arrays  # before the next batch's activations exist (peak: one batch)
                 if bad is not None:
                     index = _sample_with_bad_activation(session, chunk, dataset, batch_indices, bad)
                     raise UserError(
