@@ -17,7 +17,8 @@ Metrics (definitions used in the README too):
 - char accuracy = mean over lines of 1 - edit_distance(pred, label) / max(len(pred), len(label), 1)
   (PaddleOCR's `norm_edit_dis`, spaces kept). `fp32 agreement` is the same formula with the
   FP32 model's own reading as the label: character-level agreement with FP32. The exact-line
-  agreement is reported next to it.
+  agreement is reported next to it, and so are the per-step argmax agreement and the SQNR of the
+  centered log-probabilities (the logits up to a constant per step: a metric every step weighs).
 - TRANSPOSE: TRANSPOSE ops in the int8 .tflite (LiteRT op list, no delegate) vs Transpose nodes
   in the original ONNX file.
 - YOLOv8n: SQNR (dB) of the raw [1, 4+C, anchors] output vs FP32; QUANTIZE ops counted.
@@ -92,7 +93,17 @@ def reading_metrics(fp32: np.ndarray, out: np.ndarray, labels: list[str]) -> dic
             "char_accuracy_ignoring_spaces": char_accuracy(*no_spaces(out_text, labels)),
             "fp32_char_accuracy_ignoring_spaces": char_accuracy(*no_spaces(ref_text, labels)),
             "fp32_agreement_ignoring_spaces": char_accuracy(*no_spaces(out_text, ref_text)),
+            "step_agreement": float(np.mean(fp32.argmax(-1) == out.argmax(-1))),
+            "logit_sqnr_db": corpus_eval.sqnr_db(centered_log_probs(fp32), centered_log_probs(out)),
             "sqnr_db": corpus_eval.sqnr_db(fp32, out)}
+
+
+def centered_log_probs(probs: np.ndarray) -> np.ndarray:
+    """log p minus its mean over the classes: the logits up to a per-step constant (the model ends
+    in Softmax). Their SQNR weighs every step, where the probabilities' SQNR is mostly the few
+    steps whose top class flipped."""
+    logs = np.log(np.maximum(probs.astype(np.float64), 1e-30))
+    return logs - logs.mean(axis=-1, keepdims=True)
 
 
 def map_iou(fp32: np.ndarray, out: np.ndarray, threshold: float = 0.3) -> float:

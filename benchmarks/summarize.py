@@ -418,7 +418,9 @@ def accuracy_goals(data: dict) -> list[str]:
     return lines
 
 
-EXTRA_METRICS = {"yolo": ["score_sqnr_db", "box_sqnr_db", "quantize_ops"], "rec_arm": ["line_agreement"]}
+EXTRA_METRICS = {"yolo": ["score_sqnr_db", "box_sqnr_db", "quantize_ops"],
+                 "rec_arm": ["line_agreement", "step_agreement", "logit_sqnr_db", "sqnr_db"],
+                 "rec_jetson": ["fp32_agreement", "step_agreement", "logit_sqnr_db", "sqnr_db"]}
 
 
 def _lever_tags(data: dict) -> list[str]:
@@ -436,6 +438,36 @@ def _goal_cell(result: dict, metric: str) -> str:
     text = fmt(value, digits) if isinstance(value, float) else str(value)
     side = result.get(SIDE_METRICS.get(metric, ""))
     return text + (f" ({fmt(side)})" if side is not None else "")
+
+
+def int8_noise_floor(data: dict) -> list[str]:
+    """Spread of the recognizer's reading metrics under threshold jitter and calibration draws."""
+    lines = [f"sigma {data.get('sigma')} (threshold jitter), {data.get('calib_samples')} calibration / "
+             f"{data.get('eval_samples')} eval lines", "",
+             "| target | perturbation | variants | metric | default | min | max | std |", "|---|---|---|---|---|---|---|---|"]
+    for target, entry in data.get("targets", {}).items():
+        for kind in ("threshold_jitter", "calibration_draws"):
+            if kind not in entry:
+                continue
+            for metric, spread in entry[kind]["spread"].items():
+                digits = 2 if metric.endswith("_db") else 4
+                lines.append(f"| {target} | {kind} | {len(entry[kind]['variants'])} | {metric} | "
+                             f"{fmt(entry['default'][metric], digits)} | {fmt(spread['min'], digits)} | "
+                             f"{fmt(spread['max'], digits)} | {fmt(spread['std'], digits)} |")
+    return lines
+
+
+def flip_margins(data: dict) -> list[str]:
+    """FP32 margins and kinds of the time steps int8 flips on the recognizer."""
+    lines = ["| target | flipped steps | lines reading changed | span-edge flips | median margin flipped (all steps) "
+             "| flips below 1 nat | kinds |", "|---|---|---|---|---|---|---|"]
+    for target, r in data.get("targets", {}).items():
+        kinds = ", ".join(f"{k} {v}" for k, v in r.get("flips_by_kind", {}).items())
+        lines.append(f"| {target} | {r['flipped_steps']} of {r['steps']} | {r['lines_reading_changed']} of {r['lines']} "
+                     f"| {r['span_edge_flips']} | {fmt(r['margin_percentiles_flipped'].get('50'), 2)} "
+                     f"({fmt(r['margin_percentiles_all_steps'].get('50'), 2)}) "
+                     f"| {fmt(r['share_of_flips_below_margin'].get('1.0'), 2)} | {kinds} |")
+    return lines
 
 
 SECTIONS = [
@@ -471,6 +503,8 @@ SECTIONS = [
      layernorm_int8),
     ("Accuracy goals of issue 14 on the models as shipped (`benchmarks/accuracy_goals.py`)", "accuracy_goals",
      accuracy_goals),
+    ("The recognizer's int8 noise floor (`benchmarks/int8_noise_floor.py`)", "int8_noise_floor", int8_noise_floor),
+    ("Flipped time steps of the recognizer (`benchmarks/flip_margins.py`)", "flip_margins", flip_margins),
 ]
 
 

@@ -4,13 +4,14 @@ Why: benchmarks/arm_speed.py gives each model's int8 / fp32 ratio; this says whe
 goes. Each case is one op or one lowering alternative (the ops a lowering emits for one ONNX op)
 at a shape taken from a corpus model that is slow in int8 (first conv with 3 input channels,
 depthwise convs, PReLU, HardSwish, SE gates, grouped convs, the 2-class Softmax of a detector
-head, ...). int8 and fp32 variants of a case are timed in alternating rounds on one thread
-(median over rounds of each round's median), next to the host's CPU features and load, so a
-ratio comes from one run.
+head, ...; the depthwise forms are in benchmarks/depthwise_cases.py). int8 and fp32 variants of
+a case are timed in alternating rounds on one thread (median over rounds of each round's
+median), next to the host's CPU features and load, so a ratio comes from one run.
 Inputs are random: this measures speed only (correctness is in tests/test_tflite_ops_*.py).
 A case's last op writes the graph output; XNNPACK runs consecutive int8 elementwise ops as one
-(two chained int8 scalar ops cost less than one alone), so a lone elementwise op here is an upper
-bound of its cost inside a model: confirm on the model (graph prefixes) before acting on it.
+(two or more chained int8 ops of one tensor, scalar constants allowed, become one 256-entry
+lookup table: two chained int8 scalar ops cost less than one alone), so a lone elementwise op
+here is an upper bound of its cost inside a model: confirm on the model before acting on it.
 
     python benchmarks/xnnpack_op_speed.py [--cases a,b] [--rounds 7] [--iterations 50]
 
@@ -36,6 +37,7 @@ from benchmarks.timing import alternating_rounds, rounds_argument  # noqa: E402
 from edgepipe import quantmath  # noqa: E402
 from edgepipe.backends.tflite import delegation  # noqa: E402
 from edgepipe.backends.tflite.runtime import make_interpreter  # noqa: E402
+from benchmarks import depthwise_cases  # noqa: E402
 from benchmarks.tiny_tflite import (CONV_OPTIONS, RNG, SAME, UNIT, VALID, Graph, finish,  # noqa: E402
                                     Quantization)
 
@@ -433,6 +435,7 @@ CASES = {
                                                 "x*sigmoid(1.702x)": gelu([1, 16, 16, 96], "sigmoid")},
     "gelu [1,197,1536] (ViT-S MLP)": {"float island": gelu([1, 197, 1536], "float"),
                                       "x*sigmoid(1.702x)": gelu([1, 197, 1536], "sigmoid")},
+    **depthwise_cases.CASES,
 }
 
 

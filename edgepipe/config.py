@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgepipe import quantmath
 from edgepipe.calibrate import methods as calibration_methods
 from edgepipe.errors import UserError
 from edgepipe.safeio import CONFIG_MAX_BYTES, read_yaml_file
@@ -58,8 +59,12 @@ SCHEMA: dict[str, Any] = {
     ),
     "fold": _section(
         batchnorm=Field((bool,), True, "fold BatchNormalization into the preceding Conv/Gemm"),
+        constant_affine=Field((bool,), False, "fold chains of constant Mul/Add/Sub/Div on a 4-D tensor into the Conv "
+                              "that writes their input or (where exact: a shift only without padding) the Conv that "
+                              "alone reads their result; exact in float, for every target"),
         cross_layer_equalization=Field((bool,), False, "rescale the channels between two convolutions (directly or "
-                                       "through a Relu) to equal weight ranges, exact in float"),
+                                       "through a Relu; the second group-1 or depthwise) to equal weight ranges, "
+                                       "exact in float"),
         split_before_concat=Field((bool,), True, "move a Split in front of the Concat (and Reshape) that built its "
                                   "input (a detector head's box/class split): each piece keeps its own int8 grid; "
                                   "exact in float"),
@@ -78,6 +83,9 @@ SCHEMA: dict[str, Any] = {
         max_samples=Field((int,), None, "use at most this many calibration samples", minimum=1),
         batch_size=Field((int,), 1, "calibration batch size (models with a static batch of 1 use 1)", minimum=1),
         ranges=Field((str,), None, "use these ranges instead of calibrating (e.g. `edgepipe finetune`'s .ranges.json)"),
+        weight_ranges=Field((str,), "minmax", "per-channel weight thresholds: minmax (each output channel's largest absolute weight) "
+                            "or mse (the fraction of it, down to half, with the lowest int8 weight error)",
+                            quantmath.WEIGHT_RANGES),
         bias_correction=Field((bool, str), "auto", "shift each Conv/Gemm/MatMul bias by the per-channel mean error "
                               "the target's int8 adds on calibration data (int8 files only; recorded in "
                               "calibration.json). auto: with 32 or more calibration samples, estimated on those not held "

@@ -43,6 +43,20 @@ def asymmetric_params(lo: float, hi: float, bits: int = 8) -> tuple[float, int]:
     return float(scale), zero_point
 
 
+def clamp_params(scale: float, zero_point: int, bound: float, floor: bool) -> tuple[float, int] | None:
+    """int8 (scale, zero point) covering the grid (scale, zero_point) whose low end (`floor`: the
+    output of max(x, bound < 0)) or high end (min(x, bound > 0)) is exactly `bound`, zero on the
+    grid; None when `bound` has the other sign. Writing onto it saturates exactly at `bound`."""
+    sign = 1.0 if floor else -1.0  # mirror min onto max: the clamped end below zero
+    far = sign * scale * ((127 if floor else -128) - zero_point)
+    if sign * bound >= 0 or far <= 0:
+        return None
+    steps = int(np.floor(255 * abs(bound) / (far + abs(bound))))
+    if steps < 1:
+        return None
+    return abs(bound) / steps, (-128 + steps if floor else 127 - steps)
+
+
 def quantize(x: np.ndarray, scale, zero_point=0, bits: int = 8, narrow: bool = False) -> np.ndarray:
     """Round-half-to-even like ONNX QuantizeLinear / TFLite; saturates to the integer range."""
     qmin, qmax = qrange(bits, narrow=narrow)
@@ -60,8 +74,10 @@ def fake_quantize(x: np.ndarray, scale, zero_point=0, bits: int = 8, narrow: boo
 
 
 def per_channel_symmetric(weights: np.ndarray, axis: int = 0, bits: int = 8,
-                          min_ratio: float = 0.0, min_scales=None) -> tuple[np.ndarray, np.ndarray]:
+                          min_ratio: float = 0.0, min_scales=None, ranges: str = "minmax") -> tuple[np.ndarray, np.ndarray]:
     """Quantize weights per channel along `axis`: returns (int8 weights, float32 scales > 0).
+
+    `ranges` "minmax" scales each channel to its largest |w|; "mse" to `mse_weight_amax`.
 
     `min_ratio` > 0 floors every channel's range at `min_ratio` x the largest channel's range.
     Trained-then-pruned models have dead channels (|w| ~ 1e-34 after BN folding); their own
@@ -72,6 +88,8 @@ def per_channel_symmetric(weights: np.ndarray, axis: int = 0, bits: int = 8,
     w = np.asarray(weights, dtype=np.float32)
     reduce_axes = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
     amax = np.max(np.abs(w), axis=reduce_axes) if reduce_axes else np.abs(w)
+    if ranges == "mse" and reduce_axes:
+        amax = mse_weight_amax(np.moveaxis(w, axis % w.ndim, 0).reshape(w.shape[axis % w.ndim], -1), bits)
     if min_ratio > 0 and amax.size:
         amax = np.maximum(amax, float(np.max(amax)) * min_ratio)
     scales = np.maximum(amax, TINY) / float(2 ** (bits - 1) - 1)
@@ -81,6 +99,30 @@ def per_channel_symmetric(weights: np.ndarray, axis: int = 0, bits: int = 8,
     shape[axis % w.ndim] = -1
     q = quantize(w, scales.reshape(shape), 0, bits, narrow=True)
     return q, scales.astype(np.float32)
+
+
+WEIGHT_RANGES = ("minmax", "mse")
+MSE_WEIGHT_FRACTIONS = np.linspace(0.5, 1.0, 51)  # thresholds tried, as fractions of a channel's max |w|
+
+
+def mse_weight_amax(rows: np.ndarray, bits: int = 8) -> np.ndarray:
+    """Per row (output channel) of `rows` [C, N], the symmetric threshold with the lowest squared
+    error of the row's int8 weights (rounding plus clipping), among fractions of its max |w|.
+
+    Why: max |w| is one outlier weight; clipping it costs that weight a little and gives every
+    other weight of the channel a finer step (the classic weight-range lever: TensorRT's
+    pytorch-quantization `mse` weight calibrator, Banner et al. 2019)."""
+    w = np.asarray(rows, np.float64)
+    absmax = np.max(np.abs(w), axis=1)
+    qmax = float(2 ** (bits - 1) - 1)
+    best, best_error = absmax.copy(), np.full(absmax.shape, np.inf)
+    for fraction in MSE_WEIGHT_FRACTIONS:
+        amax = np.maximum(absmax * fraction, TINY)[:, None]
+        scale = amax / qmax
+        error = np.sum((np.clip(np.rint(w / scale), -qmax, qmax) * scale - w) ** 2, axis=1)
+        better = error < best_error
+        best[better], best_error[better] = amax[better, 0], error[better]
+    return best
 
 
 def per_tensor_symmetric(weights: np.ndarray, bits: int = 8) -> tuple[np.ndarray, float]:

@@ -2,10 +2,11 @@
 
 A small model with every form `ops/` writes to stay inside the delegate (a grouped Conv of 2
 channels per group as a dense block-diagonal CONV_2D, PRelu with slopes above and below 1 as a
-float island on the [N, H, W * C] view, a standalone Relu as
-a saturating QUANTIZE, a padded MaxPool after it over a zero PAD, HardSigmoid by saturation,
-nearest 2x upscaling as CONCATENATION + RESHAPE, an unequal Split as SLICEs, Softmax in float
-between DEQUANTIZE / QUANTIZE, a 2-way Softmax as 1x1 CONV_2D + LOGISTIC) runs with the runner
+float island on the [N, H, W * C] view, a standalone Relu as a saturating QUANTIZE, a padded
+MaxPool after it over a zero PAD, HardSigmoid by saturation, a 7x7 depthwise Conv as a grouped
+CONV_2D, a one-scale affine chain as a float chain XNNPACK tabulates, nearest 2x upscaling as
+CONCATENATION + RESHAPE, an unequal Split as SLICEs, Softmax in float between DEQUANTIZE /
+QUANTIZE, a 2-way Softmax as 1x1 CONV_2D + LOGISTIC) runs with the runner
 of tests/test_arm_emulation.py in LiteRT on x86 and under qemu-aarch64, and in tflite-runtime
 2.14 there (the older runtime boards still carry). Emulated timings are never reported.
 """
@@ -43,8 +44,11 @@ def _model():
              helper.make_node("Concat", ["c3b", "c3a"], ["c3r"], name="reorder", axis=1),
              helper.make_node("Softmax", ["c3r"], ["y"], name="softmax", axis=1),
              helper.make_node("Conv", ["m", "w4"], ["score"], name="score"),
-             helper.make_node("Softmax", ["score"], ["y2"], name="two_way", axis=1)]
-    return make_model(nodes, {"x": [1, 4, 8, 8]}, ["y", "y2"], {
+             helper.make_node("Softmax", ["score"], ["y2"], name="two_way", axis=1),
+             helper.make_node("Conv", ["m", "w5", "b5"], ["y3"], name="depthwise_7x7", group=8, pads=[3, 3, 3, 3]),
+             helper.make_node("Mul", ["c1", "a_scale"], ["ma"], name="affine_scale"),
+             helper.make_node("Add", ["ma", "a_shift"], ["y4"], name="affine_shift")]
+    return make_model(nodes, {"x": [1, 4, 8, 8]}, ["y", "y2", "y3", "y4"], {
         "w1": RNG.normal(size=(8, 4, 3, 3)).astype(np.float32) * 0.4,
         "slope": RNG.uniform(0.05, 1.5, size=(8, 1, 1)).astype(np.float32),
         "parts": np.array([2, 4], np.int64),
@@ -52,7 +56,10 @@ def _model():
         "slope2": np.linspace(0.05, 0.6, 8, dtype=np.float32).reshape(8, 1, 1),
         "s": np.array([1, 1, 2, 2], np.float32),
         "w3": RNG.normal(size=(6, 8, 2, 2)).astype(np.float32) * 0.4,
-        "w4": RNG.normal(size=(2, 8, 1, 1)).astype(np.float32) * 0.04})
+        "w4": RNG.normal(size=(2, 8, 1, 1)).astype(np.float32) * 0.04,
+        "w5": RNG.normal(size=(8, 1, 7, 7)).astype(np.float32) * 0.2,
+        "b5": RNG.normal(size=8).astype(np.float32) * 0.1,
+        "a_scale": np.float32(1.7), "a_shift": np.float32(-0.3)})
 
 
 @pytest.mark.arm
@@ -68,6 +75,7 @@ def test_delegated_lowerings_agree_on_aarch64(tmp_path):
     outside_forms = {"MINIMUM", "RESIZE_NEAREST_NEIGHBOR", "SPLIT", "SPLIT_V", "PADV2", "RELU"}
     assert not outside_forms & set(result["op_histogram"])
     assert result["op_histogram"]["SOFTMAX"] == 1 and result["op_histogram"]["LOGISTIC"] == 1
+    assert "affine_shift" in result["float_nodes"]  # the one-scale chain: DEQUANTIZE, MUL, ADD, QUANTIZE
     models = {"fp32": tmp_path / "model.fp32.tflite", "int8": tmp_path / "model.tflite"}
     np.save(tmp_path / "inputs.npy", np.stack([f["x"][0].transpose(1, 2, 0) for f in feeds]).astype(np.float32))
     (tmp_path / "runner.py").write_text(RUNNER)

@@ -84,3 +84,33 @@ def test_fold_stage_runs_and_checks_it():
     assert report["cross_layer_equalization"]["max_rel_diff"] < 1e-4
     untouched, report = run_fold(model, {})
     assert "cross_layer_equalization" not in report
+
+
+def depthwise_model():
+    """conv1 (outlier channels) -> depthwise conv2 (multiplier 2, pads) -> y."""
+    w1 = RNG.normal(0, 0.3, (6, 3, 3, 3))
+    w1[1] *= 40
+    w1[4] *= 0.05
+    inits = {"w1": w1, "b1": RNG.normal(0, 0.5, 6), "w2": RNG.normal(0, 0.3, (12, 1, 3, 3)), "b2": RNG.normal(0, 0.1, 12)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c1", "w2", "b2"], ["y"], name="dw", pads=[1, 1, 1, 1], group=6)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    model = onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return graph.infer_shapes(model)
+
+
+def test_depthwise_pair_is_equalized_exactly():
+    """A depthwise Conv2 scales each input channel's own filters (both of them, multiplier 2)."""
+    model = depthwise_model()
+    equalized, report = equalize_cross_layer(model)
+    assert [(p["first"], p["second"], p["depthwise"]) for p in report["pairs"]] == [("conv1", "dw", True)]
+    before, after = graph.make_session(model), graph.make_session(equalized)
+    for feed in feeds():
+        want, got = before.run(None, feed)[0], after.run(None, feed)[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    w1 = graph.constant_value(equalized, equalized.graph.node[0].input[1])
+    w2 = graph.constant_value(equalized, equalized.graph.node[1].input[1])
+    np.testing.assert_allclose(np.abs(w1).reshape(6, -1).max(1), np.abs(w2).reshape(6, -1).max(1), rtol=1e-5)

@@ -46,6 +46,9 @@ KNOWN_FAILURES = {
     ("int8", "ocr_cls", "jetson"): SOFTMAX_SATURATION,
     ("int8", "mtcnn_onet", "arm-cpu"): SOFTMAX_SATURATION,
     ("int8", "mtcnn_onet", "jetson"): SOFTMAX_SATURATION,
+    ("int8", "wake_embedding", "arm-cpu"): "20.7 dB vs ORT 21.7 (bound 20.73): 20 int8 requantizations (conv, "
+                                           "LeakyReLU, a BatchNorm after a ReLU that cannot fold) against ORT's "
+                                           "float between its Q/DQ pairs; jetson 21.1 dB passes (README)",
 }
 
 
@@ -60,7 +63,11 @@ def cases(check: str, targets: list[str]) -> list:
     return params
 # arm-cpu models that do not meet issue 15's goals yet (one XNNPACK partition, nothing on the
 # builtin kernels, TRANSPOSE <= the ONNX graph's Transposes), with the measured reason. strict.
-ARM_SPEED_GAPS: dict[str, str] = {}
+ARM_SPEED_GAPS: dict[str, str] = {
+    "wake_melspec": "int8 MAXIMUM / MINIMUM stay on builtin kernels: the power floor Clip(min=1e-10) is positive "
+                    "and the top-dB floor max(x) - 80 is computed, neither a saturating grid (README)",
+    "magika": "CAST and ONE_HOT of the byte-token input have no XNNPACK kernel (README)",
+}
 REFUSED = [(name, target) for name, spec in corpus.MODELS.items() if spec.refused_node for target in spec.refused_on]
 
 

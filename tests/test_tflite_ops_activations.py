@@ -56,3 +56,17 @@ def test_silu_pattern_and_gelu(tmp_path):
     model = make_model(nodes, {"x": [1, 16, 4, 4]}, ["y"], opset=20)
     report = check_conformance(model, tmp_path, int8_steps=3.0)
     assert report.result["op_histogram"]["GELU"] == 1 and report.result["op_histogram"]["LOGISTIC"] == 1
+
+
+@pytest.mark.parametrize("with_max", [False, True])
+def test_clip_with_computed_bound(with_max, tmp_path):
+    """A log-mel frontend's top-dB floor: Clip(x, min=ReduceMax(x) - 2) (openWakeWord's
+    melspectrogram), once with a constant max as well. The bound is a scalar tensor, broadcast."""
+    nodes = [helper.make_node("ReduceMax", ["x"], ["peak"], name="peak", keepdims=0),
+             helper.make_node("Sub", ["peak", "top"], ["floor"], name="floor"),
+             helper.make_node("Clip", ["x", "floor", *(["hi"] if with_max else [])], ["y"], name="clip")]
+    constants = {"top": np.array(2.0, np.float32), **({"hi": np.array(1.0, np.float32)} if with_max else {})}
+    model = make_model(nodes, {"x": [1, 1, 12, 16]}, ["y"], constants, opset=13)
+    report = check_conformance(model, tmp_path)
+    assert report.result["op_histogram"]["MAXIMUM"] == 1
+    assert report.result["op_histogram"].get("MINIMUM", 0) == int(with_max)

@@ -73,6 +73,35 @@ def test_grouped_conv_is_dense_only_where_groups_are_narrow(in_ch, out_ch, group
         assert len(convs) == 1 and shapes[convs[0]["inputs"][1]] == [out_ch, 3, 3, filter_in], name
 
 
+@pytest.mark.parametrize("channels,kernel,stride,int8_group,float_group", [
+    (24, 7, 1, 8, 8),  # ConvNeXt: groups of 8 (int8: 8 channels fill a tap's input step, 12 would pad to 16)
+    (13, 7, 2, 13, 1),  # 13 channels: int8 one dense group; float keeps the depthwise op (13 overflows its tile)
+    (16, (3, 9), 1, 16, 8),  # 27 taps
+    (16, 5, 1, 1, 1),  # 25 taps: XNNPACK's depthwise kernel holds them, the depthwise op stays
+])
+def test_depthwise_beyond_25_taps_is_a_grouped_conv(channels, kernel, stride, int8_group, float_group, tmp_path):
+    """A depthwise conv with more taps than XNNPACK's depthwise kernels hold (ConvNeXt's 7x7) runs
+    there as one GEMM per channel; written as a grouped CONV_2D with up to a GEMM tile of channels
+    per group (filter [C, kh, kw, group], each output channel reading its own input channel only)
+    it has the same values as ONNX Runtime and is one XNNPACK partition in both models."""
+    kernel = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    rng = np.random.default_rng(channels + kernel[1])
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="dw", group=channels, strides=[stride, stride],
+                            pads=[kernel[0] // 2, kernel[1] // 2] * 2)
+    model = make_model([node], {"x": [1, channels, 10, 11]}, ["y"], {
+        "w": rng.normal(size=(channels, 1, *kernel)).astype(np.float32) * 0.3,
+        "b": rng.normal(size=channels).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    for name, group in (("model.tflite", int8_group), ("model.fp32.tflite", float_group)):
+        interpreter = make_interpreter(report.out_dir / name, "reference")
+        shapes = {d["index"]: list(d["shape"]) for d in interpreter.get_tensor_details()}
+        (op,) = [op for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+        expected = (("CONV_2D", [channels, *kernel, group]) if group > 1
+                    else ("DEPTHWISE_CONV_2D", [1, *kernel, channels]))
+        assert (op["op_name"], shapes[op["inputs"][1]]) == expected, name
+        assert len(delegate_partitions(report.out_dir / name)) == 1, name
+
+
 @pytest.mark.parametrize("kernel,pads,width,in_ch", [(7, [3, 3, 3, 3], 16, 3), (3, [1, 1, 1, 1], 15, 3),
                                                      (3, [0, 2, 1, 0], 12, 4), (2, [0, 0, 0, 0], 11, 3)],
                          ids=["resnet-stem", "odd-width", "even-left-pad", "unread-last-column"])
@@ -120,3 +149,33 @@ def test_conv_transpose_matches_onnxruntime(stride, pads, kernel, tmp_path):
                         "b": rng.normal(size=3).astype(np.float32)})
     report = check_conformance(model, tmp_path)
     assert report.result["op_histogram"]["TRANSPOSE_CONV"] == 1
+
+
+def test_layout_change_that_moves_only_unit_dims_is_a_reshape(tmp_path):
+    """A tf2onnx head: a [1, C, 1, 1] result (NHWC inside TFLite) reshaped to NHWC [1, 1, 1, C]
+    (a speech embedding's output). Back to the ONNX layout only dims of 1 move, the same bytes:
+    a RESHAPE, not a TRANSPOSE."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("GlobalMaxPool", ["c"], ["g"], name="pool"),
+             helper.make_node("Reshape", ["g", "nhwc"], ["y"], name="to_nhwc")]
+    constants = {"w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "nhwc": np.array([1, 1, 1, 4], np.int64)}
+    model = make_model(nodes, {"x": [1, 3, 9, 8]}, ["y"], constants)
+    report = check_conformance(model, tmp_path)
+    assert "TRANSPOSE" not in report.result["op_histogram"], report.result["op_histogram"]
+
+
+def test_nhwc_graph_input_reshaped_to_nchw_keeps_its_layout(tmp_path):
+    """tf2onnx's NHWC one-channel input (a speech embedding's [1, 76, 32, 1] log-mel frames): Pad,
+    Reshape to NCHW [1, 1, H, W], Conv. The input reaches the Conv only through a Reshape, so the
+    .tflite takes it in its ONNX layout: no TRANSPOSE before the Reshape."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad"),
+             helper.make_node("Reshape", ["p", "nchw"], ["r"], name="to_nchw"),
+             helper.make_node("Conv", ["r", "w"], ["y"], name="conv")]
+    constants = {"pads": np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64), "nchw": np.array([1, 1, 11, 10], np.int64),
+                 "w": rng.normal(size=(4, 1, 3, 3)).astype(np.float32)}
+    model = make_model(nodes, {"x": [1, 9, 8, 1]}, ["y"], constants)
+    report = check_conformance(model, tmp_path)
+    assert "TRANSPOSE" not in report.result["op_histogram"], report.result["op_histogram"]
+    assert report.result["io"]["inputs"][0]["layout"] != "NHWC"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tests.tflite_harness import check_conformance, make_model
+from tests.tflite_harness import check_conformance, make_model, run_onnx, run_tflite, structured_inputs
 
 RNG = np.random.default_rng(7)
 CONV_W = RNG.normal(size=(4, 3, 1, 1)).astype(np.float32)
@@ -61,7 +61,52 @@ def test_div_by_activation_is_a_float_island(tmp_path):
 def test_pow_two_is_int8_square_and_sqrt_is_float(tmp_path):
     nodes = [helper.make_node("Pow", ["x", "two"], ["p"], name="square"),
              helper.make_node("Sqrt", ["p"], ["y"], name="root")]
-    model = make_model(nodes, {"x": [1, 3, 5, 5]}, ["y"], {"two": np.array(2.0, np.float32)})
+    # "p" is an output too: a square read only by the float Sqrt would join it (float_statistics.py)
+    model = make_model(nodes, {"x": [1, 3, 5, 5]}, ["y", "p"], {"two": np.array(2.0, np.float32)})
     report = check_conformance(model, tmp_path, int8_steps=3.0)
     assert report.result["float_nodes"] == ["root"]
     assert report.result["op_histogram"]["MUL"] == 1 and report.result["op_histogram"]["SQRT"] == 1
+
+
+@pytest.mark.parametrize(("op_type", "bound"), [("Max", -0.4), ("Min", 0.6)])
+def test_int8_clamp_by_scalar_is_a_saturating_quantize(op_type, bound, tmp_path):
+    """Max(x, c < 0) / Min(x, c > 0) (a floor after each LeakyReLU of a tf2onnx speech embedding):
+    int8 is a QUANTIZE into a grid ending exactly at c, which XNNPACK delegates (int8 MAXIMUM /
+    MINIMUM stay on builtin kernels); fp32 keeps MAXIMUM / MINIMUM."""
+    from edgepipe.backends.tflite import delegation
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("LeakyRelu", ["c"], ["l"], name="leaky", alpha=0.2),
+             helper.make_node(op_type, ["l", "k"], ["y"], name="op")]
+    model = make_model(nodes, {"x": [1, 3, 6, 7]}, ["y"], {"w": CONV_W, "k": np.array([bound], np.float32)})
+    # The reference simulation saturates on the calibrated grid, whose end falls up to a few of its
+    # steps short of c; ours ends exactly at c (checked below), hence the wider step tolerance.
+    report = check_conformance(model, tmp_path, int8_steps=3.5)
+    opcode = "MAXIMUM" if op_type == "Max" else "MINIMUM"
+    assert opcode not in report.result["op_histogram"]
+    feed = structured_inputs(model)[0]
+    expected = run_onnx(model, feed)["y"]
+    got = run_tflite(report.out_dir / "model.tflite", report.result["io"], feed)["y"]
+    clamped = expected == np.float32(bound)
+    assert clamped.any() and np.allclose(got[clamped], bound, atol=1e-6)
+    measured = delegation.measure(report.out_dir / "model.tflite")
+    assert delegation.fully_delegated(measured), delegation.summary_line(measured)
+
+
+def test_int8_clamp_written_by_its_producer_carries_the_clamp_name(tmp_path):
+    """When the clamp is its input's only reader, the LeakyReLU writes the clamp's grid and no op
+    is left for the clamp; that tensor holds the clamped values, so it is named after the clamp's
+    output (what `edgepipe compare` matches by ONNX name), not after the LeakyReLU's."""
+    from tests.realmodels.evaluate import interpreter
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("LeakyRelu", ["c"], ["l"], name="leaky", alpha=0.2),
+             helper.make_node("Max", ["l", "k"], ["m"], name="floor"),
+             helper.make_node("Mul", ["m", "two"], ["y"], name="double")]
+    model = make_model(nodes, {"x": [1, 3, 6, 7]}, ["y"], {"w": CONV_W, "k": np.array(-0.4, np.float32),
+                                                            "two": np.array(2.0, np.float32)})
+    report = check_conformance(model, tmp_path, int8_steps=3.5)
+    histogram = report.result["op_histogram"]
+    assert "MAXIMUM" not in histogram and histogram.get("QUANTIZE", 0) == 1  # the graph input's only
+    names = {d["name"] for d in interpreter(report.out_dir / "model.tflite").get_tensor_details()}
+    assert "m" in names and "l" not in names

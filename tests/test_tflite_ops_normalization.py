@@ -134,3 +134,50 @@ def test_onnx_group_norm_cases(name, tmp_path):
     got = run_tflite(tmp_path / "model.fp32.tflite", result["io"], feed)
     for key, value in expected.items():
         np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_with_computed_statistics(tmp_path):
+    """tf2onnx's Keras LayerNormalization: a BatchNormalization fed the tensor's own mean and
+    variance (ReduceMean, ReduceSumSquare / count): a float island on NHWC, [C] operands broadcast."""
+    count = np.array(1 * 5 * 4, np.float32)
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m4"], name="mean4", axes=[0, 2, 3], keepdims=1),
+             helper.make_node("Sub", ["x", "m4"], ["d"], name="centre"),
+             helper.make_node("ReduceSumSquare", ["d"], ["ss"], name="sumsq", axes=[0, 2, 3], keepdims=0),
+             helper.make_node("Div", ["ss", "count"], ["var"], name="var"),
+             helper.make_node("Squeeze", ["m4", "squeeze_axes"], ["mean"], name="squeeze"),
+             helper.make_node("BatchNormalization", ["x", "gamma", "beta", "mean", "var"], ["y"], name="bn",
+                              epsilon=1e-3)]
+    rng = np.random.default_rng(2)
+    constants = {"count": count, "squeeze_axes": np.array([0, 2, 3], np.int64),
+                 "gamma": rng.uniform(0.5, 1.5, 3).astype(np.float32), "beta": rng.normal(size=3).astype(np.float32)}
+    model = make_model(nodes, {"x": [1, 3, 5, 4]}, ["y"], constants, opset=13)
+    report = check_conformance(model, tmp_path)
+    assert "RSQRT" in report.result["op_histogram"]
+    # the statistics feeding the float island are float too (float_statistics.py): no int8 x - mean
+    assert set(report.result["float_nodes"]) == {"mean4", "centre", "sumsq", "var", "squeeze", "bn"}
+
+
+def test_decomposed_layer_norm_is_fused(tmp_path):
+    """tf2onnx's Keras LayerNormalization over axis 1 of [N, C, L]: mean, squared difference,
+    variance, 1 / sqrt(var + eps), then x * s + (beta - mean * s) with s = gamma / std. One fused
+    float node (the LayerNormalization decomposition), not int8 products that cancel."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mean"], name="mean", axes=[1], keepdims=1),
+             helper.make_node("Sub", ["x", "mean"], ["d"], name="diff"),
+             helper.make_node("Mul", ["d", "d"], ["sq"], name="square"),
+             helper.make_node("ReduceMean", ["sq"], ["var"], name="variance", axes=[1], keepdims=1),
+             helper.make_node("Add", ["var", "eps"], ["ve"], name="add_eps"),
+             helper.make_node("Sqrt", ["ve"], ["std"], name="std"),
+             helper.make_node("Reciprocal", ["std"], ["r"], name="inverse"),
+             helper.make_node("Mul", ["r", "gamma"], ["s"], name="scale"),
+             helper.make_node("Mul", ["x", "s"], ["xs"], name="mul_x"),
+             helper.make_node("Mul", ["mean", "s"], ["ms"], name="mul_mean"),
+             helper.make_node("Sub", ["beta", "ms"], ["shift"], name="shift"),
+             helper.make_node("Add", ["xs", "shift"], ["y"], name="out")]
+    constants = {"eps": np.array(1e-3, np.float32), "gamma": rng.uniform(0.5, 1.5, (1, 6, 1)).astype(np.float32),
+                 "beta": rng.normal(size=(1, 6, 1)).astype(np.float32)}
+    model = make_model(nodes, {"x": [1, 6, 10]}, ["y"], constants, opset=13)
+    feeds = [{"x": (rng.normal(size=(1, 6, 10)) * 3 + 40).astype(np.float32)} for _ in range(4)]
+    report = check_conformance(model, tmp_path, feeds)
+    histogram = report.result["op_histogram"]
+    assert report.result["float_nodes"] == ["out"] and histogram["RSQRT"] == 1 and "SQRT" not in histogram

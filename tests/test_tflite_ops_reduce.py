@@ -60,3 +60,12 @@ def test_int8_sum_is_mean_times_count(tmp_path):
     report = check_conformance(make_model([node], {"x": [2, 5, 6]}, ["y"], inits, opset=18), tmp_path)
     assert report.result["op_histogram"]["MEAN"] == 1 and report.result["op_histogram"]["MUL"] == 1
     assert "SUM" not in report.result["op_histogram"] and not report.result["float_nodes"]
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_sum_square_is_a_float_square_and_sum(keepdims, tmp_path):
+    """tf2onnx's layer-norm variance: ReduceSumSquare of a centred tensor (MUL, SUM in float)."""
+    nodes = [helper.make_node("ReduceSumSquare", ["x"], ["y"], name="sumsq", axes=[0, 2], keepdims=keepdims)]
+    model = make_model(nodes, {"x": [1, 4, 6]}, ["y"], opset=13)
+    report = check_conformance(model, tmp_path)
+    assert report.result["op_histogram"]["SUM"] == 1 and report.result["float_nodes"] == ["sumsq"]

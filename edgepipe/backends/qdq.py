@@ -189,7 +189,8 @@ class _Inserter:
         if per_channel_weight(node, value.ndim, self.per_channel):
             all_zero = not np.any(np.abs(value) >= DEGENERATE_AMAX)
             q, scales = quantmath.per_channel_symmetric(value, axis=axis, min_ratio=DEAD_CHANNEL_RATIO,
-                                                        min_scales=quantmath.symmetric_scale(1.0) if all_zero else None)
+                                                        min_scales=quantmath.symmetric_scale(1.0) if all_zero else None,
+                                                        ranges=self.calibration.weight_ranges)
             attrs = {"axis": axis}
             zeros = np.zeros(scales.shape, np.int8)
             shape = [1] * value.ndim

@@ -27,6 +27,7 @@ DEFAULT_SETTINGS = {
     "max_samples": None,
     "batch_size": 1,
     "max_exposed_mb": 1024,
+    "weight_ranges": "minmax",
 }
 
 __all__ = ["calibrate", "CalibrationResult", "TensorCalibration", "DEFAULT_SETTINGS", "methods"]
@@ -54,7 +55,7 @@ def calibrate(
     reference = stability.ReferenceOutputs(len(dataset))
     hists, num_samples = collector.collect(model, dataset, contexts, settings, progress, keep_outputs=reference.keep)
     result = CalibrationResult(method=settings["method"], num_samples=num_samples,
-                               reference_outputs=reference.kept())
+                               reference_outputs=reference.kept(), weight_ranges=settings["weight_ranges"])
     methods.registry()  # loaded once here, not raced by the threads below
 
     def choose(name: str):

@@ -40,6 +40,8 @@ class CalibrationResult:
     bias_corrections: dict[str, list[float]] = field(default_factory=dict)
     # how the build chose them (calibration.bias_correction: auto): the held-out check's numbers
     bias_correction: dict = field(default_factory=dict)
+    # per-channel weight thresholds every int8 consumer uses (calibration.weight_ranges: minmax | mse)
+    weight_ranges: str = "minmax"
     # {sample index: FP32 graph outputs} kept by the collector for the output-effect check
     # (stability.output_effect); in memory only, never saved (a cached calibration runs the model)
     reference_outputs: dict[int, list] = field(default_factory=dict, repr=False, compare=False)
@@ -65,6 +67,7 @@ class CalibrationResult:
             **({"bias_corrections": {k: self.bias_corrections[k] for k in sorted(self.bias_corrections)}}
                if self.bias_corrections else {}),
             **({"bias_correction": self.bias_correction} if self.bias_correction else {}),
+            **({"weight_ranges": self.weight_ranges} if self.weight_ranges != "minmax" else {}),
         }
 
     @classmethod
@@ -78,6 +81,7 @@ class CalibrationResult:
             histograms=dict(data.get("histograms", {})),
             bias_corrections=dict(data.get("bias_corrections", {})),
             bias_correction=dict(data.get("bias_correction", {})),
+            weight_ranges=str(data.get("weight_ranges", "minmax")),
         )
 
     def save(self, path: str | Path) -> Path:

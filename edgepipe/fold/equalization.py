@@ -12,7 +12,10 @@ Correction", 2019) choose s_c = sqrt(r1_c / r2_c) from the weight ranges (r1_c: 
 channel c, r2_c: Conv2's input channel c), after which both equal sqrt(r1_c * r2_c).
 
 Only pairs where the scaling is exact are touched: Conv1's output read by nothing but (a Relu
-read by nothing but) a group-1 Conv2 with a constant weight. Relu6, Clip, HardSwish, Sigmoid and
+read by nothing but) a group-1 or depthwise Conv2 with a constant weight. Depthwise Conv2 is the
+case the method was made for (MobileNet-style stems: a Conv whose output channels span ranges of
+1 to 15 feeding a depthwise conv whose filters are largest where those ranges are smallest; the
+per-tensor int8 grid of the tensor between them leaves the small channels a few steps). Relu6, Clip, HardSwish, Sigmoid and
 friends do not commute with scaling and end a pair. Run by the fold stage
 (`fold.cross_layer_equalization`), whose ONNX Runtime check compares the outputs with the
 unequalized model.
@@ -45,18 +48,28 @@ def equalization_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onn
         if len(users) != 1 or tensor in outputs or users[0].op_type != "Conv":
             continue
         second = users[0]
-        if (second.input[0] != tensor or int(graph.node_attributes(second).get("group", 1)) != 1
-                or graph.constant_value(model, second.input[1]) is None):
+        if second.input[0] != tensor or graph.constant_value(model, second.input[1]) is None:
             continue
+        groups = int(graph.node_attributes(second).get("group", 1))
+        if groups != 1 and groups != graph.constant_value(model, first.input[1]).shape[0]:
+            continue  # grouped convs mix channels in blocks; depthwise (one group per channel) scales per channel
         pairs.append((first, second))
     return pairs
 
 
-def channel_scales(w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
+def input_channel_weights(w2: np.ndarray, channels: int, depthwise: bool) -> np.ndarray:
+    """Conv2's weights as [input channel, every weight that channel multiplies]: axis 1 of a
+    group-1 weight; for a depthwise weight [channels * m, 1, k, k] its m filters reading channel c."""
+    if depthwise:
+        return w2.reshape(channels, -1)
+    return np.moveaxis(w2, 1, 0).reshape(w2.shape[1], -1)
+
+
+def channel_scales(w1: np.ndarray, w2: np.ndarray, depthwise: bool = False) -> np.ndarray:
     """s_c = sqrt(r1_c / r2_c): after scaling, Conv1's output channel c and Conv2's input channel c
     have the same range; channels where either range is zero keep s = 1."""
     r1 = np.abs(w1.reshape(w1.shape[0], -1)).max(axis=1).astype(np.float64)
-    r2 = np.abs(np.moveaxis(w2, 1, 0).reshape(w2.shape[1], -1)).max(axis=1).astype(np.float64)
+    r2 = np.abs(input_channel_weights(w2, w1.shape[0], depthwise)).max(axis=1).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         scales = np.sqrt(r1 / r2)
     ok = np.isfinite(scales) & (scales > 1.0 / MAX_SCALE) & (scales < MAX_SCALE) & (r1 > 0) & (r2 > 0)
@@ -74,21 +87,26 @@ def equalize_cross_layer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]
         w2 = graph.constant_value(equalized, second.input[1]).astype(np.float64)
         has_bias = len(first.input) > 2 and bool(first.input[2])
         bias = graph.constant_value(equalized, first.input[2]) if has_bias else None
-        if w2.shape[1] != w1.shape[0] or (has_bias and bias is None):
+        depthwise = int(graph.node_attributes(second).get("group", 1)) != 1
+        fits = (w2.shape[1] == 1 and w2.shape[0] % w1.shape[0] == 0) if depthwise else w2.shape[1] == w1.shape[0]
+        if not fits or (has_bias and bias is None):
             continue
-        scales = channel_scales(w1, w2)
+        scales = channel_scales(w1, w2, depthwise)
         if np.allclose(scales, 1.0):
             continue
         shape1 = (-1,) + (1,) * (w1.ndim - 1)
-        shape2 = (1, -1) + (1,) * (w2.ndim - 2)
+        if depthwise:
+            scaled = (w2.reshape(w1.shape[0], -1) * scales[:, None]).reshape(w2.shape)
+        else:
+            scaled = w2 * scales.reshape((1, -1) + (1,) * (w2.ndim - 2))
         first.input[1] = graph.add_initializer(equalized, f"{first.input[1]}_equalized",
                                                (w1 / scales.reshape(shape1)).astype(np.float32))
-        second.input[1] = graph.add_initializer(equalized, f"{second.input[1]}_equalized",
-                                                (w2 * scales.reshape(shape2)).astype(np.float32))
+        second.input[1] = graph.add_initializer(equalized, f"{second.input[1]}_equalized", scaled.astype(np.float32))
         if bias is not None:
             first.input[2] = graph.add_initializer(equalized, f"{first.input[2]}_equalized",
                                                    (bias.astype(np.float64) / scales).astype(np.float32))
         report["pairs"].append({"first": first.name, "second": second.name, "channels": int(scales.size),
+                                "depthwise": depthwise,
                                 "max_scale": float(scales.max()), "min_scale": float(scales.min())})
     graph.remove_unused_initializers(equalized)
     return equalized, report

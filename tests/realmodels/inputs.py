@@ -2,11 +2,16 @@
 package does it (no data set download).
 
 Text lines on varied backgrounds for the recognizer/classifier, document pages for the detectors
-and the orientation classifier, scenes with skin-coloured shapes for YOLO, drawn faces for MTCNN.
+and the orientation classifier, scenes with skin-coloured shapes for YOLO, drawn faces for MTCNN,
+voiced speech-like audio (and its log-mel frames and speech embeddings, computed with the shipped
+openWakeWord front models in ONNX Runtime, as the package chains them) for the audio models, and
+text, code, markup and binary-header bytes for Magika.
 The same generator with different seeds gives calibration and held-out evaluation sets.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -171,12 +176,112 @@ def face_crop(rng: np.random.Generator, height: int, width: int):
     return image.resize((width, height), Image.BILINEAR)
 
 
+SAMPLE_RATE = 16000
+MEL_HOP, MEL_WINDOW, EMBED_FRAMES, EMBED_STEP = 160, 512, 76, 8  # openWakeWord's framing
+
+
+def speech_audio(rng: np.random.Generator, samples: int) -> np.ndarray:
+    """Voiced, speech-like audio at 16 kHz in int16 units (what openWakeWord feeds its melspectrogram
+    model): syllables of a harmonic source with a gliding pitch shaped by two formant resonances,
+    pauses, breath noise and room hum, at a random level."""
+    t = np.arange(samples) / SAMPLE_RATE
+    audio = np.zeros(samples)
+    start = int(rng.integers(0, SAMPLE_RATE // 10))
+    while start < samples:
+        length = int(rng.uniform(0.08, 0.3) * SAMPLE_RATE)
+        seg = slice(start, min(samples, start + length))
+        n = seg.stop - seg.start
+        f0 = rng.uniform(90, 250) * (1 + rng.uniform(-0.2, 0.2) * np.linspace(0, 1, n))
+        phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+        formants = rng.uniform([300, 900], [900, 2600])
+        voiced = sum(np.cos(k * phase) * sum(1 / (1 + ((k * f0 - f) / 120) ** 2) for f in formants)
+                     for k in range(1, 24))
+        audio[seg] += voiced * np.hanning(n) ** 0.5 * rng.uniform(0.3, 1.0)
+        start += length + int(rng.uniform(0.0, 0.15) * SAMPLE_RATE)
+    audio /= max(float(np.max(np.abs(audio))), 1e-9)
+    audio += rng.normal(0, rng.uniform(0.002, 0.03), samples) + 0.01 * np.sin(2 * np.pi * 50 * t)
+    return (audio * rng.uniform(1500, 20000)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _oww_session(member: str):
+    import onnxruntime as ort
+
+    from tests.realmodels.corpus import member_path
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(member_path("openwakeword", "openwakeword/resources/models/" + member)),
+                                options, providers=["CPUExecutionProvider"])
+
+
+def speech_melspec(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """[frames, 32] log-mel features as openWakeWord makes them: its shipped melspectrogram model
+    (ONNX Runtime) on speech-like audio, then `x / 10 + 2`."""
+    audio = speech_audio(rng, MEL_WINDOW + (frames - 1) * MEL_HOP)
+    mel = _oww_session("melspectrogram.onnx").run(None, {"input": audio[None]})[0]
+    return (mel.reshape(-1, 32)[:frames] / 10 + 2).astype(np.float32)
+
+
+def speech_embeddings(rng: np.random.Generator, count: int) -> np.ndarray:
+    """[count, 96] speech embeddings: the shipped embedding model on sliding 76-frame windows."""
+    mel = speech_melspec(rng, EMBED_FRAMES + (count - 1) * EMBED_STEP)
+    windows = np.stack([mel[k * EMBED_STEP : k * EMBED_STEP + EMBED_FRAMES] for k in range(count)])[..., None]
+    return _oww_session("embedding_model.onnx").run(None, {"input_1": windows})[0].reshape(count, 96)
+
+
+FILE_SNIPPETS = (b"#!/usr/bin/env python3\nimport os\n\ndef main(argv):\n    return len(argv)\n",
+                 b"<!DOCTYPE html>\n<html><head><title>Report</title></head><body><p>",
+                 b'{"id": 17, "name": "sensor", "values": [0.5, 1.25, 3.0], "ok": true}\n',
+                 b"id,name,price,qty\n1,widget,3.50,10\n2,gadget,12.00,3\n",
+                 b"#include <stdio.h>\nint main(void) { printf(\"hi\\n\"); return 0; }\n",
+                 b"[server]\nport = 8080\nhost = \"0.0.0.0\"\n")
+BINARY_HEADERS = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"PK\x03\x04\x14\x00\x00\x00\x08\x00",
+                  b"\x7fELF\x02\x01\x01\x00", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", b"\xff\xd8\xff\xe0\x00\x10JFIF")
+
+
+def file_content(rng: np.random.Generator) -> bytes:
+    """A small file: prose, code, markup, CSV or JSON text, or a binary header with compressed-looking data."""
+    if rng.random() < 0.35:
+        body = rng.integers(0, 256, int(rng.integers(200, 6000)), dtype=np.uint8).tobytes()
+        return BINARY_HEADERS[rng.integers(len(BINARY_HEADERS))] + body
+    parts = []
+    for _ in range(int(rng.integers(2, 80))):
+        parts.append(FILE_SNIPPETS[rng.integers(len(FILE_SNIPPETS))] if rng.random() < 0.5
+                     else (random_text(rng) + "\n").encode())
+    return b"".join(parts)
+
+
+def magika_features(content: bytes, size: int = 512, padding: int = 256) -> np.ndarray:
+    """Magika v0.5's features of a small file: the stripped content's first, middle and last `size`
+    bytes, padded with token 256 (end padded on the left)."""
+    data = np.frombuffer(content.strip(), np.uint8).astype(np.float32)
+    beg = np.full(size, padding, np.float32)
+    beg[: min(size, len(data))] = data[:size]
+    end = np.full(size, padding, np.float32)
+    tail = data[-size:]
+    end[size - len(tail):] = tail
+    mid = np.full(size, padding, np.float32)
+    cut = data[max(0, (len(data) - size) // 2):][:size]
+    left = (size - len(cut)) // 2
+    mid[left : left + len(cut)] = cut
+    return np.concatenate([beg, mid, end])
+
+
 def make_inputs(name: str, count: int, seed: int) -> dict:
     """{"x": [count, *shape[1:]] float32, plus "texts"/"labels" where the inputs have them}."""
     spec = MODELS[name]
     rng = np.random.default_rng(seed)
-    _, _, h, w = spec.shape
     kind = spec.inputs
+    if kind == "speech_audio":
+        return {"x": np.stack([speech_audio(rng, spec.shape[1]) for _ in range(count)])}
+    if kind == "speech_melspec":
+        return {"x": np.stack([speech_melspec(rng, spec.shape[1])[..., None] for _ in range(count)])}
+    if kind == "speech_embeddings":
+        return {"x": np.stack([speech_embeddings(rng, spec.shape[1]) for _ in range(count)])}
+    if kind == "file_bytes":
+        return {"x": np.stack([magika_features(file_content(rng)) for _ in range(count)])}
+    _, _, h, w = spec.shape
     if kind == "text_line":
         pairs = [text_line(rng, h, w) for _ in range(count)]
         return {"x": np.stack([p[0] for p in pairs]), "texts": [p[1] for p in pairs]}

@@ -33,7 +33,7 @@ from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
-from edgepipe.backends.tflite import builtins, shared_scales
+from edgepipe.backends.tflite import builtins, float_statistics, layouts, shared_scales
 from edgepipe.backends.tflite.fusion import fusable_activation
 from edgepipe.backends.tflite.writer import ModelSpec, Quantization
 from edgepipe.errors import UnsupportedOpError, UserError
@@ -156,9 +156,12 @@ class Lowering:
         # candidates, the placement the accuracy tools emulate - must agree on the grids
         if self.options.get("float_output_concats", True):
             self.requested_float |= shared_scales.float_output_concats(self)
+        self.requested_float |= float_statistics.statistics_nodes(self)
         self.shared_ranges: dict[str, str] = {}
         if self.options.get("share_concat_scales", True):
             self.shared_ranges = shared_scales.shared_concat_ranges(self)
+        # {clamp output: its tensor input} and their saturating grids (shared_scales.clamps)
+        self.clamp_inputs, self.clamp_grids = shared_scales.clamps(self)
 
     # ----- ONNX side ---------------------------------------------------------------------------
     def declared_dims(self, name: str) -> list | None:
@@ -219,6 +222,8 @@ class Lowering:
             name = name[:-len(";2d")]
         if self.shared_ranges:
             name = shared_scales.resolve(self.shared_ranges, name)
+        if dtype == "int8" and name in self.clamp_grids:
+            return self.clamp_grids[name]
         if self.calibration is None or name not in self.calibration:
             raise UserError(f"tensor '{name}' has no calibration range; re-run calibration on this model")
         tensor = self.calibration.tensors[name]
@@ -305,9 +310,12 @@ class Lowering:
     def _transposed(self, name: str, base: Value, perm) -> Value:
         base_inverse = inverse(base.perm)
         order = np.array([base_inverse[p] for p in perm], np.int32)
-        perm_index = self.spec.add_constant(f"{name}/perm", order)
         out = self.new_value(name, base.dtype, perm, quant=self.tensor(base.index).quantization)
-        self.emit("TRANSPOSE", [base.index, perm_index], [out])
+        shape = list(self.tensor(base.index).shape)
+        if layouts.moves_only_unit_dims(shape, order):
+            self.emit("RESHAPE", [base.index, self.int32_constant(f"{name}/shape", [shape[o] for o in order])], [out])
+        else:
+            self.emit("TRANSPOSE", [base.index, self.spec.add_constant(f"{name}/perm", order)], [out])
         return self.values[name][-1]
 
     def _converted(self, name: str, source: Value, dtype: str) -> int:
@@ -358,8 +366,9 @@ class Lowering:
         # gamma): floor their scale so the bias scale input_scale x weight_scale neither underflows
         # nor makes the int32 bias overflow. Their weights quantize to zeros either way.
         min_scales = np.maximum(np.abs(bias) / (input_scale * 2.0**30), MIN_BIAS_SCALE / input_scale)
-        q_weights, weight_scales = quantmath.per_channel_symmetric(weights, axis, min_ratio=2.0**-20,
-                                                                   min_scales=min_scales)
+        q_weights, weight_scales = quantmath.per_channel_symmetric(
+            weights, axis, min_ratio=2.0**-20, min_scales=min_scales,
+            ranges=getattr(self.calibration, "weight_ranges", "minmax"))
         filter_index = self.spec.add_constant(f"{name};filter", q_weights,
                                               Quantization.per_channel(weight_scales, axis))
         q_bias, bias_scales = quantmath.quantize_bias(bias, input_scale, weight_scales)
@@ -392,7 +401,11 @@ class Lowering:
         if tuple(perm) == identity(rank):
             return reshaped
         transposed = self.temp(f"{name};rank{rank};t", permute(padded, perm), dtype, tensor.quantization)
-        self.emit("TRANSPOSE", [reshaped, self.int32_constant(f"{name};rank{rank}/perm", perm)], [transposed])
+        if layouts.moves_only_unit_dims(padded, perm):
+            self.emit("RESHAPE", [reshaped, self.int32_constant(f"{name};rank{rank};t/shape", permute(padded, perm))],
+                      [transposed])
+        else:
+            self.emit("TRANSPOSE", [reshaped, self.int32_constant(f"{name};rank{rank}/perm", perm)], [transposed])
         return transposed
 
     def int32_constant(self, name: str, values) -> int:
@@ -457,7 +470,9 @@ class Lowering:
 
     def io_perm(self, name: str) -> tuple[int, ...]:
         rank = self.rank(name)
-        return NHWC if rank == 4 and not self.keep_layout else identity(rank)
+        if rank != 4 or self.keep_layout or layouts.only_reshaped(self.model, self.consumers, name):
+            return identity(rank)
+        return NHWC
 
     def io_dtype(self) -> str:
         return "int8" if self.quantized and self.int8_io else "float32"

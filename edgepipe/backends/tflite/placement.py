@@ -51,14 +51,15 @@ def int8_grids(model: onnx.ModelProto, calibration, options: dict | None = None,
     # the original node's weight (a rewrite may have folded constants into a copy: the same grid
     # up to the per-channel scale) as the emulation runs the original graph
     sources = {**nodes, **{n.name: n for n in model.graph.node}}
-    weights = {name: _int8_weights(model, sources[name]) for name in int8
+    ranges = getattr(calibration, "weight_ranges", "minmax")
+    weights = {name: _int8_weights(model, sources[name], ranges) for name in int8
                if name in sources and sources[name].op_type in WEIGHTED_OPS}
     return {"grids": grids, "int16": int16, "int8_nodes": int8,
             "int16_nodes": {name for name, dtype in dtypes.items() if dtype == "int16"},
             "weights": {k: v for k, v in weights.items() if v}, "fused": fused}
 
 
-def _int8_weights(model: onnx.ModelProto, node: onnx.NodeProto) -> dict[int, np.ndarray]:
+def _int8_weights(model: onnx.ModelProto, node: onnx.NodeProto, ranges: str) -> dict[int, np.ndarray]:
     """The constant weight of a weighted node on its per-output-channel symmetric int8 grid."""
     if len(node.input) < 2:
         return {}
@@ -66,7 +67,7 @@ def _int8_weights(model: onnx.ModelProto, node: onnx.NodeProto) -> dict[int, np.
     if value is None or value.dtype.kind != "f" or value.ndim < 1:
         return {}
     axis = weight_channel_axis(node, value.ndim)
-    q, scales = quantmath.per_channel_symmetric(value, axis=axis, min_ratio=2.0**-20)
+    q, scales = quantmath.per_channel_symmetric(value, axis=axis, min_ratio=2.0**-20, ranges=ranges)
     shape = [1] * value.ndim
     shape[axis] = -1
     return {1: quantmath.dequantize(q, scales.reshape(shape))}

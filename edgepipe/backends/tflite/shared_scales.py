@@ -21,6 +21,9 @@ Enabled by the `backend.share_concat_scales` and `backend.float_output_concats` 
 
 from __future__ import annotations
 
+from edgepipe import quantmath
+from edgepipe.backends.tflite.writer import Quantization
+
 
 def shared_concat_ranges(ctx) -> dict[str, str]:
     """{tensor: tensor whose calibrated range it uses} for the int8 Concats of the lowering `ctx`."""
@@ -57,6 +60,39 @@ def _share_through_reshapes(ctx, producers: dict, name: str, concat_output: str,
             return
         shared[source] = concat_output
         name = source
+
+
+def clamps(ctx) -> tuple[dict[str, str], dict]:
+    """({clamp output: its tensor input}, {clamp output: Quantization}) for the int8 clamps by a
+    scalar constant, Max(x, c < 0) / Min(x, c > 0) (a floor after each LeakyReLU of a tf2onnx
+    speech embedding). Their grid ends exactly at c (quantmath.clamp_params of the calibrated
+    one), so writing onto it saturates where MAXIMUM / MINIMUM would compare: XNNPACK delegates
+    the QUANTIZE that does it, not int8 MAXIMUM / MINIMUM. When the clamp is the only reader of x,
+    x shares that grid, so x's producer saturates and the clamp costs nothing."""
+    inputs: dict[str, str] = {}
+    grids: dict = {}
+    if not ctx.quantized or ctx.calibration is None:
+        return inputs, grids
+    outputs = set(ctx.graph_outputs)
+    for node in ctx.model.graph.node:
+        if node.op_type not in ("Max", "Min") or len(node.input) != 2 or ctx.node_dtype(node) != "int8":
+            continue
+        out = node.output[0]
+        names = [n for n in node.input if n not in ctx.constants]
+        bounds = [ctx.constants[n] for n in node.input if n in ctx.constants]
+        if (len(names) != 1 or len(bounds) != 1 or bounds[0].size != 1 or out not in ctx.calibration
+                or out in ctx.shared_ranges or ctx.shape(names[0]) != ctx.shape(out)):
+            continue
+        params = quantmath.clamp_params(*ctx.calibration.asymmetric_params(out), float(bounds[0].reshape(-1)[0]),
+                                        floor=node.op_type == "Max")
+        if params is None:
+            continue
+        inputs[out], grids[out] = names[0], Quantization.per_tensor(*params)
+        x = names[0]
+        if (x in ctx.calibration and x not in outputs and x not in ctx.shared_ranges
+                and len(ctx.consumers.get(x, [])) == 1):
+            ctx.shared_ranges[x] = out
+    return inputs, grids
 
 
 MAX_RANGE_RATIO = 16.0

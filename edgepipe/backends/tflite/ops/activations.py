@@ -163,8 +163,22 @@ def lower_fixed_output(ctx: Lowering, node) -> None:
     _unary(ctx, node, opcode, Quantization.per_tensor(*fixed_output(opcode, dtype)) if dtype != "float32" else None)
 
 
-def check_clip(ctx: Lowering, node) -> str | None:
-    return None if clip_bounds(ctx, node) is not None else "min/max must be constants"
+def _clip_steps(ctx: Lowering, node) -> list[tuple[str, float | str]]:
+    """(MAXIMUM for min / MINIMUM for max, bound) per bound that is given: a float when constant,
+    else the name of the computed scalar tensor (a top-dB floor `max(x) - 80` of a log-mel model)."""
+    bounds = clip_bounds(ctx, node)
+    if bounds is not None:
+        return [(opcode, bound) for opcode, bound in zip(("MAXIMUM", "MINIMUM"), bounds) if np.isfinite(bound)]
+    attrs = node_attrs(node)
+    steps: list[tuple[str, float | str]] = []
+    for position, (opcode, attr) in enumerate((("MAXIMUM", "min"), ("MINIMUM", "max")), start=1):
+        name = node.input[position] if len(node.input) > position else ""
+        if name:
+            value = ctx.constant(name)
+            steps.append((opcode, name if value is None else float(np.asarray(value).reshape(-1)[0])))
+        elif attr in attrs:
+            steps.append((opcode, float(attrs[attr])))
+    return steps
 
 
 def _int16_clip(ctx: Lowering, node) -> bool:
@@ -172,22 +186,28 @@ def _int16_clip(ctx: Lowering, node) -> bool:
     return fusable_activation(ctx, node) in (None, "RELU", "RELU6")
 
 
-@register("Clip", check=check_clip, int16=_int16_clip)
+@register("Clip", int16=_int16_clip)
 def lower_clip(ctx: Lowering, node) -> None:
+    """Constant bounds: a fused RELU kind, else MAXIMUM / MINIMUM with a constant. A computed
+    bound is broadcast from its scalar tensor (requantized to the output grid, as MAXIMUM and
+    MINIMUM only compare integers)."""
     kind = fusable_activation(ctx, node)
     if kind is not None:
         _unary(ctx, node, kind)
         return
     dtype = ctx.node_dtype(node)
     perm = ctx.layout(node.input[0])
-    low, high = clip_bounds(ctx, node)
     x = ctx.get(node.input[0], dtype, perm)
     out = ctx.new_value(node.output[0], dtype, perm)
     quant = ctx.tensor(out).quantization
     current = ctx.requantized(x, quant, node.input[0]) if dtype != "float32" else x
-    steps = [(opcode, bound) for opcode, bound in (("MAXIMUM", low), ("MINIMUM", high)) if np.isfinite(bound)]
+    steps = _clip_steps(ctx, node)
     for position, (opcode, bound) in enumerate(steps):
-        bound_index = ctx.quantized_constant(f"{node.name};{opcode.lower()}", np.float32(bound), quant, dtype)
+        if isinstance(bound, str):
+            bound_index = ctx.broadcast_input(bound, dtype, perm, len(perm))
+            bound_index = ctx.requantized(bound_index, quant, bound) if dtype != "float32" else bound_index
+        else:
+            bound_index = ctx.quantized_constant(f"{node.name};{opcode.lower()}", np.float32(bound), quant, dtype)
         target = out if position == len(steps) - 1 else ctx.temp(f"{node.name};{opcode.lower()}",
                                                                  ctx.tensor(out).shape, dtype, quant)
         ctx.emit(opcode, [current, bound_index], [target], node)

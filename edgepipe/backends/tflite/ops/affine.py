@@ -6,10 +6,14 @@ affine blocks after convs and activations: `+ bias`, `/ 6`, `* scale`, `+ bias`;
 Lowered one by one, every node rounds onto its own int8 grid, and these roundings add up along a
 deep backbone (measured on the PP-OCRv4 recognizer: they moved its spaces). `fuse_constant_affine`
 folds a chain that follows a Conv into the Conv's weights and bias (exact in float, no rounding
-left), and replaces any other chain of two or more nodes by one `edgepipe.fused::ChannelAffine`
-node (x, scale[C], shift[C]) named after the chain's last node: int8 lowers it as a single 1x1
+left; edgepipe/fold/affine.py, shared with the fold stage's `fold.constant_affine`), and
+replaces any other chain of two or more nodes by one `edgepipe.fused::ChannelAffine` node
+(x, scale[C], shift[C]) named after the chain's last node: int8 lowers it as a single 1x1
 DEPTHWISE_CONV_2D (`channel_affine`: per-channel weight, int32 bias, one rounding, delegated to
-XNNPACK), float32 and int16 as MUL then ADD.
+XNNPACK), float32 and int16 as MUL then ADD. One scale and one shift for the whole tensor (the
+learnable affine blocks) are computed in float instead (`_int8_kernel`): XNNPACK turns the
+chain DEQUANTIZE, MUL, ADD, QUANTIZE of one int8 tensor into one 256-entry lookup table, which
+is faster than the depthwise conv and rounds once too.
 """
 
 from __future__ import annotations
@@ -23,11 +27,16 @@ from edgepipe.backends.tflite.lower import NHWC, Lowering
 from edgepipe.backends.tflite.ops import FUSED_DOMAIN, record_absorbed, register, register_rewrite
 from edgepipe.backends.tflite.ops.activations import channel_affine
 from edgepipe.backends.tflite.writer import Quantization
+from edgepipe.fold.affine import AFFINE_OPS, affine_chain, fold_into_conv, foldable_conv, tensor_shapes
 
-AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
+
+def _int8_kernel(ctx: Lowering, node) -> bool:
+    """Per-channel parameters: the int8 1x1 depthwise conv. One scale and one shift: False, a float
+    island whose elementwise chain XNNPACK evaluates as an int8 lookup table."""
+    return np.size(ctx.constant(node.input[1])) > 1 or np.size(ctx.constant(node.input[2])) > 1
 
 
-@register("ChannelAffine", domain=FUSED_DOMAIN, int16=True)
+@register("ChannelAffine", domain=FUSED_DOMAIN, int8=_int8_kernel, int16=True)
 def lower_channel_affine(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     scale = np.asarray(ctx.constant(node.input[1]), np.float64).reshape(-1)
@@ -56,102 +65,13 @@ def lower_channel_affine(ctx: Lowering, node) -> None:
         ctx.emit("ADD", [scaled, constant("shift", shift)], [out], node, "AddOptions", FusedActivationFunction=0)
 
 
-def _channel_vector(value: np.ndarray | None, channels: int) -> np.ndarray | None:
-    """The constant as a per-channel vector of an NCHW tensor (length 1 for a scalar), else None."""
-    if value is None or value.ndim > 4 or not np.issubdtype(value.dtype, np.floating):
-        return None
-    if value.size == 1:
-        return value.astype(np.float64).reshape(1)
-    shape = (1,) * (4 - value.ndim) + tuple(value.shape)
-    if shape[0] == 1 and shape[1] == channels and shape[2] == 1 and shape[3] == 1:
-        return value.astype(np.float64).reshape(-1)
-    return None
-
-
-def _step(model, node, x: str, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(scale, shift) with node(x) = scale * x + shift, when the node's other input is a constant
-    that broadcasts per channel (or is a scalar), else None."""
-    if node.op_type not in AFFINE_OPS or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
-        return None
-    if list(node.input).count(x) != 1:
-        return None
-    first = node.input[0] == x
-    value = _channel_vector(graph.constant_value(model, node.input[1 if first else 0]), channels)
-    if value is None:
-        return None
-    one, zero = np.ones(1), np.zeros(1)
-    if node.op_type == "Mul":
-        return value, zero
-    if node.op_type == "Add":
-        return one, value
-    if node.op_type == "Sub":
-        return (one, -value) if first else (-one, value)
-    if not first or np.any(value == 0):  # c / x is not affine
-        return None
-    return 1.0 / value, zero
-
-
-def _chain(model, start, consumers, outputs, shapes) -> tuple[str, list, np.ndarray, np.ndarray] | None:
-    """(x, member nodes, scale, shift) of the longest affine chain starting at `start` (>= 1 node)."""
-    candidates = [name for name in start.input if name in shapes and graph.constant_value(model, name) is None]
-    if len(candidates) != 1:
-        return None
-    x = candidates[0]
-    shape = shapes[x]
-    if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape):
-        return None
-    scale, shift = np.ones(1), np.zeros(1)
-    members, current, node = [], x, start
-    while node is not None:
-        step = _step(model, node, current, shape[1])
-        if step is None or shapes.get(node.output[0]) != shape:
-            break
-        scale, shift = step[0] * scale, step[0] * shift + step[1]
-        members.append(node)
-        current = node.output[0]
-        users = consumers.get(current, [])
-        node = users[0] if len(users) == 1 and current not in outputs else None
-    return (x, members, scale, shift) if members else None
-
-
-def _foldable_conv(model, producers, consumers, outputs, x: str):
-    """The Conv that writes `x` when the chain may fold into its weights and bias: a constant
-    weight (and bias), `x` read by the chain alone."""
-    conv = producers.get(x)
-    if (conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or x in outputs
-            or len(consumers.get(x, [])) != 1 or graph.constant_value(model, conv.input[1]) is None):
-        return None
-    if len(conv.input) > 2 and conv.input[2] and graph.constant_value(model, conv.input[2]) is None:
-        return None
-    return conv
-
-
-def _fold_into_conv(model, conv, members, scale, shift) -> None:
-    """conv(x) then y = scale[c] * . + shift[c]: the same y from the conv with W[c] * scale[c] and
-    bias * scale[c] + shift[c] (exact in float; per-channel int8 weights absorb any scale)."""
-    weight = graph.constant_value(model, conv.input[1]).astype(np.float64)
-    channels = weight.shape[0]
-    has_bias = len(conv.input) > 2 and bool(conv.input[2])
-    bias = graph.constant_value(model, conv.input[2]).astype(np.float64) if has_bias else np.zeros(channels)
-    scale, shift = np.broadcast_to(scale, (channels,)), np.broadcast_to(shift, (channels,))
-    weight_name = graph.add_initializer(model, f"{conv.name};affine_weight",
-                                        (weight * scale.reshape(-1, 1, 1, 1)).astype(np.float32))
-    bias_name = graph.add_initializer(model, f"{conv.name};affine_bias", (bias * scale + shift).astype(np.float32))
-    inputs = [conv.input[0], weight_name, bias_name]
-    del conv.input[:]
-    conv.input.extend(inputs)
-    conv.output[0] = members[-1].output[0]
-
-
 @register_rewrite(late=True)
 def fuse_constant_affine(model: onnx.ModelProto) -> None:
     """Fold every chain of constant Mul/Add/Sub/Div nodes on a 4-D tensor (intermediate results
     used by nothing else) into the Conv that feeds it, or, if none does and the chain has two or
     more nodes, replace it by one FUSED_DOMAIN ChannelAffine node."""
     outputs = {o.name for o in model.graph.output}
-    shapes = {}
-    for info in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        shapes[info.name] = graph.tensor_shape(info)
+    shapes = tensor_shapes(model)
     producers, consumers = graph.producers(model), graph.consumers(model)
     nodes = list(model.graph.node)
     replaced: dict[int, onnx.NodeProto] = {}
@@ -159,13 +79,13 @@ def fuse_constant_affine(model: onnx.ModelProto) -> None:
     for node in nodes:
         if id(node) in absorbed or node.op_type not in AFFINE_OPS:
             continue
-        found = _chain(model, node, consumers, outputs, shapes)
+        found = affine_chain(model, node, consumers, outputs, shapes)
         if found is None:
             continue
         x, members, scale, shift = found
-        conv = _foldable_conv(model, producers, consumers, outputs, x)
+        conv = foldable_conv(model, producers, consumers, outputs, x)
         if conv is not None:
-            _fold_into_conv(model, conv, members, scale, shift)
+            fold_into_conv(model, conv, members, scale, shift)
             record_absorbed(model, [m.name for m in members], conv.name)
             absorbed.update(id(m) for m in members)
             continue

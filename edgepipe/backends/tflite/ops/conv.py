@@ -6,7 +6,9 @@ that is not depthwise is one CONV_2D whose filter has C / groups input channels:
 and reference kernels and XNNPACK (int8 and float) read the group count from that ratio, so no
 SPLIT / CONCATENATION splits the delegated graph. Where groups have so few channels that
 XNNPACK's kernel tiles are mostly padding, the grouped conv is written as a dense one with a
-block-diagonal filter instead (`dense_pays`).
+block-diagonal filter instead (`dense_pays`). A depthwise conv with more taps than XNNPACK's
+depthwise kernels hold (7x7) is written as a grouped CONV_2D of up to a GEMM tile of channels per
+group (`depthwise_group_channels`).
 """
 
 from __future__ import annotations
@@ -72,6 +74,38 @@ def dense_pays(in_channels: int, out_channels: int, groups: int) -> bool:
     return dense_int8 < grouped_int8 and dense_float <= grouped_float
 
 
+# The most taps of XNNPACK's depthwise (unipass) kernels, int8 and float, x86 and ARM: 3x3 and
+# 5x5 windows run there; a bigger one runs as a grouped GEMM with one channel per group, each tap's
+# single input channel padded to the int8 input tile and the single output to the output tile.
+DEPTHWISE_MAX_TAPS = 25
+# (input channels per tap step, output tile) of the GEMMs a grouped conv runs: int8 with dot
+# products (x86 AVX-512 VNNI 7x16c8, ARM neondot 4x16c4 / i8mm 4x16c8); float on ARM64 (6x8; x86
+# AVX-512's 7x32 is wider, so what fills ARM's tile fills it too).
+GROUPED_GEMM_TILES = {"int8": (INT8_INPUT_TILE, OUTPUT_TILE), "float32": (1, 8)}
+
+
+def depthwise_group_channels(in_channels: int, out_channels: int, kernel, dtype: str) -> int:
+    """Channels per group when a depthwise conv (multiplier 1) is better as a grouped CONV_2D: for
+    kernels beyond DEPTHWISE_MAX_TAPS, the divisor of C whose groups fill the GEMM tiles best
+    (padded multiply-adds per channel; fewer groups on a tie). 1: keep DEPTHWISE_CONV_2D (a kernel
+    XNNPACK's depthwise kernels hold, or int16, which has no 16x8 grouped kernel)."""
+    if out_channels != in_channels or kernel[0] * kernel[1] <= DEPTHWISE_MAX_TAPS or dtype not in GROUPED_GEMM_TILES:
+        return 1
+    input_tile, output_tile = GROUPED_GEMM_TILES[dtype]
+    divisors = [d for d in range(1, in_channels + 1) if in_channels % d == 0]
+    return min(divisors, key=lambda d: (_padded(d, input_tile) * _padded(d, output_tile) / d, -d))
+
+
+def depthwise_as_grouped(weights: np.ndarray, per_group: int) -> np.ndarray:
+    """[C, 1, kh, kw] depthwise filter -> the [C, per_group, kh, kw] grouped one: output channel c
+    reads only input channel c (position c % per_group of its group), zeros elsewhere, so every
+    product and sum is the depthwise conv's."""
+    channels = weights.shape[0]
+    grouped = np.zeros((channels, per_group, *weights.shape[2:]), weights.dtype)
+    grouped[np.arange(channels), np.arange(channels) % per_group] = weights[:, 0]
+    return grouped
+
+
 def block_diagonal(weights: np.ndarray, groups: int) -> np.ndarray:
     """[O, C / groups, kh, kw] grouped filter -> the [O, C, kh, kw] dense one (zeros off the groups)."""
     out_channels, in_group = weights.shape[:2]
@@ -106,6 +140,9 @@ def lower_conv(ctx: Lowering, node) -> None:
                    DilationWFactor=dilations[1], FusedActivationFunction=activation)
     if groups == 1:
         _conv2d(ctx, node, x, weights, bias, out, options, dtype)
+    elif groups == in_channels and depthwise_group_channels(in_channels, weights.shape[0], kernel, dtype) > 1:
+        per_group = depthwise_group_channels(in_channels, weights.shape[0], kernel, dtype)
+        _conv2d(ctx, node, x, depthwise_as_grouped(weights, per_group), bias, out, options, dtype)
     elif groups == in_channels:
         filter_index, bias_index = ctx.filter_and_bias(node.name, weights.transpose(1, 2, 3, 0), 3, bias, x, dtype)
         ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [out], node, "DepthwiseConv2DOptions",

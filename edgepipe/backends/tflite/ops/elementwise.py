@@ -110,6 +110,16 @@ def _coarse_enough(ctx: Lowering, index: int, out_quant: Quantization) -> int:
 def lower_max_min(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     perm = output_layout(ctx, node)
+    clamped = ctx.clamp_inputs.get(node.output[0])
+    if clamped is not None:  # shared_scales.clamps: a saturating grid, no int8 MAXIMUM / MINIMUM
+        x = ctx.get(clamped, dtype, perm)
+        if ctx.tensor(x).quantization.same_as(ctx.quant(node.output[0])) and node.output[0] not in ctx.graph_outputs:
+            if ctx.tensor(x).name == clamped:  # it holds the clamped values now: named so (edgepipe compare)
+                ctx.tensor(x).name = node.output[0]
+            ctx.alias(node.output[0], x, perm)
+            return
+        ctx.emit("QUANTIZE", [x], [ctx.new_value(node.output[0], dtype, perm)], node)
+        return
     out = ctx.new_value(node.output[0], dtype, perm)
     quant = ctx.tensor(out).quantization
     rank = ctx.rank(node.output[0])

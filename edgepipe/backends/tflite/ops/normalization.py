@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnx import helper
+
+from edgepipe import graph
 from edgepipe.backends.tflite.lower import NHWC, Lowering, identity, node_attrs
-from edgepipe.backends.tflite.ops import register
+from edgepipe.backends.tflite.ops import FUSED_DOMAIN, record_absorbed, register, register_rewrite
 
 
 def _used(ctx: Lowering, node, position: int) -> str | None:
@@ -47,6 +50,12 @@ def lower_layer_norm(ctx: Lowering, node) -> None:
     beta = node.input[2] if len(node.input) > 2 and node.input[2] else None
     _normalize(ctx, node, list(range(axis, rank)), node.input[1], beta,
                statistics=(_used(ctx, node, 1), _used(ctx, node, 2)))
+
+
+@register("LayerNorm", domain=FUSED_DOMAIN, int8=False)
+def lower_fused_layer_norm(ctx: Lowering, node) -> None:
+    """What `fuse_decomposed_layer_norm` found: the decomposition over `axes`."""
+    _normalize(ctx, node, list(node_attrs(node)["axes"]), node.input[1], node.input[2])
 
 
 def check_instance_norm(ctx: Lowering, node) -> str | None:
@@ -167,17 +176,29 @@ def check_batch_norm(ctx: Lowering, node) -> str | None:
     used = [name for name in node.output[1:] if name and (ctx.consumers.get(name) or name in ctx.graph_outputs)]
     if used:
         return f"output '{used[0]}' (running statistics, training-only) is used"
-    if len(node.input) < 5 or any(ctx.constant(name) is None for name in node.input[1:5]):
-        return "scale, bias, mean and variance must be constants"
+    if len(node.input) < 5:
+        return "scale, bias, mean and variance are required"
+    if not _constant_statistics(ctx, node) and any(ctx.rank(name) > 1 for name in node.input[1:5]):
+        return "computed scale, bias, mean or variance must be 1-D (one value per channel)"
     if ctx.rank(node.input[0]) != 4:
         return "only 4-D NCHW input is supported (a BatchNormalization after a Conv is folded into it)"
     return None
 
 
-@register("BatchNormalization", check=check_batch_norm, int16=True)
+def _constant_statistics(ctx: Lowering, node) -> bool:
+    return all(ctx.constant(name) is not None for name in node.input[1:5])
+
+
+@register("BatchNormalization", check=check_batch_norm, int8=_constant_statistics, int16=_constant_statistics)
 def lower_batch_norm(ctx: Lowering, node) -> None:
     """A BatchNormalization the fold stage could not merge (after a Concat, on the input): a 1x1
-    depthwise conv, so int8 gets per-channel weights and an int32 bias like any conv."""
+    depthwise conv, so int8 gets per-channel weights and an int32 bias like any conv. With
+    statistics computed in the graph (tf2onnx writes Keras LayerNormalization as a
+    BatchNormalization fed its own per-row mean and variance): (x - mean) * rsqrt(var + eps) *
+    scale + bias in float32 on NHWC, each [C] operand broadcast along the channel axis."""
+    if not _constant_statistics(ctx, node):
+        _computed_batch_norm(ctx, node)
+        return
     dtype = ctx.node_dtype(node)
     gamma, beta, mean, variance = (np.asarray(ctx.constant(name), np.float64) for name in node.input[1:5])
     epsilon = float(node_attrs(node).get("epsilon", 1e-5))
@@ -191,3 +212,120 @@ def lower_batch_norm(ctx: Lowering, node) -> None:
     ctx.emit("DEPTHWISE_CONV_2D", [x, filter_index, bias_index], [out], node, "DepthwiseConv2DOptions",
              Padding=1, StrideH=1, StrideW=1, DilationHFactor=1, DilationWFactor=1, DepthMultiplier=1,
              FusedActivationFunction=activation)
+
+
+def _computed_batch_norm(ctx: Lowering, node) -> None:
+    x = ctx.get(node.input[0], "float32", NHWC)
+    gamma, beta, mean, variance = (ctx.broadcast_input(name, "float32", identity(1), 1) for name in node.input[1:5])
+    shape = ctx.tensor(x).shape
+    channels = [shape[3]]
+
+    def step(opcode, inputs, tag, step_shape, options_type=None, **options):
+        target = ctx.temp(f"{node.name};{tag}", step_shape, "float32")
+        ctx.emit(opcode, inputs, [target], node, options_type, **options)
+        return target
+
+    epsilon = ctx.spec.add_constant(f"{node.name};epsilon", np.float32(node_attrs(node).get("epsilon", 1e-5)))
+    shifted = step("ADD", [variance, epsilon], "variance_eps", channels, "AddOptions", FusedActivationFunction=0)
+    scale = step("MUL", [step("RSQRT", [shifted], "inverse_std", channels), gamma], "scale", channels, "MulOptions",
+                 FusedActivationFunction=0)
+    centered = step("SUB", [x, mean], "centered", shape, "SubOptions", FusedActivationFunction=0)
+    _affine(ctx, node, centered, scale, beta, ctx.new_value(node.output[0], "float32", NHWC))
+
+
+# ----- tf2onnx's Keras LayerNormalization, decomposed --------------------------------------------
+def _match_layer_norm(model, reciprocal, producers, consumers, outputs) -> tuple[dict, list] | None:
+    """({x, y, gamma, beta, axes, epsilon}, member nodes) when `reciprocal` is 1 / sqrt(var + eps)
+    of y = x * (r * gamma) + (beta - mean * (r * gamma)), mean and var over the same axes (any:
+    Keras normalizes axis 1 of [N, C, L] as readily as the last), gamma and beta constants that
+    broadcast against x."""
+
+    def producer(name, op_type):
+        node = producers.get(name)
+        return node if node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx") else None
+
+    def users(name):
+        return [] if name in outputs else consumers.get(name, [])
+
+    def constant(name):
+        return graph.constant_value(model, name)
+
+    def reduce_axes(node, rank):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1 and constant(node.input[1]) is not None:
+            axes = constant(node.input[1]).reshape(-1).tolist()
+        return None if axes is None or not attrs.get("keepdims", 1) else sorted(int(a) % rank for a in axes)
+
+    root = producer(reciprocal.input[0], "Sqrt")
+    shifted = root and producer(root.input[0], "Add")
+    if shifted is None:
+        return None
+    epsilons = [constant(name) for name in shifted.input]
+    var_name = next((n for n, c in zip(shifted.input, epsilons) if c is None), None)
+    epsilon = next((c for c in epsilons if c is not None and c.size == 1), None)
+    variance = var_name and producer(var_name, "ReduceMean")
+    squared = variance and producer(variance.input[0], "Mul")
+    centred = squared and squared.input[0] == squared.input[1] and producer(squared.input[0], "Sub")
+    mean = centred and producer(centred.input[1], "ReduceMean")
+    if not mean or epsilon is None or mean.input[0] != centred.input[0]:
+        return None
+    x = mean.input[0]
+    info = graph.value_infos(model).get(x)
+    rank = len(graph.tensor_shape(info)) if info is not None else 0
+    axes = reduce_axes(mean, rank) if rank else None
+    if not axes or axes != reduce_axes(variance, rank):
+        return None
+    scaled = users(reciprocal.output[0])
+    if len(scaled) != 1 or scaled[0].op_type != "Mul":
+        return None
+    scale = scaled[0]
+    gamma = next((n for n in scale.input if n != reciprocal.output[0] and constant(n) is not None), None)
+    products = users(scale.output[0])
+    if gamma is None or len(products) != 2 or any(n.op_type != "Mul" for n in products):
+        return None
+    of_x = next((n for n in products if x in n.input), None)
+    of_mean = next((n for n in products if mean.output[0] in n.input), None)
+    shift = of_mean and len(users(of_mean.output[0])) == 1 and users(of_mean.output[0])[0]
+    if of_x is None or not shift or shift.op_type != "Sub" or shift.input[1] != of_mean.output[0]:
+        return None
+    beta = shift.input[0] if constant(shift.input[0]) is not None else None
+    out = users(of_x.output[0])
+    if (beta is None or len(out) != 1 or out[0].op_type != "Add"
+            or set(out[0].input) != {of_x.output[0], shift.output[0]}):
+        return None
+    members = [mean, centred, squared, variance, shifted, root, reciprocal, scale, of_x, of_mean, shift, out[0]]
+    inner = {o for m in members[:-1] for o in m.output}
+    if any(name in outputs or any(u not in members for u in consumers.get(name, [])) for name in inner):
+        return None
+    return {"x": x, "y": out[0].output[0], "gamma": gamma, "beta": beta, "axes": axes,
+            "epsilon": float(epsilon.reshape(-1)[0])}, members
+
+
+@register_rewrite
+def fuse_decomposed_layer_norm(model) -> None:
+    """tf2onnx writes Keras LayerNormalization as mean, squared difference, variance, 1 / sqrt and
+    x * s + (beta - mean * s) with s = gamma / std: in int8 the per-row 1 / std and the two large
+    products that cancel each other cannot share a grid (a Magika byte classifier lost all but
+    8 dB). One fused node runs the decomposition as the float island LayerNormalization gets."""
+    outputs = {o.name for o in model.graph.output}
+    fused = False
+    while True:
+        producers, consumers = graph.producers(model), graph.consumers(model)
+        nodes = list(model.graph.node)
+        found = next((m for n in nodes if n.op_type == "Reciprocal"
+                      for m in [_match_layer_norm(model, n, producers, consumers, outputs)] if m), None)
+        if found is None:
+            break
+        facts, members = found
+        last = max(nodes.index(m) for m in members)
+        norm = helper.make_node("LayerNorm", [facts["x"], facts["gamma"], facts["beta"]], [facts["y"]],
+                                name=nodes[last].name, domain=FUSED_DOMAIN, axes=facts["axes"],
+                                epsilon=facts["epsilon"])
+        kept = [norm if i == last else n for i, n in enumerate(nodes) if i == last or n not in members]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+        record_absorbed(model, [m.name for m in members], norm.name)
+        fused = True
+    if fused and all(entry.domain != FUSED_DOMAIN for entry in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(FUSED_DOMAIN, 1))

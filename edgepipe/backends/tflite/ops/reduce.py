@@ -1,4 +1,6 @@
-"""ReduceMean / ReduceMax / ReduceMin / ReduceSum -> MEAN / REDUCE_MAX / REDUCE_MIN / SUM.
+"""ReduceMean / ReduceMax / ReduceMin / ReduceSum -> MEAN / REDUCE_MAX / REDUCE_MIN / SUM, and
+ReduceSumSquare -> MUL then SUM (a float island in int8 models: the squares of a centred tensor,
+tf2onnx's layer-norm variance, span orders of magnitude that one int8 grid cannot hold).
 
 Axes come from the attribute (before opset 18; ReduceSum before 13) or a constant input, and map
 to TFLite dims through the input's layout (`perm.index(axis)`), so a channel mean on an NHWC tensor
@@ -48,12 +50,22 @@ def check_reduce(ctx: Lowering, node) -> str | None:
     return None
 
 
+@register("ReduceSumSquare", check=check_reduce, int8=False)
+def lower_reduce_sum_square(ctx: Lowering, node) -> None:
+    perm = ctx.layout(node.input[0])
+    x = ctx.get(node.input[0], "float32", perm)
+    squared = ctx.temp(f"{node.name};squared", ctx.tensor(x).shape, "float32")
+    ctx.emit("MUL", [x, x], [squared], node, "MulOptions", FusedActivationFunction=0)
+    lower_reduce(ctx, node, (squared, perm))
+
+
 @register(*OPCODES, check=check_reduce, int16=lambda ctx, node: node.op_type in ("ReduceMean", "ReduceMax"))
-def lower_reduce(ctx: Lowering, node) -> None:
+def lower_reduce(ctx: Lowering, node, source: tuple[int, tuple[int, ...]] | None = None) -> None:
+    """`source`: (tensor, layout) already computed from the input (ReduceSumSquare's squares)."""
     dtype = ctx.node_dtype(node)
     name = node.input[0]
-    perm = ctx.layout(name)
-    x = ctx.get(name, dtype, perm)
+    perm = source[1] if source else ctx.layout(name)
+    x = source[0] if source else ctx.get(name, dtype, perm)
     axes = reduce_axes(ctx, node)
     quant = ctx.tensor(x).quantization if node.op_type in KEEPS_QUANT else None
     if not axes:  # noop_with_empty_axes: the input unchanged
@@ -68,7 +80,8 @@ def lower_reduce(ctx: Lowering, node) -> None:
     if node.op_type == "ReduceSum" and dtype == "int8":
         _int8_sum(ctx, node, x, tflite_axes, out, keepdims, axes)
         return
-    ctx.emit(OPCODES[node.op_type], [x, tflite_axes], [out], node, "ReducerOptions", KeepDims=keepdims)
+    opcode = OPCODES.get(node.op_type, "SUM")
+    ctx.emit(opcode, [x, tflite_axes], [out], node, "ReducerOptions", KeepDims=keepdims)
 
 
 def _int8_sum(ctx: Lowering, node, x: int, tflite_axes: int, out: int, keepdims: bool, axes) -> None:

@@ -1,0 +1,45 @@
+"""Per-row statistics computed in float: the arithmetic that feeds a normalization's float island.
+
+Why: a normalization's statistics (x - mean, its squares, their mean, the variance plus epsilon)
+span orders of magnitude across rows, and x - mean cancels most of x. On one per-tensor int8
+grid small variances round to zero (1 / sqrt(0) is inf) and the centred values to a few steps:
+tf2onnx's Keras LayerNormalization written as a BatchNormalization fed its own mean and variance
+(Magika's byte classifier) lost most of its SQNR that way. Sqrt, Reciprocal, ReduceSumSquare and
+a BatchNormalization with computed statistics already run as float islands; the elementwise and
+reduce nodes whose every reader is such a float node join them, so the statistics are computed
+from one DEQUANTIZE of the input instead of a chain of int8 roundings.
+"""
+
+from __future__ import annotations
+
+SINKS = frozenset({"Sqrt", "Reciprocal", "ReduceSumSquare", "BatchNormalization"})
+STATISTICS_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "ReduceMean", "ReduceSum", "ReduceSumSquare",
+                            "Squeeze", "Unsqueeze", "Reshape"})
+
+
+def statistics_nodes(ctx) -> set[str]:
+    """Names of the nodes that compute a float normalization island's statistics (see above)."""
+    if not ctx.quantized:
+        return set()
+    nodes = list(ctx.model.graph.node)
+    floats = {n.name for n in nodes if n.op_type in SINKS and ctx.node_dtype(n) == "float32"}
+    if not floats:
+        return set()
+    producers = {o: n for n in nodes for o in n.output}
+    outputs = set(ctx.graph_outputs)
+    chosen: set[str] = set()
+    frontier = [n for n in nodes if n.name in floats]
+    while frontier:
+        node = frontier.pop()
+        for name in node.input:
+            producer = producers.get(name)
+            if (producer is None or producer.name in floats or producer.op_type not in STATISTICS_OPS
+                    or producer.domain not in ("", "ai.onnx")):
+                continue
+            readers = [user for out in producer.output for user in ctx.consumers.get(out, [])]
+            if any(out in outputs for out in producer.output) or any(user.name not in floats for user in readers):
+                continue
+            floats.add(producer.name)
+            chosen.add(producer.name)
+            frontier.append(producer)
+    return chosen
