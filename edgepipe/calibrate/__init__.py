@@ -57,7 +57,7 @@ def calibrate(
     reference = stability.ReferenceOutputs(len(dataset))
     hists, num_samples = collector.collect(model, dataset, contexts, settings, progress, keep_outputs=reference.keep)
     result = CalibrationResult(method=settings["method"], num_samples=num_samples,
-                               reference_outputs=reference.complete(), weight_ranges=settings["weight_ranges"])
+                               reference_outputs=reference.kept(), weight_ranges=settings["weight_ranges"])
     methods.registry()  # loaded once here, not raced by the threads below
 
     def choose(name: str):
@@ -65,7 +65,7 @@ def calibrate(
         return choice, stability.round_stability(hists[name], choice.method, settings, choice.method_amax)
 
     with collector.Workers() as workers:  # tensors are independent: their range searches run side by side
-        chosen = dict(zip(hists, workers.map(choose, list(hists))))
+        chosen = dict(zip(hists, workers.map(choose, list(hists), run=1)))  # milliseconds each: one by one
     stabilities = {}
     for name, hist in hists.items():
         choice, stabilities[name] = chosen[name]
