@@ -59,6 +59,8 @@ ARCHITECTURES = {
     "timm_resnext": "ResNet / ResNeXt",
     "timm_convnext": "ConvNeXt",
     "timm_vit": "ViT",
+    "vad_lstm": "Silero VAD (STFT, conv encoder, LSTM)",
+    "vad_if": "Silero VAD (STFT, conv encoder, LSTM)",
 }
 ARM_MODELS = [name for name, spec in corpus.MODELS.items()
               if not (spec.refused_node and "arm-cpu" in spec.refused_on)]
@@ -76,6 +78,7 @@ def build(name: str, work: Path) -> tuple[Path | None, dict]:
             "--no-host-report", "--out", str(out)]
     if spec.input_shape_flag:
         args += ["--input-shape", f"{spec.input_name}:" + "x".join(map(str, spec.shape))]
+    args += [f"--input-value={key}={value}" for key, value in spec.input_values]
     start = time.perf_counter()
     proc = evaluate.cli(*args, cwd=work / name, timeout=3600)
     row = {"build_s": round(time.perf_counter() - start, 2)}

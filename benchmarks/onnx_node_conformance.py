@@ -8,7 +8,8 @@ steps derived from calibration.json). Each case ends matched, refused (one line,
 naming the op or input), mismatch (wrong numbers: a bug) or crashed (a bug).
 
 Run:  python benchmarks/onnx_node_conformance.py [--suites arm-cpu,jetson,jetson-all]
-Writes benchmarks/results/onnx_node_conformance.json (the README's node-suite counts).
+Writes benchmarks/results/onnx_node_conformance.json (the README's node-suite counts; a --suites
+subset keeps the other suites' last results).
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ def main() -> None:
         "all_cases": len(cases),
         "suites": {},
     }
+    if RESULTS.exists():  # a --suites subset updates only those suites
+        previous = json.loads(RESULTS.read_text()).get("suites", {})
+        report["suites"] = {name: result for name, result in previous.items() if name not in args.suites.split(",")}
     for suite in args.suites.split(","):
         target, description = SUITES[suite]
         result = run_target(target, select(cases, suite))

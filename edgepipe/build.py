@@ -26,7 +26,6 @@ from edgepipe.settings import (ReportSettings, data_fingerprint, data_preprocess
                                initial_input_shapes, require_calib, to_model_domain)
 
 
-
 @dataclass
 class BuildResult:
     target: str
@@ -82,7 +81,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     from edgepipe.stages.simplify import run_simplify
 
     warnings: list[str] = []
-    if target is not None and not settings.get("calib"):
+    if target is not None and not settings.get("calib") and not settings.get("input_values"):
         check_structure(settings["model"], target)  # before "no calibration data" for a model that can never build
     # 1. export: never cached. What a factory exports depends on every module it imports, so only
     # the exported graph itself is a trustworthy key; the later stages are keyed by its bytes.
@@ -91,7 +90,8 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     output_names = settings.get("output_names")
     model, _ = pipeline.model_stage(
         "export", None,
-        lambda: (run_export(settings["model"], settings.get("weights"), shapes, settings["opset"], output_names), {}),
+        lambda: (run_export(settings["model"], settings.get("weights"), shapes, settings["opset"], output_names,
+                            settings.get("input_values")), {}),
     )
 
     check_model(model, str(settings["model"]))  # no inputs, allocation bombs

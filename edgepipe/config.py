@@ -44,6 +44,8 @@ SCHEMA: dict[str, Any] = {
     "calib": Field((str,), None, "calibration data: image folder, .npz or .npy"),
     "eval": Field((str,), None, "evaluation data (labels optional): image folder, .npz or .npy"),
     "input_shapes": Field((dict,), {}, "static input shapes, {name: [1, 3, 224, 224]}"),
+    "input_values": Field((dict,), {}, "inputs fixed to a value in deployment, {name: value} (a sample rate, a mode "
+                          "flag): each becomes a constant before simplify, and an If it decides keeps one branch"),
     "output_names": Field((list,), None, "names for a PyTorch model's outputs (default: output, output_1, ...)"),
     "out": Field((str,), None, "bundle directory (default build/<target>)"),
     "cache_dir": Field((str,), "build/.cache", "stage cache (simplify/fold/calibrate outputs, keyed by the exported graph)"),
@@ -236,6 +238,19 @@ def _check_input_shapes(value: dict, where: str) -> None:
             raise UserError(f"{where[:-1]}.{name}' must list at least one dimension, like [1, 3, 224, 224]")
 
 
+def _check_input_values(value: dict, where: str) -> None:
+    for name, pinned in value.items():
+        if not isinstance(name, str) or not name:
+            raise UserError(f"{where} keys must be input names (strings), got {_short(name)}")
+        flat, pending = [], [pinned]
+        while pending:
+            item = pending.pop()
+            (pending.extend if isinstance(item, list) else flat.append)(item)
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in flat):
+            raise UserError(f"{where[:-1]}.{name}' must be a finite number or a list of them, like 16000, "
+                            f"got {_short(pinned)}")
+
+
 def _check_temperature(value, where: str) -> None:
     if isinstance(value, str):
         if value not in ("none", "auto"):
@@ -288,6 +303,7 @@ _VALUE_CHECKS = {
     "precision.budget": _check_budget,
     "calibration.percentile": _check_percentile,
     "input_shapes": _check_input_shapes,
+    "input_values": _check_input_values,
     "output_names": _check_strings,
     "preprocess.size": lambda v, w: _numbers(v, w, count=2, positive=True, integer=True),
     "preprocess.mean": lambda v, w: _numbers(v, w),
@@ -336,6 +352,20 @@ def parse_input_shape(text: str) -> tuple[str, list[int]]:
     if any(d <= 0 for d in shape):
         raise UserError(f"--input-shape '{text}': dimensions must be positive")
     return name, shape
+
+
+def parse_input_value(text: str) -> tuple[str, float | int]:
+    """'sr=16000' -> ('sr', 16000); a number, integer when written as one."""
+    name, sep, value = text.rpartition("=")
+    if not sep or not name or not value:
+        raise UserError(f"--input-value '{text}': expected NAME=VALUE, like sr=16000")
+    try:
+        number = int(value) if value.strip().lstrip("+-").isdigit() else float(value)
+    except ValueError:
+        raise UserError(f"--input-value '{text}': the value must be a number, like sr=16000") from None
+    if not math.isfinite(number):
+        raise UserError(f"--input-value '{text}': the value must be finite")
+    return name, number
 
 
 def reference_rows(schema: dict | None = None, prefix: str = "") -> list[tuple[str, str, str, str]]:

@@ -377,19 +377,23 @@ def taken_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def fresh_name(model: onnx.ModelProto, base: str) -> str:
-    """`base`, or `base_1`, `base_2`, ... whichever is not yet used anywhere in the graph."""
-    taken = taken_names(model)
+def fresh_name(model: onnx.ModelProto, base: str, taken: set[str] | None = None) -> str:
+    """`base`, or `base_1`, `base_2`, ... whichever is not yet used anywhere in the graph
+    (`taken`: the caller's `taken_names(model)`, kept current, for many names in a row)."""
+    taken = taken_names(model) if taken is None else taken
     name, index = base, 1
     while name in taken:
         name, index = f"{base}_{index}", index + 1
     return name
 
 
-def add_initializer(model: onnx.ModelProto, base: str, array: np.ndarray) -> str:
-    """Append a new initializer under a fresh name derived from `base`; returns the name."""
-    name = fresh_name(model, base)
+def add_initializer(model: onnx.ModelProto, base: str, array: np.ndarray, taken: set[str] | None = None) -> str:
+    """Append a new initializer under a fresh name derived from `base`; returns the name (and
+    adds it to `taken` when given: see `fresh_name`)."""
+    name = fresh_name(model, base, taken)
     model.graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
+    if taken is not None:
+        taken.add(name)
     return name
 
 

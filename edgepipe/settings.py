@@ -199,8 +199,9 @@ def initial_input_shapes(settings: dict) -> dict[str, list[int]]:
     declared: dict[str, tuple | None] = {}
     if str(model).endswith(".onnx") and Path(model).is_file():
         onnx_model = graph.load_model(model, load_external=False)
+        pinned = settings.get("input_values") or {}
         declared = {i.name: graph.declared_shape(i) for i in graph.graph_inputs(onnx_model)
-                    if i.name not in shapes and not graph.is_static(graph.declared_shape(i))}
+                    if i.name not in shapes and i.name not in pinned and not graph.is_static(graph.declared_shape(i))}
         if not declared:
             return shapes
     elif shapes:

@@ -100,10 +100,11 @@ class Target:
         Default: `qdq_model` in ONNX Runtime (TensorRT targets deploy that Q/DQ graph: host emulation),
         its weights quantized once (`graph.fold_constant_quantize`: same values, fewer kernels per run)."""
         from edgepipe import graph
+        from edgepipe.session_runs import run_feeds
 
         session = graph.make_session(graph.fold_constant_quantize(self.qdq_model(model, calibration)[0]))
         names = [o.name for o in model.graph.output]
-        return [dict(zip(names, session.run(names, feed))) for feed in feeds], "Q/DQ ONNX in ONNX Runtime"
+        return [dict(zip(names, outputs)) for outputs in run_feeds(session, feeds, names)], "Q/DQ ONNX in ONNX Runtime"
 
     def int8_placement(self, model, calibration):
         """Where this target's int8 puts its grids (`edgepipe.accuracy.placement.Placement`: every

@@ -402,6 +402,35 @@ def allocation_bomb(tmp):
     return _build(tmp, model, _calib(tmp, np.ones((4, 4), np.float32)))
 
 
+def _sample_rate_build(tmp, model, *flags):
+    data = _calib(tmp, np.random.default_rng(0).standard_normal((4, 1, 8)).astype(np.float32))
+    return _build(tmp, _model(tmp, model), data, "arm-cpu", *flags)
+
+
+def pinned_input_missing(tmp):
+    from tests.branch_models import sample_rate_model
+
+    return _sample_rate_build(tmp, sample_rate_model(), "--input-value", "rate=16000")
+
+
+def pinned_input_not_integer(tmp):
+    from tests.branch_models import sample_rate_model
+
+    return _sample_rate_build(tmp, sample_rate_model(), "--input-value", "sr=16000.5")
+
+
+def if_on_data(tmp):
+    from tests.branch_models import data_if_model
+
+    return _sample_rate_build(tmp, data_if_model(), "--input-value", "sr=16000")
+
+
+def unpinned_if(tmp):
+    from tests.branch_models import sample_rate_model
+
+    return _sample_rate_build(tmp, sample_rate_model())
+
+
 def torch_model_corrupt_npz(tmp):
     (tmp / "model.pt").write_bytes(b"not a checkpoint")
     (tmp / "calib.npz").write_bytes(b"garbage, not a zip")
@@ -445,6 +474,14 @@ CASES = [
          ("edgepipe.yaml", "aliases")),
     Case("nested-yaml", "edgepipe.yaml nested thousands of levels deep", deeply_nested_yaml, ("edgepipe.yaml", "nested")),
     Case("input-shape-type", "`input_shapes: {x: 5}` (not a list)", input_shape_not_list, ("input_shapes.x", "list")),
+    Case("pinned-input-missing", "`--input-value` naming an input the model does not have", pinned_input_missing,
+         ("'rate'", "input_values")),
+    Case("pinned-input-type", "`--input-value sr=16000.5` for an int64 input", pinned_input_not_integer,
+         ("'sr'", "int64")),
+    Case("if-on-data", "an If whose condition reads input data, with other inputs pinned", if_on_data,
+         ("'rate_switch'", "'x'", "input_values")),
+    Case("unpinned-if", "an If on an input (a sample rate) that is not pinned", unpinned_if,
+         ("'rate_switch'", "--input-value")),
     Case("zca-negative-eps", "ZCA whitening with eps < 0", negative_zca_eps, ("fold.eps", ">= 0")),
     Case("zero-iterations", "`report.iterations: 0` (checked before the old bundle is touched)", zero_iterations,
          ("report.iterations", ">= 1")),

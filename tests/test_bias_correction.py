@@ -272,3 +272,39 @@ def test_auto_leaves_corrections_off_below_32_calibration_samples():
     report = checked_bias_corrections(model, calibration, Samples("x", data.array[:31]), load_target("jetson"), {})
     assert not report["kept"] and report["held_out"] == 0 and "too few" in report["reason"]
     assert calibration.bias_corrections == {}
+
+
+def test_check_reuses_calibrations_fp32_outputs_with_the_same_report():
+    """calibrate() keeps the FP32 outputs of the check's held-out samples from its own runs
+    (calibration.reference_outputs); the check then reports exactly what it reports when it runs
+    the FP32 model itself (a calibration loaded from calibration.json keeps none)."""
+    from edgepipe.calibrate import calibrate
+    from edgepipe.targets import load_target
+
+    model, _, data = clipped_gemm_case(True)
+    calibrated = calibrate(model, data, {"method": "mse"})
+    _, held = split_for_check(len(data))
+    assert set(int(i) for i in held) <= set(calibrated.reference_outputs)
+    reloaded = CalibrationResult.from_json(calibrated.to_json())
+    assert reloaded.reference_outputs == {}
+    target = load_target("jetson")
+    reused = checked_bias_corrections(model, calibrated, data, target, {})
+    rerun = checked_bias_corrections(model, reloaded, data, target, {})
+    assert reused["held_out"] == len(held) and reused == rerun
+    assert calibrated.bias_corrections == reloaded.bias_corrections
+
+
+def test_corrections_on_colliding_names_get_the_names_graph_fresh_name_gives():
+    """apply_bias_corrections names its new biases from one set of taken names kept current (not
+    a scan of the graph per bias): base, base_1, base_2 ... as graph.fresh_name, each node reading
+    its own shifted bias."""
+    model = conv_and_matmul_model()
+    for name in ["conv_bias_corrected", "conv_bias_corrected_1"]:  # already taken
+        model.graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), name))
+    corrected = apply_bias_corrections(model, {"conv": [0.5] * 4, "mm": [1.0] * 5})
+    nodes = {n.name: n for n in corrected.graph.node}
+    assert nodes["conv"].input[2] == "conv_bias_corrected_2" and nodes["add"].input[1] == "mm_bias_corrected"
+    values = {name: numpy_helper.to_array(t) for name, t in graph.initializers(corrected).items()}
+    np.testing.assert_array_equal(values["conv_bias_corrected_2"], np.full(4, 0.5, np.float32))
+    b = numpy_helper.to_array(graph.initializers(model)["b"])
+    np.testing.assert_array_equal(values["mm_bias_corrected"], (b + np.float32(1.0)).astype(np.float32))

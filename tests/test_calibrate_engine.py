@@ -321,13 +321,14 @@ def test_folded_weight_quantization_gives_the_same_outputs(model, result_auto, t
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 7, 50, 403])
-def test_workers_map_keeps_every_result_in_order(count):
+@pytest.mark.parametrize("run", [None, 1, 5])
+def test_workers_map_keeps_every_result_in_order(count, run):
     """Workers.map runs consecutive items per task: every item once, results in input order."""
     from edgepipe.calibrate.collector import Workers
 
     seen = []
     with Workers(3) as workers:
-        results = workers.map(lambda item: seen.append(item) or item * 2, list(range(count)))
+        results = workers.map(lambda item: seen.append(item) or item * 2, list(range(count)), run=run)
     assert results == [2 * i for i in range(count)]
     assert sorted(seen) == list(range(count))
 
@@ -363,6 +364,7 @@ def test_output_effect_reuses_calibrations_fp32_outputs_with_the_same_result(mod
     """calibrate() keeps the FP32 outputs of the effect check's samples (stability.ReferenceOutputs)
     from its own runs; the check then gives the same numbers as running the FP32 model again."""
     from edgepipe.calibrate import stability
+    from edgepipe.calibrate.bias_correction import split_for_check
     from edgepipe.calibrate.result import CalibrationResult
     from edgepipe.targets import load_target
 
@@ -376,11 +378,28 @@ def test_output_effect_reuses_calibrations_fp32_outputs_with_the_same_result(mod
 
     x = np.random.default_rng(2).normal(size=(256, 3, 8, 8)) * np.repeat([0.3, 1.0, 1.0, 3.0], 64)[:, None, None, None]
     drifting = calibrate(float_outputs, ArrayDataset(x), {"method": "mse"})
-    assert set(drifting.reference_outputs) == stability.ReferenceOutputs(256).wanted == set(
-        np.linspace(0, 255, 16).round().astype(int))
+    effect_samples = set(np.linspace(0, 255, 16).round().astype(int))
+    held_out = set(int(i) for i in split_for_check(256)[1])  # the bias-correction check's samples
+    assert set(drifting.reference_outputs) == stability.ReferenceOutputs(256).wanted == effect_samples | held_out
     reloaded = CalibrationResult.from_json(drifting.to_json())  # as from the stage cache: nothing kept
     assert reloaded.reference_outputs == {} and "reference_outputs" not in drifting.to_json()
     reused = stability.output_effect(float_outputs, drifting, ArrayDataset(x), quantize)
     rerun = stability.output_effect(float_outputs, reloaded, ArrayDataset(x), quantize)
     assert reused is not None and reused == rerun
     assert calibrate(model, ArrayDataset(x[:64]), {"method": "mse"}).reference_outputs == {}  # an output not fetched
+
+
+def test_reference_outputs_keep_whole_groups_within_the_byte_budget(monkeypatch):
+    """The kept FP32 outputs stay under REFERENCE_BYTES: the output-effect check's samples first,
+    the bias check's held-out samples only when all of them fit too, never a part of a group."""
+    from edgepipe.calibrate import stability
+    from edgepipe.calibrate.bias_correction import split_for_check
+
+    outputs = [np.zeros(250, np.float32)]  # 1000 bytes per sample
+    effect, held = set(np.linspace(0, 63, 16).round().astype(int)), set(int(i) for i in split_for_check(64)[1])
+    for budget, expected in [(10**6, effect | held), (len(effect) * 1000, effect), (len(effect) * 1000 - 1, set())]:
+        monkeypatch.setattr(stability, "REFERENCE_BYTES", budget)
+        reference = stability.ReferenceOutputs(64)
+        for index in range(64):
+            reference.keep(index, outputs)
+        assert set(reference.kept()) == expected and reference.nbytes <= budget

@@ -120,8 +120,8 @@ def test_update_parts_equals_one_update_per_part():
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.sampled_from([np.float32, np.float64]), st.sampled_from([256, 2048, 2**14]),
        st.sampled_from(["mixed", "relu", "negative", "zeros"]))
-def test_sorted_keys_and_bincount_count_the_same(seed, dtype, num_bins, kind):
-    """Both ways of counting keys (sorted int16 keys or bincount; the host's speed picks one) put
+def test_sorted_keys_and_add_at_count_the_same(seed, dtype, num_bins, kind):
+    """Both ways of counting keys (sorted int16 keys or np.add.at; the host's speed picks one) put
     every value in the bin np.histogram puts it in, including -0.0 and values just inside a bin."""
     import edgepipe.calibrate.histogram as histogram
 
@@ -131,14 +131,32 @@ def test_sorted_keys_and_bincount_count_the_same(seed, dtype, num_bins, kind):
     data = np.concatenate([data, -step * rng.integers(0, num_bins // 2, size=8)])  # negatives on bin edges
     parts = np.array_split(data.astype(dtype), 3)
     counts = []
-    for sort in (True, False):
-        original = histogram.sorting_is_faster
-        histogram.sorting_is_faster = lambda sort=sort: sort
+    original = histogram.COUNTING.chosen
+    for way in histogram.CountingChoice.WAYS:
+        histogram.COUNTING.chosen = way
         try:
             hist = TensorHistogram("t", num_bins, rounds=1)
             hist.update_parts(parts)
         finally:
-            histogram.sorting_is_faster = original
+            histogram.COUNTING.chosen = original
         counts.append(hist.counts[0])
     np.testing.assert_array_equal(counts[0], counts[1])
     np.testing.assert_array_equal(counts[0], _direct(np.concatenate(parts).astype(np.float64), num_bins, hist.range))
+
+
+def test_counting_choice_tries_every_way_then_keeps_the_fastest():
+    """Until each way has TRIALS timed updates, the least-tried way counts next; then the way
+    with the least time per value is kept (updates below MIN_TIMED values are not timed), and
+    keys int16 cannot hold are always counted with add_at."""
+    from edgepipe.calibrate.histogram import SORTED_KEYS_MAX_BINS, CountingChoice
+
+    choice = CountingChoice()
+    seen = []
+    for _ in range(2 * CountingChoice.TRIALS):
+        way = choice.way(2048)
+        seen.append(way)
+        choice.record(way, 2.0 if way == "sort" else 1.0, CountingChoice.MIN_TIMED)
+        choice.record(way, 100.0, CountingChoice.MIN_TIMED - 1)  # too small to time: ignored
+    assert sorted(seen) == sorted(CountingChoice.WAYS * CountingChoice.TRIALS)
+    assert choice.chosen == "add_at" and choice.way(2048) == "add_at"
+    assert CountingChoice().way(2 * SORTED_KEYS_MAX_BINS) == "add_at"

@@ -110,3 +110,16 @@ def test_int8_clamp_written_by_its_producer_carries_the_clamp_name(tmp_path):
     assert "MAXIMUM" not in histogram and histogram.get("QUANTIZE", 0) == 1  # the graph input's only
     names = {d["name"] for d in interpreter(report.out_dir / "model.tflite").get_tensor_details()}
     assert "m" in names and "l" not in names
+
+
+def test_magnitude_of_squares_stays_float(tmp_path):
+    """sqrt(a^2 + b^2) (an STFT magnitude, Silero VAD): an int8 square would zero every magnitude
+    below the square root of its output step; the squares and their sum join the float Sqrt
+    (float_statistics.py)."""
+    nodes = [helper.make_node("Pow", ["a", "two"], ["a2"], name="re_squared"),
+             helper.make_node("Mul", ["b", "b"], ["b2"], name="im_squared"),
+             helper.make_node("Add", ["a2", "b2"], ["power"], name="power"),
+             helper.make_node("Sqrt", ["power"], ["y"], name="magnitude")]
+    model = make_model(nodes, {"a": [1, 4, 6], "b": [1, 4, 6]}, ["y"], {"two": np.array(2.0, np.float32)})
+    report = check_conformance(model, tmp_path, fp32_rtol=1e-5, int8_steps=2.0)
+    assert sorted(report.result["float_nodes"]) == ["im_squared", "magnitude", "power", "re_squared"]

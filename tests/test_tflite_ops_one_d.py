@@ -51,3 +51,20 @@ def test_onnx_cases_match_expected_outputs(name, tmp_path):
     got = run_tflite(tmp_path / "model.fp32.tflite", result["io"], feed)
     for key, value in expected.items():
         np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_relu_after_a_1d_conv_fuses_and_the_next_conv_reads_the_2d_view(opset, tmp_path):
+    """Conv -> Relu -> Conv -> Relu (an audio encoder): each Relu moves into the 2-D view with its
+    Conv and fuses into CONV_2D (no int8 grid for the whole pre-activation range, no separate
+    requantize), and the second Conv reads the first one's 2-D output: no RESHAPE between them."""
+    nodes = [helper.make_node("Conv", ["x", "w", "bias"], ["c1"], name="conv1", pads=[1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w3"], ["c2"], name="conv2", pads=[1, 1], strides=[2]),
+             helper.make_node("Relu", ["c2"], ["y"], name="relu2")]
+    inits = {"w": INITS["w"], "bias": INITS["bias"], "w3": RNG.normal(size=(5, 6, 3)).astype(np.float32) * 0.4}
+    model = make_model(nodes, {"x": [1, 4, 20]}, ["y"], inits, opset=opset)
+    report = check_conformance(model, tmp_path)
+    histogram = report.result["op_histogram"]
+    assert histogram["CONV_2D"] == 2 and "QUANTIZE" in histogram and histogram["QUANTIZE"] == 1  # the input's
+    assert "RELU" not in histogram and histogram.get("RESHAPE", 0) <= 2  # into 2-D, out of 2-D

@@ -8,7 +8,8 @@ from onnx import helper
 
 from edgepipe.backends.tflite import unsupported_nodes
 from edgepipe.fold.normalization import fold_input_normalization
-from tests.tflite_harness import check_conformance, make_interpreter, make_model, op_names, structured_inputs
+from tests.tflite_harness import (check_conformance, delegate_partitions, make_interpreter, make_model, op_names,
+                                  structured_inputs)
 
 RNG = np.random.default_rng(11)
 CONV_W = RNG.normal(size=(5, 3, 3, 3)).astype(np.float32) * 0.4
@@ -69,6 +70,19 @@ def test_constant_pad_plain_and_channel_axes(shape, pads, tmp_path):
 def test_mirror_pad(mode, pads, after_conv, tmp_path):
     report = check_conformance(_pad_model([1, 3, 5, 6], pads, mode=mode, after_conv=after_conv), tmp_path)
     assert report.result["op_histogram"]["MIRROR_PAD"] == 1
+
+
+@pytest.mark.parametrize("mode,shape,pads", [("reflect", [4, 20], [0, 6, 0, 5]),  # Silero VAD's STFT framing
+                                              ("reflect", [1, 2, 16], [0, 0, 0, 0, 0, 7]),
+                                              ("edge", [2, 9], [0, 1, 0, 1])])
+def test_mirror_pad_of_the_last_axis_is_delegated(mode, shape, pads, tmp_path):
+    """Audio framing pads the time axis only: SLICE + FULLY_CONNECTED reversal + CONCATENATION, exact
+    in float and int8 (0 steps from the simulation), and one XNNPACK partition (no MIRROR_PAD)."""
+    report = check_conformance(_pad_model(shape, pads, mode=mode), tmp_path, int8_steps=0.0)
+    histogram = report.result["op_histogram"]
+    assert "MIRROR_PAD" not in histogram and histogram["CONCATENATION"] == 1
+    assert histogram["FULLY_CONNECTED"] == sum(1 for p in (pads[len(shape) - 1], pads[-1]) if p)
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 
 def test_opset18_axes_input_and_opset10_attributes(tmp_path):

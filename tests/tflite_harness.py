@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgepipe import graph, quantmath
+from edgepipe import graph, quantmath, recurrent
 from edgepipe.backends.tflite import build_tflite
 from edgepipe.backends.tflite.runtime import make_interpreter, run_tflite
 from edgepipe.calibrate.result import CalibrationResult, TensorCalibration
@@ -104,7 +104,9 @@ def structured_inputs(model: onnx.ModelProto, count: int = 8, seed: int = 0) -> 
 
 
 def minmax_calibration(model: onnx.ModelProto, feeds: list[dict]) -> CalibrationResult:
-    """Calibration ranges = observed min/max of every tensor over `feeds` (ONNX Runtime)."""
+    """Calibration ranges = observed min/max of every tensor over `feeds` (ONNX Runtime); recurrent
+    nodes run unrolled, as `calibrate()` runs them (their per-step tensors get ranges)."""
+    model = recurrent.unrolled(model)
     names = [i.name for i in graph.graph_inputs(model)] + [o for n in model.graph.node for o in n.output if o]
     session = graph.make_session(graph.expose_tensors(model, names))
     output_names = [o.name for o in session.get_outputs()]
@@ -123,7 +125,9 @@ def minmax_calibration(model: onnx.ModelProto, feeds: list[dict]) -> Calibration
             lo, hi = min(low[name], 0.0), max(high[name], 0.0)
             tensors[name] = TensorCalibration(name, low[name], high[name], max(abs(lo), abs(hi), 1e-8), lo, hi,
                                               "minmax")
-    return CalibrationResult(tensors=tensors, method="minmax", num_samples=len(feeds))
+    result = CalibrationResult(tensors=tensors, method="minmax", num_samples=len(feeds))
+    recurrent.share_step_ranges(result)  # as calibrate() does
+    return result
 
 
 def run_onnx(model: onnx.ModelProto, feed: dict) -> dict:
@@ -188,7 +192,9 @@ SHARES_INPUT_GRID = {"MaxPool", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "I
 def expected_int8_params(model: onnx.ModelProto, calibration: CalibrationResult) -> dict[str, tuple[float, int]]:
     """(scale, zero point) every int8 activation SHOULD have, derived from the calibration ranges
     (TFLite's asymmetric int8 grid of [lo, hi]) and the kernel rules above; never read from the
-    .tflite under test, so a wrong scale in the file shows up as a wrong number."""
+    .tflite under test, so a wrong scale in the file shows up as a wrong number. Recurrent nodes
+    count unrolled (edgepipe/recurrent.py), as the TFLite backend lowers them."""
+    model = recurrent.unrolled(model)
     params = {name: calibration.asymmetric_params(name) for name in calibration.tensors}
     for node in model.graph.node:  # topological order: a shared grid is already known
         if node.op_type in FIXED_OUTPUT_PARAMS:
@@ -229,8 +235,9 @@ QDQ_DOMAIN = "com.microsoft"
 
 def qdq_reference(model: onnx.ModelProto, params: dict[str, tuple[float, int]]) -> onnx.ModelProto:
     """Copy of `model` where every tensor in `params` is rounded to that int8 grid with
-    QuantizeLinear/DequantizeLinear: the Q/DQ simulation of the int8 model."""
-    simulated = fake_quantized_weights(model)
+    QuantizeLinear/DequantizeLinear: the Q/DQ simulation of the int8 model (recurrent nodes
+    unrolled, so every per-step tensor is rounded as the .tflite rounds it)."""
+    simulated = fake_quantized_weights(recurrent.unrolled(model))
     input_names = {i.name for i in graph.graph_inputs(simulated)}
     nodes, extra = [], []
 

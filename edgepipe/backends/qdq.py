@@ -130,11 +130,25 @@ class _Inserter:
         self.model, self.calibration = model, calibration
         self.per_channel, self.int8_weights = per_channel, int8_weights
         self.taken = graph.taken_names(model)
+        self.constants: dict[str, onnx.TensorProto] = {}  # the model's constants by name, looked up once
+        for tensor in model.graph.initializer:
+            self.constants.setdefault(tensor.name, tensor)  # the first of a name, as graph.constant_value
+        self.constant_nodes = {n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.output}
         self.not_float32 = _non_float32_tensors(model)  # float16/float64 tensors: Q/DQ's scales are float32
         self.dequantized: dict[str, str] = {}  # float tensor -> its DQ output
         self.new_nodes: list[tuple[int, onnx.NodeProto]] = []  # (insert before index, node)
         self.report = QdqReport(weight_storage="int8-dq" if int8_weights else "float-qdq",
                                 per_channel=per_channel)
+
+    def constant_value(self, name: str) -> np.ndarray | None:
+        """graph.constant_value of an original tensor, without scanning the graph for each one
+        (the constants this inserter adds get fresh names no original node reads)."""
+        if name in self.constants:
+            return numpy_helper.to_array(self.constants[name])
+        return graph.constant_value(self.model, name) if name in self.constant_nodes else None
+
+    def is_constant(self, name: str) -> bool:
+        return name in self.constants or (name in self.constant_nodes and self.constant_value(name) is not None)
 
     def name(self, base: str) -> str:
         candidate, index = base, 1
@@ -287,16 +301,15 @@ def _non_float32_tensors(model: onnx.ModelProto) -> dict[str, str]:
     return {name: others[kind] for name, kind in types.items() if kind in others}
 
 
-def _activation_inputs(model: onnx.ModelProto, node: onnx.NodeProto, indices: list[int]) -> list[int]:
-    return [i for i in indices if i < len(node.input) and node.input[i]
-            and graph.constant_value(model, node.input[i]) is None]
+def _activation_inputs(inserter: _Inserter, node: onnx.NodeProto, indices: list[int]) -> list[int]:
+    return [i for i in indices if i < len(node.input) and node.input[i] and not inserter.is_constant(node.input[i])]
 
 
 def _quantize_inputs(inserter: _Inserter, node: onnx.NodeProto, position: int, indices: list[int],
                      reason: str) -> None:
     """Q/DQ on the given activation inputs; records a float decision when calibration lacks one."""
     done = []
-    for index in _activation_inputs(inserter.model, node, indices):
+    for index in _activation_inputs(inserter, node, indices):
         tensor = node.input[index]
         if tensor in inserter.not_float32:
             inserter.report.float_nodes[node.name] = f"input '{tensor}' is {inserter.not_float32[tensor]}, not float32"
@@ -311,8 +324,7 @@ def _quantize_inputs(inserter: _Inserter, node: onnx.NodeProto, position: int, i
 
 
 def _quantize_weighted(inserter: _Inserter, node: onnx.NodeProto, position: int) -> None:
-    model = inserter.model
-    activations = _activation_inputs(model, node, [0, 1])
+    activations = _activation_inputs(inserter, node, [0, 1])
     odd = [node.input[i] for i in range(len(node.input)) if node.input[i] in inserter.not_float32]
     if odd:
         inserter.report.float_nodes[node.name] = f"input '{odd[0]}' is {inserter.not_float32[odd[0]]}, not float32"
@@ -322,7 +334,7 @@ def _quantize_weighted(inserter: _Inserter, node: onnx.NodeProto, position: int)
         inserter.report.float_nodes[node.name] = f"input '{missing[0]}' has no calibration range"
         return
     weight_index = 1
-    weight = graph.constant_value(model, node.input[weight_index]) if len(node.input) > 1 else None
+    weight = inserter.constant_value(node.input[weight_index]) if len(node.input) > 1 else None
     quantized = []
     for index in activations:
         quantized.append(node.input[index])
@@ -340,7 +352,7 @@ def _quantize_weighted(inserter: _Inserter, node: onnx.NodeProto, position: int)
 
 def _quantize_residual(inserter, node, position, producers, consumers, keep_float) -> None:
     """Residual Add: quantize the skip input so TensorRT fuses the add into the weighted op."""
-    inputs = _activation_inputs(inserter.model, node, [0, 1])
+    inputs = _activation_inputs(inserter, node, [0, 1])
     if len(inputs) != 2:
         return
 

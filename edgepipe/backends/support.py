@@ -114,8 +114,12 @@ def operator_problem(node: onnx.NodeProto, versions: dict[str, int], table: OpTa
     registered ranges), or None when an entry covers it."""
     domain = canonical_domain(node.domain)
     if node.op_type in CONTROL_FLOW and domain == ONNX_DOMAIN:
-        return (f"control flow ({node.op_type}) is not supported: export the model with the branch or loop "
-                "resolved (fixed inputs, unrolled loop) or split it into separate models")
+        if node.op_type == "If":
+            return ("control flow (If) is not supported: pin the inputs its condition reads with input_values "
+                    "(--input-value NAME=VALUE, e.g. a sample rate) to deploy one branch, or export the model "
+                    "with the branch resolved")
+        return (f"control flow ({node.op_type}) is not supported: export the model with the loop resolved "
+                "(unrolled) or split it into separate models")
     if domain not in table.domains():
         return (f"custom domain '{domain}' has no implementation on {target}; replace the node with standard "
                 "ONNX ops")
@@ -133,7 +137,8 @@ def operator_problem(node: onnx.NodeProto, versions: dict[str, int], table: OpTa
 
 def unsupported_operators(model: onnx.ModelProto, table: OpTable, target: str,
                           skip: tuple[str, ...] = ("Constant",)) -> list[Problem]:
-    """Problems of every node (subgraphs included) whose operator `table` does not cover."""
+    """Problems of every node (subgraphs included) whose operator `table` does not cover; control
+    flow first (the nodes computing an If's condition are refused only because the If is)."""
     versions = opsets(model)
     problems = []
     for name, node, _ in walk_nodes(model):
@@ -142,4 +147,5 @@ def unsupported_operators(model: onnx.ModelProto, table: OpTable, target: str,
         reason = operator_problem(node, versions, table, target)
         if reason:
             problems.append((name, qualified(node.domain, node.op_type), reason))
+    problems.sort(key=lambda problem: problem[1] not in CONTROL_FLOW)
     return problems

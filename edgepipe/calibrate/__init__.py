@@ -13,7 +13,7 @@ from typing import Callable
 
 import onnx
 
-from edgepipe import graph
+from edgepipe import graph, recurrent
 from edgepipe.calibrate import collector, methods, policy, stability
 from edgepipe.calibrate.result import CalibrationResult, TensorCalibration
 from edgepipe.errors import UserError
@@ -40,8 +40,10 @@ def calibrate(
     tensors: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CalibrationResult:
-    """Calibrate every float activation of `model` (or only `tensors`) on `dataset`."""
+    """Calibrate every float activation of `model` (or only `tensors`) on `dataset`; recurrent
+    nodes run unrolled, so their per-step tensors get ranges too (edgepipe/recurrent.py)."""
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
+    model = recurrent.unrolled(model)
     contexts = collector.calibratable_tensors(model)
     if tensors is not None:
         unknown = [t for t in tensors if t not in contexts]
@@ -55,7 +57,7 @@ def calibrate(
     reference = stability.ReferenceOutputs(len(dataset))
     hists, num_samples = collector.collect(model, dataset, contexts, settings, progress, keep_outputs=reference.keep)
     result = CalibrationResult(method=settings["method"], num_samples=num_samples,
-                               reference_outputs=reference.complete(), weight_ranges=settings["weight_ranges"])
+                               reference_outputs=reference.kept(), weight_ranges=settings["weight_ranges"])
     methods.registry()  # loaded once here, not raced by the threads below
 
     def choose(name: str):
@@ -63,7 +65,7 @@ def calibrate(
         return choice, stability.round_stability(hists[name], choice.method, settings, choice.method_amax)
 
     with collector.Workers() as workers:  # tensors are independent: their range searches run side by side
-        chosen = dict(zip(hists, workers.map(choose, list(hists))))
+        chosen = dict(zip(hists, workers.map(choose, list(hists), run=1)))  # milliseconds each: one by one
     stabilities = {}
     for name, hist in hists.items():
         choice, stabilities[name] = chosen[name]
@@ -79,6 +81,7 @@ def calibrate(
             stability=stabilities[name],
         )
         result.histograms[name] = hist.summary(amax=choice.amax, lo=choice.lo, hi=choice.hi)
+    recurrent.share_step_ranges(result)
     result.warnings.extend(stability.stability_warnings(stabilities, num_samples))
     result.warnings.extend(constant_warnings(hists, [v.name for v in graph.graph_inputs(model)]))
     return result

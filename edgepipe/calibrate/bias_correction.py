@@ -71,14 +71,22 @@ def apply_bias_corrections(model: onnx.ModelProto, corrections: dict[str, list[f
     sites = correction_sites(corrected)
     nodes = {n.name: n for n in corrected.graph.node}
     consumers = graph.consumers(corrected)
+    taken = graph.taken_names(corrected)  # once, not per correction
+    biases: dict[str, onnx.TensorProto] = {}
+    for tensor in corrected.graph.initializer:
+        biases.setdefault(tensor.name, tensor)  # the first of a name, as graph.constant_value
     for name, delta in corrections.items():
         if name not in sites:
             continue
         _, bias_name, _ = sites[name]
         node = nodes[name]
         delta = np.asarray(delta, np.float32)
-        base = graph.constant_value(corrected, bias_name) if bias_name else np.zeros_like(delta)
-        new = graph.add_initializer(corrected, f"{name}_bias_corrected", (base + delta).astype(np.float32))
+        if not bias_name:
+            base = np.zeros_like(delta)
+        else:  # the original bias (the corrected copies are new initializers)
+            base = (onnx.numpy_helper.to_array(biases[bias_name]) if bias_name in biases
+                    else graph.constant_value(corrected, bias_name))
+        new = graph.add_initializer(corrected, f"{name}_bias_corrected", (base + delta).astype(np.float32), taken)
         if node.op_type == "MatMul":
             add = consumers[node.output[0]][0]
             add.input[list(add.input).index(bias_name)] = new
@@ -97,15 +105,22 @@ def _channel_means(values: np.ndarray, axis: int) -> np.ndarray:
 
 def _mean_outputs(model: onnx.ModelProto, feeds: list[dict], tensors: dict[str, tuple[str, int]]) -> dict:
     """{key: per-channel mean over `feeds`} of each (tensor, channel axis) in `tensors`. Weights on
-    their int8 grid are quantized once, not on every run (`graph.fold_constant_quantize`)."""
+    their int8 grid are quantized once, not on every run (`graph.fold_constant_quantize`); each
+    run's outputs are reduced to channel means in its worker, then summed in feed order."""
+    from edgepipe.session_runs import run_feeds
+
     exposed = graph.expose_tensors(graph.fold_constant_quantize(model), sorted({t for t, _ in tensors.values()}))
     session = graph.make_session(exposed)
     names = [o.name for o in session.get_outputs()]
+
+    def channel_means(outputs: list) -> dict:
+        values = dict(zip(names, outputs))
+        return {key: _channel_means(values[tensor], axis) for key, (tensor, axis) in tensors.items()}
+
     totals: dict[str, np.ndarray] = {}
-    for feed in feeds:
-        values = dict(zip(names, session.run(None, feed)))
-        for key, (tensor, axis) in tensors.items():
-            totals[key] = totals.get(key, 0.0) + _channel_means(values[tensor], axis)
+    for means in run_feeds(session, feeds, reduce=channel_means):
+        for key in tensors:
+            totals[key] = totals.get(key, 0.0) + means[key]
     return {key: total / len(feeds) for key, total in totals.items()}
 
 
@@ -251,8 +266,7 @@ def checked_bias_corrections(model: onnx.ModelProto, calibration, dataset, targe
         return report
     feeds = [dataset.sample(int(i)) for i in held]
     names = [o.name for o in model.graph.output]
-    session = graph.make_session(model)
-    references = [dict(zip(names, session.run(names, feed))) for feed in feeds]
+    references = fp32_outputs(model, feeds, [int(i) for i in held], getattr(calibration, "reference_outputs", None))
     outputs, judge = target.int8_outputs(model, calibration, feeds, settings)
     plain, _ = target.int8_outputs(model, replace(calibration, bias_corrections={}), feeds, settings)
     with_sqnr, without_sqnr = _output_sqnrs(references, outputs, names), _output_sqnrs(references, plain, names)
@@ -263,6 +277,19 @@ def checked_bias_corrections(model: onnx.ModelProto, calibration, dataset, targe
                   held_out_sqnr_db={"without": without_sqnr, "with": with_sqnr})
     calibration.bias_correction = report
     return report
+
+
+def fp32_outputs(model: onnx.ModelProto, feeds: list[dict], positions: list[int], kept: dict | None) -> list[dict]:
+    """{output name: FP32 value} per feed: calibration's own runs of those samples where it kept
+    them (`calibration.reference_outputs`, by position in the calibration set: the same values),
+    the FP32 model for the rest."""
+    from edgepipe.session_runs import run_feeds
+
+    names = [o.name for o in model.graph.output]
+    kept = kept or {}
+    missing = [k for k, position in enumerate(positions) if position not in kept]
+    ran = iter(run_feeds(graph.make_session(model), [feeds[k] for k in missing], names) if missing else [])
+    return [dict(zip(names, kept[position] if position in kept else next(ran))) for position in positions]
 
 
 def summary(report: dict) -> str:

@@ -261,12 +261,13 @@ class Workers:
         self.threads = threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="edgepipe-bin") if threads > 1 else None
 
-    def map(self, task: Callable, items: list) -> list:
+    def map(self, task: Callable, items: list, run: int | None = None) -> list:
         """[task(item) for item in items], the items split into a few runs of consecutive items
-        per thread (one future per item cost more than binning a small tensor)."""
+        per thread (one future per item cost more than binning a small tensor), or into runs of
+        `run` items (1: tasks long enough to pay for a future each balance best one by one)."""
         if self.pool is None or len(items) < 2:
             return [task(item) for item in items]
-        size = -(-len(items) // (self.threads * TASKS_PER_THREAD))
+        size = run or -(-len(items) // (self.threads * TASKS_PER_THREAD))
         runs = [items[start : start + size] for start in range(0, len(items), size)]
         return [result for run in self.pool.map(lambda run: [task(item) for item in run], runs) for result in run]
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import time
 
 import numpy as np
@@ -40,28 +41,51 @@ def power_of_two_above(value: float) -> float:
     return max(math.ldexp(1.0, exponent), SMALLEST_RANGE)
 
 
-@functools.lru_cache(maxsize=None)
-def sorting_is_faster() -> bool:
-    """Does sorting int16 keys beat bincount on int64 indices on this host? (measured once).
+class CountingChoice:
+    """Which exact way of counting keys is fastest on this host and this data, measured as it bins.
 
-    Why measure: numpy sorts 16-bit integers with SIMD networks only where the CPU has the
-    instructions for them (and the numpy build dispatches to them); elsewhere its sort is a scalar
-    introsort, several times slower than bincount. Both count exactly the same, so the choice
-    only decides speed. Sorting gains most where values crowd into few bins, as activations do.
+    Two ways count the same keys into the same bins: sort int16 keys and find where each key
+    starts (numpy sorts 16-bit integers with SIMD networks where the CPU and the numpy build have
+    them, else with a scalar introsort, several times slower), or `np.add.at` on the keys as
+    indices (one scalar increment per value; slower where values crowd into few bins, as they do
+    in some activations and not in others). Which wins depends on the CPU, the numpy build and
+    the data, so it is measured on the data itself: the first TRIALS updates of at least
+    MIN_TIMED values per way are spread over the ways, then the one with the least time per value
+    is used. Counts are integers, hence the same whichever way counted them: the choice decides
+    only speed. (`add_at` alone where int16 cannot hold the keys: num_bins above 2**14.)
     """
-    # activations crowd the first bins (the range is set by rare large values): so do these keys
-    keys = (np.random.default_rng(0).standard_normal(1 << 16) * 16).astype(np.int16)
-    indices = keys.astype(np.int64) + 1024
 
-    def best(task) -> float:
-        timings = []
-        for _ in range(3):
-            start = time.perf_counter()
-            task()
-            timings.append(time.perf_counter() - start)
-        return min(timings)
+    WAYS = ("sort", "add_at")
+    TRIALS = 16
+    MIN_TIMED = 1 << 14
 
-    return best(lambda: np.sort(keys)) < best(lambda: np.bincount(indices, minlength=2048))
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.seconds = dict.fromkeys(self.WAYS, 0.0)
+        self.values = dict.fromkeys(self.WAYS, 0)
+        self.trials = dict.fromkeys(self.WAYS, 0)
+        self.chosen: str | None = None
+
+    def way(self, bins: int) -> str:
+        if bins > SORTED_KEYS_MAX_BINS:
+            return "add_at"
+        if self.chosen is not None:
+            return self.chosen
+        with self.lock:
+            return min(self.WAYS, key=lambda way: self.trials[way])
+
+    def record(self, way: str, seconds: float, values: int) -> None:
+        if self.chosen is not None or values < self.MIN_TIMED:
+            return
+        with self.lock:
+            self.seconds[way] += seconds
+            self.values[way] += values
+            self.trials[way] += 1
+            if self.chosen is None and all(self.trials[w] >= self.TRIALS for w in self.WAYS):
+                self.chosen = min(self.WAYS, key=lambda w: self.seconds[w] / max(self.values[w], 1))
+
+
+COUNTING = CountingChoice()
 
 
 @functools.lru_cache(maxsize=None)
@@ -151,24 +175,28 @@ class TensorHistogram:
         """How many values of `parts` truncate to each key k = trunc(x * scale) in (-bins, bins),
         at index k + bins (2 * bins counters).
 
-        Two exact ways to count: sort int16 keys and find where each key starts (numpy's
-        vectorized 16-bit sort, where the CPU has one, is several times faster per value than
-        bincount's scalar loop), or bincount int64 indices (np.bincount casts anything else to intp
-        first: a full copy). Each part is scaled straight into its slice of one key array (no
-        concatenated copy). Both give the same counts; `sorting_is_faster` picks per host.
+        Each part is scaled straight into its slice of one key array (no concatenated copy), then
+        counted by sorting int16 keys or by `np.add.at` on intp keys (np.bincount would cast to
+        intp as well, and scan the keys once more for their extremes): the same counts, whichever
+        `COUNTING` finds faster here.
         """
         bins = self.num_bins
-        sort = bins <= SORTED_KEYS_MAX_BINS and sorting_is_faster()
-        keys = np.empty(size, dtype=np.int16 if sort else np.int64)
+        way = COUNTING.way(bins)
+        start = time.perf_counter()
+        keys = np.empty(size, dtype=np.int16 if way == "sort" else np.intp)
         offset = 0
         for x in parts:
             np.multiply(x, scale, out=keys[offset : offset + x.size], casting="unsafe")
             offset += x.size
-        if sort:
+        if way == "sort":
             keys.sort()
-            return np.diff(np.searchsorted(keys, _key_starts(bins)), prepend=0)
-        keys += bins
-        return np.bincount(keys, minlength=2 * bins)
+            counts = np.diff(np.searchsorted(keys, _key_starts(bins)), prepend=0)
+        else:
+            keys += bins
+            counts = np.zeros(2 * bins, dtype=np.int64)
+            np.add.at(counts, keys, 1)
+        COUNTING.record(way, time.perf_counter() - start, size)
+        return counts
 
     def _signed_bincount_general(self, x: np.ndarray) -> np.ndarray:
         """Signed bins in float64 (bin counts that are not powers of two round when scaling: clipped)."""

@@ -123,27 +123,41 @@ def round_calibration(calibration, round_index: int, names: list[str]):
 
 
 class ReferenceOutputs:
-    """Collects the FP32 graph outputs of the output-effect check's samples while calibration runs
-    them anyway (`collector.collect(keep_outputs=...)`), so the check does not run the FP32 model
-    again: the same session kind, kernels and inputs, hence the same values. At most
-    REFERENCE_BYTES are kept; `complete()` is empty unless every sample came."""
+    """Collects the FP32 graph outputs that later checks need while calibration runs those samples
+    anyway (`collector.collect(keep_outputs=...)`): the output-effect check's samples first, then
+    the bias-correction check's held-out samples (`bias_correction.split_for_check`), so neither
+    runs the FP32 model again: the same session kind, kernels and inputs, hence the same values.
+    A group of samples is kept only while all of it fits in REFERENCE_BYTES (the first sample's
+    outputs tell the size); a check whose samples are not all kept runs the FP32 model itself."""
 
     def __init__(self, dataset_size: int, samples: int = EFFECT_SAMPLES):
+        from edgepipe.calibrate.bias_correction import split_for_check
         from edgepipe.calibrate.collector import sample_indices
 
-        self.wanted = set(sample_indices(dataset_size, samples))
+        self.groups = [set(sample_indices(dataset_size, samples)),
+                       {int(i) for i in split_for_check(dataset_size)[1]}]
+        self.wanted = set().union(*self.groups)
+        self.fitting: set[int] | None = None  # the groups that fit, known from the first sample
         self.outputs: dict[int, list] = {}
         self.nbytes = 0
 
     def keep(self, index: int, outputs: list) -> None:
-        if index not in self.wanted or self.nbytes > REFERENCE_BYTES:
+        size = sum(np.asarray(o).nbytes for o in outputs)
+        if self.fitting is None:
+            self.fitting = set()
+            for group in self.groups:
+                if len(self.fitting | group) * size > REFERENCE_BYTES:
+                    break
+                self.fitting |= group
+        if index not in self.fitting or self.nbytes + size > REFERENCE_BYTES:
             return
         # copies: an array ONNX Runtime returned can pin its allocator's memory block
         self.outputs[index] = [np.array(o, copy=True) for o in outputs]
-        self.nbytes += sum(o.nbytes for o in self.outputs[index])
+        self.nbytes += size
 
-    def complete(self) -> dict[int, list]:
-        return self.outputs if set(self.outputs) == self.wanted and self.nbytes <= REFERENCE_BYTES else {}
+    def kept(self) -> dict[int, list]:
+        """{sample index: FP32 outputs} of the samples kept."""
+        return self.outputs
 
 
 def output_effect(model, calibration, dataset, quantize: Callable, samples: int = EFFECT_SAMPLES) -> dict | None:
@@ -155,6 +169,7 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     worst round's SQNR is below QUALITY_FLOOR_DB."""
     from edgepipe import graph, quantmath
     from edgepipe.calibrate.collector import sample_indices
+    from edgepipe.session_runs import built_ahead, run_feeds
 
     names = unstable_tensors(calibration)
     if not names:
@@ -164,28 +179,27 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     outputs = [o.name for o in model.graph.output]
     kept = getattr(calibration, "reference_outputs", None) or {}
 
-    def run(candidate) -> list[np.ndarray]:
-        if candidate is model and all(i in kept for i in indices):  # calibration's own FP32 runs
-            per_feed = [kept[i] for i in indices]
-        else:
-            session = graph.make_session(candidate)
-            per_feed = [session.run(outputs, feed) for feed in feeds]
+    def values(per_feed: list) -> list[np.ndarray]:
         return [np.concatenate([np.asarray(r[i], np.float64).ravel() for r in per_feed]) for i in range(len(outputs))]
 
-    def sqnr(values) -> float:
-        return min(quantmath.sqnr_db(ref, got, power) for ref, got, power in zip(reference, values, powers))
+    def sqnr(per_feed: list) -> float:
+        return min(quantmath.sqnr_db(ref, got, power) for ref, got, power in zip(reference, values(per_feed), powers))
 
     folded: dict = {}  # the weights' int8 values, shared by every candidate (same weights, other ranges)
 
-    def run_quantized(candidate_calibration) -> list[np.ndarray]:
+    def session_of(candidate_calibration):
         # weights quantized once, not on every run: the same int8 values (graph.fold_constant_quantize)
-        return run(graph.fold_constant_quantize(quantize(model, candidate_calibration), folded))
+        return graph.make_session(graph.fold_constant_quantize(quantize(model, candidate_calibration), folded))
 
-    reference = run(model)
+    if all(i in kept for i in indices):  # calibration's own FP32 runs
+        reference = values([kept[i] for i in indices])
+    else:
+        reference = values(run_feeds(graph.make_session(model), feeds, outputs))
     powers = [quantmath.signal_power(ref) for ref in reference]
-    chosen = sqnr(run_quantized(calibration))
     rounds = min(len(calibration.tensors[n].stability.get("round_amax") or []) for n in names)
-    per_round = [sqnr(run_quantized(round_calibration(calibration, r, names))) for r in range(rounds)]
+    candidates = [calibration] + [round_calibration(calibration, r, names) for r in range(rounds)]
+    # each candidate's Q/DQ model is built while the one before runs (built_ahead)
+    chosen, *per_round = [sqnr(run_feeds(session, feeds, outputs)) for session in built_ahead(session_of, candidates)]
     drop = max((chosen - s for s in per_round if np.isfinite(s)), default=0.0) if np.isfinite(chosen) else 0.0
     return {"tensors": names, "sqnr_chosen_db": float(chosen), "sqnr_rounds_db": [float(s) for s in per_round],
             "drop_db": float(max(drop, 0.0)), "samples": len(feeds), "limit_db": OUTPUT_DROP_DB,

@@ -71,6 +71,8 @@ def cli(debug: bool) -> None:
 @click.option("--calib", help="Calibration data: image folder, .npz (keys = input names) or .npy.")
 @click.option("--eval", "eval_", help="Evaluation data (labels optional): image folder, .npz or .npy.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224", help="Fix an input's static shape (repeatable).")
+@click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
+              help="Pin an input to a constant, e.g. sr=16000: an If it decides keeps one branch (repeatable).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="edgepipe.yaml (default: ./edgepipe.yaml if present).")
 @click.option("--out", help="Bundle directory (default build/<target>).")
 @click.option("--calib-method", type=click.Choice(calibration_methods.names()), help="Calibration method for all tensors.")
@@ -79,8 +81,8 @@ def cli(debug: bool) -> None:
 @click.option("--no-host-report", is_flag=True, default=False, help="Do not measure int8 vs FP32 on this host after the build.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of the table.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def build(model, weights, target, calib, eval_, input_shapes, config_path, out, calib_method, int8_io, keep_layout,
-          no_host_report, as_json, debug):
+def build(model, weights, target, calib, eval_, input_shapes, input_values, config_path, out, calib_method, int8_io,
+          keep_layout, no_host_report, as_json, debug):
     """Build a deployment bundle: export, simplify, fold, calibrate, lower, bundle, report."""
     from edgepipe import config as cfg
     from edgepipe.build import run_build
@@ -89,6 +91,8 @@ def build(model, weights, target, calib, eval_, input_shapes, config_path, out, 
     overrides: dict = {"model": model, "weights": weights, "target": target, "calib": calib, "eval": eval_, "out": out}
     if input_shapes:
         overrides["input_shapes"] = dict(cfg.parse_input_shape(text) for text in input_shapes)
+    if input_values:
+        overrides["input_values"] = dict(cfg.parse_input_value(text) for text in input_values)
     if calib_method:
         overrides["calibration"] = {"method": calib_method}
     backend = {"int8_io": int8_io, "keep_layout": keep_layout}
@@ -173,16 +177,21 @@ def targets_command(as_json: bool):
 @click.option("--target", "target_names", multiple=True, help="Only these targets (default: all installed).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224",
               help="Fix a dynamic input's shape first, as build does (repeatable).")
+@click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
+              help="Pin an input to a constant first, as build does (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[str, ...], as_json: bool):
+def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[str, ...],
+            input_values: tuple[str, ...], as_json: bool):
     """Inputs, outputs, op histogram and unsupported ops per target of an ONNX model."""
+    from edgepipe import branches, graph
     from edgepipe import config as cfg
-    from edgepipe import graph
     from edgepipe.backends.support import qualified, walk_nodes
     from edgepipe.stages.export import fix_static_shapes
     from edgepipe.targets import available_targets, load_target
 
     model = graph.load_model(model_path)
+    pinned = dict(cfg.parse_input_value(text) for text in input_values)
+    model = branches.pin_inputs(model, pinned, model_path)
     if input_shapes:
         model = fix_static_shapes(model, dict(cfg.parse_input_shape(t) for t in input_shapes), model_path)
     static = bool(graph.graph_inputs(model)) and all(graph.is_static(graph.declared_shape(i))
@@ -191,7 +200,8 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
         from edgepipe.stages.fold import run_fold
         from edgepipe.stages.simplify import run_simplify
 
-        # the graph a build lowers: static, simplified, BatchNorm folded (no data needed for that)
+        # the graph a build lowers: static, Ifs folded, simplified, BatchNorm folded (no data needed for that)
+        model = branches.fold_constant_ifs(graph.refresh_shapes(model), pinned)
         model, _ = run_fold(run_simplify(graph.refresh_shapes(model))[0], {})
     model = graph.ensure_node_names(graph.infer_shapes(model))
     io = graph.describe_io(model)

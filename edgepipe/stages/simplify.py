@@ -47,29 +47,34 @@ def run_simplify(model: onnx.ModelProto, check: bool = True, acceptable=None) ->
     return simplified, {"status": "simplified", "nodes_before": before, "nodes_after": len(simplified.graph.node)}
 
 
-class _NoTorch(importlib.abc.MetaPathFinder):
-    """Makes `import torch` (and its submodules) fail while it is on sys.meta_path."""
+OPTIONAL_IMPORTS = ("torch", "sympy")  # what onnxsim loads for features simplify() never uses
+
+
+class _NotImported(importlib.abc.MetaPathFinder):
+    """Makes `import torch` / `import sympy` (and their submodules) fail while it is on sys.meta_path."""
 
     def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
+        if name.split(".")[0] in OPTIONAL_IMPORTS:
             raise ImportError(f"{name} is not imported while onnxsim loads (edgepipe.stages.simplify)")
         return None
 
 
 def import_onnxsim():
-    """onnxsim, imported without torch where it allows it.
+    """onnxsim, imported without torch and sympy where it allows it.
 
     Why: some onnxsim releases import torch when the package loads, for an optional bridge they
-    guard with try/except (PPQ), and simplify() never uses torch. Importing torch is most of a
-    second of CPU time and a few hundred MB in every build from an .onnx file. While onnxsim
-    loads, `import torch` fails unless torch is already loaded; an onnxsim that cannot load that
-    way is loaded again as usual, so the result never depends on this.
+    guard with try/except (PPQ), and sympy for the symbolic MAC counts its command line prints
+    (model_info, also guarded); simplify() uses neither. Importing torch is most of a second of
+    CPU time and a few hundred MB, sympy a few tenths of a second, in every build from an .onnx
+    file. While onnxsim loads, importing them fails unless torch is already loaded (a module
+    already imported is used as it is); an onnxsim that cannot load that way is loaded again as
+    usual, so the result never depends on this.
     """
     if "onnxsim" in sys.modules or "torch" in sys.modules:
         import onnxsim
 
         return onnxsim
-    blocker = _NoTorch()
+    blocker = _NotImported()
     sys.meta_path.insert(0, blocker)
     try:
         import onnxsim

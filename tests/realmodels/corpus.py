@@ -71,7 +71,8 @@ class RealModel:
     `input_shape_flag` says whether the CLI gets `--input-shape` (else it must take the shape
     from the calibration data). `inputs` names the generator in tests/realmodels/inputs.py.
     `refused_node` marks a model that must be refused on the `refused_on` targets, naming that
-    node (with `--input-shape NAME:SHAPE` from `shape`/`input_name` when given)."""
+    node (with `--input-shape NAME:SHAPE` from `shape`/`input_name` when given). `input_values`
+    are inputs the build pins (`--input-value NAME=VALUE`); the references get them as inputs."""
 
     name: str
     family: str
@@ -87,6 +88,7 @@ class RealModel:
     refused_on: tuple[str, ...] = ("arm-cpu", "jetson")
     licence: str = ""
     eval_samples: int = 24  # held-out samples; fewer where one sample is large
+    input_values: tuple[tuple[str, int | float], ...] = ()
 
     @property
     def is_factory(self) -> bool:
@@ -125,11 +127,12 @@ MODELS = {
         RealModel("mtcnn_onet", "face detector", "MTCNN ONet (48x48 crops, box/landmark/score heads), shipped weights",
                   "tests.realmodels.mtcnn:onet", "facenet-pytorch", "facenet_pytorch/data/onet.pt",
                   shape=(1, 3, 48, 48), inputs="face_crop", licence="MIT"),
-        RealModel("vad_if", "speech VAD (RNN)", "Silero VAD v6: the whole network inside an If on the sample rate",
-                  "silero_vad/data/silero_vad.onnx", "silero-vad", refused_node="If_0", licence="MIT"),
+        RealModel("vad_if", "speech VAD (RNN)", "Silero VAD v6: the whole network inside an If on the sample rate "
+                  "(sr pinned to 16000)", "silero_vad/data/silero_vad.onnx", "silero-vad", input_name="input",
+                  shape=(1, 576), inputs="speech_chunks", licence="MIT", eval_samples=16, input_values=(("sr", 16000),)),
         RealModel("vad_lstm", "speech VAD (RNN)", "Silero VAD v6 16 kHz sequence model (top-level LSTM)",
                   "silero_vad/data/silero_vad_16k_sequence.onnx", "silero-vad", input_name="input",
-                  shape=(4, 576), refused_node="/recurrent/LSTM", refused_on=("arm-cpu",), licence="MIT"),
+                  shape=(4, 576), inputs="speech_chunks", licence="MIT", eval_samples=16),
         RealModel("timm_resnet", "timm-style CNN", "ResNet basic blocks, zero-init last BN gamma (timm zero_init_last)",
                   "tests.realmodels.timm_style:resnet", shape=(1, 3, 64, 64), inputs="imagenet_scene"),
         RealModel("timm_resnext", "timm-style CNN", "ResNeXt bottlenecks: grouped 3x3 conv, zero-init last BN",

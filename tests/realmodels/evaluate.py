@@ -56,14 +56,25 @@ class Data:
 
 
 def write_data(name: str, work: Path, calib_samples: int = CALIB_SAMPLES) -> Data:
-    """Calibration and held-out eval sets as .npz keyed by the input name, [N, C, H, W]."""
+    """Calibration and held-out eval sets as .npz keyed by the input name, [N, C, H, W] (a model
+    with several inputs: one [N, *sample shape] array per input)."""
     spec = corpus.MODELS[name]
     calib = make_inputs(name, calib_samples, CALIB_SEED)["x"]
     evaluation = make_inputs(name, spec.eval_samples, EVAL_SEED)["x"]
     work.mkdir(parents=True, exist_ok=True)
-    np.savez(work / f"{name}_calib.npz", **{spec.input_name: calib})
-    np.savez(work / f"{name}_eval.npz", **{spec.input_name: evaluation})
+    pinned = dict(spec.input_values)  # given to the build as --input-value, not as data
+    for part, arrays in (("calib", calib), ("eval", evaluation)):
+        arrays = arrays if isinstance(arrays, dict) else {spec.input_name: arrays}
+        np.savez(work / f"{name}_{part}.npz", **{k: v for k, v in arrays.items() if k not in pinned})
     return Data(calib, evaluation, work / f"{name}_calib.npz", work / f"{name}_eval.npz")
+
+
+def feeds(input_name: str, images) -> list[dict[str, np.ndarray]]:
+    """One ONNX Runtime / LiteRT feed per sample: `images[i:i+1]` of a single-input model, or
+    row i of every input's array for a model with several inputs (a dict, rows as the model takes them)."""
+    if isinstance(images, dict):
+        return [{key: np.asarray(value[i]) for key, value in images.items()} for i in range(len(next(iter(images.values()))))]
+    return [{input_name: images[i : i + 1]} for i in range(len(images))]
 
 
 def build(name: str, target: str, data: Data, out: Path, extra: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -72,6 +83,7 @@ def build(name: str, target: str, data: Data, out: Path, extra: list[str] | None
             "--eval", str(data.eval_file), "--no-host-report", "--out", str(out), *(extra or [])]
     if spec.input_shape_flag:
         args += ["--input-shape", f"{spec.input_name}:" + "x".join(map(str, spec.shape))]
+    args += [f"--input-value={key}={value}" for key, value in spec.input_values]
     return cli(*args, cwd=out.parent)
 
 
@@ -98,10 +110,12 @@ def _onnx_session(path: Path, optimize: bool = True):
 
 
 def run_onnx_file(path: Path, input_name: str, images: np.ndarray, optimize: bool = True) -> dict[str, np.ndarray]:
-    """{output name: [N, ...]} one sample at a time (batch 1, as the bundle runs)."""
+    """{output name: [N, ...]} one sample at a time (batch 1, as the bundle runs); inputs the
+    file does not have (a value the build pinned) are not fed."""
     session = _onnx_session(path, optimize)
     names = [o.name for o in session.get_outputs()]
-    runs = [session.run(None, {input_name: images[i : i + 1]}) for i in range(len(images))]
+    wanted = {i.name for i in session.get_inputs()}
+    runs = [session.run(None, {k: v for k, v in feed.items() if k in wanted}) for feed in feeds(input_name, images)]
     return {n: np.concatenate([r[k] for r in runs]) for k, n in enumerate(names)}
 
 
@@ -171,8 +185,8 @@ def ort_peer(name: str, data: Data, work: Path) -> list[np.ndarray]:
 
     spec = corpus.MODELS[name]
     out = work / f"{name}_ort_minmax.onnx"
-    ort_quantize_static(peer_source(name, work), out, len(data.calib),
-                        lambda i: {spec.input_name: data.calib[i : i + 1]}, method="MinMax")
+    calib = feeds(spec.input_name, data.calib)
+    ort_quantize_static(peer_source(name, work), out, len(calib), lambda i: calib[i], method="MinMax")
     return list(run_onnx_file(out, spec.input_name, data.eval).values())
 
 
@@ -195,21 +209,21 @@ def run_tflite(path: Path, io: dict, images: np.ndarray) -> list[np.ndarray]:
 
 
 def invoke(interp, io: dict, images: np.ndarray) -> list[np.ndarray]:
-    """Run `images` one at a time (NCHW float in, as the manifest's io says the file wants it)."""
+    """Run `images` one sample at a time (NCHW float in, as the manifest's io says the file wants it)."""
     from edgepipe import quantmath
 
-    spec_in = io["inputs"][0]
-    index_in = {d["name"]: d for d in interp.get_input_details()}[spec_in["name"]]
+    in_details = {d["name"]: d for d in interp.get_input_details()}
     out_details = {d["name"]: d for d in interp.get_output_details()}
     outputs: list[list[np.ndarray]] = [[] for _ in io["outputs"]]
-    for image in images:
-        value = image[None]
-        if spec_in["layout"] == "NHWC":
-            value = value.transpose(0, 2, 3, 1)
-        if index_in["dtype"] == np.int8:
-            scale, zero = index_in["quantization"]
-            value = np.clip(np.round(value / scale) + zero, -128, 127)
-        interp.set_tensor(index_in["index"], np.ascontiguousarray(value, index_in["dtype"]))
+    for feed in feeds(io["inputs"][0]["name"], images):
+        for spec_in in io["inputs"]:
+            index_in, value = in_details[spec_in["name"]], feed[spec_in["name"]]
+            if spec_in["layout"] == "NHWC":
+                value = value.transpose(0, 2, 3, 1)
+            if index_in["dtype"] == np.int8:
+                scale, zero = index_in["quantization"]
+                value = np.clip(np.round(value / scale) + zero, -128, 127)
+            interp.set_tensor(index_in["index"], np.ascontiguousarray(value, index_in["dtype"]))
         interp.invoke()
         for k, spec in enumerate(io["outputs"]):
             detail = out_details[spec["name"]]

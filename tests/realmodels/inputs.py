@@ -268,11 +268,48 @@ def magika_features(content: bytes, size: int = 512, padding: int = 256) -> np.n
     return np.concatenate([beg, mid, end])
 
 
+def speech_chunks(name: str, rng: np.random.Generator, count: int) -> dict:
+    """Silero VAD streaming inputs: `input` [seq, 576] = seq consecutive 512-sample chunks, each
+    with the previous 64 samples as context, and the LSTM state the shipped model (ONNX Runtime)
+    carries into that window after 0-3 earlier windows of the same recording: `h`, `c` of the
+    sequence model, `state` (h and c stacked) and the pinned `sr` of the If model."""
+    import onnxruntime as ort
+
+    from tests.realmodels.corpus import model_path
+
+    spec = MODELS[name]
+    seq, width = spec.shape
+    chunk, context = 512, width - 512
+    pinned = {key: np.array(value, np.int64) for key, value in spec.input_values}
+    session = ort.InferenceSession(str(model_path(name)), providers=["CPUExecutionProvider"])
+    state_names = [i.name for i in session.get_inputs() if i.name != spec.input_name and i.name not in pinned]
+    zero_state = {n: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+                  for n, i in ((i.name, i) for i in session.get_inputs()) if n in state_names}
+    inputs: dict[str, list] = {n: [] for n in [spec.input_name, *state_names, *pinned]}
+    for _ in range(count):
+        warmup = int(rng.integers(0, 4))
+        audio = speech_audio(rng, (warmup + 1) * seq * chunk + context) / 32768.0  # int16 units -> [-1, 1]
+        state = dict(zero_state)
+        for window in range(warmup + 1):
+            start = window * seq * chunk
+            frames = np.stack([audio[start + k * chunk: start + (k + 1) * chunk + context] for k in range(seq)])
+            if window == warmup:
+                break
+            outputs = session.run(None, {spec.input_name: frames, **state, **pinned})
+            state = dict(zip(state_names, outputs[1:]))  # the outputs after the first carry the state
+        for key, value in {spec.input_name: frames, **state, **pinned}.items():
+            inputs[key].append(value)
+    return {"x": {key: np.stack(values) for key, values in inputs.items()}}
+
+
 def make_inputs(name: str, count: int, seed: int) -> dict:
-    """{"x": [count, *shape[1:]] float32, plus "texts"/"labels" where the inputs have them}."""
+    """{"x": [count, *shape[1:]] float32, plus "texts"/"labels" where the inputs have them}; a
+    model with several inputs gets {"x": {input name: [count, *sample shape]}}."""
     spec = MODELS[name]
     rng = np.random.default_rng(seed)
     kind = spec.inputs
+    if kind == "speech_chunks":
+        return speech_chunks(name, rng, count)
     if kind == "speech_audio":
         return {"x": np.stack([speech_audio(rng, spec.shape[1]) for _ in range(count)])}
     if kind == "speech_melspec":

@@ -5,6 +5,24 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+NHWC = (0, 2, 3, 1)  # ONNX NCHW dims in TFLite order
+
+
+def identity(rank: int) -> tuple[int, ...]:
+    return tuple(range(rank))
+
+
+def inverse(perm) -> tuple[int, ...]:
+    result = [0] * len(perm)
+    for i, p in enumerate(perm):
+        result[p] = i
+    return tuple(result)
+
+
+def permute(shape, perm) -> list[int]:
+    return [int(shape[p]) for p in perm]
+
+
 # graph-input readers for only_reshaped: ops that take their input in the ONNX layout,
 # and ops that follow whatever layout their input has
 LAYOUT_READERS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "MatMul", "Gemm"})

@@ -34,12 +34,12 @@ from onnx import helper, numpy_helper
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
 from edgepipe.backends.tflite import builtins, float_statistics, layouts, shared_scales
+from edgepipe.backends.tflite.layouts import NHWC, identity, inverse, permute  # noqa: F401 (re-exported)
 from edgepipe.backends.tflite.fusion import fusable_activation
 from edgepipe.backends.tflite.writer import ModelSpec, Quantization
 from edgepipe.errors import UnsupportedOpError, UserError
 
 BACKEND = "tflite"  # names the target in errors when the caller did not say which (options["target"])
-NHWC = (0, 2, 3, 1)
 # An activation whose calibrated range is narrower than this is constantly zero in practice (a
 # conv after a zero-initialised BatchNorm gamma, a Relu that never fires): it gets the neutral
 # grid of [0, 1] instead of a ~1e-6 scale that breaks the requantization limits of its neighbours.
@@ -70,21 +70,6 @@ def int16_threshold(tensor) -> float:
     the chosen int8 threshold `amax`; the neutral 1.0 for a tensor that is constantly zero)."""
     amax = max(abs(float(tensor.min)), abs(float(tensor.max)), float(tensor.amax))
     return amax if amax >= DEGENERATE_RANGE else NEUTRAL_RANGE[1]
-
-
-def identity(rank: int) -> tuple[int, ...]:
-    return tuple(range(rank))
-
-
-def inverse(perm) -> tuple[int, ...]:
-    result = [0] * len(perm)
-    for i, p in enumerate(perm):
-        result[p] = i
-    return tuple(result)
-
-
-def permute(shape, perm) -> list[int]:
-    return [int(shape[p]) for p in perm]
 
 
 @dataclass(frozen=True)
@@ -152,6 +137,9 @@ class Lowering:
         self.absorbed = ops.absorbed_nodes(model)  # a request naming a node a rewrite folded away
         self.requested_float |= {self.absorbed[n] for n in self.requested_float if n in self.absorbed}
         self.requested_int16 |= {self.absorbed[n] for n in self.requested_int16 if n in self.absorbed}
+        self.expanded = ops.expanded_nodes(model)  # a request naming a node a rewrite replaced by several
+        self.requested_float |= {m for n in set(self.requested_float) for m in self.expanded.get(n, ())}
+        self.requested_int16 |= {m for n in set(self.requested_int16) for m in self.expanded.get(n, ())}
         # on unless asked off (the edgepipe.yaml defaults): every lowering - the build, the planner's
         # candidates, the placement the accuracy tools emulate - must agree on the grids
         if self.options.get("float_output_concats", True):

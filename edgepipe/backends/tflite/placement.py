@@ -40,6 +40,9 @@ def int8_grids(model: onnx.ModelProto, calibration, options: dict | None = None,
               if n.op_type != "Constant" and n.name in nodes}
     # nodes a rewrite folded into another compute in its precision (and go float with it)
     dtypes.update({member: dtypes[owner] for member, owner in ctx.absorbed.items() if owner in dtypes})
+    for owner, members in ctx.expanded.items():  # a node a rewrite replaced by several: as its members run
+        kinds = {ctx.node_dtype(nodes[m]) for m in members if m in nodes}
+        dtypes[owner] = next((k for k in ("int8", "int16") if k in kinds), "float32")
     int8 = {name for name, dtype in dtypes.items() if dtype in ("int8", "int16")}
     fused = {}
     for node in model.graph.node:

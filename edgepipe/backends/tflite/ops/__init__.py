@@ -28,7 +28,8 @@ are refused by name before any lowering runs. A pattern that one TFLite kernel c
 module, which replaces the pattern by one node of FUSED_DOMAIN registered in the same module.
 A rewrite that folds nodes into another node names them with `record_absorbed(model, members,
 owner)`, so `float_nodes` / `int16_nodes` naming a member (the planner names the original graph's
-nodes) apply to the owner, and the planner counts the members with it.
+nodes) apply to the owner, and the planner counts the members with it; a rewrite that replaces one
+node by several (an unrolled LSTM) names them with `record_expanded(model, owner, members)`.
 
 Contract of a lowering:
 - Read ONNX facts from the context: `ctx.shape(name)`, `ctx.constant(name)`, `node_attrs(node)`.
@@ -126,6 +127,25 @@ def record_absorbed(model: onnx.ModelProto, members, owner: str) -> None:
 
 def absorbed_nodes(model: onnx.ModelProto) -> dict[str, str]:
     value = next((p.value for p in model.metadata_props if p.key == ABSORBED_KEY), None)
+    return json.loads(value) if value else {}
+
+
+EXPANDED_KEY = "edgepipe.expanded"  # prepared model metadata: {node a rewrite replaced: [nodes now computing it]}
+
+
+def record_expanded(model: onnx.ModelProto, owner: str, members) -> None:
+    """Note that a rewrite replaced node `owner` by `members` (an unrolled LSTM): a float / int16
+    request naming the owner applies to every member."""
+    mapping = expanded_nodes(model)
+    mapping[owner] = list(members)
+    entries = [p for p in model.metadata_props if p.key != EXPANDED_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(entries)
+    model.metadata_props.add(key=EXPANDED_KEY, value=json.dumps(mapping, sort_keys=True))
+
+
+def expanded_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
+    value = next((p.value for p in model.metadata_props if p.key == EXPANDED_KEY), None)
     return json.loads(value) if value else {}
 
 

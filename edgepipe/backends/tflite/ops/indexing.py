@@ -108,6 +108,9 @@ def lower_slice(ctx: Lowering, node) -> None:
              ShrinkAxisMask=0)
 
 
+MAX_DELEGATED_SPLITS = 4  # XNNPACK has 2-, 3- and 4-way splits; a wider SPLIT stays on the builtin kernel
+
+
 @register("Split")
 def lower_split(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
@@ -120,7 +123,7 @@ def lower_split(ctx: Lowering, node) -> None:
     outputs = [ctx.new_value(o, dtype, perm, ctx.tensor(x).quantization) for o in node.output]
     sizes = [ctx.shape(o)[axis] for o in node.output]
     tflite_axis = ctx.int32_constant(f"{node.name};axis", perm.index(axis))
-    if len(set(sizes)) == 1:
+    if len(set(sizes)) == 1 and len(sizes) <= MAX_DELEGATED_SPLITS:
         ctx.emit("SPLIT", [tflite_axis, x], outputs, node, "SplitOptions", NumSplits=len(sizes))
         return
     full = ctx.tensor(x).shape

@@ -2,7 +2,8 @@
 
 TFLite's spatial kernels are 2-D only, so `lift_1d_spatial_ops` rewrites each such node into
 Unsqueeze -> the same op in 2-D with height 1 (kernel [1, k], pads [0, b, 0, e], weights
-[O, C/g, 1, k]) -> Squeeze, and the 2-D families lower it; ceil_mode, count_include_pad, groups,
+[O, C/g, 1, k]) -> Squeeze, and the 2-D families lower it (a Relu / Clip that alone reads the result
+moves into the 2-D view too, so it fuses into CONV_2D); ceil_mode, count_include_pad, groups,
 dilations and auto_pad keep their meaning because the added axis has size 1. The 2-D result
 `<name>;2d` is another view of the calibrated `<name>` and shares its range (Lowering.quant).
 """
@@ -52,6 +53,16 @@ def _axes(model: onnx.ModelProto, base: str, opset: int) -> tuple[list[str], dic
     return [name], {}
 
 
+def _sole_activation(consumers: dict, graph_outputs: set[str], name: str) -> onnx.NodeProto | None:
+    """The Relu / Clip that alone reads a lifted op's output (and the op's output is no graph output):
+    lifted with it, so a Conv's activation fuses instead of the Conv writing its whole pre-activation
+    range on the int8 grid (most of which the Relu then discards)."""
+    readers = consumers.get(name, [])
+    if name in graph_outputs or len(readers) != 1 or readers[0].op_type not in ("Relu", "Clip"):
+        return None
+    return readers[0] if readers[0].domain in ("", "ai.onnx") and readers[0].input[0] == name else None
+
+
 @register_rewrite
 def lift_1d_spatial_ops(model: onnx.ModelProto) -> None:
     infos = graph.value_infos(model)
@@ -59,8 +70,13 @@ def lift_1d_spatial_ops(model: onnx.ModelProto) -> None:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     rewritten = []
     lifted_inputs: set[str] = set()
+    lifted_activations: set[str] = set()  # Relu / Clip moved into the 2-D view with their producer
+    consumers = graph.consumers(model)
+    graph_outputs = {o.name for o in model.graph.output}
     changed = False
     for node in model.graph.node:
+        if node.name in lifted_activations:
+            continue
         outputs = [name for name in node.output if name]
         if (node.op_type not in LIFTED or node.domain not in ("", "ai.onnx") or len(outputs) != 1
                 or _rank(infos, node.input[0]) != 3):
@@ -89,10 +105,24 @@ def lift_1d_spatial_ops(model: onnx.ModelProto) -> None:
         lifted = helper.make_node(node.op_type, inputs, [lifted_out], name=node.name)
         lifted.attribute.extend(_lifted_attributes(node, kernel))
         rewritten.append(lifted)
-        rewritten.append(helper.make_node("Squeeze", [lifted_out, *axis_inputs], [outputs[0]],
+        squeezed = outputs[0]
+        activation = _sole_activation(consumers, graph_outputs, squeezed)
+        if activation is not None:  # Conv -> Relu stays adjacent in 2-D: the Relu fuses into CONV_2D
+            squeezed = activation.output[0]
+            lifted_activation = onnx.NodeProto()
+            lifted_activation.CopyFrom(activation)
+            lifted_activation.input[0] = lifted_out
+            lifted_activation.output[0] = f"{squeezed}{VIEW_SUFFIX}"
+            rewritten.append(lifted_activation)
+            lifted_activations.add(activation.name)
+            lifted_out = lifted_activation.output[0]
+            lifted_inputs.add(lifted_out)  # a next 1-D op reads this view directly (no Squeeze / Unsqueeze)
+        rewritten.append(helper.make_node("Squeeze", [lifted_out, *axis_inputs], [squeezed],
                                           name=f"{node.name};squeeze", **axis_attrs))
         changed = True
     if changed:
+        read = {name for n in rewritten for name in n.input} | graph_outputs
+        rewritten = [n for n in rewritten if not n.name.endswith(";squeeze") or n.output[0] in read]
         del model.graph.node[:]
         model.graph.node.extend(rewritten)
         inferred = graph.infer_shapes(model)

@@ -10,7 +10,8 @@ Kernel rules that shape this module:
 - MIRROR_PAD knows REFLECT (ONNX "reflect") and SYMMETRIC (mirror including the edge). ONNX
   "edge" repeats the border value, which equals SYMMETRIC only for pads of at most 1; larger edge
   pads and "wrap" have no TFLite kernel and are reported.
-- XNNPACK does not delegate MIRROR_PAD.
+- XNNPACK does not delegate MIRROR_PAD. Reflect / edge pads of the innermost axis alone are
+  SLICE + FULLY_CONNECTED (a reversal matrix) + CONCATENATION instead (`mirror_last_axis`).
 Pads are given per ONNX axis; TFLite dim i gets the pads of ONNX axis perm[i], so a 4-D image
 input stays NHWC (the fold stage's Pad(0) + Add(border) in front of the first conv stays delegated).
 An explicit zero Pad of H and W whose only reader is a Conv becomes that Conv's own pads
@@ -113,6 +114,10 @@ def lower_pad(ctx: Lowering, node) -> None:
     paddings = ctx.int32_constant(f"{node.name};paddings", pads[list(perm)])
     if mode in MIRROR_MODES:
         out = ctx.new_value(node.output[0], dtype, perm, source.quantization)
+        tflite_pads = pads[list(perm)]
+        if not tflite_pads[:-1].any():
+            mirror_last_axis(ctx, node, x, tflite_pads[-1], mode, out)
+            return
         ctx.emit("MIRROR_PAD", [x, paddings], [out], node, "MirrorPadOptions", Mode=MIRROR_MODES[mode])
         return
     if value == 0.0:
@@ -125,6 +130,33 @@ def lower_pad(ctx: Lowering, node) -> None:
     fill = border(pads, ctx.shape(node.output[0]), value).transpose(perm)
     ctx.emit("ADD", [zero_padded, ctx.add_weight_constant(f"{node.name};border", fill, dtype)], [out], node,
              "AddOptions", FusedActivationFunction=0)
+
+
+def mirror_last_axis(ctx: Lowering, node, x: int, pads, mode: str, out: int) -> None:
+    """Reflect / edge padding of the innermost axis (audio framing, an STFT's `center=True`) as
+    SLICE of the edge samples -> FULLY_CONNECTED with a 0/1 reversal matrix -> CONCATENATION:
+    XNNPACK runs all three, and MIRROR_PAD would split the delegated graph. The reversal is exact
+    in float and in int8 (weights 127 at scale 1/127, the output on the input's grid)."""
+    source = ctx.tensor(x)
+    shape, rank, length = list(source.shape), len(source.shape), int(source.shape[-1])
+    skip = 1 if mode == "reflect" else 0  # reflect leaves out the edge sample, edge (SYMMETRIC) repeats it
+    parts = []
+    for side, count in (("left", int(pads[0])), ("right", int(pads[1]))):
+        if count == 0:
+            continue
+        start = skip if side == "left" else length - count - skip
+        window = ctx.temp(f"{node.name};{side}_edge", shape[:-1] + [count], source.dtype, source.quantization)
+        ctx.emit("SLICE", [x, ctx.int32_constant(f"{node.name};{side}_begin", [0] * (rank - 1) + [start]),
+                           ctx.int32_constant(f"{node.name};{side}_size", shape[:-1] + [count])], [window], node,
+                 "SliceOptions")
+        mirrored = ctx.temp(f"{node.name};{side}_mirror", shape[:-1] + [count], source.dtype, source.quantization)
+        filter_index, bias_index = ctx.filter_and_bias(f"{node.name};{side}", np.eye(count, dtype=np.float32)[::-1],
+                                                       0, np.zeros(count, np.float32), window, source.dtype)
+        ctx.emit("FULLY_CONNECTED", [window, filter_index, bias_index], [mirrored], node, "FullyConnectedOptions",
+                 FusedActivationFunction=0, KeepNumDims=rank > 2)
+        parts.append((side, mirrored))
+    inputs = [m for side, m in parts if side == "left"] + [x] + [m for side, m in parts if side == "right"]
+    ctx.emit("CONCATENATION", inputs, [out], node, "ConcatenationOptions", Axis=rank - 1, FusedActivationFunction=0)
 
 
 def _zero_spatial_pads(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int] | None:
