@@ -353,6 +353,14 @@ def _cached(evaluate: Evaluate) -> Evaluate:
     return cached
 
 
+def damage_order(alone, metric: str) -> tuple:
+    """Sort key, most damaging first: output SQNR (it ranks well on few samples); for a CTC-reading
+    budget the groups that alone change a reading come first (the budget's own measure), so the
+    bisection's prefix does not float SQNR-heavy groups that change no reading ahead of them."""
+    reading = alone.sequence_agreement if metric == "sequence" and alone.sequence_agreement is not None else 1.0
+    return (reading, alone.sqnr_db, alone.argmax_agreement)
+
+
 def rank_groups(evaluator: VariantEvaluator, metric: str, samples: int = RANK_SAMPLES,
                 groups: list[NodeGroup] | None = None, int16: bool = False) -> SensitivityReport:
     """Sensitivity order from one pass: each group quantized alone (everything else float), most
@@ -364,7 +372,7 @@ def rank_groups(evaluator: VariantEvaluator, metric: str, samples: int = RANK_SA
         raise UserError("no quantizable nodes with calibration ranges in the model; nothing to plan")
     fp32, int8 = evaluator.reference_metrics(), evaluator.evaluate(set())
     scored = [NodeSensitivity(g, evaluator.evaluate_alone(g, samples, int16=int16), None, 0.0) for g in groups]
-    scored.sort(key=lambda n: (n.only.sqnr_db, n.only.argmax_agreement))
+    scored.sort(key=lambda n: damage_order(n.only, metric))
     return SensitivityReport(metric, len(evaluator), fp32, int8, scored, evaluator.symmetric,
                              evaluator.placement_description)
 
