@@ -10,8 +10,9 @@ import pytest
 
 from edgepipe import quantmath
 from edgepipe.errors import BudgetError, UserError
-from edgepipe.accuracy.precision import PRUNE_EVALUATIONS, PRUNE_LIMIT, Budget, _Planner, plan_mixed_precision
-from edgepipe.accuracy.sensitivity import NodeGroup, VariantEvaluator
+from edgepipe.accuracy.precision import (PRUNE_EVALUATIONS, PRUNE_LIMIT, Budget, _Planner, plan_mixed_precision,
+                                         rank_groups)
+from edgepipe.accuracy.sensitivity import Metrics, NodeGroup, VariantEvaluator
 from tests.test_sensitivity import GPU, calibrated, npz_dataset, outlier_mlp
 
 BUDGET = 0.02  # at most 2% of argmax decisions may change vs FP32
@@ -140,3 +141,39 @@ def test_prune_returns_harmless_groups_of_a_long_prefix_to_int8():
     returned = [n for n in harmless_in_prefix if n not in pruned]
     assert len(returned) >= len(harmless_in_prefix) // 2, (pruned, returned)
     assert len(pruned) < len(prefix) - PRUNE_LIMIT
+
+
+class _AloneScores:
+    """An evaluator whose groups-alone scores are given: what rank_groups sorts."""
+
+    symmetric, placement_description, evaluations = True, "given scores", 0
+
+    def __init__(self, scores: dict):
+        self.scores = scores
+        self._groups = [NodeGroup(n, "Add", (n,), ()) for n in scores]
+
+    def __len__(self):
+        return 2
+
+    def groups(self):
+        return self._groups
+
+    def reference_metrics(self):
+        return Metrics(float("inf"), 1.0, 1.0, sequence_agreement=1.0)
+
+    def evaluate(self, float_nodes, int16=()):
+        return Metrics(10.0, 0.9, 0.9, sequence_agreement=0.9)
+
+    def evaluate_alone(self, group, samples=None, int16=False):
+        sqnr, reading = self.scores[group.name]
+        return Metrics(sqnr, 0.99, 0.99, sequence_agreement=reading)
+
+
+def test_a_reading_budget_ranks_groups_that_change_a_reading_first():
+    """Output SQNR alone puts a loud group that changes no reading first; the CTC-reading budget's
+    ranking puts the group that alone changes a reading first, SQNR ordering the rest."""
+    evaluator = _AloneScores({"loud": (12.0, 1.0), "reads": (30.0, 0.9), "quiet": (40.0, 1.0), "mid": (20.0, 1.0)})
+    by_sqnr = [n.group.name for n in rank_groups(evaluator, "agreement").nodes]
+    by_reading = [n.group.name for n in rank_groups(evaluator, "sequence").nodes]
+    assert by_sqnr == ["loud", "mid", "reads", "quiet"]
+    assert by_reading == ["reads", "loud", "mid", "quiet"]
