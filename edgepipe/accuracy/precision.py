@@ -8,7 +8,7 @@ loses too much; a few sensitive tensors are usually the whole difference. The pl
    activation outputs included) as one switchable session (edgepipe.accuracy.placement), else
    one `Target.qdq_model` per variant;
 2. ranks in one pass: each group quantized alone (everything else float) on a few samples, most
-   damaging first. A group is a weighted node's weights, or one quantized tensor with every node
+   damaging first (output SQNR; a CTC-reading budget puts groups that alone change a reading first). A group is a weighted node's weights, or one quantized tensor with every node
    that touches it (so the tensor is never int8: keeping only its producer float would not help,
    its int8 readers still quantize it);
 3. bisects the ranked list: the shortest prefix that holds on the held-out slice
