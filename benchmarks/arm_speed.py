@@ -61,6 +61,10 @@ ARCHITECTURES = {
     "timm_vit": "ViT",
     "vad_lstm": "Silero VAD (STFT, conv encoder, LSTM)",
     "vad_if": "Silero VAD (STFT, conv encoder, LSTM)",
+    "wake_melspec": "openWakeWord log-mel frontend (STFT as conv, top-dB floor)",
+    "wake_embedding": "openWakeWord speech embedding (conv, LeakyReLU)",
+    "wake_timer": "openWakeWord wake-word head (dense)",
+    "magika": "Magika byte classifier (one-hot, dense, conv1d)",
 }
 ARM_MODELS = [name for name, spec in corpus.MODELS.items()
               if not (spec.refused_node and "arm-cpu" in spec.refused_on)]
