@@ -4,6 +4,8 @@ model fed the pinned value, and through the CLI on both targets."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -124,3 +126,20 @@ def test_config_refuses_a_pin_that_is_not_a_number(tmp_path):
     (tmp_path / "edgepipe.yaml").write_text("model: m.onnx\ntarget: arm-cpu\ninput_values: {sr: fast}\n")
     proc = run_cli("build", cwd=tmp_path)
     assert proc.returncode == 2 and "input_values.sr" in proc.stderr and "finite number" in proc.stderr, proc.stderr
+
+
+def test_sensitivity_takes_the_same_pins_as_build(tmp_path):
+    """The accuracy commands prepare the model as build does, pins included: pinned, the If is gone
+    and the kept branch's layers are ranked; unpinned, the pinned input is missing from the data
+    and the one error line names it."""
+    path = tmp_path / "rate.onnx"
+    onnx.save(sample_rate_model(), str(path))
+    np.savez(tmp_path / "calib.npz", x=RNG.normal(size=(16, 1, 8)).astype(np.float32))
+    args = ["sensitivity", str(path), "--target", "arm-cpu", "--calib", str(tmp_path / "calib.npz"),
+            "--max-samples", "4", "--json"]
+    pinned = run_cli(*args, "--input-value", "sr=16000", cwd=tmp_path)
+    assert pinned.returncode == 0, pinned.stderr
+    assert "rate_switch" not in pinned.stdout and json.loads(pinned.stdout)["nodes"], pinned.stdout[:400]
+    unpinned = run_cli(*args, cwd=tmp_path)
+    lines = [line for line in unpinned.stderr.splitlines() if line.strip()]
+    assert unpinned.returncode == 2 and len(lines) == 1 and "input 'sr'" in lines[0], unpinned.stderr

@@ -17,12 +17,14 @@ from edgepipe.errors import UserError
 DEFAULT_TARGET = "desktop-gpu"  # quantizes the variants (its Q/DQ simulation) when no target is given
 
 
-def _settings(model, weights, target, calib, eval_, input_shapes, config_path) -> tuple[dict, str]:
+def _settings(model, weights, target, calib, eval_, input_shapes, input_values, config_path) -> tuple[dict, str]:
     from edgepipe import config, settings
 
     overrides = {"model": model, "weights": weights, "target": target, "calib": calib, "eval": eval_}
     if input_shapes:
         overrides["input_shapes"] = dict(config.parse_input_shape(text) for text in input_shapes)
+    if input_values:
+        overrides["input_values"] = dict(config.parse_input_value(text) for text in input_values)
     path = config_path or (settings.DEFAULT_CONFIG_NAME if Path(settings.DEFAULT_CONFIG_NAME).exists() else None)
     if not target and not (path and config.load_config_file(path).get("target")):
         overrides["target"] = DEFAULT_TARGET
@@ -57,6 +59,8 @@ _model_options = [
     click.option("--calib", help="Calibration data: image folder, .npz or .npy."),
     click.option("--eval", "eval_", help="Held-out evaluation data (labels give top-1; else argmax agreement)."),
     click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224"),
+    click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
+                 help="Pin an input to a constant first, as build does (repeatable)."),
     click.option("--config", "config_path", type=click.Path(dir_okay=False), help="edgepipe.yaml."),
 ]
 
@@ -76,13 +80,13 @@ def _with_model_options(func):
 @click.option("--budget", type=float, help="Also plan mixed precision: max accuracy drop vs FP32.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write sensitivity.json here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
-def sensitivity_command(model, weights, target, calib, eval_, input_shapes, config_path, max_samples, metric, top,
-                        budget, out_path, as_json):
+def sensitivity_command(model, weights, target, calib, eval_, input_shapes, input_values, config_path, max_samples,
+                        metric, top, budget, out_path, as_json):
     """Rank quantized layers by how much INT8 costs (only-this / all-but-this vs FP32)."""
     from edgepipe.accuracy.precision import plan_on_target
     from edgepipe.accuracy.sensitivity import analyze_sensitivity
 
-    settings, _ = _settings(model, weights, target, calib, eval_, input_shapes, config_path)
+    settings, _ = _settings(model, weights, target, calib, eval_, input_shapes, input_values, config_path)
     onnx_model, calib_ds, eval_ds = deployed_model(settings)
     calibration = _calibrate(onnx_model, calib_ds, settings)
     target_plugin = _target(settings)
@@ -155,8 +159,8 @@ def compare_command(bundle, max_samples, alone, alone_samples, top, out_path, as
 @click.option("--temperature", type=float, default=4.0, show_default=True, help="Distillation temperature T.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Fine-tuned state_dict (.pt).")
-def finetune_command(model, weights, target, calib, eval_, input_shapes, config_path, train, epochs, lr, alpha,
-                     temperature, batch_size, out_path):
+def finetune_command(model, weights, target, calib, eval_, input_shapes, input_values, config_path, train, epochs, lr,
+                     alpha, temperature, batch_size, out_path):
     """Quantization-aware fine-tuning with distillation from the FP32 model; writes weights + ranges."""
     import torch
 
@@ -166,7 +170,7 @@ def finetune_command(model, weights, target, calib, eval_, input_shapes, config_
     from edgepipe.accuracy.sensitivity import VariantEvaluator
     from edgepipe.stages.export import is_factory_spec, load_factory
 
-    settings, _ = _settings(model, weights, target, calib, eval_, input_shapes, config_path)
+    settings, _ = _settings(model, weights, target, calib, eval_, input_shapes, input_values, config_path)
     spec = str(settings["model"])
     if not is_factory_spec(spec):
         raise UserError(f"--model {spec}: finetune needs a PyTorch pkg.module:factory model (ONNX has no training)")
