@@ -66,8 +66,6 @@ def cases(check: str, targets: list[str]) -> list:
 # arm-cpu models that do not meet issue 15's goals yet (one XNNPACK partition, nothing on the
 # builtin kernels, TRANSPOSE <= the ONNX graph's Transposes), with the measured reason. strict.
 ARM_SPEED_GAPS: dict[str, str] = {
-    "wake_melspec": "int8 MAXIMUM / MINIMUM stay on builtin kernels: the power floor Clip(min=1e-10) is positive "
-                    "and the top-dB floor max(x) - 80 is computed, neither a saturating grid (README)",
     "magika": "CAST and ONE_HOT of the byte-token input have no XNNPACK kernel (README)",
 }
 # (model, target, what the one line must name): models that cannot be lowered, and models that

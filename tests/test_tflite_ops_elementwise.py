@@ -68,6 +68,19 @@ def test_pow_two_is_int8_square_and_sqrt_is_float(tmp_path):
     assert report.result["op_histogram"]["MUL"] == 1 and report.result["op_histogram"]["SQRT"] == 1
 
 
+@pytest.mark.parametrize("op_type", ["Max", "Min"])
+def test_int8_max_min_of_two_activations_is_a_float_island_in_the_partition(op_type, tmp_path):
+    """XNNPACK delegates MAXIMUM / MINIMUM in float only (tests/test_tflite_builtins.py checks that
+    fact): in an int8 model a Max / Min that is not a saturating clamp is DEQUANTIZE, the float op,
+    QUANTIZE, inside the one partition, and matches ONNX Runtime within the int8 steps."""
+    from edgepipe.backends.tflite import delegation
+
+    report = check_conformance(_after_conv(op_type, "z", second_input=[1, 4, 6, 7]), tmp_path)
+    assert report.result["float_nodes"] == ["op"]
+    measured = delegation.measure(report.out_dir / "model.tflite")
+    assert delegation.fully_delegated(measured), delegation.summary_line(measured)
+
+
 @pytest.mark.parametrize(("op_type", "bound"), [("Max", -0.4), ("Min", 0.6)])
 def test_int8_clamp_by_scalar_is_a_saturating_quantize(op_type, bound, tmp_path):
     """Max(x, c < 0) / Min(x, c > 0) (a floor after each LeakyReLU of a tf2onnx speech embedding):

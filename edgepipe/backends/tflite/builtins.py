@@ -91,7 +91,7 @@ BUILTINS = _table(
     Builtin("SUB", 2, xnnpack_fp32=True, xnnpack_int8=True, int16=5, int16_options=GENERAL_SCALES_SUB),
     Builtin("MUL", 2, xnnpack_fp32=True, xnnpack_int8=True, int16=4),
     Builtin("DIV", 1),
-    Builtin("MAXIMUM", 2, same_quant=True, data_inputs=(0, 1), int16=4),
+    Builtin("MAXIMUM", 2, same_quant=True, data_inputs=(0, 1), xnnpack_fp32=True, xnnpack_int8=False, int16=4),
     Builtin("MINIMUM", 2, same_quant=True, data_inputs=(0, 1), xnnpack_fp32=True, xnnpack_int8=False, int16=4),
     Builtin("POW", 1),
     Builtin("SQRT", 1),

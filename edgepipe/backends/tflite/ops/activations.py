@@ -186,11 +186,18 @@ def _int16_clip(ctx: Lowering, node) -> bool:
     return fusable_activation(ctx, node) in (None, "RELU", "RELU6")
 
 
-@register("Clip", int16=_int16_clip)
+def _int8_clip(ctx: Lowering, node) -> bool:
+    """int8 only as a RELU kind: XNNPACK delegates MAXIMUM / MINIMUM in float only, so any other
+    clip in an int8 model is a float island (DEQUANTIZE, MAXIMUM / MINIMUM, QUANTIZE) inside the
+    partition, not int8 ops on the builtin kernels."""
+    return fusable_activation(ctx, node) is not None
+
+
+@register("Clip", int8=_int8_clip, int16=_int16_clip)
 def lower_clip(ctx: Lowering, node) -> None:
     """Constant bounds: a fused RELU kind, else MAXIMUM / MINIMUM with a constant. A computed
     bound is broadcast from its scalar tensor (requantized to the output grid, as MAXIMUM and
-    MINIMUM only compare integers)."""
+    MINIMUM only compare integers, in int16)."""
     kind = fusable_activation(ctx, node)
     if kind is not None:
         _unary(ctx, node, kind)

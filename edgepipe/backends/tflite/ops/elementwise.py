@@ -2,7 +2,9 @@
 
 The output keeps the layout of the first full-rank dynamic input; constants are broadcast and
 transposed to it at convert time. int8 ADD/SUB/MUL requantize internally; MAXIMUM/MINIMUM only
-compare integers, so their inputs are requantized to the output's parameters first. Division by
+compare integers, so their inputs are requantized to the output's parameters first (int16; in an
+int8 model a Max / Min is a float island unless it clamps on a saturating grid: XNNPACK delegates
+MAXIMUM / MINIMUM in float only). Division by
 a constant becomes a multiplication; other divisions, Sqrt and general Pow have no int8 kernel
 and are lowered as float islands. So is a channel gate (`channel_gate`): XNNPACK's int8 MUL
 broadcasting a per-channel tensor over an image costs more than converting both sides and
@@ -106,7 +108,16 @@ def _coarse_enough(ctx: Lowering, index: int, out_quant: Quantization) -> int:
     return ctx.spec.add_constant(f"{tensor.name};coarse", quantmath.quantize(values, floor, zero_point), coarse)
 
 
-@register("Max", "Min", check=check_binary, int16=True)
+def _max_min_int8(ctx: Lowering, node) -> bool:
+    """int8 only as a clamp on a saturating grid (shared_scales.clamps: no MAXIMUM / MINIMUM at
+    all). LiteRT's XNNPACK delegates MAXIMUM / MINIMUM in float only, so any other int8 Max / Min
+    is a float island (DEQUANTIZE, MAXIMUM, QUANTIZE) inside the partition instead of an int8 op
+    on the builtin kernels. While the clamps are being found every Max / Min is a candidate."""
+    clamps = getattr(ctx, "clamp_inputs", None)
+    return clamps is None or node.output[0] in clamps
+
+
+@register("Max", "Min", check=check_binary, int8=_max_min_int8, int16=True)
 def lower_max_min(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     perm = output_layout(ctx, node)
