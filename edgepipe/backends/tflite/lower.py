@@ -148,7 +148,9 @@ class Lowering:
         self.shared_ranges: dict[str, str] = {}
         if self.options.get("share_concat_scales", True):
             self.shared_ranges = shared_scales.shared_concat_ranges(self)
-        # {clamp output: its tensor input} and their saturating grids (shared_scales.clamps)
+        # {clamp output: its tensor input} and their saturating grids (shared_scales.clamps); None
+        # while they are being found, when every int8 Max / Min is a candidate (ops/elementwise.py)
+        self.clamp_inputs: dict[str, str] | None = None
         self.clamp_inputs, self.clamp_grids = shared_scales.clamps(self)
 
     # ----- ONNX side ---------------------------------------------------------------------------

@@ -113,8 +113,7 @@ def _max_min_int8(ctx: Lowering, node) -> bool:
     all). LiteRT's XNNPACK delegates MAXIMUM / MINIMUM in float only, so any other int8 Max / Min
     is a float island (DEQUANTIZE, MAXIMUM, QUANTIZE) inside the partition instead of an int8 op
     on the builtin kernels. While the clamps are being found every Max / Min is a candidate."""
-    clamps = getattr(ctx, "clamp_inputs", None)
-    return clamps is None or node.output[0] in clamps
+    return ctx.clamp_inputs is None or node.output[0] in ctx.clamp_inputs
 
 
 @register("Max", "Min", check=check_binary, int8=_max_min_int8, int16=True)
