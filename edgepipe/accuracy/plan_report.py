@@ -31,29 +31,56 @@ def int8_ops(model: onnx.ModelProto, evaluator: VariantEvaluator, float_nodes: s
 
 
 def tabulated_nodes(model: onnx.ModelProto, evaluator: VariantEvaluator, float_nodes: set[str],
-                    int16_nodes: set[str] = frozenset()) -> set[str]:
+                    int16_nodes: set[str] = frozenset(), islands: list | None = None) -> set[str]:
     """Nodes of the placement's lookup-table islands whose every outside input and output is on
     its int8 grid in this variant (an island that reads or writes float, or that the plan names
-    float, is a float computation)."""
-    placement = evaluator.placement
-    if placement is None or not placement.tables:
+    float, is a float computation). `islands`: `table_islands(evaluator)`, computed once by callers
+    that count many variants."""
+    islands = table_islands(evaluator) if islands is None else islands
+    if not islands:
         return set()
     switches = evaluator.switchable.switches_for(float_nodes, int16_nodes)
+    result = set()
+    for unit, ends in islands:
+        if not unit & set(float_nodes) and all(tensor_switch(t) in switches for t in ends):
+            result |= unit
+    return result
+
+
+def table_islands(evaluator: VariantEvaluator) -> list[tuple[set[str], set[str]]]:
+    """(nodes, outside inputs and outputs) of each lookup-table island of the placement."""
+    placement = evaluator.placement
+    if placement is None or not placement.tables:
+        return []
     index, emulated = evaluator.switchable.index, evaluator.model  # the graph the placement names
     nodes = {n.name: n for n in emulated.graph.node}
     outputs = {o.name for o in emulated.graph.output}
-    result = set()
+    islands = []
     for members in placement.tables.values():
         unit = set(members) & set(nodes)
-        if not unit or unit & set(float_nodes):
-            continue
         ends = {t for name in unit for t in nodes[name].input
                 if t and index.producer.get(t) not in unit and graph.constant_value(emulated, t) is None}
         ends |= {t for name in unit for t in nodes[name].output
                  if set(index.readers.get(t, ())) - unit or t in outputs}
-        if ends and all(tensor_switch(t) in switches for t in ends):
-            result |= unit
-    return result
+        if unit and ends:
+            islands.append((unit, ends))
+    return islands
+
+
+def float_costs(model: onnx.ModelProto, evaluator: VariantEvaluator, groups) -> dict[str, int]:
+    """The int8 ops each group takes away when it alone goes float: its int8 nodes and the
+    lookup-table islands it leaves with a float end (what the int8 share pays for it)."""
+    islands = table_islands(evaluator)
+    compute = {n.name for n in model.graph.node if n.op_type != "Constant"}
+    quantized = set(evaluator.placement.int8_nodes) if evaluator.placement is not None \
+        else set(evaluator.qdq_report["quantized_nodes"])
+    base = tabulated_nodes(model, evaluator, set(), islands=islands) & compute
+    costs = {}
+    for group in groups:
+        nodes = set(group.nodes)
+        tables = tabulated_nodes(model, evaluator, nodes, islands=islands) & compute
+        costs[group.name] = len(quantized & compute & nodes) + len(base - tables)
+    return costs
 
 
 def plan_summary(plan: dict) -> dict:
