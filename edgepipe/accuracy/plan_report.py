@@ -67,22 +67,6 @@ def table_islands(evaluator: VariantEvaluator) -> list[tuple[set[str], set[str]]
     return islands
 
 
-def float_costs(model: onnx.ModelProto, evaluator: VariantEvaluator, groups) -> dict[str, int]:
-    """The int8 ops each group takes away when it alone goes float: its int8 nodes and the
-    lookup-table islands it leaves with a float end (what the int8 share pays for it)."""
-    islands = table_islands(evaluator)
-    compute = {n.name for n in model.graph.node if n.op_type != "Constant"}
-    quantized = set(evaluator.placement.int8_nodes) if evaluator.placement is not None \
-        else set(evaluator.qdq_report["quantized_nodes"])
-    base = tabulated_nodes(model, evaluator, set(), islands=islands) & compute
-    costs = {}
-    for group in groups:
-        nodes = set(group.nodes)
-        tables = tabulated_nodes(model, evaluator, nodes, islands=islands) & compute
-        costs[group.name] = len(quantized & compute & nodes) + len(base - tables)
-    return costs
-
-
 def plan_summary(plan: dict) -> dict:
     """The results.json `precision` section (and the build's one line) from a precision.json dict:
     what the budget bought (int8 share of the ops, the float list) and what the search cost."""
