@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from edgepipe.accuracy.plan_report import int8_ops
+from edgepipe.accuracy.plan_report import int8_ops, summary_line
 from edgepipe.accuracy.sensitivity import VariantEvaluator
 from edgepipe.backends.tflite import build_tflite
 from tests.test_sensitivity import ARM
@@ -82,3 +82,12 @@ def test_an_island_with_a_float_end_or_named_float_is_float(evaluator, floated):
     counts = int8_ops(model, ev, floated)
     assert counts["int8_table_ops"] == 0
     assert counts["int8_ops"] == all_int8["int8_ops"] - len(CHAIN) - len(floated & ev.placement.int8_nodes)
+
+
+def test_the_build_line_says_how_many_int8_ops_are_tables(evaluator):
+    model, ev = evaluator
+    counts = int8_ops(model, ev, set())
+    summary = {"met": True, "search_seconds": 1.0, "evaluations": {}, **counts}
+    assert f"{counts['int8_ops']}/{counts['ops']} ops int8" in summary_line(summary)
+    assert f"{len(CHAIN)} of them lookup tables" in summary_line(summary)
+    assert "lookup tables" not in summary_line({**summary, **int8_ops(model, ev, {"conv2", "relu2"})})
