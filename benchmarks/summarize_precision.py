@@ -8,8 +8,8 @@ from summarize_format import fmt
 def precision_search(data: dict) -> list[str]:
     lines = [f"Host {data['host'].get('machine', '')}, {data['host'].get('note', '')}; one `edgepipe build` per row "
              "in a fresh process. Ops int8 / int16 / float: shares of the prepared ONNX graph's ops (README, "
-             "Mixed precision: what counts as an int8 op); in brackets the ops of float islands that XNNPACK "
-             "runs as int8 lookup tables, counted int8 (rows from before commit 6941f67 counted them float). "
+             "Accuracy recovery: what counts as an int8 op); \"table ops\": float islands that XNNPACK runs as int8 "
+             "lookup tables, counted int8 (rows built before commit 6941f67 counted them float). "
              "Load: the 1-minute load average at the row's start and end.", "",
              "| case (commit) | budget (levels) | extra config | ops int8 / int16 / float | float groups | "
              "search s (evaluations rank+int16 rank+search+confirm) | build s | load | result vs FP32 |",
