@@ -121,6 +121,16 @@ def lookup_table(weights: np.ndarray, off: float, on: float) -> np.ndarray:
     return np.concatenate([off_row, rows, rows, off_row]).astype(np.float32)
 
 
+def table_lookup_matmuls(model: onnx.ModelProto) -> set[str]:
+    """Names of the MatMuls `fuse_one_hot_matmul` turns into table lookups. Their int8 products are
+    exact up to the output rounding (no weight rounding), so the bias correction measured for an
+    int8 matmul must not shift their bias (it would add the error it was measured to remove)."""
+    outputs, consumers = {o.name for o in model.graph.output}, graph.consumers(model)
+    found = (_one_hot_matmul(model, node, consumers, outputs) for node in model.graph.node
+             if node.op_type == "OneHot" and node.domain in ("", "ai.onnx"))
+    return {match[0][-1].name for match in found if match is not None}
+
+
 @register_rewrite
 def fuse_one_hot_matmul(model: onnx.ModelProto) -> None:
     """Replace OneHot -> [Reshape] -> MatMul(constant W) by one FUSED_DOMAIN OneHotMatMul(indices,
