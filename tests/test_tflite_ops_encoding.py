@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
+from edgepipe.backends.tflite import delegation
 from tests.tflite_harness import check_conformance, make_model
 
 RNG = np.random.default_rng(11)
@@ -40,6 +41,11 @@ def test_one_hot_dense_is_a_table_lookup(depth, tmp_path):
     assert histogram["CAST"] == 1 and histogram["GATHER"] == 1
     assert "ONE_HOT" not in histogram and "FULLY_CONNECTED" not in histogram
     assert "cast" in report.result["float_nodes"] and "dense" not in report.result["float_nodes"]
+    # the ids' int32 clamp and the GATHER stay on builtin kernels, as predicted before any build
+    measured = delegation.measure(report.out_dir / "model.tflite")
+    predicted = delegation.predicted_outside(report.result["kernels"])["outside"]
+    assert measured["partitions"] == 1 and predicted == {"ADD": 1, "GATHER": 1, "MAXIMUM": 1, "MINIMUM": 1}
+    assert measured["outside"] == {**predicted, "CAST": 1}
 
 
 @pytest.mark.parametrize("values, reshape", [((-1.0, 2.0), True), ((0.0, 1.0), False)])

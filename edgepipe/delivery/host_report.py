@@ -67,8 +67,8 @@ def speed_warning(results: dict) -> str | None:
     """One line when the deployed model ran slower than the model it was timed against in the same
     run (arm-cpu: int8 vs model.fp32.tflite) by more than SLOWER_MARGIN: int8 does not pay for
     every graph (a log-mel frontend is mostly elementwise float math that int8 requantizes at every
-    step), and a user reading only the int8 latency would not know. The numbers are this host's; the device's kernels can differ,
-    so it recommends a measurement there rather than deciding for the user."""
+    step), and a user reading only the int8 latency would not know. The numbers are this host's;
+    the device's kernels can differ, so it recommends a measurement there rather than deciding."""
     speedup, compared = results.get("speedup"), results.get("compare")
     if not isinstance(speedup, (int, float)) or speedup * SLOWER_MARGIN >= 1.0 or not isinstance(compared, dict):
         return None
