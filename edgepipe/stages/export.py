@@ -21,6 +21,7 @@ import onnx
 from edgepipe import branches, graph
 from edgepipe.errors import UserError
 from edgepipe.isolation import import_user_module
+from edgepipe.stages import torch_files
 
 TORCH_FILE_SUFFIXES = (".pt", ".pth", ".pt2", ".ts", ".torchscript")
 
@@ -110,15 +111,13 @@ def load_weights(model, weights: str) -> None:
 
 
 def load_torch_file(path: Path):
-    import torch
-
     if path.suffix == ".pt2":
         try:
-            return torch.export.load(str(path)).module()
+            return torch_files.load_exported_program(path)
         except Exception as exc:
             raise UserError(f"{path}: not a readable torch.export program ({exc})") from exc
     try:
-        return torch.jit.load(str(path), map_location="cpu").eval()
+        return torch_files.load_torchscript(path)
     except Exception as exc:
         raise UserError(
             f"{path}: not a TorchScript file; for a state_dict checkpoint use --model pkg.module:factory --weights {path}"
