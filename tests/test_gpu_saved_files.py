@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from edgepipe import graph
+from edgepipe.errors import UserError
 from edgepipe.stages.export import run_export
 from tests.helpers import run_cli
 
@@ -66,3 +67,40 @@ def test_cli_builds_a_gpu_saved_export_program(tmp_path):
                      "--calib", str(calib), "--out", str(tmp_path / "bundle"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "bundle" / "model.qdq.onnx").exists()
+
+
+def training_checkpoints(net) -> dict:
+    """The checkpoint layouts training code writes, made with the real wrappers."""
+    plain = net.state_dict()
+    return {
+        "DataParallel": torch.nn.DataParallel(net).state_dict(),
+        "torch.compile": torch.compile(net).state_dict(),
+        "tutorial dict": {"epoch": 3, "model_state_dict": plain, "optimizer_state_dict": {"state": {}}, "loss": 0.1},
+        "Lightning, wrapped net": {"state_dict": {f"model.{k}": v for k, v in plain.items()}, "epoch": 1},
+        "DDP inside a dict": {"model": torch.nn.DataParallel(net).state_dict()},
+    }
+
+
+@pytest.mark.parametrize("layout", ["DataParallel", "torch.compile", "tutorial dict", "Lightning, wrapped net",
+                                    "DDP inside a dict"])
+def test_training_checkpoint_layouts_load(factory_path, tmp_path, layout):
+    import fixture_models
+
+    net = fixture_models.build_small_cnn()
+    with torch.no_grad():
+        net.fc.bias.fill_(3.0)
+    path = tmp_path / "ckpt.pt"
+    torch.save(training_checkpoints(net)[layout], path)
+    model = run_export("fixture_models:build_small_cnn", str(path), SHAPE)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(REFERENCE["x"])).numpy()
+    np.testing.assert_allclose(onnx_output(model), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_prefix_that_does_not_make_the_keys_match_is_still_a_mismatch(factory_path, tmp_path):
+    import fixture_models
+
+    state = {f"module.backbone.{k}": v for k, v in fixture_models.build_small_cnn().state_dict().items()}
+    torch.save(state, tmp_path / "ckpt.pt")
+    with pytest.raises(UserError, match="does not match the model"):
+        run_export("fixture_models:build_small_cnn", str(tmp_path / "ckpt.pt"), SHAPE)
