@@ -69,3 +69,13 @@ def test_one_hot_with_another_reader_stays_one_hot(tmp_path):
     histogram = report.result["op_histogram"]
     assert histogram["CAST"] == 1 and histogram["ONE_HOT"] == 1 and "GATHER" not in histogram
     assert "one_hot" not in report.result["float_nodes"]
+
+
+def test_float_request_naming_the_one_hot_keeps_the_lookup_float(tmp_path):
+    """`float_nodes` naming a node the rewrite absorbed (the OneHot) applies to the lookup: the
+    table is float32 inside the int8 model, and the numbers still follow ONNX Runtime."""
+    depth = 9
+    feeds = [{"x": RNG.integers(-depth, depth, (1, 12)).astype(np.float32)} for _ in range(8)]
+    report = check_conformance(_embedding_model(depth), tmp_path, feeds, float_nodes=["one_hot"])
+    assert "dense" in report.result["float_nodes"]
+    assert report.result["kernels"]["float32"].get("GATHER") == 1, report.result["kernels"]
