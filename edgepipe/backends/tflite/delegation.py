@@ -18,8 +18,8 @@ import onnx
 from edgepipe.backends.tflite.builtins import builtin
 from edgepipe.calibrate.result import CalibrationResult, TensorCalibration
 
-BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
-INDEX_DTYPES = {"int32", "int64"}  # integer index math: XNNPACK takes none of it (builtin kernels)  # conversions XNNPACK takes (float I/O, float islands)
+BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")  # conversions XNNPACK takes (float I/O, float islands)
+INDEX_DTYPES = {"int32", "int64"}  # integer index math: XNNPACK takes none of it (builtin kernels)
 
 
 def kernel_histogram(spec) -> dict[str, dict[str, int]]:

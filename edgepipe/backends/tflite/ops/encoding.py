@@ -1,4 +1,5 @@
-"""Cast (float <-> int32) and OneHot -> CAST and ONE_HOT: models whose input is a sequence of
+"""Cast (float <-> int32) and OneHot -> CAST and ONE_HOT (or a table GATHER when a constant
+MatMul reads the one-hot tensor): models whose input is a sequence of
 integer tokens carried as floats (Magika's byte classifier, from tf2onnx: Cast, OneHot, then a
 dense layer).
 
@@ -106,7 +107,8 @@ def _one_hot_matmul(model: onnx.ModelProto, one_hot, consumers, outputs) -> tupl
     if user is None or user.op_type != "MatMul" or user.input[0] != members[-1].output[0]:
         return None
     weights = graph.constant_value(model, user.input[1])
-    if weights is None or weights.ndim != 2 or weights.shape[0] != depth or not np.issubdtype(weights.dtype, np.floating):
+    if weights is None or weights.ndim != 2 or weights.shape[0] != depth or \
+            not np.issubdtype(weights.dtype, np.floating):
         return None
     return members + [user], weights
 
@@ -168,7 +170,8 @@ def lower_one_hot_matmul(ctx: Lowering, node) -> None:
     indices = ctx.get(node.input[0], "int32", identity(ctx.rank(node.input[0])))
     index_shape = ctx.tensor(indices).shape
     step = indices
-    for tag, opcode, bound in (("shifted", "ADD", depth + 1), ("low", "MAXIMUM", 0), ("high", "MINIMUM", 2 * depth + 1)):
+    bounds = (("shifted", "ADD", depth + 1), ("low", "MAXIMUM", 0), ("high", "MINIMUM", 2 * depth + 1))
+    for tag, opcode, bound in bounds:
         target = ctx.temp(f"{node.name};{tag}", index_shape, "int32")
         options = ("AddOptions", {"FusedActivationFunction": 0}) if opcode == "ADD" else (None, {})
         ctx.emit(opcode, [step, ctx.int32_constant(f"{node.name};{tag}_bound", np.int32(bound))], [target], node,
