@@ -12,7 +12,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from edgepipe import graph
 from edgepipe.stages.float16 import to_float32
 from tests import fixture_models
-from tests.helpers import run_cli
+from tests.helpers import deployed_outputs, run_cli, sqnr_db
 
 SHAPE = (1, 3, 16, 16)
 
@@ -90,25 +90,12 @@ def test_float16_model_builds_int8_on_every_target(tmp_path, target, make):
     if target == "jetson":  # TensorRT takes float16 I/O: the app's interface stays
         qdq = onnx.load(str(out / "model.qdq.onnx"))
         assert qdq.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
-        quantized = {n.input[0] for n in qdq.graph.node if n.op_type == "DequantizeLinear"}
+        dq_outputs = {d.output[0] for d in qdq.graph.node if d.op_type == "DequantizeLinear"}
         weighted = [n for n in qdq.graph.node if n.op_type in ("Conv", "Gemm")]
-        assert all(n.input[0] in {d.output[0] for d in qdq.graph.node if d.op_type == "DequantizeLinear"}
-                   for n in weighted) and quantized
-        deployed = ort_output(qdq, x[:1])
-    else:
-        from ai_edge_litert.interpreter import Interpreter
-
-        interpreter = Interpreter(model_path=str(out / "model.tflite"))
-        interpreter.allocate_tensors()
-        detail = interpreter.get_input_details()[0]
-        assert detail["dtype"] == np.float32
-        interpreter.set_tensor(detail["index"], x[:1].transpose(0, 2, 3, 1).copy())
-        interpreter.invoke()
-        deployed = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-        x = x[:1]
-    reference = ort_output(path, x[: len(deployed)])
-    sqnr = 10 * np.log10(np.sum(reference ** 2) / np.sum((deployed - reference) ** 2))
-    assert sqnr > 25, sqnr
+        assert weighted and all(n.input[0] in dq_outputs for n in weighted)
+    feed = x[:1].astype(np.float16 if target == "jetson" else np.float32)
+    (deployed,) = deployed_outputs(out, {"x": feed})
+    assert sqnr_db(ort_output(path, x[:1]), np.asarray(deployed, np.float32)) > 25
 
 
 def test_unsorted_graph_is_put_in_order_on_load(tmp_path):
