@@ -6,12 +6,9 @@ compare integers, so their inputs are requantized to the output's parameters fir
 int8 model a Max / Min is a float island unless it clamps on a saturating grid: XNNPACK delegates
 MAXIMUM / MINIMUM in float only). Division by
 a constant becomes a multiplication; other divisions, Sqrt and general Pow have no int8 kernel
-and are lowered as float islands. A channel gate (squeeze-and-excitation: an image times a
-computed [N, C, 1, 1] gate) stays an int8 MUL: on x86 XNNPACK's int8 MUL has only 128-bit kernels
-(`qs8_vmul_*avx_mul16_ld64`, requantizing in float) and a float island (DEQUANTIZE both, MUL,
-QUANTIZE) measures faster there, but the .tflite runs on ARM, where the int8 MUL is one pass of
-16-wide integer multiplies with a fixed-point requantization (`qs8_vmul_minmax_rndnu__neon_ld64_u16`)
-and the island three passes, one of them a 4-lane float MUL over 4x the bytes.
+and are lowered as float islands. So is a channel gate (`channel_gate`): XNNPACK's int8 MUL
+broadcasting a per-channel tensor over an image costs more than converting both sides and
+multiplying in float.
 """
 
 from __future__ import annotations
@@ -60,7 +57,25 @@ def _arithmetic_int8(ctx: Lowering, node) -> bool:
     return node.op_type != "Div" or _divides_by_constant(ctx, node)
 
 
-@register("Add", "Sub", "Mul", "Div", check=check_binary, int8=_arithmetic_int8, int16=_arithmetic_int8)
+def channel_gate(ctx: Lowering, node) -> bool:
+    """A Mul of a 4-D image [N, C, H, W] (H * W > 1) by a computed [N, C, 1, 1] gate, in either
+    order: squeeze-and-excitation. Under XNNPACK (x86 AVX-512: its int8 MUL has only 128-bit
+    kernels) the float island (DEQUANTIZE both sides, MUL, QUANTIZE) is faster than the int8 MUL
+    (benchmarks/xnnpack_op_speed.py, "SE gate" cases)."""
+    if node.op_type != "Mul" or any(ctx.constant(name) is not None for name in node.input):
+        return False
+    shapes = [ctx.shape(name) for name in node.input]
+    if any(len(shape) != 4 for shape in shapes) or shapes[0][:2] != shapes[1][:2]:
+        return False
+    spatial = sorted(shape[2] * shape[3] for shape in shapes)
+    return spatial[0] == 1 and spatial[1] > 1
+
+
+def _arithmetic_int8_kernel(ctx: Lowering, node) -> bool:
+    return _arithmetic_int8(ctx, node) and not channel_gate(ctx, node)
+
+
+@register("Add", "Sub", "Mul", "Div", check=check_binary, int8=_arithmetic_int8_kernel, int16=_arithmetic_int8)
 def lower_arithmetic(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     opcode, options_type = FUSABLE[node.op_type]
