@@ -78,7 +78,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     from edgepipe.data import load_dataset
     from edgepipe.stages.export import run_export, source_fingerprint
     from edgepipe.stages.fold import run_fold
-    from edgepipe.stages.simplify import run_simplify
+    from edgepipe.stages.simplify import kept_export, run_simplify
 
     warnings: list[str] = []
     if target is not None and not settings.get("calib") and not settings.get("input_values"):
@@ -105,7 +105,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     if problem:  # onnxsim fused the user's nodes into an op this target cannot run: keep the export
         model, simplify_report = pipeline.model_stage(
             "simplify", settings_hash(stage="simplify-kept-export", model=export_hash),
-            lambda: (graph.ensure_node_names(exported), {"status": "failed", "note": f"{problem}; kept the exported graph"}),
+            lambda: kept_export(exported, f"{problem}; kept the exported graph"),
         )
     if simplify_report.get("status") == "failed":
         warnings.append(f"simplify: {simplify_report.get('note')}")
