@@ -8,10 +8,12 @@ graph that has it. Rewritten before fold and calibration, every target sees the 
 every partial sum / maximum is calibrated under its own name.
 
 - Dropout at inference (no `training_mode` input, or a constant false one; any ratio) is the
-  identity. A Dropout whose mask output is read, or whose `training_mode` is true or computed,
-  is refused naming the node: its inference result depends on what it would do in training.
+  identity. One whose `training_mode` is true or computed is refused naming the node: its result
+  would depend on what it does in training. One whose mask output is read stays (the mask is all
+  true at inference: TensorRT's parser runs it, arm-cpu refuses it naming the node).
 - Sum(a, b, c) -> Add(Add(a, b), c); Max / Min the same with Max / Min; Mean -> the Sum chain,
-  then Div by N. Pairwise broadcasting composes to ONNX's multidirectional broadcasting. A
+  then Div by N. Pairwise broadcasting composes to ONNX's multidirectional broadcasting (opset 8
+  on; the older forms neither broadcast nor have binary ops ONNX Runtime runs, so they stay). A
   one-input form is the identity.
 An identity is removed by reading its input wherever its output was read; where the output is a
 graph output (its name is part of the model's interface) an Identity node keeps the name.
@@ -28,11 +30,12 @@ from edgepipe.errors import UserError
 
 VARIADIC = {"Sum": "Add", "Max": "Max", "Min": "Min", "Mean": "Add"}
 DROPOUT_SINCE = 7  # earlier Dropouts carry `is_test`: not rewritten, left to the targets' op check
+VARIADIC_SINCE = 8  # multidirectional broadcasting, and binary Add / Max / Min that ONNX Runtime runs
 
 
-def dropout_problem(node: onnx.NodeProto, constant, used) -> str | None:
-    """Why this Dropout is not the identity at inference, or None. `constant(name)` gives a
-    constant's value (None when computed), `used(name)` whether a node or the graph reads it."""
+def training_problem(node: onnx.NodeProto, constant) -> str | None:
+    """Why this Dropout may not run in inference mode, or None. `constant(name)` gives a constant's
+    value (None when computed)."""
     training = node.input[2] if len(node.input) > 2 else ""
     if training:
         value = constant(training)
@@ -41,22 +44,32 @@ def dropout_problem(node: onnx.NodeProto, constant, used) -> str | None:
                     "(training_mode absent or a constant false)")
         if bool(np.asarray(value).reshape(-1)[0]):
             return f"its training_mode input '{training}' is true; export the model for inference (model.eval())"
+    return None
+
+
+def dropout_problem(node: onnx.NodeProto, constant, used) -> str | None:
+    """Why this Dropout is not simply the identity at inference, or None; `used(name)` says
+    whether a node or the graph reads a tensor."""
+    problem = training_problem(node, constant)
+    if problem:
+        return problem
     mask = node.output[1] if len(node.output) > 1 else ""
     if mask and used(mask):
-        return f"its mask output '{mask}' is read; export the model for inference without the mask"
+        return f"its mask output '{mask}' is read; export the model for inference without the mask output"
     return None
 
 
 def inference_form(model: onnx.ModelProto, strict: bool = True) -> tuple[onnx.ModelProto, dict]:
-    """(rewritten copy, report {dropouts_removed, variadic_split}). `strict`: a Dropout that is not
-    the identity is a UserError naming it; else it is left in the graph for the op check to name."""
+    """(rewritten copy, report {dropouts_removed, variadic_split}). `strict`: a Dropout in training
+    mode is a UserError naming it; else it is left in the graph for the op check to name, like a
+    Dropout whose mask is read."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
     report = {"dropouts_removed": 0, "variadic_split": 0}
-    if not any(n.op_type == "Dropout" or _variadic(n) for n in result.graph.node if n.domain in ("", "ai.onnx")):
+    opset = next((o.version for o in result.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if not any(n.op_type == "Dropout" or _variadic(n, opset) for n in result.graph.node if n.domain in ("", "ai.onnx")):
         return result, report
     graph.ensure_node_names(result)
-    opset = next((o.version for o in result.opset_import if o.domain in ("", "ai.onnx")), 0)
     constants = {t.name: t for t in result.graph.initializer}
     for node in result.graph.node:
         if node.op_type == "Constant" and node.output:
@@ -75,15 +88,15 @@ def inference_form(model: onnx.ModelProto, strict: bool = True) -> tuple[onnx.Mo
         if node.domain not in ("", "ai.onnx"):
             nodes.append(node)
         elif node.op_type == "Dropout" and opset >= DROPOUT_SINCE:
-            problem = dropout_problem(node, constant, used)
-            if problem and strict:
-                raise UserError(f"node '{node.name}' (Dropout): {problem}")
-            if problem:
+            training = training_problem(node, constant)
+            if training and strict:
+                raise UserError(f"node '{node.name}' (Dropout): {training}")
+            if dropout_problem(node, constant, used):
                 nodes.append(node)
                 continue
             report["dropouts_removed"] += 1
             _identity(nodes, renamed, node, node.input[0], node.output[0], outputs)
-        elif _variadic(node):
+        elif _variadic(node, opset):
             report["variadic_split"] += 1
             _split(nodes, renamed, node, result, outputs)
         else:
@@ -100,8 +113,10 @@ def inference_form(model: onnx.ModelProto, strict: bool = True) -> tuple[onnx.Mo
     return result, report
 
 
-def _variadic(node: onnx.NodeProto) -> bool:
+def _variadic(node: onnx.NodeProto, opset: int) -> bool:
     """Sum and Mean of any count; Max / Min of other than two inputs (two is the binary op)."""
+    if opset < VARIADIC_SINCE:
+        return False
     return node.op_type in ("Sum", "Mean") or node.op_type in ("Max", "Min") and len(node.input) != 2
 
 

@@ -1,6 +1,6 @@
 """The inference form the simplify stage gives every graph (edgepipe/inference_form.py): Dropout
-removed (opset 7-22 forms, any ratio, training_mode absent or constant false), used masks and
-training modes refused naming the node, Sum / Mean / variadic Max / Min as binary chains. Each
+removed (opset 7-22 forms, any ratio, training_mode absent or constant false), training modes
+refused naming the node, a read mask left to the target, Sum / Mean / variadic Max / Min as binary chains. Each
 rewrite is checked in ONNX Runtime against the graph as written; the int8 builds of small models
 holding these ops are checked through the CLI against ONNX Runtime FP32 on both targets."""
 
@@ -80,27 +80,39 @@ def test_dropout_writing_a_graph_output_keeps_the_name():
 
 
 @pytest.mark.parametrize("case,expected", [
-    ("mask", "its mask output 'mask' is read"),
     ("true", "its training_mode input 'mode' is true"),
     ("computed", "its training_mode input 'mode' is computed at run time"),
 ])
 def test_training_dropouts_are_refused_naming_the_node(case, expected):
-    inputs, initializers, outputs = ["x"], {}, ["y"]
-    graph_inputs = {"x": [2, 3]}
-    if case == "mask":
-        outputs = ["y", "mask"]
-    elif case == "true":
-        inputs, initializers = ["x", "", "mode"], {"mode": np.array(True)}
-    else:
-        inputs = ["x", "", "mode"]
-    nodes = [helper.make_node("Dropout", inputs, ["y", "mask"] if case == "mask" else ["y"], name="drop")]
-    model = _model(nodes, graph_inputs, outputs, initializers, 13)
+    initializers = {"mode": np.array(True)} if case == "true" else {}
+    nodes = [helper.make_node("Dropout", ["x", "", "mode"], ["y"], name="drop")]
+    model = _model(nodes, {"x": [2, 3]}, ["y"], initializers, 13)
     if case == "computed":
         model.graph.input.append(helper.make_tensor_value_info("mode", TensorProto.BOOL, []))
     with pytest.raises(UserError, match=f"^node 'drop' \\(Dropout\\): {expected}"):
         inference_form(model)
     kept, report = inference_form(model, strict=False)  # the TFLite rewrite leaves it for the op check
     assert _ops(kept) == ["Dropout"] and report["dropouts_removed"] == 0
+
+
+def test_dropout_whose_mask_is_read_stays_and_arm_cpu_names_it():
+    """At inference the mask is all true: TensorRT's parser runs it; arm-cpu has no kernel for it."""
+    from edgepipe.backends.tflite import unsupported_nodes
+
+    model = _model([helper.make_node("Dropout", ["x"], ["y", "mask"], name="drop")], {"x": [2, 3]},
+                   ["y", "mask"], opset=13)
+    kept, report = inference_form(model)
+    assert _ops(kept) == ["Dropout"] and report["dropouts_removed"] == 0
+    assert unsupported_nodes(kept, "arm-cpu") == [
+        ("drop", "Dropout", "its mask output 'mask' is read; export the model for inference without the mask output")]
+
+
+def test_variadic_ops_before_opset_8_stay():
+    """Sum-6 does not broadcast and ONNX Runtime runs no Add-6: left as written (jetson claims it)."""
+    model = _model([helper.make_node("Sum", ["a", "b", "c"], ["y"], name="sum6")], {"a": [3], "b": [3], "c": [3]},
+                   ["y"], opset=6)
+    kept, report = inference_form(model)
+    assert _ops(kept) == ["Sum"] and report["variadic_split"] == 0
 
 
 @pytest.mark.parametrize("op,count,shapes", [

@@ -4,7 +4,8 @@ The build's simplify stage removes inference Dropouts and turns Sum / Mean (and 
 Min) into binary chains for every target before calibration, so every partial sum has a range.
 They are registered here so that the arm-cpu op table claims them, and rewritten the same way
 when a model reaches the lowering without that stage (ops/elementwise.py lowers the chains); a
-Dropout that is not the identity at inference stays and is refused by its check.
+Dropout whose mask is read or that runs in training mode stays and is refused by its check (the
+mask has no kernel here). Sum / Mean before opset 8 (no broadcasting) are not claimed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def check_dropout(ctx: Lowering, node) -> str | None:
 
 
 @register("Dropout", check=check_dropout, since=inference_form.DROPOUT_SINCE)
-@register("Sum", "Mean")
+@register("Sum", "Mean", since=inference_form.VARIADIC_SINCE)
 def lower_rewritten(ctx: Lowering, node) -> None:
     raise AssertionError(f"{node.name}: a {node.op_type} reached the lowering without the inference-form rewrite")
 
