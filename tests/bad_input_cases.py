@@ -386,6 +386,13 @@ def _vector(name: str) -> onnx.ValueInfoProto:
     return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, 4])
 
 
+def training_dropout(tmp):
+    mode = onnx.numpy_helper.from_array(np.array(True), "mode")
+    dropout = onnx.helper.make_node("Dropout", ["x", "", "mode"], ["y"], name="drop")
+    model = _tiny_graph(tmp, [dropout], [_vector("x")], [_vector("y")], [mode])
+    return _build(tmp, model, _calib(tmp, np.ones((4, 1, 4), np.float32)), "arm-cpu")
+
+
 def zero_input_model(tmp):
     constant = onnx.helper.make_node("Constant", [], ["y"], value=onnx.numpy_helper.from_array(np.ones(4, np.float32)))
     model = _tiny_graph(tmp, [constant], [], [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])])
@@ -511,6 +518,8 @@ CASES = [
          ("calib.npz", "not a readable numeric .npz")),
     Case("archive-hard-link", "a bundle archive with a hard link to a missing member", archive_hard_link,
          ("bundle/model.bin", "link")),
+    Case("training-dropout", "a Dropout in training mode (training_mode true)", training_dropout,
+         ("node 'drop' (Dropout)", "training_mode input 'mode' is true")),
 ]
 
 
