@@ -15,7 +15,10 @@ on LiteRT under several orders (no prune):
 Recorded: the all-int8 count with the lookup-table islands counted int8 and float, and per order
 the prefix, its int8 ops and every bisection step (prefix length, budgeted drop, holds).
 `--recount` only recounts the float lists of precision_search.json's recognizer rows on this
-graph (237 groups) with the current definition of an int8 op, next to what each row reported.
+graph (237 groups) with the current definition of an int8 op, next to what each row reported,
+and records what a per-step budget bounds on these lines: one flipped step changes a greedy CTC
+reading by at most 2 edits, so a per-step drop d bounds the mean reading drop by about
+2 T mean(1/L) d (T steps, L characters of FP32's reading).
 
 Run: python benchmarks/precision_ranking.py [--budget 0.015] [--orders sqnr,reading_sqnr,...] [--recount]
 Writes benchmarks/results/precision_ranking.json (`--recount`: its `recounted` entry only).
@@ -79,6 +82,23 @@ def recount(model, calibration, dataset, target) -> dict:
     return result
 
 
+def ctc_bound(model, dataset) -> dict:
+    """T, FP32's reading lengths on the eval lines and the per-step -> reading factor 2 T mean(1/L)."""
+    from edgepipe import graph
+
+    session = graph.make_session(model)
+    name = model.graph.output[0].name
+    lengths, steps = [], 0
+    for i in range(len(dataset)):
+        logits = session.run([name], dataset.sample(i))[0][0]  # [T, C]
+        labels = logits.argmax(-1)
+        steps = len(labels)
+        lengths.append(sum(1 for t, c in enumerate(labels) if c != 0 and (t == 0 or labels[t - 1] != c)))
+    inverse = float(np.mean([1.0 / max(n, 1) for n in lengths]))
+    return {"steps": steps, "lines": len(lengths), "mean_length": float(np.mean(lengths)),
+            "mean_inverse_length": inverse, "factor": 2 * steps * inverse}
+
+
 def study(model, calibration, dataset, settings, target, chosen: list[str]) -> dict:
     from edgepipe.accuracy import precision as planner
     from edgepipe.accuracy.plan_report import int8_ops, table_islands, tabulated_nodes
@@ -134,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     def hook(model, calibration, dataset, settings, target):
         if args.recount:
             found["recounted"] = recount(model, calibration, dataset, target)
+            found["ctc_bound"] = ctc_bound(model, dataset)
         else:
             found.update(study(model, calibration, dataset, settings, target, args.orders.split(",")))
         raise Stop()
@@ -159,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.recount:
         report = json.loads(args.out.read_text()) if args.out.exists() else {}
         report["recounted"] = {"commit": commit.stdout.strip(), "plans": found["recounted"]}
+        report["ctc_bound"] = found["ctc_bound"]
         args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
         print(f"wrote {args.out}")
         return
