@@ -73,15 +73,25 @@ def test_an_island_between_int8_ops_counts_as_int8(evaluator):
     assert counts["int8_ops"] + counts["float_ops"] == counts["ops"] == len(model.graph.node)
 
 
-@pytest.mark.parametrize("floated", [{"conv2", "relu2"}, {"conv1", "act"}, {"mul_m"}])
-def test_an_island_with_a_float_end_or_named_float_is_float(evaluator, floated):
-    """Its reader float (it writes float), its producer float (it reads float), or a member named
-    float by the plan: a float computation, not a table."""
+@pytest.mark.parametrize("floated", [{"conv2", "relu2"}, {"conv1", "act"}])
+def test_an_island_with_a_float_end_is_float(evaluator, floated):
+    """Its reader float (it writes float) or its producer float (it reads float): a float
+    computation, not a table."""
     model, ev = evaluator
     all_int8 = int8_ops(model, ev, set())
     counts = int8_ops(model, ev, floated)
     assert counts["int8_table_ops"] == 0
     assert counts["int8_ops"] == all_int8["int8_ops"] - len(CHAIN) - len(floated & ev.placement.int8_nodes)
+
+
+def test_naming_an_island_float_changes_neither_the_file_nor_the_count(evaluator, tmp_path):
+    """A float request for a member applies to the island, which is float already: the same
+    .tflite, so the same table."""
+    model, ev = evaluator
+    plain = build_tflite(model, ev.calibration, tmp_path / "plain", {"target": "arm-cpu"})
+    named = build_tflite(model, ev.calibration, tmp_path / "named", {"target": "arm-cpu", "float_nodes": {"mul_m"}})
+    assert named["op_histogram"] == plain["op_histogram"] and named["float_nodes"] == plain["float_nodes"]
+    assert int8_ops(model, ev, {"mul_m"}) == int8_ops(model, ev, set())
 
 
 def test_the_build_line_says_how_many_int8_ops_are_tables(evaluator):

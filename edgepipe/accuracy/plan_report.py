@@ -33,16 +33,16 @@ def int8_ops(model: onnx.ModelProto, evaluator: VariantEvaluator, float_nodes: s
 def tabulated_nodes(model: onnx.ModelProto, evaluator: VariantEvaluator, float_nodes: set[str],
                     int16_nodes: set[str] = frozenset(), islands: list | None = None) -> set[str]:
     """Nodes of the placement's lookup-table islands whose every outside input and output is on
-    its int8 grid in this variant (an island that reads or writes float, or that the plan names
-    float, is a float computation). `islands`: `table_islands(evaluator)`, computed once by callers
-    that count many variants."""
+    its int8 grid in this variant (an island that reads or writes float is a float computation;
+    naming it float changes nothing, it is float in the file already). `islands`:
+    `table_islands(evaluator)`, computed once by callers that count many variants."""
     islands = table_islands(evaluator) if islands is None else islands
     if not islands:
         return set()
     switches = evaluator.switchable.switches_for(float_nodes, int16_nodes)
     result = set()
     for unit, ends in islands:
-        if not unit & set(float_nodes) and all(tensor_switch(t) in switches for t in ends):
+        if all(tensor_switch(t) in switches for t in ends):
             result |= unit
     return result
 
