@@ -49,6 +49,7 @@ LiteRT confirmation is slow too (benchmarks/precision_search.py measures both):
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -58,62 +59,11 @@ import onnx
 from edgepipe.calibrate.result import CalibrationResult
 from edgepipe.errors import BudgetError, UserError
 from edgepipe.settings import PrecisionSettings
+from edgepipe.accuracy.budget import Budget
 from edgepipe.accuracy.plan_report import int8_ops, plan_summary, summary_line
-from edgepipe.accuracy.sensitivity import (NodeGroup, NodeSensitivity, SensitivityReport, VariantEvaluator,
-                                           resolve_metric)
+from edgepipe.accuracy.sensitivity import NodeGroup, NodeSensitivity, SensitivityReport, VariantEvaluator
 
 Evaluate = Callable[[set], dict]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What 'accurate enough' means: a maximum drop of `metric`, or a minimum output SQNR."""
-
-    metric: str  # "top1" | "agreement" | "sequence" | "sqnr"
-    limit: float  # max drop (top1/agreement/sequence) or min dB (sqnr)
-
-    @classmethod
-    def parse(cls, budget, metric: str, has_labels: bool) -> "Budget":
-        if isinstance(budget, dict):
-            if set(budget) == {"min_sqnr_db"}:
-                return cls("sqnr", float(budget["min_sqnr_db"]))
-            if set(budget) == {"max_sequence_drop"}:
-                budget, metric = budget["max_sequence_drop"], "sequence"
-            elif set(budget) == {"max_drop"}:
-                budget = budget["max_drop"]
-            else:
-                raise UserError(f"precision budget {budget!r}: use a number (max accuracy drop), "
-                                "{'max_drop': 0.01}, {'max_sequence_drop': 0.01} or {'min_sqnr_db': 30}")
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
-            raise UserError(f"precision budget {budget!r}: must be a non-negative accuracy drop such as 0.01")
-        chosen = resolve_metric(metric, has_labels)
-        if chosen == "sqnr":
-            raise UserError("precision budget: metric 'sqnr' needs {'min_sqnr_db': N}, not a drop")
-        return cls(chosen, float(budget))
-
-    def measure(self, metrics: dict) -> float:
-        """The budgeted quantity from a metrics dict (drop, or SQNR in dB)."""
-        if self.metric == "sqnr":
-            value = metrics.get("sqnr_db")
-            return float("inf") if value is None else float(value)
-        if self.metric == "top1":
-            return float(metrics["fp32_top1"]) - float(metrics["top1"])
-        if self.metric == "sequence":
-            if metrics.get("sequence_agreement") is None:
-                raise UserError("precision budget max_sequence_drop needs a [N, T, C] sequence output (a CTC head); "
-                                "use a number (argmax agreement) for this model")
-            return 1.0 - float(metrics["sequence_agreement"])
-        return 1.0 - float(metrics["argmax_agreement"])
-
-    def holds(self, metrics: dict) -> bool:
-        value = self.measure(metrics)
-        return value >= self.limit if self.metric == "sqnr" else value <= self.limit + 1e-12
-
-    def describe(self) -> str:
-        if self.metric == "sqnr":
-            return f"output SQNR >= {self.limit:g} dB"
-        name = {"top1": "top-1", "sequence": "CTC-reading-agreement"}.get(self.metric, "argmax-agreement")
-        return f"{name} drop <= {self.limit:g}"
 
 
 @dataclass
@@ -188,6 +138,7 @@ class _Planner:
         self.steps: list[PlanStep] = []
         self.pruned_from: list[str] = []  # the float set before the prune (precision.json reports both)
         self.prune_seconds = 0.0
+        self.stop: Callable[[dict], bool] | None = None  # early reject of search runs (Budget.cannot_hold)
 
     def nodes(self, chosen: list[str]) -> set[str]:
         return {n for name in chosen for n in self.by_name[name].nodes}
@@ -197,8 +148,9 @@ class _Planner:
         """Does the budget hold with `chosen` float (and, on the int16 level, `int16` 16x8)?"""
         evaluate = self.confirm if confirming else self.search
         float_nodes = self.nodes(chosen)
-        metrics = evaluate(float_nodes) if int16 is None else evaluate(float_nodes,
-                                                                      self.nodes(int16) - float_nodes)
+        early = {} if confirming or self.stop is None else {"stop": self.stop}
+        metrics = evaluate(float_nodes, **early) if int16 is None else evaluate(
+            float_nodes, self.nodes(int16) - float_nodes, **early)
         holds = self.budget.holds(metrics)
         self.steps.append(PlanStep(action, group, list(chosen), metrics, self.budget.measure(metrics), holds,
                                    self.confirm_name if confirming else self.search_name, list(int16 or [])))
@@ -341,16 +293,26 @@ CONFIRMING = ("confirm", "grow")
 
 
 def _cached(evaluate: Evaluate) -> Evaluate:
-    """The same variant is measured once (bisection's last prefix is the confirmation)."""
+    """The same variant is measured once (bisection's last prefix is the confirmation); a run the
+    search stopped early (`stopped_after`) answers only later calls that would stop too."""
     results: dict[tuple, dict] = {}
 
-    def cached(nodes, int16_nodes=None) -> dict:
+    def cached(nodes, int16_nodes=None, **early) -> dict:
         key = (frozenset(nodes), None if not int16_nodes else frozenset(int16_nodes))
-        if key not in results:
-            results[key] = evaluate(set(key[0])) if key[1] is None else evaluate(set(key[0]), set(key[1]))
+        if key not in results or ("stopped_after" in results[key] and not early):
+            args = (set(key[0]),) if key[1] is None else (set(key[0]), set(key[1]))
+            results[key] = evaluate(*args, **early)
         return results[key]
 
     return cached
+
+
+def stops_early(evaluate) -> bool:
+    """Does the backend's evaluator take `stop` (a partial run rejected by Budget.cannot_hold)?"""
+    try:
+        return "stop" in inspect.signature(evaluate).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def damage_order(alone, metric: str) -> tuple:
@@ -419,6 +381,8 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
     else:
         search, search_name = (lambda nodes, int16=(): search_ev.evaluate(nodes, int16).to_dict()), "slice"
     planner = _Planner(groups, spec, search, confirm, confirm_name, max_float, search_name)
+    if search_name == "backend" and stops_early(evaluate):
+        planner.stop = spec.cannot_hold
 
     chosen: list[str] = []
     int16_groups: list[str] = []
@@ -453,6 +417,7 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
               "int16_ranking_evaluations": int16_ranking_evaluations,
               "search_evaluations": sum(1 for s in planner.steps if s.action not in CONFIRMING),
               "confirm_evaluations": sum(1 for s in planner.steps if s.action in CONFIRMING),
+              "early_rejects": sum(1 for s in planner.steps if "stopped_after" in s.metrics),
               "search_on": search_name, "confirm_on": confirm_name, "levels": list(levels),
               "samples": len(search_ev), "sessions_built": search_ev.sessions_built,
               "emulation": search_ev.placement_description}
