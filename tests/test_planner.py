@@ -123,6 +123,34 @@ def test_planner_keeps_the_outlier_tensor_float_and_confirms_on_litert(case):
     assert 0 < search["int8_fraction"] < 1
 
 
+def test_early_reject_changes_no_plan(case):
+    """The search's LiteRT runs stop early where even a perfect rest would break the budget; the
+    plan, and every step's accept/reject answer, are those of full runs."""
+    from edgepipe.accuracy.precision import plan_mixed_precision
+
+    model, calibration, dataset = case
+    litert = tflite_evaluator(model, calibration, dataset, {"target": "arm-cpu"})
+    stopped = []
+
+    def early(float_nodes, int16_nodes=(), stop=None):
+        metrics = litert(float_nodes, int16_nodes, stop=stop)
+        stopped.append("stopped_after" in metrics)
+        return metrics
+
+    def full(float_nodes, int16_nodes=()):  # no `stop` parameter: every run goes to the end
+        return litert(float_nodes, int16_nodes)
+
+    plans = [plan_mixed_precision(model, calibration, dataset, BUDGET, target=ARM, evaluate=evaluate,
+                                  levels=("int8", "float")) for evaluate in (early, full)]
+    assert any(stopped)
+    assert plans[0].float_groups == plans[1].float_groups and plans[0].met and plans[1].met
+    assert [(s.float_groups, s.holds) for s in plans[0].steps] == [(s.float_groups, s.holds) for s in plans[1].steps]
+    assert plans[0].final == plans[1].final  # the confirmation is a full run
+    # steps answered by a stopped run (a repeated candidate reuses its cached answer)
+    assert plans[0].to_json()["search"]["early_rejects"] >= sum(stopped) > 0
+    assert plans[1].to_json()["search"]["early_rejects"] == 0
+
+
 def test_planner_uses_int16_where_it_suffices_and_confirms_on_litert(case):
     """levels int8 -> int16 -> float: the outlier tensor goes 16x8, nothing float; LiteRT on the
     plan's own int16/float sets (not the planner's numbers) meets the budget."""

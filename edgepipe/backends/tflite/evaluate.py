@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -31,13 +31,13 @@ from edgepipe.backends.tflite.runtime import make_interpreter, run_tflite
 STOP_CHUNK = 16  # samples between two early-stop checks
 
 
-class _Reference:
-    """FP32 outputs of the eval samples and what every comparison with them needs."""
+class Reference:
+    """FP32 outputs of the eval samples ({output name: array} per sample, the first output is the
+    one argmax decisions are read from) and what every comparison with them needs."""
 
-    def __init__(self, model, feeds: list[dict], labels):
-        session = graph.make_session(model)
-        self.names = [o.name for o in model.graph.output]
-        self.outputs = [dict(zip(self.names, session.run(self.names, feed))) for feed in feeds]
+    def __init__(self, outputs: list[dict], labels=None):
+        self.names = list(outputs[0])
+        self.outputs = outputs
         self.power = {n: sum(float(np.sum(np.square(r[n], dtype=np.float64))) for r in self.outputs)
                       for n in self.names}
         self.size = {n: sum(r[n].size for r in self.outputs) for n in self.names}
@@ -55,7 +55,7 @@ class _Reference:
 class _Running:
     """Per-sample sums of one candidate against the reference, in eval order."""
 
-    def __init__(self, reference: _Reference):
+    def __init__(self, reference: Reference):
         self.ref = reference
         self.count = 0
         self.noise = {n: 0.0 for n in reference.names}
@@ -117,6 +117,19 @@ def _cosine(dot: float, ref_power: float, test_power: float) -> float:
     return float(dot / denom) if denom > 0 else float(ref_power == test_power == 0.0)
 
 
+def measure(reference: Reference, outputs: Iterable[dict], stop: Callable[[dict], bool] | None = None) -> dict:
+    """Metrics of a candidate's `outputs` (one per reference sample, produced lazily), or, when
+    `stop(optimistic)` says so after a chunk of STOP_CHUNK samples, the optimistic metrics so far."""
+    running, total = _Running(reference), len(reference.outputs)
+    for index, output in enumerate(outputs, 1):
+        running.add(output)
+        if stop is not None and index < total and index % STOP_CHUNK == 0:
+            optimistic = running.optimistic()
+            if stop(optimistic):
+                return optimistic
+    return running.metrics()
+
+
 def int8_tflite(model, calibration, options: dict, directory: Path) -> tuple[Path, dict]:
     """Lower and write only the int8 .tflite (a build also writes the FP32 one); its path and io."""
     lowered = lower_model(model, calibration, options, quantized=True)
@@ -135,20 +148,15 @@ def tflite_evaluator(model, calibration, dataset, options: dict | None = None, m
     count = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     feeds = [dataset.sample(i) for i in range(count)]
     labels = None if dataset.labels is None else np.asarray(dataset.labels[:count])
-    reference = _Reference(model, feeds, labels)
+    session = graph.make_session(model)
+    names = [o.name for o in model.graph.output]
+    reference = Reference([dict(zip(names, session.run(names, feed))) for feed in feeds], labels)
 
     def evaluate(float_nodes, int16_nodes=(), stop: Callable[[dict], bool] | None = None) -> dict:
-        running = _Running(reference)
         with tempfile.TemporaryDirectory(prefix="edgepipe-plan-") as tmp:
             path, io = int8_tflite(model, calibration, {**options, "float_nodes": set(float_nodes),
                                                         "int16_nodes": set(int16_nodes)}, Path(tmp))
             interpreter = make_interpreter(path)
-            for index, feed in enumerate(feeds, 1):
-                running.add(run_tflite(path, io, feed, interpreter=interpreter))
-                if stop is not None and index < count and index % STOP_CHUNK == 0:
-                    optimistic = running.optimistic()
-                    if stop(optimistic):
-                        return optimistic
-        return running.metrics()
+            return measure(reference, (run_tflite(path, io, feed, interpreter=interpreter) for feed in feeds), stop)
 
     return evaluate
