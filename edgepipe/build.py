@@ -280,17 +280,19 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         note=lambda r: f"{len(r.warnings)} warning(s)" if r.warnings else "",
     )
     warnings.extend(f"calibration: {w}" for w in calibration.warnings)
-    if bias_correction:  # "auto": estimated, then kept only where the held-out outputs improve; true: always
-        from edgepipe.calibrate import bias_correction as bias
+    with target.sharing_simulations():  # the checks below simulate some states more than once
+        if bias_correction:  # "auto": estimated, then kept only where the held-out outputs improve; true: always
+            from edgepipe.calibrate import bias_correction as bias
 
-        checked = bias_correction == "auto"
-        pipeline.run("bias_correction",
-                     lambda: (bias.checked_bias_corrections(model, calibration, calib_ds, target, backend_settings)
-                              if checked else bias.estimate_bias_corrections(model, calibration, calib_ds,
-                                                                             target.qdq_model)),
-                     describe=lambda _: (f"calibration.json ({len(calibration.bias_corrections)} corrected biases)", 0, ""),
-                     note=bias.summary if checked else None)
-    stability_effect, stability_warning = calibration_stability(model, calibration, calib_ds, target)
+            checked = bias_correction == "auto"
+            pipeline.run("bias_correction",
+                         lambda: (bias.checked_bias_corrections(model, calibration, calib_ds, target, backend_settings)
+                                  if checked else bias.estimate_bias_corrections(model, calibration, calib_ds,
+                                                                                 target.qdq_model)),
+                         describe=lambda _: (f"calibration.json ({len(calibration.bias_corrections)} corrected biases)",
+                                             0, ""),
+                         note=bias.summary if checked else None)
+        stability_effect, stability_warning = calibration_stability(model, calibration, calib_ds, target)
     if stability_warning:
         warnings.append(f"calibration: {stability_warning}")
 
@@ -411,7 +413,8 @@ def calibration_stability(model, calibration, dataset, target) -> tuple[dict | N
     target's int8 output measurably (edgepipe/calibrate/stability.py: output_effect)."""
     from edgepipe.calibrate import stability
 
-    effect = stability.output_effect(model, calibration, dataset, lambda m, c: target.qdq_model(m, c)[0])
+    effect = stability.output_effect(model, calibration, dataset, lambda m, c: target.qdq_model(m, c)[0],
+                                     chosen_session=lambda c: target.int8_session(model, c))
     return effect, stability.effect_warning(effect)
 
 

@@ -160,11 +160,14 @@ class ReferenceOutputs:
         return self.outputs
 
 
-def output_effect(model, calibration, dataset, quantize: Callable, samples: int = EFFECT_SAMPLES) -> dict | None:
+def output_effect(model, calibration, dataset, quantize: Callable, samples: int = EFFECT_SAMPLES,
+                  chosen_session: Callable | None = None) -> dict | None:
     """How much the per-round thresholds of the unstable tensors change the model output.
 
     `quantize(model, calibration) -> Q/DQ ONNX model` is the target's int8 simulation
-    (`Target.qdq_model`); None when no tensor is unstable. `drop_db` = output SQNR vs FP32 with
+    (`Target.qdq_model`); None when no tensor is unstable. `chosen_session(calibration)`: an
+    ONNX Runtime session of the chosen thresholds' simulation that the caller may already have
+    (`Target.int8_session`: the bias-correction check ran it), instead of one built here. `drop_db` = output SQNR vs FP32 with
     the chosen thresholds minus the worst round's; `warn` when it exceeds OUTPUT_DROP_DB and the
     worst round's SQNR is below QUALITY_FLOOR_DB."""
     from edgepipe import graph, quantmath
@@ -188,6 +191,8 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     folded: dict = {}  # the weights' int8 values, shared by every candidate (same weights, other ranges)
 
     def session_of(candidate_calibration):
+        if candidate_calibration is calibration and chosen_session is not None:
+            return chosen_session(calibration)
         # weights quantized once, not on every run: the same int8 values (graph.fold_constant_quantize)
         return graph.make_session(graph.fold_constant_quantize(quantize(model, candidate_calibration), folded))
 
