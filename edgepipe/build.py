@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -292,39 +293,48 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
                          describe=lambda _: (f"calibration.json ({len(calibration.bias_corrections)} corrected biases)",
                                              0, ""),
                          note=bias.summary if checked else None)
-        stability_effect, stability_warning = calibration_stability(model, calibration, calib_ds, target)
-    if stability_warning:
-        warnings.append(f"calibration: {stability_warning}")
+        measure_stability = calibration_stability(model, calibration, calib_ds, target)
+    # the output effect reads only the model and the final calibration: it runs while the backend
+    # and the bundle are written, and the bundle is committed only once it has finished
+    with ThreadPoolExecutor(1, thread_name_prefix="edgepipe-effect") as effect_pool:
+        effect = effect_pool.submit(measure_stability)
+        if settings["precision"].budget is not None:  # the planner runs the model itself: one at a time
+            _warn_stability(effect.result(), warnings)
 
-    # 4b. automatic mixed precision to an accuracy budget (sensitivity-ranked float islands)
-    from edgepipe.accuracy.precision import summary_line
+        # 4b. automatic mixed precision to an accuracy budget (sensitivity-ranked float islands)
+        from edgepipe.accuracy.precision import summary_line
 
-    float_nodes = set(settings["precision"].float_nodes)
-    int16_nodes = check_int16_nodes(model, settings["precision"]) if settings["precision"].int16_nodes else set()
-    extra_files: dict[str, bytes] = {}
-    if settings["precision"].budget is not None:
-        plan = pipeline.run(
-            "precision", lambda: plan_precision(model, calibration, eval_ds or calib_ds, settings, target),
-            describe=lambda p: (f"precision.json ({len(p.float_nodes)} float nodes)", 0, ""),
-            note=lambda p: summary_line(p.summary()),
-        )
-        float_nodes |= set(plan.float_nodes)
-        int16_nodes |= set(getattr(plan, "int16_nodes", ())) - float_nodes  # a plan's 16x8 nodes (arm-cpu)
-        if not plan.met:
-            warnings.append(f"precision: {plan.reason}")
-        extra_files["precision.json"] = _json_bytes(plan.to_json())
-        if plan.sensitivity is not None:
-            extra_files["sensitivity.json"] = _json_bytes(plan.sensitivity.to_json())
+        float_nodes = set(settings["precision"].float_nodes)
+        int16_nodes = check_int16_nodes(model, settings["precision"]) if settings["precision"].int16_nodes else set()
+        extra_files: dict[str, bytes] = {}
+        if settings["precision"].budget is not None:
+            plan = pipeline.run(
+                "precision", lambda: plan_precision(model, calibration, eval_ds or calib_ds, settings, target),
+                describe=lambda p: (f"precision.json ({len(p.float_nodes)} float nodes)", 0, ""),
+                note=lambda p: summary_line(p.summary()),
+            )
+            float_nodes |= set(plan.float_nodes)
+            int16_nodes |= set(getattr(plan, "int16_nodes", ())) - float_nodes  # a plan's 16x8 nodes (arm-cpu)
+            if not plan.met:
+                warnings.append(f"precision: {plan.reason}")
+            extra_files["precision.json"] = _json_bytes(plan.to_json())
+            if plan.sensitivity is not None:
+                extra_files["sensitivity.json"] = _json_bytes(plan.sensitivity.to_json())
 
-    if int16_nodes:  # the target's backend option (arm-cpu: lowered 16x8, the rest int8)
-        backend_settings["int16_nodes"] = sorted(int16_nodes)
-    out = Path(settings["out"])
-    try:
-        manifest = write_outputs(out, settings, target, pipeline, prepared, calibration, float_nodes, extra_files,
-                                 backend_settings, origin)
-    except OSError as exc:  # disk full, permission denied, file size limit: the user's machine
-        raise UserError(f"{out}: cannot write the bundle ({exc.strerror or exc}); the previous bundle is "
-                        "unchanged - free disk space or fix permissions and rebuild") from exc
+        if int16_nodes:  # the target's backend option (arm-cpu: lowered 16x8, the rest int8)
+            backend_settings["int16_nodes"] = sorted(int16_nodes)
+        out = Path(settings["out"])
+        try:
+            manifest = write_outputs(out, settings, target, pipeline, prepared, calibration, float_nodes, extra_files,
+                                     backend_settings, origin, before_commit=lambda: _measured(effect))
+        except _MeasureFailed as failed:  # the output effect's own error, as if it had run first
+            raise failed.error from None
+        except OSError as exc:  # disk full, permission denied, file size limit: the user's machine
+            raise UserError(f"{out}: cannot write the bundle ({exc.strerror or exc}); the previous bundle is "
+                            "unchanged - free disk space or fix permissions and rebuild") from exc
+        if settings["precision"].budget is None:
+            _warn_stability(effect.result(), warnings)
+    stability_effect = effect.result()[0]
 
     result = BuildResult(target.name, out, pipeline.summary(), manifest, warnings,
                          eval_note=eval_summary(prepared, manifest), calibration_stability=stability_effect)
@@ -343,8 +353,10 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
 
 
 def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepared: PreparedModel, calibration,
-                  float_nodes: set, extra_files: dict, backend_settings: dict, origin: str) -> dict:
-    """Stages 5-6: lower with the target's backend into a temp dir, then write the bundle atomically."""
+                  float_nodes: set, extra_files: dict, backend_settings: dict, origin: str,
+                  before_commit=None) -> dict:
+    """Stages 5-6: lower with the target's backend into a temp dir, then write the bundle atomically;
+    `before_commit()` runs just before the bundle replaces `out` (an error there writes nothing)."""
     from edgepipe.delivery.bundle import write_bundle
 
     model, eval_ds = prepared.model, prepared.eval
@@ -377,7 +389,7 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
                 extra_manifest={**backend.manifest, "fold": _public_fold_report(prepared.fold_report),
                                 "simplify": prepared.simplify_report, "edgepipe_version": __version__},
                 eval_data=eval_data,
-                hooks=_bundle_hooks(),
+                hooks=[*_bundle_hooks(), *([lambda staging: before_commit()] if before_commit else [])],
                 template_packages=target.template_packages(),
             ),
             describe=lambda m: (f"{out} ({len(m.get('files', []))} files)",
@@ -408,14 +420,42 @@ def load_ranges(path: str, model):
     return calibration
 
 
-def calibration_stability(model, calibration, dataset, target) -> tuple[dict | None, str | None]:
-    """(output effect, warning): unstable thresholds are reported only when they change the
-    target's int8 output measurably (edgepipe/calibrate/stability.py: output_effect)."""
+def calibration_stability(model, calibration, dataset, target):
+    """A function returning (output effect, warning): unstable thresholds are reported only when
+    they change the target's int8 output measurably (edgepipe/calibrate/stability.py:
+    output_effect). The samples are read here; the function may run on another thread. Called
+    inside `target.sharing_simulations()`: the chosen state's session is the bias check's."""
     from edgepipe.calibrate import stability
 
-    effect = stability.output_effect(model, calibration, dataset, lambda m, c: target.qdq_model(m, c)[0],
-                                     chosen_session=lambda c: target.int8_session(model, c))
-    return effect, stability.effect_warning(effect)
+    chosen = target.int8_session(model, calibration) if stability.unstable_tensors(calibration) else None
+    measure = stability.prepare_output_effect(model, calibration, dataset, lambda m, c: target.qdq_model(m, c)[0],
+                                              chosen_session=lambda _: chosen)
+
+    def effect_and_warning():
+        effect = measure()
+        return effect, stability.effect_warning(effect)
+    return effect_and_warning
+
+
+class _MeasureFailed(Exception):
+    """Carries an error of the output-effect check out of the bundle stage (whose error it is not)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _measured(future) -> None:
+    """Wait for the output-effect check; its error stops the bundle from being committed."""
+    try:
+        future.result()
+    except Exception as exc:
+        raise _MeasureFailed(exc) from exc
+
+
+def _warn_stability(effect_and_warning: tuple, warnings: list[str]) -> None:
+    if effect_and_warning[1]:
+        warnings.append(f"calibration: {effect_and_warning[1]}")
 
 
 def plan_precision(model, calibration, dataset, settings: dict, target):

@@ -1,0 +1,133 @@
+"""The build's checks share int8 simulations (Target.sharing_simulations) and the output-effect
+check runs while the bundle is written: the same numbers, nothing committed when it fails."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from edgepipe.calibrate import calibrate, stability
+from edgepipe.targets import load_target
+from tests.helpers import tiny_conv_model
+
+
+class ArrayDataset:
+    def __init__(self, x):
+        self.x = np.asarray(x, np.float32)
+
+    def __len__(self):
+        return len(self.x)
+
+    def sample(self, i):
+        return {"x": self.x[i : i + 1]}
+
+
+@pytest.fixture(scope="module")
+def drifting():
+    """tiny_conv_model calibrated on a set whose scale changes from round to round (unstable)."""
+    model = tiny_conv_model()
+    x = np.random.default_rng(2).normal(size=(64, 3, 8, 8)) * np.repeat([0.3, 1.0, 1.0, 3.0], 16)[:, None, None, None]
+    return model, calibrate(model, ArrayDataset(x), {"method": "mse"}), ArrayDataset(x)
+
+
+def counting_builds(monkeypatch) -> list:
+    from edgepipe.backends import qdq
+
+    calls = []
+    original = qdq.simulated_int8_model
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(qdq, "simulated_int8_model", counted)
+    return calls
+
+
+def test_a_state_is_built_once_inside_the_scope_and_every_time_outside(drifting, monkeypatch):
+    model, calibration, _ = drifting
+    calls = counting_builds(monkeypatch)
+    target = load_target("jetson")
+    with target.sharing_simulations():
+        first, report = target.qdq_model(model, calibration)
+        again, _ = target.qdq_model(model, dataclasses.replace(calibration))  # an equal copy: the same state
+        session = target.int8_session(model, calibration)
+        assert again is first and target.int8_session(model, calibration) is session and len(calls) == 1
+        corrected = dataclasses.replace(calibration, bias_corrections={"conv": [0.5, 0.0, 0.0, 0.0]})
+        other, _ = target.qdq_model(model, corrected)
+        assert other is not first and len(calls) == 2
+        assert target.qdq_model(model, calibration, keep_float={"conv"})[0] is not first and len(calls) == 3
+    fresh, fresh_report = target.qdq_model(model, calibration)
+    assert fresh is not first and len(calls) == 4 and fresh_report == report
+    assert fresh.SerializeToString() == first.SerializeToString()
+
+
+def test_shared_outputs_equal_fresh_ones(drifting):
+    model, calibration, data = drifting
+    target = load_target("jetson")
+    feeds = [data.sample(i) for i in range(4)]
+    fresh, _ = target.int8_outputs(model, calibration, feeds, {})
+    with target.sharing_simulations():
+        target.int8_outputs(model, calibration, feeds, {})
+        shared, _ = target.int8_outputs(model, calibration, feeds, {})
+    for a, b in zip(fresh, shared):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_output_effect_reads_its_samples_when_prepared_and_gives_the_same_numbers(drifting):
+    model, calibration, data = drifting
+    assert stability.unstable_tensors(calibration)
+    target = load_target("jetson")
+
+    def quantize(m, c):
+        return target.qdq_model(m, c)[0]
+
+    expected = stability.output_effect(model, calibration, data, quantize)
+
+    class Closed(ArrayDataset):
+        closed = False
+
+        def sample(self, i):
+            assert not self.closed, "the dataset is read after the effect check was prepared"
+            return super().sample(i)
+
+    reader = Closed(data.x)
+    measure = stability.prepare_output_effect(model, calibration, reader, quantize,
+                                              chosen_session=lambda c: target.int8_session(model, c))
+    reader.closed = True
+    assert measure() == expected and expected["samples"] == stability.EFFECT_SAMPLES
+
+
+# the output-effect check fails like a bug would, after the bias check (it runs while the bundle is written)
+INJECT = """
+import sys
+import edgepipe.calibrate.stability as stability
+
+def broken(*args, **kwargs):
+    def measure():
+        raise RuntimeError("effect check broke")
+    return measure
+
+stability.unstable_tensors = lambda calibration: ["x"]
+stability.prepare_output_effect = broken
+from edgepipe.cli.main import main
+main(sys.argv[1:])
+"""
+
+
+def test_failing_output_effect_commits_no_bundle_and_is_not_blamed_on_the_bundle(tmp_path):
+    onnx.save(tiny_conv_model(), str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(np.float32))
+    result = subprocess.run([sys.executable, "-c", INJECT, "build", "--model", str(tmp_path / "m.onnx"), "--calib",
+                             str(tmp_path / "c.npz"), "--target", "jetson", "--out", str(tmp_path / "out"),
+                             "--no-host-report"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 3 and len(lines) == 1, result.stderr
+    assert "RuntimeError: effect check broke" in lines[0] and "bundle" not in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
