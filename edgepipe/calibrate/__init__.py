@@ -64,7 +64,8 @@ def calibrate(
         choice = policy.choose(name, hists[name], contexts[name], settings)
         return choice, stability.round_stability(hists[name], choice.method, settings, choice.method_amax)
 
-    with collector.Workers() as workers:  # tensors are independent: their range searches run side by side
+    # tensors are independent: their range searches run side by side, once per distinct histogram
+    with collector.Workers() as workers, methods.memoized():
         chosen = dict(zip(hists, workers.map(choose, list(hists), run=1)))  # milliseconds each: one by one
     stabilities = {}
     for name, hist in hists.items():
