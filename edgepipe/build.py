@@ -276,8 +276,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         lambda: run_calibration(model, calib_ds, calib_settings, progress=progress),
         save=lambda result, d: result.save(d / "calibration.json"),
         load=lambda d: CalibrationResult.load(d / "calibration.json"),
-        describe=lambda r: (f"calibration.json ({len(r.tensors)} tensors)", len(json.dumps(r.to_json())),
-                            bytes_hash(json.dumps(r.to_json(), sort_keys=True).encode())),
+        describe=_describe_calibration,
         note=lambda r: f"{len(r.warnings)} warning(s)" if r.warnings else "",
     )
     warnings.extend(f"calibration: {w}" for w in calibration.warnings)
@@ -398,6 +397,13 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
             note=lambda m: f"eval {m['eval']['samples']} of {m['eval']['available']} samples" if m.get("eval") else "no eval data",
         )
     return manifest
+
+
+def _describe_calibration(calibration) -> tuple[str, int, str]:
+    """The calibrate stage's record: JSON size and hash from one serialization (key order does not
+    change the length)."""
+    text = json.dumps(calibration.to_json(), sort_keys=True)
+    return f"calibration.json ({len(calibration.tensors)} tensors)", len(text), bytes_hash(text.encode())
 
 
 def load_ranges(path: str, model):
