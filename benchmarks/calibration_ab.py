@@ -73,12 +73,17 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="calib_ab_"))
     trees = {"A": export_commit(args.before, scratch), "B": export_commit(args.after, scratch) if args.after else ROOT}
     calibration_real_models.prepare(scratch, MODEL)
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    def short(commit: str) -> str:
+        return subprocess.run(["git", "rev-parse", "--short", commit], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip()
+
+    head = short("HEAD")
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
     report = {"model": MODEL, "what": "whole `edgepipe build --target jetson --calib-method auto` (worker of "
               "calibration_real_models.py), A and B alternating in fresh processes",
-              "A": {"commit": args.before}, "B": {"commit": args.after or head.stdout.strip() + ("+uncommitted" if dirty else "")},
+              "A": {"commit": short(args.before)},
+              "B": {"commit": short(args.after) if args.after else head + ("+uncommitted" if dirty else "")},
               "host_start": host_record(), "runs": []}
     if args.note:
         report["note"] = args.note

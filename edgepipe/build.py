@@ -437,12 +437,15 @@ def calibration_stability(model, calibration, dataset, target):
     """A function returning (output effect, warning): unstable thresholds are reported only when
     they change the target's int8 output measurably (edgepipe/calibrate/stability.py:
     output_effect). The samples are read here; the function may run on another thread. Called
-    inside `target.sharing_simulations()`: the chosen state's session is the bias check's."""
+    inside `target.sharing_simulations()`: the chosen state's Q/DQ model and session are the bias
+    check's, and the rounds' models are derived from that model (`Target.qdq_variants`)."""
     from edgepipe.calibrate import stability
 
-    chosen = target.int8_session(model, calibration) if stability.unstable_tensors(calibration) else None
+    unstable = bool(stability.unstable_tensors(calibration))
+    chosen = target.int8_session(model, calibration) if unstable else None
     measure = stability.prepare_output_effect(model, calibration, dataset, lambda m, c: target.qdq_model(m, c)[0],
-                                              chosen_session=lambda _: chosen)
+                                              chosen_session=lambda _: chosen,
+                                              variants=target.qdq_variants(model, calibration) if unstable else None)
 
     def effect_and_warning():
         effect = measure()

@@ -101,6 +101,18 @@ class Target:
         shared = getattr(self, "_shared_simulations", None)
         return build() if shared is None else shared.get("qdq", model, calibration, keep_float, build)
 
+    def qdq_variants(self, model, calibration):
+        """A function (other calibration, tensor names) -> `qdq_model(model, other)[0]` for a
+        calibration that differs from `calibration` only in the ranges of those tensors, derived
+        from this calibration's Q/DQ model instead of built again (backends/qdq.py:
+        with_activation_ranges); None for a target with its own `qdq_model`."""
+        if type(self).qdq_model is not Target.qdq_model:
+            return None
+        from edgepipe.backends.qdq import with_activation_ranges
+
+        base = self.qdq_model(model, calibration)[0]
+        return lambda other, names: with_activation_ranges(base, other, names, symmetric=self.activation_symmetric)
+
     def int8_session(self, model, calibration):
         """An ONNX Runtime session of `qdq_model(model, calibration)`, its weights quantized once
         (`graph.fold_constant_quantize`: same values, fewer kernels per run); shared like `qdq_model`

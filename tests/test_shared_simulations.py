@@ -131,3 +131,30 @@ def test_failing_output_effect_commits_no_bundle_and_is_not_blamed_on_the_bundle
     assert "RuntimeError: effect check broke" in lines[0] and "bundle" not in lines[0], lines[0]
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+@pytest.mark.parametrize("target_name", ["jetson", "arm-cpu"])
+def test_round_variants_are_the_models_a_rebuild_gives(drifting, target_name):
+    """Target.qdq_variants derives each round's Q/DQ model from the chosen one: byte for byte the
+    model qdq_model builds for that round (symmetric and asymmetric activations)."""
+    model, calibration, _ = drifting
+    target = load_target(target_name)
+    names = stability.unstable_tensors(calibration)
+    variants = target.qdq_variants(model, calibration)
+    rounds = len(calibration.tensors[names[0]].stability["round_amax"])
+    for r in range(rounds):
+        candidate = stability.round_calibration(calibration, r, names)
+        derived = variants(candidate, names)
+        rebuilt = target.qdq_model(model, candidate)[0]
+        assert derived.SerializeToString() == rebuilt.SerializeToString(), (target_name, r)
+    assert variants(calibration, names).SerializeToString() == target.qdq_model(model, calibration)[0].SerializeToString()
+
+
+def test_a_target_with_its_own_qdq_model_gets_no_variants(drifting):
+    model, calibration, _ = drifting
+
+    class Own(type(load_target("jetson"))):
+        def qdq_model(self, model, calibration, keep_float=frozenset()):
+            return super().qdq_model(model, calibration, keep_float)
+
+    assert Own().qdq_variants(model, calibration) is None

@@ -161,7 +161,7 @@ class ReferenceOutputs:
 
 
 def output_effect(model, calibration, dataset, quantize: Callable, samples: int = EFFECT_SAMPLES,
-                  chosen_session: Callable | None = None) -> dict | None:
+                  chosen_session: Callable | None = None, variants: Callable | None = None) -> dict | None:
     """How much the per-round thresholds of the unstable tensors change the model output.
 
     `quantize(model, calibration) -> Q/DQ ONNX model` is the target's int8 simulation
@@ -169,12 +169,15 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     the chosen thresholds minus the worst round's; `warn` when it exceeds OUTPUT_DROP_DB and the
     worst round's SQNR is below QUALITY_FLOOR_DB. `chosen_session(calibration)`: an ONNX Runtime
     session of the chosen thresholds' simulation the caller already has (`Target.int8_session`:
-    the bias-correction check ran that state), used instead of building one here."""
-    return prepare_output_effect(model, calibration, dataset, quantize, samples, chosen_session)()
+    the bias-correction check ran that state), used instead of building one here.
+    `variants(round calibration, names)`: the Q/DQ model of a round's thresholds derived from the
+    chosen one (`Target.qdq_variants`), instead of `quantize` building it again."""
+    return prepare_output_effect(model, calibration, dataset, quantize, samples, chosen_session, variants)()
 
 
 def prepare_output_effect(model, calibration, dataset, quantize: Callable, samples: int = EFFECT_SAMPLES,
-                          chosen_session: Callable | None = None) -> Callable[[], dict | None]:
+                          chosen_session: Callable | None = None,
+                          variants: Callable | None = None) -> Callable[[], dict | None]:
     """`output_effect` in two steps: this call reads the samples it needs from `dataset` (a
     dataset reader is not shared between threads), the returned function measures, and may run
     on another thread (the build writes the bundle meanwhile)."""
@@ -201,8 +204,10 @@ def prepare_output_effect(model, calibration, dataset, quantize: Callable, sampl
     def session_of(candidate_calibration):
         if candidate_calibration is calibration and chosen_session is not None:
             return chosen_session(calibration)
+        qdq = (variants(candidate_calibration, names) if variants is not None and candidate_calibration is not calibration
+               else quantize(model, candidate_calibration))
         # weights quantized once, not on every run: the same int8 values (graph.fold_constant_quantize)
-        return graph.make_session(graph.fold_constant_quantize(quantize(model, candidate_calibration), folded))
+        return graph.make_session(graph.fold_constant_quantize(qdq, folded))
 
     def measure() -> dict:
         nonlocal reference, powers
