@@ -10,13 +10,13 @@ import hashlib
 import json
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edgepipe import __version__, graph
+from edgepipe.build_checks import CheckFailed, InBackground, run_checks, warn_stability
 from edgepipe.delivery.bundle import check_out_dir
 from edgepipe.delivery.outdir import BACKEND_TMP_PREFIX
 from edgepipe.safeio import JSON_MAX_BYTES, ensure_regular_file, ensure_regular_or_dir
@@ -287,25 +287,12 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         note=lambda r: f"{len(r.warnings)} warning(s)" if r.warnings else "",
     )
     warnings.extend(f"calibration: {w}" for w in calibration.warnings)
-    with target.sharing_simulations():  # the checks below simulate some states more than once
-        if bias_correction:  # "auto": estimated, then kept only where the held-out outputs improve; true: always
-            from edgepipe.calibrate import bias_correction as bias
-
-            checked = bias_correction == "auto"
-            pipeline.run("bias_correction",
-                         lambda: (bias.checked_bias_corrections(model, calibration, calib_ds, target, backend_settings)
-                                  if checked else bias.estimate_bias_corrections(model, calibration, calib_ds,
-                                                                                 target.qdq_model)),
-                         describe=lambda _: (f"calibration.json ({len(calibration.bias_corrections)} corrected biases)",
-                                             0, ""),
-                         note=bias.summary if checked else None)
-        measure_stability = calibration_stability(model, calibration, calib_ds, target)
+    measure_stability = run_checks(pipeline, model, calibration, calib_ds, target, backend_settings, bias_correction)
     # the output effect reads only the model and the final calibration: it runs while the backend
     # and the bundle are written, and the bundle is committed only once it has finished
-    with ThreadPoolExecutor(1, thread_name_prefix="edgepipe-effect") as effect_pool:
-        effect = effect_pool.submit(measure_stability)
+    with InBackground(measure_stability) as effect:
         if settings["precision"].budget is not None:  # the planner runs the model itself: one at a time
-            _warn_stability(effect.result(), warnings)
+            warn_stability(effect.result(), warnings)
 
         # 4b. automatic mixed precision to an accuracy budget (sensitivity-ranked float islands)
         from edgepipe.accuracy.precision import summary_line
@@ -332,14 +319,14 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         out = Path(settings["out"])
         try:
             manifest = write_outputs(out, settings, target, pipeline, prepared, calibration, float_nodes, extra_files,
-                                     backend_settings, origin, before_commit=lambda: _measured(effect))
-        except _MeasureFailed as failed:  # the output effect's own error, as if it had run first
+                                     backend_settings, origin, before_commit=effect.before_commit)
+        except CheckFailed as failed:  # the output effect's own error, as if it had run first
             raise failed.error from None
         except OSError as exc:  # disk full, permission denied, file size limit: the user's machine
             raise UserError(f"{out}: cannot write the bundle ({exc.strerror or exc}); the previous bundle is "
                             "unchanged - free disk space or fix permissions and rebuild") from exc
         if settings["precision"].budget is None:
-            _warn_stability(effect.result(), warnings)
+            warn_stability(effect.result(), warnings)
     stability_effect = effect.result()[0]
 
     result = BuildResult(target.name, out, pipeline.summary(), manifest, warnings,
@@ -431,47 +418,6 @@ def load_ranges(path: str, model):
     if missing:
         raise UserError(f"{path}: no range for model input '{missing[0]}'; the ranges were made for another model")
     return calibration
-
-
-def calibration_stability(model, calibration, dataset, target):
-    """A function returning (output effect, warning): unstable thresholds are reported only when
-    they change the target's int8 output measurably (edgepipe/calibrate/stability.py:
-    output_effect). The samples are read here; the function may run on another thread. Called
-    inside `target.sharing_simulations()`: the chosen state's Q/DQ model and session are the bias
-    check's, and the rounds' models are derived from that model (`Target.qdq_variants`)."""
-    from edgepipe.calibrate import stability
-
-    unstable = bool(stability.unstable_tensors(calibration))
-    chosen = target.int8_session(model, calibration) if unstable else None
-    measure = stability.prepare_output_effect(model, calibration, dataset, lambda m, c: target.qdq_model(m, c)[0],
-                                              chosen_session=lambda _: chosen,
-                                              variants=target.qdq_variants(model, calibration) if unstable else None)
-
-    def effect_and_warning():
-        effect = measure()
-        return effect, stability.effect_warning(effect)
-    return effect_and_warning
-
-
-class _MeasureFailed(Exception):
-    """Carries an error of the output-effect check out of the bundle stage (whose error it is not)."""
-
-    def __init__(self, error: BaseException):
-        super().__init__(str(error))
-        self.error = error
-
-
-def _measured(future) -> None:
-    """Wait for the output-effect check; its error stops the bundle from being committed."""
-    try:
-        future.result()
-    except Exception as exc:
-        raise _MeasureFailed(exc) from exc
-
-
-def _warn_stability(effect_and_warning: tuple, warnings: list[str]) -> None:
-    if effect_and_warning[1]:
-        warnings.append(f"calibration: {effect_and_warning[1]}")
 
 
 def plan_precision(model, calibration, dataset, settings: dict, target):
