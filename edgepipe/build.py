@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe import __version__, graph
-from edgepipe.build_checks import CheckFailed, InBackground, run_checks, warn_stability
+from edgepipe.build_checks import run_checks
 from edgepipe.delivery.bundle import check_out_dir
 from edgepipe.delivery.outdir import BACKEND_TMP_PREFIX
 from edgepipe.safeio import JSON_MAX_BYTES, ensure_regular_file, ensure_regular_or_dir
@@ -287,47 +287,40 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         note=lambda r: f"{len(r.warnings)} warning(s)" if r.warnings else "",
     )
     warnings.extend(f"calibration: {w}" for w in calibration.warnings)
-    measure_stability = run_checks(pipeline, model, calibration, calib_ds, target, backend_settings, bias_correction)
-    # the output effect reads only the model and the final calibration: it runs while the backend
-    # and the bundle are written, and the bundle is committed only once it has finished
-    with InBackground(measure_stability) as effect:
-        if settings["precision"].budget is not None:  # the planner runs the model itself: one at a time
-            warn_stability(effect.result(), warnings)
+    stability_effect, stability_warning = run_checks(pipeline, model, calibration, calib_ds, target, backend_settings,
+                                                     bias_correction)
+    if stability_warning:
+        warnings.append(f"calibration: {stability_warning}")
 
-        # 4b. automatic mixed precision to an accuracy budget (sensitivity-ranked float islands)
-        from edgepipe.accuracy.precision import summary_line
+    # 4b. automatic mixed precision to an accuracy budget (sensitivity-ranked float islands)
+    from edgepipe.accuracy.precision import summary_line
 
-        float_nodes = set(settings["precision"].float_nodes)
-        int16_nodes = check_int16_nodes(model, settings["precision"]) if settings["precision"].int16_nodes else set()
-        extra_files: dict[str, bytes] = {}
-        if settings["precision"].budget is not None:
-            plan = pipeline.run(
-                "precision", lambda: plan_precision(model, calibration, eval_ds or calib_ds, settings, target),
-                describe=lambda p: (f"precision.json ({len(p.float_nodes)} float nodes)", 0, ""),
-                note=lambda p: summary_line(p.summary()),
-            )
-            float_nodes |= set(plan.float_nodes)
-            int16_nodes |= set(getattr(plan, "int16_nodes", ())) - float_nodes  # a plan's 16x8 nodes (arm-cpu)
-            if not plan.met:
-                warnings.append(f"precision: {plan.reason}")
-            extra_files["precision.json"] = _json_bytes(plan.to_json())
-            if plan.sensitivity is not None:
-                extra_files["sensitivity.json"] = _json_bytes(plan.sensitivity.to_json())
+    float_nodes = set(settings["precision"].float_nodes)
+    int16_nodes = check_int16_nodes(model, settings["precision"]) if settings["precision"].int16_nodes else set()
+    extra_files: dict[str, bytes] = {}
+    if settings["precision"].budget is not None:
+        plan = pipeline.run(
+            "precision", lambda: plan_precision(model, calibration, eval_ds or calib_ds, settings, target),
+            describe=lambda p: (f"precision.json ({len(p.float_nodes)} float nodes)", 0, ""),
+            note=lambda p: summary_line(p.summary()),
+        )
+        float_nodes |= set(plan.float_nodes)
+        int16_nodes |= set(getattr(plan, "int16_nodes", ())) - float_nodes  # a plan's 16x8 nodes (arm-cpu)
+        if not plan.met:
+            warnings.append(f"precision: {plan.reason}")
+        extra_files["precision.json"] = _json_bytes(plan.to_json())
+        if plan.sensitivity is not None:
+            extra_files["sensitivity.json"] = _json_bytes(plan.sensitivity.to_json())
 
-        if int16_nodes:  # the target's backend option (arm-cpu: lowered 16x8, the rest int8)
-            backend_settings["int16_nodes"] = sorted(int16_nodes)
-        out = Path(settings["out"])
-        try:
-            manifest = write_outputs(out, settings, target, pipeline, prepared, calibration, float_nodes, extra_files,
-                                     backend_settings, origin, before_commit=effect.before_commit)
-        except CheckFailed as failed:  # the output effect's own error, as if it had run first
-            raise failed.error from None
-        except OSError as exc:  # disk full, permission denied, file size limit: the user's machine
-            raise UserError(f"{out}: cannot write the bundle ({exc.strerror or exc}); the previous bundle is "
-                            "unchanged - free disk space or fix permissions and rebuild") from exc
-        if settings["precision"].budget is None:
-            warn_stability(effect.result(), warnings)
-    stability_effect = effect.result()[0]
+    if int16_nodes:  # the target's backend option (arm-cpu: lowered 16x8, the rest int8)
+        backend_settings["int16_nodes"] = sorted(int16_nodes)
+    out = Path(settings["out"])
+    try:
+        manifest = write_outputs(out, settings, target, pipeline, prepared, calibration, float_nodes, extra_files,
+                                 backend_settings, origin)
+    except OSError as exc:  # disk full, permission denied, file size limit: the user's machine
+        raise UserError(f"{out}: cannot write the bundle ({exc.strerror or exc}); the previous bundle is "
+                        "unchanged - free disk space or fix permissions and rebuild") from exc
 
     result = BuildResult(target.name, out, pipeline.summary(), manifest, warnings,
                          eval_note=eval_summary(prepared, manifest), calibration_stability=stability_effect)
@@ -346,10 +339,8 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
 
 
 def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepared: PreparedModel, calibration,
-                  float_nodes: set, extra_files: dict, backend_settings: dict, origin: str,
-                  before_commit=None) -> dict:
-    """Stages 5-6: lower with the target's backend into a temp dir, then write the bundle atomically;
-    `before_commit()` runs just before the bundle replaces `out` (an error there writes nothing)."""
+                  float_nodes: set, extra_files: dict, backend_settings: dict, origin: str) -> dict:
+    """Stages 5-6: lower with the target's backend into a temp dir, then write the bundle atomically."""
     from edgepipe.delivery.bundle import write_bundle
 
     model, eval_ds = prepared.model, prepared.eval
@@ -382,7 +373,7 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
                 extra_manifest={**backend.manifest, "fold": _public_fold_report(prepared.fold_report),
                                 "simplify": prepared.simplify_report, "edgepipe_version": __version__},
                 eval_data=eval_data,
-                hooks=[*_bundle_hooks(), *([lambda staging: before_commit()] if before_commit else [])],
+                hooks=_bundle_hooks(),
                 template_packages=target.template_packages(),
             ),
             describe=lambda m: (f"{out} ({len(m.get('files', []))} files)",

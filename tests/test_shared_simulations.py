@@ -1,14 +1,12 @@
-"""The build's checks share int8 simulations (Target.sharing_simulations) and the output-effect
-check runs while the bundle is written: the same numbers, nothing committed when it fails."""
+"""The build's checks share int8 simulations (Target.sharing_simulations) and derive the
+output-effect check's round models from the chosen one (Target.qdq_variants): the same models
+and numbers, fewer builds."""
 
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import numpy as np
-import onnx
 import pytest
 
 from edgepipe.calibrate import calibrate, stability
@@ -79,58 +77,24 @@ def test_shared_outputs_equal_fresh_ones(drifting):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_output_effect_reads_its_samples_when_prepared_and_gives_the_same_numbers(drifting):
+def test_output_effect_with_shared_session_and_variants_gives_the_same_numbers(drifting, monkeypatch):
+    """The build's output-effect check (the bias check's session for the chosen thresholds, the
+    rounds' models derived from the chosen one) measures what building every candidate measures,
+    with one Q/DQ build instead of five."""
     model, calibration, data = drifting
-    assert stability.unstable_tensors(calibration)
     target = load_target("jetson")
 
     def quantize(m, c):
         return target.qdq_model(m, c)[0]
 
     expected = stability.output_effect(model, calibration, data, quantize)
-
-    class Closed(ArrayDataset):
-        closed = False
-
-        def sample(self, i):
-            assert not self.closed, "the dataset is read after the effect check was prepared"
-            return super().sample(i)
-
-    reader = Closed(data.x)
-    measure = stability.prepare_output_effect(model, calibration, reader, quantize,
-                                              chosen_session=lambda c: target.int8_session(model, c))
-    reader.closed = True
-    assert measure() == expected and expected["samples"] == stability.EFFECT_SAMPLES
-
-
-# the output-effect check fails like a bug would, after the bias check (it runs while the bundle is written)
-INJECT = """
-import sys
-import edgepipe.calibrate.stability as stability
-
-def broken(*args, **kwargs):
-    def measure():
-        raise RuntimeError("effect check broke")
-    return measure
-
-stability.unstable_tensors = lambda calibration: ["x"]
-stability.prepare_output_effect = broken
-from edgepipe.cli.main import main
-main(sys.argv[1:])
-"""
-
-
-def test_failing_output_effect_commits_no_bundle_and_is_not_blamed_on_the_bundle(tmp_path):
-    onnx.save(tiny_conv_model(), str(tmp_path / "m.onnx"))
-    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(np.float32))
-    result = subprocess.run([sys.executable, "-c", INJECT, "build", "--model", str(tmp_path / "m.onnx"), "--calib",
-                             str(tmp_path / "c.npz"), "--target", "jetson", "--out", str(tmp_path / "out"),
-                             "--no-host-report"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode == 3 and len(lines) == 1, result.stderr
-    assert "RuntimeError: effect check broke" in lines[0] and "bundle" not in lines[0], lines[0]
-    assert not (tmp_path / "out").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    calls = counting_builds(monkeypatch)
+    with target.sharing_simulations():
+        target.int8_session(model, calibration)  # as the bias check leaves it
+        shared = stability.output_effect(model, calibration, data, quantize,
+                                         chosen_session=lambda c: target.int8_session(model, c),
+                                         variants=target.qdq_variants(model, calibration))
+    assert shared == expected and expected["samples"] == stability.EFFECT_SAMPLES and len(calls) == 1
 
 
 @pytest.mark.parametrize("target_name", ["jetson", "arm-cpu"])

@@ -172,22 +172,13 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     the bias-correction check ran that state), used instead of building one here.
     `variants(round calibration, names)`: the Q/DQ model of a round's thresholds derived from the
     chosen one (`Target.qdq_variants`), instead of `quantize` building it again."""
-    return prepare_output_effect(model, calibration, dataset, quantize, samples, chosen_session, variants)()
-
-
-def prepare_output_effect(model, calibration, dataset, quantize: Callable, samples: int = EFFECT_SAMPLES,
-                          chosen_session: Callable | None = None,
-                          variants: Callable | None = None) -> Callable[[], dict | None]:
-    """`output_effect` in two steps: this call reads the samples it needs from `dataset` (a
-    dataset reader is not shared between threads), the returned function measures, and may run
-    on another thread (the build writes the bundle meanwhile)."""
     from edgepipe import graph, quantmath
     from edgepipe.calibrate.collector import sample_indices
     from edgepipe.session_runs import built_ahead, run_feeds
 
     names = unstable_tensors(calibration)
     if not names:
-        return lambda: None
+        return None
     indices = sample_indices(len(dataset), samples)
     feeds = [dataset.sample(i) for i in indices]
     outputs = [o.name for o in model.graph.output]
@@ -209,26 +200,20 @@ def prepare_output_effect(model, calibration, dataset, quantize: Callable, sampl
         # weights quantized once, not on every run: the same int8 values (graph.fold_constant_quantize)
         return graph.make_session(graph.fold_constant_quantize(qdq, folded))
 
-    def measure() -> dict:
-        nonlocal reference, powers
-        if reference is None:
-            reference = values(run_feeds(graph.make_session(model), feeds, outputs))
-        powers = [quantmath.signal_power(ref) for ref in reference]
-        rounds = min(len(calibration.tensors[n].stability.get("round_amax") or []) for n in names)
-        candidates = [calibration] + [round_calibration(calibration, r, names) for r in range(rounds)]
-        # each candidate's Q/DQ model is built while the one before runs (built_ahead)
-        chosen, *per_round = [sqnr(run_feeds(session, feeds, outputs))
-                              for session in built_ahead(session_of, candidates)]
-        drop = max((chosen - s for s in per_round if np.isfinite(s)), default=0.0) if np.isfinite(chosen) else 0.0
-        return {"tensors": names, "sqnr_chosen_db": float(chosen), "sqnr_rounds_db": [float(s) for s in per_round],
-                "drop_db": float(max(drop, 0.0)), "samples": len(feeds), "limit_db": OUTPUT_DROP_DB,
-                "floor_db": QUALITY_FLOOR_DB,
-                "warn": bool(drop > OUTPUT_DROP_DB and min(per_round, default=np.inf) < QUALITY_FLOOR_DB)}
-
-    # calibration's own FP32 runs of these samples, else the FP32 model runs them in `measure`
-    reference = values([kept[i] for i in indices]) if all(i in kept for i in indices) else None
-    powers: list = []
-    return measure
+    if all(i in kept for i in indices):  # calibration's own FP32 runs
+        reference = values([kept[i] for i in indices])
+    else:
+        reference = values(run_feeds(graph.make_session(model), feeds, outputs))
+    powers = [quantmath.signal_power(ref) for ref in reference]
+    rounds = min(len(calibration.tensors[n].stability.get("round_amax") or []) for n in names)
+    candidates = [calibration] + [round_calibration(calibration, r, names) for r in range(rounds)]
+    # each candidate's Q/DQ model is built while the one before runs (built_ahead)
+    chosen, *per_round = [sqnr(run_feeds(session, feeds, outputs)) for session in built_ahead(session_of, candidates)]
+    drop = max((chosen - s for s in per_round if np.isfinite(s)), default=0.0) if np.isfinite(chosen) else 0.0
+    return {"tensors": names, "sqnr_chosen_db": float(chosen), "sqnr_rounds_db": [float(s) for s in per_round],
+            "drop_db": float(max(drop, 0.0)), "samples": len(feeds), "limit_db": OUTPUT_DROP_DB,
+            "floor_db": QUALITY_FLOOR_DB,
+            "warn": bool(drop > OUTPUT_DROP_DB and min(per_round, default=np.inf) < QUALITY_FLOOR_DB)}
 
 
 def effect_warning(effect: dict | None) -> str | None:
