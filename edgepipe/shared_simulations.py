@@ -17,7 +17,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable
 
-KEPT = 2  # states kept at once (the uncorrected and the corrected one)
+# states kept at once, per kind: both Q/DQ models (the uncorrected one is the bias estimate's and
+# the check's), one ONNX Runtime session (the last one: the check runs the corrected state last)
+KEPT = {"qdq": 2, "session": 1}
 
 
 def state_key(calibration, keep_float=frozenset()) -> tuple:
@@ -28,10 +30,10 @@ def state_key(calibration, keep_float=frozenset()) -> tuple:
 
 
 class SharedSimulations:
-    """The last KEPT results per kind ("qdq", "session"), keyed by (kind, model, state)."""
+    """The last KEPT[kind] results per kind ("qdq", "session"), keyed by (model, state)."""
 
-    def __init__(self, kept: int = KEPT):
-        self.kept = kept
+    def __init__(self, kept: dict[str, int] | None = None):
+        self.kept = dict(KEPT if kept is None else kept)
         self.entries: dict[str, OrderedDict] = {}
 
     def get(self, kind: str, model, calibration, keep_float, build: Callable[[], object]):
@@ -44,6 +46,6 @@ class SharedSimulations:
             return entry[1]
         result = build()
         entries[key] = (model, result)
-        while len(entries) > self.kept:
+        while len(entries) > self.kept.get(kind, 1):
             entries.popitem(last=False)
         return result
