@@ -185,6 +185,55 @@ def unsafe_export_program(tmp):
             "--out", str(tmp / "bundle")]
 
 
+def _scripted_file_writer(tmp: Path, when: str) -> Path:
+    """A TorchScript file made with torch.jit.script whose own code writes `tmp/out` (aten::save):
+    at load time from `__setstate__` (torch.jit.load runs it), or while it is traced (forward)."""
+    import torch
+
+    class LoadWriter(torch.nn.Module):
+        def __init__(self, path: str):
+            super().__init__()
+            self.path = path
+
+        def forward(self, x):
+            return x + 1
+
+        @torch.jit.export
+        def __getstate__(self) -> tuple[str, bool]:
+            return (self.path, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: tuple[str, bool]) -> None:
+            self.path, self.training = state[0], state[1]
+            torch.ops.aten.save(torch.ones(2), state[0])
+
+    class ForwardWriter(torch.nn.Module):
+        def __init__(self, path: str):
+            super().__init__()
+            self.path = path
+
+        def forward(self, x):
+            torch.ops.aten.save(x, self.path)
+            return x + 1
+
+    module = (LoadWriter if when == "load" else ForwardWriter)(str(tmp / "out"))
+    path = tmp / f"{when}_writer.pt"
+    torch.jit.script(module).save(str(path))
+    return path
+
+
+def torchscript_writes_at_load(tmp):
+    return ["build", "--model", str(_scripted_file_writer(tmp, "load")), "--target", "jetson",
+            "--input-shape", "x:1x4", "--calib", str(_calib(tmp, np.ones((4, 4), np.float32))),
+            "--out", str(tmp / "bundle")]
+
+
+def torchscript_writes_when_traced(tmp):
+    return ["build", "--model", str(_scripted_file_writer(tmp, "forward")), "--target", "jetson",
+            "--input-shape", "x:1x4", "--calib", str(_calib(tmp, np.ones((4, 4), np.float32))),
+            "--out", str(tmp / "bundle")]
+
+
 def bad_yaml(tmp):
     (tmp / "edgepipe.yaml").write_text("target: jetson\n  calib: [\n")
     return ["build"]
@@ -491,6 +540,10 @@ CASES = [
     Case("unsafe-checkpoint", "a checkpoint that needs unsafe unpickling", unsafe_checkpoint, ("evil.pt", "weights_only=True")),
     Case("unsafe-export-program", "a torch.export .pt2 with pickled Python objects", unsafe_export_program,
          ("evil.pt2", "pickled Python objects")),
+    Case("torchscript-load-code", "a TorchScript file whose `__setstate__` writes a file (torch.jit.load runs it)",
+         torchscript_writes_at_load, ("load_writer.pt", "aten::save", "__setstate__")),
+    Case("torchscript-host-op", "a TorchScript file whose forward writes a file (aten::save) when traced",
+         torchscript_writes_when_traced, ("forward_writer.pt", "aten::save", "forward")),
     Case("bad-yaml", "edgepipe.yaml that is not valid YAML", bad_yaml, ("edgepipe.yaml", "line 2")),
     Case("tampered-bundle", "a bundle file changed after the build", tampered_bundle, ("model.bin",), exit_code=1),
     Case("traversal-archive", "a bundle archive with ../ paths", traversal_archive, ("../../escaped.txt",)),

@@ -144,6 +144,8 @@ def load_torch_file(path: Path):
             raise UserError(f"{path}: not a readable torch.export program ({exc})") from exc
     try:
         return torch_files.load_torchscript(path)
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(
             f"{path}: not a TorchScript file; for a state_dict checkpoint use --model pkg.module:factory --weights {path}"

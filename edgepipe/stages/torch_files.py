@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from edgepipe.errors import UserError
+from edgepipe.stages import torchscript_ops
 
 _mapping = threading.local()
 _registered = False
@@ -136,10 +137,13 @@ def load_exported_program(path: Path):
 
 
 def load_torchscript(path: Path):
-    """A TorchScript file with its storages and its graphs' device constants on the CPU."""
+    """A TorchScript file with its storages and its graphs' device constants on the CPU, after its
+    code passed the host-op checks (torchscript_ops: loading it runs its `__setstate__`)."""
     import torch
 
+    torchscript_ops.check_archive_code(path)
     module = torch.jit.load(str(path), map_location="cpu")
+    torchscript_ops.check_graphs(module, path)
     for submodule in module.modules():
         for name in submodule._c._method_names():
             for node in submodule._c._get_method(name).graph.findAllNodes("prim::Constant"):

@@ -1,0 +1,103 @@
+"""TorchScript files are programs: host ops and library namespaces are refused before they run.
+
+The CLI cases (a `__setstate__` and a `forward` that write a file) are rows of the bad-input
+table; these tests cover what the table cannot: the check on loaded graphs alone (the text check
+could be bypassed), library namespaces, obfuscated source, and real TorchScript files passing.
+"""
+
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgepipe.errors import UserError
+from edgepipe.stages import torch_files, torchscript_ops
+
+SAVED = Path(__file__).parent / "gpu_saved"
+
+
+class FileWriter(torch.nn.Module):
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def forward(self, x):
+        torch.ops.aten.save(x, self.path)
+        return x + 1
+
+
+class ProfilerCall(torch.nn.Module):
+    def forward(self, x):
+        torch.ops.profiler._record_function_enter_new("x", None)
+        return x + 1
+
+
+class Branchy(torch.nn.Module):
+    """Scripted control flow, a helper method and a submodule: what real scripted models hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if x.dim() == 4 else x
+
+    def forward(self, x):
+        y = self.conv(x)
+        for _ in range(2):
+            y = torch.relu(self.scale(y))
+        return y.flatten(1).softmax(-1)
+
+
+def test_loaded_graph_with_a_host_op_is_refused_before_it_runs(tmp_path):
+    module = torch.jit.script(FileWriter(str(tmp_path / "written")))
+    with pytest.raises(UserError, match=r"aten::save in forward"):
+        torchscript_ops.check_graphs(module, tmp_path / "m.pt")
+    assert not (tmp_path / "written").exists()
+
+
+def test_library_namespace_is_refused_in_graph_and_archive(tmp_path):
+    module = torch.jit.script(ProfilerCall())
+    with pytest.raises(UserError, match=r"profiler::_record_function_enter_new in forward"):
+        torchscript_ops.check_graphs(module, tmp_path / "m.pt")
+    module.save(str(tmp_path / "m.pt"))
+    with pytest.raises(UserError, match=r"ops\.profiler\.\* in forward"):
+        torchscript_ops.check_archive_code(tmp_path / "m.pt")
+
+
+def test_host_op_split_by_a_comment_in_the_source_is_found(tmp_path):
+    saved, crafted = tmp_path / "plain.pt", tmp_path / "crafted.pt"
+    torch.jit.script(FileWriter(str(tmp_path / "written"))).save(str(saved))
+    with zipfile.ZipFile(saved) as source, zipfile.ZipFile(crafted, "w") as out:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("code/__torch__.py"):
+                assert b"torch.save(" in data
+                data = data.replace(b"torch.save(", b"(torch.  # nothing to see\n      save)(")
+            out.writestr(info, data)
+    torch.jit.load(str(crafted))  # still valid TorchScript
+    with pytest.raises(UserError, match=r"aten::save in forward"):
+        torch_files.load_torchscript(crafted)
+    assert not (tmp_path / "written").exists()
+
+
+@pytest.mark.parametrize("name", ["small_cnn_traced.pt", "position_cnn_traced.pt"])
+def test_traced_files_pass(name):
+    module = torch_files.load_torchscript(SAVED / name)
+    assert isinstance(module, torch.jit.ScriptModule)
+
+
+def test_scripted_control_flow_passes_and_runs(tmp_path):
+    torch.jit.script(Branchy().eval()).save(str(tmp_path / "branchy.pt"))
+    module = torch_files.load_torchscript(tmp_path / "branchy.pt")
+    x = torch.randn(1, 3, 5, 5)
+    expected = Branchy().eval()
+    expected.load_state_dict(module.state_dict())
+    torch.testing.assert_close(module(x), expected(x))
+
+
+def test_a_file_that_is_not_a_zip_is_refused_before_torch_jit_load(tmp_path):
+    (tmp_path / "m.pt").write_bytes(b"\x00" * 64)
+    with pytest.raises(UserError, match="not a TorchScript file"):
+        torch_files.load_torchscript(tmp_path / "m.pt")
