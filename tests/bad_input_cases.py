@@ -83,6 +83,43 @@ def external_data_missing(tmp):
     return _build(tmp, path, _calib(tmp))
 
 
+def external_data_outside(tmp):
+    """An initializer whose external data is a symlink to a file outside the model's folder."""
+    (tmp / "secret.txt").write_bytes(b"0123456789abcdef" * 64)
+    folder = tmp / "model"
+    folder.mkdir()
+    path = folder / "model.onnx"
+    onnx.save(tiny_conv_model(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    (folder / "weights.bin").unlink()
+    (folder / "weights.bin").symlink_to(tmp / "secret.txt")
+    return _build(tmp, path, _calib(tmp))
+
+
+def image_pixel_bomb(tmp):
+    """A 60-byte PNG whose header declares 40000 x 40000 pixels (4.8 GB decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    folder = tmp / "calib"
+    folder.mkdir()
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0))
+    (folder / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                                      + chunk(b"IEND", b""))
+    return _build(tmp, _model(tmp), folder)
+
+
+def pickled_npz(tmp):
+    """An .npz whose member is an object array: loading it with pickles allowed would run code."""
+    data = np.empty(8, dtype=object)
+    data[:] = [_FileWriter(tmp / "out")] * 8
+    np.savez(tmp / "calib.npz", x=data)
+    return _build(tmp, _model(tmp), tmp / "calib.npz")
+
+
 def unsupported_op(tmp):
     model = tiny_conv_model()
     model.graph.node.append(onnx.helper.make_node("FancyOp", ["y"], ["z"], name="fancy_node", domain="com.example"))
@@ -520,6 +557,8 @@ CASES = [
     Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("external-data-missing", "ONNX whose external-data file is missing", external_data_missing, ("weights.bin", "missing")),
+    Case("external-data-outside", "ONNX external data that is a symlink to a file outside the model's folder",
+         external_data_outside, ("model.onnx", "initializer 'w'", "outside the model folder")),
     Case("unsupported-op", "an op the target cannot run", unsupported_op, ("fancy_node", "FancyOp", "jetson")),
     Case("no-inputs", "a model with no inputs (only constants)", no_inputs, ("model.onnx", "no inputs")),
     Case("zero-stride", "a pooling node with stride 0 (ONNX's shape inference would crash the process)",
@@ -528,6 +567,10 @@ CASES = [
          ("'x'", "--input-shape")),
     Case("empty-folder", "calibration folder with no images", empty_folder, ("calib",)),
     Case("unreadable-image", "an image that cannot be decoded", unreadable_image, ("broken.png",)),
+    Case("image-pixel-bomb", "a PNG whose header declares 40000 x 40000 pixels (decompression bomb)", image_pixel_bomb,
+         ("huge.png", "decompression bomb")),
+    Case("pickled-npz", "an .npz holding pickled Python objects (an object array)", pickled_npz,
+         ("calib.npz", "non-numeric dtype object")),
     Case("wrong-shape", "calibration tensors of the wrong shape", wrong_shape, ("'x'", "9")),
     Case("wrong-dtype", "calibration tensors that are not numbers", wrong_dtype, ("'x'",)),
     Case("nan-values", "NaN in the calibration data", nan_values, ("'x'", "5")),
