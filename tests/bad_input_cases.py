@@ -222,6 +222,34 @@ def unsafe_export_program(tmp):
             "--out", str(tmp / "bundle")]
 
 
+def export_program_host_op(tmp):
+    """A .pt2 whose graph gains an aten::from_file(shared=True) node: running the program (the
+    export traces it) would create `tmp/out`. torch's deserializer accepts any torch.ops target."""
+    import zipfile
+
+    program = tmp / "mapped.pt2"
+    shipped = Path(__file__).parent / "gpu_saved" / "small_cnn.pt2"
+    with zipfile.ZipFile(shipped) as source, zipfile.ZipFile(program, "w") as crafted:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename.endswith("models/model.json"):
+                model = json.loads(data)
+                graph = model["graph_module"]["graph"]
+                graph["nodes"].insert(0, {
+                    "target": "torch.ops.aten.from_file.default", "name": "mapped", "metadata": {},
+                    "inputs": [{"name": "filename", "arg": {"as_string": str(tmp / "out")}, "kind": 1},
+                               {"name": "shared", "arg": {"as_bool": True}, "kind": 1},
+                               {"name": "size", "arg": {"as_int": 16}, "kind": 1}],
+                    "outputs": [{"as_tensor": {"name": "mapped"}}], "is_hop_single_tensor_return": None})
+                graph["tensor_values"]["mapped"] = {
+                    "dtype": 7, "sizes": [{"as_int": 16}], "strides": [{"as_int": 1}], "requires_grad": False,
+                    "device": {"type": "cpu"}, "storage_offset": {"as_int": 0}, "layout": 7}
+                data = json.dumps(model).encode()
+            crafted.writestr(item, data)
+    return ["build", "--model", str(program), "--target", "jetson", "--input-shape", "x:1x3x16x16",
+            "--calib", str(_calib(tmp, np.zeros((4, 3, 16, 16), np.float32))), "--out", str(tmp / "bundle")]
+
+
 def _scripted_file_writer(tmp: Path, when: str) -> Path:
     """A TorchScript file made with torch.jit.script whose own code writes `tmp/out` (aten::save):
     at load time from `__setstate__` (torch.jit.load runs it), or while it is traced (forward)."""
@@ -583,6 +611,8 @@ CASES = [
     Case("unsafe-checkpoint", "a checkpoint that needs unsafe unpickling", unsafe_checkpoint, ("evil.pt", "weights_only=True")),
     Case("unsafe-export-program", "a torch.export .pt2 with pickled Python objects", unsafe_export_program,
          ("evil.pt2", "pickled Python objects")),
+    Case("export-program-host-op", "a torch.export .pt2 whose graph maps a file (aten::from_file) when run",
+         export_program_host_op, ("mapped.pt2", "aten::from_file", "node 'mapped'")),
     Case("torchscript-load-code", "a TorchScript file whose `__setstate__` writes a file (torch.jit.load runs it)",
          torchscript_writes_at_load, ("load_writer.pt", "aten::save", "__setstate__")),
     Case("torchscript-host-op", "a TorchScript file whose forward writes a file (aten::save) when traced",

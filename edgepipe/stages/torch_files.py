@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from edgepipe.errors import UserError
-from edgepipe.stages import torchscript_ops
+from edgepipe.stages import torch_op_policy
 
 _mapping = threading.local()
 _registered = False
@@ -108,6 +108,7 @@ def load_exported_program(path: Path):
             raise UserError(f"{path}: refused: the archive holds pickled Python objects, which could run code "
                             "when loaded; export the program with tensor weights and inputs only") from exc
         raise
+    torch_op_policy.check_exported_program(program, path)
     changed = False
     for node in program.graph.nodes:
         args, kwargs = _cpu(node.args), _cpu(node.kwargs)
@@ -138,12 +139,12 @@ def load_exported_program(path: Path):
 
 def load_torchscript(path: Path):
     """A TorchScript file with its storages and its graphs' device constants on the CPU, after its
-    code passed the host-op checks (torchscript_ops: loading it runs its `__setstate__`)."""
+    code passed the host-op checks (torch_op_policy: loading it runs its `__setstate__`)."""
     import torch
 
-    torchscript_ops.check_archive_code(path)
+    torch_op_policy.check_archive_code(path)
     module = torch.jit.load(str(path), map_location="cpu")
-    torchscript_ops.check_graphs(module, path)
+    torch_op_policy.check_graphs(module, path)
     for submodule in module.modules():
         for name in submodule._c._method_names():
             for node in submodule._c._get_method(name).graph.findAllNodes("prim::Constant"):

@@ -1,11 +1,13 @@
-"""Which TorchScript code edgepipe agrees to run: a TorchScript file is a program, not data.
+"""Which torch code edgepipe agrees to run: a TorchScript file or a torch.export program is a
+program, not data.
 
-Why: torch.jit.load runs each module's `__setstate__` and the export stage runs `forward` to trace
-it, and TorchScript reaches ops that act on the host: `aten::save` writes files, `aten::from_file`
-maps (and creates) them, `prim::rpc_*` and the `c10d` / `symm_mem` ops talk to other processes,
-and every library loaded into the process adds its own namespace under `torch.ops`. A file whose
-code names any of them is refused before torch.jit.load, from the archive's code read as text (so
-nothing runs), and the loaded graphs are checked again by op kind before anything is traced.
+Why: torch.jit.load runs each module's `__setstate__`, and the export stage runs `forward` (or the
+exported graph) to trace it. Both reach ops that act on the host: `aten::save` writes files,
+`aten::from_file` maps (and creates) them, `prim::rpc_*` and the `c10d` / `symm_mem` ops talk to
+other processes, and every library loaded into the process adds its own namespace under
+`torch.ops`. A TorchScript file whose code names any of them is refused before torch.jit.load,
+from the archive's code read as text (so nothing runs), and every loaded graph (TorchScript
+methods, a `.pt2` program's graph and subgraphs) is checked by op kind before anything is traced.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ _DEF = re.compile(r"\bdef\s+(\w+)")
 
 
 def _refusal(path: Path, what: str, where: str) -> UserError:
-    return UserError(f"{path}: refused: its TorchScript code calls {what} in {where}, which acts on this machine "
+    return UserError(f"{path}: refused: its code calls {what} in {where}, which acts on this machine "
                      "(files, processes) when edgepipe loads or traces it; export the model without it")
 
 
@@ -76,6 +78,27 @@ def check_graphs(module, path: Path) -> None:
             graph = submodule._c._get_method(method).graph.copy()
             torch._C._jit_pass_inline(graph)
             for kind in _node_kinds(graph):
-                namespace, _, name = kind.partition("::")
-                if kind in HOST_OPS.values() or namespace not in OP_NAMESPACES:
+                if _refused_kind(kind):
                     raise _refusal(path, kind, method)
+
+
+def _refused_kind(kind: str) -> bool:
+    return kind in HOST_OPS.values() or kind.partition("::")[0] not in OP_NAMESPACES
+
+
+def check_exported_program(program, path: Path) -> None:
+    """Refuse a loaded torch.export program whose graph (or a control-flow subgraph) calls a host op
+    or an op of a library namespace, before its module runs. The other call targets torch's
+    deserializer admits are higher-order operators (their subgraphs are checked here) and
+    operator / math / symbolic-shape functions."""
+    import torch
+
+    for graph_module in program.graph_module.modules():
+        graph = getattr(graph_module, "graph", None)
+        if not isinstance(graph, torch.fx.Graph):
+            continue
+        for node in graph.nodes:
+            if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+                kind = node.target._schema.name
+                if _refused_kind(kind):
+                    raise _refusal(path, kind, f"node '{node.name}'")

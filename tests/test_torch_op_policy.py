@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from edgepipe.errors import UserError
-from edgepipe.stages import torch_files, torchscript_ops
+from edgepipe.stages import torch_files, torch_op_policy
 
 SAVED = Path(__file__).parent / "gpu_saved"
 
@@ -53,17 +53,17 @@ class Branchy(torch.nn.Module):
 def test_loaded_graph_with_a_host_op_is_refused_before_it_runs(tmp_path):
     module = torch.jit.script(FileWriter(str(tmp_path / "written")))
     with pytest.raises(UserError, match=r"aten::save in forward"):
-        torchscript_ops.check_graphs(module, tmp_path / "m.pt")
+        torch_op_policy.check_graphs(module, tmp_path / "m.pt")
     assert not (tmp_path / "written").exists()
 
 
 def test_library_namespace_is_refused_in_graph_and_archive(tmp_path):
     module = torch.jit.script(ProfilerCall())
     with pytest.raises(UserError, match=r"profiler::_record_function_enter_new in forward"):
-        torchscript_ops.check_graphs(module, tmp_path / "m.pt")
+        torch_op_policy.check_graphs(module, tmp_path / "m.pt")
     module.save(str(tmp_path / "m.pt"))
     with pytest.raises(UserError, match=r"ops\.profiler\.\* in forward"):
-        torchscript_ops.check_archive_code(tmp_path / "m.pt")
+        torch_op_policy.check_archive_code(tmp_path / "m.pt")
 
 
 def test_host_op_split_by_a_comment_in_the_source_is_found(tmp_path):
