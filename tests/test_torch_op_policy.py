@@ -1,4 +1,4 @@
-"""TorchScript files are programs: host ops and library namespaces are refused before they run.
+"""TorchScript files and .pt2 programs are programs: host ops and library namespaces are refused before they run.
 
 The CLI cases (a `__setstate__` and a `forward` that write a file) are rows of the bad-input
 table; these tests cover what the table cannot: the check on loaded graphs alone (the text check
@@ -101,3 +101,18 @@ def test_a_file_that_is_not_a_zip_is_refused_before_torch_jit_load(tmp_path):
     (tmp_path / "m.pt").write_bytes(b"\x00" * 64)
     with pytest.raises(UserError, match="not a TorchScript file"):
         torch_files.load_torchscript(tmp_path / "m.pt")
+
+
+def test_op_passed_to_a_higher_order_wrapper_is_checked(tmp_path):
+    """with_effects / auto_functionalized nodes of a .pt2 graph run the op given as their argument."""
+    from types import SimpleNamespace
+
+    graph = torch.fx.Graph()
+    token = graph.placeholder("token")
+    graph.call_function(torch.ops.higher_order.with_effects,
+                        (token, torch.ops.aten.from_file.default, str(tmp_path / "mapped"), True, 16))
+    graph.output(token)
+    program = SimpleNamespace(graph_module=torch.fx.GraphModule(torch.nn.Module(), graph))
+    with pytest.raises(UserError, match=r"aten::from_file in node 'with_effects'"):
+        torch_op_policy.check_exported_program(program, tmp_path / "m.pt2")
+    assert not (tmp_path / "mapped").exists()

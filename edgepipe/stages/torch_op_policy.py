@@ -92,13 +92,18 @@ def check_exported_program(program, path: Path) -> None:
     deserializer admits are higher-order operators (their subgraphs are checked here) and
     operator / math / symbolic-shape functions."""
     import torch
+    from torch.utils._pytree import tree_leaves
 
     for graph_module in program.graph_module.modules():
         graph = getattr(graph_module, "graph", None)
         if not isinstance(graph, torch.fx.Graph):
             continue
         for node in graph.nodes:
-            if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
-                kind = node.target._schema.name
-                if _refused_kind(kind):
-                    raise _refusal(path, kind, f"node '{node.name}'")
+            if node.op != "call_function":
+                continue
+            if isinstance(node.target, torch._ops.HigherOrderOperator) and "torchbind" in node.target.name():
+                raise _refusal(path, f"higher_order.{node.target.name()}", f"node '{node.name}'")
+            # wrappers (with_effects, auto_functionalized) take the op they run as an argument
+            for op in [node.target, *tree_leaves((node.args, node.kwargs))]:
+                if isinstance(op, torch._ops.OpOverload) and _refused_kind(op._schema.name):
+                    raise _refusal(path, op._schema.name, f"node '{node.name}'")
