@@ -116,3 +116,24 @@ def test_op_passed_to_a_higher_order_wrapper_is_checked(tmp_path):
     with pytest.raises(UserError, match=r"aten::from_file in node 'with_effects'"):
         torch_op_policy.check_exported_program(program, tmp_path / "m.pt2")
     assert not (tmp_path / "mapped").exists()
+
+
+class NamedLikeNamespaces(torch.nn.Module):
+    """Attributes called `ops` and `classes` are the model's own, not torch's op registry."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = torch.nn.Identity()
+        self.classes = torch.nn.ReLU()
+
+    def forward(self, x):
+        return self.classes.forward(self.ops.forward(x))
+
+
+def test_attributes_named_like_namespaces_pass(tmp_path):
+    torch.jit.script(NamedLikeNamespaces()).save(str(tmp_path / "named.pt"))
+    with zipfile.ZipFile(tmp_path / "named.pt") as archive:
+        source = "".join(archive.read(n).decode() for n in archive.namelist() if n.endswith(".py"))
+    assert "self.classes" in source and "self.ops" in source
+    module = torch_files.load_torchscript(tmp_path / "named.pt")
+    torch.testing.assert_close(module(torch.tensor([-1.0, 2.0])), torch.tensor([0.0, 2.0]))

@@ -21,14 +21,16 @@ from edgepipe.errors import UserError
 # ops of the allowed namespaces that act outside the tensors: files, other processes
 HOST_OPS = {"save": "aten::save", "from_file": "aten::from_file", "rpc_async": "prim::rpc_async",
             "rpc_sync": "prim::rpc_sync", "rpc_remote": "prim::rpc_remote"}
-# tensor math (aten, prims), graph structure (prim) and the quantized kernels; any other
-# namespace is a library's own ops (distributed, profiler, test and custom libraries)
-OP_NAMESPACES = frozenset({"aten", "prim", "prims", "quantized", "_quantized"})
+# tensor math (aten, prims, torchvision's nms / roi_align), graph structure (prim) and the quantized
+# kernels; any other namespace is a library's own ops (distributed, profiler, test and custom ones)
+OP_NAMESPACES = frozenset({"aten", "prim", "prims", "quantized", "_quantized", "torchvision"})
 CLASS_NAMESPACES = frozenset({"quantized", "xnnpack"})  # packed weights of quantized / mobile models
 
 _GAP = r"(?:\s|\\|#[^\n]*)*"  # what may stand between a dot and a name in TorchScript source
 _HOST_CALL = re.compile(r"\." + _GAP + r"(" + "|".join(HOST_OPS) + r")\b")
-_NAMESPACE = re.compile(r"\b(ops|classes)" + _GAP + r"\." + _GAP + r"(\w+)")
+# `ops.ns.name` / `torch.ops.ns.name` / `torch.classes.ns.Name`, not an attribute like `self.classes.x`
+_NAMESPACE = re.compile(r"(?:\btorch" + _GAP + r"\." + _GAP + r"|(?<![\w.]))(ops|classes)"
+                        + _GAP + r"\." + _GAP + r"(\w+)")
 _DEF = re.compile(r"\bdef\s+(\w+)")
 
 
