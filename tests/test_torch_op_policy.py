@@ -137,3 +137,42 @@ def test_attributes_named_like_namespaces_pass(tmp_path):
     assert "self.classes" in source and "self.ops" in source
     module = torch_files.load_torchscript(tmp_path / "named.pt")
     torch.testing.assert_close(module(torch.tensor([-1.0, 2.0])), torch.tensor([0.0, 2.0]))
+
+
+class ZeroBuffer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("table", torch.zeros(256, 1024))  # 1 MB of zeros
+
+    def forward(self, x):
+        return x + self.table[0, 0]
+
+
+def _deflated(source: Path, crafted: Path) -> None:
+    """The archive with every member deflated: torch writes them stored, so only a crafted file
+    inflates its storages (at scale: a few MB of download that unpacks to more than the memory)."""
+    with zipfile.ZipFile(source) as plain, zipfile.ZipFile(crafted, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in plain.infolist():
+            out.writestr(info.filename, plain.read(info), compress_type=zipfile.ZIP_DEFLATED)
+
+
+@pytest.mark.parametrize("name", ["zeros.pt", "small_cnn.pt2"])
+def test_torch_archive_zip_bomb_is_refused_before_torch_inflates_it(tmp_path, monkeypatch, name):
+    from edgepipe import safeio
+
+    if name.endswith(".pt2"):
+        source = SAVED / name
+        monkeypatch.setattr(safeio, "BOMB_MIN_BYTES", 100)  # the same check, at test scale
+        monkeypatch.setattr(safeio, "BOMB_RATIO", 2)
+    else:
+        source = tmp_path / "plain.pt"
+        torch.jit.script(ZeroBuffer()).save(str(source))
+        monkeypatch.setattr(safeio, "BOMB_MIN_BYTES", 100_000)
+    _deflated(source, tmp_path / name)
+    load = torch_files.load_exported_program if name.endswith(".pt2") else torch_files.load_torchscript
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load ran"))
+        patched.setattr(torch.export, "load", lambda *a, **k: pytest.fail("torch.export.load ran"))
+        with pytest.raises(UserError, match=rf"{name}: .* member '.*' unpacks from \d+ to \d+ bytes"):
+            load(tmp_path / name)
+    assert load(source) is not None  # torch's own (stored) archive passes the same check

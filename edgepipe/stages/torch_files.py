@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from edgepipe.errors import UserError
+from edgepipe.safeio import check_zip_members
 from edgepipe.stages import torch_op_policy
 
 _mapping = threading.local()
@@ -100,6 +101,7 @@ def load_exported_program(path: Path):
     """A `.pt2` torch.export program as an eager CPU module."""
     import torch
 
+    check_zip_members(path, "torch.export program")  # torch.export.load inflates every weight whole
     try:
         with _tensor_pickles_only(), _storages_on_cpu():
             program = torch.export.load(str(path))
@@ -142,6 +144,7 @@ def load_torchscript(path: Path):
     code passed the host-op checks (torch_op_policy: loading it runs its `__setstate__`)."""
     import torch
 
+    check_zip_members(path, "TorchScript file")  # torch.jit.load inflates every storage whole
     torch_op_policy.check_archive_code(path)
     module = torch.jit.load(str(path), map_location="cpu")
     torch_op_policy.check_graphs(module, path)
