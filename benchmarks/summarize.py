@@ -379,12 +379,33 @@ def calibration_real_models(data: dict) -> list[str]:
                          f"{fmt(ratio, 2)} | {fmt(cpu_ratio, 2)} | "
                          f"{fmt(run.get('string_agreement'))} | {fmt(run.get('sqnr_db'), 1)} |")
     return lines
+def calibration_ab(data: dict) -> list[str]:
+    """Two versions of the whole jetson build, alternating fresh processes (calibration_ab.py)."""
+    lines = [f"{data['what']}; {len(data['runs'])} runs; medians per version; load average per run in brackets; "
+             f"bundles identical across every run: {'yes' if data.get('identical_bundles') else 'NO'}.", "",
+             "| version | commit | build wall s | build CPU s | calibrate + backend s | own peak MB | load |",
+             "|---|---|---|---|---|---|---|"]
+    for side in ("A", "B"):
+        row = data[side]
+        loads = ", ".join(f"{value:.1f}" for value in row.get("load_avg", []))
+        lines.append(f"| {side} | {row['commit']} | {fmt(row['build_wall_s'], 1)} | {fmt(row['build_cpu_s'], 1)} | "
+                     f"{fmt(row['wall_s'], 1)} | {fmt(row['peak_mb'], 0)} | {loads} |")
+    ratio = data["B_over_A"]
+    lines.append(f"| B / A | | {fmt(ratio['build_wall_s'], 3)} | {fmt(ratio['build_cpu_s'], 3)} | "
+                 f"{fmt(ratio['wall_s'], 3)} | | |")
+    return lines
+
+
 SECTIONS = [
     ("Real-model corpus through the CLI (`benchmarks/real_model_corpus.py`)", "real_model_corpus", real_model_corpus),
     ("Calibration vs ONNX Runtime quantize_static (`benchmarks/calibration_vs_peers.py`)", "calibration_vs_peers", calibration_vs_peers),
     ("Calibration speed on a real model, whole jetson build vs ORT Entropy, after "
      "(`benchmarks/calibration_real_models.py --models ocr_rec --methods ours:auto,ort:Entropy`)",
      "calibration_speed_real_models", calibration_real_models),
+    ("... A/B of two versions of the whole build, alternating (`benchmarks/calibration_ab.py`)", "calibration_speed_ab",
+     calibration_ab),
+    ("... the previous final run, host otherwise idle (commit dd9bca9)", "calibration_speed_dd9bca9_idle",
+     calibration_real_models),
     ("... the same speed-ups (commit 3323b44) on a host loaded by other work (load average 6-7)",
      "calibration_speed_loaded_host", calibration_real_models),
     ("... the same, before this round's exact speed-ups (edgepipe of commit bae6392, same session as the loaded run)",
