@@ -19,6 +19,9 @@ loses too much; a few sensitive tensors are usually the whole difference. The pl
 4. confirms on the full evaluation set, or with `evaluate(float_nodes)` (the real backend, e.g.
    the .tflite in LiteRT); if confirmation fails, doubles the float set (next ranked groups)
    until it passes: at most log2(N) more backend runs.
+   A backend evaluator that takes `stop` (arm-cpu's LiteRT one) ends a search run early once even
+   a perfect rest of the eval set could not meet the budget (`Budget.cannot_hold`: the same
+   answer as the full run, at a fraction of the cost); confirmations always run in full.
 
 Budget: a number = the largest accepted drop vs FP32 (top-1 points with labels, else the
 fraction of changed argmax decisions, one per position of the last axis: per time step for a
