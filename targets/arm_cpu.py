@@ -98,20 +98,17 @@ class ArmCpuTarget(Target):
         """The int8 .tflite itself, built with the build's backend settings and run in LiteRT."""
         import tempfile
 
-        from edgepipe.backends.tflite import writer
-        from edgepipe.backends.tflite.build import check_supported, describe_io, lower_model
+        from edgepipe.backends.tflite.build import check_supported
+        from edgepipe.backends.tflite.evaluate import int8_tflite
         from edgepipe.backends.tflite.runtime import make_interpreter, run_tflite
 
         options = {**self.options, **{k: v for k, v in settings.items() if v is not None}}
         options.update(float_nodes=set(options.get("float_nodes") or []),
                        int16_nodes=set(options.get("int16_nodes") or []), target=self.name)
         check_supported(model, self.name)
-        lowered = lower_model(model, calibration, options, quantized=True)
         with tempfile.TemporaryDirectory(prefix="edgepipe-int8-") as tmp:
-            path = Path(tmp) / "model.tflite"
-            path.write_bytes(writer.serialize(lowered.spec))
+            path, io = int8_tflite(model, calibration, options, Path(tmp))
             interpreter = make_interpreter(path)
-            io = describe_io(lowered)
             outputs = [run_tflite(path, io, feed, interpreter=interpreter) for feed in feeds]
         return outputs, "int8 .tflite in LiteRT (XNNPACK)"
 
