@@ -40,7 +40,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -236,6 +235,19 @@ def prepare(name: str, calib_n: int, eval_n: int, work: Path) -> dict:
     np.savez(work / f"{name}_eval.npz", **{spec.input_name: data["x"]})
     return data
 
+
+
+def recognizer_study(name: str, row: str, work: Path, **extra) -> tuple[dict, np.ndarray, dict]:
+    """The shared start of the recognizer studies: data of `row`, FP32 outputs and the report header."""
+    _, _, calib_n, eval_n = ROWS[row]
+    data = prepare(name, calib_n, eval_n, work)
+    spec = real_models.MODELS[name]
+    fp32 = list(corpus_eval.run_onnx_file(real_models.raw_model_path(name), spec.input_name,
+                                          data["x"]).values())[0]
+    report = {"host": {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()},
+              "model": name, "package": real_models.package(name), "calib_samples": calib_n,
+              "eval_samples": eval_n, **extra, "targets": {}}
+    return data, fp32, report
 
 def main() -> None:
     parser = argparse.ArgumentParser()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -35,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_goals as goals  # noqa: E402
 import real_models  # noqa: E402
 from calibration_real_models import ctc_decode  # noqa: E402
-from tests.realmodels import evaluate as corpus_eval  # noqa: E402
 
 NAME = "ocr_rec"
 BLANK = 0
@@ -106,16 +104,9 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     work = Path(tempfile.mkdtemp(prefix="flip_margins_"))
     try:
-        _, _, calib_n, eval_n = goals.ROWS["rec_arm"]
-        data = goals.prepare(NAME, calib_n, eval_n, work)
-        spec = real_models.MODELS[NAME]
-        fp32 = list(corpus_eval.run_onnx_file(real_models.raw_model_path(NAME), spec.input_name,
-                                              data["x"]).values())[0]
+        data, fp32, report = goals.recognizer_study(
+            NAME, "rec_arm", work, margin="log p1 - log p2 of FP32 (nats) at each time step")
         chars = real_models.characters(NAME)
-        report = {"host": {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()},
-                  "model": NAME, "package": real_models.package(NAME), "calib_samples": calib_n,
-                  "eval_samples": eval_n, "margin": "log p1 - log p2 of FP32 (nats) at each time step",
-                  "targets": {}}
         for target in args.targets.split(","):
             bundle, _ = goals.cli_build(NAME, target, work, "default", None)
             out = goals.deployed_output(target, bundle, NAME, data["x"])

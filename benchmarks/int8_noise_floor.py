@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -83,15 +82,10 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     work = Path(tempfile.mkdtemp(prefix="int8_noise_floor_"))
     try:
-        _, _, calib_n, eval_n = goals.ROWS["rec_jetson"]
-        data = goals.prepare(NAME, calib_n, eval_n, work)
+        data, fp32, report = goals.recognizer_study(NAME, "rec_jetson", work, sigma=args.sigma)
         texts = [str(t) for t in data["texts"]]
         spec = real_models.MODELS[NAME]
-        fp32 = list(corpus_eval.run_onnx_file(real_models.raw_model_path(NAME), spec.input_name,
-                                              data["x"]).values())[0]
-        report = {"host": {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()},
-                  "model": NAME, "package": real_models.package(NAME), "calib_samples": calib_n,
-                  "eval_samples": eval_n, "sigma": args.sigma, "targets": {}}
+        calib_n = report["calib_samples"]
         calibration_file = work / f"{NAME}_calib.npz"
         default_calibration = calibration_file.read_bytes()
         for target in args.targets.split(","):

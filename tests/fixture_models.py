@@ -21,6 +21,19 @@ def build_small_cnn():
     return SmallCNN().eval()
 
 
+class PositionBiasCNN(SmallCNN):
+    """SmallCNN after a column-position bias made on the input's device (as positional codes are)."""
+
+    def forward(self, x):
+        columns = torch.arange(x.shape[-1], device=x.device, dtype=x.dtype)
+        return super().forward(x + 0.01 * columns)
+
+
+def build_position_bias_cnn():
+    torch.manual_seed(0)
+    return PositionBiasCNN().eval()
+
+
 def raising_factory():
     raise RuntimeError("factory exploded")
 

@@ -21,6 +21,7 @@ import onnx
 from edgepipe import branches, graph
 from edgepipe.errors import UserError
 from edgepipe.isolation import import_user_module
+from edgepipe.stages import torch_files
 
 TORCH_FILE_SUFFIXES = (".pt", ".pth", ".pt2", ".ts", ".torchscript")
 
@@ -83,6 +84,31 @@ def load_factory(spec: str, weights: str | None):
     return model.eval()
 
 
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")  # Lightning, the PyTorch tutorial, timm/YOLO-style
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")  # DataParallel / DDP, torch.compile, a wrapping LightningModule
+
+
+def checkpoint_state_dict(state):
+    """The state_dict inside a training checkpoint ({'epoch': .., 'model_state_dict': {..}, ..})."""
+    if isinstance(state, dict):
+        for key in CHECKPOINT_KEYS:
+            inner = state.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(k, str) for k in inner):
+                return inner
+    return state
+
+
+def without_wrapper_prefix(state: dict, expected: set[str]) -> dict:
+    """Strip the prefixes a training wrapper adds to every key, when that makes the keys the model's."""
+    stripped = state
+    while set(stripped) != expected:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in stripped)), None)
+        if prefix is None:
+            return state
+        stripped = {k[len(prefix):]: v for k, v in stripped.items()}
+    return stripped
+
+
 def load_weights(model, weights: str) -> None:
     import torch
 
@@ -98,27 +124,24 @@ def load_weights(model, weights: str) -> None:
             f"--weights {weights}: refused by torch.load(weights_only=True): {why}; "
             "save a plain state_dict with torch.save(model.state_dict(), path)"
         ) from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    state = checkpoint_state_dict(state)
     if not isinstance(state, dict):
         raise UserError(f"--weights {weights}: expected a state_dict, got {type(state).__name__}")
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(without_wrapper_prefix(state, set(model.state_dict())))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"--weights {weights}: does not match the model: {first}") from exc
 
 
 def load_torch_file(path: Path):
-    import torch
-
     if path.suffix == ".pt2":
         try:
-            return torch.export.load(str(path)).module()
+            return torch_files.load_exported_program(path)
         except Exception as exc:
             raise UserError(f"{path}: not a readable torch.export program ({exc})") from exc
     try:
-        return torch.jit.load(str(path), map_location="cpu").eval()
+        return torch_files.load_torchscript(path)
     except Exception as exc:
         raise UserError(
             f"{path}: not a TorchScript file; for a state_dict checkpoint use --model pkg.module:factory --weights {path}"

@@ -1,0 +1,108 @@
+"""Open TorchScript and torch.export files saved on a GPU machine on a CPU-only build host.
+
+Why: users train and export on CUDA machines and build bundles on laptops or CI runners. A
+TorchScript file keeps `device='cuda:0'` constants in its graph (e.g. `torch.arange(n,
+device=x.device)` traced on a GPU), and a `.pt2` archive records each weight's device and pickles
+its sample inputs as CUDA storages; both fail on a CPU-only torch. `map_location` exists for
+TorchScript storages only, and torch's `move_to_device_pass` aborts the process when the source
+device is unavailable, so the storages and the graph's device literals are mapped here. The
+mapping uses torch's public `register_package` hook plus one archive-reader function of the
+pinned torch; the GPU-saved files in tests/gpu_saved check it on every torch upgrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+
+_mapping = threading.local()
+_registered = False
+
+
+def _to_cpu_storage(storage, location: str):
+    """torch.serialization deserializer: a non-CPU storage stays on the CPU while mapping is on."""
+    if getattr(_mapping, "active", False) and not location.startswith("cpu"):
+        return storage
+    return None
+
+
+@contextlib.contextmanager
+def _storages_on_cpu():
+    import torch
+    import torch.export.pt2_archive._package as archive
+
+    global _registered
+    if not _registered:
+        torch.serialization.register_package(1, lambda _obj: None, _to_cpu_storage)
+        _registered = True
+    read_device = archive.deserialize_device
+
+    def cpu_device(serialized):
+        device = read_device(serialized)
+        return device if device.type == "cpu" else torch.device("cpu")
+
+    archive.deserialize_device = cpu_device
+    _mapping.active = True
+    try:
+        yield
+    finally:
+        _mapping.active = False
+        archive.deserialize_device = read_device
+
+
+def _cpu(value):
+    import torch
+
+    if isinstance(value, torch.device):
+        return value if value.type == "cpu" else torch.device("cpu")
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _cpu(v) for k, v in value.items()}
+    return value
+
+
+def load_exported_program(path: Path):
+    """A `.pt2` torch.export program as an eager CPU module."""
+    import torch
+
+    with _storages_on_cpu():
+        program = torch.export.load(str(path))
+    changed = False
+    for node in program.graph.nodes:
+        args, kwargs = _cpu(node.args), _cpu(node.kwargs)
+        if args != node.args or kwargs != node.kwargs:
+            node.args, node.kwargs, changed = args, kwargs, True
+    if changed:
+        program.graph_module.recompile()
+    module = program.module()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)  # traced as constants, see EagerProgram
+
+    class EagerProgram(torch.nn.Module):
+        """The program's module behind a plain nn.Module: torch.onnx.export switches modules to
+        eval mode, which an exported program's module refuses, so it is not a registered child
+        and its weights are traced as constants."""
+
+        def __init__(self):
+            super().__init__()
+            object.__setattr__(self, "program", module)
+
+        def forward(self, *args):
+            return self.program(*args)
+
+    return EagerProgram()
+
+
+def load_torchscript(path: Path):
+    """A TorchScript file with its storages and its graphs' device constants on the CPU."""
+    import torch
+
+    module = torch.jit.load(str(path), map_location="cpu")
+    for submodule in module.modules():
+        for name in submodule._c._method_names():
+            for node in submodule._c._get_method(name).graph.findAllNodes("prim::Constant"):
+                if node.output().type().kind() == "DeviceObjType" and node.s("value") != "cpu":
+                    node.s_("value", "cpu")
+    return module.eval()
