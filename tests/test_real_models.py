@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from edgepipe.backends.tflite import delegation
-from tests.realmodels import corpus, evaluate
+from tests.realmodels import corpus, decode, evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -93,8 +93,8 @@ class Measured:
         self.name, self.work = name, work
         self.data = evaluate.write_data(name, work)
         self.reference = evaluate.fp32_reference(name, self.data.eval)
-        peer = evaluate.ort_peer(name, self.data, work)
-        self.peer_sqnr = [evaluate.sqnr_db(r, p) for r, p in zip(self.reference, peer)]
+        self.peer = evaluate.ort_peer(name, self.data, work)
+        self.peer_sqnr = [evaluate.sqnr_db(r, p) for r, p in zip(self.reference, self.peer)]
         self.bundles: dict[str, tuple[subprocess.CompletedProcess, Path]] = {}
 
     def bundle(self, target: str) -> Path:
@@ -151,6 +151,23 @@ def test_int8_sqnr_not_below_onnxruntime(measured, name, target):
     worse = [(k, round(o, 2), round(p, 2)) for k, (o, p) in enumerate(zip(ours, m.peer_sqnr))
              if not o >= p - SQNR_MARGIN_DB]
     assert not worse, f"{name} on {target}: int8 SQNR below ORT MinMax - 1 dB (output, ours, ORT): {worse}"
+
+
+HEADS = [name for name in BUILT if corpus.MODELS[name].head]
+HEAD_MARGIN = 0.02  # one reading in 50, one box in 50
+
+
+@pytest.mark.parametrize(("name", "target"), [pytest.param(name, target, id=f"{name}-{target}")
+                                              for name in HEADS for target in TARGETS])
+def test_int8_reads_like_fp32_as_well_as_onnxruntime(measured, name, target):
+    """What the package's user reads off the output: greedy CTC readings (recognizers) or boxes
+    after ddddocr's score threshold and NMS (detector), int8 against FP32's own, not below ONNX
+    Runtime's int8 model's agreement - HEAD_MARGIN."""
+    m = measured(name)
+    ours = decode.head_agreement(name, m.reference, evaluate.bundle_outputs(name, target, m.bundle(target),
+                                                                           m.data.eval)["int8"])
+    peer = decode.head_agreement(name, m.reference, m.peer)
+    assert ours >= peer - HEAD_MARGIN, f"{name} on {target}: agreement with FP32 {ours:.3f}, ORT int8 {peer:.3f}"
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.xfail(strict=True, reason=ARM_SPEED_GAPS[name])]

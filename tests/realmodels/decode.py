@@ -19,6 +19,21 @@ YOLOX_STRIDES = (8, 16, 32)
 SCORE_THRESHOLD, NMS_IOU, MATCH_IOU = 0.1, 0.45, 0.5
 
 
+def head_agreement(name: str, reference: list[np.ndarray], test: list[np.ndarray]) -> float | None:
+    """The corpus model's own agreement measure on its first output: reading agreement for CTC
+    heads, box F1 for detectors; None for models without a `head`."""
+    from tests.realmodels.corpus import MODELS
+
+    spec = MODELS[name]
+    if spec.head == "ctc_tbc":
+        steps = spec.shape[3] // 8  # ddddocr: one step per 8 input columns
+        assert len(reference[0]) % steps == 0, f"{len(reference[0])} rows are not samples of {steps} steps"
+        return reading_agreement(reference[0], test[0], len(reference[0]) // steps, "TBC")
+    if spec.head == "yolox":
+        return box_agreement(reference[0], test[0], spec.shape[2:])["f1"]
+    return None
+
+
 def sequences(output: np.ndarray, samples: int, layout: str) -> np.ndarray:
     """[N, T, C] from the concatenated per-sample outputs of a sequence head: "TBC" heads (batch
     second, as ddddocr's [T, 1, C]) were concatenated along T, "BTC" heads along the batch."""
