@@ -11,6 +11,7 @@ state_dict), then
   with the same calibration samples; the table shows the worst output;
 - for models with a `head` (corpus.py): what their users read off it, int8 vs FP32 (reading
   agreement of CTC recognizers, box F1 of detectors; tests/realmodels/decode.py), ours and ORT's;
+- models shipped dynamically quantized (the reference runs their int8 kernels): fp32 SQNR too;
 - models that must be refused: exit code and the one `error:` line;
 - wall time of each CLI build.
 Host CPU flags are recorded (int8 kernels differ with and without VNNI).
@@ -69,6 +70,8 @@ def measure(name: str, work: Path) -> dict:
     data = evaluate.write_data(name, work)
     row.update({"input": list(spec.shape), "calib_samples": len(data.calib), "eval_samples": len(data.eval),
                 "input_shape_flag": spec.input_shape_flag})
+    if spec.shipped_quantized:
+        row["shipped_quantized"] = True
     reference = evaluate.fp32_reference(name, data.eval)
     row["ort_float_noise"] = evaluate.reference_float_noise(name, data.eval)
     try:
@@ -90,6 +93,8 @@ def measure(name: str, work: Path) -> dict:
             if "fp32" in outputs:
                 entry["fp32_max_rel_error"] = max(evaluate.max_relative_error(r, t)
                                                   for r, t in zip(reference, outputs["fp32"]))
+                if spec.shipped_quantized:  # the reference runs the shipped int8 kernels
+                    entry["fp32_sqnr_db"] = [evaluate.sqnr_db(r, t) for r, t in zip(reference, outputs["fp32"])]
             entry["int8_sqnr_db"] = [evaluate.sqnr_db(r, t) for r, t in zip(reference, outputs["int8"])]
             if spec.head:
                 entry["int8_head_agreement"] = decode.head_agreement(name, reference, outputs["int8"])

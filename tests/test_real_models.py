@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 
 FP32_RTOL = 1e-4
 SQNR_MARGIN_DB = 1.0
+SHIPPED_INT8_SQNR_DB = 30.0  # float layers of a dynamically quantized file vs ORT running that file
 BUILT = [name for name, spec in corpus.MODELS.items() if not spec.refused_node]
 TARGETS = ["arm-cpu", "jetson"]
 
@@ -40,6 +41,8 @@ TARGETS = ["arm-cpu", "jetson"]
 SOFTMAX_SATURATION = ("2-class softmax: probability SQNR hangs on the least saturated samples, not the output "
                       "grid (ORT's float softmax of its own int8 logits measures the same); ocr_cls jetson logits "
                       "are 9.4 dB above ORT's, mtcnn_onet has one sample with 89% of the arm-cpu noise (README)")
+NO_PEER_ON_DYNAMIC_INT8 = ("no int8 peer: ONNX Runtime quantize_static raises KeyError('140_scale') on the file "
+                           "as shipped, which its own quantize_dynamic wrote (README)")
 KNOWN_FAILURES = {
     ("fp32", "ocr_rec", "arm-cpu"): "CTC softmax over 6625 classes: 4.1e-4, while ONNX Runtime with and without "
                                     "graph optimizations disagrees by 2.1e-4 (the model's float noise)",
@@ -48,6 +51,7 @@ KNOWN_FAILURES = {
     ("int8", "mtcnn_onet", "jetson"): SOFTMAX_SATURATION,
     ("int8", "vad_if", "arm-cpu"): "no int8 peer: ORT quantize_static leaves the shipped If's branches float (SQNR inf)",
     ("int8", "vad_if", "jetson"): "no int8 peer: ORT quantize_static leaves the shipped If's branches float (SQNR inf)",
+    **{(check, "captcha_rec_old", target): NO_PEER_ON_DYNAMIC_INT8 for check in ("int8", "head") for target in TARGETS},
     ("int8", "wake_embedding", "arm-cpu"): "20.7 dB vs ORT 21.7 (bound 20.73): 20 int8 requantizations (conv, "
                                            "LeakyReLU, a BatchNorm after a ReLU that cannot fold) against ORT's "
                                            "float between its Q/DQ pairs; jetson 21.1 dB passes (README)",
@@ -93,8 +97,12 @@ class Measured:
         self.name, self.work = name, work
         self.data = evaluate.write_data(name, work)
         self.reference = evaluate.fp32_reference(name, self.data.eval)
-        self.peer = evaluate.ort_peer(name, self.data, work)
-        self.peer_sqnr = [evaluate.sqnr_db(r, p) for r, p in zip(self.reference, self.peer)]
+        self.peer, self.peer_error = None, None
+        try:
+            self.peer = evaluate.ort_peer(name, self.data, work)
+        except Exception as exc:  # ORT's own quantizer failing on the file is a measurement too
+            self.peer_error = f"ONNX Runtime quantize_static failed: {type(exc).__name__}: {exc}"[:300]
+        self.peer_sqnr = [evaluate.sqnr_db(r, p) for r, p in zip(self.reference, self.peer or [])]
         self.bundles: dict[str, tuple[subprocess.CompletedProcess, Path]] = {}
 
     def bundle(self, target: str) -> Path:
@@ -125,10 +133,22 @@ def _relative_errors(reference: list[np.ndarray], outputs: list[np.ndarray]) -> 
     return [evaluate.max_relative_error(r, o) for r, o in zip(reference, outputs)]
 
 
+def _assert_float_layers_match_shipped_int8(name: str, reference: list[np.ndarray], outputs: list[np.ndarray]) -> None:
+    """A file shipped dynamically quantized is deployed as the float layers its integers stand
+    for: those agree with ONNX Runtime running the shipped int8 kernels up to that file's own
+    run-time quantization noise, not to float rounding."""
+    _relative_errors(reference, outputs)  # shapes
+    sqnr = [evaluate.sqnr_db(r, o) for r, o in zip(reference, outputs)]
+    assert min(sqnr) >= SHIPPED_INT8_SQNR_DB, f"{name}: float layers vs the shipped int8 file: {sqnr} dB"
+
+
 @pytest.mark.parametrize(("name", "target"), cases("fp32", ["arm-cpu"]))
 def test_arm_cpu_fp32_tflite_matches_reference(measured, name, target):
     m = measured(name)
     outputs = evaluate.bundle_outputs(name, target, m.bundle(target), m.data.eval)
+    if corpus.MODELS[name].shipped_quantized:
+        _assert_float_layers_match_shipped_int8(name, m.reference, outputs["fp32"])
+        return
     errors = _relative_errors(m.reference, outputs["fp32"])
     assert max(errors) <= FP32_RTOL, (f"{name}: fp32 .tflite max relative error per output {errors}; ONNX Runtime "
                                       f"with vs without graph optimizations: {evaluate.reference_float_noise(name, m.data.eval)}")
@@ -139,6 +159,9 @@ def test_jetson_reference_graph_matches_original(measured, name):
     m = measured(name)
     spec = corpus.MODELS[name]
     outputs = evaluate.run_onnx_file(m.bundle("jetson") / "reference.onnx", spec.input_name, m.data.eval)
+    if spec.shipped_quantized:
+        _assert_float_layers_match_shipped_int8(name, m.reference, evaluate.ordered(name, outputs))
+        return
     errors = _relative_errors(m.reference, evaluate.ordered(name, outputs))
     assert max(errors) <= FP32_RTOL, f"{name}: bundle reference.onnx max relative error per output {errors}"
 
@@ -146,6 +169,7 @@ def test_jetson_reference_graph_matches_original(measured, name):
 @pytest.mark.parametrize(("name", "target"), cases("int8", TARGETS))
 def test_int8_sqnr_not_below_onnxruntime(measured, name, target):
     m = measured(name)
+    assert m.peer is not None, m.peer_error
     ours = [evaluate.sqnr_db(r, o) for r, o in
             zip(m.reference, evaluate.bundle_outputs(name, target, m.bundle(target), m.data.eval)["int8"])]
     worse = [(k, round(o, 2), round(p, 2)) for k, (o, p) in enumerate(zip(ours, m.peer_sqnr))
@@ -157,13 +181,13 @@ HEADS = [name for name in BUILT if corpus.MODELS[name].head]
 HEAD_MARGIN = 0.02  # one reading in 50, one box in 50
 
 
-@pytest.mark.parametrize(("name", "target"), [pytest.param(name, target, id=f"{name}-{target}")
-                                              for name in HEADS for target in TARGETS])
+@pytest.mark.parametrize(("name", "target"), [param for param in cases("head", TARGETS) if param.values[0] in HEADS])
 def test_int8_reads_like_fp32_as_well_as_onnxruntime(measured, name, target):
     """What the package's user reads off the output: greedy CTC readings (recognizers) or boxes
     after ddddocr's score threshold and NMS (detector), int8 against FP32's own, not below ONNX
     Runtime's int8 model's agreement - HEAD_MARGIN."""
     m = measured(name)
+    assert m.peer is not None, m.peer_error
     ours = decode.head_agreement(name, m.reference, evaluate.bundle_outputs(name, target, m.bundle(target),
                                                                            m.data.eval)["int8"])
     peer = decode.head_agreement(name, m.reference, m.peer)

@@ -75,7 +75,9 @@ class RealModel:
     `refused_node` marks a model that must be refused on the `refused_on` targets, naming that
     node (with `--input-shape NAME:SHAPE` from `shape`/`input_name` when given). `input_values`
     are inputs the build pins (`--input-value NAME=VALUE`); the references get them as inputs.
-    `head` names the decoding whose agreement with FP32 is also checked (decode.py)."""
+    `head` names the decoding whose agreement with FP32 is also checked (decode.py).
+    `shipped_quantized`: the file as shipped is already (dynamically) int8, so the FP32 reference
+    (ONNX Runtime on that file) carries its run-time quantization noise (edgepipe/dequantize.py)."""
 
     name: str
     family: str
@@ -93,6 +95,7 @@ class RealModel:
     eval_samples: int = 24  # held-out samples; fewer where one sample is large
     input_values: tuple[tuple[str, int | float], ...] = ()
     head: str = ""  # what users read off the first output (tests/realmodels/decode.py): "ctc_tbc", "yolox"
+    shipped_quantized: bool = False  # the file is ORT dynamic int8: the build deploys its float layers
 
     @property
     def is_factory(self) -> bool:
@@ -169,7 +172,7 @@ MODELS = {
         RealModel("captcha_rec_old", "captcha recognizer", "ddddocr 1.6 default captcha OCR as shipped: already "
                   "dynamically quantized by ONNX Runtime (ConvInteger, DynamicQuantizeLSTM, MatMulInteger)",
                   DDDD + "common_old.onnx", "ddddocr", input_name="input1", shape=(1, 1, 64, 160), inputs="captcha",
-                  input_shape_flag=True, licence="MIT", head="ctc_tbc"),
+                  input_shape_flag=True, licence="MIT", head="ctc_tbc", shipped_quantized=True),
         RealModel("captcha_det", "captcha detector", "ddddocr 1.6 click-captcha character detector (YOLOX-nano style: "
                   "SiLU, focus Slices, decoupled head, 416x416 BGR 0-255)", DDDD + "common_det.onnx", "ddddocr",
                   input_name="images", shape=(1, 3, 416, 416), inputs="click_captcha", licence="MIT", eval_samples=12, head="yolox"),
