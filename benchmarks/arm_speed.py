@@ -68,6 +68,7 @@ ARCHITECTURES = {
     "captcha_rec": "ddddocr captcha recognizer (CNN, BiLSTM, CTC)",
     "captcha_rec_old": "ddddocr captcha recognizer (CNN, BiLSTM, CTC)",
     "captcha_det": "YOLOX detector (ddddocr click captchas)",
+    "smart_turn": "Whisper-tiny encoder turn detector (pipecat Smart Turn)",
 }
 ARM_MODELS = [name for name, spec in corpus.MODELS.items()
               if not (spec.refused_node and "arm-cpu" in spec.refused_on)]

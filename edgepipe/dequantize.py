@@ -1,7 +1,8 @@
-"""Float graphs from ONNX Runtime dynamically quantized models (`quantize_dynamic`).
+"""Float graphs from models shipped quantized: ONNX Runtime `quantize_dynamic` and Q/DQ models.
 
-Why: some packages ship the output of ONNX Runtime's dynamic quantization instead of the float
-model (ddddocr's default captcha recognizer): DynamicQuantizeLinear measures each activation's
+Why: some packages ship the output of ONNX Runtime's quantizer instead of the float model
+(ddddocr's default captcha recognizer is dynamically quantized, pipecat's Smart Turn is a static
+Q/DQ model). In a dynamic one, DynamicQuantizeLinear measures each activation's
 range at run time, ConvInteger / MatMulInteger run on uint8, a data-dependent Floor(Div(bias,
 x_scale * w_scale)) quantizes the bias, and DynamicQuantizeLSTM (com.microsoft) holds int8
 weights. No edge runtime has these kernels, and a static int8 deployment needs ranges fixed at
@@ -13,6 +14,11 @@ integers, up to the run-time rounding of its input, so it is rewritten into that
 - the same with MatMulInteger   becomes   MatMul(x, (Bq - b_zp) * b_scale)
 - DynamicQuantizeLSTM(X, Wq, Rq, B, ..., W_scale, W_zp, R_scale, R_zp)   becomes   LSTM with
   W = ((Wq - W_zp) * W_scale)^T per direction (ONNX's [D, 4H, I] layout), same for R.
+
+A static Q/DQ model is its float model with fake quantization: DequantizeLinear of constants
+becomes the dequantized constant, and each QuantizeLinear -> DequantizeLinear pair on an
+activation is removed. The build then calibrates the float graph like any other, so the deployed
+int8 grids are the build's own, not the shipped ones.
 
 The nodes left without readers (the range measurements, bias quantization) are removed. A
 pattern that differs from what the quantizer writes is left alone; the target then names it.
@@ -27,6 +33,7 @@ from onnx import helper, numpy_helper
 from edgepipe import graph
 
 DYNAMIC_OPS = ("DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM")
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 class _Graph:
@@ -157,9 +164,83 @@ def _lstm(g: _Graph, node) -> tuple[list, list, str] | None:
     return [helper.make_node("LSTM", inputs, list(node.output), name=node.name or base, **attrs)], inits, ""
 
 
-def float_from_dynamic_quantization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """(model with every recognised dynamically quantized layer as its float layer, how many).
-    The model is returned unchanged when it has none."""
+def float_from_quantized(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """(model with every recognised quantized layer or Q/DQ pair as float, how many were
+    rewritten). The model is returned unchanged when it has none."""
+    model, dynamic = _float_from_dynamic(model)
+    model, static = _float_from_qdq(model)
+    return model, dynamic + static
+
+
+def _dequantized_constant(g: _Graph, node) -> np.ndarray | None:
+    """The float value of a DequantizeLinear of constants (per tensor or per axis), else None."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    values = [g.constant(name) if name else None for name in list(node.input) + [""] * (3 - len(node.input))]
+    if values[0] is None or values[1] is None or (node.input[2:3] and node.input[2] and values[2] is None) \
+            or attrs.get("block_size"):
+        return None
+    quantized, scale = values[0], np.asarray(values[1], np.float32)
+    zero = np.zeros_like(scale, np.int64) if values[2] is None else np.asarray(values[2]).astype(np.int64)
+    axis = int(attrs.get("axis", 1)) % max(quantized.ndim, 1) if scale.size > 1 else 0
+    return _dequantized(quantized.astype(np.int64), zero, scale, axis)
+
+
+def _float_from_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Constant DequantizeLinear -> its value; activation QuantizeLinear -> DequantizeLinear -> the input."""
+    if not any(node.op_type in QDQ_OPS for node in model.graph.node):
+        return model, 0
+    g = _Graph(model)
+    outputs = {o.name for o in model.graph.output}
+    constants, renamed, dropped = [], {}, set()
+    for index, node in enumerate(model.graph.node):
+        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx") or node.output[0] in outputs:
+            continue
+        value = _dequantized_constant(g, node)
+        if value is not None:
+            constants.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
+            dropped.add(index)
+            continue
+        quantize = g.producer.get(node.input[0])
+        if (quantize is not None and quantize.op_type == "QuantizeLinear" and len(g.readers[quantize.output[0]]) == 1
+                and list(quantize.input[1:3]) == list(node.input[1:3])):
+            renamed[node.output[0]] = quantize.input[0]
+            dropped.add(index)
+    if not dropped:
+        return model, 0
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    nodes = []
+    for index, node in enumerate(model.graph.node):
+        if index in dropped:
+            continue
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        for k, name in enumerate(copy.input):
+            copy.input[k] = renamed.get(name, name)
+        nodes.append(copy)
+    _replace_graph(result, model, nodes, constants)
+    return result, len(dropped)
+
+
+def _replace_graph(result: onnx.ModelProto, model: onnx.ModelProto, nodes: list, added: list) -> None:
+    """`result`'s graph := `nodes` (dead ones dropped), initializers that are still read plus `added`."""
+    del result.graph.node[:]
+    result.graph.node.extend(_without_dead_nodes(nodes, {o.name for o in model.graph.output}))
+    result.graph.initializer.extend(added)
+    used = {name for node in result.graph.node for name in node.input}
+    kept = [t for t in result.graph.initializer if t.name in used or t.name in {o.name for o in model.graph.output}]
+    del result.graph.initializer[:]
+    result.graph.initializer.extend(kept)
+    del result.graph.value_info[:]
+    if not any(n.domain == "com.microsoft" for n in result.graph.node):
+        kept_opsets = [o for o in result.opset_import if o.domain in ("", "ai.onnx") or any(
+            n.domain == o.domain for n in result.graph.node)]
+        del result.opset_import[:]
+        result.opset_import.extend(kept_opsets)
+
+
+def _float_from_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Every recognised dynamically quantized layer as its float layer."""
     if not any(node.op_type in DYNAMIC_OPS for node in model.graph.node):
         return model, 0
     g = _Graph(model)
@@ -185,19 +266,7 @@ def float_from_dynamic_quantization(model: onnx.ModelProto) -> tuple[onnx.ModelP
             nodes.append(node)
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    del result.graph.node[:]
-    result.graph.node.extend(_without_dead_nodes(nodes, {o.name for o in model.graph.output}))
-    result.graph.initializer.extend(added)
-    used = {name for node in result.graph.node for name in node.input}
-    kept = [t for t in result.graph.initializer if t.name in used or t.name in {o.name for o in model.graph.output}]
-    del result.graph.initializer[:]
-    result.graph.initializer.extend(kept)
-    del result.graph.value_info[:]
-    if not any(n.domain == "com.microsoft" for n in result.graph.node):
-        kept_opsets = [o for o in result.opset_import if o.domain in ("", "ai.onnx") or any(
-            n.domain == o.domain for n in result.graph.node)]
-        del result.opset_import[:]
-        result.opset_import.extend(kept_opsets)
+    _replace_graph(result, model, nodes, added)
     return result, len(replaced)
 
 

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from edgepipe.dequantize import DYNAMIC_OPS, float_from_dynamic_quantization
+from edgepipe.dequantize import DYNAMIC_OPS, float_from_quantized
 from tests.helpers import run_cli
 from tests.tflite_harness import make_model
 
@@ -68,7 +68,7 @@ def test_onnxruntime_dynamic_model_becomes_its_float_layers(quantized):
     dynamic = onnx.load(str(quantized))
     assert {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM"} <= {
         n.op_type for n in dynamic.graph.node}
-    rebuilt, count = float_from_dynamic_quantization(dynamic)
+    rebuilt, count = float_from_quantized(dynamic)
     assert count == 3
     assert not {n.op_type for n in rebuilt.graph.node} & set(DYNAMIC_OPS)
     assert all(o.domain in ("", "ai.onnx") for o in rebuilt.opset_import)
@@ -106,7 +106,7 @@ def test_runtime_quantized_bias_pattern_as_ddddocr_ships_it():
         [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
     dynamic = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 12)])
     dynamic.ir_version = 7
-    rebuilt, count = float_from_dynamic_quantization(dynamic)
+    rebuilt, count = float_from_quantized(dynamic)
     assert count == 1 and [n.op_type for n in rebuilt.graph.node] == ["Conv", "Relu"]
     conv = rebuilt.graph.node[0]
     values = {t.name: numpy_helper.to_array(t) for t in rebuilt.graph.initializer}
@@ -127,7 +127,7 @@ def test_dynamic_model_builds_for_arm_cpu(quantized, tmp_path):
     images = np.concatenate([feed["x"] for feed in FEEDS[:3]])
     got = evaluate.run_tflite(tmp_path / "bundle" / "model.fp32.tflite", evaluate.manifest(tmp_path / "bundle")["io"],
                               images)[0]
-    rebuilt, _ = float_from_dynamic_quantization(onnx.load(str(quantized)))
+    rebuilt, _ = float_from_quantized(onnx.load(str(quantized)))
     expected = _run(rebuilt, FEEDS[:3])
     got = got.reshape(expected.shape)
     assert np.max(np.abs(got - expected)) <= 1e-4 * max(1.0, float(np.max(np.abs(expected))))

@@ -6,9 +6,13 @@ shipped, or `module:factory --weights` with the shipped state_dict. Per model:
 - arm-cpu fp32 .tflite within 1e-4 (relative to the largest output value) of the FP32 reference
   (ONNX Runtime on the original file, or PyTorch for factories);
 - jetson: the bundle's FP32 `reference.onnx` within 1e-4 of the same reference;
+  (a file shipped already int8 is deployed as its float layers: those within
+  SHIPPED_INT8_SQNR_DB of ONNX Runtime running the shipped int8 file);
 - int8 SQNR vs that reference, per output, not below ONNX Runtime `quantize_static` (MinMax,
   per-channel, same calibration samples) minus 1 dB: the arm-cpu int8 .tflite in LiteRT and the
   jetson Q/DQ ONNX in ONNX Runtime;
+- models with a `head`: what users read off it (CTC readings, detector boxes; decode.py), int8
+  against FP32, not below ONNX Runtime's int8 model's agreement minus HEAD_MARGIN;
 - arm-cpu int8: one XNNPACK partition, nothing on LiteRT's builtin kernels (as the build line and
   the manifest say), no more TRANSPOSE ops than the ONNX graph has Transposes;
 - models that cannot be lowered: exit code 2, one `error:` line naming the node, no bundle left.
@@ -43,6 +47,9 @@ SOFTMAX_SATURATION = ("2-class softmax: probability SQNR hangs on the least satu
                       "are 9.4 dB above ORT's, mtcnn_onet has one sample with 89% of the arm-cpu noise (README)")
 NO_PEER_ON_DYNAMIC_INT8 = ("no int8 peer: ONNX Runtime quantize_static raises KeyError('140_scale') on the file "
                            "as shipped, which its own quantize_dynamic wrote (README)")
+SHIPPED_QDQ_NOISE = ("the shipped static Q/DQ int8 file is far from its own float layers on these inputs: 1.8 dB "
+                     "(ONNX Runtime's optimized and unoptimized runs of the file agree at 11.3 dB with each other); "
+                     "the build deploys the float layers and calibrates them (README)")
 KNOWN_FAILURES = {
     ("fp32", "ocr_rec", "arm-cpu"): "CTC softmax over 6625 classes: 4.1e-4, while ONNX Runtime with and without "
                                     "graph optimizations disagrees by 2.1e-4 (the model's float noise)",
@@ -52,6 +59,10 @@ KNOWN_FAILURES = {
     ("int8", "vad_if", "arm-cpu"): "no int8 peer: ORT quantize_static leaves the shipped If's branches float (SQNR inf)",
     ("int8", "vad_if", "jetson"): "no int8 peer: ORT quantize_static leaves the shipped If's branches float (SQNR inf)",
     **{(check, "captcha_rec_old", target): NO_PEER_ON_DYNAMIC_INT8 for check in ("int8", "head") for target in TARGETS},
+    ("fp32", "smart_turn", "arm-cpu"): SHIPPED_QDQ_NOISE,
+    ("reference", "smart_turn", "jetson"): SHIPPED_QDQ_NOISE,
+    **{("int8", "smart_turn", target): "no int8 peer: ONNX Runtime quantize_static on the shipped Q/DQ file writes "
+                                       "an invalid model (two nodes named conv1d_DequantizeLinear)" for target in TARGETS},
     ("int8", "wake_embedding", "arm-cpu"): "20.7 dB vs ORT 21.7 (bound 20.73): 20 int8 requantizations (conv, "
                                            "LeakyReLU, a BatchNorm after a ReLU that cannot fold) against ORT's "
                                            "float between its Q/DQ pairs; jetson 21.1 dB passes (README)",
@@ -154,8 +165,8 @@ def test_arm_cpu_fp32_tflite_matches_reference(measured, name, target):
                                       f"with vs without graph optimizations: {evaluate.reference_float_noise(name, m.data.eval)}")
 
 
-@pytest.mark.parametrize("name", BUILT)
-def test_jetson_reference_graph_matches_original(measured, name):
+@pytest.mark.parametrize(("name", "target"), cases("reference", ["jetson"]))
+def test_jetson_reference_graph_matches_original(measured, name, target):
     m = measured(name)
     spec = corpus.MODELS[name]
     outputs = evaluate.run_onnx_file(m.bundle("jetson") / "reference.onnx", spec.input_name, m.data.eval)

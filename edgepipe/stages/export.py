@@ -253,7 +253,7 @@ def run_export(spec: str, weights: str | None, input_shapes: dict[str, list[int]
         source = spec
     else:
         raise UserError(f"--model {spec}: not a file and not a pkg.module:factory spec")
-    model, _ = dequantize.float_from_dynamic_quantization(model)
+    model, _ = dequantize.float_from_quantized(model)
     model = branches.pin_inputs(model, input_values or {}, source)
     model = fix_static_shapes(model, input_shapes, source)
     if any(node.op_type == "If" for node in model.graph.node):

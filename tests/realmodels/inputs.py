@@ -300,6 +300,31 @@ def speech_embeddings(rng: np.random.Generator, count: int) -> np.ndarray:
     return _oww_session("embedding_model.onnx").run(None, {"input_1": windows})[0].reshape(count, 96)
 
 
+@functools.lru_cache(maxsize=None)
+def _pipecat_whisper_features():
+    """pipecat's own Whisper log-mel features (its vendored numpy module, loaded from the wheel:
+    the package itself needs pipecat's dependencies)."""
+    import importlib.util
+
+    from tests.realmodels.corpus import member_path
+
+    path = member_path("pipecat-ai", "pipecat/audio/turn/smart_turn/_whisper_features.py")
+    spec = importlib.util.spec_from_file_location("pipecat_whisper_features", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.compute_whisper_log_mel_features
+
+
+def whisper_features(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """[80, frames] as pipecat's Smart Turn v3 feeds its model: the last 8 s of speech-like audio
+    (0.5-8 s of it, left-padded with zeros), in [-1, 1], through pipecat's Whisper log-mel code."""
+    samples = frames * 160
+    voiced = speech_audio(rng, int(rng.uniform(0.5, 1.0) * samples)) / 32768.0
+    audio = np.concatenate([np.zeros(samples - len(voiced), np.float32), voiced]).astype(np.float32)
+    features = _pipecat_whisper_features()(audio, do_normalize=True)
+    return np.asarray(features, np.float32)[:, :frames]
+
+
 FILE_SNIPPETS = (b"#!/usr/bin/env python3\nimport os\n\ndef main(argv):\n    return len(argv)\n",
                  b"<!DOCTYPE html>\n<html><head><title>Report</title></head><body><p>",
                  b'{"id": 17, "name": "sensor", "values": [0.5, 1.25, 3.0], "ok": true}\n',
@@ -386,6 +411,8 @@ def make_inputs(name: str, count: int, seed: int) -> dict:
         return {"x": np.stack([speech_melspec(rng, spec.shape[1])[..., None] for _ in range(count)])}
     if kind == "speech_embeddings":
         return {"x": np.stack([speech_embeddings(rng, spec.shape[1]) for _ in range(count)])}
+    if kind == "whisper_features":
+        return {"x": np.stack([whisper_features(rng, spec.shape[2]) for _ in range(count)])}
     if kind == "file_bytes":
         return {"x": np.stack([magika_features(file_content(rng)) for _ in range(count)])}
     _, _, h, w = spec.shape
