@@ -76,6 +76,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     runs the graph and before any output file exists.
     """
     from edgepipe.data import load_dataset
+    from edgepipe.stages import float16
     from edgepipe.stages.export import run_export, source_fingerprint
     from edgepipe.stages.fold import run_fold
     from edgepipe.stages.simplify import run_simplify
@@ -95,6 +96,12 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     )
 
     check_model(model, str(settings["model"]))  # no inputs, allocation bombs
+    float32_io = bool(target is not None and target.float32_io)
+    model, half_tensors = float16.to_float32(model, keep_io=not float32_io)
+    if half_tensors:
+        io = "float32" if float32_io else "as in the model, cast at the boundary"
+        warnings.append(f"model: float16 model computed in float32 for calibration and int8 ({half_tensors} tensors, "
+                        f"types and casts upcast exactly); inputs and outputs: {io}")
 
     # 2. simplify (target-independent, so a second target reuses it)
     exported, export_hash = model, pipeline.last_hash

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from edgepipe import topology
 from edgepipe.errors import UserError
 from edgepipe.safeio import ensure_regular_file
 
@@ -58,6 +59,7 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
             raise UserError(f"{path}: cannot read external data ({type(exc).__name__}); re-save the model") from exc
+    topology.sort_nodes(model.graph)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:

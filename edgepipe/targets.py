@@ -56,6 +56,7 @@ class Target:
     default_options: dict[str, Any] = {}
     backend_options: tuple[str, ...] = ("threads",)  # the edgepipe.yaml `backend.*` keys this target reads
     int16_activations: bool = False  # lowers named nodes 16x8 (`precision.int16_nodes` -> backend "int16_nodes")
+    float32_io: bool = False  # the runtime takes float32 (or int8) inputs only: a float16 model's I/O becomes float32
 
     def __init__(self, options: dict | None = None, profile: str | None = None):
         self.options = {**copy.deepcopy(self.default_options), **(options or {})}

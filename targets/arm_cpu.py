@@ -21,6 +21,7 @@ class ArmCpuTarget(Target):
         "run.py report on this host; arm64 outputs under qemu-aarch64 (tests marked arm)"
     )
     host_report = True
+    float32_io = True
     default_options = {"threads": 2}
     backend_options = ("threads", "int8_io", "keep_layout", "activations", "share_concat_scales",
                        "float_output_concats")  # weights are always per channel

@@ -41,3 +41,25 @@ def run_cli(*args: str, cwd: str | Path | None = None, timeout: int = 300) -> su
     """Run the real `edgepipe` entry point in a subprocess (real exit codes, real stderr)."""
     return subprocess.run([sys.executable, "-m", "edgepipe", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def deployed_outputs(bundle: Path, feed: dict) -> list:
+    """The bundle's int8 model on `feed` (ONNX layout): model.tflite in LiteRT, else the Q/DQ ONNX in ONNX Runtime."""
+    import json
+
+    import onnxruntime as ort
+
+    if (bundle / "model.tflite").exists():
+        from edgepipe.backends.tflite.runtime import run_tflite
+
+        io = json.loads((bundle / "manifest.json").read_text())["io"]
+        return list(run_tflite(bundle / "model.tflite", io, feed).values())
+    session = ort.InferenceSession(str(bundle / "model.qdq.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, feed)
+
+
+def sqnr_db(reference, got) -> float:
+    import numpy as np
+
+    reference, got = np.asarray(reference, np.float64), np.asarray(got, np.float64)
+    return float(10 * np.log10(np.sum(reference ** 2) / max(np.sum((got - reference) ** 2), 1e-30)))

@@ -306,7 +306,9 @@ def judge_arm_cpu(case: NodeCase, bundle: Path) -> Verdict:
 
     io = json.loads((bundle / "manifest.json").read_text())["io"]
     fp32_io = {key: [dict(s, dtype="float32", quantization=None) for s in specs] for key, specs in io.items()}
-    feed = {spec["name"]: case.inputs[spec.get("onnx_name", spec["name"])] for spec in io["inputs"]}
+    # arm-cpu bundles take float32: a float16 case's inputs are upcast (exactly), as an app would
+    inputs = {k: np.asarray(v, np.float32) if np.asarray(v).dtype == np.float16 else v for k, v in case.inputs.items()}
+    feed = {spec["name"]: inputs[spec.get("onnx_name", spec["name"])] for spec in io["inputs"]}
     rename = {spec["name"]: spec.get("onnx_name", spec["name"]) for spec in io["outputs"]}
     errors = {}
     oracle, note = _oracle(case)
@@ -319,7 +321,7 @@ def judge_arm_cpu(case: NodeCase, bundle: Path) -> Verdict:
     simulated = tflite_harness.qdq_reference(reference, {n: p for n, p in params.items() if n in held})
     renamed = {i.name for i in simulated.graph.input}
     expected = tflite_harness.run_onnx(simulated, {f"{k}__float" if f"{k}__float" in renamed else k: v
-                                                   for k, v in case.inputs.items()})
+                                                   for k, v in inputs.items()})
     for name, want in oracle.items():
         value, simulation = np.asarray(got[name]), np.asarray(expected[name])
         if not np.issubdtype(want.dtype, np.floating):
