@@ -197,7 +197,7 @@ def real_model_corpus(data: dict) -> list[str]:
         if any(p == float("inf") for p in peer or []):  # ORT's quantizer left those outputs' path float
             problems.append("no int8 peer: ORT quantize_static left the outputs float")
         if row.get("ort_minmax_error"):
-            problems.append(f"no int8 peer: ORT quantize_static fails ({short(row['ort_minmax_error'])})")
+            problems.append(f"no int8 peer: ORT quantize_static fails ({short(row['ort_minmax_error'].split('failed:')[-1].strip())})")
         return "pass" if not problems else "; ".join(problems)
 
     for name, row in data["models"].items():
