@@ -17,7 +17,8 @@ integers, up to the run-time rounding of its input, so it is rewritten into that
 
 A static Q/DQ model is its float model with fake quantization: DequantizeLinear of constants
 becomes the dequantized constant, and each QuantizeLinear -> DequantizeLinear pair on an
-activation is removed. The build then calibrates the float graph like any other, so the deployed
+activation is removed, or becomes a Relu where its grid starts at exactly 0 (ONNX Runtime's
+quantizer drops a Relu that such a grid makes redundant, so the clamp is the model's). The build then calibrates the float graph like any other, so the deployed
 int8 grids are the build's own, not the shipped ones.
 
 The nodes left without readers (the range measurements, bias quantization) are removed. A
@@ -185,31 +186,72 @@ def _dequantized_constant(g: _Graph, node) -> np.ndarray | None:
     return _dequantized(quantized.astype(np.int64), zero, scale, axis)
 
 
+NON_NEGATIVE = ("Relu", "Sigmoid", "Softmax", "Exp", "Abs", "Sqrt")
+MOVES_VALUES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Identity")
+
+
+def _clamps_at_zero(g: _Graph, quantize) -> bool:
+    """A QuantizeLinear whose grid starts at exactly 0 (zero point at the type's minimum) on a
+    value that can be negative: the quantizer folded a Relu into it (ONNX Runtime drops a Relu
+    the grid makes redundant), or it clamps there anyway; either way the shipped model is 0 below."""
+    return _zero_at_minimum(g, quantize) and not _non_negative(g, quantize.input[0])
+
+
+def _non_negative(g: _Graph, name: str, depth: int = 0) -> bool:
+    """Whether `name` is known to be >= 0: made by a non-negative op, moved by shape ops or max
+    pooling from such a value, or the output of a Q/DQ pair whose grid starts at 0."""
+    node = g.producer.get(name)
+    if node is None or depth > 32:
+        return False
+    if node.op_type in NON_NEGATIVE:
+        return True
+    if node.op_type in MOVES_VALUES:
+        return _non_negative(g, node.input[0], depth + 1)
+    if node.op_type == "DequantizeLinear":
+        quantize = g.producer.get(node.input[0])
+        return quantize is not None and quantize.op_type == "QuantizeLinear" and (
+            _zero_at_minimum(g, quantize) or _non_negative(g, quantize.input[0], depth + 1))
+    return False
+
+
+def _zero_at_minimum(g: _Graph, quantize) -> bool:
+    zero = g.constant(quantize.input[2]) if len(quantize.input) > 2 and quantize.input[2] else None
+    if zero is None or np.asarray(zero).size != 1 or np.asarray(zero).dtype.kind not in "iu":
+        return False
+    return int(np.asarray(zero)) == np.iinfo(np.asarray(zero).dtype).min
+
+
 def _float_from_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Constant DequantizeLinear -> its value; activation QuantizeLinear -> DequantizeLinear -> the input."""
     if not any(node.op_type in QDQ_OPS for node in model.graph.node):
         return model, 0
     g = _Graph(model)
     outputs = {o.name for o in model.graph.output}
-    constants, renamed, dropped = [], {}, set()
+    constants, renamed, dropped, relus = [], {}, set(), []
     for index, node in enumerate(model.graph.node):
-        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx") or node.output[0] in outputs:
+        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
             continue
         value = _dequantized_constant(g, node)
-        if value is not None:
+        if value is not None and node.output[0] not in outputs:
             constants.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
             dropped.add(index)
             continue
         quantize = g.producer.get(node.input[0])
         if (quantize is not None and quantize.op_type == "QuantizeLinear" and len(g.readers[quantize.output[0]]) == 1
                 and list(quantize.input[1:3]) == list(node.input[1:3])):
-            renamed[node.output[0]] = quantize.input[0]
             dropped.add(index)
+            if _clamps_at_zero(g, quantize) or node.output[0] in outputs:  # a graph output keeps its name
+                kind = "Relu" if _clamps_at_zero(g, quantize) else "Identity"
+                relus.append(helper.make_node(kind, [quantize.input[0]], [node.output[0]],
+                                              name=f"{node.output[0]}/{kind.lower()}"))
+            else:
+                renamed[node.output[0]] = quantize.input[0]
     if not dropped:
         return model, 0
     result = onnx.ModelProto()
     result.CopyFrom(model)
     nodes = []
+    relu_of = {relu.input[0]: relu for relu in relus}
     for index, node in enumerate(model.graph.node):
         if index in dropped:
             continue
@@ -218,6 +260,8 @@ def _float_from_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         for k, name in enumerate(copy.input):
             copy.input[k] = renamed.get(name, name)
         nodes.append(copy)
+        nodes.extend(relu_of[out] for out in node.output if out in relu_of)
+    nodes = [relu for relu in relus if relu.input[0] not in g.producer] + nodes  # pairs on a graph input
     _replace_graph(result, model, nodes, constants)
     return result, len(dropped)
 

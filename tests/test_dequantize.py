@@ -131,3 +131,42 @@ def test_dynamic_model_builds_for_arm_cpu(quantized, tmp_path):
     expected = _run(rebuilt, FEEDS[:3])
     got = got.reshape(expected.shape)
     assert np.max(np.abs(got - expected)) <= 1e-4 * max(1.0, float(np.max(np.abs(expected))))
+
+
+def test_inspect_sees_the_float_layers_a_build_deploys(quantized, tmp_path):
+    proc = run_cli("inspect", str(quantized), "--target", "arm-cpu", "--target", "jetson", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "arm-cpu: all ops supported" in proc.stdout and "jetson: all ops supported" in proc.stdout, proc.stdout
+    assert "ConvInteger" not in proc.stdout and "LSTM x1" in proc.stdout, proc.stdout
+
+
+def test_static_qdq_model_becomes_its_float_layers(tmp_path):
+    """ONNX Runtime quantize_static (QDQ, per-channel weights): constant DequantizeLinears fold to
+    their values and every activation QuantizeLinear -> DequantizeLinear pair goes."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(FEEDS)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "m", "mb"], ["out"], name="head", transB=1)]
+    rng = np.random.default_rng(5)
+    model = make_model(nodes, {"x": [1, 1, 4, 6]}, ["out"], {
+        "w": rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32),
+        "m": rng.normal(size=(3, 96)).astype(np.float32), "mb": rng.normal(size=3).astype(np.float32)}, opset=13)
+    onnx.save(model, str(tmp_path / "float.onnx"))
+    quantize_static(str(tmp_path / "float.onnx"), str(tmp_path / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True)
+    qdq = onnx.load(str(tmp_path / "qdq.onnx"))
+    assert sum(n.op_type == "QuantizeLinear" for n in qdq.graph.node) >= 2
+    rebuilt, count = float_from_quantized(qdq)
+    assert count >= 4 and not {n.op_type for n in rebuilt.graph.node} & {"QuantizeLinear", "DequantizeLinear"}
+    # the Relu ORT folded into the conv's uint8 grid (zero point 0) is back; the output keeps its name
+    assert [n.op_type for n in rebuilt.graph.node] == ["Conv", "Relu", "Flatten", "Gemm", "Identity"]
+    assert _sqnr(_run(model, FEEDS), _run(rebuilt, FEEDS)) > 30.0  # int8 weight rounding only
