@@ -79,7 +79,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     from edgepipe.stages import float16
     from edgepipe.stages.export import run_export, source_fingerprint
     from edgepipe.stages.fold import run_fold
-    from edgepipe.stages.simplify import run_simplify
+    from edgepipe.stages.simplify import kept_export, run_simplify
 
     warnings: list[str] = []
     if target is not None and not settings.get("calib") and not settings.get("input_values"):
@@ -112,7 +112,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     if problem:  # onnxsim fused the user's nodes into an op this target cannot run: keep the export
         model, simplify_report = pipeline.model_stage(
             "simplify", settings_hash(stage="simplify-kept-export", model=export_hash),
-            lambda: (graph.ensure_node_names(exported), {"status": "failed", "note": f"{problem}; kept the exported graph"}),
+            lambda: kept_export(exported, f"{problem}; kept the exported graph"),
         )
     if simplify_report.get("status") == "failed":
         warnings.append(f"simplify: {simplify_report.get('note')}")
@@ -128,6 +128,9 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
         load_dataset(require_calib(settings), specs, preprocess, limit=settings["calibration"].get("max_samples")),
         settings)
     eval_ds, eval_source = None, "eval"
+    if calib_ds.ignored_members:
+        warnings.append(f"{calib_ds.source.name}: arrays {calib_ds.ignored_members[:5]} name no model input "
+                        f"(inputs: {calib_ds.names}) and were not used")
     if settings.get("eval"):
         eval_ds = to_model_domain(
             load_dataset(settings["eval"], specs, preprocess, limit=settings["report"].eval_limit), settings)

@@ -162,6 +162,29 @@ def unsafe_checkpoint(tmp):
             "--calib", str(_calib(tmp, np.zeros((4, 3, 32, 32), np.float32), key="image")), "--out", str(tmp / "out")]
 
 
+class _FileWriter:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def unsafe_export_program(tmp):
+    """A .pt2 whose pickled sample inputs would create a file: torch.export.load falls back to
+    weights_only=False for them."""
+    import zipfile
+
+    program = tmp / "evil.pt2"
+    shipped = Path(__file__).parent / "gpu_saved" / "small_cnn.pt2"
+    with zipfile.ZipFile(shipped) as source, zipfile.ZipFile(program, "w") as crafted:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            crafted.writestr(item, pickle.dumps(_FileWriter(tmp / "out")) if "sample_inputs" in item.filename else data)
+    return ["build", "--model", str(program), "--target", "jetson", "--input-shape", "x:1x3x16x16",
+            "--out", str(tmp / "bundle")]
+
+
 def bad_yaml(tmp):
     (tmp / "edgepipe.yaml").write_text("target: jetson\n  calib: [\n")
     return ["build"]
@@ -386,6 +409,13 @@ def _vector(name: str) -> onnx.ValueInfoProto:
     return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, 4])
 
 
+def training_dropout(tmp):
+    mode = onnx.numpy_helper.from_array(np.array(True), "mode")
+    dropout = onnx.helper.make_node("Dropout", ["x", "", "mode"], ["y"], name="drop")
+    model = _tiny_graph(tmp, [dropout], [_vector("x")], [_vector("y")], [mode])
+    return _build(tmp, model, _calib(tmp, np.ones((4, 1, 4), np.float32)), "arm-cpu")
+
+
 def zero_input_model(tmp):
     constant = onnx.helper.make_node("Constant", [], ["y"], value=onnx.numpy_helper.from_array(np.ones(4, np.float32)))
     model = _tiny_graph(tmp, [constant], [], [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])])
@@ -459,6 +489,8 @@ CASES = [
     Case("unknown-target", "an unknown target name", unknown_target, ("pdp-11", "arm-cpu")),
     Case("bad-factory", "a module:factory that does not import", bad_factory, ("no_such_pkg_xyz",)),
     Case("unsafe-checkpoint", "a checkpoint that needs unsafe unpickling", unsafe_checkpoint, ("evil.pt", "weights_only=True")),
+    Case("unsafe-export-program", "a torch.export .pt2 with pickled Python objects", unsafe_export_program,
+         ("evil.pt2", "pickled Python objects")),
     Case("bad-yaml", "edgepipe.yaml that is not valid YAML", bad_yaml, ("edgepipe.yaml", "line 2")),
     Case("tampered-bundle", "a bundle file changed after the build", tampered_bundle, ("model.bin",), exit_code=1),
     Case("traversal-archive", "a bundle archive with ../ paths", traversal_archive, ("../../escaped.txt",)),
@@ -511,6 +543,8 @@ CASES = [
          ("calib.npz", "not a readable numeric .npz")),
     Case("archive-hard-link", "a bundle archive with a hard link to a missing member", archive_hard_link,
          ("bundle/model.bin", "link")),
+    Case("training-dropout", "a Dropout in training mode (training_mode true)", training_dropout,
+         ("node 'drop' (Dropout)", "training_mode input 'mode' is true")),
 ]
 
 

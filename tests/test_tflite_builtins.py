@@ -35,6 +35,9 @@ ONE_OP_MODELS = {
     # the float island's one RSQRT (per-row inverse standard deviation)
     "RSQRT": (("LayerNormalization", ["x", "gamma", "beta"], {"axis": -1}), {"x": [1, 5, 8]},
               {"gamma": RNG.uniform(0.5, 1.5, 8).astype(np.float32), "beta": RNG.normal(size=8).astype(np.float32)}),
+    # LRN's t^-0.75 is RSQRT(t) * SQRT(RSQRT(t)); another beta is one POW (ops/lrn.py)
+    "SQRT": (("LRN", ["x"], {"size": 3}), IMAGE, {}),
+    "POW": (("LRN", ["x"], {"size": 3, "beta": 0.6}), IMAGE, {}),
     "MEAN": (("GlobalAveragePool", ["x"], {}), IMAGE, {}),
     "REDUCE_MAX": (("GlobalMaxPool", ["x"], {}), IMAGE, {}),
     "AVERAGE_POOL_2D": (("AveragePool", ["x"], {"kernel_shape": [3, 3], "auto_pad": "SAME_UPPER"}), IMAGE, {}),

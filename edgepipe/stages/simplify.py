@@ -15,10 +15,32 @@ import numpy as np
 import onnx
 
 from edgepipe import graph
+from edgepipe.inference_form import inference_form
 
 
 def run_simplify(model: onnx.ModelProto, check: bool = True, acceptable=None) -> tuple[onnx.ModelProto, dict]:
     """Return (model, report); report['status'] is 'simplified', 'skipped' or 'failed: ...'.
+
+    Whatever onnxsim did, the graph then gets its inference form (edgepipe/inference_form.py:
+    Dropout removed, variadic Sum / Mean / Max / Min as binary chains; report['inference_form']),
+    so the targets' op check after this stage and calibration see the same graph."""
+    return _in_inference_form(*_run_onnxsim(model, check, acceptable))
+
+
+def kept_export(model: onnx.ModelProto, note: str) -> tuple[onnx.ModelProto, dict]:
+    """The exported graph instead of onnxsim's result (status 'failed', `note`), in inference form."""
+    return _in_inference_form(graph.ensure_node_names(model), {"status": "failed", "note": note})
+
+
+def _in_inference_form(model: onnx.ModelProto, report: dict) -> tuple[onnx.ModelProto, dict]:
+    rewritten, changes = inference_form(model)
+    if any(changes.values()):
+        model, report = graph.ensure_node_names(graph.refresh_shapes(rewritten)), {**report, "inference_form": changes}
+    return model, report
+
+
+def _run_onnxsim(model: onnx.ModelProto, check: bool = True, acceptable=None) -> tuple[onnx.ModelProto, dict]:
+    """onnxsim's simplification, or the model unchanged and why (report['status']).
 
     `acceptable(original, simplified)` -> '' or why the result cannot be used: onnxsim fuses
     subgraphs into ops (an expanded RMSNormalization back into one node) that the target may not

@@ -93,8 +93,8 @@ BUILTINS = _table(
     Builtin("DIV", 1),
     Builtin("MAXIMUM", 2, same_quant=True, data_inputs=(0, 1), xnnpack_fp32=True, xnnpack_int8=False, int16=4),
     Builtin("MINIMUM", 2, same_quant=True, data_inputs=(0, 1), xnnpack_fp32=True, xnnpack_int8=False, int16=4),
-    Builtin("POW", 1),
-    Builtin("SQRT", 1),
+    Builtin("POW", 1, xnnpack_fp32=False),  # LRN with a beta that is no multiple of 1/4 (ops/lrn.py)
+    Builtin("SQRT", 1, xnnpack_fp32=True),
     # int8 RSQRT / SQRT / SQUARED_DIFFERENCE / DIV are not delegated (LiteRT 2.3; never emitted in int8:
     # LayerNorm is a float island, tests/test_tflite_layer_norm_int8.py)
     Builtin("RSQRT", 2, xnnpack_fp32=True),
