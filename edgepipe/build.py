@@ -190,6 +190,7 @@ def check_structure(source: str, target) -> None:
     the target's way, control flow or a custom domain: such a model is refused for what it is,
     not asked for the calibration data it could never use."""
     from edgepipe.backends.support import CONTROL_FLOW, canonical_domain, operator_problem, opsets, qualified, walk_nodes
+    from edgepipe.dequantize import DYNAMIC_OPS
 
     if not (str(source).endswith(".onnx") and Path(source).is_file()):
         return
@@ -197,6 +198,8 @@ def check_structure(source: str, target) -> None:
     table, versions = target.operators(), opsets(model)
     for name, node, _ in walk_nodes(model):
         domain = canonical_domain(node.domain)
+        if node.op_type in DYNAMIC_OPS:  # export rewrites them into float layers (edgepipe/dequantize.py)
+            continue
         if (domain == "" and node.op_type in CONTROL_FLOW) or domain not in table.domains():
             reason = operator_problem(node, versions, table, target.name)
             raise UnsupportedOpError(name, qualified(node.domain, node.op_type), target.name, reason)
