@@ -25,7 +25,7 @@ import numpy as np
 
 from edgepipe import graph, quantmath
 from edgepipe.backends.tflite import writer
-from edgepipe.backends.tflite.build import check_supported, describe_io, lower_model
+from edgepipe.backends.tflite.build import BACKEND, check_supported, describe_io, lower_model
 from edgepipe.backends.tflite.runtime import make_interpreter, run_tflite
 
 STOP_CHUNK = 16  # samples between two early-stop checks
@@ -144,7 +144,7 @@ def tflite_evaluator(model, calibration, dataset, options: dict | None = None, m
     (16x8), the rest int8. `stop(optimistic)` -> True ends the run early (module docstring): the
     optimistic metrics come back, with `stopped_after` samples of `samples`."""
     options = dict(options or {})
-    check_supported(model, str(options.get("target") or "arm-cpu"))
+    check_supported(model, str(options.get("target") or BACKEND))
     count = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     feeds = [dataset.sample(i) for i in range(count)]
     labels = None if dataset.labels is None else np.asarray(dataset.labels[:count])
