@@ -272,16 +272,9 @@ def _scripted_file_writer(tmp: Path, when: str) -> Path:
             self.path, self.training = state[0], state[1]
             torch.ops.aten.save(torch.ones(2), state[0])
 
-    class ForwardWriter(torch.nn.Module):
-        def __init__(self, path: str):
-            super().__init__()
-            self.path = path
+    from tests.fixture_models import FileWriter
 
-        def forward(self, x):
-            torch.ops.aten.save(x, self.path)
-            return x + 1
-
-    module = (LoadWriter if when == "load" else ForwardWriter)(str(tmp / "out"))
+    module = (LoadWriter if when == "load" else FileWriter)(str(tmp / "out"))
     path = tmp / f"{when}_writer.pt"
     torch.jit.script(module).save(str(path))
     return path

@@ -75,3 +75,15 @@ class VitLike(nn.Module):
 def build_vit_like():
     torch.manual_seed(0)
     return VitLike().eval()
+
+
+class FileWriter(nn.Module):
+    """Hostile: its forward writes a tensor to `path` with a host op (what edgepipe must refuse to run)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def forward(self, x):
+        torch.ops.aten.save(x, self.path)
+        return x + 1

@@ -63,3 +63,19 @@ def sqnr_db(reference, got) -> float:
 
     reference, got = np.asarray(reference, np.float64), np.asarray(got, np.float64)
     return float(10 * np.log10(np.sum(reference ** 2) / max(np.sum((got - reference) ** 2), 1e-30)))
+
+
+class ArrayDataset:
+    """Stand-in for edgepipe.data.Dataset over one input `x`: len, sample(i) with batch dim 1."""
+
+    def __init__(self, x):
+        import numpy as np
+
+        self.x = np.asarray(x, np.float32)
+        self.names = ["x"]
+
+    def __len__(self):
+        return len(self.x)
+
+    def sample(self, i):
+        return {"x": self.x[i : i + 1]}

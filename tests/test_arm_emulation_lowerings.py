@@ -64,6 +64,20 @@ def _model():
 
 @pytest.mark.arm
 @pytest.mark.slow
+
+def run_on_x86_and_arm(tmp_path, rootfs):
+    """model.tflite / model.fp32.tflite on tmp_path/inputs.npy, on this host and under arm64 emulation."""
+    models = {"fp32": tmp_path / "model.fp32.tflite", "int8": tmp_path / "model.tflite"}
+    (tmp_path / "runner.py").write_text(RUNNER)
+    host_job = write_job(tmp_path / "x86", models, tmp_path / "inputs.npy", RUNS[:4])
+    subprocess.run([sys.executable, str(tmp_path / "runner.py"), str(host_job)], check=True, timeout=300)
+    arm_job = write_job(tmp_path / "arm", models, tmp_path / "inputs.npy", RUNS)
+    proc = emulation.run_in_arm64(rootfs, tmp_path / "runner.py", [arm_job], cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = load_results(tmp_path / "x86"), load_results(tmp_path / "arm")
+    assert results[1][0]["machine"] == "aarch64"
+    return results
+
 def test_delegated_lowerings_agree_on_aarch64(tmp_path):
     reason = emulation.available()
     if reason is not None:
@@ -76,16 +90,8 @@ def test_delegated_lowerings_agree_on_aarch64(tmp_path):
     assert not outside_forms & set(result["op_histogram"])
     assert result["op_histogram"]["SOFTMAX"] == 1 and result["op_histogram"]["LOGISTIC"] == 1
     assert "affine_shift" in result["float_nodes"]  # the one-scale chain: DEQUANTIZE, MUL, ADD, QUANTIZE
-    models = {"fp32": tmp_path / "model.fp32.tflite", "int8": tmp_path / "model.tflite"}
     np.save(tmp_path / "inputs.npy", np.stack([f["x"][0].transpose(1, 2, 0) for f in feeds]).astype(np.float32))
-    (tmp_path / "runner.py").write_text(RUNNER)
-    host_job = write_job(tmp_path / "x86", models, tmp_path / "inputs.npy", RUNS[:4])
-    subprocess.run([sys.executable, str(tmp_path / "runner.py"), str(host_job)], check=True, timeout=300)
-    arm_job = write_job(tmp_path / "arm", models, tmp_path / "inputs.npy", RUNS)
-    proc = emulation.run_in_arm64(rootfs, tmp_path / "runner.py", [arm_job], cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (x86_meta, x86), (arm_meta, arm) = load_results(tmp_path / "x86"), load_results(tmp_path / "arm")
-    assert arm_meta["machine"] == "aarch64"
+    (x86_meta, x86), (arm_meta, arm) = run_on_x86_and_arm(tmp_path, rootfs)
     assert arm_meta["runs"]["int8-xnnpack"]["ops"].count("DELEGATE") == 1  # one partition on ARM too
     step = [float(out["quantization"]["scale"]) if out["quantization"]
             else calibration.asymmetric_params(out["name"])[0] for out in result["io"]["outputs"]]
@@ -129,16 +135,8 @@ def test_one_hot_table_lookup_agrees_on_aarch64(tmp_path):
     tokens = RNG.integers(-2 * depth, 2 * depth, (12, 12)).astype(np.float32)
     result, calibration = convert(model, tmp_path, [{"x": row[None]} for row in tokens[:8]])
     assert result["op_histogram"]["GATHER"] == 1 and "ONE_HOT" not in result["op_histogram"]
-    models = {"fp32": tmp_path / "model.fp32.tflite", "int8": tmp_path / "model.tflite"}
     np.save(tmp_path / "inputs.npy", tokens)
-    (tmp_path / "runner.py").write_text(RUNNER)
-    host_job = write_job(tmp_path / "x86", models, tmp_path / "inputs.npy", RUNS[:4])
-    subprocess.run([sys.executable, str(tmp_path / "runner.py"), str(host_job)], check=True, timeout=300)
-    arm_job = write_job(tmp_path / "arm", models, tmp_path / "inputs.npy", RUNS)
-    proc = emulation.run_in_arm64(rootfs, tmp_path / "runner.py", [arm_job], cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (_, x86), (arm_meta, arm) = load_results(tmp_path / "x86"), load_results(tmp_path / "arm")
-    assert arm_meta["machine"] == "aarch64"
+    (_, x86), (arm_meta, arm) = run_on_x86_and_arm(tmp_path, rootfs)
     for run, x86_run in (("int8-xnnpack", "int8-xnnpack"), ("int8-builtin", "int8-builtin"),
                          ("int8-tflite-runtime", "int8-builtin"), ("fp32-xnnpack", "fp32-xnnpack"),
                          ("fp32-builtin", "fp32-builtin")):

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgepipe.calibrate import calibrate
 from edgepipe.errors import UserError
 from edgepipe.stages.calibrate import run_calibration, validate_settings
+from tests.helpers import ArrayDataset
 
 
 def tiny_model() -> onnx.ModelProto:
@@ -44,18 +45,6 @@ def tiny_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-class ArrayDataset:
-    """Stand-in for edgepipe.data.Dataset: len, sample(i) with batch dim 1."""
-
-    def __init__(self, x: np.ndarray):
-        self.x = x.astype(np.float32)
-        self.names = ["x"]
-
-    def __len__(self):
-        return len(self.x)
-
-    def sample(self, i):
-        return {"x": self.x[i : i + 1]}
 
 
 def iid(n, seed=0):

@@ -9,17 +9,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgepipe.calibrate import calibrate, methods
 from edgepipe.calibrate.histogram import TensorHistogram
+from tests.helpers import ArrayDataset
 
 
-class ArrayDataset:
-    def __init__(self, x):
-        self.x = np.asarray(x, np.float32)
-
-    def __len__(self):
-        return len(self.x)
-
-    def sample(self, i):
-        return {"x": self.x[i : i + 1]}
 
 
 def reshaping_model() -> onnx.ModelProto:

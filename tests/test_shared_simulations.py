@@ -11,18 +11,9 @@ import pytest
 
 from edgepipe.calibrate import calibrate, stability
 from edgepipe.targets import load_target
-from tests.helpers import tiny_conv_model
+from tests.helpers import ArrayDataset, tiny_conv_model
 
 
-class ArrayDataset:
-    def __init__(self, x):
-        self.x = np.asarray(x, np.float32)
-
-    def __len__(self):
-        return len(self.x)
-
-    def sample(self, i):
-        return {"x": self.x[i : i + 1]}
 
 
 @pytest.fixture(scope="module")

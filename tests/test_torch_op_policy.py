@@ -13,18 +13,9 @@ import torch
 
 from edgepipe.errors import UserError
 from edgepipe.stages import torch_files, torch_op_policy
+from tests.fixture_models import FileWriter
 
 SAVED = Path(__file__).parent / "gpu_saved"
-
-
-class FileWriter(torch.nn.Module):
-    def __init__(self, path: str):
-        super().__init__()
-        self.path = path
-
-    def forward(self, x):
-        torch.ops.aten.save(x, self.path)
-        return x + 1
 
 
 class ProfilerCall(torch.nn.Module):
