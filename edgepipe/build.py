@@ -195,6 +195,8 @@ def check_structure(source: str, target) -> None:
         domain = canonical_domain(node.domain)
         if (domain == "" and node.op_type in CONTROL_FLOW) or domain not in table.domains():
             reason = operator_problem(node, versions, table, target.name)
+            if reason is None:  # control flow the target's table registers (TensorRT)
+                continue
             raise UnsupportedOpError(name, qualified(node.domain, node.op_type), target.name, reason)
 
 

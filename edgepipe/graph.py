@@ -133,12 +133,44 @@ def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
 
 
 def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Main-graph readers of each tensor; a control-flow node counts as a reader of every main-graph
+    tensor its subgraphs read by name (outer scope), so a pass that rewrites or fuses a tensor
+    "read by one node only" leaves alone the tensors a loop body or branch still needs."""
     result: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in model.graph.node:
-        for name in node.input:
+        for name in dict.fromkeys(list(node.input) + sorted(outer_scope_reads(node))):
             if name:
                 result[name].append(node)
     return result
+
+
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs held by a node's attributes (If branches, Loop / Scan bodies)."""
+    found = []
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            found.append(attribute.g)
+        found.extend(attribute.graphs)
+    return found
+
+
+def outer_scope_reads(node: onnx.NodeProto) -> set[str]:
+    """Names the node's subgraphs (nested ones included) read without defining them: tensors of
+    the enclosing graph, looked up by name when the subgraph runs."""
+    reads: set[str] = set()
+
+    def visit(sub: onnx.GraphProto, defined: set[str]) -> None:
+        defined = defined | {v.name for v in sub.input} | {t.name for t in sub.initializer}
+        for inner in sub.node:
+            reads.update(name for name in inner.input if name and name not in defined)
+            for nested in subgraphs(inner):
+                visit(nested, defined)
+            defined |= set(inner.output)
+        reads.update(o.name for o in sub.output if o.name not in defined)
+
+    for sub in subgraphs(node):
+        visit(sub, set())
+    return reads
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -369,13 +401,21 @@ def describe_io(model: onnx.ModelProto) -> dict:
 
 
 def taken_names(model: onnx.ModelProto) -> set[str]:
-    """Every tensor, initializer and node name in the main graph (new names must avoid them)."""
-    graph = model.graph
-    names = {t.name for t in graph.initializer} | {n.name for n in graph.node}
-    names |= {v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
+    """Every tensor, initializer and node name in the model, subgraphs included (new names must
+    avoid them: ONNX forbids a subgraph name that shadows one of the enclosing graph)."""
+    names: set[str] = set()
+
+    def visit(graph: onnx.GraphProto) -> None:
+        names.update(t.name for t in graph.initializer)
+        names.update(v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info))
+        for node in graph.node:
+            names.add(node.name)
+            names.update(node.input)
+            names.update(node.output)
+            for sub in subgraphs(node):
+                visit(sub)
+
+    visit(model.graph)
     return names
 
 
