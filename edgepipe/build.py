@@ -195,9 +195,12 @@ def check_structure(source: str, target) -> None:
         domain = canonical_domain(node.domain)
         if (domain == "" and node.op_type in CONTROL_FLOW) or domain not in table.domains():
             reason = operator_problem(node, versions, table, target.name)
-            if reason is None:  # control flow the target's table registers (TensorRT)
+            if reason is None:  # control flow the target's table registers (TensorRT): its own rules below
                 continue
             raise UnsupportedOpError(name, qualified(node.domain, node.op_type), target.name, reason)
+    for name, op_type, reason in target.supports(model):  # e.g. TensorRT: If branches of unequal rank
+        if op_type in CONTROL_FLOW:
+            raise UnsupportedOpError(name, op_type, target.name, reason)
 
 
 def foldable_batchnorms(model) -> set[str]:

@@ -19,6 +19,8 @@ import onnx
 
 from edgepipe.backends.support import Problem, walk_nodes
 
+PIN = "pin the inputs its condition reads with input_values, --input-value NAME=VALUE, to deploy one branch"
+
 
 def _subgraph(node: onnx.NodeProto, name: str) -> onnx.GraphProto | None:
     return next((a.g for a in node.attribute if a.name == name and a.type == onnx.AttributeProto.GRAPH), None)
@@ -61,11 +63,11 @@ def if_problem(node: onnx.NodeProto) -> str | None:
     for index, (then_out, else_out) in enumerate(zip(then_branch.output, else_branch.output)):
         if then_out.name == else_out.name:
             return (f"both branches name output {index} '{then_out.name}'; TensorRT needs different names "
-                    "(re-export the model, or pin the condition with input_values to deploy one branch)")
+                    f"(re-export the model, or {PIN})")
         ranks = _rank(then_out), _rank(else_out)
         if None not in ranks and ranks[0] != ranks[1]:
             return (f"output {index} has rank {ranks[0]} in then_branch and {ranks[1]} in else_branch; "
-                    "TensorRT needs equal ranks (pin the condition with input_values to deploy one branch)")
+                    f"TensorRT needs equal ranks ({PIN})")
     return None
 
 
