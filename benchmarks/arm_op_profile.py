@@ -8,10 +8,13 @@ it (every tensor the prefix makes and does not consume becomes an output, so not
 the difference between consecutive prefixes is the cost of the ops between them. A segment is
 named after the fp32 op that closes it, with the int8 ops it took (an int8 segment may hold a
 decomposition, QUANTIZE / DEQUANTIZE of a float island, ...). Cuts after PAD are skipped: XNNPACK
-folds a PAD into the conv that reads it, which a cut would prevent. Prefix models alternate in
+folds a PAD into the conv that reads it, which a cut would prevent. So are cuts inside a float
+island (before its closing QUANTIZE): XNNPACK turns DEQUANTIZE, a float unary op, QUANTIZE into
+one int8 lookup table, which a float prefix output would prevent (it overstated GELU 5x). Prefix models alternate in
 rounds; each figure is the median over rounds of the round's median thread CPU time per invoke
 (less exposed to other work on a shared host than wall time). Differences of small ops are
-noisy (some come out negative); sums per op type are what to read.
+noisy (some come out negative); sums per op type are what to read, `ranked_by_excess` orders
+them by int8 - 0.5 x fp32 (what keeps the model from the goal).
 
     python benchmarks/arm_op_profile.py [--models a,b] [--rounds 7]
 
@@ -40,8 +43,8 @@ from edgepipe.backends.tflite.runtime import make_interpreter  # noqa: E402
 from tests.realmodels import corpus  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "arm_op_profile.json"
-# the convolutional models above 0.5x fp32 (1 thread) in results/arm_speed.json (issue 15)
-DEFAULT_MODELS = ["timm_mobilenetv3", "ocr_cls", "orientation"]
+# the models above or at 0.5x fp32 (1 thread) in results/arm_speed.json when profiled (issue 15)
+DEFAULT_MODELS = ["timm_mobilenetv3", "ocr_cls", "orientation", "magika"]
 NO_CUT_AFTER = {"PAD", "QUANTIZE", "DEQUANTIZE"}
 ROUND_S = 0.05  # invocations per round: about this long for the full model
 FIRST_CONV_CHANNELS = 4  # a CONV_2D reading at most this many channels: a network's first conv
@@ -100,8 +103,9 @@ def cut_points(int8: Graph, fp32: Graph) -> list[tuple[int, int]]:
     cuts, last = [], (0, 0)
     for position, (opcode, _, outputs) in enumerate(fp32.ops):
         cut = (written.get(fp32.tensor_name(outputs[0]), 0), position + 1)
+        closes_island = cut[0] < len(int8.ops) and int8.ops[cut[0]][0] == "QUANTIZE"
         if opcode not in NO_CUT_AFTER and int8.ops[cut[0] - 1][0] not in NO_CUT_AFTER and \
-                cut[0] > last[0] and cut[1] > last[1]:
+                not closes_island and cut[0] > last[0] and cut[1] > last[1]:
             cuts.append(cut)
             last = cut
     whole = (len(int8.ops), len(fp32.ops))
@@ -159,9 +163,10 @@ def profile(bundle: Path, rounds: int, work: Path) -> dict:
         entry["share_of_int8"] = round(entry["int8_us"] / (1000 * total_int8), 3)
         # what this op type adds above half its fp32 time: the sum over types is int8 - 0.5 fp32
         entry["over_half_fp32_us"] = round(entry["int8_us"] - 0.5 * entry["fp32_us"], 2)
+    ranked = sorted(by_op, key=lambda label: by_op[label]["over_half_fp32_us"], reverse=True)
     return {"total_ms": {"int8": round(total_int8, 4), "fp32": round(total_fp32, 4),
                          "int8_over_fp32": round(total_int8 / total_fp32, 3)},
-            "by_op": by_op, "segments": segments}
+            "by_op": by_op, "ranked_by_excess": ranked, "segments": segments}
 
 
 def main() -> None:
@@ -183,6 +188,8 @@ def main() -> None:
             row["loadavg"] = {"start": load_start, "end": load_average()}
             rows[name] = row
             print(name, json.dumps({k: row.get(k) for k in ("total_ms", "loadavg", "error")}), flush=True)
+            for label in row.get("ranked_by_excess", [])[:5]:  # where int8 exceeds half its fp32 time most
+                print(f"  {label}: {json.dumps(row['by_op'][label])}", flush=True)
     import ai_edge_litert
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -297,6 +297,50 @@ def elementwise_chain(shape, *steps):
     return build
 
 
+def one_hot_dense(tokens: int, depth: int, width: int, form: str):
+    """Magika's input layer: float token ids, CAST to int32, then either ONE_HOT [0, 1] and a
+    FULLY_CONNECTED by W [depth, width] (`one-hot`), or the lowering's table lookup (`table`: ADD,
+    MAXIMUM, MINIMUM on the ids, GATHER of [2 depth + 2, width] rows, ops/encoding.py)."""
+    def build(dtype):
+        g = Graph(dtype)
+        spec = g.spec
+        x = spec.add_tensor("x", [1, tokens], "float32")
+        spec.inputs.append(x)
+        ids = spec.add_tensor("ids", [1, tokens], "int32")
+        spec.add_operator("CAST", [x], [ids])
+        weights = RNG.standard_normal((depth, width)).astype(np.float32) * 0.2
+        if form == "table":
+            step = ids
+            for opcode, bound in (("ADD", depth + 1), ("MAXIMUM", 0), ("MINIMUM", 2 * depth + 1)):
+                out = spec.add_tensor(f"ids_{opcode}", [1, tokens], "int32")
+                options = ("AddOptions", {"FusedActivationFunction": 0}) if opcode == "ADD" else (None, None)
+                spec.add_operator(opcode, [step, spec.add_constant(f"{opcode}_bound", np.int32(bound))], [out],
+                                  *options)
+                step = out
+            table = np.concatenate([np.zeros((1, width)), weights, weights, np.zeros((1, width))]).astype(np.float32)
+            rows = g.tensor([1, tokens, width])
+            table_index = spec.add_constant("table", table) if dtype == "float32" else spec.add_constant(
+                "table", quantmath.quantize(table, float(UNIT.scale[0]), int(UNIT.zero_point[0])), UNIT)
+            spec.add_operator("GATHER", [table_index, step], [rows], "GatherOptions", {"Axis": 0, "BatchDims": 0})
+            return finish(g, g.op("RESHAPE", [rows, spec.add_constant("shape", np.array([tokens, width], np.int32))],
+                                  [tokens, width]))
+        unit = Quantization.per_tensor(*quantmath.asymmetric_params(0.0, 1.0))
+        hot = g.tensor([1, tokens, depth], unit)
+        on, off = (spec.add_constant(f"v{v}", np.float32(v)) if dtype == "float32" else
+                   spec.add_constant(f"v{v}", quantmath.quantize(np.float32(v), *unit.as_pair()), unit) for v in (1, 0))
+        spec.add_operator("ONE_HOT", [ids, spec.add_constant("depth", np.int32(depth)), on, off], [hot],
+                          "OneHotOptions", {"Axis": -1})
+        flat = g.op("RESHAPE", [hot, spec.add_constant("shape", np.array([tokens, depth], np.int32))],
+                    [tokens, depth], quant=unit)
+        filter_index, bias_index = g.weights((width, depth), 0)
+        if dtype == "int8":  # the bias scale follows the one-hot input's grid, not UNIT's
+            bias_index = spec.add_constant("bias", np.zeros(width, np.int32), Quantization.per_channel(
+                np.asarray(spec.tensors[filter_index].quantization.scale, np.float64) * float(unit.scale[0]), 0))
+        return finish(g, g.op("FULLY_CONNECTED", [flat, filter_index, bias_index], [tokens, width],
+                              "FullyConnectedOptions", FusedActivationFunction=0, KeepNumDims=False))
+    return build
+
+
 CASES = {
     "conv3x3_cin3_s1 (PNet first)": {"op": conv_first([1, 96, 96, 3], 10, 1, padding=VALID)},
     "conv3x3_cin3_s1 padded to Cin 4": {"op": conv_first_padded_channels([1, 96, 96, 3], 10, 1, padding=VALID)},
@@ -341,6 +385,8 @@ CASES = {
     "scalar MUL / ADD [1,128,128,32] (PP-OCR det)": {
         "MUL": elementwise_chain([1, 128, 128, 32], "mul"), "ADD": elementwise_chain([1, 128, 128, 32], "add"),
         "MUL then ADD": elementwise_chain([1, 128, 128, 32], "mul", "add")},
+    "one-hot dense [1, 1536] depth 257 -> 128 (Magika)": {
+        form: one_hot_dense(1536, 257, 128, form) for form in ("one-hot", "table")},
     **normalization_cases.CASES,
     **depthwise_cases.CASES,
 }

@@ -128,6 +128,9 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
         load_dataset(require_calib(settings), specs, preprocess, limit=settings["calibration"].get("max_samples")),
         settings)
     eval_ds, eval_source = None, "eval"
+    if calib_ds.ignored_members:
+        warnings.append(f"{calib_ds.source.name}: arrays {calib_ds.ignored_members[:5]} name no model input "
+                        f"(inputs: {calib_ds.names}) and were not used")
     if settings.get("eval"):
         eval_ds = to_model_domain(
             load_dataset(settings["eval"], specs, preprocess, limit=settings["report"].eval_limit), settings)

@@ -65,6 +65,7 @@ class Dataset:
         self._indices = evenly_spaced(count, count if limit is None else limit, centred=False)
         self.labels = None if labels is None else np.asarray(labels, np.int64)[self._indices]
         self.class_names = class_names
+        self.ignored_members: list[str] = []  # .npz arrays named after no model input (e.g. a weight)
 
     def __len__(self) -> int:
         return len(self._indices)
@@ -146,8 +147,17 @@ def load_dataset(path: str | os.PathLike, input_specs: InputSpecs, preprocess: d
     count = _check_arrays(path, arrays, input_specs)
     if labels is not None:
         _check_labels(path, labels, count)
-    return Dataset(path, kind, input_specs, count, lambda i: {n: a[i] for n, a in arrays.items()},
-                   labels=labels, limit=limit)
+    dataset = Dataset(path, kind, input_specs, count, lambda i: {n: a[i] for n, a in arrays.items()},
+                      labels=labels, limit=limit)
+    if kind == "npz":
+        dataset.ignored_members = _ignored_members(path, input_specs)
+    return dataset
+
+
+def _ignored_members(path: Path, specs: InputSpecs) -> list[str]:
+    with zipfile.ZipFile(path) as archive:
+        keys = {n[:-4] for n in archive.namelist() if n.endswith(".npy")}
+    return sorted(keys - set(specs) - {LABELS_KEY})
 
 
 def infer_static_shape(path: str | os.PathLike, input_name: str, preprocess: dict | None = None,

@@ -162,6 +162,29 @@ def unsafe_checkpoint(tmp):
             "--calib", str(_calib(tmp, np.zeros((4, 3, 32, 32), np.float32), key="image")), "--out", str(tmp / "out")]
 
 
+class _FileWriter:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def unsafe_export_program(tmp):
+    """A .pt2 whose pickled sample inputs would create a file: torch.export.load falls back to
+    weights_only=False for them."""
+    import zipfile
+
+    program = tmp / "evil.pt2"
+    shipped = Path(__file__).parent / "gpu_saved" / "small_cnn.pt2"
+    with zipfile.ZipFile(shipped) as source, zipfile.ZipFile(program, "w") as crafted:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            crafted.writestr(item, pickle.dumps(_FileWriter(tmp / "out")) if "sample_inputs" in item.filename else data)
+    return ["build", "--model", str(program), "--target", "jetson", "--input-shape", "x:1x3x16x16",
+            "--out", str(tmp / "bundle")]
+
+
 def bad_yaml(tmp):
     (tmp / "edgepipe.yaml").write_text("target: jetson\n  calib: [\n")
     return ["build"]
@@ -466,6 +489,8 @@ CASES = [
     Case("unknown-target", "an unknown target name", unknown_target, ("pdp-11", "arm-cpu")),
     Case("bad-factory", "a module:factory that does not import", bad_factory, ("no_such_pkg_xyz",)),
     Case("unsafe-checkpoint", "a checkpoint that needs unsafe unpickling", unsafe_checkpoint, ("evil.pt", "weights_only=True")),
+    Case("unsafe-export-program", "a torch.export .pt2 with pickled Python objects", unsafe_export_program,
+         ("evil.pt2", "pickled Python objects")),
     Case("bad-yaml", "edgepipe.yaml that is not valid YAML", bad_yaml, ("edgepipe.yaml", "line 2")),
     Case("tampered-bundle", "a bundle file changed after the build", tampered_bundle, ("model.bin",), exit_code=1),
     Case("traversal-archive", "a bundle archive with ../ paths", traversal_archive, ("../../escaped.txt",)),

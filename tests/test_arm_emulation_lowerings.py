@@ -110,3 +110,38 @@ def test_delegated_lowerings_agree_on_aarch64(tmp_path):
     for run in ("fp32-xnnpack", "fp32-builtin"):
         for ref, test in zip(x86[run], arm[run]):
             np.testing.assert_allclose(test, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+
+
+@pytest.mark.arm
+@pytest.mark.slow
+def test_one_hot_table_lookup_agrees_on_aarch64(tmp_path):
+    """OneHot -> Reshape -> MatMul as the table lookup (CAST, int32 ADD / MAXIMUM / MINIMUM, GATHER;
+    ops/encoding.py), token ids in and out of range: the same outputs on aarch64 (LiteRT with and
+    without XNNPACK, tflite-runtime 2.14) as on x86, int8 and fp32."""
+    from tests.test_tflite_ops_encoding import _embedding_model
+
+    reason = emulation.available()
+    if reason is not None:
+        missing_tool(f"arm64 emulation unavailable: {reason}")
+    rootfs = emulation.ensure_rootfs(log=print)
+    depth = 9
+    model = _embedding_model(depth, values=(-1.0, 2.0))
+    tokens = RNG.integers(-2 * depth, 2 * depth, (12, 12)).astype(np.float32)
+    result, calibration = convert(model, tmp_path, [{"x": row[None]} for row in tokens[:8]])
+    assert result["op_histogram"]["GATHER"] == 1 and "ONE_HOT" not in result["op_histogram"]
+    models = {"fp32": tmp_path / "model.fp32.tflite", "int8": tmp_path / "model.tflite"}
+    np.save(tmp_path / "inputs.npy", tokens)
+    (tmp_path / "runner.py").write_text(RUNNER)
+    host_job = write_job(tmp_path / "x86", models, tmp_path / "inputs.npy", RUNS[:4])
+    subprocess.run([sys.executable, str(tmp_path / "runner.py"), str(host_job)], check=True, timeout=300)
+    arm_job = write_job(tmp_path / "arm", models, tmp_path / "inputs.npy", RUNS)
+    proc = emulation.run_in_arm64(rootfs, tmp_path / "runner.py", [arm_job], cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (_, x86), (arm_meta, arm) = load_results(tmp_path / "x86"), load_results(tmp_path / "arm")
+    assert arm_meta["machine"] == "aarch64"
+    for run, x86_run in (("int8-xnnpack", "int8-xnnpack"), ("int8-builtin", "int8-builtin"),
+                         ("int8-tflite-runtime", "int8-builtin"), ("fp32-xnnpack", "fp32-xnnpack"),
+                         ("fp32-builtin", "fp32-builtin")):
+        for ref, test in zip(x86[x86_run], arm[run]):  # a lookup: nothing to round differently (the
+            # int8 model's output DEQUANTIZE may differ in the last float bit between kernels)
+            np.testing.assert_allclose(test, ref, rtol=1e-6, atol=1e-6 * float(np.abs(ref).max()), err_msg=run)

@@ -139,6 +139,7 @@ def test_npz_multi_input_with_labels_and_extra_keys(tmp_path):
     np.testing.assert_allclose(sample["a"][0], a[2].astype(np.float32))
     np.testing.assert_array_equal(ds.stack("b"), b)
     assert infer_static_shape(tmp_path / "d.npz", "b") == (1, 2, 3)
+    assert ds.ignored_members == ["notes"]  # the build warns that it named no input
 
 
 def test_npy_single_input(tmp_path):

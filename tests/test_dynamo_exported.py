@@ -19,11 +19,12 @@ SHAPES = {"cnn": (1, 3, 32, 32), "attention": (1, 17, 32)}
 def test_dynamo_exported_file_builds_int8(tmp_path, name, target):
     path = FILES / f"{name}.onnx"
     rng = np.random.default_rng(0)
-    calib = tmp_path / "calib.npy"
-    np.save(calib, rng.standard_normal((32, *SHAPES[name][1:])).astype(np.float32))
+    calib = tmp_path / "calib.npz"  # with an array named after no input, as a typo would make
+    np.savez(calib, x=rng.standard_normal((32, *SHAPES[name][1:])).astype(np.float32), X=np.zeros(3))
     result = run_cli("build", "--model", str(path), "--target", target, "--calib", str(calib),
                      "--out", str(tmp_path / "bundle"), "--no-host-report", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "warning: calib.npz: arrays ['X'] name no model input (inputs: ['x']) and were not used" in result.stderr
     x = rng.standard_normal(SHAPES[name]).astype(np.float32)
     (reference,) = graph.make_session(graph.load_model(path)).run(None, {"x": x})
     (got,) = deployed_outputs(tmp_path / "bundle", {"x": x})

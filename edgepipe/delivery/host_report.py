@@ -2,7 +2,8 @@
 
 arm-cpu runs the bundle's own run.py here (the real LiteRT kernels); targets whose runtime is not
 here emulate their deployed model (`Target.deployed_probe`: the Q/DQ ONNX in ONNX Runtime) and say
-so in results.json. Both end in one accuracy warning when int8 agrees poorly, and report.html.
+so in results.json. Both end in one accuracy warning when int8 agrees poorly, one speed warning
+when the int8 model ran slower than the FP32 model it was timed against, and report.html.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from pathlib import Path
 
 from edgepipe import graph
 from edgepipe.errors import UserError
+
+# the deployed model must be this much slower than the one timed next to it for a speed warning:
+# a margin over run-to-run noise, so a model at parity on a busy host does not warn at random
+SLOWER_MARGIN = 1.1
 
 
 def run_host_report(out: Path, settings: dict, target, result) -> dict:
@@ -58,9 +63,29 @@ def run_host_emulation(out: Path, settings: dict, target, result) -> dict | None
     return finish_host_report(out, settings, results, result)
 
 
+def speed_warning(results: dict) -> str | None:
+    """One line when the deployed model ran slower than the model it was timed against in the same
+    run (arm-cpu: int8 vs model.fp32.tflite) by more than SLOWER_MARGIN: int8 does not pay for
+    every graph (a log-mel frontend is mostly elementwise float math that int8 requantizes at every
+    step), and a user reading only the int8 latency would not know. The numbers are this host's;
+    the device's kernels can differ, so it recommends a measurement there rather than deciding."""
+    speedup, compared = results.get("speedup"), results.get("compare")
+    if not isinstance(speedup, (int, float)) or speedup * SLOWER_MARGIN >= 1.0 or not isinstance(compared, dict):
+        return None
+    model, other = results.get("model") or "the int8 model", compared.get("model") or "the fp32 model"
+    p50 = (results.get("latency_ms") or {}).get("p50")
+    other_p50 = (compared.get("latency_ms") or {}).get("p50")
+    timing = f" (p50 {p50:.3f} vs {other_p50:.3f} ms)" if isinstance(p50, (int, float)) and \
+        isinstance(other_p50, (int, float)) else ""
+    return (f"speed: {model} ran {1.0 / speedup:.2f}x slower than {other} on this host{timing}: int8 does not "
+            f"pay for this model here; deploy {other} (run.py --model {other}) or keep the slow part float "
+            "(precision.float_nodes), after timing both on the device (run.py times both)")
+
+
 def finish_host_report(out: Path, settings: dict, results: dict, result) -> dict:
-    """One warning when int8 agrees poorly with FP32 (report.min_sqnr_db / min_agreement), written
-    into results.json and the report; then report.html."""
+    """One warning when int8 agrees poorly with FP32 (report.min_sqnr_db / min_agreement) and one
+    when it ran slower than FP32 (`speed_warning`), written into results.json and the report; then
+    report.html."""
     from edgepipe.accuracy.compare import accuracy_warning
     from edgepipe.delivery.report import render_report
 
@@ -68,6 +93,10 @@ def finish_host_report(out: Path, settings: dict, results: dict, result) -> dict
     results["accuracy_warnings"] = [warning] if warning else []
     if warning:
         result.warnings.append(warning)
+    slow = speed_warning(results)
+    results["speed_warnings"] = [slow] if slow else []
+    if slow:
+        result.warnings.append(slow)
     if (out / "precision.json").is_file():  # what precision.budget bought and what its search cost
         from edgepipe.accuracy.precision import plan_summary
 

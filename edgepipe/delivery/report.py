@@ -193,6 +193,7 @@ def speed_section(results: dict) -> dict | None:
         "compare_model": str(compared.get("model") or "?") if isinstance(compared, dict) else None,
         "outside": ", ".join(f"{op} x{count}" for op, count in sorted(outside.items())) if outside else "none",
         "measured": isinstance(delegation, dict),
+        "warnings": [str(w) for w in (results.get("speed_warnings") or [])],
     }
 
 

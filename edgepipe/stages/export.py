@@ -138,6 +138,8 @@ def load_torch_file(path: Path):
     if path.suffix == ".pt2":
         try:
             return torch_files.load_exported_program(path)
+        except UserError:
+            raise
         except Exception as exc:
             raise UserError(f"{path}: not a readable torch.export program ({exc})") from exc
     try:

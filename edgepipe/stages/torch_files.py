@@ -13,8 +13,12 @@ pinned torch; the GPU-saved files in tests/gpu_saved check it on every torch upg
 from __future__ import annotations
 
 import contextlib
+import pickle
 import threading
+import warnings
 from pathlib import Path
+
+from edgepipe.errors import UserError
 
 _mapping = threading.local()
 _registered = False
@@ -25,6 +29,34 @@ def _to_cpu_storage(storage, location: str):
     if getattr(_mapping, "active", False) and not location.startswith("cpu"):
         return storage
     return None
+
+
+@contextlib.contextmanager
+def _tensor_pickles_only():
+    """torch.load inside torch.export.load as weights_only=True, whatever the caller asks.
+
+    Why: torch.export.load unpickles pickled payloads and, when that fails, the sample inputs with
+    weights_only=False, so a crafted .pt2 runs code on the build host. A program whose archive
+    really holds Python objects is refused instead; its torch warnings stay out of the terminal."""
+    import logging
+
+    import torch
+
+    load = torch.load
+
+    def tensors_only(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return load(*args, **kwargs)
+
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    torch.load = tensors_only
+    export_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        torch.load = load
+        export_log.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -67,8 +99,14 @@ def load_exported_program(path: Path):
     """A `.pt2` torch.export program as an eager CPU module."""
     import torch
 
-    with _storages_on_cpu():
-        program = torch.export.load(str(path))
+    try:
+        with _tensor_pickles_only(), _storages_on_cpu():
+            program = torch.export.load(str(path))
+    except Exception as exc:
+        if "weights only load failed" in str(exc).lower() or isinstance(exc, pickle.UnpicklingError):
+            raise UserError(f"{path}: refused: the archive holds pickled Python objects, which could run code "
+                            "when loaded; export the program with tensor weights and inputs only") from exc
+        raise
     changed = False
     for node in program.graph.nodes:
         args, kwargs = _cpu(node.args), _cpu(node.kwargs)
@@ -90,7 +128,9 @@ def load_exported_program(path: Path):
             object.__setattr__(self, "program", module)
 
         def forward(self, *args):
-            return self.program(*args)
+            with warnings.catch_warnings():  # the program's own shape guards, traced as constants
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                return self.program(*args)
 
     return EagerProgram()
 

@@ -16,6 +16,7 @@ from edgepipe.backends import support
 from edgepipe.backends.tflite import ops, validator, writer
 from edgepipe.backends.tflite.delegation import kernel_histogram
 from edgepipe.backends.tflite.lower import BACKEND, NHWC, Lowering, ShapeUnknownError, prepare_model
+from edgepipe.backends.tflite.ops.encoding import table_lookup_matmuls
 from edgepipe.calibrate.bias_correction import apply_bias_corrections
 from edgepipe.errors import UnsupportedOpError, UserError
 
@@ -68,7 +69,7 @@ def lower_model(model: onnx.ModelProto, calibration, options: dict, quantized: b
         if options.get("activations") == "int16":  # measured on int8 grids: not for a 16x8 model
             corrections = None
         skip = set(options.get("float_nodes") or ()) | set(options.get("int16_nodes") or ())
-        model = apply_bias_corrections(model, corrections, skip=skip)
+        model = apply_bias_corrections(model, corrections, skip=skip | table_lookup_matmuls(model))
     ctx = Lowering(prepare_model(model), calibration, options, quantized)
     ctx.run()
     validator.validate(ctx.spec)

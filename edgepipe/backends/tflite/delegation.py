@@ -19,17 +19,22 @@ from edgepipe.backends.tflite.builtins import builtin
 from edgepipe.calibrate.result import CalibrationResult, TensorCalibration
 
 BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")  # conversions XNNPACK takes (float I/O, float islands)
+INDEX_DTYPES = {"int32", "int64"}  # integer index math: XNNPACK takes none of it (builtin kernels)
 
 
 def kernel_histogram(spec) -> dict[str, dict[str, int]]:
     """{"int8": {op: count}, "float32": {op: count}}, plus "int16" when the model has 16x8 ops:
     which kernel each operator of `spec` runs (int16 when any tensor it touches is int16, else int8
-    when one is int8; QUANTIZE / DEQUANTIZE count as int8 or int16)."""
-    counts: dict[str, Counter] = {"int8": Counter(), "float32": Counter(), "int16": Counter()}
+    when one is int8; QUANTIZE / DEQUANTIZE count as int8 or int16), plus "int32" for integer index
+    arithmetic (a table lookup's clamp of token ids)."""
+    counts: dict[str, Counter] = {"int8": Counter(), "float32": Counter(), "int16": Counter(), "int32": Counter()}
     for op in spec.operators:
         dtypes = {spec.tensors[i].dtype for i in [*op.inputs, *op.outputs] if i >= 0}
-        counts["int16" if "int16" in dtypes else "int8" if "int8" in dtypes else "float32"][op.opcode] += 1
-    return {kind: dict(sorted(counter.items())) for kind, counter in counts.items() if counter or kind != "int16"}
+        kind = "int16" if "int16" in dtypes else "int8" if "int8" in dtypes else \
+            "int32" if dtypes and dtypes <= INDEX_DTYPES else "float32"
+        counts[kind][op.opcode] += 1
+    return {kind: dict(sorted(counter.items())) for kind, counter in counts.items()
+            if counter or kind not in ("int16", "int32")}
 
 
 def predicted_outside(kernels: dict[str, dict[str, int]]) -> dict:
@@ -42,8 +47,8 @@ def predicted_outside(kernels: dict[str, dict[str, int]]) -> dict:
         for opcode, count in histogram.items():
             row = builtin(opcode)
             known = None if row is None else row.xnnpack_int8 if kind == "int8" else row.xnnpack_fp32
-            if kind == "int16":
-                known = False  # XNNPACK has no 16x8 kernel: every int16 op stays on the builtin kernels
+            if kind in ("int16", "int32"):
+                known = False  # XNNPACK has no 16x8 kernel and no integer arithmetic: builtin kernels
             if known is False:
                 outside[opcode] += count
             elif known is None and opcode not in BOUNDARY_OPS:

@@ -61,7 +61,10 @@ def channel_gate(ctx: Lowering, node) -> bool:
     """A Mul of a 4-D image [N, C, H, W] (H * W > 1) by a computed [N, C, 1, 1] gate, in either
     order: squeeze-and-excitation. Under XNNPACK (x86 AVX-512: its int8 MUL has only 128-bit
     kernels) the float island (DEQUANTIZE both sides, MUL, QUANTIZE) is faster than the int8 MUL
-    (benchmarks/xnnpack_op_speed.py, "SE gate" cases)."""
+    (benchmarks/xnnpack_op_speed.py, "SE gate" cases). On ARM the int8 MUL is one integer-only pass
+    (`qs8_vmul_minmax_rndnu__neon_ld64_u16`) and likely the faster form; the island stays because
+    the int8 MUL measured less accurate on a real model (the PP-OCRv4 recognizer: README,
+    "Squeeze-excite gates"), which no ARM timing here can weigh against."""
     if node.op_type != "Mul" or any(ctx.constant(name) is not None for name in node.input):
         return False
     shapes = [ctx.shape(name) for name in node.input]
