@@ -119,3 +119,20 @@ def conv_loop_model(steps: int = 3) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def loop_without_trip_count_model() -> onnx.ModelProto:
+    """`conv_loop_model` as a while loop (no trip count M; the body's condition is `i < 2`) that
+    stacks a scan output: TensorRT sizes scan outputs by the trip count, so its parser rejects it."""
+    model = conv_loop_model()
+    loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    loop.input[0], loop.input[1] = "", "go"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "go"))
+    steps = next(t for t in model.graph.initializer if t.name == "steps")
+    model.graph.initializer.remove(steps)
+    body = loop.attribute[0].g
+    keep_going = next(n for n in body.node if n.name == "keep_going")
+    keep_going.CopyFrom(helper.make_node("Less", ["i", "last_step"], ["cond_out"], name="keep_going"))
+    body.initializer.append(numpy_helper.from_array(np.array(2, np.int64), "last_step"))
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 from edgepipe import graph
 from edgepipe.targets import load_target
-from tests.branch_models import conv_loop_model, data_if_model
+from tests.branch_models import conv_loop_model, data_if_model, loop_without_trip_count_model
 from tests.helpers import run_cli, sqnr_db
 
 TENSORRT_TARGETS = ("jetson", "desktop-gpu")
@@ -38,14 +38,6 @@ def test_arm_cpu_still_refuses_control_flow_by_node():
     assert "control flow (If)" in _problems("arm-cpu", data_if_model())["rate_switch"]
 
 
-def _loop_without_trip_count() -> onnx.ModelProto:
-    model = conv_loop_model()
-    loop = next(n for n in model.graph.node if n.op_type == "Loop")
-    loop.input[0], loop.input[1] = "", "go"
-    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(True), "go"))
-    return model
-
-
 def _if_with_shared_output_name() -> onnx.ModelProto:
     model = data_if_model()
     switch = next(n for n in model.graph.node if n.op_type == "If")
@@ -62,7 +54,7 @@ def _sequence_inside_loop() -> onnx.ModelProto:
 
 
 def test_what_the_parser_cannot_import_is_refused_naming_the_node():
-    problems = _problems("jetson", _loop_without_trip_count())
+    problems = _problems("jetson", loop_without_trip_count_model())
     assert "trip count" in problems["smooth_loop"]
     assert "different names" in _problems("jetson", _if_with_shared_output_name())["rate_switch"]
     assert "smooth_loop/body/empty_sequence" in _problems("jetson", _sequence_inside_loop())
