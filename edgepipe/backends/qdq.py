@@ -270,7 +270,7 @@ def write_qdq_model(
 
 
 def _drop_unused_optional_outputs(model: onnx.ModelProto) -> None:
-    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    used = set(graph.consumers(model)) | {o.name for o in model.graph.output}  # subgraph reads included
     for node in model.graph.node:
         if node.op_type in OPTIONAL_OUTPUTS and node.domain in ("", "ai.onnx"):
             outputs = [node.output[0]] + [name if name in used else "" for name in node.output[1:]]
