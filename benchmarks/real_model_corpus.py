@@ -105,7 +105,7 @@ def main() -> None:
     report["code"] = head.stdout.strip()
     report["host"] = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count(),
                       "cpu": cpu_flags(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    report["method"] = {"calib_samples": evaluate.CALIB_SAMPLES, "eval_samples": "24 (layout: 8)",
+    report["method"] = {"calib_samples": evaluate.CALIB_SAMPLES, "eval_samples": "24 (layout, table: 8)",
                         "peer": "onnxruntime quantize_static QDQ MinMax per-channel symmetric int8"}
     report.setdefault("models", {})
     work = Path(tempfile.mkdtemp(prefix="real_model_corpus_"))
