@@ -16,6 +16,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from edgepipe import topology
+from edgepipe.scopes import outer_scope_reads, subgraphs
 from edgepipe.errors import UserError
 from edgepipe.safeio import ensure_regular_file
 
@@ -83,8 +84,8 @@ def _check_window_attributes(graph_proto: onnx.GraphProto, path: Path) -> None:
                 raise UserError(f"{path}: node '{node.name or node.op_type}' ({node.op_type}) has "
                                 f"{attribute.name}={list(attribute.ints)}; every value must be positive - "
                                 "fix the model's attributes and re-export it")
-            for subgraph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                _check_window_attributes(subgraph, path)
+        for subgraph in subgraphs(node):
+            _check_window_attributes(subgraph, path)
 
 
 def _external_tensors(model: onnx.ModelProto):
@@ -142,35 +143,6 @@ def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
             if name:
                 result[name].append(node)
     return result
-
-
-def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    """The graphs held by a node's attributes (If branches, Loop / Scan bodies)."""
-    found = []
-    for attribute in node.attribute:
-        if attribute.type == onnx.AttributeProto.GRAPH:
-            found.append(attribute.g)
-        found.extend(attribute.graphs)
-    return found
-
-
-def outer_scope_reads(node: onnx.NodeProto) -> set[str]:
-    """Names the node's subgraphs (nested ones included) read without defining them: tensors of
-    the enclosing graph, looked up by name when the subgraph runs."""
-    reads: set[str] = set()
-
-    def visit(sub: onnx.GraphProto, defined: set[str]) -> None:
-        defined = defined | {v.name for v in sub.input} | {t.name for t in sub.initializer}
-        for inner in sub.node:
-            reads.update(name for name in inner.input if name and name not in defined)
-            for nested in subgraphs(inner):
-                visit(nested, defined)
-            defined |= set(inner.output)
-        reads.update(o.name for o in sub.output if o.name not in defined)
-
-    for sub in subgraphs(node):
-        visit(sub, set())
-    return reads
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -456,9 +428,8 @@ def _names_used_by(graph: onnx.GraphProto) -> set[str]:
     used = {o.name for o in graph.output}
     for node in graph.node:
         used.update(node.input)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                used |= _names_used_by(sub)
+        for sub in subgraphs(node):
+            used |= _names_used_by(sub)
     return used
 
 
