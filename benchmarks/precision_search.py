@@ -21,7 +21,10 @@ int8 / int16 / float and the float list.
 
 Run: python benchmarks/precision_search.py [--cases recognizer,demo-outlier] [--eval 200]
      [--budget 0.002] [--budget-form drop|sequence] [--rows int8,budget,budget_int16] [--suffix _budget_0.015]
-(`--budget-form sequence`: `precision: {budget: {max_sequence_drop: N}}`, the CTC readings.)
+     [--config 'calibration: {weight_ranges: mse}' ...]
+(`--budget-form sequence`: `precision: {budget: {max_sequence_drop: N}}`, the CTC readings; `--config`:
+more edgepipe.yaml lines for the recognizer's builds, recorded with the case. Each row records the
+load average at its start and end: the host is shared, so search seconds are loose.)
 Writes benchmarks/results/precision_search.json.
 """
 
@@ -44,6 +47,7 @@ import real_models  # noqa: E402
 from accuracy_goals import char_accuracy  # noqa: E402
 from calibration_real_models import ctc_decode  # noqa: E402
 from real_model_corpus import cpu_flags  # noqa: E402
+from timing import load_average  # noqa: E402
 from tflite_real_models import interpreter, run_onnx, run_tflite  # noqa: E402
 
 from edgepipe import quantmath  # noqa: E402
@@ -53,7 +57,7 @@ CALIB_SEED, EVAL_SEED = 1, 2
 
 def cli_build(config: Path, out: Path) -> dict:
     """`edgepipe build --config ... --json` in a fresh process; the summary and the wall time."""
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), load_average()
     proc = subprocess.run([sys.executable, "-m", "edgepipe", "build", "--config", str(config), "--out", str(out),
                            "--json"], capture_output=True, text=True, cwd=str(config.parent))
     wall = time.perf_counter() - start
@@ -61,7 +65,8 @@ def cli_build(config: Path, out: Path) -> dict:
         return {"error": ((proc.stderr or proc.stdout).strip().splitlines() or ["failed"])[-1][:400], "wall_s": wall}
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
     stages = {s["name"]: s.get("seconds") for s in summary.get("stages", []) if isinstance(s, dict)}
-    row = {"wall_s": round(wall, 1), "stages_s": stages, "warnings": summary.get("warnings", [])}
+    row = {"wall_s": round(wall, 1), "stages_s": stages, "warnings": summary.get("warnings", []),
+           "loadavg": {"start": load_start, "end": load_average()}}
     plan_path = out / "precision.json"
     if plan_path.exists():
         from edgepipe.accuracy.precision import plan_summary
@@ -76,9 +81,10 @@ def cli_build(config: Path, out: Path) -> dict:
 INT16_LEVELS = "[int8, int16, float]"
 
 
-def write_config(path: Path, lines: list[str], budget: float | None, levels: str | None = None) -> Path:
+def write_config(path: Path, lines: list[str], budget: float | None, levels: str | None = None,
+                 extra: tuple = ()) -> Path:
     precision = [] if budget is None else [f"precision: {{budget: {budget}{f', levels: {levels}' if levels else ''}}}"]
-    path.write_text("\n".join(lines + precision) + "\n")
+    path.write_text("\n".join(lines + precision + list(extra)) + "\n")
     return path
 
 
@@ -96,7 +102,7 @@ BUDGET_FORMS = {"drop": ("{}", "argmax agreement per CTC time step"),
 
 
 def recognizer(work: Path, calib_count: int, eval_count: int, budget: float, only: tuple = ROWS,
-               form: str = "drop") -> dict:
+               form: str = "drop", extra: tuple = ()) -> dict:
     name = "ocr_rec"
     spec = real_models.MODELS[name]
     model_path = real_models.raw_model_path(name)
@@ -115,7 +121,7 @@ def recognizer(work: Path, calib_count: int, eval_count: int, budget: float, onl
     for label, value, levels in budget_rows(budget, only):
         value = None if value is None else BUDGET_FORMS[form][0].format(value)
         out = work / f"rec_{label}"
-        row = cli_build(write_config(work / f"rec_{label}.yaml", lines, value, levels), out)
+        row = cli_build(write_config(work / f"rec_{label}.yaml", lines, value, levels, extra), out)
         if "error" not in row:
             manifest = json.loads((out / "manifest.json").read_text())
             int8 = run_tflite(interpreter(out / "model.tflite"), manifest["io"], data["x"])
@@ -133,7 +139,7 @@ def recognizer(work: Path, calib_count: int, eval_count: int, budget: float, onl
         print(f"recognizer {label}: {json.dumps({k: v for k, v in row.items() if k != 'stages_s'})[:600]}", flush=True)
     return {"model": f"{real_models.package(name)} {spec.source}", "calib_samples": calib_count,
             "eval_samples": eval_count, "budget": budget, "metric": BUDGET_FORMS[form][1],
-            "rows": rows}
+            "config": list(extra), "rows": rows}
 
 
 def demo_outlier(work: Path, budget: float, only: tuple = ROWS) -> dict:
@@ -168,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="recognizer: precision.budget as a number (per-step argmax) or {max_sequence_drop: N}")
     parser.add_argument("--demo-budget", type=float, default=0.01)
     parser.add_argument("--rows", default=",".join(ROWS), help="builds per case (default: all)")
+    parser.add_argument("--config", action="append", default=[],
+                        help="recognizer: an extra edgepipe.yaml line, e.g. 'calibration: {weight_ranges: mse}'")
     parser.add_argument("--suffix", default="", help="store the cases as CASE<suffix> (e.g. another budget)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "precision_search.json")
     args = parser.parse_args(argv)
@@ -182,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         for case in args.cases.split(","):
             if case == "recognizer":
-                result = recognizer(work, args.calib, args.eval, args.budget, only, args.budget_form)
+                result = recognizer(work, args.calib, args.eval, args.budget, only, args.budget_form,
+                                    tuple(args.config))
             elif case == "demo-outlier":
                 result = demo_outlier(work, args.demo_budget, only)
             else:

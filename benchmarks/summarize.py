@@ -11,6 +11,7 @@ from pathlib import Path
 
 from summarize_accuracy import accuracy_goals, flip_margins, int8_noise_floor
 from summarize_format import fmt
+from summarize_precision import precision_search
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -404,6 +405,8 @@ SECTIONS = [
     ("Our int8 lowering vs ai-edge-quantizer on the same fp32 .tflite (`benchmarks/tflite_vs_ai_edge_quantizer.py`)",
      "tflite_vs_ai_edge_quantizer", tflite_vs_ai_edge_quantizer),
     ("Accuracy recovery: PTQ vs mixed precision vs QAT+KD (`benchmarks/accuracy_recovery.py`)", "accuracy_recovery", accuracy_recovery),
+    ("Mixed-precision search through the CLI (`benchmarks/precision_search.py`)", "precision_search",
+     precision_search),
     ("Build time per stage (`benchmarks/build_stages.py`)", "build_stages", build_stages),
     ("ONNX backend node tests through the CLI (`benchmarks/onnx_node_conformance.py`)", "onnx_node_conformance",
      onnx_node_conformance),

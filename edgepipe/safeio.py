@@ -155,6 +155,16 @@ def available_memory_bytes() -> int | None:
 BOMB_RATIO, BOMB_MIN_BYTES = 200, 64 * MiB  # real tensors compress far less than 200:1
 
 
+def _bomb_problem(info, read_whole: bool, limit: int | None) -> str:
+    """Why one zip member must not be inflated ('' when it may): read from the zip directory."""
+    size = info.file_size
+    if read_whole and limit is not None and size > limit:
+        return f"unpacks to {size} bytes, more than the {limit} bytes of free memory here"
+    if size > BOMB_MIN_BYTES and size > BOMB_RATIO * max(info.compress_size, 1):
+        return f"unpacks from {info.compress_size} to {size} bytes (over {BOMB_RATIO}:1): a zip bomb or constant data"
+    return ""
+
+
 def check_npz_members(path: str | Path, names, what: str = "array", read_whole: bool = True) -> None:
     """Refuse .npz members that would be inflated whole into more than this machine's free
     memory (`read_whole`: members read a few samples at a time need no such limit), or that
@@ -170,12 +180,27 @@ def check_npz_members(path: str | Path, names, what: str = "array", read_whole: 
     limit = available_memory_bytes()
     for name in names:
         info = infos.get(f"{name}.npy")
-        if info is None:
-            continue
-        size = info.file_size
-        if read_whole and limit is not None and size > limit:
-            raise UserError(f"{path}: {what} '{name}' unpacks to {size} bytes, more than the {limit} bytes of "
-                            f"free memory here; pass fewer samples (split the file or set calibration.max_samples)")
-        if size > BOMB_MIN_BYTES and size > BOMB_RATIO * max(info.compress_size, 1):
-            raise UserError(f"{path}: {what} '{name}' unpacks from {info.compress_size} to {size} bytes "
-                            f"(over {BOMB_RATIO}:1): a zip bomb or constant data; save real samples")
+        problem = _bomb_problem(info, read_whole, limit) if info is not None else ""
+        if problem.startswith("unpacks to"):
+            raise UserError(f"{path}: {what} '{name}' {problem}; pass fewer samples (split the file or set "
+                            f"calibration.max_samples)")
+        if problem:
+            raise UserError(f"{path}: {what} '{name}' {problem}; save real samples")
+
+
+def check_zip_members(path: str | Path, what: str) -> None:
+    """Refuse a zip archive (a TorchScript file, a .pt2 program) with a member that unpacks at over
+    200:1, before a reader that inflates every member whole opens it. torch writes its archives
+    uncompressed, so such a member is never one torch wrote; a stored member costs no more memory
+    than the file's own size on disk."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # the reader reports damaged archives with its own message
+    for info in infos:
+        problem = _bomb_problem(info, False, None)
+        if problem:
+            raise UserError(f"{path}: {what} member '{info.filename}' {problem}; re-save it with torch")

@@ -123,7 +123,8 @@ class ArmCpuTarget(Target):
 
         found = int8_grids(model, calibration, {"target": self.name})
         return Placement(found["grids"], frozenset(found["int8_nodes"]), found["weights"], found["fused"],
-                         "TFLite full-integer placement (every tensor of an int8 op on the .tflite grid)")
+                         "TFLite full-integer placement (every tensor of an int8 op on the .tflite grid)",
+                         tables=found["tables"])
 
     def int16_placement(self, model, calibration):
         """The int8 placement plus the whole-model 16x8 .tflite's int16 grids (where LiteRT has an

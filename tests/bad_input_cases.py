@@ -83,6 +83,43 @@ def external_data_missing(tmp):
     return _build(tmp, path, _calib(tmp))
 
 
+def external_data_outside(tmp):
+    """An initializer whose external data is a symlink to a file outside the model's folder."""
+    (tmp / "secret.txt").write_bytes(b"0123456789abcdef" * 64)
+    folder = tmp / "model"
+    folder.mkdir()
+    path = folder / "model.onnx"
+    onnx.save(tiny_conv_model(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    (folder / "weights.bin").unlink()
+    (folder / "weights.bin").symlink_to(tmp / "secret.txt")
+    return _build(tmp, path, _calib(tmp))
+
+
+def image_pixel_bomb(tmp):
+    """A 60-byte PNG whose header declares 40000 x 40000 pixels (4.8 GB decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    folder = tmp / "calib"
+    folder.mkdir()
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0))
+    (folder / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                                      + chunk(b"IEND", b""))
+    return _build(tmp, _model(tmp), folder)
+
+
+def pickled_npz(tmp):
+    """An .npz whose member is an object array: loading it with pickles allowed would run code."""
+    data = np.empty(8, dtype=object)
+    data[:] = [_FileWriter(tmp / "out")] * 8
+    np.savez(tmp / "calib.npz", x=data)
+    return _build(tmp, _model(tmp), tmp / "calib.npz")
+
+
 def unsupported_op(tmp):
     model = tiny_conv_model()
     model.graph.node.append(onnx.helper.make_node("FancyOp", ["y"], ["z"], name="fancy_node", domain="com.example"))
@@ -182,6 +219,83 @@ def unsafe_export_program(tmp):
             data = source.read(item.filename)
             crafted.writestr(item, pickle.dumps(_FileWriter(tmp / "out")) if "sample_inputs" in item.filename else data)
     return ["build", "--model", str(program), "--target", "jetson", "--input-shape", "x:1x3x16x16",
+            "--out", str(tmp / "bundle")]
+
+
+def export_program_host_op(tmp):
+    """A .pt2 whose graph gains an aten::from_file(shared=True) node: running the program (the
+    export traces it) would create `tmp/out`. torch's deserializer accepts any torch.ops target."""
+    import zipfile
+
+    program = tmp / "mapped.pt2"
+    shipped = Path(__file__).parent / "gpu_saved" / "small_cnn.pt2"
+    with zipfile.ZipFile(shipped) as source, zipfile.ZipFile(program, "w") as crafted:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename.endswith("models/model.json"):
+                model = json.loads(data)
+                graph = model["graph_module"]["graph"]
+                graph["nodes"].insert(0, {
+                    "target": "torch.ops.aten.from_file.default", "name": "mapped", "metadata": {},
+                    "inputs": [{"name": "filename", "arg": {"as_string": str(tmp / "out")}, "kind": 1},
+                               {"name": "shared", "arg": {"as_bool": True}, "kind": 1},
+                               {"name": "size", "arg": {"as_int": 16}, "kind": 1}],
+                    "outputs": [{"as_tensor": {"name": "mapped"}}], "is_hop_single_tensor_return": None})
+                graph["tensor_values"]["mapped"] = {
+                    "dtype": 7, "sizes": [{"as_int": 16}], "strides": [{"as_int": 1}], "requires_grad": False,
+                    "device": {"type": "cpu"}, "storage_offset": {"as_int": 0}, "layout": 7}
+                data = json.dumps(model).encode()
+            crafted.writestr(item, data)
+    return ["build", "--model", str(program), "--target", "jetson", "--input-shape", "x:1x3x16x16",
+            "--calib", str(_calib(tmp, np.zeros((4, 3, 16, 16), np.float32))), "--out", str(tmp / "bundle")]
+
+
+def _scripted_file_writer(tmp: Path, when: str) -> Path:
+    """A TorchScript file made with torch.jit.script whose own code writes `tmp/out` (aten::save):
+    at load time from `__setstate__` (torch.jit.load runs it), or while it is traced (forward)."""
+    import torch
+
+    class LoadWriter(torch.nn.Module):
+        def __init__(self, path: str):
+            super().__init__()
+            self.path = path
+
+        def forward(self, x):
+            return x + 1
+
+        @torch.jit.export
+        def __getstate__(self) -> tuple[str, bool]:
+            return (self.path, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: tuple[str, bool]) -> None:
+            self.path, self.training = state[0], state[1]
+            torch.ops.aten.save(torch.ones(2), state[0])
+
+    class ForwardWriter(torch.nn.Module):
+        def __init__(self, path: str):
+            super().__init__()
+            self.path = path
+
+        def forward(self, x):
+            torch.ops.aten.save(x, self.path)
+            return x + 1
+
+    module = (LoadWriter if when == "load" else ForwardWriter)(str(tmp / "out"))
+    path = tmp / f"{when}_writer.pt"
+    torch.jit.script(module).save(str(path))
+    return path
+
+
+def torchscript_writes_at_load(tmp):
+    return ["build", "--model", str(_scripted_file_writer(tmp, "load")), "--target", "jetson",
+            "--input-shape", "x:1x4", "--calib", str(_calib(tmp, np.ones((4, 4), np.float32))),
+            "--out", str(tmp / "bundle")]
+
+
+def torchscript_writes_when_traced(tmp):
+    return ["build", "--model", str(_scripted_file_writer(tmp, "forward")), "--target", "jetson",
+            "--input-shape", "x:1x4", "--calib", str(_calib(tmp, np.ones((4, 4), np.float32))),
             "--out", str(tmp / "bundle")]
 
 
@@ -478,6 +592,8 @@ CASES = [
     Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("external-data-missing", "ONNX whose external-data file is missing", external_data_missing, ("weights.bin", "missing")),
+    Case("external-data-outside", "ONNX external data that is a symlink to a file outside the model's folder",
+         external_data_outside, ("model.onnx", "initializer 'w'", "outside the model folder")),
     Case("unsupported-op", "an op the target cannot run", unsupported_op, ("fancy_node", "FancyOp", "jetson")),
     Case("no-inputs", "a model with no inputs (only constants)", no_inputs, ("model.onnx", "no inputs")),
     Case("zero-stride", "a pooling node with stride 0 (ONNX's shape inference would crash the process)",
@@ -486,6 +602,10 @@ CASES = [
          ("'x'", "--input-shape")),
     Case("empty-folder", "calibration folder with no images", empty_folder, ("calib",)),
     Case("unreadable-image", "an image that cannot be decoded", unreadable_image, ("broken.png",)),
+    Case("image-pixel-bomb", "a PNG whose header declares 40000 x 40000 pixels (decompression bomb)", image_pixel_bomb,
+         ("huge.png", "decompression bomb")),
+    Case("pickled-npz", "an .npz holding pickled Python objects (an object array)", pickled_npz,
+         ("calib.npz", "non-numeric dtype object")),
     Case("wrong-shape", "calibration tensors of the wrong shape", wrong_shape, ("'x'", "9")),
     Case("wrong-dtype", "calibration tensors that are not numbers", wrong_dtype, ("'x'",)),
     Case("nan-values", "NaN in the calibration data", nan_values, ("'x'", "5")),
@@ -498,6 +618,12 @@ CASES = [
     Case("unsafe-checkpoint", "a checkpoint that needs unsafe unpickling", unsafe_checkpoint, ("evil.pt", "weights_only=True")),
     Case("unsafe-export-program", "a torch.export .pt2 with pickled Python objects", unsafe_export_program,
          ("evil.pt2", "pickled Python objects")),
+    Case("export-program-host-op", "a torch.export .pt2 whose graph maps a file (aten::from_file) when run",
+         export_program_host_op, ("mapped.pt2", "aten::from_file", "node 'mapped'")),
+    Case("torchscript-load-code", "a TorchScript file whose `__setstate__` writes a file (torch.jit.load runs it)",
+         torchscript_writes_at_load, ("load_writer.pt", "aten::save", "__setstate__")),
+    Case("torchscript-host-op", "a TorchScript file whose forward writes a file (aten::save) when traced",
+         torchscript_writes_when_traced, ("forward_writer.pt", "aten::save", "forward")),
     Case("bad-yaml", "edgepipe.yaml that is not valid YAML", bad_yaml, ("edgepipe.yaml", "line 2")),
     Case("tampered-bundle", "a bundle file changed after the build", tampered_bundle, ("model.bin",), exit_code=1),
     Case("traversal-archive", "a bundle archive with ../ paths", traversal_archive, ("../../escaped.txt",)),

@@ -24,7 +24,7 @@ from benchmarks import timing  # noqa: E402
 # in prose or curated: calibration speed, ONNX conformance, int16, per-op XNNPACK)
 README_TABLES = ["real_model_corpus", "calibration_vs_peers", "calibration_scaling", "tflite_latency",
                  "tflite_vs_ai_edge_quantizer", "accuracy_recovery", "build_stages", "arm_speed", "bounded_cost",
-                 "accuracy_goals"]
+                 "accuracy_goals", "precision_search"]
 # file names a benchmark text mentions that are bundle files, not results
 BUNDLE_FILES = {"calibration", "manifest", "precision", "compare", "sensitivity"}
 

@@ -74,7 +74,9 @@ def hostile_model(tmp: Path, text: str) -> tuple[Path, Path]:
         node.output[:] = [new_out if name == old_out else name for name in node.output]
     model.graph.input[0].name, model.graph.output[0].name = new_in, new_out
     model.doc_string = text
-    onnx.helper.set_model_props(model, {"author": text, "description": text})
+    # edgepipe's own metadata keys too: a rewrite records them on the prepared model, never trusted from input
+    onnx.helper.set_model_props(model, {"author": text, "description": text, "edgepipe.absorbed": text,
+                                        "edgepipe.expanded": text})
     onnx.save(model, str(tmp / "model.onnx"))
     data = np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)
     np.savez(tmp / "calib.npz", **{new_in: data})

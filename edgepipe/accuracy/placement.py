@@ -51,6 +51,9 @@ class Placement:
     description: str = ""
     int16_grids: dict[str, float] = field(default_factory=dict)  # tensor -> its symmetric int16 scale (16x8)
     int16_nodes: frozenset[str] = frozenset()  # nodes with an int16 kernel
+    # float islands the target runs as an int8 lookup table when both ends are int8 (XNNPACK's
+    # DEQUANTIZE, MUL, ADD, QUANTIZE of one tensor): one entry per island, its nodes
+    tables: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def partners(self, nodes) -> set[str]:
         """`nodes` plus the activations fused with them (a fused pair is float or int8 together)."""

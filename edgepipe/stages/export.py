@@ -144,6 +144,8 @@ def load_torch_file(path: Path):
             raise UserError(f"{path}: not a readable torch.export program ({exc})") from exc
     try:
         return torch_files.load_torchscript(path)
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(
             f"{path}: not a TorchScript file; for a state_dict checkpoint use --model pkg.module:factory --weights {path}"
@@ -232,6 +234,18 @@ def _shown(shape) -> str:
     return "[" + ", ".join(str(d) if graph.is_static_dim(d) else (str(d) if isinstance(d, str) else "?") for d in shape) + "]"
 
 
+OWN_METADATA_PREFIX = "edgepipe."  # metadata keys the rewrites write on the prepared model (absorbed / expanded nodes)
+
+
+def drop_own_metadata(model: onnx.ModelProto) -> None:
+    """Remove `edgepipe.*` metadata from a user's model: later stages parse those keys as their own
+    records, so a model arriving with them would steer (or crash) the lowering."""
+    kept = [p for p in model.metadata_props if not p.key.startswith(OWN_METADATA_PREFIX)]
+    if len(kept) != len(model.metadata_props):
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+
+
 def run_export(spec: str, weights: str | None, input_shapes: dict[str, list[int]], opset: int = 17,
                output_names: list[str] | None = None, input_values: dict | None = None) -> onnx.ModelProto:
     """Return a static-shape ONNX model for any supported source: inputs named in `input_values`
@@ -253,6 +267,7 @@ def run_export(spec: str, weights: str | None, input_shapes: dict[str, list[int]
         source = spec
     else:
         raise UserError(f"--model {spec}: not a file and not a pkg.module:factory spec")
+    drop_own_metadata(model)
     model = branches.pin_inputs(model, input_values or {}, source)
     model = fix_static_shapes(model, input_shapes, source)
     if any(node.op_type == "If" for node in model.graph.node):

@@ -19,6 +19,8 @@ import warnings
 from pathlib import Path
 
 from edgepipe.errors import UserError
+from edgepipe.safeio import check_zip_members
+from edgepipe.stages import torch_op_policy
 
 _mapping = threading.local()
 _registered = False
@@ -99,6 +101,7 @@ def load_exported_program(path: Path):
     """A `.pt2` torch.export program as an eager CPU module."""
     import torch
 
+    check_zip_members(path, "torch.export program")  # torch.export.load inflates every weight whole
     try:
         with _tensor_pickles_only(), _storages_on_cpu():
             program = torch.export.load(str(path))
@@ -107,6 +110,7 @@ def load_exported_program(path: Path):
             raise UserError(f"{path}: refused: the archive holds pickled Python objects, which could run code "
                             "when loaded; export the program with tensor weights and inputs only") from exc
         raise
+    torch_op_policy.check_exported_program(program, path)
     changed = False
     for node in program.graph.nodes:
         args, kwargs = _cpu(node.args), _cpu(node.kwargs)
@@ -136,10 +140,14 @@ def load_exported_program(path: Path):
 
 
 def load_torchscript(path: Path):
-    """A TorchScript file with its storages and its graphs' device constants on the CPU."""
+    """A TorchScript file with its storages and its graphs' device constants on the CPU, after its
+    code passed the host-op checks (torch_op_policy: loading it runs its `__setstate__`)."""
     import torch
 
+    check_zip_members(path, "TorchScript file")  # torch.jit.load inflates every storage whole
+    torch_op_policy.check_archive_code(path)
     module = torch.jit.load(str(path), map_location="cpu")
+    torch_op_policy.check_graphs(module, path)
     for submodule in module.modules():
         for name in submodule._c._method_names():
             for node in submodule._c._get_method(name).graph.findAllNodes("prim::Constant"):

@@ -21,7 +21,7 @@ def int8_grids(model: onnx.ModelProto, calibration, options: dict | None = None,
                activations: str = "int8") -> dict:
     """{"grids": {tensor: (scale, zero point)}, "int16": tensors whose grid is int16, "int8_nodes":
     set (every integer node), "int16_nodes": set, "weights": {node: {input: grid values}}, "fused":
-    {node: partner}} of the all-int8 lowering of `model`, or (`activations="int16"`) of its
+    {node: partner}, "tables": {owner: nodes of a float island XNNPACK tabulates}} of the all-int8 lowering of `model`, or (`activations="int16"`) of its
     whole-model 16x8 lowering: int16 grids where LiteRT has an int16 kernel, int8 elsewhere."""
     options = {k: v for k, v in (options or {}).items() if k in ("target", "keep_layout", "int8_io")}
     ctx = lower_model(model, calibration, {**options, "float_nodes": set(), "activations": activations},
@@ -44,6 +44,11 @@ def int8_grids(model: onnx.ModelProto, calibration, options: dict | None = None,
         kinds = {ctx.node_dtype(nodes[m]) for m in members if m in nodes}
         dtypes[owner] = next((k for k in ("int8", "int16") if k in kinds), "float32")
     int8 = {name for name, dtype in dtypes.items() if dtype in ("int8", "int16")}
+    tables = {}  # float islands XNNPACK runs as an int8 lookup table: owner -> the nodes it computes
+    for name, node in nodes.items():
+        entry = ctx.lowering_for(node)
+        if dtypes.get(name) == "float32" and entry is not None and entry.tabulated(ctx, node):
+            tables[name] = tuple(sorted({name, *(m for m, owner in ctx.absorbed.items() if owner == name)}))
     fused = {}
     for node in model.graph.node:
         readers = ctx.consumers.get(node.output[0], []) if node.output else []
@@ -59,7 +64,7 @@ def int8_grids(model: onnx.ModelProto, calibration, options: dict | None = None,
                if name in sources and sources[name].op_type in WEIGHTED_OPS}
     return {"grids": grids, "int16": int16, "int8_nodes": int8,
             "int16_nodes": {name for name, dtype in dtypes.items() if dtype == "int16"},
-            "weights": {k: v for k, v in weights.items() if v}, "fused": fused}
+            "weights": {k: v for k, v in weights.items() if v}, "fused": fused, "tables": tables}
 
 
 def _int8_weights(model: onnx.ModelProto, node: onnx.NodeProto, ranges: str) -> dict[int, np.ndarray]:

@@ -46,6 +46,9 @@ Contract of a lowering:
 - `int8=False` (or a predicate `(ctx, node) -> bool`) lowers the node in float32 inside the int8
   model: DEQUANTIZE -> float op -> QUANTIZE appear automatically and the node is listed in
   `float_nodes`.
+- `table=True` (or a predicate) marks such a float island as one XNNPACK evaluates as an int8
+  lookup table when it reads and writes int8 (DEQUANTIZE, elementwise ops on one tensor and
+  constants, QUANTIZE): the planner's report counts it as an int8 op then (accuracy/plan_report.py).
 - `int16=True` (or a predicate) says the lowering also emits the 16x8 kernels (int16
   activations, int8 weights) when `ctx.node_dtype(node)` is "int16": every builtin it emits then
   needs its `int16` version in builtins.py, fixed outputs come from `fixed_output(opcode, dtype)`,
@@ -83,6 +86,7 @@ class OpLowering:
     check: Callable | None = None  # (ctx, node) -> reason it cannot be lowered, or None
     int8: bool | Callable = True  # False / predicate(ctx, node) -> False: lowered as a float island
     int16: bool | Callable = False  # True / predicate(ctx, node) -> True: has a 16x8 lowering
+    table: bool | Callable = False  # True / predicate: a float island XNNPACK runs as an int8 lookup table
 
     @property
     def op_type(self) -> str:
@@ -97,15 +101,19 @@ class OpLowering:
     def supports_int16(self, ctx, node: onnx.NodeProto) -> bool:
         return bool(self.int16(ctx, node)) if callable(self.int16) else bool(self.int16)
 
+    def tabulated(self, ctx, node: onnx.NodeProto) -> bool:
+        return bool(self.table(ctx, node)) if callable(self.table) else bool(self.table)
+
 
 def register(*op_types: str, check: Callable | None = None, int8: bool | Callable = True,
-             int16: bool | Callable = False, domain: str = ONNX_DOMAIN, since: int = 1, until: int = LATEST):
+             int16: bool | Callable = False, domain: str = ONNX_DOMAIN, since: int = 1, until: int = LATEST,
+             table: bool | Callable = False):
     """Decorator: register a lowering function for ONNX op types of `domain`, opsets [since, until]."""
 
     def decorate(function: Callable) -> Callable:
         for op_type in op_types:
             key = OpKey(domain, op_type, since, until)
-            _TABLE.add(key, OpLowering(key, function, check, int8, int16))
+            _TABLE.add(key, OpLowering(key, function, check, int8, int16, table))
         return function
 
     return decorate

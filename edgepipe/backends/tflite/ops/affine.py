@@ -36,7 +36,12 @@ def _int8_kernel(ctx: Lowering, node) -> bool:
     return np.size(ctx.constant(node.input[1])) > 1 or np.size(ctx.constant(node.input[2])) > 1
 
 
-@register("ChannelAffine", domain=FUSED_DOMAIN, int8=_int8_kernel, int16=True)
+def _tabulated(ctx: Lowering, node) -> bool:
+    """The scalar chain's float island is one int8 lookup table under XNNPACK (counted as int8)."""
+    return not _int8_kernel(ctx, node)
+
+
+@register("ChannelAffine", domain=FUSED_DOMAIN, int8=_int8_kernel, int16=True, table=_tabulated)
 def lower_channel_affine(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
     scale = np.asarray(ctx.constant(node.input[1]), np.float64).reshape(-1)
