@@ -16,9 +16,9 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from edgepipe import topology
-from edgepipe.scopes import outer_scope_reads, subgraphs
 from edgepipe.errors import UserError
 from edgepipe.safeio import ensure_regular_file
+from edgepipe.scopes import outer_scope_reads, subgraphs
 
 DEFAULT_OPSET = 17
 
