@@ -65,11 +65,15 @@ ARCHITECTURES = {
     "wake_embedding": "openWakeWord speech embedding (conv, LeakyReLU)",
     "wake_timer": "openWakeWord wake-word head (dense)",
     "magika": "Magika byte classifier (one-hot, dense, conv1d)",
+    "captcha_rec": "ddddocr captcha recognizer (CNN, BiLSTM, CTC)",
+    "captcha_rec_old": "ddddocr captcha recognizer (CNN, BiLSTM, CTC)",
+    "captcha_det": "YOLOX detector (ddddocr click captchas)",
+    "smart_turn": "Whisper-tiny encoder turn detector (pipecat Smart Turn)",
 }
 ARM_MODELS = [name for name, spec in corpus.MODELS.items()
               if not (spec.refused_node and "arm-cpu" in spec.refused_on)]
 # big inputs: fewer invocations per round so a shared 2-core host finishes (rounds stay >= 3)
-ITERATIONS = {"layout": 3, "ocr_det": 5, "yolo_det": 5}
+ITERATIONS = {"layout": 3, "ocr_det": 5, "yolo_det": 5, "captcha_det": 5}
 ROUND_MS, MAX_ITERATIONS = 100.0, 500  # small models: enough invocations for a round of ~100 ms
 
 

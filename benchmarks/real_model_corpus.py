@@ -9,6 +9,9 @@ state_dict), then
 - int8 SQNR vs that reference per output: our int8 .tflite (LiteRT, XNNPACK), our jetson Q/DQ
   ONNX (ONNX Runtime), and ONNX Runtime `quantize_static` (MinMax, per-channel) on the same file
   with the same calibration samples; the table shows the worst output;
+- for models with a `head` (corpus.py): what their users read off it, int8 vs FP32 (reading
+  agreement of CTC recognizers, box F1 of detectors; tests/realmodels/decode.py), ours and ORT's;
+- models shipped dynamically quantized (the reference runs their int8 kernels): fp32 SQNR too;
 - models that must be refused: exit code and the one `error:` line;
 - wall time of each CLI build.
 Host CPU flags are recorded (int8 kernels differ with and without VNNI).
@@ -31,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.realmodels import corpus, evaluate  # noqa: E402
+from tests.realmodels import corpus, decode, evaluate  # noqa: E402
 
 
 def cpu_flags() -> dict:
@@ -70,11 +73,15 @@ def measure(name: str, work: Path) -> dict:
     data = evaluate.write_data(name, work)
     row.update({"input": list(spec.shape), "calib_samples": len(data.calib), "eval_samples": len(data.eval),
                 "input_shape_flag": spec.input_shape_flag})
+    if spec.shipped_quantized:
+        row["shipped_quantized"] = True
     reference = evaluate.fp32_reference(name, data.eval)
     row["ort_float_noise"] = evaluate.reference_float_noise(name, data.eval)
     try:
         peer = evaluate.ort_peer(name, data, work)
         row["ort_minmax_sqnr_db"] = [evaluate.sqnr_db(r, p) for r, p in zip(reference, peer)]
+        if spec.head:
+            row["ort_minmax_head_agreement"] = decode.head_agreement(name, reference, peer)
     except Exception as exc:  # the peer's failure is a result too
         row["ort_minmax_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     for target in built:
@@ -89,7 +96,11 @@ def measure(name: str, work: Path) -> dict:
             if "fp32" in outputs:
                 entry["fp32_max_rel_error"] = max(evaluate.max_relative_error(r, t)
                                                   for r, t in zip(reference, outputs["fp32"]))
+                if spec.shipped_quantized:  # the reference runs the shipped int8 kernels
+                    entry["fp32_sqnr_db"] = [evaluate.sqnr_db(r, t) for r, t in zip(reference, outputs["fp32"])]
             entry["int8_sqnr_db"] = [evaluate.sqnr_db(r, t) for r, t in zip(reference, outputs["int8"])]
+            if spec.head:
+                entry["int8_head_agreement"] = decode.head_agreement(name, reference, outputs["int8"])
         row[target] = entry
     return row
 
@@ -105,7 +116,8 @@ def main() -> None:
     report["code"] = head.stdout.strip()
     report["host"] = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count(),
                       "cpu": cpu_flags(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    report["method"] = {"calib_samples": evaluate.CALIB_SAMPLES, "eval_samples": "24 (layout, table: 8)",
+    report["method"] = {"calib_samples": evaluate.CALIB_SAMPLES,
+                        "eval_samples": "24 (layout: 8, captcha_det: 12, smart_turn: 16, table_slanet: 8)",
                         "peer": "onnxruntime quantize_static QDQ MinMax per-channel symmetric int8"}
     report.setdefault("models", {})
     work = Path(tempfile.mkdtemp(prefix="real_model_corpus_"))

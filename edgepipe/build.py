@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe import __version__, graph
+from edgepipe.build_checks import run_checks
 from edgepipe.delivery.bundle import check_out_dir
 from edgepipe.delivery.outdir import BACKEND_TMP_PREFIX
 from edgepipe.safeio import JSON_MAX_BYTES, ensure_regular_file, ensure_regular_or_dir
@@ -189,6 +190,7 @@ def check_structure(source: str, target) -> None:
     the target's way, control flow or a custom domain: such a model is refused for what it is,
     not asked for the calibration data it could never use."""
     from edgepipe.backends.support import CONTROL_FLOW, canonical_domain, operator_problem, opsets, qualified, walk_nodes
+    from edgepipe.dequantize import DYNAMIC_OPS
 
     if not (str(source).endswith(".onnx") and Path(source).is_file()):
         return
@@ -197,6 +199,8 @@ def check_structure(source: str, target) -> None:
     accepted_control_flow = False
     for name, node, _ in walk_nodes(model):
         domain = canonical_domain(node.domain)
+        if node.op_type in DYNAMIC_OPS:  # export rewrites them into float layers (edgepipe/dequantize.py)
+            continue
         if (domain == "" and node.op_type in CONTROL_FLOW) or domain not in table.domains():
             reason = operator_problem(node, versions, table, target.name)
             if reason is None:  # control flow the target's table registers (TensorRT): its own rules below
@@ -292,22 +296,12 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         lambda: run_calibration(model, calib_ds, calib_settings, progress=progress),
         save=lambda result, d: result.save(d / "calibration.json"),
         load=lambda d: CalibrationResult.load(d / "calibration.json"),
-        describe=lambda r: (f"calibration.json ({len(r.tensors)} tensors)", len(json.dumps(r.to_json())),
-                            bytes_hash(json.dumps(r.to_json(), sort_keys=True).encode())),
+        describe=_describe_calibration,
         note=lambda r: f"{len(r.warnings)} warning(s)" if r.warnings else "",
     )
     warnings.extend(f"calibration: {w}" for w in calibration.warnings)
-    if bias_correction:  # "auto": estimated, then kept only where the held-out outputs improve; true: always
-        from edgepipe.calibrate import bias_correction as bias
-
-        checked = bias_correction == "auto"
-        pipeline.run("bias_correction",
-                     lambda: (bias.checked_bias_corrections(model, calibration, calib_ds, target, backend_settings)
-                              if checked else bias.estimate_bias_corrections(model, calibration, calib_ds,
-                                                                             target.qdq_model)),
-                     describe=lambda _: (f"calibration.json ({len(calibration.bias_corrections)} corrected biases)", 0, ""),
-                     note=bias.summary if checked else None)
-    stability_effect, stability_warning = calibration_stability(model, calibration, calib_ds, target)
+    stability_effect, stability_warning = run_checks(pipeline, model, calibration, calib_ds, target, backend_settings,
+                                                     bias_correction)
     if stability_warning:
         warnings.append(f"calibration: {stability_warning}")
 
@@ -403,6 +397,13 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
     return manifest
 
 
+def _describe_calibration(calibration) -> tuple[str, int, str]:
+    """The calibrate stage's record: JSON size and hash from one serialization (key order does not
+    change the length)."""
+    text = json.dumps(calibration.to_json(), sort_keys=True)
+    return f"calibration.json ({len(calibration.tensors)} tensors)", len(text), bytes_hash(text.encode())
+
+
 def load_ranges(path: str, model):
     """Ranges given by the user (QAT's learned ranges) instead of calibrating.
 
@@ -421,15 +422,6 @@ def load_ranges(path: str, model):
     if missing:
         raise UserError(f"{path}: no range for model input '{missing[0]}'; the ranges were made for another model")
     return calibration
-
-
-def calibration_stability(model, calibration, dataset, target) -> tuple[dict | None, str | None]:
-    """(output effect, warning): unstable thresholds are reported only when they change the
-    target's int8 output measurably (edgepipe/calibrate/stability.py: output_effect)."""
-    from edgepipe.calibrate import stability
-
-    effect = stability.output_effect(model, calibration, dataset, lambda m, c: target.qdq_model(m, c)[0])
-    return effect, stability.effect_warning(effect)
 
 
 def plan_precision(model, calibration, dataset, settings: dict, target):

@@ -333,11 +333,12 @@ def no_spinning(options):
     return options
 
 
-def expose_tensors(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """Copy of `model` whose graph outputs also include the given intermediate tensors."""
+def expose_tensors(model: onnx.ModelProto, names: list[str], infos: dict | None = None) -> onnx.ModelProto:
+    """Copy of `model` whose graph outputs also include the given intermediate tensors.
+    `infos`: `value_infos(infer_shapes(model))` when the caller has them (not inferred again)."""
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
-    infos = value_infos(infer_shapes(exposed))
+    infos = value_infos(infer_shapes(exposed)) if infos is None else infos
     present = {o.name for o in exposed.graph.output}
     for name in names:
         if name in present:

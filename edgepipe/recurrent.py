@@ -92,10 +92,19 @@ class _Builder:
         self.opset, self.base = opset, base
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        self._shared: set[str] = set()
 
     def constant(self, tag: str, value: np.ndarray) -> str:
         name = f"{self.base}/{tag}"
         self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def shared(self, tag: str, make: Callable[[], np.ndarray]) -> str:
+        """One initializer for a value every step of a direction reads (recurrent weights)."""
+        name = f"{self.base}/{tag}"
+        if name not in self._shared:
+            self._shared.add(name)
+            self.constant(tag, make())
         return name
 
     def op(self, op_type: str, inputs: list[str], tag: str, outputs: int = 1, output: str | None = None,
@@ -137,35 +146,44 @@ def _state(b: _Builder, name: str, layout: int, directions: int, batch: int, hid
 
 
 def _step(b: _Builder, op_type: str, x_part: str, h: str | None, c: str | None, r: np.ndarray,
-          recurrent_bias: np.ndarray, linear_before_reset: int, tag: str) -> tuple[str, str | None]:
-    """One time step: (h_t, c_t) from the input projection x_part = x_t·W^T + biases."""
+          recurrent_bias: np.ndarray, linear_before_reset: int, tag: str, direction: str) -> tuple[str, str | None]:
+    """One time step: (h_t, c_t) from the input projection x_part = x_t·W^T + biases. Weights
+    are initializers shared by the steps of `direction`."""
     hidden = r.shape[1]
+
+    def weight(name: str, make: Callable[[], np.ndarray]) -> str:
+        return b.shared(f"{direction}/{name}", make)
+
     if op_type == "RNN":
-        pre = x_part if h is None else b.op("Add", [x_part, b.op("MatMul", [h, b.constant(
-            f"{tag}/R", r.T.copy())], f"{tag}/hr")[0]], f"{tag}/pre")[0]
+        pre = x_part if h is None else b.op("Add", [x_part, b.op("MatMul", [h, weight(
+            "R", lambda: r.T.copy())], f"{tag}/hr")[0]], f"{tag}/pre")[0]
         return b.op("Tanh", [pre], f"{tag}/h")[0], None
     if op_type == "LSTM":
-        gates = x_part if h is None else b.op("Add", [x_part, b.op("MatMul", [h, b.constant(
-            f"{tag}/R", r.T.copy())], f"{tag}/hr")[0]], f"{tag}/gates")[0]
+        gates = x_part if h is None else b.op("Add", [x_part, b.op("MatMul", [h, weight(
+            "R", lambda: r.T.copy())], f"{tag}/hr")[0]], f"{tag}/gates")[0]
         i, o, f, g = b.split(gates, 1, [hidden] * 4, f"{tag}/gate")
-        i, o, f = (b.op("Sigmoid", [v], f"{tag}/{n}")[0] for v, n in ((i, "i"), (o, "o"), (f, "f")))
+        i, o = (b.op("Sigmoid", [v], f"{tag}/{n}")[0] for v, n in ((i, "i"), (o, "o")))
         ig = b.op("Mul", [i, b.op("Tanh", [g], f"{tag}/g")[0]], f"{tag}/ig")[0]
-        c_new = ig if c is None else b.op("Add", [b.op("Mul", [f, c], f"{tag}/fc")[0], ig], f"{tag}/c")[0]
+        if c is None:  # zero initial cell state: the forget gate multiplies zeros, so it is not computed
+            c_new = ig
+        else:
+            f = b.op("Sigmoid", [f], f"{tag}/f")[0]
+            c_new = b.op("Add", [b.op("Mul", [f, c], f"{tag}/fc")[0], ig], f"{tag}/c")[0]
         return b.op("Mul", [o, b.op("Tanh", [c_new], f"{tag}/tanh_c")[0]], f"{tag}/h")[0], c_new
     # GRU, gates z, r, h
     xz, xr, xh = b.split(x_part, 1, [hidden] * 3, f"{tag}/x_gate")
     if h is None:
         z, reset = (b.op("Sigmoid", [v], f"{tag}/{n}")[0] for v, n in ((xz, "z"), (xr, "r")))
-        candidate = xh if not linear_before_reset else b.op("Add", [xh, b.op("Mul", [reset, b.constant(
-            f"{tag}/rb_h", recurrent_bias[2 * hidden:])], f"{tag}/r_hh")[0]], f"{tag}/pre_h")[0]
+        candidate = xh if not linear_before_reset else b.op("Add", [xh, b.op("Mul", [reset, weight(
+            "rb_h", lambda: recurrent_bias[2 * hidden:])], f"{tag}/r_hh")[0]], f"{tag}/pre_h")[0]
         h_tilde = b.op("Tanh", [candidate], f"{tag}/h_tilde")[0]
         return b.op("Sub", [h_tilde, b.op("Mul", [z, h_tilde], f"{tag}/z_h")[0]], f"{tag}/h")[0], None
     if linear_before_reset:
-        hr = b.op("Gemm", [h, b.constant(f"{tag}/R", r), b.constant(f"{tag}/rb", np.concatenate(
+        hr = b.op("Gemm", [h, weight("R", lambda: r), weight("rb", lambda: np.concatenate(
             [np.zeros(2 * hidden, np.float32), recurrent_bias[2 * hidden:]]))], f"{tag}/hr", transB=1)[0]
         hz, hrr, hh = b.split(hr, 1, [hidden] * 3, f"{tag}/h_gate")
     else:
-        hz, hrr = b.split(b.op("MatMul", [h, b.constant(f"{tag}/R_zr", r[:2 * hidden].T.copy())], f"{tag}/hr")[0],
+        hz, hrr = b.split(b.op("MatMul", [h, weight("R_zr", lambda: r[:2 * hidden].T.copy())], f"{tag}/hr")[0],
                           1, [hidden] * 2, f"{tag}/h_gate")
     z = b.op("Sigmoid", [b.op("Add", [xz, hz], f"{tag}/pre_z")[0]], f"{tag}/z")[0]
     reset = b.op("Sigmoid", [b.op("Add", [xr, hrr], f"{tag}/pre_r")[0]], f"{tag}/r")[0]
@@ -173,7 +191,7 @@ def _step(b: _Builder, op_type: str, x_part: str, h: str | None, c: str | None, 
         recurrent = b.op("Mul", [reset, hh], f"{tag}/r_hh")[0]
     else:
         recurrent = b.op("MatMul", [b.op("Mul", [reset, h], f"{tag}/r_h")[0],
-                                    b.constant(f"{tag}/R_h", r[2 * hidden:].T.copy())], f"{tag}/hh")[0]
+                                    weight("R_h", lambda: r[2 * hidden:].T.copy())], f"{tag}/hh")[0]
     h_tilde = b.op("Tanh", [b.op("Add", [xh, recurrent], f"{tag}/pre_h")[0]], f"{tag}/h_tilde")[0]
     keep = b.op("Mul", [z, b.op("Sub", [h, h_tilde], f"{tag}/h_delta")[0]], f"{tag}/z_delta")[0]
     return b.op("Add", [h_tilde, keep], f"{tag}/h")[0], None
@@ -211,7 +229,7 @@ def _unroll_node(model: onnx.ModelProto, node: onnx.NodeProto, dims, constant, u
         per_step = [None] * seq
         order = range(seq - 1, -1, -1) if reverse or d == 1 else range(seq)
         for t in order:
-            h, c = _step(b, node.op_type, steps[t], h, c, r[d], r_bias, lbr, f"d{d}t{t}")
+            h, c = _step(b, node.op_type, steps[t], h, c, r[d], r_bias, lbr, f"d{d}t{t}", f"d{d}")
             per_step[t] = h
         hs.append(per_step)
         last_h.append(h)

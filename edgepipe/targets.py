@@ -16,6 +16,7 @@ without any Python:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 from dataclasses import dataclass, field
@@ -89,21 +90,63 @@ class Target:
         """(Q/DQ ONNX model, report) simulating this target's int8 in ONNX Runtime, with `keep_float`
         nodes left float: how the accuracy tools (sensitivity, mixed precision, finetune) quantize.
         The report's `quantized_nodes` names what is quantized. Default: TensorRT's Q/DQ placement
-        with this target's activation scheme and `per_channel` option."""
+        with this target's activation scheme and `per_channel` option. Inside `sharing_simulations()`
+        a state asked for again gets the model built the first time (do not change it in place)."""
         from edgepipe.backends.qdq import simulated_int8_model
 
-        return simulated_int8_model(model, calibration, symmetric=self.activation_symmetric, keep_float=keep_float,
-                                    per_channel=bool(self.options.get("per_channel", True)))
+        def build():
+            return simulated_int8_model(model, calibration, symmetric=self.activation_symmetric, keep_float=keep_float,
+                                        per_channel=bool(self.options.get("per_channel", True)))
+
+        shared = getattr(self, "_shared_simulations", None)
+        return build() if shared is None else shared.get("qdq", model, calibration, keep_float, build)
+
+    def qdq_variants(self, model, calibration):
+        """A function (other calibration, tensor names) -> `qdq_model(model, other)[0]` for a
+        calibration that differs from `calibration` only in the ranges of those tensors, derived
+        from this calibration's Q/DQ model instead of built again (backends/qdq.py:
+        with_activation_ranges); None for a target with its own `qdq_model`."""
+        if type(self).qdq_model is not Target.qdq_model:
+            return None
+        from edgepipe.backends.qdq import with_activation_ranges
+
+        base = self.qdq_model(model, calibration)[0]
+        return lambda other, names: with_activation_ranges(base, other, names, symmetric=self.activation_symmetric)
+
+    def int8_session(self, model, calibration):
+        """An ONNX Runtime session of `qdq_model(model, calibration)`, its weights quantized once
+        (`graph.fold_constant_quantize`: same values, fewer kernels per run); shared like `qdq_model`
+        inside `sharing_simulations()`."""
+        from edgepipe import graph
+
+        def build():
+            return graph.make_session(graph.fold_constant_quantize(self.qdq_model(model, calibration)[0]))
+
+        shared = getattr(self, "_shared_simulations", None)
+        return build() if shared is None else shared.get("session", model, calibration, frozenset(), build)
+
+    @contextlib.contextmanager
+    def sharing_simulations(self):
+        """Within this block, `qdq_model` and `int8_session` build each (model, calibration state)
+        once and hand the same result to later requests (edgepipe/shared_simulations.py): the
+        build's checks simulate the same states several times."""
+        from edgepipe.shared_simulations import SharedSimulations
+
+        previous = getattr(self, "_shared_simulations", None)
+        self._shared_simulations = previous or SharedSimulations()
+        try:
+            yield self
+        finally:
+            self._shared_simulations = previous
 
     def int8_outputs(self, model, calibration, feeds: list[dict], settings: dict) -> tuple[list[dict], str]:
         """(this target's int8 outputs for each feed, {output name: array}; what ran them) on the
         build host, for checks that must judge the int8 model as deployed (calibration.bias_correction).
         Default: `qdq_model` in ONNX Runtime (TensorRT targets deploy that Q/DQ graph: host emulation),
-        its weights quantized once (`graph.fold_constant_quantize`: same values, fewer kernels per run)."""
-        from edgepipe import graph
+        `int8_session`'s weights quantized once."""
         from edgepipe.session_runs import run_feeds
 
-        session = graph.make_session(graph.fold_constant_quantize(self.qdq_model(model, calibration)[0]))
+        session = self.int8_session(model, calibration)
         names = [o.name for o in model.graph.output]
         return [dict(zip(names, outputs)) for outputs in run_feeds(session, feeds, names)], "Q/DQ ONNX in ONNX Runtime"
 

@@ -79,8 +79,11 @@ CASES = {
               {"starts": np.array([1], np.int64), "ends": np.array([5], np.int64), "axes": np.array([3], np.int64)},
               "SLICE"),
     "strided_slice": ([("Slice", ["x", "starts", "ends", "axes", "steps"], {})], IMAGE,
-                      {"starts": np.array([0], np.int64), "ends": np.array([6], np.int64),
-                       "axes": np.array([2], np.int64), "steps": np.array([2], np.int64)}, "STRIDED_SLICE"),
+                      {"starts": np.array([5], np.int64), "ends": np.array([-100], np.int64),
+                       "axes": np.array([2], np.int64), "steps": np.array([-2], np.int64)}, "STRIDED_SLICE"),
+    "step_slice": ([("Slice", ["x", "starts", "ends", "axes", "steps"], {})], IMAGE,  # ops/strided_slice.py
+                   {"starts": np.array([0], np.int64), "ends": np.array([6], np.int64),
+                    "axes": np.array([2], np.int64), "steps": np.array([2], np.int64)}, "SLICE"),
     "conv_transpose": ([("ConvTranspose", ["x", "w"], {"strides": [2, 2]})], IMAGE, {"w": W[:, :2, :2, :2]},
                        "TRANSPOSE_CONV"),
     "resize_bilinear": ([("Resize", ["x", "", "s"], {"mode": "linear"})], IMAGE,

@@ -105,6 +105,36 @@ def asymmetric_activations(qdq: onnx.ModelProto, calibration: CalibrationResult)
     return qdq
 
 
+def with_activation_ranges(qdq: onnx.ModelProto, calibration: CalibrationResult, names, *,
+                           symmetric: bool) -> onnx.ModelProto:
+    """Copy of `simulated_int8_model(model, c0, symmetric=...)` (`qdq`) with the activation Q/DQ
+    pairs of `names` set to `calibration`'s ranges: the model `simulated_int8_model(model,
+    calibration)` builds when `calibration` differs from `c0` only in those tensors' ranges.
+
+    Why: the placement depends on which tensors have ranges, never on their values, so checks
+    that try other thresholds on a few tensors (stability.output_effect) need not build the
+    whole model again; each pair's scale and zero point are computed exactly as the builder does
+    (`_Inserter.activation`, `asymmetric_activations`)."""
+    names = set(names)
+    result = onnx.ModelProto()
+    result.CopyFrom(qdq)
+    inits = {t.name: t for t in result.graph.initializer}
+    done: set[str] = set()
+    for node in result.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in names or node.input[1] in done:
+            continue
+        tensor = node.input[0]
+        if symmetric:
+            amax = calibration.tensors[tensor].amax
+            scale, zero_point = quantmath.symmetric_scale(amax if abs(amax) >= DEGENERATE_AMAX else 1.0), 0
+        else:
+            scale, zero_point = calibration.asymmetric_params(tensor)
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(np.asarray(np.array(scale, np.float32)), node.input[1]))
+        inits[node.input[2]].CopyFrom(numpy_helper.from_array(np.asarray(np.array(zero_point, np.int8)), node.input[2]))
+        done.add(node.input[1])
+    return result
+
+
 def weight_channel_axis(node: onnx.NodeProto, weight_rank: int) -> int:
     """Axis of a weight tensor that indexes the node's output channels/features."""
     if node.op_type == "Conv":

@@ -44,7 +44,8 @@ def calibrate(
     nodes run unrolled, so their per-step tensors get ranges too (edgepipe/recurrent.py)."""
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
     model = recurrent.unrolled(model)
-    contexts = collector.calibratable_tensors(model)
+    infos = collector.shape_infos(model)
+    contexts = collector.calibratable_tensors(model, infos)
     if tensors is not None:
         unknown = [t for t in tensors if t not in contexts]
         if unknown:
@@ -55,7 +56,8 @@ def calibrate(
         contexts = {t: contexts[t] for t in tensors}
     _check_dataset_inputs(model, dataset)
     reference = stability.ReferenceOutputs(len(dataset))
-    hists, num_samples = collector.collect(model, dataset, contexts, settings, progress, keep_outputs=reference.keep)
+    hists, num_samples = collector.collect(model, dataset, contexts, settings, progress, keep_outputs=reference.keep,
+                                           infos=infos)
     result = CalibrationResult(method=settings["method"], num_samples=num_samples,
                                reference_outputs=reference.kept(), weight_ranges=settings["weight_ranges"])
     methods.registry()  # loaded once here, not raced by the threads below
@@ -64,7 +66,8 @@ def calibrate(
         choice = policy.choose(name, hists[name], contexts[name], settings)
         return choice, stability.round_stability(hists[name], choice.method, settings, choice.method_amax)
 
-    with collector.Workers() as workers:  # tensors are independent: their range searches run side by side
+    # tensors are independent: their range searches run side by side, once per distinct histogram
+    with collector.Workers() as workers, methods.memoized():
         chosen = dict(zip(hists, workers.map(choose, list(hists), run=1)))  # milliseconds each: one by one
     stabilities = {}
     for name, hist in hists.items():

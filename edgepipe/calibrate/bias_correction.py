@@ -267,8 +267,10 @@ def checked_bias_corrections(model: onnx.ModelProto, calibration, dataset, targe
     feeds = [dataset.sample(int(i)) for i in held]
     names = [o.name for o in model.graph.output]
     references = fp32_outputs(model, feeds, [int(i) for i in held], getattr(calibration, "reference_outputs", None))
-    outputs, judge = target.int8_outputs(model, calibration, feeds, settings)
+    # uncorrected first: the corrected state, run last, is the one a build keeps most often (and
+    # the output-effect check's chosen state then), so its simulation is the one still shared
     plain, _ = target.int8_outputs(model, replace(calibration, bias_corrections={}), feeds, settings)
+    outputs, judge = target.int8_outputs(model, calibration, feeds, settings)
     with_sqnr, without_sqnr = _output_sqnrs(references, outputs, names), _output_sqnrs(references, plain, names)
     keep, reason = judge_corrections(without_sqnr, with_sqnr)
     if not keep:

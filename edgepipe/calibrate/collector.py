@@ -36,9 +36,15 @@ from edgepipe.errors import UserError
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
-def calibratable_tensors(model: onnx.ModelProto) -> dict[str, TensorContext]:
+def shape_infos(model: onnx.ModelProto) -> dict:
+    """`graph.value_infos` of the shape-inferred model: computed once per calibration (an 11 MB
+    model's shape inference is tens of milliseconds) and passed to the functions below."""
+    return graph.value_infos(graph.infer_shapes(model))
+
+
+def calibratable_tensors(model: onnx.ModelProto, infos: dict | None = None) -> dict[str, TensorContext]:
     """Float activation tensors (graph inputs first, then node outputs in graph order) with context."""
-    infos = graph.value_infos(graph.infer_shapes(model))
+    infos = shape_infos(model) if infos is None else infos
     constant = {t.name for t in model.graph.initializer}
     for node in model.graph.node:  # graph order is topological in valid ONNX
         if node.op_type == "Constant" or (node.input and all(not i or i in constant for i in node.input)):
@@ -105,9 +111,10 @@ def _stack(dataset, indices: list[int]) -> dict:
     return {name: np.concatenate([s[name] for s in samples], axis=0) for name in samples[0]}
 
 
-def tensor_chunks(model: onnx.ModelProto, names: list[str], batch_size: int, max_exposed_mb: float) -> list[list[str]]:
+def tensor_chunks(model: onnx.ModelProto, names: list[str], batch_size: int, max_exposed_mb: float,
+                  infos: dict | None = None) -> list[list[str]]:
     """Split `names` so each chunk's estimated activations per batch stay under the budget."""
-    infos = graph.value_infos(graph.infer_shapes(model))
+    infos = shape_infos(model) if infos is None else infos
     sizes = {}
     for name in names:
         dims = graph.tensor_shape(infos[name]) if name in infos else []
@@ -170,12 +177,13 @@ def collect(
     settings: dict,
     progress: Callable[[int, int], None] | None = None,
     keep_outputs: Callable[[int, list[np.ndarray]], None] | None = None,
+    infos: dict | None = None,
 ) -> tuple[dict[str, TensorHistogram], int]:
     """Histograms of every tensor in `contexts`; returns (histograms, number of samples used).
 
     `keep_outputs(sample index, graph outputs)` is called for each sample run on its own whose
     graph outputs are all among the fetched tensors (the FP32 outputs, for checks that would
-    otherwise run the model again)."""
+    otherwise run the model again). `infos`: `shape_infos(model)` when the caller has them."""
     indices = sample_indices(len(dataset), settings.get("max_samples"))
     if not indices:
         raise UserError("calibration set is empty; pass a dataset with at least one sample")
@@ -184,14 +192,15 @@ def collect(
     names = list(contexts)
     input_names = {v.name for v in graph.graph_inputs(model)}
     outputs = [o.name for o in model.graph.output]
-    chunks = tensor_chunks(model, names, batch_size, float(settings.get("max_exposed_mb", 1024)))
+    infos = shape_infos(model) if infos is None else infos
+    chunks = tensor_chunks(model, names, batch_size, float(settings.get("max_exposed_mb", 1024)), infos)
     num_bins = int(settings.get("num_bins", 2048))
     hists = {name: TensorHistogram(name, num_bins, rounds) for name in names}
     skipped: set[str] = set()
     total, done = len(indices) * len(chunks), 0
     with Workers() as workers:
         for chunk in chunks:
-            session = graph.make_session(graph.expose_tensors(model, [n for n in chunk if n not in input_names]))
+            session = graph.make_session(graph.expose_tensors(model, [n for n in chunk if n not in input_names], infos))
             fetch = [n for n in chunk if n not in input_names]
             keep = keep_outputs if keep_outputs is not None and set(outputs) <= set(fetch) else None
             pending = _Pending(workers)

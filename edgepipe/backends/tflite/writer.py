@@ -10,6 +10,7 @@ in this one module.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import flatbuffers
@@ -93,6 +94,9 @@ class ModelSpec:
     outputs: list[int] = field(default_factory=list)
     signature_key: str = "serving_default"
     description: str = "edgepipe"
+    # constants with the same bytes share one buffer: an unrolled recurrent layer's per-step
+    # FULLY_CONNECTEDs all read the same recurrent weights (one copy per step would multiply the file)
+    _buffer_of: dict[bytes, int] = field(default_factory=dict, repr=False, compare=False)
 
     def add_tensor(self, name: str, shape, dtype: str, quantization: Quantization | None = None) -> int:
         self.tensors.append(Tensor(name, [int(d) for d in shape], dtype, 0, quantization))
@@ -100,9 +104,12 @@ class ModelSpec:
 
     def add_constant(self, name: str, value: np.ndarray, quantization: Quantization | None = None) -> int:
         value = np.ascontiguousarray(value)
-        self.buffers.append(value.tobytes())
-        self.tensors.append(Tensor(name, list(value.shape), value.dtype.name, len(self.buffers) - 1,
-                                   quantization))
+        data = value.tobytes()
+        key = hashlib.blake2b(data, digest_size=20).digest() + len(data).to_bytes(8, "little")
+        if key not in self._buffer_of or self.buffers[self._buffer_of[key]] != data:
+            self.buffers.append(data)
+            self._buffer_of[key] = len(self.buffers) - 1
+        self.tensors.append(Tensor(name, list(value.shape), value.dtype.name, self._buffer_of[key], quantization))
         return len(self.tensors) - 1
 
     def add_operator(self, opcode: str, inputs, outputs, options_type: str | None = None,

@@ -33,8 +33,11 @@ A method that needs the graph (like `auto`) subclasses `CalibrationMethod` and o
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
 import pkgutil
+import threading
 from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
@@ -100,11 +103,73 @@ class RangeMethod(CalibrationMethod):
 def fixed_choice(method: RangeMethod, hist: TensorHistogram, settings: Mapping, amax: float | None = None) -> Choice:
     """Symmetric and asymmetric numbers of one method (`amax`: its threshold, when already known)."""
     if amax is None:
-        amax = method.amax(hist.abs_counts(), hist.bin_width, hist.observed_absmax(), settings)
+        amax = threshold(method, hist.abs_counts(), hist.bin_width, hist.observed_absmax(), settings)
     method_amax = float(amax)
     amax = min(max(amax, 1e-12), max(hist.observed_absmax(), quantmath.TINY))  # never beyond what was observed
-    lo, hi = method.asymmetric_range(hist, amax, settings)
+    lo, hi = asymmetric_range_of(method, hist, amax, settings)
     return Choice(float(amax), float(lo), float(hi), method.name, method_amax=method_amax)
+
+
+# --- one computation per histogram ---------------------------------------------------------
+# Tensors that only move values (Reshape, Transpose, Squeeze, Flatten outputs) have exactly the
+# histogram of their input, and their range searches give exactly the same numbers: inside
+# `memoized()` (calibrate() around its range choice) a method's threshold and asymmetric range
+# are computed once per distinct histogram. Methods are pure functions of the histogram and the
+# settings (the contract above), so a shared result is the result. Keys hold a BLAKE2b digest of
+# the counts, not the counts (a 2048-bin histogram per round is 128 KiB).
+
+_MEMO: dict | None = None
+_MEMO_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def memoized():
+    """Within this block, `threshold` and `asymmetric_range_of` compute each (method, histogram,
+    settings) once; the memo is dropped at the end."""
+    global _MEMO
+    previous, _MEMO = _MEMO, {}
+    try:
+        yield
+    finally:
+        _MEMO = previous
+
+
+def _digest(*arrays: np.ndarray) -> bytes:
+    digest = hashlib.blake2b(digest_size=32)
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.data)
+    return digest.digest()
+
+
+def _remembered(key: tuple, compute):
+    memo = _MEMO
+    if memo is None:
+        return compute()
+    with _MEMO_LOCK:
+        if key in memo:
+            return memo[key]
+    value = compute()  # outside the lock: threads choose ranges side by side (a rare duplicate is the same value)
+    with _MEMO_LOCK:
+        memo[key] = value
+    return value
+
+
+def threshold(method: RangeMethod, abs_counts: np.ndarray, bin_width: float, absmax: float,
+              settings: Mapping) -> float:
+    """`method.amax(...)`, once per distinct |x| histogram inside `memoized()`."""
+    return _remembered(("amax", method.name, _digest(abs_counts), float(bin_width), float(absmax), id(settings)),
+                       lambda: method.amax(abs_counts, bin_width, absmax, settings))
+
+
+def asymmetric_range_of(method: RangeMethod, hist: TensorHistogram, amax: float,
+                        settings: Mapping) -> tuple[float, float]:
+    """`method.asymmetric_range(...)`, once per distinct histogram (every round, min/max, range)
+    inside `memoized()`."""
+    key = ("range", method.name, _digest(hist.counts, hist.round_min, hist.round_max), hist.range, hist.min,
+           hist.max, hist.count, float(amax), id(settings))
+    return _remembered(key, lambda: method.asymmetric_range(hist, amax, settings))
 
 
 def register(cls: type[CalibrationMethod]) -> type[CalibrationMethod]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from edgepipe.calibrate.error_model import symmetric_error
 from edgepipe.calibrate.methods import (CalibrationMethod, Choice, auto_candidates, fixed_choice, get,
-                                        register)
+                                        register, threshold)
 
 SENSITIVE_CONSUMERS = frozenset(
     {"Softmax", "LogSoftmax", "Sigmoid", "HardSigmoid", "Exp", "Softplus", "TopK", "ArgMax", "ReduceMax"}
@@ -51,8 +51,8 @@ class Auto(CalibrationMethod):
         sensitive = sorted(set(context.consumer_ops) & SENSITIVE_CONSUMERS)
         if sensitive or context.producer_op in SENSITIVE_PRODUCERS:
             mse, pct = get("mse"), get("percentile")
-            mse_amax = mse.amax(abs_counts, width, absmax, settings)
-            pct_amax = pct.amax(abs_counts, width, absmax, settings)
+            mse_amax = threshold(mse, abs_counts, width, absmax, settings)
+            pct_amax = threshold(pct, abs_counts, width, absmax, settings)
             where = f"feeds {'/'.join(sensitive)}" if sensitive else f"{context.producer_op} output"
             if pct_amax > mse_amax:
                 choice = fixed_choice(pct, hist, settings, amax=pct_amax)
@@ -64,7 +64,7 @@ class Auto(CalibrationMethod):
                                  f"{percentile:g}")
             return choice
         candidates = auto_candidates()
-        amaxes = [m.amax(abs_counts, width, absmax, settings) for m in candidates]
+        amaxes = [threshold(m, abs_counts, width, absmax, settings) for m in candidates]
         nonzero = abs_counts > 0
         centers = hist.abs_centers()[nonzero]
         errors = symmetric_error(centers, abs_counts[nonzero].astype(np.float64), amaxes)

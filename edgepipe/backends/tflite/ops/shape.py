@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from edgepipe.backends.tflite.lower import Lowering, identity, inverse, node_attrs
 from edgepipe.backends.tflite.ops import register
+from edgepipe.backends.tflite.ops.concatenation import emit_concatenation
 
 
 def same_memory_order(shape, perm) -> bool:
@@ -124,5 +125,4 @@ def lower_concat(ctx: Lowering, node) -> None:
         else:
             index = ctx.get(name, dtype, perm)
             inputs.append(ctx.requantized(index, quant, name) if dtype != "float32" else index)
-    axis = perm.index(node_attrs(node)["axis"] % rank)
-    ctx.emit("CONCATENATION", inputs, [out], node, "ConcatenationOptions", Axis=axis, FusedActivationFunction=0)
+    emit_concatenation(ctx, inputs, out, node, perm.index(node_attrs(node)["axis"] % rank))

@@ -1,0 +1,124 @@
+"""The build's checks share int8 simulations (Target.sharing_simulations) and derive the
+output-effect check's round models from the chosen one (Target.qdq_variants): the same models
+and numbers, fewer builds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from edgepipe.calibrate import calibrate, stability
+from edgepipe.targets import load_target
+from tests.helpers import tiny_conv_model
+
+
+class ArrayDataset:
+    def __init__(self, x):
+        self.x = np.asarray(x, np.float32)
+
+    def __len__(self):
+        return len(self.x)
+
+    def sample(self, i):
+        return {"x": self.x[i : i + 1]}
+
+
+@pytest.fixture(scope="module")
+def drifting():
+    """tiny_conv_model calibrated on a set whose scale changes from round to round (unstable)."""
+    model = tiny_conv_model()
+    x = np.random.default_rng(2).normal(size=(64, 3, 8, 8)) * np.repeat([0.3, 1.0, 1.0, 3.0], 16)[:, None, None, None]
+    return model, calibrate(model, ArrayDataset(x), {"method": "mse"}), ArrayDataset(x)
+
+
+def counting_builds(monkeypatch) -> list:
+    from edgepipe.backends import qdq
+
+    calls = []
+    original = qdq.simulated_int8_model
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(qdq, "simulated_int8_model", counted)
+    return calls
+
+
+def test_a_state_is_built_once_inside_the_scope_and_every_time_outside(drifting, monkeypatch):
+    model, calibration, _ = drifting
+    calls = counting_builds(monkeypatch)
+    target = load_target("jetson")
+    with target.sharing_simulations():
+        first, report = target.qdq_model(model, calibration)
+        again, _ = target.qdq_model(model, dataclasses.replace(calibration))  # an equal copy: the same state
+        session = target.int8_session(model, calibration)
+        assert again is first and target.int8_session(model, calibration) is session and len(calls) == 1
+        corrected = dataclasses.replace(calibration, bias_corrections={"conv": [0.5, 0.0, 0.0, 0.0]})
+        other, _ = target.qdq_model(model, corrected)
+        assert other is not first and len(calls) == 2
+        assert target.qdq_model(model, calibration, keep_float={"conv"})[0] is not first and len(calls) == 3
+    fresh, fresh_report = target.qdq_model(model, calibration)
+    assert fresh is not first and len(calls) == 4 and fresh_report == report
+    assert fresh.SerializeToString() == first.SerializeToString()
+
+
+def test_shared_outputs_equal_fresh_ones(drifting):
+    model, calibration, data = drifting
+    target = load_target("jetson")
+    feeds = [data.sample(i) for i in range(4)]
+    fresh, _ = target.int8_outputs(model, calibration, feeds, {})
+    with target.sharing_simulations():
+        target.int8_outputs(model, calibration, feeds, {})
+        shared, _ = target.int8_outputs(model, calibration, feeds, {})
+    for a, b in zip(fresh, shared):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_output_effect_with_shared_session_and_variants_gives_the_same_numbers(drifting, monkeypatch):
+    """The build's output-effect check (the bias check's session for the chosen thresholds, the
+    rounds' models derived from the chosen one) measures what building every candidate measures,
+    with one Q/DQ build instead of five."""
+    model, calibration, data = drifting
+    target = load_target("jetson")
+
+    def quantize(m, c):
+        return target.qdq_model(m, c)[0]
+
+    expected = stability.output_effect(model, calibration, data, quantize)
+    calls = counting_builds(monkeypatch)
+    with target.sharing_simulations():
+        target.int8_session(model, calibration)  # as the bias check leaves it
+        shared = stability.output_effect(model, calibration, data, quantize,
+                                         chosen_session=lambda c: target.int8_session(model, c),
+                                         variants=target.qdq_variants(model, calibration))
+    assert shared == expected and expected["samples"] == stability.EFFECT_SAMPLES and len(calls) == 1
+
+
+@pytest.mark.parametrize("target_name", ["jetson", "arm-cpu"])
+def test_round_variants_are_the_models_a_rebuild_gives(drifting, target_name):
+    """Target.qdq_variants derives each round's Q/DQ model from the chosen one: byte for byte the
+    model qdq_model builds for that round (symmetric and asymmetric activations)."""
+    model, calibration, _ = drifting
+    target = load_target(target_name)
+    names = stability.unstable_tensors(calibration)
+    variants = target.qdq_variants(model, calibration)
+    rounds = len(calibration.tensors[names[0]].stability["round_amax"])
+    for r in range(rounds):
+        candidate = stability.round_calibration(calibration, r, names)
+        derived = variants(candidate, names)
+        rebuilt = target.qdq_model(model, candidate)[0]
+        assert derived.SerializeToString() == rebuilt.SerializeToString(), (target_name, r)
+    assert variants(calibration, names).SerializeToString() == target.qdq_model(model, calibration)[0].SerializeToString()
+
+
+def test_a_target_with_its_own_qdq_model_gets_no_variants(drifting):
+    model, calibration, _ = drifting
+
+    class Own(type(load_target("jetson"))):
+        def qdq_model(self, model, calibration, keep_float=frozenset()):
+            return super().qdq_model(model, calibration, keep_float)
+
+    assert Own().qdq_variants(model, calibration) is None
