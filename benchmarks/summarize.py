@@ -179,13 +179,24 @@ def real_model_corpus(data: dict) -> list[str]:
         return str(text).replace("|", "/").replace("\n", " ")[:70]
 
     def int8(entry: dict) -> str:
+        if "error_line" in entry:
+            return "refused"
         return "-" if entry.get("exit_code") or not entry.get("int8_sqnr_db") else fmt(min(entry["int8_sqnr_db"]), 1)
 
+    def refusal(row: dict, target: str) -> str:
+        entry = row[target]
+        ok = entry["exit_code"] == 2 and row.get("refused_node", "?") in (entry["error_line"] or "")
+        return (f"{target} {'refused' if ok else 'not refused cleanly'} (exit {entry['exit_code']}"
+                f"{', ' + repr(short(entry['error_line'])) if entry['error_line'] else ''})")
+
     def verdict(row: dict) -> str:
-        problems = []
+        problems, refusals = [], []
         peer = row.get("ort_minmax_sqnr_db")
         for target in ("arm-cpu", "jetson"):
             entry = row.get(target, {})
+            if "error_line" in entry:  # refused on this target, built on the other
+                (refusals if entry["exit_code"] == 2 else problems).append(refusal(row, target))
+                continue
             if entry.get("exit_code"):
                 problems.append(f"{target} build fails: {short(entry.get('error', ''))}")
                 continue
@@ -199,17 +210,11 @@ def real_model_corpus(data: dict) -> list[str]:
             problems.append("no int8 peer: ORT quantize_static left the outputs float")
         if row.get("ort_minmax_error"):
             problems.append(f"no int8 peer: ORT quantize_static fails ({short(row['ort_minmax_error'].split('failed:')[-1].strip())})")
-        return "pass" if not problems else "; ".join(problems)
+        return "; ".join((problems or ["pass"]) + refusals)
 
     for name, row in data["models"].items():
-        if "error_line" in row.get("arm-cpu", {}):  # a model that must be refused
-            verdicts = []
-            for target in ("arm-cpu", "jetson"):
-                if target in row:
-                    entry = row[target]
-                    ok = entry["exit_code"] == 2 and row.get("refused_node", "?") in (entry["error_line"] or "")
-                    verdicts.append(f"{target} {'refused' if ok else 'not refused cleanly'} (exit {entry['exit_code']}"
-                                    f"{', ' + repr(short(entry['error_line'])) if entry['error_line'] else ''})")
+        if all("error_line" in row[t] for t in ("arm-cpu", "jetson") if t in row):  # refused everywhere
+            verdicts = [refusal(row, target) for target in ("arm-cpu", "jetson") if target in row]
             lines.append(f"| {name} | {row['family']} | - | - | - | - | - | " + "; ".join(verdicts).replace("|", "/")
                          + " | - |")
             continue

@@ -196,13 +196,20 @@ def check_structure(source: str, target) -> None:
         return
     model = graph.load_model(source, load_external=False)
     table, versions = target.operators(), opsets(model)
+    accepted_control_flow = False
     for name, node, _ in walk_nodes(model):
         domain = canonical_domain(node.domain)
         if node.op_type in DYNAMIC_OPS:  # export rewrites them into float layers (edgepipe/dequantize.py)
             continue
         if (domain == "" and node.op_type in CONTROL_FLOW) or domain not in table.domains():
             reason = operator_problem(node, versions, table, target.name)
+            if reason is None:  # control flow the target's table registers (TensorRT): its own rules below
+                accepted_control_flow = True
+                continue
             raise UnsupportedOpError(name, qualified(node.domain, node.op_type), target.name, reason)
+    for name, op_type, reason in target.supports(model) if accepted_control_flow else ():
+        if op_type in CONTROL_FLOW:  # e.g. TensorRT: If branches of unequal rank
+            raise UnsupportedOpError(name, op_type, target.name, reason)
 
 
 def foldable_batchnorms(model) -> set[str]:

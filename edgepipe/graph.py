@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper, shape_inference
 from edgepipe import topology
 from edgepipe.errors import UserError
 from edgepipe.safeio import ensure_regular_file
+from edgepipe.scopes import outer_scope_reads, subgraphs
 
 DEFAULT_OPSET = 17
 
@@ -83,8 +84,8 @@ def _check_window_attributes(graph_proto: onnx.GraphProto, path: Path) -> None:
                 raise UserError(f"{path}: node '{node.name or node.op_type}' ({node.op_type}) has "
                                 f"{attribute.name}={list(attribute.ints)}; every value must be positive - "
                                 "fix the model's attributes and re-export it")
-            for subgraph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                _check_window_attributes(subgraph, path)
+        for subgraph in subgraphs(node):
+            _check_window_attributes(subgraph, path)
 
 
 def _external_tensors(model: onnx.ModelProto):
@@ -133,9 +134,12 @@ def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
 
 
 def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Main-graph readers of each tensor; a control-flow node counts as a reader of every main-graph
+    tensor its subgraphs read by name (outer scope), so a pass that rewrites or fuses a tensor
+    "read by one node only" leaves alone the tensors a loop body or branch still needs."""
     result: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in model.graph.node:
-        for name in node.input:
+        for name in dict.fromkeys(list(node.input) + sorted(outer_scope_reads(node))):
             if name:
                 result[name].append(node)
     return result
@@ -370,13 +374,21 @@ def describe_io(model: onnx.ModelProto) -> dict:
 
 
 def taken_names(model: onnx.ModelProto) -> set[str]:
-    """Every tensor, initializer and node name in the main graph (new names must avoid them)."""
-    graph = model.graph
-    names = {t.name for t in graph.initializer} | {n.name for n in graph.node}
-    names |= {v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
+    """Every tensor, initializer and node name in the model, subgraphs included (new names must
+    avoid them: ONNX forbids a subgraph name that shadows one of the enclosing graph)."""
+    names: set[str] = set()
+
+    def visit(graph: onnx.GraphProto) -> None:
+        names.update(t.name for t in graph.initializer)
+        names.update(v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info))
+        for node in graph.node:
+            names.add(node.name)
+            names.update(node.input)
+            names.update(node.output)
+            for sub in subgraphs(node):
+                visit(sub)
+
+    visit(model.graph)
     return names
 
 
@@ -417,9 +429,8 @@ def _names_used_by(graph: onnx.GraphProto) -> set[str]:
     used = {o.name for o in graph.output}
     for node in graph.node:
         used.update(node.input)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                used |= _names_used_by(sub)
+        for sub in subgraphs(node):
+            used |= _names_used_by(sub)
     return used
 
 

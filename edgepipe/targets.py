@@ -229,14 +229,15 @@ class Target:
 
 
 def standard_onnx_operators():
-    """Every operator of the ONNX domain, from the opset that introduced it (onnx.defs)."""
+    """Every operator of the ONNX domain, from the opset that introduced it (onnx.defs), except
+    control flow: a backend takes If / Loop / Scan only by registering them in its own table."""
     from onnx import defs
 
-    from edgepipe.backends.support import OpKey, OpTable
+    from edgepipe.backends.support import CONTROL_FLOW, OpKey, OpTable
 
     first: dict[str, int] = {}
     for schema in defs.get_all_schemas_with_history():
-        if schema.domain == "" and not schema.deprecated:
+        if schema.domain == "" and not schema.deprecated and schema.name not in CONTROL_FLOW:
             first[schema.name] = min(first.get(schema.name, schema.since_version), schema.since_version)
     table = OpTable("standard ONNX operator")
     for op_type, since in first.items():

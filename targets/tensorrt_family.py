@@ -21,6 +21,15 @@ VERIFIED_HERE = (
 HOST_EMULATION = "host emulation, not device"
 
 
+def control_flow_note(qdq_report: dict) -> str:
+    """One line naming the control-flow nodes whose subgraphs run float ('' when there are none)."""
+    nodes = sorted(name for name, why in qdq_report.get("float_nodes", {}).items() if why.startswith("control flow"))
+    if not nodes:
+        return ""
+    shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+    return f"float (control flow, FP16 on the device): {shown}"
+
+
 class TensorRTTarget(Target):
     backend = "tensorrt"
     input_layout = "NCHW"
@@ -36,6 +45,13 @@ class TensorRTTarget(Target):
         from edgepipe.backends.tensorrt.operators import tensorrt_operators
 
         return tensorrt_operators()
+
+    def supports(self, model) -> list[tuple[str, str, str]]:
+        """The operator table's refusals plus TensorRT's control-flow restrictions (loop trip counts,
+        If branch outputs)."""
+        from edgepipe.backends.tensorrt.control_flow import control_flow_problems
+
+        return super().supports(model) + control_flow_problems(model)
 
     def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
         from edgepipe.backends.tensorrt import build_tensorrt
@@ -54,7 +70,8 @@ class TensorRTTarget(Target):
             # written on the device by build_engine.py: not part of the verified bundle
             "device_generated": ["model.plan", "timing.cache"],
         }
-        return BackendResult(files=list(result["files"]), io=describe_io(model), manifest=manifest)
+        return BackendResult(files=list(result["files"]), io=describe_io(model), manifest=manifest,
+                             note=control_flow_note(result.get("qdq_report", {})))
 
     def deployed_probe(self, bundle: Path, manifest: dict, tensors: list[str] | None = None):
         """The bundle's Q/DQ ONNX in ONNX Runtime: TensorRT's int8 arithmetic emulated on this host

@@ -568,6 +568,13 @@ def unpinned_if(tmp):
     return _sample_rate_build(tmp, sample_rate_model())
 
 
+def loop_without_trip_count(tmp):
+    from tests.branch_models import loop_without_trip_count_model
+
+    data = _calib(tmp, np.random.default_rng(0).standard_normal((4, 3, 12, 12)).astype(np.float32))
+    return _build(tmp, _model(tmp, loop_without_trip_count_model()), data, "jetson")
+
+
 def torch_model_corrupt_npz(tmp):
     (tmp / "model.pt").write_bytes(b"not a checkpoint")
     (tmp / "calib.npz").write_bytes(b"garbage, not a zip")
@@ -633,6 +640,8 @@ CASES = [
          ("'rate_switch'", "'x'", "input_values")),
     Case("unpinned-if", "an If on an input (a sample rate) that is not pinned", unpinned_if,
          ("'rate_switch'", "--input-value")),
+    Case("loop-without-trip-count", "jetson: a Loop with scan outputs and no trip count (TensorRT's parser "
+         "rejects it)", loop_without_trip_count, ("'smooth_loop' (Loop)", "trip count")),
     Case("zca-negative-eps", "ZCA whitening with eps < 0", negative_zca_eps, ("fold.eps", ">= 0")),
     Case("zero-iterations", "`report.iterations: 0` (checked before the old bundle is touched)", zero_iterations,
          ("report.iterations", ">= 1")),

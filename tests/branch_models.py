@@ -72,3 +72,67 @@ def data_if_model() -> onnx.ModelProto:
     graph.initializer.append(numpy_helper.from_array(np.array(0.0, np.float32), "zero_f"))
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def conv_loop_model(steps: int = 3) -> onnx.ModelProto:
+    """Conv -> BatchNorm -> Relu -> Loop -> Conv, plus a skip Conv on the Relu. The loop body smooths
+    its carried state toward the Relu's output `feat` and stacks each step plus the conv's pre-BN
+    output `pre` (a scan output); it reads both from the main graph by name (outer scope): `feat`
+    also feeds a quantized Conv (Q/DQ rewiring), `pre` is what a BatchNorm fold would rename away.
+    x [1, 3, 12, 12] -> y [1, 4, 12, 12], trace [steps, 1, 6, 12, 12]."""
+    rng = np.random.default_rng(11)
+    body = helper.make_graph(
+        [helper.make_node("Mul", ["state_in", "half"], ["decayed"], name="decay"),
+         helper.make_node("Add", ["decayed", "feat"], ["mixed"], name="mix"),
+         helper.make_node("Tanh", ["mixed"], ["state_out"], name="squash"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
+         helper.make_node("Add", ["state_out", "pre"], ["step_out"], name="record")],
+        "smooth",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_in", TensorProto.FLOAT, [1, 6, 12, 12])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [1, 6, 12, 12]),
+         helper.make_tensor_value_info("step_out", TensorProto.FLOAT, [1, 6, 12, 12])],
+        [numpy_helper.from_array(np.array(0.5, np.float32), "half")])
+    nodes = [helper.make_node("Conv", ["x", "w_in", "b_in"], ["pre"], name="conv_in", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["pre", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["normed"],
+                              name="bn_in"),
+             helper.make_node("Relu", ["normed"], ["feat"], name="relu_in"),
+             helper.make_node("Loop", ["steps", "", "feat"], ["smoothed", "trace"], name="smooth_loop", body=body),
+             helper.make_node("Conv", ["smoothed", "w_out", "b_out"], ["head"], name="conv_out", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["feat", "w_skip"], ["skip"], name="conv_skip"),
+             helper.make_node("Add", ["head", "skip"], ["y"], name="join")]
+    inits = [numpy_helper.from_array(rng.normal(0, 0.4, (6, 3, 3, 3)).astype(np.float32), "w_in"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 6).astype(np.float32), "b_in"),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, 6).astype(np.float32), "bn_scale"),
+             numpy_helper.from_array(rng.normal(0, 0.2, 6).astype(np.float32), "bn_bias"),
+             numpy_helper.from_array(rng.normal(0, 0.2, 6).astype(np.float32), "bn_mean"),
+             numpy_helper.from_array(rng.uniform(0.5, 2.0, 6).astype(np.float32), "bn_var"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (4, 6, 3, 3)).astype(np.float32), "w_out"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b_out"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (4, 6, 1, 1)).astype(np.float32), "w_skip"),
+             numpy_helper.from_array(np.array(steps, np.int64), "steps")]
+    graph = helper.make_graph(nodes, "conv_loop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 12, 12]),
+                               helper.make_tensor_value_info("trace", TensorProto.FLOAT, [steps, 1, 6, 12, 12])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def loop_without_trip_count_model() -> onnx.ModelProto:
+    """`conv_loop_model` as a while loop (no trip count M; the body's condition is `i < 2`) that
+    stacks a scan output: TensorRT sizes scan outputs by the trip count, so its parser rejects it."""
+    model = conv_loop_model()
+    loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    loop.input[0], loop.input[1] = "", "go"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "go"))
+    steps = next(t for t in model.graph.initializer if t.name == "steps")
+    model.graph.initializer.remove(steps)
+    body = loop.attribute[0].g
+    keep_going = next(n for n in body.node if n.name == "keep_going")
+    keep_going.CopyFrom(helper.make_node("Less", ["i", "last_step"], ["cond_out"], name="keep_going"))
+    body.initializer.append(numpy_helper.from_array(np.array(2, np.int64), "last_step"))
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -99,3 +99,32 @@ def test_jetson_only_regressions(name, tmp_path):
     assert verdict.status in ("matched", "refused"), f"{verdict.status}: {verdict.detail}"
     if name.startswith(("test_center_crop", "test_rms", "test_shape")):
         assert verdict.status == "matched", verdict.detail
+
+
+# control flow, which TensorRT's parser imports and arm-cpu refuses: Loop with a scan output and a
+# trip count fed at run time, If on a graph input, Scan-9 (one and two states), Scan inside
+# expanded linear attention, If inside expanded AffineGrid; each must match. The expanded 3-D
+# align-corners AffineGrid has an If whose branches differ in rank (TensorRT refuses that): refused.
+CONTROL_FLOW_CASES = {
+    "test_loop11": "matched", "test_if": "matched", "test_scan9_sum": "matched",
+    "test_scan9_multi_state": "matched", "test_linear_attention_gated_delta_expanded": "matched",
+    "test_affine_grid_2d_expanded": "matched", "test_affine_grid_3d_align_corners_expanded": "refused",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "status"), sorted(CONTROL_FLOW_CASES.items()))
+def test_control_flow_cases_on_jetson(name, status, tmp_path):
+    (case,) = [c for c in _cases() if c.name == name]
+    assert onnx_node_cases.claimed(case, "jetson") and not onnx_node_cases.claimed(case, "arm-cpu")
+    verdict = onnx_node_cases.run_case(case, "jetson", tmp_path)
+    assert verdict.status == status, verdict.detail
+    if status == "refused":
+        assert "(If)" in verdict.detail and "rank" in verdict.detail
+
+
+def test_scan8_is_outside_the_parser_claim():
+    """Scan-8 (batch axis) predates TensorRT 10's opset range: not claimed, so never built."""
+    (case,) = [c for c in _cases() if c.name == "test_scan_sum"]
+    assert not onnx_node_cases.claimed(case, "jetson")
+

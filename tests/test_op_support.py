@@ -74,12 +74,21 @@ def test_custom_domain_is_refused_by_qualified_name(target):
     assert (node, op_type) == ("my_relu", "com.example::Relu") and "custom domain 'com.example'" in reason
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_control_flow_is_refused_on_every_target(target):
-    problems = {node: reason for node, _, reason in load_target(target).supports(lstm_inside_if_model())}
+def test_control_flow_is_refused_on_arm_cpu():
+    problems = {node: reason for node, _, reason in load_target("arm-cpu").supports(lstm_inside_if_model())}
     assert "control flow (If)" in problems["branch"]
-    if target == "arm-cpu":  # the LSTM inside the branch has a lowering (unrolled): only the If is refused
-        assert "branch/then_branch/lstm_in_branch" not in problems
+    assert "branch/then_branch/lstm_in_branch" not in problems  # the LSTM has a lowering: only the If is refused
+
+
+@pytest.mark.parametrize("target", ["jetson", "desktop-gpu"])
+def test_tensorrt_targets_take_control_flow_and_check_inside_it(target):
+    """TensorRT's parser imports If / Loop / Scan; what a branch holds is still checked against the table."""
+    assert load_target(target).supports(lstm_inside_if_model()) == []
+    model = lstm_inside_if_model()
+    then_branch = next(a.g for a in model.graph.node[-1].attribute if a.name == "then_branch")
+    then_branch.node[0].domain = "com.example"
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    assert [name for name, _, _ in load_target(target).supports(model)] == ["branch/then_branch/lstm_in_branch"]
 
 
 def test_opset_outside_the_registered_range_is_refused():
@@ -100,10 +109,10 @@ def test_inspect_looks_inside_subgraphs_for_every_target(tmp_path):
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["op_histogram"]["LSTM"] == 1  # counted inside the branch
-    for target in ("jetson", "arm-cpu"):
-        assert any(item["node"] == "branch" and item["op_type"] == "If" for item in info["unsupported"][target])
-    text = run_cli("inspect", str(path), "--target", "jetson", cwd=tmp_path).stdout
-    assert "jetson: 1 unsupported node(s)" in text and "all ops supported" not in text
+    assert any(item["node"] == "branch" and item["op_type"] == "If" for item in info["unsupported"]["arm-cpu"])
+    assert info["unsupported"]["jetson"] == []  # TensorRT's parser imports the If and the LSTM inside it
+    text = run_cli("inspect", str(path), "--target", "arm-cpu", cwd=tmp_path).stdout
+    assert "arm-cpu: 2 unsupported node(s)" in text and "branch (If): control flow (If)" in text
 
 
 @pytest.mark.parametrize("target", ["arm-cpu", "jetson"])

@@ -38,6 +38,8 @@ FP32_RTOL = 1e-4
 SQNR_MARGIN_DB = 1.0
 SHIPPED_INT8_SQNR_DB = 30.0  # float layers of a dynamically quantized file vs ORT running that file
 BUILT = [name for name, spec in corpus.MODELS.items() if not spec.refused_node]
+# refused on arm-cpu only (control flow TensorRT's parser imports): built and checked on jetson
+JETSON_ONLY = [name for name, spec in corpus.MODELS.items() if spec.refused_node and "jetson" not in spec.refused_on]
 TARGETS = ["arm-cpu", "jetson"]
 
 # Measured failures of the assertions below, left to the maintainers' judgement (README, "Real-model
@@ -166,7 +168,8 @@ def test_arm_cpu_fp32_tflite_matches_reference(measured, name, target):
                                       f"with vs without graph optimizations: {evaluate.reference_float_noise(name, m.data.eval)}")
 
 
-@pytest.mark.parametrize(("name", "target"), cases("reference", ["jetson"]))
+@pytest.mark.parametrize(("name", "target"), cases("reference", ["jetson"]) + [
+    pytest.param(name, "jetson", id=f"{name}-jetson") for name in JETSON_ONLY])
 def test_jetson_reference_graph_matches_original(measured, name, target):
     m = measured(name)
     spec = corpus.MODELS[name]
@@ -178,7 +181,8 @@ def test_jetson_reference_graph_matches_original(measured, name, target):
     assert max(errors) <= FP32_RTOL, f"{name}: bundle reference.onnx max relative error per output {errors}"
 
 
-@pytest.mark.parametrize(("name", "target"), cases("int8", TARGETS))
+@pytest.mark.parametrize(("name", "target"), cases("int8", TARGETS) + [
+    pytest.param(name, "jetson", id=f"{name}-jetson") for name in JETSON_ONLY])
 def test_int8_sqnr_not_below_onnxruntime(measured, name, target):
     m = measured(name)
     assert m.peer is not None, m.peer_error
@@ -224,6 +228,22 @@ def test_arm_cpu_int8_is_one_xnnpack_partition_with_no_extra_transposes(measured
     ours = evaluate.tflite_transposes(bundle / "model.tflite")
     onnx_side = evaluate.onnx_transposes(evaluate.peer_source(name, m.work))
     assert ours <= onnx_side, f"{ours} TRANSPOSE in the .tflite, {onnx_side} Transpose in the ONNX graph"
+
+
+@pytest.mark.parametrize("name", JETSON_ONLY)
+def test_jetson_only_model_keeps_its_control_flow_float(measured, name):
+    """The node arm-cpu refuses runs float on jetson: named in the manifest, no Q/DQ in its subgraphs."""
+    import onnx
+
+    bundle = measured(name).bundle("jetson")
+    node = corpus.MODELS[name].refused_node
+    report = evaluate.manifest(bundle)["precision"]["qdq"]
+    assert report["float_nodes"][node].startswith("control flow")
+    assert report["quantized_nodes"], f"{name}: nothing in the main graph was quantized"
+    qdq = onnx.load(str(bundle / "model.qdq.onnx"))
+    (loop,) = [n for n in qdq.graph.node if n.name == node]
+    body_ops = {n.op_type for a in loop.attribute for n in a.g.node}
+    assert body_ops and not body_ops & {"QuantizeLinear", "DequantizeLinear"}
 
 
 @pytest.mark.parametrize(("name", "target", "named"), REFUSED)

@@ -40,6 +40,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
+from edgepipe.backends.support import CONTROL_FLOW
 from edgepipe.calibrate.bias_correction import apply_bias_corrections
 from edgepipe.calibrate.result import CalibrationResult
 from edgepipe.errors import UserError
@@ -275,6 +276,10 @@ def write_qdq_model(
     producers = graph.producers(qdq)
     consumers = graph.consumers(qdq)
     for position, node in enumerate(qdq.graph.node):
+        if node.op_type in CONTROL_FLOW and node.domain in ("", "ai.onnx"):
+            inserter.report.float_nodes[node.name] = (f"control flow ({node.op_type}): its subgraphs run float "
+                                                      "(FP16 on TensorRT), no Q/DQ inside")
+            continue
         if node.name in keep_float:
             if node.op_type in WEIGHTED_OPS + POOLING_OPS + RESIDUAL_OPS:
                 inserter.report.float_nodes[node.name] = "kept float on request (TensorRT runs it in FP16)"
@@ -295,7 +300,7 @@ def write_qdq_model(
 
 
 def _drop_unused_optional_outputs(model: onnx.ModelProto) -> None:
-    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    used = set(graph.consumers(model)) | {o.name for o in model.graph.output}  # subgraph reads included
     for node in model.graph.node:
         if node.op_type in OPTIONAL_OUTPUTS and node.domain in ("", "ai.onnx"):
             outputs = [node.output[0]] + [name if name in used else "" for name in node.output[1:]]

@@ -6,8 +6,9 @@ therefore look nodes up in an `OpTable` by (domain, op type, opset of that domai
 and share the checks no table can express:
 
 - nodes of a domain the table does not know (custom ops) are refused by domain and name;
-- control flow (`If`, `Loop`, `Scan`) is refused naming the control-flow node: calibration,
-  lowering and Q/DQ placement work on one flat graph;
+- control flow (`If`, `Loop`, `Scan`) is refused naming the control-flow node unless the table
+  registers it (TensorRT's parser imports all three: the main graph is calibrated and quantized,
+  the subgraphs stay float); the TFLite lowering works on one flat graph;
 - `walk_nodes` also visits the nodes inside subgraphs, so a report (`edgepipe inspect`) shows what
   hides inside a branch or a loop body, named `<control node>/<attribute>/<node>`.
 """
@@ -113,7 +114,7 @@ def operator_problem(node: onnx.NodeProto, versions: dict[str, int], table: OpTa
     """Why a node's operator is not in `table` (custom domain, unknown op, opset outside the
     registered ranges), or None when an entry covers it."""
     domain = canonical_domain(node.domain)
-    if node.op_type in CONTROL_FLOW and domain == ONNX_DOMAIN:
+    if node.op_type in CONTROL_FLOW and domain == ONNX_DOMAIN and not table.keys(domain, node.op_type):
         if node.op_type == "If":
             return ("control flow (If) is not supported: pin the inputs its condition reads with input_values "
                     "(--input-value NAME=VALUE, e.g. a sample rate) to deploy one branch, or export the model "

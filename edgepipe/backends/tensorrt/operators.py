@@ -3,9 +3,9 @@
 Source: onnx-tensorrt `docs/operators.md` (TensorRT 10.x). What is listed there builds an engine;
 what is not (integer-arithmetic ops such as ConvInteger or QLinearConv, sequences, optionals,
 string and signal ops, Unique) fails in the parser on the device, long after the bundle was
-made, so the targets refuse it at build time. Control flow (If / Loop / Scan) is imported by
-TensorRT but refused here like on every target: calibration and Q/DQ placement see one flat
-graph (edgepipe/backends/support.py).
+made, so the targets refuse it at build time. Control flow (If / Loop / Scan) is imported (ILoop,
+IIfConditional): the main graph is calibrated and quantized, the subgraphs stay float (FP16 on
+the device), and the parser's restrictions on them are checked in control_flow.py.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ PARSER_OPS = {
         "ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DeformConv DepthToSpace DequantizeLinear "
         "Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor GRU Gather GatherElements "
         "GatherND Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GridSample "
-        "HammingWindow HannWindow HardSigmoid HardSwish Hardmax Identity InstanceNormalization IsInf "
-        "IsNaN LRN LSTM LeakyRelu Less LessOrEqual Log LogSoftmax LpNormalization LpPool MatMul Max "
+        "HammingWindow HannWindow HardSigmoid HardSwish Hardmax Identity If InstanceNormalization IsInf "
+        "IsNaN LRN LSTM LeakyRelu Less LessOrEqual Log LogSoftmax Loop LpNormalization LpPool MatMul Max "
         "MaxPool Mean MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression NonZero Not "
         "OneHot Or PRelu Pad Pow QuantizeLinear RNN RandomNormal RandomNormalLike RandomUniform "
         "RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax "
@@ -31,6 +31,7 @@ PARSER_OPS = {
         "ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor".split(),
         1,
     ),
+    "Scan": 9,  # Scan-8 (batch axis, sequence_lens) predates the parser's opset range
     "LayerNormalization": 17,
     "GroupNormalization": 18,
     "Gelu": 20,
