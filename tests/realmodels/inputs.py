@@ -221,7 +221,7 @@ def click_captcha(rng: np.random.Generator, size: int) -> np.ndarray:
     """A click captcha as ddddocr's detector gets it: a scene photo-like background with 3-6
     outlined characters, letterboxed into `size` x `size` (linear resize, pad value 114), BGR
     channels as cv2 decodes them, 0-255 floats (no normalisation), CHW."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     height, width = (int(v) for v in rng.choice([(160, 320), (200, 300), (344, 344), (155, 310)]))
     image = scene_image(rng, height, width).convert("RGB")

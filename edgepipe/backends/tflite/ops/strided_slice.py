@@ -11,7 +11,6 @@ this cannot express (negative steps, windows past the end, more than 5 dims) kee
 
 from __future__ import annotations
 
-import numpy as np
 
 from edgepipe.backends.tflite.lower import Lowering
 

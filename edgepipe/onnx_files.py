@@ -1,0 +1,97 @@
+"""Reading and writing ONNX files: a missing, truncated or corrupt file, external data outside the
+model folder or missing, or a node order ONNX Runtime accepts but the checker does not, becomes
+one clear `UserError` (or is put right) instead of a protobuf traceback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+
+from edgepipe import topology
+from edgepipe.errors import UserError
+from edgepipe.safeio import ensure_regular_file
+from edgepipe.scopes import subgraphs
+
+
+def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.ModelProto:
+    """Load and check an ONNX file; every failure is a one-line UserError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file; pass an existing .onnx file with --model")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; pass an .onnx file with --model")
+    ensure_regular_file(path, what="ONNX model")  # a FIFO would block the reader forever
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ...
+        raise UserError(
+            f"{path}: not a readable ONNX model ({type(exc).__name__}); the file may be truncated "
+            "or not ONNX - re-export it"
+        ) from exc
+    if not model.graph.node and not model.graph.output:
+        raise UserError(f"{path}: not a readable ONNX model (empty graph); re-export it")
+    for tensor in _external_tensors(model):
+        location = dict((e.key, e.value) for e in tensor.external_data).get("location", "")
+        data_file = (path.parent / location).resolve()
+        if not data_file.is_relative_to(path.parent.resolve()):
+            raise UserError(
+                f"{path}: initializer '{tensor.name}' points outside the model folder "
+                f"({location}); refusing to read it"
+            )
+        if not data_file.is_file():
+            raise UserError(
+                f"{path}: external data file '{location}' for initializer '{tensor.name}' is "
+                "missing; copy it next to the model"
+            )
+    if not load_external:
+        return model
+    if any(True for _ in _external_tensors(model)):
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            raise UserError(f"{path}: cannot read external data ({type(exc).__name__}); re-save the model") from exc
+    topology.sort_nodes(model.graph)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: invalid ONNX model: {first}") from exc
+    except ValueError:
+        pass  # > 2 GB protos cannot be checked in memory; the runtime checks them later
+    _check_window_attributes(model.graph, path)
+    return model
+
+
+WINDOW_ATTRIBUTES = ("kernel_shape", "strides", "dilations")
+
+
+def _check_window_attributes(graph_proto: onnx.GraphProto, path: Path) -> None:
+    """Non-positive kernel sizes, strides or dilations: ONNX's own C++ shape inference divides by
+    them and kills the process (SIGFPE) before any Python error can name the node."""
+    for node in graph_proto.node:
+        for attribute in node.attribute:
+            if attribute.name in WINDOW_ATTRIBUTES and any(v <= 0 for v in attribute.ints):
+                raise UserError(f"{path}: node '{node.name or node.op_type}' ({node.op_type}) has "
+                                f"{attribute.name}={list(attribute.ints)}; every value must be positive - "
+                                "fix the model's attributes and re-export it")
+        for subgraph in subgraphs(node):
+            _check_window_attributes(subgraph, path)
+
+
+def _external_tensors(model: onnx.ModelProto):
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield tensor
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Save a model deterministically (no producer timestamps exist in ONNX protos)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() > 1_900_000_000:
+        onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save(model, str(path))
+    return path
