@@ -17,9 +17,13 @@ def check_structure(source: str, target) -> None:
     from edgepipe.backends.support import CONTROL_FLOW, canonical_domain, operator_problem, opsets, qualified, walk_nodes
     from edgepipe.dequantize import DYNAMIC_OPS
 
-    if not (str(source).endswith(".onnx") and Path(source).is_file()):
+    from edgepipe.stages.export import TORCH_FILE_SUFFIXES
+
+    if Path(str(source)).suffix in TORCH_FILE_SUFFIXES and not Path(str(source)).is_file():
+        raise UserError(f"{source}: no such file; pass an existing model file with --model")
+    if not str(source).endswith(".onnx"):
         return
-    model = graph.load_model(source, load_external=False)
+    model = graph.load_model(source, load_external=False)  # a missing file is named before the data
     table, versions = target.operators(), opsets(model)
     accepted_control_flow = False
     for name, node, _ in walk_nodes(model):

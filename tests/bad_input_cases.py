@@ -292,6 +292,10 @@ def torchscript_writes_when_traced(tmp):
             "--out", str(tmp / "bundle")]
 
 
+def missing_model(tmp):
+    return ["build", "--model", str(tmp / "no_such_model.onnx"), "--target", "arm-cpu", "--out", str(tmp / "out")]
+
+
 def bad_yaml(tmp):
     (tmp / "edgepipe.yaml").write_text("target: jetson\n  calib: [\n")
     return ["build"]
@@ -584,6 +588,8 @@ def torch_model_corrupt_npz(tmp):
 CASES = [
     Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
+    Case("missing-model", "--model naming an .onnx file that does not exist (and no --calib)", missing_model,
+         ("no_such_model.onnx", "no such file")),
     Case("external-data-missing", "ONNX whose external-data file is missing", external_data_missing, ("weights.bin", "missing")),
     Case("external-data-outside", "ONNX external data that is a symlink to a file outside the model's folder",
          external_data_outside, ("model.onnx", "initializer 'w'", "outside the model folder")),
