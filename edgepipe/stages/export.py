@@ -166,6 +166,7 @@ def export_torch(module, input_shapes: dict[str, list[int]], output_names: list[
         # notice is noise for our users
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message="no signature found")  # a TorchScript file's methods
             torch.onnx.export(
                 module, args, buffer, opset_version=opset, input_names=names, output_names=output_names,
                 do_constant_folding=False, dynamo=False,
