@@ -136,10 +136,10 @@ def load_dataset(path: str | os.PathLike, input_specs: InputSpecs, preprocess: d
         return _image_dataset(path, input_specs, preprocess or {}, limit)
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        arrays, labels = _read_npz(path, input_specs)
+        arrays, labels, ignored = _read_npz(path, input_specs)
         kind = "npz"
     elif suffix == ".npy":
-        arrays, labels = {_only_input(path, input_specs): _read_npy(path)}, None
+        arrays, labels, ignored = {_only_input(path, input_specs): _read_npy(path)}, None, []
         kind = "npy"
     else:
         raise UserError(f"{path}: unsupported data file type '{path.suffix}'; "
@@ -149,15 +149,8 @@ def load_dataset(path: str | os.PathLike, input_specs: InputSpecs, preprocess: d
         _check_labels(path, labels, count)
     dataset = Dataset(path, kind, input_specs, count, lambda i: {n: a[i] for n, a in arrays.items()},
                       labels=labels, limit=limit)
-    if kind == "npz":
-        dataset.ignored_members = _ignored_members(path, input_specs)
+    dataset.ignored_members = ignored
     return dataset
-
-
-def _ignored_members(path: Path, specs: InputSpecs) -> list[str]:
-    with zipfile.ZipFile(path) as archive:
-        keys = {n[:-4] for n in archive.namelist() if n.endswith(".npy")}
-    return sorted(keys - set(specs) - {LABELS_KEY})
 
 
 def infer_static_shape(path: str | os.PathLike, input_name: str, preprocess: dict | None = None,
@@ -222,8 +215,9 @@ def _read_npy(path: Path) -> ArrayFile:
                         "save a numeric array with numpy.save") from exc
 
 
-def _read_npz(path: Path, specs: InputSpecs) -> tuple[dict[str, ArrayFile], np.ndarray | None]:
-    """Lazy readers for the input members (nothing but headers is read here) and the labels."""
+def _read_npz(path: Path, specs: InputSpecs) -> tuple[dict[str, ArrayFile], np.ndarray | None, list[str]]:
+    """Lazy readers for the input members (nothing but headers is read here), the labels, and the
+    names of members that are neither (the build warns about them)."""
     check_npz_members(path, list(specs), "input", read_whole=False)  # inputs are read lazily
     check_npz_members(path, [LABELS_KEY], "labels")
     try:
@@ -244,7 +238,7 @@ def _read_npz(path: Path, specs: InputSpecs) -> tuple[dict[str, ArrayFile], np.n
             zlib.error, KeyError) as exc:  # zipfile raises all of these on damaged archives
         raise UserError(f"{path}: not a readable numeric .npz file ({_first_line(exc)}); "
                         "save numeric arrays with numpy.savez") from exc
-    return arrays, labels
+    return arrays, labels, sorted(keys - set(specs) - {LABELS_KEY})
 
 
 def _check_arrays(path: Path, arrays: dict[str, np.ndarray], specs: InputSpecs) -> int:
