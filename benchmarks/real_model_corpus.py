@@ -1,13 +1,13 @@
-"""The real-model corpus (tests/realmodels) through the CLI on arm-cpu and jetson: the numbers
-behind the README's corpus table.
+"""The real-model corpus (tests/realmodels) through the CLI on arm-cpu, jetson and desktop-gpu:
+the numbers behind the README's corpus table.
 
 Per model, exactly what tests/test_real_models.py checks, with the measured values kept:
 `edgepipe build` on the file as shipped (or `module:factory --weights` with the shipped
 state_dict), then
 - arm-cpu fp32 .tflite vs the FP32 reference (ONNX Runtime on the original file, or PyTorch):
   max relative error over the eval set;
-- int8 SQNR vs that reference per output: our int8 .tflite (LiteRT, XNNPACK), our jetson Q/DQ
-  ONNX (ONNX Runtime), and ONNX Runtime `quantize_static` (MinMax, per-channel) on the same file
+- int8 SQNR vs that reference per output: our int8 .tflite (LiteRT, XNNPACK; with its XNNPACK
+  partitions), our jetson and desktop-gpu Q/DQ ONNX (ONNX Runtime), and ONNX Runtime `quantize_static` (MinMax, per-channel) on the same file
   with the same calibration samples; the table shows the worst output;
 - for models with a `head` (corpus.py): what their users read off it, int8 vs FP32 (reading
   agreement of CTC recognizers, box F1 of detectors; tests/realmodels/decode.py), ours and ORT's;
@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ("arm-cpu", "jetson", "desktop-gpu")
 sys.path.insert(0, str(ROOT))
 from tests.realmodels import corpus, decode, evaluate  # noqa: E402
 
@@ -67,7 +68,7 @@ def measure(name: str, work: Path) -> dict:
                                 cwd=work)
             row[target] = {"exit_code": proc.returncode, "error_line": evaluate.one_error_line(proc),
                            "stderr_tail": proc.stderr.strip()[-300:], "wall_s": time.perf_counter() - start}
-    built = [target for target in ("arm-cpu", "jetson") if target not in refused_on]
+    built = [target for target in TARGETS if target not in refused_on]
     if not built:
         return row
     data = evaluate.write_data(name, work)
@@ -93,6 +94,8 @@ def measure(name: str, work: Path) -> dict:
             entry["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1][:400]
         else:
             outputs = evaluate.bundle_outputs(name, target, out, data.eval)
+            if target == "arm-cpu":  # XNNPACK partitions and ops left on builtin kernels, as LiteRT loads the file
+                entry["xnnpack"] = evaluate.manifest(out)["delegation"].get("measured_here")
             if "fp32" in outputs:
                 entry["fp32_max_rel_error"] = max(evaluate.max_relative_error(r, t)
                                                   for r, t in zip(reference, outputs["fp32"]))
@@ -126,7 +129,7 @@ def main() -> None:
         report["models"][name] = row = measure(name, work / name)
         row["code"] = report["code"]
         print(f"{name:18s} {time.perf_counter() - start:6.1f}s  " + json.dumps(
-            {k: row.get(k) for k in ("ort_minmax_sqnr_db", "ort_minmax_error", "arm-cpu", "jetson")}, default=str)[:600],
+            {k: row.get(k) for k in ("ort_minmax_sqnr_db", "ort_minmax_error", *TARGETS)}, default=str)[:600],
               flush=True)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(report, indent=1, default=str) + "\n")

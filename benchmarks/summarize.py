@@ -160,6 +160,9 @@ def _fp32_ok(row: dict, entry: dict) -> bool:
     return entry.get("fp32_max_rel_error", 1.0) <= 1e-4
 
 
+CORPUS_TARGETS = ("arm-cpu", "jetson", "desktop-gpu")  # rows measured before desktop-gpu was added lack it
+
+
 def real_model_corpus(data: dict) -> list[str]:
     cpu = data["host"].get("cpu", {})
     method = data.get("method", {})
@@ -168,12 +171,14 @@ def real_model_corpus(data: dict) -> list[str]:
              f"{method.get('calib_samples')} calibration / {method.get('eval_samples')} held-out samples per model. "
              "fp32: max |tflite - reference| / max |reference| (reference: ONNX Runtime on the file as shipped, "
              "PyTorch for factories). int8: worst per-output SQNR vs the reference in dB (arm-cpu .tflite in LiteRT, "
-             "jetson Q/DQ ONNX in ONNX Runtime), next to ONNX Runtime quantize_static MinMax per-channel on the "
+             "jetson / desktop-gpu Q/DQ ONNX in ONNX Runtime; '-': a row measured before desktop-gpu was added), "
+             "XNNPACK: partitions of the arm-cpu int8 .tflite in LiteRT and the ops left on builtin kernels ('-': "
+             "not recorded for that row), next to ONNX Runtime quantize_static MinMax per-channel on the "
              "same file and samples. checks: fp32 <= 1e-4 (a file shipped dynamically quantized: fp32 SQNR >= "
              "30 dB against ONNX Runtime running its int8 kernels) and every output's int8 SQNR >= ORT's - 1 dB "
              "(what tests/test_real_models.py asserts). s: CLI build wall time.", "",
-             "| model | family | input | arm-cpu fp32 | arm-cpu int8 dB | jetson int8 dB | ORT MinMax dB | checks | build s (arm / jetson) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | family | input | arm-cpu fp32 | arm-cpu int8 dB | XNNPACK | jetson int8 dB | desktop-gpu int8 dB | ORT MinMax dB | checks | build s (arm / jetson / desktop) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def short(text) -> str:
         return str(text).replace("|", "/").replace("\n", " ")[:70]
@@ -189,10 +194,17 @@ def real_model_corpus(data: dict) -> list[str]:
         return (f"{target} {'refused' if ok else 'not refused cleanly'} (exit {entry['exit_code']}"
                 f"{', ' + repr(short(entry['error_line'])) if entry['error_line'] else ''})")
 
+    def xnnpack(entry: dict) -> str:
+        measured = entry.get("xnnpack")
+        if not measured:
+            return "-"
+        outside = ", ".join(f"{op} x{count}" for op, count in measured["outside"].items())
+        return f"{measured['partitions']}" + (f" (outside: {outside})" if outside else "")
+
     def verdict(row: dict) -> str:
         problems, refusals = [], []
         peer = row.get("ort_minmax_sqnr_db")
-        for target in ("arm-cpu", "jetson"):
+        for target in [t for t in CORPUS_TARGETS if t in row]:
             entry = row.get(target, {})
             if "error_line" in entry:  # refused on this target, built on the other
                 (refusals if entry["exit_code"] == 2 else problems).append(refusal(row, target))
@@ -213,12 +225,12 @@ def real_model_corpus(data: dict) -> list[str]:
         return "; ".join((problems or ["pass"]) + refusals)
 
     for name, row in data["models"].items():
-        if all("error_line" in row[t] for t in ("arm-cpu", "jetson") if t in row):  # refused everywhere
-            verdicts = [refusal(row, target) for target in ("arm-cpu", "jetson") if target in row]
-            lines.append(f"| {name} | {row['family']} | - | - | - | - | - | " + "; ".join(verdicts).replace("|", "/")
+        if all("error_line" in row[t] for t in CORPUS_TARGETS if t in row):  # refused everywhere
+            verdicts = [refusal(row, target) for target in CORPUS_TARGETS if target in row]
+            lines.append(f"| {name} | {row['family']} | - | - | - | - | - | - | - | " + "; ".join(verdicts).replace("|", "/")
                          + " | - |")
             continue
-        arm, jetson = row.get("arm-cpu", {}), row.get("jetson", {})
+        arm, jetson, desktop = row.get("arm-cpu", {}), row.get("jetson", {}), row.get("desktop-gpu", {})
         fp32 = "-" if arm.get("exit_code") or arm.get("fp32_max_rel_error") is None else f"{arm['fp32_max_rel_error']:.1e}"
         if fp32 != "-" and row.get("shipped_quantized"):
             fp32 = f"{fmt(min(arm['fp32_sqnr_db']), 1)} dB vs the shipped int8 file"
@@ -226,7 +238,8 @@ def real_model_corpus(data: dict) -> list[str]:
             fp32 += f" (ORT vs ORT unoptimized: {row['ort_float_noise']:.1e})"
         peer = fmt(min(row["ort_minmax_sqnr_db"]), 1) if row.get("ort_minmax_sqnr_db") else "fails"
         lines.append(f"| {name} | {row['family']} | {'x'.join(map(str, row.get('input', [])))} | {fp32} | {int8(arm)} | "
-                     f"{int8(jetson)} | {peer} | {verdict(row)} | {fmt(arm.get('wall_s'), 0)} / {fmt(jetson.get('wall_s'), 0)} |")
+                     f"{xnnpack(arm)} | {int8(jetson)} | {int8(desktop) if desktop else '-'} | {peer} | {verdict(row)} | "
+                     f"{fmt(arm.get('wall_s'), 0)} / {fmt(jetson.get('wall_s'), 0)} / {fmt(desktop.get('wall_s'), 0)} |")
     heads = [(name, row) for name, row in data["models"].items()
              if any("int8_head_agreement" in row.get(target, {}) for target in ("arm-cpu", "jetson"))]
     if heads:

@@ -95,7 +95,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     model, _ = pipeline.model_stage(
         "export", None,
         lambda: (run_export(settings["model"], settings.get("weights"), shapes, settings["opset"], output_names,
-                            settings.get("input_values")), {}),
+                            settings.get("input_values"), settings.get("input_shapes") or {}, warnings), {}),
     )
 
     check_model(model, str(settings["model"]))  # no inputs, allocation bombs

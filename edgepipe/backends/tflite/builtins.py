@@ -101,6 +101,14 @@ BUILTINS = _table(
     Builtin("SQUARED_DIFFERENCE", 2),
     Builtin("EXP", 2, xnnpack_fp32=True, xnnpack_int8=False),
     Builtin("LOG", 1),
+    # comparisons and selection (ops/select.py): float32 in, bool out; SELECT_V2 broadcasts
+    Builtin("EQUAL", 1),
+    Builtin("GREATER", 1),
+    Builtin("LESS", 1),
+    Builtin("GREATER_EQUAL", 1),
+    Builtin("LESS_EQUAL", 1),
+    Builtin("SELECT_V2", 1),
+    Builtin("LOGICAL_NOT", 1),
     Builtin("ABS", 2),
     Builtin("NEG", 1),
     # reductions and pooling

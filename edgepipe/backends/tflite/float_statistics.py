@@ -8,13 +8,18 @@ tf2onnx's Keras LayerNormalization written as a BatchNormalization fed its own m
 a BatchNormalization with computed statistics already run as float islands; the elementwise and
 reduce nodes whose every reader is such a float node join them, so the statistics are computed
 from one DEQUANTIZE of the input instead of a chain of int8 roundings.
+
+A Log (float only) is such a reader too: a log-power spectrum's power (re^2 + im^2, its root
+squared again, floored by Max(x, 1e-12)) spans ten decades, and on one int8 grid every bin below
+one step becomes the floor, log(1e-12) instead of its value (DNSMOS's STFT front end); so the
+power arithmetic between the STFT convolutions and the Log runs in float as well.
 """
 
 from __future__ import annotations
 
-SINKS = frozenset({"Sqrt", "Reciprocal", "ReduceSumSquare", "BatchNormalization"})
+SINKS = frozenset({"Sqrt", "Reciprocal", "ReduceSumSquare", "BatchNormalization", "Log"})
 STATISTICS_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "ReduceMean", "ReduceSum", "ReduceSumSquare",
-                            "Squeeze", "Unsqueeze", "Reshape"})
+                            "Squeeze", "Unsqueeze", "Reshape", "Max", "Min", "Clip"})
 
 
 def statistics_nodes(ctx) -> set[str]:

@@ -1,0 +1,119 @@
+"""Audio inputs for the speech-quality, speaker and music corpus models, preprocessed the way each
+package does it: DNSMOS gets 9.01 s of 16 kHz audio in [-1, 1]; PLCMOS its log-power STFT,
+computed by speechmos's own code loaded from the wheel; Resemblyzer 160 frames of a 40-band power
+mel spectrogram (librosa's Slaney filterbank, repeated here: librosa is not a dependency) of
+audio normalized to -30 dBFS; Basic Pitch 43844 samples of 22.05 kHz music in [-1, 1].
+
+Speech comes from inputs.speech_audio (voiced syllables, formants, pauses); quality varies the
+way these models' users see it (added noise, clipping, dropped packets for PLCMOS).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from tests.realmodels.inputs import SAMPLE_RATE, speech_audio
+
+
+def degraded_speech(rng: np.random.Generator, samples: int) -> np.ndarray:
+    """Speech in [-1, 1] with the impairments a MOS model rates: background noise at a random SNR,
+    sometimes clipping, sometimes zeroed 20 ms packets (what packet-loss concealment leaves)."""
+    audio = speech_audio(rng, samples) / 32768.0
+    audio = audio / max(float(np.max(np.abs(audio))), 1e-9) * rng.uniform(0.1, 0.9)
+    snr_db = rng.uniform(0, 40)
+    noise = rng.normal(0, 1, samples) * np.sqrt(np.mean(audio**2) / 10 ** (snr_db / 10))
+    audio = audio + noise
+    if rng.random() < 0.3:
+        limit = rng.uniform(0.2, 0.6) * float(np.max(np.abs(audio)))
+        audio = np.clip(audio, -limit, limit)
+    if rng.random() < 0.5:
+        packet = SAMPLE_RATE // 50
+        for start in rng.choice(samples // packet, size=int(rng.integers(1, 12)), replace=False):
+            audio[start * packet : (start + 1) * packet] = 0.0
+    return np.clip(audio, -1.0, 1.0).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _speechmos_plcmos():
+    """speechmos's PLCMOS class from the wheel (numpy STFT and log power; its model is not loaded)."""
+    import importlib.util
+
+    from tests.realmodels.corpus import member_path
+
+    path = member_path("speechmos", "speechmos/plcmos.py")
+    spec = importlib.util.spec_from_file_location("speechmos_plcmos", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return object.__new__(module.PLCMOS)  # stft_transform needs no ONNX Runtime session
+
+
+def plcmos_inputs(rng: np.random.Generator, count: int, frames: int) -> dict[str, np.ndarray]:
+    """PLCMOS v2's two inputs, one row per sample as the model takes it (batch 1):
+    `degraded_audio` [count, 1, 1, frames, 257] as speechmos computes it and `rater_embed`
+    [count, 1, 64] drawn from N(0, 1) as speechmos draws it for each round."""
+    samples = frames * 256 - 256  # speechmos frames a clip into ceil((n + 256) / 256) hops
+    plcmos = _speechmos_plcmos()
+    features = [np.float32(plcmos.stft_transform(degraded_speech(rng, samples)))[None, None] for _ in range(count)]
+    return {"degraded_audio": np.stack(features), "rater_embed": rng.normal(size=(count, 1, 64)).astype(np.float32)}
+
+
+def _slaney_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """[n_mels, n_fft // 2 + 1] like librosa.filters.mel (Slaney mel scale, area-normalized)."""
+    def hz_to_mel(f):
+        f = np.asarray(f, np.float64)
+        linear = f / (200.0 / 3)
+        log_part = 15.0 + np.log(np.maximum(f, 1e-9) / 1000.0) / (np.log(6.4) / 27.0)
+        return np.where(f >= 1000.0, log_part, linear)
+
+    def mel_to_hz(m):
+        m = np.asarray(m, np.float64)
+        return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * (200.0 / 3))
+
+    fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    mel_freqs = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sample_rate / 2), n_mels + 2))
+    ramps = mel_freqs[:, None] - fft_freqs[None, :]
+    widths = np.diff(mel_freqs)
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0, np.minimum(lower, upper))
+    return weights * (2.0 / (mel_freqs[2 : n_mels + 2] - mel_freqs[:n_mels]))[:, None]
+
+
+def resemblyzer_mels(rng: np.random.Generator, frames: int = 160) -> np.ndarray:
+    """[frames, 40] as Resemblyzer's VoiceEncoder gets a partial utterance: audio normalized to
+    -30 dBFS, librosa.feature.melspectrogram (n_fft 400, hop 160, Hann, centred, power 2), transposed."""
+    n_fft, hop = 400, 160
+    audio = speech_audio(rng, (frames - 1) * hop).astype(np.float64) / 32768.0
+    audio *= 10 ** (-30 / 20) / max(np.sqrt(np.mean(audio**2)), 1e-9)
+    padded = np.pad(audio, n_fft // 2, mode="constant")
+    window = np.hanning(n_fft + 1)[:-1]  # periodic Hann, as librosa
+    starts = np.arange(frames) * hop
+    spectrum = np.abs(np.fft.rfft(np.stack([padded[s : s + n_fft] * window for s in starts]), axis=1)) ** 2
+    return (spectrum @ _slaney_mel_filterbank(SAMPLE_RATE, n_fft, 40).T).astype(np.float32)
+
+
+MUSIC_RATE = 22050
+
+
+def music_audio(rng: np.random.Generator, samples: int) -> np.ndarray:
+    """[samples, 1] at 22.05 kHz in [-1, 1], as Basic Pitch windows its input: notes and chords of
+    a plucked/piano-like harmonic tone (decaying partials, slight inharmonicity) over a quiet floor."""
+    t = np.arange(samples) / MUSIC_RATE
+    audio = np.zeros(samples)
+    start = 0
+    while start < samples:
+        length = int(rng.uniform(0.15, 0.8) * MUSIC_RATE)
+        for midi in rng.integers(40, 84, size=int(rng.integers(1, 4))):
+            f0 = 440.0 * 2 ** ((midi - 69) / 12)
+            n = min(samples - start, length + int(0.3 * MUSIC_RATE))
+            tt = t[:n]
+            decay = np.exp(-tt * rng.uniform(2, 8))
+            tone = sum(np.sin(2 * np.pi * k * f0 * np.sqrt(1 + 1e-4 * k * k) * tt) / k ** rng.uniform(1, 2)
+                       for k in range(1, 12) if k * f0 < MUSIC_RATE / 2)
+            audio[start : start + n] += tone * decay * (1 - np.exp(-tt * 400)) * rng.uniform(0.3, 1.0)
+        start += length
+    audio /= max(float(np.max(np.abs(audio))), 1e-9)
+    audio = audio * rng.uniform(0.2, 0.95) + rng.normal(0, 1e-3, samples)
+    return np.clip(audio, -1, 1).astype(np.float32)[:, None]
