@@ -41,8 +41,8 @@ SCHEMA: dict[str, Any] = {
     "model": Field((str,), None, "an .onnx file, a TorchScript / torch.export file, or pkg.module:factory"),
     "weights": Field((str,), None, "checkpoint for module:factory models (state_dict, loaded with weights_only=True)"),
     "target": Field((str,), None, "target plugin name (see `edgepipe targets`)"),
-    "calib": Field((str,), None, "calibration data: image folder, .npz or .npy"),
-    "eval": Field((str,), None, "evaluation data (labels optional): image folder, .npz or .npy"),
+    "calib": Field((str,), None, "calibration data: image folder, .npz, .npy or a folder of .npy/.npz files"),
+    "eval": Field((str,), None, "evaluation data (labels optional): image folder, .npz, .npy or a folder of .npy/.npz files"),
     "input_shapes": Field((dict,), {}, "static input shapes, {name: [1, 3, 224, 224]}"),
     "input_values": Field((dict,), {}, "inputs fixed to a value in deployment, {name: value} (a sample rate, a mode "
                           "flag): each becomes a constant before simplify, and an If it decides keeps one branch"),

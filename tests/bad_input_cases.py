@@ -599,7 +599,7 @@ CASES = [
          zero_stride, ("'pool'", "strides")),
     Case("dynamic-dim", "a dynamic dim with no shape given (and data lacking that input)", dynamic_dim_no_shape,
          ("'x'", "--input-shape")),
-    Case("empty-folder", "calibration folder with no images", empty_folder, ("calib",)),
+    Case("empty-folder", "calibration folder with no images or arrays", empty_folder, ("calib",)),
     Case("unreadable-image", "an image that cannot be decoded", unreadable_image, ("broken.png",)),
     Case("image-pixel-bomb", "a PNG whose header declares 40000 x 40000 pixels (decompression bomb)", image_pixel_bomb,
          ("huge.png", "decompression bomb")),
