@@ -16,6 +16,8 @@ Sources
 - .npz: one array [N, ...] per model input, keyed by input name; optional `labels` [N];
   other keys are ignored.
 - .npy: one array [N, ...], single-input models only.
+- folder of .npy / .npz files (edgepipe/array_folder.py): each file one sample or a stack [N, ...],
+  as above; class subfolders give labels as for images.
 
 Image preprocessing (`preprocess` dict; unknown keys are ignored, they belong to other stages)
 - `size` [H, W]: resize so the image covers H x W keeping its aspect ratio (bilinear), then
