@@ -101,7 +101,7 @@ BUILTINS = _table(
     Builtin("SQUARED_DIFFERENCE", 2),
     Builtin("EXP", 2, xnnpack_fp32=True, xnnpack_int8=False),
     Builtin("LOG", 1),
-    # comparisons and selection (ops/select.py): float32 in, bool out; SELECT_V2 broadcasts
+    # comparisons and selection (ops/compare.py): float32 in, bool out; SELECT_V2 broadcasts
     Builtin("EQUAL", 1),
     Builtin("GREATER", 1),
     Builtin("LESS", 1),

@@ -1,4 +1,4 @@
-"""Conformance of comparisons and selection (ops/select.py): tf2onnx's div_no_nan (Equal + Where,
+"""Conformance of comparisons and selection (ops/compare.py): tf2onnx's div_no_nan (Equal + Where,
 Basic Pitch's normalization), every comparison with broadcasting, and Not."""
 
 from __future__ import annotations
