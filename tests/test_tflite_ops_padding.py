@@ -85,6 +85,15 @@ def test_mirror_pad_of_the_last_axis_is_delegated(mode, shape, pads, tmp_path):
     assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
 
 
+def test_mirror_pad_of_an_axis_followed_by_unit_dims_is_delegated(tmp_path):
+    """Basic Pitch (tf2onnx) reflect-pads its lowest CQT octave as [1, T, 1]: the same reversal on a
+    [1, T] view (RESHAPE around it), exact, one partition."""
+    report = check_conformance(_pad_model([1, 20, 1], [0, 6, 0, 0, 5, 0], mode="reflect"), tmp_path, int8_steps=0.0)
+    histogram = report.result["op_histogram"]
+    assert "MIRROR_PAD" not in histogram and histogram["FULLY_CONNECTED"] == 2
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+
 def test_opset18_axes_input_and_opset10_attributes(tmp_path):
     report = check_conformance(_pad_model([1, 3, 5, 6], [1, 2, 0, 1], value=0.25, axes=[-1, 2], opset=18),
                                tmp_path / "axes")

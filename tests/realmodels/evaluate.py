@@ -69,6 +69,12 @@ def write_data(name: str, work: Path, calib_samples: int = CALIB_SAMPLES) -> Dat
     return Data(calib, evaluation, work / f"{name}_calib.npz", work / f"{name}_eval.npz")
 
 
+def join_samples(outputs: list[np.ndarray]) -> np.ndarray:
+    """Per-sample outputs as one array: concatenated on the batch axis, or stacked when the model
+    writes a scalar (PLCMOS's score has shape [])."""
+    return np.stack(outputs) if np.ndim(outputs[0]) == 0 else np.concatenate(outputs)
+
+
 def feeds(input_name: str, images) -> list[dict[str, np.ndarray]]:
     """One ONNX Runtime / LiteRT feed per sample: `images[i:i+1]` of a single-input model, or
     row i of every input's array for a model with several inputs (a dict, rows as the model takes them)."""
@@ -116,7 +122,7 @@ def run_onnx_file(path: Path, input_name: str, images: np.ndarray, optimize: boo
     names = [o.name for o in session.get_outputs()]
     wanted = {i.name for i in session.get_inputs()}
     runs = [session.run(None, {k: v for k, v in feed.items() if k in wanted}) for feed in feeds(input_name, images)]
-    return {n: np.concatenate([r[k] for r in runs]) for k, n in enumerate(names)}
+    return {n: join_samples([r[k] for r in runs]) for k, n in enumerate(names)}
 
 
 def torch_model(name: str):
@@ -144,7 +150,7 @@ def run_torch(name: str, images: np.ndarray) -> list[np.ndarray]:
     with torch.no_grad():
         runs = [model(torch.from_numpy(images[i : i + 1])) for i in range(len(images))]
     runs = [r if isinstance(r, (tuple, list)) else (r,) for r in runs]
-    return [np.concatenate([r[k].numpy() for r in runs]) for k in range(len(runs[0]))]
+    return [join_samples([r[k].numpy() for r in runs]) for k in range(len(runs[0]))]
 
 
 def fp32_reference(name: str, images: np.ndarray) -> list[np.ndarray]:
@@ -258,7 +264,7 @@ def invoke(interp, io: dict, images: np.ndarray) -> list[np.ndarray]:
             if spec["layout"] == "NHWC":
                 out = np.moveaxis(out, -1, 1)
             outputs[k].append(np.asarray(out, np.float32).reshape(spec["onnx_shape"]))
-    return [np.concatenate(o) for o in outputs]
+    return [join_samples(o) for o in outputs]
 
 
 def manifest(bundle: Path) -> dict:

@@ -12,14 +12,18 @@ from one DEQUANTIZE of the input instead of a chain of int8 roundings.
 A Log (float only) is such a reader too: a log-power spectrum's power (re^2 + im^2, its root
 squared again, floored by Max(x, 1e-12)) spans ten decades, and on one int8 grid every bin below
 one step becomes the floor, log(1e-12) instead of its value (DNSMOS's STFT front end); so the
-power arithmetic between the STFT convolutions and the Log runs in float as well.
+power arithmetic between the STFT convolutions and the Log runs in float as well. Data movement
+(Transpose, Slice, Reshape) on the way is exact either way; a Concat is not: Basic Pitch stacks
+its constant-Q transform's octaves (|x| from 1 down to 1e-3) into one tensor, whose one int8 grid
+zeroes the low octaves. In float each octave's convolution keeps its own calibrated grid.
 """
 
 from __future__ import annotations
 
 SINKS = frozenset({"Sqrt", "Reciprocal", "ReduceSumSquare", "BatchNormalization", "Log"})
 STATISTICS_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "ReduceMean", "ReduceSum", "ReduceSumSquare",
-                            "Squeeze", "Unsqueeze", "Reshape", "Max", "Min", "Clip"})
+                            "Squeeze", "Unsqueeze", "Reshape", "Max", "Min", "Clip", "Neg",
+                            "Transpose", "Slice", "Concat", "Identity", "Flatten"})
 
 
 def statistics_nodes(ctx) -> set[str]:

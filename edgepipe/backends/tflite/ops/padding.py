@@ -11,7 +11,8 @@ Kernel rules that shape this module:
   "edge" repeats the border value, which equals SYMMETRIC only for pads of at most 1; larger edge
   pads and "wrap" have no TFLite kernel and are reported.
 - XNNPACK does not delegate MIRROR_PAD. Reflect / edge pads of the innermost axis alone are
-  SLICE + FULLY_CONNECTED (a reversal matrix) + CONCATENATION instead (`mirror_last_axis`).
+  SLICE + FULLY_CONNECTED (a reversal matrix) + CONCATENATION instead (`mirror_last_axis`); so
+  are pads of one axis followed only by dims of 1 (Basic Pitch pads [1, T, 1]), on a RESHAPE view.
 Pads are given per ONNX axis; TFLite dim i gets the pads of ONNX axis perm[i], so a 4-D image
 input stays NHWC (the fold stage's Pad(0) + Add(border) in front of the first conv stays delegated).
 An explicit zero Pad of H and W whose only reader is a Conv becomes that Conv's own pads
@@ -115,8 +116,18 @@ def lower_pad(ctx: Lowering, node) -> None:
     if mode in MIRROR_MODES:
         out = ctx.new_value(node.output[0], dtype, perm, source.quantization)
         tflite_pads = pads[list(perm)]
-        if not tflite_pads[:-1].any():
+        axis = _innermost_padded_axis(tflite_pads, list(source.shape))
+        if axis == len(source.shape) - 1:
             mirror_last_axis(ctx, node, x, tflite_pads[-1], mode, out)
+            return
+        if axis is not None:  # only unit dims after it ([1, T, 1]): the same, on a [.., T] view
+            inner_in = ctx.temp(f"{node.name};inner", list(source.shape[: axis + 1]), dtype, source.quantization)
+            ctx.emit("RESHAPE", [x, ctx.int32_constant(f"{node.name};inner/shape", source.shape[: axis + 1])],
+                     [inner_in], node)
+            out_shape = list(ctx.tensor(out).shape)
+            inner_out = ctx.temp(f"{node.name};inner_padded", out_shape[: axis + 1], dtype, source.quantization)
+            mirror_last_axis(ctx, node, inner_in, tflite_pads[axis], mode, inner_out)
+            ctx.emit("RESHAPE", [inner_out, ctx.int32_constant(f"{node.name};shape", out_shape)], [out], node)
             return
         ctx.emit("MIRROR_PAD", [x, paddings], [out], node, "MirrorPadOptions", Mode=MIRROR_MODES[mode])
         return
@@ -130,6 +141,15 @@ def lower_pad(ctx: Lowering, node) -> None:
     fill = border(pads, ctx.shape(node.output[0]), value).transpose(perm)
     ctx.emit("ADD", [zero_padded, ctx.add_weight_constant(f"{node.name};border", fill, dtype)], [out], node,
              "AddOptions", FusedActivationFunction=0)
+
+
+def _innermost_padded_axis(tflite_pads: np.ndarray, shape: list[int]) -> int | None:
+    """The one padded TFLite axis when only dims of 1 follow it (a reversal along it is a
+    reversal of the innermost non-unit axis), else None."""
+    padded = [k for k in range(len(shape)) if tflite_pads[k].any()]
+    if len(padded) != 1 or any(d != 1 for d in shape[padded[0] + 1:]):
+        return None
+    return padded[0]
 
 
 def mirror_last_axis(ctx: Lowering, node, x: int, pads, mode: str, out: int) -> None:
