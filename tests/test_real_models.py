@@ -42,6 +42,7 @@ BUILT = [name for name, spec in corpus.MODELS.items() if not spec.refused_node]
 # refused on arm-cpu only (control flow TensorRT's parser imports): built and checked on jetson
 JETSON_ONLY = [name for name, spec in corpus.MODELS.items() if spec.refused_node and "jetson" not in spec.refused_on]
 TARGETS = ["arm-cpu", "jetson"]
+ALL_TARGETS = [*TARGETS, "desktop-gpu"]
 
 # Measured failures of the assertions below, left to the maintainers' judgement (README, "Real-model
 # corpus"). strict: the day one passes, the run fails until its entry is removed.
@@ -66,6 +67,10 @@ KNOWN_FAILURES = {
     ("reference", "smart_turn", "jetson"): SHIPPED_QDQ_NOISE,
     **{("int8", "smart_turn", target): "no int8 peer: ONNX Runtime quantize_static on the shipped Q/DQ file writes "
                                        "an invalid model (two nodes named conv1d_DequantizeLinear)" for target in TARGETS},
+    **{("int8", "basic_pitch", target): "no int8 peer: ONNX Runtime quantize_static fails on the shipped file "
+                                         "(its shape inference rejects a tf2onnx Transpose: invalid perm for a "
+                                         "1-D input); ours: arm-cpu 7.8 dB, jetson / desktop-gpu 16.2 dB (README)"
+       for target in ALL_TARGETS},
     ("int8", "wake_embedding", "arm-cpu"): "20.7 dB vs ORT 21.7 (bound 20.73): 20 int8 requantizations (conv, "
                                            "LeakyReLU, a BatchNorm after a ReLU that cannot fold) against ORT's "
                                            "float between its Q/DQ pairs; jetson 21.1 dB passes (README)",
@@ -84,6 +89,7 @@ def cases(check: str, targets: list[str]) -> list:
 # arm-cpu models that do not meet issue 15's goals yet (one XNNPACK partition, nothing on the
 # builtin kernels, TRANSPOSE <= the ONNX graph's Transposes), with the measured reason. strict.
 ARM_SPEED_GAPS: dict[str, str] = {
+    "basic_pitch": "its div_no_nan's EQUAL and SELECT_V2 (float islands) have no XNNPACK kernel: 2 partitions (README)",
     "magika": "CAST of the byte tokens, the int32 clamp of the ids and the table GATHER of the one-hot dense layer "
               "have no XNNPACK kernel (README)",
 }
@@ -182,7 +188,7 @@ def test_jetson_reference_graph_matches_original(measured, name, target):
     assert max(errors) <= FP32_RTOL, f"{name}: bundle reference.onnx max relative error per output {errors}"
 
 
-@pytest.mark.parametrize(("name", "target"), cases("int8", [*TARGETS, "desktop-gpu"]) + [
+@pytest.mark.parametrize(("name", "target"), cases("int8", ALL_TARGETS) + [
     pytest.param(name, "jetson", id=f"{name}-jetson") for name in JETSON_ONLY])
 def test_int8_sqnr_not_below_onnxruntime(measured, name, target):
     m = measured(name)
@@ -212,7 +218,8 @@ def test_int8_reads_like_fp32_as_well_as_onnxruntime(measured, name, target):
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.xfail(strict=True, reason=ARM_SPEED_GAPS[name])]
-                                               if name in ARM_SPEED_GAPS else []) for name in BUILT])
+                                               if name in ARM_SPEED_GAPS else []) for name in BUILT
+                                  if "arm-cpu" in corpus.MODELS[name].targets])
 def test_arm_cpu_int8_is_one_xnnpack_partition_with_no_extra_transposes(measured, name):
     """LiteRT (XNNPACK) on the bundle's int8 .tflite: the build's one line and the manifest's
     prediction (builtins.py's table) name the ops LiteRT leaves on builtin kernels; there are none,

@@ -1,16 +1,13 @@
 """Audio inputs for the speech-quality, speaker and music corpus models, preprocessed the way each
-package does it: DNSMOS gets 9.01 s of 16 kHz audio in [-1, 1]; PLCMOS its log-power STFT,
-computed by speechmos's own code loaded from the wheel; Resemblyzer 160 frames of a 40-band power
+package does it: DNSMOS gets 9.01 s of 16 kHz audio in [-1, 1]; Resemblyzer 160 frames of a 40-band power
 mel spectrogram (librosa's Slaney filterbank, repeated here: librosa is not a dependency) of
 audio normalized to -30 dBFS; Basic Pitch 43844 samples of 22.05 kHz music in [-1, 1].
 
 Speech comes from inputs.speech_audio (voiced syllables, formants, pauses); quality varies the
-way these models' users see it (added noise, clipping, dropped packets for PLCMOS).
+way these models' users see it (added noise, clipping, dropped packets).
 """
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
@@ -33,30 +30,6 @@ def degraded_speech(rng: np.random.Generator, samples: int) -> np.ndarray:
         for start in rng.choice(samples // packet, size=int(rng.integers(1, 12)), replace=False):
             audio[start * packet : (start + 1) * packet] = 0.0
     return np.clip(audio, -1.0, 1.0).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=None)
-def _speechmos_plcmos():
-    """speechmos's PLCMOS class from the wheel (numpy STFT and log power; its model is not loaded)."""
-    import importlib.util
-
-    from tests.realmodels.corpus import member_path
-
-    path = member_path("speechmos", "speechmos/plcmos.py")
-    spec = importlib.util.spec_from_file_location("speechmos_plcmos", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return object.__new__(module.PLCMOS)  # stft_transform needs no ONNX Runtime session
-
-
-def plcmos_inputs(rng: np.random.Generator, count: int, frames: int) -> dict[str, np.ndarray]:
-    """PLCMOS v2's two inputs, one row per sample as the model takes it (batch 1):
-    `degraded_audio` [count, 1, 1, frames, 257] as speechmos computes it and `rater_embed`
-    [count, 1, 64] drawn from N(0, 1) as speechmos draws it for each round."""
-    samples = frames * 256 - 256  # speechmos frames a clip into ceil((n + 256) / 256) hops
-    plcmos = _speechmos_plcmos()
-    features = [np.float32(plcmos.stft_transform(degraded_speech(rng, samples)))[None, None] for _ in range(count)]
-    return {"degraded_audio": np.stack(features), "rater_embed": rng.normal(size=(count, 1, 64)).astype(np.float32)}
 
 
 def _slaney_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:

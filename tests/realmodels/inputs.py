@@ -402,7 +402,6 @@ def _audio_kinds() -> dict:
 
     return {
         "degraded_speech": lambda rng, count, shape: np.stack([audio.degraded_speech(rng, shape[1]) for _ in range(count)]),
-        "plcmos_features": lambda rng, count, shape: audio.plcmos_inputs(rng, count, shape[2]),
         "speaker_mels": lambda rng, count, shape: np.stack([audio.resemblyzer_mels(rng, shape[1]) for _ in range(count)]),
         "music": lambda rng, count, shape: np.stack([audio.music_audio(rng, shape[1]) for _ in range(count)]),
     }
