@@ -222,6 +222,15 @@ class _FileWriter:
         return (open, (str(self.path), "w"))
 
 
+def pickled_module(tmp):
+    """torch.save(model) of an object whose unpickling would create a file: named, never loaded."""
+    import torch
+
+    torch.save({"model": _FileWriter(tmp / "out"), "epoch": 3}, tmp / "model.pt")
+    return ["build", "--model", str(tmp / "model.pt"), "--target", "jetson", "--input-shape", "x:1x3x8x8",
+            "--out", str(tmp / "bundle")]
+
+
 def unsafe_export_program(tmp):
     """A .pt2 whose pickled sample inputs would create a file: torch.export.load falls back to
     weights_only=False for them."""
@@ -609,6 +618,8 @@ CASES = [
     Case("external-data-outside", "ONNX external data that is a symlink to a file outside the model's folder",
          external_data_outside, ("model.onnx", "initializer 'w'", "outside the model folder")),
     Case("unsupported-op", "an op the target cannot run", unsupported_op, ("fancy_node", "FancyOp", "jetson")),
+    Case("pickled-module", "a torch.save(model) file (a pickled object, not a state_dict)", pickled_module,
+         ("model.pt", "a pickled Python object", "io.open", "state_dict()")),
     Case("nms-on-arm", "a detector exported with NonMaxSuppression, for arm-cpu", nms_on_arm,
          ("'nms' (NonMaxSuppression)", "run non-maximum suppression in the app", "TensorRT target")),
     Case("no-inputs", "a model with no inputs (only constants)", no_inputs, ("model.onnx", "no inputs")),
