@@ -116,11 +116,12 @@ def _conv_filter_shapes(report) -> dict[str, list[int]]:
 
 @pytest.mark.parametrize("kernel,pads,width,in_ch,float_taps", [
     (7, [3, 3, 3, 3], 16, 3, None), (3, [1, 1, 1, 1], 15, 3, None), (3, [0, 2, 1, 0], 12, 4, None),
-    (2, [0, 0, 0, 0], 11, 3, 1)], ids=["resnet-stem", "odd-width", "even-left-pad", "unread-last-column"])
+    (2, [0, 0, 0, 0], 11, 3, 1), (4, [1, 2, 1, 2], 12, 3, None)],
+    ids=["resnet-stem", "odd-width", "even-left-pad", "unread-last-column", "even-kernel-padded"])
 def test_first_conv_with_stride_2_reads_pairs_of_columns(kernel, pads, width, in_ch, float_taps, tmp_path):
     """A stride-2 conv on <= 4 channels in int8: the [N, H, W / 2, 2C] view of the padded input (PAD
     on rows of W * C, RESHAPE) and a stride-1 filter with half the taps along W; the fp32 model
-    keeps the plain conv unless the view adds no multiply-add (an even kernel, an even left pad).
+    keeps the plain conv unless the view adds no multiply-add (an even kernel) and no PAD.
     Fused Relu kept; same values as ONNX Runtime."""
     rng = np.random.default_rng(kernel + width)
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="stem", strides=[2, 2], pads=pads),

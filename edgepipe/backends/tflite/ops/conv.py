@@ -128,7 +128,7 @@ def lower_conv(ctx: Lowering, node) -> None:
     padding, pads = choose_padding(node, in_hw, kernel, strides, dilations)
     x = ctx.get(node.input[0], dtype, NHWC)
     explicit_pads = onnx_pads(node, in_hw, kernel, strides, dilations)
-    group = column_group(in_channels, kernel[1], explicit_pads[1], strides, dilations, dtype) if groups == 1 else 1
+    group = column_group(in_channels, kernel[1], explicit_pads, strides, dilations, dtype) if groups == 1 else 1
     if group > 1:
         activation, out_name = ctx.fuse_activation(node)
         out = ctx.new_value(out_name, dtype, NHWC)
@@ -163,7 +163,7 @@ def _column_cost(in_channels: int, kernel_w: int, left_pad: int, group: int, inp
     return taps * _padded(group * in_channels, input_tile)
 
 
-def column_group(in_channels: int, kernel_w: int, left_pad: int, strides, dilations, dtype: str) -> int:
+def column_group(in_channels: int, kernel_w: int, pads, strides, dilations, dtype: str) -> int:
     """How many adjacent input columns a conv on a few channels reads as one (1: the plain conv).
     XNNPACK's int8 GEMM pads each kernel tap's channels to 8, so an image's 3 channels or an audio
     frontend's single sample channel (STFT as a strided Conv1d) waste most of the tile. Viewing g
@@ -172,10 +172,13 @@ def column_group(in_channels: int, kernel_w: int, left_pad: int, strides, dilati
     tile: the same values with fewer padded multiply-adds. The g with the fewest wins; on a tie the
     widest whose taps fill whole tiles (fewer, longer taps), else the narrowest (a wider padded
     view measured slower). Float pads nothing: it takes the view only where that adds no
-    multiply-add (g divides the kernel and the left pad), and then runs fewer, longer taps."""
+    multiply-add (g divides the kernel) and no PAD op (an unpadded conv, as STFT convs and
+    patchify stems are), and then runs fewer, longer taps. `pads`: [top, left, bottom, right]."""
     input_tile = GROUPED_GEMM_TILES.get(dtype, (None,))[0]
-    if input_tile is None or in_channels >= INT8_INPUT_TILE or list(dilations) != [1, 1]:
+    if input_tile is None or in_channels >= INT8_INPUT_TILE or list(dilations) != [1, 1] or \
+            (dtype != "int8" and any(pads)):
         return 1
+    left_pad = pads[1]
     divisors = [g for g in range(2, strides[1] + 1) if strides[1] % g == 0]
     cost = {g: _column_cost(in_channels, kernel_w, left_pad, g, input_tile) for g in [1, *divisors]}
     best = min(divisors, key=lambda g: (cost[g], -g if (g * in_channels) % input_tile == 0 else g), default=1)
