@@ -78,8 +78,8 @@ class _Rewriter:
 
     def grid(self, scale: str, zero: str) -> tuple[np.ndarray, np.ndarray]:
         """(scale, zero point) values; a scale that is not a positive finite constant is no grid."""
-        s = self.constant(scale, "f").astype(np.float32)
-        if not np.all(np.isfinite(s)) or not np.all(s > 0):
+        s = self.constant(scale, "f")
+        if s.dtype != np.float32 or not np.all(np.isfinite(s)) or not np.all(s > 0):  # float16 models: not seen shipped
             raise _NotMapped
         z = self.constant(zero, "iu") if zero else np.zeros(s.shape, np.uint8)
         if z.size not in (1, s.size):
