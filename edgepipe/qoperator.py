@@ -27,7 +27,8 @@ STANDARD = ("", "ai.onnx")
 # integer-domain ops that only move values (or pick among them): they commute with dequantization
 MOVES = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Split", "Concat", "Resize",
          "Pad", "Identity", "Gather", "DepthToSpace", "SpaceToDepth", "Expand", "Tile")
-INDEX_OUTPUTS = ("ArgMax", "ArgMin")  # read a grid, write int64 indices that need no grid
+# read a grid, write int64 that needs none: indices (a positive scale keeps the order) or the shape
+INDEX_OUTPUTS = ("ArgMax", "ArgMin", "Shape", "Size")
 QLINEAR_OPS = {("", "QLinearConv"), ("", "QLinearMatMul"), (MS, "QGemm"), (MS, "QLinearAdd"), (MS, "QLinearMul"),
                (MS, "QLinearSigmoid"), (MS, "QLinearLeakyRelu"), (MS, "QLinearGlobalAveragePool"),
                (MS, "QLinearAveragePool"), (MS, "QLinearConcat"), (MS, "QLinearSoftmax"), (MS, "QLinearWhere")}
@@ -251,11 +252,11 @@ def _move(r: _Rewriter, node) -> None:
         inputs[k] = r.float_input(node.input[k], grid[0], grid[1])
     if node.op_type == "Pad":
         if "pads" in attrs:
-            raise _NotMapped  # opset < 11 Pad keeps its value as a float attribute
+            raise _NotMapped  # Pad before opset 11 has no integer types
         if attrs.get("mode", b"constant") in (b"constant", "constant"):  # reflect / edge fill from the data
             inputs = (inputs + ["", ""])[:3]
             inputs[2] = _pad_value(r, node, grid)
-    if node.op_type in INDEX_OUTPUTS:  # ordering is kept by a positive scale: the indices are the same
+    if node.op_type in INDEX_OUTPUTS:
         r.nodes.append(helper.make_node(node.op_type, inputs, list(node.output), name=node.name or None, **attrs))
         return
     results = [r.unique(_float_name(out)) if out else "" for out in node.output]

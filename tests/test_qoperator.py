@@ -255,7 +255,7 @@ def test_qoperator_file_builds(shipped, name, target, tmp_path):
 
 
 def test_integer_moves_and_qlinear_where_by_hand():
-    """Integer-domain Slice / Gather / DepthToSpace / Flatten, an ArgMax on the integers and a
+    """Integer-domain Slice / Gather / DepthToSpace / Flatten, an ArgMax and a Shape on the integers and a
     com.microsoft QLinearWhere, written node for node: the rebuilt float graph differs from ONNX
     Runtime on the file by the input's rounding only (half a step), and its ArgMax is numpy's."""
     rng = np.random.default_rng(8)
@@ -267,6 +267,7 @@ def test_integer_moves_and_qlinear_where_by_hand():
              helper.make_node("Flatten", ["dq"], ["fq"], name="flatten"),
              helper.make_node("DequantizeLinear", ["fq", "s", "z"], ["moved"], name="dequantize"),
              helper.make_node("ArgMax", ["xq"], ["index"], axis=1, keepdims=0, name="argmax"),
+             helper.make_node("Shape", ["dq"], ["shape"], name="shape"),
              helper.make_node("QLinearWhere", ["keep", "gq", "s", "z", "other", "s", "z", "s_out", "z_out"], ["wq"],
                               name="where", domain="com.microsoft"),
              helper.make_node("DequantizeLinear", ["wq", "s_out", "z_out"], ["picked"], name="dequantize_where")]
@@ -278,18 +279,20 @@ def test_integer_moves_and_qlinear_where_by_hand():
         nodes, "moves", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 6, 8, 8])],
         [helper.make_tensor_value_info("moved", onnx.TensorProto.FLOAT, None),
          helper.make_tensor_value_info("index", onnx.TensorProto.INT64, None),
+         helper.make_tensor_value_info("shape", onnx.TensorProto.INT64, None),
          helper.make_tensor_value_info("picked", onnx.TensorProto.FLOAT, None)],
         [numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items()])
     shipped = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(MS, 1)])
     shipped.ir_version = 8
     rebuilt, _ = float_from_quantized(shipped)
     assert [n.op_type for n in rebuilt.graph.node] == ["Slice", "Gather", "DepthToSpace", "Flatten", "Identity",
-                                                       "ArgMax", "Where", "Identity"], rebuilt.graph.node
+                                                       "ArgMax", "Shape", "Where", "Identity"], rebuilt.graph.node
     feeds = [{"x": rng.normal(size=(1, 6, 8, 8)).astype(np.float32)} for _ in range(4)]
     ours, int8 = _run(rebuilt, feeds), _run(shipped, feeds)
     assert np.max(np.abs(ours[0] - int8[0])) <= scale / 2 + 1e-6  # x's rounding; the moves are exact
     np.testing.assert_array_equal(ours[1], np.concatenate([np.argmax(f["x"], axis=1) for f in feeds]))
-    assert np.max(np.abs(ours[2] - int8[2])) <= scale / 2 + out_scale / 2 + 1e-6  # plus the output grid's rounding
+    np.testing.assert_array_equal(ours[2], np.tile([1, 1, 12, 16], len(feeds)))
+    assert np.max(np.abs(ours[3] - int8[3])) <= scale / 2 + out_scale / 2 + 1e-6  # plus the output grid's rounding
 
 
 MS = "com.microsoft"
