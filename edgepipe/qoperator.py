@@ -119,7 +119,8 @@ class _Rewriter:
         if not scale:  # QGemm without an output scale writes float
             self.nodes.append(helper.make_node(op_type, inputs, [node.output[0]], name=node.name or None, **attrs))
             return
-        self.grid(scale, zero)
+        if self.grid(scale, zero)[0].size != 1:
+            raise _NotMapped  # a per-channel output grid: ONNX Runtime's kernels take one scale
         result = self.unique(_float_name(node.output[0]))
         self.nodes.append(helper.make_node(op_type, inputs, [result], name=node.name or None, **attrs))
         self.quantize(result, node.output[0], (scale, zero, None))
