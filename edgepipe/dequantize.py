@@ -1,4 +1,4 @@
-"""Float graphs from models shipped quantized: ONNX Runtime `quantize_dynamic` and Q/DQ models.
+"""Float graphs from models shipped quantized: ONNX Runtime `quantize_dynamic`, Q/DQ and QOperator models.
 
 Why: some packages ship the output of ONNX Runtime's quantizer instead of the float model
 (ddddocr's default captcha recognizer is dynamically quantized, pipecat's Smart Turn is a static
@@ -14,6 +14,10 @@ integers, up to the run-time rounding of its input, so it is rewritten into that
 - the same with MatMulInteger   becomes   MatMul(x, (Bq - b_zp) * b_scale)
 - DynamicQuantizeLSTM(X, Wq, Rq, B, ..., W_scale, W_zp, R_scale, R_zp)   becomes   LSTM with
   W = ((Wq - W_zp) * W_scale)^T per direction (ONNX's [D, 4H, I] layout), same for R.
+
+A QOperator model (QLinearConv, com.microsoft QLinearAdd, ...; the ONNX Model Zoo's int8 files) is
+first written as a Q/DQ model, each integer op as DequantizeLinear -> its float op -> QuantizeLinear
+(edgepipe/qoperator.py), and then taken apart like one.
 
 A static Q/DQ model is its float model with fake quantization: DequantizeLinear of constants
 becomes the dequantized constant, and each QuantizeLinear -> DequantizeLinear pair on an
@@ -232,7 +236,9 @@ def _only_dequantized(g: QuantizedGraph, quantize, outputs: set[str]) -> bool:
     readers = g.readers.get(quantize.output[0], [])
     return bool(readers) and quantize.output[0] not in outputs and all(
         reader.op_type == "DequantizeLinear" and reader.domain in ("", "ai.onnx") and reader.input[0] == quantize.output[0]
-        and _grid(g, reader) is not None and _same_values(_grid(g, reader), _grid(g, quantize)) for reader in readers)
+        and (list(reader.input[1:3]) == list(quantize.input[1:3]) and reader.attribute == quantize.attribute
+             or _grid(g, reader) is not None and _same_values(_grid(g, reader), _grid(g, quantize)))
+        for reader in readers)
 
 
 def _grid(g: QuantizedGraph, node) -> tuple | None:
