@@ -24,9 +24,9 @@ from edgepipe import graph
 
 MS = "com.microsoft"
 STANDARD = ("", "ai.onnx")
-# integer-domain ops that only move values (or pick among them): they commute with dequantization
+# integer-domain ops that only move values, pick among them or clamp them: they commute with dequantization
 MOVES = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Split", "Concat", "Resize",
-         "Pad", "Identity", "Gather", "DepthToSpace", "SpaceToDepth", "Expand", "Tile")
+         "Pad", "Identity", "Gather", "DepthToSpace", "SpaceToDepth", "Expand", "Tile", "Clip")
 # read a grid, write int64 that needs none: indices (a positive scale keeps the order) or the shape
 INDEX_OUTPUTS = ("ArgMax", "ArgMin", "Shape", "Size")
 QLINEAR_OPS = {("", "QLinearConv"), ("", "QLinearMatMul"), (MS, "QGemm"), (MS, "QLinearAdd"), (MS, "QLinearMul"),
@@ -256,7 +256,11 @@ def _move(r: _Rewriter, node) -> None:
             raise _NotMapped  # Pad before opset 11 has no integer types
         if attrs.get("mode", b"constant") in (b"constant", "constant"):  # reflect / edge fill from the data
             inputs = (inputs + ["", ""])[:3]
-            inputs[2] = _pad_value(r, node, grid)
+            inputs[2] = _value_on_grid(r, inputs[2], grid, f"{node.output[0]}/pad_value")  # absent: integer 0
+    if node.op_type == "Clip":  # integer bounds (opset >= 12): the float bounds they stand for
+        if "min" in attrs or "max" in attrs:
+            raise _NotMapped  # Clip before opset 11 has no integer types
+        inputs[1:] = [_value_on_grid(r, name, grid, f"{node.output[0]}/bound") if name else "" for name in inputs[1:]]
     if node.op_type in INDEX_OUTPUTS:
         r.nodes.append(helper.make_node(node.op_type, inputs, list(node.output), name=node.name or None, **attrs))
         return
@@ -267,11 +271,13 @@ def _move(r: _Rewriter, node) -> None:
             r.quantize(result, out, grid)
 
 
-def _pad_value(r: _Rewriter, node, grid: tuple) -> str:
-    """The integer pad value (0 when absent) on the grid, as the float value Pad fills in."""
+def _value_on_grid(r: _Rewriter, integer: str, grid: tuple, base: str) -> str:
+    """A constant integer scalar (0 when `integer` is empty) on the grid, as a float constant."""
     scale, zero = r.grid(*grid[:2])
-    value = r.constant(node.input[2], "iu") if len(node.input) > 2 and node.input[2] else np.zeros((), zero.dtype)
-    name = r.unique(f"{node.output[0]}/pad_value")
+    value = r.constant(integer, "iu") if integer else np.zeros((), zero.dtype)
+    if value.size != 1:
+        raise _NotMapped
+    name = r.unique(base)
     r.added.append(numpy_helper.from_array(
         np.asarray((np.int64(value.reshape(())) - np.int64(zero.reshape(()))) * scale.reshape(()), np.float32), name))
     return name
