@@ -21,6 +21,8 @@ from edgepipe.qoperator import QOPERATOR_OP_TYPES
 from tests.helpers import deployed_outputs, run_cli, sqnr_db
 from tests.tflite_harness import make_model, onnx_node_case
 
+MS = "com.microsoft"
+
 
 def _weights(rng, *shape, k=0.3):
     return (rng.normal(size=shape) * k).astype(np.float32)
@@ -299,5 +301,3 @@ def test_integer_moves_and_qlinear_where_by_hand():
     assert np.max(np.abs(ours[3] - int8[3])) <= scale / 2 + 1e-6 and np.min(ours[3]) == np.float32(-10 * scale)
     assert np.max(np.abs(ours[4] - int8[4])) <= scale / 2 + out_scale / 2 + 1e-6  # plus the output grid's rounding
 
-
-MS = "com.microsoft"
