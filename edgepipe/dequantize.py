@@ -308,7 +308,10 @@ def _float_from_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         quantize = g.producer.get(node.input[0])
         if quantize is not None and quantize.op_type == "QuantizeLinear" and _only_dequantized(g, quantize, outputs):
             dropped.add(index)
-            if _clamps_at_zero(g, quantize) and _grid_top(g, quantize) == RELU6_TOP:
+            clamped = next((r.output[0] for r in relus if r.input[0] == quantize.input[0] and r.op_type != "Identity"), "")
+            if clamped and node.output[0] not in outputs:  # another reader of the same pair: one Relu serves both
+                renamed[node.output[0]] = clamped
+            elif _clamps_at_zero(g, quantize) and _grid_top(g, quantize) == RELU6_TOP:
                 relus.append(_relu6(quantize.input[0], node.output[0], constants, graph.opset_version(model)))
             elif _clamps_at_zero(g, quantize) or node.output[0] in outputs:  # a graph output keeps its name
                 kind = "Relu" if _clamps_at_zero(g, quantize) else "Identity"
