@@ -4,7 +4,8 @@ Why: the ONNX Model Zoo's int8 models and ONNX Runtime's `quantize_static(quant_
 ship integer kernels (QLinearConv, QLinearMatMul, com.microsoft QLinearAdd / QGemm / ...) that
 no edge runtime here runs, on grids that a deployment calibrates again anyway. A QLinear op is by
 definition its float op on the dequantized inputs, rounded to its output grid; the integer ops
-between them (MaxPool, Reshape, Concat of one grid, nearest Resize, Pad, ...) only move values,
+between them (MaxPool, Reshape, Concat of one grid, Resize, Pad, ...) move values or average them
+with weights that sum to 1,
 and dequantization is monotonic and affine, so they commute with it exactly. Written in that form
 the model is a Q/DQ model, and dequantize.py's Q/DQ pass takes the pairs out, leaving the float model.
 
@@ -245,9 +246,8 @@ def _move(r: _Rewriter, node) -> None:
             _same_grid(r, grid, r.grids[node.input[k]]) for k in data):
         raise _NotMapped  # a per-axis grid moved by a shape op, or a Concat across grids
     attrs = _attrs(node)
-    if node.op_type == "Resize" and (attrs.get("mode", b"nearest") not in (b"nearest", "nearest")
-                                     or attrs.get("coordinate_transformation_mode") in (b"tf_crop_and_resize",)):
-        raise _NotMapped  # interpolation rounds differently in integers; extrapolation fills an integer value
+    if node.op_type == "Resize" and attrs.get("coordinate_transformation_mode") in (b"tf_crop_and_resize",):
+        raise _NotMapped  # its extrapolation value is an integer there; linear / cubic weights sum to 1: affine
     inputs = list(node.input)
     for k in data:
         inputs[k] = r.float_input(node.input[k], grid[0], grid[1])

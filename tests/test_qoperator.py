@@ -257,7 +257,7 @@ def test_qoperator_file_builds(shipped, name, target, tmp_path):
 
 
 def test_integer_moves_and_qlinear_where_by_hand():
-    """Integer-domain Slice / Gather / DepthToSpace / Flatten / Clip, an ArgMax and a Shape on the integers and a
+    """Integer-domain Slice / Gather / DepthToSpace / Flatten / linear Resize / Clip, an ArgMax and a Shape on the integers and a
     com.microsoft QLinearWhere, written node for node: the rebuilt float graph differs from ONNX
     Runtime on the file by the input's rounding only (half a step), and its ArgMax is numpy's."""
     rng = np.random.default_rng(8)
@@ -270,13 +270,15 @@ def test_integer_moves_and_qlinear_where_by_hand():
              helper.make_node("DequantizeLinear", ["fq", "s", "z"], ["moved"], name="dequantize"),
              helper.make_node("ArgMax", ["xq"], ["index"], axis=1, keepdims=0, name="argmax"),
              helper.make_node("Shape", ["dq"], ["shape"], name="shape"),
+             helper.make_node("Resize", ["xq", "", "twice"], ["rq"], mode="linear", name="upsample"),
+             helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["upsampled"], name="dequantize_resize"),
              helper.make_node("Clip", ["xq", "low", "high"], ["cq"], name="clip"),
              helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["clipped"], name="dequantize_clip"),
              helper.make_node("QLinearWhere", ["keep", "gq", "s", "z", "other", "s", "z", "s_out", "z_out"], ["wq"],
                               name="where", domain="com.microsoft"),
              helper.make_node("DequantizeLinear", ["wq", "s_out", "z_out"], ["picked"], name="dequantize_where")]
     constants = {"s": scale, "z": zero, "s_out": out_scale, "z_out": out_zero, "starts": np.array([1], np.int64),
-                 "ends": np.array([7], np.int64), "axes": np.array([2], np.int64), "low": np.uint8(118),
+                 "ends": np.array([7], np.int64), "axes": np.array([2], np.int64), "low": np.uint8(118), "twice": np.array([1, 1, 2, 2], np.float32),
                  "high": np.uint8(150),
                  "channels": np.array([0, 2, 4, 5], np.int64),
                  "keep": rng.random((1, 4, 6, 8)) > 0.5, "other": rng.integers(0, 256, (1, 4, 6, 8)).astype(np.uint8)}
@@ -285,6 +287,7 @@ def test_integer_moves_and_qlinear_where_by_hand():
         [helper.make_tensor_value_info("moved", onnx.TensorProto.FLOAT, None),
          helper.make_tensor_value_info("index", onnx.TensorProto.INT64, None),
          helper.make_tensor_value_info("shape", onnx.TensorProto.INT64, None),
+         helper.make_tensor_value_info("upsampled", onnx.TensorProto.FLOAT, None),
          helper.make_tensor_value_info("clipped", onnx.TensorProto.FLOAT, None),
          helper.make_tensor_value_info("picked", onnx.TensorProto.FLOAT, None)],
         [numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items()])
@@ -292,12 +295,13 @@ def test_integer_moves_and_qlinear_where_by_hand():
     shipped.ir_version = 8
     rebuilt, _ = float_from_quantized(shipped)
     assert [n.op_type for n in rebuilt.graph.node] == ["Slice", "Gather", "DepthToSpace", "Flatten", "Identity",
-                                                       "ArgMax", "Shape", "Clip", "Identity", "Where", "Identity"], rebuilt.graph.node
+                                                       "ArgMax", "Shape", "Resize", "Identity", "Clip", "Identity", "Where", "Identity"], rebuilt.graph.node
     feeds = [{"x": rng.normal(size=(1, 6, 8, 8)).astype(np.float32)} for _ in range(4)]
     ours, int8 = _run(rebuilt, feeds), _run(shipped, feeds)
     assert np.max(np.abs(ours[0] - int8[0])) <= scale / 2 + 1e-6  # x's rounding; the moves are exact
     np.testing.assert_array_equal(ours[1], np.concatenate([np.argmax(f["x"], axis=1) for f in feeds]))
     np.testing.assert_array_equal(ours[2], np.tile([1, 1, 12, 16], len(feeds)))
-    assert np.max(np.abs(ours[3] - int8[3])) <= scale / 2 + 1e-6 and np.min(ours[3]) == np.float32(-10 * scale)
-    assert np.max(np.abs(ours[4] - int8[4])) <= scale / 2 + out_scale / 2 + 1e-6  # plus the output grid's rounding
+    assert np.max(np.abs(ours[3] - int8[3])) <= 1.5 * scale + 1e-6  # and the integer kernel truncating the average
+    assert np.max(np.abs(ours[4] - int8[4])) <= scale / 2 + 1e-6 and np.min(ours[4]) == np.float32(-10 * scale)
+    assert np.max(np.abs(ours[5] - int8[5])) <= scale / 2 + out_scale / 2 + 1e-6  # plus the output grid's rounding
 
