@@ -646,7 +646,7 @@ CASES = [
     Case("zero-stride", "a pooling node with stride 0 (ONNX's shape inference would crash the process)",
          zero_stride, ("'pool'", "strides")),
     Case("qoperator-runtime-scale", "a QOperator model whose QLinearConv reads a scale computed at run time",
-         qoperator_runtime_scale, ("'conv_quant' (QLinearConv)", "scales and zero points are constants",
+         qoperator_runtime_scale, ("'conv_quant' (QLinearConv)", "cannot rewrite into its float op", "zero points that are constants",
                                    "QuantFormat.QDQ")),
     Case("dynamic-dim", "a dynamic dim with no shape given (and data lacking that input)", dynamic_dim_no_shape,
          ("'x'", "--input-shape")),

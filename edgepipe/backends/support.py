@@ -123,9 +123,10 @@ POST_PROCESSING_HINTS = {
 
 
 # export rewrites QOperator ops into their float ops (edgepipe/qoperator.py); one still here did not have the form
-QOPERATOR_LEFT = ("a quantized (QOperator) node is rewritten into its float op only when its scales and zero "
-                  "points are constants and its weights and bias are constant integers; ship the float model "
-                  "or one quantized with quantize_static(quant_format=QuantFormat.QDQ)")
+QOPERATOR_LEFT = ("a quantized (QOperator) node edgepipe cannot rewrite into its float op (that needs float32 "
+                  "scales and zero points that are constants, constant integer weights and bias, a per-tensor "
+                  "output grid); ship the float model or one quantized with "
+                  "quantize_static(quant_format=QuantFormat.QDQ)")
 
 
 def operator_problem(node: onnx.NodeProto, versions: dict[str, int], table: OpTable, target: str) -> str | None:
