@@ -284,6 +284,50 @@ def padded_max_pool_signed(shape, form: str):
     return build
 
 
+def flip(shape, axis: int, form: str):
+    """torch.flip of one NHWC axis: STRIDED_SLICE with stride -1 (not delegated), or the reversed
+    copy ops/strided_slice.py emits (one-row SLICEs + CONCATENATIONs of <= 5 inputs for an outer
+    axis, FULLY_CONNECTED with an anti-diagonal matrix for the innermost)."""
+    def build(dtype):
+        g = Graph(dtype)
+        x = g.input(shape)
+        if form == "STRIDED_SLICE":
+            begin = [-1 if a == axis else 0 for a in range(4)]
+            end = [0 if a == axis else d for a, d in enumerate(shape)]
+            strides = [-1 if a == axis else 1 for a in range(4)]
+            mask = sum(1 << a for a in range(4) if a == axis)
+            return finish(g, g.op("STRIDED_SLICE", [x, g.spec.add_constant("b", np.array(begin, np.int32)),
+                                                    g.spec.add_constant("e", np.array(end, np.int32)),
+                                                    g.spec.add_constant("s", np.array(strides, np.int32))], shape,
+                                  "StridedSliceOptions", BeginMask=0, EndMask=mask, EllipsisMask=0, NewAxisMask=0,
+                                  ShrinkAxisMask=0))
+        if axis == 3:
+            length = shape[3]
+            weights = np.eye(length, dtype=np.float32)[::-1]
+            if dtype == "int8":
+                w = g.spec.add_constant("w", (weights * 127).astype(np.int8),
+                                        Quantization.per_channel(np.full(length, 1 / 127, np.float32), 0))
+                b = g.spec.add_constant("bias", np.zeros(length, np.int32),
+                                        Quantization.per_channel(np.full(length, 1 / 127, np.float32), 0))
+            else:
+                w, b = g.spec.add_constant("w", weights), g.spec.add_constant("bias", np.zeros(length, np.float32))
+            return finish(g, g.op("FULLY_CONNECTED", [x, w, b], shape, "FullyConnectedOptions",
+                                  FusedActivationFunction=0, KeepNumDims=True))
+        row = [1 if a == axis else d for a, d in enumerate(shape)]
+        rows = [g.op("SLICE", [x, g.spec.add_constant(f"b{i}", np.array([i if a == axis else 0 for a in range(4)],
+                                                                           np.int32)),
+                               g.spec.add_constant(f"s{i}", np.array(row, np.int32))], row, "SliceOptions")
+                for i in reversed(range(shape[axis]))]
+        while len(rows) > 1:
+            groups = [rows[i:i + 5] for i in range(0, len(rows), 5)]
+            rows = [group[0] if len(group) == 1 else g.op(
+                "CONCATENATION", group,
+                [sum(g.spec.tensors[t].shape[axis] for t in group) if a == axis else d for a, d in enumerate(row)],
+                "ConcatenationOptions", Axis=axis, FusedActivationFunction=0) for group in groups]
+        return finish(g, rows[0])
+    return build
+
+
 def first_conv_pairs(shape, cout, kernel, pad, paired: bool):
     """Stride-2 conv on 3 channels after a zero pad: a 4-D PAD XNNPACK folds into the conv, or
     (`paired`) the int8 lowering's PAD on rows, RESHAPE to [N, H', W' / 2, 6] and a stride-1 conv
@@ -412,6 +456,8 @@ CASES = {
     **{f"padded max pool {shape} of a signed input": {form: padded_max_pool_signed(shape, form)
                                                       for form in ("PADV2", "edge rows")}
        for shape in ([1, 32, 32, 16], [1, 112, 112, 64])},
+    **{f"flip {shape} axis {axis}": {form: flip(shape, axis, form) for form in ("STRIDED_SLICE", "reversed copy")}
+       for shape, axis in (([1, 16, 16, 8], 2), ([1, 64, 64, 32], 2), ([1, 64, 64, 32], 1), ([1, 16, 16, 64], 3))},
     "scalar MUL / ADD [1,128,128,32] (PP-OCR det)": {
         "MUL": elementwise_chain([1, 128, 128, 32], "mul"), "ADD": elementwise_chain([1, 128, 128, 32], "add"),
         "MUL then ADD": elementwise_chain([1, 128, 128, 32], "mul", "add")},

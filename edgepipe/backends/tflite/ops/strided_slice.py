@@ -6,13 +6,16 @@ s-th element of an axis is exact as a reshape: cut a window of s * count element
 most s - 1 before the first wanted one, view the axis as [count, s], and take one column of the
 s. Dims taken whole are merged into the dim before them (still one contiguous run), so a step on
 H and W of an NHWC tensor is a 3-D SLICE, which the builtin kernel (up to 5-D) also runs. Slices
-this cannot express (negative steps, windows past the end, more than 5 dims) keep STRIDED_SLICE.
+this cannot express (windows past the end, more than 5 dims) keep STRIDED_SLICE; steps of -1 (a
+flip) are reversed copies (`emit_reversed_slice`), other negative steps keep STRIDED_SLICE.
 """
 
 from __future__ import annotations
 
+import numpy as np
 
 from edgepipe.backends.tflite.lower import Lowering
+from edgepipe.backends.tflite.ops.concatenation import emit_concatenation
 
 MAX_SLICE_DIMS = 5  # LiteRT's builtin SLICE kernel
 
@@ -65,4 +68,55 @@ def emit_strided_slice(ctx: Lowering, node, x: int, out: int, bounds: list[tuple
     ctx.emit("SLICE", [blocks, ctx.int32_constant(f"{node.name};phase/begin", begin),
                        ctx.int32_constant(f"{node.name};phase/size", size)], [picked], node, "SliceOptions")
     ctx.emit("RESHAPE", [picked, ctx.int32_constant(f"{node.name};shape", ctx.tensor(out).shape)], [out], node)
+    return True
+
+
+MAX_ROW_COPIES = 64  # a reversed outer axis becomes this many one-row SLICEs at most
+MAX_REVERSAL_MATRIX = 2048  # a reversed innermost axis: an L x L 0/1 matrix
+
+
+def emit_reversed_slice(ctx: Lowering, node, x: int, out: int, bounds: list[tuple[int, int, int]]) -> bool:
+    """Write `out` = `x` sliced by `bounds` with steps of +1 / -1 (torch.flip, `x[..., ::-1]`)
+    without STRIDED_SLICE, which XNNPACK does not delegate: SLICE the window, then reverse each
+    flipped axis, the innermost by FULLY_CONNECTED with an anti-diagonal 0/1 matrix, an outer one by
+    one-row SLICEs concatenated in reverse order. Both copy values exactly (int8: weights 127 at
+    scale 1/127, the output on the input's grid). False when the slice needs STRIDED_SLICE."""
+    source = ctx.tensor(x)
+    shape, rank, quant = list(source.shape), len(source.shape), source.quantization
+    if any(step not in (1, -1) for _, _, step in bounds) or all(step == 1 for _, _, step in bounds):
+        return False
+    begin, size = [], []
+    for start, stop, step in bounds:
+        count = len(range(start, stop, step))
+        begin.append(start if step == 1 else start - count + 1)
+        size.append(count)
+    flipped = [axis for axis, (_, _, step) in enumerate(bounds) if step == -1 and size[axis] > 1]
+    if 0 in size or any(size[a] > (MAX_REVERSAL_MATRIX if a == rank - 1 else MAX_ROW_COPIES) for a in flipped):
+        return False
+    current = x
+    if begin != [0] * rank or size != shape or not flipped:
+        current = out if not flipped else ctx.temp(f"{node.name};window", size, source.dtype, quant)
+        ctx.emit("SLICE", [x, ctx.int32_constant(f"{node.name};window/begin", begin),
+                           ctx.int32_constant(f"{node.name};window/size", size)], [current], node, "SliceOptions")
+    for position, axis in enumerate(flipped):
+        target = out if position == len(flipped) - 1 else ctx.temp(f"{node.name};flipped{axis}", size,
+                                                                    source.dtype, quant)
+        if axis == rank - 1:
+            matrix = np.eye(size[axis], dtype=np.float32)[::-1].copy()
+            filter_index, bias_index = ctx.filter_and_bias(f"{node.name};reversal", matrix, 0,
+                                                           np.zeros(size[axis], np.float32), current, source.dtype)
+            ctx.emit("FULLY_CONNECTED", [current, filter_index, bias_index], [target], node,
+                     "FullyConnectedOptions", FusedActivationFunction=0, KeepNumDims=rank > 2)
+        else:
+            row = [1 if a == axis else d for a, d in enumerate(size)]
+            rows = []
+            for index in reversed(range(size[axis])):
+                piece = ctx.temp(f"{node.name};axis{axis}_row{index}", row, source.dtype, quant)
+                ctx.emit("SLICE", [current, ctx.int32_constant(f"{node.name};axis{axis}_begin{index}",
+                                                               [index if a == axis else 0 for a in range(rank)]),
+                                   ctx.int32_constant(f"{node.name};axis{axis}_size", row)], [piece], node,
+                         "SliceOptions")
+                rows.append(piece)
+            emit_concatenation(ctx, rows, target, node, axis)
+        current = target
     return True
