@@ -103,6 +103,10 @@ BUILTINS = _table(
     Builtin("LOG", 1),
     Builtin("ABS", 2),
     Builtin("NEG", 1),
+    # float islands only (ops/unary.py, ops/trigonometry.py); LiteRT's ATAN2 and SIGN are not delegated
+    Builtin("FLOOR", 1, xnnpack_fp32=True),
+    Builtin("SIN", 1, xnnpack_fp32=True),
+    Builtin("COS", 1, xnnpack_fp32=True),
     # reductions and pooling
     Builtin("MEAN", 2, True, xnnpack_fp32=True, xnnpack_int8=True, int16=3),
     Builtin("SUM", 1, True),

@@ -1,4 +1,9 @@
-"""Elementwise math: Neg, Abs, Exp, Log, Reciprocal, Softplus, Mish.
+"""Elementwise math: Neg, Abs, Exp, Log, Floor, Ceil, Round, Reciprocal, Softplus, Mish.
+
+Ceil and Round are written with ops every LiteRT resolver has (its reference kernels have no CEIL
+or ROUND) and XNNPACK delegates: Ceil is -floor(-x); Round rounds each sign's magnitude p by
+float32 addition itself, (p + 2^23) - 2^23, which rounds halves to even as ONNX Round does (exact for
+|x| < 2^47; larger floats are integers whose difference from 2^23 float32 may round).
 
 Exp has an int8 kernel (a lookup table over the input grid). The others run as float islands in
 int8 models: they are rare next to the heavy ops, and computing them in float avoids each
@@ -13,7 +18,8 @@ import numpy as np
 from edgepipe.backends.tflite.lower import Lowering
 from edgepipe.backends.tflite.ops import register
 
-SIMPLE = {"Neg": "NEG", "Abs": "ABS", "Exp": "EXP", "Log": "LOG"}
+SIMPLE = {"Neg": "NEG", "Abs": "ABS", "Exp": "EXP", "Log": "LOG", "Floor": "FLOOR"}
+ROUNDING_SHIFT = 2.0**23  # float32 p + 2^23 (0 <= p < 2^23) lies where the spacing is 1: it rounds p
 
 
 @register("Exp")
@@ -60,7 +66,7 @@ class FloatSteps:
         return self.add(self.op("RELU", [self.x]), tail, out=out)
 
 
-@register("Neg", "Abs", "Log", int8=False)
+@register("Neg", "Abs", "Log", "Floor", int8=False)
 def lower_simple(ctx: Lowering, node) -> None:
     steps = FloatSteps(ctx, node)
     steps.op(SIMPLE[node.op_type], [steps.x], steps.output())
@@ -82,3 +88,25 @@ def lower_softplus(ctx: Lowering, node) -> None:
 def lower_mish(ctx: Lowering, node) -> None:
     steps = FloatSteps(ctx, node)
     steps.mul(steps.x, steps.op("TANH", [steps.softplus()]), out=steps.output())
+
+
+@register("Ceil", int8=False)
+def lower_ceil(ctx: Lowering, node) -> None:
+    steps = FloatSteps(ctx, node)
+    steps.op("NEG", [steps.op("FLOOR", [steps.op("NEG", [steps.x])])], steps.output())
+
+
+@register("Round", int8=False)
+def lower_round(ctx: Lowering, node) -> None:
+    steps = FloatSteps(ctx, node)
+    zero, shift = steps.constant(0.0), steps.constant(ROUNDING_SHIFT)
+
+    def rounded_magnitude(magnitude: int) -> int:
+        below = steps.op("MINIMUM", [magnitude, shift])  # the part the shift rounds
+        rounded = steps.op("SUB", [steps.add(below, shift), shift], None, "SubOptions", FusedActivationFunction=0)
+        beyond = steps.op("SUB", [magnitude, below], None, "SubOptions", FusedActivationFunction=0)  # integers
+        return steps.add(rounded, beyond)
+
+    positive = rounded_magnitude(steps.op("MAXIMUM", [steps.x, zero]))
+    negative = rounded_magnitude(steps.op("MAXIMUM", [steps.op("NEG", [steps.x]), zero]))
+    steps.op("SUB", [positive, negative], steps.output(), "SubOptions", FusedActivationFunction=0)
