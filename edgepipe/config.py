@@ -52,12 +52,14 @@ SCHEMA: dict[str, Any] = {
     "opset": Field((int,), 17, "ONNX opset for PyTorch export", minimum=7),
     "preprocess": _section(
         size=Field((list,), None, "[H, W]: resize the shorter side and center-crop to this size"),
-        scale=Field((int, float), 1 / 255, "pixel multiplier before mean/std", minimum=0),
+        scale=Field((int, float), None, "pixel multiplier before mean/std (default: 1/255 for a float input, 1 for "
+                    "an integer one)", minimum=0),
         mean=Field((list,), None, "per-channel mean (after scale)"),
         std=Field((list,), None, "per-channel std (after scale)"),
         channel_order=Field((str,), "RGB", "", ("RGB", "BGR")),
-        layout=Field((str,), "NCHW", "", ("NCHW", "NHWC")),
-        grayscale=Field((bool,), False, "convert images to one channel"),
+        layout=Field((str,), None, "default: NHWC when the input's last dim is 1 or 3 and dim 1 is not, else NCHW",
+                     ("NCHW", "NHWC")),
+        grayscale=Field((bool,), None, "convert images to one channel (default: when the input has one channel)"),
     ),
     "fold": _section(
         batchnorm=Field((bool,), True, "fold BatchNormalization into the preceding Conv/Gemm"),

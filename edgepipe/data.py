@@ -424,13 +424,13 @@ class ImageTransform:
     @classmethod
     def from_preprocess(cls, source: Path, preprocess: dict, shape: tuple, dtype: np.dtype) -> "ImageTransform":
         """Validate the preprocess dict against the model input (shape incl. batch, dtype)."""
-        layout = str(preprocess.get("layout", _guess_layout(shape))).upper()
+        layout = str(preprocess.get("layout") or _guess_layout(shape)).upper()  # None: from the input
         if layout not in ("NCHW", "NHWC"):
             raise UserError(f"{source}: preprocess layout '{layout}' is not NCHW or NHWC")
         static = lambda d: d if isinstance(d, int) and d > 0 else None  # noqa: E731
         dims = [static(d) for d in shape] + [None] * (4 - len(shape))
         channels, height, width = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
-        grayscale = bool(preprocess.get("grayscale", channels == 1))
+        grayscale = bool(channels == 1 if preprocess.get("grayscale") is None else preprocess["grayscale"])
         if channels is not None and channels != (1 if grayscale else 3):
             raise UserError(f"{source}: the model input has {channels} channels but preprocessing gives "
                             f"{1 if grayscale else 3}; set preprocess grayscale/layout to match")
@@ -449,7 +449,7 @@ class ImageTransform:
         mean, std = (_channel_values(source, preprocess, key, 1 if grayscale else 3) for key in ("mean", "std"))
         if std is not None and not np.all(std != 0):
             raise UserError(f"{source}: preprocess std contains 0; use the per-channel standard deviations")
-        return cls(size, resize == "stretch", float(preprocess.get("scale", default_scale)), mean, std,
+        return cls(size, resize == "stretch", float(default_scale if preprocess.get("scale") is None else preprocess["scale"]), mean, std,
                    order == "BGR", grayscale, layout == "NCHW", dtype)
 
     def __call__(self, path: Path) -> np.ndarray:

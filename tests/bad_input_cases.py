@@ -128,6 +128,21 @@ def unsupported_op(tmp):
     return _build(tmp, _model(tmp, model), _calib(tmp))
 
 
+def nms_on_arm(tmp):
+    """A detector exported with its non-maximum suppression, built for a target without one."""
+    model = tiny_conv_model()
+    del model.graph.node[1:]
+    del model.graph.output[:]
+    helper = onnx.helper
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, 4, 64], np.int64), "as_rows"))
+    model.graph.node.extend([
+        helper.make_node("Reshape", ["c", "as_rows"], ["scores"], name="rows"),
+        helper.make_node("Transpose", ["scores"], ["boxes"], name="boxes", perm=[0, 2, 1]),
+        helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["selected"], name="nms")])
+    model.graph.output.append(helper.make_tensor_value_info("selected", onnx.TensorProto.INT64, ["n", 3]))
+    return _build(tmp, _model(tmp, model), _calib(tmp), "arm-cpu")
+
+
 def dynamic_dim_no_shape(tmp):
     return _build(tmp, _model(tmp, tiny_conv_model(dynamic_batch=True)), _calib(tmp, key="other"))
 
@@ -594,6 +609,8 @@ CASES = [
     Case("external-data-outside", "ONNX external data that is a symlink to a file outside the model's folder",
          external_data_outside, ("model.onnx", "initializer 'w'", "outside the model folder")),
     Case("unsupported-op", "an op the target cannot run", unsupported_op, ("fancy_node", "FancyOp", "jetson")),
+    Case("nms-on-arm", "a detector exported with NonMaxSuppression, for arm-cpu", nms_on_arm,
+         ("'nms' (NonMaxSuppression)", "run non-maximum suppression in the app", "TensorRT target")),
     Case("no-inputs", "a model with no inputs (only constants)", no_inputs, ("model.onnx", "no inputs")),
     Case("zero-stride", "a pooling node with stride 0 (ONNX's shape inference would crash the process)",
          zero_stride, ("'pool'", "strides")),

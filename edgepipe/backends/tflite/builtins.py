@@ -160,6 +160,11 @@ BUILTINS = _table(
     Builtin("LOGICAL_AND", 1),
     Builtin("LOGICAL_OR", 1),
     Builtin("SELECT_V2", 1),
+    # selection (ops/selection.py): integer indices out, builtin kernels; TOPK_V2's values keep the
+    # input's quantization
+    Builtin("ARG_MAX", 2, True),
+    Builtin("ARG_MIN", 2, True),
+    Builtin("TOPK_V2", 2, same_quant=True),
 )
 
 

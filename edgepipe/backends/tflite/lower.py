@@ -51,6 +51,7 @@ BACKEND = "tflite"  # names the target in errors when the caller did not say whi
 DEGENERATE_RANGE = 1e-10
 NEUTRAL_RANGE = (0.0, 1.0)
 QUANTIZED = ("int8", "int16")
+INTEGER_VALUES = ("int32", "int64", "bool")  # tensors that hold integers, never quantized values
 # ONNX element types held as TFLite int32 / bool tensors (int64 values must fit int32: token ids do)
 INTEGER_ELEMENTS = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16,
                     onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16}
@@ -213,8 +214,9 @@ class Lowering:
         requested float nodes, nodes touching an unbounded (mask) tensor and ops without an int8
         kernel; int16 for nodes asked to run 16x8 whose family has an int16 kernel; int8 otherwise."""
         kind = self.onnx_kind(node.output[0]) if node.output else "float32"
-        if kind != "float32":
-            return kind
+        sources = [name for name in node.input if name and name not in self.constants]
+        if kind != "float32" and all(self.onnx_kind(name) != "float32" for name in sources):
+            return kind  # integers from integers (a mask's reshapes, selects); ArgMax reads floats
         if not self.quantized or node.name in self.requested_float or self.unbounded(node):
             return "float32"
         entry = self.lowering_for(node)
@@ -338,6 +340,9 @@ class Lowering:
     def _converted(self, name: str, source: Value, dtype: str) -> int:
         # the source's own shape: an Expand its readers broadcast is the unexpanded tensor (ops/logical.py)
         out = self.new_value(name, dtype, source.perm, shape=self.tensor(source.index).shape)
+        if dtype in INTEGER_VALUES or source.dtype in INTEGER_VALUES:  # int64 <-> int32 indices
+            self.emit("CAST", [source.index], [out])
+            return out
         self.emit("QUANTIZE" if dtype in QUANTIZED else "DEQUANTIZE", [source.index], [out])
         return out
 
@@ -542,9 +547,10 @@ class Lowering:
         separately). Other tensors that carry the name (another layout or dtype) are renamed."""
         inputs = set(self.spec.inputs)
         for name in self.graph_outputs:
-            kind = self.onnx_kind(name)
-            index = self.get(name, kind, identity(self.rank(name))) if kind != "float32" else \
-                self.get(name, self.io_dtype(), self.io_perm(name))
+            reps = self.values.get(name) or []
+            integer = next((v.dtype for v in reps if v.dtype in INTEGER_VALUES), None)  # labels, indices
+            integer = integer or (self.onnx_kind(name) if self.onnx_kind(name) != "float32" else None)
+            index = self.get(name, integer or self.io_dtype(), self.io_perm(name))
             if index in inputs or index in self.spec.outputs:
                 tensor = self.tensor(index)
                 copy = self.temp(f"{name};copy", tensor.shape, tensor.dtype, tensor.quantization)
