@@ -20,10 +20,12 @@ from edgepipe.errors import UserError
 
 def embedding_tables(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
     """{integer graph input: (Gather node, rows)} for inputs read directly as the indices of a
-    Gather from a constant table (the smallest table when several read the same input)."""
+    Gather (an embedding table, or any tensor of static shape; the smallest when several Gathers
+    read the same input)."""
     inputs = {i.name for i in graph.graph_inputs(model)
               if i.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)}
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    infos = graph.value_infos(model)
     tables: dict[str, tuple[str, int]] = {}
     for node in model.graph.node:
         if node.op_type != "Gather" or len(node.input) < 2 or node.input[1] not in inputs:
@@ -31,7 +33,8 @@ def embedding_tables(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
         dims = shapes.get(node.input[0])
         if dims is None:
             value = graph.constant_value(model, node.input[0])
-            dims = None if value is None else list(value.shape)
+            declared = graph.declared_shape(infos[node.input[0]]) if node.input[0] in infos else None
+            dims = list(value.shape) if value is not None else list(declared) if graph.is_static(declared) else None
         if not dims:
             continue
         axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0) % len(dims)
