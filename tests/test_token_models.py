@@ -102,3 +102,47 @@ def test_mask_infinity_is_unbounded_but_nan_and_overflow_stay_errors(legacy_file
     table.CopyFrom(numpy_helper.from_array(huge, "emb.weight"))
     with pytest.raises(UserError, match=r"calibration sample 0: tensor '.*' contains NaN or Inf"):
         calibrate(model, Tokens(fixture_models.token_batch(4, 1)), {"rounds": 1, "method": "minmax"})
+
+
+def test_finfo_min_mask_is_unbounded_and_stays_float_on_jetson(tmp_path):
+    """Hugging Face's extended mask, (1 - mask) * finfo(float32).min added to the scores: finite,
+    but no int8 grid can hold it next to the scores. It and the masked scores get no range; the
+    Softmax after them does, and the Q/DQ model puts no pair on them."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgepipe.backends.qdq import write_qdq_model
+    from edgepipe.calibrate import calibrate
+
+    node = helper.make_node
+    graph_proto = helper.make_graph(
+        [node("Cast", ["mask"], ["mask_float"], name="cast", to=TensorProto.FLOAT),
+         node("Sub", ["one", "mask_float"], ["inverted"], name="invert"),
+         node("Mul", ["inverted", "lowest"], ["additive"], name="extend"),
+         node("Add", ["scores", "additive"], ["masked"], name="add_mask"),
+         node("Softmax", ["masked"], ["weights"], name="softmax", axis=-1),
+         node("MatMul", ["weights", "values"], ["y"], name="mix")],
+        "hf_mask",
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 4, 6]),
+         helper.make_tensor_value_info("mask", TensorProto.INT64, [1, 1, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3])],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+         numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), "lowest"),
+         numpy_helper.from_array(np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32), "values")])
+    model = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(1)
+    masks = np.ones((8, 1, 1, 6), np.int64)
+    masks[::2, ..., 4:] = 0
+
+    class Samples:
+        def __len__(self):
+            return 8
+
+        def sample(self, i):
+            return {"scores": rng.normal(size=(1, 4, 6)).astype(np.float32), "mask": masks[i]}
+
+    result = calibrate(model, Samples(), {"rounds": 1, "method": "minmax"})
+    assert {"additive", "masked"} <= set(result.unbounded)
+    assert "weights" in result.tensors and "inverted" in result.tensors  # 0/1 values: a normal range
+    qdq, _ = write_qdq_model(model, result)
+    quantized = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    assert "weights" in quantized and not {"additive", "masked"} & quantized
