@@ -97,7 +97,7 @@ def sqnr_db(reference, got) -> float:
     return float(10 * np.log10(np.sum(reference ** 2) / max(np.sum((got - reference) ** 2), 1e-30)))
 
 
-def measure(model: Path, target: str, work: Path, float_nodes: list[str] | None = None,
+def measure(model: Path, target: str, work: Path, precision: dict | None = None,
             data=(fixture_models.token_batch, CALIB, EVAL), output: str = "logits") -> dict:
     import onnxruntime as ort
 
@@ -108,8 +108,8 @@ def measure(model: Path, target: str, work: Path, float_nodes: list[str] | None 
     bundle = work / f"bundle-{target}"
     args = [sys.executable, "-m", "edgepipe", "build", "--model", str(model), "--target", target,
             "--calib", str(work / "calib.npz"), "--eval", str(work / "eval.npz"), "--out", str(bundle)]
-    if float_nodes:
-        (work / "edgepipe.yaml").write_text(json.dumps({"precision": {"float_nodes": float_nodes}}))
+    if precision:
+        (work / "edgepipe.yaml").write_text(json.dumps({"precision": precision}))
         args += ["--config", str(work / "edgepipe.yaml")]
     done = subprocess.run(args, capture_output=True, text=True, cwd=work)
     if done.returncode:
@@ -122,7 +122,7 @@ def measure(model: Path, target: str, work: Path, float_nodes: list[str] | None 
     row = {"target": target, "output": output, "sqnr_db": round(sqnr_db(reference, got), 2),
            "argmax_agreement": float(np.mean(reference.argmax(1) == got.argmax(1))),
            "mean_cosine": round(float(np.mean(cosine)), 4), "eval_samples": eval_count,
-           "calibration_samples": calib_count, "float_nodes": float_nodes or []}
+           "calibration_samples": calib_count, "precision": precision or {}}
     line = next((l for l in done.stdout.splitlines() if l.startswith("backend")), "")
     delegation = re.search(r"XNNPACK int8: (.*)$", line)
     if delegation:
@@ -130,6 +130,9 @@ def measure(model: Path, target: str, work: Path, float_nodes: list[str] | None 
         row["tflite_bytes"] = (bundle / "model.tflite").stat().st_size
     calibration = json.loads((bundle / "calibration.json").read_text())
     row["unbounded_tensors"] = len(calibration.get("unbounded", []))
+    precision_line = next((l for l in done.stdout.splitlines() if l.startswith("precision")), "")
+    if precision_line:
+        row["precision_line"] = " ".join(precision_line.split()[3:])
     return row
 
 
@@ -141,18 +144,22 @@ def main() -> None:
                   "dynamo": ROOT / "tests" / "dynamo_exported" / "token_classifier.onnx"}
         embedding = {"legacy_opset17": "/emb/Gather", "dynamo": "node_embedding"}
         for exporter, path in models.items():
-            for target, float_nodes in (("arm-cpu", None), ("jetson", None), ("arm-cpu", [embedding[exporter]])):
-                work = tmp / f"{exporter}-{target}-{bool(float_nodes)}"
+            for target, precision in (("arm-cpu", None), ("jetson", None),
+                                      ("arm-cpu", {"float_nodes": [embedding[exporter]]})):
+                work = tmp / f"{exporter}-{target}-{bool(precision)}"
                 work.mkdir()
-                row = {"model": "TokenClassifier", "exporter": exporter, **measure(path, target, work, float_nodes)}
+                row = {"model": "TokenClassifier", "exporter": exporter, **measure(path, target, work, precision)}
                 print(json.dumps(row))
                 rows.append(row)
         if "--real" in sys.argv:
-            for target in ("jetson", "arm-cpu"):
-                work = tmp / f"minilm-{target}"
+            # arm-cpu's full-integer residual stream loses most of the embedding: the budget row shows
+            # what mixed precision (precision.budget) keeps float to get it back
+            for target, precision in (("jetson", None), ("arm-cpu", None), ("arm-cpu", {"budget": {"min_sqnr_db": 18}})):
+                work = tmp / f"minilm-{target}-{bool(precision)}"
                 work.mkdir()
                 row = {"model": "paraphrase-MiniLM-L3-v2", "exporter": "as shipped (pytorch 2.3.0, opset 17)",
-                       **measure(minilm_path(), target, work, None, (sentence_batch, MINILM_CALIB, MINILM_EVAL), "461")}
+                       **measure(minilm_path(), target, work, precision, (sentence_batch, MINILM_CALIB, MINILM_EVAL),
+                                 "461")}
                 print(json.dumps(row))
                 rows.append(row)
     out = ROOT / "benchmarks" / "results" / "token_models.json"

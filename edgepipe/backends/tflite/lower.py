@@ -15,11 +15,8 @@ the three things no single op can decide alone:
 - **Quantization parameters.** Activations take the asymmetric int8 range from calibration
   (`quant(name)`); ops whose kernels require fixed or pass-through parameters pass them to
   `new_value`. Relu / Relu6 / Clip(-1, 1) are fused into their producer (`fuse_activation`).
-- **Integer and boolean tensors** (token ids, attention masks, comparisons) are "int32" / "bool"
-  values: int64 and int32 ONNX tensors (graph inputs included) are int32 in TFLite, as LiteRT's
-  index kernels want them; a node writing one (`onnx_kind`) lowers in that dtype, never int8, and
-  a tensor that carried an attention mask's infinities on calibration data
-  (`calibration.unbounded`) is float, as is every node that reads or writes it.
+- **Integers, booleans, masks** (integers.py): token ids and masks are int32 / bool values, never
+  int8; a node touching a tensor that carried a mask's infinities (`calibration.unbounded`) is float.
 - **16x8 nodes.** `options["activations"] == "int16"` (the whole model) or `options["int16_nodes"]`
   (named nodes; the mixed-precision planner's third choice next to int8 and float) lower a node
   with int16 activations when its family registers an int16 kernel (`register(..., int16=True)`);
@@ -38,7 +35,7 @@ from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
-from edgepipe.backends.tflite import builtins, float_statistics, layouts, shared_scales
+from edgepipe.backends.tflite import builtins, float_statistics, integers, layouts, shared_scales
 from edgepipe.backends.tflite.layouts import NHWC, identity, inverse, permute  # noqa: F401 (re-exported)
 from edgepipe.backends.tflite.fusion import fusable_activation
 from edgepipe.backends.tflite.writer import ModelSpec, Quantization
@@ -52,10 +49,6 @@ DEGENERATE_RANGE = 1e-10
 NEUTRAL_RANGE = (0.0, 1.0)
 QUANTIZED = ("int8", "int16")
 INTEGER_VALUES = ("int32", "int64", "bool")  # tensors that hold integers, never quantized values
-# ONNX element types held as TFLite int32 / bool tensors (int64 values must fit int32: token ids do)
-INTEGER_ELEMENTS = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16,
-                    onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16}
-NUMPY_OF = {"int32": np.int32, "bool": np.bool_}
 # Smallest bias scale (input_scale x weight_scale) written: well above the 1e-12 floor of
 # quantmath.quantize_bias, so the kernels' rule bias_scale = input_scale x weight_scale holds exactly.
 MIN_BIAS_SCALE = 1e-10
@@ -197,12 +190,7 @@ class Lowering:
 
     def onnx_kind(self, name: str) -> str:
         """"int32" for an integer ONNX tensor, "bool" for a boolean one, "float32" otherwise."""
-        if name in self.constants:
-            kind = np.asarray(self.constants[name]).dtype
-            return "bool" if kind == np.bool_ else "int32" if kind.kind in "iu" else "float32"
-        info = self.infos.get(name)
-        elem = info.type.tensor_type.elem_type if info is not None else 0
-        return "bool" if elem == onnx.TensorProto.BOOL else "int32" if elem in INTEGER_ELEMENTS else "float32"
+        return integers.onnx_kind(self, name)
 
     def unbounded(self, node: onnx.NodeProto) -> bool:
         """The node reads or writes a tensor that carried an attention mask's infinities."""
@@ -351,17 +339,14 @@ class Lowering:
         key = (name, dtype, tuple(perm) if perm is not None else None, rank)
         if key in self._constant_cache:
             return self._constant_cache[key]
-        value = np.asarray(self.constants[name])
-        if dtype in NUMPY_OF:  # int64 constants as int32, saturated (INT64_MAX as "to the end" stays large)
-            value = np.clip(value, np.iinfo(np.int32).min, np.iinfo(np.int32).max) if value.dtype.kind in "iu" else value
-            value = value.astype(NUMPY_OF[dtype])
-        else:
-            value = value.astype(np.float32)
+        integer = dtype in integers.NUMPY_OF
+        value = integers.integer_constant(self.constants[name], dtype) if integer else \
+            np.asarray(self.constants[name], np.float32)
         if rank is not None and value.ndim < rank:
             value = value.reshape((1,) * (rank - value.ndim) + value.shape)
         if perm is not None and value.ndim == len(perm):
             value = value.transpose(perm)
-        index = self.spec.add_constant(f"{name};{dtype}", value) if dtype in NUMPY_OF else \
+        index = self.spec.add_constant(f"{name};{dtype}", value) if integer else \
             self.add_weight_constant(f"{name};{dtype}", value, dtype)
         self._constant_cache[key] = index
         return index
@@ -477,28 +462,9 @@ class Lowering:
         return ACTIVATIONS[kind], user.output[0]
 
     # ----- driver ------------------------------------------------------------------------------
-    def emission_order(self) -> list[onnx.NodeProto]:
-        """Graph order, except that the mask prologue comes first: nodes that read only integer or
-        boolean graph inputs, constants and other prologue nodes, and that compute in int32 /
-        bool / float32 (comparisons, selects, casts, the additive mask's reshapes). XNNPACK takes
-        none of them; emitted where the graph has them (inside the encoder), each would split the
-        delegated int8 graph."""
-        ready = {info.name for info in graph.graph_inputs(self.model) if self.onnx_kind(info.name) != "float32"}
-        if not ready or not self.quantized:
-            return list(self.model.graph.node)
-        prologue = []
-        for node in self.model.graph.node:
-            sources = [name for name in node.input if name and name not in self.constants]
-            if node.op_type != "Constant" and sources and all(name in ready for name in sources) and \
-                    self.lowering_for(node) is not None and self.node_dtype(node) not in QUANTIZED:
-                prologue.append(node)
-                ready.update(o for o in node.output if o)
-        first = {id(node) for node in prologue}
-        return prologue + [node for node in self.model.graph.node if id(node) not in first]
-
     def run(self) -> ModelSpec:
         self._add_inputs()
-        for node in self.emission_order():
+        for node in integers.emission_order(self, QUANTIZED):
             if node.op_type == "Constant" or node.name in self.consumed:
                 continue
             reason = self.unsupported_reason(node)
@@ -533,10 +499,8 @@ class Lowering:
             if graph.tensor_dtype(info) != np.float32 and kind == "float32":
                 raise UserError(f"input '{info.name}' is {graph.tensor_dtype(info)}; target '{self.target}' "
                                 "needs float32, integer or boolean model inputs")
-            if kind != "float32":
-                index = self.new_value(info.name, kind, identity(self.rank(info.name)))
-            else:
-                index = self.new_value(info.name, self.io_dtype(), self.io_perm(info.name))
+            index = self.new_value(info.name, kind, identity(self.rank(info.name))) if kind != "float32" else \
+                self.new_value(info.name, self.io_dtype(), self.io_perm(info.name))
             self.spec.inputs.append(index)
 
     def _add_outputs(self) -> None:
