@@ -146,3 +146,15 @@ def test_finfo_min_mask_is_unbounded_and_stays_float_on_jetson(tmp_path):
     qdq, _ = write_qdq_model(model, result)
     quantized = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
     assert "weights" in quantized and not {"additive", "masked"} & quantized
+
+
+def test_int64_feeds_become_int32_only_where_they_fit():
+    from edgepipe.backends.tflite.runtime import integer_input
+    from edgepipe.errors import UserError
+
+    ids = np.array([[101, 2054, 102, 0]], np.int64)
+    got = integer_input(ids, "input_ids", np.dtype(np.int32))
+    assert got.dtype == np.int32 and np.array_equal(got, ids)
+    with pytest.raises(UserError, match=r"input 'input_ids' holds values outside int32 \(0\.\.4294967296\)"):
+        integer_input(np.array([[0, 2**32]], np.int64), "input_ids", np.dtype(np.int32))  # would wrap to 0
+    assert integer_input(np.array([[1, 0]]), "mask", np.dtype(np.bool_)).tolist() == [[True, False]]
