@@ -104,7 +104,8 @@ def test_mask_infinity_is_unbounded_but_nan_and_overflow_stay_errors(legacy_file
         calibrate(model, Tokens(fixture_models.token_batch(4, 1)), {"rounds": 1, "method": "minmax"})
 
 
-def test_finfo_min_mask_is_unbounded_and_stays_float_on_jetson(tmp_path):
+@pytest.mark.parametrize("lowest", [np.finfo(np.float32).min, -1e9])
+def test_finfo_min_mask_is_unbounded_and_stays_float_on_jetson(tmp_path, lowest):
     """Hugging Face's extended mask, (1 - mask) * finfo(float32).min added to the scores: finite,
     but no int8 grid can hold it next to the scores. It and the masked scores get no range; the
     Softmax after them does, and the Q/DQ model puts no pair on them."""
@@ -126,7 +127,7 @@ def test_finfo_min_mask_is_unbounded_and_stays_float_on_jetson(tmp_path):
          helper.make_tensor_value_info("mask", TensorProto.INT64, [1, 1, 6])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3])],
         [numpy_helper.from_array(np.array(1.0, np.float32), "one"),
-         numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), "lowest"),
+         numpy_helper.from_array(np.array(lowest, np.float32), "lowest"),
          numpy_helper.from_array(np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32), "values")])
     model = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 17)])
     rng = np.random.default_rng(1)

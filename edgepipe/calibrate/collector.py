@@ -42,8 +42,9 @@ from edgepipe.calibrate.histogram import TensorHistogram
 from edgepipe.calibrate.policy import TensorContext
 from edgepipe.errors import UserError
 
-# |x| at or above this is a mask sentinel (torch.finfo(float32).min is -3.4e38), not an activation
-MASK_SENTINEL = 1e30
+# |x| at or above this is a mask sentinel, not an activation: torch.finfo(float32).min (-3.4e38,
+# Hugging Face), masked_fill(-1e9) (the Annotated Transformer); BERT's older -10000.0 is below it
+MASK_SENTINEL = 1e8
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
