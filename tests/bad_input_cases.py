@@ -143,6 +143,22 @@ def nms_on_arm(tmp):
     return _build(tmp, _model(tmp, model), _calib(tmp), "arm-cpu")
 
 
+def token_id_out_of_range(tmp):
+    """A text model's calibration data from a tokenizer with a larger vocabulary than the model's."""
+    helper = onnx.helper
+    table = np.random.default_rng(0).standard_normal((10, 3)).astype(np.float32)
+    graph_proto = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["emb"], name="embedding"),
+         helper.make_node("ReduceMean", ["emb"], ["y"], name="pool", axes=[1], keepdims=0)],
+        "tokens", [helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, [1, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])],
+        [onnx.numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 17)])
+    ids = np.random.default_rng(0).integers(0, 10, (8, 4))
+    ids[2, 1] = 30522  # bert-base-uncased's vocabulary size
+    return _build(tmp, _model(tmp, model), _calib(tmp, ids, key="input_ids"), "arm-cpu")
+
+
 def qoperator_runtime_scale(tmp):
     """A QOperator model (QuantizeLinear -> QLinearConv -> DequantizeLinear) whose conv reads its input
     scale from a node, not a constant: no float conv can stand for it, so it stays and is named."""
@@ -659,6 +675,8 @@ CASES = [
     Case("wrong-shape", "calibration tensors of the wrong shape", wrong_shape, ("'x'", "9")),
     Case("wrong-dtype", "calibration tensors that are not numbers", wrong_dtype, ("'x'",)),
     Case("nan-values", "NaN in the calibration data", nan_values, ("'x'", "5")),
+    Case("token-id-out-of-range", "token ids past the model's embedding table (another tokenizer's vocabulary)",
+         token_id_out_of_range, ("sample 2", "'input_ids'", "30522", "'embedding'", "0..9")),
     Case("mismatched-names", ".npz keys that are not the model's input names", mismatched_names, ("'x'", "image")),
     Case("labels-length", "labels of the wrong length", labels_wrong_length, ("labels", "3")),
     Case("unknown-config-key", "a misspelled key in edgepipe.yaml", unknown_config_key, ("calibration.methd",)),

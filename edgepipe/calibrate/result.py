@@ -40,6 +40,9 @@ class CalibrationResult:
     bias_corrections: dict[str, list[float]] = field(default_factory=dict)
     # how the build chose them (calibration.bias_correction: auto): the held-out check's numbers
     bias_correction: dict = field(default_factory=dict)
+    # tensors that carried an attention mask's infinities on calibration data (collector.py): no
+    # range, so every target keeps them and the nodes reading or writing them float
+    unbounded: list[str] = field(default_factory=list)
     # per-channel weight thresholds every int8 consumer uses (calibration.weight_ranges: minmax | mse)
     weight_ranges: str = "minmax"
     # {sample index: FP32 graph outputs} kept by the collector for the output-effect check
@@ -68,6 +71,7 @@ class CalibrationResult:
                if self.bias_corrections else {}),
             **({"bias_correction": self.bias_correction} if self.bias_correction else {}),
             **({"weight_ranges": self.weight_ranges} if self.weight_ranges != "minmax" else {}),
+            **({"unbounded": sorted(self.unbounded)} if self.unbounded else {}),
         }
 
     @classmethod
@@ -82,6 +86,7 @@ class CalibrationResult:
             bias_corrections=dict(data.get("bias_corrections", {})),
             bias_correction=dict(data.get("bias_correction", {})),
             weight_ranges=str(data.get("weight_ranges", "minmax")),
+            unbounded=[str(name) for name in data.get("unbounded", [])],
         )
 
     def save(self, path: str | Path) -> Path:
