@@ -17,7 +17,7 @@ UNARY = {  # op: (opset, input transform: keeps Log / Reciprocal away from 0, sp
     "Neg": (17, lambda x: 3 * x), "Abs": (17, lambda x: 3 * x), "Exp": (17, lambda x: 2 * x),
     "Log": (17, lambda x: np.abs(x) + 0.2), "Reciprocal": (17, lambda x: np.abs(x) + 0.2),
     "Softplus": (17, lambda x: 40 * x), "Mish": (18, lambda x: 10 * x),
-    "Floor": (17, lambda x: 5 * x), "Ceil": (17, lambda x: 5 * x), "Round": (17, lambda x: 5 * x),
+    "Sign": (17, lambda x: 3 * x), "Floor": (17, lambda x: 5 * x), "Ceil": (17, lambda x: 5 * x), "Round": (17, lambda x: 5 * x),
 }
 
 
@@ -30,7 +30,7 @@ def test_unary(op_type, tmp_path):
     assert report.result["float_nodes"] == ([] if op_type == "Exp" else ["op"])
 
 
-@pytest.mark.parametrize("op_type", ["Floor", "Ceil", "Round"])
+@pytest.mark.parametrize("op_type", ["Floor", "Ceil", "Round", "Sign"])
 def test_rounding_after_conv_is_one_xnnpack_partition(op_type, tmp_path):
     """FLOOR / CEIL / ROUND in float inside the int8 partition; halves round to even (ONNX Round)."""
     weights = RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)
@@ -42,7 +42,8 @@ def test_rounding_after_conv_is_one_xnnpack_partition(op_type, tmp_path):
         assert len(delegate_partitions(report.out_dir / path)) == 1, path
 
 
-@pytest.mark.parametrize("name", ["test_round", "test_floor", "test_ceil", "test_floor_example", "test_ceil_example"])
+@pytest.mark.parametrize("name", ["test_round", "test_floor", "test_ceil", "test_floor_example", "test_ceil_example",
+                                  "test_sign"])
 def test_rounding_onnx_cases_fp32(name, tmp_path):
     """The ONNX backend cases hold exact halves (+-0.5, 2.5, ...): half to even, like ONNX."""
     assert_onnx_case_fp32(name, tmp_path, 0.0)
@@ -108,5 +109,12 @@ def test_round_halves_to_even_over_the_float_range(tmp_path):
     values = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, -0.50000006, 1e-30, 3.7, -3.7,
                        4194304.5, 8388607.5, -8388607.5, 8388609.0, 1e12, -3e13, 0.0], np.float32)
     model = make_model([helper.make_node("Round", ["x"], ["y"], name="op")], {"x": [values.size]}, ["y"])
+    report = check_conformance(model, tmp_path, [{"x": values}] + structured_inputs(model), fp32_rtol=0.0)
+    assert report.fp32_error["xnnpack"] == 0.0
+
+
+def test_sign_of_zero_tiny_and_huge_values(tmp_path):
+    values = np.array([0.0, -0.0, 1e-37, -1e-37, 3e-30, 1.0, -2.5, 3e38, -3e38, 7e-8], np.float32)
+    model = make_model([helper.make_node("Sign", ["x"], ["y"], name="op")], {"x": [values.size]}, ["y"])
     report = check_conformance(model, tmp_path, [{"x": values}] + structured_inputs(model), fp32_rtol=0.0)
     assert report.fp32_error["xnnpack"] == 0.0
