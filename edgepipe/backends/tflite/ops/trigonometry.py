@@ -1,4 +1,4 @@
-"""Sin, Cos -> SIN / COS; Atan as a float chain of ops XNNPACK delegates.
+"""Sin, Cos -> SIN / COS; Tan, Atan, Asin, Acos as float chains of ops XNNPACK delegates.
 
 Rotary position embeddings, Fourier features and angle heads compute these. LiteRT registers SIN
 and COS (float only, delegated by XNNPACK) but no ATAN; its ATAN2 kernel is not delegated. All
@@ -12,6 +12,8 @@ so x^2 stays finite (atan(1e18) is pi / 2 in float32).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from edgepipe.backends.tflite.lower import Lowering
 from edgepipe.backends.tflite.ops import register
@@ -28,11 +30,9 @@ def lower_sin_cos(ctx: Lowering, node) -> None:
     steps.op(BUILTIN[node.op_type], [steps.x], steps.output())
 
 
-@register("Atan", int8=False)
-def lower_atan(ctx: Lowering, node) -> None:
-    steps = FloatSteps(ctx, node)
+def _atan(steps: FloatSteps, x: int, out: int | None = None) -> int:
     one = steps.constant(1.0)
-    t = steps.op("MAXIMUM", [steps.op("MINIMUM", [steps.x, steps.constant(ATAN_CLAMP)]), steps.constant(-ATAN_CLAMP)])
+    t = steps.op("MAXIMUM", [steps.op("MINIMUM", [x, steps.constant(ATAN_CLAMP)]), steps.constant(-ATAN_CLAMP)])
     for _ in range(2):  # t / (1 + sqrt(1 + t^2)): halves the angle
         root = steps.op("SQRT", [steps.add(steps.mul(t, t), one)])
         t = steps.op("DIV", [t, steps.add(root, one)], None, "DivOptions", FusedActivationFunction=0)
@@ -42,4 +42,33 @@ def lower_atan(ctx: Lowering, node) -> None:
     series = steps.constant(coefficients[-1])
     for coefficient in reversed(coefficients[:-1]):
         series = steps.add(steps.mul(square, series), steps.constant(coefficient))
-    steps.mul(t, series, out=steps.output())
+    return steps.mul(t, series, out=out)
+
+
+@register("Atan", int8=False)
+def lower_atan(ctx: Lowering, node) -> None:
+    steps = FloatSteps(ctx, node)
+    _atan(steps, steps.x, steps.output())
+
+
+@register("Asin", "Acos", int8=False)
+def lower_asin_acos(ctx: Lowering, node) -> None:
+    """asin(x) = atan(x / sqrt((1 - x)(1 + x))) (+-inf at +-1 gives +-pi / 2; |x| > 1 is NaN, as
+    in ONNX), acos(x) = pi / 2 - asin(x)."""
+    steps = FloatSteps(ctx, node)
+    one = steps.constant(1.0)
+    below = steps.op("SUB", [one, steps.x], None, "SubOptions", FusedActivationFunction=0)
+    cosine = steps.op("SQRT", [steps.mul(below, steps.add(one, steps.x))])
+    ratio = steps.op("DIV", [steps.x, cosine], None, "DivOptions", FusedActivationFunction=0)
+    if node.op_type == "Asin":
+        _atan(steps, ratio, steps.output())
+        return
+    steps.op("SUB", [steps.constant(np.pi / 2), _atan(steps, ratio)], steps.output(), "SubOptions",
+             FusedActivationFunction=0)
+
+
+@register("Tan", int8=False)
+def lower_tan(ctx: Lowering, node) -> None:
+    steps = FloatSteps(ctx, node)
+    steps.op("DIV", [steps.op("SIN", [steps.x]), steps.op("COS", [steps.x])], steps.output(), "DivOptions",
+             FusedActivationFunction=0)
