@@ -137,7 +137,7 @@ def lower_pool(ctx: Lowering, node) -> None:
     x = ctx.get(node.input[0], dtype, NHWC)
     if plan.pads:
         lowest = node.op_type == "MaxPool" and not _zero_is_lowest(ctx, node.input[0], x)
-        if lowest and _edge_pad_is_exact(plan):
+        if lowest and dtype != "int16" and _edge_pad_is_exact(plan):  # int16 has no XNNPACK partition to keep
             x = _edge_padded(ctx, node, x, plan.pads)
         else:
             x = pad_nhwc(ctx, node, x, plan.pads, fill=-np.inf if lowest else None, rows=node.op_type == "MaxPool")
