@@ -54,3 +54,36 @@ def test_cumsum_with_runtime_axis_is_refused():
     model = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 17)])
     problems = unsupported_nodes(model)
     assert problems and "axis must be a constant scalar" in str(problems)
+
+
+def test_integer_cumsum_counts_token_positions(tmp_path):
+    """RoBERTa / XLM-R position ids: cumsum(ids != pad) * (ids != pad) + pad, int64 in ONNX, int32
+    CUMSUM in TFLite; the ids then index a position embedding added to the token embedding, so a
+    wrong position is a wrong embedding row in the output."""
+    from onnx import numpy_helper
+
+    from edgepipe import graph
+
+    node = helper.make_node
+    nodes = [node("Equal", ["ids", "pad"], ["is_pad"], name="is_pad"), node("Not", ["is_pad"], ["keep"], name="keep"),
+             node("Cast", ["keep"], ["keep_int"], name="keep_int", to=TensorProto.INT64),
+             node("CumSum", ["keep_int", "axis"], ["count"], name="cumsum"),
+             node("Mul", ["count", "keep_int"], ["counted"], name="counted"),
+             node("Add", ["counted", "pad"], ["positions"], name="positions"),
+             node("Gather", ["position_table", "positions"], ["position_emb"], name="position_emb"),
+             node("Gather", ["token_table", "ids"], ["token_emb"], name="token_emb"),
+             node("Add", ["token_emb", "position_emb"], ["y"], name="y")]
+    constants = {"pad": np.array(1, np.int64), "axis": np.array(1, np.int64),
+                 "position_table": RNG.normal(size=(12, 4)).astype(np.float32),
+                 "token_table": RNG.normal(size=(20, 4)).astype(np.float32)}
+    proto = helper.make_graph(nodes, "positions", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in constants.items()])
+    model = graph.infer_shapes(helper.make_model(proto, opset_imports=[helper.make_opsetid("", 17)]))
+    feeds = []
+    for count in (9, 6, 3, 7, 5, 8):
+        ids = RNG.integers(2, 20, (1, 9))
+        ids[0, count:] = 1
+        feeds.append({"ids": ids})
+    report = check_conformance(model, tmp_path, feeds)
+    assert report.result["op_histogram"]["CUMSUM"] == 1

@@ -164,6 +164,7 @@ BUILTINS = _table(
     Builtin("LOGICAL_AND", 1),
     Builtin("LOGICAL_OR", 1),
     Builtin("SELECT_V2", 1),
+    Builtin("CUMSUM", 1),  # int32 only (ops/cumsum.py: float sums are delegated weight matrices)
     # selection (ops/selection.py): integer indices out, builtin kernels; TOPK_V2's values keep the
     # input's quantization
     Builtin("ARG_MAX", 2, True),

@@ -10,7 +10,9 @@ per-channel grid, and the output requantizes to its calibrated range like any FC
 - otherwise the [1, outer, L, inner] view: PAD L - 1 zeros before (after, for `reverse`) the axis,
   then a depthwise [1, L] window of ones over it, one channel per inner element.
 `exclusive` zeroes the diagonal (the window's own tap). The work is L per element either way,
-so very long axes are refused rather than built into a huge matrix.
+so very long axes are refused rather than built into a huge matrix. An integer CumSum (RoBERTa's
+position ids: the running count of non-pad tokens) is LiteRT's int32 CUMSUM, next to the other
+mask ops that run on builtin kernels before the delegated encoder (ops/logical.py).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def check_cumsum(ctx: Lowering, node) -> str | None:
     if axis is None:
         return "axis must be a constant scalar"
     length = ctx.shape(node.input[0])[axis]
-    if length > MAX_LENGTH:
+    if length > MAX_LENGTH and ctx.onnx_kind(node.output[0]) == "float32":
         return f"an axis of {length} elements; the running-sum matrix form is limited to {MAX_LENGTH}"
     return None
 
@@ -63,6 +65,10 @@ def lower_cumsum(ctx: Lowering, node) -> None:
     axis = perm.index(_axis(ctx, node))
     outer, length, inner = int(np.prod(shape[:axis])), shape[axis], int(np.prod(shape[axis + 1:]))
     quant = ctx.tensor(out).quantization
+    if dtype == "int32":  # position ids from a token mask: exact integer sums, before the encoder
+        ctx.emit("CUMSUM", [x, ctx.int32_constant(f"{node.name};axis", axis)], [out], node, "CumsumOptions",
+                 Exclusive=exclusive, Reverse=reverse)
+        return
     if inner == 1:
         view = _reshaped(ctx, node, x, [outer, length], "rows")
         summed = out if len(shape) == 2 else ctx.temp(f"{node.name};rows_summed", [outer, length], dtype, quant)
