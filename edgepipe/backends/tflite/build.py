@@ -108,7 +108,8 @@ def describe_io(ctx: Lowering) -> dict:
     def entry(index: int) -> dict:
         tensor = ctx.tensor(index)
         rank = len(tensor.shape)
-        perm = ctx.io_perm(tensor.name)
+        # the layout the tensor was made in (integer inputs keep ONNX's), else the I/O rule
+        perm = next((v.perm for v in ctx.values.get(tensor.name, []) if v.index == index), ctx.io_perm(tensor.name))
         quant = tensor.quantization
         return {
             "name": tensor.name,
