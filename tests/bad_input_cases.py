@@ -292,6 +292,22 @@ def torchscript_writes_when_traced(tmp):
             "--out", str(tmp / "bundle")]
 
 
+def torchscript_getattr_at_load(tmp):
+    """The `__setstate__` writer with its call spelled `getattr(torch, "save")(...)`: torch.jit.load
+    resolves it to aten::save, and no `.save` stands in the code text."""
+    import zipfile
+
+    plain, crafted = _scripted_file_writer(tmp, "load"), tmp / "getattr_writer.pt"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(crafted, "w") as out:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith(".py"):
+                data = data.replace(b"torch.save(", b'getattr(torch, "save")(')
+            out.writestr(info, data)
+    return ["build", "--model", str(crafted), "--target", "jetson", "--input-shape", "x:1x4",
+            "--calib", str(_calib(tmp, np.ones((4, 4), np.float32))), "--out", str(tmp / "bundle")]
+
+
 def missing_model(tmp):
     return ["build", "--model", str(tmp / "no_such_model.onnx"), "--target", "arm-cpu", "--out", str(tmp / "out")]
 
@@ -621,6 +637,9 @@ CASES = [
          export_program_host_op, ("mapped.pt2", "aten::from_file", "node 'mapped'")),
     Case("torchscript-load-code", "a TorchScript file whose `__setstate__` writes a file (torch.jit.load runs it)",
          torchscript_writes_at_load, ("load_writer.pt", "aten::save", "__setstate__")),
+    Case("torchscript-getattr-host-op", "a TorchScript file whose `__setstate__` reaches aten::save through "
+         "`getattr(torch, \"save\")` (no `.save` in its code)", torchscript_getattr_at_load,
+         ("getattr_writer.pt", "torch as a value", "__setstate__")),
     Case("torchscript-host-op", "a TorchScript file whose forward writes a file (aten::save) when traced",
          torchscript_writes_when_traced, ("forward_writer.pt", "aten::save", "forward")),
     Case("bad-yaml", "edgepipe.yaml that is not valid YAML", bad_yaml, ("edgepipe.yaml", "line 2")),
