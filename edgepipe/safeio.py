@@ -204,3 +204,36 @@ def check_zip_members(path: str | Path, what: str) -> None:
         problem = _bomb_problem(info, False, None)
         if problem:
             raise UserError(f"{path}: {what} member '{info.filename}' {problem}; re-save it with torch")
+
+
+def make_real_folders(folder: str | Path, inside: str | Path, for_what: str) -> None:
+    """Make `folder` below `inside`, refusing a link (or a file) on the way: a bundle's `report`
+    link would carry what edgepipe writes there out of the bundle."""
+    current = Path(inside)
+    for part in Path(folder).relative_to(inside).parts:
+        current = current / part
+        if current.is_symlink() or (current.exists() and not current.is_dir()):
+            raise UserError(f"{current}: is a link or not a folder; refusing to write {for_what} through it "
+                            "(results stay inside the bundle), remove it")
+        current.mkdir(exist_ok=True)
+
+
+def write_text_replacing(path: str | Path, text: str, inside: str | Path | None = None) -> Path:
+    """Write `text` to `path` as a new file renamed over it: a link planted at `path` (a bundle's
+    `report/compare.json -> ~/.bashrc`) is replaced, never written through. With `inside` (the
+    bundle a path belongs to), every folder from there down to the file must be a real folder, so
+    a `report` link cannot carry the file out of the bundle; missing folders are made."""
+    path = Path(path)
+    if inside is not None:
+        make_real_folders(path.parent, inside, path.name)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "x", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path

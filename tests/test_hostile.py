@@ -147,6 +147,15 @@ def test_jetson_engine_scripts_keep_hostile_names_literal(tmp_path):
     literal = (out / "build_engine.py").read_text().split("\nCONFIG = ", 1)[1].split("\n\n\n", 1)[0]
     config = ast.literal_eval(literal)
     assert config["inputs"][0]["name"] == "in" + text
+    # calibration.cache is `name: scale` lines: a name with a line break would forge entries, so it is left out
+    from edgepipe.backends.tensorrt.cache import read_calibration_cache
+
+    cache_lines = (out / "calibration.cache").read_text().splitlines()
+    scales = read_calibration_cache(out / "calibration.cache")
+    reference = onnx.load(str(out / "reference.onnx"))
+    names = {i.name for i in reference.graph.input} | {o for n in reference.graph.node for o in n.output}
+    assert scales and set(scales) <= names and len(scales) == len(cache_lines) - 1
+    assert "in" + text not in scales and "calibration.cache leaves out" in completed.stdout + completed.stderr
     subprocess.run(["sh", "-n", str(out / "build_engine.sh")], check=True)
     yaml.safe_load((out / "deploy" / "playbook.yml").read_text())
     # run the shell script against a fake trtexec that records its arguments
@@ -595,3 +604,69 @@ def test_npz_zip_bomb_is_refused_from_the_zip_directory(tmp_path, monkeypatch):
     np.savez_compressed(tmp_path / "real.npz",
                         x=np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32))
     assert len(load_dataset(tmp_path / "real.npz", {"x": ((1, 3, 8, 8), np.dtype(np.float32))})) == 4
+
+
+@pytest.fixture(scope="module")
+def demo_bundle(tmp_path_factory):
+    """The demo's arm-cpu bundle (compare needs a built-in target name in the manifest)."""
+    tmp = tmp_path_factory.mktemp("demo-arm")
+    completed = run_cli("build", "--target", "arm-cpu", cwd=tmp)
+    assert completed.returncode == 0, completed.stderr
+    return tmp / "build" / "arm-cpu"
+
+
+def _bundle_copy(bundle: Path, tmp_path, name: str) -> Path:
+    return Path(shutil.copytree(bundle, tmp_path / name, symlinks=True))
+
+
+def test_compare_reads_the_bundles_calibration_json_bounded(demo_bundle, tmp_path):
+    """compare reads a bundle someone handed over: its calibration.json may be a FIFO (blocked
+    forever), nested 100000 deep (RecursionError) or hold a string where a threshold belongs."""
+    cases = {"fifo": None, "nested": "[" * 100_000 + "]" * 100_000, "wrong-type": "amax"}
+    for name, content in cases.items():
+        bundle = _bundle_copy(demo_bundle, tmp_path, name)
+        calibration = bundle / "calibration.json"
+        if content is None:
+            calibration.unlink()
+            os.mkfifo(calibration)
+        elif content == "amax":
+            data = json.loads(calibration.read_text())
+            next(iter(data["tensors"].values()))["amax"] = "<svg onload=alert(1)>"
+            calibration.write_text(json.dumps(data))
+        else:
+            calibration.write_text(content)
+        completed = run_cli("compare", str(bundle), "--max-samples", "2", "--alone-samples", "1", cwd=tmp_path,
+                            timeout=120)
+        lines = completed.stderr.strip().splitlines()
+        assert completed.returncode == 2 and len(lines) == 1, (name, completed.stderr)
+        assert lines[0].startswith(f"error: {calibration}"), lines
+        assert not (bundle / "report" / "compare.json").exists()
+
+
+def test_writes_into_a_bundles_report_folder_never_follow_links(demo_bundle, tmp_path):
+    """A bundle whose report/ is a link, or whose report/compare.json and report.md are links to a
+    user's file (`~/.bashrc`: compare.json holds the model's tensor names, `$(...)` included):
+    compare refuses the first before any work and replaces the links of the second."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    linked = _bundle_copy(demo_bundle, tmp_path, "linked-report")
+    shutil.rmtree(linked / "report")
+    (linked / "report").symlink_to(outside)
+    completed = run_cli("compare", str(linked), "--max-samples", "2", "--no-alone", cwd=tmp_path, timeout=120)
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stderr.strip() == (f"error: {linked / 'report'}: is a link or not a folder; refusing to write "
+                                        "compare.json through it (results stay inside the bundle), remove it")
+    assert list(outside.iterdir()) == []
+
+    victim = tmp_path / "bashrc"
+    victim.write_text("user's own file\n")
+    bundle = _bundle_copy(demo_bundle, tmp_path, "linked-files")
+    for name in ("compare.json", "report.md", "report.html"):
+        (bundle / "report" / name).unlink(missing_ok=True)
+        (bundle / "report" / name).symlink_to(victim)
+    completed = run_cli("compare", str(bundle), "--max-samples", "2", "--no-alone", cwd=tmp_path, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert victim.read_text() == "user's own file\n"
+    for name in ("compare.json", "report.md", "report.html"):
+        assert not (bundle / "report" / name).is_symlink() and (bundle / "report" / name).stat().st_size > 0
+    assert json.loads((bundle / "report" / "compare.json").read_text())["tensors"]

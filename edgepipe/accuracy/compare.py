@@ -218,6 +218,7 @@ def compare_bundle(bundle: str | Path, max_samples: int | None = 64, alone: bool
     if not reference_path.is_file():
         raise UserError(f"{reference_path}: missing; rebuild the bundle")
     reference = graph.ensure_node_names(graph.load_model(reference_path))
+    calibration = CalibrationResult.load(bundle / "calibration.json") if alone else None  # before any work
     data = BundleEval(bundle, reference, max_samples)
     probe = target.deployed_probe(bundle, manifest)
     if probe is None:
@@ -247,7 +248,6 @@ def compare_bundle(bundle: str | Path, max_samples: int | None = 64, alone: bool
     report = CompareReport(target.name, probe.description, probe.where, len(data), tensors, outputs,
                            skipped=sorted(seen - set(stats)))
     if alone:
-        calibration = CalibrationResult.load(bundle / "calibration.json")
         report.scheme, report.alone_samples = _measure_alone(report, reference, calibration, data, target,
                                                              alone_samples)
     return report

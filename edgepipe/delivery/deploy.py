@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgepipe.errors import UserError
-from edgepipe.safeio import JSON_MAX_BYTES, parse_json
+from edgepipe.safeio import JSON_MAX_BYTES, parse_json, write_text_replacing
 from edgepipe.templating import render
 
 SAFE_HOST = re.compile(r"^[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]*$")
@@ -405,9 +405,9 @@ def deploy_bundle(bundle: str | Path, target: SshTarget, remote_dir: str | None 
     if run:
         result.results = run_remote(shell, final_dir, iterations, warmup)
         host_dir = Path(out_dir if out_dir is not None else bundle / "report") / target.name
-        host_dir.mkdir(parents=True, exist_ok=True)
-        result.results_path = host_dir / "results.json"
-        result.results_path.write_text(json.dumps(result.results, indent=2, sort_keys=True) + "\n")
+        result.results_path = write_text_replacing(host_dir / "results.json",
+                                                   json.dumps(result.results, indent=2, sort_keys=True) + "\n",
+                                                   bundle if host_dir.is_relative_to(bundle) else None)
         result.notes.append(render_report_if_available(result.results_path, bundle))
     return result
 

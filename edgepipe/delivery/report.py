@@ -13,7 +13,7 @@ from pathlib import Path
 from edgepipe.delivery import charts
 from edgepipe.errors import UserError
 from edgepipe.delivery.regress import load_results
-from edgepipe.safeio import read_json_file
+from edgepipe.safeio import read_json_file, write_text_replacing
 from edgepipe.templating import render
 
 MAX_ACTIVATION_PLOTS = 24
@@ -249,8 +249,7 @@ def render_report(results_path: str | Path, out_dir: str | Path | None = None, b
     context["calibration_warnings"] = _section(lambda c: [str(w) for w in c.get("warnings") or []], *calibration) or []
     context["sensitivity"] = _section(sensitivity_section, *sensitivity)
     context["layers"] = _section(layer_section, *find_artifact("compare.json", places))
-    out.mkdir(parents=True, exist_ok=True)
-    html_path = out / "report.html"
-    html_path.write_text(render("report.html.j2", **context))
-    (out / "report.md").write_text(render("report.md.j2", **context))
+    inside = Path(bundle_dir) if bundle_dir and out.is_relative_to(bundle_dir) else None  # a bundle's report/
+    html_path = write_text_replacing(out / "report.html", render("report.html.j2", **context), inside)
+    write_text_replacing(out / "report.md", render("report.md.j2", **context), inside)
     return html_path
