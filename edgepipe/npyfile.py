@@ -45,6 +45,10 @@ class ArrayFile:
     def __init__(self, path: Path, shape: tuple, dtype: np.dtype, offset: int, member: str | None = None,
                  whole: np.ndarray | None = None):
         self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+        if any(isinstance(dim, bool) or not isinstance(dim, int) or dim < 0 for dim in self.shape):
+            where = f"{self.path} (member {member})" if member else str(self.path)
+            raise UserError(f"{where}: its .npy header declares shape {self.shape!r}; dims must be non-negative "
+                            "integers, save the array again with numpy.save")
         self.ndim = len(self.shape)
         self._offset, self._member, self._whole = offset, member, whole
         self._stream = None  # (ZipFile, member stream) of a deflated member

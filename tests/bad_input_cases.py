@@ -308,6 +308,17 @@ def torchscript_getattr_at_load(tmp):
             "--calib", str(_calib(tmp, np.ones((4, 4), np.float32))), "--out", str(tmp / "bundle")]
 
 
+def npy_negative_shape(tmp):
+    """A .npy whose header declares a negative dim (numpy's own reader accepts the header)."""
+    import struct
+
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 3, 8, 8), }"
+    header += " " * (118 - len(header)) + "\n"
+    (tmp / "calib.npy").write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode()
+                                    + bytes(64))
+    return _build(tmp, _model(tmp), tmp / "calib.npy", "arm-cpu")
+
+
 def missing_model(tmp):
     return ["build", "--model", str(tmp / "no_such_model.onnx"), "--target", "arm-cpu", "--out", str(tmp / "out")]
 
@@ -619,6 +630,8 @@ CASES = [
     Case("unreadable-image", "an image that cannot be decoded", unreadable_image, ("broken.png",)),
     Case("image-pixel-bomb", "a PNG whose header declares 40000 x 40000 pixels (decompression bomb)", image_pixel_bomb,
          ("huge.png", "decompression bomb")),
+    Case("npy-negative-shape", "a .npy header declaring shape (-1, 3, 8, 8)", npy_negative_shape,
+         ("calib.npy", "(-1, 3, 8, 8)", "non-negative")),
     Case("pickled-npz", "an .npz holding pickled Python objects (an object array)", pickled_npz,
          ("calib.npz", "non-numeric dtype object")),
     Case("wrong-shape", "calibration tensors of the wrong shape", wrong_shape, ("'x'", "9")),
