@@ -619,9 +619,32 @@ def _bundle_copy(bundle: Path, tmp_path, name: str) -> Path:
     return Path(shutil.copytree(bundle, tmp_path / name, symlinks=True))
 
 
-def test_compare_reads_the_bundles_calibration_json_bounded(demo_bundle, tmp_path):
+def _zero_bomb(path: Path, member: str, megabytes: int) -> None:
+    """An .npz member of float32 zeros deflated over 1000:1, written a MB at a time."""
+    import zipfile
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1,), np.float32))
+    header["shape"] = (megabytes, 1, 512, 512)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, archive.open(member, "w") as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        for _ in range(megabytes):
+            out.write(bytes(1 << 20))
+
+
+def test_compare_reads_the_bundles_files_bounded(demo_bundle, tmp_path):
     """compare reads a bundle someone handed over: its calibration.json may be a FIFO (blocked
-    forever), nested 100000 deep (RecursionError) or hold a string where a threshold belongs."""
+    forever), nested 100000 deep (RecursionError) or hold a string where a threshold belongs; its
+    eval/eval.npz (read whole) may be a zip bomb or not a zip at all."""
+    for name in ("eval-bomb", "eval-garbage"):
+        bundle = _bundle_copy(demo_bundle, tmp_path, name)
+        eval_npz = bundle / "eval" / "eval.npz"
+        if name == "eval-bomb":
+            _zero_bomb(eval_npz, "input:image.npy", 100)
+        else:
+            eval_npz.write_bytes(b"not a zip")
+        completed = run_cli("compare", str(bundle), "--max-samples", "2", "--no-alone", cwd=tmp_path, timeout=120)
+        assert completed.returncode == 2, (name, completed.stderr)
+        assert completed.stderr.startswith(f"error: {eval_npz}: ") and len(completed.stderr.splitlines()) == 1
     cases = {"fifo": None, "nested": "[" * 100_000 + "]" * 100_000, "wrong-type": "amax"}
     for name, content in cases.items():
         bundle = _bundle_copy(demo_bundle, tmp_path, name)
