@@ -357,6 +357,20 @@ def npy_negative_shape(tmp):
     return _build(tmp, _model(tmp), tmp / "calib.npy", "arm-cpu")
 
 
+def torchscript_uppercase_code(tmp):
+    """The `__setstate__` writer with its code member renamed `….PY`: torch's zip reader finds
+    members without case, so torch.jit.load still compiles and runs it."""
+    import zipfile
+
+    plain, crafted = _scripted_file_writer(tmp, "load"), tmp / "upper_writer.pt"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(crafted, "w") as out:
+        for info in source.infolist():
+            name = info.filename[:-3] + ".PY" if info.filename.endswith(".py") else info.filename
+            out.writestr(name, source.read(info))
+    return ["build", "--model", str(crafted), "--target", "jetson", "--input-shape", "x:1x4",
+            "--calib", str(_calib(tmp, np.ones((4, 4), np.float32))), "--out", str(tmp / "bundle")]
+
+
 def missing_model(tmp):
     return ["build", "--model", str(tmp / "no_such_model.onnx"), "--target", "arm-cpu", "--out", str(tmp / "out")]
 
@@ -698,6 +712,9 @@ CASES = [
     Case("torchscript-getattr-host-op", "a TorchScript file whose `__setstate__` reaches aten::save through "
          "`getattr(torch, \"save\")` (no `.save` in its code)", torchscript_getattr_at_load,
          ("getattr_writer.pt", "torch as a value", "__setstate__")),
+    Case("torchscript-uppercase-code", "a TorchScript file whose `__setstate__` writer is stored as `….PY` "
+         "(torch finds members without case)", torchscript_uppercase_code,
+         ("upper_writer.pt", "aten::save", "__setstate__", ".PY)")),
     Case("torchscript-host-op", "a TorchScript file whose forward writes a file (aten::save) when traced",
          torchscript_writes_when_traced, ("forward_writer.pt", "aten::save", "forward")),
     Case("bad-yaml", "edgepipe.yaml that is not valid YAML", bad_yaml, ("edgepipe.yaml", "line 2")),

@@ -243,3 +243,42 @@ def test_code_torch_could_read_differently_is_refused(tmp_path):
                 out.writestr(info, data + text if info.filename.endswith(".py") else data)
         with pytest.raises(UserError, match=rf"{suffix}\.pt: refused: its code .* is not TorchScript source"):
             torch_op_policy.check_archive_code(crafted)
+
+
+def _rewritten(plain: Path, crafted: Path, rename=None, duplicate_with=None) -> None:
+    """`plain` with its code members renamed, or each written twice (the second copy `duplicate_with`)."""
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(crafted, "w") as out:
+        for info in source.infolist():
+            data, name = source.read(info), info.filename
+            if name.endswith(".py") and b"torch.save(" in data:
+                if duplicate_with is not None:
+                    out.writestr(name, data)
+                    data = duplicate_with(data)
+                elif rename is not None:
+                    name = rename(name)
+            out.writestr(name, data)
+
+
+@pytest.mark.parametrize("rename", [lambda n: n[:-3] + ".PY", lambda n: n.replace("/code/", "/CODE/")],
+                         ids=["upper-case-suffix", "upper-case-folder"])
+def test_code_members_torch_finds_without_case_are_checked(tmp_path, rename):
+    """torch's zip reader looks members up without case: `code/x.PY` is loaded as code."""
+    written = tmp_path / "written"
+    torch.jit.script(FileWriter(str(written))).save(str(tmp_path / "plain.pt"))
+    _rewritten(tmp_path / "plain.pt", tmp_path / "crafted.pt", rename=rename)
+    with pytest.raises(UserError, match=r"crafted\.pt: refused: its code calls aten::save in forward"):
+        torch_files.load_torchscript(tmp_path / "crafted.pt")
+    torch.jit.load(str(tmp_path / "crafted.pt"))(torch.ones(2))  # the renamed member is what torch runs
+    assert written.exists()
+
+
+def test_an_archive_holding_a_member_twice_is_refused(tmp_path):
+    """The writer first and a harmless copy second: this check must not read one while torch reads the other."""
+    written = tmp_path / "written"
+    torch.jit.script(FileWriter(str(written))).save(str(tmp_path / "plain.pt"))
+    with pytest.warns(UserWarning, match="Duplicate name"):  # Python's zipfile writes it, and says so
+        _rewritten(tmp_path / "plain.pt", tmp_path / "twice.pt",
+                   duplicate_with=lambda data: data.replace(b"torch.save(", b"torch.add("))
+    with pytest.raises(UserError, match=r"twice\.pt: refused: the archive holds '.*fixture_models\.py' twice"):
+        torch_op_policy.check_archive_code(tmp_path / "twice.pt")
+    assert not written.exists()

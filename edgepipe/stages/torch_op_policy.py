@@ -83,6 +83,19 @@ def _class_namespace(chain: list[str]) -> str | None:
     return None
 
 
+def _refuse_duplicate_members(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Two members whose names differ at most in case: torch reads one of them and this check
+    could read the other (torch.jit.save writes each member once)."""
+    seen: set[str] = set()
+    for info in infos:
+        key = info.filename.lower()
+        if key in seen:
+            raise UserError(f"{path}: refused: the archive holds '{info.filename}' twice (names compared "
+                            "without case, as torch reads them); torch.jit.save writes each member once, "
+                            "re-save the model with torch.jit.save")
+        seen.add(key)
+
+
 def check_archive_code(path: Path) -> None:
     """Refuse a TorchScript archive whose code reaches a host op or a library namespace, before
     torch.jit.load compiles it and runs its `__setstate__` methods.
@@ -94,11 +107,14 @@ def check_archive_code(path: Path) -> None:
     that mention one are not ops and pass."""
     try:
         with zipfile.ZipFile(path) as archive:
-            sources = {info.filename: archive.read(info) for info in archive.infolist() if info.filename.endswith(".py")}
+            infos = archive.infolist()
+            _refuse_duplicate_members(path, infos)
+            # torch's zip reader finds members case-insensitively: `code/x.PY` is code too
+            sources = [(info.filename, archive.read(info)) for info in infos if info.filename.lower().endswith(".py")]
     except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
         raise UserError(f"{path}: not a TorchScript file (torch.jit.save writes a zip archive: {exc}); for a "
                         f"state_dict checkpoint use --model pkg.module:factory --weights {path}") from exc
-    for name, data in sorted(sources.items()):
+    for name, data in sources:
         tokens, method = _tokens(path, name, data), "module code"
         for at, token in enumerate(tokens):
             if token.type != tokenize.NAME:
