@@ -83,14 +83,14 @@ def _class_namespace(chain: list[str]) -> str | None:
     return None
 
 
-def _refuse_duplicate_members(path: Path, infos: list[zipfile.ZipInfo]) -> None:
-    """Two members whose names differ at most in case: torch reads one of them and this check
-    could read the other (torch.jit.save writes each member once)."""
+def _refuse_duplicate_members(path: Path, names: list[str]) -> None:
+    """Two members whose names differ at most in case: torch reads one of them under either name
+    (torch.jit.save writes each member once)."""
     seen: set[str] = set()
-    for info in infos:
-        key = info.filename.lower()
+    for name in names:
+        key = name.lower()
         if key in seen:
-            raise UserError(f"{path}: refused: the archive holds '{info.filename}' twice (names compared "
+            raise UserError(f"{path}: refused: the archive holds '{name}' twice (names compared "
                             "without case, as torch reads them); torch.jit.save writes each member once, "
                             "re-save the model with torch.jit.save")
         seen.add(key)
@@ -105,15 +105,21 @@ def check_archive_code(path: Path) -> None:
     token by token and any other use of them (an alias, a getattr by string) is refused; a
     module's own attribute or method called `save` (`self.save`, `(sub).save(x)`) and strings
     that mention one are not ops and pass."""
+    import torch
+
     try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-            _refuse_duplicate_members(path, infos)
-            # torch's zip reader finds members case-insensitively: `code/x.PY` is code too
-            sources = [(info.filename, archive.read(info)) for info in infos if info.filename.lower().endswith(".py")]
+        with zipfile.ZipFile(path):
+            pass  # a one-line reason for a file that is no zip at all
+        # the records as torch.jit.load reads them (its own zip reader, which finds names without case:
+        # `code/x.PY` is code too), not as Python's zipfile would
+        reader = torch._C.PyTorchFileReader(str(path))
+        names = reader.get_all_records()
+        _refuse_duplicate_members(path, names)
+        sources = [(name, reader.get_record(name)) for name in names if name.lower().endswith(".py")]
     except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise UserError(f"{path}: not a TorchScript file (torch.jit.save writes a zip archive: {exc}); for a "
-                        f"state_dict checkpoint use --model pkg.module:factory --weights {path}") from exc
+        raise UserError(f"{path}: not a TorchScript file (torch.jit.save writes a zip archive: "
+                        f"{' '.join(str(exc).split())[:200]}); for a state_dict checkpoint use "
+                        f"--model pkg.module:factory --weights {path}") from exc
     for name, data in sources:
         tokens, method = _tokens(path, name, data), "module code"
         for at, token in enumerate(tokens):
