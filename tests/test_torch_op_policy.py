@@ -282,3 +282,20 @@ def test_an_archive_holding_a_member_twice_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"twice\.pt: refused: the archive holds '.*fixture_models\.py' twice"):
         torch_op_policy.check_archive_code(tmp_path / "twice.pt")
     assert not written.exists()
+
+
+def test_a_custom_class_of_another_library_named_only_in_the_data_is_refused(tmp_path):
+    """torch.jit.load rebuilds the custom classes data.pkl names and runs their C++ __setstate__,
+    whether or not the code mentions them; quantized packed weights stay allowed."""
+    plain, crafted = tmp_path / "qlinear.pt", tmp_path / "crafted.pt"
+    torch.jit.script(torch.ao.nn.quantized.Linear(4, 4)).save(str(plain))
+    torch_op_policy.check_archive_code(plain)
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(crafted, "w") as out:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("data.pkl"):
+                assert b"c__torch__.torch.classes.quantized\nLinearPackedParamsBase\n" in data
+                data = data.replace(b"torch.classes.quantized\n", b"torch.classes.dist_rpc\n")
+            out.writestr(info, data)
+    with pytest.raises(UserError, match=r"crafted\.pt: refused: its code calls classes\.dist_rpc\.\* in its data"):
+        torch_op_policy.check_archive_code(crafted)

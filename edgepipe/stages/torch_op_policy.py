@@ -13,6 +13,7 @@ methods, a `.pt2` program's graph and subgraphs) is checked by op kind before an
 from __future__ import annotations
 
 import io
+import re
 import tokenize
 import zipfile
 from pathlib import Path
@@ -29,6 +30,7 @@ CLASS_NAMESPACES = frozenset({"quantized", "xnnpack"})  # packed weights of quan
 
 _ROOTS = frozenset({"torch", "ops"})  # the names through which serialized TorchScript code reaches ops
 _RPC = frozenset(name for name in HOST_OPS if name.startswith("rpc_"))  # also callable by bare name
+_PICKLED_CLASS = re.compile(rb"torch\.classes\.(\w+)")
 _SKIPPED = frozenset({tokenize.COMMENT, tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER})
 
 
@@ -116,10 +118,15 @@ def check_archive_code(path: Path) -> None:
         names = reader.get_all_records()
         _refuse_duplicate_members(path, names)
         sources = [(name, reader.get_record(name)) for name in names if name.lower().endswith(".py")]
+        pickles = [(name, reader.get_record(name)) for name in names if name.lower().endswith(".pkl")]
     except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
         raise UserError(f"{path}: not a TorchScript file (torch.jit.save writes a zip archive: "
                         f"{' '.join(str(exc).split())[:200]}); for a state_dict checkpoint use "
                         f"--model pkg.module:factory --weights {path}") from exc
+    for name, data in pickles:  # torch.jit.load runs the __setstate__ of the custom classes they name
+        for namespace in _PICKLED_CLASS.findall(data):
+            if namespace.decode() not in CLASS_NAMESPACES:
+                raise _refusal(path, f"classes.{namespace.decode()}.*", f"its data ({name})")
     for name, data in sources:
         tokens, method = _tokens(path, name, data), "module code"
         for at, token in enumerate(tokens):
