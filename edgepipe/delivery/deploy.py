@@ -192,16 +192,20 @@ def probe(shell: RemoteShell) -> DeviceFacts:
             home = value
         elif key == "has":
             tools.add(value)
-    if not home.startswith("/"):
-        raise UserError(f"{shell.target.name}: could not determine the remote home directory; "
-                        f"pass an absolute --remote-dir")
+    if not home.startswith("/") or _has_control_characters(home):
+        raise UserError(f"{shell.target.name}: could not determine the remote home directory (the device "
+                        f"answered {home!r}); pass an absolute --remote-dir")
     return DeviceFacts(home=home, tools=frozenset(tools))
+
+
+def _has_control_characters(text: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
 
 
 def resolve_remote_dir(remote_dir: str | None, bundle: Path, home: str) -> str:
     """Absolute remote path; `~/x` and relative paths are taken relative to the remote home."""
     text = remote_dir if remote_dir else f"~/edgepipe/{bundle.name}"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+    if _has_control_characters(text):
         raise UserError(f"--remote-dir {text!r} contains control characters; choose a plain path")
     if text == "~" or text.startswith("~/"):
         text = home.rstrip("/") + text[1:]
@@ -392,7 +396,7 @@ def deploy_bundle(bundle: str | Path, target: SshTarget, remote_dir: str | None 
     staging_template = shlex.quote(f"{parent.rstrip('/')}/{UPLOAD_PREFIX}XXXXXX")
     made = shell.run(f"mkdir -p -- {shlex.quote(parent)} && mktemp -d {staging_template}")
     staging = made.stdout.decode(errors="replace").strip()
-    if not staging.startswith(f"{parent.rstrip('/')}/{UPLOAD_PREFIX}"):
+    if not staging.startswith(f"{parent.rstrip('/')}/{UPLOAD_PREFIX}") or _has_control_characters(staging):
         raise UserError(f"{target.name}: mktemp on the device returned {staging!r}; need GNU/busybox mktemp")
     try:
         upload(target, bundle, staging, method)
