@@ -238,6 +238,7 @@ def _check_input_shapes(value: dict, where: str) -> None:
         _numbers(shape, f"{where[:-1]}.{name}'", positive=True, integer=True)
         if not shape:
             raise UserError(f"{where[:-1]}.{name}' must list at least one dimension, like [1, 3, 224, 224]")
+        check_shape_size(shape, f"{where[:-1]}.{name}'")
 
 
 def _check_input_values(value: dict, where: str) -> None:
@@ -353,7 +354,21 @@ def parse_input_shape(text: str) -> tuple[str, list[int]]:
         raise UserError(f"--input-shape '{text}': dimensions must be integers like 1x3x224x224") from None
     if any(d <= 0 for d in shape):
         raise UserError(f"--input-shape '{text}': dimensions must be positive")
+    check_shape_size(shape, f"--input-shape '{text}'")
     return name, shape
+
+
+def check_shape_size(shape: list[int], where: str) -> None:
+    """An input of more elements than any tensor may hold (the allocation-bomb bound) is refused
+    here, before numpy or ONNX meet a dim past int64."""
+    from edgepipe.modelcheck import MAX_TENSOR_ELEMENTS
+
+    count = 1
+    for dim in shape:
+        count *= dim
+    if count > MAX_TENSOR_ELEMENTS:
+        raise UserError(f"{where}: the input would hold {count} elements, more than {MAX_TENSOR_ELEMENTS}; "
+                        "no edge device can allocate that, give the shape the model runs with")
 
 
 def parse_input_value(text: str) -> tuple[str, float | int]:

@@ -371,6 +371,29 @@ def torchscript_uppercase_code(tmp):
             "--calib", str(_calib(tmp, np.ones((4, 4), np.float32))), "--out", str(tmp / "bundle")]
 
 
+def _dynamic_size_model(tmp) -> Path:
+    model = tiny_conv_model()
+    for dim in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.dim_param = "size"
+    return _model(tmp, model)
+
+
+def input_shape_overflow(tmp):
+    return _build(tmp, _dynamic_size_model(tmp), _calib(tmp), "arm-cpu", "--input-shape",
+                  "x:1x3x99999999999999999999x8")
+
+
+def npy_shape_overflow(tmp):
+    """A .npy header whose sample shape gives the dynamic dims a value past int64."""
+    import struct
+
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 3, 99999999999999999999, 8), }"
+    header += " " * (118 - len(header)) + "\n"
+    (tmp / "calib.npy").write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode()
+                                    + bytes(64))
+    return _build(tmp, _dynamic_size_model(tmp), tmp / "calib.npy", "arm-cpu")
+
+
 def missing_model(tmp):
     return ["build", "--model", str(tmp / "no_such_model.onnx"), "--target", "arm-cpu", "--out", str(tmp / "out")]
 
@@ -691,6 +714,10 @@ CASES = [
          ("huge.png", "decompression bomb")),
     Case("npy-negative-shape", "a .npy header declaring shape (-1, 3, 8, 8)", npy_negative_shape,
          ("calib.npy", "(-1, 3, 8, 8)", "non-negative")),
+    Case("input-shape-overflow", "`--input-shape x:1x3x99999999999999999999x8` for a dynamic input", input_shape_overflow,
+         ("--input-shape 'x:1x3x99999999999999999999x8'", "would hold")),
+    Case("npy-shape-overflow", "a .npy header whose samples are (3, 99999999999999999999, 8), for a dynamic input",
+         npy_shape_overflow, ("input 'x' of", "read from", "calib.npy", "would hold")),
     Case("pickled-npz", "an .npz holding pickled Python objects (an object array)", pickled_npz,
          ("calib.npz", "non-numeric dtype object")),
     Case("wrong-shape", "calibration tensors of the wrong shape", wrong_shape, ("'x'", "9")),
