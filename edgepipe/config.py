@@ -31,6 +31,7 @@ class Field:
     help: str = ""
     choices: tuple | None = None
     minimum: float | None = None  # numbers below are refused (bounds are inclusive)
+    maximum: float | None = None  # numbers above are refused: sizes a hostile config could blow up
 
 
 def _section(**fields: Field) -> dict[str, Field]:
@@ -81,7 +82,7 @@ SCHEMA: dict[str, Any] = {
     "calibration": _section(
         method=Field((str,), "auto", "range selection", CALIBRATION_METHODS),
         percentile=Field((int, float), 99.99, "percentile for method=percentile", minimum=0),
-        num_bins=Field((int,), 2048, "histogram bins per tensor", minimum=8),
+        num_bins=Field((int,), 2048, "histogram bins per tensor", minimum=8, maximum=1 << 16),
         overrides=Field((dict,), {}, "{tensor name or op type: method}"),
         rounds=Field((int,), 4, "rounds for the stability check", minimum=1),
         max_samples=Field((int,), None, "use at most this many calibration samples", minimum=1),
@@ -170,6 +171,8 @@ def _number_problem(value, spec: Field) -> str:
         return "a finite number"
     if spec.minimum is not None and value < spec.minimum:
         return f">= {spec.minimum:g}"
+    if spec.maximum is not None and value > spec.maximum:
+        return f"<= {spec.maximum:g}"
     return ""
 
 
@@ -396,5 +399,7 @@ def reference_rows(schema: dict | None = None, prefix: str = "") -> list[tuple[s
         kind = _choices(spec, " / ") if spec.choices else "/".join(t.__name__ for t in spec.types)
         if spec.minimum is not None:
             kind += f" >= {spec.minimum:g}"
+        if spec.maximum is not None:
+            kind += f", <= {spec.maximum:g}"
         rows.append((prefix + key, kind, repr(spec.default), spec.help))
     return rows

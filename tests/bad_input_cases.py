@@ -524,6 +524,12 @@ def zero_iterations(tmp):
     return ["build"]
 
 
+def histogram_bins_bomb(tmp):
+    (tmp / "edgepipe.yaml").write_text(f"model: {_model(tmp)}\ncalib: {_calib(tmp)}\ntarget: arm-cpu\n"
+                                       f"out: {tmp / 'out'}\ncalibration: {{num_bins: 100000000000}}\n")
+    return ["build"]
+
+
 def profile_workspace_not_int(tmp):
     (tmp / "orin.yaml").write_text("name: orin\nbase: jetson\noptions: {workspace_mb: lots}\n")
     return _build(tmp, _model(tmp), _calib(tmp), str(tmp / "orin.yaml"))
@@ -770,6 +776,8 @@ CASES = [
     Case("loop-without-trip-count", "jetson: a Loop with scan outputs and no trip count (TensorRT's parser "
          "rejects it)", loop_without_trip_count, ("'smooth_loop' (Loop)", "trip count")),
     Case("zca-negative-eps", "ZCA whitening with eps < 0", negative_zca_eps, ("fold.eps", ">= 0")),
+    Case("histogram-bins-bomb", "`calibration.num_bins: 100000000000` (800 GB of histogram per tensor)",
+         histogram_bins_bomb, ("edgepipe.yaml", "'calibration.num_bins' must be <= 65536")),
     Case("zero-iterations", "`report.iterations: 0` (checked before the old bundle is touched)", zero_iterations,
          ("report.iterations", ">= 1")),
     Case("profile-option-type", "a target profile with `workspace_mb: lots`", profile_workspace_not_int,
