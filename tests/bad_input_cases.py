@@ -394,6 +394,17 @@ def npy_shape_overflow(tmp):
     return _build(tmp, _dynamic_size_model(tmp), tmp / "calib.npy", "arm-cpu")
 
 
+def archive_deep_path(tmp):
+    """A bundle archive whose member lies 3000 folders deep (extraction recursed past Python's limit)."""
+    import io as _io
+
+    with tarfile.open(tmp / "deep.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("bundle/" + "/".join(["d"] * 3000) + "/x")
+        info.size = 1
+        tar.addfile(info, _io.BytesIO(b"1"))
+    return ["verify", str(tmp / "deep.tar.gz")]
+
+
 def missing_model(tmp):
     return ["build", "--model", str(tmp / "no_such_model.onnx"), "--target", "arm-cpu", "--out", str(tmp / "out")]
 
@@ -753,6 +764,8 @@ CASES = [
     Case("bad-yaml", "edgepipe.yaml that is not valid YAML", bad_yaml, ("edgepipe.yaml", "line 2")),
     Case("tampered-bundle", "a bundle file changed after the build", tampered_bundle, ("model.bin",), exit_code=1),
     Case("traversal-archive", "a bundle archive with ../ paths", traversal_archive, ("../../escaped.txt",)),
+    Case("archive-deep-path", "a bundle archive with a member 3000 folders deep", archive_deep_path,
+         ("deep.tar.gz", "refusing member 'bundle/d/d/d", "(6008 characters)", "deeper than 32 folders")),
     Case("missing-baseline", "regress with a missing baseline report", missing_baseline, ("release-1.2.json",)),
     Case("unreachable-host", "deploy to a host that does not answer", unreachable_host, ("127.0.0.1",)),
     Case("dash-host", "a host name that would be read as an ssh option", dash_host, ("-oProxyCommand",)),

@@ -23,6 +23,7 @@ from edgepipe.errors import UserError
 _FILE_MODE, _EXEC_MODE, _DIR_MODE = 0o644, 0o755, 0o755
 MAX_ARCHIVE_BYTES = 16 << 30  # unpacked; checked from the headers before anything is extracted
 MAX_ARCHIVE_MEMBERS = 100_000
+MAX_MEMBER_DEPTH = 32  # a bundle nests 3 deep; 3000 empty folders made extraction recurse past Python's limit
 
 
 def _tar_info(name: str, *, directory: bool = False, size: int = 0, executable: bool = False) -> tarfile.TarInfo:
@@ -100,6 +101,8 @@ def _member_problem(member: tarfile.TarInfo) -> str:
         return "unsupported member type"
     if member.size > MAX_ARCHIVE_BYTES:
         return f"{member.size} bytes, more than the {MAX_ARCHIVE_BYTES} byte limit"
+    if len(path.parts) > MAX_MEMBER_DEPTH or any(len(part.encode()) > 255 for part in path.parts):
+        return f"a path deeper than {MAX_MEMBER_DEPTH} folders or with a name over 255 bytes; a bundle has neither"
     return ""
 
 
@@ -120,7 +123,8 @@ def safe_extract(tar_path: Path, dest: Path) -> Path:
         for member in members:
             problem = _member_problem(member)
             if problem:
-                raise UserError(f"{tar_path}: refusing member '{member.name}': {problem}")
+                shown = member.name if len(member.name) <= 120 else member.name[:100] + f"... ({len(member.name)} characters)"
+                raise UserError(f"{tar_path}: refusing member '{shown}': {problem}")
         total = sum(m.size for m in members)
         dest.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(dest).free
@@ -134,11 +138,11 @@ def safe_extract(tar_path: Path, dest: Path) -> Path:
     return dest
 
 
-def bundle_root(extracted: Path) -> Path:
+def bundle_root(extracted: Path, archive: Path | None = None) -> Path:
     """The folder holding manifest.json in an extracted archive (top level or one folder down)."""
     if (extracted / MANIFEST).is_file():
         return extracted
     candidates = [p for p in sorted(extracted.iterdir()) if p.is_dir() and (p / MANIFEST).is_file()]
     if len(candidates) != 1:
-        raise UserError(f"{extracted}: the archive holds no single bundle folder with {MANIFEST}")
+        raise UserError(f"{archive or extracted}: the archive holds no single bundle folder with {MANIFEST}")
     return candidates[0]
