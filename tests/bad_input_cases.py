@@ -96,6 +96,41 @@ def external_data_outside(tmp):
     return _build(tmp, path, _calib(tmp))
 
 
+def _constant_with_external_value(folder: Path, length: int | None = 432) -> Path:
+    """tiny_conv_model whose conv weight is a Constant node's value stored as external data."""
+    model = tiny_conv_model()
+    weight = model.graph.initializer[0]
+    value = onnx.TensorProto()
+    value.CopyFrom(weight)
+    value.ClearField("raw_data")
+    value.ClearField("float_data")
+    value.data_location = onnx.TensorProto.EXTERNAL
+    value.external_data.add(key="location", value="weights.bin")
+    if length is not None:
+        value.external_data.add(key="length", value=str(length))
+    del model.graph.initializer[0]
+    model.graph.node.insert(0, onnx.helper.make_node("Constant", [], [weight.name], value=value, name="weight"))
+    folder.mkdir()
+    onnx.save(model, str(folder / "model.onnx"))
+    return folder / "model.onnx"
+
+
+def constant_external_outside(tmp):
+    """A Constant node (not an initializer) whose value is external data linked to a file outside."""
+    (tmp / "secret.txt").write_bytes(b"0123456789abcdef" * 64)
+    path = _constant_with_external_value(tmp / "model")
+    (tmp / "model" / "weights.bin").symlink_to(tmp / "secret.txt")
+    return _build(tmp, path, _calib(tmp))
+
+
+def external_data_sparse_file(tmp):
+    """External data without a length in a 64 GB sparse file: onnx reads to the end of the file."""
+    path = _constant_with_external_value(tmp / "model", length=None)
+    with open(tmp / "model" / "weights.bin", "wb") as handle:
+        handle.truncate(64 << 30)
+    return _build(tmp, path, _calib(tmp))
+
+
 def image_pixel_bomb(tmp):
     """A 60-byte PNG whose header declares 40000 x 40000 pixels (4.8 GB decoded)."""
     import struct
@@ -712,6 +747,10 @@ CASES = [
     Case("external-data-missing", "ONNX whose external-data file is missing", external_data_missing, ("weights.bin", "missing")),
     Case("external-data-outside", "ONNX external data that is a symlink to a file outside the model's folder",
          external_data_outside, ("model.onnx", "initializer 'w'", "outside the model folder")),
+    Case("constant-external-outside", "a Constant node's value stored as external data, a symlink to a file "
+         "outside the model's folder", constant_external_outside, ("model.onnx", "'w'", "outside the model folder")),
+    Case("external-data-sparse-file", "external data without a length in a 64 GB sparse file (read to its end)",
+         external_data_sparse_file, ("model.onnx", "'w' [4, 3, 3, 3] holds 432 bytes", "68719476736 bytes")),
     Case("unsupported-op", "an op the target cannot run", unsupported_op, ("fancy_node", "FancyOp", "jetson")),
     Case("terminal-escapes", "a node name holding terminal escapes (OSC 52 clipboard write, line erase, "
          "right-to-left override)", terminal_escapes_in_a_name,
