@@ -192,6 +192,26 @@ def nms_on_arm(tmp):
     return _build(tmp, _model(tmp, model), _calib(tmp), "arm-cpu")
 
 
+def qoperator_runtime_scale(tmp):
+    """A QOperator model (QuantizeLinear -> QLinearConv -> DequantizeLinear) whose conv reads its input
+    scale from a node, not a constant: no float conv can stand for it, so it stays and is named."""
+    helper, from_array = onnx.helper, onnx.numpy_helper.from_array
+    weights = np.random.default_rng(0).integers(-127, 128, size=(4, 3, 3, 3)).astype(np.int8)
+    constants = {"x_scale": np.float32(0.05), "x_zero": np.uint8(128), "w": weights, "w_scale": np.float32(0.01),
+                 "w_zero": np.int8(0), "y_scale": np.float32(0.1), "y_zero": np.uint8(128)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["xq"], name="quantize"),
+             helper.make_node("Identity", ["x_scale"], ["x_scale_at_run_time"], name="scale_copy"),
+             helper.make_node("QLinearConv", ["xq", "x_scale_at_run_time", "x_zero", "w", "w_scale", "w_zero",
+                                              "y_scale", "y_zero"], ["yq"], name="conv_quant", pads=[1, 1, 1, 1]),
+             helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zero"], ["y"], name="dequantize")]
+    graph = helper.make_graph(nodes, "qoperator", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [from_array(np.asarray(v), k) for k, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return _build(tmp, _model(tmp, model), _calib(tmp), "arm-cpu")
+
+
 def dynamic_dim_no_shape(tmp):
     return _build(tmp, _model(tmp, tiny_conv_model(dynamic_batch=True)), _calib(tmp, key="other"))
 
@@ -762,6 +782,9 @@ CASES = [
     Case("no-inputs", "a model with no inputs (only constants)", no_inputs, ("model.onnx", "no inputs")),
     Case("zero-stride", "a pooling node with stride 0 (ONNX's shape inference would crash the process)",
          zero_stride, ("'pool'", "strides")),
+    Case("qoperator-runtime-scale", "a QOperator model whose QLinearConv reads a scale computed at run time",
+         qoperator_runtime_scale, ("'conv_quant' (QLinearConv)", "cannot rewrite into its float op", "zero points that are constants",
+                                   "QuantFormat.QDQ")),
     Case("dynamic-dim", "a dynamic dim with no shape given (and data lacking that input)", dynamic_dim_no_shape,
          ("'x'", "--input-shape")),
     Case("empty-folder", "calibration folder with no images or arrays", empty_folder, ("calib",)),
