@@ -109,9 +109,20 @@ def read_json_file(path: str | Path, what: str, max_bytes: int = JSON_MAX_BYTES)
 
 class _NoAliasLoader(yaml.SafeLoader):
     """SafeLoader that refuses anchors/aliases (alias expansion bombs, recursive aliases) and
-    nesting deeper than MAX_NESTING while composing, before any big object exists."""
+    nesting deeper than MAX_NESTING while composing, before any big object exists, and a key
+    given twice in one mapping (PyYAML keeps the last: a reviewer reads the first)."""
 
     _depth = 0
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key '{key_node.value}' is given twice",
+                                                            key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):

@@ -559,6 +559,13 @@ def fifo_calib(tmp):
     return _build(tmp, _model(tmp), tmp / "calib.npz")
 
 
+def yaml_duplicate_key(tmp):
+    """The reviewed value first, the one PyYAML would keep further down."""
+    (tmp / "edgepipe.yaml").write_text(f"model: {_model(tmp)}\ncalib: {_calib(tmp)}\ntarget: arm-cpu\n"
+                                       "calibration:\n  method: minmax\n  rounds: 4\n  method: entropy\n")
+    return ["build"]
+
+
 def yaml_alias_bomb(tmp):
     lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]"
@@ -836,6 +843,8 @@ CASES = [
     Case("fifo-config", "a FIFO as the config file (would block)", fifo_config, ("edgepipe.yaml", "not a regular file")),
     Case("device-config", "/dev/zero as the config file", device_file_config, ("/dev/zero", "not a regular file")),
     Case("fifo-calib", "a FIFO as calibration data", fifo_calib, ("calib.npz", "not a regular file")),
+    Case("yaml-duplicate-key", "edgepipe.yaml giving `calibration.method` twice (PyYAML keeps the last)",
+         yaml_duplicate_key, ("edgepipe.yaml", "line 7", "key 'method' is given twice")),
     Case("yaml-alias-bomb", "YAML alias expansion (billion laughs) in edgepipe.yaml", yaml_alias_bomb,
          ("edgepipe.yaml", "aliases")),
     Case("nested-yaml", "edgepipe.yaml nested thousands of levels deep", deeply_nested_yaml, ("edgepipe.yaml", "nested")),
