@@ -88,10 +88,18 @@ def check_depth(data, where: str, limit: int = MAX_NESTING) -> None:
             stack.extend((child, depth + 1) for child in children)
 
 
+def _unique_keys(pairs: list) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"key {next(k for k in keys if keys.count(k) > 1)!r} is given twice")
+    return dict(pairs)
+
+
 def parse_json(text: str | bytes, where: str):
-    """json.loads with the nesting bound; NaN/Infinity are read (callers decide if they are allowed)."""
+    """json.loads with the nesting bound and each key once per object (json keeps the last copy,
+    a reader sees the first); NaN/Infinity are read (callers decide if they are allowed)."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise UserError(f"{where}: nested too deeply to be an edgepipe file") from None
     check_depth(data, where)

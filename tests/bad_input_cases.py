@@ -628,6 +628,13 @@ def nan_baseline(tmp):
     return _regress(tmp, tmp / "baseline.json")
 
 
+def json_duplicate_key(tmp):
+    """A candidate whose latency is given twice: the slow figure a reader sees, then the one json keeps."""
+    (tmp / "baseline.json").write_text('{"accuracy": {"top1": 0.9}, "latency_ms": {"p50": 1.0}}')
+    (tmp / "candidate.json").write_text('{"accuracy": {"top1": 0.9}, "latency_ms": {"p50": 50.0, "p50": 0.9}}')
+    return ["regress", "--baseline", str(tmp / "baseline.json"), "--candidate", str(tmp / "candidate.json")]
+
+
 def results_wrong_types(tmp):
     return _regress(tmp, _results(tmp, "baseline.json", latency_ms__p50="fast"))
 
@@ -871,6 +878,8 @@ CASES = [
     Case("empty-baseline", "regress against a baseline with no figures", empty_baseline, ("baseline.json", "nothing to compare")),
     Case("infinite-baseline", "a baseline latency of Infinity", infinite_baseline, ("baseline.json", "latency.p50", "inf")),
     Case("nan-baseline", "a NaN baseline metric", nan_baseline, ("baseline.json", "accuracy.top1", "nan")),
+    Case("json-duplicate-key", "a candidate results.json giving `latency_ms.p50` twice (json keeps the last)",
+         json_duplicate_key, ("candidate.json", "key 'p50' is given twice")),
     Case("results-wrong-type", "a results.json figure of the wrong type", results_wrong_types,
          ("baseline.json", "latency_ms.p50", "number")),
     Case("results-markup", "markup in a results.json number field (report)", results_hostile_bin,
