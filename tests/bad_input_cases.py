@@ -283,6 +283,23 @@ def unsafe_checkpoint(tmp):
             "--calib", str(_calib(tmp, np.zeros((4, 3, 32, 32), np.float32), key="image")), "--out", str(tmp / "out")]
 
 
+def checkpoint_zip_bomb(tmp):
+    """A state_dict checkpoint whose data.pkl is deflated from 200 MB of padding (torch.save stores
+    members uncompressed; torch.load would inflate it whole)."""
+    import zipfile
+
+    import torch
+
+    torch.save({"weight": torch.zeros(4)}, tmp / "plain.pt")
+    with zipfile.ZipFile(tmp / "plain.pt") as source, zipfile.ZipFile(tmp / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            data = source.read(info)
+            out.writestr(info.filename, data + bytes(200 << 20) if info.filename.endswith("data.pkl") else data)
+    return ["build", "--model", "edgepipe.demo.model:build_demo", "--weights", str(tmp / "bomb.pt"), "--target",
+            "jetson", "--calib", str(_calib(tmp, np.zeros((4, 3, 32, 32), np.float32), key="image")),
+            "--out", str(tmp / "out")]
+
+
 class _FileWriter:
     def __init__(self, path):
         self.path = path
@@ -823,6 +840,8 @@ CASES = [
     Case("unknown-target", "an unknown target name", unknown_target, ("pdp-11", "arm-cpu")),
     Case("bad-factory", "a module:factory that does not import", bad_factory, ("no_such_pkg_xyz",)),
     Case("unsafe-checkpoint", "a checkpoint that needs unsafe unpickling", unsafe_checkpoint, ("evil.pt", "weights_only=True")),
+    Case("checkpoint-zip-bomb", "a --weights checkpoint whose data.pkl inflates 1000:1 (torch.load reads it whole)",
+         checkpoint_zip_bomb, ("bomb.pt", "checkpoint member 'plain/data.pkl'", "zip bomb")),
     Case("unsafe-export-program", "a torch.export .pt2 with pickled Python objects", unsafe_export_program,
          ("evil.pt2", "pickled Python objects")),
     Case("export-program-host-op", "a torch.export .pt2 whose graph maps a file (aten::from_file) when run",
