@@ -705,6 +705,15 @@ def pack_into_bundle(tmp):
     return ["pack", str(bundle), "-o", str(bundle / "manifest.json")]
 
 
+def pack_over_user_file(tmp):
+    """`pack -o` naming a file that is not an archive (a typo, or /dev/null run as root): the rename
+    would replace it for good."""
+    bundle = tmp / "bundle"
+    write_small_bundle(bundle)
+    (tmp / "notes.txt").write_text("the user's own notes\n")
+    return ["pack", str(bundle), "-o", str(tmp / "notes.txt")]
+
+
 def archive_hard_link(tmp):
     archive = tmp / "links.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -909,6 +918,9 @@ CASES = [
          ("hosts.yml", "'all.hosts' must be a mapping")),
     Case("inventory-alias-loop", "an inventory with a recursive YAML alias", inventory_recursive_alias,
          ("hosts.yml", "aliases")),
+    Case("pack-over-user-file", "`pack B -o notes.txt` naming a file that is not an archive (or a device: "
+         "`-o /dev/null` as root replaced the device)", pack_over_user_file,
+         ("notes.txt", "is not a .tar.gz; refusing to replace it")),
     Case("pack-into-bundle", "`pack B -o B/manifest.json` (writing inside the bundle)", pack_into_bundle,
          ("manifest.json", "inside the bundle")),
     Case("zero-input-model", "a model with no inputs", zero_input_model, ("model.onnx", "no inputs")),

@@ -43,12 +43,31 @@ def packed_paths(bundle: Path) -> list[str]:
     return sorted({entry["path"] for entry in manifest["files"]} | {MANIFEST, SHA256SUMS})
 
 
+def _check_replaceable(out_path: Path) -> None:
+    """The archive is renamed over `out_path`: only a link or an earlier .tar.gz may stand there.
+    Renaming over a device (`-o /dev/null`, as root) or a user's file would replace it for good."""
+    try:
+        info = os.lstat(out_path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        return  # the link itself is replaced, never its target
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{out_path}: exists and is not a regular file (a folder, device or FIFO); "
+                        "pass a new path for the archive")
+    with open(out_path, "rb") as handle:
+        if handle.read(2) != b"\x1f\x8b":
+            raise UserError(f"{out_path}: exists and is not a .tar.gz; refusing to replace it, "
+                            "pass a new path for the archive")
+
+
 def pack_bundle(bundle: Path, out_path: Path) -> Path:
     """Verify `bundle`, then write it as a deterministic .tar.gz under a top folder of its name."""
     bundle, out_path = Path(bundle), Path(out_path)
     resolved_out, resolved_bundle = out_path.absolute().resolve(), bundle.absolute().resolve()
     if resolved_out == resolved_bundle or resolved_bundle in resolved_out.parents:
         raise UserError(f"{out_path}: is inside the bundle {bundle}; write the archive outside it")
+    _check_replaceable(out_path)
     problems = verify_bundle(bundle)
     if problems:
         raise VerificationError(f"{bundle}: refusing to pack a bundle that fails verification: {problems[0]}")
