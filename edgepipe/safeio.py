@@ -247,6 +247,16 @@ def write_text_replacing(path: str | Path, text: str, inside: str | Path | None 
         make_real_folders(path.parent, inside, path.name)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        if inside is not None or stat.S_ISDIR(mode):
+            raise UserError(f"{path}: is a folder, device or FIFO; refusing to replace it, remove it")
+        with open(path, "w", encoding="utf-8") as handle:  # the user's own `--out /dev/null`: written, never replaced
+            handle.write(text)
+        return path
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(temporary, "x", encoding="utf-8") as handle:

@@ -730,3 +730,28 @@ def test_markdown_templates_insert_values_only_through_markdown_filters():
             if not expression.endswith(("| md_code", "| md_text")) and expression != "target.device_readme":
                 offenders.append(f"{path.relative_to(root)}: {{{{ {expression} }}}}")
     assert offenders == []
+
+
+def test_replacing_writes_keep_a_users_special_file_and_refuse_one_in_a_bundle(tmp_path):
+    """`compare --out /dev/null` as root must not rename a file over the device: a special file the
+    user named is written into (here a FIFO with a reader), one inside a bundle's report/ refused."""
+    import stat
+    import threading
+
+    from edgepipe.safeio import write_text_replacing
+
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    write_text_replacing(fifo, "compare data\n")
+    reader.join(timeout=30)
+    assert received == ["compare data\n"] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+    bundle = tmp_path / "bundle"
+    (bundle / "report").mkdir(parents=True)
+    os.mkfifo(bundle / "report" / "compare.json")
+    with pytest.raises(UserError, match=r"compare\.json: is a folder, device or FIFO; refusing to replace it"):
+        write_text_replacing(bundle / "report" / "compare.json", "x", inside=bundle)
+    assert stat.S_ISFIFO(os.lstat(bundle / "report" / "compare.json").st_mode)
