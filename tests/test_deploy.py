@@ -222,3 +222,15 @@ def test_a_device_answering_a_hostile_home_is_one_line(answer):
 
     with pytest.raises(UserError, match=r"^pi4: could not determine the remote home directory \(the device answered"):
         probe(AnsweringShell(SshTarget("pi4")))
+
+
+def test_a_device_that_answers_without_end_is_stopped_at_the_json_bound():
+    """`cat` of a results.json a compromised device streams forever: read up to JSON_MAX_BYTES, then stopped."""
+    from edgepipe.delivery.deploy import RemoteShell, SshTarget
+
+    class StreamingDevice(SshTarget):
+        def ssh_command(self, remote_script):
+            return ["sh", "-c", "yes"]
+
+    with pytest.raises(UserError, match=r"^pi4: the device answered more than \d+ bytes to one command"):
+        RemoteShell(StreamingDevice("pi4")).run("cat -- report/results.json", timeout=120)

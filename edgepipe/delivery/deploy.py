@@ -128,19 +128,64 @@ class RemoteShell:
     def run(self, script: str, check: bool = True, timeout: float | None = None,
             stdin: bytes | None = None) -> subprocess.CompletedProcess:
         try:
-            completed = subprocess.run(self.target.ssh_command(script), input=stdin, capture_output=True,
-                                       timeout=timeout, check=False)
+            completed = _run_bounded(self.target.ssh_command(script), stdin, timeout, JSON_MAX_BYTES)
         except FileNotFoundError:
             raise UserError("the 'ssh' client is not installed here; install openssh-client") from None
         except subprocess.TimeoutExpired:
             raise UserError(f"{self.target.address} did not answer within {timeout:.0f} s; "
                             f"check the device is up and not overloaded") from None
+        except OutputTooLarge:
+            raise UserError(f"{self.target.name}: the device answered more than {JSON_MAX_BYTES} bytes to one "
+                            "command; nothing edgepipe asks for is that large, check the device") from None
         if completed.returncode == 255:
             raise ssh_failure(self.target, completed.stderr.decode(errors="replace"))
         if check and completed.returncode != 0:
             raise UserError(f"{self.target.name}: remote command failed ({completed.returncode}): "
                             f"{last_line(completed.stderr)}")
         return completed
+
+
+class OutputTooLarge(Exception):
+    """A command wrote more than the caller reads."""
+
+
+def _run_bounded(argv: list[str], stdin: bytes | None, timeout: float | None, limit: int) -> subprocess.CompletedProcess:
+    """subprocess.run with each output read up to `limit` bytes: a device that streams without end
+    (`cat` of a huge results.json) is stopped instead of filling this machine's memory."""
+    import threading
+
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    outputs: dict[str, bytes] = {}
+
+    def drain(name, stream):
+        data = stream.read(limit + 1)
+        outputs[name] = data
+        if len(data) > limit:
+            process.kill()
+        stream.close()
+
+    readers = [threading.Thread(target=drain, args=(name, stream), daemon=True)
+               for name, stream in (("stdout", process.stdout), ("stderr", process.stderr))]
+    for reader in readers:
+        reader.start()
+    if stdin is not None:
+        try:
+            process.stdin.write(stdin)
+            process.stdin.close()
+        except BrokenPipeError:
+            pass
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    for reader in readers:
+        reader.join()
+    if any(len(data) > limit for data in outputs.values()):
+        raise OutputTooLarge()
+    return subprocess.CompletedProcess(argv, process.returncode, outputs["stdout"], outputs["stderr"])
 
 
 def last_line(output: bytes | str) -> str:
