@@ -20,6 +20,7 @@ MAX_ACTIVATION_PLOTS = 24
 MAX_SENSITIVITY_ROWS = 20
 MAX_LAYER_BARS = 40  # per-layer chart of `edgepipe compare`: the worst tensors, shown in graph order
 MAX_LAYER_ROWS = 20
+MAX_RELIABILITY_BINS = 100  # run.py writes 15; a results.json with 400000 drew a 52 MB page
 SUMMARY_METRICS = (  # (label, path in results.json, higher is better, unit)
     ("top-1", ("accuracy", "top1"), True, ""),
     ("top-1 FP32", ("accuracy", "fp32_top1"), True, ""),
@@ -231,7 +232,7 @@ def report_context(results: dict, baseline: dict | None = None, calibration: dic
             series.append(("baseline", [base_acc.get(keys[c][0]) for c in categories]))
         context["charts"]["accuracy"] = charts.bar_chart("Accuracy vs FP32", categories, series, y_max=1.0)
     if accuracy.get("ece_bins"):
-        context["charts"]["reliability"] = charts.reliability_diagram(accuracy["ece_bins"])
+        context["charts"]["reliability"] = charts.reliability_diagram(accuracy["ece_bins"][:MAX_RELIABILITY_BINS])
     return context
 
 
