@@ -229,7 +229,8 @@ def compare_bundle(bundle: str | Path, max_samples: int | None = 64, alone: bool
     manifest = read_json(manifest_path, "bundle manifest", "rebuild the bundle")
     target_info = manifest.get("target") or {}
     name = str(target_info.get("name") or "")
-    target = load_target(name, target_info.get("options") or {})
+    # a bundle built from a profile YAML names the profile; its registered plugin runs the model
+    target = load_target(str(target_info.get("plugin") or name), target_info.get("options") or {})
     reference_path = bundle / "reference.onnx"
     if not reference_path.is_file():
         raise UserError(f"{reference_path}: missing; rebuild the bundle")
