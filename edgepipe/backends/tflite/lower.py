@@ -35,9 +35,10 @@ from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
-from edgepipe.backends.tflite import builtins, float_statistics, integers, layouts, shared_scales
+from edgepipe.backends.tflite import builtins, float_statistics, integers, layouts, model_io, shared_scales
 from edgepipe.backends.tflite.layouts import NHWC, identity, inverse, permute  # noqa: F401 (re-exported)
 from edgepipe.backends.tflite.fusion import fusable_activation
+from edgepipe.backends.tflite.model_io import INTEGER_VALUES
 from edgepipe.backends.tflite.writer import ModelSpec, Quantization
 from edgepipe.errors import UnsupportedOpError, UserError
 
@@ -48,7 +49,6 @@ BACKEND = "tflite"  # names the target in errors when the caller did not say whi
 DEGENERATE_RANGE = 1e-10
 NEUTRAL_RANGE = (0.0, 1.0)
 QUANTIZED = ("int8", "int16")
-INTEGER_VALUES = ("int32", "int64", "bool")  # tensors that hold integers, never quantized values
 # Smallest bias scale (input_scale x weight_scale) written: well above the 1e-12 floor of
 # quantmath.quantize_bias, so the kernels' rule bias_scale = input_scale x weight_scale holds exactly.
 MIN_BIAS_SCALE = 1e-10
@@ -463,7 +463,7 @@ class Lowering:
 
     # ----- driver ------------------------------------------------------------------------------
     def run(self) -> ModelSpec:
-        self._add_inputs()
+        model_io.add_inputs(self)
         for node in integers.emission_order(self, QUANTIZED):
             if node.op_type == "Constant" or node.name in self.consumed:
                 continue
@@ -479,49 +479,11 @@ class Lowering:
             elif self.wants_int16(node):
                 self.int16_fallback.append(node.name)
             entry.lower(self, node)
-        self._add_outputs()
+        model_io.add_outputs(self)
         return self.spec
 
     def io_perm(self, name: str) -> tuple[int, ...]:
-        rank = self.rank(name)
-        if rank != 4 or self.keep_layout or layouts.only_reshaped(self.model, self.consumers, name):
-            return identity(rank)
-        return NHWC
+        return model_io.io_perm(self, name)
 
     def io_dtype(self) -> str:
         return "int8" if self.quantized and self.int8_io else "float32"
-
-    def _add_inputs(self) -> None:
-        """float32 inputs (int8 with int8_io) in NHWC where images; integer inputs (token ids,
-        attention masks) as int32 and boolean ones as bool, in ONNX order (run.py casts int64)."""
-        for info in graph.graph_inputs(self.model):
-            kind = self.onnx_kind(info.name)
-            if graph.tensor_dtype(info) != np.float32 and kind == "float32":
-                raise UserError(f"input '{info.name}' is {graph.tensor_dtype(info)}; target '{self.target}' "
-                                "needs float32, integer or boolean model inputs")
-            index = self.new_value(info.name, kind, identity(self.rank(info.name))) if kind != "float32" else \
-                self.new_value(info.name, self.io_dtype(), self.io_perm(info.name))
-            self.spec.inputs.append(index)
-
-    def _add_outputs(self) -> None:
-        """Every graph output under its ONNX name (run.py and the report match outputs by name).
-
-        An output that is also a graph input (a pass-through) or already an output gets its own
-        tensor, a RESHAPE copy; the input keeps its name too (inputs and outputs are looked up
-        separately). Other tensors that carry the name (another layout or dtype) are renamed."""
-        inputs = set(self.spec.inputs)
-        for name in self.graph_outputs:
-            reps = self.values.get(name) or []
-            integer = next((v.dtype for v in reps if v.dtype in INTEGER_VALUES), None)  # labels, indices
-            integer = integer or (self.onnx_kind(name) if self.onnx_kind(name) != "float32" else None)
-            index = self.get(name, integer or self.io_dtype(), self.io_perm(name))
-            if index in inputs or index in self.spec.outputs:
-                tensor = self.tensor(index)
-                copy = self.temp(f"{name};copy", tensor.shape, tensor.dtype, tensor.quantization)
-                self.emit("RESHAPE", [index, self.int32_constant(f"{name}/shape", tensor.shape)], [copy])
-                index = copy
-            for position, other in enumerate(self.spec.tensors):
-                if other.name == name and position not in inputs:
-                    other.name = f"{name};internal"
-            self.tensor(index).name = name
-            self.spec.outputs.append(index)
