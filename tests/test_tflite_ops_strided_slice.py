@@ -92,6 +92,8 @@ def test_flip_after_conv_is_one_xnnpack_partition(axes, tmp_path):
     ([2, 9, 4], [6, 3], [1, 0], [1, 2], [-1, -1], False),  # windows inside both axes, reversed
     ([2, 9, 4], [7, 0], [0, 4], [1, 2], [-1, 1], False),   # one axis reversed, one cut
     ([2, 9, 4], [7], [0], [1], [-2], True),                # a step of -2 keeps STRIDED_SLICE
+    ([1, 1, 150, 3], [-1], [-2**63 + 1], [2], [-1], False),  # 150 rows: a [50, 3] view, each reversed
+    ([1, 2, 67, 3], [-1], [-2**63 + 1], [2], [-1], True),   # 67 is prime: STRIDED_SLICE stays
 ])
 def test_reversed_slices(shape, starts, ends, axes, steps, strided_slice, tmp_path):
     inits: dict = {}

@@ -71,16 +71,32 @@ def emit_strided_slice(ctx: Lowering, node, x: int, out: int, bounds: list[tuple
     return True
 
 
-MAX_ROW_COPIES = 64  # a reversed outer axis becomes this many one-row SLICEs at most
+MAX_ROW_COPIES = 64  # one reversal pass: this many one-row SLICEs at most
 MAX_REVERSAL_MATRIX = 2048  # a reversed innermost axis: an L x L 0/1 matrix
+
+
+def row_factors(length: int) -> list[int] | None:
+    """Factors of `length`, each <= MAX_ROW_COPIES, fewest first-fit (640 -> [64, 10]); None for a
+    length with a prime factor above it. Reversing an axis viewed as [f1, f2, ...] is reversing
+    each of those axes: index i1 * f2 + i2 goes to (f1 - 1 - i1) * f2 + (f2 - 1 - i2)."""
+    factors, rest = [], length
+    while rest > 1:
+        factor = next((f for f in range(min(rest, MAX_ROW_COPIES), 1, -1) if rest % f == 0), None)
+        if factor is None:
+            return None
+        factors.append(factor)
+        rest //= factor
+    return factors
 
 
 def emit_reversed_slice(ctx: Lowering, node, x: int, out: int, bounds: list[tuple[int, int, int]]) -> bool:
     """Write `out` = `x` sliced by `bounds` with steps of +1 / -1 (torch.flip, `x[..., ::-1]`)
     without STRIDED_SLICE, which XNNPACK does not delegate: SLICE the window, then reverse each
     flipped axis, the innermost by FULLY_CONNECTED with an anti-diagonal 0/1 matrix, an outer one by
-    one-row SLICEs concatenated in reverse order. Both copy values exactly (int8: weights 127 at
-    scale 1/127, the output on the input's grid). False when the slice needs STRIDED_SLICE."""
+    one-row SLICEs concatenated in reverse order (a long one viewed as [f1, f2, ...], each factor
+    reversed the same way: an image's 640 columns are 64 + 10 slices). Both copy values exactly
+    (int8: weights 127 at scale 1/127, the output on the input's grid). False when the slice needs
+    STRIDED_SLICE."""
     source = ctx.tensor(x)
     shape, rank, quant = list(source.shape), len(source.shape), source.quantization
     if any(step not in (1, -1) for _, _, step in bounds) or all(step == 1 for _, _, step in bounds):
@@ -91,7 +107,9 @@ def emit_reversed_slice(ctx: Lowering, node, x: int, out: int, bounds: list[tupl
         begin.append(start if step == 1 else start - count + 1)
         size.append(count)
     flipped = [axis for axis, (_, _, step) in enumerate(bounds) if step == -1 and size[axis] > 1]
-    if 0 in size or any(size[a] > (MAX_REVERSAL_MATRIX if a == rank - 1 else MAX_ROW_COPIES) for a in flipped):
+    if 0 in size or (rank - 1 in flipped and size[-1] > MAX_REVERSAL_MATRIX):
+        return False
+    if any(row_factors(size[a]) is None for a in flipped if a != rank - 1):
         return False
     current = x
     if begin != [0] * rank or size != shape or not flipped:
@@ -107,16 +125,39 @@ def emit_reversed_slice(ctx: Lowering, node, x: int, out: int, bounds: list[tupl
                                                            np.zeros(size[axis], np.float32), current, source.dtype)
             ctx.emit("FULLY_CONNECTED", [current, filter_index, bias_index], [target], node,
                      "FullyConnectedOptions", FusedActivationFunction=0, KeepNumDims=rank > 2)
+        elif len(row_factors(size[axis])) == 1:
+            _reverse_rows(ctx, node, current, axis, target, f"axis{axis}")
         else:
-            row = [1 if a == axis else d for a, d in enumerate(size)]
-            rows = []
-            for index in reversed(range(size[axis])):
-                piece = ctx.temp(f"{node.name};axis{axis}_row{index}", row, source.dtype, quant)
-                ctx.emit("SLICE", [current, ctx.int32_constant(f"{node.name};axis{axis}_begin{index}",
-                                                               [index if a == axis else 0 for a in range(rank)]),
-                                   ctx.int32_constant(f"{node.name};axis{axis}_size", row)], [piece], node,
-                         "SliceOptions")
-                rows.append(piece)
-            emit_concatenation(ctx, rows, target, node, axis)
+            _reverse_factored(ctx, node, current, axis, target)
         current = target
     return True
+
+
+def _reverse_factored(ctx: Lowering, node, x: int, axis: int, out: int) -> None:
+    """Reverse a long outer axis on the [outer, f1, f2, ..., inner] view, one factor at a time."""
+    source = ctx.tensor(x)
+    shape = list(source.shape)
+    factors = row_factors(shape[axis])
+    view = [int(np.prod(shape[:axis])), *factors, int(np.prod(shape[axis + 1:]))]
+    current = ctx.temp(f"{node.name};axis{axis}_factored", view, source.dtype, source.quantization)
+    ctx.emit("RESHAPE", [x, ctx.int32_constant(f"{node.name};axis{axis}_factored_shape", view)], [current], node)
+    for k in range(1, len(factors) + 1):
+        target = ctx.temp(f"{node.name};axis{axis}_factor{k}", view, source.dtype, source.quantization)
+        _reverse_rows(ctx, node, current, k, target, f"axis{axis}_factor{k}")
+        current = target
+    ctx.emit("RESHAPE", [current, ctx.int32_constant(f"{node.name};axis{axis}_shape", shape)], [out], node)
+
+
+def _reverse_rows(ctx: Lowering, node, x: int, axis: int, out: int, label: str) -> None:
+    """`out` = `x` with the rows of `axis` in reverse order: one-row SLICEs, then CONCATENATION."""
+    source = ctx.tensor(x)
+    shape, rank = list(source.shape), len(source.shape)
+    row = [1 if a == axis else d for a, d in enumerate(shape)]
+    rows = []
+    for index in reversed(range(shape[axis])):
+        piece = ctx.temp(f"{node.name};{label}_row{index}", row, source.dtype, source.quantization)
+        ctx.emit("SLICE", [x, ctx.int32_constant(f"{node.name};{label}_begin{index}",
+                                                 [index if a == axis else 0 for a in range(rank)]),
+                           ctx.int32_constant(f"{node.name};{label}_size", row)], [piece], node, "SliceOptions")
+        rows.append(piece)
+    emit_concatenation(ctx, rows, out, node, axis)
