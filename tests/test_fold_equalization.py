@@ -185,3 +185,13 @@ def test_fold_stage_measures_depthwise_ranges_on_calibration_data():
     assert report["cross_layer_equalization"]["max_rel_diff"] < 1e-4
     _, report = run_fold(model, {"cross_layer_equalization": True})  # no data: the weights decide
     assert report["cross_layer_equalization"]["pairs"][0]["by"] == "weights"
+
+
+def test_depthwise_mode_leaves_group1_pairs_alone():
+    """`fold.cross_layer_equalization: depthwise` rescales a Conv -> depthwise pair, not a Conv ->
+    Relu -> group-1 Conv pair; true rescales both."""
+    assert equalization_pairs(outlier_model(), depthwise_only=True) == []
+    _, report = run_fold(outlier_model(), {"cross_layer_equalization": "depthwise"})
+    assert report["cross_layer_equalization"]["pairs"] == []
+    _, report = run_fold(depthwise_model(), {"cross_layer_equalization": "depthwise"})
+    assert [p["second"] for p in report["cross_layer_equalization"]["pairs"]] == ["dw"]

@@ -39,8 +39,10 @@ HOMOGENEOUS = ("Relu",)  # f(s * x) == s * f(x) for s > 0
 MAX_SCALE = 1e6  # dead channels (r ~ 0) are left alone rather than scaled by an enormous factor
 
 
-def equalization_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
-    """(Conv1, Conv2) pairs whose shared channels can be rescaled exactly."""
+def equalization_pairs(model: onnx.ModelProto, depthwise_only: bool = False
+                       ) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
+    """(Conv1, Conv2) pairs whose shared channels can be rescaled exactly (only those whose Conv2
+    is depthwise with `depthwise_only`)."""
     consumers = graph.consumers(model)
     outputs = {o.name for o in model.graph.output}
     pairs = []
@@ -60,6 +62,8 @@ def equalization_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onn
         groups = int(graph.node_attributes(second).get("group", 1))
         if groups != 1 and groups != graph.constant_value(model, first.input[1]).shape[0]:
             continue  # grouped convs mix channels in blocks; depthwise (one group per channel) scales per channel
+        if depthwise_only and groups == 1:
+            continue
         pairs.append((first, second))
     return pairs
 
@@ -94,8 +98,8 @@ def activation_scales(ranges: np.ndarray) -> np.ndarray:
     return np.where(live, scales, 1.0)
 
 
-def equalize_cross_layer(model: onnx.ModelProto, activation_ranges: dict[str, np.ndarray] | None = None
-                         ) -> tuple[onnx.ModelProto, dict]:
+def equalize_cross_layer(model: onnx.ModelProto, activation_ranges: dict[str, np.ndarray] | None = None,
+                         depthwise_only: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Equalize every exact Conv(->Relu)->Conv pair; returns (new model, report).
     `activation_ranges` ({tensor: per-channel max |x|}, the tensor Conv2 reads) switches depthwise
     pairs to equal activation ranges (module docstring)."""
@@ -103,7 +107,7 @@ def equalize_cross_layer(model: onnx.ModelProto, activation_ranges: dict[str, np
     equalized.CopyFrom(model)
     graph.ensure_node_names(equalized)
     report = {"pairs": []}
-    for first, second in equalization_pairs(equalized):
+    for first, second in equalization_pairs(equalized, depthwise_only):
         w1 = graph.constant_value(equalized, first.input[1]).astype(np.float64)
         w2 = graph.constant_value(equalized, second.input[1]).astype(np.float64)
         has_bias = len(first.input) > 2 and bool(first.input[2])

@@ -68,9 +68,13 @@ def run_fold(model: onnx.ModelProto, settings: dict, calib_dataset=None, eval_da
         if report["constant_affine"]["nodes_removed"]:
             report["constant_affine"]["max_rel_diff"] = _verify("constant_affine", model, folded, feeds, options)
             model = folded
-    if options["cross_layer_equalization"]:
+    equalization = options["cross_layer_equalization"]
+    if equalization not in (False, True, "depthwise"):
+        raise UserError(f"fold.cross_layer_equalization must be true, false or depthwise, got {equalization!r}")
+    if equalization:
+        depthwise_only = equalization == "depthwise"
         ranges = _depthwise_input_ranges(model, calib_dataset)
-        equalized, report["cross_layer_equalization"] = equalize_cross_layer(model, ranges)
+        equalized, report["cross_layer_equalization"] = equalize_cross_layer(model, ranges, depthwise_only)
         report["cross_layer_equalization"]["max_rel_diff"] = _verify("cross_layer_equalization", model, equalized,
                                                                      feeds, options)
         model = equalized
