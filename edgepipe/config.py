@@ -31,6 +31,7 @@ class Field:
     help: str = ""
     choices: tuple | None = None
     minimum: float | None = None  # numbers below are refused (bounds are inclusive)
+    maximum: float | None = None  # numbers above are refused: sizes a hostile config could blow up
 
 
 def _section(**fields: Field) -> dict[str, Field]:
@@ -41,8 +42,8 @@ SCHEMA: dict[str, Any] = {
     "model": Field((str,), None, "an .onnx file, a TorchScript / torch.export file, or pkg.module:factory"),
     "weights": Field((str,), None, "checkpoint for module:factory models (state_dict, loaded with weights_only=True)"),
     "target": Field((str,), None, "target plugin name (see `edgepipe targets`)"),
-    "calib": Field((str,), None, "calibration data: image folder, .npz or .npy"),
-    "eval": Field((str,), None, "evaluation data (labels optional): image folder, .npz or .npy"),
+    "calib": Field((str,), None, "calibration data: image folder, .npz, .npy or a folder of .npy/.npz files"),
+    "eval": Field((str,), None, "evaluation data (labels optional): image folder, .npz, .npy or a folder of .npy/.npz files"),
     "input_shapes": Field((dict,), {}, "static input shapes, {name: [1, 3, 224, 224]}"),
     "input_values": Field((dict,), {}, "inputs fixed to a value in deployment, {name: value} (a sample rate, a mode "
                           "flag): each becomes a constant before simplify, and an If it decides keeps one branch"),
@@ -52,12 +53,14 @@ SCHEMA: dict[str, Any] = {
     "opset": Field((int,), 17, "ONNX opset for PyTorch export", minimum=7),
     "preprocess": _section(
         size=Field((list,), None, "[H, W]: resize the shorter side and center-crop to this size"),
-        scale=Field((int, float), 1 / 255, "pixel multiplier before mean/std", minimum=0),
+        scale=Field((int, float), None, "pixel multiplier before mean/std (default: 1/255 for a float input, 1 for "
+                    "an integer one)", minimum=0),
         mean=Field((list,), None, "per-channel mean (after scale)"),
         std=Field((list,), None, "per-channel std (after scale)"),
         channel_order=Field((str,), "RGB", "", ("RGB", "BGR")),
-        layout=Field((str,), "NCHW", "", ("NCHW", "NHWC")),
-        grayscale=Field((bool,), False, "convert images to one channel"),
+        layout=Field((str,), None, "default: NHWC when the input's last dim is 1 or 3 and dim 1 is not, else NCHW",
+                     ("NCHW", "NHWC")),
+        grayscale=Field((bool,), None, "convert images to one channel (default: when the input has one channel)"),
     ),
     "fold": _section(
         batchnorm=Field((bool,), True, "fold BatchNormalization into the preceding Conv/Gemm"),
@@ -81,7 +84,7 @@ SCHEMA: dict[str, Any] = {
     "calibration": _section(
         method=Field((str,), "auto", "range selection", CALIBRATION_METHODS),
         percentile=Field((int, float), 99.99, "percentile for method=percentile", minimum=0),
-        num_bins=Field((int,), 2048, "histogram bins per tensor", minimum=8),
+        num_bins=Field((int,), 2048, "histogram bins per tensor", minimum=8, maximum=1 << 16),
         overrides=Field((dict,), {}, "{tensor name or op type: method}"),
         rounds=Field((int,), 4, "rounds for the stability check", minimum=1),
         max_samples=Field((int,), None, "use at most this many calibration samples", minimum=1),
@@ -170,6 +173,8 @@ def _number_problem(value, spec: Field) -> str:
         return "a finite number"
     if spec.minimum is not None and value < spec.minimum:
         return f">= {spec.minimum:g}"
+    if spec.maximum is not None and value > spec.maximum:
+        return f"<= {spec.maximum:g}"
     return ""
 
 
@@ -238,6 +243,7 @@ def _check_input_shapes(value: dict, where: str) -> None:
         _numbers(shape, f"{where[:-1]}.{name}'", positive=True, integer=True)
         if not shape:
             raise UserError(f"{where[:-1]}.{name}' must list at least one dimension, like [1, 3, 224, 224]")
+        check_shape_size(shape, f"{where[:-1]}.{name}'")
 
 
 def _check_input_values(value: dict, where: str) -> None:
@@ -353,7 +359,21 @@ def parse_input_shape(text: str) -> tuple[str, list[int]]:
         raise UserError(f"--input-shape '{text}': dimensions must be integers like 1x3x224x224") from None
     if any(d <= 0 for d in shape):
         raise UserError(f"--input-shape '{text}': dimensions must be positive")
+    check_shape_size(shape, f"--input-shape '{text}'")
     return name, shape
+
+
+def check_shape_size(shape: list[int], where: str) -> None:
+    """An input of more elements than any tensor may hold (the allocation-bomb bound) is refused
+    here, before numpy or ONNX meet a dim past int64."""
+    from edgepipe.modelcheck import MAX_TENSOR_ELEMENTS
+
+    count = 1
+    for dim in shape:
+        count *= dim
+    if count > MAX_TENSOR_ELEMENTS:
+        raise UserError(f"{where}: the input would hold {count} elements, more than {MAX_TENSOR_ELEMENTS}; "
+                        "no edge device can allocate that, give the shape the model runs with")
 
 
 def parse_input_value(text: str) -> tuple[str, float | int]:
@@ -381,5 +401,7 @@ def reference_rows(schema: dict | None = None, prefix: str = "") -> list[tuple[s
         kind = _choices(spec, " / ") if spec.choices else "/".join(t.__name__ for t in spec.types)
         if spec.minimum is not None:
             kind += f" >= {spec.minimum:g}"
+        if spec.maximum is not None:
+            kind += f", <= {spec.maximum:g}"
         rows.append((prefix + key, kind, repr(spec.default), spec.help))
     return rows

@@ -22,6 +22,8 @@ ai-edge-quantizer's per-layer validation (SQNR per tensor of the quantized vs fl
 from __future__ import annotations
 
 import math
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import onnx
 
 from edgepipe import graph, quantmath
 from edgepipe.errors import UserError
+from edgepipe.safeio import check_npz_members, ensure_regular_file
 from edgepipe.settings import ReportSettings
 
 COMPARE_FILE = "compare.json"
@@ -38,22 +41,27 @@ EVAL_FILE = "eval/eval.npz"
 
 # -- reading tensors ---------------------------------------------------------------------------
 class OnnxTensorProbe:
-    """Runs an ONNX model in ONNX Runtime with its float intermediate tensors exposed as outputs."""
+    """Runs an ONNX model in ONNX Runtime with its float intermediate tensors exposed as outputs.
+
+    Tensors asked for by name (a model's outputs) are returned whatever their dtype: an integer
+    output (an argmax label, top-k indices) is part of what the model answers."""
 
     def __init__(self, model: onnx.ModelProto, description: str, where: str, names: list[str] | None = None):
         self.description, self.where = description, where
         infos = graph.value_infos(graph.infer_shapes(model))
         produced = [out for node in model.graph.node for out in node.output if out]
         wanted = set(names) if names is not None else None
-        self.tensors = [n for n in dict.fromkeys(produced) if (wanted is None or n in wanted)
-                        and (n not in infos or infos[n].type.tensor_type.elem_type in _FLOAT_TYPES)]
+        self.tensors = [n for n in dict.fromkeys(produced) if n in wanted] if wanted is not None else [
+            n for n in dict.fromkeys(produced) if n not in infos or infos[n].type.tensor_type.elem_type in _FLOAT_TYPES]
+        self._any_dtype = wanted is not None
         self._inputs = [i.name for i in graph.graph_inputs(model)]
         self._session = graph.make_session(graph.expose_tensors(model, self.tensors))
 
     def run(self, feed: dict, reference: dict | None = None) -> dict[str, np.ndarray]:
         values = dict(zip(self.tensors, self._session.run(self.tensors, feed)))
         values.update({name: np.asarray(feed[name]) for name in self._inputs if name in feed})
-        return {k: v for k, v in values.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
+        kinds = "fiub" if self._any_dtype else "f"
+        return {k: v for k, v in values.items() if isinstance(v, np.ndarray) and v.dtype.kind in kinds}
 
     def close(self) -> None:
         self._session = None
@@ -69,8 +77,16 @@ class BundleEval:
         path = bundle / EVAL_FILE
         if not path.is_file():
             raise UserError(f"{path}: the bundle has no eval data; rebuild it with --eval or --calib data")
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+        ensure_regular_file(path, what="bundle eval data")
+        try:
+            with zipfile.ZipFile(path) as archive:  # every member is read whole: bounded first (a zip bomb)
+                names = [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
+            check_npz_members(path, names, "eval array")
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise UserError(f"{path}: not a readable .npz ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                            "rebuild the bundle") from None
         self.source = path
         self.ranks = {i.name: len(graph.tensor_shape(i)) for i in graph.graph_inputs(model)}
         missing = [name for name in self.ranks if f"input:{name}" not in arrays]
@@ -213,11 +229,13 @@ def compare_bundle(bundle: str | Path, max_samples: int | None = 64, alone: bool
     manifest = read_json(manifest_path, "bundle manifest", "rebuild the bundle")
     target_info = manifest.get("target") or {}
     name = str(target_info.get("name") or "")
-    target = load_target(name, target_info.get("options") or {})
+    # a bundle built from a profile YAML names the profile; its registered plugin runs the model
+    target = load_target(str(target_info.get("plugin") or name), target_info.get("options") or {})
     reference_path = bundle / "reference.onnx"
     if not reference_path.is_file():
         raise UserError(f"{reference_path}: missing; rebuild the bundle")
     reference = graph.ensure_node_names(graph.load_model(reference_path))
+    calibration = CalibrationResult.load(bundle / "calibration.json") if alone else None  # before any work
     data = BundleEval(bundle, reference, max_samples)
     probe = target.deployed_probe(bundle, manifest)
     if probe is None:
@@ -247,7 +265,6 @@ def compare_bundle(bundle: str | Path, max_samples: int | None = 64, alone: bool
     report = CompareReport(target.name, probe.description, probe.where, len(data), tensors, outputs,
                            skipped=sorted(seen - set(stats)))
     if alone:
-        calibration = CalibrationResult.load(bundle / "calibration.json")
         report.scheme, report.alone_samples = _measure_alone(report, reference, calibration, data, target,
                                                              alone_samples)
     return report
@@ -308,7 +325,8 @@ def host_accuracy(bundle: str | Path, probe) -> dict:
         for i in range(len(data)):
             got = probe.run(data.sample(i), None)
             for name in names:
-                outputs[name].append(np.asarray(got[name], np.float32))
+                value = np.asarray(got[name])
+                outputs[name].append(value if value.dtype.kind in "iub" else value.astype(np.float32))
     finally:
         probe.close()
     per_output, classifier = {}, None
@@ -316,7 +334,9 @@ def host_accuracy(bundle: str | Path, probe) -> dict:
         got = np.concatenate([v.reshape(1, -1) for v in outputs[name]])
         ref = data.references.get(name)
         entry: dict = {"shape": list(outputs[name][0].shape[1:])}
-        if ref is not None and ref.size == got.size:
+        if ref is not None and ref.size == got.size and got.dtype.kind in "iub":
+            entry["exact_match"] = float(np.mean(np.all(ref.reshape(got.shape) == got, axis=1)))
+        elif ref is not None and ref.size == got.size:
             ref = ref.reshape(got.shape)
             entry.update({"sqnr_db": _finite(quantmath.sqnr_db(ref, got)), "cosine": quantmath.cosine(ref, got),
                           "argmax_agreement": float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1))),
@@ -348,6 +368,9 @@ def accuracy_warning(accuracy: dict | None, thresholds: ReportSettings, bundle: 
         sqnr = entry.get("sqnr_db") if isinstance(entry, dict) else None
         if isinstance(sqnr, (int, float)) and sqnr < min_sqnr:
             problems.append(f"output '{name}' SQNR {sqnr:.1f} dB < {min_sqnr:g} dB")
+        equal = entry.get("exact_match") if isinstance(entry, dict) else None
+        if isinstance(equal, (int, float)) and equal < min_agreement:
+            problems.append(f"integer output '{name}' equals FP32's on {equal:.3f} of samples < {min_agreement:g}")
     agreement = accuracy.get("argmax_agreement")
     if isinstance(agreement, (int, float)) and agreement < min_agreement:
         problems.append(f"argmax agreement {agreement:.3f} < {min_agreement:g}")

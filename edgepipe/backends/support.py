@@ -20,6 +20,8 @@ from typing import Generic, Iterator, TypeVar
 
 import onnx
 
+from edgepipe.qoperator import QOPERATOR_OP_TYPES
+
 ONNX_DOMAIN = ""
 DOMAIN_ALIASES = {"ai.onnx": ONNX_DOMAIN}
 CONTROL_FLOW = ("If", "Loop", "Scan")
@@ -110,10 +112,29 @@ def walk_nodes(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.NodeProto, bo
     yield from visit(model.graph.node, "", False)
 
 
+# what to do about post-processing ops that detectors are often exported with: the part before
+# them is what a target accelerates, and the app (or a target that has the op) can finish the job
+_OUTSIDE = ("; export the model without it (its inputs as outputs, e.g. Ultralytics `export(nms=False)`) and "
+            "run {what} in the app, or build for a TensorRT target, which has it")
+POST_PROCESSING_HINTS = {
+    (ONNX_DOMAIN, "NonMaxSuppression"): _OUTSIDE.format(what="non-maximum suppression"),
+    (ONNX_DOMAIN, "RoiAlign"): _OUTSIDE.format(what="the RoI pooling stage"),
+}
+
+
+# export rewrites QOperator ops into their float ops (edgepipe/qoperator.py); one still here did not have the form
+QOPERATOR_LEFT = ("a quantized (QOperator) node edgepipe cannot rewrite into its float op (that needs float32 "
+                  "scales and zero points that are constants, constant integer weights and bias, a per-tensor "
+                  "output grid); ship the float model or one quantized with "
+                  "quantize_static(quant_format=QuantFormat.QDQ)")
+
+
 def operator_problem(node: onnx.NodeProto, versions: dict[str, int], table: OpTable, target: str) -> str | None:
     """Why a node's operator is not in `table` (custom domain, unknown op, opset outside the
     registered ranges), or None when an entry covers it."""
     domain = canonical_domain(node.domain)
+    if node.op_type in QOPERATOR_OP_TYPES and not table.keys(domain, node.op_type):
+        return QOPERATOR_LEFT
     if node.op_type in CONTROL_FLOW and domain == ONNX_DOMAIN and not table.keys(domain, node.op_type):
         if node.op_type == "If":
             return ("control flow (If) is not supported: pin the inputs its condition reads with input_values "
@@ -133,7 +154,7 @@ def operator_problem(node: onnx.NodeProto, versions: dict[str, int], table: OpTa
     if keys:
         ranges = ", ".join(key.describe() for key in keys)
         return f"{qualified(domain, node.op_type)} at opset {opset} is not supported on {target} (supported: {ranges})"
-    return f"no {table.name} for this op type"
+    return f"no {table.name} for this op type" + POST_PROCESSING_HINTS.get((domain, node.op_type), "")
 
 
 def unsupported_operators(model: onnx.ModelProto, table: OpTable, target: str,

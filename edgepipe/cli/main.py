@@ -17,7 +17,7 @@ import click
 
 from edgepipe import __version__, isolation
 from edgepipe.calibrate import methods as calibration_methods
-from edgepipe.errors import BudgetError, UserError
+from edgepipe.errors import BudgetError, UserError, inert_text
 
 DEBUG_ENV = "EDGEPIPE_DEBUG"
 INTERNAL_ERROR_EXIT = 3
@@ -69,7 +69,7 @@ def cli(debug: bool) -> None:
 @click.option("--weights", help="state_dict checkpoint for a module:factory model (loaded with weights_only=True).")
 @click.option("--target", help="Target plugin or profile (see `edgepipe targets`).")
 @click.option("--calib", help="Calibration data: image folder, .npz (keys = input names) or .npy.")
-@click.option("--eval", "eval_", help="Evaluation data (labels optional): image folder, .npz or .npy.")
+@click.option("--eval", "eval_", help="Evaluation data (labels optional): image folder, .npz, .npy or a folder of .npy/.npz files.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224", help="Fix an input's static shape (repeatable).")
 @click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
               help="Pin an input to a constant, e.g. sr=16000: an If it decides keeps one branch (repeatable).")
@@ -269,7 +269,29 @@ def _register_plugins() -> None:
 _register_plugins()
 
 
+class InertStream:
+    """stdout / stderr with terminal controls escaped in everything written as text."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        return self._stream.write(inert_text(text) if isinstance(text, str) else text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> None:
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = InertStream(sys.stdout), InertStream(sys.stderr)
+    try:
+        _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
     isolation.strip_cwd_from_sys_path()  # a torch.py or onnxsim.py in the current folder is never imported
