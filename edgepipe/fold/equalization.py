@@ -15,17 +15,18 @@ Only pairs where the scaling is exact are touched: Conv1's output read by nothin
 read by nothing but) a group-1 or depthwise Conv2 with a constant weight. Depthwise Conv2 is the
 case the method was made for (MobileNet-style stems: a Conv whose output channels span ranges of
 1 to 15 feeding a depthwise conv whose filters are largest where those ranges are smallest; the
-per-tensor int8 grid of the tensor between them leaves the small channels a few steps). Relu6, Clip, HardSwish, Sigmoid and
-friends do not commute with scaling and end a pair.
+per-tensor int8 grid of the tensor between them leaves the small channels a few steps). Relu6,
+Clip, HardSwish, Sigmoid and friends do not commute with scaling and end a pair. Run by the fold
+stage (`fold.cross_layer_equalization`), whose ONNX Runtime check compares the outputs with the
+unequalized model.
 
 A depthwise Conv2 given the tensor's per-channel ranges measured on calibration data
 (`activation_ranges`) takes s_c proportional to channel c's range instead: both weights are on
 per-channel int8 grids (Conv1's per output channel, the depthwise's per channel), so scaling
 channel c costs neither any resolution, and the only grid left to fix is the per-tensor one of
 the activation between them, which equal channel ranges fill best. The weight-range rule only
-guesses those ranges from the weights (on the OCR recognizer's stem it leaves them 55x apart). Run by the fold stage
-(`fold.cross_layer_equalization`), whose ONNX Runtime check compares the outputs with the
-unequalized model.
+guesses those ranges from the weights, and a channel lifted by its bias or its input looks like
+the others there.
 """
 
 from __future__ import annotations
