@@ -195,3 +195,27 @@ def test_depthwise_mode_leaves_group1_pairs_alone():
     assert report["cross_layer_equalization"]["pairs"] == []
     _, report = run_fold(depthwise_model(), {"cross_layer_equalization": "depthwise"})
     assert [p["second"] for p in report["cross_layer_equalization"]["pairs"]] == ["dw"]
+
+
+def test_cached_fold_follows_the_calibration_data(tmp_path):
+    """Equalization on measured ranges reads the calibration data, so the fold stage's cache key
+    does too: other data refolds, the same data reuses the cached fold (`edgepipe build --json`)."""
+    import json
+
+    from tests.helpers import run_cli
+
+    onnx.save(depthwise_model(), str(tmp_path / "model.onnx"))
+    (tmp_path / "edgepipe.yaml").write_text("fold:\n  cross_layer_equalization: depthwise\n")
+    rng = np.random.default_rng(5)
+    for name, spread in (("a.npz", 1.0), ("b.npz", 3.0)):
+        np.savez(tmp_path / name, x=(rng.normal(0, spread, (8, 3, 12, 12))).astype(np.float32))
+
+    def fold_cached(calib: str) -> bool:
+        result = run_cli("build", "--model", "model.onnx", "--target", "jetson", "--calib", calib, "--json",
+                         cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return {s["name"]: s["cached"] for s in json.loads(result.stdout[result.stdout.index("{"):])["stages"]}["fold"]
+
+    assert not fold_cached("a.npz")
+    assert not fold_cached("b.npz")
+    assert fold_cached("a.npz")
