@@ -474,6 +474,8 @@ SECTIONS = [
     ("Accuracy goals of issue 14 on the models as shipped (`benchmarks/accuracy_goals.py`)", "accuracy_goals",
      accuracy_goals),
     ("The recognizer's int8 noise floor (`benchmarks/int8_noise_floor.py`)", "int8_noise_floor", int8_noise_floor),
+    ("... the same draws built with `fold.cross_layer_equalization: depthwise` (`--config`)",
+     "int8_noise_floor_cle_depthwise", int8_noise_floor),
     ("Flipped time steps of the recognizer (`benchmarks/flip_margins.py`)", "flip_margins", flip_margins),
 ]
 

@@ -149,7 +149,8 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     fold_key = settings_hash(
         stage="fold", model=pipeline.last_hash, settings=fold_settings,
         calib=data_fingerprint(settings["calib"]) + calib_split_key(settings)
-        if fold_settings["input_normalization"] in ("zca", "pca") else "",
+        if fold_settings["input_normalization"] in ("zca", "pca") or fold_settings.get("cross_layer_equalization")
+        else "",  # folds that read the calibration data (whitening, equalization on measured ranges)
         eval=(data_fingerprint(settings.get("eval") or settings["calib"]) + calib_split_key(settings)) if needs_eval else "",
     )
     model, fold_report = pipeline.model_stage(

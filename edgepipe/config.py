@@ -67,9 +67,11 @@ SCHEMA: dict[str, Any] = {
         constant_affine=Field((bool,), False, "fold chains of constant Mul/Add/Sub/Div on a 4-D tensor into the Conv "
                               "that writes their input or (where exact: a shift only without padding) the Conv that "
                               "alone reads their result; exact in float, for every target"),
-        cross_layer_equalization=Field((bool,), False, "rescale the channels between two convolutions (directly or "
-                                       "through a Relu; the second group-1 or depthwise) to equal weight ranges, "
-                                       "exact in float"),
+        cross_layer_equalization=Field((bool, str), False, "rescale the channels between two convolutions, exact in "
+                                       "float: true: every pair (directly or through a Relu; the second group-1 or "
+                                       "depthwise); depthwise: only a Conv feeding a depthwise Conv. A depthwise pair "
+                                       "equalizes the tensor's per-channel ranges measured on calibration samples, a "
+                                       "group-1 pair the weight ranges", (False, True, "depthwise")),
         split_before_concat=Field((bool,), True, "move a Split in front of the Concat (and Reshape) that built its "
                                   "input (a detector head's box/class split): each piece keeps its own int8 grid; "
                                   "exact in float"),
