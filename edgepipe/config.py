@@ -41,8 +41,8 @@ SCHEMA: dict[str, Any] = {
     "model": Field((str,), None, "an .onnx file, a TorchScript / torch.export file, or pkg.module:factory"),
     "weights": Field((str,), None, "checkpoint for module:factory models (state_dict, loaded with weights_only=True)"),
     "target": Field((str,), None, "target plugin name (see `edgepipe targets`)"),
-    "calib": Field((str,), None, "calibration data: image folder, .npz or .npy"),
-    "eval": Field((str,), None, "evaluation data (labels optional): image folder, .npz or .npy"),
+    "calib": Field((str,), None, "calibration data: image folder, .npz, .npy or a folder of .npy/.npz files"),
+    "eval": Field((str,), None, "evaluation data (labels optional): image folder, .npz, .npy or a folder of .npy/.npz files"),
     "input_shapes": Field((dict,), {}, "static input shapes, {name: [1, 3, 224, 224]}"),
     "input_values": Field((dict,), {}, "inputs fixed to a value in deployment, {name: value} (a sample rate, a mode "
                           "flag): each becomes a constant before simplify, and an If it decides keeps one branch"),
@@ -52,12 +52,14 @@ SCHEMA: dict[str, Any] = {
     "opset": Field((int,), 17, "ONNX opset for PyTorch export", minimum=7),
     "preprocess": _section(
         size=Field((list,), None, "[H, W]: resize the shorter side and center-crop to this size"),
-        scale=Field((int, float), 1 / 255, "pixel multiplier before mean/std", minimum=0),
+        scale=Field((int, float), None, "pixel multiplier before mean/std (default: 1/255 for a float input, 1 for "
+                    "an integer one)", minimum=0),
         mean=Field((list,), None, "per-channel mean (after scale)"),
         std=Field((list,), None, "per-channel std (after scale)"),
         channel_order=Field((str,), "RGB", "", ("RGB", "BGR")),
-        layout=Field((str,), "NCHW", "", ("NCHW", "NHWC")),
-        grayscale=Field((bool,), False, "convert images to one channel"),
+        layout=Field((str,), None, "default: NHWC when the input's last dim is 1 or 3 and dim 1 is not, else NCHW",
+                     ("NCHW", "NHWC")),
+        grayscale=Field((bool,), None, "convert images to one channel (default: when the input has one channel)"),
     ),
     "fold": _section(
         batchnorm=Field((bool,), True, "fold BatchNormalization into the preceding Conv/Gemm"),

@@ -16,6 +16,8 @@ Sources
 - .npz: one array [N, ...] per model input, keyed by input name; optional `labels` [N];
   other keys are ignored.
 - .npy: one array [N, ...], single-input models only.
+- folder of .npy / .npz files (edgepipe/array_folder.py): each file one sample or a stack [N, ...],
+  as above; class subfolders give labels as for images.
 
 Image preprocessing (`preprocess` dict; unknown keys are ignored, they belong to other stages)
 - `size` [H, W]: resize so the image covers H x W keeping its aspect ratio (bilinear), then
@@ -133,7 +135,7 @@ def load_dataset(path: str | os.PathLike, input_specs: InputSpecs, preprocess: d
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; pass a folder of images, an .npz or an .npy file")
     if path.is_dir():
-        return _image_dataset(path, input_specs, preprocess or {}, limit)
+        return _folder_dataset(path, input_specs, preprocess or {}, limit)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         arrays, labels, ignored = _read_npz(path, input_specs)
@@ -162,7 +164,7 @@ def infer_static_shape(path: str | os.PathLike, input_name: str, preprocess: dic
     input ([N, 2, 1, 128] fixes an RNN state [2, B, 128]); one dim fewer gets a batch dim of 1.
     """
     path = Path(path)
-    per_sample = _first_sample_shape(path, input_name, preprocess)
+    per_sample = _first_sample_shape(path, input_name, preprocess, declared)
     if declared is None or len(per_sample) + 1 == len(declared):
         return (1, *per_sample)
     if len(per_sample) == len(declared):
@@ -171,8 +173,15 @@ def infer_static_shape(path: str | os.PathLike, input_name: str, preprocess: dic
                     f"input is {_format_shape(tuple(declared))}; {_accepted_forms(tuple(declared))}")
 
 
-def _first_sample_shape(path: Path, input_name: str, preprocess: dict | None) -> tuple:
+def _first_sample_shape(path: Path, input_name: str, preprocess: dict | None, declared: tuple | None = None,
+                        whole: bool = False) -> tuple:
+    """Shape of one sample (`whole`: of the first file's whole array) of `input_name`; headers only."""
     if path.is_dir():
+        from edgepipe.array_folder import first_sample_shape
+
+        paths, _, _, kind = _scan_folder(path)
+        if kind == "arrays":
+            return first_sample_shape(paths[0], input_name, declared)
         unknown_spec = {input_name: ((None, None, None, None), np.float32)}
         return tuple(_image_dataset(path, unknown_spec, preprocess or {}, 1).sample(0)[input_name].shape)[1:]
     if not path.exists():
@@ -191,11 +200,7 @@ def _first_sample_shape(path: Path, input_name: str, preprocess: dict | None) ->
                 shape, _, _ = read_header(member)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError, zlib.error) as exc:
         raise UserError(f"{path}: not a readable .npz file ({exc}); re-save it with numpy.savez") from exc
-    return tuple(shape[1:])
-
-
-# ---------------------------------------------------------------------------------------------
-# Arrays (.npz / .npy)
+    return tuple(shape) if whole else tuple(shape[1:])
 
 
 def _only_input(path: Path, specs: InputSpecs) -> str:
@@ -337,12 +342,13 @@ def _cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
 # Images
 
 
-def _image_dataset(folder: Path, specs: InputSpecs, preprocess: dict, limit: int | None) -> Dataset:
+def _image_dataset(folder: Path, specs: InputSpecs, preprocess: dict, limit: int | None,
+                   scanned: tuple | None = None) -> Dataset:
     if len(specs) != 1:
         raise UserError(f"{folder}: an image folder can feed a single-input model only, this one has "
                         f"inputs {list(specs)}; use an .npz with one array per input name")
     name, (shape, dtype) = next(iter(specs.items()))
-    paths, labels, class_names = _scan_image_folder(folder)
+    paths, labels, class_names = scanned or _scan_folder(folder)[:3]
     transform = ImageTransform.from_preprocess(folder, preprocess, tuple(shape), np.dtype(dtype))
     first = transform(paths[0])
     expected = tuple(shape)[1:]
@@ -361,24 +367,44 @@ def _image_dataset(folder: Path, specs: InputSpecs, preprocess: dict, limit: int
                    class_names=class_names, limit=limit)
 
 
-def _scan_image_folder(folder: Path) -> tuple[list[Path], np.ndarray | None, list[str] | None]:
-    """Sorted image paths, plus labels and class names for the ImageFolder layout."""
+def _folder_dataset(folder: Path, specs: InputSpecs, preprocess: dict, limit: int | None) -> Dataset:
+    paths, labels, class_names, kind = _scan_folder(folder)
+    if kind == "arrays":
+        from edgepipe.array_folder import array_folder_dataset
+
+        return array_folder_dataset(folder, paths, labels, class_names, specs, limit)
+    return _image_dataset(folder, specs, preprocess, limit, (paths, labels, class_names))
+
+
+def _scan_folder(folder: Path) -> tuple[list[Path], np.ndarray | None, list[str] | None, str]:
+    """Sorted sample files, labels and class names for the ImageFolder layout, and which kind of
+    files ("images" or "arrays": .npy / .npz) the folder holds."""
+    from edgepipe.array_folder import ARRAY_SUFFIXES
+
+    def files(paths, suffixes):
+        return [p for p in paths if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")]
+
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith((".", "__")))
-    flat = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     class_dirs = [p for p in entries if p.is_dir()]
-    per_class = [sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                        and not p.name.startswith(".")) for d in class_dirs]
+    below = [sorted(d.rglob("*")) for d in class_dirs]
+    found = {kind: (files(entries, suffixes), [files(paths, suffixes) for paths in below])
+             for kind, suffixes in (("images", IMAGE_SUFFIXES), ("arrays", ARRAY_SUFFIXES))}
+    present = [kind for kind, (flat, per_class) in found.items() if flat or any(per_class)]
+    if len(present) > 1:
+        raise UserError(f"{folder}: holds both images and .npy/.npz files; keep one kind of sample file per folder")
+    if not present:
+        raise UserError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) or .npy/.npz files found; put "
+                        "samples in the folder (calibration) or in one subfolder per class (evaluation)")
+    kind = present[0]
+    flat, per_class = found[kind]
     if flat and any(per_class):
-        raise UserError(f"{folder}: mixes images and class subfolders; put all images directly in "
+        raise UserError(f"{folder}: mixes sample files and class subfolders; put all files directly in "
                         "the folder (unlabeled) or all in one subfolder per class (labeled)")
     if flat:
-        return flat, None, None
-    if not any(per_class):
-        raise UserError(f"{folder}: no images found ({', '.join(IMAGE_SUFFIXES)}); put images in the "
-                        "folder (calibration) or in one subfolder per class (evaluation)")
-    paths = [p for images in per_class for p in images]
-    labels = np.concatenate([np.full(len(images), index, np.int64) for index, images in enumerate(per_class)])
-    return paths, labels, [d.name for d in class_dirs]
+        return flat, None, None, kind
+    paths = [p for group in per_class for p in group]
+    labels = np.concatenate([np.full(len(group), index, np.int64) for index, group in enumerate(per_class)])
+    return paths, labels, [d.name for d in class_dirs], kind
 
 
 @dataclass(frozen=True)
@@ -398,13 +424,13 @@ class ImageTransform:
     @classmethod
     def from_preprocess(cls, source: Path, preprocess: dict, shape: tuple, dtype: np.dtype) -> "ImageTransform":
         """Validate the preprocess dict against the model input (shape incl. batch, dtype)."""
-        layout = str(preprocess.get("layout", _guess_layout(shape))).upper()
+        layout = str(preprocess.get("layout") or _guess_layout(shape)).upper()  # None: from the input
         if layout not in ("NCHW", "NHWC"):
             raise UserError(f"{source}: preprocess layout '{layout}' is not NCHW or NHWC")
         static = lambda d: d if isinstance(d, int) and d > 0 else None  # noqa: E731
         dims = [static(d) for d in shape] + [None] * (4 - len(shape))
         channels, height, width = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
-        grayscale = bool(preprocess.get("grayscale", channels == 1))
+        grayscale = bool(channels == 1 if preprocess.get("grayscale") is None else preprocess["grayscale"])
         if channels is not None and channels != (1 if grayscale else 3):
             raise UserError(f"{source}: the model input has {channels} channels but preprocessing gives "
                             f"{1 if grayscale else 3}; set preprocess grayscale/layout to match")
@@ -423,7 +449,7 @@ class ImageTransform:
         mean, std = (_channel_values(source, preprocess, key, 1 if grayscale else 3) for key in ("mean", "std"))
         if std is not None and not np.all(std != 0):
             raise UserError(f"{source}: preprocess std contains 0; use the per-channel standard deviations")
-        return cls(size, resize == "stretch", float(preprocess.get("scale", default_scale)), mean, std,
+        return cls(size, resize == "stretch", float(default_scale if preprocess.get("scale") is None else preprocess["scale"]), mean, std,
                    order == "BGR", grayscale, layout == "NCHW", dtype)
 
     def __call__(self, path: Path) -> np.ndarray:

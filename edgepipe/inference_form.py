@@ -1,4 +1,4 @@
-"""The inference form of a graph: Dropout removed, variadic Sum / Mean / Max / Min as binary chains.
+"""The inference form of a graph: Dropout removed, Einsum as MatMul, variadic Sum / Mean / Max / Min as binary chains.
 
 Why here (the simplify stage, every target) and not in onnxsim or one backend: onnxsim's optimizer
 removes a Dropout only when its ratio is 0, so the Dropout(ratio=0.5) of model-zoo files (and of
@@ -11,6 +11,8 @@ every partial sum / maximum is calibrated under its own name.
   identity. One whose `training_mode` is true or computed is refused naming the node: its result
   would depend on what it does in training. One whose mask output is read stays (the mask is all
   true at inference: TensorRT's parser runs it, arm-cpu refuses it naming the node).
+- Einsum -> Transpose / Reshape / MatMul / ReduceSum (edgepipe/einsum.py): one- and two-operand
+  equations without diagonals, so the attention products are MatMuls every target quantizes.
 - Sum(a, b, c) -> Add(Add(a, b), c); Max / Min the same with Max / Min; Mean -> the Sum chain,
   then Div by N. Pairwise broadcasting composes to ONNX's multidirectional broadcasting (opset 8
   on; the older forms neither broadcast nor have binary ops ONNX Runtime runs, so they stay). A
@@ -26,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgepipe import graph
+from edgepipe.einsum import decompose_einsums
 from edgepipe.errors import UserError
 
 VARIADIC = {"Sum": "Add", "Max": "Max", "Min": "Min", "Mean": "Add"}
@@ -65,7 +68,7 @@ def inference_form(model: onnx.ModelProto, strict: bool = True) -> tuple[onnx.Mo
     Dropout whose mask is read."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    report = {"dropouts_removed": 0, "variadic_split": 0}
+    report = {"dropouts_removed": 0, "variadic_split": 0, "einsums_decomposed": decompose_einsums(result)}
     opset = next((o.version for o in result.opset_import if o.domain in ("", "ai.onnx")), 0)
     if not any(n.op_type == "Dropout" or _variadic(n, opset) for n in result.graph.node if n.domain in ("", "ai.onnx")):
         return result, report

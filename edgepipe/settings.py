@@ -122,7 +122,7 @@ def resolve_settings(cli: dict, config_path: str | None) -> tuple[dict, str]:
 def require_calib(settings: dict) -> str:
     """The calibration data path; asked for only once the model is known to be convertible."""
     if not settings.get("calib"):
-        raise UserError("no calibration data: pass --calib PATH (an image folder, .npz or .npy) or set 'calib' "
+        raise UserError("no calibration data: pass --calib PATH (an image folder, .npz, .npy or a folder of .npy/.npz files) or set 'calib' "
                         "in edgepipe.yaml")
     return settings["calib"]
 

@@ -128,6 +128,21 @@ def unsupported_op(tmp):
     return _build(tmp, _model(tmp, model), _calib(tmp))
 
 
+def nms_on_arm(tmp):
+    """A detector exported with its non-maximum suppression, built for a target without one."""
+    model = tiny_conv_model()
+    del model.graph.node[1:]
+    del model.graph.output[:]
+    helper = onnx.helper
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, 4, 64], np.int64), "as_rows"))
+    model.graph.node.extend([
+        helper.make_node("Reshape", ["c", "as_rows"], ["scores"], name="rows"),
+        helper.make_node("Transpose", ["scores"], ["boxes"], name="boxes", perm=[0, 2, 1]),
+        helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["selected"], name="nms")])
+    model.graph.output.append(helper.make_tensor_value_info("selected", onnx.TensorProto.INT64, ["n", 3]))
+    return _build(tmp, _model(tmp, model), _calib(tmp), "arm-cpu")
+
+
 def dynamic_dim_no_shape(tmp):
     return _build(tmp, _model(tmp, tiny_conv_model(dynamic_batch=True)), _calib(tmp, key="other"))
 
@@ -205,6 +220,15 @@ class _FileWriter:
 
     def __reduce__(self):
         return (open, (str(self.path), "w"))
+
+
+def pickled_module(tmp):
+    """torch.save(model) of an object whose unpickling would create a file: named, never loaded."""
+    import torch
+
+    torch.save({"model": _FileWriter(tmp / "out"), "epoch": 3}, tmp / "model.pt")
+    return ["build", "--model", str(tmp / "model.pt"), "--target", "jetson", "--input-shape", "x:1x3x8x8",
+            "--out", str(tmp / "bundle")]
 
 
 def unsafe_export_program(tmp):
@@ -594,12 +618,16 @@ CASES = [
     Case("external-data-outside", "ONNX external data that is a symlink to a file outside the model's folder",
          external_data_outside, ("model.onnx", "initializer 'w'", "outside the model folder")),
     Case("unsupported-op", "an op the target cannot run", unsupported_op, ("fancy_node", "FancyOp", "jetson")),
+    Case("pickled-module", "a torch.save(model) file (a pickled object, not a state_dict)", pickled_module,
+         ("model.pt", "a pickled Python object", "io.open", "state_dict()")),
+    Case("nms-on-arm", "a detector exported with NonMaxSuppression, for arm-cpu", nms_on_arm,
+         ("'nms' (NonMaxSuppression)", "run non-maximum suppression in the app", "TensorRT target")),
     Case("no-inputs", "a model with no inputs (only constants)", no_inputs, ("model.onnx", "no inputs")),
     Case("zero-stride", "a pooling node with stride 0 (ONNX's shape inference would crash the process)",
          zero_stride, ("'pool'", "strides")),
     Case("dynamic-dim", "a dynamic dim with no shape given (and data lacking that input)", dynamic_dim_no_shape,
          ("'x'", "--input-shape")),
-    Case("empty-folder", "calibration folder with no images", empty_folder, ("calib",)),
+    Case("empty-folder", "calibration folder with no images or arrays", empty_folder, ("calib",)),
     Case("unreadable-image", "an image that cannot be decoded", unreadable_image, ("broken.png",)),
     Case("image-pixel-bomb", "a PNG whose header declares 40000 x 40000 pixels (decompression bomb)", image_pixel_bomb,
          ("huge.png", "decompression bomb")),

@@ -163,3 +163,22 @@ def test_simplify_of_an_onnx_file_does_not_import_torch(tmp_path):
     assert loaded == b"False"
     expected, _ = run_simplify(tiny_conv_model())  # this process has torch loaded: onnxsim as usual
     assert simplified == expected.SerializeToString()
+
+
+def test_torch_save_files_are_told_apart_without_unpickling(tmp_path):
+    """torch.save archives: a state_dict (tensors only), a whole module, a checkpoint dict holding
+    a module; TorchScript files are not torch.save archives. Read from pickle opcodes only."""
+    import torch
+
+    from edgepipe.stages.torch_files import saved_objects
+
+    layer = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    torch.save(layer.state_dict(), tmp_path / "sd.pt")
+    torch.save({"model_state_dict": layer.state_dict(), "epoch": 7, "lr": 0.1}, tmp_path / "ckpt.pt")
+    torch.save(layer, tmp_path / "whole.pt")
+    torch.save({"model": layer}, tmp_path / "wrapped.pt")
+    torch.jit.script(layer).save(str(tmp_path / "script.pt"))
+    assert saved_objects(tmp_path / "sd.pt") == [] and saved_objects(tmp_path / "ckpt.pt") == []
+    assert saved_objects(tmp_path / "whole.pt")[0] == "torch.nn.modules.container.Sequential"
+    assert "torch.nn.modules.conv.Conv2d" in saved_objects(tmp_path / "wrapped.pt")
+    assert saved_objects(tmp_path / "script.pt") is None

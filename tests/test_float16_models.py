@@ -64,6 +64,7 @@ def test_keep_io_casts_at_the_boundary(tmp_path):
     assert [o.type.tensor_type.elem_type for o in upcast.graph.output] == [onnx.TensorProto.FLOAT16]
     assert (upcast.graph.node[0].op_type, upcast.graph.node[-1].op_type) == ("Cast", "Cast")
     assert not any(t.data_type == onnx.TensorProto.FLOAT16 for t in upcast.graph.initializer)
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in half.graph.initializer), "input model changed"
     x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
     np.testing.assert_allclose(ort_output(upcast, x), ort_output(half, x), rtol=1e-2, atol=1e-2)
 

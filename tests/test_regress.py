@@ -90,6 +90,14 @@ def test_configured_metrics_and_missing_candidate_metric():
         run_regression(BASE, BASE, RegressSettings(metrics=["top9"]))
 
 
+def test_integer_output_equality_is_gated_with_the_accuracy_budget():
+    with_label = variant(accuracy__outputs={"logits": {"sqnr_db": 30.0, "cosine": 0.999}, "label": {"exact_match": 0.98}})
+    fewer_equal = variant(accuracy__outputs={"logits": {"sqnr_db": 30.0, "cosine": 0.999}, "label": {"exact_match": 0.95}})
+    failures = run_regression(with_label, fewer_equal, RegressSettings(max_drop=0.01)).failures
+    assert [c.name for c in failures] == ["accuracy.exact_match[label]"]
+    assert run_regression(with_label, fewer_equal, RegressSettings(max_drop=0.05)).passed
+
+
 def test_ece_is_lower_is_better():
     budgets = RegressSettings(metrics=["ece"], max_drop=0.01)
     assert run_regression(BASE, variant(accuracy__ece=0.01), budgets).passed

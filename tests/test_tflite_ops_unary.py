@@ -8,7 +8,8 @@ import pytest
 from onnx import helper
 
 from edgepipe.backends.tflite import unsupported_nodes
-from tests.tflite_harness import assert_onnx_case_fp32, check_conformance, make_model, onnx_node_case, structured_inputs
+from tests.tflite_harness import (assert_onnx_case_fp32, check_conformance, delegate_partitions, make_model, onnx_node_case,
+                                  structured_inputs)
 
 RNG = np.random.default_rng(29)
 
@@ -43,7 +44,18 @@ def test_depth_and_space(op_type, mode, tmp_path):
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node(op_type, ["c"], ["y"], name="move", blocksize=2, **({"mode": mode} if mode else {}))]
     report = check_conformance(make_model(nodes, {"x": [1, 3, 6, 8]}, ["y"], {"w": weights}), tmp_path)
-    assert report.result["op_histogram"].get("GATHER", 0) == (mode == "CRD")
+    assert "GATHER" not in report.result["op_histogram"]  # CRD: the conv writes its channels in DCR order
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+
+
+def test_crd_depth_to_space_of_a_shared_tensor_reorders_with_a_gather(tmp_path):
+    """When the conv output is read elsewhere, its channel order must stay: a GATHER reorders."""
+    weights = np.random.default_rng(8).normal(size=(8, 3, 3, 3)).astype(np.float32) * 0.4
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("DepthToSpace", ["c"], ["y"], name="move", blocksize=2, mode="CRD")]
+    # the conv output is a model output too: the app reads its channels in the model's order
+    report = check_conformance(make_model(nodes, {"x": [1, 3, 6, 8]}, ["y", "c"], {"w": weights}), tmp_path)
+    assert report.result["op_histogram"]["GATHER"] == 1
 
 
 def test_unfolded_batch_norm_with_relu(tmp_path):

@@ -38,22 +38,27 @@ EVAL_FILE = "eval/eval.npz"
 
 # -- reading tensors ---------------------------------------------------------------------------
 class OnnxTensorProbe:
-    """Runs an ONNX model in ONNX Runtime with its float intermediate tensors exposed as outputs."""
+    """Runs an ONNX model in ONNX Runtime with its float intermediate tensors exposed as outputs.
+
+    Tensors asked for by name (a model's outputs) are returned whatever their dtype: an integer
+    output (an argmax label, top-k indices) is part of what the model answers."""
 
     def __init__(self, model: onnx.ModelProto, description: str, where: str, names: list[str] | None = None):
         self.description, self.where = description, where
         infos = graph.value_infos(graph.infer_shapes(model))
         produced = [out for node in model.graph.node for out in node.output if out]
         wanted = set(names) if names is not None else None
-        self.tensors = [n for n in dict.fromkeys(produced) if (wanted is None or n in wanted)
-                        and (n not in infos or infos[n].type.tensor_type.elem_type in _FLOAT_TYPES)]
+        self.tensors = [n for n in dict.fromkeys(produced) if n in wanted] if wanted is not None else [
+            n for n in dict.fromkeys(produced) if n not in infos or infos[n].type.tensor_type.elem_type in _FLOAT_TYPES]
+        self._any_dtype = wanted is not None
         self._inputs = [i.name for i in graph.graph_inputs(model)]
         self._session = graph.make_session(graph.expose_tensors(model, self.tensors))
 
     def run(self, feed: dict, reference: dict | None = None) -> dict[str, np.ndarray]:
         values = dict(zip(self.tensors, self._session.run(self.tensors, feed)))
         values.update({name: np.asarray(feed[name]) for name in self._inputs if name in feed})
-        return {k: v for k, v in values.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
+        kinds = "fiub" if self._any_dtype else "f"
+        return {k: v for k, v in values.items() if isinstance(v, np.ndarray) and v.dtype.kind in kinds}
 
     def close(self) -> None:
         self._session = None
@@ -308,7 +313,8 @@ def host_accuracy(bundle: str | Path, probe) -> dict:
         for i in range(len(data)):
             got = probe.run(data.sample(i), None)
             for name in names:
-                outputs[name].append(np.asarray(got[name], np.float32))
+                value = np.asarray(got[name])
+                outputs[name].append(value if value.dtype.kind in "iub" else value.astype(np.float32))
     finally:
         probe.close()
     per_output, classifier = {}, None
@@ -316,7 +322,9 @@ def host_accuracy(bundle: str | Path, probe) -> dict:
         got = np.concatenate([v.reshape(1, -1) for v in outputs[name]])
         ref = data.references.get(name)
         entry: dict = {"shape": list(outputs[name][0].shape[1:])}
-        if ref is not None and ref.size == got.size:
+        if ref is not None and ref.size == got.size and got.dtype.kind in "iub":
+            entry["exact_match"] = float(np.mean(np.all(ref.reshape(got.shape) == got, axis=1)))
+        elif ref is not None and ref.size == got.size:
             ref = ref.reshape(got.shape)
             entry.update({"sqnr_db": _finite(quantmath.sqnr_db(ref, got)), "cosine": quantmath.cosine(ref, got),
                           "argmax_agreement": float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1))),
@@ -348,6 +356,9 @@ def accuracy_warning(accuracy: dict | None, thresholds: ReportSettings, bundle: 
         sqnr = entry.get("sqnr_db") if isinstance(entry, dict) else None
         if isinstance(sqnr, (int, float)) and sqnr < min_sqnr:
             problems.append(f"output '{name}' SQNR {sqnr:.1f} dB < {min_sqnr:g} dB")
+        equal = entry.get("exact_match") if isinstance(entry, dict) else None
+        if isinstance(equal, (int, float)) and equal < min_agreement:
+            problems.append(f"integer output '{name}' equals FP32's on {equal:.3f} of samples < {min_agreement:g}")
     agreement = accuracy.get("argmax_agreement")
     if isinstance(agreement, (int, float)) and agreement < min_agreement:
         problems.append(f"argmax agreement {agreement:.3f} < {min_agreement:g}")

@@ -110,6 +110,16 @@ def walk_nodes(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.NodeProto, bo
     yield from visit(model.graph.node, "", False)
 
 
+# what to do about post-processing ops that detectors are often exported with: the part before
+# them is what a target accelerates, and the app (or a target that has the op) can finish the job
+_OUTSIDE = ("; export the model without it (its inputs as outputs, e.g. Ultralytics `export(nms=False)`) and "
+            "run {what} in the app, or build for a TensorRT target, which has it")
+POST_PROCESSING_HINTS = {
+    (ONNX_DOMAIN, "NonMaxSuppression"): _OUTSIDE.format(what="non-maximum suppression"),
+    (ONNX_DOMAIN, "RoiAlign"): _OUTSIDE.format(what="the RoI pooling stage"),
+}
+
+
 def operator_problem(node: onnx.NodeProto, versions: dict[str, int], table: OpTable, target: str) -> str | None:
     """Why a node's operator is not in `table` (custom domain, unknown op, opset outside the
     registered ranges), or None when an entry covers it."""
@@ -133,7 +143,7 @@ def operator_problem(node: onnx.NodeProto, versions: dict[str, int], table: OpTa
     if keys:
         ranges = ", ".join(key.describe() for key in keys)
         return f"{qualified(domain, node.op_type)} at opset {opset} is not supported on {target} (supported: {ranges})"
-    return f"no {table.name} for this op type"
+    return f"no {table.name} for this op type" + POST_PROCESSING_HINTS.get((domain, node.op_type), "")
 
 
 def unsupported_operators(model: onnx.ModelProto, table: OpTable, target: str,

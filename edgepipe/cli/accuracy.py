@@ -56,7 +56,7 @@ def _target(settings: dict):
 _model_options = [
     click.option("--weights", help="state_dict checkpoint for a pkg.module:factory model (weights_only=True)."),
     click.option("--target", help="Target whose int8 is simulated (TensorRT: symmetric, TFLite: asymmetric ranges)."),
-    click.option("--calib", help="Calibration data: image folder, .npz or .npy."),
+    click.option("--calib", help="Calibration data: image folder, .npz, .npy or a folder of .npy/.npz files."),
     click.option("--eval", "eval_", help="Held-out evaluation data (labels give top-1; else argmax agreement)."),
     click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224"),
     click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",

@@ -17,7 +17,7 @@ from edgepipe.jsonfile import read_json
 from edgepipe.errors import UserError
 from edgepipe.settings import RegressSettings
 
-DEFAULT_METRICS = ("top1", "top5", "argmax_agreement", "sqnr_db")
+DEFAULT_METRICS = ("top1", "top5", "argmax_agreement", "sqnr_db", "exact_match")
 LATENCY_PERCENTILES = ("p50", "p90", "p99")
 
 
@@ -96,7 +96,7 @@ def parse_increase(value) -> float:
 
 
 _ACCURACY_FIGURES = ("top1", "top5", "fp32_top1", "fp32_top5", "argmax_agreement", "ece", "fp32_ece")
-_OUTPUT_FIGURES = ("sqnr_db", "cosine", "argmax_agreement", "max_abs_error")
+_OUTPUT_FIGURES = ("sqnr_db", "cosine", "argmax_agreement", "max_abs_error", "exact_match")
 _BIN_FIGURES = ("lo", "hi", "count", "confidence", "accuracy")
 
 
@@ -192,7 +192,7 @@ def accuracy_values(results: dict, metrics) -> dict[str, float]:
     accuracy = results.get("accuracy") or {}
     values = {}
     for metric in metrics:
-        if metric in ("sqnr_db", "cosine"):
+        if metric in ("sqnr_db", "cosine", "exact_match"):  # per output (exact_match: integer outputs)
             for output, entry in sorted((accuracy.get("outputs") or {}).items()):
                 if isinstance(entry, dict) and _is_number(entry.get(metric)):
                     values[f"accuracy.{metric}[{output}]"] = float(entry[metric])
@@ -237,7 +237,7 @@ def run_regression(baseline: dict, candidate: dict, budgets: RegressSettings | N
         for metric in metrics:
             if not any(k == f"accuracy.{metric}" or k.startswith(f"accuracy.{metric}[") for k in base_acc):
                 raise UserError(f"regress metric '{metric}' is not in the baseline results; "
-                                f"choose from top1, top5, argmax_agreement, ece, sqnr_db, cosine")
+                                f"choose from top1, top5, argmax_agreement, ece, sqnr_db, cosine, exact_match")
     for name, base in base_acc.items():
         cand = cand_acc.get(name)
         lower_is_better = name == "accuracy.ece"

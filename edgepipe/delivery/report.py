@@ -94,7 +94,8 @@ def output_rows(results: dict, baseline: dict | None) -> list[dict]:
             "name": name,
             "sqnr_db": "identical (inf)" if sqnr is None and "cosine" in entry else _fmt(sqnr, "dB"),
             "cosine": _fmt(entry.get("cosine")),
-            "argmax_agreement": _fmt(entry.get("argmax_agreement")),
+            "argmax_agreement": _fmt(entry.get("argmax_agreement")) if "exact_match" not in entry
+            else f"{_fmt(entry.get('exact_match'))} equal",  # an integer output (labels, indices)
             "baseline_sqnr_db": _fmt(base.get("sqnr_db"), "dB") if baseline else "",
         })
     return rows

@@ -142,6 +142,15 @@ def load_torch_file(path: Path):
             raise
         except Exception as exc:
             raise UserError(f"{path}: not a readable torch.export program ({exc})") from exc
+    objects = torch_files.saved_objects(path)
+    if objects:  # torch.save(model): unpickling it would run whatever code the file names
+        raise UserError(
+            f"{path}: a pickled Python object (torch.save(model), {objects[0]}), which edgepipe does not load: "
+            "unpickling can run any code. Save model.state_dict() and pass --model pkg.module:factory --weights "
+            "FILE, or save the model with torch.jit.script(model).save(...), torch.export.save(...) or "
+            "torch.onnx.export(...)")
+    if objects is not None:
+        raise UserError(f"{path}: a state_dict checkpoint, not a model; use --model pkg.module:factory --weights {path}")
     try:
         return torch_files.load_torchscript(path)
     except UserError:

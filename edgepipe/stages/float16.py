@@ -24,28 +24,35 @@ def _float32(tensor: onnx.TensorProto) -> onnx.TensorProto:
     return numpy_helper.from_array(value, tensor.name)
 
 
-def _upcast_graph(graph: onnx.GraphProto) -> int:
+def _upcast_graph(graph: onnx.GraphProto, apply: bool = True) -> int:
+    """How many float16 tensors, types and dtype attributes the graph has; made float32 if `apply`.
+
+    `apply=False` is a read-only look first: most models have none and need no copy."""
     count = 0
     for i, tensor in enumerate(graph.initializer):
         if tensor.data_type in HALF_TYPES:
-            graph.initializer[i].CopyFrom(_float32(tensor))
+            if apply:
+                graph.initializer[i].CopyFrom(_float32(tensor))
             count += 1
     for info in (*graph.input, *graph.output, *graph.value_info):
         if info.type.tensor_type.elem_type in HALF_TYPES:
-            info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+            if apply:
+                info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
             count += 1
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.name == DTYPE_ATTRIBUTES.get(node.op_type) and attribute.i in HALF_TYPES:
-                attribute.i = onnx.TensorProto.FLOAT
+                if apply:
+                    attribute.i = onnx.TensorProto.FLOAT
                 count += 1
             elif attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type in HALF_TYPES:
-                attribute.t.CopyFrom(_float32(attribute.t))
+                if apply:
+                    attribute.t.CopyFrom(_float32(attribute.t))
                 count += 1
             elif attribute.type == onnx.AttributeProto.GRAPH:
-                count += _upcast_graph(attribute.g)
+                count += _upcast_graph(attribute.g, apply)
             elif attribute.type == onnx.AttributeProto.GRAPHS:
-                count += sum(_upcast_graph(g) for g in attribute.graphs)
+                count += sum(_upcast_graph(g, apply) for g in attribute.graphs)
     return count
 
 
@@ -83,6 +90,8 @@ def to_float32(model: onnx.ModelProto, keep_io: bool = False) -> tuple[onnx.Mode
                    if i.type.tensor_type.elem_type in HALF_TYPES}
     half_outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output
                     if o.type.tensor_type.elem_type in HALF_TYPES and o.name not in half_inputs}
+    if not _upcast_graph(model.graph, apply=False):
+        return model, 0
     upcast = onnx.ModelProto()
     upcast.CopyFrom(model)
     count = _upcast_graph(upcast.graph)

@@ -154,3 +154,39 @@ def load_torchscript(path: Path):
                 if node.output().type().kind() == "DeviceObjType" and node.s("value") != "cpu":
                     node.s_("value", "cpu")
     return module.eval()
+
+
+# what torch.save writes for tensors and state_dicts: nothing else is needed to rebuild them
+_TENSOR_GLOBALS = ("torch._utils.", "torch._tensor.", "collections.OrderedDict", "torch.Size", "torch.device",
+                   "torch.serialization.")
+
+
+def saved_objects(path: Path) -> list[str] | None:
+    """The classes a `torch.save` archive pickles besides tensors (e.g. a whole nn.Module), read
+    from the pickle's opcodes without running them; [] for a state_dict of tensors, None when the
+    file is no torch.save archive (a TorchScript file has code/, this has only data.pkl)."""
+    import pickletools
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if any("/code/" in name for name in names):
+                return None
+            pickles = [name for name in names if name.endswith("/data.pkl") or name == "data.pkl"]
+            if not pickles:
+                return None
+            data = archive.read(pickles[0])
+        found, strings = [], []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError, RuntimeError, KeyError):
+        return None
+    objects = [name for name in dict.fromkeys(found)
+               if not name.startswith(_TENSOR_GLOBALS) and not (name.startswith("torch.") and name.endswith("Storage"))]
+    return objects

@@ -148,6 +148,11 @@ BUILTINS = _table(
     Builtin("SPACE_TO_DEPTH", 2, same_quant=True),
     Builtin("RESIZE_BILINEAR", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=4),
     Builtin("RESIZE_NEAREST_NEIGHBOR", 2, same_quant=True, xnnpack_fp32=False, xnnpack_int8=False, int16=4),
+    # selection (ops/selection.py): integer indices out, builtin kernels; TOPK_V2's values keep the
+    # input's quantization
+    Builtin("ARG_MAX", 2, True),
+    Builtin("ARG_MIN", 2, True),
+    Builtin("TOPK_V2", 2, same_quant=True),
 )
 
 

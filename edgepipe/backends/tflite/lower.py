@@ -46,6 +46,7 @@ BACKEND = "tflite"  # names the target in errors when the caller did not say whi
 DEGENERATE_RANGE = 1e-10
 NEUTRAL_RANGE = (0.0, 1.0)
 QUANTIZED = ("int8", "int16")
+INTEGER_VALUES = ("int32", "int64", "bool")  # tensors that hold integers, never quantized values
 # Smallest bias scale (input_scale x weight_scale) written: well above the 1e-12 floor of
 # quantmath.quantize_bias, so the kernels' rule bias_scale = input_scale x weight_scale holds exactly.
 MIN_BIAS_SCALE = 1e-10
@@ -483,7 +484,9 @@ class Lowering:
         separately). Other tensors that carry the name (another layout or dtype) are renamed."""
         inputs = set(self.spec.inputs)
         for name in self.graph_outputs:
-            index = self.get(name, self.io_dtype(), self.io_perm(name))
+            reps = self.values.get(name) or []
+            integer = next((v.dtype for v in reps if v.dtype in INTEGER_VALUES), None)  # labels, indices
+            index = self.get(name, integer or self.io_dtype(), self.io_perm(name))
             if index in inputs or index in self.spec.outputs:
                 tensor = self.tensor(index)
                 copy = self.temp(f"{name};copy", tensor.shape, tensor.dtype, tensor.quantization)

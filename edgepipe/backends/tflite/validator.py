@@ -250,7 +250,9 @@ def _check_same_quant(spec: ModelSpec, op):
         return
     slots = DATA_INPUTS.get(op.opcode, (0,))
     inputs = op.inputs if slots is None else [op.inputs[s] for s in slots if s < len(op.inputs)]
-    tensors = [spec.tensors[i] for i in inputs if i >= 0] + [spec.tensors[i] for i in op.outputs]
+    # outputs that hold integers (TOPK_V2's indices) carry no quantization to share
+    tensors = [spec.tensors[i] for i in inputs if i >= 0] + [
+        spec.tensors[i] for i in op.outputs if spec.tensors[i].dtype in QUANTIZED_TYPES]
     for t in tensors:
         if t.quantization is None or not out.quantization.same_as(t.quantization):
             yield "same-quant", f"{op.opcode} needs identical quantization on '{t.name}' and '{out.name}'"
