@@ -389,36 +389,46 @@ def fold_constant_quantize(model: onnx.ModelProto, cache: dict | None = None) ->
 
 
 def fold_constant_weights(model: onnx.ModelProto, cache: dict | None = None) -> onnx.ModelProto:
-    """`fold_constant_quantize`, then the DequantizeLinear nodes on those int8 constants that only
-    Conv nodes read replaced by their float results, computed by ONNX Runtime's own
-    DequantizeLinear kernel: the weights a simulated int8 model's runs read, computed once instead
-    of on every run (per channel). Only Conv: its kernel reads a constant weight as it reads a
-    computed one, while Gemm / MatMul (and ConvTranspose) pack constant weights ahead of the first
-    run, which can round differently; their DequantizeLinear stays. Same outputs, fewer kernels
-    (tests/test_calibrate_engine.py compares every output)."""
+    """`fold_constant_quantize`, then every DequantizeLinear on those int8 constants computed once,
+    by ONNX Runtime's own kernel: the float weights a simulated int8 model's runs read, instead of
+    dequantizing them per channel on every run.
+
+    The float result is stored as an initializer read through an Identity node (which ONNX
+    Runtime runs as an alias of its input), not handed to the weight's consumer directly: a
+    kernel packs a weight it sees as a constant initializer ahead of the first run (Gemm and
+    MatMul do), and a packed weight can round differently from the same weight computed by a
+    node. Through the Identity every consumer reads it as it read the DequantizeLinear's output,
+    so every output is the same (tests/test_calibrate_engine.py compares them)."""
     cache = {} if cache is None else cache
     quantized = fold_constant_quantize(model, cache)
-    readers = consumers(quantized)
-    graph_outputs = {o.name for o in quantized.graph.output}
+    folded = _fold_constant_nodes(quantized, "DequantizeLinear", lambda node, constants: onnx.TensorProto.FLOAT, cache)
+    if folded is quantized:
+        return quantized
+    produced = {o for n in folded.graph.node for o in n.output}
+    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"} - produced
+    taken = taken_names(folded)
+    readers = []
+    for tensor in folded.graph.initializer:
+        if tensor.name in dequantized:  # the folded result: renamed, read through an Identity
+            stored = fresh_name(folded, tensor.name + "_float", taken)
+            taken.add(stored)
+            node_name = fresh_name(folded, stored + "_read", taken)
+            taken.add(node_name)
+            readers.append(helper.make_node("Identity", [stored], [tensor.name], name=node_name))
+            tensor.name = stored
+    nodes = readers + list(folded.graph.node)  # read only initializers: first is topological order
+    del folded.graph.node[:]
+    folded.graph.node.extend(nodes)
+    return folded
 
-    def read_by_conv_only(node: onnx.NodeProto) -> bool:
-        users = readers.get(node.output[0], [])
-        return bool(users) and node.output[0] not in graph_outputs and all(
-            u.op_type == "Conv" and u.domain in ("", "ai.onnx") for u in users)
 
-    return _fold_constant_nodes(quantized, "DequantizeLinear", lambda node, constants: onnx.TensorProto.FLOAT, cache,
-                                where=read_by_conv_only)
-
-
-def _fold_constant_nodes(model: onnx.ModelProto, op_type: str, output_type, cache: dict | None,
-                         where=lambda node: True) -> onnx.ModelProto:
-    """Copy of `model` whose `op_type` nodes with constant inputs only (and `where(node)`) are
-    replaced by their results (run by ONNX Runtime on their own; `output_type(node, constants)`:
-    the result's element type), or `model` itself when there are none or ONNX Runtime cannot
-    run them."""
+def _fold_constant_nodes(model: onnx.ModelProto, op_type: str, output_type, cache: dict | None) -> onnx.ModelProto:
+    """Copy of `model` whose `op_type` nodes with constant inputs only are replaced by their
+    results (run by ONNX Runtime on their own; `output_type(node, constants)`: the result's
+    element type), or `model` itself when there are none or ONNX Runtime cannot run them."""
     constants = {t.name: t for t in model.graph.initializer}
     folded = [n for n in model.graph.node if n.op_type == op_type and n.domain in ("", "ai.onnx")
-              and all(not name or name in constants for name in n.input) and where(n)]
+              and all(not name or name in constants for name in n.input)]
     if not folded:
         return model
     cache = {} if cache is None else cache
