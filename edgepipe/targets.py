@@ -62,6 +62,7 @@ class Target:
     def __init__(self, options: dict | None = None, profile: str | None = None):
         self.options = {**copy.deepcopy(self.default_options), **(options or {})}
         self.profile = profile
+        self.plugin = self.name  # set by load_target to the entry point it came from
 
     def operators(self):
         """The `OpTable` of (domain, op type, opset) this target runs (edgepipe/backends/support.py).
@@ -224,6 +225,7 @@ class Target:
             "verified_here": self.verified_here,
             "options": dict(sorted(self.options.items())),
             "profile": self.profile,
+            "plugin": self.plugin,  # the registered target a profile derives from: what `compare` loads
             "device_readme": self.device_readme,
         }
 
@@ -313,4 +315,6 @@ def load_target(name: str, options: dict | None = None, _depth: int = 0) -> Targ
         if data.get("description"):
             target.description = str(data["description"])
         return target
-    return _load_plugin(name)(options)
+    target = _load_plugin(name)(options)
+    target.plugin = name
+    return target

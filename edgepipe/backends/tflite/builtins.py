@@ -148,6 +148,18 @@ BUILTINS = _table(
     Builtin("SPACE_TO_DEPTH", 2, same_quant=True),
     Builtin("RESIZE_BILINEAR", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=4),
     Builtin("RESIZE_NEAREST_NEIGHBOR", 2, same_quant=True, xnnpack_fp32=False, xnnpack_int8=False, int16=4),
+    Builtin("BROADCAST_TO", 2, same_quant=True),
+    # masks and comparisons (ops/logical.py): int32 / float32 operands, bool results
+    Builtin("EQUAL", 1),
+    Builtin("NOT_EQUAL", 1),
+    Builtin("LESS", 1),
+    Builtin("LESS_EQUAL", 1),
+    Builtin("GREATER", 1),
+    Builtin("GREATER_EQUAL", 1),
+    Builtin("LOGICAL_NOT", 1),
+    Builtin("LOGICAL_AND", 1),
+    Builtin("LOGICAL_OR", 1),
+    Builtin("SELECT_V2", 1),
     # selection (ops/selection.py): integer indices out, builtin kernels; TOPK_V2's values keep the
     # input's quantization
     Builtin("ARG_MAX", 2, True),
