@@ -442,6 +442,8 @@ SECTIONS = [
      "calibration_speed_real_models", calibration_real_models),
     ("... A/B of two versions of the whole build, alternating (`benchmarks/calibration_ab.py`)", "calibration_speed_ab",
      calibration_ab),
+    ("... round 5's second final run, lower load (commit fa4ba44)", "calibration_speed_round5_lower_load",
+     calibration_real_models),
     ("... round 5's first A/B (main f950947 vs c1c76ed)", "calibration_speed_round5_ab_first", calibration_ab),
     ("... round 4's final run (commit f5325e2, loaded host)", "calibration_speed_round4_final", calibration_real_models),
     ("... round 4's A/B (main 41c0875 vs 581eb3e)", "calibration_speed_round4_ab", calibration_ab),
