@@ -12,7 +12,11 @@ calibration lines, 200 eval lines, FP32 = ONNX Runtime on the original file):
 Each variant reports the accuracy_goals.py reading metrics; the spread (min, max, std) of each is
 what a lever's difference is compared with.
 
-Run by hand:  python benchmarks/int8_noise_floor.py [--targets jetson,arm-cpu] [--jitter 6] [--draws 2]
+A lever is judged on the same draws and the same jitter: `--config edgepipe.yaml` builds every
+variant with it (write it to another `--out`; int8_noise_floor_cle_depthwise.json is
+`fold.cross_layer_equalization: depthwise`).
+
+Run by hand:  python benchmarks/int8_noise_floor.py [--targets jetson,arm-cpu] [--jitter 6] [--draws 2] [--config cfg.yaml]
 Writes benchmarks/results/int8_noise_floor.json.
 """
 
@@ -77,12 +81,15 @@ def main() -> None:
     parser.add_argument("--jitter", type=int, default=6, help="threshold-jitter variants (jetson)")
     parser.add_argument("--sigma", type=float, default=0.02)
     parser.add_argument("--draws", type=int, default=2, help="builds calibrated on other rendered lines")
+    parser.add_argument("--config", help="edgepipe.yaml every build uses (a lever)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/int8_noise_floor.json"))
     args = parser.parse_args()
+    config = Path(args.config).resolve() if args.config else None
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     work = Path(tempfile.mkdtemp(prefix="int8_noise_floor_"))
     try:
-        data, fp32, report = goals.recognizer_study(NAME, "rec_jetson", work, sigma=args.sigma)
+        data, fp32, report = goals.recognizer_study(NAME, "rec_jetson", work, sigma=args.sigma,
+                                                    config=config.read_text() if config else None)
         texts = [str(t) for t in data["texts"]]
         spec = real_models.MODELS[NAME]
         calib_n = report["calib_samples"]
@@ -90,7 +97,7 @@ def main() -> None:
         default_calibration = calibration_file.read_bytes()
         for target in args.targets.split(","):
             calibration_file.write_bytes(default_calibration)
-            bundle, _ = goals.cli_build(NAME, target, work, "default", None)
+            bundle, _ = goals.cli_build(NAME, target, work, "default", config)
             entry = {"default": reading(fp32, goals.deployed_output(target, bundle, NAME, data["x"]), texts)}
             if target == "jetson" and args.jitter:
                 qdq = onnx.load(str(bundle / "model.qdq.onnx"))
@@ -105,7 +112,7 @@ def main() -> None:
             for seed in range(3, 3 + args.draws):
                 calib = real_models.make_inputs(NAME, calib_n, seed)["x"]
                 np.savez(calibration_file, **{spec.input_name: calib})
-                bundle, _ = goals.cli_build(NAME, target, work, f"calib_seed{seed}", None)
+                bundle, _ = goals.cli_build(NAME, target, work, f"calib_seed{seed}", config)
                 draws.append({"calib_seed": seed,
                               **reading(fp32, goals.deployed_output(target, bundle, NAME, data["x"]), texts)})
             if draws:

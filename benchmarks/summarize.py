@@ -455,6 +455,11 @@ SECTIONS = [
      "calibration_speed_real_models", calibration_real_models),
     ("... A/B of two versions of the whole build, alternating (`benchmarks/calibration_ab.py`)", "calibration_speed_ab",
      calibration_ab),
+    ("... round 5's second final run, lower load (commit fa4ba44)", "calibration_speed_round5_lower_load",
+     calibration_real_models),
+    ("... round 5's first A/B (main f950947 vs c1c76ed)", "calibration_speed_round5_ab_first", calibration_ab),
+    ("... round 4's final run (commit f5325e2, loaded host)", "calibration_speed_round4_final", calibration_real_models),
+    ("... round 4's A/B (main 41c0875 vs 581eb3e)", "calibration_speed_round4_ab", calibration_ab),
     ("... the previous final run, host otherwise idle (commit dd9bca9)", "calibration_speed_dd9bca9_idle",
      calibration_real_models),
     ("... the same speed-ups (commit 3323b44) on a host loaded by other work (load average 6-7)",
@@ -487,6 +492,8 @@ SECTIONS = [
     ("Accuracy goals of issue 14 on the models as shipped (`benchmarks/accuracy_goals.py`)", "accuracy_goals",
      accuracy_goals),
     ("The recognizer's int8 noise floor (`benchmarks/int8_noise_floor.py`)", "int8_noise_floor", int8_noise_floor),
+    ("... the same draws built with `fold.cross_layer_equalization: depthwise` (`--config`)",
+     "int8_noise_floor_cle_depthwise", int8_noise_floor),
     ("Flipped time steps of the recognizer (`benchmarks/flip_margins.py`)", "flip_margins", flip_margins),
 ]
 

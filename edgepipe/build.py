@@ -22,6 +22,7 @@ from edgepipe.delivery.outdir import BACKEND_TMP_PREFIX
 from edgepipe.safeio import JSON_MAX_BYTES, ensure_regular_file, ensure_regular_or_dir
 from edgepipe.errors import UserError
 from edgepipe.modelcheck import check_model
+from edgepipe.token_ids import check_token_ids
 from edgepipe.pipeline import Pipeline, bytes_hash, settings_hash
 from edgepipe.target_checks import (check_int16_nodes, check_structure, check_target_support,
                                      foldable_batchnorms, introduced_ops_check)
@@ -130,6 +131,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     calib_ds = to_model_domain(
         load_dataset(require_calib(settings), specs, preprocess, limit=settings["calibration"].get("max_samples")),
         settings)
+    check_token_ids(model, calib_ds, "calibration")
     eval_ds, eval_source = None, "eval"
     if calib_ds.ignored_members:
         warnings.append(f"{calib_ds.source.name}: arrays {calib_ds.ignored_members[:5]} name no model input "
@@ -137,6 +139,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     if settings.get("eval"):
         eval_ds = to_model_domain(
             load_dataset(settings["eval"], specs, preprocess, limit=settings["report"].eval_limit), settings)
+        check_token_ids(model, eval_ds, "eval")
         eval_note = f"{len(eval_ds)} samples of {settings['eval']}"
     else:
         calib_ds, eval_ds, eval_source, eval_note = hold_out(calib_ds, settings["report"])
@@ -146,7 +149,8 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     fold_key = settings_hash(
         stage="fold", model=pipeline.last_hash, settings=fold_settings,
         calib=data_fingerprint(settings["calib"]) + calib_split_key(settings)
-        if fold_settings["input_normalization"] in ("zca", "pca") else "",
+        if fold_settings["input_normalization"] in ("zca", "pca") or fold_settings.get("cross_layer_equalization")
+        else "",  # folds that read the calibration data (whitening, equalization on measured ranges)
         eval=(data_fingerprint(settings.get("eval") or settings["calib"]) + calib_split_key(settings)) if needs_eval else "",
     )
     model, fold_report = pipeline.model_stage(

@@ -31,6 +31,7 @@ class Field:
     help: str = ""
     choices: tuple | None = None
     minimum: float | None = None  # numbers below are refused (bounds are inclusive)
+    maximum: float | None = None  # numbers above are refused: sizes a hostile config could blow up
 
 
 def _section(**fields: Field) -> dict[str, Field]:
@@ -66,9 +67,11 @@ SCHEMA: dict[str, Any] = {
         constant_affine=Field((bool,), False, "fold chains of constant Mul/Add/Sub/Div on a 4-D tensor into the Conv "
                               "that writes their input or (where exact: a shift only without padding) the Conv that "
                               "alone reads their result; exact in float, for every target"),
-        cross_layer_equalization=Field((bool,), False, "rescale the channels between two convolutions (directly or "
-                                       "through a Relu; the second group-1 or depthwise) to equal weight ranges, "
-                                       "exact in float"),
+        cross_layer_equalization=Field((bool, str), False, "rescale the channels between two convolutions, exact in "
+                                       "float: true: every pair (directly or through a Relu; the second group-1 or "
+                                       "depthwise); depthwise: only a Conv feeding a depthwise Conv. A depthwise pair "
+                                       "equalizes the tensor's per-channel ranges measured on calibration samples, a "
+                                       "group-1 pair the weight ranges", (False, True, "depthwise")),
         split_before_concat=Field((bool,), True, "move a Split in front of the Concat (and Reshape) that built its "
                                   "input (a detector head's box/class split): each piece keeps its own int8 grid; "
                                   "exact in float"),
@@ -81,7 +84,7 @@ SCHEMA: dict[str, Any] = {
     "calibration": _section(
         method=Field((str,), "auto", "range selection", CALIBRATION_METHODS),
         percentile=Field((int, float), 99.99, "percentile for method=percentile", minimum=0),
-        num_bins=Field((int,), 2048, "histogram bins per tensor", minimum=8),
+        num_bins=Field((int,), 2048, "histogram bins per tensor", minimum=8, maximum=1 << 16),
         overrides=Field((dict,), {}, "{tensor name or op type: method}"),
         rounds=Field((int,), 4, "rounds for the stability check", minimum=1),
         max_samples=Field((int,), None, "use at most this many calibration samples", minimum=1),
@@ -170,6 +173,8 @@ def _number_problem(value, spec: Field) -> str:
         return "a finite number"
     if spec.minimum is not None and value < spec.minimum:
         return f">= {spec.minimum:g}"
+    if spec.maximum is not None and value > spec.maximum:
+        return f"<= {spec.maximum:g}"
     return ""
 
 
@@ -238,6 +243,7 @@ def _check_input_shapes(value: dict, where: str) -> None:
         _numbers(shape, f"{where[:-1]}.{name}'", positive=True, integer=True)
         if not shape:
             raise UserError(f"{where[:-1]}.{name}' must list at least one dimension, like [1, 3, 224, 224]")
+        check_shape_size(shape, f"{where[:-1]}.{name}'")
 
 
 def _check_input_values(value: dict, where: str) -> None:
@@ -353,7 +359,21 @@ def parse_input_shape(text: str) -> tuple[str, list[int]]:
         raise UserError(f"--input-shape '{text}': dimensions must be integers like 1x3x224x224") from None
     if any(d <= 0 for d in shape):
         raise UserError(f"--input-shape '{text}': dimensions must be positive")
+    check_shape_size(shape, f"--input-shape '{text}'")
     return name, shape
+
+
+def check_shape_size(shape: list[int], where: str) -> None:
+    """An input of more elements than any tensor may hold (the allocation-bomb bound) is refused
+    here, before numpy or ONNX meet a dim past int64."""
+    from edgepipe.modelcheck import MAX_TENSOR_ELEMENTS
+
+    count = 1
+    for dim in shape:
+        count *= dim
+    if count > MAX_TENSOR_ELEMENTS:
+        raise UserError(f"{where}: the input would hold {count} elements, more than {MAX_TENSOR_ELEMENTS}; "
+                        "no edge device can allocate that, give the shape the model runs with")
 
 
 def parse_input_value(text: str) -> tuple[str, float | int]:
@@ -381,5 +401,7 @@ def reference_rows(schema: dict | None = None, prefix: str = "") -> list[tuple[s
         kind = _choices(spec, " / ") if spec.choices else "/".join(t.__name__ for t in spec.types)
         if spec.minimum is not None:
             kind += f" >= {spec.minimum:g}"
+        if spec.maximum is not None:
+            kind += f", <= {spec.maximum:g}"
         rows.append((prefix + key, kind, repr(spec.default), spec.help))
     return rows

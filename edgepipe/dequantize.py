@@ -1,4 +1,4 @@
-"""Float graphs from models shipped quantized: ONNX Runtime `quantize_dynamic` and Q/DQ models.
+"""Float graphs from models shipped quantized: ONNX Runtime `quantize_dynamic`, Q/DQ and QOperator models.
 
 Why: some packages ship the output of ONNX Runtime's quantizer instead of the float model
 (ddddocr's default captcha recognizer is dynamically quantized, pipecat's Smart Turn is a static
@@ -14,6 +14,10 @@ integers, up to the run-time rounding of its input, so it is rewritten into that
 - the same with MatMulInteger   becomes   MatMul(x, (Bq - b_zp) * b_scale)
 - DynamicQuantizeLSTM(X, Wq, Rq, B, ..., W_scale, W_zp, R_scale, R_zp)   becomes   LSTM with
   W = ((Wq - W_zp) * W_scale)^T per direction (ONNX's [D, 4H, I] layout), same for R.
+
+A QOperator model (QLinearConv, com.microsoft QLinearAdd, ...; the ONNX Model Zoo's int8 files) is
+first written as a Q/DQ model, each integer op as DequantizeLinear -> its float op -> QuantizeLinear
+(edgepipe/qoperator.py), and then taken apart like one.
 
 A static Q/DQ model is its float model with fake quantization: DequantizeLinear of constants
 becomes the dequantized constant, and each QuantizeLinear -> DequantizeLinear pair on an
@@ -37,7 +41,7 @@ DYNAMIC_OPS = ("DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "Dynamic
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
-class _Graph:
+class QuantizedGraph:
     """Producers, readers and constants of a model's main graph."""
 
     def __init__(self, model: onnx.ModelProto):
@@ -70,7 +74,7 @@ class _Graph:
         return self.constant(other)
 
 
-def _dequantized(quantized: np.ndarray, zero_point: np.ndarray, scale: np.ndarray, channel_axis: int) -> np.ndarray:
+def dequantized(quantized: np.ndarray, zero_point: np.ndarray, scale: np.ndarray, channel_axis: int) -> np.ndarray:
     """(q - zp) * scale, per tensor or per channel along `channel_axis`."""
     shape = [1] * quantized.ndim
     shape[channel_axis] = -1
@@ -80,7 +84,7 @@ def _dequantized(quantized: np.ndarray, zero_point: np.ndarray, scale: np.ndarra
     return ((quantized.astype(np.int32) - zero_point.astype(np.int32)) * scale).astype(np.float32)
 
 
-def _integer_layer(g: _Graph, node) -> tuple[list, list, str] | None:
+def _integer_layer(g: QuantizedGraph, node) -> tuple[list, list, str] | None:
     """(new nodes, new initializers, output name) for a ConvInteger / MatMulInteger written by
     ONNX Runtime's dynamic quantizer, or None when the pattern differs."""
     quantize = g.producer.get(node.input[0])
@@ -110,7 +114,7 @@ def _integer_layer(g: _Graph, node) -> tuple[list, list, str] | None:
     if bias_int and bias is None:
         return None
     axis = 0 if is_conv else weights.ndim - 1  # output channels: Conv [M, C, kh, kw], MatMul [K, N]
-    w_float = _dequantized(weights, w_zero, w_scale, axis)
+    w_float = dequantized(weights, w_zero, w_scale, axis)
     base = f"{mul.output[0]}/float"
     inits = [numpy_helper.from_array(w_float, f"{base}/weight")]
     inputs = [x, f"{base}/weight"]
@@ -129,7 +133,7 @@ def _integer_layer(g: _Graph, node) -> tuple[list, list, str] | None:
     return new, inits, mul.output[0]
 
 
-def _bias(g: _Graph, name: str, x_scale: str) -> np.ndarray | None:
+def _bias(g: QuantizedGraph, name: str, x_scale: str) -> np.ndarray | None:
     """B of bias_int = [Reshape](Cast(Floor(Div(B, Mul(x_scale, w_scale)))))."""
     node = g.producer.get(name)
     if node is not None and node.op_type == "Reshape":
@@ -143,7 +147,7 @@ def _bias(g: _Graph, name: str, x_scale: str) -> np.ndarray | None:
     return g.constant(node.input[0])
 
 
-def _lstm(g: _Graph, node) -> tuple[list, list, str] | None:
+def _lstm(g: QuantizedGraph, node) -> tuple[list, list, str] | None:
     """DynamicQuantizeLSTM -> LSTM with dequantized weights in ONNX's layout."""
     names = list(node.input) + [""] * (12 - len(node.input))
     values = [g.constant(names[k]) for k in (1, 2, 8, 9, 10, 11)]
@@ -152,7 +156,7 @@ def _lstm(g: _Graph, node) -> tuple[list, list, str] | None:
     w_q, r_q, w_scale, w_zero, r_scale, r_zero = values
     weights = []
     for quantized, zero, scale in ((w_q, w_zero, w_scale), (r_q, r_zero, r_scale)):
-        per_direction = [_dequantized(quantized[d], np.asarray(zero).reshape(len(quantized), -1)[d],
+        per_direction = [dequantized(quantized[d], np.asarray(zero).reshape(len(quantized), -1)[d],
                                       np.asarray(scale).reshape(len(quantized), -1)[d], 1).T
                          for d in range(len(quantized))]  # [in, 4H] -> [4H, in]
         weights.append(np.ascontiguousarray(np.stack(per_direction)))
@@ -168,12 +172,15 @@ def _lstm(g: _Graph, node) -> tuple[list, list, str] | None:
 def float_from_quantized(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """(model with every recognised quantized layer or Q/DQ pair as float, how many were
     rewritten). The model is returned unchanged when it has none."""
+    from edgepipe.qoperator import qdq_from_qoperator
+
     model, dynamic = _float_from_dynamic(model)
+    model, qoperator = qdq_from_qoperator(model)  # QLinear ops -> DQ -> float op -> Q, for the pass below
     model, static = _float_from_qdq(model)
-    return model, dynamic + static
+    return model, dynamic + qoperator + static
 
 
-def _dequantized_constant(g: _Graph, node) -> np.ndarray | None:
+def _dequantized_constant(g: QuantizedGraph, node) -> np.ndarray | None:
     """The float value of a DequantizeLinear of constants (per tensor or per axis), else None."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     values = [g.constant(name) if name else None for name in list(node.input) + [""] * (3 - len(node.input))]
@@ -183,21 +190,23 @@ def _dequantized_constant(g: _Graph, node) -> np.ndarray | None:
     quantized, scale = values[0], np.asarray(values[1], np.float32)
     zero = np.zeros_like(scale, np.int64) if values[2] is None else np.asarray(values[2]).astype(np.int64)
     axis = int(attrs.get("axis", 1)) % max(quantized.ndim, 1) if scale.size > 1 else 0
-    return _dequantized(quantized.astype(np.int64), zero, scale, axis)
+    return dequantized(quantized.astype(np.int64), zero, scale, axis)
 
 
 NON_NEGATIVE = ("Relu", "Sigmoid", "Softmax", "Exp", "Abs", "Sqrt")
-MOVES_VALUES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Identity")
+MOVES_VALUES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Identity", "Split", "Slice",
+                "Gather", "DepthToSpace", "SpaceToDepth", "Expand", "Tile", "AveragePool", "GlobalAveragePool",
+                "ReduceMax", "ReduceMean")  # a value >= 0 in, values >= 0 out
 
 
-def _clamps_at_zero(g: _Graph, quantize) -> bool:
+def _clamps_at_zero(g: QuantizedGraph, quantize) -> bool:
     """A QuantizeLinear whose grid starts at exactly 0 (zero point at the type's minimum) on a
     value that can be negative: the quantizer folded a Relu into it (ONNX Runtime drops a Relu
     the grid makes redundant), or it clamps there anyway; either way the shipped model is 0 below."""
     return _zero_at_minimum(g, quantize) and not _non_negative(g, quantize.input[0])
 
 
-def _non_negative(g: _Graph, name: str, depth: int = 0) -> bool:
+def _non_negative(g: QuantizedGraph, name: str, depth: int = 0) -> bool:
     """Whether `name` is known to be >= 0: made by a non-negative op, moved by shape ops or max
     pooling from such a value, or the output of a Q/DQ pair whose grid starts at 0."""
     node = g.producer.get(name)
@@ -205,8 +214,15 @@ def _non_negative(g: _Graph, name: str, depth: int = 0) -> bool:
         return False
     if node.op_type in NON_NEGATIVE:
         return True
-    if node.op_type in MOVES_VALUES:
+    if node.op_type in MOVES_VALUES or (node.op_type == "Resize" and _attribute(node, "mode", b"nearest") != b"cubic"):
         return _non_negative(g, node.input[0], depth + 1)
+    if node.op_type == "Concat":
+        return all(_non_negative(g, name, depth + 1) for name in node.input)
+    if node.op_type == "Pad":
+        value = g.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(())
+        fills_non_negative = _attribute(node, "mode", b"constant") != b"constant" or (
+            value is not None and bool(np.all(value >= 0)))
+        return fills_non_negative and _non_negative(g, node.input[0], depth + 1)
     if node.op_type == "DequantizeLinear":
         quantize = g.producer.get(node.input[0])
         return quantize is not None and quantize.op_type == "QuantizeLinear" and (
@@ -214,7 +230,60 @@ def _non_negative(g: _Graph, name: str, depth: int = 0) -> bool:
     return False
 
 
-def _zero_at_minimum(g: _Graph, quantize) -> bool:
+def _only_dequantized(g: QuantizedGraph, quantize, outputs: set[str]) -> bool:
+    """Whether every reader of a QuantizeLinear is a DequantizeLinear on the same grid (scale, zero
+    point and axis equal by value), so that the pairs are the identity up to rounding."""
+    readers = g.readers.get(quantize.output[0], [])
+    return bool(readers) and quantize.output[0] not in outputs and all(
+        reader.op_type == "DequantizeLinear" and reader.domain in ("", "ai.onnx") and reader.input[0] == quantize.output[0]
+        and (list(reader.input[1:3]) == list(quantize.input[1:3]) and reader.attribute == quantize.attribute
+             or _grid(g, reader) is not None and _same_values(_grid(g, reader), _grid(g, quantize)))
+        for reader in readers)
+
+
+def _grid(g: QuantizedGraph, node) -> tuple | None:
+    """(scale, zero point, axis) values of a QuantizeLinear / DequantizeLinear, None unless constant."""
+    scale = g.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    zero = g.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
+    if scale is None or zero is None:
+        return None
+    axis = _attribute(node, "axis", 1)
+    return np.asarray(scale), np.asarray(zero), axis if np.asarray(scale).size > 1 else None
+
+
+def _same_values(first: tuple, second: tuple) -> bool:
+    return first[2] == second[2] and np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1]) \
+        and first[1].dtype == second[1].dtype
+
+
+RELU6_TOP = 6.0
+
+
+def _grid_top(g: QuantizedGraph, quantize) -> float | None:
+    """The largest value a per-tensor QuantizeLinear can write, in float32 as its kernel computes it."""
+    grid = _grid(g, quantize)
+    if grid is None or grid[0].size != 1 or grid[1].dtype.kind not in "iu":
+        return None
+    top = np.iinfo(grid[1].dtype).max - int(grid[1].reshape(()))
+    return float(np.float32(top) * grid[0].astype(np.float32).reshape(()))
+
+
+def _relu6(value: str, output: str, constants: list, opset: int):
+    """Clip(0, 6) for a grid that spans exactly [0, 6]: ONNX Runtime folds a Relu6 (MobileNet's Clip)
+    into such a grid, and the shipped model clamps at both ends of it."""
+    name = f"{output}/relu6"
+    if opset < 11:
+        return helper.make_node("Clip", [value], [output], name=name, min=0.0, max=RELU6_TOP)
+    constants.extend([numpy_helper.from_array(np.float32(0.0), f"{name}/min"),
+                      numpy_helper.from_array(np.float32(RELU6_TOP), f"{name}/max")])
+    return helper.make_node("Clip", [value, f"{name}/min", f"{name}/max"], [output], name=name)
+
+
+def _attribute(node, name: str, default):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _zero_at_minimum(g: QuantizedGraph, quantize) -> bool:
     zero = g.constant(quantize.input[2]) if len(quantize.input) > 2 and quantize.input[2] else None
     if zero is None or np.asarray(zero).size != 1 or np.asarray(zero).dtype.kind not in "iu":
         return False
@@ -225,7 +294,7 @@ def _float_from_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Constant DequantizeLinear -> its value; activation QuantizeLinear -> DequantizeLinear -> the input."""
     if not any(node.op_type in QDQ_OPS for node in model.graph.node):
         return model, 0
-    g = _Graph(model)
+    g = QuantizedGraph(model)
     outputs = {o.name for o in model.graph.output}
     constants, renamed, dropped, relus = [], {}, set(), []
     for index, node in enumerate(model.graph.node):
@@ -237,10 +306,14 @@ def _float_from_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             dropped.add(index)
             continue
         quantize = g.producer.get(node.input[0])
-        if (quantize is not None and quantize.op_type == "QuantizeLinear" and len(g.readers[quantize.output[0]]) == 1
-                and list(quantize.input[1:3]) == list(node.input[1:3])):
+        if quantize is not None and quantize.op_type == "QuantizeLinear" and _only_dequantized(g, quantize, outputs):
             dropped.add(index)
-            if _clamps_at_zero(g, quantize) or node.output[0] in outputs:  # a graph output keeps its name
+            clamped = next((r.output[0] for r in relus if r.input[0] == quantize.input[0] and r.op_type != "Identity"), "")
+            if clamped and node.output[0] not in outputs:  # another reader of the same pair: one Relu serves both
+                renamed[node.output[0]] = clamped
+            elif _clamps_at_zero(g, quantize) and _grid_top(g, quantize) == RELU6_TOP:
+                relus.append(_relu6(quantize.input[0], node.output[0], constants, graph.opset_version(model)))
+            elif _clamps_at_zero(g, quantize) or node.output[0] in outputs:  # a graph output keeps its name
                 kind = "Relu" if _clamps_at_zero(g, quantize) else "Identity"
                 relus.append(helper.make_node(kind, [quantize.input[0]], [node.output[0]],
                                               name=f"{node.output[0]}/{kind.lower()}"))
@@ -251,7 +324,9 @@ def _float_from_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     result = onnx.ModelProto()
     result.CopyFrom(model)
     nodes = []
-    relu_of = {relu.input[0]: relu for relu in relus}
+    relus_of: dict[str, list] = {}
+    for relu in relus:
+        relus_of.setdefault(relu.input[0], []).append(relu)
     for index, node in enumerate(model.graph.node):
         if index in dropped:
             continue
@@ -260,13 +335,13 @@ def _float_from_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         for k, name in enumerate(copy.input):
             copy.input[k] = renamed.get(name, name)
         nodes.append(copy)
-        nodes.extend(relu_of[out] for out in node.output if out in relu_of)
+        nodes.extend(relu for out in node.output for relu in relus_of.get(out, []))
     nodes = [relu for relu in relus if relu.input[0] not in g.producer] + nodes  # pairs on a graph input
-    _replace_graph(result, model, nodes, constants)
+    replace_graph(result, model, nodes, constants)
     return result, len(dropped)
 
 
-def _replace_graph(result: onnx.ModelProto, model: onnx.ModelProto, nodes: list, added: list) -> None:
+def replace_graph(result: onnx.ModelProto, model: onnx.ModelProto, nodes: list, added: list) -> None:
     """`result`'s graph := `nodes` (dead ones dropped), initializers that are still read plus `added`."""
     del result.graph.node[:]
     result.graph.node.extend(_without_dead_nodes(nodes, {o.name for o in model.graph.output}))
@@ -287,7 +362,7 @@ def _float_from_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Every recognised dynamically quantized layer as its float layer."""
     if not any(node.op_type in DYNAMIC_OPS for node in model.graph.node):
         return model, 0
-    g = _Graph(model)
+    g = QuantizedGraph(model)
     replaced: dict[int, tuple[list, str]] = {}  # node index -> new nodes, and the output they now write
     added: list[onnx.TensorProto] = []
     for index, node in enumerate(model.graph.node):
@@ -310,7 +385,7 @@ def _float_from_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             nodes.append(node)
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    _replace_graph(result, model, nodes, added)
+    replace_graph(result, model, nodes, added)
     return result, len(replaced)
 
 

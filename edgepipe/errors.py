@@ -6,6 +6,18 @@ traceback and exits with code 2; every other exception is a bug in edgepipe: one
 stage, exit code 3, the traceback only with --debug.
 """
 
+import re
+
+# terminal controls a model's names could carry: escape sequences (OSC 52 writes the clipboard, OSC 0
+# the title, CSI erases lines), C1 controls and bidi overrides (text shown in another order)
+_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def inert_text(text: str) -> str:
+    """`text` with every terminal control character written as its escape (`\\x1b`), so that what
+    edgepipe shows of a hostile file cannot drive the terminal (or viewer) it is shown in."""
+    return _TERMINAL_CONTROLS.sub(lambda found: ascii(found.group())[1:-1], text)
+
 
 class UserError(Exception):
     """A problem with the user's input; printed as one line, exit code 2."""

@@ -8,6 +8,8 @@ header itself and reads only the samples asked for.
 from __future__ import annotations
 
 import copy
+import math
+import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -43,21 +45,27 @@ class ArrayFile:
     """
 
     def __init__(self, path: Path, shape: tuple, dtype: np.dtype, offset: int, member: str | None = None,
-                 whole: np.ndarray | None = None):
+                 whole: np.ndarray | None = None, available: int | None = None):
         self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+        if any(isinstance(dim, bool) or not isinstance(dim, int) or dim < 0 for dim in self.shape):
+            where = f"{self.path} (member {member})" if member else str(self.path)
+            raise UserError(f"{where}: its .npy header declares shape {self.shape!r}; dims must be non-negative "
+                            "integers, save the array again with numpy.save")
         self.ndim = len(self.shape)
         self._offset, self._member, self._whole = offset, member, whole
         self._stream = None  # (ZipFile, member stream) of a deflated member
         self._last = None  # (position, bytes) of the last small read of a deflated member
-        self._sample_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+        self._sample_bytes = self.dtype.itemsize * math.prod(self.shape[1:])  # Python ints: a header may claim 10**20
+        self._available = available  # data bytes the file or member holds (None: unknown)
 
     @classmethod
     def open_npy(cls, path: Path) -> "ArrayFile":
         with open(path, "rb") as handle:
             shape, fortran, dtype = read_header(handle)
             offset = handle.tell()
+            available = os.fstat(handle.fileno()).st_size - offset
         whole = np.load(path, allow_pickle=False) if fortran and len(shape) > 1 else None
-        return cls(path, shape, dtype, offset, whole=whole)
+        return cls(path, shape, dtype, offset, whole=whole, available=available)
 
     @classmethod
     def open_member(cls, path: Path, archive: zipfile.ZipFile, name: str) -> "ArrayFile":
@@ -74,8 +82,9 @@ class ArrayFile:
                 local = handle.read(30)
             if local[:4] == b"PK\x03\x04":
                 name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
-                return cls(path, shape, dtype, info.header_offset + 30 + name_len + extra_len + header_bytes)
-        return cls(path, shape, dtype, header_bytes, member=name)
+                return cls(path, shape, dtype, info.header_offset + 30 + name_len + extra_len + header_bytes,
+                           available=info.file_size - header_bytes)
+        return cls(path, shape, dtype, header_bytes, member=name, available=info.file_size - header_bytes)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -107,6 +116,8 @@ class ArrayFile:
     def _read(self, start: int, count: int) -> np.ndarray:
         size = count * self._sample_bytes
         position = self._offset + start * self._sample_bytes
+        if self._available is not None and (start + count) * self._sample_bytes > self._available:
+            raise UserError(f"{self.path}: ends before sample {start + count - 1} (truncated); save it again")
         try:
             data = self._read_member(position, size) if self._member else self._read_file(position, size)
         except (OSError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError) as exc:

@@ -4,6 +4,7 @@ one clear `UserError` (or is put right) instead of a protobuf traceback."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from edgepipe.errors import UserError
 from edgepipe.safeio import ensure_regular_file
 from edgepipe.scopes import subgraphs
 
+PROTOBUF_MAX_BYTES = (1 << 31) - 1
+
 
 def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.ModelProto:
     """Load and check an ONNX file; every failure is a one-line UserError naming the file."""
@@ -22,7 +25,8 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
         raise UserError(f"{path}: no such file; pass an existing .onnx file with --model")
     if path.is_dir():
         raise UserError(f"{path}: is a directory; pass an .onnx file with --model")
-    ensure_regular_file(path, what="ONNX model")  # a FIFO would block the reader forever
+    # a FIFO would block the reader forever; protobuf holds at most 2 GB, so a bigger file is read whole for nothing
+    ensure_regular_file(path, PROTOBUF_MAX_BYTES, what="ONNX model (weights over 2 GB belong in external data)")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ...
@@ -45,6 +49,7 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
                 f"{path}: external data file '{location}' for initializer '{tensor.name}' is "
                 "missing; copy it next to the model"
             )
+        _check_external_size(path, tensor, data_file, location)
     if not load_external:
         return model
     if any(True for _ in _external_tensors(model)):
@@ -80,10 +85,46 @@ def _check_window_attributes(graph_proto: onnx.GraphProto, path: Path) -> None:
             _check_window_attributes(subgraph, path)
 
 
+def _graph_tensors(graph_proto: onnx.GraphProto):
+    """Every TensorProto a graph holds: initializers, sparse initializers and node attribute tensors
+    (a Constant's value), in subgraphs too; onnx's loader reads external data for all of them."""
+    yield from graph_proto.initializer
+    for sparse in graph_proto.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph_proto.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("sparse_tensor"):
+                yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
+        for subgraph in subgraphs(node):
+            yield from _graph_tensors(subgraph)
+
+
 def _external_tensors(model: onnx.ModelProto):
-    for tensor in model.graph.initializer:
+    for tensor in _graph_tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             yield tensor
+
+
+def _check_external_size(path: Path, tensor: onnx.TensorProto, data_file: Path, location: str) -> None:
+    """The bytes onnx will read for `tensor` (its `length`, else up to the end of the file) must be
+    what its shape holds: a huge or sparse weights file would otherwise be read whole."""
+    info = {e.key: e.value for e in tensor.external_data}
+    try:
+        offset, length = int(info.get("offset") or 0), int(info["length"]) if info.get("length") else None
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"{path}: initializer '{tensor.name}' has unreadable external data fields "
+                        f"({type(exc).__name__}); re-save the model") from None
+    size = data_file.stat().st_size
+    expected = itemsize * math.prod(tensor.dims)
+    reads = length if length is not None else size - offset
+    if offset < 0 or reads < 0 or offset + reads > size or reads > expected:
+        raise UserError(f"{path}: initializer '{tensor.name}' {list(tensor.dims)} holds {expected} bytes, but its "
+                        f"external data asks for {reads} bytes at offset {offset} of {location} ({size} bytes); "
+                        "re-save the model")
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:

@@ -88,10 +88,18 @@ def check_depth(data, where: str, limit: int = MAX_NESTING) -> None:
             stack.extend((child, depth + 1) for child in children)
 
 
+def _unique_keys(pairs: list) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"key {next(k for k in keys if keys.count(k) > 1)!r} is given twice")
+    return dict(pairs)
+
+
 def parse_json(text: str | bytes, where: str):
-    """json.loads with the nesting bound; NaN/Infinity are read (callers decide if they are allowed)."""
+    """json.loads with the nesting bound and each key once per object (json keeps the last copy,
+    a reader sees the first); NaN/Infinity are read (callers decide if they are allowed)."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise UserError(f"{where}: nested too deeply to be an edgepipe file") from None
     check_depth(data, where)
@@ -109,9 +117,20 @@ def read_json_file(path: str | Path, what: str, max_bytes: int = JSON_MAX_BYTES)
 
 class _NoAliasLoader(yaml.SafeLoader):
     """SafeLoader that refuses anchors/aliases (alias expansion bombs, recursive aliases) and
-    nesting deeper than MAX_NESTING while composing, before any big object exists."""
+    nesting deeper than MAX_NESTING while composing, before any big object exists, and a key
+    given twice in one mapping (PyYAML keeps the last: a reviewer reads the first)."""
 
     _depth = 0
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key '{key_node.value}' is given twice",
+                                                            key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -204,3 +223,46 @@ def check_zip_members(path: str | Path, what: str) -> None:
         problem = _bomb_problem(info, False, None)
         if problem:
             raise UserError(f"{path}: {what} member '{info.filename}' {problem}; re-save it with torch")
+
+
+def make_real_folders(folder: str | Path, inside: str | Path, for_what: str) -> None:
+    """Make `folder` below `inside`, refusing a link (or a file) on the way: a bundle's `report`
+    link would carry what edgepipe writes there out of the bundle."""
+    current = Path(inside)
+    for part in Path(folder).relative_to(inside).parts:
+        current = current / part
+        if current.is_symlink() or (current.exists() and not current.is_dir()):
+            raise UserError(f"{current}: is a link or not a folder; refusing to write {for_what} through it "
+                            "(results stay inside the bundle), remove it")
+        current.mkdir(exist_ok=True)
+
+
+def write_text_replacing(path: str | Path, text: str, inside: str | Path | None = None) -> Path:
+    """Write `text` to `path` as a new file renamed over it: a link planted at `path` (a bundle's
+    `report/compare.json -> ~/.bashrc`) is replaced, never written through. With `inside` (the
+    bundle a path belongs to), every folder from there down to the file must be a real folder, so
+    a `report` link cannot carry the file out of the bundle; missing folders are made."""
+    path = Path(path)
+    if inside is not None:
+        make_real_folders(path.parent, inside, path.name)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        if inside is not None or stat.S_ISDIR(mode):
+            raise UserError(f"{path}: is a folder, device or FIFO; refusing to replace it, remove it")
+        with open(path, "w", encoding="utf-8") as handle:  # the user's own `--out /dev/null`: written, never replaced
+            handle.write(text)
+        return path
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "x", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path

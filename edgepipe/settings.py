@@ -193,6 +193,7 @@ def initial_input_shapes(settings: dict) -> dict[str, list[int]]:
     takes the first input of the calibration data.
     """
     shapes = {k: list(v) for k, v in (settings.get("input_shapes") or {}).items()}
+    from edgepipe.config import check_shape_size
     from edgepipe.data import infer_static_shape
 
     model = settings["model"]
@@ -215,6 +216,7 @@ def initial_input_shapes(settings: dict) -> dict[str, list[int]]:
         except UserError as exc:
             raise UserError(f"input '{name}' of {model} has dynamic dims and no --input-shape {name}:1x...; "
                             f"reading its shape from the calibration data failed: {exc}") from exc
+        check_shape_size(shapes[name], f"input '{name}' of {model}, shape {shapes[name]} read from {calib}")
     return shapes
 
 

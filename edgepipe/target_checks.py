@@ -16,6 +16,7 @@ def check_structure(source: str, target) -> None:
     not asked for the calibration data it could never use."""
     from edgepipe.backends.support import CONTROL_FLOW, canonical_domain, operator_problem, opsets, qualified, walk_nodes
     from edgepipe.dequantize import DYNAMIC_OPS
+    from edgepipe.qoperator import QOPERATOR_OP_TYPES
 
     from edgepipe.stages.export import TORCH_FILE_SUFFIXES
 
@@ -28,8 +29,8 @@ def check_structure(source: str, target) -> None:
     accepted_control_flow = False
     for name, node, _ in walk_nodes(model):
         domain = canonical_domain(node.domain)
-        if node.op_type in DYNAMIC_OPS:  # export rewrites them into float layers (edgepipe/dequantize.py)
-            continue
+        if node.op_type in DYNAMIC_OPS + QOPERATOR_OP_TYPES:  # export rewrites them into float layers
+            continue  # (edgepipe/dequantize.py); one it cannot is named by the check after export
         if (domain == "" and node.op_type in CONTROL_FLOW) or domain not in table.domains():
             reason = operator_problem(node, versions, table, target.name)
             if reason is None:  # control flow the target's table registers (TensorRT): its own rules below
@@ -63,7 +64,11 @@ def introduced_ops_check(target):
 def check_target_support(model, target, ignore: set[str] = frozenset()) -> None:
     """UnsupportedOpError naming the first node the target cannot run (before any file is written);
     nodes named in `ignore` are left to the check after the fold."""
+    from edgepipe.qoperator import QOPERATOR_OP_TYPES
+
     unsupported = [entry for entry in target.supports(model) if entry[0] not in ignore]
+    # a QOperator node export could not rewrite leaves Q/DQ nodes around it: name the node that is the cause
+    unsupported.sort(key=lambda entry: entry[1].rpartition("::")[2] not in QOPERATOR_OP_TYPES)
     if unsupported:
         node, op_type, reason = unsupported[0]
         more = f" (and {len(unsupported) - 1} more; run `edgepipe inspect`)" if len(unsupported) > 1 else ""

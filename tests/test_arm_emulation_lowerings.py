@@ -6,7 +6,8 @@ float island on the [N, H, W * C] view, a standalone Relu as a saturating QUANTI
 MaxPool after it over a zero PAD, HardSigmoid by saturation, a 7x7 depthwise Conv as a grouped
 CONV_2D, a one-scale affine chain as a float chain XNNPACK tabulates, nearest 2x upscaling as
 CONCATENATION + RESHAPE, an unequal Split as SLICEs, Softmax in float between DEQUANTIZE /
-QUANTIZE, a 2-way Softmax as 1x1 CONV_2D + LOGISTIC) runs with the runner
+QUANTIZE, a 2-way Softmax as 1x1 CONV_2D + LOGISTIC, a stride-4 stem on 4 channels reading its 4
+columns as one) runs with the runner
 of tests/test_arm_emulation.py in LiteRT on x86 and under qemu-aarch64, and in tflite-runtime
 2.14 there (the older runtime boards still carry). Emulated timings are never reported.
 """
@@ -23,7 +24,7 @@ from onnx import helper
 from edgepipe import emulation
 from tests.ci import missing_tool
 from tests.test_arm_emulation import RUNNER, RUNS, int8_agreement, load_results, write_job
-from tests.tflite_harness import convert, make_model, structured_inputs
+from tests.tflite_harness import convert, make_interpreter, make_model, structured_inputs
 
 RNG = np.random.default_rng(23)
 
@@ -47,8 +48,9 @@ def _model():
              helper.make_node("Softmax", ["score"], ["y2"], name="two_way", axis=1),
              helper.make_node("Conv", ["m", "w5", "b5"], ["y3"], name="depthwise_7x7", group=8, pads=[3, 3, 3, 3]),
              helper.make_node("Mul", ["c1", "a_scale"], ["ma"], name="affine_scale"),
-             helper.make_node("Add", ["ma", "a_shift"], ["y4"], name="affine_shift")]
-    return make_model(nodes, {"x": [1, 4, 8, 8]}, ["y", "y2", "y3", "y4"], {
+             helper.make_node("Add", ["ma", "a_shift"], ["y4"], name="affine_shift"),
+             helper.make_node("Conv", ["x", "w6", "b6"], ["y5"], name="patch_stem", strides=[4, 4])]
+    return make_model(nodes, {"x": [1, 4, 8, 8]}, ["y", "y2", "y3", "y4", "y5"], {
         "w1": RNG.normal(size=(8, 4, 3, 3)).astype(np.float32) * 0.4,
         "slope": RNG.uniform(0.05, 1.5, size=(8, 1, 1)).astype(np.float32),
         "parts": np.array([2, 4], np.int64),
@@ -59,11 +61,10 @@ def _model():
         "w4": RNG.normal(size=(2, 8, 1, 1)).astype(np.float32) * 0.04,
         "w5": RNG.normal(size=(8, 1, 7, 7)).astype(np.float32) * 0.2,
         "b5": RNG.normal(size=8).astype(np.float32) * 0.1,
-        "a_scale": np.float32(1.7), "a_shift": np.float32(-0.3)})
+        "a_scale": np.float32(1.7), "a_shift": np.float32(-0.3),
+        "w6": RNG.normal(size=(6, 4, 4, 4)).astype(np.float32) * 0.3,
+        "b6": RNG.normal(size=6).astype(np.float32) * 0.1})
 
-
-@pytest.mark.arm
-@pytest.mark.slow
 
 def run_on_x86_and_arm(tmp_path, rootfs):
     """model.tflite / model.fp32.tflite on tmp_path/inputs.npy, on this host and under arm64 emulation."""
@@ -78,6 +79,9 @@ def run_on_x86_and_arm(tmp_path, rootfs):
     assert results[1][0]["machine"] == "aarch64"
     return results
 
+
+@pytest.mark.arm
+@pytest.mark.slow
 def test_delegated_lowerings_agree_on_aarch64(tmp_path):
     reason = emulation.available()
     if reason is not None:
@@ -90,6 +94,9 @@ def test_delegated_lowerings_agree_on_aarch64(tmp_path):
     assert not outside_forms & set(result["op_histogram"])
     assert result["op_histogram"]["SOFTMAX"] == 1 and result["op_histogram"]["LOGISTIC"] == 1
     assert "affine_shift" in result["float_nodes"]  # the one-scale chain: DEQUANTIZE, MUL, ADD, QUANTIZE
+    tensor_shapes = [list(d["shape"]) for d in make_interpreter(tmp_path / "model.tflite", "reference")
+                     .get_tensor_details()]
+    assert [6, 4, 1, 16] in tensor_shapes  # the stem reads its 4 columns as one of 16 channels
     np.save(tmp_path / "inputs.npy", np.stack([f["x"][0].transpose(1, 2, 0) for f in feeds]).astype(np.float32))
     (x86_meta, x86), (arm_meta, arm) = run_on_x86_and_arm(tmp_path, rootfs)
     assert arm_meta["runs"]["int8-xnnpack"]["ops"].count("DELEGATE") == 1  # one partition on ARM too

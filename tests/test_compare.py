@@ -132,6 +132,21 @@ def test_compare_jetson_is_host_emulation(jetson_bundle, workdir, tmp_path):
     assert rows["logits"]["sqnr_db"] == pytest.approx(quantmath.sqnr_db(fp32_outputs(bundle, images), got), abs=1e-4)
 
 
+def test_compare_a_bundle_built_from_a_profile_of_its_own_name(workdir, arm_bundle, tmp_path):
+    """A profile YAML with its own name (not an installed target): compare runs the bundle with the
+    plugin the profile derives from, recorded in the manifest."""
+    profile = tmp_path / "my-board.yaml"
+    profile.write_text("name: my-board\nbase: arm-cpu\noptions:\n  threads: 1\n")
+    out = tmp_path / "bundle"
+    built = run_cli("build", "--target", str(profile), "--out", str(out), "--no-host-report", cwd=workdir)
+    assert built.returncode == 0, built.stderr
+    target = json.loads((out / "manifest.json").read_text())["target"]
+    assert (target["name"], target["plugin"]) == ("my-board", "arm-cpu")
+    compared = run_cli("compare", str(out), "--max-samples", "4", "--no-alone", cwd=workdir)
+    assert compared.returncode == 0, compared.stderr
+    assert json.loads((out / "report" / "compare.json").read_text())["tensors"]
+
+
 def test_compare_refuses_a_folder_that_is_no_bundle(tmp_path):
     result = run_cli("compare", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -206,3 +206,31 @@ def test_home_and_parent_paths_are_refused_as_remote_dir(ssh_server, tmp_path):
 def test_missing_local_bundle_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="bundle directory not found"):
         deploy_bundle(tmp_path / "nope", SshTarget(host="127.0.0.1"))
+
+
+@pytest.mark.parametrize("answer", [b"home=/home/pi\x00/x\n", b"home=/home/pi\x1b]0;title\x07\n", b"home=relative\n"])
+def test_a_device_answering_a_hostile_home_is_one_line(answer):
+    """The device's own answer is untrusted too: a NUL would stop subprocess with a traceback,
+    escape sequences would reach the terminal."""
+    import subprocess
+
+    from edgepipe.delivery.deploy import RemoteShell, SshTarget, probe
+
+    class AnsweringShell(RemoteShell):
+        def run(self, script, check=True, timeout=None, stdin=None):
+            return subprocess.CompletedProcess(["ssh"], 0, answer + b"has=sha256sum\n", b"")
+
+    with pytest.raises(UserError, match=r"^pi4: could not determine the remote home directory \(the device answered"):
+        probe(AnsweringShell(SshTarget("pi4")))
+
+
+def test_a_device_that_answers_without_end_is_stopped_at_the_json_bound():
+    """`cat` of a results.json a compromised device streams forever: read up to JSON_MAX_BYTES, then stopped."""
+    from edgepipe.delivery.deploy import RemoteShell, SshTarget
+
+    class StreamingDevice(SshTarget):
+        def ssh_command(self, remote_script):
+            return ["sh", "-c", "yes"]
+
+    with pytest.raises(UserError, match=r"^pi4: the device answered more than \d+ bytes to one command"):
+        RemoteShell(StreamingDevice("pi4")).run("cat -- report/results.json", timeout=120)

@@ -114,3 +114,108 @@ def test_depthwise_pair_is_equalized_exactly():
     w1 = graph.constant_value(equalized, equalized.graph.node[0].input[1])
     w2 = graph.constant_value(equalized, equalized.graph.node[1].input[1])
     np.testing.assert_allclose(np.abs(w1).reshape(6, -1).max(1), np.abs(w2).reshape(6, -1).max(1), rtol=1e-5)
+
+
+def channel_ranges(model, name, feeds_):
+    session = graph.make_session(graph.expose_tensors(model, [name]))
+    values = np.concatenate([session.run([name], f)[0] for f in feeds_])
+    return np.abs(np.moveaxis(values, 1, 0)).reshape(values.shape[1], -1).max(axis=1)
+
+
+def bias_outlier_model(rng):
+    """conv1 -> depthwise conv2, conv1's channel 1 lifted by a large bias: its activation range
+    dwarfs the others' while conv1's weight ranges look alike (what the weights cannot show)."""
+    b1 = rng.normal(0, 0.1, 6)
+    b1[1] = 25.0
+    inits = {"w1": rng.normal(0, 0.3, (6, 3, 3, 3)), "b1": b1, "w2": rng.normal(0, 0.3, (12, 1, 3, 3)),
+             "b2": rng.normal(0, 0.1, 12)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c1", "w2", "b2"], ["y"], name="dw", pads=[1, 1, 1, 1], group=6)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    model = onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return graph.infer_shapes(model)
+
+
+def test_depthwise_pair_with_measured_ranges_equalizes_the_activation():
+    """Given the per-channel ranges of the tensor between the convs (ONNX Runtime's values), a
+    depthwise pair makes them equal, exactly in float, and on the tensor's int8 grid its worst
+    channel keeps more resolution than with the weight-range rule or without equalization."""
+    rng = np.random.default_rng(3)
+    model = bias_outlier_model(rng)
+    calib = [{"x": rng.normal(0, 1, (1, 3, 12, 12)).astype(np.float32)} for _ in range(8)]
+    evaluation = [{"x": rng.normal(0, 1, (1, 3, 12, 12)).astype(np.float32)} for _ in range(16)]
+    measured = {"c1": channel_ranges(model, "c1", calib)}
+    equalized, report = equalize_cross_layer(model, measured)
+    assert [(p["second"], p["by"]) for p in report["pairs"]] == [("dw", "activations")]
+    after = channel_ranges(equalized, "c1", calib)
+    np.testing.assert_allclose(after, after.mean(), rtol=1e-4)
+    before_session, after_session = graph.make_session(model), graph.make_session(equalized)
+    for feed in evaluation:
+        want, got = before_session.run(None, feed)[0], after_session.run(None, feed)[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    by_weights, _ = equalize_cross_layer(model)
+
+    def worst_channel_sqnr(m):
+        """Worst channel of the tensor between the convs on its per-tensor int8 grid (numpy:
+        observed range, 255 steps), in the original units (the equalized conv1 only rescales it)."""
+        scale = channel_ranges(model, "c1", calib) / channel_ranges(m, "c1", calib)
+        session = graph.make_session(graph.expose_tensors(m, ["c1"]))
+        values = np.concatenate([session.run(["c1"], f)[0] for f in evaluation])
+        lo, hi = min(0.0, float(values.min())), max(0.0, float(values.max()))
+        step = (hi - lo) / 255
+        on_grid = np.clip(np.round((values - lo) / step), 0, 255) * step + lo
+        return min(quantmath.sqnr_db(values[:, c] * scale[c], on_grid[:, c] * scale[c])
+                   for c in range(values.shape[1]))
+
+    ours = worst_channel_sqnr(equalized)
+    assert ours > worst_channel_sqnr(by_weights) + 3.0
+    assert ours > worst_channel_sqnr(model) + 3.0
+
+
+def test_fold_stage_measures_depthwise_ranges_on_calibration_data():
+    from tests.helpers import ArrayDataset
+
+    model = depthwise_model()
+    data = ArrayDataset(np.concatenate([f["x"] for f in feeds(8)]))
+    _, report = run_fold(model, {"cross_layer_equalization": True}, calib_dataset=data)
+    assert report["cross_layer_equalization"]["pairs"][0]["by"] == "activations"
+    assert report["cross_layer_equalization"]["max_rel_diff"] < 1e-4
+    _, report = run_fold(model, {"cross_layer_equalization": True})  # no data: the weights decide
+    assert report["cross_layer_equalization"]["pairs"][0]["by"] == "weights"
+
+
+def test_depthwise_mode_leaves_group1_pairs_alone():
+    """`fold.cross_layer_equalization: depthwise` rescales a Conv -> depthwise pair, not a Conv ->
+    Relu -> group-1 Conv pair; true rescales both."""
+    assert equalization_pairs(outlier_model(), depthwise_only=True) == []
+    _, report = run_fold(outlier_model(), {"cross_layer_equalization": "depthwise"})
+    assert report["cross_layer_equalization"]["pairs"] == []
+    _, report = run_fold(depthwise_model(), {"cross_layer_equalization": "depthwise"})
+    assert [p["second"] for p in report["cross_layer_equalization"]["pairs"]] == ["dw"]
+
+
+def test_cached_fold_follows_the_calibration_data(tmp_path):
+    """Equalization on measured ranges reads the calibration data, so the fold stage's cache key
+    does too: other data refolds, the same data reuses the cached fold (`edgepipe build --json`)."""
+    import json
+
+    from tests.helpers import run_cli
+
+    onnx.save(depthwise_model(), str(tmp_path / "model.onnx"))
+    (tmp_path / "edgepipe.yaml").write_text("fold:\n  cross_layer_equalization: depthwise\n")
+    rng = np.random.default_rng(5)
+    for name, spread in (("a.npz", 1.0), ("b.npz", 3.0)):
+        np.savez(tmp_path / name, x=(rng.normal(0, spread, (8, 3, 12, 12))).astype(np.float32))
+
+    def fold_cached(calib: str) -> bool:
+        result = run_cli("build", "--model", "model.onnx", "--target", "jetson", "--calib", calib, "--json",
+                         cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return {s["name"]: s["cached"] for s in json.loads(result.stdout[result.stdout.index("{"):])["stages"]}["fold"]
+
+    assert not fold_cached("a.npz")
+    assert not fold_cached("b.npz")
+    assert fold_cached("a.npz")

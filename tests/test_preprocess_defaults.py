@@ -61,3 +61,17 @@ def test_image_folder_follows_the_model_input(case, input_type, shape, channels_
     # float inputs, 0..255 for uint8: a uint8 input scaled by 1/255 would calibrate 0..1)
     assert expected_range[0] <= low and high <= expected_range[1]
     assert high - low >= 0.5 * (expected_range[1] - expected_range[0])
+
+
+def test_uint8_nhwc_image_model_runs_on_arm_cpu(tmp_path):
+    """An integer image input is an int32 TFLite input in the model's own layout: run.py feeds the
+    eval images (the build runs it) and the int8 output agrees with FP32."""
+    _model(tmp_path / "m.onnx", TensorProto.UINT8, [1, 10, 10, 3], True, 3)
+    out = tmp_path / "out"
+    result = run_cli("build", "--model", str(tmp_path / "m.onnx"), "--target", "arm-cpu", "--calib",
+                     str(_images(tmp_path / "images", count=24)), "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    io = json.loads((out / "manifest.json").read_text())["io"]["inputs"][0]
+    assert io["shape"] == [1, 10, 10, 3] and io["layout"] is not None and io["layout"] == "NCHW"
+    outputs = json.loads((out / "report" / "results.json").read_text())["accuracy"]["outputs"]
+    assert outputs["out"]["sqnr_db"] > 25

@@ -123,3 +123,18 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert pixels.shape == (2000, 1200) and pixels.std() > 5.0  # not a blank page
     dom = subprocess.run(base + ["--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=60).stdout
     assert dom.count("<svg") >= 5 and "&lt;script&gt;" in dom
+
+
+def test_reliability_diagram_draws_a_bounded_number_of_bins(tmp_path):
+    """A results.json (from a device) may list 400000 calibration bins; the page stays small."""
+    from edgepipe.delivery.report import MAX_RELIABILITY_BINS
+
+    data = results()
+    data["accuracy"]["ece_bins"] = [{"lo": i / 5000, "hi": (i + 1) / 5000, "count": 1, "confidence": 0.5,
+                                     "accuracy": 0.5} for i in range(5000)]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(data))
+    html = render_report(path, out_dir=tmp_path / "out").read_text()
+    reliability = html[html.index("Reliability diagram"):]
+    assert MAX_RELIABILITY_BINS <= reliability.count("<rect") <= 3 * MAX_RELIABILITY_BINS
+    assert len(html) < 500_000

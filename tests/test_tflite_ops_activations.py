@@ -20,11 +20,14 @@ ACTIVATIONS = {
     "LeakyRelu": ({"alpha": 0.1}, {}),
     "PRelu": ({}, {"slope": RNG.uniform(0.05, 0.5, size=(6, 1, 1)).astype(np.float32)}),
     "Elu": ({}, {}),
+    "Elu_alpha": ({"alpha": 0.4}, {}),
+    "Selu": ({}, {}),
+    "Celu": ({"alpha": 1.5}, {}),
     "Clip": ({}, {"lo": np.array(-0.5, np.float32), "hi": np.array(1.5, np.float32)}),
 }
 # computed in float inside the int8 partition (XNNPACK has no int8 PRELU, and takes MAXIMUM /
 # MINIMUM in float only, so a Clip that is no RELU kind is a float island: ops/activations.py)
-FLOAT_IN_INT8 = {"PRelu", "Clip"}
+FLOAT_IN_INT8 = {"PRelu", "Clip", "Elu", "Elu_alpha", "Selu", "Celu"}  # the ELU family: EXP, MINIMUM too
 
 
 @pytest.mark.parametrize("op_type", sorted(ACTIVATIONS))
@@ -32,7 +35,7 @@ def test_standalone_activation(op_type, tmp_path):
     """On a 4-D graph input (NHWC inside TFLite), so the op's input grid is exactly the
     reference's: a one-step difference upstream would be amplified by steep activations."""
     attrs, constants = ACTIVATIONS[op_type]
-    nodes = [helper.make_node(op_type, ["x", *constants], ["y"], name="act", **attrs)]
+    nodes = [helper.make_node(op_type.split("_")[0], ["x", *constants], ["y"], name="act", **attrs)]
     feeds = [{"x": 2.5 * feed["x"]} for feed in structured_inputs(make_model(nodes, {"x": [1, 6, 7, 8]}, ["y"],
                                                                              constants))]
     model = make_model(nodes, {"x": [1, 6, 7, 8]}, ["y"], constants)
@@ -71,3 +74,18 @@ def test_clip_with_computed_bound(with_max, tmp_path):
     report = check_conformance(model, tmp_path)
     assert report.result["op_histogram"]["MAXIMUM"] == 1
     assert report.result["op_histogram"].get("MINIMUM", 0) == int(with_max)
+
+
+@pytest.mark.parametrize("op_type,attrs", [("Elu", {}), ("Selu", {}), ("Celu", {"alpha": 0.7})])
+def test_elu_family_between_convs_is_one_partition(op_type, attrs, tmp_path):
+    """The float island (MINIMUM, EXP, ADD, MAXIMUM, MUL) stays inside XNNPACK's partition."""
+    from tests.tflite_harness import delegate_partitions
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node(op_type, ["c"], ["e"], name="act", **attrs),
+             helper.make_node("Conv", ["e", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    model = make_model(nodes, {"x": [1, 3, 7, 8]}, ["y"], {"w": CONV_W, "w2": RNG.normal(size=(4, 6, 3, 3)).astype(
+        np.float32) * 0.3})
+    report = check_conformance(model, tmp_path, int8_steps=3.0)
+    assert report.result["float_nodes"] == ["act"] and "EXP" in report.result["op_histogram"]
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1

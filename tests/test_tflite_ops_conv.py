@@ -102,13 +102,27 @@ def test_depthwise_beyond_25_taps_is_a_grouped_conv(channels, kernel, stride, in
         assert len(delegate_partitions(report.out_dir / name)) == 1, name
 
 
-@pytest.mark.parametrize("kernel,pads,width,in_ch", [(7, [3, 3, 3, 3], 16, 3), (3, [1, 1, 1, 1], 15, 3),
-                                                     (3, [0, 2, 1, 0], 12, 4), (2, [0, 0, 0, 0], 11, 3)],
-                         ids=["resnet-stem", "odd-width", "even-left-pad", "unread-last-column"])
-def test_int8_first_conv_with_stride_2_reads_pairs_of_columns(kernel, pads, width, in_ch, tmp_path):
+def _conv_filter_shapes(report) -> dict[str, list[int]]:
+    """The filter shape of the one CONV_2D in each model of a conformance report."""
+    shapes = {}
+    for name in ("model.tflite", "model.fp32.tflite"):
+        interpreter = make_interpreter(report.out_dir / name, "reference")
+        tensors = {d["index"]: list(d["shape"]) for d in interpreter.get_tensor_details()}
+        (conv,) = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
+        shapes[name] = tensors[conv["inputs"][1]]
+        assert len(delegate_partitions(report.out_dir / name)) == 1, name
+    return shapes
+
+
+@pytest.mark.parametrize("kernel,pads,width,in_ch,float_taps", [
+    (7, [3, 3, 3, 3], 16, 3, None), (3, [1, 1, 1, 1], 15, 3, None), (3, [0, 2, 1, 0], 12, 4, None),
+    (2, [0, 0, 0, 0], 11, 3, 1), (4, [1, 2, 1, 2], 12, 3, None)],
+    ids=["resnet-stem", "odd-width", "even-left-pad", "unread-last-column", "even-kernel-padded"])
+def test_first_conv_with_stride_2_reads_pairs_of_columns(kernel, pads, width, in_ch, float_taps, tmp_path):
     """A stride-2 conv on <= 4 channels in int8: the [N, H, W / 2, 2C] view of the padded input (PAD
     on rows of W * C, RESHAPE) and a stride-1 filter with half the taps along W; the fp32 model
-    keeps the plain conv. Fused Relu kept; same values as ONNX Runtime."""
+    keeps the plain conv unless the view adds no multiply-add (an even kernel) and no PAD.
+    Fused Relu kept; same values as ONNX Runtime."""
     rng = np.random.default_rng(kernel + width)
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="stem", strides=[2, 2], pads=pads),
              helper.make_node("Relu", ["c"], ["y"], name="relu")]
@@ -117,14 +131,40 @@ def test_int8_first_conv_with_stride_2_reads_pairs_of_columns(kernel, pads, widt
         "b": rng.normal(size=8).astype(np.float32)})
     report = check_conformance(model, tmp_path)
     taps = (kernel + pads[1] % 2 + 1) // 2
-    for name, filter_shape in (("model.tflite", [8, kernel, taps, 2 * in_ch]),
-                               ("model.fp32.tflite", [8, kernel, kernel, in_ch])):
-        interpreter = make_interpreter(report.out_dir / name, "reference")
-        shapes = {d["index"]: list(d["shape"]) for d in interpreter.get_tensor_details()}
-        (conv,) = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
-        assert shapes[conv["inputs"][1]] == filter_shape, name
-        assert len(delegate_partitions(report.out_dir / name)) == 1, name
+    float_filter = [8, kernel, float_taps, 2 * in_ch] if float_taps else [8, kernel, kernel, in_ch]
+    assert _conv_filter_shapes(report) == {"model.tflite": [8, kernel, taps, 2 * in_ch],
+                                           "model.fp32.tflite": float_filter}
     assert "RELU" not in report.result["op_histogram"]
+
+
+def test_strided_conv1d_on_one_channel_reads_frames_of_samples(tmp_path):
+    """An STFT written as a Conv1d (one sample channel, window 48, hop 16; audio frontends): the
+    int8 model reads the samples as columns of 16 channels (the widest view whose taps fill the
+    int8 tile: 3 taps, stride 1), cropping the samples no window reads; the fp32 model takes the
+    same view (it adds no multiply-add). Same values as ONNX Runtime."""
+    rng = np.random.default_rng(16)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="stft", strides=[16], kernel_shape=[48])
+    model = make_model([node], {"x": [1, 1, 200]}, ["y"], {
+        "w": rng.normal(size=(10, 1, 48)).astype(np.float32) * 0.3, "b": rng.normal(size=10).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    assert _conv_filter_shapes(report) == {"model.tflite": [10, 1, 3, 16], "model.fp32.tflite": [10, 1, 3, 16]}
+    assert report.result["op_histogram"].get("SLICE") == 1 and "PAD" not in report.result["op_histogram"]
+
+
+@pytest.mark.parametrize("stride,int8_group", [(4, 2), (8, 8)], ids=["convnext-stem", "vit-patches"])
+def test_patchify_stem_reads_columns_that_fill_the_tile(stride, int8_group, tmp_path):
+    """A k x k, stride-k stem on 3 channels (ConvNeXt, ViT patch embedding): int8 groups the
+    columns with the fewest padded multiply-adds (stride 4: 2 or 4 columns tie, 6 channels pad
+    less per tap than 12, so 2; stride 8: all 8 columns, 24 channels, one tap); fp32 reads all k
+    columns as one tap (no multiply-add added). Same values as ONNX Runtime."""
+    rng = np.random.default_rng(stride)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="stem", strides=[stride, stride])
+    model = make_model([node], {"x": [1, 3, 2 * stride, 3 * stride]}, ["y"], {
+        "w": rng.normal(size=(8, 3, stride, stride)).astype(np.float32) * 0.3,
+        "b": rng.normal(size=8).astype(np.float32)})
+    report = check_conformance(model, tmp_path)
+    assert _conv_filter_shapes(report) == {"model.tflite": [8, stride, stride // int8_group, 3 * int8_group],
+                                           "model.fp32.tflite": [8, stride, 1, 3 * stride]}
 
 
 def test_conv_without_bias_gets_int32_zero_bias_and_fused_relu6(tmp_path):

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tests.tflite_harness import check_conformance, make_model
+from edgepipe.backends.tflite.runtime import run_tflite
+from tests.helpers import sqnr_db
+from tests.tflite_harness import check_conformance, delegate_partitions, make_model, run_onnx, structured_inputs
 
 RNG = np.random.default_rng(19)
 CONV_W = RNG.normal(size=(5, 3, 1, 1)).astype(np.float32) * 0.5
@@ -69,3 +71,32 @@ def test_reduce_sum_square_is_a_float_square_and_sum(keepdims, tmp_path):
     model = make_model(nodes, {"x": [1, 4, 6]}, ["y"], opset=13)
     report = check_conformance(model, tmp_path)
     assert report.result["op_histogram"]["SUM"] == 1 and report.result["float_nodes"] == ["sumsq"]
+
+
+@pytest.mark.parametrize("op_type", ["ReduceL2", "ReduceL1"])
+@pytest.mark.parametrize("axes,keepdims,opset", [([1], 1, 13), ([2, 3], 0, 18), ([1], 0, 18)])
+def test_norms_are_float_islands(op_type, axes, keepdims, opset, tmp_path):
+    node, inits = _reduce_node(op_type, "c", axes, keepdims, opset)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), node]
+    report = check_conformance(make_model(nodes, {"x": [1, 3, 4, 6]}, ["y"], {"w": CONV_W, **inits}, opset=opset),
+                               tmp_path)
+    assert report.result["float_nodes"] == ["reduce"] and report.result["op_histogram"]["SUM"] == 1
+
+
+def test_normalize_embeddings_in_one_partition(tmp_path):
+    """F.normalize as a feature head exports it: x / max(ReduceL2(x), eps), fully delegated."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("ReduceL2", ["c"], ["norm"], name="norm", axes=[1], keepdims=1),
+             helper.make_node("Clip", ["norm", "eps"], ["safe"], name="clamp"),
+             helper.make_node("Div", ["c", "safe"], ["y"], name="normalize")]
+    model = make_model(nodes, {"x": [1, 3, 4, 6]}, ["y"], {"w": CONV_W, "eps": np.array(1e-12, np.float32)},
+                       opset=13)
+    # norm, clamp and division run as one float island between the conv's int8 output and the
+    # int8 result; the Q/DQ simulation rounds at each of them instead, so the two differ by a few
+    # output steps: the accuracy itself is checked against ONNX Runtime's FP32 below
+    report = check_conformance(model, tmp_path, int8_steps=3.5)
+    assert report.result["float_nodes"] == ["norm", "clamp", "normalize"]
+    assert len(delegate_partitions(report.out_dir / "model.tflite")) == 1
+    for feed in structured_inputs(model)[:3]:
+        got = run_tflite(report.out_dir / "model.tflite", report.result["io"], feed)["y"]
+        assert sqnr_db(run_onnx(model, feed)["y"], got) > 30

@@ -167,3 +167,135 @@ def test_torch_archive_zip_bomb_is_refused_before_torch_inflates_it(tmp_path, mo
         with pytest.raises(UserError, match=rf"{name}: .* member '.*' unpacks from \d+ to \d+ bytes"):
             load(tmp_path / name)
     assert load(source) is not None  # torch's own (stored) archive passes the same check
+
+
+class SaveNamedParts(torch.nn.Module):
+    """A model's own names that mention `save`: a submodule `self.save`, a method `save`, an
+    attribute `save_path`, a helper `save_features` and an error message; none is aten::save."""
+
+    def __init__(self):
+        super().__init__()
+        self.save = torch.nn.ReLU()
+        self.save_path = "features.pt"
+
+    def save_features(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    def forward(self, x):
+        if x.numel() > 1_000_000:
+            raise RuntimeError("call model.save(path) first")
+        return self.save(self.save_features(x))
+
+
+def test_a_models_own_names_that_mention_save_pass_and_run(tmp_path):
+    torch.jit.script(SaveNamedParts()).save(str(tmp_path / "named.pt"))
+    with zipfile.ZipFile(tmp_path / "named.pt") as archive:
+        source = "".join(archive.read(n).decode() for n in archive.namelist() if n.endswith(".py"))
+    assert "self.save\n" in source and "model.save(path)" in source and "save_path" in source
+    module = torch_files.load_torchscript(tmp_path / "named.pt")
+    torch.testing.assert_close(module(torch.tensor([-1.0, 2.0])), torch.tensor([0.0, 4.0]))
+
+
+# spellings torch.jit.load resolves to aten::save (or a library namespace) that torch.jit.save never writes
+CRAFTED_CALLS = {
+    "getattr": 'getattr(torch, "save")(x, PATH)',
+    "nested-getattr": 'getattr(getattr(torch, "autograd"), "save")(x, PATH)',
+    "getattr-on-ops": 'getattr(ops.aten, "save")(x, PATH)',
+    "alias": "t = torch\n    t.save(x, PATH)",
+    "ops-alias": "o = ops.aten\n    o.save(x, PATH)",
+    "parenthesized": "(torch).save(x, PATH)",
+    "rebound-self": "self = torch\n    self.save(x, PATH)",
+    "autograd": "torch.autograd.save(x, PATH)",
+    "function-value": "f = torch.save\n    f(x, PATH)",
+}
+
+
+@pytest.mark.parametrize("form", sorted(CRAFTED_CALLS))
+def test_crafted_spellings_of_a_host_op_are_refused_before_torch_jit_load(tmp_path, form):
+    written = tmp_path / "written"
+    plain, crafted = tmp_path / "plain.pt", tmp_path / "crafted.pt"
+    torch.jit.script(FileWriter(str(written))).save(str(plain))
+    call = CRAFTED_CALLS[form].replace("PATH", f'"{written}"')
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(crafted, "w") as out:
+        for info in source.infolist():
+            data = source.read(info).decode() if info.filename.endswith(".py") else source.read(info)
+            if info.filename.endswith("code/__torch__.py"):
+                line = next(line for line in data.splitlines() if "torch.save(" in line)
+                data = data.replace(line, "    " + call)
+            out.writestr(info, data)
+    with pytest.raises(UserError, match=r"crafted\.pt: refused: its code (calls aten::save|uses .* as a value) in forward"):
+        torch_files.load_torchscript(crafted)
+    assert not written.exists()
+    torch.jit.load(str(crafted))(torch.ones(2))  # the spelling is real: torch runs it and writes the file
+    assert written.exists()
+
+
+def test_code_torch_could_read_differently_is_refused(tmp_path):
+    """Bytes that are not UTF-8 or text Python's tokenizer cannot split are not what torch.jit.save
+    writes; refusing them keeps the checker's view of strings and names the same as torch's."""
+    plain = tmp_path / "plain.pt"
+    torch.jit.script(Branchy()).save(str(plain))
+    for suffix, text in (("bytes", b"\xff\xfe"), ("quote", b"x = 'unclosed\n")):
+        crafted = tmp_path / f"{suffix}.pt"
+        with zipfile.ZipFile(plain) as source, zipfile.ZipFile(crafted, "w") as out:
+            for info in source.infolist():
+                data = source.read(info)
+                out.writestr(info, data + text if info.filename.endswith(".py") else data)
+        with pytest.raises(UserError, match=rf"{suffix}\.pt: refused: its code .* is not TorchScript source"):
+            torch_op_policy.check_archive_code(crafted)
+
+
+def _rewritten(plain: Path, crafted: Path, rename=None, duplicate_with=None) -> None:
+    """`plain` with its code members renamed, or each written twice (the second copy `duplicate_with`)."""
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(crafted, "w") as out:
+        for info in source.infolist():
+            data, name = source.read(info), info.filename
+            if name.endswith(".py") and b"torch.save(" in data:
+                if duplicate_with is not None:
+                    out.writestr(name, data)
+                    data = duplicate_with(data)
+                elif rename is not None:
+                    name = rename(name)
+            out.writestr(name, data)
+
+
+@pytest.mark.parametrize("rename", [lambda n: n[:-3] + ".PY", lambda n: n.replace("/code/", "/CODE/")],
+                         ids=["upper-case-suffix", "upper-case-folder"])
+def test_code_members_torch_finds_without_case_are_checked(tmp_path, rename):
+    """torch's zip reader looks members up without case: `code/x.PY` is loaded as code."""
+    written = tmp_path / "written"
+    torch.jit.script(FileWriter(str(written))).save(str(tmp_path / "plain.pt"))
+    _rewritten(tmp_path / "plain.pt", tmp_path / "crafted.pt", rename=rename)
+    with pytest.raises(UserError, match=r"crafted\.pt: refused: its code calls aten::save in forward"):
+        torch_files.load_torchscript(tmp_path / "crafted.pt")
+    torch.jit.load(str(tmp_path / "crafted.pt"))(torch.ones(2))  # the renamed member is what torch runs
+    assert written.exists()
+
+
+def test_an_archive_holding_a_member_twice_is_refused(tmp_path):
+    """The writer first and a harmless copy second: this check must not read one while torch reads the other."""
+    written = tmp_path / "written"
+    torch.jit.script(FileWriter(str(written))).save(str(tmp_path / "plain.pt"))
+    with pytest.warns(UserWarning, match="Duplicate name"):  # Python's zipfile writes it, and says so
+        _rewritten(tmp_path / "plain.pt", tmp_path / "twice.pt",
+                   duplicate_with=lambda data: data.replace(b"torch.save(", b"torch.add("))
+    with pytest.raises(UserError, match=r"twice\.pt: refused: the archive holds '.*fixture_models\.py' twice"):
+        torch_op_policy.check_archive_code(tmp_path / "twice.pt")
+    assert not written.exists()
+
+
+def test_a_custom_class_of_another_library_named_only_in_the_data_is_refused(tmp_path):
+    """torch.jit.load rebuilds the custom classes data.pkl names and runs their C++ __setstate__,
+    whether or not the code mentions them; quantized packed weights stay allowed."""
+    plain, crafted = tmp_path / "qlinear.pt", tmp_path / "crafted.pt"
+    torch.jit.script(torch.ao.nn.quantized.Linear(4, 4)).save(str(plain))
+    torch_op_policy.check_archive_code(plain)
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(crafted, "w") as out:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("data.pkl"):
+                assert b"c__torch__.torch.classes.quantized\nLinearPackedParamsBase\n" in data
+                data = data.replace(b"torch.classes.quantized\n", b"torch.classes.dist_rpc\n")
+            out.writestr(info, data)
+    with pytest.raises(UserError, match=r"crafted\.pt: refused: its code calls classes\.dist_rpc\.\* in its data"):
+        torch_op_policy.check_archive_code(crafted)

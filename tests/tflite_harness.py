@@ -120,12 +120,13 @@ def minmax_calibration(model: onnx.ModelProto, feeds: list[dict]) -> Calibration
         low[name.name] = min(low.get(name.name, np.inf), min(float(f[name.name].min()) for f in feeds))
         high[name.name] = max(high.get(name.name, -np.inf), max(float(f[name.name].max()) for f in feeds))
     tensors = {}
+    unbounded = sorted(name for name in low if low[name] == -np.inf or high[name] == np.inf)  # a mask's -inf
     for name in low:
-        if np.isfinite(low[name]):
+        if np.isfinite(low[name]) and np.isfinite(high[name]):
             lo, hi = min(low[name], 0.0), max(high[name], 0.0)
             tensors[name] = TensorCalibration(name, low[name], high[name], max(abs(lo), abs(hi), 1e-8), lo, hi,
                                               "minmax")
-    result = CalibrationResult(tensors=tensors, method="minmax", num_samples=len(feeds))
+    result = CalibrationResult(tensors=tensors, method="minmax", num_samples=len(feeds), unbounded=unbounded)
     recurrent.share_step_ranges(result)  # as calibrate() does
     return result
 
@@ -343,5 +344,6 @@ def _input_names(model: onnx.ModelProto) -> set[str]:
 
 def _fp32_io(io: dict) -> dict:
     """The fp32 file has float I/O with the same names and layouts as the int8 file."""
-    strip = lambda specs: [dict(s, dtype="float32", quantization=None) for s in specs]  # noqa: E731
+    strip = lambda specs: [dict(s, dtype=s["dtype"] if s["dtype"] in ("int32", "bool") else "float32",  # noqa: E731
+                                quantization=None) for s in specs]
     return {"inputs": strip(io["inputs"]), "outputs": strip(io["outputs"])}

@@ -22,6 +22,8 @@ ai-edge-quantizer's per-layer validation (SQNR per tensor of the quantized vs fl
 from __future__ import annotations
 
 import math
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import onnx
 
 from edgepipe import graph, quantmath
 from edgepipe.errors import UserError
+from edgepipe.safeio import check_npz_members, ensure_regular_file
 from edgepipe.settings import ReportSettings
 
 COMPARE_FILE = "compare.json"
@@ -74,8 +77,16 @@ class BundleEval:
         path = bundle / EVAL_FILE
         if not path.is_file():
             raise UserError(f"{path}: the bundle has no eval data; rebuild it with --eval or --calib data")
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+        ensure_regular_file(path, what="bundle eval data")
+        try:
+            with zipfile.ZipFile(path) as archive:  # every member is read whole: bounded first (a zip bomb)
+                names = [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
+            check_npz_members(path, names, "eval array")
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise UserError(f"{path}: not a readable .npz ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                            "rebuild the bundle") from None
         self.source = path
         self.ranks = {i.name: len(graph.tensor_shape(i)) for i in graph.graph_inputs(model)}
         missing = [name for name in self.ranks if f"input:{name}" not in arrays]
@@ -218,11 +229,13 @@ def compare_bundle(bundle: str | Path, max_samples: int | None = 64, alone: bool
     manifest = read_json(manifest_path, "bundle manifest", "rebuild the bundle")
     target_info = manifest.get("target") or {}
     name = str(target_info.get("name") or "")
-    target = load_target(name, target_info.get("options") or {})
+    # a bundle built from a profile YAML names the profile; its registered plugin runs the model
+    target = load_target(str(target_info.get("plugin") or name), target_info.get("options") or {})
     reference_path = bundle / "reference.onnx"
     if not reference_path.is_file():
         raise UserError(f"{reference_path}: missing; rebuild the bundle")
     reference = graph.ensure_node_names(graph.load_model(reference_path))
+    calibration = CalibrationResult.load(bundle / "calibration.json") if alone else None  # before any work
     data = BundleEval(bundle, reference, max_samples)
     probe = target.deployed_probe(bundle, manifest)
     if probe is None:
@@ -252,7 +265,6 @@ def compare_bundle(bundle: str | Path, max_samples: int | None = 64, alone: bool
     report = CompareReport(target.name, probe.description, probe.where, len(data), tensors, outputs,
                            skipped=sorted(seen - set(stats)))
     if alone:
-        calibration = CalibrationResult.load(bundle / "calibration.json")
         report.scheme, report.alone_samples = _measure_alone(report, reference, calibration, data, target,
                                                              alone_samples)
     return report

@@ -340,6 +340,12 @@ def _activation_inputs(inserter: _Inserter, node: onnx.NodeProto, indices: list[
     return [i for i in indices if i < len(node.input) and node.input[i] and not inserter.is_constant(node.input[i])]
 
 
+def _no_range(inserter: _Inserter, tensor: str) -> str:
+    if tensor in inserter.calibration.unbounded:  # an attention mask's -inf: no int8 grid holds it
+        return f"input '{tensor}' carries an attention mask's infinities (calibration.json unbounded)"
+    return f"input '{tensor}' has no calibration range"
+
+
 def _quantize_inputs(inserter: _Inserter, node: onnx.NodeProto, position: int, indices: list[int],
                      reason: str) -> None:
     """Q/DQ on the given activation inputs; records a float decision when calibration lacks one."""
@@ -350,7 +356,7 @@ def _quantize_inputs(inserter: _Inserter, node: onnx.NodeProto, position: int, i
             inserter.report.float_nodes[node.name] = f"input '{tensor}' is {inserter.not_float32[tensor]}, not float32"
             return
         if tensor not in inserter.calibration:
-            inserter.report.float_nodes[node.name] = f"input '{tensor}' has no calibration range"
+            inserter.report.float_nodes[node.name] = _no_range(inserter, tensor)
             return
         node.input[index] = inserter.activation(tensor, position)
         done.append(tensor)
@@ -366,7 +372,7 @@ def _quantize_weighted(inserter: _Inserter, node: onnx.NodeProto, position: int)
         return
     missing = [node.input[i] for i in activations if node.input[i] not in inserter.calibration]
     if missing:
-        inserter.report.float_nodes[node.name] = f"input '{missing[0]}' has no calibration range"
+        inserter.report.float_nodes[node.name] = _no_range(inserter, missing[0])
         return
     weight_index = 1
     weight = inserter.constant_value(node.input[weight_index]) if len(node.input) > 1 else None

@@ -20,6 +20,8 @@ from typing import Generic, Iterator, TypeVar
 
 import onnx
 
+from edgepipe.qoperator import QOPERATOR_OP_TYPES
+
 ONNX_DOMAIN = ""
 DOMAIN_ALIASES = {"ai.onnx": ONNX_DOMAIN}
 CONTROL_FLOW = ("If", "Loop", "Scan")
@@ -120,10 +122,19 @@ POST_PROCESSING_HINTS = {
 }
 
 
+# export rewrites QOperator ops into their float ops (edgepipe/qoperator.py); one still here did not have the form
+QOPERATOR_LEFT = ("a quantized (QOperator) node edgepipe cannot rewrite into its float op (that needs float32 "
+                  "scales and zero points that are constants, constant integer weights and bias, a per-tensor "
+                  "output grid); ship the float model or one quantized with "
+                  "quantize_static(quant_format=QuantFormat.QDQ)")
+
+
 def operator_problem(node: onnx.NodeProto, versions: dict[str, int], table: OpTable, target: str) -> str | None:
     """Why a node's operator is not in `table` (custom domain, unknown op, opset outside the
     registered ranges), or None when an entry covers it."""
     domain = canonical_domain(node.domain)
+    if node.op_type in QOPERATOR_OP_TYPES and not table.keys(domain, node.op_type):
+        return QOPERATOR_LEFT
     if node.op_type in CONTROL_FLOW and domain == ONNX_DOMAIN and not table.keys(domain, node.op_type):
         if node.op_type == "If":
             return ("control flow (If) is not supported: pin the inputs its condition reads with input_values "

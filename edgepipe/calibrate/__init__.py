@@ -56,10 +56,12 @@ def calibrate(
         contexts = {t: contexts[t] for t in tensors}
     _check_dataset_inputs(model, dataset)
     reference = stability.ReferenceOutputs(len(dataset))
+    unbounded: set[str] = set()
     hists, num_samples = collector.collect(model, dataset, contexts, settings, progress, keep_outputs=reference.keep,
-                                           infos=infos)
+                                           infos=infos, unbounded=unbounded)
     result = CalibrationResult(method=settings["method"], num_samples=num_samples,
-                               reference_outputs=reference.kept(), weight_ranges=settings["weight_ranges"])
+                               reference_outputs=reference.kept(), weight_ranges=settings["weight_ranges"],
+                               unbounded=sorted(unbounded))
     methods.registry()  # loaded once here, not raced by the threads below
 
     def choose(name: str):

@@ -10,6 +10,14 @@ Which tensors: graph inputs and float outputs of every node that a backend may q
 and shape tensors and anything computed only from constants (Constant nodes, shape arithmetic on
 initializers) are skipped.
 
+Infinities: an attention mask built with masked_fill(-inf) or `(1 - mask) * finfo.min` legitimately
+carries -inf (or a sentinel of magnitude >= MASK_SENTINEL) into the scores it is added to. A tensor
+that can only get such a value from a constant of the graph (`unbounded_candidates`: downstream of
+a constant holding one) and does carry one on calibration data is `unbounded`: it gets no range,
+so every target keeps it float (TensorRT places no Q/DQ there, as its own placement would not;
+TFLite lowers the nodes that read or write it as float islands). NaN anywhere, and infinities in
+a model input or in a tensor no such constant reaches (an overflow), stay errors naming the sample.
+
 Small activations are buffered across batches (`_Pending`, at most PENDING_BYTES) and binned
 together, which is exact and removes most per-update overhead.
 
@@ -27,12 +35,16 @@ from typing import Callable, Iterator
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edgepipe import graph
 from edgepipe.calibrate.histogram import TensorHistogram
 from edgepipe.calibrate.policy import TensorContext
 from edgepipe.errors import UserError
 
+# |x| at or above this is a mask sentinel, not an activation: torch.finfo(float32).min (-3.4e38,
+# Hugging Face), masked_fill(-1e9) (the Annotated Transformer); BERT's older -10000.0 is below it
+MASK_SENTINEL = 1e8
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
@@ -66,6 +78,26 @@ def calibratable_tensors(model: onnx.ModelProto, infos: dict | None = None) -> d
             if name and name not in constant and name not in result and is_float(name):
                 result[name] = TensorContext(node.op_type, consumer_ops.get(name, ()), name in outputs)
     return result
+
+
+def unbounded_candidates(model: onnx.ModelProto) -> set[str]:
+    """Tensors downstream of a constant holding +-inf or a mask sentinel (initializers, Constant
+    nodes, ConstantOfShape values): the only ones allowed to carry them during calibration."""
+    def sentinel(array) -> bool:
+        array = np.asarray(array)
+        return array.dtype.kind == "f" and bool(np.any(~(np.abs(array) < MASK_SENTINEL)))
+
+    sources = {t.name for t in model.graph.initializer if sentinel(numpy_helper.to_array(t))}
+    for node in model.graph.node:
+        if node.op_type in ("Constant", "ConstantOfShape"):
+            values = [numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"]
+            if values and sentinel(values[0]):
+                sources.update(o for o in node.output if o)
+    reached: set[str] = set()
+    for node in model.graph.node:  # topological order
+        if any(name in sources or name in reached for name in node.input):
+            reached.update(o for o in node.output if o)
+    return reached
 
 
 def sample_indices(dataset_size: int, max_samples: int | None) -> list[int]:
@@ -134,9 +166,11 @@ def tensor_chunks(model: onnx.ModelProto, names: list[str], batch_size: int, max
     return chunks
 
 
-def _extremes(arrays: dict, names, workers: "Workers") -> tuple[dict[str, tuple[float, float, int]], str | None]:
+def _extremes(arrays: dict, names, workers: "Workers", allowed: set[str] = frozenset(),
+              unbounded: set[str] | None = None) -> tuple[dict[str, tuple[float, float, int]], str | None]:
     """(min, max, number of negatives) of every float array in `names` order, and the first with a
-    NaN or Inf (or None).
+    NaN or Inf (or None). A tensor of `allowed` holding +-inf or a mask sentinel (no NaN) is added
+    to `unbounded` instead (no extremes: it is not binned).
 
     One reduction pair per tensor serves both the NaN/Inf check (NaN propagates through min/max)
     and the histogram update, which would otherwise reduce the same data again; the negatives
@@ -155,6 +189,10 @@ def _extremes(arrays: dict, names, workers: "Workers") -> tuple[dict[str, tuple[
 
     extremes = {}
     for name, (low, high, negatives) in zip(floats, workers.map(reduce, floats)):
+        if name in allowed and not np.isnan(low + high) and not (abs(low) < MASK_SENTINEL > abs(high)):
+            if unbounded is not None:
+                unbounded.add(name)
+            continue
         if not (np.isfinite(low) and np.isfinite(high)):
             return extremes, name
         extremes[name] = (low, high, negatives)
@@ -178,8 +216,11 @@ def collect(
     progress: Callable[[int, int], None] | None = None,
     keep_outputs: Callable[[int, list[np.ndarray]], None] | None = None,
     infos: dict | None = None,
+    unbounded: set[str] | None = None,
 ) -> tuple[dict[str, TensorHistogram], int]:
     """Histograms of every tensor in `contexts`; returns (histograms, number of samples used).
+    Tensors that carried a mask's infinities (module docstring) get no histogram and are added to
+    `unbounded` when given.
 
     `keep_outputs(sample index, graph outputs)` is called for each sample run on its own whose
     graph outputs are all among the fetched tensors (the FP32 outputs, for checks that would
@@ -197,6 +238,8 @@ def collect(
     num_bins = int(settings.get("num_bins", 2048))
     hists = {name: TensorHistogram(name, num_bins, rounds) for name in names}
     skipped: set[str] = set()
+    allowed = unbounded_candidates(model) - input_names
+    found: set[str] = set()
     total, done = len(indices) * len(chunks), 0
     with Workers() as workers:
         for chunk in chunks:
@@ -210,7 +253,7 @@ def collect(
                 if keep is not None and len(batch_indices) == 1:
                     keep(batch_indices[0], [arrays[name] for name in outputs])
                 arrays.update({n: np.asarray(feed[n]) for n in chunk if n in input_names and n in feed})
-                bad = _bin_batch(arrays, chunk, round_index, pending, hists, skipped)
+                bad = _bin_batch(arrays, chunk, round_index, pending, hists, skipped, allowed, found)
                 del arrays  # before the next batch's activations exist (peak: one batch)
                 if bad is not None:
                     index = _sample_with_bad_activation(session, chunk, dataset, batch_indices, bad)
@@ -222,16 +265,18 @@ def collect(
                 if progress is not None:
                     progress(done, total)
             pending.flush(hists)
-    for name in skipped:
+    for name in skipped | found:
         hists.pop(name, None)
+    if unbounded is not None:
+        unbounded.update(found)
     return hists, len(indices)
 
 
 def _bin_batch(arrays: dict, chunk: list[str], round_index: int, pending: "_Pending", hists: dict,
-               skipped: set) -> str | None:
+               skipped: set, allowed: set[str] = frozenset(), unbounded: set[str] | None = None) -> str | None:
     """Fold one batch's activations into the histograms; returns the first tensor holding a NaN or
     Inf (nothing is binned then), else None. Non-float tensors go to `skipped`."""
-    extremes, bad = _extremes(arrays, chunk, pending.workers)
+    extremes, bad = _extremes(arrays, chunk, pending.workers, allowed, unbounded)
     if bad is not None:
         return bad
     if round_index != pending.round_index:
@@ -241,6 +286,8 @@ def _bin_batch(arrays: dict, chunk: list[str], round_index: int, pending: "_Pend
         value = arrays.get(name)
         if value is None or value.dtype.kind != "f":
             skipped.add(name)
+            continue
+        if unbounded is not None and name in unbounded:
             continue
         pending.add(name, value, extremes.get(name))
     pending.bin_direct(hists)

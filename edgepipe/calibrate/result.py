@@ -8,10 +8,15 @@ scheme without re-running the model. Saved in the bundle as `calibration.json`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgepipe import quantmath
+from edgepipe.errors import UserError
+
+_RANGE_FIELDS = ("min", "max", "amax", "lo", "hi")
+_SCALE_FIELDS = ("amax", "lo", "hi")  # become scales and zero points: finite; min/max only observed
 
 
 @dataclass
@@ -40,6 +45,9 @@ class CalibrationResult:
     bias_corrections: dict[str, list[float]] = field(default_factory=dict)
     # how the build chose them (calibration.bias_correction: auto): the held-out check's numbers
     bias_correction: dict = field(default_factory=dict)
+    # tensors that carried an attention mask's infinities on calibration data (collector.py): no
+    # range, so every target keeps them and the nodes reading or writing them float
+    unbounded: list[str] = field(default_factory=list)
     # per-channel weight thresholds every int8 consumer uses (calibration.weight_ranges: minmax | mse)
     weight_ranges: str = "minmax"
     # {sample index: FP32 graph outputs} kept by the collector for the output-effect check
@@ -68,11 +76,12 @@ class CalibrationResult:
                if self.bias_corrections else {}),
             **({"bias_correction": self.bias_correction} if self.bias_correction else {}),
             **({"weight_ranges": self.weight_ranges} if self.weight_ranges != "minmax" else {}),
+            **({"unbounded": sorted(self.unbounded)} if self.unbounded else {}),
         }
 
     @classmethod
     def from_json(cls, data: dict) -> "CalibrationResult":
-        tensors = {k: TensorCalibration(**v) for k, v in data.get("tensors", {}).items()}
+        tensors = {k: _tensor_from_json(k, v) for k, v in data.get("tensors", {}).items()}
         return cls(
             tensors=tensors,
             method=data.get("method", "auto"),
@@ -82,6 +91,7 @@ class CalibrationResult:
             bias_corrections=dict(data.get("bias_corrections", {})),
             bias_correction=dict(data.get("bias_correction", {})),
             weight_ranges=str(data.get("weight_ranges", "minmax")),
+            unbounded=[str(name) for name in data.get("unbounded", [])],
         )
 
     def save(self, path: str | Path) -> Path:
@@ -91,4 +101,26 @@ class CalibrationResult:
 
     @classmethod
     def load(cls, path: str | Path) -> "CalibrationResult":
-        return cls.from_json(json.loads(Path(path).read_text()))
+        """A saved calibration.json; bounded like every JSON file a user hands us (a bundle's may be
+        a FIFO, nested or of the wrong shape), each problem one UserError naming the file."""
+        from edgepipe.safeio import read_json_file
+
+        data = read_json_file(path, "calibration.json")
+        try:
+            return cls.from_json(data)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise UserError(f"{path}: not a calibration.json edgepipe wrote ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:200]}); rebuild the bundle or re-run calibration") from None
+
+
+def _tensor_from_json(name: str, entry: dict) -> TensorCalibration:
+    """One tensor's record; its ranges numbers (a string or a NaN threshold would reach the
+    backends' scale arithmetic)."""
+    tensor = TensorCalibration(**entry)
+    for field_name in _RANGE_FIELDS:
+        value = getattr(tensor, field_name)
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (field_name in _SCALE_FIELDS and not math.isfinite(value))):
+            raise ValueError(f"tensor {name!r}: {field_name} must be a {'finite ' * (field_name in _SCALE_FIELDS)}"
+                             f"number, got {value!r}")
+    return tensor

@@ -132,14 +132,16 @@ def compare_command(bundle, max_samples, alone, alone_samples, top, out_path, as
     report (report/results.json), report.html is rendered again with a per-layer chart."""
     from edgepipe.accuracy.compare import COMPARE_FILE, compare_bundle
     from edgepipe.delivery.report import render_report
+    from edgepipe.safeio import make_real_folders, write_text_replacing
 
     if max_samples < 1 or alone_samples < 1:
         raise UserError("compare: --max-samples and --alone-samples must be >= 1")
+    out = Path(out_path) if out_path else Path(bundle) / "report" / COMPARE_FILE
+    if not out_path and (Path(bundle) / "manifest.json").is_file():
+        make_real_folders(out.parent, bundle, COMPARE_FILE)  # before the work, not after it
     report = compare_bundle(bundle, max_samples=max_samples, alone=alone, alone_samples=alone_samples)
     data = report.to_json()
-    out = Path(out_path) if out_path else Path(bundle) / "report" / COMPARE_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    write_text_replacing(out, json.dumps(data, indent=1, sort_keys=True) + "\n", inside=None if out_path else bundle)
     results = Path(bundle) / "report" / "results.json"
     html = render_report(results, bundle_dir=bundle) if results.is_file() and not out_path else None
     if as_json:

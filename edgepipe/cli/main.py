@@ -17,7 +17,7 @@ import click
 
 from edgepipe import __version__, isolation
 from edgepipe.calibrate import methods as calibration_methods
-from edgepipe.errors import BudgetError, UserError
+from edgepipe.errors import BudgetError, UserError, inert_text
 
 DEBUG_ENV = "EDGEPIPE_DEBUG"
 INTERNAL_ERROR_EXIT = 3
@@ -270,7 +270,29 @@ def _register_plugins() -> None:
 _register_plugins()
 
 
+class InertStream:
+    """stdout / stderr with terminal controls escaped in everything written as text."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        return self._stream.write(inert_text(text) if isinstance(text, str) else text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> None:
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = InertStream(sys.stdout), InertStream(sys.stderr)
+    try:
+        _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
     isolation.strip_cwd_from_sys_path()  # a torch.py or onnxsim.py in the current folder is never imported

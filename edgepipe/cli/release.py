@@ -45,7 +45,7 @@ def verify_command(bundle: Path) -> None:
     if not bundle.exists():
         raise UserError(f"{bundle}: not found; pass a bundle folder or its .tar.gz")
     with tempfile.TemporaryDirectory(prefix="edgepipe-verify-") as tmp:
-        root = bundle_root(safe_extract(bundle, Path(tmp))) if _is_archive(bundle) else bundle
+        root = bundle_root(safe_extract(bundle, Path(tmp)), Path(bundle)) if _is_archive(bundle) else bundle
         problems = verify_bundle(root)
         if problems:
             for problem in problems:

@@ -23,6 +23,7 @@ from edgepipe.errors import UserError
 _FILE_MODE, _EXEC_MODE, _DIR_MODE = 0o644, 0o755, 0o755
 MAX_ARCHIVE_BYTES = 16 << 30  # unpacked; checked from the headers before anything is extracted
 MAX_ARCHIVE_MEMBERS = 100_000
+MAX_MEMBER_DEPTH = 32  # a bundle nests 3 deep; 3000 empty folders made extraction recurse past Python's limit
 
 
 def _tar_info(name: str, *, directory: bool = False, size: int = 0, executable: bool = False) -> tarfile.TarInfo:
@@ -42,12 +43,31 @@ def packed_paths(bundle: Path) -> list[str]:
     return sorted({entry["path"] for entry in manifest["files"]} | {MANIFEST, SHA256SUMS})
 
 
+def _check_replaceable(out_path: Path) -> None:
+    """The archive is renamed over `out_path`: only a link or an earlier .tar.gz may stand there.
+    Renaming over a device (`-o /dev/null`, as root) or a user's file would replace it for good."""
+    try:
+        info = os.lstat(out_path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        return  # the link itself is replaced, never its target
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{out_path}: exists and is not a regular file (a folder, device or FIFO); "
+                        "pass a new path for the archive")
+    with open(out_path, "rb") as handle:
+        if handle.read(2) != b"\x1f\x8b":
+            raise UserError(f"{out_path}: exists and is not a .tar.gz; refusing to replace it, "
+                            "pass a new path for the archive")
+
+
 def pack_bundle(bundle: Path, out_path: Path) -> Path:
     """Verify `bundle`, then write it as a deterministic .tar.gz under a top folder of its name."""
     bundle, out_path = Path(bundle), Path(out_path)
     resolved_out, resolved_bundle = out_path.absolute().resolve(), bundle.absolute().resolve()
     if resolved_out == resolved_bundle or resolved_bundle in resolved_out.parents:
         raise UserError(f"{out_path}: is inside the bundle {bundle}; write the archive outside it")
+    _check_replaceable(out_path)
     problems = verify_bundle(bundle)
     if problems:
         raise VerificationError(f"{bundle}: refusing to pack a bundle that fails verification: {problems[0]}")
@@ -100,6 +120,8 @@ def _member_problem(member: tarfile.TarInfo) -> str:
         return "unsupported member type"
     if member.size > MAX_ARCHIVE_BYTES:
         return f"{member.size} bytes, more than the {MAX_ARCHIVE_BYTES} byte limit"
+    if len(path.parts) > MAX_MEMBER_DEPTH or any(len(part.encode()) > 255 for part in path.parts):
+        return f"a path deeper than {MAX_MEMBER_DEPTH} folders or with a name over 255 bytes; a bundle has neither"
     return ""
 
 
@@ -120,7 +142,8 @@ def safe_extract(tar_path: Path, dest: Path) -> Path:
         for member in members:
             problem = _member_problem(member)
             if problem:
-                raise UserError(f"{tar_path}: refusing member '{member.name}': {problem}")
+                shown = member.name if len(member.name) <= 120 else member.name[:100] + f"... ({len(member.name)} characters)"
+                raise UserError(f"{tar_path}: refusing member '{shown}': {problem}")
         total = sum(m.size for m in members)
         dest.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(dest).free
@@ -134,11 +157,11 @@ def safe_extract(tar_path: Path, dest: Path) -> Path:
     return dest
 
 
-def bundle_root(extracted: Path) -> Path:
+def bundle_root(extracted: Path, archive: Path | None = None) -> Path:
     """The folder holding manifest.json in an extracted archive (top level or one folder down)."""
     if (extracted / MANIFEST).is_file():
         return extracted
     candidates = [p for p in sorted(extracted.iterdir()) if p.is_dir() and (p / MANIFEST).is_file()]
     if len(candidates) != 1:
-        raise UserError(f"{extracted}: the archive holds no single bundle folder with {MANIFEST}")
+        raise UserError(f"{archive or extracted}: the archive holds no single bundle folder with {MANIFEST}")
     return candidates[0]

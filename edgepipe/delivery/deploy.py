@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgepipe.errors import UserError
-from edgepipe.safeio import JSON_MAX_BYTES, parse_json
+from edgepipe.safeio import JSON_MAX_BYTES, parse_json, write_text_replacing
 from edgepipe.templating import render
 
 SAFE_HOST = re.compile(r"^[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]*$")
@@ -128,19 +128,64 @@ class RemoteShell:
     def run(self, script: str, check: bool = True, timeout: float | None = None,
             stdin: bytes | None = None) -> subprocess.CompletedProcess:
         try:
-            completed = subprocess.run(self.target.ssh_command(script), input=stdin, capture_output=True,
-                                       timeout=timeout, check=False)
+            completed = _run_bounded(self.target.ssh_command(script), stdin, timeout, JSON_MAX_BYTES)
         except FileNotFoundError:
             raise UserError("the 'ssh' client is not installed here; install openssh-client") from None
         except subprocess.TimeoutExpired:
             raise UserError(f"{self.target.address} did not answer within {timeout:.0f} s; "
                             f"check the device is up and not overloaded") from None
+        except OutputTooLarge:
+            raise UserError(f"{self.target.name}: the device answered more than {JSON_MAX_BYTES} bytes to one "
+                            "command; nothing edgepipe asks for is that large, check the device") from None
         if completed.returncode == 255:
             raise ssh_failure(self.target, completed.stderr.decode(errors="replace"))
         if check and completed.returncode != 0:
             raise UserError(f"{self.target.name}: remote command failed ({completed.returncode}): "
                             f"{last_line(completed.stderr)}")
         return completed
+
+
+class OutputTooLarge(Exception):
+    """A command wrote more than the caller reads."""
+
+
+def _run_bounded(argv: list[str], stdin: bytes | None, timeout: float | None, limit: int) -> subprocess.CompletedProcess:
+    """subprocess.run with each output read up to `limit` bytes: a device that streams without end
+    (`cat` of a huge results.json) is stopped instead of filling this machine's memory."""
+    import threading
+
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    outputs: dict[str, bytes] = {}
+
+    def drain(name, stream):
+        data = stream.read(limit + 1)
+        outputs[name] = data
+        if len(data) > limit:
+            process.kill()
+        stream.close()
+
+    readers = [threading.Thread(target=drain, args=(name, stream), daemon=True)
+               for name, stream in (("stdout", process.stdout), ("stderr", process.stderr))]
+    for reader in readers:
+        reader.start()
+    if stdin is not None:
+        try:
+            process.stdin.write(stdin)
+            process.stdin.close()
+        except BrokenPipeError:
+            pass
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    for reader in readers:
+        reader.join()
+    if any(len(data) > limit for data in outputs.values()):
+        raise OutputTooLarge()
+    return subprocess.CompletedProcess(argv, process.returncode, outputs["stdout"], outputs["stderr"])
 
 
 def last_line(output: bytes | str) -> str:
@@ -192,16 +237,20 @@ def probe(shell: RemoteShell) -> DeviceFacts:
             home = value
         elif key == "has":
             tools.add(value)
-    if not home.startswith("/"):
-        raise UserError(f"{shell.target.name}: could not determine the remote home directory; "
-                        f"pass an absolute --remote-dir")
+    if not home.startswith("/") or _has_control_characters(home):
+        raise UserError(f"{shell.target.name}: could not determine the remote home directory (the device "
+                        f"answered {home!r}); pass an absolute --remote-dir")
     return DeviceFacts(home=home, tools=frozenset(tools))
+
+
+def _has_control_characters(text: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
 
 
 def resolve_remote_dir(remote_dir: str | None, bundle: Path, home: str) -> str:
     """Absolute remote path; `~/x` and relative paths are taken relative to the remote home."""
     text = remote_dir if remote_dir else f"~/edgepipe/{bundle.name}"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+    if _has_control_characters(text):
         raise UserError(f"--remote-dir {text!r} contains control characters; choose a plain path")
     if text == "~" or text.startswith("~/"):
         text = home.rstrip("/") + text[1:]
@@ -392,7 +441,7 @@ def deploy_bundle(bundle: str | Path, target: SshTarget, remote_dir: str | None 
     staging_template = shlex.quote(f"{parent.rstrip('/')}/{UPLOAD_PREFIX}XXXXXX")
     made = shell.run(f"mkdir -p -- {shlex.quote(parent)} && mktemp -d {staging_template}")
     staging = made.stdout.decode(errors="replace").strip()
-    if not staging.startswith(f"{parent.rstrip('/')}/{UPLOAD_PREFIX}"):
+    if not staging.startswith(f"{parent.rstrip('/')}/{UPLOAD_PREFIX}") or _has_control_characters(staging):
         raise UserError(f"{target.name}: mktemp on the device returned {staging!r}; need GNU/busybox mktemp")
     try:
         upload(target, bundle, staging, method)
@@ -405,9 +454,9 @@ def deploy_bundle(bundle: str | Path, target: SshTarget, remote_dir: str | None 
     if run:
         result.results = run_remote(shell, final_dir, iterations, warmup)
         host_dir = Path(out_dir if out_dir is not None else bundle / "report") / target.name
-        host_dir.mkdir(parents=True, exist_ok=True)
-        result.results_path = host_dir / "results.json"
-        result.results_path.write_text(json.dumps(result.results, indent=2, sort_keys=True) + "\n")
+        result.results_path = write_text_replacing(host_dir / "results.json",
+                                                   json.dumps(result.results, indent=2, sort_keys=True) + "\n",
+                                                   bundle if host_dir.is_relative_to(bundle) else None)
         result.notes.append(render_report_if_available(result.results_path, bundle))
     return result
 

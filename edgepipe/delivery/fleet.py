@@ -19,7 +19,7 @@ from typing import Callable
 
 
 from edgepipe.delivery.deploy import DeployResult, SshTarget, check_host_name, deploy_bundle
-from edgepipe.safeio import CONFIG_MAX_BYTES, parse_yaml, read_text_bounded
+from edgepipe.safeio import CONFIG_MAX_BYTES, parse_yaml, read_text_bounded, write_text_replacing
 from edgepipe.errors import BudgetError, UserError
 
 HOST_VARIABLES = {"ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
@@ -240,10 +240,7 @@ def write_fleet_json(outcomes: list[HostOutcome], out_dir: str | Path) -> Path:
            for outcome in outcomes if outcome.ok and outcome.result and outcome.result.results]
     merged = merge_results(ran)
     merged["failed"] = [{"host": outcome.name, "error": outcome.error} for outcome in outcomes if not outcome.ok]
-    path = Path(out_dir) / "fleet.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    return path
+    return write_text_replacing(Path(out_dir) / "fleet.json", json.dumps(merged, indent=2, sort_keys=True) + "\n")
 
 
 def raise_if_failed(outcomes: list[HostOutcome]) -> None:

@@ -13,13 +13,14 @@ from pathlib import Path
 from edgepipe.delivery import charts
 from edgepipe.errors import UserError
 from edgepipe.delivery.regress import load_results
-from edgepipe.safeio import read_json_file
+from edgepipe.safeio import read_json_file, write_text_replacing
 from edgepipe.templating import render
 
 MAX_ACTIVATION_PLOTS = 24
 MAX_SENSITIVITY_ROWS = 20
 MAX_LAYER_BARS = 40  # per-layer chart of `edgepipe compare`: the worst tensors, shown in graph order
 MAX_LAYER_ROWS = 20
+MAX_RELIABILITY_BINS = 100  # run.py writes 15; a results.json with 400000 drew a 52 MB page
 SUMMARY_METRICS = (  # (label, path in results.json, higher is better, unit)
     ("top-1", ("accuracy", "top1"), True, ""),
     ("top-1 FP32", ("accuracy", "fp32_top1"), True, ""),
@@ -231,7 +232,7 @@ def report_context(results: dict, baseline: dict | None = None, calibration: dic
             series.append(("baseline", [base_acc.get(keys[c][0]) for c in categories]))
         context["charts"]["accuracy"] = charts.bar_chart("Accuracy vs FP32", categories, series, y_max=1.0)
     if accuracy.get("ece_bins"):
-        context["charts"]["reliability"] = charts.reliability_diagram(accuracy["ece_bins"])
+        context["charts"]["reliability"] = charts.reliability_diagram(accuracy["ece_bins"][:MAX_RELIABILITY_BINS])
     return context
 
 
@@ -250,8 +251,7 @@ def render_report(results_path: str | Path, out_dir: str | Path | None = None, b
     context["calibration_warnings"] = _section(lambda c: [str(w) for w in c.get("warnings") or []], *calibration) or []
     context["sensitivity"] = _section(sensitivity_section, *sensitivity)
     context["layers"] = _section(layer_section, *find_artifact("compare.json", places))
-    out.mkdir(parents=True, exist_ok=True)
-    html_path = out / "report.html"
-    html_path.write_text(render("report.html.j2", **context))
-    (out / "report.md").write_text(render("report.md.j2", **context))
+    inside = Path(bundle_dir) if bundle_dir and out.is_relative_to(bundle_dir) else None  # a bundle's report/
+    html_path = write_text_replacing(out / "report.html", render("report.html.j2", **context), inside)
+    write_text_replacing(out / "report.md", render("report.md.j2", **context), inside)
     return html_path

@@ -15,10 +15,18 @@ Only pairs where the scaling is exact are touched: Conv1's output read by nothin
 read by nothing but) a group-1 or depthwise Conv2 with a constant weight. Depthwise Conv2 is the
 case the method was made for (MobileNet-style stems: a Conv whose output channels span ranges of
 1 to 15 feeding a depthwise conv whose filters are largest where those ranges are smallest; the
-per-tensor int8 grid of the tensor between them leaves the small channels a few steps). Relu6, Clip, HardSwish, Sigmoid and
-friends do not commute with scaling and end a pair. Run by the fold stage
-(`fold.cross_layer_equalization`), whose ONNX Runtime check compares the outputs with the
+per-tensor int8 grid of the tensor between them leaves the small channels a few steps). Relu6,
+Clip, HardSwish, Sigmoid and friends do not commute with scaling and end a pair. Run by the fold
+stage (`fold.cross_layer_equalization`), whose ONNX Runtime check compares the outputs with the
 unequalized model.
+
+A depthwise Conv2 given the tensor's per-channel ranges measured on calibration data
+(`activation_ranges`) takes s_c proportional to channel c's range instead: both weights are on
+per-channel int8 grids (Conv1's per output channel, the depthwise's per channel), so scaling
+channel c costs neither any resolution, and the only grid left to fix is the per-tensor one of
+the activation between them, which equal channel ranges fill best. The weight-range rule only
+guesses those ranges from the weights, and a channel lifted by its bias or its input looks like
+the others there.
 """
 
 from __future__ import annotations
@@ -32,8 +40,10 @@ HOMOGENEOUS = ("Relu",)  # f(s * x) == s * f(x) for s > 0
 MAX_SCALE = 1e6  # dead channels (r ~ 0) are left alone rather than scaled by an enormous factor
 
 
-def equalization_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
-    """(Conv1, Conv2) pairs whose shared channels can be rescaled exactly."""
+def equalization_pairs(model: onnx.ModelProto, depthwise_only: bool = False
+                       ) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
+    """(Conv1, Conv2) pairs whose shared channels can be rescaled exactly (only those whose Conv2
+    is depthwise with `depthwise_only`)."""
     consumers = graph.consumers(model)
     outputs = {o.name for o in model.graph.output}
     pairs = []
@@ -53,6 +63,8 @@ def equalization_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onn
         groups = int(graph.node_attributes(second).get("group", 1))
         if groups != 1 and groups != graph.constant_value(model, first.input[1]).shape[0]:
             continue  # grouped convs mix channels in blocks; depthwise (one group per channel) scales per channel
+        if depthwise_only and groups == 1:
+            continue
         pairs.append((first, second))
     return pairs
 
@@ -76,13 +88,27 @@ def channel_scales(w1: np.ndarray, w2: np.ndarray, depthwise: bool = False) -> n
     return np.where(ok, scales, 1.0)
 
 
-def equalize_cross_layer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
-    """Equalize every exact Conv(->Relu)->Conv pair; returns (new model, report)."""
+def activation_scales(ranges: np.ndarray) -> np.ndarray:
+    """s_c = r_c / geometric mean of r: after scaling every channel spans the same range; dead
+    channels (r ~ 0) keep s = 1."""
+    ranges = np.asarray(ranges, np.float64)
+    live = ranges > ranges.max(initial=0.0) / MAX_SCALE
+    if live.sum() < 2:
+        return np.ones_like(ranges)
+    scales = ranges / np.exp(np.log(ranges[live]).mean())
+    return np.where(live, scales, 1.0)
+
+
+def equalize_cross_layer(model: onnx.ModelProto, activation_ranges: dict[str, np.ndarray] | None = None,
+                         depthwise_only: bool = False) -> tuple[onnx.ModelProto, dict]:
+    """Equalize every exact Conv(->Relu)->Conv pair; returns (new model, report).
+    `activation_ranges` ({tensor: per-channel max |x|}, the tensor Conv2 reads) switches depthwise
+    pairs to equal activation ranges (module docstring)."""
     equalized = onnx.ModelProto()
     equalized.CopyFrom(model)
     graph.ensure_node_names(equalized)
     report = {"pairs": []}
-    for first, second in equalization_pairs(equalized):
+    for first, second in equalization_pairs(equalized, depthwise_only):
         w1 = graph.constant_value(equalized, first.input[1]).astype(np.float64)
         w2 = graph.constant_value(equalized, second.input[1]).astype(np.float64)
         has_bias = len(first.input) > 2 and bool(first.input[2])
@@ -91,7 +117,8 @@ def equalize_cross_layer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]
         fits = (w2.shape[1] == 1 and w2.shape[0] % w1.shape[0] == 0) if depthwise else w2.shape[1] == w1.shape[0]
         if not fits or (has_bias and bias is None):
             continue
-        scales = channel_scales(w1, w2, depthwise)
+        measured = (activation_ranges or {}).get(second.input[0]) if depthwise else None
+        scales = channel_scales(w1, w2, depthwise) if measured is None else activation_scales(measured)
         if np.allclose(scales, 1.0):
             continue
         shape1 = (-1,) + (1,) * (w1.ndim - 1)
@@ -106,7 +133,7 @@ def equalize_cross_layer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]
             first.input[2] = graph.add_initializer(equalized, f"{first.input[2]}_equalized",
                                                    (bias.astype(np.float64) / scales).astype(np.float32))
         report["pairs"].append({"first": first.name, "second": second.name, "channels": int(scales.size),
-                                "depthwise": depthwise,
+                                "depthwise": depthwise, "by": "weights" if measured is None else "activations",
                                 "max_scale": float(scales.max()), "min_scale": float(scales.min())})
     graph.remove_unused_initializers(equalized)
     return equalized, report

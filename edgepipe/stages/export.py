@@ -21,6 +21,7 @@ import onnx
 
 from edgepipe import branches, dequantize, graph
 from edgepipe.errors import UserError
+from edgepipe.safeio import check_zip_members
 from edgepipe.isolation import import_user_module
 from edgepipe.stages import torch_files
 
@@ -120,6 +121,7 @@ def load_weights(model, weights: str, notes: list[str] | None = None) -> None:
     path = Path(weights)
     if not path.is_file():
         raise UserError(f"--weights {weights}: no such file")
+    check_zip_members(path, "checkpoint")  # torch.load inflates every storage whole; torch.save stores them
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -158,6 +160,7 @@ def load_torch_file(path: Path):
             raise
         except Exception as exc:
             raise UserError(f"{path}: not a readable torch.export program ({exc})") from exc
+    check_zip_members(path, "torch file")  # before any member (data.pkl too) is inflated
     objects = torch_files.saved_objects(path)
     if objects:  # torch.save(model): unpickling it would run whatever code the file names
         raise UserError(

@@ -25,10 +25,10 @@ from edgepipe.fold import (
     softmax,
 )
 from edgepipe.fold.affine import fold_constant_affine
-from edgepipe.fold.equalization import equalize_cross_layer
+from edgepipe.fold.equalization import equalization_pairs, equalize_cross_layer
 from edgepipe.fold.split_concat import split_before_concat
 from edgepipe.fold.temperature import negative_log_likelihood
-from edgepipe.graph import expose_tensors, graph_inputs, make_session, tensor_dtype, tensor_shape
+from edgepipe.graph import expose_tensors, graph_inputs, make_session, node_attributes, tensor_dtype, tensor_shape
 
 DEFAULT_SETTINGS = {
     "batchnorm": True,
@@ -68,8 +68,13 @@ def run_fold(model: onnx.ModelProto, settings: dict, calib_dataset=None, eval_da
         if report["constant_affine"]["nodes_removed"]:
             report["constant_affine"]["max_rel_diff"] = _verify("constant_affine", model, folded, feeds, options)
             model = folded
-    if options["cross_layer_equalization"]:
-        equalized, report["cross_layer_equalization"] = equalize_cross_layer(model)
+    equalization = options["cross_layer_equalization"]
+    if equalization not in (False, True, "depthwise"):
+        raise UserError(f"fold.cross_layer_equalization must be true, false or depthwise, got {equalization!r}")
+    if equalization:
+        depthwise_only = equalization == "depthwise"
+        ranges = _depthwise_input_ranges(model, calib_dataset)
+        equalized, report["cross_layer_equalization"] = equalize_cross_layer(model, ranges, depthwise_only)
         report["cross_layer_equalization"]["max_rel_diff"] = _verify("cross_layer_equalization", model, equalized,
                                                                      feeds, options)
         model = equalized
@@ -141,6 +146,29 @@ def _fold_temperature(model, temperature, options, feeds, eval_dataset):
     candidate = [[_collect(folded, [feed], logits_name)] for feed in feeds]
     report["max_rel_diff"] = _check("temperature", reference, candidate, options)
     return folded, report
+
+
+EQUALIZATION_SAMPLES = 8  # calibration samples whose per-channel ranges a depthwise pair equalizes
+
+
+def _depthwise_input_ranges(model, calib_dataset) -> dict[str, np.ndarray] | None:
+    """{tensor: per-channel max |x|} of every tensor a depthwise equalization pair's second conv
+    reads, on up to EQUALIZATION_SAMPLES evenly spaced calibration samples (None without data:
+    the pairs fall back to weight ranges)."""
+    from edgepipe.sampling import evenly_spaced
+
+    names = sorted({second.input[0] for _, second in equalization_pairs(model)
+                    if int(node_attributes(second).get("group", 1)) != 1})
+    if not names or calib_dataset is None or len(calib_dataset) == 0:
+        return None
+    session = make_session(expose_tensors(model, names))
+    ranges: dict[str, np.ndarray] = {}
+    for i in evenly_spaced(len(calib_dataset), min(EQUALIZATION_SAMPLES, len(calib_dataset))):
+        for name, value in zip(names, session.run(names, calib_dataset.sample(int(i)))):
+            value = np.abs(np.asarray(value, np.float64))
+            per_channel = np.moveaxis(value, 1, 0).reshape(value.shape[1], -1).max(axis=1)
+            ranges[name] = np.maximum(ranges.get(name, 0.0), per_channel)
+    return ranges
 
 
 def _check_feeds(model, datasets, count: int) -> list[dict]:

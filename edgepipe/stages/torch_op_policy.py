@@ -6,13 +6,15 @@ exported graph) to trace it. Both reach ops that act on the host: `aten::save` w
 `aten::from_file` maps (and creates) them, `prim::rpc_*` and the `c10d` / `symm_mem` ops talk to
 other processes, and every library loaded into the process adds its own namespace under
 `torch.ops`. A TorchScript file whose code names any of them is refused before torch.jit.load,
-from the archive's code read as text (so nothing runs), and every loaded graph (TorchScript
+from the archive's code read token by token (so nothing runs), and every loaded graph (TorchScript
 methods, a `.pt2` program's graph and subgraphs) is checked by op kind before anything is traced.
 """
 
 from __future__ import annotations
 
+import io
 import re
+import tokenize
 import zipfile
 from pathlib import Path
 
@@ -26,12 +28,10 @@ HOST_OPS = {"save": "aten::save", "from_file": "aten::from_file", "rpc_async": "
 OP_NAMESPACES = frozenset({"aten", "prim", "prims", "quantized", "_quantized", "torchvision"})
 CLASS_NAMESPACES = frozenset({"quantized", "xnnpack"})  # packed weights of quantized / mobile models
 
-_GAP = r"(?:\s|\\|#[^\n]*)*"  # what may stand between a dot and a name in TorchScript source
-_HOST_CALL = re.compile(r"\." + _GAP + r"(" + "|".join(HOST_OPS) + r")\b")
-# `ops.ns.name` / `torch.ops.ns.name` / `torch.classes.ns.Name`, not an attribute like `self.classes.x`
-_NAMESPACE = re.compile(r"(?:\btorch" + _GAP + r"\." + _GAP + r"|(?<![\w.]))(ops|classes)"
-                        + _GAP + r"\." + _GAP + r"(\w+)")
-_DEF = re.compile(r"\bdef\s+(\w+)")
+_ROOTS = frozenset({"torch", "ops"})  # the names through which serialized TorchScript code reaches ops
+_RPC = frozenset(name for name in HOST_OPS if name.startswith("rpc_"))  # also callable by bare name
+_PICKLED_CLASS = re.compile(rb"torch\.classes\.(\w+)")
+_SKIPPED = frozenset({tokenize.COMMENT, tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER})
 
 
 def _refusal(path: Path, what: str, where: str) -> UserError:
@@ -39,28 +39,118 @@ def _refusal(path: Path, what: str, where: str) -> UserError:
                      "(files, processes) when edgepipe loads or traces it; export the model without it")
 
 
-def _enclosing_method(source: str, position: int) -> str:
-    names = _DEF.findall(source, 0, position)
-    return names[-1] if names else "module code"
+def _tokens(path: Path, name: str, data: bytes) -> list[tokenize.TokenInfo]:
+    """The code's tokens without comments and line joins. Strict UTF-8 and no encoding cookie:
+    torch's lexer reads the bytes, so both must see the same strings and names."""
+    try:
+        tokens = [token for token in tokenize.generate_tokens(io.StringIO(data.decode("utf-8")).readline)
+                  if token.type not in _SKIPPED]
+    except (UnicodeDecodeError, tokenize.TokenError, SyntaxError) as exc:
+        raise UserError(f"{path}: refused: its code ({name}) is not TorchScript source as torch.jit.save "
+                        f"writes it ({type(exc).__name__}); re-save the model with torch.jit.save") from exc
+    for token in tokens:
+        if token.type == tokenize.ERRORTOKEN and not token.string.isspace():
+            raise UserError(f"{path}: refused: its code ({name}) is not TorchScript source as torch.jit.save "
+                            f"writes it (line {token.start[0]}: {token.string!r}); re-save the model with "
+                            "torch.jit.save")
+    return tokens
+
+
+def _dotted(tokens: list[tokenize.TokenInfo], start: int) -> list[str]:
+    """`a.b.c` from tokens[start] on: the names of one attribute chain."""
+    chain, end = [tokens[start].string], start
+    while (end + 2 < len(tokens) and tokens[end + 1].string == "."
+           and tokens[end + 2].type == tokenize.NAME):
+        chain.append(tokens[end + 2].string)
+        end += 2
+    return chain
+
+
+def _refused_use(chain: list[str]) -> str | None:
+    """What a chain rooted at `torch` / `ops` reaches that the policy refuses, or None."""
+    host = next((HOST_OPS[name] for name in chain[1:] if name in HOST_OPS), None)
+    if host:
+        return host
+    rest = chain[1:] if chain[0] == "ops" else chain[2:] if chain[1:2] == ["ops"] else None
+    if rest and rest[0] not in OP_NAMESPACES:
+        return f"ops.{rest[0]}.*"
+    return None
+
+
+def _class_namespace(chain: list[str]) -> str | None:
+    """`torch.classes.<ns>` inside any chain (custom classes are typed `__torch__.torch.classes.ns.X`)."""
+    for at in range(len(chain) - 2):
+        if chain[at:at + 2] == ["torch", "classes"] and chain[at + 2] not in CLASS_NAMESPACES:
+            return f"classes.{chain[at + 2]}.*"
+    return None
+
+
+def _refuse_duplicate_members(path: Path, names: list[str]) -> None:
+    """Two members whose names differ at most in case: torch reads one of them under either name
+    (torch.jit.save writes each member once)."""
+    seen: set[str] = set()
+    for name in names:
+        key = name.lower()
+        if key in seen:
+            raise UserError(f"{path}: refused: the archive holds '{name}' twice (names compared "
+                            "without case, as torch reads them); torch.jit.save writes each member once, "
+                            "re-save the model with torch.jit.save")
+        seen.add(key)
 
 
 def check_archive_code(path: Path) -> None:
-    """Refuse a TorchScript archive whose code names a host op or a library namespace, before
-    torch.jit.load compiles it and runs its `__setstate__` methods."""
+    """Refuse a TorchScript archive whose code reaches a host op or a library namespace, before
+    torch.jit.load compiles it and runs its `__setstate__` methods.
+
+    Serialized code reaches an op only through the names `torch` and `ops` (torch.jit.save
+    writes every op as `torch.name(...)` or `ops.ns.name(...)`), so those chains are checked
+    token by token and any other use of them (an alias, a getattr by string) is refused; a
+    module's own attribute or method called `save` (`self.save`, `(sub).save(x)`) and strings
+    that mention one are not ops and pass."""
+    import torch
+
     try:
-        with zipfile.ZipFile(path) as archive:
-            sources = {info.filename: archive.read(info) for info in archive.infolist() if info.filename.endswith(".py")}
+        with zipfile.ZipFile(path):
+            pass  # a one-line reason for a file that is no zip at all
+        # the records as torch.jit.load reads them (its own zip reader, which finds names without case:
+        # `code/x.PY` is code too), not as Python's zipfile would
+        reader = torch._C.PyTorchFileReader(str(path))
+        names = reader.get_all_records()
+        _refuse_duplicate_members(path, names)
+        sources = [(name, reader.get_record(name)) for name in names if name.lower().endswith(".py")]
+        pickles = [(name, reader.get_record(name)) for name in names if name.lower().endswith(".pkl")]
     except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise UserError(f"{path}: not a TorchScript file (torch.jit.save writes a zip archive: {exc}); for a "
-                        f"state_dict checkpoint use --model pkg.module:factory --weights {path}") from exc
-    for name, data in sorted(sources.items()):
-        source = data.decode("utf-8", errors="replace")
-        for match in _HOST_CALL.finditer(source):
-            raise _refusal(path, HOST_OPS[match.group(1)], f"{_enclosing_method(source, match.start())} ({name})")
-        for match in _NAMESPACE.finditer(source):
-            kind, namespace = match.groups()
-            if namespace not in (OP_NAMESPACES if kind == "ops" else CLASS_NAMESPACES):
-                raise _refusal(path, f"{kind}.{namespace}.*", f"{_enclosing_method(source, match.start())} ({name})")
+        raise UserError(f"{path}: not a TorchScript file (torch.jit.save writes a zip archive: "
+                        f"{' '.join(str(exc).split())[:200]}); for a state_dict checkpoint use "
+                        f"--model pkg.module:factory --weights {path}") from exc
+    for name, data in pickles:  # torch.jit.load runs the __setstate__ of the custom classes they name
+        for namespace in _PICKLED_CLASS.findall(data):
+            if namespace.decode() not in CLASS_NAMESPACES:
+                raise _refusal(path, f"classes.{namespace.decode()}.*", f"its data ({name})")
+    for name, data in sources:
+        tokens, method = _tokens(path, name, data), "module code"
+        for at, token in enumerate(tokens):
+            if token.type != tokenize.NAME:
+                continue
+            previous = tokens[at - 1].string if at else ""
+            if previous == "def" and tokens[at - 1].type == tokenize.NAME:
+                method = token.string
+            if previous == ".":
+                continue  # inside a chain, read from its first name
+            chain = _dotted(tokens, at)
+            end = at + 2 * (len(chain) - 1)
+            after = tokens[end + 1].string if end + 1 < len(tokens) else ""
+            # a call, or the name declared (`ops : T` in a class body) or assigned, which only shadows it
+            used_as_torch_writes_it = after == "(" or (len(chain) == 1 and after in (":", "="))
+            where = f"{method} ({name})"
+            refused = (_refused_use(chain) if token.string in _ROOTS
+                       else HOST_OPS.get(token.string) if token.string in _RPC else None) or _class_namespace(chain)
+            if refused:
+                raise _refusal(path, refused, where)
+            if token.string in _ROOTS and not used_as_torch_writes_it:  # `t = torch`, `getattr(ops.aten, "save")`
+                raise UserError(f"{path}: refused: its code uses {'.'.join(chain)} as a value in {where}; "
+                                "torch.jit.save writes every op as a direct call, and an alias or a getattr by "
+                                "name hides which op runs; re-save the model with torch.jit.save")
 
 
 def _node_kinds(block):

@@ -21,6 +21,14 @@ MODELS = {
     "attention": (torch.nn.Sequential(fixture_models.AttentionBlock()).eval(), (1, 17, 32)),
 }
 
+# token models: int64 ids and attention mask (tests/test_token_models.py)
+TOKEN_MODELS = {"token_classifier": fixture_models.build_token_classifier()}
+
 if __name__ == "__main__":
     for name, (module, shape) in MODELS.items():
-        torch.onnx.export(module, (torch.zeros(shape),), str(HERE / f"{name}.onnx"), dynamo=True, input_names=["x"])
+        if not (HERE / f"{name}.onnx").exists():
+            torch.onnx.export(module, (torch.zeros(shape),), str(HERE / f"{name}.onnx"), dynamo=True, input_names=["x"])
+    for name, module in TOKEN_MODELS.items():
+        feed = {k: torch.from_numpy(v) for k, v in fixture_models.token_batch(1, 0).items()}
+        torch.onnx.export(module, (feed["input_ids"], feed["attention_mask"]), str(HERE / f"{name}.onnx"),
+                          dynamo=True, input_names=list(feed), output_names=["logits"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 
 from edgepipe import graph
-from edgepipe.backends.tensorrt.cache import DEFAULT_TRT_VERSION, write_calibration_cache
+from edgepipe.backends.tensorrt.cache import DEFAULT_TRT_VERSION, fits_one_line, write_calibration_cache
 from edgepipe.backends.tensorrt.kit import input_specs, render_engine_kit
 from edgepipe.backends.qdq import write_qdq_model
 from edgepipe.calibrate.result import CalibrationResult
@@ -60,6 +60,7 @@ def build_tensorrt(model: onnx.ModelProto, calibration: CalibrationResult, out_d
             "timing_cache": "timing.cache",
         },
     )
+    report["calibration_cache_left_out"] = sorted(name for name in calibration.tensors if not fits_one_line(name))
     files = [QDQ_MODEL_FILE, CACHE_FILE] + [p.relative_to(out_dir).as_posix() for p in kit_files]
     engine_built, note = False, "engine build not requested for this target: build_engine.py runs on the device"
     if options.get("build_engine"):

@@ -59,9 +59,16 @@ def tensors_tensorrt_sees(model: onnx.ModelProto) -> set[str]:
     return names
 
 
+def fits_one_line(name: str) -> bool:
+    """A name the line format can hold: one with a line break would end its line early and turn
+    its own text into forged `name: scale` entries for other tensors (the format has no escape)."""
+    return name.splitlines() == [name]
+
+
 def cache_entries(calibration: CalibrationResult, model: onnx.ModelProto | None = None) -> dict[str, float]:
-    """{tensor name: float32 scale} for every calibrated activation (restricted to `model`'s names)."""
-    names = sorted(calibration.tensors)
+    """{tensor name: float32 scale} for every calibrated activation (restricted to `model`'s names)
+    whose name fits on one line; TensorRT runs a tensor missing from the cache in float."""
+    names = [name for name in sorted(calibration.tensors) if fits_one_line(name)]
     if model is not None:
         visible = tensors_tensorrt_sees(model)
         names = [name for name in names if name in visible]

@@ -15,7 +15,8 @@ from edgepipe import graph
 from edgepipe.backends import support
 from edgepipe.backends.tflite import ops, validator, writer
 from edgepipe.backends.tflite.delegation import kernel_histogram
-from edgepipe.backends.tflite.lower import BACKEND, NHWC, Lowering, ShapeUnknownError, prepare_model
+from edgepipe.backends.tflite.lower import BACKEND, Lowering, ShapeUnknownError, prepare_model
+from edgepipe.backends.tflite.model_io import describe_io
 from edgepipe.backends.tflite.ops.encoding import table_lookup_matmuls
 from edgepipe.calibrate.bias_correction import apply_bias_corrections
 from edgepipe.errors import UnsupportedOpError, UserError
@@ -103,22 +104,3 @@ def build_tflite(model: onnx.ModelProto, calibration, out_dir: Path, options: di
         "kernels": kernel_histogram(main.spec),
     }
 
-
-def describe_io(ctx: Lowering) -> dict:
-    def entry(index: int) -> dict:
-        tensor = ctx.tensor(index)
-        rank = len(tensor.shape)
-        perm = ctx.io_perm(tensor.name)
-        quant = tensor.quantization
-        return {
-            "name": tensor.name,
-            "shape": list(tensor.shape),
-            "dtype": tensor.dtype,
-            "layout": ("NHWC" if perm == NHWC else "NCHW") if rank == 4 else None,
-            "onnx_layout": "NCHW" if rank == 4 else None,
-            "onnx_shape": list(ctx.shape(tensor.name)),
-            "quantization": {"scale": float(quant.scale[0]), "zero_point": int(quant.zero_point[0])}
-            if quant is not None else None,
-        }
-
-    return {"inputs": [entry(i) for i in ctx.spec.inputs], "outputs": [entry(i) for i in ctx.spec.outputs]}

@@ -101,16 +101,12 @@ BUILTINS = _table(
     Builtin("SQUARED_DIFFERENCE", 2),
     Builtin("EXP", 2, xnnpack_fp32=True, xnnpack_int8=False),
     Builtin("LOG", 1),
-    # comparisons and selection (ops/compare.py): float32 in, bool out; SELECT_V2 broadcasts
-    Builtin("EQUAL", 1),
-    Builtin("GREATER", 1),
-    Builtin("LESS", 1),
-    Builtin("GREATER_EQUAL", 1),
-    Builtin("LESS_EQUAL", 1),
-    Builtin("SELECT_V2", 1),
-    Builtin("LOGICAL_NOT", 1),
     Builtin("ABS", 2),
     Builtin("NEG", 1),
+    # float islands only (ops/unary.py, ops/trigonometry.py); LiteRT's ATAN2 and SIGN are not delegated
+    Builtin("FLOOR", 1, xnnpack_fp32=True),
+    Builtin("SIN", 1, xnnpack_fp32=True),
+    Builtin("COS", 1, xnnpack_fp32=True),
     # reductions and pooling
     Builtin("MEAN", 2, True, xnnpack_fp32=True, xnnpack_int8=True, int16=3),
     Builtin("SUM", 1, True),
@@ -156,6 +152,19 @@ BUILTINS = _table(
     Builtin("SPACE_TO_DEPTH", 2, same_quant=True),
     Builtin("RESIZE_BILINEAR", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=4),
     Builtin("RESIZE_NEAREST_NEIGHBOR", 2, same_quant=True, xnnpack_fp32=False, xnnpack_int8=False, int16=4),
+    Builtin("BROADCAST_TO", 2, same_quant=True),
+    # masks and comparisons (ops/logical.py): int32 / float32 operands, bool results
+    Builtin("EQUAL", 1),
+    Builtin("NOT_EQUAL", 1),
+    Builtin("LESS", 1),
+    Builtin("LESS_EQUAL", 1),
+    Builtin("GREATER", 1),
+    Builtin("GREATER_EQUAL", 1),
+    Builtin("LOGICAL_NOT", 1),
+    Builtin("LOGICAL_AND", 1),
+    Builtin("LOGICAL_OR", 1),
+    Builtin("SELECT_V2", 1),
+    Builtin("CUMSUM", 1),  # int32 only (ops/cumsum.py: float sums are delegated weight matrices)
     # selection (ops/selection.py): integer indices out, builtin kernels; TOPK_V2's values keep the
     # input's quantization
     Builtin("ARG_MAX", 2, True),

@@ -19,7 +19,7 @@ from edgepipe.backends.tflite.builtins import builtin
 from edgepipe.calibrate.result import CalibrationResult, TensorCalibration
 
 BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")  # conversions XNNPACK takes (float I/O, float islands)
-INDEX_DTYPES = {"int32", "int64"}  # integer index math: XNNPACK takes none of it (builtin kernels)
+INDEX_DTYPES = {"int32", "int64", "bool"}  # integer index math and masks: XNNPACK takes none of it (builtin kernels)
 
 
 def kernel_histogram(spec) -> dict[str, dict[str, int]]:

@@ -25,7 +25,8 @@ import numpy as np
 
 from edgepipe import graph, quantmath
 from edgepipe.backends.tflite import writer
-from edgepipe.backends.tflite.build import BACKEND, check_supported, describe_io, lower_model
+from edgepipe.backends.tflite.build import BACKEND, check_supported, lower_model
+from edgepipe.backends.tflite.model_io import describe_io
 from edgepipe.backends.tflite.runtime import make_interpreter, run_tflite
 
 STOP_CHUNK = 16  # samples between two early-stop checks

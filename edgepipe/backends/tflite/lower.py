@@ -15,6 +15,8 @@ the three things no single op can decide alone:
 - **Quantization parameters.** Activations take the asymmetric int8 range from calibration
   (`quant(name)`); ops whose kernels require fixed or pass-through parameters pass them to
   `new_value`. Relu / Relu6 / Clip(-1, 1) are fused into their producer (`fuse_activation`).
+- **Integers, booleans, masks** (integers.py): token ids and masks are int32 / bool values, never
+  int8; a node touching a tensor that carried a mask's infinities (`calibration.unbounded`) is float.
 - **16x8 nodes.** `options["activations"] == "int16"` (the whole model) or `options["int16_nodes"]`
   (named nodes; the mixed-precision planner's third choice next to int8 and float) lower a node
   with int16 activations when its family registers an int16 kernel (`register(..., int16=True)`);
@@ -33,9 +35,10 @@ from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
-from edgepipe.backends.tflite import builtins, float_statistics, layouts, shared_scales
+from edgepipe.backends.tflite import builtins, float_statistics, integers, layouts, model_io, shared_scales
 from edgepipe.backends.tflite.layouts import NHWC, identity, inverse, permute  # noqa: F401 (re-exported)
 from edgepipe.backends.tflite.fusion import fusable_activation
+from edgepipe.backends.tflite.model_io import INTEGER_VALUES
 from edgepipe.backends.tflite.writer import ModelSpec, Quantization
 from edgepipe.errors import UnsupportedOpError, UserError
 
@@ -46,7 +49,6 @@ BACKEND = "tflite"  # names the target in errors when the caller did not say whi
 DEGENERATE_RANGE = 1e-10
 NEUTRAL_RANGE = (0.0, 1.0)
 QUANTIZED = ("int8", "int16")
-INTEGER_VALUES = ("int32", "int64", "bool")  # tensors that hold integers, never quantized values
 # Smallest bias scale (input_scale x weight_scale) written: well above the 1e-12 floor of
 # quantmath.quantize_bias, so the kernels' rule bias_scale = input_scale x weight_scale holds exactly.
 MIN_BIAS_SCALE = 1e-10
@@ -186,10 +188,24 @@ class Lowering:
     def constant(self, name: str) -> np.ndarray | None:
         return self.constants.get(name) if name else None
 
+    def onnx_kind(self, name: str) -> str:
+        """"int32" for an integer ONNX tensor, "bool" for a boolean one, "float32" otherwise."""
+        return integers.onnx_kind(self, name)
+
+    def unbounded(self, node: onnx.NodeProto) -> bool:
+        """The node reads or writes a tensor that carried an attention mask's infinities."""
+        names = getattr(self.calibration, "unbounded", None)
+        return bool(names) and any(name in names for name in [*node.input, *node.output] if name)
+
     def node_dtype(self, node: onnx.NodeProto) -> str:
-        """float32 for the fp32 model, requested float nodes and ops without an int8 kernel; int16
-        for nodes asked to run 16x8 whose family has an int16 kernel; int8 otherwise."""
-        if not self.quantized or node.name in self.requested_float:
+        """int32 / bool for a node writing integers or booleans; float32 for the fp32 model,
+        requested float nodes, nodes touching an unbounded (mask) tensor and ops without an int8
+        kernel; int16 for nodes asked to run 16x8 whose family has an int16 kernel; int8 otherwise."""
+        kind = self.onnx_kind(node.output[0]) if node.output else "float32"
+        sources = [name for name in node.input if name and name not in self.constants]
+        if kind != "float32" and all(self.onnx_kind(name) != "float32" for name in sources):
+            return kind  # integers from integers (a mask's reshapes, selects); ArgMax reads floats
+        if not self.quantized or node.name in self.requested_float or self.unbounded(node):
             return "float32"
         entry = self.lowering_for(node)
         if self.wants_int16(node) and entry is not None and entry.supports_int16(self, node):
@@ -310,7 +326,11 @@ class Lowering:
         return self.values[name][-1]
 
     def _converted(self, name: str, source: Value, dtype: str) -> int:
-        out = self.new_value(name, dtype, source.perm)
+        # the source's own shape: an Expand its readers broadcast is the unexpanded tensor (ops/logical.py)
+        out = self.new_value(name, dtype, source.perm, shape=self.tensor(source.index).shape)
+        if dtype in INTEGER_VALUES or source.dtype in INTEGER_VALUES:  # int64 <-> int32 indices
+            self.emit("CAST", [source.index], [out])
+            return out
         self.emit("QUANTIZE" if dtype in QUANTIZED else "DEQUANTIZE", [source.index], [out])
         return out
 
@@ -319,12 +339,15 @@ class Lowering:
         key = (name, dtype, tuple(perm) if perm is not None else None, rank)
         if key in self._constant_cache:
             return self._constant_cache[key]
-        value = np.asarray(self.constants[name], np.float32)
+        integer = dtype in integers.NUMPY_OF
+        value = integers.integer_constant(self.constants[name], dtype) if integer else \
+            np.asarray(self.constants[name], np.float32)
         if rank is not None and value.ndim < rank:
             value = value.reshape((1,) * (rank - value.ndim) + value.shape)
         if perm is not None and value.ndim == len(perm):
             value = value.transpose(perm)
-        index = self.add_weight_constant(f"{name};{dtype}", value, dtype)
+        index = self.spec.add_constant(f"{name};{dtype}", value) if integer else \
+            self.add_weight_constant(f"{name};{dtype}", value, dtype)
         self._constant_cache[key] = index
         return index
 
@@ -440,15 +463,15 @@ class Lowering:
 
     # ----- driver ------------------------------------------------------------------------------
     def run(self) -> ModelSpec:
-        self._add_inputs()
-        for node in self.model.graph.node:
+        model_io.add_inputs(self)
+        for node in integers.emission_order(self, QUANTIZED):
             if node.op_type == "Constant" or node.name in self.consumed:
                 continue
             reason = self.unsupported_reason(node)
             if reason:
                 raise UnsupportedOpError(node.name, support.qualified(node.domain, node.op_type), self.target, reason)
             entry = self.lowering_for(node)
-            dtype = self.node_dtype(node) if self.quantized else "float32"
+            dtype = self.node_dtype(node)
             if self.quantized and dtype == "float32":
                 self.float_lowered.append(node.name)
             elif dtype == "int16":
@@ -456,44 +479,11 @@ class Lowering:
             elif self.wants_int16(node):
                 self.int16_fallback.append(node.name)
             entry.lower(self, node)
-        self._add_outputs()
+        model_io.add_outputs(self)
         return self.spec
 
     def io_perm(self, name: str) -> tuple[int, ...]:
-        rank = self.rank(name)
-        if rank != 4 or self.keep_layout or layouts.only_reshaped(self.model, self.consumers, name):
-            return identity(rank)
-        return NHWC
+        return model_io.io_perm(self, name)
 
     def io_dtype(self) -> str:
         return "int8" if self.quantized and self.int8_io else "float32"
-
-    def _add_inputs(self) -> None:
-        for info in graph.graph_inputs(self.model):
-            if graph.tensor_dtype(info) != np.float32:
-                raise UserError(f"input '{info.name}' is {graph.tensor_dtype(info)}; target '{self.target}' "
-                                "needs float32 model inputs")
-            index = self.new_value(info.name, self.io_dtype(), self.io_perm(info.name))
-            self.spec.inputs.append(index)
-
-    def _add_outputs(self) -> None:
-        """Every graph output under its ONNX name (run.py and the report match outputs by name).
-
-        An output that is also a graph input (a pass-through) or already an output gets its own
-        tensor, a RESHAPE copy; the input keeps its name too (inputs and outputs are looked up
-        separately). Other tensors that carry the name (another layout or dtype) are renamed."""
-        inputs = set(self.spec.inputs)
-        for name in self.graph_outputs:
-            reps = self.values.get(name) or []
-            integer = next((v.dtype for v in reps if v.dtype in INTEGER_VALUES), None)  # labels, indices
-            index = self.get(name, integer or self.io_dtype(), self.io_perm(name))
-            if index in inputs or index in self.spec.outputs:
-                tensor = self.tensor(index)
-                copy = self.temp(f"{name};copy", tensor.shape, tensor.dtype, tensor.quantization)
-                self.emit("RESHAPE", [index, self.int32_constant(f"{name}/shape", tensor.shape)], [copy])
-                index = copy
-            for position, other in enumerate(self.spec.tensors):
-                if other.name == name and position not in inputs:
-                    other.name = f"{name};internal"
-            self.tensor(index).name = name
-            self.spec.outputs.append(index)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe import quantmath
+from edgepipe.errors import UserError
 
 RESOLVERS = {
     "xnnpack": "AUTO",
@@ -50,12 +51,29 @@ def _native_stderr_silenced():
         os.close(saved)
 
 
+def integer_input(value, name: str, dtype: np.dtype) -> np.ndarray:
+    """An int64 (or any integer) feed as the int32 / bool a TFLite input holds; values int32
+    cannot hold are refused naming the input (wrapping them would feed other token ids)."""
+    value = np.asarray(value)
+    if dtype == np.bool_ or value.dtype == dtype:
+        return value.astype(dtype)
+    info = np.iinfo(dtype)
+    if value.size and (value.min() < info.min or value.max() > info.max):
+        raise UserError(f"input '{name}' holds values outside {dtype} ({value.min()}..{value.max()}); the .tflite "
+                        f"takes {dtype} for this input")
+    return value.astype(dtype)
+
+
 def run_tflite(path: Path, io: dict, feed: dict, resolver: str = "xnnpack", threads: int = 1,
                interpreter=None) -> dict:
     """Run a .tflite on an ONNX-layout float feed; outputs come back float, in ONNX layout."""
     interpreter = interpreter or make_interpreter(path, resolver, threads)
     details = {d["name"]: d for d in interpreter.get_input_details()}
     for spec in io["inputs"]:
+        if spec["dtype"] in ("int32", "bool"):  # token ids, attention masks
+            value = integer_input(feed[spec["name"]], spec["name"], np.dtype(spec["dtype"]))
+            interpreter.set_tensor(details[spec["name"]]["index"], np.require(value, requirements="C"))
+            continue
         value = np.asarray(feed[spec["name"]], np.float32)
         if spec["layout"] == "NHWC":
             value = value.transpose(0, 2, 3, 1)

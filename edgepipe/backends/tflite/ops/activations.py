@@ -1,4 +1,4 @@
-"""Activations: Relu, Clip, Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu, PRelu, Gelu, Elu.
+"""Activations: Relu, Clip, Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu, PRelu, Gelu, Elu / Selu / Celu.
 
 Relu / Relu6 / Clip(-1, 1) usually disappear into their producer (`Lowering.fuse_activation`);
 what reaches this module is the standalone case. LOGISTIC and TANH get the fixed int8 output
@@ -340,35 +340,51 @@ def lower_gelu(ctx: Lowering, node) -> None:
     _unary(ctx, node, "GELU", None, "GeluOptions", Approximate=approximate == "tanh")
 
 
-def check_elu(ctx: Lowering, node) -> str | None:
-    alpha = float(node_attrs(node).get("alpha", 1.0))
-    return None if alpha == 1.0 else f"alpha={alpha}; TFLite ELU supports alpha=1.0 only"
+# (positive-side gain, negative-side gain, exponent divisor) of y = a relu(x) + b (exp(min(x, 0) / c) - 1)
+def _elu_terms(node) -> tuple[float, float, float]:
+    attrs = node_attrs(node)
+    if node.op_type == "Selu":
+        alpha = float(attrs.get("alpha", 1.67326319217681884765625))  # ONNX's defaults
+        gamma = float(attrs.get("gamma", 1.05070102214813232421875))
+        return gamma, gamma * alpha, 1.0
+    alpha = float(attrs.get("alpha", 1.0))
+    return (1.0, alpha, alpha) if node.op_type == "Celu" else (1.0, alpha, 1.0)
 
 
-@register("Elu", check=check_elu)
+@register("Elu", "Selu", "Celu", int8=False)
 def lower_elu(ctx: Lowering, node) -> None:
-    """relu(x) + (exp(min(x, 0)) - 1): LiteRT 2.3 registers no ELU kernel (any resolver)."""
-    dtype = ctx.node_dtype(node)
+    """a relu(x) + b (exp(min(x, 0) / c) - 1) in float, in int8 models too: LiteRT 2.3 registers
+    no ELU kernel, and XNNPACK takes MAXIMUM / MINIMUM and EXP in float only, so an int8 form split
+    the partition (and ran slower than fp32). As a float island (DEQUANTIZE ... QUANTIZE) every op
+    stays inside the delegate, any alpha / gamma works, and there is no int8 rounding inside."""
+    gain, negative_gain, divisor = _elu_terms(node)
     perm = ctx.layout(node.input[0])
-    x = ctx.get(node.input[0], dtype, perm)
-    out = ctx.new_value(node.output[0], dtype, perm)
-    source = ctx.tensor(x)
-    low, high = _range(source.quantization) if dtype == "int8" else (0.0, 0.0)
+    x = ctx.get(node.input[0], "float32", perm)
+    shape = ctx.tensor(x).shape
 
-    def step(opcode, inputs, tag, lo, hi, options_type=None, **options):
-        quant = Quantization.per_tensor(*quantmath.asymmetric_params(lo, hi)) if dtype == "int8" else None
-        target = ctx.temp(f"{node.name};{tag}", source.shape, dtype, quant)
+    def step(opcode, inputs, tag, options_type=None, **options):
+        target = ctx.temp(f"{node.name};{tag}", shape, "float32")
         ctx.emit(opcode, inputs, [target], node, options_type, **options)
         return target
 
-    negative = step("MINIMUM", [x, ctx.quantized_constant(f"{node.name};zero", np.float32(0), source.quantization,
-                                                          dtype)], "negative", low, high)
-    ctx.tensor(negative).quantization = source.quantization  # MINIMUM keeps its input's parameters
-    exponential = step("EXP", [negative], "exp", 0.0, 1.0)
-    shifted = step("ADD", [exponential, ctx.add_weight_constant(f"{node.name};minus_one", np.float32(-1), dtype)],
-                   "shifted", -1.0, 0.0, "AddOptions", FusedActivationFunction=0)
-    positive = step("RELU", [x], "positive", 0.0, max(high, 1e-6))
-    ctx.emit("ADD", [positive, shifted], [out], node, "AddOptions", FusedActivationFunction=0)
+    def constant(tag, value):
+        return ctx.add_weight_constant(f"{node.name};{tag}", np.float32(value), "float32")
+
+    negative = step("MINIMUM", [x, constant("zero", 0.0)], "negative")
+    if divisor != 1.0:
+        negative = step("MUL", [negative, constant("inverse_alpha", 1.0 / divisor)], "scaled", "MulOptions",
+                        FusedActivationFunction=0)
+    shifted = step("ADD", [step("EXP", [negative], "exp"), constant("minus_one", -1.0)], "shifted", "AddOptions",
+                   FusedActivationFunction=0)
+    if negative_gain != 1.0:
+        shifted = step("MUL", [shifted, constant("negative_gain", negative_gain)], "negative_side", "MulOptions",
+                       FusedActivationFunction=0)
+    positive = step("MAXIMUM", [x, constant("zero_floor", 0.0)], "positive")
+    if gain != 1.0:
+        positive = step("MUL", [positive, constant("gain", gain)], "positive_side", "MulOptions",
+                        FusedActivationFunction=0)
+    ctx.emit("ADD", [positive, shifted], [ctx.new_value(node.output[0], "float32", perm)], node, "AddOptions",
+             FusedActivationFunction=0)
 
 
 def _range(quant: Quantization) -> tuple[float, float]:

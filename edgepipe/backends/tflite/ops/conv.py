@@ -6,9 +6,10 @@ that is not depthwise is one CONV_2D whose filter has C / groups input channels:
 and reference kernels and XNNPACK (int8 and float) read the group count from that ratio, so no
 SPLIT / CONCATENATION splits the delegated graph. Where groups have so few channels that
 XNNPACK's kernel tiles are mostly padding, the grouped conv is written as a dense one with a
-block-diagonal filter instead (`dense_pays`). A depthwise conv with more taps than XNNPACK's
-depthwise kernels hold (7x7) is written as a grouped CONV_2D of up to a GEMM tile of channels per
-group (`depthwise_group_channels`).
+block-diagonal filter instead (`dense_pays`). A strided conv on a few input channels (an image
+stem, an STFT as Conv1d) reads several adjacent columns as one wider column (`column_group`). A
+depthwise conv with more taps than XNNPACK's depthwise kernels hold (7x7) is written as a grouped
+CONV_2D of up to a GEMM tile of channels per group (`depthwise_group_channels`).
 """
 
 from __future__ import annotations
@@ -126,11 +127,12 @@ def lower_conv(ctx: Lowering, node) -> None:
     in_hw, kernel, strides, dilations = spatial_attrs(ctx, node, weights.shape[2:])
     padding, pads = choose_padding(node, in_hw, kernel, strides, dilations)
     x = ctx.get(node.input[0], dtype, NHWC)
-    if dtype == "int8" and groups == 1 and pairs_pay(in_channels, strides, dilations):
+    explicit_pads = onnx_pads(node, in_hw, kernel, strides, dilations)
+    group = column_group(in_channels, kernel[1], explicit_pads, strides, dilations, dtype) if groups == 1 else 1
+    if group > 1:
         activation, out_name = ctx.fuse_activation(node)
         out = ctx.new_value(out_name, dtype, NHWC)
-        _paired_columns(ctx, node, x, weights, bias, out, onnx_pads(node, in_hw, kernel, strides, dilations),
-                        strides[0], activation)
+        _grouped_columns(ctx, node, x, weights, bias, out, explicit_pads, strides, group, activation)
         return
     if pads:
         x = pad_nhwc(ctx, node, x, pads)
@@ -153,54 +155,79 @@ def lower_conv(ctx: Lowering, node) -> None:
         _conv2d(ctx, node, x, weights, bias, out, options, dtype)  # filter [O, kh, kw, C / groups]
 
 
-def pairs_pay(in_channels: int, strides, dilations) -> bool:
-    """A first conv (an image's 3 channels) with stride 2 along W, in int8: XNNPACK's int8 GEMM pads
-    each kernel tap's channels to 8, so 3 channels waste most of the tile. Viewing pairs of
-    adjacent columns as one column of 2 * C channels (a RESHAPE, no data moves) makes it a stride-1
-    conv with half the taps along W, and each tap's 6 channels fill most of the tile: fewer padded
-    multiply-adds (same values). Float pads nothing and would do more work: it keeps the conv."""
-    return 2 * in_channels <= INT8_INPUT_TILE and strides[1] == 2 and list(dilations) == [1, 1]
+def _column_cost(in_channels: int, kernel_w: int, left_pad: int, group: int, input_tile: int) -> int:
+    """Padded multiply-adds per output pixel and filter row when `group` adjacent input columns
+    are read as one column of group * C channels (the left pad grows to a multiple of the group,
+    which may add one more tap); each tap's channels are padded to `input_tile`."""
+    taps = -(-(kernel_w + (-left_pad) % group) // group)
+    return taps * _padded(group * in_channels, input_tile)
 
 
-def _paired_columns(ctx: Lowering, node, x: int, weights, bias, out: int, pads, stride_h: int,
-                    activation: int) -> None:
-    """The conv on [N, H', W' / 2, 2C]: pad on the [N, H, W * C] view (XNNPACK runs that fast; a 4-D
-    PAD no conv reads directly runs per pixel), one more zero column in front when the left pad is
-    odd, then a RESHAPE pairing the columns; filter tap t of channel p * C + c is the original tap
-    2t + p - shift of channel c (zero outside the kernel)."""
+def column_group(in_channels: int, kernel_w: int, pads, strides, dilations, dtype: str) -> int:
+    """How many adjacent input columns a conv on a few channels reads as one (1: the plain conv).
+    XNNPACK's int8 GEMM pads each kernel tap's channels to 8, so an image's 3 channels or an audio
+    frontend's single sample channel (STFT as a strided Conv1d) waste most of the tile. Viewing g
+    adjacent columns (g dividing the stride along W) as one column of g * C channels (a RESHAPE, no
+    data moves) gives a conv with stride / g and about kernel / g taps along W whose taps fill the
+    tile: the same values with fewer padded multiply-adds. The g with the fewest wins; on a tie the
+    widest whose taps fill whole tiles (fewer, longer taps), else the narrowest (a wider padded
+    view measured slower). Float pads nothing: it takes the view only where that adds no
+    multiply-add (g divides the kernel) and no PAD op (an unpadded conv, as STFT convs and
+    patchify stems are), and then runs fewer, longer taps. `pads`: [top, left, bottom, right]."""
+    input_tile = GROUPED_GEMM_TILES.get(dtype, (None,))[0]
+    if input_tile is None or in_channels >= INT8_INPUT_TILE or list(dilations) != [1, 1] or \
+            (dtype != "int8" and any(pads)):
+        return 1
+    left_pad = pads[1]
+    divisors = [g for g in range(2, strides[1] + 1) if strides[1] % g == 0]
+    cost = {g: _column_cost(in_channels, kernel_w, left_pad, g, input_tile) for g in [1, *divisors]}
+    best = min(divisors, key=lambda g: (cost[g], -g if (g * in_channels) % input_tile == 0 else g), default=1)
+    improves = cost[best] < cost[1] if dtype == "int8" else cost[best] == cost[1]
+    return best if best > 1 and improves else 1
+
+
+def _grouped_columns(ctx: Lowering, node, x: int, weights, bias, out: int, pads, strides, group: int,
+                     activation: int) -> None:
+    """The conv on [N, H', W' / g, g * C]: pad on the [N, H, W * C] view (XNNPACK runs that fast; a
+    4-D PAD no conv reads directly runs per pixel) with the left pad grown to a multiple of g, crop
+    the trailing columns no window reads, then a RESHAPE grouping the columns; filter tap t of
+    channel p * C + c is the original tap g * t + p - shift of channel c (zero outside the kernel)."""
     batch, height, width, channels = ctx.tensor(x).shape
+    dtype = ctx.node_dtype(node)
     top, left, bottom, right = pads
     out_w = ctx.tensor(out).shape[2]
     kernel_h, kernel_w = weights.shape[2:]
-    shift = left % 2
-    taps = (kernel_w + shift + 1) // 2
-    pairs = out_w - 1 + taps
-    left, right = left + shift, 2 * pairs - width - left - shift
+    shift = (-left) % group
+    taps = -(-(kernel_w + shift) // group)
+    columns = (out_w - 1) * (strides[1] // group) + taps
+    left, right = left + shift, group * columns - width - left - shift
     padded_h = height + top + bottom
-    view = ctx.temp(f"{node.name};rows", [batch, height, width * channels], "int8", ctx.tensor(x).quantization)
+    quantization = ctx.tensor(x).quantization
+    view = ctx.temp(f"{node.name};rows", [batch, height, width * channels], dtype, quantization)
     ctx.emit("RESHAPE", [x, ctx.int32_constant(f"{node.name};rows_shape", ctx.tensor(view).shape)], [view], node)
     if right < 0:  # trailing input columns no window reads: crop them first
-        cropped = ctx.temp(f"{node.name};cropped", [batch, height, (width + right) * channels], "int8",
-                           ctx.tensor(x).quantization)
+        cropped = ctx.temp(f"{node.name};cropped", [batch, height, (width + right) * channels], dtype, quantization)
         ctx.emit("SLICE", [view, ctx.int32_constant(f"{node.name};begin", [0, 0, 0]),
                            ctx.int32_constant(f"{node.name};size", ctx.tensor(cropped).shape)], [cropped], node)
         view, width, right = cropped, width + right, 0
-    padded = ctx.temp(f"{node.name};padded_rows", [batch, padded_h, (width + left + right) * channels], "int8",
-                      ctx.tensor(x).quantization)
-    ctx.emit("PAD", [view, ctx.spec.add_constant(f"{node.name};row_paddings", np.array(
-        [[0, 0], [top, bottom], [left * channels, right * channels]], np.int32))], [padded], node)
-    paired = ctx.temp(f"{node.name};paired", [batch, padded_h, pairs, 2 * channels], "int8", ctx.tensor(x).quantization)
-    ctx.emit("RESHAPE", [padded, ctx.int32_constant(f"{node.name};paired_shape", ctx.tensor(paired).shape)], [paired],
-             node)
-    paired_weights = np.zeros((weights.shape[0], 2 * channels, kernel_h, taps), np.float32)
+    if top or bottom or left or right:
+        padded = ctx.temp(f"{node.name};padded_rows", [batch, padded_h, (width + left + right) * channels], dtype,
+                          quantization)
+        ctx.emit("PAD", [view, ctx.spec.add_constant(f"{node.name};row_paddings", np.array(
+            [[0, 0], [top, bottom], [left * channels, right * channels]], np.int32))], [padded], node)
+        view = padded
+    grouped = ctx.temp(f"{node.name};grouped", [batch, padded_h, columns, group * channels], dtype, quantization)
+    ctx.emit("RESHAPE", [view, ctx.int32_constant(f"{node.name};grouped_shape", ctx.tensor(grouped).shape)],
+             [grouped], node)
+    grouped_weights = np.zeros((weights.shape[0], group * channels, kernel_h, taps), np.float32)
     for tap in range(taps):
-        for half in range(2):
-            source = 2 * tap + half - shift
+        for part in range(group):
+            source = group * tap + part - shift
             if 0 <= source < kernel_w:
-                paired_weights[:, half * channels:(half + 1) * channels, :, tap] = weights[:, :, :, source]
-    _conv2d(ctx, node, paired, paired_weights, bias, out, dict(Padding=VALID, StrideH=stride_h, StrideW=1,
-                                                                 DilationHFactor=1, DilationWFactor=1,
-                                                                 FusedActivationFunction=activation), "int8")
+                grouped_weights[:, part * channels:(part + 1) * channels, :, tap] = weights[:, :, :, source]
+    _conv2d(ctx, node, grouped, grouped_weights, bias, out, dict(
+        Padding=VALID, StrideH=strides[0], StrideW=strides[1] // group, DilationHFactor=1, DilationWFactor=1,
+        FusedActivationFunction=activation), dtype)
 
 
 def _conv2d(ctx: Lowering, node, x: int, weights, bias, out: int, options: dict, dtype: str, name=None) -> None:

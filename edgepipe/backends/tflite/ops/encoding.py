@@ -1,10 +1,11 @@
-"""Cast (float <-> int32) and OneHot -> CAST and ONE_HOT (or a table GATHER when a constant
+"""Cast (float, int32 / int64, bool) and OneHot -> CAST and ONE_HOT (or a table GATHER when a constant
 MatMul reads the one-hot tensor): models whose input is a sequence of
 integer tokens carried as floats (Magika's byte classifier, from tf2onnx: Cast, OneHot, then a
 dense layer).
 
 The Cast runs in float32 (a float island in int8 models: a token id is an integer, never a
-point on an activation grid), writing an int32 tensor that only integer readers take. ONE_HOT
+point on an activation grid), writing an int32 tensor that only integer readers take; an
+attention mask's int64 -> float or bool -> float Cast reads int32 / bool and writes float32. ONE_HOT
 writes int8 directly in int8 models: its on / off values are quantized constants on the output's
 calibrated grid (0 and 1 are exact on [0, 1]). Neither kernel is delegated by XNNPACK.
 TFLite's ONE_HOT leaves an index outside [0, depth) all off; ONNX counts a negative index from the
@@ -39,20 +40,25 @@ def _cast_target(node) -> int:
     return int(node_attrs(node).get("to", 0))
 
 
+CAST_TARGETS = {**INTEGER_TYPES, onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.BOOL: "bool"}
+
+
 def check_cast(ctx: Lowering, node) -> str | None:
-    if _cast_target(node) not in INTEGER_TYPES and _cast_target(node) != onnx.TensorProto.FLOAT:
+    if _cast_target(node) not in CAST_TARGETS:
         target = onnx.TensorProto.DataType.Name(_cast_target(node))
-        return f"cast to {target}: only float32 <-> int32/int64 is supported"
+        return f"cast to {target}: only float32, int32/int64 and bool are supported"
     return None
 
 
 @register("Cast", check=check_cast, int8=False)
 def lower_cast(ctx: Lowering, node) -> None:
     perm = ctx.layout(node.input[0])
-    to_integer = _cast_target(node) in INTEGER_TYPES
-    source_dtype = "float32" if to_integer else "int32"
+    source_dtype, target_dtype = ctx.onnx_kind(node.input[0]), CAST_TARGETS[_cast_target(node)]
     x = ctx.get(node.input[0], source_dtype, perm)
-    out = ctx.new_value(node.output[0], "int32" if to_integer else "float32", perm)
+    if source_dtype == target_dtype:  # int64 -> int32 and the like: one TFLite dtype already
+        ctx.alias(node.output[0], x, perm)
+        return
+    out = ctx.new_value(node.output[0], target_dtype, perm)
     ctx.emit("CAST", [x], [out], node)
 
 

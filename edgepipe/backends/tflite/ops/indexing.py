@@ -1,13 +1,21 @@
-"""Gather (constant indices) -> GATHER or SLICE, Slice -> SLICE / STRIDED_SLICE, Split -> SPLIT / SLICEs.
+"""Gather (constant indices) -> GATHER or SLICE, Gather of computed indices (token ids) -> GATHER, Slice -> SLICE / STRIDED_SLICE, Split -> SPLIT / SLICEs.
 
 All three move int8 values without requantizing, so every output keeps the input's quantization.
 Axes map to TFLite dims through the input's layout (`perm.index(axis)`), so slicing or splitting
 channels of an NHWC tensor needs no transpose. Slice bounds are resolved at convert time with
 Python's slice semantics (negative and out-of-range starts/ends clamp as in ONNX); unit steps use
-SLICE, which XNNPACK delegates; positive steps RESHAPE + SLICE (ops/strided_slice.py), others
-STRIDED_SLICE (with end_mask for a negative step that runs past index 0). Split sizes are read from the inferred output shapes (attribute, input or
+SLICE, which XNNPACK delegates; positive steps RESHAPE + SLICE, steps of -1 (torch.flip) reversed
+copies (ops/strided_slice.py), others STRIDED_SLICE (with end_mask for a negative step that runs
+past index 0). Split sizes are read from the inferred output shapes (attribute, input or
 num_outputs all agree there); equal parts use SPLIT, unequal ones one SLICE per part (XNNPACK
 delegates SPLIT and SLICE, not SPLIT_V or GATHER; a Gather of a contiguous index run is a SLICE).
+
+A Gather whose indices are computed (an embedding lookup: a constant table read at the model's
+token ids) is one GATHER with int32 indices. In int8 models the table is int8 on a grid of its
+own range (per tensor: every row a token can pick, not only those the calibration data picked),
+so the lookup is exact on that grid and the rows keep it (GATHER moves values); the output's
+calibrated grid is not used for it. Token ids must lie in [0, rows): TFLite's GATHER refuses others
+at run time, and the build checks the calibration and eval data for them (edgepipe/token_ids.py).
 """
 
 from __future__ import annotations
@@ -16,19 +24,39 @@ import numpy as np
 
 from edgepipe.backends.tflite.lower import NHWC, Lowering, identity, node_attrs
 from edgepipe.backends.tflite.ops import register
-from edgepipe.backends.tflite.ops.strided_slice import emit_strided_slice
+from edgepipe.backends.tflite.ops.strided_slice import emit_reversed_slice, emit_strided_slice
 
 
 def check_gather(ctx: Lowering, node) -> str | None:
     if ctx.constant(node.input[1]) is None:
-        return "only constant indices are supported"
+        return None if ctx.onnx_kind(node.input[1]) == "int32" else "indices must be integers"
     if ctx.constant(node.input[0]) is not None:
         return "gathering from a constant with constant indices: constant-fold the model (onnxsim) first"
     return None
 
 
+def lower_lookup(ctx: Lowering, node) -> None:
+    """GATHER at computed int32 indices, in the ONNX order of data and indices."""
+    dtype = ctx.node_dtype(node)
+    rank = ctx.rank(node.input[0])
+    axis = int(node_attrs(node).get("axis", 0)) % rank
+    indices = ctx.get(node.input[1], "int32", identity(ctx.rank(node.input[1])))
+    table = ctx.constant(node.input[0])
+    if table is None:
+        data = ctx.get(node.input[0], dtype, identity(rank))
+    elif dtype == "float32" or ctx.onnx_kind(node.input[0]) != "float32":
+        data = ctx.constant_input(node.input[0], dtype)
+    else:  # int8 / int16 table on its own range: exact lookups of every row
+        data = ctx.add_weight_constant(f"{node.input[0]};{dtype}", table, dtype)
+    out = ctx.new_value(node.output[0], dtype, identity(ctx.rank(node.output[0])), ctx.tensor(data).quantization)
+    ctx.emit("GATHER", [data, indices], [out], node, "GatherOptions", Axis=axis, BatchDims=0)
+
+
 @register("Gather", check=check_gather)
 def lower_gather(ctx: Lowering, node) -> None:
+    if ctx.constant(node.input[1]) is None:
+        lower_lookup(ctx, node)
+        return
     dtype = ctx.node_dtype(node)
     name = node.input[0]
     rank = ctx.rank(name)
@@ -101,7 +129,7 @@ def lower_slice(ctx: Lowering, node) -> None:
         ctx.emit("SLICE", [x, ctx.int32_constant(f"{node.name};begin", begin),
                            ctx.int32_constant(f"{node.name};size", size)], [out], node, "SliceOptions")
         return
-    if emit_strided_slice(ctx, node, x, out, bounds):
+    if emit_strided_slice(ctx, node, x, out, bounds) or emit_reversed_slice(ctx, node, x, out, bounds):
         return
     end_mask = sum(1 << i for i, (_, stop, _) in enumerate(bounds) if stop < 0)
     ctx.emit("STRIDED_SLICE", [x, ctx.int32_constant(f"{node.name};begin", begin),

@@ -1,4 +1,4 @@
-"""Pad -> PAD (zero fill), PAD + ADD (constant fill), MIRROR_PAD (reflect; edge when every pad is <= 1).
+"""Pad -> PAD (zero fill), PAD + ADD (constant fill), SLICE / FULLY_CONNECTED / CONCATENATION (reflect, edge).
 
 Kernel rules that shape this module:
 - int8 PAD / MIRROR_PAD copy integers: the output quantization is the input's, and PAD
@@ -7,12 +7,11 @@ Kernel rules that shape this module:
   undelegated node splits the graph. A non-zero fill c therefore becomes PAD(0) + ADD(constant
   that is c on the border, 0 inside), the same form the fold stage writes for per-channel
   borders; int8 ADD requantizes to the calibrated output range, so c need not fit the input's.
-- MIRROR_PAD knows REFLECT (ONNX "reflect") and SYMMETRIC (mirror including the edge). ONNX
-  "edge" repeats the border value, which equals SYMMETRIC only for pads of at most 1; larger edge
-  pads and "wrap" have no TFLite kernel and are reported.
-- XNNPACK does not delegate MIRROR_PAD. Reflect / edge pads of the innermost axis alone are
-  SLICE + FULLY_CONNECTED (a reversal matrix) + CONCATENATION instead (`mirror_last_axis`); so
-  are pads of one axis followed only by dims of 1 (Basic Pitch pads [1, T, 1]), on a RESHAPE view.
+- XNNPACK does not delegate MIRROR_PAD (and its builtin kernel is slow), whose SYMMETRIC mode
+  equals ONNX "edge" only for pads of 1. Reflect / edge pads are copies instead: the outer axes
+  (an image's H and W) one-row SLICEs + CONCATENATION (`mirror_by_slices`), the innermost axis
+  SLICE + FULLY_CONNECTED (a 0/1 matrix) + CONCATENATION (`mirror_last_axis`); any pad size.
+  "wrap" has no TFLite form and is reported.
 Pads are given per ONNX axis; TFLite dim i gets the pads of ONNX axis perm[i], so a 4-D image
 input stays NHWC (the fold stage's Pad(0) + Add(border) in front of the first conv stays delegated).
 An explicit zero Pad of H and W whose only reader is a Conv becomes that Conv's own pads
@@ -29,8 +28,9 @@ from onnx import helper
 from edgepipe import graph
 from edgepipe.backends.tflite.lower import Lowering, node_attrs
 from edgepipe.backends.tflite.ops import register, register_rewrite
+from edgepipe.backends.tflite.ops.concatenation import emit_concatenation
 
-MIRROR_MODES = {"reflect": 0, "edge": 1}  # tflite.MirrorPadMode REFLECT / SYMMETRIC
+MIRROR_MODES = ("reflect", "edge")  # copies of the input's own values (no fill)
 MAX_RANK = 4
 
 
@@ -86,8 +86,6 @@ def check_pad(ctx: Lowering, node) -> str | None:
     mode = _mode(node)
     if mode not in ("constant", *MIRROR_MODES):
         return f"mode '{mode}' has no TFLite kernel; use constant, reflect or edge"
-    if mode == "edge" and np.any(pads > 1):
-        return "edge pads larger than 1 have no TFLite kernel (MIRROR_PAD SYMMETRIC equals edge only for 1)"
     shape = np.asarray(ctx.shape(node.input[0]))
     if mode == "reflect" and np.any(pads > (shape - 1)[:, None]):
         return "reflect pads must be smaller than the padded dimension"
@@ -112,25 +110,21 @@ def lower_pad(ctx: Lowering, node) -> None:
     mode = _mode(node)
     x = ctx.get(name, dtype, perm)
     source = ctx.tensor(x)
-    paddings = ctx.int32_constant(f"{node.name};paddings", pads[list(perm)])
     if mode in MIRROR_MODES:
         out = ctx.new_value(node.output[0], dtype, perm, source.quantization)
         tflite_pads = pads[list(perm)]
-        axis = _innermost_padded_axis(tflite_pads, list(source.shape))
-        if axis == len(source.shape) - 1:
+        outer = tflite_pads.copy()
+        outer[-1] = 0
+        if outer.any():  # outer axes by row slices, then the innermost by a 0/1 matrix
+            shape = [d + int(b) + int(e) for d, (b, e) in zip(source.shape, outer)]
+            target = out if not tflite_pads[-1].any() else ctx.temp(f"{node.name};outer_padded", shape, dtype,
+                                                                     source.quantization)
+            mirror_by_slices(ctx, node, x, outer, mode, target)
+            x = target
+        if tflite_pads[-1].any():
             mirror_last_axis(ctx, node, x, tflite_pads[-1], mode, out)
-            return
-        if axis is not None:  # only unit dims after it ([1, T, 1]): the same, on a [.., T] view
-            inner_in = ctx.temp(f"{node.name};inner", list(source.shape[: axis + 1]), dtype, source.quantization)
-            ctx.emit("RESHAPE", [x, ctx.int32_constant(f"{node.name};inner/shape", source.shape[: axis + 1])],
-                     [inner_in], node)
-            out_shape = list(ctx.tensor(out).shape)
-            inner_out = ctx.temp(f"{node.name};inner_padded", out_shape[: axis + 1], dtype, source.quantization)
-            mirror_last_axis(ctx, node, inner_in, tflite_pads[axis], mode, inner_out)
-            ctx.emit("RESHAPE", [inner_out, ctx.int32_constant(f"{node.name};shape", out_shape)], [out], node)
-            return
-        ctx.emit("MIRROR_PAD", [x, paddings], [out], node, "MirrorPadOptions", Mode=MIRROR_MODES[mode])
         return
+    paddings = ctx.int32_constant(f"{node.name};paddings", pads[list(perm)])
     if value == 0.0:
         ctx.emit("PAD", [x, paddings], [ctx.new_value(node.output[0], dtype, perm, source.quantization)], node)
         return
@@ -143,40 +137,68 @@ def lower_pad(ctx: Lowering, node) -> None:
              "AddOptions", FusedActivationFunction=0)
 
 
-def _innermost_padded_axis(tflite_pads: np.ndarray, shape: list[int]) -> int | None:
-    """The one padded TFLite axis when only dims of 1 follow it (a reversal along it is a
-    reversal of the innermost non-unit axis), else None."""
-    padded = [k for k in range(len(shape)) if tflite_pads[k].any()]
-    if len(padded) != 1 or any(d != 1 for d in shape[padded[0] + 1:]):
-        return None
-    return padded[0]
-
-
 def mirror_last_axis(ctx: Lowering, node, x: int, pads, mode: str, out: int) -> None:
     """Reflect / edge padding of the innermost axis (audio framing, an STFT's `center=True`) as
-    SLICE of the edge samples -> FULLY_CONNECTED with a 0/1 reversal matrix -> CONCATENATION:
-    XNNPACK runs all three, and MIRROR_PAD would split the delegated graph. The reversal is exact
-    in float and in int8 (weights 127 at scale 1/127, the output on the input's grid)."""
+    SLICE of the edge samples -> FULLY_CONNECTED with a 0/1 matrix (a reversal, or the edge sample
+    repeated) -> CONCATENATION: XNNPACK runs all three, and MIRROR_PAD would split the delegated
+    graph. The copy is exact in float and in int8 (weights 127 at scale 1/127, the output on the
+    input's grid)."""
     source = ctx.tensor(x)
     shape, rank, length = list(source.shape), len(source.shape), int(source.shape[-1])
-    skip = 1 if mode == "reflect" else 0  # reflect leaves out the edge sample, edge (SYMMETRIC) repeats it
     parts = []
     for side, count in (("left", int(pads[0])), ("right", int(pads[1]))):
         if count == 0:
             continue
-        start = skip if side == "left" else length - count - skip
-        window = ctx.temp(f"{node.name};{side}_edge", shape[:-1] + [count], source.dtype, source.quantization)
+        if mode == "reflect":  # the `count` samples next to the edge sample, reversed
+            width, start, matrix = count, 1 if side == "left" else length - count - 1, np.eye(count)[::-1]
+        else:  # edge: the edge sample, `count` times
+            width, start, matrix = 1, 0 if side == "left" else length - 1, np.ones((count, 1))
+        window = ctx.temp(f"{node.name};{side}_edge", shape[:-1] + [width], source.dtype, source.quantization)
         ctx.emit("SLICE", [x, ctx.int32_constant(f"{node.name};{side}_begin", [0] * (rank - 1) + [start]),
-                           ctx.int32_constant(f"{node.name};{side}_size", shape[:-1] + [count])], [window], node,
+                           ctx.int32_constant(f"{node.name};{side}_size", shape[:-1] + [width])], [window], node,
                  "SliceOptions")
         mirrored = ctx.temp(f"{node.name};{side}_mirror", shape[:-1] + [count], source.dtype, source.quantization)
-        filter_index, bias_index = ctx.filter_and_bias(f"{node.name};{side}", np.eye(count, dtype=np.float32)[::-1],
+        filter_index, bias_index = ctx.filter_and_bias(f"{node.name};{side}", matrix.astype(np.float32),
                                                        0, np.zeros(count, np.float32), window, source.dtype)
         ctx.emit("FULLY_CONNECTED", [window, filter_index, bias_index], [mirrored], node, "FullyConnectedOptions",
                  FusedActivationFunction=0, KeepNumDims=rank > 2)
         parts.append((side, mirrored))
     inputs = [m for side, m in parts if side == "left"] + [x] + [m for side, m in parts if side == "right"]
     ctx.emit("CONCATENATION", inputs, [out], node, "ConcatenationOptions", Axis=rank - 1, FusedActivationFunction=0)
+
+
+def mirror_by_slices(ctx: Lowering, node, x: int, pads, mode: str, out: int) -> None:
+    """Reflect / edge padding of outer axes (an image's H and W in NHWC: ReflectionPad2d in
+    style-transfer and super-resolution generators) as one-row SLICEs and CONCATENATIONs, axis by
+    axis: XNNPACK delegates both, while MIRROR_PAD runs on LiteRT's builtin kernel (about a
+    millisecond for a small feature map) and splits the partition. Rows are copied, so the values
+    are exact in float and in int8 (same grid), and edge pads of any size work too."""
+    source = ctx.tensor(x)
+    current, shape = x, list(source.shape)
+    padded_axes = [axis for axis in range(len(shape)) if pads[axis].any()]
+    for step, axis in enumerate(padded_axes):
+        length, (before, after) = shape[axis], (int(pads[axis][0]), int(pads[axis][1]))
+        if mode == "reflect":
+            rows = [*range(before, 0, -1)], [*range(length - 2, length - 2 - after, -1)]
+        else:
+            rows = [0] * before, [length - 1] * after
+        pieces = []
+        for index in [*rows[0], None, *rows[1]]:
+            if index is None:
+                pieces.append(current)
+                continue
+            begin = [index if a == axis else 0 for a in range(len(shape))]
+            size = [1 if a == axis else d for a, d in enumerate(shape)]
+            row = ctx.temp(f"{node.name};axis{axis}_row{index}_{len(pieces)}", size, source.dtype, source.quantization)
+            ctx.emit("SLICE", [current, ctx.int32_constant(f"{node.name};axis{axis}_begin{index}", begin),
+                               ctx.int32_constant(f"{node.name};axis{axis}_size", size)], [row], node, "SliceOptions")
+            pieces.append(row)
+        shape[axis] += before + after
+        last = step == len(padded_axes) - 1
+        target = out if last else ctx.temp(f"{node.name};axis{axis}_padded", list(shape), source.dtype,
+                                            source.quantization)
+        emit_concatenation(ctx, pieces, target, node, axis)
+        current = target
 
 
 def _zero_spatial_pads(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int] | None:

@@ -1,6 +1,7 @@
 """ReduceMean / ReduceMax / ReduceMin / ReduceSum -> MEAN / REDUCE_MAX / REDUCE_MIN / SUM, and
 ReduceSumSquare -> MUL then SUM (a float island in int8 models: the squares of a centred tensor,
-tf2onnx's layer-norm variance, span orders of magnitude that one int8 grid cannot hold).
+tf2onnx's layer-norm variance, span orders of magnitude that one int8 grid cannot hold), ReduceL2
+-> MUL, SUM, SQRT and ReduceL1 -> ABS, SUM (float islands for the same reason).
 
 Axes come from the attribute (before opset 18; ReduceSum before 13) or a constant input, and map
 to TFLite dims through the input's layout (`perm.index(axis)`), so a channel mean on an NHWC tensor
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepipe.backends.tflite.lower import Lowering, node_attrs
+from edgepipe.backends.tflite.lower import Lowering, node_attrs, permute
 from edgepipe.backends.tflite.ops import register
 from edgepipe.backends.tflite.writer import Quantization
 
@@ -57,6 +58,37 @@ def lower_reduce_sum_square(ctx: Lowering, node) -> None:
     squared = ctx.temp(f"{node.name};squared", ctx.tensor(x).shape, "float32")
     ctx.emit("MUL", [x, x], [squared], node, "MulOptions", FusedActivationFunction=0)
     lower_reduce(ctx, node, (squared, perm))
+
+
+def check_norm(ctx: Lowering, node) -> str | None:
+    if reduce_axes(ctx, node) == [] and ctx.rank(node.input[0]):
+        return "noop_with_empty_axes with no axes (the input unchanged, not a norm)"
+    return check_reduce(ctx, node)
+
+
+@register("ReduceL2", "ReduceL1", check=check_norm, int8=False)
+def lower_reduce_norm(ctx: Lowering, node) -> None:
+    """sqrt(sum(x^2)) (F.normalize's norm in embedding heads) and sum(|x|): float islands like
+    ReduceSumSquare, MUL or ABS -> SUM (-> SQRT), which XNNPACK runs in float."""
+    perm = ctx.layout(node.input[0])
+    x = ctx.get(node.input[0], "float32", perm)
+    terms = ctx.temp(f"{node.name};terms", ctx.tensor(x).shape, "float32")
+    if node.op_type == "ReduceL2":
+        ctx.emit("MUL", [x, x], [terms], node, "MulOptions", FusedActivationFunction=0)
+    else:
+        ctx.emit("ABS", [x], [terms], node)
+    axes = reduce_axes(ctx, node)
+    keepdims = bool(node_attrs(node).get("keepdims", 1))
+    kept = [a for a in range(len(perm)) if a not in axes]
+    out_perm = perm if keepdims else tuple(kept.index(p) for p in perm if p not in axes)
+    tflite_axes = ctx.int32_constant(f"{node.name};axes", sorted(perm.index(a) for a in axes))
+    if node.op_type == "ReduceL1":
+        out = ctx.new_value(node.output[0], "float32", out_perm)
+        ctx.emit("SUM", [terms, tflite_axes], [out], node, "ReducerOptions", KeepDims=keepdims)
+        return
+    summed = ctx.temp(f"{node.name};sum", permute(ctx.shape(node.output[0]), out_perm), "float32")
+    ctx.emit("SUM", [terms, tflite_axes], [summed], node, "ReducerOptions", KeepDims=keepdims)
+    ctx.emit("SQRT", [summed], [ctx.new_value(node.output[0], "float32", out_perm)], node)
 
 
 @register(*OPCODES, check=check_reduce, int16=lambda ctx, node: node.op_type in ("ReduceMean", "ReduceMax"))
