@@ -257,6 +257,77 @@ def padded_max_pool(shape, rows: bool):
     return build
 
 
+def padded_max_pool_signed(shape, form: str):
+    """The same pool of a signed input (no Relu before it): the pads must not win over negative
+    maxima, so PADV2 with the lowest value (not delegated), or the edge rows and columns repeated
+    (one-row SLICEs + CONCATENATION per axis, ops/pooling.py)."""
+    def build(dtype):
+        g = Graph(dtype)
+        n, h, w, c = shape
+        x = g.input(shape)
+        if form == "PADV2":
+            lowest = g.spec.add_constant("lowest", np.array(-128, np.int8), UNIT) if dtype == "int8" else \
+                g.spec.add_constant("lowest", np.array(-np.inf, np.float32))
+            x = g.op("PADV2", [x, g.spec.add_constant("pads", np.array([[0, 0], [1, 1], [1, 1], [0, 0]], np.int32)),
+                               lowest], [n, h + 2, w + 2, c])
+        else:
+            for axis, size in ((1, [n, h, w, c]), (2, [n, h + 2, w, c])):
+                row = [1 if a == axis else d for a, d in enumerate(size)]
+                edges = [g.op("SLICE", [x, g.spec.add_constant(f"b{axis}{i}", np.array(
+                    [i if a == axis else 0 for a in range(4)], np.int32)), g.spec.add_constant(
+                    f"s{axis}{i}", np.array(row, np.int32))], row, "SliceOptions") for i in (0, size[axis] - 1)]
+                grown = [d + 2 if a == axis else d for a, d in enumerate(size)]
+                x = g.op("CONCATENATION", [edges[0], x, edges[1]], grown, "ConcatenationOptions", Axis=axis,
+                         FusedActivationFunction=0)
+        return finish(g, g.op("MAX_POOL_2D", [x], [n, h // 2, w // 2, c], "Pool2DOptions", Padding=VALID, StrideW=2,
+                              StrideH=2, FilterWidth=3, FilterHeight=3, FusedActivationFunction=0))
+    return build
+
+
+def flip(shape, axis: int, form: str):
+    """torch.flip of one NHWC axis: STRIDED_SLICE with stride -1 (not delegated), or the reversed
+    copy ops/strided_slice.py emits (one-row SLICEs + CONCATENATIONs of <= 5 inputs for an outer
+    axis, FULLY_CONNECTED with an anti-diagonal matrix for the innermost)."""
+    def build(dtype):
+        g = Graph(dtype)
+        x = g.input(shape)
+        if form == "STRIDED_SLICE":
+            begin = [-1 if a == axis else 0 for a in range(4)]
+            end = [0 if a == axis else d for a, d in enumerate(shape)]
+            strides = [-1 if a == axis else 1 for a in range(4)]
+            mask = sum(1 << a for a in range(4) if a == axis)
+            return finish(g, g.op("STRIDED_SLICE", [x, g.spec.add_constant("b", np.array(begin, np.int32)),
+                                                    g.spec.add_constant("e", np.array(end, np.int32)),
+                                                    g.spec.add_constant("s", np.array(strides, np.int32))], shape,
+                                  "StridedSliceOptions", BeginMask=0, EndMask=mask, EllipsisMask=0, NewAxisMask=0,
+                                  ShrinkAxisMask=0))
+        if axis == 3:
+            length = shape[3]
+            weights = np.eye(length, dtype=np.float32)[::-1]
+            if dtype == "int8":
+                w = g.spec.add_constant("w", (weights * 127).astype(np.int8),
+                                        Quantization.per_channel(np.full(length, 1 / 127, np.float32), 0))
+                b = g.spec.add_constant("bias", np.zeros(length, np.int32),
+                                        Quantization.per_channel(np.full(length, 1 / 127, np.float32), 0))
+            else:
+                w, b = g.spec.add_constant("w", weights), g.spec.add_constant("bias", np.zeros(length, np.float32))
+            return finish(g, g.op("FULLY_CONNECTED", [x, w, b], shape, "FullyConnectedOptions",
+                                  FusedActivationFunction=0, KeepNumDims=True))
+        row = [1 if a == axis else d for a, d in enumerate(shape)]
+        rows = [g.op("SLICE", [x, g.spec.add_constant(f"b{i}", np.array([i if a == axis else 0 for a in range(4)],
+                                                                           np.int32)),
+                               g.spec.add_constant(f"s{i}", np.array(row, np.int32))], row, "SliceOptions")
+                for i in reversed(range(shape[axis]))]
+        while len(rows) > 1:
+            groups = [rows[i:i + 5] for i in range(0, len(rows), 5)]
+            rows = [group[0] if len(group) == 1 else g.op(
+                "CONCATENATION", group,
+                [sum(g.spec.tensors[t].shape[axis] for t in group) if a == axis else d for a, d in enumerate(row)],
+                "ConcatenationOptions", Axis=axis, FusedActivationFunction=0) for group in groups]
+        return finish(g, rows[0])
+    return build
+
+
 def first_conv_pairs(shape, cout, kernel, pad, paired: bool):
     """Stride-2 conv on 3 channels after a zero pad: a 4-D PAD XNNPACK folds into the conv, or
     (`paired`) the int8 lowering's PAD on rows, RESHAPE to [N, H', W' / 2, 6] and a stride-1 conv
@@ -382,6 +453,11 @@ CASES = {
     **{f"padded max pool {shape} (ResNet stem)": {"PAD": padded_max_pool(shape, False),
                                                   "PAD on rows": padded_max_pool(shape, True)}
        for shape in ([1, 32, 32, 16], [1, 112, 112, 64])},
+    **{f"padded max pool {shape} of a signed input": {form: padded_max_pool_signed(shape, form)
+                                                      for form in ("PADV2", "edge rows")}
+       for shape in ([1, 32, 32, 16], [1, 112, 112, 64])},
+    **{f"flip {shape} axis {axis}": {form: flip(shape, axis, form) for form in ("STRIDED_SLICE", "reversed copy")}
+       for shape, axis in (([1, 16, 16, 8], 2), ([1, 64, 64, 32], 2), ([1, 64, 64, 32], 1), ([1, 16, 16, 64], 3))},
     "scalar MUL / ADD [1,128,128,32] (PP-OCR det)": {
         "MUL": elementwise_chain([1, 128, 128, 32], "mul"), "ADD": elementwise_chain([1, 128, 128, 32], "add"),
         "MUL then ADD": elementwise_chain([1, 128, 128, 32], "mul", "add")},

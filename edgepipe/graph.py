@@ -380,8 +380,54 @@ def fold_constant_quantize(model: onnx.ModelProto, cache: dict | None = None) ->
     are equal (models that differ only in activation ranges share their weights). Where ONNX
     Runtime cannot run the nodes on their own, `model` is returned as it is (same outputs).
     """
+    def output_type(node, constants) -> int:  # the zero point's, else `output_dtype` (opset 21), else uint8
+        zero_point = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        return zero_point.data_type if zero_point is not None else (
+            node_attributes(node).get("output_dtype") or onnx.TensorProto.UINT8)
+
+    return _fold_constant_nodes(model, "QuantizeLinear", output_type, cache)
+
+
+def fold_constant_weights(model: onnx.ModelProto, cache: dict | None = None) -> onnx.ModelProto:
+    """`fold_constant_quantize`, then every DequantizeLinear on those int8 constants computed once,
+    by ONNX Runtime's own kernel: the float weights a simulated int8 model's runs read, instead of
+    dequantizing them per channel on every run.
+
+    The float result is stored as an initializer read through an Identity node (which ONNX
+    Runtime runs as an alias of its input), not handed to the weight's consumer directly: a
+    kernel packs a weight it sees as a constant initializer ahead of the first run (Gemm and
+    MatMul do), and a packed weight can round differently from the same weight computed by a
+    node. Through the Identity every consumer reads it as it read the DequantizeLinear's output,
+    so every output is the same (tests/test_calibrate_engine.py compares them)."""
+    cache = {} if cache is None else cache
+    quantized = fold_constant_quantize(model, cache)
+    folded = _fold_constant_nodes(quantized, "DequantizeLinear", lambda node, constants: onnx.TensorProto.FLOAT, cache)
+    if folded is quantized:
+        return quantized
+    produced = {o for n in folded.graph.node for o in n.output}
+    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"} - produced
+    taken = taken_names(folded)
+    readers = []
+    for tensor in folded.graph.initializer:
+        if tensor.name in dequantized:  # the folded result: renamed, read through an Identity
+            stored = fresh_name(folded, tensor.name + "_float", taken)
+            taken.add(stored)
+            node_name = fresh_name(folded, stored + "_read", taken)
+            taken.add(node_name)
+            readers.append(helper.make_node("Identity", [stored], [tensor.name], name=node_name))
+            tensor.name = stored
+    nodes = readers + list(folded.graph.node)  # read only initializers: first is topological order
+    del folded.graph.node[:]
+    folded.graph.node.extend(nodes)
+    return folded
+
+
+def _fold_constant_nodes(model: onnx.ModelProto, op_type: str, output_type, cache: dict | None) -> onnx.ModelProto:
+    """Copy of `model` whose `op_type` nodes with constant inputs only are replaced by their
+    results (run by ONNX Runtime on their own; `output_type(node, constants)`: the result's
+    element type), or `model` itself when there are none or ONNX Runtime cannot run them."""
     constants = {t.name: t for t in model.graph.initializer}
-    folded = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx")
+    folded = [n for n in model.graph.node if n.op_type == op_type and n.domain in ("", "ai.onnx")
               and all(not name or name in constants for name in n.input)]
     if not folded:
         return model
@@ -390,33 +436,29 @@ def fold_constant_quantize(model: onnx.ModelProto, cache: dict | None = None) ->
     missing = []
     for node in folded:
         inputs = [constants[name] if name else None for name in node.input]
-        known = cache.get(tuple(node.input))
+        known = cache.get((op_type, *node.input))
         if known is not None and known[0] == inputs:
             values[node.output[0]] = known[1]
         else:
             missing.append((node, inputs))
     if missing:
-        outputs = []
-        for node, _ in missing:  # output type: the zero point's, else `output_dtype` (opset 21), else uint8
-            zero_point = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-            elem_type = zero_point.data_type if zero_point is not None else (
-                node_attributes(node).get("output_dtype") or onnx.TensorProto.UINT8)
-            outputs.append(helper.make_tensor_value_info(node.output[0], elem_type, None))
+        outputs = [helper.make_tensor_value_info(node.output[0], output_type(node, constants), None)
+                   for node, _ in missing]
         needed = {name for node, _ in missing for name in node.input if name}
         piece = helper.make_model(
-            helper.make_graph([node for node, _ in missing], "constant_quantize", [], outputs,
+            helper.make_graph([node for node, _ in missing], "constant_" + op_type, [], outputs,
                               initializer=[constants[name] for name in sorted(needed)]),
             opset_imports=model.opset_import, ir_version=model.ir_version)
         try:
             results = make_session(piece).run([o.name for o in outputs], {})
-        except Exception:  # a quantization ONNX Runtime cannot run on its own: leave it in the graph
+        except Exception:  # nodes ONNX Runtime cannot run on their own: left in the graph
             return model
         for (node, inputs), value in zip(missing, results):
             values[node.output[0]] = value
-            cache[tuple(node.input)] = (inputs, value)
+            cache[(op_type, *node.input)] = (inputs, value)
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    kept = [n for n in result.graph.node if not (n.op_type == "QuantizeLinear" and n.output[0] in values)]
+    kept = [n for n in result.graph.node if not (n.op_type == op_type and n.output[0] in values)]
     del result.graph.node[:]
     result.graph.node.extend(kept)
     result.graph.initializer.extend(numpy_helper.from_array(values[n.output[0]], n.output[0]) for n in folded)

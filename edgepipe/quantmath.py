@@ -143,8 +143,10 @@ def sqnr_db(reference: np.ndarray, test: np.ndarray, reference_power: float | No
     """Signal-to-quantization-noise ratio in dB (inf when identical). `reference_power`:
     `signal_power(reference)`, when the caller compares many tests with one reference."""
     ref = np.asarray(reference, dtype=np.float64).ravel()
-    noise = ref - np.asarray(test, dtype=np.float64).ravel()
-    noise_power = float(np.mean(noise**2)) if noise.size else 0.0
+    test = np.asarray(test).ravel()
+    # float64 differences and squares, in one buffer (a float32 test is cast as it is subtracted)
+    noise = np.subtract(ref, test, dtype=np.float64) if test.dtype.kind == "f" else ref - test.astype(np.float64)
+    noise_power = float(np.mean(np.square(noise, out=noise))) if noise.size else 0.0
     power = signal_power(ref) if reference_power is None else reference_power
     if noise_power == 0.0:
         return float("inf")
@@ -154,7 +156,7 @@ def sqnr_db(reference: np.ndarray, test: np.ndarray, reference_power: float | No
 def signal_power(reference: np.ndarray) -> float:
     """Mean square of `reference` (float64), the numerator of `sqnr_db`."""
     ref = np.asarray(reference, dtype=np.float64).ravel()
-    return float(np.mean(ref**2)) if ref.size else 0.0
+    return float(np.mean(np.square(ref))) if ref.size else 0.0
 
 
 def cosine(reference: np.ndarray, test: np.ndarray) -> float:

@@ -9,7 +9,7 @@ second or so; `Target.sharing_simulations()` keeps the last few for the duration
 A state is keyed by the model object and every calibration value a Q/DQ simulation reads: the
 ranges (amax, lo, hi) of every tensor, the bias corrections, the weight-range rule, and the nodes
 kept float. A shared result is the same object the first caller got, so callers must not change
-it in place (they copy: `fold_constant_quantize`, `local_error_model`).
+it in place (they copy: `fold_constant_weights`, `local_error_model`).
 """
 
 from __future__ import annotations

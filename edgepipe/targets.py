@@ -116,12 +116,12 @@ class Target:
 
     def int8_session(self, model, calibration):
         """An ONNX Runtime session of `qdq_model(model, calibration)`, its weights quantized once
-        (`graph.fold_constant_quantize`: same values, fewer kernels per run); shared like `qdq_model`
+        (`graph.fold_constant_weights`: same values, fewer kernels per run); shared like `qdq_model`
         inside `sharing_simulations()`."""
         from edgepipe import graph
 
         def build():
-            return graph.make_session(graph.fold_constant_quantize(self.qdq_model(model, calibration)[0]))
+            return graph.make_session(graph.fold_constant_weights(self.qdq_model(model, calibration)[0]))
 
         shared = getattr(self, "_shared_simulations", None)
         return build() if shared is None else shared.get("session", model, calibration, frozenset(), build)

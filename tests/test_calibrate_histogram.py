@@ -160,3 +160,25 @@ def test_counting_choice_tries_every_way_then_keeps_the_fastest():
     assert sorted(seen) == sorted(CountingChoice.WAYS * CountingChoice.TRIALS)
     assert choice.chosen == "add_at" and choice.way(2048) == "add_at"
     assert CountingChoice().way(2 * SORTED_KEYS_MAX_BINS) == "add_at"
+
+
+def test_counting_trials_are_timed_on_the_threads_cpu_clock(monkeypatch):
+    """A trial's time is the counting thread's CPU time: a thread descheduled mid-trial on a busy
+    host (here: a wall clock that jumps 10 s on every reading) does not decide the way."""
+    import types
+
+    import edgepipe.calibrate.histogram as histogram
+
+    cpu = iter(np.arange(0.0, 1.0, 1e-6))
+    wall = iter(np.arange(0.0, 1e6, 10.0))
+    monkeypatch.setattr(histogram, "time", types.SimpleNamespace(thread_time=lambda: float(next(cpu)),
+                                                                 perf_counter=lambda: float(next(wall))))
+    choice = histogram.CountingChoice()
+    monkeypatch.setattr(histogram, "COUNTING", choice)
+    data = np.random.default_rng(0).normal(size=histogram.CountingChoice.MIN_TIMED).astype(np.float32)
+    hist = TensorHistogram("t", 2048)
+    for _ in range(2 * histogram.CountingChoice.TRIALS):
+        hist.update(data)
+    assert choice.chosen in histogram.CountingChoice.WAYS
+    assert all(0.0 < choice.seconds[way] < 1e-4 for way in histogram.CountingChoice.WAYS)  # CPU clock steps only
+    assert hist.count == data.size * 2 * histogram.CountingChoice.TRIALS

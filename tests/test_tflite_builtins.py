@@ -32,6 +32,9 @@ ONE_OP_MODELS = {
     "MINIMUM": (("Min", ["x", "x2"], {}), PAIR, {}),
     "MAXIMUM": (("Max", ["x", "x2"], {}), PAIR, {}),
     "EXP": (("Exp", ["x"], {}), IMAGE, {}),
+    "FLOOR": (("Floor", ["x"], {}), IMAGE, {}),
+    "SIN": (("Sin", ["x"], {}), IMAGE, {}),
+    "COS": (("Cos", ["x"], {}), IMAGE, {}),
     # the float island's one RSQRT (per-row inverse standard deviation)
     "RSQRT": (("LayerNormalization", ["x", "gamma", "beta"], {"axis": -1}), {"x": [1, 5, 8]},
               {"gamma": RNG.uniform(0.5, 1.5, 8).astype(np.float32), "beta": RNG.normal(size=8).astype(np.float32)}),

@@ -170,8 +170,9 @@ def test_int16_nodes_by_name_convert_at_the_borders(tmp_path):
 
 
 def test_int16_node_without_kernel_stays_int8(tmp_path):
-    """Elu has no int16 lowering: asked for 16x8 it is lowered int8 and reported."""
-    model = make_model([helper.make_node("Elu", ["x"], ["y"], name="op")], IMAGE, ["y"], opset=17)
+    """DepthToSpace has no int16 lowering: asked for 16x8 it is lowered int8 and reported."""
+    model = make_model([helper.make_node("DepthToSpace", ["x"], ["y"], name="op", blocksize=2)], {"x": [1, 4, 6, 6]},
+                       ["y"], opset=17)
     calibration = minmax_calibration(model, structured_inputs(model, 4))
     result = build_tflite(model, calibration, tmp_path, {"int16_nodes": {"op"}})
     assert result["int16_fallback"] == ["op"] and result["int16_nodes"] == []

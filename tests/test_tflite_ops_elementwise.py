@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tests.tflite_harness import check_conformance, make_model, run_onnx, run_tflite, structured_inputs
+from tests.tflite_harness import (check_conformance, delegate_partitions, make_model, run_onnx, run_tflite,
+                                  structured_inputs)
 
 RNG = np.random.default_rng(7)
 CONV_W = RNG.normal(size=(4, 3, 1, 1)).astype(np.float32)
@@ -136,3 +137,18 @@ def test_magnitude_of_squares_stays_float(tmp_path):
     model = make_model(nodes, {"a": [1, 4, 6], "b": [1, 4, 6]}, ["y"], {"two": np.array(2.0, np.float32)})
     report = check_conformance(model, tmp_path, fp32_rtol=1e-5, int8_steps=2.0)
     assert sorted(report.result["float_nodes"]) == ["im_squared", "magnitude", "power", "re_squared"]
+
+
+@pytest.mark.parametrize("exponent", [3.0, 4.0, 5.0, -1.0, -2.0, 1.5, 2.5, -0.5, 16.0])
+def test_whole_and_half_powers_are_delegated_multiplications(exponent, tmp_path):
+    """x^n as MULs (a SQRT for a half, a DIV for n < 0) in float: no POW, one XNNPACK partition."""
+    nodes = [helper.make_node("Abs", ["x"], ["a"], name="abs"),
+             helper.make_node("Pow", ["a", "n"], ["y"], name="pow")]
+    model = make_model(nodes, {"x": [1, 3, 5, 6]}, ["y"], {"n": np.array(exponent, np.float32)})
+    feeds = [{"x": (feed["x"] + np.sign(feed["x"]) * 0.5).astype(np.float32)}
+             for feed in structured_inputs(model)]
+    report = check_conformance(model, tmp_path, feeds, fp32_rtol=4e-6)
+    histogram = report.result["op_histogram"]
+    assert "POW" not in histogram and ("SQRT" in histogram) == (exponent % 1 != 0), histogram
+    for path in ("model.tflite", "model.fp32.tflite"):
+        assert len(delegate_partitions(report.out_dir / path)) == 1, path

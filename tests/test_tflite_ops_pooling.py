@@ -114,9 +114,18 @@ def test_padded_max_pool_after_relu_pads_with_zeros_in_the_partition(pads, tmp_p
         assert len(delegate_partitions(report.out_dir / file)) == 1, file
 
 
-def test_padded_max_pool_of_signed_input_keeps_lowest_fill(tmp_path):
-    """Without a Relu in front, the -inf fill stays (PADV2): a zero pad would win over negative maxima."""
-    node = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
-                            pads=[1, 1, 1, 1])
-    report = check_conformance(make_model([node], {"x": [1, 5, 9, 10]}, ["y"]), tmp_path)
-    assert report.result["op_histogram"]["PADV2"] == 1
+@pytest.mark.parametrize("pads,ceil_mode", [([1, 1, 1, 1], 0), ([0, 1, 2, 0], 0), ([1, 1, 1, 1], 1)],
+                         ids=["symmetric", "explicit", "ceil_mode"])
+def test_padded_max_pool_of_signed_input_repeats_edge_rows(pads, ceil_mode, tmp_path):
+    """Without a Relu in front a zero pad would win over negative maxima; the edge rows and
+    columns repeated into the pads (SLICE + CONCATENATION) never change a window's maximum, and
+    keep the pool in the XNNPACK partition, where PADV2 with the lowest value would split it."""
+    node = helper.make_node("MaxPool", ["c"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=pads,
+                            ceil_mode=ceil_mode)
+    conv = helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1])
+    weights = np.random.default_rng(5).normal(size=(6, 3, 3, 3)).astype(np.float32) * 0.5
+    report = check_conformance(make_model([conv, node], {"x": [1, 3, 9, 10]}, ["y"], {"w": weights}), tmp_path)
+    histogram = report.result["op_histogram"]
+    assert "PADV2" not in histogram and "PAD" not in histogram and histogram["CONCATENATION"] == 2
+    for file in ("model.tflite", "model.fp32.tflite"):
+        assert len(delegate_partitions(report.out_dir / file)) == 1, file

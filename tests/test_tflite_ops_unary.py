@@ -1,4 +1,4 @@
-"""Conformance of elementwise math (Neg, Abs, Exp, Log, Reciprocal, Softplus, Mish), GlobalMaxPool,
+"""Conformance of elementwise math (Neg, Abs, Exp, Log, Floor, Ceil, Round, Reciprocal, Softplus, Mish), GlobalMaxPool,
 DepthToSpace / SpaceToDepth and unfolded BatchNormalization."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ UNARY = {  # op: (opset, input transform: keeps Log / Reciprocal away from 0, sp
     "Neg": (17, lambda x: 3 * x), "Abs": (17, lambda x: 3 * x), "Exp": (17, lambda x: 2 * x),
     "Log": (17, lambda x: np.abs(x) + 0.2), "Reciprocal": (17, lambda x: np.abs(x) + 0.2),
     "Softplus": (17, lambda x: 40 * x), "Mish": (18, lambda x: 10 * x),
+    "Sign": (17, lambda x: 3 * x), "Floor": (17, lambda x: 5 * x), "Ceil": (17, lambda x: 5 * x), "Round": (17, lambda x: 5 * x),
 }
 
 
@@ -27,6 +28,25 @@ def test_unary(op_type, tmp_path):
     feeds = [{"x": transform(feed["x"]).astype(np.float32)} for feed in structured_inputs(model)]
     report = check_conformance(model, tmp_path, feeds)
     assert report.result["float_nodes"] == ([] if op_type == "Exp" else ["op"])
+
+
+@pytest.mark.parametrize("op_type", ["Floor", "Ceil", "Round", "Sign"])
+def test_rounding_after_conv_is_one_xnnpack_partition(op_type, tmp_path):
+    """FLOOR / CEIL / ROUND in float inside the int8 partition; halves round to even (ONNX Round)."""
+    weights = RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node(op_type, ["c"], ["y"], name="op")]
+    model = make_model(nodes, {"x": [1, 3, 5, 6]}, ["y"], {"w": weights})
+    report = check_conformance(model, tmp_path)
+    for path in ("model.tflite", "model.fp32.tflite"):
+        assert len(delegate_partitions(report.out_dir / path)) == 1, path
+
+
+@pytest.mark.parametrize("name", ["test_round", "test_floor", "test_ceil", "test_floor_example", "test_ceil_example",
+                                  "test_sign"])
+def test_rounding_onnx_cases_fp32(name, tmp_path):
+    """The ONNX backend cases hold exact halves (+-0.5, 2.5, ...): half to even, like ONNX."""
+    assert_onnx_case_fp32(name, tmp_path, 0.0)
 
 
 def test_global_max_pool(tmp_path):
@@ -95,3 +115,18 @@ def test_crd_depth_to_space_after_two_convs_sharing_weights(tmp_path):
              helper.make_node("DepthToSpace", ["c2"], ["y2"], name="move2", blocksize=4, mode="CRD")]
     report = check_conformance(make_model(nodes, {"x": [1, 3, 6, 8]}, ["y1", "y2"], {"w": weights}), tmp_path)
     assert "GATHER" not in report.result["op_histogram"]
+
+
+def test_round_halves_to_even_over_the_float_range(tmp_path):
+    values = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, -0.50000006, 1e-30, 3.7, -3.7,
+                       4194304.5, 8388607.5, -8388607.5, 8388609.0, 1e12, -3e13, 0.0], np.float32)
+    model = make_model([helper.make_node("Round", ["x"], ["y"], name="op")], {"x": [values.size]}, ["y"])
+    report = check_conformance(model, tmp_path, [{"x": values}] + structured_inputs(model), fp32_rtol=0.0)
+    assert report.fp32_error["xnnpack"] == 0.0
+
+
+def test_sign_of_zero_tiny_and_huge_values(tmp_path):
+    values = np.array([0.0, -0.0, 1e-37, -1e-37, 3e-30, 1.0, -2.5, 3e38, -3e38, 7e-8], np.float32)
+    model = make_model([helper.make_node("Sign", ["x"], ["y"], name="op")], {"x": [values.size]}, ["y"])
+    report = check_conformance(model, tmp_path, [{"x": values}] + structured_inputs(model), fp32_rtol=0.0)
+    assert report.fp32_error["xnnpack"] == 0.0

@@ -105,11 +105,11 @@ def _channel_means(values: np.ndarray, axis: int) -> np.ndarray:
 
 def _mean_outputs(model: onnx.ModelProto, feeds: list[dict], tensors: dict[str, tuple[str, int]]) -> dict:
     """{key: per-channel mean over `feeds`} of each (tensor, channel axis) in `tensors`. Weights on
-    their int8 grid are quantized once, not on every run (`graph.fold_constant_quantize`); each
+    their int8 grid are quantized once, not on every run (`graph.fold_constant_weights`); each
     run's outputs are reduced to channel means in its worker, then summed in feed order."""
     from edgepipe.session_runs import run_feeds
 
-    exposed = graph.expose_tensors(graph.fold_constant_quantize(model), sorted({t for t, _ in tensors.values()}))
+    exposed = graph.expose_tensors(graph.fold_constant_weights(model), sorted({t for t, _ in tensors.values()}))
     session = graph.make_session(exposed)
     names = [o.name for o in session.get_outputs()]
 

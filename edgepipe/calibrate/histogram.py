@@ -51,7 +51,9 @@ class CountingChoice:
     in some activations and not in others). Which wins depends on the CPU, the numpy build and
     the data, so it is measured on the data itself: the first TRIALS updates of at least
     MIN_TIMED values per way are spread over the ways, then the one with the least time per value
-    is used. Counts are integers, hence the same whichever way counted them: the choice decides
+    is used. The time is the counting thread's own CPU time (`time.thread_time`): on a busy host a
+    thread is often descheduled for longer than a trial lasts, and wall time then decided by
+    chance. Counts are integers, hence the same whichever way counted them: the choice decides
     only speed. (`add_at` alone where int16 cannot hold the keys: num_bins above 2**14.)
     """
 
@@ -182,7 +184,7 @@ class TensorHistogram:
         """
         bins = self.num_bins
         way = COUNTING.way(bins)
-        start = time.perf_counter()
+        start = time.thread_time()
         keys = np.empty(size, dtype=np.int16 if way == "sort" else np.intp)
         offset = 0
         for x in parts:
@@ -195,7 +197,7 @@ class TensorHistogram:
             keys += bins
             counts = np.zeros(2 * bins, dtype=np.int64)
             np.add.at(counts, keys, 1)
-        COUNTING.record(way, time.perf_counter() - start, size)
+        COUNTING.record(way, time.thread_time() - start, size)
         return counts
 
     def _signed_bincount_general(self, x: np.ndarray) -> np.ndarray:

@@ -184,26 +184,27 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     outputs = [o.name for o in model.graph.output]
     kept = getattr(calibration, "reference_outputs", None) or {}
 
-    def values(per_feed: list) -> list[np.ndarray]:
-        return [np.concatenate([np.asarray(r[i], np.float64).ravel() for r in per_feed]) for i in range(len(outputs))]
+    def values(per_feed: list, dtype=None) -> list[np.ndarray]:  # a float32 test is cast to float64 by sqnr_db
+        return [np.concatenate([np.asarray(r[i], dtype).ravel() for r in per_feed]) for i in range(len(outputs))]
 
     def sqnr(per_feed: list) -> float:
         return min(quantmath.sqnr_db(ref, got, power) for ref, got, power in zip(reference, values(per_feed), powers))
 
-    folded: dict = {}  # the weights' int8 values, shared by every candidate (same weights, other ranges)
+    folded: dict = {}  # the weights on their int8 grid, shared by every candidate (same weights, other ranges)
 
     def session_of(candidate_calibration):
         if candidate_calibration is calibration and chosen_session is not None:
             return chosen_session(calibration)
         qdq = (variants(candidate_calibration, names) if variants is not None and candidate_calibration is not calibration
                else quantize(model, candidate_calibration))
-        # weights quantized once, not on every run: the same int8 values (graph.fold_constant_quantize)
-        return graph.make_session(graph.fold_constant_quantize(qdq, folded))
+        # weights quantized and dequantized once, not on every run: the same values
+        # (graph.fold_constant_weights)
+        return graph.make_session(graph.fold_constant_weights(qdq, folded))
 
     if all(i in kept for i in indices):  # calibration's own FP32 runs
-        reference = values([kept[i] for i in indices])
+        reference = values([kept[i] for i in indices], np.float64)
     else:
-        reference = values(run_feeds(graph.make_session(model), feeds, outputs))
+        reference = values(run_feeds(graph.make_session(model), feeds, outputs), np.float64)
     powers = [quantmath.signal_power(ref) for ref in reference]
     rounds = min(len(calibration.tensors[n].stability.get("round_amax") or []) for n in names)
     candidates = [calibration] + [round_calibration(calibration, r, names) for r in range(rounds)]

@@ -103,6 +103,10 @@ BUILTINS = _table(
     Builtin("LOG", 1),
     Builtin("ABS", 2),
     Builtin("NEG", 1),
+    # float islands only (ops/unary.py, ops/trigonometry.py); LiteRT's ATAN2 and SIGN are not delegated
+    Builtin("FLOOR", 1, xnnpack_fp32=True),
+    Builtin("SIN", 1, xnnpack_fp32=True),
+    Builtin("COS", 1, xnnpack_fp32=True),
     # reductions and pooling
     Builtin("MEAN", 2, True, xnnpack_fp32=True, xnnpack_int8=True, int16=3),
     Builtin("SUM", 1, True),
@@ -160,6 +164,7 @@ BUILTINS = _table(
     Builtin("LOGICAL_AND", 1),
     Builtin("LOGICAL_OR", 1),
     Builtin("SELECT_V2", 1),
+    Builtin("CUMSUM", 1),  # int32 only (ops/cumsum.py: float sums are delegated weight matrices)
     # selection (ops/selection.py): integer indices out, builtin kernels; TOPK_V2's values keep the
     # input's quantization
     Builtin("ARG_MAX", 2, True),

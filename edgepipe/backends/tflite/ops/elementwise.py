@@ -153,6 +153,50 @@ def _square(ctx: Lowering, node) -> bool:
     return exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2.0
 
 
+MAX_MULTIPLIED_POWER = 16
+
+
+def _multiplied_power(ctx: Lowering, node) -> float | None:
+    """The exponent when it is a whole or half-whole number other than 0, 1, 2 and 0.5 with
+    |exponent| <= MAX_MULTIPLIED_POWER and the base fills the output shape, else None: x^3, x^-1,
+    x^1.5 (LayerNorm variants, focal terms, x.abs().pow(1.5)) are MULs (and a SQRT, a DIV) XNNPACK
+    delegates, where POW is not delegated and is less exact."""
+    exponent = ctx.constant(node.input[1])
+    if exponent is None or exponent.size != 1 or ctx.constant(node.input[0]) is not None:
+        return None
+    value = float(exponent.reshape(-1)[0])
+    if value in (0.0, 1.0, 2.0, 0.5) or abs(value) > MAX_MULTIPLIED_POWER or (2 * value) % 1:
+        return None
+    if list(ctx.shape(node.input[0])) != list(ctx.shape(node.output[0])):
+        return None
+    return value
+
+
+def _emit_multiplied_power(ctx: Lowering, node, exponent: float) -> None:
+    """x^|n| by repeated squaring (times SQRT(x) for a half), then 1 / that for a negative n."""
+    from edgepipe.backends.tflite.ops.unary import FloatSteps
+
+    steps = FloatSteps(ctx, node)
+    whole, half, negative = int(abs(exponent)), bool(abs(exponent) % 1), exponent < 0
+    bits = [k for k in range(whole.bit_length()) if whole >> k & 1]
+    last = steps.output() if not negative else None
+    if last is not None and len(bits) == 1 and not half:  # x^(2^k): the last squaring writes the output
+        square = steps.x
+        for _ in range(bits[0] - 1):
+            square = steps.mul(square, square)
+        steps.mul(square, square, out=last)
+        return
+    squares = [steps.x]
+    for _ in range(max(bits, default=0)):
+        squares.append(steps.mul(squares[-1], squares[-1]))
+    factors = [squares[k] for k in bits] + ([steps.op("SQRT", [steps.x])] if half else [])
+    product = factors[0]
+    for position, factor in enumerate(factors[1:], start=2):
+        product = steps.mul(product, factor, out=last if position == len(factors) else None)
+    if negative:
+        steps.op("DIV", [steps.constant(1.0), product], steps.output(), "DivOptions", FusedActivationFunction=0)
+
+
 @register("Pow", check=check_binary, int8=_square, int16=_square)
 def lower_pow(ctx: Lowering, node) -> None:
     dtype = ctx.node_dtype(node)
@@ -165,6 +209,8 @@ def lower_pow(ctx: Lowering, node) -> None:
     elif exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 0.5:
         x = ctx.get(node.input[0], dtype, perm)
         ctx.emit("SQRT", [x], [ctx.new_value(node.output[0], dtype, perm)], node)
+    elif _multiplied_power(ctx, node) is not None:
+        _emit_multiplied_power(ctx, node, _multiplied_power(ctx, node))
     else:
         inputs, perm = broadcast_inputs(ctx, node, dtype)
         ctx.emit("POW", inputs, [ctx.new_value(node.output[0], dtype, perm)], node)

@@ -4,8 +4,9 @@ All three move int8 values without requantizing, so every output keeps the input
 Axes map to TFLite dims through the input's layout (`perm.index(axis)`), so slicing or splitting
 channels of an NHWC tensor needs no transpose. Slice bounds are resolved at convert time with
 Python's slice semantics (negative and out-of-range starts/ends clamp as in ONNX); unit steps use
-SLICE, which XNNPACK delegates; positive steps RESHAPE + SLICE (ops/strided_slice.py), others
-STRIDED_SLICE (with end_mask for a negative step that runs past index 0). Split sizes are read from the inferred output shapes (attribute, input or
+SLICE, which XNNPACK delegates; positive steps RESHAPE + SLICE, steps of -1 (torch.flip) reversed
+copies (ops/strided_slice.py), others STRIDED_SLICE (with end_mask for a negative step that runs
+past index 0). Split sizes are read from the inferred output shapes (attribute, input or
 num_outputs all agree there); equal parts use SPLIT, unequal ones one SLICE per part (XNNPACK
 delegates SPLIT and SLICE, not SPLIT_V or GATHER; a Gather of a contiguous index run is a SLICE).
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from edgepipe.backends.tflite.lower import NHWC, Lowering, identity, node_attrs
 from edgepipe.backends.tflite.ops import register
-from edgepipe.backends.tflite.ops.strided_slice import emit_strided_slice
+from edgepipe.backends.tflite.ops.strided_slice import emit_reversed_slice, emit_strided_slice
 
 
 def check_gather(ctx: Lowering, node) -> str | None:
@@ -128,7 +129,7 @@ def lower_slice(ctx: Lowering, node) -> None:
         ctx.emit("SLICE", [x, ctx.int32_constant(f"{node.name};begin", begin),
                            ctx.int32_constant(f"{node.name};size", size)], [out], node, "SliceOptions")
         return
-    if emit_strided_slice(ctx, node, x, out, bounds):
+    if emit_strided_slice(ctx, node, x, out, bounds) or emit_reversed_slice(ctx, node, x, out, bounds):
         return
     end_mask = sum(1 << i for i, (_, stop, _) in enumerate(bounds) if stop < 0)
     ctx.emit("STRIDED_SLICE", [x, ctx.int32_constant(f"{node.name};begin", begin),

@@ -8,8 +8,10 @@ H, W instead, which requantizes to the calibrated output range (finer steps for 
 narrower averaged values).
 
 ONNX pads and `ceil_mode=1` are both padding: windows that run past the end of the input (ceil
-mode) are windows over extra end padding. MaxPool pads with the lowest value (PADV2), or with zeros
-(PAD, which XNNPACK delegates) where zero is already the lowest value its input holds. AveragePool
+mode) are windows over extra end padding. MaxPool pads with zeros (PAD, which XNNPACK delegates)
+where zero is already the lowest value its input holds, else with copies of the edge rows (SLICE +
+CONCATENATION, delegated; exact because every pad is shorter than the window), and with the
+lowest value (PADV2, not delegated) only where a pad is not. AveragePool
 pads with zeros and averages over the full window; where ONNX divides by fewer elements (pads
 excluded with count_include_pad=0; with count_include_pad=1 the explicit pads count but the
 ceil-mode overhang does not) a MUL by the constant map kh*kw / divisor corrects it. TFLite's own
@@ -25,6 +27,7 @@ import numpy as np
 from edgepipe.backends.tflite.fusion import clip_bounds
 from edgepipe.backends.tflite.lower import NHWC, Lowering, node_attrs
 from edgepipe.backends.tflite.ops import register
+from edgepipe.backends.tflite.ops.padding import mirror_by_slices
 from edgepipe.backends.tflite.ops.spatial import (SAME, VALID, onnx_pads, output_size, pad_nhwc, same_pads,
                                                 spatial_attrs, window_problem)
 
@@ -134,7 +137,10 @@ def lower_pool(ctx: Lowering, node) -> None:
     x = ctx.get(node.input[0], dtype, NHWC)
     if plan.pads:
         lowest = node.op_type == "MaxPool" and not _zero_is_lowest(ctx, node.input[0], x)
-        x = pad_nhwc(ctx, node, x, plan.pads, fill=-np.inf if lowest else None, rows=node.op_type == "MaxPool")
+        if lowest and dtype != "int16" and _edge_pad_is_exact(plan):  # int16 has no XNNPACK partition to keep
+            x = _edge_padded(ctx, node, x, plan.pads)
+        else:
+            x = pad_nhwc(ctx, node, x, plan.pads, fill=-np.inf if lowest else None, rows=node.op_type == "MaxPool")
     if plan.divisors is not None:
         _corrected_average(ctx, node, x, plan, dtype)
         return
@@ -160,6 +166,26 @@ def _zero_is_lowest(ctx: Lowering, name: str, x: int) -> bool:
         return True
     bounds = clip_bounds(ctx, producer) if producer.op_type == "Clip" else None
     return bounds is not None and bounds[0] >= 0.0
+
+
+def _edge_pad_is_exact(plan: PoolPlan) -> bool:
+    """Whether edge padding equals ONNX's -inf padding for max pooling: with every pad (ceil-mode
+    overhang included) shorter than the window, each window that reaches into the padding also
+    covers the edge row the padding copies, so the copy never changes the window's maximum."""
+    top, left, bottom, right = plan.pads
+    return max(top, bottom) < plan.kernel[0] and max(left, right) < plan.kernel[1]
+
+
+def _edge_padded(ctx: Lowering, node, x: int, pads: list[int]) -> int:
+    """The NHWC input with its edge rows and columns repeated into the pads: SLICE +
+    CONCATENATION, which XNNPACK delegates (PADV2 with the lowest value splits the partition)."""
+    source = ctx.tensor(x)
+    top, left, bottom, right = pads
+    batch, height, width, channels = source.shape
+    shape = [batch, height + top + bottom, width + left + right, channels]
+    out = ctx.temp(f"{node.name};edge_padded", shape, source.dtype, source.quantization)
+    mirror_by_slices(ctx, node, x, np.array([[0, 0], [top, bottom], [left, right], [0, 0]]), "edge", out)
+    return out
 
 
 def _emit_pool(ctx: Lowering, node, opcode: str, x: int, out: int, plan: PoolPlan) -> None:
