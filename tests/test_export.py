@@ -190,7 +190,7 @@ def test_torch_save_protocol_4_is_read_through_the_pickle_memo(tmp_path):
     must be named by its own classes."""
     import torch
 
-    from edgepipe.stages.torch_files import saved_objects
+    from edgepipe.stages.torch_files import _pickled_globals, saved_objects
 
     layer = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 4, 3))
     torch.save({"state_dict": layer.state_dict(), "shape": torch.Size([1, 3, 8, 8])}, tmp_path / "ckpt.pt",
@@ -199,6 +199,7 @@ def test_torch_save_protocol_4_is_read_through_the_pickle_memo(tmp_path):
     assert saved_objects(tmp_path / "ckpt.pt") == []
     whole = saved_objects(tmp_path / "whole.pt")
     assert whole[0] == "torch.nn.modules.container.Sequential" and all(name.startswith("torch.nn.") for name in whole)
+    assert _pickled_globals(b"(ios\nsystem\n.") == ["os.system"]  # protocol 0's INST names its class too
     result = run_cli("build", "--model", str(tmp_path / "ckpt.pt"), "--target", "jetson",
                      "--input-shape", "x:1x3x8x8", "--out", str(tmp_path / "bundle"))
     assert result.returncode == 2 and "a state_dict checkpoint, not a model" in result.stderr, result.stderr

@@ -171,7 +171,7 @@ def _pickled_globals(data: bytes) -> list[str]:
     found, pushed, memo = [], [], {}
     for opcode, arg, _ in pickletools.genops(data):
         name = opcode.name
-        if name == "GLOBAL":
+        if name in ("GLOBAL", "INST"):  # INST: protocol 0's class-and-instance in one
             found.append(str(arg).replace(" ", "."))
         elif name == "STACK_GLOBAL":
             module, attribute = (pushed[-2:] if len(pushed) >= 2 else [None, None])
