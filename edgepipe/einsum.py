@@ -58,12 +58,15 @@ def parse(equation: str, ranks: list[int]) -> tuple[list[str], str, str] | None:
 
 
 class _Writer:
-    def __init__(self, model: onnx.ModelProto, node: onnx.NodeProto, opset: int):
-        self.model, self.node, self.opset, self.nodes, self.count = model, node, opset, [], 0
+    def __init__(self, model: onnx.ModelProto, node: onnx.NodeProto, opset: int, taken: set[str]):
+        self.model, self.node, self.opset, self.nodes, self.count, self.taken = model, node, opset, [], 0, taken
 
     def _name(self, tag: str) -> str:
+        """Unique in the graph: node names may be empty or repeated, so the node's name alone is not."""
         self.count += 1
-        return f"{self.node.name}/einsum_{tag}{self.count}"
+        name = graph.fresh_name(self.model, f"{self.node.name}/einsum_{tag}{self.count}", self.taken)
+        self.taken.add(name)
+        return name
 
     def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
         out = out or self._name(op_type.lower())
@@ -148,7 +151,7 @@ def decompose_einsums(model: onnx.ModelProto) -> int:
         return 0
     infos = graph.value_infos(graph.infer_shapes(model))
     initializers = {t.name: list(t.dims) for t in model.graph.initializer}
-    nodes, done = [], 0
+    nodes, done, taken = [], 0, graph.taken_names(model)
     for node in model.graph.node:
         if node not in einsums:
             nodes.append(node)
@@ -162,7 +165,7 @@ def decompose_einsums(model: onnx.ModelProto) -> int:
         equation = helper.get_attribute_value(next(a for a in node.attribute if a.name == "equation"))
         parsed = parse(equation.decode() if isinstance(equation, bytes) else equation,
                        [len(s) if s is not None else -1 for s in shapes]) if all(s is not None for s in shapes) else None
-        writer = _Writer(model, node, opset)
+        writer = _Writer(model, node, opset, taken)
         if parsed is None or len(node.input) > 2:
             nodes.append(node)
             continue

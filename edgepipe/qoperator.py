@@ -61,9 +61,7 @@ class _Rewriter:
         self.added: list = []
 
     def unique(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
+        name = graph.fresh_name(self.g.model, base, self.taken)
         self.taken.add(name)
         return name
 

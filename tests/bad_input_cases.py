@@ -434,15 +434,19 @@ def torchscript_getattr_at_load(tmp):
             "--calib", str(_calib(tmp, np.ones((4, 4), np.float32))), "--out", str(tmp / "bundle")]
 
 
-def npy_negative_shape(tmp):
-    """A .npy whose header declares a negative dim (numpy's own reader accepts the header)."""
+def _npy_with_shape(path: Path, shape: str) -> Path:
+    """A float32 .npy of 64 data bytes whose header declares `shape` as written (numpy would refuse to write it)."""
     import struct
 
-    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 3, 8, 8), }"
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"
     header += " " * (118 - len(header)) + "\n"
-    (tmp / "calib.npy").write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode()
-                                    + bytes(64))
-    return _build(tmp, _model(tmp), tmp / "calib.npy", "arm-cpu")
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + bytes(64))
+    return path
+
+
+def npy_negative_shape(tmp):
+    """A .npy whose header declares a negative dim (numpy's own reader accepts the header)."""
+    return _build(tmp, _model(tmp), _npy_with_shape(tmp / "calib.npy", "(-1, 3, 8, 8)"), "arm-cpu")
 
 
 def torchscript_uppercase_code(tmp):
@@ -473,13 +477,8 @@ def input_shape_overflow(tmp):
 
 def npy_shape_overflow(tmp):
     """A .npy header whose sample shape gives the dynamic dims a value past int64."""
-    import struct
-
-    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 3, 99999999999999999999, 8), }"
-    header += " " * (118 - len(header)) + "\n"
-    (tmp / "calib.npy").write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode()
-                                    + bytes(64))
-    return _build(tmp, _dynamic_size_model(tmp), tmp / "calib.npy", "arm-cpu")
+    return _build(tmp, _dynamic_size_model(tmp), _npy_with_shape(tmp / "calib.npy", "(4, 3, 99999999999999999999, 8)"),
+                  "arm-cpu")
 
 
 def archive_deep_path(tmp):

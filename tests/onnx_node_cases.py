@@ -240,7 +240,8 @@ def _relative_excess(got: np.ndarray, expected: np.ndarray, rtol: float, atol: f
     if not np.array_equal(np.isnan(got), np.isnan(expected)):
         return float("inf")
     both = ~np.isnan(expected)
-    return float(np.max(np.abs(got - expected)[both] / (atol + rtol * np.abs(expected[both])), initial=0.0))
+    difference = np.where(got == expected, 0.0, np.abs(got - expected))  # equal infinities (a causal mask) agree
+    return float(np.max(difference[both] / (atol + rtol * np.abs(expected[both])), initial=0.0))
 
 
 def input_rounding_error(case: NodeCase, params: dict[str, tuple[float, int]]) -> tuple[dict, dict]:
@@ -282,15 +283,27 @@ def tensorrt_params(calibration) -> dict[str, tuple[float, int]]:
     return {name: (calibration.symmetric_scale(name), 0) for name in calibration.tensors}
 
 
-def judge_int8(case: NodeCase, got: dict, params: dict[str, tuple[float, int]]) -> dict[str, float]:
+def judge_int8(case: NodeCase, got: dict, params: dict[str, tuple[float, int]],
+               unbounded: set[str] = frozenset()) -> dict[str, float]:
     """jetson: error per output in output steps (the step from `params`, i.e. the calibration); integer
-    outputs (ArgMax...) count elements equal to neither the exact nor the input-rounded answer."""
+    outputs (ArgMax...) count elements equal to neither the exact nor the input-rounded answer; an
+    output the calibration left unbounded (it carries a mask's infinities: no Q/DQ, float) is held
+    to the float tolerance."""
     allowance, rounded = input_rounding_error(case, params)
     errors = {}
     for name, expected in case.outputs.items():
         value = np.asarray(got[name])
         if not np.issubdtype(expected.dtype, np.floating):
             errors[f"{name}:elements differing"] = float(np.sum((value != expected) & (value != rounded[name])))
+        elif name in unbounded:  # the mask's infinities exactly where expected, the rest in steps of its range
+            infinite = np.isinf(expected)
+            finite = ~infinite
+            if not np.array_equal(value[infinite], expected[infinite]):
+                errors[name] = float("inf")
+                continue
+            step = max(float(np.max(np.abs(expected[finite]), initial=0.0)) / 127, 1e-12)
+            errors[name] = steps_error(np.where(finite, value, 0.0), np.where(finite, expected, 0.0), step,
+                                       np.where(finite, allowance[name], 0.0))
         elif name not in params:
             errors[name] = float("inf")  # a float output the calibration never saw
         else:
@@ -365,8 +378,9 @@ def judge_jetson(case: NodeCase, bundle: Path) -> Verdict:
     got = dict(zip([o.name for o in qdq.get_outputs()], qdq.run(None, case.inputs)))
     # only inputs the Q/DQ model quantizes move to a grid (a Resize `scales` input stays float)
     quantized = {n.input[0] for n in qdq_model.graph.node if n.op_type == "QuantizeLinear"}
-    params = {k: v for k, v in tensorrt_params(_calibration(bundle)).items() if k in quantized or k in case.outputs}
-    errors.update({f"int8:{k}": v for k, v in judge_int8(judged, got, params).items()})
+    calibration = _calibration(bundle)
+    params = {k: v for k, v in tensorrt_params(calibration).items() if k in quantized or k in case.outputs}
+    errors.update({f"int8:{k}": v for k, v in judge_int8(judged, got, params, set(calibration.unbounded)).items()})
     verdict = _verdict(errors)
     verdict.detail = "; ".join(filter(None, [verdict.detail, note]))
     return verdict

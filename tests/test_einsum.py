@@ -97,3 +97,24 @@ def test_einsum_attention_builds_fully_delegated_on_arm_cpu(tmp_path):
     sample = calib[:1]
     reference = session.run(None, {"x": sample})[0]
     assert sqnr_db(reference, deployed_outputs(out, {"x": sample})[0]) > 20
+
+
+def test_two_unnamed_einsums_get_distinct_tensor_names():
+    """ONNX allows empty (and repeated) node names: the tensors each Einsum's decomposition adds
+    must still be unique, or the second overwrites the first's constants and outputs."""
+    nodes = [helper.make_node("Einsum", ["a", "b"], ["ab"], equation="ij,jk->ik"),
+             helper.make_node("Einsum", ["ab", "c"], ["y"], equation="ik,kl->il")]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in
+              (("a", [2, 3]), ("b", [3, 4]), ("c", [4, 5]))]
+    model = helper.make_model(helper.make_graph(nodes, "two", inputs,
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    decomposed = onnx.ModelProto()
+    decomposed.CopyFrom(model)
+    assert decompose_einsums(decomposed) == 2
+    onnx.checker.check_model(decomposed, full_check=True)
+    feed = {"a": RNG.normal(size=(2, 3)).astype(np.float32), "b": RNG.normal(size=(3, 4)).astype(np.float32),
+            "c": RNG.normal(size=(4, 5)).astype(np.float32)}
+    np.testing.assert_allclose(graph.make_session(decomposed).run(None, feed)[0],
+                               feed["a"] @ feed["b"] @ feed["c"], rtol=1e-5, atol=1e-5)

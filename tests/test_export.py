@@ -10,7 +10,7 @@ from edgepipe import graph
 from edgepipe.errors import UserError
 from edgepipe.stages.export import fix_static_shapes, is_factory_spec, run_export, source_fingerprint
 from edgepipe.stages.simplify import run_simplify
-from tests.helpers import tiny_conv_model
+from tests.helpers import run_cli, tiny_conv_model
 
 
 @pytest.fixture
@@ -222,3 +222,24 @@ def test_torch_save_files_are_told_apart_without_unpickling(tmp_path):
     assert saved_objects(tmp_path / "whole.pt")[0] == "torch.nn.modules.container.Sequential"
     assert "torch.nn.modules.conv.Conv2d" in saved_objects(tmp_path / "wrapped.pt")
     assert saved_objects(tmp_path / "script.pt") is None
+
+
+def test_torch_save_protocol_4_is_read_through_the_pickle_memo(tmp_path):
+    """pickle_protocol >= 4 names globals by STACK_GLOBAL on strings that may come from the memo:
+    a state_dict checkpoint must still read as one (not as a pickled model), and a whole module
+    must be named by its own classes."""
+    import torch
+
+    from edgepipe.stages.torch_files import _pickled_globals, saved_objects
+
+    layer = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 4, 3))
+    torch.save({"state_dict": layer.state_dict(), "shape": torch.Size([1, 3, 8, 8])}, tmp_path / "ckpt.pt",
+               pickle_protocol=4)
+    torch.save(layer, tmp_path / "whole.pt", pickle_protocol=4)
+    assert saved_objects(tmp_path / "ckpt.pt") == []
+    whole = saved_objects(tmp_path / "whole.pt")
+    assert whole[0] == "torch.nn.modules.container.Sequential" and all(name.startswith("torch.nn.") for name in whole)
+    assert _pickled_globals(b"(ios\nsystem\n.") == ["os.system"]  # protocol 0's INST names its class too
+    result = run_cli("build", "--model", str(tmp_path / "ckpt.pt"), "--target", "jetson",
+                     "--input-shape", "x:1x3x8x8", "--out", str(tmp_path / "bundle"))
+    assert result.returncode == 2 and "a state_dict checkpoint, not a model" in result.stderr, result.stderr

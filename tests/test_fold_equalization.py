@@ -86,12 +86,8 @@ def test_fold_stage_runs_and_checks_it():
     assert "cross_layer_equalization" not in report
 
 
-def depthwise_model():
-    """conv1 (outlier channels) -> depthwise conv2 (multiplier 2, pads) -> y."""
-    w1 = RNG.normal(0, 0.3, (6, 3, 3, 3))
-    w1[1] *= 40
-    w1[4] *= 0.05
-    inits = {"w1": w1, "b1": RNG.normal(0, 0.5, 6), "w2": RNG.normal(0, 0.3, (12, 1, 3, 3)), "b2": RNG.normal(0, 0.1, 12)}
+def conv_then_depthwise(inits: dict):
+    """x [1, 3, 12, 12] -> conv1 (w1, b1: 6 channels) -> depthwise dw (w2, b2: multiplier 2, pads) -> y."""
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
              helper.make_node("Conv", ["c1", "w2", "b2"], ["y"], name="dw", pads=[1, 1, 1, 1], group=6)]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
@@ -100,6 +96,15 @@ def depthwise_model():
     model = onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return graph.infer_shapes(model)
+
+
+def depthwise_model():
+    """conv1 (outlier channels) -> depthwise conv2 (multiplier 2, pads) -> y."""
+    w1 = RNG.normal(0, 0.3, (6, 3, 3, 3))
+    w1[1] *= 40
+    w1[4] *= 0.05
+    inits = {"w1": w1, "b1": RNG.normal(0, 0.5, 6), "w2": RNG.normal(0, 0.3, (12, 1, 3, 3)), "b2": RNG.normal(0, 0.1, 12)}
+    return conv_then_depthwise(inits)
 
 
 def test_depthwise_pair_is_equalized_exactly():
@@ -129,14 +134,7 @@ def bias_outlier_model(rng):
     b1[1] = 25.0
     inits = {"w1": rng.normal(0, 0.3, (6, 3, 3, 3)), "b1": b1, "w2": rng.normal(0, 0.3, (12, 1, 3, 3)),
              "b2": rng.normal(0, 0.1, 12)}
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-             helper.make_node("Conv", ["c1", "w2", "b2"], ["y"], name="dw", pads=[1, 1, 1, 1], group=6)]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
-    model = onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return graph.infer_shapes(model)
+    return conv_then_depthwise(inits)
 
 
 def test_depthwise_pair_with_measured_ranges_equalizes_the_activation():

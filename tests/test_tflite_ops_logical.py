@@ -139,6 +139,28 @@ def test_padding_changes_nothing_but_the_padded_tokens(tmp_path):
     assert not np.array_equal(run_onnx(model, unpadded)["y"], run_onnx(model, feed)["y"])
 
 
+def test_two_expands_into_one_reader_keep_the_expanded_shape(tmp_path):
+    """Add(Expand(a [1, 1, 1, 4]), Expand(b [1, 1, 4, 1])) to [1, 3, 4, 4]: each Expand alone may
+    be left to the Add's broadcasting, not both (the sum would be [1, 1, 4, 4])."""
+    from tests.tflite_harness import make_model
+
+    nodes = [helper.make_node("Expand", ["a", "shape"], ["a_wide"], name="expand_a"),
+             helper.make_node("Expand", ["b", "shape"], ["b_wide"], name="expand_b"),
+             helper.make_node("Add", ["a_wide", "b_wide"], ["y"], name="add")]
+    model = make_model(nodes, {"a": [1, 1, 1, 4], "b": [1, 1, 4, 1]}, ["y"],
+                       {"shape": np.array([1, 3, 4, 4], np.int64)})
+    feeds = [{"a": RNG.normal(size=(1, 1, 1, 4)).astype(np.float32),
+              "b": RNG.normal(size=(1, 1, 4, 1)).astype(np.float32)} for _ in range(4)]
+    report = check_conformance(model, tmp_path, feeds)
+    io = report.result["io"]
+    fp32_io = {k: [dict(s, dtype="float32" if s["dtype"] == "int8" else s["dtype"], quantization=None) for s in v]
+               for k, v in io.items()}
+    expected = run_onnx(model, feeds[0])["y"]
+    got = run_tflite(report.out_dir / "model.fp32.tflite", fp32_io, feeds[0])["y"]
+    assert got.shape == expected.shape == (1, 3, 4, 4)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
 ZERO = {"zero": np.array(0.0, np.float32)}
 
 

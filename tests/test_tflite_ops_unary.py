@@ -105,6 +105,18 @@ def test_onnx_cases_match_expected_outputs(name, tmp_path):
     assert_onnx_case_fp32(name, tmp_path, tolerance=1e-5)
 
 
+def test_crd_depth_to_space_after_two_convs_sharing_weights(tmp_path):
+    """A weight-tied upsampler (one conv + PixelShuffle module applied twice): both convs read one
+    weight initializer, and each reordered copy (here for block sizes 2 and 4) must be a tensor of its own."""
+    weights = np.random.default_rng(5).normal(size=(16, 3, 3, 3)).astype(np.float32) * 0.4
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("DepthToSpace", ["c1"], ["y1"], name="move1", blocksize=2, mode="CRD"),
+             helper.make_node("Conv", ["x", "w"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("DepthToSpace", ["c2"], ["y2"], name="move2", blocksize=4, mode="CRD")]
+    report = check_conformance(make_model(nodes, {"x": [1, 3, 6, 8]}, ["y1", "y2"], {"w": weights}), tmp_path)
+    assert "GATHER" not in report.result["op_histogram"]
+
+
 def test_round_halves_to_even_over_the_float_range(tmp_path):
     values = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, -0.50000006, 1e-30, 3.7, -3.7,
                        4194304.5, 8388607.5, -8388607.5, 8388609.0, 1e12, -3e13, 0.0], np.float32)

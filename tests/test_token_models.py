@@ -159,3 +159,40 @@ def test_int64_feeds_become_int32_only_where_they_fit():
     with pytest.raises(UserError, match=r"input 'input_ids' holds values outside int32 \(0\.\.4294967296\)"):
         integer_input(np.array([[0, 2**32]], np.int64), "input_ids", np.dtype(np.int32))  # would wrap to 0
     assert integer_input(np.array([[1, 0]]), "mask", np.dtype(np.bool_)).tolist() == [[True, False]]
+
+
+@pytest.mark.parametrize("attribute", ["value_float", "value_floats", "value"])
+def test_mask_sentinel_from_a_constant_node_attribute_is_unbounded(attribute):
+    """The sentinel may come from a Constant node in any of its float forms (tf2onnx and hand-made
+    graphs write `value_float`), not only from an initializer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgepipe.calibrate import calibrate
+
+    lowest = float(np.finfo(np.float32).min)
+    value = {"value_float": lowest, "value_floats": [lowest],
+             "value": numpy_helper.from_array(np.array(lowest, np.float32))}[attribute]
+    node = helper.make_node
+    graph_proto = helper.make_graph(
+        [node("Constant", [], ["lowest"], name="sentinel", **{attribute: value}),
+         node("Cast", ["mask"], ["keep"], name="cast", to=TensorProto.BOOL),
+         node("Where", ["keep", "scores", "lowest"], ["masked"], name="fill"),
+         node("Softmax", ["masked"], ["y"], name="softmax", axis=-1)],
+        "fill_mask",
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 6]),
+         helper.make_tensor_value_info("mask", TensorProto.INT64, [1, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])])
+    model = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(2)
+
+    class Samples:
+        def __len__(self):
+            return 4
+
+        def sample(self, i):
+            mask = np.ones((1, 6), np.int64)
+            mask[:, 4:] = 0
+            return {"scores": rng.normal(size=(1, 6)).astype(np.float32), "mask": mask}
+
+    result = calibrate(model, Samples(), {"rounds": 1, "method": "minmax"})
+    assert "masked" in result.unbounded and "y" in result.tensors

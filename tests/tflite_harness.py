@@ -307,6 +307,8 @@ def check_conformance(model: onnx.ModelProto, tmp_path: Path, feeds: list[dict] 
             expected = run_onnx(model, feed)
             got = run_tflite(out_dir / "model.fp32.tflite", fp32_io, feed, interpreter=interpreter)
             for name, value in expected.items():
+                assert got[name].shape == value.shape, f"fp32 {resolver}: output '{name}' has shape " \
+                    f"{got[name].shape}, ONNX Runtime's {value.shape}"  # the error below would broadcast
                 scale = max(float(np.max(np.abs(value))), 1e-6)
                 worst = max(worst, float(np.max(np.abs(got[name] - value))) / scale)
         report.fp32_error[resolver] = worst

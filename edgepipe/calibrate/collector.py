@@ -89,8 +89,10 @@ def unbounded_candidates(model: onnx.ModelProto) -> set[str]:
 
     sources = {t.name for t in model.graph.initializer if sentinel(numpy_helper.to_array(t))}
     for node in model.graph.node:
-        if node.op_type in ("Constant", "ConstantOfShape"):
-            values = [numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"]
+        if node.op_type in ("Constant", "ConstantOfShape"):  # a Constant's value may be value_float(s) too
+            values = [numpy_helper.to_array(a.t) if a.name == "value" else np.asarray(a.f if a.name == "value_float"
+                                                                                      else list(a.floats), np.float32)
+                      for a in node.attribute if a.name in ("value", "value_float", "value_floats")]
             if values and sentinel(values[0]):
                 sources.update(o for o in node.output if o)
     reached: set[str] = set()

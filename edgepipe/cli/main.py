@@ -68,7 +68,7 @@ def cli(debug: bool) -> None:
 @click.option("--model", help="An .onnx file, a TorchScript/torch.export file, or pkg.module:factory. Default: the shipped demo.")
 @click.option("--weights", help="state_dict checkpoint for a module:factory model (loaded with weights_only=True).")
 @click.option("--target", help="Target plugin or profile (see `edgepipe targets`).")
-@click.option("--calib", help="Calibration data: image folder, .npz (keys = input names) or .npy.")
+@click.option("--calib", help="Calibration data: image folder, .npz (keys = input names), .npy or a folder of .npy/.npz files.")
 @click.option("--eval", "eval_", help="Evaluation data (labels optional): image folder, .npz, .npy or a folder of .npy/.npz files.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224", help="Fix an input's static shape (repeatable).")
 @click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",

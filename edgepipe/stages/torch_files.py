@@ -161,11 +161,36 @@ _TENSOR_GLOBALS = ("torch._utils.", "torch._tensor.", "collections.OrderedDict",
                    "torch.serialization.")
 
 
+def _pickled_globals(data: bytes) -> list[str]:
+    """Every `module.name` the pickle imports, without running it. Protocol 4+ (`STACK_GLOBAL`)
+    takes module and name from the two values pushed last, often fetched from the memo (a module
+    named before is not written again): pushes and memo are followed, so a state_dict saved with
+    pickle_protocol=4 reads as tensors only. An operand that is no string is named '?'."""
+    import pickletools
+
+    found, pushed, memo = [], [], {}
+    for opcode, arg, _ in pickletools.genops(data):
+        name = opcode.name
+        if name in ("GLOBAL", "INST"):  # INST: protocol 0's class-and-instance in one
+            found.append(str(arg).replace(" ", "."))
+        elif name == "STACK_GLOBAL":
+            module, attribute = (pushed[-2:] if len(pushed) >= 2 else [None, None])
+            found.append(f"{module}.{attribute}" if isinstance(module, str) and isinstance(attribute, str) else "?")
+        if name == "MEMOIZE":
+            memo[len(memo)] = pushed[-1] if pushed else None
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = pushed[-1] if pushed else None
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed.append(memo.get(arg))
+        elif name not in ("FRAME", "PROTO"):  # what this opcode leaves on top: a string it pushes, else another value
+            pushed.append(arg if isinstance(arg, str) and ("UNICODE" in name or "STRING" in name) else None)
+    return found
+
+
 def saved_objects(path: Path) -> list[str] | None:
     """The classes a `torch.save` archive pickles besides tensors (e.g. a whole nn.Module), read
     from the pickle's opcodes without running them; [] for a state_dict of tensors, None when the
     file is no torch.save archive (a TorchScript file has code/, this has only data.pkl)."""
-    import pickletools
     import zipfile
 
     try:
@@ -177,14 +202,7 @@ def saved_objects(path: Path) -> list[str] | None:
             if not pickles:
                 return None
             data = archive.read(pickles[0])
-        found, strings = [], []
-        for opcode, arg, _ in pickletools.genops(data):
-            if opcode.name == "GLOBAL":
-                found.append(str(arg).replace(" ", "."))
-            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found.append(f"{strings[-2]}.{strings[-1]}")
-            elif isinstance(arg, str):
-                strings.append(arg)
+        found = _pickled_globals(data)
     except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError, RuntimeError, KeyError):
         return None
     objects = [name for name in dict.fromkeys(found)

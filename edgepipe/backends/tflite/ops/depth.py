@@ -77,6 +77,7 @@ def crd_into_conv(model: onnx.ModelProto) -> None:
     consumers = graph.consumers(model)
     initializers = {t.name: t for t in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
+    taken = graph.taken_names(model)
     for node in model.graph.node:
         if node.op_type != "DepthToSpace" or node.domain not in ("", "ai.onnx") or _mode(node) != "CRD":
             continue
@@ -93,8 +94,8 @@ def crd_into_conv(model: onnx.ModelProto) -> None:
         for position in (1, 2):
             if position < len(conv.input) and conv.input[position]:
                 value = numpy_helper.to_array(initializers[conv.input[position]])[order]
-                name = f"{conv.input[position]};dcr_order"
-                model.graph.initializer.append(numpy_helper.from_array(value, name))
+                # a fresh name: convs sharing one weight may feed DepthToSpaces of other block sizes
+                name = graph.add_initializer(model, f"{conv.input[position]};dcr_order", value, taken)
                 conv.input[position] = name
         for attribute in node.attribute:
             if attribute.name == "mode":

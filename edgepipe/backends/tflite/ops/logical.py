@@ -86,17 +86,33 @@ def check_expand(ctx: Lowering, node) -> str | None:
 BROADCASTING = {"Add", "Sub", "Mul", "Div", "Where", "Max", "Min", "Pow", *COMPARISONS, *LOGICAL}
 
 
+def lowered_shape(ctx: Lowering, name: str) -> list[int]:
+    """`name`'s shape in ONNX order as the TFLite graph holds it: an Expand already left to its
+    readers' broadcasting is its smaller input there (two of them into one Add must not both be)."""
+    values = ctx.values.get(name)
+    if not values or name in ctx.constants:
+        return list(ctx.shape(name))
+    value = values[0]
+    held = ctx.tensor(value.index).shape
+    if len(held) != len(value.perm):
+        return list(ctx.shape(name))
+    shape = [0] * len(held)
+    for dim, axis in zip(held, value.perm):
+        shape[axis] = int(dim)
+    return shape
+
+
 def broadcast_by_readers(ctx: Lowering, node) -> bool:
     """Every reader broadcasts on its own and would compute the same shape from the unexpanded
     tensor (the attention mask [1, 1, 1, T] expanded per head, then added to [1, H, T, T])."""
     readers = ctx.consumers.get(node.output[0], [])
     if not readers or node.output[0] in ctx.graph_outputs:
         return False
-    source = ctx.shape(node.input[0])
+    source = lowered_shape(ctx, node.input[0])
     for reader in readers:
         if reader.op_type not in BROADCASTING or reader.domain not in ("", "ai.onnx"):
             return False
-        shapes = [source if name == node.output[0] else ctx.shape(name) for name in reader.input if name]
+        shapes = [source if name == node.output[0] else lowered_shape(ctx, name) for name in reader.input if name]
         rank = max(len(shape) for shape in shapes)
         padded = [[1] * (rank - len(shape)) + list(shape) for shape in shapes]
         if [max(dims) for dims in zip(*padded)] != ctx.shape(reader.output[0]):
