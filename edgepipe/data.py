@@ -19,7 +19,7 @@ Sources
 - folder of .npy / .npz files (edgepipe/array_folder.py): each file one sample or a stack [N, ...],
   as above; class subfolders give labels as for images.
 
-Image preprocessing (`preprocess` dict; unknown keys are ignored, they belong to other stages)
+Image preprocessing (edgepipe/images.py; `preprocess` dict; unknown keys belong to other stages)
 - `size` [H, W]: resize so the image covers H x W keeping its aspect ratio (bilinear), then
   center-crop; `resize: stretch` resizes to exactly H x W instead. Default: the model input's
   static H, W, else the images' own size (which must then all agree).
@@ -32,11 +32,9 @@ Image preprocessing (`preprocess` dict; unknown keys are ignored, they belong to
 from __future__ import annotations
 
 import copy
-import math
 import os
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -44,7 +42,8 @@ import numpy as np
 
 from edgepipe.errors import UserError
 from edgepipe.npyfile import ArrayFile, read_header
-from edgepipe.safeio import IMAGE_MAX_BYTES, check_npz_members, ensure_regular_file
+from edgepipe.images import ImageTransform, _cast
+from edgepipe.safeio import check_npz_members
 from edgepipe.sampling import evenly_spaced
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -331,13 +330,6 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if dtype.kind in "iu" and np.asarray(array).dtype.kind == "f":
-        info = np.iinfo(dtype)
-        array = np.clip(np.round(array), info.min, info.max)
-    return np.asarray(array).astype(dtype, copy=False)
-
-
 # ---------------------------------------------------------------------------------------------
 # Images
 
@@ -405,114 +397,3 @@ def _scan_folder(folder: Path) -> tuple[list[Path], np.ndarray | None, list[str]
     paths = [p for group in per_class for p in group]
     labels = np.concatenate([np.full(len(group), index, np.int64) for index, group in enumerate(per_class)])
     return paths, labels, [d.name for d in class_dirs], kind
-
-
-@dataclass(frozen=True)
-class ImageTransform:
-    """Decode one image file and turn it into one model input sample (no batch dim)."""
-
-    size: tuple[int, int] | None
-    stretch: bool
-    scale: float
-    mean: np.ndarray | None
-    std: np.ndarray | None
-    bgr: bool
-    grayscale: bool
-    channels_first: bool
-    dtype: np.dtype
-
-    @classmethod
-    def from_preprocess(cls, source: Path, preprocess: dict, shape: tuple, dtype: np.dtype) -> "ImageTransform":
-        """Validate the preprocess dict against the model input (shape incl. batch, dtype)."""
-        layout = str(preprocess.get("layout") or _guess_layout(shape)).upper()  # None: from the input
-        if layout not in ("NCHW", "NHWC"):
-            raise UserError(f"{source}: preprocess layout '{layout}' is not NCHW or NHWC")
-        static = lambda d: d if isinstance(d, int) and d > 0 else None  # noqa: E731
-        dims = [static(d) for d in shape] + [None] * (4 - len(shape))
-        channels, height, width = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
-        grayscale = bool(channels == 1 if preprocess.get("grayscale") is None else preprocess["grayscale"])
-        if channels is not None and channels != (1 if grayscale else 3):
-            raise UserError(f"{source}: the model input has {channels} channels but preprocessing gives "
-                            f"{1 if grayscale else 3}; set preprocess grayscale/layout to match")
-        size = preprocess.get("size") or ([height, width] if height and width else None)
-        if size is not None:
-            if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-                raise UserError(f"{source}: preprocess size must be [height, width], got {size}")
-            size = (int(size[0]), int(size[1]))
-        order = str(preprocess.get("channel_order", "RGB")).upper()
-        if order not in ("RGB", "BGR"):
-            raise UserError(f"{source}: preprocess channel_order '{order}' is not RGB or BGR")
-        resize = str(preprocess.get("resize", "crop")).lower()
-        if resize not in ("crop", "stretch"):
-            raise UserError(f"{source}: preprocess resize '{resize}' is not crop or stretch")
-        default_scale = 1.0 if dtype.kind in "iu" else 1 / 255
-        mean, std = (_channel_values(source, preprocess, key, 1 if grayscale else 3) for key in ("mean", "std"))
-        if std is not None and not np.all(std != 0):
-            raise UserError(f"{source}: preprocess std contains 0; use the per-channel standard deviations")
-        return cls(size, resize == "stretch", float(default_scale if preprocess.get("scale") is None else preprocess["scale"]), mean, std,
-                   order == "BGR", grayscale, layout == "NCHW", dtype)
-
-    def __call__(self, path: Path) -> np.ndarray:
-        pixels = self._resized(_open_image(path, self.grayscale))
-        x = np.asarray(pixels, dtype=np.float32)
-        x = x[..., None] if x.ndim == 2 else x[..., ::-1] if self.bgr else x
-        x = x * np.float32(self.scale)
-        if self.mean is not None:
-            x = x - self.mean
-        if self.std is not None:
-            x = x / self.std
-        return _cast(np.ascontiguousarray(x.transpose(2, 0, 1) if self.channels_first else x), self.dtype)
-
-    def _resized(self, image):
-        from PIL import Image
-
-        if self.size is None or image.size == (self.size[1], self.size[0]):
-            return image
-        height, width = self.size
-        if self.stretch:
-            return image.resize((width, height), Image.Resampling.BILINEAR)
-        factor = max(height / image.height, width / image.width)
-        new_w, new_h = max(width, round(image.width * factor)), max(height, round(image.height * factor))
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        left, top = (new_w - width) // 2, (new_h - height) // 2
-        return image.crop((left, top, left + width, top + height))
-
-
-def _guess_layout(shape: tuple) -> str:
-    last, second = (shape[-1], shape[1]) if len(shape) == 4 else (None, None)
-    return "NHWC" if last in (1, 3) and second not in (1, 3) else "NCHW"
-
-
-def _channel_values(source: Path, preprocess: dict, key: str, channels: int) -> np.ndarray | None:
-    values = preprocess.get(key)
-    if values is None:
-        return None
-    values = [values] if isinstance(values, (int, float)) else list(values)
-    if len(values) not in (1, channels) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-        raise UserError(f"{source}: preprocess {key} must be 1 or {channels} numbers (one per channel), got {values}")
-    return np.asarray(values, dtype=np.float32)
-
-
-def _eight_bit(image):
-    """16-bit and 32-bit grayscale (PNG 'I;16', 'I') and float ('F') images scaled to 8 bits:
-    Pillow's convert('RGB') would clip every value above 255 to white."""
-    from PIL import Image
-
-    if not (image.mode.startswith("I") or image.mode == "F"):
-        return image
-    values = np.asarray(image, dtype=np.float64)
-    if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
-        values = values / 257.0  # 0..65535 -> 0..255
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
-
-
-def _open_image(path: Path, grayscale: bool):
-    from PIL import Image
-
-    ensure_regular_file(path, IMAGE_MAX_BYTES, "image")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return _eight_bit(image).convert("L" if grayscale else "RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{path}: cannot read image ({_first_line(exc)}); replace or delete the file") from exc

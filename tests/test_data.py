@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from edgepipe import data
+from edgepipe import images
 from edgepipe.data import infer_static_shape, load_dataset
 from edgepipe.errors import UserError
 
@@ -96,8 +96,8 @@ def test_images_are_read_lazily(tmp_path, monkeypatch):
     for i in range(5):
         _png(tmp_path / f"{i}.png", _solid([i, 0, 0]))
     opened = []
-    real_open = data._open_image
-    monkeypatch.setattr(data, "_open_image", lambda path, gray: opened.append(path) or real_open(path, gray))
+    real_open = images._open_image
+    monkeypatch.setattr(images, "_open_image", lambda path, gray: opened.append(path) or real_open(path, gray))
     ds = load_dataset(tmp_path, NCHW)
     assert len(opened) == 1  # only the first image, to validate the shape
     ds.sample(3)
