@@ -59,7 +59,7 @@ MUTATIONS = {
     "quant-zero-point": lambda s: _set_zero_point(_output(s, "CONV_2D"), 200),
     "io": lambda s: s.outputs.append(s.inputs[0]),
     "dataflow": lambda s: s.operators.reverse(),
-    "opcode": lambda s: setattr(s.operators[1], "opcode", "CUMSUM"),
+    "opcode": lambda s: setattr(s.operators[1], "opcode", "SEGMENT_SUM"),
     "dtype-mix": lambda s: setattr(_output(s, "MAX_POOL_2D"), "dtype", "float32"),
     "weights": lambda s: _input(s, "CONV_2D", 1).quantization.zero_point.__setitem__(0, 1),
     "bias": lambda s: _op(s, "CONV_2D").inputs.__setitem__(2, -1),
