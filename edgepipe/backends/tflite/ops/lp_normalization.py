@@ -40,10 +40,15 @@ def lower_lp_normalization(ctx: Lowering, node) -> None:
 
     squares, mean, inverse, unscaled = temp("squares", shape), temp("mean", reduced), temp("rsqrt", reduced), temp(
         "unscaled", shape)
+    floored = temp("floored", reduced)
     ctx.emit("MUL", [x, x], [squares], node, "MulOptions", FusedActivationFunction=0)
     ctx.emit("MEAN", [squares, ctx.int32_constant(f"{node.name};axes", [tflite_axis])], [mean], node,
              "ReducerOptions", KeepDims=True)
-    ctx.emit("RSQRT", [mean], [inverse], node)
+    # an all-zero slice gives 0 in ONNX (x / norm where norm != 0, else 0): the mean is floored at the
+    # smallest normal float, so RSQRT stays finite and 0 * it is 0 instead of 0 * inf = NaN
+    tiny = ctx.spec.add_constant(f"{node.name};tiny", np.float32(np.finfo(np.float32).tiny))
+    ctx.emit("MAXIMUM", [mean, tiny], [floored], node)
+    ctx.emit("RSQRT", [floored], [inverse], node)
     ctx.emit("MUL", [x, inverse], [unscaled], node, "MulOptions", FusedActivationFunction=0)
     scale = ctx.spec.add_constant(f"{node.name};1/sqrt(n)", np.float32(1.0 / np.sqrt(shape[tflite_axis])))
     ctx.emit("MUL", [unscaled, scale], [ctx.new_value(node.output[0], "float32", perm)], node, "MulOptions",
