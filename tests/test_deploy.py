@@ -136,7 +136,7 @@ def test_wrong_key_is_an_authentication_error(ssh_server, tmp_path):
 
 
 @pytest.mark.parametrize("destination", ["-oProxyCommand=touch {marker}", "-x@127.0.0.1",
-                                         "127.0.0.1 -oProxyCommand=touch{marker}", "user@-host"])
+                                         "127.0.0.1 -oProxyCommand=touch{marker}", "user@-host", "..", "user@."])
 def test_option_like_or_spaced_host_names_are_refused(tmp_path, destination):
     marker = tmp_path / "proxy-ran"
     bundle = make_bundle(tmp_path / "bundle")

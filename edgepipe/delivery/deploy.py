@@ -37,6 +37,8 @@ def check_host_name(value: str, what: str = "host") -> str:
     if not value or value.startswith("-") or not pattern.match(value):
         raise UserError(f"refusing {what} name {value!r}: it must not start with '-' or contain "
                         f"whitespace, '@', '/', quotes or control characters")
+    if value in (".", ".."):  # a host names its results folder (report/<host>/): never a parent folder
+        raise UserError(f"refusing {what} name {value!r}: give the device's address or name")
     return value
 
 
