@@ -84,7 +84,8 @@ def array_folder_dataset(folder: Path, paths: list[Path], class_labels: np.ndarr
         if opened["index"] != index:  # samples are read in order: one file open at a time
             _close(opened["arrays"])
             arrays, _ = _open(paths[index], specs)
-            data._check_arrays(paths[index], arrays, specs)  # the same [N, sample] views as when checked
+            # the same [N, sample] views as when the folder was opened; its values were checked then
+            data._check_arrays(paths[index], arrays, specs, values=False)
             opened.update(index=index, arrays=arrays)
         position = i - (ends[index - 1] if index else 0)
         return {name: np.asarray(array[position]) for name, array in opened["arrays"].items()}

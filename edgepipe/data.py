@@ -245,8 +245,8 @@ def _read_npz(path: Path, specs: InputSpecs) -> tuple[dict[str, ArrayFile], np.n
     return arrays, labels, sorted(keys - set(specs) - {LABELS_KEY})
 
 
-def _check_arrays(path: Path, arrays: dict[str, np.ndarray], specs: InputSpecs) -> int:
-    """Validate dtype, per-sample shape, sample count and finiteness; return the sample count.
+def _check_arrays(path: Path, arrays: dict[str, np.ndarray], specs: InputSpecs, values: bool = True) -> int:
+    """Validate dtype, per-sample shape, sample count and (`values`) finiteness; return the sample count.
 
     Samples of an input with a batch axis may come as [N, *shape[1:]] or [N, *shape]; the second
     form is replaced in `arrays` by a view without the batch dim, so every array holds [N, sample].
@@ -272,7 +272,7 @@ def _check_arrays(path: Path, arrays: dict[str, np.ndarray], specs: InputSpecs) 
         elif len(array) != count:
             raise UserError(f"{path}: input '{name}' has {len(array)} samples but '{first}' has "
                             f"{count}; every input needs the same number of samples")
-        if array.dtype.kind == "f":
+        if values and array.dtype.kind == "f":
             _check_finite(path, name, array)
     if not count:
         raise UserError(f"{path}: holds 0 samples; add at least one")
