@@ -182,17 +182,20 @@ def mirror_by_slices(ctx: Lowering, node, x: int, pads, mode: str, out: int) -> 
             rows = [*range(before, 0, -1)], [*range(length - 2, length - 2 - after, -1)]
         else:
             rows = [0] * before, [length - 1] * after
+        size = [1 if a == axis else d for a, d in enumerate(shape)]
+        size_constant = ctx.int32_constant(f"{node.name};axis{axis}_size", size)
+        sliced: dict[int, int] = {}  # each row once, however often it repeats (an edge pad of p rows)
         pieces = []
         for index in [*rows[0], None, *rows[1]]:
             if index is None:
                 pieces.append(current)
                 continue
-            begin = [index if a == axis else 0 for a in range(len(shape))]
-            size = [1 if a == axis else d for a, d in enumerate(shape)]
-            row = ctx.temp(f"{node.name};axis{axis}_row{index}_{len(pieces)}", size, source.dtype, source.quantization)
-            ctx.emit("SLICE", [current, ctx.int32_constant(f"{node.name};axis{axis}_begin{index}", begin),
-                               ctx.int32_constant(f"{node.name};axis{axis}_size", size)], [row], node, "SliceOptions")
-            pieces.append(row)
+            if index not in sliced:
+                begin = [index if a == axis else 0 for a in range(len(shape))]
+                sliced[index] = ctx.temp(f"{node.name};axis{axis}_row{index}", size, source.dtype, source.quantization)
+                ctx.emit("SLICE", [current, ctx.int32_constant(f"{node.name};axis{axis}_begin{index}", begin),
+                                   size_constant], [sliced[index]], node, "SliceOptions")
+            pieces.append(sliced[index])
         shape[axis] += before + after
         last = step == len(padded_axes) - 1
         target = out if last else ctx.temp(f"{node.name};axis{axis}_padded", list(shape), source.dtype,
