@@ -121,7 +121,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     if simplify_report.get("status") == "failed":
         warnings.append(f"simplify: {simplify_report.get('note')}")
 
-    fold_settings = fold_settings_of(settings)
+    fold_settings = fold_settings_of(settings, target)
     if target is not None:  # ops the fold stage rewrites are checked after it
         check_target_support(model, target, ignore=foldable_batchnorms(model) if fold_settings.get("batchnorm", True) else set())
 

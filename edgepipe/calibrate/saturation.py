@@ -10,13 +10,16 @@ grid (TFLite) that tail costs half the steps of the side that carries the signal
 SILU_FLOOR keeps those steps; values below it read as SILU_FLOOR, whose SiLU is 0 on any int8
 output grid. Only the asymmetric range moves: `amax` (symmetric grids) keeps both sides.
 
-Softmax inputs: the upper end is the observed maximum. Softmax reads each row relative to its
-maximum, and the rare values at the top of a logit histogram are those row maxima (a recognizer's
-confident blank over 6,625 classes is one value in 6,625, under any percentile's cut). Clipping
-them lowers exactly the winners, a systematic shift (the PP-OCRv4 recognizer lost up to 2.5 nats
-of its blank logit at the line ends) where a wider grid only adds rounding noise. The tensors
-before the Softmax that only move values (Reshape, Squeeze, ...) and are read by nothing else get
-the same top, since a backend may quantize the producer's output and share its grid.
+Inputs of a Softmax that writes a graph output: the upper end is the observed maximum. The
+output is read at its row maxima (argmax, CTC decoding, a score threshold), and the rare values at
+the top of a logit histogram are those maxima (a recognizer's confident blank over 6,625 classes
+is one value in 6,625, under any percentile's cut): clipping them lowers exactly the winners, a
+systematic shift where a wider grid only adds rounding noise; the same reason `auto` never clips
+a graph output. A Softmax inside the network (attention) keeps its method's range: its rows are
+mixed again downstream, and a coarser grid for every value can cost more than the clipped tops.
+The tensors before the Softmax that only move values (Reshape, Squeeze, ...) and are read by
+nothing else get the same top, since a backend may quantize the producer's output and share its
+grid.
 
 Both run on every calibration result (stages/calibrate.py), whatever the method, because each
 range follows from its consumer; every changed tensor says so in its `reason`.
@@ -67,13 +70,14 @@ VALUE_MOVING_OPS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Tra
 
 
 def softmax_inputs(model: onnx.ModelProto) -> set[str]:
-    """Softmax/LogSoftmax inputs, and the tensors before them that only move values into them."""
+    """Inputs of the Softmax/LogSoftmax nodes that write a graph output, and the tensors before
+    them that only move values into them."""
     consumers = graph.consumers(model)
     producers = {out: node for node in model.graph.node for out in node.output}
     outputs = {o.name for o in model.graph.output}
     found = set()
     for node in model.graph.node:
-        if node.op_type not in SOFTMAX_OPS or not node.input:
+        if node.op_type not in SOFTMAX_OPS or not node.input or node.output[0] not in outputs:
             continue
         name = node.input[0]
         while name and name not in found:
@@ -89,8 +93,8 @@ def softmax_inputs(model: onnx.ModelProto) -> set[str]:
 
 
 def keep_softmax_tops(model: onnx.ModelProto, result) -> list[str]:
-    """Raise `hi` of every Softmax input (and what only moves values into it) to the observed
-    maximum (in place); the tensors changed."""
+    """Raise `hi` of every output Softmax's input (and what only moves values into it) to the
+    observed maximum (in place); the tensors changed."""
     changed = []
     for name in sorted(softmax_inputs(model)):
         tensor = result.tensors.get(name)
@@ -98,6 +102,6 @@ def keep_softmax_tops(model: onnx.ModelProto, result) -> list[str]:
             continue
         tensor.hi = float(tensor.max)
         tensor.reason = (tensor.reason + "; " if tensor.reason else "") + (
-            "Softmax input: asymmetric range ends at the observed maximum (the row maxima decide)")
+            "output Softmax input: asymmetric range ends at the observed maximum (the row maxima are read)")
         changed.append(name)
     return changed

@@ -65,7 +65,7 @@ def run_calibration(
 ) -> CalibrationResult:
     result = calibrate(model, dataset, validate_settings(settings), progress=progress)
     narrow_saturated_tails(model, result)  # range no consumer can use (calibrate/saturation.py)
-    keep_softmax_tops(model, result)  # range a Softmax reads: its row maxima (same module)
+    keep_softmax_tops(model, result)  # an output Softmax's input keeps its row maxima (same module)
     if not result.tensors:  # an integer-only graph: nothing an INT8 build could quantize
         inputs = ", ".join(f"'{i.name}' ({graph.tensor_dtype(i)})" for i in graph.graph_inputs(model))
         raise UserError(f"the model has no float tensor to calibrate (inputs: {inputs}); an INT8 build needs a "
