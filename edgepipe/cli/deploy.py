@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from edgepipe.delivery.deploy import SshTarget, deploy_bundle
-from edgepipe.errors import UserError
+from edgepipe.errors import UserError, one_line
 from edgepipe.safeio import CONFIG_MAX_BYTES, ensure_regular_file
 from edgepipe.delivery.fleet import deploy_fleet, format_table, load_inventory, raise_if_failed, write_fleet_json
 
@@ -61,7 +61,7 @@ def deploy_command(bundle, destination, inventory, port, identity, remote_dir, r
             click.echo(f"{result.host}: p50 {latency.get('p50')} ms, p99 {latency.get('p99')} ms "
                        f"-> {result.results_path}")
         for note in result.notes:
-            click.echo(f"note: {note}", err=True)
+            click.echo(f"note: {one_line(note)}", err=True)
         return
     hosts = load_inventory(inventory)
     outcomes = deploy_fleet(bundle, hosts, parallel=parallel, remote_dir=remote_dir, port=port,
