@@ -403,7 +403,8 @@ def _scan_folder(folder: Path) -> tuple[list[Path], np.ndarray | None, list[str]
     present = [kind for kind, (flat, per_class) in found.items() if flat or any(per_class)]
     if len(present) > 1:
         kinds = " and ".join({"images": "images", "arrays": ".npy/.npz files", "audio": ".wav files"}[k] for k in present)
-        raise UserError(f"{folder}: holds {kinds}; keep one kind of sample file per folder")
+        raise UserError(f"{folder}: holds {'both ' if len(present) == 2 else ''}{kinds}; keep one kind of sample "
+                        "file per folder")
     if not present:
         raise UserError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}), .npy/.npz or .wav files found; put "
                         "samples in the folder (calibration) or in one subfolder per class (evaluation)")
