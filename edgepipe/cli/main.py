@@ -143,8 +143,8 @@ def _print_summary(result) -> None:
             parts.append(f"XNNPACK partitions {result.results['delegation']['partitions']}")
         click.echo(f"host report ({result.results.get('where', 'host')}): " + ", ".join(parts))
     if result.report_html:
-        click.echo(f"report: {result.report_html}")
-    click.echo(f"bundle: {result.out}")
+        click.echo(f"report: {one_line(result.report_html)}")
+    click.echo(f"bundle: {one_line(result.out)}")
 
 
 def _human(size: int) -> str:
