@@ -36,7 +36,10 @@ def deployed_model(settings: dict):
     from edgepipe.build import prepare_model
     from edgepipe.pipeline import Pipeline
 
-    prepared = prepare_model(settings, Pipeline(settings.get("cache_dir")))
+    pipeline = Pipeline(settings.get("cache_dir"))
+    prepared = prepare_model(settings, pipeline)
+    for warning in pipeline.warnings:  # an untrusted cache folder or entry: said once, the work is redone
+        click.echo(f"warning: {one_line(warning)}", err=True)
     return prepared.model, prepared.calib, prepared.eval
 
 
