@@ -232,3 +232,12 @@ def test_openwakeword_melspectrogram_builds_from_wav_files(tmp_path):
     session = graph.make_session(onnx.load(str(model)))
     feed = {"input": np.stack(windows[-3:])[:1]}
     assert sqnr_db(session.run(None, feed)[0], deployed_outputs(tmp_path / "bundle", feed)[0]) > 2.0
+
+
+def test_class_subfolders_label_every_window(tmp_path):
+    for label, (name, frames) in enumerate((("no", 50), ("yes", 70))):
+        (tmp_path / name).mkdir()
+        _write_with_wave(tmp_path / name / "take.wav", _pcm(16, 1, frames, seed=label), 16)
+    data = load_dataset(tmp_path, {"x": ((1, 16), np.dtype(np.float32))})
+    assert data.class_names == ["no", "yes"] and data.labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
+    np.testing.assert_array_equal(data.sample(4)["x"][0], (_pcm(16, 1, 70, seed=1)[16:32, 0] / 32768).astype(np.float32))

@@ -141,7 +141,7 @@ def _print_summary(result) -> None:
             parts.append(f"speed-up vs {result.results['compare']['model']} {result.results['speedup']:.2f}x")
         if (result.results.get("delegation") or {}).get("partitions") is not None:
             parts.append(f"XNNPACK partitions {result.results['delegation']['partitions']}")
-        click.echo(f"host report ({result.results.get('where', 'host')}): " + ", ".join(parts))
+        click.echo(one_line(f"host report ({result.results.get('where', 'host')}): " + ", ".join(parts)))
     if result.report_html:
         click.echo(f"report: {one_line(result.report_html)}")
     click.echo(f"bundle: {one_line(result.out)}")
