@@ -47,6 +47,14 @@ def test_ids_through_cast_and_offset_are_range_checked_at_build_time(tmp_path, o
     built = run_cli("build", "--model", str(model), "--calib", "good.npz", "--target", "arm-cpu", "--out", "ok",
                     "--no-host-report", cwd=tmp_path)
     assert built.returncode == 0, built.stderr
+    from edgepipe import graph
+    from tests.helpers import deployed_outputs, sqnr_db
+
+    session = graph.make_session(onnx.load(str(model)))
+    feeds = [{"ids": row} for row in rng.integers(0, VOCAB - offset, (16, 6)).astype(np.int32)]
+    reference = np.concatenate([session.run(None, feed)[0] for feed in feeds])
+    got = np.concatenate([deployed_outputs(tmp_path / "ok", feed)[0] for feed in feeds])
+    assert sqnr_db(reference, got) > 15  # LiteRT runs the lookup; int8 noise of this untrained net: 20 dB here
 
     for bad_id in (VOCAB - offset, -offset - 1):
         bad = good.copy()
