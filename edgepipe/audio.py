@@ -185,10 +185,10 @@ def wav_dataset(source: Path, paths: list[Path], class_labels: np.ndarray | None
     return data.Dataset(source, "wav", specs, ends[-1], read, labels=labels, class_names=class_names, limit=limit)
 
 
-def first_sample_shape(path: Path, declared: tuple | None) -> tuple:
+def first_sample_shape(path: Path, input_name: str, declared: tuple | None) -> tuple:
     """The per-sample shape one window of the first file gives (its whole length when T is dynamic)."""
     info = read_wav_info(path)
-    channels, window = _layout("input", declared, path) if declared else (None, None)
+    channels, window = _layout(input_name, declared, path) if declared else (None, None)
     frames = window or info.frames
     return (info.channels, frames) if declared is not None and len(declared) - data.has_batch_axis(declared) == 2 \
         else (frames,)

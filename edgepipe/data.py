@@ -191,7 +191,7 @@ def _first_sample_shape(path: Path, input_name: str, preprocess: dict | None, de
         if kind == "audio":
             from edgepipe.audio import first_sample_shape as first_window_shape
 
-            return first_window_shape(paths[0], declared)
+            return first_window_shape(paths[0], input_name, declared)
         unknown_spec = {input_name: ((None, None, None, None), np.float32)}
         return tuple(_image_dataset(path, unknown_spec, preprocess or {}, 1).sample(0)[input_name].shape)[1:]
     if not path.exists():
@@ -201,7 +201,7 @@ def _first_sample_shape(path: Path, input_name: str, preprocess: dict | None, de
     if path.suffix.lower() in AUDIO_SUFFIXES:
         from edgepipe.audio import first_sample_shape as first_window_shape
 
-        return first_window_shape(path, declared)
+        return first_window_shape(path, input_name, declared)
     if path.suffix.lower() != ".npz":
         raise UserError(f"{path}: unsupported data file type '{path.suffix}'; use images, .npz or .npy")
     try:

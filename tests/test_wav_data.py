@@ -160,7 +160,7 @@ def test_rates_channels_and_lengths_are_checked(tmp_path):
         (stereo[16:32].mean(axis=1) * 32768).astype(np.float32).tolist()
 
 
-def _audio_model(path: Path) -> None:
+def _audio_model(path: Path, dynamic: bool = False) -> None:
     import torch
 
     class Net(torch.nn.Module):
@@ -174,7 +174,7 @@ def _audio_model(path: Path) -> None:
             return self.fc(torch.relu(self.conv(audio.unsqueeze(1))).mean(dim=2))
 
     torch.onnx.export(Net().eval(), (torch.zeros(1, 400),), str(path), input_names=["audio"], output_names=["y"],
-                      opset_version=17, dynamo=False)
+                      opset_version=17, dynamo=False, dynamic_axes={"audio": {1: "samples"}} if dynamic else None)
 
 
 def test_a_wav_folder_calibrates_like_the_same_windows_in_an_npz(tmp_path):
@@ -198,6 +198,20 @@ def test_a_wav_folder_calibrates_like_the_same_windows_in_an_npz(tmp_path):
                      "--no-host-report", cwd=tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "bad.wav: the data chunk comes before the fmt chunk" in lines[0]
+
+
+def test_a_dynamic_time_dim_takes_the_first_recordings_length(tmp_path):
+    import json
+
+    _audio_model(tmp_path / "net.onnx", dynamic=True)
+    (tmp_path / "calib").mkdir()
+    for index, frames in enumerate((800, 1700)):
+        _write_with_wave(tmp_path / "calib" / f"{index}.wav", _pcm(24, 2, frames, seed=index), 24)
+    result = run_cli("build", "--model", "net.onnx", "--calib", "calib", "--target", "arm-cpu", "--out", "out",
+                     "--no-host-report", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    inputs = json.loads((tmp_path / "out" / "manifest.json").read_text())["io"]["inputs"]
+    assert inputs[0]["shape"] == [1, 800]
 
 
 @pytest.mark.slow
