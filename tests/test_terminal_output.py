@@ -78,3 +78,19 @@ def test_tables_of_results_keep_each_row_one_line():
 
     table = format_table([HostOutcome(name="edge1", attempts=1, error=f"device said {HOSTILE}")])
     assert len(table.splitlines()) == 2 and not RAW_CONTROLS.search(table)
+
+
+def test_run_py_reports_a_planted_files_name_inert(tmp_path):
+    import subprocess
+
+    onnx.save(tiny_conv_model(), str(tmp_path / "model.onnx"))
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    built = run_cli("build", "--model", "model.onnx", "--calib", "calib.npz", "--target", "arm-cpu", "--out", "out",
+                    "--no-host-report", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    (tmp_path / "out" / f"planted{HOSTILE}.txt").write_text("")
+    ran = subprocess.run([sys.executable, "run.py"], cwd=tmp_path / "out", capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 3 and "not listed in SHA256SUMS" in ran.stderr
+    assert "planted" in ran.stderr and "\\x1b]0;title\\x07" in ran.stderr and "\\nerror: forged line" in ran.stderr
+    assert not RAW_CONTROLS.search(ran.stderr) and not any(line.startswith("error: forged")
+                                                          for line in ran.stderr.splitlines())
