@@ -10,9 +10,10 @@ import re
 
 # terminal controls a model's names could carry: escape sequences (OSC 52 writes the clipboard, OSC 0
 # the title, CSI erases lines), carriage return and backspace (overwrite what the line showed), C1
-# controls and bidi overrides (text shown in another order). Only the CLI's own progress bar writes
-# a carriage return, to the raw stream. Line feed and tab stay: output is made of lines.
-_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# controls, Unicode line/paragraph separators and bidi overrides and marks (text shown in another
+# order). Only the CLI's own progress bar writes a carriage return, to the raw stream. Line feed and
+# tab stay: output is made of lines.
+_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def inert_text(text: str) -> str:

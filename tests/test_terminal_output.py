@@ -69,7 +69,7 @@ def test_only_the_progress_bar_writes_a_carriage_return(monkeypatch):
 def test_one_line_and_inert_text_escape_every_control():
     assert one_line(HOSTILE) == ("c\\rOK \\x1b[2J\\x1b]0;title\\x07\\x08X\\u202egnp.exe\\u2066\\nerror: forged line")
     assert inert_text("a\tb\nc") == "a\tb\nc"  # output is made of lines and columns
-    for control in ("\u200e", "\u200f", "\u061c", "\x85", "\x9b"):
+    for control in ("\u200e", "\u200f", "\u061c", "\x85", "\x9b", "\u2028", "\u2029"):
         assert control not in inert_text(f"x{control}y")
 
 
