@@ -62,6 +62,10 @@ def _constant_bounds(model: onnx.ModelProto, name: str) -> tuple[int, int] | Non
 
 def _next_offsets(model: onnx.ModelProto, node: onnx.NodeProto, tensor: str, low: int, high: int):
     """(low, high) offsets of `node`'s output from the graph input, or None if it does not keep ids."""
+    if node.op_type == "Concat":  # every id reaches the output (a [CLS] id prepended by the graph)
+        return low, high
+    # not Where, Slice, Gather, Clip or Max: they may drop or replace an id (a -1 pad masked to 0),
+    # so an id the table never sees would be refused
     if node.op_type in VALUE_PRESERVING and node.input[0] == tensor:
         if node.op_type == "Cast" and helper.get_attribute_value(node.attribute[0]) == onnx.TensorProto.BOOL:
             return None
@@ -82,7 +86,7 @@ def embedding_tables(model: onnx.ModelProto) -> dict[str, IdRange]:
     """{integer graph input: the ids it may hold} for inputs that reach the indices of a Gather
     (an embedding table, or any tensor of static shape) directly or through value-preserving ops:
     Cast (int32 ids cast to int64, as exporters write), Reshape/Unsqueeze/Squeeze/Flatten/Expand/
-    Transpose/Identity, and an Add or Sub of an integer constant (a padding offset). When several
+    Transpose/Identity, Concat, and an Add or Sub of an integer constant (a padding offset). When several
     Gathers read one input, its range is the intersection."""
     inputs = [i.name for i in graph.graph_inputs(model)
               if i.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)]

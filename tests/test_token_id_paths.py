@@ -68,3 +68,25 @@ def test_ids_through_cast_and_offset_are_range_checked_at_build_time(tmp_path, o
             f"error: calibration sample 7: input 'ids' holds token id {bad_id}, outside the embedding table of "), lines
         assert f"ids {-offset}..{VOCAB - 1 - offset}" in lines[0] or (not offset and f"ids 0..{VOCAB - 1}" in lines[0])
         assert not (tmp_path / "bundle").exists()
+
+
+def test_ids_a_graph_may_drop_or_replace_are_not_checked():
+    """Concat keeps every id (checked); Where may replace a -1 pad before the lookup (not checked: refusing
+    an id the table never sees would refuse a valid model)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgepipe.token_ids import embedding_tables
+
+    nodes = [helper.make_node("Cast", ["ids"], ["wide"], to=TensorProto.INT64),
+             helper.make_node("Concat", ["cls", "wide"], ["with_cls"], axis=1),
+             helper.make_node("Gather", ["table", "with_cls"], ["e"], name="emb"),
+             helper.make_node("Where", ["keep", "wide", "zero"], ["masked"]),
+             helper.make_node("Gather", ["small_table", "masked"], ["e2"], name="emb_masked")]
+    inits = [numpy_helper.from_array(np.array([[1]], np.int64), "cls"),
+             numpy_helper.from_array(np.zeros((30, 4), np.float32), "table"),
+             numpy_helper.from_array(np.zeros((3, 4), np.float32), "small_table"),
+             numpy_helper.from_array(np.array(True), "keep"), numpy_helper.from_array(np.array(0, np.int64), "zero")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT32, [1, 5])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("e", "e2")], inits)
+    tables = embedding_tables(helper.make_model(graph))
+    assert {name: (r.node, r.low, r.high) for name, r in tables.items()} == {"ids": ("emb", 0, 29)}
