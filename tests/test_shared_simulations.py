@@ -199,6 +199,7 @@ def test_build_checks_hand_over_outputs_only_from_the_effect_checks_simulation(d
     if handed_over:
         from edgepipe.calibrate.collector import sample_indices
 
-        assert seen["chosen_outputs"] and set(seen["chosen_outputs"]) <= set(sample_indices(len(data), stability.EFFECT_SAMPLES))
+        wanted = set(sample_indices(len(data), stability.EFFECT_SAMPLES))
+        assert seen["chosen_outputs"] and set(seen["chosen_outputs"]) <= wanted
     else:
         assert seen["chosen_outputs"] is None

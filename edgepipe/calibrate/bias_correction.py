@@ -283,7 +283,8 @@ def checked_bias_corrections(model: onnx.ModelProto, calibration, dataset, targe
     if not keep:
         calibration.bias_corrections = {}
     if kept_outputs is not None:
-        kept_outputs.update({int(i): [state[name] for name in names] for i, state in zip(held, outputs if keep else plain)})
+        kept_state = outputs if keep else plain
+        kept_outputs.update({int(i): [state[name] for name in names] for i, state in zip(held, kept_state)})
     report.update(kept=keep, reason=reason, judged_by=judge, outputs=names,
                   held_out_sqnr_db={"without": without_sqnr, "with": with_sqnr})
     calibration.bias_correction = report
