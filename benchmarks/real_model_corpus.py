@@ -76,6 +76,8 @@ def measure(name: str, work: Path) -> dict:
                 "input_shape_flag": spec.input_shape_flag})
     if spec.shipped_quantized:
         row["shipped_quantized"] = True
+    if spec.head:
+        row["head"] = spec.head
     reference = evaluate.fp32_reference(name, data.eval)
     row["ort_float_noise"] = evaluate.reference_float_noise(name, data.eval)
     try:
@@ -120,7 +122,7 @@ def main() -> None:
     report["host"] = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count(),
                       "cpu": cpu_flags(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     report["method"] = {"calib_samples": evaluate.CALIB_SAMPLES,
-                        "eval_samples": "24 (layout: 8, captcha_det: 12, smart_turn: 16, table_slanet: 8, centerface: 16, dnsmos: 12, basic_pitch: 12, speaker_encoder: 16)",
+                        "eval_samples": "24 (layout: 8, captcha_det: 12, smart_turn: 16, table_slanet: 8, centerface: 16, dnsmos: 12, basic_pitch: 12, speaker_encoder: 16, pitch_f0: 16)",
                         "peer": "onnxruntime quantize_static QDQ MinMax per-channel symmetric int8"}
     report.setdefault("models", {})
     work = Path(tempfile.mkdtemp(prefix="real_model_corpus_"))

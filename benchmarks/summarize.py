@@ -245,9 +245,10 @@ def real_model_corpus(data: dict) -> list[str]:
     if heads:
         lines += ["", "What users read off the output, int8 vs FP32 (tests/realmodels/decode.py: greedy CTC "
                   "reading agreement, 1 - edit distance / length; detector boxes after the package's threshold "
-                  "and NMS, F1 at IoU 0.5):", ""]
+                  "and NMS, F1 at IoU 0.5; pitch: FP32-voiced frames still voiced within 50 cents):", ""]
+        kinds = {"yolox": "box F1", "pitch": "voiced-pitch agreement"}
         for name, row in heads:
-            kind = "box F1" if corpus_head(row) == "yolox" else "reading agreement"
+            kind = kinds.get(corpus_head(row), "reading agreement")
             peer = row.get("ort_minmax_head_agreement")
             lines.append(f"- {name} {kind}: arm-cpu {fmt(row['arm-cpu'].get('int8_head_agreement'), 3)}, jetson "
                          f"{fmt(row['jetson'].get('int8_head_agreement'), 3)}, ORT MinMax "
@@ -256,8 +257,9 @@ def real_model_corpus(data: dict) -> list[str]:
 
 
 def corpus_head(row: dict) -> str:
-    """The decoding a corpus row's agreement used (detectors: boxes)."""
-    return "yolox" if "detector" in row.get("family", "") else "ctc"
+    """The decoding a corpus row's agreement used (rows written before `head` was recorded:
+    detectors boxes, the others CTC)."""
+    return row.get("head") or ("yolox" if "detector" in row.get("family", "") else "ctc")
 
 
 def onnx_node_conformance(data: dict) -> list[str]:

@@ -71,21 +71,35 @@ KNOWN_FAILURES = {
                                          "(its shape inference rejects a tf2onnx Transpose: invalid perm for a "
                                          "1-D input); ours: arm-cpu 7.8 dB, jetson / desktop-gpu 16.2 dB (README)"
        for target in ALL_TARGETS},
+    ("fp32", "ocr_rec_v5", "arm-cpu"): "CTC softmax over 18385 classes: 1.4e-4, while ONNX Runtime with and without "
+                                       "graph optimizations disagrees by 2.7e-5 (README)",
+    ("fp32", "ocr_det_v6", "arm-cpu"): "1.1e-3 at one pixel on the sigmoid's steep part (p = 0.54), where ONNX Runtime "
+                                       "with and without graph optimizations disagrees by 2.1e-4; mean error 4.7e-7 (README)",
+    **{("int8", "pitch_f0", target): "no int8 peer: ONNX Runtime quantize_static fails on the shipped file (its float64 "
+                                     "decoding tail: 'Only an existing tensor can be modified'); its head is checked "
+                                     "against head_floor instead" for target in ("jetson", "desktop-gpu")},
     ("int8", "wake_embedding", "arm-cpu"): "20.7 dB vs ORT 21.7 (bound 20.73): 20 int8 requantizations (conv, "
                                            "LeakyReLU, a BatchNorm after a ReLU that cannot fold) against ORT's "
                                            "float between its Q/DQ pairs; jetson 21.1 dB passes (README)",
 }
 
 
+def case(check: str, name: str, target: str):
+    """One (name, target) parameter, a known failure marked strict xfail with its reason."""
+    reason = KNOWN_FAILURES.get((check, name, target))
+    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+    return pytest.param(name, target, marks=marks, id=f"{name}-{target}")
+
+
 def cases(check: str, targets: list[str]) -> list:
-    """(name, target) parameters, known failures marked strict xfail with their reason."""
-    params = []
-    for name in BUILT:
-        for target in [t for t in targets if t in corpus.MODELS[name].targets]:
-            reason = KNOWN_FAILURES.get((check, name, target))
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            params.append(pytest.param(name, target, marks=marks, id=f"{name}-{target}"))
-    return params
+    """(name, target) parameters of the models built everywhere, known failures marked."""
+    return [case(check, name, target) for name in BUILT for target in targets if target in corpus.MODELS[name].targets]
+
+
+def refused_arm_cases(check: str) -> list:
+    """The models refused on arm-cpu only, on the GPU targets they name."""
+    return [case(check, name, target) for name in JETSON_ONLY for target in ("jetson", "desktop-gpu")
+            if target in corpus.MODELS[name].targets]
 # arm-cpu models that do not meet issue 15's goals yet (one XNNPACK partition, nothing on the
 # builtin kernels, TRANSPOSE <= the ONNX graph's Transposes), with the measured reason. strict.
 ARM_SPEED_GAPS: dict[str, str] = {
@@ -176,7 +190,7 @@ def test_arm_cpu_fp32_tflite_matches_reference(measured, name, target):
 
 
 @pytest.mark.parametrize(("name", "target"), cases("reference", ["jetson"]) + [
-    pytest.param(name, "jetson", id=f"{name}-jetson") for name in JETSON_ONLY])
+    case("reference", name, "jetson") for name in JETSON_ONLY])
 def test_jetson_reference_graph_matches_original(measured, name, target):
     m = measured(name)
     spec = corpus.MODELS[name]
@@ -188,8 +202,7 @@ def test_jetson_reference_graph_matches_original(measured, name, target):
     assert max(errors) <= FP32_RTOL, f"{name}: bundle reference.onnx max relative error per output {errors}"
 
 
-@pytest.mark.parametrize(("name", "target"), cases("int8", ALL_TARGETS) + [
-    pytest.param(name, "jetson", id=f"{name}-jetson") for name in JETSON_ONLY])
+@pytest.mark.parametrize(("name", "target"), cases("int8", ALL_TARGETS) + refused_arm_cases("int8"))
 def test_int8_sqnr_not_below_onnxruntime(measured, name, target):
     m = measured(name)
     assert m.peer is not None, m.peer_error
@@ -200,19 +213,24 @@ def test_int8_sqnr_not_below_onnxruntime(measured, name, target):
     assert not worse, f"{name} on {target}: int8 SQNR below ORT MinMax - 1 dB (output, ours, ORT): {worse}"
 
 
-HEADS = [name for name in BUILT if corpus.MODELS[name].head]
 HEAD_MARGIN = 0.02  # one reading in 50, one box in 50
 
 
-@pytest.mark.parametrize(("name", "target"), [param for param in cases("head", TARGETS) if param.values[0] in HEADS])
+@pytest.mark.parametrize(("name", "target"), [param for param in cases("head", TARGETS) + refused_arm_cases("head")
+                                              if corpus.MODELS[param.values[0]].head])
 def test_int8_reads_like_fp32_as_well_as_onnxruntime(measured, name, target):
-    """What the package's user reads off the output: greedy CTC readings (recognizers) or boxes
-    after ddddocr's score threshold and NMS (detector), int8 against FP32's own, not below ONNX
-    Runtime's int8 model's agreement - HEAD_MARGIN."""
+    """What the package's user reads off the output: greedy CTC readings (recognizers), boxes
+    after ddddocr's score threshold and NMS (detector) or voiced pitch (SwiftF0), int8 against
+    FP32's own, not below ONNX Runtime's int8 model's agreement - HEAD_MARGIN; where ORT's
+    quantizer fails on the file, not below the corpus entry's `head_floor`."""
     m = measured(name)
-    assert m.peer is not None, m.peer_error
+    floor = corpus.MODELS[name].head_floor
+    assert m.peer is not None or floor, m.peer_error
     ours = decode.head_agreement(name, m.reference, evaluate.bundle_outputs(name, target, m.bundle(target),
                                                                            m.data.eval)["int8"])
+    if m.peer is None:
+        assert ours >= floor, f"{name} on {target}: agreement with FP32 {ours:.3f} < {floor} ({m.peer_error})"
+        return
     peer = decode.head_agreement(name, m.reference, m.peer)
     assert ours >= peer - HEAD_MARGIN, f"{name} on {target}: agreement with FP32 {ours:.3f}, ORT int8 {peer:.3f}"
 
@@ -238,7 +256,7 @@ def test_arm_cpu_int8_is_one_xnnpack_partition_with_no_extra_transposes(measured
     assert ours <= onnx_side, f"{ours} TRANSPOSE in the .tflite, {onnx_side} Transpose in the ONNX graph"
 
 
-@pytest.mark.parametrize("name", JETSON_ONLY)
+@pytest.mark.parametrize("name", [name for name in JETSON_ONLY if corpus.MODELS[name].refused_why == "control flow"])
 def test_jetson_only_model_keeps_its_control_flow_float(measured, name):
     """The node arm-cpu refuses runs float on jetson: named in the manifest, no Q/DQ in its subgraphs."""
     import onnx

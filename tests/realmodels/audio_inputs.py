@@ -90,3 +90,40 @@ def music_audio(rng: np.random.Generator, samples: int) -> np.ndarray:
     audio /= max(float(np.max(np.abs(audio))), 1e-9)
     audio = audio * rng.uniform(0.2, 0.95) + rng.normal(0, 1e-3, samples)
     return np.clip(audio, -1, 1).astype(np.float32)[:, None]
+
+
+SWIFT_F0_RANGE = (46.875, 2093.75)  # swift_f0.core.FMIN / FMAX: the package's defaults and limits
+
+
+def pitch_audio(rng: np.random.Generator, count: int, shape: tuple[int, ...]) -> dict:
+    """SwiftF0's three inputs as its detector feeds them: `audio` [1, samples] at 16 kHz in [-1, 1]
+    (speech, or music at 16 kHz), and the float32 scalars `fmin`/`fmax`: the package's defaults, or
+    (every other sample) a band a user narrows to a voice's range."""
+    samples = shape[1]
+    audio, fmin, fmax = [], [], []
+    for k in range(count):
+        if k % 3 == 2:
+            clip = music_audio(rng, samples)[:, 0]
+        else:
+            clip = speech_audio(rng, samples) / 32768.0
+            clip = clip / max(float(np.max(np.abs(clip))), 1e-9) * rng.uniform(0.1, 0.9)
+        audio.append(clip.astype(np.float32)[None, :])
+        low, high = SWIFT_F0_RANGE
+        if k % 2:
+            low = float(rng.uniform(low, 120.0))
+            high = float(rng.uniform(400.0, 1200.0))
+        fmin.append(np.float32(low))
+        fmax.append(np.float32(high))
+    return {"x": {"audio": np.stack(audio), "fmin": np.array(fmin, np.float32), "fmax": np.array(fmax, np.float32)}}
+
+
+def crepe_frames(rng: np.random.Generator, count: int, shape: tuple[int, ...]) -> np.ndarray:
+    """[count, 1024] frames as torchcrepe.preprocess gives CREPE: 1024 samples at 16 kHz (speech,
+    or music resampled by taking 16 kHz worth of samples), each made zero-mean and divided by its
+    standard deviation (floored at 1e-10)."""
+    frames = []
+    for k in range(count):
+        clip = music_audio(rng, shape[1])[:, 0] if k % 3 == 2 else speech_audio(rng, shape[1]) / 32768.0
+        clip = clip - clip.mean()
+        frames.append(clip / max(float(clip.std()), 1e-10))
+    return np.stack(frames).astype(np.float32)

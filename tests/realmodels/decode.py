@@ -7,6 +7,9 @@ way the packages' own post-processing sees them (tests/realmodels/evaluate.py gi
 - YOLOX detectors (ddddocr's click-captcha model): boxes decoded and NMS'd as ddddocr's
   `demo_postprocess` / `multiclass_nms` do (strides 8/16/32, score = objectness x class, score
   threshold 0.1, NMS IoU 0.45); agreement is the F1 of one set of boxes against the other at IoU 0.5.
+- Pitch trackers (SwiftF0: pitch and confidence per 16 ms frame): of the frames FP32 calls voiced
+  (confidence >= 0.5, swift_f0's default threshold), the share the int8 model also calls voiced
+  with a pitch within 50 cents (a quarter tone) of FP32's.
 """
 
 from __future__ import annotations
@@ -31,7 +34,22 @@ def head_agreement(name: str, reference: list[np.ndarray], test: list[np.ndarray
         return reading_agreement(reference[0], test[0], len(reference[0]) // steps, "TBC")
     if spec.head == "yolox":
         return box_agreement(reference[0], test[0], spec.shape[2:])["f1"]
+    if spec.head == "pitch":
+        return pitch_agreement(reference, test)
     return None
+
+
+VOICED, CENTS = 0.5, 50.0
+
+
+def pitch_agreement(reference: list[np.ndarray], test: list[np.ndarray]) -> float:
+    """[pitch, confidence] outputs: share of FP32-voiced frames also voiced in `test` within CENTS."""
+    (pitch, confidence), (test_pitch, test_confidence) = reference[:2], test[:2]
+    voiced = confidence >= VOICED
+    if not voiced.any():
+        return 1.0
+    cents = 1200.0 * np.abs(np.log2(np.maximum(test_pitch, 1e-6) / np.maximum(pitch, 1e-6)))
+    return float(np.mean((cents < CENTS) & (test_confidence >= VOICED), where=voiced))
 
 
 def sequences(output: np.ndarray, samples: int, layout: str) -> np.ndarray:

@@ -404,6 +404,7 @@ def _audio_kinds() -> dict:
         "degraded_speech": lambda rng, count, shape: np.stack([audio.degraded_speech(rng, shape[1]) for _ in range(count)]),
         "speaker_mels": lambda rng, count, shape: np.stack([audio.resemblyzer_mels(rng, shape[1]) for _ in range(count)]),
         "music": lambda rng, count, shape: np.stack([audio.music_audio(rng, shape[1]) for _ in range(count)]),
+        "crepe_frames": audio.crepe_frames,
     }
 
 
@@ -424,6 +425,10 @@ def make_inputs(name: str, count: int, seed: int) -> dict:
         return {"x": np.stack([speech_embeddings(rng, spec.shape[1]) for _ in range(count)])}
     if kind == "whisper_features":
         return {"x": np.stack([whisper_features(rng, spec.shape[2]) for _ in range(count)])}
+    if kind == "pitch_audio":
+        from tests.realmodels.audio_inputs import pitch_audio
+
+        return pitch_audio(rng, count, spec.shape)
     if kind in audio_kinds:
         return {"x": audio_kinds[kind](rng, count, spec.shape)}
     if kind == "file_bytes":
