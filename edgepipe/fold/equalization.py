@@ -27,11 +27,6 @@ channel c costs neither any resolution, and the only grid left to fix is the per
 the activation between them, which equal channel ranges fill best. The weight-range rule only
 guesses those ranges from the weights, and a channel lifted by its bias or its input looks like
 the others there.
-
-Every s_c is rounded to a power of two: multiplying and dividing by 2^k is exact in float (short of
-overflow or denormals), so the equalized float graph computes bit for bit what the original does
-(the fp32 .tflite keeps its agreement with ONNX Runtime on models whose own float noise is near
-the checks' tolerance), while each channel's range stays within a factor sqrt(2) of the target.
 """
 
 from __future__ import annotations
@@ -124,7 +119,6 @@ def equalize_cross_layer(model: onnx.ModelProto, activation_ranges: dict[str, np
             continue
         measured = (activation_ranges or {}).get(second.input[0]) if depthwise else None
         scales = channel_scales(w1, w2, depthwise) if measured is None else activation_scales(measured)
-        scales = np.exp2(np.round(np.log2(scales)))  # powers of two: the float graph computes bit for bit the same
         if np.allclose(scales, 1.0):
             continue
         shape1 = (-1,) + (1,) * (w1.ndim - 1)
