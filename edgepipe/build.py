@@ -82,7 +82,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     from edgepipe.data import load_dataset
     from edgepipe.stages import float16
     from edgepipe.stages.export import run_export, source_fingerprint
-    from edgepipe.stages.fold import run_fold
+    from edgepipe.stages.fold import run_fold, settings_that_apply
     from edgepipe.stages.simplify import kept_export, run_simplify
 
     warnings: list[str] = []
@@ -121,7 +121,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     if simplify_report.get("status") == "failed":
         warnings.append(f"simplify: {simplify_report.get('note')}")
 
-    fold_settings = fold_settings_of(settings, target)
+    fold_settings = settings_that_apply(model, fold_settings_of(settings, target))
     if target is not None:  # ops the fold stage rewrites are checked after it
         check_target_support(model, target, ignore=foldable_batchnorms(model) if fold_settings.get("batchnorm", True) else set())
 
