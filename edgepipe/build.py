@@ -111,7 +111,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
         if double_tensors:
             warnings.append(f"model: float64 computed in float32 on {target.name}, which has no float64 kernels "
                             f"({double_tensors} tensors, types and casts, the first at node '{first}'); "
-                            "inputs and outputs: float32")
+                            "its outputs: float32")
 
     # 2. simplify (target-independent, so a second target reuses it)
     exported, export_hash = model, pipeline.last_hash

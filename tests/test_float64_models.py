@@ -89,3 +89,10 @@ def test_cli_builds_float64_tail_on_arm_cpu_with_one_warning(tmp_path):
     np.testing.assert_allclose(np.asarray(list(fp32.values())[0]), expected, rtol=1e-5)
     (deployed,) = deployed_outputs(out, {"x": x[0]})
     np.testing.assert_allclose(np.asarray(deployed, np.float64), expected, rtol=0.05)
+
+
+def test_float64_graph_input_is_left_to_the_input_check():
+    """The app would feed float64 to a float32 model: the build's input check refuses it by name."""
+    model = decoding_tail(double=True)
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    assert to_float32(model, "tail.onnx", "arm-cpu") == (model, 0, "")

@@ -7,7 +7,8 @@ as well for a network's outputs; converters for these runtimes (onnx2tf, ai-edge
 same. The model is retyped before calibration, so an int8 model calibrates and quantizes those
 tensors exactly as it would their float32 twins.
 
-Refused only where float32 changes an integer-valued result: a float64 constant holding integers
+A float64 graph input stays refused by the input check (the app would feed float64 to a float32
+model). Refused otherwise only where float32 changes an integer-valued result: a float64 constant holding integers
 beyond 2**24 that float32 cannot represent (a sample count, a hash), named with its node.
 """
 
@@ -67,6 +68,8 @@ def to_float32(model: onnx.ModelProto, source: str, target: str) -> tuple[onnx.M
     node touching one). UserError for a float64 constant whose integers float32 would change."""
     if not retype_graph(model.graph, DOUBLE, apply=False):
         return model, 0, ""
+    if any(i.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE for i in model.graph.input):
+        return model, 0, ""  # the app feeds float64: the input check refuses it by name (float32 inputs)
     for name, node, value in _double_constants(model):
         bad = _inexact_integer(value)
         if bad is not None:
