@@ -173,6 +173,11 @@ MODELS = {
         RealModel("vad_lstm", "speech VAD (RNN)", "Silero VAD v6 16 kHz sequence model (top-level LSTM)",
                   "silero_vad/data/silero_vad_16k_sequence.onnx", "silero-vad", input_name="input",
                   shape=(4, 576), inputs="speech_chunks", licence="MIT", eval_samples=16),
+        RealModel("vad_half", "speech VAD (RNN)", "Silero VAD v6 as the package's silero_vad_half.onnx (float32 "
+                  "throughout despite the name; no sr input: Ifs on the input's and state's shapes, decided by "
+                  "--input-shape; 83-node LSTM-cell branches)", "silero_vad/data/silero_vad_half.onnx",
+                  "silero-vad", input_name="input", shape=(1, 576), inputs="speech_chunks", licence="MIT",
+                  eval_samples=16, input_shape_flag=True),
         RealModel("timm_resnet", "timm-style CNN", "ResNet basic blocks, zero-init last BN gamma (timm zero_init_last)",
                   "tests.realmodels.timm_style:resnet", shape=(1, 3, 64, 64), inputs="imagenet_scene"),
         RealModel("timm_resnext", "timm-style CNN", "ResNeXt bottlenecks: grouped 3x3 conv, zero-init last BN",
