@@ -231,6 +231,11 @@ MODELS = {
                   "power, log, CNN, SIG/BAK/OVR scores)", "speechmos/dnsmos_models/sig_bak_ovr.onnx", "speechmos",
                   input_name="input_1", shape=(1, 144160), inputs="degraded_speech", licence="MIT", eval_samples=12,
                   targets=ALL_TARGETS),
+        RealModel("aecmos", "speech quality", "AECMOS 16 kHz (pytorch, opset 9: log-mel of loopback, mic and "
+                  "canceller output with talk-type marker rows, CNN, 2 GRUs; 2 inputs: features and GRU state h0)",
+                  "speechmos/aecmos_models/Run_1663915512_Stage_0.onnx", "speechmos", input_name="input",
+                  shape=(1, 3, 166, 160), inputs="aecmos_features", input_shape_flag=True, licence="MIT",
+                  eval_samples=12),
         RealModel("basic_pitch", "music transcription", "Spotify Basic Pitch (tf2onnx: constant-Q transform as "
                   "Conv, log-magnitude normalization, harmonic stacking, note/onset/contour heads)",
                   "basic_pitch/saved_models/icassp_2022/nmp.onnx", "basic-pitch", input_name="serving_default_input_2:0",
