@@ -278,3 +278,48 @@ def test_run_fold_user_errors_and_self_check(monkeypatch):
     monkeypatch.setattr(fold_stage, "fold_batchnorm", drop_batchnorm)
     with pytest.raises(fold_stage.FoldCheckError, match="batchnorm"):
         fold_stage.run_fold(original, {})
+
+
+def test_fold_checks_run_each_model_once_per_feed(monkeypatch):
+    """The chain's checks run the unfolded model once per check feed (its synthetic-feed test and
+    the first fold's reference share one session) and a verified fold's outputs are the next
+    fold's reference; the reported differences are those of fresh sessions on the same feeds."""
+    from edgepipe.fold.affine import fold_constant_affine
+    from edgepipe.stages import fold as fold_stage
+
+    class ScaledAfterBatchNorm(torch.nn.Module):  # BN, then a constant scale the affine fold takes
+        def __init__(self):
+            super().__init__()
+            self.body = small_classifier()
+
+        def forward(self, x):
+            x = self.body[1](self.body[0](x)) * torch.linspace(0.5, 2.0, 6).reshape(1, 6, 1, 1)
+            return self.body[2:](x)
+
+    original = export(ScaledAfterBatchNorm(), (1, 3, 8, 8))
+    calib, evaluation = raw_dataset(6, 1), raw_dataset(6, 2)
+    runs: dict[bytes, int] = {}  # model bytes -> runs
+    real_session = fold_stage.make_session
+
+    class Counted:
+        def __init__(self, model):
+            self.key, self.session = model.SerializeToString(), real_session(model)
+
+        def run(self, *args):
+            runs[self.key] = runs.get(self.key, 0) + 1
+            return self.session.run(*args)
+
+    monkeypatch.setattr(fold_stage, "make_session", Counted)
+    settings = {"constant_affine": True, "split_before_concat": False}
+    folded, report = fold_stage.run_fold(original, settings, calib, evaluation)
+    feeds = fold_stage._check_feeds(original, [calib, evaluation], 2)
+    assert len(feeds) == 6  # gaussian, ramp, 2 + 2 samples
+    after_bn, _ = fold_batchnorm(original)
+    assert runs.pop(original.SerializeToString()) == 6 + 2  # run_fold, then _check_feeds above (its 2 tests)
+    assert runs.pop(after_bn.SerializeToString()) == 6
+    assert report["constant_affine"]["nodes_removed"] and runs.pop(folded.SerializeToString()) == 6 and not runs
+    assert fold_constant_affine(after_bn)[0].SerializeToString() == folded.SerializeToString()
+    for reference, candidate, key in ((original, after_bn, "batchnorm"), (after_bn, folded, "constant_affine")):
+        expected = [real_session(reference).run(None, feed) for feed in feeds]
+        got = [real_session(candidate).run(None, feed) for feed in feeds]
+        assert report[key]["max_rel_diff"] == fold_stage._check(key, expected, got, {"check_tolerance": 1e-3})

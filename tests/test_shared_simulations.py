@@ -113,3 +113,93 @@ def test_a_target_with_its_own_qdq_model_gets_no_variants(drifting):
             return super().qdq_model(model, calibration, keep_float)
 
     assert Own().qdq_variants(model, calibration) is None
+
+
+class CountedSession:
+    """An ONNX Runtime session that counts its runs (run_feeds calls it from two threads)."""
+
+    def __init__(self, session):
+        self.session, self.runs = session, []
+
+    def run(self, names, feed):
+        self.runs.append(1)
+        return self.session.run(names, feed)
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+
+def test_output_effect_takes_known_chosen_outputs_and_runs_only_the_rest(drifting):
+    """Outputs of the chosen thresholds' simulation that the caller ran already (the bias check's
+    held-out samples) are used as they are: the same numbers, those samples not run again."""
+    from edgepipe.calibrate.collector import sample_indices
+
+    model, calibration, data = drifting
+    target = load_target("jetson")
+
+    def quantize(m, c):
+        return target.qdq_model(m, c)[0]
+
+    expected = stability.output_effect(model, calibration, data, quantize)
+    indices = sample_indices(len(data), stability.EFFECT_SAMPLES)
+    known_at = indices[1::2] + [len(data) + 5]  # half of the check's samples, and one it does not use
+    names = [o.name for o in model.graph.output]
+    outputs, _ = target.int8_outputs(model, calibration, [data.sample(i % len(data)) for i in known_at], {})
+    known = {i: [o[name] for name in names] for i, o in zip(known_at, outputs)}
+    session = CountedSession(target.int8_session(model, calibration))
+    got = stability.output_effect(model, calibration, data, quantize, chosen_session=lambda c: session,
+                                  chosen_outputs=known)
+    assert got == expected and len(session.runs) == len(indices) - len(indices[1::2])
+
+
+def test_bias_check_hands_over_the_kept_state_outputs(drifting):
+    """checked_bias_corrections(kept_outputs=...) receives, per held-out sample, the int8 outputs
+    of the state it kept: what that state's simulation gives when run afresh."""
+    from edgepipe.calibrate.bias_correction import checked_bias_corrections, split_for_check
+
+    model, calibrated, data = drifting
+    calibration = dataclasses.replace(calibrated, bias_corrections={})
+    target = load_target("jetson")
+    kept: dict = {}
+    with target.sharing_simulations():
+        report = checked_bias_corrections(model, calibration, data, target, {}, kept)
+    held = [int(i) for i in split_for_check(len(data))[1]]
+    assert sorted(kept) == held and report["held_out"] == len(held)
+    assert bool(calibration.bias_corrections) == report["kept"]
+    fresh, _ = target.int8_outputs(model, calibration, [data.sample(i) for i in held], {})
+    names = [o.name for o in model.graph.output]
+    for i, outputs in zip(held, fresh):
+        assert all(np.array_equal(value, outputs[name]) for value, name in zip(kept[i], names))
+
+
+@pytest.mark.parametrize("target_name,handed_over", [("jetson", True), ("arm-cpu", False)])
+def test_build_checks_hand_over_outputs_only_from_the_effect_checks_simulation(drifting, monkeypatch, target_name,
+                                                                                handed_over):
+    """jetson's bias check runs the Q/DQ simulation the output-effect check measures: its kept
+    outputs are handed over; arm-cpu's runs the .tflite, whose outputs are not the simulation's."""
+    from edgepipe import build_checks
+
+    model, calibrated, data = drifting
+    calibration = dataclasses.replace(calibrated, bias_corrections={})
+    seen = {}
+    original = stability.output_effect
+
+    def recording(*args, **kwargs):
+        seen["chosen_outputs"] = kwargs.get("chosen_outputs")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(stability, "output_effect", recording)
+
+    class Pipeline:
+        def run(self, name, compute, **_):
+            return compute()
+
+    effect, _ = build_checks.run_checks(Pipeline(), model, calibration, data, load_target(target_name), {}, "auto")
+    assert effect is not None
+    if handed_over:
+        from edgepipe.calibrate.collector import sample_indices
+
+        wanted = set(sample_indices(len(data), stability.EFFECT_SAMPLES))
+        assert seen["chosen_outputs"] and set(seen["chosen_outputs"]) <= wanted
+    else:
+        assert seen["chosen_outputs"] is None

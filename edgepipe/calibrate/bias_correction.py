@@ -217,15 +217,19 @@ def split_for_check(count: int, samples: int = DEFAULT_SAMPLES) -> tuple[np.ndar
     return rest[evenly_spaced(len(rest), min(samples, len(rest)))], held
 
 
-def _output_sqnrs(references: list[dict], outputs: list[dict], names: list[str]) -> list[float | None]:
+def _output_sqnrs(references: list[dict], states: list[list[dict]], names: list[str]) -> list[list[float | None]]:
+    """Per state (a list of per-feed outputs), each output's SQNR against `references` over all
+    feeds. Each output's reference is concatenated, widened and squared once for every state."""
     from edgepipe import quantmath
 
-    values = []
+    per_state: list[list[float | None]] = [[] for _ in states]
     for name in names:
-        sqnr = quantmath.sqnr_db(np.concatenate([np.ravel(r[name]) for r in references]),
-                                 np.concatenate([np.ravel(o[name]) for o in outputs]))
-        values.append(float(sqnr) if np.isfinite(sqnr) else None)
-    return values
+        reference = np.concatenate([np.ravel(r[name]) for r in references]).astype(np.float64)
+        power = quantmath.signal_power(reference)
+        for values, outputs in zip(per_state, states):
+            sqnr = quantmath.sqnr_db(reference, np.concatenate([np.ravel(o[name]) for o in outputs]), power)
+            values.append(float(sqnr) if np.isfinite(sqnr) else None)
+    return per_state
 
 
 def judge_corrections(without: list[float | None], corrected: list[float | None]) -> tuple[bool, str]:
@@ -243,7 +247,8 @@ def judge_corrections(without: list[float | None], corrected: list[float | None]
     return True, f"held-out SQNR {float(np.mean(gains)):+.2f} dB on average, no output worse"
 
 
-def checked_bias_corrections(model: onnx.ModelProto, calibration, dataset, target, settings: dict) -> dict:
+def checked_bias_corrections(model: onnx.ModelProto, calibration, dataset, target, settings: dict,
+                             kept_outputs: dict | None = None) -> dict:
     """calibration.bias_correction: auto. Estimate the corrections on part of the calibration set,
     run the target's int8 model (`target.int8_outputs`: the .tflite in LiteRT, the Q/DQ ONNX for
     TensorRT targets) on the held-out rest with and without them, and keep them only when the
@@ -251,7 +256,9 @@ def checked_bias_corrections(model: onnx.ModelProto, calibration, dataset, targe
     typical sample can move a layer that feeds a saturating output (a detector's sigmoid class
     map) the wrong way where it matters, and only the outputs say so. Sets
     `calibration.bias_corrections` ({} when dropped) and `calibration.bias_correction` (the
-    numbers); returns the latter."""
+    numbers); returns the latter. `kept_outputs`, when given, receives the kept state's int8
+    outputs on the held-out samples ({sample index: [value per graph output]}): the output-effect
+    check measures that state on some of the same samples (build_checks.run_checks)."""
     from dataclasses import replace
 
     estimate, held = split_for_check(len(dataset))
@@ -271,10 +278,13 @@ def checked_bias_corrections(model: onnx.ModelProto, calibration, dataset, targe
     # the output-effect check's chosen state then), so its simulation is the one still shared
     plain, _ = target.int8_outputs(model, replace(calibration, bias_corrections={}), feeds, settings)
     outputs, judge = target.int8_outputs(model, calibration, feeds, settings)
-    with_sqnr, without_sqnr = _output_sqnrs(references, outputs, names), _output_sqnrs(references, plain, names)
+    with_sqnr, without_sqnr = _output_sqnrs(references, [outputs, plain], names)
     keep, reason = judge_corrections(without_sqnr, with_sqnr)
     if not keep:
         calibration.bias_corrections = {}
+    if kept_outputs is not None:
+        kept_state = outputs if keep else plain
+        kept_outputs.update({int(i): [state[name] for name in names] for i, state in zip(held, kept_state)})
     report.update(kept=keep, reason=reason, judged_by=judge, outputs=names,
                   held_out_sqnr_db={"without": without_sqnr, "with": with_sqnr})
     calibration.bias_correction = report

@@ -161,7 +161,8 @@ class ReferenceOutputs:
 
 
 def output_effect(model, calibration, dataset, quantize: Callable, samples: int = EFFECT_SAMPLES,
-                  chosen_session: Callable | None = None, variants: Callable | None = None) -> dict | None:
+                  chosen_session: Callable | None = None, variants: Callable | None = None,
+                  chosen_outputs: dict[int, list] | None = None) -> dict | None:
     """How much the per-round thresholds of the unstable tensors change the model output.
 
     `quantize(model, calibration) -> Q/DQ ONNX model` is the target's int8 simulation
@@ -171,7 +172,10 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     session of the chosen thresholds' simulation the caller already has (`Target.int8_session`:
     the bias-correction check ran that state), used instead of building one here.
     `variants(round calibration, names)`: the Q/DQ model of a round's thresholds derived from the
-    chosen one (`Target.qdq_variants`), instead of `quantize` building it again."""
+    chosen one (`Target.qdq_variants`), instead of `quantize` building it again.
+    `chosen_outputs`: {sample index: [value per graph output]} of the chosen thresholds' simulation
+    that the caller already ran (the bias-correction check's held-out samples, on the session
+    `chosen_session` gives): those samples are not run again."""
     from edgepipe import graph, quantmath
     from edgepipe.calibrate.collector import sample_indices
     from edgepipe.session_runs import built_ahead, run_feeds
@@ -208,8 +212,17 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     powers = [quantmath.signal_power(ref) for ref in reference]
     rounds = min(len(calibration.tensors[n].stability.get("round_amax") or []) for n in names)
     candidates = [calibration] + [round_calibration(calibration, r, names) for r in range(rounds)]
+    known = {i: chosen_outputs[i] for i in indices if i in (chosen_outputs or {})}
+
+    def run(session, candidate_calibration) -> list:
+        if candidate_calibration is not calibration or not known:
+            return run_feeds(session, feeds, outputs)
+        ran = iter(run_feeds(session, [feed for i, feed in zip(indices, feeds) if i not in known], outputs))
+        return [known[i] if i in known else next(ran) for i in indices]
+
     # each candidate's Q/DQ model is built while the one before runs (built_ahead)
-    chosen, *per_round = [sqnr(run_feeds(session, feeds, outputs)) for session in built_ahead(session_of, candidates)]
+    chosen, *per_round = [sqnr(run(session, candidate))
+                          for session, candidate in zip(built_ahead(session_of, candidates), candidates)]
     drop = max((chosen - s for s in per_round if np.isfinite(s)), default=0.0) if np.isfinite(chosen) else 0.0
     return {"tensors": names, "sqnr_chosen_db": float(chosen), "sqnr_rounds_db": [float(s) for s in per_round],
             "drop_db": float(max(drop, 0.0)), "samples": len(feeds), "limit_db": OUTPUT_DROP_DB,

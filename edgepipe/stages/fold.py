@@ -57,16 +57,18 @@ def run_fold(model: onnx.ModelProto, settings: dict, calib_dataset=None, eval_da
     if unknown:
         raise UserError(f"fold settings: unknown key(s) {sorted(unknown)}; known are {sorted(DEFAULT_SETTINGS)}")
     options = {**DEFAULT_SETTINGS, **settings}
-    feeds = _check_feeds(model, [calib_dataset, eval_dataset], int(options["check_samples"]))
+    runs = _CheckRuns(model)
+    feeds = _check_feeds(model, [calib_dataset, eval_dataset], int(options["check_samples"]), runs)
     report: dict = {}
     if options["batchnorm"]:
         folded, report["batchnorm"] = fold_batchnorm(model)
-        report["batchnorm"]["max_rel_diff"] = _verify("batchnorm", model, folded, feeds, options)
+        report["batchnorm"]["max_rel_diff"], runs = _verify("batchnorm", runs, folded, feeds, options)
         model = folded
     if options["constant_affine"]:
         folded, report["constant_affine"] = fold_constant_affine(model)
         if report["constant_affine"]["nodes_removed"]:
-            report["constant_affine"]["max_rel_diff"] = _verify("constant_affine", model, folded, feeds, options)
+            report["constant_affine"]["max_rel_diff"], runs = _verify("constant_affine", runs, folded, feeds,
+                                                                      options)
             model = folded
     equalization = options["cross_layer_equalization"]
     if equalization not in (False, True, "depthwise"):
@@ -75,13 +77,14 @@ def run_fold(model: onnx.ModelProto, settings: dict, calib_dataset=None, eval_da
         depthwise_only = equalization == "depthwise"
         ranges = _depthwise_input_ranges(model, calib_dataset)
         equalized, report["cross_layer_equalization"] = equalize_cross_layer(model, ranges, depthwise_only)
-        report["cross_layer_equalization"]["max_rel_diff"] = _verify("cross_layer_equalization", model, equalized,
-                                                                     feeds, options)
+        report["cross_layer_equalization"]["max_rel_diff"], runs = _verify("cross_layer_equalization", runs,
+                                                                           equalized, feeds, options)
         model = equalized
     if options["split_before_concat"]:
         moved, report["split_before_concat"] = split_before_concat(model)
         if report["split_before_concat"]["moved"]:
-            report["split_before_concat"]["max_rel_diff"] = _verify("split_before_concat", model, moved, feeds, options)
+            report["split_before_concat"]["max_rel_diff"], runs = _verify("split_before_concat", runs, moved, feeds,
+                                                                          options)
             model = moved
     mode = str(options["input_normalization"] or "none")
     if mode != "none":
@@ -112,7 +115,8 @@ def _fold_normalization(model, mode, options, feeds, calib_dataset):
         x = feed[input_name].astype(np.float64) - mu.reshape(1, -1, *([1] * (feed[input_name].ndim - 2)))
         normalized = np.einsum("jc,nc...->nj...", matrix, x).astype(feed[input_name].dtype)
         normalized_feeds.append({**feed, input_name: normalized})
-    report["max_rel_diff"] = _verify("input_normalization", model, folded, raw_feeds, options, normalized_feeds)
+    expected = _CheckRuns(model).outputs(normalized_feeds)
+    report["max_rel_diff"] = _check("input_normalization", expected, _CheckRuns(folded).outputs(raw_feeds), options)
     return folded, report
 
 
@@ -171,10 +175,11 @@ def _depthwise_input_ranges(model, calib_dataset) -> dict[str, np.ndarray] | Non
     return ranges
 
 
-def _check_feeds(model, datasets, count: int) -> list[dict]:
+def _check_feeds(model, datasets, count: int, runs: "_CheckRuns | None" = None) -> list[dict]:
     """A gaussian and a ramp feed (dynamic dims set to 1) where the model accepts them, plus up to
     `count` dataset samples. Invented values are not valid for every input (a Resize `scales`, a
-    Reshape `shape`, an integer divisor): a synthetic feed the unfolded model rejects is dropped."""
+    Reshape `shape`, an integer divisor): a synthetic feed the unfolded model rejects is dropped.
+    `runs` (the unfolded model's `_CheckRuns`) keeps the outputs of the synthetic feeds it ran."""
     random_feed, ramp_feed = {}, {}
     rng = np.random.default_rng(0)
     for value in graph_inputs(model):
@@ -185,23 +190,55 @@ def _check_feeds(model, datasets, count: int) -> list[dict]:
             continue
         random_feed[value.name] = rng.standard_normal(shape).astype(dtype)
         ramp_feed[value.name] = np.linspace(-2, 2, int(np.prod(shape))).reshape(shape).astype(dtype)
-    feeds = [feed for feed in (random_feed, ramp_feed) if _runs(model, feed)]
+    runs = runs or _CheckRuns(model)
+    feeds = []
+    for feed in (random_feed, ramp_feed):
+        if runs.accepts(feed, len(feeds)):
+            feeds.append(feed)
     for dataset in datasets:
         if dataset is not None:
             feeds += [dataset.sample(i) for i in range(min(count, len(dataset)))]
     return feeds
 
 
-def _runs(model, feed: dict) -> bool:
-    import onnxruntime as ort
+class _CheckRuns:
+    """One model's outputs on the check feeds, each feed run once.
 
-    quiet = ort.RunOptions()
-    quiet.log_severity_level = 4  # a rejected synthetic feed is expected, not an error to print
-    try:
-        make_session(model).run(None, feed, quiet)
-    except Exception:
-        return False
-    return True
+    Why: the folds are checked in a chain (the unfolded model against the BatchNorm fold, that
+    fold against the next, ...) on the same feeds, and the synthetic feeds are first run to see
+    whether the model accepts them. The unfolded model's session serves both, and a fold's
+    outputs, once verified, are the next fold's reference: the same session kind, model and
+    feeds, hence the same values as running them again."""
+
+    def __init__(self, model, known: dict[int, list] | None = None):
+        self.model = model
+        self.known = dict(known or {})  # feed position -> outputs
+        self._session = None
+
+    def session(self):
+        if self._session is None:
+            self._session = make_session(self.model)
+        return self._session
+
+    def accepts(self, feed: dict, position: int) -> bool:
+        """Whether the model runs `feed` (kept as the outputs of feed `position` when it does)."""
+        import onnxruntime as ort
+
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # a rejected synthetic feed is expected, not an error to print
+        try:
+            self.known[position] = self.session().run(None, feed, quiet)
+        except Exception:
+            return False
+        return True
+
+    def outputs(self, feeds: list[dict]) -> list[list]:
+        """Outputs for each feed in `feeds` (the check feeds, by position), run where not known."""
+        for position, feed in enumerate(feeds):
+            if position not in self.known:
+                self.known[position] = self.session().run(None, feed)
+        self._session = None  # every check feed is known now: the session is not needed again
+        return [self.known[position] for position in range(len(feeds))]
 
 
 def _collect(model, feeds: list[dict], name: str) -> np.ndarray:
@@ -210,12 +247,12 @@ def _collect(model, feeds: list[dict], name: str) -> np.ndarray:
     return np.concatenate([np.asarray(session.run(None, feed)[index]) for feed in feeds])
 
 
-def _verify(fold: str, reference, candidate, feeds, options, reference_feeds=None) -> float:
-    ref_session, new_session = make_session(reference), make_session(candidate)
-    reference_feeds = reference_feeds or feeds
-    expected = [ref_session.run(None, feed) for feed in reference_feeds]
-    got = [new_session.run(None, feed) for feed in feeds]
-    return _check(fold, expected, got, options)
+def _verify(fold: str, reference: _CheckRuns, candidate, feeds, options) -> tuple[float, _CheckRuns]:
+    """(largest relative difference, the candidate's runs): `candidate` (a folded model) against
+    `reference` on `feeds`; the candidate's runs are the next fold's reference."""
+    expected = reference.outputs(feeds)
+    runs = _CheckRuns(candidate)
+    return _check(fold, expected, runs.outputs(feeds), options), runs
 
 
 def _check(fold: str, expected: list[list], got: list[list], options) -> float:
