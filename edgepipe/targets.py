@@ -61,6 +61,7 @@ class Target:
     # fold.* values where edgepipe.yaml leaves a key unset (None): folds whose gain was measured on
     # this target's int8 form (settings.fold_settings_of); unset elsewhere means off
     fold_defaults: dict[str, Any] = {}
+    float64_kernels: bool = True  # False: float64 tensors are computed in float32 (edgepipe/stages/float64.py)
 
     def __init__(self, options: dict | None = None, profile: str | None = None):
         self.options = {**copy.deepcopy(self.default_options), **(options or {})}

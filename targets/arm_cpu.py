@@ -22,6 +22,7 @@ class ArmCpuTarget(Target):
     )
     host_report = True
     float32_io = True
+    float64_kernels = False  # TFLite has no float64 CAST / SOFTMAX / EXP: a float64 tail runs in float32
     default_options = {"threads": 2}
     backend_options = ("threads", "int8_io", "keep_layout", "activations", "share_concat_scales",
                        "float_output_concats")  # weights are always per channel

@@ -35,7 +35,7 @@ from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
-from edgepipe.backends.tflite import builtins, float_statistics, integers, layouts, model_io, shared_scales
+from edgepipe.backends.tflite import builtins, float_statistics, integers, layouts, model_io, picked_values, shared_scales
 from edgepipe.backends.tflite.layouts import NHWC, identity, inverse, permute  # noqa: F401 (re-exported)
 from edgepipe.backends.tflite.fusion import fusable_activation
 from edgepipe.backends.tflite.model_io import INTEGER_VALUES
@@ -148,6 +148,7 @@ class Lowering:
         if self.options.get("float_output_concats", True):
             self.requested_float |= shared_scales.float_output_concats(self)
         self.requested_float |= float_statistics.statistics_nodes(self)
+        self.requested_float |= picked_values.decoding_nodes(self)
         self.shared_ranges: dict[str, str] = {}
         if self.options.get("share_concat_scales", True):
             self.shared_ranges = shared_scales.shared_concat_ranges(self)
@@ -393,7 +394,10 @@ class Lowering:
         return filter_index, bias_index
 
     def quantized_constant(self, name: str, value, quant: Quantization | None, dtype: str) -> int:
-        """A float constant expressed in the given int8 / int16 parameters (kernels needing shared params)."""
+        """A float constant expressed in the given int8 / int16 parameters (kernels needing shared params);
+        as an int32 / bool constant for a node on integers (Clip / Min of an index)."""
+        if dtype in integers.NUMPY_OF:
+            return self.spec.add_constant(name, integers.integer_constant(value, dtype))
         value = np.asarray(value, np.float32)
         if dtype == "float32":
             return self.spec.add_constant(name, value)
