@@ -152,12 +152,18 @@ def build_stages(data: dict) -> list[str]:
 SHIPPED_INT8_SQNR_DB = 30.0  # tests/test_real_models.py: float layers of a dynamically quantized file
 
 
+FP32_RTOL = 1e-4  # tests/test_real_models.py: FP32_RTOL, FLOAT_NOISE_FACTOR
+FLOAT_NOISE_FACTOR = 4
+
+
 def _fp32_ok(row: dict, entry: dict) -> bool:
-    """arm-cpu fp32 within 1e-4 of the reference, or for a file shipped dynamically quantized
+    """arm-cpu fp32 within 1e-4 of the reference (or within 4x the file's own float noise, ORT
+    optimized vs plain, where that is larger), or for a file shipped dynamically quantized
     (reference: ORT running its int8 kernels) within that file's own noise."""
     if row.get("shipped_quantized"):
         return min(entry.get("fp32_sqnr_db") or [0.0]) >= SHIPPED_INT8_SQNR_DB
-    return entry.get("fp32_max_rel_error", 1.0) <= 1e-4
+    tolerance = max(FP32_RTOL, FLOAT_NOISE_FACTOR * (row.get("ort_float_noise") or 0.0))
+    return entry.get("fp32_max_rel_error", 1.0) <= tolerance
 
 
 CORPUS_TARGETS = ("arm-cpu", "jetson", "desktop-gpu")  # rows measured before desktop-gpu was added lack it
@@ -174,7 +180,7 @@ def real_model_corpus(data: dict) -> list[str]:
              "jetson / desktop-gpu Q/DQ ONNX in ONNX Runtime; '-': a row measured before desktop-gpu was added), "
              "XNNPACK: partitions of the arm-cpu int8 .tflite in LiteRT and the ops left on builtin kernels ('-': "
              "not recorded for that row), next to ONNX Runtime quantize_static MinMax per-channel on the "
-             "same file and samples. checks: fp32 <= 1e-4 (a file shipped dynamically quantized: fp32 SQNR >= "
+             "same file and samples. checks: fp32 <= 1e-4, or 4x ONNX Runtime's own optimized-vs-plain difference where that is larger (a file shipped dynamically quantized: fp32 SQNR >= "
              "30 dB against ONNX Runtime running its int8 kernels) and every output's int8 SQNR >= ORT's - 1 dB "
              "(what tests/test_real_models.py asserts). s: CLI build wall time.", "",
              "| model | family | input | arm-cpu fp32 | arm-cpu int8 dB | XNNPACK | jetson int8 dB | desktop-gpu int8 dB | ORT MinMax dB | checks | build s (arm / jetson / desktop) |",
@@ -234,7 +240,7 @@ def real_model_corpus(data: dict) -> list[str]:
         fp32 = "-" if arm.get("exit_code") or arm.get("fp32_max_rel_error") is None else f"{arm['fp32_max_rel_error']:.1e}"
         if fp32 != "-" and row.get("shipped_quantized"):
             fp32 = f"{fmt(min(arm['fp32_sqnr_db']), 1)} dB vs the shipped int8 file"
-        elif fp32 != "-" and arm["fp32_max_rel_error"] > 1e-4 and row.get("ort_float_noise") is not None:
+        elif fp32 != "-" and arm["fp32_max_rel_error"] > FP32_RTOL and row.get("ort_float_noise") is not None:
             fp32 += f" (ORT vs ORT unoptimized: {row['ort_float_noise']:.1e})"
         peer = fmt(min(row["ort_minmax_sqnr_db"]), 1) if row.get("ort_minmax_sqnr_db") else "fails"
         lines.append(f"| {name} | {row['family']} | {'x'.join(map(str, row.get('input', [])))} | {fp32} | {int8(arm)} | "
