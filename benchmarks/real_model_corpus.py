@@ -53,7 +53,7 @@ def cpu_flags() -> dict:
             "vnni": bool({"avx512_vnni", "avx_vnni"} & flags)}
 
 
-def measure(name: str, work: Path) -> dict:
+def measure(name: str, work: Path, targets: tuple[str, ...] = TARGETS) -> dict:
     """One model in its own project folder `work` (stage cache shared by its two targets, as a user's)."""
     work.mkdir(parents=True, exist_ok=True)
     spec = corpus.MODELS[name]
@@ -68,7 +68,7 @@ def measure(name: str, work: Path) -> dict:
                                 cwd=work)
             row[target] = {"exit_code": proc.returncode, "error_line": evaluate.one_error_line(proc),
                            "stderr_tail": proc.stderr.strip()[-300:], "wall_s": time.perf_counter() - start}
-    built = [target for target in TARGETS if target not in refused_on]
+    built = [target for target in targets if target not in refused_on]
     if not built:
         return row
     data = evaluate.write_data(name, work)
@@ -113,6 +113,7 @@ def measure(name: str, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default=",".join(corpus.MODELS))
+    parser.add_argument("--targets", default=",".join(TARGETS), help="targets to build (a row keeps the others)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/real_model_corpus.json"))
     args = parser.parse_args()
     out_path = Path(args.out)
@@ -128,7 +129,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="real_model_corpus_"))
     for name in args.models.split(","):
         start = time.perf_counter()
-        report["models"][name] = row = measure(name, work / name)
+        targets = tuple(args.targets.split(","))
+        row = measure(name, work / name, targets)
+        kept = report["models"].get(name, {})  # targets not built this run keep their last measurement
+        row.update({t: kept[t] for t in TARGETS if t not in targets and t in kept and t not in row})
+        report["models"][name] = row
         row["code"] = report["code"]
         print(f"{name:18s} {time.perf_counter() - start:6.1f}s  " + json.dumps(
             {k: row.get(k) for k in ("ort_minmax_sqnr_db", "ort_minmax_error", *TARGETS)}, default=str)[:600],

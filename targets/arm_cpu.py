@@ -24,7 +24,7 @@ class ArmCpuTarget(Target):
     float32_io = True
     default_options = {"threads": 2}
     backend_options = ("threads", "int8_io", "keep_layout", "activations", "share_concat_scales",
-                       "float_output_concats")  # weights are always per channel
+                       "float_output_concats", "wide_range_float")  # weights are always per channel
     int16_activations = True
     device_readme = (
         "Install the runtime on the board: `pip3 install ai-edge-litert numpy` (64-bit OS, glibc >= 2.34), "
@@ -53,7 +53,7 @@ class ArmCpuTarget(Target):
             return None
 
     def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
-        from edgepipe.backends.tflite import build_tflite, delegation
+        from edgepipe.backends.tflite import build_tflite, delegation, wide_range
         from edgepipe.backends.tflite.build import FP32_FILE, INT8_FILE
 
         options = {**self.options, **{k: v for k, v in settings.items() if v is not None}}
@@ -75,6 +75,8 @@ class ArmCpuTarget(Target):
                 "int16_nodes": sorted(result.get("int16_nodes") or []),  # lowered 16x8
                 "requested_int16_nodes": sorted(options["int16_nodes"]),
                 "int16_fallback": sorted(result.get("int16_fallback") or []),  # asked for, no int16 kernel: int8
+                # {tensor: share of its non-zero calibration values int8 rounds to 0}: kept float
+                "wide_range_float": result.get("wide_range") or {},
             },
             "op_histogram": result.get("op_histogram", {}),
         }
@@ -84,6 +86,8 @@ class ArmCpuTarget(Target):
                                       **delegation.predicted_outside(result["kernels"])}
         int16_ops = sum(result["kernels"].get("int16", {}).values())
         note = delegation.summary_line(measured, int16_ops) if int8_built else ""
+        wide = wide_range.summary_line(result.get("wide_range") or {})
+        note = "; ".join(part for part in (note, wide) if part)
         return BackendResult(files=list(result["files"]), io=result["io"], manifest=manifest, note=note)
 
     def evaluator(self, model, calibration, dataset, settings: dict):

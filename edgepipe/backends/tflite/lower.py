@@ -35,7 +35,8 @@ from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
-from edgepipe.backends.tflite import builtins, float_statistics, integers, layouts, model_io, shared_scales
+from edgepipe.backends.tflite import (builtins, float_statistics, integers, layouts, model_io, shared_scales,
+                                      wide_range)
 from edgepipe.backends.tflite.layouts import NHWC, identity, inverse, permute  # noqa: F401 (re-exported)
 from edgepipe.backends.tflite.fusion import fusable_activation
 from edgepipe.backends.tflite.model_io import INTEGER_VALUES
@@ -147,6 +148,9 @@ class Lowering:
         # candidates, the placement the accuracy tools emulate - must agree on the grids
         if self.options.get("float_output_concats", True):
             self.requested_float |= shared_scales.float_output_concats(self)
+        # tensors whose int8 grid zeroes most of their values, with their writers and readers
+        self.wide_range = wide_range.wide_range_tensors(self) if self.options.get("wide_range_float", True) else {}
+        self.requested_float |= wide_range.wide_range_nodes(self, self.wide_range)
         self.requested_float |= float_statistics.statistics_nodes(self)
         self.shared_ranges: dict[str, str] = {}
         if self.options.get("share_concat_scales", True):
