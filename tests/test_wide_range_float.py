@@ -5,6 +5,8 @@ the built .tflite runs in LiteRT."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from onnx import helper
@@ -77,3 +79,21 @@ def test_ordinary_tensor_does_not_trigger(tmp_path):
     assert max(t.zeroed for t in calibration.tensors.values()) < 0.1
     built = build_tflite(model, calibration, tmp_path / "tflite", {"target": "arm-cpu"})
     assert built["wide_range"] == {} and "proj" not in built["float_nodes"]
+
+
+def test_report_lists_the_wide_range_tensors_escaped(tmp_path):
+    from edgepipe.delivery.host_report import wide_range_float
+    from edgepipe.delivery.report import render_report
+    from tests.test_report import EVIL, results
+
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"precision": {"wide_range_float": {EVIL: 0.93, "mels": 0.71, "bad": "x"}}}))
+    kept = wide_range_float(tmp_path)
+    assert kept == {EVIL: 0.93, "mels": 0.71}
+    report_dir = tmp_path / "report"
+    report_dir.mkdir()
+    (report_dir / "results.json").write_text(json.dumps({**results(), "wide_range_float": kept}))
+    html = render_report(report_dir / "results.json").read_text()
+    assert "Kept float: wide-range tensors" in html and EVIL not in html and "93%" in html
+    markdown = (report_dir / "report.md").read_text()
+    assert "`mels` | 71%" in markdown and markdown.index("93%") < markdown.index("71%")

@@ -82,6 +82,17 @@ def speed_warning(results: dict) -> str | None:
             "(precision.float_nodes), after timing both on the device (run.py times both)")
 
 
+def wide_range_float(out: Path) -> dict:
+    """{tensor: share of its non-zero calibration values int8 would round to 0} that the build
+    kept float (manifest `precision.wide_range_float`; arm-cpu), {} when none or no manifest."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    wide = ((manifest.get("precision") or {}) if isinstance(manifest, dict) else {}).get("wide_range_float")
+    return {str(k): float(v) for k, v in wide.items() if isinstance(v, (int, float))} if isinstance(wide, dict) else {}
+
+
 def finish_host_report(out: Path, settings: dict, results: dict, result) -> dict:
     """One warning when int8 agrees poorly with FP32 (report.min_sqnr_db / min_agreement) and one
     when it ran slower than FP32 (`speed_warning`), written into results.json and the report; then
@@ -97,6 +108,9 @@ def finish_host_report(out: Path, settings: dict, results: dict, result) -> dict
     results["speed_warnings"] = [slow] if slow else []
     if slow:
         result.warnings.append(slow)
+    wide = wide_range_float(out)
+    if wide:  # tensors the full-integer build kept float (their int8 grid zeroes most values)
+        results["wide_range_float"] = wide
     if (out / "precision.json").is_file():  # what precision.budget bought and what its search cost
         from edgepipe.accuracy.precision import plan_summary
 

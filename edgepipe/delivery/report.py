@@ -199,6 +199,15 @@ def speed_section(results: dict) -> dict | None:
     }
 
 
+def wide_range_rows(results: dict) -> list[dict]:
+    """Tensors the full-integer build kept float, most zeroed first (results.json `wide_range_float`)."""
+    wide = results.get("wide_range_float")
+    if not isinstance(wide, dict):
+        return []
+    rows = [(str(k), v) for k, v in wide.items() if isinstance(v, (int, float))]
+    return [{"tensor": name, "zeroed": f"{share:.0%}"} for name, share in sorted(rows, key=lambda r: (-r[1], r[0]))]
+
+
 def report_context(results: dict, baseline: dict | None = None, calibration: dict | None = None,
                    sensitivity: dict | None = None, compare: dict | None = None) -> dict:
     accuracy = results.get("accuracy") or {}
@@ -218,6 +227,7 @@ def report_context(results: dict, baseline: dict | None = None, calibration: dic
         "activations": activation_section(calibration),
         "calibration_warnings": list((calibration or {}).get("warnings") or []),
         "speed": speed_section(results),
+        "wide_range_float": wide_range_rows(results),
     }
     if latency.get("samples"):
         context["charts"]["latency"] = charts.latency_histogram(latency["samples"], latency)
