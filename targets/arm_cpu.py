@@ -24,7 +24,8 @@ class ArmCpuTarget(Target):
     float32_io = True
     default_options = {"threads": 2}
     backend_options = ("threads", "int8_io", "keep_layout", "activations", "share_concat_scales",
-                       "float_output_concats", "wide_range_float")  # weights are always per channel
+                       "float_output_concats", "wide_range_float",
+                       "float_long_recurrences")  # weights are always per channel
     int16_activations = True
     device_readme = (
         "Install the runtime on the board: `pip3 install ai-edge-litert numpy` (64-bit OS, glibc >= 2.34), "
@@ -77,6 +78,7 @@ class ArmCpuTarget(Target):
                 "int16_fallback": sorted(result.get("int16_fallback") or []),  # asked for, no int16 kernel: int8
                 # {tensor: share of its non-zero calibration values int8 rounds to 0}: kept float
                 "wide_range_float": result.get("wide_range") or {},
+                "long_recurrences_float": result.get("long_recurrences") or {},  # {LSTM / GRU / RNN: steps}
             },
             "op_histogram": result.get("op_histogram", {}),
         }
@@ -86,7 +88,7 @@ class ArmCpuTarget(Target):
                                       **delegation.predicted_outside(result["kernels"])}
         int16_ops = sum(result["kernels"].get("int16", {}).values())
         note = delegation.summary_line(measured, int16_ops) if int8_built else ""
-        wide = wide_range.summary_line(result.get("wide_range") or {})
+        wide = wide_range.summary_line(result.get("wide_range") or {}, result.get("long_recurrences") or {})
         note = "; ".join(part for part in (note, wide) if part)
         return BackendResult(files=list(result["files"]), io=result["io"], manifest=manifest, note=note)
 

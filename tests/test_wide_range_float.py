@@ -97,3 +97,29 @@ def test_report_lists_the_wide_range_tensors_escaped(tmp_path):
     assert "Kept float: wide-range tensors" in html and EVIL not in html and "93%" in html
     markdown = (report_dir / "report.md").read_text()
     assert "`mels` | 71%" in markdown and markdown.index("93%") < markdown.index("71%")
+
+
+def _lstm(steps: int):
+    """x [1, steps, 4] (batch first) -> Transpose -> LSTM (hidden 8) -> y_h."""
+    hidden, size = 8, 4
+    init = {"w": RNG.normal(scale=0.5, size=(1, 4 * hidden, size)).astype(np.float32),
+            "r": RNG.normal(scale=0.5, size=(1, 4 * hidden, hidden)).astype(np.float32),
+            "b": RNG.normal(scale=0.1, size=(1, 8 * hidden)).astype(np.float32)}
+    nodes = [helper.make_node("Transpose", ["x"], ["x_seq"], name="seq_major", perm=[1, 0, 2]),
+             helper.make_node("LSTM", ["x_seq", "w", "r", "b"], ["", "y_h"], name="lstm", hidden_size=hidden)]
+    return make_model(nodes, {"x": [1, steps, size]}, ["y_h"], init)
+
+
+@pytest.mark.parametrize(("steps", "kept"), [(80, True), (8, False)])
+def test_long_recurrence_stays_float(tmp_path, steps, kept):
+    model = _lstm(steps)
+    x = RNG.normal(size=(24, steps, 4)).astype(np.float32)
+    calibration = calibrate(model, ArrayDataset(x[:16]), {"method": "minmax"})
+    built = build_tflite(model, calibration, tmp_path, {"target": "arm-cpu"})
+    assert built["long_recurrences"] == ({"lstm": steps} if kept else {})
+    step_nodes = [name for name in built["float_nodes"] if "/unrolled/d0t" in name]
+    assert bool(step_nodes) == kept
+    if kept:  # float cells: LiteRT agrees with ONNX Runtime far beyond int8 noise
+        reference = np.concatenate([run_onnx(model, {"x": s[None]})["y_h"] for s in x[16:]])
+        got = np.concatenate([run_tflite(tmp_path / "model.tflite", built["io"], {"x": s[None]})["y_h"] for s in x[16:]])
+        assert sqnr_db(reference, got) > 35.0
