@@ -98,8 +98,10 @@ def measure(name: str, work: Path, targets: tuple[str, ...] = TARGETS) -> dict:
             outputs = evaluate.bundle_outputs(name, target, out, data.eval)
             if target == "arm-cpu":  # XNNPACK partitions and ops left on builtin kernels, as LiteRT loads the file
                 entry["xnnpack"] = evaluate.manifest(out)["delegation"].get("measured_here")
-                # tensors the full-integer build kept float as wide range (backends/tflite/wide_range.py)
-                entry["wide_range_float"] = evaluate.manifest(out)["precision"].get("wide_range_float", {})
+                # what the full-integer build kept float on its own (backends/tflite/wide_range.py)
+                precision = evaluate.manifest(out)["precision"]
+                entry["wide_range_float"] = precision.get("wide_range_float", {})
+                entry["long_recurrences_float"] = precision.get("long_recurrences_float", {})
             if "fp32" in outputs:
                 entry["fp32_max_rel_error"] = max(evaluate.max_relative_error(r, t)
                                                   for r, t in zip(reference, outputs["fp32"]))

@@ -148,9 +148,11 @@ class Lowering:
         # candidates, the placement the accuracy tools emulate - must agree on the grids
         if self.options.get("float_output_concats", True):
             self.requested_float |= shared_scales.float_output_concats(self)
-        # tensors whose int8 grid zeroes most of their values, with their writers and readers; the
-        # int8 inputs of a Log's float island that it zeroes in part; long recurrences (wide_range.py)
-        self.wide_range: dict[str, float] = {}
+        # long recurrences; tensors whose int8 grid zeroes most of their values, with their writers
+        # and readers; the int8 inputs of a Log's float island that it zeroes in part (wide_range.py)
+        self.long_recurrences = (wide_range.long_recurrences(self) if self.options.get("float_long_recurrences", True)
+                                 else {})
+        self.requested_float |= {node for name in self.long_recurrences for node in self.expanded.get(name, ())}
         wide = self.options.get("wide_range_float", True)
         before = set(self.requested_float) | float_statistics.statistics_nodes(self)
         tensors = wide_range.wide_range_tensors(self) if wide else {}
@@ -158,10 +160,7 @@ class Lowering:
         self.requested_float |= float_statistics.statistics_nodes(self)
         logs = wide_range.log_inputs(self) if wide else {}
         self.requested_float |= wide_range.wide_range_nodes(self, logs)
-        self.wide_range = wide_range.effective(self, {**tensors, **logs}, before)
-        self.long_recurrences = (wide_range.long_recurrences(self) if self.options.get("float_long_recurrences", True)
-                                 else {})
-        self.requested_float |= {node for name in self.long_recurrences for node in self.expanded.get(name, ())}
+        self.wide_range: dict[str, float] = wide_range.effective(self, {**tensors, **logs}, before)
         self.shared_ranges: dict[str, str] = {}
         if self.options.get("share_concat_scales", True):
             self.shared_ranges = shared_scales.shared_concat_ranges(self)
