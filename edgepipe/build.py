@@ -269,7 +269,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         raise UserError(f"{out}: cannot write the bundle ({exc.strerror or exc}); the previous bundle is "
                         "unchanged - free disk space or fix permissions and rebuild") from exc
 
-    result = BuildResult(target.name, out, pipeline.summary(), manifest, warnings,
+    result = BuildResult(target.name, out, pipeline.summary(), manifest, [*pipeline.warnings, *warnings],
                          eval_note=eval_summary(prepared, manifest), calibration_stability=stability_effect)
     # 7. int8 vs FP32 on this host: the target's runtime (arm-cpu: run.py), else its emulation
     if settings["report"].host:

@@ -42,8 +42,8 @@ SCHEMA: dict[str, Any] = {
     "model": Field((str,), None, "an .onnx file, a TorchScript / torch.export file, or pkg.module:factory"),
     "weights": Field((str,), None, "checkpoint for module:factory models (state_dict, loaded with weights_only=True)"),
     "target": Field((str,), None, "target plugin name (see `edgepipe targets`)"),
-    "calib": Field((str,), None, "calibration data: image folder, .npz, .npy or a folder of .npy/.npz files"),
-    "eval": Field((str,), None, "evaluation data (labels optional): image folder, .npz, .npy or a folder of .npy/.npz files"),
+    "calib": Field((str,), None, "calibration data: image folder, .npz, .npy, .wav or a folder of .npy/.npz or .wav files"),
+    "eval": Field((str,), None, "evaluation data (labels optional): image folder, .npz, .npy, .wav or a folder of .npy/.npz or .wav files"),
     "input_shapes": Field((dict,), {}, "static input shapes, {name: [1, 3, 224, 224]}"),
     "input_values": Field((dict,), {}, "inputs fixed to a value in deployment, {name: value} (a sample rate, a mode "
                           "flag): each becomes a constant before simplify, and an If it decides keeps one branch"),
@@ -61,6 +61,10 @@ SCHEMA: dict[str, Any] = {
         layout=Field((str,), None, "default: NHWC when the input's last dim is 1 or 3 and dim 1 is not, else NCHW",
                      ("NCHW", "NHWC")),
         grayscale=Field((bool,), None, "convert images to one channel (default: when the input has one channel)"),
+        sample_rate=Field((int,), None, ".wav data: every file must be sampled at this rate in Hz (default: the first "
+                          "file's rate; rates are not converted)", minimum=1),
+        audio_scale=Field((str,), "unit", ".wav data: unit = samples in [-1, 1) (soundfile/librosa/torchaudio), int16 "
+                          "= in 16-bit integer units (models fed raw PCM values)", ("unit", "int16")),
     ),
     "fold": _section(
         batchnorm=Field((bool,), True, "fold BatchNormalization into the preceding Conv/Gemm"),

@@ -18,6 +18,8 @@ Sources
 - .npy: one array [N, ...], single-input models only.
 - folder of .npy / .npz files (edgepipe/array_folder.py): each file one sample or a stack [N, ...],
   as above; class subfolders give labels as for images.
+- a .wav file or a folder of them (edgepipe/audio.py): windows of the input's time dim, single-input
+  models only; class subfolders give labels as for images.
 
 Image preprocessing (edgepipe/images.py; `preprocess` dict; unknown keys belong to other stages)
 - `size` [H, W]: resize so the image covers H x W keeping its aspect ratio (bilinear), then
@@ -46,6 +48,7 @@ from edgepipe.images import ImageTransform, _cast
 from edgepipe.safeio import check_npz_members
 from edgepipe.sampling import evenly_spaced
 
+AUDIO_SUFFIXES = (".wav",)  # edgepipe/audio.py
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 LABELS_KEY = "labels"
 InputSpecs = dict[str, tuple[tuple, np.dtype]]
@@ -142,9 +145,13 @@ def load_dataset(path: str | os.PathLike, input_specs: InputSpecs, preprocess: d
     elif suffix == ".npy":
         arrays, labels, ignored = {_only_input(path, input_specs): _read_npy(path)}, None, []
         kind = "npy"
+    elif suffix in AUDIO_SUFFIXES:
+        from edgepipe.audio import wav_dataset
+
+        return wav_dataset(path, [path], None, None, input_specs, preprocess or {}, limit)
     else:
         raise UserError(f"{path}: unsupported data file type '{path.suffix}'; "
-                        "use a folder of images, an .npz or an .npy file")
+                        "use a folder of images or .wav files, an .npz, an .npy or a .wav file")
     count = _check_arrays(path, arrays, input_specs)
     if labels is not None:
         _check_labels(path, labels, count)
@@ -181,12 +188,20 @@ def _first_sample_shape(path: Path, input_name: str, preprocess: dict | None, de
         paths, _, _, kind = _scan_folder(path)
         if kind == "arrays":
             return first_sample_shape(paths[0], input_name, declared)
+        if kind == "audio":
+            from edgepipe.audio import first_sample_shape as first_window_shape
+
+            return first_window_shape(paths[0], input_name, declared)
         unknown_spec = {input_name: ((None, None, None, None), np.float32)}
         return tuple(_image_dataset(path, unknown_spec, preprocess or {}, 1).sample(0)[input_name].shape)[1:]
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; pass a folder of images, an .npz or an .npy file")
     if path.suffix.lower() == ".npy":
         return tuple(_read_npy(path).shape[1:])
+    if path.suffix.lower() in AUDIO_SUFFIXES:
+        from edgepipe.audio import first_sample_shape as first_window_shape
+
+        return first_window_shape(path, input_name, declared)
     if path.suffix.lower() != ".npz":
         raise UserError(f"{path}: unsupported data file type '{path.suffix}'; use images, .npz or .npy")
     try:
@@ -365,6 +380,10 @@ def _folder_dataset(folder: Path, specs: InputSpecs, preprocess: dict, limit: in
         from edgepipe.array_folder import array_folder_dataset
 
         return array_folder_dataset(folder, paths, labels, class_names, specs, limit)
+    if kind == "audio":
+        from edgepipe.audio import wav_dataset
+
+        return wav_dataset(folder, paths, labels, class_names, specs, preprocess, limit)
     return _image_dataset(folder, specs, preprocess, limit, (paths, labels, class_names))
 
 
@@ -380,12 +399,14 @@ def _scan_folder(folder: Path) -> tuple[list[Path], np.ndarray | None, list[str]
     class_dirs = [p for p in entries if p.is_dir()]
     below = [sorted(d.rglob("*")) for d in class_dirs]
     found = {kind: (files(entries, suffixes), [files(paths, suffixes) for paths in below])
-             for kind, suffixes in (("images", IMAGE_SUFFIXES), ("arrays", ARRAY_SUFFIXES))}
+             for kind, suffixes in (("images", IMAGE_SUFFIXES), ("arrays", ARRAY_SUFFIXES), ("audio", AUDIO_SUFFIXES))}
     present = [kind for kind, (flat, per_class) in found.items() if flat or any(per_class)]
     if len(present) > 1:
-        raise UserError(f"{folder}: holds both images and .npy/.npz files; keep one kind of sample file per folder")
+        kinds = " and ".join({"images": "images", "arrays": ".npy/.npz files", "audio": ".wav files"}[k] for k in present)
+        raise UserError(f"{folder}: holds {'both ' if len(present) == 2 else ''}{kinds}; keep one kind of sample "
+                        "file per folder")
     if not present:
-        raise UserError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) or .npy/.npz files found; put "
+        raise UserError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}), .npy/.npz or .wav files found; put "
                         "samples in the folder (calibration) or in one subfolder per class (evaluation)")
     kind = present[0]
     flat, per_class = found[kind]

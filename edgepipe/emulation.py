@@ -37,6 +37,8 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from edgepipe.cache_trust import user_cache_root
+
 SUITE = "bookworm"
 DEBIAN_PACKAGES = ("python3", "python3-numpy")
 # Wheels unpacked into the rootfs (aarch64, cp311). tflite-runtime 2.14 is a second, independent
@@ -81,7 +83,7 @@ def version_key() -> str:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("EDGEPIPE_CACHE") or Path.home() / ".cache" / "edgepipe")
+    return user_cache_root()
 
 
 def rootfs_path() -> Path:

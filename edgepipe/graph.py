@@ -229,7 +229,7 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0):
 
     options = no_spinning(ort.SessionOptions())
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # ORT's own error lines carry node names raw to fd 2; its exception says the same
     if threads:
         options.intra_op_num_threads = threads
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)

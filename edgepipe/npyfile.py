@@ -8,6 +8,7 @@ header itself and reads only the samples asked for.
 from __future__ import annotations
 
 import copy
+import io
 import math
 import os
 import zipfile
@@ -26,12 +27,26 @@ def first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+MAX_HEADER_BYTES = 1 << 15  # numpy writes headers of 64..4096 bytes and refuses over 10,000 when parsing
+
+
 def read_header(stream) -> tuple[tuple, bool, np.dtype]:
-    """(shape, fortran_order, dtype) of the .npy stream positioned at its magic string."""
+    """(shape, fortran_order, dtype) of the .npy stream positioned at its magic string.
+
+    The header length is checked before the header is read: numpy reads all the bytes a header
+    declares (up to 4 GB for format 2/3) and checks its own limit only afterwards."""
     version = np.lib.format.read_magic(stream)
+    width = 2 if version == (1, 0) else 4
+    prefix = stream.read(width)
+    if len(prefix) != width:
+        raise ValueError("the .npy header is truncated")
+    length = int.from_bytes(prefix, "little")
+    if length > MAX_HEADER_BYTES:
+        raise ValueError(f"its .npy header declares {length} bytes (numpy writes at most a few thousand)")
+    header = io.BytesIO(prefix + stream.read(length))
     if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(stream)
-    return np.lib.format.read_array_header_2_0(stream)
+        return np.lib.format.read_array_header_1_0(header)
+    return np.lib.format.read_array_header_2_0(header)
 
 
 class ArrayFile:

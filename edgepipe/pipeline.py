@@ -6,7 +6,8 @@ after changing only the target reuses simplify / fold / calibrate from the cache
 records both symmetric and asymmetric ranges, so it is target independent) and a cache hit is
 byte-identical to a fresh run. Export is never cached: it is the first artifact, and the key of
 everything after it. Cache entries are written to a temp dir and renamed, so an interrupted build
-never leaves a half-written entry behind.
+never leaves a half-written entry behind, and sealed with a per-user key (`cache_trust`), so an
+entry this user's edgepipe did not write is recomputed, never loaded.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Callable
 import onnx
 
 from edgepipe import __version__
+from edgepipe.cache_trust import UntrustedCache, check_cache_dir, seal, seal_problem, user_key
 
 
 @dataclass
@@ -90,9 +92,17 @@ class Pipeline:
     """Runs stages in order, keeps a `StageRecord` per stage for the summary and the manifest."""
 
     def __init__(self, cache_dir: str | Path | None = None, log: Callable[[str], None] | None = None):
-        self.cache_dir = Path(cache_dir) if cache_dir else None
         self.records: list[StageRecord] = []
         self.log = log or (lambda message: None)
+        self.warnings: list[str] = []  # cache problems the build reports (it still runs, uncached)
+        self.cache_dir, self._key = None, b""
+        if cache_dir:
+            try:
+                check_cache_dir(Path(cache_dir))
+                self.cache_dir, self._key = Path(cache_dir), user_key()
+            except UntrustedCache as exc:
+                self.cache_dir = None
+                self.warnings.append(f"{exc}; building without the stage cache")
 
     # -- generic ---------------------------------------------------------------------------
     def run(self, name: str, compute: Callable[[], object], describe: Callable[[object], tuple[str, int, str]],
@@ -115,17 +125,21 @@ class Pipeline:
         entry = self.cache_dir / f"{name}-{key[:24]}" if self.cache_dir and key else None
         start = time.perf_counter()
         result, was_cached = None, False
-        if entry is not None and (entry / "COMPLETE").exists():
-            try:
-                result, was_cached = load(entry), True
-                self.log(f"{name}: cached")
-            except Exception:
-                result = None  # a corrupt cache entry is recomputed, never trusted
+        if entry is not None and os.path.lexists(entry):
+            problem = seal_problem(entry, f"{name}-{key}", self._key)
+            if problem:
+                self.warnings.append(f"stage cache entry {entry} is not used: {problem}; {name} is recomputed")
+            else:
+                try:
+                    result, was_cached = load(entry), True
+                    self.log(f"{name}: cached")
+                except Exception:
+                    result = None  # a corrupt cache entry is recomputed, never trusted
         if result is None:
             self.log(f"{name} ...")
             result = self._compute(name, compute)
             if entry is not None:
-                self._store(entry, result, save)
+                self._store(entry, f"{name}-{key}", result, save)
         seconds = time.perf_counter() - start
         artifact, size, digest = describe(result)
         self.records.append(StageRecord(name, seconds, artifact, size, digest, was_cached, note(result) if note else ""))
@@ -139,18 +153,19 @@ class Pipeline:
             tag_stage(exc, name)
             raise
 
-    def _store(self, entry: Path, result, save) -> None:
-        entry.parent.mkdir(parents=True, exist_ok=True)
+    def _store(self, entry: Path, stage_key: str, result, save) -> None:
         staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
         try:
             save(result, staging)
-            (staging / "COMPLETE").write_text("")
-            if entry.exists():
+            seal(staging, stage_key, self._key)
+            if entry.is_symlink() or entry.is_file():
+                entry.unlink()
+            elif entry.exists():
                 shutil.rmtree(entry)
             os.replace(staging, entry)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            self.log(f"warning: could not write the stage cache {entry} ({exc}); continuing without it")
+            self.warnings.append(f"could not write the stage cache {entry} ({exc}); continuing without it")
 
     # -- ONNX model stages -----------------------------------------------------------------
     def model_stage(self, name: str, key: str | None, compute: Callable[[], tuple[onnx.ModelProto, dict]]):

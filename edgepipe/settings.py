@@ -163,7 +163,7 @@ def to_model_domain(dataset, settings: dict):
     """Tensor files (.npz/.npy) hold inputs already normalized for the source model; when mean/std
     is folded into the model, the deployed model takes the raw input, so undo the normalization."""
     fold = fold_settings_of(settings)
-    if dataset.kind == "image folder" or fold.get("input_normalization") != "mean_std":
+    if dataset.kind in ("image folder", "wav") or fold.get("input_normalization") != "mean_std":  # raw by nature
         return dataset
     mean, std = fold["mean"], fold["std"]
     if mean is None or std is None:

@@ -237,6 +237,29 @@ def empty_folder(tmp):
     return _build(tmp, _model(tmp), tmp / "calib")
 
 
+def _waveform_model() -> onnx.ModelProto:
+    """audio [1, 64] -> MatMul -> [1, 4]: a model that takes raw samples."""
+    helper = onnx.helper
+    weight = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["audio", "w"], ["y"], name="mm")], "wave",
+                              [helper.make_tensor_value_info("audio", onnx.TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], [weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def truncated_wav(tmp):
+    import wave
+
+    folder = tmp / "calib"
+    folder.mkdir()
+    with wave.open(str(folder / "take.wav"), "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000)
+        out.writeframes(np.zeros(640, np.int16).tobytes())
+    raw = (folder / "take.wav").read_bytes()
+    (folder / "take.wav").write_bytes(raw[:-600])  # a copy cut short: the header still declares 1280 bytes
+    return _build(tmp, _model(tmp, _waveform_model()), folder, "arm-cpu")
+
+
 def unreadable_image(tmp):
     folder = tmp / "calib"
     folder.mkdir()
@@ -844,6 +867,8 @@ CASES = [
          ("'x'", "--input-shape")),
     Case("empty-folder", "calibration folder with no images or arrays", empty_folder, ("calib",)),
     Case("unreadable-image", "an image that cannot be decoded", unreadable_image, ("broken.png",)),
+    Case("truncated-wav", "a .wav recording cut short (its header declares more data than follows)", truncated_wav,
+         ("take.wav", "the data chunk declares 1280 bytes but only 680 follow")),
     Case("image-pixel-bomb", "a PNG whose header declares 40000 x 40000 pixels (decompression bomb)", image_pixel_bomb,
          ("huge.png", "decompression bomb")),
     Case("npy-negative-shape", "a .npy header declaring shape (-1, 3, 8, 8)", npy_negative_shape,

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from edgepipe import graph, quantmath
-from edgepipe.errors import UserError
+from edgepipe.errors import UserError, one_line
 from edgepipe.safeio import check_npz_members, ensure_regular_file
 from edgepipe.settings import ReportSettings
 
@@ -193,6 +193,7 @@ class CompareReport:
             name = t.name + (" (output)" if t.name in self.outputs else "")
             rows.append((str(rank), name, t.producer, _db(t.sqnr_db), f"{t.cosine:.5f}", f"{t.max_abs_error:.4g}",
                          "-" if t.alone_sqnr_db is None else _db(t.alone_sqnr_db)))
+        rows = [tuple(one_line(c) for c in row) for row in rows]  # names from the model: one line, inert
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         head = (f"{self.target}: {self.deployed} ({self.where}) vs FP32 reference.onnx, {self.samples} samples; "

@@ -38,7 +38,7 @@ import onnx
 from edgepipe import graph, quantmath
 from edgepipe.calibrate.collector import sample_indices
 from edgepipe.calibrate.result import CalibrationResult
-from edgepipe.errors import UserError
+from edgepipe.errors import UserError, one_line
 
 FUSED_ACTIVATIONS = ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "Elu",
                      "Selu", "Gelu", "Softplus", "Mish", "PRelu")
@@ -335,6 +335,7 @@ class SensitivityReport:
             rows.append((str(rank), n.group.name, n.group.op_type, _db(n.only.sqnr_db),
                          _db(n.all_but.sqnr_db if n.all_but else None), _db(n.recovery_db), "-" if drop is None else f"{drop:+.4f}", act_range,
                          act.get("method", "-") if act else "-"))
+        rows = [tuple(one_line(c) for c in row) for row in rows]  # node names: one line, inert
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         summary = f"all quantized: SQNR {_db(self.int8.sqnr_db)} dB, argmax agreement {self.int8.argmax_agreement:.4f}"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from edgepipe.errors import UserError
+from edgepipe.errors import UserError, one_line
 
 DEFAULT_TARGET = "desktop-gpu"  # quantizes the variants (its Q/DQ simulation) when no target is given
 
@@ -36,7 +36,10 @@ def deployed_model(settings: dict):
     from edgepipe.build import prepare_model
     from edgepipe.pipeline import Pipeline
 
-    prepared = prepare_model(settings, Pipeline(settings.get("cache_dir")))
+    pipeline = Pipeline(settings.get("cache_dir"))
+    prepared = prepare_model(settings, pipeline)
+    for warning in pipeline.warnings:  # an untrusted cache folder or entry: said once, the work is redone
+        click.echo(f"warning: {one_line(warning)}", err=True)
     return prepared.model, prepared.calib, prepared.eval
 
 
@@ -109,7 +112,7 @@ def sensitivity_command(model, weights, target, calib, eval_, input_shapes, inpu
                f"data: {'eval' if eval_ds is not None else 'calibration (no --eval)'} set")
     click.echo(report.text_table(top or None))
     if plan is not None:
-        click.echo(f"mixed precision: {plan.reason}")
+        click.echo(f"mixed precision: {one_line(plan.reason)}")
         if plan.float_nodes:
             click.echo("edgepipe.yaml:\n  precision:\n    float_nodes: " + json.dumps(sorted(plan.float_nodes)))
 
@@ -187,7 +190,7 @@ def finetune_command(model, weights, target, calib, eval_, input_shapes, input_v
     train_ds = load_dataset(train, specs, settings.get("preprocess"))  # source domain: with mean/std
     prepare_qat(module, calibration, onnx_model=onnx_model)
     module, history = finetune(module, train_ds, epochs=epochs, lr=lr, alpha=alpha, T=temperature, teacher=teacher,
-                               batch_size=batch_size, log=lambda m: click.echo(m, err=True))
+                               batch_size=batch_size, log=lambda m: click.echo(one_line(m), err=True))
 
     # back through the same pipeline: export the fine-tuned float weights, recalibrate, apply learned ranges
     out = Path(out_path)

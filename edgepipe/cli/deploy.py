@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from edgepipe.delivery.deploy import SshTarget, deploy_bundle
-from edgepipe.errors import UserError
+from edgepipe.errors import UserError, one_line
 from edgepipe.safeio import CONFIG_MAX_BYTES, ensure_regular_file
 from edgepipe.delivery.fleet import deploy_fleet, format_table, load_inventory, raise_if_failed, write_fleet_json
 
@@ -58,10 +58,10 @@ def deploy_command(bundle, destination, inventory, port, identity, remote_dir, r
         click.echo(f"{result.host}: deployed to {result.remote_dir} ({result.transfer}, sha256 verified)")
         if result.results_path:
             latency = result.results.get("latency_ms", {})
-            click.echo(f"{result.host}: p50 {latency.get('p50')} ms, p99 {latency.get('p99')} ms "
-                       f"-> {result.results_path}")
+            click.echo(one_line(f"{result.host}: p50 {latency.get('p50')} ms, p99 {latency.get('p99')} ms "
+                                f"-> {result.results_path}"))  # figures the device wrote: one line, inert
         for note in result.notes:
-            click.echo(f"note: {note}", err=True)
+            click.echo(f"note: {one_line(note)}", err=True)
         return
     hosts = load_inventory(inventory)
     outcomes = deploy_fleet(bundle, hosts, parallel=parallel, remote_dir=remote_dir, port=port,
@@ -69,7 +69,7 @@ def deploy_command(bundle, destination, inventory, port, identity, remote_dir, r
     click.echo(format_table(outcomes))
     if run_bundle:
         fleet_json = write_fleet_json(outcomes, out if out is not None else Path(bundle) / "report")
-        click.echo(f"merged results: {fleet_json}")
+        click.echo(f"merged results: {one_line(fleet_json)}")
     raise_if_failed(outcomes)
 
 

@@ -17,7 +17,7 @@ import click
 
 from edgepipe import __version__, isolation
 from edgepipe.calibrate import methods as calibration_methods
-from edgepipe.errors import BudgetError, UserError, inert_text
+from edgepipe.errors import BudgetError, UserError, inert_text, one_line
 
 DEBUG_ENV = "EDGEPIPE_DEBUG"
 INTERNAL_ERROR_EXIT = 3
@@ -40,10 +40,11 @@ class TtyProgress:
         total = total or self.total
         width = 30
         filled = int(width * min(done, total) / max(total, 1))
-        sys.stderr.write(f"\r{self.label:<12} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        stream = getattr(sys.stderr, "raw", sys.stderr)  # the one writer of "\r": its label is ours
+        stream.write(f"\r{inert_text(self.label):<12} [{'#' * filled}{'.' * (width - filled)}] {int(done)}/{int(total)}")
         if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+            stream.write("\n")
+        stream.flush()
 
 
 def _log(quiet: bool):
@@ -52,7 +53,7 @@ def _log(quiet: bool):
 
     def log(message: str) -> None:
         if show:
-            click.echo(message, err=True)
+            click.echo(one_line(message), err=True)
 
     return log
 
@@ -121,11 +122,11 @@ def _print_summary(result) -> None:
         rows.append((stage["name"], f"{stage['seconds']:.2f}s", stage["artifact"], size, note))
     widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
     for row in rows:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
+        click.echo(one_line("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[4]))
     for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(f"warning: {one_line(warning)}", err=True)
     if result.eval_note:
-        click.echo(f"evaluation data: {result.eval_note}")
+        click.echo(f"evaluation data: {one_line(result.eval_note)}")
     if result.results:
         acc = result.results.get("accuracy", {})
         lat = result.results.get("latency_ms", {})
@@ -140,10 +141,10 @@ def _print_summary(result) -> None:
             parts.append(f"speed-up vs {result.results['compare']['model']} {result.results['speedup']:.2f}x")
         if (result.results.get("delegation") or {}).get("partitions") is not None:
             parts.append(f"XNNPACK partitions {result.results['delegation']['partitions']}")
-        click.echo(f"host report ({result.results.get('where', 'host')}): " + ", ".join(parts))
+        click.echo(one_line(f"host report ({result.results.get('where', 'host')}): " + ", ".join(parts)))
     if result.report_html:
-        click.echo(f"report: {result.report_html}")
-    click.echo(f"bundle: {result.out}")
+        click.echo(f"report: {one_line(result.report_html)}")
+    click.echo(f"bundle: {one_line(result.out)}")
 
 
 def _human(size: int) -> str:
@@ -224,11 +225,11 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     if as_json:
         click.echo(json.dumps(info, indent=2, sort_keys=True, default=str))
         return
-    click.echo(f"{model_path}: opset {info['opset']}, {info['nodes']} nodes")
+    click.echo(f"{one_line(model_path)}: opset {info['opset']}, {info['nodes']} nodes")
     for kind in ("inputs", "outputs"):
         for item in info[kind]:
-            click.echo(f"  {kind[:-1]:<6} {item['name']}  {item['dtype']}  {item['shape']}")
-    click.echo("  ops: " + ", ".join(f"{op} x{count}" for op, count in histogram.items()))
+            click.echo(f"  {kind[:-1]:<6} {one_line(item['name'])}  {item['dtype']}  {item['shape']}")
+    click.echo("  ops: " + ", ".join(f"{one_line(op)} x{count}" for op, count in histogram.items()))
     dynamic = [i["name"] for i in info["inputs"] if not graph.is_static(i["shape"])]
     if dynamic:
         click.echo(f"  note: input(s) {', '.join(dynamic)} have dynamic dims; pass --input-shape "
@@ -241,7 +242,7 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
             continue
         click.echo(f"  {target}: {len(nodes)} unsupported node(s)")
         for item in nodes[:20]:
-            click.echo(f"    {item['node']} ({item['op_type']}): {item['reason']}")
+            click.echo(one_line(f"    {item['node']} ({item['op_type']}): {item['reason']}"))
 
 
 def _delegation_line(predicted: dict) -> str:
@@ -275,6 +276,7 @@ class InertStream:
 
     def __init__(self, stream):
         self._stream = stream
+        self.raw = stream  # for the progress bar only
 
     def write(self, text):
         return self._stream.write(inert_text(text) if isinstance(text, str) else text)
@@ -314,7 +316,7 @@ def _main(argv: list[str] | None) -> None:
         if debug:
             raise
         if str(exc):
-            click.echo(f"FAILED: {exc}", err=True)
+            click.echo(f"FAILED: {one_line(exc)}", err=True)
         sys.exit(BudgetError.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from edgepipe.errors import BudgetError, UserError
+from edgepipe.errors import BudgetError, UserError, one_line
 
 
 def _is_archive(path: Path) -> bool:
@@ -49,7 +49,7 @@ def verify_command(bundle: Path) -> None:
         problems = verify_bundle(root)
         if problems:
             for problem in problems:
-                click.echo(f"BAD: {problem}", err=True)
+                click.echo(f"BAD: {one_line(problem)}", err=True)
             raise VerificationError(f"{bundle}: {len(problems)} problem(s); rebuild or re-copy the bundle")
         click.echo(f"OK: {verified_file_count(root)} files verified")
 

@@ -23,6 +23,8 @@ from edgepipe.errors import UserError
 _FILE_MODE, _EXEC_MODE, _DIR_MODE = 0o644, 0o755, 0o755
 MAX_ARCHIVE_BYTES = 16 << 30  # unpacked; checked from the headers before anything is extracted
 MAX_ARCHIVE_MEMBERS = 100_000
+MAX_ARCHIVE_RATIO = 200  # unpacked / packed bytes; as for .npz members (safeio)
+MIN_RATIO_CHECKED_BYTES = 64 << 20  # a small archive may unpack to this much whatever its ratio
 MAX_MEMBER_DEPTH = 32  # a bundle nests 3 deep; 3000 empty folders made extraction recurse past Python's limit
 
 
@@ -132,19 +134,31 @@ def safe_extract(tar_path: Path, dest: Path) -> Path:
         tar = tarfile.open(tar_path, mode="r:*")
     except (OSError, tarfile.TarError) as exc:
         raise UserError(f"{tar_path}: not a readable tar archive ({exc})") from None
+    # headers are read one at a time and every limit checked before the next: a gzip stream of a
+    # million empty headers, or one member of 16 GB of zeros (3 MB packed), is refused after its
+    # header, never listed whole or decompressed to disk
+    allowed = min(MAX_ARCHIVE_BYTES, max(MIN_RATIO_CHECKED_BYTES, MAX_ARCHIVE_RATIO * tar_path.stat().st_size))
     with tar:
-        try:
-            members = tar.getmembers()
-        except (OSError, tarfile.TarError, EOFError) as exc:
-            raise UserError(f"{tar_path}: damaged archive ({exc})") from None
-        if len(members) > MAX_ARCHIVE_MEMBERS:
-            raise UserError(f"{tar_path}: {len(members)} members, more than the {MAX_ARCHIVE_MEMBERS} a bundle has")
-        for member in members:
+        members, total = [], 0
+        while True:
+            try:
+                member = tar.next()
+            except (OSError, tarfile.TarError, EOFError) as exc:
+                raise UserError(f"{tar_path}: damaged archive ({exc})") from None
+            if member is None:
+                break
+            members.append(member)
+            if len(members) > MAX_ARCHIVE_MEMBERS:
+                raise UserError(f"{tar_path}: more than the {MAX_ARCHIVE_MEMBERS} members a bundle has")
             problem = _member_problem(member)
             if problem:
                 shown = member.name if len(member.name) <= 120 else member.name[:100] + f"... ({len(member.name)} characters)"
                 raise UserError(f"{tar_path}: refusing member '{shown}': {problem}")
-        total = sum(m.size for m in members)
+            total += member.size
+            if total > allowed:
+                raise UserError(f"{tar_path}: members add up to more than {allowed} bytes unpacked (allowed: "
+                                f"{MAX_ARCHIVE_RATIO}x the archive's size, at most {MAX_ARCHIVE_BYTES}); a "
+                                "decompression bomb, not a bundle")
         dest.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(dest).free
         if total > MAX_ARCHIVE_BYTES or total > free:

@@ -20,7 +20,7 @@ from typing import Callable
 
 from edgepipe.delivery.deploy import DeployResult, SshTarget, check_host_name, deploy_bundle
 from edgepipe.safeio import CONFIG_MAX_BYTES, parse_yaml, read_text_bounded, write_text_replacing
-from edgepipe.errors import BudgetError, UserError
+from edgepipe.errors import BudgetError, UserError, one_line
 
 HOST_VARIABLES = {"ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
                   "edgepipe_remote_dir"}
@@ -195,6 +195,7 @@ def format_table(outcomes: list[HostOutcome]) -> str:
         detail = outcome.error if outcome.error else (outcome.result.remote_dir if outcome.result else "")
         rows.append((outcome.name, "ok" if outcome.ok else "FAILED", str(outcome.attempts),
                      _fmt(latency.get("p50")), _fmt(latency.get("p99")), detail))
+    rows = [tuple(one_line(cell) for cell in row) for row in rows]  # a device's error text: one line, inert
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
                      for row in rows)

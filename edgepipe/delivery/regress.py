@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgepipe.jsonfile import read_json
-from edgepipe.errors import UserError
+from edgepipe.errors import UserError, one_line
 from edgepipe.settings import RegressSettings
 
 DEFAULT_METRICS = ("top1", "top5", "argmax_agreement", "sqnr_db", "exact_match")
@@ -50,10 +50,11 @@ class RegressionResult:
         for c in self.checks:
             rows.append((c.name, _fmt(c.baseline), _fmt(c.candidate), _change(c), c.limit,
                          "ok" if c.passed else "FAIL"))
+        rows = [tuple(one_line(cell) for cell in row) for row in rows]  # names from results files: one line, inert
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+        return "\n".join(lines + [f"note: {one_line(n)}" for n in self.notes])
 
     def to_junit(self) -> str:
         suite = ET.Element("testsuite", name="edgepipe.regress", tests=str(len(self.checks)),
