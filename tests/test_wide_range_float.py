@@ -87,16 +87,20 @@ def test_report_lists_the_wide_range_tensors_escaped(tmp_path):
     from tests.test_report import EVIL, results
 
     (tmp_path / "manifest.json").write_text(json.dumps(
-        {"precision": {"wide_range_float": {EVIL: 0.93, "mels": 0.71, "bad": "x"}}}))
+        {"precision": {"wide_range_float": {EVIL: 0.93, "mels": 0.71, "bad": "x"},
+                       "long_recurrences_float": {"/lstm/LSTM": 160}}}))
     kept = wide_range_float(tmp_path)
     assert kept == {EVIL: 0.93, "mels": 0.71}
+    assert wide_range_float(tmp_path, "long_recurrences_float") == {"/lstm/LSTM": 160}
     report_dir = tmp_path / "report"
     report_dir.mkdir()
-    (report_dir / "results.json").write_text(json.dumps({**results(), "wide_range_float": kept}))
+    (report_dir / "results.json").write_text(json.dumps({**results(), "wide_range_float": kept,
+                                                        "long_recurrences_float": {"/lstm/LSTM": 160}}))
     html = render_report(report_dir / "results.json").read_text()
-    assert "Kept float: wide-range tensors" in html and EVIL not in html and "93%" in html
+    assert "Kept float: what int8 cannot carry" in html and EVIL not in html and "93%" in html
     markdown = (report_dir / "report.md").read_text()
-    assert "`mels` | 71%" in markdown and markdown.index("93%") < markdown.index("71%")
+    assert "`mels` | 71% of non-zero values" in markdown and markdown.index("93%") < markdown.index("71%")
+    assert "`/lstm/LSTM` | recurrence over 160 steps" in markdown
 
 
 def _lstm(steps: int):

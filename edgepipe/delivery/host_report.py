@@ -82,15 +82,16 @@ def speed_warning(results: dict) -> str | None:
             "(precision.float_nodes), after timing both on the device (run.py times both)")
 
 
-def wide_range_float(out: Path) -> dict:
+def wide_range_float(out: Path, key: str = "wide_range_float") -> dict:
     """{tensor: share of its non-zero calibration values int8 would round to 0} that the build
-    kept float (manifest `precision.wide_range_float`; arm-cpu), {} when none or no manifest."""
+    kept float (manifest `precision.wide_range_float`; arm-cpu), or with key="long_recurrences_float"
+    {recurrent node: steps}; {} when none or no manifest."""
     try:
         manifest = json.loads((out / "manifest.json").read_text())
     except (OSError, ValueError):
         return {}
-    wide = ((manifest.get("precision") or {}) if isinstance(manifest, dict) else {}).get("wide_range_float")
-    return {str(k): float(v) for k, v in wide.items() if isinstance(v, (int, float))} if isinstance(wide, dict) else {}
+    kept = ((manifest.get("precision") or {}) if isinstance(manifest, dict) else {}).get(key)
+    return {str(k): float(v) for k, v in kept.items() if isinstance(v, (int, float))} if isinstance(kept, dict) else {}
 
 
 def finish_host_report(out: Path, settings: dict, results: dict, result) -> dict:
@@ -111,6 +112,9 @@ def finish_host_report(out: Path, settings: dict, results: dict, result) -> dict
     wide = wide_range_float(out)
     if wide:  # tensors the full-integer build kept float (their int8 grid zeroes most values)
         results["wide_range_float"] = wide
+    recurrences = wide_range_float(out, "long_recurrences_float")
+    if recurrences:  # LSTM / GRU / RNN nodes kept float: {node: steps}
+        results["long_recurrences_float"] = {name: int(steps) for name, steps in recurrences.items()}
     if (out / "precision.json").is_file():  # what precision.budget bought and what its search cost
         from edgepipe.accuracy.precision import plan_summary
 

@@ -200,12 +200,18 @@ def speed_section(results: dict) -> dict | None:
 
 
 def wide_range_rows(results: dict) -> list[dict]:
-    """Tensors the full-integer build kept float, most zeroed first (results.json `wide_range_float`)."""
+    """What the full-integer build kept float: wide-range tensors, most zeroed first, then long
+    recurrences (results.json `wide_range_float`, `long_recurrences_float`)."""
     wide = results.get("wide_range_float")
-    if not isinstance(wide, dict):
-        return []
+    wide = wide if isinstance(wide, dict) else {}
     rows = [(str(k), v) for k, v in wide.items() if isinstance(v, (int, float))]
-    return [{"tensor": name, "zeroed": f"{share:.0%}"} for name, share in sorted(rows, key=lambda r: (-r[1], r[0]))]
+    listed = [{"tensor": name, "zeroed": f"{share:.0%} of non-zero values"}
+              for name, share in sorted(rows, key=lambda r: (-r[1], r[0]))]
+    recurrences = results.get("long_recurrences_float")
+    if isinstance(recurrences, dict):
+        listed += [{"tensor": str(name), "zeroed": f"recurrence over {steps} steps"}
+                   for name, steps in sorted(recurrences.items()) if isinstance(steps, int)]
+    return listed
 
 
 def report_context(results: dict, baseline: dict | None = None, calibration: dict | None = None,
