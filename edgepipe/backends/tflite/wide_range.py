@@ -50,14 +50,15 @@ def wide_range_tensors(ctx) -> dict[str, float]:
     if not ctx.quantized or calibration is None or ctx.int16_everywhere:
         return {}
     producers = {o: n for n in ctx.model.graph.node for o in n.output}
+    inputs = {i.name for i in ctx.model.graph.input}
     chosen = {}
     for name, tensor in calibration.tensors.items():
         share = float(getattr(tensor, "zeroed", 0.0) or 0.0)
         if share <= ZEROED_SHARE or name in ctx.constants:
             continue
         producer = producers.get(name)
-        if producer is None and name not in {i.name for i in ctx.model.graph.input}:
-            continue  # a per-step tensor of an unrolled recurrence: its node is named by its LSTM
+        if producer is None and name not in inputs:
+            continue  # a tensor a lowering rewrite replaced: no node writes it here
         if producer is not None and producer.op_type in SQUASHING_OPS:
             continue
         if ctx.onnx_kind(name) != "float32":
