@@ -80,9 +80,9 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     runs the graph and before any output file exists.
     """
     from edgepipe.data import load_dataset
-    from edgepipe.stages import float16
+    from edgepipe.stages import float16, float64
     from edgepipe.stages.export import run_export, source_fingerprint
-    from edgepipe.stages.fold import run_fold
+    from edgepipe.stages.fold import run_fold, settings_that_apply
     from edgepipe.stages.simplify import kept_export, run_simplify
 
     warnings: list[str] = []
@@ -106,6 +106,12 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
         io = "float32" if float32_io else "as in the model, cast at the boundary"
         warnings.append(f"model: float16 model computed in float32 for calibration and int8 ({half_tensors} tensors, "
                         f"types and casts upcast exactly); inputs and outputs: {io}")
+    if target is not None and not target.float64_kernels:
+        model, double_tensors, first = float64.to_float32(model, str(settings["model"]), target.name)
+        if double_tensors:
+            warnings.append(f"model: float64 computed in float32 on {target.name}, which has no float64 kernels "
+                            f"({double_tensors} tensors, types and casts, the first at node '{first}'); "
+                            "its outputs: float32")
 
     # 2. simplify (target-independent, so a second target reuses it)
     exported, export_hash = model, pipeline.last_hash
@@ -121,7 +127,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     if simplify_report.get("status") == "failed":
         warnings.append(f"simplify: {simplify_report.get('note')}")
 
-    fold_settings = fold_settings_of(settings)
+    fold_settings = settings_that_apply(model, fold_settings_of(settings, target))
     if target is not None:  # ops the fold stage rewrites are checked after it
         check_target_support(model, target, ignore=foldable_batchnorms(model) if fold_settings.get("batchnorm", True) else set())
 

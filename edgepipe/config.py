@@ -68,14 +68,16 @@ SCHEMA: dict[str, Any] = {
     ),
     "fold": _section(
         batchnorm=Field((bool,), True, "fold BatchNormalization into the preceding Conv/Gemm"),
-        constant_affine=Field((bool,), False, "fold chains of constant Mul/Add/Sub/Div on a 4-D tensor into the Conv "
+        constant_affine=Field((bool,), None, "fold chains of constant Mul/Add/Sub/Div on a 4-D tensor into the Conv "
                               "that writes their input or (where exact: a shift only without padding) the Conv that "
-                              "alone reads their result; exact in float, for every target"),
-        cross_layer_equalization=Field((bool, str), False, "rescale the channels between two convolutions, exact in "
+                              "alone reads their result; exact in float. Unset: the target's default (arm-cpu "
+                              "true, other targets false)"),
+        cross_layer_equalization=Field((bool, str), None, "rescale the channels between two convolutions, exact in "
                                        "float: true: every pair (directly or through a Relu; the second group-1 or "
                                        "depthwise); depthwise: only a Conv feeding a depthwise Conv. A depthwise pair "
                                        "equalizes the tensor's per-channel ranges measured on calibration samples, a "
-                                       "group-1 pair the weight ranges", (False, True, "depthwise")),
+                                       "group-1 pair the weight ranges. Unset: the target's default (arm-cpu "
+                                       "depthwise, other targets false)", (False, True, "depthwise")),
         split_before_concat=Field((bool,), True, "move a Split in front of the Concat (and Reshape) that built its "
                                   "input (a detector head's box/class split): each piece keeps its own int8 grid; "
                                   "exact in float"),

@@ -232,8 +232,14 @@ def _first_input_name(calib: str) -> str:
     return "input"
 
 
-def fold_settings_of(settings: dict) -> dict:
+def fold_settings_of(settings: dict, target=None) -> dict:
+    """The fold stage's settings: keys edgepipe.yaml leaves unset (None) take the target's
+    `fold_defaults`, else off."""
     fold = dict(settings["fold"])
+    defaults = getattr(target, "fold_defaults", None) or {}
+    for key in ("constant_affine", "cross_layer_equalization"):
+        if fold.get(key) is None:
+            fold[key] = defaults.get(key, False)
     pre = settings.get("preprocess") or {}
     fold["mean"] = fold.get("mean") or pre.get("mean")
     fold["std"] = fold.get("std") or pre.get("std")

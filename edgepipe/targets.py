@@ -58,6 +58,10 @@ class Target:
     backend_options: tuple[str, ...] = ("threads",)  # the edgepipe.yaml `backend.*` keys this target reads
     int16_activations: bool = False  # lowers named nodes 16x8 (`precision.int16_nodes` -> backend "int16_nodes")
     float32_io: bool = False  # the runtime takes float32 (or int8) inputs only: a float16 model's I/O becomes float32
+    # fold.* values where edgepipe.yaml leaves a key unset (None): folds whose gain was measured on
+    # this target's int8 form (settings.fold_settings_of); unset elsewhere means off
+    fold_defaults: dict[str, Any] = {}
+    float64_kernels: bool = True  # False: float64 tensors are computed in float32 (edgepipe/stages/float64.py)
 
     def __init__(self, options: dict | None = None, profile: str | None = None):
         self.options = {**copy.deepcopy(self.default_options), **(options or {})}

@@ -22,11 +22,16 @@ class ArmCpuTarget(Target):
     )
     host_report = True
     float32_io = True
+    float64_kernels = False  # TFLite has no float64 CAST / SOFTMAX / EXP: a float64 tail runs in float32
     default_options = {"threads": 2}
     backend_options = ("threads", "int8_io", "keep_layout", "activations", "share_concat_scales",
                        "float_output_concats", "wide_range_float",
                        "float_long_recurrences")  # weights are always per channel
     int16_activations = True
+    # exact in float; on the int8 .tflite each removes roundings (a constant affine chain is no
+    # int8 tensor of its own) or evens a per-tensor grid (the channels between a Conv and a
+    # depthwise Conv, on measured ranges): benchmarks/int8_noise_floor.py's three calibration draws
+    fold_defaults = {"constant_affine": True, "cross_layer_equalization": "depthwise"}
     device_readme = (
         "Install the runtime on the board: `pip3 install ai-edge-litert numpy` (64-bit OS, glibc >= 2.34), "
         "or `pip3 install tflite-runtime 'numpy<2'`."

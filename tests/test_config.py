@@ -143,3 +143,18 @@ def test_precision_budget_bad_forms_refused_in_one_line(budget):
     with pytest.raises(UserError) as err:
         config.validate({"precision": {"budget": budget}})
     assert "'precision.budget' must be" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("target", "yaml", "expected"), [
+    ("arm-cpu", "", (True, "depthwise")),  # unset: arm-cpu's fold_defaults
+    ("jetson", "", (False, False)),  # unset elsewhere: off
+    ("arm-cpu", "fold:\n  constant_affine: false\n  cross_layer_equalization: false\n", (False, False)),
+    ("jetson", "fold:\n  constant_affine: true\n  cross_layer_equalization: depthwise\n", (True, "depthwise")),
+])
+def test_unset_fold_keys_take_the_targets_defaults_and_a_set_value_wins(tmp_path, target, yaml, expected):
+    from edgepipe.settings import fold_settings_of, resolve_settings
+    from edgepipe.targets import load_target
+
+    settings, _ = resolve_settings({"target": target}, str(write(tmp_path, f"target: {target}\n{yaml}")))
+    fold = fold_settings_of(settings, load_target(target))
+    assert (fold["constant_affine"], fold["cross_layer_equalization"]) == expected

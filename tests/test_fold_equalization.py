@@ -217,3 +217,15 @@ def test_cached_fold_follows_the_calibration_data(tmp_path):
     assert not fold_cached("a.npz")
     assert not fold_cached("b.npz")
     assert fold_cached("a.npz")
+
+
+def test_folds_with_nothing_to_do_are_off_in_the_settings_so_targets_share_the_fold():
+    """settings_that_apply: arm-cpu's default folds drop out of the fold stage's settings (its cache
+    key) where the graph has no pair to equalize or chain to fold; where it has one they stay."""
+    from edgepipe.stages.fold import settings_that_apply
+
+    on = {"constant_affine": True, "cross_layer_equalization": "depthwise"}
+    kept = settings_that_apply(depthwise_model(), on)
+    assert kept["cross_layer_equalization"] == "depthwise" and kept["constant_affine"] is False
+    assert settings_that_apply(outlier_model(), on) == {"constant_affine": False, "cross_layer_equalization": False}
+    assert settings_that_apply(outlier_model(), {"cross_layer_equalization": True})["cross_layer_equalization"] is True

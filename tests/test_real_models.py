@@ -74,13 +74,19 @@ KNOWN_FAILURES = {
     ("int8", "speaker_encoder", "arm-cpu"): "32.0 dB vs ORT 33.6 (bound 32.6): its LSTMs run float (160 steps), the "
                                             "outputs between them, the linear head and the L2 norm int8, where ORT "
                                             "leaves the LSTMs and their outputs float; AUDIO_ARM_INT8_FLOOR_DB (README)",
-    ("fp32", "ocr_rec_v5", "arm-cpu"): "CTC softmax over 18385 classes: 1.4e-4, while ONNX Runtime with and without "
-                                       "graph optimizations disagrees by 2.7e-5 (README)",
+    ("fp32", "ocr_rec_v5", "arm-cpu"): "CTC softmax over 18385 classes: 1.4e-4 (2.6e-4 with arm-cpu's fold defaults), "
+                                       "while ONNX Runtime with and without graph optimizations disagrees by 2.7e-5 "
+                                       "(README)",
+    ("fp32", "ocr_det_v5", "arm-cpu"): "1.03e-4 since arm-cpu equalizes its Conv -> depthwise pairs (fold.cross_layer_"
+                                       "equalization: depthwise, exact in float up to rounding; 4.6e-5 without), while "
+                                       "ONNX Runtime with and without graph optimizations disagrees by 7.4e-5 (README)",
+    ("fp32", "salient_u2netp", "arm-cpu"): "1.4e-4 on its sigmoid side outputs, while ONNX Runtime with and without "
+                                           "graph optimizations disagrees by 1.1e-4 (README)",
     ("fp32", "ocr_det_v6", "arm-cpu"): "1.1e-3 at one pixel on the sigmoid's steep part (p = 0.54), where ONNX Runtime "
                                        "with and without graph optimizations disagrees by 2.1e-4; mean error 4.7e-7 (README)",
     **{("int8", "pitch_f0", target): "no int8 peer: ONNX Runtime quantize_static fails on the shipped file (its float64 "
                                      "decoding tail: 'Only an existing tensor can be modified'); its head is checked "
-                                     "against head_floor instead" for target in ("jetson", "desktop-gpu")},
+                                     "against head_floor instead" for target in ALL_TARGETS},
     ("int8", "wake_embedding", "arm-cpu"): "20.7 dB vs ORT 21.7 (bound 20.73): 20 int8 requantizations (conv, "
                                            "LeakyReLU, a BatchNorm after a ReLU that cannot fold) against ORT's "
                                            "float between its Q/DQ pairs; jetson 21.1 dB passes (README)",
@@ -106,6 +112,9 @@ def refused_arm_cases(check: str) -> list:
 # arm-cpu models that do not meet issue 15's goals yet (one XNNPACK partition, nothing on the
 # builtin kernels, TRANSPOSE <= the ONNX graph's Transposes), with the measured reason. strict.
 ARM_SPEED_GAPS: dict[str, str] = {
+    "pitch_f0": "its fmin/fmax band mask (GREATER_EQUAL, LESS_EQUAL, LOGICAL_AND, SELECT_V2) and its ArgMax "
+                "decoding (ARG_MAX, int32 index arithmetic, GATHER, GATHER_ND) have no XNNPACK kernel: 3 partitions; "
+                "builtins.py has not measured ARG_MAX or the comparisons, so the manifest does not predict them",
     "basic_pitch": "its div_no_nan's EQUAL and SELECT_V2 (float islands) have no XNNPACK kernel: 2 partitions (README)",
     "magika": "CAST of the byte tokens, the int32 clamp of the ids and the table GATHER of the one-hot dense layer "
               "have no XNNPACK kernel (README)",
@@ -247,7 +256,7 @@ def test_int8_reads_like_fp32_as_well_as_onnxruntime(measured, name, target):
     FP32's own, not below ONNX Runtime's int8 model's agreement - HEAD_MARGIN; where ORT's
     quantizer fails on the file, not below the corpus entry's `head_floor`."""
     m = measured(name)
-    floor = corpus.MODELS[name].head_floor
+    floor = dict(corpus.MODELS[name].head_floor_on).get(target, corpus.MODELS[name].head_floor)
     assert m.peer is not None or floor, m.peer_error
     ours = decode.head_agreement(name, m.reference, evaluate.bundle_outputs(name, target, m.bundle(target),
                                                                            m.data.eval)["int8"])

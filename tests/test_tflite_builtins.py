@@ -57,6 +57,8 @@ ONE_OP_MODELS = {
     "SLICE": (("Slice", ["x", "starts", "ends", "axes"], {}), IMAGE,
               {"starts": np.array([1], np.int64), "ends": np.array([3], np.int64), "axes": np.array([1], np.int64)}),
     "GATHER": (("Gather", ["x", "indices"], {"axis": 1}), IMAGE, {"indices": np.array([2, 0], np.int64)}),
+    "GATHER_ND": (("GatherElements", ["x", "indices"], {"axis": 1}), IMAGE,
+                  {"indices": RNG.integers(0, 4, (1, 2, 6, 6)).astype(np.int64)}),
     "RESHAPE": (("Reshape", ["x", "shape"], {}), {"x": [1, 4, 6]}, {"shape": np.array([1, 24], np.int64)}),
     "PAD": (("Pad", ["x", "pads"], {}), IMAGE, {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}),
     "RESIZE_BILINEAR": (("Resize", ["x", "", "s"], {"mode": "linear"}), IMAGE, SCALE2),

@@ -69,6 +69,12 @@ def affine_step(model, node, x: str, channels: int) -> tuple[np.ndarray, np.ndar
 def affine_chain(model, start, consumers, outputs, shapes) -> tuple[str, list, np.ndarray, np.ndarray] | None:
     """(x, member nodes, scale, shift) of the longest affine chain starting at `start` (>= 1 node):
     every intermediate result read by the next member alone, every member keeping x's shape."""
+    def static_4d(name: str) -> bool:
+        shape = shapes.get(name)
+        return shape is not None and len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape)
+
+    if not any(static_4d(name) for name in start.input):  # before the constant look-ups: each scans the
+        return None  # graph, and an unrolled GRU's thousands of 2-D nodes made that quadratic
     candidates = [name for name in start.input if name in shapes and graph.constant_value(model, name) is None]
     if len(candidates) != 1:
         return None

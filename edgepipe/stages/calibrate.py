@@ -12,7 +12,7 @@ import onnx
 
 from edgepipe import graph
 from edgepipe.calibrate import DEFAULT_SETTINGS, CalibrationResult, calibrate, methods
-from edgepipe.calibrate.saturation import narrow_saturated_tails
+from edgepipe.calibrate.saturation import keep_softmax_tops, narrow_saturated_tails
 from edgepipe.errors import UserError
 
 _POSITIVE_INTS = ("num_bins", "rounds", "batch_size")
@@ -65,6 +65,7 @@ def run_calibration(
 ) -> CalibrationResult:
     result = calibrate(model, dataset, validate_settings(settings), progress=progress)
     narrow_saturated_tails(model, result)  # range no consumer can use (calibrate/saturation.py)
+    keep_softmax_tops(model, result)  # an output Softmax's input keeps its row maxima (same module)
     if not result.tensors:  # an integer-only graph: nothing an INT8 build could quantize
         inputs = ", ".join(f"'{i.name}' ({graph.tensor_dtype(i)})" for i in graph.graph_inputs(model))
         raise UserError(f"the model has no float tensor to calibrate (inputs: {inputs}); an INT8 build needs a "

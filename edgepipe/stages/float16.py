@@ -24,50 +24,51 @@ def _float32(tensor: onnx.TensorProto) -> onnx.TensorProto:
     return numpy_helper.from_array(value, tensor.name)
 
 
-def _upcast_graph(graph: onnx.GraphProto, apply: bool = True) -> int:
-    """How many float16 tensors, types and dtype attributes the graph has; made float32 if `apply`.
+def retype_graph(graph: onnx.GraphProto, types=HALF_TYPES, apply: bool = True) -> int:
+    """How many tensors, types and dtype attributes of `types` the graph has; made float32 if `apply`.
 
-    `apply=False` is a read-only look first: most models have none and need no copy."""
+    `apply=False` is a read-only look first: most models have none and need no copy. The float64
+    stage (stages/float64.py) shares it."""
     count = 0
     for i, tensor in enumerate(graph.initializer):
-        if tensor.data_type in HALF_TYPES:
+        if tensor.data_type in types:
             if apply:
                 graph.initializer[i].CopyFrom(_float32(tensor))
             count += 1
     for info in (*graph.input, *graph.output, *graph.value_info):
-        if info.type.tensor_type.elem_type in HALF_TYPES:
+        if info.type.tensor_type.elem_type in types:
             if apply:
                 info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
             count += 1
     for node in graph.node:
         for attribute in node.attribute:
-            if attribute.name == DTYPE_ATTRIBUTES.get(node.op_type) and attribute.i in HALF_TYPES:
+            if attribute.name == DTYPE_ATTRIBUTES.get(node.op_type) and attribute.i in types:
                 if apply:
                     attribute.i = onnx.TensorProto.FLOAT
                 count += 1
-            elif attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type in HALF_TYPES:
+            elif attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type in types:
                 if apply:
                     attribute.t.CopyFrom(_float32(attribute.t))
                 count += 1
             elif attribute.type == onnx.AttributeProto.GRAPH:
-                count += _upcast_graph(attribute.g, apply)
+                count += retype_graph(attribute.g, types, apply)
             elif attribute.type == onnx.AttributeProto.GRAPHS:
-                count += sum(_upcast_graph(g, apply) for g in attribute.graphs)
+                count += sum(retype_graph(g, types, apply) for g in attribute.graphs)
     return count
 
 
-def _all_nodes(graph: onnx.GraphProto):
+def all_nodes(graph: onnx.GraphProto):
     for node in graph.node:
         yield node
         for attribute in node.attribute:
             for sub in (attribute.g,) if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                yield from _all_nodes(sub)
+                yield from all_nodes(sub)
 
 
 def _keep_io_types(graph: onnx.GraphProto, inputs: dict[str, int], outputs: dict[str, int]) -> None:
     """Cast float16 graph inputs up and outputs back down at the boundary (the app's I/O stays)."""
     inner = {name: f"{name}__float32" for name in (*inputs, *outputs)}
-    for node in _all_nodes(graph):
+    for node in all_nodes(graph):
         node.input[:] = [inner.get(i, i) for i in node.input]
     for node in graph.node:
         node.output[:] = [inner.get(o, o) if o in outputs else o for o in node.output]
@@ -90,11 +91,11 @@ def to_float32(model: onnx.ModelProto, keep_io: bool = False) -> tuple[onnx.Mode
                    if i.type.tensor_type.elem_type in HALF_TYPES}
     half_outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output
                     if o.type.tensor_type.elem_type in HALF_TYPES and o.name not in half_inputs}
-    if not _upcast_graph(model.graph, apply=False):
+    if not retype_graph(model.graph, apply=False):
         return model, 0
     upcast = onnx.ModelProto()
     upcast.CopyFrom(model)
-    count = _upcast_graph(upcast.graph)
+    count = retype_graph(upcast.graph)
     if not count:
         return model, 0
     if keep_io:

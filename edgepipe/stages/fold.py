@@ -46,6 +46,28 @@ DEFAULT_SETTINGS = {
 }
 
 
+def settings_that_apply(model: onnx.ModelProto, settings: dict) -> dict:
+    """`settings` with the constant-affine fold and the equalization turned off where they would
+    find nothing to do in `model` (graph-only checks, after the BatchNorm fold as run_fold does):
+    targets whose defaults differ there (arm-cpu's fold_defaults) then share the fold stage, and
+    every stage after it, for such models."""
+    options = {**DEFAULT_SETTINGS, **settings}
+    if not (options["constant_affine"] or options["cross_layer_equalization"]):
+        return settings
+    result = dict(settings)
+    model = fold_batchnorm(model)[0] if options["batchnorm"] else model
+    if options["constant_affine"]:
+        folded, report = fold_constant_affine(model)
+        if report["nodes_removed"]:
+            model = folded
+        else:
+            result["constant_affine"] = False
+    equalization = options["cross_layer_equalization"]
+    if equalization in (True, "depthwise") and not equalization_pairs(model, equalization == "depthwise"):
+        result["cross_layer_equalization"] = False
+    return result
+
+
 class FoldCheckError(RuntimeError):
     """A folded graph disagrees with the unfolded one: a bug in a fold, not a user mistake."""
 

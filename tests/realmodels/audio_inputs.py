@@ -127,3 +127,46 @@ def crepe_frames(rng: np.random.Generator, count: int, shape: tuple[int, ...]) -
         clip = clip - clip.mean()
         frames.append(clip / max(float(clip.std()), 1e-10))
     return np.stack(frames).astype(np.float32)
+
+
+AECMOS_DFT, AECMOS_MELS, AECMOS_MARKER_ROWS = 512, 160, 20
+
+
+def _aecmos_mel(signal: np.ndarray) -> np.ndarray:
+    """[frames, 160] as speechmos's AECMOS transforms a clip: librosa.feature.melspectrogram (n_fft
+    513, hop 256, Hann, centred with zero padding, power 2, Slaney mel), power_to_db(ref=max,
+    top_db=80), then (dB + 40) / 40."""
+    n_fft, hop = AECMOS_DFT + 1, AECMOS_DFT // 2
+    padded = np.pad(signal, n_fft // 2)
+    frames = 1 + (len(padded) - n_fft) // hop
+    window = np.hanning(n_fft + 1)[:-1]  # periodic Hann, as scipy.signal.get_window("hann", n_fft)
+    stack = np.stack([padded[k * hop : k * hop + n_fft] * window for k in range(frames)])
+    power = np.abs(np.fft.rfft(stack, axis=1)) ** 2
+    mel = power @ _slaney_mel_filterbank(SAMPLE_RATE, n_fft, AECMOS_MELS).T
+    db = 10 * np.log10(np.maximum(mel, 1e-10))
+    db = np.maximum(db - db.max(), -80.0)
+    return (db + 40) / 40
+
+
+def aecmos_features(rng: np.random.Generator, count: int, shape: tuple[int, ...]) -> dict:
+    """AECMOS's two inputs as speechmos feeds its 16 kHz scenario model: `input` [1, 3, frames,
+    160], the far-end loopback, the microphone (its echo, near-end speech or both, and noise) and
+    the echo canceller's output as log-mel frames, each followed by the talk-type marker rows; and
+    `h0` [4, 1, 64], the GRU state, zeros. `frames` = shape[2] (clip frames + 40 marker rows)."""
+    samples = (shape[2] - 2 * AECMOS_MARKER_ROWS - 1) * (AECMOS_DFT // 2) + 1
+    features = []
+    for k in range(count):
+        far = speech_audio(rng, samples) / 32768.0
+        near = speech_audio(rng, samples) / 32768.0 * (k % 3 != 1)  # single talk (far end only) every third clip
+        echo = np.convolve(far, rng.normal(0, 1, 400) * np.exp(-np.arange(400) / 80.0), mode="same") * 0.1
+        mic = echo * (k % 3 != 0) + near + rng.normal(0, 0.003, samples)
+        enh = mic - echo * rng.uniform(0.7, 1.0) * (k % 3 != 0)
+        talk = ("nst", "st", "dt")[k % 3]  # near-end single talk, far-end single talk, double talk
+        near_end, far_end = talk == "nst", talk == "st"
+        rows = []
+        for signal, marker in ((far, 1 - near_end), (mic, 1 - far_end), (enh, 1)):
+            mel = _aecmos_mel(signal)
+            rows.append(np.concatenate([mel, np.full((AECMOS_MARKER_ROWS, AECMOS_MELS), float(marker)),
+                                        np.zeros((AECMOS_MARKER_ROWS, AECMOS_MELS))]))
+        features.append(np.stack(rows)[None])
+    return {"input": np.stack(features).astype(np.float32), "h0": np.zeros((count, 4, 1, 64), np.float32)}

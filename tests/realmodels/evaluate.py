@@ -253,7 +253,8 @@ def invoke(interp, io: dict, images: np.ndarray) -> list[np.ndarray]:
             if index_in["dtype"] == np.int8:
                 scale, zero = index_in["quantization"]
                 value = np.clip(np.round(value / scale) + zero, -128, 127)
-            interp.set_tensor(index_in["index"], np.ascontiguousarray(value, index_in["dtype"]))
+            value = np.ascontiguousarray(value, index_in["dtype"])  # (ascontiguousarray makes a scalar 1-D)
+            interp.set_tensor(index_in["index"], value.reshape(index_in["shape"]) if value.size == 1 else value)
         interp.invoke()
         for k, spec in enumerate(io["outputs"]):
             detail = out_details[spec["name"]]

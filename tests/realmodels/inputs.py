@@ -405,6 +405,7 @@ def _audio_kinds() -> dict:
         "speaker_mels": lambda rng, count, shape: np.stack([audio.resemblyzer_mels(rng, shape[1]) for _ in range(count)]),
         "music": lambda rng, count, shape: np.stack([audio.music_audio(rng, shape[1]) for _ in range(count)]),
         "crepe_frames": audio.crepe_frames,
+        "aecmos_features": audio.aecmos_features,
     }
 
 

@@ -147,6 +147,9 @@ BUILTINS = _table(
     Builtin("SLICE", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=4),
     Builtin("STRIDED_SLICE", 2, same_quant=True, int16=2),  # int16 kernel, no version of its own
     Builtin("GATHER", 2, same_quant=True, xnnpack_fp32=False, xnnpack_int8=False),
+    # GatherElements (ops/gather_elements.py): coordinates built in int32 (FLOOR_MOD, CONCATENATION)
+    Builtin("GATHER_ND", 1, same_quant=True, xnnpack_fp32=False, xnnpack_int8=False),
+    Builtin("FLOOR_MOD", 1),
     Builtin("ONE_HOT", 1),  # int8 output on its own grid: the on / off values are constants written on it
     Builtin("DEPTH_TO_SPACE", 1, same_quant=True),
     Builtin("SPACE_TO_DEPTH", 2, same_quant=True),

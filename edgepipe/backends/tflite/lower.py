@@ -35,8 +35,8 @@ from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
-from edgepipe.backends.tflite import (builtins, float_statistics, integers, layouts, model_io, shared_scales,
-                                      wide_range)
+from edgepipe.backends.tflite import (builtins, float_statistics, integers, layouts, model_io, picked_values,
+                                      shared_scales, wide_range)
 from edgepipe.backends.tflite.layouts import NHWC, identity, inverse, permute  # noqa: F401 (re-exported)
 from edgepipe.backends.tflite.fusion import fusable_activation
 from edgepipe.backends.tflite.model_io import INTEGER_VALUES
@@ -158,6 +158,7 @@ class Lowering:
         tensors = wide_range.wide_range_tensors(self) if wide else {}
         self.requested_float |= wide_range.wide_range_nodes(self, tensors)
         self.requested_float |= float_statistics.statistics_nodes(self)
+        self.requested_float |= picked_values.decoding_nodes(self)
         logs = wide_range.log_inputs(self) if wide else {}
         self.requested_float |= wide_range.wide_range_nodes(self, logs)
         self.wide_range: dict[str, float] = wide_range.effective(self, {**tensors, **logs}, before)
@@ -406,7 +407,10 @@ class Lowering:
         return filter_index, bias_index
 
     def quantized_constant(self, name: str, value, quant: Quantization | None, dtype: str) -> int:
-        """A float constant expressed in the given int8 / int16 parameters (kernels needing shared params)."""
+        """A float constant expressed in the given int8 / int16 parameters (kernels needing shared params);
+        as an int32 / bool constant for a node on integers (Clip / Min of an index)."""
+        if dtype in integers.NUMPY_OF:
+            return self.spec.add_constant(name, integers.integer_constant(value, dtype))
         value = np.asarray(value, np.float32)
         if dtype == "float32":
             return self.spec.add_constant(name, value)

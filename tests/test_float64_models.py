@@ -1,0 +1,98 @@
+"""float64 tensors on arm-cpu (TFLite has no float64 kernels): computed in float32, said in one
+warning line, quantized exactly as their float32 twins; refused only where float32 changes an
+integer. ONNX Runtime on the float64 file is the reference."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from edgepipe import graph
+from edgepipe.errors import UserError
+from edgepipe.stages.float64 import to_float32
+from tests.helpers import deployed_outputs, run_cli
+from tests.tflite_harness import convert, structured_inputs
+
+RNG = np.random.default_rng(64)
+SCALE = RNG.uniform(0.5, 2.0, (1, 8)).astype(np.float64)
+DENSE = RNG.normal(size=(6, 8)).astype(np.float32) * 0.5
+
+
+def decoding_tail(double: bool, scale=SCALE) -> onnx.ModelProto:
+    """A conv feature then, as SwiftF0 decodes its pitch, a (float64) Softmax / weighted sum / Exp."""
+    kind = onnx.TensorProto.DOUBLE if double else onnx.TensorProto.FLOAT
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="dense"),
+             helper.make_node("Cast", ["h"], ["hd"], name="to_double", to=kind),
+             helper.make_node("Softmax", ["hd"], ["p"], name="softmax", axis=-1),
+             helper.make_node("Mul", ["p", "scale"], ["weighted"], name="weigh"),
+             helper.make_node("ReduceSum", ["weighted"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Exp", ["s"], ["y"], name="exp")]
+    inits = [onnx.numpy_helper.from_array(DENSE, "w"),
+             onnx.numpy_helper.from_array(np.asarray(scale, np.float64 if double else np.float32), "scale")]
+    model = helper.make_model(helper.make_graph(nodes, "tail", [helper.make_tensor_value_info("x", 1, [1, 6])],
+                                                [helper.make_tensor_value_info("y", kind, None)], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return graph.infer_shapes(model)
+
+
+def test_float64_tail_is_retyped_and_named():
+    model = decoding_tail(double=True)
+    single, changed, first = to_float32(model, "tail.onnx", "arm-cpu")
+    assert changed >= 3 and first == "to_double"
+    kinds = {t.data_type for t in single.graph.initializer} | {i.type.tensor_type.elem_type for i in
+                                                               (*single.graph.output, *single.graph.value_info)}
+    assert onnx.TensorProto.DOUBLE not in kinds
+    assert to_float32(decoding_tail(double=False), "tail.onnx", "arm-cpu")[1:] == (0, "")
+
+
+def test_int8_model_quantizes_float64_like_its_float32_twin(tmp_path):
+    single, _, _ = to_float32(decoding_tail(double=True), "tail.onnx", "arm-cpu")
+    twin = decoding_tail(double=False)
+    feeds = structured_inputs(twin)
+    ours, _ = convert(single, tmp_path / "double", feeds)
+    theirs, _ = convert(twin, tmp_path / "twin", feeds)
+    assert ours["io"] == theirs["io"] and ours["float_nodes"] == theirs["float_nodes"]
+    assert (tmp_path / "double" / "model.tflite").read_bytes() == (tmp_path / "twin" / "model.tflite").read_bytes()
+
+
+def test_float64_constant_with_inexact_integers_is_refused():
+    scale = SCALE.copy()
+    scale[0, 3] = 2 ** 24 + 1  # a sample count float32 rounds to 2**24
+    with pytest.raises(UserError, match=r"float64 constant 'scale' .*16777217.*arm-cpu has no float64 kernels"):
+        to_float32(decoding_tail(double=True, scale=scale), "tail.onnx", "arm-cpu")
+    scale[0, 3] = 2 ** 25  # exact in float32: accepted
+    assert to_float32(decoding_tail(double=True, scale=scale), "tail.onnx", "arm-cpu")[1] > 0
+
+
+@pytest.mark.slow
+def test_cli_builds_float64_tail_on_arm_cpu_with_one_warning(tmp_path):
+    model = decoding_tail(double=True)
+    path = tmp_path / "tail.onnx"
+    onnx.save(model, str(path))
+    x = RNG.normal(size=(16, 1, 6)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", x)
+    out = tmp_path / "bundle"
+    result = run_cli("build", "--model", str(path), "--target", "arm-cpu", "--calib", str(tmp_path / "calib.npy"),
+                     "--out", str(out), "--no-host-report", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [w for w in json.loads(result.stdout)["warnings"] if "float64" in w]
+    assert len(lines) == 1 and "node 'to_double'" in lines[0], lines
+    (expected,) = graph.make_session(model).run(None, {"x": x[0]})
+    from edgepipe.backends.tflite.runtime import run_tflite
+
+    io = json.loads((out / "manifest.json").read_text())["io"]
+    fp32 = run_tflite(out / "model.fp32.tflite", {k: [dict(s, dtype="float32", quantization=None) for s in v]
+                                                   for k, v in io.items()}, {"x": x[0]})
+    np.testing.assert_allclose(np.asarray(list(fp32.values())[0]), expected, rtol=1e-5)
+    (deployed,) = deployed_outputs(out, {"x": x[0]})
+    np.testing.assert_allclose(np.asarray(deployed, np.float64), expected, rtol=0.05)
+
+
+def test_float64_graph_input_is_left_to_the_input_check():
+    """The app would feed float64 to a float32 model: the build's input check refuses it by name."""
+    model = decoding_tail(double=True)
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    assert to_float32(model, "tail.onnx", "arm-cpu") == (model, 0, "")
