@@ -53,7 +53,7 @@ def cpu_flags() -> dict:
             "vnni": bool({"avx512_vnni", "avx_vnni"} & flags)}
 
 
-def measure(name: str, work: Path) -> dict:
+def measure(name: str, work: Path, targets: tuple[str, ...] = TARGETS) -> dict:
     """One model in its own project folder `work` (stage cache shared by its two targets, as a user's)."""
     work.mkdir(parents=True, exist_ok=True)
     spec = corpus.MODELS[name]
@@ -68,7 +68,7 @@ def measure(name: str, work: Path) -> dict:
                                 cwd=work)
             row[target] = {"exit_code": proc.returncode, "error_line": evaluate.one_error_line(proc),
                            "stderr_tail": proc.stderr.strip()[-300:], "wall_s": time.perf_counter() - start}
-    built = [target for target in TARGETS if target not in refused_on]
+    built = [target for target in targets if target not in refused_on]
     if not built:
         return row
     data = evaluate.write_data(name, work)
@@ -98,6 +98,10 @@ def measure(name: str, work: Path) -> dict:
             outputs = evaluate.bundle_outputs(name, target, out, data.eval)
             if target == "arm-cpu":  # XNNPACK partitions and ops left on builtin kernels, as LiteRT loads the file
                 entry["xnnpack"] = evaluate.manifest(out)["delegation"].get("measured_here")
+                # what the full-integer build kept float on its own (backends/tflite/wide_range.py)
+                precision = evaluate.manifest(out)["precision"]
+                entry["wide_range_float"] = precision.get("wide_range_float", {})
+                entry["long_recurrences_float"] = precision.get("long_recurrences_float", {})
             if "fp32" in outputs:
                 entry["fp32_max_rel_error"] = max(evaluate.max_relative_error(r, t)
                                                   for r, t in zip(reference, outputs["fp32"]))
@@ -113,6 +117,7 @@ def measure(name: str, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default=",".join(corpus.MODELS))
+    parser.add_argument("--targets", default=",".join(TARGETS), help="targets to build (a row keeps the others)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/real_model_corpus.json"))
     args = parser.parse_args()
     out_path = Path(args.out)
@@ -128,7 +133,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="real_model_corpus_"))
     for name in args.models.split(","):
         start = time.perf_counter()
-        report["models"][name] = row = measure(name, work / name)
+        targets = tuple(args.targets.split(","))
+        row = measure(name, work / name, targets)
+        kept = report["models"].get(name, {})  # targets not built this run keep their last measurement
+        row.update({t: kept[t] for t in TARGETS if t not in targets and t in kept and t not in row})
+        report["models"][name] = row
         row["code"] = report["code"]
         print(f"{name:18s} {time.perf_counter() - start:6.1f}s  " + json.dumps(
             {k: row.get(k) for k in ("ort_minmax_sqnr_db", "ort_minmax_error", *TARGETS)}, default=str)[:600],

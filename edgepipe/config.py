@@ -121,6 +121,11 @@ SCHEMA: dict[str, Any] = {
                                   "written on the Concat's scale (no requantizing QUANTIZE op)"),
         float_output_concats=Field((bool,), True, "TFLite: a Concat writing a model output from inputs whose ranges "
                                    "differ more than 16x stays float (each input keeps its own int8 grid)"),
+        wide_range_float=Field((bool,), True, "TFLite: a tensor whose int8 grid rounds most of its non-zero "
+                               "calibration values to 0 (power spectra, un-logged energies) stays float, with "
+                               "the nodes that write and read it"),
+        float_long_recurrences=Field((bool,), True, "TFLite: an LSTM / GRU / RNN unrolled over more than 64 steps "
+                                     "stays float (its int8 state error compounds step by step)"),
     ),
     "precision": _section(
         budget=Field((int, float, dict), None, "max accuracy drop vs FP32 (enables automatic mixed precision); "

@@ -25,7 +25,8 @@ class ArmCpuTarget(Target):
     float64_kernels = False  # TFLite has no float64 CAST / SOFTMAX / EXP: a float64 tail runs in float32
     default_options = {"threads": 2}
     backend_options = ("threads", "int8_io", "keep_layout", "activations", "share_concat_scales",
-                       "float_output_concats")  # weights are always per channel
+                       "float_output_concats", "wide_range_float",
+                       "float_long_recurrences")  # weights are always per channel
     int16_activations = True
     # exact in float; on the int8 .tflite each removes roundings (a constant affine chain is no
     # int8 tensor of its own) or evens a per-tensor grid (the channels between a Conv and a
@@ -58,7 +59,7 @@ class ArmCpuTarget(Target):
             return None
 
     def build_backend(self, model, calibration, out_dir: Path, settings: dict) -> BackendResult:
-        from edgepipe.backends.tflite import build_tflite, delegation
+        from edgepipe.backends.tflite import build_tflite, delegation, wide_range
         from edgepipe.backends.tflite.build import FP32_FILE, INT8_FILE
 
         options = {**self.options, **{k: v for k, v in settings.items() if v is not None}}
@@ -80,6 +81,9 @@ class ArmCpuTarget(Target):
                 "int16_nodes": sorted(result.get("int16_nodes") or []),  # lowered 16x8
                 "requested_int16_nodes": sorted(options["int16_nodes"]),
                 "int16_fallback": sorted(result.get("int16_fallback") or []),  # asked for, no int16 kernel: int8
+                # {tensor: share of its non-zero calibration values int8 rounds to 0}: kept float
+                "wide_range_float": result.get("wide_range") or {},
+                "long_recurrences_float": result.get("long_recurrences") or {},  # {LSTM / GRU / RNN: steps}
             },
             "op_histogram": result.get("op_histogram", {}),
         }
@@ -89,6 +93,8 @@ class ArmCpuTarget(Target):
                                       **delegation.predicted_outside(result["kernels"])}
         int16_ops = sum(result["kernels"].get("int16", {}).values())
         note = delegation.summary_line(measured, int16_ops) if int8_built else ""
+        wide = wide_range.summary_line(result.get("wide_range") or {}, result.get("long_recurrences") or {})
+        note = "; ".join(part for part in (note, wide) if part)
         return BackendResult(files=list(result["files"]), io=result["io"], manifest=manifest, note=note)
 
     def evaluator(self, model, calibration, dataset, settings: dict):

@@ -71,7 +71,8 @@ def test_options_a_target_ignores_are_refused(tmp_path):
     assert refused.stderr.strip().splitlines() == [
         "error: backend.per_channel: False has no effect on target 'arm-cpu' (it reads backend.threads, "
         "backend.int8_io, backend.keep_layout, backend.activations, backend.share_concat_scales, "
-        "backend.float_output_concats); remove it or choose a target that uses it"]
+        "backend.float_output_concats, backend.wide_range_float, backend.float_long_recurrences); remove it or "
+        "choose a target that uses it"]
     from edgepipe.targets import load_target
 
     load_target("jetson").check_backend_settings({"per_channel": False, "dla_core": 0})  # read by TensorRT

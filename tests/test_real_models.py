@@ -75,8 +75,11 @@ KNOWN_FAILURES = {
                                        "an invalid model (two nodes named conv1d_DequantizeLinear)" for target in TARGETS},
     **{("int8", "basic_pitch", target): "no int8 peer: ONNX Runtime quantize_static fails on the shipped file "
                                          "(its shape inference rejects a tf2onnx Transpose: invalid perm for a "
-                                         "1-D input); ours: arm-cpu 7.8 dB, jetson / desktop-gpu 16.2 dB (README)"
+                                         "1-D input); ours are checked against AUDIO_ARM_INT8_FLOOR_DB (README)"
        for target in ALL_TARGETS},
+    ("int8", "speaker_encoder", "arm-cpu"): "32.0 dB vs ORT 33.6 (bound 32.6): its LSTMs run float (160 steps), the "
+                                            "outputs between them, the linear head and the L2 norm int8, where ORT "
+                                            "leaves the LSTMs and their outputs float; AUDIO_ARM_INT8_FLOOR_DB (README)",
     **{("int8", "pitch_f0", target): "no int8 peer: ONNX Runtime quantize_static fails on the shipped file (its float64 "
                                      "decoding tail: 'Only an existing tensor can be modified'); its head is checked "
                                      "against head_floor instead" for target in ALL_TARGETS},
@@ -220,6 +223,26 @@ def test_int8_sqnr_not_below_onnxruntime(measured, name, target):
     worse = [(k, round(o, 2), round(p, 2)) for k, (o, p) in enumerate(zip(ours, m.peer_sqnr))
              if not o >= p - SQNR_MARGIN_DB]
     assert not worse, f"{name} on {target}: int8 SQNR below ORT MinMax - 1 dB (output, ours, ORT): {worse}"
+
+
+# arm-cpu int8 of the audio models whose full-integer graph zeroed their signal until the build
+# kept wide-range tensors and long recurrences float (backends/tflite/wide_range.py): worst output,
+# dB, a floor below the measured value (README: speaker_encoder 32.0, dnsmos 22.3, basic_pitch
+# 15.9; they were -0.7, 6.8, 7.8 dB; the TensorRT targets' Q/DQ models 34.8, 24.1, 16.2)
+AUDIO_ARM_INT8_FLOOR_DB = {"speaker_encoder": 30.0, "dnsmos": 20.0, "basic_pitch": 14.0}
+
+
+@pytest.mark.parametrize("name", sorted(AUDIO_ARM_INT8_FLOOR_DB))
+def test_arm_cpu_int8_of_audio_models_keeps_their_signal(measured, name):
+    """The tensors the build names as kept float are the ones the rule is about: each model's
+    manifest lists them, and its int8 SQNR clears a floor near the TensorRT targets'."""
+    m = measured(name)
+    bundle = m.bundle("arm-cpu")
+    precision = evaluate.manifest(bundle)["precision"]
+    assert precision["wide_range_float"] or precision["long_recurrences_float"], precision
+    ours = [evaluate.sqnr_db(r, o) for r, o in
+            zip(m.reference, evaluate.bundle_outputs(name, "arm-cpu", bundle, m.data.eval)["int8"])]
+    assert min(ours) >= AUDIO_ARM_INT8_FLOOR_DB[name], f"{name}: arm-cpu int8 SQNR per output {ours}"
 
 
 HEAD_MARGIN = 0.02  # one reading in 50, one box in 50

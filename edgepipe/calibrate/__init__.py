@@ -84,6 +84,7 @@ def calibrate(
             method=choice.method,
             reason=choice.reason,
             stability=stabilities[name],
+            zeroed=hist.zeroed_share(choice.lo, choice.hi),
         )
         result.histograms[name] = hist.summary(amax=choice.amax, lo=choice.lo, hi=choice.hi)
     recurrent.share_step_ranges(result)

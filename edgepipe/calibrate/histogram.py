@@ -108,6 +108,7 @@ class TensorHistogram:
         self.min = math.inf
         self.max = -math.inf
         self.count = 0
+        self.zeros = 0  # exact zeros (ReLU, padding): what int8 keeps exactly, unlike tiny values
         # counts[round, 0] = x >= 0 by x ; counts[round, 1] = x < 0 by -x
         self.counts = np.zeros((max(int(rounds), 1), 2, self.num_bins), dtype=np.int64)
         self.round_min = np.full(self.counts.shape[0], math.inf)
@@ -147,6 +148,8 @@ class TensorHistogram:
         self.round_max[round_index] = max(self.round_max[round_index], high)
         size = sum(x.size for x in parts)
         self.count += size
+        if low <= 0.0 <= high:
+            self.zeros += sum(x.size - int(np.count_nonzero(x)) for x in parts)
         self.grow_to(max(abs(low), abs(high)))
         counts = self.counts[round_index]
         dtype = parts[0].dtype
@@ -254,6 +257,21 @@ class TensorHistogram:
 
     def observed_absmax(self) -> float:
         return max(abs(self.min), abs(self.max)) if self.count else 0.0
+
+    def zeroed_share(self, lo: float, hi: float) -> float:
+        """Share of the non-zero values that the int8 grid of [lo, hi] rounds to 0 (|x| below half
+        a step), from the |x| bins (the partly covered bin by its covered fraction)."""
+        nonzero = self.count - self.zeros
+        if nonzero <= 0 or not hi > lo:
+            return 0.0
+        half_step = (hi - lo) / 255.0 / 2.0
+        edge = half_step / self.bin_width
+        full = min(int(edge), self.num_bins)
+        counts = self.abs_counts()
+        below = float(counts[:full].sum())
+        if full < self.num_bins:
+            below += float(counts[full]) * (edge - full)
+        return min(max((below - self.zeros) / nonzero, 0.0), 1.0)
 
     def summary(self, bins: int = 64, **thresholds: float) -> dict:
         """Coarse signed histogram over [min, max] for the report, plus the chosen thresholds."""

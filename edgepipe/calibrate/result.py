@@ -30,6 +30,9 @@ class TensorCalibration:
     method: str  # method that chose amax / lo / hi
     reason: str = ""  # why this method (for method=auto), human readable
     stability: dict = field(default_factory=dict)  # per-round spread etc.
+    # share of the non-zero calibration values the int8 grid of [lo, hi] rounds to 0
+    # (TensorHistogram.zeroed_share): full-integer targets keep such tensors float
+    zeroed: float = 0.0
 
 
 @dataclass

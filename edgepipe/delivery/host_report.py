@@ -82,6 +82,18 @@ def speed_warning(results: dict) -> str | None:
             "(precision.float_nodes), after timing both on the device (run.py times both)")
 
 
+def wide_range_float(out: Path, key: str = "wide_range_float") -> dict:
+    """{tensor: share of its non-zero calibration values int8 would round to 0} that the build
+    kept float (manifest `precision.wide_range_float`; arm-cpu), or with key="long_recurrences_float"
+    {recurrent node: steps}; {} when none or no manifest."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    kept = ((manifest.get("precision") or {}) if isinstance(manifest, dict) else {}).get(key)
+    return {str(k): float(v) for k, v in kept.items() if isinstance(v, (int, float))} if isinstance(kept, dict) else {}
+
+
 def finish_host_report(out: Path, settings: dict, results: dict, result) -> dict:
     """One warning when int8 agrees poorly with FP32 (report.min_sqnr_db / min_agreement) and one
     when it ran slower than FP32 (`speed_warning`), written into results.json and the report; then
@@ -97,6 +109,12 @@ def finish_host_report(out: Path, settings: dict, results: dict, result) -> dict
     results["speed_warnings"] = [slow] if slow else []
     if slow:
         result.warnings.append(slow)
+    wide = wide_range_float(out)
+    if wide:  # tensors the full-integer build kept float (their int8 grid zeroes most values)
+        results["wide_range_float"] = wide
+    recurrences = wide_range_float(out, "long_recurrences_float")
+    if recurrences:  # LSTM / GRU / RNN nodes kept float: {node: steps}
+        results["long_recurrences_float"] = {name: int(steps) for name, steps in recurrences.items()}
     if (out / "precision.json").is_file():  # what precision.budget bought and what its search cost
         from edgepipe.accuracy.precision import plan_summary
 

@@ -199,6 +199,21 @@ def speed_section(results: dict) -> dict | None:
     }
 
 
+def wide_range_rows(results: dict) -> list[dict]:
+    """What the full-integer build kept float: wide-range tensors, most zeroed first, then long
+    recurrences (results.json `wide_range_float`, `long_recurrences_float`)."""
+    wide = results.get("wide_range_float")
+    wide = wide if isinstance(wide, dict) else {}
+    rows = [(str(k), v) for k, v in wide.items() if isinstance(v, (int, float))]
+    listed = [{"tensor": name, "zeroed": f"{share:.0%} of non-zero values"}
+              for name, share in sorted(rows, key=lambda r: (-r[1], r[0]))]
+    recurrences = results.get("long_recurrences_float")
+    if isinstance(recurrences, dict):
+        listed += [{"tensor": str(name), "zeroed": f"recurrence over {steps} steps"}
+                   for name, steps in sorted(recurrences.items()) if isinstance(steps, int)]
+    return listed
+
+
 def report_context(results: dict, baseline: dict | None = None, calibration: dict | None = None,
                    sensitivity: dict | None = None, compare: dict | None = None) -> dict:
     accuracy = results.get("accuracy") or {}
@@ -218,6 +233,7 @@ def report_context(results: dict, baseline: dict | None = None, calibration: dic
         "activations": activation_section(calibration),
         "calibration_warnings": list((calibration or {}).get("warnings") or []),
         "speed": speed_section(results),
+        "wide_range_float": wide_range_rows(results),
     }
     if latency.get("samples"):
         context["charts"]["latency"] = charts.latency_histogram(latency["samples"], latency)

