@@ -155,14 +155,15 @@ class Target:
         names = [o.name for o in model.graph.output]
         return [dict(zip(names, outputs)) for outputs in run_feeds(session, feeds, names)], "Q/DQ ONNX in ONNX Runtime"
 
-    def int8_placement(self, model, calibration):
+    def int8_placement(self, model, calibration, backend: dict | None = None):
         """Where this target's int8 puts its grids (`edgepipe.accuracy.placement.Placement`: every
         quantized tensor with its scale and zero point, the int8 nodes, the quantized weights), so
         the planner can switch each point on or off in one ONNX Runtime session; None (default):
-        the planner builds `qdq_model` per variant instead."""
+        the planner builds `qdq_model` per variant instead. `backend`: the build's `backend.*`
+        settings, so the placement is the one the build will write."""
         return None
 
-    def int16_placement(self, model, calibration):
+    def int16_placement(self, model, calibration, backend: dict | None = None):
         """The placement of this target's 16x8 mode (int16 activation grids, int8 weights) for the
         planner's int16 level; None (default): the target has no int16 level."""
         return None

@@ -100,7 +100,7 @@ class ArmCpuTarget(Target):
     def evaluator(self, model, calibration, dataset, settings: dict):
         from edgepipe.backends.tflite.evaluate import tflite_evaluator
 
-        read = ("int8_io", "keep_layout", "activations")
+        read = ("int8_io", "keep_layout", "activations", "wide_range_float", "float_long_recurrences")
         options = {k: v for k, v in settings.items() if k in read and v is not None}
         options["target"] = self.name
         return tflite_evaluator(model, calibration, dataset, options)
@@ -123,26 +123,26 @@ class ArmCpuTarget(Target):
             outputs = [run_tflite(path, io, feed, interpreter=interpreter) for feed in feeds]
         return outputs, "int8 .tflite in LiteRT (XNNPACK)"
 
-    def int8_placement(self, model, calibration):
+    def int8_placement(self, model, calibration, backend: dict | None = None):
         """The .tflite's own grids: every tensor an int8 kernel reads or writes (elementwise and
         activation outputs included), from the lowering itself."""
         from edgepipe.accuracy.placement import Placement
         from edgepipe.backends.tflite.placement import int8_grids
 
-        found = int8_grids(model, calibration, {"target": self.name})
+        found = int8_grids(model, calibration, {**(backend or {}), "target": self.name})
         return Placement(found["grids"], frozenset(found["int8_nodes"]), found["weights"], found["fused"],
                          "TFLite full-integer placement (every tensor of an int8 op on the .tflite grid)",
                          tables=found["tables"])
 
-    def int16_placement(self, model, calibration):
+    def int16_placement(self, model, calibration, backend: dict | None = None):
         """The int8 placement plus the whole-model 16x8 .tflite's int16 grids (where LiteRT has an
         int16 kernel), so the planner's emulation mixes int8, int16 and float per group."""
         from dataclasses import replace
 
         from edgepipe.backends.tflite.placement import int8_grids
 
-        found = int8_grids(model, calibration, {"target": self.name}, activations="int16")
-        return replace(self.int8_placement(model, calibration),
+        found = int8_grids(model, calibration, {**(backend or {}), "target": self.name}, activations="int16")
+        return replace(self.int8_placement(model, calibration, backend),
                        int16_grids={t: found["grids"][t][0] for t in found["int16"]},
                        int16_nodes=frozenset(found["int16_nodes"]),
                        description="TFLite placement, int8 and 16x8 grids (int16 activations where an int16 "

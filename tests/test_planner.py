@@ -20,6 +20,10 @@ from edgepipe.accuracy.precision import PRUNE_EVALUATIONS, PRUNE_LIMIT, plan_on_
 from edgepipe.backends.tflite.evaluate import tflite_evaluator
 from tests.test_sensitivity import ARM, FEATURES, calibrated, npz_dataset
 
+# The outlier tensor these tests plant is one arm-cpu's wide-range rule keeps float by itself
+# (backend.wide_range_float, default on): turned off here so the planner has it to find.
+NO_RULE = {"wide_range_float": False}
+
 WIDTH, CLASSES, BUDGET = 32, 10, 0.02
 
 
@@ -67,7 +71,7 @@ def case(tmp_path_factory):
 
 def test_placement_follows_the_tflite_grids(case):
     model, calibration, _ = case
-    placement = ARM.int8_placement(model, calibration)
+    placement = ARM.int8_placement(model, calibration, NO_RULE)
     assert {"shifted", "a0", "m0", "x"} <= set(placement.grids)  # elementwise outputs carry a grid
     assert "h" not in placement.grids  # fused into fc1 + relu1: never written in int8
     assert placement.fused["fc1"] == "relu1"
@@ -84,7 +88,8 @@ def test_switchable_emulation_tracks_litert(case):
     from edgepipe.backends.tflite.runtime import run_tflite
 
     model, calibration, dataset = case
-    evaluator = VariantEvaluator(model, calibration, dataset, target=ARM, max_samples=32, use_placement=True)
+    evaluator = VariantEvaluator(model, calibration, dataset, target=ARM, max_samples=32, use_placement=True,
+                                 backend=NO_RULE)
     switchable = evaluator.switchable
     emulated = switchable.run(evaluator.feeds, switchable.switches)[0]
     assert np.array_equal(switchable.run(evaluator.feeds, set())[0], evaluator.reference[0])
@@ -92,7 +97,7 @@ def test_switchable_emulation_tracks_litert(case):
     from pathlib import Path
 
     with tempfile.TemporaryDirectory() as tmp:
-        built = build_tflite(model, calibration, Path(tmp), {"target": "arm-cpu"})
+        built = build_tflite(model, calibration, Path(tmp), {"target": "arm-cpu", **NO_RULE})
         litert = np.concatenate([run_tflite(Path(tmp) / INT8_FILE, built["io"], feed)["logits"]
                                  for feed in evaluator.feeds])
     fp32 = evaluator.reference[0]
@@ -101,7 +106,7 @@ def test_switchable_emulation_tracks_litert(case):
 
 def test_weighted_only_float_cannot_fix_an_elementwise_outlier(case):
     model, calibration, dataset = case
-    on_litert = tflite_evaluator(model, calibration, dataset, {"target": "arm-cpu"})
+    on_litert = tflite_evaluator(model, calibration, dataset, {"target": "arm-cpu", **NO_RULE})
     int8 = on_litert(set())
     assert 1.0 - int8["argmax_agreement"] > BUDGET
     weighted_float = on_litert({"fc1", "relu1", "fc2"})
@@ -110,7 +115,7 @@ def test_weighted_only_float_cannot_fix_an_elementwise_outlier(case):
 
 def test_planner_keeps_the_outlier_tensor_float_and_confirms_on_litert(case):
     model, calibration, dataset = case
-    plan = plan_on_target(model, calibration, dataset, BUDGET, ARM, {}, levels=("int8", "float"))
+    plan = plan_on_target(model, calibration, dataset, BUDGET, ARM, NO_RULE, levels=("int8", "float"))
     assert plan.met, plan.reason
     assert plan.steps[-1].evaluator == "backend" and plan.steps[-1].holds
     assert 1.0 - plan.final["argmax_agreement"] <= BUDGET  # measured by LiteRT, not the emulation
@@ -129,7 +134,7 @@ def test_early_reject_changes_no_plan(case):
     from edgepipe.accuracy.precision import plan_mixed_precision
 
     model, calibration, dataset = case
-    litert = tflite_evaluator(model, calibration, dataset, {"target": "arm-cpu"})
+    litert = tflite_evaluator(model, calibration, dataset, {"target": "arm-cpu", **NO_RULE})
     stopped = []
 
     def early(float_nodes, int16_nodes=(), stop=None):
@@ -141,7 +146,7 @@ def test_early_reject_changes_no_plan(case):
         return litert(float_nodes, int16_nodes)
 
     plans = [plan_mixed_precision(model, calibration, dataset, BUDGET, target=ARM, evaluate=evaluate,
-                                  levels=("int8", "float")) for evaluate in (early, full)]
+                                  levels=("int8", "float"), backend=NO_RULE) for evaluate in (early, full)]
     assert any(stopped)
     assert plans[0].float_groups == plans[1].float_groups and plans[0].met and plans[1].met
     assert [(s.float_groups, s.holds) for s in plans[0].steps] == [(s.float_groups, s.holds) for s in plans[1].steps]
@@ -155,13 +160,13 @@ def test_planner_uses_int16_where_it_suffices_and_confirms_on_litert(case):
     """levels int8 -> int16 -> float: the outlier tensor goes 16x8, nothing float; LiteRT on the
     plan's own int16/float sets (not the planner's numbers) meets the budget."""
     model, calibration, dataset = case
-    plan = plan_on_target(model, calibration, dataset, BUDGET, ARM, {}, levels=("int8", "int16", "float"))
+    plan = plan_on_target(model, calibration, dataset, BUDGET, ARM, NO_RULE, levels=("int8", "int16", "float"))
     assert plan.met, plan.reason
     assert plan.levels == ("int8", "int16", "float")
     assert not plan.float_groups and not plan.float_nodes
     assert "shifted" in plan.int16_groups and "shift_add" in plan.int16_nodes
     assert len(plan.int16_groups) <= len(plan.sensitivity.nodes) // 2, plan.int16_groups  # most stay int8
-    litert = tflite_evaluator(model, calibration, dataset, {"target": "arm-cpu"})
+    litert = tflite_evaluator(model, calibration, dataset, {"target": "arm-cpu", **NO_RULE})
     assert 1.0 - litert(set())["argmax_agreement"] > BUDGET
     assert 1.0 - litert(plan.float_nodes, plan.int16_nodes)["argmax_agreement"] <= BUDGET
     search = plan.to_json()["search"]
@@ -184,7 +189,7 @@ def test_emulated_int16_grid_tracks_litert_int16_kernels(case):
     from ai_edge_litert.interpreter import Interpreter
 
     model, calibration, dataset = case
-    placement = ARM.int16_placement(model, calibration)
+    placement = ARM.int16_placement(model, calibration, NO_RULE)
     assert "shift_add" in placement.int16_nodes
     scale = placement.int16_grids["shifted"]  # symmetric over the observed range, not int8's clipped one
     assert scale == pytest.approx(calibration.tensors["shifted"].max / 32767, rel=1e-3)
@@ -198,7 +203,7 @@ def test_emulated_int16_grid_tracks_litert_int16_kernels(case):
     assert "shifted::int16" in on and "shifted::int8" not in on
     emulated = emulation.run(feeds, on)[0]
     with tempfile.TemporaryDirectory() as tmp:
-        build_tflite(model, calibration, Path(tmp), {"target": "arm-cpu", "activations": "int16"})
+        build_tflite(model, calibration, Path(tmp), {"target": "arm-cpu", "activations": "int16", **NO_RULE})
         interpreter = Interpreter(model_path=str(Path(tmp) / INT8_FILE), experimental_preserve_all_tensors=True)
         interpreter.allocate_tensors()
         written = []
@@ -218,7 +223,7 @@ def test_search_evaluations_grow_with_log_n(tmp_path, depth, levels):
     model = elementwise_outlier_model(depth=depth)
     calibration = calibrated(model, tmp_path)
     dataset = npz_dataset(tmp_path, "eval", 64, seed=2)
-    plan = plan_on_target(model, calibration, dataset, BUDGET, ARM, {}, levels=levels)
+    plan = plan_on_target(model, calibration, dataset, BUDGET, ARM, NO_RULE, levels=levels)
     search = plan.to_json()["search"]
     groups = search["groups"]
     assert groups >= 2 * depth  # every Mul/Add output is a candidate
@@ -239,7 +244,7 @@ def test_sensitivity_ranks_with_the_targets_own_placement(tmp_path):
 
     model = elementwise_outlier_model()
     report = analyze_sensitivity(model, calibrated(model, tmp_path), npz_dataset(tmp_path, "eval", 32, seed=2),
-                                 target=ARM, max_samples=32)
+                                 target=ARM, max_samples=32, backend=NO_RULE)
     assert "TFLite" in report.to_json()["placement"]
     top = report.nodes[0]
     assert top.group.activations == ("shifted",), report.text_table()

@@ -346,13 +346,14 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
                          target, metric: str = "auto", max_float: int | None = None,
                          evaluate: Evaluate | None = None, max_samples: int | None = 64,
                          sensitivity: SensitivityReport | None = None,
-                         rank_samples: int = RANK_SAMPLES, levels=None) -> PrecisionPlan:
+                         rank_samples: int = RANK_SAMPLES, levels=None, backend: dict | None = None) -> PrecisionPlan:
     """Fewest float node groups such that the budget holds (see module docstring).
 
     `evaluate(float_nodes[, int16_nodes]) -> metrics dict` (keys as results.json 'accuracy': top1,
     fp32_top1, argmax_agreement, sqnr_db) confirms with the real backend; default: the target's
     ORT Q/DQ simulation on all of `dataset`. `levels` (default: the target's) with int16 needs
-    the target's `int16_placement` and that backend.
+    the target's `int16_placement` and that backend. `backend`: the build's `backend.*` settings
+    (the placement emulated is the one they make).
     """
     started = time.perf_counter()
     levels = tuple(levels or DEFAULT_LEVELS)
@@ -361,7 +362,7 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
         levels = tuple(level for level in levels if level != "int16")  # int16 is confirmed on the backend
     with_int16 = "int16" in levels
     search_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=max_samples,
-                                 use_placement=True, int16=with_int16)
+                                 use_placement=True, int16=with_int16, backend=backend)
     if with_int16 and search_ev.placement is None:
         raise UserError(f"precision.levels: target '{target.name}' has no 16x8 placement; use levels: [int8, float]")
     spec = Budget.parse(budget, metric, search_ev.labels is not None)
@@ -372,7 +373,8 @@ def plan_mixed_precision(model: onnx.ModelProto, calibration: CalibrationResult,
     elif len(search_ev) == len(dataset):
         confirm, confirm_name = (lambda nodes: search_ev.evaluate(nodes).to_dict()), "full"
     else:
-        full_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=None, use_placement=True)
+        full_ev = VariantEvaluator(model, calibration, dataset, target=target, max_samples=None, use_placement=True,
+                                   backend=backend)
         confirm, confirm_name = (lambda nodes: full_ev.evaluate(nodes).to_dict()), "full"
     groups = report.ranked_groups()
     if evaluate is not None and search_ev.placement is not None and not with_int16:
@@ -440,7 +442,8 @@ def plan_on_target(model: onnx.ModelProto, calibration: CalibrationResult, datas
     run on this host, e.g. LiteRT for arm-cpu), as `build` and `sensitivity --budget` both plan."""
     backend = {k: v for k, v in (backend_settings or {}).items() if v is not None}
     return plan_mixed_precision(model, calibration, dataset, budget, target=target,
-                                evaluate=target.evaluator(model, calibration, dataset, backend), **options)
+                                evaluate=target.evaluator(model, calibration, dataset, backend), backend=backend,
+                                **options)
 
 
 def _reason(budget: Budget, met: bool, chosen: list[str], planner: _Planner, final: dict,

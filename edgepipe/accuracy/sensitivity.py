@@ -109,7 +109,8 @@ class VariantEvaluator:
     """Runs the FP32 model once on a slice, then scores Q/DQ variants (which nodes stay float)."""
 
     def __init__(self, model: onnx.ModelProto, calibration: CalibrationResult, dataset, *, target,
-                 max_samples: int | None = 64, use_placement: bool = False, int16: bool = False):
+                 max_samples: int | None = 64, use_placement: bool = False, int16: bool = False,
+                 backend: dict | None = None):
         self.target = target  # an edgepipe.targets.Target: its qdq_model() quantizes each variant
         self.model = graph.ensure_node_names(_copy(model))
         self.calibration, self.symmetric = calibration, bool(target.activation_symmetric)
@@ -131,7 +132,7 @@ class VariantEvaluator:
         # switchable session; others build their Q/DQ model per variant (Target.qdq_model)
         placement = None
         if use_placement:  # with int16: the placement that also carries the 16x8 grids (a second level)
-            placement = (target.int16_placement if int16 else target.int8_placement)(self.model, calibration)
+            placement = (target.int16_placement if int16 else target.int8_placement)(self.model, calibration, backend)
         self.switchable = None
         if placement is not None:
             from edgepipe.accuracy.placement import SwitchableQdq
@@ -355,7 +356,8 @@ def _db(value: float | None) -> str:
 
 def analyze_sensitivity(model: onnx.ModelProto, calibration: CalibrationResult, dataset, *, target=None,
                         groups: list[list[str]] | None = None, max_samples: int | None = 64,
-                        metric: str = "auto", evaluator: VariantEvaluator | None = None) -> SensitivityReport:
+                        metric: str = "auto", evaluator: VariantEvaluator | None = None,
+                        backend: dict | None = None) -> SensitivityReport:
     """Score every quantized node group (or the given `groups` of node names) and rank them.
 
     `target` quantizes the variants (see VariantEvaluator); `evaluator` lets a caller (the
@@ -366,7 +368,7 @@ def analyze_sensitivity(model: onnx.ModelProto, calibration: CalibrationResult, 
     # whole-model ranking on the target's own placement where it has one (arm-cpu: the .tflite's
     # grids, elementwise tensors included); explicit groups name nodes of the Q/DQ simulation
     evaluator = evaluator or VariantEvaluator(model, calibration, dataset, target=target, max_samples=max_samples,
-                                              use_placement=groups is None)
+                                              use_placement=groups is None, backend=backend)
     metric = resolve_metric(metric, evaluator.labels is not None)
     node_groups = _explicit_groups(evaluator, groups) if groups is not None else evaluator.groups()
     if not node_groups:

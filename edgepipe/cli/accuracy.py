@@ -94,8 +94,9 @@ def sensitivity_command(model, weights, target, calib, eval_, input_shapes, inpu
     calibration = _calibrate(onnx_model, calib_ds, settings)
     target_plugin = _target(settings)
     dataset = eval_ds or calib_ds
+    backend = {k: v for k, v in (settings.get("backend") or {}).items() if v is not None}
     report = analyze_sensitivity(onnx_model, calibration, dataset, target=target_plugin, max_samples=max_samples,
-                                 metric=metric)
+                                 metric=metric, backend=backend)
     data = report.to_json()
     plan = None
     if budget is not None:

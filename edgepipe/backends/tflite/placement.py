@@ -17,13 +17,17 @@ from edgepipe.backends.tflite.build import lower_model
 from edgepipe.backends.tflite.fusion import fusable_activation
 
 
+# the backend.* settings that change which tensors the int8 lowering puts on a grid
+PLACEMENT_OPTIONS = ("target", "keep_layout", "int8_io", "wide_range_float", "float_long_recurrences")
+
+
 def int8_grids(model: onnx.ModelProto, calibration, options: dict | None = None,
                activations: str = "int8") -> dict:
     """{"grids": {tensor: (scale, zero point)}, "int16": tensors whose grid is int16, "int8_nodes":
     set (every integer node), "int16_nodes": set, "weights": {node: {input: grid values}}, "fused":
     {node: partner}, "tables": {owner: nodes of a float island XNNPACK tabulates}} of the all-int8 lowering of `model`, or (`activations="int16"`) of its
     whole-model 16x8 lowering: int16 grids where LiteRT has an int16 kernel, int8 elsewhere."""
-    options = {k: v for k, v in (options or {}).items() if k in ("target", "keep_layout", "int8_io")}
+    options = {k: v for k, v in (options or {}).items() if k in PLACEMENT_OPTIONS}
     ctx = lower_model(model, calibration, {**options, "float_nodes": set(), "activations": activations},
                       quantized=True)
     known = {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
