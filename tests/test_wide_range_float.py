@@ -127,3 +127,30 @@ def test_long_recurrence_stays_float(tmp_path, steps, kept):
         reference = np.concatenate([run_onnx(model, {"x": s[None]})["y_h"] for s in x[16:]])
         got = np.concatenate([run_tflite(tmp_path / "model.tflite", built["io"], {"x": s[None]})["y_h"] for s in x[16:]])
         assert sqnr_db(reference, got) > 35.0
+
+
+
+def test_clamp_after_a_float_reader_runs_float(tmp_path):
+    """A Relu6 after the float reader of a wide-range tensor would, on int8, read the reader's grid
+    and write its own (a requantizing RELU6 that XNNPACK leaves on the builtin kernels); float, it
+    fuses into the reader and the model stays one XNNPACK partition."""
+    from tests.tflite_harness import delegate_partitions, op_names
+
+    weights = RNG.normal(scale=30.0, size=(BINS, HIDDEN)).astype(np.float32)
+    head = RNG.normal(scale=0.3, size=(HIDDEN, 4)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["proj"], name="proj"),
+             helper.make_node("Add", ["proj", "b"], ["pre"], name="bias"),  # offset: no longer wide range
+             helper.make_node("Clip", ["pre", "lo", "hi"], ["clamped"], name="relu6"),
+             helper.make_node("MatMul", ["clamped", "head"], ["y"], name="head")]
+    model = make_model(nodes, {"x": [1, 1, BINS]}, ["y"], {"w": weights, "b": np.full(HIDDEN, 3.0, np.float32),
+                                                           "lo": np.float32(0.0), "hi": np.float32(6.0),
+                                                           "head": head})
+    calib, evals = _power_frames(64), _power_frames(16)
+    calibration = calibrate(model, ArrayDataset(calib), {"method": "minmax"})
+    built = build_tflite(model, calibration, tmp_path, {"target": "arm-cpu"})
+    assert "pre" not in built["wide_range"] and "proj" in built["wide_range"]
+    path = tmp_path / "model.tflite"
+    assert "RELU6" not in op_names(path) and len(delegate_partitions(path)) == 1
+    reference = np.concatenate([run_onnx(model, {"x": x[None]})["y"] for x in evals])
+    got = np.concatenate([run_tflite(path, built["io"], {"x": x[None]})["y"] for x in evals])
+    assert sqnr_db(reference, got) > 25.0

@@ -40,6 +40,7 @@ ZEROED_SHARE = 0.5
 LONG_RECURRENCE_STEPS = 64
 STEP_NODE = re.compile(r"/unrolled/d\d+t(\d+)/")  # recurrent.py's per-step node names
 LOG_ZEROED_SHARE = 0.1
+CLAMP_OPS = frozenset({"Relu", "Clip"})
 SQUASHING_OPS = frozenset({"Softmax", "LogSoftmax", "Sigmoid", "HardSigmoid", "Tanh", "Softsign", "Exp"})
 
 
@@ -117,11 +118,17 @@ def effective(ctx, tensors: dict[str, float], already_float: set[str]) -> dict[s
 
 
 def wide_range_nodes(ctx, tensors: dict[str, float]) -> set[str]:
-    """The nodes that write or read a wide-range tensor (graph inputs have no writer)."""
+    """The nodes that write or read a wide-range tensor (graph inputs have no writer), and a
+    clamp (Relu / Clip) right after a float reader: on int8 it would read the reader's grid and
+    write its own, a requantizing RELU6 XNNPACK does not delegate; in float it fuses or delegates."""
     producers = {o: n for n in ctx.model.graph.node for o in n.output}
     nodes = {producers[name].name for name in tensors if name in producers}
     for name in tensors:
-        nodes |= {reader.name for reader in ctx.consumers.get(name, [])}
+        readers = ctx.consumers.get(name, [])
+        nodes |= {reader.name for reader in readers}
+        for reader in readers:
+            for out in reader.output:
+                nodes |= {n.name for n in ctx.consumers.get(out, []) if n.op_type in CLAMP_OPS}
     return nodes
 
 
