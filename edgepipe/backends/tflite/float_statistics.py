@@ -34,7 +34,7 @@ def statistics_nodes(ctx) -> set[str]:
     floats = {n.name for n in nodes if n.op_type in SINKS and ctx.node_dtype(n) == "float32"}
     if not floats:
         return set()
-    producers = {o: n for n in nodes for o in n.output}
+    producers = ctx.producers
     outputs = set(ctx.graph_outputs)
     chosen: set[str] = set()
     frontier = [n for n in nodes if n.name in floats]

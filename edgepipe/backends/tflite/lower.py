@@ -137,6 +137,7 @@ class Lowering:
                     self.constants[node.output[0]] = value
         self.infos = graph.value_infos(model)
         self.consumers = graph.consumers(model)
+        self.producers = graph.producers(model)  # the graph is fixed from here on
         self.graph_outputs = [o.name for o in model.graph.output]
         self.absorbed = ops.absorbed_nodes(model)  # a request naming a node a rewrite folded away
         self.requested_float |= {self.absorbed[n] for n in self.requested_float if n in self.absorbed}

@@ -30,7 +30,7 @@ def shared_concat_ranges(ctx) -> dict[str, str]:
     if not ctx.quantized or ctx.calibration is None:
         return {}
     outputs = set(ctx.graph_outputs)
-    producers = {o: n for n in ctx.model.graph.node for o in n.output}
+    producers = ctx.producers
     shared: dict[str, str] = {}
     for node in ctx.model.graph.node:
         if node.op_type != "Concat" or node.output[0] not in ctx.calibration or ctx.node_dtype(node) != "int8":

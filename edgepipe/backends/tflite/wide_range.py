@@ -50,14 +50,13 @@ def wide_range_tensors(ctx) -> dict[str, float]:
     calibration = ctx.calibration
     if not ctx.quantized or calibration is None or ctx.int16_everywhere:
         return {}
-    producers = {o: n for n in ctx.model.graph.node for o in n.output}
     inputs = {i.name for i in ctx.model.graph.input}
     chosen = {}
     for name, tensor in calibration.tensors.items():
         share = float(getattr(tensor, "zeroed", 0.0) or 0.0)
         if share <= ZEROED_SHARE or name in ctx.constants:
             continue
-        producer = producers.get(name)
+        producer = ctx.producers.get(name)
         if producer is None and name not in inputs:
             continue  # a tensor a lowering rewrite replaced: no node writes it here
         if producer is not None and producer.op_type in SQUASHING_OPS:
@@ -78,14 +77,13 @@ def log_inputs(ctx) -> dict[str, float]:
     if not ctx.quantized or calibration is None or ctx.int16_everywhere:
         return {}
     nodes = list(ctx.model.graph.node)
-    producers = {o: n for n in nodes for o in n.output}
     island = [n for n in nodes if n.op_type == "Log" and ctx.node_dtype(n) == "float32"]
     seen = {n.name for n in island}
     chosen: dict[str, float] = {}
     while island:
         node = island.pop()
         for name in node.input:
-            producer = producers.get(name)
+            producer = ctx.producers.get(name)
             if producer is None or producer.name in seen or name in ctx.constants:
                 continue
             if producer.op_type in STATISTICS_OPS | SINKS and ctx.node_dtype(producer) == "float32":
@@ -102,10 +100,9 @@ def log_inputs(ctx) -> dict[str, float]:
 
 def effective(ctx, tensors: dict[str, float], already_float: set[str]) -> dict[str, float]:
     """The tensors whose writer or a reader would otherwise run int8 (see above)."""
-    producers = {o: n for n in ctx.model.graph.node for o in n.output}
     kept = {}
     for name, share in tensors.items():
-        touched = [producers[name]] if name in producers else []
+        touched = [ctx.producers[name]] if name in ctx.producers else []
         touched += ctx.consumers.get(name, [])
         for node in touched:
             if node.name in already_float:
@@ -121,8 +118,7 @@ def wide_range_nodes(ctx, tensors: dict[str, float]) -> set[str]:
     """The nodes that write or read a wide-range tensor (graph inputs have no writer), and a
     clamp (Relu / Clip) right after a float reader: on int8 it would read the reader's grid and
     write its own, a requantizing RELU6 XNNPACK does not delegate; in float it fuses or delegates."""
-    producers = {o: n for n in ctx.model.graph.node for o in n.output}
-    nodes = {producers[name].name for name in tensors if name in producers}
+    nodes = {ctx.producers[name].name for name in tensors if name in ctx.producers}
     for name in tensors:
         readers = ctx.consumers.get(name, [])
         nodes |= {reader.name for reader in readers}
