@@ -25,6 +25,8 @@ import secrets
 import stat
 from pathlib import Path
 
+from edgepipe.delivery.bundle import sha256_file
+
 SEAL_NAME = "SEAL"
 KEY_NAME = "stage-cache.key"
 KEY_BYTES = 32
@@ -134,14 +136,6 @@ def _listing(entry: Path) -> dict[str, int]:
     return files
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _mac(key: bytes, *parts: str) -> str:
     return hmac.new(key, "\0".join((SEAL_VERSION, *parts)).encode(), hashlib.sha256).hexdigest()
 
@@ -150,7 +144,7 @@ def seal(entry: Path, stage_key: str, key: bytes) -> None:
     """Write the entry's seal (called on the staging folder, before it is renamed into place)."""
     files = _listing(entry)
     listing = json.dumps(files, sort_keys=True)
-    contents = json.dumps({name: _file_digest(entry / name) for name in files}, sort_keys=True)
+    contents = json.dumps({name: sha256_file(entry / name) for name in files}, sort_keys=True)
     (entry / SEAL_NAME).write_text(json.dumps({
         "files": files,
         "listing_mac": _mac(key, stage_key, listing),
@@ -173,7 +167,7 @@ def seal_problem(entry: Path, stage_key: str, key: bytes) -> str | None:
         if not (isinstance(recorded, dict) and recorded.get("files") == files
                 and hmac.compare_digest(str(recorded.get("listing_mac")), _mac(key, stage_key, listing))):
             return "no valid seal (not written by this user's edgepipe)"
-        contents = json.dumps({name: _file_digest(entry / name) for name in files}, sort_keys=True)
+        contents = json.dumps({name: sha256_file(entry / name) for name in files}, sort_keys=True)
         if not hmac.compare_digest(str(recorded.get("content_mac")), _mac(key, stage_key, listing, contents)):
             return "its files changed after it was written"
     except FileNotFoundError:

@@ -20,6 +20,7 @@ from pathlib import Path
 import onnx
 
 from edgepipe import branches, dequantize, graph
+from edgepipe.delivery.bundle import sha256_file
 from edgepipe.errors import UserError
 from edgepipe.safeio import check_zip_members
 from edgepipe.isolation import import_user_module
@@ -60,11 +61,7 @@ def file_sha256(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def load_factory(spec: str, weights: str | None, notes: list[str] | None = None):
