@@ -135,7 +135,7 @@ CASES = {
         "AdjY, B requantized to zero point 0": batch_matmul(h, t, d, t, True, requantize=True)}
        for where, (h, t, d) in SHAPES.items()},
     **{f"attention P V [1,{h},{t},{t}] x [{t},{d}] ({where})": {
-        "B stored [K, N] (the lowering)": batch_matmul(h, t, t, d, False),
+        "B stored [K, N] (V in ONNX order)": batch_matmul(h, t, t, d, False),
         "AdjY (B stored [N, K])": batch_matmul(h, t, t, d, True),
         "B requantized to zero point 0": batch_matmul(h, t, t, d, False, requantize=True)}
        for where, (h, t, d) in SHAPES.items()},
