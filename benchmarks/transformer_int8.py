@@ -130,7 +130,8 @@ def main() -> None:
             reference = evaluate.fp32_reference(name, data.eval)
             row = {"eval_samples": len(data.eval), "onnx_transposes": evaluate.onnx_transposes(
                 evaluate.peer_source(name, bundle.parent)), "variants": {}}
-            outs = {variant: Path(tmp) / name / variant.replace(" ", "_").replace("^", "") for variant in VARIANTS[name]}
+            outs = {variant: Path(tmp) / name / variant.replace(" ", "_").replace("^", "")
+                    for variant in VARIANTS[name]}
             for variant, out in outs.items():
                 row["variants"][variant] = build_variant(name, variant, bundle, data, reference, out)
             int8_ms, fp32_ms, iterations = time_variants(outs, args.rounds)

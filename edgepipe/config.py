@@ -70,8 +70,9 @@ SCHEMA: dict[str, Any] = {
         batchnorm=Field((bool,), True, "fold BatchNormalization into the preceding Conv/Gemm"),
         constant_affine=Field((bool,), None, "fold chains of constant Mul/Add/Sub/Div on a 4-D tensor into the Conv "
                               "that writes their input or (where exact: a shift only without padding) the Conv that "
-                              "alone reads their result; exact in float. Unset: the target's default (arm-cpu "
-                              "true, other targets false)"),
+                              "alone reads their result, or a pure per-channel scale into a MatMul by a constant "
+                              "matrix whose product a Transpose brings to NCHW (layer scale); exact in float. Unset: "
+                              "the target's default (arm-cpu true, other targets false)"),
         cross_layer_equalization=Field((bool, str), None, "rescale the channels between two convolutions, exact in "
                                        "float: true: every pair (directly or through a Relu; the second group-1 or "
                                        "depthwise); depthwise: only a Conv feeding a depthwise Conv. A depthwise pair "
