@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tests.tflite_harness import check_conformance, delegate_partitions, make_model, structured_inputs
+from tests.tflite_harness import (batch_matmul_reads, check_conformance, delegate_partitions, make_model,
+                                  structured_inputs)
 
 RNG = np.random.default_rng(11)
 
@@ -127,26 +128,6 @@ def test_matmul_constant_with_batch_dims_is_batch_matmul(tmp_path):
     assert report.result["op_histogram"]["BATCH_MATMUL"] == 1 and report.result["float_nodes"] == ["batched"]
 
 
-def _batch_matmul_reads(path) -> list[tuple[bool, list[int]]]:
-    """(AdjY, B's shape) of every BATCH_MATMUL in a .tflite, from the flatbuffer."""
-    from tflite.BatchMatMulOptions import BatchMatMulOptions
-    from tflite.BuiltinOperator import BuiltinOperator
-    from tflite.Model import Model
-
-    model = Model.GetRootAsModel(path.read_bytes(), 0)
-    graph = model.Subgraphs(0)
-    reads = []
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        if model.OperatorCodes(op.OpcodeIndex()).BuiltinCode() != BuiltinOperator.BATCH_MATMUL:
-            continue
-        options = BatchMatMulOptions()
-        table = op.BuiltinOptions()
-        options.Init(table.Bytes, table.Pos)
-        reads.append((bool(options.AdjY()), graph.Tensors(op.Inputs(1)).ShapeAsNumpy().tolist()))
-    return reads
-
-
 def test_int8_value_behind_a_head_transpose_is_read_transposed(tmp_path):
     """p @ v with v = Transpose(heads) of a projection: v must be transposed either way, so the int8
     model's one TRANSPOSE writes v^T and BATCH_MATMUL reads it with AdjY (XNNPACK's vectorised int8
@@ -157,8 +138,8 @@ def test_int8_value_behind_a_head_transpose_is_read_transposed(tmp_path):
     model = make_model(nodes, {"p": [2, 5, 5], "v_flat": [5, 2, 3]}, ["y"])  # 3-D: no NHWC boundary
     feeds = [{"p": f["p"], "v_flat": f["v_flat"] + 0.5} for f in structured_inputs(model)]  # asymmetric v range
     report = check_conformance(model, tmp_path, feeds)
-    assert _batch_matmul_reads(report.out_dir / "model.tflite") == [(True, [2, 3, 5])]
-    assert _batch_matmul_reads(report.out_dir / "model.fp32.tflite") == [(False, [2, 5, 3])]
+    assert batch_matmul_reads(report.out_dir / "model.tflite") == [(True, [2, 3, 5])]
+    assert batch_matmul_reads(report.out_dir / "model.fp32.tflite") == [(False, [2, 5, 3])]
     assert report.result["op_histogram"]["TRANSPOSE"] == 1
     for name in ("model.tflite", "model.fp32.tflite"):
         assert len(delegate_partitions(report.out_dir / name)) == 1, name
@@ -169,5 +150,5 @@ def test_int8_value_in_onnx_order_is_not_transposed(tmp_path):
     node = helper.make_node("MatMul", ["p", "v"], ["y"], name="values")
     model = make_model([node], {"p": [2, 5, 5], "v": [2, 5, 3]}, ["y"])
     report = check_conformance(model, tmp_path)
-    assert _batch_matmul_reads(report.out_dir / "model.tflite") == [(False, [2, 5, 3])]
+    assert batch_matmul_reads(report.out_dir / "model.tflite") == [(False, [2, 5, 3])]
     assert "TRANSPOSE" not in report.result["op_histogram"]
