@@ -170,10 +170,11 @@ def _reads_b_transposed(ctx: Lowering, name: str, dtype: str, swapped: tuple[int
     if layout == swapped:
         return True
     reps = ctx.values.get(name) or []
-    ordered = identity(len(layout))
-    pending = reps and all(not moves_only_unit_dims(ctx.tensor(value.index).shape,
-                                                    [inverse(value.perm)[p] for p in ordered]) for value in reps)
-    return dtype == "int8" and bool(pending)
+    onnx_order = identity(len(layout))
+    pending = bool(reps) and all(not moves_only_unit_dims(ctx.tensor(value.index).shape,
+                                                          [inverse(value.perm)[p] for p in onnx_order])
+                                 for value in reps)  # as in Lowering._transposed: a TRANSPOSE, not a RESHAPE
+    return dtype == "int8" and pending
 
 
 def symmetric(quant: Quantization) -> Quantization:
