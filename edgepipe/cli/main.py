@@ -58,7 +58,21 @@ def _log(quiet: bool):
     return log
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class ReaderEOF(Exception):
+    """An EOFError that reached the CLI (a reader met a cut gzip, zip or pickle stream and did not
+    name the file): carried past click, which reports any EOFError as "aborted" (exit 130), as if
+    the user had pressed Ctrl-D."""
+
+
+class EdgepipeGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EOFError as exc:
+            raise ReaderEOF() from exc
+
+
+@click.group(cls=EdgepipeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edgepipe")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def cli(debug: bool) -> None:
@@ -199,7 +213,10 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     static = bool(graph.graph_inputs(model)) and all(graph.is_static(graph.declared_shape(i))
                                                      for i in graph.graph_inputs(model))
     if static:
+        from edgepipe.modelcheck import check_model
         from edgepipe.stages.fold import run_fold
+
+        check_model(model, model_path)  # as build does before fold runs the graph: no allocation bombs
         from edgepipe.stages.simplify import run_simplify
 
         # the graph a build lowers: static, Ifs folded, simplified, BatchNorm folded (no data needed for that)
@@ -304,6 +321,11 @@ def _main(argv: list[str] | None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except ReaderEOF as exc:  # a bug: the reader should have named the file
+        if debug:
+            raise exc.__cause__ from None
+        click.echo(internal_error_line(exc.__cause__, _command_name(argv)), err=True)
+        sys.exit(INTERNAL_ERROR_EXIT)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
