@@ -87,8 +87,9 @@ def _check_io_types(graph_proto: onnx.GraphProto, path: Path) -> None:
             kind = value.type.WhichOneof("value")
             if kind != "tensor_type":
                 shown = f"of type {kind.removesuffix('_type')}" if kind else "untyped"
-                raise UserError(f"{path}: {role} '{value.name}' is {shown}, not a tensor; edgepipe deploys models whose inputs and "
-                                "outputs are tensors - export it with tensor inputs and outputs")
+                raise UserError(f"{path}: {role} '{value.name}' is {shown}, not a tensor; edgepipe deploys "
+                                "models whose inputs and outputs are tensors - export it with tensor inputs and "
+                                "outputs")
             elem_type = value.type.tensor_type.elem_type
             try:
                 type_name = onnx.TensorProto.DataType.Name(elem_type)

@@ -262,7 +262,8 @@ def test_build_script_prints_tensorrt_text_as_one_inert_line(kit):
     hostile = "node 'conv\x1b]52;c;Y3VybA==\x07\u202e':\nerror: forged line\r"
     assert script.one_line(hostile) == "node 'conv\\x1b]52;c;Y3VybA==\\x07\\u202e': error: forged line"
     tree = ast.parse((kit[0] / "build_engine.py").read_text())
-    printed = [value.value for call in ast.walk(tree) if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "print"
+    printed = [value.value for call in ast.walk(tree)
+               if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "print"
                for arg in call.args if isinstance(arg, ast.JoinedStr)
                for value in arg.values if isinstance(value, ast.FormattedValue)]
     raw = [ast.unparse(v) for v in printed if isinstance(v, ast.Name) and v.id == "exc"]

@@ -134,7 +134,8 @@ def safe_extract(tar_path: Path, dest: Path) -> Path:
     try:
         tar = tarfile.open(tar_path, mode="r:*")
     except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:  # gzip raises EOFError on a cut header
-        raise UserError(f"{tar_path}: not a readable tar archive ({exc}); pass the .tar.gz that edgepipe pack wrote") from None
+        raise UserError(f"{tar_path}: not a readable tar archive ({exc}); "
+                        "pass the .tar.gz that edgepipe pack wrote") from None
     # headers are read one at a time and every limit checked before the next: a gzip stream of a
     # million empty headers, or one member of 16 GB of zeros (3 MB packed), is refused after its
     # header, never listed whole or decompressed to disk
