@@ -923,6 +923,25 @@ def negative_labels(tmp):
     return _build(tmp, _model(tmp), _calib(tmp), "arm-cpu", "--eval", str(_calib(tmp, data, "eval.npz", labels=labels)))
 
 
+def compare_tampered_bundle(tmp):
+    """compare ran a bundle whose eval.npz (or model) no longer matched its manifest: a changed
+    eval set failed inside ONNX Runtime (exit 3), a changed model.tflite inside LiteRT."""
+    import hashlib
+
+    bundle = tmp / "bundle"
+    (bundle / "eval").mkdir(parents=True)
+    (bundle / "eval" / "eval.npz").write_bytes(b"changed")
+    digest = hashlib.sha256(b"original").hexdigest()
+    manifest = {"schema": 1, "target": {"name": "arm-cpu"},
+                "files": [{"path": "eval/eval.npz", "size": 8, "sha256": digest}]}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return ["compare", str(bundle), "--no-alone"]
+
+
+def sensitivity_budget_nan(tmp):
+    return ["sensitivity", str(_model(tmp)), "--calib", str(_calib(tmp)), "--budget", "nan"]
+
+
 CASES = [
     Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
@@ -1079,6 +1098,10 @@ CASES = [
          ("candidate.json: 'accuracy.top1' must be a fraction from 0 to 1, got 2.0",)),
     Case("negative-labels", "evaluation labels holding -1", negative_labels,
          ("eval.npz: 'labels' holds -1 for sample 3",)),
+    Case("compare-tampered-bundle", "`compare` of a bundle whose eval.npz changed after the build",
+         compare_tampered_bundle, ("refusing to compare a bundle that fails `edgepipe verify`: eval/eval.npz",)),
+    Case("sensitivity-budget-nan", "`sensitivity --budget nan` (checked before any work)", sensitivity_budget_nan,
+         ("--budget nan",)),
 ]
 
 

@@ -90,3 +90,16 @@ def test_paths_with_line_breaks_stay_one_line_in_the_summary(tmp_path):
     assert not any(line.startswith("error: forged") for line in (result.stdout + result.stderr).splitlines())
     verified = run_cli("verify", "o\nerror: forged", cwd=tmp_path)
     assert verified.returncode == 0 and verified.stdout.startswith("OK: ")
+
+
+def test_a_resealed_bundle_with_a_broken_or_outside_model_is_one_line(tmp_path):
+    """A bundle resealed after its model.tflite was replaced passes verify; LiteRT's ValueError
+    ("not a valid Flatbuffer") was an internal error, and the manifest's model name could point
+    outside the bundle."""
+    from edgepipe.backends.tflite.probe import TfliteTensorProbe
+
+    (tmp_path / "model.tflite").write_bytes(b"TFL3 not a flatbuffer")
+    with pytest.raises(UserError, match=r"model\.tflite: LiteRT cannot load it \(.*\); rebuild the bundle"):
+        TfliteTensorProbe(tmp_path, {"model": "model.tflite"})
+    with pytest.raises(UserError, match=r"manifest names model '\.\./other/model\.tflite', not a file in the bundle"):
+        TfliteTensorProbe(tmp_path, {"model": "../other/model.tflite"})

@@ -8,6 +8,7 @@ stages, then edgepipe.accuracy.sensitivity / edgepipe.accuracy.precision / edgep
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -77,7 +78,8 @@ def _with_model_options(func):
 @click.command("sensitivity")
 @click.argument("model", required=False)
 @_with_model_options
-@click.option("--max-samples", type=int, default=64, show_default=True, help="Held-out samples per variant.")
+@click.option("--max-samples", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Held-out samples per variant.")
 @click.option("--metric", type=click.Choice(["auto", "top1", "agreement", "sqnr"]), default="auto", show_default=True)
 @click.option("--top", type=int, default=20, show_default=True, help="Rows in the table (0 = all).")
 @click.option("--budget", type=float, help="Also plan mixed precision: max accuracy drop vs FP32.")
@@ -86,6 +88,9 @@ def _with_model_options(func):
 def sensitivity_command(model, weights, target, calib, eval_, input_shapes, input_values, config_path, max_samples,
                         metric, top, budget, out_path, as_json):
     """Rank quantized layers by how much INT8 costs (only-this / all-but-this vs FP32)."""
+    if budget is not None and not 0 <= budget < math.inf:  # before any work; a NaN budget kept every node float
+        raise UserError(f"--budget {budget}: give the largest accuracy drop vs FP32 you accept, a number >= 0 "
+                        "like 0.01")
     from edgepipe.accuracy.precision import plan_on_target
     from edgepipe.accuracy.sensitivity import analyze_sensitivity
 
