@@ -76,6 +76,7 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
 # element types no numpy array that ONNX Runtime accepts can hold (8-bit floats, 4-bit ints): an input
 # of one could not be fed calibration data; fold's first run failed inside onnxruntime
 _UNFEEDABLE_PREFIXES = ("FLOAT8", "FLOAT4", "INT4", "UINT4", "INT2", "UINT2")
+MAX_IO_NAME_BYTES = 4096
 
 
 def _check_io_types(graph_proto: onnx.GraphProto, path: Path) -> None:
@@ -84,6 +85,10 @@ def _check_io_types(graph_proto: onnx.GraphProto, path: Path) -> None:
     can be fed."""
     for role, values in (("input", graph_proto.input), ("output", graph_proto.output)):
         for value in values:
+            size = len(value.name.encode("utf-8", "surrogatepass"))
+            if size > MAX_IO_NAME_BYTES:  # eval.npz keys ('input:<name>') are zip member names: 65535 bytes at most
+                raise UserError(f"{path}: {role} '{value.name[:40]}...' has a name of {size} bytes; rename it "
+                                f"(at most {MAX_IO_NAME_BYTES} bytes) and re-export the model")
             kind = value.type.WhichOneof("value")
             if kind != "tensor_type":
                 shown = f"of type {kind.removesuffix('_type')}" if kind else "untyped"

@@ -942,6 +942,17 @@ def sensitivity_budget_nan(tmp):
     return ["sensitivity", str(_model(tmp)), "--calib", str(_calib(tmp)), "--budget", "nan"]
 
 
+def long_io_name(tmp):
+    """An input named with 100,000 characters: the whole build ran, then writing the bundle's
+    eval.npz (key 'input:<name>', a zip member name of at most 65535 bytes) failed (exit 3)."""
+    name = "x" * 100_000
+    x = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, 4])
+    relu = onnx.helper.make_node("Relu", [name], ["y"])
+    model = _tiny_graph(tmp, [relu], [x], [_vector("y")])
+    np.save(tmp / "calib.npy", np.ones((4, 4), np.float32))
+    return _build(tmp, model, tmp / "calib.npy", "arm-cpu")
+
+
 CASES = [
     Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
@@ -1100,6 +1111,8 @@ CASES = [
          ("eval.npz: 'labels' holds -1 for sample 3",)),
     Case("compare-tampered-bundle", "`compare` of a bundle whose eval.npz changed after the build",
          compare_tampered_bundle, ("refusing to compare a bundle that fails `edgepipe verify`: eval/eval.npz",)),
+    Case("long-io-name", "a model input named with 100,000 characters", long_io_name,
+         ("model.onnx: input 'xxxxxxxxxx", "has a name of 100000 bytes")),
     Case("sensitivity-budget-nan", "`sensitivity --budget nan` (checked before any work)", sensitivity_budget_nan,
          ("--budget nan",)),
 ]
