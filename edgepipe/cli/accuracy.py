@@ -157,7 +157,7 @@ def compare_command(bundle, max_samples, alone, alone_samples, top, out_path, as
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
     click.echo(report.text_table(top or None))
-    click.echo(f"compare.json: {out}" + (f"; report: {html}" if html else ""))
+    click.echo(one_line(f"compare.json: {out}" + (f"; report: {html}" if html else "")))
 
 
 @click.command("finetune")
@@ -216,7 +216,7 @@ def finetune_command(model, weights, target, calib, eval_, input_shapes, input_v
     click.echo(f"INT8 {metric}: PTQ {getattr(before, metric):.4f} -> QAT {getattr(after, metric):.4f} "
                f"(FP32 {before.fp32_top1 if before.fp32_top1 is not None else 1.0:.4f}); "
                f"SQNR {before.sqnr_db:.1f} -> {after.sqnr_db:.1f} dB; final loss {history[-1]['loss']:.4f}")
-    click.echo(f"weights: {out}\nranges: {ranges_path}")
+    click.echo(f"weights: {one_line(out)}\nranges: {one_line(ranges_path)}")
 
 
 def register(group: click.Group) -> None:

@@ -60,7 +60,7 @@ def deploy_command(bundle, destination, inventory, port, identity, remote_dir, r
         target = SshTarget.parse(destination, port=port, identity=str(identity) if identity else None,
                                  **ssh_options)
         result = deploy_bundle(bundle, target, remote_dir=remote_dir, **run_options)
-        click.echo(f"{result.host}: deployed to {result.remote_dir} ({result.transfer}, sha256 verified)")
+        click.echo(one_line(f"{result.host}: deployed to {result.remote_dir} ({result.transfer}, sha256 verified)"))
         if result.results_path:
             latency = result.results.get("latency_ms", {})
             click.echo(one_line(f"{result.host}: p50 {latency.get('p50')} ms, p99 {latency.get('p99')} ms "

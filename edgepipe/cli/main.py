@@ -182,7 +182,7 @@ def targets_command(as_json: bool):
         return
     for t in described:
         origin = f" (profile {t['profile']})" if t.get("profile") else ""
-        click.echo(f"{t['name']:<14} {t['backend']:<9} {t['description']}{origin}")
+        click.echo(one_line(f"{t['name']:<14} {t['backend']:<9} {t['description']}{origin}"))
         click.echo(f"{'':<14} precision: {t['precision']}; layout {t['layout']}; options {t['options']}")
         click.echo(f"{'':<14} verified here: {t['verified_here']}")
 
@@ -249,8 +249,8 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     click.echo("  ops: " + ", ".join(f"{one_line(op)} x{count}" for op, count in histogram.items()))
     dynamic = [i["name"] for i in info["inputs"] if not graph.is_static(i["shape"])]
     if dynamic:
-        click.echo(f"  note: input(s) {', '.join(dynamic)} have dynamic dims; pass --input-shape "
-                   f"{dynamic[0]}:1x... to check the static graph a build lowers")
+        click.echo(one_line(f"  note: input(s) {', '.join(dynamic)} have dynamic dims; pass --input-shape "
+                            f"{dynamic[0]}:1x... to check the static graph a build lowers"))
     for target, nodes in unsupported.items():
         if not nodes:
             click.echo(f"  {target}: all ops supported")
@@ -353,7 +353,7 @@ def _main(argv: list[str] | None) -> None:
             raise
         # disk full, permission denied, ...: the user's environment, not our bug
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        click.echo(f"error: {one_line(exc.strerror or exc)}{one_line(where)}", err=True)
         sys.exit(2)
     except Exception as exc:  # a bug in edgepipe: one line, the traceback only on request
         if debug:

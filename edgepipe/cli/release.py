@@ -32,7 +32,7 @@ def pack_command(bundle: Path, output: Path | None) -> None:
         raise UserError(f"{bundle}: not a bundle folder; pass the --out folder of `edgepipe build`")
     output = output or bundle.resolve().parent / f"{bundle.resolve().name}.tar.gz"
     pack_bundle(bundle, output)
-    click.echo(f"{output}  sha256 {sha256_file(output)}")
+    click.echo(f"{one_line(output)}  sha256 {sha256_file(output)}")
 
 
 @click.command("verify")
@@ -69,7 +69,7 @@ def report_command(results: Path, baseline: Path | None, out_dir: Path | None, b
         raise UserError(f"{out_dir}: exists and is not a folder; pass a folder for --out")
 
     html = render_report(results, out_dir=out_dir, bundle_dir=bundle_dir, baseline=baseline)
-    click.echo(f"{html}\n{html.with_name('report.md')}")
+    click.echo(f"{one_line(html)}\n{one_line(html.with_name('report.md'))}")
 
 
 def _config_budgets(config: Path | None) -> dict:
