@@ -72,7 +72,8 @@ class EdgepipeGroup(click.Group):
             raise ReaderEOF() from exc
 
 
-@click.group(cls=EdgepipeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=EdgepipeGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edgepipe")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def cli(debug: bool) -> None:
