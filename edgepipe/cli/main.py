@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections import Counter
 
@@ -359,9 +360,31 @@ def _main(argv: list[str] | None) -> None:
     except Exception as exc:  # a bug in edgepipe: one line, the traceback only on request
         if debug:
             raise
+        out_of_memory = runtime_out_of_memory_line(exc)
+        if out_of_memory:
+            click.echo(out_of_memory, err=True)
+            sys.exit(UserError.exit_code)
         click.echo(internal_error_line(exc, _command_name(argv)), err=True)
         sys.exit(INTERNAL_ERROR_EXIT)
     sys.exit(0)
+
+
+_RUNTIME_NODE = re.compile(r"running (\S+) node\. Name:'(.*?)' Status Message")
+
+
+def runtime_out_of_memory_line(exc: BaseException) -> str | None:
+    """ONNX Runtime failing to allocate a tensor while it runs the model (a Range or Expand sized by
+    the model's constants, which shape inference cannot bound before the run): the user's model,
+    not an edgepipe bug. None for any other exception."""
+    text = str(exc)
+    if not type(exc).__module__.startswith("onnxruntime") or "Failed to allocate memory" not in text:
+        return None
+    found = _RUNTIME_NODE.search(text)
+    where = f" running node '{found.group(2)}' ({found.group(1)})" if found else ""
+    size = re.search(r"buffer of size (\d+)", text)
+    asked = f" ({size.group(1)} bytes)" if size else ""
+    return one_line(f"error: ONNX Runtime could not allocate a tensor{asked}{where}: the model computes more data "
+                    "than this machine's memory holds; check the shapes the model computes")
 
 
 def internal_error_line(exc: BaseException, command: str) -> str:
