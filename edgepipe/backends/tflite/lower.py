@@ -35,8 +35,8 @@ from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
-from edgepipe.backends.tflite import (builtins, float_statistics, integers, layouts, model_io, picked_values,
-                                      shared_scales, wide_range)
+from edgepipe.backends.tflite import (builtins, float_movement, float_statistics, integers, layouts, model_io,
+                                      picked_values, shared_scales, wide_range)
 from edgepipe.backends.tflite.layouts import NHWC, identity, inverse, permute  # noqa: F401 (re-exported)
 from edgepipe.backends.tflite.fusion import fusable_activation
 from edgepipe.backends.tflite.model_io import INTEGER_VALUES
@@ -163,6 +163,7 @@ class Lowering:
         logs = wide_range.log_inputs(self) if wide else {}
         self.requested_float |= wide_range.wide_range_nodes(self, logs)
         self.wide_range: dict[str, float] = wide_range.effective(self, {**tensors, **logs}, before)
+        self.requested_float |= float_movement.movement_between_islands(self)  # last: reads the islands above
         self.shared_ranges: dict[str, str] = {}
         if self.options.get("share_concat_scales", True):
             self.shared_ranges = shared_scales.shared_concat_ranges(self)
