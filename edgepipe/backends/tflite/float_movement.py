@@ -11,9 +11,10 @@ float: no conversion is written and the tensor stays as the float islands comput
 
 The rule: a data-movement node (MOVEMENT_OPS) runs float when every non-constant float input
 it reads is only float (written by a float node, or a float graph input) and every reader of
-its outputs runs float (or is a float graph output). Chains of such nodes qualify together:
-the largest set of candidates that satisfies the rule with each other's help is kept (start
-from all candidates, drop those that fail, repeat). Integer tensors (shapes, indices, masks)
+its outputs runs float (or is a float graph output), and a float node sits next to it or to the
+chain it belongs to. Chains of such nodes qualify together: the largest set of candidates that
+satisfies the rule with each other's help is kept (start from all candidates, drop those that
+fail, repeat). Integer tensors (shapes, indices, masks)
 are never touched; a node named in `int16_nodes` keeps the precision it was asked for.
 """
 
@@ -68,7 +69,26 @@ def movement_between_islands(ctx) -> set[str]:
             if not (inputs_only_float(node) and read_only_in_float(node)):
                 del chosen[name]
                 changed = True
-    return set(chosen)
+    return _next_to_islands(ctx, chosen, runs_float)
+
+
+def _next_to_islands(ctx, chosen: dict, runs_float) -> set[str]:
+    """The chosen nodes connected (through chosen nodes) to a float node that is no candidate:
+    data movement between the graph's float input and its float output alone has no island to
+    serve and keeps its int8 kernel (a one-op model is an int8 model of that op)."""
+    def neighbours(node):
+        found = [ctx.producers[name] for name in node.input if name in ctx.producers]
+        return found + [r for name in node.output for r in ctx.consumers.get(name, [])]
+
+    pending = [node for node in chosen.values()
+               if any(n.name not in chosen and runs_float(n) for n in neighbours(node))]
+    kept = {node.name for node in pending}
+    while pending:
+        for n in neighbours(pending.pop()):
+            if n.name in chosen and n.name not in kept:
+                kept.add(n.name)
+                pending.append(n)
+    return kept
 
 
 def _candidate(ctx, node) -> bool:
