@@ -92,7 +92,33 @@ def clamps(ctx) -> tuple[dict[str, str], dict]:
         if (x in ctx.calibration and x not in outputs and x not in ctx.shared_ranges
                 and len(ctx.consumers.get(x, [])) == 1):
             ctx.shared_ranges[x] = out
+            if node.op_type == "Max":
+                grids.update(_floor_before_leaky_relu(ctx, x, float(bounds[0].reshape(-1)[0]), outputs))
     return inputs, grids
+
+
+def _floor_before_leaky_relu(ctx, x: str, bound: float, outputs: set[str]) -> dict:
+    """{LeakyRelu input: Quantization} when `x` = LeakyRelu(u, alpha > 0) is floored at `bound` < 0
+    by its only reader: every u <= bound / alpha ends as `bound`, so u's grid can end exactly there
+    (quantmath.clamp_params) instead of at u's calibrated minimum. The same top, finer steps, and
+    nothing lost: LEAKY_RELU maps u's lowest step onto the floor exactly. Only when that narrows
+    the grid and u's producer writes it for this LeakyRelu alone."""
+    from edgepipe.backends.tflite.lower import node_attrs
+
+    leaky = ctx.producers.get(x)
+    if leaky is None or leaky.op_type != "LeakyRelu" or ctx.node_dtype(leaky) != "int8":
+        return {}
+    alpha = float(node_attrs(leaky).get("alpha", 0.01))
+    u = leaky.input[0]
+    if (alpha <= 0 or u in ctx.constants or u in outputs or u not in ctx.calibration or u in ctx.shared_ranges
+            or len(ctx.consumers.get(u, [])) != 1 or u not in ctx.producers):
+        return {}
+    scale, zero_point = ctx.calibration.asymmetric_params(u)
+    floor = bound / alpha
+    if floor <= scale * (-128 - zero_point):  # the calibrated grid already ends at or above it
+        return {}
+    params = quantmath.clamp_params(scale, zero_point, floor, floor=True)
+    return {u: Quantization.per_tensor(*params)} if params is not None else {}
 
 
 MAX_RANGE_RATIO = 16.0
