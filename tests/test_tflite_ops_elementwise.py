@@ -152,3 +152,37 @@ def test_whole_and_half_powers_are_delegated_multiplications(exponent, tmp_path)
     assert "POW" not in histogram and ("SQRT" in histogram) == (exponent % 1 != 0), histogram
     for path in ("model.tflite", "model.fp32.tflite"):
         assert len(delegate_partitions(report.out_dir / path)) == 1, path
+
+
+
+def test_leaky_relu_input_grid_ends_where_the_floor_takes_over(tmp_path):
+    """Conv -> LeakyReLU(0.2) -> Max(., -0.4) (tf2onnx's speech embedding): every conv output at or
+    below -0.4 / 0.2 = -2 ends as -0.4, so the conv writes a grid ending exactly at -2 instead of
+    at its calibrated minimum (about -22 here): the same top, finer steps, and every output ONNX
+    Runtime floors is exactly -0.4 in LiteRT."""
+    from tests.helpers import sqnr_db
+    from tests.realmodels.evaluate import interpreter
+    from tests.tflite_harness import convert
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+             helper.make_node("LeakyRelu", ["c"], ["l"], name="leaky", alpha=0.2),
+             helper.make_node("Max", ["l", "k"], ["m"], name="floor")]
+    inits = {"w": rng.normal(size=(8, 16, 1, 1)).astype(np.float32), "b": np.full(8, -6.0, np.float32),
+             "k": np.array(-0.4, np.float32)}
+    model = make_model(nodes, {"x": [1, 16, 6, 7]}, ["m"], inits)
+    feeds = [{"x": rng.normal(size=(1, 16, 6, 7)).astype(np.float32)} for _ in range(24)]
+    result, calibration = convert(model, tmp_path, feeds[:16])
+    path = tmp_path / "model.tflite"
+    (conv_out,) = [d for d in interpreter(path).get_tensor_details() if d["name"] == "c"]
+    scale, zero_point = conv_out["quantization"]
+    assert calibration.tensors["c"].lo < -20.0
+    assert scale * (-128 - zero_point) == pytest.approx(-2.0, abs=1e-5)
+    assert scale * (127 - zero_point) >= calibration.tensors["c"].hi - scale  # the calibrated top
+    assert len(delegate_partitions(path)) == 1
+    with_c = make_model(nodes, {"x": [1, 16, 6, 7]}, ["m", "c"], inits)  # ONNX Runtime's conv output too
+    reference = [run_onnx(with_c, feed) for feed in feeds[16:]]
+    got = [run_tflite(path, result["io"], feed)["m"] for feed in feeds[16:]]
+    floored = np.concatenate([r["c"] <= -2.0 - scale for r in reference])
+    assert floored.any() and np.all(np.concatenate(got)[floored] == np.float32(-0.4))
+    assert sqnr_db(np.concatenate([r["m"] for r in reference]), np.concatenate(got)) > 28.0
