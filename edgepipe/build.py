@@ -324,6 +324,9 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
                 stages=[{"name": r.name, "hash": r.hash} for r in pipeline.records],
                 source={"model": str(settings["model"]), "sha256": prepared.source_hash, "origin": origin},
                 extra_manifest={**backend.manifest, "fold": _public_fold_report(prepared.fold_report),
+                                # what `compare` emulates the bundle's placement with (Target.int8_placement)
+                                "backend_settings": {k: backend_settings[k] for k in target.backend_options
+                                                     if k in backend_settings},
                                 "simplify": prepared.simplify_report, "edgepipe_version": __version__},
                 eval_data=eval_data,
                 hooks=_bundle_hooks(),
