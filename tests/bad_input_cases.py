@@ -281,6 +281,12 @@ def nan_values(tmp):
     return _build(tmp, _model(tmp), _calib(tmp, data))
 
 
+def float64_beyond_float32(tmp):
+    data = np.random.default_rng(0).standard_normal((8, 3, 8, 8))  # float64, as numpy makes it
+    data[3, 1, 2, 2] = 1e300
+    return _build(tmp, _model(tmp), _calib(tmp, data))
+
+
 def mismatched_names(tmp):
     return _build(tmp, _model(tmp), _calib(tmp, key="image"))
 
@@ -882,6 +888,8 @@ CASES = [
     Case("wrong-shape", "calibration tensors of the wrong shape", wrong_shape, ("'x'", "9")),
     Case("wrong-dtype", "calibration tensors that are not numbers", wrong_dtype, ("'x'",)),
     Case("nan-values", "NaN in the calibration data", nan_values, ("'x'", "5")),
+    Case("float64-beyond-float32", "float64 calibration data with a value float32 cannot hold (it would be Inf)",
+         float64_beyond_float32, ("'x'", "sample 3", "float32")),
     Case("token-id-out-of-range", "token ids past the model's embedding table (another tokenizer's vocabulary)",
          token_id_out_of_range, ("sample 2", "'input_ids'", "30522", "'embedding'", "0..9")),
     Case("mismatched-names", ".npz keys that are not the model's input names", mismatched_names, ("'x'", "image")),
