@@ -158,3 +158,14 @@ def test_float64_data_beyond_float32_is_refused_by_sample(tmp_path):
     with pytest.raises(UserError, match=r"big.npy: input 'x' has values beyond float32's range in sample 2"):
         load_dataset(tmp_path / "big.npy", {"x": ((1, 6), np.float32)})
     assert len(load_dataset(tmp_path / "big.npy", {"x": ((1, 6), np.float64)})) == 4  # a float64 input takes it
+
+
+def test_bias_correction_leaves_float64_layers_alone(tmp_path):
+    """A float64 Gemm stays float in jetson's Q/DQ model: no int8 error to correct, and a float32
+    bias written into it would make the model unloadable."""
+    from edgepipe.calibrate.bias_correction import correction_sites
+
+    model = _double_mlp(tmp_path / "mlp.onnx")
+    assert correction_sites(model) == {}
+    single, _, _ = to_float32(model, "mlp.onnx", "arm-cpu")  # the same layers in float32 are corrected
+    assert len(correction_sites(single)) == 2
