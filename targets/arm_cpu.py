@@ -99,7 +99,6 @@ class ArmCpuTarget(Target):
 
     def evaluator(self, model, calibration, dataset, settings: dict):
         from edgepipe.backends.tflite.evaluate import tflite_evaluator
-
         from edgepipe.backends.tflite.placement import PLACEMENT_OPTIONS
 
         read = ("activations", *PLACEMENT_OPTIONS)
