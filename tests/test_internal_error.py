@@ -77,3 +77,24 @@ def test_bug_in_a_command_outside_the_pipeline_names_the_command(tmp_path, monke
         main(["inspect", str(tmp_path / "m.onnx")])
     assert exit_info.value.code == 3
     assert capsys.readouterr().err.strip() == "error: internal error in inspect: ValueError: bad io (rerun with --debug)"
+
+
+def test_an_eof_error_from_a_reader_is_a_bug_line_not_aborted(tmp_path, monkeypatch, capsys):
+    """click reports any EOFError as "aborted" (exit 130), as if the user pressed Ctrl-D; one from a
+    reader that met a cut stream without naming the file is our bug: exit 3, one line."""
+    from edgepipe import graph
+
+    onnx.save(tiny_conv_model(), str(tmp_path / "m.onnx"))
+    monkeypatch.delenv("EDGEPIPE_DEBUG", raising=False)
+
+    def cut_stream(model):
+        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+
+    monkeypatch.setattr(graph, "describe_io", cut_stream)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inspect", str(tmp_path / "m.onnx")])
+    assert exit_info.value.code == INTERNAL_ERROR_EXIT
+    assert capsys.readouterr().err.strip() == ("error: internal error in inspect: EOFError: Compressed file ended "
+                                               "before the end-of-stream marker was reached (rerun with --debug)")
+    with pytest.raises(EOFError):
+        main(["--debug", "inspect", str(tmp_path / "m.onnx")])
