@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -43,8 +42,8 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.arm_speed import build, timed_pair  # noqa: E402
-from benchmarks.timing import cpu_features, rounds_argument  # noqa: E402
+from benchmarks.arm_speed import build, corpus_builds, load_window, timed_pair, write_results  # noqa: E402
+from benchmarks.timing import rounds_argument  # noqa: E402
 from edgepipe import graph  # noqa: E402
 from edgepipe.backends.tflite import delegation  # noqa: E402
 from edgepipe.backends.tflite.build import build_tflite  # noqa: E402
@@ -120,14 +119,7 @@ def main() -> None:
     corpus.fetch_all()
     rows = {}
     with tempfile.TemporaryDirectory(prefix="transformer-int8-") as tmp:
-        for name in args.models.split(","):
-            load_start = os.getloadavg()
-            bundle, built = build(name, Path(tmp))
-            if bundle is None:
-                rows[name] = built
-                continue
-            data = evaluate.write_data(name, Path(tmp) / name)
-            reference = evaluate.fp32_reference(name, data.eval)
+        for name, bundle, data, reference, load_start in corpus_builds(args.models.split(","), Path(tmp), rows):
             row = {"eval_samples": len(data.eval), "onnx_transposes": evaluate.onnx_transposes(
                 evaluate.peer_source(name, bundle.parent)), "variants": {}}
             outs = {variant: Path(tmp) / name / variant.replace(" ", "_").replace("^", "")
@@ -140,17 +132,11 @@ def main() -> None:
                 entry["latency_ms_1_thread"] = {"int8": round(int8_ms[variant], 4),
                                                 "int8_over_fp32": round(int8_ms[variant] / fp32_ms, 3)}
                 print(name, variant, json.dumps({k: v for k, v in entry.items() if k != "op_histogram"}), flush=True)
-            row["loadavg"] = {"start": [round(v, 2) for v in load_start],
-                              "end": [round(v, 2) for v in os.getloadavg()]}
+            row["loadavg"] = load_window(load_start)
             rows[name] = row
-    import ai_edge_litert
-
     if RESULTS.exists():  # a --models subset updates only its own rows
         rows = {**json.loads(RESULTS.read_text()).get("models", {}), **rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"host": cpu_features(), "litert": getattr(ai_edge_litert, "__version__", "?"),
-                                   "rounds": args.rounds, "models": rows}, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, {"rounds": args.rounds, "models": rows})
 
 
 if __name__ == "__main__":

@@ -365,10 +365,10 @@ def parse_input_shape(text: str) -> tuple[str, list[int]]:
     name, sep, dims = text.rpartition(":")
     if not sep or not name or not dims:
         raise UserError(f"--input-shape '{text}': expected NAME:1x3x224x224")
-    try:
-        shape = [int(d) for d in dims.lower().split("x")]
-    except ValueError:
-        raise UserError(f"--input-shape '{text}': dimensions must be integers like 1x3x224x224") from None
+    parts = dims.lower().split("x")
+    if not all(part.isascii() and part.isdigit() for part in parts):  # int() also takes "+3", "3_0", "١"
+        raise UserError(f"--input-shape '{text}': dimensions must be integers like 1x3x224x224")
+    shape = [int(part) for part in parts]
     if any(d <= 0 for d in shape):
         raise UserError(f"--input-shape '{text}': dimensions must be positive")
     check_shape_size(shape, f"--input-shape '{text}'")

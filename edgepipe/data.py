@@ -298,22 +298,30 @@ def _check_arrays(path: Path, arrays: dict[str, np.ndarray], specs: InputSpecs, 
             raise UserError(f"{path}: input '{name}' has {len(array)} samples but '{first}' has "
                             f"{count}; every input needs the same number of samples")
         if values and array.dtype.kind == "f":
-            _check_finite(path, name, array)
+            _check_finite(path, name, array, np.dtype(specs[name][1]))
     if not count:
         raise UserError(f"{path}: holds 0 samples; add at least one")
     return count
 
 
-def _check_finite(path: Path, name: str, array: np.ndarray) -> None:
+def _check_finite(path: Path, name: str, array: np.ndarray, dtype: np.dtype) -> None:
+    """No NaN / Inf, and (float64 data for a float32 input) no value the cast would make Inf."""
+    narrower = dtype.kind == "f" and dtype.itemsize < array.dtype.itemsize
     sample_bytes = max(1, array.dtype.itemsize * int(np.prod(array.shape[1:], dtype=np.int64)))
     step = max(1, _CHECK_CHUNK_BYTES // sample_bytes)
     for start in range(0, len(array), step):
         chunk = np.asarray(array[start:start + step])
-        finite = np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
+        chunk = chunk.reshape(len(chunk), -1)
+        finite = np.isfinite(chunk).all(axis=1)
         if not finite.all():
             index = start + int(np.argmin(finite))
             raise UserError(f"{path}: input '{name}' has NaN/Inf values in sample {index}; "
                             "clean or drop that sample")
+        fits = (np.abs(chunk) <= np.finfo(dtype).max).all(axis=1) if narrower else finite
+        if not fits.all():
+            index = start + int(np.argmin(fits))
+            raise UserError(f"{path}: input '{name}' has values beyond {dtype.name}'s range in sample {index} "
+                            f"(the model input takes {dtype.name}); scale the data or drop that sample")
 
 
 def _check_labels(path: Path, labels: np.ndarray, count: int) -> None:

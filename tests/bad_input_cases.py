@@ -281,6 +281,12 @@ def nan_values(tmp):
     return _build(tmp, _model(tmp), _calib(tmp, data))
 
 
+def float64_beyond_float32(tmp):
+    data = np.random.default_rng(0).standard_normal((8, 3, 8, 8))  # float64, as numpy makes it
+    data[3, 1, 2, 2] = 1e300
+    return _build(tmp, _model(tmp), _calib(tmp, data))
+
+
 def mismatched_names(tmp):
     return _build(tmp, _model(tmp), _calib(tmp, key="image"))
 
@@ -337,6 +343,25 @@ def checkpoint_zip_bomb(tmp):
     return ["build", "--model", "edgepipe.demo.model:build_demo", "--weights", str(tmp / "bomb.pt"), "--target",
             "jetson", "--calib", str(_calib(tmp, np.zeros((4, 3, 32, 32), np.float32), key="image")),
             "--out", str(tmp / "out")]
+
+
+def truncated_checkpoint(tmp):
+    import torch
+
+    from edgepipe.demo.model import build_demo
+
+    torch.save(build_demo().state_dict(), tmp / "whole.pt")
+    data = (tmp / "whole.pt").read_bytes()
+    (tmp / "cut.pt").write_bytes(data[: len(data) // 2])
+    return ["build", "--model", "edgepipe.demo.model:build_demo", "--weights", str(tmp / "cut.pt"), "--target",
+            "jetson", "--calib", str(_calib(tmp, np.zeros((4, 3, 32, 32), np.float32), key="image")),
+            "--out", str(tmp / "out")]
+
+
+def model_is_a_folder(tmp):
+    (tmp / "model.pt").mkdir()
+    return ["build", "--model", str(tmp / "model.pt"), "--target", "jetson", "--input-shape", "x:1x3x8x8",
+            "--calib", str(_calib(tmp)), "--out", str(tmp / "out")]
 
 
 class _FileWriter:
@@ -491,6 +516,11 @@ def _dynamic_size_model(tmp) -> Path:
     for dim in model.graph.input[0].type.tensor_type.shape.dim[2:]:
         dim.dim_param = "size"
     return _model(tmp, model)
+
+
+def input_shape_unicode_digit(tmp):
+    """Python's int() reads the Arabic-Indic digit one as 1; a shape flag takes ASCII digits only."""
+    return _build(tmp, _dynamic_size_model(tmp), _calib(tmp), "arm-cpu", "--input-shape", "x:1x3x\u0668x8")
 
 
 def input_shape_overflow(tmp):
@@ -989,6 +1019,8 @@ CASES = [
          ("huge.png", "decompression bomb")),
     Case("npy-negative-shape", "a .npy header declaring shape (-1, 3, 8, 8)", npy_negative_shape,
          ("calib.npy", "(-1, 3, 8, 8)", "non-negative")),
+    Case("input-shape-unicode-digit", "`--input-shape x:1x3x\u0668x8` (a non-ASCII digit int() would read)",
+         input_shape_unicode_digit, ("--input-shape", "integers")),
     Case("input-shape-overflow", "`--input-shape x:1x3x99999999999999999999x8` for a dynamic input", input_shape_overflow,
          ("--input-shape 'x:1x3x99999999999999999999x8'", "would hold")),
     Case("npy-shape-overflow", "a .npy header whose samples are (3, 99999999999999999999, 8), for a dynamic input",
@@ -998,6 +1030,8 @@ CASES = [
     Case("wrong-shape", "calibration tensors of the wrong shape", wrong_shape, ("'x'", "9")),
     Case("wrong-dtype", "calibration tensors that are not numbers", wrong_dtype, ("'x'",)),
     Case("nan-values", "NaN in the calibration data", nan_values, ("'x'", "5")),
+    Case("float64-beyond-float32", "float64 calibration data with a value float32 cannot hold (it would be Inf)",
+         float64_beyond_float32, ("'x'", "sample 3", "float32")),
     Case("token-id-out-of-range", "token ids past the model's embedding table (another tokenizer's vocabulary)",
          token_id_out_of_range, ("sample 2", "'input_ids'", "30522", "'embedding'", "0..9")),
     Case("mismatched-names", ".npz keys that are not the model's input names", mismatched_names, ("'x'", "image")),
@@ -1007,6 +1041,9 @@ CASES = [
     Case("unknown-target", "an unknown target name", unknown_target, ("pdp-11", "arm-cpu")),
     Case("bad-factory", "a module:factory that does not import", bad_factory, ("no_such_pkg_xyz",)),
     Case("unsafe-checkpoint", "a checkpoint that needs unsafe unpickling", unsafe_checkpoint, ("evil.pt", "weights_only=True")),
+    Case("truncated-checkpoint", "a --weights checkpoint cut short (an interrupted copy)", truncated_checkpoint,
+         ("cut.pt", "cut short")),
+    Case("model-is-a-folder", "--model naming a folder (model.pt/)", model_is_a_folder, ("model.pt", "is a folder")),
     Case("checkpoint-zip-bomb", "a --weights checkpoint whose data.pkl inflates 1000:1 (torch.load reads it whole)",
          checkpoint_zip_bomb, ("bomb.pt", "checkpoint member 'plain/data.pkl'", "zip bomb")),
     Case("unsafe-export-program", "a torch.export .pt2 with pickled Python objects", unsafe_export_program,
