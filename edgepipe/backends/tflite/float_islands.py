@@ -7,7 +7,8 @@ Concats of mismatched ranges (shared_scales.py), long recurrences and wide-range
 computed indices (picked_values.py), then the int8 inputs of a Log's island (wide_range.py), and
 last the data movement left between float islands (float_movement.py).
 Every lowering - the build, the planner's candidates, the placement the accuracy tools emulate -
-runs them, so all agree on the grids; each is on unless its `backend.*` switch turns it off.
+runs them, so all agree on the grids; each is on unless its `backend.*` switch turns it off (the
+last has none: it only removes a rounding).
 """
 
 from __future__ import annotations
