@@ -216,9 +216,9 @@ def test_int8_sqnr_not_below_onnxruntime(measured, name, target):
 
 # arm-cpu int8 of the audio models whose full-integer graph zeroed their signal until the build
 # kept wide-range tensors and long recurrences float (backends/tflite/wide_range.py): worst output,
-# dB, a floor below the measured value (README: speaker_encoder 34.3, dnsmos 22.3, basic_pitch
-# 15.9; they were -0.7, 6.8, 7.8 dB; the TensorRT targets' Q/DQ models 34.8, 24.1, 16.2)
-AUDIO_ARM_INT8_FLOOR_DB = {"speaker_encoder": 30.0, "dnsmos": 20.0, "basic_pitch": 14.0}
+# dB, a floor below the measured value (README: speaker_encoder 34.3, dnsmos 34.0, basic_pitch
+# 16.4; they were -0.7, 6.8, 7.8 dB; the TensorRT targets' Q/DQ models 34.8, 24.1, 16.2)
+AUDIO_ARM_INT8_FLOOR_DB = {"speaker_encoder": 32.0, "dnsmos": 30.0, "basic_pitch": 14.0}
 
 
 @pytest.mark.parametrize("name", sorted(AUDIO_ARM_INT8_FLOOR_DB))
