@@ -149,7 +149,9 @@ class TensorHistogram:
         size = sum(x.size for x in parts)
         self.count += size
         if low <= 0.0 <= high:
-            self.zeros += sum(x.size - int(np.count_nonzero(x)) for x in parts)
+            # x == 0 (true for -0.0 too), then a count of booleans: numpy counts a bool array with
+            # SIMD but a float array's non-zeros one element at a time; the same count, sooner
+            self.zeros += sum(int(np.count_nonzero(x == 0)) for x in parts)
         self.grow_to(max(abs(low), abs(high)))
         counts = self.counts[round_index]
         dtype = parts[0].dtype
