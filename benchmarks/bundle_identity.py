@@ -51,6 +51,15 @@ def comparable(value, replacements: dict[str, str]):
     return value
 
 
+def differences(a, b, where: str = "") -> list[str]:
+    """Paths (build/key/index) at which two comparable summaries differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(a.keys() | b.keys()) for d in differences(a.get(k), b.get(k), f"{where}/{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for k, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}/{k}")]
+    return [] if a == b else [f"{where}: {a!r} -> {b!r}"[:300]]
+
+
 def build_all(tree: Path, label: str, scratch: Path) -> tuple[dict, dict]:
     """(sha256 of every bundle file by 'build/relative path', comparable summary per build)."""
     files, summaries = {}, {}
@@ -101,6 +110,7 @@ def main() -> None:
     report["different_files"] = sorted(k for k in before_files.keys() | after_files.keys()
                                        if before_files.get(k) != after_files.get(k))
     report["identical_summaries"] = before_summaries == after_summaries
+    report["summary_differences"] = differences(before_summaries, after_summaries)
     report["files_compared"] = len(after_files)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(f"identical files: {report['identical_files']} ({len(after_files)} compared, different: "

@@ -53,21 +53,6 @@ def run_feeds(session, feeds: list[dict], names: list[str] | None = None,
         return list(pool.map(one, feeds))
 
 
-def stream_threads(streams: int | None = None) -> int:
-    """Intra-op threads for a session that `run_feeds` drives with `streams` runs in flight (default
-    STREAMS): the host's cores shared among the streams, at least 1.
-
-    Why: ONNX Runtime's default is one intra-op thread per core for each run, so two runs in flight
-    ask for twice the cores there are, and each of their many small ops is split over threads
-    that must hand it back and forth: CPU time spent on waking and waiting, not on the model.
-    One thread per stream on a 2-core host gives the same values (the kernels do not depend on
-    the thread count for the models the checks run: the bundles and reports are byte-identical;
-    benchmarks/results/bundle_identity_round7.json) for less CPU time."""
-    cores = os.cpu_count() or 1
-    streams = min(STREAMS, cores) if streams is None else streams
-    return max(1, cores // max(int(streams), 1))
-
-
 def built_ahead(build: Callable, items: list):
     """build(item) for each item, in order, each built on a worker thread while the caller uses
     the one before (one build ahead, never more): a Python-heavy build (a Q/DQ model and its

@@ -123,11 +123,9 @@ class Target:
         (`graph.fold_constant_weights`: same values, fewer kernels per run); shared like `qdq_model`
         inside `sharing_simulations()`."""
         from edgepipe import graph
-        from edgepipe.session_runs import stream_threads
 
-        def build():  # run by `run_feeds` (int8_outputs, the output-effect check): threads per stream
-            return graph.make_session(graph.fold_constant_weights(self.qdq_model(model, calibration)[0]),
-                                      stream_threads())
+        def build():
+            return graph.make_session(graph.fold_constant_weights(self.qdq_model(model, calibration)[0]))
 
         shared = getattr(self, "_shared_simulations", None)
         return build() if shared is None else shared.get("session", model, calibration, frozenset(), build)

@@ -110,9 +110,6 @@ def _mean_outputs(model: onnx.ModelProto, feeds: list[dict], tensors: dict[str, 
     from edgepipe.session_runs import run_feeds
 
     exposed = graph.expose_tensors(graph.fold_constant_weights(model), sorted({t for t, _ in tensors.values()}))
-    # ONNX Runtime's default threads, unlike the checks' sessions (session_runs.stream_threads): with
-    # one thread per stream some of this model's kernels sum in another order, so the corrections
-    # written to the bundle would change in their last bits
     session = graph.make_session(exposed)
     names = [o.name for o in session.get_outputs()]
 
@@ -298,13 +295,12 @@ def fp32_outputs(model: onnx.ModelProto, feeds: list[dict], positions: list[int]
     """{output name: FP32 value} per feed: calibration's own runs of those samples where it kept
     them (`calibration.reference_outputs`, by position in the calibration set: the same values),
     the FP32 model for the rest."""
-    from edgepipe.session_runs import run_feeds, stream_threads
+    from edgepipe.session_runs import run_feeds
 
     names = [o.name for o in model.graph.output]
     kept = kept or {}
     missing = [k for k, position in enumerate(positions) if position not in kept]
-    session = graph.make_session(model, stream_threads()) if missing else None
-    ran = iter(run_feeds(session, [feeds[k] for k in missing], names) if missing else [])
+    ran = iter(run_feeds(graph.make_session(model), [feeds[k] for k in missing], names) if missing else [])
     return [dict(zip(names, kept[position] if position in kept else next(ran))) for position in positions]
 
 

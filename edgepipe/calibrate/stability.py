@@ -178,7 +178,7 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     `chosen_session` gives): those samples are not run again."""
     from edgepipe import graph, quantmath
     from edgepipe.calibrate.collector import sample_indices
-    from edgepipe.session_runs import built_ahead, run_feeds, stream_threads
+    from edgepipe.session_runs import built_ahead, run_feeds
 
     names = unstable_tensors(calibration)
     if not names:
@@ -203,12 +203,12 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
                else quantize(model, candidate_calibration))
         # weights quantized and dequantized once, not on every run: the same values
         # (graph.fold_constant_weights)
-        return graph.make_session(graph.fold_constant_weights(qdq, folded), stream_threads())
+        return graph.make_session(graph.fold_constant_weights(qdq, folded))
 
     if all(i in kept for i in indices):  # calibration's own FP32 runs
         reference = values([kept[i] for i in indices], np.float64)
     else:
-        reference = values(run_feeds(graph.make_session(model, stream_threads()), feeds, outputs), np.float64)
+        reference = values(run_feeds(graph.make_session(model), feeds, outputs), np.float64)
     powers = [quantmath.signal_power(ref) for ref in reference]
     rounds = min(len(calibration.tensors[n].stability.get("round_amax") or []) for n in names)
     candidates = [calibration] + [round_calibration(calibration, r, names) for r in range(rounds)]
