@@ -72,7 +72,9 @@ def build_all(tree: Path, label: str, scratch: Path) -> tuple[dict, dict]:
         if proc.returncode:
             raise RuntimeError(f"{label} {name}: " + (proc.stderr.strip().splitlines() or ["build failed"])[-1])
         summary = json.loads(proc.stdout[proc.stdout.index("{"):])
-        summaries[name] = comparable(summary, {str(project): "<project>", str(tree): "<edgepipe>"})
+        summaries[name] = comparable(summary, {str(project): "<project>",  # the archive's package-dir link:
+                                               str(tree / "edgepipe_calibration_sets"): "<edgepipe>/calibration_sets",
+                                               str(tree): "<edgepipe>"})
         for path in sorted((project / "bundle").rglob("*")):
             if path.is_file():
                 files[f"{name}/{path.relative_to(project)}"] = hashlib.sha256(path.read_bytes()).hexdigest()

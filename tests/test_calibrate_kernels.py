@@ -1,0 +1,72 @@
+"""The compiled key-counting loop (edgepipe/calibrate/kernels.py) against numpy's passes: the same
+counts, zeros, negatives and extremes, hence the same calibration."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgepipe.calibrate import calibrate, kernels
+from edgepipe.calibrate.histogram import TensorHistogram, power_of_two_above
+from tests.test_calibrate_engine import iid, tiny_model
+from tests.test_calibrate_histogram import _direct, _shaped
+
+
+def test_the_compiled_loop_is_installed():
+    """numba is a dependency: the build bins with the compiled loop (the numpy passes are the
+    fallback of a stripped install, compared below)."""
+    assert kernels.compiled()
+
+
+def _histogram(parts, num_bins, compiled: bool, monkeypatch, extremes=None) -> TensorHistogram:
+    with monkeypatch.context() as patch:
+        if not compiled:
+            patch.setattr(kernels, "count_keys", None)
+        hist = TensorHistogram("t", num_bins, rounds=2)
+        hist.update_parts(parts[:2], 0, extremes)
+        hist.update_parts(parts[2:], 1)
+    return hist
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([np.float32, np.float64]), st.sampled_from([64, 2048, 2**15]),
+       st.sampled_from(["mixed", "relu", "negative", "zeros"]))
+def test_compiled_counts_equal_numpy_counts(seed, dtype, num_bins, kind):
+    """Every value in the same bin as numpy's passes and np.histogram put it (values on bin
+    edges, -0.0, all-negative and ReLU data, parts of several sizes, two rounds), the same exact
+    zeros, and the negatives the collector left to the loop (None) counted right."""
+    rng = np.random.default_rng(seed)
+    data = _shaped(rng, rng.standard_t(3, size=int(rng.integers(4, 3000))) * 10.0 ** rng.uniform(-3, 3), kind)
+    step = power_of_two_above(float(np.abs(data).max())) / num_bins
+    edges = step * rng.integers(0, num_bins // 2, size=8)
+    data = np.concatenate([data, -edges if kind != "relu" else edges]).astype(dtype)
+    parts = np.array_split(data, 4)
+    low, high = float(data[: sum(p.size for p in parts[:2])].min()), float(data[: sum(p.size for p in parts[:2])].max())
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        compiled = _histogram(parts, num_bins, True, monkeypatch, (low, high, None))
+        numpy_passes = _histogram(parts, num_bins, False, monkeypatch, (low, high, None))
+    np.testing.assert_array_equal(compiled.counts, numpy_passes.counts)
+    assert (compiled.zeros, compiled.min, compiled.max, compiled.count, compiled.range) == (
+        numpy_passes.zeros, numpy_passes.min, numpy_passes.max, numpy_passes.count, numpy_passes.range)
+    assert compiled.zeros == int(np.count_nonzero(data == 0))
+    np.testing.assert_array_equal(compiled.counts.sum(axis=0), _direct(data.astype(np.float64), num_bins,
+                                                                         compiled.range))
+
+
+def test_values_beyond_the_given_extremes_are_an_error_not_a_wrapped_key(monkeypatch):
+    """The loop writes counters by index: a value the caller's extremes do not cover (its key
+    outside the counters) is refused, naming the tensor, instead of landing in another bin."""
+    values = np.array([0.5, -0.25, 3.0], dtype=np.float32)
+    hist = TensorHistogram("conv1_out", 64)
+    with pytest.raises(ValueError, match="conv1_out"):
+        hist.update(values, 0, (-0.25, 0.5, None))
+
+
+def test_calibration_is_the_same_with_either_counting(monkeypatch):
+    """Through the collector (negatives left to the loop, buffered flushes, rounds): the same
+    calibration as numpy's passes, every tensor's range, method and statistics."""
+    model, data = tiny_model(), iid(24, seed=11)
+    compiled = calibrate(model, data, {"method": "auto"}).to_json()
+    monkeypatch.setattr(kernels, "count_keys", None)
+    numpy_passes = calibrate(model, data, {"method": "auto"}).to_json()
+    assert compiled == numpy_passes
