@@ -70,3 +70,40 @@ def test_calibration_is_the_same_with_either_counting(monkeypatch):
     monkeypatch.setattr(kernels, "count_keys", None)
     numpy_passes = calibrate(model, data, {"method": "auto"}).to_json()
     assert compiled == numpy_passes
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 127, 128, 129, 135, 256, 1000, 4096, 4097, 70001])
+def test_pairwise_sum_is_numpys_sum_bit_for_bit(size):
+    """The row sum behind the compiled error model adds in np.add.reduce's pairwise order: equal
+    bits on lengths around every block and split boundary, with values whose sum depends on it."""
+    rng = np.random.default_rng(size)
+    values = rng.standard_normal(size) * 10.0 ** rng.uniform(-8, 8, size)
+    assert kernels._pairwise_sum(values, size) == np.add.reduce(values)
+    assert np.float64(kernels._pairwise_sum(values, size)).tobytes() == np.sum(values).tobytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["symmetric", "asymmetric", "signed symmetric"]),
+       st.integers(1, 5000), st.integers(1, 300))
+def test_compiled_error_model_equals_numpy_blocks(seed, grid, bins, candidates):
+    """expected_error through the compiled loop equals its numpy blocks bit for bit, for |x| bins
+    (upper limit only), signed bins with symmetric grids and shifted (asymmetric) grids, so every
+    threshold search picks the same candidate."""
+    from edgepipe.calibrate import error_model
+
+    rng = np.random.default_rng(seed)
+    centers = np.sort(rng.uniform(-4.0, 4.0, bins)) * 10.0 ** rng.uniform(-3, 3)
+    counts = rng.integers(1, 10**6, bins).astype(np.float64)
+    scales = rng.uniform(1e-4, 0.1, candidates) * np.abs(centers).max()
+    zero_points = np.zeros(candidates)
+    qmin, qmax = -127, 127
+    if grid == "symmetric":
+        centers, qmin = np.abs(centers), 0
+    elif grid == "asymmetric":
+        zero_points = np.rint(rng.uniform(-128, 127, candidates))
+        qmin = -128
+    compiled = error_model.expected_error(centers, counts, scales, zero_points, qmin, qmax)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(kernels, "count_keys", None)  # kernels.compiled() is False: numpy blocks
+        numpy_blocks = error_model.expected_error(centers, counts, scales, zero_points, qmin, qmax)
+    assert compiled.tobytes() == numpy_blocks.tobytes()

@@ -42,11 +42,111 @@ def _count_keys(values, scale, bins, counts):
     return negatives, zeros, outside
 
 
+PAIRWISE_BLOCK = 128  # numpy's PW_BLOCKSIZE: rows up to this long are summed by 8 accumulators
+
+
+def _block_sum(values, start, n):
+    """numpy's pairwise_sum leaf: n <= PAIRWISE_BLOCK values, 8 interleaved accumulators."""
+    if n < 8:
+        total = 0.0
+        for i in range(start, start + n):
+            total += values[i]
+        return total
+    r0, r1, r2, r3 = values[start], values[start + 1], values[start + 2], values[start + 3]
+    r4, r5, r6, r7 = values[start + 4], values[start + 5], values[start + 6], values[start + 7]
+    i = 8
+    stop = n - n % 8
+    while i < stop:
+        at = start + i
+        r0 += values[at]
+        r1 += values[at + 1]
+        r2 += values[at + 2]
+        r3 += values[at + 3]
+        r4 += values[at + 4]
+        r5 += values[at + 5]
+        r6 += values[at + 6]
+        r7 += values[at + 7]
+        i += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        total += values[start + i]
+        i += 1
+    return total
+
+
+def _pairwise_sum(values, n):
+    """values[:n] summed in numpy's order for a contiguous float64 row (np.add.reduce's pairwise
+    summation: halves rounded down to a multiple of 8 until a block fits PAIRWISE_BLOCK), so a
+    sum here is bit for bit numpy's. Iterative (an explicit stack of halves): numba's on-disk
+    cache cannot hold a recursive function."""
+    starts = np.empty(64, np.int64)
+    sizes = np.empty(64, np.int64)
+    right = np.zeros(64, np.bool_)  # the frame's left half is done (in lefts), its right half runs
+    lefts = np.empty(64)
+    starts[0] = 0
+    sizes[0] = n
+    depth = 1
+    while True:
+        top = depth - 1
+        if sizes[top] > PAIRWISE_BLOCK:  # split: run the left half first
+            half = sizes[top] // 2
+            half -= half % 8
+            right[top] = False
+            starts[depth] = starts[top]
+            sizes[depth] = half
+            depth += 1
+            continue
+        value = _block_sum(values, starts[top], sizes[top])
+        depth -= 1
+        while depth > 0 and right[depth - 1]:  # a right half is done: its frame's sum is complete
+            value = lefts[depth - 1] + value
+            depth -= 1
+        if depth == 0:
+            return value
+        parent = depth - 1  # its left half is done: keep it, run the right half
+        lefts[parent] = value
+        right[parent] = True
+        half = sizes[parent] // 2
+        half -= half % 8
+        starts[depth] = starts[parent] + half
+        sizes[depth] = sizes[parent] - half
+        depth += 1
+
+
+def _squared_errors(centers, counts, scales, zero_points, qmin, qmax, shifted, upper_only, out):
+    """out[k] = the count-weighted squared error of grid k over the bins, unnormalized: what
+    error_model.expected_error computes with numpy for one row (the same float64 operations in
+    the same order for every element, then numpy's pairwise sum of the row), without its
+    passes over a candidates x bins block."""
+    row = np.empty(centers.size)
+    for k in range(scales.size):
+        scale = scales[k]
+        zero_point = zero_points[k]
+        for j in range(centers.size):
+            level = np.rint(centers[j] / scale)
+            if shifted:
+                level = min(max(level + zero_point, qmin), qmax) - zero_point
+            elif upper_only:
+                level = min(level, qmax)
+            else:
+                level = min(max(level, qmin), qmax)
+            error = centers[j] - level * scale
+            row[j] = error * error * counts[j]
+        out[k] = _pairwise_sum(row, centers.size)
+
+
 # compiled on first use for each input type (float32, float64) and kept on disk (cache=True), so
 # a later process loads the machine code; nogil: the binning threads count tensors side by side
-count_keys = numba.njit(nogil=True, cache=True)(_count_keys) if numba is not None else None
+if numba is not None:
+    _jit = numba.njit(nogil=True, cache=True)
+    count_keys = _jit(_count_keys)
+    _block_sum = _jit(_block_sum)
+    _pairwise_sum = _jit(_pairwise_sum)
+    squared_errors = _jit(_squared_errors)
+else:
+    count_keys = squared_errors = None
 
 
 def compiled() -> bool:
-    """Whether the compiled loop is available (histogram.py uses numpy's passes otherwise)."""
+    """Whether the compiled loops are available (numpy's passes are used otherwise)."""
     return count_keys is not None
