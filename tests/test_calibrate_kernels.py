@@ -53,13 +53,14 @@ def test_compiled_counts_equal_numpy_counts(seed, dtype, num_bins, kind):
                                                                          compiled.range))
 
 
-def test_values_beyond_the_given_extremes_are_an_error_not_a_wrapped_key(monkeypatch):
+@pytest.mark.parametrize("values", [[0.5, -0.25, 3.0], [3.0, 0.5, -0.25, 0.1], [0.5, -9.0, -0.25, 0.1]])
+def test_values_beyond_the_given_extremes_are_an_error_not_a_wrapped_key(values):
     """The loop writes counters by index: a value the caller's extremes do not cover (its key
-    outside the counters) is refused, naming the tensor, instead of landing in another bin."""
-    values = np.array([0.5, -0.25, 3.0], dtype=np.float32)
+    outside the counters, above or below, in a pair or the odd last value) is refused, naming the
+    tensor, instead of landing in another bin."""
     hist = TensorHistogram("conv1_out", 64)
     with pytest.raises(ValueError, match="conv1_out"):
-        hist.update(values, 0, (-0.25, 0.5, None))
+        hist.update(np.array(values, dtype=np.float32), 0, (-0.25, 0.5, None))
 
 
 def test_calibration_is_the_same_with_either_counting(monkeypatch):

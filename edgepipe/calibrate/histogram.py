@@ -196,7 +196,7 @@ class TensorHistogram:
     def _compiled_key_counts(self, parts: list, scale) -> tuple[np.ndarray, int, int]:
         """`_key_counts` by the compiled loop, plus the negatives and exact zeros it counted on
         the way: (counts, negatives, zeros)."""
-        counts = np.zeros(2 * self.num_bins, dtype=np.int64)
+        counts = np.zeros((2, 2 * self.num_bins), dtype=np.int64)
         negatives = zeros = outside = 0
         for x in parts:
             n, z, o = kernels.count_keys(x, scale, self.num_bins, counts)
@@ -204,7 +204,7 @@ class TensorHistogram:
         if outside:
             raise ValueError(f"{outside} values of tensor '{self.name}' lie outside the histogram's range: "
                              "the extremes given to update_parts do not cover them")
-        return counts, negatives, zeros
+        return counts.sum(axis=0), negatives, zeros
 
     def _key_counts(self, parts: list, scale, size: int) -> np.ndarray:
         """How many values of `parts` truncate to each key k = trunc(x * scale) in (-bins, bins),
