@@ -6,7 +6,9 @@ PyTorch exporters (legacy TorchScript, opset 17; the default dynamo exporter, th
 in tests/dynamo_exported), on arm-cpu (the .tflite in LiteRT with XNNPACK, with its partition
 count and the ops left on builtin kernels) and jetson (the Q/DQ ONNX in ONNX Runtime, host
 emulation), and on arm-cpu once more with the embedding lookup kept float (`precision.float_nodes`)
-to compare the int8 table with a float island. The model is tests/fixture_models.py's
+to compare the int8 table with a float island. The same model with older BERT code's padding mask,
+`(1 - mask) * -10000` added to the scores (finite, so it calibrates), on both targets and on
+arm-cpu without the wide-range rule (`backend.wide_range_float: false`). The model is tests/fixture_models.py's
 TokenClassifier (untrained weights: its logits are close together, so argmax agreement is a
 harder test than on a trained classifier).
 
@@ -66,10 +68,10 @@ def sentence_batch(count: int, seed: int) -> dict:
     return {"input_ids": ids.astype(np.int64), "attention_mask": mask}
 
 
-def export_legacy(path: Path) -> Path:
+def export_legacy(path: Path, legacy_mask: bool = False) -> Path:
     import torch
 
-    model = fixture_models.build_token_classifier()
+    model = fixture_models.build_token_classifier(legacy_mask)
     feed = {k: torch.from_numpy(v) for k, v in fixture_models.token_batch(1, 0).items()}
     torch.onnx.export(model, (feed["input_ids"], feed["attention_mask"]), str(path), input_names=list(feed),
                       output_names=["logits"], opset_version=17, dynamo=False)
@@ -98,7 +100,7 @@ def sqnr_db(reference, got) -> float:
 
 
 def measure(model: Path, target: str, work: Path, precision: dict | None = None,
-            data=(fixture_models.token_batch, CALIB, EVAL), output: str = "logits") -> dict:
+            data=(fixture_models.token_batch, CALIB, EVAL), output: str = "logits", backend: dict | None = None) -> dict:
     import onnxruntime as ort
 
     make, calib_count, eval_count = data
@@ -108,8 +110,9 @@ def measure(model: Path, target: str, work: Path, precision: dict | None = None,
     bundle = work / f"bundle-{target}"
     args = [sys.executable, "-m", "edgepipe", "build", "--model", str(model), "--target", target,
             "--calib", str(work / "calib.npz"), "--eval", str(work / "eval.npz"), "--out", str(bundle)]
-    if precision:
-        (work / "edgepipe.yaml").write_text(json.dumps({"precision": precision}))
+    config = {key: value for key, value in (("precision", precision), ("backend", backend)) if value}
+    if config:
+        (work / "edgepipe.yaml").write_text(json.dumps(config))
         args += ["--config", str(work / "edgepipe.yaml")]
     done = subprocess.run(args, capture_output=True, text=True, cwd=work)
     if done.returncode:
@@ -122,11 +125,13 @@ def measure(model: Path, target: str, work: Path, precision: dict | None = None,
     row = {"target": target, "output": output, "sqnr_db": round(sqnr_db(reference, got), 2),
            "argmax_agreement": float(np.mean(reference.argmax(1) == got.argmax(1))),
            "mean_cosine": round(float(np.mean(cosine)), 4), "eval_samples": eval_count,
-           "calibration_samples": calib_count, "precision": precision or {}}
+           "calibration_samples": calib_count, "precision": precision or {}, "backend": backend or {}}
     line = next((l for l in done.stdout.splitlines() if l.startswith("backend")), "")
-    delegation = re.search(r"XNNPACK int8: (.*)$", line)
+    delegation = re.search(r"XNNPACK int8: ([^;]*(?:; on builtin kernels: [^;]*)?)", line)
     if delegation:
         row["xnnpack"] = delegation.group(1).strip()
+        kept = re.search(r"kept float: (.*)$", line)
+        row["kept_float"] = kept.group(1).strip() if kept else ""
         row["tflite_bytes"] = (bundle / "model.tflite").stat().st_size
     calibration = json.loads((bundle / "calibration.json").read_text())
     row["unbounded_tensors"] = len(calibration.get("unbounded", []))
@@ -151,6 +156,14 @@ def main() -> None:
                 row = {"model": "TokenClassifier", "exporter": exporter, **measure(path, target, work, precision)}
                 print(json.dumps(row))
                 rows.append(row)
+        minus_10000 = export_legacy(tmp / "minus_10000_mask.onnx", legacy_mask=True)
+        for target, backend in (("arm-cpu", None), ("arm-cpu", {"wide_range_float": False}), ("jetson", None)):
+            work = tmp / f"minus-10000-{target}-{bool(backend)}"
+            work.mkdir()
+            row = {"model": "TokenClassifier, (1 - mask) * -10000 mask", "exporter": "legacy_opset17",
+                   **measure(minus_10000, target, work, backend=backend)}
+            print(json.dumps(row))
+            rows.append(row)
         if "--real" in sys.argv:
             # arm-cpu's full-integer residual stream loses most of the embedding: the budget row shows
             # what mixed precision (precision.budget) keeps float to get it back

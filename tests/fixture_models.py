@@ -92,24 +92,28 @@ class FileWriter(nn.Module):
 class TokenClassifier(nn.Module):
     """A BERT-like text classifier as users export it: token embedding, a transformer encoder told
     which tokens are padding (src_key_padding_mask: an additive -inf mask in the export), masked
-    mean pooling over the tokens, a linear head; int64 `input_ids` and `attention_mask` inputs."""
+    mean pooling over the tokens, a linear head; int64 `input_ids` and `attention_mask` inputs.
+    `legacy_mask`: the padding mask as older BERT code builds it, `(1 - mask) * -10000` added to
+    the scores (finite, far below the sentinel magnitude, so it calibrates like any tensor)."""
 
-    def __init__(self, vocab=1000, dim=32, heads=4, layers=2, classes=5):
+    def __init__(self, vocab=1000, dim=32, heads=4, layers=2, classes=5, legacy_mask=False):
         super().__init__()
+        self.legacy_mask = legacy_mask
         self.emb = nn.Embedding(vocab, dim)
         layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, batch_first=True, dropout=0.0)
         self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.fc = nn.Linear(dim, classes)
 
     def forward(self, input_ids, attention_mask):
-        hidden = self.enc(self.emb(input_ids), src_key_padding_mask=attention_mask == 0)
+        padding = (1.0 - attention_mask.float()) * -10000.0 if self.legacy_mask else attention_mask == 0
+        hidden = self.enc(self.emb(input_ids), src_key_padding_mask=padding)
         weights = attention_mask.unsqueeze(-1).float()
         return self.fc((hidden * weights).sum(1) / weights.sum(1))
 
 
-def build_token_classifier():
+def build_token_classifier(legacy_mask: bool = False):
     torch.manual_seed(0)
-    return TokenClassifier().eval()
+    return TokenClassifier(legacy_mask=legacy_mask).eval()
 
 
 def token_batch(count: int, seed: int, length: int = 16, vocab: int = 1000) -> dict:

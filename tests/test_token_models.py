@@ -59,6 +59,39 @@ def test_token_classifier_builds_and_matches_fp32(tmp_path, exporter, target, le
     assert np.mean(reference.argmax(1) == got.argmax(1)) >= MIN_AGREEMENT
 
 
+def _export(model, path: Path) -> Path:
+    import torch
+
+    feed = {k: torch.from_numpy(v) for k, v in fixture_models.token_batch(1, 0).items()}
+    torch.onnx.export(model, (feed["input_ids"], feed["attention_mask"]), str(path), input_names=list(feed),
+                      output_names=["logits"], opset_version=17, dynamo=False)
+    return path
+
+
+def test_legacy_minus_10000_mask_keeps_the_masked_scores_float_on_arm(tmp_path):
+    """BERT's older `(1 - mask) * -10000` mask is finite, so it calibrates: one int8 grid over
+    [-10000, scores] rounds most real scores to 0. The wide-range rule keeps those Adds float and
+    names them; without it (backend.wide_range_float: false) the same file loses several dB."""
+    model = _export(fixture_models.build_token_classifier(legacy_mask=True), tmp_path / "legacy_mask.onnx")
+    np.savez(tmp_path / "calib.npz", **fixture_models.token_batch(96, 1))
+    (tmp_path / "rule_off.yaml").write_text("backend:\n  wide_range_float: false\n")
+    feed = fixture_models.token_batch(48, 2)
+    rows = [{k: v[i:i + 1] for k, v in feed.items()} for i in range(48)]
+    session = graph.make_session(graph.load_model(model))
+    reference = np.concatenate([session.run(None, row)[0] for row in rows])
+    sqnr = {}
+    for name, extra in (("rule", []), ("no_rule", ["--config", str(tmp_path / "rule_off.yaml")])):
+        result = run_cli("build", "--model", str(model), "--target", "arm-cpu", "--calib", str(tmp_path / "calib.npz"),
+                         "--out", str(tmp_path / name), "--no-host-report", *extra, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        named = "kept float: 2 wide-range tensor(s)" in result.stdout
+        assert named == (name == "rule"), result.stdout
+        got = np.concatenate([deployed_outputs(tmp_path / name, row)[0] for row in rows])
+        sqnr[name] = sqnr_db(reference, got)
+    assert sqnr["rule"] > MIN_SQNR_DB["arm-cpu"]
+    assert sqnr["rule"] > sqnr["no_rule"] + 3.0, sqnr
+
+
 @pytest.mark.parametrize("bad_id", [1000, -1])
 def test_token_id_outside_the_embedding_is_one_line(tmp_path, bad_id, legacy_file):
     data = fixture_models.token_batch(16, 1)
