@@ -139,7 +139,7 @@ def test_sorted_keys_and_add_at_count_the_same(seed, dtype, num_bins, kind):
         histogram.COUNTING.chosen = way
         try:
             with pytest.MonkeyPatch.context() as monkeypatch:
-                monkeypatch.setattr(kernels, "count_keys", None)  # numpy's passes
+                monkeypatch.setattr(kernels, "_COMPILED", {})  # numpy's passes
                 hist = TensorHistogram("t", num_bins, rounds=1)
                 hist.update_parts(parts)
         finally:
@@ -175,7 +175,7 @@ def test_counting_trials_are_timed_on_the_threads_cpu_clock(monkeypatch):
     import edgepipe.calibrate.histogram as histogram
     from edgepipe.calibrate import kernels
 
-    monkeypatch.setattr(kernels, "count_keys", None)  # numpy's passes, where the choice is made
+    monkeypatch.setattr(kernels, "_COMPILED", {})  # numpy's passes, where the choice is made
     cpu = iter(np.arange(0.0, 1.0, 1e-6))
     wall = iter(np.arange(0.0, 1e6, 10.0))
     monkeypatch.setattr(histogram, "time", types.SimpleNamespace(thread_time=lambda: float(next(cpu)),

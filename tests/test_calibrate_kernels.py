@@ -18,10 +18,20 @@ def test_the_compiled_loop_is_installed():
     assert kernels.compiled()
 
 
+def test_the_compiler_is_loaded_only_when_calibrating():
+    """Importing the CLI (every command) does not import numba; the first calibration does."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edgepipe.cli.main, edgepipe.calibrate; assert 'numba' not in sys.modules; "
+            "from edgepipe.calibrate import kernels; assert kernels.compiled() and 'numba' in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+
+
 def _histogram(parts, num_bins, compiled: bool, monkeypatch, extremes=None) -> TensorHistogram:
     with monkeypatch.context() as patch:
         if not compiled:
-            patch.setattr(kernels, "count_keys", None)
+            patch.setattr(kernels, "_COMPILED", {})
         hist = TensorHistogram("t", num_bins, rounds=2)
         hist.update_parts(parts[:2], 0, extremes)
         hist.update_parts(parts[2:], 1)
@@ -68,7 +78,7 @@ def test_calibration_is_the_same_with_either_counting(monkeypatch):
     calibration as numpy's passes, every tensor's range, method and statistics."""
     model, data = tiny_model(), iid(24, seed=11)
     compiled = calibrate(model, data, {"method": "auto"}).to_json()
-    monkeypatch.setattr(kernels, "count_keys", None)
+    monkeypatch.setattr(kernels, "_COMPILED", {})
     numpy_passes = calibrate(model, data, {"method": "auto"}).to_json()
     assert compiled == numpy_passes
 
@@ -79,8 +89,8 @@ def test_pairwise_sum_is_numpys_sum_bit_for_bit(size):
     bits on lengths around every block and split boundary, with values whose sum depends on it."""
     rng = np.random.default_rng(size)
     values = rng.standard_normal(size) * 10.0 ** rng.uniform(-8, 8, size)
-    assert kernels._pairwise_sum(values, size) == np.add.reduce(values)
-    assert np.float64(kernels._pairwise_sum(values, size)).tobytes() == np.sum(values).tobytes()
+    assert kernels._loaded()["pairwise_sum"](values, size) == np.add.reduce(values)
+    assert np.float64(kernels._loaded()["pairwise_sum"](values, size)).tobytes() == np.sum(values).tobytes()
 
 
 @settings(max_examples=60, deadline=None)
@@ -105,6 +115,6 @@ def test_compiled_error_model_equals_numpy_blocks(seed, grid, bins, candidates):
         qmin = -128
     compiled = error_model.expected_error(centers, counts, scales, zero_points, qmin, qmax)
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(kernels, "count_keys", None)  # kernels.compiled() is False: numpy blocks
+        monkeypatch.setattr(kernels, "_COMPILED", {})  # kernels.compiled() is False: numpy blocks
         numpy_blocks = error_model.expected_error(centers, counts, scales, zero_points, qmin, qmax)
     assert compiled.tobytes() == numpy_blocks.tobytes()

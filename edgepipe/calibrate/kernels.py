@@ -1,4 +1,5 @@
-"""The histogram's key counting as one compiled loop (numba), numpy's passes when numba is missing.
+"""Calibration's innermost loops compiled (numba): histogram key counting and the error model's
+sums; numpy's passes where numba is missing.
 
 Why: binning every activation value of every calibration sample is most of the collect phase.
 In numpy it takes several passes over each batch (scale into int16 keys, sort them, find where
@@ -8,18 +9,16 @@ reads each value once and increments its key's counter.
 Same integers either way: a value's key is the same multiply in the value's own float type
 (float32 data times a float32 power of two, exact) truncated toward zero, as numpy's unsafe cast
 to int16 truncates; negatives are `x < 0` and zeros `x == 0` (so -0.0 is a zero), as numpy's
-`count_nonzero(x < 0)` and `count_nonzero(x == 0)`. tests/test_calibrate_kernels.py holds both
-ways to the same counts.
+`count_nonzero(x < 0)` and `count_nonzero(x == 0)`. The error model's sums likewise: the same
+float64 operations per element and numpy's pairwise summation order, so the same bits.
+tests/test_calibrate_kernels.py holds both ways to the same results.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import threading
 
-try:  # a dependency of edgepipe; without it (a stripped install) histogram.py counts with numpy
-    import numba
-except ImportError:  # pragma: no cover - exercised by the tests through `numpy_only`
-    numba = None
+import numpy as np
 
 
 def _count_keys(values, scale, bins, counts):
@@ -152,18 +151,46 @@ def _squared_errors(centers, counts, scales, zero_points, qmin, qmax, shifted, u
         out[k] = _pairwise_sum(row, centers.size)
 
 
-# compiled on first use for each input type (float32, float64) and kept on disk (cache=True), so
-# a later process loads the machine code; nogil: the binning threads count tensors side by side
-if numba is not None:
-    _jit = numba.njit(nogil=True, cache=True)
-    count_keys = _jit(_count_keys)
-    _block_sum = _jit(_block_sum)
-    _pairwise_sum = _jit(_pairwise_sum)
-    squared_errors = _jit(_squared_errors)
-else:
-    count_keys = squared_errors = None
+_LOCK = threading.Lock()
+_COMPILED: dict | None = None  # name -> compiled loop once loaded; {} where numba is missing
+
+
+def _compile() -> dict:
+    """numba's versions of the loops above, or {} without numba. Imported on first use, not with
+    edgepipe (commands that never calibrate do not load a compiler). Each loop is compiled on its
+    first call for each input type and kept on disk (cache=True), so a later process loads the
+    machine code; nogil: the binning threads count tensors side by side."""
+    try:  # a dependency of edgepipe; without it (a stripped install) numpy's passes are used
+        import numba
+    except ImportError:
+        return {}
+    jit = numba.njit(nogil=True, cache=True)
+    module = globals()
+    for name in ("_block_sum", "_pairwise_sum", "_count_keys", "_squared_errors"):
+        module[name] = jit(module[name])  # they call each other by these names: numba reads them when it compiles
+    return {"count_keys": module["_count_keys"], "squared_errors": module["_squared_errors"],
+            "pairwise_sum": module["_pairwise_sum"]}
+
+
+def _loaded() -> dict:
+    global _COMPILED
+    if _COMPILED is None:
+        with _LOCK:
+            if _COMPILED is None:
+                _COMPILED = _compile()
+    return _COMPILED
 
 
 def compiled() -> bool:
     """Whether the compiled loops are available (numpy's passes are used otherwise)."""
-    return count_keys is not None
+    return bool(_loaded())
+
+
+def count_keys(values, scale, bins, counts):
+    """The compiled `_count_keys` (only where `compiled()`)."""
+    return _loaded()["count_keys"](values, scale, bins, counts)
+
+
+def squared_errors(centers, counts, scales, zero_points, qmin, qmax, shifted, upper_only, out):
+    """The compiled `_squared_errors` (only where `compiled()`)."""
+    return _loaded()["squared_errors"](centers, counts, scales, zero_points, qmin, qmax, shifted, upper_only, out)
