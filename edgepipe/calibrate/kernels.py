@@ -164,10 +164,13 @@ def _compile() -> dict:
         import numba
     except ImportError:
         return {}
-    jit = numba.njit(nogil=True, cache=True)
     module = globals()
     for name in ("_block_sum", "_pairwise_sum", "_count_keys", "_squared_errors"):
-        module[name] = jit(module[name])  # they call each other by these names: numba reads them when it compiles
+        try:
+            compiled = numba.njit(nogil=True, cache=True)(module[name])
+        except RuntimeError:  # no writable cache location (read-only install and home): compile per process
+            compiled = numba.njit(nogil=True)(module[name])
+        module[name] = compiled  # they call each other by these names: numba reads them when it compiles
     return {"count_keys": module["_count_keys"], "squared_errors": module["_squared_errors"],
             "pairwise_sum": module["_pairwise_sum"]}
 
