@@ -98,6 +98,34 @@ def build(name: str, work: Path) -> tuple[Path | None, dict]:
     return out, row
 
 
+def corpus_builds(names: list[str], work: Path, rows: dict):
+    """Each corpus model of `names` built for arm-cpu with its data and ONNX Runtime FP32 reference:
+    yields (name, bundle, data, reference, load at the start); a failed build's row goes to `rows`."""
+    for name in names:
+        load_start = os.getloadavg()
+        bundle, built = build(name, work)
+        if bundle is None:
+            rows[name] = built
+            continue
+        data = evaluate.write_data(name, work / name)
+        yield name, bundle, data, evaluate.fp32_reference(name, data.eval), load_start
+
+
+def load_window(start) -> dict:
+    """The 1/5/15-minute load averages at a row's start and now (the host is shared)."""
+    return {"start": [round(x, 2) for x in start], "end": [round(x, 2) for x in os.getloadavg()]}
+
+
+def write_results(path: Path, result: dict) -> None:
+    """`result` with the host's CPU features and the LiteRT version the timings ran on."""
+    import ai_edge_litert
+
+    result = {"host": cpu_features(), "litert": getattr(ai_edge_litert, "__version__", "?"), **result}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {path}")
+
+
 def feed_for(interpreter) -> None:
     import numpy as np
 
@@ -184,19 +212,12 @@ def main() -> None:
                        shape=list(spec.shape), iterations=iterations, rounds=args.rounds)
             if bundle is not None:
                 row.update(measure(name, bundle, args.rounds, iterations))
-            row["loadavg"] = {"start": [round(x, 2) for x in load_start],
-                              "end": [round(x, 2) for x in os.getloadavg()]}
+            row["loadavg"] = load_window(load_start)
             rows[name] = row
             print(name, json.dumps({k: row.get(k) for k in ("int8", "tflite_transposes", "onnx_transposes",
                                                               "latency_ms", "loadavg", "error")}), flush=True)
-    import ai_edge_litert
-
     rows = {name: rows[name] for name in ARM_MODELS if name in rows}
-    result = {"host": cpu_features(), "litert": getattr(ai_edge_litert, "__version__", "?"),
-              "goals": goals(rows), "models": rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, {"goals": goals(rows), "models": rows})
 
 
 if __name__ == "__main__":

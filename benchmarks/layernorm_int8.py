@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -43,8 +42,7 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.arm_speed import build, timed_pair  # noqa: E402
-from benchmarks.timing import cpu_features  # noqa: E402
+from benchmarks.arm_speed import corpus_builds, load_window, timed_pair, write_results  # noqa: E402
 from edgepipe import graph, quantmath  # noqa: E402
 from edgepipe.backends.tflite import delegation, ops  # noqa: E402
 from edgepipe.backends.tflite.build import build_tflite  # noqa: E402
@@ -191,14 +189,7 @@ def main() -> None:
     corpus.fetch_all()
     rows = {}
     with tempfile.TemporaryDirectory(prefix="layernorm-int8-") as tmp:
-        for name in args.models.split(","):
-            load_start = os.getloadavg()
-            bundle, built = build(name, Path(tmp))
-            if bundle is None:
-                rows[name] = built
-                continue
-            data = evaluate.write_data(name, Path(tmp) / name)
-            reference = evaluate.fp32_reference(name, data.eval)
+        for name, bundle, data, reference, load_start in corpus_builds(args.models.split(","), Path(tmp), rows):
             ranges = intermediate_ranges(onnx.load(bundle / "reference.onnx"), data.calib)
             row = {"eval_samples": len(data.eval), "layer_norms": len(ranges), "variants": {}}
             for variant in VARIANTS:
@@ -207,15 +198,9 @@ def main() -> None:
                                                            args.rounds)
                 print(name, variant, json.dumps({k: v for k, v in row["variants"][variant].items()
                                                  if k != "op_histogram"}), flush=True)
-            row["loadavg"] = {"start": [round(v, 2) for v in load_start],
-                              "end": [round(v, 2) for v in os.getloadavg()]}
+            row["loadavg"] = load_window(load_start)
             rows[name] = row
-    import ai_edge_litert
-
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"host": cpu_features(), "litert": getattr(ai_edge_litert, "__version__", "?"),
-                                   "rounds": args.rounds, "models": rows}, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, {"rounds": args.rounds, "models": rows})
 
 
 if __name__ == "__main__":

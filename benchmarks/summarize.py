@@ -7,11 +7,15 @@ typed by hand. Run the benchmarks, then `python benchmarks/summarize.py` and pas
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.realmodels.checks: the corpus rules
 
 from summarize_accuracy import accuracy_goals, flip_margins, int8_noise_floor
 from summarize_format import fmt
 from summarize_precision import precision_search
+from tests.realmodels.checks import FP32_RTOL, SHIPPED_INT8_SQNR_DB, fp32_tolerance
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -149,21 +153,13 @@ def build_stages(data: dict) -> list[str]:
     return lines
 
 
-SHIPPED_INT8_SQNR_DB = 30.0  # tests/test_real_models.py: float layers of a dynamically quantized file
-
-
-FP32_RTOL = 1e-4  # tests/test_real_models.py: FP32_RTOL, FLOAT_NOISE_FACTOR
-FLOAT_NOISE_FACTOR = 4
-
-
 def _fp32_ok(row: dict, entry: dict) -> bool:
     """arm-cpu fp32 within 1e-4 of the reference (or within 4x the file's own float noise, ORT
     optimized vs plain, where that is larger), or for a file shipped dynamically quantized
     (reference: ORT running its int8 kernels) within that file's own noise."""
     if row.get("shipped_quantized"):
         return min(entry.get("fp32_sqnr_db") or [0.0]) >= SHIPPED_INT8_SQNR_DB
-    tolerance = max(FP32_RTOL, FLOAT_NOISE_FACTOR * (row.get("ort_float_noise") or 0.0))
-    return entry.get("fp32_max_rel_error", 1.0) <= tolerance
+    return entry.get("fp32_max_rel_error", 1.0) <= fp32_tolerance(row.get("ort_float_noise"))
 
 
 CORPUS_TARGETS = ("arm-cpu", "jetson", "desktop-gpu")  # rows measured before desktop-gpu was added lack it

@@ -37,7 +37,7 @@ from benchmarks.timing import alternating_rounds, rounds_argument  # noqa: E402
 from edgepipe import quantmath  # noqa: E402
 from edgepipe.backends.tflite import delegation  # noqa: E402
 from edgepipe.backends.tflite.runtime import make_interpreter  # noqa: E402
-from benchmarks import depthwise_cases, normalization_cases  # noqa: E402
+from benchmarks import depthwise_cases, normalization_cases, transformer_cases  # noqa: E402
 from benchmarks.tiny_tflite import (CONV_OPTIONS, RNG, SAME, UNIT, VALID, Graph, finish,  # noqa: E402
                                     Quantization)
 
@@ -465,6 +465,7 @@ CASES = {
         form: one_hot_dense(1536, 257, 128, form) for form in ("one-hot", "table")},
     **normalization_cases.CASES,
     **depthwise_cases.CASES,
+    **transformer_cases.CASES,
 }
 
 

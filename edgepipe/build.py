@@ -106,15 +106,22 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
         io = "float32" if float32_io else "as in the model, cast at the boundary"
         warnings.append(f"model: float16 model computed in float32 for calibration and int8 ({half_tensors} tensors, "
                         f"types and casts upcast exactly); inputs and outputs: {io}")
+    double_tensors = 0
     if target is not None and not target.float64_kernels:
+        inputs = float64.double_inputs(model)
         model, double_tensors, first = float64.to_float32(model, str(settings["model"]), target.name)
         if double_tensors:
+            named = ", ".join(repr(n) for n in inputs[:4]) + (" ..." if len(inputs) > 4 else "")
+            io = (f"float64 input(s) {named} take float32 (run.py casts the data); outputs: float32" if inputs
+                  else "its outputs: float32")
             warnings.append(f"model: float64 computed in float32 on {target.name}, which has no float64 kernels "
-                            f"({double_tensors} tensors, types and casts, the first at node '{first}'); "
-                            "its outputs: float32")
+                            f"({double_tensors} tensors, types and casts, the first at node '{first}'); {io}")
 
-    # 2. simplify (target-independent, so a second target reuses it)
+    # 2. simplify (target-independent, so a second target reuses it; a graph the target retyped -
+    # float64 / float16 computed in float32 - is keyed by its own bytes, not the export's)
     exported, export_hash = model, pipeline.last_hash
+    if half_tensors or double_tensors:
+        export_hash = bytes_hash(model.SerializeToString(deterministic=True))
     model, simplify_report = pipeline.model_stage(
         "simplify", settings_hash(stage="simplify", model=export_hash), lambda: run_simplify(exported))
     simplified = target is not None and simplify_report.get("status") == "simplified"
@@ -324,6 +331,9 @@ def write_outputs(out: Path, settings: dict, target, pipeline: Pipeline, prepare
                 stages=[{"name": r.name, "hash": r.hash} for r in pipeline.records],
                 source={"model": str(settings["model"]), "sha256": prepared.source_hash, "origin": origin},
                 extra_manifest={**backend.manifest, "fold": _public_fold_report(prepared.fold_report),
+                                # what `compare` emulates the bundle's placement with (Target.int8_placement)
+                                "backend_settings": {k: backend_settings[k] for k in target.backend_options
+                                                     if k in backend_settings},
                                 "simplify": prepared.simplify_report, "edgepipe_version": __version__},
                 eval_data=eval_data,
                 hooks=_bundle_hooks(),

@@ -70,8 +70,9 @@ SCHEMA: dict[str, Any] = {
         batchnorm=Field((bool,), True, "fold BatchNormalization into the preceding Conv/Gemm"),
         constant_affine=Field((bool,), None, "fold chains of constant Mul/Add/Sub/Div on a 4-D tensor into the Conv "
                               "that writes their input or (where exact: a shift only without padding) the Conv that "
-                              "alone reads their result; exact in float. Unset: the target's default (arm-cpu "
-                              "true, other targets false)"),
+                              "alone reads their result, or a pure per-channel scale into a MatMul by a constant "
+                              "matrix whose product a Transpose brings to NCHW (layer scale); exact in float. Unset: "
+                              "the target's default (arm-cpu true, other targets false)"),
         cross_layer_equalization=Field((bool, str), None, "rescale the channels between two convolutions, exact in "
                                        "float: true: every pair (directly or through a Relu; the second group-1 or "
                                        "depthwise); depthwise: only a Conv feeding a depthwise Conv. A depthwise pair "
@@ -364,10 +365,10 @@ def parse_input_shape(text: str) -> tuple[str, list[int]]:
     name, sep, dims = text.rpartition(":")
     if not sep or not name or not dims:
         raise UserError(f"--input-shape '{text}': expected NAME:1x3x224x224")
-    try:
-        shape = [int(d) for d in dims.lower().split("x")]
-    except ValueError:
-        raise UserError(f"--input-shape '{text}': dimensions must be integers like 1x3x224x224") from None
+    parts = dims.lower().split("x")
+    if not all(part.isascii() and part.isdigit() for part in parts):  # int() also takes "+3", "3_0", "١"
+        raise UserError(f"--input-shape '{text}': dimensions must be integers like 1x3x224x224")
+    shape = [int(part) for part in parts]
     if any(d <= 0 for d in shape):
         raise UserError(f"--input-shape '{text}': dimensions must be positive")
     check_shape_size(shape, f"--input-shape '{text}'")

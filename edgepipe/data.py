@@ -135,7 +135,7 @@ def load_dataset(path: str | os.PathLike, input_specs: InputSpecs, preprocess: d
     if limit is not None and limit < 1:
         raise UserError(f"{path}: sample limit must be a positive number, got {limit}")
     if not path.exists():
-        raise UserError(f"{path}: no such file or folder; pass a folder of images, an .npz or an .npy file")
+        raise _missing_data(path)
     if path.is_dir():
         return _folder_dataset(path, input_specs, preprocess or {}, limit)
     suffix = path.suffix.lower()
@@ -150,8 +150,7 @@ def load_dataset(path: str | os.PathLike, input_specs: InputSpecs, preprocess: d
 
         return wav_dataset(path, [path], None, None, input_specs, preprocess or {}, limit)
     else:
-        raise UserError(f"{path}: unsupported data file type '{path.suffix}'; "
-                        "use a folder of images or .wav files, an .npz, an .npy or a .wav file")
+        raise _unsupported_data(path)
     count = _check_arrays(path, arrays, input_specs)
     if labels is not None:
         _check_labels(path, labels, count)
@@ -159,6 +158,17 @@ def load_dataset(path: str | os.PathLike, input_specs: InputSpecs, preprocess: d
                       labels=labels, limit=limit)
     dataset.ignored_members = ignored
     return dataset
+
+
+_DATA_FORMS = "a folder of images or .wav files, an .npz, an .npy or a .wav file"
+
+
+def _missing_data(path: Path) -> UserError:
+    return UserError(f"{path}: no such file or folder; pass {_DATA_FORMS}")
+
+
+def _unsupported_data(path: Path) -> UserError:
+    return UserError(f"{path}: unsupported data file type '{path.suffix}'; use {_DATA_FORMS}")
 
 
 def infer_static_shape(path: str | os.PathLike, input_name: str, preprocess: dict | None = None,
@@ -195,7 +205,7 @@ def _first_sample_shape(path: Path, input_name: str, preprocess: dict | None, de
         unknown_spec = {input_name: ((None, None, None, None), np.float32)}
         return tuple(_image_dataset(path, unknown_spec, preprocess or {}, 1).sample(0)[input_name].shape)[1:]
     if not path.exists():
-        raise UserError(f"{path}: no such file or folder; pass a folder of images, an .npz or an .npy file")
+        raise _missing_data(path)
     if path.suffix.lower() == ".npy":
         return tuple(_read_npy(path).shape[1:])
     if path.suffix.lower() in AUDIO_SUFFIXES:
@@ -203,7 +213,7 @@ def _first_sample_shape(path: Path, input_name: str, preprocess: dict | None, de
 
         return first_window_shape(path, input_name, declared)
     if path.suffix.lower() != ".npz":
-        raise UserError(f"{path}: unsupported data file type '{path.suffix}'; use images, .npz or .npy")
+        raise _unsupported_data(path)
     try:
         with zipfile.ZipFile(path) as archive:
             keys = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
@@ -288,22 +298,30 @@ def _check_arrays(path: Path, arrays: dict[str, np.ndarray], specs: InputSpecs, 
             raise UserError(f"{path}: input '{name}' has {len(array)} samples but '{first}' has "
                             f"{count}; every input needs the same number of samples")
         if values and array.dtype.kind == "f":
-            _check_finite(path, name, array)
+            _check_finite(path, name, array, np.dtype(specs[name][1]))
     if not count:
         raise UserError(f"{path}: holds 0 samples; add at least one")
     return count
 
 
-def _check_finite(path: Path, name: str, array: np.ndarray) -> None:
+def _check_finite(path: Path, name: str, array: np.ndarray, dtype: np.dtype) -> None:
+    """No NaN / Inf, and (float64 data for a float32 input) no value the cast would make Inf."""
+    narrower = dtype.kind == "f" and dtype.itemsize < array.dtype.itemsize
     sample_bytes = max(1, array.dtype.itemsize * int(np.prod(array.shape[1:], dtype=np.int64)))
     step = max(1, _CHECK_CHUNK_BYTES // sample_bytes)
     for start in range(0, len(array), step):
         chunk = np.asarray(array[start:start + step])
-        finite = np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
+        chunk = chunk.reshape(len(chunk), -1)
+        finite = np.isfinite(chunk).all(axis=1)
         if not finite.all():
             index = start + int(np.argmin(finite))
             raise UserError(f"{path}: input '{name}' has NaN/Inf values in sample {index}; "
                             "clean or drop that sample")
+        fits = (np.abs(chunk) <= np.finfo(dtype).max).all(axis=1) if narrower else finite
+        if not fits.all():
+            index = start + int(np.argmin(fits))
+            raise UserError(f"{path}: input '{name}' has values beyond {dtype.name}'s range in sample {index} "
+                            f"(the model input takes {dtype.name}); scale the data or drop that sample")
 
 
 def _check_labels(path: Path, labels: np.ndarray, count: int) -> None:
@@ -313,6 +331,10 @@ def _check_labels(path: Path, labels: np.ndarray, count: int) -> None:
     if len(labels) != count:
         raise UserError(f"{path}: '{LABELS_KEY}' has {len(labels)} entries but the inputs have "
                         f"{count} samples; give one label per sample")
+    if len(labels) and labels.min() < 0:  # numpy would read -1 as the last class: a top-1 that looks real
+        index = int(np.argmax(labels < 0))
+        raise UserError(f"{path}: '{LABELS_KEY}' holds {labels[index]} for sample {index}; a label is a class "
+                        "index from 0, drop unlabeled samples or save them without labels")
 
 
 def has_batch_axis(shape) -> bool:

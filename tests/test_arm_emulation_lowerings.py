@@ -7,7 +7,8 @@ MaxPool after it over a zero PAD, HardSigmoid by saturation, a 7x7 depthwise Con
 CONV_2D, a one-scale affine chain as a float chain XNNPACK tabulates, nearest 2x upscaling as
 CONCATENATION + RESHAPE, an unequal Split as SLICEs, Softmax in float between DEQUANTIZE /
 QUANTIZE, a 2-way Softmax as 1x1 CONV_2D + LOGISTIC, a stride-4 stem on 4 channels reading its 4
-columns as one) runs with the runner
+columns as one, an attention-style MatMul of two activations whose B is transposed per head and
+read as B^T with AdjY in int8) runs with the runner
 of tests/test_arm_emulation.py in LiteRT on x86 and under qemu-aarch64, and in tflite-runtime
 2.14 there (the older runtime boards still carry). Emulated timings are never reported.
 """
@@ -24,7 +25,7 @@ from onnx import helper
 from edgepipe import emulation
 from tests.ci import missing_tool
 from tests.test_arm_emulation import RUNNER, RUNS, int8_agreement, load_results, write_job
-from tests.tflite_harness import convert, make_interpreter, make_model, structured_inputs
+from tests.tflite_harness import batch_matmul_reads, convert, make_interpreter, make_model, structured_inputs
 
 RNG = np.random.default_rng(23)
 
@@ -49,8 +50,12 @@ def _model():
              helper.make_node("Conv", ["m", "w5", "b5"], ["y3"], name="depthwise_7x7", group=8, pads=[3, 3, 3, 3]),
              helper.make_node("Mul", ["c1", "a_scale"], ["ma"], name="affine_scale"),
              helper.make_node("Add", ["ma", "a_shift"], ["y4"], name="affine_shift"),
-             helper.make_node("Conv", ["x", "w6", "b6"], ["y5"], name="patch_stem", strides=[4, 4])]
-    return make_model(nodes, {"x": [1, 4, 8, 8]}, ["y", "y2", "y3", "y4", "y5"], {
+             helper.make_node("Conv", ["x", "w6", "b6"], ["y5"], name="patch_stem", strides=[4, 4]),
+             helper.make_node("Reshape", ["x", "heads_shape"], ["xr"], name="heads"),
+             helper.make_node("Transpose", ["xr"], ["a"], name="rows", perm=[1, 2, 0]),
+             helper.make_node("Transpose", ["xr"], ["v"], name="values", perm=[1, 0, 2]),
+             helper.make_node("MatMul", ["a", "v"], ["y6"], name="attention")]
+    return make_model(nodes, {"x": [1, 4, 8, 8]}, ["y", "y2", "y3", "y4", "y5", "y6"], {
         "w1": RNG.normal(size=(8, 4, 3, 3)).astype(np.float32) * 0.4,
         "slope": RNG.uniform(0.05, 1.5, size=(8, 1, 1)).astype(np.float32),
         "parts": np.array([2, 4], np.int64),
@@ -63,7 +68,7 @@ def _model():
         "b5": RNG.normal(size=8).astype(np.float32) * 0.1,
         "a_scale": np.float32(1.7), "a_shift": np.float32(-0.3),
         "w6": RNG.normal(size=(6, 4, 4, 4)).astype(np.float32) * 0.3,
-        "b6": RNG.normal(size=6).astype(np.float32) * 0.1})
+        "b6": RNG.normal(size=6).astype(np.float32) * 0.1, "heads_shape": np.array([4, 8, 8], np.int64)})
 
 
 def run_on_x86_and_arm(tmp_path, rootfs):
@@ -97,6 +102,7 @@ def test_delegated_lowerings_agree_on_aarch64(tmp_path):
     tensor_shapes = [list(d["shape"]) for d in make_interpreter(tmp_path / "model.tflite", "reference")
                      .get_tensor_details()]
     assert [6, 4, 1, 16] in tensor_shapes  # the stem reads its 4 columns as one of 16 channels
+    assert batch_matmul_reads(tmp_path / "model.tflite") == [(True, [8, 8, 4])]  # v^T, AdjY
     np.save(tmp_path / "inputs.npy", np.stack([f["x"][0].transpose(1, 2, 0) for f in feeds]).astype(np.float32))
     (x86_meta, x86), (arm_meta, arm) = run_on_x86_and_arm(tmp_path, rootfs)
     assert arm_meta["runs"]["int8-xnnpack"]["ops"].count("DELEGATE") == 1  # one partition on ARM too

@@ -85,3 +85,21 @@ def test_host_record_names_cpu_features_and_load():
     host = timing.host_record()
     assert {"flags", "int8_dot_product", "cores", "loadavg"} <= set(host)
     assert len(host["loadavg"]) == 3
+
+
+def test_corpus_table_checks_with_the_rule_the_corpus_test_asserts():
+    """One fp32 rule (tests/realmodels/checks.py) for tests/test_real_models.py and the README's
+    corpus table: 1e-4, or 4x the file's own float noise where that is larger."""
+    from tests.realmodels import checks
+
+    assert summarize.fp32_tolerance is checks.fp32_tolerance
+    assert summarize._fp32_ok({}, {"fp32_max_rel_error": 0.9e-4})
+    assert not summarize._fp32_ok({}, {"fp32_max_rel_error": 1.1e-4})
+    noisy = {"ort_float_noise": 1e-4}
+    assert summarize._fp32_ok(noisy, {"fp32_max_rel_error": 3.9e-4})
+    assert not summarize._fp32_ok(noisy, {"fp32_max_rel_error": 4.1e-4})
+    import subprocess  # and summarize.py, a pure-JSON script, imports the rule without numpy or onnx
+
+    probe = "import sys; sys.argv = ['x']; import summarize; print('numpy' in sys.modules, 'onnx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT / "benchmarks", capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["False", "False"], out.stderr

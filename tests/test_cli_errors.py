@@ -99,3 +99,20 @@ def test_targets_lists_builtins_and_profiles(tmp_path):
     assert result.returncode == 0
     for name in ("jetson", "desktop-gpu", "arm-cpu", "rpi5"):
         assert name in result.stdout
+
+
+def test_report_and_regress_output_paths_of_the_wrong_kind(tmp_path):
+    """`report -o FILE` and `regress --junit FOLDER` were an OSError line without the option to fix
+    ("error: File exists (notes.txt)"); the junit one came after the whole comparison table."""
+    import json
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"accuracy": {"top1": 0.9}, "latency_ms": {"p50": 1.0}}))
+    (tmp_path / "notes.txt").write_text("mine")
+    result = run_cli("report", str(results), "-o", str(tmp_path / "notes.txt"), cwd=tmp_path)
+    assert_clean_error(result, "notes.txt: exists and is not a folder; pass a folder for --out")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    result = run_cli("regress", "--baseline", str(results), "--candidate", str(results), "--junit", str(tmp_path),
+                     cwd=tmp_path)
+    assert_clean_error(result, "is a folder; pass a file path for --junit")
+    assert result.stdout == ""

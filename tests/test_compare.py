@@ -201,3 +201,20 @@ def test_per_layer_section_escapes_tensor_names():
     assert [row["name"] for row in context["layers"]["rows"]] == [evil]  # identical tensors are not charted
     html = render("report.html.j2", **context)
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_compare_refuses_recorded_backend_settings_it_cannot_use(tmp_path):
+    """The manifest's backend settings drive compare's placement emulation: a value of the wrong
+    type (a tampered or foreign manifest) is one error line naming the file and the key."""
+    from edgepipe.accuracy.compare import _backend_settings
+    from edgepipe.errors import UserError
+
+    manifest = tmp_path / "manifest.json"
+    assert _backend_settings({"backend_settings": {"wide_range_float": False}}, manifest) == {"wide_range_float": False}
+    assert _backend_settings({}, manifest) == {}  # a bundle from before they were recorded: the defaults
+    with pytest.raises(UserError, match=r"manifest.json: 'backend_settings.wide_range_float' must be bool"):
+        _backend_settings({"backend_settings": {"wide_range_float": "no"}}, manifest)
+    with pytest.raises(UserError, match="unknown key 'backend_settings.evil'"):
+        _backend_settings({"backend_settings": {"evil": 1}}, manifest)
+    with pytest.raises(UserError, match="must be a mapping"):
+        _backend_settings({"backend_settings": ["wide_range_float"]}, manifest)

@@ -109,3 +109,51 @@ def test_fold_stage_switch(enabled):
         assert len(folded.graph.node) == len(model.graph.node) - 6
     else:
         assert len(folded.graph.node) == len(model.graph.node)
+
+
+def layer_scale_model(perm=(0, 3, 1, 2), shift: bool = False):
+    """ConvNeXt's block tail: x [1, C, 4, 4] -> Transpose to channels-last -> MatMul(W) ->
+    Transpose(perm) -> * gamma[C, 1, 1] (then + beta when `shift`) -> + x."""
+    inits = {"w": RNG.normal(0, 0.4, (C, C)), "gamma": RNG.uniform(0.1, 2.0, (C, 1, 1)),
+             "beta": RNG.normal(0, 0.5, (1, C, 1, 1))}
+    nodes = [helper.make_node("Transpose", ["x"], ["last"], name="to_last", perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["last", "w"], ["fc"], name="fc"),
+             helper.make_node("Transpose", ["fc"], ["back"], name="back", perm=list(perm)),
+             helper.make_node("Mul", ["back", "gamma"], ["scaled"], name="layer_scale")]
+    tail = "scaled"
+    if shift:
+        nodes.append(helper.make_node("Add", ["scaled", "beta"], ["shifted"], name="shift"))
+        tail = "shifted"
+    nodes.append(helper.make_node("Add", [tail, "x"], ["y"], name="residual"))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    model = onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return graph.infer_shapes(model)
+
+
+def _same_outputs_4x4(model, folded):
+    feed = {"x": RNG.normal(0, 1, (1, C, 4, 4)).astype(np.float32)}
+    want = graph.make_session(model).run(None, feed)[0]
+    np.testing.assert_allclose(graph.make_session(folded).run(None, feed)[0], want, rtol=1e-5,
+                               atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_layer_scale_after_a_transposed_matmul_folds_into_its_columns():
+    model = layer_scale_model()
+    folded, report = fold_constant_affine(model)
+    assert report["into_previous_matmul"] == [{"matmul": "fc", "nodes": ["layer_scale"]}]
+    assert [n.op_type for n in folded.graph.node] == ["Transpose", "MatMul", "Transpose", "Add"]
+    _same_outputs_4x4(model, folded)
+
+
+@pytest.mark.parametrize("perm,shift", [((0, 3, 1, 2), True), ((0, 2, 3, 1), False)], ids=["shift", "other-axis"])
+def test_layer_scale_that_a_matmul_cannot_take_stays(perm, shift):
+    """A shift (the MatMul has no bias) or a Transpose that does not bring the product's columns
+    to the chain's channel axis: nothing folds into the MatMul."""
+    model = layer_scale_model(perm, shift)
+    folded, report = fold_constant_affine(model)
+    assert report["into_previous_matmul"] == []
+    assert "layer_scale" in {n.name for n in folded.graph.node}
+    _same_outputs_4x4(model, folded)

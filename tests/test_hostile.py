@@ -619,6 +619,19 @@ def _bundle_copy(bundle: Path, tmp_path, name: str) -> Path:
     return Path(shutil.copytree(bundle, tmp_path / name, symlinks=True))
 
 
+def _reseal(bundle: Path) -> None:
+    """Rewrite the manifest's sizes and sha256s and SHA256SUMS for the files as they are now: what a
+    hostile provider hands over passes `verify`, so the readers behind it must hold on their own."""
+    from edgepipe.delivery.bundle import MANIFEST, SHA256SUMS, json_bytes, sha256_file, sha256sums_text
+
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    for entry in manifest["files"]:
+        entry.update(size=(bundle / entry["path"]).stat().st_size, sha256=sha256_file(bundle / entry["path"]))
+    (bundle / MANIFEST).write_bytes(json_bytes(manifest))
+    sums = manifest["files"] + [{"path": MANIFEST, "sha256": sha256_file(bundle / MANIFEST)}]
+    (bundle / SHA256SUMS).write_text(sha256sums_text(sums))
+
+
 def _zero_bomb(path: Path, member: str, megabytes: int) -> None:
     """An .npz member of float32 zeros deflated over 1000:1, written a MB at a time."""
     import zipfile
@@ -632,9 +645,10 @@ def _zero_bomb(path: Path, member: str, megabytes: int) -> None:
 
 
 def test_compare_reads_the_bundles_files_bounded(demo_bundle, tmp_path):
-    """compare reads a bundle someone handed over: its calibration.json may be a FIFO (blocked
-    forever), nested 100000 deep (RecursionError) or hold a string where a threshold belongs; its
-    eval/eval.npz (read whole) may be a zip bomb or not a zip at all."""
+    """compare reads a bundle someone handed over (resealed, so it passes verify): its
+    calibration.json may be a FIFO (blocked forever; verify refuses it), nested 100000 deep
+    (RecursionError) or hold a string where a threshold belongs; its eval/eval.npz (read whole) may
+    be a zip bomb or not a zip at all."""
     for name in ("eval-bomb", "eval-garbage"):
         bundle = _bundle_copy(demo_bundle, tmp_path, name)
         eval_npz = bundle / "eval" / "eval.npz"
@@ -642,6 +656,7 @@ def test_compare_reads_the_bundles_files_bounded(demo_bundle, tmp_path):
             _zero_bomb(eval_npz, "input:image.npy", 100)
         else:
             eval_npz.write_bytes(b"not a zip")
+        _reseal(bundle)
         completed = run_cli("compare", str(bundle), "--max-samples", "2", "--no-alone", cwd=tmp_path, timeout=120)
         assert completed.returncode == 2, (name, completed.stderr)
         assert completed.stderr.startswith(f"error: {eval_npz}: ") and len(completed.stderr.splitlines()) == 1
@@ -658,11 +673,15 @@ def test_compare_reads_the_bundles_files_bounded(demo_bundle, tmp_path):
             calibration.write_text(json.dumps(data))
         else:
             calibration.write_text(content)
+        if content is not None:
+            _reseal(bundle)
         completed = run_cli("compare", str(bundle), "--max-samples", "2", "--alone-samples", "1", cwd=tmp_path,
                             timeout=120)
         lines = completed.stderr.strip().splitlines()
         assert completed.returncode == 2 and len(lines) == 1, (name, completed.stderr)
-        assert lines[0].startswith(f"error: {calibration}"), lines
+        assert lines[0].startswith(f"error: {bundle}: refusing to compare" if content is None
+                                   else f"error: {calibration}"), lines
+        assert "calibration.json" in lines[0]
         assert not (bundle / "report" / "compare.json").exists()
 
 

@@ -90,3 +90,51 @@ def test_paths_with_line_breaks_stay_one_line_in_the_summary(tmp_path):
     assert not any(line.startswith("error: forged") for line in (result.stdout + result.stderr).splitlines())
     verified = run_cli("verify", "o\nerror: forged", cwd=tmp_path)
     assert verified.returncode == 0 and verified.stdout.startswith("OK: ")
+
+
+def test_a_resealed_bundle_with_a_broken_or_outside_model_is_one_line(tmp_path):
+    """A bundle resealed after its model.tflite was replaced passes verify; LiteRT's ValueError
+    ("not a valid Flatbuffer") was an internal error, and the manifest's model name could point
+    outside the bundle."""
+    from edgepipe.backends.tflite.probe import TfliteTensorProbe
+
+    (tmp_path / "model.tflite").write_bytes(b"TFL3 not a flatbuffer")
+    with pytest.raises(UserError, match=r"model\.tflite: LiteRT cannot load it \(.*\); rebuild the bundle"):
+        TfliteTensorProbe(tmp_path, {"model": "model.tflite"})
+    with pytest.raises(UserError, match=r"manifest names model '\.\./other/model\.tflite', not a file in the bundle"):
+        TfliteTensorProbe(tmp_path, {"model": "../other/model.tflite"})
+
+
+def test_a_range_sized_by_constants_is_one_line_with_nothing_native_on_stderr(tmp_path):
+    """A Range of 2e9 elements (8 GB, just under the allocation-bomb bound of 2^31 elements) on a
+    machine that cannot hold it:
+    onnxsim printed the node's name raw (terminal controls and all), ONNX Runtime's colored error
+    log and Python tracebacks to fd 2 while folding it, then fold's run failed as an internal error."""
+    import resource
+    import subprocess
+    import sys
+
+    from onnx import helper, numpy_helper
+
+    name = "range\x1b]0;title\x07"
+    constants = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("s", 0), ("l", 2e9), ("d", 1))]
+    nodes = [helper.make_node("Range", ["s", "l", "d"], ["r"], name=name),
+             helper.make_node("ReduceSum", ["r"], ["t"], keepdims=0, name="sum"),
+             helper.make_node("Add", ["x", "t"], ["y"], name="add")]
+    x, y = (helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 4]) for n in ("x", "y"))
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], [y], constants),
+                                opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "model.onnx"))
+    np.savez(tmp_path / "calib.npz", x=np.ones((4, 1, 4), np.float32))
+
+    def bounded():  # whatever the host's memory, 8 GB is never handed out
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    result = subprocess.run([sys.executable, "-m", "edgepipe", "build", "--model", "model.onnx", "--calib",
+                             "calib.npz", "--target", "jetson", "--out", "out", "--no-host-report"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300, preexec_fn=bounded)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "error: ONNX Runtime could not allocate a tensor (8000000000 bytes) running node "
+        "'range\\x1b]0;title\\x07' (Range): the model computes more data than this machine's memory holds; "
+        "check the shapes the model computes"], result.stderr
+    assert not (tmp_path / "out").exists()

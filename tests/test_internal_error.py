@@ -63,17 +63,25 @@ def test_debug_shows_the_traceback(tmp_path, model_and_data, how):
     assert "Traceback" in result.stderr and "RuntimeError" in result.stderr
 
 
-def test_bug_in_a_command_outside_the_pipeline_names_the_command(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("bug", [ValueError("bad io"),
+                                 EOFError("Compressed file ended before the end-of-stream marker was reached")])
+def test_bug_in_a_command_outside_the_pipeline_names_the_command(tmp_path, monkeypatch, capsys, bug):
+    """One line naming the command, exit 3; --debug re-raises. An EOFError is one too: click reports
+    any EOFError as "aborted" (exit 130), as if the user pressed Ctrl-D, but one from a reader that
+    met a cut stream without naming the file is our bug."""
     from edgepipe import graph
 
     onnx.save(tiny_conv_model(), str(tmp_path / "m.onnx"))
     monkeypatch.delenv("EDGEPIPE_DEBUG", raising=False)
 
     def broken(model):
-        raise ValueError("bad io")
+        raise bug
 
     monkeypatch.setattr(graph, "describe_io", broken)
     with pytest.raises(SystemExit) as exit_info:
         main(["inspect", str(tmp_path / "m.onnx")])
-    assert exit_info.value.code == 3
-    assert capsys.readouterr().err.strip() == "error: internal error in inspect: ValueError: bad io (rerun with --debug)"
+    assert exit_info.value.code == INTERNAL_ERROR_EXIT
+    assert capsys.readouterr().err.strip() == (f"error: internal error in inspect: {type(bug).__name__}: {bug} "
+                                               "(rerun with --debug)")
+    with pytest.raises(type(bug)):
+        main(["--debug", "inspect", str(tmp_path / "m.onnx")])

@@ -32,16 +32,11 @@ import pytest
 
 from edgepipe.backends.tflite import delegation
 from tests.realmodels import corpus, decode, evaluate
+from tests.realmodels.checks import FLOAT_NOISE_FACTOR, FP32_RTOL, SHIPPED_INT8_SQNR_DB, fp32_tolerance
 
 pytestmark = pytest.mark.slow
 
-FP32_RTOL = 1e-4
-# A file whose own float noise is large: ONNX Runtime with vs without its graph fusions (both correct
-# FP32 runs) disagree by `noise`; our folds re-associate the same sums, so the fp32 .tflite may
-# differ by a few times that. Measured per run, never a number written here.
-FLOAT_NOISE_FACTOR = 4
 SQNR_MARGIN_DB = 1.0
-SHIPPED_INT8_SQNR_DB = 30.0  # float layers of a dynamically quantized file vs ORT running that file
 BUILT = [name for name, spec in corpus.MODELS.items() if not spec.refused_node]
 # refused on arm-cpu only (control flow TensorRT's parser imports): built and checked on jetson
 JETSON_ONLY = [name for name, spec in corpus.MODELS.items() if spec.refused_node and "jetson" not in spec.refused_on]
@@ -196,7 +191,7 @@ def test_arm_cpu_fp32_tflite_matches_reference(measured, name, target):
     if max(errors) <= FP32_RTOL:
         return
     noise = evaluate.reference_float_noise(name, m.data.eval)
-    tolerance = max(FP32_RTOL, FLOAT_NOISE_FACTOR * (noise or 0.0))
+    tolerance = fp32_tolerance(noise)
     assert max(errors) <= tolerance, (f"{name}: fp32 .tflite max relative error per output {errors} > {tolerance:.2g} "
                                       f"({FLOAT_NOISE_FACTOR}x ONNX Runtime with vs without graph optimizations: {noise})")
 

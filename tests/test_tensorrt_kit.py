@@ -249,3 +249,23 @@ def test_dynamic_input_fails_before_writing(tmp_path):
     with pytest.raises(UserError, match="input 'x' has dynamic shape"):
         build_tensorrt(model, _minmax_calibration(model), tmp_path / "out", {})
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_build_script_prints_tensorrt_text_as_one_inert_line(kit):
+    """TensorRT's parser and builder messages quote node names from the model: every `error:` line
+    goes through one_line, so a name cannot drive the terminal or forge a second line."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rendered_build_engine", kit[0] / "build_engine.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # defines functions only; tensorrt is imported inside build()
+    hostile = "node 'conv\x1b]52;c;Y3VybA==\x07\u202e':\nerror: forged line\r"
+    assert script.one_line(hostile) == "node 'conv\\x1b]52;c;Y3VybA==\\x07\\u202e': error: forged line"
+    tree = ast.parse((kit[0] / "build_engine.py").read_text())
+    printed = [value.value for call in ast.walk(tree)
+               if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "print"
+               for arg in call.args if isinstance(arg, ast.JoinedStr)
+               for value in arg.values if isinstance(value, ast.FormattedValue)]
+    raw = [ast.unparse(v) for v in printed if isinstance(v, ast.Name) and v.id == "exc"]
+    assert not raw, f"exception text printed without one_line: {raw}"
+    assert sum(isinstance(v, ast.Call) and getattr(v.func, "id", "") == "one_line" for v in printed) == 2

@@ -94,3 +94,18 @@ def test_run_py_reports_a_planted_files_name_inert(tmp_path):
     assert "planted" in ran.stderr and "\\x1b]0;title\\x07" in ran.stderr and "\\nerror: forged line" in ran.stderr
     assert not RAW_CONTROLS.search(ran.stderr) and not any(line.startswith("error: forged")
                                                           for line in ran.stderr.splitlines())
+
+
+def test_inspect_note_on_a_dynamic_input_keeps_its_name_on_one_line(tmp_path):
+    """The "input(s) ... have dynamic dims" note printed the input's name raw: a line break in it
+    put a forged `error:` line on the screen."""
+    name = "x\nerror: forged line"
+    x = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["N", 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", [name], ["y"])], "g", [x], [y])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]),
+              str(tmp_path / "model.onnx"))
+    inspected = run_cli("inspect", "model.onnx", cwd=tmp_path)
+    assert inspected.returncode == 0, inspected.stderr
+    assert not [line for line in inspected.stdout.splitlines() if line.startswith("error")], inspected.stdout
+    assert "note: input(s) x\\nerror: forged line have dynamic dims" in inspected.stdout

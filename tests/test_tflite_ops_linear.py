@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tests.tflite_harness import check_conformance, delegate_partitions, make_model, structured_inputs
+from tests.tflite_harness import (batch_matmul_reads, check_conformance, delegate_partitions, make_model,
+                                  structured_inputs)
 
 RNG = np.random.default_rng(11)
 
@@ -125,3 +126,29 @@ def test_matmul_constant_with_batch_dims_is_batch_matmul(tmp_path):
     model = make_model([node], {"x": [1, 3, 4, 6]}, ["y"], {"w": RNG.normal(size=(3, 6, 2)).astype(np.float32)})
     report = check_conformance(model, tmp_path)
     assert report.result["op_histogram"]["BATCH_MATMUL"] == 1 and report.result["float_nodes"] == ["batched"]
+
+
+def test_int8_value_behind_a_head_transpose_is_read_transposed(tmp_path):
+    """p @ v with v = Transpose(heads) of a projection: v must be transposed either way, so the int8
+    model's one TRANSPOSE writes v^T and BATCH_MATMUL reads it with AdjY (XNNPACK's vectorised int8
+    packing of an activation B); the fp32 model keeps v in ONNX order. Both one partition, fp32
+    against ONNX Runtime and int8 against the Q/DQ simulation on every resolver."""
+    nodes = [helper.make_node("Transpose", ["v_flat"], ["v"], name="heads", perm=[1, 0, 2]),
+             helper.make_node("MatMul", ["p", "v"], ["y"], name="values")]
+    model = make_model(nodes, {"p": [2, 5, 5], "v_flat": [5, 2, 3]}, ["y"])  # 3-D: no NHWC boundary
+    feeds = [{"p": f["p"], "v_flat": f["v_flat"] + 0.5} for f in structured_inputs(model)]  # asymmetric v range
+    report = check_conformance(model, tmp_path, feeds)
+    assert batch_matmul_reads(report.out_dir / "model.tflite") == [(True, [2, 3, 5])]
+    assert batch_matmul_reads(report.out_dir / "model.fp32.tflite") == [(False, [2, 5, 3])]
+    assert report.result["op_histogram"]["TRANSPOSE"] == 1
+    for name in ("model.tflite", "model.fp32.tflite"):
+        assert len(delegate_partitions(report.out_dir / name)) == 1, name
+
+
+def test_int8_value_in_onnx_order_is_not_transposed(tmp_path):
+    """A v already in ONNX order in memory costs nothing as it is: no TRANSPOSE is added for AdjY."""
+    node = helper.make_node("MatMul", ["p", "v"], ["y"], name="values")
+    model = make_model([node], {"p": [2, 5, 5], "v": [2, 5, 3]}, ["y"])
+    report = check_conformance(model, tmp_path)
+    assert batch_matmul_reads(report.out_dir / "model.tflite") == [(False, [2, 5, 3])]
+    assert "TRANSPOSE" not in report.result["op_histogram"]

@@ -6,6 +6,7 @@ Reference: an ONNX Runtime Q/DQ simulation whose grids are derived from the cali
 by the rule itself, never read from the .tflite under test."""
 
 import numpy as np
+import pytest
 from onnx import helper
 
 from edgepipe.backends.tflite.runtime import make_interpreter, run_tflite
@@ -132,3 +133,24 @@ def test_reshaped_concat_inputs_share_the_grid_back_to_their_producer(tmp_path):
         expected = run_onnx(simulated, {"x__float": feed["x"]})
         got = run_tflite(path, shared["io"], feed, interpreter=interpreter)
         assert np.max(np.abs(got["y"] - expected["y"])) / params["y"][0] <= 2.0 + 1e-3
+
+
+def test_the_placement_follows_both_concat_settings(tmp_path):
+    """The placement the accuracy tools emulate (`int8_grids`, for the planner and `compare`) takes
+    the build's concat settings: with them off it quantizes what the .tflite then quantizes."""
+    from edgepipe.backends.tflite.placement import int8_grids
+
+    model = head_model()
+    feeds = structured_inputs(model, count=8)
+    _, calibration = convert(model, tmp_path / "head", feeds)
+    assert "head" not in int8_grids(model, calibration, {})["int8_nodes"]  # float by default, as built
+    assert "head" in int8_grids(model, calibration, {"float_output_concats": False})["int8_nodes"]
+
+    model = concat_model()
+    feeds = structured_inputs(model, count=8)
+    _, calibration = convert(model, tmp_path / "cat", feeds)
+    shared = int8_grids(model, calibration, {})["grids"]
+    assert shared["a"] == shared["cat"]  # written on the Concat's grid
+    own = int8_grids(model, calibration, {"share_concat_scales": False})["grids"]
+    scale, zero_point = expected_int8_params(model, calibration)["a"]  # its own calibrated grid
+    assert own["a"] != own["cat"] and own["a"][1] == zero_point and own["a"][0] == pytest.approx(scale, rel=1e-6)

@@ -255,3 +255,16 @@ def test_class_subfolders_label_every_window(tmp_path):
     data = load_dataset(tmp_path, {"x": ((1, 16), np.dtype(np.float32))})
     assert data.class_names == ["no", "yes"] and data.labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
     np.testing.assert_array_equal(data.sample(4)["x"][0], (_pcm(16, 1, 70, seed=1)[16:32, 0] / 32768).astype(np.float32))
+
+
+def test_data_path_messages_name_wav_among_the_forms(tmp_path):
+    """Both readers (a whole dataset, and the first sample's shape for a dynamic dim) list .wav."""
+    from edgepipe.data import infer_static_shape
+
+    (tmp_path / "take.mp3").write_bytes(b"ID3")
+    for path in (tmp_path / "missing.wav", tmp_path / "take.mp3"):
+        for read in (lambda: load_dataset(path, {"x": ((1, 16000), np.dtype(np.float32))}),
+                     lambda: infer_static_shape(path, "x", declared=(1, "time"))):
+            with pytest.raises(UserError, match=r"\.npy or a \.wav file$") as info:
+                read()
+            assert str(path) in str(info.value) and "folder of images or .wav files" in str(info.value)

@@ -154,3 +154,31 @@ def test_clamp_after_a_float_reader_runs_float(tmp_path):
     reference = np.concatenate([run_onnx(model, {"x": x[None]})["y"] for x in evals])
     got = np.concatenate([run_tflite(path, built["io"], {"x": x[None]})["y"] for x in evals])
     assert sqnr_db(reference, got) > 25.0
+
+
+@pytest.mark.parametrize("wide_range_float", [True, False])
+def test_compare_emulates_the_placement_the_bundle_ships(tmp_path, wide_range_float):
+    """`edgepipe compare` reads the backend settings the bundle was built with: its per-tensor
+    "alone" variants quantize exactly the nodes the bundle's .tflite runs int8 (with the rule off,
+    the wide-range projection is int8 in the bundle and must be int8 in the emulation too)."""
+    import onnx
+
+    from tests.helpers import run_cli
+
+    onnx.save(_model(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=_power_frames(64))
+    np.savez(tmp_path / "eval.npz", x=_power_frames(16))
+    (tmp_path / "edgepipe.yaml").write_text(f"backend:\n  wide_range_float: {str(wide_range_float).lower()}\n")
+    out = tmp_path / "bundle"
+    built = run_cli("build", "--model", "m.onnx", "--target", "arm-cpu", "--calib", "calib.npz", "--eval", "eval.npz",
+                    "--no-host-report", "--out", str(out), cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["backend_settings"]["wide_range_float"] is wide_range_float
+    shipped_float = set(manifest["precision"]["float_nodes"])
+    assert ("proj" in shipped_float) is wide_range_float  # the rule decided the bundle
+    compared = run_cli("compare", str(out), "--max-samples", "8", "--alone-samples", "8", "--json", cwd=tmp_path)
+    assert compared.returncode == 0, compared.stderr
+    emulated_int8 = {node for row in json.loads(compared.stdout)["tensors"] for node in row["alone_nodes"]}
+    assert not emulated_int8 & shipped_float
+    assert ("proj" in emulated_int8) is not wide_range_float

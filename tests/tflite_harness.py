@@ -157,6 +157,26 @@ def delegate_partitions(path) -> list[dict]:
 WEIGHT_AXES = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1}
 
 
+def batch_matmul_reads(path: Path) -> list[tuple[bool, list[int]]]:
+    """(AdjY, B's shape) of every BATCH_MATMUL in a .tflite, from the flatbuffer."""
+    from tflite.BatchMatMulOptions import BatchMatMulOptions
+    from tflite.BuiltinOperator import BuiltinOperator
+    from tflite.Model import Model
+
+    model = Model.GetRootAsModel(path.read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    reads = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        if model.OperatorCodes(op.OpcodeIndex()).BuiltinCode() != BuiltinOperator.BATCH_MATMUL:
+            continue
+        options = BatchMatMulOptions()
+        table = op.BuiltinOptions()
+        options.Init(table.Bytes, table.Pos)
+        reads.append((bool(options.AdjY()), graph.Tensors(op.Inputs(1)).ShapeAsNumpy().tolist()))
+    return reads
+
+
 def fake_quantized_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """Copy of `model` whose Conv/Gemm/MatMul weights went through per-channel int8 and back."""
     simulated = onnx.ModelProto()

@@ -220,6 +220,7 @@ def compare_bundle(bundle: str | Path, max_samples: int | None = 64, alone: bool
                    alone_samples: int = 32) -> CompareReport:
     """Compare the bundle's deployed model with its FP32 reference, tensor by tensor."""
     from edgepipe.calibrate.result import CalibrationResult
+    from edgepipe.delivery.bundle import verify_bundle
     from edgepipe.jsonfile import read_json
     from edgepipe.targets import load_target
 
@@ -228,6 +229,9 @@ def compare_bundle(bundle: str | Path, max_samples: int | None = 64, alone: bool
     if not manifest_path.is_file():
         raise UserError(f"{bundle}: not an edgepipe bundle (no manifest.json); pass the folder `edgepipe build` wrote")
     manifest = read_json(manifest_path, "bundle manifest", "rebuild the bundle")
+    problems = verify_bundle(bundle)  # as deploy: a changed model or eval.npz is named, never run
+    if problems:
+        raise UserError(f"{bundle}: refusing to compare a bundle that fails `edgepipe verify`: {problems[0]}")
     target_info = manifest.get("target") or {}
     name = str(target_info.get("name") or "")
     # a bundle built from a profile YAML names the profile; its registered plugin runs the model
@@ -237,6 +241,7 @@ def compare_bundle(bundle: str | Path, max_samples: int | None = 64, alone: bool
         raise UserError(f"{reference_path}: missing; rebuild the bundle")
     reference = graph.ensure_node_names(graph.load_model(reference_path))
     calibration = CalibrationResult.load(bundle / "calibration.json") if alone else None  # before any work
+    backend = _backend_settings(manifest, manifest_path)
     data = BundleEval(bundle, reference, max_samples)
     probe = target.deployed_probe(bundle, manifest)
     if probe is None:
@@ -267,7 +272,7 @@ def compare_bundle(bundle: str | Path, max_samples: int | None = 64, alone: bool
                            skipped=sorted(seen - set(stats)))
     if alone:
         report.scheme, report.alone_samples = _measure_alone(report, reference, calibration, data, target,
-                                                             alone_samples)
+                                                             alone_samples, backend)
     return report
 
 
@@ -279,13 +284,29 @@ def _graph_order(model: onnx.ModelProto) -> dict[str, int]:
     return order
 
 
-def _measure_alone(report: CompareReport, model, calibration, data: BundleEval, target, samples: int):
+def _backend_settings(manifest: dict, manifest_path: Path) -> dict:
+    """The `backend.*` settings the bundle was built with (its manifest records them), validated
+    like edgepipe.yaml's: the placement emulation must be the one the bundle ships (wide-range
+    tensors kept float or not, ...). A bundle from before they were recorded: the defaults."""
+    from edgepipe.config import SCHEMA, validate
+
+    recorded = manifest.get("backend_settings") or {}
+    if not isinstance(recorded, dict):
+        raise UserError(f"{manifest_path}: 'backend_settings' must be a mapping; rebuild the bundle")
+    validate(recorded, str(manifest_path), SCHEMA["backend"], "backend_settings.")
+    return recorded
+
+
+def _measure_alone(report: CompareReport, model, calibration, data: BundleEval, target, samples: int,
+                   backend: dict):
     """Fill `alone_sqnr_db`: one variant per quantized activation. With the target's own placement
-    (`Target.int8_placement`, arm-cpu: the .tflite's grids) only that tensor is on its int8 grid;
-    otherwise only its readers are quantized in the target's Q/DQ simulation (`Target.qdq_model`)."""
+    (`Target.int8_placement`, arm-cpu: the .tflite's grids, under the bundle's `backend` settings)
+    only that tensor is on its int8 grid; otherwise only its readers are quantized in the target's
+    Q/DQ simulation (`Target.qdq_model`)."""
     from edgepipe.accuracy.sensitivity import VariantEvaluator
 
-    evaluator = VariantEvaluator(model, calibration, data, target=target, max_samples=samples, use_placement=True)
+    evaluator = VariantEvaluator(model, calibration, data, target=target, max_samples=samples, use_placement=True,
+                                 backend=backend)
     by_name = {t.name: t for t in report.tensors}
     if evaluator.switchable is not None:
         for group in evaluator.groups():

@@ -37,7 +37,7 @@ def correction_sites(model: onnx.ModelProto) -> dict[str, tuple[str, str | None,
         if not node.name or node.op_type not in CORRECTED_OPS or len(node.input) < 2:
             continue
         weight = graph.constant_value(model, node.input[1])
-        if weight is None:
+        if weight is None or weight.dtype != np.float32:  # a float64 layer stays float (jetson's Q/DQ)
             continue
         if node.op_type == "Conv":
             sites[node.name] = (node.output[0], node.input[2] if len(node.input) > 2 and node.input[2] else None, 1)

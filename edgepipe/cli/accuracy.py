@@ -8,6 +8,7 @@ stages, then edgepipe.accuracy.sensitivity / edgepipe.accuracy.precision / edgep
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -77,7 +78,8 @@ def _with_model_options(func):
 @click.command("sensitivity")
 @click.argument("model", required=False)
 @_with_model_options
-@click.option("--max-samples", type=int, default=64, show_default=True, help="Held-out samples per variant.")
+@click.option("--max-samples", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Held-out samples per variant.")
 @click.option("--metric", type=click.Choice(["auto", "top1", "agreement", "sqnr"]), default="auto", show_default=True)
 @click.option("--top", type=int, default=20, show_default=True, help="Rows in the table (0 = all).")
 @click.option("--budget", type=float, help="Also plan mixed precision: max accuracy drop vs FP32.")
@@ -86,6 +88,9 @@ def _with_model_options(func):
 def sensitivity_command(model, weights, target, calib, eval_, input_shapes, input_values, config_path, max_samples,
                         metric, top, budget, out_path, as_json):
     """Rank quantized layers by how much INT8 costs (only-this / all-but-this vs FP32)."""
+    if budget is not None and not 0 <= budget < math.inf:  # before any work; a NaN budget kept every node float
+        raise UserError(f"--budget {budget}: give the largest accuracy drop vs FP32 you accept, a number >= 0 "
+                        "like 0.01")
     from edgepipe.accuracy.precision import plan_on_target
     from edgepipe.accuracy.sensitivity import analyze_sensitivity
 
@@ -152,7 +157,7 @@ def compare_command(bundle, max_samples, alone, alone_samples, top, out_path, as
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
     click.echo(report.text_table(top or None))
-    click.echo(f"compare.json: {out}" + (f"; report: {html}" if html else ""))
+    click.echo(one_line(f"compare.json: {out}" + (f"; report: {html}" if html else "")))
 
 
 @click.command("finetune")
@@ -211,7 +216,7 @@ def finetune_command(model, weights, target, calib, eval_, input_shapes, input_v
     click.echo(f"INT8 {metric}: PTQ {getattr(before, metric):.4f} -> QAT {getattr(after, metric):.4f} "
                f"(FP32 {before.fp32_top1 if before.fp32_top1 is not None else 1.0:.4f}); "
                f"SQNR {before.sqnr_db:.1f} -> {after.sqnr_db:.1f} dB; final loss {history[-1]['loss']:.4f}")
-    click.echo(f"weights: {out}\nranges: {ranges_path}")
+    click.echo(f"weights: {one_line(out)}\nranges: {one_line(ranges_path)}")
 
 
 def register(group: click.Group) -> None:

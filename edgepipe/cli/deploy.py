@@ -16,6 +16,8 @@ from edgepipe.errors import UserError, one_line
 from edgepipe.safeio import CONFIG_MAX_BYTES, ensure_regular_file
 from edgepipe.delivery.fleet import deploy_fleet, format_table, load_inventory, raise_if_failed, write_fleet_json
 
+MAX_TIMEOUT_S = 86400
+
 
 @click.command("deploy")
 @click.argument("bundle", type=click.Path(path_type=Path))
@@ -44,6 +46,9 @@ def deploy_command(bundle, destination, inventory, port, identity, remote_dir, r
     """Copy BUNDLE to a device over SSH, verify its sha256 there, and optionally run it."""
     if bool(destination) == bool(inventory):
         raise UserError("pass exactly one of --host USER@HOST or --inventory FILE")
+    if not timeout <= MAX_TIMEOUT_S:  # click's FloatRange lets nan and inf through; ssh refuses a huge ConnectTimeout
+        raise UserError(f"--timeout {timeout}: give the seconds to wait for the SSH connection, "
+                        f"1 to {MAX_TIMEOUT_S} (e.g. 20)")
     if identity is not None:
         ensure_regular_file(identity, CONFIG_MAX_BYTES, "SSH private key (--identity)")
     if known_hosts is not None and (known_hosts.exists() or known_hosts.is_symlink()):
@@ -55,7 +60,7 @@ def deploy_command(bundle, destination, inventory, port, identity, remote_dir, r
         target = SshTarget.parse(destination, port=port, identity=str(identity) if identity else None,
                                  **ssh_options)
         result = deploy_bundle(bundle, target, remote_dir=remote_dir, **run_options)
-        click.echo(f"{result.host}: deployed to {result.remote_dir} ({result.transfer}, sha256 verified)")
+        click.echo(one_line(f"{result.host}: deployed to {result.remote_dir} ({result.transfer}, sha256 verified)"))
         if result.results_path:
             latency = result.results.get("latency_ms", {})
             click.echo(one_line(f"{result.host}: p50 {latency.get('p50')} ms, p99 {latency.get('p99')} ms "

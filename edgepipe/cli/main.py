@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections import Counter
 
@@ -58,7 +59,22 @@ def _log(quiet: bool):
     return log
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class ReaderEOF(Exception):
+    """An EOFError that reached the CLI (a reader met a cut gzip, zip or pickle stream and did not
+    name the file): carried past click, which reports any EOFError as "aborted" (exit 130), as if
+    the user had pressed Ctrl-D."""
+
+
+class EdgepipeGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EOFError as exc:
+            raise ReaderEOF() from exc
+
+
+@click.group(cls=EdgepipeGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edgepipe")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def cli(debug: bool) -> None:
@@ -168,7 +184,7 @@ def targets_command(as_json: bool):
         return
     for t in described:
         origin = f" (profile {t['profile']})" if t.get("profile") else ""
-        click.echo(f"{t['name']:<14} {t['backend']:<9} {t['description']}{origin}")
+        click.echo(one_line(f"{t['name']:<14} {t['backend']:<9} {t['description']}{origin}"))
         click.echo(f"{'':<14} precision: {t['precision']}; layout {t['layout']}; options {t['options']}")
         click.echo(f"{'':<14} verified here: {t['verified_here']}")
 
@@ -199,7 +215,10 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     static = bool(graph.graph_inputs(model)) and all(graph.is_static(graph.declared_shape(i))
                                                      for i in graph.graph_inputs(model))
     if static:
+        from edgepipe.modelcheck import check_model
         from edgepipe.stages.fold import run_fold
+
+        check_model(model, model_path)  # as build does before fold runs the graph: no allocation bombs
         from edgepipe.stages.simplify import run_simplify
 
         # the graph a build lowers: static, Ifs folded, simplified, BatchNorm folded (no data needed for that)
@@ -232,8 +251,8 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     click.echo("  ops: " + ", ".join(f"{one_line(op)} x{count}" for op, count in histogram.items()))
     dynamic = [i["name"] for i in info["inputs"] if not graph.is_static(i["shape"])]
     if dynamic:
-        click.echo(f"  note: input(s) {', '.join(dynamic)} have dynamic dims; pass --input-shape "
-                   f"{dynamic[0]}:1x... to check the static graph a build lowers")
+        click.echo(one_line(f"  note: input(s) {', '.join(dynamic)} have dynamic dims; pass --input-shape "
+                            f"{dynamic[0]}:1x... to check the static graph a build lowers"))
     for target, nodes in unsupported.items():
         if not nodes:
             click.echo(f"  {target}: all ops supported")
@@ -304,6 +323,11 @@ def _main(argv: list[str] | None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except ReaderEOF as exc:  # a bug: the reader should have named the file
+        if debug:
+            raise exc.__cause__ from None
+        click.echo(internal_error_line(exc.__cause__, _command_name(argv)), err=True)
+        sys.exit(INTERNAL_ERROR_EXIT)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -331,14 +355,36 @@ def _main(argv: list[str] | None) -> None:
             raise
         # disk full, permission denied, ...: the user's environment, not our bug
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        click.echo(f"error: {one_line(exc.strerror or exc)}{one_line(where)}", err=True)
         sys.exit(2)
     except Exception as exc:  # a bug in edgepipe: one line, the traceback only on request
         if debug:
             raise
+        out_of_memory = runtime_out_of_memory_line(exc)
+        if out_of_memory:
+            click.echo(out_of_memory, err=True)
+            sys.exit(UserError.exit_code)
         click.echo(internal_error_line(exc, _command_name(argv)), err=True)
         sys.exit(INTERNAL_ERROR_EXIT)
     sys.exit(0)
+
+
+_RUNTIME_NODE = re.compile(r"running (\S+) node\. Name:'(.*?)' Status Message")
+
+
+def runtime_out_of_memory_line(exc: BaseException) -> str | None:
+    """ONNX Runtime failing to allocate a tensor while it runs the model (a Range or Expand sized by
+    the model's constants, which shape inference cannot bound before the run): the user's model,
+    not an edgepipe bug. None for any other exception."""
+    text = str(exc)
+    if not type(exc).__module__.startswith("onnxruntime") or "Failed to allocate memory" not in text:
+        return None
+    found = _RUNTIME_NODE.search(text)
+    where = f" running node '{found.group(2)}' ({found.group(1)})" if found else ""
+    size = re.search(r"buffer of size (\d+)", text)
+    asked = f" ({size.group(1)} bytes)" if size else ""
+    return one_line(f"error: ONNX Runtime could not allocate a tensor{asked}{where}: the model computes more data "
+                    "than this machine's memory holds; check the shapes the model computes")
 
 
 def internal_error_line(exc: BaseException, command: str) -> str:

@@ -32,7 +32,7 @@ def pack_command(bundle: Path, output: Path | None) -> None:
         raise UserError(f"{bundle}: not a bundle folder; pass the --out folder of `edgepipe build`")
     output = output or bundle.resolve().parent / f"{bundle.resolve().name}.tar.gz"
     pack_bundle(bundle, output)
-    click.echo(f"{output}  sha256 {sha256_file(output)}")
+    click.echo(f"{one_line(output)}  sha256 {sha256_file(output)}")
 
 
 @click.command("verify")
@@ -65,8 +65,11 @@ def report_command(results: Path, baseline: Path | None, out_dir: Path | None, b
     """Render RESULTS (run.py's results.json) as report.html and report.md."""
     from edgepipe.delivery.report import render_report
 
+    if out_dir is not None and (out_dir.exists() or out_dir.is_symlink()) and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a folder; pass a folder for --out")
+
     html = render_report(results, out_dir=out_dir, bundle_dir=bundle_dir, baseline=baseline)
-    click.echo(f"{html}\n{html.with_name('report.md')}")
+    click.echo(f"{one_line(html)}\n{one_line(html.with_name('report.md'))}")
 
 
 def _config_budgets(config: Path | None) -> dict:
@@ -91,6 +94,9 @@ def regress_command(baseline, candidate, max_drop, max_latency_increase, max_sqn
     """Compare CANDIDATE with BASELINE; exit 1 when an accuracy or latency budget is broken."""
     from edgepipe.delivery.regress import load_results, run_regression
     from edgepipe.settings import RegressSettings
+
+    if junit is not None and junit.is_dir():  # checked before the comparison, not after its table
+        raise UserError(f"{junit}: is a folder; pass a file path for --junit, e.g. regress.xml")
 
     overrides = {"max_drop": max_drop, "max_latency_increase": max_latency_increase,
                  "max_sqnr_drop_db": max_sqnr_drop, "metrics": list(metrics) or None}

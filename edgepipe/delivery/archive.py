@@ -15,6 +15,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from edgepipe.delivery.bundle import MANIFEST, SHA256SUMS, load_manifest, verify_bundle, VerificationError
@@ -132,8 +133,9 @@ def safe_extract(tar_path: Path, dest: Path) -> Path:
     tar_path, dest = Path(tar_path), Path(dest)
     try:
         tar = tarfile.open(tar_path, mode="r:*")
-    except (OSError, tarfile.TarError) as exc:
-        raise UserError(f"{tar_path}: not a readable tar archive ({exc})") from None
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:  # gzip raises EOFError on a cut header
+        raise UserError(f"{tar_path}: not a readable tar archive ({exc}); "
+                        "pass the .tar.gz that edgepipe pack wrote") from None
     # headers are read one at a time and every limit checked before the next: a gzip stream of a
     # million empty headers, or one member of 16 GB of zeros (3 MB packed), is refused after its
     # header, never listed whole or decompressed to disk
@@ -143,7 +145,7 @@ def safe_extract(tar_path: Path, dest: Path) -> Path:
         while True:
             try:
                 member = tar.next()
-            except (OSError, tarfile.TarError, EOFError) as exc:
+            except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
                 raise UserError(f"{tar_path}: damaged archive ({exc})") from None
             if member is None:
                 break
@@ -164,10 +166,13 @@ def safe_extract(tar_path: Path, dest: Path) -> Path:
         if total > MAX_ARCHIVE_BYTES or total > free:
             raise UserError(f"{tar_path}: members add up to {total} bytes unpacked, more than "
                             f"{min(MAX_ARCHIVE_BYTES, free)} bytes allowed here (limit or free disk space)")
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(dest, members=members, filter="data")  # second line of defence
-        else:  # pragma: no cover - Python < 3.11.4
-            tar.extractall(dest, members=members)
+        try:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, members=members, filter="data")  # second line of defence
+            else:  # pragma: no cover - Python < 3.11.4
+                tar.extractall(dest, members=members)
+        except (tarfile.TarError, EOFError, zlib.error) as exc:  # headers fine, a member's data cut short
+            raise UserError(f"{tar_path}: damaged archive ({exc})") from None
     return dest
 
 
@@ -175,7 +180,15 @@ def bundle_root(extracted: Path, archive: Path | None = None) -> Path:
     """The folder holding manifest.json in an extracted archive (top level or one folder down)."""
     if (extracted / MANIFEST).is_file():
         return extracted
-    candidates = [p for p in sorted(extracted.iterdir()) if p.is_dir() and (p / MANIFEST).is_file()]
+    entries = sorted(extracted.iterdir())
+    candidates = [p for p in entries if p.is_dir() and (p / MANIFEST).is_file()]
     if len(candidates) != 1:
         raise UserError(f"{archive or extracted}: the archive holds no single bundle folder with {MANIFEST}")
+    # what lies beside the bundle folder is unpacked by `tar xf` too, and no manifest lists it
+    others = [p.name for p in entries if p != candidates[0]]
+    if others:
+        more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
+        raise UserError(f"{archive or extracted}: the archive holds '{others[0]}'{more} beside the bundle folder "
+                        f"'{candidates[0].name}'; a bundle archive holds that folder only, re-pack it with "
+                        "edgepipe pack")
     return candidates[0]

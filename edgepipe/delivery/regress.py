@@ -105,6 +105,11 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _fraction(value, low: float = 0.0) -> bool:
+    """None, NaN (which fails any budget) or a value in [low, 1]: a top-1 of 2.0 passed every accuracy budget."""
+    return value is None or math.isnan(value) or low - 1e-9 <= value <= 1 + 1e-9
+
+
 def _expect(condition: bool, path: Path, field_name: str, wanted: str, value) -> None:
     if not condition:
         text = repr(value)
@@ -126,6 +131,8 @@ def check_results(data, path: Path, role: str) -> dict:
                     "a list of numbers", value)
         else:
             _expect(value is None or _is_number(value), path, f"latency_ms.{key}", "a number or null", value)
+            # a negative time passed every latency budget: fail closed as for the baseline
+            _expect(value is None or not value < 0, path, f"latency_ms.{key}", "a time >= 0", value)
     for key in ("size_bytes", "peak_rss_mb", "samples"):
         _expect(data.get(key) is None or _is_number(data[key]), path, key, "a number or null", data.get(key))
     for key in ("target", "where", "model"):
@@ -140,6 +147,7 @@ def check_results(data, path: Path, role: str) -> dict:
     for key in _ACCURACY_FIGURES:
         _expect(accuracy.get(key) is None or _is_number(accuracy[key]), path, f"accuracy.{key}",
                 "a number or null", accuracy.get(key))
+        _expect(_fraction(accuracy.get(key)), path, f"accuracy.{key}", "a fraction from 0 to 1", accuracy.get(key))
     outputs = accuracy.get("outputs")
     _expect(outputs is None or isinstance(outputs, dict), path, "accuracy.outputs", "a mapping", outputs)
     for name, entry in (outputs or {}).items():
@@ -147,6 +155,9 @@ def check_results(data, path: Path, role: str) -> dict:
         for key in _OUTPUT_FIGURES:
             _expect(entry.get(key) is None or _is_number(entry[key]), path, f"accuracy.outputs.{name}.{key}",
                     "a number or null", entry.get(key))
+        for key, low in (("argmax_agreement", 0.0), ("exact_match", 0.0), ("cosine", -1.0)):
+            _expect(_fraction(entry.get(key), low), path, f"accuracy.outputs.{name}.{key}",
+                    f"a number from {low:g} to 1", entry.get(key))
     bins = accuracy.get("ece_bins")
     _expect(bins is None or isinstance(bins, list), path, "accuracy.ece_bins", "a list", bins)
     for index, entry in enumerate(bins or []):

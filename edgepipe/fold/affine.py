@@ -10,7 +10,8 @@ rounding and no op behind.
 
 Two folds, both exact in float:
 - after a Conv: conv(x) then scale[c] * . + shift[c] is the conv with W[c] * scale[c] and
-  bias[c] * scale[c] + shift[c];
+  bias[c] * scale[c] + shift[c]; a pure scale after a MatMul by a constant matrix whose product a
+  Transpose brings to NCHW (ConvNeXt's layer scale) likewise scales the matrix's columns;
 - before a Conv: conv(scale[c] * x + shift[c]) is the conv with its input channel c of W times
   scale[c] and bias[o] + sum over W[o, c, ...] * shift[c]. A shift is exact only without
   padding: zero padding pads scale * x + shift with 0, not with shift, so a chain with a shift
@@ -114,6 +115,36 @@ def foldable_conv(model, producers, consumers, outputs, x: str):
     return conv
 
 
+def foldable_dense(model, producers, consumers, outputs, x: str, shift: np.ndarray):
+    """(Transpose, MatMul) when `x` is a Transpose of a MatMul by a constant 2-D weight that moves
+    the product's last axis to channel axis 1 (ConvNeXt's blocks: Linear layers channels-last,
+    permuted back to NCHW, then the layer scale), each result read by the next alone, and the
+    chain has no shift (the MatMul has no bias to take it)."""
+    transpose = producers.get(x)
+    if transpose is None or transpose.op_type != "Transpose" or np.any(shift != 0):
+        return None
+    perm = list(graph.node_attributes(transpose).get("perm", []))
+    product = transpose.input[0]
+    matmul = producers.get(product)
+    if len(perm) != 4 or perm[1] != 3 or matmul is None or matmul.op_type != "MatMul":
+        return None
+    weight = graph.constant_value(model, matmul.input[1])
+    if weight is None or weight.ndim != 2 or not np.issubdtype(weight.dtype, np.floating):
+        return None
+    if any(name in outputs or len(consumers.get(name, [])) != 1 for name in (x, product)):
+        return None
+    return transpose, matmul
+
+
+def fold_into_dense(model, transpose, matmul, members, scale) -> None:
+    """MatMul(a, W) -> Transpose -> scale[c] * .: the same result from W's column c times
+    scale[c] (exact in float); the Transpose then writes the chain's output."""
+    weight = graph.constant_value(model, matmul.input[1]).astype(np.float64)
+    scaled = weight * np.broadcast_to(scale, (weight.shape[1],))[None, :]
+    matmul.input[1] = graph.add_initializer(model, f"{matmul.name};affine_weight", scaled.astype(np.float32))
+    transpose.output[0] = members[-1].output[0]
+
+
 def _conv_weight_and_bias(model, conv) -> tuple[np.ndarray, np.ndarray]:
     weight = graph.constant_value(model, conv.input[1]).astype(np.float64)
     has_bias = len(conv.input) > 2 and bool(conv.input[2])
@@ -200,7 +231,8 @@ def fold_constant_affine(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]
     nodes = list(folded.graph.node)
     absorbed: set[int] = set()
     visited: set[int] = set()
-    report = {"into_previous_conv": [], "into_next_conv": [], "refused_padding": [], "nodes_removed": 0}
+    report = {"into_previous_conv": [], "into_previous_matmul": [], "into_next_conv": [], "refused_padding": [],
+              "nodes_removed": 0}
     for node in nodes:
         if id(node) in absorbed or id(node) in visited or node.op_type not in AFFINE_OPS:
             continue
@@ -210,9 +242,13 @@ def fold_constant_affine(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]
         x, members, scale, shift = found
         names = [m.name for m in members]
         conv = foldable_conv(folded, producers, consumers, outputs, x)
+        dense = foldable_dense(folded, producers, consumers, outputs, x, shift) if conv is None else None
         if conv is not None:
             fold_into_conv(folded, conv, members, scale, shift)
             report["into_previous_conv"].append({"conv": conv.name, "nodes": names})
+        elif dense is not None:
+            fold_into_dense(folded, *dense, members, scale)
+            report["into_previous_matmul"].append({"matmul": dense[1].name, "nodes": names})
         else:
             conv = consuming_conv(folded, consumers, outputs, members[-1].output[0], shift)
             if conv is None:

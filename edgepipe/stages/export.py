@@ -57,10 +57,15 @@ def source_fingerprint(spec: str, weights: str | None) -> str:
     return digest.hexdigest()
 
 
+def not_a_file(path: Path) -> str:
+    """Why `path` cannot be read as a file, in the words the one-line error uses."""
+    return "is a folder, not a file; give the file itself" if path.is_dir() else "no such file"
+
+
 def file_sha256(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: {not_a_file(path)}")
     return sha256_file(path)
 
 
@@ -117,13 +122,16 @@ def load_weights(model, weights: str, notes: list[str] | None = None) -> None:
 
     path = Path(weights)
     if not path.is_file():
-        raise UserError(f"--weights {weights}: no such file")
+        raise UserError(f"--weights {weights}: {not_a_file(path)}")
     check_zip_members(path, "checkpoint")  # torch.load inflates every storage whole; torch.save stores them
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        unsafe = "weights only load failed" in str(exc).lower() or isinstance(exc, __import__("pickle").UnpicklingError)
-        why = "it needs unsafe unpickling (Python objects, not only tensors)" if unsafe else type(exc).__name__
+        text = str(exc).lower()
+        unsafe = "weights only load failed" in text or isinstance(exc, __import__("pickle").UnpicklingError)
+        cut = isinstance(exc, (EOFError, OSError)) or any(word in text for word in ("zip archive", "eof", "corrupted"))
+        why = ("it needs unsafe unpickling (Python objects, not only tensors)" if unsafe else
+               "the file is cut short or is not a torch.save file" if cut else type(exc).__name__)
         raise UserError(
             f"--weights {weights}: refused by torch.load(weights_only=True): {why}; "
             "save a plain state_dict with torch.save(model.state_dict(), path)"
@@ -303,7 +311,7 @@ def run_export(spec: str, weights: str | None, input_shapes: dict[str, list[int]
     elif Path(spec).suffix in TORCH_FILE_SUFFIXES or Path(spec).is_file():
         path = Path(spec)
         if not path.is_file():
-            raise UserError(f"{spec}: no such file")
+            raise UserError(f"{spec}: {not_a_file(path)}")
         if path.suffix not in TORCH_FILE_SUFFIXES:
             model = graph.load_model(path)  # an ONNX file without the suffix still gets checked
         else:

@@ -7,8 +7,9 @@ as well for a network's outputs; converters for these runtimes (onnx2tf, ai-edge
 same. The model is retyped before calibration, so an int8 model calibrates and quantizes those
 tensors exactly as it would their float32 twins.
 
-A float64 graph input stays refused by the input check (the app would feed float64 to a float32
-model). Refused otherwise only where float32 changes an integer-valued result: a float64 constant holding integers
+A float64 graph input becomes a float32 input, as a float16 one does: the bundle's run.py and its
+eval data cast float64 data to float32 (`double_inputs` names them in the build's warning).
+Refused only where float32 changes an integer-valued result: a float64 constant holding integers
 beyond 2**24 that float32 cannot represent (a sample count, a hash), named with its node.
 """
 
@@ -57,6 +58,11 @@ def _double_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
+def double_inputs(model: onnx.ModelProto) -> list[str]:
+    """The graph inputs declared float64 (the bundle takes them as float32)."""
+    return [i.name for i in model.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE]
+
+
 def first_float64_node(model: onnx.ModelProto) -> str:
     names = _double_names(model)
     return next((node.name or node.op_type for node in all_nodes(model.graph)
@@ -68,8 +74,6 @@ def to_float32(model: onnx.ModelProto, source: str, target: str) -> tuple[onnx.M
     node touching one). UserError for a float64 constant whose integers float32 would change."""
     if not retype_graph(model.graph, DOUBLE, apply=False):
         return model, 0, ""
-    if any(i.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE for i in model.graph.input):
-        return model, 0, ""  # the app feeds float64: the input check refuses it by name (float32 inputs)
     for name, node, value in _double_constants(model):
         bad = _inexact_integer(value)
         if bad is not None:

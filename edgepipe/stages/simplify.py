@@ -16,6 +16,7 @@ import onnx
 
 from edgepipe import graph
 from edgepipe.inference_form import inference_form
+from edgepipe.isolation import native_stderr_silenced
 
 
 def run_simplify(model: onnx.ModelProto, check: bool = True, acceptable=None) -> tuple[onnx.ModelProto, dict]:
@@ -52,7 +53,10 @@ def _run_onnxsim(model: onnx.ModelProto, check: bool = True, acceptable=None) ->
     before = len(model.graph.node)
     try:
         # BatchNorm folding is our own fold stage (readable, tested), not onnxsim's.
-        simplified, ok = onnxsim.simplify(model, check_n=0, skip_fuse_bn=True)
+        # its C++ prints node names raw (terminal controls too), ONNX Runtime's error log and Python
+        # tracebacks for ops it cannot fold; a failure is reported below, in one line
+        with native_stderr_silenced(python_too=True):
+            simplified, ok = onnxsim.simplify(model, check_n=0, skip_fuse_bn=True)
     except Exception as exc:  # onnxsim raises RuntimeError, onnx errors, even SystemError
         message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         return model, {"status": "failed", "note": f"onnxsim failed ({message}); kept the exported graph"}

@@ -35,8 +35,7 @@ from onnx import helper, numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
-from edgepipe.backends.tflite import (builtins, float_statistics, integers, layouts, model_io, picked_values,
-                                      shared_scales, wide_range)
+from edgepipe.backends.tflite import builtins, float_islands, integers, layouts, model_io, shared_scales
 from edgepipe.backends.tflite.layouts import NHWC, identity, inverse, permute  # noqa: F401 (re-exported)
 from edgepipe.backends.tflite.fusion import fusable_activation
 from edgepipe.backends.tflite.model_io import INTEGER_VALUES
@@ -145,24 +144,9 @@ class Lowering:
         self.expanded = ops.expanded_nodes(model)  # a request naming a node a rewrite replaced by several
         self.requested_float |= {m for n in set(self.requested_float) for m in self.expanded.get(n, ())}
         self.requested_int16 |= {m for n in set(self.requested_int16) for m in self.expanded.get(n, ())}
-        # on unless asked off (the edgepipe.yaml defaults): every lowering - the build, the planner's
-        # candidates, the placement the accuracy tools emulate - must agree on the grids
-        if self.options.get("float_output_concats", True):
-            self.requested_float |= shared_scales.float_output_concats(self)
-        # long recurrences; tensors whose int8 grid zeroes most of their values, with their writers
-        # and readers; the int8 inputs of a Log's float island that it zeroes in part (wide_range.py)
-        self.long_recurrences = (wide_range.long_recurrences(self) if self.options.get("float_long_recurrences", True)
-                                 else {})
-        self.requested_float |= {node for name in self.long_recurrences for node in self.expanded.get(name, ())}
-        wide = self.options.get("wide_range_float", True)
-        before = set(self.requested_float) | float_statistics.statistics_nodes(self)
-        tensors = wide_range.wide_range_tensors(self) if wide else {}
-        self.requested_float |= wide_range.wide_range_nodes(self, tensors)
-        self.requested_float |= float_statistics.statistics_nodes(self)
-        self.requested_float |= picked_values.decoding_nodes(self)
-        logs = wide_range.log_inputs(self) if wide else {}
-        self.requested_float |= wide_range.wide_range_nodes(self, logs)
-        self.wide_range: dict[str, float] = wide_range.effective(self, {**tensors, **logs}, before)
+        self.long_recurrences: dict[str, int] = {}  # {recurrent node: steps} kept float (float_islands.py)
+        self.wide_range: dict[str, float] = {}  # {tensor: zeroed share} kept float (float_islands.py)
+        float_islands.choose(self)
         self.shared_ranges: dict[str, str] = {}
         if self.options.get("share_concat_scales", True):
             self.shared_ranges = shared_scales.shared_concat_ranges(self)

@@ -18,7 +18,8 @@ from edgepipe.backends.tflite.fusion import fusable_activation
 
 
 # the backend.* settings that change which tensors the int8 lowering puts on a grid
-PLACEMENT_OPTIONS = ("target", "keep_layout", "int8_io", "wide_range_float", "float_long_recurrences")
+PLACEMENT_OPTIONS = ("target", "keep_layout", "int8_io", "share_concat_scales", "float_output_concats",
+                     "wide_range_float", "float_long_recurrences")
 
 
 def int8_grids(model: onnx.ModelProto, calibration, options: dict | None = None,

@@ -25,6 +25,7 @@ from edgepipe import quantmath
 from edgepipe.backends.tflite.build import INT8_FILE
 from edgepipe.backends.tflite.lower import inverse, permute
 from edgepipe.backends.tflite.runtime import RESOLVERS, run_tflite
+from edgepipe.errors import UserError
 
 DTYPES = ("int8", "float32", "int32", "int16", "uint8")
 
@@ -47,13 +48,20 @@ class TfliteTensorProbe:
     def __init__(self, bundle: Path, manifest: dict, threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        self.path = Path(bundle) / (manifest.get("model") or INT8_FILE)
+        name = str(manifest.get("model") or INT8_FILE)
+        if Path(name).name != name or name in ("", ".", ".."):  # the bundle's own file, never one elsewhere
+            raise UserError(f"{bundle}: manifest names model '{name}', not a file in the bundle; rebuild the bundle")
+        self.path = Path(bundle) / name
         self.io = manifest.get("io") or {}
         self.description = f"{self.path.name} in LiteRT (int8 kernels, no delegate)"
-        self.interpreter = Interpreter(
-            model_path=str(self.path), num_threads=threads, experimental_preserve_all_tensors=True,
-            experimental_op_resolver_type=getattr(OpResolverType, RESOLVERS["no_delegates"]))
-        self.interpreter.allocate_tensors()
+        try:
+            self.interpreter = Interpreter(
+                model_path=str(self.path), num_threads=threads, experimental_preserve_all_tensors=True,
+                experimental_op_resolver_type=getattr(OpResolverType, RESOLVERS["no_delegates"]))
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:  # LiteRT's reader: not a flatbuffer, a missing op, ...
+            raise UserError(f"{self.path}: LiteRT cannot load it ({' '.join(str(exc).split())[:200]}); "
+                            "rebuild the bundle") from None
         self.sources: dict[str, tuple[dict, tuple[int, ...] | None]] = {}
         for detail in self.interpreter.get_tensor_details():
             parsed = _parse(detail["name"]) if detail["name"] else None

@@ -8,14 +8,12 @@ Runtime): feeds and results are in ONNX layout and float32, converted with the i
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from edgepipe import quantmath
+from edgepipe.isolation import native_stderr_silenced
 from edgepipe.errors import UserError
 
 RESOLVERS = {
@@ -28,27 +26,13 @@ RESOLVERS = {
 def make_interpreter(path: Path, resolver: str = "xnnpack", threads: int = 1):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    with _native_stderr_silenced():  # LiteRT's C++ "INFO: Created ... XNNPACK delegate" line
+    with native_stderr_silenced():  # LiteRT's C++ "INFO: Created ... XNNPACK delegate" line
         interpreter = Interpreter(model_path=str(path), num_threads=threads,
                                   experimental_op_resolver_type=getattr(OpResolverType, RESOLVERS[resolver]))
         interpreter.allocate_tensors()
     return interpreter
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Native libraries log to file descriptor 2, past Python's sys.stderr: park it on /dev/null
-    while the interpreter is created, so a build's terminal shows only edgepipe's own lines.
-    Python exceptions (how LiteRT reports real failures) are unaffected."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def integer_input(value, name: str, dtype: np.dtype) -> np.ndarray:

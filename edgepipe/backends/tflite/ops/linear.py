@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepipe.backends.tflite.lower import Lowering, identity, node_attrs
+from edgepipe.backends.tflite.layouts import moves_only_unit_dims
+from edgepipe.backends.tflite.lower import Lowering, identity, inverse, node_attrs
 from edgepipe.backends.tflite.ops import register
 from edgepipe.backends.tflite.writer import Quantization
 
@@ -150,12 +151,30 @@ def lower_matmul(ctx: Lowering, node) -> None:
     a = ctx.get(node.input[0], dtype, identity(ctx.rank(node.input[0])))
     b_rank = ctx.rank(node.input[1])
     swapped = identity(b_rank)[:-2] + (b_rank - 1, b_rank - 2)
-    adj_y = ctx.layout(node.input[1]) == swapped  # B^T already in memory (k of attention): no TRANSPOSE
+    adj_y = _reads_b_transposed(ctx, node.input[1], dtype, swapped)
     b = ctx.get(node.input[1], dtype, swapped if adj_y else identity(b_rank))
     if dtype == "int8":
         b = ctx.requantized(b, symmetric(ctx.tensor(b).quantization), node.input[1])
     out = ctx.new_value(node.output[0], dtype, identity(rank))
     ctx.emit("BATCH_MATMUL", [a, b], [out], node, "BatchMatMulOptions", AdjX=False, AdjY=adj_y)
+
+
+def _reads_b_transposed(ctx: Lowering, name: str, dtype: str, swapped: tuple[int, ...]) -> bool:
+    """BATCH_MATMUL reads B stored [N, K] (AdjY) when B^T is already in memory (k of attention:
+    no TRANSPOSE), and in int8 also when B must be transposed anyway (a pending layout, v of
+    attention after a head-splitting Transpose): the one TRANSPOSE then writes B^T instead of B.
+    XNNPACK packs an activation B on every call, and its int8 packer is vectorised for [N, K]
+    but a scalar loop for [K, N] (x86 VNNI and ARM dot-product alike); fp32 packs [K, N] as fast
+    or faster, so the float model keeps B in ONNX order."""
+    layout = ctx.layout(name)
+    if layout == swapped:
+        return True
+    reps = ctx.values.get(name) or []
+    onnx_order = identity(len(layout))
+    pending = bool(reps) and all(not moves_only_unit_dims(ctx.tensor(value.index).shape,
+                                                          [inverse(value.perm)[p] for p in onnx_order])
+                                 for value in reps)  # as in Lowering._transposed: a TRANSPOSE, not a RESHAPE
+    return dtype == "int8" and pending
 
 
 def symmetric(quant: Quantization) -> Quantization:
