@@ -3,8 +3,8 @@ sums; numpy's passes where numba is missing.
 
 Why: binning every activation value of every calibration sample is most of the collect phase.
 In numpy it takes several passes over each batch (scale into int16 keys, sort them, find where
-each key starts, count the negatives and the exact zeros); a compiled loop makes one pass that
-reads each value once and increments its key's counter.
+each key starts, count the negatives and the exact zeros); compiled, it is two loops over the
+batch: one counts signs and zeros, one increments each value's key counter.
 
 Same integers either way: a value's key is the same multiply in the value's own float type
 (float32 data times a float32 power of two, exact) truncated toward zero, as numpy's unsafe cast
