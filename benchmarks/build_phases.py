@@ -97,7 +97,10 @@ def run_build(tree: Path, work: Path) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--worker", str(work)], capture_output=True, text=True, env=env)
     if proc.returncode:
         raise RuntimeError((proc.stderr.strip().splitlines() or ["worker failed"])[-1])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    if Path(row["edgepipe"]).resolve() != tree.resolve():  # another checkout came first on sys.path
+        raise RuntimeError(f"the worker built with the edgepipe of {row['edgepipe']}, not of {tree}")
+    return row
 
 
 def main() -> None:

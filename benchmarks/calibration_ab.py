@@ -56,6 +56,8 @@ def run_build(tree: Path, work: Path) -> dict:
     if proc.returncode:
         raise RuntimeError((proc.stderr.strip().splitlines() or ["worker failed"])[-1])
     row = json.loads(proc.stdout.strip().splitlines()[-1])
+    if Path(row["edgepipe"]).resolve() != tree.resolve():  # another checkout came first on sys.path
+        raise RuntimeError(f"the worker built with the edgepipe of {row['edgepipe']}, not of {tree}")
     bundle = Path(row["qdq"]).parent
     hashes = {name: hashlib.sha256((bundle / name).read_bytes()).hexdigest() for name in HASHED}
     return {**{key: row[key] for key in KEYS}, "load_avg": row["load_avg"], "stages_s": row["stages_s"],

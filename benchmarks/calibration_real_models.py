@@ -118,7 +118,10 @@ def run_ours(option: str, work: Path, name: str) -> dict:
     calibration = json.loads((project / "bundle" / "calibration.json").read_text())
     tensors = calibration.get("tensors", {})
     methods = [t.get("method") for t in (tensors.values() if isinstance(tensors, dict) else tensors)]
-    return {"wall_s": stages.get("calibrate", 0.0) + stages.get("backend", 0.0), "build_wall_s": build_wall,
+    import edgepipe
+
+    return {"edgepipe": str(Path(edgepipe.__file__).resolve().parents[1]),  # which checkout built it
+            "wall_s": stages.get("calibrate", 0.0) + stages.get("backend", 0.0), "build_wall_s": build_wall,
             "build_cpu_s": build_cpu,
             "stages_s": stages, "peak_mb": peak, "growth_mb": peak - base,
             "qdq": str(project / "bundle" / "model.qdq.onnx"),

@@ -10,12 +10,17 @@ file as shipped (`--input-shape` only where the corpus says a user must give it)
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+    # after the PYTHONPATH entries: an edgepipe given there (calibration_ab.py's and build_phases.py's
+    # earlier commit) must stay the one imported, not this checkout's
+    _given = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    _last = max((i for i, p in enumerate(sys.path) if p and os.path.abspath(p) in _given), default=-1)
+    sys.path.insert(_last + 1, str(ROOT))
 
 from tests.realmodels import corpus  # noqa: E402
 from tests.realmodels.corpus import CACHE  # noqa: E402,F401

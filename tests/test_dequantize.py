@@ -170,3 +170,48 @@ def test_static_qdq_model_becomes_its_float_layers(tmp_path):
     # the Relu ORT folded into the conv's uint8 grid (zero point 0) is back; the output keeps its name
     assert [n.op_type for n in rebuilt.graph.node] == ["Conv", "Relu", "Flatten", "Gemm", "Identity"]
     assert _sqnr(_run(model, FEEDS), _run(rebuilt, FEEDS)) > 30.0  # int8 weight rounding only
+
+
+def _embedding_model() -> onnx.ModelProto:
+    """Token ids -> embedding Gather -> Transpose to [seq, batch, dim] -> MatMul: the front of a char
+    LSTM as text2tashkeel exports it, before quantize_dynamic."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embedding"),
+             helper.make_node("Transpose", ["e"], ["t"], name="to_seq", perm=[1, 0, 2]),
+             helper.make_node("MatMul", ["t", "m"], ["y"], name="proj")]
+    model = helper.make_model(helper.make_graph(
+        nodes, "embedding", [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1, 12])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [12, 1, 5])],
+        [numpy_helper.from_array(rng.normal(size=(30, 16)).astype(np.float32), "table"),
+         numpy_helper.from_array(rng.normal(size=(16, 5)).astype(np.float32) * 0.3, "m")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_quantized_embedding_dequantized_after_data_movement_builds(tmp_path):
+    """quantize_dynamic quantizes the embedding table, and the graph gathers and transposes int8
+    rows before its DequantizeLinear: an activation DQ that no QuantizeLinear feeds. It becomes
+    the float table with the same Gather and Transpose; the arm-cpu build runs it."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from tests.realmodels import evaluate
+
+    onnx.save(_embedding_model(), str(tmp_path / "float.onnx"))
+    quantize_dynamic(str(tmp_path / "float.onnx"), str(tmp_path / "dynamic.onnx"), weight_type=QuantType.QUInt8,
+                     op_types_to_quantize=["Gather", "Transpose"])
+    dynamic = onnx.load(str(tmp_path / "dynamic.onnx"))
+    movement = [n for n in dynamic.graph.node if n.op_type == "DequantizeLinear"]
+    assert movement and all(n.input[0] not in {i.name for i in dynamic.graph.initializer} for n in movement)
+    rebuilt, _ = float_from_quantized(dynamic)
+    assert "DequantizeLinear" not in {n.op_type for n in rebuilt.graph.node}
+    ids = [{"ids": RNG.integers(0, 30, (1, 12)).astype(np.int64)} for _ in range(8)]
+    assert _sqnr(_run(_embedding_model(), ids), _run(rebuilt, ids)) > 35.0  # the table's uint8 rounding only
+    np.savez(tmp_path / "calib.npz", ids=np.concatenate([feed["ids"] for feed in ids]))
+    proc = run_cli("build", "--model", str(tmp_path / "dynamic.onnx"), "--target", "arm-cpu", "--calib",
+                   str(tmp_path / "calib.npz"), "--no-host-report", "--out", str(tmp_path / "bundle"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = evaluate.run_tflite(tmp_path / "bundle" / "model.fp32.tflite", evaluate.manifest(tmp_path / "bundle")["io"],
+                              np.concatenate([feed["ids"] for feed in ids[:3]]))[0]
+    expected = _run(dynamic, ids[:3])
+    assert np.max(np.abs(got.reshape(expected.shape) - expected)) <= 1e-4 * max(1.0, float(np.max(np.abs(expected))))

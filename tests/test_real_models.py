@@ -72,6 +72,9 @@ KNOWN_FAILURES = {
                                          "(its shape inference rejects a tf2onnx Transpose: invalid perm for a "
                                          "1-D input); ours are checked against AUDIO_ARM_INT8_FLOOR_DB (README)"
        for target in ALL_TARGETS},
+    ("int8", "tashkeel_rawi", "arm-cpu"): "30.0 dB vs ORT 31.8 (bound 30.8): the bidirectional LSTMs' 32 steps "
+                                          "are unrolled int8 on arm-cpu, where ORT keeps each LSTM one float node "
+                                          "(jetson's Q/DQ model: above the bound) (README)",
     **{("int8", "pitch_f0", target): "no int8 peer: ONNX Runtime quantize_static fails on the shipped file (its float64 "
                                      "decoding tail: 'Only an existing tensor can be modified'); its head is checked "
                                      "against head_floor instead" for target in ALL_TARGETS},
@@ -101,6 +104,8 @@ ARM_SPEED_GAPS: dict[str, str] = {
                 "decoding (ARG_MAX, int32 index arithmetic, GATHER, GATHER_ND) have no XNNPACK kernel: 3 partitions; "
                 "builtins.py has not measured ARG_MAX or the comparisons, so the manifest does not predict them",
     "basic_pitch": "its div_no_nan's EQUAL and SELECT_V2 (float islands) have no XNNPACK kernel: 2 partitions (README)",
+    "tashkeel_rawi": "the embedding table GATHER of the character ids has no XNNPACK kernel (one partition "
+                     "after it; README)",
     "magika": "CAST of the byte tokens, the int32 clamp of the ids and the table GATHER of the one-hot dense layer "
               "have no XNNPACK kernel (README)",
 }

@@ -179,11 +179,17 @@ def test_conv_without_bias_gets_int32_zero_bias_and_fused_relu6(tmp_path):
     assert histogram["CONV_2D"] == 1 and "RELU6" not in histogram and "MINIMUM" not in histogram
 
 
-@pytest.mark.parametrize("stride,pads,kernel", [(2, [0, 0, 0, 0], 2), (2, [1, 1, 1, 1], 4), (1, [0, 0, 0, 0], 3)])
-def test_conv_transpose_matches_onnxruntime(stride, pads, kernel, tmp_path):
+@pytest.mark.parametrize("stride,pads,kernel,output_padding", [
+    (2, [0, 0, 0, 0], 2, 0), (2, [1, 1, 1, 1], 4, 0), (1, [0, 0, 0, 0], 3, 0),
+    (2, [3, 3, 3, 3], 4, 0),  # waifu2x upconv_7: neither SAME nor VALID, a window of the VALID output
+    (2, [1, 0, 2, 1], 3, 0),  # asymmetric pads
+    (2, [1, 1, 1, 1], 3, 1),  # output_padding within the end pad
+])
+def test_conv_transpose_matches_onnxruntime(stride, pads, kernel, output_padding, tmp_path):
     rng = np.random.default_rng(stride + kernel)
+    extra = {"output_padding": [output_padding] * 2} if output_padding else {}
     node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="deconv", strides=[stride, stride],
-                            pads=pads, kernel_shape=[kernel, kernel])
+                            pads=pads, kernel_shape=[kernel, kernel], **extra)
     model = make_model([node], {"x": [1, 4, 5, 6]}, ["y"],
                        {"w": rng.normal(size=(4, 3, kernel, kernel)).astype(np.float32) * 0.3,
                         "b": rng.normal(size=3).astype(np.float32)})

@@ -1,4 +1,4 @@
-"""Conformance of 1-D Conv / MaxPool / AveragePool ([N, C, L]: audio, text, time series), lowered
+"""Conformance of 1-D Conv / ConvTranspose / MaxPool / AveragePool ([N, C, L]: audio, text, time series), lowered
 through their 2-D kernels with a height-1 view (ops/one_d.py), at opsets with Unsqueeze's axes
 as an attribute (11) and as an input (17)."""
 
@@ -14,7 +14,8 @@ from tests.tflite_harness import check_conformance, make_model, onnx_node_case
 
 RNG = np.random.default_rng(37)
 INITS = {"w": RNG.normal(size=(6, 4, 3)).astype(np.float32) * 0.4, "bias": RNG.normal(size=6).astype(np.float32) * 0.1,
-         "w_dw": RNG.normal(size=(4, 1, 3)).astype(np.float32), "w2": RNG.normal(size=(6, 4, 3)).astype(np.float32) * 0.4}
+         "w_dw": RNG.normal(size=(4, 1, 3)).astype(np.float32), "w2": RNG.normal(size=(6, 4, 3)).astype(np.float32) * 0.4,
+         "w_up": RNG.normal(size=(4, 3, 16)).astype(np.float32) * 0.3, "w_up3": RNG.normal(size=(4, 3, 3)).astype(np.float32)}
 
 CASES = {
     "conv-relu": [helper.make_node("Conv", ["x", "w", "bias"], ["c"], name="conv", pads=[1, 1]),
@@ -22,6 +23,11 @@ CASES = {
     "conv-strided-dilated": [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", strides=[2], dilations=[2],
                                               pads=[2, 1])],
     "depthwise-same": [helper.make_node("Conv", ["x", "w_dw"], ["y"], name="conv", group=4, auto_pad="SAME_UPPER")],
+    # a vocoder's upsampler (HiFi-GAN: kernel 2 x stride, pads stride / 2), and output_padding
+    "conv-transpose-upsampler": [helper.make_node("ConvTranspose", ["x", "w_up"], ["y"], name="up", strides=[8],
+                                                  pads=[4, 4])],
+    "conv-transpose-output-padding": [helper.make_node("ConvTranspose", ["x", "w_up3"], ["y"], name="up", strides=[2],
+                                                       pads=[1, 1], output_padding=[1])],
     "maxpool-ceil": [helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3], strides=[2], ceil_mode=1)],
     "avgpool-exclusive-pads": [helper.make_node("AveragePool", ["x"], ["y"], name="pool", kernel_shape=[3], strides=[2],
                                                 pads=[1, 1], count_include_pad=0)],
@@ -41,7 +47,7 @@ def test_one_d_matches_onnxruntime(case, opset, tmp_path):
     assert not unsupported_nodes(model)
     report = check_conformance(model, tmp_path)
     histogram = report.result["op_histogram"]
-    assert not {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D"}.isdisjoint(histogram)
+    assert not {"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "MAX_POOL_2D", "AVERAGE_POOL_2D"}.isdisjoint(histogram)
 
 
 @pytest.mark.parametrize("name", ["test_maxpool_1d_default", "test_averagepool_1d_default"])

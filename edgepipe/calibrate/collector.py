@@ -38,6 +38,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgepipe import graph
+from edgepipe.calibrate import kernels
 from edgepipe.calibrate.histogram import TensorHistogram
 from edgepipe.calibrate.policy import TensorContext
 from edgepipe.errors import UserError
@@ -177,17 +178,22 @@ def _extremes(arrays: dict, names, workers: "Workers", allowed: set[str] = froze
     One reduction pair per tensor serves both the NaN/Inf check (NaN propagates through min/max)
     and the histogram update, which would otherwise reduce the same data again; the negatives
     (which the histogram needs for its zero bins) are counted in the same task, while the array
-    is still in cache, not when it is binned batches later.
+    is still in cache, not when it is binned batches later; None where the histogram's compiled
+    loop counts them itself while it bins (kernels.py), which costs it nothing extra.
     """
     floats = [name for name in names if (value := arrays.get(name)) is not None and value.dtype.kind == "f"
               and value.size]
+    signs_counted = kernels.compiled()
 
-    def reduce(name: str) -> tuple[float, float, int]:
+    def reduce(name: str) -> tuple[float, float, int | None]:
         value = arrays[name]
         low, high = float(np.minimum.reduce(value, axis=None)), float(np.maximum.reduce(value, axis=None))
         if low >= 0.0 or not np.isfinite(low + high):
             return low, high, 0
-        return low, high, value.size if high < 0.0 else int(np.count_nonzero(value < 0))
+        if high < 0.0:
+            return low, high, value.size
+        # None: not counted here, the histogram's compiled loop counts them as it bins (kernels.py)
+        return low, high, None if signs_counted else int(np.count_nonzero(value < 0))
 
     extremes = {}
     for name, (low, high, negatives) in zip(floats, workers.map(reduce, floats)):
@@ -385,7 +391,8 @@ class _Pending:
                 hists[name].update(items[0][0], round_index, items[0][1])
                 return
             known = [e for _, e in items if e is not None]
-            extremes = (min(e[0] for e in known), max(e[1] for e in known), sum(e[2] for e in known)) \
+            negatives = None if any(e[2] is None for e in known) else sum(e[2] for e in known)
+            extremes = (min(e[0] for e in known), max(e[1] for e in known), negatives) \
                 if len(known) == len(items) else None
             hists[name].update_parts([value for value, _ in items], round_index, extremes)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgepipe import quantmath
+from edgepipe.calibrate import kernels
 
 SYMMETRIC_LEVELS = 127  # int8 narrow range: [-127, 127]
 COARSE_CANDIDATES = 128  # first pass of the threshold search; refined bin by bin afterwards
@@ -42,11 +43,16 @@ def expected_error(centers: np.ndarray, counts: np.ndarray, scales, zero_points,
     centers = np.asarray(centers, dtype=np.float64)
     counts = np.asarray(counts, dtype=np.float64)
     result = np.empty(scales.size)
-    rows = max(1, CHUNK_ELEMENTS // max(centers.size, 1))
-    block = np.empty((min(rows, scales.size), centers.size))
     shifted = bool(np.any(zero_points))
     # |x| bins (symmetric grids): rint(c / s) >= 0 >= qmin, so only the upper limit can bind
     upper_only = not shifted and qmin <= 0 and (centers.size == 0 or centers.min() >= 0.0)
+    if kernels.compiled() and centers.size:  # one pass per candidate, the same values (kernels.py)
+        kernels.squared_errors(np.ascontiguousarray(centers), np.ascontiguousarray(counts),
+                               np.ascontiguousarray(scales), np.ascontiguousarray(zero_points),
+                               float(qmin), float(qmax), shifted, upper_only, result)
+        return result / max(float(counts.sum()), 1.0)
+    rows = max(1, CHUNK_ELEMENTS // max(centers.size, 1))
+    block = np.empty((min(rows, scales.size), centers.size))
     for start in range(0, scales.size, rows):
         stop = min(start + rows, scales.size)
         m = block[: stop - start]

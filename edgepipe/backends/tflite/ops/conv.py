@@ -245,9 +245,27 @@ def check_conv_transpose(ctx: Lowering, node) -> str | None:
         return "grouped ConvTranspose is not supported; use group=1"
     if any(d != 1 for d in attrs.get("dilations", [1, 1])):
         return "dilated ConvTranspose is not supported"
-    if _transpose_padding(ctx, node) is None:
-        return "pads/output_padding do not match TFLite SAME or VALID; use padding=k//2 or 0"
+    if _transpose_padding(ctx, node) is None and _transpose_crop(ctx, node) is None:
+        return "output_padding reaches past the transposed convolution's last tap; export with pads >= output_padding"
     return None
+
+
+def _transpose_crop(ctx: Lowering, node) -> tuple[list[int], list[int]] | None:
+    """(begin, full VALID output [H, W]) when the ONNX output is a window of the VALID output:
+    explicit pads neither SAME nor VALID describes (waifu2x's 4x4 stride-2 deconv with pads 3,
+    output_padding within the end pad). None when the output reaches past it."""
+    attrs = node_attrs(node)
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    kernel = ctx.constant(node.input[1]).shape[2:]
+    in_hw, out_hw = ctx.shape(node.input[0])[2:], ctx.shape(node.output[0])[2:]
+    strides = list(attrs.get("strides", [1, 1]))
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    full = [(in_hw[i] - 1) * strides[i] + kernel[i] for i in range(2)]
+    begin = pads[:2]
+    if any(begin[i] < 0 or begin[i] + out_hw[i] > full[i] for i in range(2)):
+        return None
+    return begin, full
 
 
 def _transpose_padding(ctx: Lowering, node) -> int | None:
@@ -278,7 +296,15 @@ def lower_conv_transpose(ctx: Lowering, node) -> None:
     activation, out_name = ctx.fuse_activation(node)
     out = ctx.new_value(out_name, dtype, NHWC)
     filter_index, bias_index = ctx.filter_and_bias(node.name, weights.transpose(0, 2, 3, 1), 0, bias, x, dtype)
-    shape_index = ctx.int32_constant(f"{node.name};output_shape", ctx.tensor(out).shape)
-    ctx.emit("TRANSPOSE_CONV", [shape_index, filter_index, x, bias_index], [out], node, "TransposeConvOptions",
-             Padding=_transpose_padding(ctx, node), StrideH=strides[0], StrideW=strides[1],
-             FusedActivationFunction=activation)
+    padding, conv_out = _transpose_padding(ctx, node), out
+    if padding is None:  # TRANSPOSE_CONV VALID, then SLICE out the window ONNX's pads leave
+        begin, full = _transpose_crop(ctx, node)
+        batch, _, _, channels = ctx.tensor(out).shape
+        padding = VALID
+        conv_out = ctx.temp(f"{node.name};uncropped", [batch, *full, channels], dtype, ctx.tensor(out).quantization)
+    shape_index = ctx.int32_constant(f"{node.name};output_shape", ctx.tensor(conv_out).shape)
+    ctx.emit("TRANSPOSE_CONV", [shape_index, filter_index, x, bias_index], [conv_out], node, "TransposeConvOptions",
+             Padding=padding, StrideH=strides[0], StrideW=strides[1], FusedActivationFunction=activation)
+    if conv_out != out:
+        ctx.emit("SLICE", [conv_out, ctx.int32_constant(f"{node.name};crop_begin", [0, *begin, 0]),
+                           ctx.int32_constant(f"{node.name};crop_size", ctx.tensor(out).shape)], [out], node)

@@ -1,8 +1,9 @@
-"""1-D Conv / MaxPool / AveragePool ([N, C, L] tensors: audio, text and time-series models).
+"""1-D Conv / ConvTranspose / MaxPool / AveragePool ([N, C, L] tensors: audio, text and time-series
+models; ConvTranspose1d is a vocoder's or audio decoder's upsampler).
 
 TFLite's spatial kernels are 2-D only, so `lift_1d_spatial_ops` rewrites each such node into
 Unsqueeze -> the same op in 2-D with height 1 (kernel [1, k], pads [0, b, 0, e], weights
-[O, C/g, 1, k]) -> Squeeze, and the 2-D families lower it (a Relu / Clip that alone reads the result
+[O, C/g, 1, k], a transposed conv's [C, O/g, 1, k]) -> Squeeze, and the 2-D families lower it (a Relu / Clip that alone reads the result
 moves into the 2-D view too, so it fuses into CONV_2D); ceil_mode, count_include_pad, groups,
 dilations and auto_pad keep their meaning because the added axis has size 1. The 2-D result
 `<name>;2d` is another view of the calibrated `<name>` and shares its range (Lowering.quant).
@@ -18,7 +19,8 @@ from edgepipe import graph
 from edgepipe.backends.tflite.ops import register_rewrite
 
 VIEW_SUFFIX = ";2d"  # a tensor a rewrite adds as a 4-D view of the calibrated tensor it names
-LIFTED = ("Conv", "MaxPool", "AveragePool")
+LIFTED = ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
+WEIGHTED = ("Conv", "ConvTranspose")
 
 
 def _rank(infos: dict, name: str) -> int | None:
@@ -33,12 +35,14 @@ def _lifted_attributes(node: onnx.NodeProto, kernel: int | None) -> list[onnx.At
         value = helper.get_attribute_value(attribute)
         if attribute.name == "kernel_shape":
             value = [1, *value]
-        elif attribute.name in ("strides", "dilations"):
+        elif attribute.name in ("strides", "dilations", "output_shape"):
             value = [1, *value]
+        elif attribute.name == "output_padding":
+            value = [0, *value]
         elif attribute.name == "pads":
             value = [0, value[0], 0, value[1]]
         lifted.append(helper.make_attribute(attribute.name, value))
-    if node.op_type == "Conv" and kernel is not None and all(a.name != "kernel_shape" for a in node.attribute):
+    if node.op_type in WEIGHTED and kernel is not None and all(a.name != "kernel_shape" for a in node.attribute):
         lifted.append(helper.make_attribute("kernel_shape", [1, kernel]))
     return lifted
 
@@ -84,7 +88,7 @@ def lift_1d_spatial_ops(model: onnx.ModelProto) -> None:
             continue
         inputs = list(node.input)
         kernel = None
-        if node.op_type == "Conv":
+        if node.op_type in WEIGHTED:
             weights = initializers.get(node.input[1]) if len(node.input) > 1 else None
             if weights is None or len(weights.dims) != 3:
                 rewritten.append(node)  # non-constant weights: the conv family refuses it by name
