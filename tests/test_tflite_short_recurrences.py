@@ -1,5 +1,5 @@
-"""Recurrences over more than wide_range.LONG_RECURRENCE_STEPS steps run float on arm-cpu, down to
-the 32-step bidirectional LSTMs of a character-level text model (text2tashkeel's Rawi diacritizer:
+"""Recurrences over more than wide_range.LONG_RECURRENCE_STEPS step(s) run float on arm-cpu, down to
+short ones like the 32-step bidirectional LSTMs of a character-level text model (text2tashkeel's Rawi diacritizer:
 its int8 cell state, requantized at every step, cost 6 dB at its output). Calibration is the real
 `calibrate()`; ONNX Runtime on the float model is the reference; the .tflite runs in LiteRT."""
 
@@ -38,7 +38,7 @@ def _build(steps: int, tmp_path):
 
 
 def test_a_32_step_bidirectional_lstm_runs_float(tmp_path):
-    """32 steps is over the rule's bound: both directions are float, one XNNPACK partition, and the
+    """32 steps (64 was the bound before): both directions are float, one XNNPACK partition, and the
     output is ONNX Runtime's up to float rounding (an int8 recurrence is over 1e-3 off: below)."""
     model, built, evals = _build(32, tmp_path)
     assert built["long_recurrences"] == {"bilstm": 32}
@@ -51,7 +51,8 @@ def test_a_32_step_bidirectional_lstm_runs_float(tmp_path):
 
 
 def test_a_recurrence_within_the_bound_stays_int8(tmp_path):
-    """A recurrence of at most LONG_RECURRENCE_STEPS steps keeps its int8 kernels."""
+    """A recurrence of at most LONG_RECURRENCE_STEPS step(s) (its state never read back) keeps its
+    int8 kernels."""
     model, built, evals = _build(wide_range.LONG_RECURRENCE_STEPS, tmp_path)
     assert built["long_recurrences"] == {}
     path = tmp_path / "model.tflite"
