@@ -91,7 +91,7 @@ def cli(debug: bool) -> None:
 @click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
               help="Pin an input to a constant, e.g. sr=16000: an If it decides keeps one branch (repeatable).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="edgepipe.yaml (default: ./edgepipe.yaml if present).")
-@click.option("--out", help="Bundle directory (default build/<target>).")
+@click.option("--out", help="Bundle directory (default build/<target>; build/<file stem> for a profile .yaml path).")
 @click.option("--calib-method", type=click.Choice(calibration_methods.names()), help="Calibration method for all tensors.")
 @click.option("--int8-io", is_flag=True, default=None, help="TFLite: int8 model inputs/outputs.")
 @click.option("--keep-layout", is_flag=True, default=None, help="TFLite: keep NCHW inputs (default converts images to NHWC).")

@@ -1,0 +1,58 @@
+"""Second hostile-input pass: paths a user hands over that are not what the code assumed
+(a target profile given by absolute path, calibration file names that are not UTF-8)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.helpers import run_cli, tiny_conv_model
+
+
+def _model_and_calib(tmp: Path) -> tuple[Path, Path]:
+    onnx.save(tiny_conv_model(), str(tmp / "model.onnx"))
+    np.savez(tmp / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    return tmp / "model.onnx", tmp / "calib.npz"
+
+
+def test_profile_by_absolute_path_builds_under_build_not_into_the_profile(tmp_path):
+    """`--target /boards/board.yaml` without --out: the default out was build/ joined with the
+    absolute path, i.e. the profile file itself (refused as 'not a bundle folder')."""
+    model, calib = _model_and_calib(tmp_path)
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    profile = boards / "board.yaml"
+    profile.write_text("name: board\nbase: jetson\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_cli("build", "--model", str(model), "--calib", str(calib), "--target", str(profile),
+                     "--no-host-report", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert (work / "build" / "board" / "manifest.json").is_file()
+    assert profile.read_text() == "name: board\nbase: jetson\n"
+    assert sorted(p.name for p in boards.iterdir()) == ["board.yaml"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a file system that takes non-UTF-8 names")
+def test_image_named_with_non_utf8_bytes_is_calibrated(tmp_path):
+    """A file name that is not UTF-8 (a Latin-1 camera folder) crashed the calibration cache key
+    (UnicodeEncodeError, internal error exit 3) before any image was read."""
+    from PIL import Image
+
+    model, _ = _model_and_calib(tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        name = f"caf\xe9{index}.png".encode("latin-1")
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(os.fsdecode(os.path.join(os.fsencode(images), name)))
+    result = run_cli("build", "--model", str(model), "--calib", str(images), "--target", "jetson",
+                     "--no-host-report", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "out" / "manifest.json").is_file()
