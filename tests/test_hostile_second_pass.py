@@ -56,3 +56,18 @@ def test_image_named_with_non_utf8_bytes_is_calibrated(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+def test_report_of_results_without_model_or_samples(tmp_path):
+    """check_results lets `model`, `target`, `where`, `samples` be absent; the templates read them
+    and a results.json without `model` (hand-written, or an older run.py) was an internal error."""
+    import json
+
+    minimal = {"schema": 1, "latency_ms": {"p50": 1.0}, "accuracy": {"top1": 0.5}}
+    (tmp_path / "results.json").write_text(json.dumps(minimal))
+    (tmp_path / "baseline.json").write_text(json.dumps(minimal))
+    result = run_cli("report", str(tmp_path / "results.json"), "--baseline", str(tmp_path / "baseline.json"),
+                     "--out", str(tmp_path / "rep"))
+    assert result.returncode == 0, result.stderr
+    assert "model <code>?</code>" in (tmp_path / "rep" / "report.html").read_text()
+    assert (tmp_path / "rep" / "report.md").read_text().startswith("# edgepipe report: ? (?)")
