@@ -302,6 +302,16 @@ def _read_profile(path: Path) -> dict:
     return data
 
 
+def _base_of(base: str, profile_path: Path) -> str:
+    """A profile's `base: other.yaml` relative to the profile's own folder, not to the folder the
+    build runs in (a board folder of profiles deriving from each other works from anywhere); a
+    path that is not there is taken as written (relative to the current folder) as before."""
+    beside = profile_path.parent / base
+    if base.endswith((".yaml", ".yml")) and not Path(base).is_absolute() and beside.is_file():
+        return str(beside)
+    return base
+
+
 def load_target(name: str, options: dict | None = None, _depth: int = 0) -> Target:
     """Instantiate a target by plugin name, profile name, or path to a profile YAML."""
     if _depth > 5:
@@ -314,7 +324,7 @@ def load_target(name: str, options: dict | None = None, _depth: int = 0) -> Targ
             raise UserError(f"{profile_path}: target profile not found")
         data = _read_profile(profile_path)
         merged = {**(data.get("options") or {}), **(options or {})}
-        target = load_target(str(data["base"]), merged, _depth + 1)
+        target = load_target(_base_of(str(data["base"]), profile_path), merged, _depth + 1)
         target.name = str(data.get("name") or profile_path.stem)
         target.profile = str(profile_path.name)
         if data.get("description"):

@@ -698,6 +698,11 @@ def profile_negative_workspace(tmp):
     return _build(tmp, _model(tmp), _calib(tmp), str(tmp / "orin.yaml"))
 
 
+def profile_threads_huge(tmp):
+    (tmp / "board.yaml").write_text("name: board\nbase: arm-cpu\noptions: {threads: 100000000000000000000}\n")
+    return _build(tmp, _model(tmp), _calib(tmp), str(tmp / "board.yaml"))
+
+
 def empty_baseline(tmp):
     (tmp / "baseline.json").write_text('{"latency_ms": {}}')
     return _regress(tmp, tmp / "baseline.json")
@@ -1098,6 +1103,8 @@ CASES = [
          ("orin.yaml", "workspace_mb", "int")),
     Case("profile-option-range", "a target profile with `workspace_mb: -1`", profile_negative_workspace,
          ("orin.yaml", "workspace_mb", ">= 1")),
+    Case("profile-threads-huge", "a target profile with `threads: 100000000000000000000` (LiteRT takes a C int)",
+         profile_threads_huge, ("board.yaml", "'options.threads'", "<= 1024")),
     Case("empty-baseline", "regress against a baseline with no figures", empty_baseline, ("baseline.json", "nothing to compare")),
     Case("infinite-baseline", "a baseline latency of Infinity", infinite_baseline, ("baseline.json", "latency.p50", "inf")),
     Case("nan-baseline", "a NaN baseline metric", nan_baseline, ("baseline.json", "accuracy.top1", "nan")),

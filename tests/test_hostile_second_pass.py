@@ -71,3 +71,18 @@ def test_report_of_results_without_model_or_samples(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "model <code>?</code>" in (tmp_path / "rep" / "report.html").read_text()
     assert (tmp_path / "rep" / "report.md").read_text().startswith("# edgepipe report: ? (?)")
+
+
+def test_profile_base_is_found_beside_the_profile(tmp_path):
+    """`base: common.yaml` in boards/board.yaml names boards/common.yaml; it was looked up in the
+    folder the build ran in ('common.yaml: target profile not found')."""
+    model, calib = _model_and_calib(tmp_path)
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    (boards / "common.yaml").write_text("base: arm-cpu\noptions: {threads: 3}\n")
+    (boards / "board.yaml").write_text("name: board\nbase: common.yaml\n")
+    result = run_cli("build", "--model", str(model), "--calib", str(calib), "--target", str(boards / "board.yaml"),
+                     "--no-host-report", "--json", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    manifest = (tmp_path / "out" / "manifest.json").read_text()
+    assert '"threads": 3' in manifest
