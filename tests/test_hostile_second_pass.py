@@ -86,3 +86,57 @@ def test_profile_base_is_found_beside_the_profile(tmp_path):
     assert result.returncode == 0, result.stderr
     manifest = (tmp_path / "out" / "manifest.json").read_text()
     assert '"threads": 3' in manifest
+
+
+_BROKEN_PLUGINS = '''
+import sys
+from edgepipe.targets import Target
+class CtorRaises(Target):
+    name = "ctor-raises"
+    def __init__(self, options=None, profile=None):
+        raise RuntimeError("boom in ctor")
+class Exits(Target):
+    name = "exits"
+    def __init__(self, options=None, profile=None):
+        sys.exit(0)
+class NoRequirements(Target):
+    name = "no-requirements"
+    backend = "tflite"
+    runtime_requirements = None
+'''
+
+
+def _edgepipe_with_plugins(site: Path, *args: str, cwd: Path):
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "edgepipe", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_broken_third_party_plugins_are_named_not_fatal(tmp_path):
+    """An installed plugin that does not import, raises in its constructor or calls sys.exit():
+    `edgepipe targets` failed outright (hiding arm-cpu), `build --target` was an internal error
+    (exit 3) or ended with exit 0 and no bundle (sys.exit in the plugin)."""
+    site = tmp_path / "site"
+    info = site / "badplug-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: badplug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[edgepipe.targets]\nbroken-import = badplug:Missing\n"
+                                           "ctor-raises = badplug:CtorRaises\nexits = badplug:Exits\n"
+                                           "no-requirements = badplug:NoRequirements\n")
+    (site / "badplug.py").write_text(_BROKEN_PLUGINS)
+    listed = _edgepipe_with_plugins(site, "targets", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "arm-cpu" in listed.stdout and "no-requirements" in listed.stdout
+    warnings = listed.stderr.strip().splitlines()
+    assert len(warnings) == 3 and all(w.startswith("warning: target plugin '") for w in warnings), listed.stderr
+    model, calib = _model_and_calib(tmp_path)
+    for name, fragment in (("ctor-raises", "failed to start: RuntimeError: boom in ctor"),
+                           ("exits", "failed to start: SystemExit"), ("broken-import", "failed to import")):
+        built = _edgepipe_with_plugins(site, "build", "--model", str(model), "--calib", str(calib), "--target", name,
+                                       "--no-host-report", "--out", str(tmp_path / name), cwd=tmp_path)
+        assert built.returncode == 2, built.stderr
+        lines = built.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: target plugin '{name}'") and fragment in lines[0]
+        assert not (tmp_path / name).exists()
