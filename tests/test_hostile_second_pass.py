@@ -140,3 +140,57 @@ def test_broken_third_party_plugins_are_named_not_fatal(tmp_path):
         lines = built.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: target plugin '{name}'") and fragment in lines[0]
         assert not (tmp_path / name).exists()
+
+
+def _reseal(bundle: Path) -> None:
+    """What someone editing a bundle does after changing a file: SHA256SUMS recomputed to match."""
+    import hashlib
+
+    lines = []
+    for line in (bundle / "SHA256SUMS").read_text().splitlines():
+        _, name = line.split("  ", 1)
+        lines.append(f"{hashlib.sha256((bundle / name).read_bytes()).hexdigest()}  {name}")
+    (bundle / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def arm_bundle(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("arm_bundle")
+    model, calib = _model_and_calib(tmp)
+    result = run_cli("build", "--model", str(model), "--calib", str(calib), "--target", "arm-cpu", "--no-host-report",
+                     "--out", str(tmp / "bundle"), cwd=tmp)
+    assert result.returncode == 0, result.stderr
+    return tmp / "bundle"
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    ({"model": "/etc/hostname"}, "'model' is '/etc/hostname', not a file inside the bundle"),
+    ({"compare_model": "../../model.tflite"}, "'compare_model' is '../../model.tflite', not a file inside"),
+    ({"eval": {"file": "/dev/zero"}}, "'eval.file' is '/dev/zero', not a file inside the bundle"),
+    ({"eval": "eval/eval.npz"}, "'eval' is not a mapping"),
+    ({"io": {"inputs": "x"}}, "'io.inputs' is not a list of mappings"),
+    (None, "is not a TFLite model the runtime can load"),
+], ids=["model-absolute", "compare-model-dotdot", "eval-file-device", "eval-not-mapping", "io-not-list", "model-not-flatbuffer"])
+def test_run_py_on_a_resealed_hostile_bundle(arm_bundle, tmp_path, edit, fragment):
+    """run.py followed manifest file names wherever they pointed (an absolute `model` was loaded, an
+    `eval.file` outside the bundle silently skipped evaluation) and met a section of the wrong type or
+    a model that is not a flatbuffer with a traceback; now one `error:` line each."""
+    import json
+    import shutil
+    import subprocess
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(arm_bundle, bundle)
+    if edit is None:
+        (bundle / "model.tflite").write_bytes(b"not a flatbuffer" * 16)
+    else:
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest.update(edit)
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+    _reseal(bundle)
+    result = subprocess.run([sys.executable, str(bundle / "run.py"), "--iterations", "2", "--warmup", "0", "--out",
+                             str(tmp_path / "results.json")], capture_output=True, text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert len(errors) == 1 and fragment in errors[0], result.stderr
+    assert not (tmp_path / "results.json").exists()
