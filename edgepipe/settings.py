@@ -149,7 +149,12 @@ def data_fingerprint(path: str | None) -> str:
         return ""
     root = Path(path)
     digest = hashlib.sha256()
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    if root.is_file():
+        files = [root]
+    else:
+        from edgepipe.data import sample_tree_files
+
+        files = sample_tree_files(root)
     for item in files:
         digest.update(os.fsencode(item.relative_to(root) if item != root else item.name))  # names need not be UTF-8
         digest.update(bytes.fromhex(file_sha256(item)))  # streamed: a huge stray file is not read whole

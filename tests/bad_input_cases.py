@@ -267,6 +267,18 @@ def unreadable_image(tmp):
     return _build(tmp, _model(tmp), folder)
 
 
+def calib_link_to_root(tmp):
+    folder = tmp / "calib"
+    folder.mkdir()
+    tiny = tmp / "tiny.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tiny)
+    (folder / "a.png").write_bytes(tiny.read_bytes())
+    (folder / "everything").symlink_to("/")
+    return _build(tmp, _model(tmp), folder)
+
+
 def wrong_shape(tmp):
     return _build(tmp, _model(tmp), _calib(tmp, np.zeros((8, 3, 9, 9), np.float32)))
 
@@ -1018,6 +1030,8 @@ CASES = [
          ("'x'", "--input-shape")),
     Case("empty-folder", "calibration folder with no images or arrays", empty_folder, ("calib",)),
     Case("unreadable-image", "an image that cannot be decoded", unreadable_image, ("broken.png",)),
+    Case("calib-link-to-root", "a calibration folder holding a link to `/` (walked: the whole file system)",
+         calib_link_to_root, ("everything", "is a link to /", "remove the link")),
     Case("truncated-wav", "a .wav recording cut short (its header declares more data than follows)", truncated_wav,
          ("take.wav", "the data chunk declares 1280 bytes but only 680 follow")),
     Case("image-pixel-bomb", "a PNG whose header declares 40000 x 40000 pixels (decompression bomb)", image_pixel_bomb,
