@@ -279,6 +279,15 @@ def calib_link_to_root(tmp):
     return _build(tmp, _model(tmp), folder)
 
 
+def out_inside_calib(tmp):
+    folder = tmp / "calib"
+    folder.mkdir()
+    for index in range(4):
+        np.save(folder / f"s{index}.npy", np.random.default_rng(index).standard_normal((1, 3, 8, 8)).astype(np.float32))
+    return ["build", "--model", str(_model(tmp)), "--target", "arm-cpu", "--calib", str(folder), "--out",
+            str(folder / "out")]
+
+
 def wrong_shape(tmp):
     return _build(tmp, _model(tmp), _calib(tmp, np.zeros((8, 3, 9, 9), np.float32)))
 
@@ -1030,6 +1039,8 @@ CASES = [
          ("'x'", "--input-shape")),
     Case("empty-folder", "calibration folder with no images or arrays", empty_folder, ("calib",)),
     Case("unreadable-image", "an image that cannot be decoded", unreadable_image, ("broken.png",)),
+    Case("out-inside-calib", "`--out` inside the `--calib` folder (the next build read the bundle as samples)",
+         out_inside_calib, ("--out", "calib/out", "inside the --calib folder", "outside it")),
     Case("calib-link-to-root", "a calibration folder holding a link to `/` (walked: the whole file system)",
          calib_link_to_root, ("everything", "is a link to /", "remove the link")),
     Case("truncated-wav", "a .wav recording cut short (its header declares more data than follows)", truncated_wav,
