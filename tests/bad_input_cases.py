@@ -288,6 +288,11 @@ def out_inside_calib(tmp):
             str(folder / "out")]
 
 
+def cache_inside_out(tmp):
+    (tmp / "edgepipe.yaml").write_text("target: jetson\ncache_dir: out/.cache\n")
+    return ["build", "--model", str(_model(tmp)), "--calib", str(_calib(tmp)), "--out", str(tmp / "out")]
+
+
 def wrong_shape(tmp):
     return _build(tmp, _model(tmp), _calib(tmp, np.zeros((8, 3, 9, 9), np.float32)))
 
@@ -1041,6 +1046,8 @@ CASES = [
     Case("unreadable-image", "an image that cannot be decoded", unreadable_image, ("broken.png",)),
     Case("out-inside-calib", "`--out` inside the `--calib` folder (the next build read the bundle as samples)",
          out_inside_calib, ("--out", "calib/out", "inside the --calib folder", "outside it")),
+    Case("cache-inside-out", "`cache_dir: out/.cache` with `--out out` (every stage ran, then the bundle was refused)",
+         cache_inside_out, ("cache_dir out/.cache", "inside --out", "outside the bundle")),
     Case("calib-link-to-root", "a calibration folder holding a link to `/` (walked: the whole file system)",
          calib_link_to_root, ("everything", "is a link to /", "remove the link")),
     Case("truncated-wav", "a .wav recording cut short (its header declares more data than follows)", truncated_wav,
