@@ -204,6 +204,22 @@ def calib_split_key(settings: dict) -> str:
     return f"|holdout={float(report.holdout or 0)!r}|cap={report.eval_limit}"
 
 
+def check_out_outside_data(out: Path, settings: dict) -> None:
+    """Refuse an --out inside the --calib / --eval folder: the first build succeeded and every later
+    one read the bundle's own eval.npz (or the bundle as a class folder) as samples; and a cache_dir
+    inside --out (the build ran every stage, then refused the folder its cache had made)."""
+    resolved = out.resolve()
+    for key in ("calib", "eval"):
+        folder = Path(settings[key]) if settings.get(key) else None
+        if folder is not None and folder.is_dir() and resolved.is_relative_to(folder.resolve()):
+            raise UserError(f"--out {out}: is inside the --{key} folder {folder}; the next build would read the "
+                            "bundle as samples, choose an --out outside it")
+    cache = settings.get("cache_dir")
+    if cache and Path(cache).resolve().is_relative_to(resolved):  # found only after every stage had run
+        raise UserError(f"cache_dir {cache}: is inside --out {out}, which the bundle replaces; set cache_dir to a "
+                        "folder outside the bundle (default build/.cache)")
+
+
 def run_build(settings: dict, origin: str = "config", log=None, progress_factory=None) -> BuildResult:
     from edgepipe.calibrate.result import CalibrationResult
     from edgepipe.stages.calibrate import run_calibration
@@ -218,6 +234,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     for key in ("model", "weights", "calib", "eval"):  # a FIFO or device would block a reader forever
         if settings.get(key):
             ensure_regular_or_dir(settings[key], f"--{key}")
+    check_out_outside_data(Path(settings["out"]), settings)
     pipeline = Pipeline(settings.get("cache_dir"), log)
     prepared = prepare_model(settings, pipeline, target)
     model, calib_ds, eval_ds = prepared.model, prepared.calib, prepared.eval

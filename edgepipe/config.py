@@ -110,10 +110,11 @@ SCHEMA: dict[str, Any] = {
     "backend": _section(
         int8_io=Field((bool,), False, "TFLite: int8 model inputs/outputs instead of float32"),
         keep_layout=Field((bool,), False, "TFLite: keep NCHW inputs instead of converting to NHWC"),
-        threads=Field((int,), None, "runtime threads on the device (default: the target's)", minimum=1),
+        threads=Field((int,), None, "runtime threads on the device (default: the target's)", minimum=1,
+                      maximum=1024),  # runtimes take a C int: a huge count was an internal error
         build_engine=Field((bool,), True, "TensorRT: build the engine at build time when tensorrt imports on the host"),
-        workspace_mb=Field((int,), None, "TensorRT builder workspace limit", minimum=1),
-        dla_core=Field((int,), None, "Jetson: run on this DLA core (GPU fallback on)", minimum=0),
+        workspace_mb=Field((int,), None, "TensorRT builder workspace limit", minimum=1, maximum=10_000_000),
+        dla_core=Field((int,), None, "Jetson: run on this DLA core (GPU fallback on)", minimum=0, maximum=255),
         per_channel=Field((bool,), True, "per-channel weight scales"),
         activations=Field((str,), "int8", "TFLite: int16 = 16x8 for the whole model (int16 activations, int8 weights) "
                           "wherever LiteRT has an int16 kernel; runs on the builtin kernels, not XNNPACK",

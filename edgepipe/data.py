@@ -409,6 +409,27 @@ def _folder_dataset(folder: Path, specs: InputSpecs, preprocess: dict, limit: in
     return _image_dataset(folder, specs, preprocess, limit, (paths, labels, class_names))
 
 
+def checked_subfolder(subfolder: Path) -> Path:
+    """A class subfolder, refused when it is a link to its own folder or to one above it (`ln -s /
+    root`, `ln -s .. up`): walking it would read the whole file system or loop."""
+    target, parent = subfolder.resolve(), subfolder.parent.resolve()
+    if subfolder.is_symlink() and (parent == target or parent.is_relative_to(target)):
+        raise UserError(f"{subfolder}: is a link to {target}, which holds this data folder (a loop); remove the link")
+    return subfolder
+
+
+def sample_tree_files(folder: Path) -> list[Path]:
+    """Every file below `folder` as the loaders walk it (a linked class subfolder is followed once,
+    links further down are not), sorted: what the calibration cache key hashes."""
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir():
+            found.extend(p for p in checked_subfolder(entry).rglob("*") if p.is_file())
+        elif entry.is_file():
+            found.append(entry)
+    return sorted(found)
+
+
 def _scan_folder(folder: Path) -> tuple[list[Path], np.ndarray | None, list[str] | None, str]:
     """Sorted sample files, labels and class names for the ImageFolder layout, and which kind of
     files ("images" or "arrays": .npy / .npz) the folder holds."""
@@ -419,7 +440,7 @@ def _scan_folder(folder: Path) -> tuple[list[Path], np.ndarray | None, list[str]
 
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith((".", "__")))
     class_dirs = [p for p in entries if p.is_dir()]
-    below = [sorted(d.rglob("*")) for d in class_dirs]
+    below = [sorted(d.rglob("*")) for d in map(checked_subfolder, class_dirs)]
     found = {kind: (files(entries, suffixes), [files(paths, suffixes) for paths in below])
              for kind, suffixes in (("images", IMAGE_SUFFIXES), ("arrays", ARRAY_SUFFIXES), ("audio", AUDIO_SUFFIXES))}
     present = [kind for kind, (flat, per_class) in found.items() if flat or any(per_class)]

@@ -9,6 +9,7 @@ deployed (folded) model takes raw inputs when input normalization is folded into
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,8 +116,17 @@ def resolve_settings(cli: dict, config_path: str | None) -> tuple[dict, str]:
         from edgepipe.targets import available_targets
 
         raise UserError(f"no target given: pass --target NAME (installed: {', '.join(available_targets())})")
-    settings["out"] = settings.get("out") or str(Path("build") / settings["target"])
+    settings["out"] = settings.get("out") or str(Path("build") / default_out_name(str(settings["target"])))
     return typed_sections(settings), origin
+
+
+def default_out_name(target: str) -> str:
+    """The folder under build/ for a target: its name, or a profile path's file stem (`--target
+    /boards/rpi.yaml` built into the profile file itself, `../x.yaml` outside build/)."""
+    name = Path(target).name
+    if name.endswith((".yaml", ".yml")):
+        name = name.rsplit(".", 1)[0]
+    return name if name not in ("", ".", "..") else "target"
 
 
 def require_calib(settings: dict) -> str:
@@ -139,9 +149,14 @@ def data_fingerprint(path: str | None) -> str:
         return ""
     root = Path(path)
     digest = hashlib.sha256()
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    if root.is_file():
+        files = [root]
+    else:
+        from edgepipe.data import sample_tree_files
+
+        files = sample_tree_files(root)
     for item in files:
-        digest.update(str(item.relative_to(root) if item != root else item.name).encode())
+        digest.update(os.fsencode(item.relative_to(root) if item != root else item.name))  # names need not be UTF-8
         digest.update(bytes.fromhex(file_sha256(item)))  # streamed: a huge stray file is not read whole
     return digest.hexdigest()
 

@@ -226,7 +226,7 @@ class Target:
             "description": self.description,
             "precision": self.precision,
             "layout": self.input_layout,
-            "runtime_requirements": list(self.runtime_requirements),
+            "runtime_requirements": list(self.runtime_requirements or ()),  # a plugin may leave it None
             "verified_here": self.verified_here,
             "options": dict(sorted(self.options.items())),
             "profile": self.profile,
@@ -276,8 +276,9 @@ def _load_plugin(name: str) -> type[Target]:
         raise UserError(f"unknown target '{name}'; installed targets: {', '.join(available_targets())}")
     try:
         plugin = eps[name].load()
-    except Exception as exc:
-        raise UserError(f"target plugin '{name}' ({eps[name].value}) failed to import: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # third-party code: a sys.exit() there ended the build with 0
+        raise UserError(f"target plugin '{name}' ({eps[name].value}) failed to import: {_plugin_failure(exc)}; "
+                        "fix or uninstall that package") from exc
     if not (isinstance(plugin, type) and issubclass(plugin, Target)):
         raise UserError(f"target plugin '{name}' ({eps[name].value}) is not an edgepipe.targets.Target subclass")
     return plugin
@@ -302,6 +303,16 @@ def _read_profile(path: Path) -> dict:
     return data
 
 
+def _base_of(base: str, profile_path: Path) -> str:
+    """A profile's `base: other.yaml` relative to the profile's own folder, not to the folder the
+    build runs in (a board folder of profiles deriving from each other works from anywhere); a
+    path that is not there is taken as written (relative to the current folder) as before."""
+    beside = profile_path.parent / base
+    if base.endswith((".yaml", ".yml")) and not Path(base).is_absolute() and beside.is_file():
+        return str(beside)
+    return base
+
+
 def load_target(name: str, options: dict | None = None, _depth: int = 0) -> Target:
     """Instantiate a target by plugin name, profile name, or path to a profile YAML."""
     if _depth > 5:
@@ -314,12 +325,36 @@ def load_target(name: str, options: dict | None = None, _depth: int = 0) -> Targ
             raise UserError(f"{profile_path}: target profile not found")
         data = _read_profile(profile_path)
         merged = {**(data.get("options") or {}), **(options or {})}
-        target = load_target(str(data["base"]), merged, _depth + 1)
+        target = load_target(_base_of(str(data["base"]), profile_path), merged, _depth + 1)
         target.name = str(data.get("name") or profile_path.stem)
         target.profile = str(profile_path.name)
         if data.get("description"):
             target.description = str(data["description"])
         return target
-    target = _load_plugin(name)(options)
+    plugin = _load_plugin(name)
+    try:
+        target = plugin(options)
+    except UserError:
+        raise
+    except (Exception, SystemExit) as exc:  # the plugin's own constructor, not an edgepipe bug (exit 3)
+        raise UserError(f"target plugin '{name}' ({plugin.__module__}.{plugin.__qualname__}) failed to start: "
+                        f"{_plugin_failure(exc)}; fix or uninstall that package") from exc
     target.plugin = name
     return target
+
+
+def _plugin_failure(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def loadable_targets() -> tuple[list[Target], list[str]]:
+    """(every installed target that loads, one error line per one that does not): one broken
+    third-party plugin must not hide the others from `edgepipe targets` and `inspect`."""
+    loaded, problems = [], []
+    for name in available_targets():
+        try:
+            loaded.append(load_target(name))
+        except UserError as exc:
+            problems.append(str(exc))
+    return loaded, problems

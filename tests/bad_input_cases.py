@@ -267,6 +267,32 @@ def unreadable_image(tmp):
     return _build(tmp, _model(tmp), folder)
 
 
+def calib_link_to_root(tmp):
+    folder = tmp / "calib"
+    folder.mkdir()
+    tiny = tmp / "tiny.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tiny)
+    (folder / "a.png").write_bytes(tiny.read_bytes())
+    (folder / "everything").symlink_to("/")
+    return _build(tmp, _model(tmp), folder)
+
+
+def out_inside_calib(tmp):
+    folder = tmp / "calib"
+    folder.mkdir()
+    for index in range(4):
+        np.save(folder / f"s{index}.npy", np.random.default_rng(index).standard_normal((1, 3, 8, 8)).astype(np.float32))
+    return ["build", "--model", str(_model(tmp)), "--target", "arm-cpu", "--calib", str(folder), "--out",
+            str(folder / "out")]
+
+
+def cache_inside_out(tmp):
+    (tmp / "edgepipe.yaml").write_text("target: jetson\ncache_dir: out/.cache\n")
+    return ["build", "--model", str(_model(tmp)), "--calib", str(_calib(tmp)), "--out", str(tmp / "out")]
+
+
 def wrong_shape(tmp):
     return _build(tmp, _model(tmp), _calib(tmp, np.zeros((8, 3, 9, 9), np.float32)))
 
@@ -698,6 +724,11 @@ def profile_negative_workspace(tmp):
     return _build(tmp, _model(tmp), _calib(tmp), str(tmp / "orin.yaml"))
 
 
+def profile_threads_huge(tmp):
+    (tmp / "board.yaml").write_text("name: board\nbase: arm-cpu\noptions: {threads: 100000000000000000000}\n")
+    return _build(tmp, _model(tmp), _calib(tmp), str(tmp / "board.yaml"))
+
+
 def empty_baseline(tmp):
     (tmp / "baseline.json").write_text('{"latency_ms": {}}')
     return _regress(tmp, tmp / "baseline.json")
@@ -1013,6 +1044,12 @@ CASES = [
          ("'x'", "--input-shape")),
     Case("empty-folder", "calibration folder with no images or arrays", empty_folder, ("calib",)),
     Case("unreadable-image", "an image that cannot be decoded", unreadable_image, ("broken.png",)),
+    Case("out-inside-calib", "`--out` inside the `--calib` folder (the next build read the bundle as samples)",
+         out_inside_calib, ("--out", "calib/out", "inside the --calib folder", "outside it")),
+    Case("cache-inside-out", "`cache_dir: out/.cache` with `--out out` (every stage ran, then the bundle was refused)",
+         cache_inside_out, ("cache_dir out/.cache", "inside --out", "outside the bundle")),
+    Case("calib-link-to-root", "a calibration folder holding a link to `/` (walked: the whole file system)",
+         calib_link_to_root, ("everything", "is a link to /", "remove the link")),
     Case("truncated-wav", "a .wav recording cut short (its header declares more data than follows)", truncated_wav,
          ("take.wav", "the data chunk declares 1280 bytes but only 680 follow")),
     Case("image-pixel-bomb", "a PNG whose header declares 40000 x 40000 pixels (decompression bomb)", image_pixel_bomb,
@@ -1098,6 +1135,8 @@ CASES = [
          ("orin.yaml", "workspace_mb", "int")),
     Case("profile-option-range", "a target profile with `workspace_mb: -1`", profile_negative_workspace,
          ("orin.yaml", "workspace_mb", ">= 1")),
+    Case("profile-threads-huge", "a target profile with `threads: 100000000000000000000` (LiteRT takes a C int)",
+         profile_threads_huge, ("board.yaml", "'options.threads'", "<= 1024")),
     Case("empty-baseline", "regress against a baseline with no figures", empty_baseline, ("baseline.json", "nothing to compare")),
     Case("infinite-baseline", "a baseline latency of Infinity", infinite_baseline, ("baseline.json", "latency.p50", "inf")),
     Case("nan-baseline", "a NaN baseline metric", nan_baseline, ("baseline.json", "accuracy.top1", "nan")),

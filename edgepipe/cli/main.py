@@ -91,7 +91,7 @@ def cli(debug: bool) -> None:
 @click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
               help="Pin an input to a constant, e.g. sr=16000: an If it decides keeps one branch (repeatable).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="edgepipe.yaml (default: ./edgepipe.yaml if present).")
-@click.option("--out", help="Bundle directory (default build/<target>).")
+@click.option("--out", help="Bundle directory (default build/<target>; build/<file stem> for a profile .yaml path).")
 @click.option("--calib-method", type=click.Choice(calibration_methods.names()), help="Calibration method for all tensors.")
 @click.option("--int8-io", is_flag=True, default=None, help="TFLite: int8 model inputs/outputs.")
 @click.option("--keep-layout", is_flag=True, default=None, help="TFLite: keep NCHW inputs (default converts images to NHWC).")
@@ -176,9 +176,12 @@ def _human(size: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable list.")
 def targets_command(as_json: bool):
     """List installed target plugins and profiles."""
-    from edgepipe.targets import available_targets, load_target
+    from edgepipe.targets import loadable_targets
 
-    described = [load_target(name).describe() for name in available_targets()]
+    loaded, problems = loadable_targets()
+    for problem in problems:  # a broken plugin is named; the others are still listed
+        click.echo(one_line(f"warning: {problem}"), err=True)
+    described = [target.describe() for target in loaded]
     if as_json:
         click.echo(json.dumps(described, indent=2, sort_keys=True))
         return
@@ -204,7 +207,7 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     from edgepipe import config as cfg
     from edgepipe.backends.support import qualified, walk_nodes
     from edgepipe.stages.export import fix_static_shapes
-    from edgepipe.targets import available_targets, load_target
+    from edgepipe.targets import load_target, loadable_targets
 
     model, _ = dequantize.float_from_quantized(graph.load_model(model_path))  # as export does
     pinned = dict(cfg.parse_input_value(text) for text in input_values)
@@ -228,8 +231,13 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     io = graph.describe_io(model)
     histogram = dict(sorted(Counter(qualified(n.domain, n.op_type) for _, n, _ in walk_nodes(model)).items()))
     unsupported, delegation = {}, {}
-    for name in target_names or available_targets():
-        target = load_target(name)
+    if target_names:
+        chosen = [load_target(name) for name in target_names]
+    else:  # all installed: a broken third-party plugin is named, not fatal
+        chosen, problems = loadable_targets()
+        for problem in problems:
+            click.echo(one_line(f"warning: {problem}"), err=True)
+    for target in chosen:
         unsupported[target.name] = [{"node": n, "op_type": o, "reason": r} for n, o, r in target.supports(model)]
         if not unsupported[target.name] and static:
             try:

@@ -195,7 +195,8 @@ def _check_speed(data: dict, path: Path) -> None:
 
 def load_results(path: str | Path, role: str) -> dict:
     path = Path(path)
-    data = read_json(path, f"{role} results", "pass the results.json of a run.py run")
+    what = "results" if role == "results" else f"{role} results"  # not 'results results' (report)
+    data = read_json(path, what, "pass the results.json of a run.py run")
     return check_results(data, path, role)
 
 

@@ -252,12 +252,19 @@ def report_context(results: dict, baseline: dict | None = None, calibration: dic
     return context
 
 
+def _with_header(results: dict) -> dict:
+    """The header fields the templates print, '?' where a results.json leaves them out (they are
+    optional to check_results; a file without `model` was an internal error)."""
+    return {**results, **{key: results.get(key) or "?" for key in ("model", "target", "where")},
+            "samples": results.get("samples")}
+
+
 def render_report(results_path: str | Path, out_dir: str | Path | None = None, bundle_dir: str | Path | None = None,
                   baseline: str | Path | None = None) -> Path:
     """Write report.html and report.md into `out_dir` (default: next to results.json)."""
     results_path = Path(results_path)
-    results = load_results(results_path, "results")
-    baseline_data = load_results(Path(baseline), "baseline") if baseline else None
+    results = _with_header(load_results(results_path, "results"))
+    baseline_data = _with_header(load_results(Path(baseline), "baseline")) if baseline else None
     out = Path(out_dir) if out_dir else results_path.parent
     places = [results_path.parent, results_path.parent.parent] + ([Path(bundle_dir)] if bundle_dir else [])
     calibration = find_artifact("calibration.json", places)
