@@ -125,7 +125,7 @@ SCHEMA: dict[str, Any] = {
         wide_range_float=Field((bool,), True, "TFLite: a tensor whose int8 grid rounds most of its non-zero "
                                "calibration values to 0 (power spectra, un-logged energies) stays float, with "
                                "the nodes that write and read it"),
-        float_long_recurrences=Field((bool,), True, "TFLite: an LSTM / GRU / RNN unrolled over more than 64 steps "
+        float_long_recurrences=Field((bool,), True, "TFLite: an LSTM / GRU / RNN unrolled over more than one step "
                                      "stays float (its int8 state error compounds step by step)"),
     ),
     "precision": _section(

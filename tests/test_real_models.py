@@ -72,9 +72,6 @@ KNOWN_FAILURES = {
                                          "(its shape inference rejects a tf2onnx Transpose: invalid perm for a "
                                          "1-D input); ours are checked against AUDIO_ARM_INT8_FLOOR_DB (README)"
        for target in ALL_TARGETS},
-    ("int8", "tashkeel_rawi", "arm-cpu"): "30.0 dB vs ORT 31.8 (bound 30.8): the bidirectional LSTMs' 32 steps "
-                                          "are unrolled int8 on arm-cpu, where ORT keeps each LSTM one float node "
-                                          "(jetson's Q/DQ model: above the bound) (README)",
     **{("int8", "pitch_f0", target): "no int8 peer: ONNX Runtime quantize_static fails on the shipped file (its float64 "
                                      "decoding tail: 'Only an existing tensor can be modified'); its head is checked "
                                      "against head_floor instead" for target in ALL_TARGETS},

@@ -26,6 +26,9 @@ RNG = np.random.default_rng(7)
 # (LUT sigmoid / tanh, requantizing ADD and MUL) round differently from the simulation by up to
 # one step, and the difference in h_{t-1} feeds every later step
 RECURRENT_INT8_STEPS = 4.0
+# the int8 recurrent kernels are what this file checks: by default a build keeps every recurrence
+# over one step float (backends/tflite/wide_range.py, tests/test_tflite_short_recurrences.py)
+INT8_RECURRENCES = {"float_long_recurrences": False}
 
 
 def sequence_feeds(shapes: dict, count: int = 8, seed: int = 3) -> list[dict]:
@@ -83,7 +86,8 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_recurrent_matches_onnxruntime(case, tmp_path):
     model, shapes = recurrent_model(**CASES[case])
-    report = check_conformance(model, tmp_path, sequence_feeds(shapes), int8_steps=RECURRENT_INT8_STEPS)
+    report = check_conformance(model, tmp_path, sequence_feeds(shapes), int8_steps=RECURRENT_INT8_STEPS,
+                                **INT8_RECURRENCES)
     histogram = report.result["op_histogram"]
     assert "FULLY_CONNECTED" in histogram and report.result["float_nodes"] == []
     assert histogram.get("LOGISTIC" if CASES[case]["op_type"] != "RNN" else "TANH", 0) >= 3
@@ -113,7 +117,7 @@ def test_onnx_backend_recurrent_cases_with_constant_weights(name, tmp_path):
     feeds = [feed] + [{k: (v + RNG.normal(0, 0.3, v.shape)).astype(np.float32) for k, v in feed.items()}
                       for _ in range(3)]
     check_conformance(recurrent.unrolled(model) if layout else model, tmp_path, feeds,
-                      int8_steps=RECURRENT_INT8_STEPS, samples=4)
+                      int8_steps=RECURRENT_INT8_STEPS, samples=4, **INT8_RECURRENCES)
 
 
 def test_calibration_ranges_every_step(tmp_path):
@@ -175,7 +179,8 @@ def test_lstm_in_a_model_with_opset_below_13_uses_split_attributes(tmp_path):
     unrolled = recurrent.unrolled(model)
     onnx.checker.check_model(unrolled, full_check=True)
     assert all(len(n.input) == 1 for n in unrolled.graph.node if n.op_type == "Split")
-    check_conformance(model, tmp_path, sequence_feeds(shapes), int8_steps=RECURRENT_INT8_STEPS)
+    check_conformance(model, tmp_path, sequence_feeds(shapes), int8_steps=RECURRENT_INT8_STEPS,
+                                **INT8_RECURRENCES)
 
 
 @pytest.mark.parametrize("request_key", ["float_nodes", "int16_nodes"])
@@ -189,7 +194,7 @@ def test_precision_requests_naming_the_lstm_reach_its_steps(request_key, tmp_pat
     model, shapes = recurrent_model("LSTM", seq=4)
     feeds = sequence_feeds(shapes)
     errors = {}
-    for label, options in (("int8", {}), ("asked", {request_key: {"lstm_node"}})):
+    for label, options in (("int8", INT8_RECURRENCES), ("asked", {**INT8_RECURRENCES, request_key: {"lstm_node"}})):
         result, _ = convert(model, tmp_path / label, feeds, **options)
         interpreter = make_interpreter(tmp_path / label / "model.tflite", "xnnpack")
         got = [run(tmp_path / label / "model.tflite", result["io"], f, interpreter=interpreter)["Y"] for f in feeds]

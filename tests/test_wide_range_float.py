@@ -114,7 +114,7 @@ def _lstm(steps: int):
     return make_model(nodes, {"x": [1, steps, size]}, ["y_h"], init)
 
 
-@pytest.mark.parametrize(("steps", "kept"), [(80, True), (8, False)])
+@pytest.mark.parametrize(("steps", "kept"), [(80, True), (8, True), (1, False)])
 def test_long_recurrence_stays_float(tmp_path, steps, kept):
     model = _lstm(steps)
     x = RNG.normal(size=(24, steps, 4)).astype(np.float32)

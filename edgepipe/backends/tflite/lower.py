@@ -144,15 +144,15 @@ class Lowering:
         self.expanded = ops.expanded_nodes(model)  # a request naming a node a rewrite replaced by several
         self.requested_float |= {m for n in set(self.requested_float) for m in self.expanded.get(n, ())}
         self.requested_int16 |= {m for n in set(self.requested_int16) for m in self.expanded.get(n, ())}
+        # {clamp output: its tensor input} and their saturating grids (shared_scales.clamps); None
+        # while they are being found, when every int8 Max / Min is a candidate (ops/elementwise.py)
+        self.clamp_inputs: dict[str, str] | None = None
         self.long_recurrences: dict[str, int] = {}  # {recurrent node: steps} kept float (float_islands.py)
         self.wide_range: dict[str, float] = {}  # {tensor: zeroed share} kept float (float_islands.py)
         float_islands.choose(self)
         self.shared_ranges: dict[str, str] = {}
         if self.options.get("share_concat_scales", True):
             self.shared_ranges = shared_scales.shared_concat_ranges(self)
-        # {clamp output: its tensor input} and their saturating grids (shared_scales.clamps); None
-        # while they are being found, when every int8 Max / Min is a candidate (ops/elementwise.py)
-        self.clamp_inputs: dict[str, str] | None = None
         self.clamp_inputs, self.clamp_grids = shared_scales.clamps(self)
 
     # ----- ONNX side ---------------------------------------------------------------------------
