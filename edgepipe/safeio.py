@@ -19,7 +19,10 @@ from edgepipe.errors import UserError
 
 MiB = 1 << 20
 CONFIG_MAX_BYTES = 1 * MiB  # edgepipe.yaml, target profiles, inventories
-JSON_MAX_BYTES = 64 * MiB  # manifests, results.json, calibration.json
+JSON_MAX_BYTES = 64 * MiB  # manifests, results.json
+# calibration.json holds a histogram per activation tensor, so it grows with the graph: an LSTM
+# unrolled over 599 time steps (an EEG seizure model) has ~40,000 tensors and a 115 MB file.
+CALIBRATION_JSON_MAX_BYTES = 256 * MiB
 MAX_NESTING = 64  # deeper documents are refused: nothing we read nests more than a few levels
 IMAGE_MAX_BYTES = 256 * MiB  # one calibration image file; pixel count is bounded by Pillow's own limit
 

@@ -74,3 +74,17 @@ def test_relu_after_a_1d_conv_fuses_and_the_next_conv_reads_the_2d_view(opset, t
     histogram = report.result["op_histogram"]
     assert histogram["CONV_2D"] == 2 and "QUANTIZE" in histogram and histogram["QUANTIZE"] == 1  # the input's
     assert "RELU" not in histogram and histogram.get("RESHAPE", 0) <= 2  # into 2-D, out of 2-D
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_a_1d_conv_whose_weights_are_a_constant_node_is_lifted(opset, tmp_path):
+    """The fold stage writes a Constant node where it scales a Conv1d's weights (atspm-detector's
+    FuncNet: each GELU's trailing * 0.5 moved into the next Conv1d); the lift read initializers only,
+    so that Conv stayed 1-D and arm-cpu refused it as 'only 1-D and 2-D convolutions'."""
+    weights = helper.make_tensor("w_folded", 1, [6, 4, 3], (INITS["w"] * 0.5).ravel().tolist())
+    nodes = [helper.make_node("Constant", [], ["w_const"], name="folded_weights", value=weights),
+             helper.make_node("Conv", ["x", "w_const", "bias"], ["y"], name="conv", pads=[2, 2], dilations=[2])]
+    model = make_model(nodes, {"x": [1, 4, 20]}, ["y"], {"bias": INITS["bias"]}, opset=opset)
+    assert not unsupported_nodes(model)
+    report = check_conformance(model, tmp_path)
+    assert report.result["op_histogram"]["CONV_2D"] == 1

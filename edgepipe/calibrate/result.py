@@ -106,9 +106,9 @@ class CalibrationResult:
     def load(cls, path: str | Path) -> "CalibrationResult":
         """A saved calibration.json; bounded like every JSON file a user hands us (a bundle's may be
         a FIFO, nested or of the wrong shape), each problem one UserError naming the file."""
-        from edgepipe.safeio import read_json_file
+        from edgepipe.safeio import CALIBRATION_JSON_MAX_BYTES, read_json_file
 
-        data = read_json_file(path, "calibration.json")
+        data = read_json_file(path, "calibration.json", CALIBRATION_JSON_MAX_BYTES)
         try:
             return cls.from_json(data)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 from edgepipe.delivery import charts
 from edgepipe.errors import UserError
 from edgepipe.delivery.regress import load_results
-from edgepipe.safeio import read_json_file, write_text_replacing
+from edgepipe.safeio import CALIBRATION_JSON_MAX_BYTES, JSON_MAX_BYTES, read_json_file, write_text_replacing
 from edgepipe.templating import render
 
 MAX_ACTIVATION_PLOTS = 24
@@ -102,12 +102,12 @@ def output_rows(results: dict, baseline: dict | None) -> list[dict]:
     return rows
 
 
-def find_artifact(name: str, places: list[Path]) -> tuple[Path | None, dict | None]:
+def find_artifact(name: str, places: list[Path], max_bytes: int = JSON_MAX_BYTES) -> tuple[Path | None, dict | None]:
     """(path, parsed JSON) of the first `name` found in `places` (bounded, regular files only)."""
     for folder in places:
         path = folder / name
         if path.is_file():
-            data = read_json_file(path, name)
+            data = read_json_file(path, name, max_bytes)
             return path, (data if isinstance(data, dict) else None)
     return None, None
 
@@ -267,7 +267,7 @@ def render_report(results_path: str | Path, out_dir: str | Path | None = None, b
     baseline_data = _with_header(load_results(Path(baseline), "baseline")) if baseline else None
     out = Path(out_dir) if out_dir else results_path.parent
     places = [results_path.parent, results_path.parent.parent] + ([Path(bundle_dir)] if bundle_dir else [])
-    calibration = find_artifact("calibration.json", places)
+    calibration = find_artifact("calibration.json", places, CALIBRATION_JSON_MAX_BYTES)
     sensitivity = find_artifact("sensitivity.json", places)
     context = report_context(results, baseline_data)
     context["activations"] = _section(activation_section, *calibration)

@@ -156,6 +156,7 @@ BUILTINS = _table(
     Builtin("RESIZE_BILINEAR", 2, same_quant=True, xnnpack_fp32=True, xnnpack_int8=True, int16=4),
     Builtin("RESIZE_NEAREST_NEIGHBOR", 2, same_quant=True, xnnpack_fp32=False, xnnpack_int8=False, int16=4),
     Builtin("BROADCAST_TO", 2, same_quant=True),
+    Builtin("TILE", 2, same_quant=True),  # int8 kernel: version 2 (ops/shape.py)
     # masks and comparisons (ops/logical.py): int32 / float32 operands, bool results
     Builtin("EQUAL", 1),
     Builtin("NOT_EQUAL", 1),

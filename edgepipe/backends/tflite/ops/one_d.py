@@ -89,13 +89,14 @@ def lift_1d_spatial_ops(model: onnx.ModelProto) -> None:
         inputs = list(node.input)
         kernel = None
         if node.op_type in WEIGHTED:
-            weights = initializers.get(node.input[1]) if len(node.input) > 1 else None
-            if weights is None or len(weights.dims) != 3:
+            # an initializer, or a Constant node: fold writes one where it scaled the weights (a
+            # GELU's trailing * 0.5 moved into the next Conv1d)
+            value = graph.constant_value(model, node.input[1]) if len(node.input) > 1 and node.input[1] else None
+            if value is None or value.ndim != 3:
                 rewritten.append(node)  # non-constant weights: the conv family refuses it by name
                 continue
-            value = numpy_helper.to_array(weights)
             kernel = value.shape[2]
-            inputs[1] = f"{weights.name}{VIEW_SUFFIX}"
+            inputs[1] = f"{node.input[1]}{VIEW_SUFFIX}"
             if inputs[1] not in initializers:
                 initializers[inputs[1]] = numpy_helper.from_array(value[:, :, None, :], inputs[1])
                 model.graph.initializer.append(initializers[inputs[1]])

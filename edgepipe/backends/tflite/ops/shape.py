@@ -1,11 +1,13 @@
-"""Shape ops: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Identity.
+"""Shape ops: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Identity, Tile.
 
 Reshape-like ops all become one RESHAPE to the ONNX output shape (read from shape inference,
 so axes/-1/0 never need decoding). They are layout-sensitive: the input is brought to ONNX order
 first, unless the permuted dims are size 1 (e.g. [N,1,1,C] after global pooling) so memory order
 is already the same, or the dims the reshape merges or splits are consecutive in memory (the
 output then keeps a permuted layout: `layout_preserving_perm`). Transpose never moves data: its output is the input's tensor with a new
-`perm`; a consumer that needs another order gets one TRANSPOSE from the registry.
+`perm`; a consumer that needs another order gets one TRANSPOSE from the registry. Tile (a Keras
+UpSampling2D exported as Reshape -> Tile -> Reshape) keeps its input's layout: the repeats are
+permuted like the tensor.
 """
 
 from __future__ import annotations
@@ -126,3 +128,22 @@ def lower_concat(ctx: Lowering, node) -> None:
             index = ctx.get(name, dtype, perm)
             inputs.append(ctx.requantized(index, quant, name) if dtype != "float32" else index)
     emit_concatenation(ctx, inputs, out, node, perm.index(node_attrs(node)["axis"] % rank))
+
+
+def check_tile(ctx: Lowering, node) -> str | None:
+    if ctx.constant(node.input[1]) is None:
+        return "the repeats must be a constant (fix the input shapes with --input-shape)"
+    if ctx.constant(node.input[0]) is not None:
+        return "the input is a constant; constant-fold the model first"
+    return None
+
+
+@register("Tile", check=check_tile)
+def lower_tile(ctx: Lowering, node) -> None:
+    """TILE on the tensor as it is held; int8 moves values, so the output keeps the input's grid."""
+    dtype = ctx.node_dtype(node)
+    perm = ctx.layout(node.input[0])
+    repeats = [int(r) for r in ctx.constant(node.input[1]).reshape(-1)]
+    x = ctx.get(node.input[0], dtype, perm)
+    out = ctx.new_value(node.output[0], dtype, perm, ctx.tensor(x).quantization)
+    ctx.emit("TILE", [x, ctx.int32_constant(f"{node.name};multiples", [repeats[axis] for axis in perm])], [out], node)
