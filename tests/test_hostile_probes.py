@@ -8,7 +8,6 @@ import io
 import tarfile
 import tracemalloc
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import onnx
