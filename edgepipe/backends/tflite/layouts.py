@@ -30,6 +30,12 @@ LAYOUT_FREE = frozenset({"Pad", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Lea
                          "Max", "Min", "Abs", "Neg", "Sqrt", "Exp", "Log", "Identity"})
 
 
+def transpose_order(base_perm, perm) -> np.ndarray:
+    """The TRANSPOSE order that turns a tensor laid out as `base_perm` into layout `perm`."""
+    base_inverse = inverse(base_perm)
+    return np.array([base_inverse[p] for p in perm], np.int32)
+
+
 def moves_only_unit_dims(shape, order) -> bool:
     """True when transposing `shape` by `order` keeps every dim above 1 in its order (NCHW <->
     NHWC of a one-channel image, [N, 1, 1, C] heads): the same bytes, so a RESHAPE does it."""

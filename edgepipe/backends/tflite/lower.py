@@ -313,12 +313,16 @@ class Lowering:
                 return source.index
         return self._converted(name, source, dtype)
 
+    def moves_data(self, base: Value, perm) -> bool:
+        """Whether laying `base` out as `perm` is a TRANSPOSE (values move), not a RESHAPE."""
+        order = layouts.transpose_order(base.perm, perm)
+        return not layouts.moves_only_unit_dims(list(self.tensor(base.index).shape), order)
+
     def _transposed(self, name: str, base: Value, perm) -> Value:
-        base_inverse = inverse(base.perm)
-        order = np.array([base_inverse[p] for p in perm], np.int32)
+        order = layouts.transpose_order(base.perm, perm)
         out = self.new_value(name, base.dtype, perm, quant=self.tensor(base.index).quantization)
         shape = list(self.tensor(base.index).shape)
-        if layouts.moves_only_unit_dims(shape, order):
+        if not self.moves_data(base, perm):
             self.emit("RESHAPE", [base.index, self.int32_constant(f"{name}/shape", [shape[o] for o in order])], [out])
         else:
             self.emit("TRANSPOSE", [base.index, self.spec.add_constant(f"{name}/perm", order)], [out])

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepipe.backends.tflite.layouts import moves_only_unit_dims
-from edgepipe.backends.tflite.lower import Lowering, identity, inverse, node_attrs
+from edgepipe.backends.tflite.lower import Lowering, identity, node_attrs
 from edgepipe.backends.tflite.ops import register
 from edgepipe.backends.tflite.writer import Quantization
 
@@ -170,10 +169,7 @@ def _reads_b_transposed(ctx: Lowering, name: str, dtype: str, swapped: tuple[int
     if layout == swapped:
         return True
     reps = ctx.values.get(name) or []
-    onnx_order = identity(len(layout))
-    pending = bool(reps) and all(not moves_only_unit_dims(ctx.tensor(value.index).shape,
-                                                          [inverse(value.perm)[p] for p in onnx_order])
-                                 for value in reps)  # as in Lowering._transposed: a TRANSPOSE, not a RESHAPE
+    pending = bool(reps) and all(ctx.moves_data(value, identity(len(layout))) for value in reps)
     return dtype == "int8" and pending
 
 
