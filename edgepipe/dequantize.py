@@ -122,7 +122,7 @@ def _integer_layer(g: QuantizedGraph, node) -> tuple[list, list, str] | None:
         inits.append(numpy_helper.from_array(bias.astype(np.float32).reshape(-1), f"{base}/bias"))
         inputs.append(f"{base}/bias")
     if is_conv:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = graph.node_attributes(node)
         new = [helper.make_node("Conv", inputs, [mul.output[0]], name=node.name or base, **attrs)]
     elif bias is None:
         new = [helper.make_node("MatMul", inputs, [mul.output[0]], name=node.name or base)]
@@ -165,7 +165,7 @@ def _lstm(g: QuantizedGraph, node) -> tuple[list, list, str] | None:
     inputs = [names[0], f"{base}/W", f"{base}/R", *names[3:8]]
     while inputs and not inputs[-1]:
         inputs.pop()
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = graph.node_attributes(node)
     return [helper.make_node("LSTM", inputs, list(node.output), name=node.name or base, **attrs)], inits, ""
 
 
@@ -182,7 +182,7 @@ def float_from_quantized(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 
 def _dequantized_constant(g: QuantizedGraph, node) -> np.ndarray | None:
     """The float value of a DequantizeLinear of constants (per tensor or per axis), else None."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = graph.node_attributes(node)
     values = [g.constant(name) if name else None for name in list(node.input) + [""] * (3 - len(node.input))]
     if values[0] is None or values[1] is None or (node.input[2:3] and node.input[2] and values[2] is None) \
             or attrs.get("block_size"):
@@ -360,7 +360,7 @@ def _moved_constant(g: QuantizedGraph, node) -> tuple[list, onnx.TensorProto] | 
     transposes them and only then dequantizes (text2tashkeel's char LSTMs). Dequantizing commutes
     with moving values, so the table is dequantized once and the chain copied onto the float table:
     (float copies of the chain's nodes, the float table), else None."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = graph.node_attributes(node)
     scale = g.constant(node.input[1])
     zero = g.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1, np.int64)
     if scale is None or zero is None or np.size(scale) != 1 or np.size(zero) != 1 or attrs.get("block_size"):

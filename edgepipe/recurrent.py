@@ -36,7 +36,7 @@ STEP_TENSOR = re.compile(r"^(?P<direction>.+/unrolled/d\d+)t\d+/(?P<role>\w+)$")
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
-    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    values = graph.node_attributes(node)
     return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 

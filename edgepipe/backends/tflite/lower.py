@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from edgepipe import graph, quantmath
 from edgepipe.backends import support
@@ -98,8 +98,7 @@ def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return prepared
 
 
-def node_attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+node_attrs = graph.node_attributes  # the ops' short name for it
 
 
 class Lowering:

@@ -251,7 +251,7 @@ def _match_layer_norm(model, reciprocal, producers, consumers, outputs) -> tuple
         return graph.constant_value(model, name)
 
     def reduce_axes(node, rank):
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = node_attrs(node)
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1 and constant(node.input[1]) is not None:
             axes = constant(node.input[1]).reshape(-1).tolist()
