@@ -33,8 +33,6 @@ def make_interpreter(path: Path, resolver: str = "xnnpack", threads: int = 1):
     return interpreter
 
 
-
-
 def integer_input(value, name: str, dtype: np.dtype) -> np.ndarray:
     """An int64 (or any integer) feed as the int32 / bool a TFLite input holds; values int32
     cannot hold are refused naming the input (wrapping them would feed other token ids)."""
