@@ -26,6 +26,12 @@ def test_every_package_folder_is_listed_in_pyproject():
         for init in (ROOT / folder).rglob("__init__.py"):
             relative = init.parent.relative_to(ROOT / folder)
             found.add(".".join([package, *relative.parts]))
+        # Data-only folders with importable names (setuptools warns about each one left out).
+        for sub in (ROOT / folder).rglob("*"):
+            relative = sub.relative_to(ROOT / folder)
+            tracked = subprocess.run(["git", "ls-files", str(sub)], cwd=ROOT, capture_output=True, text=True).stdout
+            if sub.is_dir() and tracked and all(part.isidentifier() for part in relative.parts):
+                found.add(".".join([package, *relative.parts]))
     assert found == listed, f"pyproject packages differ: missing {found - listed}, stale {listed - found}"
 
 
@@ -49,6 +55,8 @@ def installed_wheel(tmp_path_factory):
     built = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check",
                             "--outdir", str(dist), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
+    # A user's `pip install` shows the build backend's warnings: none about left-out folders.
+    assert "would be ignored" not in built.stdout + built.stderr, (built.stdout + built.stderr)[-2000:]
     wheel = next(dist.glob("edgepipe-*.whl"))
     site = tmp_path_factory.mktemp("site")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", str(site), str(wheel)],
