@@ -1003,6 +1003,18 @@ def sensitivity_budget_nan(tmp):
     return ["sensitivity", str(_model(tmp)), "--calib", str(_calib(tmp)), "--budget", "nan"]
 
 
+def junit_over_baseline(tmp):
+    """`regress --junit` naming the baseline (a tab-completion slip): the XML replaced the release baseline."""
+    return [*_regress(tmp, _results(tmp, "baseline.json")), "--junit", str(tmp / "baseline.json")]
+
+
+def compare_out_in_bundle(tmp):
+    """`compare B --out B/model.bin`: compare.json replaced the bundle's model (verify failed after)."""
+    bundle = tmp / "bundle"
+    write_small_bundle(bundle)
+    return ["compare", str(bundle), "--out", str(bundle / "model.bin")]
+
+
 def long_io_name(tmp):
     """An input named with 100,000 characters: the whole build ran, then writing the bundle's
     eval.npz (key 'input:<name>', a zip member name of at most 65535 bytes) failed (exit 3)."""
@@ -1191,6 +1203,10 @@ CASES = [
          ("model.onnx: input 'xxxxxxxxxx", "has a name of 100000 bytes")),
     Case("sensitivity-budget-nan", "`sensitivity --budget nan` (checked before any work)", sensitivity_budget_nan,
          ("--budget nan",)),
+    Case("junit-over-baseline", "`regress --junit baseline.json` (an output naming the command's own input)",
+         junit_over_baseline, ("baseline.json", "--junit names the --baseline this command reads")),
+    Case("compare-out-in-bundle", "`compare B --out B/model.tflite` (an output file among the bundle's files)",
+         compare_out_in_bundle, ("model.bin", "is inside the bundle")),
 ]
 
 

@@ -50,6 +50,12 @@ def _calibrate(model, calib_ds, settings: dict):
     return run_calibration(model, calib_ds, settings["calibration"])
 
 
+def _inputs(model, weights, calib, eval_, config_path, **more) -> dict:
+    """The files a command reads, by option: an output named like one of them is refused."""
+    return {"--model": model, "--weights": weights, "--calib": calib, "--eval": eval_, "--config": config_path,
+            **more}
+
+
 def _target(settings: dict):
     """The target whose int8 simulation (`Target.qdq_model`) the accuracy tools measure."""
     from edgepipe.targets import load_target
@@ -88,9 +94,14 @@ def _with_model_options(func):
 def sensitivity_command(model, weights, target, calib, eval_, input_shapes, input_values, config_path, max_samples,
                         metric, top, budget, out_path, as_json):
     """Rank quantized layers by how much INT8 costs (only-this / all-but-this vs FP32)."""
+    from edgepipe.output_files import check_output_file
+    from edgepipe.safeio import write_text_replacing
+
     if budget is not None and not 0 <= budget < math.inf:  # before any work; a NaN budget kept every node float
         raise UserError(f"--budget {budget}: give the largest accuracy drop vs FP32 you accept, a number >= 0 "
                         "like 0.01")
+    if out_path:
+        check_output_file(out_path, "--out", "json", _inputs(model, weights, calib, eval_, config_path))
     from edgepipe.accuracy.precision import plan_on_target
     from edgepipe.accuracy.sensitivity import analyze_sensitivity
 
@@ -110,7 +121,7 @@ def sensitivity_command(model, weights, target, calib, eval_, input_shapes, inpu
                               metric=metric, max_samples=max_samples)
         data["plan"] = plan.to_json()
     if out_path:
-        Path(out_path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        write_text_replacing(out_path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
@@ -141,10 +152,13 @@ def compare_command(bundle, max_samples, alone, alone_samples, top, out_path, as
     report (report/results.json), report.html is rendered again with a per-layer chart."""
     from edgepipe.accuracy.compare import COMPARE_FILE, compare_bundle
     from edgepipe.delivery.report import render_report
+    from edgepipe.output_files import check_output_file
     from edgepipe.safeio import make_real_folders, write_text_replacing
 
     if max_samples < 1 or alone_samples < 1:
         raise UserError("compare: --max-samples and --alone-samples must be >= 1")
+    if out_path:
+        check_output_file(out_path, "--out", "json", {"bundle's results.json": Path(bundle) / "report" / "results.json"})
     out = Path(out_path) if out_path else Path(bundle) / "report" / COMPARE_FILE
     if not out_path and (Path(bundle) / "manifest.json").is_file():
         make_real_folders(out.parent, bundle, COMPARE_FILE)  # before the work, not after it
@@ -179,6 +193,7 @@ def finetune_command(model, weights, target, calib, eval_, input_shapes, input_v
     from edgepipe.data import load_dataset
     from edgepipe.accuracy.qat import finetune, float_copy, learned_calibration, prepare_qat, strip_qat
     from edgepipe.accuracy.sensitivity import VariantEvaluator
+    from edgepipe.output_files import check_output_file, save_replacing
     from edgepipe.stages.export import is_factory_spec, load_factory
 
     settings, _ = _settings(model, weights, target, calib, eval_, input_shapes, input_values, config_path)
@@ -187,6 +202,9 @@ def finetune_command(model, weights, target, calib, eval_, input_shapes, input_v
         raise UserError(f"--model {spec}: finetune needs a PyTorch pkg.module:factory model (ONNX has no training)")
     if epochs < 1 or lr <= 0 or not 0.0 <= alpha <= 1.0 or temperature <= 0:
         raise UserError("finetune: need --epochs >= 1, --lr > 0, 0 <= --alpha <= 1 and --temperature > 0")
+    reads = _inputs(model, weights, calib, eval_, config_path, **{"--train": train})
+    out = check_output_file(out_path, "--out", "torch", reads)
+    ranges_path = check_output_file(out.with_suffix(".ranges.json"), "--out's .ranges.json", "json", reads)
     onnx_model, calib_ds, eval_ds = deployed_model(settings)
     calibration = _calibrate(onnx_model, calib_ds, settings)
     target_plugin = _target(settings)
@@ -199,15 +217,12 @@ def finetune_command(model, weights, target, calib, eval_, input_shapes, input_v
                                batch_size=batch_size, log=lambda m: click.echo(one_line(m), err=True))
 
     # back through the same pipeline: export the fine-tuned float weights, recalibrate, apply learned ranges
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(float_copy(module).state_dict(), out)
+    save_replacing(lambda temporary: torch.save(float_copy(module).state_dict(), temporary), out)
     tuned = {**settings, "weights": str(out)}
     tuned_model, _, _ = deployed_model(tuned)
     tuned_calibration = learned_calibration(module, tuned_model, base=_calibrate(tuned_model, calib_ds, settings))
     strip_qat(module)
-    ranges_path = out.with_suffix(".ranges.json")
-    tuned_calibration.save(ranges_path)
+    save_replacing(tuned_calibration.save, ranges_path)
     dataset = eval_ds or calib_ds
     before = VariantEvaluator(onnx_model, calibration, dataset, target=target_plugin, max_samples=None).evaluate(set())
     after = VariantEvaluator(tuned_model, tuned_calibration, dataset, target=target_plugin,
