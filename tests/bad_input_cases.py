@@ -729,6 +729,12 @@ def profile_threads_huge(tmp):
     return _build(tmp, _model(tmp), _calib(tmp), str(tmp / "board.yaml"))
 
 
+def profile_option_misspelled(tmp):
+    """`thread: 4` for `threads: 4`: the build passed, the manifest kept it, the board ran 2 threads."""
+    (tmp / "board.yaml").write_text("name: board\nbase: arm-cpu\noptions: {thread: 4}\n")
+    return _build(tmp, _model(tmp), _calib(tmp), str(tmp / "board.yaml"))
+
+
 def empty_baseline(tmp):
     (tmp / "baseline.json").write_text('{"latency_ms": {}}')
     return _regress(tmp, tmp / "baseline.json")
@@ -1149,6 +1155,9 @@ CASES = [
          ("orin.yaml", "workspace_mb", ">= 1")),
     Case("profile-threads-huge", "a target profile with `threads: 100000000000000000000` (LiteRT takes a C int)",
          profile_threads_huge, ("board.yaml", "'options.threads'", "<= 1024")),
+    Case("profile-option-misspelled", "a target profile with `options: {thread: 4}` (a misspelled option was "
+         "silently ignored)", profile_option_misspelled,
+         ("board.yaml", "options.thread is not an option target 'arm-cpu' reads", "did you mean 'threads'")),
     Case("empty-baseline", "regress against a baseline with no figures", empty_baseline, ("baseline.json", "nothing to compare")),
     Case("infinite-baseline", "a baseline latency of Infinity", infinite_baseline, ("baseline.json", "latency.p50", "inf")),
     Case("nan-baseline", "a NaN baseline metric", nan_baseline, ("baseline.json", "accuracy.top1", "nan")),
