@@ -735,6 +735,22 @@ def profile_option_misspelled(tmp):
     return _build(tmp, _model(tmp), _calib(tmp), str(tmp / "board.yaml"))
 
 
+def reshape_for_another_size(tmp):
+    """A model exported at 8x8 whose Reshape holds that size as a constant, built with --input-shape
+    16x16: ONNX Runtime fails running the Reshape (was an internal error in the fold stage, exit 3)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 192])
+    flat = numpy_helper.from_array(np.array([1, 192], np.int64), "flat")
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r", "flat"], ["y"], name="to_vector")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [flat]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    calib = _calib(tmp, np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32))
+    return _build(tmp, _model(tmp, model), calib, "jetson", "--input-shape", "x:1x3x16x16")
+
+
 def empty_baseline(tmp):
     (tmp / "baseline.json").write_text('{"latency_ms": {}}')
     return _regress(tmp, tmp / "baseline.json")
@@ -1155,6 +1171,9 @@ CASES = [
          ("orin.yaml", "workspace_mb", ">= 1")),
     Case("profile-threads-huge", "a target profile with `threads: 100000000000000000000` (LiteRT takes a C int)",
          profile_threads_huge, ("board.yaml", "'options.threads'", "<= 1024")),
+    Case("reshape-for-another-size", "`--input-shape` other than the size a Reshape constant was exported for "
+         "(ONNX Runtime fails running the node)", reshape_for_another_size,
+         ("node 'to_vector' (Reshape) cannot run in ONNX Runtime on the calibration data", "requested shape")),
     Case("profile-option-misspelled", "a target profile with `options: {thread: 4}` (a misspelled option was "
          "silently ignored)", profile_option_misspelled,
          ("board.yaml", "options.thread is not an option target 'arm-cpu' reads", "did you mean 'threads'")),
