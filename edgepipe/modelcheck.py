@@ -41,5 +41,16 @@ def _check_tensor_sizes(model: onnx.ModelProto, source: str) -> None:
         if count > MAX_TENSOR_ELEMENTS:
             node = producers.get(value.name)
             made_by = f" (made by node '{node.name}', {node.op_type})" if node is not None else ""
-            raise UserError(f"{source}: tensor '{value.name}'{made_by} would hold {count} elements {dims}; "
-                            f"no edge device can allocate that, check the shapes the model computes")
+            raise UserError(f"{source}: tensor '{value.name}'{made_by} would hold {_count_text(count, dims)} "
+                            f"elements {_dims_text(dims)}; no edge device can allocate that, check the shapes "
+                            "the model computes")
+
+
+def _count_text(count: int, dims: list[int]) -> str:
+    """The element count, or its power of ten where printing the digits fails (Python refuses
+    over 4300 digits: an Einsum output of rank 10,000 made this message an internal error)."""
+    return str(count) if count < 10**30 else f"about 10^{int(sum(math.log10(d) for d in dims))}"
+
+
+def _dims_text(dims: list[int]) -> str:
+    return str(dims) if len(dims) <= 8 else f"[{', '.join(map(str, dims[:8]))}, ...] (rank {len(dims)})"

@@ -61,3 +61,50 @@ def test_a_node_onnx_runtime_cannot_run_is_named_not_an_internal_error(tmp_path,
     assert code == 2 and len(lines) == 1, err
     assert "node 'grouped' (Conv) cannot run in ONNX Runtime" in err and "group: 0" in err
     assert not (tmp_path / "out").exists()
+
+
+def _one_node_model(node, inits=(), out_type=None):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", out_type or TensorProto.FLOAT, None)
+    y.type.tensor_type.shape.SetInParent()
+    return helper.make_model(helper.make_graph([node], "g", [x], [y], list(inits)),
+                             opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _malformed(kind):
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    ints = lambda name, values: numpy_helper.from_array(np.array(values, np.int64), name)  # noqa: E731
+    if kind == "cast-to-99":
+        return _one_node_model(helper.make_node("Cast", ["x"], ["y"], to=99, name="n")), "cast to type 99"
+    if kind == "pad-two-values":
+        return (_one_node_model(helper.make_node("Pad", ["x", "p"], ["y"], name="n"), [ints("p", [1, 1])]),
+                "2 pads for 4 padded axes")
+    if kind == "slice-step-0":
+        node = helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"], name="n")
+        return (_one_node_model(node, [ints("s", [0]), ints("e", [4]), ints("a", [1]), ints("st", [0])]),
+                "a step of 0 is invalid")
+    node = helper.make_node("Einsum", ["x"], ["y"], equation="ijkl->" + "l" * 10000, name="n")
+    return _one_node_model(node), "would hold about 10^9030 elements [8, 8, 8, 8, 8, 8, 8, 8, ...] (rank 10000)"
+
+
+@pytest.mark.parametrize("kind", ["cast-to-99", "pad-two-values", "slice-step-0", "rank-10000-output"])
+def test_malformed_node_on_arm_cpu_is_one_line(tmp_path, capsys, kind):
+    """Each passed ONNX's checker and was an internal error (exit 3) on arm-cpu: protobuf's Name()
+    of an unknown type, an index past a short pads list, slice().indices() of step 0, and printing
+    an element count of 9030 digits (Python refuses int -> str past 4300 digits)."""
+    import numpy as np
+    import onnx
+
+    from tests.test_bad_inputs import run_main
+
+    model, fragment = _malformed(kind)
+    onnx.save(model, tmp_path / "model.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.zeros((2, 4, 8, 8), np.float32))
+    code, err = run_main(["build", "--model", "model.onnx", "--target", "arm-cpu", "--calib", "calib.npz",
+                          "--out", "out"], tmp_path, capsys)
+    lines = [line for line in err.splitlines() if not line.startswith("warning")]
+    assert code == 2 and len(lines) == 1 and fragment in err, err
