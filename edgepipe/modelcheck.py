@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edgepipe import graph
 from edgepipe.errors import UserError
@@ -54,3 +56,40 @@ def _count_text(count: int, dims: list[int]) -> str:
 
 def _dims_text(dims: list[int]) -> str:
     return str(dims) if len(dims) <= 8 else f"[{', '.join(map(str, dims[:8]))}, ...] (rank {len(dims)})"
+
+
+WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"}  # an Inf there is never a mask
+
+
+def nonfinite_cause(model: onnx.ModelProto, tensor: str) -> str | None:
+    """Why `tensor` is NaN or Inf for finite inputs, when the model's own numbers say so: the first
+    node (graph order) upstream of it reading a constant that holds NaN (or Inf as weights), or with
+    a NaN float attribute. Calibration blamed 'that sample's preprocessing' for NaN weights. An Inf
+    constant elsewhere is a legitimate attention mask, not a cause."""
+    producers = graph.producers(model)
+    constants = {t.name: t for t in model.graph.initializer}
+    constants.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant"
+                      for a in n.attribute if a.name == "value"})
+    upstream, stack = set(), [tensor]
+    while stack:
+        node = producers.get(stack.pop())
+        if node is not None and id(node) not in upstream:
+            upstream.add(id(node))
+            stack.extend(name for name in node.input if name)
+    for node in model.graph.node:
+        if id(node) not in upstream:
+            continue
+        for name in node.input:
+            if name not in constants:
+                continue
+            value = numpy_helper.to_array(constants[name])
+            if value.dtype.kind != "f" or np.all(np.isfinite(value)):
+                continue
+            if np.isnan(value).any() or node.op_type in WEIGHT_OPS:
+                held = "NaN" if np.isnan(value).any() else "Inf"
+                return f"node '{node.name}' ({node.op_type}) reads the model's constant '{name}', which holds {held}"
+        for attr in node.attribute:
+            values = [attr.f] if attr.type == onnx.AttributeProto.FLOAT else list(attr.floats)
+            if any(math.isnan(v) for v in values):
+                return f"node '{node.name}' ({node.op_type}) has attribute {attr.name} = nan"
+    return None

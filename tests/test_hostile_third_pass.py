@@ -108,3 +108,29 @@ def test_malformed_node_on_arm_cpu_is_one_line(tmp_path, capsys, kind):
                           "--out", "out"], tmp_path, capsys)
     lines = [line for line in err.splitlines() if not line.startswith("warning")]
     assert code == 2 and len(lines) == 1 and fragment in err, err
+
+
+@pytest.mark.parametrize("kind", ["nan-weights", "log-of-negative-data"])
+def test_nan_activation_blames_the_model_only_when_its_numbers_do(tmp_path, capsys, kind):
+    """NaN Conv weights made calibration say 'check that sample's preprocessing or drop it' (every
+    sample fails the same way); now the Conv and its constant are named. A NaN that finite data
+    makes (Log of a negative input) still points at the sample."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from tests.test_bad_inputs import run_main
+
+    if kind == "nan-weights":
+        weights = numpy_helper.from_array(np.full((4, 4, 3, 3), np.nan, np.float32), "broken_w")
+        model = _one_node_model(helper.make_node("Conv", ["x", "broken_w"], ["y"], name="conv"), [weights])
+        expected = "node 'conv' (Conv) reads the model's constant 'broken_w', which holds NaN"
+    else:
+        model = _one_node_model(helper.make_node("Log", ["x"], ["y"], name="log"))
+        expected = "check that sample's preprocessing"
+    onnx.save(model, tmp_path / "model.onnx")
+    np.savez(tmp_path / "calib.npz", x=-np.ones((2, 4, 8, 8), np.float32))
+    code, err = run_main(["build", "--model", "model.onnx", "--target", "jetson", "--calib", "calib.npz",
+                          "--out", "out"], tmp_path, capsys)
+    lines = [line for line in err.splitlines() if not line.startswith("warning")]
+    assert code == 2 and len(lines) == 1 and expected in err, err
