@@ -798,6 +798,14 @@ def inventory_list_for_map(tmp):
     return _deploy_inventory(tmp)
 
 
+def inventory_jump_host(tmp):
+    """A board behind a jump host: edgepipe ignored ansible_ssh_common_args and ssh'd to the private
+    address from here, which may be another machine on this network."""
+    (tmp / "hosts.yml").write_text("all:\n  hosts:\n    pi1:\n      ansible_host: 192.168.1.20\n"
+                                   "      ansible_ssh_common_args: -o ProxyJump=bastion.example.com\n")
+    return _deploy_inventory(tmp)
+
+
 def inventory_recursive_alias(tmp):
     (tmp / "hosts.yml").write_text("all: &loop\n  children:\n    again: *loop\n")
     return _deploy_inventory(tmp)
@@ -1190,6 +1198,9 @@ CASES = [
     Case("fifo-results", "a FIFO as results.json", fifo_results, ("results.json", "not a regular file")),
     Case("inventory-list", "an inventory with a list where a mapping belongs", inventory_list_for_map,
          ("hosts.yml", "'all.hosts' must be a mapping")),
+    Case("inventory-jump-host", "an inventory host reached through `ansible_ssh_common_args: -o ProxyJump=...` "
+         "(ignored: ssh went to the private address from here)", inventory_jump_host,
+         ("hosts.yml: host pi1: ansible_ssh_common_args is not used by edgepipe deploy", "~/.ssh/config")),
     Case("inventory-alias-loop", "an inventory with a recursive YAML alias", inventory_recursive_alias,
          ("hosts.yml", "aliases")),
     Case("pack-over-user-file", "`pack B -o notes.txt` naming a file that is not an archive (or a device: "

@@ -134,3 +134,31 @@ def test_nan_activation_blames_the_model_only_when_its_numbers_do(tmp_path, caps
                           "--out", "out"], tmp_path, capsys)
     lines = [line for line in err.splitlines() if not line.startswith("warning")]
     assert code == 2 and len(lines) == 1 and expected in err, err
+
+
+def test_inventory_old_ansible_spellings_are_read_not_dropped(tmp_path):
+    """`ansible_ssh_host` (Ansible's older name, still read by Ansible) was dropped: edgepipe
+    connected to the alias 'board' instead of 10.0.0.5, as whatever user and port ssh chose."""
+    from edgepipe.delivery.fleet import load_inventory
+
+    (tmp_path / "hosts.ini").write_text("[boards]\nboard ansible_ssh_host=10.0.0.5 ansible_ssh_user=pi "
+                                        "ansible_ssh_port=2222 ansible_private_key_file=/keys/pi\n"
+                                        "other ansible_host=10.0.0.6 ansible_ssh_host=10.9.9.9\n")
+    board, other = load_inventory(tmp_path / "hosts.ini")
+    target = board.target()
+    assert (target.host, target.user, target.port, target.identity) == ("10.0.0.5", "pi", 2222, "/keys/pi")
+    assert other.target().host == "10.0.0.6"  # the current name wins over the old one
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("board ansible_host=10.0.0.5 ansible_connection=docker", "ansible_connection=docker is not ssh"),
+    ("board ansible_host=10.0.0.5 ansible_ssh_extra_args='-o ProxyJump=gw'", "ansible_ssh_extra_args is not used"),
+    ("board ansible_host=10.0.0.5 ansible_ssh_pass=secret", "ansible_ssh_pass is not used"),
+])
+def test_inventory_connection_settings_edgepipe_cannot_honour_are_refused(tmp_path, line, fragment):
+    from edgepipe.delivery.fleet import load_inventory
+
+    (tmp_path / "hosts.ini").write_text(f"[boards]\n{line}\n")
+    with pytest.raises(UserError, match="host board") as info:
+        load_inventory(tmp_path / "hosts.ini")
+    assert fragment in str(info.value)
