@@ -162,3 +162,15 @@ def test_inventory_connection_settings_edgepipe_cannot_honour_are_refused(tmp_pa
     with pytest.raises(UserError, match="host board") as info:
         load_inventory(tmp_path / "hosts.ini")
     assert fragment in str(info.value)
+
+
+def test_inventory_key_file_that_is_a_fifo_is_refused(tmp_path):
+    """--identity refused a FIFO (ssh blocks reading it forever); an inventory's key file did not."""
+    import os
+
+    from edgepipe.delivery.fleet import load_inventory
+
+    os.mkfifo(tmp_path / "key")
+    (tmp_path / "hosts.ini").write_text(f"board ansible_host=10.0.0.5 ansible_ssh_private_key_file={tmp_path}/key\n")
+    with pytest.raises(UserError, match="SSH private key of host board"):
+        load_inventory(tmp_path / "hosts.ini")

@@ -19,7 +19,8 @@ from typing import Callable
 
 
 from edgepipe.delivery.deploy import DeployResult, SshTarget, check_host_name, deploy_bundle
-from edgepipe.safeio import CONFIG_MAX_BYTES, parse_yaml, read_text_bounded, write_text_replacing
+from edgepipe.safeio import (CONFIG_MAX_BYTES, ensure_regular_file, parse_yaml, read_text_bounded,
+                             write_text_replacing)
 from edgepipe.errors import BudgetError, UserError, one_line
 
 HOST_VARIABLES = {"ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
@@ -145,6 +146,10 @@ def load_inventory(path: str | Path) -> list[InventoryHost]:
                                                                   or value is None):
                 raise UserError(f"{path}: host {name}: {key} must be a single value, got {type(value).__name__}")
         variables = _connection_variables(variables, path, name)
+        key_file = variables.get("ansible_ssh_private_key_file")
+        key_path = Path(key_file).expanduser() if key_file else None
+        if key_path is not None and (key_path.exists() or key_path.is_symlink()):  # a FIFO would block ssh
+            ensure_regular_file(key_path, CONFIG_MAX_BYTES, f"SSH private key of host {name}")  # (and the fleet)
         inventory.append(InventoryHost(name=name, variables=variables))
     return inventory
 
