@@ -154,6 +154,10 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
             load_dataset(settings["eval"], specs, preprocess, limit=settings["report"].eval_limit), settings)
         check_token_ids(model, eval_ds, "eval")
         eval_note = f"{len(eval_ds)} samples of {settings['eval']}"
+        if _same_data(settings["eval"], settings["calib"]):  # the holdout exists to avoid exactly this
+            warnings.append(f"--eval {settings['eval']} is the --calib data: the accuracy report measures samples "
+                            "the int8 ranges were fitted to, which flatters int8; pass held-out data, or leave "
+                            "--eval out (a share of --calib is then held out)")
     else:
         calib_ds, eval_ds, eval_source, eval_note = hold_out(calib_ds, settings["report"])
 
@@ -173,6 +177,13 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
         check_target_support(model, target)
     return PreparedModel(model, calib_ds, eval_ds, source_hash, simplify_report, fold_report, warnings,
                          eval_source, eval_note)
+
+
+def _same_data(first, second) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def hold_out(calib_ds, report: ReportSettings):

@@ -174,3 +174,23 @@ def test_inventory_key_file_that_is_a_fifo_is_refused(tmp_path):
     (tmp_path / "hosts.ini").write_text(f"board ansible_host=10.0.0.5 ansible_ssh_private_key_file={tmp_path}/key\n")
     with pytest.raises(UserError, match="SSH private key of host board"):
         load_inventory(tmp_path / "hosts.ini")
+
+
+def test_eval_that_is_the_calibration_data_is_warned(tmp_path, capsys):
+    """--eval naming the --calib file (here through another spelling) built silently and reported the
+    accuracy on the samples the ranges were fitted to; without --eval a share is held out instead."""
+    import numpy as np
+    import onnx
+
+    from tests.helpers import tiny_conv_model
+    from tests.test_bad_inputs import run_main
+
+    onnx.save(tiny_conv_model(), tmp_path / "model.onnx")
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    base = ["build", "--model", "model.onnx", "--target", "jetson", "--calib", "data/calib.npz", "--no-host-report"]
+    code, err = run_main([*base, "--eval", "./data/../data/calib.npz", "--out", "a"], tmp_path, capsys)
+    assert code == 0 and "is the --calib data" in err and "flatters int8" in err, err
+    np.savez(tmp_path / "eval.npz", x=np.random.default_rng(1).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    code, err = run_main([*base, "--eval", "eval.npz", "--out", "b"], tmp_path, capsys)
+    assert code == 0 and "is the --calib data" not in err, err
