@@ -21,7 +21,7 @@ from edgepipe.delivery.bundle import check_out_dir
 from edgepipe.delivery.outdir import BACKEND_TMP_PREFIX
 from edgepipe.safeio import JSON_MAX_BYTES, ensure_regular_file, ensure_regular_or_dir
 from edgepipe.errors import UserError
-from edgepipe.modelcheck import check_model
+from edgepipe.modelcheck import check_label_range, check_model
 from edgepipe.token_ids import check_token_ids
 from edgepipe.pipeline import Pipeline, bytes_hash, settings_hash
 from edgepipe.target_checks import (check_int16_nodes, check_structure, check_target_support,
@@ -160,6 +160,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
                             "--eval out (a share of --calib is then held out)")
     else:
         calib_ds, eval_ds, eval_source, eval_note = hold_out(calib_ds, settings["report"])
+    check_label_range(model, eval_ds, str(settings.get("eval") or settings["calib"]))  # before any work
 
     # 3. fold
     needs_eval = str(fold_settings.get("temperature", "none")) == "auto"

@@ -93,3 +93,24 @@ def nonfinite_cause(model: onnx.ModelProto, tensor: str) -> str | None:
             if any(math.isnan(v) for v in values):
                 return f"node '{node.name}' ({node.op_type}) has attribute {attr.name} = nan"
     return None
+
+
+def check_label_range(model: onnx.ModelProto, dataset, source: str) -> None:
+    """Refuse labels past the class count of the output top-1 is measured on (the first rank-2 float
+    output with a static class axis, as the accuracy report picks it): every such sample counts as
+    wrong for FP32 and int8 alike, and the report showed a top-1 of 0 with no reason."""
+    labels = getattr(dataset, "labels", None) if dataset is not None else None
+    if labels is None or not len(labels):
+        return
+    for output in model.graph.output:
+        dims = graph.tensor_shape(output)
+        if len(dims) != 2 or graph.tensor_dtype(output).kind != "f" or (isinstance(dims[1], int) and dims[1] < 2):
+            continue  # not what the report measures top-1 on
+        if not isinstance(dims[1], int):
+            return  # the class count is known only when the model runs
+        classes, largest = dims[1], int(np.max(labels))
+        if largest >= classes:
+            raise UserError(f"{source}: labels go up to {largest} but the model's output '{output.name}' has "
+                            f"{classes} classes; a label is a class index 0..{classes - 1} of that output: check "
+                            "the label mapping (or the class folders), or save the data without labels")
+        return
