@@ -758,6 +758,12 @@ def labels_past_the_classes(tmp):
     return _build(tmp, _model(tmp), _calib(tmp), "jetson", "--eval", str(_calib(tmp, name="eval.npz", labels=labels)))
 
 
+def input_shape_twice(tmp):
+    """The same input given two shapes (a script appending flags): the last one silently won."""
+    return [*_build(tmp, _model(tmp, tiny_conv_model(dynamic_batch=True)), _calib(tmp)),
+            "--input-shape", "x:1x3x8x8", "--input-shape", "x:4x3x8x8"]
+
+
 def empty_baseline(tmp):
     (tmp / "baseline.json").write_text('{"latency_ms": {}}')
     return _regress(tmp, tmp / "baseline.json")
@@ -1186,6 +1192,8 @@ CASES = [
          ("orin.yaml", "workspace_mb", ">= 1")),
     Case("profile-threads-huge", "a target profile with `threads: 100000000000000000000` (LiteRT takes a C int)",
          profile_threads_huge, ("board.yaml", "'options.threads'", "<= 1024")),
+    Case("input-shape-twice", "`--input-shape x:1x3x8x8 --input-shape x:4x3x8x8` (the last silently won)",
+         input_shape_twice, ("--input-shape gives input 'x' twice ('x:1x3x8x8' and 'x:4x3x8x8')",)),
     Case("labels-past-classes", "eval labels up to 1000 for a model with 5 output classes (top-1 was 0 for "
          "FP32 and int8)", labels_past_the_classes,
          ("eval.npz: labels go up to 1000 but the model's output 'y' has 5 classes",)),

@@ -23,9 +23,9 @@ def _settings(model, weights, target, calib, eval_, input_shapes, input_values, 
 
     overrides = {"model": model, "weights": weights, "target": target, "calib": calib, "eval": eval_}
     if input_shapes:
-        overrides["input_shapes"] = dict(config.parse_input_shape(text) for text in input_shapes)
+        overrides["input_shapes"] = config.parse_each(input_shapes, "--input-shape")
     if input_values:
-        overrides["input_values"] = dict(config.parse_input_value(text) for text in input_values)
+        overrides["input_values"] = config.parse_each(input_values, "--input-value")
     path = config_path or (settings.DEFAULT_CONFIG_NAME if Path(settings.DEFAULT_CONFIG_NAME).exists() else None)
     if not target and not (path and config.load_config_file(path).get("target")):
         overrides["target"] = DEFAULT_TARGET
