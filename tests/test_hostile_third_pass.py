@@ -194,3 +194,16 @@ def test_eval_that_is_the_calibration_data_is_warned(tmp_path, capsys):
     np.savez(tmp_path / "eval.npz", x=np.random.default_rng(1).standard_normal((8, 3, 8, 8)).astype(np.float32))
     code, err = run_main([*base, "--eval", "eval.npz", "--out", "b"], tmp_path, capsys)
     assert code == 0 and "is the --calib data" not in err, err
+
+
+@pytest.mark.parametrize("option", [("--batch-size", "0"), ("--lr", "nan"), ("--temperature", "inf")])
+def test_finetune_numbers_are_checked_before_any_work(tmp_path, capsys, option):
+    """--batch-size 0 was an internal error (range() step 0) after the export and calibration;
+    --lr nan passed `lr <= 0` and trained NaN weights into the saved state_dict."""
+    from edgepipe import demo
+    from tests.test_bad_inputs import run_main
+
+    code, err = run_main(["finetune", "--model", demo.DEMO_FACTORY, "--train", str(tmp_path), "--out",
+                          str(tmp_path / "w.pt"), *option], tmp_path, capsys)
+    assert code == 2 and err.startswith("error: finetune: need") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "w.pt").exists()

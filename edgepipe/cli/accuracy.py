@@ -87,7 +87,7 @@ def _with_model_options(func):
 @click.option("--max-samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Held-out samples per variant.")
 @click.option("--metric", type=click.Choice(["auto", "top1", "agreement", "sqnr"]), default="auto", show_default=True)
-@click.option("--top", type=int, default=20, show_default=True, help="Rows in the table (0 = all).")
+@click.option("--top", type=click.IntRange(min=0), default=20, show_default=True, help="Rows in the table (0 = all).")
 @click.option("--budget", type=float, help="Also plan mixed precision: max accuracy drop vs FP32.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write sensitivity.json here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
@@ -140,7 +140,7 @@ def sensitivity_command(model, weights, target, calib, eval_, input_shapes, inpu
 @click.option("--alone/--no-alone", default=True, show_default=True,
               help="Also measure each quantized activation alone (one int8 simulation per tensor).")
 @click.option("--alone-samples", type=int, default=32, show_default=True, help="Samples per 'alone' variant.")
-@click.option("--top", type=int, default=25, show_default=True, help="Rows in the table (0 = all).")
+@click.option("--top", type=click.IntRange(min=0), default=25, show_default=True, help="Rows in the table (0 = all).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
               help="Write compare.json here (default: BUNDLE/report/compare.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
@@ -200,8 +200,10 @@ def finetune_command(model, weights, target, calib, eval_, input_shapes, input_v
     spec = str(settings["model"])
     if not is_factory_spec(spec):
         raise UserError(f"--model {spec}: finetune needs a PyTorch pkg.module:factory model (ONNX has no training)")
-    if epochs < 1 or lr <= 0 or not 0.0 <= alpha <= 1.0 or temperature <= 0:
-        raise UserError("finetune: need --epochs >= 1, --lr > 0, 0 <= --alpha <= 1 and --temperature > 0")
+    if (epochs < 1 or batch_size < 1 or not 0 < lr < math.inf or not 0.0 <= alpha <= 1.0
+            or not 0 < temperature < math.inf):  # before any work: --batch-size 0 failed after the export
+        raise UserError("finetune: need --epochs >= 1, --batch-size >= 1, --lr > 0, 0 <= --alpha <= 1 and "
+                        "--temperature > 0 (finite numbers)")
     reads = _inputs(model, weights, calib, eval_, config_path, **{"--train": train})
     out = check_output_file(out_path, "--out", "torch", reads)
     ranges_path = check_output_file(out.with_suffix(".ranges.json"), "--out's .ranges.json", "json", reads)
