@@ -764,6 +764,20 @@ def input_shape_twice(tmp):
             "--input-shape", "x:1x3x8x8", "--input-shape", "x:4x3x8x8"]
 
 
+def thin_image(tmp):
+    """A 300-byte 1x60000 PNG for a 224x224 model: the crop-resize made a 224x13440000 image (3 GB)."""
+    from onnx import TensorProto, helper
+    from PIL import Image
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 224, 224])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    (tmp / "images" / "a").mkdir(parents=True)
+    Image.new("RGB", (1, 60000)).save(tmp / "images" / "a" / "thin.png")
+    return _build(tmp, _model(tmp, model), tmp / "images")
+
+
 def empty_baseline(tmp):
     (tmp / "baseline.json").write_text('{"latency_ms": {}}')
     return _regress(tmp, tmp / "baseline.json")
@@ -1192,6 +1206,8 @@ CASES = [
          ("orin.yaml", "workspace_mb", ">= 1")),
     Case("profile-threads-huge", "a target profile with `threads: 100000000000000000000` (LiteRT takes a C int)",
          profile_threads_huge, ("board.yaml", "'options.threads'", "<= 1024")),
+    Case("thin-image", "a 300-byte 1x60000-pixel PNG in an image folder (the resize before the crop took 3 GB, "
+         "then 'out of memory')", thin_image, ("thin.png: 1x60000 pixels", "makes 224x13440000 before the crop")),
     Case("input-shape-twice", "`--input-shape x:1x3x8x8 --input-shape x:4x3x8x8` (the last silently won)",
          input_shape_twice, ("--input-shape gives input 'x' twice ('x:1x3x8x8' and 'x:4x3x8x8')",)),
     Case("labels-past-classes", "eval labels up to 1000 for a model with 5 output classes (top-1 was 0 for "

@@ -207,3 +207,33 @@ def test_finetune_numbers_are_checked_before_any_work(tmp_path, capsys, option):
                           str(tmp_path / "w.pt"), *option], tmp_path, capsys)
     assert code == 2 and err.startswith("error: finetune: need") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "w.pt").exists()
+
+
+def test_a_thin_image_is_refused_before_the_resize_allocates_gigabytes(tmp_path):
+    """A 300-byte 1x60000 PNG under a 224x224 model: scaling its shorter side to 224 made a
+    224x13440000 image (3 GB as RGB) before the crop; the build ended 'out of memory; try fewer
+    calibration samples' (or the machine swapped)."""
+    import numpy as np
+    from PIL import Image
+
+    from edgepipe.data import load_dataset
+
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (1, 60000)).save(tmp_path / "a" / "thin.png")
+    with pytest.raises(UserError, match=r"thin.png: 1x60000 pixels; .* makes 224x13440000 before the crop"):
+        load_dataset(tmp_path, {"x": ((1, 3, 224, 224), np.float32)}, {}).sample(0)
+
+
+def test_preprocess_size_past_the_model_input_is_refused_before_decoding(tmp_path):
+    import numpy as np
+
+    from edgepipe.data import load_dataset
+
+    from PIL import Image
+
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "one.png")
+    with pytest.raises(UserError, match=r"size \[100000, 100000\] is not the model input's"):
+        load_dataset(tmp_path, {"x": ((1, 3, 8, 8), np.float32)}, {"size": [100000, 100000]})
+    with pytest.raises(UserError, match="10000000000 pixels"):  # a dynamic input takes the size, bounded
+        load_dataset(tmp_path, {"x": ((1, 3, None, None), np.float32)}, {"size": [100000, 100000]})
