@@ -237,3 +237,47 @@ def test_preprocess_size_past_the_model_input_is_refused_before_decoding(tmp_pat
         load_dataset(tmp_path, {"x": ((1, 3, 8, 8), np.float32)}, {"size": [100000, 100000]})
     with pytest.raises(UserError, match="10000000000 pixels"):  # a dynamic input takes the size, bounded
         load_dataset(tmp_path, {"x": ((1, 3, None, None), np.float32)}, {"size": [100000, 100000]})
+
+
+@pytest.fixture(scope="module")
+def arm_run_py(tmp_path_factory):
+    import numpy as np
+    import onnx
+
+    from tests.helpers import run_cli, tiny_conv_model
+
+    tmp = tmp_path_factory.mktemp("arm_run_py")
+    onnx.save(tiny_conv_model(), tmp / "model.onnx")
+    np.savez(tmp / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    result = run_cli("build", "--model", "model.onnx", "--calib", "calib.npz", "--target", "arm-cpu",
+                     "--no-host-report", "--out", "bundle", cwd=tmp)
+    assert result.returncode == 0, result.stderr
+    return tmp / "bundle"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--iterations", "0"], "argument --iterations: 0 is not in 1..any"),
+    (["--limit", "-1"], "argument --limit: -1 is not in 1..any"),
+    (["--threads", "99999999999999"], "argument --threads: 99999999999999 is not in 1..1024"),
+    (["--set", "threads=4"], "error: --set threads: this runner reads no --set options"),
+    (["--out", "{bundle}/model.tflite"], "is inside the bundle"),
+    (["--out", "{tmp}/calib.npz"], "exists and is not a JSON file; refusing to replace it"),
+], ids=["iterations-0", "limit-negative", "threads-huge", "set-unknown", "out-over-model", "out-over-data"])
+def test_run_py_options_are_checked_before_the_run(arm_run_py, tmp_path, args, fragment):
+    """The bundle's run.py met --iterations 0 (IndexError), --limit -1 (ZeroDivisionError) and
+    --threads 10**14 (the runtime's TypeError) with tracebacks, ignored --set keys its runner never
+    reads, and wrote results.json over whatever --out named (the bundle's own model.tflite)."""
+    import subprocess
+    import sys
+
+    from edgepipe.delivery.bundle import verify_bundle
+
+    import numpy as np
+
+    np.savez(tmp_path / "calib.npz", x=np.zeros(3, np.float32))
+    args = [a.format(bundle=arm_run_py, tmp=tmp_path) for a in args]
+    result = subprocess.run([sys.executable, str(arm_run_py / "run.py"), "--iterations", "2", "--warmup", "0", *args],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert fragment in result.stderr.strip().splitlines()[-1], result.stderr
+    assert verify_bundle(arm_run_py) == [] and np.load(tmp_path / "calib.npz")["x"].shape == (3,)
