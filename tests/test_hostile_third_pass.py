@@ -281,3 +281,32 @@ def test_run_py_options_are_checked_before_the_run(arm_run_py, tmp_path, args, f
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert fragment in result.stderr.strip().splitlines()[-1], result.stderr
     assert verify_bundle(arm_run_py) == [] and np.load(tmp_path / "calib.npz")["x"].shape == (3,)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--output", "model.qdq.onnx"], "--output model.qdq.onnx is a file of the bundle"),
+    (["--dla-core", "-1"], "argument --dla-core: -1 is not in 0..255"),
+    (["--workspace-mb", "0"], "argument --workspace-mb: 0 is not in 1..10000000"),
+], ids=["output-over-model", "dla-negative", "workspace-zero"])
+def test_build_engine_options_are_checked(tmp_path, args, fragment):
+    """The TensorRT kit's build_engine.py wrote the engine over any --output (model.qdq.onnx: the bundle's
+    model) and passed a negative DLA core or a zero workspace on to TensorRT."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import onnx
+
+    from tests.helpers import run_cli, tiny_conv_model
+
+    onnx.save(tiny_conv_model(), tmp_path / "model.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    built = run_cli("build", "--model", "model.onnx", "--calib", "calib.npz", "--target", "jetson", "--no-host-report",
+                    "--out", "bundle", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    bundle = tmp_path / "bundle"
+    model = (bundle / "model.qdq.onnx").read_bytes()
+    result = subprocess.run([sys.executable, "build_engine.py", *args], cwd=bundle, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and fragment in result.stderr, result.stderr
+    assert (bundle / "model.qdq.onnx").read_bytes() == model
