@@ -778,6 +778,15 @@ def thin_image(tmp):
     return _build(tmp, _model(tmp, model), tmp / "images")
 
 
+def non_utf8_name(tmp):
+    """A node name with bytes 0xff 0xfe (protobuf keeps proto2 strings unchecked and hands them back
+    as bytes): an internal error (UnicodeDecodeError) in export and inspect."""
+    model = tiny_conv_model()
+    model.graph.node[0].name = "CONVNAME"
+    (tmp / "model.onnx").write_bytes(model.SerializeToString().replace(b"CONVNAME", b"CONV\xff\xfe\x80A"))
+    return ["inspect", str(tmp / "model.onnx")]
+
+
 def empty_baseline(tmp):
     (tmp / "baseline.json").write_text('{"latency_ms": {}}')
     return _regress(tmp, tmp / "baseline.json")
@@ -1206,6 +1215,8 @@ CASES = [
          ("orin.yaml", "workspace_mb", ">= 1")),
     Case("profile-threads-huge", "a target profile with `threads: 100000000000000000000` (LiteRT takes a C int)",
          profile_threads_huge, ("board.yaml", "'options.threads'", "<= 1024")),
+    Case("non-utf8-name", "a node name that is not UTF-8 (bytes 0xff 0xfe)", non_utf8_name,
+         ("model.onnx: a NodeProto name is not UTF-8", "re-export the model")),
     Case("thin-image", "a 300-byte 1x60000-pixel PNG in an image folder (the resize before the crop took 3 GB, "
          "then 'out of memory')", thin_image, ("thin.png: 1x60000 pixels", "makes 224x13440000 before the crop")),
     Case("input-shape-twice", "`--input-shape x:1x3x8x8 --input-shape x:4x3x8x8` (the last silently won)",
