@@ -21,7 +21,7 @@ from edgepipe.delivery.bundle import check_out_dir
 from edgepipe.delivery.outdir import BACKEND_TMP_PREFIX
 from edgepipe.safeio import JSON_MAX_BYTES, ensure_regular_file, ensure_regular_or_dir
 from edgepipe.errors import UserError
-from edgepipe.modelcheck import check_model
+from edgepipe.modelcheck import check_label_range, check_model
 from edgepipe.token_ids import check_token_ids
 from edgepipe.pipeline import Pipeline, bytes_hash, settings_hash
 from edgepipe.target_checks import (check_int16_nodes, check_structure, check_target_support,
@@ -154,8 +154,13 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
             load_dataset(settings["eval"], specs, preprocess, limit=settings["report"].eval_limit), settings)
         check_token_ids(model, eval_ds, "eval")
         eval_note = f"{len(eval_ds)} samples of {settings['eval']}"
+        if _same_data(settings["eval"], settings["calib"]):  # the holdout exists to avoid exactly this
+            warnings.append(f"--eval {settings['eval']} is the --calib data: the accuracy report measures samples "
+                            "the int8 ranges were fitted to, which flatters int8; pass held-out data, or leave "
+                            "--eval out (a share of --calib is then held out)")
     else:
         calib_ds, eval_ds, eval_source, eval_note = hold_out(calib_ds, settings["report"])
+    check_label_range(model, eval_ds, str(settings.get("eval") or settings["calib"]))  # before any work
 
     # 3. fold
     needs_eval = str(fold_settings.get("temperature", "none")) == "auto"
@@ -173,6 +178,13 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
         check_target_support(model, target)
     return PreparedModel(model, calib_ds, eval_ds, source_hash, simplify_report, fold_report, warnings,
                          eval_source, eval_note)
+
+
+def _same_data(first, second) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def hold_out(calib_ds, report: ReportSettings):

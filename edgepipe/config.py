@@ -403,6 +403,20 @@ def parse_input_value(text: str) -> tuple[str, float | int]:
     return name, number
 
 
+def parse_each(texts, option: str) -> dict:
+    """{input name: value} of a repeatable `--input-shape` / `--input-value`; an input given twice
+    with different values is refused (the last one silently won, whichever the user meant)."""
+    parse = parse_input_shape if option == "--input-shape" else parse_input_value
+    parsed: dict = {}
+    given: dict[str, str] = {}
+    for text in texts:
+        name, value = parse(text)
+        if name in parsed and parsed[name] != value:
+            raise UserError(f"{option} gives input '{name}' twice ('{given[name]}' and '{text}'); give each input once")
+        parsed[name], given[name] = value, text
+    return parsed
+
+
 def reference_rows(schema: dict | None = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(key, type, default, help) rows for the README's config reference."""
     schema = SCHEMA if schema is None else schema

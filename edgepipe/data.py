@@ -331,6 +331,8 @@ def _check_labels(path: Path, labels: np.ndarray, count: int) -> None:
     if len(labels) != count:
         raise UserError(f"{path}: '{LABELS_KEY}' has {len(labels)} entries but the inputs have "
                         f"{count} samples; give one label per sample")
+    if len(labels) and labels.dtype.kind == "u" and labels.max() > np.iinfo(np.int64).max:
+        raise UserError(f"{path}: '{LABELS_KEY}' holds {labels.max()}, past int64; a label is a class index from 0")
     if len(labels) and labels.min() < 0:  # numpy would read -1 as the last class: a top-1 that looks real
         index = int(np.argmax(labels < 0))
         raise UserError(f"{path}: '{LABELS_KEY}' holds {labels[index]} for sample {index}; a label is a class "

@@ -17,6 +17,8 @@ from edgepipe.errors import UserError
 from edgepipe.npyfile import first_line
 from edgepipe.safeio import IMAGE_MAX_BYTES, ensure_regular_file
 
+MAX_RESIZED_PIXELS = 1 << 26  # an 8192x8192 image (192 MB as RGB bytes): past any model input or photo
+
 
 def _cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype.kind in "iu" and np.asarray(array).dtype.kind == "f":
@@ -57,6 +59,12 @@ class ImageTransform:
             if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
                 raise UserError(f"{source}: preprocess size must be [height, width], got {size}")
             size = (int(size[0]), int(size[1]))
+            if height and width and size != (height, width):  # checked before any image is decoded
+                raise UserError(f"{source}: preprocess size {list(size)} is not the model input's [height, width] "
+                                f"[{height}, {width}]; set size to [{height}, {width}] or leave it out")
+            if size[0] * size[1] > MAX_RESIZED_PIXELS:
+                raise UserError(f"{source}: preprocess size {list(size)} is {size[0] * size[1]} pixels, more than "
+                                f"{MAX_RESIZED_PIXELS}; give the size the model takes")
         order = str(preprocess.get("channel_order", "RGB")).upper()
         if order not in ("RGB", "BGR"):
             raise UserError(f"{source}: preprocess channel_order '{order}' is not RGB or BGR")
@@ -71,7 +79,7 @@ class ImageTransform:
                    order == "BGR", grayscale, layout == "NCHW", dtype)
 
     def __call__(self, path: Path) -> np.ndarray:
-        pixels = self._resized(_open_image(path, self.grayscale))
+        pixels = self._resized(_open_image(path, self.grayscale), path)
         x = np.asarray(pixels, dtype=np.float32)
         x = x[..., None] if x.ndim == 2 else x[..., ::-1] if self.bgr else x
         x = x * np.float32(self.scale)
@@ -81,7 +89,7 @@ class ImageTransform:
             x = x / self.std
         return _cast(np.ascontiguousarray(x.transpose(2, 0, 1) if self.channels_first else x), self.dtype)
 
-    def _resized(self, image):
+    def _resized(self, image, path: Path):
         from PIL import Image
 
         if self.size is None or image.size == (self.size[1], self.size[0]):
@@ -91,6 +99,10 @@ class ImageTransform:
             return image.resize((width, height), Image.Resampling.BILINEAR)
         factor = max(height / image.height, width / image.width)
         new_w, new_h = max(width, round(image.width * factor)), max(height, round(image.height * factor))
+        if new_w * new_h > MAX_RESIZED_PIXELS:  # a 300-byte 1x60000 PNG made a 224x13440000 image (3 GB)
+            raise UserError(f"{path}: {image.width}x{image.height} pixels; scaling its shorter side to the "
+                            f"model's {width}x{height} makes {new_w}x{new_h} before the crop; an image this thin is "
+                            "not a photo: crop it or drop it")
         image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
         left, top = (new_w - width) // 2, (new_h - height) // 2
         return image.crop((left, top, left + width, top + height))

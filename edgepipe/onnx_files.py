@@ -34,6 +34,7 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
             f"{path}: not a readable ONNX model ({type(exc).__name__}); the file may be truncated "
             "or not ONNX - re-export it"
         ) from exc
+    _check_strings(model, path)
     if not model.graph.node and not model.graph.output:
         raise UserError(f"{path}: not a readable ONNX model (empty graph); re-export it")
     for tensor in _external_tensors(model):
@@ -72,6 +73,40 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
     _check_window_attributes(model.graph, path)
     _check_io_types(model.graph, path)
     return model
+
+
+def _check_strings(model: onnx.ModelProto, path: Path) -> None:
+    """ONNX's proto2 strings are read without a UTF-8 check: protobuf hands an invalid one back as
+    bytes (or raises when it is read), and a node name 0xff 0xfe was an internal error
+    (UnicodeDecodeError) in export and inspect. Every string field is read once here (repeated
+    numbers are not walked)."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    def check(message, field_name: str, values) -> None:
+        bad = next((value for value in values if isinstance(value, bytes)), None)
+        if bad is not None:
+            raise UserError(f"{path}: a {message.DESCRIPTOR.name} {field_name} is not UTF-8 ({bad[:40]!r}); "
+                            "ONNX strings are UTF-8: re-export the model")
+
+    def walk(message) -> None:
+        if message.DESCRIPTOR.name == "TensorProto":  # its names only: listing fields copies raw_data
+            check(message, "name", [message.name, message.doc_string])
+            for entry in message.external_data:
+                check(entry, "key or value", [entry.key, entry.value])
+            return
+        for field, value in message.ListFields():
+            items = [value] if isinstance(value, (str, bytes)) or hasattr(value, "ListFields") else value
+            if field.type == FieldDescriptor.TYPE_STRING:
+                check(message, field.name, items)
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                for item in items:
+                    walk(item)
+
+    try:
+        walk(model)
+    except UnicodeDecodeError as exc:  # a protobuf build that raises instead of returning bytes
+        raise UserError(f"{path}: a name or string in the model is not UTF-8 ({exc.reason}); "
+                        "ONNX strings are UTF-8: re-export the model") from None
 
 
 IR_INITIALIZERS_NEED_NOT_BE_INPUTS = 4

@@ -181,6 +181,20 @@ class Target:
                             f"backend.{', backend.'.join(self.backend_options)}); remove it or choose a "
                             "target that uses it")
 
+    def check_profile_options(self, options: dict, source: str) -> None:
+        """Refuse a profile `options:` key this target does not read: a misspelled `thread: 4` (or
+        arm-cpu's `per_channel: false`) was kept in the manifest while the board ran the default."""
+        import difflib
+
+        known = sorted(set(self.backend_options) | set(self.default_options))
+        for key in sorted(options, key=str):
+            if key in known:
+                continue
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UserError(f"{source}: options.{key} is not an option target '{self.plugin or self.name}' reads; "
+                            f"{hint}it reads {', '.join(known)}")
+
     def check_precision_settings(self, precision) -> None:
         """Refuse `precision.int16_nodes` on a target without int16 activations (it would be ignored)."""
         if precision.int16_nodes and not self.int16_activations:
@@ -326,6 +340,7 @@ def load_target(name: str, options: dict | None = None, _depth: int = 0) -> Targ
         data = _read_profile(profile_path)
         merged = {**(data.get("options") or {}), **(options or {})}
         target = load_target(_base_of(str(data["base"]), profile_path), merged, _depth + 1)
+        target.check_profile_options(data.get("options") or {}, str(profile_path))
         target.name = str(data.get("name") or profile_path.stem)
         target.profile = str(profile_path.name)
         if data.get("description"):

@@ -729,6 +729,64 @@ def profile_threads_huge(tmp):
     return _build(tmp, _model(tmp), _calib(tmp), str(tmp / "board.yaml"))
 
 
+def profile_option_misspelled(tmp):
+    """`thread: 4` for `threads: 4`: the build passed, the manifest kept it, the board ran 2 threads."""
+    (tmp / "board.yaml").write_text("name: board\nbase: arm-cpu\noptions: {thread: 4}\n")
+    return _build(tmp, _model(tmp), _calib(tmp), str(tmp / "board.yaml"))
+
+
+def reshape_for_another_size(tmp):
+    """A model exported at 8x8 whose Reshape holds that size as a constant, built with --input-shape
+    16x16: ONNX Runtime fails running the Reshape (was an internal error in the fold stage, exit 3)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 192])
+    flat = numpy_helper.from_array(np.array([1, 192], np.int64), "flat")
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r", "flat"], ["y"], name="to_vector")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [flat]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    calib = _calib(tmp, np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32))
+    return _build(tmp, _model(tmp, model), calib, "jetson", "--input-shape", "x:1x3x16x16")
+
+
+def labels_past_the_classes(tmp):
+    """Labels 1..1000 (a one-based mapping) for a 5-class model: the report showed top-1 0.0000 for
+    FP32 and int8 alike, with no reason."""
+    labels = np.arange(1, 9, dtype=np.int64) * 125
+    return _build(tmp, _model(tmp), _calib(tmp), "jetson", "--eval", str(_calib(tmp, name="eval.npz", labels=labels)))
+
+
+def input_shape_twice(tmp):
+    """The same input given two shapes (a script appending flags): the last one silently won."""
+    return [*_build(tmp, _model(tmp, tiny_conv_model(dynamic_batch=True)), _calib(tmp)),
+            "--input-shape", "x:1x3x8x8", "--input-shape", "x:4x3x8x8"]
+
+
+def thin_image(tmp):
+    """A 300-byte 1x60000 PNG for a 224x224 model: the crop-resize made a 224x13440000 image (3 GB)."""
+    from onnx import TensorProto, helper
+    from PIL import Image
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 224, 224])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    (tmp / "images" / "a").mkdir(parents=True)
+    Image.new("RGB", (1, 60000)).save(tmp / "images" / "a" / "thin.png")
+    return _build(tmp, _model(tmp, model), tmp / "images")
+
+
+def non_utf8_name(tmp):
+    """A node name with bytes 0xff 0xfe (protobuf keeps proto2 strings unchecked and hands them back
+    as bytes): an internal error (UnicodeDecodeError) in export and inspect."""
+    model = tiny_conv_model()
+    model.graph.node[0].name = "CONVNAME"
+    (tmp / "model.onnx").write_bytes(model.SerializeToString().replace(b"CONVNAME", b"CONV\xff\xfe\x80A"))
+    return ["inspect", str(tmp / "model.onnx")]
+
+
 def empty_baseline(tmp):
     (tmp / "baseline.json").write_text('{"latency_ms": {}}')
     return _regress(tmp, tmp / "baseline.json")
@@ -773,6 +831,14 @@ def fifo_results(tmp):
 
 def inventory_list_for_map(tmp):
     (tmp / "hosts.yml").write_text("all:\n  hosts:\n    - pi1\n    - pi2\n")
+    return _deploy_inventory(tmp)
+
+
+def inventory_jump_host(tmp):
+    """A board behind a jump host: edgepipe ignored ansible_ssh_common_args and ssh'd to the private
+    address from here, which may be another machine on this network."""
+    (tmp / "hosts.yml").write_text("all:\n  hosts:\n    pi1:\n      ansible_host: 192.168.1.20\n"
+                                   "      ansible_ssh_common_args: -o ProxyJump=bastion.example.com\n")
     return _deploy_inventory(tmp)
 
 
@@ -1003,6 +1069,18 @@ def sensitivity_budget_nan(tmp):
     return ["sensitivity", str(_model(tmp)), "--calib", str(_calib(tmp)), "--budget", "nan"]
 
 
+def junit_over_baseline(tmp):
+    """`regress --junit` naming the baseline (a tab-completion slip): the XML replaced the release baseline."""
+    return [*_regress(tmp, _results(tmp, "baseline.json")), "--junit", str(tmp / "baseline.json")]
+
+
+def compare_out_in_bundle(tmp):
+    """`compare B --out B/model.bin`: compare.json replaced the bundle's model (verify failed after)."""
+    bundle = tmp / "bundle"
+    write_small_bundle(bundle)
+    return ["compare", str(bundle), "--out", str(bundle / "model.bin")]
+
+
 def long_io_name(tmp):
     """An input named with 100,000 characters: the whole build ran, then writing the bundle's
     eval.npz (key 'input:<name>', a zip member name of at most 65535 bytes) failed (exit 3)."""
@@ -1137,6 +1215,21 @@ CASES = [
          ("orin.yaml", "workspace_mb", ">= 1")),
     Case("profile-threads-huge", "a target profile with `threads: 100000000000000000000` (LiteRT takes a C int)",
          profile_threads_huge, ("board.yaml", "'options.threads'", "<= 1024")),
+    Case("non-utf8-name", "a node name that is not UTF-8 (bytes 0xff 0xfe)", non_utf8_name,
+         ("model.onnx: a NodeProto name is not UTF-8", "re-export the model")),
+    Case("thin-image", "a 300-byte 1x60000-pixel PNG in an image folder (the resize before the crop took 3 GB, "
+         "then 'out of memory')", thin_image, ("thin.png: 1x60000 pixels", "makes 224x13440000 before the crop")),
+    Case("input-shape-twice", "`--input-shape x:1x3x8x8 --input-shape x:4x3x8x8` (the last silently won)",
+         input_shape_twice, ("--input-shape gives input 'x' twice ('x:1x3x8x8' and 'x:4x3x8x8')",)),
+    Case("labels-past-classes", "eval labels up to 1000 for a model with 5 output classes (top-1 was 0 for "
+         "FP32 and int8)", labels_past_the_classes,
+         ("eval.npz: labels go up to 1000 but the model's output 'y' has 5 classes",)),
+    Case("reshape-for-another-size", "`--input-shape` other than the size a Reshape constant was exported for "
+         "(ONNX Runtime fails running the node)", reshape_for_another_size,
+         ("node 'to_vector' (Reshape) cannot run in ONNX Runtime on the calibration data", "requested shape")),
+    Case("profile-option-misspelled", "a target profile with `options: {thread: 4}` (a misspelled option was "
+         "silently ignored)", profile_option_misspelled,
+         ("board.yaml", "options.thread is not an option target 'arm-cpu' reads", "did you mean 'threads'")),
     Case("empty-baseline", "regress against a baseline with no figures", empty_baseline, ("baseline.json", "nothing to compare")),
     Case("infinite-baseline", "a baseline latency of Infinity", infinite_baseline, ("baseline.json", "latency.p50", "inf")),
     Case("nan-baseline", "a NaN baseline metric", nan_baseline, ("baseline.json", "accuracy.top1", "nan")),
@@ -1150,6 +1243,9 @@ CASES = [
     Case("fifo-results", "a FIFO as results.json", fifo_results, ("results.json", "not a regular file")),
     Case("inventory-list", "an inventory with a list where a mapping belongs", inventory_list_for_map,
          ("hosts.yml", "'all.hosts' must be a mapping")),
+    Case("inventory-jump-host", "an inventory host reached through `ansible_ssh_common_args: -o ProxyJump=...` "
+         "(ignored: ssh went to the private address from here)", inventory_jump_host,
+         ("hosts.yml: host pi1: ansible_ssh_common_args is not used by edgepipe deploy", "~/.ssh/config")),
     Case("inventory-alias-loop", "an inventory with a recursive YAML alias", inventory_recursive_alias,
          ("hosts.yml", "aliases")),
     Case("pack-over-user-file", "`pack B -o notes.txt` naming a file that is not an archive (or a device: "
@@ -1191,6 +1287,10 @@ CASES = [
          ("model.onnx: input 'xxxxxxxxxx", "has a name of 100000 bytes")),
     Case("sensitivity-budget-nan", "`sensitivity --budget nan` (checked before any work)", sensitivity_budget_nan,
          ("--budget nan",)),
+    Case("junit-over-baseline", "`regress --junit baseline.json` (an output naming the command's own input)",
+         junit_over_baseline, ("baseline.json", "--junit names the --baseline this command reads")),
+    Case("compare-out-in-bundle", "`compare B --out B/model.tflite` (an output file among the bundle's files)",
+         compare_out_in_bundle, ("model.bin", "is inside the bundle")),
 ]
 
 

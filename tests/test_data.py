@@ -232,7 +232,7 @@ def test_image_shape_not_matching_the_model(tmp_path):
     _png(tmp_path / "a.png", _solid([1, 2, 3], size=(8, 8)))
     with pytest.raises(UserError) as err:
         load_dataset(tmp_path, {"x": ((1, 3, 8, 8), np.float32)}, {"size": [4, 4]})
-    _one_line_error(err, "a.png", "'x'")
+    _one_line_error(err, "preprocess size [4, 4] is not the model input's [height, width] [8, 8]")  # before decoding
     with pytest.raises(UserError) as err:
         load_dataset(tmp_path, {"x": ((1, 3, 8, 8), np.float32)}, {"grayscale": True})
     _one_line_error(err, "3 channels")

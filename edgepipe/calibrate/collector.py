@@ -42,6 +42,7 @@ from edgepipe.calibrate import kernels
 from edgepipe.calibrate.histogram import TensorHistogram
 from edgepipe.calibrate.policy import TensorContext
 from edgepipe.errors import UserError
+from edgepipe.modelcheck import nonfinite_cause
 
 # |x| at or above this is a mask sentinel, not an activation: torch.finfo(float32).min (-3.4e38,
 # Hugging Face), masked_fill(-1e9) (the Annotated Transformer); BERT's older -10000.0 is below it
@@ -265,6 +266,11 @@ def collect(
                 del arrays  # before the next batch's activations exist (peak: one batch)
                 if bad is not None:
                     index = _sample_with_bad_activation(session, chunk, dataset, batch_indices, bad)
+                    cause = nonfinite_cause(model, bad)
+                    if cause:  # the inputs are finite (checked above): the model's own numbers
+                        raise UserError(f"calibration sample {index}: tensor '{bad}' contains NaN or Inf from "
+                                        f"finite inputs: {cause}; the model is broken there, not the data: "
+                                        "fix and re-export it")
                     raise UserError(
                         f"calibration sample {index}: tensor '{bad}' contains NaN or Inf; check that sample's "
                         "preprocessing or drop it from the calibration set"

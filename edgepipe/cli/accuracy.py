@@ -23,9 +23,9 @@ def _settings(model, weights, target, calib, eval_, input_shapes, input_values, 
 
     overrides = {"model": model, "weights": weights, "target": target, "calib": calib, "eval": eval_}
     if input_shapes:
-        overrides["input_shapes"] = dict(config.parse_input_shape(text) for text in input_shapes)
+        overrides["input_shapes"] = config.parse_each(input_shapes, "--input-shape")
     if input_values:
-        overrides["input_values"] = dict(config.parse_input_value(text) for text in input_values)
+        overrides["input_values"] = config.parse_each(input_values, "--input-value")
     path = config_path or (settings.DEFAULT_CONFIG_NAME if Path(settings.DEFAULT_CONFIG_NAME).exists() else None)
     if not target and not (path and config.load_config_file(path).get("target")):
         overrides["target"] = DEFAULT_TARGET
@@ -48,6 +48,12 @@ def _calibrate(model, calib_ds, settings: dict):
     from edgepipe.stages.calibrate import run_calibration
 
     return run_calibration(model, calib_ds, settings["calibration"])
+
+
+def _inputs(model, weights, calib, eval_, config_path, **more) -> dict:
+    """The files a command reads, by option: an output named like one of them is refused."""
+    return {"--model": model, "--weights": weights, "--calib": calib, "--eval": eval_, "--config": config_path,
+            **more}
 
 
 def _target(settings: dict):
@@ -81,16 +87,21 @@ def _with_model_options(func):
 @click.option("--max-samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Held-out samples per variant.")
 @click.option("--metric", type=click.Choice(["auto", "top1", "agreement", "sqnr"]), default="auto", show_default=True)
-@click.option("--top", type=int, default=20, show_default=True, help="Rows in the table (0 = all).")
+@click.option("--top", type=click.IntRange(min=0), default=20, show_default=True, help="Rows in the table (0 = all).")
 @click.option("--budget", type=float, help="Also plan mixed precision: max accuracy drop vs FP32.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write sensitivity.json here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
 def sensitivity_command(model, weights, target, calib, eval_, input_shapes, input_values, config_path, max_samples,
                         metric, top, budget, out_path, as_json):
     """Rank quantized layers by how much INT8 costs (only-this / all-but-this vs FP32)."""
+    from edgepipe.output_files import check_output_file
+    from edgepipe.safeio import write_text_replacing
+
     if budget is not None and not 0 <= budget < math.inf:  # before any work; a NaN budget kept every node float
         raise UserError(f"--budget {budget}: give the largest accuracy drop vs FP32 you accept, a number >= 0 "
                         "like 0.01")
+    if out_path:
+        check_output_file(out_path, "--out", "json", _inputs(model, weights, calib, eval_, config_path))
     from edgepipe.accuracy.precision import plan_on_target
     from edgepipe.accuracy.sensitivity import analyze_sensitivity
 
@@ -110,7 +121,7 @@ def sensitivity_command(model, weights, target, calib, eval_, input_shapes, inpu
                               metric=metric, max_samples=max_samples)
         data["plan"] = plan.to_json()
     if out_path:
-        Path(out_path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        write_text_replacing(out_path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
@@ -129,7 +140,7 @@ def sensitivity_command(model, weights, target, calib, eval_, input_shapes, inpu
 @click.option("--alone/--no-alone", default=True, show_default=True,
               help="Also measure each quantized activation alone (one int8 simulation per tensor).")
 @click.option("--alone-samples", type=int, default=32, show_default=True, help="Samples per 'alone' variant.")
-@click.option("--top", type=int, default=25, show_default=True, help="Rows in the table (0 = all).")
+@click.option("--top", type=click.IntRange(min=0), default=25, show_default=True, help="Rows in the table (0 = all).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
               help="Write compare.json here (default: BUNDLE/report/compare.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
@@ -141,10 +152,13 @@ def compare_command(bundle, max_samples, alone, alone_samples, top, out_path, as
     report (report/results.json), report.html is rendered again with a per-layer chart."""
     from edgepipe.accuracy.compare import COMPARE_FILE, compare_bundle
     from edgepipe.delivery.report import render_report
+    from edgepipe.output_files import check_output_file
     from edgepipe.safeio import make_real_folders, write_text_replacing
 
     if max_samples < 1 or alone_samples < 1:
         raise UserError("compare: --max-samples and --alone-samples must be >= 1")
+    if out_path:
+        check_output_file(out_path, "--out", "json", {"bundle's results.json": Path(bundle) / "report" / "results.json"})
     out = Path(out_path) if out_path else Path(bundle) / "report" / COMPARE_FILE
     if not out_path and (Path(bundle) / "manifest.json").is_file():
         make_real_folders(out.parent, bundle, COMPARE_FILE)  # before the work, not after it
@@ -179,14 +193,20 @@ def finetune_command(model, weights, target, calib, eval_, input_shapes, input_v
     from edgepipe.data import load_dataset
     from edgepipe.accuracy.qat import finetune, float_copy, learned_calibration, prepare_qat, strip_qat
     from edgepipe.accuracy.sensitivity import VariantEvaluator
+    from edgepipe.output_files import check_output_file, save_replacing
     from edgepipe.stages.export import is_factory_spec, load_factory
 
     settings, _ = _settings(model, weights, target, calib, eval_, input_shapes, input_values, config_path)
     spec = str(settings["model"])
     if not is_factory_spec(spec):
         raise UserError(f"--model {spec}: finetune needs a PyTorch pkg.module:factory model (ONNX has no training)")
-    if epochs < 1 or lr <= 0 or not 0.0 <= alpha <= 1.0 or temperature <= 0:
-        raise UserError("finetune: need --epochs >= 1, --lr > 0, 0 <= --alpha <= 1 and --temperature > 0")
+    if (epochs < 1 or batch_size < 1 or not 0 < lr < math.inf or not 0.0 <= alpha <= 1.0
+            or not 0 < temperature < math.inf):  # before any work: --batch-size 0 failed after the export
+        raise UserError("finetune: need --epochs >= 1, --batch-size >= 1, --lr > 0, 0 <= --alpha <= 1 and "
+                        "--temperature > 0 (finite numbers)")
+    reads = _inputs(model, weights, calib, eval_, config_path, **{"--train": train})
+    out = check_output_file(out_path, "--out", "torch", reads)
+    ranges_path = check_output_file(out.with_suffix(".ranges.json"), "--out's .ranges.json", "json", reads)
     onnx_model, calib_ds, eval_ds = deployed_model(settings)
     calibration = _calibrate(onnx_model, calib_ds, settings)
     target_plugin = _target(settings)
@@ -199,15 +219,12 @@ def finetune_command(model, weights, target, calib, eval_, input_shapes, input_v
                                batch_size=batch_size, log=lambda m: click.echo(one_line(m), err=True))
 
     # back through the same pipeline: export the fine-tuned float weights, recalibrate, apply learned ranges
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(float_copy(module).state_dict(), out)
+    save_replacing(lambda temporary: torch.save(float_copy(module).state_dict(), temporary), out)
     tuned = {**settings, "weights": str(out)}
     tuned_model, _, _ = deployed_model(tuned)
     tuned_calibration = learned_calibration(module, tuned_model, base=_calibrate(tuned_model, calib_ds, settings))
     strip_qat(module)
-    ranges_path = out.with_suffix(".ranges.json")
-    tuned_calibration.save(ranges_path)
+    save_replacing(tuned_calibration.save, ranges_path)
     dataset = eval_ds or calib_ds
     before = VariantEvaluator(onnx_model, calibration, dataset, target=target_plugin, max_samples=None).evaluate(set())
     after = VariantEvaluator(tuned_model, tuned_calibration, dataset, target=target_plugin,

@@ -49,6 +49,10 @@ def deploy_command(bundle, destination, inventory, port, identity, remote_dir, r
     if not timeout <= MAX_TIMEOUT_S:  # click's FloatRange lets nan and inf through; ssh refuses a huge ConnectTimeout
         raise UserError(f"--timeout {timeout}: give the seconds to wait for the SSH connection, "
                         f"1 to {MAX_TIMEOUT_S} (e.g. 20)")
+    if out is not None and run_bundle:  # fetched results must not land among the bundle's own files
+        from edgepipe.output_files import check_output_folder
+
+        check_output_folder(out, "--out")
     if identity is not None:
         ensure_regular_file(identity, CONFIG_MAX_BYTES, "SSH private key (--identity)")
     if known_hosts is not None and (known_hosts.exists() or known_hosts.is_symlink()):

@@ -107,9 +107,9 @@ def build(model, weights, target, calib, eval_, input_shapes, input_values, conf
 
     overrides: dict = {"model": model, "weights": weights, "target": target, "calib": calib, "eval": eval_, "out": out}
     if input_shapes:
-        overrides["input_shapes"] = dict(cfg.parse_input_shape(text) for text in input_shapes)
+        overrides["input_shapes"] = cfg.parse_each(input_shapes, "--input-shape")
     if input_values:
-        overrides["input_values"] = dict(cfg.parse_input_value(text) for text in input_values)
+        overrides["input_values"] = cfg.parse_each(input_values, "--input-value")
     if calib_method:
         overrides["calibration"] = {"method": calib_method}
     backend = {"int8_io": int8_io, "keep_layout": keep_layout}
@@ -210,10 +210,10 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     from edgepipe.targets import load_target, loadable_targets
 
     model, _ = dequantize.float_from_quantized(graph.load_model(model_path))  # as export does
-    pinned = dict(cfg.parse_input_value(text) for text in input_values)
+    pinned = cfg.parse_each(input_values, "--input-value")
     model = branches.pin_inputs(model, pinned, model_path)
     if input_shapes:
-        flagged = dict(cfg.parse_input_shape(t) for t in input_shapes)
+        flagged = cfg.parse_each(input_shapes, "--input-shape")
         model = fix_static_shapes(model, flagged, model_path, flagged)
     static = bool(graph.graph_inputs(model)) and all(graph.is_static(graph.declared_shape(i))
                                                      for i in graph.graph_inputs(model))

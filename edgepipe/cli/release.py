@@ -64,10 +64,10 @@ def verify_command(bundle: Path) -> None:
 def report_command(results: Path, baseline: Path | None, out_dir: Path | None, bundle_dir: Path | None) -> None:
     """Render RESULTS (run.py's results.json) as report.html and report.md."""
     from edgepipe.delivery.report import render_report
+    from edgepipe.output_files import check_output_folder
 
-    if out_dir is not None and (out_dir.exists() or out_dir.is_symlink()) and not out_dir.is_dir():
-        raise UserError(f"{out_dir}: exists and is not a folder; pass a folder for --out")
-
+    if out_dir is not None:
+        check_output_folder(out_dir, "--out")
     html = render_report(results, out_dir=out_dir, bundle_dir=bundle_dir, baseline=baseline)
     click.echo(f"{one_line(html)}\n{one_line(html.with_name('report.md'))}")
 
@@ -95,8 +95,13 @@ def regress_command(baseline, candidate, max_drop, max_latency_increase, max_sqn
     from edgepipe.delivery.regress import load_results, run_regression
     from edgepipe.settings import RegressSettings
 
+    from edgepipe.output_files import check_output_file
+    from edgepipe.safeio import write_text_replacing
+
     if junit is not None and junit.is_dir():  # checked before the comparison, not after its table
         raise UserError(f"{junit}: is a folder; pass a file path for --junit, e.g. regress.xml")
+    if junit is not None:
+        check_output_file(junit, "--junit", "xml", {"--baseline": baseline, "--candidate": candidate, "--config": config})
 
     overrides = {"max_drop": max_drop, "max_latency_increase": max_latency_increase,
                  "max_sqnr_drop_db": max_sqnr_drop, "metrics": list(metrics) or None}
@@ -105,8 +110,7 @@ def regress_command(baseline, candidate, max_drop, max_latency_increase, max_sqn
                             baseline_name=str(baseline))
     click.echo(result.table())
     if junit:
-        junit.parent.mkdir(parents=True, exist_ok=True)
-        junit.write_text(result.to_junit())
+        write_text_replacing(junit, result.to_junit())
     if not result.passed:
         raise BudgetError(f"{len(result.failures)} regression budget(s) broken: "
                           + "; ".join(c.message for c in result.failures))

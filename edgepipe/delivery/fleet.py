@@ -19,11 +19,20 @@ from typing import Callable
 
 
 from edgepipe.delivery.deploy import DeployResult, SshTarget, check_host_name, deploy_bundle
-from edgepipe.safeio import CONFIG_MAX_BYTES, parse_yaml, read_text_bounded, write_text_replacing
+from edgepipe.safeio import (CONFIG_MAX_BYTES, ensure_regular_file, parse_yaml, read_text_bounded,
+                             write_text_replacing)
 from edgepipe.errors import BudgetError, UserError, one_line
 
 HOST_VARIABLES = {"ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
                   "edgepipe_remote_dir"}
+# Ansible's older spellings of the same connection variables (still read by Ansible): dropping
+# them made edgepipe connect to the inventory alias instead of `ansible_ssh_host`'s address
+ANSIBLE_ALIASES = {"ansible_ssh_host": "ansible_host", "ansible_ssh_port": "ansible_port",
+                   "ansible_ssh_user": "ansible_user", "ansible_private_key_file": "ansible_ssh_private_key_file"}
+# how Ansible would reach the host that a plain `ssh host` does not do: ignoring one deploys
+# somewhere else (a private address without its jump host) or not at all
+UNSUPPORTED_CONNECTION = ("ansible_ssh_common_args", "ansible_ssh_extra_args", "ansible_ssh_args",
+                          "ansible_password", "ansible_ssh_pass", "ansible_ssh_executable")
 
 
 class FleetFailure(BudgetError):
@@ -133,11 +142,34 @@ def load_inventory(path: str | Path) -> list[InventoryHost]:
     for name, variables in hosts.items():
         check_host_name(name, "host alias")
         for key, value in variables.items():
-            if key in HOST_VARIABLES and (isinstance(value, (dict, list, bool)) or value is None):
+            if (key in HOST_VARIABLES or key in ANSIBLE_ALIASES) and (isinstance(value, (dict, list, bool))
+                                                                  or value is None):
                 raise UserError(f"{path}: host {name}: {key} must be a single value, got {type(value).__name__}")
-        variables = {key: str(value) for key, value in variables.items() if key in HOST_VARIABLES}
+        variables = _connection_variables(variables, path, name)
+        key_file = variables.get("ansible_ssh_private_key_file")
+        key_path = Path(key_file).expanduser() if key_file else None
+        if key_path is not None and (key_path.exists() or key_path.is_symlink()):  # a FIFO would block ssh
+            ensure_regular_file(key_path, CONFIG_MAX_BYTES, f"SSH private key of host {name}")  # (and the fleet)
         inventory.append(InventoryHost(name=name, variables=variables))
     return inventory
+
+
+def _connection_variables(variables: dict, path: Path, host: str) -> dict[str, str]:
+    """The host's connection variables edgepipe honours (old Ansible spellings read as the new
+    ones); a connection setting it cannot honour is refused naming the host and the fix."""
+    for key in UNSUPPORTED_CONNECTION:
+        if key in variables:
+            raise UserError(f"{path}: host {host}: {key} is not used by edgepipe deploy (it runs a plain `ssh "
+                            f"ansible_host`); put the option (ProxyJump, ...) in ~/.ssh/config for that host, "
+                            "or deploy with the bundle's deploy/playbook.yml")
+    connection = str(variables.get("ansible_connection", "ssh"))
+    if connection not in ("ssh", "smart", "paramiko"):
+        raise UserError(f"{path}: host {host}: ansible_connection={connection} is not ssh; edgepipe deploy "
+                        "copies over ssh only: deploy that host with the bundle's deploy/playbook.yml")
+    kept = {ANSIBLE_ALIASES.get(key, key): value for key, value in variables.items()
+            if key in ANSIBLE_ALIASES and ANSIBLE_ALIASES[key] not in variables}
+    kept.update({key: value for key, value in variables.items() if key in HOST_VARIABLES})
+    return {key: str(value) for key, value in kept.items()}
 
 
 @dataclass

@@ -11,6 +11,8 @@ Datasets passed here hold RAW-domain inputs, i.e. what the folded model consumes
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 
@@ -81,6 +83,7 @@ def run_fold(model: onnx.ModelProto, settings: dict, calib_dataset=None, eval_da
     options = {**DEFAULT_SETTINGS, **settings}
     runs = _CheckRuns(model)
     feeds = _check_feeds(model, [calib_dataset, eval_dataset], int(options["check_samples"]), runs)
+    _run_as_given(runs, feeds)
     report: dict = {}
     if options["batchnorm"]:
         folded, report["batchnorm"] = fold_batchnorm(model)
@@ -261,6 +264,27 @@ class _CheckRuns:
                 self.known[position] = self.session().run(None, feed)
         self._session = None  # every check feed is known now: the session is not needed again
         return [self.known[position] for position in range(len(feeds))]
+
+
+_RUNTIME_FAILURE = re.compile(r"running (\S+) node\. Name:'(.*?)' Status Message: (.*)", re.S)
+
+
+def _run_as_given(runs: "_CheckRuns", feeds: list[dict]) -> None:
+    """Run the model as it came to this stage (before any fold) on the check feeds. A node ONNX
+    Runtime cannot run on real data (a Conv whose group does not match its weights, a Reshape to a
+    shape of another size, a Gather index past its table, a negative Split size) is the model's
+    own fault, named in one line; the same failure after a fold is edgepipe's (an internal error)."""
+    try:
+        runs.outputs(feeds)
+    except Exception as exc:
+        found = _RUNTIME_FAILURE.search(str(exc))
+        if not type(exc).__module__.startswith("onnxruntime") or found is None or "Failed to allocate" in str(exc):
+            raise
+        op_type, name, message = found.groups()
+        message = re.sub(r"^/\S+:\d+ \S.*?\) ", "", " ".join(message.split()))[:300]  # ORT's source location
+        raise UserError(f"node '{name}' ({op_type}) cannot run in ONNX Runtime on the calibration data: "
+                        f"{message}; the model is broken there: check that node's attributes and weights, "
+                        "and the input shape and data it gets") from exc
 
 
 def _collect(model, feeds: list[dict], name: str) -> np.ndarray:

@@ -48,7 +48,9 @@ CAST_TARGETS = {**INTEGER_TYPES, onnx.TensorProto.FLOAT: "float32", onnx.TensorP
 
 def check_cast(ctx: Lowering, node) -> str | None:
     if _cast_target(node) not in CAST_TARGETS:
-        target = onnx.TensorProto.DataType.Name(_cast_target(node))
+        code = _cast_target(node)
+        known = code in onnx.TensorProto.DataType.values()  # `to: 99` passes the checker; Name() raised
+        target = onnx.TensorProto.DataType.Name(code) if known else f"type {code} (not an ONNX data type)"
         return f"cast to {target}: only float32 / float64, int32 / int64 and bool are supported"
     return None
 

@@ -102,6 +102,9 @@ def slice_bounds(ctx: Lowering, node) -> list[tuple[int, int, int]] | None:
     bounds = [(0, d, 1) for d in shape]
     for start, end, axis, step in zip(np.ravel(starts), np.ravel(ends), np.ravel(axes), np.ravel(steps)):
         axis = int(axis) % len(shape)
+        if int(step) == 0:  # invalid in ONNX; slice().indices() would raise (check_slice names it)
+            bounds[axis] = (0, 0, 0)
+            continue
         clamp = lambda v: int(max(min(int(v), 2**62), -2**62))  # noqa: E731  (INT64_MAX means "to the end")
         bounds[axis] = slice(clamp(start), clamp(end), int(step)).indices(shape[axis])
     return bounds

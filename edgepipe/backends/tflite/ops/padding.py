@@ -21,7 +21,6 @@ An explicit zero Pad of H and W whose only reader is a Conv becomes that Conv's 
 from __future__ import annotations
 
 import numpy as np
-
 import onnx
 from onnx import helper
 
@@ -29,6 +28,7 @@ from edgepipe import graph
 from edgepipe.backends.tflite.lower import Lowering, node_attrs
 from edgepipe.backends.tflite.ops import register, register_rewrite
 from edgepipe.backends.tflite.ops.concatenation import emit_concatenation
+from edgepipe.errors import UserError
 
 MIRROR_MODES = ("reflect", "edge")  # copies of the input's own values (no fill)
 MAX_RANK = 4
@@ -64,6 +64,9 @@ def pad_plan(ctx: Lowering, node) -> tuple[np.ndarray | None, float | None]:
         return None, value
     axes = [int(a) % rank for a in axes] if present else list(range(rank))
     flat = np.asarray(flat, np.int64).ravel()
+    if flat.size != 2 * len(axes):  # passes the checker; indexing past the list was an internal error
+        raise UserError(f"{flat.size} pads for {len(axes)} padded axes; ONNX needs two per axis (all begins, "
+                        "then all ends): re-export the model")
     pads = np.zeros((rank, 2), np.int64)
     for position, axis in enumerate(axes):
         pads[axis] = flat[position], flat[position + len(axes)]
