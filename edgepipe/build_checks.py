@@ -34,7 +34,8 @@ def run_checks(pipeline, model, calibration, dataset, target, backend_settings: 
                          lambda: (bias.checked_bias_corrections(model, calibration, dataset, target, backend_settings,
                                                                 held_out)
                                   if checked else bias.estimate_bias_corrections(model, calibration, dataset,
-                                                                                 target.qdq_model)),
+                                                                                 target.qdq_model,
+                                                                                 weight_folds=target.weight_folds())),
                          describe=lambda _: (f"calibration.json ({len(calibration.bias_corrections)} corrected biases)",
                                              0, ""),
                          note=bias.summary if checked else None)
@@ -46,6 +47,8 @@ def run_checks(pipeline, model, calibration, dataset, target, backend_settings: 
             held_out = {i: values for i, values in held_out.items() if i in wanted}
         chosen = target.int8_session(model, calibration) if unstable else None
         variants = target.qdq_variants(model, calibration) if unstable else None
+        folds = target.weight_folds()  # the weights the checks folded: the same in every round's model
     effect = stability.output_effect(model, calibration, dataset, lambda m, c: target.qdq_model(m, c)[0],
-                                     chosen_session=lambda _: chosen, variants=variants, chosen_outputs=held_out)
+                                     chosen_session=lambda _: chosen, variants=variants, chosen_outputs=held_out,
+                                     weight_folds=folds)
     return effect, stability.effect_warning(effect)

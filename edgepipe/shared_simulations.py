@@ -35,6 +35,9 @@ class SharedSimulations:
     def __init__(self, kept: dict[str, int] | None = None):
         self.kept = dict(KEPT if kept is None else kept)
         self.entries: dict[str, OrderedDict] = {}
+        # `graph.fold_constant_weights`'s cache: every state quantizes the same weights (bias
+        # corrections and activation ranges leave them alone), so each is folded once
+        self.weight_folds: dict = {}
 
     def get(self, kind: str, model, calibration, keep_float, build: Callable[[], object]):
         """The result of `build()` for this state, built on the first request only."""

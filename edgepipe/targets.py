@@ -125,10 +125,17 @@ class Target:
         from edgepipe import graph
 
         def build():
-            return graph.make_session(graph.fold_constant_weights(self.qdq_model(model, calibration)[0]))
+            return graph.make_session(graph.fold_constant_weights(self.qdq_model(model, calibration)[0],
+                                                                  self.weight_folds()))
 
         shared = getattr(self, "_shared_simulations", None)
         return build() if shared is None else shared.get("session", model, calibration, frozenset(), build)
+
+    def weight_folds(self) -> dict | None:
+        """Inside `sharing_simulations()`, the cache `graph.fold_constant_weights` shares between
+        the states the checks simulate (the same weights folded once); None outside it."""
+        shared = getattr(self, "_shared_simulations", None)
+        return None if shared is None else shared.weight_folds
 
     @contextlib.contextmanager
     def sharing_simulations(self):

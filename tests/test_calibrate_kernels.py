@@ -118,3 +118,18 @@ def test_compiled_error_model_equals_numpy_blocks(seed, grid, bins, candidates):
         monkeypatch.setattr(kernels, "_COMPILED", {})  # kernels.compiled() is False: numpy blocks
         numpy_blocks = error_model.expected_error(centers, counts, scales, zero_points, qmin, qmax)
     assert compiled.tobytes() == numpy_blocks.tobytes()
+
+
+def test_a_refused_update_leaves_no_counts_behind_for_the_next_tensor():
+    """The compiled loop counts into key counters reused from update to update (one set per
+    thread): an update refused half-way (a value outside the given extremes, after other values
+    were counted) leaves them zeroed, so the next tensor binned on this thread gets only its own
+    values."""
+    refused = TensorHistogram("conv1_out", 64)
+    with pytest.raises(ValueError, match="conv1_out"):
+        refused.update(np.array([0.1, 0.2, 0.3, 9.0], dtype=np.float32), 0, (0.1, 0.3, None))
+    data = np.array([0.5, -0.25, 0.125, 0.0], dtype=np.float32)
+    after = TensorHistogram("next", 64)
+    after.update(data, 0, (-0.25, 0.5, None))
+    np.testing.assert_array_equal(after.counts.sum(axis=0), _direct(data.astype(np.float64), 64, after.range))
+    assert after.counts.sum() == data.size and not refused.counts.any()

@@ -203,3 +203,38 @@ def test_build_checks_hand_over_outputs_only_from_the_effect_checks_simulation(d
         assert seen["chosen_outputs"] and set(seen["chosen_outputs"]) <= wanted
     else:
         assert seen["chosen_outputs"] is None
+
+
+def test_build_checks_fold_each_weight_once_with_the_same_numbers(drifting, monkeypatch):
+    """The checks' simulations (bias estimate, held-out states, the output-effect rounds) share
+    one weight-folding cache (Target.weight_folds): ONNX Runtime quantizes the weights once, not
+    once per simulation, and every number is what folding afresh each time gives."""
+    from edgepipe import build_checks, graph
+    from edgepipe.targets import Target
+
+    model, calibrated, data = drifting
+
+    class Pipeline:
+        def run(self, name, compute, **_):
+            return compute()
+
+    original = graph.make_session
+    folds = []
+
+    def counted(model_or_path, *args, **kwargs):
+        if getattr(getattr(model_or_path, "graph", None), "name", "") == "constant_QuantizeLinear":
+            folds.append(1)
+        return original(model_or_path, *args, **kwargs)
+
+    def checks():
+        calibration = dataclasses.replace(calibrated, bias_corrections={})
+        effect, warning = build_checks.run_checks(Pipeline(), model, calibration, data, load_target("jetson"), {},
+                                                  "auto")
+        return effect, warning, calibration.bias_corrections, calibration.bias_correction
+
+    monkeypatch.setattr(graph, "make_session", counted)
+    shared = checks()
+    assert len(folds) == 1 and shared[0] is not None and shared[3]["held_out"] > 0
+    monkeypatch.setattr(Target, "weight_folds", lambda self: None)  # each simulation folds afresh
+    folds.clear()
+    assert checks() == shared and len(folds) > 1

@@ -103,13 +103,16 @@ def _channel_means(values: np.ndarray, axis: int) -> np.ndarray:
     return moved.reshape(-1, moved.shape[-1]).mean(axis=0)
 
 
-def _mean_outputs(model: onnx.ModelProto, feeds: list[dict], tensors: dict[str, tuple[str, int]]) -> dict:
+def _mean_outputs(model: onnx.ModelProto, feeds: list[dict], tensors: dict[str, tuple[str, int]],
+                  weight_folds: dict | None = None) -> dict:
     """{key: per-channel mean over `feeds`} of each (tensor, channel axis) in `tensors`. Weights on
-    their int8 grid are quantized once, not on every run (`graph.fold_constant_weights`); each
-    run's outputs are reduced to channel means in its worker, then summed in feed order."""
+    their int8 grid are quantized once, not on every run (`graph.fold_constant_weights`, with the
+    caller's `weight_folds` cache when given); each run's outputs are reduced to channel means in
+    its worker, then summed in feed order."""
     from edgepipe.session_runs import run_feeds
 
-    exposed = graph.expose_tensors(graph.fold_constant_weights(model), sorted({t for t, _ in tensors.values()}))
+    exposed = graph.expose_tensors(graph.fold_constant_weights(model, weight_folds),
+                                   sorted({t for t, _ in tensors.values()}))
     session = graph.make_session(exposed)
     names = [o.name for o in session.get_outputs()]
 
@@ -163,7 +166,7 @@ def local_error_model(model: onnx.ModelProto, simulated: onnx.ModelProto, sites:
 
 
 def estimate_bias_corrections(model: onnx.ModelProto, calibration, dataset, qdq_model,
-                              samples: int = DEFAULT_SAMPLES, positions=None) -> dict:
+                              samples: int = DEFAULT_SAMPLES, positions=None, weight_folds: dict | None = None) -> dict:
     """Per-channel corrections ({node: [delta]}): the mean, over up to `samples` evenly spaced
     samples of `dataset` (or over the samples at `positions`), of each site's float output minus its
     int8 version fed the same float
@@ -172,7 +175,8 @@ def estimate_bias_corrections(model: onnx.ModelProto, calibration, dataset, qdq_
     fixes, to first order, the mean every later layer inherits, while the whole-graph error of a
     simulation holds what the simulation does not share with the target's real kernels
     (requantization at elementwise ops) and corrected all at once counts an upstream shift twice.
-    The result is also stored in `calibration.bias_corrections`."""
+    The result is also stored in `calibration.bias_corrections`. `weight_folds`: the weight-folding
+    cache the caller shares with its other simulations (`Target.weight_folds`), if any."""
     from edgepipe.sampling import evenly_spaced
 
     sites = correction_sites(model)
@@ -187,7 +191,7 @@ def estimate_bias_corrections(model: onnx.ModelProto, calibration, dataset, qdq_
     wanted = dict(local)
     outputs = {n.name: n.output[0] for n in model.graph.node}
     wanted.update({f"{name}@float": (outputs[name], sites[name][2]) for name in local})
-    means = _mean_outputs(combined, feeds, wanted)
+    means = _mean_outputs(combined, feeds, wanted, weight_folds)
     corrections = {name: [float(x) for x in means[f"{name}@float"] - means[name]] for name in sorted(local)}
     calibration.bias_corrections = corrections
     return corrections
@@ -262,7 +266,8 @@ def checked_bias_corrections(model: onnx.ModelProto, calibration, dataset, targe
     from dataclasses import replace
 
     estimate, held = split_for_check(len(dataset))
-    corrections = estimate_bias_corrections(model, calibration, dataset, target.qdq_model, positions=estimate)
+    corrections = estimate_bias_corrections(model, calibration, dataset, target.qdq_model, positions=estimate,
+                                            weight_folds=_weight_folds(target))
     report = {"mode": "auto", "corrected_layers": len(corrections), "estimated_on": len(estimate),
               "held_out": len(held)}
     if not corrections or len(held) == 0:
@@ -289,6 +294,13 @@ def checked_bias_corrections(model: onnx.ModelProto, calibration, dataset, targe
                   held_out_sqnr_db={"without": without_sqnr, "with": with_sqnr})
     calibration.bias_correction = report
     return report
+
+
+def _weight_folds(target) -> dict | None:
+    """The target's shared weight-folding cache (`Target.weight_folds`); None for a target object
+    without one."""
+    folds = getattr(target, "weight_folds", None)
+    return folds() if callable(folds) else None
 
 
 def fp32_outputs(model: onnx.ModelProto, feeds: list[dict], positions: list[int], kept: dict | None) -> list[dict]:

@@ -90,6 +90,16 @@ class CountingChoice:
 
 
 COUNTING = CountingChoice()
+_SCRATCH = threading.local()
+
+
+def _key_scratch(bins: int) -> np.ndarray:
+    """This thread's zeroed int64 [2, 2 * bins] key counters for the compiled loop (kept between
+    updates: a fresh 64 KiB array per tensor and batch cost more than counting a small tensor)."""
+    keys = getattr(_SCRATCH, "keys", None)
+    if keys is None or keys.shape[1] != 2 * bins:
+        keys = _SCRATCH.keys = np.zeros((2, 2 * bins), dtype=np.int64)
+    return keys
 
 
 @functools.lru_cache(maxsize=None)
@@ -162,23 +172,20 @@ class TensorHistogram:
         # float64 copy for float32 data) and |x| < range keeps it strictly inside (-bins, bins):
         # truncation toward zero gives floor(|x| * bins/range) with x's sign, i.e. the bin.
         scale = dtype.type(self.num_bins / self.range)
-        negatives = None
-        if kernels.compiled():  # one pass: keys, negatives and zeros (kernels.py)
-            signed, negatives, zeros = self._compiled_key_counts(parts, scale)
-            self.zeros += zeros
-        else:
-            self.zeros += self._exact_zeros(parts, low, high)
-            signed = self._key_counts(parts, scale, size)
+        if kernels.compiled():  # one pass: keys, negatives and zeros, then added to the round's bins (kernels.py)
+            self.zeros += self._compiled_update(parts, scale, counts)
+            return
+        self.zeros += self._exact_zeros(parts, low, high)
+        signed = self._key_counts(parts, scale, size)
         if low >= 0.0:  # no negative values (ReLU outputs): the |x| bins directly
             counts[0] += signed[self.num_bins :]
             return
         # (-bin_width, 0) truncates to 0 as [0, bin_width) does: the negative zero bin is the number
         # of negatives minus those in the other negative bins
-        if negatives is None:
-            if extremes is not None and len(extremes) > 2 and extremes[2] is not None:
-                negatives = int(extremes[2])
-            else:
-                negatives = sum(int(np.count_nonzero(x < 0)) for x in parts) if high >= 0.0 else size
+        if extremes is not None and len(extremes) > 2 and extremes[2] is not None:
+            negatives = int(extremes[2])
+        else:
+            negatives = sum(int(np.count_nonzero(x < 0)) for x in parts) if high >= 0.0 else size
         zero_negatives = negatives - int(signed[: self.num_bins].sum())
         counts[0] += signed[self.num_bins :]
         counts[0, 0] -= zero_negatives
@@ -193,18 +200,25 @@ class TensorHistogram:
             return 0
         return sum(int(np.count_nonzero(x == 0)) for x in parts)
 
-    def _compiled_key_counts(self, parts: list, scale) -> tuple[np.ndarray, int, int]:
-        """`_key_counts` by the compiled loop, plus the negatives and exact zeros it counted on
-        the way: (counts, negatives, zeros)."""
-        counts = np.zeros((2, 2 * self.num_bins), dtype=np.int64)
+    def _compiled_update(self, parts: list, scale, counts: np.ndarray) -> int:
+        """The keys of `parts` counted by the compiled loop and added to one round's bins
+        (`counts`, as the numpy path's sums below: kernels.fold_keys); returns the exact zeros
+        counted on the way. The key counters are this thread's, reused (zeroed by fold_keys)."""
+        keys = _key_scratch(self.num_bins)
         negatives = zeros = outside = 0
-        for x in parts:
-            n, z, o = kernels.count_keys(x, scale, self.num_bins, counts)
-            negatives, zeros, outside = negatives + int(n), zeros + int(z), outside + int(o)
+        try:
+            for x in parts:
+                n, z, o = kernels.count_keys(x, scale, self.num_bins, keys)
+                negatives, zeros, outside = negatives + int(n), zeros + int(z), outside + int(o)
+        except BaseException:
+            keys[:] = 0
+            raise
         if outside:
+            keys[:] = 0
             raise ValueError(f"{outside} values of tensor '{self.name}' lie outside the histogram's range: "
                              "the extremes given to update_parts do not cover them")
-        return counts.sum(axis=0), negatives, zeros
+        kernels.fold_keys(keys, counts, self.num_bins, negatives)
+        return zeros
 
     def _key_counts(self, parts: list, scale, size: int) -> np.ndarray:
         """How many values of `parts` truncate to each key k = trunc(x * scale) in (-bins, bins),

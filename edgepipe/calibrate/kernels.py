@@ -1,5 +1,5 @@
-"""Calibration's innermost loops compiled (numba): histogram key counting and the error model's
-sums; numpy's passes where numba is missing.
+"""Calibration's innermost loops compiled (numba): histogram key counting (and adding the counts
+to a round's bins) and the error model's sums; numpy's passes where numba is missing.
 
 Why: binning every activation value of every calibration sample is most of the collect phase.
 In numpy it takes several passes over each batch (scale into int16 keys, sort them, find where
@@ -56,6 +56,27 @@ def _count_keys(values, scale, bins, counts):
         else:
             outside += 1
     return negatives, zeros, outside
+
+
+def _fold_keys(keys, counts, bins, negatives):
+    """Add the signed key counts of `_count_keys` (`keys`: its two rows of 2 * bins counters) to
+    one round's |x| counters (`counts`: [0] x >= 0 by key, [1] x < 0 by -key), then zero `keys`
+    for the next update. A negative value with key 0 (-bin width < x < 0) counts as negative: the
+    negatives (`negatives`, all of them) minus those with a negative key are moved from [0, 0] to
+    [1, 0]. The integer sums TensorHistogram.update_parts makes with numpy, in one call."""
+    below = 0
+    for j in range(bins):
+        below += keys[0, j] + keys[1, j]
+    zero_negatives = negatives - below
+    for j in range(bins):
+        counts[0, j] += keys[0, bins + j] + keys[1, bins + j]
+    counts[0, 0] -= zero_negatives
+    counts[1, 0] += zero_negatives
+    for j in range(1, bins):
+        counts[1, j] += keys[0, bins - j] + keys[1, bins - j]
+    for row in range(2):
+        for j in range(2 * bins):
+            keys[row, j] = 0
 
 
 PAIRWISE_BLOCK = 128  # numpy's PW_BLOCKSIZE: rows up to this long are summed by 8 accumulators
@@ -165,14 +186,14 @@ def _compile() -> dict:
     except ImportError:
         return {}
     module = globals()
-    for name in ("_block_sum", "_pairwise_sum", "_count_keys", "_squared_errors"):
+    for name in ("_block_sum", "_pairwise_sum", "_count_keys", "_fold_keys", "_squared_errors"):
         try:
             compiled = numba.njit(nogil=True, cache=True)(module[name])
         except RuntimeError:  # no writable cache location (read-only install and home): compile per process
             compiled = numba.njit(nogil=True)(module[name])
         module[name] = compiled  # they call each other by these names: numba reads them when it compiles
-    return {"count_keys": module["_count_keys"], "squared_errors": module["_squared_errors"],
-            "pairwise_sum": module["_pairwise_sum"]}
+    return {"count_keys": module["_count_keys"], "fold_keys": module["_fold_keys"],
+            "squared_errors": module["_squared_errors"], "pairwise_sum": module["_pairwise_sum"]}
 
 
 def _loaded() -> dict:
@@ -192,6 +213,11 @@ def compiled() -> bool:
 def count_keys(values, scale, bins, counts):
     """The compiled `_count_keys` (only where `compiled()`)."""
     return _loaded()["count_keys"](values, scale, bins, counts)
+
+
+def fold_keys(keys, counts, bins, negatives):
+    """The compiled `_fold_keys` (only where `compiled()`)."""
+    return _loaded()["fold_keys"](keys, counts, bins, negatives)
 
 
 def squared_errors(centers, counts, scales, zero_points, qmin, qmax, shifted, upper_only, out):

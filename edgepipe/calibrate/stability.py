@@ -162,7 +162,7 @@ class ReferenceOutputs:
 
 def output_effect(model, calibration, dataset, quantize: Callable, samples: int = EFFECT_SAMPLES,
                   chosen_session: Callable | None = None, variants: Callable | None = None,
-                  chosen_outputs: dict[int, list] | None = None) -> dict | None:
+                  chosen_outputs: dict[int, list] | None = None, weight_folds: dict | None = None) -> dict | None:
     """How much the per-round thresholds of the unstable tensors change the model output.
 
     `quantize(model, calibration) -> Q/DQ ONNX model` is the target's int8 simulation
@@ -175,7 +175,9 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     chosen one (`Target.qdq_variants`), instead of `quantize` building it again.
     `chosen_outputs`: {sample index: [value per graph output]} of the chosen thresholds' simulation
     that the caller already ran (the bias-correction check's held-out samples, on the session
-    `chosen_session` gives): those samples are not run again."""
+    `chosen_session` gives): those samples are not run again. `weight_folds`: the caller's
+    `graph.fold_constant_weights` cache (`Target.weight_folds`: the weights its own simulations
+    folded), so the candidates' same weights are not folded again."""
     from edgepipe import graph, quantmath
     from edgepipe.calibrate.collector import sample_indices
     from edgepipe.session_runs import built_ahead, run_feeds
@@ -194,7 +196,8 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     def sqnr(per_feed: list) -> float:
         return min(quantmath.sqnr_db(ref, got, power) for ref, got, power in zip(reference, values(per_feed), powers))
 
-    folded: dict = {}  # the weights on their int8 grid, shared by every candidate (same weights, other ranges)
+    # the weights on their int8 grid, shared by every candidate (same weights, other ranges)
+    folded: dict = {} if weight_folds is None else weight_folds
 
     def session_of(candidate_calibration):
         if candidate_calibration is calibration and chosen_session is not None:
