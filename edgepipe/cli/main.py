@@ -206,6 +206,7 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     from edgepipe import branches, dequantize, graph
     from edgepipe import config as cfg
     from edgepipe.backends.support import qualified, walk_nodes
+    from edgepipe.stages import float16
     from edgepipe.stages.export import fix_static_shapes
     from edgepipe.targets import load_target, loadable_targets
 
@@ -215,6 +216,7 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     if input_shapes:
         flagged = dict(cfg.parse_input_shape(t) for t in input_shapes)
         model = fix_static_shapes(model, flagged, model_path, flagged)
+    model, _ = float16.to_float32(model)  # a float16 model is computed in float32 by every build
     static = bool(graph.graph_inputs(model)) and all(graph.is_static(graph.declared_shape(i))
                                                      for i in graph.graph_inputs(model))
     if static:
