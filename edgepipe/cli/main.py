@@ -203,7 +203,7 @@ def targets_command(as_json: bool):
 def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[str, ...],
             input_values: tuple[str, ...], as_json: bool):
     """Inputs, outputs, op histogram and unsupported ops per target of an ONNX model."""
-    from edgepipe import branches, dequantize, graph
+    from edgepipe import branches, dequantize, graph, ml_ops
     from edgepipe import config as cfg
     from edgepipe.backends.support import qualified, walk_nodes
     from edgepipe.stages import float16
@@ -211,6 +211,7 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
     from edgepipe.targets import load_target, loadable_targets
 
     model, _ = dequantize.float_from_quantized(graph.load_model(model_path))  # as export does
+    model, _ = ml_ops.standard_from_ml(model)
     pinned = dict(cfg.parse_input_value(text) for text in input_values)
     model = branches.pin_inputs(model, pinned, model_path)
     if input_shapes:
