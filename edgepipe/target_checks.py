@@ -16,6 +16,7 @@ def check_structure(source: str, target) -> None:
     not asked for the calibration data it could never use."""
     from edgepipe.backends.support import CONTROL_FLOW, canonical_domain, operator_problem, opsets, qualified, walk_nodes
     from edgepipe.dequantize import DYNAMIC_OPS
+    from edgepipe.ml_ops import ML_DOMAIN, REWRITTEN_ML_OPS
     from edgepipe.qoperator import QOPERATOR_OP_TYPES
 
     from edgepipe.stages.export import TORCH_FILE_SUFFIXES
@@ -31,6 +32,8 @@ def check_structure(source: str, target) -> None:
         domain = canonical_domain(node.domain)
         if node.op_type in DYNAMIC_OPS + QOPERATOR_OP_TYPES:  # export rewrites them into float layers
             continue  # (edgepipe/dequantize.py); one it cannot is named by the check after export
+        if domain == ML_DOMAIN and node.op_type in REWRITTEN_ML_OPS:  # export writes it as standard ops
+            continue  # (edgepipe/ml_ops.py)
         if (domain == "" and node.op_type in CONTROL_FLOW) or domain not in table.domains():
             reason = operator_problem(node, versions, table, target.name)
             if reason is None:  # control flow the target's table registers (TensorRT): its own rules below

@@ -110,3 +110,17 @@ def test_unsorted_graph_is_put_in_order_on_load(tmp_path):
     assert sorted(n.name for n in loaded.graph.node) == sorted(n.name for n in raw.graph.node)
     x = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)
     np.testing.assert_array_equal(ort_output(loaded, x), ort_output(raw, x))
+
+
+@pytest.mark.parametrize("make", ["torch_half", "ort_converter_io_float32"])
+def test_inspect_reports_a_float16_model_as_build_builds_it(tmp_path, make):
+    """A Keras mixed-precision export casts to float16 inside (slovorez's morpheme segmenter, PyPI):
+    build computes it in float32 on arm-cpu, so inspect must not list that Cast as unsupported
+    (it did: 'cast to FLOAT16: only float32 / float64, int32 / int64 and bool are supported')."""
+    path = tmp_path / "half.onnx"
+    torch_half_export(path) if make == "torch_half" else ort_converter_export(path, keep_io_types=True)
+    proc = run_cli("inspect", str(path), "--target", "arm-cpu", "--target", "jetson", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["unsupported"] == {"arm-cpu": [], "jetson": []}
+    assert "arm-cpu" in info["delegation"]

@@ -181,3 +181,29 @@ def test_decomposed_layer_norm_is_fused(tmp_path):
     report = check_conformance(model, tmp_path, feeds)
     histogram = report.result["op_histogram"]
     assert report.result["float_nodes"] == ["out"] and histogram["RSQRT"] == 1 and "SQRT" not in histogram
+
+
+def test_decomposed_layer_norm_with_global_average_pool_means_is_fused(tmp_path):
+    """tf2onnx writes a Keras BERT's LayerNormalization over the last axis of [N, L, C] with
+    GlobalAveragePool as both means (it averages every axis after 1: here C alone); g2p-id's
+    pronunciation BERT (PyPI) has eight. Fused like the ReduceMean form: arm-cpu int8 16.1 -> 18.1 dB there."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["mean"], name="mean"),
+             helper.make_node("Sub", ["x", "mean"], ["d"], name="diff"),
+             helper.make_node("Mul", ["d", "d"], ["sq"], name="square"),
+             helper.make_node("GlobalAveragePool", ["sq"], ["var"], name="variance"),
+             helper.make_node("Add", ["var", "eps"], ["ve"], name="add_eps"),
+             helper.make_node("Sqrt", ["ve"], ["std"], name="std"),
+             helper.make_node("Reciprocal", ["std"], ["r"], name="inverse"),
+             helper.make_node("Mul", ["r", "gamma"], ["s"], name="scale"),
+             helper.make_node("Mul", ["mean", "s"], ["ms"], name="mul_mean"),
+             helper.make_node("Sub", ["beta", "ms"], ["shift"], name="shift"),
+             helper.make_node("Mul", ["x", "s"], ["xs"], name="mul_x"),
+             helper.make_node("Add", ["xs", "shift"], ["y"], name="out")]
+    constants = {"eps": np.array(1e-3, np.float32), "gamma": rng.uniform(0.5, 1.5, 12).astype(np.float32),
+                 "beta": rng.normal(size=12).astype(np.float32)}
+    model = make_model(nodes, {"x": [1, 8, 12]}, ["y"], constants, opset=13)
+    feeds = [{"x": (rng.normal(size=(1, 8, 12)) * 3 + 40).astype(np.float32)} for _ in range(4)]
+    report = check_conformance(model, tmp_path, feeds)
+    histogram = report.result["op_histogram"]
+    assert report.result["float_nodes"] == ["out"] and histogram["RSQRT"] == 1 and "SQRT" not in histogram

@@ -88,3 +88,18 @@ def test_a_1d_conv_whose_weights_are_a_constant_node_is_lifted(opset, tmp_path):
     assert not unsupported_nodes(model)
     report = check_conformance(model, tmp_path)
     assert report.result["op_histogram"]["CONV_2D"] == 1
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+@pytest.mark.parametrize("op, kernel", [("GlobalAveragePool", "MEAN"), ("GlobalMaxPool", "REDUCE_MAX")])
+def test_global_pool_of_a_3d_tensor(op, kernel, opset, tmp_path):
+    """tf2onnx writes a LayerNorm's moments (a mean over channels) as Transpose -> GlobalAveragePool
+    on [N, C, L] (g2p-id's Keras BERT, PyPI): lifted like the other 1-D pools; it was refused on arm-cpu
+    ("only 4-D NCHW input is supported")."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], name="to_ncl", perm=[0, 2, 1]),
+             helper.make_node(op, ["t"], ["p"], name="pool"),
+             helper.make_node("Sub", ["t", "p"], ["y"], name="centre")]
+    model = make_model(nodes, {"x": [1, 20, 6]}, ["y"], opset=opset)
+    assert not unsupported_nodes(model)
+    report = check_conformance(model, tmp_path)
+    assert kernel in report.result["op_histogram"]

@@ -203,18 +203,21 @@ def targets_command(as_json: bool):
 def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[str, ...],
             input_values: tuple[str, ...], as_json: bool):
     """Inputs, outputs, op histogram and unsupported ops per target of an ONNX model."""
-    from edgepipe import branches, dequantize, graph
+    from edgepipe import branches, dequantize, graph, ml_ops
     from edgepipe import config as cfg
     from edgepipe.backends.support import qualified, walk_nodes
+    from edgepipe.stages import float16
     from edgepipe.stages.export import fix_static_shapes
     from edgepipe.targets import load_target, loadable_targets
 
     model, _ = dequantize.float_from_quantized(graph.load_model(model_path))  # as export does
+    model, _ = ml_ops.standard_from_ml(model)
     pinned = cfg.parse_each(input_values, "--input-value")
     model = branches.pin_inputs(model, pinned, model_path)
     if input_shapes:
         flagged = cfg.parse_each(input_shapes, "--input-shape")
         model = fix_static_shapes(model, flagged, model_path, flagged)
+    model, _ = float16.to_float32(model)  # a float16 model is computed in float32 by every build
     static = bool(graph.graph_inputs(model)) and all(graph.is_static(graph.declared_shape(i))
                                                      for i in graph.graph_inputs(model))
     if static:

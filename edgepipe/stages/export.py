@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnx
 
-from edgepipe import branches, dequantize, graph
+from edgepipe import branches, dequantize, graph, ml_ops
 from edgepipe.delivery.bundle import sha256_file
 from edgepipe.errors import UserError
 from edgepipe.safeio import check_zip_members
@@ -321,6 +321,7 @@ def run_export(spec: str, weights: str | None, input_shapes: dict[str, list[int]
         raise UserError(f"--model {spec}: not a file and not a pkg.module:factory spec")
     drop_own_metadata(model)
     model, _ = dequantize.float_from_quantized(model)
+    model, _ = ml_ops.standard_from_ml(model)
     model = branches.pin_inputs(model, input_values or {}, source)
     model = fix_static_shapes(model, input_shapes, source, flagged_shapes, notes)
     if any(node.op_type == "If" for node in model.graph.node):

@@ -250,7 +250,12 @@ def _match_layer_norm(model, reciprocal, producers, consumers, outputs) -> tuple
     def constant(name):
         return graph.constant_value(model, name)
 
+    def mean_of(name):  # tf2onnx writes a mean over the last axis of [N, L, C] as GlobalAveragePool
+        return producer(name, "ReduceMean") or producer(name, "GlobalAveragePool")
+
     def reduce_axes(node, rank):
+        if node.op_type == "GlobalAveragePool":
+            return list(range(2, rank)) if rank >= 3 else None
         attrs = node_attrs(node)
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1 and constant(node.input[1]) is not None:
@@ -264,10 +269,10 @@ def _match_layer_norm(model, reciprocal, producers, consumers, outputs) -> tuple
     epsilons = [constant(name) for name in shifted.input]
     var_name = next((n for n, c in zip(shifted.input, epsilons) if c is None), None)
     epsilon = next((c for c in epsilons if c is not None and c.size == 1), None)
-    variance = var_name and producer(var_name, "ReduceMean")
+    variance = var_name and mean_of(var_name)
     squared = variance and producer(variance.input[0], "Mul")
     centred = squared and squared.input[0] == squared.input[1] and producer(squared.input[0], "Sub")
-    mean = centred and producer(centred.input[1], "ReduceMean")
+    mean = centred and mean_of(centred.input[1])
     if not mean or epsilon is None or mean.input[0] != centred.input[0]:
         return None
     x = mean.input[0]

@@ -1,5 +1,6 @@
-"""1-D Conv / ConvTranspose / MaxPool / AveragePool ([N, C, L] tensors: audio, text and time-series
-models; ConvTranspose1d is a vocoder's or audio decoder's upsampler).
+"""1-D Conv / ConvTranspose / MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool ([N, C, L]
+tensors: audio, text and time-series models; ConvTranspose1d is a vocoder's or audio decoder's
+upsampler; tf2onnx writes a LayerNorm's mean over channels as a 1-D GlobalAveragePool).
 
 TFLite's spatial kernels are 2-D only, so `lift_1d_spatial_ops` rewrites each such node into
 Unsqueeze -> the same op in 2-D with height 1 (kernel [1, k], pads [0, b, 0, e], weights
@@ -19,7 +20,7 @@ from edgepipe import graph
 from edgepipe.backends.tflite.ops import register_rewrite
 
 VIEW_SUFFIX = ";2d"  # a tensor a rewrite adds as a 4-D view of the calibrated tensor it names
-LIFTED = ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
+LIFTED = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
 WEIGHTED = ("Conv", "ConvTranspose")
 
 
