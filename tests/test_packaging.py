@@ -27,11 +27,12 @@ def test_every_package_folder_is_listed_in_pyproject():
             relative = init.parent.relative_to(ROOT / folder)
             found.add(".".join([package, *relative.parts]))
         # Data-only folders with importable names (setuptools warns about each one left out).
-        for sub in (ROOT / folder).rglob("*"):
-            relative = sub.relative_to(ROOT / folder)
-            tracked = subprocess.run(["git", "ls-files", str(sub)], cwd=ROOT, capture_output=True, text=True).stdout
-            if sub.is_dir() and tracked and all(part.isidentifier() for part in relative.parts):
-                found.add(".".join([package, *relative.parts]))
+        tracked = subprocess.run(["git", "ls-files", folder], cwd=ROOT, capture_output=True, text=True).stdout
+        for name in tracked.split():
+            relative = Path(name).parent.relative_to(folder)
+            for depth in range(1, len(relative.parts) + 1):
+                if all(part.isidentifier() for part in relative.parts[:depth]):
+                    found.add(".".join([package, *relative.parts[:depth]]))
     assert found == listed, f"pyproject packages differ: missing {found - listed}, stale {listed - found}"
 
 
