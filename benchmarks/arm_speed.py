@@ -129,11 +129,17 @@ def write_results(path: Path, result: dict) -> None:
 
 
 def feed_for(interpreter) -> None:
+    """Random float inputs; integer ones (token ids, masks) zeros, an index every table holds
+    (random normals cast to int32 are negative ids half the time: GATHER refuses them)."""
     import numpy as np
 
     rng = np.random.default_rng(1)
     for detail in interpreter.get_input_details():
-        interpreter.set_tensor(detail["index"], rng.standard_normal(detail["shape"]).astype(detail["dtype"]))
+        if np.issubdtype(detail["dtype"], np.floating):
+            value = rng.standard_normal(detail["shape"]).astype(detail["dtype"])
+        else:
+            value = np.zeros(detail["shape"], detail["dtype"])
+        interpreter.set_tensor(detail["index"], value)
 
 
 def timed_pair(paths: list[Path], threads: int, rounds: int, iterations: int) -> tuple[list[float], int]:
@@ -232,8 +238,8 @@ def main() -> None:
             rows[name] = row
             print(name, json.dumps({k: row.get(k) for k in ("int8", "tflite_transposes", "onnx_transposes",
                                                               "latency_ms", "loadavg", "error")}), flush=True)
-    rows = {name: rows[name] for name in ARM_MODELS if name in rows}
-    write_results(args.results, {"goals": goals(rows), "models": rows})
+            ordered = {name: rows[name] for name in ARM_MODELS if name in rows}
+            write_results(args.results, {"goals": goals(ordered), "models": ordered})  # each row as it lands
 
 
 if __name__ == "__main__":
