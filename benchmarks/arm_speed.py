@@ -18,8 +18,10 @@ The host is shared: `os.getloadavg()` is recorded at the start and end of each m
 
     python benchmarks/arm_speed.py [--models a,b] [--rounds 3] [--iterations 10]
 
-Writes benchmarks/results/arm_speed.json (a `--models` subset updates only those rows);
-`python benchmarks/summarize.py` prints the table and the goal counts.
+Writes benchmarks/results/arm_speed.json, or `--results FILE` (a `--models` subset updates only
+those rows, when the file was measured on a CPU with the same features: rows of another host are
+not carried over under this host's record); `python benchmarks/summarize.py` prints the table and
+the goal counts.
 """
 
 from __future__ import annotations
@@ -127,11 +129,17 @@ def write_results(path: Path, result: dict) -> None:
 
 
 def feed_for(interpreter) -> None:
+    """Random float inputs; integer ones (token ids, masks) zeros, an index every table holds
+    (random normals cast to int32 are negative ids half the time: GATHER refuses them)."""
     import numpy as np
 
     rng = np.random.default_rng(1)
     for detail in interpreter.get_input_details():
-        interpreter.set_tensor(detail["index"], rng.standard_normal(detail["shape"]).astype(detail["dtype"]))
+        if np.issubdtype(detail["dtype"], np.floating):
+            value = rng.standard_normal(detail["shape"]).astype(detail["dtype"])
+        else:
+            value = np.zeros(detail["shape"], detail["dtype"])
+        interpreter.set_tensor(detail["index"], value)
 
 
 def timed_pair(paths: list[Path], threads: int, rounds: int, iterations: int) -> tuple[list[float], int]:
@@ -181,6 +189,19 @@ def goals(rows: dict) -> dict:
             "models": len(rows), "transposes_over_onnx": over}
 
 
+def same_host_rows(path: Path) -> dict:
+    """The rows of a results file measured on a CPU with this host's features, else none (an
+    int8 / fp32 ratio belongs to the CPU it ran on: AMX, VNNI, ARM dot product)."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    if data.get("host") != cpu_features():
+        print(f"{path.name} was measured on another host ({data.get('host', {}).get('cpu')}): its rows are not "
+              "carried over", flush=True)
+        return {}
+    return data.get("models", {})
+
+
 def chosen_models(parser: argparse.ArgumentParser, text: str) -> list[str]:
     """The comma-separated corpus models of a --models option; an unknown name is a usage error."""
     names = text.split(",")
@@ -197,11 +218,12 @@ def main() -> None:
                         help="alternating timing rounds (median reported), >= 3")
     parser.add_argument("--iterations", type=int, default=10,
                         help="least invocations per round (fewer for big inputs; more for fast models)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="results file (default: %(default)s)")
     args = parser.parse_args()
     names = chosen_models(parser, args.models)
     corpus.fetch_all()
-    previous = json.loads(RESULTS.read_text()).get("models", {}) if RESULTS.exists() else {}
-    rows = {name: row for name, row in previous.items() if name in ARM_MODELS and name not in names}
+    rows = {name: row for name, row in same_host_rows(args.results).items()
+            if name in ARM_MODELS and name not in names}
     with tempfile.TemporaryDirectory(prefix="arm-speed-") as tmp:
         for name in names:
             load_start = os.getloadavg()
@@ -216,8 +238,8 @@ def main() -> None:
             rows[name] = row
             print(name, json.dumps({k: row.get(k) for k in ("int8", "tflite_transposes", "onnx_transposes",
                                                               "latency_ms", "loadavg", "error")}), flush=True)
-    rows = {name: rows[name] for name in ARM_MODELS if name in rows}
-    write_results(RESULTS, {"goals": goals(rows), "models": rows})
+            ordered = {name: rows[name] for name in ARM_MODELS if name in rows}
+            write_results(args.results, {"goals": goals(ordered), "models": ordered})  # each row as it lands
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.realmodels
 from summarize_accuracy import accuracy_goals, flip_margins, int8_noise_floor
 from summarize_format import fmt
 from summarize_precision import precision_search
+from summarize_speed import arm_kernel_profile
 from tests.realmodels.checks import FP32_RTOL, SHIPPED_INT8_SQNR_DB, fp32_tolerance
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -487,6 +488,9 @@ SECTIONS = [
     ("ONNX backend node tests through the CLI (`benchmarks/onnx_node_conformance.py`)", "onnx_node_conformance",
      onnx_node_conformance),
     ("ARM CPU speed: delegation, transposes, int8/fp32 (`benchmarks/arm_speed.py`)", "arm_speed", arm_speed),
+    ("... the same on an x86 host with AMX-INT8 (`--results`)", "arm_speed_amx_host", arm_speed),
+    ("Where int8 time goes, by XNNPACK microkernel (`benchmarks/arm_kernel_profile.py`)", "arm_kernel_profile",
+     arm_kernel_profile),
     ("Build cost vs number of calibration samples (`benchmarks/bounded_cost.py`)", "bounded_cost", bounded_cost),
     ("TFLite 16x8 (int16 activations) vs int8 vs fp32 (`benchmarks/int16_activations.py`)", "int16_activations",
      int16_activations),

@@ -7,6 +7,7 @@ the README line for line, and every results file the benchmark texts name must e
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -23,7 +24,8 @@ from benchmarks import timing  # noqa: E402
 # results rendered by summarize.py whose table the README shows verbatim (the others are quoted
 # in prose or curated: calibration speed, ONNX conformance, int16, per-op XNNPACK)
 README_TABLES = ["real_model_corpus", "calibration_vs_peers", "calibration_scaling", "tflite_latency",
-                 "tflite_vs_ai_edge_quantizer", "accuracy_recovery", "build_stages", "arm_speed", "bounded_cost",
+                 "tflite_vs_ai_edge_quantizer", "accuracy_recovery", "build_stages", "arm_speed", "arm_speed_amx_host",
+                 "arm_kernel_profile", "bounded_cost",
                  "accuracy_goals", "precision_search"]
 # file names a benchmark text mentions that are bundle files, not results
 BUNDLE_FILES = {"calibration", "manifest", "precision", "compare", "sensitivity"}
@@ -103,3 +105,40 @@ def test_corpus_table_checks_with_the_rule_the_corpus_test_asserts():
     probe = "import sys; sys.argv = ['x']; import summarize; print('numpy' in sys.modules, 'onnx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT / "benchmarks", capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_arm_speed_keeps_rows_only_from_a_cpu_with_the_same_features(tmp_path):
+    """A `--models` subset run merges into the results file: rows timed on another CPU (a ratio
+    belongs to the CPU that ran it: AMX, VNNI, ARM dot product) must not stay under this host's
+    record."""
+    from benchmarks.arm_speed import same_host_rows
+
+    rows = {"ocr_cls": {"latency_ms": {}}}
+    here, elsewhere = tmp_path / "here.json", tmp_path / "elsewhere.json"
+    other_cpu = {**timing.cpu_features(), "cpu": "another CPU"}
+    here.write_text(json.dumps({"host": timing.cpu_features(), "models": rows}))
+    elsewhere.write_text(json.dumps({"host": other_cpu, "models": rows}))
+    assert same_host_rows(here) == rows
+    assert same_host_rows(elsewhere) == {}
+    assert same_host_rows(tmp_path / "missing.json") == {}
+
+
+def test_arm_speed_feeds_token_inputs_ids_every_table_holds():
+    """Random normals cast to int32 are negative ids (tashkeel_rawi's GATHER refused them and the
+    whole arm_speed run lost its rows); integer inputs get zeros, float inputs random values."""
+    import numpy as np
+
+    from benchmarks.arm_speed import feed_for
+
+    fed = {}
+
+    class Interpreter:
+        def get_input_details(self):
+            return [{"index": 0, "shape": [1, 256], "dtype": np.int32}, {"index": 1, "shape": [1, 8], "dtype": np.float32}]
+
+        def set_tensor(self, index, value):
+            fed[index] = value
+
+    feed_for(Interpreter())
+    assert fed[0].dtype == np.int32 and fed[0].min() >= 0
+    assert fed[1].dtype == np.float32 and fed[1].std() > 0
