@@ -68,7 +68,10 @@ def speed_warning(results: dict) -> str | None:
     run (arm-cpu: int8 vs model.fp32.tflite) by more than SLOWER_MARGIN: int8 does not pay for
     every graph (a log-mel frontend is mostly elementwise float math that int8 requantizes at every
     step), and a user reading only the int8 latency would not know. The numbers are this host's;
-    the device's kernels can differ, so it recommends a measurement there rather than deciding."""
+    the device's kernels can differ, so it recommends a measurement there rather than deciding. On
+    a host that is not ARM it says the timing does not predict the board: x86 XNNPACK's int8
+    depthwise kernels, and on AMX-INT8 CPUs its tile GEMMs, are slower than fp32 where arm64's
+    dot-product kernels are not (benchmarks/results/arm_kernel_profile.json)."""
     speedup, compared = results.get("speedup"), results.get("compare")
     if not isinstance(speedup, (int, float)) or speedup * SLOWER_MARGIN >= 1.0 or not isinstance(compared, dict):
         return None
@@ -77,9 +80,31 @@ def speed_warning(results: dict) -> str | None:
     other_p50 = (compared.get("latency_ms") or {}).get("p50")
     timing = f" (p50 {p50:.3f} vs {other_p50:.3f} ms)" if isinstance(p50, (int, float)) and \
         isinstance(other_p50, (int, float)) else ""
-    return (f"speed: {model} ran {1.0 / speedup:.2f}x slower than {other} on this host{timing}: int8 does not "
-            f"pay for this model here; deploy {other} (run.py --model {other}) or keep the slow part float "
-            "(precision.float_nodes), after timing both on the device (run.py times both)")
+    machine = str((results.get("device") or {}).get("machine") or "")
+    if not machine or machine.lower().startswith(ARM_MACHINES):
+        return (f"speed: {model} ran {1.0 / speedup:.2f}x slower than {other} on this host{timing}: int8 does "
+                f"not pay for this model here; deploy {other} (run.py --model {other}) or keep the slow part "
+                "float (precision.float_nodes), after timing both on the device (run.py times both)")
+    amx = " (this CPU has AMX-INT8: XNNPACK runs every int8 conv on 16x64 tiles, which narrow layers " \
+        "lose)" if "amx_int8" in cpu_flags() else ""
+    return (f"speed: {model} ran {1.0 / speedup:.2f}x slower than {other} on this {machine} host{timing}: "
+            f"XNNPACK's {machine} int8 kernels are not an ARM board's{amx}, so this does not predict the "
+            f"board; time both there (run.py times both), and only if int8 is slower there too deploy {other} "
+            f"(run.py --model {other}) or keep the slow part float (precision.float_nodes)")
+
+
+ARM_MACHINES = ("aarch64", "arm")
+
+
+def cpu_flags() -> set[str]:
+    """This host's CPU feature flags (Linux /proc/cpuinfo; empty elsewhere): the speed warning runs
+    where run.py just timed the bundle, so they are the timed CPU's."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.split(":")[0].strip() == "flags"), "")
+    return set(line.partition(":")[2].split())
 
 
 def wide_range_float(out: Path, key: str = "wide_range_float") -> dict:
