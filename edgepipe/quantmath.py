@@ -166,6 +166,37 @@ def cosine(reference: np.ndarray, test: np.ndarray) -> float:
     return float(np.dot(a, b) / denom) if denom > 0 else float(np.array_equal(a, b))
 
 
+def class_axis(shape) -> int | None:
+    """The axis of an output's class scores, `shape` with its batch axis, in ONNX layout: [N, C] -> 1
+    (a classifier), [N, T, C] -> 2 (the last: per time step of a sequence tagger or CTC head, per box
+    of a [N, boxes, 5 + K] detector), [N, C, H, W, ...] -> 1 (ONNX is channels-first: per pixel of a
+    segmentation map). None below rank 2 or when that axis has fewer than 2 entries (no decision).
+
+    Why: an argmax over the flattened [T, C] of a sample picks one index among T * C values, so two
+    outputs that agree on 31 of 32 steps could score 0; one decision per position along this axis
+    is what a user reads. The bundle's run.py mirrors this rule (a test keeps them equal)."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        return None
+    axis = 2 if len(shape) == 3 else 1
+    return axis if shape[axis] >= 2 else None
+
+
+def argmax_decisions(output: np.ndarray, axis: int) -> np.ndarray:
+    """One argmax per position along `axis` (see `class_axis`), flattened: [N * positions]."""
+    return np.moveaxis(np.asarray(output), axis, -1).argmax(axis=-1).ravel()
+
+
+def argmax_agreement(reference: np.ndarray, test: np.ndarray) -> float | None:
+    """Fraction of positions (samples x positions along `class_axis`) where `test`'s argmax equals
+    `reference`'s; None when the shapes differ or the output has no class axis."""
+    ref, out = np.asarray(reference), np.asarray(test)
+    axis = class_axis(ref.shape)
+    if ref.shape != out.shape or axis is None or ref.size == 0:
+        return None
+    return float(np.mean(argmax_decisions(ref, axis) == argmax_decisions(out, axis)))
+
+
 def ctc_sequence_agreement(reference: np.ndarray, test: np.ndarray, blank: int = 0) -> float | None:
     """Mean over samples of 1 - edit distance / longer length between the greedy CTC readings of a
     [N, T, C] sequence head (argmax per step, repeats merged, `blank` dropped): how much of FP32's

@@ -359,9 +359,9 @@ def host_accuracy(bundle: str | Path, probe) -> dict:
         if ref is not None and ref.size == got.size and got.dtype.kind in "iub":
             entry["exact_match"] = float(np.mean(np.all(ref.reshape(got.shape) == got, axis=1)))
         elif ref is not None and ref.size == got.size:
+            entry.update(_agreement(ref, outputs[name]))
             ref = ref.reshape(got.shape)
             entry.update({"sqnr_db": _finite(quantmath.sqnr_db(ref, got)), "cosine": quantmath.cosine(ref, got),
-                          "argmax_agreement": float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1))),
                           "max_abs_error": float(np.max(np.abs(ref.astype(np.float64) - got)))})
             if classifier is None and outputs[name][0].ndim == 2 and got.shape[1] >= 2:
                 classifier = name
@@ -377,6 +377,17 @@ def host_accuracy(bundle: str | Path, probe) -> dict:
             ref = data.references[classifier].reshape(len(data), -1)
             accuracy["fp32_top1"] = float(np.mean(ref.argmax(axis=1) == labels))
     return accuracy
+
+
+def _agreement(reference: np.ndarray, samples: list[np.ndarray]) -> dict:
+    """`argmax_agreement` per position along `quantmath.class_axis` (run.py's rule) and that axis
+    (`argmax_axis`, in the [N, ...] shape), or neither when the output has no class axis."""
+    rows = [v if v.ndim and v.shape[0] == 1 else v[None] for v in samples]  # one row per sample, as run.py
+    got = np.concatenate(rows)
+    axis = quantmath.class_axis(got.shape)
+    if axis is None:
+        return {}
+    return {"argmax_agreement": quantmath.argmax_agreement(reference.reshape(got.shape), got), "argmax_axis": axis}
 
 
 def accuracy_warning(accuracy: dict | None, thresholds: ReportSettings, bundle: Path, where: str) -> str | None:
