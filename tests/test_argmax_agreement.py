@@ -187,3 +187,57 @@ def test_run_py_mirrors_the_class_axis_rule(sequence_bundle):
     for i in range(SAMPLES):
         stats.add(noisy[i:i + 1], image[i:i + 1])
     assert stats.entry()["argmax_agreement"] == pytest.approx(per_position(image, noisy, 1))
+
+
+# -- regress with results written before the per-position rule ----------------------------------
+def results(entry: dict, classifier: dict | None = None) -> dict:
+    outputs = {"tags": entry, **({"logits": classifier} if classifier else {})}
+    return {"accuracy": {"outputs": outputs, "classifier_output": "logits" if classifier else None,
+                         "argmax_agreement": classifier["argmax_agreement"] if classifier else None},
+            "latency_ms": {"p50": 1.0, "p90": 1.1, "p99": 1.2}}
+
+
+OLD_TAGS = {"shape": [32, 2], "sqnr_db": 35.7, "cosine": 0.999, "argmax_agreement": 0.5}  # flattened, no axis
+NEW_TAGS = {"shape": [32, 2], "sqnr_db": 35.7, "cosine": 0.999, "argmax_agreement": 0.99, "argmax_axis": 2}
+CLASSIFIER = {"shape": [10], "sqnr_db": 30.0, "cosine": 0.999, "argmax_agreement": 0.97}  # old 2-D: same rule
+
+
+@pytest.mark.parametrize("old_side", ["baseline", "candidate"])
+def test_regress_notes_an_old_flattened_figure_and_compares_the_rest(old_side):
+    from edgepipe.delivery.regress import run_regression
+
+    old, new = results(OLD_TAGS, CLASSIFIER), results(NEW_TAGS, {**CLASSIFIER, "argmax_axis": 1})
+    baseline, candidate = (old, new) if old_side == "baseline" else (new, old)
+    result = run_regression(baseline, candidate)
+    names = {c.name for c in result.checks}
+    assert result.passed and "accuracy.argmax_agreement[tags]" not in names
+    assert {"accuracy.argmax_agreement", "accuracy.sqnr_db[tags]"} <= names
+    assert any("argmax_agreement[tags] not compared" in n and old_side in n and "flattened" in n for n in result.notes)
+
+
+def test_regress_gates_a_sequence_output_per_step_and_fails_closed_when_it_vanishes():
+    from edgepipe.delivery.regress import run_regression
+
+    worse = run_regression(results(NEW_TAGS), results({**NEW_TAGS, "argmax_agreement": 0.9}))
+    assert [c.name for c in worse.failures] == ["accuracy.argmax_agreement[tags]"]
+    gone = {k: v for k, v in NEW_TAGS.items() if k not in ("argmax_agreement", "argmax_axis")}
+    assert [c.name for c in run_regression(results(NEW_TAGS), results(gone)).failures] == [
+        "accuracy.argmax_agreement[tags]"]
+    assert run_regression(results(OLD_TAGS), results(gone)).passed  # old baseline, no figure now: a note
+
+
+def test_regress_asked_for_agreement_on_an_old_baseline_says_why(tmp_path):
+    from edgepipe.delivery.regress import run_regression
+    from edgepipe.errors import UserError
+    from edgepipe.settings import RegressSettings
+
+    with pytest.raises(UserError, match="flattened output .*rerun the baseline's run.py"):
+        run_regression(results(OLD_TAGS), results(NEW_TAGS), RegressSettings(metrics=["argmax_agreement"]))
+
+
+def test_results_check_refuses_a_bad_axis(tmp_path):
+    from edgepipe.delivery.regress import check_results
+    from edgepipe.errors import UserError
+
+    with pytest.raises(UserError, match="argmax_axis"):
+        check_results(results({**NEW_TAGS, "argmax_axis": "2"}), tmp_path / "r.json", "candidate")

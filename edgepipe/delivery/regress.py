@@ -155,6 +155,9 @@ def check_results(data, path: Path, role: str) -> dict:
         for key in _OUTPUT_FIGURES:
             _expect(entry.get(key) is None or _is_number(entry[key]), path, f"accuracy.outputs.{name}.{key}",
                     "a number or null", entry.get(key))
+        axis = entry.get("argmax_axis")
+        _expect(axis is None or (isinstance(axis, int) and not isinstance(axis, bool) and axis >= 1), path,
+                f"accuracy.outputs.{name}.argmax_axis", "an axis number >= 1 or null", axis)
         for key, low in (("argmax_agreement", 0.0), ("exact_match", 0.0), ("cosine", -1.0)):
             _expect(_fraction(entry.get(key), low), path, f"accuracy.outputs.{name}.{key}",
                     f"a number from {low:g} to 1", entry.get(key))
@@ -211,7 +214,30 @@ def accuracy_values(results: dict, metrics) -> dict[str, float]:
                     values[f"accuracy.{metric}[{output}]"] = float(entry[metric])
         elif _is_number(accuracy.get(metric)):
             values[f"accuracy.{metric}"] = float(accuracy[metric])
+        if metric == "argmax_agreement":
+            values.update(output_agreements(results)[0])
     return values
+
+
+def output_agreements(results: dict) -> tuple[dict[str, float], dict[str, str]]:
+    """Per-output argmax agreement of the outputs other than the classifier (whose figure is
+    accuracy.argmax_agreement): ({check name: value}, {check name: why not compared}). A figure
+    without `argmax_axis` on an output of more than one axis per sample predates the per-position
+    rule (quantmath.class_axis): one argmax over the flattened sample, so it is never compared."""
+    accuracy = results.get("accuracy") or {}
+    values, skipped = {}, {}
+    for output, entry in sorted((accuracy.get("outputs") or {}).items()):
+        if output == accuracy.get("classifier_output") or not isinstance(entry, dict):
+            continue
+        if not _is_number(entry.get("argmax_agreement")):
+            continue
+        name, shape = f"accuracy.argmax_agreement[{output}]", entry.get("shape")
+        per_sample_axes = len(shape) if isinstance(shape, list) else None
+        if entry.get("argmax_axis") is None and per_sample_axes != 1:
+            skipped[name] = "an older run.py took one argmax over the flattened output"
+        else:
+            values[name] = float(entry["argmax_agreement"])
+    return values, skipped
 
 
 def _budget(budgets: RegressSettings, key: str) -> float:
@@ -246,13 +272,25 @@ def run_regression(baseline: dict, candidate: dict, budgets: RegressSettings | N
     if not base_acc and not base_lat:
         raise UserError(f"{baseline_name}: the baseline holds no accuracy metric and no latency percentile; "
                         f"nothing to compare, pass the results.json of a complete run.py run")
+    base_skipped, cand_skipped = output_agreements(baseline)[1], output_agreements(candidate)[1]
     if budgets.metrics:
         for metric in metrics:
             if not any(k == f"accuracy.{metric}" or k.startswith(f"accuracy.{metric}[") for k in base_acc):
+                if metric == "argmax_agreement" and base_skipped:
+                    raise UserError(f"{baseline_name}: its argmax agreement is an older run.py's argmax over the "
+                                    f"flattened output ({one_line(', '.join(base_skipped))}); rerun the baseline's run.py "
+                                    f"with this edgepipe, or leave argmax_agreement out of regress.metrics")
                 raise UserError(f"regress metric '{metric}' is not in the baseline results; "
                                 f"choose from top1, top5, argmax_agreement, ece, sqnr_db, cosine, exact_match")
+    if "argmax_agreement" in metrics:
+        for name, why in {**cand_skipped, **base_skipped}.items():
+            role = baseline_name if name in base_skipped else "candidate"
+            result.notes.append(f"{name} not compared: in the {role} {why}; rerun its run.py with this "
+                                f"edgepipe for an agreement per position along the class axis")
     for name, base in base_acc.items():
         cand = cand_acc.get(name)
+        if cand is None and name in cand_skipped:
+            continue  # noted above
         lower_is_better = name == "accuracy.ece"
         budget = max_sqnr_drop if "sqnr_db" in name else max_drop
         if cand is None:
