@@ -241,3 +241,12 @@ def test_results_check_refuses_a_bad_axis(tmp_path):
 
     with pytest.raises(UserError, match="argmax_axis"):
         check_results(results({**NEW_TAGS, "argmax_axis": "2"}), tmp_path / "r.json", "candidate")
+
+
+def test_report_names_the_class_axis_and_hides_an_old_flattened_figure():
+    from edgepipe.delivery.report import output_rows
+
+    rows = {r["name"]: r["argmax_agreement"] for r in output_rows(results(OLD_TAGS, CLASSIFIER), None)}
+    assert rows == {"tags": "- (older run.py: flattened argmax, rerun)", "logits": "0.97"}
+    rows = {r["name"]: r["argmax_agreement"] for r in output_rows(results(NEW_TAGS), None)}
+    assert rows == {"tags": "0.99 per position (class axis 2)"}

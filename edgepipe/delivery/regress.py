@@ -232,8 +232,7 @@ def output_agreements(results: dict) -> tuple[dict[str, float], dict[str, str]]:
         if not _is_number(entry.get("argmax_agreement")):
             continue
         name, shape = f"accuracy.argmax_agreement[{output}]", entry.get("shape")
-        per_sample_axes = len(shape) if isinstance(shape, list) else None
-        if entry.get("argmax_axis") is None and per_sample_axes != 1:
+        if entry.get("argmax_axis") is None and isinstance(shape, list) and len(shape) > 1:
             skipped[name] = "an older run.py took one argmax over the flattened output"
         else:
             values[name] = float(entry["argmax_agreement"])

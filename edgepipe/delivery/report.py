@@ -95,11 +95,24 @@ def output_rows(results: dict, baseline: dict | None) -> list[dict]:
             "name": name,
             "sqnr_db": "identical (inf)" if sqnr is None and "cosine" in entry else _fmt(sqnr, "dB"),
             "cosine": _fmt(entry.get("cosine")),
-            "argmax_agreement": _fmt(entry.get("argmax_agreement")) if "exact_match" not in entry
+            "argmax_agreement": _agreement_cell(entry) if "exact_match" not in entry
             else f"{_fmt(entry.get('exact_match'))} equal",  # an integer output (labels, indices)
             "baseline_sqnr_db": _fmt(base.get("sqnr_db"), "dB") if baseline else "",
         })
     return rows
+
+
+def _agreement_cell(entry: dict) -> str:
+    """Argmax agreement as measured per position along the class axis (quantmath.class_axis), the
+    axis named beyond [N, C]; an older run.py's figure for a wider output (one argmax over the
+    flattened sample, no `argmax_axis`) is not shown: it meant nothing."""
+    value, axis, shape = entry.get("argmax_agreement"), entry.get("argmax_axis"), entry.get("shape")
+    if value is None:
+        return "-"
+    wide = isinstance(shape, list) and len(shape) > 1
+    if wide and axis is None:
+        return "- (older run.py: flattened argmax, rerun)"
+    return f"{_fmt(value)} per position (class axis {axis})" if wide else _fmt(value)
 
 
 def find_artifact(name: str, places: list[Path], max_bytes: int = JSON_MAX_BYTES) -> tuple[Path | None, dict | None]:
