@@ -167,18 +167,20 @@ def cosine(reference: np.ndarray, test: np.ndarray) -> float:
 
 
 def class_axis(shape) -> int | None:
-    """The axis of an output's class scores, `shape` with its batch axis, in ONNX layout: [N, C] -> 1
-    (a classifier), [N, T, C] -> 2 (the last: per time step of a sequence tagger or CTC head, per box
-    of a [N, boxes, 5 + K] detector), [N, C, H, W, ...] -> 1 (ONNX is channels-first: per pixel of a
-    segmentation map). None below rank 2 or when that axis has fewer than 2 entries (no decision).
+    """The axis of an output's class scores. `shape`: one sample's output as the model writes it,
+    in ONNX layout (its batch axis included where it has one): [C] -> 0, [N, C] -> 1 (a classifier),
+    rank 3 -> 2, the last ([N, T, C]: per time step of a sequence tagger or CTC head, also
+    [T, N, C]; [N, boxes, 5 + K]: per box of a detector), rank 4 and up -> 1 ([N, C, H, W]: ONNX
+    is channels-first, per pixel of a segmentation map). None for a scalar or when that axis has
+    fewer than 2 entries (no decision).
 
     Why: an argmax over the flattened [T, C] of a sample picks one index among T * C values, so two
     outputs that agree on 31 of 32 steps could score 0; one decision per position along this axis
     is what a user reads. The bundle's run.py mirrors this rule (a test keeps them equal)."""
     shape = tuple(shape)
-    if len(shape) < 2:
+    if not shape:
         return None
-    axis = 2 if len(shape) == 3 else 1
+    axis = {1: 0, 2: 1, 3: 2}.get(len(shape), 1)
     return axis if shape[axis] >= 2 else None
 
 
@@ -187,11 +189,13 @@ def argmax_decisions(output: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(np.asarray(output), axis, -1).argmax(axis=-1).ravel()
 
 
-def argmax_agreement(reference: np.ndarray, test: np.ndarray) -> float | None:
-    """Fraction of positions (samples x positions along `class_axis`) where `test`'s argmax equals
-    `reference`'s; None when the shapes differ or the output has no class axis."""
+def argmax_agreement(reference: np.ndarray, test: np.ndarray, axis: int | None = None) -> float | None:
+    """Fraction of positions where `test`'s argmax along `axis` equals `reference`'s. The arrays
+    hold the samples' outputs stacked on a leading axis; `axis` (in that stacked shape) defaults
+    to `class_axis(reference.shape)`, right when each sample's output has its own batch axis.
+    None when the shapes differ or there is no class axis."""
     ref, out = np.asarray(reference), np.asarray(test)
-    axis = class_axis(ref.shape)
+    axis = class_axis(ref.shape) if axis is None else axis
     if ref.shape != out.shape or axis is None or ref.size == 0:
         return None
     return float(np.mean(argmax_decisions(ref, axis) == argmax_decisions(out, axis)))

@@ -75,11 +75,21 @@ def test_image_map_agrees_per_pixel_on_the_onnx_channel_axis():
     assert quantmath.argmax_agreement(ref, got) == pytest.approx(per_position(ref, got, 1))
 
 
-@pytest.mark.parametrize("shape", [(4,), (4, 1), (4, 6, 1), (4, 1, 8, 8)])
+@pytest.mark.parametrize("shape", [(), (1,), (4, 1), (4, 6, 1), (4, 1, 8, 8)])
 def test_no_class_axis_no_figure(shape):
     ref = np.random.default_rng(3).standard_normal(shape)
     assert quantmath.class_axis(shape) is None
     assert quantmath.argmax_agreement(ref, ref) is None
+
+
+def test_time_major_ctc_output_agrees_per_step():
+    """[T, 1, C] (a time-major CTC head as PyTorch writes it): per step, also once a batch axis is
+    put in front of each sample's output (as run.py and host_accuracy stack them)."""
+    ref, got, expected = flipped_sequence()
+    time_major_ref, time_major_got = ref.transpose(1, 0, 2)[:, :1], got.transpose(1, 0, 2)[:, :1]  # [T, 1, C]
+    assert quantmath.class_axis(time_major_ref.shape) == 2
+    stacked = quantmath.argmax_agreement(time_major_ref[None], time_major_got[None], axis=3)
+    assert stacked == pytest.approx(per_position(time_major_ref, time_major_got, 2))
 
 
 def sequence_model() -> onnx.ModelProto:
@@ -125,6 +135,24 @@ def test_host_accuracy_reports_per_step_agreement(tmp_path):
     assert entry["argmax_agreement"] == pytest.approx(expected)
     assert entry["argmax_axis"] == 2
     assert accuracy["argmax_agreement"] is None and accuracy["classifier_output"] is None
+
+
+def test_host_accuracy_reads_a_time_major_output_per_step(tmp_path):
+    ref, got, _ = flipped_sequence()
+    ref, got = ref[:, :, None], got[:, :, None]  # [N, T, 1, C]: per sample [T, 1, C]
+    bundle = tmp_path / "bundle"
+    (bundle / "eval").mkdir(parents=True)
+    onnx.save(sequence_model(), bundle / "reference.onnx")
+    np.savez(bundle / "eval" / "eval.npz", **{"input:x": np.zeros((SAMPLES, STEPS, FEATURES), np.float32),
+                                              "reference:y": ref})
+
+    class TimeMajor(FakeProbe):
+        def run(self, feed, reference):
+            return {"y": super().run(feed, reference)["y"][0]}  # [T, 1, C], no leading batch axis
+
+    entry = host_accuracy(bundle, TimeMajor(got))["outputs"]["y"]
+    assert entry["argmax_axis"] == 3
+    assert entry["argmax_agreement"] == pytest.approx(per_position(ref, got, 3))
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +202,7 @@ def test_run_py_mirrors_the_class_axis_rule(sequence_bundle):
     spec = importlib.util.spec_from_file_location("bundle_run", bundle / "run.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for shape in [(4,), (4, 1), (4, 10), (4, 6, 1), (4, 6, 3), (4, 1, 8, 8), (4, 3, 8, 8), (2, 3, 4, 5, 6)]:
+    for shape in [(), (1,), (7,), (4, 1), (4, 10), (4, 6, 1), (4, 6, 3), (4, 1, 8, 8), (4, 3, 8, 8), (2, 3, 4, 5, 6)]:
         assert module.class_axis(shape) == quantmath.class_axis(shape), shape
     ref, got, expected = flipped_sequence(seed=6)
     stats = module.OutputStats(ref[:1])

@@ -384,10 +384,12 @@ def _agreement(reference: np.ndarray, samples: list[np.ndarray]) -> dict:
     (`argmax_axis`, in the [N, ...] shape), or neither when the output has no class axis."""
     rows = [v if v.ndim and v.shape[0] == 1 else v[None] for v in samples]  # one row per sample, as run.py
     got = np.concatenate(rows)
-    axis = quantmath.class_axis(got.shape)
+    axis = quantmath.class_axis(samples[0].shape)  # of the output as the model writes it ([T, 1, C] too)
     if axis is None:
         return {}
-    return {"argmax_agreement": quantmath.argmax_agreement(reference.reshape(got.shape), got), "argmax_axis": axis}
+    axis += got.ndim - samples[0].ndim  # a batch axis added for the rows
+    return {"argmax_agreement": quantmath.argmax_agreement(reference.reshape(got.shape), got, axis),
+            "argmax_axis": axis}
 
 
 def accuracy_warning(accuracy: dict | None, thresholds: ReportSettings, bundle: Path, where: str) -> str | None:
