@@ -189,6 +189,23 @@ def argmax_decisions(output: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(np.asarray(output), axis, -1).argmax(axis=-1).ravel()
 
 
+def class_decisions(output: np.ndarray) -> np.ndarray:
+    """The argmax decisions a precision budget counts in a stacked [N, ...] output: one per position
+    along `class_axis` where it has one ([N, C, H, W]: per pixel); else one per row of its last axis
+    (trailing 1s dropped: [N, 1] always agrees); below rank 2 one decision. For rank <= 3 this is
+    the last axis, as the per-output figure of run.py and the report."""
+    output = np.asarray(output)
+    axis = class_axis(output.shape) if output.ndim >= 2 else None
+    if axis is not None:
+        return argmax_decisions(output, axis)
+    shape = list(output.shape)
+    while len(shape) > 2 and shape[-1] == 1:  # [N, C, 1, 1] conv heads: the classes are C
+        shape.pop()
+    if len(shape) < 2:
+        return np.atleast_1d(np.argmax(output))
+    return np.argmax(output.reshape(-1, shape[-1]), axis=-1)
+
+
 def argmax_agreement(reference: np.ndarray, test: np.ndarray, axis: int | None = None) -> float | None:
     """Fraction of positions where `test`'s argmax along `axis` equals `reference`'s. The arrays
     hold the samples' outputs stacked on a leading axis; `axis` (in that stacked shape) defaults

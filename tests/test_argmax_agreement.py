@@ -278,3 +278,29 @@ def test_report_names_the_class_axis_and_hides_an_old_flattened_figure():
     assert rows == {"tags": "- (older run.py: flattened argmax, rerun)", "logits": "0.97"}
     rows = {r["name"]: r["argmax_agreement"] for r in output_rows(results(NEW_TAGS), None)}
     assert rows == {"tags": "0.99 per position (class axis 2)"}
+
+
+# -- the decisions a precision budget counts: the same class axis ------------------------------
+def test_budget_decisions_follow_the_class_axis():
+    rng = np.random.default_rng(9)
+    image = rng.standard_normal((2, 3, 4, 5))  # [N, C, H, W]: per pixel, as the report
+    assert np.array_equal(quantmath.class_decisions(image), image.argmax(1).ravel())
+    head = rng.standard_normal((2, 6, 1, 1))  # a conv classifier head: per sample
+    assert np.array_equal(quantmath.class_decisions(head), head[:, :, 0, 0].argmax(1))
+    sequence = rng.standard_normal((2, 7, 4))
+    assert np.array_equal(quantmath.class_decisions(sequence), sequence.argmax(-1).ravel())
+    assert len(quantmath.class_decisions(rng.standard_normal((5, 1)))) == 5  # no class axis: rows, always agreeing
+
+
+def test_litert_evaluator_counts_pixels_of_a_map():
+    """backends/tflite/evaluate.py (what arm-cpu's precision search measures) on a [1, C, H, W]
+    output: per-pixel agreement, as an explicit loop computes it."""
+    from edgepipe.backends.tflite.evaluate import Reference, measure
+
+    rng = np.random.default_rng(10)
+    reference = [{"map": rng.standard_normal((1, 3, 4, 5)).astype(np.float32)} for _ in range(6)]
+    tests = [{"map": r["map"] + 0.4 * rng.standard_normal(r["map"].shape).astype(np.float32)} for r in reference]
+    metrics = measure(Reference(reference), iter(tests))
+    want = np.concatenate([r["map"] for r in reference])
+    got = np.concatenate([t["map"] for t in tests])
+    assert metrics["argmax_agreement"] == pytest.approx(per_position(want, got, 1))

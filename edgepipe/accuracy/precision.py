@@ -24,8 +24,9 @@ loses too much; a few sensitive tensors are usually the whole difference. The pl
    answer as the full run, at a fraction of the cost); confirmations always run in full.
 
 Budget: a number = the largest accepted drop vs FP32 (top-1 points with labels, else the
-fraction of changed argmax decisions, one per position of the last axis: per time step for a
-[1, T, C] sequence head); `{"max_drop": 0.01}` is the same; `{"max_sequence_drop": 0.01}` budgets
+fraction of changed argmax decisions, one per position along the class axis,
+quantmath.class_decisions: per time step for a [1, T, C] sequence head, per pixel of a
+[1, C, H, W] map); `{"max_drop": 0.01}` is the same; `{"max_sequence_drop": 0.01}` budgets
 a CTC head by its readings instead (greedy decode, blank = class 0: 1 - edit distance / length vs
 FP32's reading, quantmath.ctc_sequence_agreement), so time steps that change no reading cost
 nothing; `{"min_sqnr_db": 30}` asks for a minimum output SQNR instead. A budget that cannot be met (max_float reached, or still broken

@@ -263,14 +263,10 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _argmax(output: np.ndarray) -> np.ndarray:
-    """One decision per position: argmax over the last axis (classes), so a [N, C] classifier gives
-    one per sample and a [N, T, C] sequence head (CTC) one per time step; rank 1 is one decision."""
-    shape = list(output.shape)
-    while len(shape) > 2 and shape[-1] == 1:  # [N, C, 1, 1] conv heads: the classes are C
-        shape.pop()
-    if len(shape) < 2:
-        return np.atleast_1d(np.argmax(output))
-    return np.argmax(output.reshape(-1, shape[-1]), axis=-1)
+    """One decision per position along the class axis (`quantmath.class_decisions`): one per
+    sample of a [N, C] classifier, per time step of a [N, T, C] sequence head (CTC), per pixel of a
+    [N, C, H, W] map."""
+    return quantmath.class_decisions(output)
 
 
 @dataclass

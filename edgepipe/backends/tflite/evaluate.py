@@ -43,7 +43,7 @@ class Reference:
                       for n in self.names}
         self.size = {n: sum(r[n].size for r in self.outputs) for n in self.names}
         first = self.first = self.names[0]
-        self.steps = [int(np.prod(r[first].shape[:-1])) for r in self.outputs]  # argmax decisions per sample
+        self.steps = [len(quantmath.class_decisions(r[first])) for r in self.outputs]  # argmax decisions per sample
         self.decisions = sum(self.steps)
         self.sequence = all(r[first].ndim == 3 for r in self.outputs)
         self.rows = [r[first].shape[0] for r in self.outputs]  # CTC readings per sample
@@ -74,8 +74,8 @@ class _Running:
             self.dot[n] += float(np.dot(a, b))
             self.test_power[n] += float(np.dot(b, b))
         first = self.ref.first
-        got = output[first].reshape(-1, output[first].shape[-1]).argmax(axis=1)
-        self.agree += int(np.sum(got == want[first].reshape(-1, want[first].shape[-1]).argmax(axis=1)))
+        got = quantmath.class_decisions(np.asarray(output[first]))
+        self.agree += int(np.sum(got == quantmath.class_decisions(want[first])))
         if self.ref.classifier:
             self.correct += int(got[0] == self.ref.labels[self.count])
         if self.ref.sequence:
