@@ -154,9 +154,18 @@ def _check_io_types(graph_proto: onnx.GraphProto, path: Path) -> None:
             if type_name == "UNDEFINED":
                 raise UserError(f"{path}: {role} '{value.name}' has no known element type ({elem_type}); "
                                 "re-export the model with its tensor types")
+            if role == "output" and type_name == "STRING":  # jetson built it, then failed writing eval.npz
+                raise UserError(f"{path}: output '{value.name}'{_made_by(graph_proto, value.name)} is STRING; "
+                                "edgepipe quantizes and compares numeric outputs - end the model at the numeric "
+                                "tensor before it and map it to strings in the application")
             if role == "input" and type_name.startswith(_UNFEEDABLE_PREFIXES):
                 raise UserError(f"{path}: input '{value.name}' is {type_name}, which calibration data cannot be "
                                 "fed as; export the model with float32 inputs (quantize inside it)")
+
+
+def _made_by(graph_proto: onnx.GraphProto, name: str) -> str:
+    node = next((n for n in graph_proto.node if name in n.output), None)
+    return f" (made by node '{node.name or node.op_type}', {node.op_type})" if node is not None else ""
 
 
 WINDOW_ATTRIBUTES = ("kernel_shape", "strides", "dilations")

@@ -1092,6 +1092,26 @@ def long_io_name(tmp):
     return _build(tmp, model, tmp / "calib.npy", "arm-cpu")
 
 
+def empty_output(tmp):
+    """An AveragePool window larger than its input: the output is [1, 3, 0, 0] for every input;
+    jetson built a bundle and then failed in the report (exit 3), arm-cpu called the shape dynamic."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, None, None])
+    pool = onnx.helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[5, 5], name="pool")
+    model = _tiny_graph(tmp, [pool], [x], [y])
+    return _build(tmp, model, _calib(tmp, np.ones((4, 3, 4, 4), np.float32)), "jetson")
+
+
+def string_output(tmp):
+    """A Cast to STRING as the graph output: jetson built the bundle and then failed writing its
+    eval.npz ('not a readable .npz ... rebuild the bundle', a half-written bundle left)."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.STRING, [1, 4])
+    nodes = [onnx.helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             onnx.helper.make_node("Cast", ["r"], ["y"], to=onnx.TensorProto.STRING, name="tostr")]
+    return _build(tmp, _tiny_graph(tmp, nodes, [x], [y]), _calib(tmp, np.ones((4, 1, 4), np.float32)), "jetson")
+
+
 CASES = [
     Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
@@ -1291,6 +1311,10 @@ CASES = [
          junit_over_baseline, ("baseline.json", "--junit names the --baseline this command reads")),
     Case("compare-out-in-bundle", "`compare B --out B/model.tflite` (an output file among the bundle's files)",
          compare_out_in_bundle, ("model.bin", "is inside the bundle")),
+    Case("empty-output", "a graph output with a dimension of 0 (a pool window larger than its input)", empty_output,
+         ("model.onnx: output 'y' (made by node 'pool', AveragePool) is empty for every input", "[1, 3, 0, 0]")),
+    Case("string-output", "a graph output of type STRING (a Cast to STRING)", string_output,
+         ("model.onnx: output 'y' (made by node 'tostr', Cast) is STRING",)),
 ]
 
 
