@@ -1112,6 +1112,18 @@ def string_output(tmp):
     return _build(tmp, _tiny_graph(tmp, nodes, [x], [y]), _calib(tmp, np.ones((4, 1, 4), np.float32)), "jetson")
 
 
+def negative_variance(tmp):
+    """A BatchNormalization whose running variance holds -2: the NaN was blamed on edgepipe's own
+    fold constant ('my_bn_scale', or 'conv_folded_in1' folded into a Conv), not the user's node."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
+    params = [onnx.numpy_helper.from_array(np.array(v, np.float32), n)
+              for n, v in (("s", [1, 1, 1]), ("b", [0, 0, 0]), ("m", [0, 0, 0]), ("v", [1, -2, 1]))]
+    bn = onnx.helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="my_bn")
+    model = _tiny_graph(tmp, [bn], [x], [y], params)
+    return _build(tmp, model, _calib(tmp, np.ones((4, 3, 4, 4), np.float32)), "arm-cpu")
+
+
 CASES = [
     Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
@@ -1315,6 +1327,8 @@ CASES = [
          ("model.onnx: output 'y' (made by node 'pool', AveragePool) is empty for every input", "[1, 3, 0, 0]")),
     Case("string-output", "a graph output of type STRING (a Cast to STRING)", string_output,
          ("model.onnx: output 'y' (made by node 'tostr', Cast) is STRING",)),
+    Case("negative-variance", "a BatchNormalization whose running variance is negative", negative_variance,
+         ("node 'my_bn' (BatchNormalization) has variance -2 + epsilon 1e-05 <= 0 in channel 1",)),
 ]
 
 
