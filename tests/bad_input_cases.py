@@ -1124,6 +1124,13 @@ def negative_variance(tmp):
     return _build(tmp, model, _calib(tmp, np.ones((4, 3, 4, 4), np.float32)), "arm-cpu")
 
 
+def report_over_user_file(tmp):
+    """`edgepipe report results.json` (no -o) writes beside the results file: a user's own
+    report.md there was replaced silently."""
+    (tmp / "report.md").write_text("# My notes on the board\n\nkeep me\n")
+    return ["report", str(_results(tmp, "results.json"))]
+
+
 CASES = [
     Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
@@ -1329,6 +1336,8 @@ CASES = [
          ("model.onnx: output 'y' (made by node 'tostr', Cast) is STRING",)),
     Case("negative-variance", "a BatchNormalization whose running variance is negative", negative_variance,
          ("node 'my_bn' (BatchNormalization) has variance -2 + epsilon 1e-05 <= 0 in channel 1",)),
+    Case("report-over-user-file", "`report results.json` beside a report.md that edgepipe did not write",
+         report_over_user_file, ("report.md: exists and is not a report edgepipe wrote", "-o DIR")),
 ]
 
 
