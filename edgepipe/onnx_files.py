@@ -134,6 +134,7 @@ def _check_io_types(graph_proto: onnx.GraphProto, path: Path) -> None:
     """Every graph input and output must be a tensor of a known element type (a sequence, map or
     optional, or elem_type 0, failed as a KeyError deep in shape handling), and an input one that
     can be fed."""
+    _check_output_names(graph_proto, path)
     for role, values in (("input", graph_proto.input), ("output", graph_proto.output)):
         for value in values:
             size = len(value.name.encode("utf-8", "surrogatepass"))
@@ -161,6 +162,21 @@ def _check_io_types(graph_proto: onnx.GraphProto, path: Path) -> None:
             if role == "input" and type_name.startswith(_UNFEEDABLE_PREFIXES):
                 raise UserError(f"{path}: input '{value.name}' is {type_name}, which calibration data cannot be "
                                 "fed as; export the model with float32 inputs (quantize inside it)")
+
+
+def _check_output_names(graph_proto: onnx.GraphProto, path: Path) -> None:
+    """An output listed twice (arm-cpu's error named an internal 'y;internal' tensor) or one that is
+    a weight (an initializer: jetson's Q/DQ model has no such output, the report's accuracy failed
+    with KeyError, exit 3): neither is something the model computes from its inputs."""
+    seen, weights = set(), {tensor.name for tensor in graph_proto.initializer}
+    for value in graph_proto.output:
+        if value.name in seen:
+            raise UserError(f"{path}: output '{value.name}' is listed twice among the graph outputs; keep one "
+                            "and re-export the model")
+        seen.add(value.name)
+        if value.name in weights:
+            raise UserError(f"{path}: output '{value.name}' is a weight of the model (an initializer), not computed "
+                            "from its inputs; drop it from the outputs (read it from the model file) and re-export")
 
 
 def _made_by(graph_proto: onnx.GraphProto, name: str) -> str:

@@ -1131,6 +1131,25 @@ def report_over_user_file(tmp):
     return ["report", str(_results(tmp, "results.json"))]
 
 
+def _matmul_outputs(tmp, outputs) -> Path:
+    weights = onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    matmul = onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    return _tiny_graph(tmp, [matmul], [_vector("x")], outputs, [weights])
+
+
+def duplicate_output(tmp):
+    """The output 'y' listed twice: jetson built, arm-cpu's error named an internal 'y;internal' tensor."""
+    model = _matmul_outputs(tmp, [_vector("y"), _vector("y")])
+    return _build(tmp, model, _calib(tmp, np.ones((4, 1, 4), np.float32)), "arm-cpu")
+
+
+def weight_output(tmp):
+    """A graph output that is an initializer: jetson built the bundle, then the report's accuracy
+    failed with KeyError: 'w' (exit 3); the Q/DQ model has no such output."""
+    model = _matmul_outputs(tmp, [_vector("y"), onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [4, 4])])
+    return _build(tmp, model, _calib(tmp, np.ones((4, 1, 4), np.float32)), "jetson")
+
+
 CASES = [
     Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
@@ -1338,6 +1357,10 @@ CASES = [
          ("node 'my_bn' (BatchNormalization) has variance -2 + epsilon 1e-05 <= 0 in channel 1",)),
     Case("report-over-user-file", "`report results.json` beside a report.md that edgepipe did not write",
          report_over_user_file, ("report.md: exists and is not a report edgepipe wrote", "-o DIR")),
+    Case("duplicate-output", "a graph output listed twice", duplicate_output,
+         ("model.onnx: output 'y' is listed twice among the graph outputs",)),
+    Case("weight-output", "a graph output that is a weight (an initializer)", weight_output,
+         ("model.onnx: output 'w' is a weight of the model (an initializer)",)),
 ]
 
 
