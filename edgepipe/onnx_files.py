@@ -72,7 +72,32 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
         pass  # > 2 GB protos cannot be checked in memory; the runtime checks them later
     _check_window_attributes(model.graph, path)
     _check_io_types(model.graph, path)
-    return model
+    return _inline_local_functions(model, path) if len(model.functions) else model
+
+
+def _inline_local_functions(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """A node calling one of the model's own functions (FunctionProto, as torch.onnx and onnxscript
+    write them) was refused as 'custom domain ... has no implementation': its body is in the file.
+    The calls are replaced by their bodies, as ONNX Runtime runs them."""
+    from onnx import inliner
+
+    from edgepipe.npyfile import first_line
+
+    try:
+        inlined = inliner.inline_local_functions(model)
+    except Exception as exc:  # noqa: BLE001 - a malformed or recursive function body
+        raise UserError(f"{path}: cannot expand the model's local functions ({first_line(exc)}); "
+                        "re-export the model without functions") from exc
+    used = set()
+    graphs = [inlined.graph]
+    while graphs:  # the domains still called, subgraphs included
+        for node in graphs.pop().node:
+            used.add(node.domain)
+            graphs.extend(subgraphs(node))
+    kept = [o for o in inlined.opset_import if o.domain in used or o.domain in ("", "ai.onnx")]
+    del inlined.opset_import[:]
+    inlined.opset_import.extend(kept)
+    return inlined
 
 
 def _check_strings(model: onnx.ModelProto, path: Path) -> None:

@@ -61,3 +61,43 @@ def test_float_tiff_is_read_by_its_range(tmp_path, scale, expected):
         return
     x = load()["x"][0]
     assert np.array_equal(x[0], np.rint(ramp * expected)) and np.array_equal(x[2], x[0])
+
+
+def _local_function_model():
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    body = [helper.make_node("MatMul", ["a", "b"], ["m"]), helper.make_node("Relu", ["m"], ["o"])]
+    function = helper.make_function("my.dom", "MatMulRelu", ["a", "b"], ["o"], body, [helper.make_opsetid("", 17)])
+    weights = numpy_helper.from_array(np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4), "w")
+    graph = helper.make_graph([helper.make_node("MatMulRelu", ["x", "w"], ["y"], domain="my.dom", name="fn")], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], [weights])
+    return helper.make_model(graph, functions=[function],
+                             opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("my.dom", 1)])
+
+
+def test_model_local_function_is_inlined_and_builds(tmp_path, capsys):
+    """A node calling the model's own FunctionProto was refused as 'custom domain my.dom has no
+    implementation on arm-cpu' though its body is in the file; the loader inlines it (the same
+    outputs as ONNX Runtime on the file as shipped) and the build succeeds."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from edgepipe.onnx_files import load_model
+    from tests.test_bad_inputs import run_main
+
+    onnx.save(_local_function_model(), tmp_path / "model.onnx")
+    loaded = load_model(tmp_path / "model.onnx")
+    assert not loaded.functions and {n.op_type for n in loaded.graph.node} == {"MatMul", "Relu"}
+    x = np.random.default_rng(0).standard_normal((1, 4)).astype(np.float32)
+    shipped = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    inlined = ort.InferenceSession(loaded.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert np.array_equal(shipped.run(None, {"x": x})[0], inlined.run(None, {"x": x})[0])
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((8, 1, 4)).astype(np.float32))
+    code, err = run_main(["build", "--model", "model.onnx", "--target", "arm-cpu", "--calib", "calib.npz",
+                          "--out", "out"], tmp_path, capsys)
+    assert code in (0, None), err
+    assert (tmp_path / "out" / "manifest.json").is_file()
