@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.test_hostile_second_pass import arm_bundle  # noqa: F401 - the module-scoped bundle fixture
+
 
 def test_negative_variance_with_the_fold_off_names_the_batchnorm(tmp_path, capsys):
     """With fold.batchnorm off the BN stays in the graph; the NaN it makes was reported without a
@@ -101,3 +103,42 @@ def test_model_local_function_is_inlined_and_builds(tmp_path, capsys):
                           "--out", "out"], tmp_path, capsys)
     assert code in (0, None), err
     assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+def _edited_io(bundle, key, value):
+    import json
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    if key in ("io", "target"):
+        manifest[key] = value
+    else:
+        manifest["io"]["inputs"][0][key] = value
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("io", [], "'io' must be a mapping"),
+    ("target", "arm-cpu", "'target' must be a mapping"),
+    ("name", 5, "'io.inputs' entry '5': 'name' is not a string"),
+    ("dtype", "object", "'dtype' 'object' is not a numeric tensor type"),
+], ids=["io-list", "target-string", "input-name-int", "dtype-object"])
+def test_compare_on_a_resealed_manifest_of_wrong_types(arm_bundle, tmp_path, capsys, key, value, fragment):
+    """`compare` met these as internal errors (KeyError 'inputs', AttributeError, KeyError 5; exit 3)
+    and run.py fed an 'object' dtype to the runtime (a traceback): one line each now."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.test_bad_inputs import run_main
+    from tests.test_hostile_second_pass import _reseal
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(arm_bundle, bundle)
+    _edited_io(bundle, key, value)
+    _reseal(bundle)
+    code, err = run_main(["compare", str(bundle), "--max-samples", "2"], tmp_path, capsys)
+    assert code == 2 and fragment in err and "internal error" not in err, err
+    ran = subprocess.run([sys.executable, str(bundle / "run.py"), "--iterations", "2", "--warmup", "0", "--out",
+                          str(tmp_path / "results.json")], capture_output=True, text=True, timeout=300)
+    assert ran.returncode != 0 and "Traceback" not in ran.stderr, ran.stderr
+    assert [line for line in ran.stderr.splitlines() if line.startswith("error: manifest.json")], ran.stderr

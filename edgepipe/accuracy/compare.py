@@ -220,7 +220,7 @@ def compare_bundle(bundle: str | Path, max_samples: int | None = 64, alone: bool
                    alone_samples: int = 32) -> CompareReport:
     """Compare the bundle's deployed model with its FP32 reference, tensor by tensor."""
     from edgepipe.calibrate.result import CalibrationResult
-    from edgepipe.delivery.bundle import verify_bundle
+    from edgepipe.delivery.bundle import check_manifest_fields, verify_bundle
     from edgepipe.jsonfile import read_json
     from edgepipe.targets import load_target
 
@@ -228,7 +228,7 @@ def compare_bundle(bundle: str | Path, max_samples: int | None = 64, alone: bool
     manifest_path = bundle / "manifest.json"
     if not manifest_path.is_file():
         raise UserError(f"{bundle}: not an edgepipe bundle (no manifest.json); pass the folder `edgepipe build` wrote")
-    manifest = read_json(manifest_path, "bundle manifest", "rebuild the bundle")
+    manifest = check_manifest_fields(read_json(manifest_path, "bundle manifest", "rebuild the bundle"), manifest_path)
     problems = verify_bundle(bundle)  # as deploy: a changed model or eval.npz is named, never run
     if problems:
         raise UserError(f"{bundle}: refusing to compare a bundle that fails `edgepipe verify`: {problems[0]}")
