@@ -1150,6 +1150,11 @@ def weight_output(tmp):
     return _build(tmp, model, _calib(tmp, np.ones((4, 1, 4), np.float32)), "jetson")
 
 
+def results_eval_string(tmp):
+    """results.json whose 'eval' is a string: the report's template called .get on it (exit 3)."""
+    return ["report", str(_results(tmp, "results.json", eval="holdout")), "-o", str(tmp / "r")]
+
+
 CASES = [
     Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
@@ -1361,6 +1366,8 @@ CASES = [
          ("model.onnx: output 'y' is listed twice among the graph outputs",)),
     Case("weight-output", "a graph output that is a weight (an initializer)", weight_output,
          ("model.onnx: output 'w' is a weight of the model (an initializer)",)),
+    Case("results-eval-string", "`report` of a results.json whose `eval` is a string", results_eval_string,
+         ("results.json: 'eval' must be a mapping or null",)),
 ]
 
 
