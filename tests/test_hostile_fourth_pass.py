@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_hostile_second_pass import arm_bundle  # noqa: F401 - the module-scoped bundle fixture
+
+@pytest.fixture(scope="module")
+def arm_bundle(tmp_path_factory):
+    from tests.helpers import run_cli
+    from tests.test_hostile_second_pass import _model_and_calib
+
+    tmp = tmp_path_factory.mktemp("arm_bundle")
+    model, calib = _model_and_calib(tmp)
+    result = run_cli("build", "--model", str(model), "--calib", str(calib), "--target", "arm-cpu", "--no-host-report",
+                     "--out", str(tmp / "bundle"), cwd=tmp)
+    assert result.returncode == 0, result.stderr
+    return tmp / "bundle"
 
 
 def test_negative_variance_with_the_fold_off_names_the_batchnorm(tmp_path, capsys):
