@@ -1155,6 +1155,16 @@ def results_eval_string(tmp):
     return ["report", str(_results(tmp, "results.json", eval="holdout")), "-o", str(tmp / "r")]
 
 
+def empty_intermediate_arm(tmp):
+    """A Slice to nothing feeding a Concat: arm-cpu said the static [0, 4] had 'no static shape' and
+    told the user to pass --input-shape."""
+    ends = [onnx.numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("st", 0), ("en", 0), ("ax", 0))]
+    nodes = [onnx.helper.make_node("Slice", ["x", "st", "en", "ax"], ["e"], name="sl"),
+             onnx.helper.make_node("Concat", ["x", "e"], ["y"], axis=0, name="cat")]
+    model = _tiny_graph(tmp, nodes, [_vector("x")], [_vector("y")], ends)
+    return _build(tmp, model, _calib(tmp, np.ones((4, 1, 4), np.float32)), "arm-cpu")
+
+
 CASES = [
     Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
@@ -1368,6 +1378,8 @@ CASES = [
          ("model.onnx: output 'w' is a weight of the model (an initializer)",)),
     Case("results-eval-string", "`report` of a results.json whose `eval` is a string", results_eval_string,
          ("results.json: 'eval' must be a mapping or null",)),
+    Case("empty-intermediate-arm", "arm-cpu: a tensor of size 0 inside the graph (a Slice to nothing)",
+         empty_intermediate_arm, ("tensor 'e' is empty ([0, 4])",)),
 ]
 
 
