@@ -34,7 +34,6 @@ def _check_tensor_sizes(model: onnx.ModelProto, source: str) -> None:
     except Exception:  # noqa: BLE001 - shape inference is best effort; later stages report real errors
         return
     producers = graph.producers(inferred)
-    _check_empty_outputs(inferred, producers, source)
     values = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
     for value in values:
         dims = graph.tensor_shape(value)
@@ -47,20 +46,6 @@ def _check_tensor_sizes(model: onnx.ModelProto, source: str) -> None:
             raise UserError(f"{source}: tensor '{value.name}'{made_by} would hold {_count_text(count, dims)} "
                             f"elements {_dims_text(dims)}; no edge device can allocate that, check the shapes "
                             "the model computes")
-
-
-def _check_empty_outputs(inferred: onnx.ModelProto, producers: dict, source: str) -> None:
-    """A graph output with a dimension of 0 (a pool window larger than its input) is empty for every
-    input: jetson built a bundle and failed in the report (argmax of an empty sequence, exit 3), and
-    arm-cpu called the shape dynamic."""
-    for output in inferred.graph.output:
-        dims = graph.tensor_shape(output)
-        if 0 in dims:
-            node = producers.get(output.name)
-            made_by = f" (made by node '{node.name or node.op_type}', {node.op_type})" if node is not None else ""
-            raise UserError(f"{source}: output '{output.name}'{made_by} is empty for every input: its shape is "
-                            f"{_dims_text(dims)}; check that node's attributes (a window larger than its input) and "
-                            "the --input-shape")
 
 
 def _count_text(count: int, dims: list[int]) -> str:

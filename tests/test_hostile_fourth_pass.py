@@ -153,3 +153,20 @@ def test_compare_on_a_resealed_manifest_of_wrong_types(arm_bundle, tmp_path, cap
                           str(tmp_path / "results.json")], capture_output=True, text=True, timeout=300)
     assert ran.returncode != 0 and "Traceback" not in ran.stderr, ran.stderr
     assert [line for line in ran.stderr.splitlines() if line.startswith("error: manifest.json")], ran.stderr
+
+
+def test_jetson_builds_a_model_whose_output_is_empty(tmp_path, capsys):
+    """ONNX defines an empty output (an AveragePool window larger than its input gives [1, 3, 0, 0];
+    the ONNX tests' Shape with start > end gives [0]); jetson built the bundle and then its report
+    failed on the argmax of an empty sequence (exit 3). The empty output is reported without figures."""
+    import json
+
+    from tests.bad_input_cases import empty_output
+    from tests.test_bad_inputs import run_main
+
+    args = empty_output(tmp_path)
+    args[args.index("--target") + 1] = "jetson"
+    code, err = run_main(args, tmp_path, capsys)
+    assert code in (0, None), err
+    results = json.loads((tmp_path / "out" / "report" / "results.json").read_text())
+    assert results["accuracy"]["outputs"]["y"]["shape"] == [3, 0, 0]
