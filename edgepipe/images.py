@@ -123,15 +123,26 @@ def _channel_values(source: Path, preprocess: dict, key: str, channels: int) -> 
     return np.asarray(values, dtype=np.float32)
 
 
-def _eight_bit(image):
+def _eight_bit(image, path: Path | None = None):
     """16-bit and 32-bit grayscale (PNG 'I;16', 'I') and float ('F') images scaled to 8 bits:
-    Pillow's convert('RGB') would clip every value above 255 to white."""
+    Pillow's convert('RGB') would clip every value above 255 to white. A float image (TIFF 'F')
+    is scaled by its own convention: values in 0..1 are x255 (they became 0 or 1 of 255: black),
+    values in 0..255 are kept; any other range (negative, past 255, NaN) has no one reading and is
+    refused."""
     from PIL import Image
 
     if not (image.mode.startswith("I") or image.mode == "F"):
         return image
     values = np.asarray(image, dtype=np.float64)
-    if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
+    if image.mode == "F":
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not (np.isfinite(low) and np.isfinite(high) and low >= 0 and high <= 255):
+            raise UserError(f"{path or 'image'}: a float image with values from {low:g} to {high:g}; edgepipe reads "
+                            "float images in 0..1 or 0..255 only: save it in one of those ranges (or as an 8/16-bit "
+                            "image), or pass the preprocessed arrays as .npy/.npz")
+        if high <= 1.0:
+            values = values * 255.0  # 0..1 -> 0..255
+    elif image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
         values = values / 257.0  # 0..65535 -> 0..255
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
 
@@ -143,6 +154,6 @@ def _open_image(path: Path, grayscale: bool):
     try:
         with Image.open(path) as image:
             image.load()
-            return _eight_bit(image).convert("L" if grayscale else "RGB")
+            return _eight_bit(image, path).convert("L" if grayscale else "RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UserError(f"{path}: cannot read image ({first_line(exc)}); replace or delete the file") from exc

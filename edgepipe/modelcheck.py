@@ -88,6 +88,14 @@ def nonfinite_cause(model: onnx.ModelProto, tensor: str) -> str | None:
             if np.isnan(value).any() or node.op_type in WEIGHT_OPS:
                 held = "NaN" if np.isnan(value).any() else "Inf"
                 return f"node '{node.name}' ({node.op_type}) reads the model's constant '{name}', which holds {held}"
+        if node.op_type == "BatchNormalization" and len(node.input) > 4 and node.input[4] in constants:
+            from edgepipe.fold.batchnorm import variance_problem
+
+            epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+            problem = variance_problem(node, numpy_helper.to_array(constants[node.input[4]]).astype(np.float64).ravel(),
+                                       epsilon)
+            if problem:  # the batchnorm fold off: the node stays and ONNX Runtime takes the square root
+                return problem
         for attr in node.attribute:
             values = [attr.f] if attr.type == onnx.AttributeProto.FLOAT else list(attr.floats)
             if any(math.isnan(v) for v in values):

@@ -72,7 +72,32 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
         pass  # > 2 GB protos cannot be checked in memory; the runtime checks them later
     _check_window_attributes(model.graph, path)
     _check_io_types(model.graph, path)
-    return model
+    return _inline_local_functions(model, path) if len(model.functions) else model
+
+
+def _inline_local_functions(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """A node calling one of the model's own functions (FunctionProto, as torch.onnx and onnxscript
+    write them) was refused as 'custom domain ... has no implementation': its body is in the file.
+    The calls are replaced by their bodies, as ONNX Runtime runs them."""
+    from onnx import inliner
+
+    from edgepipe.npyfile import first_line
+
+    try:
+        inlined = inliner.inline_local_functions(model)
+    except Exception as exc:  # noqa: BLE001 - a malformed or recursive function body
+        raise UserError(f"{path}: cannot expand the model's local functions ({first_line(exc)}); "
+                        "re-export the model without functions") from exc
+    used = set()
+    graphs = [inlined.graph]
+    while graphs:  # the domains still called, subgraphs included
+        for node in graphs.pop().node:
+            used.add(node.domain)
+            graphs.extend(subgraphs(node))
+    kept = [o for o in inlined.opset_import if o.domain in used or o.domain in ("", "ai.onnx")]
+    del inlined.opset_import[:]
+    inlined.opset_import.extend(kept)
+    return inlined
 
 
 def _check_strings(model: onnx.ModelProto, path: Path) -> None:
@@ -134,6 +159,7 @@ def _check_io_types(graph_proto: onnx.GraphProto, path: Path) -> None:
     """Every graph input and output must be a tensor of a known element type (a sequence, map or
     optional, or elem_type 0, failed as a KeyError deep in shape handling), and an input one that
     can be fed."""
+    _check_output_names(graph_proto, path)
     for role, values in (("input", graph_proto.input), ("output", graph_proto.output)):
         for value in values:
             size = len(value.name.encode("utf-8", "surrogatepass"))
@@ -154,9 +180,33 @@ def _check_io_types(graph_proto: onnx.GraphProto, path: Path) -> None:
             if type_name == "UNDEFINED":
                 raise UserError(f"{path}: {role} '{value.name}' has no known element type ({elem_type}); "
                                 "re-export the model with its tensor types")
+            if role == "output" and type_name == "STRING":  # jetson built it, then failed writing eval.npz
+                raise UserError(f"{path}: output '{value.name}'{_made_by(graph_proto, value.name)} is STRING; "
+                                "edgepipe quantizes and compares numeric outputs - end the model at the numeric "
+                                "tensor before it and map it to strings in the application")
             if role == "input" and type_name.startswith(_UNFEEDABLE_PREFIXES):
                 raise UserError(f"{path}: input '{value.name}' is {type_name}, which calibration data cannot be "
                                 "fed as; export the model with float32 inputs (quantize inside it)")
+
+
+def _check_output_names(graph_proto: onnx.GraphProto, path: Path) -> None:
+    """An output listed twice (arm-cpu's error named an internal 'y;internal' tensor) or one that is
+    a weight (an initializer: jetson's Q/DQ model has no such output, the report's accuracy failed
+    with KeyError, exit 3): neither is something the model computes from its inputs."""
+    seen, weights = set(), {tensor.name for tensor in graph_proto.initializer}
+    for value in graph_proto.output:
+        if value.name in seen:
+            raise UserError(f"{path}: output '{value.name}' is listed twice among the graph outputs; keep one "
+                            "and re-export the model")
+        seen.add(value.name)
+        if value.name in weights:
+            raise UserError(f"{path}: output '{value.name}' is a weight of the model (an initializer), not computed "
+                            "from its inputs; drop it from the outputs (read it from the model file) and re-export")
+
+
+def _made_by(graph_proto: onnx.GraphProto, name: str) -> str:
+    node = next((n for n in graph_proto.node if name in n.output), None)
+    return f" (made by node '{node.name or node.op_type}', {node.op_type})" if node is not None else ""
 
 
 WINDOW_ATTRIBUTES = ("kernel_shape", "strides", "dilations")

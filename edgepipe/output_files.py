@@ -97,6 +97,31 @@ def check_output_folder(folder: str | Path, option: str) -> None:
     if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
         raise UserError(f"{folder}: exists and is not a folder; pass a folder for {option}")
     _check_outside_bundles(folder / "report.html", option, named=folder)
+    check_report_files(folder)
+
+
+# what `edgepipe report` writes starts its title with this (report.md's first line, report.html's <title>)
+_REPORT_MARKS = {"report.md": b"# edgepipe report:", "report.html": b"<title>edgepipe report:"}
+
+
+def check_report_files(folder: str | Path) -> None:
+    """Refuse a report.html / report.md in `folder` that edgepipe did not write: `edgepipe report
+    results.json` (no -o) writes beside the results file and replaced a user's own report.md there
+    silently. A report edgepipe wrote (rerun), an empty file or a link (replaced, never followed)
+    is fine."""
+    for name, mark in _REPORT_MARKS.items():
+        path = Path(folder) / name
+        try:
+            info = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if not stat.S_ISREG(info.st_mode) or not info.st_size:
+            continue  # a link is replaced; a folder or FIFO is refused when written
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+        if mark not in (head.lstrip()[:len(mark)] if name == "report.md" else head):
+            raise UserError(f"{path}: exists and is not a report edgepipe wrote; refusing to replace it, "
+                            "move it or pass another folder with -o DIR")
 
 
 def save_replacing(write: Callable[[Path], object], path: Path) -> Path:

@@ -1092,6 +1092,80 @@ def long_io_name(tmp):
     return _build(tmp, model, tmp / "calib.npy", "arm-cpu")
 
 
+def empty_output(tmp):
+    """An AveragePool window larger than its input: the output is [1, 3, 0, 0] for every input;
+    arm-cpu called the shape dynamic ('pass --input-shape'). (jetson builds it, as ONNX defines an
+    empty output: tests/test_hostile_fourth_pass.py.)"""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, None, None])
+    pool = onnx.helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[5, 5], name="pool")
+    model = _tiny_graph(tmp, [pool], [x], [y])
+    return _build(tmp, model, _calib(tmp, np.ones((4, 3, 4, 4), np.float32)), "arm-cpu")
+
+
+def string_output(tmp):
+    """A Cast to STRING as the graph output: jetson built the bundle and then failed writing its
+    eval.npz ('not a readable .npz ... rebuild the bundle', a half-written bundle left)."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.STRING, [1, 4])
+    nodes = [onnx.helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             onnx.helper.make_node("Cast", ["r"], ["y"], to=onnx.TensorProto.STRING, name="tostr")]
+    return _build(tmp, _tiny_graph(tmp, nodes, [x], [y]), _calib(tmp, np.ones((4, 1, 4), np.float32)), "jetson")
+
+
+def negative_variance(tmp):
+    """A BatchNormalization whose running variance holds -2: the NaN was blamed on edgepipe's own
+    fold constant ('my_bn_scale', or 'conv_folded_in1' folded into a Conv), not the user's node."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
+    params = [onnx.numpy_helper.from_array(np.array(v, np.float32), n)
+              for n, v in (("s", [1, 1, 1]), ("b", [0, 0, 0]), ("m", [0, 0, 0]), ("v", [1, -2, 1]))]
+    bn = onnx.helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="my_bn")
+    model = _tiny_graph(tmp, [bn], [x], [y], params)
+    return _build(tmp, model, _calib(tmp, np.ones((4, 3, 4, 4), np.float32)), "arm-cpu")
+
+
+def report_over_user_file(tmp):
+    """`edgepipe report results.json` (no -o) writes beside the results file: a user's own
+    report.md there was replaced silently."""
+    (tmp / "report.md").write_text("# My notes on the board\n\nkeep me\n")
+    return ["report", str(_results(tmp, "results.json"))]
+
+
+def _matmul_outputs(tmp, outputs) -> Path:
+    weights = onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    matmul = onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    return _tiny_graph(tmp, [matmul], [_vector("x")], outputs, [weights])
+
+
+def duplicate_output(tmp):
+    """The output 'y' listed twice: jetson built, arm-cpu's error named an internal 'y;internal' tensor."""
+    model = _matmul_outputs(tmp, [_vector("y"), _vector("y")])
+    return _build(tmp, model, _calib(tmp, np.ones((4, 1, 4), np.float32)), "arm-cpu")
+
+
+def weight_output(tmp):
+    """A graph output that is an initializer: jetson built the bundle, then the report's accuracy
+    failed with KeyError: 'w' (exit 3); the Q/DQ model has no such output."""
+    model = _matmul_outputs(tmp, [_vector("y"), onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [4, 4])])
+    return _build(tmp, model, _calib(tmp, np.ones((4, 1, 4), np.float32)), "jetson")
+
+
+def results_eval_string(tmp):
+    """results.json whose 'eval' is a string: the report's template called .get on it (exit 3)."""
+    return ["report", str(_results(tmp, "results.json", eval="holdout")), "-o", str(tmp / "r")]
+
+
+def empty_intermediate_arm(tmp):
+    """A Slice to nothing feeding a Concat: arm-cpu said the static [0, 4] had 'no static shape' and
+    told the user to pass --input-shape."""
+    ends = [onnx.numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("st", 0), ("en", 0), ("ax", 0))]
+    nodes = [onnx.helper.make_node("Slice", ["x", "st", "en", "ax"], ["e"], name="sl"),
+             onnx.helper.make_node("Concat", ["x", "e"], ["y"], axis=0, name="cat")]
+    model = _tiny_graph(tmp, nodes, [_vector("x")], [_vector("y")], ends)
+    return _build(tmp, model, _calib(tmp, np.ones((4, 1, 4), np.float32)), "arm-cpu")
+
+
 CASES = [
     Case("truncated-onnx", "truncated .onnx file", truncated_onnx, ("model.onnx", "not a readable ONNX model")),
     Case("garbage-onnx", "a file that is not ONNX at all", garbage_onnx, ("model.onnx", "not a readable ONNX model")),
@@ -1291,6 +1365,22 @@ CASES = [
          junit_over_baseline, ("baseline.json", "--junit names the --baseline this command reads")),
     Case("compare-out-in-bundle", "`compare B --out B/model.tflite` (an output file among the bundle's files)",
          compare_out_in_bundle, ("model.bin", "is inside the bundle")),
+    Case("empty-output", "arm-cpu: a graph output with a dimension of 0 (a pool window larger than its input)",
+         empty_output, ("node 'pool' (AveragePool)", "tensor 'y' is empty ([1, 3, 0, 0])")),
+    Case("string-output", "a graph output of type STRING (a Cast to STRING)", string_output,
+         ("model.onnx: output 'y' (made by node 'tostr', Cast) is STRING",)),
+    Case("negative-variance", "a BatchNormalization whose running variance is negative", negative_variance,
+         ("node 'my_bn' (BatchNormalization) has variance -2 + epsilon 1e-05 <= 0 in channel 1",)),
+    Case("report-over-user-file", "`report results.json` beside a report.md that edgepipe did not write",
+         report_over_user_file, ("report.md: exists and is not a report edgepipe wrote", "-o DIR")),
+    Case("duplicate-output", "a graph output listed twice", duplicate_output,
+         ("model.onnx: output 'y' is listed twice among the graph outputs",)),
+    Case("weight-output", "a graph output that is a weight (an initializer)", weight_output,
+         ("model.onnx: output 'w' is a weight of the model (an initializer)",)),
+    Case("results-eval-string", "`report` of a results.json whose `eval` is a string", results_eval_string,
+         ("results.json: 'eval' must be a mapping or null",)),
+    Case("empty-intermediate-arm", "arm-cpu: a tensor of size 0 inside the graph (a Slice to nothing)",
+         empty_intermediate_arm, ("tensor 'e' is empty ([0, 4])",)),
 ]
 
 

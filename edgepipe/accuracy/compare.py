@@ -220,7 +220,7 @@ def compare_bundle(bundle: str | Path, max_samples: int | None = 64, alone: bool
                    alone_samples: int = 32) -> CompareReport:
     """Compare the bundle's deployed model with its FP32 reference, tensor by tensor."""
     from edgepipe.calibrate.result import CalibrationResult
-    from edgepipe.delivery.bundle import verify_bundle
+    from edgepipe.delivery.bundle import check_manifest_fields, verify_bundle
     from edgepipe.jsonfile import read_json
     from edgepipe.targets import load_target
 
@@ -228,7 +228,7 @@ def compare_bundle(bundle: str | Path, max_samples: int | None = 64, alone: bool
     manifest_path = bundle / "manifest.json"
     if not manifest_path.is_file():
         raise UserError(f"{bundle}: not an edgepipe bundle (no manifest.json); pass the folder `edgepipe build` wrote")
-    manifest = read_json(manifest_path, "bundle manifest", "rebuild the bundle")
+    manifest = check_manifest_fields(read_json(manifest_path, "bundle manifest", "rebuild the bundle"), manifest_path)
     problems = verify_bundle(bundle)  # as deploy: a changed model or eval.npz is named, never run
     if problems:
         raise UserError(f"{bundle}: refusing to compare a bundle that fails `edgepipe verify`: {problems[0]}")
@@ -358,7 +358,7 @@ def host_accuracy(bundle: str | Path, probe) -> dict:
         entry: dict = {"shape": list(outputs[name][0].shape[1:])}
         if ref is not None and ref.size == got.size and got.dtype.kind in "iub":
             entry["exact_match"] = float(np.mean(np.all(ref.reshape(got.shape) == got, axis=1)))
-        elif ref is not None and ref.size == got.size:
+        elif ref is not None and ref.size == got.size and got.size:  # an empty output has nothing to measure
             entry.update(_agreement(ref, outputs[name]))
             ref = ref.reshape(got.shape)
             entry.update({"sqnr_db": _finite(quantmath.sqnr_db(ref, got)), "cosine": quantmath.cosine(ref, got),

@@ -64,10 +64,12 @@ def verify_command(bundle: Path) -> None:
 def report_command(results: Path, baseline: Path | None, out_dir: Path | None, bundle_dir: Path | None) -> None:
     """Render RESULTS (run.py's results.json) as report.html and report.md."""
     from edgepipe.delivery.report import render_report
-    from edgepipe.output_files import check_output_folder
+    from edgepipe.output_files import check_output_folder, check_report_files
 
     if out_dir is not None:
         check_output_folder(out_dir, "--out")
+    else:
+        check_report_files(results.parent)  # written beside RESULTS: never over a user's own report.md
     html = render_report(results, out_dir=out_dir, bundle_dir=bundle_dir, baseline=baseline)
     click.echo(f"{one_line(html)}\n{one_line(html.with_name('report.md'))}")
 

@@ -304,7 +304,57 @@ def load_manifest(bundle: Path) -> dict:
     manifest = read_json(path, "manifest", f"is '{bundle}' an edgepipe bundle?")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
         raise UserError(f"{path}: has no 'files' list; rebuild the bundle with edgepipe build")
+    return check_manifest_fields(manifest, path)
+
+
+def _numeric_dtype(name) -> bool:
+    """A number or bool type name numpy knows ('object' or a string type is fed as text)."""
+    import numpy as np
+
+    try:
+        return isinstance(name, str) and np.dtype(name).kind in "biuf"
+    except (TypeError, ValueError):
+        return False
+
+
+def check_manifest_fields(manifest, path: Path) -> dict:
+    """The manifest sections commands read, refused in one line when they are not what edgepipe
+    writes (an edited manifest re-sealed into SHA256SUMS): `compare` met 'io' as a list, 'target' as
+    a string or an input named 5 as internal errors (KeyError, AttributeError; exit 3). run.py checks
+    the same (templates/run.py.j2: checked_manifest)."""
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: is not a JSON object; rebuild the bundle")
+    for key in ("eval", "io", "target", "source", "backend_settings"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise UserError(f"{path}: '{key}' must be a mapping; rebuild the bundle")
+    for kind in ("inputs", "outputs"):
+        specs = (manifest.get("io") or {}).get(kind, [])
+        if not (isinstance(specs, list) and all(isinstance(spec, dict) for spec in specs)):
+            raise UserError(f"{path}: 'io.{kind}' must be a list of mappings; rebuild the bundle")
+        for spec in specs:
+            problem = _io_spec_problem(spec)
+            if problem:
+                raise UserError(f"{path}: 'io.{kind}' entry {str(spec.get('name'))[:80]!r}: {problem}; rebuild the bundle")
+    for key, value in (("model", manifest.get("model")), ("compare_model", manifest.get("compare_model")),
+                       ("eval.file", (manifest.get("eval") or {}).get("file"))):
+        if value is not None and not (isinstance(value, str) and value):
+            raise UserError(f"{path}: '{key}' is {str(value)[:80]!r}, not a file name; rebuild the bundle")
     return manifest
+
+
+def _io_spec_problem(spec: dict) -> str | None:
+    if not isinstance(spec.get("name"), str):
+        return "'name' is not a string"
+    if spec.get("dtype") is not None and not _numeric_dtype(spec["dtype"]):
+        return f"'dtype' {str(spec['dtype'])[:40]!r} is not a numeric tensor type"
+    shape = spec.get("shape")
+    if shape is not None and not (isinstance(shape, list) and all(type(d) in (int, str) or d is None for d in shape)):
+        return "'shape' is not a list of integers"
+    quant = spec.get("quantization")
+    if quant is not None and not (isinstance(quant, dict) and all(
+            type(quant.get(k, 0)) in (int, float) for k in ("scale", "zero_point"))):
+        return "'quantization' is not a mapping of numbers"
+    return None
 
 
 def read_sha256sums(path: Path) -> dict[str, str]:

@@ -141,6 +141,8 @@ def check_results(data, path: Path, role: str) -> dict:
     _expect(device is None or isinstance(device, dict), path, "device", "a mapping", device)
     for key, value in (device or {}).items():
         _expect(value is None or isinstance(value, (str, int, float)), path, f"device.{key}", "a single value", value)
+    evaluation = data.get("eval")  # the report reads eval.note (a string there was an internal error)
+    _expect(evaluation is None or isinstance(evaluation, dict), path, "eval", "a mapping or null", evaluation)
     accuracy = data.get("accuracy")
     _expect(accuracy is None or isinstance(accuracy, dict), path, "accuracy", "a mapping or null", accuracy)
     accuracy = accuracy or {}

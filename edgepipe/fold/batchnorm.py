@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from edgepipe.errors import UserError
 from edgepipe.graph import (
     add_initializer,
     constant_value,
@@ -37,8 +38,21 @@ def batchnorm_affine(model: onnx.ModelProto, bn: onnx.NodeProto) -> tuple[np.nda
         return None
     scale, bias, mean, var = (np.asarray(p, dtype=np.float64).ravel() for p in params)
     epsilon = float(node_attributes(bn).get("epsilon", 1e-5))
+    problem = variance_problem(bn, var, epsilon)
+    if problem:  # folded, the NaN was blamed on edgepipe's own constant ('<bn>_scale', 'conv_folded_in1')
+        raise UserError(f"{problem}; fix the model's running variance and re-export it")
     a = scale / np.sqrt(var + epsilon)
     return a, bias - a * mean
+
+
+def variance_problem(bn: onnx.NodeProto, var: np.ndarray, epsilon: float) -> str | None:
+    """Why BN(x) is NaN or Inf for every input: var + epsilon <= 0 in some channel (its sqrt)."""
+    bad = np.flatnonzero(~(var + epsilon > 0))
+    if not len(bad):
+        return None
+    channel = int(bad[0])
+    return (f"node '{bn.name or bn.op_type}' (BatchNormalization) has variance {var[channel]:g} + epsilon {epsilon:g} "
+            f"<= 0 in channel {channel} ({len(bad)} channel{'s' if len(bad) > 1 else ''}), so its output is NaN")
 
 
 def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:

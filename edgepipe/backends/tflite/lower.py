@@ -64,6 +64,11 @@ class ShapeUnknownError(UserError):
     def __init__(self, name: str, dims):
         self.tensor = name
         shown = "unknown rank" if dims is None else str(list(dims))
+        if dims is not None and 0 in list(dims):  # a Slice to nothing: static, but TFLite has no empty tensors
+            super().__init__(f"tensor '{name}' is empty ({shown}); the arm-cpu (TFLite) lowering takes no empty tensors: "
+                             "remove the node that makes it (e.g. a Slice to nothing, or a Concat input of size 0) "
+                             "and re-export the model")
+            return
         super().__init__(f"tensor '{name}' has no static shape ({shown}); pass --input-shape NAME:1x... for every "
                          "dynamic input, or export the model with fixed shapes")
 
