@@ -83,7 +83,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     from edgepipe.stages import float16, float64
     from edgepipe.stages.export import run_export, source_fingerprint
     from edgepipe.stages.fold import run_fold, settings_that_apply
-    from edgepipe.stages.simplify import kept_export, run_simplify
+    from edgepipe.stages.simplify import run_simplify, unfused
 
     warnings: list[str] = []
     if target is not None and not settings.get("calib") and not settings.get("input_values"):
@@ -126,10 +126,10 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
         "simplify", settings_hash(stage="simplify", model=export_hash), lambda: run_simplify(exported))
     simplified = target is not None and simplify_report.get("status") == "simplified"
     problem = introduced_ops_check(target)(exported, model) if simplified else ""
-    if problem:  # onnxsim fused the user's nodes into an op this target cannot run: keep the export
+    if problem:  # onnxsim fused the user's nodes into an op this target cannot run: simplify without fusing
         model, simplify_report = pipeline.model_stage(
-            "simplify", settings_hash(stage="simplify-kept-export", model=export_hash),
-            lambda: kept_export(exported, f"{problem}; kept the exported graph"),
+            "simplify", settings_hash(stage="simplify-unfused", model=export_hash, target=target.name),
+            lambda: unfused(exported, problem, introduced_ops_check(target)),
         )
     if simplify_report.get("status") == "failed":
         warnings.append(f"simplify: {simplify_report.get('note')}")

@@ -225,11 +225,15 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
         from edgepipe.stages.fold import run_fold
 
         check_model(model, model_path)  # as build does before fold runs the graph: no allocation bombs
-        from edgepipe.stages.simplify import run_simplify
+        from edgepipe.stages.simplify import new_custom_ops, run_simplify
 
-        # the graph a build lowers: static, Ifs folded, simplified, BatchNorm folded (no data needed for that)
-        model = branches.fold_constant_ifs(graph.refresh_shapes(model), pinned)
-        model, _ = run_fold(run_simplify(graph.refresh_shapes(model))[0], {})
+        # the graph a build lowers: static, Ifs folded, simplified, BatchNorm folded (no data needed for that);
+        # onnxsim's fusions into a custom-domain op (com.microsoft::Attention) are not kept, as build does not
+        model = graph.refresh_shapes(branches.fold_constant_ifs(graph.refresh_shapes(model), pinned))
+        simplified = run_simplify(model)[0]
+        if new_custom_ops(model, simplified):
+            simplified = run_simplify(model, fuse=False)[0]
+        model, _ = run_fold(simplified, {})
     model = graph.ensure_node_names(graph.infer_shapes(model))
     io = graph.describe_io(model)
     histogram = dict(sorted(Counter(qualified(n.domain, n.op_type) for _, n, _ in walk_nodes(model)).items()))

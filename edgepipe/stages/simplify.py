@@ -19,13 +19,35 @@ from edgepipe.inference_form import inference_form
 from edgepipe.isolation import native_stderr_silenced
 
 
-def run_simplify(model: onnx.ModelProto, check: bool = True, acceptable=None) -> tuple[onnx.ModelProto, dict]:
+def run_simplify(model: onnx.ModelProto, check: bool = True, acceptable=None,
+                 fuse: bool = True) -> tuple[onnx.ModelProto, dict]:
     """Return (model, report); report['status'] is 'simplified', 'skipped' or 'failed: ...'.
+    fuse=False: constant folding and shape inference only, without onnxsim's optimizer (whose
+    fusions, e.g. into com.microsoft::Attention, no target of ours may run).
 
     Whatever onnxsim did, the graph then gets its inference form (edgepipe/inference_form.py:
     Dropout removed, variadic Sum / Mean / Max / Min as binary chains; report['inference_form']),
     so the targets' op check after this stage and calibration see the same graph."""
-    return _in_inference_form(*_run_onnxsim(model, check, acceptable))
+    return _in_inference_form(*_run_onnxsim(model, check, acceptable, fuse))
+
+
+def unfused(model: onnx.ModelProto, problem: str, acceptable=None) -> tuple[onnx.ModelProto, dict]:
+    """onnxsim without its fusions, for a graph whose fused result the target cannot run (`problem`).
+
+    Why not just the exported graph: an export's shape arithmetic (Shape -> Gather -> Concat for a
+    Reshape, as PyTorch writes a batch dim) is folded only here, and a target with no Shape kernel
+    then refused the user's first Shape node although the fixed-shape graph has none to run."""
+    simplified, report = run_simplify(model, acceptable=acceptable, fuse=False)
+    if report.get("status") == "simplified":
+        return simplified, {**report, "note": f"{problem}; simplified without onnxsim's fusions"}
+    return kept_export(model, f"{problem}; kept the exported graph")
+
+
+def new_custom_ops(original: onnx.ModelProto, simplified: onnx.ModelProto) -> list[str]:
+    """Op types in a custom domain that onnxsim's result has and the original graph does not."""
+    def custom(model):
+        return {f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")}
+    return sorted(custom(simplified) - custom(original))
 
 
 def kept_export(model: onnx.ModelProto, note: str) -> tuple[onnx.ModelProto, dict]:
@@ -40,7 +62,8 @@ def _in_inference_form(model: onnx.ModelProto, report: dict) -> tuple[onnx.Model
     return model, report
 
 
-def _run_onnxsim(model: onnx.ModelProto, check: bool = True, acceptable=None) -> tuple[onnx.ModelProto, dict]:
+def _run_onnxsim(model: onnx.ModelProto, check: bool = True, acceptable=None,
+                 fuse: bool = True) -> tuple[onnx.ModelProto, dict]:
     """onnxsim's simplification, or the model unchanged and why (report['status']).
 
     `acceptable(original, simplified)` -> '' or why the result cannot be used: onnxsim fuses
@@ -56,7 +79,7 @@ def _run_onnxsim(model: onnx.ModelProto, check: bool = True, acceptable=None) ->
         # its C++ prints node names raw (terminal controls too), ONNX Runtime's error log and Python
         # tracebacks for ops it cannot fold; a failure is reported below, in one line
         with native_stderr_silenced(python_too=True):
-            simplified, ok = onnxsim.simplify(model, check_n=0, skip_fuse_bn=True)
+            simplified, ok = onnxsim.simplify(model, check_n=0, skip_fuse_bn=True, perform_optimization=fuse)
     except Exception as exc:  # onnxsim raises RuntimeError, onnx errors, even SystemError
         message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         return model, {"status": "failed", "note": f"onnxsim failed ({message}); kept the exported graph"}
@@ -137,6 +160,11 @@ def _compare(original: onnx.ModelProto, simplified: onnx.ModelProto) -> str:
     except Exception:
         return ""  # cannot run either; later stages report runtime problems with context
     for x, y in zip(a, b):
+        if np.asarray(x).dtype.kind in "OSU":
+            # strings (an ai.onnx.ml LabelEncoder's labels): equal or not, no float conversion
+            if np.asarray(x).shape != np.asarray(y).shape or not np.array_equal(x, y):
+                return "a non-numeric output differs"
+            continue
         reduced = np.asarray(x).dtype in (np.float16,)  # one rounding there is already ~1e-3
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         if x.shape != y.shape:
