@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests import test_hostile_second_pass
 
-@pytest.fixture(scope="module")
-def arm_bundle(tmp_path_factory):
-    from tests.helpers import run_cli
-    from tests.test_hostile_second_pass import _model_and_calib
-
-    tmp = tmp_path_factory.mktemp("arm_bundle")
-    model, calib = _model_and_calib(tmp)
-    result = run_cli("build", "--model", str(model), "--calib", str(calib), "--target", "arm-cpu", "--no-host-report",
-                     "--out", str(tmp / "bundle"), cwd=tmp)
-    assert result.returncode == 0, result.stderr
-    return tmp / "bundle"
+arm_bundle = test_hostile_second_pass.arm_bundle  # the same module-scoped arm-cpu bundle fixture
 
 
 def test_negative_variance_with_the_fold_off_names_the_batchnorm(tmp_path, capsys):
