@@ -148,6 +148,9 @@ SCHEMA: dict[str, Any] = {
                             minimum=0),
         iterations=Field((int,), 200, "timed iterations", minimum=1),
         warmup=Field((int,), 20, "warm-up iterations", minimum=0),
+        max_timing_s=Field((int, float), 60, "the host report stops timing after this many seconds (whole blocks "
+                           "of 10 inferences per model, at least one; results.json records the iterations "
+                           "done)", minimum=1),
         eval_limit=Field((int,), 500, "use at most this many eval samples (build-time evaluation and the bundle)", minimum=1),
         eval_max_mb=Field((int, float), 16, "the bundle's eval data (inputs + FP32 reference outputs, uncompressed) stays under this many MB", minimum=0),
         holdout=Field((int, float), 0.1, "without --eval: fraction (below 1) of the calibration samples held out for evaluation and not calibrated on; 0 = no accuracy report", minimum=0),

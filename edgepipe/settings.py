@@ -35,6 +35,7 @@ class ReportSettings:
     min_agreement: float = _schema_default("report", "min_agreement")
     iterations: int = _schema_default("report", "iterations")
     warmup: int = _schema_default("report", "warmup")
+    max_timing_s: float = _schema_default("report", "max_timing_s")
     eval_limit: int = _schema_default("report", "eval_limit")
     eval_max_mb: float = _schema_default("report", "eval_max_mb")
     holdout: float = _schema_default("report", "holdout")

@@ -28,7 +28,8 @@ def run_host_report(out: Path, settings: dict, target, result) -> dict:
     out = out.resolve()
     command = [sys.executable, str(out / "run.py"), "--where", "host",
                "--iterations", str(settings["report"].iterations),
-               "--warmup", str(settings["report"].warmup), "--threads", str(threads)]
+               "--warmup", str(settings["report"].warmup), "--threads", str(threads),
+               "--max-seconds", repr(float(settings["report"].max_timing_s))]
     completed = subprocess.run(command, cwd=str(out), capture_output=True, text=True)
     if completed.returncode != 0:
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
