@@ -167,3 +167,16 @@ def test_ir3_weights_not_inputs_and_cropping_conv_transpose_build(tmp_path, targ
     result, out = sm.build(tmp_path, waifu2x_upconv_ir3(), data, target, "--input-shape", "x:1x3x12x12")
     assert result.returncode == 0, result.stderr
     sm.check_bundle(out, target, waifu2x_upconv_ir3(), {"x": data["x"][:1]})
+
+
+def test_grouped_conv_transpose_refusal_says_what_the_user_can_do():
+    """Cycle-CenterNet's depthwise upsamplers (a shipped model): 'use group=1' was no advice for a
+    user who did not train it; the reason names the group and the targets that run it."""
+    from edgepipe.backends.tflite.lower import Lowering
+
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", kernel_shape=[4, 4], strides=[2, 2],
+                            pads=[1, 1, 1, 1], group=8)
+    w = numpy_helper.from_array(np.ones((8, 1, 4, 4), np.float32), "w")
+    model = _model([node], [_float("x", [1, 8, 8, 8])], [_float("y", [1, 8, 16, 16])], [w])
+    reason = Lowering(model).unsupported_reason(node)
+    assert "group=8" in reason and "jetson" in reason and "Resize + Conv" in reason

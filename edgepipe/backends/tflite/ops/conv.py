@@ -242,7 +242,9 @@ def check_conv_transpose(ctx: Lowering, node) -> str | None:
         return reason
     attrs = node_attrs(node)
     if attrs.get("group", 1) != 1:
-        return "grouped ConvTranspose is not supported; use group=1"
+        return (f"grouped ConvTranspose (group={attrs['group']}) has no TFLite kernel (TRANSPOSE_CONV takes group 1): "
+                "a TensorRT target (jetson, desktop-gpu) runs it, or re-export the upsampler as Resize + Conv "
+                "or with group=1")
     if any(d != 1 for d in attrs.get("dilations", [1, 1])):
         return "dilated ConvTranspose is not supported"
     if _transpose_padding(ctx, node) is None and _transpose_crop(ctx, node) is None:
