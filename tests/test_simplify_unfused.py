@@ -113,8 +113,10 @@ def test_simplify_compares_string_outputs_without_converting_them():
 
 
 def test_inspect_a_string_output_model_with_a_fixed_shape_does_not_crash(tmp_path):
+    """It was an internal error (exit 3); the model loader now refuses a STRING graph output in one
+    line naming its node, before simplify runs."""
     path = tmp_path / "labels.onnx"
     onnx.save(string_output_model(), path)
     proc = run_cli("inspect", str(path), "--input-shape", "x:2x4", "--target", "arm-cpu", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "labels" in proc.stdout or "LabelEncoder" in proc.stdout
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+    assert "node 'labels', LabelEncoder" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
