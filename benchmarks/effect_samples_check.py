@@ -13,7 +13,10 @@ Recorded per build: the summary's `calibration_stability` (warn, drop, SQNRs, sa
 warning lines, the sha256 of model.qdq.onnx, calibration.json and calibration.cache, wall time.
 
 Run by hand:  python benchmarks/effect_samples_check.py --before 7193c1b [--models ocr_rec,ocr_det,ocr_cls,yolo_det]
-Writes benchmarks/results/effect_samples_check.json.
+Writes benchmarks/results/effect_samples_check.json. Round 9 (calspeed5) kept two runs:
+`effect_samples_check_8_samples.json` (8 samples from the bias check's held-out ones) and
+`effect_samples_check_16_held_out.json` (16 from them); both moved the warning on some builds
+and were not kept.
 """
 
 from __future__ import annotations

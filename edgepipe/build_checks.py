@@ -18,6 +18,7 @@ def run_checks(pipeline, model, calibration, dataset, target, backend_settings: 
     state's session is the bias check's, and the rounds' models are derived from that state's
     Q/DQ model (`Target.qdq_variants`)."""
     from edgepipe.calibrate import stability
+    from edgepipe.calibrate.collector import sample_indices
     from edgepipe.targets import Target
 
     # the bias check's held-out int8 outputs of the state it keeps, when it ran them on the
@@ -41,12 +42,10 @@ def run_checks(pipeline, model, calibration, dataset, target, backend_settings: 
         # the kept state's Q/DQ model and session, as the bias check left them; the other states are
         # dropped with the block, before the output-effect check builds its own (peak memory)
         unstable = bool(stability.unstable_tensors(calibration))
-        wanted = set(stability.effect_indices(len(dataset))) if unstable else set()
         if held_out:  # only the samples the output-effect check measures
+            wanted = set(sample_indices(len(dataset), stability.EFFECT_SAMPLES)) if unstable else set()
             held_out = {i: values for i, values in held_out.items() if i in wanted}
-        # the chosen state's session only where the effect check has samples the bias check did not run
-        chosen = (target.int8_session(model, calibration)
-                  if unstable and not (held_out is not None and wanted <= set(held_out)) else None)
+        chosen = target.int8_session(model, calibration) if unstable else None
         variants = target.qdq_variants(model, calibration) if unstable else None
         folds = target.weight_folds()  # the weights the checks folded: the same in every round's model
     effect = stability.output_effect(model, calibration, dataset, lambda m, c: target.qdq_model(m, c)[0],

@@ -132,6 +132,8 @@ class CountedSession:
 def test_output_effect_takes_known_chosen_outputs_and_runs_only_the_rest(drifting):
     """Outputs of the chosen thresholds' simulation that the caller ran already (the bias check's
     held-out samples) are used as they are: the same numbers, those samples not run again."""
+    from edgepipe.calibrate.collector import sample_indices
+
     model, calibration, data = drifting
     target = load_target("jetson")
 
@@ -139,7 +141,7 @@ def test_output_effect_takes_known_chosen_outputs_and_runs_only_the_rest(driftin
         return target.qdq_model(m, c)[0]
 
     expected = stability.output_effect(model, calibration, data, quantize)
-    indices = stability.effect_indices(len(data))
+    indices = sample_indices(len(data), stability.EFFECT_SAMPLES)
     known_at = indices[1::2] + [len(data) + 5]  # half of the check's samples, and one it does not use
     names = [o.name for o in model.graph.output]
     outputs, _ = target.int8_outputs(model, calibration, [data.sample(i % len(data)) for i in known_at], {})
@@ -194,8 +196,11 @@ def test_build_checks_hand_over_outputs_only_from_the_effect_checks_simulation(d
 
     effect, _ = build_checks.run_checks(Pipeline(), model, calibration, data, load_target(target_name), {}, "auto")
     assert effect is not None
-    if handed_over:  # every sample the effect check measures: the chosen state is not run again
-        assert set(seen["chosen_outputs"]) == set(stability.effect_indices(len(data)))
+    if handed_over:
+        from edgepipe.calibrate.collector import sample_indices
+
+        wanted = set(sample_indices(len(data), stability.EFFECT_SAMPLES))
+        assert seen["chosen_outputs"] and set(seen["chosen_outputs"]) <= wanted
     else:
         assert seen["chosen_outputs"] is None
 
@@ -233,48 +238,3 @@ def test_build_checks_fold_each_weight_once_with_the_same_numbers(drifting, monk
     monkeypatch.setattr(Target, "weight_folds", lambda self: None)  # each simulation folds afresh
     folds.clear()
     assert checks() == shared and len(folds) > 1
-
-
-def test_effect_samples_are_among_the_bias_checks_held_out_samples():
-    """The output-effect check measures samples the bias check held out (their chosen-state int8
-    outputs are handed over), spread over the set; below 32 samples nothing is held out and they
-    are spread over the whole set."""
-    from edgepipe.calibrate.bias_correction import split_for_check
-    from edgepipe.calibrate.collector import sample_indices
-
-    for size in (32, 58, 64, 1000):
-        held = [int(i) for i in split_for_check(size)[1]]
-        chosen = stability.effect_indices(size)
-        assert len(chosen) == stability.EFFECT_SAMPLES == len(set(chosen)) and set(chosen) <= set(held)
-        assert chosen == sorted(chosen) and chosen[0] == held[0] and chosen[-1] == held[-1]
-    assert stability.effect_indices(20) == sample_indices(20, stability.EFFECT_SAMPLES)
-    assert stability.effect_indices(5) == list(range(5))
-
-
-def test_build_checks_run_the_chosen_state_only_on_samples_the_bias_check_did_not(drifting, monkeypatch):
-    """jetson: the bias check ran the kept state on every effect sample, so the output-effect check
-    builds no session of it and runs only the rounds' models, with the numbers of a fresh check."""
-    from edgepipe import build_checks, session_runs
-    from edgepipe.targets import Target
-
-    model, calibrated, data = drifting
-
-    class Pipeline:
-        def run(self, name, compute, **_):
-            return compute()
-
-    calibration = dataclasses.replace(calibrated, bias_corrections={})
-    sessions, runs = [], []
-    original_session, original_runs = Target.int8_session, session_runs.run_feeds
-    monkeypatch.setattr(Target, "int8_session", lambda self, *a: sessions.append(1) or original_session(self, *a))
-    monkeypatch.setattr(session_runs, "run_feeds", lambda s, feeds, *a, **k: runs.append(len(feeds))
-                        or original_runs(s, feeds, *a, **k))
-    effect, _ = build_checks.run_checks(Pipeline(), model, calibration, data, load_target("jetson"), {}, "auto")
-    checks_sessions = len(sessions)  # the bias check's two held-out states
-    rounds = len(effect["sqnr_rounds_db"])
-    assert checks_sessions == 2 and runs[-rounds:] == [stability.EFFECT_SAMPLES] * rounds and rounds == 4
-
-    def quantize(m, c):
-        return load_target("jetson").qdq_model(m, c)[0]
-
-    assert effect == stability.output_effect(model, calibration, data, quantize)

@@ -46,7 +46,7 @@ KL_BINS = 64
 OUTPUT_DROP_DB = 3.0  # warn when one round's thresholds lower the output SQNR vs FP32 by more than this: 3 dB = the
 # output's quantization noise power doubles; smaller moves are within what re-drawing the set does anyway
 QUALITY_FLOOR_DB = 30.0  # ... to below this: above it the output noise is < 0.1% of the signal, no visible change
-EFFECT_SAMPLES = 8  # samples the output effect is measured on (effect_indices)
+EFFECT_SAMPLES = 16  # samples the output effect is measured on
 REFERENCE_BYTES = 64 * 2**20  # at most this much of calibration's FP32 outputs is kept for the effect check
 
 
@@ -122,20 +122,6 @@ def round_calibration(calibration, round_index: int, names: list[str]):
     return copy
 
 
-def effect_indices(dataset_size: int, samples: int = EFFECT_SAMPLES) -> list[int]:
-    """The samples the output effect is measured on: `samples` spread evenly over the samples the
-    bias-correction check holds out when it holds some out (`bias_correction.split_for_check`:
-    the build's check has then run the chosen thresholds' simulation on them, and hands those
-    outputs over), else over the whole set."""
-    from edgepipe.calibrate.bias_correction import split_for_check
-    from edgepipe.calibrate.collector import sample_indices
-
-    held = [int(i) for i in split_for_check(dataset_size)[1]]
-    if not held:
-        return sample_indices(dataset_size, samples)
-    return [held[i] for i in sample_indices(len(held), samples)]
-
-
 class ReferenceOutputs:
     """Collects the FP32 graph outputs that later checks need while calibration runs those samples
     anyway (`collector.collect(keep_outputs=...)`): the output-effect check's samples first, then
@@ -146,8 +132,9 @@ class ReferenceOutputs:
 
     def __init__(self, dataset_size: int, samples: int = EFFECT_SAMPLES):
         from edgepipe.calibrate.bias_correction import split_for_check
+        from edgepipe.calibrate.collector import sample_indices
 
-        self.groups = [set(effect_indices(dataset_size, samples)),
+        self.groups = [set(sample_indices(dataset_size, samples)),
                        {int(i) for i in split_for_check(dataset_size)[1]}]
         self.wanted = set().union(*self.groups)
         self.fitting: set[int] | None = None  # the groups that fit, known from the first sample
@@ -192,12 +179,13 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     `graph.fold_constant_weights` cache (`Target.weight_folds`: the weights its own simulations
     folded), so the candidates' same weights are not folded again."""
     from edgepipe import graph, quantmath
+    from edgepipe.calibrate.collector import sample_indices
     from edgepipe.session_runs import built_ahead, run_feeds
 
     names = unstable_tensors(calibration)
     if not names:
         return None
-    indices = effect_indices(len(dataset), samples)
+    indices = sample_indices(len(dataset), samples)
     feeds = [dataset.sample(i) for i in indices]
     outputs = [o.name for o in model.graph.output]
     kept = getattr(calibration, "reference_outputs", None) or {}
@@ -211,11 +199,7 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     # the weights on their int8 grid, shared by every candidate (same weights, other ranges)
     folded: dict = {} if weight_folds is None else weight_folds
 
-    known = {i: chosen_outputs[i] for i in indices if i in (chosen_outputs or {})}
-
     def session_of(candidate_calibration):
-        if candidate_calibration is calibration and len(known) == len(indices):
-            return None  # every sample's outputs are known: nothing to run
         if candidate_calibration is calibration and chosen_session is not None:
             return chosen_session(calibration)
         qdq = (variants(candidate_calibration, names) if variants is not None and candidate_calibration is not calibration
@@ -231,6 +215,7 @@ def output_effect(model, calibration, dataset, quantize: Callable, samples: int 
     powers = [quantmath.signal_power(ref) for ref in reference]
     rounds = min(len(calibration.tensors[n].stability.get("round_amax") or []) for n in names)
     candidates = [calibration] + [round_calibration(calibration, r, names) for r in range(rounds)]
+    known = {i: chosen_outputs[i] for i in indices if i in (chosen_outputs or {})}
 
     def run(session, candidate_calibration) -> list:
         if candidate_calibration is not calibration or not known:
