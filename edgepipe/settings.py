@@ -104,7 +104,7 @@ def resolve_settings(cli: dict, config_path: str | None) -> tuple[dict, str]:
     settings = config.defaults()
     file_settings: dict = {}
     if config_path:
-        file_settings = config.load_config_file(config_path)
+        file_settings = config_paths_from_its_folder(config.load_config_file(config_path), Path(config_path))
     elif Path(DEFAULT_CONFIG_NAME).exists():
         file_settings = config.load_config_file(DEFAULT_CONFIG_NAME)
     origin = "config"
@@ -119,6 +119,47 @@ def resolve_settings(cli: dict, config_path: str | None) -> tuple[dict, str]:
         raise UserError(f"no target given: pass --target NAME (installed: {', '.join(available_targets())})")
     settings["out"] = settings.get("out") or str(Path("build") / default_out_name(str(settings["target"])))
     return typed_sections(settings), origin
+
+
+# (section, key) of the settings that are paths, and whether the build reads them (inputs) or writes them
+CONFIG_PATHS = {(None, "model"): "input", (None, "weights"): "input", (None, "calib"): "input",
+                (None, "eval"): "input", (None, "target"): "input", ("calibration", "ranges"): "input",
+                (None, "out"): "output", (None, "cache_dir"): "output"}
+
+
+def config_paths_from_its_folder(file_settings: dict, config_file: Path) -> dict:
+    """Relative paths in an edgepipe.yaml name files next to it, so `--config projects/cam/edgepipe.yaml`
+    from anywhere builds the same bundle. An input found only from the current directory (how paths
+    were read before) is still taken from there. Factory specs and target names are not paths."""
+    folder = config_file.parent
+    if folder.resolve() == Path.cwd().resolve():
+        return file_settings
+    rebased = dict(file_settings)
+    for (section, key), role in CONFIG_PATHS.items():
+        holder = rebased if section is None else rebased.get(section)
+        if not isinstance(holder, dict) or not isinstance(holder.get(key), str) or not holder[key]:
+            continue
+        value = holder[key]
+        if Path(value).is_absolute() or not _names_a_path(key, value, folder):
+            continue
+        beside_config = folder / value
+        if role == "input" and not beside_config.exists() and Path(value).exists():
+            continue
+        if section is not None:
+            holder = rebased[section] = dict(holder)
+        holder[key] = str(beside_config)
+    return rebased
+
+
+def _names_a_path(key: str, value: str, folder: Path) -> bool:
+    """`model: pkg.module:factory` and `target: rpi5` (a plugin or shipped profile) are names, not files."""
+    if key == "model":
+        from edgepipe.stages.export import is_factory_spec
+
+        return not is_factory_spec(value) or (folder / value).exists()
+    if key == "target":
+        return value.endswith((".yaml", ".yml"))
+    return True
 
 
 def default_out_name(target: str) -> str:
