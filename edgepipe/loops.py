@@ -4,10 +4,10 @@ Why: tf2onnx writes a Keras LSTM / GRU it cannot map to the ONNX LSTM op as a `L
 time steps (a TensorFlow while_loop: counter, condition `i < steps`, the states carried, one
 scan output per step). With the input shapes fixed (--input-shape) the trip count is Shape
 arithmetic, and every iteration's condition is a constant, so the loop is just its body written
-out `steps` times - what the arm-cpu lowering and the calibration can run. The export stage does
-it (as it folds constant Ifs, edgepipe/branches.py): a Loop whose trip count or conditions are
-not provably constant, whose body holds control flow of its own, or that would unroll past
-MAX_NODES is left to the target's check.
+out `steps` times - what the arm-cpu lowering and the calibration can run. The build does it right
+after the export stage for a target whose op table has no Loop (`unroll_for`; TensorRT targets run
+the Loop as written): a Loop whose trip count or conditions are not provably constant, whose body
+holds control flow of its own, or that would unroll past MAX_NODES is left to the target's check.
 """
 
 from __future__ import annotations
@@ -110,6 +110,13 @@ def _unrolled_nodes(model: onnx.ModelProto, node: onnx.NodeProto, iterations: in
             rows.append(name)
         nodes.append(helper.make_node("Concat", rows, [node.output[position]], name=f"{base}/scan{k}", axis=0))
     return nodes, conditions
+
+
+def unroll_for(model: onnx.ModelProto, target) -> onnx.ModelProto:
+    """`model` with its constant Loops unrolled when `target` cannot run a Loop, else `model`."""
+    if target is None or not any(n.op_type == "Loop" for n in model.graph.node) or target.operators().keys("", "Loop"):
+        return model
+    return graph.refresh_shapes(unroll_constant_loops(model))
 
 
 def unroll_constant_loops(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,6 +1,7 @@
-"""Loops with a constant trip count are unrolled by the export stage (edgepipe/loops.py): tf2onnx's
-while-loop RNN (vital-model-chars2vec's Keras LSTMs) with the step count read from Shape, a
-counter and a per-step scan output. Checked against ONNX Runtime on the Loop as written."""
+"""Loops with a constant trip count are unrolled for a target without Loop (edgepipe/loops.py):
+tf2onnx's while-loop RNN (vital-model-chars2vec's Keras LSTMs) with the step count read from
+Shape, a counter and a per-step scan output. Checked against ONNX Runtime on the Loop as written;
+TensorRT targets keep the Loop."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgepipe import graph
+from edgepipe import graph, loops
 from edgepipe.backends.tflite import build_tflite
 from edgepipe.errors import UnsupportedOpError
 from edgepipe.stages.export import run_export
+from edgepipe.targets import load_target
 
 RNG = np.random.default_rng(5)
 FEATURES, HIDDEN = 3, 4
@@ -71,7 +73,9 @@ def while_loop_rnn(stop_on_data: bool = False) -> onnx.ModelProto:
 def test_a_constant_trip_count_loop_is_unrolled_and_computes_the_same(tmp_path):
     path = tmp_path / "while_rnn.onnx"
     onnx.save(while_loop_rnn(), str(path))
-    model = run_export(str(path), None, {"x": [1, 5, FEATURES]})
+    exported = run_export(str(path), None, {"x": [1, 5, FEATURES]})
+    assert [n.op_type for n in loops.unroll_for(exported, load_target("jetson")).graph.node].count("Loop") == 1
+    model = loops.unroll_for(exported, load_target("arm-cpu"))
     assert not any(n.op_type == "Loop" for n in model.graph.node)
     x = RNG.normal(size=(1, 5, FEATURES)).astype(np.float32)
     expected = graph.make_session(while_loop_rnn()).run(None, {"x": x})
@@ -83,7 +87,7 @@ def test_a_constant_trip_count_loop_is_unrolled_and_computes_the_same(tmp_path):
 def test_a_loop_that_may_stop_on_data_is_left_for_the_targets_check(tmp_path):
     path = tmp_path / "data_stop.onnx"
     onnx.save(while_loop_rnn(stop_on_data=True), str(path))
-    model = run_export(str(path), None, {"x": [1, 5, FEATURES]})
+    model = loops.unroll_for(run_export(str(path), None, {"x": [1, 5, FEATURES]}), load_target("arm-cpu"))
     assert [n.name for n in model.graph.node if n.op_type == "Loop"] == ["rnn/while_loop"]
     try:
         build_tflite(model, None, tmp_path / "tflite")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnx
 
-from edgepipe import branches, dequantize, graph, loops, ml_ops
+from edgepipe import branches, dequantize, graph, ml_ops
 from edgepipe.delivery.bundle import sha256_file
 from edgepipe.errors import UserError
 from edgepipe.safeio import check_zip_members
@@ -326,6 +326,4 @@ def run_export(spec: str, weights: str | None, input_shapes: dict[str, list[int]
     model = fix_static_shapes(model, input_shapes, source, flagged_shapes, notes)
     if any(node.op_type == "If" for node in model.graph.node):
         model = graph.refresh_shapes(branches.fold_constant_ifs(model, input_values))  # shapes of the kept branch
-    if any(node.op_type == "Loop" for node in model.graph.node):
-        model = graph.refresh_shapes(loops.unroll_constant_loops(model))  # tf2onnx's while-loop RNNs
     return graph.ensure_node_names(model)
