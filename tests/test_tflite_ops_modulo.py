@@ -1,6 +1,7 @@
-"""Integer Mod lowered to FLOOR_MOD (ops/modulo.py): an end-to-end YOLO head's class id
-(TopK's flat index Mod the class count), negative dividends and divisors (Python's sign rule,
-ONNX fmod=0), against ONNX Runtime; fmod=1 and float Mod refused by node."""
+"""Integer index arithmetic: Mod lowered to FLOOR_MOD (ops/modulo.py; an end-to-end YOLO head's
+class id, TopK's flat index Mod the class count; negative dividends and divisors, ONNX fmod=0),
+fmod=1 and float Mod refused by node, and integer Div by a constant kept a truncating DIV
+(ops/elementwise.py), against ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -48,3 +49,20 @@ def test_c_style_and_float_mod_are_refused_by_node():
         problems = unsupported_nodes(model)
         assert [p[0] for p in problems] == ["the_mod"], problems
         assert ("fmod=1" if kind == TensorProto.INT64 else "float Mod") in problems[0][2]
+
+
+def test_integer_div_by_a_constant_truncates_as_onnx_does(tmp_path):
+    """trueocr's `ceil(widths / 4)` as PyTorch exports floor division: Div, Mod, Xor, Where on
+    int64. An integer Div by a constant was lowered as a MUL by its reciprocal, 1/4 cast to int32
+    is 0, and every length came out 0 in the fp32 .tflite too."""
+    node = helper.make_node
+    nodes = [node("Div", ["ids", "four"], ["quarter"], name="quarter"),
+             node("Div", ["ids", "minus_three"], ["third"], name="third"),  # truncation toward zero
+             node("Mul", ["third", "hundred"], ["shifted"], name="shifted"),
+             node("Add", ["quarter", "shifted"], ["code"], name="code"),
+             node("Cast", ["code"], ["y"], name="y", to=TensorProto.FLOAT)]
+    constants = {"four": np.array(4, np.int64), "minus_three": np.array(-3, np.int64), "hundred": np.array(100, np.int64)}
+    model = _model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 8])], constants)
+    feeds = [{"ids": RNG.integers(-20, 300, (1, 8))} for _ in range(4)]
+    report = check_conformance(model, tmp_path, feeds)
+    assert report.result["op_histogram"]["DIV"] == 2
