@@ -95,3 +95,21 @@ def test_a_loop_that_may_stop_on_data_is_left_for_the_targets_check(tmp_path):
         assert "rnn/while_loop" in str(error) and "Loop" in str(error)
     else:
         raise AssertionError("a Loop that may stop early was lowered")
+
+
+def test_inspect_checks_the_unrolled_graph_per_target(tmp_path):
+    """`inspect --input-shape` sees what build lowers: arm-cpu all supported (the Loop unrolled,
+    its step-count Shape arithmetic folded), jetson the Loop as written."""
+    import json
+
+    from click.testing import CliRunner
+
+    from edgepipe.cli.main import cli
+
+    path = tmp_path / "while_rnn.onnx"
+    onnx.save(while_loop_rnn(), str(path))
+    result = CliRunner().invoke(cli, ["inspect", str(path), "--input-shape", f"x:1x5x{FEATURES}", "--target", "arm-cpu",
+                                      "--target", "jetson", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["unsupported"] == {"arm-cpu": [], "jetson": []}

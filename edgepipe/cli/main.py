@@ -246,6 +246,8 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
             click.echo(one_line(f"warning: {problem}"), err=True)
     for target in chosen:
         checked = loops.unroll_for(model, target) if static else model  # as build prepares it for this target
+        if checked is not model:  # build unrolls before simplify: the unrolled steps' Shape ops fold there
+            checked = run_fold(run_simplify(checked)[0], {})[0]
         unsupported[target.name] = [{"node": n, "op_type": o, "reason": r} for n, o, r in target.supports(checked)]
         if not unsupported[target.name] and static:
             try:
