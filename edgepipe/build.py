@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe import __version__, graph
+from edgepipe import __version__, graph, loops
 from edgepipe.build_checks import run_checks
 from edgepipe.delivery.bundle import check_out_dir
 from edgepipe.delivery.outdir import BACKEND_TMP_PREFIX
@@ -100,6 +100,8 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     )
 
     check_model(model, str(settings["model"]))  # no inputs, allocation bombs
+    unrolled = loops.unroll_for(model, target)  # a target without Loop: tf2onnx's while-loop RNNs written out
+    loops_unrolled, model = unrolled is not model, unrolled
     float32_io = bool(target is not None and target.float32_io)
     model, half_tensors = float16.to_float32(model, keep_io=not float32_io)
     if half_tensors:
@@ -120,7 +122,7 @@ def prepare_model(settings: dict, pipeline: Pipeline, target=None) -> PreparedMo
     # 2. simplify (target-independent, so a second target reuses it; a graph the target retyped -
     # float64 / float16 computed in float32 - is keyed by its own bytes, not the export's)
     exported, export_hash = model, pipeline.last_hash
-    if half_tensors or double_tensors:
+    if half_tensors or double_tensors or loops_unrolled:
         export_hash = bytes_hash(model.SerializeToString(deterministic=True))
     model, simplify_report = pipeline.model_stage(
         "simplify", settings_hash(stage="simplify", model=export_hash), lambda: run_simplify(exported))

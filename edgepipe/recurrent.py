@@ -10,9 +10,10 @@ their own families, so a recurrent network stays inside one XNNPACK partition.
 
 The input projection X·W^T + biases runs once for the whole sequence (one Gemm over [S*B, I]);
 each step adds h_{t-1}·R^T. Directions forward / reverse / bidirectional, layout 0 and 1,
-initial_h / initial_c inputs, GRU linear_before_reset and the outputs Y / Y_h / Y_c are
-supported; what the equations here do not compute (peepholes, clip, input_forget, other
-activations, sequence_lens shorter than the sequence) is refused by `unroll_problem`.
+initial_h / initial_c inputs, LSTM peepholes (madmom's converted LSTMs carry them), GRU
+linear_before_reset and the outputs Y / Y_h / Y_c are supported; what the equations here do not
+compute (clip, input_forget, other activations, sequence_lens shorter than the sequence) is
+refused by `unroll_problem`.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def unroll_problem(node: onnx.NodeProto, constant: Callable[[str], np.ndarray | 
     if any(constant(name) is None for name in (_at(node.input, 1), _at(node.input, 2))) or (
             _at(node.input, 3) and constant(_at(node.input, 3)) is None):
         return "W, R and B must be constant initializers (weights computed at run time cannot be unrolled)"
-    if node.op_type == "LSTM" and _at(node.input, 7):
-        return "peephole weights (input P) are not supported; export the LSTM without peepholes"
+    if node.op_type == "LSTM" and _at(node.input, 7) and constant(_at(node.input, 7)) is None:
+        return "peephole weights (input P) must be a constant initializer (computed at run time they cannot be unrolled)"
     for name, default in (("clip", None), ("input_forget", 0)):
         if attrs.get(name, default) != default:
             return f"attribute {name}={attrs[name]} is not supported; export with the default"
@@ -146,9 +147,11 @@ def _state(b: _Builder, name: str, layout: int, directions: int, batch: int, hid
 
 
 def _step(b: _Builder, op_type: str, x_part: str, h: str | None, c: str | None, r: np.ndarray,
-          recurrent_bias: np.ndarray, linear_before_reset: int, tag: str, direction: str) -> tuple[str, str | None]:
+          recurrent_bias: np.ndarray, linear_before_reset: int, tag: str, direction: str,
+          peephole: np.ndarray | None = None) -> tuple[str, str | None]:
     """One time step: (h_t, c_t) from the input projection x_part = x_t·W^T + biases. Weights
-    are initializers shared by the steps of `direction`."""
+    are initializers shared by the steps of `direction`. `peephole`: the LSTM's P row [Pi, Po, Pf]
+    (i and f see c_{t-1}, o sees c_t), or None."""
     hidden = r.shape[1]
 
     def weight(name: str, make: Callable[[], np.ndarray]) -> str:
@@ -162,13 +165,24 @@ def _step(b: _Builder, op_type: str, x_part: str, h: str | None, c: str | None, 
         gates = x_part if h is None else b.op("Add", [x_part, b.op("MatMul", [h, weight(
             "R", lambda: r.T.copy())], f"{tag}/hr")[0]], f"{tag}/gates")[0]
         i, o, f, g = b.split(gates, 1, [hidden] * 4, f"{tag}/gate")
-        i, o = (b.op("Sigmoid", [v], f"{tag}/{n}")[0] for v, n in ((i, "i"), (o, "o")))
+
+        def peek(pre: str, state: str | None, gate: int, name: str) -> str:
+            """pre + P_gate * state (ONNX order of P: i, o, f)."""
+            if peephole is None or state is None or not np.any(peephole[gate * hidden:(gate + 1) * hidden]):
+                return pre
+            p = weight(f"P_{name}", lambda: peephole[gate * hidden:(gate + 1) * hidden].copy())
+            return b.op("Add", [pre, b.op("Mul", [state, p], f"{tag}/p{name}")[0]], f"{tag}/pre_{name}")[0]
+
+        i = b.op("Sigmoid", [peek(i, c, 0, "i")], f"{tag}/i")[0]
+        o_late = peephole is not None and np.any(peephole[hidden:2 * hidden])  # o sees c_t: after it
+        o = o if o_late else b.op("Sigmoid", [o], f"{tag}/o")[0]
         ig = b.op("Mul", [i, b.op("Tanh", [g], f"{tag}/g")[0]], f"{tag}/ig")[0]
         if c is None:  # zero initial cell state: the forget gate multiplies zeros, so it is not computed
             c_new = ig
         else:
-            f = b.op("Sigmoid", [f], f"{tag}/f")[0]
+            f = b.op("Sigmoid", [peek(f, c, 2, "f")], f"{tag}/f")[0]
             c_new = b.op("Add", [b.op("Mul", [f, c], f"{tag}/fc")[0], ig], f"{tag}/c")[0]
+        o = b.op("Sigmoid", [peek(o, c_new, 1, "o")], f"{tag}/o")[0] if o_late else o
         return b.op("Mul", [o, b.op("Tanh", [c_new], f"{tag}/tanh_c")[0]], f"{tag}/h")[0], c_new
     # GRU, gates z, r, h
     xz, xr, xh = b.split(x_part, 1, [hidden] * 3, f"{tag}/x_gate")
@@ -211,6 +225,8 @@ def _unroll_node(model: onnx.ModelProto, node: onnx.NodeProto, dims, constant, u
     biases = np.asarray(constant(_at(node.input, 3)), np.float32) if _at(node.input, 3) else \
         np.zeros((directions, 2 * gates * hidden), np.float32)
     lbr = int(attrs.get("linear_before_reset", 0))
+    peepholes = (np.asarray(constant(_at(node.input, 7)), np.float32).reshape(directions, 3 * hidden)
+                 if node.op_type == "LSTM" and _at(node.input, 7) else None)
     x = node.input[0] if not layout else b.op("Transpose", [node.input[0]], "x_seq_major", perm=[1, 0, 2])[0]
     x = b.reshape(x, [seq * batch, size], "x_rows")
     h0 = _state(b, _at(node.input, 5), layout, directions, batch, hidden, constant, "initial_h")
@@ -229,7 +245,8 @@ def _unroll_node(model: onnx.ModelProto, node: onnx.NodeProto, dims, constant, u
         per_step = [None] * seq
         order = range(seq - 1, -1, -1) if reverse or d == 1 else range(seq)
         for t in order:
-            h, c = _step(b, node.op_type, steps[t], h, c, r[d], r_bias, lbr, f"d{d}t{t}", f"d{d}")
+            h, c = _step(b, node.op_type, steps[t], h, c, r[d], r_bias, lbr, f"d{d}t{t}", f"d{d}",
+                         None if peepholes is None else peepholes[d])
             per_step[t] = h
         hs.append(per_step)
         last_h.append(h)

@@ -183,3 +183,24 @@ def test_div_no_nan_pattern(tmp_path):
     histogram = report.result["op_histogram"]
     assert histogram["EQUAL"] == 1 and histogram["SELECT_V2"] == 1
     assert {"empty", "select"} <= set(report.result["float_nodes"])
+
+
+def test_xor_of_booleans_is_not_equal(tmp_path):
+    """trueocr's recognizer ends in a greedy CTC decode whose Xor of two boolean masks had no
+    lowering; on booleans Xor is NOT_EQUAL (every truth-table row checked against ONNX Runtime)."""
+    node = helper.make_node
+    nodes = [node("Greater", ["ids", "four"], ["a"], name="a"),
+             node("Greater", ["other", "four"], ["b"], name="b"),
+             node("Xor", ["a", "b"], ["either"], name="either"),
+             node("Cast", ["either"], ["y"], name="y", to=TensorProto.FLOAT)]
+    constants = {"four": np.array(4, np.int64)}
+    proto = helper.make_graph(nodes, "xor", [helper.make_tensor_value_info(name, TensorProto.INT64, [1, LENGTH])
+                                             for name in ("ids", "other")],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in constants.items()])
+    model = graph.infer_shapes(helper.make_model(proto, opset_imports=[helper.make_opsetid("", 17)]))
+    feeds = [{"ids": RNG.integers(0, 10, (1, LENGTH)), "other": RNG.integers(0, 10, (1, LENGTH))} for _ in range(4)]
+    rows = {(bool(a > 4), bool(b > 4)) for f in feeds for a, b in zip(f["ids"].ravel(), f["other"].ravel())}
+    assert len(rows) == 4  # the feeds cover the truth table
+    report = check_conformance(model, tmp_path, feeds)
+    assert report.result["op_histogram"]["NOT_EQUAL"] == 1

@@ -42,8 +42,9 @@ def sequence_feeds(shapes: dict, count: int = 8, seed: int = 3) -> list[dict]:
 
 
 def recurrent_model(op_type: str, seq=5, batch=1, size=6, hidden=8, direction="forward", states=True,
-                    bias=True, outputs=("Y", "Y_h", "Y_c"), **attrs):
-    """One recurrent node with constant W, R, B; initial states as graph inputs when `states`."""
+                    bias=True, outputs=("Y", "Y_h", "Y_c"), peepholes=False, **attrs):
+    """One recurrent node with constant W, R, B (and LSTM peepholes P when `peepholes`); initial
+    states as graph inputs when `states`."""
     gates = recurrent.GATES[op_type]
     directions = 2 if direction == "bidirectional" else 1
     inits = {"W": RNG.normal(0, 0.4, (directions, gates * hidden, size)).astype(np.float32),
@@ -61,6 +62,9 @@ def recurrent_model(op_type: str, seq=5, batch=1, size=6, hidden=8, direction="f
                 inits[name] = RNG.normal(0, 0.5, (directions, batch, hidden)).astype(np.float32)
             else:
                 shapes[name] = [directions, batch, hidden]
+    if peepholes:  # P after sequence_lens, initial_h, initial_c
+        inputs += [""] * (7 - len(inputs)) + ["P"]
+        inits["P"] = RNG.normal(0, 0.5, (directions, 3 * hidden)).astype(np.float32)
     outputs = [o for o in outputs if op_type == "LSTM" or o != "Y_c"]
     node = helper.make_node(op_type, inputs, outputs, name=f"{op_type.lower()}_node", hidden_size=hidden,
                             direction=direction, **attrs)
@@ -73,6 +77,8 @@ CASES = {
     "lstm_constant_states": dict(op_type="LSTM", states="constant"),
     "lstm_reverse": dict(op_type="LSTM", direction="reverse", outputs=("Y", "Y_h")),
     "lstm_bidirectional": dict(op_type="LSTM", direction="bidirectional", seq=3),
+    # madmom's converted LSTMs: peepholes (P per direction), states fed by the caller
+    "lstm_peepholes_bidirectional": dict(op_type="LSTM", peepholes=True, direction="bidirectional", seq=3),
     "gru_states": dict(op_type="GRU"),
     "gru_linear_before_reset": dict(op_type="GRU", linear_before_reset=1),
     "gru_no_state_linear_before_reset": dict(op_type="GRU", states=False, linear_before_reset=1),
@@ -139,7 +145,7 @@ def test_calibration_ranges_every_step(tmp_path):
 
 
 REFUSALS = {
-    "peepholes": (dict(inputs=["x", "W", "R", "", "", "", "", "P"]), "peephole"),
+    "computed peepholes": (dict(inputs=["x", "W", "R", "", "", "", "", "Px"]), "peephole weights \\(input P\\) must be a constant"),
     "clip": (dict(clip=3.0), "clip=3.0"),
     "input_forget": (dict(input_forget=1), "input_forget=1"),
     "activations": (dict(activations=["Sigmoid", "Tanh", "Relu"]), "activations"),
@@ -159,9 +165,10 @@ def test_unsupported_recurrent_attributes_are_refused_by_node(case, tmp_path):
              "P": np.ones((1, 9), np.float32), "lens": np.array([1, 2], np.int32)}
     nodes = [helper.make_node("LSTM", inputs, ["Y"], name="the_lstm", hidden_size=3, **attrs)]
     shapes = {"x": [steps, 2, 2]}
-    if "Wx" in inputs:
-        nodes.insert(0, helper.make_node("Identity", ["w_in"], ["Wx"], name="w_copy"))
-        shapes["w_in"] = [1, 12, 2]
+    for computed, shape in (("Wx", [1, 12, 2]), ("Px", [1, 9])):
+        if computed in inputs:
+            nodes.insert(0, helper.make_node("Identity", [computed + "_in"], [computed], name=computed + "_copy"))
+            shapes[computed + "_in"] = shape
     model = make_model(nodes, shapes, ["Y"], {k: v for k, v in inits.items() if k in inputs})
     with pytest.raises(UnsupportedOpError, match=f"node 'the_lstm' \\(LSTM\\).*{expected}"):
         build_tflite(model, None, tmp_path)

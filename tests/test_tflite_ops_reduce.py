@@ -100,3 +100,17 @@ def test_normalize_embeddings_in_one_partition(tmp_path):
     for feed in structured_inputs(model)[:3]:
         got = run_tflite(report.out_dir / "model.tflite", report.result["io"], feed)["y"]
         assert sqnr_db(run_onnx(model, feed)["y"], got) > 30
+
+
+@pytest.mark.parametrize("op_type,keepdims", [("ReduceSum", 0), ("ReduceMax", 1)])
+def test_five_d_input_with_unit_dims_reduces_its_squeezed_view(op_type, keepdims, tmp_path):
+    """trueocr's attention pooling: features [1, heads, dim, H, W] times weights [1, heads, 1, H, W],
+    summed over H (5-D; refused as 'more than 4 dimensions' before): the 4-D view without the batch
+    dim is reduced between two RESHAPEs."""
+    node, inits = _reduce_node(op_type, "weighted", [3], keepdims, 18)
+    nodes = [helper.make_node("Mul", ["x", "w"], ["weighted"], name="weigh"), node]
+    weights = RNG.uniform(0, 1, (1, 2, 1, 5, 4)).astype(np.float32)
+    model = make_model(nodes, {"x": [1, 2, 3, 5, 4]}, ["y"], {"w": weights, **inits}, opset=18)
+    report = check_conformance(model, tmp_path)
+    assert report.result["io"]["outputs"][0]["onnx_shape"] == ([1, 2, 3, 1, 4] if keepdims else [1, 2, 3, 4])
+    assert report.result["op_histogram"]["RESHAPE"] >= 2

@@ -203,7 +203,7 @@ def targets_command(as_json: bool):
 def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[str, ...],
             input_values: tuple[str, ...], as_json: bool):
     """Inputs, outputs, op histogram and unsupported ops per target of an ONNX model."""
-    from edgepipe import branches, dequantize, graph, ml_ops
+    from edgepipe import branches, dequantize, graph, loops, ml_ops
     from edgepipe import config as cfg
     from edgepipe.backends.support import qualified, walk_nodes
     from edgepipe.stages import float16
@@ -245,10 +245,13 @@ def inspect(model_path: str, target_names: tuple[str, ...], input_shapes: tuple[
         for problem in problems:
             click.echo(one_line(f"warning: {problem}"), err=True)
     for target in chosen:
-        unsupported[target.name] = [{"node": n, "op_type": o, "reason": r} for n, o, r in target.supports(model)]
+        checked = loops.unroll_for(model, target) if static else model  # as build prepares it for this target
+        if checked is not model:  # build unrolls before simplify: the unrolled steps' Shape ops fold there
+            checked = run_fold(run_simplify(checked)[0], {})[0]
+        unsupported[target.name] = [{"node": n, "op_type": o, "reason": r} for n, o, r in target.supports(checked)]
         if not unsupported[target.name] and static:
             try:
-                predicted = target.predict_delegation(model)
+                predicted = target.predict_delegation(checked)
             except UserError:  # a shape the lowering needs is unknown: no prediction, build says why
                 predicted = None
             if predicted is not None:

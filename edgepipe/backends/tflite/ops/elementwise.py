@@ -49,8 +49,11 @@ def check_binary(ctx: Lowering, node) -> str | None:
 
 
 def _divides_by_constant(ctx: Lowering, node) -> bool:
+    """A float Div by a nonzero constant (a MUL by its reciprocal); an integer Div truncates, and
+    1 / 4 in int32 is 0 (trueocr's `(widths + 3) // 4` came out 0), so it stays a DIV."""
     divisor = ctx.constant(node.input[1])
-    return divisor is not None and bool(np.all(divisor != 0))
+    return (divisor is not None and bool(np.all(divisor != 0)) and np.issubdtype(divisor.dtype, np.floating)
+            and ctx.onnx_kind(node.output[0]) == "float32")
 
 
 def _arithmetic_int8(ctx: Lowering, node) -> bool:

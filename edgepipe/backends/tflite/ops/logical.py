@@ -1,5 +1,6 @@
 """Comparisons, logical ops, Where and Expand -> EQUAL / NOT_EQUAL / LESS / ..., LOGICAL_NOT /
-LOGICAL_AND / LOGICAL_OR, SELECT_V2, BROADCAST_TO: the attention-mask path of token models.
+LOGICAL_AND / LOGICAL_OR (Xor: NOT_EQUAL of the booleans), SELECT_V2, BROADCAST_TO: the
+attention-mask path of token models, and a CTC decoder's in-graph "label changed" test (trueocr).
 
 A transformer exported from PyTorch turns its `attention_mask` (int64 0/1 per token) into an
 additive mask: Equal(mask, 0) -> Where(-inf or finfo.min, 0) -> Reshape / Expand -> Add to the
@@ -22,7 +23,7 @@ from edgepipe.backends.tflite.ops.elementwise import broadcast_inputs, output_la
 
 COMPARISONS = {"Equal": "EQUAL", "Less": "LESS", "LessOrEqual": "LESS_EQUAL", "Greater": "GREATER",
                "GreaterOrEqual": "GREATER_EQUAL"}
-LOGICAL = {"And": "LOGICAL_AND", "Or": "LOGICAL_OR"}
+LOGICAL = {"And": "LOGICAL_AND", "Or": "LOGICAL_OR", "Xor": "NOT_EQUAL"}  # TFLite has no LOGICAL_XOR: a != b on bools
 MAX_RANK = 5  # broadcasting comparison / select kernels take up to 5 dims
 
 

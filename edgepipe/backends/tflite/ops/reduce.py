@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepipe.backends.tflite.lower import Lowering, node_attrs, permute
+from edgepipe.backends.tflite.lower import QUANTIZED, Lowering, identity, node_attrs, permute
 from edgepipe.backends.tflite.ops import register
 from edgepipe.backends.tflite.writer import Quantization
 
@@ -48,6 +48,26 @@ def check_reduce(ctx: Lowering, node) -> str | None:
         return "axes must be a constant"
     if ctx.rank(node.input[0]) > 4:
         return "more than 4 dimensions"
+    return None
+
+
+def squeezed_view(ctx: Lowering, node) -> tuple[list[int], list[int]] | None:
+    """(shape without its size-1 dims, reduced axes in it) of an input of rank > 4 that has at
+    most 4 dims other than 1 and reduces at least one of them, else None."""
+    shape, axes = ctx.shape(node.input[0]), reduce_axes(ctx, node)
+    kept = [a for a, d in enumerate(shape) if d != 1]
+    if axes is None or len(kept) > 4 or not any(a in kept for a in axes):
+        return None
+    return [shape[a] for a in kept], [kept.index(a) for a in axes if a in kept]
+
+
+def check_plain_reduce(ctx: Lowering, node) -> str | None:
+    """A rank-5/6 input whose other dims are 1 (trueocr's [1, 4, 16, 24, 64] attention pooling)
+    reduces on its squeezed 4-D view."""
+    if reduce_axes(ctx, node) is None:
+        return "axes must be a constant"
+    if ctx.rank(node.input[0]) > 4 and squeezed_view(ctx, node) is None:
+        return "more than 4 dimensions other than 1"
     return None
 
 
@@ -91,11 +111,14 @@ def lower_reduce_norm(ctx: Lowering, node) -> None:
     ctx.emit("SQRT", [summed], [ctx.new_value(node.output[0], "float32", out_perm)], node)
 
 
-@register(*OPCODES, check=check_reduce, int16=lambda ctx, node: node.op_type in ("ReduceMean", "ReduceMax"))
+@register(*OPCODES, check=check_plain_reduce, int16=lambda ctx, node: node.op_type in ("ReduceMean", "ReduceMax"))
 def lower_reduce(ctx: Lowering, node, source: tuple[int, tuple[int, ...]] | None = None) -> None:
     """`source`: (tensor, layout) already computed from the input (ReduceSumSquare's squares)."""
     dtype = ctx.node_dtype(node)
     name = node.input[0]
+    if source is None and ctx.rank(name) > 4:
+        _reduce_squeezed(ctx, node, dtype)
+        return
     perm = source[1] if source else ctx.layout(name)
     x = source[0] if source else ctx.get(name, dtype, perm)
     axes = reduce_axes(ctx, node)
@@ -114,6 +137,27 @@ def lower_reduce(ctx: Lowering, node, source: tuple[int, tuple[int, ...]] | None
         return
     opcode = OPCODES.get(node.op_type, "SUM")
     ctx.emit(opcode, [x, tflite_axes], [out], node, "ReducerOptions", KeepDims=keepdims)
+
+
+def _reduce_squeezed(ctx: Lowering, node, dtype: str) -> None:
+    """RESHAPE to the view without size-1 dims, reduce it (keepdims off), RESHAPE to the ONNX
+    output's shape; every tensor in ONNX order, the reduced ones on the output's grid."""
+    shape, axes = squeezed_view(ctx, node)
+    x = ctx.get(node.input[0], dtype, identity(ctx.rank(node.input[0])))
+    quant = ctx.tensor(x).quantization if dtype in QUANTIZED else None
+    view = ctx.temp(f"{node.name};squeezed", shape, dtype, quant)
+    ctx.emit("RESHAPE", [x, ctx.int32_constant(f"{node.name};squeezed_shape", shape)], [view], node)
+    out = ctx.new_value(node.output[0], dtype, identity(ctx.rank(node.output[0])),
+                        quant if node.op_type in KEEPS_QUANT else None)
+    out_quant = ctx.tensor(out).quantization if dtype in QUANTIZED else None
+    reduced_shape = [d for a, d in enumerate(shape) if a not in axes]
+    reduced = ctx.temp(f"{node.name};reduced", reduced_shape, dtype, out_quant)
+    tflite_axes = ctx.int32_constant(f"{node.name};axes", axes)
+    if node.op_type == "ReduceSum" and dtype == "int8":
+        _int8_sum(ctx, node, view, tflite_axes, reduced, False, [a for a in reduce_axes(ctx, node)])
+    else:
+        ctx.emit(OPCODES[node.op_type], [view, tflite_axes], [reduced], node, "ReducerOptions", KeepDims=False)
+    ctx.emit("RESHAPE", [reduced, ctx.int32_constant(f"{node.name};out_shape", ctx.shape(node.output[0]))], [out], node)
 
 
 def _int8_sum(ctx: Lowering, node, x: int, tflite_axes: int, out: int, keepdims: bool, axes) -> None:
