@@ -258,9 +258,11 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     # 4. calibrate
     calib_settings = dict(settings["calibration"])
     bias_correction = calib_settings.pop("bias_correction", "auto")  # runs after the cached ranges
+    # per-step ranges are for TFLite's unrolled LSTM / GRU / RNN; TensorRT runs them whole and float
+    unroll_recurrent = target.backend == "tflite"
     calib_key = settings_hash(stage="calibrate", model=pipeline.last_hash,  # the fold stage's artifact
                               data=data_fingerprint(settings["calib"]) + calib_split_key(settings), settings=calib_settings,
-                              preprocess=data_preprocess(settings))
+                              preprocess=data_preprocess(settings), unroll_recurrent=unroll_recurrent)
     progress = progress_factory("calibrating", len(calib_ds)) if progress_factory else None
     if calib_settings.get("ranges"):
         calibration = pipeline.run(
@@ -271,7 +273,7 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
         calibration = None
     calibration = calibration or pipeline.cached(
         "calibrate", calib_key,
-        lambda: run_calibration(model, calib_ds, calib_settings, progress=progress),
+        lambda: run_calibration(model, calib_ds, calib_settings, progress=progress, unroll_recurrent=unroll_recurrent),
         save=lambda result, d: result.save(d / "calibration.json"),
         load=lambda d: CalibrationResult.load(d / "calibration.json"),
         describe=_describe_calibration,

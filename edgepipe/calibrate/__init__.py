@@ -39,11 +39,15 @@ def calibrate(
     settings: dict | None = None,
     tensors: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    unroll_recurrent: bool = True,
 ) -> CalibrationResult:
     """Calibrate every float activation of `model` (or only `tensors`) on `dataset`; recurrent
-    nodes run unrolled, so their per-step tensors get ranges too (edgepipe/recurrent.py)."""
+    nodes run unrolled, so their per-step tensors get ranges too (edgepipe/recurrent.py), unless
+    `unroll_recurrent` is False (a target that runs them whole: a 100-step peephole LSTM unrolled
+    made a jetson build 3x slower for ranges nothing read)."""
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
-    model = recurrent.unrolled(model)
+    if unroll_recurrent:
+        model = recurrent.unrolled(model)
     infos = collector.shape_infos(model)
     contexts = collector.calibratable_tensors(model, infos)
     if tensors is not None:

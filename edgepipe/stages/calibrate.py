@@ -62,8 +62,9 @@ def run_calibration(
     dataset,
     settings: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
+    unroll_recurrent: bool = True,
 ) -> CalibrationResult:
-    result = calibrate(model, dataset, validate_settings(settings), progress=progress)
+    result = calibrate(model, dataset, validate_settings(settings), progress=progress, unroll_recurrent=unroll_recurrent)
     narrow_saturated_tails(model, result)  # range no consumer can use (calibrate/saturation.py)
     keep_softmax_tops(model, result)  # an output Softmax's input keeps its row maxima (same module)
     if not result.tensors:  # an integer-only graph: nothing an INT8 build could quantize
