@@ -1,0 +1,74 @@
+"""Fifth hostile-input pass: findings that need more than a bad-input table row."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests import test_hostile_second_pass
+
+arm_bundle = test_hostile_second_pass.arm_bundle  # the same module-scoped arm-cpu bundle fixture
+
+
+def _run_py(bundle, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(bundle / "run.py"), "--iterations", "2", "--warmup", "0", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_run_py_writes_into_a_special_out_file_never_over_it(arm_bundle, tmp_path):
+    """`run.py --out /dev/null` as root renamed results.json over the device node: /dev/null became a
+    regular file for every process on the machine. A FIFO stands in for the device here: it must
+    stay a FIFO and its reader must get the results."""
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    result = _run_py(arm_bundle, "--out", str(fifo))
+    if reader.is_alive():  # the fixed run.py opened the FIFO; the old one never did: unblock the reader
+        with open(fifo, "w"):
+            pass
+    reader.join(timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert received and received[0].lstrip().startswith("{") and '"latency_ms"' in received[0]
+
+
+def test_run_py_out_naming_a_folder_is_refused_before_the_run(arm_bundle, tmp_path):
+    """`--out somefolder` ran the whole benchmark, then os.replace onto the folder was a traceback."""
+    (tmp_path / "results").mkdir()
+    result = _run_py(arm_bundle, "--out", str(tmp_path / "results"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --out ")
+    assert "is a folder; name the results file" in result.stderr
+    assert os.listdir(tmp_path / "results") == []
+
+
+def test_build_engine_refuses_a_special_output_before_building(tmp_path):
+    """The TensorRT kit's build_engine.py renamed the engine (and the timing cache) over whatever
+    --output / --timing-cache named: `--output /dev/null` as root replaced the device node. A FIFO
+    and a folder stand in for it; both are refused in one line and left as they were."""
+    import numpy as np
+    import onnx
+
+    from tests.helpers import run_cli, tiny_conv_model
+
+    onnx.save(tiny_conv_model(), tmp_path / "model.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    built = run_cli("build", "--model", "model.onnx", "--calib", "calib.npz", "--target", "jetson", "--no-host-report",
+                    "--out", "bundle", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    os.mkfifo(tmp_path / "engine.fifo")
+    (tmp_path / "cache").mkdir()
+    for args, fragment in ((["--output", str(tmp_path / "engine.fifo")], "--output "),
+                           (["--timing-cache", str(tmp_path / "cache")], "--timing-cache ")):
+        result = subprocess.run([sys.executable, "build_engine.py", *args], cwd=tmp_path / "bundle",
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert fragment in result.stderr and "is a folder, device or FIFO; name a file to write" in result.stderr
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "engine.fifo").st_mode) and os.listdir(tmp_path / "cache") == []
