@@ -219,6 +219,8 @@ def validate(data: dict, source: str = "config", schema: dict | None = None, pre
         if not ok:
             names = " or ".join(t.__name__ for t in spec.types)
             raise UserError(f"{source}: '{dotted}' must be {names}, got {type(value).__name__} ({_short(value)})")
+        if isinstance(value, str) and "\0" in value:  # a path with one was an internal error (ValueError)
+            raise UserError(f"{source}: '{dotted}' holds a NUL character ({_short(value)}); write the value without it")
         if spec.choices and value not in spec.choices:
             raise UserError(f"{source}: '{dotted}' must be one of {_choices(spec)}, got {_short(value)}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -853,6 +853,18 @@ def _deploy_inventory(tmp: Path) -> list[str]:
     return ["deploy", str(bundle), "--inventory", str(tmp / "hosts.yml")]
 
 
+def config_nul_path(tmp):
+    """A YAML "\\0" escape in a path: pathlib raised ValueError (embedded null byte), an internal error."""
+    (tmp / "edgepipe.yaml").write_text('target: arm-cpu\ncalib: "calib\\0.npz"\n')
+    return ["build", "--model", str(_model(tmp)), "--out", str(tmp / "out")]
+
+
+def inventory_nul_key_file(tmp):
+    (tmp / "hosts.yml").write_text('all:\n  hosts:\n    pi1:\n      ansible_host: 192.168.1.20\n'
+                                   '      ansible_ssh_private_key_file: "id\\0.key"\n')
+    return _deploy_inventory(tmp)
+
+
 def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
     """A real (tiny) bundle written by edgepipe's own bundle writer."""
     from edgepipe.delivery.bundle import write_bundle
@@ -1381,6 +1393,10 @@ CASES = [
          ("results.json: 'eval' must be a mapping or null",)),
     Case("empty-intermediate-arm", "arm-cpu: a tensor of size 0 inside the graph (a Slice to nothing)",
          empty_intermediate_arm, ("tensor 'e' is empty ([0, 4])",)),
+    Case("config-nul-path", "a path in edgepipe.yaml holding a NUL byte (the YAML escape `\\0`)", config_nul_path,
+         ("edgepipe.yaml", "'calib' holds a NUL character")),
+    Case("inventory-nul-key-file", "an inventory key file path holding a NUL byte", inventory_nul_key_file,
+         ("hosts.yml", "host pi1", "ansible_ssh_private_key_file holds a NUL character")),
 ]
 
 

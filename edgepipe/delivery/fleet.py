@@ -145,6 +145,8 @@ def load_inventory(path: str | Path) -> list[InventoryHost]:
             if (key in HOST_VARIABLES or key in ANSIBLE_ALIASES) and (isinstance(value, (dict, list, bool))
                                                                   or value is None):
                 raise UserError(f"{path}: host {name}: {key} must be a single value, got {type(value).__name__}")
+            if isinstance(value, str) and "\0" in value:  # a key file with one was an internal error
+                raise UserError(f"{path}: host {name}: {key} holds a NUL character ({value!r}); remove it")
         variables = _connection_variables(variables, path, name)
         key_file = variables.get("ansible_ssh_private_key_file")
         key_path = Path(key_file).expanduser() if key_file else None
