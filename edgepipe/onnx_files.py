@@ -70,9 +70,28 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
         raise UserError(f"{path}: invalid ONNX model: {first}") from exc
     except ValueError:
         pass  # > 2 GB protos cannot be checked in memory; the runtime checks them later
+    _check_opsets(model, path)
     _check_window_attributes(model.graph, path)
     _check_io_types(model.graph, path)
     return _inline_local_functions(model, path) if len(model.functions) else model
+
+
+def _check_opsets(model: onnx.ModelProto, path: Path) -> None:
+    """ONNX's checker passes a model stamped with an opset no ONNX release defines (99), which
+    failed later inside ONNX Runtime with a C++ signature for a message (and `inspect` called it
+    supported); a domain imported twice at two versions leaves which one applies to chance."""
+    seen: dict[str, int] = {}
+    for entry in model.opset_import:
+        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        if domain in seen and seen[domain] != entry.version:
+            raise UserError(f"{path}: opset_import gives the {domain or 'ONNX'} domain twice (versions {seen[domain]} "
+                            f"and {entry.version}); re-export the model (one opset per domain)")
+        seen[domain] = entry.version
+    latest = onnx.defs.onnx_opset_version()
+    if seen.get("", 0) > latest:
+        raise UserError(f"{path}: the model is stamped with ONNX opset {seen['']}, newer than any this onnx "
+                        f"{onnx.__version__} defines (up to {latest}); re-export it with an opset up to {latest} "
+                        "(e.g. torch.onnx.export(..., opset_version=17))")
 
 
 def _inline_local_functions(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:

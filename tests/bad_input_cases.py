@@ -865,6 +865,19 @@ def inventory_nul_key_file(tmp):
     return _deploy_inventory(tmp)
 
 
+def future_opset(tmp):
+    """ONNX's checker passes opset 99; ONNX Runtime refused it with a C++ signature, not naming the file."""
+    model = tiny_conv_model()
+    model.opset_import[0].version = 99
+    return _build(tmp, _model(tmp, model), _calib(tmp), "arm-cpu")
+
+
+def opset_twice(tmp):
+    model = tiny_conv_model()
+    model.opset_import.add(domain="ai.onnx", version=11)
+    return ["inspect", str(_model(tmp, model))]
+
+
 def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
     """A real (tiny) bundle written by edgepipe's own bundle writer."""
     from edgepipe.delivery.bundle import write_bundle
@@ -1397,6 +1410,10 @@ CASES = [
          ("edgepipe.yaml", "'calib' holds a NUL character")),
     Case("inventory-nul-key-file", "an inventory key file path holding a NUL byte", inventory_nul_key_file,
          ("hosts.yml", "host pi1", "ansible_ssh_private_key_file holds a NUL character")),
+    Case("future-opset", "a model stamped with ONNX opset 99 (no release defines it; the build failed inside ONNX Runtime)",
+         future_opset, ("model.onnx", "opset 99", "re-export it with an opset up to")),
+    Case("opset-twice", "`inspect` of a model importing the ONNX domain at two versions (17 and 11)", opset_twice,
+         ("model.onnx", "gives the ONNX domain twice (versions 17 and 11)")),
 ]
 
 
