@@ -878,6 +878,26 @@ def opset_twice(tmp):
     return ["inspect", str(_model(tmp, model))]
 
 
+def _checkpoint_build(tmp: Path, state) -> list[str]:
+    import torch
+
+    torch.save(state, tmp / "weights.pt")
+    return ["build", "--model", "edgepipe.demo.model:build_demo", "--weights", str(tmp / "weights.pt"), "--target",
+            "jetson", "--calib", str(_calib(tmp, np.zeros((4, 3, 32, 32), np.float32), key="image")),
+            "--out", str(tmp / "out")]
+
+
+def checkpoint_int_keys(tmp):
+    import torch
+
+    return _checkpoint_build(tmp, {0: torch.zeros(3), 1: torch.ones(3)})
+
+
+def checkpoint_empty(tmp):
+    """torch.save({}): stripping wrapper prefixes ('module.') matched every prefix of no key, forever."""
+    return _checkpoint_build(tmp, {})
+
+
 def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
     """A real (tiny) bundle written by edgepipe's own bundle writer."""
     from edgepipe.delivery.bundle import write_bundle
@@ -1414,6 +1434,10 @@ CASES = [
          future_opset, ("model.onnx", "opset 99", "re-export it with an opset up to")),
     Case("opset-twice", "`inspect` of a model importing the ONNX domain at two versions (17 and 11)", opset_twice,
          ("model.onnx", "gives the ONNX domain twice (versions 17 and 11)")),
+    Case("checkpoint-int-keys", "a --weights state_dict keyed by integers, not parameter names", checkpoint_int_keys,
+         ("weights.pt", "has the key 0 (int)")),
+    Case("checkpoint-empty", "a --weights file holding an empty state_dict (`torch.save({})`: the build hung)",
+         checkpoint_empty, ("weights.pt", "does not match the model: it has no")),
 ]
 
 

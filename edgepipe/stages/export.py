@@ -106,7 +106,7 @@ def checkpoint_state_dict(state):
 def without_wrapper_prefix(state: dict, expected: set[str]) -> dict:
     """Strip the prefixes a training wrapper adds to every key, when that makes the keys the model's."""
     stripped = state
-    while set(stripped) != expected:
+    while stripped and set(stripped) != expected:  # an empty dict matched every prefix: an endless loop
         prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in stripped)), None)
         if prefix is None:
             return state
@@ -139,6 +139,10 @@ def load_weights(model, weights: str, notes: list[str] | None = None) -> None:
     state = checkpoint_state_dict(state)
     if not isinstance(state, dict):
         raise UserError(f"--weights {weights}: expected a state_dict, got {type(state).__name__}")
+    odd_key = next((k for k in state if not isinstance(k, str)), None)
+    if odd_key is not None:  # an int key was an internal error (AttributeError: startswith)
+        raise UserError(f"--weights {weights}: a state_dict maps parameter names to tensors; this one has the key "
+                        f"{odd_key!r} ({type(odd_key).__name__}); save it with torch.save(model.state_dict(), path)")
     expected = set(model.state_dict())
     state = without_wrapper_prefix(state, expected)
     missing = sorted(expected - set(state))
