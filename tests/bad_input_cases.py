@@ -898,6 +898,16 @@ def checkpoint_empty(tmp):
     return _checkpoint_build(tmp, {})
 
 
+def checkpoint_complex(tmp):
+    """load_state_dict copies a complex tensor into a float parameter, silently dropping its imaginary part."""
+    import torch
+
+    from edgepipe.demo.model import build_demo
+
+    state = {k: v.to(torch.complex64) if v.is_floating_point() else v for k, v in build_demo().state_dict().items()}
+    return _checkpoint_build(tmp, state)
+
+
 def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
     """A real (tiny) bundle written by edgepipe's own bundle writer."""
     from edgepipe.delivery.bundle import write_bundle
@@ -1438,6 +1448,8 @@ CASES = [
          ("weights.pt", "has the key 0 (int)")),
     Case("checkpoint-empty", "a --weights file holding an empty state_dict (`torch.save({})`: the build hung)",
          checkpoint_empty, ("weights.pt", "does not match the model: it has no")),
+    Case("checkpoint-complex", "a --weights state_dict of complex tensors (the imaginary parts were dropped silently)",
+         checkpoint_complex, ("weights.pt", "is a complex tensor (torch.complex64) but the model")),
 ]
 
 

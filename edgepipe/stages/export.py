@@ -143,12 +143,18 @@ def load_weights(model, weights: str, notes: list[str] | None = None) -> None:
     if odd_key is not None:  # an int key was an internal error (AttributeError: startswith)
         raise UserError(f"--weights {weights}: a state_dict maps parameter names to tensors; this one has the key "
                         f"{odd_key!r} ({type(odd_key).__name__}); save it with torch.save(model.state_dict(), path)")
-    expected = set(model.state_dict())
+    own = model.state_dict()
+    expected = set(own)
     state = without_wrapper_prefix(state, expected)
     missing = sorted(expected - set(state))
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise UserError(f"--weights {weights}: does not match the model: it has no {shown}")
+    complex_key = next((k for k in sorted(expected) if isinstance(state[k], torch.Tensor) and state[k].is_complex()
+                        and not own[k].is_complex()), None)
+    if complex_key is not None:  # load_state_dict copied it into the real parameter, dropping the imaginary part
+        raise UserError(f"--weights {weights}: '{complex_key}' is a complex tensor ({state[complex_key].dtype}) but the "
+                        "model's parameter is real; save the checkpoint this model was trained to")
     try:
         model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
