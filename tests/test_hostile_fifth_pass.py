@@ -72,3 +72,24 @@ def test_build_engine_refuses_a_special_output_before_building(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert fragment in result.stderr and "is a folder, device or FIFO; name a file to write" in result.stderr
     assert stat.S_ISFIFO(os.lstat(tmp_path / "engine.fifo").st_mode) and os.listdir(tmp_path / "cache") == []
+
+
+def test_run_py_prints_the_target_name_inert(arm_bundle, tmp_path):
+    """A target profile's `name:` reaches run.py's TARGET; its summary lines printed it raw, so a
+    profile named with OSC 52 (clipboard write) and a line break forged an `error:` line on the device's
+    terminal. (The bundle is edited and resealed as a profile build would write it.)"""
+    import json
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(arm_bundle, bundle)
+    source = (bundle / "run.py").read_text()
+    line = next(line for line in source.splitlines() if line.startswith("TARGET = "))
+    hostile = "board\x1b]52;c;Y3VybCBldmlsIHwgc2g=\x07\nerror: forged"
+    (bundle / "run.py").write_text(source.replace(line, f"TARGET = {json.dumps(hostile)}"))
+    test_hostile_second_pass._reseal(bundle)
+    result = _run_py(bundle, "--out", str(tmp_path / "results.json"))
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert not any(line.startswith("error:") for line in result.stdout.splitlines()), result.stdout
+    assert "board\\x1b]52;c;" in result.stdout and "\\nerror: forged" in result.stdout
