@@ -8,6 +8,7 @@ entry points (data loaders, archive extraction) so the limits live in one place.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import stat
@@ -39,7 +40,7 @@ def ensure_regular_file(path: str | Path, max_bytes: int | None = None, what: st
     except OSError as exc:
         raise UserError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     if stat.S_ISDIR(info.st_mode):
-        raise UserError(f"{path}: is a directory, expected a {what} file")
+        raise UserError(f"{path}: is a directory, expected a {what if what.endswith('file') else what + ' file'}")
     if not stat.S_ISREG(info.st_mode):
         raise UserError(f"{path}: is not a regular file (a FIFO, device or socket); pass the {what} as a regular file")
     if max_bytes is not None and info.st_size > max_bytes:
@@ -71,12 +72,22 @@ def read_bytes_bounded(path: str | Path, max_bytes: int, what: str) -> bytes:
     return data
 
 
-def read_text_bounded(path: str | Path, max_bytes: int, what: str) -> str:
+def read_text_bounded(path: str | Path, max_bytes: int, what: str, marked_unicode: bool = False) -> str:
+    """UTF-8 text; with `marked_unicode` (a file the user writes: edgepipe.yaml, a profile, an
+    inventory) also UTF-16/32 with a byte-order mark, which YAML reads and Windows PowerShell 5's `>`
+    and Out-File write (it was refused as 'not UTF-8 text (byte 0)')."""
     data = read_bytes_bounded(path, max_bytes, what)
+    boms = _BOMS if marked_unicode else ()
+    encoding = next((name for bom, name in boms if data.startswith(bom)), "utf-8")
     try:
-        return data.decode("utf-8")
+        return data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
+        raise UserError(f"{path}: {what} is not {encoding.upper().replace('-SIG', '')} text (byte {exc.start}); "
+                        "save it as UTF-8") from None
+
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 def check_depth(data, where: str, limit: int = MAX_NESTING) -> None:
@@ -164,7 +175,7 @@ def parse_yaml(text: str, where: str):
 
 
 def read_yaml_file(path: str | Path, what: str, max_bytes: int = CONFIG_MAX_BYTES):
-    return parse_yaml(read_text_bounded(path, max_bytes, what), str(path))
+    return parse_yaml(read_text_bounded(path, max_bytes, what, marked_unicode=True), str(path))
 
 
 def available_memory_bytes() -> int | None:

@@ -93,3 +93,31 @@ def test_run_py_prints_the_target_name_inert(arm_bundle, tmp_path):
     assert "\x1b" not in result.stdout and "\x07" not in result.stdout
     assert not any(line.startswith("error:") for line in result.stdout.splitlines()), result.stdout
     assert "board\\x1b]52;c;" in result.stdout and "\\nerror: forged" in result.stdout
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-8-sig"])
+def test_config_and_inventory_written_as_marked_unicode_are_read(tmp_path, encoding):
+    """Windows PowerShell 5's `>` and Out-File write UTF-16LE with a byte-order mark; YAML reads it,
+    but edgepipe refused such an edgepipe.yaml or inventory as 'not UTF-8 text (byte 0)'."""
+    from edgepipe.config import load_config_file
+    from edgepipe.delivery.fleet import load_inventory
+
+    bom = {"utf-16-be": "\ufeff"}.get(encoding, "")  # the -be codec writes no mark of its own
+    (tmp_path / "edgepipe.yaml").write_text(bom + "target: arm-cpu\ncalibration:\n  rounds: 3\n", encoding=encoding)
+    assert load_config_file(tmp_path / "edgepipe.yaml") == {"target": "arm-cpu", "calibration": {"rounds": 3}}
+    (tmp_path / "hosts.yml").write_text(bom + "all:\n  hosts:\n    pi1:\n      ansible_host: 10.0.0.2\n",
+                                        encoding=encoding)
+    hosts = load_inventory(tmp_path / "hosts.yml")
+    assert [h.name for h in hosts] == ["pi1"] and hosts[0].variables["ansible_host"] == "10.0.0.2"
+
+
+def test_text_that_is_no_unicode_names_the_fix(tmp_path):
+    from edgepipe.config import load_config_file
+    from edgepipe.errors import UserError
+
+    (tmp_path / "edgepipe.yaml").write_bytes(b"target: arm\xe9-cpu\n")  # Latin-1
+    with pytest.raises(UserError, match=r"edgepipe.yaml: config file is not UTF-8 text \(byte 11\); save it as UTF-8"):
+        load_config_file(tmp_path / "edgepipe.yaml")
+    (tmp_path / "folder.yaml").mkdir()
+    with pytest.raises(UserError, match=r"folder.yaml: is a directory, expected a config file$"):
+        load_config_file(tmp_path / "folder.yaml")

@@ -133,7 +133,7 @@ def _parse_yaml(text: str, path: Path) -> dict[str, dict]:
 def load_inventory(path: str | Path) -> list[InventoryHost]:
     """Read an Ansible INI (groups, host vars, [group:vars]) or YAML inventory."""
     path = Path(path)
-    text = read_text_bounded(path, CONFIG_MAX_BYTES, "inventory")
+    text = read_text_bounded(path, CONFIG_MAX_BYTES, "inventory", marked_unicode=True)
     parser = _parse_yaml if path.suffix in (".yml", ".yaml") else _parse_ini
     hosts = parser(text, path)
     if not hosts:
