@@ -72,6 +72,15 @@ def test_build_engine_refuses_a_special_output_before_building(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert fragment in result.stderr and "is a folder, device or FIFO; name a file to write" in result.stderr
     assert stat.S_ISFIFO(os.lstat(tmp_path / "engine.fifo").st_mode) and os.listdir(tmp_path / "cache") == []
+    # build_engine.sh passed any --dla-core on to trtexec ('-1', a word); build_engine.py takes 0..255
+    echo = {**os.environ, "TRTEXEC": "/bin/echo"}  # prints the command it would run, exit 0
+    for value in ("-1", "x", "256", ""):
+        result = subprocess.run(["sh", "build_engine.sh", "--dla-core", value], cwd=tmp_path / "bundle", env=echo,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "--dla-core needs a DLA core number 0..255" in result.stderr, (value, result)
+    result = subprocess.run(["sh", "build_engine.sh", "--dla-core", "1"], cwd=tmp_path / "bundle", env=echo,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--useDLACore=1" in result.stdout, result
 
 
 def test_run_py_prints_the_target_name_inert(arm_bundle, tmp_path):
