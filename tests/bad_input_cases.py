@@ -908,6 +908,25 @@ def checkpoint_complex(tmp):
     return _checkpoint_build(tmp, state)
 
 
+def _ranges_build(tmp: Path, **edits) -> list[str]:
+    """An arm-cpu build from a hand-made calibration.ranges file covering every tensor of tiny_conv_model."""
+    spans = {"x": (-4.0, 3.0), "c": (-15.0, 16.0), "r": (0.0, 16.0), "g": (0.0, 3.0), "f": (0.0, 3.0), "y": (-4.5, 9.0)}
+    tensors = {name: {"name": name, "min": lo, "max": hi, "amax": max(-lo, hi), "lo": lo, "hi": hi, "method": "minmax",
+                      **edits.get(name, {})} for name, (lo, hi) in spans.items()}
+    (tmp / "ranges.json").write_text(json.dumps({"tensors": tensors}))
+    (tmp / "edgepipe.yaml").write_text("calibration:\n  ranges: ranges.json\n")
+    return _build(tmp, _model(tmp), _calib(tmp), "arm-cpu", "--no-host-report")
+
+
+def ranges_reversed(tmp):
+    """lo 5, hi -5: the int8 model was built with a negative scale and the build passed."""
+    return _ranges_build(tmp, c={"lo": 5.0, "hi": -5.0})
+
+
+def ranges_zeroed_text(tmp):
+    return _ranges_build(tmp, c={"zeroed": "most"})
+
+
 def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
     """A real (tiny) bundle written by edgepipe's own bundle writer."""
     from edgepipe.delivery.bundle import write_bundle
@@ -1450,6 +1469,10 @@ CASES = [
          checkpoint_empty, ("weights.pt", "does not match the model: it has no")),
     Case("checkpoint-complex", "a --weights state_dict of complex tensors (the imaginary parts were dropped silently)",
          checkpoint_complex, ("weights.pt", "is a complex tensor (torch.complex64) but the model")),
+    Case("ranges-reversed", "a `calibration.ranges` file whose range for a tensor is reversed (lo 5, hi -5)",
+         ranges_reversed, ("ranges.json", "tensor 'c': needs amax >= 0 and lo <= 0 <= hi")),
+    Case("ranges-zeroed-text", "a `calibration.ranges` file with `zeroed: most` (arm-cpu: an internal error)",
+         ranges_zeroed_text, ("ranges.json", "tensor 'c': zeroed must be a share from 0 to 1")),
 ]
 
 
