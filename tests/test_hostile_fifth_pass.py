@@ -130,3 +130,19 @@ def test_text_that_is_no_unicode_names_the_fix(tmp_path):
     (tmp_path / "folder.yaml").mkdir()
     with pytest.raises(UserError, match=r"folder.yaml: is a directory, expected a config file$"):
         load_config_file(tmp_path / "folder.yaml")
+
+
+def test_config_numbers_with_an_exponent_are_numbers(tmp_path):
+    """PyYAML reads `1e-05` (no decimal point) as a string, so `fold.eps: 1e-05`, the default the README's
+    config reference shows, was refused as "must be int or float, got str ('1e-05')"."""
+    from edgepipe.config import load_config_file
+    from edgepipe.errors import UserError
+
+    (tmp_path / "edgepipe.yaml").write_text("fold:\n  eps: 1e-05\n  temperature: 2E0\npreprocess:\n  mean: [1e-1, 0.5, 5e-1]\n"
+                                            "regress:\n  max_drop: +1e-2\n")
+    config = load_config_file(tmp_path / "edgepipe.yaml")
+    assert config["fold"] == {"eps": 1e-05, "temperature": 2.0} and config["regress"] == {"max_drop": 0.01}
+    assert config["preprocess"]["mean"] == [0.1, 0.5, 0.5]
+    (tmp_path / "edgepipe.yaml").write_text("calibration:\n  rounds: 1e3\n")  # an integer field takes integers
+    with pytest.raises(UserError, match=r"'calibration.rounds' must be int, got str \('1e3'\)"):
+        load_config_file(tmp_path / "edgepipe.yaml")
