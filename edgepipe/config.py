@@ -278,6 +278,8 @@ def _check_input_values(value: dict, where: str) -> None:
     for name, pinned in value.items():
         if not isinstance(name, str) or not name:
             raise UserError(f"{where} keys must be input names (strings), got {_short(name)}")
+        if isinstance(pinned, str) and _EXPONENT_FLOAT.match(pinned):
+            pinned = value[name] = float(pinned)  # `sr: 16e3`, a number in YAML 1.2
         flat, pending = [], [pinned]
         while pending:
             item = pending.pop()

@@ -139,10 +139,10 @@ def test_config_numbers_with_an_exponent_are_numbers(tmp_path):
     from edgepipe.errors import UserError
 
     (tmp_path / "edgepipe.yaml").write_text("fold:\n  eps: 1e-05\n  temperature: 2E0\npreprocess:\n  mean: [1e-1, 0.5, 5e-1]\n"
-                                            "regress:\n  max_drop: +1e-2\n")
+                                            "regress:\n  max_drop: +1e-2\ninput_values:\n  sr: 16e3\n")
     config = load_config_file(tmp_path / "edgepipe.yaml")
     assert config["fold"] == {"eps": 1e-05, "temperature": 2.0} and config["regress"] == {"max_drop": 0.01}
-    assert config["preprocess"]["mean"] == [0.1, 0.5, 0.5]
+    assert config["preprocess"]["mean"] == [0.1, 0.5, 0.5] and config["input_values"] == {"sr": 16000.0}
     (tmp_path / "edgepipe.yaml").write_text("calibration:\n  rounds: 1e3\n")  # an integer field takes integers
     with pytest.raises(UserError, match=r"'calibration.rounds' must be int, got str \('1e3'\)"):
         load_config_file(tmp_path / "edgepipe.yaml")
