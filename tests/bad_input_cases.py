@@ -927,6 +927,18 @@ def ranges_zeroed_text(tmp):
     return _ranges_build(tmp, c={"zeroed": "most"})
 
 
+def pickled_scalar_in_folder(tmp):
+    """A scalar-input model fed from a folder of .npy files, one a 0-d object array (a pickle)."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [])
+    model = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"], name="r")],
+                                                          "g", [x], [y]), opset_imports=[onnx.helper.make_opsetid("", 17)])
+    (tmp / "calib").mkdir()
+    np.save(tmp / "calib" / "0.npy", np.array(None, dtype=object), allow_pickle=True)
+    np.save(tmp / "calib" / "1.npy", np.float32(1))
+    return _build(tmp, _model(tmp, model), tmp / "calib")
+
+
 def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
     """A real (tiny) bundle written by edgepipe's own bundle writer."""
     from edgepipe.delivery.bundle import write_bundle
@@ -1473,6 +1485,8 @@ CASES = [
          ranges_reversed, ("ranges.json", "tensor 'c': needs amax >= 0 and lo <= 0 <= hi")),
     Case("ranges-zeroed-text", "a `calibration.ranges` file with `zeroed: most` (arm-cpu: an internal error)",
          ranges_zeroed_text, ("ranges.json", "tensor 'c': zeroed must be a share from 0 to 1")),
+    Case("pickled-scalar-in-folder", "a folder of .npy samples for a scalar input, one a pickled object (0-d)",
+         pickled_scalar_in_folder, ("calib/0.npy", "input 'x' has non-numeric dtype object")),
 ]
 
 
