@@ -939,6 +939,14 @@ def pickled_scalar_in_folder(tmp):
     return _build(tmp, _model(tmp, model), tmp / "calib")
 
 
+def torch_model_cut_npz(tmp):
+    """A .npz cut in half (an interrupted copy) for a PyTorch model: its zip directory is gone."""
+    whole = _calib(tmp, np.zeros((8, 3, 32, 32), np.float32), key="image").read_bytes()
+    (tmp / "calib.npz").write_bytes(whole[:len(whole) // 2])
+    return ["build", "--model", "edgepipe.demo.model:build_demo", "--target", "jetson", "--calib",
+            str(tmp / "calib.npz"), "--out", str(tmp / "out")]
+
+
 def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
     """A real (tiny) bundle written by edgepipe's own bundle writer."""
     from edgepipe.delivery.bundle import write_bundle
@@ -1487,6 +1495,8 @@ CASES = [
          ranges_zeroed_text, ("ranges.json", "tensor 'c': zeroed must be a share from 0 to 1")),
     Case("pickled-scalar-in-folder", "a folder of .npy samples for a scalar input, one a pickled object (0-d)",
          pickled_scalar_in_folder, ("calib/0.npy", "input 'x' has non-numeric dtype object")),
+    Case("cut-npz-torch-model", "a PyTorch model's calibration .npz cut in half (an interrupted copy)",
+         torch_model_cut_npz, ("calib.npz", "not a readable numeric .npz file (File is not a zip file)")),
 ]
 
 
