@@ -947,6 +947,18 @@ def torch_model_cut_npz(tmp):
             str(tmp / "calib.npz"), "--out", str(tmp / "out")]
 
 
+def fortran_npy_declared_huge(tmp):
+    """A Fortran-order .npy (read whole) whose header declares 768 TB over 3 kB of data: numpy
+    allocates what the header says before reading, and the build said 'out of memory'."""
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": True,
+                                                  "shape": (10 ** 12, 3, 8, 8)})
+    (tmp / "calib.npy").write_bytes(header.getvalue() + np.zeros(192, np.float32).tobytes())
+    return _build(tmp, _model(tmp), tmp / "calib.npy")
+
+
 def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
     """A real (tiny) bundle written by edgepipe's own bundle writer."""
     from edgepipe.delivery.bundle import write_bundle
@@ -1497,6 +1509,8 @@ CASES = [
          pickled_scalar_in_folder, ("calib/0.npy", "input 'x' has non-numeric dtype object")),
     Case("cut-npz-torch-model", "a PyTorch model's calibration .npz cut in half (an interrupted copy)",
          torch_model_cut_npz, ("calib.npz", "not a readable numeric .npz file (File is not a zip file)")),
+    Case("fortran-npy-declared-huge", "a Fortran-order .npy whose header declares 768 TB over 3 kB of data",
+         fortran_npy_declared_huge, ("calib.npy", "declares shape (1000000000000, 3, 8, 8)", "truncated")),
 ]
 
 
