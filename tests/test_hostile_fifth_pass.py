@@ -146,3 +146,32 @@ def test_config_numbers_with_an_exponent_are_numbers(tmp_path):
     (tmp_path / "edgepipe.yaml").write_text("calibration:\n  rounds: 1e3\n")  # an integer field takes integers
     with pytest.raises(UserError, match=r"'calibration.rounds' must be int, got str \('1e3'\)"):
         load_config_file(tmp_path / "edgepipe.yaml")
+
+
+def test_a_damaged_tiff_is_one_error_line_without_decoder_noise(tmp_path):
+    """An LZW TIFF with a damaged strip: libtiff printed 'tempfile.tif: Using code not yet in table.'
+    straight to file descriptor 2 (and PIL its warnings with their source lines) before edgepipe's one
+    error line. Run as a subprocess: the native lines bypass Python's sys.stderr."""
+    import io
+
+    import numpy as np
+    import onnx
+    from PIL import Image
+
+    from tests.helpers import run_cli, tiny_conv_model
+
+    image = Image.fromarray(np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3))
+    encoded = io.BytesIO()
+    image.save(encoded, "TIFF", compression="tiff_lzw")
+    data = bytearray(encoded.getvalue())
+    with Image.open(io.BytesIO(bytes(data))) as parsed:
+        offset, length = parsed.tag_v2[273][0], parsed.tag_v2[279][0]  # the strip's offset and size
+    data[offset + 4:offset + length] = b"\xff" * (length - 4)
+    (tmp_path / "calib").mkdir()
+    (tmp_path / "calib" / "scan.tiff").write_bytes(bytes(data))
+    onnx.save(tiny_conv_model(), tmp_path / "model.onnx")
+    result = run_cli("build", "--model", "model.onnx", "--calib", "calib", "--target", "jetson", "--out", "out",
+                     "--no-host-report", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: calib/scan.tiff: cannot read image (decoder error -2); replace or delete the file"], result.stderr
