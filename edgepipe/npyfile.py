@@ -11,6 +11,7 @@ import copy
 import io
 import math
 import os
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -44,9 +45,11 @@ def read_header(stream) -> tuple[tuple, bool, np.dtype]:
     if length > MAX_HEADER_BYTES:
         raise ValueError(f"its .npy header declares {length} bytes (numpy writes at most a few thousand)")
     header = io.BytesIO(prefix + stream.read(length))
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(header)
-    return np.lib.format.read_array_header_2_0(header)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    try:
+        return read(header)
+    except (tokenize.TokenError, SyntaxError, RecursionError) as exc:  # numpy re-tokenizes a header it cannot parse
+        raise ValueError(f"its .npy header is not a Python literal ({first_line(exc)})") from None
 
 
 def _check_declared(where, shape: tuple, dtype: np.dtype, available: int) -> None:

@@ -959,6 +959,16 @@ def fortran_npy_declared_huge(tmp):
     return _build(tmp, _model(tmp), tmp / "calib.npy")
 
 
+def npy_header_unclosed(tmp):
+    """A .npy header with an unclosed parenthesis (a flipped byte): numpy re-tokenizes a header
+    literal_eval cannot read, and tokenize's TokenError was an internal error."""
+    text = b"{'descr': '<f4', 'fortran_order': False, 'shape': (8, 3, 8, 8, }"
+    text += b" " * (-(len(text) + 11) % 64) + b"\n"
+    header = b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+    (tmp / "calib.npy").write_bytes(header + np.zeros(8 * 3 * 8 * 8, np.float32).tobytes())
+    return _build(tmp, _model(tmp), tmp / "calib.npy")
+
+
 def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
     """A real (tiny) bundle written by edgepipe's own bundle writer."""
     from edgepipe.delivery.bundle import write_bundle
@@ -1511,6 +1521,8 @@ CASES = [
          torch_model_cut_npz, ("calib.npz", "not a readable numeric .npz file (File is not a zip file)")),
     Case("fortran-npy-declared-huge", "a Fortran-order .npy whose header declares 768 TB over 3 kB of data",
          fortran_npy_declared_huge, ("calib.npy", "declares shape (1000000000000, 3, 8, 8)", "truncated")),
+    Case("npy-header-unclosed", "a .npy header with an unclosed parenthesis (numpy's tokenizer raised TokenError)",
+         npy_header_unclosed, ("calib.npy", "its .npy header is not a Python literal")),
 ]
 
 
