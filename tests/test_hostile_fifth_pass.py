@@ -175,3 +175,20 @@ def test_a_damaged_tiff_is_one_error_line_without_decoder_noise(tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         "error: calib/scan.tiff: cannot read image (decoder error -2); replace or delete the file"], result.stderr
+
+
+def test_run_py_on_a_resealed_bundle_with_a_damaged_eval_file(arm_bundle, tmp_path):
+    """run.py checks its files against SHA256SUMS; a bundle resealed around an eval/eval.npz that is
+    not a zip (or whose .npy header numpy cannot parse) was a BadZipFile / TokenError traceback."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(arm_bundle, bundle)
+    (bundle / "eval" / "eval.npz").write_bytes(b"not a zip archive")
+    test_hostile_second_pass._reseal(bundle)
+    result = _run_py(bundle, "--out", str(tmp_path / "results.json"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: %s: not a readable .npz (File is not a zip file); re-copy the bundle"
+                      % (bundle / "eval" / "eval.npz")], result.stderr
+    assert not (tmp_path / "results.json").exists()
