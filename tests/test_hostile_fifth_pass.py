@@ -192,3 +192,21 @@ def test_run_py_on_a_resealed_bundle_with_a_damaged_eval_file(arm_bundle, tmp_pa
     assert errors == ["error: %s: not a readable .npz (File is not a zip file); re-copy the bundle"
                       % (bundle / "eval" / "eval.npz")], result.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+def test_report_of_latency_samples_numpy_cannot_bin(tmp_path):
+    """`report` of a results.json whose latency samples are all 1e308 ms was an internal error
+    (np.histogram: 'Too many bins for data range'); a negative sample passed the checks that refuse a
+    negative p50."""
+    import json
+
+    from edgepipe.delivery.report import render_report
+    from edgepipe.errors import UserError
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"latency_ms": {"p50": 1.0, "p99": 2.0, "samples": [1e308, 1e308, 1e308]}}))
+    html = render_report(results)
+    assert "Latency per inference" in html.read_text()
+    results.write_text(json.dumps({"latency_ms": {"p50": 1.0, "p99": 2.0, "samples": [0.5, -1.0]}}))
+    with pytest.raises(UserError, match=r"'latency_ms.samples' must be a list of times >= 0, got -1.0"):
+        render_report(results)

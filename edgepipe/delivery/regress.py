@@ -129,6 +129,8 @@ def check_results(data, path: Path, role: str) -> dict:
         if key == "samples":
             _expect(isinstance(value, list) and all(_is_number(v) for v in value), path, "latency_ms.samples",
                     "a list of numbers", value)
+            negative = next((v for v in value if v < 0), None)  # as for the percentiles below
+            _expect(negative is None, path, "latency_ms.samples", "a list of times >= 0", negative)
         else:
             _expect(value is None or _is_number(value), path, f"latency_ms.{key}", "a number or null", value)
             # a negative time passed every latency budget: fail closed as for the baseline
