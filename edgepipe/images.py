@@ -140,7 +140,11 @@ def _eight_bit(image, path: Path | None = None):
     values = np.asarray(image, dtype=np.float64)
     if image.mode == "F":
         low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-        if not (np.isfinite(low) and np.isfinite(high) and low >= 0 and high <= 255):
+        if values.size and not np.isfinite(values).all():  # min/max of a NaN pixel: 'values from nan to nan'
+            raise UserError(f"{path or 'image'}: a float image holding NaN or infinite pixels; edgepipe reads "
+                            "float images in 0..1 or 0..255 only: save it without them, or pass the preprocessed "
+                            "arrays as .npy/.npz")
+        if not (low >= 0 and high <= 255):
             raise UserError(f"{path or 'image'}: a float image with values from {low:g} to {high:g}; edgepipe reads "
                             "float images in 0..1 or 0..255 only: save it in one of those ranges (or as an 8/16-bit "
                             "image), or pass the preprocessed arrays as .npy/.npz")

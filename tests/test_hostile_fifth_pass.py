@@ -210,3 +210,19 @@ def test_report_of_latency_samples_numpy_cannot_bin(tmp_path):
     results.write_text(json.dumps({"latency_ms": {"p50": 1.0, "p99": 2.0, "samples": [0.5, -1.0]}}))
     with pytest.raises(UserError, match=r"'latency_ms.samples' must be a list of times >= 0, got -1.0"):
         render_report(results)
+
+
+def test_float_tiff_with_a_nan_pixel_is_named_as_such(tmp_path):
+    """One NaN pixel in a float TIFF was refused as 'a float image with values from nan to nan'."""
+    import numpy as np
+    from PIL import Image
+
+    from edgepipe.data import load_dataset
+    from edgepipe.errors import UserError
+
+    (tmp_path / "calib").mkdir()
+    depth = np.full((8, 8), 0.5, np.float32)
+    depth[3, 4] = np.nan
+    Image.fromarray(depth, "F").save(tmp_path / "calib" / "depth.tif")
+    with pytest.raises(UserError, match=r"depth.tif: a float image holding NaN or infinite pixels; edgepipe reads"):
+        load_dataset(tmp_path / "calib", {"x": ((1, 3, 8, 8), np.dtype(np.float32))}, {"scale": 1.0}).sample(0)
