@@ -969,6 +969,15 @@ def npy_header_unclosed(tmp):
     return _build(tmp, _model(tmp), tmp / "calib.npy")
 
 
+def tensor_type_flipped(tmp):
+    """One byte of a weight's type changed (FLOAT to BOOL): ONNX's checker passes it, and the arm-cpu
+    lowering's numpy reshape of 20 bytes into 5 booleans was an internal error in inspect."""
+    model = tiny_conv_model()
+    bias = next(t for t in model.graph.initializer if t.name == "fc_b")
+    bias.data_type = onnx.TensorProto.BOOL
+    return ["inspect", str(_model(tmp, model)), "--target", "arm-cpu"]
+
+
 def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
     """A real (tiny) bundle written by edgepipe's own bundle writer."""
     from edgepipe.delivery.bundle import write_bundle
@@ -1523,6 +1532,8 @@ CASES = [
          fortran_npy_declared_huge, ("calib.npy", "declares shape (1000000000000, 3, 8, 8)", "truncated")),
     Case("npy-header-unclosed", "a .npy header with an unclosed parenthesis (numpy's tokenizer raised TokenError)",
          npy_header_unclosed, ("calib.npy", "its .npy header is not a Python literal")),
+    Case("tensor-type-flipped", "`inspect` of a model whose bias type byte changed from FLOAT to BOOL (20 bytes for 5 values)",
+         tensor_type_flipped, ("model.onnx", "tensor 'fc_b' (BOOL [5]) needs 5 bytes but the file holds 20")),
 ]
 
 
