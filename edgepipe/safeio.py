@@ -117,7 +117,29 @@ def parse_json(text: str | bytes, where: str):
     except RecursionError:
         raise UserError(f"{where}: nested too deeply to be an edgepipe file") from None
     check_depth(data, where)
+    escapes = (b"\\ud", b"\\uD") if isinstance(text, bytes) else ("\\ud", "\\uD")
+    if any(escape in text for escape in escapes):  # only a \uD800-style escape can make a surrogate
+        _check_surrogates(data, where)
     return data
+
+
+def _check_surrogates(data, where: str) -> None:
+    """JSON may escape half of a UTF-16 pair (`\\ud800`) alone; Python reads it as a string that cannot be
+    written as UTF-8, and a report or JUnit file naming it was an internal error (UnicodeEncodeError)."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UserError(f"{where}: holds a lone UTF-16 surrogate ({ascii(value)[:60]}), which is not text; "
+                                "regenerate the file") from None
 
 
 def read_json_file(path: str | Path, what: str, max_bytes: int = JSON_MAX_BYTES):

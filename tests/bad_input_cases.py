@@ -978,6 +978,12 @@ def tensor_type_flipped(tmp):
     return ["inspect", str(_model(tmp, model)), "--target", "arm-cpu"]
 
 
+def results_lone_surrogate(tmp):
+    """JSON's escape of half a UTF-16 pair ("\\ud800") in a name: report.html could not be written as
+    UTF-8, an internal error (UnicodeEncodeError) in report and regress."""
+    return ["report", str(_results(tmp, "results.json", model="net\ud800.onnx")), "-o", str(tmp / "r")]
+
+
 def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
     """A real (tiny) bundle written by edgepipe's own bundle writer."""
     from edgepipe.delivery.bundle import write_bundle
@@ -1534,6 +1540,8 @@ CASES = [
          npy_header_unclosed, ("calib.npy", "its .npy header is not a Python literal")),
     Case("tensor-type-flipped", "`inspect` of a model whose bias type byte changed from FLOAT to BOOL (20 bytes for 5 values)",
          tensor_type_flipped, ("model.onnx", "tensor 'fc_b' (BOOL [5]) needs 5 bytes but the file holds 20")),
+    Case("results-lone-surrogate", "`report` of a results.json holding a lone UTF-16 surrogate escape (`\\ud800`)",
+         results_lone_surrogate, ("results.json", "holds a lone UTF-16 surrogate")),
 ]
 
 

@@ -226,3 +226,23 @@ def test_float_tiff_with_a_nan_pixel_is_named_as_such(tmp_path):
     Image.fromarray(depth, "F").save(tmp_path / "calib" / "depth.tif")
     with pytest.raises(UserError, match=r"depth.tif: a float image holding NaN or infinite pixels; edgepipe reads"):
         load_dataset(tmp_path / "calib", {"x": ((1, 3, 8, 8), np.dtype(np.float32))}, {"scale": 1.0}).sample(0)
+
+
+def test_junit_xml_stays_well_formed_with_control_characters_in_names(tmp_path, capsys):
+    """An output name holding \\x01 (XML 1.0 has no way to write it) reached `regress --junit` raw:
+    the file was not well-formed XML and a CI server refused the whole report."""
+    import json
+    import xml.dom.minidom
+
+    from edgepipe.cli.main import main
+
+    results = {"latency_ms": {"p50": 1.0, "p99": 2.0},
+               "accuracy": {"outputs": {"y\x01<&\x1b[2J": {"sqnr_db": 40.0, "argmax_agreement": 1.0}}}}
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["regress", "--baseline", str(tmp_path / "r.json"), "--candidate", str(tmp_path / "r.json"), "--junit",
+              str(tmp_path / "junit.xml")])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    names = [case.getAttribute("name") for case in
+             xml.dom.minidom.parse(str(tmp_path / "junit.xml")).getElementsByTagName("testcase")]
+    assert "accuracy.sqnr_db[y\\x01<&\\x1b[2J]" in names, names
