@@ -119,11 +119,11 @@ def parse_json(text: str | bytes, where: str):
     check_depth(data, where)
     escapes = (b"\\ud", b"\\uD") if isinstance(text, bytes) else ("\\ud", "\\uD")
     if any(escape in text for escape in escapes):  # only a \uD800-style escape can make a surrogate
-        _check_surrogates(data, where)
+        _check_surrogates(data, where, "regenerate the file")
     return data
 
 
-def _check_surrogates(data, where: str) -> None:
+def _check_surrogates(data, where: str, fix: str) -> None:
     """JSON may escape half of a UTF-16 pair (`\\ud800`) alone; Python reads it as a string that cannot be
     written as UTF-8, and a report or JUnit file naming it was an internal error (UnicodeEncodeError)."""
     stack = [data]
@@ -139,7 +139,7 @@ def _check_surrogates(data, where: str) -> None:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 raise UserError(f"{where}: holds a lone UTF-16 surrogate ({ascii(value)[:60]}), which is not text; "
-                                "regenerate the file") from None
+                                f"{fix}") from None
 
 
 def read_json_file(path: str | Path, what: str, max_bytes: int = JSON_MAX_BYTES):
@@ -186,7 +186,7 @@ class _NoAliasLoader(yaml.SafeLoader):
 def parse_yaml(text: str, where: str):
     """yaml.safe_load without aliases and with bounded nesting; errors name line and column."""
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:
         raise UserError(f"{where}: nested too deeply") from None
     except yaml.YAMLError as exc:
@@ -194,6 +194,9 @@ def parse_yaml(text: str, where: str):
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise UserError(f"{where}: not valid YAML{at}: {problem}") from None
+    if "\\u" in text or "\\U" in text:  # a "\ud800" escape: a profile name with one failed writing the bundle
+        _check_surrogates(data, where, "write the value without that escape")
+    return data
 
 
 def read_yaml_file(path: str | Path, what: str, max_bytes: int = CONFIG_MAX_BYTES):

@@ -984,6 +984,13 @@ def results_lone_surrogate(tmp):
     return ["report", str(_results(tmp, "results.json", model="net\ud800.onnx")), "-o", str(tmp / "r")]
 
 
+def profile_lone_surrogate(tmp):
+    """A profile name with YAML's escape of half a UTF-16 pair: the whole build ran, then writing the
+    bundle README failed (UnicodeEncodeError), an internal error."""
+    (tmp / "board.yaml").write_text('name: "board\\ud800"\nbase: arm-cpu\n')
+    return _build(tmp, _model(tmp), _calib(tmp), str(tmp / "board.yaml"), "--no-host-report")
+
+
 def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
     """A real (tiny) bundle written by edgepipe's own bundle writer."""
     from edgepipe.delivery.bundle import write_bundle
@@ -1542,6 +1549,8 @@ CASES = [
          tensor_type_flipped, ("model.onnx", "tensor 'fc_b' (BOOL [5]) needs 5 bytes but the file holds 20")),
     Case("results-lone-surrogate", "`report` of a results.json holding a lone UTF-16 surrogate escape (`\\ud800`)",
          results_lone_surrogate, ("results.json", "holds a lone UTF-16 surrogate")),
+    Case("profile-lone-surrogate", "a target profile `name:` holding YAML's escape of half a UTF-16 pair (`\\ud800`)",
+         profile_lone_surrogate, ("board.yaml", "holds a lone UTF-16 surrogate")),
 ]
 
 
