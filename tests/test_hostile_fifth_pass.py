@@ -246,3 +246,25 @@ def test_junit_xml_stays_well_formed_with_control_characters_in_names(tmp_path, 
     names = [case.getAttribute("name") for case in
              xml.dom.minidom.parse(str(tmp_path / "junit.xml")).getElementsByTagName("testcase")]
     assert "accuracy.sqnr_db[y\\x01<&\\x1b[2J]" in names, names
+
+
+def test_paths_that_are_not_utf8_build_and_run(arm_bundle, tmp_path):
+    """Folder and file names in Latin-1 bytes: a profile file b'board\\xff.yaml' ran the whole build,
+    then writing the bundle README was an internal error (its stem named the target); a bundle in a
+    folder b'o\\xff' failed in run.py (LiteRT's C++ binding takes a UTF-8 model path only)."""
+    import shutil
+
+    from edgepipe.targets import load_target
+
+    profile = os.fsdecode(bytes(tmp_path) + b"/board\xff.yaml")
+    with open(profile, "w") as handle:
+        handle.write("base: arm-cpu\n")
+    target = load_target(profile)
+    assert target.name == "board\ufffd" and target.profile == "board\ufffd.yaml"
+
+    bundle = os.fsdecode(bytes(tmp_path) + b"/bundle\xff")
+    shutil.copytree(arm_bundle, bundle)
+    result = subprocess.run([sys.executable, os.path.join(bundle, "run.py"), "--iterations", "2", "--warmup", "0"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert os.path.isfile(os.path.join(bundle, "report", "results.json"))
