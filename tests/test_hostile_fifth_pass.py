@@ -268,3 +268,10 @@ def test_paths_that_are_not_utf8_build_and_run(arm_bundle, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert os.path.isfile(os.path.join(bundle, "report", "results.json"))
+    # pack's archive names the folder in those bytes: verify met them as an internal error
+    # (UnicodeEncodeError), compare's LiteRT probe as a TypeError (exit 3)
+    for args in (["pack", bundle], ["verify", bundle + ".tar.gz"], ["compare", bundle, "--max-samples", "1",
+                                                                   "--alone-samples", "1"]):
+        result = subprocess.run([sys.executable, "-m", "edgepipe", *args], cwd=tmp_path, capture_output=True,
+                                timeout=300)  # bytes: the paths it prints are not UTF-8
+        assert result.returncode == 0, (args[0], result.stderr.decode(errors="replace"))
