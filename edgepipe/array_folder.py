@@ -35,7 +35,9 @@ def _open(path: Path, specs: data.InputSpecs) -> tuple[dict, np.ndarray | None]:
     for name, array in arrays.items():
         shape = tuple(specs[name][0])
         sample_rank = len(shape) - 1 if data.has_batch_axis(shape) else len(shape)
-        if array.ndim == sample_rank:  # one sample without a stack axis: read it now (it is one sample)
+        # one sample without a stack axis: read it now (it is one sample); one of another dtype (a pickled
+        # object: np.load refused it with a ValueError, an internal error) is named by _check_arrays
+        if array.ndim == sample_rank and np.dtype(array.dtype).kind in "biuf":
             arrays[name] = np.asarray(array[:] if array.ndim else _scalar(path, name))[None]
     if labels is not None and labels.ndim == 0:
         labels = labels.reshape(1)

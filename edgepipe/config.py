@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,8 @@ def validate(data: dict, source: str = "config", schema: dict | None = None, pre
             continue
         if value is None:
             continue
+        if float in spec.types and isinstance(value, str) and _EXPONENT_FLOAT.match(value):
+            value = data[key] = float(value)  # PyYAML (YAML 1.1) reads `1e-5` as a string
         if isinstance(value, bool) and bool not in spec.types:
             ok = False
         else:
@@ -219,6 +222,8 @@ def validate(data: dict, source: str = "config", schema: dict | None = None, pre
         if not ok:
             names = " or ".join(t.__name__ for t in spec.types)
             raise UserError(f"{source}: '{dotted}' must be {names}, got {type(value).__name__} ({_short(value)})")
+        if isinstance(value, str) and "\0" in value:  # a path with one was an internal error (ValueError)
+            raise UserError(f"{source}: '{dotted}' holds a NUL character ({_short(value)}); write the value without it")
         if spec.choices and value not in spec.choices:
             raise UserError(f"{source}: '{dotted}' must be one of {_choices(spec)}, got {_short(value)}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -240,7 +245,14 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# a float written with an exponent and no point: YAML 1.2 reads `1e-5` as a number, PyYAML (YAML 1.1)
+# as the string '1e-5', so `fold.eps: 1e-05` copied from the reference below was 'must be int or float'
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
+
+
 def _numbers(value, where: str, count: int | None = None, positive: bool = False, integer: bool = False) -> None:
+    if not integer and isinstance(value, list):
+        value[:] = [float(v) if isinstance(v, str) and _EXPONENT_FLOAT.match(v) else v for v in value]
     kinds = (int,) if integer else (int, float)
     if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, kinds) for v in value):
         raise UserError(f"{where} must be a list of {'integers' if integer else 'numbers'}, got {_short(value)}")
@@ -266,6 +278,8 @@ def _check_input_values(value: dict, where: str) -> None:
     for name, pinned in value.items():
         if not isinstance(name, str) or not name:
             raise UserError(f"{where} keys must be input names (strings), got {_short(name)}")
+        if isinstance(pinned, str) and _EXPONENT_FLOAT.match(pinned):
+            pinned = value[name] = float(pinned)  # `sr: 16e3`, a number in YAML 1.2
         flat, pending = [], [pinned]
         while pending:
             item = pending.pop()

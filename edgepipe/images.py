@@ -7,13 +7,17 @@ preprocessing must match (layout, channel order, scale, mean / std) is decided h
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgepipe.errors import UserError
+from edgepipe.isolation import native_stderr_silenced
 from edgepipe.npyfile import first_line
 from edgepipe.safeio import IMAGE_MAX_BYTES, ensure_regular_file
 
@@ -136,7 +140,11 @@ def _eight_bit(image, path: Path | None = None):
     values = np.asarray(image, dtype=np.float64)
     if image.mode == "F":
         low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-        if not (np.isfinite(low) and np.isfinite(high) and low >= 0 and high <= 255):
+        if values.size and not np.isfinite(values).all():  # min/max of a NaN pixel: 'values from nan to nan'
+            raise UserError(f"{path or 'image'}: a float image holding NaN or infinite pixels; edgepipe reads "
+                            "float images in 0..1 or 0..255 only: save it without them, or pass the preprocessed "
+                            "arrays as .npy/.npz")
+        if not (low >= 0 and high <= 255):
             raise UserError(f"{path or 'image'}: a float image with values from {low:g} to {high:g}; edgepipe reads "
                             "float images in 0..1 or 0..255 only: save it in one of those ranges (or as an 8/16-bit "
                             "image), or pass the preprocessed arrays as .npy/.npz")
@@ -152,8 +160,21 @@ def _open_image(path: Path, grayscale: bool):
 
     ensure_regular_file(path, IMAGE_MAX_BYTES, "image")
     try:
-        with Image.open(path) as image:
+        with _decoder_messages_silenced(), Image.open(path) as image:
             image.load()
             return _eight_bit(image, path).convert("L" if grayscale else "RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UserError(f"{path}: cannot read image ({first_line(exc)}); replace or delete the file") from exc
+
+
+@contextlib.contextmanager
+def _decoder_messages_silenced():
+    """A damaged TIFF made libtiff print lines straight to file descriptor 2 ('LZWDecode: ...') and
+    PIL warn through `warnings` (with its source line) before edgepipe's one error line: both are
+    parked while an image decodes. Main thread only: fd 2 is the process's, not one thread's."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with warnings.catch_warnings(), native_stderr_silenced():
+        warnings.simplefilter("ignore")
+        yield

@@ -11,6 +11,7 @@ import copy
 import io
 import math
 import os
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -44,9 +45,22 @@ def read_header(stream) -> tuple[tuple, bool, np.dtype]:
     if length > MAX_HEADER_BYTES:
         raise ValueError(f"its .npy header declares {length} bytes (numpy writes at most a few thousand)")
     header = io.BytesIO(prefix + stream.read(length))
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(header)
-    return np.lib.format.read_array_header_2_0(header)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    try:
+        return read(header)
+    except (tokenize.TokenError, SyntaxError, RecursionError) as exc:  # numpy re-tokenizes a header it cannot parse
+        raise ValueError(f"its .npy header is not a Python literal ({first_line(exc)})") from None
+
+
+def _check_declared(where, shape: tuple, dtype: np.dtype, available: int) -> None:
+    """A Fortran-order array is read whole, and numpy allocates what its header declares before it
+    reads (a 3 kB file declaring 768 TB was 'out of memory'): the bytes must be in the file first."""
+    if any(isinstance(dim, bool) or not isinstance(dim, int) or dim < 0 for dim in shape):
+        return  # ArrayFile names a malformed shape
+    declared = np.dtype(dtype).itemsize * math.prod(shape)
+    if declared > available:
+        raise UserError(f"{where}: its .npy header declares shape {tuple(shape)} ({declared} bytes) but only "
+                        f"{available} bytes follow (truncated); save the array again with numpy.save")
 
 
 class ArrayFile:
@@ -79,6 +93,8 @@ class ArrayFile:
             shape, fortran, dtype = read_header(handle)
             offset = handle.tell()
             available = os.fstat(handle.fileno()).st_size - offset
+        if fortran and len(shape) > 1:  # read whole: first the bytes its header declares must be there
+            _check_declared(path, shape, dtype, available)
         whole = np.load(path, allow_pickle=False) if fortran and len(shape) > 1 else None
         return cls(path, shape, dtype, offset, whole=whole, available=available)
 
@@ -89,6 +105,7 @@ class ArrayFile:
             shape, fortran, dtype = read_header(member)
             header_bytes = member.tell()
             if fortran and len(shape) > 1:
+                _check_declared(f"{path} (member {name})", shape, dtype, info.file_size - header_bytes)
                 member.seek(0)
                 return cls(path, shape, dtype, 0, whole=np.lib.format.read_array(member, allow_pickle=False))
         if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:

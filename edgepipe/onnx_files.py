@@ -35,6 +35,7 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
             "or not ONNX - re-export it"
         ) from exc
     _check_strings(model, path)
+    _check_tensor_data(model, path)
     if not model.graph.node and not model.graph.output:
         raise UserError(f"{path}: not a readable ONNX model (empty graph); re-export it")
     for tensor in _external_tensors(model):
@@ -70,9 +71,28 @@ def load_model(path: str | os.PathLike, load_external: bool = True) -> onnx.Mode
         raise UserError(f"{path}: invalid ONNX model: {first}") from exc
     except ValueError:
         pass  # > 2 GB protos cannot be checked in memory; the runtime checks them later
+    _check_opsets(model, path)
     _check_window_attributes(model.graph, path)
     _check_io_types(model.graph, path)
     return _inline_local_functions(model, path) if len(model.functions) else model
+
+
+def _check_opsets(model: onnx.ModelProto, path: Path) -> None:
+    """ONNX's checker passes a model stamped with an opset no ONNX release defines (99), which
+    failed later inside ONNX Runtime with a C++ signature for a message (and `inspect` called it
+    supported); a domain imported twice at two versions leaves which one applies to chance."""
+    seen: dict[str, int] = {}
+    for entry in model.opset_import:
+        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        if domain in seen and seen[domain] != entry.version:
+            raise UserError(f"{path}: opset_import gives the {domain or 'ONNX'} domain twice (versions {seen[domain]} "
+                            f"and {entry.version}); re-export the model (one opset per domain)")
+        seen[domain] = entry.version
+    latest = onnx.defs.onnx_opset_version()
+    if seen.get("", 0) > latest:
+        raise UserError(f"{path}: the model is stamped with ONNX opset {seen['']}, newer than any this onnx "
+                        f"{onnx.__version__} defines (up to {latest}); re-export it with an opset up to {latest} "
+                        "(e.g. torch.onnx.export(..., opset_version=17))")
 
 
 def _inline_local_functions(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
@@ -240,6 +260,40 @@ def _graph_tensors(graph_proto: onnx.GraphProto):
                 yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
         for subgraph in subgraphs(node):
             yield from _graph_tensors(subgraph)
+
+
+_T = onnx.TensorProto
+_FOUR_BIT = {getattr(_T, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(_T, name)}
+# where a tensor without raw_data keeps its values, and how many per element
+_TYPED_FIELDS = {_T.FLOAT: ("float_data", 1), _T.COMPLEX64: ("float_data", 2), _T.DOUBLE: ("double_data", 1),
+                 _T.COMPLEX128: ("double_data", 2), _T.INT64: ("int64_data", 1), _T.UINT32: ("uint64_data", 1),
+                 _T.UINT64: ("uint64_data", 1)}
+
+
+def _check_tensor_data(model: onnx.ModelProto, path: Path) -> None:
+    """Every tensor stored in the file holds the values its shape and type need. ONNX's checker does
+    not compare them: a weight whose type byte changed (float to bool) passed it and was an internal
+    error (numpy's reshape) where a stage first read it."""
+    for tensor in _graph_tensors(model.graph):
+        if tensor.data_location == _T.EXTERNAL or tensor.data_type in (_T.UNDEFINED, _T.STRING):
+            continue
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except (KeyError, ValueError, TypeError):
+            raise UserError(f"{path}: tensor '{tensor.name}' has element type {tensor.data_type}, which ONNX does not "
+                            "define; the file is damaged or not ONNX - re-export it") from None
+        count = math.prod(tensor.dims)
+        if tensor.HasField("raw_data"):
+            unit, expected = "bytes", (count + 1) // 2 if tensor.data_type in _FOUR_BIT else count * itemsize
+            held = len(tensor.raw_data)
+        else:
+            field, per = _TYPED_FIELDS.get(tensor.data_type, ("int32_data", 1))
+            unit, expected = "values", (count + 1) // 2 if tensor.data_type in _FOUR_BIT else count * per
+            held = len(getattr(tensor, field))
+        if held != expected or any(d < 0 for d in tensor.dims):
+            kind = onnx.TensorProto.DataType.Name(tensor.data_type)
+            raise UserError(f"{path}: tensor '{tensor.name}' ({kind} {list(tensor.dims)}) needs {expected} {unit} but "
+                            f"the file holds {held}; the file is damaged - re-export the model")
 
 
 def _external_tensors(model: onnx.ModelProto):

@@ -8,6 +8,7 @@ entry points (data loaders, archive extraction) so the limits live in one place.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import stat
@@ -39,7 +40,7 @@ def ensure_regular_file(path: str | Path, max_bytes: int | None = None, what: st
     except OSError as exc:
         raise UserError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     if stat.S_ISDIR(info.st_mode):
-        raise UserError(f"{path}: is a directory, expected a {what} file")
+        raise UserError(f"{path}: is a directory, expected a {what if what.endswith('file') else what + ' file'}")
     if not stat.S_ISREG(info.st_mode):
         raise UserError(f"{path}: is not a regular file (a FIFO, device or socket); pass the {what} as a regular file")
     if max_bytes is not None and info.st_size > max_bytes:
@@ -71,12 +72,22 @@ def read_bytes_bounded(path: str | Path, max_bytes: int, what: str) -> bytes:
     return data
 
 
-def read_text_bounded(path: str | Path, max_bytes: int, what: str) -> str:
+def read_text_bounded(path: str | Path, max_bytes: int, what: str, marked_unicode: bool = False) -> str:
+    """UTF-8 text; with `marked_unicode` (a file the user writes: edgepipe.yaml, a profile, an
+    inventory) also UTF-16/32 with a byte-order mark, which YAML reads and Windows PowerShell 5's `>`
+    and Out-File write (it was refused as 'not UTF-8 text (byte 0)')."""
     data = read_bytes_bounded(path, max_bytes, what)
+    boms = _BOMS if marked_unicode else ()
+    encoding = next((name for bom, name in boms if data.startswith(bom)), "utf-8")
     try:
-        return data.decode("utf-8")
+        return data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
+        raise UserError(f"{path}: {what} is not {encoding.upper().replace('-SIG', '')} text (byte {exc.start}); "
+                        "save it as UTF-8") from None
+
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 def check_depth(data, where: str, limit: int = MAX_NESTING) -> None:
@@ -106,7 +117,29 @@ def parse_json(text: str | bytes, where: str):
     except RecursionError:
         raise UserError(f"{where}: nested too deeply to be an edgepipe file") from None
     check_depth(data, where)
+    escapes = (b"\\ud", b"\\uD") if isinstance(text, bytes) else ("\\ud", "\\uD")
+    if any(escape in text for escape in escapes):  # only a \uD800-style escape can make a surrogate
+        _check_surrogates(data, where, "regenerate the file")
     return data
+
+
+def _check_surrogates(data, where: str, fix: str) -> None:
+    """JSON may escape half of a UTF-16 pair (`\\ud800`) alone; Python reads it as a string that cannot be
+    written as UTF-8, and a report or JUnit file naming it was an internal error (UnicodeEncodeError)."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UserError(f"{where}: holds a lone UTF-16 surrogate ({ascii(value)[:60]}), which is not text; "
+                                f"{fix}") from None
 
 
 def read_json_file(path: str | Path, what: str, max_bytes: int = JSON_MAX_BYTES):
@@ -153,7 +186,7 @@ class _NoAliasLoader(yaml.SafeLoader):
 def parse_yaml(text: str, where: str):
     """yaml.safe_load without aliases and with bounded nesting; errors name line and column."""
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:
         raise UserError(f"{where}: nested too deeply") from None
     except yaml.YAMLError as exc:
@@ -161,10 +194,13 @@ def parse_yaml(text: str, where: str):
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise UserError(f"{where}: not valid YAML{at}: {problem}") from None
+    if "\\u" in text or "\\U" in text:  # a "\ud800" escape: a profile name with one failed writing the bundle
+        _check_surrogates(data, where, "write the value without that escape")
+    return data
 
 
 def read_yaml_file(path: str | Path, what: str, max_bytes: int = CONFIG_MAX_BYTES):
-    return parse_yaml(read_text_bounded(path, max_bytes, what), str(path))
+    return parse_yaml(read_text_bounded(path, max_bytes, what, marked_unicode=True), str(path))
 
 
 def available_memory_bytes() -> int | None:

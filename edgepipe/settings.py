@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -282,7 +283,7 @@ def _first_input_name(calib: str) -> str:
         try:
             with np.load(calib, allow_pickle=False) as data:
                 keys = [k for k in data.files if k != "labels"]
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # a cut .npz: BadZipFile, was exit 3
             raise UserError(f"{calib}: not a readable numeric .npz file ({exc}); save arrays with numpy.savez") from None
         if keys:
             return keys[0]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata, resources
@@ -348,8 +349,10 @@ def load_target(name: str, options: dict | None = None, _depth: int = 0) -> Targ
         merged = {**(data.get("options") or {}), **(options or {})}
         target = load_target(_base_of(str(data["base"]), profile_path), merged, _depth + 1)
         target.check_profile_options(data.get("options") or {}, str(profile_path))
-        target.name = str(data.get("name") or profile_path.stem)
-        target.profile = str(profile_path.name)
+        # a profile file named in Latin-1 bytes: its stem is not text a bundle README can be written with
+        stem = os.fsencode(profile_path.stem).decode("utf-8", "replace")
+        target.name = str(data.get("name") or stem)
+        target.profile = os.fsencode(profile_path.name).decode("utf-8", "replace")
         if data.get("description"):
             target.description = str(data["description"])
         return target

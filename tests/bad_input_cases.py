@@ -853,6 +853,144 @@ def _deploy_inventory(tmp: Path) -> list[str]:
     return ["deploy", str(bundle), "--inventory", str(tmp / "hosts.yml")]
 
 
+def config_nul_path(tmp):
+    """A YAML "\\0" escape in a path: pathlib raised ValueError (embedded null byte), an internal error."""
+    (tmp / "edgepipe.yaml").write_text('target: arm-cpu\ncalib: "calib\\0.npz"\n')
+    return ["build", "--model", str(_model(tmp)), "--out", str(tmp / "out")]
+
+
+def inventory_nul_key_file(tmp):
+    (tmp / "hosts.yml").write_text('all:\n  hosts:\n    pi1:\n      ansible_host: 192.168.1.20\n'
+                                   '      ansible_ssh_private_key_file: "id\\0.key"\n')
+    return _deploy_inventory(tmp)
+
+
+def future_opset(tmp):
+    """ONNX's checker passes opset 99; ONNX Runtime refused it with a C++ signature, not naming the file."""
+    model = tiny_conv_model()
+    model.opset_import[0].version = 99
+    return _build(tmp, _model(tmp, model), _calib(tmp), "arm-cpu")
+
+
+def opset_twice(tmp):
+    model = tiny_conv_model()
+    model.opset_import.add(domain="ai.onnx", version=11)
+    return ["inspect", str(_model(tmp, model))]
+
+
+def _checkpoint_build(tmp: Path, state) -> list[str]:
+    import torch
+
+    torch.save(state, tmp / "weights.pt")
+    return ["build", "--model", "edgepipe.demo.model:build_demo", "--weights", str(tmp / "weights.pt"), "--target",
+            "jetson", "--calib", str(_calib(tmp, np.zeros((4, 3, 32, 32), np.float32), key="image")),
+            "--out", str(tmp / "out")]
+
+
+def checkpoint_int_keys(tmp):
+    import torch
+
+    return _checkpoint_build(tmp, {0: torch.zeros(3), 1: torch.ones(3)})
+
+
+def checkpoint_empty(tmp):
+    """torch.save({}): stripping wrapper prefixes ('module.') matched every prefix of no key, forever."""
+    return _checkpoint_build(tmp, {})
+
+
+def checkpoint_complex(tmp):
+    """load_state_dict copies a complex tensor into a float parameter, silently dropping its imaginary part."""
+    import torch
+
+    from edgepipe.demo.model import build_demo
+
+    state = {k: v.to(torch.complex64) if v.is_floating_point() else v for k, v in build_demo().state_dict().items()}
+    return _checkpoint_build(tmp, state)
+
+
+def _ranges_build(tmp: Path, **edits) -> list[str]:
+    """An arm-cpu build from a hand-made calibration.ranges file covering every tensor of tiny_conv_model."""
+    spans = {"x": (-4.0, 3.0), "c": (-15.0, 16.0), "r": (0.0, 16.0), "g": (0.0, 3.0), "f": (0.0, 3.0), "y": (-4.5, 9.0)}
+    tensors = {name: {"name": name, "min": lo, "max": hi, "amax": max(-lo, hi), "lo": lo, "hi": hi, "method": "minmax",
+                      **edits.get(name, {})} for name, (lo, hi) in spans.items()}
+    (tmp / "ranges.json").write_text(json.dumps({"tensors": tensors}))
+    (tmp / "edgepipe.yaml").write_text("calibration:\n  ranges: ranges.json\n")
+    return _build(tmp, _model(tmp), _calib(tmp), "arm-cpu", "--no-host-report")
+
+
+def ranges_reversed(tmp):
+    """lo 5, hi -5: the int8 model was built with a negative scale and the build passed."""
+    return _ranges_build(tmp, c={"lo": 5.0, "hi": -5.0})
+
+
+def ranges_zeroed_text(tmp):
+    return _ranges_build(tmp, c={"zeroed": "most"})
+
+
+def pickled_scalar_in_folder(tmp):
+    """A scalar-input model fed from a folder of .npy files, one a 0-d object array (a pickle)."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [])
+    model = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"], name="r")],
+                                                          "g", [x], [y]), opset_imports=[onnx.helper.make_opsetid("", 17)])
+    (tmp / "calib").mkdir()
+    np.save(tmp / "calib" / "0.npy", np.array(None, dtype=object), allow_pickle=True)
+    np.save(tmp / "calib" / "1.npy", np.float32(1))
+    return _build(tmp, _model(tmp, model), tmp / "calib")
+
+
+def torch_model_cut_npz(tmp):
+    """A .npz cut in half (an interrupted copy) for a PyTorch model: its zip directory is gone."""
+    whole = _calib(tmp, np.zeros((8, 3, 32, 32), np.float32), key="image").read_bytes()
+    (tmp / "calib.npz").write_bytes(whole[:len(whole) // 2])
+    return ["build", "--model", "edgepipe.demo.model:build_demo", "--target", "jetson", "--calib",
+            str(tmp / "calib.npz"), "--out", str(tmp / "out")]
+
+
+def fortran_npy_declared_huge(tmp):
+    """A Fortran-order .npy (read whole) whose header declares 768 TB over 3 kB of data: numpy
+    allocates what the header says before reading, and the build said 'out of memory'."""
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": True,
+                                                  "shape": (10 ** 12, 3, 8, 8)})
+    (tmp / "calib.npy").write_bytes(header.getvalue() + np.zeros(192, np.float32).tobytes())
+    return _build(tmp, _model(tmp), tmp / "calib.npy")
+
+
+def npy_header_unclosed(tmp):
+    """A .npy header with an unclosed parenthesis (a flipped byte): numpy re-tokenizes a header
+    literal_eval cannot read, and tokenize's TokenError was an internal error."""
+    text = b"{'descr': '<f4', 'fortran_order': False, 'shape': (8, 3, 8, 8, }"
+    text += b" " * (-(len(text) + 11) % 64) + b"\n"
+    header = b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+    (tmp / "calib.npy").write_bytes(header + np.zeros(8 * 3 * 8 * 8, np.float32).tobytes())
+    return _build(tmp, _model(tmp), tmp / "calib.npy")
+
+
+def tensor_type_flipped(tmp):
+    """One byte of a weight's type changed (FLOAT to BOOL): ONNX's checker passes it, and the arm-cpu
+    lowering's numpy reshape of 20 bytes into 5 booleans was an internal error in inspect."""
+    model = tiny_conv_model()
+    bias = next(t for t in model.graph.initializer if t.name == "fc_b")
+    bias.data_type = onnx.TensorProto.BOOL
+    return ["inspect", str(_model(tmp, model)), "--target", "arm-cpu"]
+
+
+def results_lone_surrogate(tmp):
+    """JSON's escape of half a UTF-16 pair ("\\ud800") in a name: report.html could not be written as
+    UTF-8, an internal error (UnicodeEncodeError) in report and regress."""
+    return ["report", str(_results(tmp, "results.json", model="net\ud800.onnx")), "-o", str(tmp / "r")]
+
+
+def profile_lone_surrogate(tmp):
+    """A profile name with YAML's escape of half a UTF-16 pair: the whole build ran, then writing the
+    bundle README failed (UnicodeEncodeError), an internal error."""
+    (tmp / "board.yaml").write_text('name: "board\\ud800"\nbase: arm-cpu\n')
+    return _build(tmp, _model(tmp), _calib(tmp), str(tmp / "board.yaml"), "--no-host-report")
+
+
 def write_small_bundle(bundle: Path, target_name: str = "t", **extra) -> dict:
     """A real (tiny) bundle written by edgepipe's own bundle writer."""
     from edgepipe.delivery.bundle import write_bundle
@@ -1381,6 +1519,38 @@ CASES = [
          ("results.json: 'eval' must be a mapping or null",)),
     Case("empty-intermediate-arm", "arm-cpu: a tensor of size 0 inside the graph (a Slice to nothing)",
          empty_intermediate_arm, ("tensor 'e' is empty ([0, 4])",)),
+    Case("config-nul-path", "a path in edgepipe.yaml holding a NUL byte (the YAML escape `\\0`)", config_nul_path,
+         ("edgepipe.yaml", "'calib' holds a NUL character")),
+    Case("inventory-nul-key-file", "an inventory key file path holding a NUL byte", inventory_nul_key_file,
+         ("hosts.yml", "host pi1", "ansible_ssh_private_key_file holds a NUL character")),
+    Case("future-opset", "a model stamped with ONNX opset 99 (no release defines it; the build failed inside ONNX Runtime)",
+         future_opset, ("model.onnx", "opset 99", "re-export it with an opset up to")),
+    Case("opset-twice", "`inspect` of a model importing the ONNX domain at two versions (17 and 11)", opset_twice,
+         ("model.onnx", "gives the ONNX domain twice (versions 17 and 11)")),
+    Case("checkpoint-int-keys", "a --weights state_dict keyed by integers, not parameter names", checkpoint_int_keys,
+         ("weights.pt", "has the key 0 (int)")),
+    Case("checkpoint-empty", "a --weights file holding an empty state_dict (`torch.save({})`: the build hung)",
+         checkpoint_empty, ("weights.pt", "does not match the model: it has no")),
+    Case("checkpoint-complex", "a --weights state_dict of complex tensors (the imaginary parts were dropped silently)",
+         checkpoint_complex, ("weights.pt", "is a complex tensor (torch.complex64) but the model")),
+    Case("ranges-reversed", "a `calibration.ranges` file whose range for a tensor is reversed (lo 5, hi -5)",
+         ranges_reversed, ("ranges.json", "tensor 'c': needs amax >= 0 and lo <= 0 <= hi")),
+    Case("ranges-zeroed-text", "a `calibration.ranges` file with `zeroed: most` (arm-cpu: an internal error)",
+         ranges_zeroed_text, ("ranges.json", "tensor 'c': zeroed must be a share from 0 to 1")),
+    Case("pickled-scalar-in-folder", "a folder of .npy samples for a scalar input, one a pickled object (0-d)",
+         pickled_scalar_in_folder, ("calib/0.npy", "input 'x' has non-numeric dtype object")),
+    Case("cut-npz-torch-model", "a PyTorch model's calibration .npz cut in half (an interrupted copy)",
+         torch_model_cut_npz, ("calib.npz", "not a readable numeric .npz file (File is not a zip file)")),
+    Case("fortran-npy-declared-huge", "a Fortran-order .npy whose header declares 768 TB over 3 kB of data",
+         fortran_npy_declared_huge, ("calib.npy", "declares shape (1000000000000, 3, 8, 8)", "truncated")),
+    Case("npy-header-unclosed", "a .npy header with an unclosed parenthesis (numpy's tokenizer raised TokenError)",
+         npy_header_unclosed, ("calib.npy", "its .npy header is not a Python literal")),
+    Case("tensor-type-flipped", "`inspect` of a model whose bias type byte changed from FLOAT to BOOL (20 bytes for 5 values)",
+         tensor_type_flipped, ("model.onnx", "tensor 'fc_b' (BOOL [5]) needs 5 bytes but the file holds 20")),
+    Case("results-lone-surrogate", "`report` of a results.json holding a lone UTF-16 surrogate escape (`\\ud800`)",
+         results_lone_surrogate, ("results.json", "holds a lone UTF-16 surrogate")),
+    Case("profile-lone-surrogate", "a target profile `name:` holding YAML's escape of half a UTF-16 pair (`\\ud800`)",
+         profile_lone_surrogate, ("board.yaml", "holds a lone UTF-16 surrogate")),
 ]
 
 

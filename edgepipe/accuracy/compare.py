@@ -22,6 +22,7 @@ ai-edge-quantizer's per-layer validation (SQNR per tensor of the quantized vs fl
 from __future__ import annotations
 
 import math
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -84,7 +85,7 @@ class BundleEval:
             check_npz_members(path, names, "eval array")
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, tokenize.TokenError, SyntaxError) as exc:
             raise UserError(f"{path}: not a readable .npz ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
                             "rebuild the bundle") from None
         self.source = path

@@ -17,6 +17,7 @@ from edgepipe.errors import UserError
 
 _RANGE_FIELDS = ("min", "max", "amax", "lo", "hi")
 _SCALE_FIELDS = ("amax", "lo", "hi")  # become scales and zero points: finite; min/max only observed
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -126,4 +127,14 @@ def _tensor_from_json(name: str, entry: dict) -> TensorCalibration:
                 or (field_name in _SCALE_FIELDS and not math.isfinite(value))):
             raise ValueError(f"tensor {name!r}: {field_name} must be a {'finite ' * (field_name in _SCALE_FIELDS)}"
                              f"number, got {value!r}")
+    # what calibration writes (amax >= 0, lo <= 0 <= hi, float32 numbers): a negative or reversed range
+    # in a hand-made ranges file built an int8 model with negative scales and said nothing
+    if tensor.amax < 0 or tensor.lo > 0 or tensor.hi < 0:
+        raise ValueError(f"tensor {name!r}: needs amax >= 0 and lo <= 0 <= hi, got amax {tensor.amax!r}, "
+                         f"lo {tensor.lo!r}, hi {tensor.hi!r}")
+    if max(abs(tensor.amax), abs(tensor.lo), abs(tensor.hi)) > _FLOAT32_MAX:
+        raise ValueError(f"tensor {name!r}: a range beyond float32 ({tensor.amax!r}, {tensor.lo!r}, {tensor.hi!r})")
+    zeroed = tensor.zeroed
+    if isinstance(zeroed, bool) or not isinstance(zeroed, (int, float)) or not 0 <= zeroed <= 1:
+        raise ValueError(f"tensor {name!r}: zeroed must be a share from 0 to 1, got {zeroed!r}")  # was exit 3
     return tensor

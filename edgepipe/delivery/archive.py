@@ -123,7 +123,9 @@ def _member_problem(member: tarfile.TarInfo) -> str:
         return "unsupported member type"
     if member.size > MAX_ARCHIVE_BYTES:
         return f"{member.size} bytes, more than the {MAX_ARCHIVE_BYTES} byte limit"
-    if len(path.parts) > MAX_MEMBER_DEPTH or any(len(part.encode()) > 255 for part in path.parts):
+    # surrogateescape: tarfile reads a name that is not UTF-8 (a bundle folder in Latin-1 bytes) that way
+    if len(path.parts) > MAX_MEMBER_DEPTH or any(len(part.encode("utf-8", "surrogateescape")) > 255
+                                                 for part in path.parts):
         return f"a path deeper than {MAX_MEMBER_DEPTH} folders or with a name over 255 bytes; a bundle has neither"
     return ""
 

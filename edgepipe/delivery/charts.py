@@ -132,7 +132,11 @@ def latency_histogram(latencies_ms: Sequence[float], percentiles: dict, bins: in
     top = float(np.percentile(values, 99.5))  # a few scheduler hiccups would squash every bar
     if top <= values.min():
         top = float(values.max())
-    counts, edges = np.histogram(np.minimum(values, top), bins=bins, range=(float(values.min()), top))
+    low = float(values.min())
+    try:
+        counts, edges = np.histogram(np.minimum(values, top), bins=bins, range=(low, top))
+    except ValueError:  # a span numpy cannot cut into finite bins (1e308 ms in a hand-made results.json)
+        counts, edges = np.array([values.size]), np.array([low, top])
     markers = [(float(percentiles[p]), p) for p in ("p50", "p99")
                if isinstance(percentiles.get(p), (int, float)) and math.isfinite(percentiles[p])]
     return histogram(edges.tolist(), counts.tolist(), "Latency per inference", "milliseconds", markers)

@@ -133,7 +133,7 @@ def _parse_yaml(text: str, path: Path) -> dict[str, dict]:
 def load_inventory(path: str | Path) -> list[InventoryHost]:
     """Read an Ansible INI (groups, host vars, [group:vars]) or YAML inventory."""
     path = Path(path)
-    text = read_text_bounded(path, CONFIG_MAX_BYTES, "inventory")
+    text = read_text_bounded(path, CONFIG_MAX_BYTES, "inventory", marked_unicode=True)
     parser = _parse_yaml if path.suffix in (".yml", ".yaml") else _parse_ini
     hosts = parser(text, path)
     if not hosts:
@@ -145,6 +145,8 @@ def load_inventory(path: str | Path) -> list[InventoryHost]:
             if (key in HOST_VARIABLES or key in ANSIBLE_ALIASES) and (isinstance(value, (dict, list, bool))
                                                                   or value is None):
                 raise UserError(f"{path}: host {name}: {key} must be a single value, got {type(value).__name__}")
+            if isinstance(value, str) and "\0" in value:  # a key file with one was an internal error
+                raise UserError(f"{path}: host {name}: {key} holds a NUL character ({value!r}); remove it")
         variables = _connection_variables(variables, path, name)
         key_file = variables.get("ansible_ssh_private_key_file")
         key_path = Path(key_file).expanduser() if key_file else None

@@ -60,12 +60,14 @@ class RegressionResult:
         suite = ET.Element("testsuite", name="edgepipe.regress", tests=str(len(self.checks)),
                            failures=str(len(self.failures)), errors="0", skipped="0")
         for c in self.checks:
-            case = ET.SubElement(suite, "testcase", classname=f"edgepipe.regress.{c.kind}", name=c.name)
+            # names from results files (a model's output names) go through one_line: a control character
+            # there made the XML not well-formed, and CI refused the whole report
+            case = ET.SubElement(suite, "testcase", classname=f"edgepipe.regress.{c.kind}", name=one_line(c.name))
             if not c.passed:
-                failure = ET.SubElement(case, "failure", message=c.message, type="BudgetExceeded")
+                failure = ET.SubElement(case, "failure", message=one_line(c.message), type="BudgetExceeded")
                 failure.text = f"baseline {_fmt(c.baseline)}, candidate {_fmt(c.candidate)}, budget {c.limit}"
         if self.notes:
-            ET.SubElement(suite, "system-out").text = "\n".join(self.notes)
+            ET.SubElement(suite, "system-out").text = "\n".join(one_line(n) for n in self.notes)
         suites = ET.Element("testsuites", tests=str(len(self.checks)), failures=str(len(self.failures)))
         suites.append(suite)
         ET.indent(suites)
@@ -129,6 +131,8 @@ def check_results(data, path: Path, role: str) -> dict:
         if key == "samples":
             _expect(isinstance(value, list) and all(_is_number(v) for v in value), path, "latency_ms.samples",
                     "a list of numbers", value)
+            negative = next((v for v in value if v < 0), None)  # as for the percentiles below
+            _expect(negative is None, path, "latency_ms.samples", "a list of times >= 0", negative)
         else:
             _expect(value is None or _is_number(value), path, f"latency_ms.{key}", "a number or null", value)
             # a negative time passed every latency budget: fail closed as for the baseline

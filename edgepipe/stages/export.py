@@ -106,7 +106,7 @@ def checkpoint_state_dict(state):
 def without_wrapper_prefix(state: dict, expected: set[str]) -> dict:
     """Strip the prefixes a training wrapper adds to every key, when that makes the keys the model's."""
     stripped = state
-    while set(stripped) != expected:
+    while stripped and set(stripped) != expected:  # an empty dict matched every prefix: an endless loop
         prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in stripped)), None)
         if prefix is None:
             return state
@@ -139,12 +139,22 @@ def load_weights(model, weights: str, notes: list[str] | None = None) -> None:
     state = checkpoint_state_dict(state)
     if not isinstance(state, dict):
         raise UserError(f"--weights {weights}: expected a state_dict, got {type(state).__name__}")
-    expected = set(model.state_dict())
+    odd_key = next((k for k in state if not isinstance(k, str)), None)
+    if odd_key is not None:  # an int key was an internal error (AttributeError: startswith)
+        raise UserError(f"--weights {weights}: a state_dict maps parameter names to tensors; this one has the key "
+                        f"{odd_key!r} ({type(odd_key).__name__}); save it with torch.save(model.state_dict(), path)")
+    own = model.state_dict()
+    expected = set(own)
     state = without_wrapper_prefix(state, expected)
     missing = sorted(expected - set(state))
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise UserError(f"--weights {weights}: does not match the model: it has no {shown}")
+    complex_key = next((k for k in sorted(expected) if isinstance(state[k], torch.Tensor) and state[k].is_complex()
+                        and not own[k].is_complex()), None)
+    if complex_key is not None:  # load_state_dict copied it into the real parameter, dropping the imaginary part
+        raise UserError(f"--weights {weights}: '{complex_key}' is a complex tensor ({state[complex_key].dtype}) but the "
+                        "model's parameter is real; save the checkpoint this model was trained to")
     try:
         model.load_state_dict(state, strict=False)
     except RuntimeError as exc:

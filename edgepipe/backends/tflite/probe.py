@@ -24,7 +24,7 @@ import numpy as np
 from edgepipe import quantmath
 from edgepipe.backends.tflite.build import INT8_FILE
 from edgepipe.backends.tflite.lower import inverse, permute
-from edgepipe.backends.tflite.runtime import RESOLVERS, run_tflite
+from edgepipe.backends.tflite.runtime import RESOLVERS, model_source, run_tflite
 from edgepipe.errors import UserError
 
 DTYPES = ("int8", "float32", "int32", "int16", "uint8")
@@ -56,7 +56,7 @@ class TfliteTensorProbe:
         self.description = f"{self.path.name} in LiteRT (int8 kernels, no delegate)"
         try:
             self.interpreter = Interpreter(
-                model_path=str(self.path), num_threads=threads, experimental_preserve_all_tensors=True,
+                **model_source(self.path), num_threads=threads, experimental_preserve_all_tensors=True,
                 experimental_op_resolver_type=getattr(OpResolverType, RESOLVERS["no_delegates"]))
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:  # LiteRT's reader: not a flatbuffer, a missing op, ...

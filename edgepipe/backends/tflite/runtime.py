@@ -23,11 +23,21 @@ RESOLVERS = {
 }
 
 
+def model_source(path) -> dict:
+    """LiteRT's Interpreter arguments for the model at `path`: its bytes when the path is not UTF-8
+    text (a folder named in Latin-1 bytes), which LiteRT's C++ binding refused with a TypeError."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return {"model_content": Path(path).read_bytes()}
+    return {"model_path": str(path)}
+
+
 def make_interpreter(path: Path, resolver: str = "xnnpack", threads: int = 1):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     with native_stderr_silenced():  # LiteRT's C++ "INFO: Created ... XNNPACK delegate" line
-        interpreter = Interpreter(model_path=str(path), num_threads=threads,
+        interpreter = Interpreter(**model_source(path), num_threads=threads,
                                   experimental_op_resolver_type=getattr(OpResolverType, RESOLVERS[resolver]))
         interpreter.allocate_tensors()
     return interpreter
