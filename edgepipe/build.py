@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe import __version__, graph, loops
+from edgepipe.recurrent import RECURRENT
 from edgepipe.build_checks import run_checks
 from edgepipe.delivery.bundle import check_out_dir
 from edgepipe.delivery.outdir import BACKEND_TMP_PREFIX
@@ -258,11 +259,13 @@ def run_build(settings: dict, origin: str = "config", log=None, progress_factory
     # 4. calibrate
     calib_settings = dict(settings["calibration"])
     bias_correction = calib_settings.pop("bias_correction", "auto")  # runs after the cached ranges
-    # per-step ranges are for TFLite's unrolled LSTM / GRU / RNN; TensorRT runs them whole and float
+    # per-step ranges are for TFLite's unrolled LSTM / GRU / RNN; TensorRT runs them whole and float.
+    # Keyed only when the model has one, so targets still share the calibration of any other model.
     unroll_recurrent = target.backend == "tflite"
+    recurrent_key = unroll_recurrent if any(n.op_type in RECURRENT for n in model.graph.node) else None
     calib_key = settings_hash(stage="calibrate", model=pipeline.last_hash,  # the fold stage's artifact
                               data=data_fingerprint(settings["calib"]) + calib_split_key(settings), settings=calib_settings,
-                              preprocess=data_preprocess(settings), unroll_recurrent=unroll_recurrent)
+                              preprocess=data_preprocess(settings), unroll_recurrent=recurrent_key)
     progress = progress_factory("calibrating", len(calib_ds)) if progress_factory else None
     if calib_settings.get("ranges"):
         calibration = pipeline.run(
